@@ -1,0 +1,78 @@
+//! The election actor: one candidacy per ZooKeeper session, through
+//! zookeeper-client's lock recipe (Curator-compatible
+//! `_c_<uuid>-latch-NNNNNNNNNN` EPHEMERAL_SEQUENTIAL znodes; each candidate
+//! watches only its predecessor, so a leader change wakes one candidate).
+//! Winning starts the [`Master`] supervisor with a bumped epoch.
+
+use std::path::PathBuf;
+
+use actix::prelude::*;
+use zookeeper_client::{Acls, Client, LockOptions, LockPrefix};
+
+use super::master::{Master, MasterSettings};
+use super::{Alive, Stop};
+use crate::coord::{CoordError, Layout, LeaderStore};
+use crate::metrics as m;
+
+pub(crate) struct Election {
+    pub zk: Client,
+    pub layout: Layout,
+    pub data_dir: PathBuf,
+    pub settings: MasterSettings,
+    pub master: Option<Addr<Master>>,
+    pub _alive: Alive,
+}
+
+impl Actor for Election {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        metrics::gauge!(m::NODE_ROLE, "role" => "candidate").set(1.0);
+        let zk = self.zk.clone();
+        let layout = self.layout.clone();
+        let data_dir = self.data_dir.clone();
+        let node_id = self.settings.node_id.clone();
+        let fut = async move {
+            let dir = layout.election();
+            let prefix =
+                LockPrefix::new_curator(&dir, "latch-").map_err(|e| CoordError::zk(&dir, e))?;
+            let options = LockOptions::new(Acls::anyone_all())
+                .with_ancestor_options(
+                    zookeeper_client::CreateMode::Persistent.with_acls(Acls::anyone_all()),
+                )
+                .map_err(|e| CoordError::zk(&dir, e))?;
+            let lock = zk
+                .lock(prefix, node_id.as_bytes(), options)
+                .await
+                .map_err(|e| CoordError::zk(&dir, e))?;
+            let lock = lock.into_owned();
+            tracing::info!(path = lock.lock_path(), "won the election");
+            LeaderStore::take_over(lock, layout, data_dir).await
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(store) => {
+                tracing::info!(epoch = store.epoch(), "taking over as master");
+                act.master = Some(Master::new(store, act.settings.clone()).start());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "election failed");
+                let _ = act.settings.fatal.send(format!("election failed: {e}"));
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        metrics::gauge!(m::NODE_ROLE, "role" => "candidate").set(0.0);
+        if let Some(m) = self.master.take() {
+            m.do_send(Stop);
+        }
+    }
+}
+
+impl Handler<Stop> for Election {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

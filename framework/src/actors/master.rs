@@ -1,0 +1,936 @@
+//! The master supervisor: recovers every unfinished job from ZooKeeper,
+//! publishes itself, then runs the scheduler: shards to workers over QUIC,
+//! reports committed by fenced transactions, results reduced and stored.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, watch};
+
+use super::{Alive, Fatal, Stop};
+use crate::coord::{
+    read_output, CommitOutcome, CoordError, JobRecord, JobStatus, LeaderStore, ShardRecord,
+    StoredJob, WorkerInfo,
+};
+use crate::core::{recover_job, Command, CommittedShard, Scheduler, ShardKey, TaskFailure};
+use crate::metrics as m;
+use crate::registry::{Accumulator, Registry};
+use crate::wire::{
+    Assignment, ClusterStatus, Frame, JobOutcome, JobProgress, JobState, ShardReport, SubmitHeader,
+    WorkerStatus,
+};
+
+/// Final failures kept per job for its report.
+const MAX_KEPT_FAILURES: usize = 1000;
+
+/// A connected worker's control stream: frames pushed here are written by
+/// the link's writer task.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WorkerJoined {
+    pub node_id: String,
+    pub slots: u32,
+    pub jobs: Vec<String>,
+    pub tx: mpsc::UnboundedSender<Frame>,
+    pub link_id: u64,
+}
+
+/// A worker's control stream ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WorkerLeft {
+    pub node_id: String,
+    pub link_id: u64,
+}
+
+/// A worker reported on a shard.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Report {
+    pub node_id: String,
+    pub report: ShardReport,
+}
+
+/// The registered workers, from the watch on `/workers`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Registered(BTreeMap<String, WorkerInfo>);
+
+/// A client submission with its tasks.
+#[derive(Message)]
+#[rtype(result = "Frame")]
+pub(crate) struct Submit {
+    pub header: SubmitHeader,
+    pub tasks: Vec<ByteBuf>,
+}
+
+/// Any other client request (`GetJob`, `GetStatus`, `FetchResult`, `Cancel`).
+#[derive(Message)]
+#[rtype(result = "Frame")]
+pub(crate) struct ClientRequest(pub Frame);
+
+struct JobRuntime {
+    stored: StoredJob,
+    tasks: Arc<Vec<ByteBuf>>,
+    acc: Accumulator,
+    failures: Vec<TaskFailure>,
+    finishing: bool,
+}
+
+struct Link {
+    tx: mpsc::UnboundedSender<Frame>,
+    slots: u32,
+    jobs: Vec<String>,
+    id: u64,
+}
+
+/// Settings the master needs from its node.
+#[derive(Clone)]
+pub(crate) struct MasterSettings {
+    pub node_id: String,
+    pub addr: String,
+    pub registry: Registry,
+    pub retention: Duration,
+    pub route: watch::Sender<Option<Addr<Master>>>,
+    pub fatal: Fatal,
+    pub _alive: Alive,
+}
+
+pub(crate) struct Master {
+    store: LeaderStore,
+    settings: MasterSettings,
+    sched: Scheduler,
+    jobs: HashMap<String, JobRuntime>,
+    links: HashMap<String, Link>,
+    registered: BTreeMap<String, WorkerInfo>,
+    submitting: HashSet<String>,
+    gc_running: bool,
+}
+
+impl Master {
+    pub(crate) fn new(store: LeaderStore, settings: MasterSettings) -> Self {
+        Master {
+            store,
+            settings,
+            sched: Scheduler::new(),
+            jobs: HashMap::new(),
+            links: HashMap::new(),
+            registered: BTreeMap::new(),
+            submitting: HashSet::new(),
+            gc_running: false,
+        }
+    }
+
+    fn fail(&mut self, ctx: &mut Context<Self>, err: &CoordError) {
+        tracing::error!(error = %err, epoch = self.store.epoch(), "master stepping down");
+        let _ = self
+            .settings
+            .fatal
+            .send(format!("master stepped down: {err}"));
+        ctx.stop();
+    }
+
+    /// Recovers a job from ZooKeeper into the scheduler.
+    async fn load(
+        store: LeaderStore,
+        registry: Registry,
+        job: StoredJob,
+    ) -> Result<(JobRuntime, crate::core::JobPlan), CoordError> {
+        let tasks = store.read_tasks(&job.id, job.record.batches).await?;
+        let commits = store.read_commits(&job.id).await?;
+        let erased = registry
+            .get(&job.record.job_name)
+            .ok_or_else(|| CoordError::Garbage {
+                path: store.layout().job(&job.id),
+                reason: format!(
+                    "job type {:?} is not registered on this node",
+                    job.record.job_name
+                ),
+            })?;
+        let mut acc = erased.new_acc();
+        let summary: BTreeMap<ShardKey, CommittedShard> = commits
+            .iter()
+            .map(|(k, r)| (*k, CommittedShard::from(r)))
+            .collect();
+        let rec = &job.record;
+        let recovered = recover_job(
+            &job.id,
+            &rec.job_name,
+            rec.tasks_total,
+            rec.options.shard_size,
+            rec.options.max_attempts,
+            &summary,
+        );
+        for r in commits.values() {
+            let bytes = read_output(&r.output)?;
+            if let Err(e) = erased.merge_encoded(&mut acc, &bytes) {
+                tracing::warn!(job = %job.id, error = %e, "a committed shard output does not decode");
+            }
+        }
+        let mut failures = recovered.final_failures;
+        failures.truncate(MAX_KEPT_FAILURES);
+        Ok((
+            JobRuntime {
+                stored: job,
+                tasks: Arc::new(tasks),
+                acc,
+                failures,
+                finishing: false,
+            },
+            recovered.plan,
+        ))
+    }
+
+    fn update_gauges(&self) {
+        metrics::gauge!(m::WORKERS).set(
+            self.links
+                .keys()
+                .filter(|k| self.sched.has_worker(k))
+                .count() as f64,
+        );
+        metrics::gauge!(m::SHARDS_QUEUED).set(self.sched.queued() as f64);
+    }
+
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        let cmds = self.sched.assign();
+        self.apply(cmds, ctx);
+        self.update_gauges();
+    }
+
+    fn apply(&mut self, cmds: Vec<Command>, ctx: &mut Context<Self>) {
+        let mut lost = Vec::new();
+        for c in cmds {
+            match c {
+                Command::Assign { worker, job, shard } => {
+                    let Some(rt) = self.jobs.get(&job) else {
+                        continue;
+                    };
+                    let tasks = shard
+                        .tasks
+                        .iter()
+                        .filter_map(|&i| rt.tasks.get(i as usize).map(|t| (i, t.clone())))
+                        .collect();
+                    let frame = Frame::Assign(Assignment {
+                        epoch: self.store.epoch(),
+                        job_id: job,
+                        job_name: rt.stored.record.job_name.clone(),
+                        shard: shard.key,
+                        attempt: shard.attempt,
+                        tasks,
+                    });
+                    let sent = self
+                        .links
+                        .get(&worker)
+                        .is_some_and(|l| l.tx.send(frame).is_ok());
+                    if sent {
+                        metrics::counter!(m::SHARDS_ASSIGNED).increment(1);
+                    } else {
+                        lost.push(worker);
+                    }
+                }
+                Command::CommitLost {
+                    job,
+                    key,
+                    attempt,
+                    failures,
+                } => {
+                    let Some(rt) = self.jobs.get(&job) else {
+                        continue;
+                    };
+                    let Some(erased) = self.settings.registry.get(&rt.stored.record.job_name)
+                    else {
+                        continue;
+                    };
+                    let empty = erased.encode_acc(&erased.new_acc()).unwrap_or_default();
+                    self.commit(ctx, job, key, attempt, empty, failures);
+                }
+                Command::Finish { job } => self.finish(ctx, job),
+            }
+        }
+        for w in lost {
+            self.links.remove(&w);
+            let cmds = self.sched.remove_worker(&w);
+            metrics::counter!(m::SHARDS_REASSIGNED).increment(1);
+            self.apply(cmds, ctx);
+            self.dispatch(ctx);
+        }
+    }
+
+    fn commit(
+        &mut self,
+        ctx: &mut Context<Self>,
+        job: String,
+        key: ShardKey,
+        attempt: u32,
+        output: Vec<u8>,
+        failures: Vec<TaskFailure>,
+    ) {
+        let store = self.store.clone();
+        let job2 = job.clone();
+        let fut = async move { store.commit(&job2, key, attempt, output, failures).await };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(CommitOutcome::Committed(rec)) | Ok(CommitOutcome::AlreadyCommitted(rec)) => {
+                act.on_committed(ctx, &job, key, rec);
+            }
+            Err(e) if e.is_session_end() => act.fail(ctx, &e),
+            Err(e) => {
+                tracing::warn!(job = %job, shard = %key, error = %e, "commit failed; the shard will run again");
+                act.sched.commit_aborted(&job, key);
+                act.dispatch(ctx);
+            }
+        }));
+    }
+
+    fn on_committed(
+        &mut self,
+        ctx: &mut Context<Self>,
+        job: &str,
+        key: ShardKey,
+        rec: ShardRecord,
+    ) {
+        metrics::counter!(m::SHARDS_COMMITTED).increment(1);
+        let Some(rt) = self.jobs.get_mut(job) else {
+            return;
+        };
+        let max = rt.stored.record.options.max_attempts;
+        if let Some(erased) = self.settings.registry.get(&rt.stored.record.job_name) {
+            match read_output(&rec.output).map(|b| erased.merge_encoded(&mut rt.acc, &b)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(job, shard = %key, error = %e, "committed output does not decode")
+                }
+                Err(e) => {
+                    tracing::error!(job, shard = %key, error = %e, "committed output cannot be read")
+                }
+            }
+        }
+        for f in &rec.failures {
+            if f.is_final(max) {
+                metrics::counter!(m::TASKS_FAILED).increment(1);
+                if rt.failures.len() < MAX_KEPT_FAILURES {
+                    rt.failures.push(f.clone());
+                }
+            } else {
+                metrics::counter!(m::TASKS_RETRIED).increment(1);
+            }
+        }
+        let cmds = self.sched.committed(job, key, rec.attempt, &rec.failures);
+        self.apply(cmds, ctx);
+        self.dispatch(ctx);
+    }
+
+    fn finish(&mut self, ctx: &mut Context<Self>, job: String) {
+        let Some(rt) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if rt.finishing {
+            return;
+        }
+        rt.finishing = true;
+        let Some(erased) = self.settings.registry.get(&rt.stored.record.job_name) else {
+            return;
+        };
+        let Some(counters) = self.sched.counters(&job) else {
+            return;
+        };
+        let output = match erased.encode_acc(&rt.acc) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(job, error = %e, "cannot encode the job's result");
+                Vec::new()
+            }
+        };
+        let store = self.store.clone();
+        let stored = StoredJob {
+            id: rt.stored.id.clone(),
+            record: rt.stored.record.clone(),
+            version: rt.stored.version,
+        };
+        let failures = rt.failures.clone();
+        let fut = async move { store.finish(&stored, output, failures, counters).await };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(_) => {
+                tracing::info!(
+                    job,
+                    tasks = counters.tasks_total,
+                    failed = counters.tasks_failed,
+                    "job done"
+                );
+                metrics::counter!(m::JOBS_COMPLETED).increment(1);
+                act.jobs.remove(&job);
+                act.sched.remove_job(&job);
+            }
+            Err(e) if e.is_session_end() => act.fail(ctx, &e),
+            Err(e) => {
+                tracing::warn!(job, error = %e, "cannot store the job's result; retrying");
+                if let Some(rt) = act.jobs.get_mut(&job) {
+                    rt.finishing = false;
+                }
+                ctx.run_later(Duration::from_millis(200), move |act, ctx| {
+                    act.finish(ctx, job)
+                });
+            }
+        }));
+    }
+
+    fn sync_worker(&mut self, node_id: &str) {
+        let eligible = self.registered.contains_key(node_id) && self.links.contains_key(node_id);
+        if eligible && !self.sched.has_worker(node_id) {
+            if let Some(l) = self.links.get(node_id) {
+                // Two shards per slot: one running, one waiting, so slots never idle on a round trip.
+                self.sched
+                    .add_worker(node_id, l.slots.saturating_mul(2), l.jobs.clone());
+            }
+        }
+    }
+
+    fn progress(&self, id: &str) -> Option<JobProgress> {
+        let rt = self.jobs.get(id)?;
+        let c = self.sched.counters(id)?;
+        Some(JobProgress {
+            job_id: id.to_string(),
+            job_name: rt.stored.record.job_name.clone(),
+            state: JobState::Running,
+            tasks_total: c.tasks_total,
+            tasks_done: c.tasks_done,
+            tasks_failed: c.tasks_failed,
+            retries: c.retries,
+        })
+    }
+
+    fn stored_progress(
+        job: &StoredJob,
+        result: Option<&crate::coord::ResultRecord>,
+    ) -> JobProgress {
+        let state = match job.record.status {
+            JobStatus::Done => JobState::Done,
+            JobStatus::Cancelled => JobState::Cancelled,
+            JobStatus::Accepted | JobStatus::Writing => JobState::Running,
+        };
+        JobProgress {
+            job_id: job.id.clone(),
+            job_name: job.record.job_name.clone(),
+            state,
+            tasks_total: job.record.tasks_total,
+            tasks_done: result.map_or(0, |r| r.tasks_done),
+            tasks_failed: result.map_or(0, |r| r.tasks_failed),
+            retries: result.map_or(0, |r| r.retries),
+        }
+    }
+
+    fn watch_workers(&self, ctx: &mut Context<Self>) {
+        let client = self.store.client().clone();
+        let path = self.store.layout().workers();
+        let addr = ctx.address();
+        let fut = async move {
+            loop {
+                let (names, watcher) = match client.get_and_watch_children(&path).await {
+                    Ok((names, _, w)) => (names, w),
+                    Err(e) => return Err(CoordError::zk(&path, e)),
+                };
+                let reads: Vec<_> = names
+                    .iter()
+                    .map(|n| client.get_data_owned(format!("{path}/{n}")))
+                    .collect();
+                let mut infos = BTreeMap::new();
+                for (n, r) in names.iter().zip(futures::future::join_all(reads).await) {
+                    if let Ok((data, _)) = r {
+                        match rmp_serde::from_slice::<WorkerInfo>(&data) {
+                            Ok(info) => {
+                                infos.insert(n.clone(), info);
+                            }
+                            Err(e) => {
+                                tracing::warn!(worker = %n, error = %e, "ignoring a garbage worker registration")
+                            }
+                        }
+                    }
+                }
+                addr.do_send(Registered(infos));
+                let event = watcher.changed().await;
+                if event.session_state.is_terminated() {
+                    return Err(CoordError::zk(
+                        &path,
+                        zookeeper_client::Error::SessionExpired,
+                    ));
+                }
+            }
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|res: Result<(), CoordError>, act, ctx| {
+                    if let Err(e) = res {
+                        act.fail(ctx, &e);
+                    }
+                }),
+        );
+    }
+}
+
+/// `get_data` with an owned path, so that many reads can be in flight.
+trait GetDataOwned {
+    fn get_data_owned(
+        &self,
+        path: String,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<(Vec<u8>, zookeeper_client::Stat), zookeeper_client::Error>,
+    >;
+}
+
+impl GetDataOwned for zookeeper_client::Client {
+    fn get_data_owned(
+        &self,
+        path: String,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<(Vec<u8>, zookeeper_client::Stat), zookeeper_client::Error>,
+    > {
+        let fut = self.get_data(&path);
+        Box::pin(fut)
+    }
+}
+
+impl Actor for Master {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        metrics::gauge!(m::NODE_ROLE, "role" => "master").set(1.0);
+        metrics::gauge!(m::EPOCH).set(self.store.epoch() as f64);
+        metrics::counter!(m::ELECTIONS_WON).increment(1);
+        let store = self.store.clone();
+        let registry = self.settings.registry.clone();
+        let node_id = self.settings.node_id.clone();
+        let addr = self.settings.addr.clone();
+        let retention = self.settings.retention;
+        let recovery = async move {
+            let started = std::time::Instant::now();
+            // Submissions that never got acknowledged are dropped; the client retries them.
+            store.collect_garbage(retention, true).await?;
+            let mut loaded = Vec::new();
+            for job in store.list_jobs().await? {
+                if job.record.status == JobStatus::Accepted {
+                    loaded.push(Self::load(store.clone(), registry.clone(), job).await?);
+                }
+            }
+            store.publish(&node_id, &addr).await?;
+            Ok::<_, CoordError>((loaded, started.elapsed()))
+        };
+        // `wait`: no message is handled before recovery is done.
+        ctx.wait(recovery.into_actor(self).map(|res, act, ctx| match res {
+            Ok((loaded, took)) => {
+                let n = loaded.len();
+                for (rt, plan) in loaded {
+                    let id = rt.stored.id.clone();
+                    act.jobs.insert(id, rt);
+                    let cmds = act.sched.add_job(plan);
+                    act.apply(cmds, ctx);
+                }
+                tracing::info!(
+                    epoch = act.store.epoch(),
+                    jobs = n,
+                    recovery_ms = took.as_millis() as u64,
+                    "serving as master"
+                );
+                let _ = act.settings.route.send(Some(ctx.address()));
+                act.watch_workers(ctx);
+                ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+                    if act.gc_running {
+                        return;
+                    }
+                    act.gc_running = true;
+                    let store = act.store.clone();
+                    let retention = act.settings.retention;
+                    ctx.spawn(
+                        async move { store.collect_garbage(retention, false).await }
+                            .into_actor(act)
+                            .map(|res, act, ctx| {
+                                act.gc_running = false;
+                                match res {
+                                    Err(e) if e.is_session_end() => act.fail(ctx, &e),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "garbage collection failed")
+                                    }
+                                    Ok(0) => {}
+                                    Ok(n) => tracing::debug!(
+                                        jobs = n,
+                                        "removed fetched jobs from ZooKeeper"
+                                    ),
+                                }
+                            }),
+                    );
+                });
+                act.dispatch(ctx);
+            }
+            Err(e) => act.fail(ctx, &e),
+        }));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        metrics::gauge!(m::NODE_ROLE, "role" => "master").set(0.0);
+        metrics::gauge!(m::EPOCH).set(0.0);
+        let _ = self.settings.route.send(None);
+        tracing::info!(epoch = self.store.epoch(), "master stopped");
+    }
+}
+
+impl Handler<Stop> for Master {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<WorkerJoined> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: WorkerJoined, ctx: &mut Context<Self>) {
+        tracing::info!(worker = %msg.node_id, slots = msg.slots, "worker connected");
+        if self.links.contains_key(&msg.node_id) {
+            let cmds = self.sched.remove_worker(&msg.node_id);
+            self.apply(cmds, ctx);
+        }
+        self.links.insert(
+            msg.node_id.clone(),
+            Link {
+                tx: msg.tx,
+                slots: msg.slots,
+                jobs: msg.jobs,
+                id: msg.link_id,
+            },
+        );
+        self.sync_worker(&msg.node_id);
+        self.dispatch(ctx);
+    }
+}
+
+impl Handler<WorkerLeft> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: WorkerLeft, ctx: &mut Context<Self>) {
+        if self
+            .links
+            .get(&msg.node_id)
+            .is_some_and(|l| l.id == msg.link_id)
+        {
+            tracing::warn!(worker = %msg.node_id, "worker link lost; reassigning its shards");
+            self.links.remove(&msg.node_id);
+            let running = self.sched.running_on(&msg.node_id);
+            metrics::counter!(m::SHARDS_REASSIGNED).increment(running as u64);
+            let cmds = self.sched.remove_worker(&msg.node_id);
+            self.apply(cmds, ctx);
+            self.dispatch(ctx);
+        }
+    }
+}
+
+impl Handler<Registered> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: Registered, ctx: &mut Context<Self>) {
+        let gone: Vec<String> = self
+            .registered
+            .keys()
+            .filter(|k| !msg.0.contains_key(*k))
+            .cloned()
+            .collect();
+        self.registered = msg.0;
+        for w in gone {
+            if self.sched.has_worker(&w) {
+                tracing::warn!(worker = %w, "worker registration deleted; reassigning its shards");
+                metrics::counter!(m::SHARDS_REASSIGNED).increment(self.sched.running_on(&w) as u64);
+                let cmds = self.sched.remove_worker(&w);
+                self.apply(cmds, ctx);
+            }
+        }
+        let ids: Vec<String> = self.links.keys().cloned().collect();
+        for id in ids {
+            self.sync_worker(&id);
+        }
+        self.dispatch(ctx);
+    }
+}
+
+impl Handler<Report> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
+        let r = msg.report;
+        if r.epoch != self.store.epoch()
+            || !self
+                .sched
+                .report(&msg.node_id, &r.job_id, r.shard, r.attempt)
+        {
+            tracing::debug!(job = %r.job_id, shard = %r.shard, "dropping a stale report");
+            return;
+        }
+        self.commit(
+            ctx,
+            r.job_id,
+            r.shard,
+            r.attempt,
+            r.output.into_vec(),
+            r.failures,
+        );
+        self.dispatch(ctx);
+    }
+}
+
+fn error(message: impl std::fmt::Display) -> Frame {
+    Frame::Error {
+        message: message.to_string(),
+    }
+}
+
+impl Handler<Submit> for Master {
+    type Result = ResponseActFuture<Self, Frame>;
+    fn handle(&mut self, msg: Submit, _ctx: &mut Context<Self>) -> Self::Result {
+        let h = msg.header;
+        let Some(erased) = self.settings.registry.get(&h.job_name) else {
+            let known = self.settings.registry.names().join(", ");
+            return Box::pin(fut::ready(error(format!(
+                "unknown job type {:?}; this cluster runs: {known}",
+                h.job_name
+            ))));
+        };
+        let _ = erased;
+        if h.job_id.is_empty() || h.job_id.len() > 128 || h.job_id.contains(['/', '\0']) {
+            return Box::pin(fut::ready(error(format!("invalid job id {:?}", h.job_id))));
+        }
+        if h.options.shard_size == 0 || h.options.max_attempts == 0 {
+            return Box::pin(fut::ready(error(
+                "shard size and max attempts must be at least 1",
+            )));
+        }
+        if h.task_count != msg.tasks.len() as u64 {
+            return Box::pin(fut::ready(error(format!(
+                "header announced {} tasks, got {}",
+                h.task_count,
+                msg.tasks.len()
+            ))));
+        }
+        if self.jobs.contains_key(&h.job_id) {
+            return Box::pin(fut::ready(Frame::Accepted {
+                job_id: h.job_id,
+                existing: true,
+            }));
+        }
+        if !self.submitting.insert(h.job_id.clone()) {
+            return Box::pin(fut::ready(error(format!(
+                "job {} is being submitted by another request; retry",
+                h.job_id
+            ))));
+        }
+        let store = self.store.clone();
+        let registry = self.settings.registry.clone();
+        let tasks = msg.tasks;
+        let id = h.job_id.clone();
+        let fut = async move {
+            if let Some(existing) = store.read_job(&h.job_id).await? {
+                if existing.record.status != JobStatus::Writing {
+                    return Ok(None);
+                }
+                store.delete_tree(&store.layout().job(&h.job_id)).await?;
+            }
+            let record = JobRecord {
+                job_name: h.job_name.clone(),
+                options: h.options.clone(),
+                tasks_total: h.task_count,
+                batches: 0,
+                status: JobStatus::Writing,
+                created_ms: 0,
+                fetched_ms: None,
+            };
+            store.create_job(&h.job_id, record, &tasks).await?;
+            let job = store
+                .read_job(&h.job_id)
+                .await?
+                .ok_or_else(|| CoordError::Garbage {
+                    path: store.layout().job(&h.job_id),
+                    reason: "vanished".into(),
+                })?;
+            let erased = registry
+                .get(&h.job_name)
+                .ok_or_else(|| CoordError::Garbage {
+                    path: store.layout().job(&h.job_id),
+                    reason: "job type vanished".into(),
+                })?;
+            let rec = &job.record;
+            let plan = recover_job(
+                &job.id,
+                &rec.job_name,
+                rec.tasks_total,
+                rec.options.shard_size,
+                rec.options.max_attempts,
+                &BTreeMap::new(),
+            )
+            .plan;
+            let rt = JobRuntime {
+                stored: job,
+                tasks: Arc::new(tasks),
+                acc: erased.new_acc(),
+                failures: Vec::new(),
+                finishing: false,
+            };
+            Ok::<_, CoordError>(Some((rt, plan)))
+        };
+        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+            act.submitting.remove(&id);
+            match res {
+                Ok(None) => Frame::Accepted { job_id: id, existing: true },
+                Ok(Some((rt, plan))) => {
+                    tracing::info!(job = %id, tasks = plan.tasks_total, shards = plan.pending.len(), "job accepted");
+                    metrics::counter!(m::JOBS_SUBMITTED).increment(1);
+                    act.jobs.insert(id.clone(), rt);
+                    let cmds = act.sched.add_job(plan);
+                    act.apply(cmds, ctx);
+                    act.dispatch(ctx);
+                    Frame::Accepted { job_id: id, existing: false }
+                }
+                Err(e) => {
+                    if e.is_session_end() {
+                        act.fail(ctx, &e);
+                    }
+                    error(format!("submission of {id} failed: {e}"))
+                }
+            }
+        }))
+    }
+}
+
+impl Handler<ClientRequest> for Master {
+    type Result = ResponseActFuture<Self, Frame>;
+    fn handle(&mut self, msg: ClientRequest, ctx: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        match msg.0 {
+            Frame::GetStatus => {
+                let workers = self
+                    .registered
+                    .iter()
+                    .map(|(id, info)| WorkerStatus {
+                        node_id: id.clone(),
+                        addr: info.addr.clone(),
+                        slots: info.slots,
+                        in_flight: self.sched.running_on(id) as u32,
+                        connected: self.links.contains_key(id),
+                    })
+                    .collect();
+                let jobs = self
+                    .jobs
+                    .keys()
+                    .filter_map(|id| self.progress(id))
+                    .collect();
+                Box::pin(fut::ready(Frame::Status(ClusterStatus {
+                    leader: self.settings.node_id.clone(),
+                    epoch: self.store.epoch(),
+                    workers,
+                    jobs,
+                })))
+            }
+            Frame::GetJob { job_id } => {
+                if let Some(p) = self.progress(&job_id) {
+                    return Box::pin(fut::ready(Frame::Job(p)));
+                }
+                Box::pin(
+                    async move {
+                        let Some(job) = store.read_job(&job_id).await? else {
+                            return Ok(error(format!("no job {job_id}")));
+                        };
+                        let result = store.read_result(&job_id).await?;
+                        Ok::<_, CoordError>(Frame::Job(Self::stored_progress(
+                            &job,
+                            result.as_ref(),
+                        )))
+                    }
+                    .into_actor(self)
+                    .map(|res, _, _| res.unwrap_or_else(error)),
+                )
+            }
+            Frame::FetchResult { job_id } => {
+                if self.jobs.contains_key(&job_id) {
+                    return Box::pin(fut::ready(error(format!("job {job_id} is still running"))));
+                }
+                Box::pin(
+                    async move {
+                        let Some(job) = store.read_job(&job_id).await? else {
+                            return Ok(error(format!("no job {job_id} (unknown, or its result was fetched and retention has passed)")));
+                        };
+                        let result = store.read_result(&job_id).await?;
+                        let bytes = match &result {
+                            Some(r) => read_output(&r.output)?,
+                            None if job.record.status == JobStatus::Cancelled => Vec::new(),
+                            None => return Ok(error(format!("job {job_id} has no result yet"))),
+                        };
+                        store.mark_fetched(&job).await?;
+                        Ok::<_, CoordError>(Frame::Outcome(JobOutcome {
+                            progress: Self::stored_progress(&job, result.as_ref()),
+                            result: ByteBuf::from(bytes),
+                            failures: result.map(|r| r.failures).unwrap_or_default(),
+                        }))
+                    }
+                    .into_actor(self)
+                    .map(|res, _, _| res.unwrap_or_else(error)),
+                )
+            }
+            Frame::Cancel { job_id } => {
+                let rt = self.jobs.remove(&job_id);
+                self.sched.remove_job(&job_id);
+                self.dispatch(ctx);
+                Box::pin(
+                    async move {
+                        let job = match rt {
+                            Some(rt) => rt.stored,
+                            None => match store.read_job(&job_id).await? {
+                                Some(j) => j,
+                                None => return Ok(error(format!("no job {job_id}"))),
+                            },
+                        };
+                        if job.record.status == JobStatus::Accepted {
+                            store.set_status(&job, JobStatus::Cancelled).await?;
+                        }
+                        Ok::<_, CoordError>(Frame::Ok)
+                    }
+                    .into_actor(self)
+                    .map(|res, _, _| res.unwrap_or_else(error)),
+                )
+            }
+            other => Box::pin(fut::ready(error(format!(
+                "unexpected request {:?}",
+                frame_name(&other)
+            )))),
+        }
+    }
+}
+
+/// A frame's variant name, for error messages.
+pub(crate) fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::WorkerHello { .. } => "WorkerHello",
+        Frame::Welcome { .. } => "Welcome",
+        Frame::Assign(_) => "Assign",
+        Frame::Report(_) => "Report",
+        Frame::Submit(_) => "Submit",
+        Frame::SubmitChunk { .. } => "SubmitChunk",
+        Frame::Accepted { .. } => "Accepted",
+        Frame::GetJob { .. } => "GetJob",
+        Frame::Job(_) => "Job",
+        Frame::GetStatus => "GetStatus",
+        Frame::Status(_) => "Status",
+        Frame::FetchResult { .. } => "FetchResult",
+        Frame::Outcome(_) => "Outcome",
+        Frame::Cancel { .. } => "Cancel",
+        Frame::Ok => "Ok",
+        Frame::NotMaster => "NotMaster",
+        Frame::Error { .. } => "Error",
+    }
+}
+
+/// Asks the master for its epoch.
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub(crate) struct GetEpoch;
+
+impl Handler<GetEpoch> for Master {
+    type Result = u64;
+    fn handle(&mut self, _: GetEpoch, _: &mut Context<Self>) -> u64 {
+        self.store.epoch()
+    }
+}

@@ -1,0 +1,21 @@
+//! The actix actors, thin shells around `core` decisions and `coord` /
+//! `transport` I/O: [`election::Election`] (candidacy), [`master::Master`]
+//! (the supervisor of an elected node) and [`worker::Worker`].
+
+pub(crate) mod election;
+pub(crate) mod master;
+pub(crate) mod worker;
+
+use actix::Message;
+
+/// Asks an actor to stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Stop;
+
+/// Held by every actor of a session; the node waits for all clones to be
+/// dropped before it closes the ZooKeeper session.
+pub(crate) type Alive = tokio::sync::mpsc::Sender<()>;
+
+/// Why a session's actors gave up (the node then starts a new session).
+pub(crate) type Fatal = tokio::sync::mpsc::UnboundedSender<String>;

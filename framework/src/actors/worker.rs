@@ -1,0 +1,297 @@
+//! The worker actor: registers `/workers/<node-id>`, follows `/master`,
+//! keeps one QUIC control stream to the current master, runs the shards it
+//! receives on the blocking thread pool (never on an arbiter thread), and
+//! reports each shard's outcome. Frames from an older epoch than the newest
+//! it has seen are refused.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, Semaphore};
+use zookeeper_client::{Client, Error as ZkError};
+
+use super::{Alive, Fatal, Stop};
+use crate::coord::{read_master, wait_for_master, CoordError, Layout, MasterInfo, WorkerInfo};
+use crate::core::TaskFailure;
+use crate::metrics as m;
+use crate::registry::{Registry, RunEnv};
+use crate::transport::{self, FramedStream, TransportError};
+use crate::wire::{self, Frame, ShardReport, PROTOCOL_VERSION};
+
+pub(crate) struct WorkerSettings {
+    pub node_id: String,
+    pub addr: String,
+    pub slots: u32,
+    pub data_dir: PathBuf,
+    pub registry: Registry,
+    pub endpoint: quinn::Endpoint,
+    pub max_frame: usize,
+}
+
+pub(crate) struct Worker {
+    pub zk: Client,
+    pub layout: Layout,
+    pub settings: Arc<WorkerSettings>,
+    pub fatal: Fatal,
+    pub _alive: Alive,
+}
+
+impl Actor for Worker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        metrics::gauge!(m::NODE_ROLE, "role" => "worker").set(1.0);
+        let fut = run(self.zk.clone(), self.layout.clone(), self.settings.clone());
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            if let Err(e) = res {
+                tracing::error!(error = %e, "worker stopped");
+                let _ = act.fatal.send(format!("worker: {e}"));
+            }
+            ctx.stop();
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        metrics::gauge!(m::NODE_ROLE, "role" => "worker").set(0.0);
+    }
+}
+
+impl Handler<Stop> for Worker {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+async fn register(zk: &Client, layout: &Layout, s: &WorkerSettings) -> Result<(), CoordError> {
+    let path = layout.worker(&s.node_id);
+    let info = WorkerInfo {
+        addr: s.addr.clone(),
+        slots: s.slots,
+        jobs: s.registry.names(),
+    };
+    let data = rmp_serde::to_vec(&info).map_err(|e| CoordError::Garbage {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    crate::coord::ensure_path(zk, &layout.workers()).await?;
+    loop {
+        match zk
+            .create(&path, &data, &crate::coord::EPHEMERAL_OPTIONS)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // A registration of an earlier incarnation (same node id) whose
+            // session has not expired yet, or ours before a connection loss.
+            Err(ZkError::NodeExists) => match zk.delete(&path, None).await {
+                Ok(()) | Err(ZkError::NoNode) => {}
+                Err(e) => return Err(CoordError::zk(&path, e)),
+            },
+            Err(ZkError::ConnectionLoss) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => return Err(CoordError::zk(&path, e)),
+        }
+    }
+}
+
+async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
+    register(&zk, &layout, &s).await?;
+    tracing::info!(node = %s.node_id, slots = s.slots, "worker registered");
+    let mut newest_epoch = 0u64;
+    let mut failed_epoch = None;
+    loop {
+        let master =
+            match wait_for_master(&zk, &layout, failed_epoch, Duration::from_secs(1)).await? {
+                Some(m) => m,
+                None => match read_master(&zk, &layout).await? {
+                    Some(m) => m,
+                    None => continue,
+                },
+            };
+        if master.epoch < newest_epoch {
+            tracing::warn!(
+                epoch = master.epoch,
+                newest_epoch,
+                "ignoring a master older than one already seen"
+            );
+            failed_epoch = Some(master.epoch);
+            continue;
+        }
+        newest_epoch = master.epoch;
+        let session = serve(&s, &master);
+        let changed = master_changed(&zk, &layout, master.epoch);
+        tokio::select! {
+            r = session => {
+                if let Err(e) = r {
+                    tracing::warn!(master = %master.node_id, epoch = master.epoch, error = %e, "link to master lost");
+                }
+                failed_epoch = Some(master.epoch);
+            }
+            r = changed => {
+                r?;
+                tracing::info!(old_epoch = master.epoch, "master changed; reconnecting");
+                failed_epoch = Some(master.epoch);
+            }
+        }
+    }
+}
+
+/// Resolves once `/master` no longer holds `epoch`.
+async fn master_changed(zk: &Client, layout: &Layout, epoch: u64) -> Result<(), CoordError> {
+    let path = layout.master();
+    loop {
+        let watcher = match zk.get_and_watch_data(&path).await {
+            Ok((data, _, w)) => match rmp_serde::from_slice::<MasterInfo>(&data) {
+                Ok(info) if info.epoch == epoch => w,
+                _ => return Ok(()),
+            },
+            Err(ZkError::NoNode) => return Ok(()),
+            Err(e) => return Err(CoordError::zk(&path, e)),
+        };
+        let ev = watcher.changed().await;
+        if ev.session_state.is_terminated() {
+            return Err(CoordError::zk(&path, ZkError::SessionExpired));
+        }
+    }
+}
+
+async fn serve(s: &Arc<WorkerSettings>, master: &MasterInfo) -> Result<(), TransportError> {
+    let conn = transport::dial(&s.endpoint, &master.addr).await?;
+    let mut stream = FramedStream::open(&conn, s.max_frame).await?;
+    let hello = Frame::WorkerHello {
+        version: PROTOCOL_VERSION,
+        node_id: s.node_id.clone(),
+        slots: s.slots,
+        jobs: s.registry.names(),
+        epoch: master.epoch,
+    };
+    let epoch = match stream.request(&[hello]).await? {
+        Frame::Welcome { epoch } if epoch >= master.epoch => epoch,
+        Frame::Welcome { epoch } => {
+            return Err(TransportError::Connect {
+                addr: master.addr.clone(),
+                reason: format!("stale master epoch {epoch}"),
+            })
+        }
+        Frame::Error { message } => {
+            return Err(TransportError::Connect {
+                addr: master.addr.clone(),
+                reason: message,
+            })
+        }
+        other => {
+            return Err(TransportError::Connect {
+                addr: master.addr.clone(),
+                reason: format!("unexpected {}", super::master::frame_name(&other)),
+            })
+        }
+    };
+    tracing::info!(master = %master.node_id, epoch, "connected to master");
+    let FramedStream {
+        mut send,
+        mut recv,
+        max_frame,
+    } = stream;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let writer = async move {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(f) = rx.recv().await {
+            buf.clear();
+            wire::encode_into(&mut buf, &f)?;
+            while let Ok(f) = rx.try_recv() {
+                wire::encode_into(&mut buf, &f)?;
+            }
+            send.write_all(&buf)
+                .await
+                .map_err(|e| wire::WireError::Io(e.into()))?;
+        }
+        Ok::<_, wire::WireError>(())
+    };
+    let slots = Arc::new(Semaphore::new(s.slots as usize));
+    let reader = async {
+        loop {
+            match wire::read_frame(&mut recv, max_frame).await? {
+                Frame::Assign(a) if a.epoch == epoch => {
+                    let tx = tx.clone();
+                    let s = s.clone();
+                    let slots = slots.clone();
+                    actix::spawn(async move {
+                        let Ok(_permit) = slots.acquire_owned().await else {
+                            return;
+                        };
+                        let job_id = a.job_id.clone();
+                        let (shard, attempt) = (a.shard, a.attempt);
+                        let n = a.tasks.len() as u64;
+                        let started = Instant::now();
+                        let env = RunEnv {
+                            node_id: s.node_id.clone(),
+                            data_dir: s.data_dir.clone(),
+                        };
+                        let indexes: Vec<u64> = a.tasks.iter().map(|(i, _)| *i).collect();
+                        let job_name = a.job_name.clone();
+                        let run = tokio::task::spawn_blocking(move || {
+                            s.registry
+                                .get(&a.job_name)
+                                .map(|job| job.run_shard(&a.job_id, a.attempt, a.tasks, &env))
+                        })
+                        .await;
+                        let fail_all = |error: String, retryable| {
+                            let failures = indexes
+                                .iter()
+                                .map(|&index| TaskFailure {
+                                    index,
+                                    error: error.clone(),
+                                    attempt,
+                                    retryable,
+                                })
+                                .collect();
+                            (Vec::new(), failures)
+                        };
+                        let (output, failures) = match run {
+                            Ok(Some(r)) => (r.output, r.failures),
+                            Ok(None) => fail_all(
+                                format!("unknown job type {job_name:?} on this worker"),
+                                true,
+                            ),
+                            Err(e) => fail_all(format!("shard runner failed: {e}"), true),
+                        };
+                        metrics::counter!(m::TASKS_RUN).increment(n);
+                        metrics::histogram!(m::SHARD_SECONDS)
+                            .record(started.elapsed().as_secs_f64());
+                        let report = ShardReport {
+                            epoch,
+                            job_id,
+                            shard,
+                            attempt,
+                            output: ByteBuf::from(output),
+                            failures,
+                        };
+                        let _ = tx.send(Frame::Report(report));
+                    });
+                }
+                Frame::Assign(a) => {
+                    tracing::warn!(
+                        epoch = a.epoch,
+                        current = epoch,
+                        "refusing an assignment from another epoch"
+                    );
+                }
+                other => {
+                    tracing::warn!(
+                        frame = super::master::frame_name(&other),
+                        "unexpected frame from master"
+                    );
+                }
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<_, wire::WireError>(())
+    };
+    tokio::select! {
+        r = writer => r?,
+        r = reader => r?,
+    }
+    Ok(())
+}

@@ -1,0 +1,702 @@
+//! The command line every node binary gets from [`NodeBuilder::run_cli`]:
+//! `node`, `submit`, `result`, `status`, `cancel`, `certs` and `local`.
+//! Jobs registered with [`NodeBuilder::cli_job`] add their own arguments to
+//! `submit`, `result` and `local`.
+
+use std::io::IsTerminal;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+use serde_bytes::ByteBuf;
+
+use crate::client::{Client, ClientConfig, JobReport};
+use crate::node::{self, NodeBuilder, NodeConfig, Role};
+use crate::registry::{decode, encode};
+use crate::task::Job;
+use crate::transport::tls;
+use crate::wire::{JobOptions, JobProgress, JobState};
+use crate::zkserver::{free_port, ZkServer, ZkServerOptions};
+
+/// Errors user hooks return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A job that can be submitted from the command line.
+pub trait CliJob: Job {
+    /// Its arguments (added to `submit`, `result` and `local`).
+    type Args: Args + FromArgMatches + Send + 'static;
+    /// Builds the tasks from the arguments (client side).
+    fn tasks(args: &Self::Args) -> Result<Vec<Self::Task>, BoxError>;
+    /// Writes or prints the result (client side).
+    fn output(args: &Self::Args, result: Self::Result, report: &JobReport) -> Result<(), BoxError>;
+}
+
+type Finish = Box<dyn FnOnce(&[u8], &JobReport) -> anyhow::Result<()> + Send>;
+
+pub(crate) trait ErasedCliJob: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn default_shard_size(&self) -> u32;
+    fn augment(&self, cmd: clap::Command) -> clap::Command;
+    fn plan(&self, m: &ArgMatches, with_tasks: bool) -> anyhow::Result<(Vec<ByteBuf>, Finish)>;
+}
+
+pub(crate) struct CliEntry<J>(PhantomData<fn() -> J>);
+
+impl<J> Default for CliEntry<J> {
+    fn default() -> Self {
+        CliEntry(PhantomData)
+    }
+}
+
+impl<J: CliJob> ErasedCliJob for CliEntry<J> {
+    fn name(&self) -> &'static str {
+        J::NAME
+    }
+    fn default_shard_size(&self) -> u32 {
+        J::default_shard_size()
+    }
+    fn augment(&self, cmd: clap::Command) -> clap::Command {
+        J::Args::augment_args(cmd)
+    }
+    fn plan(&self, m: &ArgMatches, with_tasks: bool) -> anyhow::Result<(Vec<ByteBuf>, Finish)> {
+        let args = J::Args::from_arg_matches(m)?;
+        let tasks = if with_tasks {
+            J::tasks(&args)
+                .map_err(|e| anyhow!("{e}"))?
+                .iter()
+                .map(|t| encode("task", t).map(ByteBuf::from))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        let finish: Finish = Box::new(move |bytes, report| {
+            let result: J::Result = if bytes.is_empty() {
+                J::Result::default()
+            } else {
+                decode("job result", bytes)?
+            };
+            J::output(&args, result, report).map_err(|e| anyhow!("{e}"))
+        });
+        Ok((tasks, finish))
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "A Ringleader node binary: run nodes, submit jobs, watch the cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Conn {
+    /// ZooKeeper connect string (host:port[,host:port...]).
+    #[arg(long, env = "RINGLEADER_ZK", default_value = "127.0.0.1:2181")]
+    zk: String,
+    /// Cluster name.
+    #[arg(long, env = "RINGLEADER_CLUSTER", default_value = "default")]
+    cluster: String,
+    /// Directory of the cluster CA and certificates (see `certs`).
+    #[arg(long, env = "RINGLEADER_CERTS", default_value = "certs")]
+    certs: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+struct NodeArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// What this node does.
+    #[arg(long, value_enum, default_value = "all")]
+    role: Role,
+    /// QUIC address to bind.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Address other nodes dial (default: the bound address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Node id (default: random).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Shared data directory for outputs too big for ZooKeeper.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Concurrent tasks (default: number of CPUs).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Requested ZooKeeper session timeout.
+    #[arg(long, default_value_t = 4000)]
+    session_timeout_ms: u64,
+    /// Serve Prometheus metrics here.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// Largest frame accepted, in bytes.
+    #[arg(long, default_value_t = crate::wire::DEFAULT_MAX_FRAME)]
+    max_frame: usize,
+    /// Largest submission accepted, in bytes of encoded tasks.
+    #[arg(long, default_value_t = 256 << 20)]
+    max_job_bytes: usize,
+    /// Seconds a fetched result stays in ZooKeeper.
+    #[arg(long, default_value_t = 60)]
+    retention_secs: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct SubmitArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Job id (default: a random UUID); resubmitting an id returns the existing job.
+    #[arg(long)]
+    job_id: Option<String>,
+    /// Return once the job is accepted, without waiting for the result.
+    #[arg(long)]
+    detach: bool,
+    /// Tasks per shard.
+    #[arg(long)]
+    shard_size: Option<u32>,
+    /// Attempts per task.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ResultArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job.
+    job_id: String,
+}
+
+#[derive(Args, Debug, Clone)]
+struct StatusArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct CancelArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The job.
+    job_id: String,
+}
+
+#[derive(Args, Debug, Clone)]
+struct CertsArgs {
+    /// Where to write ca.pem/ca.key, node.pem/node.key, client.pem/client.key.
+    #[arg(long, default_value = "certs")]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+struct LocalArgs {
+    /// Nodes to start (each a master candidate and a worker).
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Task slots per node (default: CPUs / nodes, at least 1).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Tasks per shard.
+    #[arg(long)]
+    shard_size: Option<u32>,
+    /// Attempts per task.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// Keep the temporary directory (logs, ZooKeeper data) after the run.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Join a cluster: by default a master candidate and a worker.
+    Node(NodeArgs),
+    /// Submit a job, wait for it and write its result.
+    Submit(SubmitArgs),
+    /// Fetch a finished job's result.
+    Result(ResultArgs),
+    /// Show the leader, epoch, workers and jobs.
+    Status(StatusArgs),
+    /// Cancel a job.
+    Cancel(CancelArgs),
+    /// Make a cluster CA with node and client certificates.
+    Certs(CertsArgs),
+    /// Start a private ZooKeeper and N nodes here, run a job, stop everything.
+    Local(LocalArgs),
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,quinn=warn,zookeeper_client=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+impl NodeBuilder {
+    /// Parses the process arguments and runs the chosen command.
+    pub fn run_cli(self) -> anyhow::Result<()> {
+        self.run_cli_from(std::env::args_os())
+    }
+
+    /// Like [`run_cli`](Self::run_cli) with explicit arguments.
+    pub fn run_cli_from<I, T>(self, args: I) -> anyhow::Result<()>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        if let Some(job) = self.cli.first() {
+            for sub in ["submit", "local", "result"] {
+                cmd = cmd.mut_subcommand(sub, |c| job.augment(c));
+            }
+        }
+        let matches = cmd.try_get_matches_from(args).unwrap_or_else(|e| e.exit());
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        init_tracing(cli.log_format);
+        let sub = matches
+            .subcommand()
+            .map(|(_, m)| m.clone())
+            .ok_or_else(|| anyhow!("no command"))?;
+        match cli.cmd {
+            Cmd::Node(a) => run_node(self, a),
+            Cmd::Certs(a) => {
+                tls::make_cluster_certs(&a.out)
+                    .with_context(|| format!("writing certificates to {}", a.out.display()))?;
+                println!(
+                    "wrote the cluster CA and node/client certificates to {}",
+                    a.out.display()
+                );
+                Ok(())
+            }
+            Cmd::Submit(a) => {
+                let job = self
+                    .cli
+                    .first()
+                    .ok_or_else(|| anyhow!("this binary registers no command-line job"))?
+                    .clone();
+                let (tasks, finish) = job.plan(&sub, true)?;
+                let opts = JobOptions {
+                    shard_size: a
+                        .shard_size
+                        .unwrap_or_else(|| job.default_shard_size())
+                        .max(1),
+                    max_attempts: a.max_attempts.max(1),
+                };
+                block_on(submit(
+                    &a.conn,
+                    job.name(),
+                    tasks,
+                    opts,
+                    a.job_id,
+                    a.detach,
+                    finish,
+                ))
+            }
+            Cmd::Result(a) => {
+                let job = self
+                    .cli
+                    .first()
+                    .ok_or_else(|| anyhow!("this binary registers no command-line job"))?
+                    .clone();
+                let (_, finish) = job.plan(&sub, false)?;
+                block_on(async move {
+                    let client = Client::connect(client_config(&a.conn)).await?;
+                    let (bytes, report) = client.fetch_encoded(&a.job_id).await?;
+                    print_report(&report);
+                    finish(&bytes, &report)
+                })
+            }
+            Cmd::Status(a) => block_on(async move {
+                let client = Client::connect(client_config(&a.conn)).await?;
+                let s = client.status().await?;
+                if a.json {
+                    println!("{}", status_json(&s));
+                } else {
+                    println!("leader {} epoch {}", s.leader, s.epoch);
+                    for w in &s.workers {
+                        println!(
+                            "worker {} {} slots {} in-flight {} {}",
+                            w.node_id,
+                            w.addr,
+                            w.slots,
+                            w.in_flight,
+                            if w.connected {
+                                "connected"
+                            } else {
+                                "not connected"
+                            }
+                        );
+                    }
+                    for j in &s.jobs {
+                        println!(
+                            "job {} {} {}/{} tasks, {} failed, {} retries",
+                            j.job_id,
+                            j.job_name,
+                            j.tasks_done,
+                            j.tasks_total,
+                            j.tasks_failed,
+                            j.retries
+                        );
+                    }
+                }
+                Ok(())
+            }),
+            Cmd::Cancel(a) => block_on(async move {
+                let client = Client::connect(client_config(&a.conn)).await?;
+                client.cancel(&a.job_id).await?;
+                println!("cancelled {}", a.job_id);
+                Ok(())
+            }),
+            Cmd::Local(a) => {
+                let job = self
+                    .cli
+                    .first()
+                    .ok_or_else(|| anyhow!("this binary registers no command-line job"))?
+                    .clone();
+                let (tasks, finish) = job.plan(&sub, true)?;
+                let opts = JobOptions {
+                    shard_size: a
+                        .shard_size
+                        .unwrap_or_else(|| job.default_shard_size())
+                        .max(1),
+                    max_attempts: a.max_attempts.max(1),
+                };
+                run_local(a, job.name(), tasks, opts, finish)
+            }
+        }
+    }
+}
+
+fn status_json(s: &crate::wire::ClusterStatus) -> String {
+    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    let workers: Vec<String> = s
+        .workers
+        .iter()
+        .map(|w| {
+            format!(
+                r#"{{"node_id":"{}","addr":"{}","slots":{},"in_flight":{},"connected":{}}}"#,
+                esc(&w.node_id),
+                esc(&w.addr),
+                w.slots,
+                w.in_flight,
+                w.connected
+            )
+        })
+        .collect();
+    let jobs: Vec<String> = s
+        .jobs
+        .iter()
+        .map(|j| {
+            format!(
+                r#"{{"job_id":"{}","job_name":"{}","tasks_total":{},"tasks_done":{},"tasks_failed":{},"retries":{}}}"#,
+                esc(&j.job_id),
+                esc(&j.job_name),
+                j.tasks_total,
+                j.tasks_done,
+                j.tasks_failed,
+                j.retries
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"leader":"{}","epoch":{},"workers":[{}],"jobs":[{}]}}"#,
+        esc(&s.leader),
+        s.epoch,
+        workers.join(","),
+        jobs.join(",")
+    )
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    actix::System::new().block_on(f)
+}
+
+fn client_config(c: &Conn) -> ClientConfig {
+    ClientConfig::new(c.zk.clone(), c.cluster.clone(), c.certs.clone())
+}
+
+fn print_report(r: &JobReport) {
+    let p = &r.progress;
+    eprintln!(
+        "job {}: {} tasks, {} failed, {} retried attempts",
+        p.job_id, p.tasks_total, p.tasks_failed, p.retries
+    );
+    for f in r.failures.iter().take(10) {
+        eprintln!(
+            "  task {} failed after {} attempt(s): {}",
+            f.index, f.attempt, f.error
+        );
+    }
+    if r.failures.len() > 10 {
+        eprintln!("  ... and {} more failed tasks", r.failures.len() - 10);
+    }
+}
+
+fn show_progress(p: &JobProgress, last: &mut Instant, tty: bool) {
+    if p.state == JobState::Running
+        && last.elapsed() < Duration::from_millis(if tty { 100 } else { 1000 })
+    {
+        return;
+    }
+    *last = Instant::now();
+    let line = format!(
+        "progress: {}/{} tasks ({} failed, {} retries)",
+        p.tasks_done, p.tasks_total, p.tasks_failed, p.retries
+    );
+    if tty {
+        eprint!("\r{line}");
+        if p.state != JobState::Running {
+            eprintln!();
+        }
+    } else {
+        eprintln!("{line}");
+    }
+}
+
+async fn submit(
+    conn: &Conn,
+    name: &str,
+    tasks: Vec<ByteBuf>,
+    opts: JobOptions,
+    job_id: Option<String>,
+    detach: bool,
+    finish: Finish,
+) -> anyhow::Result<()> {
+    let client = Client::connect(client_config(conn)).await?;
+    let (id, existing) = client.submit_encoded(name, tasks, opts, job_id).await?;
+    eprintln!(
+        "job {id} {}",
+        if existing {
+            "already exists"
+        } else {
+            "accepted"
+        }
+    );
+    if detach {
+        println!("{id}");
+        return Ok(());
+    }
+    run_to_end(&client, &id, finish).await
+}
+
+async fn run_to_end(client: &Client, id: &str, finish: Finish) -> anyhow::Result<()> {
+    let tty = std::io::stderr().is_terminal();
+    let mut last = Instant::now() - Duration::from_secs(10);
+    let wait = client.wait(id, |p| show_progress(p, &mut last, tty));
+    let p = tokio::select! {
+        p = wait => p?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ndetached; the job keeps running. Fetch it later with `result {id}`");
+            return Ok(());
+        }
+    };
+    if p.state == JobState::Cancelled {
+        bail!("job {id} was cancelled");
+    }
+    let (bytes, report) = client.fetch_encoded(id).await?;
+    print_report(&report);
+    finish(&bytes, &report)
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!(
+        "{}-{}-{}",
+        host.trim(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
+}
+
+fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
+    if let Some(addr) = a.metrics_addr {
+        crate::metrics::install(addr)
+            .with_context(|| format!("starting the metrics exporter on {addr}"))?;
+        tracing::info!("metrics at http://{addr}/metrics");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let config = NodeConfig {
+        zk: a.conn.zk,
+        cluster: a.conn.cluster.clone(),
+        node_id: a.node_id.unwrap_or_else(default_node_id),
+        role: a.role,
+        listen: a.listen,
+        advertise: a.advertise,
+        certs: a.conn.certs,
+        data_dir: a
+            .data_dir
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("ringleader-{}", a.conn.cluster))),
+        slots: a.slots.unwrap_or(cpus),
+        session_timeout: Duration::from_millis(a.session_timeout_ms),
+        max_frame: a.max_frame,
+        max_job_bytes: a.max_job_bytes,
+        retention: Duration::from_secs(a.retention_secs),
+    };
+    let registry = builder.registry;
+    actix::System::new().block_on(async move { node::run(config, registry).await })?;
+    Ok(())
+}
+
+/// Child processes stopped with SIGTERM (then SIGKILL) when dropped.
+struct Children(Vec<Child>);
+
+impl Children {
+    fn stop(&mut self) {
+        for c in &self.0 {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for c in &mut self.0 {
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn run_local(
+    a: LocalArgs,
+    name: &str,
+    tasks: Vec<ByteBuf>,
+    opts: JobOptions,
+    finish: Finish,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("ringleader-local-")
+        .tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    let started = Instant::now();
+    let zk = ZkServer::start(&dir.join("zk"), &ZkServerOptions::default())?;
+    let certs = dir.join("certs");
+    tls::make_cluster_certs(&certs)?;
+    let exe = std::env::current_exe()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let slots = a
+        .slots
+        .unwrap_or_else(|| cpus.div_ceil(a.nodes.max(1)).max(1));
+    let mut children = Children(Vec::new());
+    let mut metrics = Vec::new();
+    for i in 0..a.nodes.max(1) {
+        let log = std::fs::File::create(dir.join(format!("node-{i}.log")))?;
+        let maddr = format!("127.0.0.1:{}", free_port()?);
+        let child = Command::new(&exe)
+            .args([
+                "node",
+                "--zk",
+                &zk.connect_string(),
+                "--cluster",
+                "local",
+                "--node-id",
+                &format!("node-{i}"),
+            ])
+            .arg("--certs")
+            .arg(&certs)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args([
+                "--slots",
+                &slots.to_string(),
+                "--metrics-addr",
+                &maddr,
+                "--session-timeout-ms",
+                "2000",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        children.0.push(child);
+        metrics.push(format!("http://{maddr}/metrics"));
+    }
+    eprintln!(
+        "local cluster: ZooKeeper at {}, {} nodes x {slots} slots",
+        zk.connect_string(),
+        a.nodes
+    );
+    for (i, m) in metrics.iter().enumerate() {
+        eprintln!("  node-{i} metrics: {m}");
+    }
+    let conn = Conn {
+        zk: zk.connect_string(),
+        cluster: "local".into(),
+        certs: certs.clone(),
+    };
+    let n_tasks = tasks.len();
+    let job_started = Instant::now();
+    let res = block_on(async move {
+        let client = Client::connect(client_config(&conn)).await?;
+        let (id, _) = client.submit_encoded(name, tasks, opts, None).await?;
+        eprintln!("job {id} accepted: {n_tasks} tasks");
+        run_to_end(&client, &id, finish).await
+    });
+    let secs = job_started.elapsed().as_secs_f64();
+    if res.is_ok() {
+        eprintln!(
+            "job ran in {secs:.2} s ({:.0} tasks/s); whole local run {:.2} s",
+            n_tasks as f64 / secs,
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        for i in 0..a.nodes {
+            eprintln!(
+                "--- last lines of node-{i}.log ---\n{}",
+                tail(&dir.join(format!("node-{i}.log")), 15)
+            );
+        }
+    }
+    children.stop();
+    drop(zk);
+    if a.keep {
+        eprintln!("kept {}", tmp.keep().display());
+    }
+    res
+}

@@ -1,0 +1,29 @@
+//! ZooKeeper: the znode layout, the records stored in it, and every read and
+//! fenced write the cluster makes. Only this module imports zookeeper-client.
+//!
+//! Layout under `/ringleader/<cluster>`:
+//! ```text
+//! election/_c_<uuid>-latch-NNNNNNNNNN  EPHEMERAL_SEQUENTIAL  candidates (zookeeper-client's lock recipe)
+//! epoch                                PERSISTENT  u64 epoch in data, never deleted
+//! master                               EPHEMERAL   MasterInfo, written once recovery is done
+//! workers/<node-id>                    EPHEMERAL   WorkerInfo
+//! jobs/<job-id>                        PERSISTENT  JobRecord
+//! jobs/<job-id>/batches/<k>            PERSISTENT  encoded tasks, each request under the size budget
+//! jobs/<job-id>/done/<bucket>/<i>-<g>  PERSISTENT  ShardRecord: the commit of shard i, generation g
+//! jobs/<job-id>/result                 PERSISTENT  ResultRecord, until fetched + retention
+//! ```
+
+mod records;
+mod store;
+mod zk;
+
+pub use records::{
+    JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord, WorkerInfo,
+};
+pub use store::{read_output, CommitOutcome, LeaderStore, StoredJob};
+pub(crate) use zk::EPHEMERAL as EPHEMERAL_OPTIONS;
+pub use zk::{
+    connect, ensure_path, read_master, wait_for_master, CoordError, Layout, REQUEST_BUDGET,
+};
+
+pub use zookeeper_client::{Client as ZkClient, SessionState};

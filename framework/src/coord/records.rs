@@ -1,0 +1,101 @@
+//! Records stored in znodes, MessagePack-encoded. Decoding garbage gives a
+//! [`CoordError::Garbage`](super::CoordError::Garbage) naming the path.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::core::TaskFailure;
+use crate::wire::JobOptions;
+
+/// Data of `/master`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MasterInfo {
+    /// The master's node id.
+    pub node_id: String,
+    /// Its QUIC address.
+    pub addr: String,
+    /// Its epoch.
+    pub epoch: u64,
+}
+
+/// Data of `/workers/<node-id>`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The worker's QUIC address (for operators; workers dial the master).
+    pub addr: String,
+    /// Concurrent task slots.
+    pub slots: u32,
+    /// Job names it runs.
+    pub jobs: Vec<String>,
+}
+
+/// Lifecycle of a job in ZooKeeper.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Batches are being written; not acknowledged. A new master deletes such jobs.
+    Writing,
+    /// Durable and acknowledged.
+    Accepted,
+    /// Every task has a committed final outcome; `result` holds the reduction.
+    Done,
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+/// Data of `/jobs/<job-id>`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobRecord {
+    /// Registered job name.
+    pub job_name: String,
+    /// Cutting and retry options.
+    pub options: JobOptions,
+    /// Number of tasks.
+    pub tasks_total: u64,
+    /// Number of `batches/<k>` children.
+    pub batches: u32,
+    /// Lifecycle state.
+    pub status: JobStatus,
+    /// Milliseconds since the Unix epoch when accepted.
+    pub created_ms: u64,
+    /// When the result was first fetched, if it was.
+    pub fetched_ms: Option<u64>,
+}
+
+/// Where an encoded output lives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum OutputRef {
+    /// In the znode itself.
+    Inline(ByteBuf),
+    /// In a file of the cluster's shared data directory (too big for ZooKeeper).
+    File(String),
+}
+
+/// Data of `done/<bucket>/<i>-<g>`: one shard's committed outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShardRecord {
+    /// Epoch of the committing master.
+    pub epoch: u64,
+    /// The attempt committed.
+    pub attempt: u32,
+    /// Encoded partial result of the tasks that succeeded.
+    pub output: OutputRef,
+    /// Tasks that failed in this attempt.
+    pub failures: Vec<TaskFailure>,
+}
+
+/// Data of `jobs/<job-id>/result`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ResultRecord {
+    /// Epoch of the master that reduced the job.
+    pub epoch: u64,
+    /// Encoded `Job::Result`.
+    pub output: OutputRef,
+    /// Tasks that failed every attempt (bounded).
+    pub failures: Vec<TaskFailure>,
+    /// Tasks done and failed, retries.
+    pub tasks_done: u64,
+    /// Tasks that failed.
+    pub tasks_failed: u64,
+    /// Failed attempts that were retried.
+    pub retries: u64,
+}

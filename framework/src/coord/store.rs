@@ -1,0 +1,620 @@
+//! The master's view of ZooKeeper: every write is fenced by its election
+//! znode (zookeeper-client's `OwnedLockClient` adds a check of it to each
+//! transaction), so a deposed master can change nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_bytes::ByteBuf;
+use zookeeper_client::{Client, Error as ZkError, OwnedLockClient};
+
+use super::records::{JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord};
+use super::zk::{
+    decode_record, encode_record, CoordError, Layout, EPHEMERAL, PERSISTENT, REQUEST_BUDGET,
+};
+use crate::core::{shard_count, CommittedShard, ShardKey};
+
+/// Outputs above this size are written to the shared data directory and
+/// referenced from ZooKeeper.
+const INLINE_LIMIT: usize = 256 * 1024;
+/// Transactions retried on connection loss at most this many times.
+const RETRIES: u32 = 20;
+
+/// A job read back from ZooKeeper.
+#[derive(Debug)]
+pub struct StoredJob {
+    /// Job id.
+    pub id: String,
+    /// Its record.
+    pub record: JobRecord,
+    /// Version of the record's znode.
+    pub version: i32,
+}
+
+/// Result of a shard commit.
+#[derive(Debug)]
+pub enum CommitOutcome {
+    /// Our record is now the shard's commit.
+    Committed(ShardRecord),
+    /// The shard was already committed (by us before a connection loss, or
+    /// earlier); this is the record that counts.
+    AlreadyCommitted(ShardRecord),
+}
+
+/// See the module doc. Clones share one lock: the candidacy is given up
+/// (its znode deleted) when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct LeaderStore {
+    lock: Arc<OwnedLockClient>,
+    layout: Layout,
+    epoch: u64,
+    data_dir: PathBuf,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl LeaderStore {
+    /// Bumps `/epoch` under the lock and returns the store of the new epoch.
+    pub async fn take_over(
+        lock: OwnedLockClient,
+        layout: Layout,
+        data_dir: PathBuf,
+    ) -> Result<Self, CoordError> {
+        let path = layout.epoch();
+        let client = lock.client().clone();
+        super::zk::ensure_path(&client, &layout.jobs()).await?;
+        super::zk::ensure_path(&client, &layout.workers()).await?;
+        loop {
+            let (data, stat) = match client.get_data(&path).await {
+                Ok(v) => v,
+                Err(ZkError::NoNode) => {
+                    match client.create(&path, &0u64.to_be_bytes(), &PERSISTENT).await {
+                        Ok(_) | Err(ZkError::NodeExists) => continue,
+                        Err(e) => return Err(CoordError::zk(&path, e)),
+                    }
+                }
+                Err(e) => return Err(CoordError::zk(&path, e)),
+            };
+            let old = <[u8; 8]>::try_from(data.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| CoordError::Garbage {
+                    path: path.clone(),
+                    reason: format!("{} bytes, want 8", data.len()),
+                })?;
+            let epoch = old + 1;
+            match lock
+                .set_data(&path, &epoch.to_be_bytes(), Some(stat.version))
+                .await
+            {
+                Ok(_) => {
+                    return Ok(LeaderStore {
+                        lock: Arc::new(lock),
+                        layout,
+                        epoch,
+                        data_dir,
+                    })
+                }
+                Err(ZkError::BadVersion) | Err(ZkError::ConnectionLoss) => continue,
+                Err(e) => return Err(CoordError::zk(&path, e)),
+            }
+        }
+    }
+
+    /// This master's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The session's client.
+    pub fn client(&self) -> &Client {
+        self.lock.client()
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Publishes `/master`: the last step of a takeover.
+    pub async fn publish(&self, node_id: &str, addr: &str) -> Result<(), CoordError> {
+        let path = self.layout.master();
+        let info = MasterInfo {
+            node_id: node_id.to_string(),
+            addr: addr.to_string(),
+            epoch: self.epoch,
+        };
+        let data = encode_record(&path, &info)?;
+        loop {
+            match self.lock.create(&path, &data, &EPHEMERAL).await {
+                Ok(_) => return Ok(()),
+                Err(ZkError::NodeExists) => {
+                    // Left by this very session before a connection loss, or stale.
+                    match self.lock.delete(&path, None).await {
+                        Ok(()) | Err(ZkError::NoNode) => continue,
+                        Err(e) => return Err(CoordError::zk(&path, e)),
+                    }
+                }
+                Err(ZkError::ConnectionLoss) => continue,
+                Err(e) => return Err(CoordError::zk(&path, e)),
+            }
+        }
+    }
+
+    async fn retry<T, F, Fut>(&self, path: &str, mut op: F) -> Result<T, CoordError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ZkError>>,
+    {
+        let mut delay = Duration::from_millis(10);
+        for _ in 0..RETRIES {
+            match op().await {
+                Err(ZkError::ConnectionLoss) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+                other => return other.map_err(|e| CoordError::zk(path, e)),
+            }
+        }
+        Err(CoordError::zk(path, ZkError::ConnectionLoss))
+    }
+
+    /// Reads a job's record.
+    pub async fn read_job(&self, id: &str) -> Result<Option<StoredJob>, CoordError> {
+        let path = self.layout.job(id);
+        match self.client().get_data(&path).await {
+            Ok((data, stat)) => Ok(Some(StoredJob {
+                id: id.to_string(),
+                record: decode_record(&path, &data)?,
+                version: stat.version,
+            })),
+            Err(ZkError::NoNode) => Ok(None),
+            Err(e) => Err(CoordError::zk(path, e)),
+        }
+    }
+
+    /// Lists every job.
+    pub async fn list_jobs(&self) -> Result<Vec<StoredJob>, CoordError> {
+        let path = self.layout.jobs();
+        let ids = match self.client().list_children(&path).await {
+            Ok(ids) => ids,
+            Err(ZkError::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(CoordError::zk(path, e)),
+        };
+        let reads: Vec<_> = ids.iter().map(|id| self.read_job(id)).collect();
+        let mut jobs = Vec::with_capacity(ids.len());
+        for (id, r) in ids.iter().zip(futures::future::join_all(reads).await) {
+            match r {
+                Ok(Some(job)) => jobs.push(job),
+                Ok(None) => {}
+                Err(CoordError::Garbage { path, reason }) => {
+                    tracing::warn!(%path, %reason, job = %id, "ignoring a job whose record is garbage");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Writes a new job: record (`Writing`), batches and commit buckets,
+    /// then `Accepted`. Only then is the submission acknowledged.
+    pub async fn create_job(
+        &self,
+        id: &str,
+        mut record: JobRecord,
+        tasks: &[ByteBuf],
+    ) -> Result<(), CoordError> {
+        let job_path = self.layout.job(id);
+        // Cut tasks into batches under the budget.
+        let mut batches: Vec<Vec<u8>> = Vec::new();
+        let mut current: Vec<&ByteBuf> = Vec::new();
+        let mut size = 0;
+        for t in tasks {
+            if t.len() + 16 > REQUEST_BUDGET - 1024 {
+                return Err(CoordError::TooLarge {
+                    what: format!("a task of job {id}"),
+                    len: t.len(),
+                });
+            }
+            if size + t.len() + 16 > REQUEST_BUDGET - 1024 && !current.is_empty() {
+                batches.push(encode_record(&job_path, &current)?);
+                current.clear();
+                size = 0;
+            }
+            size += t.len() + 16;
+            current.push(t);
+        }
+        if !current.is_empty() {
+            batches.push(encode_record(&job_path, &current)?);
+        }
+        record.batches = batches.len() as u32;
+        record.status = JobStatus::Writing;
+        record.created_ms = now_ms();
+        let data = encode_record(&job_path, &record)?;
+        self.retry(&job_path, || {
+            let mut w = self.lock.new_check_writer();
+            let mut ops = || -> Result<(), ZkError> {
+                w.add_create(&job_path, &data, &PERSISTENT)?;
+                w.add_create(&format!("{job_path}/batches"), &[], &PERSISTENT)?;
+                w.add_create(&self.layout.done(id), &[], &PERSISTENT)
+            };
+            let built = ops();
+            async move {
+                built?;
+                w.commit().await.map(|_| ()).map_err(ZkError::from)
+            }
+        })
+        .await?;
+        let buckets = shard_count(record.tasks_total, record.options.shard_size).div_ceil(1000);
+        let mut nodes: Vec<(String, &[u8])> = batches
+            .iter()
+            .enumerate()
+            .map(|(k, b)| (self.layout.batch(id, k as u32), b.as_slice()))
+            .collect();
+        nodes.extend((0..buckets).map(|b| (self.layout.bucket(id, b * 1000), &[][..])));
+        let writes = nodes.iter().map(|(path, data)| async move {
+            self.retry(path, || self.lock.create(path, data, &PERSISTENT))
+                .await
+                .map(|_| ())
+        });
+        // Pipelined: requests are sent when the futures are created.
+        for r in futures::future::join_all(writes).await {
+            match r {
+                Ok(())
+                | Err(CoordError::Zk {
+                    source: ZkError::NodeExists,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        record.status = JobStatus::Accepted;
+        let data = encode_record(&job_path, &record)?;
+        self.retry(&job_path, || self.lock.set_data(&job_path, &data, None))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a job's encoded tasks, in order.
+    pub async fn read_tasks(&self, id: &str, batches: u32) -> Result<Vec<ByteBuf>, CoordError> {
+        let paths: Vec<String> = (0..batches).map(|k| self.layout.batch(id, k)).collect();
+        let reads: Vec<_> = paths.iter().map(|p| self.client().get_data(p)).collect();
+        let mut tasks = Vec::new();
+        for (path, r) in paths.iter().zip(futures::future::join_all(reads).await) {
+            let (data, _) = r.map_err(|e| CoordError::zk(path, e))?;
+            let batch: Vec<ByteBuf> = decode_record(path, &data)?;
+            tasks.extend(batch);
+        }
+        Ok(tasks)
+    }
+
+    /// Reads every committed shard of a job.
+    pub async fn read_commits(
+        &self,
+        id: &str,
+    ) -> Result<BTreeMap<ShardKey, ShardRecord>, CoordError> {
+        let done = self.layout.done(id);
+        let buckets = self
+            .client()
+            .list_children(&done)
+            .await
+            .map_err(|e| CoordError::zk(&done, e))?;
+        let mut paths = Vec::new();
+        for b in buckets {
+            let bucket = format!("{done}/{b}");
+            let names = self
+                .client()
+                .list_children(&bucket)
+                .await
+                .map_err(|e| CoordError::zk(&bucket, e))?;
+            for n in names {
+                let key = n.split_once('-').and_then(|(i, g)| {
+                    Some(ShardKey {
+                        index: i.parse().ok()?,
+                        generation: g.parse().ok()?,
+                    })
+                });
+                match key {
+                    Some(key) => paths.push((key, format!("{bucket}/{n}"))),
+                    None => {
+                        tracing::warn!(path = %format!("{bucket}/{n}"), "ignoring a znode that is not a shard commit")
+                    }
+                }
+            }
+        }
+        let reads: Vec<_> = paths
+            .iter()
+            .map(|(_, p)| self.client().get_data(p))
+            .collect();
+        let mut out = BTreeMap::new();
+        for ((key, path), r) in paths.iter().zip(futures::future::join_all(reads).await) {
+            let (data, _) = r.map_err(|e| CoordError::zk(path, e))?;
+            match decode_record::<ShardRecord>(path, &data) {
+                Ok(rec) => {
+                    out.insert(*key, rec);
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a garbage shard commit"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores an encoded output inline or, if large, as a file.
+    fn output_ref(&self, name: &str, bytes: Vec<u8>) -> Result<OutputRef, CoordError> {
+        if bytes.len() <= INLINE_LIMIT {
+            return Ok(OutputRef::Inline(ByteBuf::from(bytes)));
+        }
+        let dir = self.data_dir.join("spill");
+        let path = dir.join(name);
+        let err = |source| CoordError::File {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes).map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        Ok(OutputRef::File(path.display().to_string()))
+    }
+
+    /// Commits a shard's outcome, exactly once: the create fails with
+    /// NodeExists if any master already committed it.
+    pub async fn commit(
+        &self,
+        job: &str,
+        key: ShardKey,
+        attempt: u32,
+        output: Vec<u8>,
+        failures: Vec<crate::core::TaskFailure>,
+    ) -> Result<CommitOutcome, CoordError> {
+        let path = self.layout.commit(job, key);
+        let output = self.output_ref(&format!("{job}.{key}.e{}.out", self.epoch), output)?;
+        let record = ShardRecord {
+            epoch: self.epoch,
+            attempt,
+            output,
+            failures,
+        };
+        let data = encode_record(&path, &record)?;
+        match self
+            .retry(&path, || self.lock.create(&path, &data, &PERSISTENT))
+            .await
+        {
+            Ok(_) => Ok(CommitOutcome::Committed(record)),
+            Err(CoordError::Zk {
+                source: ZkError::NodeExists,
+                ..
+            }) => {
+                let (data, _) = self
+                    .client()
+                    .get_data(&path)
+                    .await
+                    .map_err(|e| CoordError::zk(&path, e))?;
+                Ok(CommitOutcome::AlreadyCommitted(decode_record(
+                    &path, &data,
+                )?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the reduced result and marks the job done, in one fenced
+    /// transaction; then removes the job's batches and commits.
+    pub async fn finish(
+        &self,
+        job: &StoredJob,
+        output: Vec<u8>,
+        failures: Vec<crate::core::TaskFailure>,
+        counters: crate::core::Counters,
+    ) -> Result<ResultRecord, CoordError> {
+        let path = self.layout.result(&job.id);
+        let job_path = self.layout.job(&job.id);
+        let result = ResultRecord {
+            epoch: self.epoch,
+            output: self.output_ref(&format!("{}.result.out", job.id), output)?,
+            failures,
+            tasks_done: counters.tasks_done,
+            tasks_failed: counters.tasks_failed,
+            retries: counters.retries,
+        };
+        let mut rec = job.record.clone();
+        rec.status = JobStatus::Done;
+        let job_data = encode_record(&job_path, &rec)?;
+        let result_data = encode_record(&path, &result)?;
+        let res = self
+            .retry(&path, || {
+                let mut w = self.lock.new_check_writer();
+                let built = w
+                    .add_create(&path, &result_data, &PERSISTENT)
+                    .and_then(|_| w.add_set_data(&job_path, &job_data, None));
+                async move {
+                    built?;
+                    w.commit().await.map(|_| ()).map_err(ZkError::from)
+                }
+            })
+            .await;
+        match res {
+            Ok(())
+            | Err(CoordError::Zk {
+                source: ZkError::NodeExists,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+        self.delete_children(&format!("{job_path}/batches")).await?;
+        self.delete_children(&self.layout.done(&job.id)).await?;
+        Ok(result)
+    }
+
+    /// Reads a finished job's result record, if it has one.
+    pub async fn read_result(&self, id: &str) -> Result<Option<ResultRecord>, CoordError> {
+        let path = self.layout.result(id);
+        match self.client().get_data(&path).await {
+            Ok((data, _)) => Ok(Some(decode_record(&path, &data)?)),
+            Err(ZkError::NoNode) => Ok(None),
+            Err(e) => Err(CoordError::zk(path, e)),
+        }
+    }
+
+    /// Marks a job's result fetched (the retention clock starts).
+    pub async fn mark_fetched(&self, job: &StoredJob) -> Result<(), CoordError> {
+        if job.record.fetched_ms.is_some() {
+            return Ok(());
+        }
+        let job_path = self.layout.job(&job.id);
+        let mut r = job.record.clone();
+        r.fetched_ms = Some(now_ms());
+        let data = encode_record(&job_path, &r)?;
+        self.retry(&job_path, || self.lock.set_data(&job_path, &data, None))
+            .await?;
+        Ok(())
+    }
+
+    /// Sets a job's status (cancel).
+    pub async fn set_status(&self, job: &StoredJob, status: JobStatus) -> Result<(), CoordError> {
+        let path = self.layout.job(&job.id);
+        let mut rec = job.record.clone();
+        rec.status = status;
+        if status == JobStatus::Cancelled {
+            rec.fetched_ms = Some(now_ms());
+        }
+        let data = encode_record(&path, &rec)?;
+        self.retry(&path, || self.lock.set_data(&path, &data, None))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every job whose result was fetched more than `retention` ago,
+    /// or that was cancelled, and any job left in `Writing` by a master that died.
+    pub async fn collect_garbage(
+        &self,
+        retention: Duration,
+        include_writing: bool,
+    ) -> Result<usize, CoordError> {
+        let now = now_ms();
+        let mut n = 0;
+        for job in self.list_jobs().await? {
+            let expired = job
+                .record
+                .fetched_ms
+                .is_some_and(|t| now.saturating_sub(t) >= retention.as_millis() as u64);
+            let writing = include_writing && job.record.status == JobStatus::Writing;
+            if expired || writing {
+                self.delete_tree(&self.layout.job(&job.id)).await?;
+                if let Ok(entries) = std::fs::read_dir(self.data_dir.join("spill")) {
+                    for e in entries.flatten() {
+                        if e.file_name()
+                            .to_string_lossy()
+                            .starts_with(&format!("{}.", job.id))
+                        {
+                            let _ = std::fs::remove_file(e.path());
+                        }
+                    }
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes a subtree with fenced multis under the request budget.
+    pub async fn delete_tree(&self, path: &str) -> Result<(), CoordError> {
+        self.delete_children_rec(path).await?;
+        match self.retry(path, || self.lock.delete(path, None)).await {
+            Ok(())
+            | Err(CoordError::Zk {
+                source: ZkError::NoNode,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_children(&self, path: &str) -> Result<(), CoordError> {
+        self.delete_children_rec(path).await
+    }
+
+    fn delete_children_rec<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), CoordError>> {
+        Box::pin(async move {
+            let children = match self.client().list_children(path).await {
+                Ok(c) => c,
+                Err(ZkError::NoNode) => return Ok(()),
+                Err(e) => return Err(CoordError::zk(path, e)),
+            };
+            let mut leaves = Vec::new();
+            for c in children {
+                let child = format!("{path}/{c}");
+                let stat = self
+                    .client()
+                    .check_stat(&child)
+                    .await
+                    .map_err(|e| CoordError::zk(&child, e))?;
+                if stat.is_some_and(|s| s.num_children > 0) {
+                    self.delete_children_rec(&child).await?;
+                }
+                leaves.push(child);
+            }
+            for chunk in leaves.chunks(500) {
+                let res = self
+                    .retry(path, || {
+                        let mut w = self.lock.new_check_writer();
+                        let built = chunk.iter().try_for_each(|p| w.add_delete(p, None));
+                        async move {
+                            built?;
+                            w.commit().await.map(|_| ()).map_err(ZkError::from)
+                        }
+                    })
+                    .await;
+                match res {
+                    Ok(()) => {}
+                    // Someone (we, before a connection loss) deleted part: one by one.
+                    Err(CoordError::Zk {
+                        source: ZkError::NoNode,
+                        ..
+                    }) => {
+                        for p in chunk {
+                            match self.retry(p, || self.lock.delete(p, None)).await {
+                                Ok(())
+                                | Err(CoordError::Zk {
+                                    source: ZkError::NoNode,
+                                    ..
+                                }) => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Reads an output stored inline or in a file.
+pub fn read_output(output: &OutputRef) -> Result<Vec<u8>, CoordError> {
+    match output {
+        OutputRef::Inline(b) => Ok(b.to_vec()),
+        OutputRef::File(p) => std::fs::read(Path::new(p)).map_err(|source| CoordError::File {
+            path: p.clone(),
+            source,
+        }),
+    }
+}
+
+impl From<&ShardRecord> for CommittedShard {
+    fn from(r: &ShardRecord) -> Self {
+        CommittedShard {
+            attempt: r.attempt,
+            failures: r.failures.clone(),
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Session set-up, paths, errors and small read helpers.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType};
+
+use super::records::MasterInfo;
+use crate::core::ShardKey;
+
+/// Upper bound of one ZooKeeper request the framework builds, well below
+/// the server's `jute.maxbuffer` (1 MiB by default).
+pub const REQUEST_BUDGET: usize = 512 * 1024;
+
+/// Errors of the coordination layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    /// ZooKeeper refused or failed a request.
+    #[error("zookeeper error at {path}: {source}")]
+    Zk {
+        /// The path involved.
+        path: String,
+        /// The client's error.
+        source: zookeeper_client::Error,
+    },
+    /// Could not connect to the ensemble.
+    #[error("cannot connect to ZooKeeper at {hosts}: {source}")]
+    Connect {
+        /// The connect string.
+        hosts: String,
+        /// The client's error.
+        source: zookeeper_client::Error,
+    },
+    /// This node no longer holds the leadership its write was fenced with.
+    #[error("leadership lost: a fenced write was refused")]
+    LostLeadership,
+    /// A znode holds data that is not a valid record.
+    #[error("garbage in znode {path}: {reason}")]
+    Garbage {
+        /// The path.
+        path: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+    /// A record would not fit in one request.
+    #[error("{what} is {len} bytes, over the ZooKeeper request budget of {REQUEST_BUDGET} bytes")]
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// Its encoded size.
+        len: usize,
+    },
+    /// Local file I/O for spilled outputs.
+    #[error("cannot access {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl CoordError {
+    pub(crate) fn zk(path: impl Into<String>, source: zookeeper_client::Error) -> Self {
+        match source {
+            zookeeper_client::Error::RuntimeInconsistent => CoordError::LostLeadership,
+            source => CoordError::Zk {
+                path: path.into(),
+                source,
+            },
+        }
+    }
+
+    /// Whether the session is gone for good (expired or closed).
+    pub fn is_session_end(&self) -> bool {
+        matches!(
+            self,
+            CoordError::LostLeadership
+                | CoordError::Zk {
+                    source: zookeeper_client::Error::SessionExpired
+                        | zookeeper_client::Error::ClientClosed,
+                    ..
+                }
+        )
+    }
+}
+
+/// Paths of one cluster's znodes.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: String,
+}
+
+impl Layout {
+    /// The layout of cluster `cluster` under `/ringleader`.
+    pub fn new(cluster: &str) -> Self {
+        Layout {
+            root: format!("/ringleader/{cluster}"),
+        }
+    }
+    /// The cluster's root.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+    /// Parent of candidate znodes.
+    pub fn election(&self) -> String {
+        format!("{}/election", self.root)
+    }
+    /// The epoch counter.
+    pub fn epoch(&self) -> String {
+        format!("{}/epoch", self.root)
+    }
+    /// The serving master.
+    pub fn master(&self) -> String {
+        format!("{}/master", self.root)
+    }
+    /// Parent of worker registrations.
+    pub fn workers(&self) -> String {
+        format!("{}/workers", self.root)
+    }
+    /// One worker's registration.
+    pub fn worker(&self, node_id: &str) -> String {
+        format!("{}/workers/{node_id}", self.root)
+    }
+    /// Parent of jobs.
+    pub fn jobs(&self) -> String {
+        format!("{}/jobs", self.root)
+    }
+    /// One job.
+    pub fn job(&self, job: &str) -> String {
+        format!("{}/jobs/{job}", self.root)
+    }
+    /// A job's task batch `k`.
+    pub fn batch(&self, job: &str, k: u32) -> String {
+        format!("{}/jobs/{job}/batches/{k}", self.root)
+    }
+    /// Parent of a job's commit buckets.
+    pub fn done(&self, job: &str) -> String {
+        format!("{}/jobs/{job}/done", self.root)
+    }
+    /// Bucket of shard index `index` (1000 shard indexes per bucket, so no
+    /// child list grows past ZooKeeper's response limit).
+    pub fn bucket(&self, job: &str, index: u32) -> String {
+        format!("{}/jobs/{job}/done/{}", self.root, index / 1000)
+    }
+    /// The commit znode of a shard.
+    pub fn commit(&self, job: &str, key: ShardKey) -> String {
+        format!(
+            "{}/{}-{}",
+            self.bucket(job, key.index),
+            key.index,
+            key.generation
+        )
+    }
+    /// A job's reduced result.
+    pub fn result(&self, job: &str) -> String {
+        format!("{}/jobs/{job}/result", self.root)
+    }
+}
+
+pub(crate) const PERSISTENT: CreateOptions<'static> =
+    CreateMode::Persistent.with_acls(Acls::anyone_all());
+pub(crate) const EPHEMERAL: CreateOptions<'static> =
+    CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+
+pub(crate) fn encode_record<T: Serialize>(path: &str, value: &T) -> Result<Vec<u8>, CoordError> {
+    let bytes = rmp_serde::to_vec(value).map_err(|e| CoordError::Garbage {
+        path: path.to_string(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    if bytes.len() > REQUEST_BUDGET {
+        return Err(CoordError::TooLarge {
+            what: format!("record for {path}"),
+            len: bytes.len(),
+        });
+    }
+    Ok(bytes)
+}
+
+pub(crate) fn decode_record<T: DeserializeOwned>(
+    path: &str,
+    bytes: &[u8],
+) -> Result<T, CoordError> {
+    rmp_serde::from_slice(bytes).map_err(|e| CoordError::Garbage {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Connects to the ensemble `hosts` (a ZooKeeper connect string) asking for
+/// `session_timeout`; the server may negotiate another (read
+/// [`Client::session_timeout`]). Must run on the long-lived arbiter that will
+/// keep the session: the client's session task is spawned there.
+pub async fn connect(hosts: &str, session_timeout: Duration) -> Result<Client, CoordError> {
+    Client::connector()
+        .with_session_timeout(session_timeout)
+        .with_connection_timeout(session_timeout.min(Duration::from_secs(5)))
+        .connect(hosts)
+        .await
+        .map_err(|source| CoordError::Connect {
+            hosts: hosts.to_string(),
+            source,
+        })
+}
+
+/// Creates `path` and its ancestors as empty persistent znodes if missing.
+pub async fn ensure_path(client: &Client, path: &str) -> Result<(), CoordError> {
+    match client.mkdir(path, &PERSISTENT).await {
+        Ok(()) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
+        Err(e) => Err(CoordError::zk(path, e)),
+    }
+}
+
+/// The serving master, if one is published.
+pub async fn read_master(
+    client: &Client,
+    layout: &Layout,
+) -> Result<Option<MasterInfo>, CoordError> {
+    let path = layout.master();
+    match client.get_data(&path).await {
+        Ok((data, _)) => Ok(Some(decode_record(&path, &data)?)),
+        Err(zookeeper_client::Error::NoNode) => Ok(None),
+        Err(e) => Err(CoordError::zk(path, e)),
+    }
+}
+
+/// Waits until a master other than `not` (an epoch already found unusable)
+/// is published, for at most `timeout`. Event-driven: a watch on `/master`.
+pub async fn wait_for_master(
+    client: &Client,
+    layout: &Layout,
+    not: Option<u64>,
+    timeout: Duration,
+) -> Result<Option<MasterInfo>, CoordError> {
+    let path = layout.master();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let watcher = match client.get_and_watch_data(&path).await {
+            Ok((data, _, watcher)) => {
+                let info: MasterInfo = decode_record(&path, &data)?;
+                if Some(info.epoch) != not {
+                    return Ok(Some(info));
+                }
+                watcher
+            }
+            Err(zookeeper_client::Error::NoNode) => {
+                match client.check_and_watch_stat(&path).await {
+                    Ok((Some(_), _)) => continue,
+                    Ok((None, watcher)) => watcher,
+                    Err(e) => return Err(CoordError::zk(path, e)),
+                }
+            }
+            Err(e) => return Err(CoordError::zk(path, e)),
+        };
+        match tokio::time::timeout_at(deadline, watcher.changed()).await {
+            Err(_) => return Ok(None),
+            Ok(event) if event.event_type == EventType::Session => {
+                if event.session_state.is_terminated() {
+                    return Err(CoordError::zk(
+                        path,
+                        zookeeper_client::Error::SessionExpired,
+                    ));
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+}

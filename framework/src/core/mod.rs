@@ -1,0 +1,62 @@
+//! Decisions without I/O: which shard runs where, what a failure means, what
+//! a recovering master must still do. No actix, ZooKeeper or quinn in here;
+//! time and events come in as arguments and decisions go out as values.
+
+mod recovery;
+mod scheduler;
+
+pub use recovery::{recover_job, CommittedShard, RecoveredJob};
+pub use scheduler::{Command, Counters, JobPlan, PendingShard, Scheduler};
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a shard within its job: `index` is the slice of the original
+/// task list (`index * shard_size ..`), `generation` counts retry rounds of
+/// the tasks of that slice that failed. Commit znodes are named after it, so
+/// a shard's outcome is committed at most once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ShardKey {
+    /// Which slice of the job's tasks.
+    pub index: u32,
+    /// 0 for the first run of the slice, n for its n-th retry round.
+    pub generation: u32,
+}
+
+impl std::fmt::Display for ShardKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.index, self.generation)
+    }
+}
+
+/// A task that failed one attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    /// Task index in the job.
+    pub index: u64,
+    /// The error message (panic message for panics).
+    pub error: String,
+    /// The attempt that failed (1-based).
+    pub attempt: u32,
+    /// Whether the task itself said a retry may help.
+    pub retryable: bool,
+}
+
+impl TaskFailure {
+    /// Whether this failure ends the task, given the job's attempt limit.
+    pub fn is_final(&self, max_attempts: u32) -> bool {
+        !self.retryable || self.attempt >= max_attempts
+    }
+}
+
+/// Task indexes of shard `index` of a job with `total` tasks cut in shards of `shard_size`.
+pub fn shard_tasks(index: u32, shard_size: u32, total: u64) -> std::ops::Range<u64> {
+    let start = u64::from(index) * u64::from(shard_size);
+    let end = (start + u64::from(shard_size)).min(total);
+    start.min(end)..end
+}
+
+/// Number of shards of a job with `total` tasks cut in shards of `shard_size`.
+pub fn shard_count(total: u64, shard_size: u32) -> u32 {
+    let size = u64::from(shard_size.max(1));
+    u32::try_from(total.div_ceil(size)).unwrap_or(u32::MAX)
+}

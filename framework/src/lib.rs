@@ -1,0 +1,46 @@
+//! Ringleader runs user-defined tasks on a cluster whose master is elected
+//! through ZooKeeper, with shards sent to workers over QUIC.
+//!
+//! A user implements [`Task`] (and, for a custom reduction, [`Job`]),
+//! registers it on a [`NodeBuilder`], and gets a command line with `node`,
+//! `submit`, `result`, `status`, `cancel`, `certs` and `local`.
+//!
+//! # Layout
+//! - [`task`]: the user-facing traits, `Task` and `Job`.
+//! - [`core`]: decisions without I/O: the scheduler and failover recovery.
+//! - [`coord`]: ZooKeeper: znode layout, records, fenced writes.
+//! - [`wire`]: the frame format.
+//! - [`transport`]: QUIC endpoints, mutual TLS, framed streams.
+//! - `actors`: the actix actors: election, master supervisor, worker.
+//! - [`node`]: builds and runs a node from its actors.
+//! - [`client`]: submitting jobs and fetching results from Rust.
+//! - [`cli`]: the command line every node binary gets.
+//! - [`zkserver`]: starts private ZooKeeper servers for `local` and tests.
+
+pub mod cli;
+pub mod client;
+pub mod coord;
+pub mod core;
+pub mod metrics;
+pub mod node;
+pub mod registry;
+pub mod task;
+pub mod transport;
+pub mod wire;
+pub mod zkserver;
+
+mod actors;
+
+pub use client::{Client, ClientConfig, ClientError, JobHandle, JobReport};
+pub use node::{NodeBuilder, NodeConfig, Role};
+pub use task::{Collect, Job, Task, TaskContext, TaskError};
+
+/// Entry point of the builder: `Node::builder().task::<T>()...`.
+pub struct Node;
+
+impl Node {
+    /// A builder with no jobs registered.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+}

@@ -1,0 +1,463 @@
+//! A node: one QUIC endpoint, and per ZooKeeper session an election actor
+//! (candidates), a worker actor (workers) and, once elected, the master
+//! supervisor. When a session expires every actor of it stops and the node
+//! starts over with a new session; on SIGTERM or Ctrl-C it stops its actors
+//! and closes its session, so that its successor takes over at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, watch};
+
+use crate::actors::election::Election;
+use crate::actors::master::{
+    frame_name, ClientRequest, Master, MasterSettings, Submit, WorkerJoined, WorkerLeft,
+};
+use crate::actors::worker::{Worker, WorkerSettings};
+use crate::actors::{master::Report, Stop};
+use crate::coord::{self, CoordError, Layout, SessionState};
+use crate::metrics as m;
+use crate::registry::Registry;
+use crate::task::{Collect, Job, Task};
+use crate::transport::{self, tls, TransportError};
+use crate::wire::{self, Frame, WireError, PROTOCOL_VERSION};
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Candidate for master and worker.
+    All,
+    /// Only runs tasks.
+    Worker,
+    /// Only stands for master.
+    Candidate,
+}
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// ZooKeeper connect string.
+    pub zk: String,
+    /// Cluster name (znodes live under `/ringleader/<cluster>`).
+    pub cluster: String,
+    /// This node's id (its worker znode name).
+    pub node_id: String,
+    /// What it does.
+    pub role: Role,
+    /// QUIC address to bind.
+    pub listen: SocketAddr,
+    /// Address others dial (defaults to the bound address).
+    pub advertise: Option<String>,
+    /// Directory with `ca.pem`, `node.pem`, `node.key`.
+    pub certs: PathBuf,
+    /// Shared data directory (spilled outputs).
+    pub data_dir: PathBuf,
+    /// Concurrent tasks on this worker.
+    pub slots: u32,
+    /// Requested ZooKeeper session timeout.
+    pub session_timeout: Duration,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// Largest submission accepted, in bytes of encoded tasks.
+    pub max_job_bytes: usize,
+    /// How long a fetched result stays in ZooKeeper.
+    pub retention: Duration,
+}
+
+/// Errors that stop a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Transport set-up failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// TLS material missing or bad.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// ZooKeeper unreachable at start.
+    #[error(transparent)]
+    Coord(#[from] CoordError),
+    /// Local I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Registers the jobs a node knows; see [`crate::Node::builder`].
+#[derive(Default, Clone)]
+pub struct NodeBuilder {
+    pub(crate) registry: Registry,
+    pub(crate) cli: Vec<Arc<dyn crate::cli::ErasedCliJob>>,
+}
+
+impl NodeBuilder {
+    /// Registers a bare task type: its job collects every output by index.
+    pub fn task<T: Task>(mut self) -> Self {
+        self.registry.add::<Collect<T>>();
+        self
+    }
+
+    /// Registers a job with its own reduction.
+    pub fn job<J: Job>(mut self) -> Self {
+        self.registry.add::<J>();
+        self
+    }
+
+    /// Registers a job that `submit` and `local` can build from command-line arguments.
+    pub fn cli_job<J: crate::cli::CliJob>(mut self) -> Self {
+        self.registry.add::<J>();
+        self.cli
+            .push(Arc::new(crate::cli::CliEntry::<J>::default()));
+        self
+    }
+
+    /// The registered jobs.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+static LINK_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Runs a node until SIGTERM or Ctrl-C. Must be called inside an actix `System`.
+pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError> {
+    let identity = tls::Identity::load(&config.certs, "node")?;
+    let endpoint = transport::endpoint(config.listen, &identity, true)?;
+    let bound = endpoint.local_addr()?;
+    let addr = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    tracing::info!(node = %config.node_id, %addr, role = ?config.role, "node starting");
+    std::fs::create_dir_all(&config.data_dir)?;
+    let (route_tx, route_rx) = watch::channel::<Option<Addr<Master>>>(None);
+    actix::spawn(accept_loop(
+        endpoint.clone(),
+        route_rx,
+        config.max_frame,
+        config.max_job_bytes,
+    ));
+    let layout = Layout::new(&config.cluster);
+    let mut shutdown = Box::pin(shutdown_signal());
+    let mut connect_failures = 0u32;
+    loop {
+        let zk = tokio::select! {
+            r = coord::connect(&config.zk, config.session_timeout) => r,
+            _ = &mut shutdown => break,
+        };
+        let zk = match zk {
+            Ok(zk) => zk,
+            Err(e) => {
+                connect_failures += 1;
+                if connect_failures == 1 || connect_failures % 10 == 0 {
+                    tracing::error!(error = %e, "cannot reach ZooKeeper; retrying");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = &mut shutdown => break,
+                }
+            }
+        };
+        connect_failures = 0;
+        tracing::info!(
+            session_timeout_ms = zk.session_timeout().as_millis() as u64,
+            "ZooKeeper session established"
+        );
+        coord::ensure_path(&zk, layout.root()).await?;
+        let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let mut actors: Vec<Recipient<Stop>> = Vec::new();
+        if config.role != Role::Worker {
+            let settings = MasterSettings {
+                node_id: config.node_id.clone(),
+                addr: addr.clone(),
+                registry: registry.clone(),
+                retention: config.retention,
+                route: route_tx.clone(),
+                fatal: fatal_tx.clone(),
+                _alive: alive_tx.clone(),
+            };
+            let election = Election {
+                zk: zk.clone(),
+                layout: layout.clone(),
+                data_dir: config.data_dir.clone(),
+                settings,
+                master: None,
+                _alive: alive_tx.clone(),
+            }
+            .start();
+            actors.push(election.recipient());
+        }
+        if config.role != Role::Candidate {
+            let settings = Arc::new(WorkerSettings {
+                node_id: config.node_id.clone(),
+                addr: addr.clone(),
+                slots: config.slots.max(1),
+                data_dir: config.data_dir.clone(),
+                registry: registry.clone(),
+                endpoint: endpoint.clone(),
+                max_frame: config.max_frame,
+            });
+            let worker = Worker {
+                zk: zk.clone(),
+                layout: layout.clone(),
+                settings,
+                fatal: fatal_tx.clone(),
+                _alive: alive_tx.clone(),
+            }
+            .start();
+            actors.push(worker.recipient());
+        }
+        drop(alive_tx);
+        let mut states = zk.state_watcher();
+        let stop = loop {
+            tokio::select! {
+                s = states.changed() => match s {
+                    SessionState::Expired => {
+                        metrics::counter!(m::SESSION_EXPIRED).increment(1);
+                        tracing::warn!("ZooKeeper session expired: stepping down and starting a new session");
+                        break false;
+                    }
+                    SessionState::Disconnected => tracing::warn!("disconnected from ZooKeeper"),
+                    SessionState::SyncConnected => tracing::info!("reconnected to ZooKeeper"),
+                    s if s.is_terminated() => {
+                        tracing::warn!(state = ?s, "ZooKeeper session ended; starting a new one");
+                        break false;
+                    }
+                    _ => {}
+                },
+                reason = fatal_rx.recv() => {
+                    tracing::warn!(reason = reason.as_deref().unwrap_or("?"), "restarting the session");
+                    break false;
+                }
+                _ = &mut shutdown => break true,
+            }
+        };
+        for a in &actors {
+            a.do_send(Stop);
+        }
+        drop(actors);
+        let _ = route_tx.send(None);
+        // Wait until every actor of the session has dropped its client clone.
+        let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
+        drop(zk);
+        // Dropping the last clone closes the session and deletes our ephemeral znodes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while !states.changed().await.is_terminated() {}
+        })
+        .await;
+        if stop {
+            break;
+        }
+    }
+    endpoint.close(0u32.into(), b"node stopping");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    tracing::info!(node = %config.node_id, "node stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = int.recv() => tracing::info!("interrupted: stopping"),
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    route: watch::Receiver<Option<Addr<Master>>>,
+    max_frame: usize,
+    max_job_bytes: usize,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let route = route.clone();
+        actix::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "refused a QUIC connection");
+                    return;
+                }
+            };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let route = route.clone();
+                actix::spawn(async move {
+                    if let Err(e) = handle_stream(send, recv, route, max_frame, max_job_bytes).await
+                    {
+                        tracing::debug!(%remote, error = %e, "stream ended with an error");
+                    }
+                });
+            }
+        });
+    }
+}
+
+async fn reply(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), WireError> {
+    wire::write_frame(send, frame).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+async fn handle_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    route: watch::Receiver<Option<Addr<Master>>>,
+    max_frame: usize,
+    max_job_bytes: usize,
+) -> Result<(), WireError> {
+    let first = match wire::read_frame(&mut recv, max_frame).await {
+        Ok(f) => f,
+        Err(WireError::Closed) => return Ok(()),
+        Err(e @ (WireError::TooLarge { .. } | WireError::Malformed(_))) => {
+            metrics::counter!(m::FRAME_ERRORS).increment(1);
+            tracing::warn!(error = %e, "refusing a bad frame");
+            let _ = reply(
+                &mut send,
+                &Frame::Error {
+                    message: e.to_string(),
+                },
+            )
+            .await;
+            let _ = recv.stop(1u32.into());
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let master = route.borrow().clone();
+    let Some(master) = master else {
+        return reply(&mut send, &Frame::NotMaster).await;
+    };
+    let answer = match first {
+        Frame::WorkerHello {
+            version,
+            node_id,
+            slots,
+            jobs,
+            epoch: _,
+        } => {
+            if version != PROTOCOL_VERSION {
+                let message = format!("protocol version {version} is not supported (this node speaks {PROTOCOL_VERSION})");
+                return reply(&mut send, &Frame::Error { message }).await;
+            }
+            return worker_link(send, recv, master, node_id, slots, jobs, max_frame).await;
+        }
+        Frame::Submit(header) => {
+            let mut tasks: Vec<ByteBuf> = Vec::new();
+            let mut bytes = 0usize;
+            while (tasks.len() as u64) < header.task_count {
+                match wire::read_frame(&mut recv, max_frame).await {
+                    Ok(Frame::SubmitChunk { tasks: chunk }) => {
+                        bytes += chunk.iter().map(|t| t.len()).sum::<usize>();
+                        if bytes > max_job_bytes {
+                            let message = format!(
+                                "submission exceeds the limit of {max_job_bytes} bytes of tasks"
+                            );
+                            return reply(&mut send, &Frame::Error { message }).await;
+                        }
+                        tasks.extend(chunk);
+                    }
+                    Ok(other) => {
+                        let message = format!("expected SubmitChunk, got {}", frame_name(&other));
+                        return reply(&mut send, &Frame::Error { message }).await;
+                    }
+                    Err(e) => {
+                        metrics::counter!(m::FRAME_ERRORS).increment(1);
+                        let _ = reply(
+                            &mut send,
+                            &Frame::Error {
+                                message: e.to_string(),
+                            },
+                        )
+                        .await;
+                        return Err(e);
+                    }
+                }
+            }
+            master.send(Submit { header, tasks }).await
+        }
+        other @ (Frame::GetJob { .. }
+        | Frame::GetStatus
+        | Frame::FetchResult { .. }
+        | Frame::Cancel { .. }) => master.send(ClientRequest(other)).await,
+        other => {
+            let message = format!("unexpected first frame {}", frame_name(&other));
+            return reply(&mut send, &Frame::Error { message }).await;
+        }
+    };
+    reply(&mut send, &answer.unwrap_or(Frame::NotMaster)).await
+}
+
+async fn worker_link(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    master: Addr<Master>,
+    node_id: String,
+    slots: u32,
+    jobs: Vec<String>,
+    max_frame: usize,
+) -> Result<(), WireError> {
+    let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let Ok(epoch) = master.send(crate::actors::master::GetEpoch).await else {
+        return reply(&mut send, &Frame::NotMaster).await;
+    };
+    wire::write_frame(&mut send, &Frame::Welcome { epoch }).await?;
+    master.do_send(WorkerJoined {
+        node_id: node_id.clone(),
+        slots,
+        jobs,
+        tx,
+        link_id,
+    });
+    let writer = async move {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(f) = rx.recv().await {
+            buf.clear();
+            wire::encode_into(&mut buf, &f)?;
+            while let Ok(f) = rx.try_recv() {
+                wire::encode_into(&mut buf, &f)?;
+                if buf.len() > 1 << 20 {
+                    break;
+                }
+            }
+            send.write_all(&buf)
+                .await
+                .map_err(|e| WireError::Io(e.into()))?;
+        }
+        Ok::<_, WireError>(())
+    };
+    let reader = async {
+        loop {
+            match wire::read_frame(&mut recv, max_frame).await? {
+                Frame::Report(report) => master.do_send(Report {
+                    node_id: node_id.clone(),
+                    report,
+                }),
+                other => {
+                    tracing::warn!(worker = %node_id, frame = frame_name(&other), "unexpected frame from worker")
+                }
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<_, WireError>(())
+    };
+    let res = tokio::select! { r = writer => r, r = reader => r };
+    if let Err(WireError::TooLarge { .. } | WireError::Malformed(_)) = &res {
+        metrics::counter!(m::FRAME_ERRORS).increment(1);
+    }
+    master.do_send(WorkerLeft { node_id, link_id });
+    res
+}

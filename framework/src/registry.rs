@@ -1,0 +1,259 @@
+//! The jobs a node knows, with their types erased so that actors can run
+//! shards and merge partial results by job name.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_bytes::ByteBuf;
+
+use crate::core::TaskFailure;
+use crate::task::{Job, Task, TaskContext, TaskError};
+
+/// A partial or final job result held by the master, of the job's own `Result` type.
+pub(crate) type Accumulator = Box<dyn Any + Send>;
+
+/// Errors of decoding user values.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The bytes are not a valid encoding of the expected type.
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// The decoder's error.
+        source: rmp_serde::decode::Error,
+    },
+    /// The value could not be encoded.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's error.
+        source: rmp_serde::encode::Error,
+    },
+    /// An accumulator of another job was passed.
+    #[error("accumulator of the wrong job type")]
+    WrongType,
+}
+
+/// Encodes a user value (task, output, result) the way the framework stores it.
+pub fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
+    rmp_serde::to_vec(value).map_err(|source| CodecError::Encode { what, source })
+}
+
+/// Decodes a user value encoded with [`encode`].
+pub fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    rmp_serde::from_slice(bytes).map_err(|source| CodecError::Decode { what, source })
+}
+
+/// Where a shard runs, for [`TaskContext`].
+#[derive(Debug, Clone)]
+pub(crate) struct RunEnv {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+}
+
+/// A shard's run on a worker: the encoded partial result of the tasks that
+/// succeeded, and the failures.
+pub(crate) struct ShardRun {
+    pub output: Vec<u8>,
+    pub failures: Vec<TaskFailure>,
+}
+
+pub(crate) trait ErasedJob: Send + Sync {
+    fn run_shard(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        tasks: Vec<(u64, ByteBuf)>,
+        env: &RunEnv,
+    ) -> ShardRun;
+    fn new_acc(&self) -> Accumulator;
+    fn merge_encoded(&self, acc: &mut Accumulator, bytes: &[u8]) -> Result<(), CodecError>;
+    fn encode_acc(&self, acc: &Accumulator) -> Result<Vec<u8>, CodecError>;
+}
+
+struct Erased<J>(PhantomData<fn() -> J>);
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+impl<J: Job> ErasedJob for Erased<J> {
+    fn run_shard(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        tasks: Vec<(u64, ByteBuf)>,
+        env: &RunEnv,
+    ) -> ShardRun {
+        let mut acc = J::Result::default();
+        let mut failures = Vec::new();
+        for (index, bytes) in tasks {
+            let outcome = match decode::<J::Task>("task", &bytes) {
+                Err(e) => Err(TaskError::permanent(format!(
+                    "{} task {index}: {e}",
+                    J::Task::NAME
+                ))),
+                Ok(task) => {
+                    let ctx = TaskContext {
+                        job_id: job_id.to_string(),
+                        index,
+                        attempt,
+                        node_id: env.node_id.clone(),
+                        data_dir: env.data_dir.clone(),
+                    };
+                    match catch_unwind(AssertUnwindSafe(|| task.run(&ctx))) {
+                        Ok(r) => r,
+                        Err(payload) => Err(TaskError::retryable(format!(
+                            "task panicked: {}",
+                            panic_message(&*payload)
+                        ))),
+                    }
+                }
+            };
+            match outcome {
+                Ok(out) => J::fold(&mut acc, index, out),
+                Err(e) => failures.push(TaskFailure {
+                    index,
+                    error: e.message,
+                    attempt,
+                    retryable: e.retryable,
+                }),
+            }
+        }
+        match encode("shard result", &acc) {
+            Ok(output) => ShardRun { output, failures },
+            Err(e) => ShardRun {
+                output: Vec::new(),
+                failures: vec![TaskFailure {
+                    index: u64::MAX,
+                    error: e.to_string(),
+                    attempt,
+                    retryable: false,
+                }],
+            },
+        }
+    }
+
+    fn new_acc(&self) -> Accumulator {
+        Box::new(J::Result::default())
+    }
+
+    fn merge_encoded(&self, acc: &mut Accumulator, bytes: &[u8]) -> Result<(), CodecError> {
+        let other: J::Result = decode("shard result", bytes)?;
+        let acc = acc
+            .downcast_mut::<J::Result>()
+            .ok_or(CodecError::WrongType)?;
+        J::merge(acc, other);
+        Ok(())
+    }
+
+    fn encode_acc(&self, acc: &Accumulator) -> Result<Vec<u8>, CodecError> {
+        let acc = acc
+            .downcast_ref::<J::Result>()
+            .ok_or(CodecError::WrongType)?;
+        encode("job result", acc)
+    }
+}
+
+/// The jobs a node can run or coordinate, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    jobs: BTreeMap<&'static str, Arc<dyn ErasedJob>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.jobs.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// Registers a job.
+    pub fn add<J: Job>(&mut self) {
+        self.jobs
+            .insert(J::NAME, Arc::new(Erased::<J>(PhantomData)));
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn ErasedJob>> {
+        self.jobs.get(name)
+    }
+
+    /// Names of the registered jobs.
+    pub fn names(&self) -> Vec<String> {
+        self.jobs.keys().map(|s| s.to_string()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Collect;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct Div(u64);
+    impl Task for Div {
+        type Output = u64;
+        const NAME: &'static str = "div";
+        fn run(self, _: &TaskContext) -> Result<u64, TaskError> {
+            if self.0 == 7 {
+                panic!("seven");
+            }
+            100u64
+                .checked_div(self.0)
+                .ok_or_else(|| TaskError::permanent("division by zero"))
+        }
+    }
+
+    #[test]
+    fn runs_folds_and_reports_failures_and_panics() {
+        let mut r = Registry::default();
+        r.add::<Collect<Div>>();
+        let job = r.get("div").unwrap();
+        let env = RunEnv {
+            node_id: "n".into(),
+            data_dir: PathBuf::new(),
+        };
+        let tasks = [10u64, 0, 7, 50]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, ByteBuf::from(encode("t", &Div(*v)).unwrap())))
+            .chain([(4, ByteBuf::from(vec![0xc1]))])
+            .collect();
+        let run = job.run_shard("j", 1, tasks, &env);
+        let out: Vec<(u64, u64)> = decode("r", &run.output).unwrap();
+        assert_eq!(out, vec![(0, 10), (3, 2)]);
+        let f: Vec<_> = run
+            .failures
+            .iter()
+            .map(|f| (f.index, f.retryable, f.error.clone()))
+            .collect();
+        assert_eq!(f[0], (1, false, "division by zero".to_string()));
+        assert_eq!(f[1], (2, true, "task panicked: seven".to_string()));
+        assert_eq!((f[2].0, f[2].1), (4, false));
+        assert!(f[2].2.contains("div task 4"), "{}", f[2].2);
+
+        let mut acc = job.new_acc();
+        job.merge_encoded(&mut acc, &run.output).unwrap();
+        job.merge_encoded(&mut acc, &encode("r", &vec![(1u64, 5u64)]).unwrap())
+            .unwrap();
+        let all: Vec<(u64, u64)> = decode("r", &job.encode_acc(&acc).unwrap()).unwrap();
+        assert_eq!(all, vec![(0, 10), (1, 5), (3, 2)]);
+        assert!(job.merge_encoded(&mut acc, b"\xc1").is_err());
+    }
+}

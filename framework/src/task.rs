@@ -1,0 +1,135 @@
+//! The user-facing boundary: the [`Task`] a user implements, the [`Job`] that
+//! says how task outputs combine, and the errors a task may return.
+//!
+//! Nothing here knows about ZooKeeper, QUIC or actors: a `Task` is a plain
+//! serde value with a `run` method, and a `Job` is a fold over task outputs.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// One unit of user work: a serde value sent to a worker, where [`Task::run`]
+/// turns it into an [`Task::Output`].
+///
+/// `run` is called on a worker's task thread pool, never on an actor thread,
+/// so it may block or burn CPU. A panic is caught and reported as a failed
+/// attempt of this task with the panic message.
+///
+/// ```
+/// use ringleader::{Task, TaskContext, TaskError};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Square(u64);
+///
+/// impl Task for Square {
+///     type Output = u64;
+///     const NAME: &'static str = "square";
+///     fn run(self, _ctx: &TaskContext) -> Result<u64, TaskError> {
+///         self.0.checked_mul(self.0).ok_or_else(|| TaskError::permanent("overflow"))
+///     }
+/// }
+/// ```
+pub trait Task: Serialize + DeserializeOwned + Send + 'static {
+    /// What one run of the task produces.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// A stable name: workers advertise it and the master routes by it.
+    const NAME: &'static str;
+    /// Runs the task. Return [`TaskError::retryable`] for transient failures
+    /// (the framework retries up to the job's attempt limit) and
+    /// [`TaskError::permanent`] for failures no retry can fix.
+    fn run(self, ctx: &TaskContext) -> Result<Self::Output, TaskError>;
+}
+
+/// How a job turns its tasks' outputs into one result.
+///
+/// Workers fold the outputs of a shard's tasks into one partial
+/// [`Job::Result`] with [`Job::fold`]; the master combines committed partials
+/// with [`Job::merge`]. `merge` must be associative and commutative, because
+/// shards commit in any order.
+pub trait Job: Send + Sync + 'static {
+    /// The task type this job runs.
+    type Task: Task;
+    /// The reduced result, starting from `Default`.
+    type Result: Serialize + DeserializeOwned + Default + Send + 'static;
+    /// A stable job name, used on the wire and in `submit`.
+    const NAME: &'static str;
+    /// Adds one task output (task `index` in submission order) to a partial result.
+    fn fold(acc: &mut Self::Result, index: u64, output: <Self::Task as Task>::Output);
+    /// Merges two partial results.
+    fn merge(acc: &mut Self::Result, other: Self::Result);
+    /// Tasks per shard when the submission does not say (the unit of
+    /// assignment, transport and ZooKeeper commit).
+    fn default_shard_size() -> u32 {
+        64
+    }
+}
+
+/// The job a bare [`Task`] gets when registered with
+/// [`NodeBuilder::task`](crate::NodeBuilder::task): it collects every
+/// output with its task index, sorted by index.
+pub struct Collect<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T: Task> Job for Collect<T> {
+    type Task = T;
+    type Result = Vec<(u64, T::Output)>;
+    const NAME: &'static str = T::NAME;
+    fn fold(acc: &mut Self::Result, index: u64, output: T::Output) {
+        acc.push((index, output));
+    }
+    fn merge(acc: &mut Self::Result, mut other: Self::Result) {
+        acc.append(&mut other);
+        acc.sort_by_key(|(index, _)| *index);
+    }
+}
+
+/// What a running task may know about where it runs.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    /// The job this task belongs to.
+    pub job_id: String,
+    /// The task's index in its job's submission order.
+    pub index: u64,
+    /// Which attempt this is, starting at 1.
+    pub attempt: u32,
+    /// The id of the node running the task.
+    pub node_id: String,
+    /// The node's data directory (shared scratch space, if the cluster has one).
+    pub data_dir: PathBuf,
+}
+
+/// A task's failure, with a message for the user and whether a retry may help.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// Human-readable cause, shown in `status` and in the job's result.
+    pub message: String,
+    /// Whether another attempt could succeed.
+    pub retryable: bool,
+}
+
+impl TaskError {
+    /// A failure worth another attempt (I/O hiccup, busy resource).
+    pub fn retryable(message: impl fmt::Display) -> Self {
+        TaskError {
+            message: message.to_string(),
+            retryable: true,
+        }
+    }
+    /// A failure no retry will fix (bad input, missing file).
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        TaskError {
+            message: message.to_string(),
+            retryable: false,
+        }
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TaskError {}

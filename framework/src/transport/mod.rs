@@ -1,0 +1,147 @@
+//! QUIC with mutual TLS: certificates of the cluster CA, endpoints, and
+//! framed streams. Only this module imports quinn and rustls.
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+
+use crate::wire::{self, Frame, WireError};
+
+/// Errors of the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Socket set-up failed.
+    #[error("cannot bind QUIC endpoint on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Connecting failed (unreachable, refused, bad certificate).
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The peer.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection broke.
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// A frame could not be read or written.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// TLS material problems.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Idle time after which a silent peer's connection is declared lost.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
+    t.max_concurrent_bidi_streams(1024u32.into());
+    Arc::new(t)
+}
+
+/// Binds an endpoint that serves (with client certificate checks) and dials,
+/// with 4 MiB socket buffers so that loopback bursts are not dropped.
+pub fn endpoint(
+    addr: SocketAddr,
+    identity: &tls::Identity,
+    serve: bool,
+) -> Result<Endpoint, TransportError> {
+    let bind_err = |source| TransportError::Bind { addr, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(bind_err)?;
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    let server = if serve {
+        let mut s = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
+        s.transport_config(transport_config());
+        Some(s)
+    } else {
+        None
+    };
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let mut ep = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket.into(),
+        runtime,
+    )
+    .map_err(bind_err)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(identity.quic_client_config()?));
+    client.transport_config(transport_config());
+    ep.set_default_client_config(client);
+    Ok(ep)
+}
+
+/// Dials `addr` and checks its certificate against the cluster CA.
+pub async fn dial(ep: &Endpoint, addr: &str) -> Result<Connection, TransportError> {
+    let err = |reason: String| TransportError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let sock: SocketAddr = addr.parse().map_err(|e| err(format!("bad address: {e}")))?;
+    let connecting = ep
+        .connect(sock, tls::SERVER_NAME)
+        .map_err(|e| err(e.to_string()))?;
+    connecting.await.map_err(|e| err(e.to_string()))
+}
+
+/// One bidirectional stream carrying frames.
+pub struct FramedStream {
+    /// Sending half.
+    pub send: SendStream,
+    /// Receiving half.
+    pub recv: RecvStream,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+}
+
+impl FramedStream {
+    /// Opens a stream on a connection.
+    pub async fn open(conn: &Connection, max_frame: usize) -> Result<Self, TransportError> {
+        let (send, recv) = conn.open_bi().await?;
+        Ok(FramedStream {
+            send,
+            recv,
+            max_frame,
+        })
+    }
+    /// Sends one frame.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), TransportError> {
+        wire::write_frame(&mut self.send, frame).await?;
+        Ok(())
+    }
+    /// Receives one frame.
+    pub async fn recv(&mut self) -> Result<Frame, TransportError> {
+        Ok(wire::read_frame(&mut self.recv, self.max_frame).await?)
+    }
+    /// Sends frames, then one request-response round: returns the reply.
+    pub async fn request(&mut self, frames: &[Frame]) -> Result<Frame, TransportError> {
+        let mut buf = Vec::new();
+        for f in frames {
+            wire::encode_into(&mut buf, f)?;
+        }
+        self.send
+            .write_all(&buf)
+            .await
+            .map_err(|e| WireError::Io(e.into()))?;
+        self.recv().await
+    }
+}

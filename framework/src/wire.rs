@@ -1,0 +1,338 @@
+//! The byte format between nodes and clients: versioned MessagePack frames
+//! with a `u32` big-endian length prefix, and bounded decoding.
+//!
+//! Only this module knows the byte layout. A frame longer than the reader's
+//! limit is refused from its prefix, before any of its body is read.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::core::{ShardKey, TaskFailure};
+
+/// Bumped on any incompatible change of [`Frame`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default upper bound of one frame's body.
+pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
+
+/// Errors of reading or writing frames.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The peer announced a frame over the limit; nothing of it was read.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The reader's limit.
+        max: usize,
+    },
+    /// The frame body is not a valid MessagePack [`Frame`].
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] rmp_serde::decode::Error),
+    /// Encoding failed (a value serde cannot represent).
+    #[error("cannot encode frame: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    /// The stream ended or broke.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The stream ended cleanly between frames.
+    #[error("stream closed by peer")]
+    Closed,
+}
+
+/// How a job's tasks are cut and retried, chosen at submission.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobOptions {
+    /// Tasks per shard.
+    pub shard_size: u32,
+    /// Attempts per task before it is reported failed (at least 1).
+    pub max_attempts: u32,
+}
+
+/// A submission: everything but the task bodies, which follow in
+/// [`Frame::SubmitChunk`] frames on the same stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitHeader {
+    /// Client-chosen id; resubmitting it returns the existing job.
+    pub job_id: String,
+    /// The registered job name.
+    pub job_name: String,
+    /// Cutting and retry options.
+    pub options: JobOptions,
+    /// Number of tasks that follow.
+    pub task_count: u64,
+}
+
+/// One shard sent to a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Epoch of the master that sent it.
+    pub epoch: u64,
+    /// The job.
+    pub job_id: String,
+    /// The registered job name, so the worker knows how to run and fold.
+    pub job_name: String,
+    /// Which shard.
+    pub shard: ShardKey,
+    /// Attempt number of this run (1-based).
+    pub attempt: u32,
+    /// `(task index, encoded task)` pairs.
+    pub tasks: Vec<(u64, ByteBuf)>,
+}
+
+/// A worker's report on one assignment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardReport {
+    /// Epoch of the assignment this answers.
+    pub epoch: u64,
+    /// The job.
+    pub job_id: String,
+    /// Which shard.
+    pub shard: ShardKey,
+    /// Attempt number of the run.
+    pub attempt: u32,
+    /// The encoded partial `Job::Result` of the tasks that succeeded.
+    pub output: ByteBuf,
+    /// Tasks that failed in this run.
+    pub failures: Vec<TaskFailure>,
+}
+
+/// A job's state as clients see it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum JobState {
+    /// Durable and being worked on.
+    Running,
+    /// Every task committed; the result can be fetched.
+    Done,
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+/// Progress of one job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobProgress {
+    /// The job.
+    pub job_id: String,
+    /// The registered job name.
+    pub job_name: String,
+    /// Current state.
+    pub state: JobState,
+    /// Tasks in the job.
+    pub tasks_total: u64,
+    /// Tasks whose final outcome (success or failure) is committed.
+    pub tasks_done: u64,
+    /// Tasks that failed every attempt.
+    pub tasks_failed: u64,
+    /// Task attempts that failed and were retried.
+    pub retries: u64,
+}
+
+/// A worker as the master sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerStatus {
+    /// Node id.
+    pub node_id: String,
+    /// Its QUIC address as registered.
+    pub addr: String,
+    /// Concurrent task slots.
+    pub slots: u32,
+    /// Shards it is running now.
+    pub in_flight: u32,
+    /// Whether it is connected to the master.
+    pub connected: bool,
+}
+
+/// The cluster's state as the master sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The master's node id.
+    pub leader: String,
+    /// The master's epoch.
+    pub epoch: u64,
+    /// Registered workers.
+    pub workers: Vec<WorkerStatus>,
+    /// Jobs the master knows.
+    pub jobs: Vec<JobProgress>,
+}
+
+/// A finished job's result as fetched by a client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobOutcome {
+    /// Final progress figures.
+    pub progress: JobProgress,
+    /// The encoded `Job::Result` (empty if cancelled).
+    pub result: ByteBuf,
+    /// Tasks that failed every attempt (at most a bounded number are kept).
+    pub failures: Vec<TaskFailure>,
+}
+
+/// Every message on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Frame {
+    /// Worker to master, first frame of the worker's control stream.
+    WorkerHello {
+        /// [`PROTOCOL_VERSION`] of the sender.
+        version: u32,
+        /// The worker's node id (its registration znode name).
+        node_id: String,
+        /// Concurrent task slots.
+        slots: u32,
+        /// Job names the worker can run.
+        jobs: Vec<String>,
+        /// Newest epoch the worker has seen.
+        epoch: u64,
+    },
+    /// Master to worker: accepted, with the master's epoch.
+    Welcome {
+        /// The master's epoch.
+        epoch: u64,
+    },
+    /// Master to worker: run a shard.
+    Assign(Assignment),
+    /// Worker to master: a shard's outcome.
+    Report(ShardReport),
+    /// Client to master: a submission header.
+    Submit(SubmitHeader),
+    /// Client to master: encoded tasks of the submission in progress.
+    SubmitChunk {
+        /// Encoded tasks, in order.
+        tasks: Vec<ByteBuf>,
+    },
+    /// Master to client: the job is durable.
+    Accepted {
+        /// The job.
+        job_id: String,
+        /// True if the job id already existed and nothing new was created.
+        existing: bool,
+    },
+    /// Client to master: progress of a job.
+    GetJob {
+        /// The job.
+        job_id: String,
+    },
+    /// Master to client: a job's progress.
+    Job(JobProgress),
+    /// Client to master: the cluster's status.
+    GetStatus,
+    /// Master to client: the cluster's status.
+    Status(ClusterStatus),
+    /// Client to master: fetch a finished job's result.
+    FetchResult {
+        /// The job.
+        job_id: String,
+    },
+    /// Master to client: a finished job's result.
+    Outcome(JobOutcome),
+    /// Client to master: cancel a job.
+    Cancel {
+        /// The job.
+        job_id: String,
+    },
+    /// Any reply meaning "done, nothing to say".
+    Ok,
+    /// The receiving node is not the master (or not yet serving).
+    NotMaster,
+    /// A request failed.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Appends one length-prefixed frame to `buf`.
+pub fn encode_into(buf: &mut Vec<u8>, frame: &Frame) -> Result<(), WireError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    rmp_serde::encode::write(buf, frame)?;
+    let len = u32::try_from(buf.len() - start - 4).map_err(|_| WireError::TooLarge {
+        len: buf.len() - start - 4,
+        max: u32::MAX as usize,
+    })?;
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Decodes one frame body (without its prefix).
+pub fn decode(body: &[u8]) -> Result<Frame, WireError> {
+    Ok(rmp_serde::from_slice(body)?)
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<(), WireError> {
+    let mut buf = Vec::with_capacity(128);
+    encode_into(&mut buf, frame)?;
+    w.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Reads one frame of at most `max` body bytes. Returns [`WireError::Closed`]
+/// when the stream ends cleanly before a new frame.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Frame, WireError> {
+    let mut prefix = [0u8; 4];
+    match r.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(WireError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    decode(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trip() {
+        let mut buf = Vec::new();
+        encode_into(&mut buf, &Frame::GetJob { job_id: "j".into() }).unwrap();
+        encode_into(&mut buf, &Frame::Ok).unwrap();
+        let mut r = &buf[..];
+        assert!(
+            matches!(read_frame(&mut r, 1024).await.unwrap(), Frame::GetJob { job_id } if job_id == "j")
+        );
+        assert!(matches!(read_frame(&mut r, 1024).await.unwrap(), Frame::Ok));
+        assert!(matches!(
+            read_frame(&mut r, 1024).await,
+            Err(WireError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn oversized_is_refused_from_prefix() {
+        let mut buf = (1u32 << 30).to_be_bytes().to_vec();
+        buf.extend_from_slice(b"abc");
+        let mut r = &buf[..];
+        assert!(
+            matches!(read_frame(&mut r, 1024).await, Err(WireError::TooLarge { len, max: 1024 }) if len == 1 << 30)
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_is_malformed() {
+        let mut buf = 5u32.to_be_bytes().to_vec();
+        buf.extend_from_slice(&[0xc1, 0xff, 0x00, 0x13, 0x37]);
+        let mut r = &buf[..];
+        assert!(matches!(
+            read_frame(&mut r, 1024).await,
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_body_is_io_error() {
+        let mut buf = 10u32.to_be_bytes().to_vec();
+        buf.extend_from_slice(&[1, 2]);
+        let mut r = &buf[..];
+        assert!(matches!(
+            read_frame(&mut r, 1024).await,
+            Err(WireError::Io(_))
+        ));
+    }
+}

@@ -1,0 +1,249 @@
+//! Private ZooKeeper servers for `local` and for tests: Debian's package,
+//! started directly with `QuorumPeerMain`, data in a temp dir, heap capped,
+//! autopurge on, four-letter words `ruok`, `mntr`, `conf`, `stat` enabled.
+//! A server is stopped (SIGTERM, then SIGKILL) when its handle is dropped.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Debian's package puts the server jar.
+pub const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+
+/// Errors of starting a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ZkServerError {
+    /// The package is not installed.
+    #[error("ZooKeeper is not installed ({ZOOKEEPER_JAR} missing): run `scripts/setup` or `apt-get install zookeeper`")]
+    NotInstalled,
+    /// File or process trouble.
+    #[error("cannot start ZooKeeper: {0}")]
+    Io(#[from] std::io::Error),
+    /// It did not answer `ruok` in time.
+    #[error("ZooKeeper on port {port} did not answer within {secs} s; its log: {log}")]
+    NotReady {
+        /// The client port.
+        port: u16,
+        /// Seconds waited.
+        secs: u64,
+        /// Log file.
+        log: String,
+    },
+}
+
+/// Settings of a private server.
+#[derive(Debug, Clone)]
+pub struct ZkServerOptions {
+    /// ZooKeeper's tick; session timeouts are 2 to 20 ticks.
+    pub tick_ms: u32,
+    /// Java heap cap.
+    pub heap_mb: u32,
+    /// `maxClientCnxns` per client IP.
+    pub max_client_cnxns: u32,
+}
+
+impl Default for ZkServerOptions {
+    fn default() -> Self {
+        ZkServerOptions {
+            tick_ms: 200,
+            heap_mb: 256,
+            max_client_cnxns: 2000,
+        }
+    }
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One running server process.
+#[derive(Debug)]
+pub struct ZkServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+/// Sends a four-letter-word command and returns the answer.
+pub fn four_letter(port: u16, cmd: &str) -> std::io::Result<String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(cmd.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn spawn(dir: &Path, cfg: &str, opts: &ZkServerOptions) -> Result<Child, ZkServerError> {
+    if !Path::new(ZOOKEEPER_JAR).exists() {
+        return Err(ZkServerError::NotInstalled);
+    }
+    std::fs::create_dir_all(dir)?;
+    let cfg_path = dir.join("zoo.cfg");
+    std::fs::write(&cfg_path, cfg)?;
+    let log = std::fs::File::create(dir.join("server.log"))?;
+    let child = Command::new("java")
+        .arg(format!("-Xmx{}m", opts.heap_mb))
+        .arg("-XX:+UseSerialGC")
+        .arg("-Dzookeeper.admin.enableServer=false")
+        .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
+        .arg("-cp")
+        .arg(ZOOKEEPER_JAR)
+        .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+        .arg(&cfg_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    Ok(child)
+}
+
+fn base_cfg(data: &Path, port: u16, opts: &ZkServerOptions) -> String {
+    format!(
+        "tickTime={tick}\ndataDir={data}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+         minSessionTimeout={min}\nmaxSessionTimeout={max}\nmaxClientCnxns={cnx}\n\
+         autopurge.snapRetainCount=3\nautopurge.purgeInterval=1\nadmin.enableServer=false\n\
+         4lw.commands.whitelist=ruok,mntr,conf,stat,srvr,wchc,wchs\npreAllocSize=4096\nsnapCount=10000\n",
+        tick = opts.tick_ms,
+        data = data.display(),
+        min = opts.tick_ms * 2,
+        max = opts.tick_ms * 20,
+        cnx = opts.max_client_cnxns,
+    )
+}
+
+impl ZkServer {
+    /// Starts a standalone server with its data under `dir` and waits until it serves.
+    pub fn start(dir: &Path, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
+        let port = free_port()?;
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data)?;
+        let child = spawn(dir, &base_cfg(&data, port, opts), opts)?;
+        let server = ZkServer {
+            child: Some(child),
+            port,
+            dir: dir.to_path_buf(),
+        };
+        server.wait_ready(Duration::from_secs(60))?;
+        Ok(server)
+    }
+
+    /// Waits until the server answers `ruok` with `imok` and reports a mode.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), ZkServerError> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if four_letter(self.port, "srvr").is_ok_and(|s| s.contains("Mode:")) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(ZkServerError::NotReady {
+            port: self.port,
+            secs: timeout.as_secs(),
+            log: self.dir.join("server.log").display().to_string(),
+        })
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ZkServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A 3-server ensemble (or any size) on loopback.
+#[derive(Debug)]
+pub struct ZkEnsemble {
+    /// The servers, in `myid` order.
+    pub servers: Vec<ZkServer>,
+}
+
+impl ZkEnsemble {
+    /// Starts `n` servers under `dir` and waits until all serve.
+    pub fn start(dir: &Path, n: usize, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect::<std::io::Result<_>>()?;
+        let peers: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, a, b))| format!("server.{}=127.0.0.1:{a}:{b}\n", i + 1))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, (port, _, _)) in ports.iter().enumerate() {
+            let sdir = dir.join(format!("zk{}", i + 1));
+            let data = sdir.join("data");
+            std::fs::create_dir_all(&data)?;
+            std::fs::write(data.join("myid"), format!("{}\n", i + 1))?;
+            let cfg = format!(
+                "{}initLimit=20\nsyncLimit=10\n{peers}",
+                base_cfg(&data, *port, opts)
+            );
+            let child = spawn(&sdir, &cfg, opts)?;
+            servers.push(ZkServer {
+                child: Some(child),
+                port: *port,
+                dir: sdir,
+            });
+        }
+        for s in &servers {
+            s.wait_ready(Duration::from_secs(60))?;
+        }
+        Ok(ZkEnsemble { servers })
+    }
+
+    /// Connect string of all servers.
+    pub fn connect_string(&self) -> String {
+        self.servers
+            .iter()
+            .map(ZkServer::connect_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}

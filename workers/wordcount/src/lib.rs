@@ -1,0 +1,422 @@
+//! Word count on Ringleader: input files are split into byte ranges, each a
+//! [`CountWords`] task; a shard's counts are merged on its worker and the
+//! master merges the shards'.
+//!
+//! A word is a maximal run of characters that are not Unicode White_Space
+//! (`char::is_whitespace`), case-sensitive. With `--normalize` a word is
+//! lowercased (`str::to_lowercase`) and stripped of every character that is
+//! not `char::is_alphanumeric`; words left empty are dropped. A split owns
+//! the words that *start* inside it and reads past its end to finish its
+//! last one, so no word is cut or counted twice.
+
+pub mod corpus;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use ringleader::cli::{BoxError, CliJob};
+use ringleader::{Job, JobReport, Task, TaskContext, TaskError};
+use serde::{Deserialize, Serialize};
+
+/// Word -> count.
+pub type Counts = HashMap<String, u64>;
+
+/// Count the words starting in `path[offset .. offset + len)`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CountWords {
+    /// The input file (every worker must see it at this path).
+    pub path: PathBuf,
+    /// First byte of the split.
+    pub offset: u64,
+    /// Bytes in the split.
+    pub len: u64,
+    /// Lowercase and keep only alphanumerics.
+    pub normalize: bool,
+}
+
+/// Errors of counting.
+#[derive(Debug)]
+pub enum CountError {
+    /// The file cannot be read.
+    Io(PathBuf, std::io::Error),
+    /// The file is not UTF-8.
+    Utf8 {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset of the first invalid byte.
+        offset: u64,
+    },
+}
+
+impl std::fmt::Display for CountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CountError::Io(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            CountError::Utf8 { path, offset } => write!(
+                f,
+                "{} is not valid UTF-8 at byte offset {offset}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CountError {}
+
+fn is_boundary(b: u8) -> bool {
+    (b & 0xC0) != 0x80
+}
+
+/// Adds a token to the counts, normalized if asked.
+pub fn add_word(counts: &mut Counts, word: &str, normalize: bool) {
+    if normalize {
+        let w: String = word
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric())
+            .collect();
+        if !w.is_empty() {
+            *counts.entry(w).or_insert(0) += 1;
+        }
+    } else if let Some(c) = counts.get_mut(word) {
+        *c += 1;
+    } else {
+        counts.insert(word.to_string(), 1);
+    }
+}
+
+/// Counts every word of a string.
+pub fn count_str(text: &str, normalize: bool, counts: &mut Counts) {
+    for w in text.split(char::is_whitespace).filter(|w| !w.is_empty()) {
+        add_word(counts, w, normalize);
+    }
+}
+
+/// Counts the words starting in `[offset, offset + len)` of a file.
+pub fn count_split(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    normalize: bool,
+) -> Result<Counts, CountError> {
+    let io = |e| CountError::Io(path.to_path_buf(), e);
+    let mut f = File::open(path).map_err(io)?;
+    let file_len = f.metadata().map_err(io)?.len();
+    let end = (offset + len).min(file_len);
+    let mut counts = Counts::new();
+    if offset >= end {
+        return Ok(counts);
+    }
+    // Read 4 bytes before (to see the previous character) and the split.
+    let read_from = offset.saturating_sub(4);
+    f.seek(SeekFrom::Start(read_from)).map_err(io)?;
+    let mut buf = Vec::with_capacity((end - read_from) as usize + 64);
+    (&mut f)
+        .take(end - read_from)
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    let base = read_from;
+    // Both neighbours cut at the first character boundary at or after the nominal offset.
+    let boundary_at_or_after = |buf: &[u8], from: usize| {
+        (from..buf.len())
+            .find(|&i| is_boundary(buf[i]))
+            .unwrap_or(buf.len())
+    };
+    let s = boundary_at_or_after(&buf, (offset - base) as usize);
+    // The split's end boundary may lie a few bytes past `end`.
+    let mut tail = Vec::new();
+    if end < file_len {
+        let mut extra = [0u8; 4];
+        let n = (&mut f).take(4).read(&mut extra).map_err(io)?;
+        tail.extend_from_slice(&extra[..n]);
+    }
+    let mut whole = buf;
+    let split_end_in_whole = whole.len();
+    whole.extend_from_slice(&tail);
+    let e = if end >= file_len {
+        whole.len()
+    } else {
+        boundary_at_or_after(&whole, split_end_in_whole)
+    };
+    if s > e || s - (offset - base) as usize > 3 {
+        return Err(CountError::Utf8 {
+            path: path.to_path_buf(),
+            offset,
+        });
+    }
+    let text = std::str::from_utf8(&whole[s..e]).map_err(|err| CountError::Utf8 {
+        path: path.to_path_buf(),
+        offset: base + s as u64 + err.valid_up_to() as u64,
+    })?;
+    // Does a word run into the split from before?
+    let prev_is_word = s > 0 && {
+        let lead = (0..s).rev().find(|&i| is_boundary(whole[i])).unwrap_or(0);
+        match std::str::from_utf8(&whole[lead..s]) {
+            Ok(p) => p.chars().next_back().is_some_and(|c| !c.is_whitespace()),
+            Err(_) => true,
+        }
+    };
+    let mut body = text;
+    if prev_is_word {
+        body = match body.find(char::is_whitespace) {
+            Some(i) => &body[i..],
+            None => "",
+        };
+    }
+    // Does the last word run past the split's end?
+    let ends_in_word = e < whole.len() || (e as u64 + base) < file_len;
+    let last_word_open =
+        ends_in_word && body.chars().next_back().is_some_and(|c| !c.is_whitespace());
+    if !last_word_open {
+        count_str(body, normalize, &mut counts);
+        return Ok(counts);
+    }
+    let cut = body.rfind(char::is_whitespace).map_or(0, |i| {
+        i + body[i..].chars().next().map_or(1, char::len_utf8)
+    });
+    count_str(&body[..cut], normalize, &mut counts);
+    let mut last = body[cut..].to_string();
+    // Read on until whitespace or the end of the file.
+    let mut pos = base + e as u64;
+    f.seek(SeekFrom::Start(pos)).map_err(io)?;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 4096];
+    'outer: loop {
+        let n = f.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            if !pending.is_empty() {
+                return Err(CountError::Utf8 {
+                    path: path.to_path_buf(),
+                    offset: pos,
+                });
+            }
+            break;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        let valid = match std::str::from_utf8(&pending) {
+            Ok(t) => t.len(),
+            Err(err) if err.error_len().is_some() => {
+                return Err(CountError::Utf8 {
+                    path: path.to_path_buf(),
+                    offset: pos + err.valid_up_to() as u64,
+                })
+            }
+            Err(err) => err.valid_up_to(),
+        };
+        let t = std::str::from_utf8(&pending[..valid]).unwrap_or_default();
+        if let Some(i) = t.find(char::is_whitespace) {
+            last.push_str(&t[..i]);
+            break 'outer;
+        }
+        last.push_str(t);
+        pos += valid as u64;
+        pending.drain(..valid);
+    }
+    add_word(&mut counts, &last, normalize);
+    Ok(counts)
+}
+
+impl Task for CountWords {
+    type Output = Counts;
+    const NAME: &'static str = "count-words";
+    fn run(self, _ctx: &TaskContext) -> Result<Counts, TaskError> {
+        count_split(&self.path, self.offset, self.len, self.normalize).map_err(|e| match e {
+            CountError::Io(..) => TaskError::retryable(e),
+            CountError::Utf8 { .. } => TaskError::permanent(e),
+        })
+    }
+}
+
+/// Merges `other` into `acc`.
+pub fn merge(acc: &mut Counts, other: Counts) {
+    if acc.len() < other.len() {
+        let small = std::mem::replace(acc, other);
+        return merge(acc, small);
+    }
+    for (w, c) in other {
+        *acc.entry(w).or_insert(0) += c;
+    }
+}
+
+/// The word-count job.
+pub struct WordCount;
+
+/// Arguments of `submit` and `local`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WordCountArgs {
+    /// Input files (UTF-8); every worker must see them at the same paths.
+    pub files: Vec<PathBuf>,
+    /// Where to write `word<TAB>count` lines.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Lowercase and keep only alphanumeric characters.
+    #[arg(long)]
+    pub normalize: bool,
+    /// Words to print on stdout.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Split size in MiB.
+    #[arg(long, default_value_t = 4)]
+    pub split_mib: u64,
+}
+
+impl Job for WordCount {
+    type Task = CountWords;
+    type Result = Counts;
+    const NAME: &'static str = "word-count";
+    fn fold(acc: &mut Counts, _index: u64, output: Counts) {
+        merge(acc, output);
+    }
+    fn merge(acc: &mut Counts, other: Counts) {
+        merge(acc, other);
+    }
+    fn default_shard_size() -> u32 {
+        1
+    }
+}
+
+/// Cuts files into splits of `split` bytes, checking each is readable.
+pub fn plan(files: &[PathBuf], split: u64, normalize: bool) -> Result<Vec<CountWords>, BoxError> {
+    if files.is_empty() {
+        return Err("no input files given".into());
+    }
+    let mut tasks = Vec::new();
+    for path in files {
+        let abs = std::fs::canonicalize(path)
+            .map_err(|e| format!("cannot read input {}: {e}", path.display()))?;
+        let len = std::fs::metadata(&abs)
+            .map_err(|e| format!("cannot read input {}: {e}", path.display()))?
+            .len();
+        File::open(&abs).map_err(|e| format!("cannot open input {}: {e}", path.display()))?;
+        let mut offset = 0;
+        while offset < len {
+            let n = split.min(len - offset);
+            tasks.push(CountWords {
+                path: abs.clone(),
+                offset,
+                len: n,
+                normalize,
+            });
+            offset += n;
+        }
+    }
+    Ok(tasks)
+}
+
+/// Sorted by count descending, then by the word's bytes ascending.
+pub fn sorted(counts: &Counts) -> Vec<(&str, u64)> {
+    let mut v: Vec<(&str, u64)> = counts.iter().map(|(w, c)| (w.as_str(), *c)).collect();
+    v.sort_unstable_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+    });
+    v
+}
+
+/// Writes `word<TAB>count` lines.
+pub fn write_counts(path: &Path, counts: &Counts) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(File::create(path)?);
+    for (word, c) in sorted(counts) {
+        writeln!(w, "{word}\t{c}")?;
+    }
+    w.flush()
+}
+
+impl CliJob for WordCount {
+    type Args = WordCountArgs;
+    fn tasks(args: &WordCountArgs) -> Result<Vec<CountWords>, BoxError> {
+        plan(&args.files, args.split_mib.max(1) << 20, args.normalize)
+    }
+    fn output(args: &WordCountArgs, counts: Counts, report: &JobReport) -> Result<(), BoxError> {
+        if report.progress.tasks_failed > 0 {
+            let first = report
+                .failures
+                .first()
+                .map_or(String::new(), |f| f.error.clone());
+            return Err(format!(
+                "{} of {} splits failed: {first}",
+                report.progress.tasks_failed, report.progress.tasks_total
+            )
+            .into());
+        }
+        if let Some(out) = &args.output {
+            write_counts(out, &counts)
+                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            eprintln!("wrote {} distinct words to {}", counts.len(), out.display());
+        }
+        let total: u64 = counts.values().sum();
+        println!(
+            "{total} words, {} distinct; top {}:",
+            counts.len(),
+            args.top
+        );
+        for (w, c) in sorted(&counts).into_iter().take(args.top) {
+            println!("{c:>12}  {w}");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(content: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content).unwrap();
+        f
+    }
+
+    fn by_splits(path: &Path, split: u64, normalize: bool) -> Result<Counts, CountError> {
+        let len = std::fs::metadata(path).unwrap().len();
+        let mut all = Counts::new();
+        let mut off = 0;
+        while off < len {
+            merge(&mut all, count_split(path, off, split, normalize)?);
+            off += split;
+        }
+        Ok(all)
+    }
+
+    #[test]
+    fn every_split_size_gives_the_single_pass_count() {
+        let text = "héllo wörld\u{a0}héllo\u{3000}日本語 日本語\n\ttabs  and\u{2028}lines x y z 🦀🦀 🦀🦀 end";
+        let f = file(text.as_bytes());
+        let mut want = Counts::new();
+        count_str(text, false, &mut want);
+        assert_eq!(want.get("héllo"), Some(&2));
+        assert_eq!(want.get("🦀🦀"), Some(&2));
+        for split in 1..=text.len() as u64 + 1 {
+            assert_eq!(
+                by_splits(f.path(), split, false).unwrap(),
+                want,
+                "split {split}"
+            );
+        }
+        let mut norm = Counts::new();
+        count_str(text, true, &mut norm);
+        assert_eq!(by_splits(f.path(), 3, true).unwrap(), norm);
+        assert!(
+            !norm.contains_key("🦀🦀"),
+            "emoji-only tokens vanish under normalize"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_offset() {
+        let f = file(b"good words \xff\xfe bad");
+        let err = by_splits(f.path(), 100, false).unwrap_err();
+        assert!(matches!(err, CountError::Utf8 { offset: 11, .. }), "{err}");
+        assert!(err.to_string().contains("byte offset 11"));
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let err = plan(&[PathBuf::from("/no/such/file")], 10, false).unwrap_err();
+        assert!(err.to_string().contains("/no/such/file"), "{err}");
+    }
+}
