@@ -109,37 +109,18 @@ pub fn count_split(
     if offset >= end {
         return Ok(counts);
     }
-    // Read 4 bytes before (to see the previous character) and the split.
+    // Read 4 bytes before (to see the previous character), the split, and
+    // 4 bytes after (where the split's last character may end).
     let read_from = offset.saturating_sub(4);
+    let read_to = (end + 4).min(file_len);
     f.seek(SeekFrom::Start(read_from)).map_err(io)?;
-    let mut buf = Vec::with_capacity((end - read_from) as usize + 64);
-    (&mut f)
-        .take(end - read_from)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
+    let mut whole = Vec::with_capacity((read_to - read_from) as usize);
+    (&mut f).take(read_to - read_from).read_to_end(&mut whole).map_err(io)?;
     let base = read_from;
     // Both neighbours cut at the first character boundary at or after the nominal offset.
-    let boundary_at_or_after = |buf: &[u8], from: usize| {
-        (from..buf.len())
-            .find(|&i| is_boundary(buf[i]))
-            .unwrap_or(buf.len())
-    };
-    let s = boundary_at_or_after(&buf, (offset - base) as usize);
-    // The split's end boundary may lie a few bytes past `end`.
-    let mut tail = Vec::new();
-    if end < file_len {
-        let mut extra = [0u8; 4];
-        let n = (&mut f).take(4).read(&mut extra).map_err(io)?;
-        tail.extend_from_slice(&extra[..n]);
-    }
-    let mut whole = buf;
-    let split_end_in_whole = whole.len();
-    whole.extend_from_slice(&tail);
-    let e = if end >= file_len {
-        whole.len()
-    } else {
-        boundary_at_or_after(&whole, split_end_in_whole)
-    };
+    let boundary_at_or_after = |from: usize| (from..whole.len()).find(|&i| is_boundary(whole[i])).unwrap_or(whole.len());
+    let s = boundary_at_or_after((offset - base) as usize);
+    let e = if end >= file_len { whole.len() } else { boundary_at_or_after((end - base) as usize) };
     if s > e || s - (offset - base) as usize > 3 {
         return Err(CountError::Utf8 {
             path: path.to_path_buf(),
