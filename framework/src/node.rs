@@ -152,7 +152,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
             Ok(zk) => zk,
             Err(e) => {
                 connect_failures += 1;
-                if connect_failures == 1 || connect_failures % 10 == 0 {
+                if connect_failures == 1 || connect_failures.is_multiple_of(10) {
                     tracing::error!(error = %e, "cannot reach ZooKeeper; retrying");
                 }
                 tokio::select! {

@@ -20,7 +20,7 @@ pub fn word(n: usize) -> String {
         w.push_str(SYLLABLES[x % SYLLABLES.len()]);
         x /= SYLLABLES.len();
     }
-    if n % 7 == 0 {
+    if n.is_multiple_of(7) {
         let mut chars = w.chars();
         chars
             .next()
@@ -46,14 +46,14 @@ pub fn generate(
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut written = 0u64;
-    let mut line = 0;
+    let mut line = 0u64;
     let mut buf = Vec::with_capacity(1 << 16);
     while written < bytes {
         let r = rng.gen::<f64>() * acc;
         let i = cdf.partition_point(|&c| c < r).min(words.len() - 1);
         buf.extend_from_slice(words[i].as_bytes());
         line += 1;
-        buf.push(if line % 12 == 0 { b'\n' } else { b' ' });
+        buf.push(if line.is_multiple_of(12) { b'\n' } else { b' ' });
         if buf.len() >= 1 << 16 {
             out.write_all(&buf)?;
             written += buf.len() as u64;

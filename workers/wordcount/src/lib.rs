@@ -115,12 +115,23 @@ pub fn count_split(
     let read_to = (end + 4).min(file_len);
     f.seek(SeekFrom::Start(read_from)).map_err(io)?;
     let mut whole = Vec::with_capacity((read_to - read_from) as usize);
-    (&mut f).take(read_to - read_from).read_to_end(&mut whole).map_err(io)?;
+    (&mut f)
+        .take(read_to - read_from)
+        .read_to_end(&mut whole)
+        .map_err(io)?;
     let base = read_from;
     // Both neighbours cut at the first character boundary at or after the nominal offset.
-    let boundary_at_or_after = |from: usize| (from..whole.len()).find(|&i| is_boundary(whole[i])).unwrap_or(whole.len());
+    let boundary_at_or_after = |from: usize| {
+        (from..whole.len())
+            .find(|&i| is_boundary(whole[i]))
+            .unwrap_or(whole.len())
+    };
     let s = boundary_at_or_after((offset - base) as usize);
-    let e = if end >= file_len { whole.len() } else { boundary_at_or_after((end - base) as usize) };
+    let e = if end >= file_len {
+        whole.len()
+    } else {
+        boundary_at_or_after((end - base) as usize)
+    };
     if s > e || s - (offset - base) as usize > 3 {
         return Err(CountError::Utf8 {
             path: path.to_path_buf(),

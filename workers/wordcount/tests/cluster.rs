@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! End-to-end tests: real ZooKeeper, real QUIC, real node processes.
 
 mod common;
@@ -24,8 +25,24 @@ fn word_count_matches_single_process_and_zookeeper_empties() {
         c.node(&format!("n{i}"), &[]);
     }
     let out = c.path("out.tsv");
-    let o = c.cli("submit", &["--job-id", "wc-1", "--split-mib", "1", "--output", out.to_str().unwrap(), corpus.to_str().unwrap()]);
-    assert!(o.status.success(), "submit failed: {}\n{}", String::from_utf8_lossy(&o.stderr), c.logs());
+    let o = c.cli(
+        "submit",
+        &[
+            "--job-id",
+            "wc-1",
+            "--split-mib",
+            "1",
+            "--output",
+            out.to_str().unwrap(),
+            corpus.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "submit failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        c.logs()
+    );
     assert_same_file(&out, &baseline);
 
     // Non-ASCII whitespace and multi-byte words split at every size.
@@ -37,23 +54,48 @@ fn word_count_matches_single_process_and_zookeeper_empties() {
     let want_file = c.path("special-want.tsv");
     wordcount::write_counts(&want_file, &want).unwrap();
     let out2 = c.path("special.tsv");
-    let o = c.cli("submit", &["--split-mib", "1", "--output", out2.to_str().unwrap(), special.to_str().unwrap()]);
+    let o = c.cli(
+        "submit",
+        &[
+            "--split-mib",
+            "1",
+            "--output",
+            out2.to_str().unwrap(),
+            special.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_file(&out2, &want_file);
 
     // Resubmitting the first id finds it (here: already fetched, result kept).
-    let o = c.cli("submit", &["--job-id", "wc-1", "--detach", corpus.to_str().unwrap()]);
+    let o = c.cli(
+        "submit",
+        &["--job-id", "wc-1", "--detach", corpus.to_str().unwrap()],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && err.contains("already exists"), "resubmission: {err}");
+    assert!(
+        o.status.success() && err.contains("already exists"),
+        "resubmission: {err}"
+    );
 
     // Fetched results leave ZooKeeper (retention 0 in tests).
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let zk = c.zk().await;
         let jobs = c.layout().jobs();
-        eventually(Duration::from_secs(20), "ZooKeeper to hold no job data", || async {
-            zk.list_children(&jobs).await.map(|j| j.is_empty()).unwrap_or(false)
-        })
+        eventually(
+            Duration::from_secs(20),
+            "ZooKeeper to hold no job data",
+            || async {
+                zk.list_children(&jobs)
+                    .await
+                    .map(|j| j.is_empty())
+                    .unwrap_or(false)
+            },
+        )
         .await;
     });
 }
@@ -66,18 +108,30 @@ fn worker_killed_mid_job_loses_nothing() {
     c.node("master", &["--role", "candidate"]);
     c.node("w1", &["--role", "worker"]);
     c.node("w2", &["--role", "worker"]);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let client = Client::connect(client_config(&c)).await.expect("client");
-        let tasks = wordcount::plan(&[corpus.clone()], 128 << 10, false).unwrap();
+        let tasks = wordcount::plan(std::slice::from_ref(&corpus), 128 << 10, false).unwrap();
         let n = tasks.len() as u64;
-        let job = client.submit::<wordcount::WordCount>(tasks, Default::default()).await.expect("submit");
+        let job = client
+            .submit::<wordcount::WordCount>(tasks, Default::default())
+            .await
+            .expect("submit");
         eventually(Duration::from_secs(60), "some progress", || async {
-            job.progress().await.map(|p| p.tasks_done >= 3).unwrap_or(false)
+            job.progress()
+                .await
+                .map(|p| p.tasks_done >= 3)
+                .unwrap_or(false)
         })
         .await;
         let before = job.progress().await.unwrap();
-        assert!(before.tasks_done < n, "job finished before the kill; make it bigger");
+        assert!(
+            before.tasks_done < n,
+            "job finished before the kill; make it bigger"
+        );
         c.kill9("w1");
         let (counts, report) = job.result().await.expect("result");
         assert_eq!(report.progress.tasks_failed, 0, "{report:?}");
@@ -97,26 +151,43 @@ fn master_killed_mid_job_next_one_finishes_it() {
     for i in 0..3 {
         c.node(&format!("n{i}"), &[]);
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let zk = c.zk().await;
         let first = c.master(&zk, None, Duration::from_secs(30)).await;
         let client = Client::connect(client_config(&c)).await.expect("client");
-        let tasks = wordcount::plan(&[corpus.clone()], 128 << 10, false).unwrap();
+        let tasks = wordcount::plan(std::slice::from_ref(&corpus), 128 << 10, false).unwrap();
         let n = tasks.len() as u64;
-        let job = client.submit::<wordcount::WordCount>(tasks, Default::default()).await.expect("submit");
+        let job = client
+            .submit::<wordcount::WordCount>(tasks, Default::default())
+            .await
+            .expect("submit");
         eventually(Duration::from_secs(60), "some progress", || async {
-            job.progress().await.map(|p| p.tasks_done >= 3).unwrap_or(false)
+            job.progress()
+                .await
+                .map(|p| p.tasks_done >= 3)
+                .unwrap_or(false)
         })
         .await;
-        assert!(job.progress().await.unwrap().tasks_done < n, "job finished before the kill");
+        assert!(
+            job.progress().await.unwrap().tasks_done < n,
+            "job finished before the kill"
+        );
         let killed = Instant::now();
         c.kill9(&first.node_id);
-        let second = c.master(&zk, Some(first.epoch), Duration::from_secs(30)).await;
+        let second = c
+            .master(&zk, Some(first.epoch), Duration::from_secs(30))
+            .await;
         let failover = killed.elapsed();
         assert_ne!(second.node_id, first.node_id);
         assert!(second.epoch > first.epoch);
-        eprintln!("failover after kill -9: {failover:?} (session timeout {:?})", zk.session_timeout());
+        eprintln!(
+            "failover after kill -9: {failover:?} (session timeout {:?})",
+            zk.session_timeout()
+        );
         let (counts, report) = job.result().await.expect("result after failover");
         assert_eq!(report.progress.tasks_failed, 0, "{report:?}");
         let out = c.path("out.tsv");
@@ -133,27 +204,47 @@ fn graceful_leader_stop_hands_over_at_once() {
     for i in 0..3 {
         c.node(&format!("n{i}"), &["--role", "candidate"]);
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let zk = c.zk().await;
         let first = c.master(&zk, None, Duration::from_secs(30)).await;
         // Every candidate registered before the handover.
         let election = c.layout().election();
         eventually(Duration::from_secs(20), "3 candidates", || async {
-            zk.list_children(&election).await.map(|v| v.len() == 3).unwrap_or(false)
+            zk.list_children(&election)
+                .await
+                .map(|v| v.len() == 3)
+                .unwrap_or(false)
         })
         .await;
         let t = Instant::now();
         c.signal(&first.node_id, "TERM");
-        let second = c.master(&zk, Some(first.epoch), Duration::from_secs(30)).await;
+        let second = c
+            .master(&zk, Some(first.epoch), Duration::from_secs(30))
+            .await;
         let took = t.elapsed();
-        assert!(second.epoch == first.epoch + 1, "exactly one new leader: epochs {} -> {}", first.epoch, second.epoch);
-        assert!(took < zk.session_timeout(), "handover took {took:?}, not below the session timeout");
+        assert!(
+            second.epoch == first.epoch + 1,
+            "exactly one new leader: epochs {} -> {}",
+            first.epoch,
+            second.epoch
+        );
+        assert!(
+            took < zk.session_timeout(),
+            "handover took {took:?}, not below the session timeout"
+        );
         eprintln!("graceful handover: {took:?}");
         let status = c.wait_exit(&first.node_id, Duration::from_secs(15));
         assert!(status.success(), "stopped node exit status {status:?}");
         let cands = zk.list_children(&election).await.unwrap();
-        assert_eq!(cands.len(), 2, "the stopped node's candidacy is gone: {cands:?}");
+        assert_eq!(
+            cands.len(),
+            2,
+            "the stopped node's candidacy is gone: {cands:?}"
+        );
     });
 }
 
@@ -163,7 +254,10 @@ fn clear_errors_for_missing_input_and_missing_zookeeper() {
     let c = Cluster::new();
     let o = c.cli("submit", &["/no/such/input.txt"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("/no/such/input.txt"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("/no/such/input.txt"),
+        "{err}"
+    );
 
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("x.txt");
@@ -176,5 +270,8 @@ fn clear_errors_for_missing_input_and_missing_zookeeper() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("cannot connect to ZooKeeper"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("cannot connect to ZooKeeper"),
+        "{err}"
+    );
 }

@@ -27,11 +27,21 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new() -> Cluster {
-        let dir = tempfile::Builder::new().prefix("ringleader-test-").tempdir().expect("temp dir");
-        let zk = ZkServer::start(&dir.path().join("zk"), &ZkServerOptions::default()).expect("ZooKeeper starts");
+        let dir = tempfile::Builder::new()
+            .prefix("ringleader-test-")
+            .tempdir()
+            .expect("temp dir");
+        let zk = ZkServer::start(&dir.path().join("zk"), &ZkServerOptions::default())
+            .expect("ZooKeeper starts");
         let certs = dir.path().join("certs");
         ringleader::transport::tls::make_cluster_certs(&certs).expect("certificates");
-        Cluster { dir, zk, certs, nodes: Vec::new(), cluster: "test".into() }
+        Cluster {
+            dir,
+            zk,
+            certs,
+            nodes: Vec::new(),
+            cluster: "test".into(),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -43,12 +53,27 @@ impl Cluster {
         let log = self.path(&format!("{id}.log"));
         let f = std::fs::File::create(&log).expect("log file");
         let child = Command::new(BIN)
-            .args(["node", "--zk", &self.zk.connect_string(), "--cluster", &self.cluster, "--node-id", id])
+            .args([
+                "node",
+                "--zk",
+                &self.zk.connect_string(),
+                "--cluster",
+                &self.cluster,
+                "--node-id",
+                id,
+            ])
             .arg("--certs")
             .arg(&self.certs)
             .arg("--data-dir")
             .arg(self.path("data"))
-            .args(["--slots", "1", "--session-timeout-ms", "2000", "--retention-secs", "0"])
+            .args([
+                "--slots",
+                "1",
+                "--session-timeout-ms",
+                "2000",
+                "--retention-secs",
+                "0",
+            ])
             .args(extra)
             .env("RUST_LOG", "info,ringleader=debug")
             .stdin(Stdio::null())
@@ -56,21 +81,39 @@ impl Cluster {
             .stderr(f)
             .spawn()
             .expect("node starts");
-        self.nodes.push(Node { id: id.to_string(), child: Some(child), log });
+        self.nodes.push(Node {
+            id: id.to_string(),
+            child: Some(child),
+            log,
+        });
     }
 
     pub fn pid(&self, id: &str) -> u32 {
-        self.nodes.iter().find(|n| n.id == id).and_then(|n| n.child.as_ref()).map(Child::id).expect("node runs")
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.child.as_ref())
+            .map(Child::id)
+            .expect("node runs")
     }
 
     pub fn signal(&self, id: &str, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid(id).to_string()).status().expect("kill").success();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid(id).to_string())
+            .status()
+            .expect("kill")
+            .success();
         assert!(ok, "kill -{sig} {id}");
     }
 
     /// kill -9, and reap.
     pub fn kill9(&mut self, id: &str) {
-        let n = self.nodes.iter_mut().find(|n| n.id == id).expect("known node");
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("known node");
         if let Some(mut c) = n.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -79,7 +122,11 @@ impl Cluster {
 
     /// Waits for a node process to exit by itself.
     pub fn wait_exit(&mut self, id: &str, timeout: Duration) -> std::process::ExitStatus {
-        let n = self.nodes.iter_mut().find(|n| n.id == id).expect("known node");
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("known node");
         let c = n.child.as_mut().expect("running");
         let deadline = Instant::now() + timeout;
         loop {
@@ -87,7 +134,10 @@ impl Cluster {
                 n.child = None;
                 return s;
             }
-            assert!(Instant::now() < deadline, "{id} did not exit within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{id} did not exit within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -98,13 +148,22 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        self.nodes.iter().map(|n| format!("--- {} ---\n{}\n", n.id, self.log(&n.id))).collect()
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {} ---\n{}\n", n.id, self.log(&n.id)))
+            .collect()
     }
 
     /// Runs a CLI command against the cluster (`submit`, `status`, ...).
     pub fn cli(&self, cmd: &str, args: &[&str]) -> Output {
         Command::new(BIN)
-            .args([cmd, "--zk", &self.zk.connect_string(), "--cluster", &self.cluster])
+            .args([
+                cmd,
+                "--zk",
+                &self.zk.connect_string(),
+                "--cluster",
+                &self.cluster,
+            ])
             .arg("--certs")
             .arg(&self.certs)
             .args(args)
@@ -115,7 +174,13 @@ impl Cluster {
 
     pub fn cli_spawn(&self, cmd: &str, args: &[&str]) -> Child {
         Command::new(BIN)
-            .args([cmd, "--zk", &self.zk.connect_string(), "--cluster", &self.cluster])
+            .args([
+                cmd,
+                "--zk",
+                &self.zk.connect_string(),
+                "--cluster",
+                &self.cluster,
+            ])
             .arg("--certs")
             .arg(&self.certs)
             .args(args)
@@ -131,14 +196,24 @@ impl Cluster {
     }
 
     pub async fn zk(&self) -> coord::ZkClient {
-        coord::connect(&self.zk.connect_string(), Duration::from_secs(10)).await.expect("test's ZooKeeper session")
+        coord::connect(&self.zk.connect_string(), Duration::from_secs(10))
+            .await
+            .expect("test's ZooKeeper session")
     }
 
     /// Waits until a master with an epoch other than `not` is published.
-    pub async fn master(&self, zk: &coord::ZkClient, not: Option<u64>, timeout: Duration) -> MasterInfo {
+    pub async fn master(
+        &self,
+        zk: &coord::ZkClient,
+        not: Option<u64>,
+        timeout: Duration,
+    ) -> MasterInfo {
         match coord::wait_for_master(zk, &self.layout(), not, timeout).await {
             Ok(Some(m)) => m,
-            other => panic!("no new master within {timeout:?}: {other:?}\n{}", self.logs()),
+            other => panic!(
+                "no new master within {timeout:?}: {other:?}\n{}",
+                self.logs()
+            ),
         }
     }
 }
@@ -159,13 +234,30 @@ pub fn corpus(dir: &Path, mib: u64, seed: u64) -> (PathBuf, PathBuf) {
     let corpus = dir.join(format!("corpus-{seed}.txt"));
     let baseline = dir.join(format!("baseline-{seed}.tsv"));
     let ok = Command::new(BIN)
-        .args(["generate", "--size-mib", &mib.to_string(), "--seed", &seed.to_string(), "--vocabulary", "20000", "--output"])
+        .args([
+            "generate",
+            "--size-mib",
+            &mib.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--vocabulary",
+            "20000",
+            "--output",
+        ])
         .arg(&corpus)
         .status()
         .expect("generate")
         .success();
     assert!(ok, "corpus generation");
-    let ok = Command::new(BIN).arg("count").arg(&corpus).arg("--output").arg(&baseline).output().expect("count").status.success();
+    let ok = Command::new(BIN)
+        .arg("count")
+        .arg(&corpus)
+        .arg("--output")
+        .arg(&baseline)
+        .output()
+        .expect("count")
+        .status
+        .success();
     assert!(ok, "baseline count");
     (corpus, baseline)
 }
@@ -178,7 +270,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -186,5 +281,12 @@ where
 pub fn assert_same_file(a: &Path, b: &Path) {
     let x = std::fs::read(a).unwrap_or_else(|e| panic!("{}: {e}", a.display()));
     let y = std::fs::read(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
-    assert!(x == y, "{} and {} differ ({} vs {} bytes)", a.display(), b.display(), x.len(), y.len());
+    assert!(
+        x == y,
+        "{} and {} differ ({} vs {} bytes)",
+        a.display(),
+        b.display(),
+        x.len(),
+        y.len()
+    );
 }
