@@ -107,7 +107,7 @@ fn base_cfg(data: &Path, port: u16, opts: &ZkServerOptions) -> String {
         "tickTime={tick}\ndataDir={data}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
          minSessionTimeout={min}\nmaxSessionTimeout={max}\nmaxClientCnxns={cnx}\n\
          autopurge.snapRetainCount=3\nautopurge.purgeInterval=1\nadmin.enableServer=false\n\
-         4lw.commands.whitelist=ruok,mntr,conf,stat,srvr,wchc,wchs\npreAllocSize=4096\nsnapCount=10000\n",
+         4lw.commands.whitelist=ruok,mntr,conf,stat,srvr,wchc,wchs,wchp\npreAllocSize=4096\nsnapCount=10000\n",
         tick = opts.tick_ms,
         data = data.display(),
         min = opts.tick_ms * 2,

@@ -1,0 +1,242 @@
+#![allow(clippy::unwrap_used)]
+//! Fault and bad-input tests: kill -9 and SIGSTOP of the master, watch
+//! herd, garbage on the QUIC port, foreign certificates, unknown jobs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringleader::client::{Client, ClientConfig};
+use ringleader::transport::{self, tls, FramedStream};
+use ringleader::wire::{Frame, JobOptions};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client_config(c: &Cluster) -> ClientConfig {
+    let mut cfg = ClientConfig::new(c.zk.connect_string(), c.cluster.clone(), c.certs.clone());
+    cfg.master_wait = Duration::from_secs(30);
+    cfg
+}
+
+/// Test 1: kill -9 the leader of 4 candidates: exactly one new leader, after
+/// the session expires; each candidate znode is watched by at most one
+/// session (the predecessor recipe: no herd).
+#[test]
+fn leader_kill9_elects_exactly_one_successor_without_herd() {
+    let mut c = Cluster::new();
+    for i in 0..4 {
+        c.node(&format!("n{i}"), &["--role", "candidate"]);
+    }
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let election = c.layout().election();
+        eventually(Duration::from_secs(20), "4 candidates", || async {
+            zk.list_children(&election)
+                .await
+                .map(|v| v.len() == 4)
+                .unwrap_or(false)
+        })
+        .await;
+        let first = c.master(&zk, None, Duration::from_secs(30)).await;
+        // Watches on candidate znodes: at most one watcher each, 3 in all.
+        let wchp = ringleader::zkserver::four_letter(c.zk.port(), "wchp").unwrap();
+        let mut per_path = std::collections::BTreeMap::<String, usize>::new();
+        let mut current = None;
+        for line in wchp.lines() {
+            if line.starts_with('/') {
+                current = Some(line.trim().to_string());
+            } else if let Some(p) = &current {
+                if p.starts_with(&election) && !line.trim().is_empty() {
+                    *per_path.entry(p.clone()).or_default() += 1;
+                }
+            }
+        }
+        assert!(
+            per_path.values().all(|&n| n == 1),
+            "a candidate znode has several watchers: {per_path:?}"
+        );
+        assert_eq!(
+            per_path.values().sum::<usize>(),
+            3,
+            "each non-leader watches its predecessor: {per_path:?}\n{wchp}"
+        );
+
+        let t = Instant::now();
+        c.kill9(&first.node_id);
+        let second = c
+            .master(&zk, Some(first.epoch), Duration::from_secs(30))
+            .await;
+        let took = t.elapsed();
+        eprintln!("kill -9 failover: {took:?}, negotiated session timeout of the nodes: 2 s asked");
+        assert_eq!(second.epoch, first.epoch + 1, "exactly one new leader");
+        assert!(
+            took >= Duration::from_millis(1000),
+            "failover before the session could expire: {took:?}"
+        );
+        // Still exactly one leader a moment later: no second election happened.
+        let again = ringleader::coord::read_master(&zk, &c.layout())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again, second);
+        assert_eq!(zk.list_children(&election).await.unwrap().len(), 3);
+    });
+}
+
+/// Test 4: a master paused past its session timeout, then resumed, commits
+/// nothing (its writes are fenced), steps down, and the job is exact.
+#[test]
+fn paused_master_is_fenced_and_steps_down() {
+    let mut c = Cluster::new();
+    let (corpus, baseline) = corpus(c.dir.path(), 16, 4);
+    for i in 0..3 {
+        c.node(&format!("n{i}"), &[]);
+    }
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let first = c.master(&zk, None, Duration::from_secs(30)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let tasks = wordcount::plan(std::slice::from_ref(&corpus), 128 << 10, false).unwrap();
+        let n = tasks.len() as u64;
+        let job = client
+            .submit::<wordcount::WordCount>(tasks, Default::default())
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(60), "some progress", || async {
+            job.progress()
+                .await
+                .map(|p| p.tasks_done >= 3)
+                .unwrap_or(false)
+        })
+        .await;
+        assert!(
+            job.progress().await.unwrap().tasks_done < n,
+            "job finished before the pause"
+        );
+        c.signal(&first.node_id, "STOP");
+        let second = c
+            .master(&zk, Some(first.epoch), Duration::from_secs(30))
+            .await;
+        assert_ne!(second.node_id, first.node_id);
+        c.signal(&first.node_id, "CONT");
+        let (counts, report) = job.result().await.unwrap();
+        assert_eq!(report.progress.tasks_failed, 0);
+        let out = c.path("out.tsv");
+        wordcount::write_counts(&out, &counts).unwrap();
+        assert_same_file(&out, &baseline);
+        let id = first.node_id.clone();
+        eventually(
+            Duration::from_secs(20),
+            "the resumed master to step down",
+            || {
+                let log = c.log(&id);
+                async move {
+                    log.contains("session expired")
+                        || log.contains("master stepped down")
+                        || log.contains("master stopped")
+                }
+            },
+        )
+        .await;
+        let now = ringleader::coord::read_master(&zk, &c.layout())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            now.epoch, second.epoch,
+            "the resumed node did not take leadership back"
+        );
+    });
+}
+
+/// Test 5: garbage and oversized frames, a foreign certificate, an unknown
+/// job type and invalid UTF-8 each get a clear error; the cluster keeps serving.
+#[test]
+fn bad_input_gets_clear_errors_and_nothing_crashes() {
+    let mut c = Cluster::new();
+    c.node("n0", &["--max-frame", "65536"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let master = c.master(&zk, None, Duration::from_secs(30)).await;
+        let identity = tls::Identity::load(&c.certs, "client").unwrap();
+        let ep = transport::endpoint("127.0.0.1:0".parse().unwrap(), &identity, false).unwrap();
+        let conn = transport::dial(&ep, &master.addr).await.unwrap();
+
+        // Garbage body.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0, 0, 0, 4, 0xc1, 0xc1, 0xc1, 0xc1])
+            .await
+            .unwrap();
+        let reply = ringleader::wire::read_frame(&mut recv, 1 << 20)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&reply, Frame::Error { message } if message.contains("malformed")),
+            "{reply:?}"
+        );
+
+        // Oversized frame: refused from its prefix.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&(100u32 << 20).to_be_bytes()).await.unwrap();
+        let reply = ringleader::wire::read_frame(&mut recv, 1 << 20)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&reply, Frame::Error { message } if message.contains("exceeds the limit")),
+            "{reply:?}"
+        );
+
+        // Unknown job type.
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let err = client
+            .submit_encoded(
+                "no-such-job",
+                vec![],
+                JobOptions {
+                    shard_size: 1,
+                    max_attempts: 1,
+                },
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown job type"), "{err}");
+
+        // A certificate from another CA is refused.
+        let other = c.path("other-certs");
+        tls::make_cluster_certs(&other).unwrap();
+        let foreign = tls::Identity::load(&other, "client").unwrap();
+        let ep2 = transport::endpoint("127.0.0.1:0".parse().unwrap(), &foreign, false).unwrap();
+        let refused = async {
+            let conn = transport::dial(&ep2, &master.addr).await?;
+            let mut s = FramedStream::open(&conn, 1 << 20).await?;
+            s.request(&[Frame::GetStatus]).await
+        };
+        let r = tokio::time::timeout(Duration::from_secs(10), refused)
+            .await
+            .expect("foreign certificate: no hang");
+        assert!(r.is_err(), "a foreign certificate got an answer: {r:?}");
+
+        // Still serving.
+        let status = client.status().await.unwrap();
+        assert_eq!(status.epoch, master.epoch);
+    });
+
+    // Invalid UTF-8: the job reports the file and offset, not a crash.
+    let bad = c.path("bad.txt");
+    std::fs::write(&bad, b"fine words \xff\xfe more").unwrap();
+    let o = c.cli("submit", &["--max-attempts", "1", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("not valid UTF-8 at byte offset 11"),
+        "{err}"
+    );
+    assert!(err.contains("bad.txt"), "{err}");
+    assert!(!c.log("n0").contains("panicked"), "{}", c.log("n0"));
+}
