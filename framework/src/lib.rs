@@ -31,7 +31,7 @@ pub mod zkserver;
 
 mod actors;
 
-pub use client::{Client, ClientConfig, ClientError, JobHandle, JobReport};
+pub use client::{Client, ClientConfig, ClientError, JobHandle, JobReport, SubmitOptions};
 pub use node::{NodeBuilder, NodeConfig, Role};
 pub use task::{Collect, Job, Task, TaskContext, TaskError};
 

@@ -1,0 +1,92 @@
+//! Micro-benchmarks of the hot paths: frame encode/decode, scheduler
+//! decisions with 1,000 workers, the word-count tokenizer and counter.
+//! `cargo bench -p ringleader-benches`.
+#![allow(clippy::unwrap_used)]
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use ringleader::core::{JobPlan, PendingShard, Scheduler, ShardKey};
+use ringleader::wire::{self, Assignment, Frame};
+use serde_bytes::ByteBuf;
+
+fn frames(c: &mut Criterion) {
+    let a = Frame::Assign(Assignment {
+        epoch: 7,
+        job_id: "job".into(),
+        job_name: "word-count".into(),
+        shard: ShardKey {
+            index: 1,
+            generation: 0,
+        },
+        attempt: 1,
+        tasks: (0..100)
+            .map(|i| (i, ByteBuf::from(vec![7u8; 100])))
+            .collect(),
+    });
+    let mut buf = Vec::new();
+    let mut g = c.benchmark_group("frame");
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("encode assign of 100 tasks", |b| {
+        b.iter(|| {
+            buf.clear();
+            wire::encode_into(&mut buf, black_box(&a)).unwrap();
+        })
+    });
+    wire::encode_into(&mut buf, &a).unwrap();
+    g.bench_function("decode assign of 100 tasks", |b| {
+        b.iter(|| wire::decode(black_box(&buf[4..])).unwrap())
+    });
+    g.finish();
+}
+
+fn scheduler(c: &mut Criterion) {
+    c.bench_function("scheduler: assign 10k shards over 1000 workers", |b| {
+        b.iter(|| {
+            let mut s = Scheduler::new();
+            for w in 0..1000 {
+                s.add_worker(&format!("w{w}"), 10, ["j".to_string()]);
+            }
+            let pending = (0..10_000)
+                .map(|i| PendingShard {
+                    key: ShardKey {
+                        index: i,
+                        generation: 0,
+                    },
+                    tasks: vec![u64::from(i)],
+                    attempt: 1,
+                })
+                .collect();
+            s.add_job(JobPlan {
+                id: "x".into(),
+                name: "j".into(),
+                max_attempts: 3,
+                tasks_total: 10_000,
+                tasks_done: 0,
+                tasks_failed: 0,
+                retries: 0,
+                pending,
+            });
+            black_box(s.assign().len())
+        })
+    });
+}
+
+fn counting(c: &mut Criterion) {
+    let mut text = String::new();
+    for i in 0..200_000 {
+        text.push_str(&wordcount::corpus::word(i % 5000));
+        text.push(' ');
+    }
+    let mut g = c.benchmark_group("word count");
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.bench_function("count_str", |b| {
+        b.iter(|| {
+            let mut counts = wordcount::Counts::new();
+            wordcount::count_str(black_box(&text), false, &mut counts);
+            counts.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, frames, scheduler, counting);
+criterion_main!(benches);
