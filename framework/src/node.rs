@@ -422,23 +422,7 @@ async fn worker_link(
         tx,
         link_id,
     });
-    let writer = async move {
-        let mut buf = Vec::with_capacity(64 * 1024);
-        while let Some(f) = rx.recv().await {
-            buf.clear();
-            wire::encode_into(&mut buf, &f)?;
-            while let Ok(f) = rx.try_recv() {
-                wire::encode_into(&mut buf, &f)?;
-                if buf.len() > 1 << 20 {
-                    break;
-                }
-            }
-            send.write_all(&buf)
-                .await
-                .map_err(|e| WireError::Io(e.into()))?;
-        }
-        Ok::<_, WireError>(())
-    };
+    let writer = async move { transport::write_queued(&mut send, &mut rx).await };
     let reader = async {
         loop {
             match wire::read_frame(&mut recv, max_frame).await? {

@@ -195,20 +195,7 @@ async fn serve(s: &Arc<WorkerSettings>, master: &MasterInfo) -> Result<(), Trans
         max_frame,
     } = stream;
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-    let writer = async move {
-        let mut buf = Vec::with_capacity(64 * 1024);
-        while let Some(f) = rx.recv().await {
-            buf.clear();
-            wire::encode_into(&mut buf, &f)?;
-            while let Ok(f) = rx.try_recv() {
-                wire::encode_into(&mut buf, &f)?;
-            }
-            send.write_all(&buf)
-                .await
-                .map_err(|e| wire::WireError::Io(e.into()))?;
-        }
-        Ok::<_, wire::WireError>(())
-    };
+    let writer = async move { transport::write_queued(&mut send, &mut rx).await };
     let slots = Arc::new(Semaphore::new(s.slots as usize));
     let reader = async {
         loop {

@@ -145,3 +145,27 @@ impl FramedStream {
         self.recv().await
     }
 }
+
+/// Writes every frame received on `rx` to `send`, coalescing the frames
+/// already queued into one write of up to about 1 MiB (one `write_all` per
+/// small frame is many times slower). Ends when `rx` closes.
+pub async fn write_queued(
+    send: &mut SendStream,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Frame>,
+) -> Result<(), WireError> {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(f) = rx.recv().await {
+        buf.clear();
+        wire::encode_into(&mut buf, &f)?;
+        while buf.len() < 1 << 20 {
+            match rx.try_recv() {
+                Ok(f) => wire::encode_into(&mut buf, &f)?,
+                Err(_) => break,
+            }
+        }
+        send.write_all(&buf)
+            .await
+            .map_err(|e| WireError::Io(e.into()))?;
+    }
+    Ok(())
+}

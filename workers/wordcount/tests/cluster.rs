@@ -6,13 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringleader::client::{Client, ClientConfig};
-
-fn client_config(c: &Cluster) -> ClientConfig {
-    let mut cfg = ClientConfig::new(c.zk.connect_string(), c.cluster.clone(), c.certs.clone());
-    cfg.master_wait = Duration::from_secs(30);
-    cfg
-}
+use ringleader::client::Client;
 
 /// Test 6: the cluster's count equals the single-process count, on a Zipf
 /// corpus and on text with non-ASCII whitespace; test 7: resubmitting an id
@@ -79,11 +73,7 @@ fn word_count_matches_single_process_and_zookeeper_empties() {
     );
 
     // Fetched results leave ZooKeeper (retention 0 in tests).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    rt().block_on(async {
         let zk = c.zk().await;
         let jobs = c.layout().jobs();
         eventually(
@@ -108,36 +98,11 @@ fn worker_killed_mid_job_loses_nothing() {
     c.node("master", &["--role", "candidate"]);
     c.node("w1", &["--role", "worker"]);
     c.node("w2", &["--role", "worker"]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    rt().block_on(async {
         let client = Client::connect(client_config(&c)).await.expect("client");
-        let tasks = wordcount::plan(std::slice::from_ref(&corpus), 128 << 10, false).unwrap();
-        let n = tasks.len() as u64;
-        let job = client
-            .submit::<wordcount::WordCount>(tasks, Default::default())
-            .await
-            .expect("submit");
-        eventually(Duration::from_secs(60), "some progress", || async {
-            job.progress()
-                .await
-                .map(|p| p.tasks_done >= 3)
-                .unwrap_or(false)
-        })
-        .await;
-        let before = job.progress().await.unwrap();
-        assert!(
-            before.tasks_done < n,
-            "job finished before the kill; make it bigger"
-        );
+        let job = job_in_flight(&client, &corpus).await;
         c.kill9("w1");
-        let (counts, report) = job.result().await.expect("result");
-        assert_eq!(report.progress.tasks_failed, 0, "{report:?}");
-        let out = c.path("out.tsv");
-        wordcount::write_counts(&out, &counts).unwrap();
-        assert_same_file(&out, &baseline);
+        assert_exact(&job, &baseline, &c.path("out.tsv")).await;
     });
 }
 
@@ -151,31 +116,11 @@ fn master_killed_mid_job_next_one_finishes_it() {
     for i in 0..3 {
         c.node(&format!("n{i}"), &[]);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    rt().block_on(async {
         let zk = c.zk().await;
         let first = c.master(&zk, None, Duration::from_secs(30)).await;
         let client = Client::connect(client_config(&c)).await.expect("client");
-        let tasks = wordcount::plan(std::slice::from_ref(&corpus), 128 << 10, false).unwrap();
-        let n = tasks.len() as u64;
-        let job = client
-            .submit::<wordcount::WordCount>(tasks, Default::default())
-            .await
-            .expect("submit");
-        eventually(Duration::from_secs(60), "some progress", || async {
-            job.progress()
-                .await
-                .map(|p| p.tasks_done >= 3)
-                .unwrap_or(false)
-        })
-        .await;
-        assert!(
-            job.progress().await.unwrap().tasks_done < n,
-            "job finished before the kill"
-        );
+        let job = job_in_flight(&client, &corpus).await;
         let killed = Instant::now();
         c.kill9(&first.node_id);
         let second = c
@@ -188,11 +133,7 @@ fn master_killed_mid_job_next_one_finishes_it() {
             "failover after kill -9: {failover:?} (session timeout {:?})",
             zk.session_timeout()
         );
-        let (counts, report) = job.result().await.expect("result after failover");
-        assert_eq!(report.progress.tasks_failed, 0, "{report:?}");
-        let out = c.path("out.tsv");
-        wordcount::write_counts(&out, &counts).unwrap();
-        assert_same_file(&out, &baseline);
+        assert_exact(&job, &baseline, &c.path("out.tsv")).await;
     });
 }
 
@@ -204,11 +145,7 @@ fn graceful_leader_stop_hands_over_at_once() {
     for i in 0..3 {
         c.node(&format!("n{i}"), &["--role", "candidate"]);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    rt().block_on(async {
         let zk = c.zk().await;
         let first = c.master(&zk, None, Duration::from_secs(30)).await;
         // Every candidate registered before the handover.

@@ -7,22 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringleader::client::{Client, ClientConfig};
+use ringleader::client::Client;
 use ringleader::transport::{self, tls, FramedStream};
 use ringleader::wire::{Frame, JobOptions};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn client_config(c: &Cluster) -> ClientConfig {
-    let mut cfg = ClientConfig::new(c.zk.connect_string(), c.cluster.clone(), c.certs.clone());
-    cfg.master_wait = Duration::from_secs(30);
-    cfg
-}
 
 /// Test 1: kill -9 the leader of 4 candidates: exactly one new leader, after
 /// the session expires; each candidate znode is watched by at most one
@@ -102,34 +89,14 @@ fn paused_master_is_fenced_and_steps_down() {
         let zk = c.zk().await;
         let first = c.master(&zk, None, Duration::from_secs(30)).await;
         let client = Client::connect(client_config(&c)).await.unwrap();
-        let tasks = wordcount::plan(std::slice::from_ref(&corpus), 128 << 10, false).unwrap();
-        let n = tasks.len() as u64;
-        let job = client
-            .submit::<wordcount::WordCount>(tasks, Default::default())
-            .await
-            .unwrap();
-        eventually(Duration::from_secs(60), "some progress", || async {
-            job.progress()
-                .await
-                .map(|p| p.tasks_done >= 3)
-                .unwrap_or(false)
-        })
-        .await;
-        assert!(
-            job.progress().await.unwrap().tasks_done < n,
-            "job finished before the pause"
-        );
+        let job = job_in_flight(&client, &corpus).await;
         c.signal(&first.node_id, "STOP");
         let second = c
             .master(&zk, Some(first.epoch), Duration::from_secs(30))
             .await;
         assert_ne!(second.node_id, first.node_id);
         c.signal(&first.node_id, "CONT");
-        let (counts, report) = job.result().await.unwrap();
-        assert_eq!(report.progress.tasks_failed, 0);
-        let out = c.path("out.tsv");
-        wordcount::write_counts(&out, &counts).unwrap();
-        assert_same_file(&out, &baseline);
+        assert_exact(&job, &baseline, &c.path("out.tsv")).await;
         let id = first.node_id.clone();
         eventually(
             Duration::from_secs(20),

@@ -290,3 +290,56 @@ pub fn assert_same_file(a: &Path, b: &Path) {
         y.len()
     );
 }
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+pub fn client_config(c: &Cluster) -> ringleader::ClientConfig {
+    let mut cfg =
+        ringleader::ClientConfig::new(c.zk.connect_string(), c.cluster.clone(), c.certs.clone());
+    cfg.master_wait = Duration::from_secs(30);
+    cfg
+}
+
+/// Submits a word count of `corpus` in 128 KiB splits and returns once a
+/// few tasks are done but not all: the moment to inject a fault.
+pub async fn job_in_flight(
+    client: &ringleader::Client,
+    corpus: &Path,
+) -> ringleader::JobHandle<wordcount::WordCount> {
+    let tasks = wordcount::plan(&[corpus.to_path_buf()], 128 << 10, false).expect("plan");
+    let n = tasks.len() as u64;
+    let job = client
+        .submit::<wordcount::WordCount>(tasks, Default::default())
+        .await
+        .expect("submit");
+    eventually(Duration::from_secs(60), "some progress", || async {
+        job.progress()
+            .await
+            .map(|p| p.tasks_done >= 3)
+            .unwrap_or(false)
+    })
+    .await;
+    let done = job.progress().await.expect("progress").tasks_done;
+    assert!(
+        done < n,
+        "the job finished before the fault; make it bigger"
+    );
+    job
+}
+
+/// Waits for the job's result and checks it equals the baseline file.
+pub async fn assert_exact(
+    job: &ringleader::JobHandle<wordcount::WordCount>,
+    baseline: &Path,
+    out: &Path,
+) {
+    let (counts, report) = job.result().await.expect("result");
+    assert_eq!(report.progress.tasks_failed, 0, "{report:?}");
+    wordcount::write_counts(out, &counts).expect("write counts");
+    assert_same_file(out, baseline);
+}
