@@ -43,7 +43,7 @@ fn scheduler(c: &mut Criterion) {
         b.iter(|| {
             let mut s = Scheduler::new();
             for w in 0..1000 {
-                s.add_worker(&format!("w{w}"), 10, ["j".to_string()]);
+                s.add_worker(&format!("w{w}"), 10, ["j".to_string()], false);
             }
             let pending = (0..10_000)
                 .map(|i| PendingShard {

@@ -16,6 +16,7 @@
 //! - [`client`]: submitting jobs and fetching results from Rust.
 //! - [`cli`]: the command line every node binary gets.
 //! - [`zkserver`]: starts private ZooKeeper servers for `local` and tests.
+//! - `testkit` (feature): a harness of real node processes for integration tests.
 
 pub mod cli;
 pub mod client;
@@ -25,6 +26,8 @@ pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod task;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod transport;
 pub mod wire;
 pub mod zkserver;

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::actors::election::Election;
 use crate::actors::master::{
-    frame_name, ClientRequest, Master, MasterSettings, Submit, WorkerJoined, WorkerLeft,
+    frame_name, ClientRequest, Master, MasterSettings, Started, Submit, WorkerJoined, WorkerLeft,
 };
 use crate::actors::worker::{Worker, WorkerSettings};
 use crate::actors::{master::Report, Stop};
@@ -429,6 +429,18 @@ async fn worker_link(
                 Frame::Report(report) => master.do_send(Report {
                     node_id: node_id.clone(),
                     report,
+                }),
+                Frame::Started {
+                    epoch,
+                    job_id,
+                    shard,
+                    attempt,
+                } => master.do_send(Started {
+                    node_id: node_id.clone(),
+                    epoch,
+                    job_id,
+                    shard,
+                    attempt,
                 }),
                 other => {
                     tracing::warn!(worker = %node_id, frame = frame_name(&other), "unexpected frame from worker")

@@ -190,6 +190,27 @@ pub enum Frame {
     },
     /// Master to worker: run a shard.
     Assign(Assignment),
+    /// Worker to master: a slot picked up this shard (from now on, the
+    /// worker's death counts against the shard's attempts).
+    Started {
+        /// Epoch of the assignment.
+        epoch: u64,
+        /// The job.
+        job_id: String,
+        /// The shard.
+        shard: ShardKey,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// Master to worker: `Started` is recorded; the shard may run.
+    StartAck {
+        /// The job.
+        job_id: String,
+        /// The shard.
+        shard: ShardKey,
+        /// The attempt.
+        attempt: u32,
+    },
     /// Worker to master: a shard's outcome.
     Report(ShardReport),
     /// Client to master: a submission header.

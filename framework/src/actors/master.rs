@@ -54,6 +54,35 @@ pub(crate) struct Report {
     pub report: ShardReport,
 }
 
+/// A worker's slot picked up a shard.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Started {
+    pub node_id: String,
+    pub epoch: u64,
+    pub job_id: String,
+    pub shard: ShardKey,
+    pub attempt: u32,
+}
+
+impl Handler<Started> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: Started, _: &mut Context<Self>) {
+        if msg.epoch == self.store.epoch() {
+            self.sched
+                .started(&msg.node_id, &msg.job_id, msg.shard, msg.attempt);
+            if let Some(link) = self.links.get(&msg.node_id) {
+                let ack = Frame::StartAck {
+                    job_id: msg.job_id,
+                    shard: msg.shard,
+                    attempt: msg.attempt,
+                };
+                let _ = link.tx.send(ack);
+            }
+        }
+    }
+}
+
 /// The registered workers, from the watch on `/workers`.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -170,6 +199,13 @@ impl Master {
                 tracing::warn!(job = %job.id, error = %e, "a committed shard output does not decode");
             }
         }
+        let mut plan = recovered.plan;
+        let losses = store.read_losses(&job.id).await?;
+        for p in &mut plan.pending {
+            if let Some(&next) = losses.get(&p.key) {
+                p.attempt = p.attempt.max(next);
+            }
+        }
         let mut failures = recovered.final_failures;
         failures.truncate(MAX_KEPT_FAILURES);
         Ok((
@@ -180,7 +216,7 @@ impl Master {
                 failures,
                 finishing: false,
             },
-            recovered.plan,
+            plan,
         ))
     }
 
@@ -248,6 +284,19 @@ impl Master {
                     self.commit(ctx, job, key, attempt, empty, failures);
                 }
                 Command::Finish { job } => self.finish(ctx, job),
+                Command::RecordLoss {
+                    job,
+                    key,
+                    next_attempt,
+                } => {
+                    let store = self.store.clone();
+                    let fut = async move { store.record_loss(&job, key, next_attempt).await };
+                    ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+                        Ok(()) => {}
+                        Err(e) if e.is_session_end() => act.fail(ctx, &e),
+                        Err(e) => tracing::warn!(error = %e, "cannot record a lost attempt"),
+                    }));
+                }
             }
         }
         for w in lost {
@@ -376,13 +425,21 @@ impl Master {
         }));
     }
 
-    fn sync_worker(&mut self, node_id: &str) {
+    fn sync_worker(&mut self, ctx: &mut Context<Self>, node_id: &str) {
         let eligible = self.registered.contains_key(node_id) && self.links.contains_key(node_id);
         if eligible && !self.sched.has_worker(node_id) {
             if let Some(l) = self.links.get(node_id) {
                 // Two shards per slot: one running, one waiting, so slots never idle on a round trip.
-                self.sched
-                    .add_worker(node_id, l.slots.saturating_mul(2), l.jobs.clone());
+                // The master's own worker is a fallback: a task that crashes its
+                // process should not take the master with it while others can run it.
+                let fallback = node_id == self.settings.node_id;
+                let cmds = self.sched.add_worker(
+                    node_id,
+                    l.slots.saturating_mul(2),
+                    l.jobs.clone(),
+                    fallback,
+                );
+                self.apply(cmds, ctx);
             }
         }
     }
@@ -600,7 +657,7 @@ impl Handler<WorkerJoined> for Master {
                 id: msg.link_id,
             },
         );
-        self.sync_worker(&msg.node_id);
+        self.sync_worker(ctx, &msg.node_id);
         self.dispatch(ctx);
     }
 }
@@ -644,7 +701,7 @@ impl Handler<Registered> for Master {
         }
         let ids: Vec<String> = self.links.keys().cloned().collect();
         for id in ids {
-            self.sync_worker(&id);
+            self.sync_worker(ctx, &id);
         }
         self.dispatch(ctx);
     }
@@ -907,6 +964,8 @@ pub(crate) fn frame_name(f: &Frame) -> &'static str {
         Frame::Welcome { .. } => "Welcome",
         Frame::Assign(_) => "Assign",
         Frame::Report(_) => "Report",
+        Frame::Started { .. } => "Started",
+        Frame::StartAck { .. } => "StartAck",
         Frame::Submit(_) => "Submit",
         Frame::SubmitChunk { .. } => "SubmitChunk",
         Frame::Accepted { .. } => "Accepted",

@@ -4,13 +4,16 @@
 //! reports each shard's outcome. Frames from an older epoch than the newest
 //! it has seen are refused.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde_bytes::ByteBuf;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use zookeeper_client::{Client, Error as ZkError};
 
 use super::{Alive, Fatal, Stop};
@@ -20,6 +23,8 @@ use crate::metrics as m;
 use crate::registry::{Registry, RunEnv};
 use crate::transport::{self, FramedStream, TransportError};
 use crate::wire::{self, Frame, ShardReport, PROTOCOL_VERSION};
+
+type Acks = Rc<RefCell<HashMap<(String, crate::core::ShardKey, u32), oneshot::Sender<()>>>>;
 
 pub(crate) struct WorkerSettings {
     pub node_id: String,
@@ -197,17 +202,44 @@ async fn serve(s: &Arc<WorkerSettings>, master: &MasterInfo) -> Result<(), Trans
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     let writer = async move { transport::write_queued(&mut send, &mut rx).await };
     let slots = Arc::new(Semaphore::new(s.slots as usize));
+    // Shards wait for the master's acknowledgement of `Started` before they
+    // run: if their task then kills this process, the master knows they were
+    // running and charges them an attempt (and only them).
+    let acks: Acks = Rc::new(RefCell::new(HashMap::new()));
     let reader = async {
         loop {
             match wire::read_frame(&mut recv, max_frame).await? {
+                Frame::StartAck {
+                    job_id,
+                    shard,
+                    attempt,
+                } => {
+                    if let Some(done) = acks.borrow_mut().remove(&(job_id, shard, attempt)) {
+                        let _ = done.send(());
+                    }
+                }
                 Frame::Assign(a) if a.epoch == epoch => {
                     let tx = tx.clone();
                     let s = s.clone();
                     let slots = slots.clone();
+                    let acks = acks.clone();
                     actix::spawn(async move {
                         let Ok(_permit) = slots.acquire_owned().await else {
                             return;
                         };
+                        let (done, acked) = oneshot::channel();
+                        acks.borrow_mut()
+                            .insert((a.job_id.clone(), a.shard, a.attempt), done);
+                        let _ = tx.send(Frame::Started {
+                            epoch,
+                            job_id: a.job_id.clone(),
+                            shard: a.shard,
+                            attempt: a.attempt,
+                        });
+                        if acked.await.is_err() {
+                            // The link ended: the master will reassign the shard.
+                            return;
+                        }
                         let job_id = a.job_id.clone();
                         let (shard, attempt) = (a.shard, a.attempt);
                         let n = a.tasks.len() as u64;
@@ -276,9 +308,11 @@ async fn serve(s: &Arc<WorkerSettings>, master: &MasterInfo) -> Result<(), Trans
         #[allow(unreachable_code)]
         Ok::<_, wire::WireError>(())
     };
-    tokio::select! {
-        r = writer => r?,
-        r = reader => r?,
-    }
+    let res = tokio::select! {
+        r = writer => r,
+        r = reader => r,
+    };
+    acks.borrow_mut().clear();
+    res?;
     Ok(())
 }

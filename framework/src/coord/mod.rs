@@ -10,6 +10,7 @@
 //! jobs/<job-id>                        PERSISTENT  JobRecord
 //! jobs/<job-id>/batches/<k>            PERSISTENT  encoded tasks, each request under the size budget
 //! jobs/<job-id>/done/<bucket>/<i>-<g>  PERSISTENT  ShardRecord: the commit of shard i, generation g
+//! jobs/<job-id>/lost/<i>-<g>          PERSISTENT  u32: next attempt of a shard whose workers died running it
 //! jobs/<job-id>/result                 PERSISTENT  ResultRecord, until fetched + retention
 //! ```
 

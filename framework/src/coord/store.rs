@@ -241,6 +241,7 @@ impl LeaderStore {
             let mut ops = || -> Result<(), ZkError> {
                 w.add_create(&job_path, &data, &PERSISTENT)?;
                 w.add_create(&format!("{job_path}/batches"), &[], &PERSISTENT)?;
+                w.add_create(&self.layout.lost(id), &[], &PERSISTENT)?;
                 w.add_create(&self.layout.done(id), &[], &PERSISTENT)
             };
             let built = ops();
@@ -339,6 +340,74 @@ impl LeaderStore {
                     out.insert(*key, rec);
                 }
                 Err(e) => tracing::warn!(error = %e, "ignoring a garbage shard commit"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that a shard's next run is attempt `next_attempt` (workers
+    /// died running it). One small fenced write per lost run.
+    pub async fn record_loss(
+        &self,
+        job: &str,
+        key: ShardKey,
+        next_attempt: u32,
+    ) -> Result<(), CoordError> {
+        let path = self.layout.lost_shard(job, key);
+        let data = next_attempt.to_be_bytes();
+        loop {
+            match self
+                .retry(&path, || self.lock.set_data(&path, &data, None))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(CoordError::Zk {
+                    source: ZkError::NoNode,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+            match self
+                .retry(&path, || self.lock.create(&path, &data, &PERSISTENT))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(CoordError::Zk {
+                    source: ZkError::NodeExists,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads a job's lost-attempt records.
+    pub async fn read_losses(&self, job: &str) -> Result<BTreeMap<ShardKey, u32>, CoordError> {
+        let dir = self.layout.lost(job);
+        let names = match self.client().list_children(&dir).await {
+            Ok(n) => n,
+            Err(ZkError::NoNode) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(CoordError::zk(&dir, e)),
+        };
+        let mut out = BTreeMap::new();
+        for n in names {
+            let path = format!("{dir}/{n}");
+            let key = n.split_once('-').and_then(|(i, g)| {
+                Some(ShardKey {
+                    index: i.parse().ok()?,
+                    generation: g.parse().ok()?,
+                })
+            });
+            let (data, _) = self
+                .client()
+                .get_data(&path)
+                .await
+                .map_err(|e| CoordError::zk(&path, e))?;
+            match (key, <[u8; 4]>::try_from(data.as_slice())) {
+                (Some(key), Ok(b)) => {
+                    out.insert(key, u32::from_be_bytes(b));
+                }
+                _ => tracing::warn!(%path, "ignoring a garbage lost-attempt record"),
             }
         }
         Ok(out)
@@ -448,6 +517,7 @@ impl LeaderStore {
         }
         self.delete_children(&format!("{job_path}/batches")).await?;
         self.delete_children(&self.layout.done(&job.id)).await?;
+        self.delete_children(&self.layout.lost(&job.id)).await?;
         Ok(result)
     }
 

@@ -153,6 +153,15 @@ impl Layout {
             key.generation
         )
     }
+    /// Parent of a job's lost-attempt records.
+    pub fn lost(&self, job: &str) -> String {
+        format!("{}/jobs/{job}/lost", self.root)
+    }
+    /// The lost-attempt record of a shard: the attempt its next run has,
+    /// after workers died running it.
+    pub fn lost_shard(&self, job: &str, key: ShardKey) -> String {
+        format!("{}/{}-{}", self.lost(job), key.index, key.generation)
+    }
     /// A job's reduced result.
     pub fn result(&self, job: &str) -> String {
         format!("{}/jobs/{job}/result", self.root)

@@ -61,6 +61,17 @@ pub enum Command {
         /// One failure per task.
         failures: Vec<TaskFailure>,
     },
+    /// A worker was lost while running this shard: record in ZooKeeper that
+    /// its next run is attempt `next_attempt`, so that a new master does not
+    /// give a task that kills its workers fresh attempts.
+    RecordLoss {
+        /// Job id.
+        job: String,
+        /// The shard.
+        key: ShardKey,
+        /// The attempt number of the shard's next run.
+        next_attempt: u32,
+    },
     /// Every task of the job has a committed final outcome.
     Finish {
         /// Job id.
@@ -71,6 +82,10 @@ pub enum Command {
 #[derive(Debug)]
 struct WorkerSlot {
     capacity: u32,
+    /// Used only when no other worker can run the job (the master's own
+    /// worker: user code that crashes its process should not take the
+    /// master down while other workers exist).
+    fallback: bool,
     jobs: BTreeSet<String>,
     running: BTreeSet<(String, ShardKey)>,
 }
@@ -78,7 +93,11 @@ struct WorkerSlot {
 #[derive(Debug)]
 enum ShardPhase {
     Pending,
-    Running(String),
+    /// Sent to a worker; `started` once the worker said a slot picked it up.
+    Running {
+        worker: String,
+        started: bool,
+    },
     Committing,
 }
 
@@ -127,17 +146,28 @@ impl Scheduler {
         Self::default()
     }
 
-    /// A worker is registered and connected; it may hold `capacity` shards at once.
-    pub fn add_worker(&mut self, id: &str, capacity: u32, jobs: impl IntoIterator<Item = String>) {
+    /// A worker is registered and connected; it may hold `capacity` shards
+    /// at once. A `fallback` worker gets shards only when no other worker
+    /// can run their job.
+    pub fn add_worker(
+        &mut self,
+        id: &str,
+        capacity: u32,
+        jobs: impl IntoIterator<Item = String>,
+        fallback: bool,
+    ) -> Vec<Command> {
         let slot = WorkerSlot {
             capacity: capacity.max(1),
+            fallback,
             jobs: jobs.into_iter().collect(),
             running: BTreeSet::new(),
         };
+        let mut out = Vec::new();
         if let Some(old) = self.workers.insert(id.to_string(), slot) {
             // Re-registration: whatever it ran before is lost.
-            self.requeue_lost(id, old.running, &mut Vec::new());
+            self.requeue_lost(id, old.running, &mut out);
         }
+        out
     }
 
     /// A worker is gone (znode deleted or link lost). Its running shards go
@@ -165,10 +195,15 @@ impl Scheduler {
             let Some(shard) = job.shards.get_mut(&key) else {
                 continue;
             };
-            if !matches!(&shard.phase, ShardPhase::Running(w) if w == worker) {
-                continue;
-            }
-            if shard.attempt >= max {
+            let started = match &shard.phase {
+                ShardPhase::Running { worker: w, started } if w == worker => *started,
+                _ => continue,
+            };
+            if !started {
+                // Still waiting for a slot when the worker went: not a suspect.
+                shard.phase = ShardPhase::Pending;
+                self.queue.push_front((job_id, key));
+            } else if shard.attempt >= max {
                 shard.phase = ShardPhase::Committing;
                 let failures = shard
                     .tasks
@@ -192,6 +227,11 @@ impl Scheduler {
             } else {
                 shard.attempt += 1;
                 shard.phase = ShardPhase::Pending;
+                out.push(Command::RecordLoss {
+                    job: job_id.clone(),
+                    key,
+                    next_attempt: shard.attempt,
+                });
                 self.queue.push_front((job_id, key));
             }
         }
@@ -200,15 +240,43 @@ impl Scheduler {
     /// Adds a job's pending shards to the end of the queue. A job with
     /// nothing pending finishes at once.
     pub fn add_job(&mut self, plan: JobPlan) -> Vec<Command> {
+        let max_attempts = plan.max_attempts.max(1);
+        let mut out = Vec::new();
         let mut shards = BTreeMap::new();
         for p in plan.pending {
-            self.queue.push_back((plan.id.clone(), p.key));
+            let attempt = p.attempt.max(1);
+            let phase = if attempt > max_attempts {
+                // Recovered with its attempts used up by lost workers.
+                let failures = p
+                    .tasks
+                    .iter()
+                    .map(|&index| TaskFailure {
+                        index,
+                        error: format!(
+                            "workers were lost while running this task ({} attempts)",
+                            attempt - 1
+                        ),
+                        attempt: attempt - 1,
+                        retryable: false,
+                    })
+                    .collect();
+                out.push(Command::CommitLost {
+                    job: plan.id.clone(),
+                    key: p.key,
+                    attempt: attempt - 1,
+                    failures,
+                });
+                ShardPhase::Committing
+            } else {
+                self.queue.push_back((plan.id.clone(), p.key));
+                ShardPhase::Pending
+            };
             shards.insert(
                 p.key,
                 ShardState {
                     tasks: p.tasks,
-                    attempt: p.attempt.max(1),
-                    phase: ShardPhase::Pending,
+                    attempt,
+                    phase,
                 },
             );
         }
@@ -217,7 +285,7 @@ impl Scheduler {
             plan.id.clone(),
             JobState {
                 name: plan.name,
-                max_attempts: plan.max_attempts.max(1),
+                max_attempts,
                 tasks_total: plan.tasks_total,
                 tasks_done: plan.tasks_done,
                 tasks_failed: plan.tasks_failed,
@@ -226,10 +294,9 @@ impl Scheduler {
             },
         );
         if empty {
-            vec![Command::Finish { job: plan.id }]
-        } else {
-            Vec::new()
+            out.push(Command::Finish { job: plan.id });
         }
+        out
     }
 
     /// Forgets a job (finished or cancelled); its running shards' reports will be ignored.
@@ -256,17 +323,27 @@ impl Scheduler {
             if !matches!(shard.phase, ShardPhase::Pending) {
                 continue;
             }
+            let name = &job.name;
+            let use_fallback = !self
+                .workers
+                .values()
+                .any(|w| !w.fallback && w.jobs.contains(name));
             let worker = self
                 .workers
                 .iter_mut()
                 .filter(|(_, w)| {
-                    (w.running.len() as u32) < w.capacity && w.jobs.contains(&job.name)
+                    (w.running.len() as u32) < w.capacity
+                        && w.jobs.contains(name)
+                        && (use_fallback || !w.fallback)
                 })
                 .min_by_key(|(_, w)| w.running.len());
             match worker {
                 Some((wid, w)) => {
                     w.running.insert((job_id.clone(), key));
-                    shard.phase = ShardPhase::Running(wid.clone());
+                    shard.phase = ShardPhase::Running {
+                        worker: wid.clone(),
+                        started: false,
+                    };
                     out.push(Command::Assign {
                         worker: wid.clone(),
                         job: job_id,
@@ -294,6 +371,23 @@ impl Scheduler {
         out
     }
 
+    /// A worker's slot picked up a shard: from now on, losing the worker
+    /// uses up an attempt of the shard's tasks (one of them may be what
+    /// killed it). Shards lost before they started are requeued for free.
+    pub fn started(&mut self, worker: &str, job_id: &str, key: ShardKey, attempt: u32) {
+        if let Some(shard) = self
+            .jobs
+            .get_mut(job_id)
+            .and_then(|j| j.shards.get_mut(&key))
+        {
+            if let ShardPhase::Running { worker: w, started } = &mut shard.phase {
+                if w == worker && shard.attempt == attempt {
+                    *started = true;
+                }
+            }
+        }
+    }
+
     /// A worker reported on a shard. Returns true if the report is the one
     /// awaited (the shard now waits for its commit); false for a stale or
     /// duplicate report, which must be dropped.
@@ -305,7 +399,7 @@ impl Scheduler {
         else {
             return false;
         };
-        if !matches!(&shard.phase, ShardPhase::Running(w) if w == worker)
+        if !matches!(&shard.phase, ShardPhase::Running { worker: w, .. } if w == worker)
             || shard.attempt != attempt
         {
             return false;
@@ -346,7 +440,7 @@ impl Scheduler {
         let Some(shard) = job.shards.remove(&key) else {
             return Vec::new();
         };
-        if let ShardPhase::Running(w) = &shard.phase {
+        if let ShardPhase::Running { worker: w, .. } = &shard.phase {
             if let Some(w) = self.workers.get_mut(w) {
                 w.running.remove(&(job_id.to_string(), key));
             }
@@ -458,8 +552,8 @@ mod tests {
     #[test]
     fn respects_capacity_and_job_names() {
         let mut s = Scheduler::new();
-        s.add_worker("a", 2, ["j".to_string()]);
-        s.add_worker("b", 1, ["other".to_string()]);
+        s.add_worker("a", 2, ["j".to_string()], false);
+        s.add_worker("b", 1, ["other".to_string()], false);
         s.add_job(plan("x", 5, 1, 3));
         let a = assigned(&s.assign());
         assert_eq!(a.len(), 2);
@@ -471,11 +565,30 @@ mod tests {
     #[test]
     fn worker_loss_requeues_with_an_attempt_used() {
         let mut s = Scheduler::new();
-        s.add_worker("a", 1, ["j".to_string()]);
+        s.add_worker("a", 1, ["j".to_string()], false);
         s.add_job(plan("x", 1, 2, 2));
         assert_eq!(assigned(&s.assign())[0].2, 1);
-        assert!(s.remove_worker("a").is_empty());
-        s.add_worker("b", 1, ["j".to_string()]);
+        s.started(
+            "a",
+            "x",
+            ShardKey {
+                index: 0,
+                generation: 0,
+            },
+            1,
+        );
+        assert_eq!(
+            s.remove_worker("a"),
+            vec![Command::RecordLoss {
+                job: "x".into(),
+                key: ShardKey {
+                    index: 0,
+                    generation: 0
+                },
+                next_attempt: 2
+            }]
+        );
+        s.add_worker("b", 1, ["j".to_string()], false);
         assert_eq!(
             assigned(&s.assign()),
             vec![(
@@ -486,6 +599,15 @@ mod tests {
                 },
                 2
             )]
+        );
+        s.started(
+            "b",
+            "x",
+            ShardKey {
+                index: 0,
+                generation: 0,
+            },
+            2,
         );
         // Second loss exhausts the attempts: committed as failed, not retried.
         let cmds = s.remove_worker("b");
@@ -501,9 +623,57 @@ mod tests {
     }
 
     #[test]
+    fn shards_lost_before_they_started_keep_their_attempts() {
+        let mut s = Scheduler::new();
+        s.add_worker("a", 2, ["j".to_string()], false);
+        s.add_job(plan("x", 2, 1, 1));
+        let a = assigned(&s.assign());
+        s.started("a", "x", a[0].1, 1);
+        let cmds = s.remove_worker("a");
+        // The started one had its only attempt: failed. The queued one is free.
+        assert!(
+            matches!(&cmds[..], [Command::CommitLost { key, .. }] if *key == a[0].1),
+            "{cmds:?}"
+        );
+        s.add_worker("b", 2, ["j".to_string()], false);
+        assert_eq!(assigned(&s.assign()), vec![("b".to_string(), a[1].1, 1)]);
+    }
+
+    #[test]
+    fn fallback_workers_run_only_what_no_other_worker_can() {
+        let mut s = Scheduler::new();
+        s.add_worker("master", 4, ["j".to_string()], true);
+        s.add_job(plan("x", 3, 1, 3));
+        // Alone, the fallback worker runs everything.
+        assert_eq!(assigned(&s.assign()).len(), 3);
+        let mut s = Scheduler::new();
+        s.add_worker("master", 4, ["j".to_string()], true);
+        s.add_worker("w", 1, ["j".to_string()], false);
+        s.add_job(plan("x", 3, 1, 3));
+        let a = assigned(&s.assign());
+        assert_eq!(a.len(), 1, "the full regular worker is waited for: {a:?}");
+        assert_eq!(a[0].0, "w");
+        // Once the regular worker is gone, the fallback takes over.
+        s.remove_worker("w");
+        assert!(assigned(&s.assign()).iter().all(|(w, _, _)| w == "master"));
+    }
+
+    #[test]
+    fn recovered_shards_out_of_attempts_are_committed_failed() {
+        let mut s = Scheduler::new();
+        let mut p = plan("x", 2, 1, 2);
+        p.pending[1].attempt = 3;
+        let cmds = s.add_job(p);
+        assert!(
+            matches!(&cmds[..], [Command::CommitLost { attempt: 2, failures, .. }] if failures.len() == 1),
+            "{cmds:?}"
+        );
+    }
+
+    #[test]
     fn stale_and_duplicate_reports_are_dropped() {
         let mut s = Scheduler::new();
-        s.add_worker("a", 1, ["j".to_string()]);
+        s.add_worker("a", 1, ["j".to_string()], false);
         s.add_job(plan("x", 1, 1, 3));
         let key = assigned(&s.assign())[0].1;
         assert!(!s.report("b", "x", key, 1), "wrong worker");
@@ -523,7 +693,7 @@ mod tests {
     #[test]
     fn retryable_failures_make_a_new_generation_until_attempts_run_out() {
         let mut s = Scheduler::new();
-        s.add_worker("a", 1, ["j".to_string()]);
+        s.add_worker("a", 1, ["j".to_string()], false);
         s.add_job(plan("x", 1, 3, 2));
         let key = assigned(&s.assign())[0].1;
         assert!(s.report("a", "x", key, 1));
@@ -585,10 +755,12 @@ mod tests {
                 match rng.gen_range(0..10) {
                     0 => {
                         next_worker += 1;
+                        let fallback = rng.gen_bool(0.2);
                         s.add_worker(
                             &format!("w{next_worker}"),
                             rng.gen_range(1..4),
                             ["j".to_string()],
+                            fallback,
                         );
                     }
                     1 if next_worker > 0 => {
@@ -612,6 +784,9 @@ mod tests {
                         for c in s.assign() {
                             if let Command::Assign { worker, shard, .. } = c {
                                 assert!(s.running_on(&worker) <= 3);
+                                if rng.gen_bool(0.7) {
+                                    s.started(&worker, "x", shard.key, shard.attempt);
+                                }
                                 running.push((worker, shard.key, shard.attempt, shard.tasks));
                             }
                         }
@@ -644,7 +819,7 @@ mod tests {
             }
             if !finished {
                 // No workers may have been left; add one and drain.
-                s.add_worker("last", 4, ["j".to_string()]);
+                s.add_worker("last", 4, ["j".to_string()], false);
                 while !finished {
                     for c in s.assign() {
                         if let Command::Assign { worker, shard, .. } = c {

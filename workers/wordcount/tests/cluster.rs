@@ -13,7 +13,7 @@ use ringleader::client::Client;
 /// returns the job, and fetched jobs leave ZooKeeper.
 #[test]
 fn word_count_matches_single_process_and_zookeeper_empties() {
-    let mut c = Cluster::new();
+    let mut c = cluster();
     let (corpus, baseline) = corpus(c.dir.path(), 4, 1);
     for i in 0..3 {
         c.node(&format!("n{i}"), &[]);
@@ -93,7 +93,7 @@ fn word_count_matches_single_process_and_zookeeper_empties() {
 /// Test 2: kill -9 a worker mid-job; the job completes with the exact result.
 #[test]
 fn worker_killed_mid_job_loses_nothing() {
-    let mut c = Cluster::new();
+    let mut c = cluster();
     let (corpus, baseline) = corpus(c.dir.path(), 16, 2);
     c.node("master", &["--role", "candidate"]);
     c.node("w1", &["--role", "worker"]);
@@ -111,7 +111,7 @@ fn worker_killed_mid_job_loses_nothing() {
 /// double its words); the waiting client follows the new master.
 #[test]
 fn master_killed_mid_job_next_one_finishes_it() {
-    let mut c = Cluster::new();
+    let mut c = cluster();
     let (corpus, baseline) = corpus(c.dir.path(), 16, 3);
     for i in 0..3 {
         c.node(&format!("n{i}"), &[]);
@@ -141,7 +141,7 @@ fn master_killed_mid_job_next_one_finishes_it() {
 /// for session expiry, and exactly one new leader serves.
 #[test]
 fn graceful_leader_stop_hands_over_at_once() {
-    let mut c = Cluster::new();
+    let mut c = cluster();
     for i in 0..3 {
         c.node(&format!("n{i}"), &["--role", "candidate"]);
     }
@@ -188,7 +188,7 @@ fn graceful_leader_stop_hands_over_at_once() {
 /// Test 5 (part): a missing input file and ZooKeeper down give clear errors.
 #[test]
 fn clear_errors_for_missing_input_and_missing_zookeeper() {
-    let c = Cluster::new();
+    let c = cluster();
     let o = c.cli("submit", &["/no/such/input.txt"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -16,7 +16,7 @@ use ringleader::wire::{Frame, JobOptions};
 /// session (the predecessor recipe: no herd).
 #[test]
 fn leader_kill9_elects_exactly_one_successor_without_herd() {
-    let mut c = Cluster::new();
+    let mut c = cluster();
     for i in 0..4 {
         c.node(&format!("n{i}"), &["--role", "candidate"]);
     }
@@ -80,7 +80,7 @@ fn leader_kill9_elects_exactly_one_successor_without_herd() {
 /// nothing (its writes are fenced), steps down, and the job is exact.
 #[test]
 fn paused_master_is_fenced_and_steps_down() {
-    let mut c = Cluster::new();
+    let mut c = cluster();
     let (corpus, baseline) = corpus(c.dir.path(), 16, 4);
     for i in 0..3 {
         c.node(&format!("n{i}"), &[]);
@@ -126,7 +126,7 @@ fn paused_master_is_fenced_and_steps_down() {
 /// job type and invalid UTF-8 each get a clear error; the cluster keeps serving.
 #[test]
 fn bad_input_gets_clear_errors_and_nothing_crashes() {
-    let mut c = Cluster::new();
+    let mut c = cluster();
     c.node("n0", &["--max-frame", "65536"]);
     rt().block_on(async {
         let zk = c.zk().await;

@@ -1,0 +1,277 @@
+//! A test harness for clusters of real processes: a private ZooKeeper,
+//! cluster certificates, `node` processes of any Ringleader binary, and
+//! bounded waits that fail with a message. Enabled by the `testkit` feature;
+//! meant for integration tests (it panics on set-up failures).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::coord::{self, Layout, MasterInfo};
+use crate::zkserver::{ZkServer, ZkServerOptions};
+
+pub struct Node {
+    pub id: String,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub zk: ZkServer,
+    pub certs: PathBuf,
+    pub nodes: Vec<Node>,
+    pub cluster: String,
+    /// The node binary under test.
+    pub bin: PathBuf,
+}
+
+impl Cluster {
+    /// A ZooKeeper and certificates for nodes of the binary `bin`.
+    pub fn new(bin: impl Into<PathBuf>) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("ringleader-test-")
+            .tempdir()
+            .expect("temp dir");
+        let zk = ZkServer::start(&dir.path().join("zk"), &ZkServerOptions::default())
+            .expect("ZooKeeper starts");
+        let certs = dir.path().join("certs");
+        crate::transport::tls::make_cluster_certs(&certs).expect("certificates");
+        Cluster {
+            dir,
+            zk,
+            certs,
+            nodes: Vec::new(),
+            cluster: "test".into(),
+            bin: bin.into(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts `node` with id `id`.
+    pub fn node(&mut self, id: &str, extra: &[&str]) {
+        let log = self.path(&format!("{id}.log"));
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(&self.bin)
+            .args([
+                "node",
+                "--zk",
+                &self.zk.connect_string(),
+                "--cluster",
+                &self.cluster,
+                "--node-id",
+                id,
+            ])
+            .arg("--certs")
+            .arg(&self.certs)
+            .arg("--data-dir")
+            .arg(self.path("data"))
+            .args([
+                "--slots",
+                "1",
+                "--session-timeout-ms",
+                "2000",
+                "--retention-secs",
+                "0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,ringleader=debug")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .spawn()
+            .expect("node starts");
+        self.nodes.push(Node {
+            id: id.to_string(),
+            child: Some(child),
+            log,
+        });
+    }
+
+    pub fn pid(&self, id: &str) -> u32 {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.child.as_ref())
+            .map(Child::id)
+            .expect("node runs")
+    }
+
+    pub fn signal(&self, id: &str, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid(id).to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} {id}");
+    }
+
+    /// kill -9, and reap.
+    pub fn kill9(&mut self, id: &str) {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("known node");
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for a node process to exit by itself.
+    pub fn wait_exit(&mut self, id: &str, timeout: Duration) -> std::process::ExitStatus {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("known node");
+        let c = n.child.as_mut().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                n.child = None;
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self, id: &str) -> String {
+        let n = self.nodes.iter().find(|n| n.id == id).expect("known node");
+        std::fs::read_to_string(&n.log).unwrap_or_default()
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {} ---\n{}\n", n.id, self.log(&n.id)))
+            .collect()
+    }
+
+    /// Runs a CLI command against the cluster (`submit`, `status`, ...).
+    pub fn cli(&self, cmd: &str, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args([
+                cmd,
+                "--zk",
+                &self.zk.connect_string(),
+                "--cluster",
+                &self.cluster,
+            ])
+            .arg("--certs")
+            .arg(&self.certs)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cli runs")
+    }
+
+    pub fn cli_spawn(&self, cmd: &str, args: &[&str]) -> Child {
+        Command::new(&self.bin)
+            .args([
+                cmd,
+                "--zk",
+                &self.zk.connect_string(),
+                "--cluster",
+                &self.cluster,
+            ])
+            .arg("--certs")
+            .arg(&self.certs)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cli runs")
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.cluster)
+    }
+
+    pub async fn zk(&self) -> coord::ZkClient {
+        coord::connect(&self.zk.connect_string(), Duration::from_secs(10))
+            .await
+            .expect("test's ZooKeeper session")
+    }
+
+    /// Waits until a master with an epoch other than `not` is published.
+    pub async fn master(
+        &self,
+        zk: &coord::ZkClient,
+        not: Option<u64>,
+        timeout: Duration,
+    ) -> MasterInfo {
+        match coord::wait_for_master(zk, &self.layout(), not, timeout).await {
+            Ok(Some(m)) => m,
+            other => panic!(
+                "no new master within {timeout:?}: {other:?}\n{}",
+                self.logs()
+            ),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, failing after `timeout` with `what`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn assert_same_file(a: &Path, b: &Path) {
+    let x = std::fs::read(a).unwrap_or_else(|e| panic!("{}: {e}", a.display()));
+    let y = std::fs::read(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
+    assert!(
+        x == y,
+        "{} and {} differ ({} vs {} bytes)",
+        a.display(),
+        b.display(),
+        x.len(),
+        y.len()
+    );
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+pub fn client_config(c: &Cluster) -> crate::ClientConfig {
+    let mut cfg =
+        crate::ClientConfig::new(c.zk.connect_string(), c.cluster.clone(), c.certs.clone());
+    cfg.master_wait = Duration::from_secs(30);
+    cfg
+}

@@ -1,0 +1,55 @@
+//! A task whose behaviour is chosen by its argument: succeed, sleep, panic
+//! on early attempts, fail permanently, or abort its whole process. Fault
+//! tests use it to prove what the framework does with each.
+
+use std::time::Duration;
+
+use ringleader::{Task, TaskContext, TaskError};
+use serde::{Deserialize, Serialize};
+
+/// What a [`Probe`] does before returning its value.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Return at once.
+    Ok,
+    /// Sleep this many milliseconds, then return.
+    Sleep(u64),
+    /// Panic on attempts up to and including this one, then return.
+    PanicUntil(u32),
+    /// Fail permanently.
+    Fail,
+    /// Abort the worker process (as a segfault in native code would).
+    Abort,
+}
+
+/// Returns `value * 2` after behaving as told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Probe {
+    /// The argument.
+    pub value: u64,
+    /// The behaviour.
+    pub behaviour: Behaviour,
+}
+
+impl Task for Probe {
+    type Output = u64;
+    const NAME: &'static str = "probe";
+    fn run(self, ctx: &TaskContext) -> Result<u64, TaskError> {
+        match self.behaviour {
+            Behaviour::Ok => {}
+            Behaviour::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            Behaviour::PanicUntil(n) if ctx.attempt <= n => {
+                panic!("probe {} panics on attempt {}", self.value, ctx.attempt)
+            }
+            Behaviour::PanicUntil(_) => {}
+            Behaviour::Fail => {
+                return Err(TaskError::permanent(format!(
+                    "probe {} fails on purpose",
+                    self.value
+                )))
+            }
+            Behaviour::Abort => std::process::abort(),
+        }
+        Ok(self.value * 2)
+    }
+}

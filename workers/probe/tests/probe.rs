@@ -1,0 +1,135 @@
+#![allow(clippy::unwrap_used)]
+//! Task failures end to end: panics are retried, permanent failures and
+//! exhausted attempts are reported with their message, a task that aborts
+//! its process kills only the workers it runs on, and the budget of a
+//! ZooKeeper request is enforced with a clear error.
+
+use std::time::Duration;
+
+use probe::{Behaviour, Probe};
+use ringleader::client::SubmitOptions;
+use ringleader::testkit::*;
+use ringleader::{Client, Collect};
+
+const BIN: &str = env!("CARGO_BIN_EXE_probe");
+
+fn probes(n: u64, special: &[(u64, Behaviour)]) -> Vec<Probe> {
+    (0..n)
+        .map(|value| {
+            let behaviour = special
+                .iter()
+                .find(|(i, _)| *i == value)
+                .map_or(Behaviour::Ok, |(_, b)| *b);
+            Probe { value, behaviour }
+        })
+        .collect()
+}
+
+#[test]
+fn panics_retry_and_failures_are_reported_with_their_message() {
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &[]);
+    c.node("n1", &[]);
+    rt().block_on(async {
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let tasks = probes(
+            50,
+            &[
+                (7, Behaviour::PanicUntil(1)),
+                (8, Behaviour::PanicUntil(5)),
+                (9, Behaviour::Fail),
+            ],
+        );
+        let opts = SubmitOptions {
+            shard_size: Some(4),
+            max_attempts: Some(3),
+            ..Default::default()
+        };
+        let job = client.submit::<Collect<Probe>>(tasks, opts).await.unwrap();
+        let (results, report) = job.result().await.unwrap();
+        let got: Vec<u64> = results.iter().map(|(i, _)| *i).collect();
+        let want: Vec<u64> = (0..50).filter(|i| *i != 8 && *i != 9).collect();
+        assert_eq!(got, want, "every task but the two failed ones, each once");
+        assert!(results.iter().all(|(i, v)| *v == i * 2));
+        assert_eq!(report.progress.tasks_failed, 2);
+        let f8 = report.failures.iter().find(|f| f.index == 8).unwrap();
+        assert_eq!(f8.attempt, 3, "{f8:?}");
+        assert!(f8.error.contains("probe 8 panics on attempt 3"), "{f8:?}");
+        let f9 = report.failures.iter().find(|f| f.index == 9).unwrap();
+        assert_eq!(f9.attempt, 1, "permanent failures are not retried: {f9:?}");
+        assert!(f9.error.contains("fails on purpose"));
+        assert!(report.progress.retries >= 3, "{:?}", report.progress);
+    });
+    assert!(c.log("n0").contains("panics on attempt") || c.log("n1").contains("panics on attempt"));
+}
+
+/// A task that aborts its process uses up an attempt per worker it kills;
+/// with 2 attempts and 3 nodes, at least one node survives and the job
+/// completes with that task reported failed.
+#[test]
+fn an_aborting_task_cannot_kill_every_worker() {
+    let mut c = Cluster::new(BIN);
+    for i in 0..3 {
+        c.node(&format!("n{i}"), &[]);
+    }
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let workers = c.layout().workers();
+        eventually(Duration::from_secs(20), "3 workers", || async {
+            zk.list_children(&workers)
+                .await
+                .map(|w| w.len() == 3)
+                .unwrap_or(false)
+        })
+        .await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let tasks = probes(20, &[(5, Behaviour::Abort)]);
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            max_attempts: Some(2),
+            ..Default::default()
+        };
+        let job = client.submit::<Collect<Probe>>(tasks, opts).await.unwrap();
+        let (results, report) = match job.result().await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        };
+        assert_eq!(results.len(), 19, "{report:?}");
+        assert_eq!(report.progress.tasks_failed, 1);
+        let f = &report.failures[0];
+        assert_eq!(f.index, 5);
+        assert!(f.error.contains("was lost while running"), "{f:?}");
+        let alive = zk.list_children(&workers).await.unwrap();
+        assert!(!alive.is_empty(), "no worker survived");
+    });
+}
+
+/// A task too big for one ZooKeeper request is refused at submission with
+/// the limit named; the cluster keeps serving.
+#[test]
+fn a_task_over_the_request_budget_is_refused_clearly() {
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &[]);
+    rt().block_on(async {
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let big = vec![serde_bytes::ByteBuf::from(vec![
+            0u8;
+            ringleader::coord::REQUEST_BUDGET
+                + 1
+        ])];
+        let opts = ringleader::wire::JobOptions {
+            shard_size: 1,
+            max_attempts: 1,
+        };
+        let err = client
+            .submit_encoded("probe", big, opts, None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("request budget"), "{err}");
+        let ok = client
+            .submit::<Collect<Probe>>(probes(3, &[]), SubmitOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(ok.result().await.unwrap().0.len(), 3);
+    });
+}
