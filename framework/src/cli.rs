@@ -658,6 +658,10 @@ fn run_local(
         metrics.push(format!("http://{maddr}/metrics"));
     }
     eprintln!(
+        "local work dir (removed at exit unless --keep): {}",
+        dir.display()
+    );
+    eprintln!(
         "local cluster: ZooKeeper at {}, {} nodes x {slots} slots",
         zk.connect_string(),
         a.nodes

@@ -82,6 +82,21 @@ pub(crate) trait ErasedJob: Send + Sync {
 
 struct Erased<J>(PhantomData<fn() -> J>);
 
+/// Longest error message kept per failed task: results must fit ZooKeeper.
+const MAX_ERROR_BYTES: usize = 2048;
+
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_ERROR_BYTES {
+        let mut cut = MAX_ERROR_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
+
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
@@ -129,7 +144,7 @@ impl<J: Job> ErasedJob for Erased<J> {
                 Ok(out) => J::fold(&mut acc, index, out),
                 Err(e) => failures.push(TaskFailure {
                     index,
-                    error: e.message,
+                    error: bounded(e.message),
                     attempt,
                     retryable: e.retryable,
                 }),

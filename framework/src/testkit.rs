@@ -19,7 +19,8 @@ pub struct Node {
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    pub zk: ZkServer,
+    /// The ZooKeeper servers (one, or an ensemble).
+    pub servers: Vec<ZkServer>,
     pub certs: PathBuf,
     pub nodes: Vec<Node>,
     pub cluster: String,
@@ -30,22 +31,42 @@ pub struct Cluster {
 impl Cluster {
     /// A ZooKeeper and certificates for nodes of the binary `bin`.
     pub fn new(bin: impl Into<PathBuf>) -> Cluster {
+        Self::with_servers(bin, 1)
+    }
+
+    /// Like [`Cluster::new`] with an ensemble of `n` ZooKeeper servers.
+    pub fn with_servers(bin: impl Into<PathBuf>, n: usize) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("ringleader-test-")
             .tempdir()
             .expect("temp dir");
-        let zk = ZkServer::start(&dir.path().join("zk"), &ZkServerOptions::default())
-            .expect("ZooKeeper starts");
+        let opts = ZkServerOptions::default();
+        let servers = if n == 1 {
+            vec![ZkServer::start(&dir.path().join("zk"), &opts).expect("ZooKeeper starts")]
+        } else {
+            crate::zkserver::ZkEnsemble::start(&dir.path().join("zk"), n, &opts)
+                .expect("ZooKeeper ensemble starts")
+                .servers
+        };
         let certs = dir.path().join("certs");
         crate::transport::tls::make_cluster_certs(&certs).expect("certificates");
         Cluster {
             dir,
-            zk,
+            servers,
             certs,
             nodes: Vec::new(),
             cluster: "test".into(),
             bin: bin.into(),
         }
+    }
+
+    /// The ZooKeeper connect string of every server.
+    pub fn zk_connect(&self) -> String {
+        self.servers
+            .iter()
+            .map(ZkServer::connect_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -60,7 +81,7 @@ impl Cluster {
             .args([
                 "node",
                 "--zk",
-                &self.zk.connect_string(),
+                &self.zk_connect(),
                 "--cluster",
                 &self.cluster,
                 "--node-id",
@@ -161,13 +182,7 @@ impl Cluster {
     /// Runs a CLI command against the cluster (`submit`, `status`, ...).
     pub fn cli(&self, cmd: &str, args: &[&str]) -> Output {
         Command::new(&self.bin)
-            .args([
-                cmd,
-                "--zk",
-                &self.zk.connect_string(),
-                "--cluster",
-                &self.cluster,
-            ])
+            .args([cmd, "--zk", &self.zk_connect(), "--cluster", &self.cluster])
             .arg("--certs")
             .arg(&self.certs)
             .args(args)
@@ -178,13 +193,7 @@ impl Cluster {
 
     pub fn cli_spawn(&self, cmd: &str, args: &[&str]) -> Child {
         Command::new(&self.bin)
-            .args([
-                cmd,
-                "--zk",
-                &self.zk.connect_string(),
-                "--cluster",
-                &self.cluster,
-            ])
+            .args([cmd, "--zk", &self.zk_connect(), "--cluster", &self.cluster])
             .arg("--certs")
             .arg(&self.certs)
             .args(args)
@@ -200,7 +209,7 @@ impl Cluster {
     }
 
     pub async fn zk(&self) -> coord::ZkClient {
-        coord::connect(&self.zk.connect_string(), Duration::from_secs(10))
+        coord::connect(&self.zk_connect(), Duration::from_secs(10))
             .await
             .expect("test's ZooKeeper session")
     }
@@ -270,8 +279,7 @@ pub fn rt() -> tokio::runtime::Runtime {
 }
 
 pub fn client_config(c: &Cluster) -> crate::ClientConfig {
-    let mut cfg =
-        crate::ClientConfig::new(c.zk.connect_string(), c.cluster.clone(), c.certs.clone());
+    let mut cfg = crate::ClientConfig::new(c.zk_connect(), c.cluster.clone(), c.certs.clone());
     cfg.master_wait = Duration::from_secs(30);
     cfg
 }

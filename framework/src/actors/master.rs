@@ -24,7 +24,7 @@ use crate::wire::{
 };
 
 /// Final failures kept per job for its report.
-const MAX_KEPT_FAILURES: usize = 1000;
+const MAX_KEPT_FAILURES: usize = 100;
 
 /// A connected worker's control stream: frames pushed here are written by
 /// the link's writer task.

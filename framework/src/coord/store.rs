@@ -443,13 +443,33 @@ impl LeaderStore {
     ) -> Result<CommitOutcome, CoordError> {
         let path = self.layout.commit(job, key);
         let output = self.output_ref(&format!("{job}.{key}.e{}.out", self.epoch), output)?;
-        let record = ShardRecord {
+        let mut record = ShardRecord {
             epoch: self.epoch,
             attempt,
             output,
             failures,
         };
-        let data = encode_record(&path, &record)?;
+        // Many long error messages can outgrow a request: shorten them until
+        // the commit fits (the task indexes and attempts always stay).
+        let mut keep = 1024;
+        let data = loop {
+            match encode_record(&path, &record) {
+                Err(CoordError::TooLarge { .. }) if keep > 0 => {
+                    keep /= 8;
+                    for f in &mut record.failures {
+                        if f.error.len() > keep {
+                            let mut cut = keep;
+                            while !f.error.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            f.error.truncate(cut);
+                            f.error.push('…');
+                        }
+                    }
+                }
+                other => break other?,
+            }
+        };
         match self
             .retry(&path, || self.lock.create(&path, &data, &PERSISTENT))
             .await

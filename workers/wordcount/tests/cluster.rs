@@ -72,6 +72,15 @@ fn word_count_matches_single_process_and_zookeeper_empties() {
         "resubmission: {err}"
     );
 
+    // `status --json` names the leader and the three workers.
+    let o = c.cli("status", &["--json"]);
+    let json = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && json.contains("\"leader\":\"n"),
+        "{json}"
+    );
+    assert_eq!(json.matches("\"connected\":true").count(), 3, "{json}");
+
     // Fetched results leave ZooKeeper (retention 0 in tests).
     rt().block_on(async {
         let zk = c.zk().await;
@@ -211,4 +220,65 @@ fn clear_errors_for_missing_input_and_missing_zookeeper() {
         !o.status.success() && err.contains("cannot connect to ZooKeeper"),
         "{err}"
     );
+}
+
+/// The newcomer's path: `certs` writes usable certificates, and `local`
+/// runs ZooKeeper plus nodes, returns the exact count, and leaves no
+/// process, port or directory behind.
+#[test]
+fn certs_and_local_commands_work_and_clean_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    let o = std::process::Command::new(BIN)
+        .args(["certs", "--out"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for name in ["node", "client"] {
+        ringleader::transport::tls::Identity::load(&certs, name).unwrap();
+    }
+
+    let (corpus, baseline) = corpus(tmp.path(), 2, 5);
+    let out = tmp.path().join("out.tsv");
+    let o = std::process::Command::new(BIN)
+        .args(["local", "--nodes", "2", "--split-mib", "1", "--output"])
+        .arg(&out)
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_same_file(&out, &baseline);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("distinct; top 10"), "{stdout}");
+    let work = err
+        .lines()
+        .find_map(|l| l.strip_prefix("local work dir (removed at exit unless --keep): "))
+        .unwrap();
+    assert!(
+        !std::path::Path::new(work).exists(),
+        "{work} was left behind"
+    );
+    let zk = err
+        .lines()
+        .find_map(|l| l.split("ZooKeeper at ").nth(1))
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    assert!(
+        std::net::TcpStream::connect(zk).is_err(),
+        "ZooKeeper at {zk} still runs"
+    );
+    for m in err
+        .lines()
+        .filter_map(|l| l.split("metrics: http://").nth(1))
+    {
+        let addr = m.trim_end_matches("/metrics");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "a node still serves metrics at {addr}"
+        );
+    }
 }

@@ -32,7 +32,7 @@ fn leader_kill9_elects_exactly_one_successor_without_herd() {
         .await;
         let first = c.master(&zk, None, Duration::from_secs(30)).await;
         // Watches on candidate znodes: at most one watcher each, 3 in all.
-        let wchp = ringleader::zkserver::four_letter(c.zk.port(), "wchp").unwrap();
+        let wchp = ringleader::zkserver::four_letter(c.servers[0].port(), "wchp").unwrap();
         let mut per_path = std::collections::BTreeMap::<String, usize>::new();
         let mut current = None;
         for line in wchp.lines() {
@@ -206,4 +206,36 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
     );
     assert!(err.contains("bad.txt"), "{err}");
     assert!(!c.log("n0").contains("panicked"), "{}", c.log("n0"));
+}
+
+/// Against a 3-server ZooKeeper ensemble, killing one server mid-job (the
+/// first, which most sessions are connected to) loses no session and no
+/// work: no master change, exact result.
+#[test]
+fn one_zookeeper_server_of_three_dies_mid_job() {
+    let mut c = Cluster::with_servers(BIN, 3);
+    let (corpus, baseline) = corpus(c.dir.path(), 16, 6);
+    for i in 0..3 {
+        c.node(&format!("n{i}"), &[]);
+    }
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let first = c.master(&zk, None, Duration::from_secs(30)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let job = job_in_flight(&client, &corpus).await;
+        c.servers[0].kill();
+        assert_exact(&job, &baseline, &c.path("out.tsv")).await;
+        let now = ringleader::coord::read_master(&zk, &c.layout())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.epoch, first.epoch, "the master kept its session");
+    });
+    for n in ["n0", "n1", "n2"] {
+        assert!(
+            !c.log(n).contains("session expired"),
+            "{n} lost its session:\n{}",
+            c.log(n)
+        );
+    }
 }
