@@ -179,29 +179,20 @@ impl Cluster {
             .collect()
     }
 
-    /// Runs a CLI command against the cluster (`submit`, `status`, ...).
-    pub fn cli(&self, cmd: &str, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .args([cmd, "--zk", &self.zk_connect(), "--cluster", &self.cluster])
+    /// A CLI command against the cluster (`submit`, `status`, ...).
+    pub fn cli_command(&self, cmd: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args([cmd, "--zk", &self.zk_connect(), "--cluster", &self.cluster])
             .arg("--certs")
             .arg(&self.certs)
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("cli runs")
+            .stdin(Stdio::null());
+        c
     }
 
-    pub fn cli_spawn(&self, cmd: &str, args: &[&str]) -> Child {
-        Command::new(&self.bin)
-            .args([cmd, "--zk", &self.zk_connect(), "--cluster", &self.cluster])
-            .arg("--certs")
-            .arg(&self.certs)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cli runs")
+    /// Runs a CLI command to its end.
+    pub fn cli(&self, cmd: &str, args: &[&str]) -> Output {
+        self.cli_command(cmd, args).output().expect("cli runs")
     }
 
     pub fn layout(&self) -> Layout {

@@ -132,6 +132,19 @@ pub struct Counters {
     pub retries: u64,
 }
 
+/// One final failure per task of a shard whose workers died running it.
+fn lost_failures(tasks: &[u64], attempt: u32, error: &str) -> Vec<TaskFailure> {
+    tasks
+        .iter()
+        .map(|&index| TaskFailure {
+            index,
+            error: error.to_string(),
+            attempt,
+            retryable: false,
+        })
+        .collect()
+}
+
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct Scheduler {
@@ -205,19 +218,11 @@ impl Scheduler {
                 self.queue.push_front((job_id, key));
             } else if shard.attempt >= max {
                 shard.phase = ShardPhase::Committing;
-                let failures = shard
-                    .tasks
-                    .iter()
-                    .map(|&index| TaskFailure {
-                        index,
-                        error: format!(
-                            "worker {worker} was lost while running this task (attempt {})",
-                            shard.attempt
-                        ),
-                        attempt: shard.attempt,
-                        retryable: false,
-                    })
-                    .collect();
+                let error = format!(
+                    "worker {worker} was lost while running this task (attempt {})",
+                    shard.attempt
+                );
+                let failures = lost_failures(&shard.tasks, shard.attempt, &error);
                 out.push(Command::CommitLost {
                     job: job_id.clone(),
                     key,
@@ -247,19 +252,11 @@ impl Scheduler {
             let attempt = p.attempt.max(1);
             let phase = if attempt > max_attempts {
                 // Recovered with its attempts used up by lost workers.
-                let failures = p
-                    .tasks
-                    .iter()
-                    .map(|&index| TaskFailure {
-                        index,
-                        error: format!(
-                            "workers were lost while running this task ({} attempts)",
-                            attempt - 1
-                        ),
-                        attempt: attempt - 1,
-                        retryable: false,
-                    })
-                    .collect();
+                let error = format!(
+                    "workers were lost while running this task ({} attempts)",
+                    attempt - 1
+                );
+                let failures = lost_failures(&p.tasks, attempt - 1, &error);
                 out.push(Command::CommitLost {
                     job: plan.id.clone(),
                     key: p.key,
