@@ -104,7 +104,13 @@ pub(crate) struct ClientRequest(pub Frame);
 struct JobRuntime {
     stored: StoredJob,
     tasks: Arc<Vec<ByteBuf>>,
-    acc: Accumulator,
+    /// The merged result so far. Merging runs on the blocking pool (a big
+    /// partial result takes milliseconds), never on the master's arbiter,
+    /// which also drives the ZooKeeper session.
+    acc: Arc<std::sync::Mutex<Accumulator>>,
+    /// Merges under way; the job is reduced only once they are done.
+    merging: usize,
+    finish_wanted: bool,
     failures: Vec<TaskFailure>,
     finishing: bool,
 }
@@ -179,7 +185,6 @@ impl Master {
                     job.record.job_name
                 ),
             })?;
-        let mut acc = erased.new_acc();
         let summary: BTreeMap<ShardKey, CommittedShard> = commits
             .iter()
             .map(|(k, r)| (*k, CommittedShard::from(r)))
@@ -193,12 +198,21 @@ impl Master {
             rec.options.max_attempts,
             &summary,
         );
-        for r in commits.values() {
-            let bytes = read_output(&r.output)?;
-            if let Err(e) = erased.merge_encoded(&mut acc, &bytes) {
-                tracing::warn!(job = %job.id, error = %e, "a committed shard output does not decode");
+        let outputs: Vec<_> = commits.into_values().map(|r| r.output).collect();
+        let merger = erased.clone();
+        let job_id = job.id.clone();
+        let acc = tokio::task::spawn_blocking(move || {
+            let mut acc = merger.new_acc();
+            for output in &outputs {
+                let merged = read_output(output).map(|bytes| merger.merge_encoded(&mut acc, &bytes));
+                if !matches!(merged, Ok(Ok(()))) {
+                    tracing::warn!(job = %job_id, "a committed shard output cannot be read or decoded");
+                }
             }
-        }
+            acc
+        })
+        .await
+        .map_err(|e| CoordError::Garbage { path: store.layout().job(&job.id), reason: format!("merging failed: {e}") })?;
         let mut plan = recovered.plan;
         let losses = store.read_losses(&job.id).await?;
         for p in &mut plan.pending {
@@ -212,7 +226,9 @@ impl Master {
             JobRuntime {
                 stored: job,
                 tasks: Arc::new(tasks),
-                acc,
+                acc: Arc::new(std::sync::Mutex::new(acc)),
+                merging: 0,
+                finish_wanted: false,
                 failures,
                 finishing: false,
             },
@@ -345,17 +361,6 @@ impl Master {
             return;
         };
         let max = rt.stored.record.options.max_attempts;
-        if let Some(erased) = self.settings.registry.get(&rt.stored.record.job_name) {
-            match read_output(&rec.output).map(|b| erased.merge_encoded(&mut rt.acc, &b)) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(job, shard = %key, error = %e, "committed output does not decode")
-                }
-                Err(e) => {
-                    tracing::error!(job, shard = %key, error = %e, "committed output cannot be read")
-                }
-            }
-        }
         for f in &rec.failures {
             if f.is_final(max) {
                 metrics::counter!(m::TASKS_FAILED).increment(1);
@@ -365,6 +370,37 @@ impl Master {
             } else {
                 metrics::counter!(m::TASKS_RETRIED).increment(1);
             }
+        }
+        if let Some(erased) = self
+            .settings
+            .registry
+            .get(&rt.stored.record.job_name)
+            .cloned()
+        {
+            rt.merging += 1;
+            let acc = rt.acc.clone();
+            let output = rec.output.clone();
+            let merge = tokio::task::spawn_blocking(move || {
+                let bytes = read_output(&output).map_err(|e| e.to_string())?;
+                let mut acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                erased
+                    .merge_encoded(&mut acc, &bytes)
+                    .map_err(|e| e.to_string())
+            });
+            let job_id = job.to_string();
+            ctx.spawn(merge.into_actor(self).map(move |res, act, ctx| {
+                match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(job = %job_id, shard = %key, error = %e, "committed output cannot be merged"),
+                    Err(e) => tracing::error!(job = %job_id, shard = %key, error = %e, "merging panicked"),
+                }
+                if let Some(rt) = act.jobs.get_mut(&job_id) {
+                    rt.merging -= 1;
+                    if rt.merging == 0 && rt.finish_wanted {
+                        act.finish(ctx, job_id);
+                    }
+                }
+            }));
         }
         let cmds = self.sched.committed(job, key, rec.attempt, &rec.failures);
         self.apply(cmds, ctx);
@@ -378,20 +414,23 @@ impl Master {
         if rt.finishing {
             return;
         }
+        if rt.merging > 0 {
+            rt.finish_wanted = true;
+            return;
+        }
         rt.finishing = true;
-        let Some(erased) = self.settings.registry.get(&rt.stored.record.job_name) else {
+        let Some(erased) = self
+            .settings
+            .registry
+            .get(&rt.stored.record.job_name)
+            .cloned()
+        else {
             return;
         };
         let Some(counters) = self.sched.counters(&job) else {
             return;
         };
-        let output = match erased.encode_acc(&rt.acc) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(job, error = %e, "cannot encode the job's result");
-                Vec::new()
-            }
-        };
+        let acc = rt.acc.clone();
         let store = self.store.clone();
         let stored = StoredJob {
             id: rt.stored.id.clone(),
@@ -399,7 +438,26 @@ impl Master {
             version: rt.stored.version,
         };
         let failures = rt.failures.clone();
-        let fut = async move { store.finish(&stored, output, failures, counters).await };
+        let job_id = job.clone();
+        let fut = async move {
+            let encoded = tokio::task::spawn_blocking(move || {
+                let acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                erased.encode_acc(&acc)
+            })
+            .await;
+            let output = match encoded {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
+                    tracing::error!(job = %job_id, error = %e, "cannot encode the job's result");
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::error!(job = %job_id, error = %e, "encoding the job's result panicked");
+                    Vec::new()
+                }
+            };
+            store.finish(&stored, output, failures, counters).await
+        };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(_) => {
                 tracing::info!(
@@ -823,7 +881,9 @@ impl Handler<Submit> for Master {
             let rt = JobRuntime {
                 stored: job,
                 tasks: Arc::new(tasks),
-                acc: erased.new_acc(),
+                acc: Arc::new(std::sync::Mutex::new(erased.new_acc())),
+                merging: 0,
+                finish_wanted: false,
                 failures: Vec::new(),
                 finishing: false,
             };

@@ -249,8 +249,10 @@ pub struct WordCountArgs {
     /// Words to print on stdout.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
-    /// Split size in MiB.
-    #[arg(long, default_value_t = 4)]
+    /// Split size in MiB (0: about a twelfth of the input, 1 to 64 MiB;
+    /// each split's counts are merged on the master, so splits much smaller
+    /// than the vocabulary's size cost more in merging than in counting).
+    #[arg(long, default_value_t = 0)]
     pub split_mib: u64,
 }
 
@@ -320,7 +322,18 @@ pub fn write_counts(path: &Path, counts: &Counts) -> std::io::Result<()> {
 impl CliJob for WordCount {
     type Args = WordCountArgs;
     fn tasks(args: &WordCountArgs) -> Result<Vec<CountWords>, BoxError> {
-        plan(&args.files, args.split_mib.max(1) << 20, args.normalize)
+        let split = if args.split_mib > 0 {
+            args.split_mib << 20
+        } else {
+            let total: u64 = args
+                .files
+                .iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum();
+            (total / 12).clamp(1 << 20, 64 << 20)
+        };
+        plan(&args.files, split, args.normalize)
     }
     fn output(args: &WordCountArgs, counts: Counts, report: &JobReport) -> Result<(), BoxError> {
         if report.progress.tasks_failed > 0 {

@@ -98,15 +98,18 @@ fn main() -> anyhow::Result<()> {
                 write_counts(out, &all)?;
             }
             let total: u64 = all.values().sum();
-            println!(
-                "{total} words, {} distinct in {secs:.2} s ({:.1} MB/s)",
+            let mut text = format!(
+                "{total} words, {} distinct in {secs:.2} s ({:.1} MB/s)\n",
                 all.len(),
                 bytes as f64 / 1e6 / secs
             );
             for (w, n) in sorted(&all).into_iter().take(10) {
-                println!("{n:>12}  {w}");
+                text.push_str(&format!("{n:>12}  {w}\n"));
             }
-            Ok(())
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => Ok(r?),
+            }
         }
         _ => ringleader::Node::builder().cli_job::<WordCount>().run_cli(),
     }
