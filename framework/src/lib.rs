@@ -18,6 +18,8 @@
 //! - [`zkserver`]: starts private ZooKeeper servers for `local` and tests.
 //! - `testkit` (feature): a harness of real node processes for integration tests.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod client;
 pub mod coord;

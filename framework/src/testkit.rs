@@ -73,20 +73,18 @@ impl Cluster {
         self.dir.path().join(name)
     }
 
-    /// Starts `node` with id `id`.
+    /// Starts `node` with id `id`; `extra` arguments may override `--zk`.
     pub fn node(&mut self, id: &str, extra: &[&str]) {
         let log = self.path(&format!("{id}.log"));
         let f = std::fs::File::create(&log).expect("log file");
+        let zk = if extra.contains(&"--zk") {
+            Vec::new()
+        } else {
+            vec!["--zk".to_string(), self.zk_connect()]
+        };
         let child = Command::new(&self.bin)
-            .args([
-                "node",
-                "--zk",
-                &self.zk_connect(),
-                "--cluster",
-                &self.cluster,
-                "--node-id",
-                id,
-            ])
+            .args(["node", "--cluster", &self.cluster, "--node-id", id])
+            .args(&zk)
             .arg("--certs")
             .arg(&self.certs)
             .arg("--data-dir")

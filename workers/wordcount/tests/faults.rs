@@ -119,7 +119,45 @@ fn paused_master_is_fenced_and_steps_down() {
             now.epoch, second.epoch,
             "the resumed node did not take leadership back"
         );
+        // It rejoined with a new session: a candidate and a worker again.
+        let election = c.layout().election();
+        let worker = format!("{}/{id}", c.layout().workers());
+        eventually(
+            Duration::from_secs(20),
+            "the resumed node to rejoin",
+            || async {
+                let candidates = zk
+                    .list_children(&election)
+                    .await
+                    .map(|v| v.len())
+                    .unwrap_or(0);
+                let registered = zk.check_stat(&worker).await.ok().flatten().is_some();
+                candidates == 3 && registered
+            },
+        )
+        .await;
     });
+}
+
+/// A node started while ZooKeeper is down says so, keeps trying, and still
+/// stops cleanly on SIGTERM.
+#[test]
+fn node_without_zookeeper_reports_and_stops_cleanly() {
+    let mut c = cluster();
+    let port = ringleader::zkserver::free_port().unwrap();
+    let zk = format!("127.0.0.1:{port}");
+    c.node("lonely", &["--zk", &zk]);
+    rt().block_on(eventually(
+        Duration::from_secs(20),
+        "a clear error in the log",
+        || {
+            let log = c.log("lonely");
+            async move { log.contains("cannot reach ZooKeeper") }
+        },
+    ));
+    c.signal("lonely", "TERM");
+    let status = c.wait_exit("lonely", Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", c.log("lonely"));
 }
 
 /// Test 5: garbage and oversized frames, a foreign certificate, an unknown
