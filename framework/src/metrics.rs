@@ -1,73 +1,275 @@
-//! Metric names and their registration. Every node registers every metric
-//! at zero on start-up, so dashboards and alerts find series at once.
+//! Metric names, their catalogue and their registration. Every node
+//! registers every metric at start-up (counters and gauges at zero,
+//! histograms empty), so dashboards and alert rules find series at once.
+//! The catalogue with types, labels and meanings is `dashboards/METRICS.md`;
+//! each constant's doc says the same.
 
 use std::net::SocketAddr;
 
-/// Node role gauge: 1 for the roles the node holds now, label `role`.
+/// Gauge, label `role` (`master`, `worker`, `candidate`): 1 for the roles the node holds now.
 pub const NODE_ROLE: &str = "ringleader_node_role";
-/// The master's epoch (0 on non-masters).
+/// Gauge: the epoch of this node if it is the serving master, else 0.
 pub const EPOCH: &str = "ringleader_epoch";
-/// Times this node became master.
+/// Counter: times this node won an election and became master.
 pub const ELECTIONS_WON: &str = "ringleader_elections_won_total";
-/// ZooKeeper sessions that expired under this node.
+/// Counter: master changes this node's worker observed (a new epoch published).
+pub const LEADERSHIP_CHANGES: &str = "ringleader_leadership_changes_total";
+/// Histogram, seconds: time a worker spent without a serving master, from
+/// losing its master to the next one answering.
+pub const MASTER_GAP: &str = "ringleader_master_gap_seconds";
+/// Gauge: 1 while the node's ZooKeeper session is connected, else 0.
+pub const ZK_CONNECTED: &str = "ringleader_zk_connected";
+/// Counter: ZooKeeper sessions of this node that expired.
 pub const SESSION_EXPIRED: &str = "ringleader_zk_session_expirations_total";
-/// Workers registered and connected (master only).
+/// Histogram, seconds, label `op`: duration of the master's ZooKeeper writes.
+pub const ZK_OP_SECONDS: &str = "ringleader_zk_op_duration_seconds";
+/// Counter, label `op`: ZooKeeper operations of the master that failed.
+pub const ZK_ERRORS: &str = "ringleader_zk_errors_total";
+/// Gauge: workers registered and connected (master only).
 pub const WORKERS: &str = "ringleader_workers";
-/// Shards waiting for a worker (master only).
+/// Gauge: shards waiting for a worker (master only).
 pub const SHARDS_QUEUED: &str = "ringleader_shards_queued";
-/// Shards sent to workers.
+/// Gauge: shards sent to workers and not yet committed (master only).
+pub const SHARDS_IN_FLIGHT: &str = "ringleader_shards_in_flight";
+/// Gauge, label `worker`: shards a worker holds (master only).
+pub const WORKER_IN_FLIGHT: &str = "ringleader_worker_in_flight";
+/// Counter: shards sent to workers.
 pub const SHARDS_ASSIGNED: &str = "ringleader_shards_assigned_total";
-/// Shard outcomes committed to ZooKeeper.
+/// Counter: shard outcomes committed to ZooKeeper.
 pub const SHARDS_COMMITTED: &str = "ringleader_shards_committed_total";
-/// Shards put back in the queue because their worker was lost.
+/// Counter: shards put back in the queue because their worker was lost.
 pub const SHARDS_REASSIGNED: &str = "ringleader_shards_reassigned_total";
-/// Task attempts that failed and will be retried.
+/// Counter: task attempts that failed and will be retried.
 pub const TASKS_RETRIED: &str = "ringleader_tasks_retried_total";
-/// Tasks that failed every attempt.
-pub const TASKS_FAILED: &str = "ringleader_tasks_failed_total";
-/// Tasks run by this worker.
+/// Counter: tasks that failed every attempt (reported as failed tasks of their job).
+pub const TASKS_DEAD_LETTERED: &str = "ringleader_tasks_dead_lettered_total";
+/// Counter: tasks run by this worker (any outcome).
 pub const TASKS_RUN: &str = "ringleader_tasks_run_total";
-/// Seconds a worker spent running one shard.
+/// Histogram, seconds: duration of one task run on this worker.
+pub const TASK_SECONDS: &str = "ringleader_task_duration_seconds";
+/// Histogram, seconds: duration of one shard run on this worker.
 pub const SHARD_SECONDS: &str = "ringleader_shard_duration_seconds";
-/// Jobs accepted.
+/// Counter: jobs accepted (durable).
 pub const JOBS_SUBMITTED: &str = "ringleader_jobs_submitted_total";
-/// Jobs finished.
+/// Gauge: jobs in progress (master only).
+pub const JOBS_RUNNING: &str = "ringleader_jobs_running";
+/// Counter: jobs finished with every task succeeded.
 pub const JOBS_COMPLETED: &str = "ringleader_jobs_completed_total";
-/// Frames refused as malformed or oversized.
+/// Counter: jobs finished with at least one failed task.
+pub const JOBS_FAILED: &str = "ringleader_jobs_failed_total";
+/// Gauge: open QUIC connections of this node's endpoint.
+pub const QUIC_CONNECTIONS: &str = "ringleader_quic_connections";
+/// Counter, label `direction` (`sent`, `received`): frames on worker links.
+pub const FRAMES: &str = "ringleader_quic_frames_total";
+/// Counter, label `direction` (`sent`, `received`): bytes of frames on worker links.
+pub const FRAME_BYTES: &str = "ringleader_quic_frame_bytes_total";
+/// Counter: frames refused as malformed or oversized.
 pub const FRAME_ERRORS: &str = "ringleader_frame_errors_total";
 
-/// Starts the Prometheus exporter on `addr` and registers every metric at zero.
+/// ZooKeeper operations measured under [`ZK_OP_SECONDS`] and [`ZK_ERRORS`].
+pub const ZK_OPS: &[&str] = &[
+    "create_job",
+    "commit",
+    "finish",
+    "record_loss",
+    "set_status",
+    "delete",
+];
+
+/// What kind of metric an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic count.
+    Counter,
+    /// Value that goes up and down.
+    Gauge,
+    /// Bucketed distribution (seconds).
+    Histogram,
+}
+
+/// One metric of the catalogue.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// Its name.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its labels, comma-separated ("" for none).
+    pub labels: &'static str,
+    /// Its unit.
+    pub unit: &'static str,
+    /// Which nodes export a value that moves.
+    pub on: &'static str,
+    /// What it means (the Prometheus help text).
+    pub help: &'static str,
+}
+
+const fn metric(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static str,
+    unit: &'static str,
+    on: &'static str,
+    help: &'static str,
+) -> Metric {
+    Metric {
+        name,
+        kind,
+        labels,
+        unit,
+        on,
+        help,
+    }
+}
+
+/// Every metric a node exports.
+pub const CATALOGUE: &[Metric] = &[
+    metric(NODE_ROLE, Kind::Gauge, "role", "1/0", "all", "1 for each role (master, worker, candidate) the node holds now."),
+    metric(EPOCH, Kind::Gauge, "", "epoch", "master", "Epoch of this node while it serves as master, else 0."),
+    metric(ELECTIONS_WON, Kind::Counter, "", "elections", "candidates", "Times this node won an election and became master."),
+    metric(LEADERSHIP_CHANGES, Kind::Counter, "", "changes", "workers", "Master changes observed by this node's worker (a new epoch served)."),
+    metric(MASTER_GAP, Kind::Histogram, "", "seconds", "workers", "Time this node's worker spent without a serving master, from losing one to the next answering."),
+    metric(ZK_CONNECTED, Kind::Gauge, "", "1/0", "all", "1 while the node's ZooKeeper session is connected."),
+    metric(SESSION_EXPIRED, Kind::Counter, "", "sessions", "all", "ZooKeeper sessions of this node that expired."),
+    metric(ZK_OP_SECONDS, Kind::Histogram, "op", "seconds", "master", "Duration of the master's fenced ZooKeeper writes, retries included."),
+    metric(ZK_ERRORS, Kind::Counter, "op", "errors", "master", "ZooKeeper writes of the master that failed."),
+    metric(WORKERS, Kind::Gauge, "", "workers", "master", "Workers registered in ZooKeeper and connected over QUIC."),
+    metric(SHARDS_QUEUED, Kind::Gauge, "", "shards", "master", "Shards waiting for a worker."),
+    metric(SHARDS_IN_FLIGHT, Kind::Gauge, "", "shards", "master", "Shards sent to workers and not yet reported."),
+    metric(WORKER_IN_FLIGHT, Kind::Gauge, "worker", "shards", "master", "Shards each worker holds."),
+    metric(SHARDS_ASSIGNED, Kind::Counter, "", "shards", "master", "Shards sent to workers."),
+    metric(SHARDS_COMMITTED, Kind::Counter, "", "shards", "master", "Shard outcomes committed to ZooKeeper."),
+    metric(SHARDS_REASSIGNED, Kind::Counter, "", "shards", "master", "Shards requeued because their worker was lost."),
+    metric(TASKS_RETRIED, Kind::Counter, "", "tasks", "master", "Task attempts that failed and will be retried."),
+    metric(TASKS_DEAD_LETTERED, Kind::Counter, "", "tasks", "master", "Tasks that failed every attempt, reported as failed tasks of their job."),
+    metric(TASKS_RUN, Kind::Counter, "", "tasks", "workers", "Tasks run by this node's worker, any outcome."),
+    metric(TASK_SECONDS, Kind::Histogram, "", "seconds", "workers", "Duration of one task run."),
+    metric(SHARD_SECONDS, Kind::Histogram, "", "seconds", "workers", "Duration of one shard run."),
+    metric(JOBS_SUBMITTED, Kind::Counter, "", "jobs", "master", "Jobs accepted (durable in ZooKeeper)."),
+    metric(JOBS_RUNNING, Kind::Gauge, "", "jobs", "master", "Jobs in progress."),
+    metric(JOBS_COMPLETED, Kind::Counter, "", "jobs", "master", "Jobs finished with every task succeeded."),
+    metric(JOBS_FAILED, Kind::Counter, "", "jobs", "master", "Jobs finished with at least one failed task."),
+    metric(QUIC_CONNECTIONS, Kind::Gauge, "", "connections", "all", "Open QUIC connections of the node's endpoint."),
+    metric(FRAMES, Kind::Counter, "direction", "frames", "all", "Frames sent and received."),
+    metric(FRAME_BYTES, Kind::Counter, "direction", "bytes", "all", "Bytes of frames sent and received."),
+    metric(FRAME_ERRORS, Kind::Counter, "", "frames", "master", "Frames refused as malformed or oversized."),
+];
+
+/// The catalogue as a Markdown table (`dashboards/METRICS.md`).
+pub fn catalogue_markdown() -> String {
+    let mut out = String::from(
+        "# Ringleader metrics\n\nEvery node registers every metric at start-up (counters and gauges at 0,\n\
+         histograms empty); \"on\" says which nodes move it. Generated from\n\
+         `framework/src/metrics.rs` (`UPDATE_METRICS_DOC=1 cargo test -p ringleader catalogue`).\n\n\
+         | name | type | labels | unit | on | meaning |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    for m in CATALOGUE {
+        let kind = match m.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        out.push_str(&format!(
+            "| `{}` | {kind} | {} | {} | {} | {} |\n",
+            m.name, m.labels, m.unit, m.on, m.help
+        ));
+    }
+    out
+}
+
+/// Starts the Prometheus exporter on `addr` and registers every metric.
 /// Call before the actor system starts: the exporter gets its own thread.
 pub fn install(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
-        .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0])?
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ])?
         .install()?;
     register();
     Ok(())
 }
 
 fn register() {
+    for m in CATALOGUE {
+        match m.kind {
+            Kind::Counter => metrics::describe_counter!(m.name, m.help),
+            Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
+            Kind::Histogram => metrics::describe_histogram!(m.name, metrics::Unit::Seconds, m.help),
+        }
+    }
     for role in ["master", "worker", "candidate"] {
         metrics::gauge!(NODE_ROLE, "role" => role).set(0.0);
     }
-    metrics::gauge!(EPOCH).set(0.0);
-    metrics::gauge!(WORKERS).set(0.0);
-    metrics::gauge!(SHARDS_QUEUED).set(0.0);
+    for g in [
+        EPOCH,
+        ZK_CONNECTED,
+        WORKERS,
+        SHARDS_QUEUED,
+        SHARDS_IN_FLIGHT,
+        JOBS_RUNNING,
+        QUIC_CONNECTIONS,
+    ] {
+        metrics::gauge!(g).set(0.0);
+    }
     for c in [
         ELECTIONS_WON,
+        LEADERSHIP_CHANGES,
         SESSION_EXPIRED,
         SHARDS_ASSIGNED,
         SHARDS_COMMITTED,
         SHARDS_REASSIGNED,
         TASKS_RETRIED,
-        TASKS_FAILED,
+        TASKS_DEAD_LETTERED,
         TASKS_RUN,
         JOBS_SUBMITTED,
         JOBS_COMPLETED,
+        JOBS_FAILED,
         FRAME_ERRORS,
     ] {
         metrics::counter!(c).absolute(0);
     }
-    metrics::histogram!(SHARD_SECONDS).record(0.0);
+    for d in ["sent", "received"] {
+        metrics::counter!(FRAMES, "direction" => d).absolute(0);
+        metrics::counter!(FRAME_BYTES, "direction" => d).absolute(0);
+    }
+    for op in ZK_OPS {
+        metrics::counter!(ZK_ERRORS, "op" => *op).absolute(0);
+        let _ = metrics::histogram!(ZK_OP_SECONDS, "op" => *op);
+    }
+    for h in [MASTER_GAP, TASK_SECONDS, SHARD_SECONDS] {
+        let _ = metrics::histogram!(h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_doc_is_current() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/METRICS.md");
+        let want = catalogue_markdown();
+        if std::env::var_os("UPDATE_METRICS_DOC").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(have == want, "dashboards/METRICS.md is stale: run UPDATE_METRICS_DOC=1 cargo test -p ringleader catalogue");
+    }
+
+    #[test]
+    fn catalogue_names_follow_prometheus_conventions() {
+        let mut names = std::collections::BTreeSet::new();
+        for m in CATALOGUE {
+            assert!(names.insert(m.name), "{} twice", m.name);
+            assert!(m.name.starts_with("ringleader_"), "{}", m.name);
+            match m.kind {
+                Kind::Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
+                Kind::Histogram => assert!(m.name.ends_with("_seconds"), "{}", m.name),
+                Kind::Gauge => assert!(!m.name.ends_with("_total"), "{}", m.name),
+            }
+        }
+    }
 }

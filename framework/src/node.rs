@@ -134,6 +134,14 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     tracing::info!(node = %config.node_id, %addr, role = ?config.role, "node starting");
     std::fs::create_dir_all(&config.data_dir)?;
     let (route_tx, route_rx) = watch::channel::<Option<Addr<Master>>>(None);
+    let sampled = endpoint.clone();
+    actix::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            metrics::gauge!(m::QUIC_CONNECTIONS).set(sampled.open_connections() as f64);
+        }
+    });
     actix::spawn(accept_loop(
         endpoint.clone(),
         route_rx,
@@ -162,6 +170,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
             }
         };
         connect_failures = 0;
+        metrics::gauge!(m::ZK_CONNECTED).set(1.0);
         tracing::info!(
             session_timeout_ms = zk.session_timeout().as_millis() as u64,
             "ZooKeeper session established"
@@ -221,8 +230,14 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                         tracing::warn!("ZooKeeper session expired: stepping down and starting a new session");
                         break false;
                     }
-                    SessionState::Disconnected => tracing::warn!("disconnected from ZooKeeper"),
-                    SessionState::SyncConnected => tracing::info!("reconnected to ZooKeeper"),
+                    SessionState::Disconnected => {
+                        metrics::gauge!(m::ZK_CONNECTED).set(0.0);
+                        tracing::warn!("disconnected from ZooKeeper");
+                    }
+                    SessionState::SyncConnected => {
+                        metrics::gauge!(m::ZK_CONNECTED).set(1.0);
+                        tracing::info!("reconnected to ZooKeeper");
+                    }
                     s if s.is_terminated() => {
                         tracing::warn!(state = ?s, "ZooKeeper session ended; starting a new one");
                         break false;
@@ -236,6 +251,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 _ = &mut shutdown => break true,
             }
         };
+        metrics::gauge!(m::ZK_CONNECTED).set(0.0);
         for a in &actors {
             a.do_send(Stop);
         }

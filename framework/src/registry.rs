@@ -131,7 +131,11 @@ impl<J: Job> ErasedJob for Erased<J> {
                         node_id: env.node_id.clone(),
                         data_dir: env.data_dir.clone(),
                     };
-                    match catch_unwind(AssertUnwindSafe(|| task.run(&ctx))) {
+                    let started = std::time::Instant::now();
+                    let outcome = catch_unwind(AssertUnwindSafe(|| task.run(&ctx)));
+                    metrics::histogram!(crate::metrics::TASK_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    match outcome {
                         Ok(r) => r,
                         Err(payload) => Err(TaskError::retryable(format!(
                             "task panicked: {}",

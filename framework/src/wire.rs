@@ -284,6 +284,9 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Res
     let mut buf = Vec::with_capacity(128);
     encode_into(&mut buf, frame)?;
     w.write_all(&buf).await?;
+    metrics::counter!(crate::metrics::FRAMES, "direction" => "sent").increment(1);
+    metrics::counter!(crate::metrics::FRAME_BYTES, "direction" => "sent")
+        .increment(buf.len() as u64);
     Ok(())
 }
 
@@ -302,6 +305,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
+    metrics::counter!(crate::metrics::FRAMES, "direction" => "received").increment(1);
+    metrics::counter!(crate::metrics::FRAME_BYTES, "direction" => "received")
+        .increment(len as u64 + 4);
     decode(&body)
 }
 

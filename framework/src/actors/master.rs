@@ -237,13 +237,21 @@ impl Master {
     }
 
     fn update_gauges(&self) {
-        metrics::gauge!(m::WORKERS).set(
-            self.links
-                .keys()
-                .filter(|k| self.sched.has_worker(k))
-                .count() as f64,
-        );
+        let workers = self
+            .links
+            .keys()
+            .filter(|k| self.sched.has_worker(k))
+            .count();
+        metrics::gauge!(m::WORKERS).set(workers as f64);
         metrics::gauge!(m::SHARDS_QUEUED).set(self.sched.queued() as f64);
+        metrics::gauge!(m::JOBS_RUNNING).set(self.jobs.len() as f64);
+        let mut in_flight = 0;
+        for id in self.registered.keys() {
+            let n = self.sched.running_on(id);
+            in_flight += n;
+            metrics::gauge!(m::WORKER_IN_FLIGHT, "worker" => id.clone()).set(n as f64);
+        }
+        metrics::gauge!(m::SHARDS_IN_FLIGHT).set(in_flight as f64);
     }
 
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
@@ -363,7 +371,7 @@ impl Master {
         let max = rt.stored.record.options.max_attempts;
         for f in &rec.failures {
             if f.is_final(max) {
-                metrics::counter!(m::TASKS_FAILED).increment(1);
+                metrics::counter!(m::TASKS_DEAD_LETTERED).increment(1);
                 if rt.failures.len() < MAX_KEPT_FAILURES {
                     rt.failures.push(f.clone());
                 }
@@ -466,7 +474,12 @@ impl Master {
                     failed = counters.tasks_failed,
                     "job done"
                 );
-                metrics::counter!(m::JOBS_COMPLETED).increment(1);
+                if counters.tasks_failed > 0 {
+                    metrics::counter!(m::JOBS_FAILED).increment(1);
+                } else {
+                    metrics::counter!(m::JOBS_COMPLETED).increment(1);
+                }
+                metrics::gauge!(m::JOBS_RUNNING).set(act.jobs.len().saturating_sub(1) as f64);
                 act.jobs.remove(&job);
                 act.sched.remove_job(&job);
             }
@@ -685,7 +698,18 @@ impl Actor for Master {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         metrics::gauge!(m::NODE_ROLE, "role" => "master").set(0.0);
-        metrics::gauge!(m::EPOCH).set(0.0);
+        for g in [
+            m::EPOCH,
+            m::WORKERS,
+            m::SHARDS_QUEUED,
+            m::SHARDS_IN_FLIGHT,
+            m::JOBS_RUNNING,
+        ] {
+            metrics::gauge!(g).set(0.0);
+        }
+        for id in self.registered.keys() {
+            metrics::gauge!(m::WORKER_IN_FLIGHT, "worker" => id.clone()).set(0.0);
+        }
         let _ = self.settings.route.send(None);
         tracing::info!(epoch = self.store.epoch(), "master stopped");
     }

@@ -106,6 +106,18 @@ async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), C
     tracing::info!(node = %s.node_id, slots = s.slots, "worker registered");
     let mut newest_epoch = 0u64;
     let mut failed_epoch = None;
+    // For the master-gap histogram and the leadership-change counter.
+    let lost_at: std::cell::Cell<Option<Instant>> = std::cell::Cell::new(None);
+    let served_epoch = std::cell::Cell::new(0u64);
+    let on_welcome = |epoch: u64| {
+        if let Some(t) = lost_at.take() {
+            metrics::histogram!(m::MASTER_GAP).record(t.elapsed().as_secs_f64());
+        }
+        if served_epoch.get() != 0 && served_epoch.get() != epoch {
+            metrics::counter!(m::LEADERSHIP_CHANGES).increment(1);
+        }
+        served_epoch.set(epoch);
+    };
     loop {
         let master =
             match wait_for_master(&zk, &layout, failed_epoch, Duration::from_secs(1)).await? {
@@ -125,7 +137,7 @@ async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), C
             continue;
         }
         newest_epoch = master.epoch;
-        let session = serve(&s, &master);
+        let session = serve(&s, &master, &on_welcome);
         let changed = master_changed(&zk, &layout, master.epoch);
         tokio::select! {
             r = session => {
@@ -139,6 +151,9 @@ async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), C
                 tracing::info!(old_epoch = master.epoch, "master changed; reconnecting");
                 failed_epoch = Some(master.epoch);
             }
+        }
+        if lost_at.get().is_none() {
+            lost_at.set(Some(Instant::now()));
         }
     }
 }
@@ -162,7 +177,11 @@ async fn master_changed(zk: &Client, layout: &Layout, epoch: u64) -> Result<(), 
     }
 }
 
-async fn serve(s: &Arc<WorkerSettings>, master: &MasterInfo) -> Result<(), TransportError> {
+async fn serve(
+    s: &Arc<WorkerSettings>,
+    master: &MasterInfo,
+    on_welcome: &dyn Fn(u64),
+) -> Result<(), TransportError> {
     let conn = transport::dial(&s.endpoint, &master.addr).await?;
     let mut stream = FramedStream::open(&conn, s.max_frame).await?;
     let hello = Frame::WorkerHello {
@@ -194,6 +213,7 @@ async fn serve(s: &Arc<WorkerSettings>, master: &MasterInfo) -> Result<(), Trans
         }
     };
     tracing::info!(master = %master.node_id, epoch, "connected to master");
+    on_welcome(epoch);
     let FramedStream {
         mut send,
         mut recv,

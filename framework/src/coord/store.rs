@@ -146,22 +146,36 @@ impl LeaderStore {
         }
     }
 
-    async fn retry<T, F, Fut>(&self, path: &str, mut op: F) -> Result<T, CoordError>
+    /// Runs a ZooKeeper request, retrying on connection loss, and measures
+    /// it under `name` (one of [`crate::metrics::ZK_OPS`]).
+    async fn retry<T, F, Fut>(
+        &self,
+        name: &'static str,
+        path: &str,
+        mut op: F,
+    ) -> Result<T, CoordError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ZkError>>,
     {
+        let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(10);
+        let mut result = Err(ZkError::ConnectionLoss);
         for _ in 0..RETRIES {
-            match op().await {
-                Err(ZkError::ConnectionLoss) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(500));
-                }
-                other => return other.map_err(|e| CoordError::zk(path, e)),
+            result = op().await;
+            if !matches!(result, Err(ZkError::ConnectionLoss)) {
+                break;
             }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
         }
-        Err(CoordError::zk(path, ZkError::ConnectionLoss))
+        metrics::histogram!(crate::metrics::ZK_OP_SECONDS, "op" => name)
+            .record(started.elapsed().as_secs_f64());
+        // NodeExists and NoNode are answers the callers expect, not failures.
+        if matches!(&result, Err(e) if !matches!(e, ZkError::NodeExists | ZkError::NoNode)) {
+            metrics::counter!(crate::metrics::ZK_ERRORS, "op" => name).increment(1);
+        }
+        result.map_err(|e| CoordError::zk(path, e))
     }
 
     /// Reads a job's record.
@@ -236,7 +250,7 @@ impl LeaderStore {
         record.status = JobStatus::Writing;
         record.created_ms = now_ms();
         let data = encode_record(&job_path, &record)?;
-        self.retry(&job_path, || {
+        self.retry("create_job", &job_path, || {
             let mut w = self.lock.new_check_writer();
             let mut ops = || -> Result<(), ZkError> {
                 w.add_create(&job_path, &data, &PERSISTENT)?;
@@ -259,9 +273,11 @@ impl LeaderStore {
             .collect();
         nodes.extend((0..buckets).map(|b| (self.layout.bucket(id, b * 1000), &[][..])));
         let writes = nodes.iter().map(|(path, data)| async move {
-            self.retry(path, || self.lock.create(path, data, &PERSISTENT))
-                .await
-                .map(|_| ())
+            self.retry("create_job", path, || {
+                self.lock.create(path, data, &PERSISTENT)
+            })
+            .await
+            .map(|_| ())
         });
         // Pipelined: requests are sent when the futures are created.
         for r in futures::future::join_all(writes).await {
@@ -276,8 +292,10 @@ impl LeaderStore {
         }
         record.status = JobStatus::Accepted;
         let data = encode_record(&job_path, &record)?;
-        self.retry(&job_path, || self.lock.set_data(&job_path, &data, None))
-            .await?;
+        self.retry("create_job", &job_path, || {
+            self.lock.set_data(&job_path, &data, None)
+        })
+        .await?;
         Ok(())
     }
 
@@ -357,7 +375,9 @@ impl LeaderStore {
         let data = next_attempt.to_be_bytes();
         loop {
             match self
-                .retry(&path, || self.lock.set_data(&path, &data, None))
+                .retry("record_loss", &path, || {
+                    self.lock.set_data(&path, &data, None)
+                })
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -368,7 +388,9 @@ impl LeaderStore {
                 Err(e) => return Err(e),
             }
             match self
-                .retry(&path, || self.lock.create(&path, &data, &PERSISTENT))
+                .retry("record_loss", &path, || {
+                    self.lock.create(&path, &data, &PERSISTENT)
+                })
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -471,7 +493,9 @@ impl LeaderStore {
             }
         };
         match self
-            .retry(&path, || self.lock.create(&path, &data, &PERSISTENT))
+            .retry("commit", &path, || {
+                self.lock.create(&path, &data, &PERSISTENT)
+            })
             .await
         {
             Ok(_) => Ok(CommitOutcome::Committed(record)),
@@ -516,7 +540,7 @@ impl LeaderStore {
         let job_data = encode_record(&job_path, &rec)?;
         let result_data = encode_record(&path, &result)?;
         let res = self
-            .retry(&path, || {
+            .retry("finish", &path, || {
                 let mut w = self.lock.new_check_writer();
                 let built = w
                     .add_create(&path, &result_data, &PERSISTENT)
@@ -560,8 +584,10 @@ impl LeaderStore {
         let mut r = job.record.clone();
         r.fetched_ms = Some(now_ms());
         let data = encode_record(&job_path, &r)?;
-        self.retry(&job_path, || self.lock.set_data(&job_path, &data, None))
-            .await?;
+        self.retry("set_status", &job_path, || {
+            self.lock.set_data(&job_path, &data, None)
+        })
+        .await?;
         Ok(())
     }
 
@@ -574,8 +600,10 @@ impl LeaderStore {
             rec.fetched_ms = Some(now_ms());
         }
         let data = encode_record(&path, &rec)?;
-        self.retry(&path, || self.lock.set_data(&path, &data, None))
-            .await?;
+        self.retry("set_status", &path, || {
+            self.lock.set_data(&path, &data, None)
+        })
+        .await?;
         Ok(())
     }
 
@@ -615,7 +643,10 @@ impl LeaderStore {
     /// Deletes a subtree with fenced multis under the request budget.
     pub async fn delete_tree(&self, path: &str) -> Result<(), CoordError> {
         self.delete_children_rec(path).await?;
-        match self.retry(path, || self.lock.delete(path, None)).await {
+        match self
+            .retry("delete", path, || self.lock.delete(path, None))
+            .await
+        {
             Ok(())
             | Err(CoordError::Zk {
                 source: ZkError::NoNode,
@@ -654,7 +685,7 @@ impl LeaderStore {
             }
             for chunk in leaves.chunks(500) {
                 let res = self
-                    .retry(path, || {
+                    .retry("delete", path, || {
                         let mut w = self.lock.new_check_writer();
                         let built = chunk.iter().try_for_each(|p| w.add_delete(p, None));
                         async move {
@@ -671,7 +702,7 @@ impl LeaderStore {
                         ..
                     }) => {
                         for p in chunk {
-                            match self.retry(p, || self.lock.delete(p, None)).await {
+                            match self.retry("delete", p, || self.lock.delete(p, None)).await {
                                 Ok(())
                                 | Err(CoordError::Zk {
                                     source: ZkError::NoNode,

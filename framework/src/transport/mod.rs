@@ -157,12 +157,17 @@ pub async fn write_queued(
     while let Some(f) = rx.recv().await {
         buf.clear();
         wire::encode_into(&mut buf, &f)?;
+        let mut frames = 1;
         while buf.len() < 1 << 20 {
             match rx.try_recv() {
                 Ok(f) => wire::encode_into(&mut buf, &f)?,
                 Err(_) => break,
             }
+            frames += 1;
         }
+        metrics::counter!(crate::metrics::FRAMES, "direction" => "sent").increment(frames);
+        metrics::counter!(crate::metrics::FRAME_BYTES, "direction" => "sent")
+            .increment(buf.len() as u64);
         send.write_all(&buf)
             .await
             .map_err(|e| WireError::Io(e.into()))?;
