@@ -189,6 +189,9 @@ struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Refresh every second until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -223,6 +226,12 @@ struct LocalArgs {
     /// Keep the temporary directory (logs, ZooKeeper data) after the run.
     #[arg(long)]
     keep: bool,
+    /// Also start Prometheus scraping the nodes (with Ringleader's alert rules).
+    #[arg(long)]
+    prometheus: bool,
+    /// Keep the cluster (and Prometheus) up this many seconds after the job.
+    #[arg(long, default_value_t = 0)]
+    linger_secs: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -332,38 +341,26 @@ impl NodeBuilder {
             }
             Cmd::Status(a) => block_on(async move {
                 let client = Client::connect(client_config(&a.conn)).await?;
-                let s = client.status().await?;
-                if a.json {
-                    println!("{}", status_json(&s));
-                } else {
-                    println!("leader {} epoch {}", s.leader, s.epoch);
-                    for w in &s.workers {
-                        println!(
-                            "worker {} {} slots {} in-flight {} {}",
-                            w.node_id,
-                            w.addr,
-                            w.slots,
-                            w.in_flight,
-                            if w.connected {
-                                "connected"
-                            } else {
-                                "not connected"
-                            }
-                        );
+                loop {
+                    let s = client.status().await?;
+                    let text = if a.json {
+                        status_json(&s)
+                    } else {
+                        status_text(&s)
+                    };
+                    if a.watch && std::io::stdout().is_terminal() {
+                        // Clear the screen and go home, like watch(1).
+                        print!("\x1b[2J\x1b[H");
                     }
-                    for j in &s.jobs {
-                        println!(
-                            "job {} {} {}/{} tasks, {} failed, {} retries",
-                            j.job_id,
-                            j.job_name,
-                            j.tasks_done,
-                            j.tasks_total,
-                            j.tasks_failed,
-                            j.retries
-                        );
+                    println!("{text}");
+                    if !a.watch {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
                     }
                 }
-                Ok(())
             }),
             Cmd::Cancel(a) => block_on(async move {
                 let client = Client::connect(client_config(&a.conn)).await?;
@@ -391,44 +388,33 @@ impl NodeBuilder {
     }
 }
 
+fn status_text(s: &crate::wire::ClusterStatus) -> String {
+    let mut out = format!("leader {} epoch {}\n", s.leader, s.epoch);
+    for w in &s.workers {
+        let seen = match (w.connected, w.last_seen_ms) {
+            (true, Some(ms)) => format!("connected, last heard {:.1} s ago", ms as f64 / 1000.0),
+            (true, None) => "connected".to_string(),
+            (false, _) => "registered, not connected".to_string(),
+        };
+        out.push_str(&format!(
+            "worker {} {} slots {} in-flight {} {seen}\n",
+            w.node_id, w.addr, w.slots, w.in_flight
+        ));
+    }
+    if s.jobs.is_empty() {
+        out.push_str("no jobs running\n");
+    }
+    for j in &s.jobs {
+        out.push_str(&format!(
+            "job {} {} {}/{} tasks, {} failed (dead letters), {} retries\n",
+            j.job_id, j.job_name, j.tasks_done, j.tasks_total, j.tasks_failed, j.retries
+        ));
+    }
+    out
+}
+
 fn status_json(s: &crate::wire::ClusterStatus) -> String {
-    let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
-    let workers: Vec<String> = s
-        .workers
-        .iter()
-        .map(|w| {
-            format!(
-                r#"{{"node_id":"{}","addr":"{}","slots":{},"in_flight":{},"connected":{}}}"#,
-                esc(&w.node_id),
-                esc(&w.addr),
-                w.slots,
-                w.in_flight,
-                w.connected
-            )
-        })
-        .collect();
-    let jobs: Vec<String> = s
-        .jobs
-        .iter()
-        .map(|j| {
-            format!(
-                r#"{{"job_id":"{}","job_name":"{}","tasks_total":{},"tasks_done":{},"tasks_failed":{},"retries":{}}}"#,
-                esc(&j.job_id),
-                esc(&j.job_name),
-                j.tasks_total,
-                j.tasks_done,
-                j.tasks_failed,
-                j.retries
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"leader":"{}","epoch":{},"workers":[{}],"jobs":[{}]}}"#,
-        esc(&s.leader),
-        s.epoch,
-        workers.join(","),
-        jobs.join(",")
-    )
+    serde_json::to_string(s).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
@@ -456,24 +442,49 @@ fn print_report(r: &JobReport) {
     }
 }
 
-fn show_progress(p: &JobProgress, last: &mut Instant, tty: bool) {
-    if p.state == JobState::Running
-        && last.elapsed() < Duration::from_millis(if tty { 100 } else { 1000 })
-    {
-        return;
-    }
-    *last = Instant::now();
-    let line = format!(
-        "progress: {}/{} tasks ({} failed, {} retries)",
-        p.tasks_done, p.tasks_total, p.tasks_failed, p.retries
-    );
-    if tty {
-        eprint!("\r{line}");
-        if p.state != JobState::Running {
-            eprintln!();
+/// Job progress for a person: a bar with rate and ETA on a terminal, a
+/// plain line per second otherwise (logs, CI).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    last: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            let style = indicatif::ProgressStyle::with_template(
+                "{bar:40.cyan/blue} {pos}/{len} tasks {per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar
+        });
+        Progress {
+            bar,
+            last: Instant::now() - Duration::from_secs(10),
         }
-    } else {
-        eprintln!("{line}");
+    }
+
+    fn show(&mut self, p: &JobProgress) {
+        let extra = format!("({} failed, {} retries)", p.tasks_failed, p.retries);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(p.tasks_total);
+                bar.set_position(p.tasks_done);
+                bar.set_message(extra);
+                if p.state != JobState::Running {
+                    bar.finish();
+                }
+            }
+            None => {
+                if p.state == JobState::Running && self.last.elapsed() < Duration::from_secs(1) {
+                    return;
+                }
+                self.last = Instant::now();
+                eprintln!("progress: {}/{} tasks {extra}", p.tasks_done, p.tasks_total);
+            }
+        }
     }
 }
 
@@ -504,9 +515,8 @@ async fn submit(
 }
 
 async fn run_to_end(client: &Client, id: &str, finish: Finish) -> anyhow::Result<()> {
-    let tty = std::io::stderr().is_terminal();
-    let mut last = Instant::now() - Duration::from_secs(10);
-    let wait = client.wait(id, |p| show_progress(p, &mut last, tty));
+    let mut progress = Progress::new();
+    let wait = client.wait(id, |p| progress.show(p));
     let p = tokio::select! {
         p = wait => p?,
         _ = tokio::signal::ctrl_c() => {
@@ -655,7 +665,7 @@ fn run_local(
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
         children.0.push(child);
-        metrics.push(format!("http://{maddr}/metrics"));
+        metrics.push(maddr);
     }
     eprintln!(
         "local work dir (removed at exit unless --keep): {}",
@@ -667,8 +677,19 @@ fn run_local(
         a.nodes
     );
     for (i, m) in metrics.iter().enumerate() {
-        eprintln!("  node-{i} metrics: {m}");
+        eprintln!("  node-{i} metrics: http://{m}/metrics");
     }
+    let prom = if a.prometheus {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let p = crate::prom::PromServer::start(&dir.join("prometheus"), &addr, &metrics)?;
+        eprintln!(
+            "Prometheus: http://{}/ (scraping every node each second)",
+            p.addr()
+        );
+        Some(p)
+    } else {
+        None
+    };
     let conn = Conn {
         zk: zk.connect_string(),
         cluster: "local".into(),
@@ -697,6 +718,35 @@ fn run_local(
             );
         }
     }
+    if let Some(p) = &prom {
+        // Two more scrapes, so that the job's last counts are in.
+        std::thread::sleep(Duration::from_millis(2500));
+        eprintln!("Prometheus says:");
+        for expr in [
+            "sum(ringleader_node_role{role=\"master\"})",
+            "max(ringleader_epoch)",
+            "sum(ringleader_workers)",
+            "sum(ringleader_tasks_run_total)",
+            "sum(ringleader_shards_committed_total)",
+            "sum(ringleader_jobs_completed_total)",
+            "histogram_quantile(0.99, sum by (le) (rate(ringleader_task_duration_seconds_bucket[1m])))",
+            "sum(rate(ringleader_quic_frame_bytes_total{direction=\"received\"}[1m]))",
+        ] {
+            let v = p.scalar(expr).map_or("no data".to_string(), |v| format!("{v}"));
+            eprintln!("  {expr} = {v}");
+        }
+    }
+    if a.linger_secs > 0 {
+        eprintln!("lingering {} s; Ctrl-C to stop now", a.linger_secs);
+        let linger = std::time::Duration::from_secs(a.linger_secs);
+        actix::System::new().block_on(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        });
+    }
+    drop(prom);
     children.stop();
     drop(zk);
     if a.keep {

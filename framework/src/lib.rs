@@ -16,6 +16,7 @@
 //! - [`client`]: submitting jobs and fetching results from Rust.
 //! - [`cli`]: the command line every node binary gets.
 //! - [`zkserver`]: starts private ZooKeeper servers for `local` and tests.
+//! - [`prom`]: starts a private Prometheus for `local --prometheus` and tests.
 //! - `testkit` (feature): a harness of real node processes for integration tests.
 
 #![warn(missing_docs)]
@@ -26,6 +27,7 @@ pub mod coord;
 pub mod core;
 pub mod metrics;
 pub mod node;
+pub mod prom;
 pub mod registry;
 pub mod task;
 #[cfg(feature = "testkit")]

@@ -141,6 +141,8 @@ pub struct WorkerStatus {
     pub in_flight: u32,
     /// Whether it is connected to the master.
     pub connected: bool,
+    /// Milliseconds since the master last heard from it (if connected).
+    pub last_seen_ms: Option<u64>,
 }
 
 /// The cluster's state as the master sees it.

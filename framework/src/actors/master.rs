@@ -68,6 +68,9 @@ pub(crate) struct Started {
 impl Handler<Started> for Master {
     type Result = ();
     fn handle(&mut self, msg: Started, _: &mut Context<Self>) {
+        if let Some(l) = self.links.get_mut(&msg.node_id) {
+            l.last_seen = std::time::Instant::now();
+        }
         if msg.epoch == self.store.epoch() {
             self.sched
                 .started(&msg.node_id, &msg.job_id, msg.shard, msg.attempt);
@@ -120,6 +123,8 @@ struct Link {
     slots: u32,
     jobs: Vec<String>,
     id: u64,
+    /// When the worker last said something (connected, started, reported).
+    last_seen: std::time::Instant,
 }
 
 /// Settings the master needs from its node.
@@ -737,6 +742,7 @@ impl Handler<WorkerJoined> for Master {
                 slots: msg.slots,
                 jobs: msg.jobs,
                 id: msg.link_id,
+                last_seen: std::time::Instant::now(),
             },
         );
         self.sync_worker(ctx, &msg.node_id);
@@ -792,6 +798,9 @@ impl Handler<Registered> for Master {
 impl Handler<Report> for Master {
     type Result = ();
     fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
+        if let Some(l) = self.links.get_mut(&msg.node_id) {
+            l.last_seen = std::time::Instant::now();
+        }
         let r = msg.report;
         if r.epoch != self.store.epoch()
             || !self
@@ -952,6 +961,10 @@ impl Handler<ClientRequest> for Master {
                         slots: info.slots,
                         in_flight: self.sched.running_on(id) as u32,
                         connected: self.links.contains_key(id),
+                        last_seen_ms: self
+                            .links
+                            .get(id)
+                            .map(|l| l.last_seen.elapsed().as_millis() as u64),
                     })
                     .collect();
                 let jobs = self
