@@ -73,30 +73,30 @@ impl Cluster {
         self.dir.path().join(name)
     }
 
-    /// Starts `node` with id `id`; `extra` arguments may override `--zk`.
+    /// Starts `node` with id `id`; `extra` arguments override the defaults.
     pub fn node(&mut self, id: &str, extra: &[&str]) {
         let log = self.path(&format!("{id}.log"));
         let f = std::fs::File::create(&log).expect("log file");
-        let zk = if extra.contains(&"--zk") {
-            Vec::new()
-        } else {
-            vec!["--zk".to_string(), self.zk_connect()]
-        };
+        let zk = self.zk_connect();
+        let certs = self.certs.display().to_string();
+        let data = self.path("data").display().to_string();
+        let defaults = [
+            ("--zk", zk.as_str()),
+            ("--certs", certs.as_str()),
+            ("--data-dir", data.as_str()),
+            ("--slots", "1"),
+            ("--session-timeout-ms", "2000"),
+            ("--retention-secs", "0"),
+        ];
+        let mut args: Vec<&str> = Vec::new();
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
         let child = Command::new(&self.bin)
             .args(["node", "--cluster", &self.cluster, "--node-id", id])
-            .args(&zk)
-            .arg("--certs")
-            .arg(&self.certs)
-            .arg("--data-dir")
-            .arg(self.path("data"))
-            .args([
-                "--slots",
-                "1",
-                "--session-timeout-ms",
-                "2000",
-                "--retention-secs",
-                "0",
-            ])
+            .args(&args)
             .args(extra)
             .env("RUST_LOG", "info,ringleader=debug")
             .stdin(Stdio::null())
@@ -274,3 +274,96 @@ pub fn client_config(c: &Cluster) -> crate::ClientConfig {
 }
 
 pub use crate::prom::{http_get, url_encode};
+
+/// A TCP proxy that can cut the network between a node and a server: while
+/// cut, every connection through it is closed and new ones are closed at
+/// once, as a partition would look to both sides.
+pub struct Proxy {
+    addr: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    /// Listens on a free loopback port, forwarding to `upstream`.
+    pub fn start(upstream: &str) -> Proxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy binds");
+        let addr = listener.local_addr().expect("proxy address").to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicU64::new(0));
+        let upstream = upstream.to_string();
+        let (c, g) = (cut.clone(), generation.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let my_gen = g.load(Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    let g = g.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            if g.load(Ordering::SeqCst) != my_gen {
+                                break;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy {
+            addr,
+            cut,
+            generation,
+        }
+    }
+
+    /// Where nodes should connect.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Cuts every connection and refuses new ones until [`Proxy::heal`].
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering;
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}

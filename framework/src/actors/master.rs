@@ -148,6 +148,35 @@ pub(crate) struct Master {
     registered: BTreeMap<String, WorkerInfo>,
     submitting: HashSet<String>,
     gc_running: bool,
+    /// Disconnected from ZooKeeper: no new assignments until reconnected
+    /// (we may not be master any more; expiry will tell).
+    paused: bool,
+}
+
+/// The master's ZooKeeper session lost or regained its connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Connected(bool);
+
+impl Handler<Connected> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: Connected, ctx: &mut Context<Self>) {
+        if self.paused == msg.0 {
+            self.paused = !msg.0;
+            if self.paused {
+                tracing::warn!(
+                    epoch = self.store.epoch(),
+                    "disconnected from ZooKeeper: pausing assignments"
+                );
+            } else {
+                tracing::info!(
+                    epoch = self.store.epoch(),
+                    "reconnected to ZooKeeper: resuming assignments"
+                );
+                self.dispatch(ctx);
+            }
+        }
+    }
 }
 
 impl Master {
@@ -161,6 +190,7 @@ impl Master {
             registered: BTreeMap::new(),
             submitting: HashSet::new(),
             gc_running: false,
+            paused: false,
         }
     }
 
@@ -260,6 +290,10 @@ impl Master {
     }
 
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        if self.paused {
+            self.update_gauges();
+            return;
+        }
         let cmds = self.sched.assign();
         self.apply(cmds, ctx);
         self.update_gauges();
@@ -669,6 +703,25 @@ impl Actor for Master {
                 );
                 let _ = act.settings.route.send(Some(ctx.address()));
                 act.watch_workers(ctx);
+                let mut states = act.store.client().state_watcher();
+                let addr = ctx.address();
+                ctx.spawn(
+                    async move {
+                        loop {
+                            match states.changed().await {
+                                zookeeper_client::SessionState::Disconnected => {
+                                    addr.do_send(Connected(false))
+                                }
+                                zookeeper_client::SessionState::SyncConnected => {
+                                    addr.do_send(Connected(true))
+                                }
+                                s if s.is_terminated() => return,
+                                _ => {}
+                            }
+                        }
+                    }
+                    .into_actor(act),
+                );
                 ctx.run_interval(Duration::from_secs(1), |act, ctx| {
                     if act.gc_running {
                         return;

@@ -277,3 +277,44 @@ fn one_zookeeper_server_of_three_dies_mid_job() {
         );
     }
 }
+
+/// A master cut from ZooKeeper for less than its session timeout pauses its
+/// assignments (it may not be master any more), says so once, resumes when
+/// reconnected, keeps its leadership, and the job is exact.
+#[test]
+fn disconnected_master_pauses_and_resumes() {
+    let mut c = cluster();
+    let (corpus, baseline) = corpus(c.dir.path(), 16, 8);
+    let proxy = Proxy::start(&c.zk_connect());
+    c.node("m", &["--zk", proxy.addr(), "--session-timeout-ms", "4000"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let first = c.master(&zk, None, Duration::from_secs(30)).await;
+        assert_eq!(first.node_id, "m");
+    });
+    c.node("w1", &["--role", "worker"]);
+    c.node("w2", &["--role", "worker"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let job = job_in_flight(&client, &corpus).await;
+        proxy.cut();
+        eventually(Duration::from_secs(10), "the master to pause", || {
+            let log = c.log("m");
+            async move { log.contains("pausing assignments") }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        proxy.heal();
+        assert_exact(&job, &baseline, &c.path("out.tsv")).await;
+        let log = c.log("m");
+        assert_eq!(log.matches("pausing assignments").count(), 1, "{log}");
+        assert_eq!(log.matches("resuming assignments").count(), 1, "{log}");
+        assert!(!log.contains("session expired"), "{log}");
+        let now = ringleader::coord::read_master(&zk, &c.layout())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.epoch, 1, "leadership kept");
+    });
+}
