@@ -61,16 +61,37 @@ fn word_count_matches_single_process_and_zookeeper_empties() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_file(&out2, &want_file);
 
-    // Resubmitting the first id finds it (here: already fetched, result kept).
-    let o = c.cli(
+    // Resubmitting an id finds the job instead of running it twice (before
+    // its result is fetched; after fetch + retention it is gone).
+    let first = c.cli(
         "submit",
-        &["--job-id", "wc-1", "--detach", corpus.to_str().unwrap()],
+        &["--job-id", "wc-0", "--detach", corpus.to_str().unwrap()],
     );
-    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(String::from_utf8_lossy(&first.stderr).contains("accepted"));
+    let again = c.cli(
+        "submit",
+        &["--job-id", "wc-0", "--detach", corpus.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&again.stderr);
     assert!(
-        o.status.success() && err.contains("already exists"),
+        again.status.success() && err.contains("already exists"),
         "resubmission: {err}"
     );
+    let out0 = c.path("out0.tsv");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = c.cli("result", &["wc-0", "--output", out0.to_str().unwrap()]);
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "result wc-0: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_same_file(&out0, &baseline);
 
     // `status --json` names the leader and the three workers.
     let o = c.cli("status", &["--json"]);
