@@ -154,6 +154,9 @@ struct NodeArgs {
     /// Seconds a fetched result stays in ZooKeeper.
     #[arg(long, default_value_t = 60)]
     retention_secs: u64,
+    /// On SIGTERM, seconds to finish the shards already started before leaving.
+    #[arg(long, default_value_t = 30)]
+    drain_secs: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -565,6 +568,7 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         max_frame: a.max_frame,
         max_job_bytes: a.max_job_bytes,
         retention: Duration::from_secs(a.retention_secs),
+        drain_timeout: Duration::from_secs(a.drain_secs),
     };
     let registry = builder.registry;
     actix::System::new().block_on(async move { node::run(config, registry).await })?;

@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::actors::election::Election;
 use crate::actors::master::{
-    frame_name, ClientRequest, Master, MasterSettings, Started, Submit, WorkerJoined, WorkerLeft,
+    frame_name, ClientRequest, Master, MasterSettings, Started, Submit, WorkerDrain, WorkerJoined,
+    WorkerLeft,
 };
 use crate::actors::worker::{Worker, WorkerSettings};
 use crate::actors::{master::Report, Stop};
@@ -67,6 +68,8 @@ pub struct NodeConfig {
     pub max_job_bytes: usize,
     /// How long a fetched result stays in ZooKeeper.
     pub retention: Duration,
+    /// On SIGTERM, how long a worker may take to finish the shards it started.
+    pub drain_timeout: Duration,
 }
 
 /// Errors that stop a node.
@@ -179,6 +182,8 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let mut actors: Vec<Recipient<Stop>> = Vec::new();
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let (drained_tx, mut drained_rx) = watch::channel(false);
         if config.role != Role::Worker {
             let settings = MasterSettings {
                 node_id: config.node_id.clone(),
@@ -209,6 +214,8 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 registry: registry.clone(),
                 endpoint: endpoint.clone(),
                 max_frame: config.max_frame,
+                drain: drain_rx.clone(),
+                drained: drained_tx,
             });
             let worker = Worker {
                 zk: zk.clone(),
@@ -251,6 +258,19 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 _ = &mut shutdown => break true,
             }
         };
+        if stop && config.role != Role::Candidate {
+            // Graceful drain: no new shards; the started ones finish and are
+            // reported (committed by the master, which still runs) before we go.
+            let _ = drain_tx.send(true);
+            let drained =
+                tokio::time::timeout(config.drain_timeout, drained_rx.wait_for(|d| *d)).await;
+            if drained.is_err() {
+                tracing::warn!(
+                    timeout_s = config.drain_timeout.as_secs(),
+                    "drain timed out; unfinished shards will be reassigned"
+                );
+            }
+        }
         metrics::gauge!(m::ZK_CONNECTED).set(0.0);
         for a in &actors {
             a.do_send(Stop);
@@ -445,6 +465,14 @@ async fn worker_link(
                 Frame::Report(report) => master.do_send(Report {
                     node_id: node_id.clone(),
                     report,
+                }),
+                Frame::Draining => master.do_send(WorkerDrain {
+                    node_id: node_id.clone(),
+                    drained: false,
+                }),
+                Frame::Drained => master.do_send(WorkerDrain {
+                    node_id: node_id.clone(),
+                    drained: true,
                 }),
                 Frame::Started {
                     epoch,

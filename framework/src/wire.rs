@@ -215,6 +215,12 @@ pub enum Frame {
     },
     /// Worker to master: a shard's outcome.
     Report(ShardReport),
+    /// Worker to master: stopping; send nothing new, requeue what I have not started.
+    Draining,
+    /// Worker to master: every shard I started is reported.
+    Drained,
+    /// Master to worker: every report before `Drained` is handled; go.
+    DrainAck,
     /// Client to master: a submission header.
     Submit(SubmitHeader),
     /// Client to master: encoded tasks of the submission in progress.

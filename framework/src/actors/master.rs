@@ -86,6 +86,31 @@ impl Handler<Started> for Master {
     }
 }
 
+/// A worker is draining (`drained: false`) or done draining (`true`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WorkerDrain {
+    pub node_id: String,
+    pub drained: bool,
+}
+
+impl Handler<WorkerDrain> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: WorkerDrain, ctx: &mut Context<Self>) {
+        if msg.drained {
+            tracing::info!(worker = %msg.node_id, "worker drained");
+            if let Some(link) = self.links.get_mut(&msg.node_id) {
+                link.drained = true;
+                let _ = link.tx.send(Frame::DrainAck);
+            }
+        } else {
+            tracing::info!(worker = %msg.node_id, "worker draining; requeueing the shards it has not started");
+            self.sched.drain_worker(&msg.node_id);
+            self.dispatch(ctx);
+        }
+    }
+}
+
 /// The registered workers, from the watch on `/workers`.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -125,6 +150,8 @@ struct Link {
     id: u64,
     /// When the worker last said something (connected, started, reported).
     last_seen: std::time::Instant,
+    /// It drained: its departure is expected.
+    drained: bool,
 }
 
 /// Settings the master needs from its node.
@@ -796,6 +823,7 @@ impl Handler<WorkerJoined> for Master {
                 jobs: msg.jobs,
                 id: msg.link_id,
                 last_seen: std::time::Instant::now(),
+                drained: false,
             },
         );
         self.sync_worker(ctx, &msg.node_id);
@@ -811,9 +839,15 @@ impl Handler<WorkerLeft> for Master {
             .get(&msg.node_id)
             .is_some_and(|l| l.id == msg.link_id)
         {
-            tracing::warn!(worker = %msg.node_id, "worker link lost; reassigning its shards");
-            self.links.remove(&msg.node_id);
             let running = self.sched.running_on(&msg.node_id);
+            match self.links.remove(&msg.node_id) {
+                Some(l) if l.drained && running == 0 => {
+                    tracing::info!(worker = %msg.node_id, "drained worker left")
+                }
+                _ => {
+                    tracing::warn!(worker = %msg.node_id, running, "worker link lost; reassigning its shards")
+                }
+            }
             metrics::counter!(m::SHARDS_REASSIGNED).increment(running as u64);
             let cmds = self.sched.remove_worker(&msg.node_id);
             self.apply(cmds, ctx);
@@ -1116,6 +1150,9 @@ pub(crate) fn frame_name(f: &Frame) -> &'static str {
         Frame::Report(_) => "Report",
         Frame::Started { .. } => "Started",
         Frame::StartAck { .. } => "StartAck",
+        Frame::Draining => "Draining",
+        Frame::Drained => "Drained",
+        Frame::DrainAck => "DrainAck",
         Frame::Submit(_) => "Submit",
         Frame::SubmitChunk { .. } => "SubmitChunk",
         Frame::Accepted { .. } => "Accepted",

@@ -26,6 +26,29 @@ use crate::wire::{self, Frame, ShardReport, PROTOCOL_VERSION};
 
 type Acks = Rc<RefCell<HashMap<(String, crate::core::ShardKey, u32), oneshot::Sender<()>>>>;
 
+/// Drain bookkeeping shared by the worker loop and its shard tasks.
+#[derive(Default)]
+struct Drain {
+    /// Set once the node asked to drain: no new shard starts.
+    draining: std::cell::Cell<bool>,
+    /// Shard tasks spawned and not finished (waiting for a slot or running).
+    busy: std::cell::Cell<usize>,
+    /// Woken when `busy` drops to zero.
+    idle: tokio::sync::Notify,
+}
+
+impl Drain {
+    fn enter(&self) {
+        self.busy.set(self.busy.get() + 1);
+    }
+    fn leave(&self) {
+        self.busy.set(self.busy.get() - 1);
+        if self.busy.get() == 0 {
+            self.idle.notify_one();
+        }
+    }
+}
+
 pub(crate) struct WorkerSettings {
     pub node_id: String,
     pub addr: String,
@@ -34,6 +57,10 @@ pub(crate) struct WorkerSettings {
     pub registry: Registry,
     pub endpoint: quinn::Endpoint,
     pub max_frame: usize,
+    /// Becomes true when the node stops: finish running shards, hand back the rest.
+    pub drain: tokio::sync::watch::Receiver<bool>,
+    /// Set to true once drained (every started shard reported and acknowledged).
+    pub drained: tokio::sync::watch::Sender<bool>,
 }
 
 pub(crate) struct Worker {
@@ -118,15 +145,23 @@ async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), C
         }
         served_epoch.set(epoch);
     };
-    loop {
-        let master =
-            match wait_for_master(&zk, &layout, failed_epoch, Duration::from_secs(1)).await? {
+    let drain = Rc::new(Drain::default());
+    let mut drain_rx = s.drain.clone();
+    let result = loop {
+        if *drain_rx.borrow() {
+            break Ok(());
+        }
+        let found = tokio::select! {
+            m = wait_for_master(&zk, &layout, failed_epoch, Duration::from_secs(1)) => m?,
+            _ = drain_rx.wait_for(|d| *d) => break Ok(()),
+        };
+        let master = match found {
+            Some(m) => m,
+            None => match read_master(&zk, &layout).await? {
                 Some(m) => m,
-                None => match read_master(&zk, &layout).await? {
-                    Some(m) => m,
-                    None => continue,
-                },
-            };
+                None => continue,
+            },
+        };
         if master.epoch < newest_epoch {
             tracing::warn!(
                 epoch = master.epoch,
@@ -137,25 +172,48 @@ async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), C
             continue;
         }
         newest_epoch = master.epoch;
-        let session = serve(&s, &master, &on_welcome);
+        let session = serve(&s, &master, &on_welcome, &drain);
         let changed = master_changed(&zk, &layout, master.epoch);
         tokio::select! {
-            r = session => {
-                if let Err(e) = r {
-                    tracing::warn!(master = %master.node_id, epoch = master.epoch, error = %e, "link to master lost");
+            r = session => match r {
+                Ok(()) => {
+                    tracing::info!(master = %master.node_id, "drained: every started shard reported");
+                    break Ok(());
                 }
-                failed_epoch = Some(master.epoch);
-            }
+                Err(e) => {
+                    tracing::warn!(master = %master.node_id, epoch = master.epoch, error = %e, "link to master lost");
+                    failed_epoch = Some(master.epoch);
+                }
+            },
             r = changed => {
                 r?;
                 tracing::info!(old_epoch = master.epoch, "master changed; reconnecting");
                 failed_epoch = Some(master.epoch);
             }
         }
+        if drain.draining.get() {
+            // The master went while we drained: what we ran is reassigned by the next one.
+            break Ok(());
+        }
         if lost_at.get().is_none() {
             lost_at.set(Some(Instant::now()));
         }
+    };
+    let _ = s.drained.send(true);
+    result
+}
+
+/// Calls [`Drain::leave`] when dropped, however a shard task ends.
+struct BusyGuard<'a>(&'a Drain);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
     }
+}
+
+fn scopeguard(d: &Drain) -> BusyGuard<'_> {
+    BusyGuard(d)
 }
 
 /// Resolves once `/master` no longer holds `epoch`.
@@ -177,10 +235,13 @@ async fn master_changed(zk: &Client, layout: &Layout, epoch: u64) -> Result<(), 
     }
 }
 
+/// One connection to a master. Returns `Ok` once drained (the master
+/// acknowledged the last report), an error when the link is lost.
 async fn serve(
     s: &Arc<WorkerSettings>,
     master: &MasterInfo,
     on_welcome: &dyn Fn(u64),
+    drain: &Rc<Drain>,
 ) -> Result<(), TransportError> {
     let conn = transport::dial(&s.endpoint, &master.addr).await?;
     let mut stream = FramedStream::open(&conn, s.max_frame).await?;
@@ -226,9 +287,35 @@ async fn serve(
     // run: if their task then kills this process, the master knows they were
     // running and charges them an attempt (and only them).
     let acks: Acks = Rc::new(RefCell::new(HashMap::new()));
+    let mut drain_rx = s.drain.clone();
     let reader = async {
+        let mut sent_drained = false;
         loop {
-            match wire::read_frame(&mut recv, max_frame).await? {
+            let frame = tokio::select! {
+                f = wire::read_frame(&mut recv, max_frame) => f?,
+                _ = drain_rx.wait_for(|d| *d), if !drain.draining.get() => {
+                    tracing::info!(busy = drain.busy.get(), "draining: no new shards; finishing the started ones");
+                    drain.draining.set(true);
+                    let _ = tx.send(Frame::Draining);
+                    if drain.busy.get() == 0 {
+                        let _ = tx.send(Frame::Drained);
+                        sent_drained = true;
+                    }
+                    continue;
+                }
+                _ = drain.idle.notified(), if drain.draining.get() && !sent_drained => {
+                    if drain.busy.get() == 0 {
+                        let _ = tx.send(Frame::Drained);
+                        sent_drained = true;
+                    }
+                    continue;
+                }
+            };
+            match frame {
+                Frame::DrainAck => return Ok(()),
+                Frame::Assign(_) if drain.draining.get() => {
+                    // Sent before the master saw `Draining`; it requeues it.
+                }
                 Frame::StartAck {
                     job_id,
                     shard,
@@ -243,10 +330,16 @@ async fn serve(
                     let s = s.clone();
                     let slots = slots.clone();
                     let acks = acks.clone();
+                    let drain = drain.clone();
+                    drain.enter();
                     actix::spawn(async move {
+                        let _busy = scopeguard(&drain);
                         let Ok(_permit) = slots.acquire_owned().await else {
                             return;
                         };
+                        if drain.draining.get() {
+                            return;
+                        }
                         let (done, acked) = oneshot::channel();
                         acks.borrow_mut()
                             .insert((a.job_id.clone(), a.shard, a.attempt), done);
@@ -325,8 +418,6 @@ async fn serve(
                 }
             }
         }
-        #[allow(unreachable_code)]
-        Ok::<_, wire::WireError>(())
     };
     let res = tokio::select! {
         r = writer => r,

@@ -242,6 +242,34 @@ impl Scheduler {
         }
     }
 
+    /// A worker is leaving gracefully: it gets nothing new, and the shards
+    /// it holds but has not started go back to the queue without using an
+    /// attempt. Its started shards stay its own until reported.
+    pub fn drain_worker(&mut self, id: &str) {
+        let Some(w) = self.workers.get_mut(id) else {
+            return;
+        };
+        w.capacity = 0;
+        let held: Vec<(String, ShardKey)> = w.running.iter().cloned().collect();
+        for (job_id, key) in held {
+            let Some(shard) = self
+                .jobs
+                .get_mut(&job_id)
+                .and_then(|j| j.shards.get_mut(&key))
+            else {
+                continue;
+            };
+            if matches!(&shard.phase, ShardPhase::Running { worker, started: false } if worker == id)
+            {
+                shard.phase = ShardPhase::Pending;
+                if let Some(w) = self.workers.get_mut(id) {
+                    w.running.remove(&(job_id.clone(), key));
+                }
+                self.queue.push_front((job_id, key));
+            }
+        }
+    }
+
     /// Adds a job's pending shards to the end of the queue. A job with
     /// nothing pending finishes at once.
     pub fn add_job(&mut self, plan: JobPlan) -> Vec<Command> {
@@ -324,7 +352,7 @@ impl Scheduler {
             let use_fallback = !self
                 .workers
                 .values()
-                .any(|w| !w.fallback && w.jobs.contains(name));
+                .any(|w| !w.fallback && w.capacity > 0 && w.jobs.contains(name));
             let worker = self
                 .workers
                 .iter_mut()
@@ -634,6 +662,28 @@ mod tests {
         );
         s.add_worker("b", 2, ["j".to_string()], false);
         assert_eq!(assigned(&s.assign()), vec![("b".to_string(), a[1].1, 1)]);
+    }
+
+    #[test]
+    fn a_draining_worker_keeps_started_shards_and_hands_back_the_rest() {
+        let mut s = Scheduler::new();
+        s.add_worker("a", 2, ["j".to_string()], false);
+        s.add_job(plan("x", 3, 1, 3));
+        let a = assigned(&s.assign());
+        s.started("a", "x", a[0].1, 1);
+        s.drain_worker("a");
+        assert!(s.assign().is_empty(), "nothing new for a draining worker");
+        s.add_worker("b", 4, ["j".to_string()], false);
+        let b = assigned(&s.assign());
+        assert_eq!(b.len(), 2, "{b:?}");
+        assert!(
+            b.iter().all(|(_, _, attempt)| *attempt == 1),
+            "handed back for free: {b:?}"
+        );
+        assert!(
+            s.report("a", "x", a[0].1, 1),
+            "the started shard is still a's"
+        );
     }
 
     #[test]

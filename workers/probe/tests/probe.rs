@@ -133,3 +133,63 @@ fn a_task_over_the_request_budget_is_refused_clearly() {
         assert_eq!(ok.result().await.unwrap().0.len(), 3);
     });
 }
+
+/// SIGTERM on a worker: it takes nothing new, finishes and reports the
+/// shards it started, hands back the rest for free, deregisters and exits 0.
+/// No attempt is charged, nothing runs twice.
+#[test]
+fn a_worker_drains_on_sigterm() {
+    let mut c = Cluster::new(BIN);
+    c.node("m", &["--role", "candidate"]);
+    c.node("w1", &["--role", "worker", "--slots", "2"]);
+    c.node("w2", &["--role", "worker", "--slots", "2"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let workers = c.layout().workers();
+        eventually(Duration::from_secs(20), "2 workers", || async {
+            zk.list_children(&workers)
+                .await
+                .map(|w| w.len() == 2)
+                .unwrap_or(false)
+        })
+        .await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let tasks: Vec<Probe> = (0..40)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::Sleep(150),
+            })
+            .collect();
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            max_attempts: Some(1),
+            ..Default::default()
+        };
+        let job = client.submit::<Collect<Probe>>(tasks, opts).await.unwrap();
+        eventually(Duration::from_secs(30), "some progress", || async {
+            job.progress()
+                .await
+                .map(|p| p.tasks_done >= 4)
+                .unwrap_or(false)
+        })
+        .await;
+        c.signal("w1", "TERM");
+        let status = c.wait_exit("w1", Duration::from_secs(20));
+        assert!(status.success(), "w1 exit {status:?}\n{}", c.log("w1"));
+        let (results, report) = match job.result().await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        };
+        assert_eq!(results.len(), 40, "{report:?}");
+        assert!(results.iter().all(|(i, v)| *v == i * 2));
+        assert_eq!(
+            report.progress.tasks_failed, 0,
+            "with one attempt, a charged attempt would fail a task: {report:?}"
+        );
+        assert!(c.log("w1").contains("drained"), "{}", c.log("w1"));
+        assert!(c.log("m").contains("worker drained"), "{}", c.log("m"));
+        assert!(!c.log("m").contains("worker link lost"), "{}", c.log("m"));
+        let left = zk.list_children(&workers).await.unwrap();
+        assert_eq!(left, vec!["w2".to_string()], "w1 deregistered");
+    });
+}
