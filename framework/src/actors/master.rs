@@ -178,6 +178,8 @@ pub(crate) struct Master {
     /// Disconnected from ZooKeeper: no new assignments until reconnected
     /// (we may not be master any more; expiry will tell).
     paused: bool,
+    /// When a dispatch is scheduled for retries coming out of backoff.
+    wake_at: Option<std::time::Instant>,
 }
 
 /// The master's ZooKeeper session lost or regained its connection.
@@ -218,6 +220,7 @@ impl Master {
             submitting: HashSet::new(),
             gc_running: false,
             paused: false,
+            wake_at: None,
         }
     }
 
@@ -321,9 +324,21 @@ impl Master {
             self.update_gauges();
             return;
         }
+        let now = std::time::Instant::now();
+        self.sched.tick(now);
         let cmds = self.sched.assign();
         self.apply(cmds, ctx);
         self.update_gauges();
+        // Wake up when the next retry's backoff is over.
+        if let Some(due) = self.sched.next_due() {
+            if self.wake_at.is_none_or(|t| due < t) {
+                self.wake_at = Some(due);
+                ctx.run_later(due.saturating_duration_since(now), |act, ctx| {
+                    act.wake_at = None;
+                    act.dispatch(ctx);
+                });
+            }
+        }
     }
 
     fn apply(&mut self, cmds: Vec<Command>, ctx: &mut Context<Self>) {
@@ -476,6 +491,7 @@ impl Master {
                 }
             }));
         }
+        self.sched.tick(std::time::Instant::now());
         let cmds = self.sched.committed(job, key, rec.attempt, &rec.failures);
         self.apply(cmds, ctx);
         self.dispatch(ctx);

@@ -2,6 +2,7 @@
 //! events, answering with [`Command`]s for the master actor to carry out.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::{ShardKey, TaskFailure};
 
@@ -98,7 +99,9 @@ enum ShardPhase {
         worker: String,
         started: bool,
     },
-    Committing,
+    Committing {
+        worker: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -106,6 +109,28 @@ struct ShardState {
     tasks: Vec<u64>,
     attempt: u32,
     phase: ShardPhase,
+    /// A retry waits out its backoff before it runs again.
+    not_before: Option<Instant>,
+    /// The worker whose attempt failed: another one is preferred.
+    avoid: Option<String>,
+}
+
+/// First retry delay; doubled per attempt, capped, with ±50% jitter.
+pub const RETRY_BASE: Duration = Duration::from_millis(200);
+/// Longest retry delay.
+pub const RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// The backoff before attempt `attempt` (2 for the first retry) of a shard,
+/// with a jitter derived from its identity (deterministic for tests, spread
+/// across shards so that retries do not come back in lockstep).
+pub fn retry_delay(job: &str, key: ShardKey, attempt: u32) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let exp = attempt.saturating_sub(2).min(16);
+    let base = RETRY_BASE.saturating_mul(1 << exp).min(RETRY_CAP);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (job, key, attempt).hash(&mut h);
+    let jitter = 0.5 + (h.finish() % 1000) as f64 / 1000.0;
+    base.mul_f64(jitter)
 }
 
 #[derive(Debug)]
@@ -148,6 +173,9 @@ fn lost_failures(tasks: &[u64], attempt: u32, error: &str) -> Vec<TaskFailure> {
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct Scheduler {
+    /// The time of the current event, if the caller gives one ([`Scheduler::tick`]);
+    /// without it, retries do not back off.
+    now: Option<Instant>,
     workers: BTreeMap<String, WorkerSlot>,
     jobs: BTreeMap<String, JobState>,
     queue: VecDeque<(String, ShardKey)>,
@@ -217,7 +245,7 @@ impl Scheduler {
                 shard.phase = ShardPhase::Pending;
                 self.queue.push_front((job_id, key));
             } else if shard.attempt >= max {
-                shard.phase = ShardPhase::Committing;
+                shard.phase = ShardPhase::Committing { worker: None };
                 let error = format!(
                     "worker {worker} was lost while running this task (attempt {})",
                     shard.attempt
@@ -291,7 +319,7 @@ impl Scheduler {
                     attempt: attempt - 1,
                     failures,
                 });
-                ShardPhase::Committing
+                ShardPhase::Committing { worker: None }
             } else {
                 self.queue.push_back((plan.id.clone(), p.key));
                 ShardPhase::Pending
@@ -302,6 +330,8 @@ impl Scheduler {
                     tasks: p.tasks,
                     attempt,
                     phase,
+                    not_before: None,
+                    avoid: None,
                 },
             );
         }
@@ -348,19 +378,33 @@ impl Scheduler {
             if !matches!(shard.phase, ShardPhase::Pending) {
                 continue;
             }
+            if let (Some(due), Some(now)) = (shard.not_before, self.now) {
+                if due > now {
+                    skipped.push_back((job_id, key));
+                    continue;
+                }
+            }
             let name = &job.name;
             let use_fallback = !self
                 .workers
                 .values()
                 .any(|w| !w.fallback && w.capacity > 0 && w.jobs.contains(name));
+            let avoid = shard.avoid.as_deref();
+            let free = |w: &WorkerSlot| {
+                (w.running.len() as u32) < w.capacity
+                    && w.jobs.contains(name)
+                    && (use_fallback || !w.fallback)
+            };
+            // A retry prefers a worker other than the one it failed on.
+            let other_free = avoid.is_some()
+                && self
+                    .workers
+                    .iter()
+                    .any(|(id, w)| Some(id.as_str()) != avoid && free(w));
             let worker = self
                 .workers
                 .iter_mut()
-                .filter(|(_, w)| {
-                    (w.running.len() as u32) < w.capacity
-                        && w.jobs.contains(name)
-                        && (use_fallback || !w.fallback)
-                })
+                .filter(|(id, w)| free(w) && !(other_free && Some(id.as_str()) == avoid))
                 .min_by_key(|(_, w)| w.running.len());
             match worker {
                 Some((wid, w)) => {
@@ -396,6 +440,22 @@ impl Scheduler {
         out
     }
 
+    /// Sets the time of the events that follow (retry backoff is measured against it).
+    pub fn tick(&mut self, now: Instant) {
+        self.now = Some(now);
+    }
+
+    /// When the earliest retry waiting out its backoff becomes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.jobs
+            .values()
+            .flat_map(|j| j.shards.values())
+            .filter(|s| matches!(s.phase, ShardPhase::Pending))
+            .filter_map(|s| s.not_before)
+            .filter(|due| self.now.is_none_or(|now| *due > now))
+            .min()
+    }
+
     /// A worker's slot picked up a shard: from now on, losing the worker
     /// uses up an attempt of the shard's tasks (one of them may be what
     /// killed it). Shards lost before they started are requeued for free.
@@ -429,7 +489,9 @@ impl Scheduler {
         {
             return false;
         }
-        shard.phase = ShardPhase::Committing;
+        shard.phase = ShardPhase::Committing {
+            worker: Some(worker.to_string()),
+        };
         if let Some(w) = self.workers.get_mut(worker) {
             w.running.remove(&(job_id.to_string(), key));
         }
@@ -443,7 +505,7 @@ impl Scheduler {
             .get_mut(job_id)
             .and_then(|j| j.shards.get_mut(&key))
         {
-            if matches!(shard.phase, ShardPhase::Committing) {
+            if matches!(shard.phase, ShardPhase::Committing { .. }) {
                 shard.phase = ShardPhase::Pending;
                 self.queue.push_front((job_id.to_string(), key));
             }
@@ -470,6 +532,10 @@ impl Scheduler {
                 w.running.remove(&(job_id.to_string(), key));
             }
         }
+        let ran_on = match shard.phase {
+            ShardPhase::Committing { worker } => worker,
+            _ => None,
+        };
         let (retry, final_failed): (Vec<&TaskFailure>, Vec<&TaskFailure>) =
             failures.iter().partition(|f| !f.is_final(job.max_attempts));
         job.tasks_done += shard.tasks.len() as u64 - retry.len() as u64;
@@ -486,6 +552,10 @@ impl Scheduler {
                     tasks: retry.iter().map(|f| f.index).collect(),
                     attempt: attempt + 1,
                     phase: ShardPhase::Pending,
+                    not_before: self
+                        .now
+                        .map(|now| now + retry_delay(job_id, next, attempt + 1)),
+                    avoid: ran_on,
                 },
             );
             self.queue.push_back((job_id.to_string(), next));
@@ -684,6 +754,50 @@ mod tests {
             s.report("a", "x", a[0].1, 1),
             "the started shard is still a's"
         );
+    }
+
+    #[test]
+    fn retries_back_off_and_prefer_another_worker() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new();
+        s.tick(t0);
+        s.add_worker("a", 1, ["j".to_string()], false);
+        s.add_worker("b", 1, ["j".to_string()], false);
+        s.add_job(plan("x", 1, 1, 3));
+        let first = assigned(&s.assign());
+        let failed_on = first[0].0.clone();
+        assert!(s.report(&failed_on, "x", first[0].1, 1));
+        let fail = TaskFailure {
+            index: 0,
+            error: "e".into(),
+            attempt: 1,
+            retryable: true,
+        };
+        s.committed("x", first[0].1, 1, &[fail]);
+        assert!(s.assign().is_empty(), "the retry waits out its backoff");
+        let due = s.next_due().expect("a retry is due later");
+        let delay = due - t0;
+        assert!(
+            delay >= RETRY_BASE / 2 && delay <= RETRY_BASE * 3 / 2,
+            "{delay:?}"
+        );
+        s.tick(due);
+        let retry = assigned(&s.assign());
+        assert_eq!(retry.len(), 1);
+        assert_ne!(retry[0].0, failed_on, "the retry goes to the other worker");
+        assert_eq!(retry[0].2, 2);
+    }
+
+    #[test]
+    fn retry_delays_grow_and_are_capped() {
+        let k = ShardKey {
+            index: 3,
+            generation: 1,
+        };
+        let d2 = retry_delay("j", k, 2);
+        let d5 = retry_delay("j", k, 5);
+        assert!(d5 > d2, "{d2:?} {d5:?}");
+        assert!(retry_delay("j", k, 60) <= RETRY_CAP.mul_f64(1.5));
     }
 
     #[test]
