@@ -56,6 +56,7 @@ fn scheduler(c: &mut Criterion) {
                 })
                 .collect();
             s.add_job(JobPlan {
+                shard_timeout: None,
                 id: "x".into(),
                 name: "j".into(),
                 max_attempts: 3,

@@ -175,6 +175,10 @@ struct SubmitArgs {
     /// Attempts per task.
     #[arg(long, default_value_t = 3)]
     max_attempts: u32,
+    /// Seconds after which a running shard gets a copy on another worker
+    /// (default: 4x the job's typical shard time).
+    #[arg(long)]
+    shard_timeout_secs: Option<f64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -226,6 +230,9 @@ struct LocalArgs {
     /// Attempts per task.
     #[arg(long, default_value_t = 3)]
     max_attempts: u32,
+    /// Seconds after which a running shard gets a copy on another worker.
+    #[arg(long)]
+    shard_timeout_secs: Option<f64>,
     /// Keep the temporary directory (logs, ZooKeeper data) after the run.
     #[arg(long)]
     keep: bool,
@@ -317,6 +324,7 @@ impl NodeBuilder {
                         .unwrap_or_else(|| job.default_shard_size())
                         .max(1),
                     max_attempts: a.max_attempts.max(1),
+                    shard_timeout_ms: a.shard_timeout_secs.map(|s| (s * 1000.0) as u64),
                 };
                 block_on(submit(
                     &a.conn,
@@ -384,6 +392,7 @@ impl NodeBuilder {
                         .unwrap_or_else(|| job.default_shard_size())
                         .max(1),
                     max_attempts: a.max_attempts.max(1),
+                    shard_timeout_ms: a.shard_timeout_secs.map(|s| (s * 1000.0) as u64),
                 };
                 run_local(a, job.name(), tasks, opts, finish)
             }

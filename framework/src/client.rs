@@ -106,6 +106,8 @@ pub struct SubmitOptions {
     pub shard_size: Option<u32>,
     /// Attempts per task (default 3).
     pub max_attempts: Option<u32>,
+    /// A shard running longer than this gets a copy on another worker.
+    pub shard_timeout: Option<Duration>,
 }
 
 /// A finished job's figures and failed tasks.
@@ -275,6 +277,7 @@ impl Client {
                 .unwrap_or_else(J::default_shard_size)
                 .max(1),
             max_attempts: options.max_attempts.unwrap_or(3).max(1),
+            shard_timeout_ms: options.shard_timeout.map(|t| t.as_millis() as u64),
         };
         let (id, existing) = self
             .submit_encoded(J::NAME, encoded, opts, options.job_id)

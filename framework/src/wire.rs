@@ -48,6 +48,10 @@ pub struct JobOptions {
     pub shard_size: u32,
     /// Attempts per task before it is reported failed (at least 1).
     pub max_attempts: u32,
+    /// A shard running longer than this gets a copy on another worker
+    /// (hung or very slow tasks); the first result is committed.
+    #[serde(default)]
+    pub shard_timeout_ms: Option<u64>,
 }
 
 /// A submission: everything but the task bodies, which follow in

@@ -279,6 +279,7 @@ impl Master {
         .await
         .map_err(|e| CoordError::Garbage { path: store.layout().job(&job.id), reason: format!("merging failed: {e}") })?;
         let mut plan = recovered.plan;
+        plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
         let losses = store.read_losses(&job.id).await?;
         for p in &mut plan.pending {
             if let Some(&next) = losses.get(&p.key) {
@@ -791,6 +792,19 @@ impl Actor for Master {
                             }),
                     );
                 });
+                // Stragglers and hung shards get a copy on another worker.
+                ctx.run_interval(Duration::from_millis(250), |act, ctx| {
+                    if act.paused {
+                        return;
+                    }
+                    act.sched.tick(std::time::Instant::now());
+                    let cmds = act.sched.speculate();
+                    if !cmds.is_empty() {
+                        tracing::info!(copies = cmds.len(), "speculative copies of slow shards");
+                        metrics::counter!(m::SHARDS_SPECULATED).increment(cmds.len() as u64);
+                    }
+                    act.apply(cmds, ctx);
+                });
                 act.dispatch(ctx);
             }
             Err(e) => act.fail(ctx, &e),
@@ -1005,7 +1019,7 @@ impl Handler<Submit> for Master {
                     reason: "job type vanished".into(),
                 })?;
             let rec = &job.record;
-            let plan = recover_job(
+            let mut plan = recover_job(
                 &job.id,
                 &rec.job_name,
                 rec.tasks_total,
@@ -1014,6 +1028,7 @@ impl Handler<Submit> for Master {
                 &BTreeMap::new(),
             )
             .plan;
+            plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
             let rt = JobRuntime {
                 stored: job,
                 tasks: Arc::new(tasks),

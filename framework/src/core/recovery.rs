@@ -39,6 +39,7 @@ pub fn recover_job(
 ) -> RecoveredJob {
     let mut plan = JobPlan {
         id: id.to_string(),
+        shard_timeout: None,
         name: name.to_string(),
         max_attempts,
         tasks_total,

@@ -22,6 +22,9 @@ pub struct PendingShard {
 pub struct JobPlan {
     /// Job id.
     pub id: String,
+    /// A shard running longer than this gets a copy elsewhere (hung tasks);
+    /// without it, a shard running 4x the job's typical shard time does.
+    pub shard_timeout: Option<Duration>,
     /// Registered job name (workers must know it).
     pub name: String,
     /// Attempts per task.
@@ -89,15 +92,69 @@ struct WorkerSlot {
     fallback: bool,
     jobs: BTreeSet<String>,
     running: BTreeSet<(String, ShardKey)>,
+    /// Its entry in the free index (its load then), if it has a free slot.
+    indexed: Option<usize>,
+}
+
+/// Workers with a free slot, ordered by load: picking the least-loaded
+/// eligible worker is a walk from the front, not a scan of every worker.
+type FreeIndex = BTreeSet<(usize, String)>;
+
+fn reindex(workers: &mut BTreeMap<String, WorkerSlot>, free: &mut FreeIndex, id: &str) {
+    let Some(w) = workers.get_mut(id) else { return };
+    if let Some(load) = w.indexed.take() {
+        free.remove(&(load, id.to_string()));
+    }
+    let load = w.running.len();
+    if (load as u32) < w.capacity {
+        free.insert((load, id.to_string()));
+        w.indexed = Some(load);
+    }
+}
+
+fn hold(
+    workers: &mut BTreeMap<String, WorkerSlot>,
+    free: &mut FreeIndex,
+    id: &str,
+    job: &str,
+    key: ShardKey,
+) {
+    if let Some(w) = workers.get_mut(id) {
+        w.running.insert((job.to_string(), key));
+    }
+    reindex(workers, free, id);
+}
+
+fn release(
+    workers: &mut BTreeMap<String, WorkerSlot>,
+    free: &mut FreeIndex,
+    id: &str,
+    job: &str,
+    key: ShardKey,
+) {
+    if let Some(w) = workers.get_mut(id) {
+        w.running.remove(&(job.to_string(), key));
+    }
+    reindex(workers, free, id);
+}
+
+/// One copy of a shard on a worker.
+#[derive(Debug)]
+struct Run {
+    worker: String,
+    /// The worker's slot picked it up (acknowledged `Started`).
+    started: bool,
+    /// When it was assigned (if the caller gives the time).
+    since: Option<Instant>,
 }
 
 #[derive(Debug)]
 enum ShardPhase {
     Pending,
-    /// Sent to a worker; `started` once the worker said a slot picked it up.
+    /// Sent to one worker, or to two when the first ran too long (a
+    /// speculative copy); the first report wins.
     Running {
-        worker: String,
-        started: bool,
+        runs: Vec<Run>,
     },
     Committing {
         worker: Option<String>,
@@ -111,6 +168,8 @@ struct ShardState {
     phase: ShardPhase,
     /// A retry waits out its backoff before it runs again.
     not_before: Option<Instant>,
+    /// Started runs of the current attempt lost with their worker.
+    losses: u32,
     /// The worker whose attempt failed: another one is preferred.
     avoid: Option<String>,
 }
@@ -137,6 +196,10 @@ pub fn retry_delay(job: &str, key: ShardKey, attempt: u32) -> Duration {
 struct JobState {
     name: String,
     max_attempts: u32,
+    /// A run older than this gets a copy on another worker.
+    shard_timeout: Option<Duration>,
+    /// Moving average of how long this job's shards take (assignment to report).
+    typical: Option<Duration>,
     tasks_total: u64,
     tasks_done: u64,
     tasks_failed: u64,
@@ -177,6 +240,7 @@ pub struct Scheduler {
     /// without it, retries do not back off.
     now: Option<Instant>,
     workers: BTreeMap<String, WorkerSlot>,
+    free: FreeIndex,
     jobs: BTreeMap<String, JobState>,
     queue: VecDeque<(String, ShardKey)>,
 }
@@ -202,12 +266,17 @@ impl Scheduler {
             fallback,
             jobs: jobs.into_iter().collect(),
             running: BTreeSet::new(),
+            indexed: None,
         };
         let mut out = Vec::new();
         if let Some(old) = self.workers.insert(id.to_string(), slot) {
+            if let Some(load) = old.indexed {
+                self.free.remove(&(load, id.to_string()));
+            }
             // Re-registration: whatever it ran before is lost.
             self.requeue_lost(id, old.running, &mut out);
         }
+        reindex(&mut self.workers, &mut self.free, id);
         out
     }
 
@@ -217,6 +286,9 @@ impl Scheduler {
     pub fn remove_worker(&mut self, id: &str) -> Vec<Command> {
         let mut out = Vec::new();
         if let Some(slot) = self.workers.remove(id) {
+            if let Some(load) = slot.indexed {
+                self.free.remove(&(load, id.to_string()));
+            }
             self.requeue_lost(id, slot.running, &mut out);
         }
         out
@@ -236,29 +308,40 @@ impl Scheduler {
             let Some(shard) = job.shards.get_mut(&key) else {
                 continue;
             };
-            let started = match &shard.phase {
-                ShardPhase::Running { worker: w, started } if w == worker => *started,
-                _ => continue,
+            let ShardPhase::Running { runs } = &mut shard.phase else {
+                continue;
             };
-            if !started {
+            let Some(pos) = runs.iter().position(|r| r.worker == worker) else {
+                continue;
+            };
+            let run = runs.remove(pos);
+            // Every started run that dies counts, even while a copy carries
+            // on: a task that kills its workers must not kill two per attempt.
+            if run.started {
+                shard.losses += 1;
+            }
+            if !runs.is_empty() {
+                continue;
+            }
+            let used = shard.attempt + shard.losses.saturating_sub(1);
+            if shard.losses == 0 {
                 // Still waiting for a slot when the worker went: not a suspect.
                 shard.phase = ShardPhase::Pending;
                 self.queue.push_front((job_id, key));
-            } else if shard.attempt >= max {
+            } else if used >= max {
                 shard.phase = ShardPhase::Committing { worker: None };
-                let error = format!(
-                    "worker {worker} was lost while running this task (attempt {})",
-                    shard.attempt
-                );
-                let failures = lost_failures(&shard.tasks, shard.attempt, &error);
+                let error =
+                    format!("worker {worker} was lost while running this task (attempt {used})");
+                let failures = lost_failures(&shard.tasks, used, &error);
                 out.push(Command::CommitLost {
                     job: job_id.clone(),
                     key,
-                    attempt: shard.attempt,
+                    attempt: used,
                     failures,
                 });
             } else {
-                shard.attempt += 1;
+                shard.attempt = used + 1;
+                shard.losses = 0;
                 shard.phase = ShardPhase::Pending;
                 out.push(Command::RecordLoss {
                     job: job_id.clone(),
@@ -287,15 +370,20 @@ impl Scheduler {
             else {
                 continue;
             };
-            if matches!(&shard.phase, ShardPhase::Running { worker, started: false } if worker == id)
-            {
+            let ShardPhase::Running { runs } = &mut shard.phase else {
+                continue;
+            };
+            let Some(pos) = runs.iter().position(|r| r.worker == id && !r.started) else {
+                continue;
+            };
+            runs.remove(pos);
+            release(&mut self.workers, &mut self.free, id, &job_id, key);
+            if runs.is_empty() {
                 shard.phase = ShardPhase::Pending;
-                if let Some(w) = self.workers.get_mut(id) {
-                    w.running.remove(&(job_id.clone(), key));
-                }
                 self.queue.push_front((job_id, key));
             }
         }
+        reindex(&mut self.workers, &mut self.free, id);
     }
 
     /// Adds a job's pending shards to the end of the queue. A job with
@@ -332,6 +420,7 @@ impl Scheduler {
                     phase,
                     not_before: None,
                     avoid: None,
+                    losses: 0,
                 },
             );
         }
@@ -341,6 +430,8 @@ impl Scheduler {
             JobState {
                 name: plan.name,
                 max_attempts,
+                shard_timeout: plan.shard_timeout,
+                typical: None,
                 tasks_total: plan.tasks_total,
                 tasks_done: plan.tasks_done,
                 tasks_failed: plan.tasks_failed,
@@ -358,8 +449,12 @@ impl Scheduler {
     pub fn remove_job(&mut self, id: &str) {
         if self.jobs.remove(id).is_some() {
             self.queue.retain(|(j, _)| j != id);
-            for w in self.workers.values_mut() {
-                w.running.retain(|(j, _)| j != id);
+            let ids: Vec<String> = self.workers.keys().cloned().collect();
+            for w in &ids {
+                if let Some(slot) = self.workers.get_mut(w) {
+                    slot.running.retain(|(j, _)| j != id);
+                }
+                reindex(&mut self.workers, &mut self.free, w);
             }
         }
     }
@@ -368,11 +463,12 @@ impl Scheduler {
     pub fn assign(&mut self) -> Vec<Command> {
         let mut out = Vec::new();
         let mut skipped = VecDeque::new();
+        let mut no_worker_for: BTreeSet<String> = BTreeSet::new();
         while let Some((job_id, key)) = self.queue.pop_front() {
-            let Some(job) = self.jobs.get_mut(&job_id) else {
+            let Some(job) = self.jobs.get(&job_id) else {
                 continue;
             };
-            let Some(shard) = job.shards.get_mut(&key) else {
+            let Some(shard) = job.shards.get(&key) else {
                 continue;
             };
             if !matches!(shard.phase, ShardPhase::Pending) {
@@ -384,52 +480,17 @@ impl Scheduler {
                     continue;
                 }
             }
-            let name = &job.name;
-            let use_fallback = !self
-                .workers
-                .values()
-                .any(|w| !w.fallback && w.capacity > 0 && w.jobs.contains(name));
-            let avoid = shard.avoid.as_deref();
-            let free = |w: &WorkerSlot| {
-                (w.running.len() as u32) < w.capacity
-                    && w.jobs.contains(name)
-                    && (use_fallback || !w.fallback)
-            };
-            // A retry prefers a worker other than the one it failed on.
-            let other_free = avoid.is_some()
-                && self
-                    .workers
-                    .iter()
-                    .any(|(id, w)| Some(id.as_str()) != avoid && free(w));
-            let worker = self
-                .workers
-                .iter_mut()
-                .filter(|(id, w)| free(w) && !(other_free && Some(id.as_str()) == avoid))
-                .min_by_key(|(_, w)| w.running.len());
-            match worker {
-                Some((wid, w)) => {
-                    w.running.insert((job_id.clone(), key));
-                    shard.phase = ShardPhase::Running {
-                        worker: wid.clone(),
-                        started: false,
-                    };
-                    out.push(Command::Assign {
-                        worker: wid.clone(),
-                        job: job_id,
-                        shard: PendingShard {
-                            key,
-                            tasks: shard.tasks.clone(),
-                            attempt: shard.attempt,
-                        },
-                    });
-                }
+            if no_worker_for.contains(&job.name) {
+                skipped.push_back((job_id, key));
+                continue;
+            }
+            match self.pick(&job.name, shard.avoid.as_deref(), false) {
+                Some(wid) => out.push(self.place(&job_id, key, wid)),
                 None => {
+                    // Nobody can take this job now: don't ask again for its other shards.
+                    no_worker_for.insert(job.name.clone());
                     skipped.push_back((job_id, key));
-                    if self
-                        .workers
-                        .values()
-                        .all(|w| w.running.len() as u32 >= w.capacity)
-                    {
+                    if self.free.is_empty() {
                         break;
                     }
                 }
@@ -437,6 +498,113 @@ impl Scheduler {
         }
         skipped.append(&mut self.queue);
         self.queue = skipped;
+        out
+    }
+
+    /// The least-loaded worker with a free slot that runs job `name`: a
+    /// fallback worker only when no other can run it, and not `avoid` if
+    /// another is free (never `avoid`, nor a fallback, if `must_avoid`).
+    fn pick(&self, name: &str, avoid: Option<&str>, must_avoid: bool) -> Option<String> {
+        let use_fallback = !self
+            .workers
+            .values()
+            .any(|w| !w.fallback && w.capacity > 0 && w.jobs.contains(name));
+        let mut avoided = None;
+        for (_, id) in &self.free {
+            let Some(w) = self.workers.get(id) else {
+                continue;
+            };
+            // Speculative copies (must_avoid) never go to a fallback worker:
+            // a shard that ran too long may be what kills its workers.
+            if !w.jobs.contains(name) || (w.fallback && (must_avoid || !use_fallback)) {
+                continue;
+            }
+            if Some(id.as_str()) == avoid {
+                avoided = Some(id.clone());
+                continue;
+            }
+            return Some(id.clone());
+        }
+        if must_avoid {
+            None
+        } else {
+            avoided
+        }
+    }
+
+    /// Puts a run of the shard on `worker` and says so.
+    fn place(&mut self, job_id: &str, key: ShardKey, worker: String) -> Command {
+        let now = self.now;
+        hold(&mut self.workers, &mut self.free, &worker, job_id, key);
+        let shard = self
+            .jobs
+            .get_mut(job_id)
+            .and_then(|j| j.shards.get_mut(&key));
+        let (tasks, attempt) = match shard {
+            Some(shard) => {
+                let run = Run {
+                    worker: worker.clone(),
+                    started: false,
+                    since: now,
+                };
+                match &mut shard.phase {
+                    ShardPhase::Running { runs } => runs.push(run),
+                    phase => *phase = ShardPhase::Running { runs: vec![run] },
+                }
+                (shard.tasks.clone(), shard.attempt)
+            }
+            None => (Vec::new(), 0),
+        };
+        Command::Assign {
+            worker,
+            job: job_id.to_string(),
+            shard: PendingShard {
+                key,
+                tasks,
+                attempt,
+            },
+        }
+    }
+
+    /// Shards whose only run is older than their job's limit (its shard
+    /// timeout, or 4x its typical shard time and at least a second) get a
+    /// copy on another worker; whichever reports first is committed.
+    pub fn speculate(&mut self) -> Vec<Command> {
+        let Some(now) = self.now else {
+            return Vec::new();
+        };
+        let mut wanted = Vec::new();
+        for (job_id, job) in &self.jobs {
+            let limit = job
+                .shard_timeout
+                .or(job.typical.map(|t| (t * 4).max(Duration::from_secs(1))));
+            let Some(limit) = limit else {
+                continue;
+            };
+            for (key, shard) in &job.shards {
+                if let ShardPhase::Running { runs } = &shard.phase {
+                    if let [run] = &runs[..] {
+                        if run
+                            .since
+                            .is_some_and(|since| now.saturating_duration_since(since) > limit)
+                        {
+                            wanted.push((
+                                job_id.clone(),
+                                *key,
+                                job.name.clone(),
+                                run.worker.clone(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (job_id, key, name, busy_on) in wanted {
+            if let Some(wid) = self.pick(&name, Some(&busy_on), true) {
+                out.push(self.place(&job_id, key, wid));
+            }
+        }
         out
     }
 
@@ -465,9 +633,11 @@ impl Scheduler {
             .get_mut(job_id)
             .and_then(|j| j.shards.get_mut(&key))
         {
-            if let ShardPhase::Running { worker: w, started } = &mut shard.phase {
-                if w == worker && shard.attempt == attempt {
-                    *started = true;
+            if let ShardPhase::Running { runs } = &mut shard.phase {
+                if shard.attempt == attempt {
+                    if let Some(run) = runs.iter_mut().find(|r| r.worker == worker) {
+                        run.started = true;
+                    }
                 }
             }
         }
@@ -477,23 +647,32 @@ impl Scheduler {
     /// awaited (the shard now waits for its commit); false for a stale or
     /// duplicate report, which must be dropped.
     pub fn report(&mut self, worker: &str, job_id: &str, key: ShardKey, attempt: u32) -> bool {
-        let Some(shard) = self
-            .jobs
-            .get_mut(job_id)
-            .and_then(|j| j.shards.get_mut(&key))
-        else {
+        let now = self.now;
+        let Some(job) = self.jobs.get_mut(job_id) else {
             return false;
         };
-        if !matches!(&shard.phase, ShardPhase::Running { worker: w, .. } if w == worker)
-            || shard.attempt != attempt
-        {
+        let Some(shard) = job.shards.get_mut(&key) else {
+            return false;
+        };
+        let ShardPhase::Running { runs } = &shard.phase else {
+            return false;
+        };
+        let Some(run) = runs.iter().find(|r| r.worker == worker) else {
+            return false;
+        };
+        if shard.attempt != attempt {
             return false;
         }
+        if let (Some(now), Some(since)) = (now, run.since) {
+            let took = now.saturating_duration_since(since);
+            job.typical = Some(job.typical.map_or(took, |t| (t * 7 + took) / 8));
+        }
+        let runners: Vec<String> = runs.iter().map(|r| r.worker.clone()).collect();
         shard.phase = ShardPhase::Committing {
             worker: Some(worker.to_string()),
         };
-        if let Some(w) = self.workers.get_mut(worker) {
-            w.running.remove(&(job_id.to_string(), key));
+        for r in runners {
+            release(&mut self.workers, &mut self.free, &r, job_id, key);
         }
         true
     }
@@ -527,9 +706,9 @@ impl Scheduler {
         let Some(shard) = job.shards.remove(&key) else {
             return Vec::new();
         };
-        if let ShardPhase::Running { worker: w, .. } = &shard.phase {
-            if let Some(w) = self.workers.get_mut(w) {
-                w.running.remove(&(job_id.to_string(), key));
+        if let ShardPhase::Running { runs } = &shard.phase {
+            for r in runs {
+                release(&mut self.workers, &mut self.free, &r.worker, job_id, key);
             }
         }
         let ran_on = match shard.phase {
@@ -556,6 +735,7 @@ impl Scheduler {
                         .now
                         .map(|now| now + retry_delay(job_id, next, attempt + 1)),
                     avoid: ran_on,
+                    losses: 0,
                 },
             );
             self.queue.push_back((job_id.to_string(), next));
@@ -614,6 +794,7 @@ mod tests {
     fn plan(id: &str, shards: u32, per: u64, max_attempts: u32) -> JobPlan {
         JobPlan {
             id: id.into(),
+            shard_timeout: None,
             name: "j".into(),
             max_attempts,
             tasks_total: u64::from(shards) * per,
@@ -801,6 +982,53 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_past_its_timeout_gets_a_copy_and_the_first_report_wins() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new();
+        s.tick(t0);
+        s.add_worker("a", 1, ["j".to_string()], false);
+        let mut p = plan("x", 1, 1, 1);
+        p.shard_timeout = Some(Duration::from_secs(1));
+        s.add_job(p);
+        let first = assigned(&s.assign());
+        assert_eq!(first[0].0, "a");
+        s.add_worker("b", 1, ["j".to_string()], false);
+        s.add_worker("m", 1, ["j".to_string()], true);
+        s.tick(t0 + Duration::from_millis(500));
+        assert!(s.speculate().is_empty(), "not yet");
+        s.tick(t0 + Duration::from_secs(2));
+        let copy = assigned(&s.speculate());
+        assert_eq!(
+            copy,
+            vec![("b".to_string(), first[0].1, 1)],
+            "same shard, same attempt, a regular worker"
+        );
+        assert!(s.speculate().is_empty(), "one copy only");
+        assert!(s.report("b", "x", first[0].1, 1), "the copy wins");
+        assert!(
+            !s.report("a", "x", first[0].1, 1),
+            "the slow one is dropped"
+        );
+        // Losing a worker that held one of two copies costs nothing.
+        let mut s2 = Scheduler::new();
+        s2.tick(t0);
+        s2.add_worker("a", 1, ["j".to_string()], false);
+        let mut p = plan("y", 1, 1, 1);
+        p.shard_timeout = Some(Duration::from_secs(1));
+        s2.add_job(p);
+        let k = assigned(&s2.assign())[0].1;
+        s2.started("a", "y", k, 1);
+        s2.add_worker("b", 1, ["j".to_string()], false);
+        s2.tick(t0 + Duration::from_secs(2));
+        assert_eq!(assigned(&s2.speculate()).len(), 1);
+        assert!(
+            s2.remove_worker("a").is_empty(),
+            "the copy carries on: no loss, no failure"
+        );
+        assert!(s2.report("b", "y", k, 1));
+    }
+
+    #[test]
     fn fallback_workers_run_only_what_no_other_worker_can() {
         let mut s = Scheduler::new();
         s.add_worker("master", 4, ["j".to_string()], true);
@@ -894,97 +1122,178 @@ mod tests {
         assert_eq!((c.tasks_done, c.tasks_failed), (3, 2));
     }
 
-    /// Random workers joining, dying and reporting: every task ends with
-    /// exactly one final outcome and no worker exceeds its capacity.
-    #[test]
-    fn simulation_every_task_finishes_once() {
-        for seed in 0..200u64 {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let mut s = Scheduler::new();
-            let shards = rng.gen_range(1..40);
-            let per = rng.gen_range(1..5);
-            let max_attempts = rng.gen_range(1..4);
-            s.add_job(plan("x", shards, per, max_attempts));
-            let mut running: Vec<(String, ShardKey, u32, Vec<u64>)> = Vec::new();
-            let mut outcome: BTreeMap<u64, u32> = BTreeMap::new();
-            let mut next_worker = 0;
-            let mut finished = false;
-            for _step in 0..100_000 {
-                if finished {
-                    break;
+    /// A deterministic simulation: virtual workers join, die, drain and run
+    /// slow; shards fail, get retried, backed off and speculated; virtual
+    /// time advances. Every seed must end with each task having exactly one
+    /// final outcome, no worker over its capacity, and no report accepted
+    /// twice for one shard.
+    fn simulate(seed: u64, max_workers: usize, shards: u32) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut s = Scheduler::new();
+        s.tick(now);
+        let per = rng.gen_range(1..4);
+        let max_attempts = rng.gen_range(1..4);
+        let mut p = plan("x", shards, per, max_attempts);
+        if rng.gen_bool(0.5) {
+            p.shard_timeout = Some(Duration::from_millis(rng.gen_range(50..500)));
+        }
+        s.add_job(p);
+        // (worker, key, attempt, tasks) of runs the virtual workers hold.
+        let mut runs: Vec<(String, ShardKey, u32, Vec<u64>)> = Vec::new();
+        let mut alive: Vec<String> = Vec::new();
+        let mut outcome: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut committed: BTreeSet<ShardKey> = BTreeSet::new();
+        let mut next_worker = 0;
+        let mut finished = false;
+        let handle = |cmds: Vec<Command>,
+                      s: &mut Scheduler,
+                      runs: &mut Vec<(String, ShardKey, u32, Vec<u64>)>,
+                      outcome: &mut BTreeMap<u64, u32>,
+                      committed: &mut BTreeSet<ShardKey>,
+                      rng: &mut StdRng|
+         -> bool {
+            let mut done = false;
+            for c in cmds {
+                match c {
+                    Command::Assign { worker, shard, .. } => {
+                        if rng.gen_bool(0.8) {
+                            s.started(&worker, "x", shard.key, shard.attempt);
+                        }
+                        runs.push((worker, shard.key, shard.attempt, shard.tasks));
+                    }
+                    Command::CommitLost {
+                        key,
+                        attempt,
+                        failures,
+                        ..
+                    } => {
+                        assert!(committed.insert(key), "seed {seed}: {key} committed twice");
+                        for f in &failures {
+                            *outcome.entry(f.index).or_default() += 1;
+                        }
+                        done |= !s.committed("x", key, attempt, &failures).is_empty();
+                    }
+                    Command::Finish { .. } => done = true,
+                    Command::RecordLoss { .. } => {}
                 }
-                match rng.gen_range(0..10) {
-                    0 => {
-                        next_worker += 1;
-                        let fallback = rng.gen_bool(0.2);
-                        s.add_worker(
-                            &format!("w{next_worker}"),
-                            rng.gen_range(1..4),
-                            ["j".to_string()],
-                            fallback,
-                        );
-                    }
-                    1 if next_worker > 0 => {
-                        let w = format!("w{}", rng.gen_range(1..=next_worker));
-                        for c in s.remove_worker(&w) {
-                            if let Command::CommitLost {
-                                job,
-                                key,
-                                attempt,
-                                failures,
-                            } = c
-                            {
-                                for f in &failures {
-                                    *outcome.entry(f.index).or_default() += 1;
-                                }
-                                finished |= !s.committed(&job, key, attempt, &failures).is_empty();
-                            }
+            }
+            done
+        };
+        for _step in 0..200_000 {
+            if finished {
+                break;
+            }
+            now += Duration::from_millis(rng.gen_range(0..20));
+            s.tick(now);
+            match rng.gen_range(0..20) {
+                0 | 1 if alive.len() < max_workers => {
+                    next_worker += 1;
+                    let id = format!("w{next_worker}");
+                    let fallback = rng.gen_bool(0.1);
+                    let cmds = s.add_worker(&id, rng.gen_range(1..4), ["j".to_string()], fallback);
+                    alive.push(id);
+                    finished |= handle(
+                        cmds,
+                        &mut s,
+                        &mut runs,
+                        &mut outcome,
+                        &mut committed,
+                        &mut rng,
+                    );
+                }
+                2 if !alive.is_empty() => {
+                    let w = alive.swap_remove(rng.gen_range(0..alive.len()));
+                    let cmds = s.remove_worker(&w);
+                    runs.retain(|(rw, ..)| *rw != w);
+                    finished |= handle(
+                        cmds,
+                        &mut s,
+                        &mut runs,
+                        &mut outcome,
+                        &mut committed,
+                        &mut rng,
+                    );
+                }
+                3 if !alive.is_empty() && rng.gen_bool(0.2) => {
+                    let w = alive[rng.gen_range(0..alive.len())].clone();
+                    s.drain_worker(&w);
+                }
+                4..=7 => {
+                    let cmds = s.assign();
+                    for c in &cmds {
+                        if let Command::Assign { worker, .. } = c {
+                            assert!(s.running_on(worker) <= 3, "seed {seed}: over capacity");
                         }
                     }
-                    2..=4 => {
-                        for c in s.assign() {
-                            if let Command::Assign { worker, shard, .. } = c {
-                                assert!(s.running_on(&worker) <= 3);
-                                if rng.gen_bool(0.7) {
-                                    s.started(&worker, "x", shard.key, shard.attempt);
-                                }
-                                running.push((worker, shard.key, shard.attempt, shard.tasks));
-                            }
-                        }
-                    }
-                    _ if !running.is_empty() => {
-                        let i = rng.gen_range(0..running.len());
-                        let (w, key, attempt, tasks) = running.swap_remove(i);
-                        if s.report(&w, "x", key, attempt) {
-                            let failures: Vec<TaskFailure> = tasks
-                                .iter()
-                                .filter(|_| rng.gen_bool(0.3))
-                                .map(|&index| TaskFailure {
+                    finished |= handle(
+                        cmds,
+                        &mut s,
+                        &mut runs,
+                        &mut outcome,
+                        &mut committed,
+                        &mut rng,
+                    );
+                }
+                8 => {
+                    let cmds = s.speculate();
+                    finished |= handle(
+                        cmds,
+                        &mut s,
+                        &mut runs,
+                        &mut outcome,
+                        &mut committed,
+                        &mut rng,
+                    );
+                }
+                _ if !runs.is_empty() => {
+                    let i = rng.gen_range(0..runs.len());
+                    let (w, key, attempt, tasks) = runs.swap_remove(i);
+                    if s.report(&w, "x", key, attempt) {
+                        assert!(committed.insert(key), "seed {seed}: {key} committed twice");
+                        let mut failures: Vec<TaskFailure> = Vec::new();
+                        for &index in &tasks {
+                            if rng.gen_bool(0.2) {
+                                let retryable = rng.gen_bool(0.8);
+                                failures.push(TaskFailure {
                                     index,
                                     error: "e".into(),
                                     attempt,
-                                    retryable: true,
-                                })
-                                .collect();
-                            for &t in &tasks {
-                                let f = failures.iter().find(|f| f.index == t);
-                                if f.is_none_or(|f| f.is_final(max_attempts)) {
-                                    *outcome.entry(t).or_default() += 1;
-                                }
+                                    retryable,
+                                });
                             }
-                            finished |= !s.committed("x", key, attempt, &failures).is_empty();
                         }
+                        for &t in &tasks {
+                            let f = failures.iter().find(|f| f.index == t);
+                            if f.is_none_or(|f| f.is_final(max_attempts)) {
+                                *outcome.entry(t).or_default() += 1;
+                            }
+                        }
+                        finished |= !s.committed("x", key, attempt, &failures).is_empty();
                     }
-                    _ => {}
                 }
+                _ => {}
             }
-            if !finished {
-                // No workers may have been left; add one and drain.
-                s.add_worker("last", 4, ["j".to_string()], false);
-                while !finished {
-                    for c in s.assign() {
-                        if let Command::Assign { worker, shard, .. } = c {
-                            assert!(s.report(&worker, "x", shard.key, shard.attempt));
+        }
+        if !finished {
+            // Drain what is left with one reliable worker and no more faults.
+            s.add_worker("last", 4, ["j".to_string()], false);
+            for _ in 0..100_000 {
+                if finished {
+                    break;
+                }
+                now += Duration::from_millis(50);
+                s.tick(now);
+                let cmds = s.assign();
+                for c in cmds {
+                    if let Command::Assign { worker, shard, .. } = c {
+                        if s.report(&worker, "x", shard.key, shard.attempt) {
+                            assert!(
+                                committed.insert(shard.key),
+                                "seed {seed}: {} committed twice",
+                                shard.key
+                            );
                             for &t in &shard.tasks {
                                 *outcome.entry(t).or_default() += 1;
                             }
@@ -992,18 +1301,54 @@ mod tests {
                         }
                     }
                 }
+                // Runs held by workers that stay silent: report them from "last"'s view.
+                for (w, key, attempt, tasks) in std::mem::take(&mut runs) {
+                    if s.report(&w, "x", key, attempt) {
+                        assert!(committed.insert(key));
+                        for &t in &tasks {
+                            *outcome.entry(t).or_default() += 1;
+                        }
+                        finished |= !s.committed("x", key, attempt, &[]).is_empty();
+                    }
+                }
+                for w in std::mem::take(&mut alive) {
+                    let cmds = s.remove_worker(&w);
+                    finished |= handle(
+                        cmds,
+                        &mut s,
+                        &mut runs,
+                        &mut outcome,
+                        &mut committed,
+                        &mut rng,
+                    );
+                }
             }
-            let total = u64::from(shards) * per;
-            assert_eq!(
-                outcome.len() as u64,
-                total,
-                "seed {seed}: every task has an outcome"
-            );
-            assert!(
-                outcome.values().all(|&n| n == 1),
-                "seed {seed}: exactly one final outcome per task"
-            );
-            assert_eq!(s.counters("x").unwrap().tasks_done, total, "seed {seed}");
+        }
+        let total = u64::from(shards) * per;
+        assert!(finished, "seed {seed}: job did not finish");
+        assert_eq!(
+            outcome.len() as u64,
+            total,
+            "seed {seed}: every task has an outcome"
+        );
+        assert!(
+            outcome.values().all(|&n| n == 1),
+            "seed {seed}: exactly one final outcome per task"
+        );
+        assert_eq!(s.counters("x").unwrap().tasks_done, total, "seed {seed}");
+    }
+
+    #[test]
+    fn simulation_small_clusters() {
+        for seed in 0..300 {
+            simulate(seed, 8, 40);
+        }
+    }
+
+    #[test]
+    fn simulation_thousands_of_workers() {
+        for seed in 0..4 {
+            simulate(1000 + seed, 3000, 5000);
         }
     }
 }

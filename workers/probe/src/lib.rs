@@ -8,7 +8,7 @@ use ringleader::{Task, TaskContext, TaskError};
 use serde::{Deserialize, Serialize};
 
 /// What a [`Probe`] does before returning its value.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Behaviour {
     /// Return at once.
     Ok,
@@ -20,6 +20,8 @@ pub enum Behaviour {
     Fail,
     /// Abort the worker process (as a segfault in native code would).
     Abort,
+    /// Hang (for an hour) when run on the node with this id, else return.
+    HangOn(String),
 }
 
 /// Returns `value * 2` after behaving as told.
@@ -35,10 +37,10 @@ impl Task for Probe {
     type Output = u64;
     const NAME: &'static str = "probe";
     fn run(self, ctx: &TaskContext) -> Result<u64, TaskError> {
-        match self.behaviour {
+        match &self.behaviour {
             Behaviour::Ok => {}
-            Behaviour::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
-            Behaviour::PanicUntil(n) if ctx.attempt <= n => {
+            Behaviour::Sleep(ms) => std::thread::sleep(Duration::from_millis(*ms)),
+            Behaviour::PanicUntil(n) if ctx.attempt <= *n => {
                 panic!("probe {} panics on attempt {}", self.value, ctx.attempt)
             }
             Behaviour::PanicUntil(_) => {}
@@ -49,6 +51,10 @@ impl Task for Probe {
                 )))
             }
             Behaviour::Abort => std::process::abort(),
+            Behaviour::HangOn(node) if *node == ctx.node_id => {
+                std::thread::sleep(Duration::from_secs(3600))
+            }
+            Behaviour::HangOn(_) => {}
         }
         Ok(self.value * 2)
     }

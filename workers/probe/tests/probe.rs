@@ -19,7 +19,7 @@ fn probes(n: u64, special: &[(u64, Behaviour)]) -> Vec<Probe> {
             let behaviour = special
                 .iter()
                 .find(|(i, _)| *i == value)
-                .map_or(Behaviour::Ok, |(_, b)| *b);
+                .map_or(Behaviour::Ok, |(_, b)| b.clone());
             Probe { value, behaviour }
         })
         .collect()
@@ -120,6 +120,7 @@ fn a_task_over_the_request_budget_is_refused_clearly() {
         let opts = ringleader::wire::JobOptions {
             shard_size: 1,
             max_attempts: 1,
+            shard_timeout_ms: None,
         };
         let err = client
             .submit_encoded("probe", big, opts, None)
@@ -192,4 +193,51 @@ fn a_worker_drains_on_sigterm() {
         let left = zk.list_children(&workers).await.unwrap();
         assert_eq!(left, vec!["w2".to_string()], "w1 deregistered");
     });
+}
+
+/// A task that hangs on one worker: after the shard timeout the shard gets
+/// a copy on another worker, the copy's result is committed, the hung one's
+/// is never counted, and the job completes exactly.
+#[test]
+fn hung_shards_get_a_copy_elsewhere() {
+    let mut c = Cluster::new(BIN);
+    c.node("m", &["--role", "candidate"]);
+    c.node("w1", &["--role", "worker"]);
+    c.node("w2", &["--role", "worker", "--slots", "2"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let workers = c.layout().workers();
+        eventually(Duration::from_secs(20), "2 workers", || async {
+            zk.list_children(&workers)
+                .await
+                .map(|w| w.len() == 2)
+                .unwrap_or(false)
+        })
+        .await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let tasks: Vec<Probe> = (0..12)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::HangOn("w1".into()),
+            })
+            .collect();
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            max_attempts: Some(1),
+            shard_timeout: Some(Duration::from_millis(800)),
+            ..Default::default()
+        };
+        let job = client.submit::<Collect<Probe>>(tasks, opts).await.unwrap();
+        let (results, report) = match job.result().await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        };
+        assert_eq!(
+            results.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..12).collect::<Vec<_>>()
+        );
+        assert!(results.iter().all(|(i, v)| *v == i * 2));
+        assert_eq!(report.progress.tasks_failed, 0, "{report:?}");
+    });
+    assert!(c.log("m").contains("speculative copies"), "{}", c.log("m"));
 }

@@ -206,6 +206,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
                 JobOptions {
                     shard_size: 1,
                     max_attempts: 1,
+                    shard_timeout_ms: None,
                 },
                 None,
             )
