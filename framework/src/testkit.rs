@@ -76,7 +76,12 @@ impl Cluster {
     /// Starts `node` with id `id`; `extra` arguments override the defaults.
     pub fn node(&mut self, id: &str, extra: &[&str]) {
         let log = self.path(&format!("{id}.log"));
-        let f = std::fs::File::create(&log).expect("log file");
+        // Appended: a restarted node keeps its earlier log.
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         let zk = self.zk_connect();
         let certs = self.certs.display().to_string();
         let data = self.path("data").display().to_string();
@@ -104,11 +109,21 @@ impl Cluster {
             .stderr(f)
             .spawn()
             .expect("node starts");
-        self.nodes.push(Node {
+        let node = Node {
             id: id.to_string(),
             child: Some(child),
             log,
-        });
+        };
+        match self.nodes.iter_mut().find(|n| n.id == id) {
+            Some(old) => {
+                if let Some(mut c) = old.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                *old = node;
+            }
+            None => self.nodes.push(node),
+        }
     }
 
     pub fn pid(&self, id: &str) -> u32 {

@@ -171,6 +171,22 @@ impl ZkServer {
         }
     }
 
+    /// Starts a killed or stopped server again, with its data and port.
+    pub fn restart(&mut self) -> Result<(), ZkServerError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let cfg = std::fs::read_to_string(self.dir.join("zoo.cfg"))?;
+        let opts = ZkServerOptions::default();
+        self.child = Some(spawn(&self.dir, &cfg, &opts)?);
+        Ok(())
+    }
+
+    /// Whether the server process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Stops the server: SIGTERM, then SIGKILL after 5 s.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

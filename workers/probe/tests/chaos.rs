@@ -1,0 +1,445 @@
+#![allow(clippy::unwrap_used)]
+//! The chaos harness: a 3-server ZooKeeper ensemble and four real nodes,
+//! each reaching ZooKeeper through proxies the harness can cut, a stream of
+//! jobs whose results are known in advance, and faults chosen by a seed:
+//! kill -9 of the master or a worker (then a restart), SIGSTOP shorter and
+//! longer than the session timeout, kill and restart of a ZooKeeper server,
+//! and network cuts between a node and ZooKeeper shorter and longer than
+//! the session timeout. Afterwards it checks every acknowledged job's exact
+//! result, one commit per shard across every master's audit log, no panic,
+//! ZooKeeper empty, every process gone, and prints a table.
+//!
+//! Short run (part of the suite): `cargo test -p probe --test chaos`.
+//! Soak: `CHAOS_SEEDS=1,2,3 CHAOS_ROUNDS=70 cargo test -p probe --test chaos -- --ignored --nocapture`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use probe::{Behaviour, Probe};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use ringleader::client::SubmitOptions;
+use ringleader::testkit::*;
+use ringleader::{Client, Collect};
+
+const BIN: &str = env!("CARGO_BIN_EXE_probe");
+const NODES: usize = 4;
+const SESSION_MS: u64 = 2000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    KillMaster,
+    KillWorker,
+    PauseShort,
+    PauseLong,
+    ZkServerRestart,
+    CutShort,
+    CutLong,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    fault: Fault,
+    /// Node index (or ZooKeeper server index) the fault hits.
+    target: usize,
+    /// How long the fault lasts.
+    hold: Duration,
+}
+
+/// The same seed always gives the same schedule.
+fn schedule(seed: u64, rounds: usize) -> Vec<Step> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let kinds = [
+        Fault::KillMaster,
+        Fault::KillWorker,
+        Fault::PauseShort,
+        Fault::PauseLong,
+        Fault::ZkServerRestart,
+        Fault::CutShort,
+        Fault::CutLong,
+    ];
+    (0..rounds)
+        .map(|_| {
+            let fault = kinds[rng.gen_range(0..kinds.len())];
+            let hold = match fault {
+                Fault::PauseShort | Fault::CutShort => {
+                    Duration::from_millis(rng.gen_range(300..900))
+                }
+                Fault::PauseLong | Fault::CutLong => {
+                    Duration::from_millis(SESSION_MS + rng.gen_range(800..2000))
+                }
+                _ => Duration::from_millis(rng.gen_range(300..1500)),
+            };
+            Step {
+                fault,
+                target: rng.gen_range(0..NODES * 3),
+                hold,
+            }
+        })
+        .collect()
+}
+
+struct Report {
+    seed: u64,
+    faults: BTreeMap<Fault, usize>,
+    jobs_acknowledged: usize,
+    jobs_exact: usize,
+    tasks: usize,
+    commits: usize,
+    duplicate_commits: usize,
+    longest_without_master: Duration,
+    panics: usize,
+    zk_job_nodes_left: usize,
+}
+
+fn node_args(proxies: &[Proxy]) -> Vec<String> {
+    let zk = proxies
+        .iter()
+        .map(|p| p.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        "--zk".into(),
+        zk,
+        "--slots".into(),
+        "2".into(),
+        "--session-timeout-ms".into(),
+        SESSION_MS.to_string(),
+    ]
+}
+
+fn start_node(c: &mut Cluster, i: usize, proxies: &[Vec<Proxy>]) {
+    let args = node_args(&proxies[i]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.node(&format!("n{i}"), &refs);
+}
+
+fn job_tasks(job: usize) -> Vec<Probe> {
+    (0..16)
+        .map(|k| Probe {
+            value: (job * 1000 + k) as u64,
+            behaviour: Behaviour::Sleep(25),
+        })
+        .collect()
+}
+
+fn chaos(seed: u64, rounds: usize) -> Report {
+    let steps = schedule(seed, rounds);
+    eprintln!(
+        "chaos seed {seed}: {} rounds: {:?}",
+        steps.len(),
+        steps.iter().map(|s| s.fault).collect::<Vec<_>>()
+    );
+    let mut c = Cluster::with_servers(BIN, 3);
+    let proxies: Vec<Vec<Proxy>> = (0..NODES)
+        .map(|_| {
+            c.servers
+                .iter()
+                .map(|s| Proxy::start(&s.connect_string()))
+                .collect()
+        })
+        .collect();
+    for i in 0..NODES {
+        start_node(&mut c, i, &proxies);
+    }
+    let mut faults = BTreeMap::new();
+    let mut acknowledged: Vec<(String, usize)> = Vec::new();
+    let mut longest_gap = Duration::ZERO;
+    let mut pids = Vec::new();
+    let runtime = rt();
+    runtime.block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(30)).await;
+        let mut cfg = client_config(&c);
+        cfg.master_wait = Duration::from_secs(30);
+        let client = Client::connect(cfg).await.unwrap();
+        let opts = SubmitOptions { shard_size: Some(2), max_attempts: Some(5), ..Default::default() };
+        let mut gap_since: Option<Instant> = None;
+        // Nodes killed, paused or cut right now: a master among them is not serving.
+        let mut down: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Epochs of masters killed: their /master znode lingers until their session expires.
+        let mut dead_epochs: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        // Waits `d` while watching /master: the longest stretch without one.
+        macro_rules! observe {
+            ($d:expr) => {{
+                let until = Instant::now() + $d;
+                while Instant::now() < until {
+                    let has = matches!(ringleader::coord::read_master(&zk, &c.layout()).await, Ok(Some(m)) if !down.contains(&m.node_id) && !dead_epochs.contains(&m.epoch));
+                    match (has, gap_since) {
+                        (false, None) => gap_since = Some(Instant::now()),
+                        (true, Some(t)) => {
+                            longest_gap = longest_gap.max(t.elapsed());
+                            gap_since = None;
+                        }
+                        _ => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }};
+        }
+        for (round, step) in steps.iter().enumerate() {
+            // A job per round, submitted while the cluster is in any state;
+            // the client-chosen id makes the retried submission idempotent.
+            let id = format!("chaos-{seed}-{round}");
+            match client.submit::<Collect<Probe>>(job_tasks(round), SubmitOptions { job_id: Some(id.clone()), ..opts.clone() }).await {
+                Ok(_) => acknowledged.push((id, round)),
+                Err(e) => eprintln!("round {round}: submission not acknowledged: {e}"),
+            }
+            *faults.entry(step.fault).or_insert(0) += 1;
+            let node = step.target % NODES;
+            let nid = format!("n{node}");
+            match step.fault {
+                Fault::KillMaster => {
+                    if let Ok(Some(m)) = ringleader::coord::read_master(&zk, &c.layout()).await {
+                        let i: usize = m.node_id.trim_start_matches('n').parse().unwrap();
+                        c.kill9(&m.node_id);
+                        dead_epochs.insert(m.epoch);
+                        down.insert(m.node_id.clone());
+                        observe!(step.hold);
+                        start_node(&mut c, i, &proxies);
+                        down.remove(&m.node_id);
+                    }
+                }
+                Fault::KillWorker => {
+                    let master = ringleader::coord::read_master(&zk, &c.layout()).await.ok().flatten().map(|m| m.node_id);
+                    let victim = (0..NODES).map(|k| format!("n{}", (node + k) % NODES)).find(|n| Some(n) != master.as_ref()).unwrap();
+                    let i: usize = victim.trim_start_matches('n').parse().unwrap();
+                    c.kill9(&victim);
+                    down.insert(victim.clone());
+                    observe!(step.hold);
+                    start_node(&mut c, i, &proxies);
+                    down.remove(&victim);
+                }
+                Fault::PauseShort | Fault::PauseLong => {
+                    c.signal(&nid, "STOP");
+                    down.insert(nid.clone());
+                    observe!(step.hold);
+                    c.signal(&nid, "CONT");
+                    down.remove(&nid);
+                }
+                Fault::ZkServerRestart => {
+                    let s = step.target % 3;
+                    c.servers[s].kill();
+                    observe!(step.hold);
+                    c.servers[s].restart().unwrap();
+                }
+                Fault::CutShort | Fault::CutLong => {
+                    for p in &proxies[node] {
+                        p.cut();
+                    }
+                    down.insert(nid.clone());
+                    observe!(step.hold);
+                    for p in &proxies[node] {
+                        p.heal();
+                    }
+                    down.remove(&nid);
+                }
+            }
+            // Settle: a serving master again before the next fault.
+            let settle = Instant::now() + Duration::from_secs(30);
+            loop {
+                observe!(Duration::from_millis(100));
+                if matches!(ringleader::coord::read_master(&zk, &c.layout()).await, Ok(Some(m)) if !dead_epochs.contains(&m.epoch)) {
+                    break;
+                }
+                assert!(Instant::now() < settle, "seed {seed} round {round}: no master 30 s after {:?}\n{}", step.fault, c.logs());
+            }
+        }
+        for n in &c.nodes {
+            if let Some(ch) = &n.child {
+                pids.push(ch.id());
+            }
+        }
+        runtime_checks(&c, &client, &zk, &acknowledged, seed).await
+    })
+    .map(|(jobs_exact, tasks, zk_left)| {
+        let logs = c.logs();
+        let mut commits: HashMap<String, usize> = HashMap::new();
+        for line in logs.lines().filter(|l| l.contains("shard committed")) {
+            let line = strip_ansi(line);
+            let field = |name: &str| line.split(&format!(" {name}=")).nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string();
+            *commits.entry(format!("{} {}", field("job"), field("shard"))).or_insert(0) += 1;
+        }
+        let duplicate_commits = commits.values().filter(|&&n| n > 1).count();
+        let panics = logs.matches("panicked at").count();
+        drop(c);
+        for pid in &pids {
+            assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} outlived the harness");
+        }
+        Report {
+            seed,
+            faults,
+            jobs_acknowledged: acknowledged.len(),
+            jobs_exact,
+            tasks,
+            commits: commits.len(),
+            duplicate_commits,
+            longest_without_master: longest_gap,
+            panics,
+            zk_job_nodes_left: zk_left,
+        }
+    })
+    .unwrap()
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Every acknowledged job completes exactly; ZooKeeper empties.
+async fn runtime_checks(
+    c: &Cluster,
+    client: &Client,
+    zk: &ringleader::coord::ZkClient,
+    acknowledged: &[(String, usize)],
+    seed: u64,
+) -> Result<(usize, usize, usize), String> {
+    let mut exact = 0;
+    let mut tasks = 0;
+    for (id, round) in acknowledged {
+        let job = client.job::<Collect<Probe>>(id.clone());
+        let (results, report) = tokio::time::timeout(Duration::from_secs(120), job.result())
+            .await
+            .map_err(|_| {
+                format!(
+                    "seed {seed}: job {id} did not finish in 120 s\n{}",
+                    c.logs()
+                )
+            })?
+            .map_err(|e| format!("seed {seed}: job {id}: {e}"))?;
+        let want: Vec<(u64, u64)> = job_tasks(*round)
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as u64, t.value * 2))
+            .collect();
+        if results == want && report.progress.tasks_failed == 0 {
+            exact += 1;
+        } else {
+            return Err(format!(
+                "seed {seed}: job {id} is not exact: {} results, report {report:?}",
+                results.len()
+            ));
+        }
+        tasks += results.len();
+    }
+    let jobs = c.layout().jobs();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let left = loop {
+        let n = zk
+            .list_children(&jobs)
+            .await
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if n == 0 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Ok((exact, tasks, left))
+}
+
+fn print_table(reports: &[Report]) {
+    eprintln!("\n| seed | faults (kind:count) | jobs acked | jobs exact | tasks | shard commits | duplicate commits | longest without master | panics | job znodes left |");
+    eprintln!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for r in reports {
+        let faults: Vec<String> = r.faults.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+        eprintln!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} s | {} | {} |",
+            r.seed,
+            faults.join(" "),
+            r.jobs_acknowledged,
+            r.jobs_exact,
+            r.tasks,
+            r.commits,
+            r.duplicate_commits,
+            r.longest_without_master.as_secs_f64(),
+            r.panics,
+            r.zk_job_nodes_left
+        );
+    }
+}
+
+fn check(r: &Report) {
+    assert_eq!(
+        r.jobs_exact, r.jobs_acknowledged,
+        "seed {}: every acknowledged job exact",
+        r.seed
+    );
+    assert_eq!(
+        r.duplicate_commits, 0,
+        "seed {}: a shard was committed twice",
+        r.seed
+    );
+    assert_eq!(r.panics, 0, "seed {}: a node panicked", r.seed);
+    assert_eq!(
+        r.zk_job_nodes_left, 0,
+        "seed {}: job data left in ZooKeeper",
+        r.seed
+    );
+    assert!(
+        r.jobs_acknowledged > 0,
+        "seed {}: no job was acknowledged",
+        r.seed
+    );
+}
+
+#[test]
+fn same_seed_same_schedule() {
+    let a: Vec<_> = schedule(42, 30)
+        .iter()
+        .map(|s| (s.fault, s.target, s.hold))
+        .collect();
+    let b: Vec<_> = schedule(42, 30)
+        .iter()
+        .map(|s| (s.fault, s.target, s.hold))
+        .collect();
+    assert_eq!(a, b);
+    assert_ne!(
+        a,
+        schedule(43, 30)
+            .iter()
+            .map(|s| (s.fault, s.target, s.hold))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn chaos_short() {
+    let r = chaos(7, 7);
+    print_table(std::slice::from_ref(&r));
+    check(&r);
+}
+
+#[test]
+#[ignore = "soak: minutes per seed; CHAOS_SEEDS=1,2,3 CHAOS_ROUNDS=70"]
+fn chaos_soak() {
+    let seeds: Vec<u64> = std::env::var("CHAOS_SEEDS")
+        .unwrap_or_else(|_| "1,2,3".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let rounds = std::env::var("CHAOS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(70);
+    let mut reports = Vec::new();
+    for seed in seeds {
+        let r = chaos(seed, rounds);
+        check(&r);
+        reports.push(r);
+        print_table(&reports);
+    }
+}
