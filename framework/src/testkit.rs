@@ -104,6 +104,7 @@ impl Cluster {
             .args(&args)
             .args(extra)
             .env("RUST_LOG", "info,ringleader=debug")
+            .env("RINGLEADER_FAILPOINTS", self.path("failpoints"))
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("log"))
             .stderr(f)
@@ -190,6 +191,19 @@ impl Cluster {
             .iter()
             .map(|n| format!("--- {} ---\n{}\n", n.id, self.log(&n.id)))
             .collect()
+    }
+
+    /// Cuts (or heals) the QUIC link between worker `id` and any master,
+    /// leaving its ZooKeeper session alone (a fail point in the worker).
+    pub fn partition_worker(&self, id: &str, cut: bool) {
+        let dir = self.path("failpoints");
+        std::fs::create_dir_all(&dir).expect("failpoint dir");
+        let marker = dir.join(format!("partition-{id}"));
+        if cut {
+            std::fs::write(&marker, b"").expect("failpoint");
+        } else {
+            let _ = std::fs::remove_file(&marker);
+        }
     }
 
     /// A CLI command against the cluster (`submit`, `status`, ...).

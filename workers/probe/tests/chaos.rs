@@ -35,6 +35,8 @@ enum Fault {
     ZkServerRestart,
     CutShort,
     CutLong,
+    /// The QUIC link between a worker and the master, ZooKeeper untouched.
+    CutMasterWorker,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +59,7 @@ fn schedule(seed: u64, rounds: usize) -> Vec<Step> {
         Fault::ZkServerRestart,
         Fault::CutShort,
         Fault::CutLong,
+        Fault::CutMasterWorker,
     ];
     (0..rounds)
         .map(|_| {
@@ -222,6 +225,13 @@ fn chaos(seed: u64, rounds: usize) -> Report {
                     c.servers[s].kill();
                     observe!(step.hold);
                     c.servers[s].restart().unwrap();
+                }
+                Fault::CutMasterWorker => {
+                    let master = ringleader::coord::read_master(&zk, &c.layout()).await.ok().flatten().map(|m| m.node_id);
+                    let victim = (0..NODES).map(|k| format!("n{}", (node + k) % NODES)).find(|n| Some(n) != master.as_ref()).unwrap();
+                    c.partition_worker(&victim, true);
+                    observe!(step.hold);
+                    c.partition_worker(&victim, false);
                 }
                 Fault::CutShort | Fault::CutLong => {
                     for p in &proxies[node] {

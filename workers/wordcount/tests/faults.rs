@@ -319,3 +319,42 @@ fn disconnected_master_pauses_and_resumes() {
         assert_eq!(now.epoch, 1, "leadership kept");
     });
 }
+
+/// A worker cut from the master over QUIC while its ZooKeeper session lives
+/// (suspicion before expiry): the master reassigns its shards when the link
+/// drops, without waiting for the registration to vanish; the worker stays
+/// registered, reconnects when healed, and the result is exact.
+#[test]
+fn worker_cut_from_master_is_suspected_and_comes_back() {
+    let mut c = cluster();
+    let (corpus, baseline) = corpus(c.dir.path(), 16, 10);
+    c.node("m", &["--role", "candidate"]);
+    c.node("w1", &["--role", "worker"]);
+    c.node("w2", &["--role", "worker"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let job = job_in_flight(&client, &corpus).await;
+        c.partition_worker("w1", true);
+        eventually(Duration::from_secs(10), "the master to suspect w1", || {
+            let log = c.log("m");
+            async move { log.contains("worker link lost") }
+        })
+        .await;
+        let registered = zk
+            .check_stat(&format!("{}/w1", c.layout().workers()))
+            .await
+            .unwrap();
+        assert!(
+            registered.is_some(),
+            "w1's session and registration survive the cut"
+        );
+        c.partition_worker("w1", false);
+        assert_exact(&job, &baseline, &c.path("out.tsv")).await;
+        eventually(Duration::from_secs(10), "w1 to reconnect", || {
+            let log = c.log("w1");
+            async move { log.matches("connected to master").count() >= 2 }
+        })
+        .await;
+    });
+}
