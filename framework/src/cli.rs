@@ -590,26 +590,7 @@ struct Children(Vec<Child>);
 
 impl Children {
     fn stop(&mut self) {
-        for c in &self.0 {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for c in &mut self.0 {
-            loop {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        crate::process::terminate_all(&mut self.0, Duration::from_secs(10));
         self.0.clear();
     }
 }

@@ -17,6 +17,7 @@
 //! - [`cli`]: the command line every node binary gets.
 //! - [`zkserver`]: starts private ZooKeeper servers for `local` and tests.
 //! - [`prom`]: starts a private Prometheus for `local --prometheus` and tests.
+//! - [`process`]: stopping the child processes the project starts.
 //! - `testkit` (feature): a harness of real node processes for integration tests.
 
 #![warn(missing_docs)]
@@ -27,6 +28,7 @@ pub mod coord;
 pub mod core;
 pub mod metrics;
 pub mod node;
+pub mod process;
 pub mod prom;
 pub mod registry;
 pub mod task;
