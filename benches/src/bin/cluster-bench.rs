@@ -306,8 +306,19 @@ fn main() -> anyhow::Result<()> {
     let handover = rt.block_on(async {
         let zk = c.zk().await;
         let m = c.master(&zk, None, Duration::from_secs(10)).await;
-        // Wait for the restarted candidate to be in line.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Wait for the restarted candidate to be in line behind the master.
+        let election = c.layout().election();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while zk
+            .list_children(&election)
+            .await
+            .map(|v| v.len())
+            .unwrap_or(0)
+            < 2
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let t = Instant::now();
         c.signal(&m.node_id, "TERM");
         c.master(&zk, Some(m.epoch), Duration::from_secs(30)).await;
