@@ -257,6 +257,14 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+        for s in &mut self.servers {
+            s.kill();
+        }
+        // RINGLEADER_KEEP_TEST_DIRS=1 keeps logs and data for a post-mortem.
+        if std::env::var_os("RINGLEADER_KEEP_TEST_DIRS").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("kept {}", dir.keep().display());
+        }
     }
 }
 
