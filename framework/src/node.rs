@@ -278,13 +278,28 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         drop(actors);
         let _ = route_tx.send(None);
         // Wait until every actor of the session has dropped its client clone.
-        let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
+        let t = std::time::Instant::now();
+        if tokio::time::timeout(Duration::from_secs(5), alive_rx.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the session's actors did not stop within 5 s");
+        }
+        let ended = zk.state().is_terminated();
         drop(zk);
-        // Dropping the last clone closes the session and deletes our ephemeral znodes.
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while !states.changed().await.is_terminated() {}
-        })
-        .await;
+        // Dropping the last clone closes a live session and deletes our
+        // ephemeral znodes; an expired one has nothing left to close (and its
+        // state will not change again, so do not wait for it).
+        if !ended {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while !states.changed().await.is_terminated() {}
+            })
+            .await;
+        }
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            "session's actors stopped"
+        );
         if stop {
             break;
         }
