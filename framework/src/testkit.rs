@@ -104,7 +104,6 @@ impl Cluster {
             .args(&args)
             .args(extra)
             .env("RUST_LOG", "info,ringleader=debug")
-            .env("RINGLEADER_FAILPOINTS", self.path("failpoints"))
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("log"))
             .stderr(f)
@@ -191,19 +190,6 @@ impl Cluster {
             .iter()
             .map(|n| format!("--- {} ---\n{}\n", n.id, self.log(&n.id)))
             .collect()
-    }
-
-    /// Cuts (or heals) the QUIC link between worker `id` and any master,
-    /// leaving its ZooKeeper session alone (a fail point in the worker).
-    pub fn partition_worker(&self, id: &str, cut: bool) {
-        let dir = self.path("failpoints");
-        std::fs::create_dir_all(&dir).expect("failpoint dir");
-        let marker = dir.join(format!("partition-{id}"));
-        if cut {
-            std::fs::write(&marker, b"").expect("failpoint");
-        } else {
-            let _ = std::fs::remove_file(&marker);
-        }
     }
 
     /// A CLI command against the cluster (`submit`, `status`, ...).
@@ -403,4 +389,88 @@ impl Proxy {
     pub fn heal(&self) {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// A UDP proxy in front of a node's QUIC port that can drop the packets of
+/// chosen peers (by their source address), as a partition between that node
+/// and those peers would; nothing else changes for them.
+pub struct UdpProxy {
+    addr: String,
+    blocked: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<std::net::SocketAddr>>>,
+}
+
+impl UdpProxy {
+    /// Listens on a free loopback port, forwarding to `upstream`.
+    pub fn start(upstream: std::net::SocketAddr) -> UdpProxy {
+        use std::collections::HashMap;
+        use std::net::{SocketAddr, UdpSocket};
+        use std::sync::{Arc, Mutex};
+        let front = UdpSocket::bind("127.0.0.1:0").expect("udp proxy binds");
+        let addr = front.local_addr().expect("udp proxy address").to_string();
+        let blocked: Arc<Mutex<std::collections::HashSet<SocketAddr>>> = Arc::default();
+        let b = blocked.clone();
+        std::thread::spawn(move || {
+            let mut backs: HashMap<SocketAddr, UdpSocket> = HashMap::new();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let Ok((n, peer)) = front.recv_from(&mut buf) else {
+                    return;
+                };
+                if b.lock().map(|s| s.contains(&peer)).unwrap_or(false) {
+                    continue;
+                }
+                let back = match backs.get(&peer) {
+                    Some(s) => s,
+                    None => {
+                        let Ok(s) = UdpSocket::bind("127.0.0.1:0") else {
+                            continue;
+                        };
+                        if s.connect(upstream).is_err() {
+                            continue;
+                        }
+                        let (Ok(reader), Ok(front2)) = (s.try_clone(), front.try_clone()) else {
+                            continue;
+                        };
+                        let b2 = b.clone();
+                        std::thread::spawn(move || {
+                            let mut buf = vec![0u8; 65536];
+                            while let Ok(n) = reader.recv(&mut buf) {
+                                if b2.lock().map(|s| s.contains(&peer)).unwrap_or(false) {
+                                    continue;
+                                }
+                                let _ = front2.send_to(&buf[..n], peer);
+                            }
+                        });
+                        backs.entry(peer).or_insert(s)
+                    }
+                };
+                let _ = back.send(&buf[..n]);
+            }
+        });
+        UdpProxy { addr, blocked }
+    }
+
+    /// The address peers should dial.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Drops (or lets through again) every packet from and to `peer`.
+    pub fn block(&self, peer: std::net::SocketAddr, blocked: bool) {
+        if let Ok(mut s) = self.blocked.lock() {
+            if blocked {
+                s.insert(peer);
+            } else {
+                s.remove(&peer);
+            }
+        }
+    }
+}
+
+/// A free UDP port on loopback (bound then released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
 }

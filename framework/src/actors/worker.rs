@@ -172,23 +172,9 @@ async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), C
             continue;
         }
         newest_epoch = master.epoch;
-        if partitioned(&s.node_id) {
-            // Fail point: the link to any master is cut (tests).
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
         let session = serve(&s, &master, &on_welcome, &drain);
         let changed = master_changed(&zk, &layout, master.epoch);
-        let cut = async {
-            while !partitioned(&s.node_id) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
         tokio::select! {
-            _ = cut => {
-                tracing::warn!(master = %master.node_id, "fail point: link to the master cut");
-                failed_epoch = Some(master.epoch);
-            }
             r = session => match r {
                 Ok(()) => {
                     tracing::info!(master = %master.node_id, "drained: every started shard reported");
@@ -228,17 +214,6 @@ impl Drop for BusyGuard<'_> {
 
 fn scopeguard(d: &Drain) -> BusyGuard<'_> {
     BusyGuard(d)
-}
-
-/// A fail point for tests: while `$RINGLEADER_FAILPOINTS/partition-<node-id>`
-/// exists, this worker's QUIC link to the master is cut (its ZooKeeper
-/// session is not), as a network partition between the two would. Without
-/// the variable it costs one environment lookup per process.
-fn partitioned(node_id: &str) -> bool {
-    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| std::env::var_os("RINGLEADER_FAILPOINTS").map(PathBuf::from))
-        .as_ref()
-        .is_some_and(|d| d.join(format!("partition-{node_id}")).exists())
 }
 
 /// Resolves once `/master` no longer holds `epoch`.

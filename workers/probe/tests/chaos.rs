@@ -4,8 +4,9 @@
 //! jobs whose results are known in advance, and faults chosen by a seed:
 //! kill -9 of the master or a worker (then a restart), SIGSTOP shorter and
 //! longer than the session timeout, kill and restart of a ZooKeeper server,
-//! and network cuts between a node and ZooKeeper shorter and longer than
-//! the session timeout. Afterwards it checks every acknowledged job's exact
+//! network cuts between a node and ZooKeeper shorter and longer than the
+//! session timeout (TCP proxies), and between a worker and the master (a UDP
+//! proxy in front of every node's QUIC port). Afterwards it checks every acknowledged job's exact
 //! result, one commit per shard across every master's audit log, no panic,
 //! ZooKeeper empty, every process gone, and prints a table.
 //!
@@ -95,8 +96,17 @@ struct Report {
     zk_job_nodes_left: usize,
 }
 
-fn node_args(proxies: &[Proxy]) -> Vec<String> {
-    let zk = proxies
+/// A node's network: TCP proxies to every ZooKeeper server, and a UDP
+/// proxy in front of its own QUIC port (what others dial when it is master).
+struct Net {
+    zk: Vec<Proxy>,
+    quic_port: u16,
+    quic: UdpProxy,
+}
+
+fn node_args(net: &Net) -> Vec<String> {
+    let zk = net
+        .zk
         .iter()
         .map(|p| p.addr().to_string())
         .collect::<Vec<_>>()
@@ -108,11 +118,15 @@ fn node_args(proxies: &[Proxy]) -> Vec<String> {
         "2".into(),
         "--session-timeout-ms".into(),
         SESSION_MS.to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", net.quic_port),
+        "--advertise".into(),
+        net.quic.addr().to_string(),
     ]
 }
 
-fn start_node(c: &mut Cluster, i: usize, proxies: &[Vec<Proxy>]) {
-    let args = node_args(&proxies[i]);
+fn start_node(c: &mut Cluster, i: usize, nets: &[Net]) {
+    let args = node_args(&nets[i]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     c.node(&format!("n{i}"), &refs);
 }
@@ -134,12 +148,18 @@ fn chaos(seed: u64, rounds: usize) -> Report {
         steps.iter().map(|s| s.fault).collect::<Vec<_>>()
     );
     let mut c = Cluster::with_servers(BIN, 3);
-    let proxies: Vec<Vec<Proxy>> = (0..NODES)
+    let proxies: Vec<Net> = (0..NODES)
         .map(|_| {
-            c.servers
-                .iter()
-                .map(|s| Proxy::start(&s.connect_string()))
-                .collect()
+            let quic_port = free_udp_port();
+            Net {
+                zk: c
+                    .servers
+                    .iter()
+                    .map(|s| Proxy::start(&s.connect_string()))
+                    .collect(),
+                quic_port,
+                quic: UdpProxy::start(format!("127.0.0.1:{quic_port}").parse().unwrap()),
+            }
         })
         .collect();
     for i in 0..NODES {
@@ -227,19 +247,22 @@ fn chaos(seed: u64, rounds: usize) -> Report {
                     c.servers[s].restart().unwrap();
                 }
                 Fault::CutMasterWorker => {
-                    let master = ringleader::coord::read_master(&zk, &c.layout()).await.ok().flatten().map(|m| m.node_id);
-                    let victim = (0..NODES).map(|k| format!("n{}", (node + k) % NODES)).find(|n| Some(n) != master.as_ref()).unwrap();
-                    c.partition_worker(&victim, true);
-                    observe!(step.hold);
-                    c.partition_worker(&victim, false);
+                    if let Ok(Some(m)) = ringleader::coord::read_master(&zk, &c.layout()).await {
+                        let mi: usize = m.node_id.trim_start_matches('n').parse().unwrap();
+                        let wi = (0..NODES).map(|k| (node + k) % NODES).find(|&k| k != mi).unwrap();
+                        let worker: std::net::SocketAddr = format!("127.0.0.1:{}", proxies[wi].quic_port).parse().unwrap();
+                        proxies[mi].quic.block(worker, true);
+                        observe!(step.hold);
+                        proxies[mi].quic.block(worker, false);
+                    }
                 }
                 Fault::CutShort | Fault::CutLong => {
-                    for p in &proxies[node] {
+                    for p in &proxies[node].zk {
                         p.cut();
                     }
                     down.insert(nid.clone());
                     observe!(step.hold);
-                    for p in &proxies[node] {
+                    for p in &proxies[node].zk {
                         p.heal();
                     }
                     down.remove(&nid);
