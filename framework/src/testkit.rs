@@ -413,8 +413,10 @@ impl UdpProxy {
             let mut backs: HashMap<SocketAddr, UdpSocket> = HashMap::new();
             let mut buf = vec![0u8; 65536];
             loop {
+                // Errors here are ICMP reports about earlier sends (a peer
+                // that died): not a reason to stop forwarding.
                 let Ok((n, peer)) = front.recv_from(&mut buf) else {
-                    return;
+                    continue;
                 };
                 if b.lock().map(|s| s.contains(&peer)).unwrap_or(false) {
                     continue;
@@ -434,7 +436,12 @@ impl UdpProxy {
                         let b2 = b.clone();
                         std::thread::spawn(move || {
                             let mut buf = vec![0u8; 65536];
-                            while let Ok(n) = reader.recv(&mut buf) {
+                            loop {
+                                // ECONNREFUSED while the upstream node restarts: keep going.
+                                let Ok(n) = reader.recv(&mut buf) else {
+                                    std::thread::sleep(Duration::from_millis(5));
+                                    continue;
+                                };
                                 if b2.lock().map(|s| s.contains(&peer)).unwrap_or(false) {
                                     continue;
                                 }
