@@ -302,6 +302,46 @@ fn main() -> anyhow::Result<()> {
     ));
     c.node("cand-0", &["--role", "candidate"]);
 
+    // A worker killed while running shards: time until the master reassigns them.
+    let reassign = rt.block_on(async {
+        let zk = c.zk().await;
+        let m = c.master(&zk, None, Duration::from_secs(10)).await;
+        let client = Client::connect(client_config(&c)).await?;
+        let tasks: Vec<Probe> = (0..40)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::Sleep(1000),
+            })
+            .collect();
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            max_attempts: Some(3),
+            ..Default::default()
+        };
+        let job = client.submit::<Collect<Probe>>(tasks, opts).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = c.log(&m.node_id).matches("reassigning its shards").count();
+        let t = Instant::now();
+        c.kill9("w0");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.log(&m.node_id).matches("reassigning its shards").count() == before {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no reassignment after killing w0"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = t.elapsed();
+        job.result().await?;
+        Ok::<_, anyhow::Error>(took)
+    })?;
+    rows.push(row(
+        "worker kill -9 to its shards requeued (master log)",
+        format!("{:.0} ms", reassign.as_secs_f64() * 1e3),
+        format!("{} ms session timeout", session.as_millis()),
+        format!("{:.2}", reassign.as_secs_f64() / session.as_secs_f64()),
+    ));
+
     // Graceful handover.
     let handover = rt.block_on(async {
         let zk = c.zk().await;
