@@ -169,7 +169,14 @@ struct SubmitArgs {
     /// Return once the job is accepted, without waiting for the result.
     #[arg(long)]
     detach: bool,
-    /// Tasks per shard.
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+/// How a submitted job is cut and retried (`submit` and `local`).
+#[derive(Args, Debug, Clone)]
+struct JobArgs {
+    /// Tasks per shard (default: the job's own).
     #[arg(long)]
     shard_size: Option<u32>,
     /// Attempts per task.
@@ -179,6 +186,19 @@ struct SubmitArgs {
     /// (default: 4x the job's typical shard time).
     #[arg(long)]
     shard_timeout_secs: Option<f64>,
+}
+
+impl JobArgs {
+    fn options(&self, job: &dyn ErasedCliJob) -> JobOptions {
+        JobOptions {
+            shard_size: self
+                .shard_size
+                .unwrap_or_else(|| job.default_shard_size())
+                .max(1),
+            max_attempts: self.max_attempts.max(1),
+            shard_timeout_ms: self.shard_timeout_secs.map(|s| (s * 1000.0) as u64),
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -224,15 +244,8 @@ struct LocalArgs {
     /// Task slots per node (default: CPUs / nodes, at least 1).
     #[arg(long)]
     slots: Option<u32>,
-    /// Tasks per shard.
-    #[arg(long)]
-    shard_size: Option<u32>,
-    /// Attempts per task.
-    #[arg(long, default_value_t = 3)]
-    max_attempts: u32,
-    /// Seconds after which a running shard gets a copy on another worker.
-    #[arg(long)]
-    shard_timeout_secs: Option<f64>,
+    #[command(flatten)]
+    job: JobArgs,
     /// Keep the temporary directory (logs, ZooKeeper data) after the run.
     #[arg(long)]
     keep: bool,
@@ -277,6 +290,14 @@ fn init_tracing(format: LogFormat) {
 }
 
 impl NodeBuilder {
+    /// The job `submit`, `result` and `local` work with.
+    fn command_line_job(&self) -> anyhow::Result<std::sync::Arc<dyn ErasedCliJob>> {
+        self.cli
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("this binary registers no command-line job"))
+    }
+
     /// Parses the process arguments and runs the chosen command.
     pub fn run_cli(self) -> anyhow::Result<()> {
         self.run_cli_from(std::env::args_os())
@@ -291,7 +312,15 @@ impl NodeBuilder {
         let mut cmd = <Cli as clap::CommandFactory>::command();
         if let Some(job) = self.cli.first() {
             for sub in ["submit", "local", "result"] {
-                cmd = cmd.mut_subcommand(sub, |c| job.augment(c));
+                cmd = cmd.mut_subcommand(sub, |c| {
+                    // The job's arguments, under the subcommand's own description.
+                    let about = c.get_about().cloned();
+                    let c = job.augment(c);
+                    match about {
+                        Some(about) => c.about(about),
+                        None => c,
+                    }
+                });
             }
         }
         let matches = cmd.try_get_matches_from(args).unwrap_or_else(|e| e.exit());
@@ -313,20 +342,9 @@ impl NodeBuilder {
                 Ok(())
             }
             Cmd::Submit(a) => {
-                let job = self
-                    .cli
-                    .first()
-                    .ok_or_else(|| anyhow!("this binary registers no command-line job"))?
-                    .clone();
+                let job = self.command_line_job()?;
                 let (tasks, finish) = job.plan(&sub, true)?;
-                let opts = JobOptions {
-                    shard_size: a
-                        .shard_size
-                        .unwrap_or_else(|| job.default_shard_size())
-                        .max(1),
-                    max_attempts: a.max_attempts.max(1),
-                    shard_timeout_ms: a.shard_timeout_secs.map(|s| (s * 1000.0) as u64),
-                };
+                let opts = a.job.options(job.as_ref());
                 block_on(submit(
                     &a.conn,
                     job.name(),
@@ -338,11 +356,7 @@ impl NodeBuilder {
                 ))
             }
             Cmd::Result(a) => {
-                let job = self
-                    .cli
-                    .first()
-                    .ok_or_else(|| anyhow!("this binary registers no command-line job"))?
-                    .clone();
+                let job = self.command_line_job()?;
                 let (_, finish) = job.plan(&sub, false)?;
                 block_on(async move {
                     let client = Client::connect(client_config(&a.conn)).await?;
@@ -381,20 +395,9 @@ impl NodeBuilder {
                 Ok(())
             }),
             Cmd::Local(a) => {
-                let job = self
-                    .cli
-                    .first()
-                    .ok_or_else(|| anyhow!("this binary registers no command-line job"))?
-                    .clone();
+                let job = self.command_line_job()?;
                 let (tasks, finish) = job.plan(&sub, true)?;
-                let opts = JobOptions {
-                    shard_size: a
-                        .shard_size
-                        .unwrap_or_else(|| job.default_shard_size())
-                        .max(1),
-                    max_attempts: a.max_attempts.max(1),
-                    shard_timeout_ms: a.shard_timeout_secs.map(|s| (s * 1000.0) as u64),
-                };
+                let opts = a.job.options(job.as_ref());
                 run_local(a, job.name(), tasks, opts, finish)
             }
         }

@@ -218,6 +218,20 @@ impl Cluster {
             .expect("test's ZooKeeper session")
     }
 
+    /// Waits until `n` workers are registered.
+    pub async fn workers(&self, zk: &coord::ZkClient, n: usize, timeout: Duration) {
+        let path = self.layout().workers();
+        let deadline = Instant::now() + timeout;
+        while zk.list_children(&path).await.map(|w| w.len()).unwrap_or(0) < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} workers after {timeout:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until a master with an epoch other than `not` is published.
     pub async fn master(
         &self,

@@ -75,13 +75,7 @@ fn an_aborting_task_cannot_kill_every_worker() {
     rt().block_on(async {
         let zk = c.zk().await;
         let workers = c.layout().workers();
-        eventually(Duration::from_secs(20), "3 workers", || async {
-            zk.list_children(&workers)
-                .await
-                .map(|w| w.len() == 3)
-                .unwrap_or(false)
-        })
-        .await;
+        c.workers(&zk, 3, Duration::from_secs(20)).await;
         let client = Client::connect(client_config(&c)).await.unwrap();
         let tasks = probes(20, &[(5, Behaviour::Abort)]);
         let opts = SubmitOptions {
@@ -147,13 +141,7 @@ fn a_worker_drains_on_sigterm() {
     rt().block_on(async {
         let zk = c.zk().await;
         let workers = c.layout().workers();
-        eventually(Duration::from_secs(20), "2 workers", || async {
-            zk.list_children(&workers)
-                .await
-                .map(|w| w.len() == 2)
-                .unwrap_or(false)
-        })
-        .await;
+        c.workers(&zk, 2, Duration::from_secs(20)).await;
         let client = Client::connect(client_config(&c)).await.unwrap();
         let tasks: Vec<Probe> = (0..40)
             .map(|value| Probe {
@@ -206,14 +194,7 @@ fn hung_shards_get_a_copy_elsewhere() {
     c.node("w2", &["--role", "worker", "--slots", "2"]);
     rt().block_on(async {
         let zk = c.zk().await;
-        let workers = c.layout().workers();
-        eventually(Duration::from_secs(20), "2 workers", || async {
-            zk.list_children(&workers)
-                .await
-                .map(|w| w.len() == 2)
-                .unwrap_or(false)
-        })
-        .await;
+        c.workers(&zk, 2, Duration::from_secs(20)).await;
         let client = Client::connect(client_config(&c)).await.unwrap();
         let tasks: Vec<Probe> = (0..12)
             .map(|value| Probe {
