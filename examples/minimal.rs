@@ -1,4 +1,5 @@
-//! The smallest Ringleader program: a custom task and a node binary.
+//! The smallest Ringleader program: a node binary for the `Square` task
+//! (defined in this crate's `src/lib.rs`, which the client shares).
 //!
 //! ```sh
 //! cargo run -p ringleader-examples --example minimal -- certs --out certs
@@ -6,22 +7,7 @@
 //! ```
 //! Then submit `Square` tasks from Rust (see `submit.rs`).
 
-use ringleader::{Task, TaskContext, TaskError};
-use serde::{Deserialize, Serialize};
-
-/// Squares a number; fails (permanently) on overflow.
-#[derive(Serialize, Deserialize)]
-pub struct Square(pub u64);
-
-impl Task for Square {
-    type Output = u64;
-    const NAME: &'static str = "square";
-    fn run(self, _ctx: &TaskContext) -> Result<u64, TaskError> {
-        self.0
-            .checked_mul(self.0)
-            .ok_or_else(|| TaskError::permanent(format!("{} squared overflows", self.0)))
-    }
-}
+use ringleader_examples::Square;
 
 fn main() -> anyhow::Result<()> {
     ringleader::Node::builder().task::<Square>().run_cli()

@@ -6,20 +6,8 @@
 //! ```
 
 use ringleader::client::SubmitOptions;
-use ringleader::{Client, ClientConfig, Collect, Task, TaskContext, TaskError};
-use serde::{Deserialize, Serialize};
-
-/// Must match the node's task (same name and fields).
-#[derive(Serialize, Deserialize)]
-pub struct Square(pub u64);
-
-impl Task for Square {
-    type Output = u64;
-    const NAME: &'static str = "square";
-    fn run(self, _ctx: &TaskContext) -> Result<u64, TaskError> {
-        Ok(self.0 * self.0)
-    }
-}
+use ringleader::{Client, ClientConfig, Collect};
+use ringleader_examples::Square;
 
 #[actix_rt::main]
 async fn main() -> anyhow::Result<()> {
