@@ -220,12 +220,17 @@ impl Cluster {
 
     /// Waits until `n` workers are registered.
     pub async fn workers(&self, zk: &coord::ZkClient, n: usize, timeout: Duration) {
-        let path = self.layout().workers();
+        self.children(zk, &self.layout().workers(), n, timeout)
+            .await;
+    }
+
+    /// Waits until the znode `path` has at least `n` children.
+    pub async fn children(&self, zk: &coord::ZkClient, path: &str, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while zk.list_children(&path).await.map(|w| w.len()).unwrap_or(0) < n {
+        while zk.list_children(path).await.map(|w| w.len()).unwrap_or(0) < n {
             assert!(
                 Instant::now() < deadline,
-                "fewer than {n} workers after {timeout:?}\n{}",
+                "fewer than {n} children of {path} after {timeout:?}\n{}",
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -93,20 +93,8 @@ fn main() -> anyhow::Result<()> {
     let session = Duration::from_millis(2000);
     rt.block_on(async {
         let zk = c.zk().await;
-        let workers = c.layout().workers();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while zk
-            .list_children(&workers)
-            .await
-            .map(|w| w.len())
-            .unwrap_or(0)
-            < args.workers
-        {
-            anyhow::ensure!(Instant::now() < deadline, "workers did not register");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok::<_, anyhow::Error>(())
-    })?;
+        c.workers(&zk, args.workers, Duration::from_secs(30)).await;
+    });
     std::thread::sleep(Duration::from_millis(500));
     for n in &c.nodes {
         if let Some(ch) = &n.child {
@@ -347,18 +335,8 @@ fn main() -> anyhow::Result<()> {
         let zk = c.zk().await;
         let m = c.master(&zk, None, Duration::from_secs(10)).await;
         // Wait for the restarted candidate to be in line behind the master.
-        let election = c.layout().election();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while zk
-            .list_children(&election)
-            .await
-            .map(|v| v.len())
-            .unwrap_or(0)
-            < 2
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        c.children(&zk, &c.layout().election(), 2, Duration::from_secs(30))
+            .await;
         let t = Instant::now();
         c.signal(&m.node_id, "TERM");
         c.master(&zk, Some(m.epoch), Duration::from_secs(30)).await;
