@@ -81,7 +81,7 @@ fn counting(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(text.len() as u64));
     g.bench_function("count_str", |b| {
         b.iter(|| {
-            let mut counts = wordcount::Counts::new();
+            let mut counts = wordcount::Counts::default();
             wordcount::count_str(black_box(&text), false, &mut counts);
             counts.len()
         })

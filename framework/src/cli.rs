@@ -157,6 +157,11 @@ struct NodeArgs {
     /// On SIGTERM, seconds to finish the shards already started before leaving.
     #[arg(long, default_value_t = 30)]
     drain_secs: u64,
+    /// Silence after which a QUIC link to a peer is declared lost and its
+    /// shards reassigned (keep-alives go out four times per period).
+    #[arg(long, default_value_t = crate::transport::LINK_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    link_timeout_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -582,6 +587,7 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         max_job_bytes: a.max_job_bytes,
         retention: Duration::from_secs(a.retention_secs),
         drain_timeout: Duration::from_secs(a.drain_secs),
+        link_timeout: Duration::from_millis(a.link_timeout_ms),
     };
     let registry = builder.registry;
     actix::System::new().block_on(async move { node::run(config, registry).await })?;

@@ -139,6 +139,7 @@ impl Client {
                 .map_err(|_| ClientError::Protocol("addr".into()))?,
             &identity,
             false,
+            transport::LINK_TIMEOUT,
         )?;
         let zk = coord::connect(&cfg.zk, cfg.session_timeout).await?;
         let layout = Layout::new(&cfg.cluster);

@@ -39,6 +39,9 @@ pub const SHARDS_ASSIGNED: &str = "ringleader_shards_assigned_total";
 pub const SHARDS_COMMITTED: &str = "ringleader_shards_committed_total";
 /// Counter: shards put back in the queue because their worker was lost.
 pub const SHARDS_REASSIGNED: &str = "ringleader_shards_reassigned_total";
+/// Counter: worker links lost without a drain (the worker is suspected and
+/// its shards reassigned before its ZooKeeper session says whether it died).
+pub const WORKER_LINKS_LOST: &str = "ringleader_worker_links_lost_total";
 /// Counter: speculative copies of slow or hung shards sent to another worker.
 pub const SHARDS_SPECULATED: &str = "ringleader_shards_speculated_total";
 /// Counter: task attempts that failed and will be retried.
@@ -142,6 +145,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(SHARDS_ASSIGNED, Kind::Counter, "", "shards", "master", "Shards sent to workers."),
     metric(SHARDS_COMMITTED, Kind::Counter, "", "shards", "master", "Shard outcomes committed to ZooKeeper."),
     metric(SHARDS_REASSIGNED, Kind::Counter, "", "shards", "master", "Shards requeued because their worker was lost."),
+    metric(WORKER_LINKS_LOST, Kind::Counter, "", "links", "master", "Worker links lost without a drain: the worker is suspected and its shards reassigned at once."),
     metric(SHARDS_SPECULATED, Kind::Counter, "", "shards", "master", "Copies of slow or hung shards sent to another worker (the first result wins)."),
     metric(TASKS_RETRIED, Kind::Counter, "", "tasks", "master", "Task attempts that failed and will be retried."),
     metric(TASKS_DEAD_LETTERED, Kind::Counter, "", "tasks", "master", "Tasks that failed every attempt, reported as failed tasks of their job."),
@@ -223,6 +227,7 @@ fn register() {
         SHARDS_ASSIGNED,
         SHARDS_COMMITTED,
         SHARDS_REASSIGNED,
+        WORKER_LINKS_LOST,
         SHARDS_SPECULATED,
         TASKS_RETRIED,
         TASKS_DEAD_LETTERED,

@@ -70,6 +70,9 @@ pub struct NodeConfig {
     pub retention: Duration,
     /// On SIGTERM, how long a worker may take to finish the shards it started.
     pub drain_timeout: Duration,
+    /// Silence after which a QUIC link is declared lost (worker failure
+    /// detection before session expiry); see [`transport::LINK_TIMEOUT`].
+    pub link_timeout: Duration,
 }
 
 /// Errors that stop a node.
@@ -128,7 +131,7 @@ static LINK_IDS: AtomicU64 = AtomicU64::new(1);
 /// Runs a node until SIGTERM or Ctrl-C. Must be called inside an actix `System`.
 pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError> {
     let identity = tls::Identity::load(&config.certs, "node")?;
-    let endpoint = transport::endpoint(config.listen, &identity, true)?;
+    let endpoint = transport::endpoint(config.listen, &identity, true, config.link_timeout)?;
     let bound = endpoint.local_addr()?;
     let addr = config
         .advertise

@@ -173,12 +173,14 @@ impl<J: Job> ErasedJob for Erased<J> {
     }
 
     fn merge_encoded(&self, acc: &mut Accumulator, bytes: &[u8]) -> Result<(), CodecError> {
-        let other: J::Result = decode("shard result", bytes)?;
         let acc = acc
             .downcast_mut::<J::Result>()
             .ok_or(CodecError::WrongType)?;
-        J::merge(acc, other);
-        Ok(())
+        let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
+        J::merge_from(acc, &mut decoder).map_err(|source| CodecError::Decode {
+            what: "shard result",
+            source,
+        })
     }
 
     fn encode_acc(&self, acc: &Accumulator) -> Result<Vec<u8>, CodecError> {

@@ -60,6 +60,20 @@ pub trait Job: Send + Sync + 'static {
     fn fold(acc: &mut Self::Result, index: u64, output: <Self::Task as Task>::Output);
     /// Merges two partial results.
     fn merge(acc: &mut Self::Result, other: Self::Result);
+    /// Merges an encoded partial result straight from its decoder. The
+    /// default decodes a whole `Result` and calls [`Job::merge`]; a job with
+    /// big partials (a map of counts) can add each entry as it is read and
+    /// skip building the temporary one. Such an implementation leaves what
+    /// it read merged if decoding fails midway (the master logs the shard
+    /// as unmergeable either way).
+    fn merge_from<'de, D: serde::Deserializer<'de>>(
+        acc: &mut Self::Result,
+        decoder: D,
+    ) -> Result<(), D::Error> {
+        let other = Self::Result::deserialize(decoder)?;
+        Self::merge(acc, other);
+        Ok(())
+    }
     /// Tasks per shard when the submission does not say (the unit of
     /// assignment, transport and ZooKeeper commit).
     fn default_shard_size() -> u32 {

@@ -1,26 +1,63 @@
 //! The cluster benchmark: a private ZooKeeper and real node processes, each
 //! measure printed beside the baseline this same run measured.
 //!
-//! `cargo run --release -p ringleader-benches --bin cluster-bench -- --quick`
+//! `cargo build --release -p ringleader-benches --bins && target/release/cluster-bench --quick`
+//!
+//! Sections (`--only a,b` runs some): `idle` (RSS and CPU of idle nodes),
+//! `throughput` (tasks/s by shard size against the ZooKeeper write ceiling
+//! and the codec), `memory` (a master holding a million queued tasks),
+//! `wordcount` (against the same counting code in 2 plain threads, and false
+//! suspicions meanwhile), `failover` (kill -9 of the master with thousands of
+//! unfinished shards), `kill` (a worker's kill -9 to its shards requeued),
+//! `handover` (SIGTERM on the master) and `scale` (a thousand registered
+//! workers, each with its own ZooKeeper session and QUIC link). Timed fault
+//! measures run `--runs` times; the table shows the median and the range.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use clap::Parser;
+use anyhow::{bail, ensure, Context};
+use clap::{Parser, ValueEnum};
 use probe::{Behaviour, Probe};
 use ringleader::client::SubmitOptions;
+use ringleader::coord::{MasterInfo, ZkClient};
 use ringleader::testkit::{client_config, Cluster};
 use ringleader::{Client, Collect};
 
 #[derive(Parser)]
 struct Args {
-    /// Smaller inputs: finishes in about two minutes.
+    /// Smaller inputs and fewer runs: finishes in under two minutes.
     #[arg(long)]
     quick: bool,
-    /// Worker nodes (plus two master candidates).
+    /// Worker processes (plus two master candidates).
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Runs of each timed fault measure (default 3, or 5 without --quick).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Slots of each worker process (default: the machine's cores shared
+    /// among the workers, at least 1).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Workers of the scale section (all in one extra process).
+    #[arg(long, default_value_t = 1000)]
+    swarm: usize,
+    /// Run only these sections.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Section>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Section {
+    Idle,
+    Throughput,
+    Memory,
+    Wordcount,
+    Failover,
+    Kill,
+    Handover,
+    Scale,
 }
 
 struct Row {
@@ -44,317 +81,860 @@ fn row(
     }
 }
 
-fn rss_mib(pid: u32) -> f64 {
+fn proc_status_kb(pid: u32, key: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l.to_string())
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|k| k.parse::<f64>().ok())
         })
-        .map_or(0.0, |kb| kb / 1024.0)
+        .unwrap_or(0.0)
 }
 
-fn bin() -> anyhow::Result<PathBuf> {
+fn rss_mib(pid: u32) -> f64 {
+    proc_status_kb(pid, "VmRSS:") / 1024.0
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Share of one core a process used over `window`.
+fn cpu_share(pid: u32, window: Duration) -> f64 {
+    let before = cpu_secs(pid);
+    std::thread::sleep(window);
+    (cpu_secs(pid) - before) / window.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn spread_ms(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!(
+        "{:.1} ms (median of {}, {:.1}-{:.1})",
+        median(v.to_vec()),
+        v.len(),
+        lo,
+        hi
+    )
+}
+
+/// The value of `key=<digits>` in a log line.
+fn log_field(line: &str, key: &str) -> Option<f64> {
+    line.split(&format!("{key}="))
+        .nth(1)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// Sum of every sample of `name` (any labels) in a Prometheus scrape.
+fn metric_sum(text: &str, name: &str, label: Option<&str>) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+                && label.is_none_or(|lb| l.contains(lb))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let node = exe.with_file_name("bench-node");
+    let node = exe.with_file_name(name);
     if !node.exists() {
         bail!(
-            "{} is missing: build with `cargo build --release -p ringleader-benches`",
+            "{} is missing: build with `cargo build --release -p ringleader-benches --bins`",
             node.display()
         );
     }
     Ok(node)
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let mut rows = Vec::new();
-    let mut c = Cluster::new(bin()?);
-    c.node("cand-0", &["--role", "candidate"]);
-    let rt = ringleader::testkit::rt();
-    rt.block_on(async {
-        let zk = c.zk().await;
-        c.master(&zk, None, Duration::from_secs(30)).await;
-    });
-    c.node("cand-1", &["--role", "candidate"]);
-    let slots = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .to_string();
-    for i in 0..args.workers {
-        c.node(&format!("w{i}"), &["--role", "worker", "--slots", &slots]);
-    }
-    // The nodes' negotiated session timeout (testkit asks for 2 s; tickTime 200 ms allows it).
-    let session = Duration::from_millis(2000);
-    rt.block_on(async {
-        let zk = c.zk().await;
-        c.workers(&zk, args.workers, Duration::from_secs(30)).await;
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    for n in &c.nodes {
-        if let Some(ch) = &n.child {
-            rows.push(row(
-                format!("idle RSS of {}", n.id),
-                format!("{:.1} MiB", rss_mib(ch.id())),
-                "goal < 20 MiB",
-                "",
-            ));
-        }
+fn probes(n: u64, behaviour: Behaviour) -> Vec<Probe> {
+    (0..n)
+        .map(|value| Probe {
+            value,
+            behaviour: behaviour.clone(),
+        })
+        .collect()
+}
+
+struct Bench {
+    args: Args,
+    c: Cluster,
+    rt: tokio::runtime::Runtime,
+    rows: Vec<Row>,
+    /// The nodes' negotiated session timeout (testkit asks for 2 s; tickTime 200 ms allows it).
+    session: Duration,
+    metrics: HashMap<String, String>,
+    runs: usize,
+    /// The master's CPU share when idle with the regular workers only.
+    idle_cpu: Option<f64>,
+}
+
+impl Bench {
+    fn wants(&self, s: Section) -> bool {
+        self.args.only.is_empty() || self.args.only.contains(&s)
     }
 
-    // Tasks per second end to end, by shard size, beside the same tasks run in this process.
-    let sizes: &[(u32, usize)] = if args.quick {
-        &[(1, 2_000), (100, 100_000), (10_000, 500_000)]
-    } else {
-        &[(1, 10_000), (100, 500_000), (10_000, 2_000_000)]
-    };
-    for &(shard, n) in sizes {
-        let tasks: Vec<Probe> = (0..n as u64)
-            .map(|value| Probe {
-                value,
-                behaviour: Behaviour::Ok,
-            })
-            .collect();
-        let t = Instant::now();
-        let local: u64 = tasks.iter().map(|p| p.value * 2).sum();
-        let local_rate = n as f64 / t.elapsed().as_secs_f64().max(1e-9);
-        let (rate, ok) = rt.block_on(async {
-            let client = Client::connect(client_config(&c)).await?;
-            let t = Instant::now();
-            let opts = SubmitOptions {
-                shard_size: Some(shard),
-                ..Default::default()
-            };
-            let job = client.submit::<Collect<Probe>>(tasks, opts).await?;
-            let (results, _) = job.result().await?;
-            let secs = t.elapsed().as_secs_f64();
-            let sum: u64 = results.iter().map(|(_, v)| *v).sum();
-            Ok::<_, anyhow::Error>((n as f64 / secs, results.len() == n && sum == local))
-        })?;
-        anyhow::ensure!(ok, "wrong results at shard size {shard}");
-        rows.push(row(
-            format!("tasks/s end to end, shard size {shard} ({n} tasks, results checked)"),
-            format!("{rate:.0}"),
-            format!("{local_rate:.0} in-process loop"),
-            format!("{:.4}", rate / local_rate),
+    fn start_node(&mut self, id: &str, role: &str) {
+        let port = ringleader::zkserver::free_port().map_or(0, |p| p);
+        let addr = format!("127.0.0.1:{port}");
+        self.metrics.insert(id.to_string(), addr.clone());
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
+        let slots = self
+            .args
+            .slots
+            .unwrap_or((cores / self.args.workers.max(1) as u32).max(1))
+            .to_string();
+        self.c.node(
+            id,
+            &["--role", role, "--slots", &slots, "--metrics-addr", &addr],
+        );
+    }
+
+    fn worker_ids(&self) -> Vec<String> {
+        (0..self.args.workers).map(|i| format!("w{i}")).collect()
+    }
+
+    fn zk(&self) -> ZkClient {
+        self.rt.block_on(self.c.zk())
+    }
+
+    fn master(&self, not: Option<u64>) -> MasterInfo {
+        let zk = self.zk();
+        self.rt
+            .block_on(self.c.master(&zk, not, Duration::from_secs(30)))
+    }
+
+    fn pid(&self, id: &str) -> u32 {
+        self.c.pid(id)
+    }
+
+    fn scrape(&self, id: &str) -> anyhow::Result<String> {
+        let addr = self
+            .metrics
+            .get(id)
+            .with_context(|| format!("no metrics address for {id}"))?;
+        let (code, body) = ringleader::prom::http_get(addr, "/metrics")?;
+        ensure!(code == 200, "scrape of {id} answered {code}");
+        Ok(body)
+    }
+
+    fn wait_workers(&self, n: usize) {
+        let zk = self.zk();
+        self.rt
+            .block_on(self.c.workers(&zk, n, Duration::from_secs(60)));
+    }
+
+    /// Waits until `n` nodes stand in the election (master included).
+    fn wait_candidates(&self, n: usize) {
+        let zk = self.zk();
+        self.rt.block_on(self.c.children(
+            &zk,
+            &self.c.layout().election(),
+            n,
+            Duration::from_secs(60),
         ));
     }
-    if let Some(m) = c
-        .nodes
-        .iter()
-        .find(|n| n.id == "cand-0")
-        .and_then(|n| n.child.as_ref())
-    {
-        rows.push(row(
-            "master RSS after the biggest job",
-            format!("{:.1} MiB", rss_mib(m.id())),
-            "",
-            "",
-        ));
+
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(self.rt.block_on(Client::connect(client_config(&self.c)))?)
     }
 
-    // Word count against the same counting code in 2 plain threads.
-    let mib: u64 = if args.quick { 64 } else { 256 };
-    let corpus = c.path("corpus.txt");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&corpus)?);
-        wordcount::corpus::generate(&mut f, mib << 20, 100_000, 7)?;
-        std::io::Write::flush(&mut f)?;
-    }
-    let bytes = std::fs::metadata(&corpus)?.len() as f64;
-    let splits = wordcount::plan(
-        std::slice::from_ref(&corpus),
-        (bytes as u64 / 12).max(1 << 20),
-        false,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let t = Instant::now();
-    let halves: Vec<Vec<_>> = (0..2)
-        .map(|i| splits.iter().skip(i).step_by(2).cloned().collect())
-        .collect();
-    let base: wordcount::Counts = std::thread::scope(|s| {
-        let hs: Vec<_> = halves
-            .iter()
-            .map(|h| {
-                s.spawn(move || {
-                    let mut acc = wordcount::Counts::new();
-                    for t in h {
-                        if let Ok(c) = wordcount::count_split(&t.path, t.offset, t.len, false) {
-                            wordcount::merge(&mut acc, c);
-                        }
-                    }
-                    acc
-                })
-            })
-            .collect();
-        let mut all = wordcount::Counts::new();
-        for h in hs {
-            if let Ok(part) = h.join() {
-                wordcount::merge(&mut all, part);
-            }
-        }
-        all
-    });
-    let base_mbs = bytes / 1e6 / t.elapsed().as_secs_f64();
-    let cluster_mbs = rt.block_on(async {
-        let client = Client::connect(client_config(&c)).await?;
-        let t = Instant::now();
-        let job = client
-            .submit::<wordcount::WordCount>(splits, SubmitOptions::default())
-            .await?;
-        let (counts, _) = job.result().await?;
-        let secs = t.elapsed().as_secs_f64();
-        anyhow::ensure!(counts == base, "word counts differ from the baseline");
-        Ok::<_, anyhow::Error>(bytes / 1e6 / secs)
-    })?;
-    rows.push(row(
-        format!("word count {mib} MiB, MB/s"),
-        format!("{cluster_mbs:.1}"),
-        format!("{base_mbs:.1} (2 plain threads)"),
-        format!("{:.2}", cluster_mbs / base_mbs),
-    ));
-
-    // Failover after kill -9 of the master, with unfinished jobs in ZooKeeper.
-    let jobs = if args.quick { 20 } else { 100 };
-    let (failover, recovery_line) = rt.block_on(async {
-        let zk = c.zk().await;
-        let first = c.master(&zk, None, Duration::from_secs(10)).await;
-        for i in 0..args.workers {
-            c.signal(&format!("w{i}"), "STOP");
-        }
-        let client = Client::connect(client_config(&c)).await?;
-        for j in 0..jobs {
-            let tasks: Vec<Probe> = (0..100)
-                .map(|value| Probe {
-                    value,
-                    behaviour: Behaviour::Ok,
-                })
-                .collect();
-            let opts = SubmitOptions {
-                shard_size: Some(1),
-                job_id: Some(format!("unfinished-{j}")),
-                ..Default::default()
-            };
-            client.submit::<Collect<Probe>>(tasks, opts).await?;
-        }
-        let t = Instant::now();
-        c.kill9(&first.node_id);
-        let second = c
-            .master(&zk, Some(first.epoch), Duration::from_secs(30))
-            .await;
-        let took = t.elapsed();
-        for i in 0..args.workers {
-            c.signal(&format!("w{i}"), "CONT");
-        }
-        let log = c.log(&second.node_id);
-        let recovery = log
+    /// The last "serving as master" line of `id`'s log.
+    fn serving_line(&self, id: &str) -> String {
+        self.c
+            .log(id)
             .lines()
             .rev()
             .find(|l| l.contains("serving as master"))
-            .map(|l| l.to_string())
-            .unwrap_or_default();
-        for j in 0..jobs {
-            client
-                .job::<Collect<Probe>>(format!("unfinished-{j}"))
-                .result()
-                .await
-                .context("unfinished job")?;
-        }
-        Ok::<_, anyhow::Error>((took, recovery))
-    })?;
-    let recovery_ms = recovery_line
-        .split("recovery_ms=")
-        .nth(1)
-        .map(|r| {
-            r.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        })
-        .unwrap_or_default();
-    rows.push(row(
-        format!(
-            "failover after kill -9 ({jobs} unfinished jobs, {} shards)",
-            jobs * 100
-        ),
-        format!(
-            "{:.0} ms (recovery {recovery_ms} ms)",
-            failover.as_secs_f64() * 1e3
-        ),
-        format!("{} ms session timeout", session.as_millis()),
-        format!("{:.2}", failover.as_secs_f64() / session.as_secs_f64()),
-    ));
-    c.node("cand-0", &["--role", "candidate"]);
+            .map(str::to_string)
+            .unwrap_or_default()
+    }
 
-    // A worker killed while running shards: time until the master reassigns them.
-    let reassign = rt.block_on(async {
-        let zk = c.zk().await;
-        let m = c.master(&zk, None, Duration::from_secs(10)).await;
-        let client = Client::connect(client_config(&c)).await?;
-        let tasks: Vec<Probe> = (0..40)
-            .map(|value| Probe {
-                value,
-                behaviour: Behaviour::Sleep(1000),
-            })
+    fn stop_workers(&self, sig: &str) {
+        for w in self.worker_ids() {
+            self.c.signal(&w, sig);
+        }
+    }
+
+    fn idle(&mut self) {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut rss = Vec::new();
+        for n in &self.c.nodes {
+            if let Some(ch) = &n.child {
+                rss.push(format!("{} {:.1}", n.id, rss_mib(ch.id())));
+            }
+        }
+        self.rows.push(row(
+            format!("idle RSS per node, MiB ({} nodes)", rss.len()),
+            rss.join(", "),
+            "goal < 20 MiB; Ray's idle local cluster 710 MB",
+            "",
+        ));
+        let m = self.master(None);
+        let cpu = cpu_share(self.pid(&m.node_id), Duration::from_secs(3));
+        self.idle_cpu = Some(cpu);
+        self.rows.push(row(
+            format!("idle master CPU ({} workers)", self.args.workers),
+            format!("{:.1}% of a core", cpu * 100.0),
+            "goal < 50%",
+            "",
+        ));
+    }
+
+    /// Pipelined creates per second of the same ZooKeeper, by this process's client.
+    fn zk_write_ceiling(&self) -> anyhow::Result<f64> {
+        let zk = self.zk();
+        self.rt.block_on(async {
+            let opts = zookeeper_client::CreateMode::Persistent
+                .with_acls(zookeeper_client::Acls::anyone_all());
+            let data = vec![7u8; 64];
+            let _ = zk.create("/bench-ceiling", &[], &opts).await;
+            let n = 4000u32;
+            let t = Instant::now();
+            let paths: Vec<String> = (0..n).map(|i| format!("/bench-ceiling/n{i}")).collect();
+            let writes: Vec<_> = paths.iter().map(|p| zk.create(p, &data, &opts)).collect();
+            let done = futures::future::join_all(writes).await;
+            let secs = t.elapsed().as_secs_f64();
+            ensure!(done.iter().all(Result::is_ok), "ceiling writes failed");
+            Ok(f64::from(n) / secs)
+        })
+    }
+
+    /// Encode, decode, run and encode back the tasks of shards of `shard`,
+    /// in one thread: what one core does with no network and no ZooKeeper.
+    fn codec_rate(n: u64, shard: usize) -> anyhow::Result<f64> {
+        let tasks = probes(n, Behaviour::Ok);
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for chunk in tasks.chunks(shard) {
+            let bytes = rmp_serde::to_vec(chunk)?;
+            let back: Vec<Probe> = rmp_serde::from_slice(&bytes)?;
+            let out: Vec<u64> = back.iter().map(|p| p.value * 2).collect();
+            let bytes = rmp_serde::to_vec(&out)?;
+            let out: Vec<u64> = rmp_serde::from_slice(&bytes)?;
+            sum = sum.wrapping_add(out.iter().sum::<u64>());
+        }
+        ensure!(sum == n * (n - 1), "codec baseline miscounted");
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    }
+
+    fn throughput(&mut self) -> anyhow::Result<()> {
+        let ceiling = self.zk_write_ceiling()?;
+        self.rows.push(row(
+            "ZooKeeper ceiling: pipelined 64-byte creates/s (this process)",
+            format!("{ceiling:.0}"),
+            "",
+            "",
+        ));
+        let sizes: &[(u32, u64)] = if self.args.quick {
+            &[(1, 3_000), (100, 200_000), (10_000, 1_000_000)]
+        } else {
+            &[(1, 10_000), (100, 1_000_000), (10_000, 4_000_000)]
+        };
+        let client = self.client()?;
+        for &(shard, n) in sizes {
+            let m = self.master(None);
+            let before = self.scrape(&m.node_id)?;
+            let tasks = probes(n, Behaviour::Ok);
+            let expected: u64 = n * (n - 1);
+            let (rate, ok) = self.rt.block_on(async {
+                let t = Instant::now();
+                let opts = SubmitOptions {
+                    shard_size: Some(shard),
+                    ..Default::default()
+                };
+                let job = client.submit::<Collect<Probe>>(tasks, opts).await?;
+                let (results, _) = job.result().await?;
+                let secs = t.elapsed().as_secs_f64();
+                let sum: u64 = results.iter().map(|(_, v)| *v).sum();
+                Ok::<_, anyhow::Error>((
+                    n as f64 / secs,
+                    results.len() as u64 == n && sum == expected,
+                ))
+            })?;
+            ensure!(ok, "wrong results at shard size {shard}");
+            let after = self.scrape(&m.node_id)?;
+            let ops = |text: &str, op: Option<&str>| {
+                metric_sum(text, "ringleader_zk_op_duration_seconds_count", op)
+            };
+            let shards = n.div_ceil(u64::from(shard)) as f64;
+            let commits =
+                (ops(&after, Some("op=\"commit\"")) - ops(&before, Some("op=\"commit\""))) / shards;
+            let writes = (ops(&after, None) - ops(&before, None)) / shards;
+            let codec = Self::codec_rate(n.min(1_000_000), shard as usize)?;
+            let zk_limit = ceiling * f64::from(shard);
+            let (limit, what) = if zk_limit < codec {
+                (
+                    zk_limit,
+                    format!("{zk_limit:.0}: ZooKeeper ceiling x shard size"),
+                )
+            } else {
+                (codec, format!("{codec:.0}: codec and sums in one thread"))
+            };
+            self.rows.push(row(
+                format!("tasks/s end to end, shard size {shard} ({n} tasks, results checked)"),
+                format!("{rate:.0}"),
+                what,
+                format!("{:.2}", rate / limit),
+            ));
+            self.rows.push(row(
+                format!("ZooKeeper writes per shard, shard size {shard}"),
+                format!("{commits:.2} commits, {writes:.2} writes of any kind"),
+                "goal 1 (a multi counts as one)",
+                "",
+            ));
+        }
+        Ok(())
+    }
+
+    fn memory(&mut self) -> anyhow::Result<()> {
+        let n: u64 = 1_000_000;
+        let m = self.master(None);
+        let pid = self.pid(&m.node_id);
+        let before = rss_mib(pid);
+        let client = self.client()?;
+        self.stop_workers("STOP");
+        let tasks = probes(n, Behaviour::Ok);
+        let res = self.rt.block_on(async {
+            let opts = SubmitOptions {
+                shard_size: Some(100),
+                ..Default::default()
+            };
+            client.submit::<Collect<Probe>>(tasks, opts).await
+        });
+        // Let the master settle (links to the stopped workers time out).
+        std::thread::sleep(Duration::from_secs(1));
+        let held = rss_mib(pid);
+        let peak = proc_status_kb(pid, "VmHWM:") / 1024.0;
+        self.stop_workers("CONT");
+        let job = res?;
+        let (results, _) = self.rt.block_on(job.result())?;
+        let sum: u64 = results.iter().map(|(_, v)| *v).sum();
+        ensure!(
+            results.len() as u64 == n && sum == n * (n - 1),
+            "wrong results of the queued job"
+        );
+        self.rows.push(row(
+            format!("master RSS holding {n} queued tasks (10,000 shards)"),
+            format!("{held:.1} MiB (peak so far {peak:.1})"),
+            format!("{before:.1} MiB before the submission; goal < 250 MiB"),
+            format!("{:.2}", held / before),
+        ));
+        self.wait_workers(self.args.workers);
+        Ok(())
+    }
+
+    fn wordcount(&mut self) -> anyhow::Result<()> {
+        let mib: u64 = if self.args.quick { 64 } else { 256 };
+        let corpus = self.c.path("corpus.txt");
+        {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&corpus)?);
+            wordcount::corpus::generate(&mut f, mib << 20, 100_000, 7)?;
+            std::io::Write::flush(&mut f)?;
+        }
+        let bytes = std::fs::metadata(&corpus)?.len() as f64;
+        let splits = wordcount::plan(
+            std::slice::from_ref(&corpus),
+            (bytes as u64).div_ceil(12).max(1 << 20),
+            false,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let t = Instant::now();
+        let halves: Vec<Vec<_>> = (0..2)
+            .map(|i| splits.iter().skip(i).step_by(2).cloned().collect())
             .collect();
+        let base: wordcount::Counts = std::thread::scope(|s| {
+            let hs: Vec<_> = halves
+                .iter()
+                .map(|h| {
+                    s.spawn(move || {
+                        let mut acc = wordcount::Counts::default();
+                        for t in h {
+                            if let Ok(c) = wordcount::count_split(&t.path, t.offset, t.len, false) {
+                                wordcount::merge(&mut acc, c);
+                            }
+                        }
+                        acc
+                    })
+                })
+                .collect();
+            let mut all = wordcount::Counts::default();
+            for h in hs {
+                if let Ok(part) = h.join() {
+                    wordcount::merge(&mut all, part);
+                }
+            }
+            all
+        });
+        let base_mbs = bytes / 1e6 / t.elapsed().as_secs_f64();
+        let m = self.master(None);
+        let lost = |b: &Bench| -> anyhow::Result<f64> {
+            Ok(metric_sum(
+                &b.scrape(&m.node_id)?,
+                "ringleader_worker_links_lost_total",
+                None,
+            ))
+        };
+        let lost_before = lost(self)?;
+        let client = self.client()?;
+        let cluster_mbs = self.rt.block_on(async {
+            let t = Instant::now();
+            let job = client
+                .submit::<wordcount::WordCount>(splits, SubmitOptions::default())
+                .await?;
+            let (counts, _) = job.result().await?;
+            let secs = t.elapsed().as_secs_f64();
+            ensure!(counts == base, "word counts differ from the baseline");
+            Ok::<_, anyhow::Error>(bytes / 1e6 / secs)
+        })?;
+        let suspicions = lost(self)? - lost_before;
+        self.rows.push(row(
+            format!("word count {mib} MiB (100k-word Zipf), MB/s"),
+            format!("{cluster_mbs:.1}"),
+            format!("{base_mbs:.1}: 2 plain threads; Ray 76 (reference)"),
+            format!(
+                "{:.2} of threads, {:.1}x Ray",
+                cluster_mbs / base_mbs,
+                cluster_mbs / 76.0
+            ),
+        ));
+        self.rows.push(row(
+            "worker links suspected during the word count (no worker died)",
+            format!("{suspicions:.0}"),
+            "goal 0",
+            "",
+        ));
+        Ok(())
+    }
+
+    fn failover(&mut self) -> anyhow::Result<()> {
+        let sizes: &[usize] = if self.args.quick {
+            &[10, 100]
+        } else {
+            &[10, 100, 300]
+        };
+        for &jobs in sizes {
+            let first = self.master(None);
+            let client = self.client()?;
+            let ids: Vec<String> = (0..jobs)
+                .map(|j| format!("unfinished-{}-{j}", first.epoch))
+                .collect();
+            // Slow tasks keep every job unfinished; the workers stay up and
+            // hold a few shards each, as in a real cluster.
+            self.rt.block_on(async {
+                let subs = ids.iter().map(|id| {
+                    let opts = SubmitOptions {
+                        shard_size: Some(1),
+                        job_id: Some(id.clone()),
+                        ..Default::default()
+                    };
+                    client.submit::<Collect<Probe>>(probes(100, Behaviour::Sleep(2000)), opts)
+                });
+                futures::future::try_join_all(subs).await
+            })?;
+            let t = Instant::now();
+            self.c.kill9(&first.node_id);
+            let second = self.master(Some(first.epoch));
+            let took = t.elapsed();
+            let line = self.serving_line(&second.node_id);
+            let recovered = log_field(&line, "jobs").unwrap_or(f64::NAN);
+            let since = log_field(&line, "since_election_ms").unwrap_or(f64::NAN);
+            // Jobs are read back while the new master serves: how long that took.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let requeued = loop {
+                let log = self.c.log(&second.node_id);
+                if let Some(l) = log
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("every unfinished job is back in the queue"))
+                {
+                    break log_field(l, "recovered_ms").unwrap_or(f64::NAN);
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "the new master never re-queued its jobs"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            ensure!(
+                recovered >= jobs as f64,
+                "the new master recovered {recovered} jobs, expected {jobs}"
+            );
+            // Every job is still there (its progress known to the new master); then cancelled.
+            self.rt.block_on(async {
+                for id in &ids {
+                    let job = client.job::<Collect<Probe>>(id.clone());
+                    let p = job
+                        .progress()
+                        .await
+                        .context("progress of an unfinished job")?;
+                    ensure!(p.tasks_total == 100, "job {id} has {} tasks", p.tasks_total);
+                    job.cancel().await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            })?;
+            self.rows.push(row(
+                format!(
+                    "failover after kill -9, {jobs} unfinished jobs / {} shards",
+                    jobs * 100
+                ),
+                format!(
+                    "{:.0} ms to serving; {since:.0} ms from election; every job requeued {requeued:.0} ms later",
+                    took.as_secs_f64() * 1e3
+                ),
+                format!(
+                    "{} ms session timeout; goal 50 ms from election",
+                    self.session.as_millis()
+                ),
+                format!("{:.2}", took.as_secs_f64() / self.session.as_secs_f64()),
+            ));
+            let id = first.node_id.clone();
+            self.start_node(&id, "candidate");
+            self.wait_candidates(2);
+            // Let the slow tasks already started drain out of the workers.
+            std::thread::sleep(Duration::from_millis(2200));
+        }
+        Ok(())
+    }
+
+    /// Submits `n` shards of one task sleeping `sleep_ms`, kills w0 while
+    /// it runs some, and returns the time until the master requeued them
+    /// (its log says so); then checks every task's result.
+    fn time_worker_kill(
+        &mut self,
+        m: &MasterInfo,
+        client: &Client,
+        n: u64,
+        sleep_ms: u64,
+    ) -> anyhow::Result<Duration> {
         let opts = SubmitOptions {
             shard_size: Some(1),
             max_attempts: Some(3),
             ..Default::default()
         };
-        let job = client.submit::<Collect<Probe>>(tasks, opts).await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let before = c.log(&m.node_id).matches("reassigning its shards").count();
+        let tasks = probes(n, Behaviour::Sleep(sleep_ms));
+        let job = self
+            .rt
+            .block_on(client.submit::<Collect<Probe>>(tasks, opts))?;
+        // Let every worker start shards.
+        std::thread::sleep(Duration::from_millis(sleep_ms / 3));
+        let requeues = |b: &Bench| {
+            b.c.log(&m.node_id)
+                .matches("reassigning its shards")
+                .count()
+        };
+        let before = requeues(self);
         let t = Instant::now();
-        c.kill9("w0");
+        self.c.kill9("w0");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while c.log(&m.node_id).matches("reassigning its shards").count() == before {
-            anyhow::ensure!(
+        while requeues(self) == before {
+            ensure!(
                 Instant::now() < deadline,
                 "no reassignment after killing w0"
             );
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            std::thread::sleep(Duration::from_millis(2));
         }
         let took = t.elapsed();
-        job.result().await?;
-        Ok::<_, anyhow::Error>(took)
-    })?;
-    rows.push(row(
-        "worker kill -9 to its shards requeued (master log)",
-        format!("{:.0} ms", reassign.as_secs_f64() * 1e3),
-        format!("{} ms session timeout", session.as_millis()),
-        format!("{:.2}", reassign.as_secs_f64() / session.as_secs_f64()),
-    ));
+        let (results, _) = self.rt.block_on(job.result())?;
+        ensure!(results.len() as u64 == n, "tasks lost after a worker kill");
+        Ok(took)
+    }
 
-    // Graceful handover.
-    let handover = rt.block_on(async {
-        let zk = c.zk().await;
-        let m = c.master(&zk, None, Duration::from_secs(10)).await;
-        // Wait for the restarted candidate to be in line behind the master.
-        c.children(&zk, &c.layout().election(), 2, Duration::from_secs(30))
-            .await;
+    fn kill(&mut self) -> anyhow::Result<()> {
+        let mut took = Vec::new();
+        for _ in 0..self.runs {
+            let m = self.master(None);
+            let client = self.client()?;
+            took.push(self.time_worker_kill(&m, &client, 8, 1000)?.as_secs_f64() * 1e3);
+            self.start_node("w0", "worker");
+            self.wait_workers(self.args.workers);
+        }
+        let med = median(took.clone());
+        self.rows.push(row(
+            "worker kill -9 to its shards requeued (master log)",
+            spread_ms(&took),
+            format!(
+                "{} ms session timeout; goal 500 ms",
+                self.session.as_millis()
+            ),
+            format!("{:.2}", med / self.session.as_secs_f64() / 1e3),
+        ));
+        Ok(())
+    }
+
+    fn handover(&mut self) -> anyhow::Result<()> {
+        let mut took = Vec::new();
+        let mut from_election = Vec::new();
+        for _ in 0..self.runs {
+            let m = self.master(None);
+            self.wait_candidates(2);
+            let t = Instant::now();
+            self.c.signal(&m.node_id, "TERM");
+            let next = self.master(Some(m.epoch));
+            took.push(t.elapsed().as_secs_f64() * 1e3);
+            let line = self.serving_line(&next.node_id);
+            from_election.push(log_field(&line, "since_election_ms").unwrap_or(f64::NAN));
+            self.c.wait_exit(&m.node_id, Duration::from_secs(30));
+            self.start_node(&m.node_id, "candidate");
+        }
+        let med = median(took.clone());
+        self.rows.push(row(
+            "graceful handover (SIGTERM on the master to the next one serving)",
+            spread_ms(&took),
+            format!(
+                "{} ms session timeout; kazoo 4 ms, Curator 16 ms; goal 10 ms",
+                self.session.as_millis()
+            ),
+            format!("{:.4}", med / self.session.as_secs_f64() / 1e3),
+        ));
+        self.rows.push(row(
+            "  of which the successor's election to serving",
+            spread_ms(&from_election),
+            "",
+            "",
+        ));
+        self.wait_candidates(2);
+        Ok(())
+    }
+
+    fn scale(&mut self) -> anyhow::Result<()> {
+        let n = self.args.swarm;
+        let m = self.master(None);
+        let mpid = self.pid(&m.node_id);
+        let idle = match self.idle_cpu {
+            Some(c) => c,
+            None => cpu_share(mpid, Duration::from_secs(3)),
+        };
+        let log = self.c.path("swarm.log");
+        let mut swarm = std::process::Command::new(bin("bench-swarm")?)
+            .args(["--zk", &self.c.zk_connect(), "--cluster", &self.c.cluster])
+            .arg("--certs")
+            .arg(&self.c.certs)
+            .arg("--data-dir")
+            .arg(self.c.path("data"))
+            .args(["--count", &n.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let res = self.scale_with(n, &m, mpid, idle, &mut swarm);
+        let _ = swarm.kill();
+        let _ = swarm.wait();
+        res?;
+        self.wait_workers(self.args.workers);
+        Ok(())
+    }
+
+    fn scale_with(
+        &mut self,
+        n: usize,
+        m: &MasterInfo,
+        mpid: u32,
+        idle: f64,
+        swarm: &mut std::process::Child,
+    ) -> anyhow::Result<()> {
+        let total = n + self.args.workers;
         let t = Instant::now();
-        c.signal(&m.node_id, "TERM");
-        c.master(&zk, Some(m.epoch), Duration::from_secs(30)).await;
-        t.elapsed()
-    });
-    rows.push(row(
-        "graceful handover (SIGTERM on the master to the next one serving)",
-        format!("{:.1} ms", handover.as_secs_f64() * 1e3),
-        format!("{} ms session timeout", session.as_millis()),
-        format!("{:.4}", handover.as_secs_f64() / session.as_secs_f64()),
-    ));
+        self.wait_workers(total);
+        let joined = t.elapsed();
+        // Every worker has a link when the master's in-flight gauge knows it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let links = metric_sum(
+                &self.scrape(&m.node_id)?,
+                "ringleader_quic_connections",
+                None,
+            );
+            if links >= total as f64 {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "only {links} of {total} workers linked to the master"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let linked = t.elapsed();
+        std::thread::sleep(Duration::from_secs(1));
+        let cpu = cpu_share(mpid, Duration::from_secs(5));
+        let swarm_rss = rss_mib(swarm.id());
+        self.rows.push(row(
+            format!(
+                "{n} more workers (one process, a ZooKeeper session each): registered / linked"
+            ),
+            format!(
+                "{:.1} s / {:.1} s; swarm RSS {swarm_rss:.0} MiB",
+                joined.as_secs_f64(),
+                linked.as_secs_f64()
+            ),
+            "",
+            "",
+        ));
+        self.rows.push(row(
+            format!("idle master CPU with {total} workers"),
+            format!(
+                "{:.1}% of a core; RSS {:.1} MiB",
+                cpu * 100.0,
+                rss_mib(mpid)
+            ),
+            format!(
+                "{:.1}% with {} workers; goal < 50%",
+                idle * 100.0,
+                self.args.workers
+            ),
+            "",
+        ));
+        // A job over every worker, then a worker kill while the swarm is there.
+        let client = self.client()?;
+        let before = self.scrape(&m.node_id)?;
+        let tasks = probes(20_000, Behaviour::Ok);
+        let t = Instant::now();
+        let (results, _) = self.rt.block_on(async {
+            let opts = SubmitOptions {
+                shard_size: Some(10),
+                ..Default::default()
+            };
+            client
+                .submit::<Collect<Probe>>(tasks, opts)
+                .await?
+                .result()
+                .await
+        })?;
+        let rate = 20_000.0 / t.elapsed().as_secs_f64();
+        ensure!(results.len() == 20_000, "tasks lost at scale");
+        let after = self.scrape(&m.node_id)?;
+        let ops = |text: &str| {
+            metric_sum(
+                text,
+                "ringleader_zk_op_duration_seconds_count",
+                Some("op=\"commit\""),
+            )
+        };
+        let lost = |text: &str| metric_sum(text, "ringleader_worker_links_lost_total", None);
+        self.rows.push(row(
+            format!("20,000 tasks in 2,000 shards over {total} workers"),
+            format!(
+                "{rate:.0} tasks/s; {:.2} commit writes per shard; {:.0} links suspected (none died)",
+                (ops(&after) - ops(&before)) / 2000.0,
+                lost(&after) - lost(&before)
+            ),
+            "",
+            "",
+        ));
+        let took = self.time_worker_kill(m, &client, total as u64 + 20, 1500)?;
+        self.rows.push(row(
+            format!("worker kill -9 to its shards requeued, {total} workers"),
+            format!("{:.0} ms", took.as_secs_f64() * 1e3),
+            "the same measure with the regular workers only",
+            "",
+        ));
+        // Every swarm worker at once: how long until the master has suspected them all.
+        let lost_before = lost(&self.scrape(&m.node_id)?);
+        let t = Instant::now();
+        let _ = swarm.kill();
+        let _ = swarm.wait();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let gone = lost(&self.scrape(&m.node_id)?) - lost_before;
+            if gone >= n as f64 {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the master suspected only {gone} of {n} killed workers"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.rows.push(row(
+            format!("{n} workers killed at once: every link suspected by the master"),
+            format!("{:.0} ms", t.elapsed().as_secs_f64() * 1e3),
+            format!("{} ms session timeout", self.session.as_millis()),
+            format!(
+                "{:.2}",
+                t.elapsed().as_secs_f64() / self.session.as_secs_f64()
+            ),
+        ));
+        self.start_node("w0", "worker");
+        Ok(())
+    }
+}
 
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runs = args.runs.unwrap_or(if args.quick { 3 } else { 5 });
+    let started = Instant::now();
+    let mut b = Bench {
+        c: Cluster::new(bin("bench-node")?),
+        rt: ringleader::testkit::rt(),
+        rows: Vec::new(),
+        session: Duration::from_millis(2000),
+        metrics: HashMap::new(),
+        runs,
+        idle_cpu: None,
+        args,
+    };
+    b.start_node("cand-0", "candidate");
+    b.master(None);
+    b.start_node("cand-1", "candidate");
+    for w in b.worker_ids() {
+        b.start_node(&w, "worker");
+    }
+    b.wait_workers(b.args.workers);
+    b.wait_candidates(2);
+    type Step = fn(&mut Bench) -> anyhow::Result<()>;
+    let steps: [(Section, Step); 8] = [
+        (Section::Idle, |b| {
+            b.idle();
+            Ok(())
+        }),
+        (Section::Memory, Bench::memory),
+        (Section::Throughput, Bench::throughput),
+        (Section::Wordcount, Bench::wordcount),
+        (Section::Kill, Bench::kill),
+        (Section::Handover, Bench::handover),
+        (Section::Failover, Bench::failover),
+        (Section::Scale, Bench::scale),
+    ];
+    for (section, step) in steps {
+        if b.wants(section) {
+            let t = Instant::now();
+            step(&mut b).with_context(|| format!("section {section:?}"))?;
+            eprintln!("{section:?} took {:.1} s", t.elapsed().as_secs_f64());
+        }
+    }
     println!("\n| measure | value | baseline (same run) | ratio |\n| --- | --- | --- | --- |");
-    for r in rows {
+    for r in &b.rows {
         println!(
             "| {} | {} | {} | {} |",
             r.measure, r.value, r.baseline, r.ratio
         );
     }
+    println!(
+        "\n{} mode, {} runs of each timed fault measure, {:.0} s in all.",
+        if b.args.quick { "quick" } else { "full" },
+        b.runs,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -46,13 +46,14 @@ impl Actor for Election {
                 .await
                 .map_err(|e| CoordError::zk(&dir, e))?;
             let lock = lock.into_owned();
+            let won = std::time::Instant::now();
             tracing::info!(path = lock.lock_path(), "won the election");
-            LeaderStore::take_over(lock, layout, data_dir).await
+            Ok::<_, CoordError>((LeaderStore::take_over(lock, layout, data_dir).await?, won))
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(store) => {
+            Ok((store, won)) => {
                 tracing::info!(epoch = store.epoch(), "taking over as master");
-                act.master = Some(Master::new(store, act.settings.clone()).start());
+                act.master = Some(Master::new(store, act.settings.clone(), won).start());
             }
             Err(e) => {
                 tracing::error!(error = %e, "election failed");

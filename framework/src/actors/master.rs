@@ -167,6 +167,8 @@ pub(crate) struct MasterSettings {
 }
 
 pub(crate) struct Master {
+    /// When this node won the election (for the time-to-serving figure).
+    elected: std::time::Instant,
     store: LeaderStore,
     settings: MasterSettings,
     sched: Scheduler,
@@ -174,6 +176,10 @@ pub(crate) struct Master {
     links: HashMap<String, Link>,
     registered: BTreeMap<String, WorkerInfo>,
     submitting: HashSet<String>,
+    /// Unfinished jobs of an earlier master still being read back.
+    loading: HashSet<String>,
+    /// Of those, the ones cancelled meanwhile.
+    cancelled_while_loading: HashSet<String>,
     gc_running: bool,
     /// Disconnected from ZooKeeper: no new assignments until reconnected
     /// (we may not be master any more; expiry will tell).
@@ -209,8 +215,14 @@ impl Handler<Connected> for Master {
 }
 
 impl Master {
-    pub(crate) fn new(store: LeaderStore, settings: MasterSettings) -> Self {
+    /// A master for `store`, whose lock was won at `elected`.
+    pub(crate) fn new(
+        store: LeaderStore,
+        settings: MasterSettings,
+        elected: std::time::Instant,
+    ) -> Self {
         Master {
+            elected,
             store,
             settings,
             sched: Scheduler::new(),
@@ -218,6 +230,8 @@ impl Master {
             links: HashMap::new(),
             registered: BTreeMap::new(),
             submitting: HashSet::new(),
+            loading: HashSet::new(),
+            cancelled_while_loading: HashSet::new(),
             gc_running: false,
             paused: false,
             wake_at: None,
@@ -239,8 +253,12 @@ impl Master {
         registry: Registry,
         job: StoredJob,
     ) -> Result<(JobRuntime, crate::core::JobPlan), CoordError> {
-        let tasks = store.read_tasks(&job.id, job.record.batches).await?;
-        let commits = store.read_commits(&job.id).await?;
+        // The three reads pipeline on the session.
+        let (tasks, commits, losses) = futures::try_join!(
+            store.read_tasks(&job.id, job.record.batches),
+            store.read_commits(&job.id),
+            store.read_losses(&job.id)
+        )?;
         let erased = registry
             .get(&job.record.job_name)
             .ok_or_else(|| CoordError::Garbage {
@@ -264,23 +282,33 @@ impl Master {
             &summary,
         );
         let outputs: Vec<_> = commits.into_values().map(|r| r.output).collect();
+        let outputs_empty = outputs.is_empty();
         let merger = erased.clone();
         let job_id = job.id.clone();
-        let acc = tokio::task::spawn_blocking(move || {
+        let merge = move || {
             let mut acc = merger.new_acc();
             for output in &outputs {
-                let merged = read_output(output).map(|bytes| merger.merge_encoded(&mut acc, &bytes));
+                let merged =
+                    read_output(output).map(|bytes| merger.merge_encoded(&mut acc, &bytes));
                 if !matches!(merged, Ok(Ok(()))) {
                     tracing::warn!(job = %job_id, "a committed shard output cannot be read or decoded");
                 }
             }
             acc
-        })
-        .await
-        .map_err(|e| CoordError::Garbage { path: store.layout().job(&job.id), reason: format!("merging failed: {e}") })?;
+        };
+        // Nothing committed yet: no need for a thread of the blocking pool.
+        let acc = if outputs_empty {
+            merge()
+        } else {
+            tokio::task::spawn_blocking(merge)
+                .await
+                .map_err(|e| CoordError::Garbage {
+                    path: store.layout().job(&job.id),
+                    reason: format!("merging failed: {e}"),
+                })?
+        };
         let mut plan = recovered.plan;
         plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
-        let losses = store.read_losses(&job.id).await?;
         for p in &mut plan.pending {
             if let Some(&next) = losses.get(&p.key) {
                 p.attempt = p.attempt.max(next);
@@ -635,22 +663,73 @@ impl Master {
         }
     }
 
+    /// Reads unfinished jobs back from ZooKeeper while serving, many at a
+    /// time, and queues each as soon as it is read. A job cancelled while
+    /// it loads is dropped when it arrives; one submitted again meanwhile
+    /// is found in ZooKeeper and reported as existing.
+    fn load_jobs(&mut self, ctx: &mut Context<Self>, pending: Vec<StoredJob>) {
+        if pending.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let total = pending.len();
+        let permits = Arc::new(tokio::sync::Semaphore::new(RECOVERY_CONCURRENCY));
+        self.loading = pending.iter().map(|j| j.id.clone()).collect();
+        for job in pending {
+            let store = self.store.clone();
+            let registry = self.settings.registry.clone();
+            let permits = permits.clone();
+            let id = job.id.clone();
+            let load = async move {
+                let _permit = permits.acquire_owned().await;
+                Self::load(store, registry, job).await
+            };
+            ctx.spawn(load.into_actor(self).map(move |res, act, ctx| {
+                act.loading.remove(&id);
+                match res {
+                    Ok(_) if act.cancelled_while_loading.remove(&id) => {}
+                    Ok((rt, plan)) => {
+                        act.jobs.insert(id, rt);
+                        let cmds = act.sched.add_job(plan);
+                        act.apply(cmds, ctx);
+                        act.dispatch(ctx);
+                    }
+                    Err(e) => return act.fail(ctx, &e),
+                }
+                if act.loading.is_empty() {
+                    act.cancelled_while_loading.clear();
+                    tracing::info!(
+                        jobs = total,
+                        recovered_ms = started.elapsed().as_millis() as u64,
+                        "every unfinished job is back in the queue"
+                    );
+                }
+            }));
+        }
+    }
+
     fn watch_workers(&self, ctx: &mut Context<Self>) {
         let client = self.store.client().clone();
         let path = self.store.layout().workers();
         let addr = ctx.address();
         let fut = async move {
+            // Registrations are written once (ephemeral, never updated), so only
+            // new names are read: a thousand workers joining cost a thousand
+            // reads, not a million.
+            let mut infos: BTreeMap<String, WorkerInfo> = BTreeMap::new();
             loop {
                 let (names, watcher) = match client.get_and_watch_children(&path).await {
                     Ok((names, _, w)) => (names, w),
                     Err(e) => return Err(CoordError::zk(&path, e)),
                 };
-                let reads: Vec<_> = names
+                let current: std::collections::BTreeSet<&String> = names.iter().collect();
+                infos.retain(|n, _| current.contains(n));
+                let new: Vec<&String> = names.iter().filter(|n| !infos.contains_key(*n)).collect();
+                let reads: Vec<_> = new
                     .iter()
                     .map(|n| client.get_data_owned(format!("{path}/{n}")))
                     .collect();
-                let mut infos = BTreeMap::new();
-                for (n, r) in names.iter().zip(futures::future::join_all(reads).await) {
+                for (n, r) in new.into_iter().zip(futures::future::join_all(reads).await) {
                     if let Ok((data, _)) = r {
                         match rmp_serde::from_slice::<WorkerInfo>(&data) {
                             Ok(info) => {
@@ -662,7 +741,7 @@ impl Master {
                         }
                     }
                 }
-                addr.do_send(Registered(infos));
+                addr.do_send(Registered(infos.clone()));
                 let event = watcher.changed().await;
                 if event.session_state.is_terminated() {
                     return Err(CoordError::zk(
@@ -707,6 +786,9 @@ impl GetDataOwned for zookeeper_client::Client {
     }
 }
 
+/// Jobs whose state is read at once during recovery.
+const RECOVERY_CONCURRENCY: usize = 256;
+
 impl Actor for Master {
     type Context = Context<Self>;
 
@@ -715,39 +797,41 @@ impl Actor for Master {
         metrics::gauge!(m::EPOCH).set(self.store.epoch() as f64);
         metrics::counter!(m::ELECTIONS_WON).increment(1);
         let store = self.store.clone();
-        let registry = self.settings.registry.clone();
         let node_id = self.settings.node_id.clone();
         let addr = self.settings.addr.clone();
         let retention = self.settings.retention;
         let recovery = async move {
             let started = std::time::Instant::now();
             // Submissions that never got acknowledged are dropped; the client retries them.
-            store.collect_garbage(retention, true).await?;
-            let mut loaded = Vec::new();
-            for job in store.list_jobs().await? {
-                if job.record.status == JobStatus::Accepted {
-                    loaded.push(Self::load(store.clone(), registry.clone(), job).await?);
-                }
-            }
+            let jobs = store.list_jobs().await?;
+            let listed = started.elapsed();
+            let jobs = store.collect_garbage_of(jobs, retention, true).await?;
+            let pending: Vec<StoredJob> = jobs
+                .into_iter()
+                .filter(|job| job.record.status == JobStatus::Accepted)
+                .collect();
             store.publish(&node_id, &addr).await?;
-            Ok::<_, CoordError>((loaded, started.elapsed()))
+            tracing::debug!(
+                list_ms = listed.as_millis() as u64,
+                publish_ms = (started.elapsed() - listed).as_millis() as u64,
+                "takeover steps"
+            );
+            Ok::<_, CoordError>((pending, started.elapsed()))
         };
-        // `wait`: no message is handled before recovery is done.
+        // `wait`: no message is handled before the takeover is done. The
+        // unfinished jobs are then read in the background while the master
+        // serves (see `load_jobs`), so its time to serving does not grow
+        // with the work left behind.
         ctx.wait(recovery.into_actor(self).map(|res, act, ctx| match res {
-            Ok((loaded, took)) => {
-                let n = loaded.len();
-                for (rt, plan) in loaded {
-                    let id = rt.stored.id.clone();
-                    act.jobs.insert(id, rt);
-                    let cmds = act.sched.add_job(plan);
-                    act.apply(cmds, ctx);
-                }
+            Ok((pending, took)) => {
                 tracing::info!(
                     epoch = act.store.epoch(),
-                    jobs = n,
+                    jobs = pending.len(),
                     recovery_ms = took.as_millis() as u64,
+                    since_election_ms = act.elected.elapsed().as_millis() as u64,
                     "serving as master"
                 );
+                act.load_jobs(ctx, pending);
                 let _ = act.settings.route.send(Some(ctx.address()));
                 act.watch_workers(ctx);
                 let mut states = act.store.client().state_watcher();
@@ -829,6 +913,9 @@ impl Actor for Master {
             metrics::gauge!(m::WORKER_IN_FLIGHT, "worker" => id.clone()).set(0.0);
         }
         let _ = self.settings.route.send(None);
+        // Wake the next candidate now rather than when this session closes.
+        let store = self.store.clone();
+        actix::spawn(async move { store.abdicate().await });
         tracing::info!(epoch = self.store.epoch(), "master stopped");
     }
 }
@@ -878,6 +965,7 @@ impl Handler<WorkerLeft> for Master {
                     tracing::info!(worker = %msg.node_id, "drained worker left")
                 }
                 _ => {
+                    metrics::counter!(m::WORKER_LINKS_LOST).increment(1);
                     tracing::warn!(worker = %msg.node_id, running, "worker link lost; reassigning its shards")
                 }
             }
@@ -1146,6 +1234,9 @@ impl Handler<ClientRequest> for Master {
                 )
             }
             Frame::Cancel { job_id } => {
+                if self.loading.contains(&job_id) {
+                    self.cancelled_while_loading.insert(job_id.clone());
+                }
                 let rt = self.jobs.remove(&job_id);
                 self.sched.remove_job(&job_id);
                 self.dispatch(ctx);

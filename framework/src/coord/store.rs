@@ -50,6 +50,8 @@ pub struct LeaderStore {
     lock: Arc<OwnedLockClient>,
     layout: Layout,
     epoch: u64,
+    /// Version of `/epoch` when it was read (still `epoch - 1`).
+    epoch_version: i32,
     data_dir: PathBuf,
 }
 
@@ -60,7 +62,11 @@ fn now_ms() -> u64 {
 }
 
 impl LeaderStore {
-    /// Bumps `/epoch` under the lock and returns the store of the new epoch.
+    /// Reads `/epoch` under the lock and returns the store of the next
+    /// epoch. Nothing is written yet: the bump is part of [`Self::publish`],
+    /// so that a takeover costs one write (and one fsync on the servers).
+    /// A candidate that dies before publishing leaves the epoch as it was,
+    /// and the next one takes the same number: no master ever served with it.
     pub async fn take_over(
         lock: OwnedLockClient,
         layout: Layout,
@@ -68,8 +74,13 @@ impl LeaderStore {
     ) -> Result<Self, CoordError> {
         let path = layout.epoch();
         let client = lock.client().clone();
-        super::zk::ensure_path(&client, &layout.jobs()).await?;
-        super::zk::ensure_path(&client, &layout.workers()).await?;
+        let (jobs_path, workers_path) = (layout.jobs(), layout.workers());
+        let (jobs, workers) = futures::join!(
+            super::zk::ensure_path(&client, &jobs_path),
+            super::zk::ensure_path(&client, &workers_path)
+        );
+        jobs?;
+        workers?;
         loop {
             let (data, stat) = match client.get_data(&path).await {
                 Ok(v) => v,
@@ -79,6 +90,7 @@ impl LeaderStore {
                         Err(e) => return Err(CoordError::zk(&path, e)),
                     }
                 }
+                Err(ZkError::ConnectionLoss) => continue,
                 Err(e) => return Err(CoordError::zk(&path, e)),
             };
             let old = <[u8; 8]>::try_from(data.as_slice())
@@ -87,22 +99,13 @@ impl LeaderStore {
                     path: path.clone(),
                     reason: format!("{} bytes, want 8", data.len()),
                 })?;
-            let epoch = old + 1;
-            match lock
-                .set_data(&path, &epoch.to_be_bytes(), Some(stat.version))
-                .await
-            {
-                Ok(_) => {
-                    return Ok(LeaderStore {
-                        lock: Arc::new(lock),
-                        layout,
-                        epoch,
-                        data_dir,
-                    })
-                }
-                Err(ZkError::BadVersion) | Err(ZkError::ConnectionLoss) => continue,
-                Err(e) => return Err(CoordError::zk(&path, e)),
-            }
+            return Ok(LeaderStore {
+                lock: Arc::new(lock),
+                layout,
+                epoch: old + 1,
+                epoch_version: stat.version,
+                data_dir,
+            });
         }
     }
 
@@ -121,28 +124,79 @@ impl LeaderStore {
         &self.layout
     }
 
-    /// Publishes `/master`: the last step of a takeover.
+    /// Publishes `/master` and bumps `/epoch` in one fenced transaction: the
+    /// last step of a takeover, after recovery.
     pub async fn publish(&self, node_id: &str, addr: &str) -> Result<(), CoordError> {
         let path = self.layout.master();
+        let epoch_path = self.layout.epoch();
         let info = MasterInfo {
             node_id: node_id.to_string(),
             addr: addr.to_string(),
             epoch: self.epoch,
         };
         let data = encode_record(&path, &info)?;
+        let ours = |found: &Option<MasterInfo>| found.as_ref() == Some(&info);
         loop {
-            match self.lock.create(&path, &data, &EPHEMERAL).await {
-                Ok(_) => return Ok(()),
-                Err(ZkError::NodeExists) => {
-                    // Left by this very session before a connection loss, or stale.
-                    match self.lock.delete(&path, None).await {
-                        Ok(()) | Err(ZkError::NoNode) => continue,
-                        Err(e) => return Err(CoordError::zk(&path, e)),
+            let mut w = self.lock.new_check_writer();
+            let built = w
+                .add_set_data(
+                    &epoch_path,
+                    &self.epoch.to_be_bytes(),
+                    Some(self.epoch_version),
+                )
+                .and_then(|()| w.add_create(&path, &data, &EPHEMERAL));
+            if let Err(e) = built {
+                return Err(CoordError::zk(&path, e));
+            }
+            let res = w.commit().await.map(|_| ()).map_err(ZkError::from);
+            match res {
+                Ok(()) => return Ok(()),
+                // Left by this very session before a connection loss, or stale.
+                Err(ZkError::NodeExists) => match self.lock.delete(&path, None).await {
+                    Ok(()) | Err(ZkError::NoNode) => continue,
+                    Err(e) => return Err(CoordError::zk(&path, e)),
+                },
+                // The transaction may have been applied before the connection broke.
+                Err(e @ (ZkError::ConnectionLoss | ZkError::BadVersion)) => {
+                    let found = super::zk::read_master(self.client(), &self.layout).await;
+                    match found {
+                        Ok(found) if ours(&found) => return Ok(()),
+                        Ok(_) if matches!(e, ZkError::BadVersion) => {
+                            return Err(CoordError::Garbage {
+                                path: epoch_path,
+                                reason: "the epoch moved while this node held the lock".into(),
+                            })
+                        }
+                        _ => continue,
                     }
                 }
-                Err(ZkError::ConnectionLoss) => continue,
                 Err(e) => return Err(CoordError::zk(&path, e)),
             }
+        }
+    }
+
+    /// Gives up leadership at once: deletes `/master` and this node's
+    /// election znode in one transaction. Writes already sent are ordered
+    /// before it; any write after it fails its fence. The next candidate is
+    /// woken by the deletion instead of by this session's close.
+    pub async fn abdicate(&self) {
+        let latch = self.lock.lock_path().to_string();
+        let master = self.layout.master();
+        // Under the lock, `/master` is ours or absent (not yet published).
+        let mut both = self.lock.new_check_writer();
+        let res = match both
+            .add_delete(&master, None)
+            .and_then(|()| both.add_delete(&latch, None))
+        {
+            Ok(()) => both.commit().await.map(|_| ()).map_err(ZkError::from),
+            Err(e) => Err(e),
+        };
+        let res = match res {
+            Err(ZkError::NoNode) => self.lock.delete(&latch, None).await,
+            other => other,
+        };
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "abdication failed; closing the session will do it");
         }
     }
 
@@ -323,14 +377,16 @@ impl LeaderStore {
             .list_children(&done)
             .await
             .map_err(|e| CoordError::zk(&done, e))?;
+        let buckets: Vec<String> = buckets.iter().map(|b| format!("{done}/{b}")).collect();
+        let listed = futures::future::join_all(
+            buckets
+                .iter()
+                .map(|bucket| self.client().list_children(bucket)),
+        )
+        .await;
         let mut paths = Vec::new();
-        for b in buckets {
-            let bucket = format!("{done}/{b}");
-            let names = self
-                .client()
-                .list_children(&bucket)
-                .await
-                .map_err(|e| CoordError::zk(&bucket, e))?;
+        for (bucket, names) in buckets.iter().zip(listed) {
+            let names = names.map_err(|e| CoordError::zk(bucket, e))?;
             for n in names {
                 let key = n.split_once('-').and_then(|(i, g)| {
                     Some(ShardKey {
@@ -411,20 +467,18 @@ impl LeaderStore {
             Err(ZkError::NoNode) => return Ok(BTreeMap::new()),
             Err(e) => return Err(CoordError::zk(&dir, e)),
         };
+        let paths: Vec<String> = names.iter().map(|n| format!("{dir}/{n}")).collect();
+        let reads =
+            futures::future::join_all(paths.iter().map(|p| self.client().get_data(p))).await;
         let mut out = BTreeMap::new();
-        for n in names {
-            let path = format!("{dir}/{n}");
+        for ((n, path), read) in names.iter().zip(&paths).zip(reads) {
             let key = n.split_once('-').and_then(|(i, g)| {
                 Some(ShardKey {
                     index: i.parse().ok()?,
                     generation: g.parse().ok()?,
                 })
             });
-            let (data, _) = self
-                .client()
-                .get_data(&path)
-                .await
-                .map_err(|e| CoordError::zk(&path, e))?;
+            let (data, _) = read.map_err(|e| CoordError::zk(path, e))?;
             match (key, <[u8; 4]>::try_from(data.as_slice())) {
                 (Some(key), Ok(b)) => {
                     out.insert(key, u32::from_be_bytes(b));
@@ -614,15 +668,32 @@ impl LeaderStore {
         retention: Duration,
         include_writing: bool,
     ) -> Result<usize, CoordError> {
+        let jobs = self.list_jobs().await?;
+        let before = jobs.len();
+        let kept = self
+            .collect_garbage_of(jobs, retention, include_writing)
+            .await?;
+        Ok(before - kept.len())
+    }
+
+    /// [`Self::collect_garbage`] over jobs already listed; returns the jobs kept.
+    pub async fn collect_garbage_of(
+        &self,
+        jobs: Vec<StoredJob>,
+        retention: Duration,
+        include_writing: bool,
+    ) -> Result<Vec<StoredJob>, CoordError> {
         let now = now_ms();
-        let mut n = 0;
-        for job in self.list_jobs().await? {
+        let mut kept = Vec::with_capacity(jobs.len());
+        for job in jobs {
             let expired = job
                 .record
                 .fetched_ms
                 .is_some_and(|t| now.saturating_sub(t) >= retention.as_millis() as u64);
             let writing = include_writing && job.record.status == JobStatus::Writing;
-            if expired || writing {
+            if !(expired || writing) {
+                kept.push(job);
+            } else {
                 self.delete_tree(&self.layout.job(&job.id)).await?;
                 if let Ok(entries) = std::fs::read_dir(self.data_dir.join("spill")) {
                     for e in entries.flatten() {
@@ -634,10 +705,9 @@ impl LeaderStore {
                         }
                     }
                 }
-                n += 1;
             }
         }
-        Ok(n)
+        Ok(kept)
     }
 
     /// Deletes a subtree with fenced multis under the request budget.

@@ -215,6 +215,11 @@ pub async fn connect(hosts: &str, session_timeout: Duration) -> Result<Client, C
 
 /// Creates `path` and its ancestors as empty persistent znodes if missing.
 pub async fn ensure_path(client: &Client, path: &str) -> Result<(), CoordError> {
+    // A read first: creating an existing node is a write that fails, and
+    // costs a trip through the servers' log.
+    if let Ok(Some(_)) = client.check_stat(path).await {
+        return Ok(());
+    }
     match client.mkdir(path, &PERSISTENT).await {
         Ok(()) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
         Err(e) => Err(CoordError::zk(path, e)),

@@ -41,13 +41,22 @@ pub enum TransportError {
     Tls(#[from] tls::TlsError),
 }
 
-/// Idle time after which a silent peer's connection is declared lost.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default time after which a silent peer's connection is declared lost.
+///
+/// This is the failure detector for worker links: a worker killed with
+/// kill -9 sends no close, so its shards are reassigned when this runs out,
+/// long before its ZooKeeper session expires. The dialing side sends a
+/// keep-alive four times per timeout, so a link is suspected after three
+/// missed in a row. Only the dialer pings: the serving side's idle timer is
+/// then restarted by what it receives alone, so a dead peer is seen within
+/// one timeout of its last packet, and a master with many workers answers
+/// their pings without sending its own.
+pub const LINK_TIMEOUT: Duration = Duration::from_millis(400);
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+fn transport_config(link_timeout: Duration, dialer: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_millis(500)));
-    t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok());
+    t.keep_alive_interval(dialer.then_some(link_timeout / 4));
+    t.max_idle_timeout(link_timeout.try_into().ok());
     t.max_concurrent_bidi_streams(1024u32.into());
     Arc::new(t)
 }
@@ -58,6 +67,7 @@ pub fn endpoint(
     addr: SocketAddr,
     identity: &tls::Identity,
     serve: bool,
+    link_timeout: Duration,
 ) -> Result<Endpoint, TransportError> {
     let bind_err = |source| TransportError::Bind { addr, source };
     let socket = socket2::Socket::new(
@@ -71,7 +81,7 @@ pub fn endpoint(
     socket.bind(&addr.into()).map_err(bind_err)?;
     let server = if serve {
         let mut s = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
-        s.transport_config(transport_config());
+        s.transport_config(transport_config(link_timeout, false));
         Some(s)
     } else {
         None
@@ -85,7 +95,7 @@ pub fn endpoint(
     )
     .map_err(bind_err)?;
     let mut client = quinn::ClientConfig::new(Arc::new(identity.quic_client_config()?));
-    client.transport_config(transport_config());
+    client.transport_config(transport_config(link_timeout, true));
     ep.set_default_client_config(client);
     Ok(ep)
 }

@@ -222,3 +222,70 @@ fn hung_shards_get_a_copy_elsewhere() {
     });
     assert!(c.log("m").contains("speculative copies"), "{}", c.log("m"));
 }
+
+/// A worker killed with kill -9 is suspected when its QUIC link goes
+/// silent, not when its ZooKeeper session expires: its shards run elsewhere
+/// and the job completes while its registration is still in ZooKeeper.
+#[test]
+fn a_killed_workers_shards_run_elsewhere_before_its_session_expires() {
+    let mut c = Cluster::new(BIN);
+    c.node("m", &["--role", "candidate"]);
+    // The longest session the test server allows: 20 ticks of 200 ms.
+    c.node(
+        "w1",
+        &[
+            "--role",
+            "worker",
+            "--slots",
+            "2",
+            "--session-timeout-ms",
+            "4000",
+        ],
+    );
+    c.node("w2", &["--role", "worker", "--slots", "2"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let w1 = format!("{}/w1", c.layout().workers());
+        c.workers(&zk, 2, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let tasks: Vec<Probe> = (0..8)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::Sleep(300),
+            })
+            .collect();
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            max_attempts: Some(3),
+            ..Default::default()
+        };
+        let job = client.submit::<Collect<Probe>>(tasks, opts).await.unwrap();
+        // Both workers got shards at once (least loaded first); after the
+        // first commits, w1 holds shards of the second wave.
+        eventually(Duration::from_secs(20), "some progress", || async {
+            job.progress()
+                .await
+                .map(|p| p.tasks_done >= 1)
+                .unwrap_or(false)
+        })
+        .await;
+        c.kill9("w1");
+        let (results, report) = match job.result().await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        };
+        let still_registered = zk.check_stat(&w1).await.unwrap().is_some();
+        assert_eq!(results.len(), 8, "{report:?}");
+        assert!(results.iter().all(|(i, v)| *v == i * 2));
+        assert!(
+            c.log("m").contains("worker link lost"),
+            "the master suspected w1 by its link\n{}",
+            c.log("m")
+        );
+        assert!(
+            still_registered,
+            "the job finished only after w1's session expired: suspicion by link did not work\n{}",
+            c.log("m")
+        );
+    });
+}

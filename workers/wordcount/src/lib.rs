@@ -12,6 +12,8 @@
 pub mod corpus;
 
 use std::collections::HashMap;
+
+use compact_str::CompactString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -20,8 +22,11 @@ use ringleader::cli::{BoxError, CliJob};
 use ringleader::{Job, JobReport, Task, TaskContext, TaskError};
 use serde::{Deserialize, Serialize};
 
-/// Word -> count.
-pub type Counts = HashMap<String, u64>;
+/// Word -> count. Words up to 24 bytes live inside the table's slots
+/// (`CompactString`), so a lookup reads no other cache line and counting or
+/// merging a known word allocates nothing; foldhash is several times faster
+/// than SipHash on short keys (the seed is still random per map).
+pub type Counts = HashMap<CompactString, u64, foldhash::fast::RandomState>;
 
 /// Count the words starting in `path[offset .. offset + len)`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -78,19 +83,76 @@ pub fn add_word(counts: &mut Counts, word: &str, normalize: bool) {
             .filter(|c| c.is_alphanumeric())
             .collect();
         if !w.is_empty() {
-            *counts.entry(w).or_insert(0) += 1;
+            *counts.entry(CompactString::from(w)).or_insert(0) += 1;
         }
     } else if let Some(c) = counts.get_mut(word) {
         *c += 1;
     } else {
-        counts.insert(word.to_string(), 1);
+        counts.insert(CompactString::from(word), 1);
     }
 }
 
-/// Counts every word of a string.
+/// Byte classes of UTF-8 text: 0 is never the start of whitespace, 1 is
+/// ASCII whitespace, 2 may start a multi-byte White_Space character.
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b' ' as usize] = 1;
+    let mut b = b'\t';
+    while b <= b'\r' {
+        t[b as usize] = 1;
+        b += 1;
+    }
+    t[0xC2] = 2;
+    t[0xE1] = 2;
+    t[0xE2] = 2;
+    t[0xE3] = 2;
+    t
+};
+
+/// Length of the White_Space character at `b[i]`, or 0 if there is none
+/// there. Exactly `char::is_whitespace` on valid UTF-8: U+0009-U+000D,
+/// U+0020, U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F,
+/// U+205F and U+3000.
+#[inline]
+fn whitespace_len(b: &[u8], i: usize) -> usize {
+    match CLASS[b[i] as usize] {
+        0 => 0,
+        1 => 1,
+        _ => match (b[i], b.get(i + 1), b.get(i + 2)) {
+            (0xC2, Some(0x85 | 0xA0), _) => 2,
+            (0xE1, Some(0x9A), Some(0x80)) => 3,
+            (0xE2, Some(0x80), Some(0x80..=0x8A | 0xA8 | 0xA9 | 0xAF)) => 3,
+            (0xE2, Some(0x81), Some(0x9F)) => 3,
+            (0xE3, Some(0x80), Some(0x80)) => 3,
+            _ => 0,
+        },
+    }
+}
+
+/// Counts every word of a string: the words of
+/// `text.split(char::is_whitespace)`, found by scanning bytes instead of
+/// decoding characters.
 pub fn count_str(text: &str, normalize: bool, counts: &mut Counts) {
-    for w in text.split(char::is_whitespace).filter(|w| !w.is_empty()) {
-        add_word(counts, w, normalize);
+    let b = text.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    while i < n {
+        // Skip whitespace.
+        let w = whitespace_len(b, i);
+        if w > 0 {
+            i += w;
+            continue;
+        }
+        let start = i;
+        i += 1;
+        while i < n && (CLASS[b[i] as usize] == 0 || whitespace_len(b, i) == 0) {
+            i += 1;
+        }
+        // `start` and `i` are character boundaries: the start of the text
+        // or the end of a whitespace character, and the start of one or the end.
+        if let Some(word) = text.get(start..i) {
+            add_word(counts, word, normalize);
+        }
     }
 }
 
@@ -105,7 +167,7 @@ pub fn count_split(
     let mut f = File::open(path).map_err(io)?;
     let file_len = f.metadata().map_err(io)?.len();
     let end = (offset + len).min(file_len);
-    let mut counts = Counts::new();
+    let mut counts = Counts::default();
     if offset >= end {
         return Ok(counts);
     }
@@ -266,6 +328,29 @@ impl Job for WordCount {
     fn merge(acc: &mut Counts, other: Counts) {
         merge(acc, other);
     }
+    /// Adds each (word, count) as it is decoded: a 100,000-word partial is
+    /// never built as a map of its own on the master.
+    fn merge_from<'de, D: serde::Deserializer<'de>>(
+        acc: &mut Counts,
+        decoder: D,
+    ) -> Result<(), D::Error> {
+        struct Into<'a>(&'a mut Counts);
+        impl<'de> serde::de::Visitor<'de> for Into<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of words to counts")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+                self.0
+                    .reserve(map.size_hint().unwrap_or(0).saturating_sub(self.0.len()));
+                while let Some((word, n)) = map.next_entry::<CompactString, u64>()? {
+                    *self.0.entry(word).or_insert(0) += n;
+                }
+                Ok(())
+            }
+        }
+        decoder.deserialize_map(Into(acc))
+    }
     fn default_shard_size() -> u32 {
         1
     }
@@ -331,7 +416,7 @@ impl CliJob for WordCount {
                 .filter_map(|f| std::fs::metadata(f).ok())
                 .map(|m| m.len())
                 .sum();
-            (total / 12).clamp(1 << 20, 64 << 20)
+            total.div_ceil(12).clamp(1 << 20, 64 << 20)
         };
         plan(&args.files, split, args.normalize)
     }
@@ -378,7 +463,7 @@ mod tests {
 
     fn by_splits(path: &Path, split: u64, normalize: bool) -> Result<Counts, CountError> {
         let len = std::fs::metadata(path).unwrap().len();
-        let mut all = Counts::new();
+        let mut all = Counts::default();
         let mut off = 0;
         while off < len {
             merge(&mut all, count_split(path, off, split, normalize)?);
@@ -391,7 +476,7 @@ mod tests {
     fn every_split_size_gives_the_single_pass_count() {
         let text = "héllo wörld\u{a0}héllo\u{3000}日本語 日本語\n\ttabs  and\u{2028}lines x y z 🦀🦀 🦀🦀 end";
         let f = file(text.as_bytes());
-        let mut want = Counts::new();
+        let mut want = Counts::default();
         count_str(text, false, &mut want);
         assert_eq!(want.get("héllo"), Some(&2));
         assert_eq!(want.get("🦀🦀"), Some(&2));
@@ -402,13 +487,74 @@ mod tests {
                 "split {split}"
             );
         }
-        let mut norm = Counts::new();
+        let mut norm = Counts::default();
         count_str(text, true, &mut norm);
         assert_eq!(by_splits(f.path(), 3, true).unwrap(), norm);
         assert!(
             !norm.contains_key("🦀🦀"),
             "emoji-only tokens vanish under normalize"
         );
+    }
+
+    #[test]
+    fn byte_scanner_splits_exactly_like_char_is_whitespace() {
+        // Every White_Space character, lookalikes that are not (U+200B,
+        // U+180E, U+FEFF, U+2060), their neighbours in the same UTF-8 lead
+        // ranges, and ordinary text.
+        let alphabet: Vec<char> = (0u32..0x3100)
+            .filter_map(char::from_u32)
+            .filter(|c| c.is_whitespace() || (*c as u32) < 0x100 || matches!(*c as u32, 0x1680..=0x1690 | 0x2000..=0x2070 | 0x3000..=0x3010 | 0x180E))
+            .chain(['\u{FEFF}', 'a', 'é', '日', '🦀'])
+            .collect();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..2000 {
+            let len = (next() % 40) as usize;
+            let text: String = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let mut want = Counts::default();
+            for w in text.split(char::is_whitespace).filter(|w| !w.is_empty()) {
+                *want.entry(w.into()).or_insert(0) += 1;
+            }
+            let mut got = Counts::default();
+            count_str(&text, false, &mut got);
+            assert_eq!(got, want, "round {round}: {text:?}");
+        }
+        for c in alphabet {
+            let text = format!("a{c}b");
+            let mut got = Counts::default();
+            count_str(&text, false, &mut got);
+            let words = if c.is_whitespace() { 2 } else { 1 };
+            assert_eq!(got.len(), words, "{:?} (U+{:04X})", c, c as u32);
+        }
+    }
+
+    #[test]
+    fn streamed_merge_equals_decode_then_merge() {
+        let mut a = Counts::default();
+        count_str("x y y z", false, &mut a);
+        let mut b = Counts::default();
+        count_str("y z z w", false, &mut b);
+        let bytes = rmp_serde::to_vec(&b).unwrap();
+        let mut streamed = a.clone();
+        <WordCount as Job>::merge_from(
+            &mut streamed,
+            &mut rmp_serde::Deserializer::from_read_ref(&bytes),
+        )
+        .unwrap();
+        merge(&mut a, b);
+        assert_eq!(streamed, a);
+        let garbage = <WordCount as Job>::merge_from(
+            &mut a,
+            &mut rmp_serde::Deserializer::from_read_ref(&[0xc1u8][..]),
+        );
+        assert!(garbage.is_err());
     }
 
     #[test]

@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|chunk| {
                         s.spawn(move || {
-                            let mut acc = Counts::new();
+                            let mut acc = Counts::default();
                             for t in chunk {
                                 merge(
                                     &mut acc,
@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
                     })
                     .collect()
             });
-            let mut all = Counts::new();
+            let mut all = Counts::default();
             for r in results {
                 merge(&mut all, r?);
             }

@@ -43,7 +43,7 @@ fn word_count_matches_single_process_and_zookeeper_empties() {
     let text = "día\u{a0}noche día\u{3000}夜 夜\u{2029}día\tnoche\u{85}x ".repeat(5000);
     let special = c.path("special.txt");
     std::fs::write(&special, &text).unwrap();
-    let mut want = wordcount::Counts::new();
+    let mut want = wordcount::Counts::default();
     wordcount::count_str(&text, false, &mut want);
     let want_file = c.path("special-want.tsv");
     wordcount::write_counts(&want_file, &want).unwrap();

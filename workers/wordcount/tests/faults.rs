@@ -170,7 +170,13 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
         let zk = c.zk().await;
         let master = c.master(&zk, None, Duration::from_secs(30)).await;
         let identity = tls::Identity::load(&c.certs, "client").unwrap();
-        let ep = transport::endpoint("127.0.0.1:0".parse().unwrap(), &identity, false).unwrap();
+        let ep = transport::endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &identity,
+            false,
+            transport::LINK_TIMEOUT,
+        )
+        .unwrap();
         let conn = transport::dial(&ep, &master.addr).await.unwrap();
 
         // Garbage body.
@@ -218,7 +224,13 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
         let other = c.path("other-certs");
         tls::make_cluster_certs(&other).unwrap();
         let foreign = tls::Identity::load(&other, "client").unwrap();
-        let ep2 = transport::endpoint("127.0.0.1:0".parse().unwrap(), &foreign, false).unwrap();
+        let ep2 = transport::endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            &foreign,
+            false,
+            transport::LINK_TIMEOUT,
+        )
+        .unwrap();
         let refused = async {
             let conn = transport::dial(&ep2, &master.addr).await?;
             let mut s = FramedStream::open(&conn, 1 << 20).await?;

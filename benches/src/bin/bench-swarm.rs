@@ -1,0 +1,117 @@
+//! Many worker nodes in one process, for the scale benchmark: each has its
+//! own ZooKeeper session, registration, QUIC endpoint and link to the master,
+//! exactly as if it were a process of its own.
+//!
+//! `bench-swarm --zk 127.0.0.1:2181 --certs DIR --data-dir DIR --count 1000`
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use ringleader::{NodeConfig, Role};
+
+#[derive(Parser)]
+struct Args {
+    /// ZooKeeper connect string.
+    #[arg(long)]
+    zk: String,
+    /// Cluster name.
+    #[arg(long, default_value = "test")]
+    cluster: String,
+    /// Certificates directory (`ca.pem`, `node.pem`, `node.key`).
+    #[arg(long)]
+    certs: PathBuf,
+    /// Shared data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Worker nodes to run.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Node ids are `<prefix><n>`.
+    #[arg(long, default_value = "swarm-")]
+    prefix: String,
+    /// Threads, each an actix system running its share of the nodes.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Requested ZooKeeper session timeout of each node.
+    #[arg(long, default_value_t = 2000)]
+    session_timeout_ms: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_ansi(false)
+        .init();
+    let registry = ringleader::Node::builder()
+        .task::<probe::Probe>()
+        .cli_job::<wordcount::WordCount>()
+        .registry()
+        .clone();
+    let configs: Vec<NodeConfig> = (0..args.count)
+        .map(|i| NodeConfig {
+            zk: args.zk.clone(),
+            cluster: args.cluster.clone(),
+            node_id: format!("{}{i}", args.prefix),
+            role: Role::Worker,
+            listen: "127.0.0.1:0".parse().expect("a literal address"),
+            advertise: None,
+            certs: args.certs.clone(),
+            data_dir: args.data_dir.clone(),
+            slots: 1,
+            session_timeout: Duration::from_millis(args.session_timeout_ms),
+            max_frame: ringleader::wire::DEFAULT_MAX_FRAME,
+            max_job_bytes: 256 << 20,
+            retention: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(5),
+            link_timeout: ringleader::transport::LINK_TIMEOUT,
+        })
+        .collect();
+    let threads = args.threads.clamp(1, configs.len().max(1));
+    let mut shares: Vec<Vec<NodeConfig>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, cfg) in configs.into_iter().enumerate() {
+        shares[i % threads].push(cfg);
+    }
+    let handles: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            let registry = registry.clone();
+            std::thread::spawn(move || run_share(share, registry))
+        })
+        .collect();
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("a swarm thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// Runs some nodes on this thread's own actix system.
+fn run_share(
+    configs: Vec<NodeConfig>,
+    registry: ringleader::registry::Registry,
+) -> anyhow::Result<()> {
+    actix::System::new().block_on(async move {
+        let nodes: Vec<_> = configs
+            .into_iter()
+            .map(|cfg| {
+                let id = cfg.node_id.clone();
+                let registry = registry.clone();
+                actix::spawn(async move {
+                    ringleader::node::run(cfg, registry)
+                        .await
+                        .with_context(|| format!("node {id}"))
+                })
+            })
+            .collect();
+        for n in nodes {
+            n.await.context("a swarm node panicked")??;
+        }
+        Ok(())
+    })
+}
