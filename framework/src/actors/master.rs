@@ -176,6 +176,9 @@ pub(crate) struct Master {
     links: HashMap<String, Link>,
     registered: BTreeMap<String, WorkerInfo>,
     submitting: HashSet<String>,
+    /// When the gauges were last refreshed, and whether a refresh is due.
+    gauges_at: Option<std::time::Instant>,
+    gauges_pending: bool,
     /// Unfinished jobs of an earlier master still being read back.
     loading: HashSet<String>,
     /// Of those, the ones cancelled meanwhile.
@@ -230,6 +233,8 @@ impl Master {
             links: HashMap::new(),
             registered: BTreeMap::new(),
             submitting: HashSet::new(),
+            gauges_at: None,
+            gauges_pending: false,
             loading: HashSet::new(),
             cancelled_while_loading: HashSet::new(),
             gc_running: false,
@@ -330,7 +335,22 @@ impl Master {
         ))
     }
 
-    fn update_gauges(&self) {
+    /// Refreshes the master's gauges, at most once per [`GAUGE_PERIOD`]:
+    /// the per-worker gauges cost a registry lookup per worker, which at a
+    /// thousand workers must not happen on every report.
+    fn update_gauges(&mut self, ctx: &mut Context<Self>) {
+        let now = std::time::Instant::now();
+        if self.gauges_at.is_some_and(|t| now - t < GAUGE_PERIOD) {
+            if !self.gauges_pending {
+                self.gauges_pending = true;
+                ctx.run_later(GAUGE_PERIOD, |act, ctx| {
+                    act.gauges_pending = false;
+                    act.update_gauges(ctx);
+                });
+            }
+            return;
+        }
+        self.gauges_at = Some(now);
         let workers = self
             .links
             .keys()
@@ -350,14 +370,14 @@ impl Master {
 
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         if self.paused {
-            self.update_gauges();
+            self.update_gauges(ctx);
             return;
         }
         let now = std::time::Instant::now();
         self.sched.tick(now);
         let cmds = self.sched.assign();
         self.apply(cmds, ctx);
-        self.update_gauges();
+        self.update_gauges(ctx);
         // Wake up when the next retry's backoff is over.
         if let Some(due) = self.sched.next_due() {
             if self.wake_at.is_none_or(|t| due < t) {
@@ -785,6 +805,9 @@ impl GetDataOwned for zookeeper_client::Client {
         Box::pin(fut)
     }
 }
+
+/// Shortest interval between two refreshes of the master's gauges.
+const GAUGE_PERIOD: Duration = Duration::from_millis(200);
 
 /// Jobs whose state is read at once during recovery.
 const RECOVERY_CONCURRENCY: usize = 256;
