@@ -149,8 +149,12 @@ struct NodeArgs {
     #[arg(long, default_value_t = crate::wire::DEFAULT_MAX_FRAME)]
     max_frame: usize,
     /// Largest submission accepted, in bytes of encoded tasks.
-    #[arg(long, default_value_t = 256 << 20)]
+    #[arg(long, default_value_t = 32 << 20)]
     max_job_bytes: usize,
+    /// Most bytes of tasks all unfinished jobs may hold together: they live
+    /// in ZooKeeper's memory until their job finishes.
+    #[arg(long, default_value_t = 32 << 20)]
+    max_queued_bytes: usize,
     /// Seconds a fetched result stays in ZooKeeper.
     #[arg(long, default_value_t = 60)]
     retention_secs: u64,
@@ -585,6 +589,7 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         session_timeout: Duration::from_millis(a.session_timeout_ms),
         max_frame: a.max_frame,
         max_job_bytes: a.max_job_bytes,
+        max_queued_bytes: a.max_queued_bytes,
         retention: Duration::from_secs(a.retention_secs),
         drain_timeout: Duration::from_secs(a.drain_secs),
         link_timeout: Duration::from_millis(a.link_timeout_ms),

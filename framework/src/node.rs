@@ -66,6 +66,9 @@ pub struct NodeConfig {
     pub max_frame: usize,
     /// Largest submission accepted, in bytes of encoded tasks.
     pub max_job_bytes: usize,
+    /// Most bytes of tasks all unfinished jobs together may hold (they live
+    /// in ZooKeeper's memory until the job finishes).
+    pub max_queued_bytes: usize,
     /// How long a fetched result stays in ZooKeeper.
     pub retention: Duration,
     /// On SIGTERM, how long a worker may take to finish the shards it started.
@@ -193,6 +196,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 addr: addr.clone(),
                 registry: registry.clone(),
                 retention: config.retention,
+                max_queued_bytes: config.max_queued_bytes,
                 route: route_tx.clone(),
                 fatal: fatal_tx.clone(),
                 _alive: alive_tx.clone(),

@@ -48,7 +48,7 @@ impl Default for ZkServerOptions {
     fn default() -> Self {
         ZkServerOptions {
             tick_ms: 200,
-            heap_mb: 256,
+            heap_mb: 512,
             max_client_cnxns: 2000,
         }
     }

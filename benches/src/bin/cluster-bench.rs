@@ -40,6 +40,9 @@ struct Args {
     /// among the workers, at least 1).
     #[arg(long)]
     slots: Option<u32>,
+    /// Splits of the word-count corpus.
+    #[arg(long, default_value_t = 12)]
+    splits: u64,
     /// Workers of the scale section (all in one extra process).
     #[arg(long, default_value_t = 1000)]
     swarm: usize,
@@ -351,7 +354,7 @@ impl Bench {
         let sizes: &[(u32, u64)] = if self.args.quick {
             &[(1, 3_000), (100, 200_000), (10_000, 1_000_000)]
         } else {
-            &[(1, 10_000), (100, 1_000_000), (10_000, 4_000_000)]
+            &[(1, 10_000), (100, 1_000_000), (10_000, 2_000_000)]
         };
         let client = self.client()?;
         for &(shard, n) in sizes {
@@ -457,7 +460,7 @@ impl Bench {
         let bytes = std::fs::metadata(&corpus)?.len() as f64;
         let splits = wordcount::plan(
             std::slice::from_ref(&corpus),
-            (bytes as u64).div_ceil(12).max(1 << 20),
+            (bytes as u64).div_ceil(self.args.splits.max(1)).max(1 << 20),
             false,
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;

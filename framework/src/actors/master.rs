@@ -132,6 +132,8 @@ pub(crate) struct ClientRequest(pub Frame);
 struct JobRuntime {
     stored: StoredJob,
     tasks: Arc<Vec<ByteBuf>>,
+    /// Bytes of its encoded tasks (held in ZooKeeper until it finishes).
+    bytes: usize,
     /// The merged result so far. Merging runs on the blocking pool (a big
     /// partial result takes milliseconds), never on the master's arbiter,
     /// which also drives the ZooKeeper session.
@@ -161,6 +163,8 @@ pub(crate) struct MasterSettings {
     pub addr: String,
     pub registry: Registry,
     pub retention: Duration,
+    /// Most bytes of tasks that unfinished jobs may hold in ZooKeeper.
+    pub max_queued_bytes: usize,
     pub route: watch::Sender<Option<Addr<Master>>>,
     pub fatal: Fatal,
     pub _alive: Alive,
@@ -324,6 +328,7 @@ impl Master {
         Ok((
             JobRuntime {
                 stored: job,
+                bytes: tasks.iter().map(|t| t.len()).sum(),
                 tasks: Arc::new(tasks),
                 acc: Arc::new(std::sync::Mutex::new(acc)),
                 merging: 0,
@@ -1092,6 +1097,19 @@ impl Handler<Submit> for Master {
                 existing: true,
             }));
         }
+        // ZooKeeper keeps every byte in its servers' memory: a cluster-wide
+        // bound, so that a big submission is refused instead of exhausting
+        // the ensemble's heap.
+        let held: usize = self.jobs.values().map(|rt| rt.bytes).sum();
+        let new: usize = msg.tasks.iter().map(|t| t.len()).sum();
+        if held.saturating_add(new) > self.settings.max_queued_bytes {
+            return Box::pin(fut::ready(error(format!(
+                "the cluster holds {held} bytes of unfinished tasks; {new} more would pass its \
+                 limit of {} (--max-queued-bytes): retry when jobs finish, or pass references \
+                 to data (file splits) rather than the data",
+                self.settings.max_queued_bytes
+            ))));
+        }
         if !self.submitting.insert(h.job_id.clone()) {
             return Box::pin(fut::ready(error(format!(
                 "job {} is being submitted by another request; retry",
@@ -1145,6 +1163,7 @@ impl Handler<Submit> for Master {
             plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
             let rt = JobRuntime {
                 stored: job,
+                bytes: tasks.iter().map(|t| t.len()).sum(),
                 tasks: Arc::new(tasks),
                 acc: Arc::new(std::sync::Mutex::new(erased.new_acc())),
                 merging: 0,

@@ -289,3 +289,38 @@ fn a_killed_workers_shards_run_elsewhere_before_its_session_expires() {
         );
     });
 }
+
+/// Unfinished jobs' tasks live in ZooKeeper's memory: past the cluster's
+/// `--max-queued-bytes`, a submission is refused with a clear error
+/// (instead of exhausting the ensemble's heap), and accepted once room is made.
+#[test]
+fn submissions_past_the_queued_bytes_limit_are_refused() {
+    let mut c = Cluster::new(BIN);
+    // A master without a worker: jobs stay queued.
+    c.node("m", &["--role", "candidate", "--max-queued-bytes", "1500"]);
+    rt().block_on(async {
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let opts = |id: &str| SubmitOptions {
+            job_id: Some(id.into()),
+            ..Default::default()
+        };
+        // About 6 bytes per task: 900 bytes per job.
+        let first = client
+            .submit::<Collect<Probe>>(probes(150, &[]), opts("first"))
+            .await
+            .unwrap();
+        let err = match client
+            .submit::<Collect<Probe>>(probes(150, &[]), opts("second"))
+            .await
+        {
+            Ok(_) => panic!("a submission past the limit was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("--max-queued-bytes"), "{err}");
+        first.cancel().await.unwrap();
+        client
+            .submit::<Collect<Probe>>(probes(150, &[]), opts("third"))
+            .await
+            .expect("room was made by the cancel");
+    });
+}
