@@ -86,8 +86,70 @@ fn counting(c: &mut Criterion) {
             counts.len()
         })
     });
+    // The baseline in the same run: what count_str replaced (decode every
+    // character, SipHash, a heap String per distinct word).
+    g.bench_function("split(char::is_whitespace) + HashMap<String>", |b| {
+        b.iter(|| {
+            let mut counts: std::collections::HashMap<String, u64> =
+                std::collections::HashMap::new();
+            for w in black_box(&text)
+                .split(char::is_whitespace)
+                .filter(|w| !w.is_empty())
+            {
+                match counts.get_mut(w) {
+                    Some(c) => *c += 1,
+                    None => {
+                        counts.insert(w.to_string(), 1);
+                    }
+                }
+            }
+            counts.len()
+        })
+    });
     g.finish();
 }
 
-criterion_group!(benches, frames, scheduler, counting);
+/// What the master does per word-count shard: merge a partial of 100,000
+/// distinct words, beside the in-process merge the plain threads do.
+fn partials(c: &mut Criterion) {
+    use ringleader::Job;
+    let partial = |seed: u64| {
+        let mut counts = wordcount::Counts::default();
+        for i in 0..100_000u64 {
+            counts.insert(wordcount::corpus::word(i as usize).into(), i ^ seed);
+        }
+        counts
+    };
+    let base = partial(1);
+    let other = partial(2);
+    let bytes = rmp_serde::to_vec(&other).expect("encodes");
+    let mut g = c.benchmark_group("word-count partial of 100k words");
+    g.sample_size(20);
+    g.bench_function("encode (worker)", |b| {
+        b.iter(|| rmp_serde::to_vec(black_box(&other)).map(|v| v.len()))
+    });
+    g.bench_function("decode and merge_from (master)", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut acc| {
+                let mut de = rmp_serde::Deserializer::from_read_ref(black_box(&bytes[..]));
+                wordcount::WordCount::merge_from(&mut acc, &mut de).map(|()| acc.len())
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("merge in memory (the threads' baseline)", |b| {
+        b.iter_batched(
+            || (base.clone(), other.clone()),
+            |(mut acc, o)| {
+                wordcount::merge(&mut acc, o);
+                acc.len()
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, frames, scheduler, counting, partials);
 criterion_main!(benches);

@@ -43,6 +43,9 @@ struct Args {
     /// Splits of the word-count corpus.
     #[arg(long, default_value_t = 12)]
     splits: u64,
+    /// Splits per word-count shard (default: the job's own).
+    #[arg(long)]
+    wc_shard: Option<u32>,
     /// Workers of the scale section (all in one extra process).
     #[arg(long, default_value_t = 1000)]
     swarm: usize,
@@ -146,6 +149,16 @@ fn log_field(line: &str, key: &str) -> Option<f64> {
         .collect::<String>()
         .parse()
         .ok()
+}
+
+/// Seconds since midnight of a log line's timestamp (`2026-11-26T10:55:03.145472Z ...`).
+fn log_time(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split('T').nth(1)?;
+    let mut parts = time.trim_end_matches('Z').split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
 }
 
 /// Sum of every sample of `name` (any labels) in a Prometheus scrape.
@@ -460,10 +473,13 @@ impl Bench {
         let bytes = std::fs::metadata(&corpus)?.len() as f64;
         let splits = wordcount::plan(
             std::slice::from_ref(&corpus),
-            (bytes as u64).div_ceil(self.args.splits.max(1)).max(1 << 20),
+            (bytes as u64)
+                .div_ceil(self.args.splits.max(1))
+                .max(1 << 20),
             false,
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let splits_n = splits.len();
         let t = Instant::now();
         let halves: Vec<Vec<_>> = (0..2)
             .map(|i| splits.iter().skip(i).step_by(2).cloned().collect())
@@ -492,6 +508,7 @@ impl Bench {
             all
         });
         let base_mbs = bytes / 1e6 / t.elapsed().as_secs_f64();
+        let thread_secs = 2.0 * t.elapsed().as_secs_f64();
         let m = self.master(None);
         let lost = |b: &Bench| -> anyhow::Result<f64> {
             Ok(metric_sum(
@@ -501,11 +518,19 @@ impl Bench {
             ))
         };
         let lost_before = lost(self)?;
+        let (before_secs, before_n) = self.task_time()?;
         let client = self.client()?;
+        let wc_shard = self.args.wc_shard;
         let cluster_mbs = self.rt.block_on(async {
             let t = Instant::now();
             let job = client
-                .submit::<wordcount::WordCount>(splits, SubmitOptions::default())
+                .submit::<wordcount::WordCount>(
+                    splits,
+                    SubmitOptions {
+                        shard_size: wc_shard,
+                        ..Default::default()
+                    },
+                )
                 .await?;
             let (counts, _) = job.result().await?;
             let secs = t.elapsed().as_secs_f64();
@@ -513,6 +538,11 @@ impl Bench {
             Ok::<_, anyhow::Error>(bytes / 1e6 / secs)
         })?;
         let suspicions = lost(self)? - lost_before;
+        // Where the time went: the workers' mean split time against the threads'.
+        let (after_secs, after_n) = self.task_time()?;
+        let (task_secs, task_n) = (after_secs - before_secs, after_n - before_n);
+        let on_workers = task_secs / task_n.max(1.0) * 1e3;
+        let in_threads = thread_secs / splits_n as f64 * 1e3;
         self.rows.push(row(
             format!("word count {mib} MiB (100k-word Zipf), MB/s"),
             format!("{cluster_mbs:.1}"),
@@ -524,12 +554,30 @@ impl Bench {
             ),
         ));
         self.rows.push(row(
+            format!("  mean time per split ({splits_n} splits)"),
+            format!("{on_workers:.1} ms on the workers"),
+            format!("{in_threads:.1} ms in the threads (merges included)"),
+            format!("{:.2}", on_workers / in_threads),
+        ));
+        self.rows.push(row(
             "worker links suspected during the word count (no worker died)",
             format!("{suspicions:.0}"),
             "goal 0",
             "",
         ));
         Ok(())
+    }
+
+    /// Seconds spent in tasks and tasks run, summed over the workers.
+    fn task_time(&self) -> anyhow::Result<(f64, f64)> {
+        let mut secs = 0.0;
+        let mut n = 0.0;
+        for w in self.worker_ids() {
+            let text = self.scrape(&w)?;
+            secs += metric_sum(&text, "ringleader_task_duration_seconds_sum", None);
+            n += metric_sum(&text, "ringleader_task_duration_seconds_count", None);
+        }
+        Ok((secs, n))
     }
 
     fn failover(&mut self) -> anyhow::Result<()> {
@@ -557,6 +605,11 @@ impl Bench {
                 });
                 futures::future::try_join_all(subs).await
             })?;
+            const REQUEUED: &str = "every unfinished job is back in the queue";
+            let requeued_before: HashMap<String, usize> = ["cand-0", "cand-1"]
+                .iter()
+                .map(|id| (id.to_string(), self.c.log(id).matches(REQUEUED).count()))
+                .collect();
             let t = Instant::now();
             self.c.kill9(&first.node_id);
             let second = self.master(Some(first.epoch));
@@ -566,14 +619,14 @@ impl Bench {
             let since = log_field(&line, "since_election_ms").unwrap_or(f64::NAN);
             // Jobs are read back while the new master serves: how long that took.
             let deadline = Instant::now() + Duration::from_secs(60);
+            let seen = requeued_before.get(&second.node_id).copied().unwrap_or(0);
             let requeued = loop {
                 let log = self.c.log(&second.node_id);
-                if let Some(l) = log
-                    .lines()
-                    .rev()
-                    .find(|l| l.contains("every unfinished job is back in the queue"))
-                {
-                    break log_field(l, "recovered_ms").unwrap_or(f64::NAN);
+                if log.matches(REQUEUED).count() > seen {
+                    let line = log.lines().rev().find(|l| l.contains(REQUEUED));
+                    break line
+                        .and_then(|l| log_field(l, "recovered_ms"))
+                        .unwrap_or(f64::NAN);
                 }
                 ensure!(
                     Instant::now() < deadline,
@@ -690,6 +743,7 @@ impl Bench {
     fn handover(&mut self) -> anyhow::Result<()> {
         let mut took = Vec::new();
         let mut from_election = Vec::new();
+        let mut in_nodes = Vec::new();
         for _ in 0..self.runs {
             let m = self.master(None);
             self.wait_candidates(2);
@@ -699,6 +753,17 @@ impl Bench {
             took.push(t.elapsed().as_secs_f64() * 1e3);
             let line = self.serving_line(&next.node_id);
             from_election.push(log_field(&line, "since_election_ms").unwrap_or(f64::NAN));
+            // The same interval by the nodes' own clocks: SIGTERM received to serving.
+            let sigterm = self
+                .c
+                .log(&m.node_id)
+                .lines()
+                .rev()
+                .find(|l| l.contains("SIGTERM"))
+                .and_then(log_time);
+            if let (Some(a), Some(b)) = (sigterm, log_time(&line)) {
+                in_nodes.push((b - a) * 1e3);
+            }
             self.c.wait_exit(&m.node_id, Duration::from_secs(30));
             self.start_node(&m.node_id, "candidate");
         }
@@ -711,6 +776,12 @@ impl Bench {
                 self.session.as_millis()
             ),
             format!("{:.4}", med / self.session.as_secs_f64() / 1e3),
+        ));
+        self.rows.push(row(
+            "  SIGTERM received to the next serving (the nodes' logs)",
+            spread_ms(&in_nodes),
+            "",
+            "",
         ));
         self.rows.push(row(
             "  of which the successor's election to serving",

@@ -75,14 +75,21 @@ impl LeaderStore {
         let path = layout.epoch();
         let client = lock.client().clone();
         let (jobs_path, workers_path) = (layout.jobs(), layout.workers());
-        let (jobs, workers) = futures::join!(
+        // One round trip when the paths exist (the usual case).
+        let (jobs, workers, first) = futures::join!(
             super::zk::ensure_path(&client, &jobs_path),
-            super::zk::ensure_path(&client, &workers_path)
+            super::zk::ensure_path(&client, &workers_path),
+            client.get_data(&path)
         );
         jobs?;
         workers?;
+        let mut first = Some(first);
         loop {
-            let (data, stat) = match client.get_data(&path).await {
+            let read = match first.take() {
+                Some(r) => r,
+                None => client.get_data(&path).await,
+            };
+            let (data, stat) = match read {
                 Ok(v) => v,
                 Err(ZkError::NoNode) => {
                     match client.create(&path, &0u64.to_be_bytes(), &PERSISTENT).await {
