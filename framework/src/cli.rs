@@ -705,6 +705,43 @@ fn run_local(
         certs: certs.clone(),
     };
     let n_tasks = tasks.len();
+    // The job's clock starts when the cluster is up: a master serving and
+    // every node registered as a worker.
+    let nodes = a.nodes.max(1) as usize;
+    let ready = conn.zk.clone();
+    let logs = dir.clone();
+    block_on(async move {
+        let zk = crate::coord::connect(&ready, Duration::from_secs(10)).await?;
+        let layout = crate::coord::Layout::new("local");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        crate::coord::wait_for_master(&zk, &layout, None, Duration::from_secs(60))
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "no master within 60 s; see the node logs under {}",
+                    logs.display()
+                )
+            })?;
+        loop {
+            let (names, _, watch) = match zk.get_and_watch_children(&layout.workers()).await {
+                Ok(found) => found,
+                Err(e) => bail!("cannot list workers: {e}"),
+            };
+            if names.len() >= nodes {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, watch.changed())
+                .await
+                .is_err()
+            {
+                bail!(
+                    "only {} of {nodes} nodes registered within 60 s; see the node logs under {}",
+                    names.len(),
+                    logs.display()
+                );
+            }
+        }
+    })?;
     let job_started = Instant::now();
     let res = block_on(async move {
         let client = Client::connect(client_config(&conn)).await?;

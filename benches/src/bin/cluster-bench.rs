@@ -185,6 +185,39 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(node)
 }
 
+/// The word count's baseline: the same splits counted by the same code in
+/// two plain threads of this process. Returns the counts and the seconds.
+fn count_in_threads(splits: &[wordcount::CountWords]) -> (wordcount::Counts, f64) {
+    let t = Instant::now();
+    let halves: Vec<Vec<&wordcount::CountWords>> = (0..2)
+        .map(|i| splits.iter().skip(i).step_by(2).collect())
+        .collect();
+    let counts = std::thread::scope(|s| {
+        let hs: Vec<_> = halves
+            .iter()
+            .map(|h| {
+                s.spawn(move || {
+                    let mut acc = wordcount::Counts::default();
+                    for t in h {
+                        if let Ok(c) = wordcount::count_split(&t.path, t.offset, t.len, false) {
+                            wordcount::merge(&mut acc, c);
+                        }
+                    }
+                    acc
+                })
+            })
+            .collect();
+        let mut all = wordcount::Counts::default();
+        for h in hs {
+            if let Ok(part) = h.join() {
+                wordcount::merge(&mut all, part);
+            }
+        }
+        all
+    });
+    (counts, t.elapsed().as_secs_f64())
+}
+
 fn probes(n: u64, behaviour: Behaviour) -> Vec<Probe> {
     (0..n)
         .map(|value| Probe {
@@ -480,35 +513,9 @@ impl Bench {
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let splits_n = splits.len();
-        let t = Instant::now();
-        let halves: Vec<Vec<_>> = (0..2)
-            .map(|i| splits.iter().skip(i).step_by(2).cloned().collect())
-            .collect();
-        let base: wordcount::Counts = std::thread::scope(|s| {
-            let hs: Vec<_> = halves
-                .iter()
-                .map(|h| {
-                    s.spawn(move || {
-                        let mut acc = wordcount::Counts::default();
-                        for t in h {
-                            if let Ok(c) = wordcount::count_split(&t.path, t.offset, t.len, false) {
-                                wordcount::merge(&mut acc, c);
-                            }
-                        }
-                        acc
-                    })
-                })
-                .collect();
-            let mut all = wordcount::Counts::default();
-            for h in hs {
-                if let Ok(part) = h.join() {
-                    wordcount::merge(&mut all, part);
-                }
-            }
-            all
-        });
-        let base_mbs = bytes / 1e6 / t.elapsed().as_secs_f64();
-        let thread_secs = 2.0 * t.elapsed().as_secs_f64();
+        // The baseline runs before and after the cluster's job: the
+        // machine's speed drifts, and the ratio is against their mean.
+        let (base, first_secs) = count_in_threads(&splits);
         let m = self.master(None);
         let lost = |b: &Bench| -> anyhow::Result<f64> {
             Ok(metric_sum(
@@ -521,6 +528,7 @@ impl Bench {
         let (before_secs, before_n) = self.task_time()?;
         let client = self.client()?;
         let wc_shard = self.args.wc_shard;
+        let splits_again = splits.clone();
         let cluster_mbs = self.rt.block_on(async {
             let t = Instant::now();
             let job = client
@@ -538,6 +546,11 @@ impl Bench {
             Ok::<_, anyhow::Error>(bytes / 1e6 / secs)
         })?;
         let suspicions = lost(self)? - lost_before;
+        let (again, second_secs) = count_in_threads(&splits_again);
+        ensure!(again == base, "the two baseline counts differ");
+        let base_secs = (first_secs + second_secs) / 2.0;
+        let base_mbs = bytes / 1e6 / base_secs;
+        let thread_secs = 2.0 * base_secs;
         // Where the time went: the workers' mean split time against the threads'.
         let (after_secs, after_n) = self.task_time()?;
         let (task_secs, task_n) = (after_secs - before_secs, after_n - before_n);
@@ -546,7 +559,11 @@ impl Bench {
         self.rows.push(row(
             format!("word count {mib} MiB (100k-word Zipf), MB/s"),
             format!("{cluster_mbs:.1}"),
-            format!("{base_mbs:.1}: 2 plain threads; Ray 76 (reference)"),
+            format!(
+                "{base_mbs:.1}: 2 plain threads (mean of {:.1} before and {:.1} after); Ray 76 (reference)",
+                bytes / 1e6 / first_secs,
+                bytes / 1e6 / second_secs
+            ),
             format!(
                 "{:.2} of threads, {:.1}x Ray",
                 cluster_mbs / base_mbs,
