@@ -143,6 +143,8 @@ struct JobRuntime {
     finish_wanted: bool,
     failures: Vec<TaskFailure>,
     finishing: bool,
+    /// Tasks whose committed outputs could not be merged: failed tasks.
+    unmerged: u64,
 }
 
 struct Link {
@@ -290,20 +292,32 @@ impl Master {
             rec.options.max_attempts,
             &summary,
         );
-        let outputs: Vec<_> = commits.into_values().map(|r| r.output).collect();
+        // Only the commits of each shard's chain count (see `recover_job`).
+        let outputs: Vec<_> = commits
+            .into_iter()
+            .filter(|(key, _)| recovered.outputs.contains_key(key))
+            .map(|(key, r)| (key, r.output))
+            .collect();
         let outputs_empty = outputs.is_empty();
         let merger = erased.clone();
         let job_id = job.id.clone();
         let merge = move || {
             let mut acc = merger.new_acc();
-            for output in &outputs {
-                let merged =
-                    read_output(output).map(|bytes| merger.merge_encoded(&mut acc, &bytes));
-                if !matches!(merged, Ok(Ok(()))) {
-                    tracing::warn!(job = %job_id, "a committed shard output cannot be read or decoded");
+            let mut unmerged = Vec::new();
+            for (key, output) in &outputs {
+                let merged = read_output(output)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| {
+                        merger
+                            .merge_encoded(&mut acc, &bytes)
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = merged {
+                    tracing::error!(job = %job_id, shard = %key, error = %e, "a committed shard output cannot be read or merged; reporting its tasks as failed");
+                    unmerged.push((*key, e));
                 }
             }
-            acc
+            (acc, unmerged)
         };
         // Nothing committed yet: no need for a thread of the blocking pool.
         let acc = if outputs_empty {
@@ -316,14 +330,27 @@ impl Master {
                     reason: format!("merging failed: {e}"),
                 })?
         };
+        let (acc, unmerged) = acc;
         let mut plan = recovered.plan;
+        let mut final_failures = recovered.final_failures;
+        for (key, error) in unmerged {
+            let held = recovered.outputs.get(&key).cloned().unwrap_or_default();
+            let attempt = summary.get(&key).map_or(1, |c| c.attempt);
+            plan.tasks_failed += held.len() as u64;
+            final_failures.extend(held.into_iter().map(|index| TaskFailure {
+                index,
+                error: format!("its shard's output was committed but cannot be merged: {error}"),
+                attempt,
+                retryable: false,
+            }));
+        }
         plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
         for p in &mut plan.pending {
             if let Some(&next) = losses.get(&p.key) {
                 p.attempt = p.attempt.max(next);
             }
         }
-        let mut failures = recovered.final_failures;
+        let mut failures = final_failures;
         failures.truncate(MAX_KEPT_FAILURES);
         Ok((
             JobRuntime {
@@ -335,6 +362,7 @@ impl Master {
                 finish_wanted: false,
                 failures,
                 finishing: false,
+                unmerged: 0,
             },
             plan,
         ))
@@ -526,6 +554,18 @@ impl Master {
             rt.merging += 1;
             let acc = rt.acc.clone();
             let output = rec.output.clone();
+            // The tasks whose outputs this partial holds: if it cannot be
+            // merged, they are reported as failed, never silently dropped.
+            let failed: HashSet<u64> = rec.failures.iter().map(|f| f.index).collect();
+            let merged_tasks: Vec<u64> = self
+                .sched
+                .shard_tasks(job, key)
+                .unwrap_or_default()
+                .iter()
+                .copied()
+                .filter(|i| !failed.contains(i))
+                .collect();
+            let attempt = rec.attempt;
             let merge = tokio::task::spawn_blocking(move || {
                 let bytes = read_output(&output).map_err(|e| e.to_string())?;
                 let mut acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -535,12 +575,23 @@ impl Master {
             });
             let job_id = job.to_string();
             ctx.spawn(merge.into_actor(self).map(move |res, act, ctx| {
-                match res {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(job = %job_id, shard = %key, error = %e, "committed output cannot be merged"),
-                    Err(e) => tracing::error!(job = %job_id, shard = %key, error = %e, "merging panicked"),
-                }
+                let error = match res {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(format!("its shard's output was committed but cannot be merged: {e}")),
+                    Err(e) => Some(format!("merging its shard's output panicked: {e}")),
+                };
                 if let Some(rt) = act.jobs.get_mut(&job_id) {
+                    if let Some(error) = error {
+                        tracing::error!(job = %job_id, shard = %key, tasks = merged_tasks.len(), %error, "reporting the shard's tasks as failed");
+                        metrics::counter!(m::TASKS_DEAD_LETTERED).increment(merged_tasks.len() as u64);
+                        rt.unmerged += merged_tasks.len() as u64;
+                        for index in merged_tasks {
+                            if rt.failures.len() >= MAX_KEPT_FAILURES {
+                                break;
+                            }
+                            rt.failures.push(TaskFailure { index, error: error.clone(), attempt, retryable: false });
+                        }
+                    }
                     rt.merging -= 1;
                     if rt.merging == 0 && rt.finish_wanted {
                         act.finish(ctx, job_id);
@@ -574,9 +625,10 @@ impl Master {
         else {
             return;
         };
-        let Some(counters) = self.sched.counters(&job) else {
+        let Some(mut counters) = self.sched.counters(&job) else {
             return;
         };
+        counters.tasks_failed = (counters.tasks_failed + rt.unmerged).min(counters.tasks_done);
         let acc = rt.acc.clone();
         let store = self.store.clone();
         let stored = StoredJob {
@@ -1170,6 +1222,7 @@ impl Handler<Submit> for Master {
                 finish_wanted: false,
                 failures: Vec::new(),
                 finishing: false,
+                unmerged: 0,
             };
             Ok::<_, CoordError>(Some((rt, plan)))
         };

@@ -22,6 +22,10 @@ pub struct RecoveredJob {
     pub plan: JobPlan,
     /// Final failures already committed, for the job's report.
     pub final_failures: Vec<TaskFailure>,
+    /// The commits that count (the contiguous chain of each shard), each
+    /// with the tasks whose outputs its partial result holds. Commits not
+    /// listed here must not be merged.
+    pub outputs: BTreeMap<ShardKey, Vec<u64>>,
 }
 
 /// Rebuilds a job's plan. Generation `g + 1` of a shard exists only if
@@ -49,6 +53,7 @@ pub fn recover_job(
         pending: Vec::new(),
     };
     let mut final_failures = Vec::new();
+    let mut outputs = BTreeMap::new();
     for index in 0..shard_count(tasks_total, shard_size) {
         let mut tasks: Vec<u64> = shard_tasks(index, shard_size, tasks_total).collect();
         let mut attempt = 1;
@@ -59,6 +64,15 @@ pub fn recover_job(
                 .iter()
                 .filter(|f| tasks.contains(&f.index))
                 .partition(|f| !f.is_final(max_attempts));
+            let failed_here: Vec<u64> = retry.iter().chain(&done).map(|f| f.index).collect();
+            outputs.insert(
+                ShardKey { index, generation },
+                tasks
+                    .iter()
+                    .copied()
+                    .filter(|t| !failed_here.contains(t))
+                    .collect::<Vec<u64>>(),
+            );
             plan.tasks_done += (tasks.len() - retry.len()) as u64;
             plan.tasks_failed += done.len() as u64;
             plan.retries += retry.len() as u64;
@@ -81,6 +95,7 @@ pub fn recover_job(
     RecoveredJob {
         plan,
         final_failures,
+        outputs,
     }
 }
 
@@ -90,6 +105,42 @@ mod tests {
 
     fn key(index: u32, generation: u32) -> ShardKey {
         ShardKey { index, generation }
+    }
+
+    #[test]
+    fn outputs_list_the_tasks_each_counted_commit_holds() {
+        let fail = |index, retryable| TaskFailure {
+            index,
+            error: "e".into(),
+            attempt: 1,
+            retryable,
+        };
+        let mut committed = BTreeMap::new();
+        committed.insert(
+            key(0, 0),
+            CommittedShard {
+                attempt: 1,
+                failures: vec![fail(1, true), fail(2, false)],
+            },
+        );
+        committed.insert(
+            key(0, 1),
+            CommittedShard {
+                attempt: 2,
+                failures: vec![],
+            },
+        );
+        // After a gap (no generation 2): garbage, never merged.
+        committed.insert(
+            key(0, 3),
+            CommittedShard {
+                attempt: 4,
+                failures: vec![],
+            },
+        );
+        let r = recover_job("j", "n", 4, 4, 3, &committed);
+        let outputs: Vec<_> = r.outputs.into_iter().collect();
+        assert_eq!(outputs, vec![(key(0, 0), vec![0, 3]), (key(0, 1), vec![1])]);
     }
 
     #[test]

@@ -643,6 +643,14 @@ impl Scheduler {
         }
     }
 
+    /// The task indexes of a shard the scheduler still tracks.
+    pub fn shard_tasks(&self, job_id: &str, key: ShardKey) -> Option<&[u64]> {
+        self.jobs
+            .get(job_id)
+            .and_then(|j| j.shards.get(&key))
+            .map(|s| s.tasks.as_slice())
+    }
+
     /// A worker reported on a shard. Returns true if the report is the one
     /// awaited (the shard now waits for its commit); false for a stale or
     /// duplicate report, which must be dropped.

@@ -59,3 +59,37 @@ impl Task for Probe {
         Ok(self.value * 2)
     }
 }
+
+/// A job summing probe outputs whose master-side merge refuses a partial
+/// equal to [`UNMERGEABLE`]: a user `merge_from` that fails on a committed
+/// output, for tests that such outputs are reported, not silently dropped.
+pub struct FragileSum;
+
+/// The partial [`FragileSum`] cannot merge (the output of probe 1,000,001).
+pub const UNMERGEABLE: u64 = 2_000_002;
+
+impl ringleader::Job for FragileSum {
+    type Task = Probe;
+    type Result = u64;
+    const NAME: &'static str = "fragile-sum";
+    fn fold(acc: &mut u64, _index: u64, output: u64) {
+        *acc += output;
+    }
+    fn merge(acc: &mut u64, other: u64) {
+        *acc += other;
+    }
+    fn merge_from<'de, D: serde::Deserializer<'de>>(
+        acc: &mut u64,
+        decoder: D,
+    ) -> Result<(), D::Error> {
+        let partial = u64::deserialize(decoder)?;
+        if partial == UNMERGEABLE {
+            return Err(serde::de::Error::custom("a partial this job cannot merge"));
+        }
+        *acc += partial;
+        Ok(())
+    }
+    fn default_shard_size() -> u32 {
+        1
+    }
+}

@@ -1,5 +1,8 @@
-//! A node binary that runs [`probe::Probe`] tasks.
+//! A node binary that runs [`probe::Probe`] tasks, collected or summed.
 
 fn main() -> anyhow::Result<()> {
-    ringleader::Node::builder().task::<probe::Probe>().run_cli()
+    ringleader::Node::builder()
+        .task::<probe::Probe>()
+        .job::<probe::FragileSum>()
+        .run_cli()
 }

@@ -324,3 +324,100 @@ fn submissions_past_the_queued_bytes_limit_are_refused() {
             .expect("room was made by the cancel");
     });
 }
+
+/// The probe whose output [`probe::FragileSum`] cannot merge.
+fn unmergeable() -> Probe {
+    Probe {
+        value: probe::UNMERGEABLE / 2,
+        behaviour: Behaviour::Ok,
+    }
+}
+
+/// Submits a [`probe::FragileSum`] job, one task per shard.
+async fn submit_fragile(
+    client: &Client,
+    tasks: Vec<Probe>,
+) -> ringleader::JobHandle<probe::FragileSum> {
+    let opts = SubmitOptions {
+        shard_size: Some(1),
+        ..Default::default()
+    };
+    client
+        .submit::<probe::FragileSum>(tasks, opts)
+        .await
+        .unwrap()
+}
+
+/// A committed shard output that the job cannot merge on the master (here
+/// a user `merge_from` that refuses it) makes its tasks failed tasks of the
+/// job, with the reason: the result never silently lacks them.
+#[test]
+fn an_output_that_cannot_be_merged_is_reported_not_dropped() {
+    let mut c = Cluster::new(BIN);
+    c.node("m", &["--role", "candidate"]);
+    c.node("w", &["--role", "worker", "--slots", "2"]);
+    rt().block_on(async {
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let mut tasks = probes(10, &[]);
+        tasks.push(unmergeable());
+        let job = submit_fragile(&client, tasks).await;
+        let (sum, report) = match job.result().await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        };
+        assert_eq!(sum, (0..10).map(|v| v * 2).sum::<u64>(), "{report:?}");
+        assert_eq!(report.progress.tasks_failed, 1, "{report:?}");
+        let f = report.failures.iter().find(|f| f.index == 10).unwrap();
+        assert!(f.error.contains("cannot be merged"), "{f:?}");
+        assert!(f.error.contains("a partial this job cannot merge"), "{f:?}");
+    });
+}
+
+/// The same after a failover: the new master, merging the committed
+/// outputs it reads back, reports the unmergeable shard's tasks as failed.
+#[test]
+fn an_unmergeable_output_is_reported_after_a_failover() {
+    let mut c = Cluster::new(BIN);
+    c.node("m1", &["--role", "candidate"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+    });
+    c.node("m2", &["--role", "candidate"]);
+    c.node("w", &["--role", "worker", "--slots", "2"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let mut tasks = probes(3, &[]);
+        tasks.push(unmergeable());
+        tasks.push(Probe {
+            value: 4,
+            behaviour: Behaviour::Sleep(2500),
+        });
+        let job = submit_fragile(&client, tasks).await;
+        eventually(
+            Duration::from_secs(20),
+            "the unmergeable shard committed",
+            || async {
+                c.log("m1")
+                    .contains("reporting the shard's tasks as failed")
+            },
+        )
+        .await;
+        c.kill9("m1");
+        let (sum, report) = match job.result().await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        };
+        assert!(
+            c.log("m2").contains("cannot be read or merged"),
+            "the new master met the output again\n{}",
+            c.log("m2")
+        );
+        assert_eq!(sum, 2 * (1 + 2 + 4), "{report:?}");
+        assert_eq!(report.progress.tasks_failed, 1, "{report:?}");
+        let f = report.failures.iter().find(|f| f.index == 3).unwrap();
+        assert!(f.error.contains("cannot be merged"), "{f:?}");
+    });
+}
