@@ -48,7 +48,7 @@ impl Default for ZkServerOptions {
     fn default() -> Self {
         ZkServerOptions {
             tick_ms: 200,
-            heap_mb: 512,
+            heap_mb: 256,
             max_client_cnxns: 2000,
         }
     }
@@ -117,8 +117,26 @@ fn base_cfg(data: &Path, port: u16, opts: &ZkServerOptions) -> String {
 }
 
 impl ZkServer {
-    /// Starts a standalone server with its data under `dir` and waits until it serves.
+    /// Starts a standalone server with its data under `dir` and waits until
+    /// it serves; like [`ZkEnsemble::start`], tries again on a fresh port
+    /// (three tries) if it does not come up.
     pub fn start(dir: &Path, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::start_once(dir, opts) {
+                Err(ZkServerError::NotReady { port, .. }) if tries < 3 => {
+                    eprintln!(
+                        "ZooKeeper not ready (port {port}); starting it again on a fresh port"
+                    );
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(dir: &Path, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
         let port = free_port()?;
         let data = dir.join("data");
         std::fs::create_dir_all(&data)?;
@@ -128,7 +146,7 @@ impl ZkServer {
             port,
             dir: dir.to_path_buf(),
         };
-        server.wait_ready(Duration::from_secs(60))?;
+        server.wait_ready(Duration::from_secs(30))?;
         Ok(server)
     }
 
@@ -209,8 +227,25 @@ pub struct ZkEnsemble {
 }
 
 impl ZkEnsemble {
-    /// Starts `n` servers under `dir` and waits until all serve.
+    /// Starts `n` servers under `dir` and waits until all serve. Ports are
+    /// picked free and released before the servers bind them, so another
+    /// process can take one in between: an ensemble that does not come up
+    /// is started again on fresh ports (three tries).
     pub fn start(dir: &Path, n: usize, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::start_once(dir, n, opts) {
+                Err(ZkServerError::NotReady { port, .. }) if tries < 3 => {
+                    eprintln!("ZooKeeper ensemble not ready (port {port}); starting it again on fresh ports");
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(dir: &Path, n: usize, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
             .collect::<std::io::Result<_>>()?;
@@ -236,8 +271,9 @@ impl ZkEnsemble {
                 dir: sdir,
             });
         }
+        // Dropping `servers` on an early return stops every server.
         for s in &servers {
-            s.wait_ready(Duration::from_secs(60))?;
+            s.wait_ready(Duration::from_secs(30))?;
         }
         Ok(ZkEnsemble { servers })
     }
