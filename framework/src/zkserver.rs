@@ -116,24 +116,33 @@ fn base_cfg(data: &Path, port: u16, opts: &ZkServerOptions) -> String {
     )
 }
 
+/// Runs `start` (which picks free ports and waits for its servers) up to
+/// three times: a port is released between being picked and being bound by
+/// the JVM, and another process may take it meanwhile. `dir` is emptied
+/// before each new try.
+fn on_fresh_ports<T>(
+    dir: &Path,
+    mut start: impl FnMut() -> Result<T, ZkServerError>,
+) -> Result<T, ZkServerError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match start() {
+            Err(ZkServerError::NotReady { port, .. }) if tries < 3 => {
+                eprintln!("ZooKeeper not ready (port {port}); starting it again on fresh ports");
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            other => return other,
+        }
+    }
+}
+
 impl ZkServer {
     /// Starts a standalone server with its data under `dir` and waits until
     /// it serves; like [`ZkEnsemble::start`], tries again on a fresh port
     /// (three tries) if it does not come up.
     pub fn start(dir: &Path, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match Self::start_once(dir, opts) {
-                Err(ZkServerError::NotReady { port, .. }) if tries < 3 => {
-                    eprintln!(
-                        "ZooKeeper not ready (port {port}); starting it again on a fresh port"
-                    );
-                    let _ = std::fs::remove_dir_all(dir);
-                }
-                other => return other,
-            }
-        }
+        on_fresh_ports(dir, || Self::start_once(dir, opts))
     }
 
     fn start_once(dir: &Path, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
@@ -232,17 +241,7 @@ impl ZkEnsemble {
     /// process can take one in between: an ensemble that does not come up
     /// is started again on fresh ports (three tries).
     pub fn start(dir: &Path, n: usize, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match Self::start_once(dir, n, opts) {
-                Err(ZkServerError::NotReady { port, .. }) if tries < 3 => {
-                    eprintln!("ZooKeeper ensemble not ready (port {port}); starting it again on fresh ports");
-                    let _ = std::fs::remove_dir_all(dir);
-                }
-                other => return other,
-            }
-        }
+        on_fresh_ports(dir, || Self::start_once(dir, n, opts))
     }
 
     fn start_once(dir: &Path, n: usize, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {

@@ -22,6 +22,7 @@ use clap::{Parser, ValueEnum};
 use probe::{Behaviour, Probe};
 use ringleader::client::SubmitOptions;
 use ringleader::coord::{MasterInfo, ZkClient};
+use ringleader::metrics as m;
 use ringleader::testkit::{client_config, Cluster};
 use ringleader::{Client, Collect};
 
@@ -171,6 +172,25 @@ fn metric_sum(text: &str, name: &str, label: Option<&str>) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Calls `check` every `every` until it returns a value; `None` after
+/// `timeout` (the caller says what did not happen).
+fn poll<T>(
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<Option<T>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(Some(v));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(every);
+    }
 }
 
 fn bin(name: &str) -> anyhow::Result<PathBuf> {
@@ -426,7 +446,7 @@ impl Bench {
             ensure!(ok, "wrong results at shard size {shard}");
             let after = self.scrape(&m.node_id)?;
             let ops = |text: &str, op: Option<&str>| {
-                metric_sum(text, "ringleader_zk_op_duration_seconds_count", op)
+                metric_sum(text, &format!("{}_count", m::ZK_OP_SECONDS), op)
             };
             let shards = n.div_ceil(u64::from(shard)) as f64;
             let commits =
@@ -520,7 +540,7 @@ impl Bench {
         let lost = |b: &Bench| -> anyhow::Result<f64> {
             Ok(metric_sum(
                 &b.scrape(&m.node_id)?,
-                "ringleader_worker_links_lost_total",
+                m::WORKER_LINKS_LOST,
                 None,
             ))
         };
@@ -591,8 +611,8 @@ impl Bench {
         let mut n = 0.0;
         for w in self.worker_ids() {
             let text = self.scrape(&w)?;
-            secs += metric_sum(&text, "ringleader_task_duration_seconds_sum", None);
-            n += metric_sum(&text, "ringleader_task_duration_seconds_count", None);
+            secs += metric_sum(&text, &format!("{}_sum", m::TASK_SECONDS), None);
+            n += metric_sum(&text, &format!("{}_count", m::TASK_SECONDS), None);
         }
         Ok((secs, n))
     }
@@ -635,22 +655,18 @@ impl Bench {
             let recovered = log_field(&line, "jobs").unwrap_or(f64::NAN);
             let since = log_field(&line, "since_election_ms").unwrap_or(f64::NAN);
             // Jobs are read back while the new master serves: how long that took.
-            let deadline = Instant::now() + Duration::from_secs(60);
             let seen = requeued_before.get(&second.node_id).copied().unwrap_or(0);
-            let requeued = loop {
+            let requeued = poll(Duration::from_secs(60), Duration::from_millis(20), || {
                 let log = self.c.log(&second.node_id);
-                if log.matches(REQUEUED).count() > seen {
-                    let line = log.lines().rev().find(|l| l.contains(REQUEUED));
-                    break line
+                Ok((log.matches(REQUEUED).count() > seen).then(|| {
+                    log.lines()
+                        .rev()
+                        .find(|l| l.contains(REQUEUED))
                         .and_then(|l| log_field(l, "recovered_ms"))
-                        .unwrap_or(f64::NAN);
-                }
-                ensure!(
-                    Instant::now() < deadline,
-                    "the new master never re-queued its jobs"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            };
+                        .unwrap_or(f64::NAN)
+                }))
+            })?
+            .context("the new master never re-queued its jobs")?;
             ensure!(
                 recovered >= jobs as f64,
                 "the new master recovered {recovered} jobs, expected {jobs}"
@@ -721,14 +737,10 @@ impl Bench {
         let before = requeues(self);
         let t = Instant::now();
         self.c.kill9("w0");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while requeues(self) == before {
-            ensure!(
-                Instant::now() < deadline,
-                "no reassignment after killing w0"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        poll(Duration::from_secs(30), Duration::from_millis(2), || {
+            Ok((requeues(self) > before).then_some(()))
+        })?
+        .context("no reassignment after killing w0")?;
         let took = t.elapsed();
         let (results, _) = self.rt.block_on(job.result())?;
         ensure!(results.len() as u64 == n, "tasks lost after a worker kill");
@@ -849,23 +861,13 @@ impl Bench {
         let t = Instant::now();
         self.wait_workers(total);
         let joined = t.elapsed();
-        // Every worker has a link when the master's in-flight gauge knows it.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let links = metric_sum(
-                &self.scrape(&m.node_id)?,
-                "ringleader_quic_connections",
-                None,
-            );
-            if links >= total as f64 {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "only {links} of {total} workers linked to the master"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        // Every worker is linked when the master counts that many QUIC connections.
+        let mut links = 0.0;
+        poll(Duration::from_secs(60), Duration::from_millis(200), || {
+            links = metric_sum(&self.scrape(&m.node_id)?, m::QUIC_CONNECTIONS, None);
+            Ok((links >= total as f64).then_some(()))
+        })?
+        .with_context(|| format!("only {links} of {total} workers linked to the master"))?;
         let linked = t.elapsed();
         std::thread::sleep(Duration::from_secs(1));
         let cpu = cpu_share(mpid, Duration::from_secs(5));
@@ -922,7 +924,7 @@ impl Bench {
                 Some("op=\"commit\""),
             )
         };
-        let lost = |text: &str| metric_sum(text, "ringleader_worker_links_lost_total", None);
+        let lost = |text: &str| metric_sum(text, m::WORKER_LINKS_LOST, None);
         self.rows.push(row(
             format!("20,000 tasks in 2,000 shards over {total} workers"),
             format!(
@@ -945,18 +947,12 @@ impl Bench {
         let t = Instant::now();
         let _ = swarm.kill();
         let _ = swarm.wait();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let gone = lost(&self.scrape(&m.node_id)?) - lost_before;
-            if gone >= n as f64 {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "the master suspected only {gone} of {n} killed workers"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut gone = 0.0;
+        poll(Duration::from_secs(60), Duration::from_millis(20), || {
+            gone = lost(&self.scrape(&m.node_id)?) - lost_before;
+            Ok((gone >= n as f64).then_some(()))
+        })?
+        .with_context(|| format!("the master suspected only {gone} of {n} killed workers"))?;
         self.rows.push(row(
             format!("{n} workers killed at once: every link suspected by the master"),
             format!("{:.0} ms", t.elapsed().as_secs_f64() * 1e3),
