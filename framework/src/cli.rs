@@ -124,11 +124,13 @@ struct NodeArgs {
     /// What this node does.
     #[arg(long, value_enum, default_value = "all")]
     role: Role,
-    /// QUIC address to bind.
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// QUIC (UDP) address to bind: every address on port 7470 by default
+    /// (IPv6 and IPv4; IPv4 only where IPv6 is off).
+    #[arg(long, env = "RINGLEADER_LISTEN", default_value = "[::]:7470")]
     listen: SocketAddr,
-    /// Address other nodes dial (default: the bound address).
-    #[arg(long)]
+    /// IP:port other nodes and clients dial (default: the --listen IP if it
+    /// names one, else this host's address toward ZooKeeper, with the bound port).
+    #[arg(long, env = "RINGLEADER_ADVERTISE")]
     advertise: Option<String>,
     /// Node id (default: random).
     #[arg(long)]
@@ -667,6 +669,9 @@ fn run_local(
                 &maddr,
                 "--session-timeout-ms",
                 "2000",
+                // Several nodes on this host: each its own port.
+                "--listen",
+                "127.0.0.1:0",
             ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -799,4 +804,19 @@ fn run_local(
         eprintln!("kept {}", tmp.keep().display());
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_listens_on_the_documented_port_of_every_address_by_default() {
+        let cli = Cli::try_parse_from(["bin", "node"]).expect("parses");
+        let Cmd::Node(a) = cli.cmd else {
+            panic!("not the node command")
+        };
+        assert!(a.listen.ip().is_unspecified(), "{}", a.listen);
+        assert_eq!(a.listen.port(), node::DEFAULT_PORT);
+    }
 }

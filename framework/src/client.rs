@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_bytes::ByteBuf;
 use tokio::sync::Mutex;
 
-use crate::coord::{self, CoordError, Layout, ZkClient};
+use crate::coord::{self, CoordError, Layout, MasterInfo, ZkClient};
 use crate::core::TaskFailure;
 use crate::registry::{decode, encode, CodecError};
 use crate::task::{Job, Task};
@@ -35,13 +35,33 @@ pub enum ClientError {
     /// Task or result encoding.
     #[error(transparent)]
     Codec(#[from] CodecError),
-    /// No master was published within the wait.
-    #[error("no master is serving cluster {cluster} (waited {secs} s)")]
+    /// No master was published within the wait: `/master` is absent.
+    #[error(
+        "no master is serving cluster {cluster:?} (waited {secs} s for one to be published in \
+         ZooKeeper): start a node with --role all or candidate, and check --cluster and --zk"
+    )]
     NoMaster {
         /// The cluster.
         cluster: String,
         /// Seconds waited.
         secs: u64,
+    },
+    /// A master is published, but its address did not answer for longer
+    /// than its ZooKeeper session timeout, and no successor took over.
+    #[error(
+        "the master {node} at {addr} (epoch {epoch}) did not answer for {secs:.1} s and no other \
+         master took over: check that this host can reach {addr} over UDP (the master's --listen \
+         port, its --advertise address) and that the node runs"
+    )]
+    Unreachable {
+        /// The address dialled.
+        addr: String,
+        /// The master's node id.
+        node: String,
+        /// Its epoch.
+        epoch: u64,
+        /// Seconds waited.
+        secs: f64,
     },
     /// The master refused the request.
     #[error("{0}")]
@@ -62,8 +82,12 @@ pub struct ClientConfig {
     pub certs: PathBuf,
     /// Requested ZooKeeper session timeout.
     pub session_timeout: Duration,
-    /// How long to wait for a master before giving up on a request.
+    /// How long to wait for a master to be published before giving up.
     pub master_wait: Duration,
+    /// Added to a published master's session timeout: how long a master
+    /// that does not answer is waited for (its znode outlives a crash by
+    /// the session timeout; a successor then takes over).
+    pub answer_margin: Duration,
 }
 
 impl ClientConfig {
@@ -79,6 +103,7 @@ impl ClientConfig {
             certs: certs.into(),
             session_timeout: Duration::from_secs(10),
             master_wait: Duration::from_secs(60),
+            answer_margin: Duration::from_secs(3),
         }
     }
 }
@@ -133,14 +158,8 @@ impl Client {
     /// Connects to ZooKeeper and prepares a QUIC endpoint.
     pub async fn connect(cfg: ClientConfig) -> Result<Self, ClientError> {
         let identity = tls::Identity::load(&cfg.certs, "client")?;
-        let endpoint = transport::endpoint(
-            "127.0.0.1:0"
-                .parse()
-                .map_err(|_| ClientError::Protocol("addr".into()))?,
-            &identity,
-            false,
-            transport::LINK_TIMEOUT,
-        )?;
+        // Any address, never loopback: the master is usually on another host.
+        let endpoint = transport::endpoint_any(0, &identity, false, transport::LINK_TIMEOUT)?;
         let zk = coord::connect(&cfg.zk, cfg.session_timeout).await?;
         let layout = Layout::new(&cfg.cluster);
         Ok(Client {
@@ -154,17 +173,10 @@ impl Client {
         })
     }
 
-    async fn connection(
-        &self,
-        bad_epoch: Option<u64>,
-    ) -> Result<(u64, quinn::Connection), ClientError> {
-        let mut guard = self.inner.conn.lock().await;
-        if let Some((epoch, conn)) = guard.as_ref() {
-            if Some(*epoch) != bad_epoch && conn.close_reason().is_none() {
-                return Ok((*epoch, conn.clone()));
-            }
-        }
-        *guard = None;
+    /// The published master, preferring one newer than `bad_epoch` (an
+    /// epoch found unusable); [`ClientError::NoMaster`] when none is
+    /// published within `master_wait`.
+    async fn find_master(&self, bad_epoch: Option<u64>) -> Result<MasterInfo, ClientError> {
         let wait = self.inner.cfg.master_wait;
         let zk = &self.inner.zk;
         let layout = &self.inner.layout;
@@ -176,13 +188,89 @@ impl Client {
             Some(m) => Some(m),
             None => coord::wait_for_master(zk, layout, None, wait).await?,
         };
-        let master = master.ok_or_else(|| ClientError::NoMaster {
+        master.ok_or_else(|| ClientError::NoMaster {
             cluster: self.inner.cfg.cluster.clone(),
             secs: wait.as_secs(),
-        })?;
-        let conn = transport::dial(&self.inner.endpoint, &master.addr).await?;
-        *guard = Some((master.epoch, conn.clone()));
-        Ok((master.epoch, conn))
+        })
+    }
+
+    /// A connection to the serving master. What is known at once (no
+    /// route, a TLS failure, a refusal) is returned at once. A master that
+    /// does not answer is waited for up to its session timeout plus
+    /// [`ClientConfig::answer_margin`], following any successor published
+    /// meanwhile; then [`ClientError::Unreachable`] names the address.
+    async fn connection(
+        &self,
+        bad_epoch: Option<u64>,
+    ) -> Result<(u64, quinn::Connection), ClientError> {
+        let mut guard = self.inner.conn.lock().await;
+        if let Some((epoch, conn)) = guard.as_ref() {
+            if Some(*epoch) != bad_epoch && conn.close_reason().is_none() {
+                return Ok((*epoch, conn.clone()));
+            }
+        }
+        *guard = None;
+        let zk = &self.inner.zk;
+        let layout = &self.inner.layout;
+        let mut master = self.find_master(bad_epoch).await?;
+        let mut silent_since: Option<(tokio::time::Instant, Duration)> = None;
+        loop {
+            match transport::dial(&self.inner.endpoint, &master.addr).await {
+                Ok(conn) => {
+                    if silent_since.is_some() {
+                        tracing::info!(master = %master.node_id, addr = %master.addr, "the master answers");
+                    }
+                    *guard = Some((master.epoch, conn.clone()));
+                    return Ok((master.epoch, conn));
+                }
+                Err(TransportError::NoAnswer { reason, .. }) => {
+                    let (since, wait) = *silent_since.get_or_insert_with(|| {
+                        let wait = answer_wait(&master, self.inner.cfg.answer_margin);
+                        tracing::warn!(
+                            "the master {} at {} does not answer ({reason}); waiting up to {:.1} s \
+                             (its ZooKeeper session timeout plus a margin) for it or a successor",
+                            master.node_id,
+                            master.addr,
+                            wait.as_secs_f64()
+                        );
+                        (tokio::time::Instant::now(), wait)
+                    });
+                    if since.elapsed() >= wait {
+                        return Err(ClientError::Unreachable {
+                            addr: master.addr,
+                            node: master.node_id,
+                            epoch: master.epoch,
+                            secs: since.elapsed().as_secs_f64(),
+                        });
+                    }
+                    // A successor may be published meanwhile.
+                    let next = coord::wait_for_master(
+                        zk,
+                        layout,
+                        Some(master.epoch),
+                        Duration::from_secs(1),
+                    )
+                    .await?;
+                    let next = match next {
+                        Some(m) => Some(m),
+                        None => coord::read_master(zk, layout).await?,
+                    };
+                    match next {
+                        Some(m) if m.epoch != master.epoch => {
+                            master = m;
+                            silent_since = None;
+                        }
+                        Some(_) => {}
+                        // Its znode went with its session: wait for the next one.
+                        None => {
+                            master = self.find_master(None).await?;
+                            silent_since = None;
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Sends a request, following failovers, and returns the master's reply.
@@ -190,27 +278,22 @@ impl Client {
         let deadline = tokio::time::Instant::now() + self.inner.cfg.master_wait;
         let mut bad = None;
         loop {
-            let err = match self.connection(bad).await {
-                Err(ClientError::Transport(e)) => e.to_string(),
-                Err(e) => return Err(e),
-                Ok((epoch, conn)) => {
-                    let reply = async {
-                        let mut s = FramedStream::open(&conn, DEFAULT_MAX_FRAME * 16).await?;
-                        s.request(frames).await
-                    };
-                    match reply.await {
-                        Ok(Frame::NotMaster) => {
-                            bad = Some(epoch);
-                            format!("node of epoch {epoch} is not serving")
-                        }
-                        Ok(f) => return Ok(f),
-                        Err(e) => {
-                            bad = Some(epoch);
-                            e.to_string()
-                        }
+            let (epoch, conn) = self.connection(bad).await?;
+            let reply = async {
+                let mut s = FramedStream::open(&conn, DEFAULT_MAX_FRAME * 16).await?;
+                s.request(frames).await
+            };
+            let err = match reply.await {
+                Ok(Frame::NotMaster) => format!("the node of epoch {epoch} is not serving"),
+                Ok(f) => return Ok(f),
+                Err(e) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(e.into());
                     }
+                    e.to_string()
                 }
             };
+            bad = Some(epoch);
             if tokio::time::Instant::now() >= deadline {
                 return Err(ClientError::NoMaster {
                     cluster: self.inner.cfg.cluster.clone(),
@@ -420,6 +503,17 @@ impl<J: Job> JobHandle<J> {
     pub async fn cancel(&self) -> Result<(), ClientError> {
         self.client.cancel(&self.id).await
     }
+}
+
+/// How long a published master that does not answer is waited for.
+fn answer_wait(master: &MasterInfo, margin: Duration) -> Duration {
+    let session = match master.session_timeout_ms {
+        // Published by a version that did not record it: ZooKeeper's
+        // largest default (20 ticks of 2 s is 40 s; 10 s is common).
+        0 => Duration::from_secs(10),
+        ms => Duration::from_millis(ms),
+    };
+    session + margin
 }
 
 /// Keeps `Task` in scope for rustdoc links.

@@ -50,9 +50,12 @@ pub struct NodeConfig {
     pub node_id: String,
     /// What it does.
     pub role: Role,
-    /// QUIC address to bind.
+    /// QUIC address to bind; `[::]:port` falls back to `0.0.0.0:port`
+    /// where IPv6 is off. See [`DEFAULT_PORT`].
     pub listen: SocketAddr,
-    /// Address others dial (defaults to the bound address).
+    /// Address others dial (`IP:port`). By default the listen address if it
+    /// names an IP, else this host's address toward ZooKeeper (the address
+    /// the cluster's network reaches it on), with the bound port.
     pub advertise: Option<String>,
     /// Directory with `ca.pem`, `node.pem`, `node.key`.
     pub certs: PathBuf,
@@ -93,6 +96,85 @@ pub enum NodeError {
     /// Local I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The address this node would publish cannot be reached by the
+    /// cluster, or is not an address.
+    #[error("{0}")]
+    Advertise(String),
+}
+
+/// The QUIC port a node listens on unless told otherwise (UDP; open it
+/// between the cluster's hosts, and from clients to master candidates).
+pub const DEFAULT_PORT: u16 = 7470;
+
+/// The `host:port` entries of a ZooKeeper connect string (without chroot).
+fn zk_hosts(connect: &str) -> Vec<&str> {
+    let hosts = connect.split('/').next().unwrap_or_default();
+    hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
+/// Decides the address a node publishes (see [`NodeConfig::advertise`])
+/// and refuses one that other hosts cannot dial while ZooKeeper is remote.
+pub async fn advertised_addr(
+    zk: &str,
+    listen: SocketAddr,
+    bound_port: u16,
+    advertise: Option<&str>,
+) -> Result<SocketAddr, NodeError> {
+    let mut resolved = Vec::new();
+    for host in zk_hosts(zk) {
+        let found = tokio::net::lookup_host(host).await.map_err(|e| {
+            NodeError::Advertise(format!(
+                "cannot resolve ZooKeeper host {host:?} (from --zk {zk:?}): {e}; check --zk or RINGLEADER_ZK"
+            ))
+        })?;
+        resolved.extend(found);
+    }
+    let Some(first) = resolved.first().copied() else {
+        return Err(NodeError::Advertise(format!(
+            "--zk {zk:?} names no ZooKeeper host (want host:port[,host:port...])"
+        )));
+    };
+    let zk_remote = resolved.iter().any(|a| !a.ip().is_loopback());
+    let addr = match advertise {
+        Some(a) => a
+            .parse::<SocketAddr>()
+            .map_err(|e| NodeError::Advertise(format!("--advertise {a:?} is not IP:port: {e}")))?,
+        None if !listen.ip().is_unspecified() => SocketAddr::new(listen.ip(), bound_port),
+        None => {
+            // The source address the kernel picks toward ZooKeeper: the
+            // interface of the cluster's network. Nothing is sent.
+            let any: SocketAddr = if first.is_ipv4() {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let probe = std::net::UdpSocket::bind(any)?;
+            probe.connect(first).map_err(|e| {
+                NodeError::Advertise(format!(
+                    "this host has no route to ZooKeeper at {first}: {e}; check --zk and this host's network"
+                ))
+            })?;
+            SocketAddr::new(probe.local_addr()?.ip(), bound_port)
+        }
+    };
+    let ip = addr.ip();
+    if zk_remote && (ip.is_loopback() || ip.is_unspecified()) {
+        return Err(NodeError::Advertise(format!(
+            "this node would advertise {addr}, which other hosts cannot dial, while ZooKeeper \
+             ({zk}) is on another host: listen on an address of this host's network (the default \
+             [::]:{DEFAULT_PORT} works) or pass --advertise IP:PORT"
+        )));
+    }
+    if ip.is_unspecified() {
+        return Err(NodeError::Advertise(format!(
+            "--advertise {addr} is not an address peers can dial"
+        )));
+    }
+    Ok(addr)
 }
 
 /// Registers the jobs a node knows; see [`crate::Node::builder`].
@@ -134,12 +216,20 @@ static LINK_IDS: AtomicU64 = AtomicU64::new(1);
 /// Runs a node until SIGTERM or Ctrl-C. Must be called inside an actix `System`.
 pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError> {
     let identity = tls::Identity::load(&config.certs, "node")?;
-    let endpoint = transport::endpoint(config.listen, &identity, true, config.link_timeout)?;
+    let endpoint = if config.listen.ip() == std::net::Ipv6Addr::UNSPECIFIED {
+        transport::endpoint_any(config.listen.port(), &identity, true, config.link_timeout)?
+    } else {
+        transport::endpoint(config.listen, &identity, true, config.link_timeout)?
+    };
     let bound = endpoint.local_addr()?;
-    let addr = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| bound.to_string());
+    let addr = advertised_addr(
+        &config.zk,
+        config.listen,
+        bound.port(),
+        config.advertise.as_deref(),
+    )
+    .await?
+    .to_string();
     tracing::info!(node = %config.node_id, %addr, role = ?config.role, "node starting");
     std::fs::create_dir_all(&config.data_dir)?;
     let (route_tx, route_rx) = watch::channel::<Option<Addr<Master>>>(None);
@@ -522,4 +612,46 @@ async fn worker_link(
     }
     master.do_send(WorkerLeft { node_id, link_id });
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn advertise(zk: &str, listen: &str, flag: Option<&str>) -> Result<SocketAddr, NodeError> {
+        let listen: SocketAddr = listen.parse().expect("a literal address");
+        actix::System::new().block_on(advertised_addr(zk, listen, 7470, flag))
+    }
+
+    #[test]
+    fn a_node_on_loopback_refuses_to_advertise_it_to_a_remote_zookeeper() {
+        // Nothing is sent: the listen address names an IP, so no route is looked up.
+        let err = advertise("10.77.0.1:2181", "127.0.0.1:0", None).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("would advertise 127.0.0.1:7470"), "{text}");
+        assert!(text.contains("--advertise"), "{text}");
+        let err = advertise("10.77.0.1:2181", "[::]:7470", Some("0.0.0.0:7470")).unwrap_err();
+        assert!(
+            err.to_string().contains("would advertise 0.0.0.0:7470"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn advertised_addresses_follow_listen_zookeeper_and_the_flag() {
+        let local = advertise("127.0.0.1:2181", "127.0.0.1:0", None).unwrap();
+        assert_eq!(local, "127.0.0.1:7470".parse().unwrap());
+        // Unspecified listen address: this host's address toward ZooKeeper.
+        let any = advertise("127.0.0.1:2181,localhost:2182/chroot", "[::]:7470", None).unwrap();
+        assert_eq!(any, "127.0.0.1:7470".parse().unwrap());
+        let flag = advertise("10.77.0.1:2181", "[::]:7470", Some("10.77.0.9:7000")).unwrap();
+        assert_eq!(flag, "10.77.0.9:7000".parse().unwrap());
+        let bad = advertise("127.0.0.1:2181", "[::]:7470", Some("node-a:7470")).unwrap_err();
+        assert!(bad.to_string().contains("is not IP:port"), "{bad}");
+        let none = advertise(" , ", "[::]:7470", None).unwrap_err();
+        assert!(
+            none.to_string().contains("names no ZooKeeper host"),
+            "{none}"
+        );
+    }
 }

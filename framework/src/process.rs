@@ -33,3 +33,18 @@ pub fn terminate_all(children: &mut [Child], grace: Duration) {
 pub fn terminate(child: &mut Child, grace: Duration) {
     terminate_all(std::slice::from_mut(child), grace);
 }
+
+/// A command for `program`, run inside the network namespace `netns` when
+/// one is given (`ip netns exec NS PROGRAM`: the namespace's own addresses
+/// and routes; `ip` execs the program, so the child's pid is the
+/// program's). Used by the multi-host test harness.
+pub fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}

@@ -4,9 +4,9 @@
 //! A server is stopped (SIGTERM, then SIGKILL) when its handle is dropped.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where Debian's package puts the server jar.
@@ -59,17 +59,61 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Where a server runs: its address and, on a test host of the
+/// multi-host harness, the network namespace it is started in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHost {
+    /// The address it binds and clients dial.
+    pub ip: IpAddr,
+    /// `ip netns exec` this namespace first.
+    pub netns: Option<String>,
+}
+
+impl ServerHost {
+    /// This machine's loopback (free ports are picked).
+    pub fn loopback() -> Self {
+        ServerHost {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            netns: None,
+        }
+    }
+
+    /// A host of its own (a namespace): ZooKeeper's usual ports are free there.
+    pub fn netns(ip: IpAddr, netns: impl Into<String>) -> Self {
+        ServerHost {
+            ip,
+            netns: Some(netns.into()),
+        }
+    }
+
+    /// Client, quorum and election ports: ZooKeeper's own on a host of
+    /// its own, free ones on a shared loopback.
+    fn ports(&self) -> std::io::Result<(u16, u16, u16)> {
+        if self.netns.is_some() {
+            Ok((2181, 2888, 3888))
+        } else {
+            Ok((free_port()?, free_port()?, free_port()?))
+        }
+    }
+}
+
 /// One running server process.
 #[derive(Debug)]
 pub struct ZkServer {
     child: Option<Child>,
-    port: u16,
+    addr: SocketAddr,
+    netns: Option<String>,
     dir: PathBuf,
 }
 
-/// Sends a four-letter-word command and returns the answer.
+/// Sends a four-letter-word command to a server on this machine's
+/// loopback and returns the answer.
 pub fn four_letter(port: u16, cmd: &str) -> std::io::Result<String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    four_letter_at(SocketAddr::from(([127, 0, 0, 1], port)), cmd)
+}
+
+/// Sends a four-letter-word command to the server at `addr`.
+pub fn four_letter_at(addr: SocketAddr, cmd: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(cmd.as_bytes())?;
@@ -78,7 +122,12 @@ pub fn four_letter(port: u16, cmd: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
-fn spawn(dir: &Path, cfg: &str, opts: &ZkServerOptions) -> Result<Child, ZkServerError> {
+fn spawn(
+    dir: &Path,
+    cfg: &str,
+    opts: &ZkServerOptions,
+    netns: Option<&str>,
+) -> Result<Child, ZkServerError> {
     if !Path::new(ZOOKEEPER_JAR).exists() {
         return Err(ZkServerError::NotInstalled);
     }
@@ -86,7 +135,7 @@ fn spawn(dir: &Path, cfg: &str, opts: &ZkServerOptions) -> Result<Child, ZkServe
     let cfg_path = dir.join("zoo.cfg");
     std::fs::write(&cfg_path, cfg)?;
     let log = std::fs::File::create(dir.join("server.log"))?;
-    let child = Command::new("java")
+    let child = crate::process::command_in(netns, "java")
         .arg(format!("-Xmx{}m", opts.heap_mb))
         .arg("-XX:+UseSerialGC")
         .arg("-Dzookeeper.admin.enableServer=false")
@@ -102,9 +151,9 @@ fn spawn(dir: &Path, cfg: &str, opts: &ZkServerOptions) -> Result<Child, ZkServe
     Ok(child)
 }
 
-fn base_cfg(data: &Path, port: u16, opts: &ZkServerOptions) -> String {
+fn base_cfg(data: &Path, ip: IpAddr, port: u16, opts: &ZkServerOptions) -> String {
     format!(
-        "tickTime={tick}\ndataDir={data}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+        "tickTime={tick}\ndataDir={data}\nclientPort={port}\nclientPortAddress={ip}\n\
          minSessionTimeout={min}\nmaxSessionTimeout={max}\nmaxClientCnxns={cnx}\n\
          autopurge.snapRetainCount=3\nautopurge.purgeInterval=1\nadmin.enableServer=false\n\
          4lw.commands.whitelist=ruok,mntr,conf,stat,srvr,wchc,wchs,wchp\npreAllocSize=4096\nsnapCount=10000\n",
@@ -142,17 +191,32 @@ impl ZkServer {
     /// it serves; like [`ZkEnsemble::start`], tries again on a fresh port
     /// (three tries) if it does not come up.
     pub fn start(dir: &Path, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
-        on_fresh_ports(dir, || Self::start_once(dir, opts))
+        Self::start_on(dir, &ServerHost::loopback(), opts)
     }
 
-    fn start_once(dir: &Path, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
-        let port = free_port()?;
+    /// [`ZkServer::start`] on a given host.
+    pub fn start_on(
+        dir: &Path,
+        host: &ServerHost,
+        opts: &ZkServerOptions,
+    ) -> Result<Self, ZkServerError> {
+        on_fresh_ports(dir, || Self::start_once(dir, host, opts))
+    }
+
+    fn start_once(
+        dir: &Path,
+        host: &ServerHost,
+        opts: &ZkServerOptions,
+    ) -> Result<Self, ZkServerError> {
+        let (port, _, _) = host.ports()?;
         let data = dir.join("data");
         std::fs::create_dir_all(&data)?;
-        let child = spawn(dir, &base_cfg(&data, port, opts), opts)?;
+        let cfg = base_cfg(&data, host.ip, port, opts);
+        let child = spawn(dir, &cfg, opts, host.netns.as_deref())?;
         let server = ZkServer {
             child: Some(child),
-            port,
+            addr: SocketAddr::new(host.ip, port),
+            netns: host.netns.clone(),
             dir: dir.to_path_buf(),
         };
         server.wait_ready(Duration::from_secs(30))?;
@@ -163,26 +227,31 @@ impl ZkServer {
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), ZkServerError> {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if four_letter(self.port, "srvr").is_ok_and(|s| s.contains("Mode:")) {
+            if four_letter_at(self.addr, "srvr").is_ok_and(|s| s.contains("Mode:")) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(ZkServerError::NotReady {
-            port: self.port,
+            port: self.addr.port(),
             secs: timeout.as_secs(),
             log: self.dir.join("server.log").display().to_string(),
         })
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `<ip>:<port>`.
     pub fn connect_string(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.addr.to_string()
     }
 
     /// The client port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
+    }
+
+    /// The client address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The server's process id, if it runs.
@@ -205,7 +274,7 @@ impl ZkServer {
         }
         let cfg = std::fs::read_to_string(self.dir.join("zoo.cfg"))?;
         let opts = ZkServerOptions::default();
-        self.child = Some(spawn(&self.dir, &cfg, &opts)?);
+        self.child = Some(spawn(&self.dir, &cfg, &opts, self.netns.as_deref())?);
         Ok(())
     }
 
@@ -241,32 +310,48 @@ impl ZkEnsemble {
     /// process can take one in between: an ensemble that does not come up
     /// is started again on fresh ports (three tries).
     pub fn start(dir: &Path, n: usize, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
-        on_fresh_ports(dir, || Self::start_once(dir, n, opts))
+        Self::start_on(dir, &vec![ServerHost::loopback(); n], opts)
     }
 
-    fn start_once(dir: &Path, n: usize, opts: &ZkServerOptions) -> Result<Self, ZkServerError> {
-        let ports: Vec<(u16, u16, u16)> = (0..n)
-            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+    /// [`ZkEnsemble::start`] with server `i` on `hosts[i]`.
+    pub fn start_on(
+        dir: &Path,
+        hosts: &[ServerHost],
+        opts: &ZkServerOptions,
+    ) -> Result<Self, ZkServerError> {
+        on_fresh_ports(dir, || Self::start_once(dir, hosts, opts))
+    }
+
+    fn start_once(
+        dir: &Path,
+        hosts: &[ServerHost],
+        opts: &ZkServerOptions,
+    ) -> Result<Self, ZkServerError> {
+        let ports: Vec<(u16, u16, u16)> = hosts
+            .iter()
+            .map(ServerHost::ports)
             .collect::<std::io::Result<_>>()?;
         let peers: String = ports
             .iter()
+            .zip(hosts)
             .enumerate()
-            .map(|(i, (_, a, b))| format!("server.{}=127.0.0.1:{a}:{b}\n", i + 1))
+            .map(|(i, ((_, a, b), h))| format!("server.{}={}:{a}:{b}\n", i + 1, h.ip))
             .collect();
         let mut servers = Vec::new();
-        for (i, (port, _, _)) in ports.iter().enumerate() {
+        for (i, ((port, _, _), host)) in ports.iter().zip(hosts).enumerate() {
             let sdir = dir.join(format!("zk{}", i + 1));
             let data = sdir.join("data");
             std::fs::create_dir_all(&data)?;
             std::fs::write(data.join("myid"), format!("{}\n", i + 1))?;
             let cfg = format!(
                 "{}initLimit=20\nsyncLimit=10\n{peers}",
-                base_cfg(&data, *port, opts)
+                base_cfg(&data, host.ip, *port, opts)
             );
-            let child = spawn(&sdir, &cfg, opts)?;
+            let child = spawn(&sdir, &cfg, opts, host.netns.as_deref())?;
             servers.push(ZkServer {
                 child: Some(child),
-                port: *port,
+                addr: SocketAddr::new(host.ip, *port),
+                netns: host.netns.clone(),
                 dir: sdir,
             });
         }

@@ -22,6 +22,8 @@ pub use records::{
     JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord, WorkerInfo,
 };
 pub use store::{read_output, CommitOutcome, LeaderStore, StoredJob};
+#[cfg(feature = "testkit")]
+pub(crate) use zk::encode_record;
 pub(crate) use zk::EPHEMERAL as EPHEMERAL_OPTIONS;
 pub use zk::{
     connect, ensure_path, read_master, wait_for_master, CoordError, Layout, REQUEST_BUDGET,

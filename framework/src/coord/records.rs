@@ -16,6 +16,11 @@ pub struct MasterInfo {
     pub addr: String,
     /// Its epoch.
     pub epoch: u64,
+    /// Its negotiated ZooKeeper session timeout: how long this znode may
+    /// outlive the master's crash, so how long a client waits for an
+    /// address that does not answer before it gives up.
+    #[serde(default)]
+    pub session_timeout_ms: u64,
 }
 
 /// Data of `/workers/<node-id>`.

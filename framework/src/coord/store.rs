@@ -140,6 +140,7 @@ impl LeaderStore {
             node_id: node_id.to_string(),
             addr: addr.to_string(),
             epoch: self.epoch,
+            session_timeout_ms: self.client().session_timeout().as_millis() as u64,
         };
         let data = encode_record(&path, &info)?;
         let ours = |found: &Option<MasterInfo>| found.as_ref() == Some(&info);

@@ -22,12 +22,35 @@ pub enum TransportError {
         /// The error.
         source: std::io::Error,
     },
-    /// Connecting failed (unreachable, refused, bad certificate).
+    /// Connecting failed for a reason the peer gave or the handshake met
+    /// (a bad certificate, a refusal, a malformed address): known at once,
+    /// and trying again will not help.
     #[error("cannot connect to {addr}: {reason}")]
     Connect {
         /// The peer.
         addr: String,
         /// Why.
+        reason: String,
+    },
+    /// This host cannot send to the address at all (no route, a local
+    /// socket error): known at once, before any packet leaves.
+    #[error(
+        "cannot send to {addr} from this host: {source} (check the address and this host's routes)"
+    )]
+    Unroutable {
+        /// The peer.
+        addr: String,
+        /// The operating system's answer.
+        source: std::io::Error,
+    },
+    /// Nothing answered at the address within the handshake timeout, or
+    /// the peer was closing: it may be dead, paused, partitioned, behind a
+    /// firewall or stopping. Trying again later may work.
+    #[error("no answer from {addr}: {reason}")]
+    NoAnswer {
+        /// The peer.
+        addr: String,
+        /// What the handshake saw.
         reason: String,
     },
     /// The connection broke.
@@ -76,6 +99,10 @@ pub fn endpoint(
         Some(socket2::Protocol::UDP),
     )
     .map_err(bind_err)?;
+    if addr.is_ipv6() {
+        // `[::]` serves and dials IPv4 peers too (as mapped addresses).
+        socket.set_only_v6(false).map_err(bind_err)?;
+    }
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
     socket.bind(&addr.into()).map_err(bind_err)?;
@@ -100,17 +127,92 @@ pub fn endpoint(
     Ok(ep)
 }
 
+/// Binds the first of `addrs` that this host allows: `[::]` (dual-stack)
+/// where IPv6 is on, else `0.0.0.0`. A client's endpoint must not be bound
+/// to loopback: it could then reach a master on this host only.
+pub fn endpoint_any(
+    port: u16,
+    identity: &tls::Identity,
+    serve: bool,
+    link_timeout: Duration,
+) -> Result<Endpoint, TransportError> {
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    match endpoint(v6, identity, serve, link_timeout) {
+        Ok(ep) => Ok(ep),
+        Err(TransportError::Bind { .. }) => endpoint(
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+            identity,
+            serve,
+            link_timeout,
+        ),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether this host can send to `dest` at all: a UDP socket's `connect`
+/// looks the route up and fails at once (ENETUNREACH, EINVAL) without
+/// sending anything. quinn would only log such a send error and let the
+/// handshake time out.
+pub fn check_route(dest: SocketAddr) -> std::io::Result<()> {
+    let any: SocketAddr = if dest.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    std::net::UdpSocket::bind(any)?.connect(dest)
+}
+
 /// Dials `addr` and checks its certificate against the cluster CA.
+///
+/// Errors say what the caller can do: [`TransportError::Unroutable`] and
+/// [`TransportError::Connect`] are known at once and will not change by
+/// retrying; [`TransportError::NoAnswer`] may (a master that is starting,
+/// or whose successor is about to be elected).
 pub async fn dial(ep: &Endpoint, addr: &str) -> Result<Connection, TransportError> {
     let err = |reason: String| TransportError::Connect {
         addr: addr.to_string(),
         reason,
     };
-    let sock: SocketAddr = addr.parse().map_err(|e| err(format!("bad address: {e}")))?;
+    let sock: SocketAddr = addr
+        .parse()
+        .map_err(|e| err(format!("not an IP address and port: {e}")))?;
+    check_route(sock).map_err(|source| TransportError::Unroutable {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let started = std::time::Instant::now();
     let connecting = ep
         .connect(sock, tls::SERVER_NAME)
         .map_err(|e| err(e.to_string()))?;
-    connecting.await.map_err(|e| err(e.to_string()))
+    connecting.await.map_err(|e| match handshake_failure(&e) {
+        Some(reason) => err(reason),
+        None => TransportError::NoAnswer {
+            addr: addr.to_string(),
+            reason: format!("{e} after {} ms", started.elapsed().as_millis()),
+        },
+    })
+}
+
+/// A handshake failure that retrying cannot fix (TLS, protocol), in words
+/// a user can act on; `None` for a silent or closing peer.
+fn handshake_failure(e: &quinn::ConnectionError) -> Option<String> {
+    use quinn::ConnectionError as E;
+    // TLS alerts travel as QUIC's crypto error codes 0x100-0x1ff.
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        E::TransportError(t) if crypto(t.code) => Some(format!(
+            "TLS handshake failed ({e}): the peer's certificate is not signed by this node's \
+             cluster CA, or has expired; check that both sides use certificates of one cluster (--certs)"
+        )),
+        E::ConnectionClosed(c) if crypto(c.error_code) => Some(format!(
+            "the peer refused this host's certificate ({e}): it is not signed by the peer's \
+             cluster CA, or has expired; check --certs"
+        )),
+        E::VersionMismatch | E::TransportError(_) | E::ConnectionClosed(_) | E::CidsExhausted => {
+            Some(e.to_string())
+        }
+        E::TimedOut | E::Reset | E::ApplicationClosed(_) | E::LocallyClosed => None,
+    }
 }
 
 /// One bidirectional stream carrying frames.

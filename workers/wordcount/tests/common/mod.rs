@@ -15,6 +15,12 @@ pub fn cluster() -> Cluster {
 
 /// A corpus and its single-process count.
 pub fn corpus(dir: &Path, mib: u64, seed: u64) -> (PathBuf, PathBuf) {
+    corpus_with(dir, mib, seed, 20_000)
+}
+
+/// [`corpus`] with a vocabulary of `vocabulary` words (100,000 make each
+/// split's counts bigger than ZooKeeper takes inline).
+pub fn corpus_with(dir: &Path, mib: u64, seed: u64, vocabulary: u32) -> (PathBuf, PathBuf) {
     let corpus = dir.join(format!("corpus-{seed}.txt"));
     let baseline = dir.join(format!("baseline-{seed}.tsv"));
     let ok = Command::new(BIN)
@@ -25,7 +31,7 @@ pub fn corpus(dir: &Path, mib: u64, seed: u64) -> (PathBuf, PathBuf) {
             "--seed",
             &seed.to_string(),
             "--vocabulary",
-            "20000",
+            &vocabulary.to_string(),
             "--output",
         ])
         .arg(&corpus)

@@ -9,12 +9,16 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::coord::{self, Layout, MasterInfo};
-use crate::zkserver::{ZkServer, ZkServerOptions};
+use crate::zkserver::{ServerHost, ZkServer, ZkServerOptions};
+
+pub mod net;
 
 pub struct Node {
     pub id: String,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Its test host (multi-host clusters).
+    pub host: Option<String>,
 }
 
 pub struct Cluster {
@@ -26,6 +30,9 @@ pub struct Cluster {
     pub cluster: String,
     /// The node binary under test.
     pub bin: PathBuf,
+    /// The test hosts, for a cluster spread over several (see [`net`]).
+    /// Dropped last: its namespaces go after every process in them.
+    pub net: Option<net::Net>,
 }
 
 impl Cluster {
@@ -36,17 +43,34 @@ impl Cluster {
 
     /// Like [`Cluster::new`] with an ensemble of `n` ZooKeeper servers.
     pub fn with_servers(bin: impl Into<PathBuf>, n: usize) -> Cluster {
+        Self::start(bin, &vec![ServerHost::loopback(); n], None)
+    }
+
+    /// A cluster on the test hosts of `net`, with a ZooKeeper server on
+    /// each host of `zk_hosts` (one host: a single server; three: an
+    /// ensemble). Nodes go on hosts of their own with [`Cluster::node_on`].
+    pub fn on_net(bin: impl Into<PathBuf>, net: net::Net, zk_hosts: &[&str]) -> Cluster {
+        let hosts: Vec<ServerHost> = zk_hosts
+            .iter()
+            .map(|h| ServerHost::netns(std::net::IpAddr::V4(net.ip(h)), net.netns(h)))
+            .collect();
+        Self::start(bin, &hosts, Some(net))
+    }
+
+    fn start(bin: impl Into<PathBuf>, hosts: &[ServerHost], net: Option<net::Net>) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("ringleader-test-")
             .tempdir()
             .expect("temp dir");
         let opts = ZkServerOptions::default();
-        let servers = if n == 1 {
-            vec![ZkServer::start(&dir.path().join("zk"), &opts).expect("ZooKeeper starts")]
-        } else {
-            crate::zkserver::ZkEnsemble::start(&dir.path().join("zk"), n, &opts)
-                .expect("ZooKeeper ensemble starts")
-                .servers
+        let zk_dir = dir.path().join("zk");
+        let servers = match hosts {
+            [one] => vec![ZkServer::start_on(&zk_dir, one, &opts).expect("ZooKeeper starts")],
+            _ => {
+                crate::zkserver::ZkEnsemble::start_on(&zk_dir, hosts, &opts)
+                    .expect("ZooKeeper ensemble starts")
+                    .servers
+            }
         };
         let certs = dir.path().join("certs");
         crate::transport::tls::make_cluster_certs(&certs).expect("certificates");
@@ -57,7 +81,15 @@ impl Cluster {
             nodes: Vec::new(),
             cluster: "test".into(),
             bin: bin.into(),
+            net,
         }
+    }
+
+    /// The test hosts (panics for a cluster on loopback).
+    pub fn net(&self) -> &net::Net {
+        self.net
+            .as_ref()
+            .expect("a cluster made by Cluster::on_net")
     }
 
     /// The ZooKeeper connect string of every server.
@@ -73,8 +105,19 @@ impl Cluster {
         self.dir.path().join(name)
     }
 
-    /// Starts `node` with id `id`; `extra` arguments override the defaults.
+    /// Starts `node` with id `id` on this machine's loopback; `extra`
+    /// arguments override the defaults.
     pub fn node(&mut self, id: &str, extra: &[&str]) {
+        self.spawn_node(None, id, extra)
+    }
+
+    /// Starts `node` with id `id` on test host `host` (listening on the
+    /// default port, advertising the host's address).
+    pub fn node_on(&mut self, host: &str, id: &str, extra: &[&str]) {
+        self.spawn_node(Some(host), id, extra)
+    }
+
+    fn spawn_node(&mut self, host: Option<&str>, id: &str, extra: &[&str]) {
         let log = self.path(&format!("{id}.log"));
         // Appended: a restarted node keeps its earlier log.
         let f = std::fs::OpenOptions::new()
@@ -91,15 +134,22 @@ impl Cluster {
             ("--data-dir", data.as_str()),
             ("--slots", "1"),
             ("--session-timeout-ms", "2000"),
+            ("--listen", "127.0.0.1:0"),
             ("--retention-secs", "0"),
         ];
         let mut args: Vec<&str> = Vec::new();
         for (flag, value) in defaults {
-            if !extra.contains(&flag) {
+            // On a host of its own a node keeps the default port.
+            let keep_default = host.is_some() && flag == "--listen";
+            if !extra.contains(&flag) && !keep_default {
                 args.extend([flag, value]);
             }
         }
-        let child = Command::new(&self.bin)
+        let mut cmd = match host {
+            Some(h) => self.net().command(h, &self.bin),
+            None => Command::new(&self.bin),
+        };
+        let child = cmd
             .args(["node", "--cluster", &self.cluster, "--node-id", id])
             .args(&args)
             .args(extra)
@@ -113,6 +163,7 @@ impl Cluster {
             id: id.to_string(),
             child: Some(child),
             log,
+            host: host.map(str::to_string),
         };
         match self.nodes.iter_mut().find(|n| n.id == id) {
             Some(old) => {
@@ -194,7 +245,15 @@ impl Cluster {
 
     /// A CLI command against the cluster (`submit`, `status`, ...).
     pub fn cli_command(&self, cmd: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
+        self.cli_command_in(Command::new(&self.bin), cmd, args)
+    }
+
+    /// [`Cluster::cli_command`] run on test host `host`.
+    pub fn cli_command_on(&self, host: &str, cmd: &str, args: &[&str]) -> Command {
+        self.cli_command_in(self.net().command(host, &self.bin), cmd, args)
+    }
+
+    fn cli_command_in(&self, mut c: Command, cmd: &str, args: &[&str]) -> Command {
         c.args([cmd, "--zk", &self.zk_connect(), "--cluster", &self.cluster])
             .arg("--certs")
             .arg(&self.certs)
@@ -237,6 +296,22 @@ impl Cluster {
         }
     }
 
+    /// Publishes `info` as `/master` from the test's own session `zk`, as
+    /// a master that is not there would have (a crashed master's znode
+    /// lingers until its session expires): for tests of what clients do
+    /// when the published address does not answer. Gone when `zk` closes.
+    pub async fn publish_master(&self, zk: &coord::ZkClient, info: &MasterInfo) {
+        let layout = self.layout();
+        coord::ensure_path(zk, layout.root())
+            .await
+            .expect("cluster root");
+        let path = layout.master();
+        let data = coord::encode_record(&path, info).expect("record");
+        zk.create(&path, &data, &coord::EPHEMERAL_OPTIONS)
+            .await
+            .expect("publish /master");
+    }
+
     /// Waits until a master with an epoch other than `not` is published.
     pub async fn master(
         &self,
@@ -269,6 +344,69 @@ impl Drop for Cluster {
         if std::env::var_os("RINGLEADER_KEEP_TEST_DIRS").is_some() {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
             eprintln!("kept {}", dir.keep().display());
+        }
+    }
+}
+
+/// A command running in the background with its output in files, so that
+/// a test can act while it runs; killed if dropped before [`Background::wait`].
+pub struct Background {
+    child: Option<Child>,
+    what: String,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Background {
+    /// Starts `cmd` with stdout and stderr in `dir/<name>.out` and `.err`.
+    pub fn start(mut cmd: Command, dir: &Path, name: &str) -> Background {
+        let out = dir.join(format!("{name}.out"));
+        let err = dir.join(format!("{name}.err"));
+        let what = format!("{cmd:?}");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&err).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Background {
+            child: Some(child),
+            what,
+            out,
+            err,
+        }
+    }
+
+    /// Waits for the end (failing the test after `timeout`) and returns
+    /// the exit status, stdout and stderr.
+    pub fn wait(mut self, timeout: Duration) -> (std::process::ExitStatus, String, String) {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} did not end within {timeout:?}; stderr:\n{}",
+                    self.what,
+                    std::fs::read_to_string(&self.err).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        (status, read(&self.out), read(&self.err))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

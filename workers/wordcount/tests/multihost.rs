@@ -1,0 +1,347 @@
+#![allow(clippy::unwrap_used)]
+//! Ringleader across hosts: every role in a network namespace of its own on
+//! one bridge (`ringleader::testkit::net`), real ZooKeeper, real QUIC, real
+//! processes. These tests need root; without it they say they were skipped
+//! (in CI, with `CI=true`, they fail instead).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ringleader::coord::{MasterInfo, OutputRef, ShardRecord};
+use ringleader::testkit::net::{LinkParams, Net};
+
+const STEP: Duration = Duration::from_secs(60);
+
+/// The harness itself: hosts reach each other over the bridge, an
+/// emulated link delays and drops what it should, a cut host is
+/// unreachable until healed, and nothing is left behind: neither sets of
+/// a process that died nor this harness's own.
+#[test]
+fn test_hosts_are_delayed_cut_and_removed() {
+    // A set left by a process that died: its pid is in its names.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let stale = format!("rl{dead_pid:06x}ff-stale");
+    let made_stale = std::process::Command::new("ip")
+        .args(["netns", "add", &stale])
+        .status()
+        .is_ok_and(|s| s.success());
+
+    let Some(mut net) = Net::new("test_hosts_are_delayed_cut_and_removed") else {
+        return;
+    };
+    let namespaces = || {
+        String::from_utf8_lossy(
+            &std::process::Command::new("ip")
+                .args(["netns", "list"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    assert!(made_stale, "could not make the stale namespace");
+    assert!(
+        !namespaces().contains(&stale),
+        "a dead process's namespace survived a new harness"
+    );
+
+    net.host("plain");
+    net.emulated_host(
+        "far",
+        LinkParams {
+            one_way_delay: Duration::from_millis(5),
+            loss: 0.0,
+        },
+    );
+    let plain = net.rtt("plain", 5);
+    let far = net.rtt("far", 5);
+    eprintln!("round trips: plain {plain:?}, emulated 5 ms each way {far:?}");
+    assert!(plain < Duration::from_millis(5), "plain link: {plain:?}");
+    assert!(
+        far >= Duration::from_millis(10) && far < Duration::from_millis(60),
+        "emulated link: {far:?}"
+    );
+
+    net.set_link(
+        "far",
+        LinkParams {
+            one_way_delay: Duration::ZERO,
+            loss: 1.0,
+        },
+    );
+    assert_eq!(
+        net.rtt("far", 1),
+        Duration::MAX,
+        "a link losing everything answered"
+    );
+    net.set_link("far", LinkParams::default());
+    assert!(net.rtt("far", 3) < Duration::from_millis(5));
+
+    net.cut("plain");
+    assert_eq!(net.rtt("plain", 1), Duration::MAX, "a cut host answered");
+    net.heal("plain");
+    assert!(net.rtt("plain", 3) < Duration::from_millis(5));
+
+    // A process on a host is killed with it.
+    let mut sleeper = net.command("plain", "sleep").arg("600").spawn().unwrap();
+    let ns = net.netns("plain").to_string();
+    drop(net);
+    assert!(!namespaces().contains(&ns), "the harness left {ns}");
+    let ended = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        sleeper.try_wait().unwrap().is_some()
+    });
+    assert!(ended, "a process on a removed host still runs");
+}
+
+/// Word count with ZooKeeper, three nodes and the client each on a host of
+/// its own; the master is killed with kill -9 mid-job, with split counts
+/// big enough to be kept outside ZooKeeper. The next master, on another
+/// host, finishes the job: the client's count equals the single-process
+/// count and no task failed.
+#[test]
+fn word_count_across_hosts_survives_the_master_killed_mid_job() {
+    let Some(mut net) = Net::new("word_count_across_hosts_survives_the_master_killed_mid_job")
+    else {
+        return;
+    };
+    for h in ["zk", "n1", "n2", "n3", "client"] {
+        net.host(h);
+    }
+    let mut c = Cluster::on_net(BIN, net, &["zk"]);
+    let (corpus, baseline) = corpus_with(c.dir.path(), 32, 11, 100_000);
+    for n in ["n1", "n2", "n3"] {
+        c.node_on(n, n, &[]);
+    }
+    let out = c.path("out.tsv");
+    let first = rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 3, STEP).await;
+        let first = c.master(&zk, None, STEP).await;
+        // Each node advertises its own host's address on the default port.
+        let host_ip = c.net().ip(&first.node_id);
+        assert_eq!(first.addr, format!("{host_ip}:7470"), "{first:?}");
+        first
+    });
+    let submit = Background::start(
+        {
+            let mut cmd = c.cli_command_on(
+                "client",
+                "submit",
+                &[
+                    "--job-id",
+                    "wc-hosts",
+                    "--split-mib",
+                    "1",
+                    "--output",
+                    out.to_str().unwrap(),
+                    corpus.to_str().unwrap(),
+                ],
+            );
+            cmd.env("RUST_LOG", "info");
+            cmd
+        },
+        c.dir.path(),
+        "submit",
+    );
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let bucket = format!("{}/done/0", c.layout().job("wc-hosts"));
+        c.children(&zk, &bucket, 2, STEP).await;
+        // The committed counts live outside ZooKeeper (referenced by name).
+        let shard = zk.list_children(&bucket).await.unwrap().remove(0);
+        let (data, _) = zk.get_data(&format!("{bucket}/{shard}")).await.unwrap();
+        let rec: ShardRecord = rmp_serde::from_slice(&data).unwrap();
+        assert!(
+            !matches!(rec.output, OutputRef::Inline(_)),
+            "split counts small enough for ZooKeeper: {shard}"
+        );
+        c.kill9(&first.node_id);
+        let committed = zk.list_children(&bucket).await.map_or(0, |v| v.len());
+        assert!(
+            committed < 32,
+            "the job ended before the kill; make it bigger"
+        );
+        let second = c.master(&zk, Some(first.epoch), STEP).await;
+        assert_ne!(second.node_id, first.node_id);
+    });
+    let (status, stdout, stderr) = submit.wait(Duration::from_secs(180));
+    assert!(
+        status.success(),
+        "submit from the client's host failed:\n{stderr}\n{}",
+        c.logs()
+    );
+    assert!(stdout.contains("distinct"), "{stdout}");
+    assert_same_file(&out, &baseline);
+}
+
+/// A worker's host is cut off the network mid-job (ZooKeeper is a
+/// three-server ensemble on three more hosts): the master notices by the
+/// silent link, its shards run on the other worker, and the result is
+/// exact. Healed, the worker registers and connects again.
+#[test]
+fn a_worker_host_cut_off_mid_job_runs_its_shards_elsewhere() {
+    let Some(mut net) = Net::new("a_worker_host_cut_off_mid_job_runs_its_shards_elsewhere") else {
+        return;
+    };
+    for h in ["zk1", "zk2", "zk3", "m", "w1", "w2", "client"] {
+        net.host(h);
+    }
+    let metrics = format!("{}:9100", net.ip("m"));
+    // A ZooKeeper ensemble, each server on a host of its own.
+    let mut c = Cluster::on_net(BIN, net, &["zk1", "zk2", "zk3"]);
+    let (corpus, baseline) = corpus_with(c.dir.path(), 32, 12, 20_000);
+    c.node_on(
+        "m",
+        "m",
+        &["--role", "candidate", "--metrics-addr", &metrics],
+    );
+    c.node_on("w1", "w1", &["--role", "worker"]);
+    c.node_on("w2", "w2", &["--role", "worker"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 2, STEP).await;
+        c.master(&zk, None, STEP).await;
+    });
+    let out = c.path("out.tsv");
+    let submit = Background::start(
+        c.cli_command_on(
+            "client",
+            "submit",
+            &[
+                "--job-id",
+                "wc-cut",
+                "--split-mib",
+                "1",
+                "--output",
+                out.to_str().unwrap(),
+                corpus.to_str().unwrap(),
+            ],
+        ),
+        c.dir.path(),
+        "submit",
+    );
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let bucket = format!("{}/done/0", c.layout().job("wc-cut"));
+        c.children(&zk, &bucket, 1, STEP).await;
+        c.net().cut("w1");
+        let committed = zk.list_children(&bucket).await.map_or(0, |v| v.len());
+        assert!(
+            committed < 32,
+            "the job ended before the cut; make it bigger"
+        );
+    });
+    let (status, _, stderr) = submit.wait(Duration::from_secs(180));
+    assert!(status.success(), "submit failed:\n{stderr}\n{}", c.logs());
+    assert_same_file(&out, &baseline);
+    let lost = scrape(&metrics, "ringleader_worker_links_lost_total");
+    assert!(lost >= 1.0, "the master never saw w1's link go silent");
+
+    c.net().heal("w1");
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 2, STEP).await;
+    });
+}
+
+/// A client on another host learns at once what it can know at once (no
+/// route to the published address), waits for a published master that
+/// does not answer only as long as that master's session timeout plus a
+/// margin, saying so, and then names the address. A node that would
+/// advertise loopback while ZooKeeper is remote refuses to start.
+#[test]
+fn a_client_on_another_host_gets_errors_that_name_the_address() {
+    let Some(mut net) = Net::new("a_client_on_another_host_gets_errors_that_name_the_address")
+    else {
+        return;
+    };
+    for h in ["zk", "ghost", "client"] {
+        net.host(h);
+    }
+    let ghost = format!("{}:7470", net.ip("ghost"));
+    let c = Cluster::on_net(BIN, net, &["zk"]);
+    let status_on_client = |name: &str| {
+        let started = Instant::now();
+        let (status, _, stderr) = Background::start(
+            c.cli_command_on("client", "status", &[]),
+            c.dir.path(),
+            name,
+        )
+        .wait(Duration::from_secs(60));
+        (status, stderr, started.elapsed())
+    };
+    rt().block_on(async {
+        let zk = c.zk().await;
+        // No route from the client's host: known before anything is sent.
+        let nowhere = "10.78.0.1:7470";
+        let mut info = MasterInfo {
+            node_id: "nowhere".into(),
+            addr: nowhere.into(),
+            epoch: 1,
+            session_timeout_ms: 1000,
+        };
+        c.publish_master(&zk, &info).await;
+        let (status, stderr, took) = status_on_client("status-noroute");
+        assert!(!status.success());
+        assert!(
+            stderr.contains(&format!("cannot send to {nowhere} from this host")),
+            "{stderr}"
+        );
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+
+        // A published master whose address is silent.
+        zk.delete(&c.layout().master(), None).await.unwrap();
+        info.node_id = "ghost".into();
+        info.addr = ghost.clone();
+        c.publish_master(&zk, &info).await;
+        let (status, stderr, took) = status_on_client("status-silent");
+        assert!(!status.success());
+        assert!(
+            stderr.contains(&format!("the master ghost at {ghost} does not answer")),
+            "no word that it waits: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "the master ghost at {ghost} (epoch 1) did not answer"
+            )),
+            "{stderr}"
+        );
+        // Its session timeout (1 s) plus the client's margin (3 s).
+        assert!(
+            took >= Duration::from_secs(4) && took < Duration::from_secs(30),
+            "took {took:?}"
+        );
+        assert!(!stderr.contains("no master is serving"), "{stderr}");
+    });
+
+    // A node on loopback cannot be dialled from other hosts.
+    let (status, _, stderr) = Background::start(
+        c.cli_command_on(
+            "ghost",
+            "node",
+            &["--listen", "127.0.0.1:0", "--node-id", "lo"],
+        ),
+        c.dir.path(),
+        "node-loopback",
+    )
+    .wait(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("would advertise 127.0.0.1:") && stderr.contains("--advertise"),
+        "{stderr}"
+    );
+}
+
+/// A counter's value summed over its series, from a node's metrics page.
+fn scrape(addr: &str, name: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").expect("metrics page");
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
