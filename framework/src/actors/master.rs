@@ -1128,7 +1128,8 @@ impl Handler<Submit> for Master {
             ))));
         };
         let _ = erased;
-        if h.job_id.is_empty() || h.job_id.len() > 128 || h.job_id.contains(['/', '\0']) {
+        let odd = h.job_id.is_empty() || h.job_id == "." || h.job_id == "..";
+        if odd || h.job_id.len() > 128 || h.job_id.contains(['/', '\0']) {
             return Box::pin(fut::ready(error(format!("invalid job id {:?}", h.job_id))));
         }
         if h.options.shard_size == 0 || h.options.max_attempts == 0 {

@@ -497,13 +497,29 @@ impl LeaderStore {
         Ok(out)
     }
 
-    /// Stores an encoded output inline or, if large, as a file.
-    fn output_ref(&self, name: &str, bytes: Vec<u8>) -> Result<OutputRef, CoordError> {
+    /// The directory of a job's spilled outputs, `spill/<job>/`: one whole
+    /// path segment per job, so that removing one job's files can never
+    /// touch another's (job ids may contain dots, and one id may start
+    /// with another). `None` for ids that are not a plain file name.
+    fn spill_dir(&self, job: &str) -> Option<PathBuf> {
+        let plain = !job.is_empty() && job != "." && job != ".." && !job.contains(['/', '\0']);
+        plain.then(|| self.data_dir.join("spill").join(job))
+    }
+
+    /// Stores an encoded output of `job` inline or, if large, as a file
+    /// named `<what>.e<epoch>.<run id>.out` in the job's spill directory:
+    /// no two writers (two runs of one shard, two masters) share a name,
+    /// so a committed file is never overwritten.
+    fn output_ref(&self, job: &str, what: &str, bytes: Vec<u8>) -> Result<OutputRef, CoordError> {
         if bytes.len() <= INLINE_LIMIT {
             return Ok(OutputRef::Inline(ByteBuf::from(bytes)));
         }
-        let dir = self.data_dir.join("spill");
-        let path = dir.join(name);
+        let dir = self.spill_dir(job).ok_or_else(|| CoordError::Garbage {
+            path: self.layout.job(job),
+            reason: "the job id is not a plain file name".into(),
+        })?;
+        let run = uuid::Uuid::new_v4().simple();
+        let path = dir.join(format!("{what}.e{}.{run}.out", self.epoch));
         let err = |source| CoordError::File {
             path: path.display().to_string(),
             source,
@@ -526,7 +542,7 @@ impl LeaderStore {
         failures: Vec<crate::core::TaskFailure>,
     ) -> Result<CommitOutcome, CoordError> {
         let path = self.layout.commit(job, key);
-        let output = self.output_ref(&format!("{job}.{key}.e{}.out", self.epoch), output)?;
+        let output = self.output_ref(job, &key.to_string(), output)?;
         let mut record = ShardRecord {
             epoch: self.epoch,
             attempt,
@@ -591,7 +607,7 @@ impl LeaderStore {
         let job_path = self.layout.job(&job.id);
         let result = ResultRecord {
             epoch: self.epoch,
-            output: self.output_ref(&format!("{}.result.out", job.id), output)?,
+            output: self.output_ref(&job.id, "result", output)?,
             failures,
             tasks_done: counters.tasks_done,
             tasks_failed: counters.tasks_failed,
@@ -703,13 +719,12 @@ impl LeaderStore {
                 kept.push(job);
             } else {
                 self.delete_tree(&self.layout.job(&job.id)).await?;
-                if let Ok(entries) = std::fs::read_dir(self.data_dir.join("spill")) {
-                    for e in entries.flatten() {
-                        if e.file_name()
-                            .to_string_lossy()
-                            .starts_with(&format!("{}.", job.id))
-                        {
-                            let _ = std::fs::remove_file(e.path());
+                if let Some(dir) = self.spill_dir(&job.id) {
+                    match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a collected job's files")
                         }
                     }
                 }
