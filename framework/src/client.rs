@@ -215,7 +215,23 @@ impl Client {
         let mut master = self.find_master(bad_epoch).await?;
         let mut silent_since: Option<(tokio::time::Instant, Duration)> = None;
         loop {
-            match transport::dial(&self.inner.endpoint, &master.addr).await {
+            let dial = transport::dial(&self.inner.endpoint, &master.addr);
+            // Once the master is known to be silent, nothing may stretch the
+            // wait past its bound (a handshake stalls up to 3 PTOs).
+            let dialled = match silent_since {
+                Some((since, wait)) => {
+                    match tokio::time::timeout_at(since + wait + Duration::from_secs(1), dial).await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(TransportError::NoAnswer {
+                            addr: master.addr.clone(),
+                            reason: "the handshake did not end".into(),
+                        }),
+                    }
+                }
+                None => dial.await,
+            };
+            match dialled {
                 Ok(conn) => {
                     if silent_since.is_some() {
                         tracing::info!(master = %master.node_id, addr = %master.addr, "the master answers");
