@@ -147,18 +147,12 @@ pub async fn advertised_addr(
         None => {
             // The source address the kernel picks toward ZooKeeper: the
             // interface of the cluster's network. Nothing is sent.
-            let any: SocketAddr = if first.is_ipv4() {
-                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let probe = std::net::UdpSocket::bind(any)?;
-            probe.connect(first).map_err(|e| {
+            let ip = transport::route_source(first).map_err(|e| {
                 NodeError::Advertise(format!(
                     "this host has no route to ZooKeeper at {first}: {e}; check --zk and this host's network"
                 ))
             })?;
-            SocketAddr::new(probe.local_addr()?.ip(), bound_port)
+            SocketAddr::new(ip, bound_port)
         }
     };
     let ip = addr.ip();

@@ -149,17 +149,19 @@ pub fn endpoint_any(
     }
 }
 
-/// Whether this host can send to `dest` at all: a UDP socket's `connect`
-/// looks the route up and fails at once (ENETUNREACH, EINVAL) without
-/// sending anything. quinn would only log such a send error and let the
-/// handshake time out.
-pub fn check_route(dest: SocketAddr) -> std::io::Result<()> {
+/// The address this host sends from toward `dest`: a UDP socket's
+/// `connect` looks the route up and fails at once (ENETUNREACH, EINVAL)
+/// without sending anything. quinn would only log such a send error and
+/// let the handshake time out.
+pub fn route_source(dest: SocketAddr) -> std::io::Result<std::net::IpAddr> {
     let any: SocketAddr = if dest.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    std::net::UdpSocket::bind(any)?.connect(dest)
+    let probe = std::net::UdpSocket::bind(any)?;
+    probe.connect(dest)?;
+    Ok(probe.local_addr()?.ip())
 }
 
 /// Dials `addr` and checks its certificate against the cluster CA.
@@ -176,7 +178,7 @@ pub async fn dial(ep: &Endpoint, addr: &str) -> Result<Connection, TransportErro
     let sock: SocketAddr = addr
         .parse()
         .map_err(|e| err(format!("not an IP address and port: {e}")))?;
-    check_route(sock).map_err(|source| TransportError::Unroutable {
+    route_source(sock).map_err(|source| TransportError::Unroutable {
         addr: addr.to_string(),
         source,
     })?;
