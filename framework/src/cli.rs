@@ -135,9 +135,16 @@ struct NodeArgs {
     /// Node id (default: random).
     #[arg(long)]
     node_id: Option<String>,
-    /// Shared data directory for outputs too big for ZooKeeper.
-    #[arg(long)]
+    /// This host's scratch directory (default: a directory of the
+    /// cluster's name under the temporary directory).
+    #[arg(long, env = "RINGLEADER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The cluster's object store, for outputs, results and inputs too big
+    /// for ZooKeeper: s3://bucket/prefix (with the usual AWS_* variables)
+    /// for clusters, file:///path for one machine or a shared filesystem
+    /// (default: file://<data-dir>/store).
+    #[arg(long, env = "RINGLEADER_STORE")]
+    store: Option<String>,
     /// Concurrent tasks (default: number of CPUs).
     #[arg(long)]
     slots: Option<u32>,
@@ -576,6 +583,9 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         tracing::info!("metrics at http://{addr}/metrics");
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let data_dir = a
+        .data_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("ringleader-{}", a.conn.cluster)));
     let config = NodeConfig {
         zk: a.conn.zk,
         cluster: a.conn.cluster.clone(),
@@ -584,9 +594,10 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         listen: a.listen,
         advertise: a.advertise,
         certs: a.conn.certs,
-        data_dir: a
-            .data_dir
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("ringleader-{}", a.conn.cluster))),
+        store: a
+            .store
+            .unwrap_or_else(|| data_dir.join("store").display().to_string()),
+        data_dir,
         slots: a.slots.unwrap_or(cpus),
         session_timeout: Duration::from_millis(a.session_timeout_ms),
         max_frame: a.max_frame,

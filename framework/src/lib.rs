@@ -17,6 +17,7 @@
 //! - [`cli`]: the command line every node binary gets.
 //! - [`zkserver`]: starts private ZooKeeper servers for `local` and tests.
 //! - [`prom`]: starts a private Prometheus for `local --prometheus` and tests.
+//! - [`store`]: the object store for data too big for ZooKeeper (`--store`).
 //! - [`process`]: stopping the child processes the project starts.
 //! - `testkit` (feature): a harness of real node processes for integration tests.
 
@@ -31,6 +32,7 @@ pub mod node;
 pub mod process;
 pub mod prom;
 pub mod registry;
+pub mod store;
 pub mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;

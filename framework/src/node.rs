@@ -59,8 +59,11 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Directory with `ca.pem`, `node.pem`, `node.key`.
     pub certs: PathBuf,
-    /// Shared data directory (spilled outputs).
+    /// This host's scratch directory (tasks' `TaskContext::data_dir`).
     pub data_dir: PathBuf,
+    /// The cluster's object store URL (see [`crate::store`]): outputs and
+    /// results too big for ZooKeeper, uploaded inputs.
+    pub store: String,
     /// Concurrent tasks on this worker.
     pub slots: u32,
     /// Requested ZooKeeper session timeout.
@@ -93,6 +96,9 @@ pub enum NodeError {
     /// ZooKeeper unreachable at start.
     #[error(transparent)]
     Coord(#[from] CoordError),
+    /// The store cannot be opened, written, read or cleaned.
+    #[error("{0}; check --store (RINGLEADER_STORE) and the store's credentials")]
+    Store(#[from] crate::store::StoreError),
     /// Local I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -216,16 +222,26 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         transport::endpoint(config.listen, &identity, true, config.link_timeout)?
     };
     let bound = endpoint.local_addr()?;
-    let addr = advertised_addr(
+    let advertised = advertised_addr(
         &config.zk,
         config.listen,
         bound.port(),
         config.advertise.as_deref(),
     )
-    .await?
-    .to_string();
+    .await?;
+    let addr = advertised.to_string();
     tracing::info!(node = %config.node_id, %addr, role = ?config.role, "node starting");
     std::fs::create_dir_all(&config.data_dir)?;
+    let store = crate::store::Store::open(&config.store)?;
+    store.probe(&config.node_id).await?;
+    if store.is_local() && !advertised.ip().is_loopback() {
+        tracing::warn!(
+            store = store.url(),
+            "the store is a directory of this host, and this node serves other hosts: master \
+             candidates on other hosts cannot read what this one writes unless it is a shared \
+             filesystem (use --store s3://bucket/prefix for clusters)"
+        );
+    }
     let (route_tx, route_rx) = watch::channel::<Option<Addr<Master>>>(None);
     let sampled = endpoint.clone();
     actix::spawn(async move {
@@ -288,7 +304,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
             let election = Election {
                 zk: zk.clone(),
                 layout: layout.clone(),
-                data_dir: config.data_dir.clone(),
+                store: store.clone(),
                 settings,
                 master: None,
                 _alive: alive_tx.clone(),
@@ -302,6 +318,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 addr: addr.clone(),
                 slots: config.slots.max(1),
                 data_dir: config.data_dir.clone(),
+                store: store.clone(),
                 registry: registry.clone(),
                 endpoint: endpoint.clone(),
                 max_frame: config.max_frame,

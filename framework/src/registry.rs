@@ -58,6 +58,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(
 pub(crate) struct RunEnv {
     pub node_id: String,
     pub data_dir: PathBuf,
+    pub store: Option<crate::store::Store>,
 }
 
 /// A shard's run on a worker: the encoded partial result of the tasks that
@@ -130,6 +131,7 @@ impl<J: Job> ErasedJob for Erased<J> {
                         attempt,
                         node_id: env.node_id.clone(),
                         data_dir: env.data_dir.clone(),
+                        store: env.store.clone(),
                     };
                     let started = std::time::Instant::now();
                     let outcome = catch_unwind(AssertUnwindSafe(|| task.run(&ctx)));
@@ -249,6 +251,7 @@ mod tests {
         let env = RunEnv {
             node_id: "n".into(),
             data_dir: PathBuf::new(),
+            store: None,
         };
         let tasks = [10u64, 0, 7, 50]
             .iter()

@@ -118,8 +118,12 @@ pub struct TaskContext {
     pub attempt: u32,
     /// The id of the node running the task.
     pub node_id: String,
-    /// The node's data directory (shared scratch space, if the cluster has one).
+    /// The node's data directory (scratch space of this host).
     pub data_dir: PathBuf,
+    /// The cluster's object store (`--store`), for tasks that read or
+    /// write objects: inputs uploaded by `submit --upload`, say. Use its
+    /// `*_blocking` methods (a task runs on a blocking thread).
+    pub store: Option<crate::store::Store>,
 }
 
 /// A task's failure, with a message for the user and whether a retry may help.

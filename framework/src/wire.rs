@@ -96,10 +96,15 @@ pub struct ShardReport {
     pub shard: ShardKey,
     /// Attempt number of the run.
     pub attempt: u32,
-    /// The encoded partial `Job::Result` of the tasks that succeeded.
+    /// The encoded partial `Job::Result` of the tasks that succeeded
+    /// (empty when it went to the store: see `output_object`).
     pub output: ByteBuf,
     /// Tasks that failed in this run.
     pub failures: Vec<TaskFailure>,
+    /// The name of the store object holding the output, when it was too
+    /// big to travel inline (written create-only by the worker).
+    #[serde(default)]
+    pub output_object: Option<String>,
 }
 
 /// A job's state as clients see it.

@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             advertise: None,
             certs: args.certs.clone(),
             data_dir: args.data_dir.clone(),
+            store: args.data_dir.join("store").display().to_string(),
             slots: 1,
             session_timeout: Duration::from_millis(args.session_timeout_ms),
             max_frame: ringleader::wire::DEFAULT_MAX_FRAME,

@@ -4,8 +4,6 @@
 //! watches only its predecessor, so a leader change wakes one candidate).
 //! Winning starts the [`Master`] supervisor with a bumped epoch.
 
-use std::path::PathBuf;
-
 use actix::prelude::*;
 use zookeeper_client::{Acls, Client, LockOptions, LockPrefix};
 
@@ -13,11 +11,12 @@ use super::master::{Master, MasterSettings};
 use super::{Alive, Stop};
 use crate::coord::{CoordError, Layout, LeaderStore};
 use crate::metrics as m;
+use crate::store::Store;
 
 pub(crate) struct Election {
     pub zk: Client,
     pub layout: Layout,
-    pub data_dir: PathBuf,
+    pub store: Store,
     pub settings: MasterSettings,
     pub master: Option<Addr<Master>>,
     pub _alive: Alive,
@@ -30,7 +29,7 @@ impl Actor for Election {
         metrics::gauge!(m::NODE_ROLE, "role" => "candidate").set(1.0);
         let zk = self.zk.clone();
         let layout = self.layout.clone();
-        let data_dir = self.data_dir.clone();
+        let store = self.store.clone();
         let node_id = self.settings.node_id.clone();
         let fut = async move {
             let dir = layout.election();
@@ -48,7 +47,7 @@ impl Actor for Election {
             let lock = lock.into_owned();
             let won = std::time::Instant::now();
             tracing::info!(path = lock.lock_path(), "won the election");
-            Ok::<_, CoordError>((LeaderStore::take_over(lock, layout, data_dir).await?, won))
+            Ok::<_, CoordError>((LeaderStore::take_over(lock, layout, store).await?, won))
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok((store, won)) => {

@@ -7,17 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::StreamExt;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, watch};
 
 use super::{Alive, Fatal, Stop};
 use crate::coord::{
-    read_output, CommitOutcome, CoordError, JobRecord, JobStatus, LeaderStore, ShardRecord,
-    StoredJob, WorkerInfo,
+    CommitOutcome, CoordError, JobRecord, JobStatus, LeaderStore, OutputRef, ShardOutput,
+    ShardRecord, StoredJob, WorkerInfo,
 };
 use crate::core::{recover_job, Command, CommittedShard, Scheduler, ShardKey, TaskFailure};
 use crate::metrics as m;
 use crate::registry::{Accumulator, Registry};
+use crate::store::Store;
 use crate::wire::{
     Assignment, ClusterStatus, Frame, JobOutcome, JobProgress, JobState, ShardReport, SubmitHeader,
     WorkerStatus,
@@ -145,6 +147,9 @@ struct JobRuntime {
     finishing: bool,
     /// Tasks whose committed outputs could not be merged: failed tasks.
     unmerged: u64,
+    /// Committed shard outputs kept in the store: deleted once the job's
+    /// result is durable.
+    objects: Vec<OutputRef>,
 }
 
 struct Link {
@@ -293,25 +298,40 @@ impl Master {
             &summary,
         );
         // Only the commits of each shard's chain count (see `recover_job`).
-        let outputs: Vec<_> = commits
+        // Read (from the store, a few at a time), then merged off the arbiter.
+        let chain: Vec<(ShardKey, ShardRecord)> = commits
             .into_iter()
             .filter(|(key, _)| recovered.outputs.contains_key(key))
-            .map(|(key, r)| (key, r.output))
             .collect();
+        let objects: Vec<OutputRef> = chain
+            .iter()
+            .filter(|(_, r)| matches!(r.output, OutputRef::Object(_)))
+            .map(|(_, r)| r.output.clone())
+            .collect();
+        let reads = chain.into_iter().map(|(key, r)| {
+            let store = store.clone();
+            async move {
+                let bytes = store
+                    .read_output(&r.output)
+                    .await
+                    .map_err(|e| e.to_string());
+                (key, bytes)
+            }
+        });
+        let outputs: Vec<(ShardKey, Result<Vec<u8>, String>)> =
+            futures::stream::iter(reads).buffered(8).collect().await;
         let outputs_empty = outputs.is_empty();
         let merger = erased.clone();
         let job_id = job.id.clone();
         let merge = move || {
             let mut acc = merger.new_acc();
             let mut unmerged = Vec::new();
-            for (key, output) in &outputs {
-                let merged = read_output(output)
-                    .map_err(|e| e.to_string())
-                    .and_then(|bytes| {
-                        merger
-                            .merge_encoded(&mut acc, &bytes)
-                            .map_err(|e| e.to_string())
-                    });
+            for (key, bytes) in &outputs {
+                let merged = bytes.as_ref().map_err(Clone::clone).and_then(|bytes| {
+                    merger
+                        .merge_encoded(&mut acc, bytes)
+                        .map_err(|e| e.to_string())
+                });
                 if let Err(e) = merged {
                     tracing::error!(job = %job_id, shard = %key, error = %e, "a committed shard output cannot be read or merged; reporting its tasks as failed");
                     unmerged.push((*key, e));
@@ -363,6 +383,7 @@ impl Master {
                 failures,
                 finishing: false,
                 unmerged: 0,
+                objects,
             },
             plan,
         ))
@@ -468,7 +489,7 @@ impl Master {
                         continue;
                     };
                     let empty = erased.encode_acc(&erased.new_acc()).unwrap_or_default();
-                    self.commit(ctx, job, key, attempt, empty, failures);
+                    self.commit(ctx, job, key, attempt, ShardOutput::Bytes(empty), failures);
                 }
                 Command::Finish { job } => self.finish(ctx, job),
                 Command::RecordLoss {
@@ -501,12 +522,25 @@ impl Master {
         job: String,
         key: ShardKey,
         attempt: u32,
-        output: Vec<u8>,
+        output: ShardOutput,
         failures: Vec<TaskFailure>,
     ) {
         let store = self.store.clone();
         let job2 = job.clone();
-        let fut = async move { store.commit(&job2, key, attempt, output, failures).await };
+        let ours = match &output {
+            ShardOutput::Object(name) => Some(OutputRef::Object(name.clone())),
+            ShardOutput::Bytes(_) => None,
+        };
+        let fut = async move {
+            let res = store.commit(&job2, key, attempt, output, failures).await;
+            // Another run's commit won: our object is referenced by nothing.
+            if let (Ok(CommitOutcome::AlreadyCommitted(rec)), Some(ours)) = (&res, &ours) {
+                if &rec.output != ours {
+                    store.delete_outputs([ours]).await;
+                }
+            }
+            res
+        };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(CommitOutcome::Committed(rec)) => {
                 // The audit line chaos tests count: one per shard, ever.
@@ -534,6 +568,9 @@ impl Master {
         let Some(rt) = self.jobs.get_mut(job) else {
             return;
         };
+        if matches!(rec.output, OutputRef::Object(_)) {
+            rt.objects.push(rec.output.clone());
+        }
         let max = rt.stored.record.options.max_attempts;
         for f in &rec.failures {
             if f.is_final(max) {
@@ -566,19 +603,27 @@ impl Master {
                 .filter(|i| !failed.contains(i))
                 .collect();
             let attempt = rec.attempt;
-            let merge = tokio::task::spawn_blocking(move || {
-                let bytes = read_output(&output).map_err(|e| e.to_string())?;
-                let mut acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                erased
-                    .merge_encoded(&mut acc, &bytes)
-                    .map_err(|e| e.to_string())
-            });
+            let store = self.store.clone();
+            // Read from the store, then merged on the blocking pool.
+            let merge = async move {
+                let bytes = store
+                    .read_output(&output)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::task::spawn_blocking(move || {
+                    let mut acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    erased
+                        .merge_encoded(&mut acc, &bytes)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| format!("merging panicked: {e}"))?
+            };
             let job_id = job.to_string();
             ctx.spawn(merge.into_actor(self).map(move |res, act, ctx| {
                 let error = match res {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(format!("its shard's output was committed but cannot be merged: {e}")),
-                    Err(e) => Some(format!("merging its shard's output panicked: {e}")),
+                    Ok(()) => None,
+                    Err(e) => Some(format!("its shard's output was committed but cannot be merged: {e}")),
                 };
                 if let Some(rt) = act.jobs.get_mut(&job_id) {
                     if let Some(error) = error {
@@ -637,6 +682,7 @@ impl Master {
             version: rt.stored.version,
         };
         let failures = rt.failures.clone();
+        let objects = rt.objects.clone();
         let job_id = job.clone();
         let fut = async move {
             let encoded = tokio::task::spawn_blocking(move || {
@@ -655,7 +701,9 @@ impl Master {
                     Vec::new()
                 }
             };
-            store.finish(&stored, output, failures, counters).await
+            store
+                .finish(&stored, output, failures, counters, &objects)
+                .await
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(_) => {
@@ -1096,16 +1144,22 @@ impl Handler<Report> for Master {
                 .report(&msg.node_id, &r.job_id, r.shard, r.attempt)
         {
             tracing::debug!(job = %r.job_id, shard = %r.shard, "dropping a stale report");
+            // Its object (if it is one of that job's) is referenced by nothing.
+            if let Some(name) = r.output_object {
+                if Store::check_shard_output(&r.job_id, &name).is_ok() {
+                    let store = self.store.clone();
+                    actix::spawn(async move {
+                        store.delete_outputs([&OutputRef::Object(name)]).await;
+                    });
+                }
+            }
             return;
         }
-        self.commit(
-            ctx,
-            r.job_id,
-            r.shard,
-            r.attempt,
-            r.output.into_vec(),
-            r.failures,
-        );
+        let output = match r.output_object {
+            Some(name) => ShardOutput::Object(name),
+            None => ShardOutput::Bytes(r.output.into_vec()),
+        };
+        self.commit(ctx, r.job_id, r.shard, r.attempt, output, r.failures);
         self.dispatch(ctx);
     }
 }
@@ -1224,6 +1278,7 @@ impl Handler<Submit> for Master {
                 failures: Vec::new(),
                 finishing: false,
                 unmerged: 0,
+                objects: Vec::new(),
             };
             Ok::<_, CoordError>(Some((rt, plan)))
         };
@@ -1314,7 +1369,7 @@ impl Handler<ClientRequest> for Master {
                         };
                         let result = store.read_result(&job_id).await?;
                         let bytes = match &result {
-                            Some(r) => read_output(&r.output)?,
+                            Some(r) => store.read_output(&r.output).await?,
                             None if job.record.status == JobStatus::Cancelled => Vec::new(),
                             None => return Ok(error(format!("job {job_id} has no result yet"))),
                         };

@@ -17,10 +17,12 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use zookeeper_client::{Client, Error as ZkError};
 
 use super::{Alive, Fatal, Stop};
+use crate::coord::INLINE_LIMIT;
 use crate::coord::{read_master, wait_for_master, CoordError, Layout, MasterInfo, WorkerInfo};
 use crate::core::TaskFailure;
 use crate::metrics as m;
 use crate::registry::{Registry, RunEnv};
+use crate::store::Store;
 use crate::transport::{self, FramedStream, TransportError};
 use crate::wire::{self, Frame, ShardReport, PROTOCOL_VERSION};
 
@@ -54,6 +56,8 @@ pub(crate) struct WorkerSettings {
     pub addr: String,
     pub slots: u32,
     pub data_dir: PathBuf,
+    /// Where outputs too big to travel inline go.
+    pub store: Store,
     pub registry: Registry,
     pub endpoint: quinn::Endpoint,
     pub max_frame: usize,
@@ -360,9 +364,11 @@ async fn serve(
                         let env = RunEnv {
                             node_id: s.node_id.clone(),
                             data_dir: s.data_dir.clone(),
+                            store: Some(s.store.clone()),
                         };
                         let indexes: Vec<u64> = a.tasks.iter().map(|(i, _)| *i).collect();
                         let job_name = a.job_name.clone();
+                        let store = s.store.clone();
                         let run = tokio::task::spawn_blocking(move || {
                             s.registry
                                 .get(&a.job_name)
@@ -381,7 +387,7 @@ async fn serve(
                                 .collect();
                             (Vec::new(), failures)
                         };
-                        let (output, failures) = match run {
+                        let (mut output, mut failures) = match run {
                             Ok(Some(r)) => (r.output, r.failures),
                             Ok(None) => fail_all(
                                 format!("unknown job type {job_name:?} on this worker"),
@@ -389,6 +395,34 @@ async fn serve(
                             ),
                             Err(e) => fail_all(format!("shard runner failed: {e}"), true),
                         };
+                        // A big output goes to the store under a name no
+                        // other run uses; the master commits the name.
+                        let mut output_object = None;
+                        if output.len() > INLINE_LIMIT {
+                            let name = Store::shard_output_name(
+                                &job_id,
+                                &shard.to_string(),
+                                epoch,
+                                attempt,
+                            );
+                            let put = match name {
+                                Ok(name) => store
+                                    .put_new(&name, std::mem::take(&mut output))
+                                    .await
+                                    .map(|()| name),
+                                Err(e) => Err(e),
+                            };
+                            match put {
+                                Ok(name) => output_object = Some(name),
+                                Err(e) => {
+                                    tracing::warn!(job = %job_id, %shard, error = %e, "cannot write a shard's output to the store");
+                                    (output, failures) = fail_all(
+                                        format!("cannot write the output to the store: {e}"),
+                                        true,
+                                    );
+                                }
+                            }
+                        }
                         metrics::counter!(m::TASKS_RUN).increment(n);
                         metrics::histogram!(m::SHARD_SECONDS)
                             .record(started.elapsed().as_secs_f64());
@@ -399,6 +433,7 @@ async fn serve(
                             attempt,
                             output: ByteBuf::from(output),
                             failures,
+                            output_object,
                         };
                         let _ = tx.send(Frame::Report(report));
                     });

@@ -21,7 +21,7 @@ mod zk;
 pub use records::{
     JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord, WorkerInfo,
 };
-pub use store::{read_output, CommitOutcome, LeaderStore, StoredJob};
+pub use store::{CommitOutcome, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
 #[cfg(feature = "testkit")]
 pub(crate) use zk::encode_record;
 pub(crate) use zk::EPHEMERAL as EPHEMERAL_OPTIONS;

@@ -71,8 +71,11 @@ pub struct JobRecord {
 pub enum OutputRef {
     /// In the znode itself.
     Inline(ByteBuf),
-    /// In a file of the cluster's shared data directory (too big for ZooKeeper).
+    /// In a file of a shared data directory (written by earlier versions;
+    /// still read).
     File(String),
+    /// An object of the cluster's store (see [`crate::store`]), by name.
+    Object(String),
 }
 
 /// Data of `done/<bucket>/<i>-<g>`: one shard's committed outcome.

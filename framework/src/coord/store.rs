@@ -3,7 +3,6 @@
 //! transaction), so a deposed master can change nothing.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,14 +10,16 @@ use serde_bytes::ByteBuf;
 use zookeeper_client::{Client, Error as ZkError, OwnedLockClient};
 
 use super::records::{JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord};
+use crate::store::Store;
+
 use super::zk::{
     decode_record, encode_record, CoordError, Layout, EPHEMERAL, PERSISTENT, REQUEST_BUDGET,
 };
 use crate::core::{shard_count, CommittedShard, ShardKey};
 
-/// Outputs above this size are written to the shared data directory and
-/// referenced from ZooKeeper.
-const INLINE_LIMIT: usize = 256 * 1024;
+/// Outputs above this size are written to the cluster's store and
+/// referenced from ZooKeeper by name.
+pub const INLINE_LIMIT: usize = 256 * 1024;
 /// Transactions retried on connection loss at most this many times.
 const RETRIES: u32 = 20;
 
@@ -52,7 +53,7 @@ pub struct LeaderStore {
     epoch: u64,
     /// Version of `/epoch` when it was read (still `epoch - 1`).
     epoch_version: i32,
-    data_dir: PathBuf,
+    store: Store,
 }
 
 fn now_ms() -> u64 {
@@ -70,7 +71,7 @@ impl LeaderStore {
     pub async fn take_over(
         lock: OwnedLockClient,
         layout: Layout,
-        data_dir: PathBuf,
+        store: Store,
     ) -> Result<Self, CoordError> {
         let path = layout.epoch();
         let client = lock.client().clone();
@@ -111,7 +112,7 @@ impl LeaderStore {
                 layout,
                 epoch: old + 1,
                 epoch_version: stat.version,
-                data_dir,
+                store,
             });
         }
     }
@@ -497,38 +498,46 @@ impl LeaderStore {
         Ok(out)
     }
 
-    /// The directory of a job's spilled outputs, `spill/<job>/`: one whole
-    /// path segment per job, so that removing one job's files can never
-    /// touch another's (job ids may contain dots, and one id may start
-    /// with another). `None` for ids that are not a plain file name.
-    fn spill_dir(&self, job: &str) -> Option<PathBuf> {
-        let plain = !job.is_empty() && job != "." && job != ".." && !job.contains(['/', '\0']);
-        plain.then(|| self.data_dir.join("spill").join(job))
+    /// The cluster's store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
-    /// Stores an encoded output of `job` inline or, if large, as a file
-    /// named `<what>.e<epoch>.<run id>.out` in the job's spill directory:
-    /// no two writers (two runs of one shard, two masters) share a name,
-    /// so a committed file is never overwritten.
-    fn output_ref(&self, job: &str, what: &str, bytes: Vec<u8>) -> Result<OutputRef, CoordError> {
+    /// Where an output goes: inline if small, else a new object of the
+    /// store (create-only, a name no other writer uses).
+    async fn output_ref(&self, name: String, bytes: Vec<u8>) -> Result<OutputRef, CoordError> {
         if bytes.len() <= INLINE_LIMIT {
             return Ok(OutputRef::Inline(ByteBuf::from(bytes)));
         }
-        let dir = self.spill_dir(job).ok_or_else(|| CoordError::Garbage {
-            path: self.layout.job(job),
-            reason: "the job id is not a plain file name".into(),
-        })?;
-        let run = uuid::Uuid::new_v4().simple();
-        let path = dir.join(format!("{what}.e{}.{run}.out", self.epoch));
-        let err = |source| CoordError::File {
-            path: path.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(err)?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes).map_err(err)?;
-        std::fs::rename(&tmp, &path).map_err(err)?;
-        Ok(OutputRef::File(path.display().to_string()))
+        self.store.put_new(&name, bytes).await?;
+        Ok(OutputRef::Object(name))
+    }
+
+    /// Reads an output stored inline, in the store, or (written by earlier
+    /// versions) in a file.
+    pub async fn read_output(&self, output: &OutputRef) -> Result<Vec<u8>, CoordError> {
+        match output {
+            OutputRef::Inline(b) => Ok(b.to_vec()),
+            OutputRef::Object(name) => Ok(self.store.get(name).await?.to_vec()),
+            OutputRef::File(p) => tokio::fs::read(p).await.map_err(|source| CoordError::File {
+                path: p.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Deletes the store objects among `outputs` (inline outputs have
+    /// none). Exactly the names records referenced: nothing is listed, so
+    /// no other job's objects can be touched. A failure is logged, and the
+    /// object is left behind rather than the caller stopped.
+    pub async fn delete_outputs<'a>(&self, outputs: impl IntoIterator<Item = &'a OutputRef>) {
+        for o in outputs {
+            if let OutputRef::Object(name) = o {
+                if let Err(e) = self.store.delete(name).await {
+                    tracing::warn!(object = %name, error = %e, "cannot delete an object from the store");
+                }
+            }
+        }
     }
 
     /// Commits a shard's outcome, exactly once: the create fails with
@@ -538,11 +547,20 @@ impl LeaderStore {
         job: &str,
         key: ShardKey,
         attempt: u32,
-        output: Vec<u8>,
+        output: ShardOutput,
         failures: Vec<crate::core::TaskFailure>,
     ) -> Result<CommitOutcome, CoordError> {
         let path = self.layout.commit(job, key);
-        let output = self.output_ref(job, &key.to_string(), output)?;
+        let output = match output {
+            ShardOutput::Object(name) => {
+                Store::check_shard_output(job, &name)?;
+                OutputRef::Object(name)
+            }
+            ShardOutput::Bytes(bytes) => {
+                let name = Store::shard_output_name(job, &key.to_string(), self.epoch, attempt)?;
+                self.output_ref(name, bytes).await?
+            }
+        };
         let mut record = ShardRecord {
             epoch: self.epoch,
             attempt,
@@ -602,12 +620,15 @@ impl LeaderStore {
         output: Vec<u8>,
         failures: Vec<crate::core::TaskFailure>,
         counters: crate::core::Counters,
+        shard_outputs: &[OutputRef],
     ) -> Result<ResultRecord, CoordError> {
         let path = self.layout.result(&job.id);
         let job_path = self.layout.job(&job.id);
         let result = ResultRecord {
             epoch: self.epoch,
-            output: self.output_ref(&job.id, "result", output)?,
+            output: self
+                .output_ref(Store::result_name(&job.id, self.epoch)?, output)
+                .await?,
             failures,
             tasks_done: counters.tasks_done,
             tasks_failed: counters.tasks_failed,
@@ -640,6 +661,8 @@ impl LeaderStore {
         self.delete_children(&format!("{job_path}/batches")).await?;
         self.delete_children(&self.layout.done(&job.id)).await?;
         self.delete_children(&self.layout.lost(&job.id)).await?;
+        // The shard outputs are merged into the result: their objects go too.
+        self.delete_outputs(shard_outputs).await;
         Ok(result)
     }
 
@@ -718,16 +741,22 @@ impl LeaderStore {
             if !(expired || writing) {
                 kept.push(job);
             } else {
-                self.delete_tree(&self.layout.job(&job.id)).await?;
-                if let Some(dir) = self.spill_dir(&job.id) {
-                    match std::fs::remove_dir_all(&dir) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // The objects its records name: the result of a finished
+                // job, the committed outputs of a cancelled one.
+                let mut outputs: Vec<OutputRef> = Vec::new();
+                if let Some(r) = self.read_result(&job.id).await? {
+                    outputs.push(r.output);
+                }
+                if job.record.status == JobStatus::Cancelled {
+                    match self.read_commits(&job.id).await {
+                        Ok(commits) => outputs.extend(commits.into_values().map(|r| r.output)),
                         Err(e) => {
-                            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a collected job's files")
+                            tracing::warn!(job = %job.id, error = %e, "cannot read a cancelled job's commits; its objects stay in the store")
                         }
                     }
                 }
+                self.delete_tree(&self.layout.job(&job.id)).await?;
+                self.delete_outputs(&outputs).await;
             }
         }
         Ok(kept)
@@ -813,15 +842,13 @@ impl LeaderStore {
     }
 }
 
-/// Reads an output stored inline or in a file.
-pub fn read_output(output: &OutputRef) -> Result<Vec<u8>, CoordError> {
-    match output {
-        OutputRef::Inline(b) => Ok(b.to_vec()),
-        OutputRef::File(p) => std::fs::read(Path::new(p)).map_err(|source| CoordError::File {
-            path: p.clone(),
-            source,
-        }),
-    }
+/// A shard's output as the master receives it.
+#[derive(Debug)]
+pub enum ShardOutput {
+    /// The encoded bytes (stored inline, or in the store if big).
+    Bytes(Vec<u8>),
+    /// The name of the store object its worker wrote.
+    Object(String),
 }
 
 impl From<&ShardRecord> for CommittedShard {

@@ -51,7 +51,7 @@ pub enum CoordError {
         /// Its encoded size.
         len: usize,
     },
-    /// Local file I/O for spilled outputs.
+    /// Local file I/O for outputs written by earlier versions.
     #[error("cannot access {path}: {source}")]
     File {
         /// The file.
@@ -59,6 +59,9 @@ pub enum CoordError {
         /// The error.
         source: std::io::Error,
     },
+    /// The cluster's object store failed or holds garbage.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl CoordError {

@@ -12,6 +12,7 @@ use crate::coord::{self, Layout, MasterInfo};
 use crate::zkserver::{ServerHost, ZkServer, ZkServerOptions};
 
 pub mod net;
+pub mod s3;
 
 pub struct Node {
     pub id: String,
@@ -33,6 +34,10 @@ pub struct Cluster {
     /// The test hosts, for a cluster spread over several (see [`net`]).
     /// Dropped last: its namespaces go after every process in them.
     pub net: Option<net::Net>,
+    /// Environment of every node and CLI command (store credentials).
+    pub env: Vec<(String, String)>,
+    /// A store server of the cluster's own, stopped before the hosts go.
+    pub s3: Option<s3::S3Server>,
 }
 
 impl Cluster {
@@ -82,7 +87,26 @@ impl Cluster {
             cluster: "test".into(),
             bin: bin.into(),
             net,
+            env: Vec::new(),
+            s3: None,
         }
+    }
+
+    /// Starts an S3-compatible server (moto's) on test host `host` and
+    /// points every node started afterwards at it (`--store` and the
+    /// `AWS_*` variables); returns the store URL.
+    pub fn s3_store_on(&mut self, host: &str) -> String {
+        let net = self.net();
+        let at = (
+            net.netns(host).to_string(),
+            std::net::IpAddr::V4(net.ip(host)),
+        );
+        let server = s3::S3Server::start(self.dir.path(), Some((&at.0, at.1)));
+        let url = server.url(&self.cluster);
+        self.env.extend(server.env());
+        self.env.push(("RINGLEADER_STORE".into(), url.clone()));
+        self.s3 = Some(server);
+        url
     }
 
     /// The test hosts (panics for a cluster on loopback).
@@ -150,6 +174,7 @@ impl Cluster {
             None => Command::new(&self.bin),
         };
         let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["node", "--cluster", &self.cluster, "--node-id", id])
             .args(&args)
             .args(extra)
@@ -254,7 +279,8 @@ impl Cluster {
     }
 
     fn cli_command_in(&self, mut c: Command, cmd: &str, args: &[&str]) -> Command {
-        c.args([cmd, "--zk", &self.zk_connect(), "--cluster", &self.cluster])
+        c.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args([cmd, "--zk", &self.zk_connect(), "--cluster", &self.cluster])
             .arg("--certs")
             .arg(&self.certs)
             .args(args)
@@ -340,6 +366,7 @@ impl Drop for Cluster {
         for s in &mut self.servers {
             s.kill();
         }
+        drop(self.s3.take());
         // RINGLEADER_KEEP_TEST_DIRS=1 keeps logs and data for a post-mortem.
         if std::env::var_os("RINGLEADER_KEEP_TEST_DIRS").is_some() {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));

@@ -87,8 +87,28 @@ fn test_hosts_are_delayed_cut_and_removed() {
     assert!(net.rtt("plain", 3) < Duration::from_millis(5));
 
     // A process on a host is killed with it.
-    let mut sleeper = net.command("plain", "sleep").arg("600").spawn().unwrap();
+    let mut sleeper = net
+        .command("plain", "sleep")
+        .arg("600")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let ns = net.netns("plain").to_string();
+    let pid = sleeper.id().to_string();
+    // `ip netns exec` enters the namespace, then execs: wait until it has.
+    let inside = (0..250).any(|_| {
+        let pids = std::process::Command::new("ip")
+            .args(["netns", "pids", &ns])
+            .output()
+            .unwrap()
+            .stdout;
+        std::thread::sleep(Duration::from_millis(20));
+        String::from_utf8_lossy(&pids)
+            .split_whitespace()
+            .any(|p| p == pid)
+    });
+    assert!(inside, "the process never entered host plain");
     drop(net);
     assert!(!namespaces().contains(&ns), "the harness left {ns}");
     let ended = (0..100).any(|_| {
@@ -98,21 +118,23 @@ fn test_hosts_are_delayed_cut_and_removed() {
     assert!(ended, "a process on a removed host still runs");
 }
 
-/// Word count with ZooKeeper, three nodes and the client each on a host of
-/// its own; the master is killed with kill -9 mid-job, with split counts
-/// big enough to be kept outside ZooKeeper. The next master, on another
-/// host, finishes the job: the client's count equals the single-process
-/// count and no task failed.
+/// Word count with ZooKeeper, the S3 store, three nodes and the client each
+/// on a host of its own; the master is killed with kill -9 mid-job, with
+/// split counts big enough to live in the store. The next master, on
+/// another host, reads them back and finishes the job: the client's count
+/// equals the single-process count and no task failed. A node given wrong
+/// store credentials refuses to start.
 #[test]
 fn word_count_across_hosts_survives_the_master_killed_mid_job() {
     let Some(mut net) = Net::new("word_count_across_hosts_survives_the_master_killed_mid_job")
     else {
         return;
     };
-    for h in ["zk", "n1", "n2", "n3", "client"] {
+    for h in ["zk", "store", "n1", "n2", "n3", "client"] {
         net.host(h);
     }
     let mut c = Cluster::on_net(BIN, net, &["zk"]);
+    let store = c.s3_store_on("store");
     let (corpus, baseline) = corpus_with(c.dir.path(), 32, 11, 100_000);
     for n in ["n1", "n2", "n3"] {
         c.node_on(n, n, &[]);
@@ -157,8 +179,9 @@ fn word_count_across_hosts_survives_the_master_killed_mid_job() {
         let (data, _) = zk.get_data(&format!("{bucket}/{shard}")).await.unwrap();
         let rec: ShardRecord = rmp_serde::from_slice(&data).unwrap();
         assert!(
-            !matches!(rec.output, OutputRef::Inline(_)),
-            "split counts small enough for ZooKeeper: {shard}"
+            matches!(rec.output, OutputRef::Object(_)),
+            "split counts not in the store: {shard} {:?}",
+            std::mem::discriminant(&rec.output)
         );
         c.kill9(&first.node_id);
         let committed = zk.list_children(&bucket).await.map_or(0, |v| v.len());
@@ -177,6 +200,29 @@ fn word_count_across_hosts_survives_the_master_killed_mid_job() {
     );
     assert!(stdout.contains("distinct"), "{stdout}");
     assert_same_file(&out, &baseline);
+
+    // Wrong credentials: the node says so at start instead of failing jobs.
+    let mut node = c.net().command("client", &c.bin);
+    node.envs(c.env.iter().map(|(k, v)| (k, v)))
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .args([
+            "node",
+            "--zk",
+            &c.zk_connect(),
+            "--cluster",
+            "other",
+            "--store",
+            &store,
+        ])
+        .arg("--certs")
+        .arg(&c.certs);
+    let (status, _, stderr) =
+        Background::start(node, c.dir.path(), "node-bad-store").wait(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("SignatureDoesNotMatch") && stderr.contains("check --store"),
+        "{stderr}"
+    );
 }
 
 /// A worker's host is cut off the network mid-job (ZooKeeper is a
