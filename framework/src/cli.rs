@@ -17,6 +17,7 @@ use serde_bytes::ByteBuf;
 use crate::client::{Client, ClientConfig, JobReport};
 use crate::node::{self, NodeBuilder, NodeConfig, Role};
 use crate::registry::{decode, encode};
+use crate::store::Store;
 use crate::task::Job;
 use crate::transport::tls;
 use crate::wire::{JobOptions, JobProgress, JobState};
@@ -31,6 +32,13 @@ pub trait CliJob: Job {
     type Args: Args + FromArgMatches + Send + 'static;
     /// Builds the tasks from the arguments (client side).
     fn tasks(args: &Self::Args) -> Result<Vec<Self::Task>, BoxError>;
+    /// The arguments that name input files, if any: `submit --upload`
+    /// copies those that are local paths into the cluster's store and
+    /// replaces them with the objects' URLs before [`CliJob::tasks`] runs.
+    fn inputs(args: &mut Self::Args) -> Vec<&mut String> {
+        let _ = args;
+        Vec::new()
+    }
     /// Writes or prints the result (client side).
     fn output(args: &Self::Args, result: Self::Result, report: &JobReport) -> Result<(), BoxError>;
 }
@@ -41,7 +49,12 @@ pub(crate) trait ErasedCliJob: Send + Sync {
     fn name(&self) -> &'static str;
     fn default_shard_size(&self) -> u32;
     fn augment(&self, cmd: clap::Command) -> clap::Command;
-    fn plan(&self, m: &ArgMatches, with_tasks: bool) -> anyhow::Result<(Vec<ByteBuf>, Finish)>;
+    fn plan(
+        &self,
+        m: &ArgMatches,
+        with_tasks: bool,
+        upload: Option<&Store>,
+    ) -> anyhow::Result<(Vec<ByteBuf>, Finish)>;
 }
 
 pub(crate) struct CliEntry<J>(PhantomData<fn() -> J>);
@@ -62,8 +75,20 @@ impl<J: CliJob> ErasedCliJob for CliEntry<J> {
     fn augment(&self, cmd: clap::Command) -> clap::Command {
         J::Args::augment_args(cmd)
     }
-    fn plan(&self, m: &ArgMatches, with_tasks: bool) -> anyhow::Result<(Vec<ByteBuf>, Finish)> {
-        let args = J::Args::from_arg_matches(m)?;
+    fn plan(
+        &self,
+        m: &ArgMatches,
+        with_tasks: bool,
+        upload: Option<&Store>,
+    ) -> anyhow::Result<(Vec<ByteBuf>, Finish)> {
+        let mut args = J::Args::from_arg_matches(m)?;
+        if let Some(store) = upload {
+            for input in J::inputs(&mut args) {
+                if let Some(url) = upload_input(store, input)? {
+                    *input = url;
+                }
+            }
+        }
         let tasks = if with_tasks {
             J::tasks(&args)
                 .map_err(|e| anyhow!("{e}"))?
@@ -83,6 +108,45 @@ impl<J: CliJob> ErasedCliJob for CliEntry<J> {
         });
         Ok((tasks, finish))
     }
+}
+
+/// Copies `input` into `store` if it is a local file; returns its URL.
+fn upload_input(store: &Store, input: &str) -> anyhow::Result<Option<String>> {
+    if input.contains("://") && !input.starts_with("file://") {
+        return Ok(None);
+    }
+    let path = Path::new(input.strip_prefix("file://").unwrap_or(input));
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read input {}", path.display()))?
+        .len();
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("input");
+    let name = format!("inputs/{}/{file_name}", uuid::Uuid::new_v4().simple());
+    let url = store.url_of(&name);
+    eprintln!(
+        "uploading {} ({:.1} MiB) to {url}",
+        path.display(),
+        size as f64 / f64::from(1 << 20)
+    );
+    let started = Instant::now();
+    let mut next_report = size / 4;
+    let sent = futures::executor::block_on(store.upload(path, &name, move |sent| {
+        if sent >= next_report && sent < size {
+            eprintln!("  {:.0}%", sent as f64 * 100.0 / size.max(1) as f64);
+            next_report = sent + size / 4;
+        }
+    }))
+    .with_context(|| format!("uploading {}", path.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "  uploaded {:.1} MiB in {secs:.1} s ({:.0} MB/s)",
+        sent as f64 / f64::from(1 << 20),
+        sent as f64 / 1e6 / secs.max(1e-9)
+    );
+    Ok(Some(url))
 }
 
 #[derive(Parser, Debug)]
@@ -187,6 +251,11 @@ struct SubmitArgs {
     /// Return once the job is accepted, without waiting for the result.
     #[arg(long)]
     detach: bool,
+    /// Copy input files that are local paths into the cluster's store first
+    /// (the store the master publishes), so that workers on other hosts
+    /// read them from there.
+    #[arg(long)]
+    upload: bool,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -361,7 +430,16 @@ impl NodeBuilder {
             }
             Cmd::Submit(a) => {
                 let job = self.command_line_job()?;
-                let (tasks, finish) = job.plan(&sub, true)?;
+                let store = if a.upload {
+                    let conn = a.conn.clone();
+                    Some(block_on(async move {
+                        let client = Client::connect(client_config(&conn)).await?;
+                        Ok(client.cluster_store().await?)
+                    })?)
+                } else {
+                    None
+                };
+                let (tasks, finish) = job.plan(&sub, true, store.as_ref())?;
                 let opts = a.job.options(job.as_ref());
                 block_on(submit(
                     &a.conn,
@@ -375,7 +453,7 @@ impl NodeBuilder {
             }
             Cmd::Result(a) => {
                 let job = self.command_line_job()?;
-                let (_, finish) = job.plan(&sub, false)?;
+                let (_, finish) = job.plan(&sub, false, None)?;
                 block_on(async move {
                     let client = Client::connect(client_config(&a.conn)).await?;
                     let (bytes, report) = client.fetch_encoded(&a.job_id).await?;
@@ -414,7 +492,7 @@ impl NodeBuilder {
             }),
             Cmd::Local(a) => {
                 let job = self.command_line_job()?;
-                let (tasks, finish) = job.plan(&sub, true)?;
+                let (tasks, finish) = job.plan(&sub, true, None)?;
                 let opts = a.job.options(job.as_ref());
                 run_local(a, job.name(), tasks, opts, finish)
             }
@@ -451,7 +529,7 @@ fn status_json(s: &crate::wire::ClusterStatus) -> String {
     serde_json::to_string(s).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+fn block_on<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyhow::Result<T> {
     actix::System::new().block_on(f)
 }
 

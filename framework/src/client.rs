@@ -485,6 +485,27 @@ impl Client {
         }
     }
 
+    /// The cluster's object store, as the serving master publishes it
+    /// (opened with this process's credentials: `AWS_*` for S3).
+    pub async fn cluster_store(&self) -> Result<crate::store::Store, ClientError> {
+        let master = self.find_master(None).await?;
+        if master.store.is_empty() {
+            return Err(ClientError::Refused(
+                "the master publishes no store URL (an older version); upgrade the nodes".into(),
+            ));
+        }
+        let store = crate::store::Store::open(&master.store)
+            .map_err(|e| ClientError::Refused(e.to_string()))?;
+        if store.is_local() {
+            tracing::warn!(
+                store = store.url(),
+                "the cluster's store is a directory: files uploaded from this host land in \
+                 this host's directory of that name, which workers read only if they share it"
+            );
+        }
+        Ok(store)
+    }
+
     /// The ZooKeeper session (for tools and tests).
     pub fn zookeeper(&self) -> &ZkClient {
         &self.inner.zk

@@ -196,6 +196,16 @@ impl Store {
         &self.url
     }
 
+    /// The URL of object `name` (what [`Store::open`] of the object's
+    /// bucket, or a task's `open_input`, reads back).
+    pub fn url_of(&self, name: &str) -> String {
+        format!(
+            "{}/{}",
+            self.url.trim_end_matches('/'),
+            name.trim_start_matches('/')
+        )
+    }
+
     /// Whether it is a directory of this host (other hosts cannot see it
     /// unless it is on a shared filesystem).
     pub fn is_local(&self) -> bool {

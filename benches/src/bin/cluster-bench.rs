@@ -219,7 +219,7 @@ fn count_in_threads(splits: &[wordcount::CountWords]) -> (wordcount::Counts, f64
                 s.spawn(move || {
                     let mut acc = wordcount::Counts::default();
                     for t in h {
-                        if let Ok(c) = wordcount::count_split(&t.path, t.offset, t.len, false) {
+                        if let Ok(c) = wordcount::count_task(t, None) {
                             wordcount::merge(&mut acc, c);
                         }
                     }
@@ -525,7 +525,7 @@ impl Bench {
         }
         let bytes = std::fs::metadata(&corpus)?.len() as f64;
         let splits = wordcount::plan(
-            std::slice::from_ref(&corpus),
+            &[corpus.display().to_string()],
             (bytes as u64)
                 .div_ceil(self.args.splits.max(1))
                 .max(1 << 20),

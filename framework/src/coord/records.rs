@@ -21,6 +21,10 @@ pub struct MasterInfo {
     /// address that does not answer before it gives up.
     #[serde(default)]
     pub session_timeout_ms: u64,
+    /// The cluster's store URL (`--store`), so that clients can upload
+    /// inputs to it.
+    #[serde(default)]
+    pub store: String,
 }
 
 /// Data of `/workers/<node-id>`.

@@ -142,6 +142,7 @@ impl LeaderStore {
             addr: addr.to_string(),
             epoch: self.epoch,
             session_timeout_ms: self.client().session_timeout().as_millis() as u64,
+            store: self.store.url().to_string(),
         };
         let data = encode_record(&path, &info)?;
         let ours = |found: &Option<MasterInfo>| found.as_ref() == Some(&info);

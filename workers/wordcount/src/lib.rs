@@ -1,6 +1,8 @@
-//! Word count on Ringleader: input files are split into byte ranges, each a
+//! Word count on Ringleader: inputs are split into byte ranges, each a
 //! [`CountWords`] task; a shard's counts are merged on its worker and the
-//! master merges the shards'.
+//! master merges the shards'. An input is a local path (or `file://` URL),
+//! read where that path exists, or an object store URL (`s3://bucket/key`,
+//! such as what `submit --upload` writes), read by byte ranges.
 //!
 //! A word is a maximal run of characters that are not Unicode White_Space
 //! (`char::is_whitespace`), case-sensitive. With `--normalize` a word is
@@ -14,9 +16,11 @@ pub mod corpus;
 use std::collections::HashMap;
 
 use compact_str::CompactString;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use ringleader::store::Store;
 
 use ringleader::cli::{BoxError, CliJob};
 use ringleader::{Job, JobReport, Task, TaskContext, TaskError};
@@ -28,11 +32,12 @@ use serde::{Deserialize, Serialize};
 /// than SipHash on short keys (the seed is still random per map).
 pub type Counts = HashMap<CompactString, u64, foldhash::fast::RandomState>;
 
-/// Count the words starting in `path[offset .. offset + len)`.
+/// Count the words starting in `input[offset .. offset + len)`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CountWords {
-    /// The input file (every worker must see it at this path).
-    pub path: PathBuf,
+    /// The input: an absolute path (every worker must see it there) or an
+    /// object store URL (`s3://bucket/key`).
+    pub input: String,
     /// First byte of the split.
     pub offset: u64,
     /// Bytes in the split.
@@ -44,12 +49,12 @@ pub struct CountWords {
 /// Errors of counting.
 #[derive(Debug)]
 pub enum CountError {
-    /// The file cannot be read.
-    Io(PathBuf, std::io::Error),
-    /// The file is not UTF-8.
+    /// The input cannot be read.
+    Io(String, String),
+    /// The input is not UTF-8.
     Utf8 {
-        /// The file.
-        path: PathBuf,
+        /// The input.
+        path: String,
         /// Byte offset of the first invalid byte.
         offset: u64,
     },
@@ -58,14 +63,125 @@ pub enum CountError {
 impl std::fmt::Display for CountError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CountError::Io(p, e) => write!(f, "cannot read {}: {e}", p.display()),
-            CountError::Utf8 { path, offset } => write!(
-                f,
-                "{} is not valid UTF-8 at byte offset {offset}",
-                path.display()
-            ),
+            CountError::Io(p, e) => write!(f, "cannot read {p}: {e}"),
+            CountError::Utf8 { path, offset } => {
+                write!(f, "{path} is not valid UTF-8 at byte offset {offset}")
+            }
         }
     }
+}
+
+/// An input read by byte ranges: a local file or a store object.
+pub trait Source {
+    /// What to call it in errors.
+    fn name(&self) -> &str;
+    /// Its length in bytes.
+    fn size(&self) -> Result<u64, CountError>;
+    /// Bytes `range` (clipped to the end).
+    fn read(&self, range: Range<u64>) -> Result<Vec<u8>, CountError>;
+}
+
+/// A local file.
+pub struct FileSource {
+    name: String,
+    file: std::fs::File,
+}
+
+impl FileSource {
+    /// Opens `path`.
+    pub fn open(path: &Path) -> Result<Self, CountError> {
+        let name = path.display().to_string();
+        let file =
+            std::fs::File::open(path).map_err(|e| CountError::Io(name.clone(), e.to_string()))?;
+        Ok(FileSource { name, file })
+    }
+}
+
+impl Source for FileSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn size(&self) -> Result<u64, CountError> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| CountError::Io(self.name.clone(), e.to_string()))
+    }
+    fn read(&self, range: Range<u64>) -> Result<Vec<u8>, CountError> {
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match self
+                .file
+                .read_at(&mut buf[done..], range.start + done as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CountError::Io(self.name.clone(), e.to_string())),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+}
+
+/// An object of a store, read with ranged GETs.
+pub struct ObjectSource {
+    url: String,
+    store: Store,
+    key: String,
+}
+
+impl Source for ObjectSource {
+    fn name(&self) -> &str {
+        &self.url
+    }
+    fn size(&self) -> Result<u64, CountError> {
+        self.store
+            .size_blocking(&self.key)
+            .map_err(|e| CountError::Io(self.url.clone(), e.to_string()))
+    }
+    fn read(&self, range: Range<u64>) -> Result<Vec<u8>, CountError> {
+        self.store
+            .get_range_blocking(&self.key, range)
+            .map(|b| b.to_vec())
+            .map_err(|e| CountError::Io(self.url.clone(), e.to_string()))
+    }
+}
+
+/// Opens an input: a path or `file://` URL, or an object URL, read through
+/// `cluster` (the cluster's store) when it lies inside it, else through a
+/// store opened for its bucket (credentials from the environment).
+pub fn open_input(input: &str, cluster: Option<&Store>) -> Result<Box<dyn Source>, CountError> {
+    let io = |e: String| CountError::Io(input.to_string(), e);
+    if let Some(path) = input.strip_prefix("file://") {
+        return Ok(Box::new(FileSource::open(Path::new(path))?));
+    }
+    let Some((scheme, rest)) = input.split_once("://") else {
+        return Ok(Box::new(FileSource::open(Path::new(input))?));
+    };
+    if let Some(store) = cluster {
+        let inside = input
+            .strip_prefix(store.url().trim_end_matches('/'))
+            .and_then(|r| r.strip_prefix('/'));
+        if let Some(key) = inside {
+            return Ok(Box::new(ObjectSource {
+                url: input.to_string(),
+                store: store.clone(),
+                key: key.to_string(),
+            }));
+        }
+    }
+    let (bucket, key) = rest
+        .split_once('/')
+        .ok_or_else(|| io("an object URL needs a bucket and a key".into()))?;
+    let store = Store::open(&format!("{scheme}://{bucket}")).map_err(|e| io(e.to_string()))?;
+    Ok(Box::new(ObjectSource {
+        url: input.to_string(),
+        store,
+        key: key.to_string(),
+    }))
 }
 
 impl std::error::Error for CountError {}
@@ -163,9 +279,18 @@ pub fn count_split(
     len: u64,
     normalize: bool,
 ) -> Result<Counts, CountError> {
-    let io = |e| CountError::Io(path.to_path_buf(), e);
-    let mut f = File::open(path).map_err(io)?;
-    let file_len = f.metadata().map_err(io)?.len();
+    count_range(&FileSource::open(path)?, offset, len, normalize)
+}
+
+/// Counts the words starting in `[offset, offset + len)` of an input.
+pub fn count_range(
+    src: &dyn Source,
+    offset: u64,
+    len: u64,
+    normalize: bool,
+) -> Result<Counts, CountError> {
+    let path = src.name().to_string();
+    let file_len = src.size()?;
     let end = (offset + len).min(file_len);
     let mut counts = Counts::default();
     if offset >= end {
@@ -175,12 +300,7 @@ pub fn count_split(
     // 4 bytes after (where the split's last character may end).
     let read_from = offset.saturating_sub(4);
     let read_to = (end + 4).min(file_len);
-    f.seek(SeekFrom::Start(read_from)).map_err(io)?;
-    let mut whole = Vec::with_capacity((read_to - read_from) as usize);
-    (&mut f)
-        .take(read_to - read_from)
-        .read_to_end(&mut whole)
-        .map_err(io)?;
+    let whole = src.read(read_from..read_to)?;
     let base = read_from;
     // Both neighbours cut at the first character boundary at or after the nominal offset.
     let boundary_at_or_after = |from: usize| {
@@ -196,12 +316,12 @@ pub fn count_split(
     };
     if s > e || s - (offset - base) as usize > 3 {
         return Err(CountError::Utf8 {
-            path: path.to_path_buf(),
+            path: path.clone(),
             offset,
         });
     }
     let text = std::str::from_utf8(&whole[s..e]).map_err(|err| CountError::Utf8 {
-        path: path.to_path_buf(),
+        path: path.clone(),
         offset: base + s as u64 + err.valid_up_to() as u64,
     })?;
     // Does a word run into the split from before?
@@ -234,15 +354,20 @@ pub fn count_split(
     let mut last = body[cut..].to_string();
     // Read on until whitespace or the end of the file.
     let mut pos = base + e as u64;
-    f.seek(SeekFrom::Start(pos)).map_err(io)?;
+    let mut read_at = pos;
     let mut pending: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 4096];
     'outer: loop {
-        let n = f.read(&mut chunk).map_err(io)?;
+        let chunk = if read_at < file_len {
+            src.read(read_at..(read_at + 4096).min(file_len))?
+        } else {
+            Vec::new()
+        };
+        read_at += chunk.len() as u64;
+        let n = chunk.len();
         if n == 0 {
             if !pending.is_empty() {
                 return Err(CountError::Utf8 {
-                    path: path.to_path_buf(),
+                    path: path.clone(),
                     offset: pos,
                 });
             }
@@ -253,7 +378,7 @@ pub fn count_split(
             Ok(t) => t.len(),
             Err(err) if err.error_len().is_some() => {
                 return Err(CountError::Utf8 {
-                    path: path.to_path_buf(),
+                    path: path.clone(),
                     offset: pos + err.valid_up_to() as u64,
                 })
             }
@@ -272,11 +397,22 @@ pub fn count_split(
     Ok(counts)
 }
 
+/// Counts one task's split, reading through `cluster` where its input is
+/// an object of the cluster's store.
+pub fn count_task(t: &CountWords, cluster: Option<&Store>) -> Result<Counts, CountError> {
+    count_range(
+        &*open_input(&t.input, cluster)?,
+        t.offset,
+        t.len,
+        t.normalize,
+    )
+}
+
 impl Task for CountWords {
     type Output = Counts;
     const NAME: &'static str = "count-words";
-    fn run(self, _ctx: &TaskContext) -> Result<Counts, TaskError> {
-        count_split(&self.path, self.offset, self.len, self.normalize).map_err(|e| match e {
+    fn run(self, ctx: &TaskContext) -> Result<Counts, TaskError> {
+        count_task(&self, ctx.store.as_ref()).map_err(|e| match e {
             CountError::Io(..) => TaskError::retryable(e),
             CountError::Utf8 { .. } => TaskError::permanent(e),
         })
@@ -300,8 +436,10 @@ pub struct WordCount;
 /// Arguments of `submit` and `local`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WordCountArgs {
-    /// Input files (UTF-8); every worker must see them at the same paths.
-    pub files: Vec<PathBuf>,
+    /// Inputs (UTF-8): paths every worker sees at the same place, or object
+    /// store URLs (s3://bucket/key); with `submit --upload`, local files
+    /// are first copied into the cluster's store.
+    pub files: Vec<String>,
     /// Where to write `word<TAB>count` lines.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -356,24 +494,32 @@ impl Job for WordCount {
     }
 }
 
-/// Cuts files into splits of `split` bytes, checking each is readable.
-pub fn plan(files: &[PathBuf], split: u64, normalize: bool) -> Result<Vec<CountWords>, BoxError> {
-    if files.is_empty() {
+/// Cuts inputs into splits of `split` bytes, checking each is readable:
+/// a missing input is refused here, naming it, before anything runs.
+pub fn plan(inputs: &[String], split: u64, normalize: bool) -> Result<Vec<CountWords>, BoxError> {
+    if inputs.is_empty() {
         return Err("no input files given".into());
     }
     let mut tasks = Vec::new();
-    for path in files {
-        let abs = std::fs::canonicalize(path)
-            .map_err(|e| format!("cannot read input {}: {e}", path.display()))?;
-        let len = std::fs::metadata(&abs)
-            .map_err(|e| format!("cannot read input {}: {e}", path.display()))?
-            .len();
-        File::open(&abs).map_err(|e| format!("cannot open input {}: {e}", path.display()))?;
+    for input in inputs {
+        let local = !input.contains("://") || input.starts_with("file://");
+        let input = if local {
+            let path = input.strip_prefix("file://").unwrap_or(input);
+            std::fs::canonicalize(path)
+                .map_err(|e| format!("cannot read input {input}: {e}"))?
+                .display()
+                .to_string()
+        } else {
+            input.clone()
+        };
+        let len = open_input(&input, None)
+            .and_then(|src| src.size())
+            .map_err(|e| format!("cannot read input {e}"))?;
         let mut offset = 0;
         while offset < len {
             let n = split.min(len - offset);
             tasks.push(CountWords {
-                path: abs.clone(),
+                input: input.clone(),
                 offset,
                 len: n,
                 normalize,
@@ -397,7 +543,7 @@ pub fn sorted(counts: &Counts) -> Vec<(&str, u64)> {
 /// Writes `word<TAB>count` lines.
 pub fn write_counts(path: &Path, counts: &Counts) -> std::io::Result<()> {
     use std::io::Write;
-    let mut w = std::io::BufWriter::new(File::create(path)?);
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
     for (word, c) in sorted(counts) {
         writeln!(w, "{word}\t{c}")?;
     }
@@ -406,6 +552,9 @@ pub fn write_counts(path: &Path, counts: &Counts) -> std::io::Result<()> {
 
 impl CliJob for WordCount {
     type Args = WordCountArgs;
+    fn inputs(args: &mut WordCountArgs) -> Vec<&mut String> {
+        args.files.iter_mut().collect()
+    }
     fn tasks(args: &WordCountArgs) -> Result<Vec<CountWords>, BoxError> {
         let split = if args.split_mib > 0 {
             args.split_mib << 20
@@ -413,8 +562,7 @@ impl CliJob for WordCount {
             let total: u64 = args
                 .files
                 .iter()
-                .filter_map(|f| std::fs::metadata(f).ok())
-                .map(|m| m.len())
+                .filter_map(|f| open_input(f, None).and_then(|s| s.size()).ok())
                 .sum();
             total.div_ceil(12).clamp(1 << 20, 64 << 20)
         };
@@ -558,6 +706,42 @@ mod tests {
     }
 
     #[test]
+    fn splits_read_from_a_store_object_count_as_from_the_file() {
+        let text = "día noche día\u{3000}夜 夜 x y\nz día ".repeat(40);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store").display().to_string()).unwrap();
+        futures_block_on(store.put_new("inputs/u/t.txt", text.clone().into_bytes())).unwrap();
+        let url = store.url_of("inputs/u/t.txt");
+        let mut want = Counts::default();
+        count_str(&text, false, &mut want);
+        for cluster in [Some(&store), None] {
+            let src = open_input(&url, cluster).unwrap();
+            assert_eq!(src.size().unwrap(), text.len() as u64);
+            for split in [1u64, 7, 64, 4096] {
+                let mut all = Counts::default();
+                let mut off = 0;
+                while off < text.len() as u64 {
+                    merge(&mut all, count_range(&*src, off, split, false).unwrap());
+                    off += split;
+                }
+                assert_eq!(all, want, "split {split}");
+            }
+        }
+        let tasks = plan(std::slice::from_ref(&url), 100, false).unwrap();
+        assert_eq!(tasks.iter().map(|t| t.len).sum::<u64>(), text.len() as u64);
+        let missing = plan(&[store.url_of("inputs/u/none.txt")], 100, false).unwrap_err();
+        assert!(missing.to_string().contains("none.txt"), "{missing}");
+    }
+
+    fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
     fn invalid_utf8_names_the_offset() {
         let f = file(b"good words \xff\xfe bad");
         let err = by_splits(f.path(), 100, false).unwrap_err();
@@ -567,7 +751,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_a_clear_error() {
-        let err = plan(&[PathBuf::from("/no/such/file")], 10, false).unwrap_err();
+        let err = plan(&["/no/such/file".to_string()], 10, false).unwrap_err();
         assert!(err.to_string().contains("/no/such/file"), "{err}");
     }
 }

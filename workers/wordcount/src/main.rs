@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use wordcount::{corpus, count_split, merge, plan, sorted, write_counts, Counts, WordCount};
+use wordcount::{corpus, count_task, merge, plan, sorted, write_counts, Counts, WordCount};
 
 #[derive(Parser)]
 #[command(about = "Generate a Zipf corpus")]
@@ -30,7 +30,7 @@ struct Generate {
 #[command(about = "Count words in this process (the baseline), with T threads")]
 struct Count {
     /// Input files.
-    files: Vec<PathBuf>,
+    files: Vec<String>,
     /// Output file.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -72,10 +72,7 @@ fn main() -> anyhow::Result<()> {
                         s.spawn(move || {
                             let mut acc = Counts::default();
                             for t in chunk {
-                                merge(
-                                    &mut acc,
-                                    count_split(&t.path, t.offset, t.len, t.normalize)?,
-                                );
+                                merge(&mut acc, count_task(t, None)?);
                             }
                             Ok(acc)
                         })

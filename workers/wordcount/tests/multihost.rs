@@ -119,8 +119,10 @@ fn test_hosts_are_delayed_cut_and_removed() {
 }
 
 /// Word count with ZooKeeper, the S3 store, three nodes and the client each
-/// on a host of its own; the master is killed with kill -9 mid-job, with
-/// split counts big enough to live in the store. The next master, on
+/// on a host of its own. The client uploads its corpus to the store
+/// (`submit --upload`) and the workers read their splits from there; the
+/// master is killed with kill -9 mid-job, with split counts big enough to
+/// live in the store. The next master, on
 /// another host, reads them back and finishes the job: the client's count
 /// equals the single-process count and no task failed. A node given wrong
 /// store credentials refuses to start.
@@ -155,6 +157,7 @@ fn word_count_across_hosts_survives_the_master_killed_mid_job() {
                 "client",
                 "submit",
                 &[
+                    "--upload",
                     "--job-id",
                     "wc-hosts",
                     "--split-mib",
@@ -199,6 +202,10 @@ fn word_count_across_hosts_survives_the_master_killed_mid_job() {
         c.logs()
     );
     assert!(stdout.contains("distinct"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("to {store}/inputs/")),
+        "the corpus was not uploaded: {stderr}"
+    );
     assert_same_file(&out, &baseline);
 
     // Wrong credentials: the node says so at start instead of failing jobs.
@@ -332,6 +339,7 @@ fn a_client_on_another_host_gets_errors_that_name_the_address() {
             addr: nowhere.into(),
             epoch: 1,
             session_timeout_ms: 1000,
+            store: String::new(),
         };
         c.publish_master(&zk, &info).await;
         let (status, stderr, took) = status_on_client("status-noroute");

@@ -58,7 +58,7 @@ pub async fn job_in_flight(
     client: &ringleader::Client,
     corpus: &Path,
 ) -> ringleader::JobHandle<wordcount::WordCount> {
-    let tasks = wordcount::plan(&[corpus.to_path_buf()], 128 << 10, false).expect("plan");
+    let tasks = wordcount::plan(&[corpus.display().to_string()], 128 << 10, false).expect("plan");
     let n = tasks.len() as u64;
     let job = client
         .submit::<wordcount::WordCount>(tasks, Default::default())
