@@ -401,3 +401,97 @@ fn scrape(addr: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A submission's upload is cut off midway (the master's host loses its
+/// link while about 6 MB of tasks travel over a 100 ms round trip), the
+/// master is killed, and the link comes back: the client's retry with the
+/// same job id reaches the next master and leaves exactly one job, whose
+/// result is exact.
+#[test]
+fn a_submission_cut_mid_upload_and_retried_leaves_exactly_one_job() {
+    let Some(mut net) = Net::new("a_submission_cut_mid_upload_and_retried_leaves_exactly_one_job")
+    else {
+        return;
+    };
+    net.host("zk");
+    let slow = LinkParams {
+        one_way_delay: Duration::from_millis(50),
+        loss: 0.0,
+    };
+    net.emulated_host("m1", slow);
+    net.host("m2");
+    net.host("w");
+    let metrics = format!("{}:9100", net.ip("m1"));
+    let mut c = Cluster::on_net(BIN, net, &["zk"]);
+    let (corpus, baseline) = corpus(c.dir.path(), 4, 13);
+    c.node_on(
+        "m1",
+        "m1",
+        &["--role", "candidate", "--metrics-addr", &metrics],
+    );
+    let size = std::fs::metadata(&corpus).unwrap().len();
+    // 64-byte splits: many small tasks, a big submission.
+    let tasks: Vec<wordcount::CountWords> = (0..size.div_ceil(64))
+        .map(|i| wordcount::CountWords {
+            input: corpus.display().to_string(),
+            offset: i * 64,
+            len: 64,
+            normalize: false,
+        })
+        .collect();
+    assert!(tasks.len() > 60_000);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let first = c.master(&zk, None, STEP).await;
+        assert_eq!(first.node_id, "m1");
+        c.node_on("m2", "m2", &["--role", "candidate"]);
+        c.node_on("w", "w", &["--role", "worker", "--slots", "2"]);
+        c.workers(&zk, 1, STEP).await;
+        let client = ringleader::Client::connect(client_config(&c))
+            .await
+            .unwrap();
+        let opts = ringleader::SubmitOptions {
+            job_id: Some("up-1".into()),
+            shard_size: Some(2048),
+            ..Default::default()
+        };
+        let submit = tokio::spawn({
+            let client = client.clone();
+            async move {
+                client
+                    .submit::<wordcount::WordCount>(tasks, opts)
+                    .await
+                    .map(|job| job.id().to_string())
+            }
+        });
+        let local = tokio::task::LocalSet::new();
+        let handle = local
+            .run_until(async {
+                // Midway: the upload has begun and the job is not written yet.
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                c.net().cut("m1");
+                let written = zk.check_stat(&c.layout().job("up-1")).await.unwrap();
+                assert!(
+                    written.is_none(),
+                    "the upload ended before the cut; make it bigger"
+                );
+                c.kill9("m1");
+                let second = c.master(&zk, Some(first.epoch), STEP).await;
+                assert_eq!(second.node_id, "m2");
+                c.net().heal("m1");
+                submit.await.unwrap()
+            })
+            .await;
+        let id =
+            handle.unwrap_or_else(|e| panic!("the retried submission failed: {e}\n{}", c.logs()));
+        assert_eq!(id, "up-1");
+        let jobs = zk.list_children(&c.layout().jobs()).await.unwrap();
+        assert_eq!(
+            jobs,
+            vec!["up-1".to_string()],
+            "one job, whatever the retries"
+        );
+        let job = client.job::<wordcount::WordCount>("up-1");
+        assert_exact(&job, &baseline, &c.path("out.tsv")).await;
+    });
+}
