@@ -186,7 +186,7 @@ struct NodeArgs {
     #[command(flatten)]
     conn: Conn,
     /// What this node does.
-    #[arg(long, value_enum, default_value = "all")]
+    #[arg(long, env = "RINGLEADER_ROLE", value_enum, default_value = "all")]
     role: Role,
     /// QUIC (UDP) address to bind: every address on port 7470 by default
     /// (IPv6 and IPv4; IPv4 only where IPv6 is off).
@@ -197,7 +197,7 @@ struct NodeArgs {
     #[arg(long, env = "RINGLEADER_ADVERTISE")]
     advertise: Option<String>,
     /// Node id (default: random).
-    #[arg(long)]
+    #[arg(long, env = "RINGLEADER_NODE_ID")]
     node_id: Option<String>,
     /// This host's scratch directory (default: a directory of the
     /// cluster's name under the temporary directory).
@@ -210,33 +210,33 @@ struct NodeArgs {
     #[arg(long, env = "RINGLEADER_STORE")]
     store: Option<String>,
     /// Concurrent tasks (default: number of CPUs).
-    #[arg(long)]
+    #[arg(long, env = "RINGLEADER_SLOTS")]
     slots: Option<u32>,
     /// Requested ZooKeeper session timeout.
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, env = "RINGLEADER_SESSION_TIMEOUT_MS", default_value_t = 4000)]
     session_timeout_ms: u64,
     /// Serve Prometheus metrics here.
-    #[arg(long)]
+    #[arg(long, env = "RINGLEADER_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
     /// Largest frame accepted, in bytes.
-    #[arg(long, default_value_t = crate::wire::DEFAULT_MAX_FRAME)]
+    #[arg(long, env = "RINGLEADER_MAX_FRAME", default_value_t = crate::wire::DEFAULT_MAX_FRAME)]
     max_frame: usize,
     /// Largest submission accepted, in bytes of encoded tasks.
-    #[arg(long, default_value_t = 32 << 20)]
+    #[arg(long, env = "RINGLEADER_MAX_JOB_BYTES", default_value_t = 32 << 20)]
     max_job_bytes: usize,
     /// Most bytes of tasks all unfinished jobs may hold together: they live
     /// in ZooKeeper's memory until their job finishes.
-    #[arg(long, default_value_t = 32 << 20)]
+    #[arg(long, env = "RINGLEADER_MAX_QUEUED_BYTES", default_value_t = 32 << 20)]
     max_queued_bytes: usize,
     /// Seconds a fetched result stays in ZooKeeper.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "RINGLEADER_RETENTION_SECS", default_value_t = 60)]
     retention_secs: u64,
     /// On SIGTERM, seconds to finish the shards already started before leaving.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "RINGLEADER_DRAIN_SECS", default_value_t = 30)]
     drain_secs: u64,
     /// Silence after which a QUIC link to a peer is declared lost and its
     /// shards reassigned (keep-alives go out four times per period).
-    #[arg(long, default_value_t = crate::transport::LINK_TIMEOUT.as_millis() as u64,
+    #[arg(long, env = "RINGLEADER_LINK_TIMEOUT_MS", default_value_t = crate::transport::LINK_TIMEOUT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(50..=600_000))]
     link_timeout_ms: u64,
 }
@@ -317,10 +317,43 @@ struct CancelArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
 struct CertsArgs {
-    /// Where to write ca.pem/ca.key, node.pem/node.key, client.pem/client.key.
+    #[command(subcommand)]
+    action: Option<CertsAction>,
+    /// Without a subcommand: one directory with the CA, a node and a client
+    /// certificate, for one machine (every host given this directory holds
+    /// the CA's key: use `init` and `issue` for clusters).
     #[arg(long, default_value = "certs")]
     out: PathBuf,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum CertsAction {
+    /// Make the cluster CA (ca.pem, ca.key). Keep this directory on the
+    /// operator's machine: whoever holds ca.key can mint certificates.
+    Init {
+        /// Where the CA goes (made 0700; the key is 0600).
+        #[arg(long)]
+        ca_dir: PathBuf,
+    },
+    /// Issue one identity: a directory with ca.pem and the host's own
+    /// certificate and key (node.pem/node.key or client.pem/client.key),
+    /// to copy to that host alone.
+    Issue {
+        /// The CA made by `certs init`.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// A node's certificate, named after its node id.
+        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        node: Option<String>,
+        /// A client's certificate, named after the client.
+        #[arg(long)]
+        client: Option<String>,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -419,15 +452,7 @@ impl NodeBuilder {
             .ok_or_else(|| anyhow!("no command"))?;
         match cli.cmd {
             Cmd::Node(a) => run_node(self, a),
-            Cmd::Certs(a) => {
-                tls::make_cluster_certs(&a.out)
-                    .with_context(|| format!("writing certificates to {}", a.out.display()))?;
-                println!(
-                    "wrote the cluster CA and node/client certificates to {}",
-                    a.out.display()
-                );
-                Ok(())
-            }
+            Cmd::Certs(a) => run_certs(a),
             Cmd::Submit(a) => {
                 let job = self.command_line_job()?;
                 let store = if a.upload {
@@ -498,6 +523,48 @@ impl NodeBuilder {
             }
         }
     }
+}
+
+fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
+    match a.action {
+        None => {
+            tls::make_cluster_certs(&a.out)
+                .with_context(|| format!("writing certificates to {}", a.out.display()))?;
+            println!(
+                "wrote the cluster CA and node/client certificates to {} (for one machine; \
+                 use `certs init` and `certs issue` for a cluster of several)",
+                a.out.display()
+            );
+        }
+        Some(CertsAction::Init { ca_dir }) => {
+            tls::make_ca(&ca_dir)
+                .with_context(|| format!("making the cluster CA in {}", ca_dir.display()))?;
+            println!(
+                "made the cluster CA in {}: keep ca.key on this machine; issue each host's \
+                 certificate with `certs issue`",
+                ca_dir.display()
+            );
+        }
+        Some(CertsAction::Issue {
+            ca_dir,
+            node,
+            client,
+            out,
+        }) => {
+            let (role, name) = match (node, client) {
+                (Some(n), _) => (tls::Role::Node, n),
+                (None, Some(c)) => (tls::Role::Client, c),
+                (None, None) => bail!("say --node ID or --client NAME"),
+            };
+            tls::issue_to(&ca_dir, role, &name, &out)
+                .with_context(|| format!("issuing {name} into {}", out.display()))?;
+            println!(
+                "issued {name} into {}: copy that directory to its host (it holds no CA key)",
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn status_text(s: &crate::wire::ClusterStatus) -> String {

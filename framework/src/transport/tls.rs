@@ -77,6 +77,41 @@ fn write(path: &Path, data: &str) -> Result<(), TlsError> {
     })
 }
 
+/// Writes a private key readable by its owner only (0600), replacing any
+/// file of that name.
+fn write_key(path: &Path, pem: &str) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |source| TlsError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    // An existing file keeps its mode through open: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(err)?;
+    f.write_all(pem.as_bytes()).map_err(err)
+}
+
+/// Creates `dir` (and its parents); a directory made here is 0700.
+fn make_dir(dir: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| TlsError::File {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
 impl Identity {
     /// Loads `<dir>/ca.pem`, `<dir>/<name>.pem` and `<dir>/<name>.key`.
     pub fn load(dir: &Path, name: &str) -> Result<Self, TlsError> {
@@ -165,23 +200,64 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-/// Writes a new cluster CA (`ca.pem`, `ca.key`) into `dir`.
+/// Writes a new cluster CA (`ca.pem`, and `ca.key` readable by its owner
+/// only) into `dir`. Refuses to replace an existing CA.
 pub fn make_ca(dir: &Path) -> Result<(), TlsError> {
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::File {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    make_dir(dir)?;
+    if dir.join("ca.key").exists() {
+        return Err(TlsError::Pem {
+            path: dir.join("ca.key"),
+            reason: "a CA exists here already; every certificate it issued depends on it \
+                     (remove it yourself to start a new cluster CA)"
+                .into(),
+        });
+    }
     let key = KeyPair::generate()?;
     let cert = ca_params().self_signed(&key)?;
     write(&dir.join("ca.pem"), &cert.pem())?;
-    write(&dir.join("ca.key"), &key.serialize_pem())?;
+    write_key(&dir.join("ca.key"), &key.serialize_pem())?;
     Ok(())
+}
+
+/// What an issued certificate is for: which file names it gets
+/// (`node.pem`/`node.key` or `client.pem`/`client.key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A node: serves (as master) and dials (as worker).
+    Node,
+    /// A client: `submit`, `status`, the Rust `Client`.
+    Client,
+}
+
+impl Role {
+    fn file(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// Issues one identity signed by the CA in `ca_dir` into `out`: the CA's
+/// certificate (`ca.pem`, never its key) and `<role>.pem` / `<role>.key`
+/// (0600) with common name `name`. `out` is what one host needs.
+pub fn issue_to(ca_dir: &Path, role: Role, name: &str, out: &Path) -> Result<(), TlsError> {
+    make_dir(out)?;
+    let ca = read(&ca_dir.join("ca.pem"))?;
+    if ca_dir != out {
+        write(&out.join("ca.pem"), &String::from_utf8_lossy(&ca))?;
+    }
+    sign(ca_dir, name, out, role.file())
 }
 
 /// Issues `<dir>/<name>.pem` and `<name>.key`, signed by the CA in `dir`,
 /// usable both as server (name [`SERVER_NAME`]) and as client.
 pub fn issue(dir: &Path, name: &str) -> Result<(), TlsError> {
-    let ca_key_path = dir.join("ca.key");
+    sign(dir, name, dir, name)
+}
+
+fn sign(ca_dir: &Path, name: &str, out: &Path, file: &str) -> Result<(), TlsError> {
+    let ca_key_path = ca_dir.join("ca.key");
     let ca_key_pem = String::from_utf8_lossy(&read(&ca_key_path)?).into_owned();
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;
     // The issuer is rebuilt from the CA's fixed name and its key: the chain
@@ -199,8 +275,8 @@ pub fn issue(dir: &Path, name: &str) -> Result<(), TlsError> {
     validity(&mut params);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    write(&dir.join(format!("{name}.pem")), &cert.pem())?;
-    write(&dir.join(format!("{name}.key")), &key.serialize_pem())?;
+    write(&out.join(format!("{file}.pem")), &cert.pem())?;
+    write_key(&out.join(format!("{file}.key")), &key.serialize_pem())?;
     Ok(())
 }
 

@@ -495,3 +495,109 @@ fn a_submission_cut_mid_upload_and_retried_leaves_exactly_one_job() {
         assert_exact(&job, &baseline, &c.path("out.tsv")).await;
     });
 }
+
+/// The README's walkthrough ("Running on several machines"), run as written
+/// with the test's addresses in place of `zk1:2181` and the bucket: the
+/// CA and three identities made on the operator's host (this process),
+/// two nodes on hosts of their own, and a submission with `--upload` from
+/// the laptop's host, whose count equals the single-process count. The
+/// directories issued hold no CA key, and every key is readable by its
+/// owner only.
+#[test]
+fn the_readme_walkthrough_runs_on_separate_hosts() {
+    let Some(mut net) = Net::new("the_readme_walkthrough_runs_on_separate_hosts") else {
+        return;
+    };
+    for h in ["zk", "store", "n1", "n2", "laptop"] {
+        net.host(h);
+    }
+    let mut c = Cluster::on_net(BIN, net, &["zk"]);
+    let store = c.s3_store_on("store");
+    let work = c.path("walk");
+    std::fs::create_dir(&work).unwrap();
+    let (corpus, baseline) = corpus(c.dir.path(), 8, 14);
+    std::fs::copy(&corpus, work.join("corpus.txt")).unwrap();
+
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let block = readme
+        .split("<!-- walkthrough")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's walkthrough block");
+    let mut nodes = Vec::new();
+    let mut submitted = None;
+    for line in block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let line = line
+            .replace("zk1:2181", &c.zk_connect())
+            .replace("s3://bucket/ringleader", &store);
+        let args: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(args[0], "wordcount", "{line}");
+        let host = match args[1] {
+            "node" => {
+                let at = args
+                    .iter()
+                    .position(|a| *a == "--node-id")
+                    .expect("--node-id");
+                Some(args[at + 1])
+            }
+            "submit" => Some("laptop"),
+            _ => None,
+        };
+        let mut cmd = match host {
+            Some(h) => c.net().command(h, BIN),
+            None => std::process::Command::new(BIN),
+        };
+        cmd.args(&args[1..])
+            .current_dir(&work)
+            .env("TMPDIR", &work)
+            .envs(c.env.iter().map(|(k, v)| (k, v)));
+        let name = format!("walk-{}-{}", args[1], nodes.len());
+        match args[1] {
+            "node" => nodes.push(Background::start(cmd, c.dir.path(), &name)),
+            "submit" => submitted = Some(Background::start(cmd, c.dir.path(), &name)),
+            _ => {
+                let out = cmd.output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{line}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    assert_eq!(nodes.len(), 2, "the walkthrough starts two nodes");
+    let (status, _, stderr) = submitted
+        .expect("the walkthrough submits")
+        .wait(Duration::from_secs(180));
+    assert!(
+        status.success(),
+        "the walkthrough's submit failed:\n{stderr}"
+    );
+    assert_same_file(&work.join("counts.tsv"), &baseline);
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(work.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for host_dir in ["n1", "n2", "laptop"] {
+        assert!(
+            !work.join(host_dir).join("ca.key").exists(),
+            "{host_dir} holds the CA's key"
+        );
+        assert!(work.join(host_dir).join("ca.pem").exists());
+    }
+    assert_eq!(mode("ca/ca.key"), 0o600);
+    assert_eq!(mode("ca"), 0o700);
+    assert_eq!(mode("n1/node.key"), 0o600);
+    assert_eq!(mode("laptop/client.key"), 0o600);
+}
