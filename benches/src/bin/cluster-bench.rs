@@ -53,6 +53,14 @@ struct Args {
     /// Run only these sections.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Section>,
+    /// Put ZooKeeper and every node on a host of its own (network
+    /// namespaces; needs root) whose emulated link makes this round trip
+    /// between any two of them, in milliseconds. Without it, all on loopback.
+    #[arg(long)]
+    rtt_ms: Option<f64>,
+    /// With --rtt-ms: the share of frames each emulated link drops, each way.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -266,8 +274,13 @@ impl Bench {
     }
 
     fn start_node(&mut self, id: &str, role: &str) {
-        let port = ringleader::zkserver::free_port().map_or(0, |p| p);
-        let addr = format!("127.0.0.1:{port}");
+        let hosts = self.c.net.is_some();
+        let addr = if hosts {
+            format!("{}:9100", self.c.net().ip(id))
+        } else {
+            let port = ringleader::zkserver::free_port().map_or(0, |p| p);
+            format!("127.0.0.1:{port}")
+        };
         self.metrics.insert(id.to_string(), addr.clone());
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
         let slots = self
@@ -275,10 +288,12 @@ impl Bench {
             .slots
             .unwrap_or((cores / self.args.workers.max(1) as u32).max(1))
             .to_string();
-        self.c.node(
-            id,
-            &["--role", role, "--slots", &slots, "--metrics-addr", &addr],
-        );
+        let args = ["--role", role, "--slots", &slots, "--metrics-addr", &addr];
+        if hosts {
+            self.c.node_on(id, id, &args);
+        } else {
+            self.c.node(id, &args);
+        }
     }
 
     fn worker_ids(&self) -> Vec<String> {
@@ -823,6 +838,10 @@ impl Bench {
     }
 
     fn scale(&mut self) -> anyhow::Result<()> {
+        if self.c.net.is_some() {
+            eprintln!("the scale section runs on loopback only (one swarm process); skipped");
+            return Ok(());
+        }
         let n = self.args.swarm;
         let m = self.master(None);
         let mpid = self.pid(&m.node_id);
@@ -971,8 +990,38 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runs = args.runs.unwrap_or(if args.quick { 3 } else { 5 });
     let started = Instant::now();
+    let node_bin = bin("bench-node")?;
+    let cluster = match args.rtt_ms {
+        None => Cluster::new(node_bin),
+        Some(rtt) => {
+            let Some(mut net) = ringleader::testkit::net::Net::new("cluster-bench --rtt-ms") else {
+                bail!("--rtt-ms needs network namespaces: run as root");
+            };
+            // Two emulated links between any two hosts: a quarter each way.
+            let link = ringleader::testkit::net::LinkParams {
+                one_way_delay: Duration::from_secs_f64(rtt / 4000.0),
+                loss: args.loss,
+            };
+            let ids = ["zk".to_string(), "cand-0".into(), "cand-1".into()]
+                .into_iter()
+                .chain((0..args.workers).map(|i| format!("w{i}")));
+            for id in ids {
+                net.emulated_host(&id, link);
+            }
+            let c = Cluster::on_net(node_bin, net, &["zk"]);
+            let measured = c.net().rtt("w0", 5);
+            eprintln!(
+                "hosts with {rtt} ms round trips between them and {:.1}% loss each way \
+                 (this process to a host: {:.2} ms measured, {:.2} ms expected)",
+                args.loss * 100.0,
+                measured.as_secs_f64() * 1000.0,
+                rtt / 2.0
+            );
+            c
+        }
+    };
     let mut b = Bench {
-        c: Cluster::new(bin("bench-node")?),
+        c: cluster,
         rt: ringleader::testkit::rt(),
         rows: Vec::new(),
         session: Duration::from_millis(2000),
@@ -1017,8 +1066,15 @@ fn main() -> anyhow::Result<()> {
             r.measure, r.value, r.baseline, r.ratio
         );
     }
+    let place = match b.args.rtt_ms {
+        Some(rtt) => format!(
+            "separate hosts, {rtt} ms round trips, {:.1}% loss each way",
+            b.args.loss * 100.0
+        ),
+        None => "loopback".into(),
+    };
     println!(
-        "\n{} mode, {} runs of each timed fault measure, {:.0} s in all.",
+        "\n{} mode on {place}, {} runs of each timed fault measure, {:.0} s in all.",
         if b.args.quick { "quick" } else { "full" },
         b.runs,
         started.elapsed().as_secs_f64()

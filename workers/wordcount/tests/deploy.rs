@@ -28,5 +28,8 @@ fn the_deploy_environment_file_covers_every_node_setting() {
         .filter(|l| l.starts_with("RINGLEADER_"))
         .filter_map(|l| l.split('=').next())
         .collect();
-    assert_eq!(given, wanted, "examples/deploy/node.env and `node --help` differ");
+    assert_eq!(
+        given, wanted,
+        "examples/deploy/node.env and `node --help` differ"
+    );
 }
