@@ -303,3 +303,43 @@ fn certs_and_local_commands_work_and_clean_up() {
         );
     }
 }
+
+/// A task whose input a worker cannot read (it passed no check at submit:
+/// the Rust client sends tasks as built) fails with the reason after its
+/// attempts, and the rest of the job completes with the exact counts.
+#[test]
+fn an_input_a_worker_cannot_read_fails_its_task_and_the_rest_completes() {
+    let mut c = cluster();
+    let (corpus, baseline) = corpus(c.dir.path(), 2, 4);
+    c.node("n1", &[]);
+    let mut tasks =
+        wordcount::plan(&[corpus.display().to_string()], 256 << 10, false).expect("plan");
+    tasks.push(wordcount::CountWords {
+        input: "/no/such/input.txt".into(),
+        offset: 0,
+        len: 10,
+        normalize: false,
+    });
+    rt().block_on(async {
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let opts = ringleader::SubmitOptions {
+            shard_size: Some(1),
+            max_attempts: Some(2),
+            ..Default::default()
+        };
+        let job = client
+            .submit::<wordcount::WordCount>(tasks, opts)
+            .await
+            .unwrap();
+        let (counts, report) = job.result().await.unwrap();
+        assert_eq!(report.progress.tasks_failed, 1, "{report:?}");
+        let f = &report.failures[0];
+        assert!(
+            f.error.contains("cannot read /no/such/input.txt") && f.attempt == 2,
+            "{f:?}"
+        );
+        let out = c.path("out.tsv");
+        wordcount::write_counts(&out, &counts).unwrap();
+        assert_same_file(&out, &baseline);
+    });
+}

@@ -208,6 +208,17 @@ fn word_count_across_hosts_survives_the_master_killed_mid_job() {
     );
     assert_same_file(&out, &baseline);
 
+    // Wrong credentials at submit: the upload fails at once, saying so.
+    let mut bad = c.cli_command_on("client", "submit", &["--upload", corpus.to_str().unwrap()]);
+    bad.env("AWS_SECRET_ACCESS_KEY", "wrong");
+    let (status, _, stderr) =
+        Background::start(bad, c.dir.path(), "submit-bad-store").wait(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("uploading") && stderr.contains("SignatureDoesNotMatch"),
+        "{stderr}"
+    );
+
     // Wrong credentials: the node says so at start instead of failing jobs.
     let mut node = c.net().command("client", &c.bin);
     node.envs(c.env.iter().map(|(k, v)| (k, v)))
