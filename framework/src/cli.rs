@@ -375,6 +375,10 @@ struct LocalArgs {
     /// Keep the cluster (and Prometheus) up this many seconds after the job.
     #[arg(long, default_value_t = 0)]
     linger_secs: u64,
+    /// The cluster's object store (default: a directory in the temporary
+    /// directory, removed at the end; the objects of a given store stay).
+    #[arg(long, env = "RINGLEADER_STORE")]
+    store: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -799,6 +803,10 @@ fn run_local(
     let slots = a
         .slots
         .unwrap_or_else(|| cpus.div_ceil(a.nodes.max(1)).max(1));
+    let store = a
+        .store
+        .clone()
+        .unwrap_or_else(|| dir.join("store").display().to_string());
     let mut children = Children(Vec::new());
     let mut metrics = Vec::new();
     for i in 0..a.nodes.max(1) {
@@ -828,6 +836,8 @@ fn run_local(
                 // Several nodes on this host: each its own port.
                 "--listen",
                 "127.0.0.1:0",
+                "--store",
+                &store,
             ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
