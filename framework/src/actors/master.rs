@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Alive, Fatal, Stop};
 use crate::coord::{
-    CommitOutcome, CoordError, JobRecord, JobStatus, LeaderStore, OutputRef, ShardOutput,
-    ShardRecord, StoredJob, WorkerInfo,
+    submission_digest, CommitOutcome, CoordError, JobRecord, JobStatus, LeaderStore, OutputRef,
+    ShardOutput, ShardRecord, StoredJob, WorkerInfo,
 };
 use crate::core::{recover_job, Command, CommittedShard, Scheduler, ShardKey, TaskFailure};
 use crate::metrics as m;
@@ -1198,11 +1198,21 @@ impl Handler<Submit> for Master {
                 msg.tasks.len()
             ))));
         }
-        if self.jobs.contains_key(&h.job_id) {
-            return Box::pin(fut::ready(Frame::Accepted {
-                job_id: h.job_id,
-                existing: true,
-            }));
+        if let Some(rt) = self.jobs.get(&h.job_id) {
+            // The same submission finds its job; another is refused.
+            let kept = rt.stored.record.digest.clone();
+            let tasks = Arc::new(msg.tasks);
+            let fut = async move {
+                let digest = digest_off_thread(&h, tasks).await;
+                match same_submission(&h.job_id, kept.as_ref(), &digest) {
+                    Ok(()) => Frame::Accepted {
+                        job_id: h.job_id,
+                        existing: true,
+                    },
+                    Err(message) => Frame::Error { message },
+                }
+            };
+            return Box::pin(fut.into_actor(self));
         }
         // ZooKeeper keeps every byte in its servers' memory: a cluster-wide
         // bound, so that a big submission is refused instead of exhausting
@@ -1225,12 +1235,20 @@ impl Handler<Submit> for Master {
         }
         let store = self.store.clone();
         let registry = self.settings.registry.clone();
-        let tasks = msg.tasks;
+        let tasks = Arc::new(msg.tasks);
         let id = h.job_id.clone();
         let fut = async move {
+            let digest = digest_off_thread(&h, tasks.clone()).await;
             if let Some(existing) = store.read_job(&h.job_id).await? {
                 if existing.record.status != JobStatus::Writing {
-                    return Ok(None);
+                    return match same_submission(
+                        &h.job_id,
+                        existing.record.digest.as_ref(),
+                        &digest,
+                    ) {
+                        Ok(()) => Ok(Err(None)),
+                        Err(refusal) => Ok(Err(Some(refusal))),
+                    };
                 }
                 store.delete_tree(&store.layout().job(&h.job_id)).await?;
             }
@@ -1242,6 +1260,7 @@ impl Handler<Submit> for Master {
                 status: JobStatus::Writing,
                 created_ms: 0,
                 fetched_ms: None,
+                digest: Some(digest),
             };
             store.create_job(&h.job_id, record, &tasks).await?;
             let job = store
@@ -1271,7 +1290,7 @@ impl Handler<Submit> for Master {
             let rt = JobRuntime {
                 stored: job,
                 bytes: tasks.iter().map(|t| t.len()).sum(),
-                tasks: Arc::new(tasks),
+                tasks,
                 acc: Arc::new(std::sync::Mutex::new(erased.new_acc())),
                 merging: 0,
                 finish_wanted: false,
@@ -1280,13 +1299,14 @@ impl Handler<Submit> for Master {
                 unmerged: 0,
                 objects: Vec::new(),
             };
-            Ok::<_, CoordError>(Some((rt, plan)))
+            Ok::<_, CoordError>(Ok((rt, plan)))
         };
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
             act.submitting.remove(&id);
             match res {
-                Ok(None) => Frame::Accepted { job_id: id, existing: true },
-                Ok(Some((rt, plan))) => {
+                Ok(Err(None)) => Frame::Accepted { job_id: id, existing: true },
+                Ok(Err(Some(message))) => Frame::Error { message },
+                Ok(Ok((rt, plan))) => {
                     tracing::info!(job = %id, tasks = plan.tasks_total, shards = plan.pending.len(), "job accepted");
                     metrics::counter!(m::JOBS_SUBMITTED).increment(1);
                     act.jobs.insert(id.clone(), rt);
@@ -1303,6 +1323,30 @@ impl Handler<Submit> for Master {
                 }
             }
         }))
+    }
+}
+
+/// The submission's digest, computed on the blocking pool (32 MiB of
+/// tasks take tens of milliseconds).
+async fn digest_off_thread(h: &SubmitHeader, tasks: Arc<Vec<ByteBuf>>) -> ByteBuf {
+    let (name, options) = (h.job_name.clone(), h.options.clone());
+    let compute = move || submission_digest(&name, &options, &tasks);
+    match tokio::task::spawn_blocking(compute).await {
+        Ok(d) => d,
+        // Cannot happen (hashing does not panic); an empty digest matches nothing.
+        Err(_) => ByteBuf::new(),
+    }
+}
+
+/// Whether a resubmission is the job's own; the refusal names the job.
+/// Jobs written before digests were kept accept any resubmission.
+fn same_submission(id: &str, kept: Option<&ByteBuf>, digest: &ByteBuf) -> Result<(), String> {
+    match kept {
+        Some(k) if k != digest => Err(format!(
+            "job {id} exists with a different submission (other tasks or options): choose \
+             another job id, or fetch the existing job's result with `result {id}`"
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -19,7 +19,8 @@ mod store;
 mod zk;
 
 pub use records::{
-    JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord, WorkerInfo,
+    submission_digest, JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord,
+    WorkerInfo,
 };
 pub use store::{CommitOutcome, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
 #[cfg(feature = "testkit")]

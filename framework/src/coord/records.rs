@@ -68,6 +68,28 @@ pub struct JobRecord {
     pub created_ms: u64,
     /// When the result was first fetched, if it was.
     pub fetched_ms: Option<u64>,
+    /// SHA-256 of the submission (see [`submission_digest`]): a
+    /// resubmission of this id with other tasks or options is refused.
+    #[serde(default)]
+    pub digest: Option<ByteBuf>,
+}
+
+/// SHA-256 over a submission's job name, options and encoded tasks, each
+/// length-prefixed so that no two submissions share an encoding.
+pub fn submission_digest(job_name: &str, options: &JobOptions, tasks: &[ByteBuf]) -> ByteBuf {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut field = |b: &[u8]| {
+        ctx.update(&(b.len() as u64).to_le_bytes());
+        ctx.update(b);
+    };
+    field(job_name.as_bytes());
+    field(&options.shard_size.to_le_bytes());
+    field(&options.max_attempts.to_le_bytes());
+    field(&options.shard_timeout_ms.map_or([0xff; 8], u64::to_le_bytes));
+    for t in tasks {
+        field(t);
+    }
+    ByteBuf::from(ctx.finish().as_ref().to_vec())
 }
 
 /// Where an encoded output lives.
@@ -110,4 +132,34 @@ pub struct ResultRecord {
     pub tasks_failed: u64,
     /// Failed attempts that were retried.
     pub retries: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tasks(t: &[&str]) -> Vec<ByteBuf> {
+        t.iter()
+            .map(|s| ByteBuf::from(s.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn digests_tell_apart_tasks_boundaries_options_and_names() {
+        let o = JobOptions {
+            shard_size: 1,
+            max_attempts: 3,
+            shard_timeout_ms: None,
+        };
+        let d = |name: &str, o: &JobOptions, t: &[&str]| submission_digest(name, o, &tasks(t));
+        let base = d("j", &o, &["ab", "c"]);
+        assert_eq!(base, d("j", &o, &["ab", "c"]), "not deterministic");
+        assert_eq!(base.len(), 32);
+        assert_ne!(base, d("j", &o, &["a", "bc"]), "task boundaries");
+        assert_ne!(base, d("k", &o, &["ab", "c"]), "job name");
+        assert_ne!(base, d("j", &o, &["c", "ab"]), "task order");
+        let mut o2 = o.clone();
+        o2.shard_timeout_ms = Some(0);
+        assert_ne!(base, d("j", &o2, &["ab", "c"]), "options");
+    }
 }
