@@ -1138,6 +1138,26 @@ impl Handler<Report> for Master {
             l.last_seen = std::time::Instant::now();
         }
         let r = msg.report;
+        // A report no honest worker sends: its link goes, with the reason.
+        let impossible = self
+            .sched
+            .check_failures(&r.job_id, r.shard, &r.failures)
+            .err()
+            .or_else(|| {
+                let name = r.output_object.as_deref()?;
+                Store::check_shard_output(&r.job_id, name)
+                    .err()
+                    .map(|e| e.to_string())
+            });
+        if let Some(reason) = impossible {
+            tracing::warn!(worker = %msg.node_id, job = %r.job_id, shard = %r.shard, %reason, "impossible report: dropping the worker's link");
+            metrics::counter!(m::FRAME_ERRORS).increment(1);
+            self.links.remove(&msg.node_id);
+            let cmds = self.sched.remove_worker(&msg.node_id);
+            self.apply(cmds, ctx);
+            self.dispatch(ctx);
+            return;
+        }
         if r.epoch != self.store.epoch()
             || !self
                 .sched

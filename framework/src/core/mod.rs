@@ -48,6 +48,22 @@ impl TaskFailure {
     }
 }
 
+/// A shard's failures that count, split into retryable and final: only
+/// failures of the shard's own `tasks`, and one per task (the first). A
+/// report or a record that says more cannot make a task count twice or
+/// the counters wrap.
+pub fn split_failures<'a>(
+    tasks: &[u64],
+    failures: &'a [TaskFailure],
+    max_attempts: u32,
+) -> (Vec<&'a TaskFailure>, Vec<&'a TaskFailure>) {
+    let mut seen = std::collections::HashSet::with_capacity(failures.len());
+    failures
+        .iter()
+        .filter(|f| tasks.contains(&f.index) && seen.insert(f.index))
+        .partition(|f| !f.is_final(max_attempts))
+}
+
 /// Task indexes of shard `index` of a job with `total` tasks cut in shards of `shard_size`.
 pub fn shard_tasks(index: u32, shard_size: u32, total: u64) -> std::ops::Range<u64> {
     let start = u64::from(index) * u64::from(shard_size);

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{shard_count, shard_tasks, JobPlan, PendingShard, ShardKey, TaskFailure};
+use super::{
+    shard_count, shard_tasks, split_failures, JobPlan, PendingShard, ShardKey, TaskFailure,
+};
 
 /// A committed shard as recovery needs it.
 #[derive(Debug, Clone)]
@@ -59,11 +61,7 @@ pub fn recover_job(
         let mut attempt = 1;
         let mut generation = 0;
         while let Some(rec) = committed.get(&ShardKey { index, generation }) {
-            let (retry, done): (Vec<&TaskFailure>, Vec<&TaskFailure>) = rec
-                .failures
-                .iter()
-                .filter(|f| tasks.contains(&f.index))
-                .partition(|f| !f.is_final(max_attempts));
+            let (retry, done) = split_failures(&tasks, &rec.failures, max_attempts);
             let failed_here: Vec<u64> = retry.iter().chain(&done).map(|f| f.index).collect();
             outputs.insert(
                 ShardKey { index, generation },
@@ -225,5 +223,33 @@ mod tests {
         let r = recover_job("j", "n", 2, 2, 3, &c);
         assert!(r.plan.pending.is_empty());
         assert_eq!(r.plan.tasks_done, 2);
+    }
+
+    #[test]
+    fn a_commit_repeating_a_failed_index_counts_the_task_once() {
+        let f = TaskFailure {
+            index: 0,
+            error: "e".into(),
+            attempt: 1,
+            retryable: true,
+        };
+        let mut c = BTreeMap::new();
+        c.insert(
+            key(0, 0),
+            CommittedShard {
+                attempt: 1,
+                failures: vec![f.clone(), f],
+            },
+        );
+        let r = recover_job("j", "n", 2, 2, 3, &c);
+        assert_eq!(
+            r.plan.pending,
+            vec![PendingShard {
+                key: key(0, 1),
+                tasks: vec![0],
+                attempt: 2
+            }]
+        );
+        assert_eq!((r.plan.tasks_done, r.plan.retries), (1, 1));
     }
 }

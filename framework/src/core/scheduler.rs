@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::{ShardKey, TaskFailure};
+use super::{split_failures, ShardKey, TaskFailure};
 
 /// A shard waiting to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -643,6 +643,36 @@ impl Scheduler {
         }
     }
 
+    /// Checks a report's failures against the shard's tasks: each index one
+    /// of its tasks, none twice. A report that fails this is impossible
+    /// from an honest worker.
+    pub fn check_failures(
+        &self,
+        job_id: &str,
+        key: ShardKey,
+        failures: &[TaskFailure],
+    ) -> Result<(), String> {
+        let Some(tasks) = self.shard_tasks(job_id, key) else {
+            return Ok(());
+        };
+        let mut seen = std::collections::HashSet::with_capacity(failures.len());
+        for f in failures {
+            if !tasks.contains(&f.index) {
+                return Err(format!(
+                    "shard {key} of job {job_id} has no task {}",
+                    f.index
+                ));
+            }
+            if !seen.insert(f.index) {
+                return Err(format!(
+                    "task {} of job {job_id} failed twice in one report",
+                    f.index
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The task indexes of a shard the scheduler still tracks.
     pub fn shard_tasks(&self, job_id: &str, key: ShardKey) -> Option<&[u64]> {
         self.jobs
@@ -723,8 +753,7 @@ impl Scheduler {
             ShardPhase::Committing { worker } => worker,
             _ => None,
         };
-        let (retry, final_failed): (Vec<&TaskFailure>, Vec<&TaskFailure>) =
-            failures.iter().partition(|f| !f.is_final(job.max_attempts));
+        let (retry, final_failed) = split_failures(&shard.tasks, failures, job.max_attempts);
         job.tasks_done += shard.tasks.len() as u64 - retry.len() as u64;
         job.tasks_failed += final_failed.len() as u64;
         job.retries += retry.len() as u64;
@@ -975,6 +1004,33 @@ mod tests {
         assert_eq!(retry.len(), 1);
         assert_ne!(retry[0].0, failed_on, "the retry goes to the other worker");
         assert_eq!(retry[0].2, 2);
+    }
+
+    #[test]
+    fn a_report_repeating_a_failed_index_counts_each_task_once() {
+        let mut s = Scheduler::new();
+        s.tick(Instant::now());
+        s.add_worker("a", 1, ["j".to_string()], false);
+        s.add_job(plan("x", 1, 2, 3));
+        let first = assigned(&s.assign());
+        assert!(s.report("a", "x", first[0].1, 1));
+        let fail = |index| TaskFailure {
+            index,
+            error: "e".into(),
+            attempt: 1,
+            retryable: true,
+        };
+        // Task 0 twice, and a task of no shard of this job.
+        let bad = [fail(0), fail(0), fail(7)];
+        assert!(s.check_failures("x", first[0].1, &bad).is_err());
+        s.committed("x", first[0].1, 1, &bad);
+        let c = s.counters("x").expect("the job");
+        assert_eq!((c.tasks_done, c.retries), (1, 1), "{c:?}");
+        s.tick(Instant::now() + RETRY_CAP * 2);
+        let retry = assigned(&s.assign());
+        assert_eq!(retry.len(), 1);
+        assert_eq!(s.shard_tasks("x", retry[0].1), Some(&[0u64][..]));
+        assert!(s.check_failures("x", retry[0].1, &[fail(0)]).is_ok());
     }
 
     #[test]
