@@ -277,10 +277,26 @@ impl Client {
                             silent_since = None;
                         }
                         Some(_) => {}
-                        // Its znode went with its session: wait for the next one.
+                        // Its znode went with its session: a successor, if
+                        // any candidate runs, follows within the same bound.
                         None => {
-                            master = self.find_master(None).await?;
-                            silent_since = None;
+                            let left = (since + wait)
+                                .saturating_duration_since(tokio::time::Instant::now())
+                                .max(Duration::from_secs(2));
+                            match coord::wait_for_master(zk, layout, None, left).await? {
+                                Some(m) => {
+                                    master = m;
+                                    silent_since = None;
+                                }
+                                None => {
+                                    return Err(ClientError::Unreachable {
+                                        addr: master.addr,
+                                        node: master.node_id,
+                                        epoch: master.epoch,
+                                        secs: since.elapsed().as_secs_f64(),
+                                    })
+                                }
+                            }
                         }
                     }
                 }

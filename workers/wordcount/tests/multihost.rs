@@ -331,15 +331,20 @@ fn a_client_on_another_host_gets_errors_that_name_the_address() {
     }
     let ghost = format!("{}:7470", net.ip("ghost"));
     let c = Cluster::on_net(BIN, net, &["zk"]);
+    // Waited for on the blocking pool: the runtime must keep driving the
+    // test's ZooKeeper session, which holds the /master it published.
     let status_on_client = |name: &str| {
-        let started = Instant::now();
-        let (status, _, stderr) = Background::start(
-            c.cli_command_on("client", "status", &[]),
-            c.dir.path(),
-            name,
-        )
-        .wait(Duration::from_secs(60));
-        (status, stderr, started.elapsed())
+        let cmd = c.cli_command_on("client", "status", &[]);
+        let (dir, name) = (c.dir.path().to_path_buf(), name.to_string());
+        async move {
+            let started = Instant::now();
+            let (status, _, stderr) = tokio::task::spawn_blocking(move || {
+                Background::start(cmd, &dir, &name).wait(Duration::from_secs(60))
+            })
+            .await
+            .unwrap();
+            (status, stderr, started.elapsed())
+        }
     };
     rt().block_on(async {
         let zk = c.zk().await;
@@ -353,7 +358,7 @@ fn a_client_on_another_host_gets_errors_that_name_the_address() {
             store: String::new(),
         };
         c.publish_master(&zk, &info).await;
-        let (status, stderr, took) = status_on_client("status-noroute");
+        let (status, stderr, took) = status_on_client("status-noroute").await;
         assert!(!status.success());
         assert!(
             stderr.contains(&format!("cannot send to {nowhere} from this host")),
@@ -366,7 +371,7 @@ fn a_client_on_another_host_gets_errors_that_name_the_address() {
         info.node_id = "ghost".into();
         info.addr = ghost.clone();
         c.publish_master(&zk, &info).await;
-        let (status, stderr, took) = status_on_client("status-silent");
+        let (status, stderr, took) = status_on_client("status-silent").await;
         assert!(!status.success());
         assert!(
             stderr.contains(&format!("the master ghost at {ghost} does not answer")),
