@@ -1282,14 +1282,7 @@ impl Handler<Submit> for Master {
                 fetched_ms: None,
                 digest: Some(digest),
             };
-            store.create_job(&h.job_id, record, &tasks).await?;
-            let job = store
-                .read_job(&h.job_id)
-                .await?
-                .ok_or_else(|| CoordError::Garbage {
-                    path: store.layout().job(&h.job_id),
-                    reason: "vanished".into(),
-                })?;
+            let job = store.create_job(&h.job_id, record, &tasks).await?;
             let erased = registry
                 .get(&h.job_name)
                 .ok_or_else(|| CoordError::Garbage {

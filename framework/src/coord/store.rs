@@ -223,16 +223,7 @@ impl LeaderStore {
         Fut: std::future::Future<Output = Result<T, ZkError>>,
     {
         let started = std::time::Instant::now();
-        let mut delay = Duration::from_millis(10);
-        let mut result = Err(ZkError::ConnectionLoss);
-        for _ in 0..RETRIES {
-            result = op().await;
-            if !matches!(result, Err(ZkError::ConnectionLoss)) {
-                break;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(500));
-        }
+        let result = retry_loss(&mut op).await;
         metrics::histogram!(crate::metrics::ZK_OP_SECONDS, "op" => name)
             .record(started.elapsed().as_secs_f64());
         // NodeExists and NoNode are answers the callers expect, not failures.
@@ -245,7 +236,7 @@ impl LeaderStore {
     /// Reads a job's record.
     pub async fn read_job(&self, id: &str) -> Result<Option<StoredJob>, CoordError> {
         let path = self.layout.job(id);
-        match self.client().get_data(&path).await {
+        match retry_loss(|| self.client().get_data(&path)).await {
             Ok((data, stat)) => Ok(Some(StoredJob {
                 id: id.to_string(),
                 record: decode_record(&path, &data)?,
@@ -259,7 +250,7 @@ impl LeaderStore {
     /// Lists every job.
     pub async fn list_jobs(&self) -> Result<Vec<StoredJob>, CoordError> {
         let path = self.layout.jobs();
-        let ids = match self.client().list_children(&path).await {
+        let ids = match retry_loss(|| self.client().list_children(&path)).await {
             Ok(ids) => ids,
             Err(ZkError::NoNode) => return Ok(Vec::new()),
             Err(e) => return Err(CoordError::zk(path, e)),
@@ -280,13 +271,14 @@ impl LeaderStore {
     }
 
     /// Writes a new job: record (`Writing`), batches and commit buckets,
-    /// then `Accepted`. Only then is the submission acknowledged.
+    /// then `Accepted`. Only then is the submission acknowledged. Returns
+    /// the job as written.
     pub async fn create_job(
         &self,
         id: &str,
         mut record: JobRecord,
         tasks: &[ByteBuf],
-    ) -> Result<(), CoordError> {
+    ) -> Result<StoredJob, CoordError> {
         let job_path = self.layout.job(id);
         // Cut tasks into batches under the budget.
         let mut batches: Vec<Vec<u8>> = Vec::new();
@@ -356,17 +348,27 @@ impl LeaderStore {
         }
         record.status = JobStatus::Accepted;
         let data = encode_record(&job_path, &record)?;
-        self.retry("create_job", &job_path, || {
-            self.lock.set_data(&job_path, &data, None)
+        let stat = self
+            .retry("create_job", &job_path, || {
+                self.lock.set_data(&job_path, &data, None)
+            })
+            .await?;
+        // What was written, not read back: a read that fails here would
+        // leave an accepted job that this master never schedules.
+        Ok(StoredJob {
+            id: id.to_string(),
+            record,
+            version: stat.version,
         })
-        .await?;
-        Ok(())
     }
 
     /// Reads a job's encoded tasks, in order.
     pub async fn read_tasks(&self, id: &str, batches: u32) -> Result<Vec<ByteBuf>, CoordError> {
         let paths: Vec<String> = (0..batches).map(|k| self.layout.batch(id, k)).collect();
-        let reads: Vec<_> = paths.iter().map(|p| self.client().get_data(p)).collect();
+        let reads: Vec<_> = paths
+            .iter()
+            .map(|p| retry_loss(move || self.client().get_data(p)))
+            .collect();
         let mut tasks = Vec::new();
         for (path, r) in paths.iter().zip(futures::future::join_all(reads).await) {
             let (data, _) = r.map_err(|e| CoordError::zk(path, e))?;
@@ -382,16 +384,14 @@ impl LeaderStore {
         id: &str,
     ) -> Result<BTreeMap<ShardKey, ShardRecord>, CoordError> {
         let done = self.layout.done(id);
-        let buckets = self
-            .client()
-            .list_children(&done)
+        let buckets = retry_loss(|| self.client().list_children(&done))
             .await
             .map_err(|e| CoordError::zk(&done, e))?;
         let buckets: Vec<String> = buckets.iter().map(|b| format!("{done}/{b}")).collect();
         let listed = futures::future::join_all(
             buckets
                 .iter()
-                .map(|bucket| self.client().list_children(bucket)),
+                .map(|bucket| retry_loss(move || self.client().list_children(bucket))),
         )
         .await;
         let mut paths = Vec::new();
@@ -414,7 +414,7 @@ impl LeaderStore {
         }
         let reads: Vec<_> = paths
             .iter()
-            .map(|(_, p)| self.client().get_data(p))
+            .map(|(_, p)| retry_loss(move || self.client().get_data(p)))
             .collect();
         let mut out = BTreeMap::new();
         for ((key, path), r) in paths.iter().zip(futures::future::join_all(reads).await) {
@@ -472,14 +472,18 @@ impl LeaderStore {
     /// Reads a job's lost-attempt records.
     pub async fn read_losses(&self, job: &str) -> Result<BTreeMap<ShardKey, u32>, CoordError> {
         let dir = self.layout.lost(job);
-        let names = match self.client().list_children(&dir).await {
+        let names = match retry_loss(|| self.client().list_children(&dir)).await {
             Ok(n) => n,
             Err(ZkError::NoNode) => return Ok(BTreeMap::new()),
             Err(e) => return Err(CoordError::zk(&dir, e)),
         };
         let paths: Vec<String> = names.iter().map(|n| format!("{dir}/{n}")).collect();
-        let reads =
-            futures::future::join_all(paths.iter().map(|p| self.client().get_data(p))).await;
+        let reads = futures::future::join_all(
+            paths
+                .iter()
+                .map(|p| retry_loss(move || self.client().get_data(p))),
+        )
+        .await;
         let mut out = BTreeMap::new();
         for ((n, path), read) in names.iter().zip(&paths).zip(reads) {
             let key = n.split_once('-').and_then(|(i, g)| {
@@ -670,7 +674,7 @@ impl LeaderStore {
     /// Reads a finished job's result record, if it has one.
     pub async fn read_result(&self, id: &str) -> Result<Option<ResultRecord>, CoordError> {
         let path = self.layout.result(id);
-        match self.client().get_data(&path).await {
+        match retry_loss(|| self.client().get_data(&path)).await {
             Ok((data, _)) => Ok(Some(decode_record(&path, &data)?)),
             Err(ZkError::NoNode) => Ok(None),
             Err(e) => Err(CoordError::zk(path, e)),
@@ -841,6 +845,27 @@ impl LeaderStore {
             Ok(())
         })
     }
+}
+
+/// Runs a ZooKeeper request again while it fails with `ConnectionLoss`
+/// (a read or an idempotent write; a server of the ensemble going away),
+/// with a backoff from 10 ms to 500 ms, at most [`RETRIES`] times.
+async fn retry_loss<T, F, Fut>(mut op: F) -> Result<T, ZkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ZkError>>,
+{
+    let mut delay = Duration::from_millis(10);
+    let mut result = Err(ZkError::ConnectionLoss);
+    for _ in 0..RETRIES {
+        result = op().await;
+        if !matches!(result, Err(ZkError::ConnectionLoss)) {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+    result
 }
 
 /// A shard's output as the master receives it.
