@@ -680,8 +680,22 @@ async fn submit(
     detach: bool,
     finish: Finish,
 ) -> anyhow::Result<()> {
-    let client = Client::connect(client_config(conn)).await?;
-    let (id, existing) = client.submit_encoded(name, tasks, opts, job_id).await?;
+    // The id is chosen and shown before anything is sent: if the outcome
+    // is unknown (the link or the master lost midway), a retry with this
+    // id finds the job instead of running it twice.
+    let id = job_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    eprintln!("job {id}: submitting {} tasks", tasks.len());
+    let retry = |e: crate::client::ClientError| {
+        anyhow!(e).context(format!(
+            "job {id} may or may not have been accepted: run the same command with \
+             --job-id {id} to retry (the job runs at most once), or see it with `status`"
+        ))
+    };
+    let client = Client::connect(client_config(conn)).await.map_err(retry)?;
+    let (id, existing) = client
+        .submit_encoded(name, tasks, opts, Some(id.clone()))
+        .await
+        .map_err(retry)?;
     eprintln!(
         "job {id} {}",
         if existing {

@@ -132,3 +132,66 @@ fn resubmitting_an_id_with_other_tasks_is_refused() {
         "{err}"
     );
 }
+
+/// A submission that fails names its job id before anything is sent and
+/// says how to retry it: run again with that id, the job exists once.
+/// (The CLI printed a generated id only on success, so a user whose
+/// submission's outcome was unknown resubmitted under a new id.)
+#[test]
+fn a_failed_submission_names_its_job_id_and_its_retry_runs_once() {
+    let mut c = cluster();
+    let (corpus, baseline) = corpus(c.dir.path(), 1, 33);
+    let corpus = corpus.to_str().unwrap().to_string();
+    let out = c.path("out.tsv");
+    let out = out.to_str().unwrap().to_string();
+    // A published master that does not answer: the submission cannot land.
+    let silent = format!("127.0.0.1:{}", free_udp_port());
+    let stderr = rt().block_on(async {
+        let zk = c.zk().await;
+        let info = ringleader::coord::MasterInfo {
+            node_id: "gone".into(),
+            addr: silent,
+            epoch: 0,
+            session_timeout_ms: 400,
+            store: String::new(),
+        };
+        c.publish_master(&zk, &info).await;
+        // Waited for on the blocking pool: `zk` must keep its session.
+        let cmd = c.cli_command("submit", &["--output", &out, &corpus]);
+        let dir = c.dir.path().to_path_buf();
+        let (status, _, stderr) = tokio::task::spawn_blocking(move || {
+            Background::start(cmd, &dir, "submit-lost").wait(Duration::from_secs(60))
+        })
+        .await
+        .unwrap();
+        assert!(!status.success(), "{stderr}");
+        stderr
+    });
+    let id = stderr
+        .split("--job-id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job id to retry with: {stderr}"))
+        .to_string();
+    assert!(
+        stderr.contains(&format!("job {id}: submitting")),
+        "the id was not named before the submission: {stderr}"
+    );
+    // A real node takes over (replacing the silent /master) and serves.
+    c.node("n1", &[]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, Some(0), Duration::from_secs(30)).await;
+    });
+    let o = c.cli("submit", &["--job-id", &id, "--output", &out, &corpus]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_file(std::path::Path::new(&out), &baseline);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let jobs = zk
+            .list_children(&c.layout().jobs())
+            .await
+            .unwrap_or_default();
+        assert!(jobs.len() <= 1 && jobs.iter().all(|j| *j == id), "{jobs:?}");
+    });
+}
