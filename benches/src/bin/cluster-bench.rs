@@ -568,8 +568,8 @@ impl Bench {
         let client = self.client()?;
         let wc_shard = self.args.wc_shard;
         let splits_again = splits.clone();
-        let cluster_mbs = self.rt.block_on(async {
-            let t = Instant::now();
+        // One word count, submitted, awaited and checked against the threads' count.
+        let count_once = |splits: Vec<wordcount::CountWords>| async {
             let job = client
                 .submit::<wordcount::WordCount>(
                     splits,
@@ -580,29 +580,17 @@ impl Bench {
                 )
                 .await?;
             let (counts, _) = job.result().await?;
-            let secs = t.elapsed().as_secs_f64();
             ensure!(counts == base, "word counts differ from the baseline");
-            Ok::<_, anyhow::Error>(bytes / 1e6 / secs)
-        })?;
+            Ok::<_, anyhow::Error>(())
+        };
+        let t = Instant::now();
+        self.rt.block_on(count_once(splits))?;
+        let cluster_mbs = bytes / 1e6 / t.elapsed().as_secs_f64();
         let soak = Duration::from_secs(self.args.wc_secs);
         let soak_started = Instant::now();
         let mut soak_jobs = 0;
         while soak_started.elapsed() < soak {
-            let splits = splits_again.clone();
-            self.rt.block_on(async {
-                let job = client
-                    .submit::<wordcount::WordCount>(
-                        splits,
-                        SubmitOptions {
-                            shard_size: wc_shard,
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                let (counts, _) = job.result().await?;
-                ensure!(counts == base, "word counts differ from the baseline");
-                Ok::<_, anyhow::Error>(())
-            })?;
+            self.rt.block_on(count_once(splits_again.clone()))?;
             soak_jobs += 1;
         }
         if soak_jobs > 0 {
