@@ -60,10 +60,10 @@ fn scheduler(c: &mut Criterion) {
                 id: "x".into(),
                 name: "j".into(),
                 max_attempts: 3,
-                tasks_total: 10_000,
-                tasks_done: 0,
-                tasks_failed: 0,
-                retries: 0,
+                counters: ringleader::core::Counters {
+                    tasks_total: 10_000,
+                    ..Default::default()
+                },
                 pending,
             });
             black_box(s.assign().len())

@@ -590,7 +590,12 @@ fn status_text(s: &crate::wire::ClusterStatus) -> String {
     for j in &s.jobs {
         out.push_str(&format!(
             "job {} {} {}/{} tasks, {} failed (dead letters), {} retries\n",
-            j.job_id, j.job_name, j.tasks_done, j.tasks_total, j.tasks_failed, j.retries
+            j.job_id,
+            j.job_name,
+            j.counters.tasks_done,
+            j.counters.tasks_total,
+            j.counters.tasks_failed,
+            j.counters.retries
         ));
     }
     out
@@ -612,7 +617,7 @@ fn print_report(r: &JobReport) {
     let p = &r.progress;
     eprintln!(
         "job {}: {} tasks, {} failed, {} retried attempts",
-        p.job_id, p.tasks_total, p.tasks_failed, p.retries
+        p.job_id, p.counters.tasks_total, p.counters.tasks_failed, p.counters.retries
     );
     for f in r.failures.iter().take(10) {
         eprintln!(
@@ -650,11 +655,14 @@ impl Progress {
     }
 
     fn show(&mut self, p: &JobProgress) {
-        let extra = format!("({} failed, {} retries)", p.tasks_failed, p.retries);
+        let extra = format!(
+            "({} failed, {} retries)",
+            p.counters.tasks_failed, p.counters.retries
+        );
         match &self.bar {
             Some(bar) => {
-                bar.set_length(p.tasks_total);
-                bar.set_position(p.tasks_done);
+                bar.set_length(p.counters.tasks_total);
+                bar.set_position(p.counters.tasks_done);
                 bar.set_message(extra);
                 if p.state != JobState::Running {
                     bar.finish();
@@ -665,7 +673,10 @@ impl Progress {
                     return;
                 }
                 self.last = Instant::now();
-                eprintln!("progress: {}/{} tasks {extra}", p.tasks_done, p.tasks_total);
+                eprintln!(
+                    "progress: {}/{} tasks {extra}",
+                    p.counters.tasks_done, p.counters.tasks_total
+                );
             }
         }
     }

@@ -371,9 +371,7 @@ impl Client {
         match self.request(&frames).await? {
             Frame::Accepted { job_id, existing } => Ok((job_id, existing)),
             Frame::Error { message } => Err(ClientError::Refused(message)),
-            other => Err(ClientError::Protocol(
-                crate::actors::master::frame_name(&other).into(),
-            )),
+            other => Err(ClientError::Protocol(other.name().into())),
         }
     }
 
@@ -421,9 +419,7 @@ impl Client {
         match self.request(&[Frame::GetStatus]).await? {
             Frame::Status(s) => Ok(s),
             Frame::Error { message } => Err(ClientError::Refused(message)),
-            other => Err(ClientError::Protocol(
-                crate::actors::master::frame_name(&other).into(),
-            )),
+            other => Err(ClientError::Protocol(other.name().into())),
         }
     }
 
@@ -437,9 +433,7 @@ impl Client {
         {
             Frame::Job(p) => Ok(p),
             Frame::Error { message } => Err(ClientError::Refused(message)),
-            other => Err(ClientError::Protocol(
-                crate::actors::master::frame_name(&other).into(),
-            )),
+            other => Err(ClientError::Protocol(other.name().into())),
         }
     }
 
@@ -479,9 +473,7 @@ impl Client {
                 },
             )),
             Frame::Error { message } => Err(ClientError::Refused(message)),
-            other => Err(ClientError::Protocol(
-                crate::actors::master::frame_name(&other).into(),
-            )),
+            other => Err(ClientError::Protocol(other.name().into())),
         }
     }
 
@@ -495,9 +487,7 @@ impl Client {
         {
             Frame::Ok => Ok(()),
             Frame::Error { message } => Err(ClientError::Refused(message)),
-            other => Err(ClientError::Protocol(
-                crate::actors::master::frame_name(&other).into(),
-            )),
+            other => Err(ClientError::Protocol(other.name().into())),
         }
     }
 

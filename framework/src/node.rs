@@ -16,8 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::actors::election::Election;
 use crate::actors::master::{
-    frame_name, ClientRequest, Master, MasterSettings, Started, Submit, WorkerDrain, WorkerJoined,
-    WorkerLeft,
+    ClientRequest, Master, MasterSettings, Started, Submit, WorkerDrain, WorkerJoined, WorkerLeft,
 };
 use crate::actors::worker::{Worker, WorkerSettings};
 use crate::actors::{master::Report, Stop};
@@ -529,7 +528,7 @@ async fn handle_stream(
                         tasks.extend(chunk);
                     }
                     Ok(other) => {
-                        let message = format!("expected SubmitChunk, got {}", frame_name(&other));
+                        let message = format!("expected SubmitChunk, got {}", other.name());
                         return reply(&mut send, &Frame::Error { message }).await;
                     }
                     Err(e) => {
@@ -552,7 +551,7 @@ async fn handle_stream(
         | Frame::FetchResult { .. }
         | Frame::Cancel { .. }) => master.send(ClientRequest(other)).await,
         other => {
-            let message = format!("unexpected first frame {}", frame_name(&other));
+            let message = format!("unexpected first frame {}", other.name());
             return reply(&mut send, &Frame::Error { message }).await;
         }
     };
@@ -610,7 +609,7 @@ async fn worker_link(
                     attempt,
                 }),
                 other => {
-                    tracing::warn!(worker = %node_id, frame = frame_name(&other), "unexpected frame from worker")
+                    tracing::warn!(worker = %node_id, frame = other.name(), "unexpected frame from worker")
                 }
             }
         }

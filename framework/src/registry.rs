@@ -118,6 +118,7 @@ impl<J: Job> ErasedJob for Erased<J> {
     ) -> ShardRun {
         let mut acc = J::Result::default();
         let mut failures = Vec::new();
+        let indexes: Vec<u64> = tasks.iter().map(|(i, _)| *i).collect();
         for (index, bytes) in tasks {
             let outcome = match decode::<J::Task>("task", &bytes) {
                 Err(e) => Err(TaskError::permanent(format!(
@@ -158,15 +159,25 @@ impl<J: Job> ErasedJob for Erased<J> {
         }
         match encode("shard result", &acc) {
             Ok(output) => ShardRun { output, failures },
-            Err(e) => ShardRun {
-                output: Vec::new(),
-                failures: vec![TaskFailure {
-                    index: u64::MAX,
-                    error: e.to_string(),
-                    attempt,
-                    retryable: false,
-                }],
-            },
+            // The outputs folded into it are lost: each of the shard's
+            // tasks fails (once), with the reason.
+            Err(e) => {
+                let error = bounded(e.to_string());
+                let failed: std::collections::HashSet<u64> =
+                    failures.iter().map(|f| f.index).collect();
+                for index in indexes.into_iter().filter(|i| !failed.contains(i)) {
+                    failures.push(TaskFailure {
+                        index,
+                        error: error.clone(),
+                        attempt,
+                        retryable: false,
+                    });
+                }
+                ShardRun {
+                    output: Vec::new(),
+                    failures,
+                }
+            }
         }
     }
 
@@ -279,5 +290,64 @@ mod tests {
         let all: Vec<(u64, u64)> = decode("r", &job.encode_acc(&acc).unwrap()).unwrap();
         assert_eq!(all, vec![(0, 10), (1, 5), (3, 2)]);
         assert!(job.merge_encoded(&mut acc, b"\xc1").is_err());
+    }
+
+    /// A result whose encoding fails once it holds task 2's output.
+    #[derive(Default, Deserialize)]
+    struct Picky(Vec<u64>);
+    impl Serialize for Picky {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if self.0.contains(&2) {
+                return Err(serde::ser::Error::custom("cannot encode task 2's output"));
+            }
+            self.0.serialize(s)
+        }
+    }
+    struct PickyJob;
+    impl Job for PickyJob {
+        type Task = Div;
+        type Result = Picky;
+        const NAME: &'static str = "picky";
+        fn fold(acc: &mut Picky, index: u64, _: u64) {
+            acc.0.push(index);
+        }
+        fn merge(acc: &mut Picky, other: Picky) {
+            acc.0.extend(other.0);
+        }
+    }
+
+    #[test]
+    fn a_shard_whose_output_cannot_be_encoded_fails_each_of_its_tasks() {
+        let mut r = Registry::default();
+        r.add::<PickyJob>();
+        let job = r.get("picky").unwrap();
+        let env = RunEnv {
+            node_id: "n".into(),
+            data_dir: PathBuf::new(),
+            store: None,
+        };
+        let tasks: Vec<(u64, ByteBuf)> = [1u64, 2, 4]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64 + 1, ByteBuf::from(encode("t", &Div(*v)).unwrap())))
+            .collect();
+        let run = job.run_shard("j", 2, tasks, &env);
+        assert!(run.output.is_empty());
+        let mut f: Vec<(u64, u32, bool)> = run
+            .failures
+            .iter()
+            .map(|f| (f.index, f.attempt, f.retryable))
+            .collect();
+        f.sort_unstable();
+        // Every task's output is lost with the shard's.
+        assert_eq!(f, vec![(1, 2, false), (2, 2, false), (3, 2, false)]);
+        for f in &run.failures {
+            assert!(
+                f.error.contains("cannot encode task 2's output"),
+                "{}",
+                f.error
+            );
+        }
+        assert!(run.failures.iter().all(|f| f.index != u64::MAX));
     }
 }

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::core::{ShardKey, TaskFailure};
+use crate::core::{Counters, ShardKey, TaskFailure};
 
 /// Bumped on any incompatible change of [`Frame`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Default upper bound of one frame's body.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
@@ -127,14 +127,9 @@ pub struct JobProgress {
     pub job_name: String,
     /// Current state.
     pub state: JobState,
-    /// Tasks in the job.
-    pub tasks_total: u64,
-    /// Tasks whose final outcome (success or failure) is committed.
-    pub tasks_done: u64,
-    /// Tasks that failed every attempt.
-    pub tasks_failed: u64,
-    /// Task attempts that failed and were retried.
-    pub retries: u64,
+    /// Its tasks; those whose final outcome (success or failure) is
+    /// committed; of those, failed; failed attempts retried.
+    pub counters: Counters,
 }
 
 /// A worker as the master sees it.
@@ -276,6 +271,36 @@ pub enum Frame {
         /// What went wrong.
         message: String,
     },
+}
+
+impl Frame {
+    /// The frame's variant name, for error messages and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::WorkerHello { .. } => "WorkerHello",
+            Frame::Welcome { .. } => "Welcome",
+            Frame::Assign(_) => "Assign",
+            Frame::Report(_) => "Report",
+            Frame::Started { .. } => "Started",
+            Frame::StartAck { .. } => "StartAck",
+            Frame::Draining => "Draining",
+            Frame::Drained => "Drained",
+            Frame::DrainAck => "DrainAck",
+            Frame::Submit(_) => "Submit",
+            Frame::SubmitChunk { .. } => "SubmitChunk",
+            Frame::Accepted { .. } => "Accepted",
+            Frame::GetJob { .. } => "GetJob",
+            Frame::Job(_) => "Job",
+            Frame::GetStatus => "GetStatus",
+            Frame::Status(_) => "Status",
+            Frame::FetchResult { .. } => "FetchResult",
+            Frame::Outcome(_) => "Outcome",
+            Frame::Cancel { .. } => "Cancel",
+            Frame::Ok => "Ok",
+            Frame::NotMaster => "NotMaster",
+            Frame::Error { .. } => "Error",
+        }
+    }
 }
 
 /// Appends one length-prefixed frame to `buf`.

@@ -718,7 +718,11 @@ impl Bench {
                         .progress()
                         .await
                         .context("progress of an unfinished job")?;
-                    ensure!(p.tasks_total == 100, "job {id} has {} tasks", p.tasks_total);
+                    ensure!(
+                        p.counters.tasks_total == 100,
+                        "job {id} has {} tasks",
+                        p.counters.tasks_total
+                    );
                     job.cancel().await?;
                 }
                 Ok::<_, anyhow::Error>(())

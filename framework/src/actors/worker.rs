@@ -273,7 +273,7 @@ async fn serve(
         other => {
             return Err(TransportError::Connect {
                 addr: master.addr.clone(),
-                reason: format!("unexpected {}", super::master::frame_name(&other)),
+                reason: format!("unexpected {}", other.name()),
             })
         }
     };
@@ -446,10 +446,7 @@ async fn serve(
                     );
                 }
                 other => {
-                    tracing::warn!(
-                        frame = super::master::frame_name(&other),
-                        "unexpected frame from master"
-                    );
+                    tracing::warn!(frame = other.name(), "unexpected frame from master");
                 }
             }
         }

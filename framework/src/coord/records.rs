@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::core::TaskFailure;
+use crate::core::{Counters, TaskFailure};
 use crate::wire::JobOptions;
 
 /// Data of `/master`.
@@ -119,6 +119,7 @@ pub struct ShardRecord {
 
 /// Data of `jobs/<job-id>/result`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(from = "ResultRecordRepr")]
 pub struct ResultRecord {
     /// Epoch of the master that reduced the job.
     pub epoch: u64,
@@ -126,17 +127,82 @@ pub struct ResultRecord {
     pub output: OutputRef,
     /// Tasks that failed every attempt (bounded).
     pub failures: Vec<TaskFailure>,
-    /// Tasks done and failed, retries.
-    pub tasks_done: u64,
-    /// Tasks that failed.
-    pub tasks_failed: u64,
-    /// Failed attempts that were retried.
-    pub retries: u64,
+    /// The job's final counts.
+    pub counters: Counters,
+}
+
+/// A result record as stored now, or by versions that kept the counts
+/// as three fields (without the total, which the job record holds).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ResultRecordRepr {
+    Now(u64, OutputRef, Vec<TaskFailure>, Counters),
+    Before(u64, OutputRef, Vec<TaskFailure>, u64, u64, u64),
+}
+
+impl From<ResultRecordRepr> for ResultRecord {
+    fn from(r: ResultRecordRepr) -> Self {
+        match r {
+            ResultRecordRepr::Now(epoch, output, failures, counters) => ResultRecord {
+                epoch,
+                output,
+                failures,
+                counters,
+            },
+            ResultRecordRepr::Before(epoch, output, failures, done, failed, retries) => {
+                ResultRecord {
+                    epoch,
+                    output,
+                    failures,
+                    counters: Counters {
+                        tasks_total: done,
+                        tasks_done: done,
+                        tasks_failed: failed,
+                        retries,
+                    },
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_records_of_earlier_versions_are_read() {
+        #[derive(Serialize)]
+        struct Before(u64, OutputRef, Vec<TaskFailure>, u64, u64, u64);
+        let old = Before(
+            3,
+            OutputRef::Inline(ByteBuf::from(vec![1])),
+            Vec::new(),
+            7,
+            2,
+            1,
+        );
+        let bytes = rmp_serde::to_vec(&old).unwrap();
+        let r: ResultRecord = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (
+                r.epoch,
+                r.counters.tasks_done,
+                r.counters.tasks_failed,
+                r.counters.retries
+            ),
+            (3, 7, 2, 1)
+        );
+        let now = ResultRecord {
+            counters: Counters {
+                tasks_total: 9,
+                ..r.counters
+            },
+            ..r
+        };
+        let again: ResultRecord = rmp_serde::from_slice(&rmp_serde::to_vec(&now).unwrap()).unwrap();
+        assert_eq!(again, now);
+    }
 
     fn tasks(t: &[&str]) -> Vec<ByteBuf> {
         t.iter()

@@ -625,7 +625,7 @@ impl LeaderStore {
         output: Vec<u8>,
         failures: Vec<crate::core::TaskFailure>,
         counters: crate::core::Counters,
-        shard_outputs: &[OutputRef],
+        shard_objects: &[String],
     ) -> Result<ResultRecord, CoordError> {
         let path = self.layout.result(&job.id);
         let job_path = self.layout.job(&job.id);
@@ -635,9 +635,7 @@ impl LeaderStore {
                 .output_ref(Store::result_name(&job.id, self.epoch)?, output)
                 .await?,
             failures,
-            tasks_done: counters.tasks_done,
-            tasks_failed: counters.tasks_failed,
-            retries: counters.retries,
+            counters,
         };
         let mut rec = job.record.clone();
         rec.status = JobStatus::Done;
@@ -667,7 +665,11 @@ impl LeaderStore {
         self.delete_children(&self.layout.done(&job.id)).await?;
         self.delete_children(&self.layout.lost(&job.id)).await?;
         // The shard outputs are merged into the result: their objects go too.
-        self.delete_outputs(shard_outputs).await;
+        let objects: Vec<OutputRef> = shard_objects
+            .iter()
+            .map(|n| OutputRef::Object(n.clone()))
+            .collect();
+        self.delete_outputs(&objects).await;
         Ok(result)
     }
 

@@ -2,11 +2,13 @@
 //! a recovering master must still do. No actix, ZooKeeper or quinn in here;
 //! time and events come in as arguments and decisions go out as values.
 
+pub mod job;
 mod recovery;
 mod scheduler;
 
+pub use job::{Counters, Ledger};
 pub use recovery::{recover_job, CommittedShard, RecoveredJob};
-pub use scheduler::{Command, Counters, JobPlan, PendingShard, Scheduler};
+pub use scheduler::{Command, JobPlan, PendingShard, Scheduler};
 
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    shard_count, shard_tasks, split_failures, JobPlan, PendingShard, ShardKey, TaskFailure,
+    shard_count, shard_tasks, split_failures, Counters, JobPlan, PendingShard, ShardKey,
+    TaskFailure,
 };
 
 /// A committed shard as recovery needs it.
@@ -48,10 +49,10 @@ pub fn recover_job(
         shard_timeout: None,
         name: name.to_string(),
         max_attempts,
-        tasks_total,
-        tasks_done: 0,
-        tasks_failed: 0,
-        retries: 0,
+        counters: Counters {
+            tasks_total,
+            ..Counters::default()
+        },
         pending: Vec::new(),
     };
     let mut final_failures = Vec::new();
@@ -71,9 +72,9 @@ pub fn recover_job(
                     .filter(|t| !failed_here.contains(t))
                     .collect::<Vec<u64>>(),
             );
-            plan.tasks_done += (tasks.len() - retry.len()) as u64;
-            plan.tasks_failed += done.len() as u64;
-            plan.retries += retry.len() as u64;
+            plan.counters.tasks_done += (tasks.len() - retry.len()) as u64;
+            plan.counters.tasks_failed += done.len() as u64;
+            plan.counters.retries += retry.len() as u64;
             final_failures.extend(done.into_iter().cloned());
             tasks = retry.iter().map(|f| f.index).collect();
             attempt = rec.attempt + 1;
@@ -151,7 +152,7 @@ mod tests {
             .map(|p| (p.key, p.tasks.len()))
             .collect();
         assert_eq!(keys, vec![(key(0, 0), 4), (key(1, 0), 4), (key(2, 0), 2)]);
-        assert_eq!(r.plan.tasks_done, 0);
+        assert_eq!(r.plan.counters.tasks_done, 0);
     }
 
     #[test]
@@ -187,7 +188,11 @@ mod tests {
             }]
         );
         assert_eq!(
-            (r.plan.tasks_done, r.plan.tasks_failed, r.plan.retries),
+            (
+                r.plan.counters.tasks_done,
+                r.plan.counters.tasks_failed,
+                r.plan.counters.retries
+            ),
             (5, 1, 1)
         );
         assert_eq!(r.final_failures.len(), 1);
@@ -201,7 +206,7 @@ mod tests {
         );
         let r = recover_job("j", "n", 6, 3, 3, &c);
         assert!(r.plan.pending.is_empty());
-        assert_eq!(r.plan.tasks_done, 6);
+        assert_eq!(r.plan.counters.tasks_done, 6);
     }
 
     #[test]
@@ -222,7 +227,7 @@ mod tests {
         );
         let r = recover_job("j", "n", 2, 2, 3, &c);
         assert!(r.plan.pending.is_empty());
-        assert_eq!(r.plan.tasks_done, 2);
+        assert_eq!(r.plan.counters.tasks_done, 2);
     }
 
     #[test]
@@ -250,6 +255,9 @@ mod tests {
                 attempt: 2
             }]
         );
-        assert_eq!((r.plan.tasks_done, r.plan.retries), (1, 1));
+        assert_eq!(
+            (r.plan.counters.tasks_done, r.plan.counters.retries),
+            (1, 1)
+        );
     }
 }

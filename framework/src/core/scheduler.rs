@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::{split_failures, ShardKey, TaskFailure};
+use super::{split_failures, Counters, ShardKey, TaskFailure};
 
 /// A shard waiting to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,14 +29,8 @@ pub struct JobPlan {
     pub name: String,
     /// Attempts per task.
     pub max_attempts: u32,
-    /// Tasks in the job.
-    pub tasks_total: u64,
-    /// Tasks whose final outcome is already committed.
-    pub tasks_done: u64,
-    /// Of those, tasks that failed.
-    pub tasks_failed: u64,
-    /// Failed attempts that were retried.
-    pub retries: u64,
+    /// Its tasks, and those whose final outcome is already committed.
+    pub counters: Counters,
     /// Shards still to run.
     pub pending: Vec<PendingShard>,
 }
@@ -200,24 +194,8 @@ struct JobState {
     shard_timeout: Option<Duration>,
     /// Moving average of how long this job's shards take (assignment to report).
     typical: Option<Duration>,
-    tasks_total: u64,
-    tasks_done: u64,
-    tasks_failed: u64,
-    retries: u64,
+    counters: Counters,
     shards: BTreeMap<ShardKey, ShardState>,
-}
-
-/// Progress counters of one job, as the scheduler knows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counters {
-    /// Tasks in the job.
-    pub tasks_total: u64,
-    /// Tasks with a committed final outcome.
-    pub tasks_done: u64,
-    /// Of those, failed.
-    pub tasks_failed: u64,
-    /// Failed attempts retried.
-    pub retries: u64,
 }
 
 /// One final failure per task of a shard whose workers died running it.
@@ -432,10 +410,7 @@ impl Scheduler {
                 max_attempts,
                 shard_timeout: plan.shard_timeout,
                 typical: None,
-                tasks_total: plan.tasks_total,
-                tasks_done: plan.tasks_done,
-                tasks_failed: plan.tasks_failed,
-                retries: plan.retries,
+                counters: plan.counters,
                 shards,
             },
         );
@@ -754,9 +729,9 @@ impl Scheduler {
             _ => None,
         };
         let (retry, final_failed) = split_failures(&shard.tasks, failures, job.max_attempts);
-        job.tasks_done += shard.tasks.len() as u64 - retry.len() as u64;
-        job.tasks_failed += final_failed.len() as u64;
-        job.retries += retry.len() as u64;
+        job.counters.tasks_done += shard.tasks.len() as u64 - retry.len() as u64;
+        job.counters.tasks_failed += final_failed.len() as u64;
+        job.counters.retries += retry.len() as u64;
         if !retry.is_empty() {
             let next = ShardKey {
                 index: key.index,
@@ -788,17 +763,7 @@ impl Scheduler {
 
     /// Counters of a job.
     pub fn counters(&self, job_id: &str) -> Option<Counters> {
-        self.jobs.get(job_id).map(|j| Counters {
-            tasks_total: j.tasks_total,
-            tasks_done: j.tasks_done,
-            tasks_failed: j.tasks_failed,
-            retries: j.retries,
-        })
-    }
-
-    /// The registered name of a job.
-    pub fn job_name(&self, job_id: &str) -> Option<&str> {
-        self.jobs.get(job_id).map(|j| j.name.as_str())
+        self.jobs.get(job_id).map(|j| j.counters)
     }
 
     /// Shards a worker is running now.
@@ -815,11 +780,6 @@ impl Scheduler {
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
-
-    /// Ids of the jobs in progress.
-    pub fn job_ids(&self) -> impl Iterator<Item = &String> {
-        self.jobs.keys()
-    }
 }
 
 #[cfg(test)]
@@ -834,10 +794,10 @@ mod tests {
             shard_timeout: None,
             name: "j".into(),
             max_attempts,
-            tasks_total: u64::from(shards) * per,
-            tasks_done: 0,
-            tasks_failed: 0,
-            retries: 0,
+            counters: Counters {
+                tasks_total: u64::from(shards) * per,
+                ..Counters::default()
+            },
             pending: (0..shards)
                 .map(|i| PendingShard {
                     key: ShardKey {

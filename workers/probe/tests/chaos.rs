@@ -358,7 +358,7 @@ async fn runtime_checks(
             .enumerate()
             .map(|(i, t)| (i as u64, t.value * 2))
             .collect();
-        if results == want && report.progress.tasks_failed == 0 {
+        if results == want && report.progress.counters.tasks_failed == 0 {
             exact += 1;
         } else {
             return Err(format!(

@@ -569,14 +569,14 @@ impl CliJob for WordCount {
         plan(&args.files, split, args.normalize)
     }
     fn output(args: &WordCountArgs, counts: Counts, report: &JobReport) -> Result<(), BoxError> {
-        if report.progress.tasks_failed > 0 {
+        if report.progress.counters.tasks_failed > 0 {
             let first = report
                 .failures
                 .first()
                 .map_or(String::new(), |f| f.error.clone());
             return Err(format!(
                 "{} of {} splits failed: {first}",
-                report.progress.tasks_failed, report.progress.tasks_total
+                report.progress.counters.tasks_failed, report.progress.counters.tasks_total
             )
             .into());
         }

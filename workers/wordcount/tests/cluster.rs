@@ -332,7 +332,7 @@ fn an_input_a_worker_cannot_read_fails_its_task_and_the_rest_completes() {
             .await
             .unwrap();
         let (counts, report) = job.result().await.unwrap();
-        assert_eq!(report.progress.tasks_failed, 1, "{report:?}");
+        assert_eq!(report.progress.counters.tasks_failed, 1, "{report:?}");
         let f = &report.failures[0];
         assert!(
             f.error.contains("cannot read /no/such/input.txt") && f.attempt == 2,

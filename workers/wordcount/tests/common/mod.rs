@@ -67,11 +67,11 @@ pub async fn job_in_flight(
     eventually(Duration::from_secs(60), "some progress", || async {
         job.progress()
             .await
-            .map(|p| p.tasks_done >= 3)
+            .map(|p| p.counters.tasks_done >= 3)
             .unwrap_or(false)
     })
     .await;
-    let done = job.progress().await.expect("progress").tasks_done;
+    let done = job.progress().await.expect("progress").counters.tasks_done;
     assert!(
         done < n,
         "the job finished before the fault; make it bigger"
@@ -86,7 +86,7 @@ pub async fn assert_exact(
     out: &Path,
 ) {
     let (counts, report) = job.result().await.expect("result");
-    assert_eq!(report.progress.tasks_failed, 0, "{report:?}");
+    assert_eq!(report.progress.counters.tasks_failed, 0, "{report:?}");
     wordcount::write_counts(out, &counts).expect("write counts");
     assert_same_file(out, baseline);
 }

@@ -1,32 +1,41 @@
 //! The master supervisor: recovers every unfinished job from ZooKeeper,
 //! publishes itself, then runs the scheduler: shards to workers over QUIC,
 //! reports committed by fenced transactions, results reduced and stored.
+//!
+//! A shell: where shards go is decided by [`Scheduler`], what commits add up
+//! to and when a job finishes by [`Ledger`]; this actor performs their
+//! commands. Here: its life (takeover, publication, gauges), worker links,
+//! commits, merges and finishes. Each client request has a file of its own:
+//! [`submit`], [`status`] (`GetStatus`, `GetJob`), [`fetch`], [`cancel`];
+//! [`load`] reads jobs back after a failover.
+
+mod cancel;
+mod fetch;
+mod load;
+mod status;
+mod submit;
+
+pub(crate) use submit::Submit;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::StreamExt;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, watch};
 
 use super::{Alive, Fatal, Stop};
 use crate::coord::{
-    submission_digest, CommitOutcome, CoordError, JobRecord, JobStatus, LeaderStore, OutputRef,
-    ShardOutput, ShardRecord, StoredJob, WorkerInfo,
+    CommitOutcome, CoordError, JobStatus, LeaderStore, OutputRef, ShardOutput, ShardRecord,
+    StoredJob, WorkerInfo,
 };
-use crate::core::{recover_job, Command, CommittedShard, Scheduler, ShardKey, TaskFailure};
+use crate::core::job::{Finish, Merge};
+use crate::core::{Command, Ledger, Scheduler, ShardKey, TaskFailure};
 use crate::metrics as m;
 use crate::registry::{Accumulator, Registry};
 use crate::store::Store;
-use crate::wire::{
-    Assignment, ClusterStatus, Frame, JobOutcome, JobProgress, JobState, ShardReport, SubmitHeader,
-    WorkerStatus,
-};
-
-/// Final failures kept per job for its report.
-const MAX_KEPT_FAILURES: usize = 100;
+use crate::wire::{Assignment, Frame, ShardReport};
 
 /// A connected worker's control stream: frames pushed here are written by
 /// the link's writer task.
@@ -118,38 +127,25 @@ impl Handler<WorkerDrain> for Master {
 #[rtype(result = "()")]
 struct Registered(BTreeMap<String, WorkerInfo>);
 
-/// A client submission with its tasks.
-#[derive(Message)]
-#[rtype(result = "Frame")]
-pub(crate) struct Submit {
-    pub header: SubmitHeader,
-    pub tasks: Vec<ByteBuf>,
-}
-
-/// Any other client request (`GetJob`, `GetStatus`, `FetchResult`, `Cancel`).
-#[derive(Message)]
-#[rtype(result = "Frame")]
-pub(crate) struct ClientRequest(pub Frame);
-
+/// What the master holds of a running job besides its accounts (in the
+/// [`Ledger`]) and its shards (in the [`Scheduler`]).
 struct JobRuntime {
     stored: StoredJob,
     tasks: Arc<Vec<ByteBuf>>,
-    /// Bytes of its encoded tasks (held in ZooKeeper until it finishes).
-    bytes: usize,
     /// The merged result so far. Merging runs on the blocking pool (a big
     /// partial result takes milliseconds), never on the master's arbiter,
     /// which also drives the ZooKeeper session.
     acc: Arc<std::sync::Mutex<Accumulator>>,
-    /// Merges under way; the job is reduced only once they are done.
-    merging: usize,
-    finish_wanted: bool,
-    failures: Vec<TaskFailure>,
-    finishing: bool,
-    /// Tasks whose committed outputs could not be merged: failed tasks.
-    unmerged: u64,
-    /// Committed shard outputs kept in the store: deleted once the job's
-    /// result is durable.
-    objects: Vec<OutputRef>,
+}
+
+impl JobRuntime {
+    fn new(stored: StoredJob, tasks: Arc<Vec<ByteBuf>>, acc: Accumulator) -> Self {
+        JobRuntime {
+            stored,
+            tasks,
+            acc: Arc::new(std::sync::Mutex::new(acc)),
+        }
+    }
 }
 
 struct Link {
@@ -183,10 +179,10 @@ pub(crate) struct Master {
     store: LeaderStore,
     settings: MasterSettings,
     sched: Scheduler,
+    ledger: Ledger,
     jobs: HashMap<String, JobRuntime>,
     links: HashMap<String, Link>,
     registered: BTreeMap<String, WorkerInfo>,
-    submitting: HashSet<String>,
     /// When the gauges were last refreshed, and whether a refresh is due.
     gauges_at: Option<std::time::Instant>,
     gauges_pending: bool,
@@ -238,12 +234,12 @@ impl Master {
         Master {
             elected,
             store,
+            ledger: Ledger::new(settings.max_queued_bytes),
             settings,
             sched: Scheduler::new(),
             jobs: HashMap::new(),
             links: HashMap::new(),
             registered: BTreeMap::new(),
-            submitting: HashSet::new(),
             gauges_at: None,
             gauges_pending: false,
             loading: HashSet::new(),
@@ -261,132 +257,6 @@ impl Master {
             .fatal
             .send(format!("master stepped down: {err}"));
         ctx.stop();
-    }
-
-    /// Recovers a job from ZooKeeper into the scheduler.
-    async fn load(
-        store: LeaderStore,
-        registry: Registry,
-        job: StoredJob,
-    ) -> Result<(JobRuntime, crate::core::JobPlan), CoordError> {
-        // The three reads pipeline on the session.
-        let (tasks, commits, losses) = futures::try_join!(
-            store.read_tasks(&job.id, job.record.batches),
-            store.read_commits(&job.id),
-            store.read_losses(&job.id)
-        )?;
-        let erased = registry
-            .get(&job.record.job_name)
-            .ok_or_else(|| CoordError::Garbage {
-                path: store.layout().job(&job.id),
-                reason: format!(
-                    "job type {:?} is not registered on this node",
-                    job.record.job_name
-                ),
-            })?;
-        let summary: BTreeMap<ShardKey, CommittedShard> = commits
-            .iter()
-            .map(|(k, r)| (*k, CommittedShard::from(r)))
-            .collect();
-        let rec = &job.record;
-        let recovered = recover_job(
-            &job.id,
-            &rec.job_name,
-            rec.tasks_total,
-            rec.options.shard_size,
-            rec.options.max_attempts,
-            &summary,
-        );
-        // Only the commits of each shard's chain count (see `recover_job`).
-        // Read (from the store, a few at a time), then merged off the arbiter.
-        let chain: Vec<(ShardKey, ShardRecord)> = commits
-            .into_iter()
-            .filter(|(key, _)| recovered.outputs.contains_key(key))
-            .collect();
-        let objects: Vec<OutputRef> = chain
-            .iter()
-            .filter(|(_, r)| matches!(r.output, OutputRef::Object(_)))
-            .map(|(_, r)| r.output.clone())
-            .collect();
-        let reads = chain.into_iter().map(|(key, r)| {
-            let store = store.clone();
-            async move {
-                let bytes = store
-                    .read_output(&r.output)
-                    .await
-                    .map_err(|e| e.to_string());
-                (key, bytes)
-            }
-        });
-        let outputs: Vec<(ShardKey, Result<Vec<u8>, String>)> =
-            futures::stream::iter(reads).buffered(8).collect().await;
-        let outputs_empty = outputs.is_empty();
-        let merger = erased.clone();
-        let job_id = job.id.clone();
-        let merge = move || {
-            let mut acc = merger.new_acc();
-            let mut unmerged = Vec::new();
-            for (key, bytes) in &outputs {
-                let merged = bytes.as_ref().map_err(Clone::clone).and_then(|bytes| {
-                    merger
-                        .merge_encoded(&mut acc, bytes)
-                        .map_err(|e| e.to_string())
-                });
-                if let Err(e) = merged {
-                    tracing::error!(job = %job_id, shard = %key, error = %e, "a committed shard output cannot be read or merged; reporting its tasks as failed");
-                    unmerged.push((*key, e));
-                }
-            }
-            (acc, unmerged)
-        };
-        // Nothing committed yet: no need for a thread of the blocking pool.
-        let acc = if outputs_empty {
-            merge()
-        } else {
-            tokio::task::spawn_blocking(merge)
-                .await
-                .map_err(|e| CoordError::Garbage {
-                    path: store.layout().job(&job.id),
-                    reason: format!("merging failed: {e}"),
-                })?
-        };
-        let (acc, unmerged) = acc;
-        let mut plan = recovered.plan;
-        let mut final_failures = recovered.final_failures;
-        for (key, error) in unmerged {
-            let held = recovered.outputs.get(&key).cloned().unwrap_or_default();
-            let attempt = summary.get(&key).map_or(1, |c| c.attempt);
-            plan.tasks_failed += held.len() as u64;
-            final_failures.extend(held.into_iter().map(|index| TaskFailure {
-                index,
-                error: format!("its shard's output was committed but cannot be merged: {error}"),
-                attempt,
-                retryable: false,
-            }));
-        }
-        plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
-        for p in &mut plan.pending {
-            if let Some(&next) = losses.get(&p.key) {
-                p.attempt = p.attempt.max(next);
-            }
-        }
-        let mut failures = final_failures;
-        failures.truncate(MAX_KEPT_FAILURES);
-        Ok((
-            JobRuntime {
-                stored: job,
-                bytes: tasks.iter().map(|t| t.len()).sum(),
-                tasks: Arc::new(tasks),
-                acc: Arc::new(std::sync::Mutex::new(acc)),
-                merging: 0,
-                finish_wanted: false,
-                failures,
-                finishing: false,
-                unmerged: 0,
-                objects,
-            },
-            plan,
-        ))
     }
 
     /// Refreshes the master's gauges, at most once per [`GAUGE_PERIOD`]:
@@ -444,6 +314,21 @@ impl Master {
         }
     }
 
+    /// Carries out the scheduler's commands, then hands out what can run.
+    fn run(&mut self, ctx: &mut Context<Self>, cmds: Vec<Command>) {
+        self.apply(cmds, ctx);
+        self.dispatch(ctx);
+    }
+
+    /// A worker's link is gone (lost, or dropped by us): its shards go back
+    /// to the queue.
+    fn drop_worker(&mut self, ctx: &mut Context<Self>, node_id: &str) {
+        self.links.remove(node_id);
+        metrics::counter!(m::SHARDS_REASSIGNED).increment(self.sched.running_on(node_id) as u64);
+        let cmds = self.sched.remove_worker(node_id);
+        self.run(ctx, cmds);
+    }
+
     fn apply(&mut self, cmds: Vec<Command>, ctx: &mut Context<Self>) {
         let mut lost = Vec::new();
         for c in cmds {
@@ -491,7 +376,7 @@ impl Master {
                     let empty = erased.encode_acc(&erased.new_acc()).unwrap_or_default();
                     self.commit(ctx, job, key, attempt, ShardOutput::Bytes(empty), failures);
                 }
-                Command::Finish { job } => self.finish(ctx, job),
+                Command::Finish { job } => self.finish(ctx, &job),
                 Command::RecordLoss {
                     job,
                     key,
@@ -508,11 +393,7 @@ impl Master {
             }
         }
         for w in lost {
-            self.links.remove(&w);
-            let cmds = self.sched.remove_worker(&w);
-            metrics::counter!(m::SHARDS_REASSIGNED).increment(1);
-            self.apply(cmds, ctx);
-            self.dispatch(ctx);
+            self.drop_worker(ctx, &w);
         }
     }
 
@@ -565,103 +446,92 @@ impl Master {
         rec: ShardRecord,
     ) {
         metrics::counter!(m::SHARDS_COMMITTED).increment(1);
-        let Some(rt) = self.jobs.get_mut(job) else {
-            return;
+        let tasks = self
+            .sched
+            .shard_tasks(job, key)
+            .unwrap_or_default()
+            .to_vec();
+        let object = match &rec.output {
+            OutputRef::Object(name) => Some(name.clone()),
+            OutputRef::Inline(_) | OutputRef::File(_) => None,
         };
-        if matches!(rec.output, OutputRef::Object(_)) {
-            rt.objects.push(rec.output.clone());
-        }
-        let max = rt.stored.record.options.max_attempts;
-        for f in &rec.failures {
-            if f.is_final(max) {
-                metrics::counter!(m::TASKS_DEAD_LETTERED).increment(1);
-                if rt.failures.len() < MAX_KEPT_FAILURES {
-                    rt.failures.push(f.clone());
-                }
-            } else {
-                metrics::counter!(m::TASKS_RETRIED).increment(1);
-            }
-        }
-        if let Some(erased) = self
-            .settings
-            .registry
-            .get(&rt.stored.record.job_name)
-            .cloned()
-        {
-            rt.merging += 1;
-            let acc = rt.acc.clone();
-            let output = rec.output.clone();
-            // The tasks whose outputs this partial holds: if it cannot be
-            // merged, they are reported as failed, never silently dropped.
-            let failed: HashSet<u64> = rec.failures.iter().map(|f| f.index).collect();
-            let merged_tasks: Vec<u64> = self
-                .sched
-                .shard_tasks(job, key)
-                .unwrap_or_default()
-                .iter()
-                .copied()
-                .filter(|i| !failed.contains(i))
-                .collect();
-            let attempt = rec.attempt;
-            let store = self.store.clone();
-            // Read from the store, then merged on the blocking pool.
-            let merge = async move {
-                let bytes = store
-                    .read_output(&output)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::task::spawn_blocking(move || {
-                    let mut acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    erased
-                        .merge_encoded(&mut acc, &bytes)
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| format!("merging panicked: {e}"))?
-            };
-            let job_id = job.to_string();
-            ctx.spawn(merge.into_actor(self).map(move |res, act, ctx| {
-                let error = match res {
-                    Ok(()) => None,
-                    Err(e) => Some(format!("its shard's output was committed but cannot be merged: {e}")),
-                };
-                if let Some(rt) = act.jobs.get_mut(&job_id) {
-                    if let Some(error) = error {
-                        tracing::error!(job = %job_id, shard = %key, tasks = merged_tasks.len(), %error, "reporting the shard's tasks as failed");
-                        metrics::counter!(m::TASKS_DEAD_LETTERED).increment(merged_tasks.len() as u64);
-                        rt.unmerged += merged_tasks.len() as u64;
-                        for index in merged_tasks {
-                            if rt.failures.len() >= MAX_KEPT_FAILURES {
-                                break;
-                            }
-                            rt.failures.push(TaskFailure { index, error: error.clone(), attempt, retryable: false });
-                        }
-                    }
-                    rt.merging -= 1;
-                    if rt.merging == 0 && rt.finish_wanted {
-                        act.finish(ctx, job_id);
-                    }
-                }
-            }));
+        let c = self
+            .ledger
+            .committed(job, key, &tasks, rec.attempt, &rec.failures, object);
+        metrics::counter!(m::TASKS_DEAD_LETTERED).increment(c.dead_lettered);
+        metrics::counter!(m::TASKS_RETRIED).increment(c.retried);
+        if let Some(merge) = c.merge {
+            self.merge(ctx, merge, rec.output.clone());
         }
         self.sched.tick(std::time::Instant::now());
         let cmds = self.sched.committed(job, key, rec.attempt, &rec.failures);
-        self.apply(cmds, ctx);
-        self.dispatch(ctx);
+        self.run(ctx, cmds);
     }
 
-    fn finish(&mut self, ctx: &mut Context<Self>, job: String) {
-        let Some(rt) = self.jobs.get_mut(&job) else {
+    /// Reads a committed output (from the store if it is there) and merges
+    /// it into the job's result on the blocking pool.
+    fn merge(&mut self, ctx: &mut Context<Self>, merge: Merge, output: OutputRef) {
+        let Some(rt) = self.jobs.get(&merge.job) else {
             return;
         };
-        if rt.finishing {
-            return;
+        let erased = self
+            .settings
+            .registry
+            .get(&rt.stored.record.job_name)
+            .cloned();
+        let acc = rt.acc.clone();
+        let store = self.store.clone();
+        let work = async move {
+            let erased = erased.ok_or("its job type is not registered on the master")?;
+            let bytes = store
+                .read_output(&output)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::task::spawn_blocking(move || {
+                let mut acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                erased
+                    .merge_encoded(&mut acc, &bytes)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| format!("merging panicked: {e}"))?
+        };
+        ctx.spawn(work.into_actor(self).map(move |res: Result<(), String>, act, ctx| {
+            if let Err(error) = &res {
+                tracing::error!(job = %merge.job, shard = %merge.key, tasks = merge.tasks.len(), %error, "a committed shard output cannot be merged; reporting its tasks as failed");
+            }
+            act.merged(ctx, merge, res);
+        }));
+    }
+
+    /// A merge's outcome, for the ledger: it may fail tasks, and it may
+    /// have been all a finish waited for.
+    fn merged(&mut self, ctx: &mut Context<Self>, merge: Merge, outcome: Result<(), String>) {
+        let scheduled = self.sched.counters(&merge.job).unwrap_or_default();
+        let (failed, finish) = self.ledger.merged(merge, outcome, scheduled);
+        metrics::counter!(m::TASKS_DEAD_LETTERED).increment(failed);
+        if let Some(f) = finish {
+            self.write_result(ctx, f);
         }
-        if rt.merging > 0 {
-            rt.finish_wanted = true;
+    }
+
+    /// Every task of the job has an outcome: write its result (once the
+    /// ledger says merges are done).
+    fn finish(&mut self, ctx: &mut Context<Self>, job: &str) {
+        let Some(scheduled) = self.sched.counters(job) else {
             return;
+        };
+        if let Some(f) = self.ledger.finish(job, scheduled) {
+            self.write_result(ctx, f);
         }
-        rt.finishing = true;
+    }
+
+    /// Encodes the job's result off the arbiter and writes it with `Done`
+    /// in one fenced transaction; retried while the cause is transient.
+    fn write_result(&mut self, ctx: &mut Context<Self>, f: Finish) {
+        let Some(rt) = self.jobs.get(&f.job) else {
+            return;
+        };
         let Some(erased) = self
             .settings
             .registry
@@ -670,10 +540,6 @@ impl Master {
         else {
             return;
         };
-        let Some(mut counters) = self.sched.counters(&job) else {
-            return;
-        };
-        counters.tasks_failed = (counters.tasks_failed + rt.unmerged).min(counters.tasks_done);
         let acc = rt.acc.clone();
         let store = self.store.clone();
         let stored = StoredJob {
@@ -681,10 +547,14 @@ impl Master {
             record: rt.stored.record.clone(),
             version: rt.stored.version,
         };
-        let failures = rt.failures.clone();
-        let objects = rt.objects.clone();
+        let Finish {
+            job,
+            counters,
+            failures,
+            objects,
+        } = f;
         let job_id = job.clone();
-        let fut = async move {
+        let work = async move {
             let encoded = tokio::task::spawn_blocking(move || {
                 let acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 erased.encode_acc(&acc)
@@ -705,7 +575,7 @@ impl Master {
                 .finish(&stored, output, failures, counters, &objects)
                 .await
         };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+        ctx.spawn(work.into_actor(self).map(move |res, act, ctx| match res {
             Ok(_) => {
                 tracing::info!(
                     job,
@@ -718,18 +588,20 @@ impl Master {
                 } else {
                     metrics::counter!(m::JOBS_COMPLETED).increment(1);
                 }
-                metrics::gauge!(m::JOBS_RUNNING).set(act.jobs.len().saturating_sub(1) as f64);
                 act.jobs.remove(&job);
+                act.ledger.finished(&job);
                 act.sched.remove_job(&job);
+                metrics::gauge!(m::JOBS_RUNNING).set(act.jobs.len() as f64);
             }
             Err(e) if e.is_session_end() => act.fail(ctx, &e),
             Err(e) => {
                 tracing::warn!(job, error = %e, "cannot store the job's result; retrying");
-                if let Some(rt) = act.jobs.get_mut(&job) {
-                    rt.finishing = false;
-                }
+                act.ledger.finish_failed(&job);
                 ctx.run_later(Duration::from_millis(200), move |act, ctx| {
-                    act.finish(ctx, job)
+                    let scheduled = act.sched.counters(&job).unwrap_or_default();
+                    if let Some(f) = act.ledger.retry_finish(&job, scheduled) {
+                        act.write_result(ctx, f);
+                    }
                 });
             }
         }));
@@ -751,85 +623,6 @@ impl Master {
                 );
                 self.apply(cmds, ctx);
             }
-        }
-    }
-
-    fn progress(&self, id: &str) -> Option<JobProgress> {
-        let rt = self.jobs.get(id)?;
-        let c = self.sched.counters(id)?;
-        Some(JobProgress {
-            job_id: id.to_string(),
-            job_name: rt.stored.record.job_name.clone(),
-            state: JobState::Running,
-            tasks_total: c.tasks_total,
-            tasks_done: c.tasks_done,
-            tasks_failed: c.tasks_failed,
-            retries: c.retries,
-        })
-    }
-
-    fn stored_progress(
-        job: &StoredJob,
-        result: Option<&crate::coord::ResultRecord>,
-    ) -> JobProgress {
-        let state = match job.record.status {
-            JobStatus::Done => JobState::Done,
-            JobStatus::Cancelled => JobState::Cancelled,
-            JobStatus::Accepted | JobStatus::Writing => JobState::Running,
-        };
-        JobProgress {
-            job_id: job.id.clone(),
-            job_name: job.record.job_name.clone(),
-            state,
-            tasks_total: job.record.tasks_total,
-            tasks_done: result.map_or(0, |r| r.tasks_done),
-            tasks_failed: result.map_or(0, |r| r.tasks_failed),
-            retries: result.map_or(0, |r| r.retries),
-        }
-    }
-
-    /// Reads unfinished jobs back from ZooKeeper while serving, many at a
-    /// time, and queues each as soon as it is read. A job cancelled while
-    /// it loads is dropped when it arrives; one submitted again meanwhile
-    /// is found in ZooKeeper and reported as existing.
-    fn load_jobs(&mut self, ctx: &mut Context<Self>, pending: Vec<StoredJob>) {
-        if pending.is_empty() {
-            return;
-        }
-        let started = std::time::Instant::now();
-        let total = pending.len();
-        let permits = Arc::new(tokio::sync::Semaphore::new(RECOVERY_CONCURRENCY));
-        self.loading = pending.iter().map(|j| j.id.clone()).collect();
-        for job in pending {
-            let store = self.store.clone();
-            let registry = self.settings.registry.clone();
-            let permits = permits.clone();
-            let id = job.id.clone();
-            let load = async move {
-                let _permit = permits.acquire_owned().await;
-                Self::load(store, registry, job).await
-            };
-            ctx.spawn(load.into_actor(self).map(move |res, act, ctx| {
-                act.loading.remove(&id);
-                match res {
-                    Ok(_) if act.cancelled_while_loading.remove(&id) => {}
-                    Ok((rt, plan)) => {
-                        act.jobs.insert(id, rt);
-                        let cmds = act.sched.add_job(plan);
-                        act.apply(cmds, ctx);
-                        act.dispatch(ctx);
-                    }
-                    Err(e) => return act.fail(ctx, &e),
-                }
-                if act.loading.is_empty() {
-                    act.cancelled_while_loading.clear();
-                    tracing::info!(
-                        jobs = total,
-                        recovered_ms = started.elapsed().as_millis() as u64,
-                        "every unfinished job is back in the queue"
-                    );
-                }
-            }));
         }
     }
 
@@ -913,9 +706,6 @@ impl GetDataOwned for zookeeper_client::Client {
 
 /// Shortest interval between two refreshes of the master's gauges.
 const GAUGE_PERIOD: Duration = Duration::from_millis(200);
-
-/// Jobs whose state is read at once during recovery.
-const RECOVERY_CONCURRENCY: usize = 256;
 
 impl Actor for Master {
     type Context = Context<Self>;
@@ -1097,10 +887,7 @@ impl Handler<WorkerLeft> for Master {
                     tracing::warn!(worker = %msg.node_id, running, "worker link lost; reassigning its shards")
                 }
             }
-            metrics::counter!(m::SHARDS_REASSIGNED).increment(running as u64);
-            let cmds = self.sched.remove_worker(&msg.node_id);
-            self.apply(cmds, ctx);
-            self.dispatch(ctx);
+            self.drop_worker(ctx, &msg.node_id);
         }
     }
 }
@@ -1152,10 +939,7 @@ impl Handler<Report> for Master {
         if let Some(reason) = impossible {
             tracing::warn!(worker = %msg.node_id, job = %r.job_id, shard = %r.shard, %reason, "impossible report: dropping the worker's link");
             metrics::counter!(m::FRAME_ERRORS).increment(1);
-            self.links.remove(&msg.node_id);
-            let cmds = self.sched.remove_worker(&msg.node_id);
-            self.apply(cmds, ctx);
-            self.dispatch(ctx);
+            self.drop_worker(ctx, &msg.node_id);
             return;
         }
         if r.epoch != self.store.epoch()
@@ -1184,321 +968,30 @@ impl Handler<Report> for Master {
     }
 }
 
-fn error(message: impl std::fmt::Display) -> Frame {
-    Frame::Error {
-        message: message.to_string(),
-    }
-}
-
-impl Handler<Submit> for Master {
-    type Result = ResponseActFuture<Self, Frame>;
-    fn handle(&mut self, msg: Submit, _ctx: &mut Context<Self>) -> Self::Result {
-        let h = msg.header;
-        let Some(erased) = self.settings.registry.get(&h.job_name) else {
-            let known = self.settings.registry.names().join(", ");
-            return Box::pin(fut::ready(error(format!(
-                "unknown job type {:?}; this cluster runs: {known}",
-                h.job_name
-            ))));
-        };
-        let _ = erased;
-        let odd = h.job_id.is_empty() || h.job_id == "." || h.job_id == "..";
-        if odd || h.job_id.len() > 128 || h.job_id.contains(['/', '\0']) {
-            return Box::pin(fut::ready(error(format!("invalid job id {:?}", h.job_id))));
-        }
-        if h.options.shard_size == 0 || h.options.max_attempts == 0 {
-            return Box::pin(fut::ready(error(
-                "shard size and max attempts must be at least 1",
-            )));
-        }
-        if h.task_count != msg.tasks.len() as u64 {
-            return Box::pin(fut::ready(error(format!(
-                "header announced {} tasks, got {}",
-                h.task_count,
-                msg.tasks.len()
-            ))));
-        }
-        if let Some(rt) = self.jobs.get(&h.job_id) {
-            // The same submission finds its job; another is refused.
-            let kept = rt.stored.record.digest.clone();
-            let tasks = Arc::new(msg.tasks);
-            let fut = async move {
-                let digest = digest_off_thread(&h, tasks).await;
-                match same_submission(&h.job_id, kept.as_ref(), &digest) {
-                    Ok(()) => Frame::Accepted {
-                        job_id: h.job_id,
-                        existing: true,
-                    },
-                    Err(message) => Frame::Error { message },
-                }
-            };
-            return Box::pin(fut.into_actor(self));
-        }
-        // ZooKeeper keeps every byte in its servers' memory: a cluster-wide
-        // bound, so that a big submission is refused instead of exhausting
-        // the ensemble's heap.
-        let held: usize = self.jobs.values().map(|rt| rt.bytes).sum();
-        let new: usize = msg.tasks.iter().map(|t| t.len()).sum();
-        if held.saturating_add(new) > self.settings.max_queued_bytes {
-            return Box::pin(fut::ready(error(format!(
-                "the cluster holds {held} bytes of unfinished tasks; {new} more would pass its \
-                 limit of {} (--max-queued-bytes): retry when jobs finish, or pass references \
-                 to data (file splits) rather than the data",
-                self.settings.max_queued_bytes
-            ))));
-        }
-        if !self.submitting.insert(h.job_id.clone()) {
-            return Box::pin(fut::ready(error(format!(
-                "job {} is being submitted by another request; retry",
-                h.job_id
-            ))));
-        }
-        let store = self.store.clone();
-        let registry = self.settings.registry.clone();
-        let tasks = Arc::new(msg.tasks);
-        let id = h.job_id.clone();
-        let fut = async move {
-            let digest = digest_off_thread(&h, tasks.clone()).await;
-            if let Some(existing) = store.read_job(&h.job_id).await? {
-                if existing.record.status != JobStatus::Writing {
-                    return match same_submission(
-                        &h.job_id,
-                        existing.record.digest.as_ref(),
-                        &digest,
-                    ) {
-                        Ok(()) => Ok(Err(None)),
-                        Err(refusal) => Ok(Err(Some(refusal))),
-                    };
-                }
-                store.delete_tree(&store.layout().job(&h.job_id)).await?;
-            }
-            let record = JobRecord {
-                job_name: h.job_name.clone(),
-                options: h.options.clone(),
-                tasks_total: h.task_count,
-                batches: 0,
-                status: JobStatus::Writing,
-                created_ms: 0,
-                fetched_ms: None,
-                digest: Some(digest),
-            };
-            let job = store.create_job(&h.job_id, record, &tasks).await?;
-            let erased = registry
-                .get(&h.job_name)
-                .ok_or_else(|| CoordError::Garbage {
-                    path: store.layout().job(&h.job_id),
-                    reason: "job type vanished".into(),
-                })?;
-            let rec = &job.record;
-            let mut plan = recover_job(
-                &job.id,
-                &rec.job_name,
-                rec.tasks_total,
-                rec.options.shard_size,
-                rec.options.max_attempts,
-                &BTreeMap::new(),
-            )
-            .plan;
-            plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
-            let rt = JobRuntime {
-                stored: job,
-                bytes: tasks.iter().map(|t| t.len()).sum(),
-                tasks,
-                acc: Arc::new(std::sync::Mutex::new(erased.new_acc())),
-                merging: 0,
-                finish_wanted: false,
-                failures: Vec::new(),
-                finishing: false,
-                unmerged: 0,
-                objects: Vec::new(),
-            };
-            Ok::<_, CoordError>(Ok((rt, plan)))
-        };
-        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
-            act.submitting.remove(&id);
-            match res {
-                Ok(Err(None)) => Frame::Accepted { job_id: id, existing: true },
-                Ok(Err(Some(message))) => Frame::Error { message },
-                Ok(Ok((rt, plan))) => {
-                    tracing::info!(job = %id, tasks = plan.tasks_total, shards = plan.pending.len(), "job accepted");
-                    metrics::counter!(m::JOBS_SUBMITTED).increment(1);
-                    act.jobs.insert(id.clone(), rt);
-                    let cmds = act.sched.add_job(plan);
-                    act.apply(cmds, ctx);
-                    act.dispatch(ctx);
-                    Frame::Accepted { job_id: id, existing: false }
-                }
-                Err(e) => {
-                    if e.is_session_end() {
-                        act.fail(ctx, &e);
-                    }
-                    error(format!("submission of {id} failed: {e}"))
-                }
-            }
-        }))
-    }
-}
-
-/// The submission's digest, computed on the blocking pool (32 MiB of
-/// tasks take tens of milliseconds).
-async fn digest_off_thread(h: &SubmitHeader, tasks: Arc<Vec<ByteBuf>>) -> ByteBuf {
-    let (name, options) = (h.job_name.clone(), h.options.clone());
-    let compute = move || submission_digest(&name, &options, &tasks);
-    match tokio::task::spawn_blocking(compute).await {
-        Ok(d) => d,
-        // Cannot happen (hashing does not panic); an empty digest matches nothing.
-        Err(_) => ByteBuf::new(),
-    }
-}
-
-/// Whether a resubmission is the job's own; the refusal names the job.
-/// Jobs written before digests were kept accept any resubmission.
-fn same_submission(id: &str, kept: Option<&ByteBuf>, digest: &ByteBuf) -> Result<(), String> {
-    match kept {
-        Some(k) if k != digest => Err(format!(
-            "job {id} exists with a different submission (other tasks or options): choose \
-             another job id, or fetch the existing job's result with `result {id}`"
-        )),
-        _ => Ok(()),
-    }
-}
+/// Any other client request (`GetJob`, `GetStatus`, `FetchResult`, `Cancel`).
+#[derive(Message)]
+#[rtype(result = "Frame")]
+pub(crate) struct ClientRequest(pub Frame);
 
 impl Handler<ClientRequest> for Master {
     type Result = ResponseActFuture<Self, Frame>;
     fn handle(&mut self, msg: ClientRequest, ctx: &mut Context<Self>) -> Self::Result {
-        let store = self.store.clone();
         match msg.0 {
-            Frame::GetStatus => {
-                let workers = self
-                    .registered
-                    .iter()
-                    .map(|(id, info)| WorkerStatus {
-                        node_id: id.clone(),
-                        addr: info.addr.clone(),
-                        slots: info.slots,
-                        in_flight: self.sched.running_on(id) as u32,
-                        connected: self.links.contains_key(id),
-                        last_seen_ms: self
-                            .links
-                            .get(id)
-                            .map(|l| l.last_seen.elapsed().as_millis() as u64),
-                    })
-                    .collect();
-                let jobs = self
-                    .jobs
-                    .keys()
-                    .filter_map(|id| self.progress(id))
-                    .collect();
-                Box::pin(fut::ready(Frame::Status(ClusterStatus {
-                    leader: self.settings.node_id.clone(),
-                    epoch: self.store.epoch(),
-                    workers,
-                    jobs,
-                })))
-            }
-            Frame::GetJob { job_id } => {
-                if let Some(p) = self.progress(&job_id) {
-                    return Box::pin(fut::ready(Frame::Job(p)));
-                }
-                Box::pin(
-                    async move {
-                        let Some(job) = store.read_job(&job_id).await? else {
-                            return Ok(error(format!("no job {job_id}")));
-                        };
-                        let result = store.read_result(&job_id).await?;
-                        Ok::<_, CoordError>(Frame::Job(Self::stored_progress(
-                            &job,
-                            result.as_ref(),
-                        )))
-                    }
-                    .into_actor(self)
-                    .map(|res, _, _| res.unwrap_or_else(error)),
-                )
-            }
-            Frame::FetchResult { job_id } => {
-                if self.jobs.contains_key(&job_id) {
-                    return Box::pin(fut::ready(error(format!("job {job_id} is still running"))));
-                }
-                Box::pin(
-                    async move {
-                        let Some(job) = store.read_job(&job_id).await? else {
-                            return Ok(error(format!("no job {job_id} (unknown, or its result was fetched and retention has passed)")));
-                        };
-                        let result = store.read_result(&job_id).await?;
-                        let bytes = match &result {
-                            Some(r) => store.read_output(&r.output).await?,
-                            None if job.record.status == JobStatus::Cancelled => Vec::new(),
-                            None => return Ok(error(format!("job {job_id} has no result yet"))),
-                        };
-                        store.mark_fetched(&job).await?;
-                        Ok::<_, CoordError>(Frame::Outcome(JobOutcome {
-                            progress: Self::stored_progress(&job, result.as_ref()),
-                            result: ByteBuf::from(bytes),
-                            failures: result.map(|r| r.failures).unwrap_or_default(),
-                        }))
-                    }
-                    .into_actor(self)
-                    .map(|res, _, _| res.unwrap_or_else(error)),
-                )
-            }
-            Frame::Cancel { job_id } => {
-                if self.loading.contains(&job_id) {
-                    self.cancelled_while_loading.insert(job_id.clone());
-                }
-                let rt = self.jobs.remove(&job_id);
-                self.sched.remove_job(&job_id);
-                self.dispatch(ctx);
-                Box::pin(
-                    async move {
-                        let job = match rt {
-                            Some(rt) => rt.stored,
-                            None => match store.read_job(&job_id).await? {
-                                Some(j) => j,
-                                None => return Ok(error(format!("no job {job_id}"))),
-                            },
-                        };
-                        if job.record.status == JobStatus::Accepted {
-                            store.set_status(&job, JobStatus::Cancelled).await?;
-                        }
-                        Ok::<_, CoordError>(Frame::Ok)
-                    }
-                    .into_actor(self)
-                    .map(|res, _, _| res.unwrap_or_else(error)),
-                )
-            }
+            Frame::GetStatus => Box::pin(fut::ready(self.status())),
+            Frame::GetJob { job_id } => self.get_job(job_id),
+            Frame::FetchResult { job_id } => self.fetch(job_id),
+            Frame::Cancel { job_id } => self.cancel(ctx, job_id),
             other => Box::pin(fut::ready(error(format!(
-                "unexpected request {:?}",
-                frame_name(&other)
+                "unexpected request {}",
+                other.name()
             )))),
         }
     }
 }
 
-/// A frame's variant name, for error messages.
-pub(crate) fn frame_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::WorkerHello { .. } => "WorkerHello",
-        Frame::Welcome { .. } => "Welcome",
-        Frame::Assign(_) => "Assign",
-        Frame::Report(_) => "Report",
-        Frame::Started { .. } => "Started",
-        Frame::StartAck { .. } => "StartAck",
-        Frame::Draining => "Draining",
-        Frame::Drained => "Drained",
-        Frame::DrainAck => "DrainAck",
-        Frame::Submit(_) => "Submit",
-        Frame::SubmitChunk { .. } => "SubmitChunk",
-        Frame::Accepted { .. } => "Accepted",
-        Frame::GetJob { .. } => "GetJob",
-        Frame::Job(_) => "Job",
-        Frame::GetStatus => "GetStatus",
-        Frame::Status(_) => "Status",
-        Frame::FetchResult { .. } => "FetchResult",
-        Frame::Outcome(_) => "Outcome",
-        Frame::Cancel { .. } => "Cancel",
-        Frame::Ok => "Ok",
-        Frame::NotMaster => "NotMaster",
-        Frame::Error { .. } => "Error",
+fn error(message: impl std::fmt::Display) -> Frame {
+    Frame::Error {
+        message: message.to_string(),
     }
 }
 

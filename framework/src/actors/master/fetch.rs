@@ -1,0 +1,44 @@
+//! `FetchResult`: a finished (or cancelled) job's result, read from
+//! ZooKeeper and the store; the first fetch starts its retention clock.
+
+use actix::prelude::*;
+use serde_bytes::ByteBuf;
+
+use super::status::stored_progress;
+use super::{error, Master};
+use crate::coord::{CoordError, JobStatus, LeaderStore};
+use crate::wire::{Frame, JobOutcome};
+
+impl Master {
+    pub(super) fn fetch(&self, job_id: String) -> ResponseActFuture<Self, Frame> {
+        if self.jobs.contains_key(&job_id) {
+            return Box::pin(fut::ready(error(format!("job {job_id} is still running"))));
+        }
+        let store = self.store.clone();
+        Box::pin(
+            async move { fetch(&store, &job_id).await }
+                .into_actor(self)
+                .map(|res, _, _| res.unwrap_or_else(error)),
+        )
+    }
+}
+
+async fn fetch(store: &LeaderStore, job_id: &str) -> Result<Frame, CoordError> {
+    let Some(job) = store.read_job(job_id).await? else {
+        return Ok(error(format!(
+            "no job {job_id} (unknown, or its result was fetched and retention has passed)"
+        )));
+    };
+    let result = store.read_result(job_id).await?;
+    let bytes = match &result {
+        Some(r) => store.read_output(&r.output).await?,
+        None if job.record.status == JobStatus::Cancelled => Vec::new(),
+        None => return Ok(error(format!("job {job_id} has no result yet"))),
+    };
+    store.mark_fetched(&job).await?;
+    Ok(Frame::Outcome(JobOutcome {
+        progress: stored_progress(&job, result.as_ref()),
+        result: ByteBuf::from(bytes),
+        failures: result.map(|r| r.failures).unwrap_or_default(),
+    }))
+}

@@ -1,0 +1,209 @@
+//! Reading a job back from ZooKeeper: its tasks, its commits and lost
+//! attempts, its committed outputs merged off the arbiter. What remains to
+//! run is decided by [`recover_job`]; what the commits add to the job's
+//! report, by the ledger.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::StreamExt;
+
+use super::{JobRuntime, Master};
+use crate::coord::{CoordError, LeaderStore, OutputRef, ShardRecord, StoredJob};
+use crate::core::job::{task_bytes, Merge};
+use crate::core::{recover_job, CommittedShard, JobPlan, ShardKey};
+use crate::registry::Registry;
+
+/// Jobs whose state is read at once during recovery.
+const RECOVERY_CONCURRENCY: usize = 256;
+
+/// A job read back, ready for the scheduler and the ledger.
+pub(super) struct Loaded {
+    pub rt: JobRuntime,
+    pub plan: JobPlan,
+    pub bytes: usize,
+    pub failures: Vec<crate::core::TaskFailure>,
+    pub objects: Vec<String>,
+    /// Committed outputs that could not be read or merged, with why.
+    pub unmerged: Vec<(Merge, String)>,
+}
+
+/// Reads a job, then merges its committed outputs on the blocking pool.
+pub(super) async fn load(
+    store: LeaderStore,
+    registry: Registry,
+    job: StoredJob,
+) -> Result<Loaded, CoordError> {
+    // The three reads pipeline on the session.
+    let (tasks, commits, losses) = futures::try_join!(
+        store.read_tasks(&job.id, job.record.batches),
+        store.read_commits(&job.id),
+        store.read_losses(&job.id)
+    )?;
+    let erased = registry
+        .get(&job.record.job_name)
+        .ok_or_else(|| CoordError::Garbage {
+            path: store.layout().job(&job.id),
+            reason: format!(
+                "job type {:?} is not registered on this node",
+                job.record.job_name
+            ),
+        })?
+        .clone();
+    let summary: BTreeMap<ShardKey, CommittedShard> = commits
+        .iter()
+        .map(|(k, r)| (*k, CommittedShard::from(r)))
+        .collect();
+    let rec = &job.record;
+    let recovered = recover_job(
+        &job.id,
+        &rec.job_name,
+        rec.tasks_total,
+        rec.options.shard_size,
+        rec.options.max_attempts,
+        &summary,
+    );
+    // Only the commits of each shard's chain count (see `recover_job`).
+    // Read (from the store, a few at a time), then merged off the arbiter.
+    let chain: Vec<(ShardKey, ShardRecord)> = commits
+        .into_iter()
+        .filter(|(key, _)| recovered.outputs.contains_key(key))
+        .collect();
+    let objects: Vec<String> = chain
+        .iter()
+        .filter_map(|(_, r)| match &r.output {
+            OutputRef::Object(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let reads = chain.into_iter().map(|(key, r)| {
+        let store = store.clone();
+        async move {
+            let bytes = store
+                .read_output(&r.output)
+                .await
+                .map_err(|e| e.to_string());
+            (key, bytes)
+        }
+    });
+    let outputs: Vec<(ShardKey, Result<Vec<u8>, String>)> =
+        futures::stream::iter(reads).buffered(8).collect().await;
+    let nothing_committed = outputs.is_empty();
+    let merge = move || {
+        let mut acc = erased.new_acc();
+        let mut failed = Vec::new();
+        for (key, bytes) in &outputs {
+            let merged = bytes.as_ref().map_err(Clone::clone).and_then(|bytes| {
+                erased
+                    .merge_encoded(&mut acc, bytes)
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(e) = merged {
+                failed.push((*key, e));
+            }
+        }
+        (acc, failed)
+    };
+    // Nothing committed yet: no need for a thread of the blocking pool.
+    let (acc, failed) = if nothing_committed {
+        merge()
+    } else {
+        tokio::task::spawn_blocking(merge)
+            .await
+            .map_err(|e| CoordError::Garbage {
+                path: store.layout().job(&job.id),
+                reason: format!("merging failed: {e}"),
+            })?
+    };
+    let unmerged = failed
+        .into_iter()
+        .map(|(key, error)| {
+            let merge = Merge {
+                job: job.id.clone(),
+                key,
+                attempt: summary.get(&key).map_or(1, |c| c.attempt),
+                tasks: recovered.outputs.get(&key).cloned().unwrap_or_default(),
+            };
+            (merge, error)
+        })
+        .collect();
+    let mut plan = recovered.plan;
+    plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
+    for p in &mut plan.pending {
+        if let Some(&next) = losses.get(&p.key) {
+            p.attempt = p.attempt.max(next);
+        }
+    }
+    Ok(Loaded {
+        bytes: task_bytes(&tasks),
+        rt: JobRuntime::new(job, Arc::new(tasks), acc),
+        plan,
+        failures: recovered.final_failures,
+        objects,
+        unmerged,
+    })
+}
+
+impl Master {
+    /// Reads unfinished jobs back from ZooKeeper while serving, many at a
+    /// time, and queues each as soon as it is read. A job cancelled while
+    /// it loads is dropped when it arrives; one submitted again meanwhile
+    /// is found in ZooKeeper and reported as existing.
+    pub(super) fn load_jobs(&mut self, ctx: &mut Context<Self>, pending: Vec<StoredJob>) {
+        if pending.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let total = pending.len();
+        let permits = Arc::new(tokio::sync::Semaphore::new(RECOVERY_CONCURRENCY));
+        self.loading = pending.iter().map(|j| j.id.clone()).collect();
+        for job in pending {
+            let store = self.store.clone();
+            let registry = self.settings.registry.clone();
+            let permits = permits.clone();
+            let id = job.id.clone();
+            let load = async move {
+                let _permit = permits.acquire_owned().await;
+                load(store, registry, job).await
+            };
+            ctx.spawn(load.into_actor(self).map(move |res, act, ctx| {
+                act.loading.remove(&id);
+                match res {
+                    Ok(_) if act.cancelled_while_loading.remove(&id) => {}
+                    Ok(loaded) => act.add_loaded(ctx, id, loaded),
+                    Err(e) => return act.fail(ctx, &e),
+                }
+                if act.loading.is_empty() {
+                    act.cancelled_while_loading.clear();
+                    tracing::info!(
+                        jobs = total,
+                        recovered_ms = started.elapsed().as_millis() as u64,
+                        "every unfinished job is back in the queue"
+                    );
+                }
+            }));
+        }
+    }
+
+    /// Hands a job read back (or just accepted) to the ledger and the
+    /// scheduler.
+    pub(super) fn add_loaded(&mut self, ctx: &mut Context<Self>, id: String, loaded: Loaded) {
+        let max_attempts = loaded.rt.stored.record.options.max_attempts;
+        self.ledger.add(
+            &id,
+            max_attempts,
+            loaded.bytes,
+            loaded.failures,
+            loaded.objects,
+        );
+        self.jobs.insert(id.clone(), loaded.rt);
+        for (merge, error) in loaded.unmerged {
+            tracing::error!(job = %id, shard = %merge.key, %error, "a committed shard output cannot be read or merged; reporting its tasks as failed");
+            self.merged(ctx, merge, Err(error));
+        }
+        let cmds = self.sched.add_job(loaded.plan);
+        self.run(ctx, cmds);
+    }
+}

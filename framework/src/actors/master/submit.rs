@@ -1,0 +1,193 @@
+//! `Submit`: a client's job with its tasks. Checked and admitted by the
+//! ledger, written to ZooKeeper (`Writing`, batches, `Accepted`), then
+//! scheduled. A resubmission of a known id answers `existing` when it is
+//! the same submission (same digest), and is refused otherwise.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde_bytes::ByteBuf;
+
+use super::load::Loaded;
+use super::{error, JobRuntime, Master};
+use crate::coord::{submission_digest, CoordError, JobRecord, JobStatus};
+use crate::core::job::{task_bytes, Ledger, Submission};
+use crate::core::recover_job;
+use crate::metrics as m;
+use crate::wire::{Frame, SubmitHeader};
+
+/// A client submission with its tasks.
+#[derive(Message)]
+#[rtype(result = "Frame")]
+pub(crate) struct Submit {
+    pub header: SubmitHeader,
+    pub tasks: Vec<ByteBuf>,
+}
+
+/// What writing a submission came to.
+enum Written {
+    /// A new job, to schedule.
+    New(Box<Loaded>),
+    /// The same submission was already accepted.
+    Existing,
+    /// The id holds another submission.
+    Refused(String),
+}
+
+impl Handler<Submit> for Master {
+    type Result = ResponseActFuture<Self, Frame>;
+    fn handle(&mut self, msg: Submit, _ctx: &mut Context<Self>) -> Self::Result {
+        let h = msg.header;
+        if self.settings.registry.get(&h.job_name).is_none() {
+            let known = self.settings.registry.names().join(", ");
+            return Box::pin(fut::ready(error(format!(
+                "unknown job type {:?}; this cluster runs: {known}",
+                h.job_name
+            ))));
+        }
+        let bytes = task_bytes(&msg.tasks);
+        let submission = Submission {
+            job_id: &h.job_id,
+            shard_size: h.options.shard_size,
+            max_attempts: h.options.max_attempts,
+            announced: h.task_count,
+            tasks: msg.tasks.len() as u64,
+            bytes,
+        };
+        if let Err(refusal) = Ledger::check(&submission) {
+            return Box::pin(fut::ready(error(refusal)));
+        }
+        if let Some(rt) = self.jobs.get(&h.job_id) {
+            // The same submission finds its job; another is refused.
+            let kept = rt.stored.record.digest.clone();
+            let tasks = Arc::new(msg.tasks);
+            let fut = async move {
+                let digest = digest_off_thread(&h, tasks).await;
+                match same_submission(&h.job_id, kept.as_ref(), &digest) {
+                    Ok(()) => Frame::Accepted {
+                        job_id: h.job_id,
+                        existing: true,
+                    },
+                    Err(message) => Frame::Error { message },
+                }
+            };
+            return Box::pin(fut.into_actor(self));
+        }
+        // ZooKeeper keeps every byte in its servers' memory: a cluster-wide
+        // bound (submissions being written included), so that a big
+        // submission is refused instead of exhausting the ensemble's heap.
+        if let Err(refusal) = self.ledger.begin_submission(&submission) {
+            return Box::pin(fut::ready(error(refusal)));
+        }
+        let store = self.store.clone();
+        let registry = self.settings.registry.clone();
+        let tasks = Arc::new(msg.tasks);
+        let id = h.job_id.clone();
+        let fut = async move {
+            let digest = digest_off_thread(&h, tasks.clone()).await;
+            if let Some(existing) = store.read_job(&h.job_id).await? {
+                if existing.record.status != JobStatus::Writing {
+                    return Ok(
+                        match same_submission(&h.job_id, existing.record.digest.as_ref(), &digest) {
+                            Ok(()) => Written::Existing,
+                            Err(refusal) => Written::Refused(refusal),
+                        },
+                    );
+                }
+                store.delete_tree(&store.layout().job(&h.job_id)).await?;
+            }
+            let record = JobRecord {
+                job_name: h.job_name.clone(),
+                options: h.options.clone(),
+                tasks_total: h.task_count,
+                batches: 0,
+                status: JobStatus::Writing,
+                created_ms: 0,
+                fetched_ms: None,
+                digest: Some(digest),
+            };
+            let job = store.create_job(&h.job_id, record, &tasks).await?;
+            let erased = registry
+                .get(&h.job_name)
+                .ok_or_else(|| CoordError::Garbage {
+                    path: store.layout().job(&h.job_id),
+                    reason: "job type vanished".into(),
+                })?;
+            let rec = &job.record;
+            let mut plan = recover_job(
+                &job.id,
+                &rec.job_name,
+                rec.tasks_total,
+                rec.options.shard_size,
+                rec.options.max_attempts,
+                &BTreeMap::new(),
+            )
+            .plan;
+            plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
+            let acc = erased.new_acc();
+            Ok::<_, CoordError>(Written::New(Box::new(Loaded {
+                rt: JobRuntime::new(job, tasks, acc),
+                plan,
+                bytes,
+                failures: Vec::new(),
+                objects: Vec::new(),
+                unmerged: Vec::new(),
+            })))
+        };
+        Box::pin(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Written::New(loaded)) => {
+                tracing::info!(job = %id, tasks = loaded.plan.counters.tasks_total, shards = loaded.plan.pending.len(), "job accepted");
+                metrics::counter!(m::JOBS_SUBMITTED).increment(1);
+                act.add_loaded(ctx, id.clone(), *loaded);
+                Frame::Accepted {
+                    job_id: id,
+                    existing: false,
+                }
+            }
+            Ok(Written::Existing) => {
+                act.ledger.abandoned(&id);
+                Frame::Accepted {
+                    job_id: id,
+                    existing: true,
+                }
+            }
+            Ok(Written::Refused(message)) => {
+                act.ledger.abandoned(&id);
+                Frame::Error { message }
+            }
+            Err(e) => {
+                act.ledger.abandoned(&id);
+                if e.is_session_end() {
+                    act.fail(ctx, &e);
+                }
+                error(format!("submission of {id} failed: {e}"))
+            }
+        }))
+    }
+}
+
+/// The submission's digest, computed on the blocking pool (32 MiB of
+/// tasks take tens of milliseconds).
+async fn digest_off_thread(h: &SubmitHeader, tasks: Arc<Vec<ByteBuf>>) -> ByteBuf {
+    let (name, options) = (h.job_name.clone(), h.options.clone());
+    let compute = move || submission_digest(&name, &options, &tasks);
+    match tokio::task::spawn_blocking(compute).await {
+        Ok(d) => d,
+        // Cannot happen (hashing does not panic); an empty digest matches nothing.
+        Err(_) => ByteBuf::new(),
+    }
+}
+
+/// Whether a resubmission is the job's own; the refusal names the job.
+/// Jobs written before digests were kept accept any resubmission.
+fn same_submission(id: &str, kept: Option<&ByteBuf>, digest: &ByteBuf) -> Result<(), String> {
+    match kept {
+        Some(k) if k != digest => Err(format!(
+            "job {id} exists with a different submission (other tasks or options): choose \
+             another job id, or fetch the existing job's result with `result {id}`"
+        )),
+        _ => Ok(()),
+    }
+}
