@@ -3,53 +3,30 @@
 //! receives on the blocking thread pool (never on an arbiter thread), and
 //! reports each shard's outcome. Frames from an older epoch than the newest
 //! it has seen are refused.
+//!
+//! The driver of [`WorkerSession`], which decides what waits, what runs and
+//! where reports go; here are the links, the frames and the shards' runs.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde_bytes::ByteBuf;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::mpsc;
 use zookeeper_client::{Client, Error as ZkError};
 
 use super::{Alive, Fatal, Stop};
 use crate::coord::INLINE_LIMIT;
 use crate::coord::{read_master, wait_for_master, CoordError, Layout, MasterInfo, WorkerInfo};
-use crate::core::TaskFailure;
+use crate::core::worker_session::{Action, Refused, RunId};
+use crate::core::{TaskFailure, WorkerSession};
 use crate::metrics as m;
 use crate::registry::{Registry, RunEnv};
 use crate::store::Store;
 use crate::transport::{self, FramedStream, TransportError};
-use crate::wire::{self, Frame, ShardReport, PROTOCOL_VERSION};
-
-type Acks = Rc<RefCell<HashMap<(String, crate::core::ShardKey, u32), oneshot::Sender<()>>>>;
-
-/// Drain bookkeeping shared by the worker loop and its shard tasks.
-#[derive(Default)]
-struct Drain {
-    /// Set once the node asked to drain: no new shard starts.
-    draining: std::cell::Cell<bool>,
-    /// Shard tasks spawned and not finished (waiting for a slot or running).
-    busy: std::cell::Cell<usize>,
-    /// Woken when `busy` drops to zero.
-    idle: tokio::sync::Notify,
-}
-
-impl Drain {
-    fn enter(&self) {
-        self.busy.set(self.busy.get() + 1);
-    }
-    fn leave(&self) {
-        self.busy.set(self.busy.get() - 1);
-        if self.busy.get() == 0 {
-            self.idle.notify_one();
-        }
-    }
-}
+use crate::wire::{self, Assignment, Frame, ShardReport, WireError, PROTOCOL_VERSION};
 
 pub(crate) struct WorkerSettings {
     pub node_id: String,
@@ -138,18 +115,15 @@ async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), C
     let mut newest_epoch = 0u64;
     let mut failed_epoch = None;
     // For the master-gap histogram and the leadership-change counter.
-    let lost_at: std::cell::Cell<Option<Instant>> = std::cell::Cell::new(None);
-    let served_epoch = std::cell::Cell::new(0u64);
-    let on_welcome = |epoch: u64| {
-        if let Some(t) = lost_at.take() {
-            metrics::histogram!(m::MASTER_GAP).record(t.elapsed().as_secs_f64());
-        }
-        if served_epoch.get() != 0 && served_epoch.get() != epoch {
-            metrics::counter!(m::LEADERSHIP_CHANGES).increment(1);
-        }
-        served_epoch.set(epoch);
+    let mut lost_at: Option<Instant> = None;
+    let mut served_epoch = 0u64;
+    // One session across links: a shard still running when its link ends
+    // keeps its slot. Finished runs come back on `done`.
+    let mut shards = Shards {
+        session: WorkerSession::new(s.slots),
+        waiting: HashMap::new(),
+        done: mpsc::unbounded_channel(),
     };
-    let drain = Rc::new(Drain::default());
     let mut drain_rx = s.drain.clone();
     let result = loop {
         if *drain_rx.borrow() {
@@ -176,9 +150,18 @@ async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), C
             continue;
         }
         newest_epoch = master.epoch;
-        let session = serve(&s, &master, &on_welcome, &drain);
+        let on_welcome = |epoch: u64| {
+            if let Some(t) = lost_at.take() {
+                metrics::histogram!(m::MASTER_GAP).record(t.elapsed().as_secs_f64());
+            }
+            if served_epoch != 0 && served_epoch != epoch {
+                metrics::counter!(m::LEADERSHIP_CHANGES).increment(1);
+            }
+            served_epoch = epoch;
+        };
+        let session = serve(&s, &master, on_welcome, &mut shards);
         let changed = master_changed(&zk, &layout, master.epoch);
-        tokio::select! {
+        let outcome = tokio::select! {
             r = session => match r {
                 Ok(()) => {
                     tracing::info!(master = %master.node_id, "drained: every started shard reported");
@@ -186,38 +169,102 @@ async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), C
                 }
                 Err(e) => {
                     tracing::warn!(master = %master.node_id, epoch = master.epoch, error = %e, "link to master lost");
-                    failed_epoch = Some(master.epoch);
+                    Ok(())
                 }
             },
             r = changed => {
-                r?;
                 tracing::info!(old_epoch = master.epoch, "master changed; reconnecting");
-                failed_epoch = Some(master.epoch);
+                r
             }
-        }
-        if drain.draining.get() {
+        };
+        failed_epoch = Some(master.epoch);
+        shards.disconnected();
+        outcome?;
+        if shards.session.draining() {
             // The master went while we drained: what we ran is reassigned by the next one.
             break Ok(());
         }
-        if lost_at.get().is_none() {
-            lost_at.set(Some(Instant::now()));
+        if lost_at.is_none() {
+            lost_at = Some(Instant::now());
         }
     };
     let _ = s.drained.send(true);
     result
 }
 
-/// Calls [`Drain::leave`] when dropped, however a shard task ends.
-struct BusyGuard<'a>(&'a Drain);
-
-impl Drop for BusyGuard<'_> {
-    fn drop(&mut self) {
-        self.0.leave();
-    }
+/// The worker's shards across links: the session's decisions, the
+/// assignments waiting for a slot or an acknowledgement, and the channel
+/// on which finished runs come back.
+struct Shards {
+    session: WorkerSession,
+    waiting: HashMap<RunId, Assignment>,
+    done: (
+        mpsc::UnboundedSender<Finished>,
+        mpsc::UnboundedReceiver<Finished>,
+    ),
 }
 
-fn scopeguard(d: &Drain) -> BusyGuard<'_> {
-    BusyGuard(d)
+/// A run that finished, with its report.
+type Finished = (RunId, ShardReport);
+
+impl Shards {
+    /// Carries out the session's actions; `report` is the finished run's.
+    fn apply(
+        &mut self,
+        s: &Arc<WorkerSettings>,
+        tx: Option<&mpsc::UnboundedSender<Frame>>,
+        actions: Vec<Action>,
+        mut report: Option<ShardReport>,
+    ) {
+        let send = |f: Frame| {
+            if let Some(tx) = tx {
+                let _ = tx.send(f);
+            }
+        };
+        for action in actions {
+            match action {
+                Action::SendStarted(run) => {
+                    let Some(a) = self.waiting.get(&run) else {
+                        continue;
+                    };
+                    send(Frame::Started {
+                        epoch: a.epoch,
+                        job_id: run.job,
+                        shard: run.shard,
+                        attempt: run.attempt,
+                    });
+                }
+                Action::Run(run) => {
+                    if let Some(a) = self.waiting.remove(&run) {
+                        let (s, done) = (s.clone(), self.done.0.clone());
+                        actix::spawn(async move {
+                            let report = execute(&s, a).await;
+                            let _ = done.send((run, report));
+                        });
+                    }
+                }
+                Action::SendReport(_) => {
+                    if let Some(r) = report.take() {
+                        send(Frame::Report(r));
+                    }
+                }
+                Action::Forget(run) => {
+                    self.waiting.remove(&run);
+                }
+                Action::SendDraining => send(Frame::Draining),
+                Action::SendDrained => send(Frame::Drained),
+            }
+        }
+    }
+
+    fn disconnected(&mut self) {
+        let actions = self.session.disconnected();
+        for a in actions {
+            if let Action::Forget(run) = a {
+                self.waiting.remove(&run);
+            }
+        }
+    }
 }
 
 /// Resolves once `/master` no longer holds `epoch`.
@@ -244,8 +291,8 @@ async fn master_changed(zk: &Client, layout: &Layout, epoch: u64) -> Result<(), 
 async fn serve(
     s: &Arc<WorkerSettings>,
     master: &MasterInfo,
-    on_welcome: &dyn Fn(u64),
-    drain: &Rc<Drain>,
+    mut on_welcome: impl FnMut(u64),
+    shards: &mut Shards,
 ) -> Result<(), TransportError> {
     let conn = transport::dial(&s.endpoint, &master.addr).await?;
     let mut stream = FramedStream::open(&conn, s.max_frame).await?;
@@ -256,26 +303,15 @@ async fn serve(
         jobs: s.registry.names(),
         epoch: master.epoch,
     };
+    let refused = |reason: String| TransportError::Connect {
+        addr: master.addr.clone(),
+        reason,
+    };
     let epoch = match stream.request(&[hello]).await? {
         Frame::Welcome { epoch } if epoch >= master.epoch => epoch,
-        Frame::Welcome { epoch } => {
-            return Err(TransportError::Connect {
-                addr: master.addr.clone(),
-                reason: format!("stale master epoch {epoch}"),
-            })
-        }
-        Frame::Error { message } => {
-            return Err(TransportError::Connect {
-                addr: master.addr.clone(),
-                reason: message,
-            })
-        }
-        other => {
-            return Err(TransportError::Connect {
-                addr: master.addr.clone(),
-                reason: format!("unexpected {}", other.name()),
-            })
-        }
+        Frame::Welcome { epoch } => return Err(refused(format!("stale master epoch {epoch}"))),
+        Frame::Error { message } => return Err(refused(message)),
+        other => return Err(refused(format!("unexpected {}", other.name()))),
     };
     tracing::info!(master = %master.node_id, epoch, "connected to master");
     on_welcome(epoch);
@@ -286,176 +322,143 @@ async fn serve(
     } = stream;
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     let writer = async move { transport::write_queued(&mut send, &mut rx).await };
-    let slots = Arc::new(Semaphore::new(s.slots as usize));
-    // Shards wait for the master's acknowledgement of `Started` before they
-    // run: if their task then kills this process, the master knows they were
-    // running and charges them an attempt (and only them).
-    let acks: Acks = Rc::new(RefCell::new(HashMap::new()));
-    let mut drain_rx = s.drain.clone();
-    let reader = async {
-        let mut sent_drained = false;
+    // Frames are read by a future of their own and handed over on a
+    // channel: a read cut short by another branch would lose its bytes.
+    let (frames_tx, mut frames) = mpsc::unbounded_channel::<Frame>();
+    let reader = async move {
         loop {
-            let frame = tokio::select! {
-                f = wire::read_frame(&mut recv, max_frame) => f?,
-                _ = drain_rx.wait_for(|d| *d), if !drain.draining.get() => {
-                    tracing::info!(busy = drain.busy.get(), "draining: no new shards; finishing the started ones");
-                    drain.draining.set(true);
-                    let _ = tx.send(Frame::Draining);
-                    if drain.busy.get() == 0 {
-                        let _ = tx.send(Frame::Drained);
-                        sent_drained = true;
-                    }
-                    continue;
-                }
-                _ = drain.idle.notified(), if drain.draining.get() && !sent_drained => {
-                    if drain.busy.get() == 0 {
-                        let _ = tx.send(Frame::Drained);
-                        sent_drained = true;
-                    }
-                    continue;
-                }
-            };
-            match frame {
-                Frame::DrainAck => return Ok(()),
-                Frame::Assign(_) if drain.draining.get() => {
-                    // Sent before the master saw `Draining`; it requeues it.
-                }
-                Frame::StartAck {
-                    job_id,
-                    shard,
-                    attempt,
-                } => {
-                    if let Some(done) = acks.borrow_mut().remove(&(job_id, shard, attempt)) {
-                        let _ = done.send(());
-                    }
-                }
-                Frame::Assign(a) if a.epoch == epoch => {
-                    let tx = tx.clone();
-                    let s = s.clone();
-                    let slots = slots.clone();
-                    let acks = acks.clone();
-                    let drain = drain.clone();
-                    drain.enter();
-                    actix::spawn(async move {
-                        let _busy = scopeguard(&drain);
-                        let Ok(_permit) = slots.acquire_owned().await else {
-                            return;
-                        };
-                        if drain.draining.get() {
-                            return;
-                        }
-                        let (done, acked) = oneshot::channel();
-                        acks.borrow_mut()
-                            .insert((a.job_id.clone(), a.shard, a.attempt), done);
-                        let _ = tx.send(Frame::Started {
-                            epoch,
-                            job_id: a.job_id.clone(),
-                            shard: a.shard,
-                            attempt: a.attempt,
-                        });
-                        if acked.await.is_err() {
-                            // The link ended: the master will reassign the shard.
-                            return;
-                        }
-                        let job_id = a.job_id.clone();
-                        let (shard, attempt) = (a.shard, a.attempt);
-                        let n = a.tasks.len() as u64;
-                        let started = Instant::now();
-                        let env = RunEnv {
-                            node_id: s.node_id.clone(),
-                            data_dir: s.data_dir.clone(),
-                            store: Some(s.store.clone()),
-                        };
-                        let indexes: Vec<u64> = a.tasks.iter().map(|(i, _)| *i).collect();
-                        let job_name = a.job_name.clone();
-                        let store = s.store.clone();
-                        let run = tokio::task::spawn_blocking(move || {
-                            s.registry
-                                .get(&a.job_name)
-                                .map(|job| job.run_shard(&a.job_id, a.attempt, a.tasks, &env))
-                        })
-                        .await;
-                        let fail_all = |error: String, retryable| {
-                            let failures = indexes
-                                .iter()
-                                .map(|&index| TaskFailure {
-                                    index,
-                                    error: error.clone(),
-                                    attempt,
-                                    retryable,
-                                })
-                                .collect();
-                            (Vec::new(), failures)
-                        };
-                        let (mut output, mut failures) = match run {
-                            Ok(Some(r)) => (r.output, r.failures),
-                            Ok(None) => fail_all(
-                                format!("unknown job type {job_name:?} on this worker"),
-                                true,
-                            ),
-                            Err(e) => fail_all(format!("shard runner failed: {e}"), true),
-                        };
-                        // A big output goes to the store under a name no
-                        // other run uses; the master commits the name.
-                        let mut output_object = None;
-                        if output.len() > INLINE_LIMIT {
-                            let name = Store::shard_output_name(
-                                &job_id,
-                                &shard.to_string(),
-                                epoch,
-                                attempt,
-                            );
-                            let put = match name {
-                                Ok(name) => store
-                                    .put_new(&name, std::mem::take(&mut output))
-                                    .await
-                                    .map(|()| name),
-                                Err(e) => Err(e),
-                            };
-                            match put {
-                                Ok(name) => output_object = Some(name),
-                                Err(e) => {
-                                    tracing::warn!(job = %job_id, %shard, error = %e, "cannot write a shard's output to the store");
-                                    (output, failures) = fail_all(
-                                        format!("cannot write the output to the store: {e}"),
-                                        true,
-                                    );
-                                }
-                            }
-                        }
-                        metrics::counter!(m::TASKS_RUN).increment(n);
-                        metrics::histogram!(m::SHARD_SECONDS)
-                            .record(started.elapsed().as_secs_f64());
-                        let report = ShardReport {
-                            epoch,
-                            job_id,
-                            shard,
-                            attempt,
-                            output: ByteBuf::from(output),
-                            failures,
-                            output_object,
-                        };
-                        let _ = tx.send(Frame::Report(report));
-                    });
-                }
-                Frame::Assign(a) => {
-                    tracing::warn!(
-                        epoch = a.epoch,
-                        current = epoch,
-                        "refusing an assignment from another epoch"
-                    );
-                }
-                other => {
-                    tracing::warn!(frame = other.name(), "unexpected frame from master");
-                }
+            let frame = wire::read_frame(&mut recv, max_frame).await?;
+            if frames_tx.send(frame).is_err() {
+                return Ok::<(), WireError>(());
             }
         }
     };
-    let res = tokio::select! {
-        r = writer => r,
-        r = reader => r,
+    tokio::pin!(writer, reader);
+    let mut drain_rx = s.drain.clone();
+    let actions = shards.session.connected(epoch);
+    shards.apply(s, Some(&tx), actions, None);
+    loop {
+        tokio::select! {
+            r = &mut writer => return Err(link_ended(r)),
+            r = &mut reader => return Err(link_ended(r)),
+            Some(frame) = frames.recv() => match frame {
+                Frame::DrainAck => return Ok(()),
+                Frame::StartAck { job_id, shard, attempt } => {
+                    let run = RunId { epoch, job: job_id, shard, attempt };
+                    let actions = shards.session.acked(&run);
+                    shards.apply(s, Some(&tx), actions, None);
+                }
+                Frame::Assign(a) => {
+                    let run = RunId { epoch: a.epoch, job: a.job_id.clone(), shard: a.shard, attempt: a.attempt };
+                    match shards.session.assigned(run.clone()) {
+                        Ok(actions) => {
+                            shards.waiting.insert(run, a);
+                            shards.apply(s, Some(&tx), actions, None);
+                        }
+                        Err(Refused::OtherEpoch) => tracing::warn!(
+                            epoch = a.epoch,
+                            current = epoch,
+                            "refusing an assignment from another epoch"
+                        ),
+                        // Sent before the master saw `Draining`: it requeues it.
+                        Err(Refused::Draining) => {}
+                        Err(Refused::Duplicate) => {
+                            tracing::debug!(job = %run.job, shard = %run.shard, "already holding this run")
+                        }
+                    }
+                }
+                other => tracing::warn!(frame = other.name(), "unexpected frame from master"),
+            },
+            Some((run, report)) = shards.done.1.recv() => {
+                let actions = shards.session.finished(&run);
+                shards.apply(s, Some(&tx), actions, Some(report));
+            }
+            _ = drain_rx.wait_for(|d| *d), if !shards.session.draining() => {
+                tracing::info!(running = shards.session.in_slots(), "draining: no new shards; finishing the started ones");
+                let actions = shards.session.drain();
+                shards.apply(s, Some(&tx), actions, None);
+            }
+        }
+    }
+}
+
+/// Why a link's reader or writer ended.
+fn link_ended(r: Result<(), WireError>) -> TransportError {
+    match r {
+        Err(e) => e.into(),
+        Ok(()) => WireError::Closed.into(),
+    }
+}
+
+/// Runs one shard on the blocking pool and builds its report; a big
+/// output goes to the store under a name no other run uses.
+async fn execute(s: &Arc<WorkerSettings>, a: Assignment) -> ShardReport {
+    let (epoch, job_id, shard, attempt) = (a.epoch, a.job_id.clone(), a.shard, a.attempt);
+    let n = a.tasks.len() as u64;
+    let started = Instant::now();
+    let env = RunEnv {
+        node_id: s.node_id.clone(),
+        data_dir: s.data_dir.clone(),
+        store: Some(s.store.clone()),
     };
-    acks.borrow_mut().clear();
-    res?;
-    Ok(())
+    let indexes: Vec<u64> = a.tasks.iter().map(|(i, _)| *i).collect();
+    let job_name = a.job_name.clone();
+    let registry = s.registry.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        registry
+            .get(&a.job_name)
+            .map(|job| job.run_shard(&a.job_id, a.attempt, a.tasks, &env))
+    })
+    .await;
+    let fail_all = |error: String, retryable| {
+        let failures = indexes
+            .iter()
+            .map(|&index| TaskFailure {
+                index,
+                error: error.clone(),
+                attempt,
+                retryable,
+            })
+            .collect();
+        (Vec::new(), failures)
+    };
+    let (mut output, mut failures) = match run {
+        Ok(Some(r)) => (r.output, r.failures),
+        Ok(None) => fail_all(
+            format!("unknown job type {job_name:?} on this worker"),
+            true,
+        ),
+        Err(e) => fail_all(format!("shard runner failed: {e}"), true),
+    };
+    let mut output_object = None;
+    if output.len() > INLINE_LIMIT {
+        let name = Store::shard_output_name(&job_id, &shard.to_string(), epoch, attempt);
+        let put = match name {
+            Ok(name) => s
+                .store
+                .put_new(&name, std::mem::take(&mut output))
+                .await
+                .map(|()| name),
+            Err(e) => Err(e),
+        };
+        match put {
+            Ok(name) => output_object = Some(name),
+            Err(e) => {
+                tracing::warn!(job = %job_id, %shard, error = %e, "cannot write a shard's output to the store");
+                (output, failures) =
+                    fail_all(format!("cannot write the output to the store: {e}"), true);
+            }
+        }
+    }
+    metrics::counter!(m::TASKS_RUN).increment(n);
+    metrics::histogram!(m::SHARD_SECONDS).record(started.elapsed().as_secs_f64());
+    ShardReport {
+        epoch,
+        job_id,
+        shard,
+        attempt,
+        output: ByteBuf::from(output),
+        failures,
+        output_object,
+    }
 }

@@ -5,10 +5,12 @@
 pub mod job;
 mod recovery;
 mod scheduler;
+pub mod worker_session;
 
 pub use job::{Counters, Ledger};
 pub use recovery::{recover_job, CommittedShard, RecoveredJob};
 pub use scheduler::{Command, JobPlan, PendingShard, Scheduler};
+pub use worker_session::WorkerSession;
 
 use serde::{Deserialize, Serialize};
 

@@ -187,6 +187,77 @@ fn a_worker_drains_on_sigterm() {
     });
 }
 
+/// A worker whose link to the master is lost while a shard waits for its
+/// slot: that shard is forgotten with the link (the next master reassigns
+/// it), so a later SIGTERM drains at once instead of waiting `--drain-secs`
+/// for an acknowledgement no master will send.
+#[test]
+fn a_worker_that_lost_its_link_while_shards_waited_still_drains_at_once() {
+    let mut c = Cluster::new(BIN);
+    c.node("m1", &["--role", "candidate"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+    });
+    c.node("m2", &["--role", "candidate"]);
+    c.node(
+        "w",
+        &["--role", "worker", "--slots", "1", "--drain-secs", "60"],
+    );
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let tasks: Vec<Probe> = (0..3)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::Sleep(3000),
+            })
+            .collect();
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            ..Default::default()
+        };
+        let job = client.submit::<Collect<Probe>>(tasks, opts).await.unwrap();
+        // Two shards per slot: one running, one waiting for the slot.
+        eventually(Duration::from_secs(20), "w holds two shards", || async {
+            let status = client.status().await;
+            status.is_ok_and(|s| {
+                s.workers
+                    .iter()
+                    .any(|w| w.node_id == "w" && w.in_flight == 2)
+            })
+        })
+        .await;
+        c.kill9("m1");
+        let (results, report) = match job.result().await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        };
+        assert_eq!(results.len(), 3, "{report:?}");
+        assert!(
+            c.log("w").contains("link to master lost"),
+            "the link was lost\n{}",
+            c.log("w")
+        );
+        let asked = std::time::Instant::now();
+        c.signal("w", "TERM");
+        let status = c.wait_exit("w", Duration::from_secs(30));
+        let took = asked.elapsed();
+        assert!(status.success(), "w exit {status:?}\n{}", c.log("w"));
+        assert!(
+            took < Duration::from_secs(15),
+            "the drain took {took:?}: it waited for a shard of the lost link\n{}",
+            c.log("w")
+        );
+        assert!(
+            c.log("w").contains("drained: every started shard reported"),
+            "{}",
+            c.log("w")
+        );
+    });
+}
+
 /// A task that hangs on one worker: after the shard timeout the shard gets
 /// a copy on another worker, the copy's result is committed, the hung one's
 /// is never counted, and the job completes exactly.

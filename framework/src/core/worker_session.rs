@@ -1,0 +1,422 @@
+//! The worker's side of its links to masters, without I/O: which
+//! assignments wait for a slot, which wait for the master's `StartAck`,
+//! which run, where a report goes, and when a draining worker is done.
+//!
+//! One [`WorkerSession`] lives as long as the worker, across links: a shard
+//! still running when its link ends keeps its slot until it finishes, so a
+//! new link never gets more slots than the worker has. What waited (for a
+//! slot or an acknowledgement) is forgotten with its link, because the
+//! master requeues it; nothing waits for an answer from a link that is gone.
+//!
+//! There are no timers here: a silent link is detected by the transport.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::ShardKey;
+
+/// One run of a shard, as its assignment names it. The epoch is part of
+/// it: a run that an earlier master started cannot stand in for the same
+/// shard assigned by the next one, whose report it could never be.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunId {
+    /// The assigning master's epoch.
+    pub epoch: u64,
+    /// The job.
+    pub job: String,
+    /// The shard.
+    pub shard: ShardKey,
+    /// The attempt.
+    pub attempt: u32,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send `Started` for this run on the current link, and keep its
+    /// assignment until it is acknowledged.
+    SendStarted(RunId),
+    /// The master acknowledged `Started`: run it now.
+    Run(RunId),
+    /// Send the finished run's report on the current link.
+    SendReport(RunId),
+    /// Drop what is kept for this run (its assignment, or its report): its
+    /// link is gone, or it was handed back by draining.
+    Forget(RunId),
+    /// Tell the master this worker takes nothing new.
+    SendDraining,
+    /// Tell the master every started run has been reported.
+    SendDrained,
+}
+
+/// Why an assignment is not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// There is no link, or it serves another epoch.
+    OtherEpoch,
+    /// Draining: the master requeues what it sent before it saw `Draining`.
+    Draining,
+    /// The same run is already held (a resend after a reconnection to the
+    /// same master): the one held reports.
+    Duplicate,
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub struct WorkerSession {
+    slots: usize,
+    /// The epoch of the current link's master.
+    link: Option<u64>,
+    /// Waiting for a slot, in arrival order.
+    queue: VecDeque<RunId>,
+    /// `Started` sent, waiting for `StartAck`: holds a slot.
+    starting: BTreeSet<RunId>,
+    /// Running, with the epoch of the link that started it: holds a slot.
+    running: BTreeMap<RunId, u64>,
+    draining: bool,
+    drained_sent: bool,
+}
+
+impl WorkerSession {
+    /// A worker with `slots` concurrent runs.
+    pub fn new(slots: u32) -> Self {
+        WorkerSession {
+            slots: slots.max(1) as usize,
+            link: None,
+            queue: VecDeque::new(),
+            starting: BTreeSet::new(),
+            running: BTreeMap::new(),
+            draining: false,
+            drained_sent: false,
+        }
+    }
+
+    /// A link to the master of `epoch` is up.
+    pub fn connected(&mut self, epoch: u64) -> Vec<Action> {
+        let mut out = self.disconnected();
+        self.link = Some(epoch);
+        self.drained_sent = false;
+        if self.draining {
+            out.push(Action::SendDraining);
+        }
+        self.settle(&mut out);
+        out
+    }
+
+    /// The link is gone: what waited for a slot or an acknowledgement is
+    /// forgotten (the master requeues it). Running shards keep their slots.
+    pub fn disconnected(&mut self) -> Vec<Action> {
+        self.link = None;
+        let waiting = self
+            .queue
+            .drain(..)
+            .chain(std::mem::take(&mut self.starting));
+        waiting.map(Action::Forget).collect()
+    }
+
+    /// An assignment from the master of `epoch`. On `Ok`, keep its payload
+    /// under `run` until an action forgets or runs it.
+    pub fn assigned(&mut self, run: RunId) -> Result<Vec<Action>, Refused> {
+        if self.link != Some(run.epoch) {
+            return Err(Refused::OtherEpoch);
+        }
+        if self.draining {
+            return Err(Refused::Draining);
+        }
+        if self.holds(&run) {
+            return Err(Refused::Duplicate);
+        }
+        self.queue.push_back(run);
+        let mut out = Vec::new();
+        self.settle(&mut out);
+        Ok(out)
+    }
+
+    /// The master acknowledged `Started` on the current link.
+    pub fn acked(&mut self, run: &RunId) -> Vec<Action> {
+        let Some(epoch) = self.link else {
+            return Vec::new();
+        };
+        if !self.starting.remove(run) {
+            return Vec::new();
+        }
+        self.running.insert(run.clone(), epoch);
+        vec![Action::Run(run.clone())]
+    }
+
+    /// A run finished: its report goes to the link that started it, if
+    /// that link is still the current one.
+    pub fn finished(&mut self, run: &RunId) -> Vec<Action> {
+        let Some(epoch) = self.running.remove(run) else {
+            return Vec::new();
+        };
+        let mut out = vec![if self.link == Some(epoch) {
+            Action::SendReport(run.clone())
+        } else {
+            Action::Forget(run.clone())
+        }];
+        self.settle(&mut out);
+        out
+    }
+
+    /// The node is stopping: nothing new starts, what waits for a slot is
+    /// handed back, and `Drained` follows the last report.
+    pub fn drain(&mut self) -> Vec<Action> {
+        if self.draining {
+            return Vec::new();
+        }
+        self.draining = true;
+        let mut out: Vec<Action> = self.queue.drain(..).map(Action::Forget).collect();
+        if self.link.is_some() {
+            out.push(Action::SendDraining);
+        }
+        self.settle(&mut out);
+        out
+    }
+
+    /// Whether the node asked to drain.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Runs that hold a slot (waiting for an acknowledgement, or running).
+    pub fn in_slots(&self) -> usize {
+        self.starting.len() + self.running.len()
+    }
+
+    /// Runs held in any state.
+    pub fn held(&self) -> usize {
+        self.queue.len() + self.in_slots()
+    }
+
+    fn holds(&self, run: &RunId) -> bool {
+        self.queue.contains(run) || self.starting.contains(run) || self.running.contains_key(run)
+    }
+
+    /// Starts what fits, and says `Drained` once a draining worker is idle.
+    fn settle(&mut self, out: &mut Vec<Action>) {
+        if self.link.is_none() {
+            return;
+        }
+        while !self.draining && self.in_slots() < self.slots {
+            let Some(run) = self.queue.pop_front() else {
+                break;
+            };
+            self.starting.insert(run.clone());
+            out.push(Action::SendStarted(run));
+        }
+        if self.draining && self.in_slots() == 0 && !self.drained_sent {
+            self.drained_sent = true;
+            out.push(Action::SendDrained);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn run(i: u32) -> RunId {
+        at(1, i)
+    }
+
+    fn at(epoch: u64, i: u32) -> RunId {
+        RunId {
+            epoch,
+            job: "j".into(),
+            shard: ShardKey {
+                index: i,
+                generation: 0,
+            },
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn a_slot_waits_for_the_ack_and_the_next_shard_for_the_slot() {
+        let mut s = WorkerSession::new(1);
+        assert_eq!(s.connected(1), vec![]);
+        assert_eq!(s.assigned(run(0)), Ok(vec![Action::SendStarted(run(0))]));
+        assert_eq!(s.assigned(run(1)), Ok(vec![]));
+        assert_eq!(s.assigned(run(1)), Err(Refused::Duplicate));
+        assert_eq!(s.assigned(at(2, 2)), Err(Refused::OtherEpoch));
+        assert_eq!(
+            s.acked(&run(1)),
+            vec![],
+            "not started: an ack for it is ignored"
+        );
+        assert_eq!(s.acked(&run(0)), vec![Action::Run(run(0))]);
+        assert_eq!(
+            s.finished(&run(0)),
+            vec![Action::SendReport(run(0)), Action::SendStarted(run(1))]
+        );
+        assert_eq!(s.held(), 1);
+    }
+
+    /// The leak of issue 10, finding 5: a shard waiting for a slot when the
+    /// link ended used to wait for an acknowledgement forever, so a later
+    /// drain never finished.
+    #[test]
+    fn a_lost_link_forgets_what_waited_and_a_later_drain_finishes() {
+        let mut s = WorkerSession::new(1);
+        s.connected(1);
+        s.assigned(run(0)).unwrap();
+        s.assigned(run(1)).unwrap();
+        s.acked(&run(0));
+        assert_eq!(s.disconnected(), vec![Action::Forget(run(1))]);
+        // A new master assigns the same shard again: the old run is not its
+        // run, and it still holds the only slot.
+        s.connected(2);
+        assert_eq!(s.assigned(at(2, 0)), Ok(vec![]), "no second slot");
+        assert_eq!(
+            s.finished(&run(0)),
+            vec![Action::Forget(run(0)), Action::SendStarted(at(2, 0))],
+            "the old link's report goes nowhere; its slot goes to the new link"
+        );
+        s.acked(&at(2, 0));
+        assert_eq!(s.drain(), vec![Action::SendDraining]);
+        assert_eq!(
+            s.finished(&at(2, 0)),
+            vec![Action::SendReport(at(2, 0)), Action::SendDrained]
+        );
+        assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn draining_hands_back_the_queue_and_refuses_new_work() {
+        let mut s = WorkerSession::new(1);
+        s.connected(1);
+        s.assigned(run(0)).unwrap();
+        s.assigned(run(1)).unwrap();
+        assert_eq!(
+            s.drain(),
+            vec![Action::Forget(run(1)), Action::SendDraining]
+        );
+        assert_eq!(s.drain(), vec![]);
+        assert_eq!(s.assigned(run(2)), Err(Refused::Draining));
+        // Started before the drain: its ack still comes, and it runs.
+        assert_eq!(s.acked(&run(0)), vec![Action::Run(run(0))]);
+        assert_eq!(
+            s.finished(&run(0)),
+            vec![Action::SendReport(run(0)), Action::SendDrained]
+        );
+        let idle = WorkerSession::new(2).drain();
+        assert_eq!(idle, vec![], "without a link, nobody to tell");
+    }
+
+    /// Random events against the invariants: slots are never exceeded,
+    /// every accepted run ends exactly once (reported or forgotten), a
+    /// report goes only to the link that started it, and `Drained` is
+    /// said only when nothing holds a slot.
+    #[test]
+    fn random_histories_keep_the_invariants() {
+        let (mut reported, mut forgotten, mut drains) = (0, 0, 0);
+        for seed in 0..500u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let slots = rng.gen_range(1..4);
+            let mut s = WorkerSession::new(slots);
+            let mut epoch = 0u64;
+            let mut link: Option<u64> = None;
+            let mut started_on: BTreeMap<RunId, u64> = BTreeMap::new();
+            let mut live: BTreeSet<RunId> = BTreeSet::new();
+            let mut running: Vec<RunId> = Vec::new();
+            let mut starting: Vec<RunId> = Vec::new();
+            let mut next = 0u32;
+            let mut drained = 0;
+            for _ in 0..200 {
+                let actions = match rng.gen_range(0..10) {
+                    0 => {
+                        epoch += 1;
+                        link = Some(epoch);
+                        starting.clear();
+                        s.connected(epoch)
+                    }
+                    1 => {
+                        link = None;
+                        starting.clear();
+                        s.disconnected()
+                    }
+                    2..=4 => {
+                        // Mostly new shards, sometimes one already held.
+                        let i = if next > 0 && rng.gen_bool(0.2) {
+                            rng.gen_range(0..next)
+                        } else {
+                            next
+                        };
+                        next += 1;
+                        let r = at(link.unwrap_or(0), i);
+                        match s.assigned(r.clone()) {
+                            Ok(a) => {
+                                live.insert(r);
+                                a
+                            }
+                            Err(_) => Vec::new(),
+                        }
+                    }
+                    5 | 6 if !starting.is_empty() => {
+                        let r = starting.swap_remove(rng.gen_range(0..starting.len()));
+                        s.acked(&r)
+                    }
+                    7 | 8 if !running.is_empty() => {
+                        let r = running.swap_remove(rng.gen_range(0..running.len()));
+                        s.finished(&r)
+                    }
+                    9 if rng.gen_bool(0.02) => s.drain(),
+                    _ => Vec::new(),
+                };
+                for a in actions {
+                    match a {
+                        Action::SendStarted(r) => {
+                            assert!(link.is_some(), "seed {seed}");
+                            started_on.insert(r.clone(), link.unwrap_or(0));
+                            starting.push(r);
+                        }
+                        Action::Run(r) => running.push(r),
+                        Action::SendReport(r) => {
+                            assert_eq!(started_on.get(&r).copied(), link, "seed {seed}");
+                            assert_eq!(Some(r.epoch), link, "seed {seed}");
+                            assert!(live.remove(&r), "seed {seed}");
+                            reported += 1;
+                        }
+                        Action::Forget(r) => {
+                            assert!(live.remove(&r), "seed {seed}");
+                            forgotten += 1;
+                        }
+                        Action::SendDraining => assert!(s.draining()),
+                        Action::SendDrained => {
+                            assert_eq!(s.in_slots(), 0, "seed {seed}");
+                            drained += 1;
+                            drains += 1;
+                        }
+                    }
+                }
+                assert!(s.in_slots() <= slots as usize, "seed {seed}");
+                assert_eq!(s.held(), live.len(), "seed {seed}");
+            }
+            // The end: every run finishes; a drain on a link then completes.
+            while let Some(r) = running.pop() {
+                for a in s.finished(&r) {
+                    if let Action::SendReport(r) | Action::Forget(r) = a {
+                        assert!(live.remove(&r), "seed {seed}");
+                    }
+                }
+            }
+            let mut last = s.connected(epoch + 1);
+            last.extend(s.drain());
+            for a in &last {
+                if let Action::Forget(r) = a {
+                    assert!(live.remove(r), "seed {seed}");
+                }
+            }
+            assert!(last.contains(&Action::SendDrained), "seed {seed}: {last:?}");
+            assert!(live.is_empty() && s.held() == 0, "seed {seed}");
+            assert!(drained <= 1 || s.draining(), "seed {seed}");
+        }
+        // The histories reached every outcome.
+        assert!(
+            reported > 1000 && forgotten > 1000 && drains > 50,
+            "{reported} {forgotten} {drains}"
+        );
+    }
+}
