@@ -25,6 +25,16 @@ fn probes(n: u64, special: &[(u64, Behaviour)]) -> Vec<Probe> {
         .collect()
 }
 
+/// `n` tasks that each sleep `ms` milliseconds.
+fn sleepers(n: u64, ms: u64) -> Vec<Probe> {
+    (0..n)
+        .map(|value| Probe {
+            value,
+            behaviour: Behaviour::Sleep(ms),
+        })
+        .collect()
+}
+
 #[test]
 fn panics_retry_and_failures_are_reported_with_their_message() {
     let mut c = Cluster::new(BIN);
@@ -147,12 +157,7 @@ fn a_worker_drains_on_sigterm() {
         let workers = c.layout().workers();
         c.workers(&zk, 2, Duration::from_secs(20)).await;
         let client = Client::connect(client_config(&c)).await.unwrap();
-        let tasks: Vec<Probe> = (0..40)
-            .map(|value| Probe {
-                value,
-                behaviour: Behaviour::Sleep(150),
-            })
-            .collect();
+        let tasks = sleepers(40, 150);
         let opts = SubmitOptions {
             shard_size: Some(1),
             max_attempts: Some(1),
@@ -208,12 +213,7 @@ fn a_worker_that_lost_its_link_while_shards_waited_still_drains_at_once() {
         let zk = c.zk().await;
         c.workers(&zk, 1, Duration::from_secs(20)).await;
         let client = Client::connect(client_config(&c)).await.unwrap();
-        let tasks: Vec<Probe> = (0..3)
-            .map(|value| Probe {
-                value,
-                behaviour: Behaviour::Sleep(3000),
-            })
-            .collect();
+        let tasks = sleepers(3, 3000);
         let opts = SubmitOptions {
             shard_size: Some(1),
             ..Default::default()
@@ -323,12 +323,7 @@ fn a_killed_workers_shards_run_elsewhere_before_its_session_expires() {
         let w1 = format!("{}/w1", c.layout().workers());
         c.workers(&zk, 2, Duration::from_secs(20)).await;
         let client = Client::connect(client_config(&c)).await.unwrap();
-        let tasks: Vec<Probe> = (0..8)
-            .map(|value| Probe {
-                value,
-                behaviour: Behaviour::Sleep(300),
-            })
-            .collect();
+        let tasks = sleepers(8, 300);
         let opts = SubmitOptions {
             shard_size: Some(1),
             max_attempts: Some(3),
