@@ -33,7 +33,7 @@ fn frames(c: &mut Criterion) {
     });
     wire::encode_into(&mut buf, &a).unwrap();
     g.bench_function("decode assign of 100 tasks", |b| {
-        b.iter(|| wire::decode(black_box(&buf[4..])).unwrap())
+        b.iter(|| wire::decode_frame(black_box(&buf[4..])).unwrap())
     });
     g.finish();
 }

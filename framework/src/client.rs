@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_bytes::ByteBuf;
 use tokio::sync::Mutex;
 
-use crate::coord::{self, CoordError, Layout, MasterInfo, ZkClient};
+use crate::coord::{CoordError, Layout, MasterInfo, Session};
 use crate::core::TaskFailure;
 use crate::registry::{decode, encode, CodecError};
 use crate::task::{Job, Task};
@@ -109,11 +109,10 @@ impl ClientConfig {
 }
 
 struct Inner {
-    zk: ZkClient,
-    layout: Layout,
+    zk: Session,
     cfg: ClientConfig,
-    endpoint: quinn::Endpoint,
-    conn: Mutex<Option<(u64, quinn::Connection)>>,
+    endpoint: transport::Endpoint,
+    conn: Mutex<Option<(u64, transport::Connection)>>,
 }
 
 /// See the module doc. Cheap to clone.
@@ -160,12 +159,10 @@ impl Client {
         let identity = tls::Identity::load(&cfg.certs, "client")?;
         // Any address, never loopback: the master is usually on another host.
         let endpoint = transport::endpoint_any(0, &identity, false, transport::LINK_TIMEOUT)?;
-        let zk = coord::connect(&cfg.zk, cfg.session_timeout).await?;
-        let layout = Layout::new(&cfg.cluster);
+        let zk = Session::connect(&cfg.zk, cfg.session_timeout, Layout::new(&cfg.cluster)).await?;
         Ok(Client {
             inner: Arc::new(Inner {
                 zk,
-                layout,
                 cfg,
                 endpoint,
                 conn: Mutex::new(None),
@@ -179,14 +176,14 @@ impl Client {
     async fn find_master(&self, bad_epoch: Option<u64>) -> Result<MasterInfo, ClientError> {
         let wait = self.inner.cfg.master_wait;
         let zk = &self.inner.zk;
-        let layout = &self.inner.layout;
         // Prefer a newer master; fall back to the same one after a short wait
         // (the failure may have been the link, not the master).
-        let master = match coord::wait_for_master(zk, layout, bad_epoch, Duration::from_millis(500))
+        let master = match zk
+            .wait_for_master(bad_epoch, Duration::from_millis(500))
             .await?
         {
             Some(m) => Some(m),
-            None => coord::wait_for_master(zk, layout, None, wait).await?,
+            None => zk.wait_for_master(None, wait).await?,
         };
         master.ok_or_else(|| ClientError::NoMaster {
             cluster: self.inner.cfg.cluster.clone(),
@@ -202,7 +199,7 @@ impl Client {
     async fn connection(
         &self,
         bad_epoch: Option<u64>,
-    ) -> Result<(u64, quinn::Connection), ClientError> {
+    ) -> Result<(u64, transport::Connection), ClientError> {
         let mut guard = self.inner.conn.lock().await;
         if let Some((epoch, conn)) = guard.as_ref() {
             if Some(*epoch) != bad_epoch && conn.close_reason().is_none() {
@@ -211,7 +208,6 @@ impl Client {
         }
         *guard = None;
         let zk = &self.inner.zk;
-        let layout = &self.inner.layout;
         let mut master = self.find_master(bad_epoch).await?;
         let mut silent_since: Option<(tokio::time::Instant, Duration)> = None;
         loop {
@@ -260,16 +256,12 @@ impl Client {
                         });
                     }
                     // A successor may be published meanwhile.
-                    let next = coord::wait_for_master(
-                        zk,
-                        layout,
-                        Some(master.epoch),
-                        Duration::from_secs(1),
-                    )
-                    .await?;
+                    let next = zk
+                        .wait_for_master(Some(master.epoch), Duration::from_secs(1))
+                        .await?;
                     let next = match next {
                         Some(m) => Some(m),
-                        None => coord::read_master(zk, layout).await?,
+                        None => zk.read_master().await?,
                     };
                     match next {
                         Some(m) if m.epoch != master.epoch => {
@@ -283,7 +275,7 @@ impl Client {
                             let left = (since + wait)
                                 .saturating_duration_since(tokio::time::Instant::now())
                                 .max(Duration::from_secs(2));
-                            match coord::wait_for_master(zk, layout, None, left).await? {
+                            match zk.wait_for_master(None, left).await? {
                                 Some(m) => {
                                     master = m;
                                     silent_since = None;
@@ -513,7 +505,7 @@ impl Client {
     }
 
     /// The ZooKeeper session (for tools and tests).
-    pub fn zookeeper(&self) -> &ZkClient {
+    pub fn session(&self) -> &Session {
         &self.inner.zk
     }
 }

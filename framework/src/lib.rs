@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod cli_job;
 pub mod client;
 pub mod coord;
 pub mod core;

@@ -6,26 +6,21 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, watch};
 
 use crate::actors::election::Election;
-use crate::actors::master::{
-    ClientRequest, Master, MasterSettings, Started, Submit, WorkerDrain, WorkerJoined, WorkerLeft,
-};
+use crate::actors::master::{gateway, Master, MasterSettings};
 use crate::actors::worker::{Worker, WorkerSettings};
-use crate::actors::{master::Report, Stop};
-use crate::coord::{self, CoordError, Layout, SessionState};
+use crate::actors::Stop;
+use crate::coord::{Connection, CoordError, Layout, Session};
 use crate::metrics as m;
 use crate::registry::Registry;
 use crate::task::{Collect, Job, Task};
 use crate::transport::{self, tls, TransportError};
-use crate::wire::{self, Frame, WireError, PROTOCOL_VERSION};
 
 /// What a node does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -180,7 +175,7 @@ pub async fn advertised_addr(
 #[derive(Default, Clone)]
 pub struct NodeBuilder {
     pub(crate) registry: Registry,
-    pub(crate) cli: Vec<Arc<dyn crate::cli::ErasedCliJob>>,
+    pub(crate) cli: Vec<Arc<dyn crate::cli_job::ErasedCliJob>>,
 }
 
 impl NodeBuilder {
@@ -197,10 +192,10 @@ impl NodeBuilder {
     }
 
     /// Registers a job that `submit` and `local` can build from command-line arguments.
-    pub fn cli_job<J: crate::cli::CliJob>(mut self) -> Self {
+    pub fn cli_job<J: crate::cli_job::CliJob>(mut self) -> Self {
         self.registry.add::<J>();
         self.cli
-            .push(Arc::new(crate::cli::CliEntry::<J>::default()));
+            .push(Arc::new(crate::cli_job::CliEntry::<J>::default()));
         self
     }
 
@@ -209,8 +204,6 @@ impl NodeBuilder {
         &self.registry
     }
 }
-
-static LINK_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Runs a node until SIGTERM or Ctrl-C. Must be called inside an actix `System`.
 pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError> {
@@ -250,7 +243,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
             metrics::gauge!(m::QUIC_CONNECTIONS).set(sampled.open_connections() as f64);
         }
     });
-    actix::spawn(accept_loop(
+    actix::spawn(gateway::serve(
         endpoint.clone(),
         route_rx,
         config.max_frame,
@@ -261,7 +254,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     let mut connect_failures = 0u32;
     loop {
         let zk = tokio::select! {
-            r = coord::connect(&config.zk, config.session_timeout) => r,
+            r = Session::connect(&config.zk, config.session_timeout, layout.clone()) => r,
             _ = &mut shutdown => break,
         };
         let zk = match zk {
@@ -280,10 +273,10 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         connect_failures = 0;
         metrics::gauge!(m::ZK_CONNECTED).set(1.0);
         tracing::info!(
-            session_timeout_ms = zk.session_timeout().as_millis() as u64,
+            session_timeout_ms = zk.timeout().as_millis() as u64,
             "ZooKeeper session established"
         );
-        coord::ensure_path(&zk, layout.root()).await?;
+        zk.ensure_root().await?;
         let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let mut actors: Vec<Recipient<Stop>> = Vec::new();
@@ -301,8 +294,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 _alive: alive_tx.clone(),
             };
             let election = Election {
-                zk: zk.clone(),
-                layout: layout.clone(),
+                session: zk.clone(),
                 store: store.clone(),
                 settings,
                 master: None,
@@ -325,8 +317,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 drained: drained_tx,
             });
             let worker = Worker {
-                zk: zk.clone(),
-                layout: layout.clone(),
+                session: zk.clone(),
                 settings,
                 fatal: fatal_tx.clone(),
                 _alive: alive_tx.clone(),
@@ -335,28 +326,27 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
             actors.push(worker.recipient());
         }
         drop(alive_tx);
-        let mut states = zk.state_watcher();
+        let mut states = zk.connections();
         let stop = loop {
             tokio::select! {
                 s = states.changed() => match s {
-                    SessionState::Expired => {
+                    Connection::Ended { expired: true } => {
                         metrics::counter!(m::SESSION_EXPIRED).increment(1);
                         tracing::warn!("ZooKeeper session expired: stepping down and starting a new session");
                         break false;
                     }
-                    SessionState::Disconnected => {
+                    Connection::Ended { expired: false } => {
+                        tracing::warn!("ZooKeeper session ended; starting a new one");
+                        break false;
+                    }
+                    Connection::Disconnected => {
                         metrics::gauge!(m::ZK_CONNECTED).set(0.0);
                         tracing::warn!("disconnected from ZooKeeper");
                     }
-                    SessionState::SyncConnected => {
+                    Connection::Connected => {
                         metrics::gauge!(m::ZK_CONNECTED).set(1.0);
                         tracing::info!("reconnected to ZooKeeper");
                     }
-                    s if s.is_terminated() => {
-                        tracing::warn!(state = ?s, "ZooKeeper session ended; starting a new one");
-                        break false;
-                    }
-                    _ => {}
                 },
                 reason = fatal_rx.recv() => {
                     tracing::warn!(reason = reason.as_deref().unwrap_or("?"), "restarting the session");
@@ -392,14 +382,14 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         {
             tracing::warn!("the session's actors did not stop within 5 s");
         }
-        let ended = zk.state().is_terminated();
+        let ended = matches!(zk.connection(), Connection::Ended { .. });
         drop(zk);
         // Dropping the last clone closes a live session and deletes our
         // ephemeral znodes; an expired one has nothing left to close (and its
         // state will not change again, so do not wait for it).
         if !ended {
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                while !states.changed().await.is_terminated() {}
+                while !matches!(states.changed().await, Connection::Ended { .. }) {}
             })
             .await;
         }
@@ -431,197 +421,6 @@ async fn shutdown_signal() {
         }
         _ => std::future::pending().await,
     }
-}
-
-async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    route: watch::Receiver<Option<Addr<Master>>>,
-    max_frame: usize,
-    max_job_bytes: usize,
-) {
-    while let Some(incoming) = endpoint.accept().await {
-        let route = route.clone();
-        actix::spawn(async move {
-            let remote = incoming.remote_address();
-            let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(%remote, error = %e, "refused a QUIC connection");
-                    return;
-                }
-            };
-            while let Ok((send, recv)) = conn.accept_bi().await {
-                let route = route.clone();
-                actix::spawn(async move {
-                    if let Err(e) = handle_stream(send, recv, route, max_frame, max_job_bytes).await
-                    {
-                        tracing::debug!(%remote, error = %e, "stream ended with an error");
-                    }
-                });
-            }
-        });
-    }
-}
-
-async fn reply(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), WireError> {
-    wire::write_frame(send, frame).await?;
-    let _ = send.finish();
-    Ok(())
-}
-
-async fn handle_stream(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    route: watch::Receiver<Option<Addr<Master>>>,
-    max_frame: usize,
-    max_job_bytes: usize,
-) -> Result<(), WireError> {
-    let first = match wire::read_frame(&mut recv, max_frame).await {
-        Ok(f) => f,
-        Err(WireError::Closed) => return Ok(()),
-        Err(e @ (WireError::TooLarge { .. } | WireError::Malformed(_))) => {
-            metrics::counter!(m::FRAME_ERRORS).increment(1);
-            tracing::warn!(error = %e, "refusing a bad frame");
-            let _ = reply(
-                &mut send,
-                &Frame::Error {
-                    message: e.to_string(),
-                },
-            )
-            .await;
-            let _ = recv.stop(1u32.into());
-            return Err(e);
-        }
-        Err(e) => return Err(e),
-    };
-    let master = route.borrow().clone();
-    let Some(master) = master else {
-        return reply(&mut send, &Frame::NotMaster).await;
-    };
-    let answer = match first {
-        Frame::WorkerHello {
-            version,
-            node_id,
-            slots,
-            jobs,
-            epoch: _,
-        } => {
-            if version != PROTOCOL_VERSION {
-                let message = format!("protocol version {version} is not supported (this node speaks {PROTOCOL_VERSION})");
-                return reply(&mut send, &Frame::Error { message }).await;
-            }
-            return worker_link(send, recv, master, node_id, slots, jobs, max_frame).await;
-        }
-        Frame::Submit(header) => {
-            let mut tasks: Vec<ByteBuf> = Vec::new();
-            let mut bytes = 0usize;
-            while (tasks.len() as u64) < header.task_count {
-                match wire::read_frame(&mut recv, max_frame).await {
-                    Ok(Frame::SubmitChunk { tasks: chunk }) => {
-                        bytes += chunk.iter().map(|t| t.len()).sum::<usize>();
-                        if bytes > max_job_bytes {
-                            let message = format!(
-                                "submission exceeds the limit of {max_job_bytes} bytes of tasks"
-                            );
-                            return reply(&mut send, &Frame::Error { message }).await;
-                        }
-                        tasks.extend(chunk);
-                    }
-                    Ok(other) => {
-                        let message = format!("expected SubmitChunk, got {}", other.name());
-                        return reply(&mut send, &Frame::Error { message }).await;
-                    }
-                    Err(e) => {
-                        metrics::counter!(m::FRAME_ERRORS).increment(1);
-                        let _ = reply(
-                            &mut send,
-                            &Frame::Error {
-                                message: e.to_string(),
-                            },
-                        )
-                        .await;
-                        return Err(e);
-                    }
-                }
-            }
-            master.send(Submit { header, tasks }).await
-        }
-        other @ (Frame::GetJob { .. }
-        | Frame::GetStatus
-        | Frame::FetchResult { .. }
-        | Frame::Cancel { .. }) => master.send(ClientRequest(other)).await,
-        other => {
-            let message = format!("unexpected first frame {}", other.name());
-            return reply(&mut send, &Frame::Error { message }).await;
-        }
-    };
-    reply(&mut send, &answer.unwrap_or(Frame::NotMaster)).await
-}
-
-async fn worker_link(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    master: Addr<Master>,
-    node_id: String,
-    slots: u32,
-    jobs: Vec<String>,
-    max_frame: usize,
-) -> Result<(), WireError> {
-    let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-    let Ok(epoch) = master.send(crate::actors::master::GetEpoch).await else {
-        return reply(&mut send, &Frame::NotMaster).await;
-    };
-    wire::write_frame(&mut send, &Frame::Welcome { epoch }).await?;
-    master.do_send(WorkerJoined {
-        node_id: node_id.clone(),
-        slots,
-        jobs,
-        tx,
-        link_id,
-    });
-    let writer = async move { transport::write_queued(&mut send, &mut rx).await };
-    let reader = async {
-        loop {
-            match wire::read_frame(&mut recv, max_frame).await? {
-                Frame::Report(report) => master.do_send(Report {
-                    node_id: node_id.clone(),
-                    report,
-                }),
-                Frame::Draining => master.do_send(WorkerDrain {
-                    node_id: node_id.clone(),
-                    drained: false,
-                }),
-                Frame::Drained => master.do_send(WorkerDrain {
-                    node_id: node_id.clone(),
-                    drained: true,
-                }),
-                Frame::Started {
-                    epoch,
-                    job_id,
-                    shard,
-                    attempt,
-                } => master.do_send(Started {
-                    node_id: node_id.clone(),
-                    epoch,
-                    job_id,
-                    shard,
-                    attempt,
-                }),
-                other => {
-                    tracing::warn!(worker = %node_id, frame = other.name(), "unexpected frame from worker")
-                }
-            }
-        }
-        #[allow(unreachable_code)]
-        Ok::<_, WireError>(())
-    };
-    let res = tokio::select! { r = writer => r, r = reader => r };
-    if let Err(WireError::TooLarge { .. } | WireError::Malformed(_)) = &res {
-        metrics::counter!(m::FRAME_ERRORS).increment(1);
-    }
-    master.do_send(WorkerLeft { node_id, link_id });
-    res
 }
 
 #[cfg(test)]

@@ -16,42 +16,7 @@ use crate::task::{Job, Task, TaskContext, TaskError};
 /// A partial or final job result held by the master, of the job's own `Result` type.
 pub(crate) type Accumulator = Box<dyn Any + Send>;
 
-/// Errors of decoding user values.
-#[derive(Debug, thiserror::Error)]
-pub enum CodecError {
-    /// The bytes are not a valid encoding of the expected type.
-    #[error("cannot decode {what}: {source}")]
-    Decode {
-        /// What was being decoded.
-        what: &'static str,
-        /// The decoder's error.
-        source: rmp_serde::decode::Error,
-    },
-    /// The value could not be encoded.
-    #[error("cannot encode {what}: {source}")]
-    Encode {
-        /// What was being encoded.
-        what: &'static str,
-        /// The encoder's error.
-        source: rmp_serde::encode::Error,
-    },
-    /// An accumulator of another job was passed.
-    #[error("accumulator of the wrong job type")]
-    WrongType,
-}
-
-/// Encodes a user value (task, output, result) the way the framework stores it.
-pub fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
-    rmp_serde::to_vec(value).map_err(|source| CodecError::Encode { what, source })
-}
-
-/// Decodes a user value encoded with [`encode`].
-pub fn decode<T: serde::de::DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, CodecError> {
-    rmp_serde::from_slice(bytes).map_err(|source| CodecError::Decode { what, source })
-}
+pub use crate::wire::{decode, encode, CodecError};
 
 /// Where a shard runs, for [`TaskContext`].
 #[derive(Debug, Clone)]
@@ -189,7 +154,7 @@ impl<J: Job> ErasedJob for Erased<J> {
         let acc = acc
             .downcast_mut::<J::Result>()
             .ok_or(CodecError::WrongType)?;
-        let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
+        let mut decoder = crate::wire::payload_decoder(bytes);
         J::merge_from(acc, &mut decoder).map_err(|source| CodecError::Decode {
             what: "shard result",
             source,

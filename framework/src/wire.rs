@@ -1,7 +1,8 @@
 //! The byte format between nodes and clients: versioned MessagePack frames
 //! with a `u32` big-endian length prefix, and bounded decoding.
 //!
-//! Only this module knows the byte layout. A frame longer than the reader's
+//! Only this module knows the byte layout, of frames and of the user values
+//! they carry ([`encode`], [`decode`]). A frame longer than the reader's
 //! limit is refused from its prefix, before any of its body is read.
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,51 @@ pub enum WireError {
     /// The stream ended cleanly between frames.
     #[error("stream closed by peer")]
     Closed,
+}
+
+/// Errors of encoding and decoding user values (tasks, outputs, results).
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The bytes are not a valid encoding of the expected type.
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// The decoder's error.
+        source: rmp_serde::decode::Error,
+    },
+    /// The value could not be encoded.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's error.
+        source: rmp_serde::encode::Error,
+    },
+    /// An accumulator of another job was passed.
+    #[error("accumulator of the wrong job type")]
+    WrongType,
+}
+
+/// Encodes a user value (task, output, result) the way the framework stores it.
+pub fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, CodecError> {
+    rmp_serde::to_vec(value).map_err(|source| CodecError::Encode { what, source })
+}
+
+/// Decodes a user value encoded with [`encode`].
+pub fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    rmp_serde::from_slice(bytes).map_err(|source| CodecError::Decode { what, source })
+}
+
+/// A decoder over an encoded user value, for [`crate::Job::merge_from`].
+pub type PayloadDecoder<'a> = rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'a, [u8]>>;
+
+/// A decoder reading `bytes` (encoded with [`encode`]).
+pub fn payload_decoder(bytes: &[u8]) -> PayloadDecoder<'_> {
+    rmp_serde::Deserializer::from_read_ref(bytes)
 }
 
 /// How a job's tasks are cut and retried, chosen at submission.
@@ -317,7 +363,7 @@ pub fn encode_into(buf: &mut Vec<u8>, frame: &Frame) -> Result<(), WireError> {
 }
 
 /// Decodes one frame body (without its prefix).
-pub fn decode(body: &[u8]) -> Result<Frame, WireError> {
+pub fn decode_frame(body: &[u8]) -> Result<Frame, WireError> {
     Ok(rmp_serde::from_slice(body)?)
 }
 
@@ -350,7 +396,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
     metrics::counter!(crate::metrics::FRAMES, "direction" => "received").increment(1);
     metrics::counter!(crate::metrics::FRAME_BYTES, "direction" => "received")
         .increment(len as u64 + 4);
-    decode(&body)
+    decode_frame(&body)
 }
 
 #[cfg(test)]

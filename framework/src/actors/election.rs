@@ -5,17 +5,15 @@
 //! Winning starts the [`Master`] supervisor with a bumped epoch.
 
 use actix::prelude::*;
-use zookeeper_client::{Acls, Client, LockOptions, LockPrefix};
 
 use super::master::{Master, MasterSettings};
 use super::{Alive, Stop};
-use crate::coord::{CoordError, Layout, LeaderStore};
+use crate::coord::{CoordError, Session};
 use crate::metrics as m;
 use crate::store::Store;
 
 pub(crate) struct Election {
-    pub zk: Client,
-    pub layout: Layout,
+    pub session: Session,
     pub store: Store,
     pub settings: MasterSettings,
     pub master: Option<Addr<Master>>,
@@ -27,27 +25,12 @@ impl Actor for Election {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         metrics::gauge!(m::NODE_ROLE, "role" => "candidate").set(1.0);
-        let zk = self.zk.clone();
-        let layout = self.layout.clone();
+        let session = self.session.clone();
         let store = self.store.clone();
         let node_id = self.settings.node_id.clone();
         let fut = async move {
-            let dir = layout.election();
-            let prefix =
-                LockPrefix::new_curator(&dir, "latch-").map_err(|e| CoordError::zk(&dir, e))?;
-            let options = LockOptions::new(Acls::anyone_all())
-                .with_ancestor_options(
-                    zookeeper_client::CreateMode::Persistent.with_acls(Acls::anyone_all()),
-                )
-                .map_err(|e| CoordError::zk(&dir, e))?;
-            let lock = zk
-                .lock(prefix, node_id.as_bytes(), options)
-                .await
-                .map_err(|e| CoordError::zk(&dir, e))?;
-            let lock = lock.into_owned();
-            let won = std::time::Instant::now();
-            tracing::info!(path = lock.lock_path(), "won the election");
-            Ok::<_, CoordError>((LeaderStore::take_over(lock, layout, store).await?, won))
+            let store = session.campaign(&node_id, store).await?;
+            Ok::<_, CoordError>((store, std::time::Instant::now()))
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok((store, won)) => {

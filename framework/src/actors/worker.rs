@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
-use zookeeper_client::{Client, Error as ZkError};
 
 use super::{Alive, Fatal, Stop};
 use crate::coord::INLINE_LIMIT;
-use crate::coord::{read_master, wait_for_master, CoordError, Layout, MasterInfo, WorkerInfo};
+use crate::coord::{CoordError, MasterInfo, Session, WorkerInfo};
 use crate::core::worker_session::{Action, Refused, RunId};
 use crate::core::{TaskFailure, WorkerSession};
 use crate::metrics as m;
@@ -36,7 +35,7 @@ pub(crate) struct WorkerSettings {
     /// Where outputs too big to travel inline go.
     pub store: Store,
     pub registry: Registry,
-    pub endpoint: quinn::Endpoint,
+    pub endpoint: transport::Endpoint,
     pub max_frame: usize,
     /// Becomes true when the node stops: finish running shards, hand back the rest.
     pub drain: tokio::sync::watch::Receiver<bool>,
@@ -45,8 +44,7 @@ pub(crate) struct WorkerSettings {
 }
 
 pub(crate) struct Worker {
-    pub zk: Client,
-    pub layout: Layout,
+    pub session: Session,
     pub settings: Arc<WorkerSettings>,
     pub fatal: Fatal,
     pub _alive: Alive,
@@ -57,7 +55,7 @@ impl Actor for Worker {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         metrics::gauge!(m::NODE_ROLE, "role" => "worker").set(1.0);
-        let fut = run(self.zk.clone(), self.layout.clone(), self.settings.clone());
+        let fut = run(self.session.clone(), self.settings.clone());
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             if let Err(e) = res {
                 tracing::error!(error = %e, "worker stopped");
@@ -79,38 +77,13 @@ impl Handler<Stop> for Worker {
     }
 }
 
-async fn register(zk: &Client, layout: &Layout, s: &WorkerSettings) -> Result<(), CoordError> {
-    let path = layout.worker(&s.node_id);
+async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
     let info = WorkerInfo {
         addr: s.addr.clone(),
         slots: s.slots,
         jobs: s.registry.names(),
     };
-    let data = rmp_serde::to_vec(&info).map_err(|e| CoordError::Garbage {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    crate::coord::ensure_path(zk, &layout.workers()).await?;
-    loop {
-        match zk
-            .create(&path, &data, &crate::coord::EPHEMERAL_OPTIONS)
-            .await
-        {
-            Ok(_) => return Ok(()),
-            // A registration of an earlier incarnation (same node id) whose
-            // session has not expired yet, or ours before a connection loss.
-            Err(ZkError::NodeExists) => match zk.delete(&path, None).await {
-                Ok(()) | Err(ZkError::NoNode) => {}
-                Err(e) => return Err(CoordError::zk(&path, e)),
-            },
-            Err(ZkError::ConnectionLoss) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => return Err(CoordError::zk(&path, e)),
-        }
-    }
-}
-
-async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
-    register(&zk, &layout, &s).await?;
+    zk.register_worker(&s.node_id, &info).await?;
     tracing::info!(node = %s.node_id, slots = s.slots, "worker registered");
     let mut newest_epoch = 0u64;
     let mut failed_epoch = None;
@@ -130,12 +103,12 @@ async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), C
             break Ok(());
         }
         let found = tokio::select! {
-            m = wait_for_master(&zk, &layout, failed_epoch, Duration::from_secs(1)) => m?,
+            m = zk.wait_for_master(failed_epoch, Duration::from_secs(1)) => m?,
             _ = drain_rx.wait_for(|d| *d) => break Ok(()),
         };
         let master = match found {
             Some(m) => m,
-            None => match read_master(&zk, &layout).await? {
+            None => match zk.read_master().await? {
                 Some(m) => m,
                 None => continue,
             },
@@ -160,7 +133,7 @@ async fn run(zk: Client, layout: Layout, s: Arc<WorkerSettings>) -> Result<(), C
             served_epoch = epoch;
         };
         let session = serve(&s, &master, on_welcome, &mut shards);
-        let changed = master_changed(&zk, &layout, master.epoch);
+        let changed = zk.master_changed(master.epoch);
         let outcome = tokio::select! {
             r = session => match r {
                 Ok(()) => {
@@ -263,25 +236,6 @@ impl Shards {
             if let Action::Forget(run) = a {
                 self.waiting.remove(&run);
             }
-        }
-    }
-}
-
-/// Resolves once `/master` no longer holds `epoch`.
-async fn master_changed(zk: &Client, layout: &Layout, epoch: u64) -> Result<(), CoordError> {
-    let path = layout.master();
-    loop {
-        let watcher = match zk.get_and_watch_data(&path).await {
-            Ok((data, _, w)) => match rmp_serde::from_slice::<MasterInfo>(&data) {
-                Ok(info) if info.epoch == epoch => w,
-                _ => return Ok(()),
-            },
-            Err(ZkError::NoNode) => return Ok(()),
-            Err(e) => return Err(CoordError::zk(&path, e)),
-        };
-        let ev = watcher.changed().await;
-        if ev.session_state.is_terminated() {
-            return Err(CoordError::zk(&path, ZkError::SessionExpired));
         }
     }
 }

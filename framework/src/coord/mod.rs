@@ -15,6 +15,7 @@
 //! ```
 
 mod records;
+mod session;
 mod store;
 mod zk;
 
@@ -22,9 +23,11 @@ pub use records::{
     submission_digest, JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord,
     WorkerInfo,
 };
+pub use session::{Connection, Connections, Session};
 pub use store::{CommitOutcome, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
 #[cfg(feature = "testkit")]
 pub(crate) use zk::encode_record;
+#[cfg(feature = "testkit")]
 pub(crate) use zk::EPHEMERAL as EPHEMERAL_OPTIONS;
 pub use zk::{
     connect, ensure_path, read_master, wait_for_master, CoordError, Layout, REQUEST_BUDGET,

@@ -10,6 +10,7 @@ use serde_bytes::ByteBuf;
 use zookeeper_client::{Client, Error as ZkError, OwnedLockClient};
 
 use super::records::{JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord};
+use super::session::{Connections, Session};
 use crate::store::Store;
 
 use super::zk::{
@@ -122,9 +123,22 @@ impl LeaderStore {
         self.epoch
     }
 
-    /// The session's client.
-    pub fn client(&self) -> &Client {
+    /// The session's client, unfenced: for reads only.
+    fn client(&self) -> &Client {
         self.lock.client()
+    }
+
+    /// The registered workers, each time they change (see [`Session::workers`]).
+    pub fn workers(
+        &self,
+    ) -> impl futures::Stream<Item = Result<BTreeMap<String, super::WorkerInfo>, CoordError>> + 'static
+    {
+        Session::of(self.client().clone(), self.layout.clone()).workers()
+    }
+
+    /// Changes of the session's connection.
+    pub fn connections(&self) -> Connections {
+        Session::of(self.client().clone(), self.layout.clone()).connections()
     }
 
     /// The layout.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, Endpoint, RecvStream, SendStream};
+pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 
 use crate::wire::{self, Frame, WireError};
 
@@ -246,6 +246,17 @@ impl FramedStream {
     pub async fn recv(&mut self) -> Result<Frame, TransportError> {
         Ok(wire::read_frame(&mut self.recv, self.max_frame).await?)
     }
+    /// Answers with one frame and ends the sending side.
+    pub async fn reply(&mut self, frame: &Frame) -> Result<(), WireError> {
+        wire::write_frame(&mut self.send, frame).await?;
+        let _ = self.send.finish();
+        Ok(())
+    }
+    /// Tells the peer to stop sending (after a bad frame): what it still
+    /// sends is discarded.
+    pub fn refuse(&mut self) {
+        let _ = self.recv.stop(1u32.into());
+    }
     /// Sends frames, then one request-response round: returns the reply.
     pub async fn request(&mut self, frames: &[Frame]) -> Result<Frame, TransportError> {
         let mut buf = Vec::new();
@@ -257,6 +268,38 @@ impl FramedStream {
             .await
             .map_err(|e| WireError::Io(e.into()))?;
         self.recv().await
+    }
+}
+
+/// Accepts connections on `endpoint` until it closes, and hands each
+/// bidirectional stream to `handle` with its peer's address (a connection
+/// whose handshake fails is logged and dropped). Spawns on the current
+/// runtime.
+pub async fn serve<F, Fut>(endpoint: Endpoint, max_frame: usize, handle: F)
+where
+    F: Fn(FramedStream, SocketAddr) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    while let Some(incoming) = endpoint.accept().await {
+        let handle = handle.clone();
+        tokio::task::spawn_local(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "refused a QUIC connection");
+                    return;
+                }
+            };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let stream = FramedStream {
+                    send,
+                    recv,
+                    max_frame,
+                };
+                tokio::task::spawn_local(handle(stream, remote));
+            }
+        });
     }
 }
 

@@ -36,6 +36,7 @@ fn collecting_job_a_keeps_the_spilled_result_of_job_a_dot_b() {
         .await;
         // Its result is big enough to live outside ZooKeeper.
         let (data, _) = client
+            .session()
             .zookeeper()
             .get_data(&c.layout().result("a.b"))
             .await

@@ -7,10 +7,12 @@
 //! commands. Here: its life (takeover, publication, gauges), worker links,
 //! commits, merges and finishes. Each client request has a file of its own:
 //! [`submit`], [`status`] (`GetStatus`, `GetJob`), [`fetch`], [`cancel`];
-//! [`load`] reads jobs back after a failover.
+//! [`load`] reads jobs back after a failover; [`gateway`] owns the streams
+//! a node accepts (worker links, submissions, requests).
 
 mod cancel;
 mod fetch;
+pub(crate) mod gateway;
 mod load;
 mod status;
 mod submit;
@@ -22,13 +24,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::StreamExt;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, watch};
 
 use super::{Alive, Fatal, Stop};
 use crate::coord::{
-    CommitOutcome, CoordError, JobStatus, LeaderStore, OutputRef, ShardOutput, ShardRecord,
-    StoredJob, WorkerInfo,
+    CommitOutcome, Connection, CoordError, JobStatus, LeaderStore, OutputRef, ShardOutput,
+    ShardRecord, StoredJob, WorkerInfo,
 };
 use crate::core::job::{Finish, Merge};
 use crate::core::{Command, Ledger, Scheduler, ShardKey, TaskFailure};
@@ -627,80 +630,23 @@ impl Master {
     }
 
     fn watch_workers(&self, ctx: &mut Context<Self>) {
-        let client = self.store.client().clone();
-        let path = self.store.layout().workers();
         let addr = ctx.address();
-        let fut = async move {
-            // Registrations are written once (ephemeral, never updated), so only
-            // new names are read: a thousand workers joining cost a thousand
-            // reads, not a million.
-            let mut infos: BTreeMap<String, WorkerInfo> = BTreeMap::new();
-            loop {
-                let (names, watcher) = match client.get_and_watch_children(&path).await {
-                    Ok((names, _, w)) => (names, w),
-                    Err(e) => return Err(CoordError::zk(&path, e)),
-                };
-                let current: std::collections::BTreeSet<&String> = names.iter().collect();
-                infos.retain(|n, _| current.contains(n));
-                let new: Vec<&String> = names.iter().filter(|n| !infos.contains_key(*n)).collect();
-                let reads: Vec<_> = new
-                    .iter()
-                    .map(|n| client.get_data_owned(format!("{path}/{n}")))
-                    .collect();
-                for (n, r) in new.into_iter().zip(futures::future::join_all(reads).await) {
-                    if let Ok((data, _)) = r {
-                        match rmp_serde::from_slice::<WorkerInfo>(&data) {
-                            Ok(info) => {
-                                infos.insert(n.clone(), info);
-                            }
-                            Err(e) => {
-                                tracing::warn!(worker = %n, error = %e, "ignoring a garbage worker registration")
-                            }
-                        }
-                    }
-                }
-                addr.do_send(Registered(infos.clone()));
-                let event = watcher.changed().await;
-                if event.session_state.is_terminated() {
-                    return Err(CoordError::zk(
-                        &path,
-                        zookeeper_client::Error::SessionExpired,
-                    ));
-                }
+        let mut workers = Box::pin(self.store.workers());
+        let watch = async move {
+            while let Some(registered) = workers.next().await {
+                addr.do_send(Registered(registered?));
             }
+            Ok(())
         };
         ctx.spawn(
-            fut.into_actor(self)
+            watch
+                .into_actor(self)
                 .map(|res: Result<(), CoordError>, act, ctx| {
                     if let Err(e) = res {
                         act.fail(ctx, &e);
                     }
                 }),
         );
-    }
-}
-
-/// `get_data` with an owned path, so that many reads can be in flight.
-trait GetDataOwned {
-    fn get_data_owned(
-        &self,
-        path: String,
-    ) -> futures::future::BoxFuture<
-        'static,
-        Result<(Vec<u8>, zookeeper_client::Stat), zookeeper_client::Error>,
-    >;
-}
-
-impl GetDataOwned for zookeeper_client::Client {
-    fn get_data_owned(
-        &self,
-        path: String,
-    ) -> futures::future::BoxFuture<
-        'static,
-        Result<(Vec<u8>, zookeeper_client::Stat), zookeeper_client::Error>,
-    > {
-        let fut = self.get_data(&path);
-        Box::pin(fut)
     }
 }
 
@@ -752,20 +698,15 @@ impl Actor for Master {
                 act.load_jobs(ctx, pending);
                 let _ = act.settings.route.send(Some(ctx.address()));
                 act.watch_workers(ctx);
-                let mut states = act.store.client().state_watcher();
+                let mut states = act.store.connections();
                 let addr = ctx.address();
                 ctx.spawn(
                     async move {
                         loop {
                             match states.changed().await {
-                                zookeeper_client::SessionState::Disconnected => {
-                                    addr.do_send(Connected(false))
-                                }
-                                zookeeper_client::SessionState::SyncConnected => {
-                                    addr.do_send(Connected(true))
-                                }
-                                s if s.is_terminated() => return,
-                                _ => {}
+                                Connection::Disconnected => addr.do_send(Connected(false)),
+                                Connection::Connected => addr.do_send(Connected(true)),
+                                Connection::Ended { .. } => return,
                             }
                         }
                     }

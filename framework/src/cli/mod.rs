@@ -2,152 +2,32 @@
 //! `node`, `submit`, `result`, `status`, `cancel`, `certs` and `local`.
 //! Jobs registered with [`NodeBuilder::cli_job`] add their own arguments to
 //! `submit`, `result` and `local`.
+//!
+//! Here: the arguments and their dispatch, `node`, `submit`, `result`,
+//! `status`, `cancel` and `certs`; [`render`] prints, [`local`] runs the
+//! one-machine demo. The jobs themselves are described in [`crate::cli_job`].
+
+mod local;
+mod render;
 
 use std::io::IsTerminal;
-use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 use serde_bytes::ByteBuf;
 
-use crate::client::{Client, ClientConfig, JobReport};
+pub use crate::cli_job::{BoxError, CliJob};
+use crate::cli_job::{ErasedCliJob, Finish};
+use crate::client::{Client, ClientConfig};
 use crate::node::{self, NodeBuilder, NodeConfig, Role};
-use crate::registry::{decode, encode};
-use crate::store::Store;
-use crate::task::Job;
 use crate::transport::tls;
-use crate::wire::{JobOptions, JobProgress, JobState};
+use crate::wire::{JobOptions, JobState};
 use crate::zkserver::{free_port, ZkServer, ZkServerOptions};
-
-/// Errors user hooks return.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A job that can be submitted from the command line.
-pub trait CliJob: Job {
-    /// Its arguments (added to `submit`, `result` and `local`).
-    type Args: Args + FromArgMatches + Send + 'static;
-    /// Builds the tasks from the arguments (client side).
-    fn tasks(args: &Self::Args) -> Result<Vec<Self::Task>, BoxError>;
-    /// The arguments that name input files, if any: `submit --upload`
-    /// copies those that are local paths into the cluster's store and
-    /// replaces them with the objects' URLs before [`CliJob::tasks`] runs.
-    fn inputs(args: &mut Self::Args) -> Vec<&mut String> {
-        let _ = args;
-        Vec::new()
-    }
-    /// Writes or prints the result (client side).
-    fn output(args: &Self::Args, result: Self::Result, report: &JobReport) -> Result<(), BoxError>;
-}
-
-type Finish = Box<dyn FnOnce(&[u8], &JobReport) -> anyhow::Result<()> + Send>;
-
-pub(crate) trait ErasedCliJob: Send + Sync {
-    fn name(&self) -> &'static str;
-    fn default_shard_size(&self) -> u32;
-    fn augment(&self, cmd: clap::Command) -> clap::Command;
-    fn plan(
-        &self,
-        m: &ArgMatches,
-        with_tasks: bool,
-        upload: Option<&Store>,
-    ) -> anyhow::Result<(Vec<ByteBuf>, Finish)>;
-}
-
-pub(crate) struct CliEntry<J>(PhantomData<fn() -> J>);
-
-impl<J> Default for CliEntry<J> {
-    fn default() -> Self {
-        CliEntry(PhantomData)
-    }
-}
-
-impl<J: CliJob> ErasedCliJob for CliEntry<J> {
-    fn name(&self) -> &'static str {
-        J::NAME
-    }
-    fn default_shard_size(&self) -> u32 {
-        J::default_shard_size()
-    }
-    fn augment(&self, cmd: clap::Command) -> clap::Command {
-        J::Args::augment_args(cmd)
-    }
-    fn plan(
-        &self,
-        m: &ArgMatches,
-        with_tasks: bool,
-        upload: Option<&Store>,
-    ) -> anyhow::Result<(Vec<ByteBuf>, Finish)> {
-        let mut args = J::Args::from_arg_matches(m)?;
-        if let Some(store) = upload {
-            for input in J::inputs(&mut args) {
-                if let Some(url) = upload_input(store, input)? {
-                    *input = url;
-                }
-            }
-        }
-        let tasks = if with_tasks {
-            J::tasks(&args)
-                .map_err(|e| anyhow!("{e}"))?
-                .iter()
-                .map(|t| encode("task", t).map(ByteBuf::from))
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            Vec::new()
-        };
-        let finish: Finish = Box::new(move |bytes, report| {
-            let result: J::Result = if bytes.is_empty() {
-                J::Result::default()
-            } else {
-                decode("job result", bytes)?
-            };
-            J::output(&args, result, report).map_err(|e| anyhow!("{e}"))
-        });
-        Ok((tasks, finish))
-    }
-}
-
-/// Copies `input` into `store` if it is a local file; returns its URL.
-fn upload_input(store: &Store, input: &str) -> anyhow::Result<Option<String>> {
-    if input.contains("://") && !input.starts_with("file://") {
-        return Ok(None);
-    }
-    let path = Path::new(input.strip_prefix("file://").unwrap_or(input));
-    let size = std::fs::metadata(path)
-        .with_context(|| format!("cannot read input {}", path.display()))?
-        .len();
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| !n.is_empty())
-        .unwrap_or("input");
-    let name = format!("inputs/{}/{file_name}", uuid::Uuid::new_v4().simple());
-    let url = store.url_of(&name);
-    eprintln!(
-        "uploading {} ({:.1} MiB) to {url}",
-        path.display(),
-        size as f64 / f64::from(1 << 20)
-    );
-    let started = Instant::now();
-    let mut next_report = size / 4;
-    let sent = futures::executor::block_on(store.upload(path, &name, move |sent| {
-        if sent >= next_report && sent < size {
-            eprintln!("  {:.0}%", sent as f64 * 100.0 / size.max(1) as f64);
-            next_report = sent + size / 4;
-        }
-    }))
-    .with_context(|| format!("uploading {}", path.display()))?;
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "  uploaded {:.1} MiB in {secs:.1} s ({:.0} MB/s)",
-        sent as f64 / f64::from(1 << 20),
-        sent as f64 / 1e6 / secs.max(1e-9)
-    );
-    Ok(Some(url))
-}
+use local::run_local;
+use render::{print_report, status_json, status_text, Progress};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -571,117 +451,6 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status_text(s: &crate::wire::ClusterStatus) -> String {
-    let mut out = format!("leader {} epoch {}\n", s.leader, s.epoch);
-    for w in &s.workers {
-        let seen = match (w.connected, w.last_seen_ms) {
-            (true, Some(ms)) => format!("connected, last heard {:.1} s ago", ms as f64 / 1000.0),
-            (true, None) => "connected".to_string(),
-            (false, _) => "registered, not connected".to_string(),
-        };
-        out.push_str(&format!(
-            "worker {} {} slots {} in-flight {} {seen}\n",
-            w.node_id, w.addr, w.slots, w.in_flight
-        ));
-    }
-    if s.jobs.is_empty() {
-        out.push_str("no jobs running\n");
-    }
-    for j in &s.jobs {
-        out.push_str(&format!(
-            "job {} {} {}/{} tasks, {} failed (dead letters), {} retries\n",
-            j.job_id,
-            j.job_name,
-            j.counters.tasks_done,
-            j.counters.tasks_total,
-            j.counters.tasks_failed,
-            j.counters.retries
-        ));
-    }
-    out
-}
-
-fn status_json(s: &crate::wire::ClusterStatus) -> String {
-    serde_json::to_string(s).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-}
-
-fn block_on<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyhow::Result<T> {
-    actix::System::new().block_on(f)
-}
-
-fn client_config(c: &Conn) -> ClientConfig {
-    ClientConfig::new(c.zk.clone(), c.cluster.clone(), c.certs.clone())
-}
-
-fn print_report(r: &JobReport) {
-    let p = &r.progress;
-    eprintln!(
-        "job {}: {} tasks, {} failed, {} retried attempts",
-        p.job_id, p.counters.tasks_total, p.counters.tasks_failed, p.counters.retries
-    );
-    for f in r.failures.iter().take(10) {
-        eprintln!(
-            "  task {} failed after {} attempt(s): {}",
-            f.index, f.attempt, f.error
-        );
-    }
-    if r.failures.len() > 10 {
-        eprintln!("  ... and {} more failed tasks", r.failures.len() - 10);
-    }
-}
-
-/// Job progress for a person: a bar with rate and ETA on a terminal, a
-/// plain line per second otherwise (logs, CI).
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    last: Instant,
-}
-
-impl Progress {
-    fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(0);
-            let style = indicatif::ProgressStyle::with_template(
-                "{bar:40.cyan/blue} {pos}/{len} tasks {per_sec} ETA {eta} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar
-        });
-        Progress {
-            bar,
-            last: Instant::now() - Duration::from_secs(10),
-        }
-    }
-
-    fn show(&mut self, p: &JobProgress) {
-        let extra = format!(
-            "({} failed, {} retries)",
-            p.counters.tasks_failed, p.counters.retries
-        );
-        match &self.bar {
-            Some(bar) => {
-                bar.set_length(p.counters.tasks_total);
-                bar.set_position(p.counters.tasks_done);
-                bar.set_message(extra);
-                if p.state != JobState::Running {
-                    bar.finish();
-                }
-            }
-            None => {
-                if p.state == JobState::Running && self.last.elapsed() < Duration::from_secs(1) {
-                    return;
-                }
-                self.last = Instant::now();
-                eprintln!(
-                    "progress: {}/{} tasks {extra}",
-                    p.counters.tasks_done, p.counters.tasks_total
-                );
-            }
-        }
-    }
-}
-
 async fn submit(
     conn: &Conn,
     name: &str,
@@ -786,215 +555,12 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Child processes stopped with SIGTERM (then SIGKILL) when dropped.
-struct Children(Vec<Child>);
-
-impl Children {
-    fn stop(&mut self) {
-        crate::process::terminate_all(&mut self.0, Duration::from_secs(10));
-        self.0.clear();
-    }
+fn block_on<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyhow::Result<T> {
+    actix::System::new().block_on(f)
 }
 
-impl Drop for Children {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn run_local(
-    a: LocalArgs,
-    name: &str,
-    tasks: Vec<ByteBuf>,
-    opts: JobOptions,
-    finish: Finish,
-) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("ringleader-local-")
-        .tempdir()?;
-    let dir = tmp.path().to_path_buf();
-    let started = Instant::now();
-    let zk = ZkServer::start(&dir.join("zk"), &ZkServerOptions::default())?;
-    let certs = dir.join("certs");
-    tls::make_cluster_certs(&certs)?;
-    let exe = std::env::current_exe()?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let slots = a
-        .slots
-        .unwrap_or_else(|| cpus.div_ceil(a.nodes.max(1)).max(1));
-    let store = a
-        .store
-        .clone()
-        .unwrap_or_else(|| dir.join("store").display().to_string());
-    let mut children = Children(Vec::new());
-    let mut metrics = Vec::new();
-    for i in 0..a.nodes.max(1) {
-        let log = std::fs::File::create(dir.join(format!("node-{i}.log")))?;
-        let maddr = format!("127.0.0.1:{}", free_port()?);
-        let child = Command::new(&exe)
-            .args([
-                "node",
-                "--zk",
-                &zk.connect_string(),
-                "--cluster",
-                "local",
-                "--node-id",
-                &format!("node-{i}"),
-            ])
-            .arg("--certs")
-            .arg(&certs)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args([
-                "--slots",
-                &slots.to_string(),
-                "--metrics-addr",
-                &maddr,
-                "--session-timeout-ms",
-                "2000",
-                // Several nodes on this host: each its own port.
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-                &store,
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        children.0.push(child);
-        metrics.push(maddr);
-    }
-    eprintln!(
-        "local work dir (removed at exit unless --keep): {}",
-        dir.display()
-    );
-    eprintln!(
-        "local cluster: ZooKeeper at {}, {} nodes x {slots} slots",
-        zk.connect_string(),
-        a.nodes
-    );
-    for (i, m) in metrics.iter().enumerate() {
-        eprintln!("  node-{i} metrics: http://{m}/metrics");
-    }
-    let prom = if a.prometheus {
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        let p = crate::prom::PromServer::start(&dir.join("prometheus"), &addr, &metrics)?;
-        eprintln!(
-            "Prometheus: http://{}/ (scraping every node each second)",
-            p.addr()
-        );
-        Some(p)
-    } else {
-        None
-    };
-    let conn = Conn {
-        zk: zk.connect_string(),
-        cluster: "local".into(),
-        certs: certs.clone(),
-    };
-    let n_tasks = tasks.len();
-    // The job's clock starts when the cluster is up: a master serving and
-    // every node registered as a worker.
-    let nodes = a.nodes.max(1) as usize;
-    let ready = conn.zk.clone();
-    let logs = dir.clone();
-    block_on(async move {
-        let zk = crate::coord::connect(&ready, Duration::from_secs(10)).await?;
-        let layout = crate::coord::Layout::new("local");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        crate::coord::wait_for_master(&zk, &layout, None, Duration::from_secs(60))
-            .await?
-            .ok_or_else(|| {
-                anyhow!(
-                    "no master within 60 s; see the node logs under {}",
-                    logs.display()
-                )
-            })?;
-        loop {
-            let (names, _, watch) = match zk.get_and_watch_children(&layout.workers()).await {
-                Ok(found) => found,
-                Err(e) => bail!("cannot list workers: {e}"),
-            };
-            if names.len() >= nodes {
-                return Ok(());
-            }
-            if tokio::time::timeout_at(deadline, watch.changed())
-                .await
-                .is_err()
-            {
-                bail!(
-                    "only {} of {nodes} nodes registered within 60 s; see the node logs under {}",
-                    names.len(),
-                    logs.display()
-                );
-            }
-        }
-    })?;
-    let job_started = Instant::now();
-    let res = block_on(async move {
-        let client = Client::connect(client_config(&conn)).await?;
-        let (id, _) = client.submit_encoded(name, tasks, opts, None).await?;
-        eprintln!("job {id} accepted: {n_tasks} tasks");
-        run_to_end(&client, &id, finish).await
-    });
-    let secs = job_started.elapsed().as_secs_f64();
-    if res.is_ok() {
-        eprintln!(
-            "job ran in {secs:.2} s ({:.0} tasks/s); whole local run {:.2} s",
-            n_tasks as f64 / secs,
-            started.elapsed().as_secs_f64()
-        );
-    } else {
-        for i in 0..a.nodes {
-            eprintln!(
-                "--- last lines of node-{i}.log ---\n{}",
-                tail(&dir.join(format!("node-{i}.log")), 15)
-            );
-        }
-    }
-    if let Some(p) = &prom {
-        // Two more scrapes, so that the job's last counts are in.
-        std::thread::sleep(Duration::from_millis(2500));
-        eprintln!("Prometheus says:");
-        for expr in [
-            "sum(ringleader_node_role{role=\"master\"})",
-            "max(ringleader_epoch)",
-            "sum(ringleader_workers)",
-            "sum(ringleader_tasks_run_total)",
-            "sum(ringleader_shards_committed_total)",
-            "sum(ringleader_jobs_completed_total)",
-            "histogram_quantile(0.99, sum by (le) (rate(ringleader_task_duration_seconds_bucket[1m])))",
-            "sum(rate(ringleader_quic_frame_bytes_total{direction=\"received\"}[1m]))",
-        ] {
-            let v = p.scalar(expr).map_or("no data".to_string(), |v| format!("{v}"));
-            eprintln!("  {expr} = {v}");
-        }
-    }
-    if a.linger_secs > 0 {
-        eprintln!("lingering {} s; Ctrl-C to stop now", a.linger_secs);
-        let linger = std::time::Duration::from_secs(a.linger_secs);
-        actix::System::new().block_on(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(linger) => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        });
-    }
-    drop(prom);
-    children.stop();
-    drop(zk);
-    if a.keep {
-        eprintln!("kept {}", tmp.keep().display());
-    }
-    res
+fn client_config(c: &Conn) -> ClientConfig {
+    ClientConfig::new(c.zk.clone(), c.cluster.clone(), c.certs.clone())
 }
 
 #[cfg(test)]

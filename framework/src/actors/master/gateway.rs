@@ -1,0 +1,198 @@
+//! The master's streams: every stream a node accepts starts here. The
+//! first frame says what it is: a worker's link (`WorkerHello`, version
+//! checked, then frames both ways for as long as the link lives), a
+//! submission (`Submit` and its chunks, bounded by `--max-job-bytes`) or
+//! one client request. A node that is not master answers `NotMaster`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix::prelude::*;
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    ClientRequest, GetEpoch, Master, Report, Started, Submit, WorkerDrain, WorkerJoined, WorkerLeft,
+};
+use crate::core::job::task_bytes;
+use crate::metrics as m;
+use crate::transport::{self, Endpoint, FramedStream, TransportError};
+use crate::wire::{Frame, WireError, PROTOCOL_VERSION};
+
+/// Tells a worker's links apart across reconnections.
+static LINK_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Serves the node's endpoint until it closes; streams go to the master
+/// `route` names, when there is one.
+pub(crate) async fn serve(
+    endpoint: Endpoint,
+    route: watch::Receiver<Option<Addr<Master>>>,
+    max_frame: usize,
+    max_job_bytes: usize,
+) {
+    transport::serve(endpoint, max_frame, move |stream, remote| {
+        let route = route.clone();
+        async move {
+            if let Err(e) = handle_stream(stream, route, max_job_bytes).await {
+                tracing::debug!(%remote, error = %e, "stream ended with an error");
+            }
+        }
+    })
+    .await
+}
+
+/// Answers a bad frame with what was wrong and stops reading.
+async fn refuse(stream: &mut FramedStream, e: &WireError) {
+    metrics::counter!(m::FRAME_ERRORS).increment(1);
+    let message = e.to_string();
+    let _ = stream.reply(&Frame::Error { message }).await;
+    stream.refuse();
+}
+
+async fn handle_stream(
+    mut stream: FramedStream,
+    route: watch::Receiver<Option<Addr<Master>>>,
+    max_job_bytes: usize,
+) -> Result<(), TransportError> {
+    let first = match stream.recv().await {
+        Ok(f) => f,
+        Err(TransportError::Wire(WireError::Closed)) => return Ok(()),
+        Err(TransportError::Wire(e @ (WireError::TooLarge { .. } | WireError::Malformed(_)))) => {
+            tracing::warn!(error = %e, "refusing a bad frame");
+            refuse(&mut stream, &e).await;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e),
+    };
+    let master = route.borrow().clone();
+    let Some(master) = master else {
+        return Ok(stream.reply(&Frame::NotMaster).await?);
+    };
+    let answer = match first {
+        Frame::WorkerHello {
+            version,
+            node_id,
+            slots,
+            jobs,
+            epoch: _,
+        } => {
+            if version != PROTOCOL_VERSION {
+                let message = format!(
+                    "protocol version {version} is not supported (this node speaks \
+                     {PROTOCOL_VERSION})"
+                );
+                return Ok(stream.reply(&Frame::Error { message }).await?);
+            }
+            return worker_link(stream, master, node_id, slots, jobs).await;
+        }
+        Frame::Submit(header) => {
+            let mut tasks: Vec<ByteBuf> = Vec::new();
+            let mut bytes = 0usize;
+            while (tasks.len() as u64) < header.task_count {
+                match stream.recv().await {
+                    Ok(Frame::SubmitChunk { tasks: chunk }) => {
+                        bytes = bytes.saturating_add(task_bytes(&chunk));
+                        if bytes > max_job_bytes {
+                            let message = format!(
+                                "submission exceeds the limit of {max_job_bytes} bytes of tasks \
+                                 (--max-job-bytes; each task counts its bytes and {} more)",
+                                crate::core::job::TASK_OVERHEAD
+                            );
+                            return Ok(stream.reply(&Frame::Error { message }).await?);
+                        }
+                        tasks.extend(chunk);
+                    }
+                    Ok(other) => {
+                        let message = format!("expected SubmitChunk, got {}", other.name());
+                        return Ok(stream.reply(&Frame::Error { message }).await?);
+                    }
+                    Err(TransportError::Wire(e)) => {
+                        refuse(&mut stream, &e).await;
+                        return Err(e.into());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            master.send(Submit { header, tasks }).await
+        }
+        other @ (Frame::GetJob { .. }
+        | Frame::GetStatus
+        | Frame::FetchResult { .. }
+        | Frame::Cancel { .. }) => master.send(ClientRequest(other)).await,
+        other => {
+            let message = format!("unexpected first frame {}", other.name());
+            return Ok(stream.reply(&Frame::Error { message }).await?);
+        }
+    };
+    Ok(stream.reply(&answer.unwrap_or(Frame::NotMaster)).await?)
+}
+
+/// A worker's link: frames it sends go to the master as messages; frames
+/// the master queues for it are written in order.
+async fn worker_link(
+    mut stream: FramedStream,
+    master: Addr<Master>,
+    node_id: String,
+    slots: u32,
+    jobs: Vec<String>,
+) -> Result<(), TransportError> {
+    let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let Ok(epoch) = master.send(GetEpoch).await else {
+        return Ok(stream.reply(&Frame::NotMaster).await?);
+    };
+    stream.send(&Frame::Welcome { epoch }).await?;
+    master.do_send(WorkerJoined {
+        node_id: node_id.clone(),
+        slots,
+        jobs,
+        tx,
+        link_id,
+    });
+    let FramedStream {
+        mut send,
+        mut recv,
+        max_frame,
+    } = stream;
+    let writer = async move { transport::write_queued(&mut send, &mut rx).await };
+    let reader = async {
+        loop {
+            match crate::wire::read_frame(&mut recv, max_frame).await? {
+                Frame::Report(report) => master.do_send(Report {
+                    node_id: node_id.clone(),
+                    report,
+                }),
+                Frame::Draining => master.do_send(WorkerDrain {
+                    node_id: node_id.clone(),
+                    drained: false,
+                }),
+                Frame::Drained => master.do_send(WorkerDrain {
+                    node_id: node_id.clone(),
+                    drained: true,
+                }),
+                Frame::Started {
+                    epoch,
+                    job_id,
+                    shard,
+                    attempt,
+                } => master.do_send(Started {
+                    node_id: node_id.clone(),
+                    epoch,
+                    job_id,
+                    shard,
+                    attempt,
+                }),
+                other => {
+                    tracing::warn!(worker = %node_id, frame = other.name(), "unexpected frame from worker")
+                }
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<_, WireError>(())
+    };
+    let res = tokio::select! { r = writer => r, r = reader => r };
+    if let Err(WireError::TooLarge { .. } | WireError::Malformed(_)) = &res {
+        metrics::counter!(m::FRAME_ERRORS).increment(1);
+    }
+    master.do_send(WorkerLeft { node_id, link_id });
+    Ok(res?)
+}

@@ -1,0 +1,226 @@
+//! `local`: a private ZooKeeper and N nodes on this machine, one job run
+//! through them, everything stopped at the end (the demo, and a user's
+//! first run).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+
+use super::*;
+
+/// Child processes stopped with SIGTERM (then SIGKILL) when dropped.
+struct Children(Vec<Child>);
+
+impl Children {
+    fn stop(&mut self) {
+        crate::process::terminate_all(&mut self.0, Duration::from_secs(10));
+        self.0.clear();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub(super) fn run_local(
+    a: LocalArgs,
+    name: &str,
+    tasks: Vec<ByteBuf>,
+    opts: JobOptions,
+    finish: Finish,
+) -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("ringleader-local-")
+        .tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    let started = Instant::now();
+    let zk = ZkServer::start(&dir.join("zk"), &ZkServerOptions::default())?;
+    let certs = dir.join("certs");
+    tls::make_cluster_certs(&certs)?;
+    let exe = std::env::current_exe()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let slots = a
+        .slots
+        .unwrap_or_else(|| cpus.div_ceil(a.nodes.max(1)).max(1));
+    let store = a
+        .store
+        .clone()
+        .unwrap_or_else(|| dir.join("store").display().to_string());
+    let mut children = Children(Vec::new());
+    let mut metrics = Vec::new();
+    for i in 0..a.nodes.max(1) {
+        let log = std::fs::File::create(dir.join(format!("node-{i}.log")))?;
+        let maddr = format!("127.0.0.1:{}", free_port()?);
+        let child = Command::new(&exe)
+            .args([
+                "node",
+                "--zk",
+                &zk.connect_string(),
+                "--cluster",
+                "local",
+                "--node-id",
+                &format!("node-{i}"),
+            ])
+            .arg("--certs")
+            .arg(&certs)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args([
+                "--slots",
+                &slots.to_string(),
+                "--metrics-addr",
+                &maddr,
+                "--session-timeout-ms",
+                "2000",
+                // Several nodes on this host: each its own port.
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                &store,
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        children.0.push(child);
+        metrics.push(maddr);
+    }
+    eprintln!(
+        "local work dir (removed at exit unless --keep): {}",
+        dir.display()
+    );
+    eprintln!(
+        "local cluster: ZooKeeper at {}, {} nodes x {slots} slots",
+        zk.connect_string(),
+        a.nodes
+    );
+    for (i, m) in metrics.iter().enumerate() {
+        eprintln!("  node-{i} metrics: http://{m}/metrics");
+    }
+    let prom = if a.prometheus {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let p = crate::prom::PromServer::start(&dir.join("prometheus"), &addr, &metrics)?;
+        eprintln!(
+            "Prometheus: http://{}/ (scraping every node each second)",
+            p.addr()
+        );
+        Some(p)
+    } else {
+        None
+    };
+    let conn = Conn {
+        zk: zk.connect_string(),
+        cluster: "local".into(),
+        certs: certs.clone(),
+    };
+    let n_tasks = tasks.len();
+    // The job's clock starts when the cluster is up: a master serving and
+    // every node registered as a worker.
+    let nodes = a.nodes.max(1) as usize;
+    let ready = conn.zk.clone();
+    let logs = dir.clone();
+    block_on(async move {
+        let layout = crate::coord::Layout::new("local");
+        let zk = crate::coord::Session::connect(&ready, Duration::from_secs(10), layout).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        zk.wait_for_master(None, Duration::from_secs(60))
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "no master within 60 s; see the node logs under {}",
+                    logs.display()
+                )
+            })?;
+        use futures::StreamExt;
+        let mut workers = Box::pin(zk.workers());
+        let mut seen = 0;
+        loop {
+            match tokio::time::timeout_at(deadline, workers.next()).await {
+                Ok(Some(Ok(w))) if w.len() >= nodes => return Ok(()),
+                Ok(Some(Ok(w))) => seen = w.len(),
+                Ok(Some(Err(e))) => bail!("cannot list workers: {e}"),
+                Ok(None) | Err(_) => bail!(
+                    "only {seen} of {nodes} nodes registered within 60 s; see the node logs under {}",
+                    logs.display()
+                ),
+            }
+        }
+    })?;
+    let job_started = Instant::now();
+    let res = block_on(async move {
+        let client = Client::connect(client_config(&conn)).await?;
+        let (id, _) = client.submit_encoded(name, tasks, opts, None).await?;
+        eprintln!("job {id} accepted: {n_tasks} tasks");
+        run_to_end(&client, &id, finish).await
+    });
+    let secs = job_started.elapsed().as_secs_f64();
+    if res.is_ok() {
+        eprintln!(
+            "job ran in {secs:.2} s ({:.0} tasks/s); whole local run {:.2} s",
+            n_tasks as f64 / secs,
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        for i in 0..a.nodes {
+            eprintln!(
+                "--- last lines of node-{i}.log ---\n{}",
+                tail(&dir.join(format!("node-{i}.log")), 15)
+            );
+        }
+    }
+    if let Some(p) = &prom {
+        // Two more scrapes, so that the job's last counts are in.
+        std::thread::sleep(Duration::from_millis(2500));
+        eprintln!("Prometheus says:");
+        use crate::metrics as m;
+        for expr in [
+            format!("sum({}{{role=\"master\"}})", m::NODE_ROLE),
+            format!("max({})", m::EPOCH),
+            format!("sum({})", m::WORKERS),
+            format!("sum({})", m::TASKS_RUN),
+            format!("sum({})", m::SHARDS_COMMITTED),
+            format!("sum({})", m::JOBS_COMPLETED),
+            format!(
+                "histogram_quantile(0.99, sum by (le) (rate({}_bucket[1m])))",
+                m::TASK_SECONDS
+            ),
+            format!(
+                "sum(rate({}{{direction=\"received\"}}[1m]))",
+                m::FRAME_BYTES
+            ),
+        ] {
+            let v = p
+                .scalar(&expr)
+                .map_or("no data".to_string(), |v| format!("{v}"));
+            eprintln!("  {expr} = {v}");
+        }
+    }
+    if a.linger_secs > 0 {
+        eprintln!("lingering {} s; Ctrl-C to stop now", a.linger_secs);
+        let linger = std::time::Duration::from_secs(a.linger_secs);
+        actix::System::new().block_on(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(linger) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        });
+    }
+    drop(prom);
+    children.stop();
+    drop(zk);
+    if a.keep {
+        eprintln!("kept {}", tmp.keep().display());
+    }
+    res
+}

@@ -1,0 +1,252 @@
+//! A node's or a client's ZooKeeper session, as the rest of the crate sees
+//! it: connection states, `/master` reads and watches, the worker's
+//! registration and the master's watch of registrations, and the election.
+//! Nothing outside `coord/` holds zookeeper-client's types.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::Stream;
+use zookeeper_client::{
+    Acls, Client, CreateMode, Error as ZkError, LockOptions, LockPrefix, OneshotWatcher,
+    SessionState, StateWatcher,
+};
+
+use super::records::{MasterInfo, WorkerInfo};
+use super::store::LeaderStore;
+use super::zk::{decode_record, encode_record, CoordError, Layout, EPHEMERAL};
+use crate::store::Store;
+
+/// A session's connection, as its users act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// Connected: reads and writes go through.
+    Connected,
+    /// Disconnected, and the session may still be alive: wait.
+    Disconnected,
+    /// The session is over (expired, closed or refused): its ephemeral
+    /// znodes are gone or going; start a new one.
+    Ended {
+        /// Whether it expired (as opposed to being closed).
+        expired: bool,
+    },
+}
+
+impl From<SessionState> for Connection {
+    fn from(s: SessionState) -> Self {
+        match s {
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => Connection::Connected,
+            SessionState::Expired => Connection::Ended { expired: true },
+            s if s.is_terminated() => Connection::Ended { expired: false },
+            _ => Connection::Disconnected,
+        }
+    }
+}
+
+/// Changes of a session's [`Connection`].
+pub struct Connections(StateWatcher);
+
+impl Connections {
+    /// The next change. Once [`Connection::Ended`] is returned, it is
+    /// returned again at once.
+    pub async fn changed(&mut self) -> Connection {
+        self.0.changed().await.into()
+    }
+}
+
+/// See the module doc. Clones share the session, which closes when the
+/// last clone is dropped (deleting its ephemeral znodes).
+#[derive(Clone, Debug)]
+pub struct Session {
+    client: Client,
+    layout: Layout,
+}
+
+impl Session {
+    /// Connects to the ensemble `hosts` (a ZooKeeper connect string) for
+    /// the cluster `layout` names, asking for `session_timeout`; the
+    /// server may negotiate another ([`Session::timeout`]). Must run on
+    /// the long-lived arbiter that keeps the session: its task is spawned
+    /// there.
+    pub async fn connect(
+        hosts: &str,
+        session_timeout: Duration,
+        layout: Layout,
+    ) -> Result<Session, CoordError> {
+        let client = super::zk::connect(hosts, session_timeout).await?;
+        Ok(Session { client, layout })
+    }
+
+    /// The session a master's store was made from.
+    pub(super) fn of(client: Client, layout: Layout) -> Session {
+        Session { client, layout }
+    }
+
+    /// The cluster's znode layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The negotiated session timeout.
+    pub fn timeout(&self) -> Duration {
+        self.client.session_timeout()
+    }
+
+    /// The connection now.
+    pub fn connection(&self) -> Connection {
+        self.client.state().into()
+    }
+
+    /// Changes of the connection from now on.
+    pub fn connections(&self) -> Connections {
+        Connections(self.client.state_watcher())
+    }
+
+    /// Creates the cluster's root znode if it is missing.
+    pub async fn ensure_root(&self) -> Result<(), CoordError> {
+        super::zk::ensure_path(&self.client, self.layout.root()).await
+    }
+
+    /// The serving master, if one is published.
+    pub async fn read_master(&self) -> Result<Option<MasterInfo>, CoordError> {
+        super::zk::read_master(&self.client, &self.layout).await
+    }
+
+    /// Waits until a master other than `not` (an epoch already found
+    /// unusable) is published, for at most `timeout`.
+    pub async fn wait_for_master(
+        &self,
+        not: Option<u64>,
+        timeout: Duration,
+    ) -> Result<Option<MasterInfo>, CoordError> {
+        super::zk::wait_for_master(&self.client, &self.layout, not, timeout).await
+    }
+
+    /// Resolves once `/master` no longer holds `epoch`.
+    pub async fn master_changed(&self, epoch: u64) -> Result<(), CoordError> {
+        let path = self.layout.master();
+        loop {
+            let watcher = match self.client.get_and_watch_data(&path).await {
+                Ok((data, _, w)) => match decode_record::<MasterInfo>(&path, &data) {
+                    Ok(info) if info.epoch == epoch => w,
+                    _ => return Ok(()),
+                },
+                Err(ZkError::NoNode) => return Ok(()),
+                Err(e) => return Err(CoordError::zk(&path, e)),
+            };
+            let ev = watcher.changed().await;
+            if ev.session_state.is_terminated() {
+                return Err(CoordError::zk(&path, ZkError::SessionExpired));
+            }
+        }
+    }
+
+    /// Registers this node as a worker (`/workers/<node-id>`, ephemeral).
+    /// A registration left by an earlier incarnation whose session has not
+    /// expired yet, or ours before a connection loss, is replaced.
+    pub async fn register_worker(
+        &self,
+        node_id: &str,
+        info: &WorkerInfo,
+    ) -> Result<(), CoordError> {
+        let path = self.layout.worker(node_id);
+        let data = encode_record(&path, info)?;
+        super::zk::ensure_path(&self.client, &self.layout.workers()).await?;
+        loop {
+            match self.client.create(&path, &data, &EPHEMERAL).await {
+                Ok(_) => return Ok(()),
+                Err(ZkError::NodeExists) => match self.client.delete(&path, None).await {
+                    Ok(()) | Err(ZkError::NoNode) => {}
+                    Err(e) => return Err(CoordError::zk(&path, e)),
+                },
+                Err(ZkError::ConnectionLoss) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => return Err(CoordError::zk(&path, e)),
+            }
+        }
+    }
+
+    /// Stands for election (zookeeper-client's lock recipe, with Curator's
+    /// `_c_<uuid>-latch-` names: each candidate watches only its
+    /// predecessor) and returns, once this node leads, its fenced store of
+    /// the next epoch.
+    pub async fn campaign(&self, node_id: &str, store: Store) -> Result<LeaderStore, CoordError> {
+        let dir = self.layout.election();
+        let prefix =
+            LockPrefix::new_curator(&dir, "latch-").map_err(|e| CoordError::zk(&dir, e))?;
+        let options = LockOptions::new(Acls::anyone_all())
+            .with_ancestor_options(CreateMode::Persistent.with_acls(Acls::anyone_all()))
+            .map_err(|e| CoordError::zk(&dir, e))?;
+        let lock = self
+            .client
+            .lock(prefix, node_id.as_bytes(), options)
+            .await
+            .map_err(|e| CoordError::zk(&dir, e))?
+            .into_owned();
+        tracing::info!(path = lock.lock_path(), "won the election");
+        LeaderStore::take_over(lock, self.layout.clone(), store).await
+    }
+
+    /// The registered workers, each time they change. Registrations are
+    /// written once (ephemeral, never updated), so only new names are
+    /// read: a thousand workers joining cost a thousand reads, not a
+    /// million. Garbage registrations are skipped with a warning. Ends
+    /// with an error when the session ends.
+    pub fn workers(
+        &self,
+    ) -> impl Stream<Item = Result<BTreeMap<String, WorkerInfo>, CoordError>> + 'static {
+        let client = self.client.clone();
+        let path = self.layout.workers();
+        let state: (
+            Client,
+            String,
+            BTreeMap<String, WorkerInfo>,
+            Option<OneshotWatcher>,
+        ) = (client, path, BTreeMap::new(), None);
+        futures::stream::unfold(state, |(client, path, mut infos, watcher)| async move {
+            if let Some(w) = watcher {
+                let event = w.changed().await;
+                if event.session_state.is_terminated() {
+                    let e = CoordError::zk(&path, ZkError::SessionExpired);
+                    return Some((Err(e), (client, path, infos, None)));
+                }
+            }
+            let (names, watcher) = match client.get_and_watch_children(&path).await {
+                Ok((names, _, w)) => (names, w),
+                Err(e) => {
+                    return Some((Err(CoordError::zk(&path, e)), (client, path, infos, None)))
+                }
+            };
+            let current: BTreeSet<&String> = names.iter().collect();
+            infos.retain(|n, _| current.contains(n));
+            let new: Vec<&String> = names.iter().filter(|n| !infos.contains_key(*n)).collect();
+            let reads: Vec<_> = new
+                .iter()
+                .map(|n| {
+                    let p = format!("{path}/{n}");
+                    let read = client.get_data(&p);
+                    async move { (p, read.await) }
+                })
+                .collect();
+            for (n, (p, r)) in new.into_iter().zip(futures::future::join_all(reads).await) {
+                if let Ok((data, _)) = r {
+                    match decode_record::<WorkerInfo>(&p, &data) {
+                        Ok(info) => {
+                            infos.insert(n.clone(), info);
+                        }
+                        Err(e) => {
+                            tracing::warn!(worker = %n, error = %e, "ignoring a garbage worker registration")
+                        }
+                    }
+                }
+            }
+            let out = infos.clone();
+            Some((Ok(out), (client, path, infos, Some(watcher))))
+        })
+    }
+
+    /// The raw client, for test harnesses that inspect znodes.
+    #[doc(hidden)]
+    pub fn zookeeper(&self) -> &Client {
+        &self.client
+    }
+}

@@ -1,0 +1,180 @@
+//! The architecture's boundaries, checked: each module ("room") may name
+//! only the crates and modules its place in ARCHITECTURE.md allows. A
+//! change that crosses a boundary fails here with the file and line.
+//!
+//! One crate with a test rather than a crate per room: the rooms share
+//! types both ways (`core` types travel in `wire` frames and `coord`
+//! records), and splitting them would cost five more compilation units in
+//! every build of a 2-core CI for a check this test makes in milliseconds.
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("src is readable") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The file's code without comments and without its `#[cfg(test)]`
+/// module (tests may use what the room itself must not).
+fn code(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if t.starts_with("//") {
+            continue;
+        }
+        // Strings may mention anything (log filters, messages).
+        let mut plain = String::new();
+        let mut in_str = false;
+        let mut prev = ' ';
+        for c in line.chars() {
+            if c == '"' && prev != '\\' {
+                in_str = !in_str;
+            } else if !in_str {
+                plain.push(c);
+            }
+            prev = c;
+        }
+        out.push((i + 1, plain));
+    }
+    out
+}
+
+struct Rule {
+    /// What the rule says, as ARCHITECTURE.md says it.
+    says: &'static str,
+    /// Paths (relative to `src/`, `/`-separated) the rule allows.
+    allowed: fn(&str) -> bool,
+    /// Text that names what is guarded.
+    needles: &'static [&'static str],
+}
+
+fn rules() -> Vec<Rule> {
+    vec![
+        Rule {
+            says: "only coord/ (and the test harness) imports zookeeper-client",
+            allowed: |p| p.starts_with("coord/") || p.starts_with("testkit/"),
+            needles: &["zookeeper_client"],
+        },
+        Rule {
+            says: "only transport/ imports quinn and rustls",
+            allowed: |p| p.starts_with("transport/"),
+            needles: &["quinn::", "use quinn", "rustls::", "use rustls", "rustls_pemfile"],
+        },
+        Rule {
+            says: "only wire.rs (frames, user values) and coord/ (records) know MessagePack",
+            allowed: |p| p == "wire.rs" || p.starts_with("coord/"),
+            needles: &["rmp_serde"],
+        },
+        Rule {
+            says: "core/ does no I/O and reads no clock: no actix, tokio, sockets, files, ZooKeeper or store",
+            allowed: |p| !p.starts_with("core/"),
+            needles: &[
+                "actix",
+                "tokio",
+                "std::net",
+                "std::fs",
+                "object_store",
+                "Instant::now",
+                "SystemTime",
+                "crate::coord",
+                "crate::transport",
+                "crate::wire",
+                "crate::store",
+                "crate::actors",
+                "crate::metrics",
+            ],
+        },
+        Rule {
+            says: "wire.rs knows frames, not who sends them",
+            allowed: |p| p != "wire.rs",
+            needles: &["crate::actors", "crate::coord", "crate::transport", "crate::client", "crate::node"],
+        },
+        Rule {
+            says: "the client sits beside the actors, not above them",
+            allowed: |p| p != "client.rs",
+            needles: &["crate::actors", "crate::node", "crate::cli"],
+        },
+        Rule {
+            says: "node.rs does not import the command line (cli runs nodes, not the reverse)",
+            allowed: |p| p != "node.rs" && p != "cli_job.rs",
+            needles: &["crate::cli::", "crate::cli;"],
+        },
+        Rule {
+            says: "metric names are written once, in metrics.rs",
+            allowed: |p| p == "metrics.rs" || p.starts_with("testkit/"),
+            needles: &["ringleader_"],
+        },
+        Rule {
+            says: "only the master's gateway and the transport read frames off streams",
+            allowed: |p| {
+                p.starts_with("transport/")
+                    || p == "wire.rs"
+                    || p == "actors/master/gateway.rs"
+                    || p == "actors/worker.rs"
+            },
+            needles: &["read_frame("],
+        },
+    ]
+}
+
+#[test]
+fn every_module_stays_in_its_room() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    assert!(files.len() > 30, "found only {} source files", files.len());
+    let rules = rules();
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let rel = file
+            .strip_prefix(&root)
+            .expect("under src")
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = std::fs::read_to_string(file).expect("readable");
+        for rule in &rules {
+            if (rule.allowed)(&rel) {
+                continue;
+            }
+            checked += 1;
+            for (n, line) in code(&text) {
+                for needle in rule.needles {
+                    if line.contains(needle) {
+                        broken.push(format!("{rel}:{n}: {needle:?}: {}", rule.says));
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} file-rule pairs checked");
+    assert!(
+        broken.is_empty(),
+        "boundaries crossed:\n{}",
+        broken.join("\n")
+    );
+}
+
+/// The checker itself: a line that crosses a boundary is caught, one in a
+/// comment, a string or a test module is not.
+#[test]
+fn the_checker_sees_code_and_skips_comments_strings_and_tests() {
+    let text = "use quinn::Endpoint;\n// quinn:: in a comment\nlet f = \"quinn::x\";\n#[cfg(test)]\nuse quinn::Y;\n";
+    let lines = code(text);
+    let hits: Vec<usize> = lines
+        .iter()
+        .filter(|(_, l)| l.contains("quinn::"))
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(hits, vec![1]);
+}
