@@ -138,8 +138,8 @@ struct Run {
     worker: String,
     /// The worker's slot picked it up (acknowledged `Started`).
     started: bool,
-    /// When it was assigned (if the caller gives the time).
-    since: Option<Instant>,
+    /// When it was assigned.
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -214,9 +214,6 @@ fn lost_failures(tasks: &[u64], attempt: u32, error: &str) -> Vec<TaskFailure> {
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct Scheduler {
-    /// The time of the current event, if the caller gives one ([`Scheduler::tick`]);
-    /// without it, retries do not back off.
-    now: Option<Instant>,
     workers: BTreeMap<String, WorkerSlot>,
     free: FreeIndex,
     jobs: BTreeMap<String, JobState>,
@@ -435,7 +432,7 @@ impl Scheduler {
     }
 
     /// Hands queued shards to workers with free capacity, least loaded first.
-    pub fn assign(&mut self) -> Vec<Command> {
+    pub fn assign(&mut self, now: Instant) -> Vec<Command> {
         let mut out = Vec::new();
         let mut skipped = VecDeque::new();
         let mut no_worker_for: BTreeSet<String> = BTreeSet::new();
@@ -449,7 +446,7 @@ impl Scheduler {
             if !matches!(shard.phase, ShardPhase::Pending) {
                 continue;
             }
-            if let (Some(due), Some(now)) = (shard.not_before, self.now) {
+            if let Some(due) = shard.not_before {
                 if due > now {
                     skipped.push_back((job_id, key));
                     continue;
@@ -460,7 +457,7 @@ impl Scheduler {
                 continue;
             }
             match self.pick(&job.name, shard.avoid.as_deref(), false) {
-                Some(wid) => out.push(self.place(&job_id, key, wid)),
+                Some(wid) => out.push(self.place(&job_id, key, wid, now)),
                 None => {
                     // Nobody can take this job now: don't ask again for its other shards.
                     no_worker_for.insert(job.name.clone());
@@ -508,8 +505,7 @@ impl Scheduler {
     }
 
     /// Puts a run of the shard on `worker` and says so.
-    fn place(&mut self, job_id: &str, key: ShardKey, worker: String) -> Command {
-        let now = self.now;
+    fn place(&mut self, job_id: &str, key: ShardKey, worker: String, now: Instant) -> Command {
         hold(&mut self.workers, &mut self.free, &worker, job_id, key);
         let shard = self
             .jobs
@@ -544,10 +540,7 @@ impl Scheduler {
     /// Shards whose only run is older than their job's limit (its shard
     /// timeout, or 4x its typical shard time and at least a second) get a
     /// copy on another worker; whichever reports first is committed.
-    pub fn speculate(&mut self) -> Vec<Command> {
-        let Some(now) = self.now else {
-            return Vec::new();
-        };
+    pub fn speculate(&mut self, now: Instant) -> Vec<Command> {
         let mut wanted = Vec::new();
         for (job_id, job) in &self.jobs {
             let limit = job
@@ -559,10 +552,7 @@ impl Scheduler {
             for (key, shard) in &job.shards {
                 if let ShardPhase::Running { runs } = &shard.phase {
                     if let [run] = &runs[..] {
-                        if run
-                            .since
-                            .is_some_and(|since| now.saturating_duration_since(since) > limit)
-                        {
+                        if now.saturating_duration_since(run.since) > limit {
                             wanted.push((
                                 job_id.clone(),
                                 *key,
@@ -577,25 +567,20 @@ impl Scheduler {
         let mut out = Vec::new();
         for (job_id, key, name, busy_on) in wanted {
             if let Some(wid) = self.pick(&name, Some(&busy_on), true) {
-                out.push(self.place(&job_id, key, wid));
+                out.push(self.place(&job_id, key, wid, now));
             }
         }
         out
     }
 
-    /// Sets the time of the events that follow (retry backoff is measured against it).
-    pub fn tick(&mut self, now: Instant) {
-        self.now = Some(now);
-    }
-
-    /// When the earliest retry waiting out its backoff becomes due.
-    pub fn next_due(&self) -> Option<Instant> {
+    /// When the earliest retry waiting out its backoff after `now` becomes due.
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
         self.jobs
             .values()
             .flat_map(|j| j.shards.values())
             .filter(|s| matches!(s.phase, ShardPhase::Pending))
             .filter_map(|s| s.not_before)
-            .filter(|due| self.now.is_none_or(|now| *due > now))
+            .filter(|due| *due > now)
             .min()
     }
 
@@ -659,8 +644,14 @@ impl Scheduler {
     /// A worker reported on a shard. Returns true if the report is the one
     /// awaited (the shard now waits for its commit); false for a stale or
     /// duplicate report, which must be dropped.
-    pub fn report(&mut self, worker: &str, job_id: &str, key: ShardKey, attempt: u32) -> bool {
-        let now = self.now;
+    pub fn report(
+        &mut self,
+        worker: &str,
+        job_id: &str,
+        key: ShardKey,
+        attempt: u32,
+        now: Instant,
+    ) -> bool {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return false;
         };
@@ -676,10 +667,8 @@ impl Scheduler {
         if shard.attempt != attempt {
             return false;
         }
-        if let (Some(now), Some(since)) = (now, run.since) {
-            let took = now.saturating_duration_since(since);
-            job.typical = Some(job.typical.map_or(took, |t| (t * 7 + took) / 8));
-        }
+        let took = now.saturating_duration_since(run.since);
+        job.typical = Some(job.typical.map_or(took, |t| (t * 7 + took) / 8));
         let runners: Vec<String> = runs.iter().map(|r| r.worker.clone()).collect();
         shard.phase = ShardPhase::Committing {
             worker: Some(worker.to_string()),
@@ -712,6 +701,7 @@ impl Scheduler {
         key: ShardKey,
         attempt: u32,
         failures: &[TaskFailure],
+        now: Instant,
     ) -> Vec<Command> {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return Vec::new();
@@ -743,9 +733,7 @@ impl Scheduler {
                     tasks: retry.iter().map(|f| f.index).collect(),
                     attempt: attempt + 1,
                     phase: ShardPhase::Pending,
-                    not_before: self
-                        .now
-                        .map(|now| now + retry_delay(job_id, next, attempt + 1)),
+                    not_before: Some(now + retry_delay(job_id, next, attempt + 1)),
                     avoid: ran_on,
                     losses: 0,
                 },
@@ -788,6 +776,59 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
+    /// The scheduler on a test clock: `tick` sets the time that the calls
+    /// after it pass.
+    struct Clocked {
+        s: Scheduler,
+        now: Instant,
+    }
+
+    impl std::ops::Deref for Clocked {
+        type Target = Scheduler;
+        fn deref(&self) -> &Scheduler {
+            &self.s
+        }
+    }
+
+    impl std::ops::DerefMut for Clocked {
+        fn deref_mut(&mut self) -> &mut Scheduler {
+            &mut self.s
+        }
+    }
+
+    impl Clocked {
+        fn new() -> Self {
+            Clocked {
+                s: Scheduler::new(),
+                now: Instant::now(),
+            }
+        }
+        fn tick(&mut self, now: Instant) {
+            self.now = now;
+        }
+        fn assign(&mut self) -> Vec<Command> {
+            self.s.assign(self.now)
+        }
+        fn speculate(&mut self) -> Vec<Command> {
+            self.s.speculate(self.now)
+        }
+        fn report(&mut self, worker: &str, job: &str, key: ShardKey, attempt: u32) -> bool {
+            self.s.report(worker, job, key, attempt, self.now)
+        }
+        fn committed(
+            &mut self,
+            job: &str,
+            key: ShardKey,
+            attempt: u32,
+            failures: &[TaskFailure],
+        ) -> Vec<Command> {
+            self.s.committed(job, key, attempt, failures, self.now)
+        }
+        fn next_due(&self) -> Option<Instant> {
+            self.s.next_due(self.now)
+        }
+    }
+
     fn plan(id: &str, shards: u32, per: u64, max_attempts: u32) -> JobPlan {
         JobPlan {
             id: id.into(),
@@ -824,7 +865,7 @@ mod tests {
 
     #[test]
     fn respects_capacity_and_job_names() {
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.add_worker("a", 2, ["j".to_string()], false);
         s.add_worker("b", 1, ["other".to_string()], false);
         s.add_job(plan("x", 5, 1, 3));
@@ -837,7 +878,7 @@ mod tests {
 
     #[test]
     fn worker_loss_requeues_with_an_attempt_used() {
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.add_worker("a", 1, ["j".to_string()], false);
         s.add_job(plan("x", 1, 2, 2));
         assert_eq!(assigned(&s.assign())[0].2, 1);
@@ -897,7 +938,7 @@ mod tests {
 
     #[test]
     fn shards_lost_before_they_started_keep_their_attempts() {
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.add_worker("a", 2, ["j".to_string()], false);
         s.add_job(plan("x", 2, 1, 1));
         let a = assigned(&s.assign());
@@ -914,7 +955,7 @@ mod tests {
 
     #[test]
     fn a_draining_worker_keeps_started_shards_and_hands_back_the_rest() {
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.add_worker("a", 2, ["j".to_string()], false);
         s.add_job(plan("x", 3, 1, 3));
         let a = assigned(&s.assign());
@@ -937,7 +978,7 @@ mod tests {
     #[test]
     fn retries_back_off_and_prefer_another_worker() {
         let t0 = Instant::now();
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.tick(t0);
         s.add_worker("a", 1, ["j".to_string()], false);
         s.add_worker("b", 1, ["j".to_string()], false);
@@ -968,7 +1009,7 @@ mod tests {
 
     #[test]
     fn a_report_repeating_a_failed_index_counts_each_task_once() {
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.tick(Instant::now());
         s.add_worker("a", 1, ["j".to_string()], false);
         s.add_job(plan("x", 1, 2, 3));
@@ -1008,7 +1049,7 @@ mod tests {
     #[test]
     fn a_shard_past_its_timeout_gets_a_copy_and_the_first_report_wins() {
         let t0 = Instant::now();
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.tick(t0);
         s.add_worker("a", 1, ["j".to_string()], false);
         let mut p = plan("x", 1, 1, 1);
@@ -1034,7 +1075,7 @@ mod tests {
             "the slow one is dropped"
         );
         // Losing a worker that held one of two copies costs nothing.
-        let mut s2 = Scheduler::new();
+        let mut s2 = Clocked::new();
         s2.tick(t0);
         s2.add_worker("a", 1, ["j".to_string()], false);
         let mut p = plan("y", 1, 1, 1);
@@ -1054,12 +1095,12 @@ mod tests {
 
     #[test]
     fn fallback_workers_run_only_what_no_other_worker_can() {
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.add_worker("master", 4, ["j".to_string()], true);
         s.add_job(plan("x", 3, 1, 3));
         // Alone, the fallback worker runs everything.
         assert_eq!(assigned(&s.assign()).len(), 3);
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.add_worker("master", 4, ["j".to_string()], true);
         s.add_worker("w", 1, ["j".to_string()], false);
         s.add_job(plan("x", 3, 1, 3));
@@ -1073,7 +1114,7 @@ mod tests {
 
     #[test]
     fn recovered_shards_out_of_attempts_are_committed_failed() {
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         let mut p = plan("x", 2, 1, 2);
         p.pending[1].attempt = 3;
         let cmds = s.add_job(p);
@@ -1085,7 +1126,7 @@ mod tests {
 
     #[test]
     fn stale_and_duplicate_reports_are_dropped() {
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.add_worker("a", 1, ["j".to_string()], false);
         s.add_job(plan("x", 1, 1, 3));
         let key = assigned(&s.assign())[0].1;
@@ -1105,7 +1146,7 @@ mod tests {
 
     #[test]
     fn retryable_failures_make_a_new_generation_until_attempts_run_out() {
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.add_worker("a", 1, ["j".to_string()], false);
         s.add_job(plan("x", 1, 3, 2));
         let key = assigned(&s.assign())[0].1;
@@ -1125,6 +1166,9 @@ mod tests {
         assert!(s.committed("x", key, 1, &[fail(0, 1), perm]).is_empty());
         let c = s.counters("x").unwrap();
         assert_eq!((c.tasks_done, c.tasks_failed, c.retries), (2, 1, 1));
+        assert!(s.assign().is_empty(), "the retry waits out its backoff");
+        let due = s.next_due().expect("a retry is due later");
+        s.tick(due);
         let a = assigned(&s.assign());
         assert_eq!(
             a,
@@ -1155,7 +1199,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(seed);
         let t0 = Instant::now();
         let mut now = t0;
-        let mut s = Scheduler::new();
+        let mut s = Clocked::new();
         s.tick(now);
         let per = rng.gen_range(1..4);
         let max_attempts = rng.gen_range(1..4);
@@ -1170,9 +1214,10 @@ mod tests {
         let mut outcome: BTreeMap<u64, u32> = BTreeMap::new();
         let mut committed: BTreeSet<ShardKey> = BTreeSet::new();
         let mut next_worker = 0;
+        let mut capacity_of: BTreeMap<String, usize> = BTreeMap::new();
         let mut finished = false;
         let handle = |cmds: Vec<Command>,
-                      s: &mut Scheduler,
+                      s: &mut Clocked,
                       runs: &mut Vec<(String, ShardKey, u32, Vec<u64>)>,
                       outcome: &mut BTreeMap<u64, u32>,
                       committed: &mut BTreeSet<ShardKey>,
@@ -1216,7 +1261,9 @@ mod tests {
                     next_worker += 1;
                     let id = format!("w{next_worker}");
                     let fallback = rng.gen_bool(0.1);
-                    let cmds = s.add_worker(&id, rng.gen_range(1..4), ["j".to_string()], fallback);
+                    let capacity = rng.gen_range(1..4);
+                    capacity_of.insert(id.clone(), capacity as usize);
+                    let cmds = s.add_worker(&id, capacity, ["j".to_string()], fallback);
                     alive.push(id);
                     finished |= handle(
                         cmds,
@@ -1248,7 +1295,10 @@ mod tests {
                     let cmds = s.assign();
                     for c in &cmds {
                         if let Command::Assign { worker, .. } = c {
-                            assert!(s.running_on(worker) <= 3, "seed {seed}: over capacity");
+                            assert!(
+                                s.running_on(worker) <= capacity_of[worker],
+                                "seed {seed}: {worker} over its capacity"
+                            );
                         }
                     }
                     finished |= handle(

@@ -301,12 +301,11 @@ impl Master {
             return;
         }
         let now = std::time::Instant::now();
-        self.sched.tick(now);
-        let cmds = self.sched.assign();
+        let cmds = self.sched.assign(now);
         self.apply(cmds, ctx);
         self.update_gauges(ctx);
         // Wake up when the next retry's backoff is over.
-        if let Some(due) = self.sched.next_due() {
+        if let Some(due) = self.sched.next_due(now) {
             if self.wake_at.is_none_or(|t| due < t) {
                 self.wake_at = Some(due);
                 ctx.run_later(due.saturating_duration_since(now), |act, ctx| {
@@ -466,8 +465,10 @@ impl Master {
         if let Some(merge) = c.merge {
             self.merge(ctx, merge, rec.output.clone());
         }
-        self.sched.tick(std::time::Instant::now());
-        let cmds = self.sched.committed(job, key, rec.attempt, &rec.failures);
+        let now = std::time::Instant::now();
+        let cmds = self
+            .sched
+            .committed(job, key, rec.attempt, &rec.failures, now);
         self.run(ctx, cmds);
     }
 
@@ -743,8 +744,7 @@ impl Actor for Master {
                     if act.paused {
                         return;
                     }
-                    act.sched.tick(std::time::Instant::now());
-                    let cmds = act.sched.speculate();
+                    let cmds = act.sched.speculate(std::time::Instant::now());
                     if !cmds.is_empty() {
                         tracing::info!(copies = cmds.len(), "speculative copies of slow shards");
                         metrics::counter!(m::SHARDS_SPECULATED).increment(cmds.len() as u64);
@@ -884,9 +884,13 @@ impl Handler<Report> for Master {
             return;
         }
         if r.epoch != self.store.epoch()
-            || !self
-                .sched
-                .report(&msg.node_id, &r.job_id, r.shard, r.attempt)
+            || !self.sched.report(
+                &msg.node_id,
+                &r.job_id,
+                r.shard,
+                r.attempt,
+                std::time::Instant::now(),
+            )
         {
             tracing::debug!(job = %r.job_id, shard = %r.shard, "dropping a stale report");
             // Its object (if it is one of that job's) is referenced by nothing.
