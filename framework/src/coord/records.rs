@@ -74,6 +74,20 @@ pub struct JobRecord {
     pub digest: Option<ByteBuf>,
 }
 
+impl JobRecord {
+    /// What the collector needs to know of it.
+    pub fn stored(&self) -> crate::core::job::Stored {
+        use crate::core::job::Stored;
+        match self.status {
+            JobStatus::Writing => Stored::Writing,
+            JobStatus::Accepted => Stored::Running,
+            JobStatus::Cancelled => Stored::Retained,
+            JobStatus::Done if self.fetched_ms.is_some() => Stored::Retained,
+            JobStatus::Done => Stored::Unfetched,
+        }
+    }
+}
+
 /// SHA-256 over a submission's job name, options and encoded tasks, each
 /// length-prefixed so that no two submissions share an encoding.
 pub fn submission_digest(job_name: &str, options: &JobOptions, tasks: &[ByteBuf]) -> ByteBuf {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_bytes::ByteBuf;
-use zookeeper_client::{Client, Error as ZkError, OwnedLockClient};
+use zookeeper_client::{CheckWriter, Client, Error as ZkError, OwnedLockClient};
 
 use super::records::{JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord};
 use super::session::{Connections, Session};
@@ -161,18 +161,16 @@ impl LeaderStore {
         let data = encode_record(&path, &info)?;
         let ours = |found: &Option<MasterInfo>| found.as_ref() == Some(&info);
         loop {
-            let mut w = self.lock.new_check_writer();
-            let built = w
-                .add_set_data(
-                    &epoch_path,
-                    &self.epoch.to_be_bytes(),
-                    Some(self.epoch_version),
-                )
-                .and_then(|()| w.add_create(&path, &data, &EPHEMERAL));
-            if let Err(e) = built {
-                return Err(CoordError::zk(&path, e));
-            }
-            let res = w.commit().await.map(|_| ()).map_err(ZkError::from);
+            let res = self
+                .fenced_once(|w| {
+                    w.add_set_data(
+                        &epoch_path,
+                        &self.epoch.to_be_bytes(),
+                        Some(self.epoch_version),
+                    )?;
+                    w.add_create(&path, &data, &EPHEMERAL)
+                })
+                .await;
             match res {
                 Ok(()) => return Ok(()),
                 // Left by this very session before a connection loss, or stale.
@@ -207,14 +205,12 @@ impl LeaderStore {
         let latch = self.lock.lock_path().to_string();
         let master = self.layout.master();
         // Under the lock, `/master` is ours or absent (not yet published).
-        let mut both = self.lock.new_check_writer();
-        let res = match both
-            .add_delete(&master, None)
-            .and_then(|()| both.add_delete(&latch, None))
-        {
-            Ok(()) => both.commit().await.map(|_| ()).map_err(ZkError::from),
-            Err(e) => Err(e),
-        };
+        let res = self
+            .fenced_once(|w| {
+                w.add_delete(&master, None)?;
+                w.add_delete(&latch, None)
+            })
+            .await;
         let res = match res {
             Err(ZkError::NoNode) => self.lock.delete(&latch, None).await,
             other => other,
@@ -222,6 +218,30 @@ impl LeaderStore {
         if let Err(e) = res {
             tracing::debug!(error = %e, "abdication failed; closing the session will do it");
         }
+    }
+
+    /// Runs one fenced transaction: the election znode's check, then the
+    /// operations `ops` adds. Not retried (see [`Self::fenced`]).
+    async fn fenced_once(
+        &self,
+        ops: impl FnOnce(&mut CheckWriter<'_>) -> Result<(), ZkError>,
+    ) -> Result<(), ZkError> {
+        let mut w = self.lock.new_check_writer();
+        ops(&mut w)?;
+        w.commit().await.map(|_| ()).map_err(ZkError::from)
+    }
+
+    /// [`Self::fenced_once`], retried on connection loss and measured
+    /// under `name`. A retry of a transaction that was applied before the
+    /// connection broke fails on its first create (`NodeExists`) or
+    /// delete (`NoNode`): callers read those as done.
+    async fn fenced(
+        &self,
+        name: &'static str,
+        path: &str,
+        ops: impl Fn(&mut CheckWriter<'_>) -> Result<(), ZkError>,
+    ) -> Result<(), CoordError> {
+        self.retry(name, path, || self.fenced_once(&ops)).await
     }
 
     /// Runs a ZooKeeper request, retrying on connection loss, and measures
@@ -320,19 +340,13 @@ impl LeaderStore {
         record.status = JobStatus::Writing;
         record.created_ms = now_ms();
         let data = encode_record(&job_path, &record)?;
-        self.retry("create_job", &job_path, || {
-            let mut w = self.lock.new_check_writer();
-            let mut ops = || -> Result<(), ZkError> {
-                w.add_create(&job_path, &data, &PERSISTENT)?;
-                w.add_create(&format!("{job_path}/batches"), &[], &PERSISTENT)?;
-                w.add_create(&self.layout.lost(id), &[], &PERSISTENT)?;
-                w.add_create(&self.layout.done(id), &[], &PERSISTENT)
-            };
-            let built = ops();
-            async move {
-                built?;
-                w.commit().await.map(|_| ()).map_err(ZkError::from)
-            }
+        let batches_path = format!("{job_path}/batches");
+        let (lost, done) = (self.layout.lost(id), self.layout.done(id));
+        self.fenced("create_job", &job_path, |w| {
+            w.add_create(&job_path, &data, &PERSISTENT)?;
+            w.add_create(&batches_path, &[], &PERSISTENT)?;
+            w.add_create(&lost, &[], &PERSISTENT)?;
+            w.add_create(&done, &[], &PERSISTENT)
         })
         .await?;
         let buckets = shard_count(record.tasks_total, record.options.shard_size).div_ceil(1000);
@@ -412,15 +426,9 @@ impl LeaderStore {
         for (bucket, names) in buckets.iter().zip(listed) {
             let names = names.map_err(|e| CoordError::zk(bucket, e))?;
             for n in names {
-                let key = n.split_once('-').and_then(|(i, g)| {
-                    Some(ShardKey {
-                        index: i.parse().ok()?,
-                        generation: g.parse().ok()?,
-                    })
-                });
-                match key {
-                    Some(key) => paths.push((key, format!("{bucket}/{n}"))),
-                    None => {
+                match n.parse::<ShardKey>() {
+                    Ok(key) => paths.push((key, format!("{bucket}/{n}"))),
+                    Err(_) => {
                         tracing::warn!(path = %format!("{bucket}/{n}"), "ignoring a znode that is not a shard commit")
                     }
                 }
@@ -500,12 +508,7 @@ impl LeaderStore {
         .await;
         let mut out = BTreeMap::new();
         for ((n, path), read) in names.iter().zip(&paths).zip(reads) {
-            let key = n.split_once('-').and_then(|(i, g)| {
-                Some(ShardKey {
-                    index: i.parse().ok()?,
-                    generation: g.parse().ok()?,
-                })
-            });
+            let key = n.parse::<ShardKey>().ok();
             let (data, _) = read.map_err(|e| CoordError::zk(path, e))?;
             match (key, <[u8; 4]>::try_from(data.as_slice())) {
                 (Some(key), Ok(b)) => {
@@ -632,7 +635,9 @@ impl LeaderStore {
     }
 
     /// Writes the reduced result and marks the job done, in one fenced
-    /// transaction; then removes the job's batches and commits.
+    /// transaction that also checks the job record's version (a conflict,
+    /// [`CoordError::is_conflict`], means it was cancelled meanwhile); then
+    /// removes the job's batches and commits.
     pub async fn finish(
         &self,
         job: &StoredJob,
@@ -656,15 +661,11 @@ impl LeaderStore {
         let job_data = encode_record(&job_path, &rec)?;
         let result_data = encode_record(&path, &result)?;
         let res = self
-            .retry("finish", &path, || {
-                let mut w = self.lock.new_check_writer();
-                let built = w
-                    .add_create(&path, &result_data, &PERSISTENT)
-                    .and_then(|_| w.add_set_data(&job_path, &job_data, None));
-                async move {
-                    built?;
-                    w.commit().await.map(|_| ()).map_err(ZkError::from)
-                }
+            .fenced("finish", &path, |w| {
+                w.add_create(&path, &result_data, &PERSISTENT)?;
+                // Versioned: a cancel that got there first wins, and this
+                // whole transaction (the result too) is refused.
+                w.add_set_data(&job_path, &job_data, Some(job.version))
             })
             .await;
         match res {
@@ -706,14 +707,25 @@ impl LeaderStore {
         let mut r = job.record.clone();
         r.fetched_ms = Some(now_ms());
         let data = encode_record(&job_path, &r)?;
-        self.retry("set_status", &job_path, || {
-            self.lock.set_data(&job_path, &data, None)
-        })
-        .await?;
-        Ok(())
+        let res = self
+            .retry("set_status", &job_path, || {
+                self.lock.set_data(&job_path, &data, None)
+            })
+            .await;
+        match res {
+            // Collected since it was read: the fetch has its result anyway.
+            Ok(_)
+            | Err(CoordError::Zk {
+                source: ZkError::NoNode,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Sets a job's status (cancel).
+    /// Sets a job's status (cancel), if its record is still the version
+    /// read: a conflict ([`CoordError::is_conflict`]) means it changed
+    /// meanwhile (finished, or cancelled by another request).
     pub async fn set_status(&self, job: &StoredJob, status: JobStatus) -> Result<(), CoordError> {
         let path = self.layout.job(&job.id);
         let mut rec = job.record.clone();
@@ -722,65 +734,43 @@ impl LeaderStore {
             rec.fetched_ms = Some(now_ms());
         }
         let data = encode_record(&path, &rec)?;
-        self.retry("set_status", &path, || {
-            self.lock.set_data(&path, &data, None)
-        })
-        .await?;
-        Ok(())
+        let res = self
+            .retry("set_status", &path, || {
+                self.lock.set_data(&path, &data, Some(job.version))
+            })
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // Our own write, applied before a connection loss, then retried.
+            Err(e) if e.is_conflict() => match self.read_job(&job.id).await? {
+                Some(now) if now.record == rec => Ok(()),
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
-    /// Deletes every job whose result was fetched more than `retention` ago,
-    /// or that was cancelled, and any job left in `Writing` by a master that died.
-    pub async fn collect_garbage(
-        &self,
-        retention: Duration,
-        include_writing: bool,
-    ) -> Result<usize, CoordError> {
-        let jobs = self.list_jobs().await?;
-        let before = jobs.len();
-        let kept = self
-            .collect_garbage_of(jobs, retention, include_writing)
-            .await?;
-        Ok(before - kept.len())
-    }
-
-    /// [`Self::collect_garbage`] over jobs already listed; returns the jobs kept.
-    pub async fn collect_garbage_of(
-        &self,
-        jobs: Vec<StoredJob>,
-        retention: Duration,
-        include_writing: bool,
-    ) -> Result<Vec<StoredJob>, CoordError> {
-        let now = now_ms();
-        let mut kept = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let expired = job
-                .record
-                .fetched_ms
-                .is_some_and(|t| now.saturating_sub(t) >= retention.as_millis() as u64);
-            let writing = include_writing && job.record.status == JobStatus::Writing;
-            if !(expired || writing) {
-                kept.push(job);
-            } else {
-                // The objects its records name: the result of a finished
-                // job, the committed outputs of a cancelled one.
-                let mut outputs: Vec<OutputRef> = Vec::new();
-                if let Some(r) = self.read_result(&job.id).await? {
-                    outputs.push(r.output);
-                }
-                if job.record.status == JobStatus::Cancelled {
-                    match self.read_commits(&job.id).await {
-                        Ok(commits) => outputs.extend(commits.into_values().map(|r| r.output)),
-                        Err(e) => {
-                            tracing::warn!(job = %job.id, error = %e, "cannot read a cancelled job's commits; its objects stay in the store")
-                        }
+    /// Deletes the jobs `victims` (chosen by [`crate::core::job::Retention`]):
+    /// their znodes, and the store objects their records name (the result
+    /// of a finished job, the committed outputs of a cancelled one).
+    pub async fn collect(&self, victims: &[StoredJob]) -> Result<(), CoordError> {
+        for job in victims {
+            let mut outputs: Vec<OutputRef> = Vec::new();
+            if let Some(r) = self.read_result(&job.id).await? {
+                outputs.push(r.output);
+            }
+            if job.record.status == JobStatus::Cancelled {
+                match self.read_commits(&job.id).await {
+                    Ok(commits) => outputs.extend(commits.into_values().map(|r| r.output)),
+                    Err(e) => {
+                        tracing::warn!(job = %job.id, error = %e, "cannot read a cancelled job's commits; its objects stay in the store")
                     }
                 }
-                self.delete_tree(&self.layout.job(&job.id)).await?;
-                self.delete_outputs(&outputs).await;
             }
+            self.delete_tree(&self.layout.job(&job.id)).await?;
+            self.delete_outputs(&outputs).await;
         }
-        Ok(kept)
+        Ok(())
     }
 
     /// Deletes a subtree with fenced multis under the request budget.
@@ -828,13 +818,8 @@ impl LeaderStore {
             }
             for chunk in leaves.chunks(500) {
                 let res = self
-                    .retry("delete", path, || {
-                        let mut w = self.lock.new_check_writer();
-                        let built = chunk.iter().try_for_each(|p| w.add_delete(p, None));
-                        async move {
-                            built?;
-                            w.commit().await.map(|_| ()).map_err(ZkError::from)
-                        }
+                    .fenced("delete", path, |w| {
+                        chunk.iter().try_for_each(|p| w.add_delete(p, None))
                     })
                     .await;
                 match res {

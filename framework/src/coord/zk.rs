@@ -75,6 +75,18 @@ impl CoordError {
         }
     }
 
+    /// Whether a versioned write found the record changed since it was
+    /// read (another request got there first).
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            CoordError::Zk {
+                source: zookeeper_client::Error::BadVersion,
+                ..
+            }
+        )
+    }
+
     /// Whether the session is gone for good (expired or closed).
     pub fn is_session_end(&self) -> bool {
         matches!(

@@ -248,6 +248,11 @@ impl Ledger {
         self.submitting.remove(id);
     }
 
+    /// Whether a submission of this id is being written.
+    pub fn is_submitting(&self, id: &str) -> bool {
+        self.submitting.contains_key(id)
+    }
+
     /// Whether the ledger keeps this job.
     pub fn contains(&self, id: &str) -> bool {
         self.jobs.contains_key(id)
@@ -432,6 +437,79 @@ impl Ledger {
     }
 }
 
+/// A stored job as the collector sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Its submission is still being written (or was abandoned by a master).
+    Writing,
+    /// Accepted and unfinished.
+    Running,
+    /// Done and not yet fetched.
+    Unfetched,
+    /// Done and fetched, or cancelled: its retention runs.
+    Retained,
+}
+
+/// Which stored jobs to delete: those whose retention has passed, measured
+/// on this master's monotonic clock from when it first saw them retained
+/// (a wall clock that runs ahead, or another master's, cannot make a
+/// result vanish early; after a failover the count starts again, so a
+/// result may stay up to one retention longer), and `Writing` leftovers
+/// no submission of this master is writing. Never a job a submission is
+/// writing: the two would race.
+#[derive(Debug, Default)]
+pub struct Retention {
+    period: std::time::Duration,
+    seen: BTreeMap<String, std::time::Instant>,
+}
+
+impl Retention {
+    /// A collector keeping fetched results for `period`.
+    pub fn new(period: std::time::Duration) -> Self {
+        Retention {
+            period,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// The ids to delete among all stored jobs listed at `now`.
+    pub fn due(
+        &mut self,
+        listed: &[(String, Stored)],
+        ledger: &Ledger,
+        now: std::time::Instant,
+    ) -> Vec<String> {
+        let mut seen = BTreeMap::new();
+        let mut due = Vec::new();
+        for (id, stored) in listed {
+            if ledger.is_submitting(id) || ledger.contains(id) {
+                continue;
+            }
+            match stored {
+                Stored::Writing => due.push(id.clone()),
+                Stored::Retained => {
+                    let since = self.seen.get(id).copied().unwrap_or(now);
+                    if now.saturating_duration_since(since) >= self.period {
+                        due.push(id.clone());
+                    } else {
+                        seen.insert(id.clone(), since);
+                    }
+                }
+                Stored::Running | Stored::Unfetched => {}
+            }
+        }
+        self.seen = seen;
+        due
+    }
+
+    /// The job was asked for again (resubmitted): its retention starts over.
+    pub fn touch(&mut self, id: &str, now: std::time::Instant) {
+        if let Some(t) = self.seen.get_mut(id) {
+            *t = now;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,5 +687,40 @@ mod tests {
         assert_eq!(l.finish("x", Counters::default()), None);
         l.finish_failed("x");
         l.finished("x");
+    }
+
+    #[test]
+    fn retention_runs_on_this_masters_clock_and_spares_submissions() {
+        let t0 = std::time::Instant::now();
+        let secs = std::time::Duration::from_secs;
+        let mut r = Retention::new(secs(10));
+        let mut l = Ledger::new(usize::MAX);
+        let listed = vec![
+            ("fetched".to_string(), Stored::Retained),
+            ("orphan".to_string(), Stored::Writing),
+            ("writing".to_string(), Stored::Writing),
+            ("running".to_string(), Stored::Running),
+            ("done".to_string(), Stored::Unfetched),
+        ];
+        l.begin_submission(&sub("writing", 1)).unwrap();
+        assert_eq!(r.due(&listed, &l, t0), vec!["orphan".to_string()]);
+        let listed: Vec<(String, Stored)> = listed
+            .into_iter()
+            .filter(|(id, _)| id != "orphan")
+            .collect();
+        // However old its fetch looks to a wall clock, the count starts now.
+        assert!(r.due(&listed, &l, t0 + secs(9)).is_empty());
+        r.touch("fetched", t0 + secs(9));
+        assert!(r.due(&listed, &l, t0 + secs(12)).is_empty(), "touched");
+        assert_eq!(
+            r.due(&listed, &l, t0 + secs(19)),
+            vec!["fetched".to_string()]
+        );
+        // A job being resubmitted is never collected under it.
+        let mut r = Retention::new(secs(0));
+        l.begin_submission(&sub("fetched", 1)).unwrap();
+        assert!(r.due(&listed[..1], &l, t0).is_empty());
+        l.abandoned("fetched");
+        assert_eq!(r.due(&listed[..1], &l, t0), vec!["fetched".to_string()]);
     }
 }

@@ -32,6 +32,21 @@ impl std::fmt::Display for ShardKey {
     }
 }
 
+/// The inverse of `Display` (`<index>-<generation>`, as commit znodes are
+/// named).
+impl std::str::FromStr for ShardKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parsed = s.split_once('-').and_then(|(i, g)| {
+            Some(ShardKey {
+                index: i.parse().ok()?,
+                generation: g.parse().ok()?,
+            })
+        });
+        parsed.ok_or_else(|| format!("{s:?} is not <index>-<generation>"))
+    }
+}
+
 /// A task that failed one attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskFailure {
@@ -79,4 +94,21 @@ pub fn shard_tasks(index: u32, shard_size: u32, total: u64) -> std::ops::Range<u
 pub fn shard_count(total: u64, shard_size: u32) -> u32 {
     let size = u64::from(shard_size.max(1));
     u32::try_from(total.div_ceil(size)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_keys_read_back_what_they_print() {
+        let k = ShardKey {
+            index: 12,
+            generation: 3,
+        };
+        assert_eq!(k.to_string().parse::<ShardKey>(), Ok(k));
+        for bad in ["", "12", "12-", "-3", "a-b", "1-2-3", "12-99999999999"] {
+            assert!(bad.parse::<ShardKey>().is_err(), "{bad:?}");
+        }
+    }
 }

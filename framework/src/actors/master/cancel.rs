@@ -1,5 +1,10 @@
 //! `Cancel`: a job leaves the scheduler and the ledger at once (reports
-//! of its running shards are then stale) and is marked `Cancelled`.
+//! of its running shards are then stale) and is marked `Cancelled`, by a
+//! write conditional on the job record's version: if the job finished
+//! first, the cancel says so (and the result stays to be fetched); if the
+//! cancel is first, the finish is refused. A job still being submitted
+//! cannot be cancelled yet: the answer says to retry once `submit` has
+//! answered.
 
 use actix::prelude::*;
 
@@ -13,6 +18,12 @@ impl Master {
         ctx: &mut Context<Self>,
         job_id: String,
     ) -> ResponseActFuture<Self, Frame> {
+        if self.ledger.is_submitting(&job_id) {
+            return Box::pin(fut::ready(error(format!(
+                "job {job_id} is still being submitted: cancel it once its submission has \
+                 been answered"
+            ))));
+        }
         if self.loading.contains(&job_id) {
             self.cancelled_while_loading.insert(job_id.clone());
         }
@@ -30,13 +41,38 @@ impl Master {
                         None => return Ok(error(format!("no job {job_id}"))),
                     },
                 };
-                if job.record.status == JobStatus::Accepted {
-                    store.set_status(&job, JobStatus::Cancelled).await?;
+                match job.record.status {
+                    JobStatus::Accepted => {}
+                    JobStatus::Cancelled => return Ok(Frame::Ok),
+                    JobStatus::Done => return Ok(finished_first(&job_id)),
+                    JobStatus::Writing => {
+                        return Ok(error(format!(
+                            "no job {job_id}: its submission was never acknowledged (submit it \
+                             again)"
+                        )))
+                    }
                 }
-                Ok::<_, CoordError>(Frame::Ok)
+                match store.set_status(&job, JobStatus::Cancelled).await {
+                    Ok(()) => Ok(Frame::Ok),
+                    Err(e) if e.is_conflict() => match store.read_job(&job_id).await? {
+                        Some(j) if j.record.status == JobStatus::Done => {
+                            Ok(finished_first(&job_id))
+                        }
+                        Some(j) if j.record.status == JobStatus::Cancelled => Ok(Frame::Ok),
+                        _ => Err(e),
+                    },
+                    Err(e) => Err(e),
+                }
             }
             .into_actor(self)
-            .map(|res, _, _| res.unwrap_or_else(error)),
+            .map(|res: Result<Frame, CoordError>, _, _| res.unwrap_or_else(error)),
         )
     }
+}
+
+fn finished_first(job_id: &str) -> Frame {
+    error(format!(
+        "job {job_id} finished before it could be cancelled: fetch its result with `result \
+         {job_id}`"
+    ))
 }

@@ -33,7 +33,7 @@ use crate::coord::{
     CommitOutcome, Connection, CoordError, JobStatus, LeaderStore, OutputRef, ShardOutput,
     ShardRecord, StoredJob, WorkerInfo,
 };
-use crate::core::job::{Finish, Merge};
+use crate::core::job::{Finish, Merge, Retention, Stored};
 use crate::core::{Command, Ledger, Scheduler, ShardKey, TaskFailure};
 use crate::metrics as m;
 use crate::registry::{Accumulator, Registry};
@@ -194,6 +194,10 @@ pub(crate) struct Master {
     /// Of those, the ones cancelled meanwhile.
     cancelled_while_loading: HashSet<String>,
     gc_running: bool,
+    /// Which stored jobs the collector deletes, and when.
+    retention: Retention,
+    /// Jobs the collector is deleting now: a submission of one is refused.
+    collecting: HashSet<String>,
     /// Disconnected from ZooKeeper: no new assignments until reconnected
     /// (we may not be master any more; expiry will tell).
     paused: bool,
@@ -234,6 +238,7 @@ impl Master {
         settings: MasterSettings,
         elected: std::time::Instant,
     ) -> Self {
+        let settings_retention = settings.retention;
         Master {
             elected,
             store,
@@ -248,6 +253,8 @@ impl Master {
             loading: HashSet::new(),
             cancelled_while_loading: HashSet::new(),
             gc_running: false,
+            retention: Retention::new(settings_retention),
+            collecting: HashSet::new(),
             paused: false,
             wake_at: None,
         }
@@ -598,6 +605,13 @@ impl Master {
                 metrics::gauge!(m::JOBS_RUNNING).set(act.jobs.len() as f64);
             }
             Err(e) if e.is_session_end() => act.fail(ctx, &e),
+            Err(e) if e.is_conflict() => {
+                // A cancel got there first: nothing of the result was written.
+                tracing::info!(job, "job cancelled while its result was being written");
+                act.jobs.remove(&job);
+                act.ledger.finished(&job);
+                act.sched.remove_job(&job);
+            }
             Err(e) => {
                 tracing::warn!(job, error = %e, "cannot store the job's result; retrying");
                 act.ledger.finish_failed(&job);
@@ -628,6 +642,55 @@ impl Master {
                 self.apply(cmds, ctx);
             }
         }
+    }
+
+    /// One pass of the collector: list the jobs, let [`Retention`] choose
+    /// (here, on the actor, so that no submission of the same id can start
+    /// meanwhile: [`submit`] refuses ids being collected), then delete.
+    fn collect_garbage(&mut self, ctx: &mut Context<Self>) {
+        if self.gc_running {
+            return;
+        }
+        self.gc_running = true;
+        let store = self.store.clone();
+        let listed = async move { store.list_jobs().await };
+        ctx.spawn(listed.into_actor(self).map(|res, act, ctx| {
+            let jobs = match res {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    act.gc_running = false;
+                    if e.is_session_end() {
+                        return act.fail(ctx, &e);
+                    }
+                    return tracing::warn!(error = %e, "garbage collection failed");
+                }
+            };
+            let listed: Vec<(String, Stored)> = jobs
+                .iter()
+                .map(|j| (j.id.clone(), j.record.stored()))
+                .collect();
+            let due = act
+                .retention
+                .due(&listed, &act.ledger, std::time::Instant::now());
+            let victims: Vec<StoredJob> =
+                jobs.into_iter().filter(|j| due.contains(&j.id)).collect();
+            if victims.is_empty() {
+                act.gc_running = false;
+                return;
+            }
+            act.collecting = due.into_iter().collect();
+            let store = act.store.clone();
+            let collect = async move { store.collect(&victims).await.map(|()| victims.len()) };
+            ctx.spawn(collect.into_actor(act).map(|res, act, ctx| {
+                act.gc_running = false;
+                act.collecting.clear();
+                match res {
+                    Err(e) if e.is_session_end() => act.fail(ctx, &e),
+                    Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+                    Ok(n) => tracing::debug!(jobs = n, "removed collected jobs from ZooKeeper"),
+                }
+            }));
+        }));
     }
 
     fn watch_workers(&self, ctx: &mut Context<Self>) {
@@ -664,13 +727,15 @@ impl Actor for Master {
         let store = self.store.clone();
         let node_id = self.settings.node_id.clone();
         let addr = self.settings.addr.clone();
-        let retention = self.settings.retention;
         let recovery = async move {
             let started = std::time::Instant::now();
             // Submissions that never got acknowledged are dropped; the client retries them.
             let jobs = store.list_jobs().await?;
             let listed = started.elapsed();
-            let jobs = store.collect_garbage_of(jobs, retention, true).await?;
+            let (writing, jobs): (Vec<StoredJob>, Vec<StoredJob>) = jobs
+                .into_iter()
+                .partition(|job| job.record.status == JobStatus::Writing);
+            store.collect(&writing).await?;
             let pending: Vec<StoredJob> = jobs
                 .into_iter()
                 .filter(|job| job.record.status == JobStatus::Accepted)
@@ -713,32 +778,7 @@ impl Actor for Master {
                     }
                     .into_actor(act),
                 );
-                ctx.run_interval(Duration::from_secs(1), |act, ctx| {
-                    if act.gc_running {
-                        return;
-                    }
-                    act.gc_running = true;
-                    let store = act.store.clone();
-                    let retention = act.settings.retention;
-                    ctx.spawn(
-                        async move { store.collect_garbage(retention, false).await }
-                            .into_actor(act)
-                            .map(|res, act, ctx| {
-                                act.gc_running = false;
-                                match res {
-                                    Err(e) if e.is_session_end() => act.fail(ctx, &e),
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "garbage collection failed")
-                                    }
-                                    Ok(0) => {}
-                                    Ok(n) => tracing::debug!(
-                                        jobs = n,
-                                        "removed fetched jobs from ZooKeeper"
-                                    ),
-                                }
-                            }),
-                    );
-                });
+                ctx.run_interval(Duration::from_secs(1), |act, ctx| act.collect_garbage(ctx));
                 // Stragglers and hung shards get a copy on another worker.
                 ctx.run_interval(Duration::from_millis(250), |act, ctx| {
                     if act.paused {

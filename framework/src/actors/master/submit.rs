@@ -59,6 +59,13 @@ impl Handler<Submit> for Master {
         if let Err(refusal) = Ledger::check(&submission) {
             return Box::pin(fut::ready(error(refusal)));
         }
+        if self.collecting.contains(&h.job_id) {
+            return Box::pin(fut::ready(error(format!(
+                "job {} is being removed (its result was fetched and its retention has \
+                 passed): retry in a moment to submit it anew",
+                h.job_id
+            ))));
+        }
         if let Some(rt) = self.jobs.get(&h.job_id) {
             // The same submission finds its job; another is refused.
             let kept = rt.stored.record.digest.clone();
@@ -148,6 +155,8 @@ impl Handler<Submit> for Master {
             }
             Ok(Written::Existing) => {
                 act.ledger.abandoned(&id);
+                // Asked for again: its result stays another retention.
+                act.retention.touch(&id, std::time::Instant::now());
                 Frame::Accepted {
                     job_id: id,
                     existing: true,

@@ -1,0 +1,127 @@
+#![allow(clippy::unwrap_used)]
+//! The master's fenced store against a real ZooKeeper: outcomes of
+//! requests that race, driven in each order.
+
+use std::time::Duration;
+
+use ringleader::coord::{JobRecord, JobStatus, Layout, LeaderStore, Session, StoredJob};
+use ringleader::core::Counters;
+use ringleader::store::Store;
+use ringleader::wire::JobOptions;
+use ringleader::zkserver::{ZkServer, ZkServerOptions};
+use serde_bytes::ByteBuf;
+
+fn record() -> JobRecord {
+    JobRecord {
+        job_name: "j".into(),
+        options: JobOptions {
+            shard_size: 1,
+            max_attempts: 1,
+            shard_timeout_ms: None,
+        },
+        tasks_total: 1,
+        batches: 0,
+        status: JobStatus::Writing,
+        created_ms: 0,
+        fetched_ms: None,
+        digest: None,
+    }
+}
+
+/// A master of a private ZooKeeper, and the directory it keeps.
+fn with_master(test: impl AsyncFnOnce(LeaderStore)) {
+    let dir = tempfile::tempdir().unwrap();
+    let zk = ZkServer::start(&dir.path().join("zk"), &ZkServerOptions::default()).unwrap();
+    let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let session = Session::connect(
+            &zk.connect_string(),
+            Duration::from_secs(10),
+            Layout::new("t"),
+        )
+        .await
+        .unwrap();
+        session.ensure_root().await.unwrap();
+        let leader = session.campaign("m", store).await.unwrap();
+        leader.publish("m", "127.0.0.1:1").await.unwrap();
+        test(leader).await;
+    });
+}
+
+async fn job(leader: &LeaderStore, id: &str) -> StoredJob {
+    let tasks = [ByteBuf::from(vec![1u8])];
+    leader.create_job(id, record(), &tasks).await.unwrap()
+}
+
+async fn status(leader: &LeaderStore, id: &str) -> JobStatus {
+    leader.read_job(id).await.unwrap().unwrap().record.status
+}
+
+fn done() -> Counters {
+    Counters {
+        tasks_total: 1,
+        tasks_done: 1,
+        ..Counters::default()
+    }
+}
+
+/// Cancel racing finish: whichever writes first wins; the other is
+/// refused with a conflict and changes nothing. Neither a cancelled job
+/// with a result nor a finished job marked cancelled (never collected).
+#[test]
+fn cancel_and_finish_racing_leave_one_outcome() {
+    with_master(async |leader| {
+        // The cancel first: the finish, from the record it read, is refused.
+        let a = job(&leader, "a").await;
+        leader.set_status(&a, JobStatus::Cancelled).await.unwrap();
+        let err = leader
+            .finish(&a, vec![7], Vec::new(), done(), &[])
+            .await
+            .unwrap_err();
+        assert!(err.is_conflict(), "{err}");
+        assert_eq!(status(&leader, "a").await, JobStatus::Cancelled);
+        assert!(leader.read_result("a").await.unwrap().is_none());
+
+        // The finish first: the cancel, from the record it read, is refused.
+        let b = job(&leader, "b").await;
+        leader
+            .finish(&b, vec![7], Vec::new(), done(), &[])
+            .await
+            .unwrap();
+        let err = leader
+            .set_status(&b, JobStatus::Cancelled)
+            .await
+            .unwrap_err();
+        assert!(err.is_conflict(), "{err}");
+        assert_eq!(status(&leader, "b").await, JobStatus::Done);
+        assert_eq!(
+            leader.read_result("b").await.unwrap().unwrap().counters,
+            done()
+        );
+    });
+}
+
+/// A fetch whose job was collected between its read and its mark has
+/// still delivered the result: marking it is not an error.
+#[test]
+fn marking_a_collected_job_fetched_is_not_an_error() {
+    with_master(async |leader| {
+        let a = job(&leader, "a").await;
+        leader
+            .finish(&a, vec![7], Vec::new(), done(), &[])
+            .await
+            .unwrap();
+        let finished = leader.read_job("a").await.unwrap().unwrap();
+        leader.delete_tree(&leader.layout().job("a")).await.unwrap();
+        assert!(leader.read_job("a").await.unwrap().is_none());
+        leader.mark_fetched(&finished).await.unwrap();
+        assert!(
+            leader.read_job("a").await.unwrap().is_none(),
+            "not recreated"
+        );
+    });
+}
