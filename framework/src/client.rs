@@ -17,7 +17,8 @@ use crate::registry::{decode, encode, CodecError};
 use crate::task::{Job, Task};
 use crate::transport::{self, tls, FramedStream, TransportError};
 use crate::wire::{
-    ClusterStatus, Frame, JobOptions, JobProgress, JobState, SubmitHeader, DEFAULT_MAX_FRAME,
+    ClusterStatus, Frame, JobOptions, JobProgress, JobState, SubmitHeader, WireError,
+    DEFAULT_MAX_FRAME,
 };
 
 /// Errors a client sees.
@@ -63,6 +64,19 @@ pub enum ClientError {
         /// Seconds waited.
         secs: f64,
     },
+    /// The master's reply is bigger than this client accepts: retrying
+    /// would get the same.
+    #[error(
+        "the master's reply is {len} bytes, over this client's limit of {max} bytes: raise \
+         ClientConfig::max_reply_bytes, or have the job return references (store objects) \
+         rather than the data"
+    )]
+    ReplyTooLarge {
+        /// The reply's size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The master refused the request.
     #[error("{0}")]
     Refused(String),
@@ -88,6 +102,8 @@ pub struct ClientConfig {
     /// that does not answer is waited for (its znode outlives a crash by
     /// the session timeout; a successor then takes over).
     pub answer_margin: Duration,
+    /// Largest reply accepted (a job's result comes in one frame).
+    pub max_reply_bytes: usize,
 }
 
 impl ClientConfig {
@@ -104,6 +120,7 @@ impl ClientConfig {
             session_timeout: Duration::from_secs(10),
             master_wait: Duration::from_secs(60),
             answer_margin: Duration::from_secs(3),
+            max_reply_bytes: DEFAULT_MAX_FRAME * 16,
         }
     }
 }
@@ -304,12 +321,15 @@ impl Client {
         loop {
             let (epoch, conn) = self.connection(bad).await?;
             let reply = async {
-                let mut s = FramedStream::open(&conn, DEFAULT_MAX_FRAME * 16).await?;
+                let mut s = FramedStream::open(&conn, self.inner.cfg.max_reply_bytes).await?;
                 s.request(frames).await
             };
             let err = match reply.await {
                 Ok(Frame::NotMaster) => format!("the node of epoch {epoch} is not serving"),
                 Ok(f) => return Ok(f),
+                Err(TransportError::Wire(WireError::TooLarge { len, max })) => {
+                    return Err(ClientError::ReplyTooLarge { len, max })
+                }
                 Err(e) => {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(e.into());

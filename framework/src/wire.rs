@@ -14,6 +14,9 @@ use crate::core::{Counters, ShardKey, TaskFailure};
 /// Bumped on any incompatible change of [`Frame`].
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// Most bytes of a frame's body reserved before they arrive.
+const RESERVE_AHEAD: usize = 64 << 10;
+
 /// Default upper bound of one frame's body.
 pub const DEFAULT_MAX_FRAME: usize = 16 << 20;
 
@@ -263,6 +266,17 @@ pub enum Frame {
         /// The attempt.
         attempt: u32,
     },
+    /// Master to worker: do not run that shard (the master holds no such
+    /// run of this worker: committed by another copy, cancelled, or
+    /// reassigned); its slot is free again.
+    StartRefused {
+        /// The job.
+        job_id: String,
+        /// Which shard.
+        shard: ShardKey,
+        /// Attempt number.
+        attempt: u32,
+    },
     /// Worker to master: a shard's outcome.
     Report(ShardReport),
     /// Worker to master: stopping; send nothing new, requeue what I have not started.
@@ -329,6 +343,7 @@ impl Frame {
             Frame::Report(_) => "Report",
             Frame::Started { .. } => "Started",
             Frame::StartAck { .. } => "StartAck",
+            Frame::StartRefused { .. } => "StartRefused",
             Frame::Draining => "Draining",
             Frame::Drained => "Drained",
             Frame::DrainAck => "DrainAck",
@@ -391,8 +406,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
     if len > max {
         return Err(WireError::TooLarge { len, max });
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
+    // Memory grows with the bytes that arrive, not with what the prefix
+    // announces: a thousand streams each announcing the limit and sending
+    // nothing reserve nothing.
+    let mut body = Vec::with_capacity(len.min(RESERVE_AHEAD));
+    let got = r.take(len as u64).read_to_end(&mut body).await?;
+    if got < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame of {len} bytes ended after {got}"),
+        )
+        .into());
+    }
     metrics::counter!(crate::metrics::FRAMES, "direction" => "received").increment(1);
     metrics::counter!(crate::metrics::FRAME_BYTES, "direction" => "received")
         .increment(len as u64 + 4);
@@ -402,6 +427,22 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_frame_cut_short_is_an_error_not_a_hang() {
+        let mut buf = Vec::new();
+        encode_into(
+            &mut buf,
+            &Frame::GetJob {
+                job_id: "j".repeat(100_000),
+            },
+        )
+        .unwrap();
+        buf.truncate(70_000);
+        let mut r = &buf[..];
+        let err = read_frame(&mut r, 1 << 20).await.unwrap_err();
+        assert!(err.to_string().contains("ended after"), "{err}");
+    }
 
     #[tokio::test]
     async fn round_trip() {

@@ -302,6 +302,11 @@ async fn serve(
                     let actions = shards.session.acked(&run);
                     shards.apply(s, Some(&tx), actions, None);
                 }
+                Frame::StartRefused { job_id, shard, attempt } => {
+                    let run = RunId { epoch, job: job_id, shard, attempt };
+                    let actions = shards.session.refused(&run);
+                    shards.apply(s, Some(&tx), actions, None);
+                }
                 Frame::Assign(a) => {
                     let run = RunId { epoch: a.epoch, job: a.job_id.clone(), shard: a.shard, attempt: a.attempt };
                     match shards.session.assigned(run.clone()) {

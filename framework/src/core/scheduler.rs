@@ -587,19 +587,26 @@ impl Scheduler {
     /// A worker's slot picked up a shard: from now on, losing the worker
     /// uses up an attempt of the shard's tasks (one of them may be what
     /// killed it). Shards lost before they started are requeued for free.
-    pub fn started(&mut self, worker: &str, job_id: &str, key: ShardKey, attempt: u32) {
-        if let Some(shard) = self
+    /// Returns false when the worker holds no run of that shard and attempt
+    /// (committed by another copy, cancelled, reassigned): it must not run.
+    pub fn started(&mut self, worker: &str, job_id: &str, key: ShardKey, attempt: u32) -> bool {
+        let run = self
             .jobs
             .get_mut(job_id)
             .and_then(|j| j.shards.get_mut(&key))
-        {
-            if let ShardPhase::Running { runs } = &mut shard.phase {
-                if shard.attempt == attempt {
-                    if let Some(run) = runs.iter_mut().find(|r| r.worker == worker) {
-                        run.started = true;
-                    }
-                }
+            .filter(|shard| shard.attempt == attempt)
+            .and_then(|shard| match &mut shard.phase {
+                ShardPhase::Running { runs } => runs.iter_mut().find(|r| r.worker == worker),
+                _ => None,
+            });
+        match run {
+            Some(run) => {
+                run.started = true;
+                true
             }
+            // Not (or no longer) this worker's run: it must not start, or
+            // its crash would cost nothing and its report count for nothing.
+            None => false,
         }
     }
 
@@ -882,15 +889,15 @@ mod tests {
         s.add_worker("a", 1, ["j".to_string()], false);
         s.add_job(plan("x", 1, 2, 2));
         assert_eq!(assigned(&s.assign())[0].2, 1);
-        s.started(
-            "a",
-            "x",
-            ShardKey {
-                index: 0,
-                generation: 0,
-            },
-            1,
-        );
+        let k = ShardKey {
+            index: 0,
+            generation: 0,
+        };
+        // Only the run the worker holds may start: no unaccounted runs.
+        assert!(!s.started("b", "x", k, 1), "not b's run");
+        assert!(!s.started("a", "x", k, 2), "not this attempt");
+        assert!(!s.started("a", "y", k, 1), "no such job");
+        assert!(s.started("a", "x", k, 1));
         assert_eq!(
             s.remove_worker("a"),
             vec![Command::RecordLoss {

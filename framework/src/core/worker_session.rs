@@ -143,6 +143,17 @@ impl WorkerSession {
         vec![Action::Run(run.clone())]
     }
 
+    /// The master refused `Started` (it holds no such run): forget it and
+    /// give its slot to the next.
+    pub fn refused(&mut self, run: &RunId) -> Vec<Action> {
+        if !self.starting.remove(run) {
+            return Vec::new();
+        }
+        let mut out = vec![Action::Forget(run.clone())];
+        self.settle(&mut out);
+        out
+    }
+
     /// A run finished: its report goes to the link that started it, if
     /// that link is still the current one.
     pub fn finished(&mut self, run: &RunId) -> Vec<Action> {
@@ -254,6 +265,21 @@ mod tests {
         assert_eq!(s.held(), 1);
     }
 
+    #[test]
+    fn a_refused_start_frees_its_slot() {
+        let mut s = WorkerSession::new(1);
+        s.connected(1);
+        s.assigned(run(0)).unwrap();
+        s.assigned(run(1)).unwrap();
+        assert_eq!(s.refused(&run(1)), vec![], "not started yet");
+        assert_eq!(
+            s.refused(&run(0)),
+            vec![Action::Forget(run(0)), Action::SendStarted(run(1))]
+        );
+        assert_eq!(s.acked(&run(0)), vec![], "forgotten");
+        assert_eq!(s.held(), 1);
+    }
+
     /// The leak of issue 10, finding 5: a shard waiting for a slot when the
     /// link ended used to wait for an acknowledgement forever, so a later
     /// drain never finished.
@@ -356,7 +382,11 @@ mod tests {
                     }
                     5 | 6 if !starting.is_empty() => {
                         let r = starting.swap_remove(rng.gen_range(0..starting.len()));
-                        s.acked(&r)
+                        if rng.gen_bool(0.9) {
+                            s.acked(&r)
+                        } else {
+                            s.refused(&r)
+                        }
                     }
                     7 | 8 if !running.is_empty() => {
                         let r = running.swap_remove(rng.gen_range(0..running.len()));

@@ -143,6 +143,39 @@ fn a_task_over_the_request_budget_is_refused_clearly() {
     });
 }
 
+/// A result bigger than the client accepts is a clear error at once, not
+/// retries until "no master".
+#[test]
+fn a_result_over_the_clients_reply_limit_is_an_error_at_once() {
+    let mut c = Cluster::new(BIN);
+    c.node("m", &["--role", "all"]);
+    rt().block_on(async {
+        let mut cfg = client_config(&c);
+        cfg.max_reply_bytes = 1000;
+        let client = Client::connect(cfg).await.unwrap();
+        let job = client
+            .submit::<Collect<Probe>>(probes(300, &[]), SubmitOptions::default())
+            .await
+            .unwrap();
+        client.wait(job.id(), |_| {}).await.unwrap();
+        let asked = std::time::Instant::now();
+        let err = job.result().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ringleader::ClientError::ReplyTooLarge { max: 1000, .. }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("max_reply_bytes"), "{err}");
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            asked.elapsed()
+        );
+    });
+}
+
 /// SIGTERM on a worker: it takes nothing new, finishes and reports the
 /// shards it started, hands back the rest for free, deregisters and exits 0.
 /// No attempt is charged, nothing runs twice.

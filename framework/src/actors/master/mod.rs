@@ -85,17 +85,27 @@ impl Handler<Started> for Master {
         if let Some(l) = self.links.get_mut(&msg.node_id) {
             l.last_seen = std::time::Instant::now();
         }
-        if msg.epoch == self.store.epoch() {
-            self.sched
+        let ours = msg.epoch == self.store.epoch()
+            && self
+                .sched
                 .started(&msg.node_id, &msg.job_id, msg.shard, msg.attempt);
-            if let Some(link) = self.links.get(&msg.node_id) {
-                let ack = Frame::StartAck {
-                    job_id: msg.job_id,
-                    shard: msg.shard,
-                    attempt: msg.attempt,
-                };
-                let _ = link.tx.send(ack);
-            }
+        if let Some(link) = self.links.get(&msg.node_id) {
+            let (job_id, shard, attempt) = (msg.job_id, msg.shard, msg.attempt);
+            let answer = if ours {
+                Frame::StartAck {
+                    job_id,
+                    shard,
+                    attempt,
+                }
+            } else {
+                tracing::debug!(worker = %msg.node_id, job = %job_id, %shard, attempt, "refusing to start a run the scheduler does not hold");
+                Frame::StartRefused {
+                    job_id,
+                    shard,
+                    attempt,
+                }
+            };
+            let _ = link.tx.send(answer);
         }
     }
 }
