@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod cli;
 pub mod cli_job;
 pub mod client;

@@ -76,6 +76,8 @@ pub struct NodeConfig {
     /// Silence after which a QUIC link is declared lost (worker failure
     /// detection before session expiry); see [`transport::LINK_TIMEOUT`].
     pub link_timeout: Duration,
+    /// Where this node appends its audit log as master ([`crate::audit`]).
+    pub audit_file: Option<PathBuf>,
 }
 
 /// Errors that stop a node.
@@ -225,6 +227,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     tracing::info!(node = %config.node_id, %addr, role = ?config.role, "node starting");
     std::fs::create_dir_all(&config.data_dir)?;
     let store = crate::store::Store::open(&config.store)?;
+    let audit = crate::audit::Audit::open(config.audit_file.as_deref(), &config.node_id)?;
     store.probe(&config.node_id).await?;
     if store.is_local() && !advertised.ip().is_loopback() {
         tracing::warn!(
@@ -289,6 +292,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 registry: registry.clone(),
                 retention: config.retention,
                 max_queued_bytes: config.max_queued_bytes,
+                audit: audit.clone(),
                 route: route_tx.clone(),
                 fatal: fatal_tx.clone(),
                 _alive: alive_tx.clone(),

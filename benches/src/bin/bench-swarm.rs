@@ -72,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             retention: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(5),
             link_timeout: ringleader::transport::LINK_TIMEOUT,
+            audit_file: None,
         })
         .collect();
     let threads = args.threads.clamp(1, configs.len().max(1));

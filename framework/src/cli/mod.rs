@@ -119,6 +119,11 @@ struct NodeArgs {
     #[arg(long, env = "RINGLEADER_LINK_TIMEOUT_MS", default_value_t = crate::transport::LINK_TIMEOUT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(50..=600_000))]
     link_timeout_ms: u64,
+    /// Append an audit log here while this node is master: one JSON line
+    /// per accepted job, committed shard, failed merge, finished or
+    /// cancelled job.
+    #[arg(long, env = "RINGLEADER_AUDIT_FILE")]
+    audit_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -549,6 +554,7 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         retention: Duration::from_secs(a.retention_secs),
         drain_timeout: Duration::from_secs(a.drain_secs),
         link_timeout: Duration::from_millis(a.link_timeout_ms),
+        audit_file: a.audit_file,
     };
     let registry = builder.registry;
     actix::System::new().block_on(async move { node::run(config, registry).await })?;

@@ -152,7 +152,12 @@ impl Cluster {
         let zk = self.zk_connect();
         let certs = self.certs.display().to_string();
         let data = self.path("data").display().to_string();
+        let audit = self
+            .path(&format!("{id}.audit.jsonl"))
+            .display()
+            .to_string();
         let defaults = [
+            ("--audit-file", audit.as_str()),
             ("--zk", zk.as_str()),
             ("--certs", certs.as_str()),
             ("--data-dir", data.as_str()),
@@ -259,6 +264,17 @@ impl Cluster {
     pub fn log(&self, id: &str) -> String {
         let n = self.nodes.iter().find(|n| n.id == id).expect("known node");
         std::fs::read_to_string(&n.log).unwrap_or_default()
+    }
+
+    /// Every node's audit log ([`crate::audit`]), read now: what each
+    /// did as master.
+    pub fn audit(&self) -> Vec<crate::audit::Entry> {
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let path = self.path(&format!("{}.audit.jsonl", n.id));
+            out.extend(crate::audit::read(&path).expect("audit log readable"));
+        }
+        out
     }
 
     pub fn logs(&self) -> String {

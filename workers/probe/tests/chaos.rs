@@ -287,11 +287,12 @@ fn chaos(seed: u64, rounds: usize) -> Report {
     })
     .map(|(jobs_exact, tasks, zk_left)| {
         let logs = c.logs();
+        // Every master's audit log: each shard committed once, ever.
         let mut commits: HashMap<String, usize> = HashMap::new();
-        for line in logs.lines().filter(|l| l.contains("shard committed")) {
-            let line = strip_ansi(line);
-            let field = |name: &str| line.split(&format!(" {name}=")).nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string();
-            *commits.entry(format!("{} {}", field("job"), field("shard"))).or_insert(0) += 1;
+        for entry in c.audit() {
+            if let ringleader::audit::Event::ShardCommitted { job, shard, .. } = entry.event {
+                *commits.entry(format!("{job} {shard}")).or_insert(0) += 1;
+            }
         }
         let duplicate_commits = commits.values().filter(|&&n| n > 1).count();
         let panics = logs.matches("panicked at").count();
@@ -313,23 +314,6 @@ fn chaos(seed: u64, rounds: usize) -> Report {
         }
     })
     .unwrap()
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(ch) = chars.next() {
-        if ch == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(ch);
-        }
-    }
-    out
 }
 
 /// Every acknowledged job completes exactly; ZooKeeper empties.
@@ -409,6 +393,11 @@ fn check(r: &Report) {
     assert_eq!(
         r.jobs_exact, r.jobs_acknowledged,
         "seed {}: every acknowledged job exact",
+        r.seed
+    );
+    assert!(
+        r.commits > 0,
+        "seed {}: no commit in any audit log: the check saw nothing",
         r.seed
     );
     assert_eq!(

@@ -9,6 +9,7 @@
 use actix::prelude::*;
 
 use super::{error, Master};
+use crate::audit::Event;
 use crate::coord::{CoordError, JobStatus};
 use crate::wire::Frame;
 
@@ -32,6 +33,7 @@ impl Master {
         self.sched.remove_job(&job_id);
         self.dispatch(ctx);
         let store = self.store.clone();
+        let id = job_id.clone();
         Box::pin(
             async move {
                 let job = match rt {
@@ -65,7 +67,12 @@ impl Master {
                 }
             }
             .into_actor(self)
-            .map(|res: Result<Frame, CoordError>, _, _| res.unwrap_or_else(error)),
+            .map(move |res: Result<Frame, CoordError>, act, _| {
+                if matches!(res, Ok(Frame::Ok)) {
+                    act.audit(Event::JobCancelled { job: id });
+                }
+                res.unwrap_or_else(error)
+            }),
         )
     }
 }

@@ -29,6 +29,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, watch};
 
 use super::{Alive, Fatal, Stop};
+use crate::audit::{Audit, Event};
 use crate::coord::{
     CommitOutcome, Connection, CoordError, JobStatus, LeaderStore, OutputRef, ShardOutput,
     ShardRecord, StoredJob, WorkerInfo,
@@ -181,6 +182,8 @@ pub(crate) struct MasterSettings {
     pub retention: Duration,
     /// Most bytes of tasks that unfinished jobs may hold in ZooKeeper.
     pub max_queued_bytes: usize,
+    /// The node's audit log.
+    pub audit: Audit,
     pub route: watch::Sender<Option<Addr<Master>>>,
     pub fatal: Fatal,
     pub _alive: Alive,
@@ -333,6 +336,11 @@ impl Master {
         }
     }
 
+    /// Appends to the node's audit log.
+    fn audit(&self, event: Event) {
+        self.settings.audit.record(self.store.epoch(), event);
+    }
+
     /// Carries out the scheduler's commands, then hands out what can run.
     fn run(&mut self, ctx: &mut Context<Self>, cmds: Vec<Command>) {
         self.apply(cmds, ctx);
@@ -443,8 +451,13 @@ impl Master {
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(CommitOutcome::Committed(rec)) => {
-                // The audit line chaos tests count: one per shard, ever.
+                // What the chaos harness counts: one per shard, ever.
                 tracing::debug!(job = %job, shard = %key, epoch = rec.epoch, attempt = rec.attempt, "shard committed");
+                act.audit(Event::ShardCommitted {
+                    job: job.clone(),
+                    shard: key.to_string(),
+                    attempt: rec.attempt,
+                });
                 act.on_committed(ctx, &job, key, rec);
             }
             Ok(CommitOutcome::AlreadyCommitted(rec)) => act.on_committed(ctx, &job, key, rec),
@@ -529,8 +542,16 @@ impl Master {
     /// have been all a finish waited for.
     fn merged(&mut self, ctx: &mut Context<Self>, merge: Merge, outcome: Result<(), String>) {
         let scheduled = self.sched.counters(&merge.job).unwrap_or_default();
+        let (job, shard) = (merge.job.clone(), merge.key.to_string());
         let (failed, finish) = self.ledger.merged(merge, outcome, scheduled);
-        metrics::counter!(m::TASKS_DEAD_LETTERED).increment(failed);
+        if failed > 0 {
+            metrics::counter!(m::TASKS_DEAD_LETTERED).increment(failed);
+            self.audit(Event::MergeFailed {
+                job,
+                shard,
+                tasks: failed,
+            });
+        }
         if let Some(f) = finish {
             self.write_result(ctx, f);
         }
@@ -609,6 +630,11 @@ impl Master {
                 } else {
                     metrics::counter!(m::JOBS_COMPLETED).increment(1);
                 }
+                act.audit(Event::JobDone {
+                    job: job.clone(),
+                    tasks_done: counters.tasks_done,
+                    tasks_failed: counters.tasks_failed,
+                });
                 act.jobs.remove(&job);
                 act.ledger.finished(&job);
                 act.sched.remove_job(&job);
@@ -771,6 +797,7 @@ impl Actor for Master {
                     since_election_ms = act.elected.elapsed().as_millis() as u64,
                     "serving as master"
                 );
+                act.audit(Event::Elected);
                 act.load_jobs(ctx, pending);
                 let _ = act.settings.route.send(Some(ctx.address()));
                 act.watch_workers(ctx);

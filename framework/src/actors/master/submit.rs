@@ -147,6 +147,10 @@ impl Handler<Submit> for Master {
             Ok(Written::New(loaded)) => {
                 tracing::info!(job = %id, tasks = loaded.plan.counters.tasks_total, shards = loaded.plan.pending.len(), "job accepted");
                 metrics::counter!(m::JOBS_SUBMITTED).increment(1);
+                act.audit(crate::audit::Event::JobAccepted {
+                    job: id.clone(),
+                    tasks: loaded.plan.counters.tasks_total,
+                });
                 act.add_loaded(ctx, id.clone(), *loaded);
                 Frame::Accepted {
                     job_id: id,

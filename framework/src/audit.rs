@@ -1,0 +1,203 @@
+//! The master's audit log (`--audit-file`): one JSON object per line for
+//! each decision that changes what a client will read, in the order this
+//! node made them. Operators read it to reconstruct a job's history; the
+//! chaos harness reads every node's to check that no shard was committed
+//! twice. Lines are appended by a thread of their own (never on an actor's
+//! thread), flushed each, not fsynced: the log is evidence, ZooKeeper is
+//! the truth.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// This node became master.
+    Elected,
+    /// A submission is durable and acknowledged.
+    JobAccepted {
+        /// The job.
+        job: String,
+        /// Its tasks.
+        tasks: u64,
+    },
+    /// A shard's outcome was committed by this master (written now, not
+    /// found committed).
+    ShardCommitted {
+        /// The job.
+        job: String,
+        /// `<index>-<generation>`.
+        shard: String,
+        /// The attempt committed.
+        attempt: u32,
+    },
+    /// A committed output could not be merged: its tasks are failed.
+    MergeFailed {
+        /// The job.
+        job: String,
+        /// The shard.
+        shard: String,
+        /// Tasks failed by it.
+        tasks: u64,
+    },
+    /// The job's result and `Done` are durable.
+    JobDone {
+        /// The job.
+        job: String,
+        /// Tasks with an outcome.
+        tasks_done: u64,
+        /// Of those, failed.
+        tasks_failed: u64,
+    },
+    /// A client cancelled the job.
+    JobCancelled {
+        /// The job.
+        job: String,
+    },
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Milliseconds since the Unix epoch (this node's clock: for reading,
+    /// not for ordering across nodes).
+    pub ts_ms: u64,
+    /// The node that wrote it.
+    pub node: String,
+    /// Its epoch as master when it wrote it.
+    pub epoch: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Where a node's audit lines go; a no-op without `--audit-file`. Cheap to
+/// clone.
+#[derive(Clone, Debug, Default)]
+pub struct Audit {
+    node: String,
+    tx: Option<std::sync::mpsc::Sender<Msg>>,
+}
+
+enum Msg {
+    Line(String),
+    /// Answered once every line sent before it is written.
+    Sync(std::sync::mpsc::Sender<()>),
+}
+
+impl Audit {
+    /// Appends to `path` (created if missing), from a thread of its own.
+    pub fn open(path: Option<&Path>, node: &str) -> std::io::Result<Audit> {
+        let Some(path) = path else {
+            return Ok(Audit {
+                node: node.to_string(),
+                tx: None,
+            });
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        let shown: PathBuf = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || {
+                for msg in rx {
+                    match msg {
+                        Msg::Line(line) => {
+                            let written = file.write_all(line.as_bytes()).and_then(|()| file.flush());
+                            if let Err(e) = written {
+                                tracing::warn!(path = %shown.display(), error = %e, "cannot append to the audit log");
+                            }
+                        }
+                        Msg::Sync(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })?;
+        Ok(Audit {
+            node: node.to_string(),
+            tx: Some(tx),
+        })
+    }
+
+    /// Records `event` of the master of `epoch`.
+    pub fn record(&self, epoch: u64, event: Event) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let entry = Entry {
+            ts_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            node: self.node.clone(),
+            epoch,
+            event,
+        };
+        if let Ok(mut line) = serde_json::to_string(&entry) {
+            line.push('\n');
+            let _ = tx.send(Msg::Line(line));
+        }
+    }
+
+    /// Waits until every line recorded before is written (tests, shutdown).
+    pub fn sync(&self) {
+        if let Some(tx) = &self.tx {
+            let (done, written) = std::sync::mpsc::channel();
+            if tx.send(Msg::Sync(done)).is_ok() {
+                let _ = written.recv_timeout(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Reads an audit log; lines that do not parse (a line cut by a crash) are
+/// skipped.
+pub fn read(path: &Path) -> std::io::Result<Vec<Entry>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_read_back_as_written_and_a_torn_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let audit = Audit::open(Some(&path), "n1").unwrap();
+        let event = Event::ShardCommitted {
+            job: "j".into(),
+            shard: "0-1".into(),
+            attempt: 2,
+        };
+        audit.record(3, event.clone());
+        audit.record(3, Event::Elected);
+        audit.sync();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"ts_ms\":1,\"no")
+            .unwrap();
+        let entries = read(&path).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!((entries[0].epoch, &entries[0].node), (3, &"n1".to_string()));
+        assert_eq!(entries[0].event, event);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"event\":\"shard_committed\""), "{text}");
+    }
+}
