@@ -505,6 +505,10 @@ pub struct Proxy {
     addr: String,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// 0: off; 1: the next request is forwarded, then...; 2: ...the next
+    /// reply is dropped and the connection cut.
+    lose: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Proxy {
@@ -516,8 +520,11 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy address").to_string();
         let cut = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(AtomicU64::new(0));
+        let lose = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let lost = Arc::new(AtomicU64::new(0));
         let upstream = upstream.to_string();
         let (c, g) = (cut.clone(), generation.clone());
+        let (lose2, lost2) = (lose.clone(), lost.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if c.load(Ordering::SeqCst) {
@@ -528,14 +535,16 @@ impl Proxy {
                     continue;
                 };
                 let my_gen = g.load(Ordering::SeqCst);
-                for (mut from, mut to) in [
+                for (request, mut from, mut to) in [
                     (
+                        true,
                         client.try_clone().expect("clone"),
                         server.try_clone().expect("clone"),
                     ),
-                    (server, client),
+                    (false, server, client),
                 ] {
                     let g = g.clone();
+                    let (lose, lost) = (lose2.clone(), lost2.clone());
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
                         let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
@@ -547,8 +556,32 @@ impl Proxy {
                             match from.read(&mut buf) {
                                 Ok(0) => break,
                                 Ok(n) => {
+                                    // The reply to a forwarded request is
+                                    // lost: the request may have been applied.
+                                    if !request
+                                        && lose
+                                            .compare_exchange(
+                                                2,
+                                                0,
+                                                Ordering::SeqCst,
+                                                Ordering::SeqCst,
+                                            )
+                                            .is_ok()
+                                    {
+                                        lost.fetch_add(1, Ordering::SeqCst);
+                                        g.fetch_add(1, Ordering::SeqCst);
+                                        break;
+                                    }
                                     if to.write_all(&buf[..n]).is_err() {
                                         break;
+                                    }
+                                    if request {
+                                        let _ = lose.compare_exchange(
+                                            1,
+                                            2,
+                                            Ordering::SeqCst,
+                                            Ordering::SeqCst,
+                                        );
                                     }
                                 }
                                 Err(e)
@@ -570,7 +603,26 @@ impl Proxy {
             addr,
             cut,
             generation,
+            lose,
+            lost,
         }
+    }
+
+    /// Forwards the next request, then drops its reply and cuts the
+    /// connection: the client cannot know whether the request was applied
+    /// (a write's outcome is unknown). The node reconnects as after any cut.
+    pub fn lose_next_reply(&self) {
+        self.lose.store(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops losing replies (undoes an unused [`Proxy::lose_next_reply`]).
+    pub fn keep_replies(&self) {
+        self.lose.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many replies were lost so.
+    pub fn replies_lost(&self) -> u64 {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Where nodes should connect.

@@ -10,6 +10,11 @@
 //! result, one commit per shard across every master's audit log, no panic,
 //! ZooKeeper empty, every process gone, and prints a table.
 //!
+//! Every client operation is recorded with what the client saw (ok, or
+//! unknown), and an independent checker reads that history against the
+//! final state (see `check_history`). Faults include a ZooKeeper reply lost
+//! after its request was forwarded: a write whose outcome is unknown.
+//!
 //! Short run (part of the suite): `cargo test -p probe --test chaos`.
 //! Soak: `CHAOS_SEEDS=1,2,3 CHAOS_ROUNDS=70 cargo test -p probe --test chaos -- --ignored --nocapture`.
 
@@ -38,6 +43,9 @@ enum Fault {
     CutLong,
     /// The QUIC link between a worker and the master, ZooKeeper untouched.
     CutMasterWorker,
+    /// The master's next ZooKeeper request is forwarded and its reply lost
+    /// (the connection cut): a write whose outcome the master cannot know.
+    LoseZkReply,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +69,7 @@ fn schedule(seed: u64, rounds: usize) -> Vec<Step> {
         Fault::CutShort,
         Fault::CutLong,
         Fault::CutMasterWorker,
+        Fault::LoseZkReply,
     ];
     (0..rounds)
         .map(|_| {
@@ -88,6 +97,11 @@ struct Report {
     faults: BTreeMap<Fault, usize>,
     jobs_acknowledged: usize,
     jobs_exact: usize,
+    /// Submissions whose outcome the client could not know, later found
+    /// (and then exact) or absent.
+    unknown_found: usize,
+    unknown_absent: usize,
+    replies_lost: u64,
     tasks: usize,
     commits: usize,
     duplicate_commits: usize,
@@ -166,7 +180,7 @@ fn chaos(seed: u64, rounds: usize) -> Report {
         start_node(&mut c, i, &proxies);
     }
     let mut faults = BTreeMap::new();
-    let mut acknowledged: Vec<(String, usize)> = Vec::new();
+    let mut history: Vec<Op> = Vec::new();
     let mut longest_gap = Duration::ZERO;
     let mut pids = Vec::new();
     let runtime = rt();
@@ -204,10 +218,14 @@ fn chaos(seed: u64, rounds: usize) -> Report {
             // A job per round, submitted while the cluster is in any state;
             // the client-chosen id makes the retried submission idempotent.
             let id = format!("chaos-{seed}-{round}");
-            match client.submit::<Collect<Probe>>(job_tasks(round), SubmitOptions { job_id: Some(id.clone()), ..opts.clone() }).await {
-                Ok(_) => acknowledged.push((id, round)),
-                Err(e) => eprintln!("round {round}: submission not acknowledged: {e}"),
-            }
+            let outcome = match client.submit::<Collect<Probe>>(job_tasks(round), SubmitOptions { job_id: Some(id.clone()), ..opts.clone() }).await {
+                Ok(_) => Outcome::Ok,
+                Err(e) => {
+                    eprintln!("round {round}: submission not acknowledged: {e}");
+                    Outcome::Unknown(e.to_string())
+                }
+            };
+            history.push(Op::Submit { id, round, outcome });
             *faults.entry(step.fault).or_insert(0) += 1;
             let node = step.target % NODES;
             let nid = format!("n{node}");
@@ -256,6 +274,18 @@ fn chaos(seed: u64, rounds: usize) -> Report {
                         proxies[mi].quic.block(worker, false);
                     }
                 }
+                Fault::LoseZkReply => {
+                    if let Ok(Some(m)) = ringleader::coord::read_master(&zk, &c.layout()).await {
+                        let mi: usize = m.node_id.trim_start_matches('n').parse().unwrap();
+                        for p in &proxies[mi].zk {
+                            p.lose_next_reply();
+                        }
+                        observe!(step.hold);
+                        for p in &proxies[mi].zk {
+                            p.keep_replies();
+                        }
+                    }
+                }
                 Fault::CutShort | Fault::CutLong => {
                     for p in &proxies[node].zk {
                         p.cut();
@@ -283,9 +313,10 @@ fn chaos(seed: u64, rounds: usize) -> Report {
                 pids.push(ch.id());
             }
         }
-        runtime_checks(&c, &client, &zk, &acknowledged, seed).await
+        check_history(&c, &client, &zk, &history, seed).await
     })
-    .map(|(jobs_exact, tasks, zk_left)| {
+    .map(|checked| {
+        let replies_lost: u64 = proxies.iter().flat_map(|n| &n.zk).map(Proxy::replies_lost).sum();
         let logs = c.logs();
         // Every master's audit log: each shard committed once, ever.
         let mut commits: HashMap<String, usize> = HashMap::new();
@@ -303,58 +334,130 @@ fn chaos(seed: u64, rounds: usize) -> Report {
         Report {
             seed,
             faults,
-            jobs_acknowledged: acknowledged.len(),
-            jobs_exact,
-            tasks,
+            jobs_acknowledged: history.iter().filter(|op| matches!(op, Op::Submit { outcome: Outcome::Ok, .. })).count(),
+            jobs_exact: checked.exact,
+            unknown_found: checked.unknown_found,
+            unknown_absent: checked.unknown_absent,
+            replies_lost,
+            tasks: checked.tasks,
             commits: commits.len(),
             duplicate_commits,
             longest_without_master: longest_gap,
             panics,
-            zk_job_nodes_left: zk_left,
+            zk_job_nodes_left: checked.zk_left,
         }
     })
     .unwrap()
 }
 
-/// Every acknowledged job completes exactly; ZooKeeper empties.
-async fn runtime_checks(
+/// One client operation and what the client saw of it.
+#[derive(Debug, Clone)]
+enum Op {
+    /// A submission of round `round`'s tasks under `id`.
+    Submit {
+        id: String,
+        round: usize,
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// Acknowledged.
+    Ok,
+    /// An error: the job may or may not exist (any error counts as unknown).
+    Unknown(String),
+}
+
+/// What the checker found.
+struct Checked {
+    exact: usize,
+    unknown_found: usize,
+    unknown_absent: usize,
+    tasks: usize,
+    zk_left: usize,
+}
+
+/// Jepsen's way: an independent reading of the history against the
+/// cluster's final state. Every acknowledged job completes exactly; every
+/// unknown one either never existed or completes exactly; no round's tasks
+/// complete twice (under any id); a result read twice reads the same; and
+/// ZooKeeper empties.
+async fn check_history(
     c: &Cluster,
     client: &Client,
     zk: &ringleader::coord::ZkClient,
-    acknowledged: &[(String, usize)],
+    history: &[Op],
     seed: u64,
-) -> Result<(usize, usize, usize), String> {
-    let mut exact = 0;
-    let mut tasks = 0;
-    for (id, round) in acknowledged {
+) -> Result<Checked, String> {
+    let mut checked = Checked {
+        exact: 0,
+        unknown_found: 0,
+        unknown_absent: 0,
+        tasks: 0,
+        zk_left: 0,
+    };
+    // Every task value completed, with how many times.
+    let mut values: HashMap<u64, usize> = HashMap::new();
+    for Op::Submit { id, round, outcome } in history {
         let job = client.job::<Collect<Probe>>(id.clone());
-        let (results, report) = tokio::time::timeout(Duration::from_secs(120), job.result())
+        let read = tokio::time::timeout(Duration::from_secs(120), job.result())
             .await
             .map_err(|_| {
                 format!(
                     "seed {seed}: job {id} did not finish in 120 s\n{}",
                     c.logs()
                 )
-            })?
-            .map_err(|e| format!("seed {seed}: job {id}: {e}"))?;
+            })?;
+        let (results, report) = match (outcome, read) {
+            (_, Ok(r)) => r,
+            (Outcome::Unknown(_), Err(e)) if e.to_string().contains("no job") => {
+                checked.unknown_absent += 1;
+                continue;
+            }
+            (Outcome::Ok, Err(e)) => {
+                return Err(format!("seed {seed}: acknowledged job {id}: {e}"))
+            }
+            (Outcome::Unknown(why), Err(e)) => {
+                return Err(format!(
+                    "seed {seed}: job {id} (submission unknown: {why}): {e}"
+                ))
+            }
+        };
         let want: Vec<(u64, u64)> = job_tasks(*round)
             .iter()
             .enumerate()
             .map(|(i, t)| (i as u64, t.value * 2))
             .collect();
-        if results == want && report.progress.counters.tasks_failed == 0 {
-            exact += 1;
-        } else {
+        if results != want || report.progress.counters.tasks_failed != 0 {
             return Err(format!(
                 "seed {seed}: job {id} is not exact: {} results, report {report:?}",
                 results.len()
             ));
         }
-        tasks += results.len();
+        match outcome {
+            Outcome::Ok => checked.exact += 1,
+            Outcome::Unknown(_) => checked.unknown_found += 1,
+        }
+        for (_, v) in &results {
+            *values.entry(*v).or_default() += 1;
+        }
+        checked.tasks += results.len();
+        // Read again: the same, or gone (retention 0), never different.
+        if let Ok((again, _)) = job.result().await {
+            if again != results {
+                return Err(format!(
+                    "seed {seed}: job {id}'s result changed after it was read"
+                ));
+            }
+        }
+    }
+    if let Some((v, n)) = values.iter().find(|(_, n)| **n > 1) {
+        return Err(format!("seed {seed}: task value {v} completed {n} times"));
     }
     let jobs = c.layout().jobs();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let left = loop {
+    checked.zk_left = loop {
         let n = zk
             .list_children(&jobs)
             .await
@@ -365,20 +468,23 @@ async fn runtime_checks(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    Ok((exact, tasks, left))
+    Ok(checked)
 }
 
 fn print_table(reports: &[Report]) {
-    eprintln!("\n| seed | faults (kind:count) | jobs acked | jobs exact | tasks | shard commits | duplicate commits | longest without master | panics | job znodes left |");
-    eprintln!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    eprintln!("\n| seed | faults (kind:count) | jobs acked | jobs exact | unknown: found / absent | ZK replies lost | tasks | shard commits | duplicate commits | longest without master | panics | job znodes left |");
+    eprintln!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in reports {
         let faults: Vec<String> = r.faults.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
         eprintln!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} s | {} | {} |",
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {:.2} s | {} | {} |",
             r.seed,
             faults.join(" "),
             r.jobs_acknowledged,
             r.jobs_exact,
+            r.unknown_found,
+            r.unknown_absent,
+            r.replies_lost,
             r.tasks,
             r.commits,
             r.duplicate_commits,

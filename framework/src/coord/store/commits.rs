@@ -1,0 +1,254 @@
+//! Shard commits (exactly once: a `create`), lost attempts, and finishing
+//! a job (its result and `Done` in one versioned transaction).
+
+use std::collections::BTreeMap;
+
+use zookeeper_client::Error as ZkError;
+
+use super::{retry_loss, CommitOutcome, LeaderStore, ShardOutput, StoredJob};
+use crate::coord::records::{JobStatus, OutputRef, ResultRecord, ShardRecord};
+use crate::coord::zk::{decode_record, encode_record, CoordError, PERSISTENT};
+use crate::core::ShardKey;
+use crate::store::Store;
+
+impl LeaderStore {
+    /// Reads every committed shard of a job.
+    pub async fn read_commits(
+        &self,
+        id: &str,
+    ) -> Result<BTreeMap<ShardKey, ShardRecord>, CoordError> {
+        let done = self.layout.done(id);
+        let buckets = retry_loss(|| self.client().list_children(&done))
+            .await
+            .map_err(|e| CoordError::zk(&done, e))?;
+        let buckets: Vec<String> = buckets.iter().map(|b| format!("{done}/{b}")).collect();
+        let listed = futures::future::join_all(
+            buckets
+                .iter()
+                .map(|bucket| retry_loss(move || self.client().list_children(bucket))),
+        )
+        .await;
+        let mut paths = Vec::new();
+        for (bucket, names) in buckets.iter().zip(listed) {
+            let names = names.map_err(|e| CoordError::zk(bucket, e))?;
+            for n in names {
+                match n.parse::<ShardKey>() {
+                    Ok(key) => paths.push((key, format!("{bucket}/{n}"))),
+                    Err(_) => {
+                        tracing::warn!(path = %format!("{bucket}/{n}"), "ignoring a znode that is not a shard commit")
+                    }
+                }
+            }
+        }
+        let reads: Vec<_> = paths
+            .iter()
+            .map(|(_, p)| retry_loss(move || self.client().get_data(p)))
+            .collect();
+        let mut out = BTreeMap::new();
+        for ((key, path), r) in paths.iter().zip(futures::future::join_all(reads).await) {
+            let (data, _) = r.map_err(|e| CoordError::zk(path, e))?;
+            match decode_record::<ShardRecord>(path, &data) {
+                Ok(rec) => {
+                    out.insert(*key, rec);
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a garbage shard commit"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that a shard's next run is attempt `next_attempt` (workers
+    /// died running it). One small fenced write per lost run.
+    pub async fn record_loss(
+        &self,
+        job: &str,
+        key: ShardKey,
+        next_attempt: u32,
+    ) -> Result<(), CoordError> {
+        let path = self.layout.lost_shard(job, key);
+        let data = next_attempt.to_be_bytes();
+        loop {
+            match self
+                .retry("record_loss", &path, || {
+                    self.lock.set_data(&path, &data, None)
+                })
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(CoordError::Zk {
+                    source: ZkError::NoNode,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+            match self
+                .retry("record_loss", &path, || {
+                    self.lock.create(&path, &data, &PERSISTENT)
+                })
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(CoordError::Zk {
+                    source: ZkError::NodeExists,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads a job's lost-attempt records.
+    pub async fn read_losses(&self, job: &str) -> Result<BTreeMap<ShardKey, u32>, CoordError> {
+        let dir = self.layout.lost(job);
+        let names = match retry_loss(|| self.client().list_children(&dir)).await {
+            Ok(n) => n,
+            Err(ZkError::NoNode) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(CoordError::zk(&dir, e)),
+        };
+        let paths: Vec<String> = names.iter().map(|n| format!("{dir}/{n}")).collect();
+        let reads = futures::future::join_all(
+            paths
+                .iter()
+                .map(|p| retry_loss(move || self.client().get_data(p))),
+        )
+        .await;
+        let mut out = BTreeMap::new();
+        for ((n, path), read) in names.iter().zip(&paths).zip(reads) {
+            let key = n.parse::<ShardKey>().ok();
+            let (data, _) = read.map_err(|e| CoordError::zk(path, e))?;
+            match (key, <[u8; 4]>::try_from(data.as_slice())) {
+                (Some(key), Ok(b)) => {
+                    out.insert(key, u32::from_be_bytes(b));
+                }
+                _ => tracing::warn!(%path, "ignoring a garbage lost-attempt record"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits a shard's outcome, exactly once: the create fails with
+    /// NodeExists if any master already committed it.
+    pub async fn commit(
+        &self,
+        job: &str,
+        key: ShardKey,
+        attempt: u32,
+        output: ShardOutput,
+        failures: Vec<crate::core::TaskFailure>,
+    ) -> Result<CommitOutcome, CoordError> {
+        let path = self.layout.commit(job, key);
+        let output = match output {
+            ShardOutput::Object(name) => {
+                Store::check_shard_output(job, &name)?;
+                OutputRef::Object(name)
+            }
+            ShardOutput::Bytes(bytes) => {
+                let name = Store::shard_output_name(job, &key.to_string(), self.epoch, attempt)?;
+                self.output_ref(name, bytes).await?
+            }
+        };
+        let mut record = ShardRecord {
+            epoch: self.epoch,
+            attempt,
+            output,
+            failures,
+        };
+        // Many long error messages can outgrow a request: shorten them until
+        // the commit fits (the task indexes and attempts always stay).
+        let mut keep = 1024;
+        let data = loop {
+            match encode_record(&path, &record) {
+                Err(CoordError::TooLarge { .. }) if keep > 0 => {
+                    keep /= 8;
+                    for f in &mut record.failures {
+                        if f.error.len() > keep {
+                            let mut cut = keep;
+                            while !f.error.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            f.error.truncate(cut);
+                            f.error.push('…');
+                        }
+                    }
+                }
+                other => break other?,
+            }
+        };
+        match self
+            .retry("commit", &path, || {
+                self.lock.create(&path, &data, &PERSISTENT)
+            })
+            .await
+        {
+            Ok(_) => Ok(CommitOutcome::Committed(record)),
+            Err(CoordError::Zk {
+                source: ZkError::NodeExists,
+                ..
+            }) => {
+                let (data, _) = self
+                    .client()
+                    .get_data(&path)
+                    .await
+                    .map_err(|e| CoordError::zk(&path, e))?;
+                Ok(CommitOutcome::AlreadyCommitted(decode_record(
+                    &path, &data,
+                )?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the reduced result and marks the job done, in one fenced
+    /// transaction that also checks the job record's version (a conflict,
+    /// [`CoordError::is_conflict`], means it was cancelled meanwhile); then
+    /// removes the job's batches and commits.
+    pub async fn finish(
+        &self,
+        job: &StoredJob,
+        output: Vec<u8>,
+        failures: Vec<crate::core::TaskFailure>,
+        counters: crate::core::Counters,
+        shard_objects: &[String],
+    ) -> Result<ResultRecord, CoordError> {
+        let path = self.layout.result(&job.id);
+        let job_path = self.layout.job(&job.id);
+        let result = ResultRecord {
+            epoch: self.epoch,
+            output: self
+                .output_ref(Store::result_name(&job.id, self.epoch)?, output)
+                .await?,
+            failures,
+            counters,
+        };
+        let mut rec = job.record.clone();
+        rec.status = JobStatus::Done;
+        let job_data = encode_record(&job_path, &rec)?;
+        let result_data = encode_record(&path, &result)?;
+        let res = self
+            .fenced("finish", &path, |w| {
+                w.add_create(&path, &result_data, &PERSISTENT)?;
+                // Versioned: a cancel that got there first wins, and this
+                // whole transaction (the result too) is refused.
+                w.add_set_data(&job_path, &job_data, Some(job.version))
+            })
+            .await;
+        match res {
+            Ok(())
+            | Err(CoordError::Zk {
+                source: ZkError::NodeExists,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+        self.delete_children(&format!("{job_path}/batches")).await?;
+        self.delete_children(&self.layout.done(&job.id)).await?;
+        self.delete_children(&self.layout.lost(&job.id)).await?;
+        // The shard outputs are merged into the result: their objects go too.
+        let objects: Vec<OutputRef> = shard_objects
+            .iter()
+            .map(|n| OutputRef::Object(n.clone()))
+            .collect();
+        self.delete_outputs(&objects).await;
+        Ok(result)
+    }
+}

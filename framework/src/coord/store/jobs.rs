@@ -1,0 +1,213 @@
+//! Job records: creating a submission (fenced, under the request budget),
+//! reading jobs, their tasks and results, cancel and fetched marks.
+
+use serde_bytes::ByteBuf;
+use zookeeper_client::Error as ZkError;
+
+use super::{now_ms, retry_loss, LeaderStore, StoredJob};
+use crate::coord::records::{JobRecord, JobStatus, ResultRecord};
+use crate::coord::zk::{decode_record, encode_record, CoordError, PERSISTENT, REQUEST_BUDGET};
+use crate::core::shard_count;
+
+impl LeaderStore {
+    /// Reads a job's record.
+    pub async fn read_job(&self, id: &str) -> Result<Option<StoredJob>, CoordError> {
+        let path = self.layout.job(id);
+        match retry_loss(|| self.client().get_data(&path)).await {
+            Ok((data, stat)) => Ok(Some(StoredJob {
+                id: id.to_string(),
+                record: decode_record(&path, &data)?,
+                version: stat.version,
+            })),
+            Err(ZkError::NoNode) => Ok(None),
+            Err(e) => Err(CoordError::zk(path, e)),
+        }
+    }
+
+    /// Lists every job.
+    pub async fn list_jobs(&self) -> Result<Vec<StoredJob>, CoordError> {
+        let path = self.layout.jobs();
+        let ids = match retry_loss(|| self.client().list_children(&path)).await {
+            Ok(ids) => ids,
+            Err(ZkError::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(CoordError::zk(path, e)),
+        };
+        let reads: Vec<_> = ids.iter().map(|id| self.read_job(id)).collect();
+        let mut jobs = Vec::with_capacity(ids.len());
+        for (id, r) in ids.iter().zip(futures::future::join_all(reads).await) {
+            match r {
+                Ok(Some(job)) => jobs.push(job),
+                Ok(None) => {}
+                Err(CoordError::Garbage { path, reason }) => {
+                    tracing::warn!(%path, %reason, job = %id, "ignoring a job whose record is garbage");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Writes a new job: record (`Writing`), batches and commit buckets,
+    /// then `Accepted`. Only then is the submission acknowledged. Returns
+    /// the job as written.
+    pub async fn create_job(
+        &self,
+        id: &str,
+        mut record: JobRecord,
+        tasks: &[ByteBuf],
+    ) -> Result<StoredJob, CoordError> {
+        let job_path = self.layout.job(id);
+        // Cut tasks into batches under the budget.
+        let mut batches: Vec<Vec<u8>> = Vec::new();
+        let mut current: Vec<&ByteBuf> = Vec::new();
+        let mut size = 0;
+        for t in tasks {
+            if t.len() + 16 > REQUEST_BUDGET - 1024 {
+                return Err(CoordError::TooLarge {
+                    what: format!("a task of job {id}"),
+                    len: t.len(),
+                });
+            }
+            if size + t.len() + 16 > REQUEST_BUDGET - 1024 && !current.is_empty() {
+                batches.push(encode_record(&job_path, &current)?);
+                current.clear();
+                size = 0;
+            }
+            size += t.len() + 16;
+            current.push(t);
+        }
+        if !current.is_empty() {
+            batches.push(encode_record(&job_path, &current)?);
+        }
+        record.batches = batches.len() as u32;
+        record.status = JobStatus::Writing;
+        record.created_ms = now_ms();
+        let data = encode_record(&job_path, &record)?;
+        let batches_path = format!("{job_path}/batches");
+        let (lost, done) = (self.layout.lost(id), self.layout.done(id));
+        self.fenced("create_job", &job_path, |w| {
+            w.add_create(&job_path, &data, &PERSISTENT)?;
+            w.add_create(&batches_path, &[], &PERSISTENT)?;
+            w.add_create(&lost, &[], &PERSISTENT)?;
+            w.add_create(&done, &[], &PERSISTENT)
+        })
+        .await?;
+        let buckets = shard_count(record.tasks_total, record.options.shard_size).div_ceil(1000);
+        let mut nodes: Vec<(String, &[u8])> = batches
+            .iter()
+            .enumerate()
+            .map(|(k, b)| (self.layout.batch(id, k as u32), b.as_slice()))
+            .collect();
+        nodes.extend((0..buckets).map(|b| (self.layout.bucket(id, b * 1000), &[][..])));
+        let writes = nodes.iter().map(|(path, data)| async move {
+            self.retry("create_job", path, || {
+                self.lock.create(path, data, &PERSISTENT)
+            })
+            .await
+            .map(|_| ())
+        });
+        // Pipelined: requests are sent when the futures are created.
+        for r in futures::future::join_all(writes).await {
+            match r {
+                Ok(())
+                | Err(CoordError::Zk {
+                    source: ZkError::NodeExists,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        record.status = JobStatus::Accepted;
+        let data = encode_record(&job_path, &record)?;
+        let stat = self
+            .retry("create_job", &job_path, || {
+                self.lock.set_data(&job_path, &data, None)
+            })
+            .await?;
+        // What was written, not read back: a read that fails here would
+        // leave an accepted job that this master never schedules.
+        Ok(StoredJob {
+            id: id.to_string(),
+            record,
+            version: stat.version,
+        })
+    }
+
+    /// Reads a job's encoded tasks, in order.
+    pub async fn read_tasks(&self, id: &str, batches: u32) -> Result<Vec<ByteBuf>, CoordError> {
+        let paths: Vec<String> = (0..batches).map(|k| self.layout.batch(id, k)).collect();
+        let reads: Vec<_> = paths
+            .iter()
+            .map(|p| retry_loss(move || self.client().get_data(p)))
+            .collect();
+        let mut tasks = Vec::new();
+        for (path, r) in paths.iter().zip(futures::future::join_all(reads).await) {
+            let (data, _) = r.map_err(|e| CoordError::zk(path, e))?;
+            let batch: Vec<ByteBuf> = decode_record(path, &data)?;
+            tasks.extend(batch);
+        }
+        Ok(tasks)
+    }
+
+    /// Reads a finished job's result record, if it has one.
+    pub async fn read_result(&self, id: &str) -> Result<Option<ResultRecord>, CoordError> {
+        let path = self.layout.result(id);
+        match retry_loss(|| self.client().get_data(&path)).await {
+            Ok((data, _)) => Ok(Some(decode_record(&path, &data)?)),
+            Err(ZkError::NoNode) => Ok(None),
+            Err(e) => Err(CoordError::zk(path, e)),
+        }
+    }
+
+    /// Marks a job's result fetched (the retention clock starts).
+    pub async fn mark_fetched(&self, job: &StoredJob) -> Result<(), CoordError> {
+        if job.record.fetched_ms.is_some() {
+            return Ok(());
+        }
+        let job_path = self.layout.job(&job.id);
+        let mut r = job.record.clone();
+        r.fetched_ms = Some(now_ms());
+        let data = encode_record(&job_path, &r)?;
+        let res = self
+            .retry("set_status", &job_path, || {
+                self.lock.set_data(&job_path, &data, None)
+            })
+            .await;
+        match res {
+            // Collected since it was read: the fetch has its result anyway.
+            Ok(_)
+            | Err(CoordError::Zk {
+                source: ZkError::NoNode,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets a job's status (cancel), if its record is still the version
+    /// read: a conflict ([`CoordError::is_conflict`]) means it changed
+    /// meanwhile (finished, or cancelled by another request).
+    pub async fn set_status(&self, job: &StoredJob, status: JobStatus) -> Result<(), CoordError> {
+        let path = self.layout.job(&job.id);
+        let mut rec = job.record.clone();
+        rec.status = status;
+        if status == JobStatus::Cancelled {
+            rec.fetched_ms = Some(now_ms());
+        }
+        let data = encode_record(&path, &rec)?;
+        let res = self
+            .retry("set_status", &path, || {
+                self.lock.set_data(&path, &data, Some(job.version))
+            })
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // Our own write, applied before a connection loss, then retried.
+            Err(e) if e.is_conflict() => match self.read_job(&job.id).await? {
+                Some(now) if now.record == rec => Ok(()),
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+}

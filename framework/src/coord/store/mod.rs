@@ -1,0 +1,315 @@
+//! The master's view of ZooKeeper: every write is fenced by its election
+//! znode (zookeeper-client's `OwnedLockClient` adds a check of it to each
+//! transaction), so a deposed master can change nothing.
+//!
+//! Here: taking over, publishing and abdicating, and the one fenced
+//! transaction helper every write goes through. By concern: [`jobs`]
+//! (records, tasks, status), [`commits`] (shard commits, lost attempts,
+//! finishing), [`outputs`] (inline or store objects), [`gc`] (collection).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use zookeeper_client::{CheckWriter, Client, Error as ZkError, OwnedLockClient};
+
+mod commits;
+mod gc;
+mod jobs;
+mod outputs;
+
+use super::records::{JobRecord, MasterInfo, ShardRecord};
+use super::session::{Connections, Session};
+use crate::store::Store;
+
+use super::zk::{encode_record, CoordError, Layout, EPHEMERAL, PERSISTENT};
+use crate::core::CommittedShard;
+
+/// Outputs above this size are written to the cluster's store and
+/// referenced from ZooKeeper by name.
+pub const INLINE_LIMIT: usize = 256 * 1024;
+/// Transactions retried on connection loss at most this many times.
+const RETRIES: u32 = 20;
+
+/// A job read back from ZooKeeper.
+#[derive(Debug)]
+pub struct StoredJob {
+    /// Job id.
+    pub id: String,
+    /// Its record.
+    pub record: JobRecord,
+    /// Version of the record's znode.
+    pub version: i32,
+}
+
+/// Result of a shard commit.
+#[derive(Debug)]
+pub enum CommitOutcome {
+    /// Our record is now the shard's commit.
+    Committed(ShardRecord),
+    /// The shard was already committed (by us before a connection loss, or
+    /// earlier); this is the record that counts.
+    AlreadyCommitted(ShardRecord),
+}
+
+/// See the module doc. Clones share one lock: the candidacy is given up
+/// (its znode deleted) when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct LeaderStore {
+    lock: Arc<OwnedLockClient>,
+    layout: Layout,
+    epoch: u64,
+    /// Version of `/epoch` when it was read (still `epoch - 1`).
+    epoch_version: i32,
+    store: Store,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl LeaderStore {
+    /// Reads `/epoch` under the lock and returns the store of the next
+    /// epoch. Nothing is written yet: the bump is part of [`Self::publish`],
+    /// so that a takeover costs one write (and one fsync on the servers).
+    /// A candidate that dies before publishing leaves the epoch as it was,
+    /// and the next one takes the same number: no master ever served with it.
+    pub async fn take_over(
+        lock: OwnedLockClient,
+        layout: Layout,
+        store: Store,
+    ) -> Result<Self, CoordError> {
+        let path = layout.epoch();
+        let client = lock.client().clone();
+        let (jobs_path, workers_path) = (layout.jobs(), layout.workers());
+        // One round trip when the paths exist (the usual case).
+        let (jobs, workers, first) = futures::join!(
+            super::zk::ensure_path(&client, &jobs_path),
+            super::zk::ensure_path(&client, &workers_path),
+            client.get_data(&path)
+        );
+        jobs?;
+        workers?;
+        let mut first = Some(first);
+        loop {
+            let read = match first.take() {
+                Some(r) => r,
+                None => client.get_data(&path).await,
+            };
+            let (data, stat) = match read {
+                Ok(v) => v,
+                Err(ZkError::NoNode) => {
+                    match client.create(&path, &0u64.to_be_bytes(), &PERSISTENT).await {
+                        Ok(_) | Err(ZkError::NodeExists) => continue,
+                        Err(e) => return Err(CoordError::zk(&path, e)),
+                    }
+                }
+                Err(ZkError::ConnectionLoss) => continue,
+                Err(e) => return Err(CoordError::zk(&path, e)),
+            };
+            let old = <[u8; 8]>::try_from(data.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| CoordError::Garbage {
+                    path: path.clone(),
+                    reason: format!("{} bytes, want 8", data.len()),
+                })?;
+            return Ok(LeaderStore {
+                lock: Arc::new(lock),
+                layout,
+                epoch: old + 1,
+                epoch_version: stat.version,
+                store,
+            });
+        }
+    }
+
+    /// This master's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The session's client, unfenced: for reads only.
+    fn client(&self) -> &Client {
+        self.lock.client()
+    }
+
+    /// The registered workers, each time they change (see [`Session::workers`]).
+    pub fn workers(
+        &self,
+    ) -> impl futures::Stream<Item = Result<BTreeMap<String, super::WorkerInfo>, CoordError>> + 'static
+    {
+        Session::of(self.client().clone(), self.layout.clone()).workers()
+    }
+
+    /// Changes of the session's connection.
+    pub fn connections(&self) -> Connections {
+        Session::of(self.client().clone(), self.layout.clone()).connections()
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Publishes `/master` and bumps `/epoch` in one fenced transaction: the
+    /// last step of a takeover, after recovery.
+    pub async fn publish(&self, node_id: &str, addr: &str) -> Result<(), CoordError> {
+        let path = self.layout.master();
+        let epoch_path = self.layout.epoch();
+        let info = MasterInfo {
+            node_id: node_id.to_string(),
+            addr: addr.to_string(),
+            epoch: self.epoch,
+            session_timeout_ms: self.client().session_timeout().as_millis() as u64,
+            store: self.store.url().to_string(),
+        };
+        let data = encode_record(&path, &info)?;
+        let ours = |found: &Option<MasterInfo>| found.as_ref() == Some(&info);
+        loop {
+            let res = self
+                .fenced_once(|w| {
+                    w.add_set_data(
+                        &epoch_path,
+                        &self.epoch.to_be_bytes(),
+                        Some(self.epoch_version),
+                    )?;
+                    w.add_create(&path, &data, &EPHEMERAL)
+                })
+                .await;
+            match res {
+                Ok(()) => return Ok(()),
+                // Left by this very session before a connection loss, or stale.
+                Err(ZkError::NodeExists) => match self.lock.delete(&path, None).await {
+                    Ok(()) | Err(ZkError::NoNode) => continue,
+                    Err(e) => return Err(CoordError::zk(&path, e)),
+                },
+                // The transaction may have been applied before the connection broke.
+                Err(e @ (ZkError::ConnectionLoss | ZkError::BadVersion)) => {
+                    let found = super::zk::read_master(self.client(), &self.layout).await;
+                    match found {
+                        Ok(found) if ours(&found) => return Ok(()),
+                        Ok(_) if matches!(e, ZkError::BadVersion) => {
+                            return Err(CoordError::Garbage {
+                                path: epoch_path,
+                                reason: "the epoch moved while this node held the lock".into(),
+                            })
+                        }
+                        _ => continue,
+                    }
+                }
+                Err(e) => return Err(CoordError::zk(&path, e)),
+            }
+        }
+    }
+
+    /// Gives up leadership at once: deletes `/master` and this node's
+    /// election znode in one transaction. Writes already sent are ordered
+    /// before it; any write after it fails its fence. The next candidate is
+    /// woken by the deletion instead of by this session's close.
+    pub async fn abdicate(&self) {
+        let latch = self.lock.lock_path().to_string();
+        let master = self.layout.master();
+        // Under the lock, `/master` is ours or absent (not yet published).
+        let res = self
+            .fenced_once(|w| {
+                w.add_delete(&master, None)?;
+                w.add_delete(&latch, None)
+            })
+            .await;
+        let res = match res {
+            Err(ZkError::NoNode) => self.lock.delete(&latch, None).await,
+            other => other,
+        };
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "abdication failed; closing the session will do it");
+        }
+    }
+
+    /// Runs one fenced transaction: the election znode's check, then the
+    /// operations `ops` adds. Not retried (see [`Self::fenced`]).
+    async fn fenced_once(
+        &self,
+        ops: impl FnOnce(&mut CheckWriter<'_>) -> Result<(), ZkError>,
+    ) -> Result<(), ZkError> {
+        let mut w = self.lock.new_check_writer();
+        ops(&mut w)?;
+        w.commit().await.map(|_| ()).map_err(ZkError::from)
+    }
+
+    /// [`Self::fenced_once`], retried on connection loss and measured
+    /// under `name`. A retry of a transaction that was applied before the
+    /// connection broke fails on its first create (`NodeExists`) or
+    /// delete (`NoNode`): callers read those as done.
+    async fn fenced(
+        &self,
+        name: &'static str,
+        path: &str,
+        ops: impl Fn(&mut CheckWriter<'_>) -> Result<(), ZkError>,
+    ) -> Result<(), CoordError> {
+        self.retry(name, path, || self.fenced_once(&ops)).await
+    }
+
+    /// Runs a ZooKeeper request, retrying on connection loss, and measures
+    /// it under `name` (one of [`crate::metrics::ZK_OPS`]).
+    async fn retry<T, F, Fut>(
+        &self,
+        name: &'static str,
+        path: &str,
+        mut op: F,
+    ) -> Result<T, CoordError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ZkError>>,
+    {
+        let started = std::time::Instant::now();
+        let result = retry_loss(&mut op).await;
+        metrics::histogram!(crate::metrics::ZK_OP_SECONDS, "op" => name)
+            .record(started.elapsed().as_secs_f64());
+        // NodeExists and NoNode are answers the callers expect, not failures.
+        if matches!(&result, Err(e) if !matches!(e, ZkError::NodeExists | ZkError::NoNode)) {
+            metrics::counter!(crate::metrics::ZK_ERRORS, "op" => name).increment(1);
+        }
+        result.map_err(|e| CoordError::zk(path, e))
+    }
+}
+
+/// Runs a ZooKeeper request again while it fails with `ConnectionLoss`
+/// (a read or an idempotent write; a server of the ensemble going away),
+/// with a backoff from 10 ms to 500 ms, at most [`RETRIES`] times.
+async fn retry_loss<T, F, Fut>(mut op: F) -> Result<T, ZkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ZkError>>,
+{
+    let mut delay = Duration::from_millis(10);
+    let mut result = Err(ZkError::ConnectionLoss);
+    for _ in 0..RETRIES {
+        result = op().await;
+        if !matches!(result, Err(ZkError::ConnectionLoss)) {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+    result
+}
+
+/// A shard's output as the master receives it.
+#[derive(Debug)]
+pub enum ShardOutput {
+    /// The encoded bytes (stored inline, or in the store if big).
+    Bytes(Vec<u8>),
+    /// The name of the store object its worker wrote.
+    Object(String),
+}
+
+impl From<&ShardRecord> for CommittedShard {
+    fn from(r: &ShardRecord) -> Self {
+        CommittedShard {
+            attempt: r.attempt,
+            failures: r.failures.clone(),
+        }
+    }
+}
