@@ -87,6 +87,19 @@ impl CoordError {
         )
     }
 
+    /// Whether a write that failed so may still have been applied: the
+    /// connection or the session went before its answer came.
+    pub fn is_outcome_unknown(&self) -> bool {
+        use zookeeper_client::Error as E;
+        matches!(
+            self,
+            CoordError::Zk {
+                source: E::ConnectionLoss | E::Timeout | E::SessionExpired | E::ClientClosed,
+                ..
+            }
+        )
+    }
+
     /// Whether the session is gone for good (expired or closed).
     pub fn is_session_end(&self) -> bool {
         matches!(
@@ -294,5 +307,25 @@ pub async fn wait_for_master(
             }
             Ok(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zookeeper_client::Error as E;
+
+    #[test]
+    fn only_a_lost_answer_leaves_a_write_unknown() {
+        let e = |source| CoordError::zk("/p", source);
+        for unknown in [E::ConnectionLoss, E::Timeout, E::SessionExpired] {
+            assert!(e(unknown).is_outcome_unknown());
+        }
+        for known in [E::NodeExists, E::NoNode, E::BadVersion] {
+            assert!(!e(known).is_outcome_unknown());
+        }
+        // A fence that refused the write: it was not applied.
+        assert!(!e(E::RuntimeInconsistent).is_outcome_unknown());
+        assert!(e(E::BadVersion).is_conflict());
     }
 }

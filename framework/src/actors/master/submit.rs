@@ -175,7 +175,17 @@ impl Handler<Submit> for Master {
                 if e.is_session_end() {
                     act.fail(ctx, &e);
                 }
-                error(format!("submission of {id} failed: {e}"))
+                if e.is_outcome_unknown() {
+                    error(format!(
+                        "the outcome of job {id}'s submission is unknown ({e}): it may have \
+                         been accepted. Retry with the same job id: that returns the job if it \
+                         was, and submits it if not"
+                    ))
+                } else {
+                    error(format!(
+                        "submission of job {id} failed: {e}; retry with the same job id"
+                    ))
+                }
             }
         }))
     }
