@@ -3,8 +3,8 @@
 //! node made them. Operators read it to reconstruct a job's history; the
 //! chaos harness reads every node's to check that no shard was committed
 //! twice. Lines are appended by a thread of their own (never on an actor's
-//! thread), flushed each, not fsynced: the log is evidence, ZooKeeper is
-//! the truth.
+//! thread), what is queued in one write, not fsynced: the log is evidence,
+//! ZooKeeper is the truth.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -106,17 +106,23 @@ impl Audit {
         std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || {
-                for msg in rx {
-                    match msg {
-                        Msg::Line(line) => {
-                            let written = file.write_all(line.as_bytes()).and_then(|()| file.flush());
-                            if let Err(e) = written {
-                                tracing::warn!(path = %shown.display(), error = %e, "cannot append to the audit log");
-                            }
+                // Lines already queued go out in one write.
+                let mut buf = String::new();
+                let mut waiting = Vec::new();
+                while let Ok(first) = rx.recv() {
+                    for msg in std::iter::once(first).chain(rx.try_iter()) {
+                        match msg {
+                            Msg::Line(line) => buf.push_str(&line),
+                            Msg::Sync(done) => waiting.push(done),
                         }
-                        Msg::Sync(done) => {
-                            let _ = done.send(());
-                        }
+                    }
+                    let written = file.write_all(buf.as_bytes()).and_then(|()| file.flush());
+                    if let Err(e) = written {
+                        tracing::warn!(path = %shown.display(), error = %e, "cannot append to the audit log");
+                    }
+                    buf.clear();
+                    for done in waiting.drain(..) {
+                        let _ = done.send(());
                     }
                 }
             })?;

@@ -1019,7 +1019,7 @@ fn main() -> anyhow::Result<()> {
     let runs = args.runs.unwrap_or(if args.quick { 3 } else { 5 });
     let started = Instant::now();
     let node_bin = bin("bench-node")?;
-    let cluster = match args.rtt_ms {
+    let mut cluster = match args.rtt_ms {
         None => Cluster::new(node_bin),
         Some(rtt) => {
             let Some(mut net) = ringleader::testkit::net::Net::new("cluster-bench --rtt-ms") else {
@@ -1048,6 +1048,8 @@ fn main() -> anyhow::Result<()> {
             c
         }
     };
+    // What users run: the audit log is opt-in.
+    cluster.audit_logs = false;
     let mut b = Bench {
         c: cluster,
         rt: ringleader::testkit::rt(),

@@ -38,6 +38,9 @@ pub struct Cluster {
     pub env: Vec<(String, String)>,
     /// A store server of the cluster's own, stopped before the hosts go.
     pub s3: Option<s3::S3Server>,
+    /// Whether nodes started from now on keep an audit log (on by
+    /// default; benchmarks turn it off to measure what users run).
+    pub audit_logs: bool,
 }
 
 impl Cluster {
@@ -89,6 +92,7 @@ impl Cluster {
             net,
             env: Vec::new(),
             s3: None,
+            audit_logs: true,
         }
     }
 
@@ -170,7 +174,8 @@ impl Cluster {
         for (flag, value) in defaults {
             // On a host of its own a node keeps the default port.
             let keep_default = host.is_some() && flag == "--listen";
-            if !extra.contains(&flag) && !keep_default {
+            let off = flag == "--audit-file" && !self.audit_logs;
+            if !extra.contains(&flag) && !keep_default && !off {
                 args.extend([flag, value]);
             }
         }

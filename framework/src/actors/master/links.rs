@@ -1,0 +1,242 @@
+//! The master's side of its workers: links joining and leaving, the
+//! registrations it watches, `Started`, reports and drains. Each message
+//! becomes scheduler calls whose commands the master carries out.
+
+use std::collections::BTreeMap;
+
+use actix::prelude::*;
+use tokio::sync::mpsc;
+
+use super::{Link, Master};
+use crate::coord::{OutputRef, ShardOutput, WorkerInfo};
+use crate::core::ShardKey;
+use crate::metrics as m;
+use crate::store::Store;
+use crate::wire::{Frame, ShardReport};
+
+/// A connected worker's control stream: frames pushed here are written by
+/// the link's writer task.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WorkerJoined {
+    pub node_id: String,
+    pub slots: u32,
+    pub jobs: Vec<String>,
+    pub tx: mpsc::UnboundedSender<Frame>,
+    pub link_id: u64,
+}
+
+/// A worker's control stream ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WorkerLeft {
+    pub node_id: String,
+    pub link_id: u64,
+}
+
+/// A worker reported on a shard.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Report {
+    pub node_id: String,
+    pub report: ShardReport,
+}
+
+/// A worker's slot picked up a shard.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Started {
+    pub node_id: String,
+    pub epoch: u64,
+    pub job_id: String,
+    pub shard: ShardKey,
+    pub attempt: u32,
+}
+
+impl Handler<Started> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: Started, _: &mut Context<Self>) {
+        if let Some(l) = self.links.get_mut(&msg.node_id) {
+            l.last_seen = std::time::Instant::now();
+        }
+        let ours = msg.epoch == self.store.epoch()
+            && self
+                .sched
+                .started(&msg.node_id, &msg.job_id, msg.shard, msg.attempt);
+        if let Some(link) = self.links.get(&msg.node_id) {
+            let (job_id, shard, attempt) = (msg.job_id, msg.shard, msg.attempt);
+            let answer = if ours {
+                Frame::StartAck {
+                    job_id,
+                    shard,
+                    attempt,
+                }
+            } else {
+                tracing::debug!(worker = %msg.node_id, job = %job_id, %shard, attempt, "refusing to start a run the scheduler does not hold");
+                Frame::StartRefused {
+                    job_id,
+                    shard,
+                    attempt,
+                }
+            };
+            let _ = link.tx.send(answer);
+        }
+    }
+}
+
+/// A worker is draining (`drained: false`) or done draining (`true`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WorkerDrain {
+    pub node_id: String,
+    pub drained: bool,
+}
+
+impl Handler<WorkerDrain> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: WorkerDrain, ctx: &mut Context<Self>) {
+        if msg.drained {
+            tracing::info!(worker = %msg.node_id, "worker drained");
+            if let Some(link) = self.links.get_mut(&msg.node_id) {
+                link.drained = true;
+                let _ = link.tx.send(Frame::DrainAck);
+            }
+        } else {
+            tracing::info!(worker = %msg.node_id, "worker draining; requeueing the shards it has not started");
+            self.sched.drain_worker(&msg.node_id);
+            self.dispatch(ctx);
+        }
+    }
+}
+
+/// The registered workers, from the watch on `/workers`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Registered(pub(super) BTreeMap<String, WorkerInfo>);
+
+impl Handler<WorkerJoined> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: WorkerJoined, ctx: &mut Context<Self>) {
+        tracing::info!(worker = %msg.node_id, slots = msg.slots, "worker connected");
+        if self.links.contains_key(&msg.node_id) {
+            let cmds = self.sched.remove_worker(&msg.node_id);
+            self.apply(cmds, ctx);
+        }
+        self.links.insert(
+            msg.node_id.clone(),
+            Link {
+                tx: msg.tx,
+                slots: msg.slots,
+                jobs: msg.jobs,
+                id: msg.link_id,
+                last_seen: std::time::Instant::now(),
+                drained: false,
+            },
+        );
+        self.sync_worker(ctx, &msg.node_id);
+        self.dispatch(ctx);
+    }
+}
+
+impl Handler<WorkerLeft> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: WorkerLeft, ctx: &mut Context<Self>) {
+        if self
+            .links
+            .get(&msg.node_id)
+            .is_some_and(|l| l.id == msg.link_id)
+        {
+            let running = self.sched.running_on(&msg.node_id);
+            match self.links.remove(&msg.node_id) {
+                Some(l) if l.drained && running == 0 => {
+                    tracing::info!(worker = %msg.node_id, "drained worker left")
+                }
+                _ => {
+                    metrics::counter!(m::WORKER_LINKS_LOST).increment(1);
+                    tracing::warn!(worker = %msg.node_id, running, "worker link lost; reassigning its shards")
+                }
+            }
+            self.drop_worker(ctx, &msg.node_id);
+        }
+    }
+}
+
+impl Handler<Registered> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: Registered, ctx: &mut Context<Self>) {
+        let gone: Vec<String> = self
+            .registered
+            .keys()
+            .filter(|k| !msg.0.contains_key(*k))
+            .cloned()
+            .collect();
+        self.registered = msg.0;
+        for w in gone {
+            if self.sched.has_worker(&w) {
+                tracing::warn!(worker = %w, "worker registration deleted; reassigning its shards");
+                metrics::counter!(m::SHARDS_REASSIGNED).increment(self.sched.running_on(&w) as u64);
+                let cmds = self.sched.remove_worker(&w);
+                self.apply(cmds, ctx);
+            }
+        }
+        let ids: Vec<String> = self.links.keys().cloned().collect();
+        for id in ids {
+            self.sync_worker(ctx, &id);
+        }
+        self.dispatch(ctx);
+    }
+}
+
+impl Handler<Report> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
+        if let Some(l) = self.links.get_mut(&msg.node_id) {
+            l.last_seen = std::time::Instant::now();
+        }
+        let r = msg.report;
+        // A report no honest worker sends: its link goes, with the reason.
+        let impossible = self
+            .sched
+            .check_failures(&r.job_id, r.shard, &r.failures)
+            .err()
+            .or_else(|| {
+                let name = r.output_object.as_deref()?;
+                Store::check_shard_output(&r.job_id, name)
+                    .err()
+                    .map(|e| e.to_string())
+            });
+        if let Some(reason) = impossible {
+            tracing::warn!(worker = %msg.node_id, job = %r.job_id, shard = %r.shard, %reason, "impossible report: dropping the worker's link");
+            metrics::counter!(m::FRAME_ERRORS).increment(1);
+            self.drop_worker(ctx, &msg.node_id);
+            return;
+        }
+        if r.epoch != self.store.epoch()
+            || !self.sched.report(
+                &msg.node_id,
+                &r.job_id,
+                r.shard,
+                r.attempt,
+                std::time::Instant::now(),
+            )
+        {
+            tracing::debug!(job = %r.job_id, shard = %r.shard, "dropping a stale report");
+            // Its object (if it is one of that job's) is referenced by nothing.
+            if let Some(name) = r.output_object {
+                if Store::check_shard_output(&r.job_id, &name).is_ok() {
+                    let store = self.store.clone();
+                    actix::spawn(async move {
+                        store.delete_outputs([&OutputRef::Object(name)]).await;
+                    });
+                }
+            }
+            return;
+        }
+        let output = match r.output_object {
+            Some(name) => ShardOutput::Object(name),
+            None => ShardOutput::Bytes(r.output.into_vec()),
+        };
+        self.commit(ctx, r.job_id, r.shard, r.attempt, output, r.failures);
+        self.dispatch(ctx);
+    }
+}
