@@ -274,27 +274,28 @@ async fn serve(
         mut recv,
         max_frame,
     } = stream;
+    // The stream's writer and reader run as tasks of their own, so that
+    // this loop wakes only for what it handles (and does not poll the
+    // connection on every wake-up), and a read is never cut short.
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-    let writer = async move { transport::write_queued(&mut send, &mut rx).await };
-    // Frames are read by a future of their own and handed over on a
-    // channel: a read cut short by another branch would lose its bytes.
+    let writer = actix::spawn(async move { transport::write_queued(&mut send, &mut rx).await });
     let (frames_tx, mut frames) = mpsc::unbounded_channel::<Frame>();
-    let reader = async move {
+    let reader = actix::spawn(async move {
         loop {
             let frame = wire::read_frame(&mut recv, max_frame).await?;
             if frames_tx.send(frame).is_err() {
                 return Ok::<(), WireError>(());
             }
         }
-    };
-    tokio::pin!(writer, reader);
+    });
+    let (mut writer, mut reader) = (AbortOnDrop(writer), AbortOnDrop(reader));
     let mut drain_rx = s.drain.clone();
     let actions = shards.session.connected(epoch);
     shards.apply(s, Some(&tx), actions, None);
     loop {
         tokio::select! {
-            r = &mut writer => return Err(link_ended(r)),
-            r = &mut reader => return Err(link_ended(r)),
+            r = &mut writer.0 => return Err(link_ended(r.unwrap_or(Ok(())))),
+            r = &mut reader.0 => return Err(link_ended(r.unwrap_or(Ok(())))),
             Some(frame) = frames.recv() => match frame {
                 Frame::DrainAck => return Ok(()),
                 Frame::StartAck { job_id, shard, attempt } => {
@@ -338,6 +339,15 @@ async fn serve(
                 shards.apply(s, Some(&tx), actions, None);
             }
         }
+    }
+}
+
+/// A task that ends with the link: aborted when the link's loop returns.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

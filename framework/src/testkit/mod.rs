@@ -41,6 +41,8 @@ pub struct Cluster {
     /// Whether nodes started from now on keep an audit log (on by
     /// default; benchmarks turn it off to measure what users run).
     pub audit_logs: bool,
+    /// Extra environment of particular nodes (by id), kept across restarts.
+    pub node_env: std::collections::HashMap<String, Vec<(String, String)>>,
 }
 
 impl Cluster {
@@ -93,6 +95,7 @@ impl Cluster {
             env: Vec::new(),
             s3: None,
             audit_logs: true,
+            node_env: std::collections::HashMap::new(),
         }
     }
 
@@ -185,6 +188,13 @@ impl Cluster {
         };
         let child = cmd
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(
+                self.node_env
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v)),
+            )
             .args(["node", "--cluster", &self.cluster, "--node-id", id])
             .args(&args)
             .args(extra)
@@ -646,6 +656,22 @@ impl Proxy {
     pub fn heal(&self) {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// The environment that runs a process with its wall clock `offset`
+/// (libfaketime's syntax: `+1h`, `-30s`) and its monotonic clock untouched,
+/// or `None` where libfaketime is not installed (`scripts/setup` installs it).
+pub fn skewed_clock(offset: &str) -> Option<Vec<(String, String)>> {
+    let lib = std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())?;
+    Some(vec![
+        ("LD_PRELOAD".into(), lib.display().to_string()),
+        ("FAKETIME".into(), offset.to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ])
 }
 
 /// A UDP proxy in front of a node's QUIC port that can drop the packets of

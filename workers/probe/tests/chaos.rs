@@ -10,7 +10,8 @@
 //! result, one commit per shard across every master's audit log, no panic,
 //! ZooKeeper empty, every process gone, and prints a table.
 //!
-//! Every client operation is recorded with what the client saw (ok, or
+//! One node's wall clock runs an hour ahead (libfaketime; its monotonic
+//! clock untouched). Every client operation is recorded with what the client saw (ok, or
 //! unknown), and an independent checker reads that history against the
 //! final state (see `check_history`). Faults include a ZooKeeper reply lost
 //! after its request was forwarded: a write whose outcome is unknown.
@@ -176,7 +177,36 @@ fn chaos(seed: u64, rounds: usize) -> Report {
             }
         })
         .collect();
-    for i in 0..NODES {
+    // One master candidate's wall clock runs an hour ahead (its monotonic
+    // clock and ZooKeeper's are untouched): nothing may depend on it.
+    let skew = skewed_clock("+1h");
+    match &skew {
+        Some(env) => {
+            let mut date = std::process::Command::new("date");
+            date.arg("+%s").envs(env.iter().map(|(k, v)| (k, v)));
+            let skewed: i64 = String::from_utf8_lossy(&date.output().unwrap().stdout)
+                .trim()
+                .parse()
+                .unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            assert!(
+                (3500..3700).contains(&(skewed - now)),
+                "libfaketime does not skew: {skewed} vs {now}"
+            );
+            c.node_env.insert(format!("n{}", NODES - 1), env.clone());
+        }
+        None if std::env::var_os("CI").is_some() => {
+            panic!("libfaketime is missing: run scripts/setup")
+        }
+        None => eprintln!(
+            "libfaketime is missing: no node runs with a skewed clock (scripts/setup installs it)"
+        ),
+    }
+    // The skewed node first: it is likely the first master.
+    for i in (0..NODES).rev() {
         start_node(&mut c, i, &proxies);
     }
     let mut faults = BTreeMap::new();
