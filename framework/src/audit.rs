@@ -57,6 +57,25 @@ pub enum Event {
         /// The job.
         job: String,
     },
+    /// A worker's link ended without a drain: its shards go back to the
+    /// queue (started ones with an attempt used).
+    WorkerLost {
+        /// The worker.
+        worker: String,
+        /// Shards it held.
+        running: u64,
+    },
+    /// A worker finished draining (every report it owed is handled):
+    /// nothing of its work is lost when it leaves.
+    WorkerDrained {
+        /// The worker.
+        worker: String,
+    },
+    /// Slow shards got a copy on another worker.
+    Speculated {
+        /// Copies made.
+        copies: u64,
+    },
 }
 
 /// One line of the log.

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use probe::{Behaviour, Probe};
+use ringleader::audit::Event;
 use ringleader::client::SubmitOptions;
 use ringleader::testkit::*;
 use ringleader::{Client, Collect};
@@ -218,8 +219,26 @@ fn a_worker_drains_on_sigterm() {
             "with one attempt, a charged attempt would fail a task: {report:?}"
         );
         assert!(c.log("w1").contains("drained"), "{}", c.log("w1"));
-        assert!(c.log("m").contains("worker drained"), "{}", c.log("m"));
-        assert!(!c.log("m").contains("worker link lost"), "{}", c.log("m"));
+        eventually(
+            Duration::from_secs(10),
+            "the master saw w1 drain",
+            || async {
+                c.audit().iter().any(|e| {
+                    e.event
+                        == Event::WorkerDrained {
+                            worker: "w1".into(),
+                        }
+                })
+            },
+        )
+        .await;
+        let audit = c.audit();
+        assert!(
+            !audit
+                .iter()
+                .any(|e| matches!(e.event, Event::WorkerLost { .. })),
+            "{audit:?}"
+        );
         let left = zk.list_children(&workers).await.unwrap();
         assert_eq!(left, vec!["w2".to_string()], "w1 deregistered");
     });
@@ -328,7 +347,15 @@ fn hung_shards_get_a_copy_elsewhere() {
         assert!(results.iter().all(|(i, v)| *v == i * 2));
         assert_eq!(report.progress.counters.tasks_failed, 0, "{report:?}");
     });
-    assert!(c.log("m").contains("speculative copies"), "{}", c.log("m"));
+    rt().block_on(eventually(
+        Duration::from_secs(10),
+        "speculative copies",
+        || async {
+            c.audit()
+                .iter()
+                .any(|e| matches!(e.event, Event::Speculated { copies } if copies > 0))
+        },
+    ));
 }
 
 /// A worker killed with kill -9 is suspected when its QUIC link goes
@@ -380,11 +407,16 @@ fn a_killed_workers_shards_run_elsewhere_before_its_session_expires() {
         let still_registered = zk.check_stat(&w1).await.unwrap().is_some();
         assert_eq!(results.len(), 8, "{report:?}");
         assert!(results.iter().all(|(i, v)| *v == i * 2));
-        assert!(
-            c.log("m").contains("worker link lost"),
-            "the master suspected w1 by its link\n{}",
-            c.log("m")
-        );
+        eventually(
+            Duration::from_secs(10),
+            "the master to suspect w1 by its link",
+            || async {
+                c.audit()
+                    .iter()
+                    .any(|e| matches!(&e.event, Event::WorkerLost { worker, .. } if worker == "w1"))
+            },
+        )
+        .await;
         assert!(
             still_registered,
             "the job finished only after w1's session expired: suspicion by link did not work\n{}",
@@ -503,12 +535,9 @@ fn an_unmergeable_output_is_reported_after_a_failover() {
             Duration::from_secs(20),
             "the unmergeable shard committed",
             || async {
-                c.audit().iter().any(|e| {
-                    matches!(
-                        &e.event,
-                        ringleader::audit::Event::MergeFailed { tasks: 1, .. }
-                    )
-                })
+                c.audit()
+                    .iter()
+                    .any(|e| matches!(&e.event, Event::MergeFailed { tasks: 1, .. }))
             },
         )
         .await;
@@ -518,9 +547,9 @@ fn an_unmergeable_output_is_reported_after_a_failover() {
             Err(e) => panic!("{e}\n{}", c.logs()),
         };
         assert!(
-            c.audit().iter().any(|e| {
-                e.node == "m2" && matches!(e.event, ringleader::audit::Event::MergeFailed { .. })
-            }),
+            c.audit()
+                .iter()
+                .any(|e| { e.node == "m2" && matches!(e.event, Event::MergeFailed { .. }) }),
             "the new master met the output again\n{}",
             c.log("m2")
         );

@@ -8,6 +8,7 @@ use actix::prelude::*;
 use tokio::sync::mpsc;
 
 use super::{Link, Master};
+use crate::audit::Event;
 use crate::coord::{OutputRef, ShardOutput, WorkerInfo};
 use crate::core::ShardKey;
 use crate::metrics as m;
@@ -97,6 +98,9 @@ impl Handler<WorkerDrain> for Master {
     fn handle(&mut self, msg: WorkerDrain, ctx: &mut Context<Self>) {
         if msg.drained {
             tracing::info!(worker = %msg.node_id, "worker drained");
+            self.audit(Event::WorkerDrained {
+                worker: msg.node_id.clone(),
+            });
             if let Some(link) = self.links.get_mut(&msg.node_id) {
                 link.drained = true;
                 let _ = link.tx.send(Frame::DrainAck);
@@ -153,7 +157,11 @@ impl Handler<WorkerLeft> for Master {
                 }
                 _ => {
                     metrics::counter!(m::WORKER_LINKS_LOST).increment(1);
-                    tracing::warn!(worker = %msg.node_id, running, "worker link lost; reassigning its shards")
+                    tracing::warn!(worker = %msg.node_id, running, "worker link lost; reassigning its shards");
+                    self.audit(Event::WorkerLost {
+                        worker: msg.node_id.clone(),
+                        running: running as u64,
+                    });
                 }
             }
             self.drop_worker(ctx, &msg.node_id);

@@ -240,7 +240,7 @@ impl Master {
     }
 
     /// Appends to the node's audit log.
-    fn audit(&self, event: Event) {
+    pub(super) fn audit(&self, event: Event) {
         self.settings.audit.record(self.store.epoch(), event);
     }
 
@@ -728,6 +728,9 @@ impl Actor for Master {
                     if !cmds.is_empty() {
                         tracing::info!(copies = cmds.len(), "speculative copies of slow shards");
                         metrics::counter!(m::SHARDS_SPECULATED).increment(cmds.len() as u64);
+                        act.audit(Event::Speculated {
+                            copies: cmds.len() as u64,
+                        });
                     }
                     act.apply(cmds, ctx);
                 });
