@@ -121,7 +121,7 @@ struct NodeArgs {
     link_timeout_ms: u64,
     /// Append an audit log here while this node is master: one JSON line
     /// per accepted job, committed shard, failed merge, finished or
-    /// cancelled job.
+    /// cancelled job, lost or drained worker, speculative copy.
     #[arg(long, env = "RINGLEADER_AUDIT_FILE")]
     audit_file: Option<PathBuf>,
 }
