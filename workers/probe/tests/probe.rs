@@ -26,6 +26,18 @@ fn probes(n: u64, special: &[(u64, Behaviour)]) -> Vec<Probe> {
         .collect()
 }
 
+/// A cluster whose master is candidate `m1`, with `m2` standing by.
+fn two_candidates_m1_leading() -> Cluster {
+    let mut c = Cluster::new(BIN);
+    c.node("m1", &["--role", "candidate"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+    });
+    c.node("m2", &["--role", "candidate"]);
+    c
+}
+
 /// `n` tasks that each sleep `ms` milliseconds.
 fn sleepers(n: u64, ms: u64) -> Vec<Probe> {
     (0..n)
@@ -250,13 +262,7 @@ fn a_worker_drains_on_sigterm() {
 /// for an acknowledgement no master will send.
 #[test]
 fn a_worker_that_lost_its_link_while_shards_waited_still_drains_at_once() {
-    let mut c = Cluster::new(BIN);
-    c.node("m1", &["--role", "candidate"]);
-    rt().block_on(async {
-        let zk = c.zk().await;
-        c.master(&zk, None, Duration::from_secs(20)).await;
-    });
-    c.node("m2", &["--role", "candidate"]);
+    let mut c = two_candidates_m1_leading();
     c.node(
         "w",
         &["--role", "worker", "--slots", "1", "--drain-secs", "60"],
@@ -512,13 +518,7 @@ fn an_output_that_cannot_be_merged_is_reported_not_dropped() {
 /// outputs it reads back, reports the unmergeable shard's tasks as failed.
 #[test]
 fn an_unmergeable_output_is_reported_after_a_failover() {
-    let mut c = Cluster::new(BIN);
-    c.node("m1", &["--role", "candidate"]);
-    rt().block_on(async {
-        let zk = c.zk().await;
-        c.master(&zk, None, Duration::from_secs(20)).await;
-    });
-    c.node("m2", &["--role", "candidate"]);
+    let mut c = two_candidates_m1_leading();
     c.node("w", &["--role", "worker", "--slots", "2"]);
     rt().block_on(async {
         let zk = c.zk().await;

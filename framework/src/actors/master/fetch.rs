@@ -5,7 +5,7 @@ use actix::prelude::*;
 use serde_bytes::ByteBuf;
 
 use super::status::stored_progress;
-use super::{error, Master};
+use super::{answer, error, Master};
 use crate::coord::{CoordError, JobStatus, LeaderStore};
 use crate::wire::{Frame, JobOutcome};
 
@@ -15,11 +15,7 @@ impl Master {
             return Box::pin(fut::ready(error(format!("job {job_id} is still running"))));
         }
         let store = self.store.clone();
-        Box::pin(
-            async move { fetch(&store, &job_id).await }
-                .into_actor(self)
-                .map(|res, _, _| res.unwrap_or_else(error)),
-        )
+        answer(self, async move { fetch(&store, &job_id).await })
     }
 }
 

@@ -112,7 +112,13 @@ async fn handle_stream(
                     Err(e) => return Err(e),
                 }
             }
-            master.send(Submit { header, tasks }).await
+            master
+                .send(Submit {
+                    header,
+                    tasks,
+                    bytes,
+                })
+                .await
         }
         other @ (Frame::GetJob { .. }
         | Frame::GetStatus

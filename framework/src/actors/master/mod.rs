@@ -381,18 +381,14 @@ impl Master {
         rec: ShardRecord,
     ) {
         metrics::counter!(m::SHARDS_COMMITTED).increment(1);
-        let tasks = self
-            .sched
-            .shard_tasks(job, key)
-            .unwrap_or_default()
-            .to_vec();
         let object = match &rec.output {
             OutputRef::Object(name) => Some(name.clone()),
             OutputRef::Inline(_) | OutputRef::File(_) => None,
         };
+        let tasks = self.sched.shard_tasks(job, key).unwrap_or_default();
         let c = self
             .ledger
-            .committed(job, key, &tasks, rec.attempt, &rec.failures, object);
+            .committed(job, key, tasks, rec.attempt, &rec.failures, object);
         metrics::counter!(m::TASKS_DEAD_LETTERED).increment(c.dead_lettered);
         metrics::counter!(m::TASKS_RETRIED).increment(c.retried);
         if let Some(merge) = c.merge {
@@ -608,16 +604,18 @@ impl Master {
                 .iter()
                 .map(|j| (j.id.clone(), j.record.stored()))
                 .collect();
-            let due = act
+            let due: HashSet<String> = act
                 .retention
-                .due(&listed, &act.ledger, std::time::Instant::now());
+                .due(&listed, &act.ledger, std::time::Instant::now())
+                .into_iter()
+                .collect();
             let victims: Vec<StoredJob> =
                 jobs.into_iter().filter(|j| due.contains(&j.id)).collect();
             if victims.is_empty() {
                 act.gc_running = false;
                 return;
             }
-            act.collecting = due.into_iter().collect();
+            act.collecting = due;
             let store = act.store.clone();
             let collect = async move { store.collect(&victims).await.map(|()| victims.len()) };
             ctx.spawn(collect.into_actor(act).map(|res, act, ctx| {
@@ -788,6 +786,18 @@ impl Handler<ClientRequest> for Master {
             )))),
         }
     }
+}
+
+/// Answers a request with what `work` comes to; a ZooKeeper or store error
+/// becomes an `Error` frame saying what went wrong.
+fn answer(
+    master: &Master,
+    work: impl std::future::Future<Output = Result<Frame, CoordError>> + 'static,
+) -> ResponseActFuture<Master, Frame> {
+    Box::pin(
+        work.into_actor(master)
+            .map(|res, _, _| res.unwrap_or_else(error)),
+    )
 }
 
 fn error(message: impl std::fmt::Display) -> Frame {

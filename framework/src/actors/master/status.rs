@@ -3,7 +3,7 @@
 
 use actix::prelude::*;
 
-use super::{error, Master};
+use super::{answer, error, Master};
 use crate::coord::{CoordError, JobStatus, LeaderStore, ResultRecord, StoredJob};
 use crate::core::Counters;
 use crate::wire::{ClusterStatus, Frame, JobProgress, JobState, WorkerStatus};
@@ -57,11 +57,7 @@ impl Master {
             return Box::pin(fut::ready(Frame::Job(p)));
         }
         let store = self.store.clone();
-        Box::pin(
-            async move { read_progress(&store, &job_id).await }
-                .into_actor(self)
-                .map(|res, _, _| res.unwrap_or_else(error)),
-        )
+        answer(self, async move { read_progress(&store, &job_id).await })
     }
 }
 

@@ -13,7 +13,7 @@ use serde_bytes::ByteBuf;
 use super::load::Loaded;
 use super::{error, JobRuntime, Master};
 use crate::coord::{submission_digest, CoordError, JobRecord, JobStatus};
-use crate::core::job::{task_bytes, Ledger, Submission};
+use crate::core::job::{Ledger, Submission};
 use crate::core::recover_job;
 use crate::metrics as m;
 use crate::wire::{Frame, SubmitHeader};
@@ -24,6 +24,10 @@ use crate::wire::{Frame, SubmitHeader};
 pub(crate) struct Submit {
     pub header: SubmitHeader,
     pub tasks: Vec<ByteBuf>,
+    /// Their bytes as the byte bounds count them
+    /// ([`crate::core::job::task_bytes`]), counted
+    /// by the gateway as they arrived.
+    pub bytes: usize,
 }
 
 /// What writing a submission came to.
@@ -47,7 +51,7 @@ impl Handler<Submit> for Master {
                 h.job_name
             ))));
         }
-        let bytes = task_bytes(&msg.tasks);
+        let bytes = msg.bytes;
         let submission = Submission {
             job_id: &h.job_id,
             shard_size: h.options.shard_size,

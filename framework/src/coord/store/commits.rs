@@ -40,13 +40,9 @@ impl LeaderStore {
                 }
             }
         }
-        let reads: Vec<_> = paths
-            .iter()
-            .map(|(_, p)| retry_loss(move || self.client().get_data(p)))
-            .collect();
+        let (keys, paths): (Vec<ShardKey>, Vec<String>) = paths.into_iter().unzip();
         let mut out = BTreeMap::new();
-        for ((key, path), r) in paths.iter().zip(futures::future::join_all(reads).await) {
-            let (data, _) = r.map_err(|e| CoordError::zk(path, e))?;
+        for ((key, path), data) in keys.iter().zip(&paths).zip(self.read_all(&paths).await?) {
             match decode_record::<ShardRecord>(path, &data) {
                 Ok(rec) => {
                     out.insert(*key, rec);
@@ -106,16 +102,9 @@ impl LeaderStore {
             Err(e) => return Err(CoordError::zk(&dir, e)),
         };
         let paths: Vec<String> = names.iter().map(|n| format!("{dir}/{n}")).collect();
-        let reads = futures::future::join_all(
-            paths
-                .iter()
-                .map(|p| retry_loss(move || self.client().get_data(p))),
-        )
-        .await;
         let mut out = BTreeMap::new();
-        for ((n, path), read) in names.iter().zip(&paths).zip(reads) {
+        for ((n, path), data) in names.iter().zip(&paths).zip(self.read_all(&paths).await?) {
             let key = n.parse::<ShardKey>().ok();
-            let (data, _) = read.map_err(|e| CoordError::zk(path, e))?;
             match (key, <[u8; 4]>::try_from(data.as_slice())) {
                 (Some(key), Ok(b)) => {
                     out.insert(key, u32::from_be_bytes(b));

@@ -136,13 +136,8 @@ impl LeaderStore {
     /// Reads a job's encoded tasks, in order.
     pub async fn read_tasks(&self, id: &str, batches: u32) -> Result<Vec<ByteBuf>, CoordError> {
         let paths: Vec<String> = (0..batches).map(|k| self.layout.batch(id, k)).collect();
-        let reads: Vec<_> = paths
-            .iter()
-            .map(|p| retry_loss(move || self.client().get_data(p)))
-            .collect();
         let mut tasks = Vec::new();
-        for (path, r) in paths.iter().zip(futures::future::join_all(reads).await) {
-            let (data, _) = r.map_err(|e| CoordError::zk(path, e))?;
+        for (path, data) in paths.iter().zip(self.read_all(&paths).await?) {
             let batch: Vec<ByteBuf> = decode_record(path, &data)?;
             tasks.extend(batch);
         }

@@ -227,6 +227,19 @@ impl LeaderStore {
         }
     }
 
+    /// Reads the data of every path, pipelined on the session, each read
+    /// retried on connection loss; in the order given.
+    async fn read_all(&self, paths: &[String]) -> Result<Vec<Vec<u8>>, CoordError> {
+        let reads = paths
+            .iter()
+            .map(|p| retry_loss(move || self.client().get_data(p)));
+        let mut out = Vec::with_capacity(paths.len());
+        for (path, r) in paths.iter().zip(futures::future::join_all(reads).await) {
+            out.push(r.map_err(|e| CoordError::zk(path, e))?.0);
+        }
+        Ok(out)
+    }
+
     /// Runs one fenced transaction: the election znode's check, then the
     /// operations `ops` adds. Not retried (see [`Self::fenced`]).
     async fn fenced_once(
