@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use ringleader::core::{JobPlan, PendingShard, Scheduler, ShardKey};
+use ringleader::core::{Command, JobPlan, PendingShard, Scheduler, ShardKey, TaskFailure};
 use ringleader::wire::{self, Assignment, Frame};
 use serde_bytes::ByteBuf;
 
@@ -45,30 +45,113 @@ fn scheduler(c: &mut Criterion) {
             for w in 0..1000 {
                 s.add_worker(&format!("w{w}"), 10, ["j".to_string()], false);
             }
-            let pending = (0..10_000)
-                .map(|i| PendingShard {
-                    key: ShardKey {
-                        index: i,
-                        generation: 0,
-                    },
-                    tasks: vec![u64::from(i)],
-                    attempt: 1,
-                })
-                .collect();
-            s.add_job(JobPlan {
-                shard_timeout: None,
-                id: "x".into(),
-                name: "j".into(),
-                max_attempts: 3,
-                counters: ringleader::core::Counters {
-                    tasks_total: 10_000,
-                    ..Default::default()
-                },
-                pending,
-            });
+            s.add_job(one_task_shards(10_000));
             black_box(s.assign(std::time::Instant::now()).len())
         })
     });
+}
+
+/// Job `x` of `shards` shards of one task each.
+fn one_task_shards(shards: u32) -> JobPlan {
+    let pending = (0..shards)
+        .map(|i| PendingShard {
+            key: ShardKey {
+                index: i,
+                generation: 0,
+            },
+            tasks: vec![u64::from(i)],
+            attempt: 1,
+        })
+        .collect();
+    JobPlan {
+        shard_timeout: None,
+        id: "x".into(),
+        name: "j".into(),
+        max_attempts: 3,
+        counters: ringleader::core::Counters {
+            tasks_total: u64::from(shards),
+            ..Default::default()
+        },
+        pending,
+    }
+}
+
+/// A scheduler holding one job of `shards` one-task shards, two workers of
+/// one slot each busy, and a hundred retries in backoff.
+fn busy_scheduler(shards: u32) -> (Scheduler, std::time::Instant) {
+    let now = std::time::Instant::now();
+    let mut s = Scheduler::new();
+    s.add_worker("w0", 1, ["j".to_string()], false);
+    s.add_worker("w1", 1, ["j".to_string()], false);
+    s.add_job(one_task_shards(shards));
+    // A hundred shards fail once: their retries wait out a backoff.
+    for _ in 0..50 {
+        for cmd in s.assign(now) {
+            if let Command::Assign { worker, job, shard } = cmd {
+                s.report(&worker, &job, shard.key, shard.attempt, now);
+                let failures = [TaskFailure {
+                    index: shard.tasks[0],
+                    error: "e".into(),
+                    attempt: 1,
+                    retryable: true,
+                }];
+                s.committed(&job, shard.key, shard.attempt, &failures, now);
+            }
+        }
+    }
+    (s, now)
+}
+
+/// What the master asks of the scheduler per shard at shard size 1: a
+/// report, its commit, the next assignment, when to wake up, and (every
+/// 250 ms, here every time) whether anything needs a copy. Flat in the
+/// job's size means O(log n) or better per event.
+fn scheduler_per_shard(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scheduler: one shard's events in a job of");
+    for shards in [10_000u32, 100_000, 1_000_000] {
+        let start = |shards| {
+            let (mut s, now) = busy_scheduler(shards);
+            let running: Vec<(String, String, PendingShard)> = s
+                .assign(now)
+                .into_iter()
+                .filter_map(|c| match c {
+                    Command::Assign { worker, job, shard } => Some((worker, job, shard)),
+                    _ => None,
+                })
+                .collect();
+            (s, now, running)
+        };
+        let mut state = start(shards);
+        g.bench_function(format!("{shards} shards"), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    if state.2.is_empty() {
+                        // The job ran out: a fresh one, outside the clock.
+                        state = start(shards);
+                    }
+                    let (s, now, running) = &mut state;
+                    let now = *now;
+                    let t = std::time::Instant::now();
+                    if let Some((worker, job, shard)) = running.pop() {
+                        s.started(&worker, &job, shard.key, shard.attempt);
+                        s.report(&worker, &job, shard.key, shard.attempt, now);
+                        s.committed(&job, shard.key, shard.attempt, &[], now);
+                        for cmd in s.assign(now) {
+                            if let Command::Assign { worker, job, shard } = cmd {
+                                running.push((worker, job, shard));
+                            }
+                        }
+                        black_box(s.next_due(now));
+                        black_box(s.speculate(now).len());
+                    }
+                    spent += t.elapsed();
+                }
+                spent
+            })
+        });
+    }
+    g.finish();
 }
 
 fn counting(c: &mut Criterion) {
@@ -151,5 +234,12 @@ fn partials(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frames, scheduler, counting, partials);
+criterion_group!(
+    benches,
+    frames,
+    scheduler,
+    scheduler_per_shard,
+    counting,
+    partials
+);
 criterion_main!(benches);

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::{Parser, ValueEnum};
+use futures::StreamExt;
 use probe::{Behaviour, Probe};
 use ringleader::client::SubmitOptions;
 use ringleader::coord::{MasterInfo, ZkClient};
@@ -77,6 +78,7 @@ enum Section {
     Kill,
     Handover,
     Scale,
+    Queue,
 }
 
 struct Row {
@@ -248,6 +250,16 @@ fn count_in_threads(splits: &[wordcount::CountWords]) -> (wordcount::Counts, f64
         all
     });
     (counts, t.elapsed().as_secs_f64())
+}
+
+/// `n` well-behaved probes with values from `first` on.
+fn probes_from(first: u64, n: u64) -> Vec<Probe> {
+    (first..first + n)
+        .map(|value| Probe {
+            value,
+            behaviour: Behaviour::Ok,
+        })
+        .collect()
 }
 
 fn probes(n: u64, behaviour: Behaviour) -> Vec<Probe> {
@@ -495,6 +507,129 @@ impl Bench {
             ));
         }
         Ok(())
+    }
+
+    /// What a work queue's user sees: one-task jobs awaited one at a time
+    /// and many in flight, and one job of one-task shards as it grows.
+    fn queue(&mut self) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let (one_by_one, in_flight, sizes): (usize, usize, &[u64]) = if self.args.quick {
+            (300, 3_000, &[10_000, 100_000])
+        } else {
+            (2_000, 20_000, &[10_000, 100_000, 1_000_000])
+        };
+        let zk_one = self.zk_write_latency(300)?;
+        let mut lat = Vec::with_capacity(one_by_one);
+        self.rt.block_on(async {
+            for i in 0..one_by_one as u64 {
+                let t = Instant::now();
+                let job = client
+                    .submit::<Collect<Probe>>(probes_from(i, 1), SubmitOptions::default())
+                    .await?;
+                let (results, _) = job.result().await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                ensure!(
+                    results.len() == 1 && results[0].1 == 2 * i,
+                    "wrong result of one-task job {i}"
+                );
+            }
+            Ok::<_, anyhow::Error>(())
+        })?;
+        lat.sort_by(f64::total_cmp);
+        let pct = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+        self.rows.push(row(
+            format!("one-task jobs awaited one at a time ({one_by_one}): p50 / p99"),
+            format!("{:.2} ms / {:.2} ms", pct(0.5), pct(0.99)),
+            format!("{zk_one:.2} ms: one fsynced ZooKeeper create, awaited (p50)"),
+            format!("{:.1}", pct(0.5) / zk_one),
+        ));
+        let ceiling = self.zk_write_ceiling()?;
+        let t = Instant::now();
+        self.rt.block_on(async {
+            let results = futures::stream::iter(0..in_flight as u64)
+                .map(|i| {
+                    let client = &client;
+                    async move {
+                        let job = client
+                            .submit::<Collect<Probe>>(probes_from(i, 1), SubmitOptions::default())
+                            .await?;
+                        let (results, _) = job.result().await?;
+                        ensure!(
+                            results.len() == 1 && results[0].1 == 2 * i,
+                            "wrong result of one-task job {i}"
+                        );
+                        Ok::<_, anyhow::Error>(())
+                    }
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<_>>()
+                .await;
+            results.into_iter().collect::<anyhow::Result<Vec<()>>>()
+        })?;
+        let rate = in_flight as f64 / t.elapsed().as_secs_f64();
+        self.rows.push(row(
+            format!("one-task jobs/s, 64 in flight from one client ({in_flight}, results checked)"),
+            format!("{rate:.0}"),
+            format!("{ceiling:.0}: pipelined ZooKeeper creates/s"),
+            format!("{:.2}", rate / ceiling),
+        ));
+        let mut first = None;
+        for &n in sizes {
+            let t = Instant::now();
+            let (count, sum) = self.rt.block_on(async {
+                let opts = SubmitOptions {
+                    shard_size: Some(1),
+                    ..Default::default()
+                };
+                let job = client
+                    .submit::<Collect<Probe>>(probes(n, Behaviour::Ok), opts)
+                    .await?;
+                let (results, _) = job.result().await?;
+                Ok::<_, anyhow::Error>((
+                    results.len() as u64,
+                    results.iter().map(|(_, v)| *v).sum::<u64>(),
+                ))
+            })?;
+            ensure!(
+                count == n && sum == n * (n - 1),
+                "wrong results of the {n}-shard job"
+            );
+            let rate = n as f64 / t.elapsed().as_secs_f64();
+            let base = *first.get_or_insert((n, rate));
+            self.rows.push(row(
+                format!("one job, one task per shard: {n} shards, tasks/s"),
+                format!("{rate:.0}"),
+                if base.0 == n {
+                    "the first row of this measure".to_string()
+                } else {
+                    format!("{:.0} at {} shards", base.1, base.0)
+                },
+                format!("{:.2}", rate / base.1),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Median latency of one awaited create at a time, in milliseconds.
+    fn zk_write_latency(&self, n: u32) -> anyhow::Result<f64> {
+        let zk = self.zk();
+        self.rt.block_on(async {
+            let opts = zookeeper_client::CreateMode::Persistent
+                .with_acls(zookeeper_client::Acls::anyone_all());
+            let _ = zk.create("/bench-latency", &[], &opts).await;
+            let mut lat = Vec::new();
+            for i in 0..n {
+                let t = Instant::now();
+                zk.create(&format!("/bench-latency/n{i}"), &[7u8; 64], &opts)
+                    .await
+                    .context("latency write")?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            for i in 0..n {
+                let _ = zk.delete(&format!("/bench-latency/n{i}"), None).await;
+            }
+            Ok(median(lat))
+        })
     }
 
     fn memory(&mut self) -> anyhow::Result<()> {
@@ -1069,12 +1204,13 @@ fn main() -> anyhow::Result<()> {
     b.wait_workers(b.args.workers);
     b.wait_candidates(2);
     type Step = fn(&mut Bench) -> anyhow::Result<()>;
-    let steps: [(Section, Step); 8] = [
+    let steps: [(Section, Step); 9] = [
         (Section::Idle, |b| {
             b.idle();
             Ok(())
         }),
         (Section::Memory, Bench::memory),
+        (Section::Queue, Bench::queue),
         (Section::Throughput, Bench::throughput),
         (Section::Wordcount, Bench::wordcount),
         (Section::Kill, Bench::kill),

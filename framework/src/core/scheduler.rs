@@ -1,7 +1,14 @@
 //! The master's scheduler: a state machine fed with worker, job and report
 //! events, answering with [`Command`]s for the master actor to carry out.
+//!
+//! Every event costs O(log n) in the shards of a job and the workers of a
+//! cluster, plus what it hands out: jobs with shards ready to run take
+//! turns (one shard each per turn, so a small job is not queued behind a
+//! big one), retries in backoff wait in a set ordered by when they are due,
+//! and the candidates for a speculative copy in a set ordered by age. No
+//! call scans a job's shards, except forgetting a job with shards left.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{split_failures, Counters, ShardKey, TaskFailure};
@@ -90,46 +97,148 @@ struct WorkerSlot {
     indexed: Option<usize>,
 }
 
+impl WorkerSlot {
+    /// Whether it counts among the regular workers of its jobs.
+    fn regular(&self) -> bool {
+        !self.fallback && self.capacity > 0
+    }
+}
+
 /// Workers with a free slot, ordered by load: picking the least-loaded
 /// eligible worker is a walk from the front, not a scan of every worker.
 type FreeIndex = BTreeSet<(usize, String)>;
 
-fn reindex(workers: &mut BTreeMap<String, WorkerSlot>, free: &mut FreeIndex, id: &str) {
-    let Some(w) = workers.get_mut(id) else { return };
-    if let Some(load) = w.indexed.take() {
-        free.remove(&(load, id.to_string()));
-    }
-    let load = w.running.len();
-    if (load as u32) < w.capacity {
-        free.insert((load, id.to_string()));
-        w.indexed = Some(load);
-    }
+/// The workers and what indexes them.
+#[derive(Debug, Default)]
+struct Pool {
+    workers: BTreeMap<String, WorkerSlot>,
+    free: FreeIndex,
+    /// Per job name, the regular (not fallback, not draining) workers
+    /// that run it: whether a fallback worker may be used is one lookup.
+    regulars: HashMap<String, usize>,
 }
 
-fn hold(
-    workers: &mut BTreeMap<String, WorkerSlot>,
-    free: &mut FreeIndex,
-    id: &str,
-    job: &str,
-    key: ShardKey,
-) {
-    if let Some(w) = workers.get_mut(id) {
-        w.running.insert((job.to_string(), key));
+impl Pool {
+    fn reindex(&mut self, id: &str) {
+        let Some(w) = self.workers.get_mut(id) else {
+            return;
+        };
+        if let Some(load) = w.indexed.take() {
+            self.free.remove(&(load, id.to_string()));
+        }
+        let load = w.running.len();
+        if (load as u32) < w.capacity {
+            self.free.insert((load, id.to_string()));
+            w.indexed = Some(load);
+        }
     }
-    reindex(workers, free, id);
-}
 
-fn release(
-    workers: &mut BTreeMap<String, WorkerSlot>,
-    free: &mut FreeIndex,
-    id: &str,
-    job: &str,
-    key: ShardKey,
-) {
-    if let Some(w) = workers.get_mut(id) {
-        w.running.remove(&(job.to_string(), key));
+    fn count_regular(&mut self, slot: &WorkerSlot, add: bool) {
+        if !slot.regular() {
+            return;
+        }
+        for name in &slot.jobs {
+            let n = self.regulars.entry(name.clone()).or_default();
+            if add {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.regulars.remove(name);
+                }
+            }
+        }
     }
-    reindex(workers, free, id);
+
+    /// Takes a worker out of every index; returns it.
+    fn take(&mut self, id: &str) -> Option<WorkerSlot> {
+        let slot = self.workers.remove(id)?;
+        if let Some(load) = slot.indexed {
+            self.free.remove(&(load, id.to_string()));
+        }
+        self.count_regular(&slot, false);
+        Some(slot)
+    }
+
+    fn hold(&mut self, id: &str, job: &str, key: ShardKey) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.running.insert((job.to_string(), key));
+        }
+        self.reindex(id);
+    }
+
+    fn release(&mut self, id: &str, job: &str, key: ShardKey) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.running.remove(&(job.to_string(), key));
+        }
+        self.reindex(id);
+    }
+
+    /// Puts a run of the shard on `worker` and says so.
+    fn place(
+        &mut self,
+        queues: &mut Queues,
+        job_id: &str,
+        job: &mut JobState,
+        key: ShardKey,
+        worker: String,
+        now: Instant,
+    ) -> Command {
+        self.hold(&worker, job_id, key);
+        let (tasks, attempt) = match job.shards.get_mut(&key) {
+            Some(shard) => {
+                let run = Run {
+                    worker: worker.clone(),
+                    started: false,
+                    since: now,
+                };
+                match &mut shard.phase {
+                    ShardPhase::Running { runs } => runs.push(run),
+                    phase => *phase = ShardPhase::Running { runs: vec![run] },
+                }
+                queues.sync_age(job_id, key, shard);
+                (shard.tasks.clone(), shard.attempt)
+            }
+            None => (Vec::new(), 0),
+        };
+        Command::Assign {
+            worker,
+            job: job_id.to_string(),
+            shard: PendingShard {
+                key,
+                tasks,
+                attempt,
+            },
+        }
+    }
+
+    /// The least-loaded worker with a free slot that runs job `name`: a
+    /// fallback worker only when no other can run it, and not `avoid` if
+    /// another is free (never `avoid`, nor a fallback, if `must_avoid`).
+    fn pick(&self, name: &str, avoid: Option<&str>, must_avoid: bool) -> Option<String> {
+        let use_fallback = !self.regulars.contains_key(name);
+        let mut avoided = None;
+        for (_, id) in &self.free {
+            let Some(w) = self.workers.get(id) else {
+                continue;
+            };
+            // Speculative copies (must_avoid) never go to a fallback worker:
+            // a shard that ran too long may be what kills its workers.
+            if !w.jobs.contains(name) || (w.fallback && (must_avoid || !use_fallback)) {
+                continue;
+            }
+            if Some(id.as_str()) == avoid {
+                avoided = Some(id.clone());
+                continue;
+            }
+            return Some(id.clone());
+        }
+        if must_avoid {
+            None
+        } else {
+            avoided
+        }
+    }
 }
 
 /// One copy of a shard on a worker.
@@ -160,12 +269,15 @@ struct ShardState {
     tasks: Vec<u64>,
     attempt: u32,
     phase: ShardPhase,
-    /// A retry waits out its backoff before it runs again.
+    /// A retry waiting out its backoff: when it is due (its entry in
+    /// [`Queues::delayed`]). `None` once it is queued.
     not_before: Option<Instant>,
     /// Started runs of the current attempt lost with their worker.
     losses: u32,
     /// The worker whose attempt failed: another one is preferred.
     avoid: Option<String>,
+    /// Its entry in [`Queues::aging`]: the start of its only run.
+    aged: Option<Instant>,
 }
 
 /// First retry delay; doubled per attempt, capped, with ±50% jitter.
@@ -196,6 +308,78 @@ struct JobState {
     typical: Option<Duration>,
     counters: Counters,
     shards: BTreeMap<ShardKey, ShardState>,
+    /// Its shards ready to run, in order.
+    queue: VecDeque<ShardKey>,
+    /// It has an entry in [`Queues::ready`].
+    in_ready: bool,
+}
+
+impl JobState {
+    /// How long a run may take before it gets a copy: the job's shard
+    /// timeout, or 4x its typical shard time and at least a second.
+    fn limit(&self) -> Option<Duration> {
+        self.shard_timeout
+            .or(self.typical.map(|t| (t * 4).max(Duration::from_secs(1))))
+    }
+}
+
+/// What waits, and in which order.
+#[derive(Debug, Default)]
+struct Queues {
+    /// Jobs with shards ready to run, taking turns. An id may be stale (a
+    /// forgotten job): it is dropped when its turn comes.
+    ready: VecDeque<String>,
+    /// Shards in the jobs' queues.
+    queued: usize,
+    /// Retries waiting out their backoff, by when they are due.
+    delayed: BTreeSet<(Instant, String, ShardKey)>,
+    /// Shards running on exactly one worker, by when that run was placed:
+    /// the candidates for a speculative copy, oldest first.
+    aging: BTreeSet<(Instant, String, ShardKey)>,
+}
+
+impl Queues {
+    /// Queues a shard of a job (first in its job's queue if `front`).
+    fn push(&mut self, job_id: &str, job: &mut JobState, key: ShardKey, front: bool) {
+        if front {
+            job.queue.push_front(key);
+        } else {
+            job.queue.push_back(key);
+        }
+        self.queued += 1;
+        if !job.in_ready {
+            job.in_ready = true;
+            self.ready.push_back(job_id.to_string());
+        }
+    }
+
+    /// Keeps `aging` true to the shard's runs: call after changing them.
+    fn sync_age(&mut self, job_id: &str, key: ShardKey, shard: &mut ShardState) {
+        let want = match &shard.phase {
+            ShardPhase::Running { runs } if runs.len() == 1 => Some(runs[0].since),
+            _ => None,
+        };
+        if shard.aged == want {
+            return;
+        }
+        if let Some(t) = shard.aged.take() {
+            self.aging.remove(&(t, job_id.to_string(), key));
+        }
+        if let Some(t) = want {
+            self.aging.insert((t, job_id.to_string(), key));
+            shard.aged = Some(t);
+        }
+    }
+
+    /// Takes a shard that leaves the scheduler out of the indexes.
+    fn forget(&mut self, job_id: &str, key: ShardKey, shard: &mut ShardState) {
+        if let Some(t) = shard.aged.take() {
+            self.aging.remove(&(t, job_id.to_string(), key));
+        }
+        if let Some(t) = shard.not_before.take() {
+            self.delayed.remove(&(t, job_id.to_string(), key));
+        }
+    }
 }
 
 /// One final failure per task of a shard whose workers died running it.
@@ -214,10 +398,9 @@ fn lost_failures(tasks: &[u64], attempt: u32, error: &str) -> Vec<TaskFailure> {
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct Scheduler {
-    workers: BTreeMap<String, WorkerSlot>,
-    free: FreeIndex,
+    pool: Pool,
     jobs: BTreeMap<String, JobState>,
-    queue: VecDeque<(String, ShardKey)>,
+    queues: Queues,
 }
 
 impl Scheduler {
@@ -244,14 +427,13 @@ impl Scheduler {
             indexed: None,
         };
         let mut out = Vec::new();
-        if let Some(old) = self.workers.insert(id.to_string(), slot) {
-            if let Some(load) = old.indexed {
-                self.free.remove(&(load, id.to_string()));
-            }
-            // Re-registration: whatever it ran before is lost.
+        // Re-registration: whatever it ran before is lost.
+        if let Some(old) = self.pool.take(id) {
             self.requeue_lost(id, old.running, &mut out);
         }
-        reindex(&mut self.workers, &mut self.free, id);
+        self.pool.count_regular(&slot, true);
+        self.pool.workers.insert(id.to_string(), slot);
+        self.pool.reindex(id);
         out
     }
 
@@ -260,10 +442,7 @@ impl Scheduler {
     /// committed as failed.
     pub fn remove_worker(&mut self, id: &str) -> Vec<Command> {
         let mut out = Vec::new();
-        if let Some(slot) = self.workers.remove(id) {
-            if let Some(load) = slot.indexed {
-                self.free.remove(&(load, id.to_string()));
-            }
+        if let Some(slot) = self.pool.take(id) {
             self.requeue_lost(id, slot.running, &mut out);
         }
         out
@@ -296,13 +475,14 @@ impl Scheduler {
                 shard.losses += 1;
             }
             if !runs.is_empty() {
+                self.queues.sync_age(&job_id, key, shard);
                 continue;
             }
             let used = shard.attempt + shard.losses.saturating_sub(1);
-            if shard.losses == 0 {
+            let requeue = if shard.losses == 0 {
                 // Still waiting for a slot when the worker went: not a suspect.
                 shard.phase = ShardPhase::Pending;
-                self.queue.push_front((job_id, key));
+                true
             } else if used >= max {
                 shard.phase = ShardPhase::Committing { worker: None };
                 let error =
@@ -314,6 +494,7 @@ impl Scheduler {
                     attempt: used,
                     failures,
                 });
+                false
             } else {
                 shard.attempt = used + 1;
                 shard.losses = 0;
@@ -323,7 +504,11 @@ impl Scheduler {
                     key,
                     next_attempt: shard.attempt,
                 });
-                self.queue.push_front((job_id, key));
+                true
+            };
+            self.queues.sync_age(&job_id, key, shard);
+            if requeue {
+                self.queues.push(&job_id, job, key, true);
             }
         }
     }
@@ -332,17 +517,19 @@ impl Scheduler {
     /// it holds but has not started go back to the queue without using an
     /// attempt. Its started shards stay its own until reported.
     pub fn drain_worker(&mut self, id: &str) {
-        let Some(w) = self.workers.get_mut(id) else {
+        let Some(w) = self.pool.workers.get(id) else {
             return;
         };
-        w.capacity = 0;
         let held: Vec<(String, ShardKey)> = w.running.iter().cloned().collect();
+        if let Some(mut slot) = self.pool.take(id) {
+            slot.capacity = 0;
+            self.pool.workers.insert(id.to_string(), slot);
+        }
         for (job_id, key) in held {
-            let Some(shard) = self
-                .jobs
-                .get_mut(&job_id)
-                .and_then(|j| j.shards.get_mut(&key))
-            else {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let Some(shard) = job.shards.get_mut(&key) else {
                 continue;
             };
             let ShardPhase::Running { runs } = &mut shard.phase else {
@@ -352,21 +539,34 @@ impl Scheduler {
                 continue;
             };
             runs.remove(pos);
-            release(&mut self.workers, &mut self.free, id, &job_id, key);
-            if runs.is_empty() {
+            let requeue = runs.is_empty();
+            if requeue {
                 shard.phase = ShardPhase::Pending;
-                self.queue.push_front((job_id, key));
+            }
+            self.queues.sync_age(&job_id, key, shard);
+            self.pool.release(id, &job_id, key);
+            if requeue {
+                self.queues.push(&job_id, job, key, true);
             }
         }
-        reindex(&mut self.workers, &mut self.free, id);
+        self.pool.reindex(id);
     }
 
-    /// Adds a job's pending shards to the end of the queue. A job with
-    /// nothing pending finishes at once.
+    /// Adds a job; its pending shards take turns with other jobs'. A job
+    /// with nothing pending finishes at once.
     pub fn add_job(&mut self, plan: JobPlan) -> Vec<Command> {
         let max_attempts = plan.max_attempts.max(1);
         let mut out = Vec::new();
-        let mut shards = BTreeMap::new();
+        let mut job = JobState {
+            name: plan.name,
+            max_attempts,
+            shard_timeout: plan.shard_timeout,
+            typical: None,
+            counters: plan.counters,
+            shards: BTreeMap::new(),
+            queue: VecDeque::new(),
+            in_ready: false,
+        };
         for p in plan.pending {
             let attempt = p.attempt.max(1);
             let phase = if attempt > max_attempts {
@@ -384,10 +584,10 @@ impl Scheduler {
                 });
                 ShardPhase::Committing { worker: None }
             } else {
-                self.queue.push_back((plan.id.clone(), p.key));
+                self.queues.push(&plan.id, &mut job, p.key, false);
                 ShardPhase::Pending
             };
-            shards.insert(
+            job.shards.insert(
                 p.key,
                 ShardState {
                     tasks: p.tasks,
@@ -396,178 +596,159 @@ impl Scheduler {
                     not_before: None,
                     avoid: None,
                     losses: 0,
+                    aged: None,
                 },
             );
         }
-        let empty = shards.is_empty();
-        self.jobs.insert(
-            plan.id.clone(),
-            JobState {
-                name: plan.name,
-                max_attempts,
-                shard_timeout: plan.shard_timeout,
-                typical: None,
-                counters: plan.counters,
-                shards,
-            },
-        );
+        let empty = job.shards.is_empty();
+        if let Some(old) = self.jobs.insert(plan.id.clone(), job) {
+            self.unindex_job(&plan.id, old);
+        }
         if empty {
             out.push(Command::Finish { job: plan.id });
         }
         out
     }
 
-    /// Forgets a job (finished or cancelled); its running shards' reports will be ignored.
-    pub fn remove_job(&mut self, id: &str) {
-        if self.jobs.remove(id).is_some() {
-            self.queue.retain(|(j, _)| j != id);
-            let ids: Vec<String> = self.workers.keys().cloned().collect();
-            for w in &ids {
-                if let Some(slot) = self.workers.get_mut(w) {
-                    slot.running.retain(|(j, _)| j != id);
+    /// Takes what is left of a job out of the queues and off its workers.
+    fn unindex_job(&mut self, id: &str, mut job: JobState) {
+        self.queues.queued -= job.queue.len();
+        for (key, shard) in &mut job.shards {
+            self.queues.forget(id, *key, shard);
+            if let ShardPhase::Running { runs } = &shard.phase {
+                for r in runs {
+                    self.pool.release(&r.worker, id, *key);
                 }
-                reindex(&mut self.workers, &mut self.free, w);
             }
         }
     }
 
-    /// Hands queued shards to workers with free capacity, least loaded first.
+    /// Forgets a job (finished or cancelled); its running shards' reports will be ignored.
+    pub fn remove_job(&mut self, id: &str) {
+        if let Some(job) = self.jobs.remove(id) {
+            self.unindex_job(id, job);
+        }
+    }
+
+    /// Hands ready shards to workers with free capacity, least loaded
+    /// first; jobs take turns, one shard each.
     pub fn assign(&mut self, now: Instant) -> Vec<Command> {
+        // Retries whose backoff is over join their job's queue.
+        while let Some((due, job_id, key)) = self.queues.delayed.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.queues.delayed.remove(&(due, job_id.clone(), key));
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let Some(shard) = job.shards.get_mut(&key) else {
+                continue;
+            };
+            shard.not_before = None;
+            if matches!(shard.phase, ShardPhase::Pending) {
+                self.queues.push(&job_id, job, key, false);
+            }
+        }
         let mut out = Vec::new();
-        let mut skipped = VecDeque::new();
-        let mut no_worker_for: BTreeSet<String> = BTreeSet::new();
-        while let Some((job_id, key)) = self.queue.pop_front() {
-            let Some(job) = self.jobs.get(&job_id) else {
+        // Job names no free worker runs, in this call (free slots only shrink).
+        let mut no_worker_for: HashSet<String> = HashSet::new();
+        // Jobs visited since a shard was last placed: once every job in
+        // the ring has been, nothing more can be placed.
+        let mut idle_turns = 0;
+        while !self.pool.free.is_empty() && idle_turns < self.queues.ready.len() {
+            let Some(job_id) = self.queues.ready.pop_front() else {
+                break;
+            };
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                // A forgotten job's stale turn.
                 continue;
             };
-            let Some(shard) = job.shards.get(&key) else {
-                continue;
-            };
-            if !matches!(shard.phase, ShardPhase::Pending) {
-                continue;
-            }
-            if let Some(due) = shard.not_before {
-                if due > now {
-                    skipped.push_back((job_id, key));
-                    continue;
+            let key = loop {
+                let Some(key) = job.queue.pop_front() else {
+                    break None;
+                };
+                self.queues.queued -= 1;
+                if job
+                    .shards
+                    .get(&key)
+                    .is_some_and(|s| matches!(s.phase, ShardPhase::Pending))
+                {
+                    break Some(key);
                 }
-            }
-            if no_worker_for.contains(&job.name) {
-                skipped.push_back((job_id, key));
+            };
+            let Some(key) = key else {
+                job.in_ready = false;
                 continue;
-            }
-            match self.pick(&job.name, shard.avoid.as_deref(), false) {
-                Some(wid) => out.push(self.place(&job_id, key, wid, now)),
+            };
+            let wid = if no_worker_for.contains(&job.name) {
+                None
+            } else {
+                let avoid = job.shards.get(&key).and_then(|s| s.avoid.as_deref());
+                self.pool.pick(&job.name, avoid, false)
+            };
+            match wid {
+                Some(wid) => {
+                    idle_turns = 0;
+                    out.push(
+                        self.pool
+                            .place(&mut self.queues, &job_id, job, key, wid, now),
+                    );
+                }
                 None => {
                     // Nobody can take this job now: don't ask again for its other shards.
                     no_worker_for.insert(job.name.clone());
-                    skipped.push_back((job_id, key));
-                    if self.free.is_empty() {
-                        break;
-                    }
+                    job.queue.push_front(key);
+                    self.queues.queued += 1;
+                    idle_turns += 1;
                 }
             }
+            if job.queue.is_empty() {
+                job.in_ready = false;
+            } else {
+                self.queues.ready.push_back(job_id);
+            }
         }
-        skipped.append(&mut self.queue);
-        self.queue = skipped;
         out
-    }
-
-    /// The least-loaded worker with a free slot that runs job `name`: a
-    /// fallback worker only when no other can run it, and not `avoid` if
-    /// another is free (never `avoid`, nor a fallback, if `must_avoid`).
-    fn pick(&self, name: &str, avoid: Option<&str>, must_avoid: bool) -> Option<String> {
-        let use_fallback = !self
-            .workers
-            .values()
-            .any(|w| !w.fallback && w.capacity > 0 && w.jobs.contains(name));
-        let mut avoided = None;
-        for (_, id) in &self.free {
-            let Some(w) = self.workers.get(id) else {
-                continue;
-            };
-            // Speculative copies (must_avoid) never go to a fallback worker:
-            // a shard that ran too long may be what kills its workers.
-            if !w.jobs.contains(name) || (w.fallback && (must_avoid || !use_fallback)) {
-                continue;
-            }
-            if Some(id.as_str()) == avoid {
-                avoided = Some(id.clone());
-                continue;
-            }
-            return Some(id.clone());
-        }
-        if must_avoid {
-            None
-        } else {
-            avoided
-        }
-    }
-
-    /// Puts a run of the shard on `worker` and says so.
-    fn place(&mut self, job_id: &str, key: ShardKey, worker: String, now: Instant) -> Command {
-        hold(&mut self.workers, &mut self.free, &worker, job_id, key);
-        let shard = self
-            .jobs
-            .get_mut(job_id)
-            .and_then(|j| j.shards.get_mut(&key));
-        let (tasks, attempt) = match shard {
-            Some(shard) => {
-                let run = Run {
-                    worker: worker.clone(),
-                    started: false,
-                    since: now,
-                };
-                match &mut shard.phase {
-                    ShardPhase::Running { runs } => runs.push(run),
-                    phase => *phase = ShardPhase::Running { runs: vec![run] },
-                }
-                (shard.tasks.clone(), shard.attempt)
-            }
-            None => (Vec::new(), 0),
-        };
-        Command::Assign {
-            worker,
-            job: job_id.to_string(),
-            shard: PendingShard {
-                key,
-                tasks,
-                attempt,
-            },
-        }
     }
 
     /// Shards whose only run is older than their job's limit (its shard
     /// timeout, or 4x its typical shard time and at least a second) get a
-    /// copy on another worker; whichever reports first is committed.
+    /// copy on another worker; whichever reports first is committed. Walks
+    /// only the runs older than the shortest limit of any job.
     pub fn speculate(&mut self, now: Instant) -> Vec<Command> {
+        let Some(shortest) = self.jobs.values().filter_map(JobState::limit).min() else {
+            return Vec::new();
+        };
         let mut wanted = Vec::new();
-        for (job_id, job) in &self.jobs {
-            let limit = job
-                .shard_timeout
-                .or(job.typical.map(|t| (t * 4).max(Duration::from_secs(1))));
-            let Some(limit) = limit else {
-                continue;
-            };
-            for (key, shard) in &job.shards {
-                if let ShardPhase::Running { runs } = &shard.phase {
-                    if let [run] = &runs[..] {
-                        if now.saturating_duration_since(run.since) > limit {
-                            wanted.push((
-                                job_id.clone(),
-                                *key,
-                                job.name.clone(),
-                                run.worker.clone(),
-                            ));
-                        }
-                    }
-                }
+        for (since, job_id, key) in &self.queues.aging {
+            let age = now.saturating_duration_since(*since);
+            if age <= shortest {
+                break;
+            }
+            if self
+                .jobs
+                .get(job_id)
+                .and_then(JobState::limit)
+                .is_some_and(|limit| age > limit)
+            {
+                wanted.push((job_id.clone(), *key));
             }
         }
         let mut out = Vec::new();
-        for (job_id, key, name, busy_on) in wanted {
-            if let Some(wid) = self.pick(&name, Some(&busy_on), true) {
-                out.push(self.place(&job_id, key, wid, now));
+        for (job_id, key) in wanted {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let busy_on = match job.shards.get(&key).map(|s| &s.phase) {
+                Some(ShardPhase::Running { runs }) if runs.len() == 1 => runs[0].worker.clone(),
+                _ => continue,
+            };
+            if let Some(wid) = self.pool.pick(&job.name, Some(&busy_on), true) {
+                out.push(
+                    self.pool
+                        .place(&mut self.queues, &job_id, job, key, wid, now),
+                );
             }
         }
         out
@@ -575,13 +756,11 @@ impl Scheduler {
 
     /// When the earliest retry waiting out its backoff after `now` becomes due.
     pub fn next_due(&self, now: Instant) -> Option<Instant> {
-        self.jobs
-            .values()
-            .flat_map(|j| j.shards.values())
-            .filter(|s| matches!(s.phase, ShardPhase::Pending))
-            .filter_map(|s| s.not_before)
-            .filter(|due| *due > now)
-            .min()
+        self.queues
+            .delayed
+            .iter()
+            .map(|(due, ..)| *due)
+            .find(|due| *due > now)
     }
 
     /// A worker's slot picked up a shard: from now on, losing the worker
@@ -680,22 +859,22 @@ impl Scheduler {
         shard.phase = ShardPhase::Committing {
             worker: Some(worker.to_string()),
         };
+        self.queues.sync_age(job_id, key, shard);
         for r in runners {
-            release(&mut self.workers, &mut self.free, &r, job_id, key);
+            self.pool.release(&r, job_id, key);
         }
         true
     }
 
     /// A commit could not be made for a transient reason: run the shard again.
     pub fn commit_aborted(&mut self, job_id: &str, key: ShardKey) {
-        if let Some(shard) = self
-            .jobs
-            .get_mut(job_id)
-            .and_then(|j| j.shards.get_mut(&key))
-        {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if let Some(shard) = job.shards.get_mut(&key) {
             if matches!(shard.phase, ShardPhase::Committing { .. }) {
                 shard.phase = ShardPhase::Pending;
-                self.queue.push_front((job_id.to_string(), key));
+                self.queues.push(job_id, job, key, true);
             }
         }
     }
@@ -713,12 +892,13 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return Vec::new();
         };
-        let Some(shard) = job.shards.remove(&key) else {
+        let Some(mut shard) = job.shards.remove(&key) else {
             return Vec::new();
         };
+        self.queues.forget(job_id, key, &mut shard);
         if let ShardPhase::Running { runs } = &shard.phase {
             for r in runs {
-                release(&mut self.workers, &mut self.free, &r.worker, job_id, key);
+                self.pool.release(&r.worker, job_id, key);
             }
         }
         let ran_on = match shard.phase {
@@ -734,18 +914,20 @@ impl Scheduler {
                 index: key.index,
                 generation: key.generation + 1,
             };
+            let due = now + retry_delay(job_id, next, attempt + 1);
             job.shards.insert(
                 next,
                 ShardState {
                     tasks: retry.iter().map(|f| f.index).collect(),
                     attempt: attempt + 1,
                     phase: ShardPhase::Pending,
-                    not_before: Some(now + retry_delay(job_id, next, attempt + 1)),
+                    not_before: Some(due),
                     avoid: ran_on,
                     losses: 0,
+                    aged: None,
                 },
             );
-            self.queue.push_back((job_id.to_string(), next));
+            self.queues.delayed.insert((due, job_id.to_string(), next));
         }
         if job.shards.is_empty() {
             vec![Command::Finish {
@@ -763,17 +945,88 @@ impl Scheduler {
 
     /// Shards a worker is running now.
     pub fn running_on(&self, worker: &str) -> usize {
-        self.workers.get(worker).map_or(0, |w| w.running.len())
+        self.pool.workers.get(worker).map_or(0, |w| w.running.len())
     }
 
     /// Whether the worker is known.
     pub fn has_worker(&self, worker: &str) -> bool {
-        self.workers.contains_key(worker)
+        self.pool.workers.contains_key(worker)
     }
 
-    /// Shards waiting in the queue.
+    /// Shards waiting to run: ready, or in their retry's backoff.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queues.queued + self.queues.delayed.len()
+    }
+
+    /// Checks that every index agrees with the state it indexes (tests).
+    #[cfg(test)]
+    fn check_indexes(&self) {
+        let mut queued = 0;
+        let mut aging = BTreeSet::new();
+        let mut delayed = BTreeSet::new();
+        let mut held: BTreeMap<&str, BTreeSet<(String, ShardKey)>> = BTreeMap::new();
+        for (id, job) in &self.jobs {
+            queued += job.queue.len();
+            if job.in_ready {
+                assert!(self.queues.ready.contains(id), "job {id}: in_ready");
+            }
+            if !job.queue.is_empty() {
+                assert!(job.in_ready, "job {id} has queued shards but no turn");
+            }
+            for (key, shard) in &job.shards {
+                if let Some(t) = shard.aged {
+                    aging.insert((t, id.clone(), *key));
+                }
+                if let Some(t) = shard.not_before {
+                    delayed.insert((t, id.clone(), *key));
+                    assert!(matches!(shard.phase, ShardPhase::Pending));
+                }
+                match &shard.phase {
+                    ShardPhase::Running { runs } => {
+                        assert!(!runs.is_empty(), "{id}/{key}: running with no run");
+                        assert_eq!(shard.aged.is_some(), runs.len() == 1, "{id}/{key}: aged");
+                        for r in runs {
+                            held.entry(r.worker.as_str())
+                                .or_default()
+                                .insert((id.clone(), *key));
+                        }
+                    }
+                    ShardPhase::Pending => {
+                        let waiting = shard.not_before.is_some() || job.queue.contains(key);
+                        assert!(
+                            waiting,
+                            "{id}/{key}: pending but neither queued nor delayed"
+                        );
+                    }
+                    ShardPhase::Committing { .. } => {}
+                }
+            }
+        }
+        assert_eq!(queued, self.queues.queued, "queued count");
+        assert_eq!(aging, self.queues.aging, "aging index");
+        assert_eq!(delayed, self.queues.delayed, "delayed index");
+        let mut regulars: HashMap<String, usize> = HashMap::new();
+        for (id, w) in &self.pool.workers {
+            let mine = held.remove(id.as_str()).unwrap_or_default();
+            assert_eq!(w.running, mine, "worker {id}: held runs");
+            let free = (w.running.len() as u32) < w.capacity;
+            assert_eq!(w.indexed.is_some(), free, "worker {id}: free index");
+            if w.regular() {
+                for j in &w.jobs {
+                    *regulars.entry(j.clone()).or_default() += 1;
+                }
+            }
+        }
+        assert!(held.is_empty(), "runs on unknown workers: {held:?}");
+        assert_eq!(regulars, self.pool.regulars, "regular workers per job");
+        assert_eq!(
+            self.pool.free.len(),
+            self.pool
+                .workers
+                .values()
+                .filter(|w| w.indexed.is_some())
+                .count()
+        );
     }
 }
 
@@ -1257,7 +1510,7 @@ mod tests {
             }
             done
         };
-        for _step in 0..200_000 {
+        for step in 0..200_000 {
             if finished {
                 break;
             }
@@ -1356,6 +1609,9 @@ mod tests {
                 }
                 _ => {}
             }
+            if shards <= 100 || step % 1000 == 0 {
+                s.check_indexes();
+            }
         }
         if !finished {
             // Drain what is left with one reliable worker and no more faults.
@@ -1417,6 +1673,150 @@ mod tests {
             "seed {seed}: exactly one final outcome per task"
         );
         assert_eq!(s.counters("x").unwrap().tasks_done, total, "seed {seed}");
+    }
+
+    #[test]
+    fn a_small_job_takes_its_turn_beside_a_big_one() {
+        let mut s = Clocked::new();
+        s.add_worker("a", 2, ["j".to_string()], false);
+        s.add_job(plan("big", 1000, 1, 3));
+        assert_eq!(assigned(&s.assign()).len(), 2);
+        s.add_job(plan("small", 1, 1, 3));
+        // Both slots free: the small job's turn comes before the big job's
+        // other 997 shards.
+        for index in 0..2 {
+            let k = ShardKey {
+                index,
+                generation: 0,
+            };
+            assert!(s.report("a", "big", k, 1));
+            s.committed("big", k, 1, &[]);
+        }
+        let cmds = s.assign();
+        let mut jobs: Vec<&str> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::Assign { job, .. } => Some(job.as_str()),
+                _ => None,
+            })
+            .collect();
+        jobs.sort();
+        assert_eq!(jobs, ["big", "small"]);
+        assert_eq!(s.queued(), 997);
+        s.check_indexes();
+    }
+
+    #[test]
+    fn a_job_no_worker_runs_does_not_block_the_others() {
+        let mut s = Clocked::new();
+        s.add_worker("a", 3, ["j".to_string()], false);
+        let mut other = plan("other", 5, 1, 3);
+        other.name = "nobody-runs-this".into();
+        s.add_job(other);
+        s.add_job(plan("x", 5, 1, 3));
+        let a = assigned(&s.assign());
+        assert_eq!(a.len(), 3, "x's shards run while other's wait");
+        assert_eq!(s.queued(), 7);
+        s.check_indexes();
+    }
+
+    /// Many jobs at once, cancelled at random, over workers that come and
+    /// go: the indexes stay true to the state after every event, and a job
+    /// left alone finishes with each task counted once.
+    #[test]
+    fn simulation_many_jobs_with_cancellations() {
+        for seed in 0..200 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut s = Clocked::new();
+            let mut now = Instant::now();
+            let mut runs: Vec<(String, String, ShardKey, u32)> = Vec::new();
+            let mut jobs: BTreeSet<String> = BTreeSet::new();
+            let mut finished = 0;
+            let mut next = 0;
+            let mut apply = |cmds: Vec<Command>,
+                             runs: &mut Vec<(String, String, ShardKey, u32)>,
+                             jobs: &mut BTreeSet<String>| {
+                for c in cmds {
+                    match c {
+                        Command::Assign { worker, job, shard } => {
+                            runs.push((worker, job, shard.key, shard.attempt))
+                        }
+                        Command::Finish { job } => {
+                            assert!(jobs.remove(&job), "seed {seed}: {job} finished twice");
+                            finished += 1;
+                        }
+                        Command::CommitLost { .. } | Command::RecordLoss { .. } => {}
+                    }
+                }
+            };
+            for _ in 0..3_000 {
+                now += Duration::from_millis(rng.gen_range(0..30));
+                s.tick(now);
+                match rng.gen_range(0..12) {
+                    0 => {
+                        next += 1;
+                        let id = format!("j{next}");
+                        jobs.insert(id.clone());
+                        let cmds = s.add_job(plan(&id, rng.gen_range(0..6), 1, 3));
+                        apply(cmds, &mut runs, &mut jobs);
+                    }
+                    1 if !jobs.is_empty() => {
+                        let id = jobs.iter().nth(rng.gen_range(0..jobs.len())).cloned();
+                        if let Some(id) = id {
+                            s.remove_job(&id);
+                            jobs.remove(&id);
+                        }
+                    }
+                    2 => {
+                        let w = format!("w{}", rng.gen_range(0..4));
+                        let cmds = s.add_worker(&w, rng.gen_range(1..3), ["j".into()], false);
+                        runs.retain(|r| r.0 != w);
+                        apply(cmds, &mut runs, &mut jobs);
+                    }
+                    3 => {
+                        let w = format!("w{}", rng.gen_range(0..4));
+                        let cmds = s.remove_worker(&w);
+                        runs.retain(|r| r.0 != w);
+                        apply(cmds, &mut runs, &mut jobs);
+                    }
+                    4 => {
+                        let cmds = s.speculate();
+                        apply(cmds, &mut runs, &mut jobs);
+                    }
+                    5..=7 => {
+                        let cmds = s.assign();
+                        apply(cmds, &mut runs, &mut jobs);
+                    }
+                    _ if !runs.is_empty() => {
+                        let (w, job, key, attempt) = runs.swap_remove(rng.gen_range(0..runs.len()));
+                        if rng.gen_bool(0.8) {
+                            s.started(&w, &job, key, attempt);
+                        }
+                        if s.report(&w, &job, key, attempt) {
+                            if rng.gen_bool(0.1) {
+                                s.commit_aborted(&job, key);
+                            } else {
+                                let failures = if rng.gen_bool(0.2) {
+                                    vec![TaskFailure {
+                                        index: u64::from(key.index),
+                                        error: "e".into(),
+                                        attempt,
+                                        retryable: true,
+                                    }]
+                                } else {
+                                    Vec::new()
+                                };
+                                let cmds = s.committed(&job, key, attempt, &failures);
+                                apply(cmds, &mut runs, &mut jobs);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                s.check_indexes();
+            }
+            assert!(finished > 0, "seed {seed}: no job finished");
+        }
     }
 
     #[test]
