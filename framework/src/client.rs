@@ -17,7 +17,7 @@ use crate::registry::{decode, encode, CodecError};
 use crate::task::{Job, Task};
 use crate::transport::{self, tls, FramedStream, TransportError};
 use crate::wire::{
-    ClusterStatus, Frame, JobOptions, JobProgress, JobState, SubmitHeader, WireError,
+    ClusterStatus, Frame, JobOptions, JobOutcome, JobProgress, SubmitHeader, WireError,
     DEFAULT_MAX_FRAME,
 };
 
@@ -449,22 +449,120 @@ impl Client {
         }
     }
 
-    /// Waits until a job is done or cancelled, calling `on_progress` on each change.
+    /// Waits until a job is done or cancelled, calling `on_progress` on each
+    /// change. The master pushes the changes (see [`Frame::WatchJob`]); a
+    /// master too old for that is polled.
     pub async fn wait(
+        &self,
+        id: &str,
+        on_progress: impl FnMut(&JobProgress),
+    ) -> Result<JobProgress, ClientError> {
+        match self.watch(id, false, on_progress).await? {
+            Watched::Ended(p) => Ok(p),
+            Watched::Outcome(o) => Ok(o.progress),
+        }
+    }
+
+    /// Watches a job until it ends, following the master across failovers:
+    /// its final progress, or with `fetch` its outcome (which counts as
+    /// its fetch).
+    async fn watch(
+        &self,
+        id: &str,
+        fetch: bool,
+        mut on_progress: impl FnMut(&JobProgress),
+    ) -> Result<Watched, ClientError> {
+        let mut last: Option<JobProgress> = None;
+        let mut seen = |p: &JobProgress, last: &mut Option<JobProgress>| {
+            if last.as_ref() != Some(p) {
+                on_progress(p);
+                *last = Some(p.clone());
+            }
+        };
+        let mut bad = None;
+        let mut failing_since: Option<tokio::time::Instant> = None;
+        loop {
+            let (epoch, conn) = self.connection(bad).await?;
+            let ended = async {
+                let mut s = FramedStream::open(&conn, self.inner.cfg.max_reply_bytes).await?;
+                s.send(&Frame::WatchJob {
+                    job_id: id.to_string(),
+                    fetch,
+                })
+                .await?;
+                loop {
+                    // A quiet watch is opened again: it costs one frame.
+                    let Ok(frame) = tokio::time::timeout(WATCH_QUIET, s.recv()).await else {
+                        return Ok(None);
+                    };
+                    match frame? {
+                        Frame::Job(p) if p.state.is_final() => {
+                            seen(&p, &mut last);
+                            return Ok(Some(Watched::Ended(p)));
+                        }
+                        Frame::Job(p) => seen(&p, &mut last),
+                        Frame::Outcome(o) => {
+                            seen(&o.progress, &mut last);
+                            return Ok(Some(Watched::Outcome(o)));
+                        }
+                        other => return Err(WatchError::Reply(other)),
+                    }
+                }
+            };
+            let err = match ended.await {
+                Ok(Some(w)) => return Ok(w),
+                Ok(None) => {
+                    failing_since = None;
+                    continue;
+                }
+                Err(WatchError::Reply(Frame::Error { message }))
+                    if !crate::wire::unknown_frame_refusal(&message) =>
+                {
+                    return Err(ClientError::Refused(message))
+                }
+                Err(WatchError::Reply(Frame::Error { .. })) => {
+                    // A master from before `WatchJob`: poll it.
+                    let p = self.poll_until_ended(id, |p| seen(p, &mut last)).await?;
+                    return Ok(Watched::Ended(p));
+                }
+                Err(WatchError::Reply(Frame::NotMaster)) => {
+                    format!("the node of epoch {epoch} is not serving")
+                }
+                Err(WatchError::Reply(other)) => {
+                    return Err(ClientError::Protocol(other.name().into()))
+                }
+                Err(WatchError::Transport(TransportError::Wire(WireError::TooLarge {
+                    len,
+                    max,
+                }))) => return Err(ClientError::ReplyTooLarge { len, max }),
+                Err(WatchError::Transport(e)) => e.to_string(),
+            };
+            // The stream ended before the job: the master went, or the link.
+            let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= self.inner.cfg.master_wait {
+                return Err(ClientError::NoMaster {
+                    cluster: self.inner.cfg.cluster.clone(),
+                    secs: self.inner.cfg.master_wait.as_secs(),
+                });
+            }
+            bad = Some(epoch);
+            tracing::debug!(error = %err, "watch ended early; watching again at the current master");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls a job's progress until it ends (for masters that cannot push).
+    async fn poll_until_ended(
         &self,
         id: &str,
         mut on_progress: impl FnMut(&JobProgress),
     ) -> Result<JobProgress, ClientError> {
-        let mut last = None;
         loop {
             let p = self.progress(id).await?;
-            if last.as_ref() != Some(&p) {
-                on_progress(&p);
-            }
-            if p.state != JobState::Running {
+            on_progress(&p);
+            if p.state.is_final() {
                 return Ok(p);
             }
-            last = Some(p);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -543,10 +641,19 @@ impl<J: Job> JobHandle<J> {
     pub async fn progress(&self) -> Result<JobProgress, ClientError> {
         self.client.progress(&self.id).await
     }
-    /// Waits for the end of the job and returns its result and report.
+    /// Waits for the end of the job and returns its result and report, as
+    /// soon as the job's end is durable (the master pushes it).
     pub async fn result(&self) -> Result<(J::Result, JobReport), ClientError> {
-        self.client.wait(&self.id, |_| {}).await?;
-        let (bytes, report) = self.client.fetch_encoded(&self.id).await?;
+        let (bytes, report) = match self.client.watch(&self.id, true, |_| {}).await? {
+            Watched::Outcome(o) => (
+                o.result.into_vec(),
+                JobReport {
+                    progress: o.progress,
+                    failures: o.failures,
+                },
+            ),
+            Watched::Ended(_) => self.client.fetch_encoded(&self.id).await?,
+        };
         let result = if bytes.is_empty() {
             J::Result::default()
         } else {
@@ -559,6 +666,30 @@ impl<J: Job> JobHandle<J> {
         self.client.cancel(&self.id).await
     }
 }
+
+/// How a watch ended.
+enum Watched {
+    /// The job's final progress.
+    Ended(JobProgress),
+    /// Its result, fetched.
+    Outcome(JobOutcome),
+}
+
+/// Why a watch stream ended before the job.
+enum WatchError {
+    Transport(TransportError),
+    /// A frame that is not part of a watch.
+    Reply(Frame),
+}
+
+impl From<TransportError> for WatchError {
+    fn from(e: TransportError) -> Self {
+        WatchError::Transport(e)
+    }
+}
+
+/// How long a watch may stay silent before it is opened again.
+const WATCH_QUIET: Duration = Duration::from_secs(10);
 
 /// How long a published master that does not answer is waited for.
 fn answer_wait(master: &MasterInfo, margin: Duration) -> Duration {

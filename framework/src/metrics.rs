@@ -71,6 +71,18 @@ pub const FRAME_BYTES: &str = "ringleader_quic_frame_bytes_total";
 /// Counter: frames refused as malformed or oversized.
 pub const FRAME_ERRORS: &str = "ringleader_frame_errors_total";
 
+/// Counter, label `request`: client requests the master received, by kind.
+pub const CLIENT_REQUESTS: &str = "ringleader_client_requests_total";
+/// The kinds of client request counted under [`CLIENT_REQUESTS`].
+pub const CLIENT_REQUEST_KINDS: &[&str] = &[
+    "Submit",
+    "WatchJob",
+    "GetJob",
+    "GetStatus",
+    "FetchResult",
+    "Cancel",
+];
+
 /// ZooKeeper operations measured under [`ZK_OP_SECONDS`] and [`ZK_ERRORS`].
 pub const ZK_OPS: &[&str] = &[
     "create_job",
@@ -160,6 +172,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(FRAMES, Kind::Counter, "direction", "frames", "all", "Frames sent and received."),
     metric(FRAME_BYTES, Kind::Counter, "direction", "bytes", "all", "Bytes of frames sent and received."),
     metric(FRAME_ERRORS, Kind::Counter, "", "frames", "master", "Frames refused as malformed or oversized."),
+    metric(CLIENT_REQUESTS, Kind::Counter, "request", "requests", "master", "Client requests received, by kind (Submit, WatchJob, GetJob, GetStatus, FetchResult, Cancel)."),
 ];
 
 /// The catalogue as a Markdown table (`dashboards/METRICS.md`).
@@ -242,6 +255,9 @@ fn register() {
     for d in ["sent", "received"] {
         metrics::counter!(FRAMES, "direction" => d).absolute(0);
         metrics::counter!(FRAME_BYTES, "direction" => d).absolute(0);
+    }
+    for r in CLIENT_REQUEST_KINDS {
+        metrics::counter!(CLIENT_REQUESTS, "request" => *r).absolute(0);
     }
     for op in ZK_OPS {
         metrics::counter!(ZK_ERRORS, "op" => *op).absolute(0);

@@ -167,6 +167,13 @@ pub enum JobState {
     Cancelled,
 }
 
+impl JobState {
+    /// Done or cancelled: it will not change again.
+    pub fn is_final(&self) -> bool {
+        *self != JobState::Running
+    }
+}
+
 /// Progress of one job.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JobProgress {
@@ -331,9 +338,32 @@ pub enum Frame {
         /// What went wrong.
         message: String,
     },
+    /// Client to master: push this job's progress as it changes, ending
+    /// with its final state. The master answers `Job` frames (at most one
+    /// per [`WATCH_PERIOD`] while the job runs) and a last one that is
+    /// `Done` or `Cancelled`, or, with `fetch`, the job's `Outcome` (which
+    /// counts as its fetch); `Error` if there is no such job. A stream that
+    /// ends before that (a failover) is opened again by the client.
+    WatchJob {
+        /// The job.
+        job_id: String,
+        /// End with the job's result rather than its final progress.
+        fetch: bool,
+    },
 }
 
+/// Shortest interval between two progress frames pushed for one job.
+pub const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Frame {
+    /// Whether this frame ends a `WatchJob` stream.
+    pub fn ends_watch(&self) -> bool {
+        match self {
+            Frame::Job(p) => p.state.is_final(),
+            _ => true,
+        }
+    }
+
     /// The frame's variant name, for error messages and logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -360,8 +390,16 @@ impl Frame {
             Frame::Ok => "Ok",
             Frame::NotMaster => "NotMaster",
             Frame::Error { .. } => "Error",
+            Frame::WatchJob { .. } => "WatchJob",
         }
     }
+}
+
+/// Whether a peer's `Error` says it does not know the frame it was sent
+/// (a version from before that frame): its decoder met an unknown
+/// variant, or its dispatcher an unexpected frame.
+pub fn unknown_frame_refusal(message: &str) -> bool {
+    message.contains("unknown variant") || message.contains("unexpected first frame")
 }
 
 /// Appends one length-prefixed frame to `buf`.
@@ -490,5 +528,36 @@ mod tests {
             read_frame(&mut r, 1024).await,
             Err(WireError::Io(_))
         ));
+    }
+
+    /// What a master from before `WatchJob` answers: its decoder meets an
+    /// unknown variant, and the gateway refuses the frame with the decode
+    /// error. The client takes that for "poll instead".
+    #[test]
+    fn an_older_peers_refusal_of_a_newer_frame_is_recognised() {
+        #[derive(Serialize)]
+        enum Newer {
+            #[allow(dead_code)]
+            Ok,
+            WatchJob {
+                job_id: String,
+                fetch: bool,
+            },
+        }
+        let bytes = rmp_serde::to_vec(&Newer::WatchJob {
+            job_id: "j".into(),
+            fetch: true,
+        })
+        .unwrap();
+        #[derive(Debug, Deserialize)]
+        enum Older {
+            #[allow(dead_code)]
+            Ok,
+        }
+        let err = rmp_serde::from_slice::<Older>(&bytes).unwrap_err();
+        let refusal = WireError::Malformed(err).to_string();
+        assert!(unknown_frame_refusal(&refusal), "{refusal}");
+        assert!(unknown_frame_refusal("unexpected first frame WatchJob"));
+        assert!(!unknown_frame_refusal("no job j"));
     }
 }

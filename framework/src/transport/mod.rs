@@ -252,6 +252,14 @@ impl FramedStream {
         let _ = self.send.finish();
         Ok(())
     }
+    /// Resolves when the peer will read no more of this stream (it stopped
+    /// or reset it, or the connection is gone).
+    pub fn peer_gone(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let stopped = self.send.stopped();
+        async move {
+            let _ = stopped.await;
+        }
+    }
     /// Tells the peer to stop sending (after a bad frame): what it still
     /// sends is discarded.
     pub fn refuse(&mut self) {

@@ -559,3 +559,82 @@ fn an_unmergeable_output_is_reported_after_a_failover() {
         assert!(f.error.contains("cannot be merged"), "{f:?}");
     });
 }
+
+/// The `ringleader_client_requests_total` count of one kind in a scrape.
+fn requests(scrape: &str, kind: &str) -> f64 {
+    let prefix = format!("ringleader_client_requests_total{{request=\"{kind}\"}} ");
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn progress_is_pushed_and_a_watch_follows_a_failover() {
+    let port = |_| ringleader::zkserver::free_port().unwrap();
+    let (m1, m2) = (
+        format!("127.0.0.1:{}", port(0)),
+        format!("127.0.0.1:{}", port(1)),
+    );
+    let mut c = Cluster::new(BIN);
+    c.node("m1", &["--role", "candidate", "--metrics-addr", &m1]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+    });
+    c.node("m2", &["--role", "candidate", "--metrics-addr", &m2]);
+    c.node("w", &["--role", "worker", "--slots", "1"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            ..Default::default()
+        };
+        let job = client
+            .submit::<Collect<Probe>>(sleepers(8, 300), opts)
+            .await
+            .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let waiting = {
+            let (client, id, seen) = (client.clone(), job.id().to_string(), seen.clone());
+            tokio::spawn(async move {
+                client
+                    .wait(&id, |p| seen.lock().unwrap().push(p.counters.tasks_done))
+                    .await
+            })
+        };
+        eventually(
+            Duration::from_secs(20),
+            "two tasks done, pushed to the waiting client",
+            || async { seen.lock().unwrap().last().is_some_and(|&d| d >= 2) },
+        )
+        .await;
+        let (_, scrape) = ringleader::prom::http_get(&m1, "/metrics").unwrap();
+        assert_eq!(requests(&scrape, "GetJob"), 0.0, "nobody polled m1");
+        assert_eq!(requests(&scrape, "WatchJob"), 1.0, "{scrape}");
+        c.kill9("m1");
+        let last = match waiting.await.unwrap() {
+            Ok(p) => p,
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        };
+        assert_eq!(last.state, ringleader::wire::JobState::Done);
+        assert_eq!(last.counters.tasks_done, 8);
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]),
+            "progress never goes back: {seen:?}"
+        );
+        assert!(seen.len() >= 3, "progress came in steps: {seen:?}");
+        let (_, scrape) = ringleader::prom::http_get(&m2, "/metrics").unwrap();
+        assert_eq!(requests(&scrape, "GetJob"), 0.0, "nobody polled m2");
+        assert!(
+            requests(&scrape, "WatchJob") >= 1.0,
+            "the watch followed to m2"
+        );
+        // The result, pushed with the job's end.
+        let (results, _) = job.result().await.unwrap();
+        assert_eq!(results.len(), 8);
+    });
+}

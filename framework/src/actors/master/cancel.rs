@@ -67,9 +67,10 @@ impl Master {
                 }
             }
             .into_actor(self)
-            .map(move |res: Result<Frame, CoordError>, act, _| {
+            .map(move |res: Result<Frame, CoordError>, act, ctx| {
                 if matches!(res, Ok(Frame::Ok)) {
-                    act.audit(Event::JobCancelled { job: id });
+                    act.audit(Event::JobCancelled { job: id.clone() });
+                    act.watch_stored(ctx, id);
                 }
                 res.unwrap_or_else(error)
             }),

@@ -19,7 +19,7 @@ impl Master {
     }
 }
 
-async fn fetch(store: &LeaderStore, job_id: &str) -> Result<Frame, CoordError> {
+pub(super) async fn fetch(store: &LeaderStore, job_id: &str) -> Result<Frame, CoordError> {
     let Some(job) = store.read_job(job_id).await? else {
         return Ok(error(format!(
             "no job {job_id} (unknown, or its result was fetched and retention has passed)"

@@ -1,8 +1,9 @@
 //! The master's streams: every stream a node accepts starts here. The
 //! first frame says what it is: a worker's link (`WorkerHello`, version
 //! checked, then frames both ways for as long as the link lives), a
-//! submission (`Submit` and its chunks, bounded by `--max-job-bytes`) or
-//! one client request. A node that is not master answers `NotMaster`.
+//! submission (`Submit` and its chunks, bounded by `--max-job-bytes`), a
+//! watch (`WatchJob`: frames the master pushes until the job ends) or one
+//! client request. A node that is not master answers `NotMaster`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,7 +12,8 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    ClientRequest, GetEpoch, Master, Report, Started, Submit, WorkerDrain, WorkerJoined, WorkerLeft,
+    ClientRequest, GetEpoch, Master, Report, Started, Submit, Watch, WorkerDrain, WorkerJoined,
+    WorkerLeft,
 };
 use crate::core::job::task_bytes;
 use crate::metrics as m;
@@ -67,6 +69,9 @@ async fn handle_stream(
     let Some(master) = master else {
         return Ok(stream.reply(&Frame::NotMaster).await?);
     };
+    if m::CLIENT_REQUEST_KINDS.contains(&first.name()) {
+        metrics::counter!(m::CLIENT_REQUESTS, "request" => first.name()).increment(1);
+    }
     let answer = match first {
         Frame::WorkerHello {
             version,
@@ -120,6 +125,7 @@ async fn handle_stream(
                 })
                 .await
         }
+        Frame::WatchJob { job_id, fetch } => return watch(stream, master, job_id, fetch).await,
         other @ (Frame::GetJob { .. }
         | Frame::GetStatus
         | Frame::FetchResult { .. }
@@ -130,6 +136,37 @@ async fn handle_stream(
         }
     };
     Ok(stream.reply(&answer.unwrap_or(Frame::NotMaster)).await?)
+}
+
+/// A watch: what the master pushes for the job is written until a frame
+/// ends the watch, the master goes (the client then watches again,
+/// wherever the master is), or the client does.
+async fn watch(
+    mut stream: FramedStream,
+    master: Addr<Master>,
+    job_id: String,
+    fetch: bool,
+) -> Result<(), TransportError> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    if master.send(Watch { job_id, fetch, tx }).await.is_err() {
+        return Ok(stream.reply(&Frame::NotMaster).await?);
+    }
+    let gone = stream.peer_gone();
+    tokio::pin!(gone);
+    loop {
+        let frame = tokio::select! {
+            f = rx.recv() => f,
+            () = &mut gone => return Ok(()),
+        };
+        let Some(frame) = frame else {
+            // The master stopped: the client finds the next one.
+            return Ok(());
+        };
+        if frame.ends_watch() {
+            return Ok(stream.reply(&frame).await?);
+        }
+        stream.send(&frame).await?;
+    }
 }
 
 /// A worker's link: frames it sends go to the master as messages; frames

@@ -7,9 +7,9 @@
 //! commands. Here: its life (takeover, publication, gauges, collection),
 //! commits, merges and finishes. [`links`] handles its workers; each client
 //! request has a file of its own: [`submit`], [`status`] (`GetStatus`,
-//! `GetJob`), [`fetch`], [`cancel`]; [`load`] reads jobs back after a
-//! failover; [`gateway`] owns the streams a node accepts (worker links,
-//! submissions, requests).
+//! `GetJob`), [`fetch`], [`cancel`], [`watching`] (`WatchJob`, progress
+//! pushed); [`load`] reads jobs back after a failover; [`gateway`] owns the
+//! streams a node accepts (worker links, submissions, watches, requests).
 
 mod cancel;
 mod fetch;
@@ -18,10 +18,12 @@ mod links;
 mod load;
 mod status;
 mod submit;
+mod watching;
 
 use links::Registered;
 pub(crate) use links::{Report, Started, WorkerDrain, WorkerJoined, WorkerLeft};
 pub(crate) use submit::Submit;
+pub(crate) use watching::Watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -42,7 +44,7 @@ use crate::core::job::{Finish, Merge, Retention, Stored};
 use crate::core::{Command, Ledger, Scheduler, ShardKey, TaskFailure};
 use crate::metrics as m;
 use crate::registry::{Accumulator, Registry};
-use crate::wire::{Assignment, Frame};
+use crate::wire::{Assignment, Frame, JobProgress, JobState};
 
 /// What the master holds of a running job besides its accounts (in the
 /// [`Ledger`]) and its shards (in the [`Scheduler`]).
@@ -119,6 +121,8 @@ pub(crate) struct Master {
     paused: bool,
     /// When a dispatch is scheduled for retries coming out of backoff.
     wake_at: Option<std::time::Instant>,
+    /// Clients watching jobs.
+    watchers: watching::Watchers,
 }
 
 /// The master's ZooKeeper session lost or regained its connection.
@@ -173,6 +177,7 @@ impl Master {
             collecting: HashSet::new(),
             paused: false,
             wake_at: None,
+            watchers: watching::Watchers::default(),
         }
     }
 
@@ -398,6 +403,7 @@ impl Master {
         let cmds = self
             .sched
             .committed(job, key, rec.attempt, &rec.failures, now);
+        self.progressed(ctx, job);
         self.run(ctx, cmds);
     }
 
@@ -495,6 +501,7 @@ impl Master {
             objects,
         } = f;
         let job_id = job.clone();
+        let job_name = stored.record.job_name.clone();
         let work = async move {
             let encoded = tokio::task::spawn_blocking(move || {
                 let acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -538,6 +545,13 @@ impl Master {
                 act.ledger.finished(&job);
                 act.sched.remove_job(&job);
                 metrics::gauge!(m::JOBS_RUNNING).set(act.jobs.len() as f64);
+                let done = JobProgress {
+                    job_id: job.clone(),
+                    job_name,
+                    state: JobState::Done,
+                    counters,
+                };
+                act.watch_ended(ctx, &job, done);
             }
             Err(e) if e.is_session_end() => act.fail(ctx, &e),
             Err(e) if e.is_conflict() => {

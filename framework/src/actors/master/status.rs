@@ -61,7 +61,7 @@ impl Master {
     }
 }
 
-async fn read_progress(store: &LeaderStore, job_id: &str) -> Result<Frame, CoordError> {
+pub(super) async fn read_progress(store: &LeaderStore, job_id: &str) -> Result<Frame, CoordError> {
     let Some(job) = store.read_job(job_id).await? else {
         return Ok(error(format!("no job {job_id}")));
     };

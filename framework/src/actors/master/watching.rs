@@ -1,0 +1,151 @@
+//! `WatchJob`: progress pushed to clients as it happens, so that a client
+//! waiting for a job hears of its end as soon as it is durable instead of
+//! polling. Per job, the master keeps the streams that watch it. A commit
+//! marks the job for a progress frame (at most one per [`WATCH_PERIOD`]);
+//! the job's end (its `Done` durable, or its cancel) sends the last frame,
+//! with the fetched result to watchers that asked for it. A watcher is
+//! registered before the job's state is read, so an end that happens
+//! meanwhile is not missed (it may be sent twice; the first ends the
+//! stream). When the master stops, every watch stream ends and the clients
+//! watch again at the next master.
+
+use std::collections::{HashMap, HashSet};
+
+use actix::prelude::*;
+use tokio::sync::mpsc;
+
+use super::fetch::fetch;
+use super::status::read_progress;
+use super::{error, Master};
+use crate::wire::{Frame, JobProgress, WATCH_PERIOD};
+
+/// A client watches a job.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Watch {
+    pub job_id: String,
+    /// End with the job's result.
+    pub fetch: bool,
+    /// Where its frames go (the client's stream).
+    pub tx: mpsc::UnboundedSender<Frame>,
+}
+
+struct Watcher {
+    tx: mpsc::UnboundedSender<Frame>,
+    fetch: bool,
+}
+
+/// The watch streams of the master's jobs.
+#[derive(Default)]
+pub(super) struct Watchers {
+    by_job: HashMap<String, Vec<Watcher>>,
+    /// Jobs whose progress changed since their last frame.
+    dirty: HashSet<String>,
+    flush_scheduled: bool,
+}
+
+impl Handler<Watch> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: Watch, ctx: &mut Context<Self>) {
+        let Watch { job_id, fetch, tx } = msg;
+        if let Some(p) = self.progress(&job_id) {
+            if tx.send(Frame::Job(p)).is_err() {
+                return;
+            }
+        }
+        let known = self.jobs.contains_key(&job_id)
+            || self.loading.contains(&job_id)
+            || self.ledger.is_submitting(&job_id);
+        self.watchers
+            .by_job
+            .entry(job_id.clone())
+            .or_default()
+            .push(Watcher { tx, fetch });
+        if !known {
+            // Not running here: ended, unknown, or accepted and about to be
+            // scheduled. ZooKeeper says which.
+            self.watch_stored(ctx, job_id);
+        }
+    }
+}
+
+impl Master {
+    /// Tells a job's watchers what ZooKeeper holds of it (its end, if it
+    /// ended; an error if there is no such job).
+    pub(super) fn watch_stored(&mut self, ctx: &mut Context<Self>, job_id: String) {
+        let store = self.store.clone();
+        let id = job_id.clone();
+        let read = async move { read_progress(&store, &id).await };
+        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Frame::Job(p)) if p.state.is_final() => act.watch_ended(ctx, &job_id, p),
+            Ok(Frame::Job(p)) => act.push(&job_id, &Frame::Job(p)),
+            Ok(other) => act.end_watch(&job_id, &other),
+            Err(e) => act.end_watch(&job_id, &error(e)),
+        }));
+    }
+
+    /// A job's progress changed: its watchers hear of it within [`WATCH_PERIOD`].
+    pub(super) fn progressed(&mut self, ctx: &mut Context<Self>, job_id: &str) {
+        if !self.watchers.by_job.contains_key(job_id) {
+            return;
+        }
+        self.watchers.dirty.insert(job_id.to_string());
+        if !self.watchers.flush_scheduled {
+            self.watchers.flush_scheduled = true;
+            ctx.run_later(WATCH_PERIOD, |act, _| {
+                act.watchers.flush_scheduled = false;
+                for id in std::mem::take(&mut act.watchers.dirty) {
+                    if let Some(p) = act.progress(&id) {
+                        act.push(&id, &Frame::Job(p));
+                    }
+                }
+            });
+        }
+    }
+
+    /// A job ended (its `Done` or `Cancelled` is durable): its watchers
+    /// get the final progress, or the fetched result if they asked.
+    pub(super) fn watch_ended(&mut self, ctx: &mut Context<Self>, job_id: &str, p: JobProgress) {
+        let Some(watchers) = self.watchers.by_job.remove(job_id) else {
+            return;
+        };
+        self.watchers.dirty.remove(job_id);
+        let (fetching, plain): (Vec<Watcher>, Vec<Watcher>) =
+            watchers.into_iter().partition(|w| w.fetch);
+        let last = Frame::Job(p);
+        for w in plain {
+            let _ = w.tx.send(last.clone());
+        }
+        if fetching.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let id = job_id.to_string();
+        let read = async move { fetch(&store, &id).await };
+        ctx.spawn(read.into_actor(self).map(move |res, _, _| {
+            let frame = res.unwrap_or_else(error);
+            for w in fetching {
+                let _ = w.tx.send(frame.clone());
+            }
+        }));
+    }
+
+    /// Sends a frame to a job's watchers, forgetting those that are gone.
+    fn push(&mut self, job_id: &str, frame: &Frame) {
+        if let Some(ws) = self.watchers.by_job.get_mut(job_id) {
+            ws.retain(|w| w.tx.send(frame.clone()).is_ok());
+            if ws.is_empty() {
+                self.watchers.by_job.remove(job_id);
+            }
+        }
+    }
+
+    /// Ends a job's watches with `frame` (an error).
+    fn end_watch(&mut self, job_id: &str, frame: &Frame) {
+        if let Some(ws) = self.watchers.by_job.remove(job_id) {
+            for w in ws {
+                let _ = w.tx.send(frame.clone());
+            }
+        }
+    }
+}
