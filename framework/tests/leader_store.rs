@@ -79,7 +79,7 @@ fn cancel_and_finish_racing_leave_one_outcome() {
         let a = job(&leader, "a").await;
         leader.set_status(&a, JobStatus::Cancelled).await.unwrap();
         let err = leader
-            .finish(&a, vec![7], Vec::new(), done(), &[])
+            .finish(&a, vec![7], Vec::new(), done())
             .await
             .unwrap_err();
         assert!(err.is_conflict(), "{err}");
@@ -89,7 +89,7 @@ fn cancel_and_finish_racing_leave_one_outcome() {
         // The finish first: the cancel, from the record it read, is refused.
         let b = job(&leader, "b").await;
         leader
-            .finish(&b, vec![7], Vec::new(), done(), &[])
+            .finish(&b, vec![7], Vec::new(), done())
             .await
             .unwrap();
         let err = leader
@@ -112,7 +112,7 @@ fn marking_a_collected_job_fetched_is_not_an_error() {
     with_master(async |leader| {
         let a = job(&leader, "a").await;
         leader
-            .finish(&a, vec![7], Vec::new(), done(), &[])
+            .finish(&a, vec![7], Vec::new(), done())
             .await
             .unwrap();
         let finished = leader.read_job("a").await.unwrap().unwrap();
@@ -123,5 +123,63 @@ fn marking_a_collected_job_fetched_is_not_an_error() {
             leader.read_job("a").await.unwrap().is_none(),
             "not recreated"
         );
+    });
+}
+
+/// Commits that wait together go in one transaction, each with its own
+/// answer: a shard already committed is answered with its first record
+/// and fails nothing else of its batch; every other shard is committed
+/// exactly once.
+#[test]
+fn concurrent_commits_share_transactions_and_fail_alone() {
+    use ringleader::coord::{CommitOutcome, ShardOutput};
+    use ringleader::core::ShardKey;
+    with_master(async |leader| {
+        let tasks: Vec<ByteBuf> = (0..200u8).map(|i| ByteBuf::from(vec![i])).collect();
+        let mut rec = record();
+        rec.tasks_total = 200;
+        leader.create_job("c", rec, &tasks).await.unwrap();
+        let key = |index| ShardKey {
+            index,
+            generation: 0,
+        };
+        let first = leader
+            .commit("c", key(7), 1, ShardOutput::Bytes(vec![1]), Vec::new())
+            .await
+            .unwrap();
+        let CommitOutcome::Committed(first) = first else {
+            panic!("shard 7's first commit: {first:?}")
+        };
+        let before = leader.commit_transactions();
+        let commits = (0..200).map(|i| {
+            let leader = leader.clone();
+            async move {
+                let out = ShardOutput::Bytes(vec![2]);
+                (i, leader.commit("c", key(i), 2, out, Vec::new()).await)
+            }
+        });
+        let mut committed = 0;
+        for (i, outcome) in futures::future::join_all(commits).await {
+            match outcome.unwrap() {
+                CommitOutcome::Committed(r) => {
+                    assert_ne!(i, 7, "shard 7 committed twice");
+                    assert_eq!(r.attempt, 2);
+                    committed += 1;
+                }
+                CommitOutcome::AlreadyCommitted(r) => {
+                    assert_eq!(i, 7, "shard {i} was not committed before");
+                    assert_eq!(r, first, "the first commit stands");
+                }
+            }
+        }
+        assert_eq!(committed, 199);
+        let sent = leader.commit_transactions() - before;
+        assert!(
+            (1..50).contains(&sent),
+            "{sent} transactions for 200 commits"
+        );
+        let stored = leader.read_commits("c").await.unwrap();
+        assert_eq!(stored.len(), 200, "each shard has one commit");
+        assert_eq!(stored[&key(7)], first);
     });
 }

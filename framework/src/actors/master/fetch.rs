@@ -1,5 +1,6 @@
 //! `FetchResult`: a finished (or cancelled) job's result, read from
-//! ZooKeeper and the store; the first fetch starts its retention clock.
+//! ZooKeeper and the store; the first fetch starts its retention clock
+//! (marked after the answer).
 
 use actix::prelude::*;
 use serde_bytes::ByteBuf;
@@ -31,9 +32,17 @@ pub(super) async fn fetch(store: &LeaderStore, job_id: &str) -> Result<Frame, Co
         None if job.record.status == JobStatus::Cancelled => Vec::new(),
         None => return Ok(error(format!("job {job_id} has no result yet"))),
     };
-    store.mark_fetched(&job).await?;
+    // The mark only starts the retention clock: the answer does not wait
+    // for it. Lost with a crash, it is made by the next fetch.
+    let marking = store.clone();
+    let progress = stored_progress(&job, result.as_ref());
+    tokio::task::spawn_local(async move {
+        if let Err(e) = marking.mark_fetched(&job).await {
+            tracing::warn!(job = %job.id, error = %e, "cannot mark a job fetched; its retention starts at its next fetch");
+        }
+    });
     Ok(Frame::Outcome(JobOutcome {
-        progress: stored_progress(&job, result.as_ref()),
+        progress,
         result: ByteBuf::from(bytes),
         failures: result.map(|r| r.failures).unwrap_or_default(),
     }))

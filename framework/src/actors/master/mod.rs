@@ -519,9 +519,16 @@ impl Master {
                     Vec::new()
                 }
             };
-            store
-                .finish(&stored, output, failures, counters, &objects)
-                .await
+            let done = store.finish(&stored, output, failures, counters).await;
+            if done.is_ok() {
+                // After the answer: the job's end waits for no deletion.
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = store.clean_finished(&stored.id, &objects).await {
+                        tracing::debug!(job = %stored.id, error = %e, "finished job not cleaned; collection will");
+                    }
+                });
+            }
+            done
         };
         ctx.spawn(work.into_actor(self).map(move |res, act, ctx| match res {
             Ok(_) => {

@@ -163,17 +163,9 @@ impl LeaderStore {
                 other => break other?,
             }
         };
-        match self
-            .retry("commit", &path, || {
-                self.lock.create(&path, &data, &PERSISTENT)
-            })
-            .await
-        {
-            Ok(_) => Ok(CommitOutcome::Committed(record)),
-            Err(CoordError::Zk {
-                source: ZkError::NodeExists,
-                ..
-            }) => {
+        match self.batcher.create(&path, data).await {
+            Ok(()) => Ok(CommitOutcome::Committed(record)),
+            Err(ZkError::NodeExists) => {
                 let (data, _) = self
                     .client()
                     .get_data(&path)
@@ -183,21 +175,21 @@ impl LeaderStore {
                     &path, &data,
                 )?))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(CoordError::zk(&path, e)),
         }
     }
 
     /// Writes the reduced result and marks the job done, in one fenced
     /// transaction that also checks the job record's version (a conflict,
-    /// [`CoordError::is_conflict`], means it was cancelled meanwhile); then
-    /// removes the job's batches and commits.
+    /// [`CoordError::is_conflict`], means it was cancelled meanwhile). What
+    /// the result makes useless goes afterwards, in [`Self::clean_finished`],
+    /// so that the job's end is answered as soon as it is durable.
     pub async fn finish(
         &self,
         job: &StoredJob,
         output: Vec<u8>,
         failures: Vec<crate::core::TaskFailure>,
         counters: crate::core::Counters,
-        shard_objects: &[String],
     ) -> Result<ResultRecord, CoordError> {
         let path = self.layout.result(&job.id);
         let job_path = self.layout.job(&job.id);
@@ -229,15 +221,27 @@ impl LeaderStore {
             }) => {}
             Err(e) => return Err(e),
         }
-        self.delete_children(&format!("{job_path}/batches")).await?;
-        self.delete_children(&self.layout.done(&job.id)).await?;
-        self.delete_children(&self.layout.lost(&job.id)).await?;
-        // The shard outputs are merged into the result: their objects go too.
+        Ok(result)
+    }
+
+    /// Removes what a finished job's result makes useless: its batches,
+    /// commits and lost-attempt records, and the store objects of its
+    /// shard outputs (merged into the result). Collection removes the rest
+    /// (and this, if it did not happen).
+    pub async fn clean_finished(
+        &self,
+        id: &str,
+        shard_objects: &[String],
+    ) -> Result<(), CoordError> {
+        self.delete_children(&format!("{}/batches", self.layout.job(id)))
+            .await?;
+        self.delete_children(&self.layout.done(id)).await?;
+        self.delete_children(&self.layout.lost(id)).await?;
         let objects: Vec<OutputRef> = shard_objects
             .iter()
             .map(|n| OutputRef::Object(n.clone()))
             .collect();
         self.delete_outputs(&objects).await;
-        Ok(result)
+        Ok(())
     }
 }

@@ -9,6 +9,10 @@ use crate::coord::records::{JobRecord, JobStatus, ResultRecord};
 use crate::coord::zk::{decode_record, encode_record, CoordError, PERSISTENT, REQUEST_BUDGET};
 use crate::core::shard_count;
 
+/// A job with at most this many commit buckets (and one batch of tasks)
+/// is written in one transaction.
+const SMALL_JOB_BUCKETS: u32 = 16;
+
 impl LeaderStore {
     /// Reads a job's record.
     pub async fn read_job(&self, id: &str) -> Result<Option<StoredJob>, CoordError> {
@@ -49,7 +53,9 @@ impl LeaderStore {
 
     /// Writes a new job: record (`Writing`), batches and commit buckets,
     /// then `Accepted`. Only then is the submission acknowledged. Returns
-    /// the job as written.
+    /// the job as written. A job whose tasks fit in one batch is written
+    /// `Accepted` in one transaction with its batch and buckets: one
+    /// round trip, and nothing half-written to clean up.
     pub async fn create_job(
         &self,
         id: &str,
@@ -80,11 +86,56 @@ impl LeaderStore {
             batches.push(encode_record(&job_path, &current)?);
         }
         record.batches = batches.len() as u32;
-        record.status = JobStatus::Writing;
         record.created_ms = now_ms();
-        let data = encode_record(&job_path, &record)?;
         let batches_path = format!("{job_path}/batches");
         let (lost, done) = (self.layout.lost(id), self.layout.done(id));
+        let buckets = shard_count(record.tasks_total, record.options.shard_size).div_ceil(1000);
+        if batches.len() <= 1 && buckets <= SMALL_JOB_BUCKETS {
+            record.status = JobStatus::Accepted;
+            let data = encode_record(&job_path, &record)?;
+            let res = self
+                .fenced("create_job", &job_path, |w| {
+                    w.add_create(&job_path, &data, &PERSISTENT)?;
+                    w.add_create(&batches_path, &[], &PERSISTENT)?;
+                    w.add_create(&lost, &[], &PERSISTENT)?;
+                    w.add_create(&done, &[], &PERSISTENT)?;
+                    for (k, b) in batches.iter().enumerate() {
+                        w.add_create(&self.layout.batch(id, k as u32), b, &PERSISTENT)?;
+                    }
+                    for b in 0..buckets {
+                        w.add_create(&self.layout.bucket(id, b * 1000), &[], &PERSISTENT)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            return match res {
+                // A created znode's version is 0.
+                Ok(()) => Ok(StoredJob {
+                    id: id.to_string(),
+                    record,
+                    version: 0,
+                }),
+                // Applied before a connection loss, then retried: the job
+                // is ours if it is this submission.
+                Err(
+                    e @ CoordError::Zk {
+                        source: ZkError::NodeExists,
+                        ..
+                    },
+                ) => match self.read_job(id).await? {
+                    Some(j)
+                        if j.record.status == JobStatus::Accepted
+                            && j.record.digest == record.digest =>
+                    {
+                        Ok(j)
+                    }
+                    _ => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+        }
+        record.status = JobStatus::Writing;
+        let data = encode_record(&job_path, &record)?;
         self.fenced("create_job", &job_path, |w| {
             w.add_create(&job_path, &data, &PERSISTENT)?;
             w.add_create(&batches_path, &[], &PERSISTENT)?;
@@ -92,7 +143,6 @@ impl LeaderStore {
             w.add_create(&done, &[], &PERSISTENT)
         })
         .await?;
-        let buckets = shard_count(record.tasks_total, record.options.shard_size).div_ceil(1000);
         let mut nodes: Vec<(String, &[u8])> = batches
             .iter()
             .enumerate()

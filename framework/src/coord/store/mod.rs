@@ -5,7 +5,8 @@
 //! Here: taking over, publishing and abdicating, and the one fenced
 //! transaction helper every write goes through. By concern: [`jobs`]
 //! (records, tasks, status), [`commits`] (shard commits, lost attempts,
-//! finishing), [`outputs`] (inline or store objects), [`gc`] (collection).
+//! finishing), [`batch`] (shard commits grouped into transactions),
+//! [`outputs`] (inline or store objects), [`gc`] (collection).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use zookeeper_client::{CheckWriter, Client, Error as ZkError, OwnedLockClient};
 
+mod batch;
 mod commits;
 mod gc;
 mod jobs;
@@ -57,6 +59,8 @@ pub enum CommitOutcome {
 #[derive(Clone, Debug)]
 pub struct LeaderStore {
     lock: Arc<OwnedLockClient>,
+    /// Shard commits go through it: one transaction for those that wait together.
+    batcher: batch::Batcher,
     layout: Layout,
     epoch: u64,
     /// Version of `/epoch` when it was read (still `epoch - 1`).
@@ -115,14 +119,22 @@ impl LeaderStore {
                     path: path.clone(),
                     reason: format!("{} bytes, want 8", data.len()),
                 })?;
+            let lock = Arc::new(lock);
             return Ok(LeaderStore {
-                lock: Arc::new(lock),
+                batcher: batch::Batcher::start(Arc::downgrade(&lock)),
+                lock,
                 layout,
                 epoch: old + 1,
                 epoch_version: stat.version,
                 store,
             });
         }
+    }
+
+    /// Transactions that carried shard commits so far (for tests and
+    /// benchmarks: below one per commit under load).
+    pub fn commit_transactions(&self) -> u64 {
+        self.batcher.transactions()
     }
 
     /// This master's epoch.
