@@ -79,7 +79,7 @@ fn cancel_and_finish_racing_leave_one_outcome() {
         let a = job(&leader, "a").await;
         leader.set_status(&a, JobStatus::Cancelled).await.unwrap();
         let err = leader
-            .finish(&a, vec![7], Vec::new(), done())
+            .finish(&a, vec![7], Vec::new(), done(), false)
             .await
             .unwrap_err();
         assert!(err.is_conflict(), "{err}");
@@ -89,7 +89,7 @@ fn cancel_and_finish_racing_leave_one_outcome() {
         // The finish first: the cancel, from the record it read, is refused.
         let b = job(&leader, "b").await;
         leader
-            .finish(&b, vec![7], Vec::new(), done())
+            .finish(&b, vec![7], Vec::new(), done(), false)
             .await
             .unwrap();
         let err = leader
@@ -112,7 +112,7 @@ fn marking_a_collected_job_fetched_is_not_an_error() {
     with_master(async |leader| {
         let a = job(&leader, "a").await;
         leader
-            .finish(&a, vec![7], Vec::new(), done())
+            .finish(&a, vec![7], Vec::new(), done(), false)
             .await
             .unwrap();
         let finished = leader.read_job("a").await.unwrap().unwrap();

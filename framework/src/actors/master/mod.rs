@@ -41,7 +41,7 @@ use crate::coord::{
     ShardRecord, StoredJob, WorkerInfo,
 };
 use crate::core::job::{Finish, Merge, Retention, Stored};
-use crate::core::{Command, Ledger, Scheduler, ShardKey, TaskFailure};
+use crate::core::{shard_count, Command, Ledger, Scheduler, ShardKey, TaskFailure};
 use crate::metrics as m;
 use crate::registry::{Accumulator, Registry};
 use crate::wire::{Assignment, Frame, JobProgress, JobState};
@@ -116,6 +116,9 @@ pub(crate) struct Master {
     retention: Retention,
     /// Jobs the collector is deleting now: a submission of one is refused.
     collecting: HashSet<String>,
+    /// Records of retained jobs (done and fetched, or cancelled: they
+    /// change no more), read once by the collector.
+    retained: HashMap<String, StoredJob>,
     /// Disconnected from ZooKeeper: no new assignments until reconnected
     /// (we may not be master any more; expiry will tell).
     paused: bool,
@@ -175,6 +178,7 @@ impl Master {
             gc_running: false,
             retention: Retention::new(settings_retention),
             collecting: HashSet::new(),
+            retained: HashMap::new(),
             paused: false,
             wake_at: None,
             watchers: watching::Watchers::default(),
@@ -502,6 +506,7 @@ impl Master {
         } = f;
         let job_id = job.clone();
         let job_name = stored.record.job_name.clone();
+        let fetched = self.want_result(&job);
         let work = async move {
             let encoded = tokio::task::spawn_blocking(move || {
                 let acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -519,8 +524,15 @@ impl Master {
                     Vec::new()
                 }
             };
-            let done = store.finish(&stored, output, failures, counters).await;
-            if done.is_ok() {
+            let done = store
+                .finish(&stored, output, failures, counters, fetched)
+                .await;
+            let small = stored.record.batches <= 1
+                && shard_count(stored.record.tasks_total, stored.record.options.shard_size)
+                    <= SMALL_JOB_SHARDS;
+            // A small job's leftovers are few: collection removes them with
+            // the rest of the job, saving a dozen requests per job.
+            if done.is_ok() && !small {
                 // After the answer: the job's end waits for no deletion.
                 tokio::task::spawn_local(async move {
                     if let Err(e) = store.clean_finished(&stored.id, &objects).await {
@@ -531,7 +543,7 @@ impl Master {
             done
         };
         ctx.spawn(work.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(_) => {
+            Ok(result) => {
                 tracing::info!(
                     job,
                     tasks = counters.tasks_total,
@@ -558,7 +570,7 @@ impl Master {
                     state: JobState::Done,
                     counters,
                 };
-                act.watch_ended(ctx, &job, done);
+                act.watch_ended(ctx, &job, done, Some(result));
             }
             Err(e) if e.is_session_end() => act.fail(ctx, &e),
             Err(e) if e.is_conflict() => {
@@ -603,15 +615,46 @@ impl Master {
     /// One pass of the collector: list the jobs, let [`Retention`] choose
     /// (here, on the actor, so that no submission of the same id can start
     /// meanwhile: [`submit`] refuses ids being collected), then delete.
+    /// Records of retained jobs (which change no more) are read once and
+    /// kept: a pass costs one listing plus the reads of jobs new to it.
     fn collect_garbage(&mut self, ctx: &mut Context<Self>) {
         if self.gc_running {
             return;
         }
         self.gc_running = true;
         let store = self.store.clone();
-        let listed = async move { store.list_jobs().await };
-        ctx.spawn(listed.into_actor(self).map(|res, act, ctx| {
-            let jobs = match res {
+        let mut retained = std::mem::take(&mut self.retained);
+        let listed = async move {
+            let ids = store.list_job_ids().await;
+            let ids = match ids {
+                Ok(ids) => ids,
+                Err(e) => return (Err(e), retained),
+            };
+            let present: HashSet<&String> = ids.iter().collect();
+            retained.retain(|id, _| present.contains(id));
+            let unknown: Vec<String> = ids
+                .iter()
+                .filter(|id| !retained.contains_key(*id))
+                .cloned()
+                .collect();
+            let mut fresh = match store.read_jobs(&unknown).await {
+                Ok(jobs) => jobs,
+                Err(e) => return (Err(e), retained),
+            };
+            fresh.retain(|j| {
+                if j.record.stored() == Stored::Retained {
+                    retained.insert(j.id.clone(), j.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            (Ok(fresh), retained)
+        };
+        ctx.spawn(listed.into_actor(self).map(|(res, retained), act, ctx| {
+            act.retained = retained;
+            // `fresh`: the jobs read this pass that are not retained.
+            let fresh = match res {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     act.gc_running = false;
@@ -621,17 +664,20 @@ impl Master {
                     return tracing::warn!(error = %e, "garbage collection failed");
                 }
             };
-            let listed: Vec<(String, Stored)> = jobs
+            let listed: Vec<(String, Stored)> = fresh
                 .iter()
                 .map(|j| (j.id.clone(), j.record.stored()))
+                .chain(act.retained.keys().map(|id| (id.clone(), Stored::Retained)))
                 .collect();
             let due: HashSet<String> = act
                 .retention
                 .due(&listed, &act.ledger, std::time::Instant::now())
                 .into_iter()
                 .collect();
-            let victims: Vec<StoredJob> =
-                jobs.into_iter().filter(|j| due.contains(&j.id)).collect();
+            let mut victims: Vec<StoredJob> =
+                fresh.into_iter().filter(|j| due.contains(&j.id)).collect();
+            // Chosen: out of the cache (read again if the deletion fails).
+            victims.extend(due.iter().filter_map(|id| act.retained.remove(id)));
             if victims.is_empty() {
                 act.gc_running = false;
                 return;
@@ -671,6 +717,10 @@ impl Master {
         );
     }
 }
+
+/// A finished job with at most this many shards (and one batch of tasks)
+/// is left whole for collection instead of being cleaned at once.
+const SMALL_JOB_SHARDS: u32 = 64;
 
 /// Shortest interval between two refreshes of the master's gauges.
 const GAUGE_PERIOD: Duration = Duration::from_millis(200);

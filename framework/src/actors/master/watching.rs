@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use super::fetch::fetch;
 use super::status::read_progress;
 use super::{error, Master};
-use crate::wire::{Frame, JobProgress, WATCH_PERIOD};
+use crate::coord::{OutputRef, ResultRecord};
+use crate::wire::{Frame, JobOutcome, JobProgress, WATCH_PERIOD};
 
 /// A client watches a job.
 #[derive(Message)]
@@ -77,7 +78,7 @@ impl Master {
         let id = job_id.clone();
         let read = async move { read_progress(&store, &id).await };
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(Frame::Job(p)) if p.state.is_final() => act.watch_ended(ctx, &job_id, p),
+            Ok(Frame::Job(p)) if p.state.is_final() => act.watch_ended(ctx, &job_id, p, None),
             Ok(Frame::Job(p)) => act.push(&job_id, &Frame::Job(p)),
             Ok(other) => act.end_watch(&job_id, &other),
             Err(e) => act.end_watch(&job_id, &error(e)),
@@ -103,15 +104,48 @@ impl Master {
         }
     }
 
+    /// Whether a watcher of the job waits for its result (the finish then
+    /// marks it fetched, and hands it over from memory).
+    pub(super) fn want_result(&self, job_id: &str) -> bool {
+        self.watchers
+            .by_job
+            .get(job_id)
+            .is_some_and(|ws| ws.iter().any(|w| w.fetch))
+    }
+
     /// A job ended (its `Done` or `Cancelled` is durable): its watchers
-    /// get the final progress, or the fetched result if they asked.
-    pub(super) fn watch_ended(&mut self, ctx: &mut Context<Self>, job_id: &str, p: JobProgress) {
+    /// get the final progress, or the result if they asked: from `result`
+    /// (the record just written) when it holds the output inline, else
+    /// fetched.
+    pub(super) fn watch_ended(
+        &mut self,
+        ctx: &mut Context<Self>,
+        job_id: &str,
+        p: JobProgress,
+        result: Option<ResultRecord>,
+    ) {
         let Some(watchers) = self.watchers.by_job.remove(job_id) else {
             return;
         };
         self.watchers.dirty.remove(job_id);
-        let (fetching, plain): (Vec<Watcher>, Vec<Watcher>) =
+        let (mut fetching, plain): (Vec<Watcher>, Vec<Watcher>) =
             watchers.into_iter().partition(|w| w.fetch);
+        if let Some(ResultRecord {
+            output: OutputRef::Inline(bytes),
+            failures,
+            ..
+        }) = result
+        {
+            let outcome = Frame::Outcome(JobOutcome {
+                progress: p.clone(),
+                result: bytes,
+                failures,
+            });
+            for w in fetching.iter() {
+                let _ = w.tx.send(outcome.clone());
+            }
+            fetching.clear();
+        }
         let last = Frame::Job(p);
         for w in plain {
             let _ = w.tx.send(last.clone());

@@ -181,7 +181,9 @@ impl LeaderStore {
 
     /// Writes the reduced result and marks the job done, in one fenced
     /// transaction that also checks the job record's version (a conflict,
-    /// [`CoordError::is_conflict`], means it was cancelled meanwhile). What
+    /// [`CoordError::is_conflict`], means it was cancelled meanwhile).
+    /// `fetched`: the result is being handed to a client now (a watch that
+    /// asked for it), so the record is marked fetched in the same write. What
     /// the result makes useless goes afterwards, in [`Self::clean_finished`],
     /// so that the job's end is answered as soon as it is durable.
     pub async fn finish(
@@ -190,6 +192,7 @@ impl LeaderStore {
         output: Vec<u8>,
         failures: Vec<crate::core::TaskFailure>,
         counters: crate::core::Counters,
+        fetched: bool,
     ) -> Result<ResultRecord, CoordError> {
         let path = self.layout.result(&job.id);
         let job_path = self.layout.job(&job.id);
@@ -203,6 +206,9 @@ impl LeaderStore {
         };
         let mut rec = job.record.clone();
         rec.status = JobStatus::Done;
+        if fetched {
+            rec.fetched_ms = Some(super::now_ms());
+        }
         let job_data = encode_record(&job_path, &rec)?;
         let result_data = encode_record(&path, &result)?;
         let res = self

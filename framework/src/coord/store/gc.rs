@@ -1,22 +1,28 @@
-//! Deleting collected jobs: their znodes (fenced multis under the request
-//! budget) and the store objects their records name.
+//! Deleting collected jobs: their znodes (listed level by level, deleted
+//! in shared fenced multis under the request budget) and the store objects
+//! their records name.
 
 use zookeeper_client::Error as ZkError;
 
-use super::{LeaderStore, StoredJob};
+use super::{retry_loss, LeaderStore, StoredJob};
 use crate::coord::records::{JobStatus, OutputRef};
 use crate::coord::zk::CoordError;
 
 impl LeaderStore {
     /// Deletes the jobs `victims` (chosen by [`crate::core::job::Retention`]):
     /// their znodes, and the store objects their records name (the result
-    /// of a finished job, the committed outputs of a cancelled one).
+    /// of a finished job, the committed outputs of a cancelled one). The
+    /// reads are pipelined across the victims, and their znodes go in
+    /// shared transactions: a thousand small jobs cost a few round trips.
     pub async fn collect(&self, victims: &[StoredJob]) -> Result<(), CoordError> {
-        for job in victims {
-            let mut outputs: Vec<OutputRef> = Vec::new();
-            if let Some(r) = self.read_result(&job.id).await? {
+        let results = futures::future::join_all(victims.iter().map(|j| self.read_result(&j.id)));
+        let mut outputs: Vec<OutputRef> = Vec::new();
+        for r in results.await {
+            if let Some(r) = r? {
                 outputs.push(r.output);
             }
+        }
+        for job in victims {
             if job.record.status == JobStatus::Cancelled {
                 match self.read_commits(&job.id).await {
                     Ok(commits) => outputs.extend(commits.into_values().map(|r| r.output)),
@@ -25,83 +31,84 @@ impl LeaderStore {
                     }
                 }
             }
-            self.delete_tree(&self.layout.job(&job.id)).await?;
-            self.delete_outputs(&outputs).await;
         }
+        let roots: Vec<String> = victims.iter().map(|j| self.layout.job(&j.id)).collect();
+        let mut doomed = self.descendants(&roots).await?;
+        doomed.extend(roots);
+        self.delete_all(&doomed).await?;
+        self.delete_outputs(&outputs).await;
         Ok(())
     }
 
     /// Deletes a subtree with fenced multis under the request budget.
     pub async fn delete_tree(&self, path: &str) -> Result<(), CoordError> {
-        self.delete_children_rec(path).await?;
-        match self
-            .retry("delete", path, || self.lock.delete(path, None))
-            .await
-        {
-            Ok(())
-            | Err(CoordError::Zk {
-                source: ZkError::NoNode,
-                ..
-            }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        let mut doomed = self.descendants(&[path.to_string()]).await?;
+        doomed.push(path.to_string());
+        self.delete_all(&doomed).await
     }
 
     pub(super) async fn delete_children(&self, path: &str) -> Result<(), CoordError> {
-        self.delete_children_rec(path).await
+        let doomed = self.descendants(&[path.to_string()]).await?;
+        self.delete_all(&doomed).await
     }
 
-    fn delete_children_rec<'a>(
-        &'a self,
-        path: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<(), CoordError>> {
-        Box::pin(async move {
-            let children = match self.client().list_children(path).await {
-                Ok(c) => c,
-                Err(ZkError::NoNode) => return Ok(()),
-                Err(e) => return Err(CoordError::zk(path, e)),
-            };
-            let mut leaves = Vec::new();
-            for c in children {
-                let child = format!("{path}/{c}");
-                let stat = self
-                    .client()
-                    .check_stat(&child)
-                    .await
-                    .map_err(|e| CoordError::zk(&child, e))?;
-                if stat.is_some_and(|s| s.num_children > 0) {
-                    self.delete_children_rec(&child).await?;
+    /// Every znode under `roots` (not the roots), deepest first: listed
+    /// level by level, each level's lists pipelined.
+    async fn descendants(&self, roots: &[String]) -> Result<Vec<String>, CoordError> {
+        let mut levels: Vec<Vec<String>> = Vec::new();
+        let mut frontier: Vec<String> = roots.to_vec();
+        while !frontier.is_empty() {
+            let lists = frontier
+                .iter()
+                .map(|p| retry_loss(move || self.client().list_children(p)));
+            let mut next = Vec::new();
+            for (p, listed) in frontier.iter().zip(futures::future::join_all(lists).await) {
+                match listed {
+                    Ok(children) => next.extend(children.into_iter().map(|c| format!("{p}/{c}"))),
+                    Err(ZkError::NoNode) => {}
+                    Err(e) => return Err(CoordError::zk(p, e)),
                 }
-                leaves.push(child);
             }
-            for chunk in leaves.chunks(500) {
-                let res = self
-                    .fenced("delete", path, |w| {
-                        chunk.iter().try_for_each(|p| w.add_delete(p, None))
-                    })
-                    .await;
-                match res {
-                    Ok(()) => {}
-                    // Someone (we, before a connection loss) deleted part: one by one.
-                    Err(CoordError::Zk {
-                        source: ZkError::NoNode,
-                        ..
-                    }) => {
-                        for p in chunk {
-                            match self.retry("delete", p, || self.lock.delete(p, None)).await {
-                                Ok(())
-                                | Err(CoordError::Zk {
-                                    source: ZkError::NoNode,
-                                    ..
-                                }) => {}
-                                Err(e) => return Err(e),
-                            }
+            levels.push(next.clone());
+            frontier = next;
+        }
+        Ok(levels.into_iter().rev().flatten().collect())
+    }
+
+    /// Deletes `paths` in this order (children before their parents), in
+    /// fenced multis of at most 500; a multi that meets a znode already
+    /// gone (deleted by us before a connection loss, or by a cleanup) is
+    /// done one by one.
+    async fn delete_all(&self, paths: &[String]) -> Result<(), CoordError> {
+        for chunk in paths.chunks(500) {
+            let Some(first) = chunk.first() else {
+                continue;
+            };
+            let res = self
+                .fenced("delete", first, |w| {
+                    chunk.iter().try_for_each(|p| w.add_delete(p, None))
+                })
+                .await;
+            match res {
+                Ok(()) => {}
+                Err(CoordError::Zk {
+                    source: ZkError::NoNode,
+                    ..
+                }) => {
+                    for p in chunk {
+                        match self.retry("delete", p, || self.lock.delete(p, None)).await {
+                            Ok(())
+                            | Err(CoordError::Zk {
+                                source: ZkError::NoNode,
+                                ..
+                            }) => {}
+                            Err(e) => return Err(e),
                         }
                     }
-                    Err(e) => return Err(e),
                 }
+                Err(e) => return Err(e),
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 }

@@ -30,12 +30,23 @@ impl LeaderStore {
 
     /// Lists every job.
     pub async fn list_jobs(&self) -> Result<Vec<StoredJob>, CoordError> {
+        let ids = self.list_job_ids().await?;
+        self.read_jobs(&ids).await
+    }
+
+    /// The ids of every job (one request).
+    pub async fn list_job_ids(&self) -> Result<Vec<String>, CoordError> {
         let path = self.layout.jobs();
-        let ids = match retry_loss(|| self.client().list_children(&path)).await {
-            Ok(ids) => ids,
-            Err(ZkError::NoNode) => return Ok(Vec::new()),
-            Err(e) => return Err(CoordError::zk(path, e)),
-        };
+        match retry_loss(|| self.client().list_children(&path)).await {
+            Ok(ids) => Ok(ids),
+            Err(ZkError::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(CoordError::zk(path, e)),
+        }
+    }
+
+    /// Reads the records of jobs `ids`, pipelined; jobs gone meanwhile and
+    /// records that are garbage (logged) are left out.
+    pub async fn read_jobs(&self, ids: &[String]) -> Result<Vec<StoredJob>, CoordError> {
         let reads: Vec<_> = ids.iter().map(|id| self.read_job(id)).collect();
         let mut jobs = Vec::with_capacity(ids.len());
         for (id, r) in ids.iter().zip(futures::future::join_all(reads).await) {

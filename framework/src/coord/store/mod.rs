@@ -34,7 +34,7 @@ pub const INLINE_LIMIT: usize = 256 * 1024;
 const RETRIES: u32 = 20;
 
 /// A job read back from ZooKeeper.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoredJob {
     /// Job id.
     pub id: String,
