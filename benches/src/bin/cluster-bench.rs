@@ -66,6 +66,21 @@ struct Args {
     /// With --rtt-ms: the share of frames each emulated link drops, each way.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// After the queue section, run Ray's and Celery's equivalents (from
+    /// `benches/peers/setup.sh`'s virtual environment) and print them
+    /// beside Ringleader's figures of this run.
+    #[arg(long)]
+    peers: bool,
+}
+
+/// Ringleader's work-queue figures of this run, for the peers' rows.
+#[derive(Clone, Copy, Default)]
+struct QueueFigures {
+    p50_ms: f64,
+    p99_ms: f64,
+    in_flight_per_s: f64,
+    /// Tasks/s of the largest one-task-per-shard job.
+    pipelined_per_s: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -252,6 +267,36 @@ fn count_in_threads(splits: &[wordcount::CountWords]) -> (wordcount::Counts, f64
     (counts, t.elapsed().as_secs_f64())
 }
 
+/// One line of a peer script's output.
+struct PeerFigure {
+    peer: String,
+    measure: String,
+    n: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    per_s: f64,
+}
+
+impl PeerFigure {
+    /// Reads `{"peer": .., "measure": .., ...}`; `None` for other lines.
+    fn parse(line: &str) -> Option<PeerFigure> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let num = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(f64::NAN)
+        };
+        Some(PeerFigure {
+            peer: v.get("peer")?.as_str()?.to_string(),
+            measure: v.get("measure")?.as_str()?.to_string(),
+            n: v.get("n").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            p50_ms: num("p50_ms"),
+            p99_ms: num("p99_ms"),
+            per_s: num("per_s"),
+        })
+    }
+}
+
 /// `n` well-behaved probes with values from `first` on.
 fn probes_from(first: u64, n: u64) -> Vec<Probe> {
     (first..first + n)
@@ -282,6 +327,7 @@ struct Bench {
     runs: usize,
     /// The master's CPU share when idle with the regular workers only.
     idle_cpu: Option<f64>,
+    queue: Option<QueueFigures>,
 }
 
 impl Bench {
@@ -540,6 +586,11 @@ impl Bench {
         })?;
         lat.sort_by(f64::total_cmp);
         let pct = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+        let mut figures = QueueFigures {
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            ..QueueFigures::default()
+        };
         self.rows.push(row(
             format!("one-task jobs awaited one at a time ({one_by_one}): p50 / p99"),
             format!("{:.2} ms / {:.2} ms", pct(0.5), pct(0.99)),
@@ -570,6 +621,7 @@ impl Bench {
             results.into_iter().collect::<anyhow::Result<Vec<()>>>()
         })?;
         let rate = in_flight as f64 / t.elapsed().as_secs_f64();
+        figures.in_flight_per_s = rate;
         self.rows.push(row(
             format!("one-task jobs/s, 64 in flight from one client ({in_flight}, results checked)"),
             format!("{rate:.0}"),
@@ -598,6 +650,7 @@ impl Bench {
                 "wrong results of the {n}-shard job"
             );
             let rate = n as f64 / t.elapsed().as_secs_f64();
+            figures.pipelined_per_s = rate;
             let base = *first.get_or_insert((n, rate));
             self.rows.push(row(
                 format!("one job, one task per shard: {n} shards, tasks/s"),
@@ -609,6 +662,106 @@ impl Bench {
                 },
                 format!("{:.2}", rate / base.1),
             ));
+        }
+        self.queue = Some(figures);
+        Ok(())
+    }
+
+    /// Ray's and Celery's equivalents of the queue rows, run now with the
+    /// cluster's processes stopped (SIGSTOP), so that they have the cores.
+    fn peers(&mut self) -> anyhow::Result<()> {
+        let Some(ours) = self.queue else {
+            bail!("--peers needs the queue section");
+        };
+        let exe = std::env::current_exe()?;
+        let root = exe
+            .ancestors()
+            .nth(3)
+            .context("cannot find the workspace from this binary's path")?;
+        let venv = std::env::var_os("RINGLEADER_PEERS_VENV")
+            .map_or_else(|| root.join("target/peers-venv"), PathBuf::from);
+        let python = venv.join("bin/python");
+        if !python.exists() {
+            self.rows.push(row(
+                "peers (Ray, Celery)",
+                "not installed: run benches/peers/setup.sh",
+                "",
+                "",
+            ));
+            return Ok(());
+        }
+        let (one, flight, piped) = if self.args.quick {
+            ("300", "3000", "20000")
+        } else {
+            ("2000", "20000", "100000")
+        };
+        let ids: Vec<String> = self.c.nodes.iter().map(|n| n.id.clone()).collect();
+        for id in &ids {
+            self.c.signal(id, "STOP");
+        }
+        let mut runs = Vec::new();
+        for script in ["ray_bench.py", "celery_bench.py"] {
+            let out = std::process::Command::new(&python)
+                .arg(root.join("benches/peers").join(script))
+                .args([
+                    "--one-by-one",
+                    one,
+                    "--in-flight",
+                    flight,
+                    "--pipelined",
+                    piped,
+                ])
+                .output();
+            runs.push((script, out));
+        }
+        for id in &ids {
+            self.c.signal(id, "CONT");
+        }
+        for (script, out) in runs {
+            let out = out.with_context(|| format!("running {script}"))?;
+            ensure!(
+                out.status.success(),
+                "{script} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let Some(fig) = PeerFigure::parse(line) else {
+                    continue;
+                };
+                let (measure, value, ratio) = match fig.measure.as_str() {
+                    "one_by_one" => (
+                        "one call awaited one at a time: p50 / p99",
+                        format!("{:.2} ms / {:.2} ms", fig.p50_ms, fig.p99_ms),
+                        format!(
+                            "{:.2} / {:.2}",
+                            ours.p50_ms / fig.p50_ms,
+                            ours.p99_ms / fig.p99_ms
+                        ),
+                    ),
+                    "in_flight_64" => (
+                        "calls/s, 64 in flight from one client",
+                        format!("{:.0}", fig.per_s),
+                        format!("{:.2}", ours.in_flight_per_s / fig.per_s),
+                    ),
+                    "pipelined" => (
+                        "no-op tasks/s, all submitted at once",
+                        format!("{:.0} ({} tasks)", fig.per_s, fig.n),
+                        format!("{:.2}", ours.pipelined_per_s / fig.per_s),
+                    ),
+                    _ => continue,
+                };
+                let theirs = match fig.measure.as_str() {
+                    "one_by_one" => format!("{:.2} ms / {:.2} ms", ours.p50_ms, ours.p99_ms),
+                    "in_flight_64" => format!("{:.0}", ours.in_flight_per_s),
+                    _ => format!("{:.0} (one job, one task per shard)", ours.pipelined_per_s),
+                };
+                self.rows.push(row(
+                    format!("{}: {measure}", fig.peer),
+                    value,
+                    format!("Ringleader, this run: {theirs}"),
+                    ratio,
+                ));
+            }
         }
         Ok(())
     }
@@ -1196,6 +1349,7 @@ fn main() -> anyhow::Result<()> {
         metrics: HashMap::new(),
         runs,
         idle_cpu: None,
+        queue: None,
         args,
     };
     b.start_node("cand-0", "candidate");
@@ -1227,6 +1381,11 @@ fn main() -> anyhow::Result<()> {
             step(&mut b).with_context(|| format!("section {section:?}"))?;
             eprintln!("{section:?} took {:.1} s", t.elapsed().as_secs_f64());
         }
+    }
+    if b.args.peers {
+        let t = Instant::now();
+        b.peers().context("peers")?;
+        eprintln!("peers took {:.1} s", t.elapsed().as_secs_f64());
     }
     println!("\n| measure | value | baseline (same run) | ratio |\n| --- | --- | --- | --- |");
     for r in &b.rows {
