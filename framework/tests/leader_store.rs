@@ -30,6 +30,12 @@ fn record() -> JobRecord {
 
 /// A master of a private ZooKeeper, and the directory it keeps.
 fn with_master(test: impl AsyncFnOnce(LeaderStore)) {
+    with_master_and_session(async |leader, _| test(leader).await)
+}
+
+/// [`with_master`], with the master's session (for writes a foreign
+/// client could make).
+fn with_master_and_session(test: impl AsyncFnOnce(LeaderStore, Session)) {
     let dir = tempfile::tempdir().unwrap();
     let zk = ZkServer::start(&dir.path().join("zk"), &ZkServerOptions::default()).unwrap();
     let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
@@ -48,7 +54,7 @@ fn with_master(test: impl AsyncFnOnce(LeaderStore)) {
         session.ensure_root().await.unwrap();
         let leader = session.campaign("m", store).await.unwrap();
         leader.publish("m", "127.0.0.1:1").await.unwrap();
-        test(leader).await;
+        test(leader, session).await;
     });
 }
 
@@ -181,5 +187,59 @@ fn concurrent_commits_share_transactions_and_fail_alone() {
         let stored = leader.read_commits("c").await.unwrap();
         assert_eq!(stored.len(), 200, "each shard has one commit");
         assert_eq!(stored[&key(7)], first);
+    });
+}
+
+/// Collection removes every znode of the jobs it is given, done or
+/// cancelled, committed shards and all, in shared transactions; a znode
+/// the layout does not name does not stop it.
+#[test]
+fn collection_leaves_nothing_of_its_jobs() {
+    use ringleader::coord::ShardOutput;
+    use ringleader::core::ShardKey;
+    with_master_and_session(async |leader, session| {
+        let key = ShardKey {
+            index: 0,
+            generation: 0,
+        };
+        let done_job = job(&leader, "d").await;
+        leader
+            .commit("d", key, 1, ShardOutput::Bytes(vec![1]), Vec::new())
+            .await
+            .unwrap();
+        leader
+            .finish(&done_job, vec![7], Vec::new(), done(), true)
+            .await
+            .unwrap();
+        let cancelled = job(&leader, "c").await;
+        leader
+            .commit("c", key, 1, ShardOutput::Bytes(vec![1]), Vec::new())
+            .await
+            .unwrap();
+        leader
+            .set_status(&cancelled, JobStatus::Cancelled)
+            .await
+            .unwrap();
+        let odd = job(&leader, "o").await;
+        let zk = session.zookeeper();
+        let extra = format!("{}/extra/deeper", leader.layout().job("o"));
+        zk.create(
+            &extra[..extra.rfind('/').unwrap()],
+            &[],
+            &zookeeper_client::CreateMode::Persistent
+                .with_acls(zookeeper_client::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+        let kept = job(&leader, "kept").await;
+        let victims: Vec<StoredJob> = ["d", "c", "o"]
+            .iter()
+            .map(|id| async { leader.read_job(id).await.unwrap().unwrap() })
+            .collect::<futures::future::JoinAll<_>>()
+            .await;
+        assert_eq!(victims.len(), 3, "{odd:?}");
+        leader.collect(&victims).await.unwrap();
+        let left = leader.list_job_ids().await.unwrap();
+        assert_eq!(left, vec![kept.id], "only the job not collected is left");
     });
 }

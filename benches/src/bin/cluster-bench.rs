@@ -598,6 +598,7 @@ impl Bench {
             format!("{:.1}", pct(0.5) / zk_one),
         ));
         let ceiling = self.zk_write_ceiling()?;
+        let before = self.zk_mntr();
         let t = Instant::now();
         self.rt.block_on(async {
             let results = futures::stream::iter(0..in_flight as u64)
@@ -622,12 +623,32 @@ impl Bench {
         })?;
         let rate = in_flight as f64 / t.elapsed().as_secs_f64();
         figures.in_flight_per_s = rate;
+        let after = self.zk_mntr();
         self.rows.push(row(
             format!("one-task jobs/s, 64 in flight from one client ({in_flight}, results checked)"),
             format!("{rate:.0}"),
             format!("{ceiling:.0}: pipelined ZooKeeper creates/s"),
             format!("{:.2}", rate / ceiling),
         ));
+        let packets = |m: &HashMap<String, f64>| m.get("zk_packets_received").copied();
+        if let (Some(a), Some(b)) = (packets(&after), packets(&before)) {
+            self.rows.push(row(
+                "ZooKeeper requests per one-task job, 64 in flight (all sessions)",
+                format!("{:.1}", (a - b) / in_flight as f64),
+                "",
+                "",
+            ));
+        }
+        // What the jobs leave once collected (the bench's retention is 0).
+        std::thread::sleep(Duration::from_secs(2));
+        if let Some(n) = self.zk_mntr().get("zk_znode_count") {
+            self.rows.push(row(
+                format!("znodes in ZooKeeper 2 s after {in_flight} one-task jobs"),
+                format!("{n:.0}"),
+                "",
+                "",
+            ));
+        }
         let mut first = None;
         for &n in sizes {
             let t = Instant::now();
@@ -764,6 +785,29 @@ impl Bench {
             }
         }
         Ok(())
+    }
+
+    /// ZooKeeper's `mntr` figures (of the first server), empty if it does not answer.
+    fn zk_mntr(&self) -> HashMap<String, f64> {
+        use std::io::{Read, Write};
+        let connect = self.c.zk_connect();
+        let Some(addr) = connect.split(',').next() else {
+            return HashMap::new();
+        };
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return HashMap::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut text = String::new();
+        if s.write_all(b"mntr").is_err() || s.read_to_string(&mut text).is_err() {
+            return HashMap::new();
+        }
+        text.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once('\t')?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
     }
 
     /// Median latency of one awaited create at a time, in milliseconds.

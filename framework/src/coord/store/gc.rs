@@ -32,10 +32,22 @@ impl LeaderStore {
                 }
             }
         }
-        let roots: Vec<String> = victims.iter().map(|j| self.layout.job(&j.id)).collect();
-        let mut doomed = self.descendants(&roots).await?;
-        doomed.extend(roots);
-        self.delete_all(&doomed).await?;
+        let doomed = self.job_trees(victims).await?;
+        match self.delete_all(&doomed).await {
+            Ok(()) => {}
+            // A znode the layout does not name (an older version's): list
+            // everything and delete what is there.
+            Err(CoordError::Zk {
+                source: ZkError::NotEmpty,
+                ..
+            }) => {
+                let roots: Vec<String> = victims.iter().map(|j| self.layout.job(&j.id)).collect();
+                let mut doomed = self.descendants(&roots).await?;
+                doomed.extend(roots);
+                self.delete_all(&doomed).await?;
+            }
+            Err(e) => return Err(e),
+        }
         self.delete_outputs(&outputs).await;
         Ok(())
     }
@@ -52,22 +64,75 @@ impl LeaderStore {
         self.delete_all(&doomed).await
     }
 
+    /// Every znode of the jobs, children before parents. The layout says
+    /// which znodes have children: only each job's `batches`, `lost` and
+    /// `done`, and `done`'s buckets, are listed (two round trips for all the
+    /// jobs together); the result exists exactly when the job is done.
+    async fn job_trees(&self, jobs: &[StoredJob]) -> Result<Vec<String>, CoordError> {
+        let mut dirs = Vec::with_capacity(jobs.len() * 3);
+        for j in jobs {
+            let path = self.layout.job(&j.id);
+            dirs.push(format!("{path}/batches"));
+            dirs.push(self.layout.lost(&j.id));
+            dirs.push(self.layout.done(&j.id));
+        }
+        let entries = self.list_all(&dirs).await?;
+        let buckets: Vec<String> = dirs
+            .iter()
+            .zip(&entries)
+            .skip(2)
+            .step_by(3)
+            .flat_map(|(done, names)| names.iter().map(move |b| format!("{done}/{b}")))
+            .collect();
+        let commits = self.list_all(&buckets).await?;
+        let mut doomed: Vec<String> = buckets
+            .iter()
+            .zip(&commits)
+            .flat_map(|(bucket, names)| names.iter().map(move |c| format!("{bucket}/{c}")))
+            .collect();
+        doomed.extend(buckets.iter().cloned());
+        for (dir, names) in dirs
+            .iter()
+            .zip(&entries)
+            .filter(|(d, _)| !d.ends_with("/done"))
+        {
+            doomed.extend(names.iter().map(|n| format!("{dir}/{n}")));
+        }
+        doomed.extend(dirs);
+        for j in jobs {
+            if j.record.status == JobStatus::Done {
+                doomed.push(self.layout.result(&j.id));
+            }
+            doomed.push(self.layout.job(&j.id));
+        }
+        Ok(doomed)
+    }
+
+    /// The children of each path, pipelined (none for a path that is gone).
+    async fn list_all(&self, paths: &[String]) -> Result<Vec<Vec<String>>, CoordError> {
+        let lists = paths
+            .iter()
+            .map(|p| retry_loss(move || self.client().list_children(p)));
+        let mut out = Vec::with_capacity(paths.len());
+        for (p, listed) in paths.iter().zip(futures::future::join_all(lists).await) {
+            out.push(match listed {
+                Ok(children) => children,
+                Err(ZkError::NoNode) => Vec::new(),
+                Err(e) => return Err(CoordError::zk(p, e)),
+            });
+        }
+        Ok(out)
+    }
+
     /// Every znode under `roots` (not the roots), deepest first: listed
     /// level by level, each level's lists pipelined.
     async fn descendants(&self, roots: &[String]) -> Result<Vec<String>, CoordError> {
         let mut levels: Vec<Vec<String>> = Vec::new();
         let mut frontier: Vec<String> = roots.to_vec();
         while !frontier.is_empty() {
-            let lists = frontier
-                .iter()
-                .map(|p| retry_loss(move || self.client().list_children(p)));
             let mut next = Vec::new();
-            for (p, listed) in frontier.iter().zip(futures::future::join_all(lists).await) {
-                match listed {
-                    Ok(children) => next.extend(children.into_iter().map(|c| format!("{p}/{c}"))),
-                    Err(ZkError::NoNode) => {}
-                    Err(e) => return Err(CoordError::zk(p, e)),
-                }
+            for (p, children) in frontier.iter().zip(self.list_all(&frontier).await?) {
+                next.extend(children.into_iter().map(|c| format!("{p}/{c}")));
             }
             levels.push(next.clone());
             frontier = next;
