@@ -71,6 +71,9 @@ pub const FRAME_BYTES: &str = "ringleader_quic_frame_bytes_total";
 /// Counter: frames refused as malformed or oversized.
 pub const FRAME_ERRORS: &str = "ringleader_frame_errors_total";
 
+/// Counter: fenced transactions the master's group-commit writer sent
+/// (each carries the writes that waited together).
+pub const ZK_TRANSACTIONS: &str = "ringleader_zk_transactions_total";
 /// Counter, label `request`: client requests the master received, by kind.
 pub const CLIENT_REQUESTS: &str = "ringleader_client_requests_total";
 /// The kinds of client request counted under [`CLIENT_REQUESTS`].
@@ -172,6 +175,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(FRAMES, Kind::Counter, "direction", "frames", "all", "Frames sent and received."),
     metric(FRAME_BYTES, Kind::Counter, "direction", "bytes", "all", "Bytes of frames sent and received."),
     metric(FRAME_ERRORS, Kind::Counter, "", "frames", "master", "Frames refused as malformed or oversized."),
+    metric(ZK_TRANSACTIONS, Kind::Counter, "", "transactions", "master", "Fenced ZooKeeper transactions sent by the master's group-commit writer; each carries the writes (commits, job creations, finishes, deletions) that waited together, so under load there are fewer than writes."),
     metric(CLIENT_REQUESTS, Kind::Counter, "request", "requests", "master", "Client requests received, by kind (Submit, WatchJob, GetJob, GetStatus, FetchResult, Cancel)."),
 ];
 
@@ -249,6 +253,7 @@ fn register() {
         JOBS_COMPLETED,
         JOBS_FAILED,
         FRAME_ERRORS,
+        ZK_TRANSACTIONS,
     ] {
         metrics::counter!(c).absolute(0);
     }

@@ -1,48 +1,103 @@
-//! Group commit of shard commits: the creates that are waiting when a
-//! transaction can be sent go together in one fenced multi (one check of
-//! the election znode, one fsync on the servers), under the request budget.
-//! One transaction is in flight at a time; what arrives meanwhile makes the
-//! next one bigger, so the batches grow with the load and a lone commit
-//! goes at once.
+//! Group commit: every fenced write of the master goes through one writer,
+//! which puts the writes waiting when a transaction can be sent into one
+//! fenced multi (one check of the election znode, one fsync on the
+//! servers), under the request budget. A write is itself a list of
+//! operations that must apply together (a job's record with its tasks, a
+//! result with `Done`). One transaction is in flight at a time; what
+//! arrives meanwhile makes the next one bigger, so the batches grow with
+//! the load and a lone write goes at once.
 //!
-//! Each create keeps its own answer, as if it had been sent alone: a multi
-//! is atomic, so when one create fails (`NodeExists`: the shard is already
-//! committed) ZooKeeper names it, that create gets the error, and the rest
-//! go again without it. A connection loss sends the whole batch again; a
-//! create applied before the loss then answers `NodeExists`, which the
-//! caller reads as it always has (the record there is its own). A failed
-//! fence fails every create of the batch.
+//! Each write keeps its own answer, as if it had been sent alone: a multi
+//! is atomic, so when one operation fails (`NodeExists`: a shard already
+//! committed; `BadVersion`: a job cancelled meanwhile) ZooKeeper names it,
+//! the write it belongs to gets the error, and the others go again without
+//! it. A connection loss sends the whole batch again; a write applied
+//! before the loss then fails on its first operation (`NodeExists` for a
+//! create, `NoNode` for a delete), which callers read as done, as they did
+//! with a lone write. A failed fence fails every write of the batch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use zookeeper_client::{CheckWriteError, Error as ZkError, OwnedLockClient};
+use zookeeper_client::{CheckWriteError, CheckWriter, Error as ZkError, OwnedLockClient};
 
 use crate::coord::zk::{PERSISTENT, REQUEST_BUDGET};
 
-/// Most creates in one transaction.
-const MAX_BATCH: usize = 1000;
-/// Bytes a create adds to a request besides its path and data.
-const CREATE_OVERHEAD: usize = 64;
+/// Most operations in one transaction.
+const MAX_OPS: usize = 2000;
+/// Bytes an operation adds to a request besides its path and data.
+const OP_OVERHEAD: usize = 64;
+/// Connection losses a batch is sent again through.
+const RETRIES: u32 = 20;
 
-struct Create {
-    path: String,
-    data: Vec<u8>,
+/// One operation of a fenced write.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// Create a persistent znode.
+    Create { path: String, data: Vec<u8> },
+    /// Set a znode's data (if its version is `version`).
+    Set {
+        path: String,
+        data: Vec<u8>,
+        version: Option<i32>,
+    },
+    /// Delete a znode (it must have no children).
+    Delete { path: String },
+}
+
+impl Op {
+    fn bytes(&self) -> usize {
+        OP_OVERHEAD
+            + match self {
+                Op::Create { path, data } | Op::Set { path, data, .. } => path.len() + data.len(),
+                Op::Delete { path } => path.len(),
+            }
+    }
+
+    /// Adds it to a transaction.
+    pub(super) fn add(&self, w: &mut CheckWriter<'_>) -> Result<(), ZkError> {
+        match self {
+            Op::Create { path, data } => w.add_create(path, data, &PERSISTENT),
+            Op::Set {
+                path,
+                data,
+                version,
+            } => w.add_set_data(path, data, *version),
+            Op::Delete { path } => w.add_delete(path, None),
+        }
+    }
+}
+
+/// A write waiting for its transaction.
+struct Write {
+    /// Which metric it is measured under (one of [`crate::metrics::ZK_OPS`]).
+    name: &'static str,
+    ops: Vec<Op>,
+    since: Instant,
     done: oneshot::Sender<Result<(), ZkError>>,
 }
 
-impl Create {
+impl Write {
     fn bytes(&self) -> usize {
-        self.path.len() + self.data.len() + CREATE_OVERHEAD
+        self.ops.iter().map(Op::bytes).sum()
+    }
+
+    fn answer(self, result: Result<(), ZkError>) {
+        metrics::histogram!(crate::metrics::ZK_OP_SECONDS, "op" => self.name)
+            .record(self.since.elapsed().as_secs_f64());
+        if matches!(&result, Err(e) if !matches!(e, ZkError::NodeExists | ZkError::NoNode)) {
+            metrics::counter!(crate::metrics::ZK_ERRORS, "op" => self.name).increment(1);
+        }
+        let _ = self.done.send(result);
     }
 }
 
 /// The sending side; the writer task ends when the last clone is dropped.
 #[derive(Clone, Debug)]
 pub(super) struct Batcher {
-    tx: mpsc::UnboundedSender<Create>,
+    tx: mpsc::UnboundedSender<Write>,
     /// Transactions sent, retries included.
     sent: Arc<AtomicU64>,
 }
@@ -53,7 +108,7 @@ impl Batcher {
     pub(super) fn start(lock: Weak<OwnedLockClient>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let sent = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write(lock, rx, sent.clone()));
+        tokio::spawn(run(lock, rx, sent.clone()));
         Batcher { tx, sent }
     }
 
@@ -62,16 +117,17 @@ impl Batcher {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// Creates a persistent znode in the next transaction; answers as a
-    /// lone fenced create would (connection losses are retried inside).
-    pub(super) async fn create(&self, path: &str, data: Vec<u8>) -> Result<(), ZkError> {
+    /// Applies `ops` together, fenced, in the next transaction; answers as
+    /// a lone fenced multi would (connection losses are retried inside).
+    pub(super) async fn write(&self, name: &'static str, ops: Vec<Op>) -> Result<(), ZkError> {
         let (done, answer) = oneshot::channel();
-        let create = Create {
-            path: path.to_string(),
-            data,
+        let write = Write {
+            name,
+            ops,
+            since: Instant::now(),
             done,
         };
-        if self.tx.send(create).is_err() {
+        if self.tx.send(write).is_err() {
             return Err(ZkError::SessionExpired);
         }
         answer.await.unwrap_or(Err(ZkError::SessionExpired))
@@ -79,38 +135,39 @@ impl Batcher {
 }
 
 /// The writer: takes what is queued, up to the budget, and commits it.
-async fn write(
+async fn run(
     lock: Weak<OwnedLockClient>,
-    mut rx: mpsc::UnboundedReceiver<Create>,
+    mut rx: mpsc::UnboundedReceiver<Write>,
     sent: Arc<AtomicU64>,
 ) {
-    let mut carried: Option<Create> = None;
+    let mut carried: Option<Write> = None;
     loop {
         let first = match carried.take() {
-            Some(c) => c,
+            Some(w) => w,
             None => match rx.recv().await {
-                Some(c) => c,
+                Some(w) => w,
                 None => return,
             },
         };
-        let mut bytes = first.bytes();
+        let (mut bytes, mut ops) = (first.bytes(), first.ops.len());
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        loop {
             match rx.try_recv() {
-                Ok(c) if bytes + c.bytes() > REQUEST_BUDGET => {
-                    carried = Some(c);
+                Ok(w) if bytes + w.bytes() > REQUEST_BUDGET || ops + w.ops.len() > MAX_OPS => {
+                    carried = Some(w);
                     break;
                 }
-                Ok(c) => {
-                    bytes += c.bytes();
-                    batch.push(c);
+                Ok(w) => {
+                    bytes += w.bytes();
+                    ops += w.ops.len();
+                    batch.push(w);
                 }
                 Err(_) => break,
             }
         }
         let Some(lock) = lock.upgrade() else {
-            for c in batch {
-                let _ = c.done.send(Err(ZkError::SessionExpired));
+            for w in batch {
+                w.answer(Err(ZkError::SessionExpired));
             }
             return;
         };
@@ -118,51 +175,59 @@ async fn write(
     }
 }
 
-/// Commits a batch, answering each create; retried as the module doc says.
-async fn commit(lock: &OwnedLockClient, mut batch: Vec<Create>, sent: &AtomicU64) {
+/// Commits a batch, answering each write; retried as the module doc says.
+async fn commit(lock: &OwnedLockClient, mut batch: Vec<Write>, sent: &AtomicU64) {
     let mut delay = Duration::from_millis(10);
     let mut losses = 0;
     while !batch.is_empty() {
-        let started = std::time::Instant::now();
         sent.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::ZK_TRANSACTIONS).increment(1);
         let res = {
             let mut w = lock.new_check_writer();
             let added = batch
                 .iter()
-                .try_for_each(|c| w.add_create(&c.path, &c.data, &PERSISTENT));
+                .flat_map(|b| &b.ops)
+                .try_for_each(|op| op.add(&mut w));
             match added {
                 Ok(()) => w.commit().await.map(|_| ()),
                 Err(e) => Err(CheckWriteError::RequestFailed { source: e }),
             }
         };
-        metrics::histogram!(crate::metrics::ZK_OP_SECONDS, "op" => "commit")
-            .record(started.elapsed().as_secs_f64());
         match res {
             Ok(()) => {
-                for c in batch {
-                    let _ = c.done.send(Ok(()));
+                for w in batch {
+                    w.answer(Ok(()));
                 }
                 return;
             }
-            Err(CheckWriteError::OperationFailed { index, source }) if index < batch.len() => {
-                let failed = batch.remove(index);
-                if !matches!(source, ZkError::NodeExists) {
-                    metrics::counter!(crate::metrics::ZK_ERRORS, "op" => "commit").increment(1);
+            Err(CheckWriteError::OperationFailed { index, source }) => {
+                // The write that holds operation `index` fails alone.
+                let mut first = 0;
+                let owner = batch.iter().position(|w| {
+                    first += w.ops.len();
+                    index < first
+                });
+                match owner {
+                    Some(k) => batch.remove(k).answer(Err(source)),
+                    None => {
+                        for w in batch {
+                            w.answer(Err(source.clone()));
+                        }
+                        return;
+                    }
                 }
-                let _ = failed.done.send(Err(source));
             }
             Err(CheckWriteError::RequestFailed {
                 source: ZkError::ConnectionLoss,
-            }) if losses < 20 => {
+            }) if losses < RETRIES => {
                 losses += 1;
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(500));
             }
             Err(e) => {
-                metrics::counter!(crate::metrics::ZK_ERRORS, "op" => "commit").increment(1);
                 let e = ZkError::from(e);
-                for c in batch {
-                    let _ = c.done.send(Err(e.clone()));
+                for w in batch {
+                    w.answer(Err(e.clone()));
                 }
                 return;
             }

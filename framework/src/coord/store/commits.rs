@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use zookeeper_client::Error as ZkError;
 
-use super::{retry_loss, CommitOutcome, LeaderStore, ShardOutput, StoredJob};
+use super::{retry_loss, CommitOutcome, LeaderStore, Op, ShardOutput, StoredJob};
 use crate::coord::records::{JobStatus, OutputRef, ResultRecord, ShardRecord};
-use crate::coord::zk::{decode_record, encode_record, CoordError, PERSISTENT};
+use crate::coord::zk::{decode_record, encode_record, CoordError};
 use crate::core::ShardKey;
 use crate::store::Store;
 
@@ -64,12 +64,12 @@ impl LeaderStore {
         let path = self.layout.lost_shard(job, key);
         let data = next_attempt.to_be_bytes();
         loop {
-            match self
-                .retry("record_loss", &path, || {
-                    self.lock.set_data(&path, &data, None)
-                })
-                .await
-            {
+            let set = vec![Op::Set {
+                path: path.clone(),
+                data: data.to_vec(),
+                version: None,
+            }];
+            match self.fenced("record_loss", &path, set).await {
                 Ok(_) => return Ok(()),
                 Err(CoordError::Zk {
                     source: ZkError::NoNode,
@@ -77,12 +77,11 @@ impl LeaderStore {
                 }) => {}
                 Err(e) => return Err(e),
             }
-            match self
-                .retry("record_loss", &path, || {
-                    self.lock.create(&path, &data, &PERSISTENT)
-                })
-                .await
-            {
+            let create = vec![Op::Create {
+                path: path.clone(),
+                data: data.to_vec(),
+            }];
+            match self.fenced("record_loss", &path, create).await {
                 Ok(_) => return Ok(()),
                 Err(CoordError::Zk {
                     source: ZkError::NodeExists,
@@ -163,7 +162,11 @@ impl LeaderStore {
                 other => break other?,
             }
         };
-        match self.batcher.create(&path, data).await {
+        let create = vec![Op::Create {
+            path: path.clone(),
+            data,
+        }];
+        match self.batcher.write("commit", create).await {
             Ok(()) => Ok(CommitOutcome::Committed(record)),
             Err(ZkError::NodeExists) => {
                 let (data, _) = self
@@ -212,12 +215,23 @@ impl LeaderStore {
         let job_data = encode_record(&job_path, &rec)?;
         let result_data = encode_record(&path, &result)?;
         let res = self
-            .fenced("finish", &path, |w| {
-                w.add_create(&path, &result_data, &PERSISTENT)?;
-                // Versioned: a cancel that got there first wins, and this
-                // whole transaction (the result too) is refused.
-                w.add_set_data(&job_path, &job_data, Some(job.version))
-            })
+            .fenced(
+                "finish",
+                &path,
+                vec![
+                    Op::Create {
+                        path: path.clone(),
+                        data: result_data,
+                    },
+                    // Versioned: a cancel that got there first wins, and this
+                    // whole write (the result too) is refused.
+                    Op::Set {
+                        path: job_path.clone(),
+                        data: job_data,
+                        version: Some(job.version),
+                    },
+                ],
+            )
             .await;
         match res {
             Ok(())

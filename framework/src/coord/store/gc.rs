@@ -2,11 +2,18 @@
 //! in shared fenced multis under the request budget) and the store objects
 //! their records name.
 
+use std::time::Duration;
+
 use zookeeper_client::Error as ZkError;
 
-use super::{retry_loss, LeaderStore, StoredJob};
+use super::{retry_loss, LeaderStore, Op, StoredJob};
 use crate::coord::records::{JobStatus, OutputRef};
 use crate::coord::zk::CoordError;
+
+/// Deletes per transaction of a deletion.
+const DELETE_CHUNK: usize = 200;
+/// The shortest pause between two transactions of one deletion.
+const DELETE_PAUSE: Duration = Duration::from_millis(5);
 
 impl LeaderStore {
     /// Deletes the jobs `victims` (chosen by [`crate::core::job::Retention`]):
@@ -141,19 +148,29 @@ impl LeaderStore {
     }
 
     /// Deletes `paths` in this order (children before their parents), in
-    /// fenced multis of at most 500; a multi that meets a znode already
+    /// fenced multis of at most [`DELETE_CHUNK`], each sent alone (see
+    /// [`LeaderStore::fenced_alone`]); a multi that meets a znode already
     /// gone (deleted by us before a connection loss, or by a cleanup) is
     /// done one by one.
     async fn delete_all(&self, paths: &[String]) -> Result<(), CoordError> {
-        for chunk in paths.chunks(500) {
+        let mut last = Duration::ZERO;
+        for (i, chunk) in paths.chunks(DELETE_CHUNK).enumerate() {
             let Some(first) = chunk.first() else {
                 continue;
             };
-            let res = self
-                .fenced("delete", first, |w| {
-                    chunk.iter().try_for_each(|p| w.add_delete(p, None))
-                })
-                .await;
+            if i > 0 {
+                // Background work: a big deletion takes at most about half
+                // of ZooKeeper's time (a pause as long as the last
+                // transaction took), so that commits are not queued behind
+                // a thousand transactions of deletes in a row.
+                tokio::time::sleep(last.max(DELETE_PAUSE)).await;
+            }
+            let started = std::time::Instant::now();
+            let deletes: Vec<Op> = chunk
+                .iter()
+                .map(|p| Op::Delete { path: p.clone() })
+                .collect();
+            let res = self.fenced_alone("delete", first, &deletes).await;
             match res {
                 Ok(()) => {}
                 Err(CoordError::Zk {
@@ -161,7 +178,8 @@ impl LeaderStore {
                     ..
                 }) => {
                     for p in chunk {
-                        match self.retry("delete", p, || self.lock.delete(p, None)).await {
+                        let delete = [Op::Delete { path: p.clone() }];
+                        match self.fenced_alone("delete", p, &delete).await {
                             Ok(())
                             | Err(CoordError::Zk {
                                 source: ZkError::NoNode,
@@ -173,6 +191,7 @@ impl LeaderStore {
                 }
                 Err(e) => return Err(e),
             }
+            last = started.elapsed();
         }
         Ok(())
     }

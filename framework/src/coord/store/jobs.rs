@@ -4,7 +4,7 @@
 use serde_bytes::ByteBuf;
 use zookeeper_client::Error as ZkError;
 
-use super::{now_ms, retry_loss, LeaderStore, StoredJob};
+use super::{now_ms, retry_loss, LeaderStore, Op, StoredJob};
 use crate::coord::records::{JobRecord, JobStatus, ResultRecord};
 use crate::coord::zk::{decode_record, encode_record, CoordError, PERSISTENT, REQUEST_BUDGET};
 use crate::core::shard_count;
@@ -104,21 +104,20 @@ impl LeaderStore {
         if batches.len() <= 1 && buckets <= SMALL_JOB_BUCKETS {
             record.status = JobStatus::Accepted;
             let data = encode_record(&job_path, &record)?;
-            let res = self
-                .fenced("create_job", &job_path, |w| {
-                    w.add_create(&job_path, &data, &PERSISTENT)?;
-                    w.add_create(&batches_path, &[], &PERSISTENT)?;
-                    w.add_create(&lost, &[], &PERSISTENT)?;
-                    w.add_create(&done, &[], &PERSISTENT)?;
-                    for (k, b) in batches.iter().enumerate() {
-                        w.add_create(&self.layout.batch(id, k as u32), b, &PERSISTENT)?;
-                    }
-                    for b in 0..buckets {
-                        w.add_create(&self.layout.bucket(id, b * 1000), &[], &PERSISTENT)?;
-                    }
-                    Ok(())
-                })
-                .await;
+            let create = |path: String, data: Vec<u8>| Op::Create { path, data };
+            let mut ops = vec![
+                create(job_path.clone(), data),
+                create(batches_path, Vec::new()),
+                create(lost, Vec::new()),
+                create(done, Vec::new()),
+            ];
+            for (k, b) in batches.into_iter().enumerate() {
+                ops.push(create(self.layout.batch(id, k as u32), b));
+            }
+            for b in 0..buckets {
+                ops.push(create(self.layout.bucket(id, b * 1000), Vec::new()));
+            }
+            let res = self.fenced("create_job", &job_path, ops).await;
             return match res {
                 // A created znode's version is 0.
                 Ok(()) => Ok(StoredJob {
@@ -147,13 +146,13 @@ impl LeaderStore {
         }
         record.status = JobStatus::Writing;
         let data = encode_record(&job_path, &record)?;
-        self.fenced("create_job", &job_path, |w| {
-            w.add_create(&job_path, &data, &PERSISTENT)?;
-            w.add_create(&batches_path, &[], &PERSISTENT)?;
-            w.add_create(&lost, &[], &PERSISTENT)?;
-            w.add_create(&done, &[], &PERSISTENT)
-        })
-        .await?;
+        let dirs = [job_path.clone(), batches_path, lost, done];
+        let ops = dirs
+            .into_iter()
+            .zip(std::iter::once(data).chain(std::iter::repeat(Vec::new())))
+            .map(|(path, data)| Op::Create { path, data })
+            .collect();
+        self.fenced("create_job", &job_path, ops).await?;
         let mut nodes: Vec<(String, &[u8])> = batches
             .iter()
             .enumerate()
@@ -224,11 +223,12 @@ impl LeaderStore {
         let mut r = job.record.clone();
         r.fetched_ms = Some(now_ms());
         let data = encode_record(&job_path, &r)?;
-        let res = self
-            .retry("set_status", &job_path, || {
-                self.lock.set_data(&job_path, &data, None)
-            })
-            .await;
+        let set = vec![Op::Set {
+            path: job_path.clone(),
+            data,
+            version: None,
+        }];
+        let res = self.fenced("set_status", &job_path, set).await;
         match res {
             // Collected since it was read: the fetch has its result anyway.
             Ok(_)
@@ -251,11 +251,12 @@ impl LeaderStore {
             rec.fetched_ms = Some(now_ms());
         }
         let data = encode_record(&path, &rec)?;
-        let res = self
-            .retry("set_status", &path, || {
-                self.lock.set_data(&path, &data, Some(job.version))
-            })
-            .await;
+        let set = vec![Op::Set {
+            path: path.clone(),
+            data,
+            version: Some(job.version),
+        }];
+        let res = self.fenced("set_status", &path, set).await;
         match res {
             Ok(_) => Ok(()),
             // Our own write, applied before a connection loss, then retried.

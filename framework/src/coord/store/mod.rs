@@ -15,6 +15,7 @@ use std::time::Duration;
 use zookeeper_client::{CheckWriter, Client, Error as ZkError, OwnedLockClient};
 
 mod batch;
+use batch::Op;
 mod commits;
 mod gc;
 mod jobs;
@@ -59,7 +60,8 @@ pub enum CommitOutcome {
 #[derive(Clone, Debug)]
 pub struct LeaderStore {
     lock: Arc<OwnedLockClient>,
-    /// Shard commits go through it: one transaction for those that wait together.
+    /// Every fenced write but publication and abdication goes through it:
+    /// one transaction for those that wait together.
     batcher: batch::Batcher,
     layout: Layout,
     epoch: u64,
@@ -131,8 +133,8 @@ impl LeaderStore {
         }
     }
 
-    /// Transactions that carried shard commits so far (for tests and
-    /// benchmarks: below one per commit under load).
+    /// Fenced transactions sent so far, by the group-commit writer (for
+    /// tests and benchmarks: below one per write under load).
     pub fn commit_transactions(&self) -> u64 {
         self.batcher.transactions()
     }
@@ -263,17 +265,32 @@ impl LeaderStore {
         w.commit().await.map(|_| ()).map_err(ZkError::from)
     }
 
-    /// [`Self::fenced_once`], retried on connection loss and measured
-    /// under `name`. A retry of a transaction that was applied before the
-    /// connection broke fails on its first create (`NodeExists`) or
-    /// delete (`NoNode`): callers read those as done.
-    async fn fenced(
+    /// Applies `ops` together in a fenced transaction, shared with the
+    /// writes waiting at the same time (see [`batch`]), connection losses
+    /// retried. A retry of a write that was applied before the connection
+    /// broke fails on its first create (`NodeExists`) or delete (`NoNode`):
+    /// callers read those as done. Measured under `name`.
+    async fn fenced(&self, name: &'static str, path: &str, ops: Vec<Op>) -> Result<(), CoordError> {
+        self.batcher
+            .write(name, ops)
+            .await
+            .map_err(|e| CoordError::zk(path, e))
+    }
+
+    /// Applies `ops` in a fenced transaction of their own, sent at once
+    /// beside the writer's (connection losses retried): for background
+    /// deletions, which would otherwise hold the writer's one transaction
+    /// in flight while commits wait behind them.
+    async fn fenced_alone(
         &self,
         name: &'static str,
         path: &str,
-        ops: impl Fn(&mut CheckWriter<'_>) -> Result<(), ZkError>,
+        ops: &[Op],
     ) -> Result<(), CoordError> {
-        self.retry(name, path, || self.fenced_once(&ops)).await
+        self.retry(name, path, || {
+            self.fenced_once(|w| ops.iter().try_for_each(|op| op.add(w)))
+        })
+        .await
     }
 
     /// Runs a ZooKeeper request, retrying on connection loss, and measures
