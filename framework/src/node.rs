@@ -71,6 +71,9 @@ pub struct NodeConfig {
     pub max_queued_bytes: usize,
     /// How long a fetched result stays in ZooKeeper.
     pub retention: Duration,
+    /// Most fetched results kept in ZooKeeper: beyond it the oldest go,
+    /// however young (a bound on ZooKeeper's memory for a work queue).
+    pub retention_max_jobs: usize,
     /// On SIGTERM, how long a worker may take to finish the shards it started.
     pub drain_timeout: Duration,
     /// Silence after which a QUIC link is declared lost (worker failure
@@ -291,6 +294,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 addr: addr.clone(),
                 registry: registry.clone(),
                 retention: config.retention,
+                retention_max_jobs: config.retention_max_jobs,
                 max_queued_bytes: config.max_queued_bytes,
                 audit: audit.clone(),
                 route: route_tx.clone(),

@@ -70,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             max_job_bytes: 32 << 20,
             max_queued_bytes: 32 << 20,
             retention: Duration::from_secs(60),
+            retention_max_jobs: 10_000,
             drain_timeout: Duration::from_secs(5),
             link_timeout: ringleader::transport::LINK_TIMEOUT,
             audit_file: None,

@@ -111,6 +111,11 @@ struct NodeArgs {
     /// Seconds a fetched result stays in ZooKeeper.
     #[arg(long, env = "RINGLEADER_RETENTION_SECS", default_value_t = 60)]
     retention_secs: u64,
+    /// Most fetched results kept in ZooKeeper: beyond it the oldest go
+    /// before their retention ends (each costs a few znodes of ZooKeeper's
+    /// memory; a work queue fetches thousands a second).
+    #[arg(long, env = "RINGLEADER_RETENTION_MAX_JOBS", default_value_t = 10_000)]
+    retention_max_jobs: usize,
     /// On SIGTERM, seconds to finish the shards already started before leaving.
     #[arg(long, env = "RINGLEADER_DRAIN_SECS", default_value_t = 30)]
     drain_secs: u64,
@@ -552,6 +557,7 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         max_job_bytes: a.max_job_bytes,
         max_queued_bytes: a.max_queued_bytes,
         retention: Duration::from_secs(a.retention_secs),
+        retention_max_jobs: a.retention_max_jobs,
         drain_timeout: Duration::from_secs(a.drain_secs),
         link_timeout: Duration::from_millis(a.link_timeout_ms),
         audit_file: a.audit_file,

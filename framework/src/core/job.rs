@@ -457,17 +457,25 @@ pub enum Stored {
 /// result may stay up to one retention longer), and `Writing` leftovers
 /// no submission of this master is writing. Never a job a submission is
 /// writing: the two would race.
+///
+/// Also bounded in count: beyond `max_retained` retained jobs, the ones
+/// retained longest go first, whatever their age, so that a work queue
+/// of thousands of jobs a second keeps ZooKeeper's znodes (and the list
+/// of jobs, one response under its packet limit) bounded.
 #[derive(Debug, Default)]
 pub struct Retention {
     period: std::time::Duration,
+    max_retained: usize,
     seen: BTreeMap<String, std::time::Instant>,
 }
 
 impl Retention {
-    /// A collector keeping fetched results for `period`.
-    pub fn new(period: std::time::Duration) -> Self {
+    /// A collector keeping fetched results for `period`, at most
+    /// `max_retained` of them.
+    pub fn new(period: std::time::Duration, max_retained: usize) -> Self {
         Retention {
             period,
+            max_retained,
             seen: BTreeMap::new(),
         }
     }
@@ -496,6 +504,15 @@ impl Retention {
                     }
                 }
                 Stored::Running | Stored::Unfetched => {}
+            }
+        }
+        if seen.len() > self.max_retained {
+            let mut by_age: Vec<(std::time::Instant, String)> =
+                seen.iter().map(|(id, t)| (*t, id.clone())).collect();
+            by_age.sort();
+            for (_, id) in by_age.into_iter().take(seen.len() - self.max_retained) {
+                seen.remove(&id);
+                due.push(id);
             }
         }
         self.seen = seen;
@@ -693,7 +710,7 @@ mod tests {
     fn retention_runs_on_this_masters_clock_and_spares_submissions() {
         let t0 = std::time::Instant::now();
         let secs = std::time::Duration::from_secs;
-        let mut r = Retention::new(secs(10));
+        let mut r = Retention::new(secs(10), usize::MAX);
         let mut l = Ledger::new(usize::MAX);
         let listed = vec![
             ("fetched".to_string(), Stored::Retained),
@@ -717,10 +734,31 @@ mod tests {
             vec!["fetched".to_string()]
         );
         // A job being resubmitted is never collected under it.
-        let mut r = Retention::new(secs(0));
+        let mut r = Retention::new(secs(0), usize::MAX);
         l.begin_submission(&sub("fetched", 1)).unwrap();
         assert!(r.due(&listed[..1], &l, t0).is_empty());
         l.abandoned("fetched");
         assert_eq!(r.due(&listed[..1], &l, t0), vec!["fetched".to_string()]);
+    }
+
+    #[test]
+    fn retention_keeps_at_most_its_count_the_oldest_going_first() {
+        let t0 = std::time::Instant::now();
+        let secs = std::time::Duration::from_secs;
+        let mut r = Retention::new(secs(3600), 2);
+        let l = Ledger::new(usize::MAX);
+        let job = |id: &str| (id.to_string(), Stored::Retained);
+        assert!(r.due(&[job("a")], &l, t0).is_empty());
+        assert!(r.due(&[job("a"), job("b")], &l, t0 + secs(1)).is_empty());
+        let three = [job("a"), job("b"), job("c"), ("r".into(), Stored::Running)];
+        assert_eq!(r.due(&three, &l, t0 + secs(2)), vec!["a".to_string()]);
+        let five = [job("b"), job("c"), job("d"), job("e")];
+        let mut due = r.due(&five, &l, t0 + secs(3));
+        due.sort();
+        assert_eq!(
+            due,
+            vec!["b".to_string(), "c".to_string()],
+            "b and c were seen first"
+        );
     }
 }

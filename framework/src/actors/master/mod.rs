@@ -85,6 +85,8 @@ pub(crate) struct MasterSettings {
     pub addr: String,
     pub registry: Registry,
     pub retention: Duration,
+    /// Most fetched jobs kept, however young.
+    pub retention_max_jobs: usize,
     /// Most bytes of tasks that unfinished jobs may hold in ZooKeeper.
     pub max_queued_bytes: usize,
     /// The node's audit log.
@@ -161,7 +163,7 @@ impl Master {
         settings: MasterSettings,
         elected: std::time::Instant,
     ) -> Self {
-        let settings_retention = settings.retention;
+        let retention = Retention::new(settings.retention, settings.retention_max_jobs);
         Master {
             elected,
             store,
@@ -176,7 +178,7 @@ impl Master {
             loading: HashSet::new(),
             cancelled_while_loading: HashSet::new(),
             gc_running: false,
-            retention: Retention::new(settings_retention),
+            retention,
             collecting: HashSet::new(),
             retained: HashMap::new(),
             paused: false,

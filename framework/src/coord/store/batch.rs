@@ -3,9 +3,9 @@
 //! fenced multi (one check of the election znode, one fsync on the
 //! servers), under the request budget. A write is itself a list of
 //! operations that must apply together (a job's record with its tasks, a
-//! result with `Done`). One transaction is in flight at a time; what
-//! arrives meanwhile makes the next one bigger, so the batches grow with
-//! the load and a lone write goes at once.
+//! result with `Done`). Up to two transactions are in flight at a time;
+//! what arrives meanwhile makes the next one bigger, so the batches grow
+//! with the load and a lone write goes at once.
 //!
 //! Each write keeps its own answer, as if it had been sent alone: a multi
 //! is atomic, so when one operation fails (`NodeExists`: a shard already
@@ -31,6 +31,10 @@ const MAX_OPS: usize = 2000;
 const OP_OVERHEAD: usize = 64;
 /// Connection losses a batch is sent again through.
 const RETRIES: u32 = 20;
+/// Transactions on their way at once: a transaction of big writes (shard
+/// outputs of hundreds of KiB) must not hold the next one back for a whole
+/// round trip and fsync, while ZooKeeper applies them in order anyway.
+const IN_FLIGHT: usize = 2;
 
 /// One operation of a fenced write.
 #[derive(Debug, Clone)]
@@ -134,20 +138,36 @@ impl Batcher {
     }
 }
 
-/// The writer: takes what is queued, up to the budget, and commits it.
+/// The writer: takes what is queued, up to the budget, and commits it,
+/// with up to [`IN_FLIGHT`] transactions on their way at once.
 async fn run(
     lock: Weak<OwnedLockClient>,
     mut rx: mpsc::UnboundedReceiver<Write>,
     sent: Arc<AtomicU64>,
 ) {
+    use futures::StreamExt;
     let mut carried: Option<Write> = None;
+    let mut flying = futures::stream::FuturesUnordered::new();
     loop {
         let first = match carried.take() {
             Some(w) => w,
-            None => match rx.recv().await {
-                Some(w) => w,
-                None => return,
-            },
+            None if flying.len() >= IN_FLIGHT => {
+                flying.next().await;
+                continue;
+            }
+            None => {
+                let next = tokio::select! {
+                    w = rx.recv() => w,
+                    Some(()) = flying.next(), if !flying.is_empty() => continue,
+                };
+                match next {
+                    Some(w) => w,
+                    None => {
+                        while flying.next().await.is_some() {}
+                        return;
+                    }
+                }
+            }
         };
         let (mut bytes, mut ops) = (first.bytes(), first.ops.len());
         let mut batch = vec![first];
@@ -171,7 +191,8 @@ async fn run(
             }
             return;
         };
-        commit(&lock, batch, &sent).await;
+        let sent = sent.clone();
+        flying.push(async move { commit(&lock, batch, &sent).await });
     }
 }
 
