@@ -572,7 +572,10 @@ impl Master {
                     state: JobState::Done,
                     counters,
                 };
-                act.watch_ended(ctx, &job, done, Some(result));
+                // Handed over from memory only if the write marked it
+                // fetched: a watch that came during the write is answered
+                // by a fetch, which marks it.
+                act.watch_ended(ctx, &job, done, fetched.then_some(result));
             }
             Err(e) if e.is_session_end() => act.fail(ctx, &e),
             Err(e) if e.is_conflict() => {
