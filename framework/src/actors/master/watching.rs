@@ -57,11 +57,11 @@ impl Handler<Watch> for Master {
         let known = self.jobs.contains_key(&job_id)
             || self.loading.contains(&job_id)
             || self.ledger.is_submitting(&job_id);
-        self.watchers
-            .by_job
-            .entry(job_id.clone())
-            .or_default()
-            .push(Watcher { tx, fetch });
+        let watchers = self.watchers.by_job.entry(job_id.clone()).or_default();
+        // Streams given up by their clients (a quiet watch is reopened
+        // every 10 s) go now, not at the job's next frame.
+        watchers.retain(|w| !w.tx.is_closed());
+        watchers.push(Watcher { tx, fetch });
         if !known {
             // Not running here: ended, unknown, or accepted and about to be
             // scheduled. ZooKeeper says which.
