@@ -480,9 +480,13 @@ impl Client {
             }
         };
         let mut bad = None;
+        // Since when watches have ended early with nothing heard: a master
+        // that answers clears it, so that each failover gets the full wait.
         let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             let (epoch, conn) = self.connection(bad).await?;
+            // Atomic, not a Cell: the future must stay `Send` (callers spawn it).
+            let heard = std::sync::atomic::AtomicBool::new(false);
             let ended = async {
                 let mut s = FramedStream::open(&conn, self.inner.cfg.max_reply_bytes).await?;
                 s.send(&Frame::WatchJob {
@@ -495,7 +499,9 @@ impl Client {
                     let Ok(frame) = tokio::time::timeout(WATCH_QUIET, s.recv()).await else {
                         return Ok(None);
                     };
-                    match frame? {
+                    let frame = frame?;
+                    heard.store(true, std::sync::atomic::Ordering::Relaxed);
+                    match frame {
                         Frame::Job(p) if p.state.is_final() => {
                             seen(&p, &mut last);
                             return Ok(Some(Watched::Ended(p)));
@@ -538,6 +544,9 @@ impl Client {
                 Err(WatchError::Transport(e)) => e.to_string(),
             };
             // The stream ended before the job: the master went, or the link.
+            if heard.load(std::sync::atomic::Ordering::Relaxed) {
+                failing_since = None;
+            }
             let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() >= self.inner.cfg.master_wait {
                 return Err(ClientError::NoMaster {

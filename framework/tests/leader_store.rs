@@ -243,3 +243,46 @@ fn collection_leaves_nothing_of_its_jobs() {
         assert_eq!(left, vec![kept.id], "only the job not collected is left");
     });
 }
+
+/// A finished job's shard outputs in the store are deleted at once (they
+/// are merged into its result), small job or not; a big job's commits go
+/// too, a small job's stay for collection.
+#[test]
+fn cleaning_a_finished_job_deletes_its_shard_objects() {
+    use ringleader::coord::{CommitOutcome, OutputRef, ShardOutput};
+    use ringleader::core::ShardKey;
+    with_master(async |leader| {
+        let big_output = vec![7u8; 300 * 1024];
+        for (id, shards) in [("small", 1u32), ("big", 65)] {
+            let tasks: Vec<ByteBuf> = (0..shards).map(|i| ByteBuf::from(vec![i as u8])).collect();
+            let mut rec = record();
+            rec.tasks_total = u64::from(shards);
+            let job = leader.create_job(id, rec, &tasks).await.unwrap();
+            let mut objects = Vec::new();
+            for index in 0..shards {
+                let key = ShardKey {
+                    index,
+                    generation: 0,
+                };
+                let out = ShardOutput::Bytes(big_output.clone());
+                let CommitOutcome::Committed(r) =
+                    leader.commit(id, key, 1, out, Vec::new()).await.unwrap()
+                else {
+                    panic!("{id}/{key} committed before")
+                };
+                let OutputRef::Object(name) = r.output else {
+                    panic!("a 300 KiB output is not inline: {:?}", r.output)
+                };
+                objects.push(name);
+            }
+            leader.clean_finished(&job, &objects).await.unwrap();
+            for name in &objects {
+                let read = leader.read_output(&OutputRef::Object(name.clone())).await;
+                assert!(read.is_err(), "{id}: {name} still in the store");
+            }
+            let commits = leader.read_commits(id).await.unwrap();
+            let kept = if shards == 1 { 1 } else { 0 };
+            assert_eq!(commits.len(), kept, "{id}: commits left");
+        }
+    });
+}

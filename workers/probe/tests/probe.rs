@@ -569,6 +569,28 @@ fn requests(scrape: &str, kind: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A `Client::wait` running on a task of its own.
+type Waiting =
+    tokio::task::JoinHandle<Result<ringleader::wire::JobProgress, ringleader::ClientError>>;
+
+/// `Client::wait` for job `id` on a task of its own; the tasks done of
+/// each progress it reports, in order.
+fn wait_in_background(
+    client: &Client,
+    id: &str,
+) -> (Waiting, std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (client, id, progress) = (client.clone(), id.to_string(), seen.clone());
+    let waiting = tokio::spawn(async move {
+        client
+            .wait(&id, |p| {
+                progress.lock().unwrap().push(p.counters.tasks_done)
+            })
+            .await
+    });
+    (waiting, seen)
+}
+
 #[test]
 fn progress_is_pushed_and_a_watch_follows_a_failover() {
     let port = |_| ringleader::zkserver::free_port().unwrap();
@@ -596,15 +618,7 @@ fn progress_is_pushed_and_a_watch_follows_a_failover() {
             .submit::<Collect<Probe>>(sleepers(8, 300), opts)
             .await
             .unwrap();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let waiting = {
-            let (client, id, seen) = (client.clone(), job.id().to_string(), seen.clone());
-            tokio::spawn(async move {
-                client
-                    .wait(&id, |p| seen.lock().unwrap().push(p.counters.tasks_done))
-                    .await
-            })
-        };
+        let (waiting, seen) = wait_in_background(&client, job.id());
         eventually(
             Duration::from_secs(20),
             "two tasks done, pushed to the waiting client",
@@ -679,5 +693,63 @@ fn every_fetched_job_is_collected_even_under_load() {
             || async { zk.list_children(&jobs).await.is_ok_and(|j| j.is_empty()) },
         )
         .await;
+    });
+}
+
+/// A watch follows one failover after another: each gets the client's
+/// full wait for a master, however long ago the first was (the client
+/// once counted from its first failure, and failed the second failover
+/// at once).
+#[test]
+fn a_watch_follows_two_failovers_further_apart_than_its_wait() {
+    let mut c = two_candidates_m1_leading();
+    c.node("m3", &["--role", "candidate"]);
+    c.node("w", &["--role", "worker", "--slots", "1"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let mut cfg = client_config(&c);
+        let wait = Duration::from_secs(6);
+        cfg.master_wait = wait;
+        let client = Client::connect(cfg).await.unwrap();
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            ..Default::default()
+        };
+        let job = client
+            .submit::<Collect<Probe>>(sleepers(40, 300), opts)
+            .await
+            .unwrap();
+        let (waiting, seen) = wait_in_background(&client, job.id());
+        let done_now = || seen.lock().unwrap().last().copied().unwrap_or(0);
+        eventually(Duration::from_secs(20), "a task done", || async {
+            done_now() >= 1
+        })
+        .await;
+        let first = c.master(&zk, None, Duration::from_secs(5)).await;
+        c.kill9(&first.node_id);
+        let killed_at = std::time::Instant::now();
+        let second = c
+            .master(&zk, Some(first.epoch), Duration::from_secs(20))
+            .await;
+        let before = done_now();
+        eventually(
+            Duration::from_secs(30),
+            "progress pushed by the second master, the client's wait past",
+            || async { done_now() > before && killed_at.elapsed() > wait + Duration::from_secs(1) },
+        )
+        .await;
+        assert!(
+            done_now() < 40,
+            "the job must still be running: {}",
+            done_now()
+        );
+        c.kill9(&second.node_id);
+        let last = match waiting.await.unwrap() {
+            Ok(p) => p,
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        };
+        assert_eq!(last.state, ringleader::wire::JobState::Done);
+        assert_eq!(last.counters.tasks_done, 40);
     });
 }

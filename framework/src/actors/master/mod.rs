@@ -41,7 +41,7 @@ use crate::coord::{
     ShardRecord, StoredJob, WorkerInfo,
 };
 use crate::core::job::{Finish, Merge, Retention, Stored};
-use crate::core::{shard_count, Command, Ledger, Scheduler, ShardKey, TaskFailure};
+use crate::core::{Command, Ledger, Scheduler, ShardKey, TaskFailure};
 use crate::metrics as m;
 use crate::registry::{Accumulator, Registry};
 use crate::wire::{Assignment, Frame, JobProgress, JobState};
@@ -529,15 +529,10 @@ impl Master {
             let done = store
                 .finish(&stored, output, failures, counters, fetched)
                 .await;
-            let small = stored.record.batches <= 1
-                && shard_count(stored.record.tasks_total, stored.record.options.shard_size)
-                    <= SMALL_JOB_SHARDS;
-            // A small job's leftovers are few: collection removes them with
-            // the rest of the job, saving a dozen requests per job.
-            if done.is_ok() && !small {
+            if done.is_ok() {
                 // After the answer: the job's end waits for no deletion.
                 tokio::task::spawn_local(async move {
-                    if let Err(e) = store.clean_finished(&stored.id, &objects).await {
+                    if let Err(e) = store.clean_finished(&stored, &objects).await {
                         tracing::debug!(job = %stored.id, error = %e, "finished job not cleaned; collection will");
                     }
                 });
@@ -722,10 +717,6 @@ impl Master {
         );
     }
 }
-
-/// A finished job with at most this many shards (and one batch of tasks)
-/// is left whole for collection instead of being cleaned at once.
-const SMALL_JOB_SHARDS: u32 = 64;
 
 /// Shortest interval between two refreshes of the master's gauges.
 const GAUGE_PERIOD: Duration = Duration::from_millis(200);

@@ -52,6 +52,32 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// Creates `path` holding `data`.
+    pub(super) fn create(path: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
+        Op::Create {
+            path: path.into(),
+            data: data.into(),
+        }
+    }
+
+    /// Sets `path`'s data, if its version is `version` (any with `None`).
+    pub(super) fn set(
+        path: impl Into<String>,
+        data: impl Into<Vec<u8>>,
+        version: Option<i32>,
+    ) -> Self {
+        Op::Set {
+            path: path.into(),
+            data: data.into(),
+            version,
+        }
+    }
+
+    /// Deletes `path`.
+    pub(super) fn delete(path: impl Into<String>) -> Self {
+        Op::Delete { path: path.into() }
+    }
+
     fn bytes(&self) -> usize {
         OP_OVERHEAD
             + match self {

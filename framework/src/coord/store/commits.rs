@@ -8,7 +8,11 @@ use zookeeper_client::Error as ZkError;
 use super::{retry_loss, CommitOutcome, LeaderStore, Op, ShardOutput, StoredJob};
 use crate::coord::records::{JobStatus, OutputRef, ResultRecord, ShardRecord};
 use crate::coord::zk::{decode_record, encode_record, CoordError};
-use crate::core::ShardKey;
+use crate::core::{shard_count, ShardKey};
+
+/// A finished job with at most this many shards (and one batch of tasks)
+/// keeps its znodes until collection (see [`LeaderStore::clean_finished`]).
+const SMALL_JOB_SHARDS: u32 = 64;
 use crate::store::Store;
 
 impl LeaderStore {
@@ -64,11 +68,7 @@ impl LeaderStore {
         let path = self.layout.lost_shard(job, key);
         let data = next_attempt.to_be_bytes();
         loop {
-            let set = vec![Op::Set {
-                path: path.clone(),
-                data: data.to_vec(),
-                version: None,
-            }];
+            let set = vec![Op::set(&path, data, None)];
             match self.fenced("record_loss", &path, set).await {
                 Ok(_) => return Ok(()),
                 Err(CoordError::Zk {
@@ -77,10 +77,7 @@ impl LeaderStore {
                 }) => {}
                 Err(e) => return Err(e),
             }
-            let create = vec![Op::Create {
-                path: path.clone(),
-                data: data.to_vec(),
-            }];
+            let create = vec![Op::create(&path, data)];
             match self.fenced("record_loss", &path, create).await {
                 Ok(_) => return Ok(()),
                 Err(CoordError::Zk {
@@ -162,13 +159,15 @@ impl LeaderStore {
                 other => break other?,
             }
         };
-        let create = vec![Op::Create {
-            path: path.clone(),
-            data,
-        }];
-        match self.batcher.write("commit", create).await {
+        match self
+            .fenced("commit", &path, vec![Op::create(&path, data)])
+            .await
+        {
             Ok(()) => Ok(CommitOutcome::Committed(record)),
-            Err(ZkError::NodeExists) => {
+            Err(CoordError::Zk {
+                source: ZkError::NodeExists,
+                ..
+            }) => {
                 let (data, _) = self
                     .client()
                     .get_data(&path)
@@ -178,7 +177,7 @@ impl LeaderStore {
                     &path, &data,
                 )?))
             }
-            Err(e) => Err(CoordError::zk(&path, e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -219,17 +218,10 @@ impl LeaderStore {
                 "finish",
                 &path,
                 vec![
-                    Op::Create {
-                        path: path.clone(),
-                        data: result_data,
-                    },
+                    Op::create(&path, result_data),
                     // Versioned: a cancel that got there first wins, and this
                     // whole write (the result too) is refused.
-                    Op::Set {
-                        path: job_path.clone(),
-                        data: job_data,
-                        version: Some(job.version),
-                    },
+                    Op::set(&job_path, job_data, Some(job.version)),
                 ],
             )
             .await;
@@ -244,24 +236,29 @@ impl LeaderStore {
         Ok(result)
     }
 
-    /// Removes what a finished job's result makes useless: its batches,
-    /// commits and lost-attempt records, and the store objects of its
-    /// shard outputs (merged into the result). Collection removes the rest
-    /// (and this, if it did not happen).
+    /// Removes what a finished job's result makes useless: the store
+    /// objects of its shard outputs (merged into the result), and its
+    /// batches, commits and lost-attempt records. A small job's znodes are
+    /// few: they are left for collection, which removes them with the rest
+    /// of the job (and whatever this did not remove).
     pub async fn clean_finished(
         &self,
-        id: &str,
+        job: &StoredJob,
         shard_objects: &[String],
     ) -> Result<(), CoordError> {
-        self.delete_children(&format!("{}/batches", self.layout.job(id)))
-            .await?;
-        self.delete_children(&self.layout.done(id)).await?;
-        self.delete_children(&self.layout.lost(id)).await?;
         let objects: Vec<OutputRef> = shard_objects
             .iter()
             .map(|n| OutputRef::Object(n.clone()))
             .collect();
         self.delete_outputs(&objects).await;
-        Ok(())
+        let r = &job.record;
+        if r.batches <= 1 && shard_count(r.tasks_total, r.options.shard_size) <= SMALL_JOB_SHARDS {
+            return Ok(());
+        }
+        let id = &job.id;
+        self.delete_children(&format!("{}/batches", self.layout.job(id)))
+            .await?;
+        self.delete_children(&self.layout.done(id)).await?;
+        self.delete_children(&self.layout.lost(id)).await
     }
 }

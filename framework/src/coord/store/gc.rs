@@ -166,10 +166,7 @@ impl LeaderStore {
                 tokio::time::sleep(last.max(DELETE_PAUSE)).await;
             }
             let started = std::time::Instant::now();
-            let deletes: Vec<Op> = chunk
-                .iter()
-                .map(|p| Op::Delete { path: p.clone() })
-                .collect();
+            let deletes: Vec<Op> = chunk.iter().map(Op::delete).collect();
             let res = self.fenced_alone("delete", first, &deletes).await;
             match res {
                 Ok(()) => {}
@@ -178,7 +175,7 @@ impl LeaderStore {
                     ..
                 }) => {
                     for p in chunk {
-                        let delete = [Op::Delete { path: p.clone() }];
+                        let delete = [Op::delete(p)];
                         match self.fenced_alone("delete", p, &delete).await {
                             Ok(())
                             | Err(CoordError::Zk {

@@ -104,18 +104,17 @@ impl LeaderStore {
         if batches.len() <= 1 && buckets <= SMALL_JOB_BUCKETS {
             record.status = JobStatus::Accepted;
             let data = encode_record(&job_path, &record)?;
-            let create = |path: String, data: Vec<u8>| Op::Create { path, data };
             let mut ops = vec![
-                create(job_path.clone(), data),
-                create(batches_path, Vec::new()),
-                create(lost, Vec::new()),
-                create(done, Vec::new()),
+                Op::create(&job_path, data),
+                Op::create(batches_path, Vec::new()),
+                Op::create(lost, Vec::new()),
+                Op::create(done, Vec::new()),
             ];
             for (k, b) in batches.into_iter().enumerate() {
-                ops.push(create(self.layout.batch(id, k as u32), b));
+                ops.push(Op::create(self.layout.batch(id, k as u32), b));
             }
             for b in 0..buckets {
-                ops.push(create(self.layout.bucket(id, b * 1000), Vec::new()));
+                ops.push(Op::create(self.layout.bucket(id, b * 1000), Vec::new()));
             }
             let res = self.fenced("create_job", &job_path, ops).await;
             return match res {
@@ -150,7 +149,7 @@ impl LeaderStore {
         let ops = dirs
             .into_iter()
             .zip(std::iter::once(data).chain(std::iter::repeat(Vec::new())))
-            .map(|(path, data)| Op::Create { path, data })
+            .map(|(path, data)| Op::create(path, data))
             .collect();
         self.fenced("create_job", &job_path, ops).await?;
         let mut nodes: Vec<(String, &[u8])> = batches
@@ -223,11 +222,7 @@ impl LeaderStore {
         let mut r = job.record.clone();
         r.fetched_ms = Some(now_ms());
         let data = encode_record(&job_path, &r)?;
-        let set = vec![Op::Set {
-            path: job_path.clone(),
-            data,
-            version: None,
-        }];
+        let set = vec![Op::set(&job_path, data, None)];
         let res = self.fenced("set_status", &job_path, set).await;
         match res {
             // Collected since it was read: the fetch has its result anyway.
@@ -251,11 +246,7 @@ impl LeaderStore {
             rec.fetched_ms = Some(now_ms());
         }
         let data = encode_record(&path, &rec)?;
-        let set = vec![Op::Set {
-            path: path.clone(),
-            data,
-            version: Some(job.version),
-        }];
+        let set = vec![Op::set(&path, data, Some(job.version))];
         let res = self.fenced("set_status", &path, set).await;
         match res {
             Ok(_) => Ok(()),
