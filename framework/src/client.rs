@@ -80,6 +80,21 @@ pub enum ClientError {
     /// The master refused the request.
     #[error("{0}")]
     Refused(String),
+    /// A submission was sent, and whether the master accepted it is not
+    /// known (the link or the master was lost before its answer, or the
+    /// master could not learn whether its write applied). Submitting
+    /// again with the same job id finds the job if it was accepted, and
+    /// submits it if not: it runs at most once.
+    #[error(
+        "the outcome of job {job_id}'s submission is unknown ({reason}): submit again with the \
+         same job id (the job runs at most once), or look the job up"
+    )]
+    OutcomeUnknown {
+        /// The job's id.
+        job_id: String,
+        /// What was seen.
+        reason: String,
+    },
     /// The master answered with something unexpected.
     #[error("unexpected reply: {0}")]
     Protocol(String),
@@ -143,7 +158,8 @@ pub struct Client {
 pub struct SubmitOptions {
     /// Job id; a random UUID if `None`.
     pub job_id: Option<String>,
-    /// Tasks per shard; the job's default if `None`.
+    /// Tasks per shard; the job's own if `None`, and if the job sets none
+    /// the master cuts it so that every slot gets work.
     pub shard_size: Option<u32>,
     /// Attempts per task (default 3).
     pub max_attempts: Option<u32>,
@@ -316,10 +332,21 @@ impl Client {
 
     /// Sends a request, following failovers, and returns the master's reply.
     async fn request(&self, frames: &[Frame]) -> Result<Frame, ClientError> {
+        self.request_tracked(frames, &mut false).await
+    }
+
+    /// [`request`](Self::request) that sets `sent` once any of the
+    /// request may have reached a master.
+    async fn request_tracked(
+        &self,
+        frames: &[Frame],
+        sent: &mut bool,
+    ) -> Result<Frame, ClientError> {
         let deadline = tokio::time::Instant::now() + self.inner.cfg.master_wait;
         let mut bad = None;
         loop {
             let (epoch, conn) = self.connection(bad).await?;
+            *sent = true;
             let reply = async {
                 let mut s = FramedStream::open(&conn, self.inner.cfg.max_reply_bytes).await?;
                 s.request(frames).await
@@ -380,10 +407,23 @@ impl Client {
         if !chunk.is_empty() {
             frames.push(Frame::SubmitChunk { tasks: chunk });
         }
-        match self.request(&frames).await? {
-            Frame::Accepted { job_id, existing } => Ok((job_id, existing)),
-            Frame::Error { message } => Err(ClientError::Refused(message)),
-            other => Err(ClientError::Protocol(other.name().into())),
+        let mut sent = false;
+        match self.request_tracked(&frames, &mut sent).await {
+            Ok(Frame::Accepted { job_id, existing }) => Ok((job_id, existing)),
+            Ok(Frame::Error { message }) if crate::wire::is_outcome_unknown(&message) => {
+                Err(ClientError::OutcomeUnknown {
+                    job_id,
+                    reason: message,
+                })
+            }
+            Ok(Frame::Error { message }) => Err(ClientError::Refused(message)),
+            Ok(other) => Err(ClientError::Protocol(other.name().into())),
+            // Nothing left this host, or the master's answer was definite.
+            Err(e) if !sent || matches!(e, ClientError::ReplyTooLarge { .. }) => Err(e),
+            Err(e) => Err(ClientError::OutcomeUnknown {
+                job_id,
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -398,10 +438,11 @@ impl Client {
             .map(|t| encode("task", t).map(ByteBuf::from))
             .collect::<Result<Vec<_>, _>>()?;
         let opts = JobOptions {
+            // 0: the master chooses (see `Job::default_shard_size`).
             shard_size: options
                 .shard_size
-                .unwrap_or_else(J::default_shard_size)
-                .max(1),
+                .or_else(J::default_shard_size)
+                .unwrap_or(0),
             max_attempts: options.max_attempts.unwrap_or(3).max(1),
             shard_timeout_ms: options.shard_timeout.map(|t| t.as_millis() as u64),
         };

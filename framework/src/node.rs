@@ -180,28 +180,49 @@ pub async fn advertised_addr(
 #[derive(Default, Clone)]
 pub struct NodeBuilder {
     pub(crate) registry: Registry,
+    /// Every registered job's command line, by registration order.
     pub(crate) cli: Vec<Arc<dyn crate::cli_job::ErasedCliJob>>,
+    /// The binary's own version, for `--version`.
+    pub(crate) version: Option<&'static str>,
 }
 
 impl NodeBuilder {
     /// Registers a bare task type: its job collects every output by index.
+    /// On the command line it reads its tasks as JSON lines and writes one
+    /// JSON line per output.
     pub fn task<T: Task>(mut self) -> Self {
         self.registry.add::<Collect<T>>();
+        self.add_cli(Arc::new(crate::cli_job::TaskLines::<T>::default()));
         self
     }
 
-    /// Registers a job with its own reduction.
+    /// Registers a job with its own reduction. On the command line it
+    /// reads its tasks as JSON lines and writes its result as JSON.
     pub fn job<J: Job>(mut self) -> Self {
         self.registry.add::<J>();
+        self.add_cli(Arc::new(crate::cli_job::JobJson::<J>::default()));
         self
     }
 
-    /// Registers a job that `submit` and `local` can build from command-line arguments.
+    /// Registers a job with command-line arguments of its own for
+    /// `submit` and `local`.
     pub fn cli_job<J: crate::cli_job::CliJob>(mut self) -> Self {
         self.registry.add::<J>();
-        self.cli
-            .push(Arc::new(crate::cli_job::CliEntry::<J>::default()));
+        self.add_cli(Arc::new(crate::cli_job::CliEntry::<J>::default()));
         self
+    }
+
+    /// The binary's version for `--version`, usually
+    /// `env!("CARGO_PKG_VERSION")` of the binary's crate.
+    pub fn version(mut self, version: &'static str) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// A job registered again replaces its earlier entry.
+    fn add_cli(&mut self, entry: Arc<dyn crate::cli_job::ErasedCliJob>) {
+        self.cli.retain(|e| e.name() != entry.name());
+        self.cli.push(entry);
     }
 
     /// The registered jobs.

@@ -75,9 +75,13 @@ pub trait Job: Send + Sync + 'static {
         Ok(())
     }
     /// Tasks per shard when the submission does not say (the unit of
-    /// assignment, transport and ZooKeeper commit).
-    fn default_shard_size() -> u32 {
-        64
+    /// assignment, transport and ZooKeeper commit). `None`, the default:
+    /// the master cuts the job so that every slot of the workers that run
+    /// it gets a few shards, within a bound on the number of shards
+    /// ([`crate::core::job::auto_shard_size`]); the size chosen is recorded
+    /// with the job.
+    fn default_shard_size() -> Option<u32> {
+        None
     }
 }
 

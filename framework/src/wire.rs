@@ -395,6 +395,21 @@ impl Frame {
     }
 }
 
+/// How a master's `Error` says that it cannot know whether a request
+/// took effect (a ZooKeeper write whose answer was lost): clients then
+/// report an unknown outcome rather than a refusal.
+const OUTCOME_UNKNOWN: &str = "outcome unknown: ";
+
+/// An `Error` message for an unknown outcome of `what`.
+pub fn outcome_unknown(what: &str) -> String {
+    format!("{OUTCOME_UNKNOWN}{what}")
+}
+
+/// Whether an `Error` message reports an unknown outcome.
+pub fn is_outcome_unknown(message: &str) -> bool {
+    message.starts_with(OUTCOME_UNKNOWN)
+}
+
 /// Whether a peer's `Error` says it does not know the frame it was sent
 /// (a version from before that frame): its decoder met an unknown
 /// variant, or its dispatcher an unexpected frame.

@@ -34,11 +34,12 @@ fn tail(path: &Path, lines: usize) -> String {
 
 pub(super) fn run_local(
     a: LocalArgs,
+    jobs: &[std::sync::Arc<dyn ErasedCliJob>],
     name: &str,
     tasks: Vec<ByteBuf>,
     opts: JobOptions,
-    finish: Finish,
 ) -> anyhow::Result<()> {
+    let out = Output::new(a.output.clone());
     let tmp = tempfile::Builder::new()
         .prefix("ringleader-local-")
         .tempdir()?;
@@ -162,7 +163,7 @@ pub(super) fn run_local(
         let client = Client::connect(client_config(&conn)).await?;
         let (id, _) = client.submit_encoded(name, tasks, opts, None).await?;
         eprintln!("job {id} accepted: {n_tasks} tasks");
-        run_to_end(&client, &id, finish).await
+        run_to_end(&client, jobs, &id, &out).await
     });
     let secs = job_started.elapsed().as_secs_f64();
     if res.is_ok() {

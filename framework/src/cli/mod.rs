@@ -1,11 +1,13 @@
 //! The command line every node binary gets from [`NodeBuilder::run_cli`]:
 //! `node`, `submit`, `result`, `status`, `cancel`, `certs` and `local`.
-//! Jobs registered with [`NodeBuilder::cli_job`] add their own arguments to
-//! `submit`, `result` and `local`.
+//! `submit JOB ARGS...` and `local JOB ARGS...` take the job's own
+//! arguments (the job's name may be left out when the binary runs one
+//! job); `result JOB-ID` needs none.
 //!
 //! Here: the arguments and their dispatch, `node`, `submit`, `result`,
-//! `status`, `cancel` and `certs`; [`render`] prints, [`local`] runs the
-//! one-machine demo. The jobs themselves are described in [`crate::cli_job`].
+//! `status`, `cancel` and `certs`, and the exit codes ([`Exit`]);
+//! [`render`] prints, [`local`] runs the one-machine demo. The jobs
+//! themselves are described in [`crate::cli_job`].
 
 mod local;
 mod render;
@@ -19,9 +21,9 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, FromArgMatches, Parser, Subcommand};
 use serde_bytes::ByteBuf;
 
-pub use crate::cli_job::{BoxError, CliJob};
-use crate::cli_job::{ErasedCliJob, Finish};
-use crate::client::{Client, ClientConfig};
+use crate::cli_job::ErasedCliJob;
+pub use crate::cli_job::{BoxError, CliJob, Output};
+use crate::client::{Client, ClientConfig, ClientError};
 use crate::node::{self, NodeBuilder, NodeConfig, Role};
 use crate::transport::tls;
 use crate::wire::{JobOptions, JobState};
@@ -148,13 +150,17 @@ struct SubmitArgs {
     upload: bool,
     #[command(flatten)]
     job: JobArgs,
+    /// Write the result here (default: stdout).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
 }
 
 /// How a submitted job is cut and retried (`submit` and `local`).
 #[derive(Args, Debug, Clone)]
 struct JobArgs {
-    /// Tasks per shard (default: the job's own).
-    #[arg(long)]
+    /// Tasks per shard (default: the job's own, or if it sets none, a size
+    /// that gives every slot of the workers that run it a few shards).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     shard_size: Option<u32>,
     /// Attempts per task.
     #[arg(long, default_value_t = 3)]
@@ -168,10 +174,11 @@ struct JobArgs {
 impl JobArgs {
     fn options(&self, job: &dyn ErasedCliJob) -> JobOptions {
         JobOptions {
+            // 0: the master chooses.
             shard_size: self
                 .shard_size
-                .unwrap_or_else(|| job.default_shard_size())
-                .max(1),
+                .or_else(|| job.default_shard_size())
+                .unwrap_or(0),
             max_attempts: self.max_attempts.max(1),
             shard_timeout_ms: self.shard_timeout_secs.map(|s| (s * 1000.0) as u64),
         }
@@ -184,6 +191,12 @@ struct ResultArgs {
     conn: Conn,
     /// The job.
     job_id: String,
+    /// Wait for a running job to end (default: a running job is an error).
+    #[arg(long)]
+    wait: bool,
+    /// Write the result here (default: stdout).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -269,15 +282,18 @@ struct LocalArgs {
     /// directory, removed at the end; the objects of a given store stay).
     #[arg(long, env = "RINGLEADER_STORE")]
     store: Option<String>,
+    /// Write the result here (default: stdout).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Join a cluster: by default a master candidate and a worker.
     Node(NodeArgs),
-    /// Submit a job, wait for it and write its result.
+    /// Submit a job (`submit JOB ARGS...`), wait for it and write its result.
     Submit(SubmitArgs),
-    /// Fetch a finished job's result.
+    /// Write a job's result (`--wait` for a running one).
     Result(ResultArgs),
     /// Show the leader, epoch, workers and jobs.
     Status(StatusArgs),
@@ -285,7 +301,8 @@ enum Cmd {
     Cancel(CancelArgs),
     /// Make a cluster CA with node and client certificates.
     Certs(CertsArgs),
-    /// Start a private ZooKeeper and N nodes here, run a job, stop everything.
+    /// Start a private ZooKeeper and N nodes here, run a job (`local JOB
+    /// ARGS...`), stop everything.
     Local(LocalArgs),
 }
 
@@ -303,39 +320,240 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
+/// What a command's exit code says; the README lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exit {
+    /// 1: anything else: local files, a job's arguments, a bad result.
+    Error,
+    /// 2: the command line is wrong (as for every parse error).
+    Usage,
+    /// 3: the cluster refused the request (a certificate, a limit, an
+    /// unknown job type, options, an unknown job id).
+    Refused,
+    /// 4: the job finished with failed tasks (the others' result was written).
+    TasksFailed,
+    /// 5: the job was cancelled.
+    Cancelled,
+    /// 6: whether the submission was accepted is unknown: the message
+    /// names the job id to submit again (it runs at most once) or query.
+    OutcomeUnknown,
+    /// 7: ZooKeeper, a master or the serving master cannot be reached.
+    Unreachable,
+    /// 8: the job is still running (`result` without `--wait`).
+    Running,
+    /// 130: interrupted (Ctrl-C); a submitted job keeps running.
+    Interrupted,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Error => 1,
+            Exit::Usage => 2,
+            Exit::Refused => 3,
+            Exit::TasksFailed => 4,
+            Exit::Cancelled => 5,
+            Exit::OutcomeUnknown => 6,
+            Exit::Unreachable => 7,
+            Exit::Running => 8,
+            Exit::Interrupted => 130,
+        }
+    }
+
+    /// The exit a command's error calls for: the first cause that says.
+    pub fn of(e: &anyhow::Error) -> Exit {
+        for cause in e.chain() {
+            if let Some(ended) = cause.downcast_ref::<Ended>() {
+                return ended.exit;
+            }
+            if let Some(c) = cause.downcast_ref::<ClientError>() {
+                return Exit::of_client(c);
+            }
+            if let Some(crate::coord::CoordError::Connect { .. }) = cause.downcast_ref() {
+                return Exit::Unreachable;
+            }
+        }
+        Exit::Error
+    }
+
+    fn of_client(e: &ClientError) -> Exit {
+        use crate::transport::TransportError as T;
+        match e {
+            ClientError::Refused(_) => Exit::Refused,
+            ClientError::Transport(T::Connect { .. }) => Exit::Refused,
+            ClientError::Transport(_) => Exit::Unreachable,
+            ClientError::NoMaster { .. } | ClientError::Unreachable { .. } => Exit::Unreachable,
+            ClientError::Coord(crate::coord::CoordError::Connect { .. }) => Exit::Unreachable,
+            ClientError::OutcomeUnknown { .. } => Exit::OutcomeUnknown,
+            _ => Exit::Error,
+        }
+    }
+}
+
+/// A command's end that is not a plain error: it carries its exit.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Ended {
+    exit: Exit,
+    message: String,
+}
+
+fn ended(exit: Exit, message: impl Into<String>) -> anyhow::Error {
+    Ended {
+        exit,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// The commands that take a job.
+const JOB_COMMANDS: [&str; 2] = ["submit", "local"];
+
+/// The job `submit` or `local` is about: the first word after the
+/// command that is neither an option nor an option's value, when it names
+/// a registered job (it is taken out of the arguments), else the binary's
+/// only job. `None` for other commands, or when the binary runs several
+/// jobs and none is named.
+fn pick_job(
+    args: &mut Vec<std::ffi::OsString>,
+    jobs: &[std::sync::Arc<dyn ErasedCliJob>],
+) -> Option<std::sync::Arc<dyn ErasedCliJob>> {
+    let base = <Cli as clap::CommandFactory>::command();
+    // Options (of the command line and of a command) that take a value.
+    let takes_value = |cmd: &clap::Command, word: &str| {
+        cmd.get_arguments().any(|a| {
+            a.get_action().takes_values()
+                && (word
+                    .strip_prefix("--")
+                    .is_some_and(|l| a.get_long() == Some(l))
+                    || (word.len() == 2
+                        && word.starts_with('-')
+                        && a.get_short().map(|c| c.to_string())
+                            == word.get(1..).map(str::to_string)))
+        })
+    };
+    let mut i = 1;
+    let mut command: Option<(usize, String)> = None;
+    while i < args.len() {
+        let word = args[i].to_string_lossy().into_owned();
+        let scope = match &command {
+            Some((_, c)) => base.find_subcommand(c).unwrap_or(&base),
+            None => &base,
+        };
+        if word == "--" {
+            break;
+        } else if word.starts_with('-') {
+            i += if !word.contains('=') && (takes_value(scope, &word) || takes_value(&base, &word))
+            {
+                2
+            } else {
+                1
+            };
+        } else if let Some((_, c)) = &command {
+            if !JOB_COMMANDS.contains(&c.as_str()) {
+                return None;
+            }
+            if let Some(job) = jobs.iter().find(|j| j.name() == word) {
+                let job = job.clone();
+                args.remove(i);
+                return Some(job);
+            }
+            break;
+        } else {
+            command = Some((i, word));
+            i += 1;
+        }
+    }
+    match (command, jobs) {
+        (Some((_, c)), [only]) if JOB_COMMANDS.contains(&c.as_str()) => Some(only.clone()),
+        _ => None,
+    }
+}
+
+fn job_list(jobs: &[std::sync::Arc<dyn ErasedCliJob>]) -> String {
+    let mut text =
+        String::from("Jobs this binary runs (`submit JOB --help` for a job's arguments):\n");
+    for j in jobs {
+        text.push_str(&format!("  {:<20} {}\n", j.name(), j.about()));
+    }
+    text
+}
+
+/// This program's name, as typed.
+fn program() -> String {
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "ringleader".into())
+}
+
 impl NodeBuilder {
-    /// The job `submit`, `result` and `local` work with.
-    fn command_line_job(&self) -> anyhow::Result<std::sync::Arc<dyn ErasedCliJob>> {
-        self.cli
-            .first()
-            .cloned()
-            .ok_or_else(|| anyhow!("this binary registers no command-line job"))
-    }
-
-    /// Parses the process arguments and runs the chosen command.
+    /// Parses the process arguments and runs the chosen command. On an
+    /// error it prints the error and its causes (no backtrace) and exits
+    /// with the code [`Exit`] gives it.
     pub fn run_cli(self) -> anyhow::Result<()> {
-        self.run_cli_from(std::env::args_os())
+        if let Err(e) = self.run_cli_from(std::env::args_os()) {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  because: {cause}");
+            }
+            std::process::exit(Exit::of(&e).code());
+        }
+        Ok(())
     }
 
-    /// Like [`run_cli`](Self::run_cli) with explicit arguments.
+    /// Like [`run_cli`](Self::run_cli) with explicit arguments; returns
+    /// the error instead of exiting ([`Exit::of`] gives its code).
     pub fn run_cli_from<I, T>(self, args: I) -> anyhow::Result<()>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let mut cmd = <Cli as clap::CommandFactory>::command();
-        if let Some(job) = self.cli.first() {
-            for sub in ["submit", "local", "result"] {
-                cmd = cmd.mut_subcommand(sub, |c| {
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let picked = pick_job(&mut args, &self.cli);
+        let name = args
+            .first()
+            .map(std::path::PathBuf::from)
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(program);
+        let version = match self.version {
+            Some(v) => format!("{v} (ringleader {})", env!("CARGO_PKG_VERSION")),
+            None => format!("(ringleader {})", env!("CARGO_PKG_VERSION")),
+        };
+        let mut cmd = <Cli as clap::CommandFactory>::command()
+            .name(name.clone())
+            .bin_name(name.clone())
+            .version(version)
+            .after_help(job_list(&self.cli));
+        for sub in JOB_COMMANDS {
+            cmd = cmd.mut_subcommand(sub, |c| match &picked {
+                Some(job) => {
                     // The job's arguments, under the subcommand's own description.
                     let about = c.get_about().cloned();
-                    let c = job.augment(c);
+                    let c = job
+                        .augment(c)
+                        .override_usage(format!("{name} {sub} [{}] [OPTIONS] [ARGS]", job.name()));
                     match about {
                         Some(about) => c.about(about),
                         None => c,
                     }
-                });
-            }
+                }
+                // No job named: whatever follows is kept, so that the
+                // error can say which jobs there are.
+                None => c
+                    .arg(
+                        clap::Arg::new("job args")
+                            .num_args(0..)
+                            .trailing_var_arg(true)
+                            .allow_hyphen_values(true)
+                            .hide(true),
+                    )
+                    .override_usage(format!("{name} {sub} JOB [OPTIONS] [ARGS]"))
+                    .after_help(job_list(&self.cli)),
+            });
         }
         let matches = cmd.try_get_matches_from(args).unwrap_or_else(|e| e.exit());
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -344,11 +562,28 @@ impl NodeBuilder {
             .subcommand()
             .map(|(_, m)| m.clone())
             .ok_or_else(|| anyhow!("no command"))?;
+        let job = || {
+            picked.clone().ok_or_else(|| {
+                let names: Vec<&str> = self.cli.iter().map(|j| j.name()).collect();
+                if names.is_empty() {
+                    ended(Exit::Usage, "this binary registers no job")
+                } else {
+                    ended(
+                        Exit::Usage,
+                        format!(
+                        "say which job: `{name} submit JOB [ARGS]` (or `local JOB`), with JOB one \
+                         of: {}",
+                        names.join(", ")
+                    ),
+                    )
+                }
+            })
+        };
         match cli.cmd {
             Cmd::Node(a) => run_node(self, a),
             Cmd::Certs(a) => run_certs(a),
             Cmd::Submit(a) => {
-                let job = self.command_line_job()?;
+                let job = job()?;
                 let store = if a.upload {
                     let conn = a.conn.clone();
                     Some(block_on(async move {
@@ -358,26 +593,35 @@ impl NodeBuilder {
                 } else {
                     None
                 };
-                let (tasks, finish) = job.plan(&sub, true, store.as_ref())?;
+                let tasks = job.tasks(&sub, store.as_ref())?;
                 let opts = a.job.options(job.as_ref());
+                let out = Output::new(a.output);
                 block_on(submit(
                     &a.conn,
+                    &self.cli,
                     job.name(),
                     tasks,
                     opts,
                     a.job_id,
                     a.detach,
-                    finish,
+                    &out,
                 ))
             }
             Cmd::Result(a) => {
-                let job = self.command_line_job()?;
-                let (_, finish) = job.plan(&sub, false, None)?;
+                let out = Output::new(a.output);
                 block_on(async move {
                     let client = Client::connect(client_config(&a.conn)).await?;
-                    let (bytes, report) = client.fetch_encoded(&a.job_id).await?;
-                    print_report(&report);
-                    finish(&bytes, &report)
+                    let p = client.progress(&a.job_id).await?;
+                    if !p.state.is_final() && !a.wait {
+                        return Err(ended(
+                            Exit::Running,
+                            format!(
+                                "job {} is still running ({}/{} tasks): add --wait to wait for it",
+                                a.job_id, p.counters.tasks_done, p.counters.tasks_total
+                            ),
+                        ));
+                    }
+                    run_to_end(&client, &self.cli, &a.job_id, &out).await
                 })
             }
             Cmd::Status(a) => block_on(async move {
@@ -410,10 +654,10 @@ impl NodeBuilder {
                 Ok(())
             }),
             Cmd::Local(a) => {
-                let job = self.command_line_job()?;
-                let (tasks, finish) = job.plan(&sub, true, None)?;
+                let job = job()?;
+                let tasks = job.tasks(&sub, None)?;
                 let opts = a.job.options(job.as_ref());
-                run_local(a, job.name(), tasks, opts, finish)
+                run_local(a, &self.cli, job.name(), tasks, opts)
             }
         }
     }
@@ -461,31 +705,46 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn submit(
     conn: &Conn,
+    jobs: &[std::sync::Arc<dyn ErasedCliJob>],
     name: &str,
     tasks: Vec<ByteBuf>,
     opts: JobOptions,
     job_id: Option<String>,
     detach: bool,
-    finish: Finish,
+    out: &Output,
 ) -> anyhow::Result<()> {
     // The id is chosen and shown before anything is sent: if the outcome
     // is unknown (the link or the master lost midway), a retry with this
     // id finds the job instead of running it twice.
     let id = job_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    eprintln!("job {id}: submitting {} tasks", tasks.len());
-    let retry = |e: crate::client::ClientError| {
+    eprintln!("job {id}: submitting {} {name} tasks", tasks.len());
+    let not_sent = |e: ClientError| {
         anyhow!(e).context(format!(
-            "job {id} may or may not have been accepted: run the same command with \
-             --job-id {id} to retry (the job runs at most once), or see it with `status`"
+            "job {id} was not submitted (no master got it): run the same command again once \
+             the cause below is fixed, with --job-id {id} to keep its id"
         ))
     };
-    let client = Client::connect(client_config(conn)).await.map_err(retry)?;
-    let (id, existing) = client
+    let client = Client::connect(client_config(conn))
+        .await
+        .map_err(not_sent)?;
+    let (id, existing) = match client
         .submit_encoded(name, tasks, opts, Some(id.clone()))
         .await
-        .map_err(retry)?;
+    {
+        Ok(r) => r,
+        Err(e @ ClientError::OutcomeUnknown { .. }) => {
+            return Err(anyhow!(e).context(format!(
+                "job {id} may or may not have been accepted: run the same command with \
+                 --job-id {id} to retry (the job runs at most once), or see it with \
+                 `{} result {id} --wait`",
+                program()
+            )))
+        }
+        Err(e) => return Err(not_sent(e)),
+    };
     eprintln!(
         "job {id} {}",
         if existing {
@@ -498,25 +757,56 @@ async fn submit(
         println!("{id}");
         return Ok(());
     }
-    run_to_end(&client, &id, finish).await
+    run_to_end(&client, jobs, &id, out).await
 }
 
-async fn run_to_end(client: &Client, id: &str, finish: Finish) -> anyhow::Result<()> {
+/// Waits for job `id` to end, then writes its result with the job's
+/// entry; the job's end (cancelled, tasks failed) becomes the exit.
+async fn run_to_end(
+    client: &Client,
+    jobs: &[std::sync::Arc<dyn ErasedCliJob>],
+    id: &str,
+    out: &Output,
+) -> anyhow::Result<()> {
     let mut progress = Progress::new();
     let wait = client.wait(id, |p| progress.show(p));
     let p = tokio::select! {
         p = wait => p?,
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("\ndetached; the job keeps running. Fetch it later with `result {id}`");
-            return Ok(());
+            return Err(ended(Exit::Interrupted, format!(
+                "detached; job {id} keeps running. Write its result later with `{} result {id} --wait`",
+                program()
+            )));
         }
     };
     if p.state == JobState::Cancelled {
-        bail!("job {id} was cancelled");
+        return Err(ended(Exit::Cancelled, format!("job {id} was cancelled")));
     }
+    let Some(job) = jobs.iter().find(|j| j.name() == p.job_name) else {
+        return Err(ended(
+            Exit::Error,
+            format!(
+                "job {id} is a {:?} job, which this binary does not run: write its result with \
+                 the binary that submitted it",
+                p.job_name
+            ),
+        ));
+    };
     let (bytes, report) = client.fetch_encoded(id).await?;
     print_report(&report);
-    finish(&bytes, &report)
+    job.output(&bytes, &report, out)?;
+    let c = &report.progress.counters;
+    if c.tasks_failed > 0 {
+        return Err(ended(
+            Exit::TasksFailed,
+            format!(
+                "{} of {} tasks of job {id} failed (listed above); the result of the others was \
+                 written",
+                c.tasks_failed, c.tasks_total
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn default_node_id() -> String {
@@ -587,5 +877,140 @@ mod tests {
         };
         assert!(a.listen.ip().is_unspecified(), "{}", a.listen);
         assert_eq!(a.listen.port(), node::DEFAULT_PORT);
+    }
+
+    fn jobs() -> Vec<std::sync::Arc<dyn ErasedCliJob>> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct A(u32);
+        impl crate::Task for A {
+            type Output = u32;
+            const NAME: &'static str = "a";
+            fn run(self, _: &crate::TaskContext) -> Result<u32, crate::TaskError> {
+                Ok(self.0)
+            }
+        }
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct B(u32);
+        impl crate::Task for B {
+            type Output = u32;
+            const NAME: &'static str = "b";
+            fn run(self, _: &crate::TaskContext) -> Result<u32, crate::TaskError> {
+                Ok(self.0)
+            }
+        }
+        NodeBuilder::default().task::<A>().task::<B>().cli
+    }
+
+    fn picked(
+        args: &[&str],
+        jobs: &[std::sync::Arc<dyn ErasedCliJob>],
+    ) -> (Option<String>, Vec<String>) {
+        let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        let job = pick_job(&mut args, jobs).map(|j| j.name().to_string());
+        (
+            job,
+            args.iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_job_is_the_first_word_after_the_command_and_its_options() {
+        let two = jobs();
+        assert_eq!(
+            picked(&["bin", "submit", "b", "x"], &two),
+            (
+                Some("b".into()),
+                vec!["bin".into(), "submit".into(), "x".into()]
+            )
+        );
+        // Options (and their values) may come first, as the testkit puts them.
+        let (job, rest) = picked(
+            &[
+                "bin",
+                "--log-format",
+                "json",
+                "submit",
+                "--zk",
+                "a",
+                "-o",
+                "f",
+                "--detach",
+                "a",
+                "t",
+            ],
+            &two,
+        );
+        assert_eq!(job.as_deref(), Some("a"));
+        // The value of --zk stays; the job's name is taken out.
+        assert_eq!(
+            rest,
+            [
+                "bin",
+                "--log-format",
+                "json",
+                "submit",
+                "--zk",
+                "a",
+                "-o",
+                "f",
+                "--detach",
+                "t"
+            ]
+        );
+        // Several jobs, none named: none picked, nothing taken.
+        assert_eq!(picked(&["bin", "submit", "file"], &two).0, None);
+        // Other commands never take a job.
+        assert_eq!(picked(&["bin", "result", "a"], &two).0, None);
+        // One job: it is the default, and may still be named.
+        let one = &two[..1];
+        assert_eq!(
+            picked(&["bin", "submit", "file"], one),
+            (
+                Some("a".into()),
+                vec!["bin".into(), "submit".into(), "file".into()]
+            )
+        );
+        assert_eq!(picked(&["bin", "submit", "a", "file"], one).1.len(), 3);
+    }
+
+    #[test]
+    fn exits_follow_what_the_client_knows() {
+        let of = |e: ClientError| Exit::of(&anyhow::Error::from(e).context("job x"));
+        assert_eq!(of(ClientError::Refused("no".into())), Exit::Refused);
+        assert_eq!(
+            of(ClientError::OutcomeUnknown {
+                job_id: "x".into(),
+                reason: "lost".into()
+            }),
+            Exit::OutcomeUnknown
+        );
+        assert_eq!(
+            of(ClientError::NoMaster {
+                cluster: "c".into(),
+                secs: 1
+            }),
+            Exit::Unreachable
+        );
+        assert_eq!(
+            Exit::of(&ended(Exit::Cancelled, "c").context("more")),
+            Exit::Cancelled
+        );
+        assert_eq!(Exit::of(&anyhow!("other")), Exit::Error);
+        let codes = [
+            Exit::Error,
+            Exit::Usage,
+            Exit::Refused,
+            Exit::TasksFailed,
+            Exit::Cancelled,
+            Exit::OutcomeUnknown,
+            Exit::Unreachable,
+            Exit::Running,
+            Exit::Interrupted,
+        ]
+        .map(Exit::code);
+        let distinct: std::collections::BTreeSet<i32> = codes.iter().copied().collect();
+        assert_eq!(distinct.len(), codes.len(), "{codes:?}");
     }
 }

@@ -37,6 +37,30 @@ pub struct Counters {
     pub retries: u64,
 }
 
+/// Shards per slot an automatic cut aims at: more than one, so that a
+/// slow shard does not hold the job's end alone and the work spreads
+/// over every worker.
+pub const AUTO_SHARDS_PER_SLOT: u64 = 4;
+
+/// Most shards an automatic cut makes: each shard costs ZooKeeper writes
+/// (its commit), so a job of millions of tiny tasks is cut coarser.
+pub const AUTO_MAX_SHARDS: u64 = 10_000;
+
+/// Tasks per shard for a job that leaves the size to the cluster: every
+/// one of `slots` (the slots of the workers that run the job; 0 when none
+/// is registered yet) gets [`AUTO_SHARDS_PER_SLOT`] shards, with at most
+/// [`AUTO_MAX_SHARDS`] shards in all.
+pub fn auto_shard_size(tasks: u64, slots: u64) -> u32 {
+    let for_slots = match slots {
+        // No worker yet: one task per shard, as many as the bound allows
+        // (workers that join later all get work).
+        0 => 1,
+        n => tasks.div_ceil(n.saturating_mul(AUTO_SHARDS_PER_SLOT)),
+    };
+    let for_bound = tasks.div_ceil(AUTO_MAX_SHARDS);
+    u32::try_from(for_slots.max(for_bound).max(1)).unwrap_or(u32::MAX)
+}
+
 /// The bytes a list of tasks holds in ZooKeeper, per-task overhead included.
 pub fn task_bytes<T: AsRef<[u8]>>(tasks: &[T]) -> usize {
     tasks
@@ -760,5 +784,37 @@ mod tests {
             vec!["b".to_string(), "c".to_string()],
             "b and c were seen first"
         );
+    }
+
+    #[test]
+    fn an_automatic_cut_gives_every_slot_work_within_the_shard_bound() {
+        use super::{auto_shard_size, AUTO_MAX_SHARDS};
+        // 30 expensive tasks, three workers of one slot: every worker works.
+        let size = auto_shard_size(30, 3);
+        assert!(crate::core::shard_count(30, size) >= 3, "size {size}");
+        assert_eq!(auto_shard_size(1, 8), 1);
+        assert_eq!(auto_shard_size(0, 8), 1);
+        assert_eq!(auto_shard_size(5, 0), 1);
+        for (tasks, slots) in [
+            (10_u64, 1_u64),
+            (1_000, 16),
+            (100_000, 2),
+            (50_000_000, 64),
+            (7, 3),
+        ] {
+            let size = auto_shard_size(tasks, slots);
+            let shards = u64::from(crate::core::shard_count(tasks, size));
+            assert!(size >= 1);
+            assert!(
+                shards <= AUTO_MAX_SHARDS,
+                "{tasks} tasks, {slots} slots: {shards} shards"
+            );
+            if tasks >= slots {
+                assert!(
+                    shards >= slots.min(AUTO_MAX_SHARDS),
+                    "{tasks} tasks, {slots} slots: {shards} shards"
+                );
+            }
+        }
     }
 }

@@ -217,6 +217,10 @@ fn handshake_failure(e: &quinn::ConnectionError) -> Option<String> {
     }
 }
 
+/// How long a request whose sending was stopped waits for the answer
+/// that says why.
+const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One bidirectional stream carrying frames.
 pub struct FramedStream {
     /// Sending half.
@@ -271,10 +275,14 @@ impl FramedStream {
         for f in frames {
             wire::encode_into(&mut buf, f)?;
         }
-        self.send
-            .write_all(&buf)
-            .await
-            .map_err(|e| WireError::Io(e.into()))?;
+        if let Err(e) = self.send.write_all(&buf).await {
+            // A peer that refuses midway (a size limit) answers, then stops
+            // the stream: its answer says why, and nothing is sent again.
+            if let Ok(Ok(reply)) = tokio::time::timeout(REFUSAL_WAIT, self.recv()).await {
+                return Ok(reply);
+            }
+            return Err(WireError::Io(e.into()).into());
+        }
         self.recv().await
     }
 }

@@ -89,7 +89,7 @@ impl ringleader::Job for FragileSum {
         *acc += partial;
         Ok(())
     }
-    fn default_shard_size() -> u32 {
-        1
+    fn default_shard_size() -> Option<u32> {
+        Some(1)
     }
 }

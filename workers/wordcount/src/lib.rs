@@ -18,11 +18,11 @@ use std::collections::HashMap;
 use compact_str::CompactString;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ringleader::store::Store;
 
-use ringleader::cli::{BoxError, CliJob};
+use ringleader::cli::{BoxError, CliJob, Output};
 use ringleader::{Job, JobReport, Task, TaskContext, TaskError};
 use serde::{Deserialize, Serialize};
 
@@ -440,15 +440,9 @@ pub struct WordCountArgs {
     /// store URLs (s3://bucket/key); with `submit --upload`, local files
     /// are first copied into the cluster's store.
     pub files: Vec<String>,
-    /// Where to write `word<TAB>count` lines.
-    #[arg(long)]
-    pub output: Option<PathBuf>,
     /// Lowercase and keep only alphanumeric characters.
     #[arg(long)]
     pub normalize: bool,
-    /// Words to print on stdout.
-    #[arg(long, default_value_t = 10)]
-    pub top: usize,
     /// Split size in MiB (0: about a twelfth of the input, 1 to 64 MiB;
     /// each split's counts are merged on the master, so splits much smaller
     /// than the vocabulary's size cost more in merging than in counting).
@@ -489,8 +483,8 @@ impl Job for WordCount {
         }
         decoder.deserialize_map(Into(acc))
     }
-    fn default_shard_size() -> u32 {
-        1
+    fn default_shard_size() -> Option<u32> {
+        Some(1)
     }
 }
 
@@ -568,30 +562,21 @@ impl CliJob for WordCount {
         };
         plan(&args.files, split, args.normalize)
     }
-    fn output(args: &WordCountArgs, counts: Counts, report: &JobReport) -> Result<(), BoxError> {
-        if report.progress.counters.tasks_failed > 0 {
-            let first = report
-                .failures
-                .first()
-                .map_or(String::new(), |f| f.error.clone());
-            return Err(format!(
-                "{} of {} splits failed: {first}",
-                report.progress.counters.tasks_failed, report.progress.counters.tasks_total
-            )
-            .into());
-        }
-        if let Some(out) = &args.output {
-            write_counts(out, &counts)
-                .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-            eprintln!("wrote {} distinct words to {}", counts.len(), out.display());
+    /// The top ten words on stdout; with `--output FILE`, every word's
+    /// count there as `word<TAB>count` lines.
+    fn output(counts: Counts, _report: &JobReport, out: &Output) -> Result<(), BoxError> {
+        if let Some(path) = out.path() {
+            write_counts(path, &counts)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            eprintln!(
+                "wrote {} distinct words to {}",
+                counts.len(),
+                path.display()
+            );
         }
         let total: u64 = counts.values().sum();
-        println!(
-            "{total} words, {} distinct; top {}:",
-            counts.len(),
-            args.top
-        );
-        for (w, c) in sorted(&counts).into_iter().take(args.top) {
+        println!("{total} words, {} distinct; top 10:", counts.len());
+        for (w, c) in sorted(&counts).into_iter().take(10) {
             println!("{c:>12}  {w}");
         }
         Ok(())

@@ -13,7 +13,7 @@ use serde_bytes::ByteBuf;
 use super::load::Loaded;
 use super::{error, JobRuntime, Master};
 use crate::coord::{submission_digest, CoordError, JobRecord, JobStatus};
-use crate::core::job::{Ledger, Submission};
+use crate::core::job::{auto_shard_size, Ledger, Submission};
 use crate::core::recover_job;
 use crate::metrics as m;
 use crate::wire::{Frame, SubmitHeader};
@@ -52,9 +52,17 @@ impl Handler<Submit> for Master {
             ))));
         }
         let bytes = msg.bytes;
+        // The options as recorded: a size left to the cluster is chosen
+        // now, from the slots that run the job, and kept with the job
+        // (recovery cuts from the record). The digest keeps what the
+        // client sent, so that its retry finds the job.
+        let mut options = h.options.clone();
+        if options.shard_size == 0 {
+            options.shard_size = auto_shard_size(h.task_count, self.slots_for(&h.job_name));
+        }
         let submission = Submission {
             job_id: &h.job_id,
-            shard_size: h.options.shard_size,
+            shard_size: options.shard_size,
             max_attempts: h.options.max_attempts,
             announced: h.task_count,
             tasks: msg.tasks.len() as u64,
@@ -111,7 +119,7 @@ impl Handler<Submit> for Master {
             }
             let record = JobRecord {
                 job_name: h.job_name.clone(),
-                options: h.options.clone(),
+                options,
                 tasks_total: h.task_count,
                 batches: 0,
                 status: JobStatus::Writing,
@@ -180,11 +188,10 @@ impl Handler<Submit> for Master {
                     act.fail(ctx, &e);
                 }
                 if e.is_outcome_unknown() {
-                    error(format!(
-                        "the outcome of job {id}'s submission is unknown ({e}): it may have \
-                         been accepted. Retry with the same job id: that returns the job if it \
-                         was, and submits it if not"
-                    ))
+                    error(crate::wire::outcome_unknown(&format!(
+                        "job {id}'s submission ({e}): it may have been accepted. Retry with the \
+                         same job id: that returns the job if it was, and submits it if not"
+                    )))
                 } else {
                     error(format!(
                         "submission of job {id} failed: {e}; retry with the same job id"
@@ -216,5 +223,16 @@ fn same_submission(id: &str, kept: Option<&ByteBuf>, digest: &ByteBuf) -> Result
              another job id, or fetch the existing job's result with `result {id}`"
         )),
         _ => Ok(()),
+    }
+}
+
+impl Master {
+    /// The slots of the registered workers that run job `name`.
+    pub(super) fn slots_for(&self, name: &str) -> u64 {
+        self.registered
+            .values()
+            .filter(|w| w.jobs.iter().any(|j| j == name))
+            .map(|w| u64::from(w.slots))
+            .sum()
     }
 }

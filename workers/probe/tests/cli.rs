@@ -1,0 +1,205 @@
+#![allow(clippy::unwrap_used)]
+//! The command line as a user meets it, with a binary of two jobs (`probe`,
+//! a bare task, and `fragile-sum`, a job of its own): each job submitted
+//! by name with tasks as JSON lines, `result` by job id alone (with
+//! `--wait`, `--output`), and an exit code for each way a job ends.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ringleader::prom::http_get;
+use ringleader::testkit::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_probe");
+
+fn write_tasks(path: &Path, lines: &[String]) -> String {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    path.display().to_string()
+}
+
+fn ok(value: u64) -> String {
+    format!(r#"{{"value":{value},"behaviour":"Ok"}}"#)
+}
+
+fn sleep(value: u64, ms: u64) -> String {
+    format!(r#"{{"value":{value},"behaviour":{{"Sleep":{ms}}}}}"#)
+}
+
+/// Runs a command of the cluster: (exit code, stdout, stderr).
+fn run(c: &Cluster, cmd: &str, args: &[&str]) -> (i32, String, String) {
+    let o = c.cli(cmd, args);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A counter's value summed over its series with `label`, from a node's metrics page.
+fn scrape(addr: &str, name: &str, label: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").expect("metrics page");
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
+    let mut c = Cluster::new(BIN);
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    c.node(
+        "n0",
+        &[
+            "--max-job-bytes",
+            "200000",
+            "--metrics-addr",
+            &metrics,
+            "--slots",
+            "2",
+        ],
+    );
+    c.node("n1", &["--role", "worker", "--slots", "2"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 2, Duration::from_secs(30)).await;
+    });
+    let dir = c.dir.path().to_path_buf();
+    let three = write_tasks(&dir.join("three.jsonl"), &[ok(1), ok(2), ok(3)]);
+
+    // Several jobs: which one must be said, and the list says what there is.
+    let (code, _, err) = run(&c, "submit", &[&three]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("say which job") && err.contains("probe") && err.contains("fragile-sum"),
+        "{err}"
+    );
+
+    // A bare task: tasks as JSON lines in, one JSON line per output out.
+    let (code, out, err) = run(&c, "submit", &["probe", &three]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            r#"{"index":0,"output":2}"#,
+            r#"{"index":1,"output":4}"#,
+            r#"{"index":2,"output":6}"#
+        ],
+        "{err}"
+    );
+    // A job of its own, named after the options: its result as JSON.
+    let (code, out, err) = run(
+        &c,
+        "submit",
+        &["--max-attempts", "2", "fragile-sum", &three],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "12", "{err}");
+
+    // Garbage in the tasks: the line is named, nothing is submitted.
+    let garbage = write_tasks(&dir.join("garbage.jsonl"), &[ok(1), "{\"value\":".into()]);
+    let (code, _, err) = run(&c, "submit", &["probe", &garbage]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("not a probe task"),
+        "{err}"
+    );
+
+    // A failed task: the others' outputs are written, and the exit says so.
+    let failing = write_tasks(
+        &dir.join("failing.jsonl"),
+        &[ok(1), r#"{"value":2,"behaviour":"Fail"}"#.into(), ok(3)],
+    );
+    let (code, out, err) = run(&c, "submit", &["probe", &failing]);
+    assert_eq!(code, 4, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        err.contains("1 of 3 tasks") && err.contains("fails on purpose"),
+        "{err}"
+    );
+
+    // `result` by id alone: a running job is an error unless --wait.
+    let slow = write_tasks(&dir.join("slow.jsonl"), &[sleep(7, 4000)]);
+    let (code, out, err) = run(
+        &c,
+        "submit",
+        &["probe", "--detach", "--job-id", "slow", &slow],
+    );
+    assert_eq!((code, out.trim()), (0, "slow"), "{err}");
+    let (code, _, err) = run(&c, "result", &["slow"]);
+    assert_eq!(code, 8, "{err}");
+    assert!(
+        err.contains("still running") && err.contains("--wait"),
+        "{err}"
+    );
+    let written = dir.join("slow.out");
+    let (code, out, err) = run(
+        &c,
+        "result",
+        &["slow", "--wait", "--output", written.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&written).unwrap(),
+        "{\"index\":0,\"output\":14}\n"
+    );
+
+    // A cancelled job says so, with its own exit.
+    let long = write_tasks(&dir.join("long.jsonl"), &[sleep(1, 30_000)]);
+    let (code, _, err) = run(
+        &c,
+        "submit",
+        &["probe", "--detach", "--job-id", "gone", &long],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&c, "cancel", &["gone"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&c, "result", &["gone", "--wait"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("job gone was cancelled"), "{err}");
+
+    // A submission over the master's limit: refused at once, naming the
+    // limit and its flag, and uploaded once.
+    let submits = || {
+        scrape(
+            &metrics,
+            "ringleader_client_requests_total",
+            "request=\"Submit\"",
+        )
+    };
+    let received = || {
+        scrape(
+            &metrics,
+            "ringleader_quic_frame_bytes_total",
+            "direction=\"received\"",
+        )
+    };
+    let (submits_before, received_before) = (submits(), received());
+    assert_eq!(submits_before, 5.0, "the submissions so far are counted");
+    // 6 MB: more than QUIC lets in flight before the master reads.
+    let pad = "x".repeat(1000);
+    let big: Vec<String> = (0..6_000)
+        .map(|v| format!(r#"{{"value":{v},"behaviour":{{"HangOn":"{pad}"}}}}"#))
+        .collect();
+    let big = write_tasks(&dir.join("big.jsonl"), &big);
+    let started = Instant::now();
+    let (code, _, err) = run(&c, "submit", &["probe", &big]);
+    let took = started.elapsed();
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("exceeds the limit of 200000 bytes") && err.contains("--max-job-bytes"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_eq!(
+        submits() - submits_before,
+        1.0,
+        "the refused upload was sent again"
+    );
+    let sent = received() - received_before;
+    assert!(
+        sent < 6_000_000.0,
+        "{sent} bytes received for a refused submission"
+    );
+}
