@@ -476,6 +476,38 @@ impl Client {
         }
     }
 
+    /// How the master would cut a job of `task_count` tasks of
+    /// `job_name` now (`shard_size` 0: its choice) and which workers run
+    /// it; `None` from a master too old to say. A job type the cluster
+    /// does not run is [`ClientError::Refused`].
+    pub async fn plan(
+        &self,
+        job_name: &str,
+        task_count: u64,
+        shard_size: u32,
+    ) -> Result<Option<crate::wire::JobPlanInfo>, ClientError> {
+        let ask = Frame::PlanJob {
+            job_name: job_name.to_string(),
+            task_count,
+            shard_size,
+        };
+        match self.request(&[ask]).await? {
+            Frame::Planned(p) => Ok(Some(p)),
+            Frame::Error { message } if crate::wire::unknown_frame_refusal(&message) => Ok(None),
+            Frame::Error { message } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Protocol(other.name().into())),
+        }
+    }
+
+    /// Every job the cluster holds, newest first.
+    pub async fn jobs(&self) -> Result<Vec<crate::wire::JobSummary>, ClientError> {
+        match self.request(&[Frame::ListJobs]).await? {
+            Frame::Jobs(j) => Ok(j),
+            Frame::Error { message } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Protocol(other.name().into())),
+        }
+    }
+
     /// A job's progress.
     pub async fn progress(&self, id: &str) -> Result<JobProgress, ClientError> {
         match self

@@ -84,6 +84,8 @@ pub const CLIENT_REQUEST_KINDS: &[&str] = &[
     "GetStatus",
     "FetchResult",
     "Cancel",
+    "PlanJob",
+    "ListJobs",
 ];
 
 /// ZooKeeper operations measured under [`ZK_OP_SECONDS`] and [`ZK_ERRORS`].

@@ -350,6 +350,59 @@ pub enum Frame {
         /// End with the job's result rather than its final progress.
         fetch: bool,
     },
+    /// Client to master, before a submission: how a job of `task_count`
+    /// tasks would be cut (`shard_size` 0: by the master) and which
+    /// workers run it. `Error` for a job type the cluster does not run.
+    PlanJob {
+        /// The registered job name.
+        job_name: String,
+        /// Its tasks.
+        task_count: u64,
+        /// Tasks per shard asked for (0: the master's choice).
+        shard_size: u32,
+    },
+    /// Master to client: the answer to `PlanJob`.
+    Planned(JobPlanInfo),
+    /// Client to master: every job the cluster holds.
+    ListJobs,
+    /// Master to client: the answer to `ListJobs`, newest first.
+    Jobs(Vec<JobSummary>),
+}
+
+/// How a job would be cut and run: the answer to [`Frame::PlanJob`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobPlanInfo {
+    /// Tasks per shard.
+    pub shard_size: u32,
+    /// Shards.
+    pub shards: u32,
+    /// Registered workers that run the job.
+    pub workers: u32,
+    /// Their slots.
+    pub slots: u64,
+    /// Registered workers in all.
+    pub registered: u32,
+}
+
+/// One job the cluster holds, as [`Frame::ListJobs`] lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobSummary {
+    /// The job.
+    pub job_id: String,
+    /// The registered job name.
+    pub job_name: String,
+    /// Its state.
+    pub state: JobState,
+    /// Its tasks.
+    pub tasks_total: u64,
+    /// A running job's figures (a finished job's are in its result).
+    pub counters: Option<Counters>,
+    /// When it was accepted (milliseconds since the Unix epoch; 0 if unknown).
+    pub created_ms: u64,
+    /// Whether its result was fetched.
+    pub fetched: bool,
+    /// Something its owner should know (no worker runs it).
+    pub note: Option<String>,
 }
 
 /// Shortest interval between two progress frames pushed for one job.
@@ -391,6 +444,10 @@ impl Frame {
             Frame::NotMaster => "NotMaster",
             Frame::Error { .. } => "Error",
             Frame::WatchJob { .. } => "WatchJob",
+            Frame::PlanJob { .. } => "PlanJob",
+            Frame::Planned(_) => "Planned",
+            Frame::ListJobs => "ListJobs",
+            Frame::Jobs(_) => "Jobs",
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::transport::tls;
 use crate::wire::{JobOptions, JobState};
 use crate::zkserver::{free_port, ZkServer, ZkServerOptions};
 use local::run_local;
-use render::{print_report, status_json, status_text, Progress};
+use render::{jobs_text, print_report, status_json, status_text, Progress};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -153,6 +153,10 @@ struct SubmitArgs {
     /// Write the result here (default: stdout).
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
+    /// Refuse to submit when no registered worker runs the job (by
+    /// default it is accepted with a warning and waits for one).
+    #[arg(long)]
+    require_workers: bool,
 }
 
 /// How a submitted job is cut and retried (`submit` and `local`).
@@ -209,6 +213,15 @@ struct StatusArgs {
     /// Refresh every second until Ctrl-C.
     #[arg(long)]
     watch: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct JobsArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -297,6 +310,8 @@ enum Cmd {
     Result(ResultArgs),
     /// Show the leader, epoch, workers and jobs.
     Status(StatusArgs),
+    /// List every job the cluster holds, newest first.
+    Jobs(JobsArgs),
     /// Cancel a job.
     Cancel(CancelArgs),
     /// Make a cluster CA with node and client certificates.
@@ -596,14 +611,18 @@ impl NodeBuilder {
                 let tasks = job.tasks(&sub, store.as_ref())?;
                 let opts = a.job.options(job.as_ref());
                 let out = Output::new(a.output);
+                let how = HowToSubmit {
+                    job_id: a.job_id,
+                    detach: a.detach,
+                    require_workers: a.require_workers,
+                };
                 block_on(submit(
                     &a.conn,
                     &self.cli,
                     job.name(),
                     tasks,
                     opts,
-                    a.job_id,
-                    a.detach,
+                    how,
                     &out,
                 ))
             }
@@ -624,14 +643,32 @@ impl NodeBuilder {
                     run_to_end(&client, &self.cli, &a.job_id, &out).await
                 })
             }
+            Cmd::Jobs(a) => block_on(async move {
+                let client = Client::connect(client_config(&a.conn)).await?;
+                let jobs = client.jobs().await?;
+                if a.json {
+                    println!("{}", serde_json::to_string(&jobs)?);
+                } else {
+                    print!("{}", jobs_text(&jobs, usize::MAX));
+                }
+                Ok(())
+            }),
             Cmd::Status(a) => block_on(async move {
                 let client = Client::connect(client_config(&a.conn)).await?;
                 loop {
                     let s = client.status().await?;
+                    // Recent jobs, from a master that can list them.
+                    let jobs = match client.jobs().await {
+                        Ok(j) => Some(j),
+                        Err(ClientError::Refused(m)) if crate::wire::unknown_frame_refusal(&m) => {
+                            None
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     let text = if a.json {
-                        status_json(&s)
+                        status_json(&s, jobs.as_deref())
                     } else {
-                        status_text(&s)
+                        status_text(&s, jobs.as_deref())
                     };
                     if a.watch && std::io::stdout().is_terminal() {
                         // Clear the screen and go home, like watch(1).
@@ -705,21 +742,29 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `submit`'s choices besides the job.
+struct HowToSubmit {
+    job_id: Option<String>,
+    detach: bool,
+    require_workers: bool,
+}
+
 async fn submit(
     conn: &Conn,
     jobs: &[std::sync::Arc<dyn ErasedCliJob>],
     name: &str,
     tasks: Vec<ByteBuf>,
     opts: JobOptions,
-    job_id: Option<String>,
-    detach: bool,
+    how: HowToSubmit,
     out: &Output,
 ) -> anyhow::Result<()> {
     // The id is chosen and shown before anything is sent: if the outcome
     // is unknown (the link or the master lost midway), a retry with this
     // id finds the job instead of running it twice.
-    let id = job_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let id = how
+        .job_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let detach = how.detach;
     eprintln!("job {id}: submitting {} {name} tasks", tasks.len());
     let not_sent = |e: ClientError| {
         anyhow!(e).context(format!(
@@ -730,6 +775,36 @@ async fn submit(
     let client = Client::connect(client_config(conn))
         .await
         .map_err(not_sent)?;
+    // What the master would do with it: known before anything is uploaded.
+    let plan = client
+        .plan(name, tasks.len() as u64, opts.shard_size)
+        .await
+        .map_err(not_sent)?;
+    match plan {
+        Some(p) if p.workers == 0 => {
+            let why = format!(
+                "no worker runs job {name}; {} workers registered",
+                p.registered
+            );
+            if how.require_workers {
+                return Err(ended(
+                    Exit::Refused,
+                    format!("job {id} was not submitted: {why} (--require-workers)"),
+                ));
+            }
+            eprintln!(
+                "warning: {why}: the job waits until a node that registers {name} joins \
+                 (--require-workers refuses instead)"
+            );
+            eprintln!("job {id}: {} shards of {} tasks", p.shards, p.shard_size);
+        }
+        Some(p) => eprintln!(
+            "job {id}: {} shards of {} tasks; {} of {} registered workers run {name}, with {} \
+             slots",
+            p.shards, p.shard_size, p.workers, p.registered, p.slots
+        ),
+        None => {}
+    }
     let (id, existing) = match client
         .submit_encoded(name, tasks, opts, Some(id.clone()))
         .await

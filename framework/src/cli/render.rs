@@ -5,10 +5,20 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use crate::client::JobReport;
-use crate::wire::{JobProgress, JobState};
+use crate::wire::{ClusterStatus, JobProgress, JobState, JobSummary};
 
-pub(super) fn status_text(s: &crate::wire::ClusterStatus) -> String {
+pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&[JobSummary]>) -> String {
     let mut out = format!("leader {} epoch {}\n", s.leader, s.epoch);
+    let connected = s.workers.iter().filter(|w| w.connected).count();
+    let slots: u64 = s.workers.iter().map(|w| u64::from(w.slots)).sum();
+    if s.workers.is_empty() {
+        out.push_str("workers: none registered (start nodes with --role all or worker)\n");
+    } else {
+        out.push_str(&format!(
+            "workers: {} registered, {connected} connected, {slots} slots\n",
+            s.workers.len()
+        ));
+    }
     for w in &s.workers {
         let seen = match (w.connected, w.last_seen_ms) {
             (true, Some(ms)) => format!("connected, last heard {:.1} s ago", ms as f64 / 1000.0),
@@ -24,8 +34,12 @@ pub(super) fn status_text(s: &crate::wire::ClusterStatus) -> String {
         out.push_str("no jobs running\n");
     }
     for j in &s.jobs {
+        let note = jobs
+            .and_then(|all| all.iter().find(|a| a.job_id == j.job_id))
+            .and_then(|a| a.note.as_deref())
+            .map_or(String::new(), |n| format!(" ({n})"));
         out.push_str(&format!(
-            "job {} {} {}/{} tasks, {} failed (dead letters), {} retries\n",
+            "job {} {} {}/{} tasks, {} failed (dead letters), {} retries{note}\n",
             j.job_id,
             j.job_name,
             j.counters.tasks_done,
@@ -34,11 +48,83 @@ pub(super) fn status_text(s: &crate::wire::ClusterStatus) -> String {
             j.counters.retries
         ));
     }
+    if let Some(all) = jobs {
+        let ended: Vec<JobSummary> = all.iter().filter(|j| j.state.is_final()).cloned().collect();
+        if !ended.is_empty() {
+            out.push_str(&format!(
+                "recent finished jobs ({} held; `jobs` lists them all):\n",
+                ended.len()
+            ));
+            out.push_str(&jobs_text(&ended, RECENT));
+        }
+    }
     out
 }
 
-pub(super) fn status_json(s: &crate::wire::ClusterStatus) -> String {
-    serde_json::to_string(s).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+/// Finished jobs `status` shows.
+const RECENT: usize = 10;
+
+/// One line per job, at most `limit`.
+pub(super) fn jobs_text(jobs: &[JobSummary], limit: usize) -> String {
+    let mut out = String::new();
+    if jobs.is_empty() {
+        out.push_str("no jobs\n");
+    }
+    for j in jobs.iter().take(limit) {
+        let state = match j.state {
+            JobState::Running => "running",
+            JobState::Done if j.fetched => "done, fetched",
+            JobState::Done => "done",
+            JobState::Cancelled => "cancelled",
+        };
+        let progress = match &j.counters {
+            Some(c) => format!("{}/{} tasks", c.tasks_done, c.tasks_total),
+            None => format!("{} tasks", j.tasks_total),
+        };
+        let when = if j.created_ms == 0 {
+            String::new()
+        } else {
+            let ago = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+                .saturating_sub(j.created_ms);
+            format!(", submitted {} ago", ago_text(ago))
+        };
+        let note = j
+            .note
+            .as_deref()
+            .map_or(String::new(), |n| format!(" ({n})"));
+        out.push_str(&format!(
+            "job {} {} {state}, {progress}{when}{note}\n",
+            j.job_id, j.job_name
+        ));
+    }
+    if jobs.len() > limit {
+        out.push_str(&format!("... and {} more\n", jobs.len() - limit));
+    }
+    out
+}
+
+fn ago_text(ms: u64) -> String {
+    match ms / 1000 {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+pub(super) fn status_json(s: &ClusterStatus, jobs: Option<&[JobSummary]>) -> String {
+    // The status's own fields, plus every job held (`jobs` is the running ones).
+    let value = serde_json::to_value(s).map(|mut v| {
+        if let (Some(map), Some(jobs)) = (v.as_object_mut(), jobs) {
+            map.insert("held_jobs".into(), serde_json::json!(jobs));
+        }
+        v
+    });
+    value
+        .and_then(|v| serde_json::to_string(&v))
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 pub(super) fn print_report(r: &JobReport) {

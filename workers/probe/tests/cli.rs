@@ -203,3 +203,121 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
         "{sent} bytes received for a refused submission"
     );
 }
+
+/// No worker yet: refused with `--require-workers`, else accepted with a
+/// warning that `status` repeats; the job runs once workers come. A job
+/// that leaves its shard size to the cluster is cut so that every worker
+/// gets work, and `submit` says how.
+#[test]
+fn a_job_without_workers_waits_with_a_warning_and_its_shards_reach_every_worker() {
+    let mut c = Cluster::new(BIN);
+    c.node("m", &["--role", "candidate"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+    });
+    let dir = c.dir.path().to_path_buf();
+    let (code, out, err) = run(&c, "status", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("workers: none registered"), "{out}");
+
+    let sleepers = |n: u64, ms: u64| (0..n).map(|v| sleep(v, ms)).collect::<Vec<_>>();
+    let first = write_tasks(&dir.join("first.jsonl"), &sleepers(30, 300));
+    let (code, _, err) = run(&c, "submit", &["probe", "--require-workers", &first]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("no worker runs job probe; 0 workers registered")
+            && err.contains("--require-workers"),
+        "{err}"
+    );
+    let (code, out, err) = run(&c, "jobs", &[]);
+    assert_eq!((code, out.as_str()), (0, "no jobs\n"), "{err}");
+
+    let (code, _, err) = run(
+        &c,
+        "submit",
+        &["probe", "--detach", "--job-id", "early", &first],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: no worker runs job probe; 0 workers registered"),
+        "{err}"
+    );
+    let (_, out, _) = run(&c, "status", &[]);
+    assert!(
+        out.contains("job early probe 0/30 tasks")
+            && out.contains("(no worker runs job probe; 0 workers registered)"),
+        "{out}"
+    );
+
+    // Three workers of one slot each come.
+    let metrics: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap()))
+        .collect();
+    for (i, m) in metrics.iter().enumerate() {
+        c.node(
+            &format!("w{i}"),
+            &["--role", "worker", "--slots", "1", "--metrics-addr", m],
+        );
+    }
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 3, Duration::from_secs(30)).await;
+    });
+    let (code, out, err) = run(&c, "result", &["early", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 30, "{out}");
+
+    // Left to the cluster, 30 tasks on three slots are cut in ten shards,
+    // and every worker runs some.
+    let ran = || -> Vec<f64> {
+        metrics
+            .iter()
+            .map(|m| scrape(m, "ringleader_tasks_run_total", ""))
+            .collect()
+    };
+    let before = ran();
+    let second = write_tasks(&dir.join("second.jsonl"), &sleepers(30, 100));
+    let (code, out, err) = run(&c, "submit", &["probe", "--job-id", "spread", &second]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 30, "{out}");
+    assert!(
+        err.contains(
+            "job spread: 10 shards of 3 tasks; 3 of 3 registered workers run probe, with 3 slots"
+        ),
+        "{err}"
+    );
+    let after = ran();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            a > b,
+            "worker w{i} ran none of the job: {before:?} -> {after:?}"
+        );
+    }
+    assert_eq!(after.iter().sum::<f64>() - before.iter().sum::<f64>(), 30.0);
+
+    // A job nobody fetched is held, and listed by `jobs` (fetched ones go
+    // at once: the tests' retention is 0), running until it is done.
+    let held = write_tasks(&dir.join("held.jsonl"), &[ok(1), ok(2)]);
+    let (code, _, err) = run(
+        &c,
+        "submit",
+        &["probe", "--detach", "--job-id", "held", &held],
+    );
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, err) = run(&c, "jobs", &[]);
+        assert_eq!(code, 0, "{err}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("job held probe "))
+            .unwrap_or_else(|| panic!("job held not listed: {out}"));
+        if line.starts_with("job held probe done, 2 tasks, submitted") {
+            break;
+        }
+        assert!(line.starts_with("job held probe running, "), "{line}");
+        assert!(Instant::now() < deadline, "job held did not end: {line}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

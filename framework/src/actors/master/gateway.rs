@@ -129,7 +129,9 @@ async fn handle_stream(
         other @ (Frame::GetJob { .. }
         | Frame::GetStatus
         | Frame::FetchResult { .. }
-        | Frame::Cancel { .. }) => master.send(ClientRequest(other)).await,
+        | Frame::Cancel { .. }
+        | Frame::PlanJob { .. }
+        | Frame::ListJobs) => master.send(ClientRequest(other)).await,
         other => {
             let message = format!("unexpected first frame {}", other.name());
             return Ok(stream.reply(&Frame::Error { message }).await?);

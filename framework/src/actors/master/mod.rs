@@ -847,6 +847,12 @@ impl Handler<ClientRequest> for Master {
             Frame::GetJob { job_id } => self.get_job(job_id),
             Frame::FetchResult { job_id } => self.fetch(job_id),
             Frame::Cancel { job_id } => self.cancel(ctx, job_id),
+            Frame::PlanJob {
+                job_name,
+                task_count,
+                shard_size,
+            } => Box::pin(fut::ready(self.plan_job(&job_name, task_count, shard_size))),
+            Frame::ListJobs => self.list_jobs(),
             other => Box::pin(fut::ready(error(format!(
                 "unexpected request {}",
                 other.name()

@@ -1,12 +1,15 @@
-//! `GetStatus` (the cluster: leader, workers, running jobs) and `GetJob`
-//! (one job's progress, running or stored).
+//! `GetStatus` (the cluster: leader, workers, running jobs), `GetJob`
+//! (one job's progress, running or stored), `ListJobs` (every job the
+//! cluster holds) and `PlanJob` (how a job would be cut, who runs it).
 
 use actix::prelude::*;
 
 use super::{answer, error, Master};
 use crate::coord::{CoordError, JobStatus, LeaderStore, ResultRecord, StoredJob};
 use crate::core::Counters;
-use crate::wire::{ClusterStatus, Frame, JobProgress, JobState, WorkerStatus};
+use crate::wire::{
+    ClusterStatus, Frame, JobPlanInfo, JobProgress, JobState, JobSummary, WorkerStatus,
+};
 
 impl Master {
     /// The cluster as this master sees it.
@@ -58,6 +61,97 @@ impl Master {
         }
         let store = self.store.clone();
         answer(self, async move { read_progress(&store, &job_id).await })
+    }
+}
+
+impl Master {
+    /// `PlanJob`: the cut a submission would get now, and who runs it.
+    pub(super) fn plan_job(&self, job_name: &str, task_count: u64, shard_size: u32) -> Frame {
+        if self.settings.registry.get(job_name).is_none() {
+            return self.unknown_job_type(job_name);
+        }
+        let slots = self.slots_for(job_name);
+        let shard_size = match shard_size {
+            0 => crate::core::job::auto_shard_size(task_count, slots),
+            n => n,
+        };
+        Frame::Planned(JobPlanInfo {
+            shard_size,
+            shards: crate::core::shard_count(task_count, shard_size),
+            workers: self.workers_for(job_name) as u32,
+            slots,
+            registered: self.registered.len() as u32,
+        })
+    }
+
+    /// Registered workers that run job `name`.
+    fn workers_for(&self, name: &str) -> usize {
+        self.registered
+            .values()
+            .filter(|w| w.jobs.iter().any(|j| j == name))
+            .count()
+    }
+
+    /// Why a job waits, if no registered worker runs it.
+    fn runnable_note(&self, name: &str) -> Option<String> {
+        (self.workers_for(name) == 0).then(|| {
+            format!(
+                "no worker runs job {name}; {} workers registered",
+                self.registered.len()
+            )
+        })
+    }
+
+    /// `ListJobs`: running jobs from memory, the others' records from
+    /// ZooKeeper; newest first.
+    pub(super) fn list_jobs(&self) -> ResponseActFuture<Self, Frame> {
+        let running: Vec<JobSummary> = self
+            .jobs
+            .iter()
+            .filter_map(|(id, rt)| {
+                let p = self.progress(id)?;
+                Some(JobSummary {
+                    job_id: id.clone(),
+                    job_name: p.job_name.clone(),
+                    state: JobState::Running,
+                    tasks_total: p.counters.tasks_total,
+                    counters: Some(p.counters),
+                    created_ms: rt.stored.record.created_ms,
+                    fetched: false,
+                    note: self.runnable_note(&p.job_name),
+                })
+            })
+            .collect();
+        let store = self.store.clone();
+        let work = async move {
+            let ids: Vec<String> = store
+                .list_job_ids()
+                .await?
+                .into_iter()
+                .filter(|id| !running.iter().any(|r| r.job_id == *id))
+                .collect();
+            let mut all = running;
+            for job in store.read_jobs(&ids).await? {
+                let p = stored_progress(&job, None);
+                all.push(JobSummary {
+                    job_id: job.id,
+                    job_name: job.record.job_name,
+                    state: p.state,
+                    tasks_total: job.record.tasks_total,
+                    counters: None,
+                    created_ms: job.record.created_ms,
+                    fetched: job.record.fetched_ms.is_some(),
+                    note: None,
+                });
+            }
+            all.sort_by(|a, b| {
+                b.created_ms
+                    .cmp(&a.created_ms)
+                    .then_with(|| a.job_id.cmp(&b.job_id))
+            });
+            Ok(Frame::Jobs(all))
+        };
+        answer(self, work)
     }
 }
 

@@ -45,11 +45,7 @@ impl Handler<Submit> for Master {
     fn handle(&mut self, msg: Submit, _ctx: &mut Context<Self>) -> Self::Result {
         let h = msg.header;
         if self.settings.registry.get(&h.job_name).is_none() {
-            let known = self.settings.registry.names().join(", ");
-            return Box::pin(fut::ready(error(format!(
-                "unknown job type {:?}; this cluster runs: {known}",
-                h.job_name
-            ))));
+            return Box::pin(fut::ready(self.unknown_job_type(&h.job_name)));
         }
         let bytes = msg.bytes;
         // The options as recorded: a size left to the cluster is chosen
@@ -227,6 +223,15 @@ fn same_submission(id: &str, kept: Option<&ByteBuf>, digest: &ByteBuf) -> Result
 }
 
 impl Master {
+    /// The refusal of a job type this master does not run.
+    pub(super) fn unknown_job_type(&self, name: &str) -> Frame {
+        error(format!(
+            "unknown job type {name:?}: this cluster's master runs {}; the master and the \
+             submitting binary must register the same jobs",
+            self.settings.registry.names().join(", ")
+        ))
+    }
+
     /// The slots of the registered workers that run job `name`.
     pub(super) fn slots_for(&self, name: &str) -> u64 {
         self.registered
