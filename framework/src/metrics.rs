@@ -96,6 +96,7 @@ pub const ZK_OPS: &[&str] = &[
     "record_loss",
     "set_status",
     "delete",
+    "connect",
 ];
 
 /// What kind of metric an entry is.
@@ -154,7 +155,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(ZK_CONNECTED, Kind::Gauge, "", "1/0", "all", "1 while the node's ZooKeeper session is connected."),
     metric(SESSION_EXPIRED, Kind::Counter, "", "sessions", "all", "ZooKeeper sessions of this node that expired."),
     metric(ZK_OP_SECONDS, Kind::Histogram, "op", "seconds", "master", "Duration of the master's fenced ZooKeeper writes, retries included."),
-    metric(ZK_ERRORS, Kind::Counter, "op", "errors", "master", "ZooKeeper writes of the master that failed."),
+    metric(ZK_ERRORS, Kind::Counter, "op", "errors", "all", "ZooKeeper writes of the master that failed; op=connect: failed attempts of any node to reach ZooKeeper."),
     metric(WORKERS, Kind::Gauge, "", "workers", "master", "Workers registered in ZooKeeper and connected over QUIC."),
     metric(SHARDS_QUEUED, Kind::Gauge, "", "shards", "master", "Shards waiting for a worker."),
     metric(SHARDS_IN_FLIGHT, Kind::Gauge, "", "shards", "master", "Shards sent to workers and not yet reported."),

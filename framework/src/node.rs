@@ -231,6 +231,12 @@ impl NodeBuilder {
     }
 }
 
+/// First pause between attempts to reach ZooKeeper; it doubles up to
+/// [`CONNECT_BACKOFF_MAX`].
+const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest pause between attempts to reach ZooKeeper.
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// Runs a node until SIGTERM or Ctrl-C. Must be called inside an actix `System`.
 pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError> {
     let identity = tls::Identity::load(&config.certs, "node")?;
@@ -279,6 +285,10 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     let layout = Layout::new(&config.cluster);
     let mut shutdown = Box::pin(shutdown_signal());
     let mut connect_failures = 0u32;
+    // Retries back off, and the cause is logged when it changes (not at
+    // every attempt of a node left pointing at a wrong address).
+    let mut backoff = CONNECT_BACKOFF_MIN;
+    let mut last_cause: Option<String> = None;
     loop {
         let zk = tokio::select! {
             r = Session::connect(&config.zk, config.session_timeout, layout.clone()) => r,
@@ -288,16 +298,33 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
             Ok(zk) => zk,
             Err(e) => {
                 connect_failures += 1;
-                if connect_failures == 1 || connect_failures.is_multiple_of(10) {
-                    tracing::error!(error = %e, "cannot reach ZooKeeper; retrying");
+                let cause = e.to_string();
+                if last_cause.as_deref() != Some(cause.as_str()) {
+                    tracing::error!(
+                        error = %e,
+                        "cannot reach ZooKeeper; retrying, with pauses growing to {} s (logged \
+                         again when the cause changes)",
+                        CONNECT_BACKOFF_MAX.as_secs()
+                    );
+                    last_cause = Some(cause);
                 }
+                metrics::gauge!(m::ZK_CONNECTED).set(0.0);
+                metrics::counter!(m::ZK_ERRORS, "op" => "connect").increment(1);
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = tokio::time::sleep(backoff) => {
+                        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+                        continue;
+                    }
                     _ = &mut shutdown => break,
                 }
             }
         };
+        if connect_failures > 0 {
+            tracing::info!(attempts = connect_failures + 1, "ZooKeeper reached");
+        }
         connect_failures = 0;
+        backoff = CONNECT_BACKOFF_MIN;
+        last_cause = None;
         metrics::gauge!(m::ZK_CONNECTED).set(1.0);
         tracing::info!(
             session_timeout_ms = zk.timeout().as_millis() as u64,

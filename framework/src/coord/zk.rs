@@ -25,12 +25,19 @@ pub enum CoordError {
         source: zookeeper_client::Error,
     },
     /// Could not connect to the ensemble.
-    #[error("cannot connect to ZooKeeper at {hosts}: {source}")]
+    #[error(
+        "cannot connect to ZooKeeper at {hosts}: {diagnosis}; check --zk (or RINGLEADER_ZK) and \
+         that the servers run"
+    )]
     Connect {
         /// The connect string.
         hosts: String,
-        /// The client's error.
-        source: zookeeper_client::Error,
+        /// What was found trying each server: refused, unresolvable,
+        /// silent, or not a ZooKeeper.
+        diagnosis: String,
+        /// The client's error, if it gave one before the diagnosis.
+        #[source]
+        source: Option<zookeeper_client::Error>,
     },
     /// This node no longer holds the leadership its write was fenced with.
     #[error("leadership lost: a fenced write was refused")]
@@ -230,15 +237,138 @@ pub(crate) fn decode_record<T: DeserializeOwned>(
 /// [`Client::session_timeout`]). Must run on the long-lived arbiter that will
 /// keep the session: the client's session task is spawned there.
 pub async fn connect(hosts: &str, session_timeout: Duration) -> Result<Client, CoordError> {
-    Client::connector()
+    let failed = |diagnosis: String, source| CoordError::Connect {
+        hosts: hosts.to_string(),
+        diagnosis,
+        source,
+    };
+    // Nonsense is refused before the client tries anything.
+    parse_connect_string(hosts).map_err(|why| failed(why, None))?;
+    let connecting = Client::connector()
         .with_session_timeout(session_timeout)
         .with_connection_timeout(session_timeout.min(Duration::from_secs(5)))
-        .connect(hosts)
-        .await
-        .map_err(|source| CoordError::Connect {
-            hosts: hosts.to_string(),
-            source,
+        .connect(hosts);
+    tokio::pin!(connecting);
+    // A reachable ensemble answers in milliseconds; past that, each server
+    // is looked at (the client keeps trying meanwhile), and when none can
+    // be reached for a reason that waiting will not change (refused,
+    // unresolvable), that is the answer at once.
+    tokio::select! {
+        r = &mut connecting => return r.map_err(|e| failed(e.to_string(), Some(e))),
+        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+    let list = hosts.to_string();
+    let mut looking = tokio::task::spawn_blocking(move || diagnose(&list));
+    let diagnosis = tokio::select! {
+        r = &mut connecting => {
+            return match r {
+                Ok(client) => Ok(client),
+                Err(e) => {
+                    let d = (&mut looking).await.map_or_else(|_| e.to_string(), |d| d.text);
+                    Err(failed(d, Some(e)))
+                }
+            };
+        }
+        d = &mut looking => d.ok(),
+    };
+    match diagnosis {
+        Some(d) if d.definite => Err(failed(d.text, None)),
+        d => connecting.await.map_err(|e| {
+            let text = d.map_or_else(|| e.to_string(), |d| d.text);
+            failed(text, Some(e))
+        }),
+    }
+}
+
+/// What dialling each server of a connect string found.
+struct Diagnosis {
+    /// One clause per server.
+    text: String,
+    /// Every server refused or could not be resolved: waiting will not help.
+    definite: bool,
+}
+
+/// The servers of a connect string (`host:port[,host:port...][/chroot]`),
+/// or what is wrong with it.
+pub fn parse_connect_string(hosts: &str) -> Result<Vec<(String, u16)>, String> {
+    let servers = hosts.split('/').next().unwrap_or_default();
+    if servers.trim().is_empty() {
+        return Err("the connect string is empty: give host:port[,host:port...]".into());
+    }
+    servers
+        .split(',')
+        .map(|server| {
+            let server = server.trim();
+            let (host, port) = server.rsplit_once(':').ok_or_else(|| {
+                format!("{server:?} is not host:port (ZooKeeper's client port is usually 2181)")
+            })?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{server:?} has no valid port"))?;
+            if host.is_empty() {
+                return Err(format!("{server:?} has no host"));
+            }
+            Ok((host.to_string(), port))
         })
+        .collect()
+}
+
+/// What each server of `hosts` does when dialled: resolved or not,
+/// refused, silent, or listening (then it gave no session: perhaps not a
+/// ZooKeeper, or one that refuses clients). Blocking: seconds at most.
+fn diagnose(hosts: &str) -> Diagnosis {
+    use std::net::{TcpStream, ToSocketAddrs};
+    const DIAL: Duration = Duration::from_secs(2);
+    let Ok(servers) = parse_connect_string(hosts) else {
+        return Diagnosis {
+            text: "the connect string is not host:port[,host:port...]".into(),
+            definite: true,
+        };
+    };
+    let mut definite = true;
+    let each: Vec<String> = servers
+        .iter()
+        .map(|(host, port)| {
+            let addrs: Vec<std::net::SocketAddr> = match (host.as_str(), *port).to_socket_addrs() {
+                Ok(a) => a.collect(),
+                Err(e) => return format!("{host}: cannot resolve the host name ({e})"),
+            };
+            let Some(addr) = addrs.first() else {
+                return format!("{host}: the host name resolves to no address");
+            };
+            match TcpStream::connect_timeout(addr, DIAL) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    format!("{addr}: connection refused (nothing listens on port {port})")
+                }
+                Ok(_) => {
+                    definite = false;
+                    format!(
+                        "{addr}: accepts connections but gives no ZooKeeper session (is it a \
+                         ZooKeeper client port? the server's log may say why)"
+                    )
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    definite = false;
+                    format!(
+                        "{addr}: no answer within {} s (a firewall, a wrong address, or the \
+                         host is down)",
+                        DIAL.as_secs()
+                    )
+                }
+                Err(e) => {
+                    definite = false;
+                    format!("{addr}: {e}")
+                }
+            }
+        })
+        .collect();
+    Diagnosis {
+        text: each.join("; "),
+        definite,
+    }
 }
 
 /// Creates `path` and its ancestors as empty persistent znodes if missing.

@@ -241,9 +241,33 @@ fn clear_errors_for_missing_input_and_missing_zookeeper() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(7), "{err}");
     assert!(
-        !o.status.success() && err.contains("cannot connect to ZooKeeper"),
+        err.contains("cannot connect to ZooKeeper")
+            && err.contains(&format!(
+                "connection refused (nothing listens on port {port})"
+            ))
+            && err.contains("check --zk"),
         "{err}"
+    );
+
+    // Nonsense in --zk is said to be nonsense, at once.
+    let started = std::time::Instant::now();
+    let o = std::process::Command::new(BIN)
+        .args(["status", "--zk", "zookeeper.example", "--certs"])
+        .arg(&c.certs)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(7), "{err}");
+    assert!(
+        err.contains("\"zookeeper.example\" is not host:port"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
     );
 }
 

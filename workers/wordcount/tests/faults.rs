@@ -139,22 +139,46 @@ fn paused_master_is_fenced_and_steps_down() {
     });
 }
 
-/// A node started while ZooKeeper is down says so, keeps trying, and still
-/// stops cleanly on SIGTERM.
+/// A node started while ZooKeeper is down says why (nothing listens),
+/// keeps trying with growing pauses, says it once (not at every attempt),
+/// and still stops cleanly on SIGTERM.
 #[test]
 fn node_without_zookeeper_reports_and_stops_cleanly() {
     let mut c = cluster();
     let port = ringleader::zkserver::free_port().unwrap();
     let zk = format!("127.0.0.1:{port}");
-    c.node("lonely", &["--zk", &zk]);
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    c.node("lonely", &["--zk", &zk, "--metrics-addr", &metrics]);
+    let attempts = || {
+        ringleader::prom::http_get(&metrics, "/metrics")
+            .ok()
+            .and_then(|(_, body)| {
+                body.lines()
+                    .find(|l| l.starts_with("ringleader_zk_errors_total{op=\"connect\"}"))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    };
     rt().block_on(eventually(
-        Duration::from_secs(20),
-        "a clear error in the log",
+        Duration::from_secs(30),
+        "three failed attempts to reach ZooKeeper",
         || {
-            let log = c.log("lonely");
-            async move { log.contains("cannot reach ZooKeeper") }
+            let n = attempts();
+            async move { n >= 3.0 }
         },
     ));
+    let log = c.log("lonely");
+    assert_eq!(
+        log.matches("cannot reach ZooKeeper").count(),
+        1,
+        "said more than once: {log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "127.0.0.1:{port}: connection refused (nothing listens on port {port})"
+        )) && log.contains("check --zk"),
+        "{log}"
+    );
     c.signal("lonely", "TERM");
     let status = c.wait_exit("lonely", Duration::from_secs(15));
     assert!(status.success(), "{status:?}\n{}", c.log("lonely"));

@@ -617,3 +617,66 @@ fn the_readme_walkthrough_runs_on_separate_hosts() {
     assert_eq!(mode("n1/node.key"), 0o600);
     assert_eq!(mode("laptop/client.key"), 0o600);
 }
+
+/// ZooKeeper that cannot be reached is told apart, from another host:
+/// nothing listening (at once), a name that does not resolve (at once),
+/// and a host that does not answer at all (after a bounded wait).
+#[test]
+fn zookeeper_out_of_reach_says_why() {
+    let Some(mut net) = Net::new("zookeeper_out_of_reach_says_why") else {
+        return;
+    };
+    net.host("zk");
+    net.host("client");
+    net.emulated_host(
+        "blind",
+        LinkParams {
+            one_way_delay: Duration::ZERO,
+            loss: 1.0,
+        },
+    );
+    let certs = tempfile::tempdir().unwrap();
+    ringleader::transport::tls::make_cluster_certs(certs.path()).unwrap();
+    let status = |host: &str, zk: &str| {
+        let started = Instant::now();
+        let o = net
+            .command(host, BIN)
+            .args(["status", "--zk", zk, "--certs"])
+            .arg(certs.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let zk_ip = net.ip("zk");
+    let (code, err, took) = status("client", &format!("{zk_ip}:2181"));
+    assert_eq!(code, Some(7), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{zk_ip}:2181: connection refused (nothing listens on port 2181)"
+        )),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+
+    let (code, err, took) = status("client", "zookeeper.invalid:2181");
+    assert_eq!(code, Some(7), "{err}");
+    assert!(
+        err.contains("zookeeper.invalid: cannot resolve the host name"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+
+    // Every frame of this host is lost: no answer, then the error.
+    let (code, err, took) = status("blind", &format!("{zk_ip}:2181"));
+    assert_eq!(code, Some(7), "{err}");
+    assert!(
+        err.contains(&format!("{zk_ip}:2181: no answer within 2 s")),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
