@@ -77,6 +77,12 @@ impl Handler<Stop> for Worker {
     }
 }
 
+/// First pause after a master refused this node; it doubles up to
+/// [`REFUSED_PAUSE_MAX`] while the refusal stays the same.
+const REFUSED_PAUSE_MIN: Duration = Duration::from_millis(500);
+/// Longest pause between attempts to join a master that refuses this node.
+const REFUSED_PAUSE_MAX: Duration = Duration::from_secs(30);
+
 async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
     let info = WorkerInfo {
         addr: s.addr.clone(),
@@ -98,6 +104,9 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
         done: mpsc::unbounded_channel(),
     };
     let mut drain_rx = s.drain.clone();
+    // The last refusal of this node by a master, and the pause after it.
+    let mut refused: Option<(String, Duration)> = None;
+    let mut welcomes = 0u32;
     let result = loop {
         if *drain_rx.borrow() {
             break Ok(());
@@ -131,14 +140,22 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
                 metrics::counter!(m::LEADERSHIP_CHANGES).increment(1);
             }
             served_epoch = epoch;
+            welcomes += 1;
         };
         let session = serve(&s, &master, on_welcome, &mut shards);
         let changed = zk.master_changed(master.epoch);
+        let mut refused_now = None;
         let outcome = tokio::select! {
             r = session => match r {
                 Ok(()) => {
                     tracing::info!(master = %master.node_id, "drained: every started shard reported");
                     break Ok(());
+                }
+                // Known at once, and the same at the next try (a
+                // certificate of another CA, a refused hello).
+                Err(TransportError::Connect { reason, .. }) => {
+                    refused_now = Some(reason);
+                    Ok(())
                 }
                 Err(e) => {
                     tracing::warn!(master = %master.node_id, epoch = master.epoch, error = %e, "link to master lost");
@@ -150,6 +167,36 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
                 r
             }
         };
+        if welcomes > 0 {
+            refused = None;
+            welcomes = 0;
+        }
+        if let Some(reason) = refused_now {
+            // Said once per cause, then tried again with growing pauses.
+            let pause = match &refused {
+                Some((last, pause)) if *last == reason => (*pause * 2).min(REFUSED_PAUSE_MAX),
+                _ => {
+                    tracing::error!(
+                        master = %master.node_id,
+                        addr = %master.addr,
+                        "this node cannot join the master: {reason}. Trying again with pauses \
+                         growing to {} s (logged again if the cause changes)",
+                        REFUSED_PAUSE_MAX.as_secs()
+                    );
+                    REFUSED_PAUSE_MIN
+                }
+            };
+            tracing::debug!(
+                pause_ms = pause.as_millis() as u64,
+                "joining again after a pause"
+            );
+            refused = Some((reason, pause));
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                r = zk.master_changed(master.epoch) => r?,
+                _ = drain_rx.wait_for(|d| *d) => break Ok(()),
+            }
+        }
         failed_epoch = Some(master.epoch);
         shards.disconnected();
         outcome?;

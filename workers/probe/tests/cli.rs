@@ -321,3 +321,62 @@ fn a_job_without_workers_waits_with_a_warning_and_its_shards_reach_every_worker(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A node given certificates of another CA (same cluster name) says once
+/// why it cannot join, and tries again with growing pauses rather than
+/// every second; a client with such certificates is refused at once.
+#[test]
+fn a_node_or_client_of_another_ca_is_told_so_once_and_backs_off() {
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &[]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+    });
+    let other = c.path("other-certs");
+    ringleader::transport::tls::make_cluster_certs(&other).unwrap();
+    let other = other.display().to_string();
+
+    // A client: refused at once, exit 3, the cause named.
+    let started = Instant::now();
+    let o = std::process::Command::new(BIN)
+        .args(["status", "--zk", &c.zk_connect(), "--cluster", &c.cluster])
+        .args(["--certs", &other])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("not signed by this node's cluster CA"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    c.node("alien", &["--role", "worker", "--certs", &other]);
+    // Its fourth try comes after pauses of 0.5, 1 and 2 s.
+    rt().block_on(eventually(
+        Duration::from_secs(30),
+        "the foreign node to pause 4 s before trying again",
+        || {
+            let log = c.log("alien");
+            async move { log.contains("pause_ms=4000") }
+        },
+    ));
+    let log = c.log("alien");
+    assert_eq!(
+        log.matches("this node cannot join the master").count(),
+        1,
+        "said more than once: {log}"
+    );
+    assert!(
+        log.contains("not signed by this node's cluster CA"),
+        "{log}"
+    );
+    // The master saw each try, and no more than the pauses allow.
+    let tries = c.log("n0").matches("refused a QUIC connection").count();
+    assert!((3..=6).contains(&tries), "{tries} tries seen by the master");
+}
