@@ -22,6 +22,7 @@ ROWS = [
     ]),
     ("Throughput and latency", [
         ("Tasks run per second", f"sum(rate(ringleader_tasks_run_total[{RATE}]))", "timeseries"),
+        ("Tasks run per second by job type", f"sum by (job_type) (rate(ringleader_tasks_run_total[{RATE}]))", "timeseries"),
         ("Shards committed per second", f"sum(rate(ringleader_shards_committed_total[{RATE}]))", "timeseries"),
         ("Shards queued", "sum(ringleader_shards_queued)", "timeseries"),
         ("Shards in flight", "sum(ringleader_shards_in_flight)", "timeseries"),
@@ -32,11 +33,13 @@ ROWS = [
         ], "timeseries"),
         ("Shard duration p99", f"histogram_quantile(0.99, sum by (le) (rate(ringleader_shard_duration_seconds_bucket[{RATE}])))", "timeseries"),
         ("Jobs running", "sum(ringleader_jobs_running)", "timeseries"),
-        ("Jobs submitted / completed / failed", [
+        ("Jobs submitted / completed / failed / cancelled", [
             f"sum(increase(ringleader_jobs_submitted_total[{RATE}]))",
             f"sum(increase(ringleader_jobs_completed_total[{RATE}]))",
             f"sum(increase(ringleader_jobs_failed_total[{RATE}]))",
+            f"sum(increase(ringleader_jobs_cancelled_total[{RATE}]))",
         ], "timeseries"),
+        ("Task duration p99 by job type", f"histogram_quantile(0.99, sum by (le, job_type) (rate(ringleader_task_duration_seconds_bucket[{RATE}])))", "timeseries"),
     ]),
     ("Failures", [
         ("Task retries per second", f"sum(rate(ringleader_tasks_retried_total[{RATE}]))", "timeseries"),
@@ -50,6 +53,12 @@ ROWS = [
         ("Session expirations", f"sum(increase(ringleader_zk_session_expirations_total[{RATE}]))", "timeseries"),
         ("Write latency p99 by operation", f"histogram_quantile(0.99, sum by (le, op) (rate(ringleader_zk_op_duration_seconds_bucket[{RATE}])))", "timeseries"),
         ("Errors by operation", f"sum by (op) (rate(ringleader_zk_errors_total[{RATE}]))", "timeseries"),
+    ]),
+    ("Processes", [
+        ("CPU by node (cores)", f"rate(process_cpu_seconds_total[{RATE}])", "timeseries"),
+        ("Resident memory by node", "process_resident_memory_bytes", "timeseries"),
+        ("Open file descriptors by node", "process_open_fds", "timeseries"),
+        ("Versions", "ringleader_build_info", "table"),
     ]),
     ("QUIC", [
         ("Open connections", "sum(ringleader_quic_connections)", "timeseries"),

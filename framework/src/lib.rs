@@ -57,3 +57,6 @@ impl Node {
         NodeBuilder::default()
     }
 }
+
+/// This crate's version (what `--version` and `ringleader_build_info` name).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -62,6 +62,10 @@ pub const JOBS_RUNNING: &str = "ringleader_jobs_running";
 pub const JOBS_COMPLETED: &str = "ringleader_jobs_completed_total";
 /// Counter: jobs finished with at least one failed task.
 pub const JOBS_FAILED: &str = "ringleader_jobs_failed_total";
+/// Counter: jobs cancelled by a client.
+pub const JOBS_CANCELLED: &str = "ringleader_jobs_cancelled_total";
+/// Gauge, labels `version`, `binary`, `binary_version`: 1, naming what runs.
+pub const BUILD_INFO: &str = "ringleader_build_info";
 /// Gauge: open QUIC connections of this node's endpoint.
 pub const QUIC_CONNECTIONS: &str = "ringleader_quic_connections";
 /// Counter, label `direction` (`sent`, `received`): frames on worker links.
@@ -165,15 +169,17 @@ pub const CATALOGUE: &[Metric] = &[
     metric(SHARDS_REASSIGNED, Kind::Counter, "", "shards", "master", "Shards requeued because their worker was lost."),
     metric(WORKER_LINKS_LOST, Kind::Counter, "", "links", "master", "Worker links lost without a drain: the worker is suspected and its shards reassigned at once."),
     metric(SHARDS_SPECULATED, Kind::Counter, "", "shards", "master", "Copies of slow or hung shards sent to another worker (the first result wins)."),
-    metric(TASKS_RETRIED, Kind::Counter, "", "tasks", "master", "Task attempts that failed and will be retried."),
-    metric(TASKS_DEAD_LETTERED, Kind::Counter, "", "tasks", "master", "Tasks that failed every attempt, reported as failed tasks of their job."),
-    metric(TASKS_RUN, Kind::Counter, "", "tasks", "workers", "Tasks run by this node's worker, any outcome."),
-    metric(TASK_SECONDS, Kind::Histogram, "", "seconds", "workers", "Duration of one task run."),
-    metric(SHARD_SECONDS, Kind::Histogram, "", "seconds", "workers", "Duration of one shard run."),
-    metric(JOBS_SUBMITTED, Kind::Counter, "", "jobs", "master", "Jobs accepted (durable in ZooKeeper)."),
+    metric(TASKS_RETRIED, Kind::Counter, "job_type", "tasks", "master", "Task attempts that failed and will be retried."),
+    metric(TASKS_DEAD_LETTERED, Kind::Counter, "job_type", "tasks", "master", "Tasks that failed every attempt, reported as failed tasks of their job."),
+    metric(TASKS_RUN, Kind::Counter, "job_type", "tasks", "workers", "Tasks run by this node's worker, any outcome."),
+    metric(TASK_SECONDS, Kind::Histogram, "job_type", "seconds", "workers", "Duration of one task run."),
+    metric(SHARD_SECONDS, Kind::Histogram, "job_type", "seconds", "workers", "Duration of one shard run."),
+    metric(JOBS_SUBMITTED, Kind::Counter, "job_type", "jobs", "master", "Jobs accepted (durable in ZooKeeper)."),
     metric(JOBS_RUNNING, Kind::Gauge, "", "jobs", "master", "Jobs in progress."),
-    metric(JOBS_COMPLETED, Kind::Counter, "", "jobs", "master", "Jobs finished with every task succeeded."),
-    metric(JOBS_FAILED, Kind::Counter, "", "jobs", "master", "Jobs finished with at least one failed task."),
+    metric(JOBS_COMPLETED, Kind::Counter, "job_type", "jobs", "master", "Jobs finished with every task succeeded."),
+    metric(JOBS_FAILED, Kind::Counter, "job_type", "jobs", "master", "Jobs finished with at least one failed task."),
+    metric(JOBS_CANCELLED, Kind::Counter, "job_type", "jobs", "master", "Jobs cancelled by a client."),
+    metric(BUILD_INFO, Kind::Gauge, "version, binary, binary_version", "1", "all", "1, with Ringleader's version and the node binary's name and version as labels."),
     metric(QUIC_CONNECTIONS, Kind::Gauge, "", "connections", "all", "Open QUIC connections of the node's endpoint."),
     metric(FRAMES, Kind::Counter, "direction", "frames", "all", "Frames sent and received."),
     metric(FRAME_BYTES, Kind::Counter, "direction", "bytes", "all", "Bytes of frames sent and received."),
@@ -215,6 +221,16 @@ pub fn install(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::Buil
         ])?
         .install()?;
     register();
+    // The standard process_* metrics (CPU, memory, file descriptors,
+    // threads, start time), read from /proc once a second.
+    let collector = metrics_process::Collector::default();
+    collector.describe();
+    let _ = std::thread::Builder::new()
+        .name("process-metrics".into())
+        .spawn(move || loop {
+            collector.collect();
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        });
     Ok(())
 }
 
@@ -249,12 +265,6 @@ fn register() {
         SHARDS_REASSIGNED,
         WORKER_LINKS_LOST,
         SHARDS_SPECULATED,
-        TASKS_RETRIED,
-        TASKS_DEAD_LETTERED,
-        TASKS_RUN,
-        JOBS_SUBMITTED,
-        JOBS_COMPLETED,
-        JOBS_FAILED,
         FRAME_ERRORS,
         ZK_TRANSACTIONS,
     ] {
@@ -271,9 +281,40 @@ fn register() {
         metrics::counter!(ZK_ERRORS, "op" => *op).absolute(0);
         let _ = metrics::histogram!(ZK_OP_SECONDS, "op" => *op);
     }
-    for h in [MASTER_GAP, TASK_SECONDS, SHARD_SECONDS] {
-        let _ = metrics::histogram!(h);
+    let _ = metrics::histogram!(MASTER_GAP);
+}
+
+/// Counters with a `job_type` label (the registered job name; not `job`,
+/// which Prometheus gives every scraped series for its own scrape job).
+const JOB_COUNTERS: &[&str] = &[
+    TASKS_RETRIED,
+    TASKS_DEAD_LETTERED,
+    TASKS_RUN,
+    JOBS_SUBMITTED,
+    JOBS_COMPLETED,
+    JOBS_FAILED,
+    JOBS_CANCELLED,
+];
+
+/// Registers the `job_type`-labelled series of each job this node registers
+/// (at zero: a rate then has data before the first job), and
+/// [`BUILD_INFO`].
+pub fn register_node(jobs: &[String], binary: &str, binary_version: &str) {
+    for job in jobs {
+        for c in JOB_COUNTERS {
+            metrics::counter!(*c, "job_type" => job.clone()).absolute(0);
+        }
+        for h in [TASK_SECONDS, SHARD_SECONDS] {
+            let _ = metrics::histogram!(h, "job_type" => job.clone());
+        }
     }
+    metrics::gauge!(
+        BUILD_INFO,
+        "version" => crate::VERSION,
+        "binary" => binary.to_string(),
+        "binary_version" => binary_version.to_string()
+    )
+    .set(1.0);
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ impl<J: Job> ErasedJob for Erased<J> {
                     };
                     let started = std::time::Instant::now();
                     let outcome = catch_unwind(AssertUnwindSafe(|| task.run(&ctx)));
-                    metrics::histogram!(crate::metrics::TASK_SECONDS)
+                    metrics::histogram!(crate::metrics::TASK_SECONDS, "job_type" => J::NAME)
                         .record(started.elapsed().as_secs_f64());
                     match outcome {
                         Ok(r) => r,

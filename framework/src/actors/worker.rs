@@ -466,8 +466,15 @@ async fn execute(s: &Arc<WorkerSettings>, a: Assignment) -> ShardReport {
             }
         }
     }
-    metrics::counter!(m::TASKS_RUN).increment(n);
-    metrics::histogram!(m::SHARD_SECONDS).record(started.elapsed().as_secs_f64());
+    // A bounded label: the names this worker registers.
+    let label = if s.registry.get(&job_name).is_some() {
+        job_name
+    } else {
+        "unknown".to_string()
+    };
+    metrics::counter!(m::TASKS_RUN, "job_type" => label.clone()).increment(n);
+    metrics::histogram!(m::SHARD_SECONDS, "job_type" => label)
+        .record(started.elapsed().as_secs_f64());
     ShardReport {
         epoch,
         job_id,

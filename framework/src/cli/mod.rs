@@ -535,8 +535,8 @@ impl NodeBuilder {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(program);
         let version = match self.version {
-            Some(v) => format!("{v} (ringleader {})", env!("CARGO_PKG_VERSION")),
-            None => format!("(ringleader {})", env!("CARGO_PKG_VERSION")),
+            Some(v) => format!("{v} (ringleader {})", crate::VERSION),
+            None => format!("(ringleader {})", crate::VERSION),
         };
         let mut cmd = <Cli as clap::CommandFactory>::command()
             .name(name.clone())
@@ -927,6 +927,11 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         link_timeout: Duration::from_millis(a.link_timeout_ms),
         audit_file: a.audit_file,
     };
+    crate::metrics::register_node(
+        &builder.registry.names(),
+        &program(),
+        builder.version.unwrap_or(""),
+    );
     let registry = builder.registry;
     actix::System::new().block_on(async move { node::run(config, registry).await })?;
     Ok(())

@@ -108,6 +108,9 @@ fn main() -> anyhow::Result<()> {
                 r => Ok(r?),
             }
         }
-        _ => ringleader::Node::builder().cli_job::<WordCount>().run_cli(),
+        _ => ringleader::Node::builder()
+            .version(env!("CARGO_PKG_VERSION"))
+            .cli_job::<WordCount>()
+            .run_cli(),
     }
 }

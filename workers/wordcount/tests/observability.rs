@@ -121,7 +121,28 @@ fn prometheus_scrapes_every_role_and_every_panel_has_data() {
         );
         let (ok, out) = promtool(&["check", "metrics"], Some(&body));
         assert!(ok, "promtool check metrics on the {role}:\n{out}");
+        // What runs, and the process's own figures.
+        assert!(
+            body.contains(&format!(
+                "ringleader_build_info{{version=\"{}\",binary=\"wordcount\",binary_version=\"{}\"}} 1",
+                ringleader::VERSION,
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{role}:\n{body}"
+        );
+        assert!(
+            body.contains("process_resident_memory_bytes "),
+            "{role}:\n{body}"
+        );
     }
+    // Task figures by job type (`job` is Prometheus's own label).
+    let (_, worker) = http_get(&addr(1), "/metrics").unwrap();
+    let ran: f64 = worker
+        .lines()
+        .find(|l| l.starts_with("ringleader_tasks_run_total{job_type=\"word-count\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no tasks by job type:\n{worker}"));
+    assert!(ran > 0.0, "{worker}");
 
     // A real Prometheus scraping the three nodes every second.
     let prom_port = free_port().unwrap();

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use super::{error, Master};
 use crate::audit::Event;
 use crate::coord::{CoordError, JobStatus};
+use crate::metrics as m;
 use crate::wire::Frame;
 
 impl Master {
@@ -40,40 +41,54 @@ impl Master {
                     Some(rt) => rt.stored,
                     None => match store.read_job(&job_id).await? {
                         Some(j) => j,
-                        None => return Ok(error(format!("no job {job_id}"))),
+                        None => return Ok((error(format!("no job {job_id}")), None)),
                     },
                 };
                 match job.record.status {
                     JobStatus::Accepted => {}
-                    JobStatus::Cancelled => return Ok(Frame::Ok),
-                    JobStatus::Done => return Ok(finished_first(&job_id)),
+                    JobStatus::Cancelled => return Ok((Frame::Ok, None)),
+                    JobStatus::Done => return Ok((finished_first(&job_id), None)),
                     JobStatus::Writing => {
-                        return Ok(error(format!(
-                            "no job {job_id}: its submission was never acknowledged (submit it \
-                             again)"
-                        )))
+                        return Ok((
+                            error(format!(
+                                "no job {job_id}: its submission was never acknowledged (submit \
+                                 it again)"
+                            )),
+                            None,
+                        ))
                     }
                 }
+                // The job's name when this request cancelled it.
+                let cancelled = Some(job.record.job_name.clone());
                 match store.set_status(&job, JobStatus::Cancelled).await {
-                    Ok(()) => Ok(Frame::Ok),
+                    Ok(()) => Ok((Frame::Ok, cancelled)),
                     Err(e) if e.is_conflict() => match store.read_job(&job_id).await? {
                         Some(j) if j.record.status == JobStatus::Done => {
-                            Ok(finished_first(&job_id))
+                            Ok((finished_first(&job_id), None))
                         }
-                        Some(j) if j.record.status == JobStatus::Cancelled => Ok(Frame::Ok),
+                        Some(j) if j.record.status == JobStatus::Cancelled => Ok((Frame::Ok, None)),
                         _ => Err(e),
                     },
                     Err(e) => Err(e),
                 }
             }
             .into_actor(self)
-            .map(move |res: Result<Frame, CoordError>, act, ctx| {
-                if matches!(res, Ok(Frame::Ok)) {
-                    act.audit(Event::JobCancelled { job: id.clone() });
-                    act.watch_stored(ctx, id);
-                }
-                res.unwrap_or_else(error)
-            }),
+            .map(
+                move |res: Result<(Frame, Option<String>), CoordError>, act, ctx| {
+                    let (frame, cancelled) = match res {
+                        Ok(r) => r,
+                        Err(e) => (error(e), None),
+                    };
+                    if matches!(frame, Frame::Ok) {
+                        act.audit(Event::JobCancelled { job: id.clone() });
+                        act.watch_stored(ctx, id);
+                    }
+                    if let Some(name) = cancelled {
+                        metrics::counter!(m::JOBS_CANCELLED, "job_type" => name).increment(1);
+                    }
+                    frame
+                },
+            ),
         )
     }
 }

@@ -400,8 +400,12 @@ impl Master {
         let c = self
             .ledger
             .committed(job, key, tasks, rec.attempt, &rec.failures, object);
-        metrics::counter!(m::TASKS_DEAD_LETTERED).increment(c.dead_lettered);
-        metrics::counter!(m::TASKS_RETRIED).increment(c.retried);
+        if c.dead_lettered > 0 || c.retried > 0 {
+            let name = self.job_name(job);
+            metrics::counter!(m::TASKS_DEAD_LETTERED, "job_type" => name.clone())
+                .increment(c.dead_lettered);
+            metrics::counter!(m::TASKS_RETRIED, "job_type" => name).increment(c.retried);
+        }
         if let Some(merge) = c.merge {
             self.merge(ctx, merge, rec.output.clone());
         }
@@ -456,7 +460,8 @@ impl Master {
         let (job, shard) = (merge.job.clone(), merge.key.to_string());
         let (failed, finish) = self.ledger.merged(merge, outcome, scheduled);
         if failed > 0 {
-            metrics::counter!(m::TASKS_DEAD_LETTERED).increment(failed);
+            metrics::counter!(m::TASKS_DEAD_LETTERED, "job_type" => self.job_name(&job))
+                .increment(failed);
             self.audit(Event::MergeFailed {
                 job,
                 shard,
@@ -547,10 +552,11 @@ impl Master {
                     failed = counters.tasks_failed,
                     "job done"
                 );
+                let name = act.job_name(&job);
                 if counters.tasks_failed > 0 {
-                    metrics::counter!(m::JOBS_FAILED).increment(1);
+                    metrics::counter!(m::JOBS_FAILED, "job_type" => name).increment(1);
                 } else {
-                    metrics::counter!(m::JOBS_COMPLETED).increment(1);
+                    metrics::counter!(m::JOBS_COMPLETED, "job_type" => name).increment(1);
                 }
                 act.audit(Event::JobDone {
                     job: job.clone(),
@@ -858,6 +864,17 @@ impl Handler<ClientRequest> for Master {
                 other.name()
             )))),
         }
+    }
+}
+
+impl Master {
+    /// A running job's registered name (a bounded label: the master
+    /// accepts only the job types it registers).
+    fn job_name(&self, job: &str) -> String {
+        self.jobs.get(job).map_or_else(
+            || "unknown".to_string(),
+            |rt| rt.stored.record.job_name.clone(),
+        )
     }
 }
 

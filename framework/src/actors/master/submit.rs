@@ -154,7 +154,8 @@ impl Handler<Submit> for Master {
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(Written::New(loaded)) => {
                 tracing::info!(job = %id, tasks = loaded.plan.counters.tasks_total, shards = loaded.plan.pending.len(), "job accepted");
-                metrics::counter!(m::JOBS_SUBMITTED).increment(1);
+                metrics::counter!(m::JOBS_SUBMITTED, "job_type" => loaded.rt.stored.record.job_name.clone())
+                    .increment(1);
                 act.audit(crate::audit::Event::JobAccepted {
                     job: id.clone(),
                     tasks: loaded.plan.counters.tasks_total,
