@@ -145,6 +145,8 @@ struct Inner {
     cfg: ClientConfig,
     endpoint: transport::Endpoint,
     conn: Mutex<Option<(u64, transport::Connection)>>,
+    /// Job types whose shape the master was asked about.
+    checked: std::sync::Mutex<std::collections::HashSet<&'static str>>,
 }
 
 /// See the module doc. Cheap to clone.
@@ -199,6 +201,7 @@ impl Client {
                 cfg,
                 endpoint,
                 conn: Mutex::new(None),
+                checked: std::sync::Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -216,7 +219,18 @@ impl Client {
             .await?
         {
             Some(m) => Some(m),
-            None => zk.wait_for_master(None, wait).await?,
+            None => {
+                if zk.read_master().await?.is_none() {
+                    // Say so: a failover leaves no master for seconds.
+                    tracing::info!(
+                        "no master is serving cluster {} now (a failover, or no candidate \
+                         running); waiting up to {} s for one",
+                        self.inner.cfg.cluster,
+                        wait.as_secs()
+                    );
+                }
+                zk.wait_for_master(None, wait).await?
+            }
         };
         master.ok_or_else(|| ClientError::NoMaster {
             cluster: self.inner.cfg.cluster.clone(),
@@ -446,6 +460,31 @@ impl Client {
             max_attempts: options.max_attempts.unwrap_or(3).max(1),
             shard_timeout_ms: options.shard_timeout.map(|t| t.as_millis() as u64),
         };
+        // The first submission of each job type checks that the master
+        // defines it as this binary does (one round trip per type).
+        let first = self
+            .inner
+            .checked
+            .lock()
+            .map(|mut c| c.insert(J::NAME))
+            .unwrap_or(true);
+        if first {
+            let shape = crate::registry::shape::<J>();
+            if let Err(e) = self
+                .plan(
+                    J::NAME,
+                    encoded.len() as u64,
+                    opts.shard_size,
+                    shape.as_deref(),
+                )
+                .await
+            {
+                if let Ok(mut c) = self.inner.checked.lock() {
+                    c.remove(J::NAME);
+                }
+                return Err(e);
+            }
+        }
         let (id, existing) = self
             .submit_encoded(J::NAME, encoded, opts, options.job_id)
             .await?;
@@ -480,16 +519,20 @@ impl Client {
     /// `job_name` now (`shard_size` 0: its choice) and which workers run
     /// it; `None` from a master too old to say. A job type the cluster
     /// does not run is [`ClientError::Refused`].
+    /// `shape` is the job's [`crate::registry::shape`] in this binary: a
+    /// master whose differs refuses.
     pub async fn plan(
         &self,
         job_name: &str,
         task_count: u64,
         shard_size: u32,
+        shape: Option<&str>,
     ) -> Result<Option<crate::wire::JobPlanInfo>, ClientError> {
         let ask = Frame::PlanJob {
             job_name: job_name.to_string(),
             task_count,
             shard_size,
+            shape: shape.map(str::to_string),
         };
         match self.request(&[ask]).await? {
             Frame::Planned(p) => Ok(Some(p)),

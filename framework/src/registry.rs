@@ -169,10 +169,37 @@ impl<J: Job> ErasedJob for Erased<J> {
     }
 }
 
+/// The shape serde sees of a job's task and result types: their formats,
+/// with the names and fields of every struct and enum they contain (as
+/// `serde-reflection` traces them), so that a submitting binary and a
+/// cluster built from different definitions can be told apart before any
+/// task runs. `None` for types that cannot be traced (a hand-written
+/// `Deserialize` that checks its input): those are not compared. Of an
+/// enum nested in a struct only the first variant is traced, so a change
+/// in its other variants goes unseen.
+pub fn shape<J: Job>() -> Option<String> {
+    use serde_reflection::{Tracer, TracerConfig};
+    let mut tracer = Tracer::new(TracerConfig::default());
+    let (task, _) = tracer.trace_simple_type::<J::Task>().ok()?;
+    let (result, _) = tracer.trace_simple_type::<J::Result>().ok()?;
+    // Enums nested in the types are explored one variant per pass: a few
+    // more passes reach the rest (the same number on every side).
+    for _ in 0..8 {
+        let _ = tracer.trace_simple_type::<J::Task>();
+        let _ = tracer.trace_simple_type::<J::Result>();
+    }
+    let containers = tracer.registry_unchecked();
+    Some(format!(
+        "task {task:?}, result {result:?}, where {containers:?}"
+    ))
+}
+
 /// The jobs a node can run or coordinate, by name.
 #[derive(Clone, Default)]
 pub struct Registry {
     jobs: BTreeMap<&'static str, Arc<dyn ErasedJob>>,
+    /// Each job's [`shape`], when it can be traced.
+    shapes: BTreeMap<&'static str, String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -186,6 +213,15 @@ impl Registry {
     pub fn add<J: Job>(&mut self) {
         self.jobs
             .insert(J::NAME, Arc::new(Erased::<J>(PhantomData)));
+        match shape::<J>() {
+            Some(s) => self.shapes.insert(J::NAME, s),
+            None => self.shapes.remove(J::NAME),
+        };
+    }
+
+    /// Job `name`'s [`shape`], if registered and traceable.
+    pub fn shape(&self, name: &str) -> Option<&str> {
+        self.shapes.get(name).map(String::as_str)
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn ErasedJob>> {
@@ -314,5 +350,30 @@ mod tests {
             );
         }
         assert!(run.failures.iter().all(|f| f.index != u64::MAX));
+    }
+
+    #[test]
+    fn shapes_tell_different_definitions_of_one_name_apart() {
+        #[derive(Serialize, Deserialize)]
+        struct Wide {
+            a: u64,
+            b: String,
+        }
+        impl Task for Wide {
+            type Output = u64;
+            const NAME: &'static str = "div";
+            fn run(self, _: &TaskContext) -> Result<u64, TaskError> {
+                Ok(self.a)
+            }
+        }
+        let div = shape::<Collect<Div>>().expect("traceable");
+        assert_eq!(Some(div.clone()), shape::<Collect<Div>>(), "deterministic");
+        let wide = shape::<Collect<Wide>>().expect("traceable");
+        assert_ne!(div, wide);
+        assert!(wide.contains("name: \"b\", value: Str"), "{wide}");
+        let mut r = Registry::default();
+        r.add::<Collect<Div>>();
+        assert_eq!(r.shape("div"), Some(div.as_str()));
+        assert_eq!(r.shape("other"), None);
     }
 }

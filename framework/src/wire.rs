@@ -360,6 +360,9 @@ pub enum Frame {
         task_count: u64,
         /// Tasks per shard asked for (0: the master's choice).
         shard_size: u32,
+        /// The submitting binary's [`crate::registry::shape`] of the job's
+        /// types: a different one on the master is refused.
+        shape: Option<String>,
     },
     /// Master to client: the answer to `PlanJob`.
     Planned(JobPlanInfo),

@@ -615,6 +615,7 @@ impl NodeBuilder {
                     job_id: a.job_id,
                     detach: a.detach,
                     require_workers: a.require_workers,
+                    shape: self.registry.shape(job.name()).map(str::to_string),
                 };
                 block_on(submit(
                     &a.conn,
@@ -747,6 +748,8 @@ struct HowToSubmit {
     job_id: Option<String>,
     detach: bool,
     require_workers: bool,
+    /// The job's shape in this binary.
+    shape: Option<String>,
 }
 
 async fn submit(
@@ -777,7 +780,12 @@ async fn submit(
         .map_err(not_sent)?;
     // What the master would do with it: known before anything is uploaded.
     let plan = client
-        .plan(name, tasks.len() as u64, opts.shard_size)
+        .plan(
+            name,
+            tasks.len() as u64,
+            opts.shard_size,
+            how.shape.as_deref(),
+        )
         .await
         .map_err(not_sent)?;
     match plan {

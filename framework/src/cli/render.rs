@@ -20,10 +20,15 @@ pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&[JobSummary]>) -> Str
         ));
     }
     for w in &s.workers {
-        let seen = match (w.connected, w.last_seen_ms) {
-            (true, Some(ms)) => format!("connected, last heard {:.1} s ago", ms as f64 / 1000.0),
-            (true, None) => "connected".to_string(),
-            (false, _) => "registered, not connected".to_string(),
+        // A connected link is alive (QUIC keep-alives would have ended a
+        // silent one within the link timeout); the time since its last
+        // frame says only how long it has been idle.
+        let seen = match (w.connected, w.last_seen_ms, w.in_flight) {
+            (true, Some(ms), 0) if ms >= 1000 => {
+                format!("connected, idle {:.0} s", ms as f64 / 1000.0)
+            }
+            (true, _, _) => "connected".to_string(),
+            (false, _, _) => "registered, not connected".to_string(),
         };
         out.push_str(&format!(
             "worker {} {} slots {} in-flight {} {seen}\n",

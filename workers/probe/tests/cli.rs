@@ -197,6 +197,46 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
         1.0,
         "the refused upload was sent again"
     );
+    // A task type of the same name but another shape is refused before
+    // it runs, naming both; the cluster's own shape is accepted.
+    rt().block_on(async {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Probe {
+            value: u64,
+        }
+        impl ringleader::Task for Probe {
+            type Output = u64;
+            const NAME: &'static str = "probe";
+            fn run(self, _: &ringleader::TaskContext) -> Result<u64, ringleader::TaskError> {
+                Ok(self.value)
+            }
+        }
+        let client = ringleader::Client::connect(client_config(&c))
+            .await
+            .unwrap();
+        let err = match client
+            .submit::<ringleader::Collect<Probe>>(vec![Probe { value: 1 }], Default::default())
+            .await
+        {
+            Ok(_) => panic!("a task of another shape was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("job type probe is defined differently")
+                && err.contains("Named { name: \"value\", value: U64 }]")
+                && err.contains("Named { name: \"behaviour\""),
+            "{err}"
+        );
+        let same = vec![probe::Probe {
+            value: 4,
+            behaviour: probe::Behaviour::Ok,
+        }];
+        let job = client
+            .submit::<ringleader::Collect<probe::Probe>>(same, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(job.result().await.unwrap().0, vec![(0, 8)]);
+    });
     let sent = received() - received_before;
     assert!(
         sent < 6_000_000.0,

@@ -857,7 +857,13 @@ impl Handler<ClientRequest> for Master {
                 job_name,
                 task_count,
                 shard_size,
-            } => Box::pin(fut::ready(self.plan_job(&job_name, task_count, shard_size))),
+                shape,
+            } => Box::pin(fut::ready(self.plan_job(
+                &job_name,
+                task_count,
+                shard_size,
+                shape.as_deref(),
+            ))),
             Frame::ListJobs => self.list_jobs(),
             other => Box::pin(fut::ready(error(format!(
                 "unexpected request {}",

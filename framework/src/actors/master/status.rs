@@ -66,9 +66,27 @@ impl Master {
 
 impl Master {
     /// `PlanJob`: the cut a submission would get now, and who runs it.
-    pub(super) fn plan_job(&self, job_name: &str, task_count: u64, shard_size: u32) -> Frame {
+    pub(super) fn plan_job(
+        &self,
+        job_name: &str,
+        task_count: u64,
+        shard_size: u32,
+        shape: Option<&str>,
+    ) -> Frame {
         if self.settings.registry.get(job_name).is_none() {
             return self.unknown_job_type(job_name);
+        }
+        if let (Some(theirs), Some(ours)) = (shape, self.settings.registry.shape(job_name)) {
+            if theirs != ours {
+                return error(format!(
+                    "job type {job_name} is defined differently by the submitting binary and by \
+                     this cluster's master (node {}): the submission's types are {}; the \
+                     master's are {}. Build both from the same task and result types",
+                    self.settings.node_id,
+                    clip(theirs),
+                    clip(ours)
+                ));
+            }
         }
         let slots = self.slots_for(job_name);
         let shard_size = match shard_size {
@@ -152,6 +170,15 @@ impl Master {
             Ok(Frame::Jobs(all))
         };
         answer(self, work)
+    }
+}
+
+/// At most a few hundred characters of `text`, for a message.
+fn clip(text: &str) -> String {
+    const MAX: usize = 400;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
     }
 }
 
