@@ -210,11 +210,61 @@ pub fn catalogue_markdown() -> String {
     out
 }
 
+/// How long a gauge series stays on the metrics page after it was last
+/// set: the master sets each registered worker's every few seconds, so a
+/// worker that left is gone from the page this long after.
+pub const GAUGE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The labels of this node's [`BUILD_INFO`] (binary, its version).
+static BUILD: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// Keeps the node's own gauges on the page (see [`GAUGE_IDLE`]): adding
+/// zero counts as setting them.
+fn touch_node_gauges() {
+    for g in node_gauges() {
+        g.increment(0.0);
+    }
+    if let Some((binary, version)) = BUILD.get() {
+        build_info(binary, version).increment(0.0);
+    }
+}
+
+/// The gauges every node has, with their fixed labels.
+fn node_gauges() -> impl Iterator<Item = metrics::Gauge> {
+    let roles = ["master", "worker", "candidate"]
+        .into_iter()
+        .map(|role| metrics::gauge!(NODE_ROLE, "role" => role));
+    let plain = [
+        EPOCH,
+        ZK_CONNECTED,
+        WORKERS,
+        SHARDS_QUEUED,
+        SHARDS_IN_FLIGHT,
+        JOBS_RUNNING,
+        QUIC_CONNECTIONS,
+    ]
+    .into_iter()
+    .map(|g| metrics::gauge!(g));
+    roles.chain(plain)
+}
+
+fn build_info(binary: &str, binary_version: &str) -> metrics::Gauge {
+    metrics::gauge!(
+        BUILD_INFO,
+        "version" => crate::VERSION,
+        "binary" => binary.to_string(),
+        "binary_version" => binary_version.to_string()
+    )
+}
+
 /// Starts the Prometheus exporter on `addr` and registers every metric.
 /// Call before the actor system starts: the exporter gets its own thread.
 pub fn install(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
+        // A gauge series nobody sets leaves the page: a departed worker's
+        // goes with it. The node's own gauges are touched every second.
+        .idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(GAUGE_IDLE))
         .set_buckets(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             30.0, 60.0,
@@ -229,6 +279,7 @@ pub fn install(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::Buil
         .name("process-metrics".into())
         .spawn(move || loop {
             collector.collect();
+            touch_node_gauges();
             std::thread::sleep(std::time::Duration::from_secs(1));
         });
     Ok(())
@@ -242,19 +293,8 @@ fn register() {
             Kind::Histogram => metrics::describe_histogram!(m.name, metrics::Unit::Seconds, m.help),
         }
     }
-    for role in ["master", "worker", "candidate"] {
-        metrics::gauge!(NODE_ROLE, "role" => role).set(0.0);
-    }
-    for g in [
-        EPOCH,
-        ZK_CONNECTED,
-        WORKERS,
-        SHARDS_QUEUED,
-        SHARDS_IN_FLIGHT,
-        JOBS_RUNNING,
-        QUIC_CONNECTIONS,
-    ] {
-        metrics::gauge!(g).set(0.0);
+    for g in node_gauges() {
+        g.set(0.0);
     }
     for c in [
         ELECTIONS_WON,
@@ -308,13 +348,8 @@ pub fn register_node(jobs: &[String], binary: &str, binary_version: &str) {
             let _ = metrics::histogram!(h, "job_type" => job.clone());
         }
     }
-    metrics::gauge!(
-        BUILD_INFO,
-        "version" => crate::VERSION,
-        "binary" => binary.to_string(),
-        "binary_version" => binary_version.to_string()
-    )
-    .set(1.0);
+    build_info(binary, binary_version).set(1.0);
+    let _ = BUILD.set((binary.to_string(), binary_version.to_string()));
 }
 
 #[cfg(test)]

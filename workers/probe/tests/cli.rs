@@ -145,6 +145,57 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
         "{\"index\":0,\"output\":14}\n"
     );
 
+    // Ctrl-C detaches: the job keeps running, the exit says interrupted,
+    // and the message says how to get the result.
+    let err_file = dir.join("interrupted.err");
+    let mut submit = c
+        .cli_command("submit", &["probe", "--job-id", "interrupted", &slow])
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    rt().block_on(eventually(
+        Duration::from_secs(20),
+        "the submission to be accepted",
+        || {
+            let err = std::fs::read_to_string(&err_file).unwrap_or_default();
+            async move { err.contains("job interrupted accepted") }
+        },
+    ));
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &submit.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = submit.wait().unwrap();
+    let err = std::fs::read_to_string(&err_file).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("detached; job interrupted keeps running")
+            && err.contains("result interrupted --wait"),
+        "{err}"
+    );
+    let (code, _, err) = run(&c, "result", &["interrupted", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+
+    // Errors print their causes, not a backtrace, whatever RUST_BACKTRACE says.
+    let o = c
+        .cli_command("result", &["no-such-job"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("error: no job no-such-job"), "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    let o = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("probe (ringleader {})", ringleader::VERSION)
+    );
+
     // A cancelled job says so, with its own exit.
     let long = write_tasks(&dir.join("long.jsonl"), &[sleep(1, 30_000)]);
     let (code, _, err) = run(
@@ -176,7 +227,7 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
         )
     };
     let (submits_before, received_before) = (submits(), received());
-    assert_eq!(submits_before, 5.0, "the submissions so far are counted");
+    assert_eq!(submits_before, 6.0, "the submissions so far are counted");
     // 6 MB: more than QUIC lets in flight before the master reads.
     let pad = "x".repeat(1000);
     let big: Vec<String> = (0..6_000)
@@ -368,7 +419,8 @@ fn a_job_without_workers_waits_with_a_warning_and_its_shards_reach_every_worker(
 #[test]
 fn a_node_or_client_of_another_ca_is_told_so_once_and_backs_off() {
     let mut c = Cluster::new(BIN);
-    c.node("n0", &[]);
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    c.node("n0", &["--metrics-addr", &metrics]);
     rt().block_on(async {
         let zk = c.zk().await;
         c.master(&zk, None, Duration::from_secs(20)).await;
@@ -419,4 +471,26 @@ fn a_node_or_client_of_another_ca_is_told_so_once_and_backs_off() {
     // The master saw each try, and no more than the pauses allow.
     let tries = c.log("n0").matches("refused a QUIC connection").count();
     assert!((3..=6).contains(&tries), "{tries} tries seen by the master");
+
+    // Registered in ZooKeeper, it has a gauge series on the master's page;
+    // once it stops, the series goes (the master's own stays).
+    let series = |worker: &str| {
+        let (_, body) = http_get(&metrics, "/metrics").expect("metrics page");
+        body.contains(&format!(
+            "ringleader_worker_in_flight{{worker=\"{worker}\"}}"
+        ))
+    };
+    assert!(series("alien") && series("n0"));
+    c.signal("alien", "TERM");
+    let status = c.wait_exit("alien", Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    rt().block_on(eventually(
+        Duration::from_secs(30),
+        "the departed node's gauge series to leave the page",
+        || {
+            let gone = !series("alien");
+            async move { gone }
+        },
+    ));
+    assert!(series("n0"));
 }

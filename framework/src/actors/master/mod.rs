@@ -790,6 +790,9 @@ impl Actor for Master {
                     .into_actor(act),
                 );
                 ctx.run_interval(Duration::from_secs(1), |act, ctx| act.collect_garbage(ctx));
+                // Gauges are set again while nothing happens: a series not
+                // set for `GAUGE_IDLE` leaves the metrics page.
+                ctx.run_interval(m::GAUGE_IDLE / 4, |act, ctx| act.update_gauges(ctx));
                 // Stragglers and hung shards get a copy on another worker.
                 ctx.run_interval(Duration::from_millis(250), |act, ctx| {
                     if act.paused {
