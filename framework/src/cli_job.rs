@@ -83,6 +83,57 @@ pub(crate) trait ErasedCliJob: Send + Sync {
     fn tasks(&self, m: &ArgMatches, upload: Option<&Store>) -> anyhow::Result<Vec<ByteBuf>>;
     /// Writes an encoded result.
     fn output(&self, bytes: &[u8], report: &JobReport, out: &Output) -> anyhow::Result<()>;
+    /// Writes one streamed shard's encoded partial as JSON lines: a bare
+    /// task's outputs one per line with their indexes, any other job's
+    /// partial as `{"shard":"I-G","partial":...}`.
+    fn stream_item(
+        &self,
+        shard: crate::core::ShardKey,
+        bytes: &[u8],
+        w: &mut dyn Write,
+    ) -> anyhow::Result<()>;
+}
+
+/// `{"shard":"I-G","partial":P}` and a newline.
+fn partial_line<R: Serialize>(
+    shard: crate::core::ShardKey,
+    partial: &R,
+    w: &mut dyn Write,
+) -> anyhow::Result<()> {
+    #[derive(Serialize)]
+    struct Line<'a, R> {
+        shard: String,
+        partial: &'a R,
+    }
+    serde_json::to_writer(
+        &mut *w,
+        &Line {
+            shard: shard.to_string(),
+            partial,
+        },
+    )?;
+    w.write_all(b"\n")?;
+    Ok(())
+}
+
+/// One JSON line per `(index, output)`.
+fn output_lines<O: Serialize>(outputs: &[(u64, O)], w: &mut dyn Write) -> anyhow::Result<()> {
+    #[derive(Serialize)]
+    struct Line<'a, O> {
+        index: u64,
+        output: &'a O,
+    }
+    for (index, output) in outputs {
+        serde_json::to_writer(
+            &mut *w,
+            &Line {
+                index: *index,
+                output,
+            },
+        )?;
+        w.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 fn decode_result<R: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> anyhow::Result<R> {
@@ -135,6 +186,14 @@ impl<J: CliJob> ErasedCliJob for CliEntry<J> {
     }
     fn output(&self, bytes: &[u8], report: &JobReport, out: &Output) -> anyhow::Result<()> {
         J::output(decode_result(bytes)?, report, out).map_err(|e| anyhow!("{e}"))
+    }
+    fn stream_item(
+        &self,
+        shard: crate::core::ShardKey,
+        bytes: &[u8],
+        w: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        partial_line(shard, &decode_result::<J::Result>(bytes)?, w)
     }
 }
 
@@ -217,25 +276,19 @@ impl<T: Task> ErasedCliJob for TaskLines<T> {
         JsonTasks::read::<T>(m, T::NAME)
     }
     fn output(&self, bytes: &[u8], _report: &JobReport, out: &Output) -> anyhow::Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a, O> {
-            index: u64,
-            output: &'a O,
-        }
         let outputs: Vec<(u64, T::Output)> = decode_result(bytes)?;
         let mut w = out.writer()?;
-        for (index, output) in &outputs {
-            serde_json::to_writer(
-                &mut w,
-                &Line {
-                    index: *index,
-                    output,
-                },
-            )?;
-            w.write_all(b"\n")?;
-        }
+        output_lines(&outputs, &mut w)?;
         w.flush()?;
         Ok(())
+    }
+    fn stream_item(
+        &self,
+        _shard: crate::core::ShardKey,
+        bytes: &[u8],
+        w: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        output_lines(&decode_result::<Vec<(u64, T::Output)>>(bytes)?, w)
     }
 }
 
@@ -272,6 +325,14 @@ impl<J: Job> ErasedCliJob for JobJson<J> {
         w.write_all(b"\n")?;
         w.flush()?;
         Ok(())
+    }
+    fn stream_item(
+        &self,
+        shard: crate::core::ShardKey,
+        bytes: &[u8],
+        w: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        partial_line(shard, &decode_result::<J::Result>(bytes)?, w)
     }
 }
 

@@ -167,6 +167,9 @@ pub struct SubmitOptions {
     pub max_attempts: Option<u32>,
     /// A shard running longer than this gets a copy on another worker.
     pub shard_timeout: Option<Duration>,
+    /// Its outputs will be streamed ([`JobHandle::stream`]): they are kept
+    /// until the job is collected, so that a stream can always catch up.
+    pub stream: bool,
 }
 
 /// A finished job's figures and failed tasks.
@@ -459,6 +462,7 @@ impl Client {
                 .unwrap_or(0),
             max_attempts: options.max_attempts.unwrap_or(3).max(1),
             shard_timeout_ms: options.shard_timeout.map(|t| t.as_millis() as u64),
+            stream: options.stream,
         };
         // The first submission of each job type checks that the master
         // defines it as this binary does (one round trip per type).
@@ -789,6 +793,162 @@ impl<J: Job> JobHandle<J> {
     /// Cancels the job.
     pub async fn cancel(&self) -> Result<(), ClientError> {
         self.client.cancel(&self.id).await
+    }
+
+    /// The job's committed outputs as they commit: each shard's partial
+    /// result once, across failovers and reconnections (the stream holds
+    /// the shards it has and asks the next master for the rest). For a
+    /// bare task's job (`Collect<T>`) a partial is its tasks' outputs with
+    /// their indexes. The job must have been submitted with
+    /// [`SubmitOptions::stream`].
+    pub fn stream(&self) -> PartialStream<J> {
+        PartialStream {
+            encoded: self.client.stream_encoded(&self.id),
+            _job: PhantomData,
+        }
+    }
+}
+
+/// A job's committed outputs, from [`JobHandle::stream`].
+pub struct PartialStream<J> {
+    encoded: EncodedStream,
+    _job: PhantomData<fn() -> J>,
+}
+
+impl<J: Job> PartialStream<J> {
+    /// The next shard's partial result, or `None` once every committed
+    /// output was given and the job ended ([`PartialStream::end`] then
+    /// says how).
+    pub async fn next(
+        &mut self,
+    ) -> Result<Option<(crate::core::ShardKey, J::Result)>, ClientError> {
+        let Some((shard, output)) = self.encoded.next().await? else {
+            return Ok(None);
+        };
+        let result = if output.is_empty() {
+            J::Result::default()
+        } else {
+            decode("partial result", &output)?
+        };
+        Ok(Some((shard, result)))
+    }
+
+    /// How the job ended, once [`PartialStream::next`] gave `None`.
+    pub fn end(&self) -> Option<&JobProgress> {
+        self.encoded.end()
+    }
+}
+
+impl Client {
+    /// [`JobHandle::stream`] with the partial results left encoded.
+    pub fn stream_encoded(&self, id: &str) -> EncodedStream {
+        EncodedStream {
+            client: self.clone(),
+            id: id.to_string(),
+            seen: std::collections::HashSet::new(),
+            open: None,
+            end: None,
+            failing_since: None,
+        }
+    }
+}
+
+/// A job's committed outputs, encoded: see [`JobHandle::stream`].
+pub struct EncodedStream {
+    client: Client,
+    id: String,
+    seen: std::collections::HashSet<crate::core::ShardKey>,
+    /// The stream now open, with the epoch of its master.
+    open: Option<(u64, FramedStream)>,
+    end: Option<JobProgress>,
+    /// Since when streams have ended early with nothing heard.
+    failing_since: Option<tokio::time::Instant>,
+}
+
+impl EncodedStream {
+    /// The next shard's encoded partial result, or `None` once every
+    /// committed output was given and the job ended.
+    pub async fn next(&mut self) -> Result<Option<(crate::core::ShardKey, ByteBuf)>, ClientError> {
+        let mut bad = None;
+        loop {
+            if self.end.is_some() {
+                return Ok(None);
+            }
+            let (epoch, mut s) = match self.open.take() {
+                Some(open) => open,
+                None => {
+                    let (epoch, conn) = self.client.connection(bad).await?;
+                    let opened = async {
+                        let max = self.client.inner.cfg.max_reply_bytes;
+                        let mut s = FramedStream::open(&conn, max).await?;
+                        s.send(&Frame::StreamJob {
+                            job_id: self.id.clone(),
+                            seen: crate::wire::key_runs(&self.seen),
+                        })
+                        .await?;
+                        Ok::<_, TransportError>(s)
+                    };
+                    match opened.await {
+                        Ok(s) => (epoch, s),
+                        Err(e) => {
+                            self.ended_early(epoch, &e.to_string(), &mut bad).await?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            match s.recv().await {
+                Ok(Frame::Partial { shard, output }) => {
+                    self.failing_since = None;
+                    self.open = Some((epoch, s));
+                    if self.seen.insert(shard) {
+                        return Ok(Some((shard, output)));
+                    }
+                }
+                Ok(Frame::Job(p)) if p.state.is_final() => {
+                    self.end = Some(p);
+                    return Ok(None);
+                }
+                Ok(Frame::Error { message }) => return Err(ClientError::Refused(message)),
+                Ok(Frame::NotMaster) => {
+                    let why = format!("the node of epoch {epoch} is not serving");
+                    self.ended_early(epoch, &why, &mut bad).await?;
+                }
+                Ok(other) => return Err(ClientError::Protocol(other.name().into())),
+                Err(TransportError::Wire(WireError::TooLarge { len, max })) => {
+                    return Err(ClientError::ReplyTooLarge { len, max })
+                }
+                Err(e) => self.ended_early(epoch, &e.to_string(), &mut bad).await?,
+            }
+        }
+    }
+
+    /// How the job ended, once [`EncodedStream::next`] gave `None`.
+    pub fn end(&self) -> Option<&JobProgress> {
+        self.end.as_ref()
+    }
+
+    /// A stream ended before the job (a failover, a lost link): it is
+    /// opened again at the current master, within the client's wait.
+    async fn ended_early(
+        &mut self,
+        epoch: u64,
+        why: &str,
+        bad: &mut Option<u64>,
+    ) -> Result<(), ClientError> {
+        let since = *self
+            .failing_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= self.client.inner.cfg.master_wait {
+            return Err(ClientError::NoMaster {
+                cluster: self.client.inner.cfg.cluster.clone(),
+                secs: self.client.inner.cfg.master_wait.as_secs(),
+            });
+        }
+        *bad = Some(epoch);
+        tracing::debug!(error = %why, "stream ended early; streaming again at the current master");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(())
     }
 }
 

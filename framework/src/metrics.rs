@@ -90,6 +90,7 @@ pub const CLIENT_REQUEST_KINDS: &[&str] = &[
     "Cancel",
     "PlanJob",
     "ListJobs",
+    "StreamJob",
 ];
 
 /// ZooKeeper operations measured under [`ZK_OP_SECONDS`] and [`ZK_ERRORS`].

@@ -101,6 +101,16 @@ pub struct JobOptions {
     /// (hung or very slow tasks); the first result is committed.
     #[serde(default)]
     pub shard_timeout_ms: Option<u64>,
+    /// Its committed outputs may be streamed ([`Frame::StreamJob`]): they
+    /// are kept until the job is collected rather than deleted when it
+    /// ends, so that a stream can always catch up. Left out of the
+    /// encoding when false, so that older peers read such options.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stream: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A submission: everything but the task bodies, which follow in
@@ -370,6 +380,54 @@ pub enum Frame {
     ListJobs,
     /// Master to client: the answer to `ListJobs`, newest first.
     Jobs(Vec<JobSummary>),
+    /// Client to master: send the job's committed outputs (`Partial`
+    /// frames, each shard once, in commit order) except the shards in
+    /// `seen`, then, once the job ends and every committed output was sent,
+    /// its final `Job` progress. A stream that ends before (a failover) is
+    /// opened again with what was seen since.
+    StreamJob {
+        /// The job.
+        job_id: String,
+        /// Shards the client has: runs of consecutive indexes of one
+        /// generation (`(first index, count, generation)`).
+        seen: Vec<(u32, u32, u32)>,
+    },
+    /// Master to client: one committed shard's output (the job's encoded
+    /// partial result of that shard's successful tasks).
+    Partial {
+        /// The shard.
+        shard: ShardKey,
+        /// Its encoded partial `Job::Result`.
+        output: ByteBuf,
+    },
+}
+
+/// `keys` (sorted or not) as runs of consecutive indexes of one generation,
+/// for [`Frame::StreamJob`].
+pub fn key_runs(keys: &std::collections::HashSet<ShardKey>) -> Vec<(u32, u32, u32)> {
+    let mut sorted: Vec<ShardKey> = keys.iter().copied().collect();
+    sorted.sort_by_key(|k| (k.generation, k.index));
+    let mut runs: Vec<(u32, u32, u32)> = Vec::new();
+    for k in sorted {
+        match runs.last_mut() {
+            Some((first, count, g)) if *g == k.generation && *first + *count == k.index => {
+                *count += 1
+            }
+            _ => runs.push((k.index, 1, k.generation)),
+        }
+    }
+    runs
+}
+
+/// The keys of [`key_runs`]' runs (at most `limit`: a peer's runs are
+/// not trusted to be small).
+pub fn keys_of_runs(runs: &[(u32, u32, u32)], limit: usize) -> std::collections::HashSet<ShardKey> {
+    runs.iter()
+        .flat_map(|&(first, count, generation)| {
+            (first..first.saturating_add(count)).map(move |index| ShardKey { index, generation })
+        })
+        .take(limit)
+        .collect()
 }
 
 /// How a job would be cut and run: the answer to [`Frame::PlanJob`].
@@ -451,6 +509,8 @@ impl Frame {
             Frame::Planned(_) => "Planned",
             Frame::ListJobs => "ListJobs",
             Frame::Jobs(_) => "Jobs",
+            Frame::StreamJob { .. } => "StreamJob",
+            Frame::Partial { .. } => "Partial",
         }
     }
 }
@@ -634,5 +694,21 @@ mod tests {
         assert!(unknown_frame_refusal(&refusal), "{refusal}");
         assert!(unknown_frame_refusal("unexpected first frame WatchJob"));
         assert!(!unknown_frame_refusal("no job j"));
+    }
+
+    #[test]
+    fn seen_shards_travel_as_runs_and_come_back_the_same() {
+        use std::collections::HashSet;
+        let key = |index, generation| ShardKey { index, generation };
+        let seen: HashSet<ShardKey> = (0..1000)
+            .map(|i| key(i, 0))
+            .chain([key(5, 1), key(6, 1), key(9, 1), key(2000, 0)])
+            .collect();
+        let runs = key_runs(&seen);
+        assert_eq!(runs, vec![(0, 1000, 0), (2000, 1, 0), (5, 2, 1), (9, 1, 1)]);
+        assert_eq!(keys_of_runs(&runs, usize::MAX), seen);
+        assert!(key_runs(&HashSet::new()).is_empty());
+        // A peer's runs are bounded by what the reader accepts.
+        assert_eq!(keys_of_runs(&[(0, u32::MAX, 0)], 10).len(), 10);
     }
 }

@@ -18,6 +18,7 @@ fn record() -> JobRecord {
             shard_size: 1,
             max_attempts: 1,
             shard_timeout_ms: None,
+            stream: false,
         },
         tasks_total: 1,
         batches: 0,

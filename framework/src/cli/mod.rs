@@ -157,6 +157,12 @@ struct SubmitArgs {
     /// default it is accepted with a warning and waits for one).
     #[arg(long)]
     require_workers: bool,
+    /// Print the job's outputs as they commit, one JSON line each (a bare
+    /// task's outputs with their indexes, other jobs' shard partials);
+    /// the whole result goes only to --output. Follows failovers; each
+    /// item is printed once.
+    #[arg(long, conflicts_with = "detach")]
+    stream: bool,
 }
 
 /// How a submitted job is cut and retried (`submit` and `local`).
@@ -185,6 +191,7 @@ impl JobArgs {
                 .unwrap_or(0),
             max_attempts: self.max_attempts.max(1),
             shard_timeout_ms: self.shard_timeout_secs.map(|s| (s * 1000.0) as u64),
+            stream: false,
         }
     }
 }
@@ -609,7 +616,8 @@ impl NodeBuilder {
                     None
                 };
                 let tasks = job.tasks(&sub, store.as_ref())?;
-                let opts = a.job.options(job.as_ref());
+                let mut opts = a.job.options(job.as_ref());
+                opts.stream = a.stream;
                 let out = Output::new(a.output);
                 let how = HowToSubmit {
                     job_id: a.job_id,
@@ -767,6 +775,7 @@ async fn submit(
     let id = how
         .job_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let opts_stream = opts.stream;
     let detach = how.detach;
     eprintln!("job {id}: submitting {} {name} tasks", tasks.len());
     let not_sent = |e: ClientError| {
@@ -840,7 +849,69 @@ async fn submit(
         println!("{id}");
         return Ok(());
     }
+    if opts_stream {
+        return stream_to_end(&client, jobs, name, &id, out).await;
+    }
     run_to_end(&client, jobs, &id, out).await
+}
+
+/// `submit --stream`: each committed output as a JSON line as it comes,
+/// then the job's end as `run_to_end` reports it (the result itself only
+/// to `--output`).
+async fn stream_to_end(
+    client: &Client,
+    jobs: &[std::sync::Arc<dyn ErasedCliJob>],
+    name: &str,
+    id: &str,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let job = jobs
+        .iter()
+        .find(|j| j.name() == name)
+        .ok_or_else(|| anyhow!("no entry for job {name}"))?;
+    let mut items = client.stream_encoded(id);
+    let stdout = std::io::stdout();
+    loop {
+        let next = tokio::select! {
+            n = items.next() => n?,
+            _ = tokio::signal::ctrl_c() => {
+                return Err(ended(Exit::Interrupted, format!(
+                    "detached; job {id} keeps running. Write its result later with `{} result {id} --wait`",
+                    program()
+                )));
+            }
+        };
+        let Some((shard, bytes)) = next else { break };
+        let mut w = stdout.lock();
+        job.stream_item(shard, &bytes, &mut w)?;
+        std::io::Write::flush(&mut w)?;
+    }
+    let end = items.end().cloned();
+    if end.as_ref().is_some_and(|p| p.state == JobState::Cancelled) {
+        return Err(ended(Exit::Cancelled, format!("job {id} was cancelled")));
+    }
+    let (bytes, report) = client.fetch_encoded(id).await?;
+    print_report(&report);
+    if out.path().is_some() {
+        job.output(&bytes, &report, out)?;
+    }
+    tasks_failed(id, &report)
+}
+
+/// The exit for a finished job's failed tasks, if any.
+fn tasks_failed(id: &str, report: &crate::client::JobReport) -> anyhow::Result<()> {
+    let c = &report.progress.counters;
+    if c.tasks_failed > 0 {
+        return Err(ended(
+            Exit::TasksFailed,
+            format!(
+                "{} of {} tasks of job {id} failed (listed above); the result of the others was \
+                 written",
+                c.tasks_failed, c.tasks_total
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Waits for job `id` to end, then writes its result with the job's
@@ -878,18 +949,7 @@ async fn run_to_end(
     let (bytes, report) = client.fetch_encoded(id).await?;
     print_report(&report);
     job.output(&bytes, &report, out)?;
-    let c = &report.progress.counters;
-    if c.tasks_failed > 0 {
-        return Err(ended(
-            Exit::TasksFailed,
-            format!(
-                "{} of {} tasks of job {id} failed (listed above); the result of the others was \
-                 written",
-                c.tasks_failed, c.tasks_total
-            ),
-        ));
-    }
-    Ok(())
+    tasks_failed(id, &report)
 }
 
 fn default_node_id() -> String {

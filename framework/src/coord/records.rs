@@ -246,6 +246,7 @@ mod tests {
             shard_size: 1,
             max_attempts: 3,
             shard_timeout_ms: None,
+            stream: false,
         };
         let d = |name: &str, o: &JobOptions, t: &[&str]| submission_digest(name, o, &tasks(t));
         let base = d("j", &o, &["ab", "c"]);

@@ -96,6 +96,47 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "12", "{err}");
 
+    // Streamed: each output as it commits, then nothing more on stdout
+    // (the result goes to --output only).
+    let (code, out, err) = run(&c, "submit", &["probe", "--stream", &three]);
+    assert_eq!(code, 0, "{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            r#"{"index":0,"output":2}"#,
+            r#"{"index":1,"output":4}"#,
+            r#"{"index":2,"output":6}"#
+        ],
+        "{err}"
+    );
+    let streamed_sum = dir.join("sum.json");
+    let (code, out, err) = run(
+        &c,
+        "submit",
+        &[
+            "fragile-sum",
+            "--stream",
+            "--output",
+            streamed_sum.to_str().unwrap(),
+            &three,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            r#"{"shard":"0-0","partial":2}"#,
+            r#"{"shard":"1-0","partial":4}"#,
+            r#"{"shard":"2-0","partial":6}"#
+        ],
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&streamed_sum).unwrap(), "12\n");
+
     // Garbage in the tasks: the line is named, nothing is submitted.
     let garbage = write_tasks(&dir.join("garbage.jsonl"), &[ok(1), "{\"value\":".into()]);
     let (code, _, err) = run(&c, "submit", &["probe", &garbage]);
@@ -227,7 +268,7 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
         )
     };
     let (submits_before, received_before) = (submits(), received());
-    assert_eq!(submits_before, 6.0, "the submissions so far are counted");
+    assert_eq!(submits_before, 8.0, "the submissions so far are counted");
     // 6 MB: more than QUIC lets in flight before the master reads.
     let pad = "x".repeat(1000);
     let big: Vec<String> = (0..6_000)

@@ -142,6 +142,7 @@ fn a_task_over_the_request_budget_is_refused_clearly() {
             shard_size: 1,
             max_attempts: 1,
             shard_timeout_ms: None,
+            stream: false,
         };
         let err = client
             .submit_encoded("probe", big, opts, None)
@@ -751,5 +752,82 @@ fn a_watch_follows_two_failovers_further_apart_than_its_wait() {
         };
         assert_eq!(last.state, ringleader::wire::JobState::Done);
         assert_eq!(last.counters.tasks_done, 40);
+    });
+}
+
+/// A streamed job's outputs reach the client as they commit, each once,
+/// across a failover of the master mid-job (the stream tells the next
+/// master what it has); a slow reader holds nobody up: another job
+/// finishes while the stream is not read. A job not submitted to be
+/// streamed is refused a stream, saying how.
+#[test]
+fn streamed_outputs_arrive_once_each_across_a_failover() {
+    let mut c = Cluster::new(BIN);
+    c.node("m1", &["--role", "candidate"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+    });
+    let m2 = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    c.node("m2", &["--role", "candidate", "--metrics-addr", &m2]);
+    c.node("w", &["--role", "worker", "--slots", "2"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            stream: true,
+            ..Default::default()
+        };
+        let job = client
+            .submit::<Collect<Probe>>(sleepers(30, 150), opts)
+            .await
+            .unwrap();
+        let mut stream = job.stream();
+        let mut outputs: Vec<(u64, u64)> = Vec::new();
+        while outputs.len() < 6 {
+            let (_, partial) = stream.next().await.unwrap().expect("more outputs");
+            outputs.extend(partial);
+        }
+        // Not read while another job runs start to end.
+        let other = client
+            .submit::<Collect<Probe>>(probes(4, &[]), SubmitOptions::default())
+            .await
+            .unwrap();
+        let (done, _) = tokio::time::timeout(Duration::from_secs(20), other.result())
+            .await
+            .expect("another job is not held up by an unread stream")
+            .unwrap();
+        assert_eq!(done.len(), 4);
+        c.kill9("m1");
+        while let Some((_, partial)) = match stream.next().await {
+            Ok(item) => item,
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        } {
+            outputs.extend(partial);
+        }
+        let end = stream.end().expect("the end is told").clone();
+        assert_eq!(end.state, ringleader::wire::JobState::Done);
+        assert_eq!(end.counters.tasks_done, 30);
+        let (_, scrape) = ringleader::prom::http_get(&m2, "/metrics").unwrap();
+        assert!(
+            requests(&scrape, "StreamJob") >= 1.0,
+            "the stream followed to m2"
+        );
+        outputs.sort_unstable();
+        let want: Vec<(u64, u64)> = (0..30).map(|i| (i, i * 2)).collect();
+        assert_eq!(outputs, want, "every output once");
+
+        // A job submitted without `stream` is not streamed.
+        let plain = client
+            .submit::<Collect<Probe>>(probes(2, &[]), SubmitOptions::default())
+            .await
+            .unwrap();
+        let err = match plain.stream().next().await {
+            Ok(item) => panic!("streamed a job not submitted to be: {item:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("was not submitted to be streamed"), "{err}");
     });
 }

@@ -237,6 +237,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
                     shard_size: 1,
                     max_attempts: 1,
                     shard_timeout_ms: None,
+                    stream: false,
                 },
                 None,
             )

@@ -126,6 +126,9 @@ async fn handle_stream(
                 .await
         }
         Frame::WatchJob { job_id, fetch } => return watch(stream, master, job_id, fetch).await,
+        Frame::StreamJob { job_id, seen } => {
+            return super::streaming::stream_job(stream, master, job_id, seen).await
+        }
         other @ (Frame::GetJob { .. }
         | Frame::GetStatus
         | Frame::FetchResult { .. }

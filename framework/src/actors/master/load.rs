@@ -30,6 +30,26 @@ pub(super) struct Loaded {
     pub unmerged: Vec<(Merge, String)>,
 }
 
+/// What a job's commits come to ([`recover_job`] on a stored job).
+pub(super) fn recover_stored(
+    job: &StoredJob,
+    commits: &BTreeMap<ShardKey, ShardRecord>,
+) -> crate::core::RecoveredJob {
+    let summary: BTreeMap<ShardKey, CommittedShard> = commits
+        .iter()
+        .map(|(k, r)| (*k, CommittedShard::from(r)))
+        .collect();
+    let rec = &job.record;
+    recover_job(
+        &job.id,
+        &rec.job_name,
+        rec.tasks_total,
+        rec.options.shard_size,
+        rec.options.max_attempts,
+        &summary,
+    )
+}
+
 /// Reads a job, then merges its committed outputs on the blocking pool.
 pub(super) async fn load(
     store: LeaderStore,
@@ -52,25 +72,16 @@ pub(super) async fn load(
             ),
         })?
         .clone();
-    let summary: BTreeMap<ShardKey, CommittedShard> = commits
-        .iter()
-        .map(|(k, r)| (*k, CommittedShard::from(r)))
-        .collect();
+    let recovered = recover_stored(&job, &commits);
     let rec = &job.record;
-    let recovered = recover_job(
-        &job.id,
-        &rec.job_name,
-        rec.tasks_total,
-        rec.options.shard_size,
-        rec.options.max_attempts,
-        &summary,
-    );
+    let attempts: BTreeMap<ShardKey, u32> = commits.iter().map(|(k, r)| (*k, r.attempt)).collect();
     // Only the commits of each shard's chain count (see `recover_job`).
     // Read (from the store, a few at a time), then merged off the arbiter.
     let chain: Vec<(ShardKey, ShardRecord)> = commits
         .into_iter()
         .filter(|(key, _)| recovered.outputs.contains_key(key))
         .collect();
+    let committed: Vec<ShardKey> = chain.iter().map(|(key, _)| *key).collect();
     let objects: Vec<String> = chain
         .iter()
         .filter_map(|(_, r)| match &r.output {
@@ -123,7 +134,7 @@ pub(super) async fn load(
             let merge = Merge {
                 job: job.id.clone(),
                 key,
-                attempt: summary.get(&key).map_or(1, |c| c.attempt),
+                attempt: attempts.get(&key).copied().unwrap_or(1),
                 tasks: recovered.outputs.get(&key).cloned().unwrap_or_default(),
             };
             (merge, error)
@@ -138,7 +149,13 @@ pub(super) async fn load(
     }
     Ok(Loaded {
         bytes: task_bytes(&tasks),
-        rt: JobRuntime::new(job, Arc::new(tasks), acc),
+        rt: {
+            let mut rt = JobRuntime::new(job, Arc::new(tasks), acc);
+            for key in &committed {
+                rt.logged(*key);
+            }
+            rt
+        },
         plan,
         failures: recovered.final_failures,
         objects,

@@ -17,6 +17,7 @@ pub(crate) mod gateway;
 mod links;
 mod load;
 mod status;
+mod streaming;
 mod submit;
 mod watching;
 
@@ -55,6 +56,12 @@ struct JobRuntime {
     /// partial result takes milliseconds), never on the master's arbiter,
     /// which also drives the ZooKeeper session.
     acc: Arc<std::sync::Mutex<Accumulator>>,
+    /// Its committed shards in the order this master learned of them (the
+    /// recovered ones first): what a stream sends, by position.
+    commit_log: Vec<ShardKey>,
+    /// The log's length, for the streams that wait for more; dropped with
+    /// the job, which tells them that it left this master's memory.
+    commits: watch::Sender<usize>,
 }
 
 impl JobRuntime {
@@ -63,7 +70,15 @@ impl JobRuntime {
             stored,
             tasks,
             acc: Arc::new(std::sync::Mutex::new(acc)),
+            commit_log: Vec::new(),
+            commits: watch::channel(0).0,
         }
+    }
+
+    /// A shard's commit is durable: streams may send it.
+    fn logged(&mut self, key: ShardKey) {
+        self.commit_log.push(key);
+        self.commits.send_replace(self.commit_log.len());
     }
 }
 
@@ -392,6 +407,9 @@ impl Master {
         rec: ShardRecord,
     ) {
         metrics::counter!(m::SHARDS_COMMITTED).increment(1);
+        if let Some(rt) = self.jobs.get_mut(job) {
+            rt.logged(key);
+        }
         let object = match &rec.output {
             OutputRef::Object(name) => Some(name.clone()),
             OutputRef::Inline(_) | OutputRef::File(_) => None,

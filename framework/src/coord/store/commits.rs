@@ -57,6 +57,20 @@ impl LeaderStore {
         Ok(out)
     }
 
+    /// One committed shard's record, if it is there.
+    pub async fn read_commit(
+        &self,
+        job: &str,
+        key: ShardKey,
+    ) -> Result<Option<ShardRecord>, CoordError> {
+        let path = self.layout.commit(job, key);
+        match retry_loss(|| self.client().get_data(&path)).await {
+            Ok((data, _)) => Ok(Some(decode_record(&path, &data)?)),
+            Err(ZkError::NoNode) => Ok(None),
+            Err(e) => Err(CoordError::zk(&path, e)),
+        }
+    }
+
     /// Records that a shard's next run is attempt `next_attempt` (workers
     /// died running it). One small fenced write per lost run.
     pub async fn record_loss(
@@ -250,8 +264,13 @@ impl LeaderStore {
             .iter()
             .map(|n| OutputRef::Object(n.clone()))
             .collect();
-        self.delete_outputs(&objects).await;
         let r = &job.record;
+        // A streamed job's outputs stay until collection: a stream that
+        // fell behind (or follows a failover) reads them.
+        if r.options.stream {
+            return Ok(());
+        }
+        self.delete_outputs(&objects).await;
         if r.batches <= 1 && shard_count(r.tasks_total, r.options.shard_size) <= SMALL_JOB_SHARDS {
             return Ok(());
         }

@@ -30,7 +30,9 @@ impl LeaderStore {
             }
         }
         for job in victims {
-            if job.record.status == JobStatus::Cancelled {
+            // A finished job's shard outputs went when it ended, except a
+            // streamed one's (kept for its streams) or a cancelled one's.
+            if job.record.status == JobStatus::Cancelled || job.record.options.stream {
                 match self.read_commits(&job.id).await {
                     Ok(commits) => outputs.extend(commits.into_values().map(|r| r.output)),
                     Err(e) => {

@@ -1,0 +1,241 @@
+//! `StreamJob`: a job's committed outputs, each shard once, as they
+//! commit. The stream's own task does the reading and the writing: it
+//! asks the master only for the keys committed since its position (and
+//! waits on the job's commit count when there are none), then reads each
+//! record and output from ZooKeeper and the store. A slow client slows
+//! only that task (QUIC's flow control holds its writes); the master never
+//! waits for a stream. When the job leaves the master's memory (it ended),
+//! the task reads what is left from ZooKeeper: a streamed job's commits
+//! and outputs stay until the job is collected.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde_bytes::ByteBuf;
+use tokio::sync::watch;
+
+use super::status::stored_progress;
+use super::Master;
+use crate::coord::{CoordError, JobStatus, LeaderStore};
+use crate::core::ShardKey;
+use crate::transport::{FramedStream, TransportError};
+use crate::wire::{self, Frame};
+
+/// Most shards a stream client may say it has (a bound on what a peer
+/// makes the master hold).
+const MAX_SEEN: usize = 10_000_000;
+
+/// How long a stream waits for a job that is durable but not (yet) in
+/// this master's memory (it is being loaded after a takeover).
+const LOADING_WAIT: Duration = Duration::from_secs(30);
+
+/// The keys a stream at position `from` has not been given yet.
+#[derive(Message)]
+#[rtype(result = "StreamStep")]
+pub(crate) struct StreamFrom {
+    pub job_id: String,
+    pub from: usize,
+}
+
+pub(crate) enum StreamStep {
+    /// The job runs here: the keys committed from `from` on, and its
+    /// commit count (it changes when more commit, and closes when the job
+    /// leaves memory).
+    Running {
+        keys: Vec<ShardKey>,
+        more: watch::Receiver<usize>,
+        store: LeaderStore,
+    },
+    /// Not in this master's memory: ended, being loaded, or unknown.
+    Stored { store: LeaderStore, loading: bool },
+}
+
+impl Handler<StreamFrom> for Master {
+    type Result = MessageResult<StreamFrom>;
+    fn handle(&mut self, msg: StreamFrom, _ctx: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        MessageResult(match self.jobs.get(&msg.job_id) {
+            Some(rt) => StreamStep::Running {
+                keys: rt.commit_log.get(msg.from..).unwrap_or_default().to_vec(),
+                more: rt.commits.subscribe(),
+                store,
+            },
+            None => StreamStep::Stored {
+                store,
+                loading: self.loading.contains(&msg.job_id),
+            },
+        })
+    }
+}
+
+/// Why a stream stopped early.
+enum Stop {
+    Transport(TransportError),
+    /// ZooKeeper or the store failed a read: the client streams again
+    /// (from this master or the next).
+    Coord(CoordError),
+}
+
+impl From<TransportError> for Stop {
+    fn from(e: TransportError) -> Self {
+        Stop::Transport(e)
+    }
+}
+
+impl From<CoordError> for Stop {
+    fn from(e: CoordError) -> Self {
+        Stop::Coord(e)
+    }
+}
+
+impl From<crate::wire::WireError> for Stop {
+    fn from(e: crate::wire::WireError) -> Self {
+        Stop::Transport(e.into())
+    }
+}
+
+/// Serves one `StreamJob` until the job's end is sent, the client goes, or
+/// the master does (the client then streams again from the next one).
+pub(super) async fn stream_job(
+    mut stream: FramedStream,
+    master: Addr<Master>,
+    job_id: String,
+    seen: Vec<(u32, u32, u32)>,
+) -> Result<(), TransportError> {
+    match serve(&mut stream, master, &job_id, seen).await {
+        Ok(()) => Ok(()),
+        Err(Stop::Transport(e)) => Err(e),
+        Err(Stop::Coord(e)) => {
+            tracing::debug!(job = %job_id, error = %e, "a stream could not read; the client will ask again");
+            Ok(stream.reply(&Frame::NotMaster).await?)
+        }
+    }
+}
+
+async fn serve(
+    stream: &mut FramedStream,
+    master: Addr<Master>,
+    job_id: &str,
+    seen: Vec<(u32, u32, u32)>,
+) -> Result<(), Stop> {
+    let job_id = job_id.to_string();
+    let mut sent: HashSet<ShardKey> = wire::keys_of_runs(&seen, MAX_SEEN);
+    let mut position = 0usize;
+    let gone = stream.peer_gone();
+    tokio::pin!(gone);
+    let waiting_since = tokio::time::Instant::now();
+    loop {
+        let Ok(step) = master
+            .send(StreamFrom {
+                job_id: job_id.clone(),
+                from: position,
+            })
+            .await
+        else {
+            return Ok(stream.reply(&Frame::NotMaster).await?);
+        };
+        match step {
+            StreamStep::Running {
+                keys,
+                mut more,
+                store,
+            } => {
+                if position == 0 && !streamed(&store, &job_id).await? {
+                    return refuse_unstreamed(stream, &job_id).await;
+                }
+                if keys.is_empty() {
+                    tokio::select! {
+                        // A new commit, or the job left memory: ask again.
+                        _ = more.changed() => {}
+                        () = &mut gone => return Ok(()),
+                    }
+                    continue;
+                }
+                for key in keys {
+                    position += 1;
+                    if sent.insert(key) {
+                        send_partial(stream, &store, &job_id, key, None).await?;
+                    }
+                }
+            }
+            StreamStep::Stored { store, loading } => {
+                let Some(job) = store.read_job(&job_id).await? else {
+                    let message = format!("no job {job_id}");
+                    return Ok(stream.reply(&Frame::Error { message }).await?);
+                };
+                if !job.record.options.stream {
+                    return refuse_unstreamed(stream, &job_id).await;
+                }
+                let ended = matches!(job.record.status, JobStatus::Done | JobStatus::Cancelled);
+                if !ended {
+                    // Durable but not in memory: being loaded (or just
+                    // submitted on this master). Ask again shortly.
+                    if !loading && waiting_since.elapsed() > LOADING_WAIT {
+                        return Ok(stream.reply(&Frame::NotMaster).await?);
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = &mut gone => return Ok(()),
+                    }
+                    continue;
+                }
+                // Ended: what is committed (each shard's chain, as a new
+                // master would merge it), then the end.
+                let commits = store.read_commits(&job_id).await?;
+                let chain = super::load::recover_stored(&job, &commits).outputs;
+                for (key, record) in commits {
+                    if chain.contains_key(&key) && sent.insert(key) {
+                        send_partial(stream, &store, &job_id, key, Some(record)).await?;
+                    }
+                }
+                let result = store.read_result(&job_id).await?;
+                let progress = stored_progress(&job, result.as_ref());
+                return Ok(stream.reply(&Frame::Job(progress)).await?);
+            }
+        }
+    }
+}
+
+/// Whether the job was submitted to be streamed (its record says so).
+async fn streamed(store: &LeaderStore, job_id: &str) -> Result<bool, CoordError> {
+    Ok(store
+        .read_job(job_id)
+        .await?
+        .is_some_and(|j| j.record.options.stream))
+}
+
+async fn refuse_unstreamed(stream: &mut FramedStream, job_id: &str) -> Result<(), Stop> {
+    let message = format!(
+        "job {job_id} was not submitted to be streamed: submit it with `stream: true` \
+         (`submit --stream`), which keeps its outputs until it is collected"
+    );
+    Ok(stream.reply(&Frame::Error { message }).await?)
+}
+
+/// Sends one committed shard's output (reading its record if not given).
+async fn send_partial(
+    stream: &mut FramedStream,
+    store: &LeaderStore,
+    job_id: &str,
+    key: ShardKey,
+    record: Option<crate::coord::ShardRecord>,
+) -> Result<(), Stop> {
+    let record = match record {
+        Some(r) => r,
+        None => match store.read_commit(job_id, key).await? {
+            Some(r) => r,
+            // Logged as committed, so durable; gone only if the job was
+            // collected meanwhile: the end says so.
+            None => return Ok(()),
+        },
+    };
+    let output = store.read_output(&record.output).await?;
+    stream
+        .send(&Frame::Partial {
+            shard: key,
+            output: ByteBuf::from(output),
+        })
+        .await?;
+    Ok(())
+}
