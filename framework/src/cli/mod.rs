@@ -503,6 +503,21 @@ fn job_list(jobs: &[std::sync::Arc<dyn ErasedCliJob>]) -> String {
     text
 }
 
+/// An error and its causes, one per line; a cause whose text the line
+/// before already holds is left out (many errors quote their source).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = format!("error: {e}");
+    let mut last = e.to_string();
+    for cause in e.chain().skip(1) {
+        let line = cause.to_string();
+        if !last.contains(&line) {
+            text.push_str(&format!("\n  because: {line}"));
+        }
+        last = line;
+    }
+    text
+}
+
 /// This program's name, as typed.
 fn program() -> String {
     std::env::args_os()
@@ -518,10 +533,7 @@ impl NodeBuilder {
     /// with the code [`Exit`] gives it.
     pub fn run_cli(self) -> anyhow::Result<()> {
         if let Err(e) = self.run_cli_from(std::env::args_os()) {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  because: {cause}");
-            }
+            eprintln!("{}", error_text(&e));
             std::process::exit(Exit::of(&e).code());
         }
         Ok(())
@@ -1160,5 +1172,20 @@ mod tests {
         .map(Exit::code);
         let distinct: std::collections::BTreeSet<i32> = codes.iter().copied().collect();
         assert_eq!(distinct.len(), codes.len(), "{codes:?}");
+    }
+
+    #[test]
+    fn an_error_quoting_its_cause_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let quoting = anyhow::Error::new(crate::transport::tls::TlsError::File {
+            path: "certs/ca.pem".into(),
+            source: io,
+        });
+        assert_eq!(
+            error_text(&quoting),
+            "error: cannot access certs/ca.pem: no such file"
+        );
+        let wrapped = anyhow!("inner cause").context("outer");
+        assert_eq!(error_text(&wrapped), "error: outer\n  because: inner cause");
     }
 }
