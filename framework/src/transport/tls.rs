@@ -115,6 +115,16 @@ fn make_dir(dir: &Path) -> Result<(), TlsError> {
 impl Identity {
     /// Loads `<dir>/ca.pem`, `<dir>/<name>.pem` and `<dir>/<name>.key`.
     pub fn load(dir: &Path, name: &str) -> Result<Self, TlsError> {
+        if !dir.is_dir() {
+            return Err(TlsError::Pem {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "no such certificate directory: give --certs DIR (or RINGLEADER_CERTS) with \
+                     the cluster's ca.pem, {name}.pem and {name}.key; `certs --out DIR` makes \
+                     them for one machine, `certs init` and `certs issue` for a cluster"
+                ),
+            });
+        }
         let ca_path = dir.join("ca.pem");
         let cert_path = dir.join(format!("{name}.pem"));
         let key_path = dir.join(format!("{name}.key"));

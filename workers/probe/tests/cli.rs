@@ -228,6 +228,23 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains("error: no job no-such-job"), "{err}");
     assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    // No certificates where --certs points: says what to give and how to make them.
+    let o = std::process::Command::new(BIN)
+        .args([
+            "status",
+            "--zk",
+            &c.zk_connect(),
+            "--certs",
+            "/no/such/certs",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no such certificate directory") && err.contains("`certs --out DIR`"),
+        "{err}"
+    );
     let o = std::process::Command::new(BIN)
         .arg("--version")
         .output()
