@@ -99,6 +99,31 @@ fn write_key(path: &Path, pem: &str) -> Result<(), TlsError> {
     f.write_all(pem.as_bytes()).map_err(err)
 }
 
+/// Refuses a private key that others than its owner may read or write,
+/// as ssh does: a copy that lost its mode is a key others can take.
+fn refuse_open_key(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| TlsError::File {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: format!(
+                "permissions {:04o} are too open: a private key must be readable by its owner \
+                 only; run `chmod 600 {}`",
+                mode & 0o7777,
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Creates `dir` (and its parents); a directory made here is 0700.
 fn make_dir(dir: &Path) -> Result<(), TlsError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -146,6 +171,7 @@ impl Identity {
         if chain.is_empty() {
             return Err(pem_err(&cert_path, "no certificate found".into()));
         }
+        refuse_open_key(&key_path)?;
         let key = rustls_pemfile::private_key(&mut &read(&key_path)?[..])
             .map_err(|e| pem_err(&key_path, e.to_string()))?
             .ok_or_else(|| pem_err(&key_path, "no private key found".into()))?;

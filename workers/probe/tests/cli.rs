@@ -506,6 +506,33 @@ fn a_node_or_client_of_another_ca_is_told_so_once_and_backs_off() {
         started.elapsed()
     );
 
+    // A key others may read is refused, saying how to fix it (as ssh does).
+    let open_key = c.path("open-certs");
+    ringleader::transport::tls::make_cluster_certs(&open_key).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = open_key.join("client.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let o = std::process::Command::new(BIN)
+        .args([
+            "status",
+            "--zk",
+            &c.zk_connect(),
+            "--cluster",
+            &c.cluster,
+            "--certs",
+        ])
+        .arg(&open_key)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("permissions 0644 are too open") && err.contains("chmod 600"),
+        "{err}"
+    );
+
     c.node("alien", &["--role", "worker", "--certs", &other]);
     // Its fourth try comes after pauses of 0.5, 1 and 2 s.
     rt().block_on(eventually(
