@@ -698,6 +698,47 @@ impl Bench {
                 "",
             ));
         }
+        // The same job streamed: each output read as it commits.
+        if let (Some(&n), Some((_, plain))) = (sizes.first(), first) {
+            let t = Instant::now();
+            let (first_at, count, sum) = self.rt.block_on(async {
+                let opts = SubmitOptions {
+                    shard_size: Some(1),
+                    stream: true,
+                    ..Default::default()
+                };
+                let job = client
+                    .submit::<Collect<Probe>>(probes(n, Behaviour::Ok), opts)
+                    .await?;
+                let mut stream = job.stream();
+                let (mut first_at, mut count, mut sum) = (None, 0u64, 0u64);
+                while let Some((_, partial)) = stream.next().await? {
+                    first_at.get_or_insert_with(|| t.elapsed());
+                    for (_, v) in partial {
+                        count += 1;
+                        sum += v;
+                    }
+                }
+                // Fetched, so that it is collected like the others.
+                job.result().await?;
+                Ok::<_, anyhow::Error>((first_at, count, sum))
+            })?;
+            ensure!(
+                count == n && sum == n * (n - 1),
+                "wrong streamed outputs of the {n}-shard job"
+            );
+            let rate = n as f64 / t.elapsed().as_secs_f64();
+            self.settle();
+            self.rows.push(row(
+                format!("the {n}-shard job streamed: first output after / tasks/s, each output read as it commits"),
+                format!(
+                    "{:.1} ms / {rate:.0}",
+                    first_at.unwrap_or_default().as_secs_f64() * 1000.0
+                ),
+                format!("{plain:.0} tasks/s without streaming"),
+                format!("{:.2}", rate / plain),
+            ));
+        }
         self.queue = Some(figures);
         Ok(())
     }
