@@ -62,7 +62,16 @@ struct JobRuntime {
     /// The log's length, for the streams that wait for more; dropped with
     /// the job, which tells them that it left this master's memory.
     commits: watch::Sender<usize>,
+    /// The inline outputs of a streamed job's latest commits, by log
+    /// position (bounded: [`RECENT_OUTPUTS`] entries and bytes), so that a
+    /// stream that keeps up needs no ZooKeeper read per shard.
+    recent: std::collections::VecDeque<(usize, Option<Arc<Vec<u8>>>)>,
+    recent_bytes: usize,
 }
+
+/// Most commits, and bytes, whose inline outputs a streamed job keeps in
+/// memory for its streams.
+const RECENT_OUTPUTS: (usize, usize) = (4096, 16 << 20);
 
 impl JobRuntime {
     fn new(stored: StoredJob, tasks: Arc<Vec<ByteBuf>>, acc: Accumulator) -> Self {
@@ -72,6 +81,40 @@ impl JobRuntime {
             acc: Arc::new(std::sync::Mutex::new(acc)),
             commit_log: Vec::new(),
             commits: watch::channel(0).0,
+            recent: std::collections::VecDeque::new(),
+            recent_bytes: 0,
+        }
+    }
+
+    /// A streamed job's inline output at log position `at`, if kept.
+    fn recent_output(&self, at: usize) -> Option<Arc<Vec<u8>>> {
+        let first = self.recent.front()?.0;
+        let (pos, bytes) = self.recent.get(at.checked_sub(first)?)?;
+        if *pos == at {
+            bytes.clone()
+        } else {
+            None
+        }
+    }
+
+    /// Keeps a streamed job's inline output for its streams.
+    /// (One entry per position, `None` for an output in the store, so
+    /// that positions stay contiguous.)
+    fn keep_output(&mut self, at: usize, output: &OutputRef) {
+        if !self.stored.record.options.stream {
+            return;
+        }
+        let bytes = match output {
+            OutputRef::Inline(bytes) => Some(Arc::new(bytes.to_vec())),
+            OutputRef::Object(_) | OutputRef::File(_) => None,
+        };
+        self.recent_bytes += bytes.as_ref().map_or(0, |b| b.len());
+        self.recent.push_back((at, bytes));
+        while self.recent.len() > RECENT_OUTPUTS.0 || self.recent_bytes > RECENT_OUTPUTS.1 {
+            match self.recent.pop_front() {
+                Some((_, b)) => self.recent_bytes -= b.map_or(0, |b| b.len()),
+                None => break,
+            }
         }
     }
 
@@ -408,6 +451,7 @@ impl Master {
     ) {
         metrics::counter!(m::SHARDS_COMMITTED).increment(1);
         if let Some(rt) = self.jobs.get_mut(job) {
+            rt.keep_output(rt.commit_log.len(), &rec.output);
             rt.logged(key);
         }
         let object = match &rec.output {
@@ -932,5 +976,82 @@ impl Handler<GetEpoch> for Master {
     type Result = u64;
     fn handle(&mut self, _: GetEpoch, _: &mut Context<Self>) -> u64 {
         self.store.epoch()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coord::JobRecord;
+    use crate::wire::JobOptions;
+
+    fn runtime(stream: bool) -> JobRuntime {
+        let record = JobRecord {
+            job_name: "j".into(),
+            options: JobOptions {
+                shard_size: 1,
+                max_attempts: 1,
+                shard_timeout_ms: None,
+                stream,
+            },
+            tasks_total: 10_000,
+            batches: 1,
+            status: JobStatus::Accepted,
+            created_ms: 0,
+            fetched_ms: None,
+            digest: None,
+        };
+        let stored = StoredJob {
+            id: "j".into(),
+            record,
+            version: 0,
+        };
+        JobRuntime::new(stored, Arc::new(Vec::new()), Box::new(()))
+    }
+
+    fn commit(rt: &mut JobRuntime, index: u32, output: OutputRef) {
+        rt.keep_output(rt.commit_log.len(), &output);
+        rt.logged(ShardKey {
+            index,
+            generation: 0,
+        });
+    }
+
+    #[test]
+    fn a_streamed_jobs_latest_inline_outputs_are_kept_by_position() {
+        let mut rt = runtime(true);
+        // Two recovered commits come first, without outputs kept.
+        for i in 0..2 {
+            rt.logged(ShardKey {
+                index: i,
+                generation: 0,
+            });
+        }
+        commit(&mut rt, 2, OutputRef::Inline(ByteBuf::from(vec![2])));
+        commit(&mut rt, 3, OutputRef::Object("o".into()));
+        commit(&mut rt, 4, OutputRef::Inline(ByteBuf::from(vec![4])));
+        assert_eq!(rt.recent_output(0), None);
+        assert_eq!(rt.recent_output(2).as_deref(), Some(&vec![2]));
+        assert_eq!(rt.recent_output(3), None, "in the store: read from there");
+        assert_eq!(rt.recent_output(4).as_deref(), Some(&vec![4]));
+        assert_eq!(rt.recent_output(5), None);
+        // Bounded: the oldest go first.
+        for i in 5..(5 + RECENT_OUTPUTS.0 as u32) {
+            commit(&mut rt, i, OutputRef::Inline(ByteBuf::from(vec![1])));
+        }
+        assert_eq!(rt.recent.len(), RECENT_OUTPUTS.0);
+        assert_eq!(rt.recent_output(4), None);
+        let last = rt.commit_log.len() - 1;
+        assert_eq!(rt.recent_output(last).as_deref(), Some(&vec![1]));
+        assert_eq!(rt.recent_bytes, RECENT_OUTPUTS.0);
+    }
+
+    #[test]
+    fn a_job_not_streamed_keeps_no_outputs() {
+        let mut rt = runtime(false);
+        commit(&mut rt, 0, OutputRef::Inline(ByteBuf::from(vec![0])));
+        assert_eq!(rt.commit_log.len(), 1);
+        assert!(rt.recent.is_empty());
+        assert_eq!(rt.recent_output(0), None);
     }
 }

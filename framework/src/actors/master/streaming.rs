@@ -43,7 +43,8 @@ pub(crate) enum StreamStep {
     /// commit count (it changes when more commit, and closes when the job
     /// leaves memory).
     Running {
-        keys: Vec<ShardKey>,
+        /// With each key its inline output when the master still holds it.
+        keys: Vec<(ShardKey, Option<std::sync::Arc<Vec<u8>>>)>,
         more: watch::Receiver<usize>,
         store: LeaderStore,
     },
@@ -57,7 +58,14 @@ impl Handler<StreamFrom> for Master {
         let store = self.store.clone();
         MessageResult(match self.jobs.get(&msg.job_id) {
             Some(rt) => StreamStep::Running {
-                keys: rt.commit_log.get(msg.from..).unwrap_or_default().to_vec(),
+                keys: rt
+                    .commit_log
+                    .get(msg.from..)
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, key)| (*key, rt.recent_output(msg.from + i)))
+                    .collect(),
                 more: rt.commits.subscribe(),
                 store,
             },
@@ -152,10 +160,21 @@ async fn serve(
                     }
                     continue;
                 }
-                for key in keys {
+                for (key, output) in keys {
                     position += 1;
-                    if sent.insert(key) {
-                        send_partial(stream, &store, &job_id, key, None).await?;
+                    if !sent.insert(key) {
+                        continue;
+                    }
+                    match output {
+                        Some(bytes) => {
+                            stream
+                                .send(&Frame::Partial {
+                                    shard: key,
+                                    output: ByteBuf::from(bytes.as_slice()),
+                                })
+                                .await?
+                        }
+                        None => send_partial(stream, &store, &job_id, key, None).await?,
                     }
                 }
             }
