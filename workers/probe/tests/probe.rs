@@ -28,13 +28,20 @@ fn probes(n: u64, special: &[(u64, Behaviour)]) -> Vec<Probe> {
 
 /// A cluster whose master is candidate `m1`, with `m2` standing by.
 fn two_candidates_m1_leading() -> Cluster {
+    two_candidates_m1_leading_with(&[])
+}
+
+/// [`two_candidates_m1_leading`], `m2` started with `m2_extra` too.
+fn two_candidates_m1_leading_with(m2_extra: &[&str]) -> Cluster {
     let mut c = Cluster::new(BIN);
     c.node("m1", &["--role", "candidate"]);
     rt().block_on(async {
         let zk = c.zk().await;
         c.master(&zk, None, Duration::from_secs(20)).await;
     });
-    c.node("m2", &["--role", "candidate"]);
+    let mut args = vec!["--role", "candidate"];
+    args.extend_from_slice(m2_extra);
+    c.node("m2", &args);
     c
 }
 
@@ -762,14 +769,8 @@ fn a_watch_follows_two_failovers_further_apart_than_its_wait() {
 /// streamed is refused a stream, saying how.
 #[test]
 fn streamed_outputs_arrive_once_each_across_a_failover() {
-    let mut c = Cluster::new(BIN);
-    c.node("m1", &["--role", "candidate"]);
-    rt().block_on(async {
-        let zk = c.zk().await;
-        c.master(&zk, None, Duration::from_secs(20)).await;
-    });
     let m2 = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
-    c.node("m2", &["--role", "candidate", "--metrics-addr", &m2]);
+    let mut c = two_candidates_m1_leading_with(&["--metrics-addr", &m2]);
     c.node("w", &["--role", "worker", "--slots", "2"]);
     rt().block_on(async {
         let zk = c.zk().await;

@@ -88,7 +88,7 @@ impl Master {
                 ));
             }
         }
-        let slots = self.slots_for(job_name);
+        let (workers, slots) = self.runners(job_name);
         let shard_size = match shard_size {
             0 => crate::core::job::auto_shard_size(task_count, slots),
             n => n,
@@ -96,23 +96,15 @@ impl Master {
         Frame::Planned(JobPlanInfo {
             shard_size,
             shards: crate::core::shard_count(task_count, shard_size),
-            workers: self.workers_for(job_name) as u32,
+            workers: workers as u32,
             slots,
             registered: self.registered.len() as u32,
         })
     }
 
-    /// Registered workers that run job `name`.
-    fn workers_for(&self, name: &str) -> usize {
-        self.registered
-            .values()
-            .filter(|w| w.jobs.iter().any(|j| j == name))
-            .count()
-    }
-
     /// Why a job waits, if no registered worker runs it.
     fn runnable_note(&self, name: &str) -> Option<String> {
-        (self.workers_for(name) == 0).then(|| {
+        (self.runners(name).0 == 0).then(|| {
             format!(
                 "no worker runs job {name}; {} workers registered",
                 self.registered.len()
@@ -120,8 +112,9 @@ impl Master {
         })
     }
 
-    /// `ListJobs`: running jobs from memory, the others' records from
-    /// ZooKeeper; newest first.
+    /// `ListJobs`: running jobs from memory, retained ones from the
+    /// collector's cache (their records change no more), the rest read
+    /// from ZooKeeper; newest first.
     pub(super) fn list_jobs(&self) -> ResponseActFuture<Self, Frame> {
         let running: Vec<JobSummary> = self
             .jobs
@@ -141,15 +134,23 @@ impl Master {
             })
             .collect();
         let store = self.store.clone();
+        let retained: Vec<StoredJob> = self.retained.values().cloned().collect();
         let work = async move {
-            let ids: Vec<String> = store
-                .list_job_ids()
-                .await?
-                .into_iter()
-                .filter(|id| !running.iter().any(|r| r.job_id == *id))
+            let known: std::collections::HashSet<String> = running
+                .iter()
+                .map(|r| r.job_id.clone())
+                .chain(retained.iter().map(|j| j.id.clone()))
+                .collect();
+            let listed = store.list_job_ids().await?;
+            let present: std::collections::HashSet<&String> = listed.iter().collect();
+            let unknown: Vec<String> = listed
+                .iter()
+                .filter(|id| !known.contains(*id))
+                .cloned()
                 .collect();
             let mut all = running;
-            for job in store.read_jobs(&ids).await? {
+            let cached = retained.into_iter().filter(|j| present.contains(&j.id));
+            for job in store.read_jobs(&unknown).await?.into_iter().chain(cached) {
                 let p = stored_progress(&job, None);
                 all.push(JobSummary {
                     job_id: job.id,

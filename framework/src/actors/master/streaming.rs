@@ -45,6 +45,8 @@ pub(crate) enum StreamStep {
     Running {
         /// With each key its inline output when the master still holds it.
         keys: Vec<(ShardKey, Option<std::sync::Arc<Vec<u8>>>)>,
+        /// It was submitted to be streamed.
+        streamed: bool,
         more: watch::Receiver<usize>,
         store: LeaderStore,
     },
@@ -58,6 +60,7 @@ impl Handler<StreamFrom> for Master {
         let store = self.store.clone();
         MessageResult(match self.jobs.get(&msg.job_id) {
             Some(rt) => StreamStep::Running {
+                streamed: rt.stored.record.options.stream,
                 keys: rt
                     .commit_log
                     .get(msg.from..)
@@ -146,10 +149,11 @@ async fn serve(
         match step {
             StreamStep::Running {
                 keys,
+                streamed,
                 mut more,
                 store,
             } => {
-                if position == 0 && !streamed(&store, &job_id).await? {
+                if !streamed {
                     return refuse_unstreamed(stream, &job_id).await;
                 }
                 if keys.is_empty() {
@@ -214,14 +218,6 @@ async fn serve(
             }
         }
     }
-}
-
-/// Whether the job was submitted to be streamed (its record says so).
-async fn streamed(store: &LeaderStore, job_id: &str) -> Result<bool, CoordError> {
-    Ok(store
-        .read_job(job_id)
-        .await?
-        .is_some_and(|j| j.record.options.stream))
 }
 
 async fn refuse_unstreamed(stream: &mut FramedStream, job_id: &str) -> Result<(), Stop> {

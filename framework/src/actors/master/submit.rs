@@ -54,7 +54,7 @@ impl Handler<Submit> for Master {
         // client sent, so that its retry finds the job.
         let mut options = h.options.clone();
         if options.shard_size == 0 {
-            options.shard_size = auto_shard_size(h.task_count, self.slots_for(&h.job_name));
+            options.shard_size = auto_shard_size(h.task_count, self.runners(&h.job_name).1);
         }
         let submission = Submission {
             job_id: &h.job_id,
@@ -233,12 +233,11 @@ impl Master {
         ))
     }
 
-    /// The slots of the registered workers that run job `name`.
-    pub(super) fn slots_for(&self, name: &str) -> u64 {
+    /// The registered workers that run job `name`, and their slots.
+    pub(super) fn runners(&self, name: &str) -> (usize, u64) {
         self.registered
             .values()
             .filter(|w| w.jobs.iter().any(|j| j == name))
-            .map(|w| u64::from(w.slots))
-            .sum()
+            .fold((0, 0), |(n, slots), w| (n + 1, slots + u64::from(w.slots)))
     }
 }
