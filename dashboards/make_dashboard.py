@@ -47,6 +47,7 @@ ROWS = [
         ("Shards reassigned per second", f"sum(rate(ringleader_shards_reassigned_total[{RATE}]))", "timeseries"),
         ("Worker links lost (suspicions)", f"sum(increase(ringleader_worker_links_lost_total[{RATE}]))", "timeseries"),
         ("Frame errors per second", f"sum(rate(ringleader_frame_errors_total[{RATE}]))", "timeseries"),
+        ("Peers refused by reason", f"sum by (reason) (increase(ringleader_peer_refusals_total[{RATE}]))", "timeseries"),
     ]),
     ("ZooKeeper", [
         ("Sessions connected", "sum(ringleader_zk_connected)", "timeseries"),

@@ -1,8 +1,9 @@
-//! The master's audit log (`--audit-file`): one JSON object per line for
-//! each decision that changes what a client will read, in the order this
-//! node made them. Operators read it to reconstruct a job's history; the
-//! chaos harness reads every node's to check that no shard was committed
-//! twice. Lines are appended by a thread of their own (never on an actor's
+//! A node's audit log (`--audit-file`): one JSON object per line for
+//! each decision of its master that changes what a client will read, and
+//! each change of its worker's link to a master, in the order this node
+//! made them. Operators read it to reconstruct a job's history; the chaos
+//! harness reads every node's to check that no shard was committed twice,
+//! and tests assert on these events rather than on log text. Lines are appended by a thread of their own (never on an actor's
 //! thread), what is queued in one write, not fsynced: the log is evidence,
 //! ZooKeeper is the truth.
 
@@ -76,6 +77,44 @@ pub enum Event {
         /// Copies made.
         copies: u64,
     },
+    /// The master lost its ZooKeeper connection: it assigns nothing until
+    /// the session is back (or expires).
+    AssignmentsPaused,
+    /// The connection is back within the session: assignments resume.
+    AssignmentsResumed,
+    /// This node stopped serving as master (stepped down, its session
+    /// expired, or it left); the epoch is the one it served.
+    MasterStopped,
+    /// Worker side: this node's worker joined the master `master` (the
+    /// entry's epoch is that master's).
+    LinkedToMaster {
+        /// The master's node id.
+        master: String,
+    },
+    /// Worker side: the link to the master ended without a drain (its
+    /// shards are reassigned by a master).
+    LinkLost {
+        /// The master's node id.
+        master: String,
+        /// Why, as the transport said.
+        error: String,
+    },
+    /// Worker side: the master refused this node (another CA, a refused
+    /// hello); it tries again after `pause_ms`.
+    JoinRefused {
+        /// The master's node id.
+        master: String,
+        /// The refusal.
+        reason: String,
+        /// The pause before the next try.
+        pause_ms: u64,
+    },
+    /// Worker side: the worker drained: every shard it started was
+    /// reported and acknowledged by `master`.
+    Drained {
+        /// The master's node id.
+        master: String,
+    },
 }
 
 /// One line of the log.
@@ -86,7 +125,8 @@ pub struct Entry {
     pub ts_ms: u64,
     /// The node that wrote it.
     pub node: String,
-    /// Its epoch as master when it wrote it.
+    /// Its epoch as master when it wrote it; for a worker's event, the
+    /// epoch of the master the event concerns.
     pub epoch: u64,
     /// What happened.
     #[serde(flatten)]
@@ -151,7 +191,7 @@ impl Audit {
         })
     }
 
-    /// Records `event` of the master of `epoch`.
+    /// Records `event` concerning the master of `epoch`.
     pub fn record(&self, epoch: u64, event: Event) {
         let Some(tx) = &self.tx else {
             return;

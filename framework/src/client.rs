@@ -194,7 +194,7 @@ const CHUNK_BYTES: usize = 4 << 20;
 impl Client {
     /// Connects to ZooKeeper and prepares a QUIC endpoint.
     pub async fn connect(cfg: ClientConfig) -> Result<Self, ClientError> {
-        let identity = tls::Identity::load(&cfg.certs, "client")?;
+        let identity = tls::Identity::client(&cfg.certs)?;
         // Any address, never loopback: the master is usually on another host.
         let endpoint = transport::endpoint_any(0, &identity, false, transport::LINK_TIMEOUT)?;
         let zk = Session::connect(&cfg.zk, cfg.session_timeout, Layout::new(&cfg.cluster)).await?;
@@ -261,7 +261,7 @@ impl Client {
         let mut master = self.find_master(bad_epoch).await?;
         let mut silent_since: Option<(tokio::time::Instant, Duration)> = None;
         loop {
-            let dial = transport::dial(&self.inner.endpoint, &master.addr);
+            let dial = transport::dial_node(&self.inner.endpoint, &master.addr, &master.node_id);
             // Once the master is known to be silent, nothing may stretch the
             // wait past its bound (a handshake stalls up to 3 PTOs).
             let dialled = match silent_since {

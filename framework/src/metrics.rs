@@ -72,6 +72,14 @@ pub const QUIC_CONNECTIONS: &str = "ringleader_quic_connections";
 pub const FRAMES: &str = "ringleader_quic_frames_total";
 /// Counter, label `direction` (`sent`, `received`): bytes of frames on worker links.
 pub const FRAME_BYTES: &str = "ringleader_quic_frame_bytes_total";
+/// Counter, label `reason`: peers refused for who they are (see
+/// [`PEER_REFUSAL_REASONS`]).
+pub const PEER_REFUSALS: &str = "ringleader_peer_refusals_total";
+/// Why a peer was refused: its handshake failed (another CA, expired);
+/// its certificate carries no identity; a node dialled was not the node
+/// ZooKeeper names; a certificate may not do what it asked (a client
+/// registering as a worker, a node claiming another's id).
+pub const PEER_REFUSAL_REASONS: &[&str] = &["handshake", "no_identity", "not_the_node", "role"];
 /// Counter: frames refused as malformed or oversized.
 pub const FRAME_ERRORS: &str = "ringleader_frame_errors_total";
 
@@ -184,6 +192,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(QUIC_CONNECTIONS, Kind::Gauge, "", "connections", "all", "Open QUIC connections of the node's endpoint."),
     metric(FRAMES, Kind::Counter, "direction", "frames", "all", "Frames sent and received."),
     metric(FRAME_BYTES, Kind::Counter, "direction", "bytes", "all", "Bytes of frames sent and received."),
+    metric(PEER_REFUSALS, Kind::Counter, "reason", "connections", "all", "Peers refused for who they are: a failed handshake (another CA, an expired certificate), no identity in the certificate, a dialled node that is not the one ZooKeeper names, or a role that may not do what it asked (a client registering as a worker, a node claiming another's id)."),
     metric(FRAME_ERRORS, Kind::Counter, "", "frames", "master", "Frames refused as malformed or oversized."),
     metric(ZK_TRANSACTIONS, Kind::Counter, "", "transactions", "master", "Fenced ZooKeeper transactions sent by the master's group-commit writer; each carries the writes (commits, job creations, finishes, deletions) that waited together, so under load there are fewer than writes."),
     metric(CLIENT_REQUESTS, Kind::Counter, "request", "requests", "master", "Client requests received, by kind (Submit, WatchJob, GetJob, GetStatus, FetchResult, Cancel)."),
@@ -310,6 +319,9 @@ fn register() {
         ZK_TRANSACTIONS,
     ] {
         metrics::counter!(c).absolute(0);
+    }
+    for r in PEER_REFUSAL_REASONS {
+        metrics::counter!(PEER_REFUSALS, "reason" => *r).absolute(0);
     }
     for d in ["sent", "received"] {
         metrics::counter!(FRAMES, "direction" => d).absolute(0);

@@ -40,8 +40,11 @@ pub struct NodeConfig {
     pub zk: String,
     /// Cluster name (znodes live under `/ringleader/<cluster>`).
     pub cluster: String,
-    /// This node's id (its worker znode name).
-    pub node_id: String,
+    /// This node's id (its worker znode name). `None`: the id its
+    /// certificate names (or, with a one-machine certificate directory
+    /// that issues the node's certificate at start, a random one). A value
+    /// that differs from the certificate's is an error at start.
+    pub node_id: Option<String>,
     /// What it does.
     pub role: Role,
     /// QUIC address to bind; `[::]:port` falls back to `0.0.0.0:port`
@@ -79,7 +82,7 @@ pub struct NodeConfig {
     /// Silence after which a QUIC link is declared lost (worker failure
     /// detection before session expiry); see [`transport::LINK_TIMEOUT`].
     pub link_timeout: Duration,
-    /// Where this node appends its audit log as master ([`crate::audit`]).
+    /// Where this node appends its audit log ([`crate::audit`]).
     pub audit_file: Option<PathBuf>,
 }
 
@@ -231,6 +234,23 @@ impl NodeBuilder {
     }
 }
 
+/// A node id for a node whose certificate does not name one: the host's
+/// name, the process id and a random suffix.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .collect();
+    format!(
+        "{}-{}-{}",
+        if host.is_empty() { "node" } else { &host },
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
+}
+
 /// First pause between attempts to reach ZooKeeper; it doubles up to
 /// [`CONNECT_BACKOFF_MAX`].
 const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -239,7 +259,8 @@ const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Runs a node until SIGTERM or Ctrl-C. Must be called inside an actix `System`.
 pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError> {
-    let identity = tls::Identity::load(&config.certs, "node")?;
+    let identity = tls::Identity::node(&config.certs, config.node_id.as_deref(), default_node_id)?;
+    let node_id = identity.id().name.clone();
     let endpoint = if config.listen.ip() == std::net::Ipv6Addr::UNSPECIFIED {
         transport::endpoint_any(config.listen.port(), &identity, true, config.link_timeout)?
     } else {
@@ -254,11 +275,11 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     )
     .await?;
     let addr = advertised.to_string();
-    tracing::info!(node = %config.node_id, %addr, role = ?config.role, "node starting");
+    tracing::info!(node = %node_id, %addr, role = ?config.role, "node starting");
     std::fs::create_dir_all(&config.data_dir)?;
     let store = crate::store::Store::open(&config.store)?;
-    let audit = crate::audit::Audit::open(config.audit_file.as_deref(), &config.node_id)?;
-    store.probe(&config.node_id).await?;
+    let audit = crate::audit::Audit::open(config.audit_file.as_deref(), &node_id)?;
+    store.probe(&node_id).await?;
     if store.is_local() && !advertised.ip().is_loopback() {
         tracing::warn!(
             store = store.url(),
@@ -338,7 +359,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         let (drained_tx, mut drained_rx) = watch::channel(false);
         if config.role != Role::Worker {
             let settings = MasterSettings {
-                node_id: config.node_id.clone(),
+                node_id: node_id.clone(),
                 addr: addr.clone(),
                 registry: registry.clone(),
                 retention: config.retention,
@@ -361,7 +382,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         }
         if config.role != Role::Candidate {
             let settings = Arc::new(WorkerSettings {
-                node_id: config.node_id.clone(),
+                node_id: node_id.clone(),
                 addr: addr.clone(),
                 slots: config.slots.max(1),
                 data_dir: config.data_dir.clone(),
@@ -371,6 +392,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 max_frame: config.max_frame,
                 drain: drain_rx.clone(),
                 drained: drained_tx,
+                audit: audit.clone(),
             });
             let worker = Worker {
                 session: zk.clone(),
@@ -459,7 +481,9 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     }
     endpoint.close(0u32.into(), b"node stopping");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    tracing::info!(node = %config.node_id, "node stopped");
+    // What the audit thread still holds is written before the process goes.
+    audit.sync();
+    tracing::info!(node = %node_id, "node stopped");
     Ok(())
 }
 

@@ -321,21 +321,49 @@ impl Store {
         .await
     }
 
-    /// Deletes every object under directory `dir` (matched by whole path
-    /// segments) and returns how many.
-    pub async fn delete_dir(&self, dir: &str) -> Result<usize, StoreError> {
+    /// The objects under directory `dir` (`""` for all), as paths of the
+    /// store (under its prefix) matched by whole segments.
+    async fn list_paths(&self, dir: &str) -> Result<Vec<ObjectPath>, StoreError> {
         let (inner, prefix) = (self.inner.clone(), self.path(dir));
         let err = self.op_err("list", dir);
-        let del = self.op_err("delete", dir);
-        self.run("delete", async move {
-            let names: Vec<ObjectPath> = inner
+        self.run("list", async move {
+            inner
                 .list(Some(&prefix))
                 .map(|m| m.map(|m| m.location))
                 .collect::<Vec<_>>()
                 .await
                 .into_iter()
                 .collect::<Result<_, _>>()
-                .map_err(err)?;
+                .map_err(err)
+        })
+        .await
+    }
+
+    /// The names of the objects under directory `dir` (`""` for every
+    /// object of the store), relative to the store's URL.
+    pub async fn list(&self, dir: &str) -> Result<Vec<String>, StoreError> {
+        let root = self.root.as_ref().to_string();
+        Ok(self
+            .list_paths(dir)
+            .await?
+            .into_iter()
+            .map(|p| {
+                let full = p.as_ref();
+                full.strip_prefix(root.as_str())
+                    .unwrap_or(full)
+                    .trim_start_matches('/')
+                    .to_string()
+            })
+            .collect())
+    }
+
+    /// Deletes every object under directory `dir` (matched by whole path
+    /// segments) and returns how many.
+    pub async fn delete_dir(&self, dir: &str) -> Result<usize, StoreError> {
+        let names = self.list_paths(dir).await?;
+        let inner = self.inner.clone();
+        let del = self.op_err("delete", dir);
+        self.run("delete", async move {
             let n = names.len();
             for p in names {
                 match inner.delete(&p).await {

@@ -239,7 +239,7 @@ fn collection_leaves_nothing_of_its_jobs() {
             .collect::<futures::future::JoinAll<_>>()
             .await;
         assert_eq!(victims.len(), 3, "{odd:?}");
-        leader.collect(&victims).await.unwrap();
+        leader.collect(&victims, &[]).await.unwrap();
         let left = leader.list_job_ids().await.unwrap();
         assert_eq!(left, vec![kept.id], "only the job not collected is left");
     });
@@ -285,5 +285,38 @@ fn cleaning_a_finished_job_deletes_its_shard_objects() {
             let kept = if shards == 1 { 1 } else { 0 };
             assert_eq!(commits.len(), kept, "{id}: commits left");
         }
+    });
+}
+
+/// Collecting a job that may have objects no record names (a run lost
+/// with its worker's link wrote its output; its report never came)
+/// empties its store directories; a job not swept keeps its objects, and
+/// so does job `a.b` when `a` is swept (directories are whole segments).
+#[test]
+fn collecting_a_job_with_lost_runs_empties_its_store_directories() {
+    with_master(async |leader| {
+        let store = leader.store().clone();
+        let mut names = std::collections::BTreeMap::new();
+        for id in ["a", "a.b", "c"] {
+            let name = Store::shard_output_name(id, "0-0", 1, 1).unwrap();
+            store.put_new(&name, vec![1; 10]).await.unwrap();
+            names.insert(id, name);
+        }
+        let result = Store::result_name("a", 1).unwrap();
+        store.put_new(&result, vec![2; 10]).await.unwrap();
+        let victims = vec![job(&leader, "a").await, job(&leader, "c").await];
+        leader.collect(&victims, &["a".to_string()]).await.unwrap();
+        let left = store.list("").await.unwrap();
+        assert!(
+            !left.contains(&names["a"]),
+            "a's orphan output is gone: {left:?}"
+        );
+        assert!(
+            !left.contains(&result),
+            "a's orphan result is gone: {left:?}"
+        );
+        assert!(left.contains(&names["a.b"]), "a.b's output stays: {left:?}");
+        assert!(left.contains(&names["c"]), "c was not swept: {left:?}");
+        assert_eq!(left.len(), 2, "{left:?}");
     });
 }

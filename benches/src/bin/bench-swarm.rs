@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         .map(|i| NodeConfig {
             zk: args.zk.clone(),
             cluster: args.cluster.clone(),
-            node_id: format!("{}{i}", args.prefix),
+            node_id: Some(format!("{}{i}", args.prefix)),
             role: Role::Worker,
             listen: "127.0.0.1:0".parse().expect("a literal address"),
             advertise: None,
@@ -104,7 +104,7 @@ fn run_share(
         let nodes: Vec<_> = configs
             .into_iter()
             .map(|cfg| {
-                let id = cfg.node_id.clone();
+                let id = cfg.node_id.clone().unwrap_or_default();
                 let registry = registry.clone();
                 actix::spawn(async move {
                     ringleader::node::run(cfg, registry)

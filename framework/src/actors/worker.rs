@@ -17,6 +17,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
 
 use super::{Alive, Fatal, Stop};
+use crate::audit::Event;
 use crate::coord::INLINE_LIMIT;
 use crate::coord::{CoordError, MasterInfo, Session, WorkerInfo};
 use crate::core::worker_session::{Action, Refused, RunId};
@@ -41,6 +42,8 @@ pub(crate) struct WorkerSettings {
     pub drain: tokio::sync::watch::Receiver<bool>,
     /// Set to true once drained (every started shard reported and acknowledged).
     pub drained: tokio::sync::watch::Sender<bool>,
+    /// The node's audit log: links joined, lost, refused, drained.
+    pub audit: crate::audit::Audit,
 }
 
 pub(crate) struct Worker {
@@ -149,6 +152,7 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
             r = session => match r {
                 Ok(()) => {
                     tracing::info!(master = %master.node_id, "drained: every started shard reported");
+                    s.audit.record(master.epoch, Event::Drained { master: master.node_id.clone() });
                     break Ok(());
                 }
                 // Known at once, and the same at the next try (a
@@ -159,6 +163,7 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
                 }
                 Err(e) => {
                     tracing::warn!(master = %master.node_id, epoch = master.epoch, error = %e, "link to master lost");
+                    s.audit.record(master.epoch, Event::LinkLost { master: master.node_id.clone(), error: e.to_string() });
                     Ok(())
                 }
             },
@@ -189,6 +194,14 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
             tracing::debug!(
                 pause_ms = pause.as_millis() as u64,
                 "joining again after a pause"
+            );
+            s.audit.record(
+                master.epoch,
+                Event::JoinRefused {
+                    master: master.node_id.clone(),
+                    reason: reason.clone(),
+                    pause_ms: pause.as_millis() as u64,
+                },
             );
             refused = Some((reason, pause));
             tokio::select! {
@@ -270,6 +283,20 @@ impl Shards {
                 }
                 Action::Forget(run) => {
                     self.waiting.remove(&run);
+                    // A run that ended after its link: its report goes to
+                    // no master, so no record can name the output it put
+                    // in the store.
+                    let ours = |r: &mut ShardReport| {
+                        (&r.job_id, r.shard, r.attempt) == (&run.job, run.shard, run.attempt)
+                    };
+                    if let Some(name) = report.take_if(ours).and_then(|r| r.output_object) {
+                        let store = s.store.clone();
+                        actix::spawn(async move {
+                            if let Err(e) = store.delete(&name).await {
+                                tracing::warn!(object = %name, error = %e, "cannot delete the output of a run that outlived its link");
+                            }
+                        });
+                    }
                 }
                 Action::SendDraining => send(Frame::Draining),
                 Action::SendDrained => send(Frame::Drained),
@@ -295,7 +322,7 @@ async fn serve(
     mut on_welcome: impl FnMut(u64),
     shards: &mut Shards,
 ) -> Result<(), TransportError> {
-    let conn = transport::dial(&s.endpoint, &master.addr).await?;
+    let conn = transport::dial_node(&s.endpoint, &master.addr, &master.node_id).await?;
     let mut stream = FramedStream::open(&conn, s.max_frame).await?;
     let hello = Frame::WorkerHello {
         version: PROTOCOL_VERSION,
@@ -315,6 +342,12 @@ async fn serve(
         other => return Err(refused(format!("unexpected {}", other.name()))),
     };
     tracing::info!(master = %master.node_id, epoch, "connected to master");
+    s.audit.record(
+        epoch,
+        Event::LinkedToMaster {
+            master: master.node_id.clone(),
+        },
+    );
     on_welcome(epoch);
     let FramedStream {
         mut send,

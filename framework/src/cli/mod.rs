@@ -78,7 +78,9 @@ struct NodeArgs {
     /// names one, else this host's address toward ZooKeeper, with the bound port).
     #[arg(long, env = "RINGLEADER_ADVERTISE")]
     advertise: Option<String>,
-    /// Node id (default: random).
+    /// Node id (default: the one its certificate names; with a
+    /// one-machine certificate directory, which issues the node's
+    /// certificate at start, a random one).
     #[arg(long, env = "RINGLEADER_NODE_ID")]
     node_id: Option<String>,
     /// This host's scratch directory (default: a directory of the
@@ -262,17 +264,23 @@ enum CertsAction {
     },
     /// Issue one identity: a directory with ca.pem and the host's own
     /// certificate and key (node.pem/node.key or client.pem/client.key),
-    /// to copy to that host alone.
+    /// to copy to that host alone. The certificate carries the identity
+    /// as the URI urn:ringleader:<role>:<name>.
+    #[command(group(clap::ArgGroup::new("identity").required(true).multiple(false)))]
     Issue {
         /// The CA made by `certs init`.
         #[arg(long)]
         ca_dir: PathBuf,
-        /// A node's certificate, named after its node id.
-        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        /// A node's certificate for node id ID (the node takes its id from it).
+        #[arg(long, value_name = "ID", group = "identity")]
         node: Option<String>,
         /// A client's certificate, named after the client.
-        #[arg(long)]
+        #[arg(long, value_name = "NAME", group = "identity")]
         client: Option<String>,
+        /// A client's certificate with the admin role (may act on every
+        /// client's jobs).
+        #[arg(long, value_name = "NAME", group = "identity")]
+        admin: Option<String>,
         /// Where to write it.
         #[arg(long)]
         out: PathBuf,
@@ -745,12 +753,14 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
             ca_dir,
             node,
             client,
+            admin,
             out,
         }) => {
-            let (role, name) = match (node, client) {
-                (Some(n), _) => (tls::Role::Node, n),
-                (None, Some(c)) => (tls::Role::Client, c),
-                (None, None) => bail!("say --node ID or --client NAME"),
+            let (role, name) = match (node, client, admin) {
+                (Some(n), _, _) => (tls::Role::Node, n),
+                (_, Some(c), _) => (tls::Role::Client, c),
+                (_, _, Some(a)) => (tls::Role::Admin, a),
+                _ => bail!("say --node ID, --client NAME or --admin NAME"),
             };
             tls::issue_to(&ca_dir, role, &name, &out)
                 .with_context(|| format!("issuing {name} into {}", out.display()))?;
@@ -964,16 +974,6 @@ async fn run_to_end(
     tasks_failed(id, &report)
 }
 
-fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!(
-        "{}-{}-{}",
-        host.trim(),
-        std::process::id(),
-        &uuid::Uuid::new_v4().simple().to_string()[..6]
-    )
-}
-
 fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
     if let Some(addr) = a.metrics_addr {
         crate::metrics::install(addr)
@@ -987,7 +987,7 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
     let config = NodeConfig {
         zk: a.conn.zk,
         cluster: a.conn.cluster.clone(),
-        node_id: a.node_id.unwrap_or_else(default_node_id),
+        node_id: a.node_id,
         role: a.role,
         listen: a.listen,
         advertise: a.advertise,

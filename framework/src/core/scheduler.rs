@@ -948,6 +948,15 @@ impl Scheduler {
         self.pool.workers.get(worker).map_or(0, |w| w.running.len())
     }
 
+    /// The jobs with a shard running on the worker.
+    pub fn jobs_on(&self, worker: &str) -> BTreeSet<String> {
+        self.pool
+            .workers
+            .get(worker)
+            .map(|w| w.running.iter().map(|(job, _)| job.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Whether the worker is known.
     pub fn has_worker(&self, worker: &str) -> bool {
         self.pool.workers.contains_key(worker)

@@ -116,6 +116,27 @@ impl Cluster {
         url
     }
 
+    /// Starts an S3-compatible server (moto's) on loopback behind a
+    /// [`Proxy`] (so a test can slow it or cut it) and points every node
+    /// and CLI command started afterwards at the proxy; returns the store
+    /// URL and the proxy. Signatures are not checked (see
+    /// [`s3::S3Server::start_with`]): the collector lists job directories.
+    pub fn s3_store_behind_proxy(&mut self) -> (String, Proxy) {
+        let server = s3::S3Server::start_with(self.dir.path(), None, false);
+        let proxy = Proxy::start(&server.endpoint()["http://".len()..]);
+        let url = server.url(&self.cluster);
+        self.env.extend(server.env().into_iter().map(|(k, v)| {
+            if k == "AWS_ENDPOINT" {
+                (k, format!("http://{}", proxy.addr()))
+            } else {
+                (k, v)
+            }
+        }));
+        self.env.push(("RINGLEADER_STORE".into(), url.clone()));
+        self.s3 = Some(server);
+        (url, proxy)
+    }
+
     /// The test hosts (panics for a cluster on loopback).
     pub fn net(&self) -> &net::Net {
         self.net
@@ -498,6 +519,17 @@ pub fn assert_same_file(a: &Path, b: &Path) {
     );
 }
 
+/// A loopback endpoint that dials with `identity` (for raw requests).
+pub fn dialer(identity: &crate::transport::tls::Identity) -> crate::transport::Endpoint {
+    crate::transport::endpoint(
+        "127.0.0.1:0".parse().expect("a literal address"),
+        identity,
+        false,
+        crate::transport::LINK_TIMEOUT,
+    )
+    .expect("a dialing endpoint")
+}
+
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -524,6 +556,10 @@ pub struct Proxy {
     /// reply is dropped and the connection cut.
     lose: std::sync::Arc<std::sync::atomic::AtomicU8>,
     lost: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Milliseconds every reply is held before it is passed on (0: none).
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Replies held so.
+    delayed: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Proxy {
@@ -537,9 +573,12 @@ impl Proxy {
         let generation = Arc::new(AtomicU64::new(0));
         let lose = Arc::new(std::sync::atomic::AtomicU8::new(0));
         let lost = Arc::new(AtomicU64::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let delayed = Arc::new(AtomicU64::new(0));
         let upstream = upstream.to_string();
         let (c, g) = (cut.clone(), generation.clone());
         let (lose2, lost2) = (lose.clone(), lost.clone());
+        let (delay2, delayed2) = (delay_ms.clone(), delayed.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if c.load(Ordering::SeqCst) {
@@ -560,6 +599,7 @@ impl Proxy {
                 ] {
                     let g = g.clone();
                     let (lose, lost) = (lose2.clone(), lost2.clone());
+                    let (delay, delayed) = (delay2.clone(), delayed2.clone());
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
                         let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
@@ -586,6 +626,12 @@ impl Proxy {
                                         lost.fetch_add(1, Ordering::SeqCst);
                                         g.fetch_add(1, Ordering::SeqCst);
                                         break;
+                                    }
+                                    // A slow server: its replies come late.
+                                    let hold = delay.load(Ordering::SeqCst);
+                                    if !request && hold > 0 {
+                                        delayed.fetch_add(1, Ordering::SeqCst);
+                                        std::thread::sleep(Duration::from_millis(hold));
                                     }
                                     if to.write_all(&buf[..n]).is_err() {
                                         break;
@@ -620,7 +666,23 @@ impl Proxy {
             generation,
             lose,
             lost,
+            delay_ms,
+            delayed,
         }
+    }
+
+    /// Holds every reply `delay` before passing it on (zero: at once), as
+    /// a slow or overloaded server would answer.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// How many replies were held by [`Proxy::set_delay`].
+    pub fn replies_delayed(&self) -> u64 {
+        self.delayed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Forwards the next request, then drops its reply and cuts the

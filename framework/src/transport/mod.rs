@@ -11,6 +11,48 @@ pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
 
 use crate::wire::{self, Frame, WireError};
 
+pub use tls::{PeerId, Role};
+
+/// The application close code of a connection refused after its
+/// handshake (a certificate without a usable identity); the close reason
+/// says why, and the dialer reports it as a definite refusal.
+const REFUSED: u32 = 0x52;
+
+/// The identity the peer's certificate carries (checked against the
+/// cluster CA by the handshake).
+pub fn peer_id(conn: &Connection) -> Result<PeerId, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or_else(|| "the peer presented no certificate".to_string())?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| "the peer presented no certificate".to_string())?;
+    PeerId::of_cert(leaf)
+}
+
+/// Closes `conn` as refused, with the reason the peer will report.
+pub fn refuse_connection(conn: &Connection, reason: &str) {
+    let mut bytes = reason.as_bytes();
+    // The reason must fit one packet.
+    if bytes.len() > 600 {
+        bytes = &bytes[..600];
+    }
+    conn.close(REFUSED.into(), bytes);
+}
+
+/// A connection's other end: where it is and who its certificate says it is.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its identity.
+    pub id: PeerId,
+}
+
 /// Errors of the transport.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -164,6 +206,33 @@ pub fn route_source(dest: SocketAddr) -> std::io::Result<std::net::IpAddr> {
     Ok(probe.local_addr()?.ip())
 }
 
+/// Dials the node `node_id` at `addr`: [`dial`], then its certificate
+/// must be that node's (a certificate of another node or of a client is
+/// refused, whatever CA signed it).
+pub async fn dial_node(
+    ep: &Endpoint,
+    addr: &str,
+    node_id: &str,
+) -> Result<Connection, TransportError> {
+    let conn = dial(ep, addr).await?;
+    let refused = |reason: String| {
+        metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => "not_the_node").increment(1);
+        conn.close(REFUSED.into(), b"not the node expected");
+        Err(TransportError::Connect {
+            addr: addr.to_string(),
+            reason,
+        })
+    };
+    match peer_id(&conn) {
+        Ok(id) if id.is_node(node_id) => Ok(conn),
+        Ok(id) => refused(format!(
+            "the certificate there is {id}'s, but ZooKeeper names node {node_id} at this address; \
+             refusing to talk to it (a stale address, or a host that should not serve)"
+        )),
+        Err(reason) => refused(format!("the peer's certificate: {reason}")),
+    }
+}
+
 /// Dials `addr` and checks its certificate against the cluster CA.
 ///
 /// Errors say what the caller can do: [`TransportError::Unroutable`] and
@@ -209,6 +278,10 @@ fn handshake_failure(e: &quinn::ConnectionError) -> Option<String> {
         E::ConnectionClosed(c) if crypto(c.error_code) => Some(format!(
             "the peer refused this host's certificate ({e}): it is not signed by the peer's \
              cluster CA, or has expired; check --certs"
+        )),
+        E::ApplicationClosed(c) if c.error_code == REFUSED.into() => Some(format!(
+            "the peer refused this host: {}",
+            String::from_utf8_lossy(&c.reason)
         )),
         E::VersionMismatch | E::TransportError(_) | E::ConnectionClosed(_) | E::CidsExhausted => {
             Some(e.to_string())
@@ -288,12 +361,12 @@ impl FramedStream {
 }
 
 /// Accepts connections on `endpoint` until it closes, and hands each
-/// bidirectional stream to `handle` with its peer's address (a connection
-/// whose handshake fails is logged and dropped). Spawns on the current
-/// runtime.
+/// bidirectional stream to `handle` with its [`Peer`] (a connection whose
+/// handshake fails, or whose certificate carries no identity, is logged,
+/// counted and dropped). Spawns on the current runtime.
 pub async fn serve<F, Fut>(endpoint: Endpoint, max_frame: usize, handle: F)
 where
-    F: Fn(FramedStream, SocketAddr) -> Fut + Clone + 'static,
+    F: Fn(FramedStream, Peer) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     while let Some(incoming) = endpoint.accept().await {
@@ -303,7 +376,19 @@ where
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
+                    metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => "handshake")
+                        .increment(1);
                     tracing::warn!(%remote, error = %e, "refused a QUIC connection");
+                    return;
+                }
+            };
+            let peer = match peer_id(&conn) {
+                Ok(id) => Peer { addr: remote, id },
+                Err(reason) => {
+                    metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => "no_identity")
+                        .increment(1);
+                    tracing::warn!(%remote, %reason, "refused a QUIC connection");
+                    refuse_connection(&conn, &reason);
                     return;
                 }
             };
@@ -313,7 +398,7 @@ where
                     recv,
                     max_frame,
                 };
-                tokio::task::spawn_local(handle(stream, remote));
+                tokio::task::spawn_local(handle(stream, peer.clone()));
             }
         });
     }

@@ -1,13 +1,21 @@
 //! The cluster CA and the certificates of nodes and clients. Every QUIC
 //! connection is mutual TLS: both sides present a certificate signed by the
 //! cluster CA. There is no verifier that accepts any certificate.
+//!
+//! Every certificate carries one identity: a URI among its subject
+//! alternative names, `urn:ringleader:<role>:<name>` ([`PeerId`]), with
+//! role `node` (name: the node id), `client` or `admin` (name: the
+//! client's). The subject's common name is the same for every certificate
+//! of a role (`ringleader-node`, ...), so that a ZooKeeper x509 ACL can
+//! name the role. Node certificates may serve (server and client usage,
+//! DNS name [`SERVER_NAME`]); client certificates may only dial.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
@@ -15,6 +23,12 @@ use rustls::RootCertStore;
 /// The name every node certificate carries and every dialer checks.
 pub const SERVER_NAME: &str = "ringleader.cluster";
 const CA_NAME: &str = "Ringleader cluster CA";
+
+/// The prefix of the identity URI every certificate carries.
+pub const URN_PREFIX: &str = "urn:ringleader:";
+
+/// Certificates expiring sooner than this are warned about at start.
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// Errors of certificate handling.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +67,127 @@ pub struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
     roots: Arc<RootCertStore>,
+    id: PeerId,
+}
+
+/// Who a certificate says its holder is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerId {
+    /// What it may do.
+    pub role: Role,
+    /// The node id (role `node`) or the client's name.
+    pub name: String,
+}
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.role.as_str(), self.name)
+    }
+}
+
+/// Checks a node id or client name: 1-128 characters of letters, digits,
+/// `.`, `_`, `-` and `@` (it names a znode and sits in a URI).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name: use 1-128 letters, digits, '.', '_', '-' or '@'"
+        ))
+    }
+}
+
+impl PeerId {
+    /// An identity, its name checked.
+    pub fn new(role: Role, name: &str) -> Result<PeerId, String> {
+        check_name(name)?;
+        Ok(PeerId {
+            role,
+            name: name.to_string(),
+        })
+    }
+
+    /// `urn:ringleader:<role>:<name>`.
+    pub fn uri(&self) -> String {
+        format!("{URN_PREFIX}{}:{}", self.role.as_str(), self.name)
+    }
+
+    /// Reads an identity URI: `None` for a URI that is not Ringleader's,
+    /// an error for one that is but does not parse.
+    pub fn from_uri(uri: &str) -> Option<Result<PeerId, String>> {
+        let rest = uri.strip_prefix(URN_PREFIX)?;
+        Some(match rest.split_once(':') {
+            Some((role, name)) => match Role::parse(role) {
+                Some(role) => PeerId::new(role, name),
+                None => Err(format!(
+                    "unknown role {role:?} in {uri} (want node, client or admin)"
+                )),
+            },
+            None => Err(format!("{uri}: want {URN_PREFIX}<role>:<name>")),
+        })
+    }
+
+    /// The identity a DER certificate carries.
+    pub fn of_cert(der: &[u8]) -> Result<PeerId, String> {
+        Ok(CertFacts::parse(der)?.id)
+    }
+
+    /// Whether this is the node `id`.
+    pub fn is_node(&self, id: &str) -> bool {
+        self.role == Role::Node && self.name == id
+    }
+}
+
+/// What is read from a certificate: its identity and when it expires.
+struct CertFacts {
+    id: PeerId,
+    not_after: std::time::SystemTime,
+}
+
+impl CertFacts {
+    fn parse(der: &[u8]) -> Result<CertFacts, String> {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| format!("its subject alternative names do not parse: {e}"))?;
+        let mut found = Vec::new();
+        for name in san.iter().flat_map(|s| &s.value.general_names) {
+            if let GeneralName::URI(uri) = name {
+                if let Some(id) = PeerId::from_uri(uri) {
+                    found.push(id?);
+                }
+            }
+        }
+        let id = match found.len() {
+            1 => found.remove(0),
+            0 => {
+                return Err(format!(
+                    "the certificate carries no Ringleader identity (a URI \
+                     {URN_PREFIX}<role>:<name> among its subject alternative names): issue it \
+                     with `certs issue` (certificates made before identities must be issued again)"
+                ))
+            }
+            n => {
+                return Err(format!(
+                    "the certificate carries {n} Ringleader identities, not one"
+                ))
+            }
+        };
+        let secs = cert.validity().not_after.timestamp().max(0) as u64;
+        Ok(CertFacts {
+            id,
+            not_after: std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        })
+    }
 }
 
 impl std::fmt::Debug for Identity {
@@ -138,6 +273,75 @@ fn make_dir(dir: &Path) -> Result<(), TlsError> {
 }
 
 impl Identity {
+    /// A node's identity from `dir`: its own `node.pem`/`node.key` (made
+    /// by `certs issue --node ID`), whose id must equal `want` if given;
+    /// or, in a one-machine directory that holds the CA's key and no node
+    /// certificate, a certificate issued here in memory for `want` (or
+    /// `default_id()`).
+    pub fn node(
+        dir: &Path,
+        want: Option<&str>,
+        default_id: impl FnOnce() -> String,
+    ) -> Result<Self, TlsError> {
+        let pem_err = |path: PathBuf, reason: String| TlsError::Pem { path, reason };
+        if dir.join("node.pem").exists() || !dir.join("ca.key").exists() {
+            let identity = Self::load(dir, "node")?;
+            let path = dir.join("node.pem");
+            if identity.id.role != Role::Node {
+                return Err(pem_err(
+                    path,
+                    format!(
+                        "this is the certificate of {}, not of a node: issue one with \
+                         `certs issue --node ID`",
+                        identity.id
+                    ),
+                ));
+            }
+            if let Some(want) = want.filter(|w| *w != identity.id.name) {
+                return Err(pem_err(
+                    path,
+                    format!(
+                        "the certificate is node {}'s, but --node-id says {want}: leave \
+                         --node-id out (the certificate names the node), or use node {want}'s \
+                         certificate",
+                        identity.id.name
+                    ),
+                ));
+            }
+            return Ok(identity);
+        }
+        let name = match want {
+            Some(w) => w.to_string(),
+            None => default_id(),
+        };
+        let id = PeerId::new(Role::Node, &name)
+            .map_err(|reason| pem_err(dir.to_path_buf(), format!("node id: {reason}")))?;
+        let (cert, key) = sign(dir, &id)?;
+        let chain = vec![cert.der().clone()];
+        let key = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| pem_err(dir.join("ca.key"), e.to_string()))?;
+        Ok(Identity {
+            chain,
+            key: Arc::new(key),
+            roots: Arc::new(load_roots(&dir.join("ca.pem"))?),
+            id,
+        })
+    }
+
+    /// A client's identity: `<dir>/client.pem`, `client.key` (role client
+    /// or admin), or a node's certificate where there is no client's.
+    pub fn client(dir: &Path) -> Result<Self, TlsError> {
+        if !dir.join("client.pem").exists() && dir.join("node.pem").exists() {
+            return Self::load(dir, "node");
+        }
+        Self::load(dir, "client")
+    }
+
+    /// The identity the certificate carries.
+    pub fn id(&self) -> &PeerId {
+        &self.id
+    }
+
     /// Loads `<dir>/ca.pem`, `<dir>/<name>.pem` and `<dir>/<name>.key`.
     pub fn load(dir: &Path, name: &str) -> Result<Self, TlsError> {
         if !dir.is_dir() {
@@ -157,19 +361,34 @@ impl Identity {
             path: path.to_path_buf(),
             reason,
         };
-        let mut roots = RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut &read(&ca_path)?[..]) {
-            let c = c.map_err(|e| pem_err(&ca_path, e.to_string()))?;
-            roots.add(c).map_err(|e| pem_err(&ca_path, e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(pem_err(&ca_path, "no CA certificate found".into()));
-        }
+        let roots = load_roots(&ca_path)?;
         let chain = rustls_pemfile::certs(&mut &read(&cert_path)?[..])
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| pem_err(&cert_path, e.to_string()))?;
         if chain.is_empty() {
             return Err(pem_err(&cert_path, "no certificate found".into()));
+        }
+        let facts = CertFacts::parse(&chain[0]).map_err(|reason| pem_err(&cert_path, reason))?;
+        let left = facts
+            .not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        if left.is_zero() {
+            return Err(pem_err(
+                &cert_path,
+                format!(
+                    "the certificate of {} has expired: issue a new one",
+                    facts.id
+                ),
+            ));
+        }
+        if left < EXPIRY_WARNING {
+            tracing::warn!(
+                cert = %cert_path.display(),
+                days = left.as_secs() / 86_400,
+                "the certificate of {} expires in under 30 days: issue a new one",
+                facts.id
+            );
         }
         refuse_open_key(&key_path)?;
         let key = rustls_pemfile::private_key(&mut &read(&key_path)?[..])
@@ -179,6 +398,7 @@ impl Identity {
             chain,
             key: Arc::new(key),
             roots: Arc::new(roots),
+            id: facts.id,
         })
     }
 
@@ -215,6 +435,23 @@ impl Identity {
         quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
             .map_err(|e| TlsError::Config(e.to_string()))
     }
+}
+
+/// The CA certificates of a `ca.pem` (several during a CA rollover).
+fn load_roots(ca_path: &Path) -> Result<RootCertStore, TlsError> {
+    let pem_err = |reason: String| TlsError::Pem {
+        path: ca_path.to_path_buf(),
+        reason,
+    };
+    let mut roots = RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &read(ca_path)?[..]) {
+        let c = c.map_err(|e| pem_err(e.to_string()))?;
+        roots.add(c).map_err(|e| pem_err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(pem_err("no CA certificate found".into()));
+    }
+    Ok(roots)
 }
 
 fn validity(params: &mut CertificateParams) {
@@ -255,71 +492,170 @@ pub fn make_ca(dir: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
-/// What an issued certificate is for: which file names it gets
-/// (`node.pem`/`node.key` or `client.pem`/`client.key`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a certificate's holder may do; also which file names an issued
+/// certificate gets (`node.pem`/`node.key`, else `client.pem`/`client.key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// A node: serves (as master) and dials (as worker).
     Node,
     /// A client: `submit`, `status`, the Rust `Client`.
     Client,
+    /// A client that may also act on other clients' jobs.
+    Admin,
 }
 
 impl Role {
     fn file(self) -> &'static str {
         match self {
             Role::Node => "node",
+            Role::Client | Role::Admin => "client",
+        }
+    }
+
+    /// `node`, `client` or `admin`: the word in the identity URI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Node => "node",
             Role::Client => "client",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        [Role::Node, Role::Client, Role::Admin]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+
+    /// The subject's common name, one per role.
+    fn common_name(self) -> &'static str {
+        match self {
+            Role::Node => "ringleader-node",
+            Role::Client => "ringleader-client",
+            Role::Admin => "ringleader-admin",
         }
     }
 }
 
 /// Issues one identity signed by the CA in `ca_dir` into `out`: the CA's
 /// certificate (`ca.pem`, never its key) and `<role>.pem` / `<role>.key`
-/// (0600) with common name `name`. `out` is what one host needs.
+/// (0600) carrying identity `role name`. `out` is what one host needs.
 pub fn issue_to(ca_dir: &Path, role: Role, name: &str, out: &Path) -> Result<(), TlsError> {
+    let id = PeerId::new(role, name).map_err(|reason| TlsError::Pem {
+        path: out.to_path_buf(),
+        reason,
+    })?;
     make_dir(out)?;
     let ca = read(&ca_dir.join("ca.pem"))?;
     if ca_dir != out {
         write(&out.join("ca.pem"), &String::from_utf8_lossy(&ca))?;
     }
-    sign(ca_dir, name, out, role.file())
+    let (cert, key) = sign(ca_dir, &id)?;
+    write(&out.join(format!("{}.pem", role.file())), &cert.pem())?;
+    write_key(
+        &out.join(format!("{}.key", role.file())),
+        &key.serialize_pem(),
+    )?;
+    Ok(())
 }
 
-/// Issues `<dir>/<name>.pem` and `<name>.key`, signed by the CA in `dir`,
-/// usable both as server (name [`SERVER_NAME`]) and as client.
-pub fn issue(dir: &Path, name: &str) -> Result<(), TlsError> {
-    sign(dir, name, dir, name)
-}
-
-fn sign(ca_dir: &Path, name: &str, out: &Path, file: &str) -> Result<(), TlsError> {
+/// A certificate for `id` signed by the CA in `ca_dir`, and its new key.
+fn sign(ca_dir: &Path, id: &PeerId) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
     let ca_key_path = ca_dir.join("ca.key");
+    refuse_open_key(&ca_key_path)?;
     let ca_key_pem = String::from_utf8_lossy(&read(&ca_key_path)?).into_owned();
     let ca_key = KeyPair::from_pem(&ca_key_pem)?;
     // The issuer is rebuilt from the CA's fixed name and its key: the chain
     // checks the issuer name and key identifier, which both match.
     let issuer = Issuer::new(ca_params(), ca_key);
-    let mut params =
-        CertificateParams::new(vec![SERVER_NAME.to_string(), "localhost".to_string()])?;
-    params.distinguished_name.push(DnType::CommonName, name);
+    let mut params = if id.role == Role::Node {
+        CertificateParams::new(vec![SERVER_NAME.to_string(), "localhost".to_string()])?
+    } else {
+        CertificateParams::default()
+    };
+    params
+        .subject_alt_names
+        .push(SanType::URI(id.uri().try_into()?));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, id.role.common_name());
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = match id.role {
+        Role::Node => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Role::Client | Role::Admin => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
     validity(&mut params);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    write(&out.join(format!("{file}.pem")), &cert.pem())?;
-    write_key(&out.join(format!("{file}.key")), &key.serialize_pem())?;
-    Ok(())
+    Ok((cert, key))
 }
 
-/// A CA plus `node` and `client` certificates in `dir`: what `certs` and `local` make.
+/// The one-machine directory `certs --out` and `local` make: the CA (its
+/// key too: nodes started with this directory issue their own certificate
+/// for their node id) and a client certificate with the admin role.
 pub fn make_cluster_certs(dir: &Path) -> Result<(), TlsError> {
     make_ca(dir)?;
-    issue(dir, "node")?;
-    issue(dir, "client")?;
-    Ok(())
+    issue_to(dir, Role::Admin, "local", dir)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn identity_uris_parse_back_and_refuse_what_is_not_one() {
+        for role in [Role::Node, Role::Client, Role::Admin] {
+            let id = PeerId::new(role, "n-1.a_b@c").unwrap();
+            assert_eq!(PeerId::from_uri(&id.uri()), Some(Ok(id)));
+        }
+        assert_eq!(PeerId::from_uri("https://example.com"), None);
+        assert_eq!(PeerId::from_uri("urn:other:node:x"), None);
+        for bad in [
+            "urn:ringleader:node",
+            "urn:ringleader:boss:x",
+            "urn:ringleader:node:",
+            "urn:ringleader:node:a/b",
+            "urn:ringleader:node:..",
+            "urn:ringleader:client:a b",
+        ] {
+            assert!(matches!(PeerId::from_uri(bad), Some(Err(_))), "{bad}");
+        }
+        assert!(check_name(&"x".repeat(128)).is_ok());
+        assert!(check_name(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn issued_certificates_carry_their_identity_and_no_ca_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        make_ca(&ca).unwrap();
+        for (role, name, file) in [
+            (Role::Node, "n1", "node"),
+            (Role::Client, "alice", "client"),
+            (Role::Admin, "ops", "client"),
+        ] {
+            let out = dir.path().join(name);
+            issue_to(&ca, role, name, &out).unwrap();
+            assert!(!out.join("ca.key").exists());
+            let id = Identity::load(&out, file).unwrap();
+            assert_eq!(id.id(), &PeerId::new(role, name).unwrap());
+        }
+        // A one-machine directory: a node issues its own certificate.
+        let one = dir.path().join("one");
+        make_cluster_certs(&one).unwrap();
+        let node = Identity::node(&one, Some("n9"), || unreachable!()).unwrap();
+        assert_eq!(node.id().to_string(), "node n9");
+        let random = Identity::node(&one, None, || "r1".into()).unwrap();
+        assert_eq!(random.id().to_string(), "node r1");
+        assert_eq!(
+            Identity::client(&one).unwrap().id().to_string(),
+            "admin local"
+        );
+        assert!(issue_to(&ca, Role::Node, "a/b", &dir.path().join("bad")).is_err());
+    }
 }

@@ -6,9 +6,13 @@
 //! longer than the session timeout, kill and restart of a ZooKeeper server,
 //! network cuts between a node and ZooKeeper shorter and longer than the
 //! session timeout (TCP proxies), and between a worker and the master (a UDP
-//! proxy in front of every node's QUIC port). Afterwards it checks every acknowledged job's exact
-//! result, one commit per shard across every master's audit log, no panic,
-//! ZooKeeper empty, every process gone, and prints a table.
+//! proxy in front of every node's QUIC port), and a slow object store (an
+//! S3 server, moto's, behind a TCP proxy that holds its replies). Every
+//! third job's shard outputs and result are too big to be inline in
+//! ZooKeeper, so they go through that store. Afterwards it checks every
+//! acknowledged job's exact result, one commit per shard across every
+//! master's audit log, no panic, ZooKeeper and the store empty, every
+//! process gone, and prints a table.
 //!
 //! One node's wall clock runs an hour ahead (libfaketime; its monotonic
 //! clock untouched). Every client operation is recorded with what the client saw (ok, or
@@ -47,6 +51,9 @@ enum Fault {
     /// The master's next ZooKeeper request is forwarded and its reply lost
     /// (the connection cut): a write whose outcome the master cannot know.
     LoseZkReply,
+    /// The object store answers late: every reply held for half the
+    /// fault's length.
+    SlowStore,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +78,7 @@ fn schedule(seed: u64, rounds: usize) -> Vec<Step> {
         Fault::CutLong,
         Fault::CutMasterWorker,
         Fault::LoseZkReply,
+        Fault::SlowStore,
     ];
     (0..rounds)
         .map(|_| {
@@ -82,6 +90,7 @@ fn schedule(seed: u64, rounds: usize) -> Vec<Step> {
                 Fault::PauseLong | Fault::CutLong => {
                     Duration::from_millis(SESSION_MS + rng.gen_range(800..2000))
                 }
+                Fault::SlowStore => Duration::from_millis(rng.gen_range(1500..4000)),
                 _ => Duration::from_millis(rng.gen_range(300..1500)),
             };
             Step {
@@ -103,6 +112,10 @@ struct Report {
     unknown_found: usize,
     unknown_absent: usize,
     replies_lost: u64,
+    /// Replies of the store held back by `SlowStore`.
+    store_replies_delayed: u64,
+    /// Objects in the store once every job is collected.
+    store_objects_left: usize,
     tasks: usize,
     commits: usize,
     duplicate_commits: usize,
@@ -146,13 +159,41 @@ fn start_node(c: &mut Cluster, i: usize, nets: &[Net]) {
     c.node(&format!("n{i}"), &refs);
 }
 
+/// Tasks per shard of a big job. Each output (index, value) takes at least
+/// 11 bytes in MessagePack (its values are over 2^32), so a shard's output
+/// is over the inline limit and goes to the store.
+const BIG_SHARD: usize = 30_000;
+const _: () = assert!(BIG_SHARD * 11 > ringleader::coord::INLINE_LIMIT);
+
+/// Every third job is big: two shards whose outputs (and the result) go
+/// through the object store.
+fn is_big(job: usize) -> bool {
+    job % 3 == 2
+}
+
 fn job_tasks(job: usize) -> Vec<Probe> {
+    if is_big(job) {
+        return (0..2 * BIG_SHARD)
+            .map(|k| Probe {
+                value: (1 << 40) + (job * 100_000 + k) as u64,
+                behaviour: Behaviour::Ok,
+            })
+            .collect();
+    }
     (0..16)
         .map(|k| Probe {
             value: (job * 1000 + k) as u64,
             behaviour: Behaviour::Sleep(25),
         })
         .collect()
+}
+
+fn job_options(job: usize) -> SubmitOptions {
+    SubmitOptions {
+        shard_size: Some(if is_big(job) { BIG_SHARD as u32 } else { 2 }),
+        max_attempts: Some(5),
+        ..Default::default()
+    }
 }
 
 fn chaos(seed: u64, rounds: usize) -> Report {
@@ -163,6 +204,7 @@ fn chaos(seed: u64, rounds: usize) -> Report {
         steps.iter().map(|s| s.fault).collect::<Vec<_>>()
     );
     let mut c = Cluster::with_servers(BIN, 3);
+    let (_, store_proxy) = c.s3_store_behind_proxy();
     let proxies: Vec<Net> = (0..NODES)
         .map(|_| {
             let quic_port = free_udp_port();
@@ -220,7 +262,6 @@ fn chaos(seed: u64, rounds: usize) -> Report {
         let mut cfg = client_config(&c);
         cfg.master_wait = Duration::from_secs(30);
         let client = Client::connect(cfg).await.unwrap();
-        let opts = SubmitOptions { shard_size: Some(2), max_attempts: Some(5), ..Default::default() };
         let mut gap_since: Option<Instant> = None;
         // Nodes killed, paused or cut right now: a master among them is not serving.
         let mut down: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -248,7 +289,7 @@ fn chaos(seed: u64, rounds: usize) -> Report {
             // A job per round, submitted while the cluster is in any state;
             // the client-chosen id makes the retried submission idempotent.
             let id = format!("chaos-{seed}-{round}");
-            let outcome = match client.submit::<Collect<Probe>>(job_tasks(round), SubmitOptions { job_id: Some(id.clone()), ..opts.clone() }).await {
+            let outcome = match client.submit::<Collect<Probe>>(job_tasks(round), SubmitOptions { job_id: Some(id.clone()), ..job_options(round) }).await {
                 Ok(_) => Outcome::Ok,
                 Err(e) => {
                     eprintln!("round {round}: submission not acknowledged: {e}");
@@ -316,6 +357,11 @@ fn chaos(seed: u64, rounds: usize) -> Report {
                         }
                     }
                 }
+                Fault::SlowStore => {
+                    store_proxy.set_delay(step.hold / 2);
+                    observe!(step.hold);
+                    store_proxy.set_delay(Duration::ZERO);
+                }
                 Fault::CutShort | Fault::CutLong => {
                     for p in &proxies[node].zk {
                         p.cut();
@@ -343,9 +389,26 @@ fn chaos(seed: u64, rounds: usize) -> Report {
                 pids.push(ch.id());
             }
         }
-        check_history(&c, &client, &zk, &history, seed).await
+        let checked = check_history(&c, &client, &zk, &history, seed).await?;
+        // What the jobs put in the store goes with them.
+        let store = c.s3.as_ref().expect("the chaos store").options(None);
+        let opts: Vec<(&str, &str)> = store.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let url = c.s3.as_ref().expect("the chaos store").url(&c.cluster);
+        let store = ringleader::store::Store::open_with(&url, &opts).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let left = loop {
+            let left = store.list("").await.map_err(|e| e.to_string())?;
+            if left.is_empty() || Instant::now() > deadline {
+                break left;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if !left.is_empty() {
+            eprintln!("seed {seed}: objects left in the store: {left:?}");
+        }
+        Ok::<_, String>((checked, left.len()))
     })
-    .map(|checked| {
+    .map(|(checked, store_objects_left)| {
         let replies_lost: u64 = proxies.iter().flat_map(|n| &n.zk).map(Proxy::replies_lost).sum();
         let logs = c.logs();
         // Every master's audit log: each shard committed once, ever.
@@ -369,6 +432,8 @@ fn chaos(seed: u64, rounds: usize) -> Report {
             unknown_found: checked.unknown_found,
             unknown_absent: checked.unknown_absent,
             replies_lost,
+            store_replies_delayed: store_proxy.replies_delayed(),
+            store_objects_left,
             tasks: checked.tasks,
             commits: commits.len(),
             duplicate_commits,
@@ -502,12 +567,14 @@ async fn check_history(
 }
 
 fn print_table(reports: &[Report]) {
-    eprintln!("\n| seed | faults (kind:count) | jobs acked | jobs exact | unknown: found / absent | ZK replies lost | tasks | shard commits | duplicate commits | longest without master | panics | job znodes left |");
-    eprintln!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    eprintln!("\n| seed | faults (kind:count) | jobs acked | jobs exact | unknown: found / absent | ZK replies lost | store replies delayed | tasks | shard commits | duplicate commits | longest without master | panics | job znodes left | store objects left |");
+    eprintln!(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for r in reports {
         let faults: Vec<String> = r.faults.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
         eprintln!(
-            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {:.2} s | {} | {} |",
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {:.2} s | {} | {} | {} |",
             r.seed,
             faults.join(" "),
             r.jobs_acknowledged,
@@ -515,12 +582,14 @@ fn print_table(reports: &[Report]) {
             r.unknown_found,
             r.unknown_absent,
             r.replies_lost,
+            r.store_replies_delayed,
             r.tasks,
             r.commits,
             r.duplicate_commits,
             r.longest_without_master.as_secs_f64(),
             r.panics,
-            r.zk_job_nodes_left
+            r.zk_job_nodes_left,
+            r.store_objects_left
         );
     }
 }
@@ -547,6 +616,18 @@ fn check(r: &Report) {
         "seed {}: job data left in ZooKeeper",
         r.seed
     );
+    assert_eq!(
+        r.store_objects_left, 0,
+        "seed {}: objects left in the store",
+        r.seed
+    );
+    if r.faults.contains_key(&Fault::SlowStore) {
+        assert!(
+            r.store_replies_delayed > 0,
+            "seed {}: the store was slowed but no reply of it was held: the fault did nothing",
+            r.seed
+        );
+    }
     assert!(
         r.jobs_acknowledged > 0,
         "seed {}: no job was acknowledged",
@@ -576,7 +657,14 @@ fn same_seed_same_schedule() {
 
 #[test]
 fn chaos_short() {
-    let r = chaos(7, 7);
+    // Seed 28's seven rounds: a ZooKeeper server restarted, the master
+    // killed (twice, once while a big job runs), a slow store while a big
+    // job runs, a ZooKeeper reply lost, a long cut, a worker killed.
+    let r = chaos(28, 7);
+    assert!(
+        r.faults.contains_key(&Fault::SlowStore),
+        "the short run's schedule has no slow store: pick another seed"
+    );
     print_table(std::slice::from_ref(&r));
     check(&r);
 }

@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ringleader::audit::Event;
 use ringleader::prom::http_get;
 use ringleader::testkit::*;
 
@@ -538,9 +539,10 @@ fn a_node_or_client_of_another_ca_is_told_so_once_and_backs_off() {
     rt().block_on(eventually(
         Duration::from_secs(30),
         "the foreign node to pause 4 s before trying again",
-        || {
-            let log = c.log("alien");
-            async move { log.contains("pause_ms=4000") }
+        || async {
+            c.audit().iter().any(|e| {
+                e.node == "alien" && matches!(e.event, Event::JoinRefused { pause_ms: 4000, .. })
+            })
         },
     ));
     let log = c.log("alien");
@@ -553,9 +555,17 @@ fn a_node_or_client_of_another_ca_is_told_so_once_and_backs_off() {
         log.contains("not signed by this node's cluster CA"),
         "{log}"
     );
-    // The master saw each try, and no more than the pauses allow.
-    let tries = c.log("n0").matches("refused a QUIC connection").count();
-    assert!((3..=6).contains(&tries), "{tries} tries seen by the master");
+    // The master saw each try (a failed handshake, counted), and no more
+    // than the pauses allow; the client's made one more.
+    let tries = scrape(
+        &metrics,
+        "ringleader_peer_refusals_total",
+        "reason=\"handshake\"",
+    );
+    assert!(
+        (4.0..=7.0).contains(&tries),
+        "{tries} tries seen by the master"
+    );
 
     // Registered in ZooKeeper, it has a gauge series on the master's page;
     // once it stops, the series goes (the master's own stays).
@@ -578,4 +588,112 @@ fn a_node_or_client_of_another_ca_is_told_so_once_and_backs_off() {
         },
     ));
     assert!(series("n0"));
+}
+
+/// Certificates say who may do what. A node takes its id from its
+/// certificate and refuses to start under another; the master lets a
+/// certificate register only as the node it names (a client's, or another
+/// node's, is refused, logged with the peer's identity and counted).
+#[test]
+fn a_certificate_registers_only_as_the_node_it_names() {
+    use ringleader::transport::tls::{self, Role};
+    use ringleader::transport::{self, FramedStream};
+    use ringleader::wire::{Frame, PROTOCOL_VERSION};
+    let mut c = Cluster::new(BIN);
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    c.node("n0", &["--metrics-addr", &metrics]);
+    // n0 is the master (whose metrics and log are read below).
+    let master = rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await
+    });
+    assert_eq!(master.node_id, "n0");
+    // The operator's path: one identity per host, no CA key in it.
+    let n1 = c.path("n1-certs");
+    tls::issue_to(&c.certs, Role::Node, "n1", &n1).unwrap();
+    assert!(!n1.join("ca.key").exists());
+    let n1s = n1.display().to_string();
+
+    // Under another id: refused at start, exit 1, with what to do.
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["node", "--zk", &c.zk_connect(), "--cluster", &c.cluster])
+        .args([
+            "--certs",
+            &n1s,
+            "--node-id",
+            "n2",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+    let (status, _, err) = Background::start(cmd, c.dir.path(), "n2").wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the certificate is node n1's, but --node-id says n2"),
+        "{err}"
+    );
+
+    // Under its own: it joins as n1.
+    c.node("n1", &["--certs", &n1s]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 2, Duration::from_secs(20)).await;
+        // A client's certificate, and n1's claiming to be n0: refused.
+        for (identity, claim, want) in [
+            (
+                tls::Identity::client(&c.certs).unwrap(),
+                "n9",
+                "the certificate of admin local may not register as a worker",
+            ),
+            (
+                tls::Identity::node(&n1, None, || unreachable!()).unwrap(),
+                "n0",
+                "the certificate of node n1 may not register as node n0",
+            ),
+        ] {
+            let ep = dialer(&identity);
+            let conn = transport::dial_node(&ep, &master.addr, &master.node_id)
+                .await
+                .unwrap();
+            let mut s = FramedStream::open(&conn, 1 << 20).await.unwrap();
+            let hello = Frame::WorkerHello {
+                version: PROTOCOL_VERSION,
+                node_id: claim.into(),
+                slots: 1,
+                jobs: vec!["probe".into()],
+                epoch: master.epoch,
+            };
+            let reply = s.request(&[hello]).await.unwrap();
+            assert!(
+                matches!(&reply, Frame::Error { message } if message.contains(want)),
+                "{reply:?}"
+            );
+        }
+    });
+    assert_eq!(
+        scrape(
+            &metrics,
+            "ringleader_peer_refusals_total",
+            "reason=\"role\""
+        ),
+        2.0
+    );
+    let log = c.log("n0");
+    assert!(
+        log.contains("refused a worker") && log.contains("peer=node n1"),
+        "{log}"
+    );
+    // The refused claims took no link over: n0's and n1's stay.
+    let audit = c.audit();
+    let joined = |id: &str| {
+        audit
+            .iter()
+            .any(|e| e.node == id && matches!(e.event, Event::LinkedToMaster { .. }))
+    };
+    assert!(joined("n0") && joined("n1"), "{audit:?}");
+    assert!(
+        !audit
+            .iter()
+            .any(|e| matches!(e.event, Event::WorkerLost { .. } | Event::LinkLost { .. })),
+        "{audit:?}"
+    );
 }

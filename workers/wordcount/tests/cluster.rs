@@ -284,9 +284,13 @@ fn certs_and_local_commands_work_and_clean_up() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for name in ["node", "client"] {
-        ringleader::transport::tls::Identity::load(&certs, name).unwrap();
-    }
+    // One machine's directory: an admin client, and the CA's key from
+    // which each node issues its own certificate for its id.
+    use ringleader::transport::tls::Identity;
+    let client = Identity::client(&certs).unwrap();
+    assert_eq!(client.id().to_string(), "admin local");
+    let node = Identity::node(&certs, Some("n1"), || unreachable!()).unwrap();
+    assert_eq!(node.id().to_string(), "node n1");
 
     let (corpus, baseline) = corpus(tmp.path(), 2, 5);
     let out = tmp.path().join("out.tsv");

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use ringleader::audit::Event;
 use ringleader::client::Client;
 use ringleader::transport::{self, tls, FramedStream};
 use ringleader::wire::{Frame, JobOptions};
@@ -101,13 +102,10 @@ fn paused_master_is_fenced_and_steps_down() {
         eventually(
             Duration::from_secs(20),
             "the resumed master to step down",
-            || {
-                let log = c.log(&id);
-                async move {
-                    log.contains("session expired")
-                        || log.contains("master stepped down")
-                        || log.contains("master stopped")
-                }
+            || async {
+                c.audit().iter().any(|e| {
+                    e.node == id && e.epoch == first.epoch && e.event == Event::MasterStopped
+                })
             },
         )
         .await;
@@ -194,13 +192,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
         let zk = c.zk().await;
         let master = c.master(&zk, None, Duration::from_secs(30)).await;
         let identity = tls::Identity::load(&c.certs, "client").unwrap();
-        let ep = transport::endpoint(
-            "127.0.0.1:0".parse().unwrap(),
-            &identity,
-            false,
-            transport::LINK_TIMEOUT,
-        )
-        .unwrap();
+        let ep = dialer(&identity);
         let conn = transport::dial(&ep, &master.addr).await.unwrap();
 
         // Garbage body.
@@ -249,13 +241,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
         let other = c.path("other-certs");
         tls::make_cluster_certs(&other).unwrap();
         let foreign = tls::Identity::load(&other, "client").unwrap();
-        let ep2 = transport::endpoint(
-            "127.0.0.1:0".parse().unwrap(),
-            &foreign,
-            false,
-            transport::LINK_TIMEOUT,
-        )
-        .unwrap();
+        let ep2 = dialer(&foreign);
         let refused = async {
             let conn = transport::dial(&ep2, &master.addr).await?;
             let mut s = FramedStream::open(&conn, 1 << 20).await?;
@@ -337,17 +323,23 @@ fn disconnected_master_pauses_and_resumes() {
         let client = Client::connect(client_config(&c)).await.unwrap();
         let job = job_in_flight(&client, &corpus).await;
         proxy.cut();
-        eventually(Duration::from_secs(10), "the master to pause", || {
-            let log = c.log("m");
-            async move { log.contains("pausing assignments") }
+        let seen = |event: Event| {
+            c.audit()
+                .iter()
+                .filter(|e| e.node == "m" && e.event == event)
+                .count()
+        };
+        eventually(Duration::from_secs(10), "the master to pause", || async {
+            seen(Event::AssignmentsPaused) > 0
         })
         .await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         proxy.heal();
         assert_exact(&job, &baseline, &c.path("out.tsv")).await;
+        assert_eq!(seen(Event::AssignmentsPaused), 1, "{}", c.log("m"));
+        assert_eq!(seen(Event::AssignmentsResumed), 1, "{}", c.log("m"));
+        assert_eq!(seen(Event::MasterStopped), 0, "{}", c.log("m"));
         let log = c.log("m");
-        assert_eq!(log.matches("pausing assignments").count(), 1, "{log}");
-        assert_eq!(log.matches("resuming assignments").count(), 1, "{log}");
         assert!(!log.contains("session expired"), "{log}");
         let now = ringleader::coord::read_master(&zk, &c.layout())
             .await
@@ -389,10 +381,15 @@ fn worker_cut_from_master_is_suspected_and_comes_back() {
         let client = Client::connect(client_config(&c)).await.unwrap();
         let job = job_in_flight(&client, &corpus).await;
         proxy.block(w1_listen.parse().unwrap(), true);
-        eventually(Duration::from_secs(15), "the master to suspect w1", || {
-            let log = c.log("m");
-            async move { log.contains("worker link lost") }
-        })
+        eventually(
+            Duration::from_secs(15),
+            "the master to suspect w1",
+            || async {
+                c.audit()
+                    .iter()
+                    .any(|e| matches!(&e.event, Event::WorkerLost { worker, .. } if worker == "w1"))
+            },
+        )
         .await;
         let registered = zk
             .check_stat(&format!("{}/w1", c.layout().workers()))
@@ -404,9 +401,13 @@ fn worker_cut_from_master_is_suspected_and_comes_back() {
         );
         proxy.block(w1_listen.parse().unwrap(), false);
         assert_exact(&job, &baseline, &c.path("out.tsv")).await;
-        eventually(Duration::from_secs(20), "w1 to reconnect", || {
-            let log = c.log("w1");
-            async move { log.matches("connected to master").count() >= 2 }
+        eventually(Duration::from_secs(20), "w1 to reconnect", || async {
+            let joins = c
+                .audit()
+                .iter()
+                .filter(|e| e.node == "w1" && matches!(e.event, Event::LinkedToMaster { .. }))
+                .count();
+            joins >= 2
         })
         .await;
     });

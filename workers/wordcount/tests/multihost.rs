@@ -555,11 +555,10 @@ fn the_readme_walkthrough_runs_on_separate_hosts() {
         let args: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(args[0], "wordcount", "{line}");
         let host = match args[1] {
+            // The node's host is named after its identity's directory
+            // (its id comes from the certificate there).
             "node" => {
-                let at = args
-                    .iter()
-                    .position(|a| *a == "--node-id")
-                    .expect("--node-id");
+                let at = args.iter().position(|a| *a == "--certs").expect("--certs");
                 Some(args[at + 1])
             }
             "submit" => Some("laptop"),

@@ -267,7 +267,7 @@ fn prometheus_scrapes_every_role_and_every_panel_has_data() {
         .unwrap()
         .iter()
         .collect();
-    assert_eq!(loaded.len(), 5);
+    assert_eq!(loaded.len(), 6);
     assert!(loaded.iter().all(|r| r["health"] == "ok"), "{loaded:?}");
     let firing: Vec<_> = loaded
         .iter()

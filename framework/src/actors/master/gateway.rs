@@ -3,7 +3,9 @@
 //! checked, then frames both ways for as long as the link lives), a
 //! submission (`Submit` and its chunks, bounded by `--max-job-bytes`), a
 //! watch (`WatchJob`: frames the master pushes until the job ends) or one
-//! client request. A node that is not master answers `NotMaster`.
+//! client request. A node that is not master answers `NotMaster`. A
+//! worker's link is accepted only from the node certificate whose id is
+//! the one the hello claims.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,7 +19,7 @@ use super::{
 };
 use crate::core::job::task_bytes;
 use crate::metrics as m;
-use crate::transport::{self, Endpoint, FramedStream, TransportError};
+use crate::transport::{self, Endpoint, FramedStream, Peer, TransportError};
 use crate::wire::{Frame, WireError, PROTOCOL_VERSION};
 
 /// Tells a worker's links apart across reconnections.
@@ -31,10 +33,11 @@ pub(crate) async fn serve(
     max_frame: usize,
     max_job_bytes: usize,
 ) {
-    transport::serve(endpoint, max_frame, move |stream, remote| {
+    transport::serve(endpoint, max_frame, move |stream, peer| {
         let route = route.clone();
         async move {
-            if let Err(e) = handle_stream(stream, route, max_job_bytes).await {
+            let remote = peer.addr;
+            if let Err(e) = handle_stream(stream, peer, route, max_job_bytes).await {
                 tracing::debug!(%remote, error = %e, "stream ended with an error");
             }
         }
@@ -50,8 +53,28 @@ async fn refuse(stream: &mut FramedStream, e: &WireError) {
     stream.refuse();
 }
 
+/// Why the certificate of `peer` may not register as worker `node_id`, if
+/// it may not: only the node certificate of that id may.
+pub(crate) fn worker_refusal(peer: &transport::PeerId, node_id: &str) -> Option<String> {
+    if peer.is_node(node_id) {
+        return None;
+    }
+    Some(match peer.role {
+        transport::Role::Node => format!(
+            "the certificate of node {} may not register as node {node_id}: a node joins \
+             under the id its certificate names",
+            peer.name
+        ),
+        _ => format!(
+            "the certificate of {peer} may not register as a worker: only node certificates \
+             may (`certs issue --node ID`)"
+        ),
+    })
+}
+
 async fn handle_stream(
     mut stream: FramedStream,
+    peer: Peer,
     route: watch::Receiver<Option<Addr<Master>>>,
     max_job_bytes: usize,
 ) -> Result<(), TransportError> {
@@ -85,6 +108,11 @@ async fn handle_stream(
                     "protocol version {version} is not supported (this node speaks \
                      {PROTOCOL_VERSION})"
                 );
+                return Ok(stream.reply(&Frame::Error { message }).await?);
+            }
+            if let Some(message) = worker_refusal(&peer.id, &node_id) {
+                metrics::counter!(m::PEER_REFUSALS, "reason" => "role").increment(1);
+                tracing::warn!(peer = %peer.id, addr = %peer.addr, claimed = %node_id, "refused a worker: {message}");
                 return Ok(stream.reply(&Frame::Error { message }).await?);
             }
             return worker_link(stream, master, node_id, slots, jobs).await;

@@ -176,6 +176,14 @@ pub(crate) struct Master {
     retention: Retention,
     /// Jobs the collector is deleting now: a submission of one is refused.
     collecting: HashSet<String>,
+    /// Jobs that may have objects in the store no record names: a run of
+    /// theirs was lost with its worker's link (its output may have been
+    /// written, its report never handled), or they were inherited at
+    /// takeover (the old master's knowledge of such runs went with it).
+    /// Their store directories are listed and emptied when they are
+    /// collected. (A worker whose run ends after its link deletes the
+    /// output it wrote itself: no master saw its report.)
+    may_orphan: HashSet<String>,
     /// Records of retained jobs (done and fetched, or cancelled: they
     /// change no more), read once by the collector.
     retained: HashMap<String, StoredJob>,
@@ -203,11 +211,13 @@ impl Handler<Connected> for Master {
                     epoch = self.store.epoch(),
                     "disconnected from ZooKeeper: pausing assignments"
                 );
+                self.audit(Event::AssignmentsPaused);
             } else {
                 tracing::info!(
                     epoch = self.store.epoch(),
                     "reconnected to ZooKeeper: resuming assignments"
                 );
+                self.audit(Event::AssignmentsResumed);
                 self.dispatch(ctx);
             }
         }
@@ -238,6 +248,7 @@ impl Master {
             gc_running: false,
             retention,
             collecting: HashSet::new(),
+            may_orphan: HashSet::new(),
             retained: HashMap::new(),
             paused: false,
             wake_at: None,
@@ -323,6 +334,7 @@ impl Master {
     /// to the queue.
     fn drop_worker(&mut self, ctx: &mut Context<Self>, node_id: &str) {
         self.links.remove(node_id);
+        self.may_orphan.extend(self.sched.jobs_on(node_id));
         metrics::counter!(m::SHARDS_REASSIGNED).increment(self.sched.running_on(node_id) as u64);
         let cmds = self.sched.remove_worker(node_id);
         self.run(ctx, cmds);
@@ -752,14 +764,32 @@ impl Master {
             }
             act.collecting = due;
             let store = act.store.clone();
-            let collect = async move { store.collect(&victims).await.map(|()| victims.len()) };
-            ctx.spawn(collect.into_actor(act).map(|res, act, ctx| {
+            let sweep: Vec<String> = victims
+                .iter()
+                .filter(|j| act.may_orphan.contains(&j.id))
+                .map(|j| j.id.clone())
+                .collect();
+            let collect = {
+                let sweep = sweep.clone();
+                async move {
+                    store
+                        .collect(&victims, &sweep)
+                        .await
+                        .map(|()| victims.len())
+                }
+            };
+            ctx.spawn(collect.into_actor(act).map(move |res, act, ctx| {
                 act.gc_running = false;
                 act.collecting.clear();
                 match res {
                     Err(e) if e.is_session_end() => act.fail(ctx, &e),
                     Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
-                    Ok(n) => tracing::debug!(jobs = n, "removed collected jobs from ZooKeeper"),
+                    Ok(n) => {
+                        tracing::debug!(jobs = n, "removed collected jobs from ZooKeeper");
+                        for id in &sweep {
+                            act.may_orphan.remove(id);
+                        }
+                    }
                 }
             }));
         }));
@@ -807,7 +837,9 @@ impl Actor for Master {
             let (writing, jobs): (Vec<StoredJob>, Vec<StoredJob>) = jobs
                 .into_iter()
                 .partition(|job| job.record.status == JobStatus::Writing);
-            store.collect(&writing).await?;
+            let inherited: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+            let writing_ids: Vec<String> = writing.iter().map(|j| j.id.clone()).collect();
+            store.collect(&writing, &writing_ids).await?;
             let pending: Vec<StoredJob> = jobs
                 .into_iter()
                 .filter(|job| job.record.status == JobStatus::Accepted)
@@ -818,14 +850,15 @@ impl Actor for Master {
                 publish_ms = (started.elapsed() - listed).as_millis() as u64,
                 "takeover steps"
             );
-            Ok::<_, CoordError>((pending, started.elapsed()))
+            Ok::<_, CoordError>((pending, inherited, started.elapsed()))
         };
         // `wait`: no message is handled before the takeover is done. The
         // unfinished jobs are then read in the background while the master
         // serves (see `load_jobs`), so its time to serving does not grow
         // with the work left behind.
         ctx.wait(recovery.into_actor(self).map(|res, act, ctx| match res {
-            Ok((pending, took)) => {
+            Ok((pending, inherited, took)) => {
+                act.may_orphan.extend(inherited);
                 tracing::info!(
                     epoch = act.store.epoch(),
                     jobs = pending.len(),
@@ -895,6 +928,7 @@ impl Actor for Master {
         let store = self.store.clone();
         actix::spawn(async move { store.abdicate().await });
         tracing::info!(epoch = self.store.epoch(), "master stopped");
+        self.audit(Event::MasterStopped);
     }
 }
 

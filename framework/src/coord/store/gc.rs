@@ -1,6 +1,8 @@
 //! Deleting collected jobs: their znodes (listed level by level, deleted
-//! in shared fenced multis under the request budget) and the store objects
-//! their records name.
+//! in shared fenced multis under the request budget), the store objects
+//! their records name, and, for jobs that may have objects no record
+//! names (a run lost with its link), everything in their store
+//! directories.
 
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use zookeeper_client::Error as ZkError;
 use super::{retry_loss, LeaderStore, Op, StoredJob};
 use crate::coord::records::{JobStatus, OutputRef};
 use crate::coord::zk::CoordError;
+use crate::store::Store;
 
 /// Deletes per transaction of a deletion.
 const DELETE_CHUNK: usize = 200;
@@ -21,7 +24,9 @@ impl LeaderStore {
     /// of a finished job, the committed outputs of a cancelled one). The
     /// reads are pipelined across the victims, and their znodes go in
     /// shared transactions: a thousand small jobs cost a few round trips.
-    pub async fn collect(&self, victims: &[StoredJob]) -> Result<(), CoordError> {
+    /// The store directories of the jobs `sweep` names are emptied too
+    /// (see [`LeaderStore::sweep_store`]).
+    pub async fn collect(&self, victims: &[StoredJob], sweep: &[String]) -> Result<(), CoordError> {
         let results = futures::future::join_all(victims.iter().map(|j| self.read_result(&j.id)));
         let mut outputs: Vec<OutputRef> = Vec::new();
         for r in results.await {
@@ -58,7 +63,33 @@ impl LeaderStore {
             Err(e) => return Err(e),
         }
         self.delete_outputs(&outputs).await;
+        self.sweep_store(sweep).await;
         Ok(())
+    }
+
+    /// Deletes every object in the store directories of the jobs `ids`
+    /// (their shard outputs and results), named by records or not: what a
+    /// run lost with its worker's link may have left. Directories are
+    /// whole path segments, so job `a` never touches job `a.b`'s. A
+    /// failure is logged, and the objects are left behind.
+    pub async fn sweep_store(&self, ids: &[String]) {
+        for id in ids {
+            for dir in [Store::job_dir(id), Store::result_dir(id)] {
+                let swept = match dir {
+                    Ok(dir) => self.store.delete_dir(&dir).await,
+                    Err(e) => Err(e),
+                };
+                match swept {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::debug!(job = %id, objects = n, "deleted objects no record named")
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %id, error = %e, "cannot empty a collected job's store directory")
+                    }
+                }
+            }
+        }
     }
 
     /// Deletes a subtree with fenced multis under the request budget.
