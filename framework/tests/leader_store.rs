@@ -26,6 +26,7 @@ fn record() -> JobRecord {
         created_ms: 0,
         fetched_ms: None,
         digest: None,
+        owner: None,
     }
 }
 

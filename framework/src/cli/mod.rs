@@ -99,8 +99,10 @@ struct NodeArgs {
     /// Requested ZooKeeper session timeout.
     #[arg(long, env = "RINGLEADER_SESSION_TIMEOUT_MS", default_value_t = 4000)]
     session_timeout_ms: u64,
-    /// Serve Prometheus metrics here.
-    #[arg(long, env = "RINGLEADER_METRICS_ADDR")]
+    /// Serve Prometheus metrics here: PORT (on loopback) or IP:PORT. An
+    /// address others can reach is warned about: keep it on a private
+    /// network, or behind a proxy with TLS and authentication.
+    #[arg(long, env = "RINGLEADER_METRICS_ADDR", value_parser = metrics_addr)]
     metrics_addr: Option<SocketAddr>,
     /// Largest frame accepted, in bytes.
     #[arg(long, env = "RINGLEADER_MAX_FRAME", default_value_t = crate::wire::DEFAULT_MAX_FRAME)]
@@ -974,11 +976,28 @@ async fn run_to_end(
     tasks_failed(id, &report)
 }
 
+/// `--metrics-addr`: a bare port is on loopback.
+fn metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)));
+    }
+    s.parse()
+        .map_err(|e| format!("{e}: want PORT (on loopback) or IP:PORT"))
+}
+
 fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
     if let Some(addr) = a.metrics_addr {
         crate::metrics::install(addr)
             .with_context(|| format!("starting the metrics exporter on {addr}"))?;
         tracing::info!("metrics at http://{addr}/metrics");
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "the metrics page is open to every host that reaches {addr}: it names job \
+                 types, workers and versions; keep it on a private network or behind a proxy \
+                 with TLS and authentication (a bare --metrics-addr PORT binds to loopback)"
+            );
+        }
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let data_dir = a

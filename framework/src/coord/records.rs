@@ -72,6 +72,12 @@ pub struct JobRecord {
     /// resubmission of this id with other tasks or options is refused.
     #[serde(default)]
     pub digest: Option<ByteBuf>,
+    /// Who submitted it (`transport::PeerId::principal`: `client:<name>`
+    /// or `node:<id>`): only it, an admin or a node may read, watch or
+    /// cancel it. `None` in records of earlier versions (anyone may).
+    /// Last, and left out when `None`: records stay readable both ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl JobRecord {

@@ -143,6 +143,22 @@ impl PeerId {
     pub fn is_node(&self, id: &str) -> bool {
         self.role == Role::Node && self.name == id
     }
+
+    /// Whom the jobs it submits belong to: `client:<name>` for a client
+    /// or an admin (one person, whatever role their certificate gives),
+    /// `node:<id>` for a node.
+    pub fn principal(&self) -> String {
+        match self.role {
+            Role::Node => format!("node:{}", self.name),
+            Role::Client | Role::Admin => format!("client:{}", self.name),
+        }
+    }
+
+    /// Whether it may act on every client's jobs: admins, and nodes (the
+    /// cluster's own members, which hold its data anyway).
+    pub fn acts_for_all(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Node)
+    }
 }
 
 /// What is read from a certificate: its identity and when it expires.

@@ -697,3 +697,100 @@ fn a_certificate_registers_only_as_the_node_it_names() {
         "{audit:?}"
     );
 }
+
+/// Jobs belong to the client that submitted them: another client can
+/// neither read, watch, cancel, list nor resubmit them (refused, logged
+/// and counted); an admin can, and so can the owner.
+#[test]
+fn a_clients_jobs_are_its_own_unless_an_admin_asks() {
+    use probe::{Behaviour, Probe};
+    use ringleader::client::SubmitOptions;
+    use ringleader::transport::tls::{self, Role};
+    use ringleader::{Client, Collect};
+    let mut c = Cluster::new(BIN);
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    c.node("n0", &["--metrics-addr", &metrics]);
+    let dir = |name: &str| {
+        let d = c.path(&format!("{name}-certs"));
+        tls::issue_to(&c.certs, Role::Client, name, &d).unwrap();
+        d
+    };
+    let (alice_dir, bob_dir) = (dir("alice"), dir("bob"));
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+        let connect = |certs: &Path| {
+            let mut cfg = client_config(&c);
+            cfg.certs = certs.to_path_buf();
+            Client::connect(cfg)
+        };
+        let alice = connect(&alice_dir).await.unwrap();
+        let bob = connect(&bob_dir).await.unwrap();
+        let admin = connect(&c.certs).await.unwrap();
+        let tasks: Vec<Probe> = (0..4)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::Sleep(300),
+            })
+            .collect();
+        let opts = SubmitOptions {
+            job_id: Some("alices".into()),
+            shard_size: Some(1),
+            ..Default::default()
+        };
+        let job = alice
+            .submit::<Collect<Probe>>(tasks.clone(), opts.clone())
+            .await
+            .unwrap();
+        let theirs = "job alices belongs to client alice";
+        let refused = |r: Result<String, ringleader::client::ClientError>| match r {
+            Err(e) => assert!(e.to_string().contains(theirs), "{e}"),
+            Ok(what) => panic!("bob was served: {what}"),
+        };
+        refused(bob.progress("alices").await.map(|p| format!("{p:?}")));
+        refused(bob.cancel("alices").await.map(|()| "cancel".into()));
+        refused(
+            bob.job::<Collect<Probe>>("alices")
+                .result()
+                .await
+                .map(|r| format!("{r:?}")),
+        );
+        refused(
+            bob.submit::<Collect<Probe>>(tasks, opts)
+                .await
+                .map(|_| "resubmission".into()),
+        );
+        let listed = bob.jobs().await.unwrap();
+        assert!(listed.iter().all(|j| j.job_id != "alices"), "{listed:?}");
+        let status = bob.status().await.unwrap();
+        assert!(status.jobs.iter().all(|j| j.job_id != "alices"));
+        // An admin sees it; its owner fetches it.
+        assert!(admin
+            .jobs()
+            .await
+            .unwrap()
+            .iter()
+            .any(|j| j.job_id == "alices"));
+        admin.progress("alices").await.unwrap();
+        assert!(alice
+            .jobs()
+            .await
+            .unwrap()
+            .iter()
+            .any(|j| j.job_id == "alices"));
+        let (results, _) = job.result().await.unwrap();
+        assert_eq!(results.len(), 4);
+    });
+    let refusals = scrape(
+        &metrics,
+        "ringleader_peer_refusals_total",
+        "reason=\"not_owner\"",
+    );
+    assert!(refusals >= 4.0, "{refusals} refusals counted");
+    let log = c.log("n0");
+    assert!(
+        log.contains("refused a request on another client's job")
+            && log.contains("peer=client bob"),
+        "{log}"
+    );
+}

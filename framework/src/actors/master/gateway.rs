@@ -13,6 +13,7 @@ use actix::prelude::*;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, watch};
 
+use super::access::Authorize;
 use super::{
     ClientRequest, GetEpoch, Master, Report, Started, Submit, Watch, WorkerDrain, WorkerJoined,
     WorkerLeft,
@@ -95,6 +96,18 @@ async fn handle_stream(
     if m::CLIENT_REQUEST_KINDS.contains(&first.name()) {
         metrics::counter!(m::CLIENT_REQUESTS, "request" => first.name()).increment(1);
     }
+    // A request that names a job: only its owner, an admin or a node.
+    if let Some(job_id) = addressed_job(&first) {
+        let asked = master.send(Authorize {
+            peer: peer.id.clone(),
+            job_id: job_id.to_string(),
+        });
+        match asked.await {
+            Ok(None) => {}
+            Ok(Some(message)) => return Ok(stream.reply(&Frame::Error { message }).await?),
+            Err(_) => return Ok(stream.reply(&Frame::NotMaster).await?),
+        }
+    }
     let answer = match first {
         Frame::WorkerHello {
             version,
@@ -150,6 +163,7 @@ async fn handle_stream(
                     header,
                     tasks,
                     bytes,
+                    peer: peer.id,
                 })
                 .await
         }
@@ -162,13 +176,32 @@ async fn handle_stream(
         | Frame::FetchResult { .. }
         | Frame::Cancel { .. }
         | Frame::PlanJob { .. }
-        | Frame::ListJobs) => master.send(ClientRequest(other)).await,
+        | Frame::ListJobs) => {
+            master
+                .send(ClientRequest {
+                    frame: other,
+                    peer: peer.id,
+                })
+                .await
+        }
         other => {
             let message = format!("unexpected first frame {}", other.name());
             return Ok(stream.reply(&Frame::Error { message }).await?);
         }
     };
     Ok(stream.reply(&answer.unwrap_or(Frame::NotMaster)).await?)
+}
+
+/// The job a client request names, if it names one.
+fn addressed_job(frame: &Frame) -> Option<&str> {
+    match frame {
+        Frame::GetJob { job_id }
+        | Frame::FetchResult { job_id }
+        | Frame::Cancel { job_id }
+        | Frame::WatchJob { job_id, .. }
+        | Frame::StreamJob { job_id, .. } => Some(job_id),
+        _ => None,
+    }
 }
 
 /// A watch: what the master pushes for the job is written until a frame

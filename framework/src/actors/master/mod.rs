@@ -11,6 +11,7 @@
 //! pushed); [`load`] reads jobs back after a failover; [`gateway`] owns the
 //! streams a node accepts (worker links, submissions, watches, requests).
 
+mod access;
 mod cancel;
 mod fetch;
 pub(crate) mod gateway;
@@ -942,13 +943,17 @@ impl Handler<Stop> for Master {
 /// Any other client request (`GetJob`, `GetStatus`, `FetchResult`, `Cancel`).
 #[derive(Message)]
 #[rtype(result = "Frame")]
-pub(crate) struct ClientRequest(pub Frame);
+pub(crate) struct ClientRequest {
+    pub frame: Frame,
+    /// Who asks: listings show only what it may see.
+    pub peer: crate::transport::PeerId,
+}
 
 impl Handler<ClientRequest> for Master {
     type Result = ResponseActFuture<Self, Frame>;
     fn handle(&mut self, msg: ClientRequest, ctx: &mut Context<Self>) -> Self::Result {
-        match msg.0 {
-            Frame::GetStatus => Box::pin(fut::ready(self.status())),
+        match msg.frame {
+            Frame::GetStatus => Box::pin(fut::ready(self.status(&msg.peer))),
             Frame::GetJob { job_id } => self.get_job(job_id),
             Frame::FetchResult { job_id } => self.fetch(job_id),
             Frame::Cancel { job_id } => self.cancel(ctx, job_id),
@@ -963,7 +968,7 @@ impl Handler<ClientRequest> for Master {
                 shard_size,
                 shape.as_deref(),
             ))),
-            Frame::ListJobs => self.list_jobs(),
+            Frame::ListJobs => self.list_jobs(&msg.peer),
             other => Box::pin(fut::ready(error(format!(
                 "unexpected request {}",
                 other.name()
@@ -1034,6 +1039,7 @@ mod tests {
             created_ms: 0,
             fetched_ms: None,
             digest: None,
+            owner: None,
         };
         let stored = StoredJob {
             id: "j".into(),

@@ -4,16 +4,18 @@
 
 use actix::prelude::*;
 
+use super::access::visible;
 use super::{answer, error, Master};
 use crate::coord::{CoordError, JobStatus, LeaderStore, ResultRecord, StoredJob};
 use crate::core::Counters;
+use crate::transport::PeerId;
 use crate::wire::{
     ClusterStatus, Frame, JobPlanInfo, JobProgress, JobState, JobSummary, WorkerStatus,
 };
 
 impl Master {
     /// The cluster as this master sees it.
-    pub(super) fn status(&self) -> Frame {
+    pub(super) fn status(&self, peer: &PeerId) -> Frame {
         let workers = self
             .registered
             .iter()
@@ -31,8 +33,9 @@ impl Master {
             .collect();
         let jobs = self
             .jobs
-            .keys()
-            .filter_map(|id| self.progress(id))
+            .iter()
+            .filter(|(_, rt)| visible(rt.stored.record.owner.as_deref(), peer))
+            .filter_map(|(id, _)| self.progress(id))
             .collect();
         Frame::Status(ClusterStatus {
             leader: self.settings.node_id.clone(),
@@ -115,10 +118,12 @@ impl Master {
     /// `ListJobs`: running jobs from memory, retained ones from the
     /// collector's cache (their records change no more), the rest read
     /// from ZooKeeper; newest first.
-    pub(super) fn list_jobs(&self) -> ResponseActFuture<Self, Frame> {
+    /// Only the jobs `peer` may see ([`visible`]).
+    pub(super) fn list_jobs(&self, peer: &PeerId) -> ResponseActFuture<Self, Frame> {
         let running: Vec<JobSummary> = self
             .jobs
             .iter()
+            .filter(|(_, rt)| visible(rt.stored.record.owner.as_deref(), peer))
             .filter_map(|(id, rt)| {
                 let p = self.progress(id)?;
                 Some(JobSummary {
@@ -135,12 +140,11 @@ impl Master {
             .collect();
         let store = self.store.clone();
         let retained: Vec<StoredJob> = self.retained.values().cloned().collect();
+        let (running_ids, peer) = (self.jobs.keys().cloned(), peer.clone());
+        let known: std::collections::HashSet<String> = running_ids
+            .chain(retained.iter().map(|j| j.id.clone()))
+            .collect();
         let work = async move {
-            let known: std::collections::HashSet<String> = running
-                .iter()
-                .map(|r| r.job_id.clone())
-                .chain(retained.iter().map(|j| j.id.clone()))
-                .collect();
             let listed = store.list_job_ids().await?;
             let present: std::collections::HashSet<&String> = listed.iter().collect();
             let unknown: Vec<String> = listed
@@ -151,6 +155,9 @@ impl Master {
             let mut all = running;
             let cached = retained.into_iter().filter(|j| present.contains(&j.id));
             for job in store.read_jobs(&unknown).await?.into_iter().chain(cached) {
+                if !visible(job.record.owner.as_deref(), &peer) {
+                    continue;
+                }
                 let p = stored_progress(&job, None);
                 all.push(JobSummary {
                     job_id: job.id,

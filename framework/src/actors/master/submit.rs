@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde_bytes::ByteBuf;
 
+use super::access::refusal;
 use super::load::Loaded;
 use super::{error, JobRuntime, Master};
 use crate::coord::{submission_digest, CoordError, JobRecord, JobStatus};
@@ -28,6 +29,9 @@ pub(crate) struct Submit {
     /// ([`crate::core::job::task_bytes`]), counted
     /// by the gateway as they arrived.
     pub bytes: usize,
+    /// Who submits: the job's owner, and whether a resubmission of an
+    /// existing id may find it.
+    pub peer: crate::transport::PeerId,
 }
 
 /// What writing a submission came to.
@@ -38,6 +42,8 @@ enum Written {
     Existing,
     /// The id holds another submission.
     Refused(String),
+    /// The id is another client's job.
+    NotOwner(String, crate::transport::PeerId),
 }
 
 impl Handler<Submit> for Master {
@@ -75,7 +81,12 @@ impl Handler<Submit> for Master {
             ))));
         }
         if let Some(rt) = self.jobs.get(&h.job_id) {
-            // The same submission finds its job; another is refused.
+            // Another client's id is refused; the same submission finds
+            // its job; another is refused.
+            let why = refusal(rt.stored.record.owner.as_deref(), &msg.peer, &h.job_id);
+            if let Some(message) = self.refused(&msg.peer, &h.job_id, why) {
+                return Box::pin(fut::ready(error(message)));
+            }
             let kept = rt.stored.record.digest.clone();
             let tasks = Arc::new(msg.tasks);
             let fut = async move {
@@ -100,10 +111,16 @@ impl Handler<Submit> for Master {
         let registry = self.settings.registry.clone();
         let tasks = Arc::new(msg.tasks);
         let id = h.job_id.clone();
+        let peer = msg.peer;
+        let owner = peer.principal();
         let fut = async move {
             let digest = digest_off_thread(&h, tasks.clone()).await;
             if let Some(existing) = store.read_job(&h.job_id).await? {
                 if existing.record.status != JobStatus::Writing {
+                    let theirs = refusal(existing.record.owner.as_deref(), &peer, &h.job_id);
+                    if let Some(message) = theirs {
+                        return Ok(Written::NotOwner(message, peer));
+                    }
                     return Ok(
                         match same_submission(&h.job_id, existing.record.digest.as_ref(), &digest) {
                             Ok(()) => Written::Existing,
@@ -122,6 +139,7 @@ impl Handler<Submit> for Master {
                 created_ms: 0,
                 fetched_ms: None,
                 digest: Some(digest),
+                owner: Some(owner),
             };
             let job = store.create_job(&h.job_id, record, &tasks).await?;
             let erased = registry
@@ -177,6 +195,11 @@ impl Handler<Submit> for Master {
             }
             Ok(Written::Refused(message)) => {
                 act.ledger.abandoned(&id);
+                Frame::Error { message }
+            }
+            Ok(Written::NotOwner(message, peer)) => {
+                act.ledger.abandoned(&id);
+                let _ = act.refused(&peer, &id, Some(message.clone()));
                 Frame::Error { message }
             }
             Err(e) => {

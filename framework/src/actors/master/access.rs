@@ -1,0 +1,111 @@
+//! Who may act on a job: the identity that submitted it (its owner), an
+//! admin, or a node. Jobs of earlier versions have no owner: anyone may.
+//! The gateway asks [`Authorize`] before it hands on a request that names
+//! a job (get, fetch, watch, stream, cancel); a resubmission of an id and
+//! the listings check the same rule in place.
+
+use actix::prelude::*;
+
+use super::Master;
+use crate::metrics as m;
+use crate::transport::PeerId;
+
+/// Why `peer` may not act on a job owned by `owner`, if it may not.
+pub(crate) fn refusal(owner: Option<&str>, peer: &PeerId, job_id: &str) -> Option<String> {
+    let owner = owner?;
+    if peer.acts_for_all() || peer.principal() == owner {
+        return None;
+    }
+    let whose = owner.replacen(':', " ", 1);
+    Some(format!(
+        "job {job_id} belongs to {whose}: only it, an admin or a node may read, watch, cancel or \
+         resubmit it (your certificate is {peer}'s)"
+    ))
+}
+
+/// Whether `peer` sees a job owned by `owner` in listings.
+pub(crate) fn visible(owner: Option<&str>, peer: &PeerId) -> bool {
+    refusal(owner, peer, "").is_none()
+}
+
+/// May `peer` act on job `job_id`? `None`: yes (or there is no such job,
+/// which the request's own answer says); `Some(refusal)`: no.
+#[derive(Message)]
+#[rtype(result = "Option<String>")]
+pub(crate) struct Authorize {
+    pub peer: PeerId,
+    pub job_id: String,
+}
+
+impl Master {
+    /// Counts and logs a refusal of `peer` on `job_id`.
+    pub(super) fn refused(
+        &self,
+        peer: &PeerId,
+        job_id: &str,
+        why: Option<String>,
+    ) -> Option<String> {
+        if why.is_some() {
+            metrics::counter!(m::PEER_REFUSALS, "reason" => "not_owner").increment(1);
+            tracing::warn!(%peer, job = %job_id, "refused a request on another client's job");
+        }
+        why
+    }
+}
+
+impl Handler<Authorize> for Master {
+    type Result = ResponseActFuture<Self, Option<String>>;
+    fn handle(&mut self, msg: Authorize, _: &mut Context<Self>) -> Self::Result {
+        if msg.peer.acts_for_all() {
+            return Box::pin(fut::ready(None));
+        }
+        // Running and retained jobs are in memory; the others are read.
+        let known = self
+            .jobs
+            .get(&msg.job_id)
+            .map(|rt| &rt.stored.record)
+            .or_else(|| self.retained.get(&msg.job_id).map(|j| &j.record))
+            .map(|r| r.owner.clone());
+        if let Some(owner) = known {
+            let why = refusal(owner.as_deref(), &msg.peer, &msg.job_id);
+            return Box::pin(fut::ready(self.refused(&msg.peer, &msg.job_id, why)));
+        }
+        let store = self.store.clone();
+        let id = msg.job_id.clone();
+        let read = async move { store.read_job(&id).await };
+        Box::pin(read.into_actor(self).map(move |read, act, _| {
+            // A read that fails leaves the answer to the request itself
+            // (which reads the job again, and says what failed).
+            let owner = read.ok().flatten().and_then(|j| j.record.owner);
+            let why = refusal(owner.as_deref(), &msg.peer, &msg.job_id);
+            act.refused(&msg.peer, &msg.job_id, why)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Role;
+
+    #[test]
+    fn owners_admins_and_nodes_may_act_others_may_not() {
+        let id = |role, name| PeerId::new(role, name).expect("a valid name");
+        let alice = id(Role::Client, "alice");
+        let owner = Some(alice.principal());
+        let owner = owner.as_deref();
+        assert_eq!(refusal(owner, &alice, "j"), None);
+        assert_eq!(refusal(owner, &id(Role::Admin, "alice"), "j"), None);
+        assert_eq!(refusal(owner, &id(Role::Admin, "ops"), "j"), None);
+        assert_eq!(refusal(owner, &id(Role::Node, "n1"), "j"), None);
+        let bob = refusal(owner, &id(Role::Client, "bob"), "j").expect("bob is refused");
+        assert!(bob.contains("job j belongs to client alice"), "{bob}");
+        assert!(bob.contains("client bob's"), "{bob}");
+        // A node named like a client is not that client.
+        let node_alice = Some("node:alice");
+        assert!(refusal(node_alice, &id(Role::Client, "alice"), "j").is_some());
+        // Jobs of earlier versions have no owner.
+        assert_eq!(refusal(None, &id(Role::Client, "bob"), "j"), None);
+        assert!(visible(owner, &alice) && !visible(owner, &id(Role::Client, "bob")));
+    }
+}
