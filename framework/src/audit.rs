@@ -115,6 +115,12 @@ pub enum Event {
         /// The master's node id.
         master: String,
     },
+    /// The node read its certificate directory again (SIGHUP); the entry's
+    /// epoch is 0.
+    CertificatesReloaded {
+        /// Serial numbers its revocation lists name.
+        revoked: u64,
+    },
 }
 
 /// One line of the log.

@@ -375,6 +375,12 @@ impl Client {
                     return Err(ClientError::ReplyTooLarge { len, max })
                 }
                 Err(e) => {
+                    // This host's certificate refused (revoked, another
+                    // CA): known now, and the same at every retry.
+                    let addr = conn.remote_address().to_string();
+                    if let Some(refusal) = transport::refused(&conn, &addr) {
+                        return Err(refusal.into());
+                    }
                     if tokio::time::Instant::now() >= deadline {
                         return Err(e.into());
                     }

@@ -79,13 +79,14 @@ pub const PEER_REFUSALS: &str = "ringleader_peer_refusals_total";
 /// its certificate carries no identity; a node dialled was not the node
 /// ZooKeeper names; a certificate may not do what it asked (a client
 /// registering as a worker, a node claiming another's id); a client acted
-/// on another client's job.
+/// on another client's job; a live connection's certificate was revoked.
 pub const PEER_REFUSAL_REASONS: &[&str] = &[
     "handshake",
     "no_identity",
     "not_the_node",
     "role",
     "not_owner",
+    "revoked",
 ];
 /// Counter: frames refused as malformed or oversized.
 pub const FRAME_ERRORS: &str = "ringleader_frame_errors_total";
@@ -199,7 +200,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(QUIC_CONNECTIONS, Kind::Gauge, "", "connections", "all", "Open QUIC connections of the node's endpoint."),
     metric(FRAMES, Kind::Counter, "direction", "frames", "all", "Frames sent and received."),
     metric(FRAME_BYTES, Kind::Counter, "direction", "bytes", "all", "Bytes of frames sent and received."),
-    metric(PEER_REFUSALS, Kind::Counter, "reason", "connections", "all", "Peers refused for who they are: a failed handshake (another CA, an expired certificate), no identity in the certificate, a dialled node that is not the one ZooKeeper names, a role that may not do what it asked (a client registering as a worker, a node claiming another's id), or a client acting on another client's job."),
+    metric(PEER_REFUSALS, Kind::Counter, "reason", "connections", "all", "Peers refused for who they are: a failed handshake (another CA, an expired certificate), no identity in the certificate, a dialled node that is not the one ZooKeeper names, a role that may not do what it asked (a client registering as a worker, a node claiming another's id), a client acting on another client's job, or a live connection whose certificate was revoked (SIGHUP with a new crl.pem)."),
     metric(FRAME_ERRORS, Kind::Counter, "", "frames", "master", "Frames refused as malformed or oversized."),
     metric(ZK_TRANSACTIONS, Kind::Counter, "", "transactions", "master", "Fenced ZooKeeper transactions sent by the master's group-commit writer; each carries the writes (commits, job creations, finishes, deletions) that waited together, so under load there are fewer than writes."),
     metric(CLIENT_REQUESTS, Kind::Counter, "request", "requests", "master", "Client requests received, by kind (Submit, WatchJob, GetJob, GetStatus, FetchResult, Cancel)."),

@@ -297,11 +297,21 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
             metrics::gauge!(m::QUIC_CONNECTIONS).set(sampled.open_connections() as f64);
         }
     });
+    let (revoked_tx, revoked_rx) = watch::channel(identity.revoked());
     actix::spawn(gateway::serve(
         endpoint.clone(),
         route_rx,
         config.max_frame,
         config.max_job_bytes,
+        revoked_rx,
+    ));
+    actix::spawn(reload_on_hangup(
+        endpoint.clone(),
+        config.certs.clone(),
+        node_id.clone(),
+        config.link_timeout,
+        revoked_tx,
+        audit.clone(),
     ));
     let layout = Layout::new(&config.cluster);
     let mut shutdown = Box::pin(shutdown_signal());
@@ -485,6 +495,55 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     audit.sync();
     tracing::info!(node = %node_id, "node stopped");
     Ok(())
+}
+
+/// On SIGHUP, reads the node's certificate directory again (its
+/// certificate and key, `ca.pem`, `crl.pem`) and puts it in use for new
+/// connections; live connections of certificates now revoked are closed.
+/// A directory that no longer loads, or names another node, is refused
+/// (logged) and the one in use stays.
+async fn reload_on_hangup(
+    mut endpoint: transport::Endpoint,
+    certs: std::path::PathBuf,
+    node_id: String,
+    link_timeout: Duration,
+    revoked: watch::Sender<Arc<std::collections::HashSet<Vec<u8>>>>,
+    audit: crate::audit::Audit,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let loaded = tls::Identity::node(&certs, Some(&node_id), || node_id.clone())
+            .map_err(transport::TransportError::from)
+            .and_then(|identity| {
+                transport::reload(&mut endpoint, &identity, true, link_timeout)?;
+                Ok(identity)
+            });
+        match loaded {
+            Ok(identity) => {
+                let serials = identity.revoked();
+                tracing::info!(
+                    certs = %certs.display(),
+                    revoked = serials.len(),
+                    "SIGHUP: certificates reloaded"
+                );
+                audit.record(
+                    0,
+                    crate::audit::Event::CertificatesReloaded {
+                        revoked: serials.len() as u64,
+                    },
+                );
+                revoked.send_replace(serials);
+            }
+            Err(e) => tracing::error!(
+                certs = %certs.display(),
+                error = %e,
+                "SIGHUP: cannot reload the certificates; the ones in use stay"
+            ),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -335,7 +335,11 @@ async fn serve(
         addr: master.addr.clone(),
         reason,
     };
-    let epoch = match stream.request(&[hello]).await? {
+    let answer = match stream.request(&[hello]).await {
+        Ok(answer) => answer,
+        Err(e) => return Err(transport::refused(&conn, &master.addr).unwrap_or(e)),
+    };
+    let epoch = match answer {
         Frame::Welcome { epoch } if epoch >= master.epoch => epoch,
         Frame::Welcome { epoch } => return Err(refused(format!("stale master epoch {epoch}"))),
         Frame::Error { message } => return Err(refused(message)),

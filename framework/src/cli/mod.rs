@@ -283,9 +283,24 @@ enum CertsAction {
         /// client's jobs).
         #[arg(long, value_name = "NAME", group = "identity")]
         admin: Option<String>,
+        /// Also trust the CA certificates in FILE (a CA rollover: the new
+        /// CA's hosts trust the old one until every host has moved).
+        #[arg(long, value_name = "FILE")]
+        trust: Vec<PathBuf>,
         /// Where to write it.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Revoke a certificate issued by the CA: ca-dir/crl.pem is written
+    /// again listing it. Copy crl.pem beside ca.pem on every host and send
+    /// the nodes SIGHUP.
+    Revoke {
+        /// The CA made by `certs init`.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The certificate to revoke (node.pem or client.pem).
+        #[arg(long)]
+        cert: PathBuf,
     },
 }
 
@@ -751,11 +766,21 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
                 ca_dir.display()
             );
         }
+        Some(CertsAction::Revoke { ca_dir, cert }) => {
+            let id = tls::revoke(&ca_dir, &cert)
+                .with_context(|| format!("revoking {}", cert.display()))?;
+            println!(
+                "revoked {id}: copy {} beside ca.pem on every host and send the nodes SIGHUP \
+                 (its live connections are closed, new ones refused)",
+                ca_dir.join("crl.pem").display()
+            );
+        }
         Some(CertsAction::Issue {
             ca_dir,
             node,
             client,
             admin,
+            trust,
             out,
         }) => {
             let (role, name) = match (node, client, admin) {
@@ -766,6 +791,10 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
             };
             tls::issue_to(&ca_dir, role, &name, &out)
                 .with_context(|| format!("issuing {name} into {}", out.display()))?;
+            for extra in &trust {
+                tls::trust(&out, extra)
+                    .with_context(|| format!("adding {} to {}", extra.display(), out.display()))?;
+            }
             println!(
                 "issued {name} into {}: copy that directory to its host (it holds no CA key)",
                 out.display()

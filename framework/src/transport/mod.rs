@@ -21,6 +21,11 @@ const REFUSED: u32 = 0x52;
 /// The identity the peer's certificate carries (checked against the
 /// cluster CA by the handshake).
 pub fn peer_id(conn: &Connection) -> Result<PeerId, String> {
+    peer_id_and_serial(conn).map(|(id, _)| id)
+}
+
+/// [`peer_id`], and the certificate's serial number.
+fn peer_id_and_serial(conn: &Connection) -> Result<(PeerId, Vec<u8>), String> {
     let certs = conn
         .peer_identity()
         .and_then(|any| {
@@ -31,7 +36,7 @@ pub fn peer_id(conn: &Connection) -> Result<PeerId, String> {
     let leaf = certs
         .first()
         .ok_or_else(|| "the peer presented no certificate".to_string())?;
-    PeerId::of_cert(leaf)
+    PeerId::with_serial(leaf)
 }
 
 /// Closes `conn` as refused, with the reason the peer will report.
@@ -51,6 +56,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Its identity.
     pub id: PeerId,
+    /// Its certificate's serial number.
+    pub serial: Vec<u8>,
 }
 
 /// Errors of the transport.
@@ -148,13 +155,7 @@ pub fn endpoint(
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
     socket.bind(&addr.into()).map_err(bind_err)?;
-    let server = if serve {
-        let mut s = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
-        s.transport_config(transport_config(link_timeout, false));
-        Some(s)
-    } else {
-        None
-    };
+    let (server, client) = configs(identity, serve, link_timeout)?;
     let runtime = Arc::new(quinn::TokioRuntime);
     let mut ep = Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -163,11 +164,48 @@ pub fn endpoint(
         runtime,
     )
     .map_err(bind_err)?;
-    let mut client = quinn::ClientConfig::new(Arc::new(identity.quic_client_config()?));
-    client.transport_config(transport_config(link_timeout, true));
     ep.set_default_client_config(client);
     Ok(ep)
 }
+
+/// The server (if `serve`) and client configurations of an identity.
+fn configs(
+    identity: &tls::Identity,
+    serve: bool,
+    link_timeout: Duration,
+) -> Result<(Option<quinn::ServerConfig>, quinn::ClientConfig), TransportError> {
+    let server = if serve {
+        let mut s = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
+        s.transport_config(transport_config(link_timeout, false));
+        Some(s)
+    } else {
+        None
+    };
+    let mut client = quinn::ClientConfig::new(Arc::new(identity.quic_client_config()?));
+    client.transport_config(transport_config(link_timeout, true));
+    Ok((server, client))
+}
+
+/// Puts `identity` (certificate, key, trusted CAs, revocation lists) in
+/// use on `ep` for the connections made from now on; live connections
+/// keep theirs (see [`serve`] for revoked peers).
+pub fn reload(
+    ep: &mut Endpoint,
+    identity: &tls::Identity,
+    serve: bool,
+    link_timeout: Duration,
+) -> Result<(), TransportError> {
+    let (server, client) = configs(identity, serve, link_timeout)?;
+    if let Some(server) = server {
+        ep.set_server_config(Some(server));
+    }
+    ep.set_default_client_config(client);
+    Ok(())
+}
+
+/// The serial numbers of revoked certificates, as the node's `crl.pem`
+/// says now: a connection whose peer's serial joins it is closed.
+pub type Revoked = tokio::sync::watch::Receiver<Arc<std::collections::HashSet<Vec<u8>>>>;
 
 /// Binds the first of `addrs` that this host allows: `[::]` (dual-stack)
 /// where IPv6 is on, else `0.0.0.0`. A client's endpoint must not be bound
@@ -264,6 +302,18 @@ pub async fn dial(ep: &Endpoint, addr: &str) -> Result<Connection, TransportErro
     })
 }
 
+/// Whether the peer closed `conn` as a refusal of this host (its TLS
+/// rejected this host's certificate after the handshake, as TLS 1.3 checks
+/// the client's last, or it closed the connection as refused): the error
+/// to report, known at once, that retrying will not change.
+pub fn refused(conn: &Connection, addr: &str) -> Option<TransportError> {
+    let reason = handshake_failure(&conn.close_reason()?)?;
+    Some(TransportError::Connect {
+        addr: addr.to_string(),
+        reason,
+    })
+}
+
 /// A handshake failure that retrying cannot fix (TLS, protocol), in words
 /// a user can act on; `None` for a silent or closing peer.
 fn handshake_failure(e: &quinn::ConnectionError) -> Option<String> {
@@ -277,7 +327,7 @@ fn handshake_failure(e: &quinn::ConnectionError) -> Option<String> {
         )),
         E::ConnectionClosed(c) if crypto(c.error_code) => Some(format!(
             "the peer refused this host's certificate ({e}): it is not signed by the peer's \
-             cluster CA, or has expired; check --certs"
+             cluster CA, has expired or is revoked; check --certs"
         )),
         E::ApplicationClosed(c) if c.error_code == REFUSED.into() => Some(format!(
             "the peer refused this host: {}",
@@ -363,14 +413,16 @@ impl FramedStream {
 /// Accepts connections on `endpoint` until it closes, and hands each
 /// bidirectional stream to `handle` with its [`Peer`] (a connection whose
 /// handshake fails, or whose certificate carries no identity, is logged,
-/// counted and dropped). Spawns on the current runtime.
-pub async fn serve<F, Fut>(endpoint: Endpoint, max_frame: usize, handle: F)
+/// counted and dropped; one whose certificate is revoked later, in
+/// `revoked`, is closed). Spawns on the current runtime.
+pub async fn serve<F, Fut>(endpoint: Endpoint, max_frame: usize, revoked: Revoked, handle: F)
 where
     F: Fn(FramedStream, Peer) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     while let Some(incoming) = endpoint.accept().await {
         let handle = handle.clone();
+        let mut revoked = revoked.clone();
         tokio::task::spawn_local(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -382,8 +434,12 @@ where
                     return;
                 }
             };
-            let peer = match peer_id(&conn) {
-                Ok(id) => Peer { addr: remote, id },
+            let peer = match peer_id_and_serial(&conn) {
+                Ok((id, serial)) => Peer {
+                    addr: remote,
+                    id,
+                    serial,
+                },
                 Err(reason) => {
                     metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => "no_identity")
                         .increment(1);
@@ -392,7 +448,28 @@ where
                     return;
                 }
             };
-            while let Ok((send, recv)) = conn.accept_bi().await {
+            // Whether reloads may still come (their sender lives).
+            let mut reloads = true;
+            loop {
+                let is_revoked =
+                    |r: &Arc<std::collections::HashSet<Vec<u8>>>| r.contains(&peer.serial);
+                if is_revoked(&revoked.borrow_and_update()) {
+                    metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => "revoked")
+                        .increment(1);
+                    tracing::warn!(peer = %peer.id, %remote, "closing the connection of a revoked certificate");
+                    refuse_connection(&conn, "its certificate is revoked");
+                    return;
+                }
+                let (send, recv) = tokio::select! {
+                    s = conn.accept_bi() => match s {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    },
+                    changed = revoked.changed(), if reloads => {
+                        reloads = changed.is_ok();
+                        continue;
+                    }
+                };
                 let stream = FramedStream {
                     send,
                     recv,

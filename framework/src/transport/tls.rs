@@ -17,7 +17,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::RootCertStore;
 
 /// The name every node certificate carries and every dialer checks.
@@ -68,6 +68,10 @@ pub struct Identity {
     key: Arc<PrivateKeyDer<'static>>,
     roots: Arc<RootCertStore>,
     id: PeerId,
+    /// The revocation lists of `crl.pem` beside `ca.pem`, if any.
+    crls: Arc<Vec<CertificateRevocationListDer<'static>>>,
+    /// The serial numbers they revoke (to close live connections).
+    revoked: Arc<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// Who a certificate says its holder is.
@@ -139,6 +143,13 @@ impl PeerId {
         Ok(CertFacts::parse(der)?.id)
     }
 
+    /// The identity and serial number (big-endian bytes) of a DER
+    /// certificate.
+    pub fn with_serial(der: &[u8]) -> Result<(PeerId, Vec<u8>), String> {
+        let facts = CertFacts::parse(der)?;
+        Ok((facts.id, facts.serial))
+    }
+
     /// Whether this is the node `id`.
     pub fn is_node(&self, id: &str) -> bool {
         self.role == Role::Node && self.name == id
@@ -161,9 +172,11 @@ impl PeerId {
     }
 }
 
-/// What is read from a certificate: its identity and when it expires.
+/// What is read from a certificate: its identity, serial number and when
+/// it expires.
 struct CertFacts {
     id: PeerId,
+    serial: Vec<u8>,
     not_after: std::time::SystemTime,
 }
 
@@ -201,6 +214,7 @@ impl CertFacts {
         let secs = cert.validity().not_after.timestamp().max(0) as u64;
         Ok(CertFacts {
             id,
+            serial: cert.raw_serial().to_vec(),
             not_after: std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
         })
     }
@@ -288,6 +302,21 @@ fn make_dir(dir: &Path) -> Result<(), TlsError> {
         })
 }
 
+/// A verifier of peers' certificates (`$kind`: of clients, or of servers)
+/// against the CAs of `$id`, checking the revocation lists it holds; a
+/// certificate of a CA that has no list (that revoked nothing) is not
+/// refused for that.
+macro_rules! webpki_verifier {
+    ($kind:ty, $id:expr) => {
+        <$kind>::builder_with_provider($id.roots.clone(), provider())
+            .with_crls($id.crls.iter().cloned())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+    };
+}
+
 impl Identity {
     /// A node's identity from `dir`: its own `node.pem`/`node.key` (made
     /// by `certs issue --node ID`), whose id must equal `want` if given;
@@ -336,11 +365,14 @@ impl Identity {
         let chain = vec![cert.der().clone()];
         let key = PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| pem_err(dir.join("ca.key"), e.to_string()))?;
+        let (crls, revoked) = load_crls(dir)?;
         Ok(Identity {
             chain,
             key: Arc::new(key),
             roots: Arc::new(load_roots(&dir.join("ca.pem"))?),
             id,
+            crls: Arc::new(crls),
+            revoked: Arc::new(revoked),
         })
     }
 
@@ -356,6 +388,11 @@ impl Identity {
     /// The identity the certificate carries.
     pub fn id(&self) -> &PeerId {
         &self.id
+    }
+
+    /// The serial numbers the directory's `crl.pem` revokes.
+    pub fn revoked(&self) -> Arc<std::collections::HashSet<Vec<u8>>> {
+        self.revoked.clone()
     }
 
     /// Loads `<dir>/ca.pem`, `<dir>/<name>.pem` and `<dir>/<name>.key`.
@@ -410,23 +447,21 @@ impl Identity {
         let key = rustls_pemfile::private_key(&mut &read(&key_path)?[..])
             .map_err(|e| pem_err(&key_path, e.to_string()))?
             .ok_or_else(|| pem_err(&key_path, "no private key found".into()))?;
+        let (crls, revoked) = load_crls(dir)?;
         Ok(Identity {
             chain,
             key: Arc::new(key),
             roots: Arc::new(roots),
             id: facts.id,
+            crls: Arc::new(crls),
+            revoked: Arc::new(revoked),
         })
     }
 
     pub(crate) fn quic_server_config(
         &self,
     ) -> Result<quinn::crypto::rustls::QuicServerConfig, TlsError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            self.roots.clone(),
-            provider(),
-        )
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let verifier = webpki_verifier!(rustls::server::WebPkiClientVerifier, self);
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -441,16 +476,53 @@ impl Identity {
     pub(crate) fn quic_client_config(
         &self,
     ) -> Result<quinn::crypto::rustls::QuicClientConfig, TlsError> {
+        let verifier = webpki_verifier!(rustls::client::WebPkiServerVerifier, self);
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(self.roots.clone())
+            .with_webpki_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TlsError::Config(e.to_string()))?;
         cfg.alpn_protocols = vec![b"ringleader/1".to_vec()];
         quinn::crypto::rustls::QuicClientConfig::try_from(cfg)
             .map_err(|e| TlsError::Config(e.to_string()))
     }
+}
+
+/// The revocation lists of `<dir>/crl.pem` (none if there is no such
+/// file), and the serial numbers they revoke.
+#[allow(clippy::type_complexity)]
+fn load_crls(
+    dir: &Path,
+) -> Result<
+    (
+        Vec<CertificateRevocationListDer<'static>>,
+        std::collections::HashSet<Vec<u8>>,
+    ),
+    TlsError,
+> {
+    let path = dir.join("crl.pem");
+    if !path.exists() {
+        return Ok(Default::default());
+    }
+    let pem_err = |reason: String| TlsError::Pem {
+        path: path.clone(),
+        reason,
+    };
+    let crls = rustls_pemfile::crls(&mut &read(&path)?[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(e.to_string()))?;
+    let mut revoked = std::collections::HashSet::new();
+    for crl in &crls {
+        let (_, parsed) = x509_parser::parse_x509_crl(crl)
+            .map_err(|e| pem_err(format!("not a revocation list: {e}")))?;
+        revoked.extend(
+            parsed
+                .iter_revoked_certificates()
+                .map(|r| r.raw_serial().to_vec()),
+        );
+    }
+    Ok((crls, revoked))
 }
 
 /// The CA certificates of a `ca.pem` (several during a CA rollover).
@@ -476,10 +548,16 @@ fn validity(params: &mut CertificateParams) {
     params.not_after = now + time::Duration::days(3650);
 }
 
+/// A new CA's parameters. Its name has a random part: during a rollover
+/// two CAs are trusted together, and revocation lists are matched to
+/// their CA by name.
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, CA_NAME);
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{CA_NAME} {tag}"));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -577,13 +655,7 @@ pub fn issue_to(ca_dir: &Path, role: Role, name: &str, out: &Path) -> Result<(),
 
 /// A certificate for `id` signed by the CA in `ca_dir`, and its new key.
 fn sign(ca_dir: &Path, id: &PeerId) -> Result<(rcgen::Certificate, KeyPair), TlsError> {
-    let ca_key_path = ca_dir.join("ca.key");
-    refuse_open_key(&ca_key_path)?;
-    let ca_key_pem = String::from_utf8_lossy(&read(&ca_key_path)?).into_owned();
-    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-    // The issuer is rebuilt from the CA's fixed name and its key: the chain
-    // checks the issuer name and key identifier, which both match.
-    let issuer = Issuer::new(ca_params(), ca_key);
+    let issuer = ca_issuer(ca_dir)?;
     let mut params = if id.role == Role::Node {
         CertificateParams::new(vec![SERVER_NAME.to_string(), "localhost".to_string()])?
     } else {
@@ -608,6 +680,118 @@ fn sign(ca_dir: &Path, id: &PeerId) -> Result<(rcgen::Certificate, KeyPair), Tls
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok((cert, key))
+}
+
+/// The CA of `ca_dir` as an issuer: its name and key identifier from its
+/// certificate (the first of `ca.pem`), its key from `ca.key`.
+fn ca_issuer(ca_dir: &Path) -> Result<Issuer<'static, KeyPair>, TlsError> {
+    let ca_key_path = ca_dir.join("ca.key");
+    refuse_open_key(&ca_key_path)?;
+    let ca_key_pem = String::from_utf8_lossy(&read(&ca_key_path)?).into_owned();
+    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+    let ca_path = ca_dir.join("ca.pem");
+    let ca_cert = rustls_pemfile::certs(&mut &read(&ca_path)?[..])
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| TlsError::Pem {
+            path: ca_path.clone(),
+            reason: "no CA certificate found".into(),
+        })?;
+    Ok(Issuer::from_ca_cert_der(&ca_cert, ca_key)?)
+}
+
+/// Revokes the certificate in `cert_pem`, issued by the CA of `ca_dir`:
+/// its serial number joins `ca_dir/revoked` (one hex serial per line), and
+/// `ca_dir/crl.pem` is written again, signed by the CA, listing every
+/// serial revoked so far. Copy `crl.pem` beside `ca.pem` on every host and
+/// send the nodes SIGHUP: new connections with that certificate are
+/// refused, and live ones are closed. Returns the identity revoked.
+pub fn revoke(ca_dir: &Path, cert_pem: &Path) -> Result<PeerId, TlsError> {
+    let pem_err = |path: &Path, reason: String| TlsError::Pem {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let cert = rustls_pemfile::certs(&mut &read(cert_pem)?[..])
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| pem_err(cert_pem, "no certificate found".into()))?;
+    let facts = CertFacts::parse(&cert).map_err(|reason| pem_err(cert_pem, reason))?;
+    let issuer = ca_issuer(ca_dir)?;
+    let list = ca_dir.join("revoked");
+    let mut serials: Vec<String> = match std::fs::read_to_string(&list) {
+        Ok(text) => text.lines().map(str::to_string).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(TlsError::File { path: list, source }),
+    };
+    let hex: String = facts.serial.iter().map(|b| format!("{b:02x}")).collect();
+    if !serials.contains(&hex) {
+        serials.push(hex);
+    }
+    let mut revoked_certs = Vec::new();
+    let now = time::OffsetDateTime::now_utc();
+    for s in &serials {
+        let bytes = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| pem_err(&list, format!("not a hex serial number: {s}")))?;
+        revoked_certs.push(rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&bytes),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(5),
+        next_update: now + time::Duration::days(3650),
+        crl_number: rcgen::SerialNumber::from(serials.len() as u64),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&issuer)?;
+    write(&list, &(serials.join("\n") + "\n"))?;
+    write(&ca_dir.join("crl.pem"), &crl.pem()?)?;
+    Ok(facts.id)
+}
+
+/// Adds the CA certificates of `extra` to `dir/ca.pem` (those it does not
+/// hold yet): during a CA rollover a host trusts both CAs.
+pub fn trust(dir: &Path, extra: &Path) -> Result<(), TlsError> {
+    let ca_path = dir.join("ca.pem");
+    let mut pem = String::from_utf8_lossy(&read(&ca_path)?).into_owned();
+    let have: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect();
+    let added = String::from_utf8_lossy(&read(extra)?).into_owned();
+    let end = "-----END CERTIFICATE-----";
+    let mut found = 0;
+    for block in added.split_inclusive(end).filter(|b| b.contains(end)) {
+        let block = block.trim_start();
+        let c = rustls_pemfile::certs(&mut block.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| TlsError::Pem {
+                path: extra.to_path_buf(),
+                reason: "a certificate block does not parse".into(),
+            })?;
+        found += 1;
+        if !have.contains(&c) {
+            if !pem.ends_with('\n') {
+                pem.push('\n');
+            }
+            pem.push_str(block);
+            pem.push('\n');
+        }
+    }
+    if found == 0 {
+        return Err(TlsError::Pem {
+            path: extra.to_path_buf(),
+            reason: "no CA certificate found".into(),
+        });
+    }
+    write(&ca_path, &pem)
 }
 
 /// The one-machine directory `certs --out` and `local` make: the CA (its

@@ -794,3 +794,131 @@ fn a_clients_jobs_are_its_own_unless_an_admin_asks() {
         "{log}"
     );
 }
+
+/// How many audit events of `node` match `what`.
+fn seen(c: &Cluster, node: &str, what: &dyn Fn(&Event) -> bool) -> usize {
+    c.audit()
+        .iter()
+        .filter(|e| e.node == node && what(&e.event))
+        .count()
+}
+
+/// Certificate life without a restart. A revoked node (`certs revoke`,
+/// then SIGHUP) has its live link closed and cannot join again; a second
+/// CA, trusted beside the first, lets a node of the new CA join and run
+/// shards (a rollover).
+#[test]
+fn a_revoked_node_is_cut_off_and_a_new_ca_is_trusted_beside_the_old() {
+    use probe::{Behaviour, Probe};
+    use ringleader::client::SubmitOptions;
+    use ringleader::transport::tls::{self, Role};
+    use ringleader::{Client, Collect};
+    let mut c = Cluster::new(BIN);
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    c.node("n0", &["--metrics-addr", &metrics]);
+    let n1 = c.path("n1-certs");
+    tls::issue_to(&c.certs, Role::Node, "n1", &n1).unwrap();
+    let n1s = n1.display().to_string();
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+    });
+    c.node("n1", &["--certs", &n1s, "--role", "worker"]);
+    rt().block_on(eventually(
+        Duration::from_secs(20),
+        "n1 to join",
+        || async { seen(&c, "n1", &|e| matches!(e, Event::LinkedToMaster { .. })) > 0 },
+    ));
+
+    // Revoked, then SIGHUP: its link is closed and it is refused after.
+    let o = std::process::Command::new(BIN)
+        .args(["certs", "revoke", "--ca-dir"])
+        .arg(&c.certs)
+        .arg("--cert")
+        .arg(n1.join("node.pem"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("revoked node n1"),
+        "{out}"
+    );
+    c.signal("n0", "HUP");
+    rt().block_on(eventually(
+        Duration::from_secs(20),
+        "n1 to be cut off and refused",
+        || async {
+            seen(
+                &c,
+                "n0",
+                &|e| matches!(e, Event::WorkerLost { worker, .. } if worker == "n1"),
+            ) > 0
+                && seen(&c, "n1", &|e| matches!(e, Event::JoinRefused { .. })) > 0
+        },
+    ));
+    assert_eq!(
+        seen(&c, "n0", &|e| matches!(
+            e,
+            Event::CertificatesReloaded { revoked: 1 }
+        )),
+        1
+    );
+    assert!(
+        scrape(
+            &metrics,
+            "ringleader_peer_refusals_total",
+            "reason=\"revoked\""
+        ) >= 1.0
+    );
+    let rejoins = seen(&c, "n1", &|e| matches!(e, Event::LinkedToMaster { .. }));
+    assert_eq!(rejoins, 1, "the revoked node joined again");
+
+    // A second CA: n0 trusts it beside the first (SIGHUP); n2, of the new
+    // CA, trusts the old one (n0's certificate) during the overlap.
+    let ca2 = c.path("ca2");
+    tls::make_ca(&ca2).unwrap();
+    let n2 = c.path("n2-certs");
+    tls::issue_to(&ca2, Role::Node, "n2", &n2).unwrap();
+    tls::trust(&n2, &c.certs.join("ca.pem")).unwrap();
+    tls::trust(&c.certs, &ca2.join("ca.pem")).unwrap();
+    c.signal("n0", "HUP");
+    rt().block_on(eventually(
+        Duration::from_secs(20),
+        "n0 to reload again",
+        || async {
+            seen(&c, "n0", &|e| {
+                matches!(e, Event::CertificatesReloaded { .. })
+            }) == 2
+        },
+    ));
+    c.node(
+        "n2",
+        &["--certs", &n2.display().to_string(), "--role", "worker"],
+    );
+    rt().block_on(async {
+        eventually(
+            Duration::from_secs(20),
+            "n2 of the new CA to join",
+            || async { seen(&c, "n2", &|e| matches!(e, Event::LinkedToMaster { .. })) > 0 },
+        )
+        .await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let tasks: Vec<Probe> = (0..6)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::HangOn("n0".into()),
+            })
+            .collect();
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            ..Default::default()
+        };
+        // n0 hangs on these (it would sit on them): n2 runs them all.
+        let job = client.submit::<Collect<Probe>>(tasks, opts).await.unwrap();
+        let (results, _) = tokio::time::timeout(Duration::from_secs(60), job.result())
+            .await
+            .expect("the job ran on n2")
+            .unwrap();
+        assert_eq!(results.len(), 6);
+    });
+}

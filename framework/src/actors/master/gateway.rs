@@ -33,8 +33,9 @@ pub(crate) async fn serve(
     route: watch::Receiver<Option<Addr<Master>>>,
     max_frame: usize,
     max_job_bytes: usize,
+    revoked: transport::Revoked,
 ) {
-    transport::serve(endpoint, max_frame, move |stream, peer| {
+    transport::serve(endpoint, max_frame, revoked, move |stream, peer: Peer| {
         let route = route.clone();
         async move {
             let remote = peer.addr;
