@@ -29,6 +29,7 @@ pub mod cli_job;
 pub mod client;
 pub mod coord;
 pub mod core;
+pub mod fuzz;
 pub mod metrics;
 pub mod node;
 pub mod process;

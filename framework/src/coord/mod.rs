@@ -25,12 +25,14 @@ pub use records::{
 };
 pub use session::{Connection, Connections, Session};
 pub use store::{CommitOutcome, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
+pub(crate) use zk::decode_record;
 #[cfg(feature = "testkit")]
 pub(crate) use zk::encode_record;
 #[cfg(feature = "testkit")]
 pub(crate) use zk::EPHEMERAL as EPHEMERAL_OPTIONS;
 pub use zk::{
-    connect, ensure_path, read_master, wait_for_master, CoordError, Layout, REQUEST_BUDGET,
+    connect, ensure_path, parse_connect_string, read_master, wait_for_master, CoordError, Layout,
+    REQUEST_BUDGET,
 };
 
 pub use zookeeper_client::{Client as ZkClient, SessionState};

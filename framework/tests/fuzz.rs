@@ -1,0 +1,302 @@
+#![allow(clippy::unwrap_used)]
+//! The fuzz targets of `ringleader::fuzz`, run in the suite over a seed
+//! corpus of valid encodings and their mutations (bit flips, byte
+//! changes, insertions, deletions, truncations, splices, length prefixes
+//! announcing more or less than follows) and random bytes: a bounded,
+//! deterministic run on stable Rust. Longer runs under libFuzzer:
+//! `fuzz/` (see the README). A panic fails the test with the input.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use ringleader::coord::{
+    JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord, WorkerInfo,
+};
+use ringleader::core::{Counters, ShardKey, TaskFailure};
+use ringleader::transport::tls::{self, Role};
+use ringleader::wire::{self, Assignment, Frame, JobOptions, ShardReport, SubmitHeader};
+use serde_bytes::ByteBuf;
+
+/// Mutations per target, and the wall-clock bound of the whole run.
+const ROUNDS: usize = 20_000;
+const BUDGET: Duration = Duration::from_secs(60);
+
+fn framed(frames: &[Frame]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for f in frames {
+        wire::encode_into(&mut buf, f).unwrap();
+    }
+    buf
+}
+
+fn body(frame: &Frame) -> Vec<u8> {
+    framed(std::slice::from_ref(frame))[4..].to_vec()
+}
+
+fn options() -> JobOptions {
+    JobOptions {
+        shard_size: 3,
+        max_attempts: 2,
+        shard_timeout_ms: Some(1000),
+        stream: true,
+    }
+}
+
+fn failure() -> TaskFailure {
+    TaskFailure {
+        index: 7,
+        error: "boom".into(),
+        attempt: 1,
+        retryable: true,
+    }
+}
+
+fn key() -> ShardKey {
+    ShardKey {
+        index: 4,
+        generation: 1,
+    }
+}
+
+fn frames() -> Vec<Frame> {
+    vec![
+        Frame::WorkerHello {
+            version: wire::PROTOCOL_VERSION,
+            node_id: "n1".into(),
+            slots: 2,
+            jobs: vec!["wordcount".into()],
+            epoch: 3,
+        },
+        Frame::Assign(Assignment {
+            epoch: 3,
+            job_id: "j".into(),
+            job_name: "probe".into(),
+            shard: key(),
+            attempt: 1,
+            tasks: vec![
+                (0, ByteBuf::from(vec![1, 2, 3])),
+                (1, ByteBuf::from(vec![4])),
+            ],
+        }),
+        Frame::Report(ShardReport {
+            epoch: 3,
+            job_id: "j".into(),
+            shard: key(),
+            attempt: 1,
+            output: ByteBuf::from(vec![9; 20]),
+            failures: vec![failure()],
+            output_object: Some("jobs/j/4-1.e3.a1.x.out".into()),
+        }),
+        Frame::Submit(SubmitHeader {
+            job_id: "j".into(),
+            job_name: "probe".into(),
+            options: options(),
+            task_count: 2,
+        }),
+        Frame::SubmitChunk {
+            tasks: vec![ByteBuf::from(vec![1; 5]), ByteBuf::from(vec![])],
+        },
+        Frame::StreamJob {
+            job_id: "j".into(),
+            seen: vec![(0, 3, 0), (5, 2, 1)],
+        },
+        Frame::GetJob { job_id: "j".into() },
+        Frame::Error {
+            message: "no".into(),
+        },
+        Frame::DrainAck,
+    ]
+}
+
+fn records() -> Vec<Vec<u8>> {
+    let enc = |v: &dyn erased::Encode| v.encode();
+    vec![
+        enc(&JobRecord {
+            job_name: "probe".into(),
+            options: options(),
+            tasks_total: 10,
+            batches: 1,
+            status: JobStatus::Accepted,
+            created_ms: 5,
+            fetched_ms: Some(6),
+            digest: Some(ByteBuf::from(vec![0; 32])),
+            owner: Some("client:alice".into()),
+        }),
+        enc(&ShardRecord {
+            epoch: 2,
+            attempt: 1,
+            output: OutputRef::Inline(ByteBuf::from(vec![1, 2])),
+            failures: vec![failure()],
+        }),
+        enc(&ResultRecord {
+            epoch: 2,
+            output: OutputRef::Object("results/j/result.e2.x.out".into()),
+            counters: Counters::default(),
+            failures: vec![failure()],
+        }),
+        enc(&MasterInfo {
+            node_id: "n1".into(),
+            addr: "10.0.0.1:7470".into(),
+            epoch: 4,
+            session_timeout_ms: 2000,
+            store: "s3://b/p".into(),
+        }),
+        enc(&WorkerInfo {
+            addr: "10.0.0.2:7470".into(),
+            slots: 4,
+            jobs: vec!["probe".into()],
+        }),
+    ]
+}
+
+/// Encoding through `wire::encode` (the records' own encoding), behind
+/// one object-safe trait so that the corpus is one list.
+mod erased {
+    pub trait Encode {
+        fn encode(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self) -> Vec<u8> {
+            ringleader::wire::encode("record", self).unwrap()
+        }
+    }
+}
+
+fn certificate() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    tls::make_ca(&ca).unwrap();
+    tls::issue_to(&ca, Role::Node, "n1", &dir.path().join("n1")).unwrap();
+    let pem = std::fs::read(dir.path().join("n1/node.pem")).unwrap();
+    let der = rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    der
+}
+
+/// One mutation of `input` (possibly spliced with `other`).
+fn mutate(rng: &mut StdRng, input: &[u8], other: &[u8]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    for _ in 0..rng.gen_range(1..=4) {
+        let at = |rng: &mut StdRng, v: &Vec<u8>| rng.gen_range(0..=v.len());
+        match rng.gen_range(0..8) {
+            0 if !v.is_empty() => {
+                let i = rng.gen_range(0..v.len());
+                v[i] ^= 1 << rng.gen_range(0..8);
+            }
+            1 if !v.is_empty() => {
+                let i = rng.gen_range(0..v.len());
+                v[i] = [0x00, 0xff, 0x7f, 0x80, 0xc1, 0xdc, 0xdd, 0xce, 0xcf][rng.gen_range(0..9)];
+            }
+            2 => {
+                let i = at(rng, &v);
+                let n = rng.gen_range(1..16);
+                let bytes: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+                v.splice(i..i, bytes);
+            }
+            3 if !v.is_empty() => {
+                let i = rng.gen_range(0..v.len());
+                let j = rng.gen_range(i..=v.len().min(i + 16));
+                v.drain(i..j);
+            }
+            4 => v.truncate(at(rng, &v)),
+            5 if !other.is_empty() => {
+                let i = at(rng, &v);
+                let j = rng.gen_range(0..other.len());
+                v.truncate(i);
+                v.extend_from_slice(&other[j..]);
+            }
+            6 => {
+                // A length (a frame prefix, or a MessagePack array or
+                // string header) announcing anything.
+                let i = at(rng, &v);
+                let n: u32 =
+                    [0, 1, u32::MAX, 1 << 20, (1 << 20) + 1, rng.gen()][rng.gen_range(0..6)];
+                v.splice(i..i, n.to_be_bytes());
+            }
+            _ => {
+                let i = at(rng, &v);
+                v.insert(i, rng.gen());
+            }
+        }
+    }
+    v
+}
+
+/// Runs `target` over the corpus, its mutations and random bytes.
+fn run(
+    name: &str,
+    target: ringleader::fuzz::Target,
+    corpus: &[Vec<u8>],
+    seed: u64,
+    deadline: Instant,
+) -> usize {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut runs = 0;
+    for input in corpus {
+        target(input);
+        runs += 1;
+    }
+    for round in 0..ROUNDS {
+        if Instant::now() > deadline {
+            break;
+        }
+        let input = if round % 10 == 0 {
+            let n = rng.gen_range(0..64);
+            (0..n).map(|_| rng.gen()).collect()
+        } else {
+            let a = &corpus[rng.gen_range(0..corpus.len())];
+            let b = &corpus[rng.gen_range(0..corpus.len())];
+            mutate(&mut rng, a, b)
+        };
+        let outcome = std::panic::catch_unwind(|| target(&input));
+        assert!(
+            outcome.is_ok(),
+            "fuzz target {name} panicked on {} bytes: {input:02x?}",
+            input.len()
+        );
+        runs += 1;
+    }
+    runs
+}
+
+#[test]
+fn every_fuzz_target_survives_mutated_and_random_input() {
+    let deadline = Instant::now() + BUDGET;
+    let bodies: Vec<Vec<u8>> = frames().iter().map(body).collect();
+    let stream = vec![framed(&frames()), framed(&frames()[..3])];
+    let runs = wire::encode("runs", &vec![(0u32, 3u32, 0u32), (7, u32::MAX, 1)]).unwrap();
+    let text = |s: &str| s.as_bytes().to_vec();
+    let corpora: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("frame", bodies),
+        ("frame_stream", stream),
+        ("records", records()),
+        (
+            "certificate",
+            vec![certificate(), text("urn:ringleader:node:n1")],
+        ),
+        (
+            "connect_string",
+            vec![text("zk1:2181,zk2:2181/chroot"), text("[::1]:2181")],
+        ),
+        ("shard_runs", vec![runs]),
+    ];
+    let mut total = 0;
+    for (seed, (name, target)) in ringleader::fuzz::TARGETS.iter().enumerate() {
+        let corpus = &corpora
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no corpus for target {name}"))
+            .1;
+        let n = run(name, *target, corpus, seed as u64, deadline);
+        assert!(n > corpus.len(), "{name}: no mutation ran");
+        total += n;
+    }
+    eprintln!(
+        "{total} inputs over {} targets",
+        ringleader::fuzz::TARGETS.len()
+    );
+}
