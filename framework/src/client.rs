@@ -119,6 +119,9 @@ pub struct ClientConfig {
     pub answer_margin: Duration,
     /// Largest reply accepted (a job's result comes in one frame).
     pub max_reply_bytes: usize,
+    /// Reach ZooKeeper over its TLS port with this client's certificate
+    /// (`zk` then names the servers' TLS ports).
+    pub zk_tls: bool,
 }
 
 impl ClientConfig {
@@ -136,6 +139,7 @@ impl ClientConfig {
             master_wait: Duration::from_secs(60),
             answer_margin: Duration::from_secs(3),
             max_reply_bytes: DEFAULT_MAX_FRAME * 16,
+            zk_tls: false,
         }
     }
 }
@@ -191,13 +195,21 @@ pub struct JobHandle<J> {
 
 const CHUNK_BYTES: usize = 4 << 20;
 
+/// What `identity` presents to ZooKeeper over TLS.
+pub(crate) fn zk_tls(identity: &tls::Identity) -> crate::coord::ZkTls {
+    let (cert, key, ca) = identity.pem();
+    crate::coord::ZkTls { ca, cert, key }
+}
+
 impl Client {
     /// Connects to ZooKeeper and prepares a QUIC endpoint.
     pub async fn connect(cfg: ClientConfig) -> Result<Self, ClientError> {
         let identity = tls::Identity::client(&cfg.certs)?;
         // Any address, never loopback: the master is usually on another host.
         let endpoint = transport::endpoint_any(0, &identity, false, transport::LINK_TIMEOUT)?;
-        let zk = Session::connect(&cfg.zk, cfg.session_timeout, Layout::new(&cfg.cluster)).await?;
+        let tls = cfg.zk_tls.then(|| zk_tls(&identity));
+        let layout = Layout::new(&cfg.cluster);
+        let zk = Session::connect_with(&cfg.zk, cfg.session_timeout, layout, tls.as_ref()).await?;
         Ok(Client {
             inner: Arc::new(Inner {
                 zk,

@@ -56,6 +56,10 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Directory with `ca.pem`, `node.pem`, `node.key`.
     pub certs: PathBuf,
+    /// Reach ZooKeeper over its TLS port with this node's certificate,
+    /// and create the cluster's znodes so that only nodes may change them
+    /// (`zk` then names the servers' TLS ports).
+    pub zk_tls: bool,
     /// This host's scratch directory (tasks' `TaskContext::data_dir`).
     pub data_dir: PathBuf,
     /// The cluster's object store URL (see [`crate::store`]): outputs and
@@ -314,6 +318,13 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         audit.clone(),
     ));
     let layout = Layout::new(&config.cluster);
+    let zk_tls = config.zk_tls.then(|| crate::client::zk_tls(&identity));
+    if zk_tls.is_none() {
+        tracing::warn!(
+            "ZooKeeper over a plain connection: anyone who reaches it can read and change \
+             this cluster's znodes; give --zk-tls and the servers' TLS ports to lock them down"
+        );
+    }
     let mut shutdown = Box::pin(shutdown_signal());
     let mut connect_failures = 0u32;
     // Retries back off, and the cause is logged when it changes (not at
@@ -322,7 +333,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     let mut last_cause: Option<String> = None;
     loop {
         let zk = tokio::select! {
-            r = Session::connect(&config.zk, config.session_timeout, layout.clone()) => r,
+            r = Session::connect_with(&config.zk, config.session_timeout, layout.clone(), zk_tls.as_ref()) => r,
             _ = &mut shutdown => break,
         };
         let zk = match zk {

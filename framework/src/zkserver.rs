@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 /// Where Debian's package puts the server jar.
 pub const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+/// Netty's codec, which Debian's `zookeeper.jar` manifest does not list.
+const NETTY_CODEC_JAR: &str = "/usr/share/java/netty-codec.jar";
 
 /// Errors of starting a server.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,11 @@ pub struct ZkServerOptions {
     pub heap_mb: u32,
     /// `maxClientCnxns` per client IP.
     pub max_client_cnxns: u32,
+    /// Also serve ZooKeeper's TLS client port (`secureClientPort`) with
+    /// x509 authentication: a directory holding `zookeeper.pem` (key and
+    /// certificate, from `tls::issue_zookeeper`) and `ca.pem` (the CAs
+    /// whose client certificates it accepts). Standalone servers only.
+    pub tls: Option<PathBuf>,
 }
 
 impl Default for ZkServerOptions {
@@ -50,6 +57,7 @@ impl Default for ZkServerOptions {
             tick_ms: 200,
             heap_mb: 256,
             max_client_cnxns: 2000,
+            tls: None,
         }
     }
 }
@@ -102,6 +110,8 @@ impl ServerHost {
 pub struct ZkServer {
     child: Option<Child>,
     addr: SocketAddr,
+    /// The TLS client port's address, when it serves one.
+    secure: Option<SocketAddr>,
     netns: Option<String>,
     dir: PathBuf,
 }
@@ -118,8 +128,13 @@ pub fn four_letter_at(addr: SocketAddr, cmd: &str) -> std::io::Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(cmd.as_bytes())?;
     let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
+    match s.read_to_string(&mut out) {
+        Ok(_) => Ok(out),
+        // Netty's factory (the TLS port's) answers, then may leave the
+        // connection open: what came before the read timeout is the answer.
+        Err(_) if !out.is_empty() => Ok(out),
+        Err(e) => Err(e),
+    }
 }
 
 fn spawn(
@@ -141,7 +156,10 @@ fn spawn(
         .arg("-Dzookeeper.admin.enableServer=false")
         .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
         .arg("-cp")
-        .arg(ZOOKEEPER_JAR)
+        // Debian's jar leaves Netty's codec off its class path; the Netty
+        // factory (the TLS port's) needs it (package libnetty-java, a
+        // dependency of zookeeper).
+        .arg(format!("{ZOOKEEPER_JAR}:{NETTY_CODEC_JAR}"))
         .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
         .arg(&cfg_path)
         .stdin(Stdio::null())
@@ -162,6 +180,23 @@ fn base_cfg(data: &Path, ip: IpAddr, port: u16, opts: &ZkServerOptions) -> Strin
         min = opts.tick_ms * 2,
         max = opts.tick_ms * 20,
         cnx = opts.max_client_cnxns,
+    )
+}
+
+/// The lines of `zoo.cfg` that open the TLS client port: Netty (the only
+/// factory with TLS), PEM key and trust stores, client certificates
+/// required, and the x509 provider, which makes a client's certificate
+/// subject its id for ACLs (`x509:CN=ringleader-node`).
+fn tls_cfg(dir: &Path, ip: IpAddr, port: u16) -> String {
+    format!(
+        "secureClientPort={port}\nsecureClientPortAddress={ip}\n\
+         serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+         ssl.keyStore.location={key}\nssl.keyStore.type=PEM\n\
+         ssl.trustStore.location={ca}\nssl.trustStore.type=PEM\n\
+         ssl.clientAuth=need\n\
+         authProvider.x509=org.apache.zookeeper.server.auth.X509AuthenticationProvider\n",
+        key = dir.join("zookeeper.pem").display(),
+        ca = dir.join("ca.pem").display(),
     )
 }
 
@@ -211,11 +246,24 @@ impl ZkServer {
         let (port, _, _) = host.ports()?;
         let data = dir.join("data");
         std::fs::create_dir_all(&data)?;
-        let cfg = base_cfg(&data, host.ip, port, opts);
+        let mut cfg = base_cfg(&data, host.ip, port, opts);
+        let secure = match &opts.tls {
+            Some(tls) => {
+                let secure = if host.netns.is_some() {
+                    2281
+                } else {
+                    free_port()?
+                };
+                cfg.push_str(&tls_cfg(tls, host.ip, secure));
+                Some(SocketAddr::new(host.ip, secure))
+            }
+            None => None,
+        };
         let child = spawn(dir, &cfg, opts, host.netns.as_deref())?;
         let server = ZkServer {
             child: Some(child),
             addr: SocketAddr::new(host.ip, port),
+            secure,
             netns: host.netns.clone(),
             dir: dir.to_path_buf(),
         };
@@ -242,6 +290,11 @@ impl ZkServer {
     /// `<ip>:<port>`.
     pub fn connect_string(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// `<ip>:<port>` of the TLS client port, if it serves one.
+    pub fn secure_connect_string(&self) -> Option<String> {
+        self.secure.map(|a| a.to_string())
     }
 
     /// The client port.
@@ -351,6 +404,7 @@ impl ZkEnsemble {
             servers.push(ZkServer {
                 child: Some(child),
                 addr: SocketAddr::new(host.ip, *port),
+                secure: None,
                 netns: host.netns.clone(),
                 dir: sdir,
             });

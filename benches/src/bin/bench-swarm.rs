@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             listen: "127.0.0.1:0".parse().expect("a literal address"),
             advertise: None,
             certs: args.certs.clone(),
+            zk_tls: false,
             data_dir: args.data_dir.clone(),
             store: args.data_dir.join("store").display().to_string(),
             slots: 1,

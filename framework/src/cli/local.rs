@@ -124,6 +124,7 @@ pub(super) fn run_local(
         zk: zk.connect_string(),
         cluster: "local".into(),
         certs: certs.clone(),
+        zk_tls: false,
     };
     let n_tasks = tasks.len();
     // The job's clock starts when the cluster is up: a master serving and

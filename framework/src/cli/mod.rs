@@ -61,6 +61,12 @@ struct Conn {
     /// Directory of the cluster CA and certificates (see `certs`).
     #[arg(long, env = "RINGLEADER_CERTS", default_value = "certs")]
     certs: PathBuf,
+    /// Reach ZooKeeper over its TLS port (--zk names the servers'
+    /// secureClientPort) with this host's certificate: nodes then create
+    /// the cluster's znodes so that only node certificates may change
+    /// them (ZooKeeper's x509 authentication).
+    #[arg(long, env = "RINGLEADER_ZK_TLS")]
+    zk_tls: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -283,6 +289,16 @@ enum CertsAction {
         /// client's jobs).
         #[arg(long, value_name = "NAME", group = "identity")]
         admin: Option<String>,
+        /// A ZooKeeper server's certificate (zookeeper.pem: key and
+        /// certificate, ZooKeeper's PEM key store) for the host names and
+        /// IP addresses its clients dial, comma-separated.
+        #[arg(
+            long,
+            value_name = "HOST,...",
+            group = "identity",
+            value_delimiter = ','
+        )]
+        zookeeper: Option<Vec<String>>,
         /// Also trust the CA certificates in FILE (a CA rollover: the new
         /// CA's hosts trust the old one until every host has moved).
         #[arg(long, value_name = "FILE")]
@@ -776,12 +792,30 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
             );
         }
         Some(CertsAction::Issue {
+            zookeeper: Some(hosts),
+            ca_dir,
+            out,
+            ..
+        }) => {
+            tls::issue_zookeeper(&ca_dir, &hosts, &out).with_context(|| {
+                format!("issuing ZooKeeper's certificate into {}", out.display())
+            })?;
+            println!(
+                "issued ZooKeeper's certificate for {} into {}: point the server's \
+                 ssl.keyStore.location at zookeeper.pem and ssl.trustStore.location at ca.pem \
+                 (both type PEM), with ssl.clientAuth=need and the x509 provider (README)",
+                hosts.join(", "),
+                out.display()
+            );
+        }
+        Some(CertsAction::Issue {
             ca_dir,
             node,
             client,
             admin,
             trust,
             out,
+            zookeeper: None,
         }) => {
             let (role, name) = match (node, client, admin) {
                 (Some(n), _, _) => (tls::Role::Node, n),
@@ -1040,6 +1074,7 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         listen: a.listen,
         advertise: a.advertise,
         certs: a.conn.certs,
+        zk_tls: a.conn.zk_tls,
         store: a
             .store
             .unwrap_or_else(|| data_dir.join("store").display().to_string()),
@@ -1070,7 +1105,9 @@ fn block_on<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyh
 }
 
 fn client_config(c: &Conn) -> ClientConfig {
-    ClientConfig::new(c.zk.clone(), c.cluster.clone(), c.certs.clone())
+    let mut cfg = ClientConfig::new(c.zk.clone(), c.cluster.clone(), c.certs.clone());
+    cfg.zk_tls = c.zk_tls;
+    cfg
 }
 
 #[cfg(test)]

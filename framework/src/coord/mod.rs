@@ -28,11 +28,9 @@ pub use store::{CommitOutcome, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT
 pub(crate) use zk::decode_record;
 #[cfg(feature = "testkit")]
 pub(crate) use zk::encode_record;
-#[cfg(feature = "testkit")]
-pub(crate) use zk::EPHEMERAL as EPHEMERAL_OPTIONS;
 pub use zk::{
-    connect, ensure_path, parse_connect_string, read_master, wait_for_master, CoordError, Layout,
-    REQUEST_BUDGET,
+    connect, connect_with, ensure_path, parse_connect_string, read_master, wait_for_master,
+    AclMode, CoordError, Layout, ZkTls, NODE_SUBJECT, REQUEST_BUDGET,
 };
 
 pub use zookeeper_client::{Client as ZkClient, SessionState};

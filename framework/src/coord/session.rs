@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use futures::Stream;
 use zookeeper_client::{
-    Acls, Client, CreateMode, Error as ZkError, LockOptions, LockPrefix, OneshotWatcher,
-    SessionState, StateWatcher,
+    Client, Error as ZkError, LockOptions, LockPrefix, OneshotWatcher, SessionState, StateWatcher,
 };
 
 use super::records::{MasterInfo, WorkerInfo};
 use super::store::LeaderStore;
-use super::zk::{decode_record, encode_record, CoordError, Layout, EPHEMERAL};
+use super::zk::{decode_record, encode_record, CoordError, Layout};
 use crate::store::Store;
 
 /// A session's connection, as its users act on it.
@@ -73,8 +72,28 @@ impl Session {
         session_timeout: Duration,
         layout: Layout,
     ) -> Result<Session, CoordError> {
-        let client = super::zk::connect(hosts, session_timeout).await?;
-        Ok(Session { client, layout })
+        Self::connect_with(hosts, session_timeout, layout, None).await
+    }
+
+    /// [`Session::connect`], over TLS when `tls` is given: then the
+    /// cluster's znodes are created with [`super::AclMode::Cluster`]
+    /// (whatever `layout` says), open ones otherwise.
+    pub async fn connect_with(
+        hosts: &str,
+        session_timeout: Duration,
+        layout: Layout,
+        tls: Option<&super::ZkTls>,
+    ) -> Result<Session, CoordError> {
+        let client = super::zk::connect_with(hosts, session_timeout, tls).await?;
+        let acl = if tls.is_some() {
+            super::AclMode::Cluster
+        } else {
+            super::AclMode::Open
+        };
+        Ok(Session {
+            client,
+            layout: layout.with_acl(acl),
+        })
     }
 
     /// The session a master's store was made from.
@@ -104,7 +123,7 @@ impl Session {
 
     /// Creates the cluster's root znode if it is missing.
     pub async fn ensure_root(&self) -> Result<(), CoordError> {
-        super::zk::ensure_path(&self.client, self.layout.root()).await
+        super::zk::ensure_path(&self.client, self.layout.root(), self.layout.acl()).await
     }
 
     /// The serving master, if one is published.
@@ -151,9 +170,13 @@ impl Session {
     ) -> Result<(), CoordError> {
         let path = self.layout.worker(node_id);
         let data = encode_record(&path, info)?;
-        super::zk::ensure_path(&self.client, &self.layout.workers()).await?;
+        super::zk::ensure_path(&self.client, &self.layout.workers(), self.layout.acl()).await?;
         loop {
-            match self.client.create(&path, &data, &EPHEMERAL).await {
+            match self
+                .client
+                .create(&path, &data, &self.layout.acl().ephemeral())
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(ZkError::NodeExists) => match self.client.delete(&path, None).await {
                     Ok(()) | Err(ZkError::NoNode) => {}
@@ -173,8 +196,9 @@ impl Session {
         let dir = self.layout.election();
         let prefix =
             LockPrefix::new_curator(&dir, "latch-").map_err(|e| CoordError::zk(&dir, e))?;
-        let options = LockOptions::new(Acls::anyone_all())
-            .with_ancestor_options(CreateMode::Persistent.with_acls(Acls::anyone_all()))
+        let acl = self.layout.acl();
+        let options = LockOptions::new(acl.acls())
+            .with_ancestor_options(acl.persistent())
             .map_err(|e| CoordError::zk(&dir, e))?;
         let lock = self
             .client

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, EventType};
+use zookeeper_client::{Acl, Acls, Client, CreateMode, CreateOptions, EventType, Permission};
 
 use super::records::MasterInfo;
 use crate::core::ShardKey;
@@ -121,18 +121,30 @@ impl CoordError {
     }
 }
 
-/// Paths of one cluster's znodes.
+/// Paths of one cluster's znodes, and the ACLs they are created with.
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: String,
+    acl: AclMode,
 }
 
 impl Layout {
-    /// The layout of cluster `cluster` under `/ringleader`.
+    /// The layout of cluster `cluster` under `/ringleader` (open ACLs:
+    /// see [`Layout::with_acl`]).
     pub fn new(cluster: &str) -> Self {
         Layout {
             root: format!("/ringleader/{cluster}"),
+            acl: AclMode::Open,
         }
+    }
+    /// The same layout, creating znodes with `acl`.
+    pub fn with_acl(mut self, acl: AclMode) -> Self {
+        self.acl = acl;
+        self
+    }
+    /// The ACLs znodes are created with.
+    pub fn acl(&self) -> AclMode {
+        self.acl
     }
     /// The cluster's root.
     pub fn root(&self) -> &str {
@@ -203,10 +215,54 @@ impl Layout {
     }
 }
 
-pub(crate) const PERSISTENT: CreateOptions<'static> =
-    CreateMode::Persistent.with_acls(Acls::anyone_all());
-pub(crate) const EPHEMERAL: CreateOptions<'static> =
-    CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+/// Who may touch the znodes a cluster creates. ZooKeeper keeps an ACL per
+/// znode (children do not inherit): every create says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AclMode {
+    /// Anyone who reaches ZooKeeper: a plain connection, where ZooKeeper
+    /// cannot tell who connects.
+    #[default]
+    Open,
+    /// Over TLS with ZooKeeper's x509 authentication (a certificate's
+    /// subject is its id): nodes (`CN=ringleader-node`) may do anything;
+    /// clients and admins may read `/master`, to find the master; nobody
+    /// else may read or change anything.
+    Cluster,
+}
+
+/// The x509 id of every node certificate (the node id lives in its SAN).
+pub const NODE_SUBJECT: &str = "CN=ringleader-node";
+static NODES_ALL: [Acl; 1] = [Acl::new_const(Permission::ALL, "x509", NODE_SUBJECT)];
+static DISCOVERY: [Acl; 3] = [
+    Acl::new_const(Permission::ALL, "x509", NODE_SUBJECT),
+    Acl::new_const(Permission::READ, "x509", "CN=ringleader-client"),
+    Acl::new_const(Permission::READ, "x509", "CN=ringleader-admin"),
+];
+
+impl AclMode {
+    /// The ACL of the cluster's znodes.
+    pub(crate) fn acls(self) -> Acls<'static> {
+        match self {
+            AclMode::Open => Acls::anyone_all(),
+            AclMode::Cluster => Acls::new(&NODES_ALL),
+        }
+    }
+    /// A persistent znode of the cluster.
+    pub(crate) fn persistent(self) -> CreateOptions<'static> {
+        CreateMode::Persistent.with_acls(self.acls())
+    }
+    /// An ephemeral znode of the cluster.
+    pub(crate) fn ephemeral(self) -> CreateOptions<'static> {
+        CreateMode::Ephemeral.with_acls(self.acls())
+    }
+    /// `/master`: clients read it to find the master.
+    pub(crate) fn discovery(self) -> CreateOptions<'static> {
+        CreateMode::Ephemeral.with_acls(match self {
+            AclMode::Open => Acls::anyone_all(),
+            AclMode::Cluster => Acls::new(&DISCOVERY),
+        })
+    }
+}
 
 pub(crate) fn encode_record<T: Serialize>(path: &str, value: &T) -> Result<Vec<u8>, CoordError> {
     let bytes = rmp_serde::to_vec(value).map_err(|e| CoordError::Garbage {
@@ -237,6 +293,35 @@ pub(crate) fn decode_record<T: DeserializeOwned>(
 /// [`Client::session_timeout`]). Must run on the long-lived arbiter that will
 /// keep the session: the client's session task is spawned there.
 pub async fn connect(hosts: &str, session_timeout: Duration) -> Result<Client, CoordError> {
+    connect_with(hosts, session_timeout, None).await
+}
+
+/// What a ZooKeeper client presents and trusts over ZooKeeper's TLS port
+/// (`secureClientPort`): PEM text.
+#[derive(Clone)]
+pub struct ZkTls {
+    /// The CAs whose certificates the servers must carry.
+    pub ca: String,
+    /// This client's certificate chain: ZooKeeper's x509 authentication
+    /// takes its subject as the client's id.
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
+}
+
+impl std::fmt::Debug for ZkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkTls").finish_non_exhaustive()
+    }
+}
+
+/// [`connect`], over TLS when `tls` is given (to the servers' TLS ports,
+/// which the connect string must name).
+pub async fn connect_with(
+    hosts: &str,
+    session_timeout: Duration,
+    tls: Option<&ZkTls>,
+) -> Result<Client, CoordError> {
     let failed = |diagnosis: String, source| CoordError::Connect {
         hosts: hosts.to_string(),
         diagnosis,
@@ -244,10 +329,22 @@ pub async fn connect(hosts: &str, session_timeout: Duration) -> Result<Client, C
     };
     // Nonsense is refused before the client tries anything.
     parse_connect_string(hosts).map_err(|why| failed(why, None))?;
-    let connecting = Client::connector()
+    let connector = Client::connector()
         .with_session_timeout(session_timeout)
-        .with_connection_timeout(session_timeout.min(Duration::from_secs(5)))
-        .connect(hosts);
+        .with_connection_timeout(session_timeout.min(Duration::from_secs(5)));
+    let connecting = async move {
+        match tls {
+            None => connector.connect(hosts).await,
+            Some(tls) => {
+                // zookeeper-client's TLS uses rustls's process-wide provider.
+                crate::transport::install_crypto_provider();
+                let options = zookeeper_client::TlsOptions::new()
+                    .with_pem_ca(&tls.ca)
+                    .and_then(|o| o.with_pem_identity(&tls.cert, &tls.key))?;
+                connector.with_tls(options).secure_connect(hosts).await
+            }
+        }
+    };
     tokio::pin!(connecting);
     // A reachable ensemble answers in milliseconds; past that, each server
     // is looked at (the client keeps trying meanwhile), and when none can
@@ -371,14 +468,15 @@ fn diagnose(hosts: &str) -> Diagnosis {
     }
 }
 
-/// Creates `path` and its ancestors as empty persistent znodes if missing.
-pub async fn ensure_path(client: &Client, path: &str) -> Result<(), CoordError> {
+/// Creates `path` and its ancestors as empty persistent znodes (with the
+/// ACLs of `acl`) if missing.
+pub async fn ensure_path(client: &Client, path: &str, acl: AclMode) -> Result<(), CoordError> {
     // A read first: creating an existing node is a write that fails, and
     // costs a trip through the servers' log.
     if let Ok(Some(_)) = client.check_stat(path).await {
         return Ok(());
     }
-    match client.mkdir(path, &PERSISTENT).await {
+    match client.mkdir(path, &acl.persistent()).await {
         Ok(()) | Err(zookeeper_client::Error::NodeExists) => Ok(()),
         Err(e) => Err(CoordError::zk(path, e)),
     }

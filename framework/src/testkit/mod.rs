@@ -43,6 +43,9 @@ pub struct Cluster {
     pub audit_logs: bool,
     /// Extra environment of particular nodes (by id), kept across restarts.
     pub node_env: std::collections::HashMap<String, Vec<(String, String)>>,
+    /// Whether ZooKeeper is reached over its TLS port (see
+    /// [`Cluster::with_zk_tls`]).
+    pub zk_tls: bool,
 }
 
 impl Cluster {
@@ -68,11 +71,36 @@ impl Cluster {
     }
 
     fn start(bin: impl Into<PathBuf>, hosts: &[ServerHost], net: Option<net::Net>) -> Cluster {
+        Self::start_with(bin, hosts, net, false)
+    }
+
+    /// A cluster whose ZooKeeper serves its TLS port with x509
+    /// authentication, and whose nodes, clients and test session use it
+    /// (`--zk-tls`): the cluster's znodes then take node certificates only.
+    pub fn with_zk_tls(bin: impl Into<PathBuf>) -> Cluster {
+        Self::start_with(bin, &[ServerHost::loopback()], None, true)
+    }
+
+    fn start_with(
+        bin: impl Into<PathBuf>,
+        hosts: &[ServerHost],
+        net: Option<net::Net>,
+        zk_tls: bool,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("ringleader-test-")
             .tempdir()
             .expect("temp dir");
-        let opts = ZkServerOptions::default();
+        let certs = dir.path().join("certs");
+        crate::transport::tls::make_cluster_certs(&certs).expect("certificates");
+        let mut opts = ZkServerOptions::default();
+        if zk_tls {
+            let zk_certs = dir.path().join("zk-certs");
+            let names: Vec<String> = hosts.iter().map(|h| h.ip.to_string()).collect();
+            crate::transport::tls::issue_zookeeper(&certs, &names, &zk_certs)
+                .expect("ZooKeeper's certificate");
+            opts.tls = Some(zk_certs);
+        }
         let zk_dir = dir.path().join("zk");
         let servers = match hosts {
             [one] => vec![ZkServer::start_on(&zk_dir, one, &opts).expect("ZooKeeper starts")],
@@ -82,9 +110,13 @@ impl Cluster {
                     .servers
             }
         };
-        let certs = dir.path().join("certs");
-        crate::transport::tls::make_cluster_certs(&certs).expect("certificates");
+        let env = if zk_tls {
+            vec![("RINGLEADER_ZK_TLS".to_string(), "true".to_string())]
+        } else {
+            Vec::new()
+        };
         Cluster {
+            zk_tls,
             dir,
             servers,
             certs,
@@ -92,7 +124,7 @@ impl Cluster {
             cluster: "test".into(),
             bin: bin.into(),
             net,
-            env: Vec::new(),
+            env,
             s3: None,
             audit_logs: true,
             node_env: std::collections::HashMap::new(),
@@ -148,7 +180,10 @@ impl Cluster {
     pub fn zk_connect(&self) -> String {
         self.servers
             .iter()
-            .map(ZkServer::connect_string)
+            .map(|s| match self.zk_tls {
+                true => s.secure_connect_string().expect("a TLS port"),
+                false => s.connect_string(),
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -346,11 +381,25 @@ impl Cluster {
     }
 
     pub fn layout(&self) -> Layout {
-        Layout::new(&self.cluster)
+        let acl = match self.zk_tls {
+            true => coord::AclMode::Cluster,
+            false => coord::AclMode::Open,
+        };
+        Layout::new(&self.cluster).with_acl(acl)
     }
 
     pub async fn zk(&self) -> coord::ZkClient {
-        coord::connect(&self.zk_connect(), Duration::from_secs(10))
+        // Over TLS the test's session is a node's: nothing else may read
+        // the cluster's znodes.
+        let tls = self.zk_tls.then(|| {
+            let id =
+                crate::transport::tls::Identity::node(&self.certs, Some("test-harness"), || {
+                    "test-harness".into()
+                })
+                .expect("the harness's certificate");
+            crate::client::zk_tls(&id)
+        });
+        coord::connect_with(&self.zk_connect(), Duration::from_secs(10), tls.as_ref())
             .await
             .expect("test's ZooKeeper session")
     }
@@ -380,12 +429,12 @@ impl Cluster {
     /// when the published address does not answer. Gone when `zk` closes.
     pub async fn publish_master(&self, zk: &coord::ZkClient, info: &MasterInfo) {
         let layout = self.layout();
-        coord::ensure_path(zk, layout.root())
+        coord::ensure_path(zk, layout.root(), layout.acl())
             .await
             .expect("cluster root");
         let path = layout.master();
         let data = coord::encode_record(&path, info).expect("record");
-        zk.create(&path, &data, &coord::EPHEMERAL_OPTIONS)
+        zk.create(&path, &data, &layout.acl().discovery())
             .await
             .expect("publish /master");
     }
@@ -540,6 +589,7 @@ pub fn rt() -> tokio::runtime::Runtime {
 pub fn client_config(c: &Cluster) -> crate::ClientConfig {
     let mut cfg = crate::ClientConfig::new(c.zk_connect(), c.cluster.clone(), c.certs.clone());
     cfg.master_wait = Duration::from_secs(30);
+    cfg.zk_tls = c.zk_tls;
     cfg
 }
 

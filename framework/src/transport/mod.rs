@@ -18,6 +18,13 @@ pub use tls::{PeerId, Role};
 /// says why, and the dialer reports it as a definite refusal.
 const REFUSED: u32 = 0x52;
 
+/// Makes ring rustls's process-wide crypto provider, for libraries that
+/// build their TLS configuration from it (zookeeper-client): with two
+/// providers compiled in, rustls would otherwise panic. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The identity the peer's certificate carries (checked against the
 /// cluster CA by the handshake).
 pub fn peer_id(conn: &Connection) -> Result<PeerId, String> {

@@ -72,6 +72,8 @@ pub struct Identity {
     crls: Arc<Vec<CertificateRevocationListDer<'static>>>,
     /// The serial numbers they revoke (to close live connections).
     revoked: Arc<std::collections::HashSet<Vec<u8>>>,
+    /// `ca.pem` as read.
+    ca_pem: Arc<str>,
 }
 
 /// Who a certificate says its holder is.
@@ -366,6 +368,7 @@ impl Identity {
         let key = PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| pem_err(dir.join("ca.key"), e.to_string()))?;
         let (crls, revoked) = load_crls(dir)?;
+        let ca_pem = String::from_utf8_lossy(&read(&dir.join("ca.pem"))?).into();
         Ok(Identity {
             chain,
             key: Arc::new(key),
@@ -373,6 +376,7 @@ impl Identity {
             id,
             crls: Arc::new(crls),
             revoked: Arc::new(revoked),
+            ca_pem,
         })
     }
 
@@ -388,6 +392,18 @@ impl Identity {
     /// The identity the certificate carries.
     pub fn id(&self) -> &PeerId {
         &self.id
+    }
+
+    /// The certificate chain and the private key as PEM text, and the
+    /// trusted CAs: what a ZooKeeper client over TLS presents and checks.
+    pub fn pem(&self) -> (String, String, String) {
+        let chain: String = self
+            .chain
+            .iter()
+            .map(|c| pem_block("CERTIFICATE", c))
+            .collect();
+        let key = pem_block("PRIVATE KEY", self.key.secret_der());
+        (chain, key, self.ca_pem.to_string())
     }
 
     /// The serial numbers the directory's `crl.pem` revokes.
@@ -448,6 +464,7 @@ impl Identity {
             .map_err(|e| pem_err(&key_path, e.to_string()))?
             .ok_or_else(|| pem_err(&key_path, "no private key found".into()))?;
         let (crls, revoked) = load_crls(dir)?;
+        let ca_pem = String::from_utf8_lossy(&read(&ca_path)?).into();
         Ok(Identity {
             chain,
             key: Arc::new(key),
@@ -455,6 +472,7 @@ impl Identity {
             id: facts.id,
             crls: Arc::new(crls),
             revoked: Arc::new(revoked),
+            ca_pem,
         })
     }
 
@@ -523,6 +541,56 @@ fn load_crls(
         );
     }
     Ok((crls, revoked))
+}
+
+/// DER as a PEM block of `label`.
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Issues the certificate of a ZooKeeper server signed by the CA of
+/// `ca_dir` into `out`: `zookeeper.pem` (its private key and certificate in
+/// one file, ZooKeeper's PEM key store, 0600) and `ca.pem` (its trust
+/// store). `hosts` are the names and IP addresses its clients dial; the
+/// certificate's CN is `ringleader-zookeeper`.
+pub fn issue_zookeeper(ca_dir: &Path, hosts: &[String], out: &Path) -> Result<(), TlsError> {
+    if hosts.is_empty() {
+        return Err(TlsError::Pem {
+            path: out.to_path_buf(),
+            reason: "name at least one host (or IP address) its clients dial".into(),
+        });
+    }
+    make_dir(out)?;
+    let issuer = ca_issuer(ca_dir)?;
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "ringleader-zookeeper");
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    validity(&mut params);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let ca = read(&ca_dir.join("ca.pem"))?;
+    if ca_dir != out {
+        write(&out.join("ca.pem"), &String::from_utf8_lossy(&ca))?;
+    }
+    write_key(
+        &out.join("zookeeper.pem"),
+        &format!("{}{}", key.serialize_pem(), cert.pem()),
+    )
 }
 
 /// The CA certificates of a `ca.pem` (several during a CA rollover).

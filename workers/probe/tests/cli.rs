@@ -922,3 +922,66 @@ fn a_revoked_node_is_cut_off_and_a_new_ca_is_trusted_beside_the_old() {
         assert_eq!(results.len(), 6);
     });
 }
+
+/// ZooKeeper locked down, end to end: nodes, clients and the command line
+/// reach it over its TLS port with their certificates and a job runs;
+/// ZooKeeper's own client (`zkCli.sh`), without the cluster's credentials
+/// on the plain port, can neither read, delete, alter nor join anything of
+/// the cluster.
+#[test]
+fn zookeeper_over_tls_takes_only_the_clusters_certificates() {
+    use probe::{Behaviour, Probe};
+    use ringleader::client::SubmitOptions;
+    use ringleader::{Client, Collect};
+    let mut c = Cluster::with_zk_tls(BIN);
+    c.node("n0", &[]);
+    c.node("n1", &["--role", "worker"]);
+    let plain = c.servers[0].connect_string();
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+        c.workers(&zk, 2, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let tasks: Vec<Probe> = (0..6)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::Ok,
+            })
+            .collect();
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            ..Default::default()
+        };
+        let job = client.submit::<Collect<Probe>>(tasks, opts).await.unwrap();
+        let (results, _) = job.result().await.unwrap();
+        assert_eq!(results.len(), 6);
+    });
+    let (code, out, err) = run(&c, "status", &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let layout = c.layout();
+    let election = format!("{}/election/_c_x-latch-0000000000", layout.root());
+    let (master, jobs) = (layout.master(), layout.jobs());
+    for args in [
+        vec!["get", master.as_str()],
+        vec!["ls", jobs.as_str()],
+        vec!["delete", jobs.as_str()],
+        vec!["set", layout.root(), "x"],
+        vec!["create", election.as_str(), "x"],
+    ] {
+        let o = std::process::Command::new("/usr/share/zookeeper/bin/zkCli.sh")
+            .args(["-server", &plain])
+            .args(&args)
+            .env("ZOO_LOG_DIR", c.dir.path())
+            .output()
+            .expect("zkCli.sh (Debian's zookeeper package)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            text.contains("Insufficient permission"),
+            "zkCli {args:?} was not refused:\n{text}"
+        );
+    }
+}

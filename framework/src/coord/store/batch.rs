@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use zookeeper_client::{CheckWriteError, CheckWriter, Error as ZkError, OwnedLockClient};
 
-use crate::coord::zk::{PERSISTENT, REQUEST_BUDGET};
+use crate::coord::zk::{AclMode, REQUEST_BUDGET};
 
 /// Most operations in one transaction.
 const MAX_OPS: usize = 2000;
@@ -87,9 +87,9 @@ impl Op {
     }
 
     /// Adds it to a transaction.
-    pub(super) fn add(&self, w: &mut CheckWriter<'_>) -> Result<(), ZkError> {
+    pub(super) fn add(&self, w: &mut CheckWriter<'_>, acl: AclMode) -> Result<(), ZkError> {
         match self {
-            Op::Create { path, data } => w.add_create(path, data, &PERSISTENT),
+            Op::Create { path, data } => w.add_create(path, data, &acl.persistent()),
             Op::Set {
                 path,
                 data,
@@ -135,10 +135,10 @@ pub(super) struct Batcher {
 impl Batcher {
     /// Starts the writer on the current runtime. It holds the lock weakly:
     /// the candidacy ends with the last `LeaderStore`, not with this task.
-    pub(super) fn start(lock: Weak<OwnedLockClient>) -> Self {
+    pub(super) fn start(lock: Weak<OwnedLockClient>, acl: AclMode) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let sent = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(lock, rx, sent.clone()));
+        tokio::spawn(run(lock, rx, sent.clone(), acl));
         Batcher { tx, sent }
     }
 
@@ -170,6 +170,7 @@ async fn run(
     lock: Weak<OwnedLockClient>,
     mut rx: mpsc::UnboundedReceiver<Write>,
     sent: Arc<AtomicU64>,
+    acl: AclMode,
 ) {
     use futures::StreamExt;
     let mut carried: Option<Write> = None;
@@ -218,12 +219,12 @@ async fn run(
             return;
         };
         let sent = sent.clone();
-        flying.push(async move { commit(&lock, batch, &sent).await });
+        flying.push(async move { commit(&lock, batch, &sent, acl).await });
     }
 }
 
 /// Commits a batch, answering each write; retried as the module doc says.
-async fn commit(lock: &OwnedLockClient, mut batch: Vec<Write>, sent: &AtomicU64) {
+async fn commit(lock: &OwnedLockClient, mut batch: Vec<Write>, sent: &AtomicU64, acl: AclMode) {
     let mut delay = Duration::from_millis(10);
     let mut losses = 0;
     while !batch.is_empty() {
@@ -234,7 +235,7 @@ async fn commit(lock: &OwnedLockClient, mut batch: Vec<Write>, sent: &AtomicU64)
             let added = batch
                 .iter()
                 .flat_map(|b| &b.ops)
-                .try_for_each(|op| op.add(&mut w));
+                .try_for_each(|op| op.add(&mut w, acl));
             match added {
                 Ok(()) => w.commit().await.map(|_| ()),
                 Err(e) => Err(CheckWriteError::RequestFailed { source: e }),

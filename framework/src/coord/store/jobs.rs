@@ -6,7 +6,7 @@ use zookeeper_client::Error as ZkError;
 
 use super::{now_ms, retry_loss, LeaderStore, Op, StoredJob};
 use crate::coord::records::{JobRecord, JobStatus, ResultRecord};
-use crate::coord::zk::{decode_record, encode_record, CoordError, PERSISTENT, REQUEST_BUDGET};
+use crate::coord::zk::{decode_record, encode_record, CoordError, REQUEST_BUDGET};
 use crate::core::shard_count;
 
 /// A job with at most this many commit buckets (and one batch of tasks)
@@ -160,7 +160,8 @@ impl LeaderStore {
         nodes.extend((0..buckets).map(|b| (self.layout.bucket(id, b * 1000), &[][..])));
         let writes = nodes.iter().map(|(path, data)| async move {
             self.retry("create_job", path, || {
-                self.lock.create(path, data, &PERSISTENT)
+                self.lock
+                    .create(path, data, &self.layout.acl().persistent())
             })
             .await
             .map(|_| ())

@@ -25,7 +25,7 @@ use super::records::{JobRecord, MasterInfo, ShardRecord};
 use super::session::{Connections, Session};
 use crate::store::Store;
 
-use super::zk::{encode_record, CoordError, Layout, EPHEMERAL, PERSISTENT};
+use super::zk::{encode_record, CoordError, Layout};
 use crate::core::CommittedShard;
 
 /// Outputs above this size are written to the cluster's store and
@@ -92,8 +92,8 @@ impl LeaderStore {
         let (jobs_path, workers_path) = (layout.jobs(), layout.workers());
         // One round trip when the paths exist (the usual case).
         let (jobs, workers, first) = futures::join!(
-            super::zk::ensure_path(&client, &jobs_path),
-            super::zk::ensure_path(&client, &workers_path),
+            super::zk::ensure_path(&client, &jobs_path, layout.acl()),
+            super::zk::ensure_path(&client, &workers_path, layout.acl()),
             client.get_data(&path)
         );
         jobs?;
@@ -107,7 +107,10 @@ impl LeaderStore {
             let (data, stat) = match read {
                 Ok(v) => v,
                 Err(ZkError::NoNode) => {
-                    match client.create(&path, &0u64.to_be_bytes(), &PERSISTENT).await {
+                    match client
+                        .create(&path, &0u64.to_be_bytes(), &layout.acl().persistent())
+                        .await
+                    {
                         Ok(_) | Err(ZkError::NodeExists) => continue,
                         Err(e) => return Err(CoordError::zk(&path, e)),
                     }
@@ -123,7 +126,7 @@ impl LeaderStore {
                 })?;
             let lock = Arc::new(lock);
             return Ok(LeaderStore {
-                batcher: batch::Batcher::start(Arc::downgrade(&lock)),
+                batcher: batch::Batcher::start(Arc::downgrade(&lock), layout.acl()),
                 lock,
                 layout,
                 epoch: old + 1,
@@ -189,7 +192,7 @@ impl LeaderStore {
                         &self.epoch.to_be_bytes(),
                         Some(self.epoch_version),
                     )?;
-                    w.add_create(&path, &data, &EPHEMERAL)
+                    w.add_create(&path, &data, &self.layout.acl().discovery())
                 })
                 .await;
             match res {
@@ -287,8 +290,9 @@ impl LeaderStore {
         path: &str,
         ops: &[Op],
     ) -> Result<(), CoordError> {
+        let acl = self.layout.acl();
         self.retry(name, path, || {
-            self.fenced_once(|w| ops.iter().try_for_each(|op| op.add(w)))
+            self.fenced_once(move |w| ops.iter().try_for_each(|op| op.add(w, acl)))
         })
         .await
     }

@@ -1,0 +1,91 @@
+#![allow(clippy::unwrap_used)]
+//! ZooKeeper locked down: a private server with its TLS client port and
+//! x509 authentication; a node's session over TLS creates the cluster's
+//! znodes so that only node certificates may change them, a client's
+//! certificate may read `/master` only, and a client without the
+//! cluster's credentials (on the plain port) can neither read, delete nor
+//! alter anything under the cluster root.
+
+use std::time::Duration;
+
+use ringleader::coord::{self, Layout, MasterInfo, Session, ZkTls};
+use ringleader::transport::tls::{self, Identity};
+use ringleader::zkserver::{ZkServer, ZkServerOptions};
+
+fn zk_tls(identity: &Identity) -> ZkTls {
+    let (cert, key, ca) = identity.pem();
+    ZkTls { ca, cert, key }
+}
+
+#[test]
+fn only_nodes_change_the_cluster_and_clients_read_only_the_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    tls::make_cluster_certs(&certs).unwrap();
+    let zk_certs = dir.path().join("zk-certs");
+    tls::issue_zookeeper(&certs, &["127.0.0.1".into(), "localhost".into()], &zk_certs).unwrap();
+    let opts = ZkServerOptions {
+        tls: Some(zk_certs),
+        ..Default::default()
+    };
+    let server = ZkServer::start(&dir.path().join("zk"), &opts).unwrap();
+    let secure = server.secure_connect_string().unwrap();
+    let node = Identity::node(&certs, Some("n1"), || unreachable!()).unwrap();
+    let client = Identity::client(&certs).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let t = Duration::from_secs(10);
+        let layout = Layout::new("locked");
+        let session = Session::connect_with(&secure, t, layout.clone(), Some(&zk_tls(&node)))
+            .await
+            .unwrap();
+        session.ensure_root().await.unwrap();
+        let store =
+            ringleader::store::Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
+        let leader = session.campaign("n1", store).await.unwrap();
+        leader.publish("n1", "127.0.0.1:7470").await.unwrap();
+
+        // A client's certificate reads /master, and nothing else.
+        let reader = coord::connect_with(&secure, t, Some(&zk_tls(&client)))
+            .await
+            .unwrap();
+        let master: Option<MasterInfo> = coord::read_master(&reader, &layout).await.unwrap();
+        assert_eq!(master.unwrap().node_id, "n1");
+        let err = reader.get_data(&layout.jobs()).await.unwrap_err();
+        assert!(matches!(err, zookeeper_client::Error::NoAuth), "{err:?}");
+        let err = reader.delete(&layout.master(), None).await.unwrap_err();
+        assert!(matches!(err, zookeeper_client::Error::NoAuth), "{err:?}");
+
+        // No credentials, on the plain port: nothing.
+        let stranger = coord::connect(&server.connect_string(), t).await.unwrap();
+        for path in [layout.master(), layout.jobs(), layout.root().to_string()] {
+            let err = stranger.get_data(&path).await.unwrap_err();
+            assert!(
+                matches!(err, zookeeper_client::Error::NoAuth),
+                "read {path}: {err:?}"
+            );
+        }
+        let err = stranger.delete(&layout.jobs(), None).await.unwrap_err();
+        assert!(matches!(err, zookeeper_client::Error::NoAuth), "{err:?}");
+        let err = stranger
+            .set_data(layout.root(), b"x", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, zookeeper_client::Error::NoAuth), "{err:?}");
+        let err = stranger
+            .create(
+                &format!("{}/election/_c_x-latch-0000000000", layout.root()),
+                b"",
+                &zookeeper_client::CreateMode::Ephemeral
+                    .with_acls(zookeeper_client::Acls::anyone_all()),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, zookeeper_client::Error::NoAuth), "{err:?}");
+        // The node still serves: its writes go through.
+        assert!(leader.list_job_ids().await.unwrap().is_empty());
+    });
+}
