@@ -47,7 +47,8 @@ pub struct ZkServerOptions {
     /// Also serve ZooKeeper's TLS client port (`secureClientPort`) with
     /// x509 authentication: a directory holding `zookeeper.pem` (key and
     /// certificate, from `tls::issue_zookeeper`) and `ca.pem` (the CAs
-    /// whose client certificates it accepts). Standalone servers only.
+    /// whose client certificates it accepts). In an ensemble, the servers'
+    /// quorum traffic stays plain.
     pub tls: Option<PathBuf>,
 }
 
@@ -183,6 +184,25 @@ fn base_cfg(data: &Path, ip: IpAddr, port: u16, opts: &ZkServerOptions) -> Strin
     )
 }
 
+/// Opens the TLS client port in `cfg` when `opts` asks for it (ZooKeeper's
+/// usual 2281 on a host of its own, a free port on loopback): its address.
+fn tls_port(
+    cfg: &mut String,
+    opts: &ZkServerOptions,
+    host: &ServerHost,
+) -> std::io::Result<Option<SocketAddr>> {
+    let Some(tls) = &opts.tls else {
+        return Ok(None);
+    };
+    let port = if host.netns.is_some() {
+        2281
+    } else {
+        free_port()?
+    };
+    cfg.push_str(&tls_cfg(tls, host.ip, port));
+    Ok(Some(SocketAddr::new(host.ip, port)))
+}
+
 /// The lines of `zoo.cfg` that open the TLS client port: Netty (the only
 /// factory with TLS), PEM key and trust stores, client certificates
 /// required, and the x509 provider, which makes a client's certificate
@@ -247,18 +267,7 @@ impl ZkServer {
         let data = dir.join("data");
         std::fs::create_dir_all(&data)?;
         let mut cfg = base_cfg(&data, host.ip, port, opts);
-        let secure = match &opts.tls {
-            Some(tls) => {
-                let secure = if host.netns.is_some() {
-                    2281
-                } else {
-                    free_port()?
-                };
-                cfg.push_str(&tls_cfg(tls, host.ip, secure));
-                Some(SocketAddr::new(host.ip, secure))
-            }
-            None => None,
-        };
+        let secure = tls_port(&mut cfg, opts, host)?;
         let child = spawn(dir, &cfg, opts, host.netns.as_deref())?;
         let server = ZkServer {
             child: Some(child),
@@ -396,15 +405,17 @@ impl ZkEnsemble {
             let data = sdir.join("data");
             std::fs::create_dir_all(&data)?;
             std::fs::write(data.join("myid"), format!("{}\n", i + 1))?;
-            let cfg = format!(
+            let mut cfg = format!(
                 "{}initLimit=20\nsyncLimit=10\n{peers}",
                 base_cfg(&data, host.ip, *port, opts)
             );
+            // Clients over TLS; the servers' quorum traffic stays plain.
+            let secure = tls_port(&mut cfg, opts, host)?;
             let child = spawn(&sdir, &cfg, opts, host.netns.as_deref())?;
             servers.push(ZkServer {
                 child: Some(child),
                 addr: SocketAddr::new(host.ip, *port),
-                secure: None,
+                secure,
                 netns: host.netns.clone(),
                 dir: sdir,
             });

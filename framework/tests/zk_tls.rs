@@ -10,32 +10,43 @@ use std::time::Duration;
 
 use ringleader::coord::{self, Layout, MasterInfo, Session, ZkTls};
 use ringleader::transport::tls::{self, Identity};
-use ringleader::zkserver::{ZkServer, ZkServerOptions};
+use ringleader::zkserver::{ZkEnsemble, ZkServer, ZkServerOptions};
 
 fn zk_tls(identity: &Identity) -> ZkTls {
     let (cert, key, ca) = identity.pem();
     ZkTls { ca, cert, key }
 }
 
-#[test]
-fn only_nodes_change_the_cluster_and_clients_read_only_the_master() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
+/// A one-machine certificate directory, a ZooKeeper server certificate
+/// for 127.0.0.1 from its CA, and server options opening the TLS port.
+fn tls_setup(dir: &std::path::Path) -> (std::path::PathBuf, ZkServerOptions) {
+    let certs = dir.join("certs");
     tls::make_cluster_certs(&certs).unwrap();
-    let zk_certs = dir.path().join("zk-certs");
+    let zk_certs = dir.join("zk-certs");
     tls::issue_zookeeper(&certs, &["127.0.0.1".into(), "localhost".into()], &zk_certs).unwrap();
     let opts = ZkServerOptions {
         tls: Some(zk_certs),
         ..Default::default()
     };
+    (certs, opts)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn only_nodes_change_the_cluster_and_clients_read_only_the_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let (certs, opts) = tls_setup(dir.path());
     let server = ZkServer::start(&dir.path().join("zk"), &opts).unwrap();
     let secure = server.secure_connect_string().unwrap();
     let node = Identity::node(&certs, Some("n1"), || unreachable!()).unwrap();
     let client = Identity::client(&certs).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let t = Duration::from_secs(10);
         let layout = Layout::new("locked");
@@ -87,5 +98,44 @@ fn only_nodes_change_the_cluster_and_clients_read_only_the_master() {
         assert!(matches!(err, zookeeper_client::Error::NoAuth), "{err:?}");
         // The node still serves: its writes go through.
         assert!(leader.list_job_ids().await.unwrap().is_empty());
+    });
+}
+
+/// An ensemble over TLS: a node's session reaches each server's TLS port
+/// and follows the ensemble when the server it uses dies.
+#[test]
+fn a_session_over_tls_survives_the_loss_of_its_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (certs, opts) = tls_setup(dir.path());
+    let mut ensemble = ZkEnsemble::start(&dir.path().join("zk"), 3, &opts).unwrap();
+    let secure: Vec<String> = ensemble
+        .servers
+        .iter()
+        .map(|s| s.secure_connect_string().unwrap())
+        .collect();
+    let node = Identity::node(&certs, Some("n1"), || unreachable!()).unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let t = Duration::from_secs(10);
+        let layout = Layout::new("ensemble");
+        let session =
+            Session::connect_with(&secure.join(","), t, layout.clone(), Some(&zk_tls(&node)))
+                .await
+                .unwrap();
+        session.ensure_root().await.unwrap();
+        for s in &mut ensemble.servers {
+            s.kill();
+            // The others keep a quorum only while two of three live: one
+            // at a time, each restarted before the next goes.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if session.zookeeper().check_stat(layout.root()).await.is_ok() {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "no answer over TLS");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            s.restart().unwrap();
+        }
     });
 }

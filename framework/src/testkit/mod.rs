@@ -81,6 +81,11 @@ impl Cluster {
         Self::start_with(bin, &[ServerHost::loopback()], None, true)
     }
 
+    /// [`Cluster::with_zk_tls`] with an ensemble of `n` servers.
+    pub fn with_servers_zk_tls(bin: impl Into<PathBuf>, n: usize) -> Cluster {
+        Self::start_with(bin, &vec![ServerHost::loopback(); n], None, true)
+    }
+
     fn start_with(
         bin: impl Into<PathBuf>,
         hosts: &[ServerHost],
