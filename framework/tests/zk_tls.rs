@@ -139,3 +139,22 @@ fn a_session_over_tls_survives_the_loss_of_its_server() {
         }
     });
 }
+
+/// A host a TLS certificate cannot name is refused before connecting
+/// (zookeeper-client would panic on it).
+#[test]
+fn a_host_no_certificate_can_name_is_refused_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (certs, _) = tls_setup(dir.path());
+    let node = Identity::node(&certs, Some("n1"), || unreachable!()).unwrap();
+    runtime().block_on(async {
+        let err = coord::connect_with("-bad-.:2281", Duration::from_secs(2), Some(&zk_tls(&node)))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("neither a host name nor an IP address"),
+            "{err}"
+        );
+    });
+}

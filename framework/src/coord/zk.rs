@@ -328,7 +328,19 @@ pub async fn connect_with(
         source,
     };
     // Nonsense is refused before the client tries anything.
-    parse_connect_string(hosts).map_err(|why| failed(why, None))?;
+    let servers = parse_connect_string(hosts).map_err(|why| failed(why, None))?;
+    if tls.is_some() {
+        // zookeeper-client panics on a host a TLS certificate cannot name.
+        if let Some((host, _)) = servers
+            .iter()
+            .find(|(host, _)| !crate::transport::is_server_name(host))
+        {
+            let why = format!(
+                "{host:?} is neither a host name nor an IP address a TLS certificate can name"
+            );
+            return Err(failed(why, None));
+        }
+    }
     let connector = Client::connector()
         .with_session_timeout(session_timeout)
         .with_connection_timeout(session_timeout.min(Duration::from_secs(5)));

@@ -25,6 +25,12 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Whether `host` is a name or an IP address a TLS server certificate can
+/// carry (and a TLS client can check).
+pub fn is_server_name(host: &str) -> bool {
+    rustls::pki_types::ServerName::try_from(host).is_ok()
+}
+
 /// The identity the peer's certificate carries (checked against the
 /// cluster CA by the handshake).
 pub fn peer_id(conn: &Connection) -> Result<PeerId, String> {
