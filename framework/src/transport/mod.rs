@@ -464,9 +464,7 @@ where
             // Whether reloads may still come (their sender lives).
             let mut reloads = true;
             loop {
-                let is_revoked =
-                    |r: &Arc<std::collections::HashSet<Vec<u8>>>| r.contains(&peer.serial);
-                if is_revoked(&revoked.borrow_and_update()) {
+                if revoked.borrow_and_update().contains(&peer.serial) {
                     metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => "revoked")
                         .increment(1);
                     tracing::warn!(peer = %peer.id, %remote, "closing the connection of a revoked certificate");

@@ -368,11 +368,11 @@ impl Identity {
         let key = PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| pem_err(dir.join("ca.key"), e.to_string()))?;
         let (crls, revoked) = load_crls(dir)?;
-        let ca_pem = String::from_utf8_lossy(&read(&dir.join("ca.pem"))?).into();
+        let (roots, ca_pem) = load_roots(&dir.join("ca.pem"))?;
         Ok(Identity {
             chain,
             key: Arc::new(key),
-            roots: Arc::new(load_roots(&dir.join("ca.pem"))?),
+            roots: Arc::new(roots),
             id,
             crls: Arc::new(crls),
             revoked: Arc::new(revoked),
@@ -430,7 +430,7 @@ impl Identity {
             path: path.to_path_buf(),
             reason,
         };
-        let roots = load_roots(&ca_path)?;
+        let (roots, ca_pem) = load_roots(&ca_path)?;
         let chain = rustls_pemfile::certs(&mut &read(&cert_path)?[..])
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| pem_err(&cert_path, e.to_string()))?;
@@ -464,7 +464,6 @@ impl Identity {
             .map_err(|e| pem_err(&key_path, e.to_string()))?
             .ok_or_else(|| pem_err(&key_path, "no private key found".into()))?;
         let (crls, revoked) = load_crls(dir)?;
-        let ca_pem = String::from_utf8_lossy(&read(&ca_path)?).into();
         Ok(Identity {
             chain,
             key: Arc::new(key),
@@ -593,21 +592,23 @@ pub fn issue_zookeeper(ca_dir: &Path, hosts: &[String], out: &Path) -> Result<()
     )
 }
 
-/// The CA certificates of a `ca.pem` (several during a CA rollover).
-fn load_roots(ca_path: &Path) -> Result<RootCertStore, TlsError> {
+/// The CA certificates of a `ca.pem` (several during a CA rollover), and
+/// the file's text.
+fn load_roots(ca_path: &Path) -> Result<(RootCertStore, Arc<str>), TlsError> {
     let pem_err = |reason: String| TlsError::Pem {
         path: ca_path.to_path_buf(),
         reason,
     };
+    let text = read(ca_path)?;
     let mut roots = RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &read(ca_path)?[..]) {
+    for c in rustls_pemfile::certs(&mut &text[..]) {
         let c = c.map_err(|e| pem_err(e.to_string()))?;
         roots.add(c).map_err(|e| pem_err(e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(pem_err("no CA certificate found".into()));
     }
-    Ok(roots)
+    Ok((roots, String::from_utf8_lossy(&text).into()))
 }
 
 fn validity(params: &mut CertificateParams) {

@@ -10,22 +10,19 @@ use super::Master;
 use crate::metrics as m;
 use crate::transport::PeerId;
 
+/// Whether `peer` may act on (and see) a job owned by `owner`.
+pub(crate) fn visible(owner: Option<&str>, peer: &PeerId) -> bool {
+    owner.is_none_or(|o| peer.acts_for_all() || peer.principal() == o)
+}
+
 /// Why `peer` may not act on a job owned by `owner`, if it may not.
 pub(crate) fn refusal(owner: Option<&str>, peer: &PeerId, job_id: &str) -> Option<String> {
-    let owner = owner?;
-    if peer.acts_for_all() || peer.principal() == owner {
-        return None;
-    }
+    let owner = owner.filter(|_| !visible(owner, peer))?;
     let whose = owner.replacen(':', " ", 1);
     Some(format!(
         "job {job_id} belongs to {whose}: only it, an admin or a node may read, watch, cancel or \
          resubmit it (your certificate is {peer}'s)"
     ))
-}
-
-/// Whether `peer` sees a job owned by `owner` in listings.
-pub(crate) fn visible(owner: Option<&str>, peer: &PeerId) -> bool {
-    refusal(owner, peer, "").is_none()
 }
 
 /// May `peer` act on job `job_id`? `None`: yes (or there is no such job,
@@ -59,13 +56,18 @@ impl Handler<Authorize> for Master {
         if msg.peer.acts_for_all() {
             return Box::pin(fut::ready(None));
         }
-        // Running and retained jobs are in memory; the others are read.
+        // Running, finished here and retained jobs are in memory; the
+        // others (finished before a takeover) are read.
         let known = self
             .jobs
             .get(&msg.job_id)
-            .map(|rt| &rt.stored.record)
-            .or_else(|| self.retained.get(&msg.job_id).map(|j| &j.record))
-            .map(|r| r.owner.clone());
+            .map(|rt| rt.stored.record.owner.clone())
+            .or_else(|| self.owners.get(&msg.job_id).cloned())
+            .or_else(|| {
+                self.retained
+                    .get(&msg.job_id)
+                    .map(|j| j.record.owner.clone())
+            });
         if let Some(owner) = known {
             let why = refusal(owner.as_deref(), &msg.peer, &msg.job_id);
             return Box::pin(fut::ready(self.refused(&msg.peer, &msg.job_id, why)));

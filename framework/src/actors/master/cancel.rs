@@ -29,7 +29,7 @@ impl Master {
         if self.loading.contains(&job_id) {
             self.cancelled_while_loading.insert(job_id.clone());
         }
-        let rt = self.jobs.remove(&job_id);
+        let rt = self.forget_job(&job_id);
         self.ledger.remove(&job_id);
         self.sched.remove_job(&job_id);
         self.dispatch(ctx);

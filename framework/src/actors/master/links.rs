@@ -182,9 +182,7 @@ impl Handler<Registered> for Master {
         for w in gone {
             if self.sched.has_worker(&w) {
                 tracing::warn!(worker = %w, "worker registration deleted; reassigning its shards");
-                metrics::counter!(m::SHARDS_REASSIGNED).increment(self.sched.running_on(&w) as u64);
-                self.may_orphan.extend(self.sched.jobs_on(&w));
-                let cmds = self.sched.remove_worker(&w);
+                let cmds = self.lose_worker_runs(&w);
                 self.apply(cmds, ctx);
             }
         }

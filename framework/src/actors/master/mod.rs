@@ -185,6 +185,10 @@ pub(crate) struct Master {
     /// collected. (A worker whose run ends after its link deletes the
     /// output it wrote itself: no master saw its report.)
     may_orphan: HashSet<String>,
+    /// Owners of the jobs this master finished or cancelled, until they
+    /// are collected: a request on one needs no ZooKeeper read to be
+    /// authorized (an owner never changes while its job id lives).
+    owners: HashMap<String, Option<String>>,
     /// Records of retained jobs (done and fetched, or cancelled: they
     /// change no more), read once by the collector.
     retained: HashMap<String, StoredJob>,
@@ -250,6 +254,7 @@ impl Master {
             retention,
             collecting: HashSet::new(),
             may_orphan: HashSet::new(),
+            owners: HashMap::new(),
             retained: HashMap::new(),
             paused: false,
             wake_at: None,
@@ -335,10 +340,25 @@ impl Master {
     /// to the queue.
     fn drop_worker(&mut self, ctx: &mut Context<Self>, node_id: &str) {
         self.links.remove(node_id);
+        let cmds = self.lose_worker_runs(node_id);
+        self.run(ctx, cmds);
+    }
+
+    /// Takes a worker out of the scheduler: its runs go back to the queue,
+    /// counted, and their jobs are marked as possibly holding outputs no
+    /// record names (see `may_orphan`).
+    fn lose_worker_runs(&mut self, node_id: &str) -> Vec<Command> {
         self.may_orphan.extend(self.sched.jobs_on(node_id));
         metrics::counter!(m::SHARDS_REASSIGNED).increment(self.sched.running_on(node_id) as u64);
-        let cmds = self.sched.remove_worker(node_id);
-        self.run(ctx, cmds);
+        self.sched.remove_worker(node_id)
+    }
+
+    /// Drops a job's runtime, keeping its owner for authorization.
+    fn forget_job(&mut self, job: &str) -> Option<JobRuntime> {
+        let rt = self.jobs.remove(job)?;
+        self.owners
+            .insert(job.to_string(), rt.stored.record.owner.clone());
+        Some(rt)
     }
 
     fn apply(&mut self, cmds: Vec<Command>, ctx: &mut Context<Self>) {
@@ -638,7 +658,7 @@ impl Master {
                     tasks_done: counters.tasks_done,
                     tasks_failed: counters.tasks_failed,
                 });
-                act.jobs.remove(&job);
+                act.forget_job(&job);
                 act.ledger.finished(&job);
                 act.sched.remove_job(&job);
                 metrics::gauge!(m::JOBS_RUNNING).set(act.jobs.len() as f64);
@@ -657,7 +677,7 @@ impl Master {
             Err(e) if e.is_conflict() => {
                 // A cancel got there first: nothing of the result was written.
                 tracing::info!(job, "job cancelled while its result was being written");
-                act.jobs.remove(&job);
+                act.forget_job(&job);
                 act.ledger.finished(&job);
                 act.sched.remove_job(&job);
             }
@@ -770,25 +790,23 @@ impl Master {
                 .filter(|j| act.may_orphan.contains(&j.id))
                 .map(|j| j.id.clone())
                 .collect();
-            let collect = {
-                let sweep = sweep.clone();
-                async move {
-                    store
-                        .collect(&victims, &sweep)
-                        .await
-                        .map(|()| victims.len())
-                }
+            let collect = async move {
+                store
+                    .collect(&victims, &sweep)
+                    .await
+                    .map(|()| victims.len())
             };
             ctx.spawn(collect.into_actor(act).map(move |res, act, ctx| {
                 act.gc_running = false;
-                act.collecting.clear();
+                let collected = std::mem::take(&mut act.collecting);
                 match res {
                     Err(e) if e.is_session_end() => act.fail(ctx, &e),
                     Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
                     Ok(n) => {
                         tracing::debug!(jobs = n, "removed collected jobs from ZooKeeper");
-                        for id in &sweep {
+                        for id in &collected {
                             act.may_orphan.remove(id);
+                            act.owners.remove(id);
                         }
                     }
                 }
