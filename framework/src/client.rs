@@ -145,7 +145,10 @@ impl ClientConfig {
 }
 
 struct Inner {
-    zk: Session,
+    /// The ZooKeeper session now (a new one replaces it when it ends).
+    zk: std::sync::Mutex<Session>,
+    /// What new sessions present over ZooKeeper's TLS port.
+    zk_tls: Option<crate::coord::ZkTls>,
     cfg: ClientConfig,
     endpoint: transport::Endpoint,
     conn: Mutex<Option<(u64, transport::Connection)>>,
@@ -196,9 +199,15 @@ pub struct JobHandle<J> {
 const CHUNK_BYTES: usize = 4 << 20;
 
 /// What `identity` presents to ZooKeeper over TLS.
-pub(crate) fn zk_tls(identity: &tls::Identity) -> crate::coord::ZkTls {
+/// What `identity` (read from `dir`) presents to ZooKeeper's TLS port.
+pub(crate) fn zk_tls(identity: &tls::Identity, dir: &std::path::Path) -> crate::coord::ZkTls {
     let (cert, key, ca) = identity.pem();
-    crate::coord::ZkTls { ca, cert, key }
+    crate::coord::ZkTls {
+        ca,
+        cert,
+        key,
+        origin: dir.display().to_string(),
+    }
 }
 
 impl Client {
@@ -207,12 +216,13 @@ impl Client {
         let identity = tls::Identity::client(&cfg.certs)?;
         // Any address, never loopback: the master is usually on another host.
         let endpoint = transport::endpoint_any(0, &identity, false, transport::LINK_TIMEOUT)?;
-        let tls = cfg.zk_tls.then(|| zk_tls(&identity));
+        let tls = cfg.zk_tls.then(|| zk_tls(&identity, &cfg.certs));
         let layout = Layout::new(&cfg.cluster);
         let zk = Session::connect_with(&cfg.zk, cfg.session_timeout, layout, tls.as_ref()).await?;
         Ok(Client {
             inner: Arc::new(Inner {
-                zk,
+                zk: std::sync::Mutex::new(zk),
+                zk_tls: tls,
                 cfg,
                 endpoint,
                 conn: Mutex::new(None),
@@ -225,8 +235,18 @@ impl Client {
     /// epoch found unusable); [`ClientError::NoMaster`] when none is
     /// published within `master_wait`.
     async fn find_master(&self, bad_epoch: Option<u64>) -> Result<MasterInfo, ClientError> {
+        match self.find_master_once(bad_epoch).await {
+            // The session ended while it was read: once more on a new one.
+            Err(ClientError::Coord(e)) if e.is_session_end() => {
+                self.find_master_once(bad_epoch).await
+            }
+            r => r,
+        }
+    }
+
+    async fn find_master_once(&self, bad_epoch: Option<u64>) -> Result<MasterInfo, ClientError> {
         let wait = self.inner.cfg.master_wait;
-        let zk = &self.inner.zk;
+        let zk = &self.live_session().await?;
         // Prefer a newer master; fall back to the same one after a short wait
         // (the failure may have been the link, not the master).
         let master = match zk
@@ -269,8 +289,8 @@ impl Client {
             }
         }
         *guard = None;
-        let zk = &self.inner.zk;
         let mut master = self.find_master(bad_epoch).await?;
+        let zk = &self.session();
         let mut silent_since: Option<(tokio::time::Instant, Duration)> = None;
         loop {
             let dial = transport::dial_node(&self.inner.endpoint, &master.addr, &master.node_id);
@@ -769,9 +789,39 @@ impl Client {
         Ok(store)
     }
 
-    /// The ZooKeeper session (for tools and tests).
-    pub fn session(&self) -> &Session {
-        &self.inner.zk
+    /// The ZooKeeper session now (for tools and tests).
+    pub fn session(&self) -> Session {
+        self.inner
+            .zk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The session, or a new one if it has ended (expired while this
+    /// host was cut off or asleep): a client outlives its sessions, as a
+    /// node does; it only reads `/master`, so nothing of the old one is
+    /// lost with it.
+    async fn live_session(&self) -> Result<Session, ClientError> {
+        let zk = self.session();
+        if !matches!(zk.connection(), crate::coord::Connection::Ended { .. }) {
+            return Ok(zk);
+        }
+        tracing::info!("the client's ZooKeeper session ended; starting a new one");
+        let cfg = &self.inner.cfg;
+        let fresh = Session::connect_with(
+            &cfg.zk,
+            cfg.session_timeout,
+            Layout::new(&cfg.cluster),
+            self.inner.zk_tls.as_ref(),
+        )
+        .await?;
+        *self
+            .inner
+            .zk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh.clone();
+        Ok(fresh)
     }
 }
 

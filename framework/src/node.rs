@@ -309,17 +309,21 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         config.max_job_bytes,
         revoked_rx,
     ));
+    // New ZooKeeper sessions present the certificate of the last reload.
+    let (zk_identity_tx, zk_identity) = watch::channel(identity.clone());
     actix::spawn(reload_on_hangup(
         endpoint.clone(),
         config.certs.clone(),
         node_id.clone(),
         config.link_timeout,
-        revoked_tx,
+        Reloaded {
+            revoked: revoked_tx,
+            identity: zk_identity_tx,
+        },
         audit.clone(),
     ));
     let layout = Layout::new(&config.cluster);
-    let zk_tls = config.zk_tls.then(|| crate::client::zk_tls(&identity));
-    if zk_tls.is_none() {
+    if !config.zk_tls {
         tracing::warn!(
             "ZooKeeper over a plain connection: anyone who reaches it can read and change \
              this cluster's znodes; give --zk-tls and the servers' TLS ports to lock them down"
@@ -327,17 +331,27 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     }
     let mut shutdown = Box::pin(shutdown_signal());
     let mut connect_failures = 0u32;
+    let mut connected_once = false;
     // Retries back off, and the cause is logged when it changes (not at
     // every attempt of a node left pointing at a wrong address).
     let mut backoff = CONNECT_BACKOFF_MIN;
     let mut last_cause: Option<String> = None;
     loop {
+        let zk_tls = config
+            .zk_tls
+            .then(|| crate::client::zk_tls(&zk_identity.borrow(), &config.certs));
         let zk = tokio::select! {
             r = Session::connect_with(&config.zk, config.session_timeout, layout.clone(), zk_tls.as_ref()) => r,
             _ = &mut shutdown => break,
         };
         let zk = match zk {
             Ok(zk) => zk,
+            // A set-up ZooKeeper refuses (this certificate, the port's
+            // protocol) is an error at start, not a retry loop that hides
+            // it; once the node has run, it is retried as any outage.
+            Err(e @ crate::coord::CoordError::Refused { .. }) if !connected_once => {
+                return Err(e.into());
+            }
             Err(e) => {
                 connect_failures += 1;
                 let cause = e.to_string();
@@ -364,6 +378,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         if connect_failures > 0 {
             tracing::info!(attempts = connect_failures + 1, "ZooKeeper reached");
         }
+        connected_once = true;
         connect_failures = 0;
         backoff = CONNECT_BACKOFF_MIN;
         last_cause = None;
@@ -508,17 +523,26 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     Ok(())
 }
 
+/// Where a SIGHUP's reload goes besides the QUIC endpoint.
+struct Reloaded {
+    /// The serials the CRLs revoke (live connections of theirs close).
+    revoked: watch::Sender<Arc<std::collections::HashSet<Vec<u8>>>>,
+    /// The identity new ZooKeeper sessions present over TLS.
+    identity: watch::Sender<tls::Identity>,
+}
+
 /// On SIGHUP, reads the node's certificate directory again (its
 /// certificate and key, `ca.pem`, `crl.pem`) and puts it in use for new
-/// connections; live connections of certificates now revoked are closed.
-/// A directory that no longer loads, or names another node, is refused
-/// (logged) and the one in use stays.
+/// connections: QUIC, and ZooKeeper sessions started from then on (the
+/// live session keeps its handshake). Live QUIC connections of
+/// certificates now revoked are closed. A directory that no longer loads,
+/// or names another node, is refused (logged) and the one in use stays.
 async fn reload_on_hangup(
     mut endpoint: transport::Endpoint,
     certs: std::path::PathBuf,
     node_id: String,
     link_timeout: Duration,
-    revoked: watch::Sender<Arc<std::collections::HashSet<Vec<u8>>>>,
+    reloaded: Reloaded,
     audit: crate::audit::Audit,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -546,7 +570,8 @@ async fn reload_on_hangup(
                         revoked: serials.len() as u64,
                     },
                 );
-                revoked.send_replace(serials);
+                reloaded.revoked.send_replace(serials);
+                reloaded.identity.send_replace(identity);
             }
             Err(e) => tracing::error!(
                 certs = %certs.display(),

@@ -48,7 +48,8 @@ pub struct ZkServerOptions {
     /// x509 authentication: a directory holding `zookeeper.pem` (key and
     /// certificate, from `tls::issue_zookeeper`) and `ca.pem` (the CAs
     /// whose client certificates it accepts). In an ensemble, the servers'
-    /// quorum traffic stays plain.
+    /// quorum and election traffic then goes over TLS too, with the same
+    /// certificate.
     pub tls: Option<PathBuf>,
 }
 
@@ -215,6 +216,19 @@ fn tls_cfg(dir: &Path, ip: IpAddr, port: u16) -> String {
          ssl.trustStore.location={ca}\nssl.trustStore.type=PEM\n\
          ssl.clientAuth=need\n\
          authProvider.x509=org.apache.zookeeper.server.auth.X509AuthenticationProvider\n",
+        key = dir.join("zookeeper.pem").display(),
+        ca = dir.join("ca.pem").display(),
+    )
+}
+
+/// The lines of `zoo.cfg` that put an ensemble's quorum and election
+/// traffic under mutual TLS with the same certificate (it names every
+/// server's address, and has client and server usage).
+fn quorum_tls_cfg(dir: &Path) -> String {
+    format!(
+        "sslQuorum=true\n\
+         ssl.quorum.keyStore.location={key}\nssl.quorum.keyStore.type=PEM\n\
+         ssl.quorum.trustStore.location={ca}\nssl.quorum.trustStore.type=PEM\n",
         key = dir.join("zookeeper.pem").display(),
         ca = dir.join("ca.pem").display(),
     )
@@ -409,8 +423,11 @@ impl ZkEnsemble {
                 "{}initLimit=20\nsyncLimit=10\n{peers}",
                 base_cfg(&data, host.ip, *port, opts)
             );
-            // Clients over TLS; the servers' quorum traffic stays plain.
+            // Clients over TLS, and then the servers among themselves too.
             let secure = tls_port(&mut cfg, opts, host)?;
+            if let Some(tls) = &opts.tls {
+                cfg.push_str(&quorum_tls_cfg(tls));
+            }
             let child = spawn(&sdir, &cfg, opts, host.netns.as_deref())?;
             servers.push(ZkServer {
                 child: Some(child),

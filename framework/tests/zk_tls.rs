@@ -14,7 +14,13 @@ use ringleader::zkserver::{ZkEnsemble, ZkServer, ZkServerOptions};
 
 fn zk_tls(identity: &Identity) -> ZkTls {
     let (cert, key, ca) = identity.pem();
-    ZkTls { ca, cert, key }
+    let origin = format!("(the test's {})", identity.id());
+    ZkTls {
+        ca,
+        cert,
+        key,
+        origin,
+    }
 }
 
 /// A one-machine certificate directory, a ZooKeeper server certificate
@@ -101,13 +107,34 @@ fn only_nodes_change_the_cluster_and_clients_read_only_the_master() {
     });
 }
 
-/// An ensemble over TLS: a node's session reaches each server's TLS port
-/// and follows the ensemble when the server it uses dies.
+/// An ensemble over TLS: its servers elect and replicate over TLS among
+/// themselves, and a node's session reaches each server's TLS port and
+/// follows the ensemble when the server it uses dies.
 #[test]
 fn a_session_over_tls_survives_the_loss_of_its_server() {
+    use ringleader::transport::probe::probe_tls;
     let dir = tempfile::tempdir().unwrap();
     let (certs, opts) = tls_setup(dir.path());
     let mut ensemble = ZkEnsemble::start(&dir.path().join("zk"), 3, &opts).unwrap();
+    // Every server's election port speaks TLS (the ensemble formed, so
+    // they understood one another).
+    let cfg = std::fs::read_to_string(dir.path().join("zk/zk1/zoo.cfg")).unwrap();
+    let election: Vec<String> = cfg
+        .lines()
+        .filter_map(|l| l.strip_prefix("server."))
+        .map(|l| {
+            let addr = l.split_once('=').unwrap().1;
+            let (host, port) = addr.rsplit_once(':').unwrap();
+            let host = host.rsplit_once(':').unwrap().0;
+            format!("{host}:{port}")
+        })
+        .collect();
+    assert_eq!(election.len(), 3, "{cfg}");
+    for addr in &election {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        let seen = probe_tls(stream, "127.0.0.1", None, Duration::from_secs(5));
+        assert!(seen.speaks_tls(), "election port {addr}: {seen:?}");
+    }
     let secure: Vec<String> = ensemble
         .servers
         .iter()

@@ -34,6 +34,9 @@ struct Args {
     /// Threads, each an actix system running its share of the nodes.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Reach ZooKeeper over its TLS port with the certificate of `--certs`.
+    #[arg(long, env = "RINGLEADER_ZK_TLS")]
+    zk_tls: bool,
     /// Requested ZooKeeper session timeout of each node.
     #[arg(long, default_value_t = 2000)]
     session_timeout_ms: u64,
@@ -62,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             listen: "127.0.0.1:0".parse().expect("a literal address"),
             advertise: None,
             certs: args.certs.clone(),
-            zk_tls: false,
+            zk_tls: args.zk_tls,
             data_dir: args.data_dir.clone(),
             store: args.data_dir.join("store").display().to_string(),
             slots: 1,

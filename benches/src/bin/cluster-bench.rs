@@ -71,6 +71,11 @@ struct Args {
     /// beside Ringleader's figures of this run.
     #[arg(long)]
     peers: bool,
+    /// Reach ZooKeeper over its plain port (open ACLs), for the one
+    /// comparison with what `local` and this benchmark use by default:
+    /// its TLS port with x509 authentication.
+    #[arg(long)]
+    zk_plain: bool,
 }
 
 /// Ringleader's work-queue figures of this run, for the peers' rows.
@@ -867,11 +872,12 @@ impl Bench {
     /// ZooKeeper's `mntr` figures (of the first server), empty if it does not answer.
     fn zk_mntr(&self) -> HashMap<String, f64> {
         use std::io::{Read, Write};
-        let connect = self.c.zk_connect();
-        let Some(addr) = connect.split(',').next() else {
+        // Four-letter words go to the plain port (the TLS port would want
+        // a handshake first); they read figures, not znodes.
+        let Some(addr) = self.c.servers.first().map(|s| s.connect_string()) else {
             return HashMap::new();
         };
-        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
             return HashMap::new();
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -1292,6 +1298,7 @@ impl Bench {
         };
         let log = self.c.path("swarm.log");
         let mut swarm = std::process::Command::new(bin("bench-swarm")?)
+            .envs(self.c.env.iter().map(|(k, v)| (k, v)))
             .args(["--zk", &self.c.zk_connect(), "--cluster", &self.c.cluster])
             .arg("--certs")
             .arg(&self.c.certs)
@@ -1433,6 +1440,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let node_bin = bin("bench-node")?;
     let mut cluster = match args.rtt_ms {
+        None if args.zk_plain => Cluster::plain(node_bin, 1),
         None => Cluster::new(node_bin),
         Some(rtt) => {
             let Some(mut net) = ringleader::testkit::net::Net::new("cluster-bench --rtt-ms") else {
@@ -1449,7 +1457,10 @@ fn main() -> anyhow::Result<()> {
             for id in ids {
                 net.emulated_host(&id, link);
             }
-            let c = Cluster::on_net(node_bin, net, &["zk"]);
+            let c = match args.zk_plain {
+                true => Cluster::plain_on_net(node_bin, net, &["zk"]),
+                false => Cluster::on_net(node_bin, net, &["zk"]),
+            };
             let measured = c.net().rtt("w0", 5);
             eprintln!(
                 "hosts with {rtt} ms round trips between them and {:.1}% loss each way \
@@ -1525,8 +1536,12 @@ fn main() -> anyhow::Result<()> {
         ),
         None => "loopback".into(),
     };
+    let zookeeper = match b.c.zk_tls {
+        true => "ZooKeeper over its TLS port (x509, as `local` runs it)",
+        false => "ZooKeeper over its plain port (--zk-plain)",
+    };
     println!(
-        "\n{} mode on {place}, {} runs of each timed fault measure, {:.0} s in all.",
+        "\n{} mode on {place}, {zookeeper}, {} runs of each timed fault measure, {:.0} s in all.",
         if b.args.quick { "quick" } else { "full" },
         b.runs,
         started.elapsed().as_secs_f64()

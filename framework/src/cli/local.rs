@@ -45,9 +45,22 @@ pub(super) fn run_local(
         .tempdir()?;
     let dir = tmp.path().to_path_buf();
     let started = Instant::now();
-    let zk = ZkServer::start(&dir.join("zk"), &ZkServerOptions::default())?;
     let certs = dir.join("certs");
     tls::make_cluster_certs(&certs)?;
+    // ZooKeeper serves its TLS port with the cluster's CA, as a cluster of
+    // several machines should: only node certificates change the znodes.
+    let zk_certs = dir.join("zk-certs");
+    tls::issue_zookeeper(&certs, &["127.0.0.1".to_string()], &zk_certs)?;
+    let zk = ZkServer::start(
+        &dir.join("zk"),
+        &ZkServerOptions {
+            tls: Some(zk_certs),
+            ..ZkServerOptions::default()
+        },
+    )?;
+    let zk_connect = zk
+        .secure_connect_string()
+        .ok_or_else(|| anyhow!("the private ZooKeeper opened no TLS port"))?;
     let exe = std::env::current_exe()?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let slots = a
@@ -66,7 +79,8 @@ pub(super) fn run_local(
             .args([
                 "node",
                 "--zk",
-                &zk.connect_string(),
+                &zk_connect,
+                "--zk-tls",
                 "--cluster",
                 "local",
                 "--node-id",
@@ -102,8 +116,7 @@ pub(super) fn run_local(
         dir.display()
     );
     eprintln!(
-        "local cluster: ZooKeeper at {}, {} nodes x {slots} slots",
-        zk.connect_string(),
+        "local cluster: ZooKeeper at {zk_connect} (TLS), {} nodes x {slots} slots",
         a.nodes
     );
     for (i, m) in metrics.iter().enumerate() {
@@ -121,10 +134,10 @@ pub(super) fn run_local(
         None
     };
     let conn = Conn {
-        zk: zk.connect_string(),
+        zk: zk_connect.clone(),
         cluster: "local".into(),
         certs: certs.clone(),
-        zk_tls: false,
+        zk_tls: true,
     };
     let n_tasks = tasks.len();
     // The job's clock starts when the cluster is up: a master serving and
@@ -132,9 +145,18 @@ pub(super) fn run_local(
     let nodes = a.nodes.max(1) as usize;
     let ready = conn.zk.clone();
     let logs = dir.clone();
+    // Listing the workers takes a node's certificate under the cluster's
+    // ACLs; the one-machine directory issues one in memory.
+    let watcher = tls::Identity::node(&certs, Some("local-watch"), || "local-watch".into())?;
     block_on(async move {
-        let layout = crate::coord::Layout::new("local");
-        let zk = crate::coord::Session::connect(&ready, Duration::from_secs(10), layout).await?;
+        let layout = crate::coord::Layout::new("local").with_acl(crate::coord::AclMode::Cluster);
+        let zk = crate::coord::Session::connect_with(
+            &ready,
+            Duration::from_secs(10),
+            layout,
+            Some(&crate::client::zk_tls(&watcher, &certs)),
+        )
+        .await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         zk.wait_for_master(None, Duration::from_secs(60))
             .await?

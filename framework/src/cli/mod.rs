@@ -434,8 +434,10 @@ impl Exit {
             if let Some(c) = cause.downcast_ref::<ClientError>() {
                 return Exit::of_client(c);
             }
-            if let Some(crate::coord::CoordError::Connect { .. }) = cause.downcast_ref() {
-                return Exit::Unreachable;
+            match cause.downcast_ref() {
+                Some(crate::coord::CoordError::Connect { .. }) => return Exit::Unreachable,
+                Some(crate::coord::CoordError::Refused { .. }) => return Exit::Refused,
+                _ => {}
             }
         }
         Exit::Error
@@ -449,6 +451,7 @@ impl Exit {
             ClientError::Transport(_) => Exit::Unreachable,
             ClientError::NoMaster { .. } | ClientError::Unreachable { .. } => Exit::Unreachable,
             ClientError::Coord(crate::coord::CoordError::Connect { .. }) => Exit::Unreachable,
+            ClientError::Coord(crate::coord::CoordError::Refused { .. }) => Exit::Refused,
             ClientError::OutcomeUnknown { .. } => Exit::OutcomeUnknown,
             _ => Exit::Error,
         }

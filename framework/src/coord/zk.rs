@@ -39,6 +39,16 @@ pub enum CoordError {
         #[source]
         source: Option<zookeeper_client::Error>,
     },
+    /// Every server answered, and none will take this client as it is set
+    /// up: its certificate refused, the server's certificate untrusted, or
+    /// TLS spoken to a plain port (or the reverse). Waiting will not help.
+    #[error("ZooKeeper at {hosts} refused this connection: {diagnosis}")]
+    Refused {
+        /// The connect string.
+        hosts: String,
+        /// Each server's answer, and what to change.
+        diagnosis: String,
+    },
     /// This node no longer holds the leadership its write was fenced with.
     #[error("leadership lost: a fenced write was refused")]
     LostLeadership,
@@ -307,6 +317,8 @@ pub struct ZkTls {
     pub cert: String,
     /// Its private key.
     pub key: String,
+    /// The directory the certificate came from, for errors that name it.
+    pub origin: String,
 }
 
 impl std::fmt::Debug for ZkTls {
@@ -367,7 +379,8 @@ pub async fn connect_with(
         () = tokio::time::sleep(Duration::from_secs(1)) => {}
     }
     let list = hosts.to_string();
-    let mut looking = tokio::task::spawn_blocking(move || diagnose(&list));
+    let probe_with = tls.cloned();
+    let mut looking = tokio::task::spawn_blocking(move || diagnose(&list, probe_with.as_ref()));
     let diagnosis = tokio::select! {
         r = &mut connecting => {
             return match r {
@@ -381,6 +394,10 @@ pub async fn connect_with(
         d = &mut looking => d.ok(),
     };
     match diagnosis {
+        Some(d) if d.refused => Err(CoordError::Refused {
+            hosts: hosts.to_string(),
+            diagnosis: d.text,
+        }),
         Some(d) if d.definite => Err(failed(d.text, None)),
         d => connecting.await.map_err(|e| {
             let text = d.map_or_else(|| e.to_string(), |d| d.text);
@@ -395,6 +412,9 @@ struct Diagnosis {
     text: String,
     /// Every server refused or could not be resolved: waiting will not help.
     definite: bool,
+    /// Every server answered and refused this client's TLS set-up (or
+    /// lack of it): a configuration to change, not an outage.
+    refused: bool,
 }
 
 /// The servers of a connect string (`host:port[,host:port...][/chroot]`),
@@ -428,16 +448,18 @@ pub fn parse_connect_string(hosts: &str) -> Result<Vec<(String, u16)>, String> {
 /// What each server of `hosts` does when dialled: resolved or not,
 /// refused, silent, or listening (then it gave no session: perhaps not a
 /// ZooKeeper, or one that refuses clients). Blocking: seconds at most.
-fn diagnose(hosts: &str) -> Diagnosis {
+fn diagnose(hosts: &str, tls: Option<&ZkTls>) -> Diagnosis {
     use std::net::{TcpStream, ToSocketAddrs};
     const DIAL: Duration = Duration::from_secs(2);
     let Ok(servers) = parse_connect_string(hosts) else {
         return Diagnosis {
             text: "the connect string is not host:port[,host:port...]".into(),
             definite: true,
+            refused: false,
         };
     };
     let mut definite = true;
+    let mut refusals = 0;
     let each: Vec<String> = servers
         .iter()
         .map(|(host, port)| {
@@ -452,13 +474,19 @@ fn diagnose(hosts: &str) -> Diagnosis {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                     format!("{addr}: connection refused (nothing listens on port {port})")
                 }
-                Ok(_) => {
-                    definite = false;
-                    format!(
-                        "{addr}: accepts connections but gives no ZooKeeper session (is it a \
-                         ZooKeeper client port? the server's log may say why)"
-                    )
-                }
+                Ok(stream) => match tls_setup_refused(stream, host, tls, DIAL) {
+                    Some(why) => {
+                        refusals += 1;
+                        format!("{addr}: {why}")
+                    }
+                    None => {
+                        definite = false;
+                        format!(
+                            "{addr}: accepts connections but gives no ZooKeeper session (is it \
+                             a ZooKeeper client port? the server's log may say why)"
+                        )
+                    }
+                },
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     definite = false;
                     format!(
@@ -477,6 +505,56 @@ fn diagnose(hosts: &str) -> Diagnosis {
     Diagnosis {
         text: each.join("; "),
         definite,
+        // Only when every server refused this client's set-up: one that
+        // cannot be reached may still take it.
+        refused: refusals == servers.len(),
+    }
+}
+
+/// Why a server that accepts connections will not take this client as it
+/// is set up, if a TLS handshake shows it: over TLS, its certificate
+/// refused, the server's untrusted, or a port that does not speak TLS;
+/// without TLS, a port that speaks it.
+fn tls_setup_refused(
+    stream: std::net::TcpStream,
+    host: &str,
+    tls: Option<&ZkTls>,
+    timeout: Duration,
+) -> Option<String> {
+    use crate::transport::probe::{probe_tls, ProbePem, TlsProbe};
+    match tls {
+        Some(tls) => {
+            let pem = ProbePem {
+                ca: &tls.ca,
+                cert: &tls.cert,
+                key: &tls.key,
+            };
+            match probe_tls(stream, host, Some(pem), timeout) {
+                TlsProbe::RefusedUs(how) => Some(format!(
+                    "it refused the certificate in {} ({how}): its trust store (ssl.trustStore \
+                     in zoo.cfg) must hold the CA that issued that certificate",
+                    tls.origin
+                )),
+                TlsProbe::Untrusted(why) => Some(format!(
+                    "its own certificate does not check out against {}/ca.pem for the name \
+                     {host:?} ({why}): issue the server's certificate from the cluster's CA \
+                     (`certs issue --zookeeper {host}`), or trust its CA in that ca.pem",
+                    tls.origin
+                )),
+                TlsProbe::NotTls(how) => Some(format!(
+                    "it does not speak TLS ({how}): is it ZooKeeper's plain client port? With \
+                     --zk-tls, --zk must name the servers' TLS port (secureClientPort)"
+                )),
+                TlsProbe::Accepted | TlsProbe::Unknown(_) => None,
+            }
+        }
+        None => probe_tls(stream, host, None, timeout)
+            .speaks_tls()
+            .then(|| {
+                "it speaks TLS (ZooKeeper's secureClientPort): give --zk-tls \
+                 (RINGLEADER_ZK_TLS=true), or name the plain client port"
+                    .to_string()
+            }),
     }
 }
 

@@ -44,46 +44,52 @@ pub struct Cluster {
     /// Extra environment of particular nodes (by id), kept across restarts.
     pub node_env: std::collections::HashMap<String, Vec<(String, String)>>,
     /// Whether ZooKeeper is reached over its TLS port (see
-    /// [`Cluster::with_zk_tls`]).
+    /// [`Cluster::new`]; [`Cluster::plain`] if not).
     pub zk_tls: bool,
 }
 
 impl Cluster {
-    /// A ZooKeeper and certificates for nodes of the binary `bin`.
+    /// A ZooKeeper and certificates for nodes of the binary `bin`. As in
+    /// `local`, ZooKeeper serves its TLS port with x509 authentication,
+    /// and the nodes, clients and the test's own session use it
+    /// (`--zk-tls`): the cluster's znodes take node certificates only.
     pub fn new(bin: impl Into<PathBuf>) -> Cluster {
         Self::with_servers(bin, 1)
     }
 
     /// Like [`Cluster::new`] with an ensemble of `n` ZooKeeper servers.
     pub fn with_servers(bin: impl Into<PathBuf>, n: usize) -> Cluster {
-        Self::start(bin, &vec![ServerHost::loopback(); n], None)
+        Self::start_with(bin, &vec![ServerHost::loopback(); n], None, true)
+    }
+
+    /// Like [`Cluster::new`], but reached over ZooKeeper's plain port,
+    /// with the open ACLs a plain connection gets (and the nodes' warning
+    /// about it): for what the TLS port would stop before it is tested,
+    /// and for the benchmarks' one figure of the plain port.
+    pub fn plain(bin: impl Into<PathBuf>, n: usize) -> Cluster {
+        Self::start_with(bin, &vec![ServerHost::loopback(); n], None, false)
     }
 
     /// A cluster on the test hosts of `net`, with a ZooKeeper server on
     /// each host of `zk_hosts` (one host: a single server; three: an
     /// ensemble). Nodes go on hosts of their own with [`Cluster::node_on`].
     pub fn on_net(bin: impl Into<PathBuf>, net: net::Net, zk_hosts: &[&str]) -> Cluster {
-        let hosts: Vec<ServerHost> = zk_hosts
+        let hosts = Self::server_hosts(&net, zk_hosts);
+        Self::start_with(bin, &hosts, Some(net), true)
+    }
+
+    fn server_hosts(net: &net::Net, zk_hosts: &[&str]) -> Vec<ServerHost> {
+        zk_hosts
             .iter()
             .map(|h| ServerHost::netns(std::net::IpAddr::V4(net.ip(h)), net.netns(h)))
-            .collect();
-        Self::start(bin, &hosts, Some(net))
+            .collect()
     }
 
-    fn start(bin: impl Into<PathBuf>, hosts: &[ServerHost], net: Option<net::Net>) -> Cluster {
-        Self::start_with(bin, hosts, net, false)
-    }
-
-    /// A cluster whose ZooKeeper serves its TLS port with x509
-    /// authentication, and whose nodes, clients and test session use it
-    /// (`--zk-tls`): the cluster's znodes then take node certificates only.
-    pub fn with_zk_tls(bin: impl Into<PathBuf>) -> Cluster {
-        Self::start_with(bin, &[ServerHost::loopback()], None, true)
-    }
-
-    /// [`Cluster::with_zk_tls`] with an ensemble of `n` servers.
-    pub fn with_servers_zk_tls(bin: impl Into<PathBuf>, n: usize) -> Cluster {
-        Self::start_with(bin, &vec![ServerHost::loopback(); n], None, true)
+    /// [`Cluster::on_net`] over ZooKeeper's plain port (see
+    /// [`Cluster::plain`]).
+    pub fn plain_on_net(bin: impl Into<PathBuf>, net: net::Net, zk_hosts: &[&str]) -> Cluster {
+        let hosts = Self::server_hosts(&net, zk_hosts);
+        Self::start_with(bin, &hosts, Some(net), false)
     }
 
     fn start_with(
@@ -183,14 +189,18 @@ impl Cluster {
 
     /// The ZooKeeper connect string of every server.
     pub fn zk_connect(&self) -> String {
+        self.zk_addrs().join(",")
+    }
+
+    /// Each server's address on the port the cluster uses (TLS or plain).
+    pub fn zk_addrs(&self) -> Vec<String> {
         self.servers
             .iter()
             .map(|s| match self.zk_tls {
                 true => s.secure_connect_string().expect("a TLS port"),
                 false => s.connect_string(),
             })
-            .collect::<Vec<_>>()
-            .join(",")
+            .collect()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -402,7 +412,7 @@ impl Cluster {
                     "test-harness".into()
                 })
                 .expect("the harness's certificate");
-            crate::client::zk_tls(&id)
+            crate::client::zk_tls(&id, &self.certs)
         });
         coord::connect_with(&self.zk_connect(), Duration::from_secs(10), tls.as_ref())
             .await

@@ -1,6 +1,7 @@
 //! QUIC with mutual TLS: certificates of the cluster CA, endpoints, and
 //! framed streams. Only this module imports quinn and rustls.
 
+pub mod probe;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -209,11 +209,7 @@ fn chaos(seed: u64, rounds: usize) -> Report {
         .map(|_| {
             let quic_port = free_udp_port();
             Net {
-                zk: c
-                    .servers
-                    .iter()
-                    .map(|s| Proxy::start(&s.connect_string()))
-                    .collect(),
+                zk: c.zk_addrs().iter().map(|a| Proxy::start(a)).collect(),
                 quic_port,
                 quic: UdpProxy::start(format!("127.0.0.1:{quic_port}").parse().unwrap()),
             }

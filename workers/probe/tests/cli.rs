@@ -477,7 +477,10 @@ fn a_job_without_workers_waits_with_a_warning_and_its_shards_reach_every_worker(
 /// every second; a client with such certificates is refused at once.
 #[test]
 fn a_node_or_client_of_another_ca_is_told_so_once_and_backs_off() {
-    let mut c = Cluster::new(BIN);
+    // ZooKeeper's plain port: over its TLS port ZooKeeper would refuse
+    // these certificates before the QUIC checks under test see them
+    // (`zookeeper_refuses_what_is_not_the_clusters_node`).
+    let mut c = Cluster::plain(BIN, 1);
     let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
     c.node("n0", &["--metrics-addr", &metrics]);
     rt().block_on(async {
@@ -599,7 +602,10 @@ fn a_certificate_registers_only_as_the_node_it_names() {
     use ringleader::transport::tls::{self, Role};
     use ringleader::transport::{self, FramedStream};
     use ringleader::wire::{Frame, PROTOCOL_VERSION};
-    let mut c = Cluster::new(BIN);
+    // ZooKeeper's plain port: over its TLS port ZooKeeper would refuse
+    // these certificates before the QUIC checks under test see them
+    // (`zookeeper_refuses_what_is_not_the_clusters_node`).
+    let mut c = Cluster::plain(BIN, 1);
     let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
     c.node("n0", &["--metrics-addr", &metrics]);
     // n0 is the master (whose metrics and log are read below).
@@ -813,7 +819,10 @@ fn a_revoked_node_is_cut_off_and_a_new_ca_is_trusted_beside_the_old() {
     use ringleader::client::SubmitOptions;
     use ringleader::transport::tls::{self, Role};
     use ringleader::{Client, Collect};
-    let mut c = Cluster::new(BIN);
+    // ZooKeeper's plain port: over its TLS port ZooKeeper would refuse
+    // these certificates before the QUIC checks under test see them
+    // (`zookeeper_refuses_what_is_not_the_clusters_node`).
+    let mut c = Cluster::plain(BIN, 1);
     let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
     c.node("n0", &["--metrics-addr", &metrics]);
     let n1 = c.path("n1-certs");
@@ -933,7 +942,7 @@ fn zookeeper_over_tls_takes_only_the_clusters_certificates() {
     use probe::{Behaviour, Probe};
     use ringleader::client::SubmitOptions;
     use ringleader::{Client, Collect};
-    let mut c = Cluster::with_zk_tls(BIN);
+    let mut c = Cluster::new(BIN);
     c.node("n0", &[]);
     c.node("n1", &["--role", "worker"]);
     let plain = c.servers[0].connect_string();
@@ -984,4 +993,175 @@ fn zookeeper_over_tls_takes_only_the_clusters_certificates() {
             "zkCli {args:?} was not refused:\n{text}"
         );
     }
+}
+
+/// What ZooKeeper's TLS port refuses is a clear error at start, naming the
+/// certificate and what to do, within seconds and without a retry loop
+/// that hides it: a node or client of another CA, and a port mix-up
+/// either way (TLS to the plain port, plain to the TLS port).
+#[test]
+fn zookeeper_refuses_what_is_not_the_clusters_node() {
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &[]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+    });
+    let other = c.path("other-certs");
+    ringleader::transport::tls::make_cluster_certs(&other).unwrap();
+    // Another CA's node that trusts this cluster's CA too: ZooKeeper's
+    // certificate checks out, and ZooKeeper refuses the node's.
+    let trusting = c.path("trusting-certs");
+    ringleader::transport::tls::make_cluster_certs(&trusting).unwrap();
+    ringleader::transport::tls::trust(&trusting, &c.certs.join("ca.pem")).unwrap();
+    let trusting = trusting.display().to_string();
+    let other = other.display().to_string();
+    let other_ca = format!("{other}/ca.pem");
+    let certs = c.certs.display().to_string();
+    let plain = c.servers[0].connect_string();
+    let secure = c.zk_connect();
+    // (what, command, --zk-tls, zk, certs, what stderr must say)
+    type Case<'a> = (&'a str, &'a str, bool, &'a str, &'a str, &'a [&'a str]);
+    let cases: [Case; 6] = [
+        (
+            "node of another CA",
+            "node",
+            true,
+            &secure,
+            &other,
+            &["refused", "does not check out", &other_ca],
+        ),
+        (
+            "client of another CA",
+            "status",
+            true,
+            &secure,
+            &other,
+            &["refused", "does not check out", &other_ca],
+        ),
+        (
+            "node of another CA trusting this one",
+            "node",
+            true,
+            &secure,
+            &trusting,
+            &["refused the certificate in", &trusting, "ssl.trustStore"],
+        ),
+        (
+            "TLS to the plain port",
+            "node",
+            true,
+            &plain,
+            &certs,
+            &["--zk-tls", "TLS"],
+        ),
+        (
+            "plain to the TLS port",
+            "node",
+            false,
+            &secure,
+            &certs,
+            &["--zk-tls"],
+        ),
+        (
+            "client plain to the TLS port",
+            "status",
+            false,
+            &secure,
+            &certs,
+            &["--zk-tls"],
+        ),
+    ];
+    for (what, cmd, tls, zk, dir, says) in cases {
+        let mut command = std::process::Command::new(BIN);
+        command
+            .args([cmd, "--zk", zk, "--cluster", &c.cluster, "--certs", dir])
+            .env("RINGLEADER_ZK_TLS", tls.to_string());
+        if cmd == "node" {
+            command.args(["--node-id", "stranger", "--listen", "127.0.0.1:0"]);
+        }
+        let started = Instant::now();
+        let (status, _, err) =
+            Background::start(command, c.dir.path(), &format!("refused-{cmd}-{tls}"))
+                .wait(Duration::from_secs(40));
+        assert!(!status.success(), "{what}: {err}");
+        for s in says {
+            assert!(
+                err.contains(s),
+                "{what}: the error does not say {s:?}:\n{err}"
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A client outlives its ZooKeeper session: cut from ZooKeeper until the
+/// session expires, it starts a new one when it next needs `/master`, and
+/// follows a failover that happened meanwhile.
+#[test]
+fn a_client_whose_session_expired_follows_the_next_master() {
+    use probe::{Behaviour, Probe};
+    use ringleader::client::SubmitOptions;
+    use ringleader::coord::Connection;
+    use ringleader::{Client, Collect};
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &[]);
+    let proxy = Proxy::start(&c.zk_connect());
+    let tasks = |n: u64| -> Vec<Probe> {
+        (0..n)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::Ok,
+            })
+            .collect()
+    };
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let first = c.master(&zk, None, Duration::from_secs(20)).await;
+        assert_eq!(first.node_id, "n0");
+        c.node("n1", &[]);
+        c.workers(&zk, 2, Duration::from_secs(20)).await;
+        let mut cfg = client_config(&c);
+        cfg.zk = proxy.addr().to_string();
+        let client = Client::connect(cfg).await.unwrap();
+        let job = client
+            .submit::<Collect<Probe>>(tasks(3), SubmitOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(job.result().await.unwrap().0.len(), 3);
+
+        // Cut until the client itself declares its session expired.
+        proxy.cut();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(
+            client.session().connection(),
+            Connection::Ended { expired: true }
+        ) {
+            assert!(
+                Instant::now() < deadline,
+                "the client's session never expired"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        proxy.heal();
+        // The master dies meanwhile: the client must read `/master` again.
+        c.kill9("n0");
+        let second = c
+            .master(&zk, Some(first.epoch), Duration::from_secs(30))
+            .await;
+        assert_eq!(second.node_id, "n1");
+        let job = client
+            .submit::<Collect<Probe>>(tasks(4), SubmitOptions::default())
+            .await
+            .expect("a submission after the session expired and the master changed");
+        assert_eq!(job.result().await.unwrap().0.len(), 4);
+        assert!(matches!(
+            client.session().connection(),
+            Connection::Connected
+        ));
+    });
 }

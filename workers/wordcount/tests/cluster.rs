@@ -272,7 +272,8 @@ fn clear_errors_for_missing_input_and_missing_zookeeper() {
 }
 
 /// The newcomer's path: `certs` writes usable certificates, and `local`
-/// runs ZooKeeper plus nodes, returns the exact count, and leaves no
+/// runs ZooKeeper plus nodes (with the demo's own arguments, over
+/// ZooKeeper's TLS port), returns the exact count, and leaves no
 /// process, port or directory behind.
 #[test]
 fn certs_and_local_commands_work_and_clean_up() {
@@ -294,14 +295,37 @@ fn certs_and_local_commands_work_and_clean_up() {
 
     let (corpus, baseline) = corpus(tmp.path(), 2, 5);
     let out = tmp.path().join("out.tsv");
+    // The demo's own command line (scripts/demo), on a small corpus.
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/demo"))
+        .unwrap();
+    let line = demo
+        .lines()
+        .find_map(|l| l.strip_prefix("$bin local "))
+        .expect("scripts/demo runs `$bin local`");
+    let args: Vec<String> = line
+        .split(" 2>")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|a| match a {
+            "\"$work/counts.tsv\"" => out.display().to_string(),
+            "\"$work/corpus.txt\"" => corpus.display().to_string(),
+            a => {
+                assert!(!a.contains('$'), "an unknown variable in the demo: {a}");
+                a.to_string()
+            }
+        })
+        .collect();
     let o = std::process::Command::new(BIN)
-        .args(["local", "--nodes", "2", "--split-mib", "1", "--output"])
-        .arg(&out)
-        .arg(&corpus)
+        .arg("local")
+        .args(["--split-mib", "1"])
+        .args(&args)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    assert!(o.status.success(), "{args:?}: {err}");
+    // Its ZooKeeper was reached over TLS.
+    assert!(err.contains("(TLS)"), "{err}");
     assert_same_file(&out, &baseline);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("distinct; top 10"), "{stdout}");
@@ -317,7 +341,7 @@ fn certs_and_local_commands_work_and_clean_up() {
         .lines()
         .find_map(|l| l.split("ZooKeeper at ").nth(1))
         .unwrap()
-        .split(',')
+        .split([',', ' '])
         .next()
         .unwrap();
     assert!(

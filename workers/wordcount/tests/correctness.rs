@@ -34,10 +34,11 @@ fn collecting_job_a_keeps_the_spilled_result_of_job_a_dot_b() {
                 .is_ok_and(|p| p.state == JobState::Done)
         })
         .await;
-        // Its result is big enough to live outside ZooKeeper.
-        let (data, _) = client
-            .session()
-            .zookeeper()
+        // Its result is big enough to live outside ZooKeeper (read with a
+        // node's session: a client may read `/master` only).
+        let (data, _) = c
+            .zk()
+            .await
             .get_data(&c.layout().result("a.b"))
             .await
             .unwrap();

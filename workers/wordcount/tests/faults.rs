@@ -32,19 +32,32 @@ fn leader_kill9_elects_exactly_one_successor_without_herd() {
         })
         .await;
         let first = c.master(&zk, None, Duration::from_secs(30)).await;
-        // Watches on candidate znodes: at most one watcher each, 3 in all.
-        let wchp = ringleader::zkserver::four_letter(c.servers[0].port(), "wchp").unwrap();
-        let mut per_path = std::collections::BTreeMap::<String, usize>::new();
-        let mut current = None;
-        for line in wchp.lines() {
-            if line.starts_with('/') {
-                current = Some(line.trim().to_string());
-            } else if let Some(p) = &current {
-                if p.starts_with(&election) && !line.trim().is_empty() {
-                    *per_path.entry(p.clone()).or_default() += 1;
+        // Watches on candidate znodes: at most one watcher each, 3 in all
+        // once every candidate has set its own (each sets it after listing
+        // the candidates: wait for all three).
+        let watches = || {
+            let wchp = ringleader::zkserver::four_letter(c.servers[0].port(), "wchp").unwrap();
+            let mut per_path = std::collections::BTreeMap::<String, usize>::new();
+            let mut current = None;
+            for line in wchp.lines() {
+                if line.starts_with('/') {
+                    current = Some(line.trim().to_string());
+                } else if let Some(p) = &current {
+                    if p.starts_with(&election) && !line.trim().is_empty() {
+                        *per_path.entry(p.clone()).or_default() += 1;
+                    }
                 }
             }
-        }
+            (per_path, wchp)
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (per_path, wchp) = loop {
+            let (per_path, wchp) = watches();
+            if per_path.values().sum::<usize>() >= 3 || Instant::now() > deadline {
+                break (per_path, wchp);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert!(
             per_path.values().all(|&n| n == 1),
             "a candidate znode has several watchers: {per_path:?}"
