@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
-//! The fuzz targets of `ringleader::fuzz`, run in the suite over a seed
-//! corpus of valid encodings and their mutations (bit flips, byte
+//! The fuzz targets of `ringleader::fuzz`, run in the suite over their
+//! seed corpus (`fuzz/seeds/`, replayed whole), valid encodings, and
+//! mutations of both (bit flips, byte
 //! changes, insertions, deletions, truncations, splices, length prefixes
 //! announcing more or less than follows) and random bytes: a bounded,
 //! deterministic run on stable Rust. Longer runs under libFuzzer:
@@ -226,6 +227,20 @@ fn mutate(rng: &mut StdRng, input: &[u8], other: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A target's seed corpus in the repository (`fuzz/seeds/<name>`: what
+/// libFuzzer's long runs found, minimized), in a stable order.
+fn seeds(name: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/seeds")
+        .join(name);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
+
 /// Runs `target` over the corpus, its mutations and random bytes.
 fn run(
     name: &str,
@@ -286,12 +301,16 @@ fn every_fuzz_target_survives_mutated_and_random_input() {
     ];
     let mut total = 0;
     for (seed, (name, target)) in ringleader::fuzz::TARGETS.iter().enumerate() {
-        let corpus = &corpora
+        let mut corpus = corpora
             .iter()
             .find(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("no corpus for target {name}"))
-            .1;
-        let n = run(name, *target, corpus, seed as u64, deadline);
+            .1
+            .clone();
+        let kept = seeds(name);
+        assert!(!kept.is_empty(), "no seed corpus in fuzz/seeds/{name}");
+        corpus.extend(kept);
+        let n = run(name, *target, &corpus, seed as u64, deadline);
         assert!(n > corpus.len(), "{name}: no mutation ran");
         total += n;
     }

@@ -12,6 +12,7 @@
 //! last one, so no word is cut or counted twice.
 
 pub mod corpus;
+pub mod fuzz;
 
 use std::collections::HashMap;
 
@@ -314,7 +315,10 @@ pub fn count_range(
     } else {
         boundary_at_or_after((end - base) as usize)
     };
-    if s > e || s - (offset - base) as usize > 3 {
+    // Continuation bytes at the split's start belong to a character of
+    // the split before, which checks them; at the input's start there is
+    // none, so they are not UTF-8.
+    if s > e || s - (offset - base) as usize > 3 || (offset == 0 && s > 0) {
         return Err(CountError::Utf8 {
             path: path.clone(),
             offset,
