@@ -612,6 +612,8 @@ impl Bench {
             format!("{:.1}", pct(0.5) / zk_one),
         ));
         let ceiling = self.zk_write_ceiling()?;
+        let m = self.master(None);
+        let master_before = self.scrape(&m.node_id)?;
         let before = self.zk_mntr();
         let t = Instant::now();
         self.rt.block_on(async {
@@ -643,6 +645,31 @@ impl Bench {
             format!("{rate:.0}"),
             format!("{ceiling:.0}: pipelined ZooKeeper creates/s"),
             format!("{:.2}", rate / ceiling),
+        ));
+        // What the master wrote per job, and in how many transactions
+        // (group commit folds the writes of concurrent jobs together).
+        let master_after = self.scrape(&m.node_id)?;
+        let per_job = |name: &str, label: Option<&str>| {
+            (metric_sum(&master_after, name, label) - metric_sum(&master_before, name, label))
+                / in_flight as f64
+        };
+        let count = format!("{}_count", m::ZK_OP_SECONDS);
+        let by_op: Vec<String> = m::ZK_OPS
+            .iter()
+            .map(|op| (op, per_job(&count, Some(&format!("op=\"{op}\"")))))
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(op, n)| format!("{op} {n:.2}"))
+            .collect();
+        self.rows.push(row(
+            "the master's ZooKeeper writes per one-task job, 64 in flight",
+            format!(
+                "{:.2} ({}) in {:.2} transactions",
+                per_job(&count, None),
+                by_op.join(", "),
+                per_job(m::ZK_TRANSACTIONS, None)
+            ),
+            "",
+            "",
         ));
         let packets = |m: &HashMap<String, f64>| m.get("zk_packets_received").copied();
         if let (Some(a), Some(b)) = (packets(&after), packets(&before)) {
