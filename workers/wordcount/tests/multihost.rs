@@ -513,8 +513,10 @@ fn a_submission_cut_mid_upload_and_retried_leaves_exactly_one_job() {
 }
 
 /// The README's walkthrough ("Running on several machines"), run as written
-/// with the test's addresses in place of `zk1:2181` and the bucket: the
-/// CA and three identities made on the operator's host (this process),
+/// with the test's addresses in place of `zk1.example` and the bucket: the
+/// CA, ZooKeeper's certificate (its server then started with it, TLS
+/// port only for the cluster) and three identities made on the operator's
+/// host (this process),
 /// two nodes on hosts of their own, and a submission with `--upload` from
 /// the laptop's host, whose count equals the single-process count. The
 /// directories issued hold no CA key, and every key is readable by its
@@ -524,13 +526,15 @@ fn the_readme_walkthrough_runs_on_separate_hosts() {
     let Some(mut net) = Net::new("the_readme_walkthrough_runs_on_separate_hosts") else {
         return;
     };
-    for h in ["zk", "store", "n1", "n2", "laptop"] {
+    for h in ["zk", "zk1", "store", "n1", "n2", "laptop"] {
         net.host(h);
     }
-    // The walkthrough makes a CA of its own, which the harness's ZooKeeper
-    // would not trust on its TLS port: its ZooKeeper is reached plain, as
-    // the walkthrough's `zk1:2181` is.
+    // The harness's own ZooKeeper (host zk) is not the walkthrough's: that
+    // one, on host zk1, serves its TLS port with the certificate the
+    // walkthrough issues from its own CA, and starts when it is issued.
     let mut c = Cluster::plain_on_net(BIN, net, &["zk"]);
+    let zk1 = c.net().ip("zk1").to_string();
+    let mut walk_zk: Option<ringleader::zkserver::ZkServer> = None;
     let store = c.s3_store_on("store");
     let work = c.path("walk");
     std::fs::create_dir(&work).unwrap();
@@ -553,7 +557,8 @@ fn the_readme_walkthrough_runs_on_separate_hosts() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
     {
         let line = line
-            .replace("zk1:2181", &c.zk_connect())
+            .replace("zk1.example,10.0.0.11", &zk1)
+            .replace("zk1.example:2281", &format!("{zk1}:2281"))
             .replace("s3://bucket/ringleader", &store);
         let args: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(args[0], "wordcount", "{line}");
@@ -586,10 +591,31 @@ fn the_readme_walkthrough_runs_on_separate_hosts() {
                     "{line}: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
+                // ZooKeeper's certificate: its host runs it with step 1's
+                // zoo.cfg lines (the harness writes the same ones).
+                if args.contains(&"--zookeeper") {
+                    let at = args.iter().position(|a| *a == "--out").expect("--out");
+                    let host = ringleader::zkserver::ServerHost::netns(
+                        zk1.parse().unwrap(),
+                        c.net().netns("zk1"),
+                    );
+                    let opts = ringleader::zkserver::ZkServerOptions {
+                        tls: Some(work.join(args[at + 1])),
+                        ..Default::default()
+                    };
+                    walk_zk = Some(
+                        ringleader::zkserver::ZkServer::start_on(&c.path("walk-zk"), &host, &opts)
+                            .expect("the walkthrough's ZooKeeper starts with its certificate"),
+                    );
+                }
             }
         }
     }
     assert_eq!(nodes.len(), 2, "the walkthrough starts two nodes");
+    assert!(
+        walk_zk.is_some(),
+        "the walkthrough issues ZooKeeper's certificate"
+    );
     let (status, _, stderr) = submitted
         .expect("the walkthrough submits")
         .wait(Duration::from_secs(180));
