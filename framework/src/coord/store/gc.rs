@@ -15,6 +15,8 @@ use crate::store::Store;
 
 /// Deletes per transaction of a deletion.
 const DELETE_CHUNK: usize = 200;
+/// Children lists per multi-read request.
+const LISTS_PER_READ: usize = 32;
 /// The shortest pause between two transactions of one deletion.
 const DELETE_PAUSE: Duration = Duration::from_millis(5);
 
@@ -150,16 +152,52 @@ impl LeaderStore {
 
     /// The children of each path, pipelined (none for a path that is gone).
     async fn list_all(&self, paths: &[String]) -> Result<Vec<Vec<String>>, CoordError> {
-        let lists = paths
-            .iter()
-            .map(|p| retry_loss(move || self.client().list_children(p)));
+        use zookeeper_client::MultiReadResult;
+        // Many lists per request (ZooKeeper's multi-read): collecting a
+        // batch of small jobs costs a few requests, not four per job. The
+        // chunks stay small enough for their answers (a bucket lists up to
+        // a thousand commits) to fit a response; they are pipelined.
+        let lists = paths.chunks(LISTS_PER_READ).map(|chunk| {
+            retry_loss(move || {
+                let mut reader = self.client().new_multi_reader();
+                let added = chunk.iter().try_for_each(|p| reader.add_get_children(p));
+                async move {
+                    added?;
+                    reader.commit().await
+                }
+            })
+        });
         let mut out = Vec::with_capacity(paths.len());
-        for (p, listed) in paths.iter().zip(futures::future::join_all(lists).await) {
-            out.push(match listed {
-                Ok(children) => children,
-                Err(ZkError::NoNode) => Vec::new(),
-                Err(e) => return Err(CoordError::zk(p, e)),
-            });
+        for (chunk, listed) in paths
+            .chunks(LISTS_PER_READ)
+            .zip(futures::future::join_all(lists).await)
+        {
+            let listed = listed.map_err(|e| CoordError::zk(&chunk[0], e))?;
+            if listed.len() != chunk.len() {
+                return Err(CoordError::Garbage {
+                    path: chunk[0].clone(),
+                    reason: format!(
+                        "a multi-read of {} lists answered {}",
+                        chunk.len(),
+                        listed.len()
+                    ),
+                });
+            }
+            for (p, one) in chunk.iter().zip(listed) {
+                out.push(match one {
+                    MultiReadResult::Children { children } => children,
+                    MultiReadResult::Error {
+                        err: ZkError::NoNode,
+                    } => Vec::new(),
+                    MultiReadResult::Error { err } => return Err(CoordError::zk(p, err)),
+                    other => {
+                        return Err(CoordError::Garbage {
+                            path: p.clone(),
+                            reason: format!("a list answered {other:?}"),
+                        })
+                    }
+                });
+            }
         }
         Ok(out)
     }
