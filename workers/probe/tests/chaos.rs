@@ -166,13 +166,14 @@ const BIG_SHARD: usize = 30_000;
 const _: () = assert!(BIG_SHARD * 11 > ringleader::coord::INLINE_LIMIT);
 
 /// Every third job is big: two shards whose outputs (and the result) go
-/// through the object store.
-fn is_big(job: usize) -> bool {
-    job % 3 == 2
+/// through the object store; so is the job of a round that slows the
+/// store, so that the slow store always meets traffic.
+fn is_big(job: usize, fault: Fault) -> bool {
+    job % 3 == 2 || fault == Fault::SlowStore
 }
 
-fn job_tasks(job: usize) -> Vec<Probe> {
-    if is_big(job) {
+fn job_tasks(job: usize, big: bool) -> Vec<Probe> {
+    if big {
         return (0..2 * BIG_SHARD)
             .map(|k| Probe {
                 value: (1 << 40) + (job * 100_000 + k) as u64,
@@ -188,9 +189,9 @@ fn job_tasks(job: usize) -> Vec<Probe> {
         .collect()
 }
 
-fn job_options(job: usize) -> SubmitOptions {
+fn job_options(big: bool) -> SubmitOptions {
     SubmitOptions {
-        shard_size: Some(if is_big(job) { BIG_SHARD as u32 } else { 2 }),
+        shard_size: Some(if big { BIG_SHARD as u32 } else { 2 }),
         max_attempts: Some(5),
         ..Default::default()
     }
@@ -285,14 +286,19 @@ fn chaos(seed: u64, rounds: usize) -> Report {
             // A job per round, submitted while the cluster is in any state;
             // the client-chosen id makes the retried submission idempotent.
             let id = format!("chaos-{seed}-{round}");
-            let outcome = match client.submit::<Collect<Probe>>(job_tasks(round), SubmitOptions { job_id: Some(id.clone()), ..job_options(round) }).await {
+            let big = is_big(round, step.fault);
+            // A slow store is slow from before its round's big job starts.
+            if step.fault == Fault::SlowStore {
+                store_proxy.set_delay(step.hold / 2);
+            }
+            let outcome = match client.submit::<Collect<Probe>>(job_tasks(round, big), SubmitOptions { job_id: Some(id.clone()), ..job_options(big) }).await {
                 Ok(_) => Outcome::Ok,
                 Err(e) => {
                     eprintln!("round {round}: submission not acknowledged: {e}");
                     Outcome::Unknown(e.to_string())
                 }
             };
-            history.push(Op::Submit { id, round, outcome });
+            history.push(Op::Submit { id, round, big, outcome });
             *faults.entry(step.fault).or_insert(0) += 1;
             let node = step.target % NODES;
             let nid = format!("n{node}");
@@ -354,7 +360,7 @@ fn chaos(seed: u64, rounds: usize) -> Report {
                     }
                 }
                 Fault::SlowStore => {
-                    store_proxy.set_delay(step.hold / 2);
+                    // The delay was set before the round's submission.
                     observe!(step.hold);
                     store_proxy.set_delay(Duration::ZERO);
                 }
@@ -448,6 +454,8 @@ enum Op {
     Submit {
         id: String,
         round: usize,
+        /// Whether its tasks were a big job's ([`is_big`]).
+        big: bool,
         outcome: Outcome,
     },
 }
@@ -490,7 +498,13 @@ async fn check_history(
     };
     // Every task value completed, with how many times.
     let mut values: HashMap<u64, usize> = HashMap::new();
-    for Op::Submit { id, round, outcome } in history {
+    for Op::Submit {
+        id,
+        round,
+        big,
+        outcome,
+    } in history
+    {
         let job = client.job::<Collect<Probe>>(id.clone());
         let read = tokio::time::timeout(Duration::from_secs(120), job.result())
             .await
@@ -515,7 +529,7 @@ async fn check_history(
                 ))
             }
         };
-        let want: Vec<(u64, u64)> = job_tasks(*round)
+        let want: Vec<(u64, u64)> = job_tasks(*round, *big)
             .iter()
             .enumerate()
             .map(|(i, t)| (i as u64, t.value * 2))
