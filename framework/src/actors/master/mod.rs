@@ -469,6 +469,10 @@ impl Master {
             Err(e) if e.is_session_end() => act.fail(ctx, &e),
             Err(e) => {
                 tracing::warn!(job = %job, shard = %key, error = %e, "commit failed; the shard will run again");
+                // Whether or not the write applied, this run's object may
+                // end up named by no record: the job's store directories
+                // are emptied when it is collected.
+                act.may_orphan.insert(job.clone());
                 act.sched.commit_aborted(&job, key);
                 act.dispatch(ctx);
             }
@@ -675,14 +679,20 @@ impl Master {
             }
             Err(e) if e.is_session_end() => act.fail(ctx, &e),
             Err(e) if e.is_conflict() => {
-                // A cancel got there first: nothing of the result was written.
+                // A cancel got there first: no record names the result's
+                // object, if it went to the store; collection sweeps it.
                 tracing::info!(job, "job cancelled while its result was being written");
+                act.may_orphan.insert(job.clone());
                 act.forget_job(&job);
                 act.ledger.finished(&job);
                 act.sched.remove_job(&job);
             }
             Err(e) => {
                 tracing::warn!(job, error = %e, "cannot store the job's result; retrying");
+                // The retry writes its result under a new name: this
+                // attempt's object, if the store took it, is named by no
+                // record. Collection sweeps the job's directories.
+                act.may_orphan.insert(job.clone());
                 act.ledger.finish_failed(&job);
                 ctx.run_later(Duration::from_millis(200), move |act, ctx| {
                     let scheduled = act.sched.counters(&job).unwrap_or_default();
