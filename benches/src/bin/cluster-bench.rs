@@ -76,6 +76,11 @@ struct Args {
     /// its TLS port with x509 authentication.
     #[arg(long)]
     zk_plain: bool,
+    /// One-task jobs of the queue section's 64-in-flight row (default
+    /// 3,000 with --quick, else 20,000). Its start prints the master's pid,
+    /// for a profiler to attach to (`perf record -g -p PID`).
+    #[arg(long)]
+    queue_jobs: Option<usize>,
 }
 
 /// Ringleader's work-queue figures of this run, for the peers' rows.
@@ -544,6 +549,9 @@ impl Bench {
             let txns = (metric_sum(&after, m::ZK_TRANSACTIONS, None)
                 - metric_sum(&before, m::ZK_TRANSACTIONS, None))
                 / shards;
+            let records = (metric_sum(&after, m::COMMIT_RECORDS, None)
+                - metric_sum(&before, m::COMMIT_RECORDS, None))
+                / shards;
             let codec = Self::codec_rate(n.min(1_000_000), shard as usize)?;
             let zk_limit = ceiling * f64::from(shard);
             let (limit, what) = if zk_limit < codec {
@@ -563,7 +571,7 @@ impl Bench {
             self.rows.push(row(
                 format!("ZooKeeper transactions per shard, shard size {shard}"),
                 format!(
-                    "{txns:.2} (carrying {commits:.2} commits and {writes:.2} writes of any kind)"
+                    "{txns:.2} (carrying {commits:.2} commits, in {records:.2} commit records, and {writes:.2} writes of any kind)"
                 ),
                 "goal below 1 under load",
                 "",
@@ -581,6 +589,7 @@ impl Bench {
         } else {
             (2_000, 20_000, &[10_000, 100_000, 1_000_000])
         };
+        let in_flight = self.args.queue_jobs.unwrap_or(in_flight);
         let zk_one = self.zk_write_latency(300)?;
         let mut lat = Vec::with_capacity(one_by_one);
         self.rt.block_on(async {
@@ -615,6 +624,10 @@ impl Bench {
         let m = self.master(None);
         let master_before = self.scrape(&m.node_id)?;
         let before = self.zk_mntr();
+        eprintln!(
+            "{in_flight} one-task jobs, 64 in flight: the master is pid {}",
+            self.pid(&m.node_id)
+        );
         let t = Instant::now();
         self.rt.block_on(async {
             let results = futures::stream::iter(0..in_flight as u64)
@@ -690,6 +703,7 @@ impl Bench {
         ));
         let mut first = None;
         for &n in sizes {
+            let before = self.scrape(&m.node_id)?;
             let t = Instant::now();
             let (count, sum) = self.rt.block_on(async {
                 let opts = SubmitOptions {
@@ -710,6 +724,11 @@ impl Bench {
                 "wrong results of the {n}-shard job"
             );
             let rate = n as f64 / t.elapsed().as_secs_f64();
+            let after = self.scrape(&m.node_id)?;
+            let per_shard = |name: &str| {
+                (metric_sum(&after, name, None) - metric_sum(&before, name, None)) / n as f64
+            };
+            let (records, txns) = (per_shard(m::COMMIT_RECORDS), per_shard(m::ZK_TRANSACTIONS));
             let cleanup = self.settle();
             figures.pipelined_per_s = rate;
             let base = *first.get_or_insert((n, rate));
@@ -724,7 +743,13 @@ impl Bench {
                 format!("{:.2}", rate / base.1),
             ));
             self.rows.push(row(
-                format!("  then its {n} commits deleted in the background, and the job collected"),
+                "  commit records (znodes) and ZooKeeper transactions per shard",
+                format!("{records:.3} and {txns:.3}"),
+                "1 and 1: a znode and a transaction of its own per shard",
+                "",
+            ));
+            self.rows.push(row(
+                "  then its commits deleted in the background, and the job collected",
                 format!("{:.1} s", cleanup.as_secs_f64()),
                 "until ZooKeeper holds only the cluster's own znodes",
                 "",

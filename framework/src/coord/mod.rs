@@ -20,11 +20,11 @@ mod store;
 mod zk;
 
 pub use records::{
-    submission_digest, JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord,
-    WorkerInfo,
+    commit_entries, submission_digest, JobRecord, JobStatus, MasterInfo, OutputRef, RecordName,
+    ResultRecord, ShardRecord, WorkerInfo,
 };
 pub use session::{Connection, Connections, Session};
-pub use store::{CommitOutcome, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
+pub use store::{Committed, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
 pub(crate) use zk::decode_record;
 #[cfg(feature = "testkit")]
 pub(crate) use zk::encode_record;

@@ -140,7 +140,9 @@ pub enum OutputRef {
     Object(String),
 }
 
-/// Data of `done/<bucket>/<i>-<g>`: one shard's committed outcome.
+/// One shard's committed outcome: an entry of a commit record
+/// ([`RecordName`]), or the whole data of an older version's
+/// `done/<bucket>/<i>-<g>`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ShardRecord {
     /// Epoch of the committing master.
@@ -151,6 +153,84 @@ pub struct ShardRecord {
     pub output: OutputRef,
     /// Tasks that failed in this attempt.
     pub failures: Vec<TaskFailure>,
+}
+
+/// The name of a commit record, `done/<bucket>/c<epoch>.<candidacy>.<seq>`:
+/// the outcomes of one or more shards of a job, committed in one create
+/// (an array of `[shard key, ShardRecord]` pairs). The master picks the
+/// name before it writes, so a retry after a connection loss meets its
+/// own record (`NodeExists`) instead of writing a second one: `candidacy`
+/// is the sequence number of the master's election znode, unique to it
+/// even where two candidates took the same epoch, and `seq` counts its
+/// records. Recovery reads records in this order and takes each shard from
+/// the first that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RecordName {
+    /// Epoch of the writing master.
+    pub epoch: u64,
+    /// Sequence number of its election znode.
+    pub candidacy: u64,
+    /// Its records so far.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for RecordName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "c{}.{}.{}", self.epoch, self.candidacy, self.seq)
+    }
+}
+
+impl std::str::FromStr for RecordName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parsed = s.strip_prefix('c').and_then(|rest| {
+            let mut parts = rest.split('.').map(|p| p.parse::<u64>().ok());
+            let name = RecordName {
+                epoch: parts.next()??,
+                candidacy: parts.next()??,
+                seq: parts.next()??,
+            };
+            parts.next().is_none().then_some(name)
+        });
+        parsed.ok_or_else(|| format!("{s:?} is not c<epoch>.<candidacy>.<seq>"))
+    }
+}
+
+/// A commit record's data from its entries, each one `[key, ShardRecord]`
+/// pair already encoded: a MessagePack array header, then the entries.
+pub(crate) fn join_entries(entries: &[&[u8]]) -> Vec<u8> {
+    let n = entries.len();
+    let mut out = Vec::with_capacity(5 + entries.iter().map(|e| e.len()).sum::<usize>());
+    if n < 16 {
+        out.push(0x90 | n as u8);
+    } else if let Ok(n) = u16::try_from(n) {
+        out.push(0xdc);
+        out.extend_from_slice(&n.to_be_bytes());
+    } else {
+        out.push(0xdd);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    for e in entries {
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+/// The shards a commit znode named `name` holds: a commit record's
+/// entries, or the one shard of an older version's `<index>-<generation>`
+/// znode. An error for garbage, or a name that is neither.
+pub fn commit_entries(
+    name: &str,
+    data: &[u8],
+) -> Result<Vec<(crate::core::ShardKey, ShardRecord)>, String> {
+    if name.parse::<RecordName>().is_ok() {
+        return rmp_serde::from_slice(data).map_err(|e| e.to_string());
+    }
+    let key = name
+        .parse::<crate::core::ShardKey>()
+        .map_err(|_| format!("{name:?} is not a commit record's name"))?;
+    let record = rmp_serde::from_slice(data).map_err(|e| e.to_string())?;
+    Ok(vec![(key, record)])
 }
 
 /// Data of `jobs/<job-id>/result`.
@@ -238,6 +318,66 @@ mod tests {
         };
         let again: ResultRecord = rmp_serde::from_slice(&rmp_serde::to_vec(&now).unwrap()).unwrap();
         assert_eq!(again, now);
+    }
+
+    #[test]
+    fn commit_records_join_entries_into_one_array_and_names_sort_by_writer() {
+        use crate::core::ShardKey;
+        for n in [0usize, 1, 15, 16, 300, 70_000] {
+            let entries: Vec<Vec<u8>> = (0..n as u32)
+                .map(|i| {
+                    let key = ShardKey {
+                        index: i,
+                        generation: i % 3,
+                    };
+                    let rec = ShardRecord {
+                        epoch: 2,
+                        attempt: 1,
+                        output: OutputRef::Inline(ByteBuf::from(vec![i as u8])),
+                        failures: Vec::new(),
+                    };
+                    rmp_serde::to_vec(&(key, rec)).unwrap()
+                })
+                .collect();
+            let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+            let read: Vec<(ShardKey, ShardRecord)> =
+                rmp_serde::from_slice(&join_entries(&refs)).unwrap();
+            assert_eq!(read.len(), n);
+            for (i, (key, rec)) in read.iter().enumerate() {
+                assert_eq!((key.index, key.generation), (i as u32, i as u32 % 3));
+                assert_eq!(rec.output, OutputRef::Inline(ByteBuf::from(vec![i as u8])));
+            }
+        }
+        let name = RecordName {
+            epoch: 7,
+            candidacy: 12,
+            seq: 3,
+        };
+        assert_eq!(name.to_string(), "c7.12.3");
+        assert_eq!("c7.12.3".parse::<RecordName>(), Ok(name));
+        for bad in [
+            "7-0",
+            "c7.12",
+            "c7.12.3.4",
+            "c7.x.3",
+            "d7.12.3",
+            "c.1.2",
+            "",
+        ] {
+            assert!(bad.parse::<RecordName>().is_err(), "{bad} parsed");
+        }
+        // By epoch first, then candidacy, then the writer's count.
+        let n = |e, c, s| RecordName {
+            epoch: e,
+            candidacy: c,
+            seq: s,
+        };
+        let mut names = vec![n(2, 1, 0), n(1, 9, 10), n(1, 9, 2), n(1, 3, 50)];
+        names.sort();
+        assert_eq!(
+            names,
+            vec![n(1, 3, 50), n(1, 9, 2), n(1, 9, 10), n(2, 1, 0)]
+        );
     }
 
     fn tasks(t: &[&str]) -> Vec<ByteBuf> {

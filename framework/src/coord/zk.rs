@@ -201,15 +201,6 @@ impl Layout {
     pub fn bucket(&self, job: &str, index: u32) -> String {
         format!("{}/jobs/{job}/done/{}", self.root, index / 1000)
     }
-    /// The commit znode of a shard.
-    pub fn commit(&self, job: &str, key: ShardKey) -> String {
-        format!(
-            "{}/{}-{}",
-            self.bucket(job, key.index),
-            key.index,
-            key.generation
-        )
-    }
     /// Parent of a job's lost-attempt records.
     pub fn lost(&self, job: &str) -> String {
         format!("{}/jobs/{job}/lost", self.root)

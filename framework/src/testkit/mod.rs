@@ -438,6 +438,48 @@ impl Cluster {
         }
     }
 
+    /// The committed shards of job `job` as ZooKeeper holds them now, read
+    /// from its commit records (a shard held by two records appears twice).
+    pub async fn committed(
+        &self,
+        zk: &coord::ZkClient,
+        job: &str,
+    ) -> Vec<(crate::core::ShardKey, coord::ShardRecord)> {
+        let done = format!("{}/done", self.layout().job(job));
+        let mut out = Vec::new();
+        for bucket in zk.list_children(&done).await.unwrap_or_default() {
+            let bucket = format!("{done}/{bucket}");
+            for name in zk.list_children(&bucket).await.unwrap_or_default() {
+                if let Ok((data, _)) = zk.get_data(&format!("{bucket}/{name}")).await {
+                    out.extend(
+                        coord::commit_entries(&name, &data)
+                            .unwrap_or_else(|e| panic!("garbage commit {bucket}/{name}: {e}")),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until at least `n` shards of job `job` are committed.
+    pub async fn committed_at_least(
+        &self,
+        zk: &coord::ZkClient,
+        job: &str,
+        n: usize,
+        timeout: Duration,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while self.committed(zk, job).await.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} shards of {job} committed after {timeout:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Publishes `info` as `/master` from the test's own session `zk`, as
     /// a master that is not there would have (a crashed master's znode
     /// lingers until its session expires): for tests of what clients do

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ringleader::coord::{MasterInfo, OutputRef, ShardRecord};
+use ringleader::coord::{MasterInfo, OutputRef};
 use ringleader::testkit::net::{LinkParams, Net};
 
 const STEP: Duration = Duration::from_secs(60);
@@ -175,19 +175,16 @@ fn word_count_across_hosts_survives_the_master_killed_mid_job() {
     );
     rt().block_on(async {
         let zk = c.zk().await;
-        let bucket = format!("{}/done/0", c.layout().job("wc-hosts"));
-        c.children(&zk, &bucket, 2, STEP).await;
+        c.committed_at_least(&zk, "wc-hosts", 2, STEP).await;
         // The committed counts live outside ZooKeeper (referenced by name).
-        let shard = zk.list_children(&bucket).await.unwrap().remove(0);
-        let (data, _) = zk.get_data(&format!("{bucket}/{shard}")).await.unwrap();
-        let rec: ShardRecord = rmp_serde::from_slice(&data).unwrap();
+        let (shard, rec) = c.committed(&zk, "wc-hosts").await.remove(0);
         assert!(
             matches!(rec.output, OutputRef::Object(_)),
             "split counts not in the store: {shard} {:?}",
             std::mem::discriminant(&rec.output)
         );
         c.kill9(&first.node_id);
-        let committed = zk.list_children(&bucket).await.map_or(0, |v| v.len());
+        let committed = c.committed(&zk, "wc-hosts").await.len();
         assert!(
             committed < 32,
             "the job ended before the kill; make it bigger"
@@ -291,10 +288,9 @@ fn a_worker_host_cut_off_mid_job_runs_its_shards_elsewhere() {
     );
     rt().block_on(async {
         let zk = c.zk().await;
-        let bucket = format!("{}/done/0", c.layout().job("wc-cut"));
-        c.children(&zk, &bucket, 1, STEP).await;
+        c.committed_at_least(&zk, "wc-cut", 1, STEP).await;
         c.net().cut("w1");
-        let committed = zk.list_children(&bucket).await.map_or(0, |v| v.len());
+        let committed = c.committed(&zk, "wc-cut").await.len();
         assert!(
             committed < 32,
             "the job ended before the cut; make it bigger"

@@ -57,11 +57,19 @@ pub(super) async fn load(
     job: StoredJob,
 ) -> Result<Loaded, CoordError> {
     // The three reads pipeline on the session.
-    let (tasks, commits, losses) = futures::try_join!(
+    let (tasks, located, losses) = futures::try_join!(
         store.read_tasks(&job.id, job.record.batches),
-        store.read_commits(&job.id),
+        store.read_commits_at(&job.id),
         store.read_losses(&job.id)
     )?;
+    let mut at: BTreeMap<ShardKey, Arc<str>> = BTreeMap::new();
+    let commits: BTreeMap<ShardKey, ShardRecord> = located
+        .into_iter()
+        .map(|(key, (record, path))| {
+            at.insert(key, path);
+            (key, record)
+        })
+        .collect();
     let erased = registry
         .get(&job.record.job_name)
         .ok_or_else(|| CoordError::Garbage {
@@ -152,7 +160,9 @@ pub(super) async fn load(
         rt: {
             let mut rt = JobRuntime::new(job, Arc::new(tasks), acc);
             for key in &committed {
-                rt.logged(*key);
+                if let Some(path) = at.get(key) {
+                    rt.logged(*key, path.clone());
+                }
             }
             rt
         },

@@ -39,8 +39,8 @@ use tokio::sync::{mpsc, watch};
 use super::{Alive, Fatal, Stop};
 use crate::audit::{Audit, Event};
 use crate::coord::{
-    CommitOutcome, Connection, CoordError, JobStatus, LeaderStore, OutputRef, ShardOutput,
-    ShardRecord, StoredJob, WorkerInfo,
+    Committed, Connection, CoordError, JobStatus, LeaderStore, OutputRef, ShardOutput, ShardRecord,
+    StoredJob, WorkerInfo,
 };
 use crate::core::job::{Finish, Merge, Retention, Stored};
 use crate::core::{Command, Ledger, Scheduler, ShardKey, TaskFailure};
@@ -58,8 +58,9 @@ struct JobRuntime {
     /// which also drives the ZooKeeper session.
     acc: Arc<std::sync::Mutex<Accumulator>>,
     /// Its committed shards in the order this master learned of them (the
-    /// recovered ones first): what a stream sends, by position.
-    commit_log: Vec<ShardKey>,
+    /// recovered ones first), with the commit record that holds each: what
+    /// a stream sends, by position.
+    commit_log: Vec<(ShardKey, Arc<str>)>,
     /// The log's length, for the streams that wait for more; dropped with
     /// the job, which tells them that it left this master's memory.
     commits: watch::Sender<usize>,
@@ -120,8 +121,8 @@ impl JobRuntime {
     }
 
     /// A shard's commit is durable: streams may send it.
-    fn logged(&mut self, key: ShardKey) {
-        self.commit_log.push(key);
+    fn logged(&mut self, key: ShardKey, at: Arc<str>) {
+        self.commit_log.push((key, at));
         self.commits.send_replace(self.commit_log.len());
     }
 }
@@ -440,22 +441,9 @@ impl Master {
     ) {
         let store = self.store.clone();
         let job2 = job.clone();
-        let ours = match &output {
-            ShardOutput::Object(name) => Some(OutputRef::Object(name.clone())),
-            ShardOutput::Bytes(_) => None,
-        };
-        let fut = async move {
-            let res = store.commit(&job2, key, attempt, output, failures).await;
-            // Another run's commit won: our object is referenced by nothing.
-            if let (Ok(CommitOutcome::AlreadyCommitted(rec)), Some(ours)) = (&res, &ours) {
-                if &rec.output != ours {
-                    store.delete_outputs([ours]).await;
-                }
-            }
-            res
-        };
+        let fut = async move { store.commit(&job2, key, attempt, output, failures).await };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(CommitOutcome::Committed(rec)) => {
+            Ok(Committed { record: rec, at }) => {
                 // What the chaos harness counts: one per shard, ever.
                 tracing::debug!(job = %job, shard = %key, epoch = rec.epoch, attempt = rec.attempt, "shard committed");
                 act.audit(Event::ShardCommitted {
@@ -463,9 +451,8 @@ impl Master {
                     shard: key.to_string(),
                     attempt: rec.attempt,
                 });
-                act.on_committed(ctx, &job, key, rec);
+                act.on_committed(ctx, &job, key, rec, at);
             }
-            Ok(CommitOutcome::AlreadyCommitted(rec)) => act.on_committed(ctx, &job, key, rec),
             Err(e) if e.is_session_end() => act.fail(ctx, &e),
             Err(e) => {
                 tracing::warn!(job = %job, shard = %key, error = %e, "commit failed; the shard will run again");
@@ -485,11 +472,12 @@ impl Master {
         job: &str,
         key: ShardKey,
         rec: ShardRecord,
+        at: Arc<str>,
     ) {
         metrics::counter!(m::SHARDS_COMMITTED).increment(1);
         if let Some(rt) = self.jobs.get_mut(job) {
             rt.keep_output(rt.commit_log.len(), &rec.output);
-            rt.logged(key);
+            rt.logged(key, at);
         }
         let object = match &rec.output {
             OutputRef::Object(name) => Some(name.clone()),
@@ -645,12 +633,19 @@ impl Master {
         };
         ctx.spawn(work.into_actor(self).map(move |res, act, ctx| match res {
             Ok(result) => {
-                tracing::info!(
-                    job,
-                    tasks = counters.tasks_total,
-                    failed = counters.tasks_failed,
-                    "job done"
-                );
+                // A work queue's one-task jobs would be two lines each at
+                // thousands a second: jobs of one task that succeeded are
+                // logged at debug level, the others at info.
+                if counters.tasks_total > 1 || counters.tasks_failed > 0 {
+                    tracing::info!(
+                        job,
+                        tasks = counters.tasks_total,
+                        failed = counters.tasks_failed,
+                        "job done"
+                    );
+                } else {
+                    tracing::debug!(job, tasks = counters.tasks_total, "job done");
+                }
                 let name = act.job_name(&job);
                 if counters.tasks_failed > 0 {
                     metrics::counter!(m::JOBS_FAILED, "job_type" => name).increment(1);
@@ -1079,10 +1074,11 @@ mod tests {
 
     fn commit(rt: &mut JobRuntime, index: u32, output: OutputRef) {
         rt.keep_output(rt.commit_log.len(), &output);
-        rt.logged(ShardKey {
+        let key = ShardKey {
             index,
             generation: 0,
-        });
+        };
+        rt.logged(key, "c1.1.0".into());
     }
 
     #[test]
@@ -1090,10 +1086,11 @@ mod tests {
         let mut rt = runtime(true);
         // Two recovered commits come first, without outputs kept.
         for i in 0..2 {
-            rt.logged(ShardKey {
+            let key = ShardKey {
                 index: i,
                 generation: 0,
-            });
+            };
+            rt.logged(key, "c1.1.0".into());
         }
         commit(&mut rt, 2, OutputRef::Inline(ByteBuf::from(vec![2])));
         commit(&mut rt, 3, OutputRef::Object("o".into()));

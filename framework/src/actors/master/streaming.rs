@@ -38,13 +38,22 @@ pub(crate) struct StreamFrom {
     pub from: usize,
 }
 
+/// A committed shard, the commit record that holds it, and its inline
+/// output if the master still holds it.
+pub(crate) type LoggedCommit = (
+    ShardKey,
+    std::sync::Arc<str>,
+    Option<std::sync::Arc<Vec<u8>>>,
+);
+
 pub(crate) enum StreamStep {
     /// The job runs here: the keys committed from `from` on, and its
     /// commit count (it changes when more commit, and closes when the job
     /// leaves memory).
     Running {
-        /// With each key its inline output when the master still holds it.
-        keys: Vec<(ShardKey, Option<std::sync::Arc<Vec<u8>>>)>,
+        /// Each key with its commit record, and its inline output when the
+        /// master still holds it.
+        keys: Vec<LoggedCommit>,
         /// It was submitted to be streamed.
         streamed: bool,
         more: watch::Receiver<usize>,
@@ -67,7 +76,7 @@ impl Handler<StreamFrom> for Master {
                     .unwrap_or_default()
                     .iter()
                     .enumerate()
-                    .map(|(i, key)| (*key, rt.recent_output(msg.from + i)))
+                    .map(|(i, (key, at))| (*key, at.clone(), rt.recent_output(msg.from + i)))
                     .collect(),
                 more: rt.commits.subscribe(),
                 store,
@@ -164,7 +173,7 @@ async fn serve(
                     }
                     continue;
                 }
-                for (key, output) in keys {
+                for (key, at, output) in keys {
                     position += 1;
                     if !sent.insert(key) {
                         continue;
@@ -178,7 +187,7 @@ async fn serve(
                                 })
                                 .await?
                         }
-                        None => send_partial(stream, &store, &job_id, key, None).await?,
+                        None => send_partial(stream, &store, key, Err(&at)).await?,
                     }
                 }
             }
@@ -209,7 +218,7 @@ async fn serve(
                 let chain = super::load::recover_stored(&job, &commits).outputs;
                 for (key, record) in commits {
                     if chain.contains_key(&key) && sent.insert(key) {
-                        send_partial(stream, &store, &job_id, key, Some(record)).await?;
+                        send_partial(stream, &store, key, Ok(record)).await?;
                     }
                 }
                 let result = store.read_result(&job_id).await?;
@@ -228,17 +237,17 @@ async fn refuse_unstreamed(stream: &mut FramedStream, job_id: &str) -> Result<()
     Ok(stream.reply(&Frame::Error { message }).await?)
 }
 
-/// Sends one committed shard's output (reading its record if not given).
+/// Sends one committed shard's output: its record, or the commit record
+/// to read it from.
 async fn send_partial(
     stream: &mut FramedStream,
     store: &LeaderStore,
-    job_id: &str,
     key: ShardKey,
-    record: Option<crate::coord::ShardRecord>,
+    record: Result<crate::coord::ShardRecord, &str>,
 ) -> Result<(), Stop> {
     let record = match record {
-        Some(r) => r,
-        None => match store.read_commit(job_id, key).await? {
+        Ok(r) => r,
+        Err(at) => match store.read_commit(at, key).await? {
             Some(r) => r,
             // Logged as committed, so durable; gone only if the job was
             // collected meanwhile: the end says so.

@@ -171,7 +171,14 @@ impl Handler<Submit> for Master {
         };
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(Written::New(loaded)) => {
-                tracing::info!(job = %id, tasks = loaded.plan.counters.tasks_total, shards = loaded.plan.pending.len(), "job accepted");
+                let tasks = loaded.plan.counters.tasks_total;
+                let shards = loaded.plan.pending.len();
+                // One-task jobs at debug level, as their end (see `write_result`).
+                if tasks > 1 {
+                    tracing::info!(job = %id, tasks, shards, "job accepted");
+                } else {
+                    tracing::debug!(job = %id, tasks, shards, "job accepted");
+                }
                 metrics::counter!(m::JOBS_SUBMITTED, "job_type" => loaded.rt.stored.record.job_name.clone())
                     .increment(1);
                 act.audit(crate::audit::Event::JobAccepted {

@@ -15,7 +15,15 @@
 //! before the loss then fails on its first operation (`NodeExists` for a
 //! create, `NoNode` for a delete), which callers read as done, as they did
 //! with a lone write. A failed fence fails every write of the batch.
+//!
+//! Shard commits are parts, not writes of their own: the commits of one
+//! job that wait together become one commit record (see
+//! [`crate::coord::RecordName`]), one znode holding all their outcomes,
+//! named by this writer before it is sent. A big job thus leaves a znode
+//! per transaction's worth of commits, not one per shard, and collecting
+//! it deletes as few.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -100,21 +108,53 @@ impl Op {
     }
 }
 
+/// One shard's commit, to be joined with the other commits of its job
+/// that wait with it into one commit record.
+#[derive(Debug)]
+pub(super) struct Part {
+    /// The job's commit parent (`done`): which parts may share a record.
+    pub job: String,
+    /// The bucket a record starting with this part goes into.
+    pub bucket: String,
+    /// The encoded `(ShardKey, ShardRecord)` pair.
+    pub entry: Vec<u8>,
+}
+
 /// A write waiting for its transaction.
 struct Write {
     /// Which metric it is measured under (one of [`crate::metrics::ZK_OPS`]).
     name: &'static str,
     ops: Vec<Op>,
+    part: Option<Part>,
     since: Instant,
-    done: oneshot::Sender<Result<(), ZkError>>,
+    /// The answer: for a part, the path of the record that holds it.
+    done: oneshot::Sender<Result<Option<Arc<str>>, ZkError>>,
+}
+
+/// What one transaction applies for one or more writes: a write's own
+/// operations, or a commit record joining parts.
+struct Unit {
+    ops: Vec<Op>,
+    writes: Vec<Write>,
+    /// The commit record this unit creates, if it joins parts.
+    record: Option<Arc<str>>,
 }
 
 impl Write {
     fn bytes(&self) -> usize {
-        self.ops.iter().map(Op::bytes).sum()
+        self.ops.iter().map(Op::bytes).sum::<usize>()
+            + self
+                .part
+                .as_ref()
+                .map_or(0, |p| OP_OVERHEAD + p.bucket.len() + p.entry.len())
     }
 
-    fn answer(self, result: Result<(), ZkError>) {
+    /// Operations it adds to a transaction (a part at most one).
+    fn op_count(&self) -> usize {
+        self.ops.len().max(usize::from(self.part.is_some()))
+    }
+
+    fn answer(self, result: Result<Option<Arc<str>>, ZkError>) {
         metrics::histogram!(crate::metrics::ZK_OP_SECONDS, "op" => self.name)
             .record(self.since.elapsed().as_secs_f64());
         if matches!(&result, Err(e) if !matches!(e, ZkError::NodeExists | ZkError::NoNode)) {
@@ -135,10 +175,11 @@ pub(super) struct Batcher {
 impl Batcher {
     /// Starts the writer on the current runtime. It holds the lock weakly:
     /// the candidacy ends with the last `LeaderStore`, not with this task.
-    pub(super) fn start(lock: Weak<OwnedLockClient>, acl: AclMode) -> Self {
+    /// `records` names this master's commit records: `c<epoch>.<candidacy>`.
+    pub(super) fn start(lock: Weak<OwnedLockClient>, acl: AclMode, records: String) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let sent = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(lock, rx, sent.clone(), acl));
+        tokio::spawn(run(lock, rx, sent.clone(), acl, records));
         Batcher { tx, sent }
     }
 
@@ -150,10 +191,37 @@ impl Batcher {
     /// Applies `ops` together, fenced, in the next transaction; answers as
     /// a lone fenced multi would (connection losses are retried inside).
     pub(super) async fn write(&self, name: &'static str, ops: Vec<Op>) -> Result<(), ZkError> {
+        self.send(name, ops, None).await.map(|_| ())
+    }
+
+    /// Commits a shard's outcome as part of its job's next commit record;
+    /// answers the record's path once it is durable. A record that exists
+    /// already when it is sent again (after a connection loss) is this
+    /// writer's own: its name is unique to it.
+    pub(super) async fn commit_part(
+        &self,
+        name: &'static str,
+        part: Part,
+    ) -> Result<Arc<str>, ZkError> {
+        match self.send(name, Vec::new(), Some(part)).await? {
+            Some(path) => Ok(path),
+            None => Err(ZkError::UnexpectedError(
+                "a commit record was written without a name".into(),
+            )),
+        }
+    }
+
+    async fn send(
+        &self,
+        name: &'static str,
+        ops: Vec<Op>,
+        part: Option<Part>,
+    ) -> Result<Option<Arc<str>>, ZkError> {
         let (done, answer) = oneshot::channel();
         let write = Write {
             name,
             ops,
+            part,
             since: Instant::now(),
             done,
         };
@@ -171,8 +239,10 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Write>,
     sent: Arc<AtomicU64>,
     acl: AclMode,
+    records: String,
 ) {
     use futures::StreamExt;
+    let mut seq = 0u64;
     let mut carried: Option<Write> = None;
     let mut flying = futures::stream::FuturesUnordered::new();
     loop {
@@ -196,17 +266,17 @@ async fn run(
                 }
             }
         };
-        let (mut bytes, mut ops) = (first.bytes(), first.ops.len());
+        let (mut bytes, mut ops) = (first.bytes(), first.op_count());
         let mut batch = vec![first];
         loop {
             match rx.try_recv() {
-                Ok(w) if bytes + w.bytes() > REQUEST_BUDGET || ops + w.ops.len() > MAX_OPS => {
+                Ok(w) if bytes + w.bytes() > REQUEST_BUDGET || ops + w.op_count() > MAX_OPS => {
                     carried = Some(w);
                     break;
                 }
                 Ok(w) => {
                     bytes += w.bytes();
-                    ops += w.ops.len();
+                    ops += w.op_count();
                     batch.push(w);
                 }
                 Err(_) => break,
@@ -218,13 +288,76 @@ async fn run(
             }
             return;
         };
+        let units = units(batch, &records, &mut seq);
         let sent = sent.clone();
-        flying.push(async move { commit(&lock, batch, &sent, acl).await });
+        flying.push(async move { commit(&lock, units, &sent, acl).await });
+    }
+}
+
+/// A batch's transaction units: each write's own operations, and for each
+/// job one commit record joining its parts (named `records.<seq>`, in the
+/// bucket of its first part).
+fn units(batch: Vec<Write>, records: &str, seq: &mut u64) -> Vec<Unit> {
+    let mut units: Vec<Unit> = Vec::with_capacity(batch.len());
+    let mut jobs: HashMap<String, usize> = HashMap::new();
+    for mut w in batch {
+        let Some(part) = &w.part else {
+            let ops = std::mem::take(&mut w.ops);
+            units.push(Unit {
+                ops,
+                writes: vec![w],
+                record: None,
+            });
+            continue;
+        };
+        match jobs.get(&part.job) {
+            Some(&k) => units[k].writes.push(w),
+            None => {
+                jobs.insert(part.job.clone(), units.len());
+                units.push(Unit {
+                    ops: Vec::new(),
+                    writes: vec![w],
+                    record: None,
+                });
+            }
+        }
+    }
+    for &k in jobs.values() {
+        let unit = &mut units[k];
+        let parts: Vec<&Part> = unit.writes.iter().filter_map(|w| w.part.as_ref()).collect();
+        let Some(first) = parts.first() else {
+            continue;
+        };
+        let path = format!("{}/{records}.{seq}", first.bucket);
+        *seq += 1;
+        let entries: Vec<&[u8]> = parts.iter().map(|p| p.entry.as_slice()).collect();
+        unit.ops = vec![Op::create(
+            &path,
+            crate::coord::records::join_entries(&entries),
+        )];
+        unit.record = Some(path.into());
+        metrics::counter!(crate::metrics::COMMIT_RECORDS).increment(1);
+    }
+    units
+}
+
+impl Unit {
+    fn answer(self, result: Result<(), ZkError>) {
+        let result = match (result, &self.record) {
+            // The record's name is this writer's alone: it is there
+            // because an earlier send of this unit applied.
+            (Ok(()) | Err(ZkError::NodeExists), Some(path)) => Ok(Some(path.clone())),
+            (Ok(()), None) => Ok(None),
+            (Err(e), _) => Err(e),
+        };
+        for w in self.writes {
+            w.answer(result.clone());
+        }
     }
 }
 
 /// Commits a batch, answering each write; retried as the module doc says.
-async fn commit(lock: &OwnedLockClient, mut batch: Vec<Write>, sent: &AtomicU64, acl: AclMode) {
+async fn commit(lock: &OwnedLockClient, mut batch: Vec<Unit>, sent: &AtomicU64, acl: AclMode) {
     let mut delay = Duration::from_millis(10);
     let mut losses = 0;
     while !batch.is_empty() {
@@ -243,13 +376,13 @@ async fn commit(lock: &OwnedLockClient, mut batch: Vec<Write>, sent: &AtomicU64,
         };
         match res {
             Ok(()) => {
-                for w in batch {
-                    w.answer(Ok(()));
+                for u in batch {
+                    u.answer(Ok(()));
                 }
                 return;
             }
             Err(CheckWriteError::OperationFailed { index, source }) => {
-                // The write that holds operation `index` fails alone.
+                // The unit that holds operation `index` fails alone.
                 let mut first = 0;
                 let owner = batch.iter().position(|w| {
                     first += w.ops.len();
@@ -258,8 +391,8 @@ async fn commit(lock: &OwnedLockClient, mut batch: Vec<Write>, sent: &AtomicU64,
                 match owner {
                     Some(k) => batch.remove(k).answer(Err(source)),
                     None => {
-                        for w in batch {
-                            w.answer(Err(source.clone()));
+                        for u in batch {
+                            u.answer(Err(source.clone()));
                         }
                         return;
                     }
@@ -274,8 +407,8 @@ async fn commit(lock: &OwnedLockClient, mut batch: Vec<Write>, sent: &AtomicU64,
             }
             Err(e) => {
                 let e = ZkError::from(e);
-                for w in batch {
-                    w.answer(Err(e.clone()));
+                for u in batch {
+                    u.answer(Err(e.clone()));
                 }
                 return;
             }

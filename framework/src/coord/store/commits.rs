@@ -1,13 +1,18 @@
-//! Shard commits (exactly once: a `create`), lost attempts, and finishing
-//! a job (its result and `Done` in one versioned transaction).
+//! Shard commits (each shard's outcome in a commit record, many shards of
+//! a job to a record), lost attempts, and finishing a job (its result and
+//! `Done` in one versioned transaction).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use zookeeper_client::Error as ZkError;
 
-use super::{retry_loss, CommitOutcome, LeaderStore, Op, ShardOutput, StoredJob};
-use crate::coord::records::{JobStatus, OutputRef, ResultRecord, ShardRecord};
-use crate::coord::zk::{decode_record, encode_record, CoordError};
+use super::batch::Part;
+use super::{retry_loss, Committed, LeaderStore, Op, ShardOutput, StoredJob};
+use crate::coord::records::{
+    commit_entries, JobStatus, OutputRef, RecordName, ResultRecord, ShardRecord,
+};
+use crate::coord::zk::{encode_record, CoordError};
 use crate::core::{shard_count, ShardKey};
 
 /// A finished job with at most this many shards (and one batch of tasks)
@@ -21,10 +26,28 @@ impl LeaderStore {
         &self,
         id: &str,
     ) -> Result<BTreeMap<ShardKey, ShardRecord>, CoordError> {
+        Ok(self
+            .read_commits_at(id)
+            .await?
+            .into_iter()
+            .map(|(key, (record, _))| (key, record))
+            .collect())
+    }
+
+    /// Reads every committed shard of a job, with the commit record that
+    /// holds it. Records are read in the order of their names (an older
+    /// version's one-shard znodes first): a shard held by two (a commit
+    /// sent again after its outcome was lost) counts from the first.
+    pub async fn read_commits_at(
+        &self,
+        id: &str,
+    ) -> Result<BTreeMap<ShardKey, (ShardRecord, Arc<str>)>, CoordError> {
         let done = self.layout.done(id);
-        let buckets = retry_loss(|| self.client().list_children(&done))
-            .await
-            .map_err(|e| CoordError::zk(&done, e))?;
+        let buckets = match retry_loss(|| self.client().list_children(&done)).await {
+            Ok(b) => b,
+            Err(ZkError::NoNode) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(CoordError::zk(&done, e)),
+        };
         let buckets: Vec<String> = buckets.iter().map(|b| format!("{done}/{b}")).collect();
         let listed = futures::future::join_all(
             buckets
@@ -32,42 +55,53 @@ impl LeaderStore {
                 .map(|bucket| retry_loss(move || self.client().list_children(bucket))),
         )
         .await;
-        let mut paths = Vec::new();
+        // (None, key) for a one-shard znode, (Some(name), _) for a record.
+        let mut found: Vec<(Option<RecordName>, Option<ShardKey>, String)> = Vec::new();
         for (bucket, names) in buckets.iter().zip(listed) {
-            let names = names.map_err(|e| CoordError::zk(bucket, e))?;
+            let names = match names {
+                Ok(n) => n,
+                // Removed meanwhile (the job was collected).
+                Err(ZkError::NoNode) => continue,
+                Err(e) => return Err(CoordError::zk(bucket, e)),
+            };
             for n in names {
-                match n.parse::<ShardKey>() {
-                    Ok(key) => paths.push((key, format!("{bucket}/{n}"))),
-                    Err(_) => {
-                        tracing::warn!(path = %format!("{bucket}/{n}"), "ignoring a znode that is not a shard commit")
-                    }
+                let path = format!("{bucket}/{n}");
+                if let Ok(name) = n.parse::<RecordName>() {
+                    found.push((Some(name), None, path));
+                } else if let Ok(key) = n.parse::<ShardKey>() {
+                    found.push((None, Some(key), path));
+                } else {
+                    tracing::warn!(%path, "ignoring a znode that is not a shard commit");
                 }
             }
         }
-        let (keys, paths): (Vec<ShardKey>, Vec<String>) = paths.into_iter().unzip();
+        found.sort_by_key(|a| (a.0, a.1));
+        let paths: Vec<String> = found.iter().map(|(_, _, p)| p.clone()).collect();
         let mut out = BTreeMap::new();
-        for ((key, path), data) in keys.iter().zip(&paths).zip(self.read_all(&paths).await?) {
-            match decode_record::<ShardRecord>(path, &data) {
-                Ok(rec) => {
-                    out.insert(*key, rec);
-                }
-                Err(e) => tracing::warn!(error = %e, "ignoring a garbage shard commit"),
+        for ((_, _, path), data) in found.into_iter().zip(self.read_all(&paths).await?) {
+            let path: Arc<str> = path.into();
+            for (key, record) in decode_commit(&path, &data) {
+                out.entry(key).or_insert_with(|| (record, path.clone()));
             }
         }
         Ok(out)
     }
 
-    /// One committed shard's record, if it is there.
+    /// One committed shard's record, read from the commit record `at`
+    /// that holds it (see [`Self::read_commits_at`]; a stream's master
+    /// knows it), if it is there.
     pub async fn read_commit(
         &self,
-        job: &str,
+        at: &str,
         key: ShardKey,
     ) -> Result<Option<ShardRecord>, CoordError> {
-        let path = self.layout.commit(job, key);
-        match retry_loss(|| self.client().get_data(&path)).await {
-            Ok((data, _)) => Ok(Some(decode_record(&path, &data)?)),
+        match retry_loss(|| self.client().get_data(at)).await {
+            Ok((data, _)) => Ok(decode_commit(at, &data)
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, r)| r)),
             Err(ZkError::NoNode) => Ok(None),
-            Err(e) => Err(CoordError::zk(&path, e)),
+            Err(e) => Err(CoordError::zk(at, e)),
         }
     }
 
@@ -125,8 +159,11 @@ impl LeaderStore {
         Ok(out)
     }
 
-    /// Commits a shard's outcome, exactly once: the create fails with
-    /// NodeExists if any master already committed it.
+    /// Commits a shard's outcome. Its commit travels with the other
+    /// commits of the job that wait with it, in one commit record (see
+    /// [`super::batch`]). The scheduler sends each shard once at a time;
+    /// one sent again after an unknown outcome may be held by two records,
+    /// of which recovery counts the first.
     pub async fn commit(
         &self,
         job: &str,
@@ -134,8 +171,8 @@ impl LeaderStore {
         attempt: u32,
         output: ShardOutput,
         failures: Vec<crate::core::TaskFailure>,
-    ) -> Result<CommitOutcome, CoordError> {
-        let path = self.layout.commit(job, key);
+    ) -> Result<Committed, CoordError> {
+        let bucket = self.layout.bucket(job, key.index);
         let output = match output {
             ShardOutput::Object(name) => {
                 Store::check_shard_output(job, &name)?;
@@ -155,8 +192,8 @@ impl LeaderStore {
         // Many long error messages can outgrow a request: shorten them until
         // the commit fits (the task indexes and attempts always stay).
         let mut keep = 1024;
-        let data = loop {
-            match encode_record(&path, &record) {
+        let entry = loop {
+            match encode_record(&bucket, &(key, &record)) {
                 Err(CoordError::TooLarge { .. }) if keep > 0 => {
                     keep /= 8;
                     for f in &mut record.failures {
@@ -173,26 +210,17 @@ impl LeaderStore {
                 other => break other?,
             }
         };
-        match self
-            .fenced("commit", &path, vec![Op::create(&path, data)])
+        let part = Part {
+            job: self.layout.done(job),
+            bucket: bucket.clone(),
+            entry,
+        };
+        let at = self
+            .batcher
+            .commit_part("commit", part)
             .await
-        {
-            Ok(()) => Ok(CommitOutcome::Committed(record)),
-            Err(CoordError::Zk {
-                source: ZkError::NodeExists,
-                ..
-            }) => {
-                let (data, _) = self
-                    .client()
-                    .get_data(&path)
-                    .await
-                    .map_err(|e| CoordError::zk(&path, e))?;
-                Ok(CommitOutcome::AlreadyCommitted(decode_record(
-                    &path, &data,
-                )?))
-            }
-            Err(e) => Err(e),
-        }
+            .map_err(|e| CoordError::zk(&bucket, e))?;
+        Ok(Committed { record, at })
     }
 
     /// Writes the reduced result and marks the job done, in one fenced
@@ -280,4 +308,14 @@ impl LeaderStore {
         self.delete_children(&self.layout.done(id)).await?;
         self.delete_children(&self.layout.lost(id)).await
     }
+}
+
+/// The shards a commit znode holds (see [`commit_entries`]); garbage is
+/// logged and holds nothing.
+fn decode_commit(path: &str, data: &[u8]) -> Vec<(ShardKey, ShardRecord)> {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    commit_entries(name, data).unwrap_or_else(|reason| {
+        tracing::warn!(%path, %reason, "ignoring a garbage shard commit");
+        Vec::new()
+    })
 }

@@ -45,14 +45,13 @@ pub struct StoredJob {
     pub version: i32,
 }
 
-/// Result of a shard commit.
+/// A shard's commit, durable.
 #[derive(Debug)]
-pub enum CommitOutcome {
-    /// Our record is now the shard's commit.
-    Committed(ShardRecord),
-    /// The shard was already committed (by us before a connection loss, or
-    /// earlier); this is the record that counts.
-    AlreadyCommitted(ShardRecord),
+pub struct Committed {
+    /// The shard's outcome as committed.
+    pub record: ShardRecord,
+    /// The commit record that holds it (see [`crate::coord::RecordName`]).
+    pub at: Arc<str>,
 }
 
 /// See the module doc. Clones share one lock: the candidacy is given up
@@ -124,9 +123,22 @@ impl LeaderStore {
                     path: path.clone(),
                     reason: format!("{} bytes, want 8", data.len()),
                 })?;
+            // Commit records are named after this candidacy (the election
+            // znode's sequence number), unique even where two candidates
+            // took the same epoch.
+            let candidacy = lock
+                .lock_path()
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| CoordError::Garbage {
+                    path: lock.lock_path().to_string(),
+                    reason: "an election znode without a sequence number".into(),
+                })?;
+            let records = format!("c{}.{candidacy}", old + 1);
             let lock = Arc::new(lock);
             return Ok(LeaderStore {
-                batcher: batch::Batcher::start(Arc::downgrade(&lock), layout.acl()),
+                batcher: batch::Batcher::start(Arc::downgrade(&lock), layout.acl(), records),
                 lock,
                 layout,
                 epoch: old + 1,
