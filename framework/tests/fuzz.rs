@@ -123,6 +123,7 @@ fn records() -> Vec<Vec<u8>> {
             fetched_ms: Some(6),
             digest: Some(ByteBuf::from(vec![0; 32])),
             owner: Some("client:alice".into()),
+            inline: None,
         }),
         enc(&ShardRecord {
             epoch: 2,

@@ -27,6 +27,7 @@ fn record() -> JobRecord {
         fetched_ms: None,
         digest: None,
         owner: None,
+        inline: None,
     }
 }
 
@@ -144,63 +145,91 @@ fn concurrent_commits_share_transactions_and_records_and_fail_alone() {
     use ringleader::coord::ShardOutput;
     use ringleader::core::ShardKey;
     with_master_and_session(async |leader, session| {
-        let tasks: Vec<ByteBuf> = (0..200u8).map(|i| ByteBuf::from(vec![i])).collect();
-        let mut rec = record();
-        rec.tasks_total = 200;
-        leader.create_job("c", rec, &tasks).await.unwrap();
-        let key = |index| ShardKey {
-            index,
-            generation: 0,
-        };
-        let first = leader
-            .commit("c", key(7), 1, ShardOutput::Bytes(vec![1]), Vec::new())
-            .await
-            .unwrap();
-        let before = leader.commit_transactions();
-        let commits = (0..200).map(|i| {
-            let leader = leader.clone();
-            async move {
-                let out = ShardOutput::Bytes(vec![2]);
-                (i, leader.commit("c", key(i), 2, out, Vec::new()).await)
+        // A compact job (its records are its own children) and one of
+        // bigger tasks (its records go to `done/<bucket>`).
+        for (id, task_len, compact) in [("c", 1, true), ("n", 100, false)] {
+            let tasks: Vec<ByteBuf> = (0..200u8)
+                .map(|i| ByteBuf::from(vec![i; task_len]))
+                .collect();
+            let mut rec = record();
+            rec.tasks_total = 200;
+            let job = leader.create_job(id, rec, &tasks).await.unwrap();
+            assert_eq!(job.record.is_compact(), compact, "{id}");
+            let key = |index| ShardKey {
+                index,
+                generation: 0,
+            };
+            let first = leader
+                .commit(
+                    (id, compact),
+                    key(7),
+                    1,
+                    ShardOutput::Bytes(vec![1]),
+                    Vec::new(),
+                )
+                .await
+                .unwrap();
+            let before = leader.commit_transactions();
+            let commits = (0..200).map(|i| {
+                let leader = leader.clone();
+                async move {
+                    let out = ShardOutput::Bytes(vec![2]);
+                    (
+                        i,
+                        leader
+                            .commit((id, compact), key(i), 2, out, Vec::new())
+                            .await,
+                    )
+                }
+            });
+            let gone = (0..3).map(|i| {
+                let leader = leader.clone();
+                async move {
+                    let out = ShardOutput::Bytes(vec![3]);
+                    leader
+                        .commit(("gone", compact), key(i), 1, out, Vec::new())
+                        .await
+                }
+            });
+            let (outcomes, gone) = futures::join!(
+                futures::future::join_all(commits),
+                futures::future::join_all(gone)
+            );
+            let mut records = std::collections::BTreeSet::new();
+            for (i, outcome) in outcomes {
+                let c = outcome.unwrap_or_else(|e| panic!("{id}: shard {i}: {e}"));
+                assert_eq!(c.record.attempt, 2);
+                records.insert(c.at.to_string());
             }
-        });
-        let gone = (0..3).map(|i| {
-            let leader = leader.clone();
-            async move {
-                let out = ShardOutput::Bytes(vec![3]);
-                leader.commit("gone", key(i), 1, out, Vec::new()).await
+            for g in gone {
+                assert!(g.is_err(), "a commit to a job that is not there: {g:?}");
             }
-        });
-        let (outcomes, gone) = futures::join!(
-            futures::future::join_all(commits),
-            futures::future::join_all(gone)
-        );
-        let mut records = std::collections::BTreeSet::new();
-        for (i, outcome) in outcomes {
-            let c = outcome.unwrap_or_else(|e| panic!("shard {i}: {e}"));
-            assert_eq!(c.record.attempt, 2);
-            records.insert(c.at.to_string());
+            let sent = leader.commit_transactions() - before;
+            assert!(
+                (1..50).contains(&sent),
+                "{id}: {sent} transactions for 203 commits"
+            );
+            let parent = match compact {
+                true => leader.layout().job(id),
+                false => format!("{}/done/0", leader.layout().job(id)),
+            };
+            let znodes = session.zookeeper().list_children(&parent).await.unwrap();
+            let named: Vec<&String> = znodes.iter().filter(|n| n.starts_with('c')).collect();
+            assert_eq!(named.len(), records.len() + 1, "{id}: {znodes:?}");
+            assert!(
+                records.len() < 50,
+                "{id}: {} records for 200 commits",
+                records.len()
+            );
+            let stored = leader.read_commits(&job).await.unwrap();
+            assert_eq!(stored.len(), 200, "{id}: each shard read back once");
+            assert_eq!(
+                stored[&key(7)],
+                first.record,
+                "{id}: the first commit counts"
+            );
+            assert!(stored.iter().all(|(k, r)| *k == key(7) || r.attempt == 2));
         }
-        for g in gone {
-            assert!(g.is_err(), "a commit to a job that is not there: {g:?}");
-        }
-        let sent = leader.commit_transactions() - before;
-        assert!(
-            (1..50).contains(&sent),
-            "{sent} transactions for 203 commits"
-        );
-        let bucket = format!("{}/done/0", leader.layout().job("c"));
-        let znodes = session.zookeeper().list_children(&bucket).await.unwrap();
-        assert_eq!(znodes.len(), records.len() + 1, "{znodes:?}");
-        assert!(
-            records.len() < 50,
-            "{} records for 200 commits",
-            records.len()
-        );
-        let stored = leader.read_commits("c").await.unwrap();
-        assert_eq!(stored.len(), 200, "each shard read back once");
-        assert_eq!(stored[&key(7)], first.record, "the first commit counts");
-        assert!(stored.iter().all(|(k, r)| *k == key(7) || r.attempt == 2));
     });
 }
 
@@ -217,19 +246,37 @@ fn collection_leaves_nothing_of_its_jobs() {
             generation: 0,
         };
         let done_job = job(&leader, "d").await;
+        assert!(done_job.record.is_compact());
         leader
-            .commit("d", key, 1, ShardOutput::Bytes(vec![1]), Vec::new())
+            .commit(("d", true), key, 1, ShardOutput::Bytes(vec![1]), Vec::new())
             .await
             .unwrap();
+        // A compact job's first lost run creates its `lost`.
+        leader.record_loss("d", key, 2).await.unwrap();
         leader
             .finish(&done_job, vec![7], Vec::new(), done(), true)
             .await
             .unwrap();
-        let cancelled = job(&leader, "c").await;
+        // A job of bigger tasks has batches, buckets and `lost` from the start.
+        let mut rec = record();
+        rec.tasks_total = 2;
+        let tasks = [
+            ByteBuf::from(vec![1u8; 9000]),
+            ByteBuf::from(vec![2u8; 9000]),
+        ];
+        let cancelled = leader.create_job("c", rec, &tasks).await.unwrap();
+        assert!(!cancelled.record.is_compact());
         leader
-            .commit("c", key, 1, ShardOutput::Bytes(vec![1]), Vec::new())
+            .commit(
+                ("c", false),
+                key,
+                1,
+                ShardOutput::Bytes(vec![1]),
+                Vec::new(),
+            )
             .await
             .unwrap();
+        leader.record_loss("c", key, 2).await.unwrap();
         leader
             .set_status(&cancelled, JobStatus::Cancelled)
             .await
@@ -252,6 +299,11 @@ fn collection_leaves_nothing_of_its_jobs() {
             .collect::<futures::future::JoinAll<_>>()
             .await;
         assert_eq!(victims.len(), 3, "{odd:?}");
+        assert_eq!(
+            leader.read_losses("d").await.unwrap().get(&key),
+            Some(&2),
+            "the compact job's lost run"
+        );
         leader.collect(&victims, &[]).await.unwrap();
         let left = leader.list_job_ids().await.unwrap();
         assert_eq!(left, vec![kept.id], "only the job not collected is left");
@@ -267,8 +319,12 @@ fn cleaning_a_finished_job_deletes_its_shard_objects() {
     use ringleader::core::ShardKey;
     with_master(async |leader| {
         let big_output = vec![7u8; 300 * 1024];
-        for (id, shards) in [("small", 1u32), ("big", 65)] {
-            let tasks: Vec<ByteBuf> = (0..shards).map(|i| ByteBuf::from(vec![i as u8])).collect();
+        // A compact job of one shard, and a job of 65 shards whose tasks
+        // are too big for its record.
+        for (id, shards, task_len) in [("small", 1u32, 1), ("big", 65, 300)] {
+            let tasks: Vec<ByteBuf> = (0..shards)
+                .map(|i| ByteBuf::from(vec![i as u8; task_len]))
+                .collect();
             let mut rec = record();
             rec.tasks_total = u64::from(shards);
             let job = leader.create_job(id, rec, &tasks).await.unwrap();
@@ -279,7 +335,10 @@ fn cleaning_a_finished_job_deletes_its_shard_objects() {
                     generation: 0,
                 };
                 let out = ShardOutput::Bytes(big_output.clone());
-                let r = leader.commit(id, key, 1, out, Vec::new()).await.unwrap();
+                let r = leader
+                    .commit((id, job.record.is_compact()), key, 1, out, Vec::new())
+                    .await
+                    .unwrap();
                 let OutputRef::Object(name) = r.record.output else {
                     panic!("a 300 KiB output is not inline: {:?}", r.record.output)
                 };
@@ -290,7 +349,7 @@ fn cleaning_a_finished_job_deletes_its_shard_objects() {
                 let read = leader.read_output(&OutputRef::Object(name.clone())).await;
                 assert!(read.is_err(), "{id}: {name} still in the store");
             }
-            let commits = leader.read_commits(id).await.unwrap();
+            let commits = leader.read_commits(&job).await.unwrap();
             let kept = if shards == 1 { 1 } else { 0 };
             assert_eq!(commits.len(), kept, "{id}: commits left");
         }

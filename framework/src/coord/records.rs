@@ -75,12 +75,24 @@ pub struct JobRecord {
     /// Who submitted it (`transport::PeerId::principal`: `client:<name>`
     /// or `node:<id>`): only it, an admin or a node may read, watch or
     /// cancel it. `None` in records of earlier versions (anyone may).
-    /// Last, and left out when `None`: records stay readable both ways.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub owner: Option<String>,
+    /// A small job's tasks, kept in its record (see
+    /// [`JobRecord::is_compact`]). Last, and left out when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<Vec<ByteBuf>>,
 }
 
 impl JobRecord {
+    /// A compact job is one znode until it runs: its tasks are in its
+    /// record (no `batches`), its commit records are its own children (no
+    /// `done` and buckets), and `lost` is created at its first lost run.
+    /// A work queue's small jobs are written, and collected, in a few
+    /// operations instead of a dozen.
+    pub fn is_compact(&self) -> bool {
+        self.inline.is_some()
+    }
+
     /// What the collector needs to know of it.
     pub fn stored(&self) -> crate::core::job::Stored {
         use crate::core::job::Stored;

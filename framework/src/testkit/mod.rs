@@ -41,6 +41,10 @@ pub struct Cluster {
     /// Whether nodes started from now on keep an audit log (on by
     /// default; benchmarks turn it off to measure what users run).
     pub audit_logs: bool,
+    /// `RUST_LOG` of nodes started from now on: `info,ringleader=debug` by
+    /// default (tests read the debug lines); benchmarks use `info`, what
+    /// users run, since a line per shard costs the master's thread.
+    pub log_filter: String,
     /// Extra environment of particular nodes (by id), kept across restarts.
     pub node_env: std::collections::HashMap<String, Vec<(String, String)>>,
     /// Whether ZooKeeper is reached over its TLS port (see
@@ -138,6 +142,7 @@ impl Cluster {
             env,
             s3: None,
             audit_logs: true,
+            log_filter: "info,ringleader=debug".into(),
             node_env: std::collections::HashMap::new(),
         }
     }
@@ -269,7 +274,7 @@ impl Cluster {
             .args(["node", "--cluster", &self.cluster, "--node-id", id])
             .args(&args)
             .args(extra)
-            .env("RUST_LOG", "info,ringleader=debug")
+            .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("log"))
             .stderr(f)
@@ -445,11 +450,20 @@ impl Cluster {
         zk: &coord::ZkClient,
         job: &str,
     ) -> Vec<(crate::core::ShardKey, coord::ShardRecord)> {
-        let done = format!("{}/done", self.layout().job(job));
+        let path = self.layout().job(job);
+        let done = format!("{path}/done");
         let mut out = Vec::new();
+        // A compact job's records are its own children; another's are in
+        // the buckets of its `done`.
+        let mut parents = vec![path.clone()];
         for bucket in zk.list_children(&done).await.unwrap_or_default() {
-            let bucket = format!("{done}/{bucket}");
+            parents.push(format!("{done}/{bucket}"));
+        }
+        for bucket in parents {
             for name in zk.list_children(&bucket).await.unwrap_or_default() {
+                if bucket == path && name.parse::<coord::RecordName>().is_err() {
+                    continue;
+                }
                 if let Ok((data, _)) = zk.get_data(&format!("{bucket}/{name}")).await {
                     out.extend(
                         coord::commit_entries(&name, &data)

@@ -58,8 +58,8 @@ pub(super) async fn load(
 ) -> Result<Loaded, CoordError> {
     // The three reads pipeline on the session.
     let (tasks, located, losses) = futures::try_join!(
-        store.read_tasks(&job.id, job.record.batches),
-        store.read_commits_at(&job.id),
+        store.read_tasks(&job),
+        store.read_commits_at(&job),
         store.read_losses(&job.id)
     )?;
     let mut at: BTreeMap<ShardKey, Arc<str>> = BTreeMap::new();
@@ -159,6 +159,10 @@ pub(super) async fn load(
         bytes: task_bytes(&tasks),
         rt: {
             let mut rt = JobRuntime::new(job, Arc::new(tasks), acc);
+            if !nothing_committed {
+                // Of a size this master did not count: encoded on the pool.
+                rt.acc_bytes = usize::MAX;
+            }
             for key in &committed {
                 if let Some(path) = at.get(key) {
                     rt.logged(*key, path.clone());

@@ -55,8 +55,15 @@ struct JobRuntime {
     tasks: Arc<Vec<ByteBuf>>,
     /// The merged result so far. Merging runs on the blocking pool (a big
     /// partial result takes milliseconds), never on the master's arbiter,
-    /// which also drives the ZooKeeper session.
+    /// which also drives the ZooKeeper session; but a partial of at most
+    /// [`SMALL_MERGE`] bytes is merged where it arrives, as is the result
+    /// of a job whose partials were all that small encoded: a work queue's
+    /// one-task job would otherwise hand two threads of the pool a few
+    /// bytes each.
     acc: Arc<std::sync::Mutex<Accumulator>>,
+    /// Bytes of partials merged into `acc` on the arbiter; `usize::MAX`
+    /// once any was merged on the blocking pool (or before a takeover).
+    acc_bytes: usize,
     /// Its committed shards in the order this master learned of them (the
     /// recovered ones first), with the commit record that holds each: what
     /// a stream sends, by position.
@@ -75,12 +82,17 @@ struct JobRuntime {
 /// memory for its streams.
 const RECENT_OUTPUTS: (usize, usize) = (4096, 16 << 20);
 
+/// Partials (and, in all, a job's partials) up to this size are merged,
+/// and such a job's result encoded, on the master's arbiter.
+const SMALL_MERGE: usize = 16 * 1024;
+
 impl JobRuntime {
     fn new(stored: StoredJob, tasks: Arc<Vec<ByteBuf>>, acc: Accumulator) -> Self {
         JobRuntime {
             stored,
             tasks,
             acc: Arc::new(std::sync::Mutex::new(acc)),
+            acc_bytes: 0,
             commit_log: Vec::new(),
             commits: watch::channel(0).0,
             recent: std::collections::VecDeque::new(),
@@ -441,7 +453,15 @@ impl Master {
     ) {
         let store = self.store.clone();
         let job2 = job.clone();
-        let fut = async move { store.commit(&job2, key, attempt, output, failures).await };
+        let compact = self
+            .jobs
+            .get(&job)
+            .is_some_and(|rt| rt.stored.record.is_compact());
+        let fut = async move {
+            store
+                .commit((&job2, compact), key, attempt, output, failures)
+                .await
+        };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(Committed { record: rec, at }) => {
                 // What the chaos harness counts: one per shard, ever.
@@ -507,7 +527,7 @@ impl Master {
     /// Reads a committed output (from the store if it is there) and merges
     /// it into the job's result on the blocking pool.
     fn merge(&mut self, ctx: &mut Context<Self>, merge: Merge, output: OutputRef) {
-        let Some(rt) = self.jobs.get(&merge.job) else {
+        let Some(rt) = self.jobs.get_mut(&merge.job) else {
             return;
         };
         let erased = self
@@ -515,6 +535,36 @@ impl Master {
             .registry
             .get(&rt.stored.record.job_name)
             .cloned();
+        // A small partial, when no merge of the pool holds the result:
+        // here and now (see `JobRuntime::acc`).
+        let here = match (&erased, &output) {
+            (Some(erased), OutputRef::Inline(bytes))
+                if rt.acc_bytes.saturating_add(bytes.len()) <= SMALL_MERGE =>
+            {
+                match rt.acc.try_lock() {
+                    Ok(mut acc) => {
+                        let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            erased.merge_encoded(&mut acc, bytes)
+                        }));
+                        Some(match merged {
+                            Ok(r) => r.map_err(|e| e.to_string()),
+                            Err(_) => Err("merging panicked".to_string()),
+                        })
+                    }
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(res) = here {
+            rt.acc_bytes += output_len(&output);
+            if let Err(error) = &res {
+                tracing::error!(job = %merge.job, shard = %merge.key, tasks = merge.tasks.len(), %error, "a committed shard output cannot be merged; reporting its tasks as failed");
+            }
+            self.merged(ctx, merge, res);
+            return;
+        }
+        rt.acc_bytes = usize::MAX;
         let acc = rt.acc.clone();
         let store = self.store.clone();
         let work = async move {
@@ -586,6 +636,7 @@ impl Master {
             return;
         };
         let acc = rt.acc.clone();
+        let small = rt.acc_bytes <= SMALL_MERGE;
         let store = self.store.clone();
         let stored = StoredJob {
             id: rt.stored.id.clone(),
@@ -602,11 +653,19 @@ impl Master {
         let job_name = stored.record.job_name.clone();
         let fetched = self.want_result(&job);
         let work = async move {
-            let encoded = tokio::task::spawn_blocking(move || {
+            let encode = move || {
                 let acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 erased.encode_acc(&acc)
-            })
-            .await;
+            };
+            // A small result is encoded here (see `JobRuntime::acc`); no
+            // merge can hold it now, the job's merges are done.
+            let encoded = match small {
+                true => std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode))
+                    .map_err(|_| "encoding panicked"),
+                false => tokio::task::spawn_blocking(encode)
+                    .await
+                    .map_err(|_| "encoding panicked"),
+            };
             let output = match encoded {
                 Ok(Ok(o)) => o,
                 Ok(Err(e)) => {
@@ -1013,6 +1072,14 @@ impl Master {
 
 /// Answers a request with what `work` comes to; a ZooKeeper or store error
 /// becomes an `Error` frame saying what went wrong.
+/// The bytes of an inline output (0 for a reference).
+fn output_len(output: &OutputRef) -> usize {
+    match output {
+        OutputRef::Inline(bytes) => bytes.len(),
+        OutputRef::Object(_) | OutputRef::File(_) => 0,
+    }
+}
+
 fn answer(
     master: &Master,
     work: impl std::future::Future<Output = Result<Frame, CoordError>> + 'static,
@@ -1063,6 +1130,7 @@ mod tests {
             fetched_ms: None,
             digest: None,
             owner: None,
+            inline: None,
         };
         let stored = StoredJob {
             id: "j".into(),

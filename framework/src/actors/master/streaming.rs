@@ -214,7 +214,7 @@ async fn serve(
                 }
                 // Ended: what is committed (each shard's chain, as a new
                 // master would merge it), then the end.
-                let commits = store.read_commits(&job_id).await?;
+                let commits = store.read_commits(&job).await?;
                 let chain = super::load::recover_stored(&job, &commits).outputs;
                 for (key, record) in commits {
                     if chain.contains_key(&key) && sent.insert(key) {

@@ -140,6 +140,7 @@ impl Handler<Submit> for Master {
                 fetched_ms: None,
                 digest: Some(digest),
                 owner: Some(owner),
+                inline: None,
             };
             let job = store.create_job(&h.job_id, record, &tasks).await?;
             let erased = registry

@@ -24,10 +24,10 @@ impl LeaderStore {
     /// Reads every committed shard of a job.
     pub async fn read_commits(
         &self,
-        id: &str,
+        job: &StoredJob,
     ) -> Result<BTreeMap<ShardKey, ShardRecord>, CoordError> {
         Ok(self
-            .read_commits_at(id)
+            .read_commits_at(job)
             .await?
             .into_iter()
             .map(|(key, (record, _))| (key, record))
@@ -40,15 +40,20 @@ impl LeaderStore {
     /// sent again after its outcome was lost) counts from the first.
     pub async fn read_commits_at(
         &self,
-        id: &str,
+        job: &StoredJob,
     ) -> Result<BTreeMap<ShardKey, (ShardRecord, Arc<str>)>, CoordError> {
-        let done = self.layout.done(id);
-        let buckets = match retry_loss(|| self.client().list_children(&done)).await {
-            Ok(b) => b,
-            Err(ZkError::NoNode) => return Ok(BTreeMap::new()),
-            Err(e) => return Err(CoordError::zk(&done, e)),
+        let buckets = if job.record.is_compact() {
+            // Its records are its own children (with `result` and `lost`).
+            vec![self.layout.job(&job.id)]
+        } else {
+            let done = self.layout.done(&job.id);
+            match retry_loss(|| self.client().list_children(&done)).await {
+                Ok(b) => b.iter().map(|b| format!("{done}/{b}")).collect(),
+                Err(ZkError::NoNode) => return Ok(BTreeMap::new()),
+                Err(e) => return Err(CoordError::zk(&done, e)),
+            }
         };
-        let buckets: Vec<String> = buckets.iter().map(|b| format!("{done}/{b}")).collect();
+        let compact = job.record.is_compact();
         let listed = futures::future::join_all(
             buckets
                 .iter()
@@ -70,6 +75,8 @@ impl LeaderStore {
                     found.push((Some(name), None, path));
                 } else if let Ok(key) = n.parse::<ShardKey>() {
                     found.push((None, Some(key), path));
+                } else if compact {
+                    // `result`, `lost`: not commits.
                 } else {
                     tracing::warn!(%path, "ignoring a znode that is not a shard commit");
                 }
@@ -132,6 +139,23 @@ impl LeaderStore {
                     source: ZkError::NodeExists,
                     ..
                 }) => {}
+                // A compact job's first lost run: `lost` is created now
+                // (a job that is gone fails there, with `NoNode`).
+                Err(CoordError::Zk {
+                    source: ZkError::NoNode,
+                    ..
+                }) => {
+                    let dir = self.layout.lost(job);
+                    let create = vec![Op::create(&dir, Vec::new())];
+                    match self.fenced("record_loss", &dir, create).await {
+                        Ok(())
+                        | Err(CoordError::Zk {
+                            source: ZkError::NodeExists,
+                            ..
+                        }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -164,15 +188,20 @@ impl LeaderStore {
     /// [`super::batch`]). The scheduler sends each shard once at a time;
     /// one sent again after an unknown outcome may be held by two records,
     /// of which recovery counts the first.
+    /// `compact`: the job's record says [`crate::coord::JobRecord::is_compact`], and its
+    /// records are its own children.
     pub async fn commit(
         &self,
-        job: &str,
+        (job, compact): (&str, bool),
         key: ShardKey,
         attempt: u32,
         output: ShardOutput,
         failures: Vec<crate::core::TaskFailure>,
     ) -> Result<Committed, CoordError> {
-        let bucket = self.layout.bucket(job, key.index);
+        let (parent, bucket) = match compact {
+            true => (self.layout.job(job), self.layout.job(job)),
+            false => (self.layout.done(job), self.layout.bucket(job, key.index)),
+        };
         let output = match output {
             ShardOutput::Object(name) => {
                 Store::check_shard_output(job, &name)?;
@@ -211,7 +240,7 @@ impl LeaderStore {
             }
         };
         let part = Part {
-            job: self.layout.done(job),
+            job: parent,
             bucket: bucket.clone(),
             entry,
         };
@@ -299,7 +328,10 @@ impl LeaderStore {
             return Ok(());
         }
         self.delete_outputs(&objects).await;
-        if r.batches <= 1 && shard_count(r.tasks_total, r.options.shard_size) <= SMALL_JOB_SHARDS {
+        if r.is_compact()
+            || r.batches <= 1
+                && shard_count(r.tasks_total, r.options.shard_size) <= SMALL_JOB_SHARDS
+        {
             return Ok(());
         }
         let id = &job.id;

@@ -40,7 +40,7 @@ impl LeaderStore {
             // A finished job's shard outputs went when it ended, except a
             // streamed one's (kept for its streams) or a cancelled one's.
             if job.record.status == JobStatus::Cancelled || job.record.options.stream {
-                match self.read_commits(&job.id).await {
+                match self.read_commits(job).await {
                     Ok(commits) => outputs.extend(commits.into_values().map(|r| r.output)),
                     Err(e) => {
                         tracing::warn!(job = %job.id, error = %e, "cannot read a cancelled job's commits; its objects stay in the store")
@@ -110,9 +110,12 @@ impl LeaderStore {
     /// which znodes have children: only each job's `batches`, `lost` and
     /// `done`, and `done`'s buckets, are listed (two round trips for all the
     /// jobs together); the result exists exactly when the job is done.
-    async fn job_trees(&self, jobs: &[StoredJob]) -> Result<Vec<String>, CoordError> {
+    async fn job_trees(&self, all: &[StoredJob]) -> Result<Vec<String>, CoordError> {
+        let (compact, jobs): (Vec<&StoredJob>, Vec<&StoredJob>) =
+            all.iter().partition(|j| j.record.is_compact());
+        let mut doomed = self.compact_trees(&compact).await?;
         let mut dirs = Vec::with_capacity(jobs.len() * 3);
-        for j in jobs {
+        for j in &jobs {
             let path = self.layout.job(&j.id);
             dirs.push(format!("{path}/batches"));
             dirs.push(self.layout.lost(&j.id));
@@ -127,11 +130,12 @@ impl LeaderStore {
             .flat_map(|(done, names)| names.iter().map(move |b| format!("{done}/{b}")))
             .collect();
         let commits = self.list_all(&buckets).await?;
-        let mut doomed: Vec<String> = buckets
-            .iter()
-            .zip(&commits)
-            .flat_map(|(bucket, names)| names.iter().map(move |c| format!("{bucket}/{c}")))
-            .collect();
+        doomed.extend(
+            buckets
+                .iter()
+                .zip(&commits)
+                .flat_map(|(bucket, names)| names.iter().map(move |c| format!("{bucket}/{c}"))),
+        );
         doomed.extend(buckets.iter().cloned());
         for (dir, names) in dirs
             .iter()
@@ -147,6 +151,30 @@ impl LeaderStore {
             }
             doomed.push(self.layout.job(&j.id));
         }
+        Ok(doomed)
+    }
+
+    /// Every znode of compact jobs ([`crate::coord::JobRecord::is_compact`]),
+    /// children before parents: each job's children (commit records,
+    /// `result`, `lost` if a run was lost), listed in one round trip for
+    /// all, and `lost`'s in a second where there is one.
+    async fn compact_trees(&self, jobs: &[&StoredJob]) -> Result<Vec<String>, CoordError> {
+        let roots: Vec<String> = jobs.iter().map(|j| self.layout.job(&j.id)).collect();
+        let children = self.list_all(&roots).await?;
+        let lost: Vec<String> = roots
+            .iter()
+            .zip(&children)
+            .filter(|(_, names)| names.iter().any(|n| n == "lost"))
+            .map(|(root, _)| format!("{root}/lost"))
+            .collect();
+        let mut doomed = Vec::new();
+        for (dir, names) in lost.iter().zip(self.list_all(&lost).await?) {
+            doomed.extend(names.iter().map(|n| format!("{dir}/{n}")));
+        }
+        for (root, names) in roots.iter().zip(&children) {
+            doomed.extend(names.iter().map(|n| format!("{root}/{n}")));
+        }
+        doomed.extend(roots);
         Ok(doomed)
     }
 

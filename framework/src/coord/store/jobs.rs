@@ -12,6 +12,11 @@ use crate::core::shard_count;
 /// A job with at most this many commit buckets (and one batch of tasks)
 /// is written in one transaction.
 const SMALL_JOB_BUCKETS: u32 = 16;
+/// A job whose tasks take at most this many bytes (with their overhead),
+/// in at most a bucket's worth of shards, is compact
+/// ([`JobRecord::is_compact`]): its record is rewritten, tasks and all, at
+/// each change of state, so they stay small.
+const COMPACT_TASK_BYTES: usize = 16 * 1024;
 
 impl LeaderStore {
     /// Reads a job's record.
@@ -96,25 +101,34 @@ impl LeaderStore {
         if !current.is_empty() {
             batches.push(encode_record(&job_path, &current)?);
         }
-        record.batches = batches.len() as u32;
         record.created_ms = now_ms();
         let batches_path = format!("{job_path}/batches");
         let (lost, done) = (self.layout.lost(id), self.layout.done(id));
         let buckets = shard_count(record.tasks_total, record.options.shard_size).div_ceil(1000);
+        let task_bytes: usize = tasks.iter().map(|t| t.len() + 16).sum();
+        if task_bytes <= COMPACT_TASK_BYTES && buckets <= 1 {
+            record.batches = 0;
+            record.inline = Some(tasks.to_vec());
+            batches.clear();
+        } else {
+            record.batches = batches.len() as u32;
+        }
         if batches.len() <= 1 && buckets <= SMALL_JOB_BUCKETS {
             record.status = JobStatus::Accepted;
             let data = encode_record(&job_path, &record)?;
-            let mut ops = vec![
-                Op::create(&job_path, data),
-                Op::create(batches_path, Vec::new()),
-                Op::create(lost, Vec::new()),
-                Op::create(done, Vec::new()),
-            ];
-            for (k, b) in batches.into_iter().enumerate() {
-                ops.push(Op::create(self.layout.batch(id, k as u32), b));
-            }
-            for b in 0..buckets {
-                ops.push(Op::create(self.layout.bucket(id, b * 1000), Vec::new()));
+            let mut ops = vec![Op::create(&job_path, data)];
+            if !record.is_compact() {
+                ops.extend([
+                    Op::create(batches_path, Vec::new()),
+                    Op::create(lost, Vec::new()),
+                    Op::create(done, Vec::new()),
+                ]);
+                for (k, b) in batches.into_iter().enumerate() {
+                    ops.push(Op::create(self.layout.batch(id, k as u32), b));
+                }
+                for b in 0..buckets {
+                    ops.push(Op::create(self.layout.bucket(id, b * 1000), Vec::new()));
+                }
             }
             let res = self.fenced("create_job", &job_path, ops).await;
             return match res {
@@ -193,9 +207,16 @@ impl LeaderStore {
         })
     }
 
-    /// Reads a job's encoded tasks, in order.
-    pub async fn read_tasks(&self, id: &str, batches: u32) -> Result<Vec<ByteBuf>, CoordError> {
-        let paths: Vec<String> = (0..batches).map(|k| self.layout.batch(id, k)).collect();
+    /// Reads a job's encoded tasks, in order (a compact job's are in its
+    /// record).
+    pub async fn read_tasks(&self, job: &StoredJob) -> Result<Vec<ByteBuf>, CoordError> {
+        if let Some(tasks) = &job.record.inline {
+            return Ok(tasks.clone());
+        }
+        let id = &job.id;
+        let paths: Vec<String> = (0..job.record.batches)
+            .map(|k| self.layout.batch(id, k))
+            .collect();
         let mut tasks = Vec::new();
         for (path, data) in paths.iter().zip(self.read_all(&paths).await?) {
             let batch: Vec<ByteBuf> = decode_record(path, &data)?;
