@@ -202,6 +202,21 @@ fn log_time(line: &str) -> Option<f64> {
 }
 
 /// Sum of every sample of `name` (any labels) in a Prometheus scrape.
+/// Checks the results of a job of `n` probes `0..n` (each doubles its
+/// input): one each, summing to `n * (n - 1)`.
+fn check_probes(results: Vec<(u64, u64)>, n: u64) -> anyhow::Result<()> {
+    let sum: u64 = results.iter().map(|(_, v)| *v).sum();
+    ensure!(
+        results.len() as u64 == n && sum == n * (n - 1),
+        "wrong results of the {n}-shard job: {} results summing to {sum}",
+        results.len()
+    );
+    Ok(())
+}
+
+/// What a master logs once every unfinished job is read back and queued.
+const REQUEUED: &str = "every unfinished job is back in the queue";
+
 fn metric_sum(text: &str, name: &str, label: Option<&str>) -> f64 {
     text.lines()
         .filter(|l| {
@@ -580,6 +595,69 @@ impl Bench {
         Ok(())
     }
 
+    /// Kills the master `first` (-9) and waits for the next: it, when the
+    /// kill was, how long until the next served, and how many times it had
+    /// logged [`REQUEUED`] before.
+    fn kill_master(&mut self, first: &MasterInfo) -> (MasterInfo, Instant, Duration, usize) {
+        let seen: HashMap<String, usize> = ["cand-0", "cand-1"]
+            .iter()
+            .map(|c| (c.to_string(), self.c.log(c).matches(REQUEUED).count()))
+            .collect();
+        let t = Instant::now();
+        self.c.kill9(&first.node_id);
+        let second = self.master(Some(first.epoch));
+        let took = t.elapsed();
+        let before = seen.get(&second.node_id).copied().unwrap_or(0);
+        (second, t, took, before)
+    }
+
+    /// A job of `n` one-task shards, its master killed (-9) once half of
+    /// it is committed: how long until the next master serves, and until
+    /// it has read the job back (its commit records) and queued the rest.
+    fn takeover_mid_job(&mut self, n: u64) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let first = self.master(None);
+        let id = format!("takeover-{}", first.epoch);
+        self.rt.block_on(async {
+            let opts = SubmitOptions {
+                shard_size: Some(1),
+                job_id: Some(id.clone()),
+                ..Default::default()
+            };
+            client
+                .submit::<Collect<Probe>>(probes(n, Behaviour::Ok), opts)
+                .await
+                .map(|_| ())
+        })?;
+        let half = poll(Duration::from_secs(600), Duration::from_millis(100), || {
+            let p = self.rt.block_on(client.progress(&id))?;
+            Ok((p.counters.tasks_done >= n / 2).then_some(p.counters.tasks_done))
+        })?
+        .context("the job never got half done")?;
+        let (second, t, serving, before) = self.kill_master(&first);
+        let requeued = poll(Duration::from_secs(600), Duration::from_millis(20), || {
+            let log = self.c.log(&second.node_id);
+            Ok((log.matches(REQUEUED).count() > before).then(|| t.elapsed()))
+        })?
+        .context("the new master never re-queued the job")?;
+        self.rt.block_on(async {
+            let job = client.job::<Collect<Probe>>(id.clone());
+            check_probes(job.result().await?.0, n)
+                .context("the job whose master was killed at half")
+        })?;
+        self.rows.push(row(
+            format!("a {n}-shard job, its master killed at {half} tasks done: the next master serving / the job read back and queued"),
+            format!("{:.2} s / {:.2} s", serving.as_secs_f64(), requeued.as_secs_f64()),
+            "from the kill; the results then complete and checked",
+            "",
+        ));
+        // The killed node comes back as a candidate, for the sections after.
+        self.start_node(&first.node_id, "candidate");
+        self.wait_candidates(2);
+        self.settle_within(Duration::from_secs(120.max(n / 1000)));
+        Ok(())
+    }
+
     /// What a work queue's user sees: one-task jobs awaited one at a time
     /// and many in flight, and one job of one-task shards as it grows.
     fn queue(&mut self) -> anyhow::Result<()> {
@@ -705,7 +783,7 @@ impl Bench {
         for &n in sizes {
             let before = self.scrape(&m.node_id)?;
             let t = Instant::now();
-            let (count, sum) = self.rt.block_on(async {
+            self.rt.block_on(async {
                 let opts = SubmitOptions {
                     shard_size: Some(1),
                     ..Default::default()
@@ -713,23 +791,25 @@ impl Bench {
                 let job = client
                     .submit::<Collect<Probe>>(probes(n, Behaviour::Ok), opts)
                     .await?;
-                let (results, _) = job.result().await?;
-                Ok::<_, anyhow::Error>((
-                    results.len() as u64,
-                    results.iter().map(|(_, v)| *v).sum::<u64>(),
-                ))
+                check_probes(job.result().await?.0, n)
             })?;
-            ensure!(
-                count == n && sum == n * (n - 1),
-                "wrong results of the {n}-shard job"
-            );
             let rate = n as f64 / t.elapsed().as_secs_f64();
+            // What the job holds in ZooKeeper at its end (its cleanup
+            // starts now): its tasks and every commit record.
+            let held = self.zk_mntr();
+            let heap = if Some(&n) == sizes.last() {
+                self.zk_heap_mb()
+            } else {
+                None
+            };
             let after = self.scrape(&m.node_id)?;
             let per_shard = |name: &str| {
                 (metric_sum(&after, name, None) - metric_sum(&before, name, None)) / n as f64
             };
             let (records, txns) = (per_shard(m::COMMIT_RECORDS), per_shard(m::ZK_TRANSACTIONS));
-            let cleanup = self.settle();
+            // Deletions are paced (half of ZooKeeper's time at most): a
+            // million-shard job's take minutes.
+            let cleanup = self.settle_within(Duration::from_secs(120.max(n / 1000)));
             figures.pipelined_per_s = rate;
             let base = *first.get_or_insert((n, rate));
             self.rows.push(row(
@@ -748,12 +828,33 @@ impl Bench {
                 "1 and 1: a znode and a transaction of its own per shard",
                 "",
             ));
+            if let (Some(znodes), Some(bytes)) = (
+                held.get("zk_znode_count"),
+                held.get("zk_approximate_data_size"),
+            ) {
+                self.rows.push(row(
+                    "  ZooKeeper at its end: znodes, data bytes, and heap in use (largest job)",
+                    format!(
+                        "{znodes:.0}, {:.1} MiB{}",
+                        bytes / (1 << 20) as f64,
+                        heap.map_or(String::new(), |h| format!(", {h:.0} MiB of heap"))
+                    ),
+                    format!(
+                        "the private server's heap cap: {} MiB",
+                        ringleader::zkserver::ZkServerOptions::default().heap_mb
+                    ),
+                    "",
+                ));
+            }
             self.rows.push(row(
                 "  then its commits deleted in the background, and the job collected",
                 format!("{:.1} s", cleanup.as_secs_f64()),
                 "until ZooKeeper holds only the cluster's own znodes",
                 "",
             ));
+        }
+        if !self.args.quick {
+            self.takeover_mid_job(*sizes.last().unwrap_or(&1_000_000))?;
         }
         // The same job streamed: each output read as it commits.
         if let (Some(&n), Some((_, plain))) = (sizes.first(), first) {
@@ -903,9 +1004,14 @@ impl Bench {
     /// (what earlier jobs left is cleaned up and collected; the bench's
     /// retention is 0), at most two minutes; returns the wait.
     fn settle(&self) -> Duration {
+        self.settle_within(Duration::from_secs(120))
+    }
+
+    /// [`Self::settle`], waiting at most `limit`.
+    fn settle_within(&self, limit: Duration) -> Duration {
         let t = Instant::now();
         let own = self.zk_own.unwrap_or(0.0);
-        while t.elapsed() < Duration::from_secs(120) {
+        while t.elapsed() < limit {
             match self.zk_mntr().get("zk_znode_count") {
                 // On the runtime: its sessions must be kept alive meanwhile.
                 Some(&n) if n > own => self.rt.block_on(async {
@@ -919,6 +1025,38 @@ impl Bench {
             self.zk_mntr().get("zk_znode_count")
         );
         t.elapsed()
+    }
+
+    /// The first ZooKeeper server's heap in use after a full collection,
+    /// in MiB (`jcmd`; none where the JDK tools are missing).
+    fn zk_heap_mb(&self) -> Option<f64> {
+        let pid = self.c.servers.first()?.pid()?.to_string();
+        let jcmd = |what: &str| {
+            std::process::Command::new("jcmd")
+                .args([pid.as_str(), what])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        jcmd("GC.run")?;
+        // One line per generation (or one for G1's whole heap), each
+        // "... total 78656K, used 1234K [...]"; Metaspace is not heap.
+        let info = jcmd("GC.heap_info")?;
+        let kb: f64 = info
+            .lines()
+            .filter(|l| l.contains("generation") || l.contains("heap"))
+            .filter_map(|l| {
+                l.split("used ")
+                    .nth(1)?
+                    .split('K')
+                    .next()?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .sum();
+        (kb > 0.0).then_some(kb / 1024.0)
     }
 
     /// ZooKeeper's `mntr` figures (of the first server), empty if it does not answer.
@@ -1152,20 +1290,11 @@ impl Bench {
                 });
                 futures::future::try_join_all(subs).await
             })?;
-            const REQUEUED: &str = "every unfinished job is back in the queue";
-            let requeued_before: HashMap<String, usize> = ["cand-0", "cand-1"]
-                .iter()
-                .map(|id| (id.to_string(), self.c.log(id).matches(REQUEUED).count()))
-                .collect();
-            let t = Instant::now();
-            self.c.kill9(&first.node_id);
-            let second = self.master(Some(first.epoch));
-            let took = t.elapsed();
+            let (second, _, took, seen) = self.kill_master(&first);
             let line = self.serving_line(&second.node_id);
             let recovered = log_field(&line, "jobs").unwrap_or(f64::NAN);
             let since = log_field(&line, "since_election_ms").unwrap_or(f64::NAN);
             // Jobs are read back while the new master serves: how long that took.
-            let seen = requeued_before.get(&second.node_id).copied().unwrap_or(0);
             let requeued = poll(Duration::from_secs(60), Duration::from_millis(20), || {
                 let log = self.c.log(&second.node_id);
                 Ok((log.matches(REQUEUED).count() > seen).then(|| {
@@ -1524,8 +1653,9 @@ fn main() -> anyhow::Result<()> {
             c
         }
     };
-    // What users run: the audit log is opt-in.
+    // What users run: the audit log is opt-in, and nodes log at info.
     cluster.audit_logs = false;
+    cluster.log_filter = "info".into();
     let mut b = Bench {
         c: cluster,
         rt: ringleader::testkit::rt(),
