@@ -235,12 +235,23 @@ impl Client {
     /// epoch found unusable); [`ClientError::NoMaster`] when none is
     /// published within `master_wait`.
     async fn find_master(&self, bad_epoch: Option<u64>) -> Result<MasterInfo, ClientError> {
-        match self.find_master_once(bad_epoch).await {
-            // The session ended while it was read: once more on a new one.
-            Err(ClientError::Coord(e)) if e.is_session_end() => {
-                self.find_master_once(bad_epoch).await
+        let deadline = tokio::time::Instant::now() + self.inner.cfg.master_wait;
+        let mut renewed = false;
+        loop {
+            match self.find_master_once(bad_epoch).await {
+                // The session ended while it was read: once more on a new one.
+                Err(ClientError::Coord(e)) if e.is_session_end() && !renewed => renewed = true,
+                // ZooKeeper stopped answering on this connection (the
+                // session goes on, and reconnects): read again, within the
+                // wait for a master.
+                Err(ClientError::Coord(e))
+                    if e.is_connection_lost() && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(error = %e, "reading /master again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => return r,
             }
-            r => r,
         }
     }
 

@@ -117,6 +117,22 @@ impl CoordError {
         )
     }
 
+    /// Whether the request failed with its connection, the session going
+    /// on: the connection broke, or the server stopped answering on it
+    /// (which zookeeper-client reports as "no response from connection"
+    /// with an error of its own). The client reconnects; a read may be
+    /// asked again.
+    pub fn is_connection_lost(&self) -> bool {
+        use zookeeper_client::Error as E;
+        matches!(
+            self,
+            CoordError::Zk {
+                source: E::ConnectionLoss | E::Timeout | E::Custom(_),
+                ..
+            }
+        )
+    }
+
     /// Whether the session is gone for good (expired or closed).
     pub fn is_session_end(&self) -> bool {
         matches!(

@@ -1102,6 +1102,54 @@ fn zookeeper_refuses_what_is_not_the_clusters_node() {
 /// A client outlives its ZooKeeper session: cut from ZooKeeper until the
 /// session expires, it starts a new one when it next needs `/master`, and
 /// follows a failover that happened meanwhile.
+/// ZooKeeper stops answering the client while it looks for the master
+/// (its connection is declared dead and made again): the submission waits
+/// it out instead of failing with "no response from connection".
+#[test]
+fn a_client_looking_for_the_master_rides_out_a_silent_zookeeper() {
+    use probe::{Behaviour, Probe};
+    use ringleader::client::SubmitOptions;
+    use ringleader::coord::Connection;
+    use ringleader::{Client, Collect};
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &[]);
+    let proxy = Proxy::start(&c.zk_connect());
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let mut cfg = client_config(&c);
+        cfg.zk = proxy.addr().to_string();
+        // Connected to ZooKeeper; the master is read at the first request.
+        let client = Client::connect(cfg).await.unwrap();
+        let mut changes = client.session().connections();
+        proxy.set_delay(Duration::from_secs(60));
+        let tasks: Vec<Probe> = (0..4)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::Ok,
+            })
+            .collect();
+        let submit = client.submit::<Collect<Probe>>(tasks, SubmitOptions::default());
+        let heal = async {
+            let seen = tokio::time::timeout(Duration::from_secs(30), async {
+                while changes.changed().await != Connection::Disconnected {}
+            })
+            .await;
+            proxy.set_delay(Duration::ZERO);
+            seen.is_ok()
+        };
+        let (job, disconnected) = tokio::join!(submit, heal);
+        assert!(
+            disconnected,
+            "the client's connection to ZooKeeper never dropped"
+        );
+        assert!(proxy.replies_delayed() > 0, "no reply was held");
+        let job = job.expect("a submission while ZooKeeper was silent for a while");
+        assert_eq!(job.result().await.unwrap().0.len(), 4);
+    });
+}
+
 #[test]
 fn a_client_whose_session_expired_follows_the_next_master() {
     use probe::{Behaviour, Probe};

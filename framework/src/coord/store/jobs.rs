@@ -49,12 +49,17 @@ impl LeaderStore {
         }
     }
 
-    /// Reads the records of jobs `ids`, pipelined; jobs gone meanwhile and
+    /// Reads the records of jobs `ids`, pipelined (a bounded number at a
+    /// time, as [`LeaderStore::read_all`]); jobs gone meanwhile and
     /// records that are garbage (logged) are left out.
     pub async fn read_jobs(&self, ids: &[String]) -> Result<Vec<StoredJob>, CoordError> {
-        let reads: Vec<_> = ids.iter().map(|id| self.read_job(id)).collect();
+        use futures::StreamExt;
+        let reads = ids
+            .iter()
+            .map(|id| async move { (id, self.read_job(id).await) });
+        let mut reads = futures::stream::iter(reads).buffered(super::READS_IN_FLIGHT);
         let mut jobs = Vec::with_capacity(ids.len());
-        for (id, r) in ids.iter().zip(futures::future::join_all(reads).await) {
+        while let Some((id, r)) = reads.next().await {
             match r {
                 Ok(Some(job)) => jobs.push(job),
                 Ok(None) => {}

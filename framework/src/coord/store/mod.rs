@@ -31,6 +31,8 @@ use crate::core::CommittedShard;
 /// Outputs above this size are written to the cluster's store and
 /// referenced from ZooKeeper by name.
 pub const INLINE_LIMIT: usize = 256 * 1024;
+/// Reads of one [`LeaderStore::read_all`] on their way at once.
+const READS_IN_FLIGHT: usize = 256;
 /// Transactions retried on connection loss at most this many times.
 const RETRIES: u32 = 20;
 
@@ -259,11 +261,17 @@ impl LeaderStore {
     /// Reads the data of every path, pipelined on the session, each read
     /// retried on connection loss; in the order given.
     async fn read_all(&self, paths: &[String]) -> Result<Vec<Vec<u8>>, CoordError> {
+        use futures::StreamExt;
+        // Pipelined, but at most READS_IN_FLIGHT at a time: a takeover that
+        // reads a big job's hundred thousand records at once would queue
+        // every other session's requests (and this one's pings) behind
+        // them, long enough for their connections to be given up.
         let reads = paths
             .iter()
-            .map(|p| retry_loss(move || self.client().get_data(p)));
+            .map(|p| async move { (p, retry_loss(move || self.client().get_data(p)).await) });
+        let mut reads = futures::stream::iter(reads).buffered(READS_IN_FLIGHT);
         let mut out = Vec::with_capacity(paths.len());
-        for (path, r) in paths.iter().zip(futures::future::join_all(reads).await) {
+        while let Some((path, r)) = reads.next().await {
             out.push(r.map_err(|e| CoordError::zk(path, e))?.0);
         }
         Ok(out)
