@@ -39,6 +39,10 @@ const MAX_OPS: usize = 2000;
 const OP_OVERHEAD: usize = 64;
 /// Connection losses a batch is sent again through.
 const RETRIES: u32 = 20;
+/// How long a batch of a big job's commits waits for more, and the
+/// operations that end the wait (see [`run`]).
+const LINGER: Duration = Duration::from_millis(2);
+const LINGER_OPS: usize = 256;
 /// Transactions on their way at once: a transaction of big writes (shard
 /// outputs of hundreds of KiB) must not hold the next one back for a whole
 /// round trip and fsync, while ZooKeeper applies them in order anyway.
@@ -243,6 +247,8 @@ async fn run(
 ) {
     use futures::StreamExt;
     let mut seq = 0u64;
+    // Commits per job in the last transaction sent.
+    let mut last: HashMap<String, usize> = HashMap::new();
     let mut carried: Option<Write> = None;
     let mut flying = futures::stream::FuturesUnordered::new();
     loop {
@@ -282,6 +288,37 @@ async fn run(
                 Err(_) => break,
             }
         }
+        // A batch of nothing but commits of jobs that had several in the
+        // last transaction too (a big job's stream of them) waits up to
+        // LINGER for more: records of tens of commits, not a few, so a
+        // big job leaves fewer znodes and ZooKeeper fsyncs less often.
+        // Anything else, a one-task job's commit included, goes at once.
+        if carried.is_none() && lingers(&batch, &last) {
+            let until = tokio::time::Instant::now() + LINGER;
+            while ops < LINGER_OPS {
+                let next = tokio::select! {
+                    w = rx.recv() => w,
+                    Some(()) = flying.next(), if !flying.is_empty() => continue,
+                    () = tokio::time::sleep_until(until) => break,
+                };
+                let Some(w) = next else { break };
+                if bytes + w.bytes() > REQUEST_BUDGET || ops + w.op_count() > MAX_OPS {
+                    carried = Some(w);
+                    break;
+                }
+                let other = w.part.is_none();
+                bytes += w.bytes();
+                ops += w.op_count();
+                batch.push(w);
+                if other {
+                    break;
+                }
+            }
+        }
+        last.clear();
+        for p in batch.iter().filter_map(|w| w.part.as_ref()) {
+            *last.entry(p.job.clone()).or_insert(0) += 1;
+        }
         let Some(lock) = lock.upgrade() else {
             for w in batch {
                 w.answer(Err(ZkError::SessionExpired));
@@ -292,6 +329,16 @@ async fn run(
         let sent = sent.clone();
         flying.push(async move { commit(&lock, units, &sent, acl).await });
     }
+}
+
+/// Whether a batch waits for more (see [`run`]): all of it commits of jobs
+/// that had at least two in the last transaction.
+fn lingers(batch: &[Write], last: &HashMap<String, usize>) -> bool {
+    batch.iter().all(|w| {
+        w.part
+            .as_ref()
+            .is_some_and(|p| last.get(&p.job).is_some_and(|&n| n >= 2))
+    })
 }
 
 /// A batch's transaction units: each write's own operations, and for each
@@ -412,6 +459,74 @@ async fn commit(lock: &OwnedLockClient, mut batch: Vec<Unit>, sent: &AtomicU64, 
                 }
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(part: Option<&str>) -> Write {
+        Write {
+            name: "commit",
+            ops: match part {
+                Some(_) => Vec::new(),
+                None => vec![Op::delete("/x")],
+            },
+            part: part.map(|job| Part {
+                job: job.to_string(),
+                bucket: format!("{job}/0"),
+                entry: vec![0x90],
+            }),
+            since: Instant::now(),
+            done: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn only_a_big_jobs_stream_of_commits_waits_for_more() {
+        let last: HashMap<String, usize> = [("big", 3), ("two", 2), ("one", 1)]
+            .into_iter()
+            .map(|(job, n)| (job.to_string(), n))
+            .collect();
+        let lingers_for = |batch: &[Option<&str>]| {
+            let batch: Vec<Write> = batch.iter().map(|p| write(*p)).collect();
+            lingers(&batch, &last)
+        };
+        assert!(lingers_for(&[Some("big")]));
+        assert!(lingers_for(&[Some("big"), Some("two"), Some("big")]));
+        // A job with one commit in the last transaction (a small job's
+        // next shard), or none (a one-task job): at once.
+        assert!(!lingers_for(&[Some("one")]));
+        assert!(!lingers_for(&[Some("new")]));
+        assert!(!lingers_for(&[Some("big"), Some("new")]));
+        // Anything but commits: at once.
+        assert!(!lingers_for(&[Some("big"), None]));
+        assert!(!lingers_for(&[None]));
+    }
+
+    #[test]
+    fn a_jobs_commits_waiting_together_make_one_record_each() {
+        let batch = vec![
+            write(Some("a")),
+            write(None),
+            write(Some("b")),
+            write(Some("a")),
+        ];
+        let mut seq = 5;
+        let units = units(batch, "c3.7", &mut seq);
+        assert_eq!(seq, 7, "two records named");
+        assert_eq!(units.len(), 3);
+        let records: Vec<(&str, usize)> = units
+            .iter()
+            .filter_map(|u| Some((u.record.as_deref()?, u.writes.len())))
+            .collect();
+        assert_eq!(records.len(), 2);
+        assert!(records.contains(&("a/0/c3.7.5", 2)) || records.contains(&("a/0/c3.7.6", 2)));
+        assert!(records.iter().all(|(path, _)| path.contains("/c3.7.")));
+        for u in &units {
+            assert_eq!(u.ops.len(), 1, "one create per record, the write's own op");
         }
     }
 }
