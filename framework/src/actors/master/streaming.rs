@@ -142,6 +142,8 @@ async fn serve(
     let job_id = job_id.to_string();
     let mut sent: HashSet<ShardKey> = wire::keys_of_runs(&seen, MAX_SEEN);
     let mut position = 0usize;
+    // The commit record last read: a record holds many consecutive keys.
+    let mut cached = RecordCache::default();
     let gone = stream.peer_gone();
     tokio::pin!(gone);
     let waiting_since = tokio::time::Instant::now();
@@ -187,7 +189,10 @@ async fn serve(
                                 })
                                 .await?
                         }
-                        None => send_partial(stream, &store, key, Err(&at)).await?,
+                        None => {
+                            let record = cached.get(&store, &at, key).await?;
+                            send_partial(stream, &store, key, record).await?
+                        }
                     }
                 }
             }
@@ -218,7 +223,7 @@ async fn serve(
                 let chain = super::load::recover_stored(&job, &commits).outputs;
                 for (key, record) in commits {
                     if chain.contains_key(&key) && sent.insert(key) {
-                        send_partial(stream, &store, key, Ok(record)).await?;
+                        send_partial(stream, &store, key, Some(record)).await?;
                     }
                 }
                 let result = store.read_result(&job_id).await?;
@@ -237,22 +242,44 @@ async fn refuse_unstreamed(stream: &mut FramedStream, job_id: &str) -> Result<()
     Ok(stream.reply(&Frame::Error { message }).await?)
 }
 
-/// Sends one committed shard's output: its record, or the commit record
-/// to read it from.
+/// The commit record a stream read last, whole.
+#[derive(Default)]
+struct RecordCache {
+    at: Option<std::sync::Arc<str>>,
+    entries: Vec<(ShardKey, crate::coord::ShardRecord)>,
+}
+
+impl RecordCache {
+    /// Shard `key`'s record, from the commit record `at` (read once for
+    /// all the keys it holds that come one after another).
+    async fn get(
+        &mut self,
+        store: &LeaderStore,
+        at: &std::sync::Arc<str>,
+        key: ShardKey,
+    ) -> Result<Option<crate::coord::ShardRecord>, Stop> {
+        if self.at.as_ref() != Some(at) {
+            self.entries = store.read_commit_record(at).await?;
+            self.at = Some(at.clone());
+        }
+        Ok(self
+            .entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, r)| r.clone()))
+    }
+}
+
+/// Sends one committed shard's output. `None`: its commit is gone (the
+/// job was collected meanwhile; the end says so).
 async fn send_partial(
     stream: &mut FramedStream,
     store: &LeaderStore,
     key: ShardKey,
-    record: Result<crate::coord::ShardRecord, &str>,
+    record: Option<crate::coord::ShardRecord>,
 ) -> Result<(), Stop> {
-    let record = match record {
-        Ok(r) => r,
-        Err(at) => match store.read_commit(at, key).await? {
-            Some(r) => r,
-            // Logged as committed, so durable; gone only if the job was
-            // collected meanwhile: the end says so.
-            None => return Ok(()),
-        },
+    let Some(record) = record else {
+        return Ok(());
     };
     let output = store.read_output(&record.output).await?;
     stream

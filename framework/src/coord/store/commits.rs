@@ -94,20 +94,16 @@ impl LeaderStore {
         Ok(out)
     }
 
-    /// One committed shard's record, read from the commit record `at`
-    /// that holds it (see [`Self::read_commits_at`]; a stream's master
-    /// knows it), if it is there.
-    pub async fn read_commit(
+    /// Every shard a commit record holds (nothing if it is gone: the job
+    /// was collected), read from its path `at` (see
+    /// [`Self::read_commits_at`]; a stream's master knows it).
+    pub async fn read_commit_record(
         &self,
         at: &str,
-        key: ShardKey,
-    ) -> Result<Option<ShardRecord>, CoordError> {
+    ) -> Result<Vec<(ShardKey, ShardRecord)>, CoordError> {
         match retry_loss(|| self.client().get_data(at)).await {
-            Ok((data, _)) => Ok(decode_commit(at, &data)
-                .into_iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, r)| r)),
-            Err(ZkError::NoNode) => Ok(None),
+            Ok((data, _)) => Ok(decode_commit(at, &data)),
+            Err(ZkError::NoNode) => Ok(Vec::new()),
             Err(e) => Err(CoordError::zk(at, e)),
         }
     }
