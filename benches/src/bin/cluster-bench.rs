@@ -214,6 +214,26 @@ fn check_probes(results: Vec<(u64, u64)>, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// ZooKeeper's `mntr` figures of the server at `addr` (its plain port),
+/// empty if it does not answer.
+fn mntr(addr: &str) -> HashMap<String, f64> {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return HashMap::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut text = String::new();
+    if s.write_all(b"mntr").is_err() || s.read_to_string(&mut text).is_err() {
+        return HashMap::new();
+    }
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('\t')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// What a master logs once every unfinished job is read back and queued.
 const REQUEUED: &str = "every unfinished job is back in the queue";
 
@@ -702,10 +722,28 @@ impl Bench {
         let m = self.master(None);
         let master_before = self.scrape(&m.node_id)?;
         let before = self.zk_mntr();
-        eprintln!(
-            "{in_flight} one-task jobs, 64 in flight: the master is pid {}",
-            self.pid(&m.node_id)
-        );
+        let master_pid = self.pid(&m.node_id);
+        eprintln!("{in_flight} one-task jobs, 64 in flight: the master is pid {master_pid}");
+        // ZooKeeper's znodes, sampled while the jobs run: what retention
+        // (0 here: collected once fetched) lets build up.
+        let rss_before = rss_mib(master_pid);
+        let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let sampler = {
+            let running = running.clone();
+            let addr = self.c.servers.first().map(|s| s.connect_string());
+            std::thread::spawn(move || {
+                let mut peak = 0.0f64;
+                while let (true, Some(addr)) =
+                    (running.load(std::sync::atomic::Ordering::Relaxed), &addr)
+                {
+                    if let Some(&n) = mntr(addr).get("zk_znode_count") {
+                        peak = peak.max(n);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                peak
+            })
+        };
         let t = Instant::now();
         self.rt.block_on(async {
             let results = futures::stream::iter(0..in_flight as u64)
@@ -729,6 +767,9 @@ impl Bench {
             results.into_iter().collect::<anyhow::Result<Vec<()>>>()
         })?;
         let rate = in_flight as f64 / t.elapsed().as_secs_f64();
+        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.join().unwrap_or(f64::NAN);
+        let rss_after = rss_mib(master_pid);
         figures.in_flight_per_s = rate;
         let after = self.zk_mntr();
         self.rows.push(row(
@@ -736,6 +777,15 @@ impl Bench {
             format!("{rate:.0}"),
             format!("{ceiling:.0}: pipelined ZooKeeper creates/s"),
             format!("{:.2}", rate / ceiling),
+        ));
+        self.rows.push(row(
+            "  while they ran: ZooKeeper's znodes at most / the master's RSS before and after",
+            format!("{peak:.0} / {rss_before:.0} and {rss_after:.0} MiB"),
+            format!(
+                "{:.0} znodes of the cluster's own; retention 0 (collected once fetched)",
+                self.zk_own.unwrap_or(f64::NAN)
+            ),
+            "",
         ));
         // What the master wrote per job, and in how many transactions
         // (group commit folds the writes of concurrent jobs together).
@@ -1061,26 +1111,12 @@ impl Bench {
 
     /// ZooKeeper's `mntr` figures (of the first server), empty if it does not answer.
     fn zk_mntr(&self) -> HashMap<String, f64> {
-        use std::io::{Read, Write};
         // Four-letter words go to the plain port (the TLS port would want
         // a handshake first); they read figures, not znodes.
-        let Some(addr) = self.c.servers.first().map(|s| s.connect_string()) else {
-            return HashMap::new();
-        };
-        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
-            return HashMap::new();
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut text = String::new();
-        if s.write_all(b"mntr").is_err() || s.read_to_string(&mut text).is_err() {
-            return HashMap::new();
+        match self.c.servers.first() {
+            Some(s) => mntr(&s.connect_string()),
+            None => HashMap::new(),
         }
-        text.lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once('\t')?;
-                Some((k.to_string(), v.trim().parse().ok()?))
-            })
-            .collect()
     }
 
     /// Median latency of one awaited create at a time, in milliseconds.
