@@ -13,6 +13,16 @@ use ringleader::testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_probe");
 
+/// Probes `0..n` that succeed.
+fn ok_probes(n: u64) -> Vec<probe::Probe> {
+    (0..n)
+        .map(|value| probe::Probe {
+            value,
+            behaviour: probe::Behaviour::Ok,
+        })
+        .collect()
+}
+
 fn write_tasks(path: &Path, lines: &[String]) -> String {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
     path.display().to_string()
@@ -1099,15 +1109,12 @@ fn zookeeper_refuses_what_is_not_the_clusters_node() {
     }
 }
 
-/// A client outlives its ZooKeeper session: cut from ZooKeeper until the
-/// session expires, it starts a new one when it next needs `/master`, and
-/// follows a failover that happened meanwhile.
 /// ZooKeeper stops answering the client while it looks for the master
 /// (its connection is declared dead and made again): the submission waits
 /// it out instead of failing with "no response from connection".
 #[test]
 fn a_client_looking_for_the_master_rides_out_a_silent_zookeeper() {
-    use probe::{Behaviour, Probe};
+    use probe::Probe;
     use ringleader::client::SubmitOptions;
     use ringleader::coord::Connection;
     use ringleader::{Client, Collect};
@@ -1124,13 +1131,7 @@ fn a_client_looking_for_the_master_rides_out_a_silent_zookeeper() {
         let client = Client::connect(cfg).await.unwrap();
         let mut changes = client.session().connections();
         proxy.set_delay(Duration::from_secs(60));
-        let tasks: Vec<Probe> = (0..4)
-            .map(|value| Probe {
-                value,
-                behaviour: Behaviour::Ok,
-            })
-            .collect();
-        let submit = client.submit::<Collect<Probe>>(tasks, SubmitOptions::default());
+        let submit = client.submit::<Collect<Probe>>(ok_probes(4), SubmitOptions::default());
         let heal = async {
             let seen = tokio::time::timeout(Duration::from_secs(30), async {
                 while changes.changed().await != Connection::Disconnected {}
@@ -1150,23 +1151,18 @@ fn a_client_looking_for_the_master_rides_out_a_silent_zookeeper() {
     });
 }
 
+/// A client outlives its ZooKeeper session: cut from ZooKeeper until the
+/// session expires, it starts a new one when it next needs `/master`, and
+/// follows a failover that happened meanwhile.
 #[test]
 fn a_client_whose_session_expired_follows_the_next_master() {
-    use probe::{Behaviour, Probe};
+    use probe::Probe;
     use ringleader::client::SubmitOptions;
     use ringleader::coord::Connection;
     use ringleader::{Client, Collect};
     let mut c = Cluster::new(BIN);
     c.node("n0", &[]);
     let proxy = Proxy::start(&c.zk_connect());
-    let tasks = |n: u64| -> Vec<Probe> {
-        (0..n)
-            .map(|value| Probe {
-                value,
-                behaviour: Behaviour::Ok,
-            })
-            .collect()
-    };
     rt().block_on(async {
         let zk = c.zk().await;
         let first = c.master(&zk, None, Duration::from_secs(20)).await;
@@ -1177,7 +1173,7 @@ fn a_client_whose_session_expired_follows_the_next_master() {
         cfg.zk = proxy.addr().to_string();
         let client = Client::connect(cfg).await.unwrap();
         let job = client
-            .submit::<Collect<Probe>>(tasks(3), SubmitOptions::default())
+            .submit::<Collect<Probe>>(ok_probes(3), SubmitOptions::default())
             .await
             .unwrap();
         assert_eq!(job.result().await.unwrap().0.len(), 3);
@@ -1203,7 +1199,7 @@ fn a_client_whose_session_expired_follows_the_next_master() {
             .await;
         assert_eq!(second.node_id, "n1");
         let job = client
-            .submit::<Collect<Probe>>(tasks(4), SubmitOptions::default())
+            .submit::<Collect<Probe>>(ok_probes(4), SubmitOptions::default())
             .await
             .expect("a submission after the session expired and the master changed");
         assert_eq!(job.result().await.unwrap().0.len(), 4);

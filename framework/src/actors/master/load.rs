@@ -62,14 +62,13 @@ pub(super) async fn load(
         store.read_commits_at(&job),
         store.read_losses(&job.id)
     )?;
-    let mut at: BTreeMap<ShardKey, Arc<str>> = BTreeMap::new();
-    let commits: BTreeMap<ShardKey, ShardRecord> = located
+    let (commits, at): (
+        BTreeMap<ShardKey, ShardRecord>,
+        BTreeMap<ShardKey, Arc<str>>,
+    ) = located
         .into_iter()
-        .map(|(key, (record, path))| {
-            at.insert(key, path);
-            (key, record)
-        })
-        .collect();
+        .map(|(key, (record, path))| ((key, record), (key, path)))
+        .unzip();
     let erased = registry
         .get(&job.record.job_name)
         .ok_or_else(|| CoordError::Garbage {
@@ -231,7 +230,7 @@ impl Master {
         );
         self.jobs.insert(id.clone(), loaded.rt);
         for (merge, error) in loaded.unmerged {
-            tracing::error!(job = %id, shard = %merge.key, %error, "a committed shard output cannot be read or merged; reporting its tasks as failed");
+            // Logged by `merged`, as a merge that fails while the job runs.
             self.merged(ctx, merge, Err(error));
         }
         let cmds = self.sched.add_job(loaded.plan);

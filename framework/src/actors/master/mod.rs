@@ -541,26 +541,21 @@ impl Master {
             (Some(erased), OutputRef::Inline(bytes))
                 if rt.acc_bytes.saturating_add(bytes.len()) <= SMALL_MERGE =>
             {
-                match rt.acc.try_lock() {
-                    Ok(mut acc) => {
-                        let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            erased.merge_encoded(&mut acc, bytes)
-                        }));
-                        Some(match merged {
-                            Ok(r) => r.map_err(|e| e.to_string()),
-                            Err(_) => Err("merging panicked".to_string()),
-                        })
-                    }
-                    Err(_) => None,
-                }
+                rt.acc.try_lock().ok().map(|mut acc| {
+                    let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        erased.merge_encoded(&mut acc, bytes)
+                    }));
+                    let res = match merged {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err("merging panicked".to_string()),
+                    };
+                    (res, bytes.len())
+                })
             }
             _ => None,
         };
-        if let Some(res) = here {
-            rt.acc_bytes += output_len(&output);
-            if let Err(error) = &res {
-                tracing::error!(job = %merge.job, shard = %merge.key, tasks = merge.tasks.len(), %error, "a committed shard output cannot be merged; reporting its tasks as failed");
-            }
+        if let Some((res, len)) = here {
+            rt.acc_bytes += len;
             self.merged(ctx, merge, res);
             return;
         }
@@ -582,17 +577,20 @@ impl Master {
             .await
             .map_err(|e| format!("merging panicked: {e}"))?
         };
-        ctx.spawn(work.into_actor(self).map(move |res: Result<(), String>, act, ctx| {
-            if let Err(error) = &res {
-                tracing::error!(job = %merge.job, shard = %merge.key, tasks = merge.tasks.len(), %error, "a committed shard output cannot be merged; reporting its tasks as failed");
-            }
-            act.merged(ctx, merge, res);
-        }));
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |res: Result<(), String>, act, ctx| {
+                    act.merged(ctx, merge, res);
+                }),
+        );
     }
 
     /// A merge's outcome, for the ledger: it may fail tasks, and it may
     /// have been all a finish waited for.
     fn merged(&mut self, ctx: &mut Context<Self>, merge: Merge, outcome: Result<(), String>) {
+        if let Err(error) = &outcome {
+            tracing::error!(job = %merge.job, shard = %merge.key, tasks = merge.tasks.len(), %error, "a committed shard output cannot be merged; reporting its tasks as failed");
+        }
         let scheduled = self.sched.counters(&merge.job).unwrap_or_default();
         let (job, shard) = (merge.job.clone(), merge.key.to_string());
         let (failed, finish) = self.ledger.merged(merge, outcome, scheduled);
@@ -1072,14 +1070,6 @@ impl Master {
 
 /// Answers a request with what `work` comes to; a ZooKeeper or store error
 /// becomes an `Error` frame saying what went wrong.
-/// The bytes of an inline output (0 for a reference).
-fn output_len(output: &OutputRef) -> usize {
-    match output {
-        OutputRef::Inline(bytes) => bytes.len(),
-        OutputRef::Object(_) | OutputRef::File(_) => 0,
-    }
-}
-
 fn answer(
     master: &Master,
     work: impl std::future::Future<Output = Result<Frame, CoordError>> + 'static,

@@ -272,19 +272,11 @@ async fn run(
                 }
             }
         };
-        let (mut bytes, mut ops) = (first.bytes(), first.op_count());
-        let mut batch = vec![first];
-        loop {
+        let mut batch = Batch::default();
+        carried = batch.add(first);
+        while carried.is_none() {
             match rx.try_recv() {
-                Ok(w) if bytes + w.bytes() > REQUEST_BUDGET || ops + w.op_count() > MAX_OPS => {
-                    carried = Some(w);
-                    break;
-                }
-                Ok(w) => {
-                    bytes += w.bytes();
-                    ops += w.op_count();
-                    batch.push(w);
-                }
+                Ok(w) => carried = batch.add(w),
                 Err(_) => break,
             }
         }
@@ -293,28 +285,23 @@ async fn run(
         // LINGER for more: records of tens of commits, not a few, so a
         // big job leaves fewer znodes and ZooKeeper fsyncs less often.
         // Anything else, a one-task job's commit included, goes at once.
-        if carried.is_none() && lingers(&batch, &last) {
+        if carried.is_none() && lingers(&batch.writes, &last) {
             let until = tokio::time::Instant::now() + LINGER;
-            while ops < LINGER_OPS {
+            while batch.ops < LINGER_OPS && carried.is_none() {
                 let next = tokio::select! {
                     w = rx.recv() => w,
                     Some(()) = flying.next(), if !flying.is_empty() => continue,
                     () = tokio::time::sleep_until(until) => break,
                 };
                 let Some(w) = next else { break };
-                if bytes + w.bytes() > REQUEST_BUDGET || ops + w.op_count() > MAX_OPS {
-                    carried = Some(w);
-                    break;
-                }
                 let other = w.part.is_none();
-                bytes += w.bytes();
-                ops += w.op_count();
-                batch.push(w);
+                carried = batch.add(w);
                 if other {
                     break;
                 }
             }
         }
+        let batch = batch.writes;
         last.clear();
         for p in batch.iter().filter_map(|w| w.part.as_ref()) {
             *last.entry(p.job.clone()).or_insert(0) += 1;
@@ -328,6 +315,29 @@ async fn run(
         let units = units(batch, &records, &mut seq);
         let sent = sent.clone();
         flying.push(async move { commit(&lock, units, &sent, acl).await });
+    }
+}
+
+/// The writes of the next transaction, with their size.
+#[derive(Default)]
+struct Batch {
+    writes: Vec<Write>,
+    bytes: usize,
+    ops: usize,
+}
+
+impl Batch {
+    /// Adds `w`, or gives it back if it would take the transaction past
+    /// the request budget (a first write always goes in).
+    fn add(&mut self, w: Write) -> Option<Write> {
+        let full = self.bytes + w.bytes() > REQUEST_BUDGET || self.ops + w.op_count() > MAX_OPS;
+        if full && !self.writes.is_empty() {
+            return Some(w);
+        }
+        self.bytes += w.bytes();
+        self.ops += w.op_count();
+        self.writes.push(w);
+        None
     }
 }
 

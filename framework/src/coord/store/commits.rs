@@ -42,7 +42,8 @@ impl LeaderStore {
         &self,
         job: &StoredJob,
     ) -> Result<BTreeMap<ShardKey, (ShardRecord, Arc<str>)>, CoordError> {
-        let buckets = if job.record.is_compact() {
+        let compact = job.record.is_compact();
+        let buckets = if compact {
             // Its records are its own children (with `result` and `lost`).
             vec![self.layout.job(&job.id)]
         } else {
@@ -53,7 +54,6 @@ impl LeaderStore {
                 Err(e) => return Err(CoordError::zk(&done, e)),
             }
         };
-        let compact = job.record.is_compact();
         let listed = futures::future::join_all(
             buckets
                 .iter()

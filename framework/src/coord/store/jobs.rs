@@ -84,11 +84,18 @@ impl LeaderStore {
         tasks: &[ByteBuf],
     ) -> Result<StoredJob, CoordError> {
         let job_path = self.layout.job(id);
-        // Cut tasks into batches under the budget.
+        let buckets = shard_count(record.tasks_total, record.options.shard_size).div_ceil(1000);
+        let task_bytes: usize = tasks.iter().map(|t| t.len() + 16).sum();
+        if task_bytes <= COMPACT_TASK_BYTES && buckets <= 1 {
+            record.inline = Some(tasks.to_vec());
+        }
+        // Cut the tasks of a job that is not compact into batches under
+        // the budget.
         let mut batches: Vec<Vec<u8>> = Vec::new();
         let mut current: Vec<&ByteBuf> = Vec::new();
         let mut size = 0;
-        for t in tasks {
+        let to_cut: &[ByteBuf] = if record.is_compact() { &[] } else { tasks };
+        for t in to_cut {
             if t.len() + 16 > REQUEST_BUDGET - 1024 {
                 return Err(CoordError::TooLarge {
                     what: format!("a task of job {id}"),
@@ -109,15 +116,7 @@ impl LeaderStore {
         record.created_ms = now_ms();
         let batches_path = format!("{job_path}/batches");
         let (lost, done) = (self.layout.lost(id), self.layout.done(id));
-        let buckets = shard_count(record.tasks_total, record.options.shard_size).div_ceil(1000);
-        let task_bytes: usize = tasks.iter().map(|t| t.len() + 16).sum();
-        if task_bytes <= COMPACT_TASK_BYTES && buckets <= 1 {
-            record.batches = 0;
-            record.inline = Some(tasks.to_vec());
-            batches.clear();
-        } else {
-            record.batches = batches.len() as u32;
-        }
+        record.batches = batches.len() as u32;
         if batches.len() <= 1 && buckets <= SMALL_JOB_BUCKETS {
             record.status = JobStatus::Accepted;
             let data = encode_record(&job_path, &record)?;
