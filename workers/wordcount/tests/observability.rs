@@ -108,6 +108,14 @@ fn prometheus_scrapes_every_role_and_every_panel_has_data() {
     });
     c.node("w", &["--role", "worker", "--metrics-addr", &addr(1)]);
     c.node("cand", &["--role", "candidate", "--metrics-addr", &addr(2)]);
+    // The master's own worker only takes shards no other worker can:
+    // `w` must be connected to the master before the job comes, or it may
+    // run none.
+    rt().block_on(eventually(
+        Duration::from_secs(30),
+        "the master to see w connected",
+        || async { c.log("m").contains("worker connected worker=w ") },
+    ));
     let o = c.cli("submit", &["--split-mib", "1", corpus.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
