@@ -45,6 +45,18 @@ pub(super) struct Watchers {
     flush_scheduled: bool,
 }
 
+impl Watchers {
+    /// Whether a client still waits on a watch for the job's result. A
+    /// stream its client gave up on does not count: marking the result
+    /// fetched for it would start its retention with nobody holding it
+    /// (at retention 0, collect it before the client's next watch).
+    fn want_result(&self, job_id: &str) -> bool {
+        self.by_job
+            .get(job_id)
+            .is_some_and(|ws| ws.iter().any(|w| w.fetch && !w.tx.is_closed()))
+    }
+}
+
 impl Handler<Watch> for Master {
     type Result = ();
     fn handle(&mut self, msg: Watch, ctx: &mut Context<Self>) {
@@ -107,10 +119,7 @@ impl Master {
     /// Whether a watcher of the job waits for its result (the finish then
     /// marks it fetched, and hands it over from memory).
     pub(super) fn want_result(&self, job_id: &str) -> bool {
-        self.watchers
-            .by_job
-            .get(job_id)
-            .is_some_and(|ws| ws.iter().any(|w| w.fetch))
+        self.watchers.want_result(job_id)
     }
 
     /// A job ended (its `Done` or `Cancelled` is durable): its watchers
@@ -181,5 +190,34 @@ impl Master {
                 let _ = w.tx.send(frame.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Adds a watch of job `j`; returns its client's end.
+    fn watch(ws: &mut Watchers, fetch: bool) -> mpsc::UnboundedReceiver<Frame> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        ws.by_job
+            .entry("j".into())
+            .or_default()
+            .push(Watcher { tx, fetch });
+        rx
+    }
+
+    #[test]
+    fn only_a_live_fetching_watch_wants_the_result() {
+        let mut ws = Watchers::default();
+        let _plain = watch(&mut ws, false);
+        assert!(!ws.want_result("j"), "a watch of progress only");
+        let gone = watch(&mut ws, true);
+        assert!(ws.want_result("j"), "a live watch for the result");
+        drop(gone);
+        assert!(!ws.want_result("j"), "its client gave the stream up");
+        let _live = watch(&mut ws, true);
+        assert!(ws.want_result("j"), "the watch opened again");
+        assert!(!ws.want_result("other"), "a job nobody watches");
     }
 }
