@@ -479,8 +479,13 @@ impl Job for WordCount {
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
                 self.0
                     .reserve(map.size_hint().unwrap_or(0).saturating_sub(self.0.len()));
-                while let Some((word, n)) = map.next_entry::<CompactString, u64>()? {
-                    *self.0.entry(word).or_insert(0) += n;
+                while let Some((word, n)) = map.next_entry::<&str, u64>()? {
+                    match self.0.get_mut(word) {
+                        Some(c) => *c += n,
+                        None => {
+                            self.0.insert(CompactString::from(word), n);
+                        }
+                    }
                 }
                 Ok(())
             }
