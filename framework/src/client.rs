@@ -152,6 +152,8 @@ struct Inner {
     cfg: ClientConfig,
     endpoint: transport::Endpoint,
     conn: Mutex<Option<(u64, transport::Connection)>>,
+    /// QUIC connections made to masters so far.
+    dialled: std::sync::atomic::AtomicU64,
     /// Job types whose shape the master was asked about.
     checked: std::sync::Mutex<std::collections::HashSet<&'static str>>,
 }
@@ -226,6 +228,7 @@ impl Client {
                 cfg,
                 endpoint,
                 conn: Mutex::new(None),
+                dialled: std::sync::atomic::AtomicU64::new(0),
                 checked: std::sync::Mutex::new(std::collections::HashSet::new()),
             }),
         })
@@ -325,6 +328,9 @@ impl Client {
                     if silent_since.is_some() {
                         tracing::info!(master = %master.node_id, addr = %master.addr, "the master answers");
                     }
+                    self.inner
+                        .dialled
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     *guard = Some((master.epoch, conn.clone()));
                     return Ok((master.epoch, conn));
                 }
@@ -404,6 +410,7 @@ impl Client {
     ) -> Result<Frame, ClientError> {
         let deadline = tokio::time::Instant::now() + self.inner.cfg.master_wait;
         let mut bad = None;
+        let mut broken = 0;
         loop {
             let (epoch, conn) = self.connection(bad).await?;
             *sent = true;
@@ -412,7 +419,10 @@ impl Client {
                 s.request(frames).await
             };
             let err = match reply.await {
-                Ok(Frame::NotMaster) => format!("the node of epoch {epoch} is not serving"),
+                Ok(Frame::NotMaster) => {
+                    broken = 0;
+                    format!("the node of epoch {epoch} is not serving")
+                }
                 Ok(f) => return Ok(f),
                 Err(TransportError::Wire(WireError::TooLarge { len, max })) => {
                     return Err(ClientError::ReplyTooLarge { len, max })
@@ -427,10 +437,11 @@ impl Client {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(e.into());
                     }
+                    broken += 1;
                     e.to_string()
                 }
             };
-            bad = Some(epoch);
+            bad = suspect(epoch, broken);
             if tokio::time::Instant::now() >= deadline {
                 return Err(ClientError::NoMaster {
                     cluster: self.inner.cfg.cluster.clone(),
@@ -438,7 +449,9 @@ impl Client {
                 });
             }
             tracing::debug!(error = %err, "request failed; retrying with the current master");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if bad.is_some() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 
@@ -652,6 +665,7 @@ impl Client {
         // Since when watches have ended early with nothing heard: a master
         // that answers clears it, so that each failover gets the full wait.
         let mut failing_since: Option<tokio::time::Instant> = None;
+        let mut broken = 0;
         loop {
             let (epoch, conn) = self.connection(bad).await?;
             // Atomic, not a Cell: the future must stay `Send` (callers spawn it).
@@ -701,6 +715,7 @@ impl Client {
                     return Ok(Watched::Ended(p));
                 }
                 Err(WatchError::Reply(Frame::NotMaster)) => {
+                    broken = 0;
                     format!("the node of epoch {epoch} is not serving")
                 }
                 Err(WatchError::Reply(other)) => {
@@ -710,11 +725,15 @@ impl Client {
                     len,
                     max,
                 }))) => return Err(ClientError::ReplyTooLarge { len, max }),
-                Err(WatchError::Transport(e)) => e.to_string(),
+                Err(WatchError::Transport(e)) => {
+                    broken += 1;
+                    e.to_string()
+                }
             };
             // The stream ended before the job: the master went, or the link.
             if heard.load(std::sync::atomic::Ordering::Relaxed) {
                 failing_since = None;
+                broken = broken.min(1);
             }
             let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() >= self.inner.cfg.master_wait {
@@ -723,9 +742,11 @@ impl Client {
                     secs: self.inner.cfg.master_wait.as_secs(),
                 });
             }
-            bad = Some(epoch);
+            bad = suspect(epoch, broken);
             tracing::debug!(error = %err, "watch ended early; watching again at the current master");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if bad.is_some() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 
@@ -798,6 +819,15 @@ impl Client {
             );
         }
         Ok(store)
+    }
+
+    /// How many QUIC connections this client has made to masters: one,
+    /// and one more after each failover or lost connection (for tools and
+    /// tests).
+    pub fn connections_dialled(&self) -> u64 {
+        self.inner
+            .dialled
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The ZooKeeper session now (for tools and tests).
@@ -928,6 +958,7 @@ impl Client {
             open: None,
             end: None,
             failing_since: None,
+            broken: 0,
         }
     }
 }
@@ -942,6 +973,8 @@ pub struct EncodedStream {
     end: Option<JobProgress>,
     /// Since when streams have ended early with nothing heard.
     failing_since: Option<tokio::time::Instant>,
+    /// Streams broken in a row without an answer (see [`suspect`]).
+    broken: u32,
 }
 
 impl EncodedStream {
@@ -970,6 +1003,7 @@ impl EncodedStream {
                     match opened.await {
                         Ok(s) => (epoch, s),
                         Err(e) => {
+                            self.broken += 1;
                             self.ended_early(epoch, &e.to_string(), &mut bad).await?;
                             continue;
                         }
@@ -979,6 +1013,7 @@ impl EncodedStream {
             match s.recv().await {
                 Ok(Frame::Partial { shard, output }) => {
                     self.failing_since = None;
+                    self.broken = 0;
                     self.open = Some((epoch, s));
                     if self.seen.insert(shard) {
                         return Ok(Some((shard, output)));
@@ -990,6 +1025,7 @@ impl EncodedStream {
                 }
                 Ok(Frame::Error { message }) => return Err(ClientError::Refused(message)),
                 Ok(Frame::NotMaster) => {
+                    self.broken = 0;
                     let why = format!("the node of epoch {epoch} is not serving");
                     self.ended_early(epoch, &why, &mut bad).await?;
                 }
@@ -997,7 +1033,10 @@ impl EncodedStream {
                 Err(TransportError::Wire(WireError::TooLarge { len, max })) => {
                     return Err(ClientError::ReplyTooLarge { len, max })
                 }
-                Err(e) => self.ended_early(epoch, &e.to_string(), &mut bad).await?,
+                Err(e) => {
+                    self.broken += 1;
+                    self.ended_early(epoch, &e.to_string(), &mut bad).await?
+                }
             }
         }
     }
@@ -1024,11 +1063,26 @@ impl EncodedStream {
                 secs: self.client.inner.cfg.master_wait.as_secs(),
             });
         }
-        *bad = Some(epoch);
+        *bad = suspect(epoch, self.broken);
         tracing::debug!(error = %why, "stream ended early; streaming again at the current master");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if bad.is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         Ok(())
     }
+}
+
+/// Which master a retry should avoid after an exchange with the master of
+/// `epoch` failed, `broken` times in a row without an answer (0: it
+/// answered that it does not serve). A master that says so is avoided
+/// (the client waits briefly for a newer one), and so is one whose
+/// exchanges broke twice in a row. The first break is not held against
+/// it: a connection left idle while its runtime was not polled (a caller
+/// that blocks between requests) times out with its master healthy, and
+/// the retry dials it again at once. (A master that is gone fails that
+/// dial, and the client then waits for it or a successor.)
+fn suspect(epoch: u64, broken: u32) -> Option<u64> {
+    (broken != 1).then_some(epoch)
 }
 
 /// How a watch ended.
