@@ -134,7 +134,7 @@ fn scheduler_per_shard(c: &mut Criterion) {
                     let now = *now;
                     let t = std::time::Instant::now();
                     if let Some((worker, job, shard)) = running.pop() {
-                        s.started(&worker, &job, shard.key, shard.attempt);
+                        s.started(&worker, &job, shard.key, shard.attempt, now);
                         s.report(&worker, &job, shard.key, shard.attempt, now);
                         s.committed(&job, shard.key, shard.attempt, &[], now);
                         for cmd in s.assign(now) {

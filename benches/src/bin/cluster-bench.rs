@@ -1675,6 +1675,12 @@ impl Bench {
 }
 
 fn main() -> anyhow::Result<()> {
+    if let Ok(f) = std::env::var("XXCLIENT_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(f))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args = Args::parse();
     let runs = args.runs.unwrap_or(if args.quick { 3 } else { 5 });
     let started = Instant::now();

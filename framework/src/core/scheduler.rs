@@ -7,6 +7,12 @@
 //! big one), retries in backoff wait in a set ordered by when they are due,
 //! and the candidates for a speculative copy in a set ordered by age. No
 //! call scans a job's shards, except forgetting a job with shards left.
+//!
+//! A worker holds up to twice its slots ([`PREFETCH_PER_SLOT`]): the
+//! runs beyond its slots wait in its queue, and when the jobs' queues are
+//! empty and a slot elsewhere is idle, one of them moves there. That walk
+//! is bounded by a constant ([`STEAL_WALK`] workers each way), not by the
+//! cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -84,6 +90,19 @@ pub enum Command {
     },
 }
 
+/// Shards a worker may hold beyond its slots, per slot: they wait in its
+/// queue, so that a slot that frees starts the next run at once instead
+/// of after a round trip to the master. A queued run that has not started
+/// when another worker's slot stands idle with nothing else to run moves
+/// there (see [`Scheduler::assign`]), so a queue never leaves a job's
+/// last shards waiting behind a long run.
+pub const PREFETCH_PER_SLOT: u32 = 1;
+
+/// Most idle workers, and most workers with a backlog, one `assign` call
+/// looks at to move a queued run: a bound on its cost, not on what it
+/// moves (the next call goes on).
+const STEAL_WALK: usize = 16;
+
 #[derive(Debug)]
 struct WorkerSlot {
     capacity: u32,
@@ -102,6 +121,11 @@ impl WorkerSlot {
     fn regular(&self) -> bool {
         !self.fallback && self.capacity > 0
     }
+
+    /// How many runs it may hold: its slots and its queue.
+    fn window(&self) -> u32 {
+        self.capacity.saturating_mul(1 + PREFETCH_PER_SLOT)
+    }
 }
 
 /// Workers with a free slot, ordered by load: picking the least-loaded
@@ -116,6 +140,9 @@ struct Pool {
     /// Per job name, the regular (not fallback, not draining) workers
     /// that run it: whether a fallback worker may be used is one lookup.
     regulars: HashMap<String, usize>,
+    /// Workers holding more runs than they have slots: some wait in
+    /// their queues, and may move to a worker whose slot stands idle.
+    backlogged: BTreeSet<String>,
 }
 
 impl Pool {
@@ -127,9 +154,14 @@ impl Pool {
             self.free.remove(&(load, id.to_string()));
         }
         let load = w.running.len();
-        if (load as u32) < w.capacity {
+        if (load as u32) < w.window() {
             self.free.insert((load, id.to_string()));
             w.indexed = Some(load);
+        }
+        if w.capacity > 0 && load as u32 > w.capacity {
+            self.backlogged.insert(id.to_string());
+        } else {
+            self.backlogged.remove(id);
         }
     }
 
@@ -156,6 +188,7 @@ impl Pool {
         if let Some(load) = slot.indexed {
             self.free.remove(&(load, id.to_string()));
         }
+        self.backlogged.remove(id);
         self.count_regular(&slot, false);
         Some(slot)
     }
@@ -709,7 +742,80 @@ impl Scheduler {
                 self.queues.ready.push_back(job_id);
             }
         }
+        if self.queues.queued == 0 {
+            self.steal(now, &mut out);
+        }
         out
+    }
+
+    /// Nothing waits in the jobs' queues: a run waiting in a worker's
+    /// queue (held beyond its slots, not started) moves to a worker with
+    /// an idle slot that runs its job. The worker it leaves is refused
+    /// when it asks to start it.
+    fn steal(&mut self, now: Instant, out: &mut Vec<Command>) {
+        if self.pool.backlogged.is_empty() {
+            return;
+        }
+        let idle: Vec<String> = self
+            .pool
+            .free
+            .iter()
+            .filter(|(load, id)| {
+                self.pool
+                    .workers
+                    .get(id)
+                    .is_some_and(|w| (*load as u32) < w.capacity)
+            })
+            .take(STEAL_WALK)
+            .map(|(_, id)| id.clone())
+            .collect();
+        for to in idle {
+            let Some(w) = self.pool.workers.get(&to) else {
+                continue;
+            };
+            let (names, fallback) = (w.jobs.clone(), w.fallback);
+            let found = self
+                .pool
+                .backlogged
+                .iter()
+                .filter(|from| **from != to)
+                .take(STEAL_WALK)
+                .find_map(|from| {
+                    let held = &self.pool.workers.get(from)?.running;
+                    // The newest is the likeliest still queued.
+                    held.iter().rev().find_map(|(job_id, key)| {
+                        let job = self.jobs.get(job_id)?;
+                        // A fallback worker takes only what no other can run.
+                        let runs_it = names.contains(&job.name)
+                            && (!fallback || !self.pool.regulars.contains_key(&job.name));
+                        let shard = job.shards.get(key)?;
+                        match &shard.phase {
+                            ShardPhase::Running { runs }
+                                if runs_it && runs.len() == 1 && !runs[0].started =>
+                            {
+                                Some((from.clone(), job_id.clone(), *key))
+                            }
+                            _ => None,
+                        }
+                    })
+                });
+            let Some((from, job_id, key)) = found else {
+                continue;
+            };
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            if let Some(shard) = job.shards.get_mut(&key) {
+                if let ShardPhase::Running { runs } = &mut shard.phase {
+                    runs.clear();
+                }
+            }
+            self.pool.release(&from, &job_id, key);
+            out.push(
+                self.pool
+                    .place(&mut self.queues, &job_id, job, key, to, now),
+            );
+        }
     }
 
     /// Shards whose only run is older than their job's limit (its shard
@@ -768,19 +874,36 @@ impl Scheduler {
     /// killed it). Shards lost before they started are requeued for free.
     /// Returns false when the worker holds no run of that shard and attempt
     /// (committed by another copy, cancelled, reassigned): it must not run.
-    pub fn started(&mut self, worker: &str, job_id: &str, key: ShardKey, attempt: u32) -> bool {
-        let run = self
+    pub fn started(
+        &mut self,
+        worker: &str,
+        job_id: &str,
+        key: ShardKey,
+        attempt: u32,
+        now: Instant,
+    ) -> bool {
+        let Some(shard) = self
             .jobs
             .get_mut(job_id)
             .and_then(|j| j.shards.get_mut(&key))
             .filter(|shard| shard.attempt == attempt)
-            .and_then(|shard| match &mut shard.phase {
-                ShardPhase::Running { runs } => runs.iter_mut().find(|r| r.worker == worker),
-                _ => None,
-            });
+        else {
+            return false;
+        };
+        let run = match &mut shard.phase {
+            ShardPhase::Running { runs } => runs.iter_mut().find(|r| r.worker == worker),
+            _ => None,
+        };
         match run {
             Some(run) => {
-                run.started = true;
+                // Its age (for a speculative copy, and the job's typical
+                // shard time) counts from here, not from its wait in the
+                // worker's queue.
+                if !run.started {
+                    run.started = true;
+                    run.since = now;
+                    self.queues.sync_age(job_id, key, shard);
+                }
                 true
             }
             // Not (or no longer) this worker's run: it must not start, or
@@ -1018,8 +1141,14 @@ impl Scheduler {
         for (id, w) in &self.pool.workers {
             let mine = held.remove(id.as_str()).unwrap_or_default();
             assert_eq!(w.running, mine, "worker {id}: held runs");
-            let free = (w.running.len() as u32) < w.capacity;
+            let free = (w.running.len() as u32) < w.window();
             assert_eq!(w.indexed.is_some(), free, "worker {id}: free index");
+            let backlog = w.capacity > 0 && w.running.len() as u32 > w.capacity;
+            assert_eq!(
+                self.pool.backlogged.contains(id),
+                backlog,
+                "worker {id}: backlog index"
+            );
             if w.regular() {
                 for j in &w.jobs {
                     *regulars.entry(j.clone()).or_default() += 1;
@@ -1027,6 +1156,13 @@ impl Scheduler {
             }
         }
         assert!(held.is_empty(), "runs on unknown workers: {held:?}");
+        assert!(
+            self.pool
+                .backlogged
+                .iter()
+                .all(|id| self.pool.workers.contains_key(id)),
+            "a backlog of an unknown worker"
+        );
         assert_eq!(regulars, self.pool.regulars, "regular workers per job");
         assert_eq!(
             self.pool.free.len(),
@@ -1081,6 +1217,9 @@ mod tests {
         fn speculate(&mut self) -> Vec<Command> {
             self.s.speculate(self.now)
         }
+        fn started(&mut self, worker: &str, job: &str, key: ShardKey, attempt: u32) -> bool {
+            self.s.started(worker, job, key, attempt, self.now)
+        }
         fn report(&mut self, worker: &str, job: &str, key: ShardKey, attempt: u32) -> bool {
             self.s.report(worker, job, key, attempt, self.now)
         }
@@ -1121,6 +1260,18 @@ mod tests {
         }
     }
 
+    /// At `t0`: worker "a" of one slot, and job "x" of `shards` one-task
+    /// shards, one attempt each, with a shard timeout of a second.
+    fn one_slot_and_a_timeout(t0: Instant, shards: u32) -> Clocked {
+        let mut s = Clocked::new();
+        s.tick(t0);
+        s.add_worker("a", 1, ["j".to_string()], false);
+        let mut p = plan("x", shards, 1, 1);
+        p.shard_timeout = Some(Duration::from_secs(1));
+        s.add_job(p);
+        s
+    }
+
     fn assigned(cmds: &[Command]) -> Vec<(String, ShardKey, u32)> {
         cmds.iter()
             .filter_map(|c| match c {
@@ -1137,9 +1288,10 @@ mod tests {
         let mut s = Clocked::new();
         s.add_worker("a", 2, ["j".to_string()], false);
         s.add_worker("b", 1, ["other".to_string()], false);
-        s.add_job(plan("x", 5, 1, 3));
+        s.add_job(plan("x", 7, 1, 3));
         let a = assigned(&s.assign());
-        assert_eq!(a.len(), 2);
+        // Its two slots, and as many runs in its queue.
+        assert_eq!(a.len(), 4);
         assert!(a.iter().all(|(w, _, _)| w == "a"));
         assert!(s.assign().is_empty());
         assert_eq!(s.queued(), 3);
@@ -1318,12 +1470,7 @@ mod tests {
     #[test]
     fn a_shard_past_its_timeout_gets_a_copy_and_the_first_report_wins() {
         let t0 = Instant::now();
-        let mut s = Clocked::new();
-        s.tick(t0);
-        s.add_worker("a", 1, ["j".to_string()], false);
-        let mut p = plan("x", 1, 1, 1);
-        p.shard_timeout = Some(Duration::from_secs(1));
-        s.add_job(p);
+        let mut s = one_slot_and_a_timeout(t0, 1);
         let first = assigned(&s.assign());
         assert_eq!(first[0].0, "a");
         s.add_worker("b", 1, ["j".to_string()], false);
@@ -1363,6 +1510,69 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_run_moves_to_an_idle_slot_once_nothing_else_waits() {
+        let mut s = Clocked::new();
+        s.add_worker("a", 1, ["j".to_string()], false);
+        s.add_job(plan("x", 3, 1, 3));
+        let k = |index| ShardKey {
+            index,
+            generation: 0,
+        };
+        let held = assigned(&s.assign());
+        assert_eq!(held, [("a".into(), k(0), 1), ("a".into(), k(1), 1)]);
+        assert!(s.started("a", "x", k(0), 1));
+        // A worker that comes while a shard waits in the job's queue takes
+        // that one: nothing moves.
+        s.add_worker("b", 1, ["j".to_string()], false);
+        assert_eq!(assigned(&s.assign()), [("b".into(), k(2), 1)]);
+        assert!(s.started("b", "x", k(2), 1));
+        assert!(s.report("b", "x", k(2), 1));
+        s.committed("x", k(2), 1, &[]);
+        // Now b's slot is idle, the job's queue is empty, and a's queue
+        // holds shard 1: it moves to b. Shard 0, started, stays.
+        assert_eq!(assigned(&s.assign()), [("b".into(), k(1), 1)]);
+        s.check_indexes();
+        assert!(!s.started("a", "x", k(1), 1), "a is refused the moved run");
+        assert!(!s.report("a", "x", k(1), 1));
+        assert!(s.started("b", "x", k(1), 1));
+        assert!(s.assign().is_empty(), "nothing else moves");
+        // Losing a costs shard 1 nothing (it was never a's to run), and
+        // shard 0 an attempt.
+        let lost = s.remove_worker("a");
+        assert!(
+            matches!(&lost[..], [Command::RecordLoss { key, next_attempt: 2, .. }] if *key == k(0)),
+            "{lost:?}"
+        );
+        assert!(s.report("b", "x", k(1), 1));
+        s.check_indexes();
+    }
+
+    #[test]
+    fn a_run_ages_from_its_start_not_from_its_wait_in_a_queue() {
+        let t0 = Instant::now();
+        let mut s = one_slot_and_a_timeout(t0, 2);
+        let held = assigned(&s.assign());
+        assert_eq!(held.len(), 2, "one in the slot, one queued");
+        let (k0, k1) = (held[0].1, held[1].1);
+        assert!(s.started("a", "x", k0, 1));
+        s.tick(t0 + Duration::from_millis(900));
+        assert!(s.report("a", "x", k0, 1));
+        s.committed("x", k0, 1, &[]);
+        // Shard 1 waited 0.9 s in a's queue; it starts now.
+        assert!(s.started("a", "x", k1, 1));
+        s.add_worker("b", 1, ["j".to_string()], false);
+        s.tick(t0 + Duration::from_millis(1500));
+        assert!(s.speculate().is_empty(), "0.6 s since it started");
+        s.tick(t0 + Duration::from_millis(2000));
+        assert_eq!(
+            assigned(&s.speculate()),
+            [("b".into(), k1, 1)],
+            "past its timeout since it started"
+        );
+        s.check_indexes();
+    }
+
+    #[test]
     fn fallback_workers_run_only_what_no_other_worker_can() {
         let mut s = Clocked::new();
         s.add_worker("master", 4, ["j".to_string()], true);
@@ -1374,8 +1584,9 @@ mod tests {
         s.add_worker("w", 1, ["j".to_string()], false);
         s.add_job(plan("x", 3, 1, 3));
         let a = assigned(&s.assign());
-        assert_eq!(a.len(), 1, "the full regular worker is waited for: {a:?}");
-        assert_eq!(a[0].0, "w");
+        // Its slot and its queue.
+        assert_eq!(a.len(), 2, "the full regular worker is waited for: {a:?}");
+        assert!(a.iter().all(|(w, _, _)| w == "w"));
         // Once the regular worker is gone, the fallback takes over.
         s.remove_worker("w");
         assert!(assigned(&s.assign()).iter().all(|(w, _, _)| w == "master"));
@@ -1464,6 +1675,9 @@ mod tests {
     /// time advances. Every seed must end with each task having exactly one
     /// final outcome, no worker over its capacity, and no report accepted
     /// twice for one shard.
+    /// A run a virtual worker holds: (worker, key, attempt, tasks, started).
+    type Held = (String, ShardKey, u32, Vec<u64>, bool);
+
     fn simulate(seed: u64, max_workers: usize, shards: u32) {
         let mut rng = StdRng::seed_from_u64(seed);
         let t0 = Instant::now();
@@ -1477,8 +1691,10 @@ mod tests {
             p.shard_timeout = Some(Duration::from_millis(rng.gen_range(50..500)));
         }
         s.add_job(p);
-        // (worker, key, attempt, tasks) of runs the virtual workers hold.
-        let mut runs: Vec<(String, ShardKey, u32, Vec<u64>)> = Vec::new();
+        // (worker, key, attempt, tasks, started) of runs the virtual workers
+        // hold: a worker starts at most its capacity, the rest wait in its
+        // queue, and only a started run reports.
+        let mut runs: Vec<Held> = Vec::new();
         let mut alive: Vec<String> = Vec::new();
         let mut outcome: BTreeMap<u64, u32> = BTreeMap::new();
         let mut committed: BTreeSet<ShardKey> = BTreeSet::new();
@@ -1487,19 +1703,21 @@ mod tests {
         let mut finished = false;
         let handle = |cmds: Vec<Command>,
                       s: &mut Clocked,
-                      runs: &mut Vec<(String, ShardKey, u32, Vec<u64>)>,
+                      runs: &mut Vec<Held>,
                       outcome: &mut BTreeMap<u64, u32>,
                       committed: &mut BTreeSet<ShardKey>,
-                      rng: &mut StdRng|
+                      rng: &mut StdRng,
+                      capacity_of: &BTreeMap<String, usize>|
          -> bool {
             let mut done = false;
             for c in cmds {
                 match c {
                     Command::Assign { worker, shard, .. } => {
-                        if rng.gen_bool(0.8) {
-                            s.started(&worker, "x", shard.key, shard.attempt);
-                        }
-                        runs.push((worker, shard.key, shard.attempt, shard.tasks));
+                        let busy = runs.iter().filter(|r| r.0 == worker && r.4).count();
+                        let start = busy < capacity_of.get(&worker).copied().unwrap_or(0)
+                            && rng.gen_bool(0.8)
+                            && s.started(&worker, "x", shard.key, shard.attempt);
+                        runs.push((worker, shard.key, shard.attempt, shard.tasks, start));
                     }
                     Command::CommitLost {
                         key,
@@ -1541,12 +1759,13 @@ mod tests {
                         &mut outcome,
                         &mut committed,
                         &mut rng,
+                        &capacity_of,
                     );
                 }
                 2 if !alive.is_empty() => {
                     let w = alive.swap_remove(rng.gen_range(0..alive.len()));
                     let cmds = s.remove_worker(&w);
-                    runs.retain(|(rw, ..)| *rw != w);
+                    runs.retain(|r| r.0 != w);
                     finished |= handle(
                         cmds,
                         &mut s,
@@ -1554,6 +1773,7 @@ mod tests {
                         &mut outcome,
                         &mut committed,
                         &mut rng,
+                        &capacity_of,
                     );
                 }
                 3 if !alive.is_empty() && rng.gen_bool(0.2) => {
@@ -1565,8 +1785,9 @@ mod tests {
                     for c in &cmds {
                         if let Command::Assign { worker, .. } = c {
                             assert!(
-                                s.running_on(worker) <= capacity_of[worker],
-                                "seed {seed}: {worker} over its capacity"
+                                s.running_on(worker)
+                                    <= capacity_of[worker] * (1 + PREFETCH_PER_SLOT as usize),
+                                "seed {seed}: {worker} holds more than its slots and queue"
                             );
                         }
                     }
@@ -1577,6 +1798,7 @@ mod tests {
                         &mut outcome,
                         &mut committed,
                         &mut rng,
+                        &capacity_of,
                     );
                 }
                 8 => {
@@ -1588,11 +1810,29 @@ mod tests {
                         &mut outcome,
                         &mut committed,
                         &mut rng,
+                        &capacity_of,
                     );
                 }
-                _ if !runs.is_empty() => {
+                9 if !runs.is_empty() => {
+                    // A worker's slot takes the next run of its queue.
                     let i = rng.gen_range(0..runs.len());
-                    let (w, key, attempt, tasks) = runs.swap_remove(i);
+                    let w = runs[i].0.clone();
+                    let busy = runs.iter().filter(|r| r.0 == w && r.4).count();
+                    if !runs[i].4 && busy < capacity_of.get(&w).copied().unwrap_or(0) {
+                        let (key, attempt) = (runs[i].1, runs[i].2);
+                        if s.started(&w, "x", key, attempt) {
+                            runs[i].4 = true;
+                        } else {
+                            // Refused (moved elsewhere, or no longer
+                            // wanted): the worker forgets it.
+                            runs.swap_remove(i);
+                        }
+                    }
+                }
+                _ if runs.iter().any(|r| r.4) => {
+                    let started: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].4).collect();
+                    let i = started[rng.gen_range(0..started.len())];
+                    let (w, key, attempt, tasks, _) = runs.swap_remove(i);
                     if s.report(&w, "x", key, attempt) {
                         assert!(committed.insert(key), "seed {seed}: {key} committed twice");
                         let mut failures: Vec<TaskFailure> = Vec::new();
@@ -1648,7 +1888,7 @@ mod tests {
                     }
                 }
                 // Runs held by workers that stay silent: report them from "last"'s view.
-                for (w, key, attempt, tasks) in std::mem::take(&mut runs) {
+                for (w, key, attempt, tasks, _) in std::mem::take(&mut runs) {
                     if s.report(&w, "x", key, attempt) {
                         assert!(committed.insert(key));
                         for &t in &tasks {
@@ -1666,6 +1906,7 @@ mod tests {
                         &mut outcome,
                         &mut committed,
                         &mut rng,
+                        &capacity_of,
                     );
                 }
             }
@@ -1687,12 +1928,13 @@ mod tests {
     #[test]
     fn a_small_job_takes_its_turn_beside_a_big_one() {
         let mut s = Clocked::new();
-        s.add_worker("a", 2, ["j".to_string()], false);
+        s.add_worker("a", 1, ["j".to_string()], false);
         s.add_job(plan("big", 1000, 1, 3));
+        // One in its slot, one in its queue.
         assert_eq!(assigned(&s.assign()).len(), 2);
         s.add_job(plan("small", 1, 1, 3));
-        // Both slots free: the small job's turn comes before the big job's
-        // other 997 shards.
+        // Both free: the small job's turn comes before the big job's other
+        // 997 shards.
         for index in 0..2 {
             let k = ShardKey {
                 index,
@@ -1718,14 +1960,14 @@ mod tests {
     #[test]
     fn a_job_no_worker_runs_does_not_block_the_others() {
         let mut s = Clocked::new();
-        s.add_worker("a", 3, ["j".to_string()], false);
+        s.add_worker("a", 2, ["j".to_string()], false);
         let mut other = plan("other", 5, 1, 3);
         other.name = "nobody-runs-this".into();
         s.add_job(other);
         s.add_job(plan("x", 5, 1, 3));
         let a = assigned(&s.assign());
-        assert_eq!(a.len(), 3, "x's shards run while other's wait");
-        assert_eq!(s.queued(), 7);
+        assert_eq!(a.len(), 4, "x's shards run while other's wait");
+        assert_eq!(s.queued(), 6);
         s.check_indexes();
     }
 

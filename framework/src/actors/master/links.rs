@@ -61,9 +61,13 @@ impl Handler<Started> for Master {
             l.last_seen = std::time::Instant::now();
         }
         let ours = msg.epoch == self.store.epoch()
-            && self
-                .sched
-                .started(&msg.node_id, &msg.job_id, msg.shard, msg.attempt);
+            && self.sched.started(
+                &msg.node_id,
+                &msg.job_id,
+                msg.shard,
+                msg.attempt,
+                std::time::Instant::now(),
+            );
         if let Some(link) = self.links.get(&msg.node_id) {
             let (job_id, shard, attempt) = (msg.job_id, msg.shard, msg.attempt);
             let answer = if ours {
