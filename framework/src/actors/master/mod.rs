@@ -760,16 +760,14 @@ impl Master {
         let eligible = self.registered.contains_key(node_id) && self.links.contains_key(node_id);
         if eligible && !self.sched.has_worker(node_id) {
             if let Some(l) = self.links.get(node_id) {
-                // Two shards per slot: one running, one waiting, so slots never idle on a round trip.
+                // Its slots: the scheduler adds a queue of as many
+                // (`PREFETCH_PER_SLOT`), so slots never idle on a round trip.
                 // The master's own worker is a fallback: a task that crashes its
                 // process should not take the master with it while others can run it.
                 let fallback = node_id == self.settings.node_id;
-                let cmds = self.sched.add_worker(
-                    node_id,
-                    l.slots.saturating_mul(2),
-                    l.jobs.clone(),
-                    fallback,
-                );
+                let cmds = self
+                    .sched
+                    .add_worker(node_id, l.slots, l.jobs.clone(), fallback);
                 self.apply(cmds, ctx);
             }
         }
