@@ -6,7 +6,7 @@
 //!
 //! Here: the arguments and their dispatch, `node`, `submit`, `result`,
 //! `status`, `cancel` and `certs`, and the exit codes ([`Exit`]);
-//! [`render`] prints, [`local`] runs the one-machine demo. The jobs
+//! `render` prints, `local` runs the one-machine demo. The jobs
 //! themselves are described in [`crate::cli_job`].
 
 mod local;

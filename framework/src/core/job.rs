@@ -247,7 +247,7 @@ impl Ledger {
     }
 
     /// Admits a new submission (its id is not a job of this ledger): its
-    /// bytes are reserved until [`Ledger::submitted`] or
+    /// bytes are reserved until [`Ledger::add`] (accepted) or
     /// [`Ledger::abandoned`].
     pub fn begin_submission(&mut self, s: &Submission<'_>) -> Result<(), Refusal> {
         Self::check(s)?;

@@ -181,7 +181,7 @@ impl LeaderStore {
 
     /// Commits a shard's outcome. Its commit travels with the other
     /// commits of the job that wait with it, in one commit record (see
-    /// [`super::batch`]). The scheduler sends each shard once at a time;
+    /// the group-commit writer, `coord/store/batch.rs`). The scheduler sends each shard once at a time;
     /// one sent again after an unknown outcome may be held by two records,
     /// of which recovery counts the first.
     /// `compact`: the job's record says [`crate::coord::JobRecord::is_compact`], and its

@@ -50,7 +50,7 @@ impl LeaderStore {
     }
 
     /// Reads the records of jobs `ids`, pipelined (a bounded number at a
-    /// time, as [`LeaderStore::read_all`]); jobs gone meanwhile and
+    /// time, as `LeaderStore::read_all`); jobs gone meanwhile and
     /// records that are garbage (logged) are left out.
     pub async fn read_jobs(&self, ids: &[String]) -> Result<Vec<StoredJob>, CoordError> {
         use futures::StreamExt;
