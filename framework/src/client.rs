@@ -410,7 +410,7 @@ impl Client {
     ) -> Result<Frame, ClientError> {
         let deadline = tokio::time::Instant::now() + self.inner.cfg.master_wait;
         let mut bad = None;
-        let mut broken = 0;
+        let mut breaks = Breaks::default();
         loop {
             let (epoch, conn) = self.connection(bad).await?;
             *sent = true;
@@ -418,11 +418,11 @@ impl Client {
                 let mut s = FramedStream::open(&conn, self.inner.cfg.max_reply_bytes).await?;
                 s.request(frames).await
             };
-            let err = match reply.await {
-                Ok(Frame::NotMaster) => {
-                    broken = 0;
-                    format!("the node of epoch {epoch} is not serving")
-                }
+            let (err, how) = match reply.await {
+                Ok(Frame::NotMaster) => (
+                    format!("the node of epoch {epoch} is not serving"),
+                    Failed::Refused,
+                ),
                 Ok(f) => return Ok(f),
                 Err(TransportError::Wire(WireError::TooLarge { len, max })) => {
                     return Err(ClientError::ReplyTooLarge { len, max })
@@ -437,11 +437,10 @@ impl Client {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(e.into());
                     }
-                    broken += 1;
-                    e.to_string()
+                    (e.to_string(), Failed::Broke)
                 }
             };
-            bad = suspect(epoch, broken);
+            bad = breaks.after(epoch, how);
             if tokio::time::Instant::now() >= deadline {
                 return Err(ClientError::NoMaster {
                     cluster: self.inner.cfg.cluster.clone(),
@@ -449,9 +448,7 @@ impl Client {
                 });
             }
             tracing::debug!(error = %err, "request failed; retrying with the current master");
-            if bad.is_some() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            pause_before_retry(bad).await;
         }
     }
 
@@ -665,7 +662,7 @@ impl Client {
         // Since when watches have ended early with nothing heard: a master
         // that answers clears it, so that each failover gets the full wait.
         let mut failing_since: Option<tokio::time::Instant> = None;
-        let mut broken = 0;
+        let mut breaks = Breaks::default();
         loop {
             let (epoch, conn) = self.connection(bad).await?;
             // Atomic, not a Cell: the future must stay `Send` (callers spawn it).
@@ -698,7 +695,7 @@ impl Client {
                     }
                 }
             };
-            let err = match ended.await {
+            let (err, how) = match ended.await {
                 Ok(Some(w)) => return Ok(w),
                 Ok(None) => {
                     failing_since = None;
@@ -714,10 +711,10 @@ impl Client {
                     let p = self.poll_until_ended(id, |p| seen(p, &mut last)).await?;
                     return Ok(Watched::Ended(p));
                 }
-                Err(WatchError::Reply(Frame::NotMaster)) => {
-                    broken = 0;
-                    format!("the node of epoch {epoch} is not serving")
-                }
+                Err(WatchError::Reply(Frame::NotMaster)) => (
+                    format!("the node of epoch {epoch} is not serving"),
+                    Failed::Refused,
+                ),
                 Err(WatchError::Reply(other)) => {
                     return Err(ClientError::Protocol(other.name().into()))
                 }
@@ -725,15 +722,12 @@ impl Client {
                     len,
                     max,
                 }))) => return Err(ClientError::ReplyTooLarge { len, max }),
-                Err(WatchError::Transport(e)) => {
-                    broken += 1;
-                    e.to_string()
-                }
+                Err(WatchError::Transport(e)) => (e.to_string(), Failed::Broke),
             };
             // The stream ended before the job: the master went, or the link.
             if heard.load(std::sync::atomic::Ordering::Relaxed) {
                 failing_since = None;
-                broken = broken.min(1);
+                breaks.answered();
             }
             let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() >= self.inner.cfg.master_wait {
@@ -742,11 +736,9 @@ impl Client {
                     secs: self.inner.cfg.master_wait.as_secs(),
                 });
             }
-            bad = suspect(epoch, broken);
+            bad = breaks.after(epoch, how);
             tracing::debug!(error = %err, "watch ended early; watching again at the current master");
-            if bad.is_some() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            pause_before_retry(bad).await;
         }
     }
 
@@ -958,7 +950,7 @@ impl Client {
             open: None,
             end: None,
             failing_since: None,
-            broken: 0,
+            breaks: Breaks::default(),
         }
     }
 }
@@ -973,8 +965,8 @@ pub struct EncodedStream {
     end: Option<JobProgress>,
     /// Since when streams have ended early with nothing heard.
     failing_since: Option<tokio::time::Instant>,
-    /// Streams broken in a row without an answer (see [`suspect`]).
-    broken: u32,
+    /// Streams broken in a row without an answer.
+    breaks: Breaks,
 }
 
 impl EncodedStream {
@@ -1003,8 +995,9 @@ impl EncodedStream {
                     match opened.await {
                         Ok(s) => (epoch, s),
                         Err(e) => {
-                            self.broken += 1;
-                            self.ended_early(epoch, &e.to_string(), &mut bad).await?;
+                            bad = self
+                                .ended_early(epoch, &e.to_string(), Failed::Broke)
+                                .await?;
                             continue;
                         }
                     }
@@ -1013,7 +1006,7 @@ impl EncodedStream {
             match s.recv().await {
                 Ok(Frame::Partial { shard, output }) => {
                     self.failing_since = None;
-                    self.broken = 0;
+                    self.breaks.answered();
                     self.open = Some((epoch, s));
                     if self.seen.insert(shard) {
                         return Ok(Some((shard, output)));
@@ -1025,17 +1018,17 @@ impl EncodedStream {
                 }
                 Ok(Frame::Error { message }) => return Err(ClientError::Refused(message)),
                 Ok(Frame::NotMaster) => {
-                    self.broken = 0;
                     let why = format!("the node of epoch {epoch} is not serving");
-                    self.ended_early(epoch, &why, &mut bad).await?;
+                    bad = self.ended_early(epoch, &why, Failed::Refused).await?;
                 }
                 Ok(other) => return Err(ClientError::Protocol(other.name().into())),
                 Err(TransportError::Wire(WireError::TooLarge { len, max })) => {
                     return Err(ClientError::ReplyTooLarge { len, max })
                 }
                 Err(e) => {
-                    self.broken += 1;
-                    self.ended_early(epoch, &e.to_string(), &mut bad).await?
+                    bad = self
+                        .ended_early(epoch, &e.to_string(), Failed::Broke)
+                        .await?
                 }
             }
         }
@@ -1048,12 +1041,13 @@ impl EncodedStream {
 
     /// A stream ended before the job (a failover, a lost link): it is
     /// opened again at the current master, within the client's wait.
+    /// Returns the epoch the next stream avoids, if any.
     async fn ended_early(
         &mut self,
         epoch: u64,
         why: &str,
-        bad: &mut Option<u64>,
-    ) -> Result<(), ClientError> {
+        how: Failed,
+    ) -> Result<Option<u64>, ClientError> {
         let since = *self
             .failing_since
             .get_or_insert_with(tokio::time::Instant::now);
@@ -1063,26 +1057,56 @@ impl EncodedStream {
                 secs: self.client.inner.cfg.master_wait.as_secs(),
             });
         }
-        *bad = suspect(epoch, self.broken);
+        let bad = self.breaks.after(epoch, how);
         tracing::debug!(error = %why, "stream ended early; streaming again at the current master");
-        if bad.is_some() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+        pause_before_retry(bad).await;
+        Ok(bad)
     }
 }
 
-/// Which master a retry should avoid after an exchange with the master of
-/// `epoch` failed, `broken` times in a row without an answer (0: it
-/// answered that it does not serve). A master that says so is avoided
-/// (the client waits briefly for a newer one), and so is one whose
-/// exchanges broke twice in a row. The first break is not held against
-/// it: a connection left idle while its runtime was not polled (a caller
-/// that blocks between requests) times out with its master healthy, and
-/// the retry dials it again at once. (A master that is gone fails that
-/// dial, and the client then waits for it or a successor.)
-fn suspect(epoch: u64, broken: u32) -> Option<u64> {
-    (broken != 1).then_some(epoch)
+/// How an exchange with a master failed.
+#[derive(Clone, Copy)]
+enum Failed {
+    /// It answered that it does not serve.
+    Refused,
+    /// The exchange broke without an answer.
+    Broke,
+}
+
+/// Exchanges with masters that broke in a row, to choose which master a
+/// retry avoids. A master that says it does not serve is avoided (the
+/// client waits briefly for a newer one), and so is one whose exchanges
+/// broke twice in a row. The first break is not held against it: a
+/// connection left idle while its runtime was not polled (a caller that
+/// blocks between requests) times out with its master healthy, and the
+/// retry dials it again at once. (A master that is gone fails that dial,
+/// and the client then waits for it or a successor.)
+#[derive(Default)]
+struct Breaks(u32);
+
+impl Breaks {
+    /// A master answered: its next break is a first one again.
+    fn answered(&mut self) {
+        self.0 = 0;
+    }
+
+    /// The master of `epoch` failed an exchange: the epoch the retry
+    /// avoids, if any.
+    fn after(&mut self, epoch: u64, how: Failed) -> Option<u64> {
+        self.0 = match how {
+            Failed::Refused => 0,
+            Failed::Broke => self.0 + 1,
+        };
+        (self.0 != 1).then_some(epoch)
+    }
+}
+
+/// A retry that avoids a master waits a little first; one that redials
+/// the same master goes at once.
+async fn pause_before_retry(avoid: Option<u64>) {
+    if avoid.is_some() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How a watch ended.
@@ -1123,3 +1147,24 @@ fn answer_wait(master: &MasterInfo, margin: Duration) -> Duration {
 /// Keeps `Task` in scope for rustdoc links.
 #[allow(dead_code)]
 fn _doc<T: Task>() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_master_is_avoided_when_it_refuses_or_breaks_twice_in_a_row() {
+        let mut b = Breaks::default();
+        assert_eq!(b.after(1, Failed::Broke), None, "a first break redials");
+        assert_eq!(b.after(1, Failed::Broke), Some(1), "a second avoids it");
+        assert_eq!(b.after(1, Failed::Broke), Some(1));
+        b.answered();
+        assert_eq!(
+            b.after(2, Failed::Broke),
+            None,
+            "first again after an answer"
+        );
+        assert_eq!(b.after(2, Failed::Refused), Some(2), "a refusal always");
+        assert_eq!(b.after(2, Failed::Broke), None, "a refusal is an answer");
+    }
+}

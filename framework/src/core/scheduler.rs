@@ -245,11 +245,16 @@ impl Pool {
         }
     }
 
+    /// Whether `w` may be given a shard of job `name`: it runs the job,
+    /// and, if it is a fallback worker, no regular worker does.
+    fn may_run(&self, w: &WorkerSlot, name: &str) -> bool {
+        w.jobs.contains(name) && (!w.fallback || !self.regulars.contains_key(name))
+    }
+
     /// The least-loaded worker with a free slot that runs job `name`: a
     /// fallback worker only when no other can run it, and not `avoid` if
     /// another is free (never `avoid`, nor a fallback, if `must_avoid`).
     fn pick(&self, name: &str, avoid: Option<&str>, must_avoid: bool) -> Option<String> {
-        let use_fallback = !self.regulars.contains_key(name);
         let mut avoided = None;
         for (_, id) in &self.free {
             let Some(w) = self.workers.get(id) else {
@@ -257,7 +262,7 @@ impl Pool {
             };
             // Speculative copies (must_avoid) never go to a fallback worker:
             // a shard that ran too long may be what kills its workers.
-            if !w.jobs.contains(name) || (w.fallback && (must_avoid || !use_fallback)) {
+            if !self.may_run(w, name) || (w.fallback && must_avoid) {
                 continue;
             }
             if Some(id.as_str()) == avoid {
@@ -773,7 +778,6 @@ impl Scheduler {
             let Some(w) = self.pool.workers.get(&to) else {
                 continue;
             };
-            let (names, fallback) = (w.jobs.clone(), w.fallback);
             let found = self
                 .pool
                 .backlogged
@@ -782,16 +786,16 @@ impl Scheduler {
                 .take(STEAL_WALK)
                 .find_map(|from| {
                     let held = &self.pool.workers.get(from)?.running;
-                    // The newest is the likeliest still queued.
+                    // A job's shards go out in key order: its highest
+                    // held key is the likeliest still queued.
                     held.iter().rev().find_map(|(job_id, key)| {
                         let job = self.jobs.get(job_id)?;
-                        // A fallback worker takes only what no other can run.
-                        let runs_it = names.contains(&job.name)
-                            && (!fallback || !self.pool.regulars.contains_key(&job.name));
                         let shard = job.shards.get(key)?;
                         match &shard.phase {
                             ShardPhase::Running { runs }
-                                if runs_it && runs.len() == 1 && !runs[0].started =>
+                                if runs.len() == 1
+                                    && !runs[0].started
+                                    && self.pool.may_run(w, &job.name) =>
                             {
                                 Some((from.clone(), job_id.clone(), *key))
                             }
