@@ -155,6 +155,13 @@ fn spawn(
     let child = crate::process::command_in(netns, "java")
         .arg(format!("-Xmx{}m", opts.heap_mb))
         .arg("-XX:+UseSerialGC")
+        // The client compiler only: the server compiler (C2) spends most
+        // of a core for minutes after start on this server's hot loops,
+        // which on a 2-core machine is the core the cluster needs. C1's
+        // code is slower at bulk reads (a takeover reading back tens of
+        // MB of commit records), faster for everything a running cluster
+        // of short-lived servers does (see benches/RESULTS.md).
+        .arg("-XX:TieredStopAtLevel=1")
         .arg("-Dzookeeper.admin.enableServer=false")
         .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
         .arg("-cp")
