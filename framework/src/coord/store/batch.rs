@@ -3,9 +3,10 @@
 //! fenced multi (one check of the election znode, one fsync on the
 //! servers), under the request budget. A write is itself a list of
 //! operations that must apply together (a job's record with its tasks, a
-//! result with `Done`). Up to two transactions are in flight at a time;
-//! what arrives meanwhile makes the next one bigger, so the batches grow
-//! with the load and a lone write goes at once.
+//! result with `Done`). One transaction is on its way at a time, unless
+//! it is big or full ([`may_send`]); what arrives meanwhile makes the next
+//! one bigger, so the batches grow with the load and a lone write goes at
+//! once.
 //!
 //! Each write keeps its own answer, as if it had been sent alone: a multi
 //! is atomic, so when one operation fails (`NodeExists`: a shard already
@@ -43,10 +44,13 @@ const RETRIES: u32 = 20;
 /// operations that end the wait (see [`run`]).
 const LINGER: Duration = Duration::from_millis(2);
 const LINGER_OPS: usize = 256;
-/// Transactions on their way at once: a transaction of big writes (shard
-/// outputs of hundreds of KiB) must not hold the next one back for a whole
-/// round trip and fsync, while ZooKeeper applies them in order anyway.
+/// Transactions on their way at once, at most (see [`may_send`]): a
+/// transaction of big writes (shard outputs of hundreds of KiB) must not
+/// hold the next one back for a whole round trip and fsync, while
+/// ZooKeeper applies them in order anyway.
 const IN_FLIGHT: usize = 2;
+/// A transaction of at least this many bytes lets a second go beside it.
+const BIG_TRANSACTION: usize = 64 * 1024;
 
 /// One operation of a fenced write.
 #[derive(Debug, Clone)]
@@ -237,7 +241,8 @@ impl Batcher {
 }
 
 /// The writer: takes what is queued, up to the budget, and commits it,
-/// with up to [`IN_FLIGHT`] transactions on their way at once.
+/// with one transaction on its way at a time unless [`may_send`] lets a
+/// second go.
 async fn run(
     lock: Weak<OwnedLockClient>,
     mut rx: mpsc::UnboundedReceiver<Write>,
@@ -249,73 +254,102 @@ async fn run(
     let mut seq = 0u64;
     // Commits per job in the last transaction sent.
     let mut last: HashMap<String, usize> = HashMap::new();
+    // The next transaction, and a write that did not fit in it.
+    let mut batch = Batch::default();
     let mut carried: Option<Write> = None;
+    // Transactions in flight; each answers whether it held the next back.
     let mut flying = futures::stream::FuturesUnordered::new();
+    let mut holding = 0usize;
+    let mut open = true;
     loop {
-        let first = match carried.take() {
-            Some(w) => w,
-            None if flying.len() >= IN_FLIGHT => {
-                flying.next().await;
-                continue;
-            }
-            None => {
-                let next = tokio::select! {
-                    w = rx.recv() => w,
-                    Some(()) = flying.next(), if !flying.is_empty() => continue,
-                };
-                match next {
-                    Some(w) => w,
-                    None => {
-                        while flying.next().await.is_some() {}
-                        return;
-                    }
-                }
-            }
-        };
-        let mut batch = Batch::default();
-        carried = batch.add(first);
-        while carried.is_none() {
+        while open && carried.is_none() {
             match rx.try_recv() {
                 Ok(w) => carried = batch.add(w),
                 Err(_) => break,
             }
         }
-        // A batch of nothing but commits of jobs that had several in the
-        // last transaction too (a big job's stream of them) waits up to
-        // LINGER for more: records of tens of commits, not a few, so a
-        // big job leaves fewer znodes and ZooKeeper fsyncs less often.
-        // Anything else, a one-task job's commit included, goes at once.
-        if carried.is_none() && lingers(&batch.writes, &last) {
-            let until = tokio::time::Instant::now() + LINGER;
-            while batch.ops < LINGER_OPS && carried.is_none() {
-                let next = tokio::select! {
-                    w = rx.recv() => w,
-                    Some(()) = flying.next(), if !flying.is_empty() => continue,
-                    () = tokio::time::sleep_until(until) => break,
-                };
-                let Some(w) = next else { break };
-                let other = w.part.is_none();
-                carried = batch.add(w);
-                if other {
-                    break;
+        if batch.writes.is_empty() {
+            if !open {
+                while flying.next().await.is_some() {}
+                return;
+            }
+        } else if may_send(flying.len(), holding, carried.is_some()) {
+            // A batch of nothing but commits of jobs that had several in
+            // the last transaction too (a big job's stream of them) waits
+            // up to LINGER for more: records of tens of commits, not a
+            // few, so a big job leaves fewer znodes and ZooKeeper fsyncs
+            // less often. Anything else, a one-task job's commit
+            // included, goes at once.
+            if open && carried.is_none() && lingers(&batch.writes, &last) {
+                let until = tokio::time::Instant::now() + LINGER;
+                while batch.ops < LINGER_OPS && carried.is_none() {
+                    let next = tokio::select! {
+                        w = rx.recv() => w,
+                        Some(held) = flying.next(), if !flying.is_empty() => {
+                            holding -= usize::from(held);
+                            continue;
+                        }
+                        () = tokio::time::sleep_until(until) => break,
+                    };
+                    let Some(w) = next else {
+                        open = false;
+                        break;
+                    };
+                    let other = w.part.is_none();
+                    carried = batch.add(w);
+                    if other {
+                        break;
+                    }
                 }
             }
-        }
-        let batch = batch.writes;
-        last.clear();
-        for p in batch.iter().filter_map(|w| w.part.as_ref()) {
-            *last.entry(p.job.clone()).or_insert(0) += 1;
-        }
-        let Some(lock) = lock.upgrade() else {
-            for w in batch {
-                w.answer(Err(ZkError::SessionExpired));
+            let full = carried.is_some();
+            let Batch { writes, bytes, .. } = std::mem::take(&mut batch);
+            if let Some(w) = carried.take() {
+                carried = batch.add(w);
             }
-            return;
-        };
-        let units = units(batch, &records, &mut seq);
-        let sent = sent.clone();
-        flying.push(async move { commit(&lock, units, &sent, acl).await });
+            last.clear();
+            for p in writes.iter().filter_map(|w| w.part.as_ref()) {
+                *last.entry(p.job.clone()).or_insert(0) += 1;
+            }
+            let Some(lock) = lock.upgrade() else {
+                for w in writes.into_iter().chain(std::mem::take(&mut batch).writes) {
+                    w.answer(Err(ZkError::SessionExpired));
+                }
+                return;
+            };
+            let units = units(writes, &records, &mut seq);
+            let sent = sent.clone();
+            let holds = !full && bytes < BIG_TRANSACTION;
+            holding += usize::from(holds);
+            flying.push(async move {
+                commit(&lock, units, &sent, acl).await;
+                holds
+            });
+            continue;
+        }
+        tokio::select! {
+            w = rx.recv(), if open && carried.is_none() => match w {
+                Some(w) => carried = batch.add(w),
+                None => open = false,
+            },
+            Some(held) = flying.next(), if !flying.is_empty() => {
+                holding -= usize::from(held);
+            }
+        }
     }
+}
+
+/// Whether the next transaction may go now, with `flying` on their way of
+/// which `holding` hold it back, and `full` when it leaves writes behind.
+///
+/// One at a time: what arrives during a round trip goes together in the
+/// next one, so under load ZooKeeper applies (and fsyncs) a transaction
+/// per dozen jobs, not per few. A second may go behind a big transaction
+/// (of outputs: its round trip is long, and nothing waits on it but its
+/// own writes), or behind a full one, whose leftovers would otherwise wait
+/// a round trip they did not need to.
+fn may_send(flying: usize, holding: usize, full: bool) -> bool {
+    flying == 0 || (flying < IN_FLIGHT && (holding == 0 || full))
 }
 
 /// The writes of the next transaction, with their size.
@@ -514,6 +548,23 @@ mod tests {
         // Anything but commits: at once.
         assert!(!lingers_for(&[Some("big"), None]));
         assert!(!lingers_for(&[None]));
+    }
+
+    #[test]
+    fn a_second_transaction_goes_only_behind_a_big_or_full_one() {
+        // Nothing in flight: at once, full or not.
+        assert!(may_send(0, 0, false));
+        assert!(may_send(0, 0, true));
+        // Behind a small one: wait for it, unless this one leaves writes
+        // behind (the load outgrew one transaction).
+        assert!(!may_send(1, 1, false));
+        assert!(may_send(1, 1, true));
+        // Behind a big or full one: at once.
+        assert!(may_send(1, 0, false));
+        // Never a third.
+        assert!(!may_send(2, 0, false));
+        assert!(!may_send(2, 0, true));
+        assert!(!may_send(2, 1, true));
     }
 
     #[test]
