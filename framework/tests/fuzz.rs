@@ -124,6 +124,26 @@ fn records() -> Vec<Vec<u8>> {
             digest: Some(ByteBuf::from(vec![0; 32])),
             owner: Some("client:alice".into()),
             inline: None,
+            result: None,
+        }),
+        // A compact job, done, with its result kept in its record.
+        enc(&JobRecord {
+            job_name: "probe".into(),
+            options: options(),
+            tasks_total: 1,
+            batches: 0,
+            status: JobStatus::Done,
+            created_ms: 5,
+            fetched_ms: None,
+            digest: Some(ByteBuf::from(vec![0; 32])),
+            owner: Some("client:alice".into()),
+            inline: Some(vec![ByteBuf::from(vec![3; 4])]),
+            result: Some(ResultRecord {
+                epoch: 2,
+                output: OutputRef::Inline(ByteBuf::from(vec![9; 3])),
+                counters: Counters::default(),
+                failures: vec![failure()],
+            }),
         }),
         enc(&ShardRecord {
             epoch: 2,

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use ringleader::coord::{JobRecord, JobStatus, Layout, LeaderStore, Session, StoredJob};
+use ringleader::coord::{
+    JobRecord, JobStatus, Layout, LeaderStore, OutputRef, ResultRecord, Session, StoredJob,
+};
 use ringleader::core::Counters;
 use ringleader::store::Store;
 use ringleader::wire::JobOptions;
@@ -28,6 +30,7 @@ fn record() -> JobRecord {
         digest: None,
         owner: None,
         inline: None,
+        result: None,
     }
 }
 
@@ -70,6 +73,11 @@ async fn status(leader: &LeaderStore, id: &str) -> JobStatus {
     leader.read_job(id).await.unwrap().unwrap().record.status
 }
 
+async fn result(leader: &LeaderStore, id: &str) -> Option<ResultRecord> {
+    let job = leader.read_job(id).await.unwrap().unwrap();
+    leader.read_result(&job).await.unwrap()
+}
+
 fn done() -> Counters {
     Counters {
         tasks_total: 1,
@@ -93,7 +101,7 @@ fn cancel_and_finish_racing_leave_one_outcome() {
             .unwrap_err();
         assert!(err.is_conflict(), "{err}");
         assert_eq!(status(&leader, "a").await, JobStatus::Cancelled);
-        assert!(leader.read_result("a").await.unwrap().is_none());
+        assert!(result(&leader, "a").await.is_none());
 
         // The finish first: the cancel, from the record it read, is refused.
         let b = job(&leader, "b").await;
@@ -107,10 +115,82 @@ fn cancel_and_finish_racing_leave_one_outcome() {
             .unwrap_err();
         assert!(err.is_conflict(), "{err}");
         assert_eq!(status(&leader, "b").await, JobStatus::Done);
+        assert_eq!(result(&leader, "b").await.unwrap().counters, done());
+    });
+}
+
+/// A compact job's small result goes in its record: its end is one
+/// versioned set, with no `result` znode, and collecting it is one delete.
+/// A write that applied and is sent again (its answer lost) is answered
+/// with the end ZooKeeper holds, even where the retry's would differ; a
+/// cancel that got there first is still a conflict. A result too big for
+/// the record gets its own znode.
+#[test]
+fn a_compact_jobs_end_is_one_write_and_its_result_is_in_its_record() {
+    with_master_and_session(async |leader, session| {
+        let zk = session.zookeeper();
+        let a = job(&leader, "a").await;
+        assert!(a.record.is_compact());
+        let before = leader.commit_transactions();
+        let end = leader
+            .finish(&a, vec![7], Vec::new(), done(), false)
+            .await
+            .unwrap();
+        assert_eq!(leader.commit_transactions() - before, 1, "one write");
+        assert_eq!(end.result.output, OutputRef::Inline(ByteBuf::from(vec![7])));
+        assert!(!end.fetched);
+        let stored = leader.read_job("a").await.unwrap().unwrap();
+        assert_eq!(stored.record, end.record, "what ZooKeeper holds");
+        assert_eq!(stored.record.status, JobStatus::Done);
+        assert_eq!(stored.record.result.as_ref(), Some(&end.result));
         assert_eq!(
-            leader.read_result("b").await.unwrap().unwrap().counters,
-            done()
+            leader.read_result(&stored).await.unwrap(),
+            Some(end.result.clone())
         );
+        let children = zk.list_children(&leader.layout().job("a")).await.unwrap();
+        assert!(children.is_empty(), "no result znode: {children:?}");
+
+        // Sent again from the record it was written from, with another
+        // output and a fetched mark: answered with the stored end.
+        let again = leader
+            .finish(&a, vec![8], Vec::new(), done(), true)
+            .await
+            .unwrap();
+        assert_eq!(again.result, end.result);
+        assert!(!again.fetched, "the stored record is not marked fetched");
+        assert_eq!(
+            leader.read_job("a").await.unwrap().unwrap().record,
+            end.record
+        );
+
+        // A cancel first: the end is refused, as before.
+        let b = job(&leader, "b").await;
+        leader.set_status(&b, JobStatus::Cancelled).await.unwrap();
+        let err = leader
+            .finish(&b, vec![7], Vec::new(), done(), false)
+            .await
+            .unwrap_err();
+        assert!(err.is_conflict(), "{err}");
+        assert!(result(&leader, "b").await.is_none());
+
+        // Too big for the record: a znode of its own.
+        let c = job(&leader, "c").await;
+        let big = vec![5u8; 20 * 1024];
+        let end_c = leader
+            .finish(&c, big.clone(), Vec::new(), done(), true)
+            .await
+            .unwrap();
+        let stored_c = leader.read_job("c").await.unwrap().unwrap();
+        assert!(stored_c.record.result.is_none());
+        assert!(end_c.fetched && stored_c.record.fetched_ms.is_some());
+        let children = zk.list_children(&leader.layout().job("c")).await.unwrap();
+        assert_eq!(children, vec!["result".to_string()]);
+        let read = leader.read_result(&stored_c).await.unwrap().unwrap();
+        assert_eq!(leader.read_output(&read.output).await.unwrap(), big);
+
+        // Collected: nothing is left of either.
+        leader.collect(&[stored, stored_c], &[]).await.unwrap();
+        assert_eq!(leader.list_job_ids().await.unwrap(), vec!["b".to_string()]);
     });
 }
 

@@ -24,7 +24,7 @@ pub use records::{
     ResultRecord, ShardRecord, WorkerInfo,
 };
 pub use session::{Connection, Connections, Session};
-pub use store::{Committed, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
+pub use store::{Committed, Finished, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
 pub(crate) use zk::decode_record;
 #[cfg(feature = "testkit")]
 pub(crate) use zk::encode_record;

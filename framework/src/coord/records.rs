@@ -81,7 +81,18 @@ pub struct JobRecord {
     /// [`JobRecord::is_compact`]). Last, and left out when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<Vec<ByteBuf>>,
+    /// A compact job's result, once it is done, when it is small (see
+    /// [`JobRecord::keep_result`]): its end is then one write of this
+    /// record, and it has no `result` znode. Last, and left out when
+    /// `None`; only a compact job has one, so `inline`, before it, is
+    /// always there when it is (MessagePack structs are arrays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultRecord>,
 }
+
+/// The most bytes of output and failures a compact job's record keeps as
+/// its result (with its tasks, at most [`KEPT_RESULT_BYTES`] more again).
+pub const KEPT_RESULT_BYTES: usize = 16 * 1024;
 
 impl JobRecord {
     /// A compact job is one znode until it runs: its tasks are in its
@@ -91,6 +102,31 @@ impl JobRecord {
     /// operations instead of a dozen.
     pub fn is_compact(&self) -> bool {
         self.inline.is_some()
+    }
+
+    /// Whether a result of `output` and `failures` may be kept in this
+    /// record ([`JobRecord::result`]): the job is compact, and they take at
+    /// most [`KEPT_RESULT_BYTES`].
+    pub fn keep_result(&self, output: &[u8], failures: &[TaskFailure]) -> bool {
+        let failures: usize = failures.iter().map(|f| f.error.len() + 32).sum();
+        self.is_compact() && output.len().saturating_add(failures) <= KEPT_RESULT_BYTES
+    }
+
+    /// The record without its bytes: no tasks (a compact job stays
+    /// compact, with none), no output or failures in its result (the
+    /// counts stay). What the collector keeps of jobs that change no more;
+    /// never to be written back.
+    pub fn without_payload(&self) -> JobRecord {
+        JobRecord {
+            inline: self.inline.as_ref().map(|_| Vec::new()),
+            result: self.result.as_ref().map(|r| ResultRecord {
+                output: OutputRef::Inline(ByteBuf::new()),
+                failures: Vec::new(),
+                ..r.clone()
+            }),
+            digest: None,
+            ..self.clone()
+        }
     }
 
     /// What the collector needs to know of it.
@@ -396,6 +432,73 @@ mod tests {
         t.iter()
             .map(|s| ByteBuf::from(s.as_bytes().to_vec()))
             .collect()
+    }
+
+    #[test]
+    fn a_compact_jobs_small_result_is_kept_in_its_record_and_read_back() {
+        let task = ByteBuf::from(vec![7; 10]);
+        let mut record = JobRecord {
+            job_name: "square".into(),
+            options: JobOptions {
+                shard_size: 1,
+                max_attempts: 3,
+                shard_timeout_ms: None,
+                stream: false,
+            },
+            tasks_total: 1,
+            batches: 0,
+            status: JobStatus::Done,
+            created_ms: 1,
+            fetched_ms: Some(2),
+            digest: Some(ByteBuf::from(vec![1; 32])),
+            owner: Some("client:c".into()),
+            inline: Some(vec![task.clone()]),
+            result: None,
+        };
+        let fail = |error: String| TaskFailure {
+            index: 0,
+            error,
+            attempt: 1,
+            retryable: false,
+        };
+        assert!(record.keep_result(&[0; KEPT_RESULT_BYTES - 40], &[fail("e".into())]));
+        assert!(!record.keep_result(&[0; KEPT_RESULT_BYTES + 1], &[]));
+        assert!(!record.keep_result(&[], &[fail("e".repeat(KEPT_RESULT_BYTES))]));
+        let not_compact = JobRecord {
+            inline: None,
+            ..record.clone()
+        };
+        assert!(!not_compact.keep_result(&[1], &[]));
+        // Without a result, a record reads as it did before results were
+        // kept; with one, both come back.
+        let plain = rmp_serde::to_vec(&record).unwrap();
+        assert_eq!(rmp_serde::from_slice::<JobRecord>(&plain).unwrap(), record);
+        let result = ResultRecord {
+            epoch: 4,
+            output: OutputRef::Inline(ByteBuf::from(vec![9; 100])),
+            failures: vec![fail("boom".into())],
+            counters: Counters {
+                tasks_total: 1,
+                tasks_done: 1,
+                tasks_failed: 1,
+                retries: 0,
+            },
+        };
+        record.result = Some(result.clone());
+        let bytes = rmp_serde::to_vec(&record).unwrap();
+        let read: JobRecord = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(read, record);
+        assert_eq!(read.inline, Some(vec![task]));
+        // What the collector keeps: no bytes, the same shape and counts.
+        let light = record.without_payload();
+        assert_eq!(light.inline, Some(Vec::new()), "still compact");
+        assert!(light.is_compact());
+        let kept = light.result.as_ref().unwrap();
+        assert_eq!(kept.counters, result.counters);
+        assert_eq!(kept.output, OutputRef::Inline(ByteBuf::new()));
+        assert!(kept.failures.is_empty());
+        assert_eq!(light.stored(), record.stored());
+        assert!(rmp_serde::to_vec(&light).unwrap().len() < bytes.len() / 2);
     }
 
     #[test]

@@ -193,6 +193,8 @@ struct Account {
     /// Tasks whose committed output could not be merged: failed.
     unmerged: u64,
     merging: BTreeSet<ShardKey>,
+    /// A shard of it was committed (by this master or found committed).
+    committed: bool,
     phase: Phase,
     objects: Vec<String>,
 }
@@ -310,6 +312,7 @@ impl Ledger {
             failures: Vec::new(),
             unmerged: 0,
             merging: BTreeSet::new(),
+            committed: false,
             phase: Phase::Running,
             objects,
         };
@@ -343,6 +346,7 @@ impl Ledger {
         if let Some(name) = object {
             account.objects.push(name);
         }
+        account.committed = true;
         let (retry, last) = split_failures(tasks, failures, account.max_attempts);
         for f in &last {
             account.keep((*f).clone());
@@ -451,6 +455,47 @@ impl Ledger {
         match self.jobs.get(job)?.phase {
             Phase::FinishWanted => self.finish(job, scheduled),
             _ => None,
+        }
+    }
+
+    /// The job's only shard holds every task and was reported with each
+    /// one done: the job may end in one write, its result that shard's
+    /// output reduced alone, if nothing of it was committed, merged or
+    /// failed yet (`scheduled`: the scheduler's counts, before that shard).
+    /// Its [`Finish`], with every task counted done; then
+    /// [`Ledger::finished`], or [`Ledger::end_alone_failed`].
+    pub fn end_alone(&mut self, job: &str, scheduled: Counters) -> Option<Finish> {
+        let account = self.jobs.get_mut(job)?;
+        let untouched = account.phase == Phase::Running
+            && !account.committed
+            && account.merging.is_empty()
+            && account.failures.is_empty()
+            && account.unmerged == 0
+            && account.objects.is_empty()
+            && scheduled.tasks_done == 0
+            && scheduled.retries == 0;
+        if !untouched {
+            return None;
+        }
+        account.phase = Phase::Finishing;
+        Some(Finish {
+            job: job.to_string(),
+            counters: Counters {
+                tasks_done: scheduled.tasks_total,
+                ..scheduled
+            },
+            failures: Vec::new(),
+            objects: Vec::new(),
+        })
+    }
+
+    /// A one-write end failed for a transient reason: its shard runs
+    /// again, and the job is as it was before [`Ledger::end_alone`].
+    pub fn end_alone_failed(&mut self, job: &str) {
+        if let Some(a) = self.jobs.get_mut(job) {
+            if a.phase == Phase::Finishing {
+                a.phase = Phase::Running;
+            }
         }
     }
 
@@ -680,6 +725,51 @@ mod tests {
         assert!(l.retry_finish("j", counters(2, 2, 0)).is_some());
         l.finished("j");
         assert!(!l.contains("j"));
+    }
+
+    #[test]
+    fn only_a_running_job_with_nothing_committed_ends_alone() {
+        let mut l = Ledger::new(usize::MAX);
+        l.add("j", 3, 10, Vec::new(), Vec::new());
+        let f = l.end_alone("j", counters(2, 0, 0)).expect("untouched");
+        assert_eq!(f.counters, counters(2, 2, 0), "every task counted done");
+        assert!(f.failures.is_empty() && f.objects.is_empty());
+        assert_eq!(l.end_alone("j", counters(2, 0, 0)), None, "ending already");
+        assert_eq!(l.finish("j", counters(2, 2, 0)), None, "ending already");
+        // A transient failure: as before, so the usual path may finish it.
+        l.end_alone_failed("j");
+        assert!(l.end_alone("j", counters(2, 0, 0)).is_some());
+        l.finished("j");
+        assert_eq!(l.end_alone("j", counters(2, 0, 0)), None, "gone");
+        // Anything committed, merging, failed or counted: never alone.
+        l.add("m", 3, 10, Vec::new(), Vec::new());
+        let merge = l.committed("m", key(0), &[0], 1, &[], None).merge;
+        assert_eq!(
+            l.end_alone("m", counters(2, 0, 0)),
+            None,
+            "a merge is under way"
+        );
+        l.merged(merge.unwrap(), Ok(()), counters(2, 1, 0));
+        assert_eq!(
+            l.end_alone("m", counters(2, 0, 0)),
+            None,
+            "an output is merged"
+        );
+        l.add("o", 3, 10, Vec::new(), vec!["o".into()]);
+        assert_eq!(
+            l.end_alone("o", counters(1, 0, 0)),
+            None,
+            "an object is held"
+        );
+        l.add("f", 3, 10, vec![fail(0, 3, false)], Vec::new());
+        assert_eq!(l.end_alone("f", counters(1, 0, 0)), None, "a task failed");
+        l.add("c", 3, 10, Vec::new(), Vec::new());
+        assert_eq!(l.end_alone("c", counters(2, 1, 0)), None, "a task counted");
+        let retried = Counters {
+            retries: 1,
+            ..counters(2, 0, 0)
+        };
+        assert_eq!(l.end_alone("c", retried), None, "a task retried");
     }
 
     #[test]

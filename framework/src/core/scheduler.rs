@@ -993,6 +993,25 @@ impl Scheduler {
         true
     }
 
+    /// Whether the shard, reported and waiting for its commit, is its
+    /// job's whole work: the job's only shard, first generation, holding
+    /// every task, with nothing of the job counted yet. Its commit may
+    /// then be the job's end ([`crate::core::Ledger::end_alone`]).
+    pub fn sole_shard(&self, job_id: &str, key: ShardKey) -> bool {
+        let Some(job) = self.jobs.get(job_id) else {
+            return false;
+        };
+        let c = job.counters;
+        key.generation == 0
+            && job.shards.len() == 1
+            && c.tasks_done == 0
+            && c.retries == 0
+            && job.shards.get(&key).is_some_and(|s| {
+                s.tasks.len() as u64 == c.tasks_total
+                    && matches!(s.phase, ShardPhase::Committing { .. })
+            })
+    }
+
     /// A commit could not be made for a transient reason: run the shard again.
     pub fn commit_aborted(&mut self, job_id: &str, key: ShardKey) {
         let Some(job) = self.jobs.get_mut(job_id) else {
@@ -1299,6 +1318,43 @@ mod tests {
         assert!(a.iter().all(|(w, _, _)| w == "a"));
         assert!(s.assign().is_empty());
         assert_eq!(s.queued(), 3);
+    }
+
+    #[test]
+    fn only_a_reported_shard_that_is_its_whole_untouched_job_ends_it_alone() {
+        let k = |index, generation| ShardKey { index, generation };
+        let fail = |index| TaskFailure {
+            index,
+            error: "e".into(),
+            attempt: 1,
+            retryable: true,
+        };
+        let mut s = Clocked::new();
+        s.add_worker("a", 2, ["j".to_string()], false);
+        s.add_job(plan("one", 1, 3, 3));
+        s.add_job(plan("two", 2, 1, 3));
+        assert_eq!(assigned(&s.assign()).len(), 3);
+        assert!(!s.sole_shard("one", k(0, 0)), "not reported yet");
+        for (job, key) in [("one", k(0, 0)), ("two", k(0, 0)), ("two", k(1, 0))] {
+            assert!(s.started("a", job, key, 1));
+            assert!(s.report("a", job, key, 1));
+        }
+        assert!(s.sole_shard("one", k(0, 0)));
+        assert!(!s.sole_shard("two", k(0, 0)), "one of two shards");
+        assert!(!s.sole_shard("nope", k(0, 0)));
+        // Its tasks failed retryably once: the next generation holds every
+        // task, but the job is no longer untouched.
+        s.committed("one", k(0, 0), 1, &[fail(0), fail(1), fail(2)]);
+        assert_eq!(assigned(&s.assign()).len(), 0, "in its backoff");
+        let later = s.now + Duration::from_secs(600);
+        s.tick(later);
+        assert_eq!(assigned(&s.assign()).len(), 1);
+        assert!(s.started("a", "one", k(0, 1), 2));
+        assert!(s.report("a", "one", k(0, 1), 2));
+        assert!(!s.sole_shard("one", k(0, 1)));
+        // The other shard of two committed: the last is not the whole job.
+        s.committed("two", k(0, 0), 1, &[]);
+        assert!(!s.sole_shard("two", k(1, 0)));
     }
 
     #[test]

@@ -675,12 +675,14 @@ fn progress_is_pushed_and_a_watch_follows_a_failover() {
 /// them. (A watch arriving during a job's final write once got the result
 /// from memory unmarked, and the job stayed forever; `cluster-bench`
 /// found it at 64 in flight. This guards the property; it does not force
-/// that interleaving.)
+/// that interleaving.) Each job's only shard commits with its end, in one
+/// write: the master's metrics count no commit record.
 #[test]
 fn every_fetched_job_is_collected_even_under_load() {
     use futures::StreamExt;
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
     let mut c = Cluster::new(BIN);
-    c.node("n0", &[]);
+    c.node("n0", &["--metrics-addr", &metrics]);
     c.node("n1", &["--role", "worker"]);
     rt().block_on(async {
         let zk = c.zk().await;
@@ -710,6 +712,28 @@ fn every_fetched_job_is_collected_even_under_load() {
             || async { zk.list_children(&jobs).await.is_ok_and(|j| j.is_empty()) },
         )
         .await;
+        // Each job's only shard was committed with its end, in one write:
+        // no commit record.
+        let (_, scrape) = ringleader::prom::http_get(&metrics, "/metrics").unwrap();
+        let value = |prefix: &str| -> f64 {
+            scrape
+                .lines()
+                .filter_map(|l| l.strip_prefix(prefix)?.trim().parse::<f64>().ok())
+                .sum()
+        };
+        let writes = |op: &str| {
+            value(&format!(
+                "ringleader_zk_op_duration_seconds_count{{op=\"{op}\"}} "
+            ))
+        };
+        assert_eq!(
+            value("ringleader_shards_committed_total "),
+            300.0,
+            "{scrape}"
+        );
+        assert_eq!(writes("finish"), 300.0, "{scrape}");
+        assert_eq!(writes("commit"), 0.0, "{scrape}");
+        assert_eq!(writes("create_job"), 300.0, "{scrape}");
     });
 }
 

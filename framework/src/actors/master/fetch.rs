@@ -26,7 +26,7 @@ pub(super) async fn fetch(store: &LeaderStore, job_id: &str) -> Result<Frame, Co
             "no job {job_id} (unknown, or its result was fetched and retention has passed)"
         )));
     };
-    let result = store.read_result(job_id).await?;
+    let result = store.read_result(&job).await?;
     let bytes = match &result {
         Some(r) => store.read_output(&r.output).await?,
         None if job.record.status == JobStatus::Cancelled => Vec::new(),

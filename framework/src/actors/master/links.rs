@@ -247,7 +247,10 @@ impl Handler<Report> for Master {
             Some(name) => ShardOutput::Object(name),
             None => ShardOutput::Bytes(r.output.into_vec()),
         };
-        self.commit(ctx, r.job_id, r.shard, r.attempt, output, r.failures);
+        let one = (r.job_id.as_str(), r.shard, r.attempt);
+        if let Some(output) = self.end_in_one_write(ctx, one, output, &r.failures) {
+            self.commit(ctx, r.job_id, r.shard, r.attempt, output, r.failures);
+        }
         self.dispatch(ctx);
     }
 }

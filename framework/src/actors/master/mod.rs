@@ -39,8 +39,8 @@ use tokio::sync::{mpsc, watch};
 use super::{Alive, Fatal, Stop};
 use crate::audit::{Audit, Event};
 use crate::coord::{
-    Committed, Connection, CoordError, JobStatus, LeaderStore, OutputRef, ShardOutput, ShardRecord,
-    StoredJob, WorkerInfo,
+    Committed, Connection, CoordError, Finished, JobStatus, LeaderStore, OutputRef, ShardOutput,
+    ShardRecord, StoredJob, WorkerInfo,
 };
 use crate::core::job::{Finish, Merge, Retention, Stored};
 use crate::core::{Command, Ledger, Scheduler, ShardKey, TaskFailure};
@@ -689,56 +689,9 @@ impl Master {
             done
         };
         ctx.spawn(work.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(result) => {
-                // A work queue's one-task jobs would be two lines each at
-                // thousands a second: jobs of one task that succeeded are
-                // logged at debug level, the others at info.
-                if counters.tasks_total > 1 || counters.tasks_failed > 0 {
-                    tracing::info!(
-                        job,
-                        tasks = counters.tasks_total,
-                        failed = counters.tasks_failed,
-                        "job done"
-                    );
-                } else {
-                    tracing::debug!(job, tasks = counters.tasks_total, "job done");
-                }
-                let name = act.job_name(&job);
-                if counters.tasks_failed > 0 {
-                    metrics::counter!(m::JOBS_FAILED, "job_type" => name).increment(1);
-                } else {
-                    metrics::counter!(m::JOBS_COMPLETED, "job_type" => name).increment(1);
-                }
-                act.audit(Event::JobDone {
-                    job: job.clone(),
-                    tasks_done: counters.tasks_done,
-                    tasks_failed: counters.tasks_failed,
-                });
-                act.forget_job(&job);
-                act.ledger.finished(&job);
-                act.sched.remove_job(&job);
-                metrics::gauge!(m::JOBS_RUNNING).set(act.jobs.len() as f64);
-                let done = JobProgress {
-                    job_id: job.clone(),
-                    job_name,
-                    state: JobState::Done,
-                    counters,
-                };
-                // Handed over from memory only if the write marked it
-                // fetched: a watch that came during the write is answered
-                // by a fetch, which marks it.
-                act.watch_ended(ctx, &job, done, fetched.then_some(result));
-            }
+            Ok(finished) => act.job_done(ctx, &job, job_name, finished),
             Err(e) if e.is_session_end() => act.fail(ctx, &e),
-            Err(e) if e.is_conflict() => {
-                // A cancel got there first: no record names the result's
-                // object, if it went to the store; collection sweeps it.
-                tracing::info!(job, "job cancelled while its result was being written");
-                act.may_orphan.insert(job.clone());
-                act.forget_job(&job);
-                act.ledger.finished(&job);
-                act.sched.remove_job(&job);
-            }
+            Err(e) if e.is_conflict() => act.cancelled_meanwhile(&job),
             Err(e) => {
                 tracing::warn!(job, error = %e, "cannot store the job's result; retrying");
                 // The retry writes its result under a new name: this
@@ -754,6 +707,163 @@ impl Master {
                 });
             }
         }));
+    }
+
+    /// A compact job's only shard, reported with every task done and a
+    /// small output, while nothing else of the job was committed, merged
+    /// or failed: the job ends in one write, its record `Done` with the
+    /// result in it (the output reduced alone), and no commit record. A
+    /// one-task job of a work queue then costs ZooKeeper its create, this
+    /// write and the delete that collects it. Gives the output back when
+    /// the shard must be committed as usual.
+    fn end_in_one_write(
+        &mut self,
+        ctx: &mut Context<Self>,
+        (job, key, attempt): (&str, ShardKey, u32),
+        output: ShardOutput,
+        failures: &[TaskFailure],
+    ) -> Option<ShardOutput> {
+        let ShardOutput::Bytes(bytes) = &output else {
+            return Some(output);
+        };
+        let Some(rt) = self.jobs.get(job) else {
+            return Some(output);
+        };
+        let record = &rt.stored.record;
+        let alone = failures.is_empty()
+            && record.keep_result(bytes, &[])
+            && !record.options.stream
+            && self.sched.sole_shard(job, key);
+        let erased = self.settings.registry.get(&record.job_name);
+        let (true, Some(erased)) = (alone, erased) else {
+            return Some(output);
+        };
+        // The result a merge into a new one would give. If it cannot be
+        // had, the usual path commits the output and says why.
+        let reduced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut acc = erased.new_acc();
+            erased.merge_encoded(&mut acc, bytes)?;
+            erased.encode_acc(&acc)
+        }));
+        let Ok(Ok(result)) = reduced else {
+            return Some(output);
+        };
+        let scheduled = self.sched.counters(job).unwrap_or_default();
+        let Some(f) = self.ledger.end_alone(job, scheduled) else {
+            return Some(output);
+        };
+        let store = self.store.clone();
+        let stored = rt.stored.clone();
+        let job_name = record.job_name.clone();
+        let fetched = self.want_result(job);
+        let job = job.to_string();
+        let work = async move {
+            store
+                .finish(&stored, result, f.failures, f.counters, fetched)
+                .await
+        };
+        ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
+            match &res {
+                Ok(_) => {
+                    tracing::debug!(job = %job, shard = %key, epoch = act.store.epoch(), attempt, "shard committed with its job's end");
+                    act.audit(Event::ShardCommitted {
+                        job: job.clone(),
+                        shard: key.to_string(),
+                        attempt,
+                    });
+                    metrics::counter!(m::SHARDS_COMMITTED).increment(1);
+                }
+                Err(e) if e.is_session_end() || e.is_conflict() => {}
+                Err(e) => {
+                    // Applied or not, the shard runs again; a write that
+                    // had applied is found at the next end.
+                    tracing::warn!(job = %job, shard = %key, error = %e, "a one-shard job's end failed; the shard will run again");
+                    act.ledger.end_alone_failed(&job);
+                    act.sched.commit_aborted(&job, key);
+                    return act.dispatch(ctx);
+                }
+            }
+            match res {
+                Ok(finished) => act.job_done(ctx, &job, job_name, finished),
+                Err(e) if e.is_session_end() => act.fail(ctx, &e),
+                Err(_) => act.cancelled_meanwhile(&job),
+            }
+        }));
+        None
+    }
+
+    /// A job's end is durable: it leaves the master, and its watchers get
+    /// it. Its counts and fetched mark are the stored record's.
+    fn job_done(
+        &mut self,
+        ctx: &mut Context<Self>,
+        job: &str,
+        job_name: String,
+        finished: Finished,
+    ) {
+        let Finished {
+            result,
+            record,
+            fetched,
+        } = finished;
+        let counters = result.counters;
+        // A work queue's one-task jobs would be two lines each at
+        // thousands a second: jobs of one task that succeeded are
+        // logged at debug level, the others at info.
+        if counters.tasks_total > 1 || counters.tasks_failed > 0 {
+            tracing::info!(
+                job,
+                tasks = counters.tasks_total,
+                failed = counters.tasks_failed,
+                "job done"
+            );
+        } else {
+            tracing::debug!(job, tasks = counters.tasks_total, "job done");
+        }
+        let name = self.job_name(job);
+        if counters.tasks_failed > 0 {
+            metrics::counter!(m::JOBS_FAILED, "job_type" => name).increment(1);
+        } else {
+            metrics::counter!(m::JOBS_COMPLETED, "job_type" => name).increment(1);
+        }
+        self.audit(Event::JobDone {
+            job: job.to_string(),
+            tasks_done: counters.tasks_done,
+            tasks_failed: counters.tasks_failed,
+        });
+        let version = self.forget_job(job).map_or(0, |rt| rt.stored.version + 1);
+        self.ledger.finished(job);
+        self.sched.remove_job(job);
+        metrics::gauge!(m::JOBS_RUNNING).set(self.jobs.len() as f64);
+        if fetched {
+            // It changes no more: the collector need not read it.
+            let kept = StoredJob {
+                id: job.to_string(),
+                record: record.without_payload(),
+                version,
+            };
+            self.retained.insert(job.to_string(), kept);
+        }
+        let done = JobProgress {
+            job_id: job.to_string(),
+            job_name,
+            state: JobState::Done,
+            counters,
+        };
+        // Handed over from memory only if the stored record is marked
+        // fetched: a watch that came during the write is answered by a
+        // fetch, which marks it.
+        self.watch_ended(ctx, job, done, fetched.then_some(result));
+    }
+
+    /// A cancel got there before the job's end: no record names the
+    /// result's object, if it went to the store; collection sweeps it.
+    fn cancelled_meanwhile(&mut self, job: &str) {
+        tracing::info!(job, "job cancelled while its result was being written");
+        self.may_orphan.insert(job.to_string());
+        self.forget_job(job);
+        self.ledger.finished(job);
+        self.sched.remove_job(job);
     }
 
     fn sync_worker(&mut self, ctx: &mut Context<Self>, node_id: &str) {
@@ -813,7 +923,10 @@ impl Master {
             (Ok(fresh), retained)
         };
         ctx.spawn(listed.into_actor(self).map(|(res, retained), act, ctx| {
-            act.retained = retained;
+            // Jobs that ended marked fetched during the pass joined the
+            // cache as written: they stay.
+            let ended = std::mem::replace(&mut act.retained, retained);
+            act.retained.extend(ended);
             // `fresh`: the jobs read this pass that are not retained.
             let fresh = match res {
                 Ok(jobs) => jobs,
@@ -1119,6 +1232,7 @@ mod tests {
             digest: None,
             owner: None,
             inline: None,
+            result: None,
         };
         let stored = StoredJob {
             id: "j".into(),

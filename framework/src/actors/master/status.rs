@@ -194,7 +194,7 @@ pub(super) async fn read_progress(store: &LeaderStore, job_id: &str) -> Result<F
     let Some(job) = store.read_job(job_id).await? else {
         return Ok(error(format!("no job {job_id}")));
     };
-    let result = store.read_result(job_id).await?;
+    let result = store.read_result(&job).await?;
     Ok(Frame::Job(stored_progress(&job, result.as_ref())))
 }
 

@@ -226,7 +226,7 @@ async fn serve(
                         send_partial(stream, &store, key, Some(record)).await?;
                     }
                 }
-                let result = store.read_result(&job_id).await?;
+                let result = store.read_result(&job).await?;
                 let progress = stored_progress(&job, result.as_ref());
                 return Ok(stream.reply(&Frame::Job(progress)).await?);
             }

@@ -141,6 +141,7 @@ impl Handler<Submit> for Master {
                 digest: Some(digest),
                 owner: Some(owner),
                 inline: None,
+                result: None,
             };
             let job = store.create_job(&h.job_id, record, &tasks).await?;
             let erased = registry

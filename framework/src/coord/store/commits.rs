@@ -8,7 +8,9 @@ use std::sync::Arc;
 use zookeeper_client::Error as ZkError;
 
 use super::batch::Part;
-use super::{retry_loss, Committed, LeaderStore, Op, ShardOutput, StoredJob};
+use serde_bytes::ByteBuf;
+
+use super::{retry_loss, Committed, Finished, LeaderStore, Op, ShardOutput, StoredJob};
 use crate::coord::records::{
     commit_entries, JobStatus, OutputRef, RecordName, ResultRecord, ShardRecord,
 };
@@ -251,6 +253,10 @@ impl LeaderStore {
     /// Writes the reduced result and marks the job done, in one fenced
     /// transaction that also checks the job record's version (a conflict,
     /// [`CoordError::is_conflict`], means it was cancelled meanwhile).
+    /// A compact job's small result goes in its record
+    /// ([`crate::coord::JobRecord::keep_result`]): its end is one versioned
+    /// set. Otherwise the result is a znode of its own, created with the
+    /// set.
     /// `fetched`: the result is being handed to a client now (a watch that
     /// asked for it), so the record is marked fetched in the same write. What
     /// the result makes useless goes afterwards, in [`Self::clean_finished`],
@@ -262,9 +268,34 @@ impl LeaderStore {
         failures: Vec<crate::core::TaskFailure>,
         counters: crate::core::Counters,
         fetched: bool,
-    ) -> Result<ResultRecord, CoordError> {
+    ) -> Result<Finished, CoordError> {
         let path = self.layout.result(&job.id);
         let job_path = self.layout.job(&job.id);
+        let mut rec = job.record.clone();
+        rec.status = JobStatus::Done;
+        if fetched {
+            rec.fetched_ms = Some(super::now_ms());
+        }
+        if rec.keep_result(&output, &failures) {
+            let kept = ResultRecord {
+                epoch: self.epoch,
+                output: OutputRef::Inline(ByteBuf::from(output)),
+                failures,
+                counters,
+            };
+            rec.result = Some(kept.clone());
+            let data = encode_record(&job_path, &rec)?;
+            let set = vec![Op::set(&job_path, data, Some(job.version))];
+            return match self.fenced("finish", &job_path, set).await {
+                Ok(()) => Ok(Finished {
+                    result: kept,
+                    record: rec,
+                    fetched,
+                }),
+                Err(e) if e.is_conflict() => self.ended_before(job, e).await,
+                Err(e) => Err(e),
+            };
+        }
         let result = ResultRecord {
             epoch: self.epoch,
             output: self
@@ -273,11 +304,6 @@ impl LeaderStore {
             failures,
             counters,
         };
-        let mut rec = job.record.clone();
-        rec.status = JobStatus::Done;
-        if fetched {
-            rec.fetched_ms = Some(super::now_ms());
-        }
         let job_data = encode_record(&job_path, &rec)?;
         let result_data = encode_record(&path, &result)?;
         let res = self
@@ -298,9 +324,42 @@ impl LeaderStore {
                 source: ZkError::NodeExists,
                 ..
             }) => {}
+            // A compact job whose end was kept in its record by an earlier
+            // try (a one-write end whose answer was lost) is ended.
+            Err(e) if e.is_conflict() => return self.ended_before(job, e).await,
             Err(e) => return Err(e),
         }
-        Ok(result)
+        Ok(Finished {
+            result,
+            record: rec,
+            fetched,
+        })
+    }
+
+    /// A finish that kept its result in the record was refused (`refused`,
+    /// a conflict): the job's end if ZooKeeper holds one of this master's
+    /// epoch (only this master's finish writes that: an earlier send of
+    /// this write, or of this job's finish, applied and its answer was
+    /// lost), else the refusal (a cancel won). The end is answered as
+    /// stored: its counts and fetched mark may differ from the retry's.
+    async fn ended_before(
+        &self,
+        job: &StoredJob,
+        refused: CoordError,
+    ) -> Result<Finished, CoordError> {
+        let Some(now) = self.read_job(&job.id).await? else {
+            return Err(refused);
+        };
+        match now.record.result.clone() {
+            Some(result) if now.record.status == JobStatus::Done && result.epoch == self.epoch => {
+                Ok(Finished {
+                    result,
+                    fetched: now.record.fetched_ms.is_some(),
+                    record: now.record,
+                })
+            }
+            _ => Err(refused),
+        }
     }
 
     /// Removes what a finished job's result makes useless: the store

@@ -29,7 +29,7 @@ impl LeaderStore {
     /// The store directories of the jobs `sweep` names are emptied too
     /// (see [`LeaderStore::sweep_store`]).
     pub async fn collect(&self, victims: &[StoredJob], sweep: &[String]) -> Result<(), CoordError> {
-        let results = futures::future::join_all(victims.iter().map(|j| self.read_result(&j.id)));
+        let results = futures::future::join_all(victims.iter().map(|j| self.read_result(j)));
         let mut outputs: Vec<OutputRef> = Vec::new();
         for r in results.await {
             if let Some(r) = r? {

@@ -229,9 +229,13 @@ impl LeaderStore {
         Ok(tasks)
     }
 
-    /// Reads a finished job's result record, if it has one.
-    pub async fn read_result(&self, id: &str) -> Result<Option<ResultRecord>, CoordError> {
-        let path = self.layout.result(id);
+    /// A finished job's result record, if it has one: kept in its record
+    /// ([`crate::coord::JobRecord::result`]), or read from its `result`.
+    pub async fn read_result(&self, job: &StoredJob) -> Result<Option<ResultRecord>, CoordError> {
+        if let Some(result) = &job.record.result {
+            return Ok(Some(result.clone()));
+        }
+        let path = self.layout.result(&job.id);
         match retry_loss(|| self.client().get_data(&path)).await {
             Ok((data, _)) => Ok(Some(decode_record(&path, &data)?)),
             Err(ZkError::NoNode) => Ok(None),

@@ -21,7 +21,7 @@ mod gc;
 mod jobs;
 mod outputs;
 
-use super::records::{JobRecord, MasterInfo, ShardRecord};
+use super::records::{JobRecord, MasterInfo, ResultRecord, ShardRecord};
 use super::session::{Connections, Session};
 use crate::store::Store;
 
@@ -54,6 +54,19 @@ pub struct Committed {
     pub record: ShardRecord,
     /// The commit record that holds it (see [`crate::coord::RecordName`]).
     pub at: Arc<str>,
+}
+
+/// A job's end, durable: as written, or as ZooKeeper holds it when the
+/// write had applied once already (its answer lost).
+#[derive(Debug)]
+pub struct Finished {
+    /// The job's result.
+    pub result: ResultRecord,
+    /// The job's record as stored.
+    pub record: JobRecord,
+    /// Whether the stored record is marked fetched: only then may the
+    /// result be handed to a client from memory.
+    pub fetched: bool,
 }
 
 /// See the module doc. Clones share one lock: the candidacy is given up
