@@ -32,6 +32,10 @@ ROWS = [
             f"histogram_quantile(0.99, sum by (le) (rate(ringleader_task_duration_seconds_bucket[{RATE}])))",
         ], "timeseries"),
         ("Shard duration p99", f"histogram_quantile(0.99, sum by (le) (rate(ringleader_shard_duration_seconds_bucket[{RATE}])))", "timeseries"),
+        ("Slot wait for StartAck p50 / p99", [
+            f"histogram_quantile(0.5, sum by (le) (rate(ringleader_start_wait_seconds_bucket[{RATE}])))",
+            f"histogram_quantile(0.99, sum by (le) (rate(ringleader_start_wait_seconds_bucket[{RATE}])))",
+        ], "timeseries"),
         ("Jobs running", "sum(ringleader_jobs_running)", "timeseries"),
         ("Jobs submitted / completed / failed / cancelled", [
             f"sum(increase(ringleader_jobs_submitted_total[{RATE}]))",

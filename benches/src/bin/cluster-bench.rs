@@ -394,18 +394,37 @@ impl Bench {
             format!("127.0.0.1:{port}")
         };
         self.metrics.insert(id.to_string(), addr.clone());
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
-        let slots = self
-            .args
-            .slots
-            .unwrap_or((cores / self.args.workers.max(1) as u32).max(1))
-            .to_string();
+        let slots = self.worker_slots().to_string();
         let args = ["--role", role, "--slots", &slots, "--metrics-addr", &addr];
         if hosts {
             self.c.node_on(id, id, &args);
         } else {
             self.c.node(id, &args);
         }
+    }
+
+    /// The workers' total wait for `StartAck` in seconds, and its count.
+    fn start_waits(&self) -> anyhow::Result<(f64, f64)> {
+        let mut total = (0.0, 0.0);
+        for w in self.worker_ids() {
+            let text = self.scrape(&w)?;
+            total.0 += metric_sum(&text, &format!("{}_sum", m::START_WAIT_SECONDS), None);
+            total.1 += metric_sum(&text, &format!("{}_count", m::START_WAIT_SECONDS), None);
+        }
+        Ok(total)
+    }
+
+    /// Slots of each worker: `--slots`, or the cores shared among them.
+    fn worker_slots(&self) -> u32 {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
+        self.args
+            .slots
+            .unwrap_or((cores / self.args.workers.max(1) as u32).max(1))
+    }
+
+    /// Slots of all the workers.
+    fn slot_count(&self) -> u32 {
+        self.worker_slots() * self.args.workers as u32
     }
 
     fn worker_ids(&self) -> Vec<String> {
@@ -835,6 +854,7 @@ impl Bench {
         let mut first = None;
         for &n in sizes {
             let before = self.scrape(&m.node_id)?;
+            let waits_before = self.start_waits()?;
             let t = Instant::now();
             self.rt.block_on(async {
                 let opts = SubmitOptions {
@@ -860,6 +880,8 @@ impl Bench {
                 (metric_sum(&after, name, None) - metric_sum(&before, name, None)) / n as f64
             };
             let (records, txns) = (per_shard(m::COMMIT_RECORDS), per_shard(m::ZK_TRANSACTIONS));
+            let waits = self.start_waits()?;
+            let (waited, starts) = (waits.0 - waits_before.0, waits.1 - waits_before.1);
             // Deletions are paced (half of ZooKeeper's time at most): a
             // million-shard job's take minutes.
             let cleanup = self.settle_within(Duration::from_secs(120.max(n / 1000)));
@@ -874,6 +896,17 @@ impl Bench {
                     format!("{:.0} at {} shards", base.1, base.0)
                 },
                 format!("{:.2}", rate / base.1),
+            ));
+            // Every slot's time per shard, against its wait for StartAck.
+            let slots = f64::from(self.slot_count());
+            self.rows.push(row(
+                "  a slot's wait for StartAck per shard, of its time per shard",
+                format!("{:.0} µs", waited / starts.max(1.0) * 1e6),
+                format!(
+                    "{:.0} µs: the slots' time over the shards",
+                    slots / rate * 1e6
+                ),
+                format!("{:.2}", waited / starts.max(1.0) * rate / slots),
             ));
             self.rows.push(row(
                 "  commit records (znodes) and ZooKeeper transactions per shard",

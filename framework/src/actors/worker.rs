@@ -104,6 +104,7 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
     let mut shards = Shards {
         session: WorkerSession::new(s.slots),
         waiting: HashMap::new(),
+        asked: HashMap::new(),
         done: mpsc::unbounded_channel(),
     };
     let mut drain_rx = s.drain.clone();
@@ -231,6 +232,8 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
 struct Shards {
     session: WorkerSession,
     waiting: HashMap<RunId, Assignment>,
+    /// When each run waiting for its `StartAck` sent `Started`.
+    asked: HashMap<RunId, Instant>,
     done: (
         mpsc::UnboundedSender<Finished>,
         mpsc::UnboundedReceiver<Finished>,
@@ -260,6 +263,7 @@ impl Shards {
                     let Some(a) = self.waiting.get(&run) else {
                         continue;
                     };
+                    self.asked.insert(run.clone(), Instant::now());
                     send(Frame::Started {
                         epoch: a.epoch,
                         job_id: run.job,
@@ -268,6 +272,11 @@ impl Shards {
                     });
                 }
                 Action::Run(run) => {
+                    // The slot's wait for the master's round trip.
+                    if let Some(at) = self.asked.remove(&run) {
+                        metrics::histogram!(m::START_WAIT_SECONDS)
+                            .record(at.elapsed().as_secs_f64());
+                    }
                     if let Some(a) = self.waiting.remove(&run) {
                         let (s, done) = (s.clone(), self.done.0.clone());
                         actix::spawn(async move {
@@ -283,6 +292,7 @@ impl Shards {
                 }
                 Action::Forget(run) => {
                     self.waiting.remove(&run);
+                    self.asked.remove(&run);
                     // A run that ended after its link: its report goes to
                     // no master, so no record can name the output it put
                     // in the store.
