@@ -91,7 +91,7 @@ pub struct JobRecord {
 }
 
 /// The most bytes of output and failures a compact job's record keeps as
-/// its result (with its tasks, at most [`KEPT_RESULT_BYTES`] more again).
+/// its result (beside its tasks, which take at most as many again).
 pub const KEPT_RESULT_BYTES: usize = 16 * 1024;
 
 impl JobRecord {
@@ -106,7 +106,7 @@ impl JobRecord {
 
     /// Whether a result of `output` and `failures` may be kept in this
     /// record ([`JobRecord::result`]): the job is compact, and they take at
-    /// most [`KEPT_RESULT_BYTES`].
+    /// most 16 KiB.
     pub fn keep_result(&self, output: &[u8], failures: &[TaskFailure]) -> bool {
         let failures: usize = failures.iter().map(|f| f.error.len() + 32).sum();
         self.is_compact() && output.len().saturating_add(failures) <= KEPT_RESULT_BYTES
