@@ -927,9 +927,16 @@ impl Master {
             // cache as written: they stay.
             let ended = std::mem::replace(&mut act.retained, retained);
             act.retained.extend(ended);
-            // `fresh`: the jobs read this pass that are not retained.
+            // `fresh`: the jobs read this pass that are not retained. One
+            // that ended meanwhile is in the cache as written, and only
+            // there: its record read before its end is stale (and would
+            // make it a victim twice, its second deletion a `NoNode` that
+            // sends its whole chunk one delete at a time).
             let fresh = match res {
-                Ok(jobs) => jobs,
+                Ok(mut jobs) => {
+                    jobs.retain(|j| !act.retained.contains_key(&j.id));
+                    jobs
+                }
                 Err(e) => {
                     act.gc_running = false;
                     if e.is_session_end() {

@@ -267,6 +267,9 @@ impl LeaderStore {
             let started = std::time::Instant::now();
             let deletes: Vec<Op> = chunk.iter().map(Op::delete).collect();
             let res = self.fenced_alone("delete", first, &deletes).await;
+            // The pause follows the transaction, not a fallback's deletes
+            // one at a time after it.
+            last = started.elapsed();
             match res {
                 Ok(()) => {}
                 Err(CoordError::Zk {
@@ -287,7 +290,6 @@ impl LeaderStore {
                 }
                 Err(e) => return Err(e),
             }
-            last = started.elapsed();
         }
         Ok(())
     }
