@@ -104,6 +104,17 @@ impl CoordError {
         )
     }
 
+    /// Whether a create found its znode there already.
+    pub fn is_node_exists(&self) -> bool {
+        matches!(
+            self,
+            CoordError::Zk {
+                source: zookeeper_client::Error::NodeExists,
+                ..
+            }
+        )
+    }
+
     /// Whether a write that failed so may still have been applied: the
     /// connection or the session went before its answer came.
     pub fn is_outcome_unknown(&self) -> bool {

@@ -98,13 +98,14 @@ fn collecting_job_a_keeps_the_spilled_result_of_job_a_dot_b() {
 /// A job id resubmitted with other tasks is refused, naming the job: it
 /// used to return the old job and its result silently (`submit --job-id
 /// daily today.txt` wrote yesterday's counts). The same submission again
-/// still finds the job.
+/// still finds the job, while it runs (from the master's memory) and once
+/// it is done (from ZooKeeper: the create finds the id taken).
 #[test]
 fn resubmitting_an_id_with_other_tasks_is_refused() {
     let mut c = cluster();
     let (yesterday, _) = corpus(c.dir.path(), 1, 31);
     let (today, _) = corpus(c.dir.path(), 1, 32);
-    c.node("n1", &[]);
+    c.node("n1", &["--retention-secs", "600"]);
     let submit = |file: &std::path::Path| {
         c.cli(
             "submit",
@@ -131,6 +132,25 @@ fn resubmitting_an_id_with_other_tasks_is_refused() {
     );
     assert!(
         err.contains("job daily exists with a different submission"),
+        "{err}"
+    );
+    // Done and fetched (kept for the retention): the same answers.
+    let done = c.cli("result", &["daily", "--wait"]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let same = submit(&yesterday);
+    let err = String::from_utf8_lossy(&same.stderr);
+    assert!(
+        same.status.success() && err.contains("already exists"),
+        "{err}"
+    );
+    let other = submit(&today);
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        !other.status.success() && err.contains("job daily exists with a different submission"),
         "{err}"
     );
 }

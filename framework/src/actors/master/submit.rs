@@ -115,21 +115,6 @@ impl Handler<Submit> for Master {
         let owner = peer.principal();
         let fut = async move {
             let digest = digest_off_thread(&h, tasks.clone()).await;
-            if let Some(existing) = store.read_job(&h.job_id).await? {
-                if existing.record.status != JobStatus::Writing {
-                    let theirs = refusal(existing.record.owner.as_deref(), &peer, &h.job_id);
-                    if let Some(message) = theirs {
-                        return Ok(Written::NotOwner(message, peer));
-                    }
-                    return Ok(
-                        match same_submission(&h.job_id, existing.record.digest.as_ref(), &digest) {
-                            Ok(()) => Written::Existing,
-                            Err(refusal) => Written::Refused(refusal),
-                        },
-                    );
-                }
-                store.delete_tree(&store.layout().job(&h.job_id)).await?;
-            }
             let record = JobRecord {
                 job_name: h.job_name.clone(),
                 options,
@@ -138,12 +123,41 @@ impl Handler<Submit> for Master {
                 status: JobStatus::Writing,
                 created_ms: 0,
                 fetched_ms: None,
-                digest: Some(digest),
+                digest: Some(digest.clone()),
                 owner: Some(owner),
                 inline: None,
                 result: None,
             };
-            let job = store.create_job(&h.job_id, record, &tasks).await?;
+            // Created at once: the id is read only when it is taken (a
+            // resubmission, or a half-written job of an earlier master).
+            let mut tries = 0;
+            let job = loop {
+                let err = match store.create_job(&h.job_id, record.clone(), &tasks).await {
+                    Ok(job) => break job,
+                    Err(e) if e.is_node_exists() && tries < 2 => e,
+                    Err(e) => return Err(e),
+                };
+                tries += 1;
+                let Some(existing) = store.read_job(&h.job_id).await? else {
+                    // Collected meanwhile: create it again.
+                    continue;
+                };
+                if existing.record.status == JobStatus::Writing {
+                    store.delete_tree(&store.layout().job(&h.job_id)).await?;
+                    continue;
+                }
+                let theirs = refusal(existing.record.owner.as_deref(), &peer, &h.job_id);
+                if let Some(message) = theirs {
+                    return Ok(Written::NotOwner(message, peer));
+                }
+                tracing::debug!(job = %h.job_id, error = %err, "a submission of a known id");
+                return Ok(
+                    match same_submission(&h.job_id, existing.record.digest.as_ref(), &digest) {
+                        Ok(()) => Written::Existing,
+                        Err(refusal) => Written::Refused(refusal),
+                    },
+                );
+            };
             let erased = registry
                 .get(&h.job_name)
                 .ok_or_else(|| CoordError::Garbage {
@@ -232,8 +246,14 @@ impl Handler<Submit> for Master {
 }
 
 /// The submission's digest, computed on the blocking pool (32 MiB of
-/// tasks take tens of milliseconds).
+/// tasks take tens of milliseconds), or here when the tasks are small
+/// (a work queue's job would otherwise wake a pool thread for a few
+/// bytes).
 async fn digest_off_thread(h: &SubmitHeader, tasks: Arc<Vec<ByteBuf>>) -> ByteBuf {
+    const HERE: usize = 64 * 1024;
+    if crate::core::job::task_bytes(&tasks) <= HERE {
+        return submission_digest(&h.job_name, &h.options, &tasks);
+    }
     let (name, options) = (h.job_name.clone(), h.options.clone());
     let compute = move || submission_digest(&name, &options, &tasks);
     match tokio::task::spawn_blocking(compute).await {

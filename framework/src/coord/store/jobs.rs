@@ -74,7 +74,8 @@ impl LeaderStore {
 
     /// Writes a new job: record (`Writing`), batches and commit buckets,
     /// then `Accepted`. Only then is the submission acknowledged. Returns
-    /// the job as written. A job whose tasks fit in one batch is written
+    /// the job as written; a job of this id that is not this write's
+    /// gives an error for which [`CoordError::is_node_exists`] holds. A job whose tasks fit in one batch is written
     /// `Accepted` in one transaction with its batch and buckets: one
     /// round trip, and nothing half-written to clean up.
     pub async fn create_job(
@@ -142,20 +143,11 @@ impl LeaderStore {
                     record,
                     version: 0,
                 }),
-                // Applied before a connection loss, then retried: the job
-                // is ours if it is this submission.
-                Err(
-                    e @ CoordError::Zk {
-                        source: ZkError::NodeExists,
-                        ..
-                    },
-                ) => match self.read_job(id).await? {
-                    Some(j)
-                        if j.record.status == JobStatus::Accepted
-                            && j.record.digest == record.digest =>
-                    {
-                        Ok(j)
-                    }
+                // Applied before a connection loss, then sent again: the
+                // job is ours if it is exactly this record (its creation
+                // time included), never an earlier identical submission.
+                Err(e) if e.is_node_exists() => match self.read_job(id).await? {
+                    Some(j) if j.record == record => Ok(j),
                     _ => Err(e),
                 },
                 Err(e) => Err(e),
