@@ -162,6 +162,14 @@ fn spawn(
         // MB of commit records), faster for everything a running cluster
         // of short-lived servers does (see benches/RESULTS.md).
         .arg("-XX:TieredStopAtLevel=1")
+        // An operator's or a benchmark's own JVM options, last so that
+        // they win (`-XX:TieredStopAtLevel=4` gives the server compiler
+        // back, for a long-lived server).
+        .args(
+            std::env::var("RINGLEADER_ZK_JAVA_OPTS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .arg("-Dzookeeper.admin.enableServer=false")
         .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
         .arg("-cp")
