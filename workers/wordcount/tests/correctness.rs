@@ -98,8 +98,8 @@ fn collecting_job_a_keeps_the_spilled_result_of_job_a_dot_b() {
 /// A job id resubmitted with other tasks is refused, naming the job: it
 /// used to return the old job and its result silently (`submit --job-id
 /// daily today.txt` wrote yesterday's counts). The same submission again
-/// still finds the job, while it runs (from the master's memory) and once
-/// it is done (from ZooKeeper: the create finds the id taken).
+/// still finds the job, right after it was submitted and once it is done
+/// and fetched (then from ZooKeeper: the create finds the id taken).
 #[test]
 fn resubmitting_an_id_with_other_tasks_is_refused() {
     let mut c = cluster();
@@ -118,22 +118,26 @@ fn resubmitting_an_id_with_other_tasks_is_refused() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    let same = submit(&yesterday);
-    let err = String::from_utf8_lossy(&same.stderr);
-    assert!(
-        same.status.success() && err.contains("already exists"),
-        "{err}"
-    );
-    let other = submit(&today);
-    let err = String::from_utf8_lossy(&other.stderr);
-    assert!(
-        !other.status.success(),
-        "a different submission was accepted: {err}"
-    );
-    assert!(
-        err.contains("job daily exists with a different submission"),
-        "{err}"
-    );
+    // The same submission finds the job; another is refused, naming it.
+    let answers = || {
+        let same = submit(&yesterday);
+        let err = String::from_utf8_lossy(&same.stderr);
+        assert!(
+            same.status.success() && err.contains("already exists"),
+            "{err}"
+        );
+        let other = submit(&today);
+        let err = String::from_utf8_lossy(&other.stderr);
+        assert!(
+            !other.status.success(),
+            "a different submission was accepted: {err}"
+        );
+        assert!(
+            err.contains("job daily exists with a different submission"),
+            "{err}"
+        );
+    };
+    answers();
     // Done and fetched (kept for the retention): the same answers.
     let done = c.cli("result", &["daily", "--wait"]);
     assert!(
@@ -141,18 +145,7 @@ fn resubmitting_an_id_with_other_tasks_is_refused() {
         "{}",
         String::from_utf8_lossy(&done.stderr)
     );
-    let same = submit(&yesterday);
-    let err = String::from_utf8_lossy(&same.stderr);
-    assert!(
-        same.status.success() && err.contains("already exists"),
-        "{err}"
-    );
-    let other = submit(&today);
-    let err = String::from_utf8_lossy(&other.stderr);
-    assert!(
-        !other.status.success() && err.contains("job daily exists with a different submission"),
-        "{err}"
-    );
+    answers();
 }
 
 /// A submission that fails names its job id before anything is sent and
