@@ -676,8 +676,7 @@ fn progress_is_pushed_and_a_watch_follows_a_failover() {
 /// from memory unmarked, and the job stayed forever; `cluster-bench`
 /// found it at 64 in flight. This guards the property; it does not force
 /// that interleaving.) Each job's only shard commits with its end, in one
-/// write: the master's metrics count no commit record. Half the jobs are
-/// `Client::run`'s, watched on the stream that submitted them.
+/// write: the master's metrics count no commit record.
 #[test]
 fn every_fetched_job_is_collected_even_under_load() {
     use futures::StreamExt;
@@ -693,21 +692,11 @@ fn every_fetched_job_is_collected_even_under_load() {
             .map(|i| {
                 let client = &client;
                 async move {
-                    // Half submitted and awaited on one stream, half
-                    // watched on a stream of their own.
-                    let (results, _) = if i % 2 == 0 {
-                        let tasks = probes(1, &[]);
-                        client
-                            .run::<Collect<Probe>>(tasks, SubmitOptions::default())
-                            .await
-                            .unwrap()
-                    } else {
-                        let job = client
-                            .submit::<Collect<Probe>>(probes(1, &[]), SubmitOptions::default())
-                            .await
-                            .unwrap();
-                        job.result().await.unwrap()
-                    };
+                    let job = client
+                        .submit::<Collect<Probe>>(probes(1, &[]), SubmitOptions::default())
+                        .await
+                        .unwrap();
+                    let (results, _) = job.result().await.unwrap();
                     assert_eq!(results, vec![(0, 0)], "job {i}");
                     i
                 }
@@ -745,11 +734,6 @@ fn every_fetched_job_is_collected_even_under_load() {
         assert_eq!(writes("finish"), 300.0, "{scrape}");
         assert_eq!(writes("commit"), 0.0, "{scrape}");
         assert_eq!(writes("create_job"), 300.0, "{scrape}");
-        // `run`'s jobs were watched on their submission's stream, and
-        // every result came pushed with its job's end.
-        assert_eq!(requests(&scrape, "Submit"), 300.0, "{scrape}");
-        assert_eq!(requests(&scrape, "WatchJob"), 150.0, "{scrape}");
-        assert_eq!(requests(&scrape, "FetchResult"), 0.0, "{scrape}");
     });
 }
 
