@@ -927,16 +927,9 @@ impl Master {
             // cache as written: they stay.
             let ended = std::mem::replace(&mut act.retained, retained);
             act.retained.extend(ended);
-            // `fresh`: the jobs read this pass that are not retained. One
-            // that ended meanwhile is in the cache as written, and only
-            // there: its record read before its end is stale (and would
-            // make it a victim twice, its second deletion a `NoNode` that
-            // sends its whole chunk one delete at a time).
-            let fresh = match res {
-                Ok(mut jobs) => {
-                    jobs.retain(|j| !act.retained.contains_key(&j.id));
-                    jobs
-                }
+            // `fresh`: the jobs read this pass that are not retained.
+            let mut fresh = match res {
+                Ok(jobs) => jobs,
                 Err(e) => {
                     act.gc_running = false;
                     if e.is_session_end() {
@@ -945,20 +938,13 @@ impl Master {
                     return tracing::warn!(error = %e, "garbage collection failed");
                 }
             };
-            let listed: Vec<(String, Stored)> = fresh
-                .iter()
-                .map(|j| (j.id.clone(), j.record.stored()))
-                .chain(act.retained.keys().map(|id| (id.clone(), Stored::Retained)))
-                .collect();
+            let listed = pass_listing(&mut fresh, &act.retained);
             let due: HashSet<String> = act
                 .retention
                 .due(&listed, &act.ledger, std::time::Instant::now())
                 .into_iter()
                 .collect();
-            let mut victims: Vec<StoredJob> =
-                fresh.into_iter().filter(|j| due.contains(&j.id)).collect();
-            // Chosen: out of the cache (read again if the deletion fails).
-            victims.extend(due.iter().filter_map(|id| act.retained.remove(id)));
+            let victims = pass_victims(fresh, &mut act.retained, &due);
             if victims.is_empty() {
                 act.gc_running = false;
                 return;
@@ -1216,11 +1202,89 @@ impl Handler<GetEpoch> for Master {
     }
 }
 
+/// What a collector pass chooses from: the jobs it read that are not
+/// retained (`fresh`), and the cache of retained ones. A job in both ended
+/// during the pass and is in the cache as written: its fresh record, read
+/// before its end, is stale and goes, so that every job is listed once
+/// (listed twice, it was a victim twice, and its second deletion a
+/// `NoNode` that sent its whole chunk one delete at a time).
+fn pass_listing(
+    fresh: &mut Vec<StoredJob>,
+    retained: &HashMap<String, StoredJob>,
+) -> Vec<(String, Stored)> {
+    fresh.retain(|j| !retained.contains_key(&j.id));
+    fresh
+        .iter()
+        .map(|j| (j.id.clone(), j.record.stored()))
+        .chain(retained.keys().map(|id| (id.clone(), Stored::Retained)))
+        .collect()
+}
+
+/// The jobs `due` to be collected, each once: from `fresh`, and out of the
+/// cache (read again if their deletion fails).
+fn pass_victims(
+    fresh: Vec<StoredJob>,
+    retained: &mut HashMap<String, StoredJob>,
+    due: &HashSet<String>,
+) -> Vec<StoredJob> {
+    let mut victims: Vec<StoredJob> = fresh.into_iter().filter(|j| due.contains(&j.id)).collect();
+    victims.extend(due.iter().filter_map(|id| retained.remove(id)));
+    victims
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::coord::JobRecord;
     use crate::wire::JobOptions;
+
+    #[test]
+    fn a_job_that_ended_during_a_collector_pass_is_listed_and_collected_once() {
+        let job = |id: &str, status: JobStatus, fetched: bool| {
+            let mut stored = runtime(false).stored;
+            stored.id = id.into();
+            stored.record.status = status;
+            stored.record.fetched_ms = fetched.then_some(1);
+            stored
+        };
+        // "x" was read running, then ended fetched: in the cache as written.
+        let mut fresh = vec![
+            job("x", JobStatus::Accepted, false),
+            job("y", JobStatus::Done, false),
+        ];
+        let mut retained: HashMap<String, StoredJob> = [
+            ("x", job("x", JobStatus::Done, true)),
+            ("z", job("z", JobStatus::Cancelled, true)),
+        ]
+        .into_iter()
+        .map(|(id, j)| (id.to_string(), j))
+        .collect();
+        let mut listed = pass_listing(&mut fresh, &retained);
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            listed,
+            vec![
+                ("x".to_string(), Stored::Retained),
+                ("y".to_string(), Stored::Unfetched),
+                ("z".to_string(), Stored::Retained),
+            ]
+        );
+        let due: HashSet<String> = ["x", "z"].iter().map(|s| s.to_string()).collect();
+        let victims = pass_victims(fresh, &mut retained, &due);
+        let mut ids: Vec<&str> = victims.iter().map(|j| j.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["x", "z"], "each once");
+        let x = victims
+            .iter()
+            .find(|j| j.id == "x")
+            .map(|j| j.record.status);
+        assert_eq!(
+            x,
+            Some(JobStatus::Done),
+            "the record as written, not the stale one"
+        );
+        assert!(retained.is_empty(), "chosen: out of the cache");
+    }
 
     fn runtime(stream: bool) -> JobRuntime {
         let record = JobRecord {
