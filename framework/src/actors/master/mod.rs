@@ -762,33 +762,31 @@ impl Master {
                 .finish(&stored, result, f.failures, f.counters, fetched)
                 .await
         };
-        ctx.spawn(work.into_actor(self).map(move |res, act, ctx| {
-            match &res {
-                Ok(_) => {
-                    tracing::debug!(job = %job, shard = %key, epoch = act.store.epoch(), attempt, "shard committed with its job's end");
-                    act.audit(Event::ShardCommitted {
-                        job: job.clone(),
-                        shard: key.to_string(),
-                        attempt,
-                    });
-                    metrics::counter!(m::SHARDS_COMMITTED).increment(1);
-                }
-                Err(e) if e.is_session_end() || e.is_conflict() => {}
-                Err(e) => {
-                    // Applied or not, the shard runs again; a write that
-                    // had applied is found at the next end.
-                    tracing::warn!(job = %job, shard = %key, error = %e, "a one-shard job's end failed; the shard will run again");
-                    act.ledger.end_alone_failed(&job);
-                    act.sched.commit_aborted(&job, key);
-                    return act.dispatch(ctx);
-                }
-            }
-            match res {
-                Ok(finished) => act.job_done(ctx, &job, job_name, finished),
-                Err(e) if e.is_session_end() => act.fail(ctx, &e),
-                Err(_) => act.cancelled_meanwhile(&job),
-            }
-        }));
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(finished) => {
+                        tracing::debug!(job = %job, shard = %key, epoch = act.store.epoch(), attempt, "shard committed with its job's end");
+                        act.audit(Event::ShardCommitted {
+                            job: job.clone(),
+                            shard: key.to_string(),
+                            attempt,
+                        });
+                        metrics::counter!(m::SHARDS_COMMITTED).increment(1);
+                        act.job_done(ctx, &job, job_name, finished);
+                    }
+                    Err(e) if e.is_session_end() => act.fail(ctx, &e),
+                    Err(e) if e.is_conflict() => act.cancelled_meanwhile(&job),
+                    Err(e) => {
+                        // Applied or not, the shard runs again; a write that
+                        // had applied is found at the next end.
+                        tracing::warn!(job = %job, shard = %key, error = %e, "a one-shard job's end failed; the shard will run again");
+                        act.ledger.end_alone_failed(&job);
+                        act.sched.commit_aborted(&job, key);
+                        act.dispatch(ctx);
+                    }
+                }),
+        );
         None
     }
 

@@ -90,7 +90,7 @@ impl Handler<Submit> for Master {
             let kept = rt.stored.record.digest.clone();
             let tasks = Arc::new(msg.tasks);
             let fut = async move {
-                let digest = digest_off_thread(&h, tasks).await;
+                let digest = digest_of(&h, tasks).await;
                 match same_submission(&h.job_id, kept.as_ref(), &digest) {
                     Ok(()) => Frame::Accepted {
                         job_id: h.job_id,
@@ -114,7 +114,7 @@ impl Handler<Submit> for Master {
         let peer = msg.peer;
         let owner = peer.principal();
         let fut = async move {
-            let digest = digest_off_thread(&h, tasks.clone()).await;
+            let digest = digest_of(&h, tasks.clone()).await;
             let record = JobRecord {
                 job_name: h.job_name.clone(),
                 options,
@@ -249,7 +249,7 @@ impl Handler<Submit> for Master {
 /// tasks take tens of milliseconds), or here when the tasks are small
 /// (a work queue's job would otherwise wake a pool thread for a few
 /// bytes).
-async fn digest_off_thread(h: &SubmitHeader, tasks: Arc<Vec<ByteBuf>>) -> ByteBuf {
+async fn digest_of(h: &SubmitHeader, tasks: Arc<Vec<ByteBuf>>) -> ByteBuf {
     const HERE: usize = 64 * 1024;
     if crate::core::job::task_bytes(&tasks) <= HERE {
         return submission_digest(&h.job_name, &h.options, &tasks);
