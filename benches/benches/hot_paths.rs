@@ -21,6 +21,7 @@ fn frames(c: &mut Criterion) {
         tasks: (0..100)
             .map(|i| (i, ByteBuf::from(vec![7u8; 100])))
             .collect(),
+        ack_first: false,
     });
     let mut buf = Vec::new();
     let mut g = c.benchmark_group("frame");
@@ -87,7 +88,10 @@ fn busy_scheduler(shards: u32) -> (Scheduler, std::time::Instant) {
     // A hundred shards fail once: their retries wait out a backoff.
     for _ in 0..50 {
         for cmd in s.assign(now) {
-            if let Command::Assign { worker, job, shard } = cmd {
+            if let Command::Assign {
+                worker, job, shard, ..
+            } = cmd
+            {
                 s.report(&worker, &job, shard.key, shard.attempt, now);
                 let failures = [TaskFailure {
                     index: shard.tasks[0],
@@ -115,7 +119,9 @@ fn scheduler_per_shard(c: &mut Criterion) {
                 .assign(now)
                 .into_iter()
                 .filter_map(|c| match c {
-                    Command::Assign { worker, job, shard } => Some((worker, job, shard)),
+                    Command::Assign {
+                        worker, job, shard, ..
+                    } => Some((worker, job, shard)),
                     _ => None,
                 })
                 .collect();
@@ -138,7 +144,10 @@ fn scheduler_per_shard(c: &mut Criterion) {
                         s.report(&worker, &job, shard.key, shard.attempt, now);
                         s.committed(&job, shard.key, shard.attempt, &[], now);
                         for cmd in s.assign(now) {
-                            if let Command::Assign { worker, job, shard } = cmd {
+                            if let Command::Assign {
+                                worker, job, shard, ..
+                            } = cmd
+                            {
                                 running.push((worker, job, shard));
                             }
                         }

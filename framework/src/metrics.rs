@@ -55,7 +55,7 @@ pub const TASK_SECONDS: &str = "ringleader_task_duration_seconds";
 /// Histogram, seconds: duration of one shard run on this worker.
 pub const SHARD_SECONDS: &str = "ringleader_shard_duration_seconds";
 /// Histogram, seconds: how long a slot of this worker waited for the
-/// master's `StartAck` before it ran a shard.
+/// master's `StartAck` before it ran a shard that must wait for it.
 pub const START_WAIT_SECONDS: &str = "ringleader_start_wait_seconds";
 /// Counter: jobs accepted (durable).
 pub const JOBS_SUBMITTED: &str = "ringleader_jobs_submitted_total";
@@ -197,7 +197,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(TASKS_RUN, Kind::Counter, "job_type", "tasks", "workers", "Tasks run by this node's worker, any outcome."),
     metric(TASK_SECONDS, Kind::Histogram, "job_type", "seconds", "workers", "Duration of one task run."),
     metric(SHARD_SECONDS, Kind::Histogram, "job_type", "seconds", "workers", "Duration of one shard run."),
-    metric(START_WAIT_SECONDS, Kind::Histogram, "", "seconds", "workers", "Time a slot waited for the master's StartAck before running a shard: the round trip that charges a run its attempt before it starts, in series with every shard."),
+    metric(START_WAIT_SECONDS, Kind::Histogram, "", "seconds", "workers", "Time a slot waited for the master's StartAck before running a shard that must wait for it: a retry, or a suspect of a worker's death (other runs start at once)."),
     metric(JOBS_SUBMITTED, Kind::Counter, "job_type", "jobs", "master", "Jobs accepted (durable in ZooKeeper)."),
     metric(JOBS_RUNNING, Kind::Gauge, "", "jobs", "master", "Jobs in progress."),
     metric(JOBS_COMPLETED, Kind::Counter, "job_type", "jobs", "master", "Jobs finished with every task succeeded."),

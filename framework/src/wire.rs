@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::core::{Counters, ShardKey, TaskFailure};
 
 /// Bumped on any incompatible change of [`Frame`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Most bytes of a frame's body reserved before they arrive.
 const RESERVE_AHEAD: usize = 64 << 10;
@@ -142,6 +142,9 @@ pub struct Assignment {
     pub attempt: u32,
     /// `(task index, encoded task)` pairs.
     pub tasks: Vec<(u64, ByteBuf)>,
+    /// The slot sends `Started` and waits for `StartAck` before it runs
+    /// the shard; otherwise it runs at once after `Started`.
+    pub ack_first: bool,
 }
 
 /// A worker's report on one assignment.
@@ -263,7 +266,8 @@ pub enum Frame {
     /// Master to worker: run a shard.
     Assign(Assignment),
     /// Worker to master: a slot picked up this shard (from now on, the
-    /// worker's death counts against the shard's attempts).
+    /// worker's death counts against the shard's attempts). Sent before
+    /// the run starts; answered only if the assignment said `ack_first`.
     Started {
         /// Epoch of the assignment.
         epoch: u64,
@@ -285,8 +289,20 @@ pub enum Frame {
     },
     /// Master to worker: do not run that shard (the master holds no such
     /// run of this worker: committed by another copy, cancelled, or
-    /// reassigned); its slot is free again.
+    /// reassigned); its slot is free again. Also sent unasked for a run
+    /// that moved to another worker's idle slot: a worker that has not
+    /// started it drops it and says `Unstarted`.
     StartRefused {
+        /// The job.
+        job_id: String,
+        /// Which shard.
+        shard: ShardKey,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// Worker to master: a run it was refused while it waited in the
+    /// queue is dropped, never started.
+    Unstarted {
         /// The job.
         job_id: String,
         /// Which shard.
@@ -488,6 +504,7 @@ impl Frame {
             Frame::Started { .. } => "Started",
             Frame::StartAck { .. } => "StartAck",
             Frame::StartRefused { .. } => "StartRefused",
+            Frame::Unstarted { .. } => "Unstarted",
             Frame::Draining => "Draining",
             Frame::Drained => "Drained",
             Frame::DrainAck => "DrainAck",

@@ -79,6 +79,7 @@ fn frames() -> Vec<Frame> {
                 (0, ByteBuf::from(vec![1, 2, 3])),
                 (1, ByteBuf::from(vec![4])),
             ],
+            ack_first: true,
         }),
         Frame::Report(ShardReport {
             epoch: 3,

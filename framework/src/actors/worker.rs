@@ -308,6 +308,11 @@ impl Shards {
                         });
                     }
                 }
+                Action::SendUnstarted(run) => send(Frame::Unstarted {
+                    job_id: run.job,
+                    shard: run.shard,
+                    attempt: run.attempt,
+                }),
                 Action::SendDraining => send(Frame::Draining),
                 Action::SendDrained => send(Frame::Drained),
             }
@@ -404,7 +409,7 @@ async fn serve(
                 }
                 Frame::Assign(a) => {
                     let run = RunId { epoch: a.epoch, job: a.job_id.clone(), shard: a.shard, attempt: a.attempt };
-                    match shards.session.assigned(run.clone()) {
+                    match shards.session.assigned(run.clone(), a.ack_first) {
                         Ok(actions) => {
                             shards.waiting.insert(run, a);
                             shards.apply(s, Some(&tx), actions, None);

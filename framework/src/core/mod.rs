@@ -9,7 +9,7 @@ pub mod worker_session;
 
 pub use job::{Counters, Ledger};
 pub use recovery::{recover_job, CommittedShard, RecoveredJob};
-pub use scheduler::{Command, JobPlan, PendingShard, Scheduler};
+pub use scheduler::{Command, JobPlan, PendingShard, Scheduler, StartAnswer};
 pub use worker_session::WorkerSession;
 
 use serde::{Deserialize, Serialize};

@@ -59,6 +59,9 @@ pub enum Command {
         job: String,
         /// The shard.
         shard: PendingShard,
+        /// The worker's slot must wait for `StartAck` before it runs the
+        /// shard (see [`Scheduler::started`]).
+        ack_first: bool,
     },
     /// Commit this outcome for a shard that no worker will report on: its
     /// tasks used up their attempts on workers that died running them.
@@ -83,11 +86,34 @@ pub enum Command {
         /// The attempt number of the shard's next run.
         next_attempt: u32,
     },
+    /// Tell this worker not to run this run, which waits in its queue:
+    /// it moved to another worker's idle slot.
+    Revoke {
+        /// Worker node id.
+        worker: String,
+        /// Job id.
+        job: String,
+        /// The shard.
+        key: ShardKey,
+        /// The run's attempt.
+        attempt: u32,
+    },
     /// Every task of the job has a committed final outcome.
     Finish {
         /// Job id.
         job: String,
     },
+}
+
+/// What the master answers a worker's `Started`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAnswer {
+    /// `StartAck`: the slot may run it.
+    Ack,
+    /// `StartRefused`: the slot must not run it, and is free again.
+    Refuse,
+    /// Nothing: the run did not wait (a report, or none, follows).
+    Nothing,
 }
 
 /// Shards a worker may hold beyond its slots, per slot: they wait in its
@@ -112,6 +138,15 @@ struct WorkerSlot {
     fallback: bool,
     jobs: BTreeSet<String>,
     running: BTreeSet<(String, ShardKey)>,
+    /// Those of `running` sent to wait for `StartAck`: while it holds one,
+    /// everything it is sent waits too.
+    acking: BTreeSet<(String, ShardKey)>,
+    /// Runs sent to start without waiting, whose `Started` has not come:
+    /// each may be running unseen (the worker's queue is ordered, and
+    /// `Started` precedes a report on one ordered stream). Kept beyond
+    /// the run itself (moved, committed by a copy, its job gone), since the
+    /// worker runs it all the same.
+    unseen: BTreeSet<(String, ShardKey, u32)>,
     /// Its entry in the free index (its load then), if it has a free slot.
     indexed: Option<usize>,
 }
@@ -202,7 +237,9 @@ impl Pool {
 
     fn release(&mut self, id: &str, job: &str, key: ShardKey) {
         if let Some(w) = self.workers.get_mut(id) {
-            w.running.remove(&(job.to_string(), key));
+            let held = (job.to_string(), key);
+            w.running.remove(&held);
+            w.acking.remove(&held);
         }
         self.reindex(id);
     }
@@ -217,12 +254,25 @@ impl Pool {
         worker: String,
         now: Instant,
     ) -> Command {
+        // A start waits for the master's acknowledgement when the shard is
+        // in doubt (a retry, a suspect of a worker's death), and on a
+        // worker that holds such a run: nothing may then start unseen
+        // beside it, so that its worker's death is charged to it alone.
+        let ack_first = job
+            .shards
+            .get(&key)
+            .is_some_and(|s| s.suspect || s.attempt > 1)
+            || self
+                .workers
+                .get(&worker)
+                .is_some_and(|w| !w.acking.is_empty());
         self.hold(&worker, job_id, key);
         let (tasks, attempt) = match job.shards.get_mut(&key) {
             Some(shard) => {
                 let run = Run {
                     worker: worker.clone(),
                     started: false,
+                    ack_first,
                     since: now,
                 };
                 match &mut shard.phase {
@@ -234,6 +284,13 @@ impl Pool {
             }
             None => (Vec::new(), 0),
         };
+        if let Some(w) = self.workers.get_mut(&worker) {
+            if ack_first {
+                w.acking.insert((job_id.to_string(), key));
+            } else {
+                w.unseen.insert((job_id.to_string(), key, attempt));
+            }
+        }
         Command::Assign {
             worker,
             job: job_id.to_string(),
@@ -242,6 +299,7 @@ impl Pool {
                 tasks,
                 attempt,
             },
+            ack_first,
         }
     }
 
@@ -283,8 +341,10 @@ impl Pool {
 #[derive(Debug)]
 struct Run {
     worker: String,
-    /// The worker's slot picked it up (acknowledged `Started`).
+    /// The worker's slot picked it up (its `Started` came).
     started: bool,
+    /// Its start waits for `StartAck`.
+    ack_first: bool,
     /// When it was assigned.
     since: Instant,
 }
@@ -312,6 +372,13 @@ struct ShardState {
     not_before: Option<Instant>,
     /// Started runs of the current attempt lost with their worker.
     losses: u32,
+    /// Deaths of workers that may have been running it unseen, with
+    /// another run that may have been (see [`Scheduler::remove_worker`]):
+    /// charged to it if it then kills a worker with its start
+    /// acknowledged.
+    doubts: u32,
+    /// Its runs wait for `StartAck`: it was in doubt at a worker's death.
+    suspect: bool,
     /// The worker whose attempt failed: another one is preferred.
     avoid: Option<String>,
     /// Its entry in [`Queues::aging`]: the start of its only run.
@@ -462,12 +529,14 @@ impl Scheduler {
             fallback,
             jobs: jobs.into_iter().collect(),
             running: BTreeSet::new(),
+            acking: BTreeSet::new(),
+            unseen: BTreeSet::new(),
             indexed: None,
         };
         let mut out = Vec::new();
         // Re-registration: whatever it ran before is lost.
         if let Some(old) = self.pool.take(id) {
-            self.requeue_lost(id, old.running, &mut out);
+            self.requeue_lost(id, old, &mut out);
         }
         self.pool.count_regular(&slot, true);
         self.pool.workers.insert(id.to_string(), slot);
@@ -475,24 +544,49 @@ impl Scheduler {
         out
     }
 
-    /// A worker is gone (znode deleted or link lost). Its running shards go
-    /// back to the queue with one attempt used; shards out of attempts are
-    /// committed as failed.
+    /// A worker is gone (znode deleted or link lost). Its started shards
+    /// go back to the queue with one attempt used (shards out of attempts
+    /// are committed as failed), the others without.
+    ///
+    /// Unless a run it was sent to start without waiting has not said
+    /// `Started`: any of its runs may then have been what killed it (one
+    /// whose report was lost, or one that started unseen after it). None is
+    /// charged; each that may have run is a suspect from then on, its runs
+    /// waiting for `StartAck`, and one that then kills a worker is charged
+    /// for the deaths it was in doubt for as well. A task that kills its
+    /// worker thus uses up one attempt per death, and the shards beside it
+    /// none.
     pub fn remove_worker(&mut self, id: &str) -> Vec<Command> {
         let mut out = Vec::new();
         if let Some(slot) = self.pool.take(id) {
-            self.requeue_lost(id, slot.running, &mut out);
+            self.requeue_lost(id, slot, &mut out);
         }
         out
     }
 
-    fn requeue_lost(
-        &mut self,
-        worker: &str,
-        running: BTreeSet<(String, ShardKey)>,
-        out: &mut Vec<Command>,
-    ) {
-        for (job_id, key) in running {
+    fn requeue_lost(&mut self, worker: &str, slot: WorkerSlot, out: &mut Vec<Command>) {
+        let in_doubt = !slot.unseen.is_empty();
+        if in_doubt {
+            // Runs it was sent that are no longer its own (moved, or
+            // committed by a copy) but that it may have run.
+            for (job_id, key, _) in &slot.unseen {
+                let held = (job_id.clone(), *key);
+                if slot.running.contains(&held) {
+                    continue;
+                }
+                if let Some(shard) = self
+                    .jobs
+                    .get_mut(job_id)
+                    .and_then(|j| j.shards.get_mut(key))
+                {
+                    if !matches!(shard.phase, ShardPhase::Committing { .. }) {
+                        shard.doubts += 1;
+                        shard.suspect = true;
+                    }
+                }
+            }
+        }
+        for (job_id, key) in slot.running {
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
@@ -507,10 +601,14 @@ impl Scheduler {
                 continue;
             };
             let run = runs.remove(pos);
-            // Every started run that dies counts, even while a copy carries
-            // on: a task that kills its workers must not kill two per attempt.
-            if run.started {
-                shard.losses += 1;
+            if in_doubt && (run.started || !run.ack_first) {
+                shard.doubts += 1;
+                shard.suspect = true;
+            } else if run.started {
+                // Every started run that dies counts, even while a copy
+                // carries on: a task that kills its workers must not kill
+                // two per attempt.
+                shard.losses += 1 + std::mem::take(&mut shard.doubts);
             }
             if !runs.is_empty() {
                 self.queues.sync_age(&job_id, key, shard);
@@ -518,7 +616,7 @@ impl Scheduler {
             }
             let used = shard.attempt + shard.losses.saturating_sub(1);
             let requeue = if shard.losses == 0 {
-                // Still waiting for a slot when the worker went: not a suspect.
+                // Not started, or in doubt: not charged.
                 shard.phase = ShardPhase::Pending;
                 true
             } else if used >= max {
@@ -561,6 +659,9 @@ impl Scheduler {
         let held: Vec<(String, ShardKey)> = w.running.iter().cloned().collect();
         if let Some(mut slot) = self.pool.take(id) {
             slot.capacity = 0;
+            // `Draining` follows the `Started` of every run it took, and it
+            // drops what waited in its queue: nothing more starts unseen.
+            slot.unseen.clear();
             self.pool.workers.insert(id.to_string(), slot);
         }
         for (job_id, key) in held {
@@ -634,6 +735,8 @@ impl Scheduler {
                     not_before: None,
                     avoid: None,
                     losses: 0,
+                    doubts: 0,
+                    suspect: false,
                     aged: None,
                 },
             );
@@ -755,8 +858,9 @@ impl Scheduler {
 
     /// Nothing waits in the jobs' queues: a run waiting in a worker's
     /// queue (held beyond its slots, not started) moves to a worker with
-    /// an idle slot that runs its job. The worker it leaves is refused
-    /// when it asks to start it.
+    /// an idle slot that runs its job. The worker it leaves is told to drop
+    /// it ([`Command::Revoke`]); if it started it meanwhile, it runs on, and
+    /// the first report wins.
     fn steal(&mut self, now: Instant, out: &mut Vec<Command>) {
         if self.pool.backlogged.is_empty() {
             return;
@@ -813,6 +917,12 @@ impl Scheduler {
                 if let ShardPhase::Running { runs } = &mut shard.phase {
                     runs.clear();
                 }
+                out.push(Command::Revoke {
+                    worker: from.clone(),
+                    job: job_id.clone(),
+                    key,
+                    attempt: shard.attempt,
+                });
             }
             self.pool.release(&from, &job_id, key);
             out.push(
@@ -876,9 +986,32 @@ impl Scheduler {
     /// A worker's slot picked up a shard: from now on, losing the worker
     /// uses up an attempt of the shard's tasks (one of them may be what
     /// killed it). Shards lost before they started are requeued for free.
-    /// Returns false when the worker holds no run of that shard and attempt
-    /// (committed by another copy, cancelled, reassigned): it must not run.
+    /// Says what to answer: a run sent to wait for `StartAck` gets it only
+    /// if the worker still holds that run of the shard (not committed by
+    /// another copy, cancelled, or reassigned), else `StartRefused`; a run
+    /// that did not wait is already running, and gets nothing.
     pub fn started(
+        &mut self,
+        worker: &str,
+        job_id: &str,
+        key: ShardKey,
+        attempt: u32,
+        now: Instant,
+    ) -> StartAnswer {
+        let waited = !self
+            .pool
+            .workers
+            .get_mut(worker)
+            .is_some_and(|w| w.unseen.remove(&(job_id.to_string(), key, attempt)));
+        let ours = self.start(worker, job_id, key, attempt, now);
+        match (waited, ours) {
+            (false, _) => StartAnswer::Nothing,
+            (true, true) => StartAnswer::Ack,
+            (true, false) => StartAnswer::Refuse,
+        }
+    }
+
+    fn start(
         &mut self,
         worker: &str,
         job_id: &str,
@@ -913,6 +1046,14 @@ impl Scheduler {
             // Not (or no longer) this worker's run: it must not start, or
             // its crash would cost nothing and its report count for nothing.
             None => false,
+        }
+    }
+
+    /// A worker dropped a run it was told not to run ([`Command::Revoke`])
+    /// before it started: it cannot be running unseen.
+    pub fn unstarted(&mut self, worker: &str, job_id: &str, key: ShardKey, attempt: u32) {
+        if let Some(w) = self.pool.workers.get_mut(worker) {
+            w.unseen.remove(&(job_id.to_string(), key, attempt));
         }
     }
 
@@ -1070,6 +1211,8 @@ impl Scheduler {
                     not_before: Some(due),
                     avoid: ran_on,
                     losses: 0,
+                    doubts: 0,
+                    suspect: false,
                     aged: None,
                 },
             );
@@ -1240,7 +1383,12 @@ mod tests {
         fn speculate(&mut self) -> Vec<Command> {
             self.s.speculate(self.now)
         }
+        /// Whether the worker's slot may run it (acknowledged, or it did
+        /// not wait).
         fn started(&mut self, worker: &str, job: &str, key: ShardKey, attempt: u32) -> bool {
+            self.answer(worker, job, key, attempt) != StartAnswer::Refuse
+        }
+        fn answer(&mut self, worker: &str, job: &str, key: ShardKey, attempt: u32) -> StartAnswer {
             self.s.started(worker, job, key, attempt, self.now)
         }
         fn report(&mut self, worker: &str, job: &str, key: ShardKey, attempt: u32) -> bool {
@@ -1417,21 +1565,109 @@ mod tests {
         assert!(s.assign().is_empty());
     }
 
+    /// Whether each assignment waits for `StartAck`, by key.
+    fn acks_first(cmds: &[Command]) -> Vec<(ShardKey, bool)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Assign {
+                    shard, ack_first, ..
+                } => Some((shard.key, *ack_first)),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn shards_lost_before_they_started_keep_their_attempts() {
+    fn a_death_is_charged_to_its_started_run_when_nothing_could_start_unseen() {
         let mut s = Clocked::new();
-        s.add_worker("a", 2, ["j".to_string()], false);
-        s.add_job(plan("x", 2, 1, 1));
-        let a = assigned(&s.assign());
-        s.started("a", "x", a[0].1, 1);
+        s.add_worker("a", 1, ["j".to_string()], false);
+        s.add_job(plan("x", 1, 1, 2));
+        let k = ShardKey {
+            index: 0,
+            generation: 0,
+        };
+        assert_eq!(
+            acks_first(&s.assign()),
+            [(k, false)],
+            "a first run does not wait"
+        );
+        assert_eq!(s.answer("a", "x", k, 1), StartAnswer::Nothing);
+        // Nothing else was sent to a: its death is the started run's.
         let cmds = s.remove_worker("a");
-        // The started one had its only attempt: failed. The queued one is free.
         assert!(
-            matches!(&cmds[..], [Command::CommitLost { key, .. }] if *key == a[0].1),
+            matches!(
+                &cmds[..],
+                [Command::RecordLoss {
+                    next_attempt: 2,
+                    ..
+                }]
+            ),
             "{cmds:?}"
         );
+        s.add_worker("b", 1, ["j".to_string()], false);
+        assert_eq!(
+            acks_first(&s.assign()),
+            [(k, true)],
+            "a second attempt waits"
+        );
+        assert_eq!(s.answer("b", "x", k, 2), StartAnswer::Ack);
+    }
+
+    /// A worker dies while a run it was sent to start at once has not said
+    /// `Started`: the run it started may have finished with its report
+    /// lost, and that one may have killed it. Neither is charged; both
+    /// become suspects whose runs wait for `StartAck`, and the one that then
+    /// kills a worker is charged for both deaths.
+    #[test]
+    fn a_death_in_doubt_charges_nobody_until_a_suspect_kills_with_its_start_acknowledged() {
+        let mut s = Clocked::new();
+        s.add_worker("a", 1, ["j".to_string()], false);
+        s.add_job(plan("x", 4, 1, 2));
+        let k = |index| ShardKey {
+            index,
+            generation: 0,
+        };
+        assert_eq!(acks_first(&s.assign()), [(k(0), false), (k(1), false)]);
+        assert_eq!(s.answer("a", "x", k(0), 1), StartAnswer::Nothing);
+        assert_eq!(s.remove_worker("a"), vec![], "in doubt: nobody is charged");
+        // b takes the two suspects, which wait, and then shard 2: it waits
+        // too, since b holds runs that wait.
         s.add_worker("b", 2, ["j".to_string()], false);
-        assert_eq!(assigned(&s.assign()), vec![("b".to_string(), a[1].1, 1)]);
+        let sent = acks_first(&s.assign());
+        assert_eq!(sent.len(), 4, "{sent:?}");
+        assert!(sent.iter().all(|(_, ack)| *ack), "{sent:?}");
+        assert!(sent.iter().any(|(key, _)| *key == k(0)));
+        assert_eq!(s.answer("b", "x", k(0), 1), StartAnswer::Ack);
+        assert_eq!(
+            s.answer("a", "x", k(1), 1),
+            StartAnswer::Refuse,
+            "not a's run"
+        );
+        // Shard 0 kills b with its start acknowledged: charged for both
+        // deaths, its two attempts are used. The others had not started.
+        let cmds = s.remove_worker("b");
+        assert!(
+            matches!(&cmds[..], [Command::CommitLost { key, attempt: 2, .. }] if *key == k(0)),
+            "{cmds:?}"
+        );
+        s.add_worker("c", 2, ["j".to_string()], false);
+        let sent = acks_first(&s.assign());
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        assert!(sent.contains(&(k(1), true)), "still a suspect: {sent:?}");
+        assert!(!sent.iter().any(|(key, _)| *key == k(0)), "{sent:?}");
+        // A draining worker drops its queue: nothing of it starts unseen,
+        // and its death is charged exactly again.
+        let mut s2 = Clocked::new();
+        s2.add_worker("e", 1, ["j".to_string()], false);
+        s2.add_job(plan("y", 3, 1, 3));
+        assert_eq!(acks_first(&s2.assign()).len(), 2);
+        assert_eq!(s2.answer("e", "y", k(0), 1), StartAnswer::Nothing);
+        s2.drain_worker("e");
+        let cmds = s2.remove_worker("e");
+        assert!(
+            matches!(&cmds[..], [Command::RecordLoss { key, next_attempt: 2, .. }] if *key == k(0)),
+            "{cmds:?}"
+        );
     }
 
     #[test]
@@ -1592,7 +1828,11 @@ mod tests {
         // holds shard 1: it moves to b. Shard 0, started, stays.
         assert_eq!(assigned(&s.assign()), [("b".into(), k(1), 1)]);
         s.check_indexes();
-        assert!(!s.started("a", "x", k(1), 1), "a is refused the moved run");
+        assert_eq!(
+            s.answer("a", "x", k(1), 1),
+            StartAnswer::Nothing,
+            "a runs the moved run all the same: it did not wait"
+        );
         assert!(!s.report("a", "x", k(1), 1));
         assert!(s.started("b", "x", k(1), 1));
         assert!(s.assign().is_empty(), "nothing else moves");
@@ -1730,6 +1970,271 @@ mod tests {
         assert_eq!((c.tasks_done, c.tasks_failed), (3, 2));
     }
 
+    /// Frames of the simulated links below, worker to master.
+    #[derive(Debug, Clone)]
+    enum Up {
+        Started(ShardKey, u32),
+        Report(ShardKey, u32),
+        Unstarted(ShardKey, u32),
+    }
+
+    /// Master to worker.
+    #[derive(Debug, Clone)]
+    enum Down {
+        Assign(ShardKey, u32, bool),
+        Ack(ShardKey, u32),
+        Refused(ShardKey, u32),
+    }
+
+    /// A simulated one-slot worker: the real [`WorkerSession`], its link's
+    /// frames in flight each way, and the run in its slot.
+    struct SimWorker {
+        id: String,
+        session: crate::core::WorkerSession,
+        up: VecDeque<Up>,
+        down: VecDeque<Down>,
+        running: Option<(ShardKey, u32)>,
+    }
+
+    impl SimWorker {
+        fn run(key: ShardKey, attempt: u32) -> crate::core::worker_session::RunId {
+            crate::core::worker_session::RunId {
+                epoch: 1,
+                job: "x".into(),
+                shard: key,
+                attempt,
+            }
+        }
+
+        /// Reads one frame from the master, or ends its run (unless it is
+        /// the killer's: that one never ends).
+        fn step(&mut self, read: bool, killer: ShardKey) {
+            use crate::core::worker_session::Action;
+            let run = Self::run;
+            let actions = if read {
+                match self.down.pop_front() {
+                    Some(Down::Assign(key, attempt, ack_first)) => self
+                        .session
+                        .assigned(run(key, attempt), ack_first)
+                        .unwrap_or_default(),
+                    Some(Down::Ack(key, attempt)) => self.session.acked(&run(key, attempt)),
+                    Some(Down::Refused(key, attempt)) => self.session.refused(&run(key, attempt)),
+                    None => Vec::new(),
+                }
+            } else {
+                match self.running {
+                    Some((key, attempt)) if key != killer => {
+                        self.running = None;
+                        self.session.finished(&run(key, attempt))
+                    }
+                    _ => Vec::new(),
+                }
+            };
+            for a in actions {
+                match a {
+                    Action::SendStarted(r) => self.up.push_back(Up::Started(r.shard, r.attempt)),
+                    Action::Run(r) => self.running = Some((r.shard, r.attempt)),
+                    Action::SendReport(r) => self.up.push_back(Up::Report(r.shard, r.attempt)),
+                    Action::SendUnstarted(r) => {
+                        self.up.push_back(Up::Unstarted(r.shard, r.attempt))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The master's side of the simulation: the scheduler, what it
+    /// committed, and what it charged.
+    struct SimMaster {
+        s: Clocked,
+        seed: u64,
+        killer: ShardKey,
+        done: BTreeSet<ShardKey>,
+        finished: bool,
+        killer_failed_at: Option<u32>,
+        revoked: u32,
+    }
+
+    impl SimMaster {
+        /// Reads one frame of `worker`'s link; returns its answer.
+        fn read(&mut self, worker: &str, frame: Up) -> Option<Down> {
+            match frame {
+                Up::Started(key, attempt) => match self.s.answer(worker, "x", key, attempt) {
+                    StartAnswer::Ack => Some(Down::Ack(key, attempt)),
+                    StartAnswer::Refuse => Some(Down::Refused(key, attempt)),
+                    StartAnswer::Nothing => None,
+                },
+                Up::Report(key, attempt) => {
+                    if self.s.report(worker, "x", key, attempt) {
+                        assert!(self.done.insert(key), "seed {}: {key} twice", self.seed);
+                        let cmds = self.s.committed("x", key, attempt, &[]);
+                        self.finished |= !cmds.is_empty();
+                    }
+                    None
+                }
+                Up::Unstarted(key, attempt) => {
+                    self.revoked += 1;
+                    self.s.unstarted(worker, "x", key, attempt);
+                    None
+                }
+            }
+        }
+
+        fn apply(&mut self, cmds: Vec<Command>, workers: &mut [SimWorker]) {
+            let seed = self.seed;
+            let link = |workers: &mut [SimWorker], id: &str, d: Down| {
+                if let Some(w) = workers.iter_mut().find(|w| w.id == id) {
+                    w.down.push_back(d);
+                }
+            };
+            for c in cmds {
+                match c {
+                    Command::Assign {
+                        worker,
+                        shard,
+                        ack_first,
+                        ..
+                    } => link(
+                        workers,
+                        &worker,
+                        Down::Assign(shard.key, shard.attempt, ack_first),
+                    ),
+                    Command::Revoke {
+                        worker,
+                        key,
+                        attempt,
+                        ..
+                    } => link(workers, &worker, Down::Refused(key, attempt)),
+                    Command::CommitLost {
+                        key,
+                        attempt,
+                        failures,
+                        ..
+                    } => {
+                        assert_eq!(key, self.killer, "seed {seed}: an innocent shard charged");
+                        self.killer_failed_at = Some(attempt);
+                        assert!(self.done.insert(key), "seed {seed}");
+                        self.finished |= !self.s.committed("x", key, attempt, &failures).is_empty();
+                    }
+                    Command::RecordLoss { key, .. } => {
+                        assert_eq!(key, self.killer, "seed {seed}: an innocent shard charged")
+                    }
+                    Command::Finish { .. } => self.finished = true,
+                }
+            }
+        }
+    }
+
+    /// Real worker sessions against the scheduler, over ordered links. One
+    /// shard's task kills its worker whenever it runs, and a death loses
+    /// whatever that worker's link still carried toward the master.
+    /// Whatever the timing, the killer is charged one attempt per death (at
+    /// most one death more when it has a single attempt), no other shard
+    /// is ever charged, and every other task is done once.
+    #[test]
+    fn a_task_that_kills_its_worker_is_charged_per_death_and_nothing_beside_it() {
+        let mut deaths_seen = [0u32; 5];
+        let mut revoked = 0;
+        for seed in 0..400u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let shards = rng.gen_range(2..30);
+            let max_attempts = rng.gen_range(1..5);
+            let killer = ShardKey {
+                index: rng.gen_range(0..shards),
+                generation: 0,
+            };
+            let mut m = SimMaster {
+                s: Clocked::new(),
+                seed,
+                killer,
+                done: BTreeSet::new(),
+                finished: false,
+                killer_failed_at: None,
+                revoked: 0,
+            };
+            m.s.add_job(plan("x", shards, 1, max_attempts));
+            let mut workers: Vec<SimWorker> = Vec::new();
+            let (mut next_id, mut deaths) = (0, 0u32);
+            for _step in 0..20_000 {
+                if m.finished {
+                    break;
+                }
+                while workers.len() < 3 {
+                    next_id += 1;
+                    let id = format!("w{next_id}");
+                    let mut session = crate::core::WorkerSession::new(1);
+                    assert!(session.connected(1).is_empty());
+                    m.s.add_worker(&id, 1, ["j".to_string()], false);
+                    workers.push(SimWorker {
+                        id,
+                        session,
+                        up: VecDeque::new(),
+                        down: VecDeque::new(),
+                        running: None,
+                    });
+                }
+                let w = rng.gen_range(0..workers.len());
+                match rng.gen_range(0..5) {
+                    0 => {
+                        let cmds = m.s.assign();
+                        m.apply(cmds, &mut workers);
+                    }
+                    1 => {
+                        if let Some(f) = workers[w].up.pop_front() {
+                            let id = workers[w].id.clone();
+                            if let Some(answer) = m.read(&id, f) {
+                                workers[w].down.push_back(answer);
+                            }
+                        }
+                    }
+                    _ => workers[w].step(rng.gen_bool(0.5), killer),
+                }
+                // The killer's run kills its worker, and a random suffix of
+                // what its link carried is lost with it.
+                let Some(i) = workers
+                    .iter()
+                    .position(|x| x.running.is_some_and(|(k, _)| k == killer))
+                else {
+                    continue;
+                };
+                if rng.gen_bool(0.7) {
+                    continue;
+                }
+                let mut dead = workers.swap_remove(i);
+                let keep = rng.gen_range(0..=dead.up.len());
+                dead.up.truncate(keep);
+                while let Some(f) = dead.up.pop_front() {
+                    m.read(&dead.id, f);
+                }
+                deaths += 1;
+                let cmds = m.s.remove_worker(&dead.id);
+                assert!(
+                    cmds.iter().all(|c| !matches!(c, Command::Assign { .. })),
+                    "seed {seed}"
+                );
+                m.apply(cmds, &mut workers);
+            }
+            assert!(m.finished, "seed {seed}: unfinished after {deaths} deaths");
+            assert_eq!(m.done.len() as u32, shards, "seed {seed}");
+            assert!(
+                m.killer_failed_at.is_some(),
+                "seed {seed}: the killer was never failed"
+            );
+            let most = max_attempts.max(2);
+            assert!(
+                (max_attempts..=most).contains(&deaths),
+                "seed {seed}: {deaths} deaths for {max_attempts} attempts"
+            );
+            deaths_seen[deaths as usize] += 1;
+            revoked += m.revoked;
+        }
+        // Both kinds of first death were met: exact, and in doubt; and
+        // queued runs were moved.
+        assert!(deaths_seen[1] > 0 && deaths_seen[2] > 0, "{deaths_seen:?}");
+        assert!(revoked > 0, "no queued run was ever moved");
+    }
+
     /// A deterministic simulation: virtual workers join, die, drain and run
     /// slow; shards fail, get retried, backed off and speculated; virtual
     /// time advances. Every seed must end with each task having exactly one
@@ -1793,6 +2298,22 @@ mod tests {
                     }
                     Command::Finish { .. } => done = true,
                     Command::RecordLoss { .. } => {}
+                    Command::Revoke {
+                        worker,
+                        key,
+                        attempt,
+                        ..
+                    } => {
+                        // Dropped if it waits in the worker's queue; a
+                        // started one runs on.
+                        let queued = runs
+                            .iter()
+                            .position(|r| r.0 == worker && r.1 == key && r.2 == attempt && !r.4);
+                        if let Some(i) = queued {
+                            runs.swap_remove(i);
+                            s.unstarted(&worker, "x", key, attempt);
+                        }
+                    }
                 }
             }
             done
@@ -2049,14 +2570,16 @@ mod tests {
                              jobs: &mut BTreeSet<String>| {
                 for c in cmds {
                     match c {
-                        Command::Assign { worker, job, shard } => {
-                            runs.push((worker, job, shard.key, shard.attempt))
-                        }
+                        Command::Assign {
+                            worker, job, shard, ..
+                        } => runs.push((worker, job, shard.key, shard.attempt)),
                         Command::Finish { job } => {
                             assert!(jobs.remove(&job), "seed {seed}: {job} finished twice");
                             finished += 1;
                         }
-                        Command::CommitLost { .. } | Command::RecordLoss { .. } => {}
+                        Command::CommitLost { .. }
+                        | Command::RecordLoss { .. }
+                        | Command::Revoke { .. } => {}
                     }
                 }
             };

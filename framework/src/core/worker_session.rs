@@ -2,6 +2,12 @@
 //! assignments wait for a slot, which wait for the master's `StartAck`,
 //! which run, where a report goes, and when a draining worker is done.
 //!
+//! A slot takes its queue in arrival order. It says `Started` for every
+//! run it takes; it waits for `StartAck` only when the assignment asks
+//! for it (`ack_first`: the master is not sure of the shard, see
+//! `Scheduler::started`), and otherwise runs at once, so that a short
+//! task does not wait a round trip per run.
+//!
 //! One [`WorkerSession`] lives as long as the worker, across links: a shard
 //! still running when its link ends keeps its slot until it finishes, so a
 //! new link never gets more slots than the worker has. What waited (for a
@@ -32,13 +38,16 @@ pub struct RunId {
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Send `Started` for this run on the current link, and keep its
-    /// assignment until it is acknowledged.
+    /// Send `Started` for this run on the current link. A run that waits
+    /// for `StartAck` keeps its assignment until then; otherwise `Run`
+    /// follows at once.
     SendStarted(RunId),
     /// The master acknowledged `Started`: run it now.
     Run(RunId),
     /// Send the finished run's report on the current link.
     SendReport(RunId),
+    /// Tell the master this run, refused while queued, never started.
+    SendUnstarted(RunId),
     /// Drop what is kept for this run (its assignment, or its report): its
     /// link is gone, or it was handed back by draining.
     Forget(RunId),
@@ -66,8 +75,9 @@ pub struct WorkerSession {
     slots: usize,
     /// The epoch of the current link's master.
     link: Option<u64>,
-    /// Waiting for a slot, in arrival order.
-    queue: VecDeque<RunId>,
+    /// Waiting for a slot, in arrival order, each with whether it must
+    /// wait for `StartAck`.
+    queue: VecDeque<(RunId, bool)>,
     /// `Started` sent, waiting for `StartAck`: holds a slot.
     starting: BTreeSet<RunId>,
     /// Running, with the epoch of the link that started it: holds a slot.
@@ -109,13 +119,15 @@ impl WorkerSession {
         let waiting = self
             .queue
             .drain(..)
+            .map(|(run, _)| run)
             .chain(std::mem::take(&mut self.starting));
         waiting.map(Action::Forget).collect()
     }
 
-    /// An assignment from the master of `epoch`. On `Ok`, keep its payload
+    /// An assignment from the master of `epoch`; `ack_first`: its slot
+    /// waits for `StartAck` before it runs. On `Ok`, keep its payload
     /// under `run` until an action forgets or runs it.
-    pub fn assigned(&mut self, run: RunId) -> Result<Vec<Action>, Refused> {
+    pub fn assigned(&mut self, run: RunId, ack_first: bool) -> Result<Vec<Action>, Refused> {
         if self.link != Some(run.epoch) {
             return Err(Refused::OtherEpoch);
         }
@@ -125,7 +137,7 @@ impl WorkerSession {
         if self.holds(&run) {
             return Err(Refused::Duplicate);
         }
-        self.queue.push_back(run);
+        self.queue.push_back((run, ack_first));
         let mut out = Vec::new();
         self.settle(&mut out);
         Ok(out)
@@ -143,9 +155,18 @@ impl WorkerSession {
         vec![Action::Run(run.clone())]
     }
 
-    /// The master refused `Started` (it holds no such run): forget it and
-    /// give its slot to the next.
+    /// The master refused the run (it holds no such run): one that waited
+    /// for `StartAck` is forgotten and its slot goes to the next; one still
+    /// queued is forgotten, and the master told it never started; one
+    /// running runs on (its report will be dropped).
     pub fn refused(&mut self, run: &RunId) -> Vec<Action> {
+        if let Some(i) = self.queue.iter().position(|(r, _)| r == run) {
+            self.queue.remove(i);
+            return vec![
+                Action::Forget(run.clone()),
+                Action::SendUnstarted(run.clone()),
+            ];
+        }
         if !self.starting.remove(run) {
             return Vec::new();
         }
@@ -176,7 +197,11 @@ impl WorkerSession {
             return Vec::new();
         }
         self.draining = true;
-        let mut out: Vec<Action> = self.queue.drain(..).map(Action::Forget).collect();
+        let mut out: Vec<Action> = self
+            .queue
+            .drain(..)
+            .map(|(run, _)| Action::Forget(run))
+            .collect();
         if self.link.is_some() {
             out.push(Action::SendDraining);
         }
@@ -200,20 +225,29 @@ impl WorkerSession {
     }
 
     fn holds(&self, run: &RunId) -> bool {
-        self.queue.contains(run) || self.starting.contains(run) || self.running.contains_key(run)
+        self.queue.iter().any(|(r, _)| r == run)
+            || self.starting.contains(run)
+            || self.running.contains_key(run)
     }
 
     /// Starts what fits, and says `Drained` once a draining worker is idle.
     fn settle(&mut self, out: &mut Vec<Action>) {
-        if self.link.is_none() {
+        let Some(epoch) = self.link else {
             return;
-        }
+        };
         while !self.draining && self.in_slots() < self.slots {
-            let Some(run) = self.queue.pop_front() else {
+            let Some((run, ack_first)) = self.queue.pop_front() else {
                 break;
             };
-            self.starting.insert(run.clone());
-            out.push(Action::SendStarted(run));
+            out.push(Action::SendStarted(run.clone()));
+            if ack_first {
+                self.starting.insert(run);
+            } else {
+                // `Started` goes before the run, and before its report,
+                // on the one ordered stream.
+                self.running.insert(run.clone(), epoch);
+                out.push(Action::Run(run));
+            }
         }
         if self.draining && self.in_slots() == 0 && !self.drained_sent {
             self.drained_sent = true;
@@ -248,10 +282,13 @@ mod tests {
     fn a_slot_waits_for_the_ack_and_the_next_shard_for_the_slot() {
         let mut s = WorkerSession::new(1);
         assert_eq!(s.connected(1), vec![]);
-        assert_eq!(s.assigned(run(0)), Ok(vec![Action::SendStarted(run(0))]));
-        assert_eq!(s.assigned(run(1)), Ok(vec![]));
-        assert_eq!(s.assigned(run(1)), Err(Refused::Duplicate));
-        assert_eq!(s.assigned(at(2, 2)), Err(Refused::OtherEpoch));
+        assert_eq!(
+            s.assigned(run(0), true),
+            Ok(vec![Action::SendStarted(run(0))])
+        );
+        assert_eq!(s.assigned(run(1), true), Ok(vec![]));
+        assert_eq!(s.assigned(run(1), true), Err(Refused::Duplicate));
+        assert_eq!(s.assigned(at(2, 2), true), Err(Refused::OtherEpoch));
         assert_eq!(
             s.acked(&run(1)),
             vec![],
@@ -266,17 +303,59 @@ mod tests {
     }
 
     #[test]
+    fn a_run_that_need_not_wait_starts_at_once_in_queue_order() {
+        let mut s = WorkerSession::new(1);
+        s.connected(1);
+        assert_eq!(
+            s.assigned(run(0), false),
+            Ok(vec![Action::SendStarted(run(0)), Action::Run(run(0))]),
+            "Started goes first, then it runs without waiting"
+        );
+        assert_eq!(s.assigned(run(1), true), Ok(vec![]), "the slot is taken");
+        assert_eq!(s.assigned(run(2), false), Ok(vec![]));
+        assert_eq!(s.acked(&run(0)), vec![], "nothing waited for that ack");
+        assert_eq!(s.refused(&run(0)), vec![], "nor for a refusal: it runs on");
+        // The queue is taken in order: the run that waits holds up the one
+        // behind it, so nothing starts unseen while it is unacknowledged.
+        assert_eq!(
+            s.finished(&run(0)),
+            vec![Action::SendReport(run(0)), Action::SendStarted(run(1))]
+        );
+        assert_eq!(s.assigned(run(3), false), Ok(vec![]));
+        assert_eq!(s.acked(&run(1)), vec![Action::Run(run(1))]);
+        assert_eq!(
+            s.finished(&run(1)),
+            vec![
+                Action::SendReport(run(1)),
+                Action::SendStarted(run(2)),
+                Action::Run(run(2))
+            ]
+        );
+        // A lost link forgets the queue; the run keeps its slot.
+        assert_eq!(s.disconnected(), vec![Action::Forget(run(3))]);
+        assert_eq!(s.in_slots(), 1);
+        assert_eq!(s.finished(&run(2)), vec![Action::Forget(run(2))]);
+        assert_eq!(s.held(), 0);
+    }
+
+    #[test]
     fn a_refused_start_frees_its_slot() {
         let mut s = WorkerSession::new(1);
         s.connected(1);
-        s.assigned(run(0)).unwrap();
-        s.assigned(run(1)).unwrap();
-        assert_eq!(s.refused(&run(1)), vec![], "not started yet");
+        s.assigned(run(0), true).unwrap();
+        s.assigned(run(1), true).unwrap();
+        s.assigned(run(2), false).unwrap();
         assert_eq!(
             s.refused(&run(0)),
             vec![Action::Forget(run(0)), Action::SendStarted(run(1))]
         );
         assert_eq!(s.acked(&run(0)), vec![], "forgotten");
+        assert_eq!(
+            s.refused(&run(2)),
+            vec![Action::Forget(run(2)), Action::SendUnstarted(run(2))],
+            "a queued run is dropped, and the master told so"
+        );
+        assert_eq!(s.refused(&run(2)), vec![], "once");
         assert_eq!(s.held(), 1);
     }
 
@@ -287,14 +366,14 @@ mod tests {
     fn a_lost_link_forgets_what_waited_and_a_later_drain_finishes() {
         let mut s = WorkerSession::new(1);
         s.connected(1);
-        s.assigned(run(0)).unwrap();
-        s.assigned(run(1)).unwrap();
+        s.assigned(run(0), true).unwrap();
+        s.assigned(run(1), true).unwrap();
         s.acked(&run(0));
         assert_eq!(s.disconnected(), vec![Action::Forget(run(1))]);
         // A new master assigns the same shard again: the old run is not its
         // run, and it still holds the only slot.
         s.connected(2);
-        assert_eq!(s.assigned(at(2, 0)), Ok(vec![]), "no second slot");
+        assert_eq!(s.assigned(at(2, 0), true), Ok(vec![]), "no second slot");
         assert_eq!(
             s.finished(&run(0)),
             vec![Action::Forget(run(0)), Action::SendStarted(at(2, 0))],
@@ -313,14 +392,14 @@ mod tests {
     fn draining_hands_back_the_queue_and_refuses_new_work() {
         let mut s = WorkerSession::new(1);
         s.connected(1);
-        s.assigned(run(0)).unwrap();
-        s.assigned(run(1)).unwrap();
+        s.assigned(run(0), true).unwrap();
+        s.assigned(run(1), true).unwrap();
         assert_eq!(
             s.drain(),
             vec![Action::Forget(run(1)), Action::SendDraining]
         );
         assert_eq!(s.drain(), vec![]);
-        assert_eq!(s.assigned(run(2)), Err(Refused::Draining));
+        assert_eq!(s.assigned(run(2), true), Err(Refused::Draining));
         // Started before the drain: its ack still comes, and it runs.
         assert_eq!(s.acked(&run(0)), vec![Action::Run(run(0))]);
         assert_eq!(
@@ -337,7 +416,8 @@ mod tests {
     /// said only when nothing holds a slot.
     #[test]
     fn random_histories_keep_the_invariants() {
-        let (mut reported, mut forgotten, mut drains) = (0, 0, 0);
+        let (mut reported, mut forgotten, mut drains, mut ran) = (0, 0, 0, 0);
+        let mut unstarted = 0;
         for seed in 0..500u64 {
             let mut rng = StdRng::seed_from_u64(seed);
             let slots = rng.gen_range(1..4);
@@ -372,13 +452,18 @@ mod tests {
                         };
                         next += 1;
                         let r = at(link.unwrap_or(0), i);
-                        match s.assigned(r.clone()) {
+                        match s.assigned(r.clone(), rng.gen_bool(0.5)) {
                             Ok(a) => {
                                 live.insert(r);
                                 a
                             }
                             Err(_) => Vec::new(),
                         }
+                    }
+                    // The master revokes a run, in whatever state.
+                    5 if !live.is_empty() && rng.gen_bool(0.1) => {
+                        let r = live.iter().nth(rng.gen_range(0..live.len())).cloned();
+                        r.map(|r| s.refused(&r)).unwrap_or_default()
                     }
                     5 | 6 if !starting.is_empty() => {
                         let r = starting.swap_remove(rng.gen_range(0..starting.len()));
@@ -402,7 +487,13 @@ mod tests {
                             started_on.insert(r.clone(), link.unwrap_or(0));
                             starting.push(r);
                         }
-                        Action::Run(r) => running.push(r),
+                        Action::Run(r) => {
+                            // It ran after saying `Started` on this link.
+                            assert_eq!(started_on.get(&r).copied(), link, "seed {seed}");
+                            starting.retain(|x| *x != r);
+                            running.push(r);
+                            ran += 1;
+                        }
                         Action::SendReport(r) => {
                             assert_eq!(started_on.get(&r).copied(), link, "seed {seed}");
                             assert_eq!(Some(r.epoch), link, "seed {seed}");
@@ -412,6 +503,11 @@ mod tests {
                         Action::Forget(r) => {
                             assert!(live.remove(&r), "seed {seed}");
                             forgotten += 1;
+                        }
+                        Action::SendUnstarted(r) => {
+                            assert!(!live.contains(&r), "seed {seed}: forgotten first");
+                            assert!(!running.contains(&r) && !starting.contains(&r));
+                            unstarted += 1;
                         }
                         Action::SendDraining => assert!(s.draining()),
                         Action::SendDrained => {
@@ -427,8 +523,13 @@ mod tests {
             // The end: every run finishes; a drain on a link then completes.
             while let Some(r) = running.pop() {
                 for a in s.finished(&r) {
-                    if let Action::SendReport(r) | Action::Forget(r) = a {
-                        assert!(live.remove(&r), "seed {seed}");
+                    match a {
+                        Action::SendReport(r) | Action::Forget(r) => {
+                            assert!(live.remove(&r), "seed {seed}")
+                        }
+                        // The next of its queue, if it need not wait.
+                        Action::Run(r) => running.push(r),
+                        _ => {}
                     }
                 }
             }
@@ -445,8 +546,8 @@ mod tests {
         }
         // The histories reached every outcome.
         assert!(
-            reported > 1000 && forgotten > 1000 && drains > 50,
-            "{reported} {forgotten} {drains}"
+            reported > 1000 && forgotten > 1000 && drains > 50 && ran > 1000 && unstarted > 20,
+            "{reported} {forgotten} {drains} {ran} {unstarted}"
         );
     }
 }

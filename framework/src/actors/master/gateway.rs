@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::access::Authorize;
 use super::{
-    ClientRequest, GetEpoch, Master, Report, Started, Submit, Watch, WorkerDrain, WorkerJoined,
-    WorkerLeft,
+    ClientRequest, GetEpoch, Master, Report, Started, Submit, Unstarted, Watch, WorkerDrain,
+    WorkerJoined, WorkerLeft,
 };
 use crate::core::job::task_bytes;
 use crate::metrics as m;
@@ -278,6 +278,16 @@ async fn worker_link(
                 Frame::Drained => master.do_send(WorkerDrain {
                     node_id: node_id.clone(),
                     drained: true,
+                }),
+                Frame::Unstarted {
+                    job_id,
+                    shard,
+                    attempt,
+                } => master.do_send(Unstarted {
+                    node_id: node_id.clone(),
+                    job_id,
+                    shard,
+                    attempt,
                 }),
                 Frame::Started {
                     epoch,

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::{Link, Master};
 use crate::audit::Event;
 use crate::coord::{OutputRef, ShardOutput, WorkerInfo};
-use crate::core::ShardKey;
+use crate::core::{ShardKey, StartAnswer};
 use crate::metrics as m;
 use crate::store::Store;
 use crate::wire::{Frame, ShardReport};
@@ -60,32 +60,55 @@ impl Handler<Started> for Master {
         if let Some(l) = self.links.get_mut(&msg.node_id) {
             l.last_seen = std::time::Instant::now();
         }
-        let ours = msg.epoch == self.store.epoch()
-            && self.sched.started(
+        let answer = if msg.epoch == self.store.epoch() {
+            self.sched.started(
                 &msg.node_id,
                 &msg.job_id,
                 msg.shard,
                 msg.attempt,
                 std::time::Instant::now(),
-            );
-        if let Some(link) = self.links.get(&msg.node_id) {
-            let (job_id, shard, attempt) = (msg.job_id, msg.shard, msg.attempt);
-            let answer = if ours {
-                Frame::StartAck {
-                    job_id,
-                    shard,
-                    attempt,
-                }
-            } else {
+            )
+        } else {
+            StartAnswer::Refuse
+        };
+        let (job_id, shard, attempt) = (msg.job_id, msg.shard, msg.attempt);
+        let frame = match answer {
+            StartAnswer::Nothing => return,
+            StartAnswer::Ack => Frame::StartAck {
+                job_id,
+                shard,
+                attempt,
+            },
+            StartAnswer::Refuse => {
                 tracing::debug!(worker = %msg.node_id, job = %job_id, %shard, attempt, "refusing to start a run the scheduler does not hold");
                 Frame::StartRefused {
                     job_id,
                     shard,
                     attempt,
                 }
-            };
-            let _ = link.tx.send(answer);
+            }
+        };
+        if let Some(link) = self.links.get(&msg.node_id) {
+            let _ = link.tx.send(frame);
         }
+    }
+}
+
+/// A worker dropped a run it was refused while it waited in its queue.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Unstarted {
+    pub node_id: String,
+    pub job_id: String,
+    pub shard: ShardKey,
+    pub attempt: u32,
+}
+
+impl Handler<Unstarted> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: Unstarted, _: &mut Context<Self>) {
+        self.sched
+            .unstarted(&msg.node_id, &msg.job_id, msg.shard, msg.attempt);
     }
 }
 

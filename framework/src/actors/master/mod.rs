@@ -23,7 +23,7 @@ mod submit;
 mod watching;
 
 use links::Registered;
-pub(crate) use links::{Report, Started, WorkerDrain, WorkerJoined, WorkerLeft};
+pub(crate) use links::{Report, Started, Unstarted, WorkerDrain, WorkerJoined, WorkerLeft};
 pub(crate) use submit::Submit;
 pub(crate) use watching::Watch;
 
@@ -378,7 +378,12 @@ impl Master {
         let mut lost = Vec::new();
         for c in cmds {
             match c {
-                Command::Assign { worker, job, shard } => {
+                Command::Assign {
+                    worker,
+                    job,
+                    shard,
+                    ack_first,
+                } => {
                     let Some(rt) = self.jobs.get(&job) else {
                         continue;
                     };
@@ -394,6 +399,7 @@ impl Master {
                         shard: shard.key,
                         attempt: shard.attempt,
                         tasks,
+                        ack_first,
                     });
                     let sent = self
                         .links
@@ -403,6 +409,20 @@ impl Master {
                         metrics::counter!(m::SHARDS_ASSIGNED).increment(1);
                     } else {
                         lost.push(worker);
+                    }
+                }
+                Command::Revoke {
+                    worker,
+                    job,
+                    key,
+                    attempt,
+                } => {
+                    if let Some(l) = self.links.get(&worker) {
+                        let _ = l.tx.send(Frame::StartRefused {
+                            job_id: job,
+                            shard: key,
+                            attempt,
+                        });
                     }
                 }
                 Command::CommitLost {
