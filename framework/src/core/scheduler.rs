@@ -118,11 +118,14 @@ pub enum StartAnswer {
 
 /// Shards a worker may hold beyond its slots, per slot: they wait in its
 /// queue, so that a slot that frees starts the next run at once instead
-/// of after a round trip to the master. A queued run that has not started
-/// when another worker's slot stands idle with nothing else to run moves
-/// there (see [`Scheduler::assign`]), so a queue never leaves a job's
-/// last shards waiting behind a long run.
-pub const PREFETCH_PER_SLOT: u32 = 1;
+/// of after a round trip to the master. Three: a slot that runs one-task
+/// shards in less than the master's round trip (about 100 µs on one
+/// machine) finds the next ones waiting (Celery's default prefetch is
+/// four messages per process). A queued run that has not started when
+/// another worker's slot stands idle with nothing else to run moves there
+/// (see [`Scheduler::assign`]), so a queue never leaves a job's last
+/// shards waiting behind a long run.
+pub const PREFETCH_PER_SLOT: u32 = 3;
 
 /// Most idle workers, and most workers with a backlog, one `assign` call
 /// looks at to move a queued run: a bound on its cost, not on what it
@@ -147,6 +150,9 @@ struct WorkerSlot {
     /// the run itself (moved, committed by a copy, its job gone), since the
     /// worker runs it all the same.
     unseen: BTreeSet<(String, ShardKey, u32)>,
+    /// Runs revoked elsewhere for its idle slots (see
+    /// [`Scheduler::steal`]); an entry lasts while that run is revoking.
+    promised: BTreeSet<(String, ShardKey)>,
     /// Its entry in the free index (its load then), if it has a free slot.
     indexed: Option<usize>,
 }
@@ -273,6 +279,7 @@ impl Pool {
                     worker: worker.clone(),
                     started: false,
                     ack_first,
+                    revoking: false,
                     since: now,
                 };
                 match &mut shard.phase {
@@ -345,6 +352,9 @@ struct Run {
     started: bool,
     /// Its start waits for `StartAck`.
     ack_first: bool,
+    /// Told not to start ([`Command::Revoke`]): it moves once its worker
+    /// says it did not, and stays if it did.
+    revoking: bool,
     /// When it was assigned.
     since: Instant,
 }
@@ -383,6 +393,16 @@ struct ShardState {
     avoid: Option<String>,
     /// Its entry in [`Queues::aging`]: the start of its only run.
     aged: Option<Instant>,
+}
+
+/// Whether a run of the shard is being revoked ([`Command::Revoke`]).
+fn revoking(jobs: &BTreeMap<String, JobState>, (job_id, key): &(String, ShardKey)) -> bool {
+    jobs.get(job_id)
+        .and_then(|j| j.shards.get(key))
+        .is_some_and(|s| match &s.phase {
+            ShardPhase::Running { runs } => runs.iter().any(|r| r.revoking),
+            _ => false,
+        })
 }
 
 /// First retry delay; doubled per attempt, capped, with ±50% jitter.
@@ -531,6 +551,7 @@ impl Scheduler {
             running: BTreeSet::new(),
             acking: BTreeSet::new(),
             unseen: BTreeSet::new(),
+            promised: BTreeSet::new(),
             indexed: None,
         };
         let mut out = Vec::new();
@@ -851,17 +872,18 @@ impl Scheduler {
             }
         }
         if self.queues.queued == 0 {
-            self.steal(now, &mut out);
+            self.steal(&mut out);
         }
         out
     }
 
     /// Nothing waits in the jobs' queues: a run waiting in a worker's
-    /// queue (held beyond its slots, not started) moves to a worker with
-    /// an idle slot that runs its job. The worker it leaves is told to drop
-    /// it ([`Command::Revoke`]); if it started it meanwhile, it runs on, and
-    /// the first report wins.
-    fn steal(&mut self, now: Instant, out: &mut Vec<Command>) {
+    /// queue (held beyond its slots, not started) is revoked
+    /// ([`Command::Revoke`]) while a worker's slot that could run it stands
+    /// idle. It moves once its worker says it dropped it
+    /// ([`Scheduler::unstarted`]), and stays if the worker started it
+    /// meanwhile: a run never runs on two workers for this.
+    fn steal(&mut self, out: &mut Vec<Command>) {
         if self.pool.backlogged.is_empty() {
             return;
         }
@@ -882,6 +904,15 @@ impl Scheduler {
             let Some(w) = self.pool.workers.get(&to) else {
                 continue;
             };
+            // Its idle slots less the runs already revoked for them.
+            let awaited = w
+                .promised
+                .iter()
+                .filter(|p| revoking(&self.jobs, p))
+                .count();
+            if awaited + w.running.len() >= w.capacity as usize {
+                continue;
+            }
             let found = self
                 .pool
                 .backlogged
@@ -899,6 +930,7 @@ impl Scheduler {
                             ShardPhase::Running { runs }
                                 if runs.len() == 1
                                     && !runs[0].started
+                                    && !runs[0].revoking
                                     && self.pool.may_run(w, &job.name) =>
                             {
                                 Some((from.clone(), job_id.clone(), *key))
@@ -910,25 +942,27 @@ impl Scheduler {
             let Some((from, job_id, key)) = found else {
                 continue;
             };
-            let Some(job) = self.jobs.get_mut(&job_id) else {
+            let Some(shard) = self
+                .jobs
+                .get_mut(&job_id)
+                .and_then(|j| j.shards.get_mut(&key))
+            else {
                 continue;
             };
-            if let Some(shard) = job.shards.get_mut(&key) {
-                if let ShardPhase::Running { runs } = &mut shard.phase {
-                    runs.clear();
-                }
-                out.push(Command::Revoke {
-                    worker: from.clone(),
-                    job: job_id.clone(),
-                    key,
-                    attempt: shard.attempt,
-                });
+            if let ShardPhase::Running { runs } = &mut shard.phase {
+                runs[0].revoking = true;
             }
-            self.pool.release(&from, &job_id, key);
-            out.push(
-                self.pool
-                    .place(&mut self.queues, &job_id, job, key, to, now),
-            );
+            out.push(Command::Revoke {
+                worker: from,
+                job: job_id.clone(),
+                key,
+                attempt: shard.attempt,
+            });
+            let jobs = &self.jobs;
+            if let Some(w) = self.pool.workers.get_mut(&to) {
+                w.promised.retain(|p| revoking(jobs, p));
+                w.promised.insert((job_id, key));
+            }
         }
     }
 
@@ -998,11 +1032,12 @@ impl Scheduler {
         attempt: u32,
         now: Instant,
     ) -> StartAnswer {
+        let run = (job_id.to_string(), key, attempt);
         let waited = !self
             .pool
             .workers
             .get_mut(worker)
-            .is_some_and(|w| w.unseen.remove(&(job_id.to_string(), key, attempt)));
+            .is_some_and(|w| w.unseen.remove(&run));
         let ours = self.start(worker, job_id, key, attempt, now);
         match (waited, ours) {
             (false, _) => StartAnswer::Nothing,
@@ -1027,15 +1062,26 @@ impl Scheduler {
         else {
             return false;
         };
-        let run = match &mut shard.phase {
-            ShardPhase::Running { runs } => runs.iter_mut().find(|r| r.worker == worker),
-            _ => None,
+        let ShardPhase::Running { runs } = &mut shard.phase else {
+            return false;
         };
-        match run {
+        let Some(pos) = runs.iter().position(|r| r.worker == worker) else {
+            // Not (or no longer) this worker's run: it must not start, or
+            // its crash would cost nothing and its report count for nothing.
+            return false;
+        };
+        if runs[pos].revoking && runs[pos].ack_first {
+            // It waits for an answer, and the revocation drops it at the
+            // worker: it moves.
+            self.move_revoked(worker, job_id, key);
+            return false;
+        }
+        match runs.get_mut(pos) {
             Some(run) => {
                 // Its age (for a speculative copy, and the job's typical
                 // shard time) counts from here, not from its wait in the
                 // worker's queue.
+                run.revoking = false;
                 if !run.started {
                     run.started = true;
                     run.since = now;
@@ -1043,17 +1089,53 @@ impl Scheduler {
                 }
                 true
             }
-            // Not (or no longer) this worker's run: it must not start, or
-            // its crash would cost nothing and its report count for nothing.
             None => false,
         }
     }
 
     /// A worker dropped a run it was told not to run ([`Command::Revoke`])
-    /// before it started: it cannot be running unseen.
+    /// before it started: it cannot be running unseen, and the shard goes
+    /// back to the front of its job's queue.
     pub fn unstarted(&mut self, worker: &str, job_id: &str, key: ShardKey, attempt: u32) {
         if let Some(w) = self.pool.workers.get_mut(worker) {
             w.unseen.remove(&(job_id.to_string(), key, attempt));
+        }
+        let revoked = self
+            .jobs
+            .get(job_id)
+            .and_then(|j| j.shards.get(&key))
+            .filter(|s| s.attempt == attempt)
+            .is_some_and(|s| match &s.phase {
+                ShardPhase::Running { runs } => runs
+                    .iter()
+                    .any(|r| r.worker == worker && r.revoking && !r.started),
+                _ => false,
+            });
+        if revoked {
+            self.move_revoked(worker, job_id, key);
+        }
+    }
+
+    /// Takes a revoked run off its worker; its shard waits at the front of
+    /// its job's queue for the next `assign`.
+    fn move_revoked(&mut self, worker: &str, job_id: &str, key: ShardKey) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let Some(shard) = job.shards.get_mut(&key) else {
+            return;
+        };
+        if let ShardPhase::Running { runs } = &mut shard.phase {
+            runs.retain(|r| r.worker != worker);
+            if runs.is_empty() {
+                shard.phase = ShardPhase::Pending;
+            }
+        }
+        let requeue = matches!(shard.phase, ShardPhase::Pending);
+        self.queues.sync_age(job_id, key, shard);
+        self.pool.release(worker, job_id, key);
+        if requeue {
+            self.queues.push(job_id, job, key, true);
         }
     }
 
@@ -1454,15 +1536,18 @@ mod tests {
             .collect()
     }
 
+    /// Runs a worker holds per slot: one running, the rest queued.
+    const RUNS_PER_SLOT: u32 = 1 + PREFETCH_PER_SLOT;
+
     #[test]
     fn respects_capacity_and_job_names() {
         let mut s = Clocked::new();
         s.add_worker("a", 2, ["j".to_string()], false);
         s.add_worker("b", 1, ["other".to_string()], false);
-        s.add_job(plan("x", 7, 1, 3));
+        s.add_job(plan("x", 2 * RUNS_PER_SLOT + 3, 1, 3));
         let a = assigned(&s.assign());
-        // Its two slots, and as many runs in its queue.
-        assert_eq!(a.len(), 4);
+        // Its two slots, and their queues.
+        assert_eq!(a.len() as u32, 2 * RUNS_PER_SLOT);
         assert!(a.iter().all(|(w, _, _)| w == "a"));
         assert!(s.assign().is_empty());
         assert_eq!(s.queued(), 3);
@@ -1622,19 +1707,22 @@ mod tests {
     fn a_death_in_doubt_charges_nobody_until_a_suspect_kills_with_its_start_acknowledged() {
         let mut s = Clocked::new();
         s.add_worker("a", 1, ["j".to_string()], false);
-        s.add_job(plan("x", 4, 1, 2));
+        let n = RUNS_PER_SLOT;
+        s.add_job(plan("x", n + 2, 1, 2));
         let k = |index| ShardKey {
             index,
             generation: 0,
         };
-        assert_eq!(acks_first(&s.assign()), [(k(0), false), (k(1), false)]);
+        let sent = acks_first(&s.assign());
+        assert_eq!(sent.len() as u32, n);
+        assert!(sent.iter().all(|(_, ack)| !ack), "{sent:?}");
         assert_eq!(s.answer("a", "x", k(0), 1), StartAnswer::Nothing);
         assert_eq!(s.remove_worker("a"), vec![], "in doubt: nobody is charged");
-        // b takes the two suspects, which wait, and then shard 2: it waits
-        // too, since b holds runs that wait.
+        // b takes the suspects, which wait, and then the last two shards:
+        // they wait too, since b holds runs that wait.
         s.add_worker("b", 2, ["j".to_string()], false);
         let sent = acks_first(&s.assign());
-        assert_eq!(sent.len(), 4, "{sent:?}");
+        assert_eq!(sent.len() as u32, n + 2, "{sent:?}");
         assert!(sent.iter().all(|(_, ack)| *ack), "{sent:?}");
         assert!(sent.iter().any(|(key, _)| *key == k(0)));
         assert_eq!(s.answer("b", "x", k(0), 1), StartAnswer::Ack);
@@ -1652,15 +1740,15 @@ mod tests {
         );
         s.add_worker("c", 2, ["j".to_string()], false);
         let sent = acks_first(&s.assign());
-        assert_eq!(sent.len(), 3, "{sent:?}");
+        assert_eq!(sent.len() as u32, n + 1, "{sent:?}");
         assert!(sent.contains(&(k(1), true)), "still a suspect: {sent:?}");
         assert!(!sent.iter().any(|(key, _)| *key == k(0)), "{sent:?}");
         // A draining worker drops its queue: nothing of it starts unseen,
         // and its death is charged exactly again.
         let mut s2 = Clocked::new();
         s2.add_worker("e", 1, ["j".to_string()], false);
-        s2.add_job(plan("y", 3, 1, 3));
-        assert_eq!(acks_first(&s2.assign()).len(), 2);
+        s2.add_job(plan("y", n + 1, 1, 3));
+        assert_eq!(acks_first(&s2.assign()).len() as u32, n);
         assert_eq!(s2.answer("e", "y", k(0), 1), StartAnswer::Nothing);
         s2.drain_worker("e");
         let cmds = s2.remove_worker("e");
@@ -1807,43 +1895,55 @@ mod tests {
 
     #[test]
     fn a_queued_run_moves_to_an_idle_slot_once_nothing_else_waits() {
+        let n = RUNS_PER_SLOT;
+        assert!(n >= 3, "the test moves two runs of a's queue");
         let mut s = Clocked::new();
         s.add_worker("a", 1, ["j".to_string()], false);
-        s.add_job(plan("x", 3, 1, 3));
+        s.add_job(plan("x", n + 1, 1, 3));
         let k = |index| ShardKey {
             index,
             generation: 0,
         };
         let held = assigned(&s.assign());
-        assert_eq!(held, [("a".into(), k(0), 1), ("a".into(), k(1), 1)]);
-        assert!(s.started("a", "x", k(0), 1));
+        assert_eq!(held.len() as u32, n);
+        assert_eq!(s.answer("a", "x", k(0), 1), StartAnswer::Nothing);
         // A worker that comes while a shard waits in the job's queue takes
         // that one: nothing moves.
         s.add_worker("b", 1, ["j".to_string()], false);
-        assert_eq!(assigned(&s.assign()), [("b".into(), k(2), 1)]);
-        assert!(s.started("b", "x", k(2), 1));
-        assert!(s.report("b", "x", k(2), 1));
-        s.committed("x", k(2), 1, &[]);
+        assert_eq!(assigned(&s.assign()), [("b".into(), k(n), 1)]);
+        assert!(s.started("b", "x", k(n), 1));
+        assert!(s.report("b", "x", k(n), 1));
+        s.committed("x", k(n), 1, &[]);
         // Now b's slot is idle, the job's queue is empty, and a's queue
-        // holds shard 1: it moves to b. Shard 0, started, stays.
-        assert_eq!(assigned(&s.assign()), [("b".into(), k(1), 1)]);
+        // holds the rest: its last is revoked, once for b's one slot.
+        let revoke = |key: ShardKey| Command::Revoke {
+            worker: "a".into(),
+            job: "x".into(),
+            key,
+            attempt: 1,
+        };
+        assert_eq!(s.assign(), [revoke(k(n - 1))]);
+        assert_eq!(s.assign(), [], "one revocation per idle slot");
         s.check_indexes();
-        assert_eq!(
-            s.answer("a", "x", k(1), 1),
-            StartAnswer::Nothing,
-            "a runs the moved run all the same: it did not wait"
-        );
-        assert!(!s.report("a", "x", k(1), 1));
-        assert!(s.started("b", "x", k(1), 1));
-        assert!(s.assign().is_empty(), "nothing else moves");
-        // Losing a costs shard 1 nothing (it was never a's to run), and
-        // shard 0 an attempt.
+        // a dropped it: it moves to b.
+        s.unstarted("a", "x", k(n - 1), 1);
+        assert_eq!(assigned(&s.assign()), [("b".into(), k(n - 1), 1)]);
+        assert!(!s.report("a", "x", k(n - 1), 1), "no longer a's");
+        assert!(s.started("b", "x", k(n - 1), 1));
+        assert!(s.report("b", "x", k(n - 1), 1));
+        s.committed("x", k(n - 1), 1, &[]);
+        // The next is revoked, but a had started it: it stays a's, and b
+        // gets nothing.
+        assert_eq!(s.assign(), [revoke(k(n - 2))]);
+        assert_eq!(s.answer("a", "x", k(n - 2), 1), StartAnswer::Nothing);
+        assert_eq!(s.running_on("b"), 0);
+        assert!(s.report("a", "x", k(n - 2), 1));
+        s.committed("x", k(n - 2), 1, &[]);
+        s.check_indexes();
+        // Shard 1 still waited in a's queue, unseen: a's death is in doubt
+        // and charges nobody.
         let lost = s.remove_worker("a");
-        assert!(
-            matches!(&lost[..], [Command::RecordLoss { key, next_attempt: 2, .. }] if *key == k(0)),
-            "{lost:?}"
-        );
-        assert!(s.report("b", "x", k(1), 1));
+        assert_eq!(lost, [], "{lost:?}");
         s.check_indexes();
     }
 
@@ -1882,10 +1982,14 @@ mod tests {
         let mut s = Clocked::new();
         s.add_worker("master", 4, ["j".to_string()], true);
         s.add_worker("w", 1, ["j".to_string()], false);
-        s.add_job(plan("x", 3, 1, 3));
+        s.add_job(plan("x", RUNS_PER_SLOT + 1, 1, 3));
         let a = assigned(&s.assign());
         // Its slot and its queue.
-        assert_eq!(a.len(), 2, "the full regular worker is waited for: {a:?}");
+        assert_eq!(
+            a.len() as u32,
+            RUNS_PER_SLOT,
+            "the full regular worker is waited for: {a:?}"
+        );
         assert!(a.iter().all(|(w, _, _)| w == "w"));
         // Once the regular worker is gone, the fallback takes over.
         s.remove_worker("w");
@@ -2511,11 +2615,12 @@ mod tests {
         let mut s = Clocked::new();
         s.add_worker("a", 1, ["j".to_string()], false);
         s.add_job(plan("big", 1000, 1, 3));
-        // One in its slot, one in its queue.
-        assert_eq!(assigned(&s.assign()).len(), 2);
+        // One in its slot, the rest in its queue.
+        let n = RUNS_PER_SLOT;
+        assert_eq!(assigned(&s.assign()).len() as u32, n);
         s.add_job(plan("small", 1, 1, 3));
-        // Both free: the small job's turn comes before the big job's other
-        // 997 shards.
+        // Two free: the small job's turn comes before the big job's other
+        // shards.
         for index in 0..2 {
             let k = ShardKey {
                 index,
@@ -2534,7 +2639,7 @@ mod tests {
             .collect();
         jobs.sort();
         assert_eq!(jobs, ["big", "small"]);
-        assert_eq!(s.queued(), 997);
+        assert_eq!(s.queued() as u32, 1000 - n - 1);
         s.check_indexes();
     }
 
@@ -2545,9 +2650,13 @@ mod tests {
         let mut other = plan("other", 5, 1, 3);
         other.name = "nobody-runs-this".into();
         s.add_job(other);
-        s.add_job(plan("x", 5, 1, 3));
+        s.add_job(plan("x", 2 * RUNS_PER_SLOT + 1, 1, 3));
         let a = assigned(&s.assign());
-        assert_eq!(a.len(), 4, "x's shards run while other's wait");
+        assert_eq!(
+            a.len() as u32,
+            2 * RUNS_PER_SLOT,
+            "x's shards run while other's wait"
+        );
         assert_eq!(s.queued(), 6);
         s.check_indexes();
     }
