@@ -408,6 +408,16 @@ impl Client {
         frames: &[Frame],
         sent: &mut bool,
     ) -> Result<Frame, ClientError> {
+        Ok(self.request_stream(frames, sent).await?.0)
+    }
+
+    /// [`request_tracked`](Self::request_tracked), with the stream the
+    /// reply came on (a master may go on writing on it).
+    async fn request_stream(
+        &self,
+        frames: &[Frame],
+        sent: &mut bool,
+    ) -> Result<(Frame, FramedStream), ClientError> {
         let deadline = tokio::time::Instant::now() + self.inner.cfg.master_wait;
         let mut bad = None;
         let mut breaks = Breaks::default();
@@ -416,14 +426,15 @@ impl Client {
             *sent = true;
             let reply = async {
                 let mut s = FramedStream::open(&conn, self.inner.cfg.max_reply_bytes).await?;
-                s.request(frames).await
+                let reply = s.request(frames).await?;
+                Ok::<_, TransportError>((reply, s))
             };
             let (err, how) = match reply.await {
-                Ok(Frame::NotMaster) => (
+                Ok((Frame::NotMaster, _)) => (
                     format!("the node of epoch {epoch} is not serving"),
                     Failed::Refused,
                 ),
-                Ok(f) => return Ok(f),
+                Ok((f, s)) => return Ok((f, s)),
                 Err(TransportError::Wire(WireError::TooLarge { len, max })) => {
                     return Err(ClientError::ReplyTooLarge { len, max })
                 }
@@ -460,6 +471,24 @@ impl Client {
         options: JobOptions,
         job_id: Option<String>,
     ) -> Result<(String, bool), ClientError> {
+        let (id, existing, _) = self
+            .submit_frames(job_name, tasks, options, job_id, false)
+            .await?;
+        Ok((id, existing))
+    }
+
+    /// Submits, and with `watch` asks to watch the job's end on the same
+    /// stream (`WatchJob` behind the tasks; a master that does not ends
+    /// the stream after its answer). Returns the job id, whether it
+    /// existed, and the stream if it may carry the watch.
+    async fn submit_frames(
+        &self,
+        job_name: &str,
+        tasks: Vec<ByteBuf>,
+        options: JobOptions,
+        job_id: Option<String>,
+        watch: bool,
+    ) -> Result<(String, bool, Option<FramedStream>), ClientError> {
         let job_id = job_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let header = SubmitHeader {
             job_id: job_id.clone(),
@@ -483,17 +512,25 @@ impl Client {
         if !chunk.is_empty() {
             frames.push(Frame::SubmitChunk { tasks: chunk });
         }
+        if watch {
+            frames.push(Frame::WatchJob {
+                job_id: job_id.clone(),
+                fetch: true,
+            });
+        }
         let mut sent = false;
-        match self.request_tracked(&frames, &mut sent).await {
-            Ok(Frame::Accepted { job_id, existing }) => Ok((job_id, existing)),
-            Ok(Frame::Error { message }) if crate::wire::is_outcome_unknown(&message) => {
+        match self.request_stream(&frames, &mut sent).await {
+            Ok((Frame::Accepted { job_id, existing }, s)) => {
+                Ok((job_id, existing, watch.then_some(s)))
+            }
+            Ok((Frame::Error { message }, _)) if crate::wire::is_outcome_unknown(&message) => {
                 Err(ClientError::OutcomeUnknown {
                     job_id,
                     reason: message,
                 })
             }
-            Ok(Frame::Error { message }) => Err(ClientError::Refused(message)),
-            Ok(other) => Err(ClientError::Protocol(other.name().into())),
+            Ok((Frame::Error { message }, _)) => Err(ClientError::Refused(message)),
+            Ok((other, _)) => Err(ClientError::Protocol(other.name().into())),
             // Nothing left this host, or the master's answer was definite.
             Err(e) if !sent || matches!(e, ClientError::ReplyTooLarge { .. }) => Err(e),
             Err(e) => Err(ClientError::OutcomeUnknown {
@@ -509,6 +546,45 @@ impl Client {
         tasks: Vec<J::Task>,
         options: SubmitOptions,
     ) -> Result<JobHandle<J>, ClientError> {
+        let (handle, _) = self.submit_watching::<J>(tasks, options, false).await?;
+        Ok(handle)
+    }
+
+    /// Submits a job and waits for its result: what
+    /// `submit(..).await?.result()` gives, with the submission and the
+    /// job's end on one stream (a work queue's job of one task costs the
+    /// master one stream, not two, and the client one round trip less).
+    /// A stream that ends before the job does (a failover, a master too
+    /// old to watch on it) is followed by a watch, as
+    /// [`JobHandle::result`] does.
+    pub async fn run<J: Job>(
+        &self,
+        tasks: Vec<J::Task>,
+        options: SubmitOptions,
+    ) -> Result<(J::Result, JobReport), ClientError> {
+        let (handle, stream) = self.submit_watching::<J>(tasks, options, true).await?;
+        let watched = match stream {
+            Some(mut s) => match read_watch(&mut s, &Default::default(), &mut |_| {}).await {
+                Ok(Some(w)) => Some(w),
+                // Refused, or ended early: watch again, wherever the
+                // master is.
+                Ok(None) | Err(_) => None,
+            },
+            None => None,
+        };
+        let watched = match watched {
+            Some(w) => w,
+            None => self.watch(&handle.id, true, |_| {}).await?,
+        };
+        handle.outcome(watched).await
+    }
+
+    async fn submit_watching<J: Job>(
+        &self,
+        tasks: Vec<J::Task>,
+        options: SubmitOptions,
+        watch: bool,
+    ) -> Result<(JobHandle<J>, Option<FramedStream>), ClientError> {
         let encoded = tasks
             .iter()
             .map(|t| encode("task", t).map(ByteBuf::from))
@@ -548,15 +624,16 @@ impl Client {
                 return Err(e);
             }
         }
-        let (id, existing) = self
-            .submit_encoded(J::NAME, encoded, opts, options.job_id)
+        let (id, existing, stream) = self
+            .submit_frames(J::NAME, encoded, opts, options.job_id, watch)
             .await?;
-        Ok(JobHandle {
+        let handle = JobHandle {
             client: self.clone(),
             id,
             existing,
             _job: PhantomData,
-        })
+        };
+        Ok((handle, stream))
     }
 
     /// A handle on an existing job.
@@ -674,26 +751,7 @@ impl Client {
                     fetch,
                 })
                 .await?;
-                loop {
-                    // A quiet watch is opened again: it costs one frame.
-                    let Ok(frame) = tokio::time::timeout(WATCH_QUIET, s.recv()).await else {
-                        return Ok(None);
-                    };
-                    let frame = frame?;
-                    heard.store(true, std::sync::atomic::Ordering::Relaxed);
-                    match frame {
-                        Frame::Job(p) if p.state.is_final() => {
-                            seen(&p, &mut last);
-                            return Ok(Some(Watched::Ended(p)));
-                        }
-                        Frame::Job(p) => seen(&p, &mut last),
-                        Frame::Outcome(o) => {
-                            seen(&o.progress, &mut last);
-                            return Ok(Some(Watched::Outcome(o)));
-                        }
-                        other => return Err(WatchError::Reply(other)),
-                    }
-                }
+                read_watch(&mut s, &heard, &mut |p| seen(p, &mut last)).await
             };
             let (err, how) = match ended.await {
                 Ok(Some(w)) => return Ok(w),
@@ -874,7 +932,14 @@ impl<J: Job> JobHandle<J> {
     /// Waits for the end of the job and returns its result and report, as
     /// soon as the job's end is durable (the master pushes it).
     pub async fn result(&self) -> Result<(J::Result, JobReport), ClientError> {
-        let (bytes, report) = match self.client.watch(&self.id, true, |_| {}).await? {
+        let watched = self.client.watch(&self.id, true, |_| {}).await?;
+        self.outcome(watched).await
+    }
+
+    /// The result and report a watch that asked for the result ended with
+    /// (fetched now if it ended without it).
+    async fn outcome(&self, watched: Watched) -> Result<(J::Result, JobReport), ClientError> {
+        let (bytes, report) = match watched {
             Watched::Outcome(o) => (
                 o.result.into_vec(),
                 JobReport {
@@ -1132,6 +1197,36 @@ impl From<TransportError> for WatchError {
 
 /// How long a watch may stay silent before it is opened again.
 const WATCH_QUIET: Duration = Duration::from_secs(10);
+
+/// Reads a watch's frames until the job's end (`None`: the watch was
+/// quiet for [`WATCH_QUIET`], to be opened again), setting `heard` at
+/// the first frame and calling `seen` on each progress.
+async fn read_watch(
+    s: &mut FramedStream,
+    heard: &std::sync::atomic::AtomicBool,
+    seen: &mut impl FnMut(&JobProgress),
+) -> Result<Option<Watched>, WatchError> {
+    loop {
+        // A quiet watch is opened again: it costs one frame.
+        let Ok(frame) = tokio::time::timeout(WATCH_QUIET, s.recv()).await else {
+            return Ok(None);
+        };
+        let frame = frame?;
+        heard.store(true, std::sync::atomic::Ordering::Relaxed);
+        match frame {
+            Frame::Job(p) if p.state.is_final() => {
+                seen(&p);
+                return Ok(Some(Watched::Ended(p)));
+            }
+            Frame::Job(p) => seen(&p),
+            Frame::Outcome(o) => {
+                seen(&o.progress);
+                return Ok(Some(Watched::Outcome(o)));
+            }
+            other => return Err(WatchError::Reply(other)),
+        }
+    }
+}
 
 /// How long a published master that does not answer is waited for.
 fn answer_wait(master: &MasterInfo, margin: Duration) -> Duration {

@@ -715,10 +715,10 @@ impl Bench {
         self.rt.block_on(async {
             for i in 0..one_by_one as u64 {
                 let t = Instant::now();
-                let job = client
-                    .submit::<Collect<Probe>>(probes_from(i, 1), SubmitOptions::default())
+                // Submitted and awaited on one stream (`Client::run`).
+                let (results, _) = client
+                    .run::<Collect<Probe>>(probes_from(i, 1), SubmitOptions::default())
                     .await?;
-                let (results, _) = job.result().await?;
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
                 ensure!(
                     results.len() == 1 && results[0].1 == 2 * i,
@@ -772,10 +772,9 @@ impl Bench {
                 .map(|i| {
                     let client = &client;
                     async move {
-                        let job = client
-                            .submit::<Collect<Probe>>(probes_from(i, 1), SubmitOptions::default())
+                        let (results, _) = client
+                            .run::<Collect<Probe>>(probes_from(i, 1), SubmitOptions::default())
                             .await?;
-                        let (results, _) = job.result().await?;
                         ensure!(
                             results.len() == 1 && results[0].1 == 2 * i,
                             "wrong result of one-task job {i}"

@@ -676,7 +676,8 @@ fn progress_is_pushed_and_a_watch_follows_a_failover() {
 /// from memory unmarked, and the job stayed forever; `cluster-bench`
 /// found it at 64 in flight. This guards the property; it does not force
 /// that interleaving.) Each job's only shard commits with its end, in one
-/// write: the master's metrics count no commit record.
+/// write: the master's metrics count no commit record. Half the jobs are
+/// `Client::run`'s, watched on the stream that submitted them.
 #[test]
 fn every_fetched_job_is_collected_even_under_load() {
     use futures::StreamExt;
@@ -692,11 +693,21 @@ fn every_fetched_job_is_collected_even_under_load() {
             .map(|i| {
                 let client = &client;
                 async move {
-                    let job = client
-                        .submit::<Collect<Probe>>(probes(1, &[]), SubmitOptions::default())
-                        .await
-                        .unwrap();
-                    let (results, _) = job.result().await.unwrap();
+                    // Half submitted and awaited on one stream, half
+                    // watched on a stream of their own.
+                    let (results, _) = if i % 2 == 0 {
+                        let tasks = probes(1, &[]);
+                        client
+                            .run::<Collect<Probe>>(tasks, SubmitOptions::default())
+                            .await
+                            .unwrap()
+                    } else {
+                        let job = client
+                            .submit::<Collect<Probe>>(probes(1, &[]), SubmitOptions::default())
+                            .await
+                            .unwrap();
+                        job.result().await.unwrap()
+                    };
                     assert_eq!(results, vec![(0, 0)], "job {i}");
                     i
                 }
@@ -734,6 +745,38 @@ fn every_fetched_job_is_collected_even_under_load() {
         assert_eq!(writes("finish"), 300.0, "{scrape}");
         assert_eq!(writes("commit"), 0.0, "{scrape}");
         assert_eq!(writes("create_job"), 300.0, "{scrape}");
+        // `run`'s jobs were watched on their submission's stream, and
+        // every result came pushed with its job's end.
+        assert_eq!(requests(&scrape, "Submit"), 300.0, "{scrape}");
+        assert_eq!(requests(&scrape, "WatchJob"), 150.0, "{scrape}");
+        assert_eq!(requests(&scrape, "FetchResult"), 0.0, "{scrape}");
+        // A job run one at a time ends within a worker's round trip of its
+        // acceptance: its watch, registered on the same stream as the
+        // acceptance goes out, is there when it ends, and its end is marked
+        // fetched in the same write (a separate mark is a `set_status`
+        // write).
+        let marks = writes("set_status");
+        for _ in 0..50 {
+            let (results, _) = client
+                .run::<Collect<Probe>>(probes(1, &[]), SubmitOptions::default())
+                .await
+                .unwrap();
+            assert_eq!(results, vec![(0, 0)]);
+        }
+        let (_, scrape) = ringleader::prom::http_get(&metrics, "/metrics").unwrap();
+        let value = |prefix: &str| -> f64 {
+            scrape
+                .lines()
+                .filter_map(|l| l.strip_prefix(prefix)?.trim().parse::<f64>().ok())
+                .sum()
+        };
+        let op = |op: &str| {
+            value(&format!(
+                "ringleader_zk_op_duration_seconds_count{{op=\"{op}\"}} "
+            ))
+        };
+        assert_eq!(op("finish"), 350.0, "{scrape}");
+        assert_eq!(op("set_status"), marks, "{scrape}");
     });
 }
 

@@ -159,14 +159,39 @@ async fn handle_stream(
                     Err(e) => return Err(e),
                 }
             }
-            master
+            let job_id = header.job_id.clone();
+            let answer = master
                 .send(Submit {
                     header,
                     tasks,
                     bytes,
                     peer: peer.id,
                 })
-                .await
+                .await;
+            let Ok(accepted @ Frame::Accepted { .. }) = answer else {
+                return Ok(stream.reply(&answer.unwrap_or(Frame::NotMaster)).await?);
+            };
+            // The client may watch its job on this stream (`WatchJob`
+            // behind its tasks, `Client::run`): one stream for a job and
+            // its end. Any other client ends the stream once answered.
+            stream.send(&accepted).await?;
+            return match stream.recv().await {
+                Ok(Frame::WatchJob {
+                    job_id: watched,
+                    fetch,
+                }) if watched == job_id => watch(stream, master, job_id, fetch).await,
+                Ok(other) => {
+                    let message = format!(
+                        "only a WatchJob of job {job_id} may follow its submission, not {}",
+                        other.name()
+                    );
+                    Ok(stream.reply(&Frame::Error { message }).await?)
+                }
+                Err(_) => {
+                    let _ = stream.send.finish();
+                    Ok(())
+                }
+            };
         }
         Frame::WatchJob { job_id, fetch } => return watch(stream, master, job_id, fetch).await,
         Frame::StreamJob { job_id, seen } => {
