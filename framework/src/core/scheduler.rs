@@ -1188,6 +1188,11 @@ impl Scheduler {
         attempt: u32,
         now: Instant,
     ) -> bool {
+        // A report follows its run's `Started`, which it stands for if that
+        // was never sent (a run the worker held from before a reconnection).
+        if let Some(w) = self.pool.workers.get_mut(worker) {
+            w.unseen.remove(&(job_id.to_string(), key, attempt));
+        }
         let Some(job) = self.jobs.get_mut(job_id) else {
             return false;
         };
