@@ -49,6 +49,7 @@ ROWS = [
         ("Task retries per second", f"sum(rate(ringleader_tasks_retried_total[{RATE}]))", "timeseries"),
         ("Dead-lettered tasks per second", f"sum(rate(ringleader_tasks_dead_lettered_total[{RATE}]))", "timeseries"),
         ("Shards reassigned per second", f"sum(rate(ringleader_shards_reassigned_total[{RATE}]))", "timeseries"),
+        ("Shards in doubt at a worker's death per second", f"sum(rate(ringleader_shards_in_doubt_total[{RATE}]))", "timeseries"),
         ("Worker links lost (suspicions)", f"sum(increase(ringleader_worker_links_lost_total[{RATE}]))", "timeseries"),
         ("Frame errors per second", f"sum(rate(ringleader_frame_errors_total[{RATE}]))", "timeseries"),
         ("Peers refused by reason", f"sum by (reason) (increase(ringleader_peer_refusals_total[{RATE}]))", "timeseries"),

@@ -39,6 +39,9 @@ pub const SHARDS_ASSIGNED: &str = "ringleader_shards_assigned_total";
 pub const SHARDS_COMMITTED: &str = "ringleader_shards_committed_total";
 /// Counter: shards put back in the queue because their worker was lost.
 pub const SHARDS_REASSIGNED: &str = "ringleader_shards_reassigned_total";
+/// Counter: runs in doubt at their worker's death (not charged; rerun with
+/// their start acknowledged).
+pub const SHARDS_IN_DOUBT: &str = "ringleader_shards_in_doubt_total";
 /// Counter: worker links lost without a drain (the worker is suspected and
 /// its shards reassigned before its ZooKeeper session says whether it died).
 pub const WORKER_LINKS_LOST: &str = "ringleader_worker_links_lost_total";
@@ -190,6 +193,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(SHARDS_ASSIGNED, Kind::Counter, "", "shards", "master", "Shards sent to workers."),
     metric(SHARDS_COMMITTED, Kind::Counter, "", "shards", "master", "Shard outcomes committed to ZooKeeper."),
     metric(SHARDS_REASSIGNED, Kind::Counter, "", "shards", "master", "Shards requeued because their worker was lost."),
+    metric(SHARDS_IN_DOUBT, Kind::Counter, "", "shards", "master", "Runs that may have been running unseen when their worker died: charged no attempt, rerun with their start acknowledged (the one that kills a worker again is charged for both deaths)."),
     metric(WORKER_LINKS_LOST, Kind::Counter, "", "links", "master", "Worker links lost without a drain: the worker is suspected and its shards reassigned at once."),
     metric(SHARDS_SPECULATED, Kind::Counter, "", "shards", "master", "Copies of slow or hung shards sent to another worker (the first result wins)."),
     metric(TASKS_RETRIED, Kind::Counter, "job_type", "tasks", "master", "Task attempts that failed and will be retried."),
@@ -329,6 +333,7 @@ fn register() {
         SHARDS_ASSIGNED,
         SHARDS_COMMITTED,
         SHARDS_REASSIGNED,
+        SHARDS_IN_DOUBT,
         WORKER_LINKS_LOST,
         SHARDS_SPECULATED,
         FRAME_ERRORS,

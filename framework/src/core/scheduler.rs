@@ -523,6 +523,8 @@ fn lost_failures(tasks: &[u64], attempt: u32, error: &str) -> Vec<TaskFailure> {
 /// See the module doc.
 #[derive(Debug, Default)]
 pub struct Scheduler {
+    /// Runs found in doubt at a worker's death, since the start.
+    in_doubt: u64,
     pool: Pool,
     jobs: BTreeMap<String, JobState>,
     queues: Queues,
@@ -623,6 +625,7 @@ impl Scheduler {
             };
             let run = runs.remove(pos);
             if in_doubt && (run.started || !run.ack_first) {
+                self.in_doubt += 1;
                 shard.doubts += 1;
                 shard.suspect = true;
             } else if run.started {
@@ -1333,6 +1336,12 @@ impl Scheduler {
             .unwrap_or_default()
     }
 
+    /// Runs found in doubt at their worker's death (see
+    /// [`Scheduler::remove_worker`]), since the start.
+    pub fn in_doubt_total(&self) -> u64 {
+        self.in_doubt
+    }
+
     /// Whether the worker is known.
     pub fn has_worker(&self, worker: &str) -> bool {
         self.pool.workers.contains_key(worker)
@@ -1723,6 +1732,7 @@ mod tests {
         assert!(sent.iter().all(|(_, ack)| !ack), "{sent:?}");
         assert_eq!(s.answer("a", "x", k(0), 1), StartAnswer::Nothing);
         assert_eq!(s.remove_worker("a"), vec![], "in doubt: nobody is charged");
+        assert_eq!(s.in_doubt_total(), u64::from(n), "each run it held");
         // b takes the suspects, which wait, and then the last two shards:
         // they wait too, since b holds runs that wait.
         s.add_worker("b", 2, ["j".to_string()], false);

@@ -363,7 +363,10 @@ impl Master {
     fn lose_worker_runs(&mut self, node_id: &str) -> Vec<Command> {
         self.may_orphan.extend(self.sched.jobs_on(node_id));
         metrics::counter!(m::SHARDS_REASSIGNED).increment(self.sched.running_on(node_id) as u64);
-        self.sched.remove_worker(node_id)
+        let doubted = self.sched.in_doubt_total();
+        let cmds = self.sched.remove_worker(node_id);
+        metrics::counter!(m::SHARDS_IN_DOUBT).increment(self.sched.in_doubt_total() - doubted);
+        cmds
     }
 
     /// Drops a job's runtime, keeping its owner for authorization.
