@@ -100,6 +100,9 @@ pub const FRAME_ERRORS: &str = "ringleader_frame_errors_total";
 /// Counter: fenced transactions the master's group-commit writer sent
 /// (each carries the writes that waited together).
 pub const ZK_TRANSACTIONS: &str = "ringleader_zk_transactions_total";
+/// Counter: jobs whose end was written in place of their create (one
+/// write for both; see `actors::master::creating`).
+pub const JOBS_CREATED_DONE: &str = "ringleader_jobs_created_done_total";
 /// Counter: commit records the master wrote, each one znode holding the
 /// commits of one job that waited together.
 pub const COMMIT_RECORDS: &str = "ringleader_commit_records_total";
@@ -214,6 +217,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(PEER_REFUSALS, Kind::Counter, "reason", "connections", "all", "Peers refused for who they are: a failed handshake (another CA, an expired certificate), no identity in the certificate, a dialled node that is not the one ZooKeeper names, a role that may not do what it asked (a client registering as a worker, a node claiming another's id), a client acting on another client's job, or a live connection whose certificate was revoked (SIGHUP with a new crl.pem)."),
     metric(FRAME_ERRORS, Kind::Counter, "", "frames", "master", "Frames refused as malformed or oversized."),
     metric(ZK_TRANSACTIONS, Kind::Counter, "", "transactions", "master", "Fenced ZooKeeper transactions sent by the master's group-commit writer; each carries the writes (commits, job creations, finishes, deletions) that waited together, so under load there are fewer than writes."),
+    metric(JOBS_CREATED_DONE, Kind::Counter, "", "jobs", "master", "Jobs created already done: a work queue's job of one shard ran while its create waited, and its end was written in place of the create (one write instead of two)."),
     metric(COMMIT_RECORDS, Kind::Counter, "", "records", "master", "Commit records written: each is one znode holding the outcomes of the shards of one job whose commits waited together, so under load there are fewer than shards committed."),
     metric(CLIENT_REQUESTS, Kind::Counter, "request", "requests", "master", "Client requests received, by kind (Submit, WatchJob, GetJob, GetStatus, FetchResult, Cancel)."),
 ];
@@ -338,6 +342,7 @@ fn register() {
         SHARDS_SPECULATED,
         FRAME_ERRORS,
         ZK_TRANSACTIONS,
+        JOBS_CREATED_DONE,
         COMMIT_RECORDS,
     ] {
         metrics::counter!(c).absolute(0);

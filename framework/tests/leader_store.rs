@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ringleader::coord::{
-    JobRecord, JobStatus, Layout, LeaderStore, OutputRef, ResultRecord, Session, StoredJob,
+    Amend, JobRecord, JobStatus, Layout, LeaderStore, OutputRef, ResultRecord, Session, StoredJob,
 };
 use ringleader::core::Counters;
 use ringleader::store::Store;
@@ -191,6 +191,81 @@ fn a_compact_jobs_end_is_one_write_and_its_result_is_in_its_record() {
         // Collected: nothing is left of either.
         leader.collect(&[stored, stored_c], &[]).await.unwrap();
         assert_eq!(leader.list_job_ids().await.unwrap(), vec!["b".to_string()]);
+    });
+}
+
+/// A compact job's end proposed while its create waits is what the create
+/// writes: the job is created done, result and fetched mark in its record,
+/// in one transaction. A create sent again after its answer was lost finds
+/// its own write, ended or not; a create that went takes no proposal, and
+/// a job of another submission under the id is not taken for this one.
+#[test]
+fn a_compact_jobs_create_may_be_its_end_until_it_is_sent() {
+    with_master(async |leader| {
+        let tasks = [ByteBuf::from(vec![1u8])];
+        let a = leader.compact_job("a", record(), &tasks).unwrap();
+        assert!(a.record.is_compact() && a.record.status == JobStatus::Accepted);
+        let amend = Amend::default();
+        let end = leader
+            .propose_end(&amend, &a, vec![7], Vec::new(), done(), true)
+            .unwrap()
+            .expect("taken: the create has not gone");
+        let before = leader.commit_transactions();
+        let ended = leader
+            .create_compact(&a, Some(amend.clone()))
+            .await
+            .unwrap();
+        assert!(ended, "the end went in place of the create");
+        assert_eq!(leader.commit_transactions() - before, 1, "one write");
+        let stored = leader.read_job("a").await.unwrap().unwrap();
+        assert_eq!(stored.record, end.record, "created as its end");
+        assert_eq!(stored.record.status, JobStatus::Done);
+        assert!(stored.record.fetched_ms.is_some() && end.fetched);
+        assert_eq!(result(&leader, "a").await, Some(end.result.clone()));
+        // Sealed: a later proposal is refused (the caller writes apart).
+        let late = leader.propose_end(&amend, &a, vec![9], Vec::new(), done(), false);
+        assert!(late.unwrap().is_none());
+
+        // Sent again (its answer lost): the write found is its own, ended.
+        let again = Amend::default();
+        leader
+            .propose_end(&again, &a, vec![7], Vec::new(), done(), true)
+            .unwrap()
+            .unwrap();
+        assert!(leader.create_compact(&a, Some(again)).await.unwrap());
+
+        // A create that went without a proposal: the job is only created,
+        // and a resend finds it so.
+        let b = leader.compact_job("b", record(), &tasks).unwrap();
+        let plain = Amend::default();
+        assert!(!leader
+            .create_compact(&b, Some(plain.clone()))
+            .await
+            .unwrap());
+        assert_eq!(status(&leader, "b").await, JobStatus::Accepted);
+        assert!(!leader.create_compact(&b, None).await.unwrap());
+        let late = leader.propose_end(&plain, &b, vec![7], Vec::new(), done(), false);
+        assert!(late.unwrap().is_none(), "it went: no proposal is taken");
+
+        // Another submission under a taken id is not this one's write,
+        // ended or not.
+        std::thread::sleep(Duration::from_millis(2));
+        for id in ["a", "b"] {
+            let other = leader.compact_job(id, record(), &tasks).unwrap();
+            let err = leader.create_compact(&other, None).await.unwrap_err();
+            assert!(err.is_node_exists(), "{err}");
+        }
+        // A result too big for the record is not proposed.
+        let c = leader.compact_job("c", record(), &tasks).unwrap();
+        let big = leader.propose_end(
+            &Amend::default(),
+            &c,
+            vec![5; 20 * 1024],
+            Vec::new(),
+            done(),
+            true,
+        );
+        assert!(big.unwrap().is_none());
     });
 }
 

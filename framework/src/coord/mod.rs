@@ -24,6 +24,7 @@ pub use records::{
     ResultRecord, ShardRecord, WorkerInfo,
 };
 pub use session::{Connection, Connections, Session};
+pub use store::Amend;
 pub use store::{Committed, Finished, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
 pub(crate) use zk::decode_record;
 #[cfg(feature = "testkit")]

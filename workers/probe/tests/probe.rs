@@ -742,7 +742,10 @@ fn every_fetched_job_is_collected_even_under_load() {
             300.0,
             "{scrape}"
         );
-        assert_eq!(writes("finish"), 300.0, "{scrape}");
+        // A job whose shard reported before its create went was created
+        // done (one write); the others ended with a finish.
+        let created_done = value("ringleader_jobs_created_done_total ");
+        assert_eq!(writes("finish") + created_done, 300.0, "{scrape}");
         assert_eq!(writes("commit"), 0.0, "{scrape}");
         assert_eq!(writes("create_job"), 300.0, "{scrape}");
         // `run`'s jobs were watched on their submission's stream, and
@@ -775,7 +778,15 @@ fn every_fetched_job_is_collected_even_under_load() {
                 "ringleader_zk_op_duration_seconds_count{{op=\"{op}\"}} "
             ))
         };
-        assert_eq!(op("finish"), 350.0, "{scrape}");
+        // One at a time, a job's run mostly comes back while its create
+        // is held for it: created done, and marked fetched in that write.
+        let one_at_a_time = value("ringleader_jobs_created_done_total ") - created_done;
+        assert!(one_at_a_time >= 1.0, "none of 50 created done: {scrape}");
+        assert_eq!(
+            op("finish") + created_done + one_at_a_time,
+            350.0,
+            "{scrape}"
+        );
         assert_eq!(op("set_status"), marks, "{scrape}");
     });
 }

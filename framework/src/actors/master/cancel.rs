@@ -20,7 +20,7 @@ impl Master {
         ctx: &mut Context<Self>,
         job_id: String,
     ) -> ResponseActFuture<Self, Frame> {
-        if self.ledger.is_submitting(&job_id) {
+        if self.ledger.is_submitting(&job_id) || self.is_creating(&job_id) {
             return Box::pin(fut::ready(error(format!(
                 "job {job_id} is still being submitted: cancel it once its submission has \
                  been answered"

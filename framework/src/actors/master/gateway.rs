@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
 use serde_bytes::ByteBuf;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::access::Authorize;
 use super::{
@@ -159,39 +159,7 @@ async fn handle_stream(
                     Err(e) => return Err(e),
                 }
             }
-            let job_id = header.job_id.clone();
-            let answer = master
-                .send(Submit {
-                    header,
-                    tasks,
-                    bytes,
-                    peer: peer.id,
-                })
-                .await;
-            let Ok(accepted @ Frame::Accepted { .. }) = answer else {
-                return Ok(stream.reply(&answer.unwrap_or(Frame::NotMaster)).await?);
-            };
-            // The client may watch its job on this stream (`WatchJob`
-            // behind its tasks, `Client::run`): one stream for a job and
-            // its end. Any other client ends the stream once answered.
-            stream.send(&accepted).await?;
-            return match stream.recv().await {
-                Ok(Frame::WatchJob {
-                    job_id: watched,
-                    fetch,
-                }) if watched == job_id => watch(stream, master, job_id, fetch).await,
-                Ok(other) => {
-                    let message = format!(
-                        "only a WatchJob of job {job_id} may follow its submission, not {}",
-                        other.name()
-                    );
-                    Ok(stream.reply(&Frame::Error { message }).await?)
-                }
-                Err(_) => {
-                    let _ = stream.send.finish();
-                    Ok(())
-                }
-            };
+            return submission(stream, master, header, tasks, bytes, peer.id).await;
         }
         Frame::WatchJob { job_id, fetch } => return watch(stream, master, job_id, fetch).await,
         Frame::StreamJob { job_id, seen } => {
@@ -239,10 +207,121 @@ async fn watch(
     job_id: String,
     fetch: bool,
 ) -> Result<(), TransportError> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let (tx, rx) = mpsc::unbounded_channel::<Frame>();
     if master.send(Watch { job_id, fetch, tx }).await.is_err() {
         return Ok(stream.reply(&Frame::NotMaster).await?);
     }
+    watching(stream, rx).await
+}
+
+/// A submission with its tasks read: the master's answer, and the watch
+/// the client may send behind its tasks (`Client::run`: one stream for a
+/// job and its end). That watch is read while the master handles the
+/// submission and handed over to it at once, so that a job that ends as
+/// it is created is marked fetched in that write and its end comes on
+/// this stream; the answer goes first. Any other client ends the stream
+/// once answered.
+async fn submission(
+    stream: FramedStream,
+    master: Addr<Master>,
+    header: crate::wire::SubmitHeader,
+    tasks: Vec<ByteBuf>,
+    bytes: usize,
+    peer: transport::PeerId,
+) -> Result<(), TransportError> {
+    let job_id = header.job_id.clone();
+    let (handover, handed) = oneshot::channel::<Watch>();
+    let FramedStream {
+        mut send,
+        mut recv,
+        max_frame,
+    } = stream;
+    // A watch of the job that the master did not take: sent to it once
+    // the submission is answered.
+    let mut kept: Option<Watch> = None;
+    let mut frames: Option<mpsc::UnboundedReceiver<Frame>> = None;
+    let next = {
+        let next = crate::wire::read_frame(&mut recv, max_frame);
+        tokio::pin!(next);
+        let answer = master.send(Submit {
+            header,
+            tasks,
+            bytes,
+            peer,
+            watch: Some(handed),
+        });
+        tokio::pin!(answer);
+        let mut handover = Some(handover);
+        let mut read: Option<Result<Frame, WireError>> = None;
+        let answer = loop {
+            tokio::select! {
+                a = &mut answer => break a,
+                f = &mut next, if read.is_none() => {
+                    if let Ok(Frame::WatchJob { job_id: watched, fetch }) = &f {
+                        if *watched == job_id {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            let w = Watch { job_id: watched.clone(), fetch: *fetch, tx };
+                            if let Some(Err(w)) = handover.take().map(|h| h.send(w)) {
+                                kept = Some(w);
+                            }
+                            frames = Some(rx);
+                        }
+                    }
+                    read = Some(f);
+                }
+            }
+        };
+        let Ok(accepted @ Frame::Accepted { .. }) = answer else {
+            crate::wire::write_frame(&mut send, &answer.unwrap_or(Frame::NotMaster)).await?;
+            let _ = send.finish();
+            return Ok(());
+        };
+        crate::wire::write_frame(&mut send, &accepted).await?;
+        match read {
+            Some(f) => f,
+            None => next.await,
+        }
+    };
+    let mut stream = FramedStream {
+        send,
+        recv,
+        max_frame,
+    };
+    match next {
+        Ok(Frame::WatchJob {
+            job_id: watched,
+            fetch,
+        }) if watched == job_id => match (frames, kept) {
+            // Handed over: the master registered it with its answer.
+            (Some(rx), None) => watching(stream, rx).await,
+            (Some(rx), Some(w)) => {
+                if master.send(w).await.is_err() {
+                    return Ok(stream.reply(&Frame::NotMaster).await?);
+                }
+                watching(stream, rx).await
+            }
+            (None, _) => watch(stream, master, job_id, fetch).await,
+        },
+        Ok(other) => {
+            let message = format!(
+                "only a WatchJob of job {job_id} may follow its submission, not {}",
+                other.name()
+            );
+            Ok(stream.reply(&Frame::Error { message }).await?)
+        }
+        Err(_) => {
+            let _ = stream.send.finish();
+            Ok(())
+        }
+    }
+}
+
+/// Writes what the master pushes for a watched job (through `rx`) until
+/// a frame ends the watch, the master goes or the client does.
+async fn watching(
+    mut stream: FramedStream,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+) -> Result<(), TransportError> {
     let gone = stream.peer_gone();
     tokio::pin!(gone);
     loop {

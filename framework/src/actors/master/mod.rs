@@ -8,11 +8,13 @@
 //! commits, merges and finishes. [`links`] handles its workers; each client
 //! request has a file of its own: [`submit`], [`status`] (`GetStatus`,
 //! `GetJob`), [`fetch`], [`cancel`], [`watching`] (`WatchJob`, progress
-//! pushed); [`load`] reads jobs back after a failover; [`gateway`] owns the
+//! pushed); [`creating`] runs a work queue's job while its create waits;
+//! [`load`] reads jobs back after a failover; [`gateway`] owns the
 //! streams a node accepts (worker links, submissions, watches, requests).
 
 mod access;
 mod cancel;
+mod creating;
 mod fetch;
 pub(crate) mod gateway;
 mod links;
@@ -76,6 +78,9 @@ struct JobRuntime {
     /// stream that keeps up needs no ZooKeeper read per shard.
     recent: std::collections::VecDeque<(usize, Option<Arc<Vec<u8>>>)>,
     recent_bytes: usize,
+    /// Scheduled while its create waits ([`creating`]): its writes wait
+    /// too.
+    creating: Option<creating::Creating>,
 }
 
 /// Most commits, and bytes, whose inline outputs a streamed job keeps in
@@ -97,6 +102,7 @@ impl JobRuntime {
             commits: watch::channel(0).0,
             recent: std::collections::VecDeque::new(),
             recent_bytes: 0,
+            creating: None,
         }
     }
 
@@ -449,20 +455,34 @@ impl Master {
                     job,
                     key,
                     next_attempt,
-                } => {
-                    let store = self.store.clone();
-                    let fut = async move { store.record_loss(&job, key, next_attempt).await };
-                    ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-                        Ok(()) => {}
-                        Err(e) if e.is_session_end() => act.fail(ctx, &e),
-                        Err(e) => tracing::warn!(error = %e, "cannot record a lost attempt"),
-                    }));
-                }
+                } => self.record_loss(ctx, job, key, next_attempt),
             }
         }
         for w in lost {
             self.drop_worker(ctx, &w);
         }
+    }
+
+    /// Writes a shard's next attempt after its worker died running it
+    /// (after the job's create, if that waits).
+    fn record_loss(
+        &mut self,
+        ctx: &mut Context<Self>,
+        job: String,
+        key: ShardKey,
+        next_attempt: u32,
+    ) {
+        let write = creating::Deferred::RecordLoss { key, next_attempt };
+        if self.defer(&job, write).is_none() {
+            return;
+        }
+        let store = self.store.clone();
+        let fut = async move { store.record_loss(&job, key, next_attempt).await };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(()) => {}
+            Err(e) if e.is_session_end() => act.fail(ctx, &e),
+            Err(e) => tracing::warn!(error = %e, "cannot record a lost attempt"),
+        }));
     }
 
     fn commit(
@@ -474,6 +494,18 @@ impl Master {
         output: ShardOutput,
         failures: Vec<TaskFailure>,
     ) {
+        let write = creating::Deferred::Commit {
+            key,
+            attempt,
+            output,
+            failures,
+        };
+        let Some(creating::Deferred::Commit {
+            output, failures, ..
+        }) = self.defer(&job, write)
+        else {
+            return;
+        };
         let store = self.store.clone();
         let job2 = job.clone();
         let compact = self
@@ -634,6 +666,9 @@ impl Master {
     /// Every task of the job has an outcome: write its result (once the
     /// ledger says merges are done).
     fn finish(&mut self, ctx: &mut Context<Self>, job: &str) {
+        if self.defer(job, creating::Deferred::Finish).is_none() {
+            return;
+        }
         let Some(scheduled) = self.sched.counters(job) else {
             return;
         };
@@ -737,8 +772,9 @@ impl Master {
     /// or failed: the job ends in one write, its record `Done` with the
     /// result in it (the output reduced alone), and no commit record. A
     /// one-task job of a work queue then costs ZooKeeper its create, this
-    /// write and the delete that collects it. Gives the output back when
-    /// the shard must be committed as usual.
+    /// write and the delete that collects it (or, when its create has not
+    /// gone yet, its create alone: see [`creating`]). Gives the output
+    /// back when the shard must be committed as usual.
     fn end_in_one_write(
         &mut self,
         ctx: &mut Context<Self>,
@@ -775,41 +811,14 @@ impl Master {
         let Some(f) = self.ledger.end_alone(job, scheduled) else {
             return Some(output);
         };
-        let store = self.store.clone();
-        let stored = rt.stored.clone();
-        let job_name = record.job_name.clone();
-        let fetched = self.want_result(job);
-        let job = job.to_string();
-        let work = async move {
-            store
-                .finish(&stored, result, f.failures, f.counters, fetched)
-                .await
+        let end = creating::EndAlone {
+            key,
+            attempt,
+            result,
+            failures: f.failures,
+            counters: f.counters,
         };
-        ctx.spawn(
-            work.into_actor(self)
-                .map(move |res, act, ctx| match res {
-                    Ok(finished) => {
-                        tracing::debug!(job = %job, shard = %key, epoch = act.store.epoch(), attempt, "shard committed with its job's end");
-                        act.audit(Event::ShardCommitted {
-                            job: job.clone(),
-                            shard: key.to_string(),
-                            attempt,
-                        });
-                        metrics::counter!(m::SHARDS_COMMITTED).increment(1);
-                        act.job_done(ctx, &job, job_name, finished);
-                    }
-                    Err(e) if e.is_session_end() => act.fail(ctx, &e),
-                    Err(e) if e.is_conflict() => act.cancelled_meanwhile(&job),
-                    Err(e) => {
-                        // Applied or not, the shard runs again; a write that
-                        // had applied is found at the next end.
-                        tracing::warn!(job = %job, shard = %key, error = %e, "a one-shard job's end failed; the shard will run again");
-                        act.ledger.end_alone_failed(&job);
-                        act.sched.commit_aborted(&job, key);
-                        act.dispatch(ctx);
-                    }
-                }),
-        );
+        self.end_alone(ctx, job, end);
         None
     }
 

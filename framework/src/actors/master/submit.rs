@@ -1,7 +1,9 @@
 //! `Submit`: a client's job with its tasks. Checked and admitted by the
 //! ledger, written to ZooKeeper (`Writing`, batches, `Accepted`), then
-//! scheduled. A resubmission of a known id answers `existing` when it is
-//! the same submission (same digest), and is refused otherwise.
+//! scheduled; a compact job of one shard is scheduled while its create
+//! waits ([`super::creating`]). A resubmission of a known id answers
+//! `existing` when it is the same submission (same digest), and is
+//! refused otherwise.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,15 +11,21 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use serde_bytes::ByteBuf;
+use tokio::sync::oneshot;
 
 use super::access::refusal;
+use super::creating::{take_watch, Created, Creating};
 use super::load::Loaded;
-use super::{error, JobRuntime, Master};
-use crate::coord::{submission_digest, CoordError, JobRecord, JobStatus};
+use super::{error, JobRuntime, Master, Watch};
+use crate::coord::{
+    submission_digest, Amend, CoordError, JobRecord, JobStatus, LeaderStore, StoredJob,
+};
 use crate::core::job::{auto_shard_size, Ledger, Submission};
-use crate::core::recover_job;
+use crate::core::{recover_job, shard_count};
 use crate::metrics as m;
-use crate::wire::{Frame, SubmitHeader};
+use crate::registry::Registry;
+use crate::transport::PeerId;
+use crate::wire::{Frame, JobOptions, SubmitHeader};
 
 /// A client submission with its tasks.
 #[derive(Message)]
@@ -31,7 +39,23 @@ pub(crate) struct Submit {
     pub bytes: usize,
     /// Who submits: the job's owner, and whether a resubmission of an
     /// existing id may find it.
-    pub peer: crate::transport::PeerId,
+    pub peer: PeerId,
+    /// Where the gateway hands over a watch sent behind the tasks
+    /// (`Client::run`) if it comes while the submission is handled: it is
+    /// registered before the answer goes, and a job that ends with its
+    /// create is marked fetched in that write.
+    pub watch: Option<oneshot::Receiver<Watch>>,
+}
+
+/// A submission admitted by the ledger, to be written.
+struct Admitted {
+    header: SubmitHeader,
+    /// As recorded: the shard size chosen.
+    options: JobOptions,
+    tasks: Arc<Vec<ByteBuf>>,
+    bytes: usize,
+    peer: PeerId,
+    watch: Option<oneshot::Receiver<Watch>>,
 }
 
 /// What writing a submission came to.
@@ -43,12 +67,21 @@ enum Written {
     /// The id holds another submission.
     Refused(String),
     /// The id is another client's job.
-    NotOwner(String, crate::transport::PeerId),
+    NotOwner(String, PeerId),
+}
+
+/// What a speculative create came to.
+enum Speculated {
+    /// Created; `true` if as its end.
+    Created(bool),
+    /// The id was taken: what it holds (`None`: nothing any more, or a
+    /// half-written job now deleted; the job is to be written again).
+    Taken(Option<Written>),
 }
 
 impl Handler<Submit> for Master {
     type Result = ResponseActFuture<Self, Frame>;
-    fn handle(&mut self, msg: Submit, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
         let h = msg.header;
         if self.settings.registry.get(&h.job_name).is_none() {
             return Box::pin(fut::ready(self.unknown_job_type(&h.job_name)));
@@ -89,6 +122,7 @@ impl Handler<Submit> for Master {
             }
             let kept = rt.stored.record.digest.clone();
             let tasks = Arc::new(msg.tasks);
+            let watch = msg.watch;
             let fut = async move {
                 let digest = digest_of(&h, tasks).await;
                 match same_submission(&h.job_id, kept.as_ref(), &digest) {
@@ -99,7 +133,12 @@ impl Handler<Submit> for Master {
                     Err(message) => Frame::Error { message },
                 }
             };
-            return Box::pin(fut.into_actor(self));
+            return Box::pin(fut.into_actor(self).map(move |frame, act, ctx| {
+                if matches!(frame, Frame::Accepted { .. }) {
+                    act.watch_sent(ctx, watch);
+                }
+                frame
+            }));
         }
         // ZooKeeper keeps every byte in its servers' memory: a cluster-wide
         // bound (submissions being written included), so that a big
@@ -107,142 +146,359 @@ impl Handler<Submit> for Master {
         if let Err(refusal) = self.ledger.begin_submission(&submission) {
             return Box::pin(fut::ready(error(refusal)));
         }
+        let admitted = Admitted {
+            header: h,
+            options,
+            tasks: Arc::new(msg.tasks),
+            bytes,
+            peer: msg.peer,
+            watch: msg.watch,
+        };
+        match self.speculable(&admitted) {
+            Some(job) => self.speculate(ctx, admitted, job),
+            None => self.write_submission(admitted),
+        }
+    }
+}
+
+impl Master {
+    /// Registers a watch the gateway handed over behind a submission, if
+    /// it did (after this, its handover fails and it sends the watch
+    /// itself).
+    fn watch_sent(&mut self, ctx: &mut Context<Self>, watch: Option<oneshot::Receiver<Watch>>) {
+        if let Some(w) = take_watch(watch) {
+            self.watch(ctx, w);
+        }
+    }
+
+    /// The job's record as its create writes it, if the job may be
+    /// scheduled while its create waits ([`super::creating`]): compact,
+    /// one shard, not streamed, and an id this master knows of no job by
+    /// (one it knows of is most likely taken: its create would fail and
+    /// the run be wasted).
+    fn speculable(&self, a: &Admitted) -> Option<StoredJob> {
+        let id = &a.header.job_id;
+        let one_shard = shard_count(a.header.task_count, a.options.shard_size) == 1;
+        if !one_shard
+            || a.options.stream
+            || self.loading.contains(id)
+            || self.owners.contains_key(id)
+            || self.retained.contains_key(id)
+            || crate::core::job::task_bytes(&a.tasks) > 64 * 1024
+        {
+            return None;
+        }
+        let digest = submission_digest(&a.header.job_name, &a.header.options, &a.tasks);
+        let record = new_record(a, digest);
+        self.store.compact_job(id, record, &a.tasks)
+    }
+
+    /// Schedules a compact job of one shard at once and creates it; its
+    /// end may go in place of its create (see [`super::creating`]).
+    fn speculate(
+        &mut self,
+        ctx: &mut Context<Self>,
+        mut a: Admitted,
+        job: StoredJob,
+    ) -> ResponseActFuture<Self, Frame> {
+        let id = job.id.clone();
+        let loaded = match new_loaded(
+            &self.settings.registry,
+            job.clone(),
+            a.tasks.clone(),
+            a.bytes,
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                self.ledger.abandoned(&id);
+                return Box::pin(fut::ready(error(e)));
+            }
+        };
+        let amend = Amend::default();
+        let mut loaded = Box::new(loaded);
+        loaded.rt.creating = Some(Creating::new(amend.clone(), a.watch.take()));
+        self.add_loaded(ctx, id.clone(), *loaded);
+        let store = self.store.clone();
+        let peer = a.peer.clone();
+        let digest = job.record.digest.clone().unwrap_or_default();
+        let create = async move {
+            match store.create_compact(&job, Some(amend)).await {
+                Ok(ended) => Ok(Speculated::Created(ended)),
+                Err(e) if e.is_node_exists() => Ok(Speculated::Taken(
+                    taken(&store, &job.id, &peer, &digest).await?,
+                )),
+                Err(e) => Err(e),
+            }
+        };
+        Box::pin(create.into_actor(self).then(move |res, act, ctx| {
+            let frame = match res {
+                Ok(Speculated::Created(ended)) => {
+                    // Accepted first: its end (if it came with it) follows.
+                    act.accepted(&id, &a.header.job_name, a.header.task_count);
+                    act.created(ctx, &id, Created::Ok(ended));
+                    Frame::Accepted {
+                        job_id: id,
+                        existing: false,
+                    }
+                }
+                Ok(Speculated::Taken(None)) => {
+                    // Free again: written as any submission, the watch
+                    // handed over with it.
+                    let watch = act.created(ctx, &id, Created::Failed);
+                    let (tx, rx) = oneshot::channel();
+                    if let Some(w) = watch {
+                        let _ = tx.send(w);
+                    }
+                    a.watch = Some(rx);
+                    let submission = Submission {
+                        job_id: &id,
+                        shard_size: a.options.shard_size,
+                        max_attempts: a.header.options.max_attempts,
+                        announced: a.header.task_count,
+                        tasks: a.tasks.len() as u64,
+                        bytes: a.bytes,
+                    };
+                    if let Err(refusal) = act.ledger.begin_submission(&submission) {
+                        return Box::pin(fut::ready(error(refusal))) as ResponseActFuture<_, _>;
+                    }
+                    return act.write_submission(a);
+                }
+                Ok(Speculated::Taken(Some(written))) => {
+                    let watch = act.created(ctx, &id, Created::Failed);
+                    act.answer_written(ctx, &id, written, watch.map(ready_watch))
+                }
+                Err(e) => {
+                    act.created(ctx, &id, Created::Failed);
+                    act.write_failed(ctx, &id, &e)
+                }
+            };
+            Box::pin(fut::ready(frame))
+        }))
+    }
+
+    /// Writes an admitted submission, then schedules it.
+    fn write_submission(&mut self, a: Admitted) -> ResponseActFuture<Self, Frame> {
         let store = self.store.clone();
         let registry = self.settings.registry.clone();
-        let tasks = Arc::new(msg.tasks);
+        let Admitted {
+            header: h,
+            options,
+            tasks,
+            bytes,
+            peer,
+            watch,
+        } = a;
         let id = h.job_id.clone();
-        let peer = msg.peer;
-        let owner = peer.principal();
+        let admitted = Admitted {
+            header: h.clone(),
+            options: options.clone(),
+            tasks: tasks.clone(),
+            bytes,
+            peer: peer.clone(),
+            watch: None,
+        };
         let fut = async move {
             let digest = digest_of(&h, tasks.clone()).await;
-            let record = JobRecord {
-                job_name: h.job_name.clone(),
-                options,
-                tasks_total: h.task_count,
-                batches: 0,
-                status: JobStatus::Writing,
-                created_ms: 0,
-                fetched_ms: None,
-                digest: Some(digest.clone()),
-                owner: Some(owner),
-                inline: None,
-                result: None,
-            };
+            let record = new_record(&admitted, digest.clone());
             // Created at once: the id is read only when it is taken (a
             // resubmission, or a half-written job of an earlier master).
             let mut tries = 0;
             let job = loop {
-                let err = match store.create_job(&h.job_id, record.clone(), &tasks).await {
+                match store.create_job(&h.job_id, record.clone(), &tasks).await {
                     Ok(job) => break job,
-                    Err(e) if e.is_node_exists() && tries < 2 => e,
+                    Err(e) if e.is_node_exists() && tries < 2 => {
+                        tracing::debug!(job = %h.job_id, error = %e, "a submission of a known id");
+                    }
                     Err(e) => return Err(e),
                 };
                 tries += 1;
-                let Some(existing) = store.read_job(&h.job_id).await? else {
-                    // Collected meanwhile: create it again.
-                    continue;
-                };
-                if existing.record.status == JobStatus::Writing {
-                    store.delete_tree(&store.layout().job(&h.job_id)).await?;
-                    continue;
+                if let Some(written) = taken(&store, &h.job_id, &peer, &digest).await? {
+                    return Ok(written);
                 }
-                let theirs = refusal(existing.record.owner.as_deref(), &peer, &h.job_id);
-                if let Some(message) = theirs {
-                    return Ok(Written::NotOwner(message, peer));
-                }
-                tracing::debug!(job = %h.job_id, error = %err, "a submission of a known id");
-                return Ok(
-                    match same_submission(&h.job_id, existing.record.digest.as_ref(), &digest) {
-                        Ok(()) => Written::Existing,
-                        Err(refusal) => Written::Refused(refusal),
-                    },
-                );
             };
-            let erased = registry
-                .get(&h.job_name)
-                .ok_or_else(|| CoordError::Garbage {
-                    path: store.layout().job(&h.job_id),
-                    reason: "job type vanished".into(),
-                })?;
-            let rec = &job.record;
-            let mut plan = recover_job(
-                &job.id,
-                &rec.job_name,
-                rec.tasks_total,
-                rec.options.shard_size,
-                rec.options.max_attempts,
-                &BTreeMap::new(),
-            )
-            .plan;
-            plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
-            let acc = erased.new_acc();
-            Ok::<_, CoordError>(Written::New(Box::new(Loaded {
-                rt: JobRuntime::new(job, tasks, acc),
-                plan,
-                bytes,
-                failures: Vec::new(),
-                objects: Vec::new(),
-                unmerged: Vec::new(),
-            })))
+            Ok::<_, CoordError>(Written::New(Box::new(new_loaded(
+                &registry, job, tasks, bytes,
+            )?)))
         };
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(Written::New(loaded)) => {
-                let tasks = loaded.plan.counters.tasks_total;
-                let shards = loaded.plan.pending.len();
-                // One-task jobs at debug level, as their end (see `write_result`).
-                if tasks > 1 {
-                    tracing::info!(job = %id, tasks, shards, "job accepted");
-                } else {
-                    tracing::debug!(job = %id, tasks, shards, "job accepted");
-                }
-                metrics::counter!(m::JOBS_SUBMITTED, "job_type" => loaded.rt.stored.record.job_name.clone())
-                    .increment(1);
-                act.audit(crate::audit::Event::JobAccepted {
-                    job: id.clone(),
-                    tasks: loaded.plan.counters.tasks_total,
-                });
-                act.add_loaded(ctx, id.clone(), *loaded);
-                Frame::Accepted {
-                    job_id: id,
-                    existing: false,
-                }
-            }
-            Ok(Written::Existing) => {
-                act.ledger.abandoned(&id);
-                // Asked for again: its result stays another retention.
-                act.retention.touch(&id, std::time::Instant::now());
-                Frame::Accepted {
-                    job_id: id,
-                    existing: true,
-                }
-            }
-            Ok(Written::Refused(message)) => {
-                act.ledger.abandoned(&id);
-                Frame::Error { message }
-            }
-            Ok(Written::NotOwner(message, peer)) => {
-                act.ledger.abandoned(&id);
-                let _ = act.refused(&peer, &id, Some(message.clone()));
-                Frame::Error { message }
-            }
+            Ok(written) => act.answer_written(ctx, &id, written, watch),
             Err(e) => {
                 act.ledger.abandoned(&id);
-                if e.is_session_end() {
-                    act.fail(ctx, &e);
-                }
-                if e.is_outcome_unknown() {
-                    error(crate::wire::outcome_unknown(&format!(
-                        "job {id}'s submission ({e}): it may have been accepted. Retry with the \
-                         same job id: that returns the job if it was, and submits it if not"
-                    )))
-                } else {
-                    error(format!(
-                        "submission of job {id} failed: {e}; retry with the same job id"
-                    ))
-                }
+                act.write_failed(ctx, &id, &e)
             }
         }))
     }
+
+    /// A new job was written, or its id was found taken: the answer, the
+    /// job scheduled, the watch sent behind it registered.
+    fn answer_written(
+        &mut self,
+        ctx: &mut Context<Self>,
+        id: &str,
+        written: Written,
+        watch: Option<oneshot::Receiver<Watch>>,
+    ) -> Frame {
+        let (frame, watched) = match written {
+            Written::New(loaded) => {
+                let tasks = loaded.plan.counters.tasks_total;
+                let name = loaded.rt.stored.record.job_name.clone();
+                self.accepted(id, &name, tasks);
+                self.add_loaded(ctx, id.to_string(), *loaded);
+                (
+                    Frame::Accepted {
+                        job_id: id.to_string(),
+                        existing: false,
+                    },
+                    true,
+                )
+            }
+            Written::Existing => {
+                self.ledger.abandoned(id);
+                // Asked for again: its result stays another retention.
+                self.retention.touch(id, std::time::Instant::now());
+                (
+                    Frame::Accepted {
+                        job_id: id.to_string(),
+                        existing: true,
+                    },
+                    true,
+                )
+            }
+            Written::Refused(message) => {
+                self.ledger.abandoned(id);
+                (Frame::Error { message }, false)
+            }
+            Written::NotOwner(message, peer) => {
+                self.ledger.abandoned(id);
+                let _ = self.refused(&peer, id, Some(message.clone()));
+                (Frame::Error { message }, false)
+            }
+        };
+        match watched {
+            true => self.watch_sent(ctx, watch),
+            false => drop(take_watch(watch)),
+        }
+        frame
+    }
+
+    /// A job is accepted: logged, counted, audited.
+    fn accepted(&mut self, id: &str, job_name: &str, tasks: u64) {
+        // One-task jobs at debug level, as their end (see `job_done`).
+        if tasks > 1 {
+            tracing::info!(job = %id, tasks, "job accepted");
+        } else {
+            tracing::debug!(job = %id, tasks, "job accepted");
+        }
+        metrics::counter!(m::JOBS_SUBMITTED, "job_type" => job_name.to_string()).increment(1);
+        self.audit(crate::audit::Event::JobAccepted {
+            job: id.to_string(),
+            tasks,
+        });
+    }
+
+    /// A submission's write failed: the answer says whether it may have
+    /// been accepted.
+    fn write_failed(&mut self, ctx: &mut Context<Self>, id: &str, e: &CoordError) -> Frame {
+        if e.is_session_end() {
+            self.fail(ctx, e);
+        }
+        if e.is_outcome_unknown() {
+            error(crate::wire::outcome_unknown(&format!(
+                "job {id}'s submission ({e}): it may have been accepted. Retry with the \
+                 same job id: that returns the job if it was, and submits it if not"
+            )))
+        } else {
+            error(format!(
+                "submission of job {id} failed: {e}; retry with the same job id"
+            ))
+        }
+    }
+}
+
+/// A watch already in hand, as the gateway would hand it over.
+fn ready_watch(w: Watch) -> oneshot::Receiver<Watch> {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(w);
+    rx
+}
+
+/// A new job's record (not yet created).
+fn new_record(a: &Admitted, digest: ByteBuf) -> JobRecord {
+    JobRecord {
+        job_name: a.header.job_name.clone(),
+        options: a.options.clone(),
+        tasks_total: a.header.task_count,
+        batches: 0,
+        status: JobStatus::Writing,
+        created_ms: 0,
+        fetched_ms: None,
+        digest: Some(digest),
+        owner: Some(a.peer.principal()),
+        inline: None,
+        result: None,
+    }
+}
+
+/// A written job, ready for the scheduler and the ledger.
+fn new_loaded(
+    registry: &Registry,
+    job: StoredJob,
+    tasks: Arc<Vec<ByteBuf>>,
+    bytes: usize,
+) -> Result<Loaded, CoordError> {
+    let erased = registry
+        .get(&job.record.job_name)
+        .ok_or_else(|| CoordError::Garbage {
+            path: job.id.clone(),
+            reason: "job type vanished".into(),
+        })?;
+    let rec = &job.record;
+    let mut plan = recover_job(
+        &job.id,
+        &rec.job_name,
+        rec.tasks_total,
+        rec.options.shard_size,
+        rec.options.max_attempts,
+        &BTreeMap::new(),
+    )
+    .plan;
+    plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
+    let acc = erased.new_acc();
+    Ok(Loaded {
+        rt: JobRuntime::new(job, tasks, acc),
+        plan,
+        bytes,
+        failures: Vec::new(),
+        objects: Vec::new(),
+        unmerged: Vec::new(),
+    })
+}
+
+/// A submission's create found its id taken: what the id holds, read
+/// (`None` when it is to be created again: collected meanwhile, or a
+/// half-written job of an earlier master, now deleted).
+async fn taken(
+    store: &LeaderStore,
+    id: &str,
+    peer: &PeerId,
+    digest: &ByteBuf,
+) -> Result<Option<Written>, CoordError> {
+    let Some(existing) = store.read_job(id).await? else {
+        return Ok(None);
+    };
+    if existing.record.status == JobStatus::Writing {
+        store.delete_tree(&store.layout().job(id)).await?;
+        return Ok(None);
+    }
+    if let Some(message) = refusal(existing.record.owner.as_deref(), peer, id) {
+        return Ok(Some(Written::NotOwner(message, peer.clone())));
+    }
+    Ok(Some(
+        match same_submission(id, existing.record.digest.as_ref(), digest) {
+            Ok(()) => Written::Existing,
+            Err(refusal) => Written::Refused(refusal),
+        },
+    ))
 }
 
 /// The submission's digest, computed on the blocking pool (32 MiB of

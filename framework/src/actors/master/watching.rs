@@ -60,6 +60,14 @@ impl Watchers {
 impl Handler<Watch> for Master {
     type Result = ();
     fn handle(&mut self, msg: Watch, ctx: &mut Context<Self>) {
+        self.watch(ctx, msg);
+    }
+}
+
+impl Master {
+    /// Registers a watch (from its own stream, or sent behind a
+    /// submission).
+    pub(super) fn watch(&mut self, ctx: &mut Context<Self>, msg: Watch) {
         let Watch { job_id, fetch, tx } = msg;
         if let Some(p) = self.progress(&job_id) {
             if tx.send(Frame::Job(p)).is_err() {
@@ -80,9 +88,7 @@ impl Handler<Watch> for Master {
             self.watch_stored(ctx, job_id);
         }
     }
-}
 
-impl Master {
     /// Tells a job's watchers what ZooKeeper holds of it (its end, if it
     /// ended; an error if there is no such job).
     pub(super) fn watch_stored(&mut self, ctx: &mut Context<Self>, job_id: String) {

@@ -17,6 +17,13 @@
 //! create, `NoNode` for a delete), which callers read as done, as they did
 //! with a lone write. A failed fence fails every write of the batch.
 //!
+//! A write may be amended while it waits ([`Amend`]): a proposal made
+//! before its transaction is sealed is sent instead of the write's own
+//! operations, if it fits the transaction's budget, and the answer says
+//! which were sent. A compact job's create thus becomes its create and
+//! its end in one write when the job's only shard reports before the
+//! create has gone (see `LeaderStore::propose_end`).
+//!
 //! Shard commits are parts, not writes of their own: the commits of one
 //! job that wait together become one commit record (see
 //! [`crate::coord::RecordName`]), one znode holding all their outcomes,
@@ -51,6 +58,10 @@ const LINGER_OPS: usize = 256;
 const IN_FLIGHT: usize = 2;
 /// A transaction of at least this many bytes lets a second go beside it.
 const BIG_TRANSACTION: usize = 64 * 1024;
+/// How long an amendable write is held back for a proposal at most (see
+/// [`Write::held`]): about a one-task job's run under load, so that a
+/// work queue's job is mostly created and ended in one write.
+const HOLD: Duration = Duration::from_millis(2);
 
 /// One operation of a fenced write.
 #[derive(Debug, Clone)]
@@ -128,6 +139,71 @@ pub(super) struct Part {
     pub entry: Vec<u8>,
 }
 
+/// A handle on a waiting write: another list of operations may be
+/// proposed in its place until its transaction is sealed (see the module
+/// doc). Clones share the write.
+#[derive(Clone, Default, Debug)]
+pub struct Amend(Arc<std::sync::Mutex<Amending>>);
+
+#[derive(Default, Debug)]
+struct Amending {
+    state: Amendment,
+    /// Wakes the writer when a proposal comes for a write it holds back.
+    wake: Option<Arc<tokio::sync::Notify>>,
+}
+
+#[derive(Default, Debug)]
+enum Amendment {
+    /// The write waits; nothing proposed.
+    #[default]
+    Open,
+    /// The write waits; these operations go in its place if they fit.
+    Proposed(Vec<Op>),
+    /// Its transaction was sealed: nothing more is taken.
+    Sealed,
+}
+
+impl Amend {
+    /// Proposes `ops` in place of the write's own. Whether the proposal
+    /// was taken: a write whose transaction is sealed takes none. A taken
+    /// proposal is sent unless it would take its transaction past the
+    /// request budget; the write's answer says which went.
+    pub(super) fn propose(&self, ops: Vec<Op>) -> bool {
+        let mut a = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match a.state {
+            Amendment::Sealed => false,
+            Amendment::Open | Amendment::Proposed(_) => {
+                a.state = Amendment::Proposed(ops);
+                if let Some(wake) = &a.wake {
+                    wake.notify_one();
+                }
+                true
+            }
+        }
+    }
+
+    /// Whether nothing was proposed yet (the write may be held back for
+    /// a proposal).
+    fn is_open(&self) -> bool {
+        let a = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(a.state, Amendment::Open)
+    }
+
+    /// Seals the write: its proposal, if one was made.
+    fn seal(&self) -> Option<Vec<Op>> {
+        let mut a = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut a.state, Amendment::Sealed) {
+            Amendment::Proposed(ops) => Some(ops),
+            Amendment::Open | Amendment::Sealed => None,
+        }
+    }
+}
+
+/// What a write's transaction said: the write's result (for a part, the
+/// path of the record that holds it) and whether a proposal
+/// ([`Amend::propose`]) was sent in place of its own operations.
+type Answer = (Result<Option<Arc<str>>, ZkError>, bool);
+
 /// A write waiting for its transaction.
 struct Write {
     /// Which metric it is measured under (one of [`crate::metrics::ZK_OPS`]).
@@ -135,8 +211,12 @@ struct Write {
     ops: Vec<Op>,
     part: Option<Part>,
     since: Instant,
+    /// Where a proposal in place of `ops` comes from, if one may.
+    amend: Option<Amend>,
+    /// Whether `ops` are a proposal (set when sealed).
+    proposed: bool,
     /// The answer: for a part, the path of the record that holds it.
-    done: oneshot::Sender<Result<Option<Arc<str>>, ZkError>>,
+    done: oneshot::Sender<Answer>,
 }
 
 /// What one transaction applies for one or more writes: a write's own
@@ -157,6 +237,17 @@ impl Write {
                 .map_or(0, |p| OP_OVERHEAD + p.bucket.len() + p.entry.len())
     }
 
+    /// Whether it is held back at `now`: an amendable write with nothing
+    /// proposed waits up to [`HOLD`] for its proposal (a compact job's
+    /// create for the job's end, which its run brings within a
+    /// millisecond or two), instead of going with the next transaction
+    /// and leaving the end to a write of its own.
+    fn held(&self, now: Instant) -> bool {
+        self.amend
+            .as_ref()
+            .is_some_and(|a| now < self.since + HOLD && a.is_open())
+    }
+
     /// Operations it adds to a transaction (a part at most one).
     fn op_count(&self) -> usize {
         self.ops.len().max(usize::from(self.part.is_some()))
@@ -168,7 +259,7 @@ impl Write {
         if matches!(&result, Err(e) if !matches!(e, ZkError::NodeExists | ZkError::NoNode)) {
             metrics::counter!(crate::metrics::ZK_ERRORS, "op" => self.name).increment(1);
         }
-        let _ = self.done.send(result);
+        let _ = self.done.send((result, self.proposed));
     }
 }
 
@@ -176,6 +267,8 @@ impl Write {
 #[derive(Clone, Debug)]
 pub(super) struct Batcher {
     tx: mpsc::UnboundedSender<Write>,
+    /// Wakes the writer when a write it holds back gets its proposal.
+    wake: Arc<tokio::sync::Notify>,
     /// Transactions sent, retries included.
     sent: Arc<AtomicU64>,
 }
@@ -187,8 +280,9 @@ impl Batcher {
     pub(super) fn start(lock: Weak<OwnedLockClient>, acl: AclMode, records: String) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let sent = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(lock, rx, sent.clone(), acl, records));
-        Batcher { tx, sent }
+        let wake = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(run(lock, rx, sent.clone(), acl, records, wake.clone()));
+        Batcher { tx, wake, sent }
     }
 
     /// Transactions sent so far, retries included.
@@ -199,7 +293,21 @@ impl Batcher {
     /// Applies `ops` together, fenced, in the next transaction; answers as
     /// a lone fenced multi would (connection losses are retried inside).
     pub(super) async fn write(&self, name: &'static str, ops: Vec<Op>) -> Result<(), ZkError> {
-        self.send(name, ops, None).await.map(|_| ())
+        self.send(name, ops, None, None).await.0.map(|_| ())
+    }
+
+    /// As [`Batcher::write`], with `amend` able to replace `ops` until
+    /// the write is sealed into a transaction; also answers whether the
+    /// replacement was what went.
+    pub(super) async fn write_amendable(
+        &self,
+        name: &'static str,
+        ops: Vec<Op>,
+        amend: Amend,
+    ) -> (Result<(), ZkError>, bool) {
+        amend.0.lock().unwrap_or_else(|p| p.into_inner()).wake = Some(self.wake.clone());
+        let (res, proposed) = self.send(name, ops, None, Some(amend)).await;
+        (res.map(|_| ()), proposed)
     }
 
     /// Commits a shard's outcome as part of its job's next commit record;
@@ -211,7 +319,7 @@ impl Batcher {
         name: &'static str,
         part: Part,
     ) -> Result<Arc<str>, ZkError> {
-        match self.send(name, Vec::new(), Some(part)).await? {
+        match self.send(name, Vec::new(), Some(part), None).await.0? {
             Some(path) => Ok(path),
             None => Err(ZkError::UnexpectedError(
                 "a commit record was written without a name".into(),
@@ -224,19 +332,24 @@ impl Batcher {
         name: &'static str,
         ops: Vec<Op>,
         part: Option<Part>,
-    ) -> Result<Option<Arc<str>>, ZkError> {
+        amend: Option<Amend>,
+    ) -> Answer {
         let (done, answer) = oneshot::channel();
         let write = Write {
             name,
             ops,
             part,
             since: Instant::now(),
+            amend,
+            proposed: false,
             done,
         };
         if self.tx.send(write).is_err() {
-            return Err(ZkError::SessionExpired);
+            return (Err(ZkError::SessionExpired), false);
         }
-        answer.await.unwrap_or(Err(ZkError::SessionExpired))
+        answer
+            .await
+            .unwrap_or((Err(ZkError::SessionExpired), false))
     }
 }
 
@@ -249,6 +362,7 @@ async fn run(
     sent: Arc<AtomicU64>,
     acl: AclMode,
     records: String,
+    wake: Arc<tokio::sync::Notify>,
 ) {
     use futures::StreamExt;
     let mut seq = 0u64;
@@ -268,12 +382,21 @@ async fn run(
                 Err(_) => break,
             }
         }
+        let now = Instant::now();
+        // Writes held back for a proposal, and when the first is due.
+        let held_until = batch
+            .writes
+            .iter()
+            .filter(|w| w.held(now))
+            .map(|w| w.since + HOLD)
+            .min();
+        let ready = batch.writes.iter().any(|w| !w.held(now));
         if batch.writes.is_empty() {
             if !open {
                 while flying.next().await.is_some() {}
                 return;
             }
-        } else if may_send(flying.len(), holding, carried.is_some()) {
+        } else if ready && may_send(flying.len(), holding, carried.is_some()) {
             // A batch of nothing but commits of jobs that had several in
             // the last transaction too (a big job's stream of them) waits
             // up to LINGER for more: records of tens of commits, not a
@@ -303,7 +426,18 @@ async fn run(
                 }
             }
             let full = carried.is_some();
-            let Batch { writes, bytes, .. } = std::mem::take(&mut batch);
+            let Batch { writes, .. } = std::mem::take(&mut batch);
+            // The held writes stay for the next transaction.
+            let now = Instant::now();
+            let (held, mut writes): (Vec<Write>, Vec<Write>) =
+                writes.into_iter().partition(|w| w.held(now));
+            for w in held {
+                if let Some(w) = batch.add(w) {
+                    writes.push(w);
+                }
+            }
+            let bytes = writes.iter().map(Write::bytes).sum();
+            let bytes = seal(&mut writes, bytes);
             if let Some(w) = carried.take() {
                 carried = batch.add(w);
             }
@@ -327,6 +461,7 @@ async fn run(
             });
             continue;
         }
+        let hold_over = tokio::time::Instant::from_std(held_until.unwrap_or(now));
         tokio::select! {
             w = rx.recv(), if open && carried.is_none() => match w {
                 Some(w) => carried = batch.add(w),
@@ -335,6 +470,9 @@ async fn run(
             Some(held) = flying.next(), if !flying.is_empty() => {
                 holding -= usize::from(held);
             }
+            // A held write got its proposal, or its hold is over.
+            () = wake.notified(), if held_until.is_some() => {}
+            () = tokio::time::sleep_until(hold_over), if held_until.is_some() => {}
         }
     }
 }
@@ -373,6 +511,30 @@ impl Batch {
         self.writes.push(w);
         None
     }
+}
+
+/// Seals a transaction's writes: a proposal made in place of a write's
+/// operations ([`Amend`]) goes instead of them if the transaction stays
+/// within the request budget and the operation cap, else the write's own
+/// go. Returns the transaction's bytes.
+fn seal(writes: &mut [Write], mut bytes: usize) -> usize {
+    let mut ops: usize = writes.iter().map(Write::op_count).sum();
+    for w in writes.iter_mut() {
+        let Some(proposal) = w.amend.as_ref().and_then(Amend::seal) else {
+            continue;
+        };
+        let (old_bytes, old_ops) = (w.bytes(), w.op_count());
+        let new_bytes: usize = proposal.iter().map(Op::bytes).sum();
+        let fits = bytes - old_bytes + new_bytes <= REQUEST_BUDGET
+            && ops - old_ops + proposal.len() <= MAX_OPS;
+        if fits && !proposal.is_empty() && w.part.is_none() {
+            bytes = bytes - old_bytes + new_bytes;
+            ops = ops - old_ops + proposal.len();
+            w.ops = proposal;
+            w.proposed = true;
+        }
+    }
+    bytes
 }
 
 /// Whether a batch waits for more (see [`run`]): all of it commits of jobs
@@ -524,6 +686,8 @@ mod tests {
                 entry: vec![0x90],
             }),
             since: Instant::now(),
+            amend: None,
+            proposed: false,
             done: oneshot::channel().0,
         }
     }
@@ -565,6 +729,48 @@ mod tests {
         assert!(!may_send(2, 0, false));
         assert!(!may_send(2, 0, true));
         assert!(!may_send(2, 1, true));
+    }
+
+    /// A create of `len` bytes of data that may be amended.
+    fn amendable(len: usize) -> (Write, Amend) {
+        let amend = Amend::default();
+        let mut w = write(None);
+        w.ops = vec![Op::create("/j", vec![0; len])];
+        w.amend = Some(amend.clone());
+        (w, amend)
+    }
+
+    #[test]
+    fn a_proposal_goes_in_place_of_its_write_only_until_sealed_and_within_the_budget() {
+        let (a, amend_a) = amendable(10);
+        let (b, amend_b) = amendable(10);
+        let (c, _never) = amendable(10);
+        let mut writes = vec![a, b, c, write(None)];
+        let bytes: usize = writes.iter().map(Write::bytes).sum();
+        // a's proposal fits; b's would take the transaction past the budget.
+        assert!(amend_a.propose(vec![Op::create("/j", vec![1; 100])]));
+        assert!(
+            amend_a.propose(vec![Op::create("/j", vec![2; 200])]),
+            "the last proposal counts"
+        );
+        assert!(amend_b.propose(vec![Op::create("/j", vec![3; REQUEST_BUDGET])]));
+        let sealed = seal(&mut writes, bytes);
+        assert_eq!(sealed, bytes - 10 + 200);
+        assert!(writes[0].proposed);
+        assert!(matches!(&writes[0].ops[0], Op::Create { data, .. } if data == &vec![2; 200]));
+        assert!(!writes[1].proposed, "too big: the write's own went");
+        assert!(matches!(&writes[1].ops[0], Op::Create { data, .. } if data.len() == 10));
+        assert!(!writes[2].proposed, "nothing proposed");
+        // Sealed: a later proposal is refused, so its caller writes apart.
+        assert!(!amend_a.propose(vec![Op::delete("/j")]));
+        assert!(!amend_b.propose(vec![Op::delete("/j")]));
+        // A write not yet sealed (carried into the next transaction) takes one.
+        let (d, amend_d) = amendable(10);
+        assert!(amend_d.propose(vec![Op::delete("/j")]));
+        let mut next = vec![d];
+        let bytes = next[0].bytes();
+        seal(&mut next, bytes);
+        assert!(next[0].proposed && matches!(next[0].ops[0], Op::Delete { .. }));
     }
 
     #[test]

@@ -271,31 +271,19 @@ impl LeaderStore {
     ) -> Result<Finished, CoordError> {
         let path = self.layout.result(&job.id);
         let job_path = self.layout.job(&job.id);
-        let mut rec = job.record.clone();
-        rec.status = JobStatus::Done;
-        if fetched {
-            rec.fetched_ms = Some(super::now_ms());
-        }
-        if rec.keep_result(&output, &failures) {
-            let kept = ResultRecord {
-                epoch: self.epoch,
-                output: OutputRef::Inline(ByteBuf::from(output)),
-                failures,
-                counters,
-            };
-            rec.result = Some(kept.clone());
-            let data = encode_record(&job_path, &rec)?;
-            let set = vec![Op::set(&job_path, data, Some(job.version))];
-            return match self.fenced("finish", &job_path, set).await {
-                Ok(()) => Ok(Finished {
-                    result: kept,
-                    record: rec,
-                    fetched,
-                }),
-                Err(e) if e.is_conflict() => self.ended_before(job, e).await,
-                Err(e) => Err(e),
-            };
-        }
+        let end = self.kept_end(job, output, failures, counters, fetched);
+        let (rec, output, failures) = match end {
+            EndRecord::Kept(end) => {
+                let data = encode_record(&job_path, &end.record)?;
+                let set = vec![Op::set(&job_path, data, Some(job.version))];
+                return match self.fenced("finish", &job_path, set).await {
+                    Ok(()) => Ok(*end),
+                    Err(e) if e.is_conflict() => self.ended_before(job, e).await,
+                    Err(e) => Err(e),
+                };
+            }
+            EndRecord::Apart(rec, output, failures) => (*rec, output, failures),
+        };
         let result = ResultRecord {
             epoch: self.epoch,
             output: self
@@ -334,6 +322,40 @@ impl LeaderStore {
             record: rec,
             fetched,
         })
+    }
+
+    /// A job's record at its end (`Done`, marked fetched if `fetched`)
+    /// with its result kept in it, as [`crate::coord::JobRecord::keep_result`] allows; or,
+    /// for a result too big to be kept, that record without it, with the
+    /// output and failures given back.
+    pub(super) fn kept_end(
+        &self,
+        job: &StoredJob,
+        output: Vec<u8>,
+        failures: Vec<crate::core::TaskFailure>,
+        counters: crate::core::Counters,
+        fetched: bool,
+    ) -> EndRecord {
+        let mut rec = job.record.clone();
+        rec.status = JobStatus::Done;
+        if fetched {
+            rec.fetched_ms = Some(super::now_ms());
+        }
+        if !rec.keep_result(&output, &failures) {
+            return EndRecord::Apart(Box::new(rec), output, failures);
+        }
+        let kept = ResultRecord {
+            epoch: self.epoch,
+            output: OutputRef::Inline(ByteBuf::from(output)),
+            failures,
+            counters,
+        };
+        rec.result = Some(kept.clone());
+        EndRecord::Kept(Box::new(Finished {
+            result: kept,
+            record: rec,
+            fetched,
+        }))
     }
 
     /// A finish that kept its result in the record was refused (`refused`,
@@ -405,4 +427,16 @@ fn decode_commit(path: &str, data: &[u8]) -> Vec<(ShardKey, ShardRecord)> {
         tracing::warn!(%path, %reason, "ignoring a garbage shard commit");
         Vec::new()
     })
+}
+
+/// A job's end record ([`LeaderStore::kept_end`]).
+pub(super) enum EndRecord {
+    /// Its result kept in it: the end, as written.
+    Kept(Box<Finished>),
+    /// Its result too big for it: the record, and the output and failures.
+    Apart(
+        Box<crate::coord::JobRecord>,
+        Vec<u8>,
+        Vec<crate::core::TaskFailure>,
+    ),
 }

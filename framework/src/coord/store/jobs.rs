@@ -1,10 +1,11 @@
-//! Job records: creating a submission (fenced, under the request budget),
-//! reading jobs, their tasks and results, cancel and fetched marks.
+//! Job records: creating a submission (fenced, under the request budget;
+//! a compact job's create open to its end in the same write), reading
+//! jobs, their tasks and results, cancel and fetched marks.
 
 use serde_bytes::ByteBuf;
 use zookeeper_client::Error as ZkError;
 
-use super::{now_ms, retry_loss, LeaderStore, Op, StoredJob};
+use super::{now_ms, retry_loss, Amend, Finished, LeaderStore, Op, StoredJob};
 use crate::coord::records::{JobRecord, JobStatus, ResultRecord};
 use crate::coord::zk::{decode_record, encode_record, CoordError, REQUEST_BUDGET};
 use crate::core::shard_count;
@@ -84,19 +85,17 @@ impl LeaderStore {
         mut record: JobRecord,
         tasks: &[ByteBuf],
     ) -> Result<StoredJob, CoordError> {
+        if let Some(job) = self.compact_job(id, record.clone(), tasks) {
+            self.create_compact(&job, None).await?;
+            return Ok(job);
+        }
         let job_path = self.layout.job(id);
         let buckets = shard_count(record.tasks_total, record.options.shard_size).div_ceil(1000);
-        let task_bytes: usize = tasks.iter().map(|t| t.len() + 16).sum();
-        if task_bytes <= COMPACT_TASK_BYTES && buckets <= 1 {
-            record.inline = Some(tasks.to_vec());
-        }
-        // Cut the tasks of a job that is not compact into batches under
-        // the budget.
+        // Cut the tasks into batches under the budget.
         let mut batches: Vec<Vec<u8>> = Vec::new();
         let mut current: Vec<&ByteBuf> = Vec::new();
         let mut size = 0;
-        let to_cut: &[ByteBuf] = if record.is_compact() { &[] } else { tasks };
-        for t in to_cut {
+        for t in tasks {
             if t.len() + 16 > REQUEST_BUDGET - 1024 {
                 return Err(CoordError::TooLarge {
                     what: format!("a task of job {id}"),
@@ -121,19 +120,17 @@ impl LeaderStore {
         if batches.len() <= 1 && buckets <= SMALL_JOB_BUCKETS {
             record.status = JobStatus::Accepted;
             let data = encode_record(&job_path, &record)?;
-            let mut ops = vec![Op::create(&job_path, data)];
-            if !record.is_compact() {
-                ops.extend([
-                    Op::create(batches_path, Vec::new()),
-                    Op::create(lost, Vec::new()),
-                    Op::create(done, Vec::new()),
-                ]);
-                for (k, b) in batches.into_iter().enumerate() {
-                    ops.push(Op::create(self.layout.batch(id, k as u32), b));
-                }
-                for b in 0..buckets {
-                    ops.push(Op::create(self.layout.bucket(id, b * 1000), Vec::new()));
-                }
+            let mut ops = vec![
+                Op::create(&job_path, data),
+                Op::create(batches_path, Vec::new()),
+                Op::create(lost, Vec::new()),
+                Op::create(done, Vec::new()),
+            ];
+            for (k, b) in batches.into_iter().enumerate() {
+                ops.push(Op::create(self.layout.batch(id, k as u32), b));
+            }
+            for b in 0..buckets {
+                ops.push(Op::create(self.layout.bucket(id, b * 1000), Vec::new()));
             }
             let res = self.fenced("create_job", &job_path, ops).await;
             return match res {
@@ -201,6 +198,94 @@ impl LeaderStore {
             record,
             version: stat.version,
         })
+    }
+
+    /// A compact job ([`JobRecord::is_compact`]) as its create writes it
+    /// (`Accepted`, its tasks in its record, created now), or `None` when
+    /// the job is not compact. No I/O: the master may schedule the job
+    /// while its create waits ([`LeaderStore::create_compact`]).
+    pub fn compact_job(
+        &self,
+        id: &str,
+        mut record: JobRecord,
+        tasks: &[ByteBuf],
+    ) -> Option<StoredJob> {
+        let buckets = shard_count(record.tasks_total, record.options.shard_size).div_ceil(1000);
+        let task_bytes: usize = tasks.iter().map(|t| t.len() + 16).sum();
+        if task_bytes > COMPACT_TASK_BYTES || buckets > 1 {
+            return None;
+        }
+        record.inline = Some(tasks.to_vec());
+        record.created_ms = now_ms();
+        record.batches = 0;
+        record.status = JobStatus::Accepted;
+        Some(StoredJob {
+            id: id.to_string(),
+            record,
+            version: 0,
+        })
+    }
+
+    /// Creates a compact job as [`LeaderStore::compact_job`] made it, in
+    /// one fenced create. With `amend`, the job's end may be proposed in
+    /// its place until the create is sent ([`LeaderStore::propose_end`]):
+    /// answers whether that end is what was written (the job is then
+    /// `Done`). A job of this id that is not this write's gives an error
+    /// for which [`CoordError::is_node_exists`] holds.
+    pub async fn create_compact(
+        &self,
+        job: &StoredJob,
+        amend: Option<Amend>,
+    ) -> Result<bool, CoordError> {
+        let job_path = self.layout.job(&job.id);
+        let data = encode_record(&job_path, &job.record)?;
+        let ops = vec![Op::create(&job_path, data)];
+        let (res, ended) = match amend {
+            Some(amend) => self.batcher.write_amendable("create_job", ops, amend).await,
+            None => (self.batcher.write("create_job", ops).await, false),
+        };
+        match res {
+            Ok(()) => Ok(ended),
+            // Applied before a connection loss, then sent again: the job
+            // is ours if it is exactly this record (its creation time
+            // included), never an earlier identical submission; ended if
+            // what was sent was its end.
+            Err(ZkError::NodeExists) => match self.read_job(&job.id).await? {
+                Some(j) if as_created(&j.record, ended).as_ref() == Some(&job.record) => Ok(ended),
+                _ => Err(CoordError::zk(job_path, ZkError::NodeExists)),
+            },
+            Err(e) => Err(CoordError::zk(job_path, e)),
+        }
+    }
+
+    /// Proposes that `job`'s create, still waiting in `amend`, write the
+    /// job's end instead (`Done`, its result in its record, marked
+    /// fetched if `fetched`): the job's create and end in one write. The
+    /// end as it would be written, if the proposal was taken (the
+    /// create's answer says whether it went: a proposal too big for its
+    /// transaction does not); `None` when the create has gone, or the
+    /// result is too big to be kept in the record: the caller then ends
+    /// the job once it is created.
+    pub fn propose_end(
+        &self,
+        amend: &Amend,
+        job: &StoredJob,
+        output: Vec<u8>,
+        failures: Vec<crate::core::TaskFailure>,
+        counters: crate::core::Counters,
+        fetched: bool,
+    ) -> Result<Option<Finished>, CoordError> {
+        let job_path = self.layout.job(&job.id);
+        let super::commits::EndRecord::Kept(end) =
+            self.kept_end(job, output, failures, counters, fetched)
+        else {
+            return Ok(None);
+        };
+        let data = encode_record(&job_path, &end.record)?;
+        if !amend.propose(vec![Op::create(&job_path, data)]) {
+            return Ok(None);
+        }
+        Ok(Some(*end))
     }
 
     /// Reads a job's encoded tasks, in order (a compact job's are in its
@@ -279,5 +364,21 @@ impl LeaderStore {
             },
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A compact job's record as its create wrote it: a record its create
+/// ended (`ended`: `Done`, with its result and maybe its fetched mark)
+/// without its end; `None` for a record the create did not write.
+fn as_created(record: &JobRecord, ended: bool) -> Option<JobRecord> {
+    match (record.status, ended) {
+        (JobStatus::Accepted, false) => Some(record.clone()),
+        (JobStatus::Done, true) => Some(JobRecord {
+            status: JobStatus::Accepted,
+            result: None,
+            fetched_ms: None,
+            ..record.clone()
+        }),
+        _ => None,
     }
 }

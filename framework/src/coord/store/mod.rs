@@ -15,6 +15,7 @@ use std::time::Duration;
 use zookeeper_client::{CheckWriter, Client, Error as ZkError, OwnedLockClient};
 
 mod batch;
+pub use batch::Amend;
 use batch::Op;
 mod commits;
 mod gc;
