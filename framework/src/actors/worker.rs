@@ -1,32 +1,32 @@
 //! The worker actor: registers `/workers/<node-id>`, follows `/master`,
 //! keeps one QUIC control stream to the current master, runs the shards it
-//! receives on the blocking thread pool (never on an arbiter thread), and
+//! receives on threads of its slots (never on an arbiter thread), and
 //! reports each shard's outcome. Frames from an older epoch than the newest
 //! it has seen are refused.
 //!
-//! The driver of [`WorkerSession`], which decides what waits, what runs and
-//! where reports go; here are the links, the frames and the shards' runs.
+//! The driver of [`crate::core::WorkerSession`], which decides what waits,
+//! what runs and where reports go; here are the links and the frames, and
+//! in [`slots`] the shards' runs.
 
-use std::collections::HashMap;
+mod slots;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
 
 use super::{Alive, Fatal, Stop};
 use crate::audit::Event;
-use crate::coord::INLINE_LIMIT;
 use crate::coord::{CoordError, MasterInfo, Session, WorkerInfo};
-use crate::core::worker_session::{Action, Refused, RunId};
-use crate::core::{TaskFailure, WorkerSession};
+use crate::core::worker_session::{Refused, RunId};
 use crate::metrics as m;
-use crate::registry::{Registry, RunEnv};
+use crate::registry::Registry;
 use crate::store::Store;
 use crate::transport::{self, FramedStream, TransportError};
-use crate::wire::{self, Assignment, Frame, ShardReport, WireError, PROTOCOL_VERSION};
+use crate::wire::{self, Frame, WireError, PROTOCOL_VERSION};
+use slots::Slots;
 
 pub(crate) struct WorkerSettings {
     pub node_id: String,
@@ -58,7 +58,18 @@ impl Actor for Worker {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         metrics::gauge!(m::NODE_ROLE, "role" => "worker").set(1.0);
-        let fut = run(self.session.clone(), self.settings.clone());
+        let slots = match Slots::start(&self.settings) {
+            Ok(slots) => slots,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the worker's slot threads");
+                let _ = self
+                    .fatal
+                    .send(format!("worker: cannot start its slot threads: {e}"));
+                ctx.stop();
+                return;
+            }
+        };
+        let fut = run(self.session.clone(), self.settings.clone(), slots);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             if let Err(e) = res {
                 tracing::error!(error = %e, "worker stopped");
@@ -86,7 +97,7 @@ const REFUSED_PAUSE_MIN: Duration = Duration::from_millis(500);
 /// Longest pause between attempts to join a master that refuses this node.
 const REFUSED_PAUSE_MAX: Duration = Duration::from_secs(30);
 
-async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
+async fn run(zk: Session, s: Arc<WorkerSettings>, slots: Slots) -> Result<(), CoordError> {
     let info = WorkerInfo {
         addr: s.addr.clone(),
         slots: s.slots,
@@ -100,13 +111,7 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
     let mut lost_at: Option<Instant> = None;
     let mut served_epoch = 0u64;
     // One session across links: a shard still running when its link ends
-    // keeps its slot. Finished runs come back on `done`.
-    let mut shards = Shards {
-        session: WorkerSession::new(s.slots),
-        waiting: HashMap::new(),
-        asked: HashMap::new(),
-        done: mpsc::unbounded_channel(),
-    };
+    // keeps its slot.
     let mut drain_rx = s.drain.clone();
     // The last refusal of this node by a master, and the pause after it.
     let mut refused: Option<(String, Duration)> = None;
@@ -146,7 +151,7 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
             served_epoch = epoch;
             welcomes += 1;
         };
-        let session = serve(&s, &master, on_welcome, &mut shards);
+        let session = serve(&s, &master, on_welcome, &slots);
         let changed = zk.master_changed(master.epoch);
         let mut refused_now = None;
         let outcome = tokio::select! {
@@ -212,9 +217,9 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
             }
         }
         failed_epoch = Some(master.epoch);
-        shards.disconnected();
+        slots.disconnected(&s);
         outcome?;
-        if shards.session.draining() {
+        if slots.draining() {
             // The master went while we drained: what we ran is reassigned by the next one.
             break Ok(());
         }
@@ -226,116 +231,13 @@ async fn run(zk: Session, s: Arc<WorkerSettings>) -> Result<(), CoordError> {
     result
 }
 
-/// The worker's shards across links: the session's decisions, the
-/// assignments waiting for a slot or an acknowledgement, and the channel
-/// on which finished runs come back.
-struct Shards {
-    session: WorkerSession,
-    waiting: HashMap<RunId, Assignment>,
-    /// When each run waiting for its `StartAck` sent `Started`.
-    asked: HashMap<RunId, Instant>,
-    done: (
-        mpsc::UnboundedSender<Finished>,
-        mpsc::UnboundedReceiver<Finished>,
-    ),
-}
-
-/// A run that finished, with its report.
-type Finished = (RunId, ShardReport);
-
-impl Shards {
-    /// Carries out the session's actions; `report` is the finished run's.
-    fn apply(
-        &mut self,
-        s: &Arc<WorkerSettings>,
-        tx: Option<&mpsc::UnboundedSender<Frame>>,
-        actions: Vec<Action>,
-        mut report: Option<ShardReport>,
-    ) {
-        let send = |f: Frame| {
-            if let Some(tx) = tx {
-                let _ = tx.send(f);
-            }
-        };
-        for action in actions {
-            match action {
-                Action::SendStarted(run) => {
-                    let Some(a) = self.waiting.get(&run) else {
-                        continue;
-                    };
-                    self.asked.insert(run.clone(), Instant::now());
-                    send(Frame::Started {
-                        epoch: a.epoch,
-                        job_id: run.job,
-                        shard: run.shard,
-                        attempt: run.attempt,
-                    });
-                }
-                Action::Run(run) => {
-                    // The slot's wait for the master's round trip.
-                    if let Some(at) = self.asked.remove(&run) {
-                        metrics::histogram!(m::START_WAIT_SECONDS)
-                            .record(at.elapsed().as_secs_f64());
-                    }
-                    if let Some(a) = self.waiting.remove(&run) {
-                        let (s, done) = (s.clone(), self.done.0.clone());
-                        actix::spawn(async move {
-                            let report = execute(&s, a).await;
-                            let _ = done.send((run, report));
-                        });
-                    }
-                }
-                Action::SendReport(_) => {
-                    if let Some(r) = report.take() {
-                        send(Frame::Report(r));
-                    }
-                }
-                Action::Forget(run) => {
-                    self.waiting.remove(&run);
-                    self.asked.remove(&run);
-                    // A run that ended after its link: its report goes to
-                    // no master, so no record can name the output it put
-                    // in the store.
-                    let ours = |r: &mut ShardReport| {
-                        (&r.job_id, r.shard, r.attempt) == (&run.job, run.shard, run.attempt)
-                    };
-                    if let Some(name) = report.take_if(ours).and_then(|r| r.output_object) {
-                        let store = s.store.clone();
-                        actix::spawn(async move {
-                            if let Err(e) = store.delete(&name).await {
-                                tracing::warn!(object = %name, error = %e, "cannot delete the output of a run that outlived its link");
-                            }
-                        });
-                    }
-                }
-                Action::SendUnstarted(run) => send(Frame::Unstarted {
-                    job_id: run.job,
-                    shard: run.shard,
-                    attempt: run.attempt,
-                }),
-                Action::SendDraining => send(Frame::Draining),
-                Action::SendDrained => send(Frame::Drained),
-            }
-        }
-    }
-
-    fn disconnected(&mut self) {
-        let actions = self.session.disconnected();
-        for a in actions {
-            if let Action::Forget(run) = a {
-                self.waiting.remove(&run);
-            }
-        }
-    }
-}
-
 /// One connection to a master. Returns `Ok` once drained (the master
 /// acknowledged the last report), an error when the link is lost.
 async fn serve(
     s: &Arc<WorkerSettings>,
     master: &MasterInfo,
     mut on_welcome: impl FnMut(u64),
-    shards: &mut Shards,
+    slots: &Slots,
 ) -> Result<(), TransportError> {
     let conn = transport::dial_node(&s.endpoint, &master.addr, &master.node_id).await?;
     let mut stream = FramedStream::open(&conn, s.max_frame).await?;
@@ -389,8 +291,7 @@ async fn serve(
     });
     let (mut writer, mut reader) = (AbortOnDrop(writer), AbortOnDrop(reader));
     let mut drain_rx = s.drain.clone();
-    let actions = shards.session.connected(epoch);
-    shards.apply(s, Some(&tx), actions, None);
+    slots.connected(s, epoch, tx);
     loop {
         tokio::select! {
             r = &mut writer.0 => return Err(link_ended(r.unwrap_or(Ok(())))),
@@ -398,44 +299,29 @@ async fn serve(
             Some(frame) = frames.recv() => match frame {
                 Frame::DrainAck => return Ok(()),
                 Frame::StartAck { job_id, shard, attempt } => {
-                    let run = RunId { epoch, job: job_id, shard, attempt };
-                    let actions = shards.session.acked(&run);
-                    shards.apply(s, Some(&tx), actions, None);
+                    slots.acked(s, &RunId { epoch, job: job_id, shard, attempt });
                 }
                 Frame::StartRefused { job_id, shard, attempt } => {
-                    let run = RunId { epoch, job: job_id, shard, attempt };
-                    let actions = shards.session.refused(&run);
-                    shards.apply(s, Some(&tx), actions, None);
+                    slots.refused(s, &RunId { epoch, job: job_id, shard, attempt });
                 }
-                Frame::Assign(a) => {
-                    let run = RunId { epoch: a.epoch, job: a.job_id.clone(), shard: a.shard, attempt: a.attempt };
-                    match shards.session.assigned(run.clone(), a.ack_first) {
-                        Ok(actions) => {
-                            shards.waiting.insert(run, a);
-                            shards.apply(s, Some(&tx), actions, None);
-                        }
-                        Err(Refused::OtherEpoch) => tracing::warn!(
-                            epoch = a.epoch,
-                            current = epoch,
-                            "refusing an assignment from another epoch"
-                        ),
-                        // Sent before the master saw `Draining`: it requeues it.
-                        Err(Refused::Draining) => {}
-                        Err(Refused::Duplicate) => {
-                            tracing::debug!(job = %run.job, shard = %run.shard, "already holding this run")
-                        }
+                Frame::Assign(a) => match slots.assigned(s, a) {
+                    Ok(()) => {}
+                    Err((Refused::OtherEpoch, run)) => tracing::warn!(
+                        epoch = run.epoch,
+                        current = epoch,
+                        "refusing an assignment from another epoch"
+                    ),
+                    // Sent before the master saw `Draining`: it requeues it.
+                    Err((Refused::Draining, _)) => {}
+                    Err((Refused::Duplicate, run)) => {
+                        tracing::debug!(job = %run.job, shard = %run.shard, "already holding this run")
                     }
-                }
+                },
                 other => tracing::warn!(frame = other.name(), "unexpected frame from master"),
             },
-            Some((run, report)) = shards.done.1.recv() => {
-                let actions = shards.session.finished(&run);
-                shards.apply(s, Some(&tx), actions, Some(report));
-            }
-            _ = drain_rx.wait_for(|d| *d), if !shards.session.draining() => {
-                tracing::info!(running = shards.session.in_slots(), "draining: no new shards; finishing the started ones");
-                let actions = shards.session.drain();
-                shards.apply(s, Some(&tx), actions, None);
+            _ = drain_rx.wait_for(|d| *d), if !slots.draining() => {
+                tracing::info!(running = slots.in_slots(), "draining: no new shards; finishing the started ones");
+                slots.drain(s);
             }
         }
     }
@@ -455,85 +341,5 @@ fn link_ended(r: Result<(), WireError>) -> TransportError {
     match r {
         Err(e) => e.into(),
         Ok(()) => WireError::Closed.into(),
-    }
-}
-
-/// Runs one shard on the blocking pool and builds its report; a big
-/// output goes to the store under a name no other run uses.
-async fn execute(s: &Arc<WorkerSettings>, a: Assignment) -> ShardReport {
-    let (epoch, job_id, shard, attempt) = (a.epoch, a.job_id.clone(), a.shard, a.attempt);
-    let n = a.tasks.len() as u64;
-    let started = Instant::now();
-    let env = RunEnv {
-        node_id: s.node_id.clone(),
-        data_dir: s.data_dir.clone(),
-        store: Some(s.store.clone()),
-    };
-    let indexes: Vec<u64> = a.tasks.iter().map(|(i, _)| *i).collect();
-    let job_name = a.job_name.clone();
-    let registry = s.registry.clone();
-    let run = tokio::task::spawn_blocking(move || {
-        registry
-            .get(&a.job_name)
-            .map(|job| job.run_shard(&a.job_id, a.attempt, a.tasks, &env))
-    })
-    .await;
-    let fail_all = |error: String, retryable| {
-        let failures = indexes
-            .iter()
-            .map(|&index| TaskFailure {
-                index,
-                error: error.clone(),
-                attempt,
-                retryable,
-            })
-            .collect();
-        (Vec::new(), failures)
-    };
-    let (mut output, mut failures) = match run {
-        Ok(Some(r)) => (r.output, r.failures),
-        Ok(None) => fail_all(
-            format!("unknown job type {job_name:?} on this worker"),
-            true,
-        ),
-        Err(e) => fail_all(format!("shard runner failed: {e}"), true),
-    };
-    let mut output_object = None;
-    if output.len() > INLINE_LIMIT {
-        let name = Store::shard_output_name(&job_id, &shard.to_string(), epoch, attempt);
-        let put = match name {
-            Ok(name) => s
-                .store
-                .put_new(&name, std::mem::take(&mut output))
-                .await
-                .map(|()| name),
-            Err(e) => Err(e),
-        };
-        match put {
-            Ok(name) => output_object = Some(name),
-            Err(e) => {
-                tracing::warn!(job = %job_id, %shard, error = %e, "cannot write a shard's output to the store");
-                (output, failures) =
-                    fail_all(format!("cannot write the output to the store: {e}"), true);
-            }
-        }
-    }
-    // A bounded label: the names this worker registers.
-    let label = if s.registry.get(&job_name).is_some() {
-        job_name
-    } else {
-        "unknown".to_string()
-    };
-    metrics::counter!(m::TASKS_RUN, "job_type" => label.clone()).increment(n);
-    metrics::histogram!(m::SHARD_SECONDS, "job_type" => label)
-        .record(started.elapsed().as_secs_f64());
-    ShardReport {
-        epoch,
-        job_id,
-        shard,
-        attempt,
-        output: ByteBuf::from(output),
-        failures,
-        output_object,
     }
 }
