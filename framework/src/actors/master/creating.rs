@@ -198,9 +198,10 @@ impl Master {
                 return watch;
             }
             Created::Ok(true) => {
-                // The watch first, so that the job's end reaches it.
+                // The watch first, so that the job's end reaches it (its
+                // only frame: the job ends now).
                 if let Some(w) = watch {
-                    self.watch(ctx, w);
+                    self.watch_from(ctx, w, false);
                 }
                 if let Some((end, finished)) = proposed {
                     metrics::counter!(crate::metrics::JOBS_CREATED_DONE).increment(1);

@@ -211,7 +211,7 @@ async fn watch(
     if master.send(Watch { job_id, fetch, tx }).await.is_err() {
         return Ok(stream.reply(&Frame::NotMaster).await?);
     }
-    watching(stream, rx).await
+    watching(stream, rx, None).await
 }
 
 /// A submission with its tasks read: the master's answer, and the watch
@@ -276,12 +276,17 @@ async fn submission(
             let _ = send.finish();
             return Ok(());
         };
-        crate::wire::write_frame(&mut send, &accepted).await?;
         match read {
-            Some(f) => f,
-            None => next.await,
+            // The watch came: the answer goes with what the master pushed
+            // for it (a job that ended as it was created: both at once).
+            Some(f) => (f, Some(accepted)),
+            None => {
+                crate::wire::write_frame(&mut send, &accepted).await?;
+                (next.await, None)
+            }
         }
     };
+    let (next, unsent) = next;
     let mut stream = FramedStream {
         send,
         recv,
@@ -293,16 +298,22 @@ async fn submission(
             fetch,
         }) if watched == job_id => match (frames, kept) {
             // Handed over: the master registered it with its answer.
-            (Some(rx), None) => watching(stream, rx).await,
+            (Some(rx), None) => watching(stream, rx, unsent).await,
             (Some(rx), Some(w)) => {
                 if master.send(w).await.is_err() {
+                    if let Some(accepted) = unsent {
+                        stream.send(&accepted).await?;
+                    }
                     return Ok(stream.reply(&Frame::NotMaster).await?);
                 }
-                watching(stream, rx).await
+                watching(stream, rx, unsent).await
             }
             (None, _) => watch(stream, master, job_id, fetch).await,
         },
         Ok(other) => {
+            if let Some(accepted) = unsent {
+                stream.send(&accepted).await?;
+            }
             let message = format!(
                 "only a WatchJob of job {job_id} may follow its submission, not {}",
                 other.name()
@@ -310,6 +321,9 @@ async fn submission(
             Ok(stream.reply(&Frame::Error { message }).await?)
         }
         Err(_) => {
+            if let Some(accepted) = unsent {
+                stream.send(&accepted).await?;
+            }
             let _ = stream.send.finish();
             Ok(())
         }
@@ -321,22 +335,49 @@ async fn submission(
 async fn watching(
     mut stream: FramedStream,
     mut rx: mpsc::UnboundedReceiver<Frame>,
+    mut first: Option<Frame>,
 ) -> Result<(), TransportError> {
     let gone = stream.peer_gone();
     tokio::pin!(gone);
+    let mut buf = Vec::new();
     loop {
-        let frame = tokio::select! {
-            f = rx.recv() => f,
-            () = &mut gone => return Ok(()),
+        let frame = match first.take() {
+            Some(f) => Some(f),
+            None => tokio::select! {
+                f = rx.recv() => f,
+                () = &mut gone => return Ok(()),
+            },
         };
         let Some(frame) = frame else {
             // The master stopped: the client finds the next one.
             return Ok(());
         };
-        if frame.ends_watch() {
-            return Ok(stream.reply(&frame).await?);
+        // What is queued behind it goes in the same write: a job's end
+        // right behind its acceptance or its last progress.
+        buf.clear();
+        // The submission's answer, first, ends nothing.
+        let mut ended = frame.ends_watch() && !matches!(frame, Frame::Accepted { .. });
+        crate::wire::encode_into(&mut buf, &frame)?;
+        let mut frames = 1;
+        while !ended {
+            let Ok(f) = rx.try_recv() else {
+                break;
+            };
+            ended = f.ends_watch();
+            crate::wire::encode_into(&mut buf, &f)?;
+            frames += 1;
         }
-        stream.send(&frame).await?;
+        metrics::counter!(m::FRAMES, "direction" => "sent").increment(frames);
+        metrics::counter!(m::FRAME_BYTES, "direction" => "sent").increment(buf.len() as u64);
+        stream
+            .send
+            .write_all(&buf)
+            .await
+            .map_err(|e| WireError::Io(e.into()))?;
+        if ended {
+            let _ = stream.send.finish();
+            return Ok(());
+        }
     }
 }
 

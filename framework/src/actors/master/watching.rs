@@ -68,8 +68,14 @@ impl Master {
     /// Registers a watch (from its own stream, or sent behind a
     /// submission).
     pub(super) fn watch(&mut self, ctx: &mut Context<Self>, msg: Watch) {
+        self.watch_from(ctx, msg, true);
+    }
+
+    /// Registers a watch; its first frame is the job's progress now if
+    /// `progress` (not for a job about to end, whose end is its next).
+    pub(super) fn watch_from(&mut self, ctx: &mut Context<Self>, msg: Watch, progress: bool) {
         let Watch { job_id, fetch, tx } = msg;
-        if let Some(p) = self.progress(&job_id) {
+        if let Some(p) = self.progress(&job_id).filter(|_| progress) {
             if tx.send(Frame::Job(p)).is_err() {
                 return;
             }
