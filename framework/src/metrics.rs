@@ -291,6 +291,59 @@ fn build_info(binary: &str, binary_version: &str) -> metrics::Gauge {
     )
 }
 
+/// A counter of a fixed name (and fixed labels), looked up once per call
+/// site: for counters moved per job or per shard, where a lookup by name
+/// costs more than the increment. Counters only: a gauge left idle leaves
+/// the registry ([`GAUGE_IDLE`]), and a handle kept on it would count for
+/// nobody.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! counter_once {
+    ($($key:tt)*) => {{
+        static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+        COUNTER.get_or_init(|| metrics::counter!($($key)*))
+    }};
+}
+
+/// Frames, and their bytes, sent (`sent`) or received: handles looked up
+/// once, since every frame counts them and a lookup by name and label
+/// costs more than the increment. (The recorder is installed before any
+/// frame moves: [`install`].)
+pub(crate) fn frames(sent: bool) -> &'static (metrics::Counter, metrics::Counter) {
+    static SENT: std::sync::OnceLock<(metrics::Counter, metrics::Counter)> =
+        std::sync::OnceLock::new();
+    static RECEIVED: std::sync::OnceLock<(metrics::Counter, metrics::Counter)> =
+        std::sync::OnceLock::new();
+    let (cell, direction) = if sent {
+        (&SENT, "sent")
+    } else {
+        (&RECEIVED, "received")
+    };
+    cell.get_or_init(|| {
+        (
+            metrics::counter!(FRAMES, "direction" => direction),
+            metrics::counter!(FRAME_BYTES, "direction" => direction),
+        )
+    })
+}
+
+/// The duration histogram of the master's ZooKeeper writes named `op`
+/// (one of [`ZK_OPS`]), looked up once per name, as [`frames`].
+pub(crate) fn zk_op_seconds(op: &'static str) -> metrics::Histogram {
+    static BY_OP: std::sync::OnceLock<std::collections::HashMap<&'static str, metrics::Histogram>> =
+        std::sync::OnceLock::new();
+    let by_op = BY_OP.get_or_init(|| {
+        ZK_OPS
+            .iter()
+            .map(|op| (*op, metrics::histogram!(ZK_OP_SECONDS, "op" => *op)))
+            .collect()
+    });
+    match by_op.get(op) {
+        Some(h) => h.clone(),
+        None => metrics::histogram!(ZK_OP_SECONDS, "op" => op),
+    }
+}
+
 /// Starts the Prometheus exporter on `addr` and registers every metric.
 /// Call before the actor system starts: the exporter gets its own thread.
 pub fn install(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {

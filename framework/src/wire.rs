@@ -577,9 +577,9 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Res
     let mut buf = Vec::with_capacity(128);
     encode_into(&mut buf, frame)?;
     w.write_all(&buf).await?;
-    metrics::counter!(crate::metrics::FRAMES, "direction" => "sent").increment(1);
-    metrics::counter!(crate::metrics::FRAME_BYTES, "direction" => "sent")
-        .increment(buf.len() as u64);
+    let (frames, bytes) = crate::metrics::frames(true);
+    frames.increment(1);
+    bytes.increment(buf.len() as u64);
     Ok(())
 }
 
@@ -608,9 +608,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
         )
         .into());
     }
-    metrics::counter!(crate::metrics::FRAMES, "direction" => "received").increment(1);
-    metrics::counter!(crate::metrics::FRAME_BYTES, "direction" => "received")
-        .increment(len as u64 + 4);
+    let (frames, bytes) = crate::metrics::frames(false);
+    frames.increment(1);
+    bytes.increment(len as u64 + 4);
     decode_frame(&body)
 }
 

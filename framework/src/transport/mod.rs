@@ -512,9 +512,9 @@ pub async fn write_queued(
             }
             frames += 1;
         }
-        metrics::counter!(crate::metrics::FRAMES, "direction" => "sent").increment(frames);
-        metrics::counter!(crate::metrics::FRAME_BYTES, "direction" => "sent")
-            .increment(buf.len() as u64);
+        let (counted, bytes) = crate::metrics::frames(true);
+        counted.increment(frames);
+        bytes.increment(buf.len() as u64);
         send.write_all(&buf)
             .await
             .map_err(|e| WireError::Io(e.into()))?;

@@ -204,7 +204,7 @@ impl Master {
                     self.watch_from(ctx, w, false);
                 }
                 if let Some((end, finished)) = proposed {
-                    metrics::counter!(crate::metrics::JOBS_CREATED_DONE).increment(1);
+                    crate::counter_once!(crate::metrics::JOBS_CREATED_DONE).increment(1);
                     self.ended_alone(ctx, job, end.key, end.attempt, Ok(finished));
                 }
                 return None;
@@ -290,7 +290,7 @@ impl Master {
                     shard: key.to_string(),
                     attempt,
                 });
-                metrics::counter!(crate::metrics::SHARDS_COMMITTED).increment(1);
+                crate::counter_once!(crate::metrics::SHARDS_COMMITTED).increment(1);
                 let job_name = finished.record.job_name.clone();
                 self.job_done(ctx, job, job_name, finished);
             }

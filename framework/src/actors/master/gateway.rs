@@ -367,8 +367,9 @@ async fn watching(
             crate::wire::encode_into(&mut buf, &f)?;
             frames += 1;
         }
-        metrics::counter!(m::FRAMES, "direction" => "sent").increment(frames);
-        metrics::counter!(m::FRAME_BYTES, "direction" => "sent").increment(buf.len() as u64);
+        let (counted, bytes) = m::frames(true);
+        counted.increment(frames);
+        bytes.increment(buf.len() as u64);
         stream
             .send
             .write_all(&buf)

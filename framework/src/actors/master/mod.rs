@@ -415,7 +415,7 @@ impl Master {
                         .get(&worker)
                         .is_some_and(|l| l.tx.send(frame).is_ok());
                     if sent {
-                        metrics::counter!(m::SHARDS_ASSIGNED).increment(1);
+                        crate::counter_once!(m::SHARDS_ASSIGNED).increment(1);
                     } else {
                         lost.push(worker);
                     }
@@ -549,7 +549,7 @@ impl Master {
         rec: ShardRecord,
         at: Arc<str>,
     ) {
-        metrics::counter!(m::SHARDS_COMMITTED).increment(1);
+        crate::counter_once!(m::SHARDS_COMMITTED).increment(1);
         if let Some(rt) = self.jobs.get_mut(job) {
             rt.keep_output(rt.commit_log.len(), &rec.output);
             rt.logged(key, at);

@@ -254,8 +254,7 @@ impl Write {
     }
 
     fn answer(self, result: Result<Option<Arc<str>>, ZkError>) {
-        metrics::histogram!(crate::metrics::ZK_OP_SECONDS, "op" => self.name)
-            .record(self.since.elapsed().as_secs_f64());
+        crate::metrics::zk_op_seconds(self.name).record(self.since.elapsed().as_secs_f64());
         if matches!(&result, Err(e) if !matches!(e, ZkError::NodeExists | ZkError::NoNode)) {
             metrics::counter!(crate::metrics::ZK_ERRORS, "op" => self.name).increment(1);
         }
@@ -589,7 +588,7 @@ fn units(batch: Vec<Write>, records: &str, seq: &mut u64) -> Vec<Unit> {
             crate::coord::records::join_entries(&entries),
         )];
         unit.record = Some(path.into());
-        metrics::counter!(crate::metrics::COMMIT_RECORDS).increment(1);
+        crate::counter_once!(crate::metrics::COMMIT_RECORDS).increment(1);
     }
     units
 }
@@ -615,7 +614,7 @@ async fn commit(lock: &OwnedLockClient, mut batch: Vec<Unit>, sent: &AtomicU64, 
     let mut losses = 0;
     while !batch.is_empty() {
         sent.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::metrics::ZK_TRANSACTIONS).increment(1);
+        crate::counter_once!(crate::metrics::ZK_TRANSACTIONS).increment(1);
         let res = {
             let mut w = lock.new_check_writer();
             let added = batch
