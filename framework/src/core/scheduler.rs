@@ -8,9 +8,10 @@
 //! and the candidates for a speculative copy in a set ordered by age. No
 //! call scans a job's shards, except forgetting a job with shards left.
 //!
-//! A worker holds up to twice its slots ([`PREFETCH_PER_SLOT`]): the
-//! runs beyond its slots wait in its queue, and when the jobs' queues are
-//! empty and a slot elsewhere is idle, one of them moves there. That walk
+//! A worker holds runs beyond its slots in its queue: three per slot
+//! ([`PREFETCH_PER_SLOT`]), seven while its runs are short
+//! ([`SHORT_RUN_PREFETCH`]). When the jobs' queues are empty and a slot
+//! elsewhere is idle, a queued run moves there. That walk
 //! is bounded by a constant ([`STEAL_WALK`] workers each way), not by the
 //! cluster.
 
@@ -118,14 +119,27 @@ pub enum StartAnswer {
 
 /// Shards a worker may hold beyond its slots, per slot: they wait in its
 /// queue, so that a slot that frees starts the next run at once instead
-/// of after a round trip to the master. Three: a slot that runs one-task
-/// shards in less than the master's round trip (about 100 µs on one
-/// machine) finds the next ones waiting (Celery's default prefetch is
-/// four messages per process). A queued run that has not started when
-/// another worker's slot stands idle with nothing else to run moves there
-/// (see [`Scheduler::assign`]), so a queue never leaves a job's last
-/// shards waiting behind a long run.
+/// of after a round trip to the master (Celery's default prefetch is four
+/// messages per process). A queued run that has not started when another
+/// worker's slot stands idle with nothing else to run moves there (see
+/// [`Scheduler::assign`]), so a queue never leaves a job's last shards
+/// waiting behind a long run.
 pub const PREFETCH_PER_SLOT: u32 = 3;
+
+/// The queue per slot of a worker whose runs are short
+/// ([`SHORT_RUN`]): a slot runs a one-task shard in tens of microseconds,
+/// and a refill takes the master's round trip, hundreds of microseconds
+/// under load; with three queued runs the slot idled between refills
+/// (`cluster-bench --quick --only queue`: 8,300-8,900 one-task jobs/s at
+/// 64 in flight, 17,000-20,600 tasks/s at 100,000 one-task shards; with
+/// seven, 11,300-11,400 and 27,000-29,800). Long runs keep the shorter
+/// queue: a new job's shards then wait behind at most three of them.
+pub const SHORT_RUN_PREFETCH: u32 = 7;
+
+/// Runs shorter than this, on average, make a worker's queue
+/// [`SHORT_RUN_PREFETCH`] deep: a new job then waits behind at most
+/// seven of them, some tens of milliseconds.
+pub const SHORT_RUN: Duration = Duration::from_millis(5);
 
 /// Most idle workers, and most workers with a backlog, one `assign` call
 /// looks at to move a queued run: a bound on its cost, not on what it
@@ -155,6 +169,9 @@ struct WorkerSlot {
     promised: BTreeSet<(String, ShardKey)>,
     /// Its entry in the free index (its load then), if it has a free slot.
     indexed: Option<usize>,
+    /// Its runs' time, from their start to their report (a moving
+    /// average), once it reported one: short runs deepen its queue.
+    run_time: Option<Duration>,
 }
 
 impl WorkerSlot {
@@ -163,9 +180,14 @@ impl WorkerSlot {
         !self.fallback && self.capacity > 0
     }
 
-    /// How many runs it may hold: its slots and its queue.
+    /// How many runs it may hold: its slots and its queue, deeper while
+    /// its runs are short.
     fn window(&self) -> u32 {
-        self.capacity.saturating_mul(1 + PREFETCH_PER_SLOT)
+        let queue = match self.run_time {
+            Some(t) if t < SHORT_RUN => SHORT_RUN_PREFETCH,
+            _ => PREFETCH_PER_SLOT,
+        };
+        self.capacity.saturating_mul(1 + queue)
     }
 }
 
@@ -555,6 +577,7 @@ impl Scheduler {
             unseen: BTreeSet::new(),
             promised: BTreeSet::new(),
             indexed: None,
+            run_time: None,
         };
         let mut out = Vec::new();
         // Re-registration: whatever it ran before is lost.
@@ -1213,6 +1236,9 @@ impl Scheduler {
         }
         let took = now.saturating_duration_since(run.since);
         job.typical = Some(job.typical.map_or(took, |t| (t * 7 + took) / 8));
+        if let Some(w) = self.pool.workers.get_mut(worker) {
+            w.run_time = Some(w.run_time.map_or(took, |t| (t * 7 + took) / 8));
+        }
         let runners: Vec<String> = runs.iter().map(|r| r.worker.clone()).collect();
         shard.phase = ShardPhase::Committing {
             worker: Some(worker.to_string()),
@@ -1908,6 +1934,49 @@ mod tests {
         assert!(s2.report("b", "y", k, 1));
     }
 
+    /// A worker's queue deepens while its runs are short (a slot of
+    /// one-task shards would idle between refills), and shortens again
+    /// when they grow long (a new job would wait behind them).
+    #[test]
+    fn a_worker_of_short_runs_holds_a_deeper_queue() {
+        let mut s = Clocked::new();
+        s.add_worker("a", 2, ["j".to_string()], false);
+        s.add_job(plan("x", 100, 1, 3));
+        let k = |index| ShardKey {
+            index,
+            generation: 0,
+        };
+        let held = assigned(&s.assign());
+        assert_eq!(held.len() as u32, 2 * RUNS_PER_SLOT, "no run time yet");
+        // One run of 1 ms: the queue deepens.
+        let t0 = s.now;
+        assert!(s.started("a", "x", k(0), 1));
+        s.tick(t0 + Duration::from_millis(1));
+        assert!(s.report("a", "x", k(0), 1));
+        s.committed("x", k(0), 1, &[]);
+        let more = assigned(&s.assign());
+        assert_eq!(
+            (held.len() + more.len()) as u32 - 1,
+            2 * (1 + SHORT_RUN_PREFETCH),
+            "short runs: seven queued per slot"
+        );
+        s.check_indexes();
+        // Long runs: back to three (nothing new until the load is under it).
+        for index in 1..40 {
+            let t = s.now;
+            assert!(s.started("a", "x", k(index), 1));
+            s.tick(t + Duration::from_millis(50));
+            assert!(s.report("a", "x", k(index), 1));
+            s.committed("x", k(index), 1, &[]);
+            if s.running_on("a") as u32 <= 2 * RUNS_PER_SLOT {
+                break;
+            }
+        }
+        assert_eq!(s.running_on("a") as u32, 2 * RUNS_PER_SLOT);
+        assert_eq!(assigned(&s.assign()), [], "the long runs' queue is full");
+        s.check_indexes();
+    }
+
     #[test]
     fn a_queued_run_moves_to_an_idle_slot_once_nothing_else_waits() {
         let n = RUNS_PER_SLOT;
@@ -2486,7 +2555,7 @@ mod tests {
                         if let Command::Assign { worker, .. } = c {
                             assert!(
                                 s.running_on(worker)
-                                    <= capacity_of[worker] * (1 + PREFETCH_PER_SLOT as usize),
+                                    <= capacity_of[worker] * (1 + SHORT_RUN_PREFETCH as usize),
                                 "seed {seed}: {worker} holds more than its slots and queue"
                             );
                         }
@@ -2634,8 +2703,10 @@ mod tests {
         let n = RUNS_PER_SLOT;
         assert_eq!(assigned(&s.assign()).len() as u32, n);
         s.add_job(plan("small", 1, 1, 3));
-        // Two free: the small job's turn comes before the big job's other
-        // shards.
+        // Two free (after runs long enough to keep the queue as it is):
+        // the small job's turn comes before the big job's other shards.
+        let later = s.now + SHORT_RUN * 10;
+        s.tick(later);
         for index in 0..2 {
             let k = ShardKey {
                 index,
