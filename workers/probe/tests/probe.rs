@@ -849,6 +849,69 @@ fn a_watch_follows_two_failovers_further_apart_than_its_wait() {
     });
 }
 
+/// A job of one shard is scheduled while its create waits. After a
+/// failover the new master holds no memory of jobs that ended before it,
+/// so a resubmission of one is scheduled too; its create finds the id
+/// taken, the job is discarded (nothing of it written), and the
+/// resubmission is answered from ZooKeeper: the same submission finds the
+/// job and its result, another is refused.
+#[test]
+fn a_resubmission_after_a_failover_finds_its_job_and_its_run_is_discarded() {
+    let m2 = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    let mut c = two_candidates_m1_leading_with(&["--metrics-addr", &m2]);
+    c.node("w", &["--role", "worker"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let opts = SubmitOptions {
+            job_id: Some("again".into()),
+            ..Default::default()
+        };
+        let (first, _) = client
+            .run::<Collect<Probe>>(probes(1, &[]), opts.clone())
+            .await
+            .unwrap();
+        assert_eq!(first, vec![(0, 0)]);
+        let job_path = c.layout().job("again");
+        let (stored, _) = zk.get_data(&job_path).await.unwrap();
+        let m1 = c.master(&zk, None, Duration::from_secs(20)).await;
+        c.signal("m1", "TERM");
+        let m = c.master(&zk, Some(m1.epoch), Duration::from_secs(20)).await;
+        assert_eq!(m.node_id, "m2");
+        // The same submission finds the job, and its result.
+        let job = client
+            .submit::<Collect<Probe>>(probes(1, &[]), opts.clone())
+            .await
+            .unwrap();
+        assert!(job.existed(), "the resubmission found its job");
+        let (again, _) = job.result().await.unwrap();
+        assert_eq!(again, first);
+        // Another submission under the id is refused, naming it.
+        let other = vec![Probe {
+            value: 7,
+            behaviour: Behaviour::Ok,
+        }];
+        let err = match client.submit::<Collect<Probe>>(other, opts).await {
+            Ok(_) => panic!("another submission under a taken id was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("exists with a different submission"), "{err}");
+        // Both were scheduled while their create waited, and discarded;
+        // the job is as m1 wrote it.
+        let (_, scrape) = ringleader::prom::http_get(&m2, "/metrics").unwrap();
+        let discarded = scrape.lines().find_map(|l| {
+            l.strip_prefix("ringleader_jobs_discarded_total ")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        });
+        assert_eq!(discarded, Some(2.0), "{scrape}");
+        let (now, _) = zk.get_data(&job_path).await.unwrap();
+        assert_eq!(now, stored, "the job's record is untouched");
+    });
+}
+
 /// A streamed job's outputs reach the client as they commit, each once,
 /// across a failover of the master mid-job (the stream tells the next
 /// master what it has); a slow reader holds nobody up: another job

@@ -240,6 +240,11 @@ impl Master {
     /// reports of its runs are then stale. A run's output object, if one
     /// was written under the id, is swept with the job that holds the id.
     fn discard(&mut self, ctx: &mut Context<Self>, job: &str) {
+        tracing::debug!(
+            job,
+            "a job scheduled while its create waited is discarded: its create failed"
+        );
+        crate::counter_once!(crate::metrics::JOBS_DISCARDED).increment(1);
         self.jobs.remove(job);
         self.ledger.remove(job);
         self.sched.remove_job(job);

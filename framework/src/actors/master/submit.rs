@@ -173,9 +173,12 @@ impl Master {
 
     /// The job's record as its create writes it, if the job may be
     /// scheduled while its create waits ([`super::creating`]): compact,
-    /// one shard, not streamed, and an id this master knows of no job by
-    /// (one it knows of is most likely taken: its create would fail and
-    /// the run be wasted).
+    /// one shard, not streamed, and an id of no job this master ended or
+    /// is loading (a resubmission of one would find it taken: its create
+    /// would fail and the run be wasted). Jobs that ended before a
+    /// takeover are not looked up (that is a read in series with every
+    /// submission): a resubmission of one runs its task for nothing, then
+    /// finds the job.
     fn speculable(&self, a: &Admitted) -> Option<StoredJob> {
         let id = &a.header.job_id;
         let one_shard = shard_count(a.header.task_count, a.options.shard_size) == 1;
@@ -183,7 +186,6 @@ impl Master {
             || a.options.stream
             || self.loading.contains(id)
             || self.owners.contains_key(id)
-            || self.retained.contains_key(id)
             || crate::core::job::task_bytes(&a.tasks) > 64 * 1024
         {
             return None;
