@@ -161,13 +161,12 @@ impl Master {
         let Some(rt) = self.jobs.get_mut(job) else {
             return;
         };
-        let stored = rt.stored.clone();
-        let Some(c) = rt.creating.as_mut() else {
+        let (stored, Some(c)) = (&rt.stored, rt.creating.as_mut()) else {
             return self.write_end_alone(ctx, job, end, fetched);
         };
         let proposal = self.store.propose_end(
             &c.amend,
-            &stored,
+            stored,
             end.result.clone(),
             end.failures.clone(),
             end.counters,
