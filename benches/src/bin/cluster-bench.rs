@@ -45,7 +45,7 @@ struct Args {
     /// Splits of the word-count corpus.
     #[arg(long, default_value_t = 12)]
     splits: u64,
-    /// Splits per word-count shard (default: the job's own).
+    /// Splits per word-count shard (default: the master's choice, a few shards per slot).
     #[arg(long)]
     wc_shard: Option<u32>,
     /// Workers of the scale section (all in one extra process).
@@ -279,8 +279,9 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(node)
 }
 
-/// Word counts the figure is the median of.
-const WORDCOUNT_RUNS: usize = 3;
+/// Word counts, each paired with a thread run, the figure is the median
+/// of (full mode; five with --quick).
+const WORDCOUNT_PAIRS: usize = 7;
 
 /// The word count's baseline: the same splits counted by the same code in
 /// two plain threads of this process. Returns the counts and the seconds.
@@ -1251,7 +1252,7 @@ impl Bench {
             std::io::Write::flush(&mut f)?;
         }
         let bytes = std::fs::metadata(&corpus)?.len() as f64;
-        let mut splits = wordcount::plan(
+        let splits = wordcount::plan(
             &[corpus.display().to_string()],
             (bytes as u64)
                 .div_ceil(self.args.splits.max(1))
@@ -1260,9 +1261,7 @@ impl Bench {
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let splits_n = splits.len();
-        // The baseline runs before and after the cluster's job: the
-        // machine's speed drifts, and the ratio is against their mean.
-        let (base, first_secs) = count_in_threads(&splits);
+        let (base, _) = count_in_threads(&splits);
         // Summed over every node's counter.
         let lost = |b: &Bench| -> anyhow::Result<f64> {
             let mut sum = 0.0;
@@ -1272,10 +1271,8 @@ impl Bench {
             Ok(sum)
         };
         let lost_before = lost(self)?;
-        let (before_secs, before_n) = self.task_time()?;
         let client = self.client()?;
         let wc_shard = self.args.wc_shard;
-        let splits_again = splits.clone();
         // One word count, submitted and awaited: its result, to be checked
         // against the threads' count once its time is taken (the threads'
         // time does not include that check either).
@@ -1296,29 +1293,55 @@ impl Bench {
             ensure!(counts == base, "word counts differ from the baseline");
             Ok::<_, anyhow::Error>(())
         };
-        // The first run meets freshly started nodes (their heaps not yet
-        // grown, the JVM's compiler busy): it is shown, and the figure is
-        // the median of it and the two that follow, on the same cluster.
-        let mut runs_mbs = Vec::new();
-        for i in 0..WORDCOUNT_RUNS {
-            let splits = if i + 1 == WORDCOUNT_RUNS {
-                std::mem::take(&mut splits)
-            } else {
-                splits.clone()
-            };
+        let cluster_secs = || -> anyhow::Result<f64> {
             let t = Instant::now();
-            let counts = self.rt.block_on(count_once(splits))?;
-            runs_mbs.push(bytes / 1e6 / t.elapsed().as_secs_f64());
+            let counts = self.rt.block_on(count_once(splits.clone()))?;
+            let secs = t.elapsed().as_secs_f64();
             check(counts)?;
+            Ok(secs)
+        };
+        // The first run meets freshly started nodes (their heaps not yet
+        // grown, the JVM's compiler busy): it is shown, not counted.
+        let first_secs = cluster_secs()?;
+        // The machine's own speed drifts from one second to the next by more
+        // than the margins measured here (the threads alone ran at 300 to
+        // 390 MB/s in six runs of one afternoon), so each cluster run is
+        // paired with a thread run right beside it, their order alternating,
+        // and the figure is the median of the pairs' ratios.
+        let (before_secs, before_n) = self.task_time()?;
+        let pairs = if self.args.quick { 5 } else { WORDCOUNT_PAIRS };
+        let mut ratios = Vec::new();
+        let mut on_cluster = Vec::new();
+        let mut in_threads = Vec::new();
+        for i in 0..pairs {
+            let threads = |splits: &[wordcount::CountWords]| {
+                let (counts, secs) = count_in_threads(splits);
+                ensure!(counts == base, "two thread counts differ");
+                Ok::<_, anyhow::Error>(secs)
+            };
+            let (c, t) = if i % 2 == 0 {
+                let t = threads(&splits)?;
+                (cluster_secs()?, t)
+            } else {
+                let c = cluster_secs()?;
+                (c, threads(&splits)?)
+            };
+            ratios.push(t / c);
+            on_cluster.push(c);
+            in_threads.push(t);
         }
-        let first_mbs = runs_mbs[0];
-        runs_mbs.sort_by(f64::total_cmp);
-        let cluster_mbs = runs_mbs[runs_mbs.len() / 2];
+        let (after_secs, after_n) = self.task_time()?;
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let mbs = |secs: f64| bytes / 1e6 / secs;
         let soak = Duration::from_secs(self.args.wc_secs);
         let soak_started = Instant::now();
         let mut soak_jobs = 0;
         while soak_started.elapsed() < soak {
-            check(self.rt.block_on(count_once(splits_again.clone()))?)?;
+            check(self.rt.block_on(count_once(splits.clone()))?)?;
             soak_jobs += 1;
         }
         if soak_jobs > 0 {
@@ -1333,41 +1356,40 @@ impl Bench {
             ));
         }
         let suspicions = lost(self)? - lost_before;
-        let (again, second_secs) = count_in_threads(&splits_again);
-        ensure!(again == base, "the two baseline counts differ");
-        let base_secs = (first_secs + second_secs) / 2.0;
-        let base_mbs = bytes / 1e6 / base_secs;
-        let thread_secs = 2.0 * base_secs;
-        // Where the time went: the workers' mean split time against the threads'.
-        let (after_secs, after_n) = self.task_time()?;
-        let (task_secs, task_n) = (after_secs - before_secs, after_n - before_n);
-        let on_workers = task_secs / task_n.max(1.0) * 1e3;
-        let in_threads = thread_secs / splits_n as f64 * 1e3;
+        let ratio = median(&ratios);
+        let (low, high) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
+        let cluster_mbs = mbs(median(&on_cluster));
         self.rows.push(row(
-            format!("word count {mib} MiB (100k-word Zipf), MB/s, median of {WORDCOUNT_RUNS} runs"),
-            format!("{cluster_mbs:.1}"),
+            format!("word count {mib} MiB (100k-word Zipf), MB/s, {pairs} runs each beside a thread run"),
+            format!("{cluster_mbs:.1} (median)"),
             format!(
-                "{base_mbs:.1}: 2 plain threads (mean of {:.1} before and {:.1} after); Ray 76 (reference)",
-                bytes / 1e6 / first_secs,
-                bytes / 1e6 / second_secs
+                "{:.1}: 2 plain threads (median); Ray 76 (reference)",
+                mbs(median(&in_threads))
             ),
             format!(
-                "{:.2} of threads, {:.1}x Ray",
-                cluster_mbs / base_mbs,
+                "{ratio:.2} of threads (median of the pairs; {low:.2}-{high:.2}), {:.1}x Ray",
                 cluster_mbs / 76.0
             ),
         ));
         self.rows.push(row(
-            "  the first of those runs, on freshly started nodes, MB/s",
-            format!("{first_mbs:.1}"),
+            "  the first run, on freshly started nodes, MB/s",
+            format!("{:.1}", mbs(first_secs)),
             "",
-            format!("{:.2} of threads", first_mbs / base_mbs),
+            "",
         ));
+        // Where the time went: the workers' mean split time against the
+        // threads' (two threads: twice their wall time is their CPU time).
+        let (task_secs, task_n) = (after_secs - before_secs, after_n - before_n);
+        let per_split_workers = task_secs / task_n.max(1.0) * 1e3;
+        let per_split_threads =
+            2.0 * in_threads.iter().sum::<f64>() / (splits_n * pairs) as f64 * 1e3;
         self.rows.push(row(
-            format!("  mean time per split ({splits_n} splits, every run)"),
-            format!("{on_workers:.1} ms on the workers"),
-            format!("{in_threads:.1} ms in the threads (merges included)"),
-            format!("{:.2}", on_workers / in_threads),
+            format!("  mean time per split ({splits_n} splits, the paired runs)"),
+            format!("{per_split_workers:.1} ms on the workers"),
+            format!("{per_split_threads:.1} ms in the threads (merges included)"),
+            format!("{:.2}", per_split_workers / per_split_threads),
         ));
         self.rows.push(row(
             "worker links suspected during the word counts, every node's counter (no worker died)",
