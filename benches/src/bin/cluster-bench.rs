@@ -1252,8 +1252,17 @@ impl Bench {
             std::io::Write::flush(&mut f)?;
         }
         let bytes = std::fs::metadata(&corpus)?.len() as f64;
+        // The inputs are read through the cluster's store, as `submit
+        // --upload` puts them there: the threads read the same object.
+        let client = self.client()?;
+        let input = self.rt.block_on(async {
+            let store = client.cluster_store().await?;
+            store.upload(&corpus, "inputs/corpus.txt", |_| {}).await?;
+            Ok::<_, anyhow::Error>(store.url_of("inputs/corpus.txt"))
+        })?;
+        std::fs::remove_file(&corpus)?;
         let splits = wordcount::plan(
-            &[corpus.display().to_string()],
+            &[input],
             (bytes as u64)
                 .div_ceil(self.args.splits.max(1))
                 .max(1 << 20),
@@ -1271,7 +1280,6 @@ impl Bench {
             Ok(sum)
         };
         let lost_before = lost(self)?;
-        let client = self.client()?;
         let wc_shard = self.args.wc_shard;
         // One word count, submitted and awaited: its result, to be checked
         // against the threads' count once its time is taken (the threads'
@@ -1362,7 +1370,7 @@ impl Bench {
             .fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
         let cluster_mbs = mbs(median(&on_cluster));
         self.rows.push(row(
-            format!("word count {mib} MiB (100k-word Zipf), MB/s, {pairs} runs each beside a thread run"),
+            format!("word count {mib} MiB (100k-word Zipf) in the cluster's store, MB/s, {pairs} runs each beside a thread run"),
             format!("{cluster_mbs:.1} (median)"),
             format!(
                 "{:.1}: 2 plain threads (median); Ray 76 (reference)",
