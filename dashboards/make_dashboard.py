@@ -62,6 +62,10 @@ ROWS = [
         ("Write latency p99 by operation", f"histogram_quantile(0.99, sum by (le, op) (rate(ringleader_zk_op_duration_seconds_bucket[{RATE}])))", "timeseries"),
         ("Errors by operation", f"sum by (op) (rate(ringleader_zk_errors_total[{RATE}]))", "timeseries"),
     ]),
+    ("Object store", [
+        ("Operations per second by kind", f"sum by (op) (rate(ringleader_store_op_duration_seconds_count[{RATE}]))", "timeseries"),
+        ("Operation latency p99 by kind", f"histogram_quantile(0.99, sum by (le, op) (rate(ringleader_store_op_duration_seconds_bucket[{RATE}])))", "timeseries"),
+    ]),
     ("Processes", [
         ("CPU by node (cores)", f"rate(process_cpu_seconds_total[{RATE}])", "timeseries"),
         ("Resident memory by node", "process_resident_memory_bytes", "timeseries"),

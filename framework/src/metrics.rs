@@ -25,6 +25,8 @@ pub const SESSION_EXPIRED: &str = "ringleader_zk_session_expirations_total";
 pub const ZK_OP_SECONDS: &str = "ringleader_zk_op_duration_seconds";
 /// Counter, label `op`: ZooKeeper operations of the master that failed.
 pub const ZK_ERRORS: &str = "ringleader_zk_errors_total";
+/// Histogram, label `op`: duration of the node's object store operations.
+pub const STORE_OP_SECONDS: &str = "ringleader_store_op_duration_seconds";
 /// Gauge: workers registered and connected (master only).
 pub const WORKERS: &str = "ringleader_workers";
 /// Gauge: shards waiting for a worker (master only).
@@ -124,6 +126,9 @@ pub const CLIENT_REQUEST_KINDS: &[&str] = &[
     "StreamJob",
 ];
 
+/// Object store operations measured under [`STORE_OP_SECONDS`].
+pub const STORE_OPS: &[&str] = &["read", "write", "upload", "find", "list", "delete"];
+
 /// ZooKeeper operations measured under [`ZK_OP_SECONDS`] and [`ZK_ERRORS`].
 pub const ZK_OPS: &[&str] = &[
     "create_job",
@@ -192,6 +197,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(SESSION_EXPIRED, Kind::Counter, "", "sessions", "all", "ZooKeeper sessions of this node that expired."),
     metric(ZK_OP_SECONDS, Kind::Histogram, "op", "seconds", "master", "Duration of the master's fenced ZooKeeper writes, retries included."),
     metric(ZK_ERRORS, Kind::Counter, "op", "errors", "all", "ZooKeeper writes of the master that failed; op=connect: failed attempts of any node to reach ZooKeeper."),
+    metric(STORE_OP_SECONDS, Kind::Histogram, "op", "seconds", "all", "Duration of the node's object store operations (read, write, upload, find, list, delete), failed ones included."),
     metric(WORKERS, Kind::Gauge, "", "workers", "master", "Workers registered in ZooKeeper and connected over QUIC."),
     metric(SHARDS_QUEUED, Kind::Gauge, "", "shards", "master", "Shards waiting for a worker."),
     metric(SHARDS_IN_FLIGHT, Kind::Gauge, "", "shards", "master", "Shards sent to workers and not yet reported."),
@@ -334,17 +340,35 @@ pub(crate) fn frames(sent: bool) -> &'static (metrics::Counter, metrics::Counter
 /// The duration histogram of the master's ZooKeeper writes named `op`
 /// (one of [`ZK_OPS`]), looked up once per name, as [`frames`].
 pub(crate) fn zk_op_seconds(op: &'static str) -> metrics::Histogram {
-    static BY_OP: std::sync::OnceLock<std::collections::HashMap<&'static str, metrics::Histogram>> =
-        std::sync::OnceLock::new();
-    let by_op = BY_OP.get_or_init(|| {
-        ZK_OPS
-            .iter()
-            .map(|op| (*op, metrics::histogram!(ZK_OP_SECONDS, "op" => *op)))
+    static BY_OP: OpHistograms = std::sync::OnceLock::new();
+    op_histogram(&BY_OP, ZK_OP_SECONDS, ZK_OPS, op)
+}
+
+/// The duration histogram of the node's object store operations named
+/// `op` (one of [`STORE_OPS`]), as [`zk_op_seconds`].
+pub(crate) fn store_op_seconds(op: &'static str) -> metrics::Histogram {
+    static BY_OP: OpHistograms = std::sync::OnceLock::new();
+    op_histogram(&BY_OP, STORE_OP_SECONDS, STORE_OPS, op)
+}
+
+/// Histograms of one metric by its `op` label, looked up once.
+type OpHistograms =
+    std::sync::OnceLock<std::collections::HashMap<&'static str, metrics::Histogram>>;
+
+fn op_histogram(
+    cell: &OpHistograms,
+    name: &'static str,
+    ops: &'static [&'static str],
+    op: &'static str,
+) -> metrics::Histogram {
+    let by_op = cell.get_or_init(|| {
+        ops.iter()
+            .map(|op| (*op, metrics::histogram!(name, "op" => *op)))
             .collect()
     });
     match by_op.get(op) {
         Some(h) => h.clone(),
-        None => metrics::histogram!(ZK_OP_SECONDS, "op" => op),
+        None => metrics::histogram!(name, "op" => op),
     }
 }
 
@@ -418,6 +442,9 @@ fn register() {
     for op in ZK_OPS {
         metrics::counter!(ZK_ERRORS, "op" => *op).absolute(0);
         let _ = metrics::histogram!(ZK_OP_SECONDS, "op" => *op);
+    }
+    for op in STORE_OPS {
+        let _ = metrics::histogram!(STORE_OP_SECONDS, "op" => *op);
     }
     let _ = metrics::histogram!(MASTER_GAP);
     let _ = metrics::histogram!(START_WAIT_SECONDS);

@@ -238,14 +238,16 @@ impl Store {
         op: &'static str,
         f: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        io_runtime()
-            .spawn(f)
-            .await
-            .map_err(|_| StoreError::Lost(op))?
+        let started = std::time::Instant::now();
+        let res = io_runtime().spawn(f).await;
+        crate::metrics::store_op_seconds(op).record(started.elapsed().as_secs_f64());
+        res.map_err(|_| StoreError::Lost(op))?
     }
 
     /// Writes `bytes` as `name`, only if no object has that name.
-    pub async fn put_new(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+    pub async fn put_new(&self, name: &str, bytes: impl Into<Bytes>) -> Result<(), StoreError> {
+        let bytes: Bytes = bytes.into();
+
         let (inner, path, err) = (
             self.inner.clone(),
             self.path(name),

@@ -791,6 +791,71 @@ fn every_fetched_job_is_collected_even_under_load() {
     });
 }
 
+/// A result too big for its job's record goes to the store as an object
+/// of its own; the client waiting for it gets it from the master's memory
+/// with the end (marked fetched in the finish's write), not read back from
+/// ZooKeeper and the store with a second mark, which cost the 256 MiB word
+/// count 15-20 ms between its `Done` and its answer.
+#[test]
+fn a_result_stored_apart_is_handed_over_from_memory() {
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &["--role", "all", "--metrics-addr", &metrics]);
+    let scrape = || ringleader::prom::http_get(&metrics, "/metrics").unwrap().1;
+    let count = |scrape: &str, metric: &str, op: &str| -> f64 {
+        let prefix = format!("{metric}_count{{op=\"{op}\"}} ");
+        scrape
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix)?.trim().parse::<f64>().ok())
+            .sum()
+    };
+    let (zk, store) = (
+        "ringleader_zk_op_duration_seconds",
+        "ringleader_store_op_duration_seconds",
+    );
+    rt().block_on(async {
+        let zk_client = c.zk().await;
+        c.workers(&zk_client, 1, Duration::from_secs(20)).await;
+        // The node's start-up check of the store wrote and read an object.
+        let before = scrape();
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let n = 60_000u64;
+        let job = client
+            .submit::<Collect<Probe>>(
+                probes(n, &[]),
+                SubmitOptions {
+                    shard_size: Some(20_000),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let (results, report) = job.result().await.unwrap();
+        assert_eq!(report.progress.counters.tasks_done, n);
+        assert_eq!(
+            results,
+            (0..n).map(|i| (i, i * 2)).collect::<Vec<_>>(),
+            "the result as computed"
+        );
+        let encoded = rmp_serde::to_vec(&results).unwrap();
+        assert!(
+            encoded.len() > ringleader::coord::INLINE_LIMIT,
+            "{} bytes: small enough to be kept in the record",
+            encoded.len()
+        );
+        let after = scrape();
+        let delta = |metric: &str, op: &str| count(&after, metric, op) - count(&before, metric, op);
+        assert_eq!(delta(zk, "finish"), 1.0, "the job's end: {after}");
+        assert_eq!(delta(store, "write"), 1.0, "the result's object: {after}");
+        assert_eq!(requests(&after, "WatchJob"), 1.0, "{after}");
+        assert_eq!(requests(&after, "FetchResult"), 0.0, "{after}");
+        // Nothing read back: the shards' outputs were kept in their
+        // commits, the result came from memory.
+        assert_eq!(delta(store, "read"), 0.0, "{after}");
+        assert_eq!(delta(zk, "set_status"), 0.0, "{after}");
+    });
+}
+
 /// A watch follows one failover after another: each gets the client's
 /// full wait for a master, however long ago the first was (the client
 /// once counted from its first failure, and failed the second failover

@@ -835,6 +835,7 @@ impl Master {
             result,
             record,
             fetched,
+            object,
         } = finished;
         let counters = result.counters;
         // A work queue's one-task jobs would be two lines each at
@@ -883,7 +884,7 @@ impl Master {
         // Handed over from memory only if the stored record is marked
         // fetched: a watch that came during the write is answered by a
         // fetch, which marks it.
-        self.watch_ended(ctx, job, done, fetched.then_some(result));
+        self.watch_ended(ctx, job, done, fetched.then_some((result, object)));
     }
 
     /// A cancel got there before the job's end: no record names the

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 use actix::prelude::*;
+use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
 
 use super::fetch::fetch;
@@ -136,14 +137,15 @@ impl Master {
 
     /// A job ended (its `Done` or `Cancelled` is durable): its watchers
     /// get the final progress, or the result if they asked: from `result`
-    /// (the record just written) when it holds the output inline, else
+    /// (the record just written, marked fetched) when it holds the output
+    /// inline or comes with the bytes of the object it names, else
     /// fetched.
     pub(super) fn watch_ended(
         &mut self,
         ctx: &mut Context<Self>,
         job_id: &str,
         p: JobProgress,
-        result: Option<ResultRecord>,
+        result: Option<(ResultRecord, Option<bytes::Bytes>)>,
     ) {
         let Some(watchers) = self.watchers.by_job.remove(job_id) else {
             return;
@@ -151,12 +153,15 @@ impl Master {
         self.watchers.dirty.remove(job_id);
         let (mut fetching, plain): (Vec<Watcher>, Vec<Watcher>) =
             watchers.into_iter().partition(|w| w.fetch);
-        if let Some(ResultRecord {
-            output: OutputRef::Inline(bytes),
-            failures,
-            ..
-        }) = result
-        {
+        let in_memory = result.and_then(|(r, object)| match (r.output, object) {
+            (OutputRef::Inline(bytes), _) => Some((bytes, r.failures)),
+            // The object's own bytes, written and durable before the end.
+            (OutputRef::Object(_), Some(bytes)) => {
+                Some((ByteBuf::from(Vec::from(bytes)), r.failures))
+            }
+            _ => None,
+        });
+        if let Some((bytes, failures)) = in_memory {
             let outcome = Frame::Outcome(JobOutcome {
                 progress: p.clone(),
                 result: bytes,

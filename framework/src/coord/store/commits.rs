@@ -284,11 +284,12 @@ impl LeaderStore {
             }
             EndRecord::Apart(rec, output, failures) => (*rec, output, failures),
         };
+        let (output, object) = self
+            .output_ref_kept(Store::result_name(&job.id, self.epoch)?, output)
+            .await?;
         let result = ResultRecord {
             epoch: self.epoch,
-            output: self
-                .output_ref(Store::result_name(&job.id, self.epoch)?, output)
-                .await?,
+            output,
             failures,
             counters,
         };
@@ -321,6 +322,7 @@ impl LeaderStore {
             result,
             record: rec,
             fetched,
+            object,
         })
     }
 
@@ -355,6 +357,7 @@ impl LeaderStore {
             result: kept,
             record: rec,
             fetched,
+            object: None,
         }))
     }
 
@@ -378,6 +381,7 @@ impl LeaderStore {
                     result,
                     fetched: now.record.fetched_ms.is_some(),
                     record: now.record,
+                    object: None,
                 })
             }
             _ => Err(refused),

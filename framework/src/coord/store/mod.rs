@@ -68,6 +68,10 @@ pub struct Finished {
     /// Whether the stored record is marked fetched: only then may the
     /// result be handed to a client from memory.
     pub fetched: bool,
+    /// The result's bytes when they went to the store as an object of
+    /// their own (the result names it): handed over from memory as an
+    /// inline result is, not read back.
+    pub object: Option<bytes::Bytes>,
 }
 
 /// See the module doc. Clones share one lock: the candidacy is given up

@@ -1,6 +1,7 @@
 //! Where outputs live: inline in a record when small, else an object of
 //! the cluster's store; read either way, deleted by name.
 
+use bytes::Bytes;
 use serde_bytes::ByteBuf;
 
 use super::{LeaderStore, INLINE_LIMIT};
@@ -21,11 +22,22 @@ impl LeaderStore {
         name: String,
         bytes: Vec<u8>,
     ) -> Result<OutputRef, CoordError> {
+        Ok(self.output_ref_kept(name, bytes).await?.0)
+    }
+
+    /// [`Self::output_ref`], with the bytes of an output that went to the
+    /// store kept (shared with the write, not copied).
+    pub(super) async fn output_ref_kept(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+    ) -> Result<(OutputRef, Option<Bytes>), CoordError> {
         if bytes.len() <= INLINE_LIMIT {
-            return Ok(OutputRef::Inline(ByteBuf::from(bytes)));
+            return Ok((OutputRef::Inline(ByteBuf::from(bytes)), None));
         }
-        self.store.put_new(&name, bytes).await?;
-        Ok(OutputRef::Object(name))
+        let bytes = Bytes::from(bytes);
+        self.store.put_new(&name, bytes.clone()).await?;
+        Ok((OutputRef::Object(name), Some(bytes)))
     }
 
     /// Reads an output stored inline, in the store, or (written by earlier
