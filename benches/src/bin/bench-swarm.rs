@@ -40,6 +40,15 @@ struct Args {
     /// Requested ZooKeeper session timeout of each node.
     #[arg(long, default_value_t = 2000)]
     session_timeout_ms: u64,
+    /// Nodes started per second (0: all at once). A session opened over
+    /// the private ZooKeeper's TLS port costs its server some 11 ms of CPU
+    /// (the handshake, with a client certificate, on the JVM's client
+    /// compiler): a thousand opened in the same instant, or 200 a second,
+    /// kept it from answering the sessions already open within their
+    /// timeout, which expired and opened again, and the swarm never
+    /// registered (`cluster-bench --only scale`; on the plain port it did).
+    #[arg(long, default_value_t = 60)]
+    starts_per_s: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,9 +90,13 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let threads = args.threads.clamp(1, configs.len().max(1));
-    let mut shares: Vec<Vec<NodeConfig>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut shares: Vec<Vec<(NodeConfig, Duration)>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, cfg) in configs.into_iter().enumerate() {
-        shares[i % threads].push(cfg);
+        let start = match args.starts_per_s {
+            0 => Duration::ZERO,
+            r => Duration::from_secs_f64(i as f64 / f64::from(r)),
+        };
+        shares[i % threads].push((cfg, start));
     }
     let handles: Vec<_> = shares
         .into_iter()
@@ -101,16 +114,18 @@ fn main() -> anyhow::Result<()> {
 
 /// Runs some nodes on this thread's own actix system.
 fn run_share(
-    configs: Vec<NodeConfig>,
+    configs: Vec<(NodeConfig, Duration)>,
     registry: ringleader::registry::Registry,
 ) -> anyhow::Result<()> {
     actix::System::new().block_on(async move {
         let nodes: Vec<_> = configs
             .into_iter()
-            .map(|cfg| {
+            .map(|(cfg, start)| {
                 let id = cfg.node_id.clone().unwrap_or_default();
                 let registry = registry.clone();
                 actix::spawn(async move {
+                    // Each node's start, counted from the swarm's.
+                    actix::clock::sleep(start).await;
                     ringleader::node::run(cfg, registry)
                         .await
                         .with_context(|| format!("node {id}"))

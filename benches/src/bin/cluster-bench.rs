@@ -279,6 +279,17 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(node)
 }
 
+/// A child process killed when dropped: a section that panics midway
+/// leaves no process of its own behind (the cluster's nodes have theirs).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Word counts, each paired with a thread run, the figure is the median
 /// of (full mode; five with --quick).
 const WORDCOUNT_PAIRS: usize = 7;
@@ -1633,20 +1644,21 @@ impl Bench {
             None => cpu_share(mpid, Duration::from_secs(3)),
         };
         let log = self.c.path("swarm.log");
-        let mut swarm = std::process::Command::new(bin("bench-swarm")?)
-            .envs(self.c.env.iter().map(|(k, v)| (k, v)))
-            .args(["--zk", &self.c.zk_connect(), "--cluster", &self.c.cluster])
-            .arg("--certs")
-            .arg(&self.c.certs)
-            .arg("--data-dir")
-            .arg(self.c.path("data"))
-            .args(["--count", &n.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        let res = self.scale_with(n, &m, mpid, idle, &mut swarm);
-        let _ = swarm.kill();
-        let _ = swarm.wait();
+        let mut swarm = KillOnDrop(
+            std::process::Command::new(bin("bench-swarm")?)
+                .envs(self.c.env.iter().map(|(k, v)| (k, v)))
+                .args(["--zk", &self.c.zk_connect(), "--cluster", &self.c.cluster])
+                .arg("--certs")
+                .arg(&self.c.certs)
+                .arg("--data-dir")
+                .arg(self.c.path("data"))
+                .args(["--count", &n.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()?,
+        );
+        let res = self.scale_with(n, &m, mpid, idle, &mut swarm.0);
+        drop(swarm);
         res?;
         self.wait_workers(self.args.workers);
         Ok(())
@@ -1677,7 +1689,7 @@ impl Bench {
         let swarm_rss = rss_mib(swarm.id());
         self.rows.push(row(
             format!(
-                "{n} more workers (one process, a ZooKeeper session each): registered / linked"
+                "{n} more workers (one process, a ZooKeeper session each, started 60 a second): registered / linked"
             ),
             format!(
                 "{:.1} s / {:.1} s; swarm RSS {swarm_rss:.0} MiB",
