@@ -435,6 +435,10 @@ pub fn merge(acc: &mut Counts, other: Counts) {
     }
 }
 
+/// The most words a partial's header makes a merge reserve room for
+/// (32 MiB of table); bigger partials grow the table as they are read.
+const MAX_RESERVED_WORDS: usize = 1 << 20;
+
 /// Puts `items` roughly in the order of the slots they take in `acc`'s
 /// table, so that adding them walks the table from one end to the other.
 ///
@@ -531,10 +535,14 @@ impl Job for WordCount {
                 f.write_str("a map of words to counts")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-                let hint = map.size_hint().unwrap_or(0);
+                // The size a partial's header claims, believed up to a
+                // bound: a garbage header of four billion entries asked
+                // for 128 GiB of table before its first missing entry
+                // could be noticed.
+                let hint = map.size_hint().unwrap_or(0).min(MAX_RESERVED_WORDS);
                 self.0.reserve(hint.saturating_sub(self.0.len()));
                 // Borrowed from the frame: 24 bytes a word, never copied.
-                let mut items = Vec::with_capacity(hint.min(1 << 20));
+                let mut items = Vec::with_capacity(hint);
                 while let Some(entry) = map.next_entry::<&'de str, u64>()? {
                     items.push(entry);
                 }
@@ -760,6 +768,20 @@ mod tests {
             &mut rmp_serde::Deserializer::from_read_ref(&[0xc1u8][..]),
         );
         assert!(garbage.is_err());
+        // A map header claiming u32::MAX entries, and none after it: an
+        // error, after reserving a bounded table.
+        let mut empty = Counts::default();
+        let lying = <WordCount as Job>::merge_from(
+            &mut empty,
+            &mut rmp_serde::Deserializer::from_read_ref(&[0xdfu8, 0xff, 0xff, 0xff, 0xff][..]),
+        );
+        assert!(lying.is_err());
+        assert!(empty.is_empty());
+        assert!(
+            empty.capacity() <= 2 * MAX_RESERVED_WORDS,
+            "{}",
+            empty.capacity()
+        );
     }
 
     /// Partials large enough to be put in table order: into an empty
