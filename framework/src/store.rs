@@ -247,7 +247,6 @@ impl Store {
     /// Writes `bytes` as `name`, only if no object has that name.
     pub async fn put_new(&self, name: &str, bytes: impl Into<Bytes>) -> Result<(), StoreError> {
         let bytes: Bytes = bytes.into();
-
         let (inner, path, err) = (
             self.inner.clone(),
             self.path(name),

@@ -458,7 +458,7 @@ const MAX_RESERVED_WORDS: usize = 1 << 20;
 /// core's cache. Words are hashed twice (here and in the lookup), which is
 /// cheap beside a miss. Only the speed depends on the table's layout
 /// (hashbrown's slot is the hash's low bits), never the result.
-fn in_table_order<K: AsRef<str>>(acc: &Counts, items: Vec<(K, u64)>) -> Vec<(K, u64)> {
+fn in_table_order<'a>(acc: &Counts, items: Vec<(&'a str, u64)>) -> Vec<(&'a str, u64)> {
     const GROUPS_LOG2: u32 = 12;
     let slots = (acc.capacity() * 8 / 7).next_power_of_two();
     let bits = slots.trailing_zeros();
@@ -470,7 +470,7 @@ fn in_table_order<K: AsRef<str>>(acc: &Counts, items: Vec<(K, u64)>) -> Vec<(K, 
     let hasher = acc.hasher();
     let groups: Vec<u16> = items
         .iter()
-        .map(|(w, _)| ((hasher.hash_one(w.as_ref()) & mask) >> shift) as u16)
+        .map(|(w, _)| ((hasher.hash_one(w) & mask) >> shift) as u16)
         .collect();
     let mut next = vec![0usize; 1 << GROUPS_LOG2];
     for &g in &groups {
@@ -482,7 +482,7 @@ fn in_table_order<K: AsRef<str>>(acc: &Counts, items: Vec<(K, u64)>) -> Vec<(K, 
         *n = start;
         start += len;
     }
-    let mut out: Vec<Option<(K, u64)>> =
+    let mut out: Vec<Option<(&str, u64)>> =
         std::iter::repeat_with(|| None).take(items.len()).collect();
     for (item, g) in items.into_iter().zip(groups) {
         let at = &mut next[g as usize];
