@@ -12,6 +12,7 @@ fn frames(c: &mut Criterion) {
     let a = Frame::Assign(Assignment {
         epoch: 7,
         job_id: "job".into(),
+        incarnation: 0x1234_5678_9abc_def0,
         job_name: "word-count".into(),
         shard: ShardKey {
             index: 1,
@@ -67,6 +68,7 @@ fn one_task_shards(shards: u32) -> JobPlan {
     JobPlan {
         shard_timeout: None,
         id: "x".into(),
+        incarnation: 1,
         name: "j".into(),
         max_attempts: 3,
         counters: ringleader::core::Counters {
@@ -92,7 +94,7 @@ fn busy_scheduler(shards: u32) -> (Scheduler, std::time::Instant) {
                 worker, job, shard, ..
             } = cmd
             {
-                s.report(&worker, &job, shard.key, shard.attempt, now);
+                s.report(&worker, (&job, 1), shard.key, shard.attempt, now);
                 let failures = [TaskFailure {
                     index: shard.tasks[0],
                     error: "e".into(),
@@ -140,8 +142,8 @@ fn scheduler_per_shard(c: &mut Criterion) {
                     let now = *now;
                     let t = std::time::Instant::now();
                     if let Some((worker, job, shard)) = running.pop() {
-                        s.started(&worker, &job, shard.key, shard.attempt, now);
-                        s.report(&worker, &job, shard.key, shard.attempt, now);
+                        s.started(&worker, (&job, 1), shard.key, shard.attempt, now);
+                        s.report(&worker, (&job, 1), shard.key, shard.attempt, now);
                         s.committed(&job, shard.key, shard.attempt, &[], now);
                         for cmd in s.assign(now) {
                             if let Command::Assign {

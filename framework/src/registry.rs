@@ -24,6 +24,8 @@ pub(crate) struct RunEnv {
     pub node_id: String,
     pub data_dir: PathBuf,
     pub store: Option<crate::store::Store>,
+    /// The run's cancellation flag: once set, no further task starts.
+    pub cancel: crate::task::Cancel,
 }
 
 /// A shard's run on a worker: the encoded partial result of the tasks that
@@ -90,6 +92,9 @@ impl<J: Job> ErasedJob for Erased<J> {
                     "{} task {index}: {e}",
                     J::Task::NAME
                 ))),
+                Ok(_) if env.cancel.is_cancelled() => Err(TaskError::retryable(
+                    "its run was stopped before it started",
+                )),
                 Ok(task) => {
                     let ctx = TaskContext {
                         job_id: job_id.to_string(),
@@ -98,6 +103,7 @@ impl<J: Job> ErasedJob for Erased<J> {
                         node_id: env.node_id.clone(),
                         data_dir: env.data_dir.clone(),
                         store: env.store.clone(),
+                        cancelled: env.cancel.clone(),
                     };
                     let started = std::time::Instant::now();
                     let outcome = catch_unwind(AssertUnwindSafe(|| task.run(&ctx)));
@@ -264,6 +270,7 @@ mod tests {
             node_id: "n".into(),
             data_dir: PathBuf::new(),
             store: None,
+            cancel: Default::default(),
         };
         let tasks = [10u64, 0, 7, 50]
             .iter()
@@ -326,6 +333,7 @@ mod tests {
             node_id: "n".into(),
             data_dir: PathBuf::new(),
             store: None,
+            cancel: Default::default(),
         };
         let tasks: Vec<(u64, ByteBuf)> = [1u64, 2, 4]
             .iter()

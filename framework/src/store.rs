@@ -437,19 +437,25 @@ impl Store {
         .await
     }
 
-    /// The directory of a job's shard outputs.
-    pub fn job_dir(job: &str) -> Result<String, StoreError> {
-        Self::checked("jobs", job)
+    /// The directory of the shard outputs of a job's `incarnation`
+    /// (`jobs/<id>/<incarnation in hex>`; a job of an earlier version,
+    /// incarnation 0, has `jobs/<id>`): a job submitted under the id of
+    /// a collected one never shares a directory with it.
+    pub fn job_dir(job: &str, incarnation: u64) -> Result<String, StoreError> {
+        Self::checked("jobs", job, incarnation)
     }
 
-    /// The directory of a job's result.
-    pub fn result_dir(job: &str) -> Result<String, StoreError> {
-        Self::checked("results", job)
+    /// The directory of a job's result (as [`Store::job_dir`], under `results`).
+    pub fn result_dir(job: &str, incarnation: u64) -> Result<String, StoreError> {
+        Self::checked("results", job, incarnation)
     }
 
-    fn checked(kind: &str, job: &str) -> Result<String, StoreError> {
+    fn checked(kind: &str, job: &str, incarnation: u64) -> Result<String, StoreError> {
         if plain_segment(job) {
-            Ok(format!("{kind}/{job}"))
+            Ok(match incarnation {
+                0 => format!("{kind}/{job}"),
+                i => format!("{kind}/{job}/{i:016x}"),
+            })
         } else {
             Err(StoreError::BadName {
                 name: job.to_string(),
@@ -458,32 +464,37 @@ impl Store {
         }
     }
 
-    /// A fresh name for a shard output of `job`: no other writer ever uses it.
+    /// A fresh name for a shard output of a job's `incarnation`: no
+    /// other writer ever uses it.
     pub fn shard_output_name(
-        job: &str,
+        (job, incarnation): (&str, u64),
         shard: &str,
         epoch: u64,
         attempt: u32,
     ) -> Result<String, StoreError> {
         Ok(format!(
             "{}/{shard}.e{epoch}.a{attempt}.{}.out",
-            Self::job_dir(job)?,
+            Self::job_dir(job, incarnation)?,
             uuid::Uuid::new_v4().simple()
         ))
     }
 
-    /// A fresh name for a job's result.
-    pub fn result_name(job: &str, epoch: u64) -> Result<String, StoreError> {
+    /// A fresh name for the result of a job's `incarnation`.
+    pub fn result_name((job, incarnation): (&str, u64), epoch: u64) -> Result<String, StoreError> {
         Ok(format!(
             "{}/result.e{epoch}.{}.out",
-            Self::result_dir(job)?,
+            Self::result_dir(job, incarnation)?,
             uuid::Uuid::new_v4().simple()
         ))
     }
 
-    /// Checks that a name a worker reported is a shard output of `job`.
-    pub fn check_shard_output(job: &str, name: &str) -> Result<(), StoreError> {
-        let dir = Self::job_dir(job)?;
+    /// Checks that a name a worker reported is a shard output of the
+    /// job's `incarnation`.
+    pub fn check_shard_output(
+        (job, incarnation): (&str, u64),
+        name: &str,
+    ) -> Result<(), StoreError> {
+        let dir = Self::job_dir(job, incarnation)?;
         let file = name
             .strip_prefix(&dir)
             .and_then(|rest| rest.strip_prefix('/'))
@@ -492,7 +503,7 @@ impl Store {
             Some(_) => Ok(()),
             None => Err(StoreError::BadName {
                 name: name.to_string(),
-                reason: format!("not an output of job {job}"),
+                reason: format!("not an output of job {job} (incarnation {incarnation:x})"),
             }),
         }
     }
@@ -522,18 +533,18 @@ mod tests {
 
     #[test]
     fn names_are_whole_segments_and_reported_names_are_checked() {
-        assert!(Store::job_dir("a.b").is_ok());
+        assert!(Store::job_dir("a.b", 0).is_ok());
         for bad in ["", ".", "..", "a/b", "a\\b"] {
-            assert!(Store::job_dir(bad).is_err(), "{bad:?}");
+            assert!(Store::job_dir(bad, 0).is_err(), "{bad:?}");
         }
-        let n = Store::shard_output_name("a.b", "3-0", 2, 1).unwrap_or_default();
+        let n = Store::shard_output_name(("a.b", 0), "3-0", 2, 1).unwrap_or_default();
         assert!(
             n.starts_with("jobs/a.b/3-0.e2.a1.") && n.ends_with(".out"),
             "{n}"
         );
-        assert!(Store::check_shard_output("a.b", &n).is_ok());
+        assert!(Store::check_shard_output(("a.b", 0), &n).is_ok());
         assert!(
-            Store::check_shard_output("a", &n).is_err(),
+            Store::check_shard_output(("a", 0), &n).is_err(),
             "job a claims a.b's output"
         );
         for forged in [
@@ -543,10 +554,31 @@ mod tests {
             "jobs/a.b/x",
         ] {
             assert!(
-                Store::check_shard_output("a.b", forged).is_err(),
+                Store::check_shard_output(("a.b", 0), forged).is_err(),
                 "{forged}"
             );
         }
+    }
+
+    /// Issue 29, finding 1: a job under the id of a collected one has a
+    /// directory of its own; neither claims the other's outputs.
+    #[test]
+    fn each_incarnation_of_a_job_id_has_its_own_directory() {
+        let n = Store::shard_output_name(("x", 0xab), "0-0", 1, 1).unwrap_or_default();
+        assert!(
+            n.starts_with("jobs/x/00000000000000ab/0-0.e1.a1.") && n.ends_with(".out"),
+            "{n}"
+        );
+        assert!(Store::check_shard_output(("x", 0xab), &n).is_ok());
+        assert!(Store::check_shard_output(("x", 0xac), &n).is_err());
+        assert!(Store::check_shard_output(("x", 0), &n).is_err());
+        let old = Store::shard_output_name(("x", 0), "0-0", 1, 1).unwrap_or_default();
+        assert!(Store::check_shard_output(("x", 0xab), &old).is_err());
+        let r = Store::result_name(("x", 0xab), 1).unwrap_or_default();
+        assert!(
+            r.starts_with("results/x/00000000000000ab/result.e1."),
+            "{r}"
+        );
     }
 
     #[test]

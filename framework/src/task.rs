@@ -128,6 +128,53 @@ pub struct TaskContext {
     /// write objects: inputs uploaded by `submit --upload`, say. Use its
     /// `*_blocking` methods (a task runs on a blocking thread).
     pub store: Option<crate::store::Store>,
+    /// Set when the run is no longer wanted (see [`TaskContext::is_cancelled`]).
+    pub(crate) cancelled: Cancel,
+}
+
+/// A run's cancellation flag, shared by the worker and the run's tasks.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// Tells the run's tasks to stop.
+    pub(crate) fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the run was told to stop.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl TaskContext {
+    /// A context for calling [`Task::run`] outside a cluster (a unit test
+    /// of a task): attempt 1, node `local`, the system's temporary
+    /// directory, no store, never cancelled.
+    pub fn new(job_id: impl Into<String>, index: u64) -> Self {
+        TaskContext {
+            job_id: job_id.into(),
+            index,
+            attempt: 1,
+            node_id: "local".into(),
+            data_dir: std::env::temp_dir(),
+            store: None,
+            cancelled: Cancel::default(),
+        }
+    }
+
+    /// Whether this run is no longer wanted: its job was cancelled, or
+    /// another copy of its shard (a speculative one, after a shard timeout)
+    /// was committed first. Nothing can stop a thread from outside, so a
+    /// long task should look at this now and then (between items of
+    /// work, or every few hundred milliseconds of a wait) and return at
+    /// once when it is set: its output counts for nothing, and its
+    /// worker's slot stays taken until it returns. The shard's remaining
+    /// tasks are not started.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.is_cancelled()
+    }
 }
 
 /// A task's failure, with a message for the user and whether a retry may help.

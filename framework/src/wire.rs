@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::core::{Counters, ShardKey, TaskFailure};
 
 /// Bumped on any incompatible change of [`Frame`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Most bytes of a frame's body reserved before they arrive.
 const RESERVE_AHEAD: usize = 64 << 10;
@@ -134,6 +134,9 @@ pub struct Assignment {
     pub epoch: u64,
     /// The job.
     pub job_id: String,
+    /// The job's incarnation: a run of an earlier job of the same id is
+    /// another run.
+    pub incarnation: u64,
     /// The registered job name, so the worker knows how to run and fold.
     pub job_name: String,
     /// Which shard.
@@ -154,6 +157,8 @@ pub struct ShardReport {
     pub epoch: u64,
     /// The job.
     pub job_id: String,
+    /// The job's incarnation, as assigned.
+    pub incarnation: u64,
     /// Which shard.
     pub shard: ShardKey,
     /// Attempt number of the run.
@@ -273,6 +278,8 @@ pub enum Frame {
         epoch: u64,
         /// The job.
         job_id: String,
+        /// The job's incarnation.
+        incarnation: u64,
         /// The shard.
         shard: ShardKey,
         /// The attempt.
@@ -282,6 +289,8 @@ pub enum Frame {
     StartAck {
         /// The job.
         job_id: String,
+        /// The job's incarnation.
+        incarnation: u64,
         /// The shard.
         shard: ShardKey,
         /// The attempt.
@@ -295,6 +304,8 @@ pub enum Frame {
     StartRefused {
         /// The job.
         job_id: String,
+        /// The job's incarnation.
+        incarnation: u64,
         /// Which shard.
         shard: ShardKey,
         /// Attempt number.
@@ -305,6 +316,8 @@ pub enum Frame {
     Unstarted {
         /// The job.
         job_id: String,
+        /// The job's incarnation.
+        incarnation: u64,
         /// Which shard.
         shard: ShardKey,
         /// Attempt number.
@@ -415,6 +428,21 @@ pub enum Frame {
         shard: ShardKey,
         /// Its encoded partial `Job::Result`.
         output: ByteBuf,
+    },
+    /// Master to worker: stop this run, whatever its state (its job was
+    /// cancelled or ended, or another copy of its shard was committed): a
+    /// run still waiting is dropped (`Unstarted` if it waited for a slot);
+    /// a running one is told to stop ([`crate::TaskContext::is_cancelled`])
+    /// and reports when it ends, which frees its slot at the master.
+    StopRun {
+        /// The job.
+        job_id: String,
+        /// The job's incarnation.
+        incarnation: u64,
+        /// The shard.
+        shard: ShardKey,
+        /// The attempt.
+        attempt: u32,
     },
 }
 
@@ -528,6 +556,7 @@ impl Frame {
             Frame::Jobs(_) => "Jobs",
             Frame::StreamJob { .. } => "StreamJob",
             Frame::Partial { .. } => "Partial",
+            Frame::StopRun { .. } => "StopRun",
         }
     }
 }

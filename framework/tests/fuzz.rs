@@ -72,6 +72,7 @@ fn frames() -> Vec<Frame> {
         Frame::Assign(Assignment {
             epoch: 3,
             job_id: "j".into(),
+            incarnation: 0xabc,
             job_name: "probe".into(),
             shard: key(),
             attempt: 1,
@@ -84,6 +85,7 @@ fn frames() -> Vec<Frame> {
         Frame::Report(ShardReport {
             epoch: 3,
             job_id: "j".into(),
+            incarnation: 0xabc,
             shard: key(),
             attempt: 1,
             output: ByteBuf::from(vec![9; 20]),
@@ -108,6 +110,12 @@ fn frames() -> Vec<Frame> {
             message: "no".into(),
         },
         Frame::DrainAck,
+        Frame::StopRun {
+            job_id: "j".into(),
+            incarnation: 0xabc,
+            shard: key(),
+            attempt: 2,
+        },
     ]
 }
 
@@ -126,6 +134,7 @@ fn records() -> Vec<Vec<u8>> {
             owner: Some("client:alice".into()),
             inline: None,
             result: None,
+            incarnation: 0xabc,
         }),
         // A compact job, done, with its result kept in its record.
         enc(&JobRecord {
@@ -145,6 +154,7 @@ fn records() -> Vec<Vec<u8>> {
                 counters: Counters::default(),
                 failures: vec![failure()],
             }),
+            incarnation: 7,
         }),
         enc(&ShardRecord {
             epoch: 2,

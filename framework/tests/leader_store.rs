@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use ringleader::coord::{
-    Amend, JobRecord, JobStatus, Layout, LeaderStore, OutputRef, ResultRecord, Session, StoredJob,
+    Amend, JobRecord, JobRef, JobStatus, Layout, LeaderStore, OutputRef, ResultRecord, Session,
+    StoredJob,
 };
 use ringleader::core::Counters;
 use ringleader::store::Store;
@@ -31,6 +32,19 @@ fn record() -> JobRecord {
         owner: None,
         inline: None,
         result: None,
+        incarnation: INC,
+    }
+}
+
+/// The incarnation of the jobs these tests write.
+const INC: u64 = 0xfeed;
+
+/// A commit's job: `id` of incarnation [`INC`].
+fn at(id: &str, compact: bool) -> JobRef<'_> {
+    JobRef {
+        id,
+        incarnation: INC,
+        compact,
     }
 }
 
@@ -316,7 +330,7 @@ fn concurrent_commits_share_transactions_and_records_and_fail_alone() {
             };
             let first = leader
                 .commit(
-                    (id, compact),
+                    at(id, compact),
                     key(7),
                     1,
                     ShardOutput::Bytes(vec![1]),
@@ -332,7 +346,7 @@ fn concurrent_commits_share_transactions_and_records_and_fail_alone() {
                     (
                         i,
                         leader
-                            .commit((id, compact), key(i), 2, out, Vec::new())
+                            .commit(at(id, compact), key(i), 2, out, Vec::new())
                             .await,
                     )
                 }
@@ -342,7 +356,7 @@ fn concurrent_commits_share_transactions_and_records_and_fail_alone() {
                 async move {
                     let out = ShardOutput::Bytes(vec![3]);
                     leader
-                        .commit(("gone", compact), key(i), 1, out, Vec::new())
+                        .commit(at("gone", compact), key(i), 1, out, Vec::new())
                         .await
                 }
             });
@@ -403,7 +417,13 @@ fn collection_leaves_nothing_of_its_jobs() {
         let done_job = job(&leader, "d").await;
         assert!(done_job.record.is_compact());
         leader
-            .commit(("d", true), key, 1, ShardOutput::Bytes(vec![1]), Vec::new())
+            .commit(
+                at("d", true),
+                key,
+                1,
+                ShardOutput::Bytes(vec![1]),
+                Vec::new(),
+            )
             .await
             .unwrap();
         // A compact job's first lost run creates its `lost`.
@@ -423,7 +443,7 @@ fn collection_leaves_nothing_of_its_jobs() {
         assert!(!cancelled.record.is_compact());
         leader
             .commit(
-                ("c", false),
+                at("c", false),
                 key,
                 1,
                 ShardOutput::Bytes(vec![1]),
@@ -491,7 +511,7 @@ fn cleaning_a_finished_job_deletes_its_shard_objects() {
                 };
                 let out = ShardOutput::Bytes(big_output.clone());
                 let r = leader
-                    .commit((id, job.record.is_compact()), key, 1, out, Vec::new())
+                    .commit(JobRef::of(&job), key, 1, out, Vec::new())
                     .await
                     .unwrap();
                 let OutputRef::Object(name) = r.record.output else {
@@ -514,18 +534,23 @@ fn cleaning_a_finished_job_deletes_its_shard_objects() {
 /// Collecting a job that may have objects no record names (a run lost
 /// with its worker's link wrote its output; its report never came)
 /// empties its store directories; a job not swept keeps its objects, and
-/// so does job `a.b` when `a` is swept (directories are whole segments).
+/// so does job `a.b` when `a` is swept (directories are whole segments),
+/// and so does another incarnation of `a` (a job submitted again under
+/// its id: issue 29, finding 1).
 #[test]
 fn collecting_a_job_with_lost_runs_empties_its_store_directories() {
     with_master(async |leader| {
         let store = leader.store().clone();
         let mut names = std::collections::BTreeMap::new();
         for id in ["a", "a.b", "c"] {
-            let name = Store::shard_output_name(id, "0-0", 1, 1).unwrap();
+            let name = Store::shard_output_name((id, INC), "0-0", 1, 1).unwrap();
             store.put_new(&name, vec![1; 10]).await.unwrap();
             names.insert(id, name);
         }
-        let result = Store::result_name("a", 1).unwrap();
+        let again = Store::shard_output_name(("a", INC + 1), "0-0", 1, 1).unwrap();
+        store.put_new(&again, vec![1; 10]).await.unwrap();
+        names.insert("a again", again);
+        let result = Store::result_name(("a", INC), 1).unwrap();
         store.put_new(&result, vec![2; 10]).await.unwrap();
         let victims = vec![job(&leader, "a").await, job(&leader, "c").await];
         leader.collect(&victims, &["a".to_string()]).await.unwrap();
@@ -540,6 +565,10 @@ fn collecting_a_job_with_lost_runs_empties_its_store_directories() {
         );
         assert!(left.contains(&names["a.b"]), "a.b's output stays: {left:?}");
         assert!(left.contains(&names["c"]), "c was not swept: {left:?}");
-        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(
+            left.contains(&names["a again"]),
+            "a's next incarnation keeps its output: {left:?}"
+        );
+        assert_eq!(left.len(), 3, "{left:?}");
     });
 }

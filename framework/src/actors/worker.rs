@@ -298,11 +298,14 @@ async fn serve(
             r = &mut reader.0 => return Err(link_ended(r.unwrap_or(Ok(())))),
             Some(frame) = frames.recv() => match frame {
                 Frame::DrainAck => return Ok(()),
-                Frame::StartAck { job_id, shard, attempt } => {
-                    slots.acked(s, &RunId { epoch, job: job_id, shard, attempt });
+                Frame::StartAck { job_id, incarnation, shard, attempt } => {
+                    slots.acked(s, &RunId { epoch, job: job_id, incarnation, shard, attempt });
                 }
-                Frame::StartRefused { job_id, shard, attempt } => {
-                    slots.refused(s, &RunId { epoch, job: job_id, shard, attempt });
+                Frame::StartRefused { job_id, incarnation, shard, attempt } => {
+                    slots.refused(s, &RunId { epoch, job: job_id, incarnation, shard, attempt });
+                }
+                Frame::StopRun { job_id, incarnation, shard, attempt } => {
+                    slots.stop(s, &RunId { epoch, job: job_id, incarnation, shard, attempt });
                 }
                 Frame::Assign(a) => match slots.assigned(s, a) {
                     Ok(()) => {}
@@ -313,6 +316,9 @@ async fn serve(
                     ),
                     // Sent before the master saw `Draining`: it requeues it.
                     Err((Refused::Draining, _)) => {}
+                    // A resend of a run held from before a reconnection to
+                    // the same master: the one held reports. (A run of
+                    // another job under the same id is another run.)
                     Err((Refused::Duplicate, run)) => {
                         tracing::debug!(job = %run.job, shard = %run.shard, "already holding this run")
                     }

@@ -20,12 +20,12 @@ mod store;
 mod zk;
 
 pub use records::{
-    commit_entries, submission_digest, JobRecord, JobStatus, MasterInfo, OutputRef, RecordName,
-    ResultRecord, ShardRecord, WorkerInfo,
+    commit_entries, new_incarnation, submission_digest, JobRecord, JobStatus, MasterInfo,
+    OutputRef, RecordName, ResultRecord, ShardRecord, WorkerInfo,
 };
 pub use session::{Connection, Connections, Session};
 pub use store::Amend;
-pub use store::{Committed, Finished, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
+pub use store::{Committed, Finished, JobRef, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
 pub(crate) use zk::decode_record;
 #[cfg(feature = "testkit")]
 pub(crate) use zk::encode_record;

@@ -52,7 +52,12 @@ pub enum JobStatus {
 }
 
 /// Data of `/jobs/<job-id>`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+///
+/// Written as a map of named fields (see its `Serialize`), so that a
+/// reader of any version reads the fields it knows and skips the others;
+/// records of earlier versions are positional arrays, and read as well
+/// (a field they lack takes its default).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct JobRecord {
     /// Registered job name.
     pub job_name: String,
@@ -88,6 +93,45 @@ pub struct JobRecord {
     /// always there when it is (MessagePack structs are arrays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ResultRecord>,
+    /// Which job of this id it is: a random number chosen when it was
+    /// admitted, never 0 (0: a record of an earlier version). A job
+    /// submitted under the id of one that was collected is another
+    /// incarnation, and nothing of the earlier one (a run, a report, an
+    /// output in the store) is taken for its own.
+    #[serde(default)]
+    pub incarnation: u64,
+}
+
+impl Serialize for JobRecord {
+    /// A map of named fields (see the type's doc); `inline` and `result`
+    /// are left out when `None`.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let n = 10 + usize::from(self.inline.is_some()) + usize::from(self.result.is_some());
+        let mut m = serializer.serialize_map(Some(n))?;
+        m.serialize_entry("job_name", &self.job_name)?;
+        m.serialize_entry("options", &self.options)?;
+        m.serialize_entry("tasks_total", &self.tasks_total)?;
+        m.serialize_entry("batches", &self.batches)?;
+        m.serialize_entry("status", &self.status)?;
+        m.serialize_entry("created_ms", &self.created_ms)?;
+        m.serialize_entry("fetched_ms", &self.fetched_ms)?;
+        m.serialize_entry("digest", &self.digest)?;
+        m.serialize_entry("owner", &self.owner)?;
+        if let Some(inline) = &self.inline {
+            m.serialize_entry("inline", inline)?;
+        }
+        if let Some(result) = &self.result {
+            m.serialize_entry("result", result)?;
+        }
+        m.serialize_entry("incarnation", &self.incarnation)?;
+        m.end()
+    }
+}
+
+/// A fresh job incarnation ([`JobRecord::incarnation`]): random, never 0.
+pub fn new_incarnation() -> u64 {
+    rand::random::<u64>().max(1)
 }
 
 /// The most bytes of output and failures a compact job's record keeps as
@@ -454,6 +498,7 @@ mod tests {
             owner: Some("client:c".into()),
             inline: Some(vec![task.clone()]),
             result: None,
+            incarnation: 5,
         };
         let fail = |error: String| TaskFailure {
             index: 0,
@@ -498,7 +543,65 @@ mod tests {
         assert_eq!(kept.output, OutputRef::Inline(ByteBuf::new()));
         assert!(kept.failures.is_empty());
         assert_eq!(light.stored(), record.stored());
-        assert!(rmp_serde::to_vec(&light).unwrap().len() < bytes.len() / 2);
+        // The 100 bytes of output are gone.
+        assert!(rmp_serde::to_vec(&light).unwrap().len() + 100 <= bytes.len());
+    }
+
+    /// A job record is a map of named fields: a record of an earlier
+    /// version (a positional array, without an incarnation) reads with
+    /// incarnation 0, and a reader that knows fewer fields (an earlier
+    /// version's, here a mirror of its type) reads a record of this one.
+    #[test]
+    fn job_records_are_read_across_versions_both_ways() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        struct Earlier {
+            job_name: String,
+            options: JobOptions,
+            tasks_total: u64,
+            batches: u32,
+            status: JobStatus,
+            created_ms: u64,
+            fetched_ms: Option<u64>,
+            #[serde(default)]
+            digest: Option<ByteBuf>,
+            #[serde(default)]
+            owner: Option<String>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            inline: Option<Vec<ByteBuf>>,
+        }
+        let earlier = Earlier {
+            job_name: "square".into(),
+            options: JobOptions {
+                shard_size: 1,
+                max_attempts: 3,
+                shard_timeout_ms: Some(9),
+                stream: true,
+            },
+            tasks_total: 1,
+            batches: 0,
+            status: JobStatus::Accepted,
+            created_ms: 1,
+            fetched_ms: None,
+            digest: None,
+            owner: Some("client:c".into()),
+            inline: Some(vec![ByteBuf::from(vec![1, 2])]),
+        };
+        // Written by an earlier version: an array.
+        let old = rmp_serde::to_vec(&earlier).unwrap();
+        let read: JobRecord = rmp_serde::from_slice(&old).unwrap();
+        assert_eq!(read.incarnation, 0);
+        assert_eq!(read.owner.as_deref(), Some("client:c"));
+        assert_eq!(read.inline, earlier.inline);
+        assert!(read.result.is_none());
+        // Written now: read by this version, and by the earlier one.
+        let now = JobRecord {
+            incarnation: 0x5eed,
+            ..read
+        };
+        let bytes = rmp_serde::to_vec(&now).unwrap();
+        assert_eq!(rmp_serde::from_slice::<JobRecord>(&bytes).unwrap(), now);
+        let by_earlier: Earlier = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(by_earlier, earlier);
     }
 
     #[test]

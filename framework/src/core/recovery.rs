@@ -46,6 +46,8 @@ pub fn recover_job(
 ) -> RecoveredJob {
     let mut plan = JobPlan {
         id: id.to_string(),
+        // The caller's: the record's.
+        incarnation: 0,
         shard_timeout: None,
         name: name.to_string(),
         max_attempts,

@@ -14,6 +14,15 @@
 //! elsewhere is idle, a queued run moves there. That walk
 //! is bounded by a constant ([`STEAL_WALK`] workers each way), not by the
 //! cluster.
+//!
+//! A job id may name several jobs over time (one cancelled and collected,
+//! then another submitted under its id): each has its own incarnation, and
+//! every run, report and answer names it, so nothing of an earlier one is
+//! taken for the new one's. A run that is no longer wanted (its job
+//! removed, or its shard committed by another copy) is stopped
+//! ([`Command::Stop`]): it keeps its slot on its worker until the worker
+//! says it ended (its report, or `Unstarted`), so that the scheduler never
+//! counts a slot free that a stopping run still holds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -36,6 +45,8 @@ pub struct PendingShard {
 pub struct JobPlan {
     /// Job id.
     pub id: String,
+    /// Which job of that id (chosen at admission, kept in its record).
+    pub incarnation: u64,
     /// A shard running longer than this gets a copy elsewhere (hung tasks);
     /// without it, a shard running 4x the job's typical shard time does.
     pub shard_timeout: Option<Duration>,
@@ -58,6 +69,8 @@ pub enum Command {
         worker: String,
         /// Job id.
         job: String,
+        /// The job's incarnation.
+        incarnation: u64,
         /// The shard.
         shard: PendingShard,
         /// The worker's slot must wait for `StartAck` before it runs the
@@ -88,12 +101,32 @@ pub enum Command {
         next_attempt: u32,
     },
     /// Tell this worker not to run this run, which waits in its queue:
-    /// it moved to another worker's idle slot.
+    /// it moved to another worker's idle slot. (If it started meanwhile,
+    /// it runs on and stays there.)
     Revoke {
         /// Worker node id.
         worker: String,
         /// Job id.
         job: String,
+        /// The job's incarnation.
+        incarnation: u64,
+        /// The shard.
+        key: ShardKey,
+        /// The run's attempt.
+        attempt: u32,
+    },
+    /// Tell this worker to stop this run, whatever its state: its job was
+    /// removed, or another copy of its shard reported first. A waiting run
+    /// is dropped, a running one is told to stop
+    /// ([`crate::TaskContext::is_cancelled`]); it holds its slot until
+    /// the worker says it ended.
+    Stop {
+        /// Worker node id.
+        worker: String,
+        /// Job id.
+        job: String,
+        /// The job's incarnation.
+        incarnation: u64,
         /// The shard.
         key: ShardKey,
         /// The run's attempt.
@@ -163,7 +196,11 @@ struct WorkerSlot {
     /// `Started` precedes a report on one ordered stream). Kept beyond
     /// the run itself (moved, committed by a copy, its job gone), since the
     /// worker runs it all the same.
-    unseen: BTreeSet<(String, ShardKey, u32)>,
+    unseen: BTreeSet<(String, u64, ShardKey, u32)>,
+    /// Runs told to stop ([`Command::Stop`]) that have not ended yet: each
+    /// holds a slot. The flag: it waits for `StartAck`, so the `Started` it
+    /// sent, refused, is its end.
+    stopping: BTreeMap<(String, u64, ShardKey, u32), bool>,
     /// Runs revoked elsewhere for its idle slots (see
     /// [`Scheduler::steal`]); an entry lasts while that run is revoking.
     promised: BTreeSet<(String, ShardKey)>,
@@ -175,6 +212,11 @@ struct WorkerSlot {
 }
 
 impl WorkerSlot {
+    /// The runs holding its slots and queue: its own, and those stopping.
+    fn load(&self) -> usize {
+        self.running.len() + self.stopping.len()
+    }
+
     /// Whether it counts among the regular workers of its jobs.
     fn regular(&self) -> bool {
         !self.fallback && self.capacity > 0
@@ -216,7 +258,7 @@ impl Pool {
         if let Some(load) = w.indexed.take() {
             self.free.remove(&(load, id.to_string()));
         }
-        let load = w.running.len();
+        let load = w.load();
         if (load as u32) < w.window() {
             self.free.insert((load, id.to_string()));
             w.indexed = Some(load);
@@ -272,6 +314,40 @@ impl Pool {
         self.reindex(id);
     }
 
+    /// Moves a run from the worker's own to its stopping runs (it keeps
+    /// its slot until it ends) and says so; `awaits_ack`: it waits for
+    /// `StartAck`, so its `Started` is its end.
+    fn stop(&mut self, id: &str, run: (String, u64, ShardKey, u32), awaits_ack: bool) -> Command {
+        if let Some(w) = self.workers.get_mut(id) {
+            let held = (run.0.clone(), run.2);
+            w.running.remove(&held);
+            w.acking.remove(&held);
+            w.stopping.insert(run.clone(), awaits_ack);
+        }
+        self.reindex(id);
+        let (job, incarnation, key, attempt) = run;
+        Command::Stop {
+            worker: id.to_string(),
+            job,
+            incarnation,
+            key,
+            attempt,
+        }
+    }
+
+    /// A stopping run ended (its report, or `Unstarted`, came): its slot
+    /// is free. Whether it was one.
+    fn stopped(&mut self, id: &str, run: &(String, u64, ShardKey, u32)) -> bool {
+        let ended = self
+            .workers
+            .get_mut(id)
+            .is_some_and(|w| w.stopping.remove(run).is_some());
+        if ended {
+            self.reindex(id);
+        }
+        ended
+    }
+
     /// Puts a run of the shard on `worker` and says so.
     fn place(
         &mut self,
@@ -317,12 +393,14 @@ impl Pool {
             if ack_first {
                 w.acking.insert((job_id.to_string(), key));
             } else {
-                w.unseen.insert((job_id.to_string(), key, attempt));
+                w.unseen
+                    .insert((job_id.to_string(), job.incarnation, key, attempt));
             }
         }
         Command::Assign {
             worker,
             job: job_id.to_string(),
+            incarnation: job.incarnation,
             shard: PendingShard {
                 key,
                 tasks,
@@ -447,6 +525,7 @@ pub fn retry_delay(job: &str, key: ShardKey, attempt: u32) -> Duration {
 
 #[derive(Debug)]
 struct JobState {
+    incarnation: u64,
     name: String,
     max_attempts: u32,
     /// A run older than this gets a copy on another worker.
@@ -575,6 +654,7 @@ impl Scheduler {
             running: BTreeSet::new(),
             acking: BTreeSet::new(),
             unseen: BTreeSet::new(),
+            stopping: BTreeMap::new(),
             promised: BTreeSet::new(),
             indexed: None,
             run_time: None,
@@ -615,7 +695,7 @@ impl Scheduler {
         if in_doubt {
             // Runs it was sent that are no longer its own (moved, or
             // committed by a copy) but that it may have run.
-            for (job_id, key, _) in &slot.unseen {
+            for (job_id, incarnation, key, _) in &slot.unseen {
                 let held = (job_id.clone(), *key);
                 if slot.running.contains(&held) {
                     continue;
@@ -623,6 +703,7 @@ impl Scheduler {
                 if let Some(shard) = self
                     .jobs
                     .get_mut(job_id)
+                    .filter(|j| j.incarnation == *incarnation)
                     .and_then(|j| j.shards.get_mut(key))
                 {
                     if !matches!(shard.phase, ShardPhase::Committing { .. }) {
@@ -744,6 +825,7 @@ impl Scheduler {
         let max_attempts = plan.max_attempts.max(1);
         let mut out = Vec::new();
         let mut job = JobState {
+            incarnation: plan.incarnation,
             name: plan.name,
             max_attempts,
             shard_timeout: plan.shard_timeout,
@@ -790,7 +872,7 @@ impl Scheduler {
         }
         let empty = job.shards.is_empty();
         if let Some(old) = self.jobs.insert(plan.id.clone(), job) {
-            self.unindex_job(&plan.id, old);
+            self.unindex_job(&plan.id, old, &mut out);
         }
         if empty {
             out.push(Command::Finish { job: plan.id });
@@ -798,24 +880,29 @@ impl Scheduler {
         out
     }
 
-    /// Takes what is left of a job out of the queues and off its workers.
-    fn unindex_job(&mut self, id: &str, mut job: JobState) {
+    /// Takes what is left of a job out of the queues and off its workers:
+    /// its runs are stopped.
+    fn unindex_job(&mut self, id: &str, mut job: JobState, out: &mut Vec<Command>) {
         self.queues.queued -= job.queue.len();
         for (key, shard) in &mut job.shards {
             self.queues.forget(id, *key, shard);
             if let ShardPhase::Running { runs } = &shard.phase {
                 for r in runs {
-                    self.pool.release(&r.worker, id, *key);
+                    let run = (id.to_string(), job.incarnation, *key, shard.attempt);
+                    out.push(self.pool.stop(&r.worker, run, r.ack_first && !r.started));
                 }
             }
         }
     }
 
-    /// Forgets a job (finished or cancelled); its running shards' reports will be ignored.
-    pub fn remove_job(&mut self, id: &str) {
+    /// Forgets a job (finished or cancelled): its runs are stopped (the
+    /// commands say where), and their reports will count for nothing.
+    pub fn remove_job(&mut self, id: &str) -> Vec<Command> {
+        let mut out = Vec::new();
         if let Some(job) = self.jobs.remove(id) {
-            self.unindex_job(id, job);
+            self.unindex_job(id, job, &mut out);
         }
+        out
     }
 
     /// Hands ready shards to workers with free capacity, least loaded
@@ -936,7 +1023,7 @@ impl Scheduler {
                 .iter()
                 .filter(|p| revoking(&self.jobs, p))
                 .count();
-            if awaited + w.running.len() >= w.capacity as usize {
+            if awaited + w.load() >= w.capacity as usize {
                 continue;
             }
             let found = self
@@ -968,11 +1055,11 @@ impl Scheduler {
             let Some((from, job_id, key)) = found else {
                 continue;
             };
-            let Some(shard) = self
-                .jobs
-                .get_mut(&job_id)
-                .and_then(|j| j.shards.get_mut(&key))
-            else {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let incarnation = job.incarnation;
+            let Some(shard) = job.shards.get_mut(&key) else {
                 continue;
             };
             if let ShardPhase::Running { runs } = &mut shard.phase {
@@ -981,6 +1068,7 @@ impl Scheduler {
             out.push(Command::Revoke {
                 worker: from,
                 job: job_id.clone(),
+                incarnation,
                 key,
                 attempt: shard.attempt,
             });
@@ -1049,22 +1137,37 @@ impl Scheduler {
     /// Says what to answer: a run sent to wait for `StartAck` gets it only
     /// if the worker still holds that run of the shard (not committed by
     /// another copy, cancelled, or reassigned), else `StartRefused`; a run
-    /// that did not wait is already running, and gets nothing.
+    /// that did not wait is already running, and gets nothing. A stopping
+    /// run that waited is refused, and that is its end.
     pub fn started(
         &mut self,
         worker: &str,
-        job_id: &str,
+        (job_id, incarnation): (&str, u64),
         key: ShardKey,
         attempt: u32,
         now: Instant,
     ) -> StartAnswer {
-        let run = (job_id.to_string(), key, attempt);
+        let run = (job_id.to_string(), incarnation, key, attempt);
         let waited = !self
             .pool
             .workers
             .get_mut(worker)
             .is_some_and(|w| w.unseen.remove(&run));
-        let ours = self.start(worker, job_id, key, attempt, now);
+        let stopping = self
+            .pool
+            .workers
+            .get(worker)
+            .and_then(|w| w.stopping.get(&run).copied());
+        match stopping {
+            Some(true) => {
+                self.pool.stopped(worker, &run);
+                return StartAnswer::Refuse;
+            }
+            Some(false) => return StartAnswer::Nothing,
+            None => {}
+        }
+        let ours = self.incarnation_of(job_id) == Some(incarnation)
+            && self.start(worker, job_id, key, attempt, now);
         match (waited, ours) {
             (false, _) => StartAnswer::Nothing,
             (true, true) => StartAnswer::Ack,
@@ -1121,14 +1224,26 @@ impl Scheduler {
 
     /// A worker dropped a run it was told not to run ([`Command::Revoke`])
     /// before it started: it cannot be running unseen, and the shard goes
-    /// back to the front of its job's queue.
-    pub fn unstarted(&mut self, worker: &str, job_id: &str, key: ShardKey, attempt: u32) {
+    /// back to the front of its job's queue. A stopping run
+    /// ([`Command::Stop`]) that did so frees its slot.
+    pub fn unstarted(
+        &mut self,
+        worker: &str,
+        (job_id, incarnation): (&str, u64),
+        key: ShardKey,
+        attempt: u32,
+    ) {
+        let run = (job_id.to_string(), incarnation, key, attempt);
         if let Some(w) = self.pool.workers.get_mut(worker) {
-            w.unseen.remove(&(job_id.to_string(), key, attempt));
+            w.unseen.remove(&run);
+        }
+        if self.pool.stopped(worker, &run) {
+            return;
         }
         let revoked = self
             .jobs
             .get(job_id)
+            .filter(|j| j.incarnation == incarnation)
             .and_then(|j| j.shards.get(&key))
             .filter(|s| s.attempt == attempt)
             .is_some_and(|s| match &s.phase {
@@ -1203,51 +1318,68 @@ impl Scheduler {
             .map(|s| s.tasks.as_slice())
     }
 
-    /// A worker reported on a shard. Returns true if the report is the one
-    /// awaited (the shard now waits for its commit); false for a stale or
-    /// duplicate report, which must be dropped.
+    /// The incarnation of a job the scheduler holds.
+    pub fn incarnation_of(&self, job_id: &str) -> Option<u64> {
+        self.jobs.get(job_id).map(|j| j.incarnation)
+    }
+
+    /// A worker reported on a shard. Returns the commands that stop the
+    /// shard's other runs (a speculative copy) if the report is the one
+    /// awaited (the shard now waits for its commit); `None` for a stale or
+    /// duplicate report, which must be dropped (a stopping run's report
+    /// frees its slot).
     pub fn report(
         &mut self,
         worker: &str,
-        job_id: &str,
+        (job_id, incarnation): (&str, u64),
         key: ShardKey,
         attempt: u32,
         now: Instant,
-    ) -> bool {
+    ) -> Option<Vec<Command>> {
         // A report follows its run's `Started`, which it stands for if that
         // was never sent (a run the worker held from before a reconnection).
+        let ended = (job_id.to_string(), incarnation, key, attempt);
         if let Some(w) = self.pool.workers.get_mut(worker) {
-            w.unseen.remove(&(job_id.to_string(), key, attempt));
+            w.unseen.remove(&ended);
         }
-        let Some(job) = self.jobs.get_mut(job_id) else {
-            return false;
-        };
-        let Some(shard) = job.shards.get_mut(&key) else {
-            return false;
-        };
+        if self.pool.stopped(worker, &ended) {
+            return None;
+        }
+        let job = self
+            .jobs
+            .get_mut(job_id)
+            .filter(|j| j.incarnation == incarnation)?;
+        let shard = job.shards.get_mut(&key)?;
         let ShardPhase::Running { runs } = &shard.phase else {
-            return false;
+            return None;
         };
-        let Some(run) = runs.iter().find(|r| r.worker == worker) else {
-            return false;
-        };
+        let run = runs.iter().find(|r| r.worker == worker)?;
         if shard.attempt != attempt {
-            return false;
+            return None;
         }
         let took = now.saturating_duration_since(run.since);
         job.typical = Some(job.typical.map_or(took, |t| (t * 7 + took) / 8));
         if let Some(w) = self.pool.workers.get_mut(worker) {
             w.run_time = Some(w.run_time.map_or(took, |t| (t * 7 + took) / 8));
         }
-        let runners: Vec<String> = runs.iter().map(|r| r.worker.clone()).collect();
+        let others: Vec<(String, bool)> = runs
+            .iter()
+            .filter(|r| r.worker != worker)
+            .map(|r| (r.worker.clone(), r.ack_first && !r.started))
+            .collect();
         shard.phase = ShardPhase::Committing {
             worker: Some(worker.to_string()),
         };
         self.queues.sync_age(job_id, key, shard);
-        for r in runners {
-            self.pool.release(&r, job_id, key);
-        }
-        true
+        self.pool.release(worker, job_id, key);
+        // The copies still running are stopped: they hold their slots
+        // until they end.
+        Some(
+            others
+                .into_iter()
+                .map(|(w, awaits_ack)| self.pool.stop(&w, ended.clone(), awaits_ack))
+                .collect(),
+        )
     }
 
     /// Whether the shard, reported and waiting for its commit, is its
@@ -1348,9 +1480,10 @@ impl Scheduler {
         self.jobs.get(job_id).map(|j| j.counters)
     }
 
-    /// Shards a worker is running now.
+    /// Runs a worker holds now: its shards, and runs told to stop that
+    /// have not ended yet.
     pub fn running_on(&self, worker: &str) -> usize {
-        self.pool.workers.get(worker).map_or(0, |w| w.running.len())
+        self.pool.workers.get(worker).map_or(0, WorkerSlot::load)
     }
 
     /// The jobs with a shard running on the worker.
@@ -1429,9 +1562,9 @@ impl Scheduler {
         for (id, w) in &self.pool.workers {
             let mine = held.remove(id.as_str()).unwrap_or_default();
             assert_eq!(w.running, mine, "worker {id}: held runs");
-            let free = (w.running.len() as u32) < w.window();
+            let free = (w.load() as u32) < w.window();
             assert_eq!(w.indexed.is_some(), free, "worker {id}: free index");
-            let backlog = w.capacity > 0 && w.running.len() as u32 > w.capacity;
+            let backlog = w.capacity > 0 && w.load() as u32 > w.capacity;
             assert_eq!(
                 self.pool.backlogged.contains(id),
                 backlog,
@@ -1511,10 +1644,13 @@ mod tests {
             self.answer(worker, job, key, attempt) != StartAnswer::Refuse
         }
         fn answer(&mut self, worker: &str, job: &str, key: ShardKey, attempt: u32) -> StartAnswer {
-            self.s.started(worker, job, key, attempt, self.now)
+            self.s.started(worker, (job, 0), key, attempt, self.now)
         }
         fn report(&mut self, worker: &str, job: &str, key: ShardKey, attempt: u32) -> bool {
-            self.s.report(worker, job, key, attempt, self.now)
+            // (The commands that stop other copies are left out.)
+            self.s
+                .report(worker, (job, 0), key, attempt, self.now)
+                .is_some()
         }
         fn committed(
             &mut self,
@@ -1533,6 +1669,7 @@ mod tests {
     fn plan(id: &str, shards: u32, per: u64, max_attempts: u32) -> JobPlan {
         JobPlan {
             id: id.into(),
+            incarnation: 0,
             shard_timeout: None,
             name: "j".into(),
             max_attempts,
@@ -2001,6 +2138,7 @@ mod tests {
         // Now b's slot is idle, the job's queue is empty, and a's queue
         // holds the rest: its last is revoked, once for b's one slot.
         let revoke = |key: ShardKey| Command::Revoke {
+            incarnation: 0,
             worker: "a".into(),
             job: "x".into(),
             key,
@@ -2010,7 +2148,7 @@ mod tests {
         assert_eq!(s.assign(), [], "one revocation per idle slot");
         s.check_indexes();
         // a dropped it: it moves to b.
-        s.unstarted("a", "x", k(n - 1), 1);
+        s.unstarted("a", ("x", 0), k(n - 1), 1);
         assert_eq!(assigned(&s.assign()), [("b".into(), k(n - 1), 1)]);
         assert!(!s.report("a", "x", k(n - 1), 1), "no longer a's");
         assert!(s.started("b", "x", k(n - 1), 1));
@@ -2172,6 +2310,7 @@ mod tests {
         Assign(ShardKey, u32, bool),
         Ack(ShardKey, u32),
         Refused(ShardKey, u32),
+        Stop(ShardKey, u32),
     }
 
     /// A simulated one-slot worker: the real [`WorkerSession`], its link's
@@ -2189,6 +2328,7 @@ mod tests {
             crate::core::worker_session::RunId {
                 epoch: 1,
                 job: "x".into(),
+                incarnation: 0,
                 shard: key,
                 attempt,
             }
@@ -2207,6 +2347,7 @@ mod tests {
                         .unwrap_or_default(),
                     Some(Down::Ack(key, attempt)) => self.session.acked(&run(key, attempt)),
                     Some(Down::Refused(key, attempt)) => self.session.refused(&run(key, attempt)),
+                    Some(Down::Stop(key, attempt)) => self.session.stop(&run(key, attempt)),
                     None => Vec::new(),
                 }
             } else {
@@ -2263,7 +2404,7 @@ mod tests {
                 }
                 Up::Unstarted(key, attempt) => {
                     self.revoked += 1;
-                    self.s.unstarted(worker, "x", key, attempt);
+                    self.s.unstarted(worker, ("x", 0), key, attempt);
                     None
                 }
             }
@@ -2294,6 +2435,12 @@ mod tests {
                         attempt,
                         ..
                     } => link(workers, &worker, Down::Refused(key, attempt)),
+                    Command::Stop {
+                        worker,
+                        key,
+                        attempt,
+                        ..
+                    } => link(workers, &worker, Down::Stop(key, attempt)),
                     Command::CommitLost {
                         key,
                         attempt,
@@ -2431,7 +2578,10 @@ mod tests {
     /// A run a virtual worker holds: (worker, key, attempt, tasks, started).
     type Held = (String, ShardKey, u32, Vec<u64>, bool);
 
-    fn simulate(seed: u64, max_workers: usize, shards: u32) {
+    /// Returns how many queued runs were stopped (a copy's report came
+    /// first) and dropped.
+    fn simulate(seed: u64, max_workers: usize, shards: u32) -> u32 {
+        let stopped_queued = std::cell::Cell::new(0u32);
         let mut rng = StdRng::seed_from_u64(seed);
         let t0 = Instant::now();
         let mut now = t0;
@@ -2487,19 +2637,29 @@ mod tests {
                     Command::Finish { .. } => done = true,
                     Command::RecordLoss { .. } => {}
                     Command::Revoke {
-                        worker,
+                        ref worker,
+                        key,
+                        attempt,
+                        ..
+                    }
+                    | Command::Stop {
+                        ref worker,
                         key,
                         attempt,
                         ..
                     } => {
                         // Dropped if it waits in the worker's queue; a
-                        // started one runs on.
+                        // started one runs on (moved: it stays; stopped:
+                        // it is told to stop, and reports).
                         let queued = runs
                             .iter()
-                            .position(|r| r.0 == worker && r.1 == key && r.2 == attempt && !r.4);
+                            .position(|r| r.0 == *worker && r.1 == key && r.2 == attempt && !r.4);
                         if let Some(i) = queued {
                             runs.swap_remove(i);
-                            s.unstarted(&worker, "x", key, attempt);
+                            s.unstarted(worker, ("x", 0), key, attempt);
+                            if matches!(c, Command::Stop { .. }) {
+                                stopped_queued.set(stopped_queued.get() + 1);
+                            }
                         }
                     }
                 }
@@ -2602,7 +2762,17 @@ mod tests {
                     let started: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].4).collect();
                     let i = started[rng.gen_range(0..started.len())];
                     let (w, key, attempt, tasks, _) = runs.swap_remove(i);
-                    if s.report(&w, "x", key, attempt) {
+                    let at = s.now;
+                    if let Some(stops) = s.s.report(&w, ("x", 0), key, attempt, at) {
+                        finished |= handle(
+                            stops,
+                            &mut s,
+                            &mut runs,
+                            &mut outcome,
+                            &mut committed,
+                            &mut rng,
+                            &capacity_of,
+                        );
                         assert!(committed.insert(key), "seed {seed}: {key} committed twice");
                         let mut failures: Vec<TaskFailure> = Vec::new();
                         for &index in &tasks {
@@ -2692,6 +2862,7 @@ mod tests {
             "seed {seed}: exactly one final outcome per task"
         );
         assert_eq!(s.counters("x").unwrap().tasks_done, total, "seed {seed}");
+        stopped_queued.get()
     }
 
     #[test]
@@ -2774,7 +2945,8 @@ mod tests {
                         }
                         Command::CommitLost { .. }
                         | Command::RecordLoss { .. }
-                        | Command::Revoke { .. } => {}
+                        | Command::Revoke { .. }
+                        | Command::Stop { .. } => {}
                     }
                 }
             };
@@ -2850,9 +3022,11 @@ mod tests {
 
     #[test]
     fn simulation_small_clusters() {
+        let mut stopped = 0;
         for seed in 0..300 {
-            simulate(seed, 8, 40);
+            stopped += simulate(seed, 8, 40);
         }
+        assert!(stopped > 0, "no copy's report ever stopped a queued run");
     }
 
     #[test]

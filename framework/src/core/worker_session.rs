@@ -14,6 +14,11 @@
 //! slot or an acknowledgement) is forgotten with its link, because the
 //! master requeues it; nothing waits for an answer from a link that is gone.
 //!
+//! A run the master stops (its job cancelled, or committed by another
+//! copy) is dropped if it waits, and told to stop if it runs
+//! ([`Action::Cancel`]): it keeps its slot until it really ends, and its
+//! report then tells the master that the slot is free.
+//!
 //! There are no timers here: a silent link is detected by the transport.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -29,6 +34,9 @@ pub struct RunId {
     pub epoch: u64,
     /// The job.
     pub job: String,
+    /// The job's incarnation (see [`crate::coord::JobRecord::incarnation`]):
+    /// a run of an earlier job under the same id is another run.
+    pub incarnation: u64,
     /// The shard.
     pub shard: ShardKey,
     /// The attempt.
@@ -48,6 +56,10 @@ pub enum Action {
     SendReport(RunId),
     /// Tell the master this run, refused while queued, never started.
     SendUnstarted(RunId),
+    /// Tell this running run to stop: its task sees
+    /// [`crate::TaskContext::is_cancelled`]. It keeps its slot until it
+    /// ends, and reports as any run does.
+    Cancel(RunId),
     /// Drop what is kept for this run (its assignment, or its report): its
     /// link is gone, or it was handed back by draining.
     Forget(RunId),
@@ -175,6 +187,17 @@ impl WorkerSession {
         out
     }
 
+    /// The master stopped the run (its job was cancelled, or another copy
+    /// was committed): one waiting for a slot is dropped and the master
+    /// told it never started; one waiting for `StartAck` is dropped (the
+    /// master refuses the `Started` it sent); one running is told to stop.
+    pub fn stop(&mut self, run: &RunId) -> Vec<Action> {
+        if self.running.contains_key(run) {
+            return vec![Action::Cancel(run.clone())];
+        }
+        self.refused(run)
+    }
+
     /// A run finished: its report goes to the link that started it, if
     /// that link is still the current one.
     pub fn finished(&mut self, run: &RunId) -> Vec<Action> {
@@ -270,6 +293,7 @@ mod tests {
         RunId {
             epoch,
             job: "j".into(),
+            incarnation: 7,
             shard: ShardKey {
                 index: i,
                 generation: 0,
@@ -300,6 +324,73 @@ mod tests {
             vec![Action::SendReport(run(0)), Action::SendStarted(run(1))]
         );
         assert_eq!(s.held(), 1);
+    }
+
+    /// Issue 29, finding 1: a job submitted again under the id of a
+    /// cancelled one has runs of the same epoch, shard and attempt; they
+    /// are other runs, never taken for duplicates of the old ones.
+    #[test]
+    fn a_run_of_another_incarnation_is_not_a_duplicate() {
+        let mut s = WorkerSession::new(1);
+        s.connected(1);
+        let old = run(0);
+        let new = RunId {
+            incarnation: 8,
+            ..old.clone()
+        };
+        assert_eq!(
+            s.assigned(old.clone(), false),
+            Ok(vec![
+                Action::SendStarted(old.clone()),
+                Action::Run(old.clone())
+            ])
+        );
+        assert_eq!(s.assigned(new.clone(), false), Ok(vec![]), "queued");
+        assert_eq!(s.assigned(new.clone(), false), Err(Refused::Duplicate));
+        assert_eq!(
+            s.finished(&old),
+            vec![
+                Action::SendReport(old),
+                Action::SendStarted(new.clone()),
+                Action::Run(new)
+            ]
+        );
+    }
+
+    /// A stopped run: dropped while it waits (the master told when it
+    /// waited for a slot), told to stop while it runs, keeping its slot
+    /// until it ends and reports.
+    #[test]
+    fn a_stopped_run_is_dropped_if_it_waits_and_cancelled_if_it_runs() {
+        let mut s = WorkerSession::new(1);
+        s.connected(1);
+        s.assigned(run(0), false).unwrap();
+        s.assigned(run(1), false).unwrap();
+        assert_eq!(
+            s.stop(&run(1)),
+            vec![Action::Forget(run(1)), Action::SendUnstarted(run(1))]
+        );
+        assert_eq!(s.stop(&run(0)), vec![Action::Cancel(run(0))]);
+        assert_eq!(s.in_slots(), 1, "it holds its slot until it ends");
+        s.assigned(run(2), false).unwrap();
+        assert_eq!(
+            s.finished(&run(0)),
+            vec![
+                Action::SendReport(run(0)),
+                Action::SendStarted(run(2)),
+                Action::Run(run(2))
+            ]
+        );
+        assert_eq!(s.stop(&run(0)), vec![], "ended: nothing to stop");
+        // One waiting for its `StartAck` gives its slot to the next.
+        let mut s = WorkerSession::new(1);
+        s.connected(1);
+        s.assigned(run(0), true).unwrap();
+        s.assigned(run(1), true).unwrap();
+        assert_eq!(
+            s.stop(&run(0)),
+            vec![Action::Forget(run(0)), Action::SendStarted(run(1))]
+        );
     }
 
     #[test]
@@ -417,7 +508,7 @@ mod tests {
     #[test]
     fn random_histories_keep_the_invariants() {
         let (mut reported, mut forgotten, mut drains, mut ran) = (0, 0, 0, 0);
-        let mut unstarted = 0;
+        let (mut unstarted, mut cancelled) = (0, 0);
         for seed in 0..500u64 {
             let mut rng = StdRng::seed_from_u64(seed);
             let slots = rng.gen_range(1..4);
@@ -460,10 +551,17 @@ mod tests {
                             Err(_) => Vec::new(),
                         }
                     }
-                    // The master revokes a run, in whatever state.
+                    // The master revokes or stops a run, in whatever state.
                     5 if !live.is_empty() && rng.gen_bool(0.1) => {
                         let r = live.iter().nth(rng.gen_range(0..live.len())).cloned();
-                        r.map(|r| s.refused(&r)).unwrap_or_default()
+                        match (r, rng.gen_bool(0.5)) {
+                            (Some(r), true) => s.refused(&r),
+                            (Some(r), false) => {
+                                starting.retain(|x| *x != r);
+                                s.stop(&r)
+                            }
+                            (None, _) => Vec::new(),
+                        }
                     }
                     5 | 6 if !starting.is_empty() => {
                         let r = starting.swap_remove(rng.gen_range(0..starting.len()));
@@ -509,6 +607,10 @@ mod tests {
                             assert!(!running.contains(&r) && !starting.contains(&r));
                             unstarted += 1;
                         }
+                        Action::Cancel(r) => {
+                            assert!(running.contains(&r), "seed {seed}: only a running run");
+                            cancelled += 1;
+                        }
                         Action::SendDraining => assert!(s.draining()),
                         Action::SendDrained => {
                             assert_eq!(s.in_slots(), 0, "seed {seed}");
@@ -546,8 +648,13 @@ mod tests {
         }
         // The histories reached every outcome.
         assert!(
-            reported > 1000 && forgotten > 1000 && drains > 50 && ran > 1000 && unstarted > 20,
-            "{reported} {forgotten} {drains} {ran} {unstarted}"
+            reported > 1000
+                && forgotten > 1000
+                && drains > 50
+                && ran > 1000
+                && unstarted > 20
+                && cancelled > 20,
+            "{reported} {forgotten} {drains} {ran} {unstarted} {cancelled}"
         );
     }
 }

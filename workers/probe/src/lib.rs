@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 pub enum Behaviour {
     /// Return at once.
     Ok,
-    /// Sleep this many milliseconds, then return.
+    /// Sleep this many milliseconds, then return; return early, failed,
+    /// when the run is cancelled ([`TaskContext::is_cancelled`], looked at
+    /// every 10 ms).
     Sleep(u64),
     /// Panic on attempts up to and including this one, then return.
     PanicUntil(u32),
@@ -22,6 +24,9 @@ pub enum Behaviour {
     Abort,
     /// Hang (for an hour) when run on the node with this id, else return.
     HangOn(String),
+    /// Keep busy this many milliseconds, deaf to cancellation (as code
+    /// that never looks at its context), then return.
+    Busy(u64),
 }
 
 /// Returns `value * 2` after behaving as told.
@@ -39,7 +44,19 @@ impl Task for Probe {
     fn run(self, ctx: &TaskContext) -> Result<u64, TaskError> {
         match &self.behaviour {
             Behaviour::Ok => {}
-            Behaviour::Sleep(ms) => std::thread::sleep(Duration::from_millis(*ms)),
+            Behaviour::Sleep(ms) => {
+                let until = std::time::Instant::now() + Duration::from_millis(*ms);
+                while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+                    if ctx.is_cancelled() {
+                        return Err(TaskError::permanent(format!(
+                            "probe {} stopped: its run was cancelled",
+                            self.value
+                        )));
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(10)));
+                }
+            }
+            Behaviour::Busy(ms) => std::thread::sleep(Duration::from_millis(*ms)),
             Behaviour::PanicUntil(n) if ctx.attempt <= *n => {
                 panic!("probe {} panics on attempt {}", self.value, ctx.attempt)
             }

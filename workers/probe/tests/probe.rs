@@ -1047,3 +1047,139 @@ fn streamed_outputs_arrive_once_each_across_a_failover() {
         assert!(err.contains("was not submitted to be streamed"), "{err}");
     });
 }
+
+/// A job id names one incarnation: a job submitted under the id of a
+/// cancelled and collected one runs its own task, and gets its own output,
+/// never the cancelled run's (issue 29, finding 1: the worker took the new
+/// assignment for a duplicate of the old run, whose report then counted
+/// for the new job). The cancel reaches the running task, which stops.
+#[test]
+fn a_reused_job_id_gets_its_own_output_not_a_cancelled_runs() {
+    let mut c = Cluster::new(BIN);
+    c.node("p", &["--slots", "1", "--retention-secs", "1"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let opts = SubmitOptions {
+            job_id: Some("x".into()),
+            ..Default::default()
+        };
+        let first = vec![Probe {
+            value: 1,
+            behaviour: Behaviour::Sleep(8_000),
+        }];
+        let first = client
+            .submit::<Collect<Probe>>(first, opts.clone())
+            .await
+            .unwrap();
+        eventually(
+            Duration::from_secs(20),
+            "the first run holds the slot",
+            || async {
+                client
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.workers.iter().any(|w| w.in_flight == 1))
+            },
+        )
+        .await;
+        first.cancel().await.unwrap();
+        eventually(
+            Duration::from_secs(30),
+            "the cancelled job collected",
+            || async {
+                client
+                    .jobs()
+                    .await
+                    .is_ok_and(|jobs| jobs.iter().all(|j| j.job_id != "x"))
+            },
+        )
+        .await;
+        let second = vec![Probe {
+            value: 2,
+            behaviour: Behaviour::Ok,
+        }];
+        let again = client.submit::<Collect<Probe>>(second, opts).await.unwrap();
+        assert!(!again.existed(), "a new job, not the collected one");
+        let (out, report) =
+            match tokio::time::timeout(Duration::from_secs(30), again.result()).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => panic!("{e}\n{}", c.logs()),
+                Err(_) => panic!("the new job never ran\n{}", c.logs()),
+            };
+        assert_eq!(out, vec![(0, 4)], "the new job's own output");
+        assert_eq!(report.progress.counters.tasks_done, 1);
+    });
+}
+
+/// A cancel reaches the running task (it sees `is_cancelled` and returns),
+/// and the worker's slot counts as taken until the run really ends: a task
+/// deaf to the cancel keeps it, as `status` shows, and the next job runs
+/// once it ends (issue 29, finding 1: the slot was counted free at once,
+/// and the next job queued unseen behind the cancelled run).
+#[test]
+fn a_cancel_stops_the_running_task_and_its_slot_is_held_until_it_ends() {
+    let mut c = Cluster::new(BIN);
+    c.node("p", &["--slots", "1"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let in_flight = || async {
+            let s = client.status().await.unwrap();
+            s.workers.iter().map(|w| w.in_flight).sum::<u32>()
+        };
+        let one = |behaviour| {
+            vec![Probe {
+                value: 3,
+                behaviour,
+            }]
+        };
+        // A task that would sleep ten minutes stops when cancelled: the next
+        // job gets the slot.
+        let long = client
+            .submit::<Collect<Probe>>(one(Behaviour::Sleep(600_000)), SubmitOptions::default())
+            .await
+            .unwrap();
+        eventually(
+            Duration::from_secs(20),
+            "the long run holds the slot",
+            || async { in_flight().await == 1 },
+        )
+        .await;
+        long.cancel().await.unwrap();
+        let next = client
+            .submit::<Collect<Probe>>(one(Behaviour::Ok), SubmitOptions::default())
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_secs(30), next.result()).await {
+            Ok(Ok((out, _))) => assert_eq!(out, vec![(0, 6)]),
+            Ok(Err(e)) => panic!("{e}\n{}", c.logs()),
+            Err(_) => panic!("the cancelled task never stopped\n{}", c.logs()),
+        }
+        // A task deaf to the cancel keeps its slot until it returns.
+        let deaf = client
+            .submit::<Collect<Probe>>(one(Behaviour::Busy(5_000)), SubmitOptions::default())
+            .await
+            .unwrap();
+        eventually(
+            Duration::from_secs(20),
+            "the deaf run holds the slot",
+            || async { in_flight().await == 1 },
+        )
+        .await;
+        deaf.cancel().await.unwrap();
+        assert_eq!(
+            in_flight().await,
+            1,
+            "a cancelled run still running holds its slot"
+        );
+        eventually(
+            Duration::from_secs(30),
+            "the slot freed when the run ended",
+            || async { in_flight().await == 0 },
+        )
+        .await;
+    });
+}

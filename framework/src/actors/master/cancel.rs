@@ -31,8 +31,9 @@ impl Master {
         }
         let rt = self.forget_job(&job_id);
         self.ledger.remove(&job_id);
-        self.sched.remove_job(&job_id);
-        self.dispatch(ctx);
+        // Its runs are stopped; their slots free as they end.
+        let stops = self.sched.remove_job(&job_id);
+        self.run(ctx, stops);
         let store = self.store.clone();
         let id = job_id.clone();
         Box::pin(

@@ -246,9 +246,9 @@ impl Master {
         crate::counter_once!(crate::metrics::JOBS_DISCARDED).increment(1);
         self.jobs.remove(job);
         self.ledger.remove(job);
-        self.sched.remove_job(job);
+        let stops = self.sched.remove_job(job);
         self.may_orphan.insert(job.to_string());
-        self.dispatch(ctx);
+        self.run(ctx, stops);
     }
 
     /// A one-write end's write, for a created job.
@@ -299,7 +299,7 @@ impl Master {
                 self.job_done(ctx, job, job_name, finished);
             }
             Err(e) if e.is_session_end() => self.fail(ctx, &e),
-            Err(e) if e.is_conflict() => self.cancelled_meanwhile(job),
+            Err(e) if e.is_conflict() => self.cancelled_meanwhile(ctx, job),
             Err(e) => {
                 // Applied or not, the shard runs again; a write that had
                 // applied is found at the next end.

@@ -427,23 +427,27 @@ async fn worker_link(
                 }),
                 Frame::Unstarted {
                     job_id,
+                    incarnation,
                     shard,
                     attempt,
                 } => master.do_send(Unstarted {
                     node_id: node_id.clone(),
                     job_id,
+                    incarnation,
                     shard,
                     attempt,
                 }),
                 Frame::Started {
                     epoch,
                     job_id,
+                    incarnation,
                     shard,
                     attempt,
                 } => master.do_send(Started {
                     node_id: node_id.clone(),
                     epoch,
                     job_id,
+                    incarnation,
                     shard,
                     attempt,
                 }),

@@ -50,6 +50,7 @@ pub(crate) struct Started {
     pub node_id: String,
     pub epoch: u64,
     pub job_id: String,
+    pub incarnation: u64,
     pub shard: ShardKey,
     pub attempt: u32,
 }
@@ -63,7 +64,7 @@ impl Handler<Started> for Master {
         let answer = if msg.epoch == self.store.epoch() {
             self.sched.started(
                 &msg.node_id,
-                &msg.job_id,
+                (&msg.job_id, msg.incarnation),
                 msg.shard,
                 msg.attempt,
                 std::time::Instant::now(),
@@ -71,11 +72,13 @@ impl Handler<Started> for Master {
         } else {
             StartAnswer::Refuse
         };
-        let (job_id, shard, attempt) = (msg.job_id, msg.shard, msg.attempt);
+        let (job_id, incarnation, shard, attempt) =
+            (msg.job_id, msg.incarnation, msg.shard, msg.attempt);
         let frame = match answer {
             StartAnswer::Nothing => return,
             StartAnswer::Ack => Frame::StartAck {
                 job_id,
+                incarnation,
                 shard,
                 attempt,
             },
@@ -83,6 +86,7 @@ impl Handler<Started> for Master {
                 tracing::debug!(worker = %msg.node_id, job = %job_id, %shard, attempt, "refusing to start a run the scheduler does not hold");
                 Frame::StartRefused {
                     job_id,
+                    incarnation,
                     shard,
                     attempt,
                 }
@@ -100,15 +104,19 @@ impl Handler<Started> for Master {
 pub(crate) struct Unstarted {
     pub node_id: String,
     pub job_id: String,
+    pub incarnation: u64,
     pub shard: ShardKey,
     pub attempt: u32,
 }
 
 impl Handler<Unstarted> for Master {
     type Result = ();
-    fn handle(&mut self, msg: Unstarted, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Unstarted, ctx: &mut Context<Self>) {
+        let job = (msg.job_id.as_str(), msg.incarnation);
         self.sched
-            .unstarted(&msg.node_id, &msg.job_id, msg.shard, msg.attempt);
+            .unstarted(&msg.node_id, job, msg.shard, msg.attempt);
+        // A stopped run may have freed its slot.
+        self.dispatch(ctx);
     }
 }
 
@@ -235,7 +243,7 @@ impl Handler<Report> for Master {
             .err()
             .or_else(|| {
                 let name = r.output_object.as_deref()?;
-                Store::check_shard_output(&r.job_id, name)
+                Store::check_shard_output((&r.job_id, r.incarnation), name)
                     .err()
                     .map(|e| e.to_string())
             });
@@ -245,27 +253,32 @@ impl Handler<Report> for Master {
             self.drop_worker(ctx, &msg.node_id);
             return;
         }
-        if r.epoch != self.store.epoch()
-            || !self.sched.report(
+        let stops = match r.epoch == self.store.epoch() {
+            true => self.sched.report(
                 &msg.node_id,
-                &r.job_id,
+                (&r.job_id, r.incarnation),
                 r.shard,
                 r.attempt,
                 std::time::Instant::now(),
-            )
-        {
+            ),
+            false => None,
+        };
+        let Some(stops) = stops else {
             tracing::debug!(job = %r.job_id, shard = %r.shard, "dropping a stale report");
             // Its object (if it is one of that job's) is referenced by nothing.
             if let Some(name) = r.output_object {
-                if Store::check_shard_output(&r.job_id, &name).is_ok() {
+                if Store::check_shard_output((&r.job_id, r.incarnation), &name).is_ok() {
                     let store = self.store.clone();
                     actix::spawn(async move {
                         store.delete_outputs([&OutputRef::Object(name)]).await;
                     });
                 }
             }
+            // A stopped run's report frees its slot.
+            self.dispatch(ctx);
             return;
-        }
+        };
+        self.apply(stops, ctx);
         let output = match r.output_object {
             Some(name) => ShardOutput::Object(name),
             None => ShardOutput::Bytes(r.output.into_vec()),

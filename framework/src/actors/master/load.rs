@@ -40,14 +40,16 @@ pub(super) fn recover_stored(
         .map(|(k, r)| (*k, CommittedShard::from(r)))
         .collect();
     let rec = &job.record;
-    recover_job(
+    let mut recovered = recover_job(
         &job.id,
         &rec.job_name,
         rec.tasks_total,
         rec.options.shard_size,
         rec.options.max_attempts,
         &summary,
-    )
+    );
+    recovered.plan.incarnation = rec.incarnation;
+    recovered
 }
 
 /// Reads a job, then merges its committed outputs on the blocking pool.

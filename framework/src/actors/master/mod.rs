@@ -41,8 +41,8 @@ use tokio::sync::{mpsc, watch};
 use super::{Alive, Fatal, Stop};
 use crate::audit::{Audit, Event};
 use crate::coord::{
-    Committed, Connection, CoordError, Finished, JobStatus, LeaderStore, OutputRef, ShardOutput,
-    ShardRecord, StoredJob, WorkerInfo,
+    Committed, Connection, CoordError, Finished, JobRef, JobStatus, LeaderStore, OutputRef,
+    ShardOutput, ShardRecord, StoredJob, WorkerInfo,
 };
 use crate::core::job::{Finish, Merge, Retention, Stored};
 use crate::core::{Command, Ledger, Scheduler, ShardKey, TaskFailure};
@@ -390,6 +390,7 @@ impl Master {
                 Command::Assign {
                     worker,
                     job,
+                    incarnation,
                     shard,
                     ack_first,
                 } => {
@@ -404,6 +405,7 @@ impl Master {
                     let frame = Frame::Assign(Assignment {
                         epoch: self.store.epoch(),
                         job_id: job,
+                        incarnation,
                         job_name: rt.stored.record.job_name.clone(),
                         shard: shard.key,
                         attempt: shard.attempt,
@@ -423,17 +425,33 @@ impl Master {
                 Command::Revoke {
                     worker,
                     job,
+                    incarnation,
                     key,
                     attempt,
-                } => {
-                    if let Some(l) = self.links.get(&worker) {
-                        let _ = l.tx.send(Frame::StartRefused {
-                            job_id: job,
-                            shard: key,
-                            attempt,
-                        });
-                    }
-                }
+                } => self.tell(
+                    &worker,
+                    Frame::StartRefused {
+                        job_id: job,
+                        incarnation,
+                        shard: key,
+                        attempt,
+                    },
+                ),
+                Command::Stop {
+                    worker,
+                    job,
+                    incarnation,
+                    key,
+                    attempt,
+                } => self.tell(
+                    &worker,
+                    Frame::StopRun {
+                        job_id: job,
+                        incarnation,
+                        shard: key,
+                        attempt,
+                    },
+                ),
                 Command::CommitLost {
                     job,
                     key,
@@ -460,6 +478,14 @@ impl Master {
         }
         for w in lost {
             self.drop_worker(ctx, &w);
+        }
+    }
+
+    /// Sends a frame on a worker's link, if it has one (a link that is
+    /// gone takes its runs with it).
+    fn tell(&self, worker: &str, frame: Frame) {
+        if let Some(l) = self.links.get(worker) {
+            let _ = l.tx.send(frame);
         }
     }
 
@@ -508,14 +534,16 @@ impl Master {
         };
         let store = self.store.clone();
         let job2 = job.clone();
-        let compact = self
-            .jobs
-            .get(&job)
-            .is_some_and(|rt| rt.stored.record.is_compact());
+        let (incarnation, compact) = self.jobs.get(&job).map_or((0, false), |rt| {
+            (rt.stored.record.incarnation, rt.stored.record.is_compact())
+        });
         let fut = async move {
-            store
-                .commit((&job2, compact), key, attempt, output, failures)
-                .await
+            let job = JobRef {
+                id: &job2,
+                incarnation,
+                compact,
+            };
+            store.commit(job, key, attempt, output, failures).await
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(Committed { record: rec, at }) => {
@@ -749,7 +777,7 @@ impl Master {
         ctx.spawn(work.into_actor(self).map(move |res, act, ctx| match res {
             Ok(finished) => act.job_done(ctx, &job, job_name, finished),
             Err(e) if e.is_session_end() => act.fail(ctx, &e),
-            Err(e) if e.is_conflict() => act.cancelled_meanwhile(&job),
+            Err(e) if e.is_conflict() => act.cancelled_meanwhile(ctx, &job),
             Err(e) => {
                 tracing::warn!(job, error = %e, "cannot store the job's result; retrying");
                 // The retry writes its result under a new name: this
@@ -864,7 +892,8 @@ impl Master {
         });
         let version = self.forget_job(job).map_or(0, |rt| rt.stored.version + 1);
         self.ledger.finished(job);
-        self.sched.remove_job(job);
+        let stops = self.sched.remove_job(job);
+        self.apply(stops, ctx);
         metrics::gauge!(m::JOBS_RUNNING).set(self.jobs.len() as f64);
         if fetched {
             // It changes no more: the collector need not read it.
@@ -889,12 +918,13 @@ impl Master {
 
     /// A cancel got there before the job's end: no record names the
     /// result's object, if it went to the store; collection sweeps it.
-    fn cancelled_meanwhile(&mut self, job: &str) {
+    fn cancelled_meanwhile(&mut self, ctx: &mut Context<Self>, job: &str) {
         tracing::info!(job, "job cancelled while its result was being written");
         self.may_orphan.insert(job.to_string());
         self.forget_job(job);
         self.ledger.finished(job);
-        self.sched.remove_job(job);
+        let stops = self.sched.remove_job(job);
+        self.apply(stops, ctx);
     }
 
     fn sync_worker(&mut self, ctx: &mut Context<Self>, node_id: &str) {
@@ -1335,6 +1365,7 @@ mod tests {
             owner: None,
             inline: None,
             result: None,
+            incarnation: 1,
         };
         let stored = StoredJob {
             id: "j".into(),

@@ -438,6 +438,7 @@ fn new_record(a: &Admitted, digest: ByteBuf) -> JobRecord {
         owner: Some(a.peer.principal()),
         inline: None,
         result: None,
+        incarnation: crate::coord::new_incarnation(),
     }
 }
 
@@ -464,6 +465,7 @@ fn new_loaded(
         &BTreeMap::new(),
     )
     .plan;
+    plan.incarnation = rec.incarnation;
     plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
     let acc = erased.new_acc();
     Ok(Loaded {

@@ -7,7 +7,8 @@
 //! the session's order (one lock orders them).
 //!
 //! What is shared: the session (every decision), the assignments it holds
-//! until they run or are forgotten, and the current link's writer.
+//! until they run or are forgotten, the cancellation flags of the runs
+//! under way, and the current link's writer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,11 +24,14 @@ use crate::core::{TaskFailure, WorkerSession};
 use crate::metrics as m;
 use crate::registry::RunEnv;
 use crate::store::Store;
+use crate::task::Cancel;
 use crate::wire::{Assignment, Frame, ShardReport};
 
-/// A run for a slot: its id and its assignment (`None` ends the slot's
-/// thread).
-type Run = Option<(RunId, Assignment)>;
+/// A run for a slot: its id, its assignment and its cancellation flag.
+type Start = (RunId, Assignment, Cancel);
+
+/// What a slot's thread is given (`None` ends it).
+type Run = Option<Start>;
 
 /// The worker's shards across links (see the module doc).
 pub(super) struct Slots {
@@ -52,6 +56,8 @@ struct Shared {
     waiting: HashMap<RunId, Assignment>,
     /// When each run waiting for its `StartAck` sent `Started`.
     asked: HashMap<RunId, Instant>,
+    /// The runs under way, each with its cancellation flag.
+    running: HashMap<RunId, Cancel>,
     /// The current link's writer.
     link: Option<mpsc::UnboundedSender<Frame>>,
 }
@@ -60,7 +66,7 @@ struct Shared {
 #[derive(Default)]
 struct After {
     /// Runs to start, in order.
-    starts: Vec<(RunId, Assignment)>,
+    starts: Vec<Start>,
     /// The output object of a report that goes to no master (its run
     /// outlived its link): no record can name it.
     orphan: Option<String>,
@@ -73,6 +79,7 @@ impl Slots {
             session: WorkerSession::new(s.slots),
             waiting: HashMap::new(),
             asked: HashMap::new(),
+            running: HashMap::new(),
             link: None,
         }));
         let (runs, rx) = crossbeam_channel::unbounded::<Run>();
@@ -135,6 +142,7 @@ impl Slots {
         let run = RunId {
             epoch: a.epoch,
             job: a.job_id.clone(),
+            incarnation: a.incarnation,
             shard: a.shard,
             attempt: a.attempt,
         };
@@ -159,6 +167,13 @@ impl Slots {
     pub(super) fn refused(&self, s: &Arc<WorkerSettings>, run: &RunId) {
         let mut sh = self.lock();
         let actions = sh.session.refused(run);
+        self.apply(sh, actions, s);
+    }
+
+    /// The master stopped a run.
+    pub(super) fn stop(&self, s: &Arc<WorkerSettings>, run: &RunId) {
+        let mut sh = self.lock();
+        let actions = sh.session.stop(run);
         self.apply(sh, actions, s);
     }
 
@@ -199,6 +214,7 @@ impl Shared {
                     let started = Frame::Started {
                         epoch: a.epoch,
                         job_id: run.job.clone(),
+                        incarnation: run.incarnation,
                         shard: run.shard,
                         attempt: run.attempt,
                     };
@@ -212,7 +228,15 @@ impl Shared {
                             .record(at.elapsed().as_secs_f64());
                     }
                     if let Some(a) = self.waiting.remove(&run) {
-                        after.starts.push((run, a));
+                        let cancel = Cancel::default();
+                        self.running.insert(run.clone(), cancel.clone());
+                        after.starts.push((run, a, cancel));
+                    }
+                }
+                Action::Cancel(run) => {
+                    if let Some(cancel) = self.running.get(&run) {
+                        tracing::debug!(job = %run.job, shard = %run.shard, "stopping a run its master no longer wants");
+                        cancel.cancel();
                     }
                 }
                 Action::SendReport(_) => {
@@ -224,7 +248,8 @@ impl Shared {
                     self.waiting.remove(&run);
                     self.asked.remove(&run);
                     let ours = |r: &mut ShardReport| {
-                        (&r.job_id, r.shard, r.attempt) == (&run.job, run.shard, run.attempt)
+                        (&r.job_id, r.incarnation, r.shard, r.attempt)
+                            == (&run.job, run.incarnation, run.shard, run.attempt)
                     };
                     if let Some(name) = report.take_if(ours).and_then(|r| r.output_object) {
                         after.orphan = Some(name);
@@ -232,6 +257,7 @@ impl Shared {
                 }
                 Action::SendUnstarted(run) => self.send(Frame::Unstarted {
                     job_id: run.job,
+                    incarnation: run.incarnation,
                     shard: run.shard,
                     attempt: run.attempt,
                 }),
@@ -257,18 +283,19 @@ fn slot(
     rx: &crossbeam_channel::Receiver<Run>,
     runs: &crossbeam_channel::Sender<Run>,
 ) {
-    let mut next: Option<(RunId, Assignment)> = None;
+    let mut next: Option<Start> = None;
     loop {
-        let (run, a) = match next.take() {
+        let (run, a, cancel) = match next.take() {
             Some(r) => r,
             None => match rx.recv() {
                 Ok(Some(r)) => r,
                 Ok(None) | Err(_) => return,
             },
         };
-        let report = execute(s, a);
+        let report = execute(s, a, cancel);
         let after = {
             let mut sh = lock(shared);
+            sh.running.remove(&run);
             let actions = sh.session.finished(&run);
             sh.apply(actions, Some(report))
         };
@@ -299,14 +326,16 @@ fn delete_orphan(s: &Arc<WorkerSettings>, orphan: Option<String>) {
 
 /// Runs one shard here and builds its report; a big output goes to the
 /// store under a name no other run uses.
-fn execute(s: &WorkerSettings, a: Assignment) -> ShardReport {
+fn execute(s: &WorkerSettings, a: Assignment, cancel: Cancel) -> ShardReport {
     let (epoch, job_id, shard, attempt) = (a.epoch, a.job_id.clone(), a.shard, a.attempt);
+    let incarnation = a.incarnation;
     let n = a.tasks.len() as u64;
     let started = Instant::now();
     let env = RunEnv {
         node_id: s.node_id.clone(),
         data_dir: s.data_dir.clone(),
         store: Some(s.store.clone()),
+        cancel,
     };
     let indexes: Vec<u64> = a.tasks.iter().map(|(i, _)| *i).collect();
     let job = s.registry.get(&a.job_name);
@@ -340,7 +369,8 @@ fn execute(s: &WorkerSettings, a: Assignment) -> ShardReport {
     };
     let mut output_object = None;
     if output.len() > INLINE_LIMIT {
-        let name = Store::shard_output_name(&job_id, &shard.to_string(), epoch, attempt);
+        let name =
+            Store::shard_output_name((&job_id, incarnation), &shard.to_string(), epoch, attempt);
         let put = match name {
             Ok(name) => {
                 futures::executor::block_on(s.store.put_new(&name, std::mem::take(&mut output)))
@@ -363,6 +393,7 @@ fn execute(s: &WorkerSettings, a: Assignment) -> ShardReport {
     ShardReport {
         epoch,
         job_id,
+        incarnation,
         shard,
         attempt,
         output: ByteBuf::from(output),

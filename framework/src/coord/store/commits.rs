@@ -10,6 +10,7 @@ use zookeeper_client::Error as ZkError;
 use super::batch::Part;
 use serde_bytes::ByteBuf;
 
+use super::JobRef;
 use super::{retry_loss, Committed, Finished, LeaderStore, Op, ShardOutput, StoredJob};
 use crate::coord::records::{
     commit_entries, JobStatus, OutputRef, RecordName, ResultRecord, ShardRecord,
@@ -186,27 +187,39 @@ impl LeaderStore {
     /// the group-commit writer, `coord/store/batch.rs`). The scheduler sends each shard once at a time;
     /// one sent again after an unknown outcome may be held by two records,
     /// of which recovery counts the first.
-    /// `compact`: the job's record says [`crate::coord::JobRecord::is_compact`], and its
-    /// records are its own children.
+    /// `job`: the job's id, incarnation, and whether its record says
+    /// [`crate::coord::JobRecord::is_compact`] (its records are then its
+    /// own children).
     pub async fn commit(
         &self,
-        (job, compact): (&str, bool),
+        job: JobRef<'_>,
         key: ShardKey,
         attempt: u32,
         output: ShardOutput,
         failures: Vec<crate::core::TaskFailure>,
     ) -> Result<Committed, CoordError> {
+        let JobRef {
+            id,
+            incarnation,
+            compact,
+        } = job;
+        let job = id;
         let (parent, bucket) = match compact {
             true => (self.layout.job(job), self.layout.job(job)),
             false => (self.layout.done(job), self.layout.bucket(job, key.index)),
         };
         let output = match output {
             ShardOutput::Object(name) => {
-                Store::check_shard_output(job, &name)?;
+                Store::check_shard_output((job, incarnation), &name)?;
                 OutputRef::Object(name)
             }
             ShardOutput::Bytes(bytes) => {
-                let name = Store::shard_output_name(job, &key.to_string(), self.epoch, attempt)?;
+                let name = Store::shard_output_name(
+                    (job, incarnation),
+                    &key.to_string(),
+                    self.epoch,
+                    attempt,
+                )?;
                 self.output_ref(name, bytes).await?
             }
         };
@@ -285,7 +298,10 @@ impl LeaderStore {
             EndRecord::Apart(rec, output, failures) => (*rec, output, failures),
         };
         let (output, object) = self
-            .output_ref_kept(Store::result_name(&job.id, self.epoch)?, output)
+            .output_ref_kept(
+                Store::result_name((&job.id, job.record.incarnation), self.epoch)?,
+                output,
+            )
             .await?;
         let result = ResultRecord {
             epoch: self.epoch,

@@ -65,18 +65,29 @@ impl LeaderStore {
             Err(e) => return Err(e),
         }
         self.delete_outputs(&outputs).await;
-        self.sweep_store(sweep).await;
+        let swept: Vec<(String, u64)> = victims
+            .iter()
+            .filter(|j| sweep.contains(&j.id))
+            .map(|j| (j.id.clone(), j.record.incarnation))
+            .collect();
+        self.sweep_store(&swept).await;
         Ok(())
     }
 
     /// Deletes every object in the store directories of the jobs `ids`
     /// (their shard outputs and results), named by records or not: what a
     /// run lost with its worker's link may have left. Directories are
-    /// whole path segments, so job `a` never touches job `a.b`'s. A
-    /// failure is logged, and the objects are left behind.
-    pub async fn sweep_store(&self, ids: &[String]) {
-        for id in ids {
-            for dir in [Store::job_dir(id), Store::result_dir(id)] {
+    /// whole path segments, so job `a` never touches job `a.b`'s, and each
+    /// incarnation of a job id has its own: a late sweep of a collected
+    /// job never touches the outputs of a job submitted again under its
+    /// id. A failure is logged, and the objects are left behind.
+    pub async fn sweep_store(&self, ids: &[(String, u64)]) {
+        for (id, incarnation) in ids {
+            let incarnation = *incarnation;
+            for dir in [
+                Store::job_dir(id, incarnation),
+                Store::result_dir(id, incarnation),
+            ] {
                 let swept = match dir {
                     Ok(dir) => self.store.delete_dir(&dir).await,
                     Err(e) => Err(e),

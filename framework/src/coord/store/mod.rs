@@ -48,6 +48,28 @@ pub struct StoredJob {
     pub version: i32,
 }
 
+/// Which job a commit is for.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRef<'a> {
+    /// Job id.
+    pub id: &'a str,
+    /// Its incarnation ([`JobRecord::incarnation`]).
+    pub incarnation: u64,
+    /// Its record says [`JobRecord::is_compact`].
+    pub compact: bool,
+}
+
+impl<'a> JobRef<'a> {
+    /// The job a stored record is.
+    pub fn of(job: &'a StoredJob) -> Self {
+        JobRef {
+            id: &job.id,
+            incarnation: job.record.incarnation,
+            compact: job.record.is_compact(),
+        }
+    }
+}
+
 /// A shard's commit, durable.
 #[derive(Debug)]
 pub struct Committed {
