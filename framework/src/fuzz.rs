@@ -57,12 +57,26 @@ pub fn connect_string(data: &[u8]) {
     }
 }
 
-/// Shard ranges a client sends to resume a stream (`StreamJob`), expanded
-/// under a limit.
+/// Shard ranges a client sends to resume a stream (`StreamJob`), read as
+/// the master reads them.
 pub fn shard_runs(data: &[u8]) {
     if let Ok(runs) = wire::decode::<Vec<(u32, u32, u32)>>("runs", data) {
-        let keys = wire::keys_of_runs(&runs, 10_000);
-        assert!(keys.len() <= 10_000, "keys_of_runs exceeded its limit");
+        // The production reader: what it keeps is bounded by the runs
+        // that arrived and by MAX_SEEN_RUNS, whatever they claim.
+        let keys = wire::KeyRuns::new(&runs);
+        assert!(
+            keys.ranges() <= runs.len().min(wire::MAX_SEEN_RUNS),
+            "KeyRuns kept more ranges than it read runs"
+        );
+        for &(first, count, generation) in runs.iter().take(16) {
+            let k = crate::core::ShardKey {
+                index: first,
+                generation,
+            };
+            if count > 0 {
+                assert!(keys.contains(k), "a run's first shard is not in it");
+            }
+        }
     }
 }
 

@@ -43,6 +43,21 @@ pub enum WireError {
     /// The stream ended cleanly between frames.
     #[error("stream closed by peer")]
     Closed,
+    /// The frame does not fit in what its connection may hold in the
+    /// reader's memory at once; nothing of it was read.
+    #[error(
+        "a request of {wanted} bytes does not fit in what one connection may hold in this \
+         node's memory at once ({free} of {budget} bytes free): retry once some of its \
+         requests are answered"
+    )]
+    OverBudget {
+        /// What the frame would hold.
+        wanted: usize,
+        /// What was free.
+        free: usize,
+        /// The connection's whole budget.
+        budget: usize,
+    },
 }
 
 /// Errors of encoding and decoding user values (tasks, outputs, results).
@@ -446,8 +461,13 @@ pub enum Frame {
     },
 }
 
+/// Most runs a [`Frame::StreamJob`] carries: a client that has more sends
+/// the first of them (it is then sent some shards again, and drops them),
+/// and a master reads no more than these.
+pub const MAX_SEEN_RUNS: usize = 8_192;
+
 /// `keys` (sorted or not) as runs of consecutive indexes of one generation,
-/// for [`Frame::StreamJob`].
+/// for [`Frame::StreamJob`]: at most [`MAX_SEEN_RUNS`] of them.
 pub fn key_runs(keys: &std::collections::HashSet<ShardKey>) -> Vec<(u32, u32, u32)> {
     let mut sorted: Vec<ShardKey> = keys.iter().copied().collect();
     sorted.sort_by_key(|k| (k.generation, k.index));
@@ -460,18 +480,63 @@ pub fn key_runs(keys: &std::collections::HashSet<ShardKey>) -> Vec<(u32, u32, u3
             _ => runs.push((k.index, 1, k.generation)),
         }
     }
+    runs.truncate(MAX_SEEN_RUNS);
     runs
 }
 
-/// The keys of [`key_runs`]' runs (at most `limit`: a peer's runs are
-/// not trusted to be small).
-pub fn keys_of_runs(runs: &[(u32, u32, u32)], limit: usize) -> std::collections::HashSet<ShardKey> {
-    runs.iter()
-        .flat_map(|&(first, count, generation)| {
-            (first..first.saturating_add(count)).map(move |index| ShardKey { index, generation })
-        })
-        .take(limit)
-        .collect()
+/// The shards of a peer's runs ([`key_runs`]), as sorted, merged ranges:
+/// its memory and the time to build it grow with the runs that arrived
+/// (at most [`MAX_SEEN_RUNS`] are read), never with the shards they
+/// claim. A run of four billion shards costs what a run of one does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyRuns {
+    /// `(generation, first index, end index exclusive)`, sorted, disjoint
+    /// and not touching.
+    ranges: Vec<(u32, u64, u64)>,
+}
+
+impl KeyRuns {
+    /// The first [`MAX_SEEN_RUNS`] of `runs`.
+    pub fn new(runs: &[(u32, u32, u32)]) -> Self {
+        let mut ranges: Vec<(u32, u64, u64)> = runs
+            .iter()
+            .take(MAX_SEEN_RUNS)
+            .filter(|(_, count, _)| *count > 0)
+            .map(|&(first, count, generation)| {
+                let first = u64::from(first);
+                // Indexes are u32: a run past the last one ends there.
+                let end = (first + u64::from(count)).min(1 << 32);
+                (generation, first, end)
+            })
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u64, u64)> = Vec::with_capacity(ranges.len());
+        for (g, first, end) in ranges {
+            match merged.last_mut() {
+                Some((lg, _, lend)) if *lg == g && first <= *lend => *lend = (*lend).max(end),
+                _ => merged.push((g, first, end)),
+            }
+        }
+        KeyRuns { ranges: merged }
+    }
+
+    /// Whether `key` is in a run.
+    pub fn contains(&self, key: ShardKey) -> bool {
+        let at = (key.generation, u64::from(key.index));
+        // The last range starting at or before `key`.
+        let i = self
+            .ranges
+            .partition_point(|&(g, first, _)| (g, first) <= at);
+        i > 0 && {
+            let (g, _, end) = self.ranges[i - 1];
+            g == key.generation && u64::from(key.index) < end
+        }
+    }
+
+    /// The ranges kept (each costs 24 bytes).
+    pub fn ranges(&self) -> usize {
+        self.ranges.len()
+    }
 }
 
 /// How a job would be cut and run: the answer to [`Frame::PlanJob`].
@@ -615,6 +680,13 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Res
 /// Reads one frame of at most `max` body bytes. Returns [`WireError::Closed`]
 /// when the stream ends cleanly before a new frame.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Frame, WireError> {
+    let len = read_prefix(r, max).await?;
+    read_body(r, len).await
+}
+
+/// Reads a frame's length prefix: the length of its body, at most `max`
+/// ([`WireError::Closed`] when the stream ends cleanly before it).
+pub async fn read_prefix<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<usize, WireError> {
     let mut prefix = [0u8; 4];
     match r.read_exact(&mut prefix).await {
         Ok(_) => {}
@@ -625,17 +697,31 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<F
     if len > max {
         return Err(WireError::TooLarge { len, max });
     }
+    Ok(len)
+}
+
+/// Reads and decodes a frame body of `len` bytes (its prefix read).
+pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Frame, WireError> {
     // Memory grows with the bytes that arrive, not with what the prefix
     // announces: a thousand streams each announcing the limit and sending
-    // nothing reserve nothing.
-    let mut body = Vec::with_capacity(len.min(RESERVE_AHEAD));
-    let got = r.take(len as u64).read_to_end(&mut body).await?;
-    if got < len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("frame of {len} bytes ended after {got}"),
-        )
-        .into());
+    // nothing reserve nothing. It doubles as they come, and never past
+    // the frame's length (a growth of `read_to_end` would take twice it).
+    let mut body: Vec<u8> = Vec::new();
+    while body.len() < len {
+        let have = body.len();
+        let next = len.min(have.saturating_mul(2).max(RESERVE_AHEAD));
+        body.reserve_exact(next - have);
+        body.resize(next, 0);
+        if let Err(e) = r.read_exact(&mut body[have..next]).await {
+            if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                return Err(e.into());
+            }
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("frame of {len} bytes ended after at most {next}"),
+            )
+            .into());
+        }
     }
     let (frames, bytes) = crate::metrics::frames(false);
     frames.increment(1);
@@ -752,9 +838,47 @@ mod tests {
             .collect();
         let runs = key_runs(&seen);
         assert_eq!(runs, vec![(0, 1000, 0), (2000, 1, 0), (5, 2, 1), (9, 1, 1)]);
-        assert_eq!(keys_of_runs(&runs, usize::MAX), seen);
+        let back = KeyRuns::new(&runs);
+        for i in 0..2100 {
+            for g in 0..3 {
+                assert_eq!(
+                    back.contains(key(i, g)),
+                    seen.contains(&key(i, g)),
+                    "{i}-{g}"
+                );
+            }
+        }
         assert!(key_runs(&HashSet::new()).is_empty());
-        // A peer's runs are bounded by what the reader accepts.
-        assert_eq!(keys_of_runs(&[(0, u32::MAX, 0)], 10).len(), 10);
+        // A client with more runs than a frame carries sends the first.
+        let scattered: HashSet<ShardKey> = (0..2 * MAX_SEEN_RUNS as u32)
+            .map(|i| key(2 * i, 0))
+            .collect();
+        assert_eq!(key_runs(&scattered).len(), MAX_SEEN_RUNS);
+    }
+
+    /// Issue 29, finding 2: what a peer claims costs what it sent, not
+    /// what it claims; overlapping, unsorted and empty runs, and runs past
+    /// the last index, read as the union of their shards.
+    #[test]
+    fn runs_a_peer_claims_cost_what_it_sent() {
+        let key = |index, generation| ShardKey { index, generation };
+        let all = KeyRuns::new(&[(0, u32::MAX, 0), (u32::MAX, u32::MAX, 0)]);
+        assert_eq!(all.ranges(), 1);
+        assert!(all.contains(key(0, 0)) && all.contains(key(u32::MAX, 0)));
+        assert!(!all.contains(key(0, 1)));
+        let mixed = KeyRuns::new(&[(10, 5, 1), (0, 0, 0), (3, 4, 1), (12, 10, 1), (40, 1, 0)]);
+        assert_eq!(mixed.ranges(), 3, "{mixed:?}");
+        for i in 0..50 {
+            let want = (3..7).contains(&i) || (10..22).contains(&i);
+            assert_eq!(mixed.contains(key(i, 1)), want, "{i}");
+            assert_eq!(mixed.contains(key(i, 0)), i == 40, "{i}");
+        }
+        // Only the first MAX_SEEN_RUNS runs are read.
+        let many: Vec<(u32, u32, u32)> = (0..MAX_SEEN_RUNS as u32 + 10)
+            .map(|i| (2 * i, 1, 0))
+            .collect();
+        let read = KeyRuns::new(&many);
+        assert_eq!(read.ranges(), MAX_SEEN_RUNS);
+        assert!(!read.contains(key(2 * MAX_SEEN_RUNS as u32, 0)));
     }
 }

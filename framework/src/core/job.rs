@@ -128,7 +128,12 @@ pub enum Refusal {
 pub fn check_job_id(id: &str) -> Result<(), Refusal> {
     let odd = id.is_empty() || id == "." || id == "..";
     if odd || id.len() > 128 || id.contains(['/', '\0']) {
-        return Err(Refusal::InvalidId(id.to_string()));
+        // Quoted back at most in part: the id is a peer's.
+        let mut shown: String = id.chars().take(140).collect();
+        if shown.len() < id.len() {
+            shown.push_str(&format!("… ({} bytes)", id.len()));
+        }
+        return Err(Refusal::InvalidId(shown));
     }
     Ok(())
 }

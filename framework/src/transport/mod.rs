@@ -72,6 +72,67 @@ pub struct Peer {
     pub id: PeerId,
     /// Its certificate's serial number.
     pub serial: Vec<u8>,
+    /// What its requests may hold of this node's memory at once: their
+    /// first frames, and what their later frames bring (a submission's
+    /// tasks), each of its own budget.
+    pub budget: Budget,
+    /// See `budget`.
+    pub bulk: Budget,
+}
+
+/// The bytes of requests one connection may hold in a node's memory at
+/// once, shared by its streams: a peer's thousand streams cost what this
+/// allows, not a thousand times what a frame may be. A frame that does
+/// not fit is refused at once ([`WireError::OverBudget`]), never waited
+/// for, so that no stream can hold another up.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    free: Arc<tokio::sync::Semaphore>,
+    total: usize,
+}
+
+/// Bytes taken from a [`Budget`], given back when dropped.
+#[derive(Debug, Default)]
+pub struct Held(Vec<tokio::sync::OwnedSemaphorePermit>);
+
+impl Held {
+    /// Keeps `other`'s bytes with these.
+    pub fn merge(&mut self, other: Held) {
+        self.0.extend(other.0);
+    }
+}
+
+impl Budget {
+    /// A budget of `total` bytes.
+    pub fn new(total: usize) -> Self {
+        let total = total.min(tokio::sync::Semaphore::MAX_PERMITS);
+        Budget {
+            free: Arc::new(tokio::sync::Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Takes `n` bytes now, or says that they do not fit.
+    pub fn take(&self, n: usize) -> Result<Held, WireError> {
+        let over = || WireError::OverBudget {
+            wanted: n,
+            free: self.free.available_permits(),
+            budget: self.total,
+        };
+        let permits = u32::try_from(n).map_err(|_| over())?;
+        if permits == 0 {
+            return Ok(Held::default());
+        }
+        match self.free.clone().try_acquire_many_owned(permits) {
+            Ok(p) => Ok(Held(vec![p])),
+            Err(_) => Err(over()),
+        }
+    }
+
+    /// Bytes free now.
+    pub fn free(&self) -> usize {
+        self.free.available_permits()
+    }
 }
 
 /// Errors of the transport.
@@ -139,11 +200,18 @@ pub enum TransportError {
 /// their pings without sending its own.
 pub const LINK_TIMEOUT: Duration = Duration::from_millis(400);
 
+/// Bytes a peer may send on one connection ahead of what this end read.
+const CONNECTION_WINDOW: u32 = 4 << 20;
+
 fn transport_config(link_timeout: Duration, dialer: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(dialer.then_some(link_timeout / 4));
     t.max_idle_timeout(link_timeout.try_into().ok());
     t.max_concurrent_bidi_streams(1024u32.into());
+    // What a peer may have sent on all its streams that this end has not
+    // read yet (quinn's default is unbounded): a thousand streams of
+    // unread frames cost at most this, whatever the streams' windows.
+    t.receive_window(CONNECTION_WINDOW.into());
     Arc::new(t)
 }
 
@@ -387,6 +455,21 @@ impl FramedStream {
     pub async fn recv(&mut self) -> Result<Frame, TransportError> {
         Ok(wire::read_frame(&mut self.recv, self.max_frame).await?)
     }
+    /// Receives one frame of at most `max` bytes, whose body (times
+    /// `factor`, a bound on what decoding it makes of it) is taken from
+    /// `budget` before it is read: a frame that does not fit is refused
+    /// with nothing of it read.
+    pub async fn recv_within(
+        &mut self,
+        max: usize,
+        budget: &Budget,
+        factor: usize,
+    ) -> Result<(Frame, Held), TransportError> {
+        let len = wire::read_prefix(&mut self.recv, max.min(self.max_frame)).await?;
+        let held = budget.take(len.saturating_mul(factor))?;
+        let frame = wire::read_body(&mut self.recv, len).await?;
+        Ok((frame, held))
+    }
     /// Answers with one frame and ends the sending side.
     pub async fn reply(&mut self, frame: &Frame) -> Result<(), WireError> {
         wire::write_frame(&mut self.send, frame).await?;
@@ -428,9 +511,16 @@ impl FramedStream {
 /// bidirectional stream to `handle` with its [`Peer`] (a connection whose
 /// handshake fails, or whose certificate carries no identity, is logged,
 /// counted and dropped; one whose certificate is revoked later, in
-/// `revoked`, is closed). Spawns on the current runtime.
-pub async fn serve<F, Fut>(endpoint: Endpoint, max_frame: usize, revoked: Revoked, handle: F)
-where
+/// `revoked`, is closed). Frames are at most `max_frame` bytes, and each
+/// connection's requests may hold `budget` bytes of first frames and
+/// `bulk` bytes of later ones at once ([`Peer::budget`], [`Peer::bulk`]).
+/// Spawns on the current runtime.
+pub async fn serve<F, Fut>(
+    endpoint: Endpoint,
+    (max_frame, budget, bulk): (usize, usize, usize),
+    revoked: Revoked,
+    handle: F,
+) where
     F: Fn(FramedStream, Peer) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
@@ -453,6 +543,8 @@ where
                     addr: remote,
                     id,
                     serial,
+                    budget: Budget::new(budget),
+                    bulk: Budget::new(bulk),
                 },
                 Err(reason) => {
                     metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => "no_identity")

@@ -26,6 +26,25 @@ use crate::wire::{Frame, WireError, PROTOCOL_VERSION};
 /// Tells a worker's links apart across reconnections.
 static LINK_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// The largest first frame of a stream: every request's header (a
+/// `StreamJob`'s runs included, at most [`crate::wire::MAX_SEEN_RUNS`])
+/// fits in far less. Submissions' tasks come in later frames.
+pub(crate) const FIRST_FRAME_LIMIT: usize = 256 << 10;
+
+/// A bound on what decoding a request's frame makes of its bytes (a run
+/// of three small integers takes 4 bytes encoded, 12 decoded): a first
+/// frame holds this many times its length of its connection's budget.
+const DECODED: usize = 4;
+
+/// Per task of a submission's chunk, what its decoded copy holds beyond
+/// its bytes (its buffer's header and the allocator's rounding).
+const DECODED_PER_TASK: usize = 40;
+
+/// What the first frames of a connection's open streams may hold of the
+/// node's memory at once (see [`transport::Budget`]); a submission's tasks
+/// have a budget of their own, `--max-job-bytes` and an eighth.
+pub(crate) const HEADERS_BUDGET: usize = 4 << 20;
+
 /// Serves the node's endpoint until it closes; streams go to the master
 /// `route` names, when there is one.
 pub(crate) async fn serve(
@@ -35,7 +54,11 @@ pub(crate) async fn serve(
     max_job_bytes: usize,
     revoked: transport::Revoked,
 ) {
-    transport::serve(endpoint, max_frame, revoked, move |stream, peer: Peer| {
+    // A submission's tasks may take `--max-job-bytes`, and a little more
+    // for their decoded copies' headers.
+    let bulk = max_job_bytes.saturating_add(max_job_bytes / 8);
+    let limits = (max_frame, HEADERS_BUDGET, bulk);
+    transport::serve(endpoint, limits, revoked, move |stream, peer: Peer| {
         let route = route.clone();
         async move {
             let remote = peer.addr;
@@ -80,9 +103,18 @@ async fn handle_stream(
     route: watch::Receiver<Option<Addr<Master>>>,
     max_job_bytes: usize,
 ) -> Result<(), TransportError> {
-    let first = match stream.recv().await {
+    // Held until the stream ends: what its request keeps in memory.
+    let (first, held) = match stream
+        .recv_within(FIRST_FRAME_LIMIT, &peer.budget, DECODED)
+        .await
+    {
         Ok(f) => f,
         Err(TransportError::Wire(WireError::Closed)) => return Ok(()),
+        Err(TransportError::Wire(e @ WireError::OverBudget { .. })) => {
+            tracing::debug!(peer = %peer.id, error = %e, "refusing a request over its connection's budget");
+            refuse(&mut stream, &e).await;
+            return Err(e.into());
+        }
         Err(TransportError::Wire(e @ (WireError::TooLarge { .. } | WireError::Malformed(_)))) => {
             tracing::warn!(error = %e, "refusing a bad frame");
             refuse(&mut stream, &e).await;
@@ -97,8 +129,13 @@ async fn handle_stream(
     if m::CLIENT_REQUEST_KINDS.contains(&first.name()) {
         metrics::counter!(m::CLIENT_REQUESTS, "request" => first.name()).increment(1);
     }
-    // A request that names a job: only its owner, an admin or a node.
+    // A request that names a job: a valid id (checked before anything is
+    // read for it), and only its owner, an admin or a node.
     if let Some(job_id) = addressed_job(&first) {
+        if let Err(e) = crate::core::job::check_job_id(job_id) {
+            let message = e.to_string();
+            return Ok(stream.reply(&Frame::Error { message }).await?);
+        }
         let asked = master.send(Authorize {
             peer: peer.id.clone(),
             job_id: job_id.to_string(),
@@ -129,27 +166,59 @@ async fn handle_stream(
                 tracing::warn!(peer = %peer.id, addr = %peer.addr, claimed = %node_id, "refused a worker: {message}");
                 return Ok(stream.reply(&Frame::Error { message }).await?);
             }
+            // A link lives as long as its worker: it holds nothing of the
+            // connection's budget.
+            drop(held);
             return worker_link(stream, master, node_id, slots, jobs).await;
         }
         Frame::Submit(header) => {
+            // Each task counts at least its overhead: a count past the
+            // limit is refused before a chunk is read.
+            let least = header
+                .task_count
+                .saturating_mul(crate::core::job::TASK_OVERHEAD as u64);
+            if least > max_job_bytes as u64 {
+                let message = format!(
+                    "a submission of {} tasks exceeds the limit of {max_job_bytes} bytes of tasks \
+                     (--max-job-bytes; each task counts its bytes and {} more)",
+                    header.task_count,
+                    crate::core::job::TASK_OVERHEAD
+                );
+                return Ok(stream.reply(&Frame::Error { message }).await?);
+            }
             let mut tasks: Vec<ByteBuf> = Vec::new();
             let mut bytes = 0usize;
+            let mut held = held;
             while (tasks.len() as u64) < header.task_count {
-                match stream.recv().await {
-                    Ok(Frame::SubmitChunk { tasks: chunk }) => {
+                let max_frame = stream.max_frame;
+                match stream.recv_within(max_frame, &peer.bulk, 1).await {
+                    Ok((Frame::SubmitChunk { tasks: chunk }, chunk_held)) => {
+                        held.merge(chunk_held);
+                        // Its decoded copy: a buffer per task.
+                        match peer.bulk.take(chunk.len().saturating_mul(DECODED_PER_TASK)) {
+                            Ok(h) => held.merge(h),
+                            Err(e) => {
+                                refuse(&mut stream, &e).await;
+                                return Err(e.into());
+                            }
+                        }
                         bytes = bytes.saturating_add(task_bytes(&chunk));
                         if bytes > max_job_bytes {
-                            let message = format!(
-                                "submission exceeds the limit of {max_job_bytes} bytes of tasks \
-                                 (--max-job-bytes; each task counts its bytes and {} more)",
-                                crate::core::job::TASK_OVERHEAD
-                            );
+                            let message = over_job_bytes(max_job_bytes);
                             return Ok(stream.reply(&Frame::Error { message }).await?);
                         }
                         tasks.extend(chunk);
                     }
-                    Ok(other) => {
+                    Ok((other, _)) => {
                         let message = format!("expected SubmitChunk, got {}", other.name());
+                        return Ok(stream.reply(&Frame::Error { message }).await?);
+                    }
+                    // A chunk that would not fit even alone is over the
+                    // submission's limit, and said so.
+                    Err(TransportError::Wire(WireError::OverBudget { wanted, .. }))
+                        if bytes.saturating_add(wanted) > max_job_bytes =>
+                    {
+                        let message = over_job_bytes(max_job_bytes);
                         return Ok(stream.reply(&Frame::Error { message }).await?);
                     }
                     Err(TransportError::Wire(e)) => {
@@ -159,7 +228,13 @@ async fn handle_stream(
                     Err(e) => return Err(e),
                 }
             }
-            return submission(stream, master, header, tasks, bytes, peer.id).await;
+            let submitted = Submitted {
+                header,
+                tasks,
+                bytes,
+                held,
+            };
+            return submission(stream, master, submitted, peer.id).await;
         }
         Frame::WatchJob { job_id, fetch } => return watch(stream, master, job_id, fetch).await,
         Frame::StreamJob { job_id, seen } => {
@@ -184,6 +259,15 @@ async fn handle_stream(
         }
     };
     Ok(stream.reply(&answer.unwrap_or(Frame::NotMaster)).await?)
+}
+
+/// Why a submission is refused for its size.
+fn over_job_bytes(max_job_bytes: usize) -> String {
+    format!(
+        "submission exceeds the limit of {max_job_bytes} bytes of tasks (--max-job-bytes; each \
+         task counts its bytes and {} more)",
+        crate::core::job::TASK_OVERHEAD
+    )
 }
 
 /// The job a client request names, if it names one.
@@ -214,6 +298,16 @@ async fn watch(
     watching(stream, rx, None).await
 }
 
+/// A submission as read from its stream.
+struct Submitted {
+    header: crate::wire::SubmitHeader,
+    tasks: Vec<ByteBuf>,
+    /// Their bytes, as the ledger counts them.
+    bytes: usize,
+    /// What reading them took of the connection's budget.
+    held: transport::Held,
+}
+
 /// A submission with its tasks read: the master's answer, and the watch
 /// the client may send behind its tasks (`Client::run`: one stream for a
 /// job and its end). That watch is read while the master handles the
@@ -224,11 +318,15 @@ async fn watch(
 async fn submission(
     stream: FramedStream,
     master: Addr<Master>,
-    header: crate::wire::SubmitHeader,
-    tasks: Vec<ByteBuf>,
-    bytes: usize,
+    submitted: Submitted,
     peer: transport::PeerId,
 ) -> Result<(), TransportError> {
+    let Submitted {
+        header,
+        tasks,
+        bytes,
+        held,
+    } = submitted;
     let job_id = header.job_id.clone();
     let (handover, handed) = oneshot::channel::<Watch>();
     let FramedStream {
@@ -271,6 +369,8 @@ async fn submission(
                 }
             }
         };
+        // Answered: its tasks are the master's now (or dropped).
+        drop(held);
         let Ok(accepted @ Frame::Accepted { .. }) = answer else {
             crate::wire::write_frame(&mut send, &answer.unwrap_or(Frame::NotMaster)).await?;
             let _ = send.finish();

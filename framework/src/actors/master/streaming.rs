@@ -22,10 +22,6 @@ use crate::core::ShardKey;
 use crate::transport::{FramedStream, TransportError};
 use crate::wire::{self, Frame};
 
-/// Most shards a stream client may say it has (a bound on what a peer
-/// makes the master hold).
-const MAX_SEEN: usize = 10_000_000;
-
 /// How long a stream waits for a job that is durable but not (yet) in
 /// this master's memory (it is being loaded after a takeover).
 const LOADING_WAIT: Duration = Duration::from_secs(30);
@@ -140,7 +136,12 @@ async fn serve(
     seen: Vec<(u32, u32, u32)>,
 ) -> Result<(), Stop> {
     let job_id = job_id.to_string();
-    let mut sent: HashSet<ShardKey> = wire::keys_of_runs(&seen, MAX_SEEN);
+    // What the client has, as it sent it (bounded by the runs that came,
+    // not by the shards they claim), and what this stream sent (bounded by
+    // the job's commits).
+    let seen = wire::KeyRuns::new(&seen);
+    let mut sent: HashSet<ShardKey> = HashSet::new();
+    let mut fresh = |key: ShardKey| !seen.contains(key) && sent.insert(key);
     let mut position = 0usize;
     // The commit record last read: a record holds many consecutive keys.
     let mut cached = RecordCache::default();
@@ -177,7 +178,7 @@ async fn serve(
                 }
                 for (key, at, output) in keys {
                     position += 1;
-                    if !sent.insert(key) {
+                    if !fresh(key) {
                         continue;
                     }
                     match output {
@@ -222,7 +223,7 @@ async fn serve(
                 let commits = store.read_commits(&job).await?;
                 let chain = super::load::recover_stored(&job, &commits).outputs;
                 for (key, record) in commits {
-                    if chain.contains_key(&key) && sent.insert(key) {
+                    if chain.contains_key(&key) && fresh(key) {
                         send_partial(stream, &store, key, Some(record)).await?;
                     }
                 }
