@@ -26,6 +26,32 @@ fn rss(pid: u32) -> u64 {
     kib * 1024
 }
 
+/// The master's memory grew by less than 64 MiB.
+fn within_64_mib(before: u64, peak: u64) {
+    assert!(
+        peak < before + (64 << 20),
+        "the master grew from {before} to {peak} bytes"
+    );
+}
+
+/// The master's worker linked to it, and its link was never lost.
+fn the_worker_link_held(c: &Cluster) {
+    let audit = c.audit();
+    let linked = audit
+        .iter()
+        .any(|e| matches!(e.event, ringleader::audit::Event::LinkedToMaster { .. }));
+    assert!(
+        linked,
+        "the audit log shows the worker's link\n{}",
+        c.logs()
+    );
+    let lost = audit
+        .iter()
+        .filter(|e| matches!(e.event, ringleader::audit::Event::WorkerLost { .. }))
+        .count();
+    assert_eq!(lost, 0, "no worker link was lost\n{}", c.logs());
+}
+
 /// Thirty streams that each claim every shard of a job that does not
 /// exist (`seen: [(0, u32::MAX, 0)]`, 20 bytes on the wire) cost the master
 /// nothing they claim: it used to expand each into a set of ten million
@@ -99,17 +125,9 @@ fn streams_claiming_every_shard_cost_the_master_nothing_they_claim() {
         };
         assert_eq!(out.len(), 100);
         peak = peak.max(rss(pid));
-        assert!(
-            peak < before + (64 << 20),
-            "the master grew from {before} to {peak} bytes"
-        );
+        within_64_mib(before, peak);
     });
-    let lost = c
-        .audit()
-        .iter()
-        .filter(|e| matches!(e.event, ringleader::audit::Event::WorkerLost { .. }))
-        .count();
-    assert_eq!(lost, 0, "no worker link was lost\n{}", c.logs());
+    the_worker_link_held(&c);
 }
 
 /// One connection's thousand streams, each with the worst first frame of a
@@ -268,15 +286,7 @@ fn a_connections_thousand_streams_hold_what_its_budget_allows() {
             took[took.len() - 1]
         );
         assert!(over_budget > 0, "the budget refused some of the 1,024 streams\n{}", c.log("m"));
-        assert!(
-            peak < before + (64 << 20),
-            "the master grew from {before} to {peak} bytes"
-        );
+        within_64_mib(before, peak);
     });
-    let lost = c
-        .audit()
-        .iter()
-        .filter(|e| matches!(e.event, ringleader::audit::Event::WorkerLost { .. }))
-        .count();
-    assert_eq!(lost, 0, "no worker link was lost\n{}", c.logs());
+    the_worker_link_held(&c);
 }
