@@ -309,8 +309,11 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         config.max_job_bytes,
         revoked_rx,
     ));
-    // New ZooKeeper sessions present the certificate of the last reload.
+    // New ZooKeeper sessions present the certificate of the last reload,
+    // and the worker dials with it (quinn keeps a dialing configuration
+    // per endpoint handle: the reloaded handle is handed over).
     let (zk_identity_tx, zk_identity) = watch::channel(identity.clone());
+    let (dialing_tx, dialing) = watch::channel(endpoint.clone());
     actix::spawn(reload_on_hangup(
         endpoint.clone(),
         config.certs.clone(),
@@ -319,6 +322,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         Reloaded {
             revoked: revoked_tx,
             identity: zk_identity_tx,
+            dialing: dialing_tx,
         },
         audit.clone(),
     ));
@@ -424,7 +428,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 data_dir: config.data_dir.clone(),
                 store: store.clone(),
                 registry: registry.clone(),
-                endpoint: endpoint.clone(),
+                dialing: dialing.clone(),
                 max_frame: config.max_frame,
                 drain: drain_rx.clone(),
                 drained: drained_tx,
@@ -529,6 +533,9 @@ struct Reloaded {
     revoked: watch::Sender<Arc<std::collections::HashSet<Vec<u8>>>>,
     /// The identity new ZooKeeper sessions present over TLS.
     identity: watch::Sender<tls::Identity>,
+    /// The endpoint handle that dials with the reloaded certificate and
+    /// trust (a worker's links to its master).
+    dialing: watch::Sender<transport::Endpoint>,
 }
 
 /// On SIGHUP, reads the node's certificate directory again (its
@@ -572,6 +579,7 @@ async fn reload_on_hangup(
                 );
                 reloaded.revoked.send_replace(serials);
                 reloaded.identity.send_replace(identity);
+                reloaded.dialing.send_replace(endpoint.clone());
             }
             Err(e) => tracing::error!(
                 certs = %certs.display(),

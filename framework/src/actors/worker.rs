@@ -36,7 +36,9 @@ pub(crate) struct WorkerSettings {
     /// Where outputs too big to travel inline go.
     pub store: Store,
     pub registry: Registry,
-    pub endpoint: transport::Endpoint,
+    /// The node's endpoint, as the last certificate reload left it for
+    /// dialing.
+    pub dialing: tokio::sync::watch::Receiver<transport::Endpoint>,
     pub max_frame: usize,
     /// Becomes true when the node stops: finish running shards, hand back the rest.
     pub drain: tokio::sync::watch::Receiver<bool>,
@@ -239,7 +241,8 @@ async fn serve(
     mut on_welcome: impl FnMut(u64),
     slots: &Slots,
 ) -> Result<(), TransportError> {
-    let conn = transport::dial_node(&s.endpoint, &master.addr, &master.node_id).await?;
+    let endpoint = s.dialing.borrow().clone();
+    let conn = transport::dial_node(&endpoint, &master.addr, &master.node_id).await?;
     let mut stream = FramedStream::open(&conn, s.max_frame).await?;
     let hello = Frame::WorkerHello {
         version: PROTOCOL_VERSION,

@@ -355,6 +355,9 @@ impl Identity {
                     ),
                 ));
             }
+            identity
+                .check_own()
+                .map_err(|reason| pem_err(path, reason))?;
             return Ok(identity);
         }
         let name = match want {
@@ -473,6 +476,34 @@ impl Identity {
             revoked: Arc::new(revoked),
             ca_pem,
         })
+    }
+
+    /// Whether this identity's own certificate passes the checks its
+    /// peers make with the same trust: signed by a CA of its `ca.pem`, not
+    /// revoked by its `crl.pem`, not expired. A node whose certificate
+    /// fails them would be refused by every peer, and, were it elected,
+    /// lock every worker and client out: it does not start (and a reload
+    /// that would leave it so is refused).
+    pub fn check_own(&self) -> Result<(), String> {
+        let verifier = (|| -> Result<_, TlsError> {
+            Ok(webpki_verifier!(rustls::server::WebPkiClientVerifier, self))
+        })()
+        .map_err(|e| e.to_string())?;
+        let Some((leaf, intermediates)) = self.chain.split_first() else {
+            return Err("no certificate".into());
+        };
+        verifier
+            .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "the certificate of {} does not pass this node's own checks ({e}): it is \
+                     signed by a CA its ca.pem does not hold, revoked by its crl.pem, or \
+                     expired; every peer would refuse it. Issue a new one (`certs issue`), or \
+                     put the CA that signed it in ca.pem",
+                    self.id
+                )
+            })
     }
 
     pub(crate) fn quic_server_config(
@@ -926,5 +957,45 @@ mod tests {
             "admin local"
         );
         assert!(issue_to(&ca, Role::Node, "a/b", &dir.path().join("bad")).is_err());
+    }
+
+    /// Issue 29, finding 3: a node started with another CA's certificate
+    /// (or a revoked one) became master and locked every worker and client
+    /// out. A node's own certificate must pass its own checks.
+    #[test]
+    fn a_node_whose_certificate_fails_its_own_checks_does_not_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, other) = (dir.path().join("ca"), dir.path().join("other"));
+        make_ca(&ca).unwrap();
+        make_ca(&other).unwrap();
+        let n1 = dir.path().join("n1");
+        issue_to(&ca, Role::Node, "n1", &n1).unwrap();
+        assert!(Identity::node(&n1, None, || unreachable!()).is_ok());
+        // Signed by another CA than its ca.pem holds.
+        let foreign = dir.path().join("foreign");
+        issue_to(&other, Role::Node, "n2", &foreign).unwrap();
+        std::fs::copy(ca.join("ca.pem"), foreign.join("ca.pem")).unwrap();
+        let err = Identity::node(&foreign, None, || unreachable!()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("does not pass this node's own checks"),
+            "{err}"
+        );
+        // Revoked by the crl.pem beside it.
+        revoke(&ca, &n1.join("node.pem")).unwrap();
+        std::fs::copy(ca.join("crl.pem"), n1.join("crl.pem")).unwrap();
+        let err = Identity::node(&n1, None, || unreachable!()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("does not pass this node's own checks"),
+            "{err}"
+        );
+        // A new certificate of the same node passes with that crl.pem.
+        let renewed = dir.path().join("renewed");
+        issue_to(&ca, Role::Node, "n1", &renewed).unwrap();
+        for f in ["node.pem", "node.key"] {
+            std::fs::copy(renewed.join(f), n1.join(f)).unwrap();
+        }
+        assert!(Identity::node(&n1, None, || unreachable!()).is_ok());
     }
 }

@@ -942,6 +942,105 @@ fn a_revoked_node_is_cut_off_and_a_new_ca_is_trusted_beside_the_old() {
     });
 }
 
+/// The README's renewal and revocation, step by step, with a job running
+/// throughout (issue 29, finding 3): a worker's certificate is issued
+/// again and copied over its own, SIGHUP; its old certificate is revoked,
+/// `crl.pem` copied beside every `ca.pem`, SIGHUP to every node. The master
+/// closes the worker's link of the revoked certificate, and the worker
+/// dials again with its new one (it used to keep dialing with the
+/// certificate it started with, refused: an outage) and finishes the job.
+#[test]
+fn a_renewed_worker_rejoins_once_its_old_certificate_is_revoked() {
+    use probe::{Behaviour, Probe};
+    use ringleader::client::SubmitOptions;
+    use ringleader::transport::tls::{self, Role};
+    use ringleader::{Client, Collect};
+    let mut c = Cluster::plain(BIN, 1);
+    c.node("n0", &["--role", "candidate"]);
+    let w = c.path("w-certs");
+    tls::issue_to(&c.certs, Role::Node, "w", &w).unwrap();
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+    });
+    c.node(
+        "w",
+        &[
+            "--certs",
+            &w.display().to_string(),
+            "--role",
+            "worker",
+            "--slots",
+            "1",
+        ],
+    );
+    rt().block_on(async {
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let tasks: Vec<Probe> = (0..60)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::Sleep(100),
+            })
+            .collect();
+        let opts = SubmitOptions {
+            shard_size: Some(1),
+            ..Default::default()
+        };
+        let job = client.submit::<Collect<Probe>>(tasks, opts).await.unwrap();
+        eventually(Duration::from_secs(20), "w to join and run", || async {
+            client
+                .progress(job.id())
+                .await
+                .is_ok_and(|p| p.counters.tasks_done > 0)
+        })
+        .await;
+        // Renewed: a new certificate over the old one, SIGHUP.
+        let old = c.path("w-old.pem");
+        std::fs::copy(w.join("node.pem"), &old).unwrap();
+        let renewed = c.path("w-renewed");
+        tls::issue_to(&c.certs, Role::Node, "w", &renewed).unwrap();
+        for f in ["node.pem", "node.key"] {
+            std::fs::copy(renewed.join(f), w.join(f)).unwrap();
+        }
+        c.signal("w", "HUP");
+        eventually(Duration::from_secs(20), "w to reload", || async {
+            seen(&c, "w", &|e| {
+                matches!(e, Event::CertificatesReloaded { .. })
+            }) == 1
+        })
+        .await;
+        // The old one revoked: crl.pem beside every ca.pem, SIGHUP to all.
+        let o = std::process::Command::new(BIN)
+            .args(["certs", "revoke", "--ca-dir"])
+            .arg(&c.certs)
+            .arg("--cert")
+            .arg(&old)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::copy(c.certs.join("crl.pem"), w.join("crl.pem")).unwrap();
+        c.signal("n0", "HUP");
+        c.signal("w", "HUP");
+        let (results, _) = match tokio::time::timeout(Duration::from_secs(60), job.result()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => panic!("{e}\n{}", c.logs()),
+            Err(_) => panic!("the job stopped: w could not rejoin\n{}", c.logs()),
+        };
+        assert_eq!(results.len(), 60);
+    });
+    // Its link of the revoked certificate was closed, and it linked again.
+    assert!(
+        seen(
+            &c,
+            "n0",
+            &|e| matches!(e, Event::WorkerLost { worker, .. } if worker == "w")
+        ) >= 1,
+        "{}",
+        c.logs()
+    );
+    assert!(seen(&c, "w", &|e| matches!(e, Event::LinkedToMaster { .. })) >= 2);
+}
+
 /// ZooKeeper locked down, end to end: nodes, clients and the command line
 /// reach it over its TLS port with their certificates and a job runs;
 /// ZooKeeper's own client (`zkCli.sh`), without the cluster's credentials
