@@ -721,17 +721,11 @@ fn a_certificate_registers_only_as_the_node_it_names() {
 fn a_clients_jobs_are_its_own_unless_an_admin_asks() {
     use probe::{Behaviour, Probe};
     use ringleader::client::SubmitOptions;
-    use ringleader::transport::tls::{self, Role};
     use ringleader::{Client, Collect};
     let mut c = Cluster::new(BIN);
     let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
     c.node("n0", &["--metrics-addr", &metrics]);
-    let dir = |name: &str| {
-        let d = c.path(&format!("{name}-certs"));
-        tls::issue_to(&c.certs, Role::Client, name, &d).unwrap();
-        d
-    };
-    let (alice_dir, bob_dir) = (dir("alice"), dir("bob"));
+    let (alice_dir, bob_dir) = (client_certs(&c, "alice"), client_certs(&c, "bob"));
     rt().block_on(async {
         let zk = c.zk().await;
         c.master(&zk, None, Duration::from_secs(20)).await;
@@ -809,6 +803,112 @@ fn a_clients_jobs_are_its_own_unless_an_admin_asks() {
             && log.contains("peer=client bob"),
         "{log}"
     );
+}
+
+/// Ownership is checked when a watch or a stream attaches, not only when
+/// its request arrives (issue 29, finding 4): client bob, watching and
+/// streaming ids while client alice submits jobs under them, never sees
+/// anything of hers (he was handed her result when his watch came while
+/// her submission was under way: the gateway had let it through, the job
+/// not being there yet).
+#[test]
+fn a_watch_or_stream_opened_before_a_job_exists_sees_nothing_of_another_clients() {
+    use probe::{Behaviour, Probe};
+    use ringleader::client::SubmitOptions;
+    use ringleader::transport::tls;
+    use ringleader::transport::{self, FramedStream};
+    use ringleader::wire::Frame;
+    use ringleader::{Client, Collect};
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &[]);
+    let (alice_dir, bob_dir) = (client_certs(&c, "alice"), client_certs(&c, "bob"));
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let master = c.master(&zk, None, Duration::from_secs(20)).await;
+        let mut cfg = client_config(&c);
+        cfg.certs = alice_dir.clone();
+        let alice = Client::connect(cfg).await.unwrap();
+        let bob_id = tls::Identity::client(&bob_dir).unwrap();
+        let ep = dialer(&bob_id);
+        let conn = transport::dial_node(&ep, &master.addr, &master.node_id)
+            .await
+            .unwrap();
+        let done = std::cell::Cell::new(false);
+        let current = std::cell::Cell::new(0u64);
+        let rounds = 20;
+        // Alice: jobs of tasks too big to be kept in their record (their
+        // submission writes batches: the longest window), one at a time.
+        let submit = async {
+            for i in 0..rounds {
+                let tasks = vec![Probe {
+                    value: i,
+                    behaviour: Behaviour::HangOn("x".repeat(20_000)),
+                }];
+                let opts = SubmitOptions {
+                    job_id: Some(format!("x{i}")),
+                    stream: true,
+                    ..Default::default()
+                };
+                current.set(i);
+                let (out, _) = alice.run::<Collect<Probe>>(tasks, opts).await.unwrap();
+                assert_eq!(out, vec![(0, 2 * i)]);
+            }
+            done.set(true);
+        };
+        // Bob: watches and streams of the id being submitted, over and over.
+        let (mut refused, mut leaked) = (0usize, Vec::new());
+        let snoop = async {
+            while !done.get() {
+                {
+                    let i = current.get();
+                    for ask in [
+                        Frame::WatchJob {
+                            job_id: format!("x{i}"),
+                            fetch: true,
+                        },
+                        Frame::StreamJob {
+                            job_id: format!("x{i}"),
+                            seen: Vec::new(),
+                        },
+                    ] {
+                        let Ok(mut s) = FramedStream::open(&conn, 1 << 20).await else {
+                            continue;
+                        };
+                        if s.send(&ask).await.is_err() {
+                            continue;
+                        }
+                        while let Ok(Ok(frame)) =
+                            tokio::time::timeout(Duration::from_millis(200), s.recv()).await
+                        {
+                            match frame {
+                                Frame::Error { message } => {
+                                    refused +=
+                                        usize::from(message.contains("belongs to client alice"));
+                                    break;
+                                }
+                                Frame::Job(_) | Frame::Outcome(_) | Frame::Partial { .. } => {
+                                    leaked.push(format!("x{i}: {}", frame.name()));
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        futures::join!(submit, snoop);
+        assert!(leaked.is_empty(), "bob saw alice's jobs: {leaked:?}");
+        assert!(refused > 0, "bob's requests reached alice's jobs");
+    });
+}
+
+/// A directory of client `name`'s certificate, issued by the cluster's CA.
+fn client_certs(c: &Cluster, name: &str) -> std::path::PathBuf {
+    use ringleader::transport::tls::{self, Role};
+    let d = c.path(&format!("{name}-certs"));
+    tls::issue_to(&c.certs, Role::Client, name, &d).unwrap();
+    d
 }
 
 /// How many audit events of `node` match `what`.

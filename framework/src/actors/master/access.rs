@@ -1,8 +1,13 @@
 //! Who may act on a job: the identity that submitted it (its owner), an
 //! admin, or a node. Jobs of earlier versions have no owner: anyone may.
 //! The gateway asks [`Authorize`] before it hands on a request that names
-//! a job (get, fetch, watch, stream, cancel); a resubmission of an id and
-//! the listings check the same rule in place.
+//! a job (get, fetch, watch, stream, cancel), and a refusal is final; a
+//! job that is not there yet is checked again where it is used, with the
+//! record or runtime the request acts on: a watch or stream when it
+//! attaches and each time its job becomes known to the master (it waits,
+//! unseen, until then), a get, fetch or cancel against the record it
+//! reads. A read that fails refuses. A resubmission of an id and the
+//! listings check the same rule in place.
 
 use actix::prelude::*;
 
@@ -25,13 +30,29 @@ pub(crate) fn refusal(owner: Option<&str>, peer: &PeerId, job_id: &str) -> Optio
     ))
 }
 
-/// May `peer` act on job `job_id`? `None`: yes (or there is no such job,
-/// which the request's own answer says); `Some(refusal)`: no.
+/// May `peer` act on job `job_id`? `None`: yes (or there is no such job
+/// now, which the request's own answer says, or which it checks again once
+/// the job is there); `Some(refusal)`: no, or its owner cannot be read.
 #[derive(Message)]
 #[rtype(result = "Option<String>")]
 pub(crate) struct Authorize {
     pub peer: PeerId,
     pub job_id: String,
+}
+
+/// Why `peer` may not act on a job of `owner`, counted and logged, if it
+/// may not.
+pub(crate) fn deny(owner: Option<&str>, peer: &PeerId, job_id: &str) -> Option<String> {
+    counted(peer, job_id, refusal(owner, peer, job_id))
+}
+
+/// Counts and logs a refusal of `peer` on `job_id`, if there is one.
+fn counted(peer: &PeerId, job_id: &str, why: Option<String>) -> Option<String> {
+    if why.is_some() {
+        metrics::counter!(m::PEER_REFUSALS, "reason" => "not_owner").increment(1);
+        tracing::warn!(%peer, job = %job_id, "refused a request on another client's job");
+    }
+    why
 }
 
 impl Master {
@@ -42,11 +63,41 @@ impl Master {
         job_id: &str,
         why: Option<String>,
     ) -> Option<String> {
-        if why.is_some() {
-            metrics::counter!(m::PEER_REFUSALS, "reason" => "not_owner").increment(1);
-            tracing::warn!(%peer, job = %job_id, "refused a request on another client's job");
+        counted(peer, job_id, why)
+    }
+}
+
+impl Master {
+    /// The owner of a job this master knows (running, being loaded, ended
+    /// here, or retained): `None` when it does not know the job.
+    pub(super) fn owner_of(&self, job_id: &str) -> Option<Option<String>> {
+        if let Some(rt) = self.jobs.get(job_id) {
+            return Some(rt.stored.record.owner.clone());
         }
-        why
+        self.loading
+            .get(job_id)
+            .or_else(|| self.owners.get(job_id))
+            .cloned()
+            .or_else(|| self.retained.get(job_id).map(|j| j.record.owner.clone()))
+    }
+
+    /// The refusal to answer `peer` on a job this master knows that is not
+    /// its to see, if it is one (counted and logged).
+    pub(super) fn deny_known(&self, job_id: &str, peer: &PeerId) -> Option<crate::wire::Frame> {
+        let owner = self.owner_of(job_id)?;
+        let message = self.check_owner(owner.as_deref(), peer, job_id)?;
+        Some(crate::wire::Frame::Error { message })
+    }
+
+    /// Why `peer` may not act on a job of `owner` (counted and logged), if
+    /// it may not.
+    pub(super) fn check_owner(
+        &self,
+        owner: Option<&str>,
+        peer: &PeerId,
+        job_id: &str,
+    ) -> Option<String> {
+        deny(owner, peer, job_id)
     }
 }
 
@@ -75,12 +126,17 @@ impl Handler<Authorize> for Master {
         let store = self.store.clone();
         let id = msg.job_id.clone();
         let read = async move { store.read_job(&id).await };
-        Box::pin(read.into_actor(self).map(move |read, act, _| {
-            // A read that fails leaves the answer to the request itself
-            // (which reads the job again, and says what failed).
-            let owner = read.ok().flatten().and_then(|j| j.record.owner);
-            let why = refusal(owner.as_deref(), &msg.peer, &msg.job_id);
-            act.refused(&msg.peer, &msg.job_id, why)
+        Box::pin(read.into_actor(self).map(move |read, act, _| match read {
+            Ok(job) => {
+                let owner = job.and_then(|j| j.record.owner);
+                let why = refusal(owner.as_deref(), &msg.peer, &msg.job_id);
+                act.refused(&msg.peer, &msg.job_id, why)
+            }
+            // Never let through on a read that failed.
+            Err(e) => Some(format!(
+                "cannot tell who owns job {} now ({e}): retry",
+                msg.job_id
+            )),
         }))
     }
 }

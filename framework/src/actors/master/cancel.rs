@@ -19,14 +19,18 @@ impl Master {
         &mut self,
         ctx: &mut Context<Self>,
         job_id: String,
+        peer: crate::transport::PeerId,
     ) -> ResponseActFuture<Self, Frame> {
+        if let Some(refused) = self.deny_known(&job_id, &peer) {
+            return Box::pin(fut::ready(refused));
+        }
         if self.ledger.is_submitting(&job_id) || self.is_creating(&job_id) {
             return Box::pin(fut::ready(error(format!(
                 "job {job_id} is still being submitted: cancel it once its submission has \
                  been answered"
             ))));
         }
-        if self.loading.contains(&job_id) {
+        if self.loading.contains_key(&job_id) {
             self.cancelled_while_loading.insert(job_id.clone());
         }
         let rt = self.forget_job(&job_id);
@@ -45,6 +49,11 @@ impl Master {
                         None => return Ok((error(format!("no job {job_id}")), None)),
                     },
                 };
+                // A job this master did not know: checked against its record.
+                if let Some(why) = super::access::deny(job.record.owner.as_deref(), &peer, &job_id)
+                {
+                    return Ok((error(why), None));
+                }
                 match job.record.status {
                     JobStatus::Accepted => {}
                     JobStatus::Cancelled => return Ok((Frame::Ok, None)),

@@ -11,21 +11,42 @@ use crate::coord::{CoordError, JobStatus, LeaderStore};
 use crate::wire::{Frame, JobOutcome};
 
 impl Master {
-    pub(super) fn fetch(&self, job_id: String) -> ResponseActFuture<Self, Frame> {
+    pub(super) fn fetch(
+        &self,
+        job_id: String,
+        peer: crate::transport::PeerId,
+    ) -> ResponseActFuture<Self, Frame> {
+        if let Some(refused) = self.deny_known(&job_id, &peer) {
+            return Box::pin(fut::ready(refused));
+        }
         if self.jobs.contains_key(&job_id) {
             return Box::pin(fut::ready(error(format!("job {job_id} is still running"))));
         }
         let store = self.store.clone();
-        answer(self, async move { fetch(&store, &job_id).await })
+        answer(
+            self,
+            async move { fetch(&store, &job_id, Some(&peer)).await },
+        )
     }
 }
 
-pub(super) async fn fetch(store: &LeaderStore, job_id: &str) -> Result<Frame, CoordError> {
+/// A job's result as its fetch answers it; `peer`, if given, must be its
+/// owner, an admin or a node (it is checked against the record read).
+pub(super) async fn fetch(
+    store: &LeaderStore,
+    job_id: &str,
+    peer: Option<&crate::transport::PeerId>,
+) -> Result<Frame, CoordError> {
     let Some(job) = store.read_job(job_id).await? else {
         return Ok(error(format!(
             "no job {job_id} (unknown, or its result was fetched and retention has passed)"
         )));
     };
+    if let Some(why) =
+        peer.and_then(|p| super::access::deny(job.record.owner.as_deref(), p, job_id))
+    {
+        return Ok(error(why));
+    }
     let result = store.read_result(&job).await?;
     let bytes = match &result {
         Some(r) => store.read_output(&r.output).await?,

@@ -236,9 +236,11 @@ async fn handle_stream(
             };
             return submission(stream, master, submitted, peer.id).await;
         }
-        Frame::WatchJob { job_id, fetch } => return watch(stream, master, job_id, fetch).await,
+        Frame::WatchJob { job_id, fetch } => {
+            return watch(stream, master, job_id, fetch, peer.id).await
+        }
         Frame::StreamJob { job_id, seen } => {
-            return super::streaming::stream_job(stream, master, job_id, seen).await
+            return super::streaming::stream_job(stream, master, job_id, seen, peer.id).await
         }
         other @ (Frame::GetJob { .. }
         | Frame::GetStatus
@@ -290,9 +292,16 @@ async fn watch(
     master: Addr<Master>,
     job_id: String,
     fetch: bool,
+    peer: transport::PeerId,
 ) -> Result<(), TransportError> {
     let (tx, rx) = mpsc::unbounded_channel::<Frame>();
-    if master.send(Watch { job_id, fetch, tx }).await.is_err() {
+    let w = Watch {
+        job_id,
+        fetch,
+        tx,
+        peer,
+    };
+    if master.send(w).await.is_err() {
         return Ok(stream.reply(&Frame::NotMaster).await?);
     }
     watching(stream, rx, None).await
@@ -345,7 +354,7 @@ async fn submission(
             header,
             tasks,
             bytes,
-            peer,
+            peer: peer.clone(),
             watch: Some(handed),
         });
         tokio::pin!(answer);
@@ -358,7 +367,12 @@ async fn submission(
                     if let Ok(Frame::WatchJob { job_id: watched, fetch }) = &f {
                         if *watched == job_id {
                             let (tx, rx) = mpsc::unbounded_channel();
-                            let w = Watch { job_id: watched.clone(), fetch: *fetch, tx };
+                            let w = Watch {
+                                job_id: watched.clone(),
+                                fetch: *fetch,
+                                tx,
+                                peer: peer.clone(),
+                            };
                             if let Some(Err(w)) = handover.take().map(|h| h.send(w)) {
                                 kept = Some(w);
                             }
@@ -408,7 +422,7 @@ async fn submission(
                 }
                 watching(stream, rx, unsent).await
             }
-            (None, _) => watch(stream, master, job_id, fetch).await,
+            (None, _) => watch(stream, master, job_id, fetch, peer).await,
         },
         Ok(other) => {
             if let Some(accepted) = unsent {

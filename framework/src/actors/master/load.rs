@@ -190,7 +190,10 @@ impl Master {
         let started = std::time::Instant::now();
         let total = pending.len();
         let permits = Arc::new(tokio::sync::Semaphore::new(RECOVERY_CONCURRENCY));
-        self.loading = pending.iter().map(|j| j.id.clone()).collect();
+        self.loading = pending
+            .iter()
+            .map(|j| (j.id.clone(), j.record.owner.clone()))
+            .collect();
         for job in pending {
             let store = self.store.clone();
             let registry = self.settings.registry.clone();
@@ -230,7 +233,10 @@ impl Master {
             loaded.failures,
             loaded.objects,
         );
+        let owner = loaded.rt.stored.record.owner.clone();
         self.jobs.insert(id.clone(), loaded.rt);
+        // It is known here now: watches that came before are checked.
+        self.screen(&id, owner.as_deref());
         for (merge, error) in loaded.unmerged {
             // Logged by `merged`, as a merge that fails while the job runs.
             self.merged(ctx, merge, Err(error));

@@ -187,8 +187,9 @@ pub(crate) struct Master {
     /// When the gauges were last refreshed, and whether a refresh is due.
     gauges_at: Option<std::time::Instant>,
     gauges_pending: bool,
-    /// Unfinished jobs of an earlier master still being read back.
-    loading: HashSet<String>,
+    /// Unfinished jobs of an earlier master still being read back, with
+    /// their owners.
+    loading: HashMap<String, Option<String>>,
     /// Of those, the ones cancelled meanwhile.
     cancelled_while_loading: HashSet<String>,
     gc_running: bool,
@@ -267,7 +268,7 @@ impl Master {
             registered: BTreeMap::new(),
             gauges_at: None,
             gauges_pending: false,
-            loading: HashSet::new(),
+            loading: HashMap::new(),
             cancelled_while_loading: HashSet::new(),
             gc_running: false,
             retention,
@@ -1199,9 +1200,9 @@ impl Handler<ClientRequest> for Master {
     fn handle(&mut self, msg: ClientRequest, ctx: &mut Context<Self>) -> Self::Result {
         match msg.frame {
             Frame::GetStatus => Box::pin(fut::ready(self.status(&msg.peer))),
-            Frame::GetJob { job_id } => self.get_job(job_id),
-            Frame::FetchResult { job_id } => self.fetch(job_id),
-            Frame::Cancel { job_id } => self.cancel(ctx, job_id),
+            Frame::GetJob { job_id } => self.get_job(job_id, msg.peer),
+            Frame::FetchResult { job_id } => self.fetch(job_id, msg.peer),
+            Frame::Cancel { job_id } => self.cancel(ctx, job_id, msg.peer),
             Frame::PlanJob {
                 job_name,
                 task_count,

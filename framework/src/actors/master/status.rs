@@ -57,13 +57,30 @@ impl Master {
         })
     }
 
-    /// `GetJob`: running jobs from memory, others from ZooKeeper.
-    pub(super) fn get_job(&self, job_id: String) -> ResponseActFuture<Self, Frame> {
+    /// `GetJob`: running jobs from memory, others from ZooKeeper; either
+    /// only for its owner, an admin or a node.
+    pub(super) fn get_job(
+        &self,
+        job_id: String,
+        peer: crate::transport::PeerId,
+    ) -> ResponseActFuture<Self, Frame> {
+        if let Some(refused) = self.deny_known(&job_id, &peer) {
+            return Box::pin(fut::ready(refused));
+        }
         if let Some(p) = self.progress(&job_id) {
             return Box::pin(fut::ready(Frame::Job(p)));
         }
         let store = self.store.clone();
-        answer(self, async move { read_progress(&store, &job_id).await })
+        let id = job_id.clone();
+        let read = async move { read_progress(&store, &id).await };
+        Box::pin(read.into_actor(self).map(move |res, act, _| match res {
+            Ok((frame, Some(owner))) => match act.check_owner(owner.as_deref(), &peer, &job_id) {
+                Some(why) => error(why),
+                None => frame,
+            },
+            Ok((frame, None)) => frame,
+            Err(e) => error(e),
+        }))
     }
 }
 
@@ -190,12 +207,22 @@ fn clip(text: &str) -> String {
     }
 }
 
-pub(super) async fn read_progress(store: &LeaderStore, job_id: &str) -> Result<Frame, CoordError> {
+/// A stored job's progress, with its owner (`None`: no such job, and the
+/// frame says so). Whoever asked must be checked against the owner before
+/// the frame is sent.
+pub(super) async fn read_progress(
+    store: &LeaderStore,
+    job_id: &str,
+) -> Result<(Frame, Option<Option<String>>), CoordError> {
     let Some(job) = store.read_job(job_id).await? else {
-        return Ok(error(format!("no job {job_id}")));
+        return Ok((error(format!("no job {job_id}")), None));
     };
     let result = store.read_result(&job).await?;
-    Ok(Frame::Job(stored_progress(&job, result.as_ref())))
+    let owner = job.record.owner.clone();
+    Ok((
+        Frame::Job(stored_progress(&job, result.as_ref())),
+        Some(owner),
+    ))
 }
 
 /// A stored job's progress: its result's counts once it has one.

@@ -32,6 +32,9 @@ const LOADING_WAIT: Duration = Duration::from_secs(30);
 pub(crate) struct StreamFrom {
     pub job_id: String,
     pub from: usize,
+    /// Who streams: checked against the job's owner each time the job is
+    /// in memory (it may have become known since the stream began).
+    pub peer: crate::transport::PeerId,
 }
 
 /// A committed shard, the commit record that holds it, and its inline
@@ -57,12 +60,19 @@ pub(crate) enum StreamStep {
     },
     /// Not in this master's memory: ended, being loaded, or unknown.
     Stored { store: LeaderStore, loading: bool },
+    /// The job is not the streamer's to see: why.
+    Refused(String),
 }
 
 impl Handler<StreamFrom> for Master {
     type Result = MessageResult<StreamFrom>;
     fn handle(&mut self, msg: StreamFrom, _ctx: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
+        if let Some(owner) = self.owner_of(&msg.job_id) {
+            if let Some(why) = self.check_owner(owner.as_deref(), &msg.peer, &msg.job_id) {
+                return MessageResult(StreamStep::Refused(why));
+            }
+        }
         MessageResult(match self.jobs.get(&msg.job_id) {
             Some(rt) => StreamStep::Running {
                 streamed: rt.stored.record.options.stream,
@@ -79,7 +89,7 @@ impl Handler<StreamFrom> for Master {
             },
             None => StreamStep::Stored {
                 store,
-                loading: self.loading.contains(&msg.job_id),
+                loading: self.loading.contains_key(&msg.job_id),
             },
         })
     }
@@ -118,8 +128,9 @@ pub(super) async fn stream_job(
     master: Addr<Master>,
     job_id: String,
     seen: Vec<(u32, u32, u32)>,
+    peer: crate::transport::PeerId,
 ) -> Result<(), TransportError> {
-    match serve(&mut stream, master, &job_id, seen).await {
+    match serve(&mut stream, master, &job_id, seen, &peer).await {
         Ok(()) => Ok(()),
         Err(Stop::Transport(e)) => Err(e),
         Err(Stop::Coord(e)) => {
@@ -134,6 +145,7 @@ async fn serve(
     master: Addr<Master>,
     job_id: &str,
     seen: Vec<(u32, u32, u32)>,
+    peer: &crate::transport::PeerId,
 ) -> Result<(), Stop> {
     let job_id = job_id.to_string();
     // What the client has, as it sent it (bounded by the runs that came,
@@ -153,6 +165,7 @@ async fn serve(
             .send(StreamFrom {
                 job_id: job_id.clone(),
                 from: position,
+                peer: peer.clone(),
             })
             .await
         else {
@@ -197,11 +210,18 @@ async fn serve(
                     }
                 }
             }
+            StreamStep::Refused(message) => {
+                return Ok(stream.reply(&Frame::Error { message }).await?)
+            }
             StreamStep::Stored { store, loading } => {
                 let Some(job) = store.read_job(&job_id).await? else {
                     let message = format!("no job {job_id}");
                     return Ok(stream.reply(&Frame::Error { message }).await?);
                 };
+                let owner = job.record.owner.as_deref();
+                if let Some(message) = super::access::deny(owner, peer, &job_id) {
+                    return Ok(stream.reply(&Frame::Error { message }).await?);
+                }
                 if !job.record.options.stream {
                     return refuse_unstreamed(stream, &job_id).await;
                 }

@@ -184,7 +184,7 @@ impl Master {
         let one_shard = shard_count(a.header.task_count, a.options.shard_size) == 1;
         if !one_shard
             || a.options.stream
-            || self.loading.contains(id)
+            || self.loading.contains_key(id)
             || self.owners.contains_key(id)
             || crate::core::job::task_bytes(&a.tasks) > 64 * 1024
         {

@@ -8,6 +8,12 @@
 //! meanwhile is not missed (it may be sent twice; the first ends the
 //! stream). When the master stops, every watch stream ends and the clients
 //! watch again at the next master.
+//!
+//! A watch is checked against its job's owner when it attaches, if the
+//! master knows the job; one of a job not known yet (being submitted, or
+//! not there) is sent nothing until the job's owner is known (the job
+//! becomes known here, or its record is read), and refused then if it
+//! is not its owner's, an admin's or a node's.
 
 use std::collections::{HashMap, HashSet};
 
@@ -15,10 +21,12 @@ use actix::prelude::*;
 use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
 
+use super::access::visible;
 use super::fetch::fetch;
 use super::status::read_progress;
 use super::{error, Master};
 use crate::coord::{OutputRef, ResultRecord};
+use crate::transport::PeerId;
 use crate::wire::{Frame, JobOutcome, JobProgress, WATCH_PERIOD};
 
 /// A client watches a job.
@@ -30,11 +38,16 @@ pub(crate) struct Watch {
     pub fetch: bool,
     /// Where its frames go (the client's stream).
     pub tx: mpsc::UnboundedSender<Frame>,
+    /// Who watches.
+    pub peer: PeerId,
 }
 
 struct Watcher {
     tx: mpsc::UnboundedSender<Frame>,
     fetch: bool,
+    peer: PeerId,
+    /// Its job's owner was known, and it may watch: it is sent frames.
+    checked: bool,
 }
 
 /// The watch streams of the master's jobs.
@@ -54,7 +67,34 @@ impl Watchers {
     fn want_result(&self, job_id: &str) -> bool {
         self.by_job
             .get(job_id)
-            .is_some_and(|ws| ws.iter().any(|w| w.fetch && !w.tx.is_closed()))
+            .is_some_and(|ws| ws.iter().any(|w| w.fetch && w.checked && !w.tx.is_closed()))
+    }
+
+    /// The job's owner is known: its watchers that may not watch it are
+    /// refused and dropped (the refusals returned, for the count and the
+    /// log); the others are sent frames from now on.
+    fn screen(&mut self, job_id: &str, owner: Option<&str>) -> Vec<PeerId> {
+        let Some(ws) = self.by_job.get_mut(job_id) else {
+            return Vec::new();
+        };
+        let mut refused = Vec::new();
+        ws.retain_mut(|w| {
+            if w.checked {
+                return true;
+            }
+            if visible(owner, &w.peer) {
+                w.checked = true;
+                return true;
+            }
+            let why = super::access::refusal(owner, &w.peer, job_id).unwrap_or_default();
+            let _ = w.tx.send(error(why));
+            refused.push(w.peer.clone());
+            false
+        });
+        if ws.is_empty() {
+            self.by_job.remove(job_id);
+        }
+        refused
     }
 }
 
@@ -75,20 +115,38 @@ impl Master {
     /// Registers a watch; its first frame is the job's progress now if
     /// `progress` (not for a job about to end, whose end is its next).
     pub(super) fn watch_from(&mut self, ctx: &mut Context<Self>, msg: Watch, progress: bool) {
-        let Watch { job_id, fetch, tx } = msg;
-        if let Some(p) = self.progress(&job_id).filter(|_| progress) {
+        let Watch {
+            job_id,
+            fetch,
+            tx,
+            peer,
+        } = msg;
+        let owner = self.owner_of(&job_id);
+        if let Some(owner) = &owner {
+            if let Some(why) = self.check_owner(owner.as_deref(), &peer, &job_id) {
+                let _ = tx.send(error(why));
+                return;
+            }
+        }
+        let checked = owner.is_some() || peer.acts_for_all();
+        if let Some(p) = self.progress(&job_id).filter(|_| progress && checked) {
             if tx.send(Frame::Job(p)).is_err() {
                 return;
             }
         }
         let known = self.jobs.contains_key(&job_id)
-            || self.loading.contains(&job_id)
+            || self.loading.contains_key(&job_id)
             || self.ledger.is_submitting(&job_id);
         let watchers = self.watchers.by_job.entry(job_id.clone()).or_default();
         // Streams given up by their clients (a quiet watch is reopened
         // every 10 s) go now, not at the job's next frame.
         watchers.retain(|w| !w.tx.is_closed());
-        watchers.push(Watcher { tx, fetch });
+        watchers.push(Watcher {
+            tx,
+            fetch,
+            peer,
+            checked,
+        });
         if !known {
             // Not running here: ended, unknown, or accepted and about to be
             // scheduled. ZooKeeper says which.
@@ -103,11 +161,24 @@ impl Master {
         let id = job_id.clone();
         let read = async move { read_progress(&store, &id).await };
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(Frame::Job(p)) if p.state.is_final() => act.watch_ended(ctx, &job_id, p, None),
-            Ok(Frame::Job(p)) => act.push(&job_id, &Frame::Job(p)),
-            Ok(other) => act.end_watch(&job_id, &other),
+            Ok((frame, Some(owner))) => {
+                act.screen(&job_id, owner.as_deref());
+                match frame {
+                    Frame::Job(p) if p.state.is_final() => act.watch_ended(ctx, &job_id, p, None),
+                    frame => act.push(&job_id, &frame),
+                }
+            }
+            Ok((other, None)) => act.end_watch(&job_id, &other),
             Err(e) => act.end_watch(&job_id, &error(e)),
         }));
+    }
+
+    /// The job's owner is known (the job became known here, or its record
+    /// was read): its watchers are checked against it.
+    pub(super) fn screen(&mut self, job_id: &str, owner: Option<&str>) {
+        for peer in self.watchers.screen(job_id, owner) {
+            self.check_owner(owner, &peer, job_id);
+        }
     }
 
     /// A job's progress changed: its watchers hear of it within [`WATCH_PERIOD`].
@@ -147,12 +218,18 @@ impl Master {
         p: JobProgress,
         result: Option<(ResultRecord, Option<bytes::Bytes>)>,
     ) {
+        if let Some(owner) = self.owner_of(job_id) {
+            self.screen(job_id, owner.as_deref());
+        }
         let Some(watchers) = self.watchers.by_job.remove(job_id) else {
             return;
         };
         self.watchers.dirty.remove(job_id);
-        let (mut fetching, plain): (Vec<Watcher>, Vec<Watcher>) =
-            watchers.into_iter().partition(|w| w.fetch);
+        // Those whose job's owner is still unknown hear nothing of it.
+        let (mut fetching, plain): (Vec<Watcher>, Vec<Watcher>) = watchers
+            .into_iter()
+            .filter(|w| w.checked)
+            .partition(|w| w.fetch);
         let in_memory = result.and_then(|(r, object)| match (r.output, object) {
             (OutputRef::Inline(bytes), _) => Some((bytes, r.failures)),
             // The object's own bytes, written and durable before the end.
@@ -181,7 +258,8 @@ impl Master {
         }
         let store = self.store.clone();
         let id = job_id.to_string();
-        let read = async move { fetch(&store, &id).await };
+        // Its watchers were checked against its owner.
+        let read = async move { fetch(&store, &id, None).await };
         ctx.spawn(read.into_actor(self).map(move |res, _, _| {
             let frame = res.unwrap_or_else(error);
             for w in fetching {
@@ -190,10 +268,14 @@ impl Master {
         }));
     }
 
-    /// Sends a frame to a job's watchers, forgetting those that are gone.
+    /// Sends a frame to a job's watchers that may see it, forgetting those
+    /// that are gone.
     fn push(&mut self, job_id: &str, frame: &Frame) {
+        if let Some(owner) = self.owner_of(job_id) {
+            self.screen(job_id, owner.as_deref());
+        }
         if let Some(ws) = self.watchers.by_job.get_mut(job_id) {
-            ws.retain(|w| w.tx.send(frame.clone()).is_ok());
+            ws.retain(|w| !w.checked || w.tx.send(frame.clone()).is_ok());
             if ws.is_empty() {
                 self.watchers.by_job.remove(job_id);
             }
@@ -217,11 +299,50 @@ mod tests {
     /// Adds a watch of job `j`; returns its client's end.
     fn watch(ws: &mut Watchers, fetch: bool) -> mpsc::UnboundedReceiver<Frame> {
         let (tx, rx) = mpsc::unbounded_channel();
-        ws.by_job
-            .entry("j".into())
-            .or_default()
-            .push(Watcher { tx, fetch });
+        let peer = PeerId::new(crate::transport::Role::Client, "c").expect("a valid name");
+        ws.by_job.entry("j".into()).or_default().push(Watcher {
+            tx,
+            fetch,
+            peer,
+            checked: true,
+        });
         rx
+    }
+
+    /// Issue 29, finding 4: watches that came before their job's owner was
+    /// known are sent nothing, then checked once it is: another client's
+    /// is refused, its owner's and an admin's are kept.
+    #[test]
+    fn watches_of_a_job_not_known_yet_are_checked_when_its_owner_is() {
+        let mut ws = Watchers::default();
+        let mut add = |role, name: &str| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let peer = PeerId::new(role, name).expect("a valid name");
+            ws.by_job.entry("j".into()).or_default().push(Watcher {
+                tx,
+                fetch: true,
+                peer,
+                checked: false,
+            });
+            rx
+        };
+        use crate::transport::Role;
+        let mut bob = add(Role::Client, "bob");
+        let mut alice = add(Role::Client, "alice");
+        let mut ops = add(Role::Admin, "ops");
+        assert!(!ws.want_result("j"), "nobody may have it yet");
+        let refused = ws.screen("j", Some("client:alice"));
+        assert_eq!(refused.len(), 1);
+        assert!(
+            matches!(bob.try_recv(), Ok(Frame::Error { message }) if message.contains("belongs to client alice"))
+        );
+        assert!(
+            alice.try_recv().is_err() && ops.try_recv().is_err(),
+            "nothing sent yet"
+        );
+        assert_eq!(ws.by_job["j"].len(), 2);
+        assert!(ws.by_job["j"].iter().all(|w| w.checked));
+        assert!(ws.want_result("j"));
     }
 
     #[test]
