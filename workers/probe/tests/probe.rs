@@ -1183,3 +1183,58 @@ fn a_cancel_stops_the_running_task_and_its_slot_is_held_until_it_ends() {
         .await;
     });
 }
+
+/// Acknowledged means durable, the fast path included (issue 29, finding
+/// 5): two identical submissions at once, under the id of a job of another
+/// submission that an earlier master ended, are both refused. The first
+/// is scheduled while its create waits and its create finds the id taken;
+/// the second came while it waited, and used to be answered `Accepted`
+/// (the job existing) from memory, for a job that never was.
+#[test]
+fn a_resubmission_racing_a_create_that_fails_is_not_accepted() {
+    let mut c = two_candidates_m1_leading();
+    c.node("w", &["--role", "worker"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let opts = SubmitOptions {
+            job_id: Some("taken".into()),
+            ..Default::default()
+        };
+        client
+            .run::<Collect<Probe>>(probes(1, &[]), opts.clone())
+            .await
+            .unwrap();
+        let m1 = c.master(&zk, None, Duration::from_secs(20)).await;
+        c.signal("m1", "TERM");
+        c.master(&zk, Some(m1.epoch), Duration::from_secs(20)).await;
+        let other = || {
+            vec![Probe {
+                value: 7,
+                behaviour: Behaviour::Ok,
+            }]
+        };
+        for round in 0..5 {
+            let (a, b) = futures::join!(
+                client.submit::<Collect<Probe>>(other(), opts.clone()),
+                client.submit::<Collect<Probe>>(other(), opts.clone())
+            );
+            for r in [a, b] {
+                match r {
+                    Ok(job) => panic!(
+                        "round {round}: a submission of another job under a taken id was \
+                         accepted (existing: {})\n{}",
+                        job.existed(),
+                        c.logs()
+                    ),
+                    Err(e) => assert!(
+                        e.to_string().contains("exists with a different submission")
+                            || e.to_string().contains("submit it again"),
+                        "{e}"
+                    ),
+                }
+            }
+        }
+    });
+}

@@ -31,6 +31,10 @@ pub(super) struct Creating {
     /// The end proposed in place of the create, and what the create's
     /// end would be; written apart if the create went without it.
     proposed: Option<(EndAlone, Finished)>,
+    /// Resubmissions of the job that came while its create waited: told
+    /// whether it is durable once its create answers (nothing is
+    /// acknowledged before).
+    resubmitted: Vec<oneshot::Sender<bool>>,
 }
 
 /// Where a watch sent behind a submission is.
@@ -101,11 +105,19 @@ impl Creating {
             watch: watch.map_or(WatchSlot::Closed, WatchSlot::Waiting),
             deferred: Vec::new(),
             proposed: None,
+            resubmitted: Vec::new(),
         }
     }
 
-    /// The watch handed over, if it came; the slot is closed.
-    fn into_watch(self) -> (Option<Watch>, Vec<Deferred>, Option<(EndAlone, Finished)>) {
+    /// The watch handed over, if it came; the slot is closed. Tells the
+    /// resubmissions that waited whether the job is `durable`.
+    fn into_watch(
+        self,
+        durable: bool,
+    ) -> (Option<Watch>, Vec<Deferred>, Option<(EndAlone, Finished)>) {
+        for waiting in self.resubmitted {
+            let _ = waiting.send(durable);
+        }
         let watch = match self.watch {
             WatchSlot::Waiting(rx) => take_watch(Some(rx)),
             WatchSlot::Got(w) => Some(w),
@@ -127,6 +139,16 @@ impl Master {
     /// Whether the job's create waits.
     pub(super) fn is_creating(&self, job: &str) -> bool {
         self.jobs.get(job).is_some_and(|rt| rt.creating.is_some())
+    }
+
+    /// If the job's create waits: what its answer will say (whether the
+    /// job is durable), for a resubmission that must not be acknowledged
+    /// before.
+    pub(super) fn await_create(&mut self, job: &str) -> Option<oneshot::Receiver<bool>> {
+        let c = self.jobs.get_mut(job)?.creating.as_mut()?;
+        let (tx, rx) = oneshot::channel();
+        c.resubmitted.push(tx);
+        Some(rx)
     }
 
     /// Defers `write` if the job's create waits; gives it back otherwise,
@@ -190,7 +212,7 @@ impl Master {
         outcome: Created,
     ) -> Option<Watch> {
         let c = self.jobs.get_mut(job)?.creating.take()?;
-        let (watch, deferred, proposed) = c.into_watch();
+        let (watch, deferred, proposed) = c.into_watch(matches!(outcome, Created::Ok(_)));
         match outcome {
             Created::Failed => {
                 self.discard(ctx, job);

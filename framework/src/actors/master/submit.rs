@@ -121,9 +121,28 @@ impl Handler<Submit> for Master {
                 return Box::pin(fut::ready(error(message)));
             }
             let kept = rt.stored.record.digest.clone();
+            // Scheduled while its create waits: answered once it is durable.
+            let created = self.await_create(&h.job_id);
             let tasks = Arc::new(msg.tasks);
             let watch = msg.watch;
             let fut = async move {
+                let durable = match created {
+                    Some(rx) => rx.await,
+                    None => Ok(true),
+                };
+                let Ok(durable) = durable else {
+                    return error(crate::wire::outcome_unknown(&format!(
+                        "the create of job {} was not answered before this master stopped",
+                        h.job_id
+                    )));
+                };
+                if !durable {
+                    return error(format!(
+                        "the submission of job {} that this one repeats was not written (its \
+                         id was taken, or ZooKeeper failed): submit it again",
+                        h.job_id
+                    ));
+                }
                 let digest = digest_of(&h, tasks).await;
                 match same_submission(&h.job_id, kept.as_ref(), &digest) {
                     Ok(()) => Frame::Accepted {
