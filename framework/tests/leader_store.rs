@@ -531,6 +531,31 @@ fn cleaning_a_finished_job_deletes_its_shard_objects() {
     });
 }
 
+/// A fetch's mark of a record read before it changed writes nothing: the
+/// copy read is never written back over what the job (or another job
+/// under its id) is now (issue 29, finding 6: `mark_fetched` wrote
+/// without a version check).
+#[test]
+fn a_fetch_mark_of_a_stale_record_changes_nothing() {
+    with_master(async |leader| {
+        let stale = job(&leader, "m").await;
+        leader
+            .finish(&stale, vec![1], Vec::new(), done(), false)
+            .await
+            .unwrap();
+        let before = leader.read_job("m").await.unwrap().unwrap();
+        assert_ne!(before.version, stale.version, "the record changed");
+        leader.mark_fetched(&stale).await.unwrap();
+        let after = leader.read_job("m").await.unwrap().unwrap();
+        assert_eq!(after.record, before.record);
+        assert_eq!(after.version, before.version);
+        // Marked from the record as it is, it is marked.
+        leader.mark_fetched(&after).await.unwrap();
+        let marked = leader.read_job("m").await.unwrap().unwrap();
+        assert!(marked.record.fetched_ms.is_some());
+    });
+}
+
 /// Collecting a job that may have objects no record names (a run lost
 /// with its worker's link wrote its output; its report never came)
 /// empties its store directories; a job not swept keeps its objects, and

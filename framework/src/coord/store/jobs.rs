@@ -320,7 +320,10 @@ impl LeaderStore {
         }
     }
 
-    /// Marks a job's result fetched (the retention clock starts).
+    /// Marks a job's result fetched (the retention clock starts), if its
+    /// record is still the version read: a record that changed since (a
+    /// fetch marked it, or the id was collected and holds another job now)
+    /// is left as it is, never overwritten with the copy read.
     pub async fn mark_fetched(&self, job: &StoredJob) -> Result<(), CoordError> {
         if job.record.fetched_ms.is_some() {
             return Ok(());
@@ -329,7 +332,7 @@ impl LeaderStore {
         let mut r = job.record.clone();
         r.fetched_ms = Some(now_ms());
         let data = encode_record(&job_path, &r)?;
-        let set = vec![Op::set(&job_path, data, None)];
+        let set = vec![Op::set(&job_path, data, Some(job.version))];
         let res = self.fenced("set_status", &job_path, set).await;
         match res {
             // Collected since it was read: the fetch has its result anyway.
@@ -338,6 +341,8 @@ impl LeaderStore {
                 source: ZkError::NoNode,
                 ..
             }) => Ok(()),
+            // Changed since it was read: not this copy's to write.
+            Err(e) if e.is_conflict() => Ok(()),
             Err(e) => Err(e),
         }
     }
