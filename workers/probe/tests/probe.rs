@@ -1238,3 +1238,71 @@ fn a_resubmission_racing_a_create_that_fails_is_not_accepted() {
         }
     });
 }
+
+/// A stream of a job that was being collected as it was read says it is
+/// incomplete rather than ending `Done` with outputs missing (issue 29,
+/// finding 6). The collection is played by deleting one of the done
+/// job's commit records, as the collector does first.
+#[test]
+fn a_stream_that_races_a_collection_says_it_is_incomplete() {
+    use ringleader::transport::{self, tls, FramedStream};
+    use ringleader::wire::Frame;
+    let mut c = Cluster::new(BIN);
+    c.node("m", &["--slots", "2"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let master = c.master(&zk, None, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let opts = SubmitOptions {
+            job_id: Some("s".into()),
+            shard_size: Some(1),
+            stream: true,
+            ..Default::default()
+        };
+        let tasks: Vec<Probe> = (0..4)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::Sleep(50),
+            })
+            .collect();
+        let (out, _) = client.run::<Collect<Probe>>(tasks, opts).await.unwrap();
+        assert_eq!(out.len(), 4);
+        let job = c.layout().job("s");
+        let records: Vec<String> = zk
+            .list_children(&job)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with('c'))
+            .collect();
+        assert!(!records.is_empty(), "a streamed job keeps its commit records");
+        zk.delete(&format!("{job}/{}", records[0]), None)
+            .await
+            .unwrap();
+        let identity = tls::Identity::client(&c.certs).unwrap();
+        let ep = dialer(&identity);
+        let conn = transport::dial_node(&ep, &master.addr, &master.node_id)
+            .await
+            .unwrap();
+        let mut s = FramedStream::open(&conn, 1 << 20).await.unwrap();
+        s.send(&Frame::StreamJob {
+            job_id: "s".into(),
+            seen: Vec::new(),
+        })
+        .await
+        .unwrap();
+        let mut partials = 0;
+        let end = loop {
+            match s.recv().await.unwrap() {
+                Frame::Partial { .. } => partials += 1,
+                other => break other,
+            }
+        };
+        assert!(partials < 4, "{partials} outputs sent");
+        assert!(
+            matches!(&end, Frame::Error { message } if message.contains("this stream is incomplete")),
+            "{end:?}"
+        );
+    });
+}

@@ -241,11 +241,23 @@ async fn serve(
                 // Ended: what is committed (each shard's chain, as a new
                 // master would merge it), then the end.
                 let commits = store.read_commits(&job).await?;
-                let chain = super::load::recover_stored(&job, &commits).outputs;
+                let recovered = super::load::recover_stored(&job, &commits);
+                let chain = recovered.outputs;
                 for (key, record) in commits {
                     if chain.contains_key(&key) && fresh(key) {
                         send_partial(stream, &store, key, Some(record)).await?;
                     }
+                }
+                // A job done has every shard's commit (a streamed job never
+                // ends without them): one that lacks some was being
+                // collected as it was read, and the stream is not whole.
+                let missing = recovered.plan.pending.len();
+                if job.record.status == JobStatus::Done && missing > 0 {
+                    let message = format!(
+                        "job {job_id} was collected while it was streamed: the outputs of \
+                         {missing} shards are gone, and this stream is incomplete"
+                    );
+                    return Ok(stream.reply(&Frame::Error { message }).await?);
                 }
                 let result = store.read_result(&job).await?;
                 let progress = stored_progress(&job, result.as_ref());
