@@ -266,7 +266,7 @@ impl Master {
             "a job scheduled while its create waited is discarded: its create failed"
         );
         crate::counter_once!(crate::metrics::JOBS_DISCARDED).increment(1);
-        self.jobs.remove(job);
+        self.take_runtime(job);
         self.ledger.remove(job);
         let stops = self.sched.remove_job(job);
         self.may_orphan.insert(job.to_string());

@@ -234,7 +234,9 @@ impl Master {
             loaded.objects,
         );
         let owner = loaded.rt.stored.record.owner.clone();
-        self.jobs.insert(id.clone(), loaded.rt);
+        if let Some(old) = self.jobs.insert(id.clone(), loaded.rt) {
+            self.recent_total -= old.recent_bytes;
+        }
         // It is known here now: watches that came before are checked.
         self.screen(&id, owner.as_deref());
         for (merge, error) in loaded.unmerged {

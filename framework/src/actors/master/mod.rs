@@ -87,6 +87,11 @@ struct JobRuntime {
 /// memory for its streams.
 const RECENT_OUTPUTS: (usize, usize) = (4096, 16 << 20);
 
+/// Most bytes of inline outputs all streamed jobs keep together: a job
+/// whose output would go past it keeps fewer of its own (its streams read
+/// the others from ZooKeeper).
+const RECENT_OUTPUTS_TOTAL: usize = 64 << 20;
+
 /// Partials (and, in all, a job's partials) up to this size are merged,
 /// and such a job's result encoded, on the master's arbiter.
 const SMALL_MERGE: usize = 16 * 1024;
@@ -117,10 +122,11 @@ impl JobRuntime {
         }
     }
 
-    /// Keeps a streamed job's inline output for its streams.
+    /// Keeps a streamed job's inline output for its streams, in at most
+    /// `room` bytes of its own.
     /// (One entry per position, `None` for an output in the store, so
     /// that positions stay contiguous.)
-    fn keep_output(&mut self, at: usize, output: &OutputRef) {
+    fn keep_output(&mut self, at: usize, output: &OutputRef, room: usize) {
         if !self.stored.record.options.stream {
             return;
         }
@@ -130,7 +136,8 @@ impl JobRuntime {
         };
         self.recent_bytes += bytes.as_ref().map_or(0, |b| b.len());
         self.recent.push_back((at, bytes));
-        while self.recent.len() > RECENT_OUTPUTS.0 || self.recent_bytes > RECENT_OUTPUTS.1 {
+        let most = RECENT_OUTPUTS.1.min(room);
+        while self.recent.len() > RECENT_OUTPUTS.0 || self.recent_bytes > most {
             match self.recent.pop_front() {
                 Some((_, b)) => self.recent_bytes -= b.map_or(0, |b| b.len()),
                 None => break,
@@ -219,6 +226,9 @@ pub(crate) struct Master {
     wake_at: Option<std::time::Instant>,
     /// Clients watching jobs.
     watchers: watching::Watchers,
+    /// Bytes of inline outputs the streamed jobs keep (at most
+    /// [`RECENT_OUTPUTS_TOTAL`]).
+    recent_total: usize,
 }
 
 /// The master's ZooKeeper session lost or regained its connection.
@@ -279,6 +289,7 @@ impl Master {
             paused: false,
             wake_at: None,
             watchers: watching::Watchers::default(),
+            recent_total: 0,
         }
     }
 
@@ -376,9 +387,17 @@ impl Master {
         cmds
     }
 
+    /// Takes a job's runtime out of the master (and its kept outputs out
+    /// of the total).
+    fn take_runtime(&mut self, job: &str) -> Option<JobRuntime> {
+        let rt = self.jobs.remove(job)?;
+        self.recent_total -= rt.recent_bytes;
+        Some(rt)
+    }
+
     /// Drops a job's runtime, keeping its owner for authorization.
     fn forget_job(&mut self, job: &str) -> Option<JobRuntime> {
-        let rt = self.jobs.remove(job)?;
+        let rt = self.take_runtime(job)?;
         self.owners
             .insert(job.to_string(), rt.stored.record.owner.clone());
         Some(rt)
@@ -580,7 +599,11 @@ impl Master {
     ) {
         crate::counter_once!(m::SHARDS_COMMITTED).increment(1);
         if let Some(rt) = self.jobs.get_mut(job) {
-            rt.keep_output(rt.commit_log.len(), &rec.output);
+            // What the other streamed jobs leave of the total.
+            let others = self.recent_total - rt.recent_bytes;
+            let room = RECENT_OUTPUTS_TOTAL.saturating_sub(others);
+            rt.keep_output(rt.commit_log.len(), &rec.output, room);
+            self.recent_total = others + rt.recent_bytes;
             rt.logged(key, at);
         }
         let object = match &rec.output {
@@ -1377,12 +1400,27 @@ mod tests {
     }
 
     fn commit(rt: &mut JobRuntime, index: u32, output: OutputRef) {
-        rt.keep_output(rt.commit_log.len(), &output);
+        rt.keep_output(rt.commit_log.len(), &output, usize::MAX);
         let key = ShardKey {
             index,
             generation: 0,
         };
         rt.logged(key, "c1.1.0".into());
+    }
+
+    /// Issue 29, finding 6: streamed jobs' kept outputs are bounded
+    /// across jobs, not only per job: a job keeps what the others leave.
+    #[test]
+    fn a_streamed_job_keeps_outputs_in_the_room_the_others_leave() {
+        let mut rt = runtime(true);
+        for i in 0..10 {
+            rt.keep_output(i, &OutputRef::Inline(ByteBuf::from(vec![1; 100])), 250);
+            assert!(rt.recent_bytes <= 250, "{}", rt.recent_bytes);
+        }
+        assert_eq!(rt.recent.len(), 2, "the latest two fit");
+        assert!(rt.recent_output(9).is_some() && rt.recent_output(7).is_none());
+        rt.keep_output(10, &OutputRef::Inline(ByteBuf::from(vec![1; 100])), 0);
+        assert_eq!(rt.recent_bytes, 0, "no room: nothing kept");
     }
 
     #[test]
