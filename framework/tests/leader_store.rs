@@ -130,6 +130,40 @@ fn cancel_and_finish_racing_leave_one_outcome() {
         assert!(err.is_conflict(), "{err}");
         assert_eq!(status(&leader, "b").await, JobStatus::Done);
         assert_eq!(result(&leader, "b").await.unwrap().counters, done());
+
+        // Both at once, from the same record read, sent in either order:
+        // exactly one wins, and the job is as the winner left it.
+        let (mut cancels, mut finishes) = (0, 0);
+        for i in 0..20 {
+            let id = format!("r{i}");
+            let j = job(&leader, &id).await;
+            let cancel = leader.set_status(&j, JobStatus::Cancelled);
+            let finish = leader.finish(&j, vec![7], Vec::new(), done(), false);
+            let (cancelled, finished) = if i % 2 == 0 {
+                futures::join!(cancel, finish)
+            } else {
+                let (f, c) = futures::join!(finish, cancel);
+                (c, f)
+            };
+            match (cancelled, finished) {
+                (Ok(()), Err(e)) => {
+                    assert!(e.is_conflict(), "{e}");
+                    assert_eq!(status(&leader, &id).await, JobStatus::Cancelled);
+                    assert!(result(&leader, &id).await.is_none());
+                    cancels += 1;
+                }
+                (Err(e), Ok(_)) => {
+                    assert!(e.is_conflict(), "{e}");
+                    assert_eq!(status(&leader, &id).await, JobStatus::Done);
+                    finishes += 1;
+                }
+                (c, f) => panic!("{id}: cancel {c:?}, finish {:?}", f.map(|_| ())),
+            }
+        }
+        assert!(
+            cancels > 0 && finishes > 0,
+            "{cancels} cancels, {finishes} finishes won"
+        );
     });
 }
 
@@ -262,10 +296,14 @@ fn a_compact_jobs_create_may_be_its_end_until_it_is_sent() {
         assert!(late.unwrap().is_none(), "it went: no proposal is taken");
 
         // Another submission under a taken id is not this one's write,
-        // ended or not.
-        std::thread::sleep(Duration::from_millis(2));
+        // ended or not, even in the same millisecond: each admission has an
+        // incarnation of its own.
         for id in ["a", "b"] {
-            let other = leader.compact_job(id, record(), &tasks).unwrap();
+            let another = JobRecord {
+                incarnation: INC + 1,
+                ..record()
+            };
+            let other = leader.compact_job(id, another, &tasks).unwrap();
             let err = leader.create_compact(&other, None).await.unwrap_err();
             assert!(err.is_node_exists(), "{err}");
         }

@@ -997,7 +997,7 @@ fn streamed_outputs_arrive_once_each_across_a_failover() {
             ..Default::default()
         };
         let job = client
-            .submit::<Collect<Probe>>(sleepers(30, 150), opts)
+            .submit::<Collect<Probe>>(sleepers(30, 300), opts)
             .await
             .unwrap();
         let mut stream = job.stream();
@@ -1016,6 +1016,10 @@ fn streamed_outputs_arrive_once_each_across_a_failover() {
             .expect("another job is not held up by an unread stream")
             .unwrap();
         assert_eq!(done.len(), 4);
+        // The failover comes mid-job, as the test's name says.
+        let now = client.progress(job.id()).await.unwrap();
+        assert_eq!(now.state, ringleader::wire::JobState::Running, "{now:?}");
+        assert!(now.counters.tasks_done < 30, "{now:?}");
         c.kill9("m1");
         while let Some((_, partial)) = match stream.next().await {
             Ok(item) => item,
