@@ -510,6 +510,22 @@ impl Cluster {
             .expect("publish /master");
     }
 
+    /// Writes job `id`'s record into ZooKeeper as a master would, without
+    /// any master knowing of it: for tests of jobs durable in ZooKeeper
+    /// that the master serving did not write (a create whose answer was
+    /// lost).
+    pub async fn plant_job(&self, zk: &coord::ZkClient, id: &str, record: &coord::JobRecord) {
+        let layout = self.layout();
+        coord::ensure_path(zk, &layout.jobs(), layout.acl())
+            .await
+            .expect("the jobs' parent");
+        let path = layout.job(id);
+        let data = coord::encode_record(&path, record).expect("record");
+        zk.create(&path, &data, &layout.acl().persistent())
+            .await
+            .expect("the job's record");
+    }
+
     /// Waits until a master with an epoch other than `not` is published.
     pub async fn master(
         &self,

@@ -1310,3 +1310,65 @@ fn a_stream_that_races_a_collection_says_it_is_incomplete() {
         );
     });
 }
+
+/// A job durable and unfinished in ZooKeeper that the master does not run
+/// (the create an earlier submission attempt made, whose answer was lost,
+/// here written directly) runs once a resubmission finds it: the master
+/// schedules it then. It used to answer `existing` and leave it unrun
+/// until a failover (issue 29, finding 6: every job durable in ZooKeeper
+/// reaches a final state without one).
+#[test]
+fn a_durable_job_the_master_did_not_run_runs_when_it_is_resubmitted() {
+    use ringleader::coord::{submission_digest, JobRecord, JobStatus};
+    use ringleader::wire::JobOptions;
+    let mut c = Cluster::new(BIN);
+    c.node("m", &["--slots", "2"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let tasks = probes(2, &[]);
+        let encoded: Vec<serde_bytes::ByteBuf> = tasks
+            .iter()
+            .map(|t| serde_bytes::ByteBuf::from(ringleader::wire::encode("task", t).unwrap()))
+            .collect();
+        // As the client sends them: the master's choice of shard size.
+        let sent = JobOptions {
+            shard_size: 0,
+            max_attempts: 3,
+            shard_timeout_ms: None,
+            stream: false,
+        };
+        let record = JobRecord {
+            job_name: "probe".into(),
+            options: JobOptions {
+                shard_size: 1,
+                ..sent.clone()
+            },
+            tasks_total: 2,
+            batches: 0,
+            status: JobStatus::Accepted,
+            created_ms: 1,
+            fetched_ms: None,
+            digest: Some(submission_digest("probe", &sent, &encoded)),
+            owner: None,
+            inline: Some(encoded),
+            result: None,
+            incarnation: 42,
+        };
+        // Planted once the master has listed the jobs at its takeover.
+        c.master(&zk, None, Duration::from_secs(20)).await;
+        c.plant_job(&zk, "orphan", &record).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let opts = SubmitOptions {
+            job_id: Some("orphan".into()),
+            ..Default::default()
+        };
+        let job = client.submit::<Collect<Probe>>(tasks, opts).await.unwrap();
+        assert!(job.existed(), "the resubmission found the job");
+        match tokio::time::timeout(Duration::from_secs(30), job.result()).await {
+            Ok(Ok((out, _))) => assert_eq!(out, vec![(0, 0), (1, 2)]),
+            Ok(Err(e)) => panic!("{e}\n{}", c.logs()),
+            Err(_) => panic!("the job never ran\n{}", c.logs()),
+        }
+    });
+}

@@ -87,7 +87,14 @@ impl Master {
                 move |res: Result<(Frame, Option<String>), CoordError>, act, ctx| {
                     let (frame, cancelled) = match res {
                         Ok(r) => r,
-                        Err(e) => (error(e), None),
+                        // The job left this master before its cancel was
+                        // written: if it is still unfinished in ZooKeeper,
+                        // it is scheduled again (it must end without a
+                        // failover).
+                        Err(e) => {
+                            act.readopt(ctx, id.clone());
+                            (error(e), None)
+                        }
                     };
                     if matches!(frame, Frame::Ok) {
                         act.audit(Event::JobCancelled { job: id.clone() });

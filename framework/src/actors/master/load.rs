@@ -179,6 +179,48 @@ pub(super) async fn load(
 }
 
 impl Master {
+    /// A job that may be durable and unfinished in ZooKeeper while this
+    /// master does not run it (a cancel whose write failed; a create whose
+    /// answer was lost, found by a resubmission): read back and scheduled,
+    /// as a takeover would, so that it ends without waiting for a
+    /// failover. A read that fails is tried again a second later.
+    pub(super) fn readopt(&mut self, ctx: &mut Context<Self>, job_id: String) {
+        let known = self.jobs.contains_key(&job_id)
+            || self.loading.contains_key(&job_id)
+            || self.ledger.is_submitting(&job_id);
+        if known {
+            return;
+        }
+        let store = self.store.clone();
+        let registry = self.settings.registry.clone();
+        let id = job_id.clone();
+        let read = async move {
+            match store.read_job(&id).await? {
+                Some(job) if job.record.status == crate::coord::JobStatus::Accepted => {
+                    load(store, registry, job).await.map(Some)
+                }
+                _ => Ok(None),
+            }
+        };
+        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Some(loaded)) => {
+                let known = act.jobs.contains_key(&job_id)
+                    || act.loading.contains_key(&job_id)
+                    || act.ledger.is_submitting(&job_id);
+                if !known {
+                    tracing::info!(job = %job_id, "an unfinished job this master did not run is scheduled");
+                    act.add_loaded(ctx, job_id, loaded);
+                }
+            }
+            Ok(None) => {}
+            Err(e) if e.is_session_end() => act.fail(ctx, &e),
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, "cannot read back a job to schedule it; retrying");
+                ctx.run_later(Duration::from_secs(1), move |act, ctx| act.readopt(ctx, job_id));
+            }
+        }));
+    }
+
     /// Reads unfinished jobs back from ZooKeeper while serving, many at a
     /// time, and queues each as soon as it is read. A job cancelled while
     /// it loads is dropped when it arrives; one submitted again meanwhile

@@ -329,6 +329,15 @@ impl Master {
                     Ok(job) => break job,
                     Err(e) if e.is_node_exists() && tries < 2 => {
                         tracing::debug!(job = %h.job_id, error = %e, "a submission of a known id");
+                        // Its own create, applied before a connection loss
+                        // hid the answer: the record holds its incarnation.
+                        if let Some(j) = store.read_job(&h.job_id).await? {
+                            let ours = j.record.incarnation == record.incarnation
+                                && j.record.status == JobStatus::Accepted;
+                            if ours {
+                                break j;
+                            }
+                        }
                     }
                     Err(e) => return Err(e),
                 };
@@ -375,6 +384,12 @@ impl Master {
             }
             Written::Existing => {
                 self.ledger.abandoned(id);
+                // An earlier create of it whose answer was lost wrote it:
+                // it runs here, without waiting for a failover.
+                let ended_here = self.owners.contains_key(id) || self.retained.contains_key(id);
+                if !ended_here {
+                    self.readopt(ctx, id.to_string());
+                }
                 // Asked for again: its result stays another retention.
                 self.retention.touch(id, std::time::Instant::now());
                 (
