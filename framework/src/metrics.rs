@@ -108,6 +108,8 @@ pub const JOBS_CREATED_DONE: &str = "ringleader_jobs_created_done_total";
 /// Counter: jobs scheduled while their create waited whose create failed
 /// (their id taken, or ZooKeeper refused): discarded.
 pub const JOBS_DISCARDED: &str = "ringleader_jobs_discarded_total";
+/// Job records the collector read.
+pub const COLLECTOR_READS: &str = "ringleader_collector_reads_total";
 /// Counter: commit records the master wrote, each one znode holding the
 /// commits of one job that waited together.
 pub const COMMIT_RECORDS: &str = "ringleader_commit_records_total";
@@ -227,6 +229,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(FRAME_ERRORS, Kind::Counter, "", "frames", "master", "Frames refused as malformed or oversized."),
     metric(ZK_TRANSACTIONS, Kind::Counter, "", "transactions", "master", "Fenced ZooKeeper transactions sent by the master's group-commit writer; each carries the writes (commits, job creations, finishes, deletions) that waited together, so under load there are fewer than writes."),
     metric(JOBS_CREATED_DONE, Kind::Counter, "", "jobs", "master", "Jobs created already done: a work queue's job of one shard ran while its create waited, and its end was written in place of the create (one write instead of two)."),
+    metric(COLLECTOR_READS, Kind::Counter, "", "records", "master", "Job records the collector read from ZooKeeper: only those new to it (not the jobs the master runs, nor those it keeps in its caches of retained and unfetched jobs), so the rate stays flat however many jobs are queued or unfetched."),
     metric(JOBS_DISCARDED, Kind::Counter, "", "jobs", "master", "Jobs scheduled while their create waited whose create failed (their id was taken: a resubmission after a failover, or another client's id; or ZooKeeper refused): discarded, their task run, if it ran, for nothing."),
     metric(COMMIT_RECORDS, Kind::Counter, "", "records", "master", "Commit records written: each is one znode holding the outcomes of the shards of one job whose commits waited together, so under load there are fewer than shards committed."),
     metric(CLIENT_REQUESTS, Kind::Counter, "request", "requests", "master", "Client requests received, by kind (Submit, WatchJob, GetJob, GetStatus, FetchResult, Cancel)."),
@@ -425,6 +428,7 @@ fn register() {
         ZK_TRANSACTIONS,
         JOBS_CREATED_DONE,
         JOBS_DISCARDED,
+        COLLECTOR_READS,
         COMMIT_RECORDS,
     ] {
         metrics::counter!(c).absolute(0);

@@ -1372,3 +1372,89 @@ fn a_durable_job_the_master_did_not_run_runs_when_it_is_resubmitted() {
         }
     });
 }
+
+/// The collector's ZooKeeper reads do not grow with the jobs a master runs
+/// or keeps: with 300 jobs queued and 20 done and unfetched, passes read
+/// only a record they cannot know (a half-written job planted behind the
+/// master's back, read once and collected, which shows the passes run).
+/// They used to read every running and every unfetched job every second
+/// (issue 29, finding 6).
+#[test]
+fn the_collectors_reads_do_not_grow_with_queued_or_unfetched_jobs() {
+    use ringleader::coord::{JobRecord, JobStatus};
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    let mut c = Cluster::new(BIN);
+    c.node("m", &["--role", "candidate", "--metrics-addr", &metrics]);
+    c.node("w", &["--role", "worker", "--slots", "2"]);
+    let reads = || {
+        let (_, scrape) = ringleader::prom::http_get(&metrics, "/metrics").unwrap();
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix("ringleader_collector_reads_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the collector's reads are counted")
+    };
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        // Done, never fetched (fire and forget).
+        let mut done = Vec::new();
+        for value in 0..20 {
+            let job = client
+                .submit::<Collect<Probe>>(probes(1, &[]), SubmitOptions::default())
+                .await
+                .unwrap();
+            done.push((value, job));
+        }
+        for (_, job) in &done {
+            client.wait(job.id(), |_| {}).await.unwrap();
+        }
+        // Queued: the worker leaves, nobody runs them.
+        c.signal("w", "TERM");
+        c.wait_exit("w", Duration::from_secs(20));
+        for _ in 0..300 {
+            client
+                .submit::<Collect<Probe>>(probes(1, &[]), SubmitOptions::default())
+                .await
+                .unwrap();
+        }
+        let unknown = JobRecord {
+            job_name: "probe".into(),
+            options: ringleader::wire::JobOptions {
+                shard_size: 1,
+                max_attempts: 3,
+                shard_timeout_ms: None,
+                stream: false,
+            },
+            tasks_total: 1,
+            batches: 0,
+            status: JobStatus::Writing,
+            created_ms: 1,
+            fetched_ms: None,
+            digest: None,
+            owner: None,
+            inline: Some(Vec::new()),
+            result: None,
+            incarnation: 9,
+        };
+        // Two passes to settle, then a planted record, collected, and two
+        // passes more.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let before = reads();
+        c.plant_job(&zk, "unknown", &unknown).await;
+        let path = c.layout().job("unknown");
+        eventually(
+            Duration::from_secs(10),
+            "the planted record collected",
+            || async { zk.check_stat(&path).await.is_ok_and(|s| s.is_none()) },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        let read = reads() - before;
+        assert!(
+            (1.0..=8.0).contains(&read),
+            "{read} records read in three passes or more with 320 jobs held"
+        );
+    });
+}

@@ -92,6 +92,8 @@ impl Master {
                         // it is scheduled again (it must end without a
                         // failover).
                         Err(e) => {
+                            // Not cancelled by this master after all.
+                            act.owners.remove(&id);
                             act.readopt(ctx, id.clone());
                             (error(e), None)
                         }

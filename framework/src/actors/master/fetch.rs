@@ -12,7 +12,7 @@ use crate::wire::{Frame, JobOutcome};
 
 impl Master {
     pub(super) fn fetch(
-        &self,
+        &mut self,
         job_id: String,
         peer: crate::transport::PeerId,
     ) -> ResponseActFuture<Self, Frame> {
@@ -22,6 +22,8 @@ impl Master {
         if self.jobs.contains_key(&job_id) {
             return Box::pin(fut::ready(error(format!("job {job_id} is still running"))));
         }
+        // Its fetch marks it: the collector reads it again.
+        self.unfetched.remove(&job_id);
         let store = self.store.clone();
         answer(
             self,

@@ -183,12 +183,11 @@ impl Master {
     /// master does not run it (a cancel whose write failed; a create whose
     /// answer was lost, found by a resubmission): read back and scheduled,
     /// as a takeover would, so that it ends without waiting for a
-    /// failover. A read that fails is tried again a second later.
+    /// failover. A read that fails is tried again a second later. A job
+    /// this master ended or cancelled (its owner kept) is not: its end
+    /// may be in flight.
     pub(super) fn readopt(&mut self, ctx: &mut Context<Self>, job_id: String) {
-        let known = self.jobs.contains_key(&job_id)
-            || self.loading.contains_key(&job_id)
-            || self.ledger.is_submitting(&job_id);
-        if known {
+        if self.holds(&job_id) {
             return;
         }
         let store = self.store.clone();
@@ -204,10 +203,7 @@ impl Master {
         };
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| match res {
             Ok(Some(loaded)) => {
-                let known = act.jobs.contains_key(&job_id)
-                    || act.loading.contains_key(&job_id)
-                    || act.ledger.is_submitting(&job_id);
-                if !known {
+                if !act.holds(&job_id) {
                     tracing::info!(job = %job_id, "an unfinished job this master did not run is scheduled");
                     act.add_loaded(ctx, job_id, loaded);
                 }
@@ -219,6 +215,15 @@ impl Master {
                 ctx.run_later(Duration::from_secs(1), move |act, ctx| act.readopt(ctx, job_id));
             }
         }));
+    }
+
+    /// Whether this master holds the job: runs, loads, submits it, or
+    /// ended or cancelled it (its end or cancel may be in flight).
+    fn holds(&self, job_id: &str) -> bool {
+        self.jobs.contains_key(job_id)
+            || self.loading.contains_key(job_id)
+            || self.ledger.is_submitting(job_id)
+            || self.owners.contains_key(job_id)
     }
 
     /// Reads unfinished jobs back from ZooKeeper while serving, many at a

@@ -219,6 +219,10 @@ pub(crate) struct Master {
     /// Records of retained jobs (done and fetched, or cancelled: they
     /// change no more), read once by the collector.
     retained: HashMap<String, StoredJob>,
+    /// Records of done jobs not fetched yet (they change only by a fetch
+    /// here, which drops them from this cache), read once by the
+    /// collector.
+    unfetched: HashMap<String, StoredJob>,
     /// Disconnected from ZooKeeper: no new assignments until reconnected
     /// (we may not be master any more; expiry will tell).
     paused: bool,
@@ -286,6 +290,7 @@ impl Master {
             may_orphan: HashSet::new(),
             owners: HashMap::new(),
             retained: HashMap::new(),
+            unfetched: HashMap::new(),
             paused: false,
             wake_at: None,
             watchers: watching::Watchers::default(),
@@ -919,15 +924,17 @@ impl Master {
         let stops = self.sched.remove_job(job);
         self.apply(stops, ctx);
         metrics::gauge!(m::JOBS_RUNNING).set(self.jobs.len() as f64);
-        if fetched {
-            // It changes no more: the collector need not read it.
-            let kept = StoredJob {
-                id: job.to_string(),
-                record: record.without_payload(),
-                version,
-            };
-            self.retained.insert(job.to_string(), kept);
-        }
+        // The collector need not read it: it changes no more (fetched), or
+        // only by a fetch here (which drops it from the cache).
+        let kept = StoredJob {
+            id: job.to_string(),
+            record: record.without_payload(),
+            version,
+        };
+        match fetched {
+            true => self.retained.insert(job.to_string(), kept),
+            false => self.unfetched.insert(job.to_string(), kept),
+        };
         let done = JobProgress {
             job_id: job.to_string(),
             job_name,
@@ -971,97 +978,124 @@ impl Master {
     /// One pass of the collector: list the jobs, let [`Retention`] choose
     /// (here, on the actor, so that no submission of the same id can start
     /// meanwhile: [`submit`] refuses ids being collected), then delete.
-    /// Records of retained jobs (which change no more) are read once and
-    /// kept: a pass costs one listing plus the reads of jobs new to it.
+    /// A pass reads only the records it does not know: not the jobs this
+    /// master runs or is loading (running, never due), not those of the
+    /// retained cache (they change no more) nor of the unfetched one (they
+    /// change only by a fetch here, which drops them from it). A pass
+    /// costs one listing plus the reads of jobs new to it, however many
+    /// jobs are queued or wait to be fetched.
     fn collect_garbage(&mut self, ctx: &mut Context<Self>) {
         if self.gc_running {
             return;
         }
         self.gc_running = true;
         let store = self.store.clone();
-        let mut retained = std::mem::take(&mut self.retained);
-        let listed = async move {
-            let ids = store.list_job_ids().await;
-            let ids = match ids {
+        let list = async move { store.list_job_ids().await };
+        ctx.spawn(list.into_actor(self).map(|res, act, ctx| {
+            let ids = match res {
                 Ok(ids) => ids,
-                Err(e) => return (Err(e), retained),
+                Err(e) => return act.collector_failed(ctx, &e),
             };
             let present: HashSet<&String> = ids.iter().collect();
-            retained.retain(|id, _| present.contains(id));
+            act.retained.retain(|id, _| present.contains(id));
+            act.unfetched.retain(|id, _| present.contains(id));
             let unknown: Vec<String> = ids
                 .iter()
-                .filter(|id| !retained.contains_key(*id))
+                .filter(|id| {
+                    !act.jobs.contains_key(*id)
+                        && !act.loading.contains_key(*id)
+                        && !act.retained.contains_key(*id)
+                        && !act.unfetched.contains_key(*id)
+                })
                 .cloned()
                 .collect();
-            let mut fresh = match store.read_jobs(&unknown).await {
-                Ok(jobs) => jobs,
-                Err(e) => return (Err(e), retained),
-            };
-            fresh.retain(|j| {
-                if j.record.stored() == Stored::Retained {
-                    retained.insert(j.id.clone(), j.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-            (Ok(fresh), retained)
-        };
-        ctx.spawn(listed.into_actor(self).map(|(res, retained), act, ctx| {
-            // Jobs that ended marked fetched during the pass joined the
-            // cache as written: they stay.
-            let ended = std::mem::replace(&mut act.retained, retained);
-            act.retained.extend(ended);
-            // `fresh`: the jobs read this pass that are not retained.
-            let mut fresh = match res {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    act.gc_running = false;
-                    if e.is_session_end() {
-                        return act.fail(ctx, &e);
-                    }
-                    return tracing::warn!(error = %e, "garbage collection failed");
-                }
-            };
-            let listed = pass_listing(&mut fresh, &act.retained);
-            let due: HashSet<String> = act
-                .retention
-                .due(&listed, &act.ledger, std::time::Instant::now())
-                .into_iter()
-                .collect();
-            let victims = pass_victims(fresh, &mut act.retained, &due);
-            if victims.is_empty() {
-                act.gc_running = false;
-                return;
-            }
-            act.collecting = due;
+            metrics::counter!(m::COLLECTOR_READS).increment(unknown.len() as u64);
             let store = act.store.clone();
-            let sweep: Vec<String> = victims
-                .iter()
-                .filter(|j| act.may_orphan.contains(&j.id))
-                .map(|j| j.id.clone())
-                .collect();
-            let collect = async move {
-                store
-                    .collect(&victims, &sweep)
-                    .await
-                    .map(|()| victims.len())
-            };
-            ctx.spawn(collect.into_actor(act).map(move |res, act, ctx| {
-                act.gc_running = false;
-                let collected = std::mem::take(&mut act.collecting);
-                match res {
-                    Err(e) if e.is_session_end() => act.fail(ctx, &e),
-                    Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
-                    Ok(n) => {
-                        tracing::debug!(jobs = n, "removed collected jobs from ZooKeeper");
-                        for id in &collected {
-                            act.may_orphan.remove(id);
-                            act.owners.remove(id);
-                        }
+            let read = async move { store.read_jobs(&unknown).await };
+            ctx.spawn(read.into_actor(act).map(|res, act, ctx| match res {
+                Ok(fresh) => act.collect_pass(ctx, fresh),
+                Err(e) => act.collector_failed(ctx, &e),
+            }));
+        }));
+    }
+
+    /// A collector pass that failed: logged, or the master steps down.
+    fn collector_failed(&mut self, ctx: &mut Context<Self>, e: &CoordError) {
+        self.gc_running = false;
+        if e.is_session_end() {
+            return self.fail(ctx, e);
+        }
+        tracing::warn!(error = %e, "garbage collection failed");
+    }
+
+    /// The rest of a collector pass, with the records it read (`fresh`):
+    /// each cached by what it is, then those due deleted.
+    fn collect_pass(&mut self, ctx: &mut Context<Self>, fresh: Vec<StoredJob>) {
+        let mut others = Vec::new();
+        for j in fresh {
+            // Known here since they were read (ended, or just submitted):
+            // what this master holds of them is newer.
+            let newer = self.jobs.contains_key(&j.id)
+                || self.retained.contains_key(&j.id)
+                || self.unfetched.contains_key(&j.id);
+            if newer {
+                continue;
+            }
+            match j.record.stored() {
+                Stored::Retained => {
+                    self.retained.insert(j.id.clone(), j);
+                }
+                Stored::Unfetched => {
+                    self.unfetched.insert(j.id.clone(), j);
+                }
+                // Unfinished, and not run here: scheduled (every job
+                // durable in ZooKeeper ends without a failover).
+                Stored::Running => {
+                    self.readopt(ctx, j.id.clone());
+                    others.push(j);
+                }
+                Stored::Writing => others.push(j),
+            }
+        }
+        let mut fresh = others;
+        let listed = pass_listing(&mut fresh, &self.retained);
+        let due: HashSet<String> = self
+            .retention
+            .due(&listed, &self.ledger, std::time::Instant::now())
+            .into_iter()
+            .collect();
+        let victims = pass_victims(fresh, &mut self.retained, &due);
+        if victims.is_empty() {
+            self.gc_running = false;
+            return;
+        }
+        self.collecting = due;
+        let store = self.store.clone();
+        let sweep: Vec<String> = victims
+            .iter()
+            .filter(|j| self.may_orphan.contains(&j.id))
+            .map(|j| j.id.clone())
+            .collect();
+        let collect = async move {
+            store
+                .collect(&victims, &sweep)
+                .await
+                .map(|()| victims.len())
+        };
+        ctx.spawn(collect.into_actor(self).map(move |res, act, ctx| {
+            act.gc_running = false;
+            let collected = std::mem::take(&mut act.collecting);
+            match res {
+                Err(e) if e.is_session_end() => act.fail(ctx, &e),
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+                Ok(n) => {
+                    tracing::debug!(jobs = n, "removed collected jobs from ZooKeeper");
+                    for id in &collected {
+                        act.may_orphan.remove(id);
+                        act.owners.remove(id);
                     }
                 }
-            }));
+            }
         }));
     }
 

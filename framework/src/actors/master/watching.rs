@@ -256,6 +256,8 @@ impl Master {
         if fetching.is_empty() {
             return;
         }
+        // Its fetch marks it: the collector reads it again.
+        self.unfetched.remove(job_id);
         let store = self.store.clone();
         let id = job_id.to_string();
         // Its watchers were checked against its owner.
