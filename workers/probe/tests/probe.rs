@@ -1458,3 +1458,69 @@ fn the_collectors_reads_do_not_grow_with_queued_or_unfetched_jobs() {
         );
     });
 }
+
+/// The figure for issue 29, finding 6 (not part of the suite: `cargo test
+/// -p probe --test probe -- --ignored collector_load --nocapture`): with
+/// 100,000 one-task jobs queued on a master without workers, the
+/// requests ZooKeeper receives per second (its `mntr` packet count, which
+/// any version shows) and the collector's reads (this version's metric).
+#[test]
+#[ignore]
+fn collector_load_at_100000_queued_jobs() {
+    use futures::StreamExt;
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    let mut c = Cluster::new(BIN);
+    c.node(
+        "m",
+        &[
+            "--role",
+            "candidate",
+            "--metrics-addr",
+            &metrics,
+            "--max-queued-bytes",
+            "1000000000",
+        ],
+    );
+    let packets = |c: &Cluster| {
+        let addr: std::net::SocketAddr = c.servers[0].connect_string().parse().unwrap();
+        let mntr = ringleader::zkserver::four_letter_at(addr, "mntr").unwrap();
+        mntr.lines()
+            .find_map(|l| l.strip_prefix("zk_packets_received"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let started = std::time::Instant::now();
+        futures::stream::iter(0..100_000)
+            .map(|_| client.submit::<Collect<Probe>>(probes(1, &[]), SubmitOptions::default()))
+            .buffer_unordered(64)
+            .for_each(|r| async move {
+                r.unwrap();
+            })
+            .await;
+        println!("100,000 jobs queued in {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (p0, t0) = (packets(&c), std::time::Instant::now());
+        let reads = || {
+            let (_, scrape) = ringleader::prom::http_get(&metrics, "/metrics").unwrap();
+            scrape
+                .lines()
+                .find_map(|l| l.strip_prefix("ringleader_collector_reads_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        let r0 = reads();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let secs = t0.elapsed().as_secs_f64();
+        let p = (packets(&c) - p0) as f64 / secs;
+        let r = match (r0, reads()) {
+            (Some(a), Some(b)) => format!("{:.1}", (b - a) / secs),
+            _ => "not counted by this version".into(),
+        };
+        println!(
+            "with 100,000 jobs queued: ZooKeeper packets received {p:.0}/s; collector reads {r}/s"
+        );
+    });
+}
