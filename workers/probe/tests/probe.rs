@@ -778,10 +778,15 @@ fn every_fetched_job_is_collected_even_under_load() {
                 "ringleader_zk_op_duration_seconds_count{{op=\"{op}\"}} "
             ))
         };
-        // One at a time, a job's run mostly comes back while its create
-        // is held for it: created done, and marked fetched in that write.
+        // One at a time, a job's run often comes back while its create is
+        // held for it: created done, and marked fetched in that write (29
+        // and 30 of 50 here, with a build loading both cores; a fifth is
+        // asked, which a broken hold would not reach).
         let one_at_a_time = value("ringleader_jobs_created_done_total ") - created_done;
-        assert!(one_at_a_time >= 1.0, "none of 50 created done: {scrape}");
+        assert!(
+            one_at_a_time >= 10.0,
+            "{one_at_a_time} of 50 created done: {scrape}"
+        );
         assert_eq!(
             op("finish") + created_done + one_at_a_time,
             350.0,
