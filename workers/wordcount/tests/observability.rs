@@ -199,10 +199,10 @@ fn prometheus_scrapes_every_role_and_every_panel_has_data() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // A second job while Prometheus watches, then a few more scrapes so rates have two points.
+    // A second job while Prometheus watches; below, the panels are asked
+    // until every one has data (rates need two scrapes after it).
     let o = c.cli("submit", &["--split-mib", "1", corpus.to_str().unwrap()]);
     assert!(o.status.success());
-    std::thread::sleep(Duration::from_secs(4));
 
     // The dashboard's structure.
     let dash: serde_json::Value = serde_json::from_str(
@@ -220,31 +220,42 @@ fn prometheus_scrapes_every_role_and_every_panel_has_data() {
         .filter(|p| p["type"] != "row")
         .collect();
     assert!(panels.len() >= 20, "{} panels", panels.len());
-    let mut failures = Vec::new();
-    let mut all_exprs = String::new();
-    for p in &panels {
-        assert_eq!(
-            p["datasource"]["uid"], "${datasource}",
-            "panel {}",
-            p["title"]
-        );
-        let targets = p["targets"].as_array().unwrap();
-        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
-        for t in targets {
-            let expr = t["expr"]
-                .as_str()
-                .unwrap()
-                .replace("$__rate_interval", "10s");
-            all_exprs.push_str(&expr);
-            all_exprs.push('\n');
-            let v = query(&prom, &expr);
-            if v["status"] != "success"
-                || v["data"]["result"].as_array().is_none_or(|r| r.is_empty())
-            {
-                failures.push(format!("{}: {expr} -> {v}", p["title"]));
+    let panel_failures = || {
+        let mut failures = Vec::new();
+        let mut all_exprs = String::new();
+        for p in &panels {
+            assert_eq!(
+                p["datasource"]["uid"], "${datasource}",
+                "panel {}",
+                p["title"]
+            );
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+            for t in targets {
+                let expr = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "10s");
+                all_exprs.push_str(&expr);
+                all_exprs.push('\n');
+                let v = query(&prom, &expr);
+                if v["status"] != "success"
+                    || v["data"]["result"].as_array().is_none_or(|r| r.is_empty())
+                {
+                    failures.push(format!("{}: {expr} -> {v}", p["title"]));
+                }
             }
         }
-    }
+        (failures, all_exprs)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (failures, all_exprs) = loop {
+        let (failures, all_exprs) = panel_failures();
+        if failures.is_empty() || Instant::now() >= deadline {
+            break (failures, all_exprs);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     assert!(
         failures.is_empty(),
         "panels without data:\n{}",
@@ -267,9 +278,19 @@ fn prometheus_scrapes_every_role_and_every_panel_has_data() {
     }
     assert!(missing.is_empty(), "metrics without series: {missing:?}");
 
-    // Alert rules are loaded and none fires on a healthy cluster.
-    let (_, body) = http_get(&prom, "/api/v1/rules").unwrap();
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // Alert rules are loaded, evaluated (asked until they are), and none
+    // fires on a healthy cluster.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let (_, body) = http_get(&prom, "/api/v1/rules").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let rules = v["data"]["groups"][0]["rules"].as_array();
+        let evaluated = rules.is_some_and(|r| r.iter().all(|r| r["health"] == "ok"));
+        if evaluated || Instant::now() >= deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     let loaded: Vec<&serde_json::Value> = v["data"]["groups"][0]["rules"]
         .as_array()
         .unwrap()
