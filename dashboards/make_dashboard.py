@@ -59,6 +59,7 @@ ROWS = [
         ("Session expirations", f"sum(increase(ringleader_zk_session_expirations_total[{RATE}]))", "timeseries"),
         ("Jobs created already done (one write) per second", f"sum(rate(ringleader_jobs_created_done_total[{RATE}]))", "timeseries"),
         ("Jobs discarded (their create failed) per second", f"sum(rate(ringleader_jobs_discarded_total[{RATE}]))", "timeseries"),
+        ("Job records the collector read per second (flat, however many jobs are held)", f"sum(rate(ringleader_collector_reads_total[{RATE}]))", "timeseries"),
         ("Write latency p99 by operation", f"histogram_quantile(0.99, sum by (le, op) (rate(ringleader_zk_op_duration_seconds_bucket[{RATE}])))", "timeseries"),
         ("Errors by operation", f"sum by (op) (rate(ringleader_zk_errors_total[{RATE}]))", "timeseries"),
     ]),
