@@ -34,6 +34,10 @@ pub enum Event {
         shard: String,
         /// The attempt committed.
         attempt: u32,
+        /// The job's incarnation (0 in lines of older versions): two jobs
+        /// of one id commit the same shards.
+        #[serde(default)]
+        incarnation: u64,
     },
     /// A committed output could not be merged: its tasks are failed.
     MergeFailed {
@@ -254,6 +258,7 @@ mod tests {
             job: "j".into(),
             shard: "0-1".into(),
             attempt: 2,
+            incarnation: 7,
         };
         audit.record(3, event.clone());
         audit.record(3, Event::Elected);

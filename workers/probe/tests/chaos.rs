@@ -20,6 +20,13 @@
 //! final state (see `check_history`). Faults include a ZooKeeper reply lost
 //! after its request was forwarded: a write whose outcome is unknown.
 //!
+//! Beside each round's fault, a second stream drawn from the seed picks
+//! what a client does to a job id while the fault runs ([`Reuse`]): cancel
+//! a running job and, once it is gone, submit other tasks under its id; or
+//! read a job's result (which collects it: the nodes keep none) and submit
+//! other tasks under its id. The new tasks' result must be theirs, exactly:
+//! nothing of the earlier incarnation may be taken for them.
+//!
 //! Short run (part of the suite): `cargo test -p probe --test chaos`.
 //! Soak: `CHAOS_SEEDS=1,2,3 CHAOS_ROUNDS=70 cargo test -p probe --test chaos -- --ignored --nocapture`.
 
@@ -102,8 +109,172 @@ fn schedule(seed: u64, rounds: usize) -> Vec<Step> {
         .collect()
 }
 
+/// What a client does to a job id beside a round's fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    /// Nothing.
+    None,
+    /// Submits slow tasks, cancels them after `after`, waits until the id
+    /// is gone, and submits other tasks under it.
+    Cancel { after: Duration },
+    /// Submits tasks, reads their result (which collects the job), waits
+    /// until the id is gone, and submits other tasks under it.
+    Collected,
+}
+
+/// The client's actions: their own stream of the seed, so that a seed's
+/// faults stay what they were before these existed.
+fn reuses(seed: u64, rounds: usize) -> Vec<Reuse> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f1d_2e05_e000);
+    (0..rounds)
+        .map(|_| match rng.gen_range(0..4) {
+            0 => Reuse::Cancel {
+                after: Duration::from_millis(rng.gen_range(0..1500)),
+            },
+            1 => Reuse::Collected,
+            _ => Reuse::None,
+        })
+        .collect()
+}
+
+/// Tasks of the first (`second == false`) or second job under round
+/// `round`'s reused id: values of their own, apart from every round job's.
+fn reuse_tasks(round: usize, second: bool, slow: bool) -> Vec<Probe> {
+    let base: u64 = if second { 1 << 51 } else { 1 << 50 };
+    (0..6)
+        .map(|k| Probe {
+            value: base + (round * 100 + k) as u64,
+            behaviour: if slow {
+                Behaviour::Sleep(400)
+            } else {
+                Behaviour::Ok
+            },
+        })
+        .collect()
+}
+
+fn reuse_options(id: &str) -> SubmitOptions {
+    SubmitOptions {
+        job_id: Some(id.to_string()),
+        shard_size: Some(1),
+        max_attempts: Some(5),
+        ..Default::default()
+    }
+}
+
+/// The expected result of `tasks`.
+fn expected(tasks: &[Probe]) -> Vec<(u64, u64)> {
+    tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i as u64, t.value * 2))
+        .collect()
+}
+
+/// Whether the master says it has no job `id` (the error's text: the
+/// client's errors are not typed kinds yet).
+fn says_no_job(e: &ringleader::ClientError) -> bool {
+    e.to_string().starts_with("no job ")
+}
+
+/// Waits (at most 60 s) until job `id` is gone, reading its result if it
+/// ended (which collects it). Whether it was seen gone.
+async fn until_gone(client: &Client, id: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match client.progress(id).await {
+            Err(e) if says_no_job(&e) => return true,
+            Ok(p) if p.state.is_final() => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.job::<Collect<Probe>>(id.to_string()).result(),
+                )
+                .await;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    false
+}
+
+/// What became of a reused id, for the checker.
+#[derive(Debug, Clone)]
+struct Reused {
+    id: String,
+    round: usize,
+    kind: Reuse,
+    /// Whether the first job was acknowledged.
+    first: bool,
+    /// For [`Reuse::Collected`]: the first job's result as read, if read.
+    first_read: Option<Vec<(u64, u64)>>,
+    /// Whether the id was seen gone before the second submission.
+    gone: bool,
+    /// The second submission: not made (`None`), or its outcome and
+    /// whether the client was told the id already existed.
+    second: Option<(Outcome, bool)>,
+}
+
+/// Round `round`'s client action, run beside its fault.
+async fn reuse(client: Client, seed: u64, round: usize, kind: Reuse) -> Option<Reused> {
+    if kind == Reuse::None {
+        return None;
+    }
+    let id = format!("chaos-{seed}-{round}-reused");
+    let slow = matches!(kind, Reuse::Cancel { .. });
+    let mut out = Reused {
+        id: id.clone(),
+        round,
+        kind,
+        first: false,
+        first_read: None,
+        gone: false,
+        second: None,
+    };
+    let first = client
+        .submit::<Collect<Probe>>(reuse_tasks(round, false, slow), reuse_options(&id))
+        .await;
+    out.first = first.is_ok();
+    match kind {
+        Reuse::Cancel { after } => {
+            tokio::time::sleep(after).await;
+            // Until the cancel is answered, either way.
+            for _ in 0..20 {
+                match client.cancel(&id).await {
+                    Ok(()) => break,
+                    Err(e) if says_no_job(&e) => break,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+                }
+            }
+        }
+        Reuse::Collected => {
+            let job = client.job::<Collect<Probe>>(id.clone());
+            if let Ok(Ok((r, _))) =
+                tokio::time::timeout(Duration::from_secs(60), job.result()).await
+            {
+                out.first_read = Some(r);
+            }
+        }
+        Reuse::None => unreachable!(),
+    }
+    out.gone = until_gone(&client, &id).await;
+    if out.gone {
+        let second = client
+            .submit::<Collect<Probe>>(reuse_tasks(round, true, false), reuse_options(&id))
+            .await;
+        out.second = Some(match second {
+            Ok(h) => (Outcome::Ok, h.existed()),
+            Err(e) => (Outcome::Unknown(e.to_string()), false),
+        });
+    }
+    Some(out)
+}
+
 struct Report {
     seed: u64,
+    rounds: usize,
+    /// Ids reused: after a cancel; after a collection.
+    reused_after_cancel: usize,
+    reused_after_collection: usize,
     faults: BTreeMap<Fault, usize>,
     jobs_acknowledged: usize,
     jobs_exact: usize,
@@ -203,6 +374,7 @@ fn job_options(big: bool) -> SubmitOptions {
 
 fn chaos(seed: u64, rounds: usize) -> Report {
     let steps = schedule(seed, rounds);
+    let actions = reuses(seed, rounds);
     eprintln!(
         "chaos seed {seed}: {} rounds: {:?}",
         steps.len(),
@@ -254,6 +426,7 @@ fn chaos(seed: u64, rounds: usize) -> Report {
     }
     let mut faults = BTreeMap::new();
     let mut history: Vec<Op> = Vec::new();
+    let mut reused: Vec<Reused> = Vec::new();
     let mut longest_gap = Duration::ZERO;
     let mut pids = Vec::new();
     let runtime = rt();
@@ -303,6 +476,8 @@ fn chaos(seed: u64, rounds: usize) -> Report {
                 }
             };
             history.push(Op::Submit { id, round, big, outcome });
+            // The client's action on a reused id runs beside the fault.
+            let action = tokio::spawn(reuse(client.clone(), seed, round, actions[round]));
             *faults.entry(step.fault).or_insert(0) += 1;
             let node = step.target % NODES;
             let nid = format!("n{node}");
@@ -389,13 +564,17 @@ fn chaos(seed: u64, rounds: usize) -> Report {
                 }
                 assert!(Instant::now() < settle, "seed {seed} round {round}: no master 30 s after {:?}\n{}", step.fault, c.logs());
             }
+            // Bounded: each of its waits is.
+            if let Some(r) = action.await.map_err(|e| format!("round {round}'s reuse: {e}"))? {
+                reused.push(r);
+            }
         }
         for n in &c.nodes {
             if let Some(ch) = &n.child {
                 pids.push(ch.id());
             }
         }
-        let checked = check_history(&c, &client, &zk, &history, seed).await?;
+        let checked = check_history(&c, &client, &zk, &history, &reused, seed).await?;
         // What the jobs put in the store goes with them.
         let store = c.s3.as_ref().expect("the chaos store").options(None);
         let opts: Vec<(&str, &str)> = store.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -420,8 +599,8 @@ fn chaos(seed: u64, rounds: usize) -> Report {
         // Every master's audit log: each shard committed once, ever.
         let mut commits: HashMap<String, usize> = HashMap::new();
         for entry in c.audit() {
-            if let ringleader::audit::Event::ShardCommitted { job, shard, .. } = entry.event {
-                *commits.entry(format!("{job} {shard}")).or_insert(0) += 1;
+            if let ringleader::audit::Event::ShardCommitted { job, shard, incarnation, .. } = entry.event {
+                *commits.entry(format!("{job} {incarnation:x} {shard}")).or_insert(0) += 1;
             }
         }
         let duplicate_commits = commits.values().filter(|&&n| n > 1).count();
@@ -432,6 +611,9 @@ fn chaos(seed: u64, rounds: usize) -> Report {
         }
         Report {
             seed,
+            rounds,
+            reused_after_cancel: checked.reused_after_cancel,
+            reused_after_collection: checked.reused_after_collection,
             faults,
             jobs_acknowledged: history.iter().filter(|op| matches!(op, Op::Submit { outcome: Outcome::Ok, .. })).count(),
             jobs_exact: checked.exact,
@@ -474,6 +656,9 @@ enum Outcome {
 
 /// What the checker found.
 struct Checked {
+    /// Reused ids whose second job was acknowledged and read exact.
+    reused_after_cancel: usize,
+    reused_after_collection: usize,
     exact: usize,
     unknown_found: usize,
     unknown_absent: usize,
@@ -491,9 +676,12 @@ async fn check_history(
     client: &Client,
     zk: &ringleader::coord::ZkClient,
     history: &[Op],
+    reused: &[Reused],
     seed: u64,
 ) -> Result<Checked, String> {
     let mut checked = Checked {
+        reused_after_cancel: 0,
+        reused_after_collection: 0,
         exact: 0,
         unknown_found: 0,
         unknown_absent: 0,
@@ -561,6 +749,87 @@ async fn check_history(
             }
         }
     }
+    for r in reused {
+        let id = &r.id;
+        let first = expected(&reuse_tasks(r.round, false, false));
+        let second = expected(&reuse_tasks(r.round, true, false));
+        if let Some(read) = &r.first_read {
+            if *read != first {
+                return Err(format!(
+                    "seed {seed}: {id}'s first job read {} results, not its own {}",
+                    read.len(),
+                    first.len()
+                ));
+            }
+        }
+        if !r.gone {
+            return Err(format!(
+                "seed {seed}: {id} ({:?}) was not gone 60 s after its first job ended\n{}",
+                r.kind,
+                c.logs()
+            ));
+        }
+        let Some((outcome, existed)) = &r.second else {
+            continue;
+        };
+        if *existed && r.first {
+            return Err(format!(
+                "seed {seed}: {id}'s acknowledged first job was seen gone, then a second \
+                 submission found it"
+            ));
+        }
+        let job = client.job::<Collect<Probe>>(id.clone());
+        let read = tokio::time::timeout(Duration::from_secs(120), job.result())
+            .await
+            .map_err(|_| {
+                format!(
+                    "seed {seed}: reused {id} did not finish in 120 s\n{}",
+                    c.logs()
+                )
+            })?;
+        match (outcome, read) {
+            (Outcome::Ok, Ok((results, report))) => {
+                let theirs = results == second
+                    && report.progress.state == ringleader::wire::JobState::Done
+                    && report.progress.counters.tasks_failed == 0;
+                // A first job whose submission was unknown may be found.
+                let found_first = *existed && results == first;
+                if !theirs && !found_first {
+                    let kind = if results
+                        .iter()
+                        .any(|(_, v)| first.iter().any(|(_, f)| f == v))
+                    {
+                        "the first job's outputs"
+                    } else {
+                        "not exact"
+                    };
+                    return Err(format!(
+                        "seed {seed}: {id} reused after {:?}: {kind}: {results:?}, report {report:?}",
+                        r.kind
+                    ));
+                }
+                if theirs {
+                    match r.kind {
+                        Reuse::Cancel { .. } => checked.reused_after_cancel += 1,
+                        _ => checked.reused_after_collection += 1,
+                    }
+                    for (_, v) in &results {
+                        *values.entry(*v).or_default() += 1;
+                    }
+                }
+            }
+            (Outcome::Ok, Err(e)) => {
+                return Err(format!("seed {seed}: reused {id}'s acknowledged job: {e}"))
+            }
+            (Outcome::Unknown(_), Err(e)) if says_no_job(&e) => {}
+            (Outcome::Unknown(_), Ok((results, _))) if results == second => {}
+            (Outcome::Unknown(why), other) => {
+                return Err(format!(
+                    "seed {seed}: reused {id} (submission unknown: {why}): {other:?}"
+                ))
+            }
+        }
+    }
     if let Some((v, n)) = values.iter().find(|(_, n)| **n > 1) {
         return Err(format!("seed {seed}: task value {v} completed {n} times"));
     }
@@ -581,16 +850,18 @@ async fn check_history(
 }
 
 fn print_table(reports: &[Report]) {
-    eprintln!("\n| seed | faults (kind:count) | jobs acked | jobs exact | unknown: found / absent | ZK replies lost | store replies delayed | tasks | shard commits | duplicate commits | longest without master | panics | job znodes left | store objects left |");
+    eprintln!("\n| seed | faults (kind:count) | ids reused after cancel / collection | jobs acked | jobs exact | unknown: found / absent | ZK replies lost | store replies delayed | tasks | shard commits | duplicate commits | longest without master | panics | job znodes left | store objects left |");
     eprintln!(
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for r in reports {
         let faults: Vec<String> = r.faults.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
         eprintln!(
-            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {:.2} s | {} | {} | {} |",
+            "| {} | {} | {} / {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {:.2} s | {} | {} | {} |",
             r.seed,
             faults.join(" "),
+            r.reused_after_cancel,
+            r.reused_after_collection,
             r.jobs_acknowledged,
             r.jobs_exact,
             r.unknown_found,
@@ -647,6 +918,16 @@ fn check(r: &Report) {
         "seed {}: no job was acknowledged",
         r.seed
     );
+    if r.rounds >= 20 {
+        assert!(
+            r.reused_after_cancel > 0 && r.reused_after_collection > 0,
+            "seed {}: no id was reused after a cancel ({}) or after a collection ({}): the \
+             check of incarnations saw nothing",
+            r.seed,
+            r.reused_after_cancel,
+            r.reused_after_collection
+        );
+    }
 }
 
 #[test]

@@ -315,6 +315,7 @@ impl Master {
                     job: job.to_string(),
                     shard: key.to_string(),
                     attempt,
+                    incarnation: finished.record.incarnation,
                 });
                 crate::counter_once!(crate::metrics::SHARDS_COMMITTED).increment(1);
                 let job_name = finished.record.job_name.clone();

@@ -578,6 +578,7 @@ impl Master {
                     job: job.clone(),
                     shard: key.to_string(),
                     attempt: rec.attempt,
+                    incarnation,
                 });
                 act.on_committed(ctx, &job, key, rec, at);
             }
