@@ -17,6 +17,7 @@ ROWS = [
         ("Workers connected", "sum(ringleader_workers)", "stat"),
         ("Roles by node", "ringleader_node_role", "timeseries"),
         ("Elections won", f"sum(increase(ringleader_elections_won_total[{RATE}]))", "timeseries"),
+        ("Masters stepped down (refused by every other worker)", f"sum by (instance) (increase(ringleader_master_step_downs_total[{RATE}]))", "timeseries"),
         ("Leadership changes seen by workers", f"sum(increase(ringleader_leadership_changes_total[{RATE}]))", "timeseries"),
         ("Time without a master (p99)", f"histogram_quantile(0.99, sum by (le) (rate(ringleader_master_gap_seconds_bucket[{RATE}])))", "timeseries"),
     ]),

@@ -18,6 +18,14 @@ use serde::{Deserialize, Serialize};
 pub enum Event {
     /// This node became master.
     Elected,
+    /// This node's master stepped down: every other worker refused its
+    /// certificate (`core::standing`).
+    SteppedDown {
+        /// Refusals seen in the grace period.
+        refusals: u64,
+        /// Other workers registered, none linked.
+        workers: u64,
+    },
     /// A submission is durable and acknowledged.
     JobAccepted {
         /// The job.

@@ -12,6 +12,8 @@ pub const NODE_ROLE: &str = "ringleader_node_role";
 pub const EPOCH: &str = "ringleader_epoch";
 /// Counter: times this node won an election and became master.
 pub const ELECTIONS_WON: &str = "ringleader_elections_won_total";
+/// Counter: times this node's master stepped down, every other worker refusing it.
+pub const STEP_DOWNS: &str = "ringleader_master_step_downs_total";
 /// Counter: master changes this node's worker observed (a new epoch published).
 pub const LEADERSHIP_CHANGES: &str = "ringleader_leadership_changes_total";
 /// Histogram, seconds: time a worker spent without a serving master, from
@@ -193,6 +195,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(NODE_ROLE, Kind::Gauge, "role", "1/0", "all", "1 for each role (master, worker, candidate) the node holds now."),
     metric(EPOCH, Kind::Gauge, "", "epoch", "master", "Epoch of this node while it serves as master, else 0."),
     metric(ELECTIONS_WON, Kind::Counter, "", "elections", "candidates", "Times this node won an election and became master."),
+    metric(STEP_DOWNS, Kind::Counter, "", "step-downs", "candidates", "Times this node's master stepped down because every other worker refused its certificate."),
     metric(LEADERSHIP_CHANGES, Kind::Counter, "", "changes", "workers", "Master changes observed by this node's worker (a new epoch served)."),
     metric(MASTER_GAP, Kind::Histogram, "", "seconds", "workers", "Time this node's worker spent without a serving master, from losing one to the next answering."),
     metric(ZK_CONNECTED, Kind::Gauge, "", "1/0", "all", "1 while the node's ZooKeeper session is connected."),
@@ -416,6 +419,7 @@ fn register() {
     }
     for c in [
         ELECTIONS_WON,
+        STEP_DOWNS,
         LEADERSHIP_CHANGES,
         SESSION_EXPIRED,
         SHARDS_ASSIGNED,

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use crate::actors::election::Election;
 use crate::actors::master::{gateway, Master, MasterSettings};
 use crate::actors::worker::{Worker, WorkerSettings};
-use crate::actors::Stop;
+use crate::actors::{Restart, Stop};
 use crate::coord::{Connection, CoordError, Layout, Session};
 use crate::metrics as m;
 use crate::registry::Registry;
@@ -261,6 +261,12 @@ const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest pause between attempts to reach ZooKeeper.
 const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// The pause before a node whose master stepped down stands for election
+/// again: the first, and the longest (it doubles with each step-down in a
+/// row).
+const STAND_PAUSE_MIN: Duration = Duration::from_secs(10);
+const STAND_PAUSE_MAX: Duration = Duration::from_secs(320);
+
 /// Runs a node until SIGTERM or Ctrl-C. Must be called inside an actix `System`.
 pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError> {
     let identity = tls::Identity::node(&config.certs, config.node_id.as_deref(), default_node_id)?;
@@ -302,12 +308,14 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         }
     });
     let (revoked_tx, revoked_rx) = watch::channel(identity.revoked());
+    let handshakes = transport::Handshakes::new(&node_id);
     actix::spawn(gateway::serve(
         endpoint.clone(),
         route_rx,
         config.max_frame,
         config.max_job_bytes,
         revoked_rx,
+        handshakes.clone(),
     ));
     // New ZooKeeper sessions present the certificate of the last reload,
     // and the worker dials with it (quinn keeps a dialing configuration
@@ -340,6 +348,11 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     // every attempt of a node left pointing at a wrong address).
     let mut backoff = CONNECT_BACKOFF_MIN;
     let mut last_cause: Option<String> = None;
+    // After this node's master stepped down, it stands again only after
+    // a pause, doubling with each step-down in a row.
+    let mut stand_pause = Duration::ZERO;
+    let mut pause_next = Duration::ZERO;
+    let mut stepped_down_at: Option<std::time::Instant> = None;
     loop {
         let zk_tls = config
             .zk_tls
@@ -408,9 +421,11 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 audit: audit.clone(),
                 route: route_tx.clone(),
                 fatal: fatal_tx.clone(),
+                handshakes: handshakes.clone(),
                 _alive: alive_tx.clone(),
             };
             let election = Election {
+                pause: std::mem::take(&mut pause_next),
                 session: zk.clone(),
                 store: store.clone(),
                 settings,
@@ -467,7 +482,20 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                     }
                 },
                 reason = fatal_rx.recv() => {
-                    tracing::warn!(reason = reason.as_deref().unwrap_or("?"), "restarting the session");
+                    let why = reason.as_ref().map_or("?", Restart::reason);
+                    tracing::warn!(reason = why, "restarting the session");
+                    if let Some(Restart::SteppedDown(_)) = reason {
+                        // A step-down long after the last starts again
+                        // from the shortest pause.
+                        let again = stepped_down_at.is_some_and(|t| t.elapsed() < STAND_PAUSE_MAX * 2);
+                        stand_pause = if again {
+                            (stand_pause * 2).clamp(STAND_PAUSE_MIN, STAND_PAUSE_MAX)
+                        } else {
+                            STAND_PAUSE_MIN
+                        };
+                        pause_next = stand_pause;
+                        stepped_down_at = Some(std::time::Instant::now());
+                    }
                     break false;
                 }
                 _ = &mut shutdown => break true,

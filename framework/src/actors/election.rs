@@ -13,6 +13,8 @@ use crate::metrics as m;
 use crate::store::Store;
 
 pub(crate) struct Election {
+    /// How long to wait before standing (after a step-down).
+    pub pause: std::time::Duration,
     pub session: Session,
     pub store: Store,
     pub settings: MasterSettings,
@@ -28,7 +30,18 @@ impl Actor for Election {
         let session = self.session.clone();
         let store = self.store.clone();
         let node_id = self.settings.node_id.clone();
+        let pause = self.pause;
+        if !pause.is_zero() {
+            tracing::warn!(
+                pause_s = pause.as_secs(),
+                "this node's master stepped down: it stands for election again after a pause"
+            );
+        }
         let fut = async move {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+                tracing::info!("standing for election again");
+            }
             let store = session.campaign(&node_id, store).await?;
             Ok::<_, CoordError>((store, std::time::Instant::now()))
         };
@@ -39,7 +52,10 @@ impl Actor for Election {
             }
             Err(e) => {
                 tracing::error!(error = %e, "election failed");
-                let _ = act.settings.fatal.send(format!("election failed: {e}"));
+                let _ = act
+                    .settings
+                    .fatal
+                    .send(super::Restart::Failed(format!("election failed: {e}")));
                 ctx.stop();
             }
         }));

@@ -18,4 +18,23 @@ pub(crate) struct Stop;
 pub(crate) type Alive = tokio::sync::mpsc::Sender<()>;
 
 /// Why a session's actors gave up (the node then starts a new session).
-pub(crate) type Fatal = tokio::sync::mpsc::UnboundedSender<String>;
+#[derive(Debug)]
+pub(crate) enum Restart {
+    /// Something failed: the reason.
+    Failed(String),
+    /// The master stepped down (`core::standing`): the node stands for
+    /// election again only after a pause.
+    SteppedDown(String),
+}
+
+impl Restart {
+    /// Why, in words.
+    pub(crate) fn reason(&self) -> &str {
+        match self {
+            Restart::Failed(r) | Restart::SteppedDown(r) => r,
+        }
+    }
+}
+
+/// Where a session's actors say they gave up.
+pub(crate) type Fatal = tokio::sync::mpsc::UnboundedSender<Restart>;

@@ -64,9 +64,9 @@ impl Actor for Worker {
             Ok(slots) => slots,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the worker's slot threads");
-                let _ = self
-                    .fatal
-                    .send(format!("worker: cannot start its slot threads: {e}"));
+                let _ = self.fatal.send(super::Restart::Failed(format!(
+                    "worker: cannot start its slot threads: {e}"
+                )));
                 ctx.stop();
                 return;
             }
@@ -75,7 +75,9 @@ impl Actor for Worker {
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             if let Err(e) = res {
                 tracing::error!(error = %e, "worker stopped");
-                let _ = act.fatal.send(format!("worker: {e}"));
+                let _ = act
+                    .fatal
+                    .send(super::Restart::Failed(format!("worker: {e}")));
             }
             ctx.stop();
         }));

@@ -5,6 +5,7 @@
 pub mod job;
 mod recovery;
 mod scheduler;
+pub mod standing;
 pub mod worker_session;
 
 pub use job::{Counters, Ledger};

@@ -63,6 +63,60 @@ pub fn refuse_connection(conn: &Connection, reason: &str) {
     conn.close(REFUSED.into(), bytes);
 }
 
+/// What this node's served handshakes came to, counted for its master's
+/// standing (`core::standing`): how many peers refused this node's
+/// certificate, and how many other peers' handshakes completed. The
+/// counts only grow; the master samples them.
+#[derive(Debug, Clone)]
+pub struct Handshakes(Arc<HandshakeCounts>);
+
+#[derive(Debug)]
+struct HandshakeCounts {
+    /// This node's own name: its own worker's handshakes are not another
+    /// peer's say.
+    own: String,
+    refused_us: std::sync::atomic::AtomicU64,
+    completed: std::sync::atomic::AtomicU64,
+}
+
+impl Handshakes {
+    /// Counts for node `own`.
+    pub fn new(own: &str) -> Self {
+        Handshakes(Arc::new(HandshakeCounts {
+            own: own.to_string(),
+            refused_us: Default::default(),
+            completed: Default::default(),
+        }))
+    }
+    /// Handshakes whose peer refused this node's certificate.
+    pub fn refused_us(&self) -> u64 {
+        self.0.refused_us.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    /// Handshakes completed with a peer other than this node itself.
+    pub fn completed_by_others(&self) -> u64 {
+        self.0.completed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn count(&self, counter: &std::sync::atomic::AtomicU64) {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether a served handshake failed because the peer refused this
+/// node's certificate: it closed the connection with a TLS alert about
+/// certificates (bad, unsupported, revoked, expired, unknown, unknown CA).
+/// A refusal of the peer's certificate by this node is a local error,
+/// not this.
+fn peer_refused_our_certificate(e: &quinn::ConnectionError) -> bool {
+    const CERTIFICATE_ALERTS: [u64; 6] = [42, 43, 44, 45, 46, 48];
+    match e {
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            let code = u64::from(c.error_code);
+            (0x100..0x200).contains(&code) && CERTIFICATE_ALERTS.contains(&(code - 0x100))
+        }
+        _ => false,
+    }
+}
+
 /// A connection's other end: where it is and who its certificate says it is.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -519,6 +573,7 @@ pub async fn serve<F, Fut>(
     endpoint: Endpoint,
     (max_frame, budget, bulk): (usize, usize, usize),
     revoked: Revoked,
+    handshakes: Handshakes,
     handle: F,
 ) where
     F: Fn(FramedStream, Peer) -> Fut + Clone + 'static,
@@ -527,6 +582,7 @@ pub async fn serve<F, Fut>(
     while let Some(incoming) = endpoint.accept().await {
         let handle = handle.clone();
         let mut revoked = revoked.clone();
+        let handshakes = handshakes.clone();
         tokio::task::spawn_local(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -534,7 +590,12 @@ pub async fn serve<F, Fut>(
                 Err(e) => {
                     metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => "handshake")
                         .increment(1);
-                    tracing::warn!(%remote, error = %e, "refused a QUIC connection");
+                    if peer_refused_our_certificate(&e) {
+                        handshakes.count(&handshakes.0.refused_us);
+                        tracing::warn!(%remote, error = %e, "a peer refused this node's certificate");
+                    } else {
+                        tracing::warn!(%remote, error = %e, "refused a QUIC connection");
+                    }
                     return;
                 }
             };
@@ -554,6 +615,9 @@ pub async fn serve<F, Fut>(
                     return;
                 }
             };
+            if !peer.id.is_node(&handshakes.0.own) {
+                handshakes.count(&handshakes.0.completed);
+            }
             // Whether reloads may still come (their sender lives).
             let mut reloads = true;
             loop {

@@ -53,20 +53,27 @@ pub(crate) async fn serve(
     max_frame: usize,
     max_job_bytes: usize,
     revoked: transport::Revoked,
+    handshakes: transport::Handshakes,
 ) {
     // A submission's tasks may take `--max-job-bytes`, and a little more
     // for their decoded copies' headers.
     let bulk = max_job_bytes.saturating_add(max_job_bytes / 8);
     let limits = (max_frame, HEADERS_BUDGET, bulk);
-    transport::serve(endpoint, limits, revoked, move |stream, peer: Peer| {
-        let route = route.clone();
-        async move {
-            let remote = peer.addr;
-            if let Err(e) = handle_stream(stream, peer, route, max_job_bytes).await {
-                tracing::debug!(%remote, error = %e, "stream ended with an error");
+    transport::serve(
+        endpoint,
+        limits,
+        revoked,
+        handshakes,
+        move |stream, peer: Peer| {
+            let route = route.clone();
+            async move {
+                let remote = peer.addr;
+                if let Err(e) = handle_stream(stream, peer, route, max_job_bytes).await {
+                    tracing::debug!(%remote, error = %e, "stream ended with an error");
+                }
             }
-        }
-    })
+        },
+    )
     .await
 }
 

@@ -178,6 +178,8 @@ pub(crate) struct MasterSettings {
     pub audit: Audit,
     pub route: watch::Sender<Option<Addr<Master>>>,
     pub fatal: Fatal,
+    /// The node's served handshakes, for the master's standing.
+    pub handshakes: crate::transport::Handshakes,
     pub _alive: Alive,
 }
 
@@ -303,7 +305,51 @@ impl Master {
         let _ = self
             .settings
             .fatal
-            .send(format!("master stepped down: {err}"));
+            .send(crate::actors::Restart::Failed(format!(
+                "master stepped down: {err}"
+            )));
+        ctx.stop();
+    }
+
+    /// Steps down if every other worker refuses this master's certificate
+    /// (`core::standing` has the rule).
+    fn check_standing(
+        &mut self,
+        standing: &mut crate::core::standing::Standing,
+        ctx: &mut Context<Self>,
+    ) {
+        use crate::core::standing::{Sample, Verdict};
+        let own = &self.settings.node_id;
+        let handshakes = &self.settings.handshakes;
+        let sample = Sample {
+            refused_us: handshakes.refused_us(),
+            completed_by_others: handshakes.completed_by_others(),
+            registered_others: self.registered.keys().filter(|id| *id != own).count(),
+            linked_others: self.links.keys().filter(|id| *id != own).count(),
+            own_worker: self.registered.contains_key(own),
+        };
+        let Verdict::StepDown { refusals, workers } =
+            standing.observe(std::time::Instant::now(), sample)
+        else {
+            return;
+        };
+        let reason = format!(
+            "every other worker refused this master's certificate ({workers} registered, none \
+             linked, {refusals} refusals and no other peer's handshake in {} s): check this \
+             node's --certs: its ca.pem must be the cluster CA's, and its node.pem issued by it; it stands for election \
+             again after a pause",
+            standing.grace().as_secs()
+        );
+        tracing::error!(epoch = self.store.epoch(), "master stepping down: {reason}");
+        metrics::counter!(m::STEP_DOWNS).increment(1);
+        self.audit(Event::SteppedDown {
+            refusals,
+            workers: workers as u64,
+        });
+        let _ = self
+            .settings
+            .fatal
+            .send(crate::actors::Restart::SteppedDown(reason));
         ctx.stop();
     }
 
@@ -1190,6 +1236,13 @@ impl Actor for Master {
                     .into_actor(act),
                 );
                 ctx.run_interval(Duration::from_secs(1), |act, ctx| act.collect_garbage(ctx));
+                let mut standing = crate::core::standing::Standing::new(
+                    std::time::Instant::now(),
+                    crate::core::standing::MIN_GRACE,
+                );
+                ctx.run_interval(Duration::from_secs(1), move |act, ctx| {
+                    act.check_standing(&mut standing, ctx)
+                });
                 // Gauges are set again while nothing happens: a series not
                 // set for `GAUGE_IDLE` leaves the metrics page.
                 ctx.run_interval(m::GAUGE_IDLE / 4, |act, ctx| act.update_gauges(ctx));
