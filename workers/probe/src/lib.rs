@@ -27,6 +27,15 @@ pub enum Behaviour {
     /// Keep busy this many milliseconds, deaf to cancellation (as code
     /// that never looks at its context), then return.
     Busy(u64),
+    /// Wait until a file exists at this path (a gate a test opens; at
+    /// most an hour), then return; return early, failed, when the run is
+    /// cancelled.
+    WaitFor(String),
+}
+
+/// The error of a probe whose run was cancelled while it waited.
+fn cancelled(value: u64) -> TaskError {
+    TaskError::permanent(format!("probe {value} stopped: its run was cancelled"))
 }
 
 /// Returns `value * 2` after behaving as told.
@@ -48,15 +57,21 @@ impl Task for Probe {
                 let until = std::time::Instant::now() + Duration::from_millis(*ms);
                 while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
                     if ctx.is_cancelled() {
-                        return Err(TaskError::permanent(format!(
-                            "probe {} stopped: its run was cancelled",
-                            self.value
-                        )));
+                        return Err(cancelled(self.value));
                     }
                     std::thread::sleep(left.min(Duration::from_millis(10)));
                 }
             }
             Behaviour::Busy(ms) => std::thread::sleep(Duration::from_millis(*ms)),
+            Behaviour::WaitFor(path) => {
+                let until = std::time::Instant::now() + Duration::from_secs(3600);
+                while !std::path::Path::new(path).exists() && std::time::Instant::now() < until {
+                    if ctx.is_cancelled() {
+                        return Err(cancelled(self.value));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
             Behaviour::PanicUntil(n) if ctx.attempt <= *n => {
                 panic!("probe {} panics on attempt {}", self.value, ctx.attempt)
             }
