@@ -10,7 +10,10 @@
 //! suspicions meanwhile), `failover` (kill -9 of the master with thousands of
 //! unfinished shards), `kill` (a worker's kill -9 to its shards requeued),
 //! `handover` (SIGTERM on the master) and `scale` (a thousand registered
-//! workers, each with its own ZooKeeper session and QUIC link). Timed fault
+//! workers, each with its own ZooKeeper session and QUIC link), `adversary`
+//! (an honest client's one-task jobs while another client, in a process
+//! and with `--rtt-ms` on a host of its own, keeps 1,024 streams busy with
+//! the worst requests it may send; not run unless named). Timed fault
 //! measures run `--runs` times; the table shows the median and the range.
 
 use std::collections::HashMap;
@@ -104,6 +107,7 @@ enum Section {
     Handover,
     Scale,
     Queue,
+    Adversary,
 }
 
 struct Row {
@@ -279,6 +283,21 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(node)
 }
 
+/// One one-task job (task `i`), submitted and awaited on one stream
+/// (`Client::run`) and its result checked: how long it took, in ms.
+async fn one_task_job(client: &Client, i: u64) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let (results, _) = client
+        .run::<Collect<Probe>>(probes_from(i, 1), SubmitOptions::default())
+        .await?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    ensure!(
+        results.len() == 1 && results[0].1 == 2 * i,
+        "wrong result of one-task job {i}"
+    );
+    Ok(ms)
+}
+
 /// A child process killed when dropped: a section that panics midway
 /// leaves no process of its own behind (the cluster's nodes have theirs).
 struct KillOnDrop(std::process::Child);
@@ -394,7 +413,8 @@ struct Bench {
 
 impl Bench {
     fn wants(&self, s: Section) -> bool {
-        self.args.only.is_empty() || self.args.only.contains(&s)
+        // The adversary's minute runs only when asked for.
+        (self.args.only.is_empty() && s != Section::Adversary) || self.args.only.contains(&s)
     }
 
     fn start_node(&mut self, id: &str, role: &str) {
@@ -714,6 +734,145 @@ impl Bench {
 
     /// What a work queue's user sees: one-task jobs awaited one at a time
     /// and many in flight, and one job of one-task shards as it grows.
+    /// Issue 29's gate: an honest client's one-task jobs, awaited one at a
+    /// time, first alone (the baseline) and then while `bench-adversary`
+    /// keeps one connection's 1,024 streams busy with the worst requests a
+    /// client may send; the master's memory growth and worker links lost
+    /// meanwhile.
+    fn adversary(&mut self) -> anyhow::Result<()> {
+        let secs: u64 = if self.args.quick { 15 } else { 60 };
+        let client = self.client()?;
+        let m = self.master(None);
+        let pid = self.pid(&m.node_id);
+        // One-task jobs one after another until `done` says stop.
+        let honest = |done: &dyn Fn() -> bool| {
+            self.rt.block_on(async {
+                let mut lat = Vec::new();
+                let mut i = 0u64;
+                while !done() {
+                    lat.push(one_task_job(&client, i).await?);
+                    i += 1;
+                }
+                lat.sort_by(f64::total_cmp);
+                Ok::<_, anyhow::Error>(lat)
+            })
+        };
+        let pct = |lat: &[f64], q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+        let until = Instant::now() + Duration::from_secs(secs / 4);
+        let alone = honest(&|| Instant::now() > until)?;
+        ensure!(!alone.is_empty(), "no honest job ran");
+        let certs = self.c.path("mallory-certs");
+        ringleader::transport::tls::issue_to(
+            &self.c.certs,
+            ringleader::transport::tls::Role::Client,
+            "mallory",
+            &certs,
+        )?;
+        let bin = bin("bench-adversary")?;
+        let mut cmd = match self.c.net {
+            Some(ref net) => net.command("attacker", &bin),
+            None => std::process::Command::new(&bin),
+        };
+        cmd.args([
+            "--master",
+            &m.addr,
+            "--node",
+            &m.node_id,
+            "--secs",
+            &secs.to_string(),
+        ])
+        .arg("--certs")
+        .arg(&certs)
+        .stdout(std::process::Stdio::piped());
+        let mut attacker = KillOnDrop(cmd.spawn().context("bench-adversary starts")?);
+        let stdout = attacker.0.stdout.take().context("the adversary's output")?;
+        let (lines_tx, lines) = std::sync::mpsc::sync_channel::<String>(4);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(30));
+        ensure!(
+            first.as_deref() == Ok("attacking"),
+            "the adversary did not connect: {first:?}"
+        );
+        let lost = |b: &Bench| -> anyhow::Result<f64> {
+            Ok(metric_sum(
+                &b.scrape(&m.node_id)?,
+                m::WORKER_LINKS_LOST,
+                None,
+            ))
+        };
+        let lost_before = lost(self)?;
+        let rss_before = rss_mib(pid);
+        let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let sampler = {
+            let sampling = sampling.clone();
+            std::thread::spawn(move || {
+                let mut peak = 0.0f64;
+                while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(rss_mib(pid));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                peak
+            })
+        };
+        let attack_ends = Instant::now() + Duration::from_secs(secs);
+        let attacked = {
+            let child = std::cell::RefCell::new(&mut attacker.0);
+            honest(&|| {
+                Instant::now() > attack_ends + Duration::from_secs(15)
+                    || matches!(child.borrow_mut().try_wait(), Ok(Some(_)))
+            })?
+        };
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.join().unwrap_or(0.0);
+        let summary = lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_default();
+        let lost_during = lost(self)? - lost_before;
+        ensure!(!attacked.is_empty(), "no honest job ran under the attack");
+        let place = if self.c.net.is_some() {
+            "from a host of its own"
+        } else {
+            "from another process"
+        };
+        self.rows.push(row(
+            format!(
+                "one-task jobs awaited one at a time while 1,024 streams of another client's connection send the worst requests ({place}, {secs} s; {} jobs): p50 / p99",
+                attacked.len()
+            ),
+            format!("{:.2} ms / {:.2} ms", pct(&attacked, 0.5), pct(&attacked, 0.99)),
+            format!(
+                "{:.2} ms / {:.2} ms alone ({} jobs); issue 29's gate: p99 <= 50 ms",
+                pct(&alone, 0.5),
+                pct(&alone, 0.99),
+                alone.len()
+            ),
+            format!("{:.1}", pct(&attacked, 0.99) / pct(&alone, 0.99)),
+        ));
+        self.rows.push(row(
+            "the master's memory under that attack, MiB: before -> peak",
+            format!("{rss_before:.1} -> {peak:.1} (+{:.1})", peak - rss_before),
+            "issue 29's gate: +64 MiB at most",
+            "",
+        ));
+        self.rows.push(row(
+            "worker links lost under that attack; the adversary's streams",
+            format!("{lost_during}; {summary}"),
+            "issue 29's gate: no link lost",
+            "",
+        ));
+        Ok(())
+    }
+
     fn queue(&mut self) -> anyhow::Result<()> {
         let client = self.client()?;
         let (one_by_one, in_flight, sizes): (usize, usize, &[u64]) = if self.args.quick {
@@ -726,16 +885,7 @@ impl Bench {
         let mut lat = Vec::with_capacity(one_by_one);
         self.rt.block_on(async {
             for i in 0..one_by_one as u64 {
-                let t = Instant::now();
-                // Submitted and awaited on one stream (`Client::run`).
-                let (results, _) = client
-                    .run::<Collect<Probe>>(probes_from(i, 1), SubmitOptions::default())
-                    .await?;
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                ensure!(
-                    results.len() == 1 && results[0].1 == 2 * i,
-                    "wrong result of one-task job {i}"
-                );
+                lat.push(one_task_job(&client, i).await?);
             }
             Ok::<_, anyhow::Error>(())
         })?;
@@ -1805,9 +1955,14 @@ fn main() -> anyhow::Result<()> {
                 one_way_delay: Duration::from_secs_f64(rtt / 4000.0),
                 loss: args.loss,
             };
-            let ids = ["zk".to_string(), "cand-0".into(), "cand-1".into()]
-                .into_iter()
-                .chain((0..args.workers).map(|i| format!("w{i}")));
+            let ids = [
+                "zk".to_string(),
+                "cand-0".into(),
+                "cand-1".into(),
+                "attacker".into(),
+            ]
+            .into_iter()
+            .chain((0..args.workers).map(|i| format!("w{i}")));
             for id in ids {
                 net.emulated_host(&id, link);
             }
@@ -1853,7 +2008,7 @@ fn main() -> anyhow::Result<()> {
     b.wait_candidates(2);
     b.zk_own = b.zk_mntr().get("zk_znode_count").copied();
     type Step = fn(&mut Bench) -> anyhow::Result<()>;
-    let steps: [(Section, Step); 9] = [
+    let steps: [(Section, Step); 10] = [
         (Section::Idle, |b| {
             b.idle();
             Ok(())
@@ -1866,6 +2021,7 @@ fn main() -> anyhow::Result<()> {
         (Section::Handover, Bench::handover),
         (Section::Failover, Bench::failover),
         (Section::Scale, Bench::scale),
+        (Section::Adversary, Bench::adversary),
     ];
     for (section, step) in steps {
         if b.wants(section) {

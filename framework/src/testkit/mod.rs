@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::coord::{self, Layout, MasterInfo};
 use crate::zkserver::{ServerHost, ZkServer, ZkServerOptions};
 
+pub mod adversary;
 pub mod net;
 pub mod s3;
 

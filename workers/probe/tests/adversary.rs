@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use probe::{Behaviour, Probe};
 use ringleader::client::SubmitOptions;
+use ringleader::testkit::adversary;
 use ringleader::testkit::*;
 use ringleader::transport::{self, tls, FramedStream};
 use ringleader::wire::Frame;
@@ -160,46 +161,6 @@ fn a_connections_thousand_streams_hold_what_its_budget_allows() {
             .unwrap();
         let pid = c.pid("m");
         let before = rss(pid);
-        // Just under the limit of a stream's first frame.
-        let near_limit = 250_000;
-        let worst = |i: usize| match i % 4 {
-            0 => vec![Frame::GetJob {
-                job_id: "j".repeat(near_limit),
-            }],
-            1 => vec![Frame::PlanJob {
-                job_name: "probe".into(),
-                task_count: u64::MAX,
-                shard_size: 0,
-                shape: Some("s".repeat(near_limit)),
-            }],
-            2 => vec![Frame::StreamJob {
-                job_id: format!("nope-{i}"),
-                seen: (0..30_000u32).map(|k| (2 * k, 1, 0)).collect(),
-            }],
-            _ => {
-                let mut frames = vec![Frame::Submit(ringleader::wire::SubmitHeader {
-                    job_id: format!("flood-{i}"),
-                    job_name: "probe".into(),
-                    options: ringleader::wire::JobOptions {
-                        shard_size: 1,
-                        max_attempts: 1,
-                        shard_timeout_ms: None,
-                        stream: false,
-                    },
-                    // Past the limit, but for four streams, which send
-                    // their chunks: 64 MiB in all.
-                    task_count: if i % 256 == 3 { 4 } else { u64::MAX },
-                })];
-                if i % 256 == 3 {
-                    for _ in 0..4 {
-                        frames.push(Frame::SubmitChunk {
-                            tasks: vec![serde_bytes::ByteBuf::from(vec![7u8; 4 << 20])],
-                        });
-                    }
-                }
-                frames
-            }
-        };
         let sampling = std::sync::atomic::AtomicBool::new(true);
         let peak = std::sync::atomic::AtomicU64::new(before);
         let sample = async {
@@ -210,39 +171,16 @@ fn a_connections_thousand_streams_hold_what_its_budget_allows() {
         };
         // Made before they are sent: the connection's driver must not
         // wait a second of encoding for its turn.
-        let all: Vec<Vec<u8>> = (0..1024)
-            .map(|i| {
-                let mut bytes = Vec::new();
-                for f in worst(i) {
-                    ringleader::wire::encode_into(&mut bytes, &f).unwrap();
-                }
-                bytes
-            })
-            .collect();
+        let all: Vec<Vec<u8>> = (0..adversary::STREAMS).map(adversary::encoded).collect();
         let identity = tls::Identity::client(&c.certs).unwrap();
         let ep = dialer(&identity);
         let conn = transport::dial_node(&ep, &master.addr, &master.node_id)
             .await
             .unwrap();
         let attack = async {
-            let streams = all.into_iter().map(|bytes| {
-                let conn = conn.clone();
-                async move {
-                    let ask = async {
-                        let mut s = FramedStream::open(&conn, 1 << 20).await?;
-                        // As `FramedStream::request`, with the frames encoded.
-                        if s.send.write_all(&bytes).await.is_err() {
-                            let reply = tokio::time::timeout(Duration::from_secs(5), s.recv());
-                            return match reply.await {
-                                Ok(r) => r,
-                                Err(_) => Err(ringleader::wire::WireError::Closed.into()),
-                            };
-                        }
-                        s.recv().await
-                    };
-                    tokio::time::timeout(Duration::from_secs(60), ask).await
-                }
-            });
+            let streams = all
+                .iter()
+                .map(|bytes| adversary::ask(&conn, bytes, Duration::from_secs(60)));
             let answers = futures::future::join_all(streams).await;
             sampling.store(false, std::sync::atomic::Ordering::Relaxed);
             answers
@@ -262,16 +200,13 @@ fn a_connections_thousand_streams_hold_what_its_budget_allows() {
             took
         };
         let ((answers, mut took), ()) = futures::join!(futures::future::join(attack, honest), sample);
-        let mut over_budget = 0;
+        let mut flooded = adversary::Flooded::default();
         let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
         for a in &answers {
+            flooded.count(a);
             let a = a.as_ref().expect("every stream was answered or closed in time");
             let kind = match a {
-                Ok(Frame::Error { message }) => {
-                    over_budget +=
-                        usize::from(message.contains("does not fit in what one connection"));
-                    message.chars().take(60).collect()
-                }
+                Ok(Frame::Error { message }) => message.chars().take(60).collect(),
                 Ok(f) => f.name().to_string(),
                 Err(e) => format!("{e:?}").chars().take(120).collect(),
             };
@@ -281,11 +216,12 @@ fn a_connections_thousand_streams_hold_what_its_budget_allows() {
         let peak = peak.into_inner();
         took.sort();
         println!(
-            "rss {before} -> peak {peak}; honest one-task jobs: median {:?}, max {:?}; {over_budget} streams over budget",
+            "rss {before} -> peak {peak}; honest one-task jobs: median {:?}, max {:?}; {} streams over budget",
             took[took.len() / 2],
-            took[took.len() - 1]
+            took[took.len() - 1],
+            flooded.over_budget
         );
-        assert!(over_budget > 0, "the budget refused some of the 1,024 streams\n{}", c.log("m"));
+        assert!(flooded.over_budget > 0, "the budget refused some of the 1,024 streams\n{}", c.log("m"));
         within_64_mib(before, peak);
     });
     the_worker_link_held(&c);
