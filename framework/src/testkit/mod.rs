@@ -168,10 +168,9 @@ impl Cluster {
     /// Starts an S3-compatible server (moto's) on loopback behind a
     /// [`Proxy`] (so a test can slow it or cut it) and points every node
     /// and CLI command started afterwards at the proxy; returns the store
-    /// URL and the proxy. Signatures are not checked (see
-    /// [`s3::S3Server::start_with`]): the collector lists job directories.
+    /// URL and the proxy. Signatures are checked, listings included.
     pub fn s3_store_behind_proxy(&mut self) -> (String, Proxy) {
-        let server = s3::S3Server::start_with(self.dir.path(), None, false);
+        let server = s3::S3Server::start(self.dir.path(), None);
         let proxy = Proxy::start(&server.endpoint()["http://".len()..]);
         let url = server.url(&self.cluster);
         self.env.extend(server.env().into_iter().map(|(k, v)| {

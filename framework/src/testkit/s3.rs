@@ -6,6 +6,12 @@
 //! key, the bucket) go unsigned, and every later request must carry a
 //! valid SigV4 signature of that key. It serves ranged GETs and multipart
 //! uploads and answers 412 to a second `If-None-Match: *` write.
+//!
+//! moto (5.x) checks a signature against the request's query as it
+//! renders it again, unescaped: a listing whose prefix holds a `/` (every
+//! job directory's) is refused, from boto3 as from us. The server is
+//! started with that one thing mended ([`QUERY_ESCAPED`]): the query's
+//! names and values escaped as SigV4 says, before moto's own check.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -27,6 +33,42 @@ pub struct S3Server {
     pub key_id: String,
     /// The access key's secret.
     pub secret: String,
+}
+
+/// Python that mends moto's signature check (see the module doc) and runs
+/// moto's server with the arguments that follow.
+const QUERY_ESCAPED: &str = r#"
+import sys, urllib.parse
+import moto.core.authorization as authorization
+from moto.server import main
+check = authorization.ActionAuthenticatorMixin._authenticate_and_authorize_action
+def escape(pair):
+    return "=".join(
+        urllib.parse.quote(urllib.parse.unquote(part), safe="-_.~")
+        for part in pair.split("=", 1)
+    )
+def escaped(self, *args, **kwargs):
+    uri = self.uri
+    parts = urllib.parse.urlsplit(uri)
+    if parts.query:
+        query = "&".join(escape(pair) for pair in parts.query.split("&"))
+        self.uri = urllib.parse.urlunsplit(parts._replace(query=query))
+    try:
+        return check(self, *args, **kwargs)
+    finally:
+        self.uri = uri
+authorization.ActionAuthenticatorMixin._authenticate_and_authorize_action = escaped
+sys.exit(main())
+"#;
+
+/// The Python that runs `moto_server` (its script's interpreter line, or
+/// `python3` beside it: a pyenv shim).
+fn moto_python(server: &Path) -> PathBuf {
+    let named = std::fs::read_to_string(server).ok().and_then(|text| {
+        let first = text.lines().next()?.strip_prefix("#!")?.trim().to_string();
+        (first.contains("python") && !first.contains(' ')).then(|| PathBuf::from(first))
+    });
+    named.unwrap_or_else(|| server.with_file_name("python3"))
 }
 
 /// Where `moto_server` is: on the PATH, or where `scripts/setup` puts it.
@@ -83,15 +125,6 @@ impl S3Server {
     /// (`Some((netns, ip))`), logging to `dir/s3.log`, and bootstraps a
     /// bucket and an access key. Panics on failure (test set-up).
     pub fn start(dir: &Path, host: Option<(&str, IpAddr)>) -> S3Server {
-        Self::start_with(dir, host, true)
-    }
-
-    /// [`S3Server::start`], checking signatures or not. moto's server
-    /// (5.2.1) rejects the correct signature of a listing whose prefix has
-    /// a `/` (boto3's as well as ours), so a test that needs listings
-    /// under a prefix (a collected job's store directory) runs it with
-    /// `signatures` false.
-    pub fn start_with(dir: &Path, host: Option<(&str, IpAddr)>, signatures: bool) -> S3Server {
         let (netns, ip, port) = match host {
             Some((ns, ip)) => (Some(ns), ip, 9000),
             None => (
@@ -103,14 +136,20 @@ impl S3Server {
         let addr = SocketAddr::new(ip, port);
         let bin = moto_server();
         let log = std::fs::File::create(dir.join("s3.log")).expect("s3 log file");
-        let mut command = crate::process::command_in(netns, &bin);
-        command.args(["-H", &ip.to_string(), "-p", &port.to_string()]);
-        if signatures {
-            command.env(
+        let mut command = crate::process::command_in(netns, &moto_python(&bin));
+        command
+            .args([
+                "-c",
+                QUERY_ESCAPED,
+                "-H",
+                &ip.to_string(),
+                "-p",
+                &port.to_string(),
+            ])
+            .env(
                 "INITIAL_NO_AUTH_ACTION_COUNT",
                 BOOTSTRAP_REQUESTS.to_string(),
             );
-        }
         let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

@@ -19,9 +19,8 @@ fn open(s3: &S3Server, secret: Option<&str>) -> Store {
 /// Signatures are checked (a wrong secret is refused), a second
 /// create-only write of one name is refused (412 to `If-None-Match: *`),
 /// ranged reads return exactly the range, multipart uploads reassemble,
-/// and deletion is by exact name. (Listing is not used against this server:
-/// moto checks the signature of a listing whose prefix holds a `/` against
-/// a query it re-renders unescaped, and refuses it.)
+/// deletion is by exact name, and a listing under a directory (a prefix
+/// with `/`s, signed) names what is under it and nothing beside it.
 #[test]
 fn s3_checks_signatures_refuses_a_second_create_and_serves_ranges_and_multipart() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,6 +71,13 @@ fn s3_checks_signatures_refuses_a_second_create_and_serves_ranges_and_multipart(
             .await
             .unwrap();
         assert_eq!(got.as_ref(), &data[mid.start as usize..mid.end as usize]);
+
+        good.put_new("jobs/a.b/y.out", b"beside".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(good.list("jobs/a/").await.unwrap(), vec!["jobs/a/x.out"]);
+        let refused = forged.list("jobs/a/").await.unwrap_err().to_string();
+        assert!(refused.contains("Signature"), "{refused}");
 
         good.delete("jobs/a/x.out").await.unwrap();
         good.delete("jobs/a/x.out").await.unwrap();
