@@ -136,7 +136,7 @@ impl S3Server {
         let addr = SocketAddr::new(ip, port);
         let bin = moto_server();
         let log = std::fs::File::create(dir.join("s3.log")).expect("s3 log file");
-        let mut command = crate::process::command_in(netns, &moto_python(&bin));
+        let mut command = crate::process::command_in(netns, moto_python(&bin));
         command
             .args([
                 "-c",
