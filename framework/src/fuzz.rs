@@ -8,8 +8,9 @@ use crate::coord::{decode_record, JobRecord, MasterInfo, ResultRecord, ShardReco
 use crate::transport::PeerId;
 use crate::wire;
 
-/// The frame limit the stream target reads with.
-pub const MAX_FRAME: usize = 1 << 20;
+/// The frame limit the stream target reads with: a node's default
+/// (`--max-frame`).
+pub const MAX_FRAME: usize = wire::DEFAULT_MAX_FRAME;
 
 /// A frame body as a peer sends it (after its length prefix).
 pub fn frame(data: &[u8]) {
@@ -80,6 +81,44 @@ pub fn shard_runs(data: &[u8]) {
     }
 }
 
+/// A connection's streams' first frames, read as the gateway reads them
+/// (production bounds: at most `FIRST_FRAME_LIMIT` each, each taking
+/// `DECODED` times its length from the connection's `HEADERS_BUDGET`
+/// before its body is read), every frame held as if its stream were still
+/// open: what is held never passes the budget, a frame that does not fit
+/// is refused from its prefix alone, and no frame read is longer than the
+/// limit.
+pub fn first_frames(data: &[u8]) {
+    use crate::actors::master::gateway::{DECODED, FIRST_FRAME_LIMIT, HEADERS_BUDGET};
+    let budget = crate::transport::Budget::new(HEADERS_BUDGET);
+    let mut held = Vec::new();
+    let mut holding = 0usize;
+    let mut r = data;
+    futures::executor::block_on(async {
+        while let Ok(len) = wire::read_prefix(&mut r, FIRST_FRAME_LIMIT).await {
+            assert!(len <= FIRST_FRAME_LIMIT, "a first frame past the limit");
+            // Refused from the prefix: the body stays unread (the
+            // gateway stops the stream).
+            let Ok(h) = budget.take(len.saturating_mul(DECODED)) else {
+                break;
+            };
+            if wire::read_body(&mut r, len).await.is_err() {
+                break;
+            }
+            held.push(h);
+            holding += len * DECODED;
+        }
+    });
+    assert!(holding <= HEADERS_BUDGET, "more held than the budget");
+    assert_eq!(
+        HEADERS_BUDGET - budget.free(),
+        holding,
+        "the budget lost count"
+    );
+    drop(held);
+    assert_eq!(budget.free(), HEADERS_BUDGET, "held bytes not given back");
+}
+
 /// A fuzz target: any bytes in, never a panic out.
 pub type Target = fn(&[u8]);
 
@@ -91,4 +130,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("certificate", certificate),
     ("connect_string", connect_string),
     ("shard_runs", shard_runs),
+    ("first_frames", first_frames),
 ];

@@ -329,7 +329,11 @@ fn every_fuzz_target_survives_mutated_and_random_input() {
             "connect_string",
             vec![text("zk1:2181,zk2:2181/chroot"), text("[::1]:2181")],
         ),
-        ("shard_runs", vec![runs]),
+        ("shard_runs", vec![runs.clone()]),
+        (
+            "first_frames",
+            vec![framed(&frames()), framed(&frames()[..1])],
+        ),
     ];
     let mut total = 0;
     for (seed, (name, target)) in ringleader::fuzz::TARGETS.iter().enumerate() {

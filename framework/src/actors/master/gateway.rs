@@ -34,7 +34,7 @@ pub(crate) const FIRST_FRAME_LIMIT: usize = 256 << 10;
 /// A bound on what decoding a request's frame makes of its bytes (a run
 /// of three small integers takes 4 bytes encoded, 12 decoded): a first
 /// frame holds this many times its length of its connection's budget.
-const DECODED: usize = 4;
+pub(crate) const DECODED: usize = 4;
 
 /// Per task of a submission's chunk, what its decoded copy holds beyond
 /// its bytes (its buffer's header and the allocator's rounding).
