@@ -1091,6 +1091,13 @@ fn a_clients_jobs_are_its_own_unless_an_admin_asks() {
                 .await
                 .map(|_| "resubmission".into()),
         );
+        refused(
+            bob.job::<Collect<Probe>>("alices")
+                .stream()
+                .next()
+                .await
+                .map(|partial| format!("a stream: {partial:?}")),
+        );
         let listed = bob.jobs().await.unwrap();
         assert!(listed.iter().all(|j| j.job_id != "alices"), "{listed:?}");
         let status = bob.status().await.unwrap();
@@ -1117,7 +1124,7 @@ fn a_clients_jobs_are_its_own_unless_an_admin_asks() {
         "ringleader_peer_refusals_total",
         "reason=\"not_owner\"",
     );
-    assert!(refusals >= 4.0, "{refusals} refusals counted");
+    assert!(refusals >= 5.0, "{refusals} refusals counted");
     let log = c.log("n0");
     assert!(
         log.contains("refused a request on another client's job")
