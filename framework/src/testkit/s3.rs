@@ -10,7 +10,7 @@
 //! moto (5.x) checks a signature against the request's query as it
 //! renders it again, unescaped: a listing whose prefix holds a `/` (every
 //! job directory's) is refused, from boto3 as from us. The server is
-//! started with that one thing mended ([`QUERY_ESCAPED`]): the query's
+//! started with that one thing mended (`QUERY_ESCAPED`): the query's
 //! names and values escaped as SigV4 says, before moto's own check.
 
 use std::io::{Read, Write};
