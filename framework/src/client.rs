@@ -17,7 +17,7 @@ use crate::registry::{decode, encode, CodecError};
 use crate::task::{Job, Task};
 use crate::transport::{self, tls, FramedStream, TransportError};
 use crate::wire::{
-    ClusterStatus, Frame, JobOptions, JobOutcome, JobProgress, SubmitHeader, WireError,
+    ClusterStatus, ErrorKind, Frame, JobOptions, JobOutcome, JobProgress, SubmitHeader, WireError,
     DEFAULT_MAX_FRAME,
 };
 
@@ -36,6 +36,9 @@ pub enum ClientError {
     /// Task or result encoding.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The cluster's object store, opened from this host.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// No master was published within the wait: `/master` is absent.
     #[error(
         "no master is serving cluster {cluster:?} (waited {secs} s for one to be published in \
@@ -77,17 +80,34 @@ pub enum ClientError {
         /// The limit.
         max: usize,
     },
-    /// The master refused the request.
-    #[error("{0}")]
-    Refused(String),
+    /// The master refused the request: sending it again gets the same
+    /// answer. `kind` says why (a program acts on it, never on the text).
+    #[error("{message}")]
+    Refused {
+        /// Why, as a kind.
+        kind: Refusal,
+        /// Why, in words.
+        message: String,
+    },
+    /// The master could not act now and did nothing: its ZooKeeper or
+    /// store failed, the connection's budget was full, the queue is full
+    /// (`--max-queued-bytes`), or the job's id is being freed. Send the
+    /// same request again after a pause (a submission with the same job
+    /// id: it is accepted once).
+    #[error("{message}")]
+    Unavailable {
+        /// Why, in words.
+        message: String,
+    },
     /// A submission was sent, and whether the master accepted it is not
     /// known (the link or the master was lost before its answer, or the
     /// master could not learn whether its write applied). Submitting
     /// again with the same job id finds the job if it was accepted, and
-    /// submits it if not: it runs at most once.
+    /// submits it if not: the job is accepted once (a task of it that
+    /// already ran may run again).
     #[error(
         "the outcome of job {job_id}'s submission is unknown ({reason}): submit again with the \
-         same job id (the job runs at most once), or look the job up"
+         same job id (the job is accepted once; a task of it may run again), or look the job up"
     )]
     OutcomeUnknown {
         /// The job's id.
@@ -98,6 +118,94 @@ pub enum ClientError {
     /// The master answered with something unexpected.
     #[error("unexpected reply: {0}")]
     Protocol(String),
+}
+
+/// Why the master refused a request ([`ClientError::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The request cannot succeed as it is: bad arguments or options, a
+    /// limit passed, an unknown job type, a job id taken by another job.
+    Invalid,
+    /// No such job: unknown, never acknowledged, or collected once its
+    /// result was fetched and its retention passed.
+    NoSuchJob,
+    /// The job belongs to another client.
+    NotOwner,
+    /// The job is not in a state for this request: still running (a
+    /// fetch), already ended (a cancel), still being submitted.
+    JobState,
+    /// The master does not know the request: an older version.
+    Unsupported,
+}
+
+/// What a caller should do about a [`ClientError`] ([`ClientError::advice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advice {
+    /// Send the same request again after a pause (a submission with the
+    /// same job id): nothing was done, or what was done is found by the
+    /// same request.
+    Retry,
+    /// No master serves yet: wait for one (a node standing for election),
+    /// then send the request again.
+    Wait,
+    /// Sending it again gets the same answer: change the request, the
+    /// certificates or the configuration.
+    Stop,
+}
+
+impl ClientError {
+    /// The error of an `Error` frame of `kind` (`job_id`: the submission's,
+    /// for an unknown outcome).
+    fn from_frame(kind: ErrorKind, message: String, job_id: Option<&str>) -> ClientError {
+        let refused = |kind| ClientError::Refused {
+            kind,
+            message: message.clone(),
+        };
+        match kind {
+            ErrorKind::OutcomeUnknown => ClientError::OutcomeUnknown {
+                job_id: job_id.unwrap_or_default().to_string(),
+                reason: message,
+            },
+            ErrorKind::Unavailable => ClientError::Unavailable { message },
+            ErrorKind::Invalid => refused(Refusal::Invalid),
+            ErrorKind::NoSuchJob => refused(Refusal::NoSuchJob),
+            ErrorKind::NotOwner => refused(Refusal::NotOwner),
+            ErrorKind::JobState => refused(Refusal::JobState),
+            ErrorKind::Unsupported => refused(Refusal::Unsupported),
+        }
+    }
+
+    /// The refusal's kind, if the master refused.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            ClientError::Refused { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// What a caller should do about this error.
+    pub fn advice(&self) -> Advice {
+        use crate::transport::TransportError as T;
+        match self {
+            ClientError::OutcomeUnknown { .. }
+            | ClientError::Unavailable { .. }
+            | ClientError::Unreachable { .. } => Advice::Retry,
+            ClientError::NoMaster { .. } => Advice::Wait,
+            ClientError::Coord(CoordError::Connect { .. }) => Advice::Retry,
+            ClientError::Coord(e) if e.is_connection_lost() || e.is_session_end() => Advice::Retry,
+            // A handshake the other side refused: a certificate's matter.
+            ClientError::Transport(T::Connect { .. }) => Advice::Stop,
+            ClientError::Transport(_) => Advice::Retry,
+            ClientError::Refused { .. }
+            | ClientError::Coord(_)
+            | ClientError::Tls(_)
+            | ClientError::Codec(_)
+            | ClientError::Store(_)
+            | ClientError::ReplyTooLarge { .. }
+            | ClientError::Protocol(_) => Advice::Stop,
+        }
+    }
 }
 
 /// How to reach a cluster.
@@ -523,13 +631,9 @@ impl Client {
             Ok((Frame::Accepted { job_id, existing }, s)) => {
                 Ok((job_id, existing, watch.then_some(s)))
             }
-            Ok((Frame::Error { message }, _)) if crate::wire::is_outcome_unknown(&message) => {
-                Err(ClientError::OutcomeUnknown {
-                    job_id,
-                    reason: message,
-                })
+            Ok((Frame::Error { kind, message }, _)) => {
+                Err(ClientError::from_frame(kind, message, Some(&job_id)))
             }
-            Ok((Frame::Error { message }, _)) => Err(ClientError::Refused(message)),
             Ok((other, _)) => Err(ClientError::Protocol(other.name().into())),
             // Nothing left this host, or the master's answer was definite.
             Err(e) if !sent || matches!(e, ClientError::ReplyTooLarge { .. }) => Err(e),
@@ -650,7 +754,7 @@ impl Client {
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
         match self.request(&[Frame::GetStatus]).await? {
             Frame::Status(s) => Ok(s),
-            Frame::Error { message } => Err(ClientError::Refused(message)),
+            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
@@ -676,8 +780,11 @@ impl Client {
         };
         match self.request(&[ask]).await? {
             Frame::Planned(p) => Ok(Some(p)),
-            Frame::Error { message } if crate::wire::unknown_frame_refusal(&message) => Ok(None),
-            Frame::Error { message } => Err(ClientError::Refused(message)),
+            Frame::Error {
+                kind: ErrorKind::Unsupported,
+                ..
+            } => Ok(None),
+            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
@@ -686,7 +793,7 @@ impl Client {
     pub async fn jobs(&self) -> Result<Vec<crate::wire::JobSummary>, ClientError> {
         match self.request(&[Frame::ListJobs]).await? {
             Frame::Jobs(j) => Ok(j),
-            Frame::Error { message } => Err(ClientError::Refused(message)),
+            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
@@ -700,7 +807,7 @@ impl Client {
             .await?
         {
             Frame::Job(p) => Ok(p),
-            Frame::Error { message } => Err(ClientError::Refused(message)),
+            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
@@ -759,10 +866,10 @@ impl Client {
                     failing_since = None;
                     continue;
                 }
-                Err(WatchError::Reply(Frame::Error { message }))
-                    if !crate::wire::unknown_frame_refusal(&message) =>
+                Err(WatchError::Reply(Frame::Error { kind, message }))
+                    if kind != ErrorKind::Unsupported =>
                 {
-                    return Err(ClientError::Refused(message))
+                    return Err(ClientError::from_frame(kind, message, None))
                 }
                 Err(WatchError::Reply(Frame::Error { .. })) => {
                     // A master from before `WatchJob`: poll it.
@@ -831,7 +938,7 @@ impl Client {
                     failures: o.failures,
                 },
             )),
-            Frame::Error { message } => Err(ClientError::Refused(message)),
+            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
@@ -845,7 +952,7 @@ impl Client {
             .await?
         {
             Frame::Ok => Ok(()),
-            Frame::Error { message } => Err(ClientError::Refused(message)),
+            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
@@ -855,12 +962,13 @@ impl Client {
     pub async fn cluster_store(&self) -> Result<crate::store::Store, ClientError> {
         let master = self.find_master(None).await?;
         if master.store.is_empty() {
-            return Err(ClientError::Refused(
-                "the master publishes no store URL (an older version); upgrade the nodes".into(),
-            ));
+            return Err(ClientError::Refused {
+                kind: Refusal::Unsupported,
+                message: "the master publishes no store URL (an older version); upgrade the nodes"
+                    .into(),
+            });
         }
-        let store = crate::store::Store::open(&master.store)
-            .map_err(|e| ClientError::Refused(e.to_string()))?;
+        let store = crate::store::Store::open(&master.store)?;
         if store.is_local() {
             tracing::warn!(
                 store = store.url(),
@@ -1081,7 +1189,9 @@ impl EncodedStream {
                     self.end = Some(p);
                     return Ok(None);
                 }
-                Ok(Frame::Error { message }) => return Err(ClientError::Refused(message)),
+                Ok(Frame::Error { kind, message }) => {
+                    return Err(ClientError::from_frame(kind, message, None))
+                }
                 Ok(Frame::NotMaster) => {
                     let why = format!("the node of epoch {epoch} is not serving");
                     bad = self.ended_early(epoch, &why, Failed::Refused).await?;

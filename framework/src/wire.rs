@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::core::{Counters, ShardKey, TaskFailure};
 
 /// Bumped on any incompatible change of [`Frame`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Most bytes of a frame's body reserved before they arrive.
 const RESERVE_AHEAD: usize = 64 << 10;
@@ -58,6 +58,23 @@ pub enum WireError {
         /// The connection's whole budget.
         budget: usize,
     },
+}
+
+impl WireError {
+    /// The kind of `Error` frame that answers a request that failed so.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            // A decoder that met a frame it does not know: the sender is
+            // of a newer version.
+            WireError::Malformed(rmp_serde::decode::Error::Syntax(m))
+                if m.contains("unknown variant") =>
+            {
+                ErrorKind::Unsupported
+            }
+            WireError::OverBudget { .. } => ErrorKind::Unavailable,
+            _ => ErrorKind::Invalid,
+        }
+    }
 }
 
 /// Errors of encoding and decoding user values (tasks, outputs, results).
@@ -387,8 +404,11 @@ pub enum Frame {
     Ok,
     /// The receiving node is not the master (or not yet serving).
     NotMaster,
-    /// A request failed.
+    /// A request failed: its kind says what the asker should do, the
+    /// message says why, in words for a person.
     Error {
+        /// What kind of failure: how to act on it.
+        kind: ErrorKind,
         /// What went wrong.
         message: String,
     },
@@ -626,26 +646,43 @@ impl Frame {
     }
 }
 
-/// How a master's `Error` says that it cannot know whether a request
-/// took effect (a ZooKeeper write whose answer was lost): clients then
-/// report an unknown outcome rather than a refusal.
-const OUTCOME_UNKNOWN: &str = "outcome unknown: ";
-
-/// An `Error` message for an unknown outcome of `what`.
-pub fn outcome_unknown(what: &str) -> String {
-    format!("{OUTCOME_UNKNOWN}{what}")
+/// What a refused or failed request means for the one who asked: a
+/// program acts on the kind, never on the message's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request cannot succeed as it is: bad arguments or options, a
+    /// limit passed, an unknown job type, a malformed frame, a job id
+    /// taken by another job. Sending it again gets the same answer.
+    Invalid,
+    /// No such job: unknown, never acknowledged, or collected once its
+    /// result was fetched and its retention passed.
+    NoSuchJob,
+    /// The job belongs to another client.
+    NotOwner,
+    /// The job is not in a state for this request: still running (a
+    /// fetch), already ended (a cancel), still being submitted.
+    JobState,
+    /// Not now: the master could not reach ZooKeeper or its store, its
+    /// connection's budget is full, or the job's id is being freed.
+    /// Nothing was done: send the same request again (a submission with
+    /// the same job id) after a pause.
+    Unavailable,
+    /// A write was sent whose outcome the master cannot know (ZooKeeper's
+    /// answer was lost): the job may have been accepted. Submitting again
+    /// with the same job id finds it if it was, and submits it if not.
+    OutcomeUnknown,
+    /// The receiver does not know the request: a version from before it.
+    Unsupported,
 }
 
-/// Whether an `Error` message reports an unknown outcome.
-pub fn is_outcome_unknown(message: &str) -> bool {
-    message.starts_with(OUTCOME_UNKNOWN)
-}
-
-/// Whether a peer's `Error` says it does not know the frame it was sent
-/// (a version from before that frame): its decoder met an unknown
-/// variant, or its dispatcher an unexpected frame.
-pub fn unknown_frame_refusal(message: &str) -> bool {
-    message.contains("unknown variant") || message.contains("unexpected first frame")
+impl Frame {
+    /// An `Error` frame of `kind`.
+    pub fn error(kind: ErrorKind, message: impl std::fmt::Display) -> Frame {
+        Frame::Error {
+            kind,
+            message: message.to_string(),
+        }
+    }
 }
 
 /// Appends one length-prefixed frame to `buf`.
@@ -797,11 +834,11 @@ mod tests {
         ));
     }
 
-    /// What a master from before `WatchJob` answers: its decoder meets an
-    /// unknown variant, and the gateway refuses the frame with the decode
-    /// error. The client takes that for "poll instead".
+    /// A frame from a newer version: the decoder meets an unknown variant,
+    /// and the refusal's kind says so (`Unsupported`), apart from garbage
+    /// (`Invalid`). A client takes `Unsupported` for "ask the older way".
     #[test]
-    fn an_older_peers_refusal_of_a_newer_frame_is_recognised() {
+    fn a_frame_of_a_newer_version_is_refused_as_unsupported_and_garbage_as_invalid() {
         #[derive(Serialize)]
         enum Newer {
             #[allow(dead_code)]
@@ -822,10 +859,10 @@ mod tests {
             Ok,
         }
         let err = rmp_serde::from_slice::<Older>(&bytes).unwrap_err();
-        let refusal = WireError::Malformed(err).to_string();
-        assert!(unknown_frame_refusal(&refusal), "{refusal}");
-        assert!(unknown_frame_refusal("unexpected first frame WatchJob"));
-        assert!(!unknown_frame_refusal("no job j"));
+        let refusal = WireError::Malformed(err);
+        assert_eq!(refusal.kind(), ErrorKind::Unsupported, "{refusal}");
+        let garbage = rmp_serde::from_slice::<Frame>(&[0xc1]).unwrap_err();
+        assert_eq!(WireError::Malformed(garbage).kind(), ErrorKind::Invalid);
     }
 
     #[test]

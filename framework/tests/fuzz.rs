@@ -107,6 +107,7 @@ fn frames() -> Vec<Frame> {
         },
         Frame::GetJob { job_id: "j".into() },
         Frame::Error {
+            kind: ringleader::wire::ErrorKind::NoSuchJob,
             message: "no".into(),
         },
         Frame::DrainAck,

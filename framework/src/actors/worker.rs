@@ -264,7 +264,7 @@ async fn serve(
     let epoch = match answer {
         Frame::Welcome { epoch } if epoch >= master.epoch => epoch,
         Frame::Welcome { epoch } => return Err(refused(format!("stale master epoch {epoch}"))),
-        Frame::Error { message } => return Err(refused(message)),
+        Frame::Error { message, .. } => return Err(refused(message)),
         other => return Err(refused(format!("unexpected {}", other.name()))),
     };
     tracing::info!(master = %master.node_id, epoch, "connected to master");

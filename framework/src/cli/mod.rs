@@ -399,9 +399,11 @@ pub enum Exit {
     /// 5: the job was cancelled.
     Cancelled,
     /// 6: whether the submission was accepted is unknown: the message
-    /// names the job id to submit again (it runs at most once) or query.
+    /// names the job id to submit again (it is accepted once) or query.
     OutcomeUnknown,
-    /// 7: ZooKeeper, a master or the serving master cannot be reached.
+    /// 7: not now: ZooKeeper, a master or the serving master cannot be
+    /// reached, or the master could not act (its ZooKeeper failed, the
+    /// queue is full) and did nothing: run the command again later.
     Unreachable,
     /// 8: the job is still running (`result` without `--wait`).
     Running,
@@ -446,7 +448,8 @@ impl Exit {
     fn of_client(e: &ClientError) -> Exit {
         use crate::transport::TransportError as T;
         match e {
-            ClientError::Refused(_) => Exit::Refused,
+            ClientError::Refused { .. } => Exit::Refused,
+            ClientError::Unavailable { .. } => Exit::Unreachable,
             ClientError::Transport(T::Connect { .. }) => Exit::Refused,
             ClientError::Transport(_) => Exit::Unreachable,
             ClientError::NoMaster { .. } | ClientError::Unreachable { .. } => Exit::Unreachable,
@@ -725,9 +728,7 @@ impl NodeBuilder {
                     // Recent jobs, from a master that can list them.
                     let jobs = match client.jobs().await {
                         Ok(j) => Some(j),
-                        Err(ClientError::Refused(m)) if crate::wire::unknown_frame_refusal(&m) => {
-                            None
-                        }
+                        Err(e) if e.refusal() == Some(crate::client::Refusal::Unsupported) => None,
                         Err(e) => return Err(e.into()),
                     };
                     let text = if a.json {
@@ -1226,7 +1227,15 @@ mod tests {
     #[test]
     fn exits_follow_what_the_client_knows() {
         let of = |e: ClientError| Exit::of(&anyhow::Error::from(e).context("job x"));
-        assert_eq!(of(ClientError::Refused("no".into())), Exit::Refused);
+        let refused = ClientError::Refused {
+            kind: crate::client::Refusal::NoSuchJob,
+            message: "no".into(),
+        };
+        assert_eq!(of(refused), Exit::Refused);
+        let unavailable = ClientError::Unavailable {
+            message: "ZooKeeper failed".into(),
+        };
+        assert_eq!(of(unavailable), Exit::Unreachable);
         assert_eq!(
             of(ClientError::OutcomeUnknown {
                 job_id: "x".into(),

@@ -116,13 +116,19 @@ impl CoordError {
     }
 
     /// Whether a write that failed so may still have been applied: the
-    /// connection or the session went before its answer came.
+    /// connection or the session went before its answer came. An I/O
+    /// error of the connection (zookeeper-client's `Custom`, "Connection
+    /// reset by peer") is one: the request may have reached the server.
     pub fn is_outcome_unknown(&self) -> bool {
         use zookeeper_client::Error as E;
         matches!(
             self,
             CoordError::Zk {
-                source: E::ConnectionLoss | E::Timeout | E::SessionExpired | E::ClientClosed,
+                source: E::ConnectionLoss
+                    | E::Timeout
+                    | E::SessionExpired
+                    | E::ClientClosed
+                    | E::Custom(_),
                 ..
             }
         )

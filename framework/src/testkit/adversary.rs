@@ -126,10 +126,9 @@ impl Flooded {
     pub fn count(&mut self, outcome: &Option<Result<Frame, TransportError>>) {
         self.streams += 1;
         match outcome {
-            Some(Ok(Frame::Error { message })) => {
+            Some(Ok(Frame::Error { kind, .. })) => {
                 self.refused += 1;
-                self.over_budget +=
-                    u64::from(message.contains("does not fit in what one connection"));
+                self.over_budget += u64::from(*kind == crate::wire::ErrorKind::Unavailable);
             }
             Some(Ok(_)) => self.answered += 1,
             Some(Err(_)) => self.closed += 1,

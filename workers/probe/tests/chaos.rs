@@ -171,10 +171,9 @@ fn expected(tasks: &[Probe]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Whether the master says it has no job `id` (the error's text: the
-/// client's errors are not typed kinds yet).
+/// Whether the master says it has no such job.
 fn says_no_job(e: &ringleader::ClientError) -> bool {
-    e.to_string().starts_with("no job ")
+    e.refusal() == Some(ringleader::client::Refusal::NoSuchJob)
 }
 
 /// Waits (at most 60 s) until job `id` is gone, reading its result if it
@@ -708,7 +707,7 @@ async fn check_history(
             })?;
         let (results, report) = match (outcome, read) {
             (_, Ok(r)) => r,
-            (Outcome::Unknown(_), Err(e)) if e.to_string().contains("no job") => {
+            (Outcome::Unknown(_), Err(e)) if says_no_job(&e) => {
                 checked.unknown_absent += 1;
                 continue;
             }

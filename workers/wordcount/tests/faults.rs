@@ -217,7 +217,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
             .await
             .unwrap();
         assert!(
-            matches!(&reply, Frame::Error { message } if message.contains("malformed")),
+            matches!(&reply, Frame::Error { kind: ringleader::wire::ErrorKind::Invalid, message } if message.contains("malformed")),
             "{reply:?}"
         );
 
@@ -228,7 +228,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
             .await
             .unwrap();
         assert!(
-            matches!(&reply, Frame::Error { message } if message.contains("exceeds the limit")),
+            matches!(&reply, Frame::Error { kind: ringleader::wire::ErrorKind::Invalid, message } if message.contains("exceeds the limit")),
             "{reply:?}"
         );
 

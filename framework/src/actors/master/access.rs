@@ -30,11 +30,17 @@ pub(crate) fn refusal(owner: Option<&str>, peer: &PeerId, job_id: &str) -> Optio
     ))
 }
 
+/// The `Error` frame of a refusal on another client's job.
+pub(crate) fn not_owner(why: String) -> crate::wire::Frame {
+    crate::wire::Frame::error(crate::wire::ErrorKind::NotOwner, why)
+}
+
 /// May `peer` act on job `job_id`? `None`: yes (or there is no such job
 /// now, which the request's own answer says, or which it checks again once
-/// the job is there); `Some(refusal)`: no, or its owner cannot be read.
+/// the job is there); `Some(refusal)`: no (an `Error` frame of kind
+/// `NotOwner`), or its owner cannot be read (`Unavailable`).
 #[derive(Message)]
-#[rtype(result = "Option<String>")]
+#[rtype(result = "Option<crate::wire::Frame>")]
 pub(crate) struct Authorize {
     pub peer: PeerId,
     pub job_id: String,
@@ -85,8 +91,8 @@ impl Master {
     /// its to see, if it is one (counted and logged).
     pub(super) fn deny_known(&self, job_id: &str, peer: &PeerId) -> Option<crate::wire::Frame> {
         let owner = self.owner_of(job_id)?;
-        let message = self.check_owner(owner.as_deref(), peer, job_id)?;
-        Some(crate::wire::Frame::Error { message })
+        self.check_owner(owner.as_deref(), peer, job_id)
+            .map(not_owner)
     }
 
     /// Why `peer` may not act on a job of `owner` (counted and logged), if
@@ -102,7 +108,7 @@ impl Master {
 }
 
 impl Handler<Authorize> for Master {
-    type Result = ResponseActFuture<Self, Option<String>>;
+    type Result = ResponseActFuture<Self, Option<crate::wire::Frame>>;
     fn handle(&mut self, msg: Authorize, _: &mut Context<Self>) -> Self::Result {
         if msg.peer.acts_for_all() {
             return Box::pin(fut::ready(None));
@@ -121,7 +127,8 @@ impl Handler<Authorize> for Master {
             });
         if let Some(owner) = known {
             let why = refusal(owner.as_deref(), &msg.peer, &msg.job_id);
-            return Box::pin(fut::ready(self.refused(&msg.peer, &msg.job_id, why)));
+            let frame = self.refused(&msg.peer, &msg.job_id, why).map(not_owner);
+            return Box::pin(fut::ready(frame));
         }
         let store = self.store.clone();
         let id = msg.job_id.clone();
@@ -130,12 +137,12 @@ impl Handler<Authorize> for Master {
             Ok(job) => {
                 let owner = job.and_then(|j| j.record.owner);
                 let why = refusal(owner.as_deref(), &msg.peer, &msg.job_id);
-                act.refused(&msg.peer, &msg.job_id, why)
+                act.refused(&msg.peer, &msg.job_id, why).map(not_owner)
             }
             // Never let through on a read that failed.
-            Err(e) => Some(format!(
-                "cannot tell who owns job {} now ({e}): retry",
-                msg.job_id
+            Err(e) => Some(crate::wire::Frame::error(
+                crate::wire::ErrorKind::Unavailable,
+                format!("cannot tell who owns job {} now ({e}): retry", msg.job_id),
             )),
         }))
     }

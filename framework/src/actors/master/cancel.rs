@@ -8,11 +8,11 @@
 
 use actix::prelude::*;
 
-use super::{error, Master};
+use super::{error, failed, Master};
 use crate::audit::Event;
 use crate::coord::{CoordError, JobStatus};
 use crate::metrics as m;
-use crate::wire::Frame;
+use crate::wire::{ErrorKind, Frame};
 
 impl Master {
     pub(super) fn cancel(
@@ -25,10 +25,13 @@ impl Master {
             return Box::pin(fut::ready(refused));
         }
         if self.ledger.is_submitting(&job_id) || self.is_creating(&job_id) {
-            return Box::pin(fut::ready(error(format!(
-                "job {job_id} is still being submitted: cancel it once its submission has \
+            return Box::pin(fut::ready(error(
+                ErrorKind::JobState,
+                format!(
+                    "job {job_id} is still being submitted: cancel it once its submission has \
                  been answered"
-            ))));
+                ),
+            )));
         }
         if self.loading.contains_key(&job_id) {
             self.cancelled_while_loading.insert(job_id.clone());
@@ -46,13 +49,18 @@ impl Master {
                     Some(rt) => rt.stored,
                     None => match store.read_job(&job_id).await? {
                         Some(j) => j,
-                        None => return Ok((error(format!("no job {job_id}")), None)),
+                        None => {
+                            return Ok((
+                                error(ErrorKind::NoSuchJob, format!("no job {job_id}")),
+                                None,
+                            ))
+                        }
                     },
                 };
                 // A job this master did not know: checked against its record.
                 if let Some(why) = super::access::deny(job.record.owner.as_deref(), &peer, &job_id)
                 {
-                    return Ok((error(why), None));
+                    return Ok((error(ErrorKind::NotOwner, why), None));
                 }
                 match job.record.status {
                     JobStatus::Accepted => {}
@@ -60,10 +68,13 @@ impl Master {
                     JobStatus::Done => return Ok((finished_first(&job_id), None)),
                     JobStatus::Writing => {
                         return Ok((
-                            error(format!(
+                            error(
+                                ErrorKind::NoSuchJob,
+                                format!(
                                 "no job {job_id}: its submission was never acknowledged (submit \
                                  it again)"
-                            )),
+                            ),
+                            ),
                             None,
                         ))
                     }
@@ -95,7 +106,7 @@ impl Master {
                             // Not cancelled by this master after all.
                             act.owners.remove(&id);
                             act.readopt(ctx, id.clone());
-                            (error(e), None)
+                            (failed(&e), None)
                         }
                     };
                     if matches!(frame, Frame::Ok) {
@@ -113,8 +124,11 @@ impl Master {
 }
 
 fn finished_first(job_id: &str) -> Frame {
-    error(format!(
-        "job {job_id} finished before it could be cancelled: fetch its result with `result \
+    error(
+        ErrorKind::JobState,
+        format!(
+            "job {job_id} finished before it could be cancelled: fetch its result with `result \
          {job_id}`"
-    ))
+        ),
+    )
 }

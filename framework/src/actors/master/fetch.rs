@@ -8,7 +8,7 @@ use serde_bytes::ByteBuf;
 use super::status::stored_progress;
 use super::{answer, error, Master};
 use crate::coord::{CoordError, JobStatus, LeaderStore};
-use crate::wire::{Frame, JobOutcome};
+use crate::wire::{ErrorKind, Frame, JobOutcome};
 
 impl Master {
     pub(super) fn fetch(
@@ -20,7 +20,10 @@ impl Master {
             return Box::pin(fut::ready(refused));
         }
         if self.jobs.contains_key(&job_id) {
-            return Box::pin(fut::ready(error(format!("job {job_id} is still running"))));
+            return Box::pin(fut::ready(error(
+                ErrorKind::JobState,
+                format!("job {job_id} is still running"),
+            )));
         }
         // Its fetch marks it: the collector reads it again.
         self.unfetched.remove(&job_id);
@@ -40,20 +43,28 @@ pub(super) async fn fetch(
     peer: Option<&crate::transport::PeerId>,
 ) -> Result<Frame, CoordError> {
     let Some(job) = store.read_job(job_id).await? else {
-        return Ok(error(format!(
-            "no job {job_id} (unknown, or its result was fetched and retention has passed)"
-        )));
+        return Ok(error(
+            ErrorKind::NoSuchJob,
+            format!(
+                "no job {job_id} (unknown, or its result was fetched and retention has passed)"
+            ),
+        ));
     };
     if let Some(why) =
         peer.and_then(|p| super::access::deny(job.record.owner.as_deref(), p, job_id))
     {
-        return Ok(error(why));
+        return Ok(error(ErrorKind::NotOwner, why));
     }
     let result = store.read_result(&job).await?;
     let bytes = match &result {
         Some(r) => store.read_output(&r.output).await?,
         None if job.record.status == JobStatus::Cancelled => Vec::new(),
-        None => return Ok(error(format!("job {job_id} has no result yet"))),
+        None => {
+            return Ok(error(
+                ErrorKind::JobState,
+                format!("job {job_id} has no result yet"),
+            ))
+        }
     };
     // The mark only starts the retention clock: the answer does not wait
     // for it. Lost with a crash, it is made by the next fetch.

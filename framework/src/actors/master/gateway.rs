@@ -21,7 +21,7 @@ use super::{
 use crate::core::job::task_bytes;
 use crate::metrics as m;
 use crate::transport::{self, Endpoint, FramedStream, Peer, TransportError};
-use crate::wire::{Frame, WireError, PROTOCOL_VERSION};
+use crate::wire::{ErrorKind, Frame, WireError, PROTOCOL_VERSION};
 
 /// Tells a worker's links apart across reconnections.
 static LINK_IDS: AtomicU64 = AtomicU64::new(1);
@@ -80,8 +80,7 @@ pub(crate) async fn serve(
 /// Answers a bad frame with what was wrong and stops reading.
 async fn refuse(stream: &mut FramedStream, e: &WireError) {
     metrics::counter!(m::FRAME_ERRORS).increment(1);
-    let message = e.to_string();
-    let _ = stream.reply(&Frame::Error { message }).await;
+    let _ = stream.reply(&Frame::error(e.kind(), e)).await;
     stream.refuse();
 }
 
@@ -140,8 +139,7 @@ async fn handle_stream(
     // read for it), and only its owner, an admin or a node.
     if let Some(job_id) = addressed_job(&first) {
         if let Err(e) = crate::core::job::check_job_id(job_id) {
-            let message = e.to_string();
-            return Ok(stream.reply(&Frame::Error { message }).await?);
+            return Ok(stream.reply(&Frame::error(ErrorKind::Invalid, e)).await?);
         }
         let asked = master.send(Authorize {
             peer: peer.id.clone(),
@@ -149,7 +147,7 @@ async fn handle_stream(
         });
         match asked.await {
             Ok(None) => {}
-            Ok(Some(message)) => return Ok(stream.reply(&Frame::Error { message }).await?),
+            Ok(Some(refusal)) => return Ok(stream.reply(&refusal).await?),
             Err(_) => return Ok(stream.reply(&Frame::NotMaster).await?),
         }
     }
@@ -166,12 +164,16 @@ async fn handle_stream(
                     "protocol version {version} is not supported (this node speaks \
                      {PROTOCOL_VERSION})"
                 );
-                return Ok(stream.reply(&Frame::Error { message }).await?);
+                return Ok(stream
+                    .reply(&Frame::error(ErrorKind::Unsupported, message))
+                    .await?);
             }
             if let Some(message) = worker_refusal(&peer.id, &node_id) {
                 metrics::counter!(m::PEER_REFUSALS, "reason" => "role").increment(1);
                 tracing::warn!(peer = %peer.id, addr = %peer.addr, claimed = %node_id, "refused a worker: {message}");
-                return Ok(stream.reply(&Frame::Error { message }).await?);
+                return Ok(stream
+                    .reply(&Frame::error(ErrorKind::Invalid, message))
+                    .await?);
             }
             // A link lives as long as its worker: it holds nothing of the
             // connection's budget.
@@ -191,7 +193,9 @@ async fn handle_stream(
                     header.task_count,
                     crate::core::job::TASK_OVERHEAD
                 );
-                return Ok(stream.reply(&Frame::Error { message }).await?);
+                return Ok(stream
+                    .reply(&Frame::error(ErrorKind::Invalid, message))
+                    .await?);
             }
             let mut tasks: Vec<ByteBuf> = Vec::new();
             let mut bytes = 0usize;
@@ -211,22 +215,22 @@ async fn handle_stream(
                         }
                         bytes = bytes.saturating_add(task_bytes(&chunk));
                         if bytes > max_job_bytes {
-                            let message = over_job_bytes(max_job_bytes);
-                            return Ok(stream.reply(&Frame::Error { message }).await?);
+                            return Ok(stream.reply(&over_job_bytes(max_job_bytes)).await?);
                         }
                         tasks.extend(chunk);
                     }
                     Ok((other, _)) => {
                         let message = format!("expected SubmitChunk, got {}", other.name());
-                        return Ok(stream.reply(&Frame::Error { message }).await?);
+                        return Ok(stream
+                            .reply(&Frame::error(ErrorKind::Invalid, message))
+                            .await?);
                     }
                     // A chunk that would not fit even alone is over the
                     // submission's limit, and said so.
                     Err(TransportError::Wire(WireError::OverBudget { wanted, .. }))
                         if bytes.saturating_add(wanted) > max_job_bytes =>
                     {
-                        let message = over_job_bytes(max_job_bytes);
-                        return Ok(stream.reply(&Frame::Error { message }).await?);
+                        return Ok(stream.reply(&over_job_bytes(max_job_bytes)).await?);
                     }
                     Err(TransportError::Wire(e)) => {
                         refuse(&mut stream, &e).await;
@@ -264,18 +268,23 @@ async fn handle_stream(
         }
         other => {
             let message = format!("unexpected first frame {}", other.name());
-            return Ok(stream.reply(&Frame::Error { message }).await?);
+            return Ok(stream
+                .reply(&Frame::error(ErrorKind::Unsupported, message))
+                .await?);
         }
     };
     Ok(stream.reply(&answer.unwrap_or(Frame::NotMaster)).await?)
 }
 
-/// Why a submission is refused for its size.
-fn over_job_bytes(max_job_bytes: usize) -> String {
-    format!(
-        "submission exceeds the limit of {max_job_bytes} bytes of tasks (--max-job-bytes; each \
-         task counts its bytes and {} more)",
-        crate::core::job::TASK_OVERHEAD
+/// The refusal of a submission for its size.
+fn over_job_bytes(max_job_bytes: usize) -> Frame {
+    Frame::error(
+        ErrorKind::Invalid,
+        format!(
+            "submission exceeds the limit of {max_job_bytes} bytes of tasks (--max-job-bytes; \
+             each task counts its bytes and {} more)",
+            crate::core::job::TASK_OVERHEAD
+        ),
     )
 }
 
@@ -439,7 +448,9 @@ async fn submission(
                 "only a WatchJob of job {job_id} may follow its submission, not {}",
                 other.name()
             );
-            Ok(stream.reply(&Frame::Error { message }).await?)
+            Ok(stream
+                .reply(&Frame::error(ErrorKind::Invalid, message))
+                .await?)
         }
         Err(_) => {
             if let Some(accepted) = unsent {

@@ -48,7 +48,7 @@ use crate::core::job::{Finish, Merge, Retention, Stored};
 use crate::core::{Command, Ledger, Scheduler, ShardKey, TaskFailure};
 use crate::metrics as m;
 use crate::registry::{Accumulator, Registry};
-use crate::wire::{Assignment, Frame, JobProgress, JobState};
+use crate::wire::{Assignment, ErrorKind, Frame, JobProgress, JobState};
 
 /// What the master holds of a running job besides its accounts (in the
 /// [`Ledger`]) and its shards (in the [`Scheduler`]).
@@ -1326,10 +1326,10 @@ impl Handler<ClientRequest> for Master {
                 shape.as_deref(),
             ))),
             Frame::ListJobs => self.list_jobs(&msg.peer),
-            other => Box::pin(fut::ready(error(format!(
-                "unexpected request {}",
-                other.name()
-            )))),
+            other => Box::pin(fut::ready(error(
+                ErrorKind::Unsupported,
+                format!("unexpected request {}", other.name()),
+            ))),
         }
     }
 }
@@ -1353,14 +1353,19 @@ fn answer(
 ) -> ResponseActFuture<Master, Frame> {
     Box::pin(
         work.into_actor(master)
-            .map(|res, _, _| res.unwrap_or_else(error)),
+            .map(|res, _, _| res.unwrap_or_else(|e| failed(&e))),
     )
 }
 
-fn error(message: impl std::fmt::Display) -> Frame {
-    Frame::Error {
-        message: message.to_string(),
-    }
+fn error(kind: ErrorKind, message: impl std::fmt::Display) -> Frame {
+    Frame::error(kind, message)
+}
+
+/// The `Error` frame of a ZooKeeper or store failure: nothing was done
+/// (a write whose outcome is unknown is answered apart, where it is
+/// made), so the request may be sent again.
+fn failed(e: &CoordError) -> Frame {
+    error(ErrorKind::Unavailable, e)
 }
 
 /// Asks the master for its epoch.

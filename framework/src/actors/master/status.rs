@@ -5,12 +5,12 @@
 use actix::prelude::*;
 
 use super::access::visible;
-use super::{answer, error, Master};
+use super::{answer, error, failed, Master};
 use crate::coord::{CoordError, JobStatus, LeaderStore, ResultRecord, StoredJob};
 use crate::core::Counters;
 use crate::transport::PeerId;
 use crate::wire::{
-    ClusterStatus, Frame, JobPlanInfo, JobProgress, JobState, JobSummary, WorkerStatus,
+    ClusterStatus, ErrorKind, Frame, JobPlanInfo, JobProgress, JobState, JobSummary, WorkerStatus,
 };
 
 impl Master {
@@ -75,11 +75,11 @@ impl Master {
         let read = async move { read_progress(&store, &id).await };
         Box::pin(read.into_actor(self).map(move |res, act, _| match res {
             Ok((frame, Some(owner))) => match act.check_owner(owner.as_deref(), &peer, &job_id) {
-                Some(why) => error(why),
+                Some(why) => error(ErrorKind::NotOwner, why),
                 None => frame,
             },
             Ok((frame, None)) => frame,
-            Err(e) => error(e),
+            Err(e) => failed(&e),
         }))
     }
 }
@@ -98,14 +98,17 @@ impl Master {
         }
         if let (Some(theirs), Some(ours)) = (shape, self.settings.registry.shape(job_name)) {
             if theirs != ours {
-                return error(format!(
+                return error(
+                    ErrorKind::Invalid,
+                    format!(
                     "job type {job_name} is defined differently by the submitting binary and by \
                      this cluster's master (node {}): the submission's types are {}; the \
                      master's are {}. Build both from the same task and result types",
                     self.settings.node_id,
                     clip(theirs),
                     clip(ours)
-                ));
+                ),
+                );
             }
         }
         let (workers, slots) = self.runners(job_name);
@@ -215,7 +218,10 @@ pub(super) async fn read_progress(
     job_id: &str,
 ) -> Result<(Frame, Option<Option<String>>), CoordError> {
     let Some(job) = store.read_job(job_id).await? else {
-        return Ok((error(format!("no job {job_id}")), None));
+        return Ok((
+            error(ErrorKind::NoSuchJob, format!("no job {job_id}")),
+            None,
+        ));
     };
     let result = store.read_result(&job).await?;
     let owner = job.record.owner.clone();

@@ -20,7 +20,7 @@ use super::Master;
 use crate::coord::{CoordError, JobStatus, LeaderStore};
 use crate::core::ShardKey;
 use crate::transport::{FramedStream, TransportError};
-use crate::wire::{self, Frame};
+use crate::wire::{self, ErrorKind, Frame};
 
 /// How long a stream waits for a job that is durable but not (yet) in
 /// this master's memory (it is being loaded after a takeover).
@@ -210,17 +210,19 @@ async fn serve(
                     }
                 }
             }
-            StreamStep::Refused(message) => {
-                return Ok(stream.reply(&Frame::Error { message }).await?)
+            StreamStep::Refused(why) => {
+                return Ok(stream.reply(&super::access::not_owner(why)).await?)
             }
             StreamStep::Stored { store, loading } => {
                 let Some(job) = store.read_job(&job_id).await? else {
                     let message = format!("no job {job_id}");
-                    return Ok(stream.reply(&Frame::Error { message }).await?);
+                    return Ok(stream
+                        .reply(&Frame::error(ErrorKind::NoSuchJob, message))
+                        .await?);
                 };
                 let owner = job.record.owner.as_deref();
-                if let Some(message) = super::access::deny(owner, peer, &job_id) {
-                    return Ok(stream.reply(&Frame::Error { message }).await?);
+                if let Some(why) = super::access::deny(owner, peer, &job_id) {
+                    return Ok(stream.reply(&super::access::not_owner(why)).await?);
                 }
                 if !job.record.options.stream {
                     return refuse_unstreamed(stream, &job_id).await;
@@ -257,7 +259,9 @@ async fn serve(
                         "job {job_id} was collected while it was streamed: the outputs of \
                          {missing} shards are gone, and this stream is incomplete"
                     );
-                    return Ok(stream.reply(&Frame::Error { message }).await?);
+                    return Ok(stream
+                        .reply(&Frame::error(ErrorKind::JobState, message))
+                        .await?);
                 }
                 let result = store.read_result(&job).await?;
                 let progress = stored_progress(&job, result.as_ref());
@@ -272,7 +276,9 @@ async fn refuse_unstreamed(stream: &mut FramedStream, job_id: &str) -> Result<()
         "job {job_id} was not submitted to be streamed: submit it with `stream: true` \
          (`submit --stream`), which keeps its outputs until it is collected"
     );
-    Ok(stream.reply(&Frame::Error { message }).await?)
+    Ok(stream
+        .reply(&Frame::error(ErrorKind::Invalid, message))
+        .await?)
 }
 
 /// The commit record a stream read last, whole.

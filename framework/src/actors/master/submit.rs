@@ -25,7 +25,7 @@ use crate::core::{recover_job, shard_count};
 use crate::metrics as m;
 use crate::registry::Registry;
 use crate::transport::PeerId;
-use crate::wire::{Frame, JobOptions, SubmitHeader};
+use crate::wire::{ErrorKind, Frame, JobOptions, SubmitHeader};
 
 /// A client submission with its tasks.
 #[derive(Message)]
@@ -104,21 +104,24 @@ impl Handler<Submit> for Master {
             bytes,
         };
         if let Err(refusal) = Ledger::check(&submission) {
-            return Box::pin(fut::ready(error(refusal)));
+            return Box::pin(fut::ready(refused(&refusal)));
         }
         if self.collecting.contains(&h.job_id) {
-            return Box::pin(fut::ready(error(format!(
-                "job {} is being removed (its result was fetched and its retention has \
+            return Box::pin(fut::ready(error(
+                ErrorKind::Unavailable,
+                format!(
+                    "job {} is being removed (its result was fetched and its retention has \
                  passed): retry in a moment to submit it anew",
-                h.job_id
-            ))));
+                    h.job_id
+                ),
+            )));
         }
         if let Some(rt) = self.jobs.get(&h.job_id) {
             // Another client's id is refused; the same submission finds
             // its job; another is refused.
             let why = refusal(rt.stored.record.owner.as_deref(), &msg.peer, &h.job_id);
             if let Some(message) = self.refused(&msg.peer, &h.job_id, why) {
-                return Box::pin(fut::ready(error(message)));
+                return Box::pin(fut::ready(error(ErrorKind::NotOwner, message)));
             }
             let kept = rt.stored.record.digest.clone();
             // Scheduled while its create waits: answered once it is durable.
@@ -131,17 +134,23 @@ impl Handler<Submit> for Master {
                     None => Ok(true),
                 };
                 let Ok(durable) = durable else {
-                    return error(crate::wire::outcome_unknown(&format!(
-                        "the create of job {} was not answered before this master stopped",
-                        h.job_id
-                    )));
+                    return error(
+                        ErrorKind::OutcomeUnknown,
+                        format!(
+                            "the create of job {} was not answered before this master stopped",
+                            h.job_id
+                        ),
+                    );
                 };
                 if !durable {
-                    return error(format!(
-                        "the submission of job {} that this one repeats was not written (its \
+                    return error(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "the submission of job {} that this one repeats was not written (its \
                          id was taken, or ZooKeeper failed): submit it again",
-                        h.job_id
-                    ));
+                            h.job_id
+                        ),
+                    );
                 }
                 let digest = digest_of(&h, tasks).await;
                 match same_submission(&h.job_id, kept.as_ref(), &digest) {
@@ -149,7 +158,7 @@ impl Handler<Submit> for Master {
                         job_id: h.job_id,
                         existing: true,
                     },
-                    Err(message) => Frame::Error { message },
+                    Err(message) => error(ErrorKind::Invalid, message),
                 }
             };
             return Box::pin(fut.into_actor(self).map(move |frame, act, ctx| {
@@ -163,7 +172,7 @@ impl Handler<Submit> for Master {
         // bound (submissions being written included), so that a big
         // submission is refused instead of exhausting the ensemble's heap.
         if let Err(refusal) = self.ledger.begin_submission(&submission) {
-            return Box::pin(fut::ready(error(refusal)));
+            return Box::pin(fut::ready(refused(&refusal)));
         }
         let admitted = Admitted {
             header: h,
@@ -232,7 +241,7 @@ impl Master {
             Ok(l) => l,
             Err(e) => {
                 self.ledger.abandoned(&id);
-                return Box::pin(fut::ready(error(e)));
+                return Box::pin(fut::ready(error(ErrorKind::Invalid, e)));
             }
         };
         let amend = Amend::default();
@@ -280,7 +289,7 @@ impl Master {
                         bytes: a.bytes,
                     };
                     if let Err(refusal) = act.ledger.begin_submission(&submission) {
-                        return Box::pin(fut::ready(error(refusal))) as ResponseActFuture<_, _>;
+                        return Box::pin(fut::ready(refused(&refusal))) as ResponseActFuture<_, _>;
                     }
                     return act.write_submission(a);
                 }
@@ -402,12 +411,12 @@ impl Master {
             }
             Written::Refused(message) => {
                 self.ledger.abandoned(id);
-                (Frame::Error { message }, false)
+                (error(ErrorKind::Invalid, message), false)
             }
             Written::NotOwner(message, peer) => {
                 self.ledger.abandoned(id);
                 let _ = self.refused(&peer, id, Some(message.clone()));
-                (Frame::Error { message }, false)
+                (error(ErrorKind::NotOwner, message), false)
             }
         };
         match watched {
@@ -439,14 +448,23 @@ impl Master {
             self.fail(ctx, e);
         }
         if e.is_outcome_unknown() {
-            error(crate::wire::outcome_unknown(&format!(
-                "job {id}'s submission ({e}): it may have been accepted. Retry with the \
-                 same job id: that returns the job if it was, and submits it if not"
-            )))
+            error(
+                ErrorKind::OutcomeUnknown,
+                format!(
+                    "job {id}'s submission ({e}): it may have been accepted. Submit it again \
+                     with the same job id: that finds the job if it was accepted, and \
+                     submits it if not (the job is accepted once; a task of it may run \
+                     again)"
+                ),
+            )
         } else {
-            error(format!(
-                "submission of job {id} failed: {e}; retry with the same job id"
-            ))
+            error(
+                ErrorKind::Unavailable,
+                format!(
+                    "submission of job {id} failed, and nothing of it was accepted: {e}; \
+                     submit it again with the same job id"
+                ),
+            )
         }
     }
 }
@@ -569,14 +587,28 @@ fn same_submission(id: &str, kept: Option<&ByteBuf>, digest: &ByteBuf) -> Result
     }
 }
 
+/// The `Error` frame of an admission refusal: a submission that cannot be
+/// accepted as it is, or not now (its id busy, the queue full).
+fn refused(refusal: &crate::core::job::Refusal) -> Frame {
+    use crate::core::job::Refusal as R;
+    let kind = match refusal {
+        R::InvalidId(_) | R::InvalidOptions | R::Count { .. } => ErrorKind::Invalid,
+        R::Busy(_) | R::Full { .. } => ErrorKind::Unavailable,
+    };
+    error(kind, refusal)
+}
+
 impl Master {
     /// The refusal of a job type this master does not run.
     pub(super) fn unknown_job_type(&self, name: &str) -> Frame {
-        error(format!(
-            "unknown job type {name:?}: this cluster's master runs {}; the master and the \
+        error(
+            ErrorKind::Invalid,
+            format!(
+                "unknown job type {name:?}: this cluster's master runs {}; the master and the \
              submitting binary must register the same jobs",
-            self.settings.registry.names().join(", ")
-        ))
+                self.settings.registry.names().join(", ")
+            ),
+        )
     }
 
     /// The registered workers that run job `name`, and their slots.

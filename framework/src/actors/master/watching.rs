@@ -24,10 +24,10 @@ use tokio::sync::mpsc;
 use super::access::visible;
 use super::fetch::fetch;
 use super::status::read_progress;
-use super::{error, Master};
+use super::{error, failed, Master};
 use crate::coord::{OutputRef, ResultRecord};
 use crate::transport::PeerId;
-use crate::wire::{Frame, JobOutcome, JobProgress, WATCH_PERIOD};
+use crate::wire::{ErrorKind, Frame, JobOutcome, JobProgress, WATCH_PERIOD};
 
 /// A client watches a job.
 #[derive(Message)]
@@ -87,7 +87,7 @@ impl Watchers {
                 return true;
             }
             let why = super::access::refusal(owner, &w.peer, job_id).unwrap_or_default();
-            let _ = w.tx.send(error(why));
+            let _ = w.tx.send(error(ErrorKind::NotOwner, why));
             refused.push(w.peer.clone());
             false
         });
@@ -124,7 +124,7 @@ impl Master {
         let owner = self.owner_of(&job_id);
         if let Some(owner) = &owner {
             if let Some(why) = self.check_owner(owner.as_deref(), &peer, &job_id) {
-                let _ = tx.send(error(why));
+                let _ = tx.send(error(ErrorKind::NotOwner, why));
                 return;
             }
         }
@@ -169,7 +169,7 @@ impl Master {
                 }
             }
             Ok((other, None)) => act.end_watch(&job_id, &other),
-            Err(e) => act.end_watch(&job_id, &error(e)),
+            Err(e) => act.end_watch(&job_id, &failed(&e)),
         }));
     }
 
@@ -263,7 +263,7 @@ impl Master {
         // Its watchers were checked against its owner.
         let read = async move { fetch(&store, &id, None).await };
         ctx.spawn(read.into_actor(self).map(move |res, _, _| {
-            let frame = res.unwrap_or_else(error);
+            let frame = res.unwrap_or_else(|e| failed(&e));
             for w in fetching {
                 let _ = w.tx.send(frame.clone());
             }
@@ -336,7 +336,7 @@ mod tests {
         let refused = ws.screen("j", Some("client:alice"));
         assert_eq!(refused.len(), 1);
         assert!(
-            matches!(bob.try_recv(), Ok(Frame::Error { message }) if message.contains("belongs to client alice"))
+            matches!(bob.try_recv(), Ok(Frame::Error { kind: ErrorKind::NotOwner, message }) if message.contains("belongs to client alice"))
         );
         assert!(
             alice.try_recv().is_err() && ops.try_recv().is_err(),
