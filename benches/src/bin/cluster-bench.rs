@@ -376,15 +376,7 @@ impl PeerFigure {
     }
 }
 
-/// `n` well-behaved probes with values from `first` on.
-fn probes_from(first: u64, n: u64) -> Vec<Probe> {
-    (first..first + n)
-        .map(|value| Probe {
-            value,
-            behaviour: Behaviour::Ok,
-        })
-        .collect()
-}
+use probe::oks as probes_from;
 
 fn probes(n: u64, behaviour: Behaviour) -> Vec<Probe> {
     (0..n)

@@ -33,6 +33,17 @@ pub enum Behaviour {
     WaitFor(String),
 }
 
+/// `n` probes that succeed at once, with values from `first` on (each
+/// returns twice its value).
+pub fn oks(first: u64, n: u64) -> Vec<Probe> {
+    (first..first + n)
+        .map(|value| Probe {
+            value,
+            behaviour: Behaviour::Ok,
+        })
+        .collect()
+}
+
 /// The error of a probe whose run was cancelled while it waited.
 fn cancelled(value: u64) -> TaskError {
     TaskError::permanent(format!("probe {value} stopped: its run was cancelled"))

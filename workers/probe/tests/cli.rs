@@ -15,12 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_probe");
 
 /// Probes `0..n` that succeed.
 fn ok_probes(n: u64) -> Vec<probe::Probe> {
-    (0..n)
-        .map(|value| probe::Probe {
-            value,
-            behaviour: probe::Behaviour::Ok,
-        })
-        .collect()
+    probe::oks(0, n)
 }
 
 fn write_tasks(path: &Path, lines: &[String]) -> String {

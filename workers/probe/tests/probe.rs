@@ -520,7 +520,7 @@ fn a_zookeeper_outage_under_a_work_queue_says_retry_and_loses_nothing() {
                         job_id: Some(id.clone()),
                         ..Default::default()
                     };
-                    match client.run::<Collect<Probe>>(probes_from(i, 1), opts).await {
+                    match client.run::<Collect<Probe>>(probe::oks(i, 1), opts).await {
                         Ok(r) => break r,
                         Err(e) => {
                             let advice = e.advice();
@@ -574,16 +574,6 @@ fn a_zookeeper_outage_under_a_work_queue_says_retry_and_loses_nothing() {
     }
     assert_eq!(commits.len(), 60, "{commits:?}");
     assert!(commits.values().all(|&n| n == 1), "{commits:?}");
-}
-
-/// `n` probes from `first` on, each returning twice its value.
-fn probes_from(first: u64, n: u64) -> Vec<Probe> {
-    (first..first + n)
-        .map(|value| Probe {
-            value,
-            behaviour: Behaviour::Ok,
-        })
-        .collect()
 }
 
 /// The probe whose output [`probe::FragileSum`] cannot merge.
