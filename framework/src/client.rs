@@ -789,9 +789,15 @@ impl Client {
         }
     }
 
-    /// Every job the cluster holds, newest first.
-    pub async fn jobs(&self) -> Result<Vec<crate::wire::JobSummary>, ClientError> {
-        match self.request(&[Frame::ListJobs]).await? {
+    /// The jobs the cluster holds that `query` matches (a client sees only
+    /// its own), newest first, with how many match and counts by state.
+    /// `JobQuery::default()` asks for every job, up to
+    /// [`crate::wire::MAX_LISTED`].
+    pub async fn jobs(
+        &self,
+        query: crate::wire::JobQuery,
+    ) -> Result<crate::wire::JobList, ClientError> {
+        match self.request(&[Frame::ListJobs(query)]).await? {
             Frame::Jobs(j) => Ok(j),
             Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),

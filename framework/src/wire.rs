@@ -207,7 +207,7 @@ pub struct ShardReport {
 }
 
 /// A job's state as clients see it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub enum JobState {
     /// Durable and being worked on.
     Running,
@@ -440,10 +440,11 @@ pub enum Frame {
     },
     /// Master to client: the answer to `PlanJob`.
     Planned(JobPlanInfo),
-    /// Client to master: every job the cluster holds.
-    ListJobs,
-    /// Master to client: the answer to `ListJobs`, newest first.
-    Jobs(Vec<JobSummary>),
+    /// Client to master: the jobs the cluster holds that the query
+    /// matches (and the asker may see).
+    ListJobs(JobQuery),
+    /// Master to client: the answer to `ListJobs`.
+    Jobs(JobList),
     /// Client to master: send the job's committed outputs (`Partial`
     /// frames, each shard once, in commit order) except the shards in
     /// `seen`, then, once the job ends and every committed output was sent,
@@ -593,6 +594,96 @@ pub struct JobSummary {
     pub fetched: bool,
     /// Something its owner should know (no worker runs it).
     pub note: Option<String>,
+    /// Whose it is (`client:<name>`; `None`: a job of an older version).
+    pub owner: Option<String>,
+}
+
+/// Which jobs a [`Frame::ListJobs`] asks for: every condition given must
+/// hold. A client is shown only its own jobs whatever it asks; an admin
+/// or a node, everyone's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobQuery {
+    /// In one of these states (empty: any).
+    pub states: Vec<JobState>,
+    /// Of this registered job name.
+    pub job_name: Option<String>,
+    /// Of this owner (`client:<name>`).
+    pub owner: Option<String>,
+    /// Accepted at or after this time (milliseconds since the Unix epoch).
+    pub since_ms: Option<u64>,
+    /// At most this many, newest first (0: up to [`MAX_LISTED`]).
+    pub last: u32,
+}
+
+/// Most jobs one [`Frame::Jobs`] lists.
+pub const MAX_LISTED: usize = 10_000;
+
+/// The answer to a [`JobQuery`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobList {
+    /// The newest jobs that match, newest first (at most the query's
+    /// `last`).
+    pub jobs: Vec<JobSummary>,
+    /// How many match in all.
+    pub matched: u64,
+    /// The jobs that match every condition but the states, by state.
+    pub counts: StateCounts,
+}
+
+/// Jobs by state.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Running.
+    pub running: u64,
+    /// Done.
+    pub done: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+}
+
+impl JobQuery {
+    /// Whether `j` matches every condition but the states.
+    pub fn matches_but_state(&self, j: &JobSummary) -> bool {
+        self.job_name.as_ref().is_none_or(|n| *n == j.job_name)
+            && self
+                .owner
+                .as_ref()
+                .is_none_or(|o| j.owner.as_ref() == Some(o))
+            && self.since_ms.is_none_or(|t| j.created_ms >= t)
+    }
+
+    /// The answer to this query over `all` (in any order): counted,
+    /// filtered, newest first, cut to `last`.
+    pub fn answer(&self, mut all: Vec<JobSummary>) -> JobList {
+        all.retain(|j| self.matches_but_state(j));
+        let mut counts = StateCounts::default();
+        for j in &all {
+            match j.state {
+                JobState::Running => counts.running += 1,
+                JobState::Done => counts.done += 1,
+                JobState::Cancelled => counts.cancelled += 1,
+            }
+        }
+        if !self.states.is_empty() {
+            all.retain(|j| self.states.contains(&j.state));
+        }
+        let matched = all.len() as u64;
+        all.sort_by(|a, b| {
+            b.created_ms
+                .cmp(&a.created_ms)
+                .then_with(|| a.job_id.cmp(&b.job_id))
+        });
+        let last = match self.last {
+            0 => MAX_LISTED,
+            n => (n as usize).min(MAX_LISTED),
+        };
+        all.truncate(last);
+        JobList {
+            jobs: all,
+            matched,
+            counts,
+        }
+    }
 }
 
 /// Shortest interval between two progress frames pushed for one job.
@@ -637,7 +728,7 @@ impl Frame {
             Frame::WatchJob { .. } => "WatchJob",
             Frame::PlanJob { .. } => "PlanJob",
             Frame::Planned(_) => "Planned",
-            Frame::ListJobs => "ListJobs",
+            Frame::ListJobs(_) => "ListJobs",
             Frame::Jobs(_) => "Jobs",
             Frame::StreamJob { .. } => "StreamJob",
             Frame::Partial { .. } => "Partial",
@@ -863,6 +954,55 @@ mod tests {
         assert_eq!(refusal.kind(), ErrorKind::Unsupported, "{refusal}");
         let garbage = rmp_serde::from_slice::<Frame>(&[0xc1]).unwrap_err();
         assert_eq!(WireError::Malformed(garbage).kind(), ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn a_job_query_counts_by_state_filters_and_keeps_the_newest() {
+        let job =
+            |id: &str, state: JobState, name: &str, owner: &str, created_ms: u64| JobSummary {
+                job_id: id.into(),
+                job_name: name.into(),
+                state,
+                tasks_total: 1,
+                counters: None,
+                created_ms,
+                fetched: false,
+                note: None,
+                owner: Some(owner.into()),
+            };
+        let all = vec![
+            job("a", JobState::Done, "wc", "client:al", 10),
+            job("b", JobState::Running, "wc", "client:al", 30),
+            job("c", JobState::Done, "wc", "client:bo", 20),
+            job("d", JobState::Cancelled, "probe", "client:al", 40),
+            job("e", JobState::Done, "wc", "client:al", 50),
+        ];
+        let ids = |l: &JobList| l.jobs.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>();
+        let q = JobQuery {
+            states: vec![JobState::Done],
+            job_name: Some("wc".into()),
+            last: 2,
+            ..Default::default()
+        };
+        let l = q.answer(all.clone());
+        assert_eq!(ids(&l), ["e", "c"]);
+        assert_eq!(l.matched, 3);
+        // Counted over every condition but the states.
+        let counts = StateCounts {
+            running: 1,
+            done: 3,
+            cancelled: 0,
+        };
+        assert_eq!(l.counts, counts);
+        let q = JobQuery {
+            owner: Some("client:al".into()),
+            since_ms: Some(30),
+            ..Default::default()
+        };
+        assert_eq!(ids(&q.answer(all.clone())), ["e", "d", "b"]);
+        let everything = JobQuery::default().answer(all);
+        assert_eq!(everything.matched, 5);
+        assert_eq!(ids(&everything), ["e", "d", "b", "c", "a"]);
     }
 
     #[test]

@@ -236,9 +236,70 @@ struct StatusArgs {
 struct JobsArgs {
     #[command(flatten)]
     conn: Conn,
-    /// Print JSON.
+    /// Print JSON: `{"jobs": [...], "matched": N, "counts": {...}}`.
     #[arg(long)]
     json: bool,
+    /// Only jobs in this state (repeat for several).
+    #[arg(long, value_enum)]
+    state: Vec<StateArg>,
+    /// Only jobs of this registered job name.
+    #[arg(long, value_name = "NAME")]
+    job: Option<String>,
+    /// Only jobs of this owner: a client's name (admins see everyone's;
+    /// a client only its own).
+    #[arg(long, value_name = "CLIENT")]
+    owner: Option<String>,
+    /// Only jobs accepted in the last DURATION (`30s`, `5m`, `1h30m`, `2d`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    since: Option<Duration>,
+    /// The newest N that match (0: up to 10,000).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    last: u32,
+}
+
+/// A job state, as `jobs --state` names it.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum StateArg {
+    Running,
+    Done,
+    Cancelled,
+}
+
+impl From<StateArg> for crate::wire::JobState {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Running => crate::wire::JobState::Running,
+            StateArg::Done => crate::wire::JobState::Done,
+            StateArg::Cancelled => crate::wire::JobState::Cancelled,
+        }
+    }
+}
+
+/// A duration as `30s`, `5m`, `1h30m` or `2d` (humantime's forms).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: write a duration as 30s, 5m, 1h30m or 2d"))
+}
+
+impl JobsArgs {
+    /// The listing request these flags ask for.
+    fn query(&self) -> crate::wire::JobQuery {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        crate::wire::JobQuery {
+            states: self.state.iter().map(|s| (*s).into()).collect(),
+            job_name: self.job.clone(),
+            owner: self.owner.as_ref().map(|o| match o.contains(':') {
+                true => o.clone(),
+                false => format!("client:{o}"),
+            }),
+            since_ms: self
+                .since
+                .map(|d| now_ms.saturating_sub(d.as_millis() as u64)),
+            last: self.last,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -368,6 +429,9 @@ enum Cmd {
     /// ARGS...`), stop everything.
     Local(LocalArgs),
 }
+
+/// Jobs `status` lists (the newest); `jobs` lists more, and filters.
+const STATUS_JOBS: u32 = 10;
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -713,11 +777,11 @@ impl NodeBuilder {
             }
             Cmd::Jobs(a) => block_on(async move {
                 let client = Client::connect(client_config(&a.conn)).await?;
-                let jobs = client.jobs().await?;
+                let list = client.jobs(a.query()).await?;
                 if a.json {
-                    println!("{}", serde_json::to_string(&jobs)?);
+                    println!("{}", serde_json::to_string(&list)?);
                 } else {
-                    print!("{}", jobs_text(&jobs, usize::MAX));
+                    print!("{}", jobs_text(&list));
                 }
                 Ok(())
             }),
@@ -725,16 +789,21 @@ impl NodeBuilder {
                 let client = Client::connect(client_config(&a.conn)).await?;
                 loop {
                     let s = client.status().await?;
-                    // Recent jobs, from a master that can list them.
-                    let jobs = match client.jobs().await {
+                    // The newest jobs and counts by state, from a master
+                    // that can list them.
+                    let newest = crate::wire::JobQuery {
+                        last: STATUS_JOBS,
+                        ..Default::default()
+                    };
+                    let jobs = match client.jobs(newest).await {
                         Ok(j) => Some(j),
                         Err(e) if e.refusal() == Some(crate::client::Refusal::Unsupported) => None,
                         Err(e) => return Err(e.into()),
                     };
                     let text = if a.json {
-                        status_json(&s, jobs.as_deref())
+                        status_json(&s, jobs.as_ref())
                     } else {
-                        status_text(&s, jobs.as_deref())
+                        status_text(&s, jobs.as_ref())
                     };
                     if a.watch && std::io::stdout().is_terminal() {
                         // Clear the screen and go home, like watch(1).

@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use crate::client::JobReport;
-use crate::wire::{ClusterStatus, JobProgress, JobState, JobSummary};
+use crate::wire::{ClusterStatus, JobList, JobProgress, JobState, JobSummary};
 
-pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&[JobSummary]>) -> String {
+pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
     let mut out = format!("leader {} epoch {}\n", s.leader, s.epoch);
     let connected = s.workers.iter().filter(|w| w.connected).count();
     let slots: u64 = s.workers.iter().map(|w| u64::from(w.slots)).sum();
@@ -38,9 +38,9 @@ pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&[JobSummary]>) -> Str
     if s.jobs.is_empty() {
         out.push_str("no jobs running\n");
     }
-    for j in &s.jobs {
+    for j in s.jobs.iter().take(SHOWN) {
         let note = jobs
-            .and_then(|all| all.iter().find(|a| a.job_id == j.job_id))
+            .and_then(|l| l.jobs.iter().find(|a| a.job_id == j.job_id))
             .and_then(|a| a.note.as_deref())
             .map_or(String::new(), |n| format!(" ({n})"));
         out.push_str(&format!(
@@ -53,61 +53,88 @@ pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&[JobSummary]>) -> Str
             j.counters.retries
         ));
     }
-    if let Some(all) = jobs {
-        let ended: Vec<JobSummary> = all.iter().filter(|j| j.state.is_final()).cloned().collect();
+    if s.jobs.len() > SHOWN {
+        out.push_str(&format!(
+            "... and {} more running (`jobs --state running --last 0` lists them)\n",
+            s.jobs.len() - SHOWN
+        ));
+    }
+    if let Some(list) = jobs {
+        let c = list.counts;
+        out.push_str(&format!(
+            "jobs held: {} running, {} done, {} cancelled\n",
+            c.running, c.done, c.cancelled
+        ));
+        let ended: Vec<&JobSummary> = list.jobs.iter().filter(|j| j.state.is_final()).collect();
         if !ended.is_empty() {
-            out.push_str(&format!(
-                "recent finished jobs ({} held; `jobs` lists them all):\n",
-                ended.len()
-            ));
-            out.push_str(&jobs_text(&ended, RECENT));
+            out.push_str("newest finished (`jobs` filters and lists more):\n");
+            for j in ended {
+                out.push_str(&job_line(j));
+            }
         }
     }
     out
 }
 
-/// Finished jobs `status` shows.
-const RECENT: usize = 10;
+/// Running jobs `status` shows.
+const SHOWN: usize = 10;
 
-/// One line per job, at most `limit`.
-pub(super) fn jobs_text(jobs: &[JobSummary], limit: usize) -> String {
+/// One line per job, then how many more match.
+pub(super) fn jobs_text(list: &JobList) -> String {
     let mut out = String::new();
-    if jobs.is_empty() {
+    if list.jobs.is_empty() {
         out.push_str("no jobs\n");
     }
-    for j in jobs.iter().take(limit) {
-        let state = match j.state {
-            JobState::Running => "running",
-            JobState::Done if j.fetched => "done, fetched",
-            JobState::Done => "done",
-            JobState::Cancelled => "cancelled",
-        };
-        let progress = match &j.counters {
-            Some(c) => format!("{}/{} tasks", c.tasks_done, c.tasks_total),
-            None => format!("{} tasks", j.tasks_total),
-        };
-        let when = if j.created_ms == 0 {
-            String::new()
-        } else {
-            let ago = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64)
-                .saturating_sub(j.created_ms);
-            format!(", submitted {} ago", ago_text(ago))
-        };
-        let note = j
-            .note
-            .as_deref()
-            .map_or(String::new(), |n| format!(" ({n})"));
+    for j in &list.jobs {
+        out.push_str(&job_line(j));
+    }
+    let more = list.matched.saturating_sub(list.jobs.len() as u64);
+    if more > 0 {
         out.push_str(&format!(
-            "job {} {} {state}, {progress}{when}{note}\n",
-            j.job_id, j.job_name
+            "... and {more} more that match (`--last N`, or `--last 0` for up to 10,000)\n"
         ));
     }
-    if jobs.len() > limit {
-        out.push_str(&format!("... and {} more\n", jobs.len() - limit));
-    }
+    let c = list.counts;
+    out.push_str(&format!(
+        "{} running, {} done, {} cancelled\n",
+        c.running, c.done, c.cancelled
+    ));
     out
+}
+
+/// A job's line.
+fn job_line(j: &JobSummary) -> String {
+    let state = match j.state {
+        JobState::Running => "running",
+        JobState::Done if j.fetched => "done, fetched",
+        JobState::Done => "done",
+        JobState::Cancelled => "cancelled",
+    };
+    let progress = match &j.counters {
+        Some(c) => format!("{}/{} tasks", c.tasks_done, c.tasks_total),
+        None => format!("{} tasks", j.tasks_total),
+    };
+    let when = if j.created_ms == 0 {
+        String::new()
+    } else {
+        let ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            .saturating_sub(j.created_ms);
+        format!(", submitted {} ago", ago_text(ago))
+    };
+    let owner = j
+        .owner
+        .as_deref()
+        .map_or(String::new(), |o| format!(", {}", o.replacen(':', " ", 1)));
+    let note = j
+        .note
+        .as_deref()
+        .map_or(String::new(), |n| format!(" ({n})"));
+    format!(
+        "job {} {} {state}, {progress}{when}{owner}{note}\n",
+        j.job_id, j.job_name
+    )
 }
 
 fn ago_text(ms: u64) -> String {
@@ -119,11 +146,13 @@ fn ago_text(ms: u64) -> String {
     }
 }
 
-pub(super) fn status_json(s: &ClusterStatus, jobs: Option<&[JobSummary]>) -> String {
-    // The status's own fields, plus every job held (`jobs` is the running ones).
+pub(super) fn status_json(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
+    // The status's own fields (`jobs` is the running ones), the newest
+    // jobs held and the counts by state.
     let value = serde_json::to_value(s).map(|mut v| {
-        if let (Some(map), Some(jobs)) = (v.as_object_mut(), jobs) {
-            map.insert("held_jobs".into(), serde_json::json!(jobs));
+        if let (Some(map), Some(list)) = (v.as_object_mut(), jobs) {
+            map.insert("held_jobs".into(), serde_json::json!(list.jobs));
+            map.insert("held_counts".into(), serde_json::json!(list.counts));
         }
         v
     });

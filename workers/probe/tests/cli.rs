@@ -386,7 +386,11 @@ fn a_job_without_workers_waits_with_a_warning_and_its_shards_reach_every_worker(
         "{err}"
     );
     let (code, out, err) = run(&c, "jobs", &[]);
-    assert_eq!((code, out.as_str()), (0, "no jobs\n"), "{err}");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "no jobs\n0 running, 0 done, 0 cancelled\n"),
+        "{err}"
+    );
 
     let (code, _, err) = run(
         &c,
@@ -475,6 +479,97 @@ fn a_job_without_workers_waits_with_a_warning_and_its_shards_reach_every_worker(
         assert!(Instant::now() < deadline, "job held did not end: {line}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `jobs` on a queue: filtered by state, job name, owner and age, the
+/// newest first and cut to `--last`, with how many match and counts by
+/// state; as JSON too. `status` counts the jobs held by state.
+#[test]
+fn jobs_are_listed_by_state_name_owner_and_age_newest_first() {
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &["--slots", "2"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+    });
+    let dir = c.dir.path().to_path_buf();
+    // Five done (not fetched: held), one running, one cancelled.
+    let quick = write_tasks(&dir.join("quick.jsonl"), &[ok(1)]);
+    for i in 0..5 {
+        let id = format!("d{i}");
+        let (code, _, err) = run(
+            &c,
+            "submit",
+            &["probe", "--detach", "--job-id", &id, &quick],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let slow = write_tasks(&dir.join("slow.jsonl"), &[sleep(1, 60_000)]);
+    for id in ["r", "x"] {
+        let (code, _, err) = run(&c, "submit", &["probe", "--detach", "--job-id", id, &slow]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = run(&c, "cancel", &["x"]);
+    assert_eq!(code, 0, "{err}");
+    let listed = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = run(&c, "jobs", &all);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Each done job ends on its own; wait until all five have.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while listed(&["--state", "done"])["matched"] != 5 {
+        assert!(Instant::now() < deadline, "{}", listed(&[]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let done = listed(&["--state", "done", "--last", "2"]);
+    assert_eq!(ids(&done), ["d4", "d3"], "{done}");
+    assert_eq!(done["matched"], 5);
+    let counts = &done["counts"];
+    assert_eq!(
+        (&counts["running"], &counts["done"], &counts["cancelled"]),
+        (&1.into(), &5.into(), &1.into()),
+        "{done}"
+    );
+    assert_eq!(ids(&listed(&["--state", "running"])), ["r"]);
+    let ended = listed(&["--state", "cancelled", "--state", "running"]);
+    assert_eq!(ids(&ended), ["x", "r"], "{ended}");
+    assert_eq!(listed(&["--job", "fragile-sum"])["matched"], 0);
+    assert_eq!(listed(&["--job", "probe", "--since", "1h"])["matched"], 7);
+    // Every job here is the admin certificate's ("local").
+    assert_eq!(listed(&["--owner", "someone-else"])["matched"], 0);
+    assert_eq!(listed(&["--owner", "local"])["matched"], 7);
+    let (code, _, err) = run(&c, "jobs", &["--since", "soon"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("30s, 5m, 1h30m"), "{err}");
+    // Text: newest first, how many more match, the counts.
+    let (code, out, err) = run(&c, "jobs", &["--last", "3"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("job x probe cancelled"), "{out}");
+    assert!(lines[1].starts_with("job r probe running"), "{out}");
+    assert!(lines[2].starts_with("job d4 probe done"), "{out}");
+    assert_eq!(
+        lines[3],
+        "... and 4 more that match (`--last N`, or `--last 0` for up to 10,000)"
+    );
+    assert_eq!(lines[4], "1 running, 5 done, 1 cancelled");
+    let (code, out, err) = run(&c, "status", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("jobs held: 1 running, 5 done, 1 cancelled"),
+        "{out}"
+    );
 }
 
 /// A node given certificates of another CA (same cluster name) says once
@@ -1093,22 +1188,34 @@ fn a_clients_jobs_are_its_own_unless_an_admin_asks() {
                 .await
                 .map(|partial| format!("a stream: {partial:?}")),
         );
-        let listed = bob.jobs().await.unwrap();
-        assert!(listed.iter().all(|j| j.job_id != "alices"), "{listed:?}");
+        let listed = bob.jobs(Default::default()).await.unwrap();
+        assert!(
+            listed.jobs.iter().all(|j| j.job_id != "alices"),
+            "{listed:?}"
+        );
+        assert_eq!(listed.matched, 0, "{listed:?}");
+        // Asking for alice's jobs by owner shows bob nothing either.
+        let asked = ringleader::wire::JobQuery {
+            owner: Some("client:alice".into()),
+            ..Default::default()
+        };
+        assert_eq!(bob.jobs(asked).await.unwrap().matched, 0);
         let status = bob.status().await.unwrap();
         assert!(status.jobs.iter().all(|j| j.job_id != "alices"));
         // An admin sees it; its owner fetches it.
         assert!(admin
-            .jobs()
+            .jobs(Default::default())
             .await
             .unwrap()
+            .jobs
             .iter()
-            .any(|j| j.job_id == "alices"));
+            .any(|j| j.job_id == "alices" && j.owner.as_deref() == Some("client:alice")));
         admin.progress("alices").await.unwrap();
         assert!(alice
-            .jobs()
+            .jobs(Default::default())
             .await
             .unwrap()
+            .jobs
             .iter()
             .any(|j| j.job_id == "alices"));
         let (results, _) = job.result().await.unwrap();

@@ -1192,9 +1192,9 @@ fn a_reused_job_id_gets_its_own_output_not_a_cancelled_runs() {
             "the cancelled job collected",
             || async {
                 client
-                    .jobs()
+                    .jobs(Default::default())
                     .await
-                    .is_ok_and(|jobs| jobs.iter().all(|j| j.job_id != "x"))
+                    .is_ok_and(|list| list.jobs.iter().all(|j| j.job_id != "x"))
             },
         )
         .await;

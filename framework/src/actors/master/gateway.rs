@@ -258,7 +258,7 @@ async fn handle_stream(
         | Frame::FetchResult { .. }
         | Frame::Cancel { .. }
         | Frame::PlanJob { .. }
-        | Frame::ListJobs) => {
+        | Frame::ListJobs(_)) => {
             master
                 .send(ClientRequest {
                     frame: other,

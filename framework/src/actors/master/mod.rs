@@ -1325,7 +1325,7 @@ impl Handler<ClientRequest> for Master {
                 shard_size,
                 shape.as_deref(),
             ))),
-            Frame::ListJobs => self.list_jobs(&msg.peer),
+            Frame::ListJobs(query) => self.list_jobs(&msg.peer, query),
             other => Box::pin(fut::ready(error(
                 ErrorKind::Unsupported,
                 format!("unexpected request {}", other.name()),

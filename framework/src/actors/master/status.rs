@@ -10,7 +10,8 @@ use crate::coord::{CoordError, JobStatus, LeaderStore, ResultRecord, StoredJob};
 use crate::core::Counters;
 use crate::transport::PeerId;
 use crate::wire::{
-    ClusterStatus, ErrorKind, Frame, JobPlanInfo, JobProgress, JobState, JobSummary, WorkerStatus,
+    ClusterStatus, ErrorKind, Frame, JobPlanInfo, JobProgress, JobQuery, JobState, JobSummary,
+    WorkerStatus,
 };
 
 impl Master {
@@ -139,7 +140,11 @@ impl Master {
     /// collector's cache (their records change no more), the rest read
     /// from ZooKeeper; newest first.
     /// Only the jobs `peer` may see ([`visible`]).
-    pub(super) fn list_jobs(&self, peer: &PeerId) -> ResponseActFuture<Self, Frame> {
+    pub(super) fn list_jobs(
+        &self,
+        peer: &PeerId,
+        query: JobQuery,
+    ) -> ResponseActFuture<Self, Frame> {
         let running: Vec<JobSummary> = self
             .jobs
             .iter()
@@ -155,6 +160,7 @@ impl Master {
                     created_ms: rt.stored.record.created_ms,
                     fetched: false,
                     note: self.runnable_note(&p.job_name),
+                    owner: rt.stored.record.owner.clone(),
                 })
             })
             .collect();
@@ -179,6 +185,7 @@ impl Master {
                     continue;
                 }
                 let p = stored_progress(&job, None);
+                let owner = job.record.owner.clone();
                 all.push(JobSummary {
                     job_id: job.id,
                     job_name: job.record.job_name,
@@ -188,14 +195,10 @@ impl Master {
                     created_ms: job.record.created_ms,
                     fetched: job.record.fetched_ms.is_some(),
                     note: None,
+                    owner,
                 });
             }
-            all.sort_by(|a, b| {
-                b.created_ms
-                    .cmp(&a.created_ms)
-                    .then_with(|| a.job_id.cmp(&b.job_id))
-            });
-            Ok(Frame::Jobs(all))
+            Ok(Frame::Jobs(query.answer(all)))
         };
         answer(self, work)
     }
