@@ -10,9 +10,10 @@
 //! themselves are described in [`crate::cli_job`].
 
 mod local;
+pub(crate) mod out;
 mod render;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -644,6 +645,10 @@ impl NodeBuilder {
     /// with the code [`Exit`] gives it.
     pub fn run_cli(self) -> anyhow::Result<()> {
         if let Err(e) = self.run_cli_from(std::env::args_os()) {
+            // A reader that stopped reading (`status | head`) is not an error.
+            if out::is_closed(&e) {
+                std::process::exit(0);
+            }
             eprintln!("{}", error_text(&e));
             std::process::exit(Exit::of(&e).code());
         }
@@ -779,9 +784,9 @@ impl NodeBuilder {
                 let client = Client::connect(client_config(&a.conn)).await?;
                 let list = client.jobs(a.query()).await?;
                 if a.json {
-                    println!("{}", serde_json::to_string(&list)?);
+                    writeln!(out::stdout(), "{}", serde_json::to_string(&list)?)?;
                 } else {
-                    print!("{}", jobs_text(&list));
+                    write!(out::stdout(), "{}", jobs_text(&list))?;
                 }
                 Ok(())
             }),
@@ -807,9 +812,9 @@ impl NodeBuilder {
                     };
                     if a.watch && std::io::stdout().is_terminal() {
                         // Clear the screen and go home, like watch(1).
-                        print!("\x1b[2J\x1b[H");
+                        write!(out::stdout(), "\x1b[2J\x1b[H")?;
                     }
-                    println!("{text}");
+                    writeln!(out::stdout(), "{text}")?;
                     if !a.watch {
                         return Ok(());
                     }
@@ -822,7 +827,7 @@ impl NodeBuilder {
             Cmd::Cancel(a) => block_on(async move {
                 let client = Client::connect(client_config(&a.conn)).await?;
                 client.cancel(&a.job_id).await?;
-                println!("cancelled {}", a.job_id);
+                writeln!(out::stdout(), "cancelled {}", a.job_id)?;
                 Ok(())
             }),
             Cmd::Local(a) => {
@@ -840,29 +845,32 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
         None => {
             tls::make_cluster_certs(&a.out)
                 .with_context(|| format!("writing certificates to {}", a.out.display()))?;
-            println!(
+            writeln!(
+                out::stdout(),
                 "wrote the cluster CA and node/client certificates to {} (for one machine; \
                  use `certs init` and `certs issue` for a cluster of several)",
                 a.out.display()
-            );
+            )?;
         }
         Some(CertsAction::Init { ca_dir }) => {
             tls::make_ca(&ca_dir)
                 .with_context(|| format!("making the cluster CA in {}", ca_dir.display()))?;
-            println!(
+            writeln!(
+                out::stdout(),
                 "made the cluster CA in {}: keep ca.key on this machine; issue each host's \
                  certificate with `certs issue`",
                 ca_dir.display()
-            );
+            )?;
         }
         Some(CertsAction::Revoke { ca_dir, cert }) => {
             let id = tls::revoke(&ca_dir, &cert)
                 .with_context(|| format!("revoking {}", cert.display()))?;
-            println!(
+            writeln!(
+                out::stdout(),
                 "revoked {id}: copy {} beside ca.pem on every host and send the nodes SIGHUP \
                  (its live connections are closed, new ones refused)",
                 ca_dir.join("crl.pem").display()
-            );
+            )?;
         }
         Some(CertsAction::Issue {
             zookeeper: Some(hosts),
@@ -873,13 +881,14 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
             tls::issue_zookeeper(&ca_dir, &hosts, &out).with_context(|| {
                 format!("issuing ZooKeeper's certificate into {}", out.display())
             })?;
-            println!(
+            writeln!(
+                out::stdout(),
                 "issued ZooKeeper's certificate for {} into {}: point the server's \
                  ssl.keyStore.location at zookeeper.pem and ssl.trustStore.location at ca.pem \
                  (both type PEM), with ssl.clientAuth=need and the x509 provider (README)",
                 hosts.join(", "),
                 out.display()
-            );
+            )?;
         }
         Some(CertsAction::Issue {
             ca_dir,
@@ -902,10 +911,11 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
                 tls::trust(&out, extra)
                     .with_context(|| format!("adding {} to {}", extra.display(), out.display()))?;
             }
-            println!(
+            writeln!(
+                out::stdout(),
                 "issued {name} into {}: copy that directory to its host (it holds no CA key)",
                 out.display()
-            );
+            )?;
         }
     }
     Ok(())
@@ -1006,7 +1016,7 @@ async fn submit(
         }
     );
     if detach {
-        println!("{id}");
+        writeln!(out::stdout(), "{id}")?;
         return Ok(());
     }
     if opts_stream {
@@ -1030,7 +1040,6 @@ async fn stream_to_end(
         .find(|j| j.name() == name)
         .ok_or_else(|| anyhow!("no entry for job {name}"))?;
     let mut items = client.stream_encoded(id);
-    let stdout = std::io::stdout();
     loop {
         let next = tokio::select! {
             n = items.next() => n?,
@@ -1042,7 +1051,7 @@ async fn stream_to_end(
             }
         };
         let Some((shard, bytes)) = next else { break };
-        let mut w = stdout.lock();
+        let mut w = out::stdout();
         job.stream_item(shard, &bytes, &mut w)?;
         std::io::Write::flush(&mut w)?;
     }

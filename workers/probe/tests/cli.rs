@@ -570,6 +570,24 @@ fn jobs_are_listed_by_state_name_owner_and_age_newest_first() {
         out.contains("jobs held: 1 running, 5 done, 1 cancelled"),
         "{out}"
     );
+    // A reader that closed its end (`status | head`) ends the command
+    // quietly: exit 0, no panic, nothing said.
+    for cmd in ["status", "jobs"] {
+        let mut child = c
+            .cli_command(cmd, &[])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{cmd}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{cmd}: {err}"
+        );
+    }
 }
 
 /// A node given certificates of another CA (same cluster name) says once
