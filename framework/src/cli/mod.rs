@@ -712,20 +712,40 @@ impl NodeBuilder {
             .subcommand()
             .map(|(_, m)| m.clone())
             .ok_or_else(|| anyhow!("no command"))?;
+        // The word where a job's name was expected, if it looks like one
+        // (not a file of arguments).
+        let named = sub
+            .try_get_many::<String>("job args")
+            .ok()
+            .flatten()
+            .and_then(|mut words| words.next().cloned())
+            .filter(|w| {
+                let name_like = w
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_');
+                name_like && !std::path::Path::new(w).exists()
+            });
         let job = || {
             picked.clone().ok_or_else(|| {
                 let names: Vec<&str> = self.cli.iter().map(|j| j.name()).collect();
-                if names.is_empty() {
-                    ended(Exit::Usage, "this binary registers no job")
-                } else {
-                    ended(
+                match &named {
+                    _ if names.is_empty() => ended(Exit::Usage, "this binary registers no job"),
+                    Some(word) => ended(
                         Exit::Usage,
                         format!(
-                        "say which job: `{name} submit JOB [ARGS]` (or `local JOB`), with JOB one \
-                         of: {}",
-                        names.join(", ")
+                            "unknown job {word:?}: this binary runs {}; name one first: `{name} \
+                             submit JOB [ARGS]` (or `local JOB`)",
+                            names.join(", ")
+                        ),
                     ),
-                    )
+                    None => ended(
+                        Exit::Usage,
+                        format!(
+                            "say which job: `{name} submit JOB [ARGS]` (or `local JOB`), with JOB \
+                             one of: {}",
+                            names.join(", ")
+                        ),
+                    ),
                 }
             })
         };

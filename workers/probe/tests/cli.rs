@@ -80,6 +80,13 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
         err.contains("say which job") && err.contains("probe") && err.contains("fragile-sum"),
         "{err}"
     );
+    // A job this binary lacks is named as unknown.
+    let (code, _, err) = run(&c, "submit", &["cube", &three]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("unknown job \"cube\": this binary runs probe, fragile-sum"),
+        "{err}"
+    );
 
     // A bare task: tasks as JSON lines in, one JSON line per output out.
     let (code, out, err) = run(&c, "submit", &["probe", &three]);
