@@ -61,3 +61,9 @@ impl Node {
 
 /// This crate's version (what `--version` and `ringleader_build_info` name).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The commit this build was made from (its short hash; "unknown" outside
+/// a git work tree): `--version`, the node's first log line and
+/// `ringleader_build_info` say it, and it tells two builds of one version
+/// apart.
+pub const COMMIT: &str = env!("RINGLEADER_COMMIT");

@@ -224,7 +224,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(JOBS_COMPLETED, Kind::Counter, "job_type", "jobs", "master", "Jobs finished with every task succeeded."),
     metric(JOBS_FAILED, Kind::Counter, "job_type", "jobs", "master", "Jobs finished with at least one failed task."),
     metric(JOBS_CANCELLED, Kind::Counter, "job_type", "jobs", "master", "Jobs cancelled by a client."),
-    metric(BUILD_INFO, Kind::Gauge, "version, binary, binary_version", "1", "all", "1, with Ringleader's version and the node binary's name and version as labels."),
+    metric(BUILD_INFO, Kind::Gauge, "version, commit, binary, binary_version", "1", "all", "1, with Ringleader's version and commit and the node binary's name and version as labels."),
     metric(QUIC_CONNECTIONS, Kind::Gauge, "", "connections", "all", "Open QUIC connections of the node's endpoint."),
     metric(FRAMES, Kind::Counter, "direction", "frames", "all", "Frames sent and received."),
     metric(FRAME_BYTES, Kind::Counter, "direction", "bytes", "all", "Bytes of frames sent and received."),
@@ -302,6 +302,7 @@ fn build_info(binary: &str, binary_version: &str) -> metrics::Gauge {
     metrics::gauge!(
         BUILD_INFO,
         "version" => crate::VERSION,
+        "commit" => crate::COMMIT,
         "binary" => binary.to_string(),
         "binary_version" => binary_version.to_string()
     )

@@ -285,7 +285,14 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     )
     .await?;
     let addr = advertised.to_string();
-    tracing::info!(node = %node_id, %addr, role = ?config.role, "node starting");
+    tracing::info!(
+        node = %node_id,
+        %addr,
+        role = ?config.role,
+        version = crate::VERSION,
+        commit = crate::COMMIT,
+        "node starting"
+    );
     std::fs::create_dir_all(&config.data_dir)?;
     let store = crate::store::Store::open(&config.store)?;
     let audit = crate::audit::Audit::open(config.audit_file.as_deref(), &node_id)?;

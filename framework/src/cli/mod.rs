@@ -669,9 +669,10 @@ impl NodeBuilder {
             .map(std::path::PathBuf::from)
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(program);
+        let ringleader = format!("ringleader {} commit {}", crate::VERSION, crate::COMMIT);
         let version = match self.version {
-            Some(v) => format!("{v} (ringleader {})", crate::VERSION),
-            None => format!("(ringleader {})", crate::VERSION),
+            Some(v) => format!("{v} ({ringleader})"),
+            None => format!("({ringleader})"),
         };
         let mut cmd = <Cli as clap::CommandFactory>::command()
             .name(name.clone())

@@ -264,8 +264,13 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
-        format!("probe (ringleader {})", ringleader::VERSION)
+        format!(
+            "probe (ringleader {} commit {})",
+            ringleader::VERSION,
+            ringleader::COMMIT
+        )
     );
+    assert_ne!(ringleader::COMMIT, "unknown", "the suite runs in a git work tree");
 
     // A cancelled job says so, with its own exit.
     let long = write_tasks(&dir.join("long.jsonl"), &[sleep(1, 30_000)]);

@@ -132,8 +132,9 @@ fn prometheus_scrapes_every_role_and_every_panel_has_data() {
         // What runs, and the process's own figures.
         assert!(
             body.contains(&format!(
-                "ringleader_build_info{{version=\"{}\",binary=\"wordcount\",binary_version=\"{}\"}} 1",
+                "ringleader_build_info{{version=\"{}\",commit=\"{}\",binary=\"wordcount\",binary_version=\"{}\"}} 1",
                 ringleader::VERSION,
+                ringleader::COMMIT,
                 env!("CARGO_PKG_VERSION")
             )),
             "{role}:\n{body}"
