@@ -232,6 +232,17 @@ pub(super) fn run_local(
     }
     if a.linger_secs > 0 {
         eprintln!("lingering {} s; Ctrl-C to stop now", a.linger_secs);
+        // What another shell needs to reach this cluster meanwhile.
+        let bin = std::env::args()
+            .next()
+            .unwrap_or_else(|| "BINARY".to_string());
+        let conn = format!(
+            "--zk {zk_connect} --zk-tls --cluster local --certs {}",
+            dir.join("certs").display()
+        );
+        eprintln!("to reach it from another shell meanwhile:");
+        eprintln!("  {bin} status {conn}");
+        eprintln!("  {bin} submit {conn} JOB ARGS...");
         let linger = std::time::Duration::from_secs(a.linger_secs);
         actix::System::new().block_on(async move {
             tokio::select! {

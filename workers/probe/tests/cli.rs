@@ -270,7 +270,11 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
             ringleader::COMMIT
         )
     );
-    assert_ne!(ringleader::COMMIT, "unknown", "the suite runs in a git work tree");
+    assert_ne!(
+        ringleader::COMMIT,
+        "unknown",
+        "the suite runs in a git work tree"
+    );
 
     // A cancelled job says so, with its own exit.
     let long = write_tasks(&dir.join("long.jsonl"), &[sleep(1, 30_000)]);
@@ -1919,4 +1923,67 @@ fn a_request_after_an_idle_spell_dials_the_same_master_again_at_once() {
         fastest < Duration::from_millis(450),
         "a request after an idle spell took {fastest:?} at best"
     );
+}
+
+/// `local --linger-secs` says how to reach the cluster from another shell,
+/// and the lines it prints work as pasted.
+#[test]
+fn a_lingering_local_cluster_prints_the_lines_that_reach_it() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = write_tasks(&dir.path().join("t.jsonl"), &[ok(1)]);
+    let mut local = std::process::Command::new(BIN)
+        .args([
+            "local",
+            "probe",
+            "--nodes",
+            "1",
+            "--linger-secs",
+            "60",
+            &tasks,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = local.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut said = Vec::new();
+    let status = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("local said no status line ({e}): {said:#?}"));
+        said.push(line.clone());
+        if let Some(l) = line.trim().strip_prefix(&format!("{BIN} status ")) {
+            break l.to_string();
+        }
+    };
+    let o = std::process::Command::new(BIN)
+        .arg("status")
+        .args(status.split_whitespace())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &local.id().to_string()])
+        .status();
+    let ended = local.wait().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("leader node-0"), "{out}");
+    assert!(ended.success(), "{ended:?}");
 }
