@@ -10,12 +10,30 @@ use crate::wire::{ClusterStatus, JobList, JobProgress, JobState, JobSummary};
 pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
     let mut out = format!("leader {} epoch {}\n", s.leader, s.epoch);
     let connected = s.workers.iter().filter(|w| w.connected).count();
-    let slots: u64 = s.workers.iter().map(|w| u64::from(w.slots)).sum();
+    // The master's own worker runs shards only when no other has room
+    // (a task that kills its process must not take the master with it).
+    let own = |w: &&crate::wire::WorkerStatus| w.node_id == s.leader;
+    let slots: u64 = s
+        .workers
+        .iter()
+        .filter(|w| !own(w))
+        .map(|w| u64::from(w.slots))
+        .sum();
+    let fallback: u64 = s
+        .workers
+        .iter()
+        .filter(own)
+        .map(|w| u64::from(w.slots))
+        .sum();
     if s.workers.is_empty() {
         out.push_str("workers: none registered (start nodes with --role all or worker)\n");
     } else {
+        let spare = match fallback {
+            0 => String::new(),
+            n => format!(" (and {n} on the master's own worker, used when those are full)"),
+        };
         out.push_str(&format!(
-            "workers: {} registered, {connected} connected, {slots} slots\n",
+            "workers: {} registered, {connected} connected, {slots} slots{spare}\n",
             s.workers.len()
         ));
     }
@@ -30,8 +48,13 @@ pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
             (true, _, _) => "connected".to_string(),
             (false, _, _) => "registered, not connected".to_string(),
         };
+        let role = if own(&w) {
+            " (the master's own: a fallback)"
+        } else {
+            ""
+        };
         out.push_str(&format!(
-            "worker {} {} slots {} in-flight {} {seen}\n",
+            "worker {} {} slots {} in-flight {} {seen}{role}\n",
             w.node_id, w.addr, w.slots, w.in_flight
         ));
     }

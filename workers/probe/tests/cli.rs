@@ -586,6 +586,14 @@ fn jobs_are_listed_by_state_name_owner_and_age_newest_first() {
         out.contains("jobs held: 1 running, 5 done, 1 cancelled"),
         "{out}"
     );
+    // One node, the master: its worker's slots are a fallback, said so.
+    assert!(
+        out.contains(
+            "workers: 1 registered, 1 connected, 0 slots (and 2 on the master's own worker, used \
+             when those are full)"
+        ) && out.contains("(the master's own: a fallback)"),
+        "{out}"
+    );
     // A reader that closed its end (`status | head`) ends the command
     // quietly: exit 0, no panic, nothing said.
     for cmd in ["status", "jobs"] {
