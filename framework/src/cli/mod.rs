@@ -764,7 +764,26 @@ impl NodeBuilder {
                 } else {
                     None
                 };
-                let tasks = job.tasks(&sub, store.as_ref())?;
+                // Reading (and uploading) the inputs may take long: Ctrl-C
+                // stops it, and nothing is submitted.
+                let tasks = {
+                    let (job, sub) = (job.clone(), sub.clone());
+                    block_on(async move {
+                        // A thread of its own, not the runtime's blocking
+                        // pool: the runtime's end would wait for it.
+                        let (tx, read) = tokio::sync::oneshot::channel();
+                        std::thread::spawn(move || tx.send(job.tasks(&sub, store.as_ref())));
+                        tokio::select! {
+                            r = read => r.map_err(|e| anyhow!("reading the job's inputs: {e}"))?,
+                            _ = tokio::signal::ctrl_c() => Err(ended(
+                                Exit::Interrupted,
+                                "interrupted while the job's inputs were read or uploaded: \
+                                 nothing was submitted (objects already uploaded stay in the \
+                                 store's inputs/)",
+                            )),
+                        }
+                    })?
+                };
                 let mut opts = a.job.options(job.as_ref());
                 opts.stream = a.stream;
                 let out = Output::new(a.output);
@@ -975,19 +994,32 @@ async fn submit(
              the cause below is fixed, with --job-id {id} to keep its id"
         ))
     };
-    let client = Client::connect(client_config(conn))
-        .await
-        .map_err(not_sent)?;
-    // What the master would do with it: known before anything is uploaded.
-    let plan = client
-        .plan(
-            name,
-            tasks.len() as u64,
-            opts.shard_size,
-            how.shape.as_deref(),
-        )
-        .await
-        .map_err(not_sent)?;
+    // Until the tasks are sent, Ctrl-C leaves nothing behind.
+    let prepare = async {
+        let client = Client::connect(client_config(conn))
+            .await
+            .map_err(not_sent)?;
+        // What the master would do with it: known before anything is uploaded.
+        let plan = client
+            .plan(
+                name,
+                tasks.len() as u64,
+                opts.shard_size,
+                how.shape.as_deref(),
+            )
+            .await
+            .map_err(not_sent)?;
+        Ok::<_, anyhow::Error>((client, plan))
+    };
+    let (client, plan) = tokio::select! {
+        r = prepare => r?,
+        _ = tokio::signal::ctrl_c() => {
+            return Err(ended(
+                Exit::Interrupted,
+                format!("interrupted before job {id} was sent: nothing was submitted"),
+            ));
+        }
+    };
     match plan {
         Some(p) if p.workers == 0 => {
             let why = format!(
@@ -1013,16 +1045,26 @@ async fn submit(
         ),
         None => {}
     }
-    let (id, existing) = match client
-        .submit_encoded(name, tasks, opts, Some(id.clone()))
-        .await
-    {
+    // Ctrl-C while the tasks are sent: the job may or may not be in.
+    let sending = client.submit_encoded(name, tasks, opts, Some(id.clone()));
+    let sent = tokio::select! {
+        r = sending => r,
+        _ = tokio::signal::ctrl_c() => {
+            return Err(ended(Exit::Interrupted, format!(
+                "interrupted while job {id} was sent: it may or may not have been accepted. \
+                 See it with `{} result {id} --wait`, or run the same command with --job-id \
+                 {id} (the job is accepted once)",
+                program()
+            )));
+        }
+    };
+    let (id, existing) = match sent {
         Ok(r) => r,
         Err(e @ ClientError::OutcomeUnknown { .. }) => {
             return Err(anyhow!(e).context(format!(
                 "job {id} may or may not have been accepted: run the same command with \
-                 --job-id {id} to retry (the job runs at most once), or see it with \
-                 `{} result {id} --wait`",
+                 --job-id {id} to retry (the job is accepted once; a task of it may run \
+                 again), or see it with `{} result {id} --wait`",
                 program()
             )))
         }

@@ -1995,3 +1995,61 @@ fn a_lingering_local_cluster_prints_the_lines_that_reach_it() {
     assert!(out.contains("leader node-0"), "{out}");
     assert!(ended.success(), "{ended:?}");
 }
+
+/// Ctrl-C while a submission's inputs are still being read (here, a pipe
+/// that never ends) stops the command at once, saying nothing was
+/// submitted (exit 130), and nothing was.
+#[test]
+fn ctrl_c_while_the_inputs_are_read_submits_nothing_and_says_so() {
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &[]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(20)).await;
+    });
+    let fifo = c.path("endless.jsonl");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // A writer that never writes: the reader waits for ever.
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(fifo))
+    };
+    let fifo_arg = fifo.display().to_string();
+    let child = c
+        .cli_command("submit", &["probe", "--job-id", "never", &fifo_arg])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Once the command catches SIGINT (its handler is installed when the
+    // inputs start being read), Ctrl-C.
+    let catches_sigint = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (2 - 1)) != 0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !catches_sigint() {
+        assert!(Instant::now() < deadline, "the command never caught SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("nothing was submitted"), "{err}");
+    drop(writer.join());
+    let (code, _, err) = run(&c, "result", &["never"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no job never"), "{err}");
+}
