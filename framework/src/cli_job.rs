@@ -67,7 +67,7 @@ impl Output {
     pub fn writer(&self) -> std::io::Result<Box<dyn Write>> {
         Ok(match &self.path {
             Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
-            None => Box::new(std::io::BufWriter::new(crate::cli::out::stdout())),
+            None => Box::new(std::io::BufWriter::new(crate::out::stdout())),
         })
     }
 }

@@ -32,6 +32,7 @@ pub mod core;
 pub mod fuzz;
 pub mod metrics;
 pub mod node;
+mod out;
 pub mod process;
 pub mod prom;
 pub mod registry;

@@ -10,10 +10,11 @@
 //! themselves are described in [`crate::cli_job`].
 
 mod local;
-pub(crate) mod out;
 mod render;
 
 use std::io::{IsTerminal, Write};
+
+use crate::out;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,7 +46,7 @@ struct Cli {
     log_format: LogFormat,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LogFormat {
     Human,
     Json,
@@ -435,6 +436,9 @@ enum Cmd {
 const STATUS_JOBS: u32 = 10;
 
 fn init_tracing(format: LogFormat) {
+    if format == LogFormat::Json {
+        render::json_reports();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,quinn=warn,zookeeper_client=warn")
     });

@@ -184,8 +184,23 @@ pub(super) fn status_json(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
+/// Whether reports are JSON (`--log-format json`): set once at start.
+static JSON_REPORTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reports are JSON from now on (`--log-format json`).
+pub(super) fn json_reports() {
+    JSON_REPORTS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A finished job's report on stderr: its figures and its failed tasks,
+/// the first ten as text, or every one as one JSON line with
+/// `--log-format json`.
 pub(super) fn print_report(r: &JobReport) {
     let p = &r.progress;
+    if JSON_REPORTS.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{}", report_json(r));
+        return;
+    }
     eprintln!(
         "job {}: {} tasks, {} failed, {} retried attempts",
         p.job_id, p.counters.tasks_total, p.counters.tasks_failed, p.counters.retries
@@ -199,6 +214,20 @@ pub(super) fn print_report(r: &JobReport) {
     if r.failures.len() > 10 {
         eprintln!("  ... and {} more failed tasks", r.failures.len() - 10);
     }
+}
+
+/// A report as one JSON object: `{"job_id", "state", "counters",
+/// "failures": [{"index", "error", "attempt", "retryable"}, ...]}`, every
+/// failure in it.
+pub(super) fn report_json(r: &JobReport) -> String {
+    let value = serde_json::json!({
+        "job_id": r.progress.job_id,
+        "job_name": r.progress.job_name,
+        "state": r.progress.state,
+        "counters": r.progress.counters,
+        "failures": r.failures,
+    });
+    value.to_string()
 }
 
 /// Job progress for a person: a bar with rate and ETA on a terminal, a

@@ -171,6 +171,24 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
         err.contains("1 of 3 tasks") && err.contains("fails on purpose"),
         "{err}"
     );
+    // Every failure, as JSON, with --log-format json (text shows ten).
+    let many: Vec<String> = (0..12)
+        .map(|v| format!(r#"{{"value":{v},"behaviour":"Fail"}}"#))
+        .collect();
+    let many = write_tasks(&dir.join("many.jsonl"), &many);
+    let (code, _, err) = run(&c, "submit", &["probe", "--log-format", "json", &many]);
+    assert_eq!(code, 4, "{err}");
+    let report: serde_json::Value = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("failures").is_some())
+        .unwrap_or_else(|| panic!("no JSON report: {err}"));
+    assert_eq!(
+        report["failures"].as_array().map(Vec::len),
+        Some(12),
+        "{report}"
+    );
+    assert_eq!(report["counters"]["tasks_failed"], 12, "{report}");
 
     // `result` by id alone: a running job is an error unless --wait.
     let slow = write_tasks(&dir.join("slow.jsonl"), &[sleep(7, 4000)]);
@@ -307,7 +325,7 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
         )
     };
     let (submits_before, received_before) = (submits(), received());
-    assert_eq!(submits_before, 8.0, "the submissions so far are counted");
+    assert_eq!(submits_before, 9.0, "the submissions so far are counted");
     // 6 MB: more than QUIC lets in flight before the master reads.
     let pad = "x".repeat(1000);
     let big: Vec<String> = (0..6_000)
