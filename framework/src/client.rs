@@ -415,21 +415,50 @@ impl Client {
         let zk = &self.session();
         let mut silent_since: Option<(tokio::time::Instant, Duration)> = None;
         loop {
-            let dial = transport::dial_node(&self.inner.endpoint, &master.addr, &master.node_id);
-            // Once the master is known to be silent, nothing may stretch the
-            // wait past its bound (a handshake stalls up to 3 PTOs).
-            let dialled = match silent_since {
-                Some((since, wait)) => {
-                    match tokio::time::timeout_at(since + wait + Duration::from_secs(1), dial).await
+            let (addr, node) = (master.addr.clone(), master.node_id.clone());
+            let dial = async {
+                let dial = transport::dial_node(&self.inner.endpoint, &addr, &node);
+                // Once the master is known to be silent, nothing may stretch
+                // the wait past its bound (a handshake stalls up to 3 PTOs).
+                match silent_since {
+                    Some((since, wait)) => {
+                        let until = since + wait + Duration::from_secs(1);
+                        match tokio::time::timeout_at(until, dial).await {
+                            Ok(r) => r,
+                            Err(_) => Err(TransportError::NoAnswer {
+                                addr: addr.clone(),
+                                reason: "the handshake did not end".into(),
+                            }),
+                        }
+                    }
+                    None => dial.await,
+                }
+            };
+            // A successor published while the dial waits on a dead master
+            // (its address stays published until its session expires) is
+            // dialled at once, not after the handshake's timeout.
+            let epoch = master.epoch;
+            let successor = async {
+                loop {
+                    match zk
+                        .wait_for_master(Some(epoch), Duration::from_secs(60))
+                        .await
                     {
-                        Ok(r) => r,
-                        Err(_) => Err(TransportError::NoAnswer {
-                            addr: master.addr.clone(),
-                            reason: "the handshake did not end".into(),
-                        }),
+                        Ok(Some(m)) if m.epoch != epoch => return m,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        // ZooKeeper's trouble: the dial decides.
+                        Err(_) => std::future::pending::<()>().await,
                     }
                 }
-                None => dial.await,
+            };
+            let dialled = tokio::select! {
+                r = dial => r,
+                next = successor => {
+                    tracing::debug!(old = %master.node_id, new = %next.node_id, "a successor was published while the old master was dialled");
+                    master = next;
+                    silent_since = None;
+                    continue;
+                }
             };
             match dialled {
                 Ok(conn) => {

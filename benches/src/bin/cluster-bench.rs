@@ -96,6 +96,15 @@ struct QueueFigures {
     pipelined_per_s: f64,
 }
 
+/// How a work queue's client awaits its jobs.
+#[derive(Clone, Copy, Debug)]
+enum QueuePath {
+    /// `Client::run`: submission and result on one stream.
+    Run,
+    /// `Client::submit`, then `JobHandle::result`.
+    SubmitResult,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
 enum Section {
     Idle,
@@ -1574,6 +1583,9 @@ impl Bench {
     }
 
     fn failover(&mut self) -> anyhow::Result<()> {
+        for path in [QueuePath::Run, QueuePath::SubmitResult] {
+            self.queue_across_a_kill(path)?;
+        }
         let sizes: &[usize] = if self.args.quick {
             &[10, 100]
         } else {
@@ -1656,6 +1668,95 @@ impl Bench {
             // Let the slow tasks already started drain out of the workers.
             std::thread::sleep(Duration::from_millis(2200));
         }
+        Ok(())
+    }
+
+    /// A work queue of one-task jobs, awaited one at a time on `path`,
+    /// while the master is killed (-9): from the kill to the next job
+    /// answered, and the longest job (the one in flight at the kill).
+    /// The queue's client runs on a thread of its own, as a user's would.
+    fn queue_across_a_kill(&mut self, path: QueuePath) -> anyhow::Result<()> {
+        let first = self.master(None);
+        let cfg = client_config(&self.c);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (done_tx, done) = std::sync::mpsc::sync_channel::<(Instant, Duration)>(100_000);
+        let queue = {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let rt = ringleader::testkit::rt();
+                rt.block_on(async {
+                    let client = Client::connect(cfg).await?;
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let t = Instant::now();
+                        let opts = SubmitOptions {
+                            job_id: Some(format!("across-{}-{path:?}-{i}", first.epoch)),
+                            ..Default::default()
+                        };
+                        let tasks = probes_from(i, 1);
+                        let (out, _) = match path {
+                            QueuePath::Run => client.run::<Collect<Probe>>(tasks, opts).await?,
+                            QueuePath::SubmitResult => {
+                                let job = client.submit::<Collect<Probe>>(tasks, opts).await?;
+                                job.result().await?
+                            }
+                        };
+                        ensure!(out == vec![(0, 2 * i)], "wrong result of job {i}");
+                        let _ = done_tx.send((Instant::now(), t.elapsed()));
+                        i += 1;
+                    }
+                    Ok(())
+                })
+            })
+        };
+        // The queue runs before the kill.
+        let warm = done.recv_timeout(Duration::from_secs(30));
+        ensure!(warm.is_ok(), "the queue answered no job before the kill");
+        std::thread::sleep(Duration::from_millis(300));
+        let (_, killed, serving, _) = self.kill_master(&first);
+        let mut longest = Duration::ZERO;
+        let next = loop {
+            let (at, took) = done
+                .recv_timeout(Duration::from_secs(60))
+                .context("no job answered within 60 s of the kill")?;
+            longest = longest.max(took);
+            if at > killed {
+                break at - killed;
+            }
+        };
+        // The jobs in flight at the kill may end later still.
+        for (_, took) in done.try_iter() {
+            longest = longest.max(took);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Until the queue's thread ends (it finishes the job it is on).
+        while let Ok((_, took)) = done.recv_timeout(Duration::from_secs(60)) {
+            longest = longest.max(took);
+        }
+        ensure!(
+            queue.is_finished(),
+            "the queue's last job did not end in 60 s"
+        );
+        queue
+            .join()
+            .map_err(|_| anyhow::anyhow!("the queue's thread panicked"))??;
+        self.rows.push(row(
+            format!("one-task jobs awaited one at a time ({path:?}) across a kill -9 of the master: kill to the next job answered; the longest job"),
+            format!(
+                "{:.0} ms; {:.0} ms (the next master served {:.0} ms after the kill)",
+                next.as_secs_f64() * 1e3,
+                longest.as_secs_f64() * 1e3,
+                serving.as_secs_f64() * 1e3
+            ),
+            format!(
+                "{} ms session timeout; issue 30's goal: at most the session timeout + 1 s",
+                self.session.as_millis()
+            ),
+            format!("{:.2}", next.as_secs_f64() / self.session.as_secs_f64()),
+        ));
+        let id = first.node_id.clone();
+        self.start_node(&id, "candidate");
+        self.wait_candidates(2);
         Ok(())
     }
 

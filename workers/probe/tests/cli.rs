@@ -521,7 +521,8 @@ fn a_job_without_workers_waits_with_a_warning_and_its_shards_reach_every_worker(
 #[test]
 fn jobs_are_listed_by_state_name_owner_and_age_newest_first() {
     let mut c = Cluster::new(BIN);
-    c.node("n0", &["--slots", "2"]);
+    // Kept for the test's length: the cancelled job too.
+    c.node("n0", &["--slots", "2", "--retention-secs", "600"]);
     rt().block_on(async {
         let zk = c.zk().await;
         c.workers(&zk, 1, Duration::from_secs(20)).await;
