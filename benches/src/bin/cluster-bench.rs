@@ -903,6 +903,33 @@ impl Bench {
             format!("{zk_one:.2} ms / {zk_one_p99:.2} ms: one fsynced ZooKeeper create, awaited"),
             format!("{:.1}", pct(0.5) / zk_one),
         ));
+        // The README's first client API: `submit`, then `result` on the
+        // handle (issue 30: within 10% of `run`).
+        let mut two = Vec::with_capacity(one_by_one);
+        self.rt.block_on(async {
+            for i in 0..one_by_one as u64 {
+                let t = Instant::now();
+                let job = client
+                    .submit::<Collect<Probe>>(probes_from(i, 1), SubmitOptions::default())
+                    .await?;
+                let (out, _) = job.result().await?;
+                two.push(t.elapsed().as_secs_f64() * 1000.0);
+                ensure!(out == vec![(0, 2 * i)], "wrong result of one-task job {i}");
+            }
+            Ok::<_, anyhow::Error>(())
+        })?;
+        two.sort_by(f64::total_cmp);
+        let pct2 = |q: f64| two[((two.len() - 1) as f64 * q).round() as usize];
+        self.rows.push(row(
+            format!("the same awaited by `submit` then `result` ({one_by_one}): p50 / p99"),
+            format!("{:.2} ms / {:.2} ms", pct2(0.5), pct2(0.99)),
+            format!(
+                "{:.2} ms / {:.2} ms by `run`, the row above; issue 30's goal: within 10%",
+                pct(0.5),
+                pct(0.99)
+            ),
+            format!("{:.2}", pct2(0.5) / pct(0.5)),
+        ));
         let ceiling = self.zk_write_ceiling()?;
         let m = self.master(None);
         let master_before = self.scrape(&m.node_id)?;
