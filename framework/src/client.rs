@@ -439,6 +439,9 @@ impl Client {
             // dialled at once, not after the handshake's timeout.
             let epoch = master.epoch;
             let successor = async {
+                // Not for a dial that ends at once (the usual case): no
+                // ZooKeeper read is added to a live master's connection.
+                tokio::time::sleep(SUCCESSOR_WATCH_AFTER).await;
                 loop {
                     match zk
                         .wait_for_master(Some(epoch), Duration::from_secs(60))
@@ -1372,6 +1375,11 @@ async fn read_watch(
         }
     }
 }
+
+/// How long a dial may take before the client also watches `/master`
+/// for a successor (a dead master's address stays published until its
+/// session expires).
+const SUCCESSOR_WATCH_AFTER: Duration = Duration::from_millis(200);
 
 /// How long a published master that does not answer is waited for.
 fn answer_wait(master: &MasterInfo, margin: Duration) -> Duration {
