@@ -19,7 +19,8 @@ pub enum Event {
     /// This node became master.
     Elected,
     /// This node's master stepped down: every other worker refused its
-    /// certificate (`core::standing`).
+    /// certificate, or it refused every other worker for storing
+    /// elsewhere (`core::standing`).
     SteppedDown {
         /// Refusals seen in the grace period.
         refusals: u64,

@@ -195,7 +195,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(NODE_ROLE, Kind::Gauge, "role", "1/0", "all", "1 for each role (master, worker, candidate) the node holds now."),
     metric(EPOCH, Kind::Gauge, "", "epoch", "master", "Epoch of this node while it serves as master, else 0."),
     metric(ELECTIONS_WON, Kind::Counter, "", "elections", "candidates", "Times this node won an election and became master."),
-    metric(STEP_DOWNS, Kind::Counter, "", "step-downs", "candidates", "Times this node's master stepped down because every other worker refused its certificate."),
+    metric(STEP_DOWNS, Kind::Counter, "", "step-downs", "candidates", "Times this node's master stepped down because every other worker refused its certificate, or it refused every other worker for storing elsewhere."),
     metric(LEADERSHIP_CHANGES, Kind::Counter, "", "changes", "workers", "Master changes observed by this node's worker (a new epoch served)."),
     metric(MASTER_GAP, Kind::Histogram, "", "seconds", "workers", "Time this node's worker spent without a serving master, from losing one to the next answering."),
     metric(ZK_CONNECTED, Kind::Gauge, "", "1/0", "all", "1 while the node's ZooKeeper session is connected."),

@@ -255,6 +255,64 @@ pub fn default_node_id() -> String {
     )
 }
 
+/// This host's directory for the nodes of `cluster` run by this user:
+/// `<temp>/ringleader-<uid>-<cluster>`, created if missing, readable by
+/// this user alone. A node's `--data-dir` defaults to it, and its `store`
+/// subdirectory is the cluster's default store on this host whatever a
+/// node's `--data-dir`, so that every node of a cluster on one machine
+/// shares one store, and two users' clusters of one name share nothing.
+/// A directory of that name that another user owns is refused.
+pub fn default_dir(cluster: &str) -> std::io::Result<PathBuf> {
+    let name: String = cluster
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let (user, uid) = current_user();
+    let dir = std::env::temp_dir().join(format!("ringleader-{user}-{name}"));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(&dir)?;
+    #[cfg(unix)]
+    let theirs = uid.is_some_and(|uid| std::os::unix::fs::MetadataExt::uid(&meta) != uid);
+    #[cfg(not(unix))]
+    let theirs = uid.is_some();
+    if !meta.is_dir() || theirs {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory of this user's: give --data-dir and --store (or remove it)",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+/// This process's user, as a name for paths (its uid where `/proc` says
+/// it), and its uid if known.
+fn current_user() -> (String, Option<u32>) {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata("/proc/self") {
+        let uid = std::os::unix::fs::MetadataExt::uid(&meta);
+        return (uid.to_string(), Some(uid));
+    }
+    let user: String = std::env::var("USER")
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .collect();
+    (if user.is_empty() { "user".into() } else { user }, None)
+}
+
 /// First pause between attempts to reach ZooKeeper; it doubles up to
 /// [`CONNECT_BACKOFF_MAX`].
 const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -296,7 +354,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     std::fs::create_dir_all(&config.data_dir)?;
     let store = crate::store::Store::open(&config.store)?;
     let audit = crate::audit::Audit::open(config.audit_file.as_deref(), &node_id)?;
-    store.probe(&node_id).await?;
+    let store_mark = store.probe(&node_id).await?;
     if store.is_local() && !advertised.ip().is_loopback() {
         tracing::warn!(
             store = store.url(),
@@ -323,6 +381,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         config.max_job_bytes,
         revoked_rx,
         handshakes.clone(),
+        store.clone(),
     ));
     // New ZooKeeper sessions present the certificate of the last reload,
     // and the worker dials with it (quinn keeps a dialing configuration
@@ -449,6 +508,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 slots: config.slots.max(1),
                 data_dir: config.data_dir.clone(),
                 store: store.clone(),
+                store_mark: store_mark.clone(),
                 registry: registry.clone(),
                 dialing: dialing.clone(),
                 max_frame: config.max_frame,
@@ -556,6 +616,9 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     }
     endpoint.close(0u32.into(), b"node stopping");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    if let Err(e) = store.unmark(&node_id, &store_mark).await {
+        tracing::debug!(error = %e, "could not delete this node's mark in the store");
+    }
     // What the audit thread still holds is written before the process goes.
     audit.sync();
     tracing::info!(node = %node_id, "node stopped");

@@ -101,6 +101,9 @@ fn io_runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// The directory of nodes' marks ([`Store::probe`]).
+pub const MARKS: &str = "nodes";
+
 /// A cluster's object store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -377,22 +380,56 @@ impl Store {
         .await
     }
 
-    /// Writes, reads back and deletes a probe object: what a node checks at
-    /// start, so that a wrong URL, missing credentials or a read-only store
-    /// are an error then rather than a failed job later.
-    pub async fn probe(&self, who: &str) -> Result<(), StoreError> {
-        let name = format!("probes/{who}.{}", uuid::Uuid::new_v4().simple());
-        let data = b"ringleader probe".to_vec();
+    /// Writes and reads back a probe object, what a node checks at start
+    /// so that a wrong URL, missing credentials or a read-only store are
+    /// an error then rather than a failed job later, and leaves it as node
+    /// `who`'s mark (its earlier marks go): a master that finds a worker's
+    /// mark in its own store knows that they share it
+    /// ([`Store::has_mark`]). Returns the mark.
+    pub async fn probe(&self, who: &str) -> Result<String, StoreError> {
+        let mark = uuid::Uuid::new_v4().simple().to_string();
+        let name = Self::mark_name(who, &mark)?;
+        let data = format!("ringleader node {who}").into_bytes();
         self.put_new(&name, data.clone()).await?;
         let back = self.get(&name).await?;
-        self.delete(&name).await?;
         if back.as_ref() != data.as_slice() {
             return Err(StoreError::BadName {
                 name,
                 reason: "the store returned other bytes than were written".into(),
             });
         }
-        Ok(())
+        for old in self.list(&format!("{MARKS}/{who}")).await? {
+            if old != name {
+                self.delete(&old).await?;
+            }
+        }
+        Ok(mark)
+    }
+
+    /// Whether node `who`'s mark `mark` ([`Store::probe`]) is in this store.
+    pub async fn has_mark(&self, who: &str, mark: &str) -> Result<bool, StoreError> {
+        match self.size(&Self::mark_name(who, mark)?).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes node `who`'s mark (at a clean stop).
+    pub async fn unmark(&self, who: &str, mark: &str) -> Result<(), StoreError> {
+        self.delete(&Self::mark_name(who, mark)?).await
+    }
+
+    fn mark_name(who: &str, mark: &str) -> Result<String, StoreError> {
+        for part in [who, mark] {
+            if !plain_segment(part) {
+                return Err(StoreError::BadName {
+                    name: format!("{MARKS}/{who}/{mark}"),
+                    reason: format!("{part:?} is not one plain path segment"),
+                });
+            }
+        }
+        Ok(format!("{MARKS}/{who}/{mark}"))
     }
 
     /// Copies a local file to `name` (multipart for big files), calling

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::core::{Counters, ShardKey, TaskFailure};
 
 /// Bumped on any incompatible change of [`Frame`].
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Most bytes of a frame's body reserved before they arrive.
 const RESERVE_AHEAD: usize = 64 << 10;
@@ -294,6 +294,15 @@ pub enum Frame {
         jobs: Vec<String>,
         /// Newest epoch the worker has seen.
         epoch: u64,
+        /// The worker's store, as its node was given it (for messages).
+        #[serde(default)]
+        store: String,
+        /// The mark its node left in that store at start
+        /// ([`crate::store::Store::probe`]): a master that does not find
+        /// it in its own store refuses the worker, whose outputs it could
+        /// not read.
+        #[serde(default)]
+        store_mark: String,
     },
     /// Master to worker: accepted, with the master's epoch.
     Welcome {

@@ -68,6 +68,8 @@ fn frames() -> Vec<Frame> {
             slots: 2,
             jobs: vec!["wordcount".into()],
             epoch: 3,
+            store: "file:///tmp/store".into(),
+            store_mark: "0123abcd".into(),
         },
         Frame::Assign(Assignment {
             epoch: 3,

@@ -25,6 +25,10 @@ struct Args {
     /// Shared data directory.
     #[arg(long)]
     data_dir: PathBuf,
+    /// The cluster's store (default: the one a node on this host uses by
+    /// default, as `ringleader node` without `--store`).
+    #[arg(long, env = "RINGLEADER_STORE")]
+    store: Option<String>,
     /// Worker nodes to run.
     #[arg(long, default_value_t = 1000)]
     count: usize,
@@ -65,6 +69,13 @@ fn main() -> anyhow::Result<()> {
         .cli_job::<wordcount::WordCount>()
         .registry()
         .clone();
+    let store = match args.store.clone() {
+        Some(s) => s,
+        None => ringleader::node::default_dir(&args.cluster)?
+            .join("store")
+            .display()
+            .to_string(),
+    };
     let configs: Vec<NodeConfig> = (0..args.count)
         .map(|i| NodeConfig {
             zk: args.zk.clone(),
@@ -76,7 +87,7 @@ fn main() -> anyhow::Result<()> {
             certs: args.certs.clone(),
             zk_tls: args.zk_tls,
             data_dir: args.data_dir.clone(),
-            store: args.data_dir.join("store").display().to_string(),
+            store: store.clone(),
             slots: 1,
             session_timeout: Duration::from_millis(args.session_timeout_ms),
             max_frame: ringleader::wire::DEFAULT_MAX_FRAME,

@@ -35,6 +35,9 @@ pub(crate) struct WorkerSettings {
     pub data_dir: PathBuf,
     /// Where outputs too big to travel inline go.
     pub store: Store,
+    /// The mark this node left in its store at start: the master looks
+    /// for it in its own, to know that they share one.
+    pub store_mark: String,
     pub registry: Registry,
     /// The node's endpoint, as the last certificate reload left it for
     /// dialing.
@@ -252,6 +255,8 @@ async fn serve(
         slots: s.slots,
         jobs: s.registry.names(),
         epoch: master.epoch,
+        store: s.store.url().to_string(),
+        store_mark: s.store_mark.clone(),
     };
     let refused = |reason: String| TransportError::Connect {
         addr: master.addr.clone(),

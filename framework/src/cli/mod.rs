@@ -91,14 +91,16 @@ struct NodeArgs {
     /// certificate at start, a random one).
     #[arg(long, env = "RINGLEADER_NODE_ID")]
     node_id: Option<String>,
-    /// This host's scratch directory (default: a directory of the
-    /// cluster's name under the temporary directory).
+    /// This host's scratch directory (default: one directory per cluster
+    /// and user under the temporary directory).
     #[arg(long, env = "RINGLEADER_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// The cluster's object store, for outputs, results and inputs too big
     /// for ZooKeeper: s3://bucket/prefix (with the usual AWS_* variables)
     /// for clusters, file:///path for one machine or a shared filesystem
-    /// (default: file://<data-dir>/store).
+    /// (default: one directory per cluster and user under the temporary
+    /// directory, shared by such nodes of this host whatever their
+    /// --data-dir; a master refuses a worker whose store is not its own).
     #[arg(long, env = "RINGLEADER_STORE")]
     store: Option<String>,
     /// Concurrent tasks (default: number of CPUs).
@@ -1212,9 +1214,16 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         }
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let data_dir = a
-        .data_dir
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("ringleader-{}", a.conn.cluster)));
+    // One directory per cluster and user on this host: its `store` is the
+    // default store of every such node, whatever its --data-dir.
+    let shared = if a.data_dir.is_none() || a.store.is_none() {
+        Some(node::default_dir(&a.conn.cluster).context(
+            "making this host's directory of the cluster (give --data-dir and --store instead)",
+        )?)
+    } else {
+        None
+    };
+    let data_dir = a.data_dir.or_else(|| shared.clone()).unwrap_or_default();
     let config = NodeConfig {
         zk: a.conn.zk,
         cluster: a.conn.cluster.clone(),
@@ -1224,9 +1233,13 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         advertise: a.advertise,
         certs: a.conn.certs,
         zk_tls: a.conn.zk_tls,
-        store: a
-            .store
-            .unwrap_or_else(|| data_dir.join("store").display().to_string()),
+        store: a.store.unwrap_or_else(|| {
+            shared
+                .unwrap_or_default()
+                .join("store")
+                .display()
+                .to_string()
+        }),
         data_dir,
         slots: a.slots.unwrap_or(cpus),
         session_timeout: Duration::from_millis(a.session_timeout_ms),

@@ -126,11 +126,15 @@ impl Cluster {
                     .servers
             }
         };
-        let env = if zk_tls {
-            vec![("RINGLEADER_ZK_TLS".to_string(), "true".to_string())]
-        } else {
-            Vec::new()
-        };
+        // The temporary directory of every node and command: nodes that
+        // are given no --store share the default one in it, as the
+        // nodes of a cluster on one host do.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("the cluster's temporary directory");
+        let mut env = vec![("TMPDIR".to_string(), tmp.display().to_string())];
+        if zk_tls {
+            env.push(("RINGLEADER_ZK_TLS".to_string(), "true".to_string()));
+        }
         Cluster {
             zk_tls,
             dir,

@@ -77,6 +77,9 @@ struct HandshakeCounts {
     own: String,
     refused_us: std::sync::atomic::AtomicU64,
     completed: std::sync::atomic::AtomicU64,
+    /// Workers this node, as master, refused for not sharing its store:
+    /// each completed a handshake first.
+    refused_for_store: std::sync::atomic::AtomicU64,
 }
 
 impl Handshakes {
@@ -86,15 +89,31 @@ impl Handshakes {
             own: own.to_string(),
             refused_us: Default::default(),
             completed: Default::default(),
+            refused_for_store: Default::default(),
         }))
     }
-    /// Handshakes whose peer refused this node's certificate.
+    /// Handshakes whose peer refused this node's certificate, and
+    /// workers' links this node refused because they do not share its
+    /// store: either way a peer this node cannot serve with.
     pub fn refused_us(&self) -> u64 {
-        self.0.refused_us.load(std::sync::atomic::Ordering::Relaxed)
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        load(&self.0.refused_us).saturating_add(load(&self.0.refused_for_store))
     }
-    /// Handshakes completed with a peer other than this node itself.
+    /// Handshakes completed with a peer other than this node itself, but
+    /// for those of workers it then refused for their store.
     pub fn completed_by_others(&self) -> u64 {
-        self.0.completed.load(std::sync::atomic::Ordering::Relaxed)
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        load(&self.0.completed).saturating_sub(load(&self.0.refused_for_store))
+    }
+    /// Counts a worker refused because its store is not this node's.
+    pub fn refused_for_store(&self) {
+        self.count(&self.0.refused_for_store);
+    }
+    /// Workers refused because their store is not this node's, so far.
+    pub fn store_refusals(&self) -> u64 {
+        self.0
+            .refused_for_store
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
     fn count(&self, counter: &std::sync::atomic::AtomicU64) {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

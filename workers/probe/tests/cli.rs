@@ -1149,6 +1149,8 @@ fn a_certificate_registers_only_as_the_node_it_names() {
                 slots: 1,
                 jobs: vec!["probe".into()],
                 epoch: master.epoch,
+                store: String::new(),
+                store_mark: String::new(),
             };
             let reply = s.request(&[hello]).await.unwrap();
             assert!(

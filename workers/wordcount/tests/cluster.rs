@@ -18,26 +18,7 @@ fn word_count_matches_single_process_and_zookeeper_empties() {
     for i in 0..3 {
         c.node(&format!("n{i}"), &[]);
     }
-    let out = c.path("out.tsv");
-    let o = c.cli(
-        "submit",
-        &[
-            "--job-id",
-            "wc-1",
-            "--split-mib",
-            "1",
-            "--output",
-            out.to_str().unwrap(),
-            corpus.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        o.status.success(),
-        "submit failed: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        c.logs()
-    );
-    assert_same_file(&out, &baseline);
+    count_matches(&c, &corpus, &baseline, &["--job-id", "wc-1"]);
 
     // Non-ASCII whitespace and multi-byte words split at every size.
     let text = "día\u{a0}noche día\u{3000}夜 夜\u{2029}día\tnoche\u{85}x ".repeat(5000);
@@ -398,4 +379,67 @@ fn an_input_a_worker_cannot_read_fails_its_task_and_the_rest_completes() {
         wordcount::write_counts(&out, &counts).unwrap();
         assert_same_file(&out, &baseline);
     });
+}
+
+/// On one host, nodes with their own `--data-dir` and no `--store` share
+/// the cluster's default store: split counts over ZooKeeper's inline
+/// limit, written by one node, are merged by another. A master whose
+/// `--store` is another place refuses every other worker, saying what to
+/// give, and steps down for one of theirs; that master then refuses the
+/// odd node's worker in turn.
+#[test]
+fn nodes_of_one_host_share_the_default_store_and_a_master_storing_elsewhere_steps_down() {
+    use ringleader::audit::Event;
+    let mut c = cluster();
+    // 100,000 words: each 1 MiB split's counts exceed the inline limit.
+    let (corpus, baseline) = corpus_with(c.dir.path(), 3, 7, 100_000);
+    let elsewhere = c.path("elsewhere");
+    c.node("odd", &["--store", elsewhere.to_str().unwrap()]);
+    let next = rt().block_on(async {
+        let zk = c.zk().await;
+        let first = c.master(&zk, None, Duration::from_secs(20)).await;
+        assert_eq!(first.node_id, "odd", "the odd node stands first");
+        for n in ["n1", "n2"] {
+            let dir = c.path(&format!("{n}-data"));
+            c.node(n, &["--data-dir", dir.to_str().unwrap()]);
+        }
+        c.master(&zk, Some(first.epoch), Duration::from_secs(60))
+            .await
+    });
+    assert!(next.node_id == "n1" || next.node_id == "n2", "{next:?}");
+    let log = c.log("odd");
+    for said in [
+        "is not this master's",
+        "give every node the same --store",
+        "every other worker's node stores elsewhere than this master",
+    ] {
+        assert!(log.contains(said), "{said:?} not in:\n{log}");
+    }
+    let audit = c.audit();
+    assert!(
+        audit.iter().any(|e| e.node == "odd"
+            && matches!(&e.event, Event::SteppedDown { workers: 2, refusals } if *refusals >= 3)),
+        "{audit:?}"
+    );
+
+    count_matches(&c, &corpus, &baseline, &[]);
+    // Nothing went to the nodes' own data directories: one store.
+    for n in ["n1", "n2"] {
+        assert!(!c.path(&format!("{n}-data/store")).exists());
+    }
+
+    // The new master refuses the odd node's worker, naming both stores.
+    rt().block_on(eventually(
+        Duration::from_secs(30),
+        "the odd node's worker refused by the new master",
+        || async {
+            c.audit().iter().any(|e| {
+                e.node == "odd"
+                    && matches!(&e.event, Event::JoinRefused { master, reason, .. }
+                        if *master == next.node_id
+                            && reason.contains("is not this master's")
+                            && reason.contains(elsewhere.to_str().unwrap_or_default()))
+            })
+        },
+    ));
 }

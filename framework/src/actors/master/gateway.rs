@@ -20,6 +20,7 @@ use super::{
 };
 use crate::core::job::task_bytes;
 use crate::metrics as m;
+use crate::store::Store;
 use crate::transport::{self, Endpoint, FramedStream, Peer, TransportError};
 use crate::wire::{ErrorKind, Frame, WireError, PROTOCOL_VERSION};
 
@@ -54,6 +55,7 @@ pub(crate) async fn serve(
     max_job_bytes: usize,
     revoked: transport::Revoked,
     handshakes: transport::Handshakes,
+    store: Store,
 ) {
     // A submission's tasks may take `--max-job-bytes`, and a little more
     // for their decoded copies' headers.
@@ -63,12 +65,17 @@ pub(crate) async fn serve(
         endpoint,
         limits,
         revoked,
-        handshakes,
+        handshakes.clone(),
         move |stream, peer: Peer| {
             let route = route.clone();
+            let shared = Shared {
+                store: store.clone(),
+                handshakes: handshakes.clone(),
+                max_job_bytes,
+            };
             async move {
                 let remote = peer.addr;
-                if let Err(e) = handle_stream(stream, peer, route, max_job_bytes).await {
+                if let Err(e) = handle_stream(stream, peer, route, shared).await {
                     tracing::debug!(%remote, error = %e, "stream ended with an error");
                 }
             }
@@ -103,12 +110,51 @@ pub(crate) fn worker_refusal(peer: &transport::PeerId, node_id: &str) -> Option<
     })
 }
 
+/// What every stream's handler is given by the node.
+struct Shared {
+    /// The node's store: a worker must share it.
+    store: Store,
+    /// Its handshake counts: a worker refused for its store counts as a
+    /// peer refusing this master (see [`crate::core::standing`]).
+    handshakes: transport::Handshakes,
+    max_job_bytes: usize,
+}
+
+/// Why worker `node_id`, whose node was given store `theirs` and left
+/// `mark` in it, may not link to a master of `store`: the master could
+/// not read its outputs.
+async fn store_refusal(store: &Store, node_id: &str, theirs: &str, mark: &str) -> Option<String> {
+    let what_to_give = "give every node the same --store: s3://bucket/prefix for nodes on \
+                        several hosts; on one host, leave --store out (the default is one \
+                        directory per cluster and user) or give one file:///path";
+    match store.has_mark(node_id, mark).await {
+        Ok(true) => None,
+        Ok(false) => {
+            Some(format!(
+            "node {node_id}'s store ({}) is not this master's ({}): the mark it wrote there at \
+             start is not in this master's store, so the master could not read its outputs; \
+             {what_to_give}",
+            if theirs.is_empty() { "not named" } else { theirs },
+            store.url(),
+        ))
+        }
+        // A store that does not answer now fails the worker's shards
+        // anyway; a link refused for it would cost the cluster its
+        // capacity when the store comes back.
+        Err(e) => {
+            tracing::warn!(node = node_id, error = %e, "cannot check that a worker shares this master's store; linking it");
+            None
+        }
+    }
+}
+
 async fn handle_stream(
     mut stream: FramedStream,
     peer: Peer,
     route: watch::Receiver<Option<Addr<Master>>>,
-    max_job_bytes: usize,
+    shared: Shared,
 ) -> Result<(), TransportError> {
+    let max_job_bytes = shared.max_job_bytes;
     // Held until the stream ends: what its request keeps in memory.
     let (first, held) = match stream
         .recv_within(FIRST_FRAME_LIMIT, &peer.budget, DECODED)
@@ -158,6 +204,8 @@ async fn handle_stream(
             slots,
             jobs,
             epoch: _,
+            store,
+            store_mark,
         } => {
             if version != PROTOCOL_VERSION {
                 let message = format!(
@@ -171,6 +219,15 @@ async fn handle_stream(
             if let Some(message) = worker_refusal(&peer.id, &node_id) {
                 metrics::counter!(m::PEER_REFUSALS, "reason" => "role").increment(1);
                 tracing::warn!(peer = %peer.id, addr = %peer.addr, claimed = %node_id, "refused a worker: {message}");
+                return Ok(stream
+                    .reply(&Frame::error(ErrorKind::Invalid, message))
+                    .await?);
+            }
+            if let Some(message) = store_refusal(&shared.store, &node_id, &store, &store_mark).await
+            {
+                metrics::counter!(m::PEER_REFUSALS, "reason" => "store").increment(1);
+                shared.handshakes.refused_for_store();
+                tracing::error!(peer = %peer.id, addr = %peer.addr, "refused a worker: {message}");
                 return Ok(stream
                     .reply(&Frame::error(ErrorKind::Invalid, message))
                     .await?);

@@ -311,11 +311,14 @@ impl Master {
         ctx.stop();
     }
 
-    /// Steps down if every other worker refuses this master's certificate
-    /// (`core::standing` has the rule).
+    /// Steps down if every other worker refuses this master's certificate,
+    /// or it refuses every other worker for not sharing its store
+    /// (`core::standing` has the rule). `store_refusals_before`: the
+    /// node's store refusals when this master started.
     fn check_standing(
         &mut self,
         standing: &mut crate::core::standing::Standing,
+        store_refusals_before: u64,
         ctx: &mut Context<Self>,
     ) {
         use crate::core::standing::{Sample, Verdict};
@@ -333,13 +336,22 @@ impl Master {
         else {
             return;
         };
-        let reason = format!(
-            "every other worker refused this master's certificate ({workers} registered, none \
-             linked, {refusals} refusals and no other peer's handshake in {} s): check this \
-             node's --certs: its ca.pem must be the cluster CA's, and its node.pem issued by it; it stands for election \
-             again after a pause",
-            standing.grace().as_secs()
-        );
+        let grace = standing.grace().as_secs();
+        let reason = if self.settings.handshakes.store_refusals() > store_refusals_before {
+            format!(
+                "every other worker's node stores elsewhere than this master ({workers} \
+                 registered, none linked, {refusals} refusals and no other peer's handshake in \
+                 {grace} s): check this node's --store: it must name the store of the other \
+                 nodes (the refusals above name both); it stands for election again after a pause"
+            )
+        } else {
+            format!(
+                "every other worker refused this master's certificate ({workers} registered, \
+                 none linked, {refusals} refusals and no other peer's handshake in {grace} s): \
+                 check this node's --certs: its ca.pem must be the cluster CA's, and its \
+                 node.pem issued by it; it stands for election again after a pause"
+            )
+        };
         tracing::error!(epoch = self.store.epoch(), "master stepping down: {reason}");
         metrics::counter!(m::STEP_DOWNS).increment(1);
         self.audit(Event::SteppedDown {
@@ -1240,8 +1252,9 @@ impl Actor for Master {
                     std::time::Instant::now(),
                     crate::core::standing::MIN_GRACE,
                 );
+                let store_refusals_before = act.settings.handshakes.store_refusals();
                 ctx.run_interval(Duration::from_secs(1), move |act, ctx| {
-                    act.check_standing(&mut standing, ctx)
+                    act.check_standing(&mut standing, store_refusals_before, ctx)
                 });
                 // Gauges are set again while nothing happens: a series not
                 // set for `GAUGE_IDLE` leaves the metrics page.

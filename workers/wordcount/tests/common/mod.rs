@@ -13,6 +13,34 @@ pub fn cluster() -> Cluster {
     Cluster::new(BIN)
 }
 
+/// Counts `corpus` on the cluster in splits of `split_mib` MiB and checks
+/// the result against `baseline` (the nodes' logs if it fails).
+pub fn count_matches(c: &Cluster, corpus: &Path, baseline: &Path, extra: &[&str]) {
+    let out = c.path(&format!("out-{}.tsv", uuid_like()));
+    let o = c.cli(
+        "submit",
+        &[
+            &["--split-mib", "1", "--output", out.to_str().unwrap()][..],
+            extra,
+            &[corpus.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(
+        o.status.success(),
+        "submit failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        c.logs()
+    );
+    assert_same_file(&out, baseline);
+}
+
+/// A name no other call of this process gave.
+fn uuid_like() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A corpus and its single-process count.
 pub fn corpus(dir: &Path, mib: u64, seed: u64) -> (PathBuf, PathBuf) {
     corpus_with(dir, mib, seed, 20_000)
