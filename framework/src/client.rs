@@ -250,6 +250,33 @@ impl ClientConfig {
             zk_tls: false,
         }
     }
+
+    /// The cluster the environment names, as the command line reads it:
+    /// `RINGLEADER_ZK` (default `127.0.0.1:2181`), `RINGLEADER_CLUSTER`
+    /// (`default`), `RINGLEADER_CERTS` (`certs`) and `RINGLEADER_ZK_TLS`
+    /// (`true` or `1` for ZooKeeper's TLS port), with the defaults of
+    /// [`ClientConfig::new`] for the rest. `local --linger-secs` prints
+    /// these variables for the cluster it runs.
+    pub fn from_env() -> Self {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_string())
+        };
+        let mut cfg = ClientConfig::new(
+            var("RINGLEADER_ZK", "127.0.0.1:2181"),
+            var("RINGLEADER_CLUSTER", "default"),
+            var("RINGLEADER_CERTS", "certs"),
+        );
+        cfg.zk_tls = matches!(
+            var("RINGLEADER_ZK_TLS", "false")
+                .to_ascii_lowercase()
+                .as_str(),
+            "true" | "1" | "yes" | "on"
+        );
+        cfg
+    }
 }
 
 struct Inner {

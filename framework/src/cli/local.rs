@@ -243,6 +243,12 @@ pub(super) fn run_local(
         eprintln!("to reach it from another shell meanwhile:");
         eprintln!("  {bin} status {conn}");
         eprintln!("  {bin} submit {conn} JOB ARGS...");
+        eprintln!("or, for a program of yours (ClientConfig::from_env):");
+        eprintln!(
+            "  export RINGLEADER_ZK={zk_connect} RINGLEADER_ZK_TLS=true RINGLEADER_CLUSTER=local \
+             RINGLEADER_CERTS={}",
+            dir.join("certs").display()
+        );
         let linger = std::time::Duration::from_secs(a.linger_secs);
         actix::System::new().block_on(async move {
             tokio::select! {

@@ -630,6 +630,48 @@ impl Drop for Background {
     }
 }
 
+/// The lines a child process writes to a pipe, read on a thread of their
+/// own, for a test to wait for the one it needs.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    /// Reads `pipe` (a child's stdout or stderr) line by line until it ends.
+    pub fn of(pipe: impl std::io::Read + Send + 'static) -> Lines {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first value `f` makes of a line from now on; panics with every
+    /// line seen if none comes within `timeout` of the last line.
+    pub fn until<T>(&mut self, timeout: Duration, mut f: impl FnMut(&str) -> Option<T>) -> T {
+        loop {
+            let line = self
+                .rx
+                .recv_timeout(timeout)
+                .unwrap_or_else(|e| panic!("no line wanted came ({e}); seen: {:#?}", self.seen));
+            let found = f(&line);
+            self.seen.push(line);
+            if let Some(v) = found {
+                return v;
+            }
+        }
+    }
+}
+
 /// Polls `cond` every 20 ms until it holds, failing after `timeout` with `what`.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
 where

@@ -1958,7 +1958,6 @@ fn a_request_after_an_idle_spell_dials_the_same_master_again_at_once() {
 /// and the lines it prints work as pasted.
 #[test]
 fn a_lingering_local_cluster_prints_the_lines_that_reach_it() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let tasks = write_tasks(&dir.path().join("t.jsonl"), &[ok(1)]);
     let mut local = std::process::Command::new(BIN)
@@ -1975,28 +1974,18 @@ fn a_lingering_local_cluster_prints_the_lines_that_reach_it() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = local.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
+    let mut lines = Lines::of(local.stderr.take().unwrap());
+    let status = lines.until(Duration::from_secs(60), |line| {
+        line.trim()
+            .strip_prefix(&format!("{BIN} status "))
+            .map(str::to_string)
     });
-    let mut said = Vec::new();
-    let status = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("local said no status line ({e}): {said:#?}"));
-        said.push(line.clone());
-        if let Some(l) = line.trim().strip_prefix(&format!("{BIN} status ")) {
-            break l.to_string();
-        }
-    };
+    // And the variables a program's `ClientConfig::from_env` reads.
+    lines.until(Duration::from_secs(10), |line| {
+        let line = line.trim();
+        (line.starts_with("export RINGLEADER_ZK=") && line.contains("RINGLEADER_CLUSTER=local"))
+            .then_some(())
+    });
     let o = std::process::Command::new(BIN)
         .arg("status")
         .args(status.split_whitespace())
