@@ -13,7 +13,10 @@
 //! workers, each with its own ZooKeeper session and QUIC link), `adversary`
 //! (an honest client's one-task jobs while another client, in a process
 //! and with `--rtt-ms` on a host of its own, keeps 1,024 streams busy with
-//! the worst requests it may send; not run unless named). Timed fault
+//! the worst requests it may send; not run unless named), `load` (one-task
+//! jobs for `--load-secs` while a busy loop per core saturates the
+//! machine: worker links suspected though none died; not run unless
+//! named). Timed fault
 //! measures run `--runs` times; the table shows the median and the range.
 
 use std::collections::HashMap;
@@ -79,6 +82,18 @@ struct Args {
     /// its TLS port with x509 authentication.
     #[arg(long)]
     zk_plain: bool,
+    /// Seconds of the load section (default 600, or 60 with --quick).
+    #[arg(long)]
+    load_secs: Option<u64>,
+    /// Busy loops per core of the load section.
+    #[arg(long, default_value_t = 1)]
+    load_per_core: usize,
+    /// The load section's load: this shell command, started again
+    /// whenever it ends, instead of the busy loops (say, a compile:
+    /// `cargo build --release` of a work tree with its own target
+    /// directory, cleaned first).
+    #[arg(long)]
+    load_command: Option<String>,
     /// One-task jobs of the queue section's 64-in-flight row (default
     /// 3,000 with --quick, else 20,000). Its start prints the master's pid,
     /// for a profiler to attach to (`perf record -g -p PID`).
@@ -117,6 +132,7 @@ enum Section {
     Scale,
     Queue,
     Adversary,
+    Load,
 }
 
 struct Row {
@@ -174,6 +190,15 @@ fn cpu_share(pid: u32, window: Duration) -> f64 {
     let before = cpu_secs(pid);
     std::thread::sleep(window);
     (cpu_secs(pid) - before) / window.as_secs_f64()
+}
+
+/// The `q` quantile of `v` (0 for none), nearest rank.
+fn percentile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -414,8 +439,9 @@ struct Bench {
 
 impl Bench {
     fn wants(&self, s: Section) -> bool {
-        // The adversary's minute runs only when asked for.
-        (self.args.only.is_empty() && s != Section::Adversary) || self.args.only.contains(&s)
+        // The adversary's minute and the load's ten run only when asked for.
+        (self.args.only.is_empty() && !matches!(s, Section::Adversary | Section::Load))
+            || self.args.only.contains(&s)
     }
 
     fn start_node(&mut self, id: &str, role: &str) {
@@ -733,6 +759,84 @@ impl Bench {
         Ok(())
     }
 
+    /// Issue 30's gate for the failure detector: one-task jobs, one at a
+    /// time, for `--load-secs` while another process keeps every core
+    /// busy (a shell's busy loop per core, at the nodes' priority): worker
+    /// links suspected meanwhile, though no worker died (the `kill`
+    /// section times a dead worker's detection on an idle machine).
+    fn load(&mut self) -> anyhow::Result<()> {
+        let secs = self
+            .args
+            .load_secs
+            .unwrap_or(if self.args.quick { 60 } else { 600 });
+        let client = self.client()?;
+        let lost = |b: &Bench| -> anyhow::Result<f64> {
+            let mut sum = 0.0;
+            for id in b.metrics.keys() {
+                sum += metric_sum(&b.scrape(id)?, m::WORKER_LINKS_LOST, None);
+            }
+            Ok(sum)
+        };
+        let before = lost(self)?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let loops = cores * self.args.load_per_core.max(1);
+        let start_load = |cmd: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", cmd])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map(KillOnDrop)
+        };
+        let (what, cmd) = match &self.args.load_command {
+            Some(c) => (format!("`{c}` run again and again"), c.clone()),
+            None => (
+                format!("{loops} busy loops on {cores} cores"),
+                "while :; do :; done".to_string(),
+            ),
+        };
+        let copies = if self.args.load_command.is_some() { 1 } else { loops };
+        let mut burners = (0..copies)
+            .map(|_| start_load(&cmd))
+            .collect::<Result<Vec<_>, _>>()
+            .context("starting the load")?;
+        let window = Duration::from_secs(secs);
+        let t = Instant::now();
+        let mut lat = Vec::new();
+        let mut i = 0u64;
+        let mut restarts = 0;
+        while t.elapsed() < window {
+            lat.push(self.rt.block_on(one_task_job(&client, 3_000_000 + i))?);
+            i += 1;
+            for b in burners.iter_mut() {
+                if matches!(b.0.try_wait(), Ok(Some(_))) {
+                    *b = start_load(&cmd)?;
+                    restarts += 1;
+                }
+            }
+        }
+        drop(burners);
+        let suspected = lost(self)? - before;
+        self.rows.push(row(
+            format!(
+                "worker links suspected in {secs} s under {what} (started {} times; no worker \
+                 died), every node's counter",
+                restarts + copies
+            ),
+            format!("{suspected:.0}"),
+            "goal 0",
+            "",
+        ));
+        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+        self.rows.push(row(
+            format!("  one-task jobs one at a time meanwhile ({} jobs), p50 / p99", lat.len()),
+            format!("{p50:.2} ms / {p99:.2} ms"),
+            "",
+            "",
+        ));
+        Ok(())
+    }
+
     /// What a work queue's user sees: one-task jobs awaited one at a time
     /// and many in flight, and one job of one-task shards as it grows.
     /// Issue 29's gate: an honest client's one-task jobs, awaited one at a
@@ -758,7 +862,7 @@ impl Bench {
                 Ok::<_, anyhow::Error>(lat)
             })
         };
-        let pct = |lat: &[f64], q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+        let pct = percentile;
         let until = Instant::now() + Duration::from_secs(secs / 4);
         let alone = honest(&|| Instant::now() > until)?;
         ensure!(!alone.is_empty(), "no honest job ran");
@@ -2128,7 +2232,7 @@ fn main() -> anyhow::Result<()> {
     b.wait_candidates(2);
     b.zk_own = b.zk_mntr().get("zk_znode_count").copied();
     type Step = fn(&mut Bench) -> anyhow::Result<()>;
-    let steps: [(Section, Step); 10] = [
+    let steps: [(Section, Step); 11] = [
         (Section::Idle, |b| {
             b.idle();
             Ok(())
@@ -2142,6 +2246,7 @@ fn main() -> anyhow::Result<()> {
         (Section::Failover, Bench::failover),
         (Section::Scale, Bench::scale),
         (Section::Adversary, Bench::adversary),
+        (Section::Load, Bench::load),
     ];
     for (section, step) in steps {
         if b.wants(section) {
