@@ -49,6 +49,9 @@ pub const SHARDS_IN_DOUBT: &str = "ringleader_shards_in_doubt_total";
 /// Counter: worker links lost without a drain (the worker is suspected and
 /// its shards reassigned before its ZooKeeper session says whether it died).
 pub const WORKER_LINKS_LOST: &str = "ringleader_worker_links_lost_total";
+/// Links this node closed because their peer fell silent past the
+/// link's adaptive threshold.
+pub const LINKS_SILENT: &str = "ringleader_links_silent_total";
 /// Counter: speculative copies of slow or hung shards sent to another worker.
 pub const SHARDS_SPECULATED: &str = "ringleader_shards_speculated_total";
 /// Counter: task attempts that failed and will be retried.
@@ -212,6 +215,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(SHARDS_REASSIGNED, Kind::Counter, "", "shards", "master", "Shards requeued because their worker was lost."),
     metric(SHARDS_IN_DOUBT, Kind::Counter, "", "shards", "master", "Runs that may have been running unseen when their worker died: charged no attempt, rerun with their start acknowledged (the one that kills a worker again is charged for both deaths)."),
     metric(WORKER_LINKS_LOST, Kind::Counter, "", "links", "master", "Worker links lost without a drain: the worker is suspected and its shards reassigned at once."),
+    metric(LINKS_SILENT, Kind::Counter, "", "links", "all", "Links this node closed because their peer was silent past the link's threshold (the link timeout, raised by the longest recent silence of the link and stall of this process)."),
     metric(SHARDS_SPECULATED, Kind::Counter, "", "shards", "master", "Copies of slow or hung shards sent to another worker (the first result wins)."),
     metric(TASKS_RETRIED, Kind::Counter, "job_type", "tasks", "master", "Task attempts that failed and will be retried."),
     metric(TASKS_DEAD_LETTERED, Kind::Counter, "job_type", "tasks", "master", "Tasks that failed every attempt, reported as failed tasks of their job."),
@@ -428,6 +432,7 @@ fn register() {
         SHARDS_REASSIGNED,
         SHARDS_IN_DOUBT,
         WORKER_LINKS_LOST,
+        LINKS_SILENT,
         SHARDS_SPECULATED,
         FRAME_ERRORS,
         ZK_TRANSACTIONS,

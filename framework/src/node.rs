@@ -377,11 +377,14 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     actix::spawn(gateway::serve(
         endpoint.clone(),
         route_rx,
-        config.max_frame,
-        config.max_job_bytes,
-        revoked_rx,
-        handshakes.clone(),
-        store.clone(),
+        gateway::Serving {
+            max_frame: config.max_frame,
+            max_job_bytes: config.max_job_bytes,
+            link_timeout: config.link_timeout,
+            revoked: revoked_rx,
+            handshakes: handshakes.clone(),
+            store: store.clone(),
+        },
     ));
     // New ZooKeeper sessions present the certificate of the last reload,
     // and the worker dials with it (quinn keeps a dialing configuration
@@ -509,6 +512,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 data_dir: config.data_dir.clone(),
                 store: store.clone(),
                 store_mark: store_mark.clone(),
+                link_timeout: config.link_timeout,
                 registry: registry.clone(),
                 dialing: dialing.clone(),
                 max_frame: config.max_frame,

@@ -795,7 +795,11 @@ impl Bench {
                 "while :; do :; done".to_string(),
             ),
         };
-        let copies = if self.args.load_command.is_some() { 1 } else { loops };
+        let copies = if self.args.load_command.is_some() {
+            1
+        } else {
+            loops
+        };
         let mut burners = (0..copies)
             .map(|_| start_load(&cmd))
             .collect::<Result<Vec<_>, _>>()
@@ -829,7 +833,10 @@ impl Bench {
         ));
         let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
         self.rows.push(row(
-            format!("  one-task jobs one at a time meanwhile ({} jobs), p50 / p99", lat.len()),
+            format!(
+                "  one-task jobs one at a time meanwhile ({} jobs), p50 / p99",
+                lat.len()
+            ),
             format!("{p50:.2} ms / {p99:.2} ms"),
             "",
             "",

@@ -38,6 +38,8 @@ pub(crate) struct WorkerSettings {
     /// The mark this node left in its store at start: the master looks
     /// for it in its own, to know that they share one.
     pub store_mark: String,
+    /// The link timeout: the floor of the link's failure detector.
+    pub link_timeout: std::time::Duration,
     pub registry: Registry,
     /// The node's endpoint, as the last certificate reload left it for
     /// dialing.
@@ -301,11 +303,13 @@ async fn serve(
     });
     let (mut writer, mut reader) = (AbortOnDrop(writer), AbortOnDrop(reader));
     let mut drain_rx = s.drain.clone();
+    let mut watch = transport::LinkWatch::new(s.link_timeout);
     slots.connected(s, epoch, tx);
     loop {
         tokio::select! {
             r = &mut writer.0 => return Err(link_ended(r.unwrap_or(Ok(())))),
             r = &mut reader.0 => return Err(link_ended(r.unwrap_or(Ok(())))),
+            e = watch.lost(&conn) => return Err(e),
             Some(frame) = frames.recv() => match frame {
                 Frame::DrainAck => return Ok(()),
                 Frame::StartAck { job_id, incarnation, shard, attempt } => {

@@ -3,6 +3,7 @@
 //! time and events come in as arguments and decisions go out as values.
 
 pub mod job;
+pub mod liveness;
 mod recovery;
 mod scheduler;
 pub mod standing;

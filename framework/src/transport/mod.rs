@@ -136,6 +136,58 @@ fn peer_refused_our_certificate(e: &quinn::ConnectionError) -> bool {
     }
 }
 
+/// A link's failure detector at work ([`crate::core::liveness`]): samples
+/// the connection's received datagrams every tick, and closes it once its
+/// peer has been silent past the detector's threshold. Both ends of a
+/// worker's link run one (the master's in [`serve`], for every
+/// connection it serves; the worker's on its link to the master).
+#[derive(Debug)]
+pub struct LinkWatch {
+    detector: crate::core::liveness::Detector,
+    tick: tokio::time::Interval,
+}
+
+/// The error code of a connection closed for its peer's silence.
+pub const SILENT: u32 = 3;
+
+impl LinkWatch {
+    /// A watch of a link with timeout `link_timeout` (the detector's
+    /// floor; [`link_ceiling`] its ceiling).
+    pub fn new(link_timeout: Duration) -> Self {
+        let detector = crate::core::liveness::Detector::new(
+            std::time::Instant::now(),
+            link_timeout,
+            link_ceiling(link_timeout),
+        );
+        let mut tick = tokio::time::interval(detector.tick());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        LinkWatch { detector, tick }
+    }
+
+    /// Returns once `conn`'s peer has been silent past the threshold,
+    /// having closed the connection, with what was measured (cancel-safe:
+    /// a `select!` arm). Logged and counted here.
+    pub async fn lost(&mut self, conn: &Connection) -> TransportError {
+        use crate::core::liveness::Verdict;
+        loop {
+            self.tick.tick().await;
+            let received = conn.stats().udp_rx.datagrams;
+            let verdict = self.detector.observe(std::time::Instant::now(), received);
+            if let Verdict::Silent { silent, threshold } = verdict {
+                metrics::counter!(crate::metrics::LINKS_SILENT).increment(1);
+                tracing::warn!(
+                    remote = %conn.remote_address(),
+                    silent_ms = silent.as_millis() as u64,
+                    threshold_ms = threshold.as_millis() as u64,
+                    "the peer of a link fell silent past its threshold; closing the link"
+                );
+                conn.close(SILENT.into(), b"silent past the link's threshold");
+                return TransportError::Silent { silent, threshold };
+            }
+        }
+    }
+}
+
 /// A connection's other end: where it is and who its certificate says it is.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -253,6 +305,14 @@ pub enum TransportError {
     /// The connection broke.
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    /// The peer fell silent past the link's threshold ([`LinkWatch`]).
+    #[error("the peer was silent for {} ms, past the link's threshold of {} ms", silent.as_millis(), threshold.as_millis())]
+    Silent {
+        /// How long, this process's own stalls taken out.
+        silent: Duration,
+        /// The threshold it passed.
+        threshold: Duration,
+    },
     /// A frame could not be read or written.
     #[error(transparent)]
     Wire(#[from] WireError),
@@ -276,10 +336,30 @@ pub const LINK_TIMEOUT: Duration = Duration::from_millis(400);
 /// Bytes a peer may send on one connection ahead of what this end read.
 const CONNECTION_WINDOW: u32 = 4 << 20;
 
-fn transport_config(link_timeout: Duration, dialer: bool) -> Arc<quinn::TransportConfig> {
+/// The longest a node's link may stay silent before its failure detector
+/// gives up whatever it has seen (see [`LinkWatch`]), and quinn's idle
+/// timeout of node endpoints: ten link timeouts.
+pub fn link_ceiling(link_timeout: Duration) -> Duration {
+    link_timeout.saturating_mul(10)
+}
+
+/// `node`: an endpoint of a node, whose links [`LinkWatch`] watches, so
+/// quinn's idle timeout is only the ceiling; a client's connections time
+/// out after `link_timeout` of silence (the smaller of the two ends'
+/// idle timeouts holds, so a node's served client connections too).
+fn transport_config(
+    link_timeout: Duration,
+    dialer: bool,
+    node: bool,
+) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(dialer.then_some(link_timeout / 4));
-    t.max_idle_timeout(link_timeout.try_into().ok());
+    let idle = if node {
+        link_ceiling(link_timeout)
+    } else {
+        link_timeout
+    };
+    t.max_idle_timeout(idle.try_into().ok());
     t.max_concurrent_bidi_streams(1024u32.into());
     // What a peer may have sent on all its streams that this end has not
     // read yet (quinn's default is unbounded): a thousand streams of
@@ -331,13 +411,13 @@ fn configs(
 ) -> Result<(Option<quinn::ServerConfig>, quinn::ClientConfig), TransportError> {
     let server = if serve {
         let mut s = quinn::ServerConfig::with_crypto(Arc::new(identity.quic_server_config()?));
-        s.transport_config(transport_config(link_timeout, false));
+        s.transport_config(transport_config(link_timeout, false, serve));
         Some(s)
     } else {
         None
     };
     let mut client = quinn::ClientConfig::new(Arc::new(identity.quic_client_config()?));
-    client.transport_config(transport_config(link_timeout, true));
+    client.transport_config(transport_config(link_timeout, true, serve));
     Ok((server, client))
 }
 
@@ -587,10 +667,12 @@ impl FramedStream {
 /// `revoked`, is closed). Frames are at most `max_frame` bytes, and each
 /// connection's requests may hold `budget` bytes of first frames and
 /// `bulk` bytes of later ones at once ([`Peer::budget`], [`Peer::bulk`]).
+/// Each connection is watched by a [`LinkWatch`] of `link_timeout`.
 /// Spawns on the current runtime.
 pub async fn serve<F, Fut>(
     endpoint: Endpoint,
     (max_frame, budget, bulk): (usize, usize, usize),
+    link_timeout: Duration,
     revoked: Revoked,
     handshakes: Handshakes,
     handle: F,
@@ -639,6 +721,7 @@ pub async fn serve<F, Fut>(
             }
             // Whether reloads may still come (their sender lives).
             let mut reloads = true;
+            let mut watch = LinkWatch::new(link_timeout);
             loop {
                 if revoked.borrow_and_update().contains(&peer.serial) {
                     metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => "revoked")
@@ -656,6 +739,7 @@ pub async fn serve<F, Fut>(
                         reloads = changed.is_ok();
                         continue;
                     }
+                    _ = watch.lost(&conn) => return,
                 };
                 let stream = FramedStream {
                     send,

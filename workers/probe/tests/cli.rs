@@ -2063,3 +2063,75 @@ fn ctrl_c_while_the_inputs_are_read_submits_nothing_and_says_so() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("no job never"), "{err}");
 }
+
+/// A worker that stalls (SIGSTOP) for ever longer, each stall less than
+/// twice the one before, keeps its link, though the last stall is longer
+/// than the link timeout: the master's threshold grew with what the link
+/// showed, and the worker's own detector takes its stall for its own.
+/// Killed, the worker is still suspected, and long before its session
+/// expires.
+#[test]
+fn a_worker_that_stalls_ever_longer_keeps_its_link_and_a_killed_one_is_still_suspected() {
+    use probe::{Behaviour, Probe};
+    use ringleader::client::SubmitOptions;
+    use ringleader::{Client, Collect};
+    let mut c = Cluster::new(BIN);
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    let timeout = ["--link-timeout-ms", "1000", "--session-timeout-ms", "20000"];
+    c.node(
+        "n0",
+        &[&timeout[..], &["--metrics-addr", &metrics]].concat(),
+    );
+    let rt = rt();
+    let zk = rt.block_on(c.zk());
+    rt.block_on(c.master(&zk, None, Duration::from_secs(20)));
+    c.node("n1", &timeout);
+    rt.block_on(c.workers(&zk, 2, Duration::from_secs(20)));
+    let linked = |c: &Cluster| {
+        c.audit()
+            .iter()
+            .filter(|e| e.node == "n1" && matches!(e.event, Event::LinkedToMaster { .. }))
+            .count()
+    };
+    rt.block_on(eventually(Duration::from_secs(20), "n1 linked", || async {
+        linked(&c) == 1
+    }));
+    let lost = || {
+        scrape(&metrics, "ringleader_worker_links_lost_total", "")
+            + scrape(&metrics, "ringleader_links_silent_total", "")
+    };
+    assert_eq!(lost(), 0.0);
+    // Each stall ends well within the threshold the last one left (twice
+    // it), and the last is longer than the link timeout.
+    for stall_ms in [600, 900, 1400] {
+        c.signal("n1", "STOP");
+        std::thread::sleep(Duration::from_millis(stall_ms));
+        c.signal("n1", "CONT");
+        // Heard again (its keep-alives resume at once) before the next.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    assert_eq!(lost(), 0.0, "{}", c.logs());
+    assert_eq!(linked(&c), 1, "n1 linked once, never again: {}", c.logs());
+    // The link is alive, not merely unjudged: a job runs on it (the
+    // master's own worker runs shards only when no other worker can).
+    let client = rt.block_on(Client::connect(client_config(&c))).unwrap();
+    let tasks: Vec<Probe> = (0..4)
+        .map(|value| Probe {
+            value,
+            behaviour: Behaviour::HangOn("n0".into()),
+        })
+        .collect();
+    let (out, report) = rt
+        .block_on(client.run::<Collect<Probe>>(tasks, SubmitOptions::default()))
+        .unwrap();
+    assert!(report.failures.is_empty() && out.len() == 4, "{report:?}");
+    // Killed, it is suspected by its link, with a session of 20 s.
+    let killed = Instant::now();
+    c.kill9("n1");
+    rt.block_on(eventually(
+        Duration::from_secs(15),
+        "the killed worker suspected by its link",
+        || async { scrape(&metrics, "ringleader_links_silent_total", "") == 1.0 },
+    ));
+    assert!(killed.elapsed() < Duration::from_secs(15));
+}

@@ -46,17 +46,37 @@ const DECODED_PER_TASK: usize = 40;
 /// have a budget of their own, `--max-job-bytes` and an eighth.
 pub(crate) const HEADERS_BUDGET: usize = 4 << 20;
 
+/// What a node's endpoint serves with.
+pub(crate) struct Serving {
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// Largest submission accepted, in bytes of tasks.
+    pub max_job_bytes: usize,
+    /// Every connection's link timeout ([`transport::LinkWatch`]).
+    pub link_timeout: std::time::Duration,
+    /// Serial numbers of revoked certificates.
+    pub revoked: transport::Revoked,
+    /// The node's handshake counts.
+    pub handshakes: transport::Handshakes,
+    /// The node's store: a worker must share it.
+    pub store: Store,
+}
+
 /// Serves the node's endpoint until it closes; streams go to the master
 /// `route` names, when there is one.
 pub(crate) async fn serve(
     endpoint: Endpoint,
     route: watch::Receiver<Option<Addr<Master>>>,
-    max_frame: usize,
-    max_job_bytes: usize,
-    revoked: transport::Revoked,
-    handshakes: transport::Handshakes,
-    store: Store,
+    serving: Serving,
 ) {
+    let Serving {
+        max_frame,
+        max_job_bytes,
+        link_timeout,
+        revoked,
+        handshakes,
+        store,
+    } = serving;
     // A submission's tasks may take `--max-job-bytes`, and a little more
     // for their decoded copies' headers.
     let bulk = max_job_bytes.saturating_add(max_job_bytes / 8);
@@ -64,6 +84,7 @@ pub(crate) async fn serve(
     transport::serve(
         endpoint,
         limits,
+        link_timeout,
         revoked,
         handshakes.clone(),
         move |stream, peer: Peer| {
