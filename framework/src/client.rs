@@ -291,7 +291,16 @@ struct Inner {
     dialled: std::sync::atomic::AtomicU64,
     /// Job types whose shape the master was asked about.
     checked: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    /// Submission streams that handles may keep open for their result
+    /// ([`HELD_STREAMS`]).
+    held: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most submission streams a client's handles keep open, each for its
+/// job's result to be pushed on (a master serves a connection's 1,024
+/// streams at once: the rest stay free for requests). A handle submitted
+/// beyond it asks for its result as a handle of [`Client::job`] does.
+pub const HELD_STREAMS: usize = 256;
 
 /// See the module doc. Cheap to clone.
 #[derive(Clone)]
@@ -330,7 +339,28 @@ pub struct JobHandle<J> {
     client: Client,
     id: String,
     existing: bool,
+    /// The submission's stream, on which the master pushes the job's
+    /// result as it ends (`submit`'s handles, up to [`HELD_STREAMS`]).
+    pushed: std::sync::Mutex<Option<Pushed>>,
     _job: PhantomData<fn() -> J>,
+}
+
+/// A submission's stream kept for its job's result.
+struct Pushed {
+    stream: FramedStream,
+    _held: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// What a submission asks to hear of its job on its own stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    /// Nothing: the stream ends with the answer.
+    Not,
+    /// Its result, counted as its fetch (`run`).
+    Fetch,
+    /// Its result if the master has it at hand, fetched only once read
+    /// (`submit`'s handle).
+    Unmarked,
 }
 
 const CHUNK_BYTES: usize = 4 << 20;
@@ -365,6 +395,7 @@ impl Client {
                 conn: Mutex::new(None),
                 dialled: std::sync::atomic::AtomicU64::new(0),
                 checked: std::sync::Mutex::new(std::collections::HashSet::new()),
+                held: Arc::new(tokio::sync::Semaphore::new(HELD_STREAMS)),
             }),
         })
     }
@@ -639,7 +670,7 @@ impl Client {
         job_id: Option<String>,
     ) -> Result<(String, bool), ClientError> {
         let (id, existing, _) = self
-            .submit_frames(job_name, tasks, options, job_id, false)
+            .submit_frames(job_name, tasks, options, job_id, Follow::Not)
             .await?;
         Ok((id, existing))
     }
@@ -654,7 +685,7 @@ impl Client {
         tasks: Vec<ByteBuf>,
         options: JobOptions,
         job_id: Option<String>,
-        watch: bool,
+        follow: Follow,
     ) -> Result<(String, bool, Option<FramedStream>), ClientError> {
         let job_id = job_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let header = SubmitHeader {
@@ -679,16 +710,17 @@ impl Client {
         if !chunk.is_empty() {
             frames.push(Frame::SubmitChunk { tasks: chunk });
         }
-        if watch {
+        if follow != Follow::Not {
             frames.push(Frame::WatchJob {
                 job_id: job_id.clone(),
-                fetch: true,
+                fetch: follow == Follow::Fetch,
+                unmarked: follow == Follow::Unmarked,
             });
         }
         let mut sent = false;
         match self.request_stream(&frames, &mut sent).await {
             Ok((Frame::Accepted { job_id, existing }, s)) => {
-                Ok((job_id, existing, watch.then_some(s)))
+                Ok((job_id, existing, (follow != Follow::Not).then_some(s)))
             }
             Ok((Frame::Error { kind, message }, _)) => {
                 Err(ClientError::from_frame(kind, message, Some(&job_id)))
@@ -709,7 +741,22 @@ impl Client {
         tasks: Vec<J::Task>,
         options: SubmitOptions,
     ) -> Result<JobHandle<J>, ClientError> {
-        let (handle, _) = self.submit_watching::<J>(tasks, options, false).await?;
+        // Its result comes on the submission's stream, if the client may
+        // hold one more open.
+        let held = self.inner.held.clone().try_acquire_owned().ok();
+        let follow = match held {
+            Some(_) => Follow::Unmarked,
+            None => Follow::Not,
+        };
+        let (handle, stream) = self.submit_watching::<J>(tasks, options, follow).await?;
+        if let (Some(stream), Some(held)) = (stream, held) {
+            if let Ok(mut pushed) = handle.pushed.lock() {
+                *pushed = Some(Pushed {
+                    stream,
+                    _held: held,
+                });
+            }
+        }
         Ok(handle)
     }
 
@@ -725,7 +772,9 @@ impl Client {
         tasks: Vec<J::Task>,
         options: SubmitOptions,
     ) -> Result<(J::Result, JobReport), ClientError> {
-        let (handle, stream) = self.submit_watching::<J>(tasks, options, true).await?;
+        let (handle, stream) = self
+            .submit_watching::<J>(tasks, options, Follow::Fetch)
+            .await?;
         let watched = match stream {
             Some(mut s) => match read_watch(&mut s, &Default::default(), &mut |_| {}).await {
                 Ok(Some(w)) => Some(w),
@@ -746,7 +795,7 @@ impl Client {
         &self,
         tasks: Vec<J::Task>,
         options: SubmitOptions,
-        watch: bool,
+        follow: Follow,
     ) -> Result<(JobHandle<J>, Option<FramedStream>), ClientError> {
         let encoded = tasks
             .iter()
@@ -788,12 +837,13 @@ impl Client {
             }
         }
         let (id, existing, stream) = self
-            .submit_frames(J::NAME, encoded, opts, options.job_id, watch)
+            .submit_frames(J::NAME, encoded, opts, options.job_id, follow)
             .await?;
         let handle = JobHandle {
             client: self.clone(),
             id,
             existing,
+            pushed: std::sync::Mutex::new(None),
             _job: PhantomData,
         };
         Ok((handle, stream))
@@ -805,6 +855,7 @@ impl Client {
             client: self.clone(),
             id: id.into(),
             existing: true,
+            pushed: std::sync::Mutex::new(None),
             _job: PhantomData,
         }
     }
@@ -921,6 +972,7 @@ impl Client {
                 s.send(&Frame::WatchJob {
                     job_id: id.to_string(),
                     fetch,
+                    unmarked: false,
                 })
                 .await?;
                 read_watch(&mut s, &heard, &mut |p| seen(p, &mut last)).await
@@ -1105,6 +1157,28 @@ impl<J: Job> JobHandle<J> {
     /// Waits for the end of the job and returns its result and report, as
     /// soon as the job's end is durable (the master pushes it).
     pub async fn result(&self) -> Result<(J::Result, JobReport), ClientError> {
+        let pushed = match self.pushed.lock() {
+            Ok(mut p) => p.take(),
+            Err(_) => None,
+        };
+        if let Some(mut p) = pushed {
+            // What the master pushed on the submission's stream: the
+            // result, if it had it at hand (then marked fetched by the
+            // `Fetched` sent back, which nobody waits for), else the job's
+            // end (then fetched as a handle without a stream does).
+            let heard = Default::default();
+            if let Ok(Some(watched)) = read_watch(&mut p.stream, &heard, &mut |_| {}).await {
+                if let Watched::Outcome(_) = watched {
+                    let fetched = Frame::Fetched {
+                        job_id: self.id.clone(),
+                    };
+                    if p.stream.send(&fetched).await.is_ok() {
+                        let _ = p.stream.send.finish();
+                    }
+                }
+                return self.outcome(watched).await;
+            }
+        }
         let watched = self.client.watch(&self.id, true, |_| {}).await?;
         self.outcome(watched).await
     }

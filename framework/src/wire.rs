@@ -432,6 +432,13 @@ pub enum Frame {
         job_id: String,
         /// End with the job's result rather than its final progress.
         fetch: bool,
+        /// Without `fetch`: end with the job's result if the master has it
+        /// at hand (the job ended as this master watched it), leaving it
+        /// unfetched: the client sends [`Frame::Fetched`] once it has read
+        /// it (`Client::submit`'s handle, whose `result()` then needs no
+        /// request). Otherwise the final progress, as a plain watch.
+        #[serde(default)]
+        unmarked: bool,
     },
     /// Client to master, before a submission: how a job of `task_count`
     /// tasks would be cut (`shard_size` 0: by the master) and which
@@ -488,6 +495,13 @@ pub enum Frame {
         shard: ShardKey,
         /// The attempt.
         attempt: u32,
+    },
+    /// Client to master, on an `unmarked` watch's stream once its
+    /// `Outcome` is read: the result was fetched (its retention starts).
+    /// Not answered.
+    Fetched {
+        /// The job.
+        job_id: String,
     },
 }
 
@@ -742,6 +756,7 @@ impl Frame {
             Frame::StreamJob { .. } => "StreamJob",
             Frame::Partial { .. } => "Partial",
             Frame::StopRun { .. } => "StopRun",
+            Frame::Fetched { .. } => "Fetched",
         }
     }
 }

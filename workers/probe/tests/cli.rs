@@ -1359,6 +1359,7 @@ fn a_watch_or_stream_opened_before_a_job_exists_sees_nothing_of_another_clients(
                         Frame::WatchJob {
                             job_id: format!("x{i}"),
                             fetch: true,
+                            unmarked: false,
                         },
                         Frame::StreamJob {
                             job_id: format!("x{i}"),

@@ -769,8 +769,9 @@ fn progress_is_pushed_and_a_watch_follows_a_failover() {
 /// from memory unmarked, and the job stayed forever; `cluster-bench`
 /// found it at 64 in flight. This guards the property; it does not force
 /// that interleaving.) Each job's only shard commits with its end, in one
-/// write: the master's metrics count no commit record. Half the jobs are
-/// `Client::run`'s, watched on the stream that submitted them.
+/// write: the master's metrics count no commit record. A third of the
+/// jobs are `Client::run`'s, a third `submit`'s awaited by their handle,
+/// both watched on the stream that submitted them.
 #[test]
 fn every_fetched_job_is_collected_even_under_load() {
     use futures::StreamExt;
@@ -786,20 +787,31 @@ fn every_fetched_job_is_collected_even_under_load() {
             .map(|i| {
                 let client = &client;
                 async move {
-                    // Half submitted and awaited on one stream, half
-                    // watched on a stream of their own.
-                    let (results, _) = if i % 2 == 0 {
-                        let tasks = probes(1, &[]);
-                        client
-                            .run::<Collect<Probe>>(tasks, SubmitOptions::default())
-                            .await
-                            .unwrap()
-                    } else {
-                        let job = client
-                            .submit::<Collect<Probe>>(probes(1, &[]), SubmitOptions::default())
-                            .await
-                            .unwrap();
-                        job.result().await.unwrap()
+                    // A third submitted and awaited on one stream (`run`),
+                    // a third awaited on their submission's stream by
+                    // their handle, a third watched on a stream of their
+                    // own (a handle made from the id).
+                    let (results, _) = match i % 3 {
+                        0 => {
+                            let tasks = probes(1, &[]);
+                            client
+                                .run::<Collect<Probe>>(tasks, SubmitOptions::default())
+                                .await
+                                .unwrap()
+                        }
+                        held => {
+                            let job = client
+                                .submit::<Collect<Probe>>(probes(1, &[]), SubmitOptions::default())
+                                .await
+                                .unwrap();
+                            if held == 1 {
+                                job.result().await.unwrap()
+                            } else {
+                                let apart = client.job::<Collect<Probe>>(job.id());
+                                drop(job);
+                                apart.result().await.unwrap()
+                            }
+                        }
                     };
                     assert_eq!(results, vec![(0, 0)], "job {i}");
                     i
@@ -841,10 +853,10 @@ fn every_fetched_job_is_collected_even_under_load() {
         assert_eq!(writes("finish") + created_done, 300.0, "{scrape}");
         assert_eq!(writes("commit"), 0.0, "{scrape}");
         assert_eq!(writes("create_job"), 300.0, "{scrape}");
-        // `run`'s jobs were watched on their submission's stream, and
-        // every result came pushed with its job's end.
+        // Two thirds were watched on their submission's stream, and every
+        // result came pushed with its job's end.
         assert_eq!(requests(&scrape, "Submit"), 300.0, "{scrape}");
-        assert_eq!(requests(&scrape, "WatchJob"), 150.0, "{scrape}");
+        assert_eq!(requests(&scrape, "WatchJob"), 100.0, "{scrape}");
         assert_eq!(requests(&scrape, "FetchResult"), 0.0, "{scrape}");
         // A job run one at a time ends within a worker's round trip of its
         // acceptance: its watch, registered on the same stream as the
@@ -945,12 +957,21 @@ fn a_result_stored_apart_is_handed_over_from_memory() {
         let delta = |metric: &str, op: &str| count(&after, metric, op) - count(&before, metric, op);
         assert_eq!(delta(zk, "finish"), 1.0, "the job's end: {after}");
         assert_eq!(delta(store, "write"), 1.0, "the result's object: {after}");
-        assert_eq!(requests(&after, "WatchJob"), 1.0, "{after}");
+        // Pushed on the submission's stream: no watch, no fetch asked for.
+        assert_eq!(requests(&after, "WatchJob"), 0.0, "{after}");
         assert_eq!(requests(&after, "FetchResult"), 0.0, "{after}");
         // Nothing read back: the shards' outputs were kept in their
         // commits, the result came from memory.
         assert_eq!(delta(store, "read"), 0.0, "{after}");
-        assert_eq!(delta(zk, "set_status"), 0.0, "{after}");
+        // Read, it is marked fetched (one write, which nobody waited for).
+        eventually(
+            Duration::from_secs(10),
+            "the result marked fetched",
+            || async {
+                count(&scrape(), zk, "set_status") - count(&before, zk, "set_status") == 1.0
+            },
+        )
+        .await;
     });
 }
 
@@ -1619,6 +1640,83 @@ fn collector_load_at_100000_queued_jobs() {
         };
         println!(
             "with 100,000 jobs queued: ZooKeeper packets received {p:.0}/s; collector reads {r}/s"
+        );
+    });
+}
+
+/// Issue 30: `submit`, then `result()`, as fast as `run`. A handle's result
+/// comes on its submission's stream (no watch, no fetch asked for), and
+/// is marked fetched once read: its retention starts then (here 0 s: it
+/// is collected). A handle dropped unread leaves its job to be fetched
+/// later, as before; handles beyond the client's held streams fall back
+/// to a watch, and every one gets its result.
+#[test]
+fn a_submitted_jobs_result_comes_on_its_own_stream_and_is_fetched_once_read() {
+    let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &["--metrics-addr", &metrics, "--slots", "4"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 1, Duration::from_secs(20)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let id = |s: &str| SubmitOptions {
+            job_id: Some(s.into()),
+            ..Default::default()
+        };
+        let read = client
+            .submit::<Collect<Probe>>(probe::oks(7, 1), id("read"))
+            .await
+            .unwrap();
+        let unread = client
+            .submit::<Collect<Probe>>(probe::oks(8, 1), id("unread"))
+            .await
+            .unwrap();
+        let (out, report) = read.result().await.unwrap();
+        assert_eq!(out, vec![(0, 14)], "{report:?}");
+        let (_, scrape) = ringleader::prom::http_get(&metrics, "/metrics").unwrap();
+        for asked in ["WatchJob", "FetchResult", "GetJob"] {
+            assert_eq!(requests(&scrape, asked), 0.0, "{asked}: {scrape}");
+        }
+        assert_eq!(requests(&scrape, "Submit"), 2.0, "{scrape}");
+        // Marked fetched once read: collected (retention 0); the unread
+        // one stays, to be fetched.
+        let jobs = c.layout().jobs();
+        eventually(
+            Duration::from_secs(20),
+            "the read job collected",
+            || async {
+                let left = zk.list_children(&jobs).await.unwrap_or_default();
+                !left.contains(&"read".to_string()) && left.contains(&"unread".to_string())
+            },
+        )
+        .await;
+        drop(unread);
+        let (out, _) = client
+            .job::<Collect<Probe>>("unread")
+            .result()
+            .await
+            .unwrap();
+        assert_eq!(out, vec![(0, 16)]);
+
+        // More handles than the client holds streams for: all answered.
+        let n = ringleader::client::HELD_STREAMS as u64 + 20;
+        let mut handles = Vec::new();
+        for i in 0..n {
+            let h = client
+                .submit::<Collect<Probe>>(probe::oks(100 + i, 1), id(&format!("h{i}")))
+                .await
+                .unwrap();
+            handles.push(h);
+        }
+        for (i, h) in handles.iter().enumerate().rev() {
+            let (out, _) = h.result().await.unwrap();
+            assert_eq!(out, vec![(0, 2 * (100 + i as u64))]);
+        }
+        let (_, scrape) = ringleader::prom::http_get(&metrics, "/metrics").unwrap();
+        assert_eq!(
+            requests(&scrape, "WatchJob"),
+            21.0,
+            "the unread job's later handle and the 20 past the held streams watched: {scrape}"
         );
     });
 }

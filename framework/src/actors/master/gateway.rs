@@ -14,6 +14,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::access::Authorize;
+use super::watching::MarkFetched;
 use super::{
     ClientRequest, GetEpoch, Master, Report, Started, Submit, Unstarted, Watch, WorkerDrain,
     WorkerJoined, WorkerLeft,
@@ -325,8 +326,13 @@ async fn handle_stream(
             };
             return submission(stream, master, submitted, peer.id).await;
         }
-        Frame::WatchJob { job_id, fetch } => {
-            return watch(stream, master, job_id, fetch, peer.id).await
+        Frame::WatchJob {
+            job_id,
+            fetch,
+            unmarked,
+        } => {
+            let how = WatchHow { fetch, unmarked };
+            return watch(stream, master, job_id, how, peer.id).await;
         }
         Frame::StreamJob { job_id, seen } => {
             return super::streaming::stream_job(stream, master, job_id, seen, peer.id).await
@@ -378,6 +384,13 @@ fn addressed_job(frame: &Frame) -> Option<&str> {
     }
 }
 
+/// What a watch asks for (see [`Frame::WatchJob`]).
+#[derive(Clone, Copy)]
+struct WatchHow {
+    fetch: bool,
+    unmarked: bool,
+}
+
 /// A watch: what the master pushes for the job is written until a frame
 /// ends the watch, the master goes (the client then watches again,
 /// wherever the master is), or the client does.
@@ -385,20 +398,26 @@ async fn watch(
     mut stream: FramedStream,
     master: Addr<Master>,
     job_id: String,
-    fetch: bool,
+    how: WatchHow,
     peer: transport::PeerId,
 ) -> Result<(), TransportError> {
     let (tx, rx) = mpsc::unbounded_channel::<Frame>();
     let w = Watch {
-        job_id,
-        fetch,
+        job_id: job_id.clone(),
+        fetch: how.fetch,
+        unmarked: how.unmarked,
         tx,
-        peer,
+        peer: peer.clone(),
     };
     if master.send(w).await.is_err() {
         return Ok(stream.reply(&Frame::NotMaster).await?);
     }
-    watching(stream, rx, None).await
+    let ack = how.unmarked.then_some(Ack {
+        master,
+        job_id,
+        peer,
+    });
+    watching(stream, rx, None, ack).await
 }
 
 /// A submission as read from its stream.
@@ -458,12 +477,13 @@ async fn submission(
             tokio::select! {
                 a = &mut answer => break a,
                 f = &mut next, if read.is_none() => {
-                    if let Ok(Frame::WatchJob { job_id: watched, fetch }) = &f {
+                    if let Ok(Frame::WatchJob { job_id: watched, fetch, unmarked }) = &f {
                         if *watched == job_id {
                             let (tx, rx) = mpsc::unbounded_channel();
                             let w = Watch {
                                 job_id: watched.clone(),
                                 fetch: *fetch,
+                                unmarked: *unmarked,
                                 tx,
                                 peer: peer.clone(),
                             };
@@ -504,20 +524,31 @@ async fn submission(
         Ok(Frame::WatchJob {
             job_id: watched,
             fetch,
-        }) if watched == job_id => match (frames, kept) {
-            // Handed over: the master registered it with its answer.
-            (Some(rx), None) => watching(stream, rx, unsent).await,
-            (Some(rx), Some(w)) => {
-                if master.send(w).await.is_err() {
-                    if let Some(accepted) = unsent {
-                        stream.send(&accepted).await?;
+            unmarked,
+        }) if watched == job_id => {
+            let ack = unmarked.then(|| Ack {
+                master: master.clone(),
+                job_id: job_id.clone(),
+                peer: peer.clone(),
+            });
+            match (frames, kept) {
+                // Handed over: the master registered it with its answer.
+                (Some(rx), None) => watching(stream, rx, unsent, ack).await,
+                (Some(rx), Some(w)) => {
+                    if master.send(w).await.is_err() {
+                        if let Some(accepted) = unsent {
+                            stream.send(&accepted).await?;
+                        }
+                        return Ok(stream.reply(&Frame::NotMaster).await?);
                     }
-                    return Ok(stream.reply(&Frame::NotMaster).await?);
+                    watching(stream, rx, unsent, ack).await
                 }
-                watching(stream, rx, unsent).await
+                (None, _) => {
+                    let how = WatchHow { fetch, unmarked };
+                    watch(stream, master, job_id, how, peer).await
+                }
             }
-            (None, _) => watch(stream, master, job_id, fetch, peer).await,
-        },
+        }
         Ok(other) => {
             if let Some(accepted) = unsent {
                 stream.send(&accepted).await?;
@@ -540,56 +571,121 @@ async fn submission(
     }
 }
 
+/// Where the client of an unmarked watch says it read the result it was
+/// pushed ([`Frame::Fetched`]).
+struct Ack {
+    master: Addr<Master>,
+    job_id: String,
+    peer: transport::PeerId,
+}
+
+/// The most a client of an unmarked watch has to say once its result is
+/// pushed: one `Fetched`.
+const ACK_FRAME_LIMIT: usize = 4 << 10;
+
 /// Writes what the master pushes for a watched job (through `rx`) until
-/// a frame ends the watch, the master goes or the client does.
+/// a frame ends the watch, the master goes or the client does. What comes
+/// while a write is under way waits, a job's progress only as its latest
+/// frame: a client that reads slowly, or not yet (a handle whose result
+/// is not asked for), costs a frame or two here, never a queue. With
+/// `ack` (an unmarked watch), a result pushed is marked fetched once the
+/// client says it read it.
 async fn watching(
     mut stream: FramedStream,
     mut rx: mpsc::UnboundedReceiver<Frame>,
-    mut first: Option<Frame>,
+    first: Option<Frame>,
+    ack: Option<Ack>,
 ) -> Result<(), TransportError> {
     let gone = stream.peer_gone();
     tokio::pin!(gone);
     let mut buf = Vec::new();
+    let mut queued: std::collections::VecDeque<Frame> = first.into_iter().collect();
+    let mut master_gone = false;
     loop {
-        let frame = match first.take() {
-            Some(f) => Some(f),
-            None => tokio::select! {
+        if queued.is_empty() {
+            if master_gone {
+                return Ok(());
+            }
+            let frame = tokio::select! {
                 f = rx.recv() => f,
                 () = &mut gone => return Ok(()),
-            },
-        };
-        let Some(frame) = frame else {
-            // The master stopped: the client finds the next one.
-            return Ok(());
-        };
+            };
+            match frame {
+                Some(f) => queued.push_back(f),
+                // The master stopped: the client finds the next one.
+                None => return Ok(()),
+            }
+        }
         // What is queued behind it goes in the same write: a job's end
         // right behind its acceptance or its last progress.
+        while let Ok(f) = rx.try_recv() {
+            queue_coalescing(&mut queued, f);
+        }
         buf.clear();
-        // The submission's answer, first, ends nothing.
-        let mut ended = frame.ends_watch() && !matches!(frame, Frame::Accepted { .. });
-        crate::wire::encode_into(&mut buf, &frame)?;
-        let mut frames = 1;
-        while !ended {
-            let Ok(f) = rx.try_recv() else {
-                break;
-            };
-            ended = f.ends_watch();
+        let (mut frames, mut ended, mut outcome) = (0u64, false, false);
+        while let Some(f) = queued.pop_front() {
+            // The submission's answer, first, ends nothing.
+            ended = f.ends_watch() && !matches!(f, Frame::Accepted { .. });
+            outcome = matches!(f, Frame::Outcome(_));
             crate::wire::encode_into(&mut buf, &f)?;
             frames += 1;
+            if ended {
+                break;
+            }
         }
+        queued.clear();
         let (counted, bytes) = m::frames(true);
         counted.increment(frames);
         bytes.increment(buf.len() as u64);
-        stream
-            .send
-            .write_all(&buf)
-            .await
-            .map_err(|e| WireError::Io(e.into()))?;
+        {
+            let write = stream.send.write_all(&buf);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    r = &mut write => {
+                        r.map_err(|e| WireError::Io(e.into()))?;
+                        break;
+                    }
+                    f = rx.recv(), if !ended && !master_gone => match f {
+                        Some(f) => queue_coalescing(&mut queued, f),
+                        None => master_gone = true,
+                    },
+                    () = &mut gone => return Ok(()),
+                }
+            }
+        }
         if ended {
             let _ = stream.send.finish();
+            if let (true, Some(ack)) = (outcome, ack) {
+                // Read once the client's `result()` reads it: the handle
+                // may hold it for a while, or drop it unread.
+                if let Ok(Frame::Fetched { job_id }) =
+                    crate::wire::read_frame(&mut stream.recv, ACK_FRAME_LIMIT).await
+                {
+                    if job_id == ack.job_id {
+                        ack.master.do_send(MarkFetched {
+                            job_id,
+                            peer: ack.peer,
+                        });
+                    }
+                }
+            }
             return Ok(());
         }
     }
+}
+
+/// Queues `f` behind what waits to be written, a job's progress in place
+/// of a progress frame still waiting (the newer says all it did).
+fn queue_coalescing(queued: &mut std::collections::VecDeque<Frame>, f: Frame) {
+    let progress = |f: &Frame| matches!(f, Frame::Job(p) if !p.state.is_final());
+    if progress(&f) {
+        if let Some(last) = queued.back_mut().filter(|l| progress(l)) {
+            *last = f;
+            return;
+        }
+    }
+    queued.push_back(f);
 }
 
 /// A worker's link: frames it sends go to the master as messages; frames
@@ -675,4 +771,53 @@ async fn worker_link(
     }
     master.do_send(WorkerLeft { node_id, link_id });
     Ok(res?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{JobProgress, JobState};
+
+    fn progress(done: u64, state: JobState) -> Frame {
+        let mut p = JobProgress {
+            job_id: "j".into(),
+            job_name: "probe".into(),
+            state,
+            counters: Default::default(),
+        };
+        p.counters.tasks_done = done;
+        Frame::Job(p)
+    }
+
+    fn done_of(f: &Frame) -> u64 {
+        match f {
+            Frame::Job(p) => p.counters.tasks_done,
+            _ => u64::MAX,
+        }
+    }
+
+    #[test]
+    fn a_watch_that_is_not_read_keeps_its_latest_progress_and_its_end_only() {
+        let mut q = std::collections::VecDeque::new();
+        queue_coalescing(
+            &mut q,
+            Frame::Accepted {
+                job_id: "j".into(),
+                existing: false,
+            },
+        );
+        for done in 0..10_000 {
+            queue_coalescing(&mut q, progress(done, JobState::Running));
+        }
+        assert_eq!(q.len(), 2, "the answer and one progress");
+        assert_eq!(done_of(&q[1]), 9_999, "the latest");
+        queue_coalescing(&mut q, progress(10_000, JobState::Done));
+        queue_coalescing(&mut q, progress(10_001, JobState::Running));
+        let dones: Vec<u64> = q.iter().skip(1).map(done_of).collect();
+        assert_eq!(
+            dones,
+            vec![9_999, 10_000, 10_001],
+            "an end is never replaced"
+        );
+    }
 }

@@ -1003,7 +1003,7 @@ impl Master {
         // Handed over from memory only if the stored record is marked
         // fetched: a watch that came during the write is answered by a
         // fetch, which marks it.
-        self.watch_ended(ctx, job, done, fetched.then_some((result, object)));
+        self.watch_ended(ctx, job, done, Some((result, object)), fetched);
     }
 
     /// A cancel got there before the job's end: no record names the

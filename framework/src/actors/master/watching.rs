@@ -36,15 +36,28 @@ pub(crate) struct Watch {
     pub job_id: String,
     /// End with the job's result.
     pub fetch: bool,
+    /// Without `fetch`: end with the result if it is at hand, unmarked
+    /// (see [`Frame::WatchJob`]).
+    pub unmarked: bool,
     /// Where its frames go (the client's stream).
     pub tx: mpsc::UnboundedSender<Frame>,
     /// Who watches.
     pub peer: PeerId,
 }
 
+/// A client read a result pushed unmarked: its fetch, to be marked.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct MarkFetched {
+    pub job_id: String,
+    /// Who read it (the watch's peer, checked when it was registered).
+    pub peer: PeerId,
+}
+
 struct Watcher {
     tx: mpsc::UnboundedSender<Frame>,
     fetch: bool,
+    unmarked: bool,
     peer: PeerId,
     /// Its job's owner was known, and it may watch: it is sent frames.
     checked: bool,
@@ -105,6 +118,13 @@ impl Handler<Watch> for Master {
     }
 }
 
+impl Handler<MarkFetched> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: MarkFetched, ctx: &mut Context<Self>) {
+        self.mark_fetched(ctx, msg);
+    }
+}
+
 impl Master {
     /// Registers a watch (from its own stream, or sent behind a
     /// submission).
@@ -118,6 +138,7 @@ impl Master {
         let Watch {
             job_id,
             fetch,
+            unmarked,
             tx,
             peer,
         } = msg;
@@ -144,6 +165,7 @@ impl Master {
         watchers.push(Watcher {
             tx,
             fetch,
+            unmarked: unmarked && !fetch,
             peer,
             checked,
         });
@@ -164,7 +186,9 @@ impl Master {
             Ok((frame, Some(owner))) => {
                 act.screen(&job_id, owner.as_deref());
                 match frame {
-                    Frame::Job(p) if p.state.is_final() => act.watch_ended(ctx, &job_id, p, None),
+                    Frame::Job(p) if p.state.is_final() => {
+                        act.watch_ended(ctx, &job_id, p, None, false)
+                    }
                     frame => act.push(&job_id, &frame),
                 }
             }
@@ -207,16 +231,20 @@ impl Master {
     }
 
     /// A job ended (its `Done` or `Cancelled` is durable): its watchers
-    /// get the final progress, or the result if they asked: from `result`
-    /// (the record just written, marked fetched) when it holds the output
-    /// inline or comes with the bytes of the object it names, else
-    /// fetched.
+    /// get the final progress, or the result if they asked. `result` is
+    /// the record just written, if this master wrote it, and `marked`
+    /// whether that write marked it fetched. Watchers that fetch get it
+    /// from there when it is marked and holds the output inline or comes
+    /// with the bytes of the object it names, else by a fetch (which
+    /// marks it); unmarked watchers get it from there whenever it can,
+    /// else the final progress.
     pub(super) fn watch_ended(
         &mut self,
         ctx: &mut Context<Self>,
         job_id: &str,
         p: JobProgress,
         result: Option<(ResultRecord, Option<bytes::Bytes>)>,
+        marked: bool,
     ) {
         if let Some(owner) = self.owner_of(job_id) {
             self.screen(job_id, owner.as_deref());
@@ -226,7 +254,7 @@ impl Master {
         };
         self.watchers.dirty.remove(job_id);
         // Those whose job's owner is still unknown hear nothing of it.
-        let (mut fetching, plain): (Vec<Watcher>, Vec<Watcher>) = watchers
+        let (mut fetching, others): (Vec<Watcher>, Vec<Watcher>) = watchers
             .into_iter()
             .filter(|w| w.checked)
             .partition(|w| w.fetch);
@@ -238,20 +266,26 @@ impl Master {
             }
             _ => None,
         });
-        if let Some((bytes, failures)) = in_memory {
-            let outcome = Frame::Outcome(JobOutcome {
+        let outcome = in_memory.map(|(bytes, failures)| {
+            Frame::Outcome(JobOutcome {
                 progress: p.clone(),
                 result: bytes,
                 failures,
-            });
+            })
+        });
+        if let Some(outcome) = outcome.as_ref().filter(|_| marked) {
             for w in fetching.iter() {
                 let _ = w.tx.send(outcome.clone());
             }
             fetching.clear();
         }
         let last = Frame::Job(p);
-        for w in plain {
-            let _ = w.tx.send(last.clone());
+        for w in others {
+            let frame = match &outcome {
+                Some(o) if w.unmarked => o,
+                _ => &last,
+            };
+            let _ = w.tx.send(frame.clone());
         }
         if fetching.is_empty() {
             return;
@@ -268,6 +302,32 @@ impl Master {
                 let _ = w.tx.send(frame.clone());
             }
         }));
+    }
+
+    /// A client read a result pushed unmarked ([`MarkFetched`]): marked
+    /// now, as a fetch marks it (its retention starts), off the client's
+    /// path: nobody waits for it.
+    fn mark_fetched(&mut self, ctx: &mut Context<Self>, msg: MarkFetched) {
+        if self.deny_known(&msg.job_id, &msg.peer).is_some() {
+            return;
+        }
+        // Its fetch marks it: the collector reads it again.
+        self.unfetched.remove(&msg.job_id);
+        let store = self.store.clone();
+        let id = msg.job_id;
+        ctx.spawn(
+            async move {
+                let marked = match store.read_job(&id).await {
+                    Ok(Some(job)) => store.mark_fetched(&job).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = marked {
+                    tracing::warn!(job = %id, error = %e, "cannot mark a job fetched; its retention starts at its next fetch");
+                }
+            }
+            .into_actor(self),
+        );
     }
 
     /// Sends a frame to a job's watchers that may see it, forgetting those
@@ -305,6 +365,7 @@ mod tests {
         ws.by_job.entry("j".into()).or_default().push(Watcher {
             tx,
             fetch,
+            unmarked: false,
             peer,
             checked: true,
         });
@@ -323,6 +384,7 @@ mod tests {
             ws.by_job.entry("j".into()).or_default().push(Watcher {
                 tx,
                 fetch: true,
+                unmarked: false,
                 peer,
                 checked: false,
             });
