@@ -10,9 +10,37 @@ use super::{answer, error, Master};
 use crate::coord::{CoordError, JobStatus, LeaderStore};
 use crate::wire::{ErrorKind, Frame, JobOutcome};
 
+/// A job's result was marked fetched: the master forgets that it waits
+/// for its fetch, so that its collector reads its record again (a pass
+/// that read it while the mark was on its way cached it as unfetched,
+/// and would never have read it again).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Marked {
+    pub job_id: String,
+}
+
+impl Handler<Marked> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: Marked, _: &mut Context<Self>) {
+        self.fetch_marked(msg.job_id);
+    }
+}
+
+impl Master {
+    /// A job's fetch mark is durable: it waits for no fetch here, and a
+    /// collector pass that read it before (see [`Master::collect_pass`])
+    /// does not cache it as unfetched.
+    pub(super) fn fetch_marked(&mut self, job_id: String) {
+        self.unfetched.remove(&job_id);
+        self.marked.insert(job_id, std::time::Instant::now());
+    }
+}
+
 impl Master {
     pub(super) fn fetch(
         &mut self,
+        ctx: &mut Context<Self>,
         job_id: String,
         peer: crate::transport::PeerId,
     ) -> ResponseActFuture<Self, Frame> {
@@ -28,10 +56,10 @@ impl Master {
         // Its fetch marks it: the collector reads it again.
         self.unfetched.remove(&job_id);
         let store = self.store.clone();
-        answer(
-            self,
-            async move { fetch(&store, &job_id, Some(&peer)).await },
-        )
+        let me = ctx.address();
+        answer(self, async move {
+            fetch(&store, &job_id, Some(&peer), me).await
+        })
     }
 }
 
@@ -41,6 +69,7 @@ pub(super) async fn fetch(
     store: &LeaderStore,
     job_id: &str,
     peer: Option<&crate::transport::PeerId>,
+    master: Addr<Master>,
 ) -> Result<Frame, CoordError> {
     let Some(job) = store.read_job(job_id).await? else {
         return Ok(error(
@@ -71,8 +100,11 @@ pub(super) async fn fetch(
     let marking = store.clone();
     let progress = stored_progress(&job, result.as_ref());
     tokio::task::spawn_local(async move {
-        if let Err(e) = marking.mark_fetched(&job).await {
-            tracing::warn!(job = %job.id, error = %e, "cannot mark a job fetched; its retention starts at its next fetch");
+        match marking.mark_fetched(&job).await {
+            Ok(()) => master.do_send(Marked { job_id: job.id }),
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "cannot mark a job fetched; its retention starts at its next fetch")
+            }
         }
     });
     Ok(Frame::Outcome(JobOutcome {

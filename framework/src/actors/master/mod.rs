@@ -202,6 +202,12 @@ pub(crate) struct Master {
     /// Of those, the ones cancelled meanwhile.
     cancelled_while_loading: HashSet<String>,
     gc_running: bool,
+    /// When the collector's last pass started.
+    gc_started: std::time::Instant,
+    /// Jobs whose fetch mark became durable since the collector's last
+    /// pass started, and when: a pass that started before a mark may
+    /// have read the record unmarked, and must not cache it as unfetched.
+    marked: HashMap<String, std::time::Instant>,
     /// Which stored jobs the collector deletes, and when.
     retention: Retention,
     /// Jobs the collector is deleting now: a submission of one is refused.
@@ -287,6 +293,8 @@ impl Master {
             loading: HashMap::new(),
             cancelled_while_loading: HashSet::new(),
             gc_running: false,
+            gc_started: std::time::Instant::now(),
+            marked: HashMap::new(),
             retention,
             collecting: HashSet::new(),
             may_orphan: HashSet::new(),
@@ -1048,9 +1056,13 @@ impl Master {
             return;
         }
         self.gc_running = true;
+        // Marks older than the last pass's start are in what this pass reads.
+        let last = std::mem::replace(&mut self.gc_started, std::time::Instant::now());
+        self.marked.retain(|_, at| *at >= last);
+        let started = self.gc_started;
         let store = self.store.clone();
         let list = async move { store.list_job_ids().await };
-        ctx.spawn(list.into_actor(self).map(|res, act, ctx| {
+        ctx.spawn(list.into_actor(self).map(move |res, act, ctx| {
             let ids = match res {
                 Ok(ids) => ids,
                 Err(e) => return act.collector_failed(ctx, &e),
@@ -1071,8 +1083,8 @@ impl Master {
             metrics::counter!(m::COLLECTOR_READS).increment(unknown.len() as u64);
             let store = act.store.clone();
             let read = async move { store.read_jobs(&unknown).await };
-            ctx.spawn(read.into_actor(act).map(|res, act, ctx| match res {
-                Ok(fresh) => act.collect_pass(ctx, fresh),
+            ctx.spawn(read.into_actor(act).map(move |res, act, ctx| match res {
+                Ok(fresh) => act.collect_pass(ctx, fresh, started),
                 Err(e) => act.collector_failed(ctx, &e),
             }));
         }));
@@ -1089,7 +1101,12 @@ impl Master {
 
     /// The rest of a collector pass, with the records it read (`fresh`):
     /// each cached by what it is, then those due deleted.
-    fn collect_pass(&mut self, ctx: &mut Context<Self>, fresh: Vec<StoredJob>) {
+    fn collect_pass(
+        &mut self,
+        ctx: &mut Context<Self>,
+        fresh: Vec<StoredJob>,
+        started: std::time::Instant,
+    ) {
         let mut others = Vec::new();
         for j in fresh {
             // Known here since they were read (ended, or just submitted):
@@ -1104,6 +1121,9 @@ impl Master {
                 Stored::Retained => {
                     self.retained.insert(j.id.clone(), j);
                 }
+                // Read before its fetch mark was durable, maybe: the
+                // next pass reads it again.
+                Stored::Unfetched if self.marked.get(&j.id).is_some_and(|at| *at >= started) => {}
                 Stored::Unfetched => {
                     self.unfetched.insert(j.id.clone(), j);
                 }
@@ -1325,7 +1345,7 @@ impl Handler<ClientRequest> for Master {
         match msg.frame {
             Frame::GetStatus => Box::pin(fut::ready(self.status(&msg.peer))),
             Frame::GetJob { job_id } => self.get_job(job_id, msg.peer),
-            Frame::FetchResult { job_id } => self.fetch(job_id, msg.peer),
+            Frame::FetchResult { job_id } => self.fetch(ctx, job_id, msg.peer),
             Frame::Cancel { job_id } => self.cancel(ctx, job_id, msg.peer),
             Frame::PlanJob {
                 job_name,

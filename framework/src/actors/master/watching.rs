@@ -295,7 +295,8 @@ impl Master {
         let store = self.store.clone();
         let id = job_id.to_string();
         // Its watchers were checked against its owner.
-        let read = async move { fetch(&store, &id, None).await };
+        let me = ctx.address();
+        let read = async move { fetch(&store, &id, None, me).await };
         ctx.spawn(read.into_actor(self).map(move |res, _, _| {
             let frame = res.unwrap_or_else(|e| failed(&e));
             for w in fetching {
@@ -315,19 +316,22 @@ impl Master {
         self.unfetched.remove(&msg.job_id);
         let store = self.store.clone();
         let id = msg.job_id;
-        ctx.spawn(
-            async move {
-                let marked = match store.read_job(&id).await {
-                    Ok(Some(job)) => store.mark_fetched(&job).await,
-                    Ok(None) => Ok(()),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = marked {
-                    tracing::warn!(job = %id, error = %e, "cannot mark a job fetched; its retention starts at its next fetch");
-                }
+        let marking = async move {
+            let marked = match store.read_job(&id).await {
+                Ok(Some(job)) => store.mark_fetched(&job).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &marked {
+                tracing::warn!(job = %id, error = %e, "cannot mark a job fetched; its retention starts at its next fetch");
             }
-            .into_actor(self),
-        );
+            (id, marked.is_ok())
+        };
+        ctx.spawn(marking.into_actor(self).map(|(id, marked), act, _| {
+            if marked {
+                act.fetch_marked(id);
+            }
+        }));
     }
 
     /// Sends a frame to a job's watchers that may see it, forgetting those
