@@ -70,7 +70,18 @@ pub(super) struct Watchers {
     /// Jobs whose progress changed since their last frame.
     dirty: HashSet<String>,
     flush_scheduled: bool,
+    /// Jobs whose pushed result was read, to be marked fetched.
+    marks: Vec<String>,
+    marks_scheduled: bool,
 }
+
+/// How long a read result's fetch mark waits for others to be written
+/// with: its retention starts that much later.
+pub(super) const MARK_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Most fetch marks waiting at once; beyond, a read result is left to be
+/// marked by its next fetch, as a result never read is.
+const MAX_MARKS: usize = 100_000;
 
 impl Watchers {
     /// Whether a client still waits on a watch for the job's result. A
@@ -306,29 +317,60 @@ impl Master {
     }
 
     /// A client read a result pushed unmarked ([`MarkFetched`]): marked
-    /// now, as a fetch marks it (its retention starts), off the client's
-    /// path: nobody waits for it.
+    /// as a fetch marks it (its retention starts), off the client's path
+    /// (nobody waits for it), with the others that come within
+    /// [`MARK_DELAY`]: their records read together and their marks one
+    /// transaction, so that a work queue's marks do not each take a
+    /// ZooKeeper write of their own beside its jobs' creates.
     fn mark_fetched(&mut self, ctx: &mut Context<Self>, msg: MarkFetched) {
         if self.deny_known(&msg.job_id, &msg.peer).is_some() {
             return;
         }
         // Its fetch marks it: the collector reads it again.
         self.unfetched.remove(&msg.job_id);
+        if self.watchers.marks.len() >= MAX_MARKS {
+            // Not marked: its retention starts at its next fetch.
+            tracing::warn!(job = %msg.job_id, "too many fetch marks waiting; this one is dropped");
+            return;
+        }
+        self.watchers.marks.push(msg.job_id);
+        if !self.watchers.marks_scheduled {
+            self.watchers.marks_scheduled = true;
+            ctx.run_later(MARK_DELAY, |act, ctx| act.write_marks(ctx));
+        }
+    }
+
+    /// Writes the fetch marks that waited (see [`Master::mark_fetched`]).
+    fn write_marks(&mut self, ctx: &mut Context<Self>) {
+        self.watchers.marks_scheduled = false;
+        let ids = std::mem::take(&mut self.watchers.marks);
         let store = self.store.clone();
-        let id = msg.job_id;
         let marking = async move {
-            let marked = match store.read_job(&id).await {
-                Ok(Some(job)) => store.mark_fetched(&job).await,
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
+            let jobs = match store.read_jobs(&ids).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!(jobs = ids.len(), error = %e, "cannot mark jobs fetched; their retention starts at their next fetch");
+                    return Vec::new();
+                }
             };
-            if let Err(e) = &marked {
-                tracing::warn!(job = %id, error = %e, "cannot mark a job fetched; its retention starts at its next fetch");
-            }
-            (id, marked.is_ok())
+            // Sent at once: the writer joins them in its transactions.
+            let marks = jobs.iter().map(|job| async {
+                match store.mark_fetched(job).await {
+                    Ok(()) => Some(job.id.clone()),
+                    Err(e) => {
+                        tracing::warn!(job = %job.id, error = %e, "cannot mark a job fetched; its retention starts at its next fetch");
+                        None
+                    }
+                }
+            });
+            futures::future::join_all(marks)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
         };
-        ctx.spawn(marking.into_actor(self).map(|(id, marked), act, _| {
-            if marked {
+        ctx.spawn(marking.into_actor(self).map(|marked: Vec<String>, act, _| {
+            for id in marked {
                 act.fetch_marked(id);
             }
         }));
