@@ -296,6 +296,11 @@ struct Inner {
     held: Arc<tokio::sync::Semaphore>,
 }
 
+/// Longest a handle's `result()` waits for the master to receive the
+/// `Fetched` of a result pushed to it (a master gone meanwhile leaves the
+/// job to be fetched again).
+const FETCHED_WAIT: Duration = Duration::from_secs(1);
+
 /// Most submission streams a client's handles keep open, each for its
 /// job's result to be pushed on (a master serves a connection's 1,024
 /// streams at once: the rest stay free for requests). A handle submitted
@@ -1164,8 +1169,8 @@ impl<J: Job> JobHandle<J> {
         if let Some(mut p) = pushed {
             // What the master pushed on the submission's stream: the
             // result, if it had it at hand (then marked fetched by the
-            // `Fetched` sent back, which nobody waits for), else the job's
-            // end (then fetched as a handle without a stream does).
+            // `Fetched` sent back), else the job's end (then fetched as a
+            // handle without a stream does).
             let heard = Default::default();
             if let Ok(Some(watched)) = read_watch(&mut p.stream, &heard, &mut |_| {}).await {
                 if let Watched::Outcome(_) = watched {
@@ -1174,6 +1179,11 @@ impl<J: Job> JobHandle<J> {
                     };
                     if p.stream.send(&fetched).await.is_ok() {
                         let _ = p.stream.send.finish();
+                        // Until the master's end has it (a round trip, not
+                        // the mark's write): a program that returns or
+                        // exits at once must not leave the job unfetched
+                        // for good.
+                        let _ = tokio::time::timeout(FETCHED_WAIT, p.stream.peer_gone()).await;
                     }
                 }
                 return self.outcome(watched).await;

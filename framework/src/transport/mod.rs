@@ -630,7 +630,8 @@ impl FramedStream {
         Ok(())
     }
     /// Resolves when the peer will read no more of this stream (it stopped
-    /// or reset it, or the connection is gone).
+    /// or reset it, or the connection is gone), or, once this end finished
+    /// it, when the peer has received all of it.
     pub fn peer_gone(&self) -> impl std::future::Future<Output = ()> + 'static {
         let stopped = self.send.stopped();
         async move {

@@ -1690,6 +1690,33 @@ fn a_submitted_jobs_result_comes_on_its_own_stream_and_is_fetched_once_read() {
             },
         )
         .await;
+        // A program that ends as soon as it has its result (its runtime
+        // and connection gone at once) leaves no job unfetched.
+        let (cfg, tasks) = (client_config(&c), probe::oks(9, 1));
+        std::thread::spawn(move || {
+            let program = rt();
+            let out = program.block_on(async {
+                let client = Client::connect(cfg).await.unwrap();
+                let job = client
+                    .submit::<Collect<Probe>>(tasks, id("exiting"))
+                    .await
+                    .unwrap();
+                job.result().await.unwrap().0
+            });
+            drop(program);
+            assert_eq!(out, vec![(0, 18)]);
+        })
+        .join()
+        .unwrap();
+        eventually(
+            Duration::from_secs(20),
+            "the exiting program's job collected",
+            || async {
+                let left = zk.list_children(&jobs).await.unwrap_or_default();
+                !left.contains(&"exiting".to_string())
+            },
+        )
+        .await;
         drop(unread);
         let (out, _) = client
             .job::<Collect<Probe>>("unread")
