@@ -313,6 +313,15 @@ fn current_user() -> (String, Option<u32>) {
     (if user.is_empty() { "user".into() } else { user }, None)
 }
 
+/// A pause of between half `pause` and all of it, at random: nodes that
+/// failed together (a thousand started at once, a ZooKeeper restart) do
+/// not all try again in the same instant.
+fn jittered(pause: Duration) -> Duration {
+    use rand::Rng;
+    let half = pause / 2;
+    half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+}
+
 /// First pause between attempts to reach ZooKeeper; it doubles up to
 /// [`CONNECT_BACKOFF_MAX`].
 const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -453,7 +462,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 metrics::gauge!(m::ZK_CONNECTED).set(0.0);
                 metrics::counter!(m::ZK_ERRORS, "op" => "connect").increment(1);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {
+                    _ = tokio::time::sleep(jittered(backoff)) => {
                         backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
                         continue;
                     }
@@ -711,6 +720,19 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_of_nodes_that_failed_together_spread_over_half_their_pause() {
+        let pause = Duration::from_secs(4);
+        let pauses: Vec<Duration> = (0..200).map(|_| jittered(pause)).collect();
+        assert!(pauses.iter().all(|p| *p >= pause / 2 && *p <= pause));
+        let distinct: std::collections::HashSet<_> = pauses.iter().collect();
+        assert!(
+            distinct.len() > 150,
+            "{} distinct pauses of 200",
+            distinct.len()
+        );
+    }
 
     fn advertise(zk: &str, listen: &str, flag: Option<&str>) -> Result<SocketAddr, NodeError> {
         let listen: SocketAddr = listen.parse().expect("a literal address");
