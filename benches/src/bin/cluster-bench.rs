@@ -2131,7 +2131,23 @@ impl Bench {
         .with_context(|| format!("only {links} of {total} workers linked to the master"))?;
         let linked = t.elapsed();
         std::thread::sleep(Duration::from_secs(1));
-        let cpu = cpu_share(mpid, Duration::from_secs(5));
+        // The master's, ZooKeeper's and the swarm's CPU over one window:
+        // what a thousand idle sessions and links cost each (ZooKeeper's
+        // share is what its TLS port adds to their heartbeats).
+        let zk_pid = self.c.servers.first().and_then(|s| s.pid());
+        let pids = [Some(mpid), zk_pid, Some(swarm.id())];
+        let before: Vec<Option<f64>> = pids.iter().map(|p| p.map(cpu_secs)).collect();
+        let window = Duration::from_secs(5);
+        std::thread::sleep(window);
+        let share: Vec<f64> = pids
+            .iter()
+            .zip(&before)
+            .map(|(p, b)| match (p, b) {
+                (Some(p), Some(b)) => (cpu_secs(*p) - b) / window.as_secs_f64(),
+                _ => f64::NAN,
+            })
+            .collect();
+        let cpu = share[0];
         let swarm_rss = rss_mib(swarm.id());
         self.rows.push(row(
             format!(
@@ -2157,6 +2173,16 @@ impl Bench {
                 idle * 100.0,
                 self.args.workers
             ),
+            "",
+        ));
+        self.rows.push(row(
+            "  meanwhile: ZooKeeper's CPU / the swarm's (its 1,000 workers)",
+            format!(
+                "{:.1}% / {:.1}% of a core",
+                share[1] * 100.0,
+                share[2] * 100.0
+            ),
+            "",
             "",
         ));
         // A job over every worker, then a worker kill while the swarm is there.
