@@ -54,9 +54,17 @@ pub struct ZkServerOptions {
 }
 
 impl Default for ZkServerOptions {
+    /// A tick of 200 ms (so that 2 s sessions are granted), or
+    /// `RINGLEADER_ZK_TICK_MS` (2000 is Debian's stock `zoo.cfg`, whose
+    /// shortest session is then 4 s).
     fn default() -> Self {
+        let tick_ms = std::env::var("RINGLEADER_ZK_TICK_MS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(200);
         ZkServerOptions {
-            tick_ms: 200,
+            tick_ms,
             heap_mb: 256,
             max_client_cnxns: 2000,
             tls: None,

@@ -2321,7 +2321,12 @@ fn main() -> anyhow::Result<()> {
         args,
     };
     b.start_node("cand-0", "candidate");
-    b.master(None);
+    // The session ZooKeeper granted (2 s asked for; at least two of its
+    // ticks: `RINGLEADER_ZK_TICK_MS=2000`, Debian's stock tick, gives 4 s).
+    let granted = b.master(None).session_timeout_ms;
+    if granted > 0 {
+        b.session = Duration::from_millis(granted);
+    }
     b.start_node("cand-1", "candidate");
     for w in b.worker_ids() {
         b.start_node(&w, "worker");
