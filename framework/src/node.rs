@@ -470,6 +470,26 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
                 }
             }
         };
+        // A session that ends at once (a ZooKeeper that a thousand nodes
+        // starting together keep too busy to answer in time) is retried
+        // as a failed connection is, with growing pauses, not the node's
+        // end.
+        if let Err(e) = zk.ensure_root().await {
+            if !(e.is_session_end() || e.is_connection_lost()) {
+                return Err(e.into());
+            }
+            connect_failures += 1;
+            tracing::warn!(error = %e, "the new ZooKeeper session ended before it was used; retrying");
+            metrics::counter!(m::ZK_ERRORS, "op" => "connect").increment(1);
+            drop(zk);
+            tokio::select! {
+                _ = tokio::time::sleep(jittered(backoff)) => {
+                    backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+                    continue;
+                }
+                _ = &mut shutdown => break,
+            }
+        }
         if connect_failures > 0 {
             tracing::info!(attempts = connect_failures + 1, "ZooKeeper reached");
         }
@@ -482,7 +502,6 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
             session_timeout_ms = zk.timeout().as_millis() as u64,
             "ZooKeeper session established"
         );
-        zk.ensure_root().await?;
         let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let mut actors: Vec<Recipient<Stop>> = Vec::new();

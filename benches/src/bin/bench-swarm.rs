@@ -51,7 +51,7 @@ struct Args {
     /// kept it from answering the sessions already open within their
     /// timeout, which expired and opened again, and the swarm never
     /// registered (`cluster-bench --only scale`; on the plain port it did).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "BENCH_SWARM_STARTS_PER_S", default_value_t = 60)]
     starts_per_s: u32,
 }
 
