@@ -320,16 +320,7 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
 /// One one-task job (task `i`), submitted and awaited on one stream
 /// (`Client::run`) and its result checked: how long it took, in ms.
 async fn one_task_job(client: &Client, i: u64) -> anyhow::Result<f64> {
-    let t = Instant::now();
-    let (results, _) = client
-        .run::<Collect<Probe>>(probes_from(i, 1), SubmitOptions::default())
-        .await?;
-    let ms = t.elapsed().as_secs_f64() * 1000.0;
-    ensure!(
-        results.len() == 1 && results[0].1 == 2 * i,
-        "wrong result of one-task job {i}"
-    );
-    Ok(ms)
+    queue_job(client, QueuePath::Run, i).await
 }
 
 /// One one-task job by `path`, checked; its latency in ms.
@@ -485,6 +476,16 @@ impl Bench {
         } else {
             self.c.node(id, &args);
         }
+    }
+
+    /// Worker links lost so far, summed over every node's counter (a
+    /// master that changed counts too).
+    fn links_lost(&self) -> anyhow::Result<f64> {
+        let mut sum = 0.0;
+        for id in self.metrics.keys() {
+            sum += metric_sum(&self.scrape(id)?, m::WORKER_LINKS_LOST, None);
+        }
+        Ok(sum)
     }
 
     /// The workers' total wait for `StartAck` in seconds, and its count.
@@ -795,13 +796,7 @@ impl Bench {
             .load_secs
             .unwrap_or(if self.args.quick { 60 } else { 600 });
         let client = self.client()?;
-        let lost = |b: &Bench| -> anyhow::Result<f64> {
-            let mut sum = 0.0;
-            for id in b.metrics.keys() {
-                sum += metric_sum(&b.scrape(id)?, m::WORKER_LINKS_LOST, None);
-            }
-            Ok(sum)
-        };
+        let lost = Bench::links_lost;
         let before = lost(self)?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let loops = cores * self.args.load_per_core.max(1);
@@ -1637,13 +1632,7 @@ impl Bench {
         let splits_n = splits.len();
         let (base, _) = count_in_threads(&splits);
         // Summed over every node's counter.
-        let lost = |b: &Bench| -> anyhow::Result<f64> {
-            let mut sum = 0.0;
-            for id in b.metrics.keys() {
-                sum += metric_sum(&b.scrape(id)?, m::WORKER_LINKS_LOST, None);
-            }
-            Ok(sum)
-        };
+        let lost = Bench::links_lost;
         let lost_before = lost(self)?;
         let wc_shard = self.args.wc_shard;
         // One word count, submitted and awaited: its result, to be checked
