@@ -69,6 +69,13 @@ pub struct NodeConfig {
     pub slots: u32,
     /// Requested ZooKeeper session timeout.
     pub session_timeout: Duration,
+    /// Longest pause, drawn at random, before the node's first connection
+    /// to ZooKeeper: a thousand nodes started in the same instant (a power
+    /// restore, a fleet-wide deploy) then open their sessions spread over
+    /// this window instead of in one burst of TLS handshakes that keeps
+    /// ZooKeeper from answering the sessions already open (see
+    /// [`DEFAULT_START_JITTER`] and `benches/RESULTS.md`). Zero: at once.
+    pub start_jitter: Duration,
     /// Largest frame accepted.
     pub max_frame: usize,
     /// Largest submission accepted, in bytes of encoded tasks.
@@ -113,6 +120,20 @@ pub enum NodeError {
     #[error("{0}")]
     Advertise(String),
 }
+
+/// The default of [`NodeConfig::start_jitter`]. Measured on a 2-core
+/// machine running ZooKeeper (TLS port, 2 s sessions) beside a thousand
+/// worker nodes started in the same instant (`cluster-bench --only
+/// scale`): with no pause, 3 to 6 of the other nodes' sessions expired
+/// (the master's among them) and the thousand took 11.6 s to register:
+/// ZooKeeper's CPU went to TLS handshakes that clients gave up half done
+/// (800 ms without an answer) and began again, 2,610 of them for 1,000
+/// sessions. With pauses of up to 1 s and 2 s, 1-3 and 0-2 expired; with
+/// up to 4 s, none in six runs, and all registered in 4.5-6.1 s, at some
+/// 4.5 ms of ZooKeeper's CPU per session. A bigger fleet, or a ZooKeeper
+/// with less CPU to spare, wants a longer window: some 4 ms per node
+/// started together.
+pub const DEFAULT_START_JITTER: Duration = Duration::from_secs(4);
 
 /// The QUIC port a node listens on unless told otherwise (UDP; open it
 /// between the cluster's hosts, and from clients to master candidates).
@@ -322,6 +343,15 @@ fn jittered(pause: Duration) -> Duration {
     half + rand::thread_rng().gen_range(Duration::ZERO..=half)
 }
 
+/// A pause of up to `most`, at random (zero for zero).
+fn random_upto(most: Duration) -> Duration {
+    use rand::Rng;
+    if most.is_zero() {
+        return Duration::ZERO;
+    }
+    rand::thread_rng().gen_range(Duration::ZERO..=most)
+}
+
 /// First pause between attempts to reach ZooKeeper; it doubles up to
 /// [`CONNECT_BACKOFF_MAX`].
 const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -413,13 +443,13 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         audit.clone(),
     ));
     let layout = Layout::new(&config.cluster);
+    let mut shutdown = Box::pin(shutdown_signal());
     if !config.zk_tls {
         tracing::warn!(
             "ZooKeeper over a plain connection: anyone who reaches it can read and change \
              this cluster's znodes; give --zk-tls and the servers' TLS ports to lock them down"
         );
     }
-    let mut shutdown = Box::pin(shutdown_signal());
     let mut connect_failures = 0u32;
     let mut connected_once = false;
     // Retries back off, and the cause is logged when it changes (not at
@@ -431,7 +461,19 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     let mut stand_pause = Duration::ZERO;
     let mut pause_next = Duration::ZERO;
     let mut stepped_down_at: Option<std::time::Instant> = None;
+    let mut first_pause = Some(random_upto(config.start_jitter)).filter(|p| !p.is_zero());
     loop {
+        if let Some(pause) = first_pause.take() {
+            tracing::info!(
+                pause_ms = pause.as_millis() as u64,
+                "connecting to ZooKeeper after a random pause (--start-jitter-ms: nodes started \
+                 together do not all open their sessions at once)"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = &mut shutdown => break,
+            }
+        }
         let zk_tls = config
             .zk_tls
             .then(|| crate::client::zk_tls(&zk_identity.borrow(), &config.certs));
@@ -751,6 +793,21 @@ mod tests {
             "{} distinct pauses of 200",
             distinct.len()
         );
+    }
+
+    #[test]
+    fn first_connections_of_nodes_started_together_spread_over_the_whole_window() {
+        assert_eq!(random_upto(Duration::ZERO), Duration::ZERO);
+        let window = DEFAULT_START_JITTER;
+        let pauses: Vec<Duration> = (0..400).map(|_| random_upto(window)).collect();
+        assert!(pauses.iter().all(|p| *p <= window));
+        // Each quarter of the window gets its share (80 of 100 expected):
+        // a burst is spread, not moved.
+        for q in 0..4u32 {
+            let (lo, hi) = (window * q / 4, window * (q + 1) / 4);
+            let n = pauses.iter().filter(|p| **p >= lo && **p < hi).count();
+            assert!(n > 50, "{n} of 400 pauses in quarter {q}");
+        }
     }
 
     fn advertise(zk: &str, listen: &str, flag: Option<&str>) -> Result<SocketAddr, NodeError> {

@@ -44,15 +44,16 @@ struct Args {
     /// Requested ZooKeeper session timeout of each node.
     #[arg(long, default_value_t = 2000)]
     session_timeout_ms: u64,
-    /// Nodes started per second (0: all at once). A session opened over
-    /// the private ZooKeeper's TLS port costs its server some 11 ms of CPU
-    /// (the handshake, with a client certificate, on the JVM's client
-    /// compiler): a thousand opened in the same instant, or 200 a second,
-    /// kept it from answering the sessions already open within their
-    /// timeout, which expired and opened again, and the swarm never
-    /// registered (`cluster-bench --only scale`; on the plain port it did).
-    #[arg(long, env = "BENCH_SWARM_STARTS_PER_S", default_value_t = 60)]
+    /// Nodes started per second (0: all at once, as a fleet restarted
+    /// together). A session opened over the private ZooKeeper's TLS port
+    /// costs its server some 11 ms of CPU (the handshake, with a client
+    /// certificate, on the JVM's client compiler); the nodes' own start
+    /// jitter spreads them (see `--start-jitter-ms`).
+    #[arg(long, env = "BENCH_SWARM_STARTS_PER_S", default_value_t = 0)]
     starts_per_s: u32,
+    /// Each node's start jitter, in ms (default: a node's).
+    #[arg(long, env = "RINGLEADER_START_JITTER_MS")]
+    start_jitter_ms: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +91,10 @@ fn main() -> anyhow::Result<()> {
             store: store.clone(),
             slots: 1,
             session_timeout: Duration::from_millis(args.session_timeout_ms),
+            start_jitter: args.start_jitter_ms.map_or(
+                ringleader::node::DEFAULT_START_JITTER,
+                Duration::from_millis,
+            ),
             max_frame: ringleader::wire::DEFAULT_MAX_FRAME,
             max_job_bytes: 32 << 20,
             max_queued_bytes: 32 << 20,

@@ -97,6 +97,9 @@ pub(super) fn run_local(
                 &maddr,
                 "--session-timeout-ms",
                 "2000",
+                // Three nodes: no burst to spread.
+                "--start-jitter-ms",
+                "0",
                 // Several nodes on this host: each its own port.
                 "--listen",
                 "127.0.0.1:0",

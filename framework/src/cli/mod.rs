@@ -109,6 +109,14 @@ struct NodeArgs {
     /// Requested ZooKeeper session timeout.
     #[arg(long, env = "RINGLEADER_SESSION_TIMEOUT_MS", default_value_t = 4000)]
     session_timeout_ms: u64,
+    /// Longest random pause before the first connection to ZooKeeper, so
+    /// that nodes started together (hundreds after a power restore or a
+    /// fleet-wide deploy) do not open their sessions in one burst that
+    /// keeps ZooKeeper from answering the open ones (default: 4000, which
+    /// kept a thousand nodes started at once on a 2-core machine from
+    /// starving the open sessions; 0 to connect at once, as `local` does).
+    #[arg(long, env = "RINGLEADER_START_JITTER_MS")]
+    start_jitter_ms: Option<u64>,
     /// Serve Prometheus metrics here: PORT (on loopback) or IP:PORT. An
     /// address others can reach is warned about: keep it on a private
     /// network, or behind a proxy with TLS and authentication.
@@ -1243,6 +1251,9 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         data_dir,
         slots: a.slots.unwrap_or(cpus),
         session_timeout: Duration::from_millis(a.session_timeout_ms),
+        start_jitter: a
+            .start_jitter_ms
+            .map_or(node::DEFAULT_START_JITTER, Duration::from_millis),
         max_frame: a.max_frame,
         max_job_bytes: a.max_job_bytes,
         max_queued_bytes: a.max_queued_bytes,

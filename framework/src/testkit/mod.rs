@@ -250,6 +250,9 @@ impl Cluster {
             ("--data-dir", data.as_str()),
             ("--slots", "1"),
             ("--session-timeout-ms", "2000"),
+            // A test's few nodes: at once (the scale benchmark's swarm
+            // keeps the default).
+            ("--start-jitter-ms", "0"),
             ("--listen", "127.0.0.1:0"),
             ("--retention-secs", "0"),
         ];
