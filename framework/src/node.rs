@@ -129,7 +129,7 @@ pub enum NodeError {
 /// ZooKeeper's CPU went to TLS handshakes that clients gave up half done
 /// (800 ms without an answer) and began again, 2,610 of them for 1,000
 /// sessions. With pauses of up to 1 s and 2 s, 1-3 and 0-2 expired; with
-/// up to 4 s, none in six runs, and all registered in 4.5-6.1 s, at some
+/// up to 4 s, none in four runs, and all registered in 4.5-6.1 s, at some
 /// 4.5 ms of ZooKeeper's CPU per session. A bigger fleet, or a ZooKeeper
 /// with less CPU to spare, wants a longer window: some 4 ms per node
 /// started together.
