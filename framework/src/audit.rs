@@ -157,13 +157,19 @@ pub struct Entry {
 #[derive(Clone, Debug, Default)]
 pub struct Audit {
     node: String,
-    tx: Option<std::sync::mpsc::Sender<Msg>>,
+    tx: Option<std::sync::mpsc::SyncSender<Msg>>,
 }
+
+/// Lines that may wait for the audit thread. The master never waits for
+/// its disk: a line that finds the queue full (a disk stalled for the
+/// time of tens of thousands of events) is dropped and counted
+/// (`ringleader_audit_lines_dropped_total`), and the log says so.
+const AUDIT_QUEUE: usize = 65_536;
 
 enum Msg {
     Line(String),
     /// Answered once every line sent before it is written.
-    Sync(std::sync::mpsc::Sender<()>),
+    Sync(std::sync::mpsc::SyncSender<()>),
 }
 
 impl Audit {
@@ -179,7 +185,7 @@ impl Audit {
             .create(true)
             .append(true)
             .open(path)?;
-        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(AUDIT_QUEUE);
         let shown: PathBuf = path.to_path_buf();
         std::thread::Builder::new()
             .name("audit".into())
@@ -225,15 +231,20 @@ impl Audit {
         };
         if let Ok(mut line) = serde_json::to_string(&entry) {
             line.push('\n');
-            let _ = tx.send(Msg::Line(line));
+            if let Err(std::sync::mpsc::TrySendError::Full(_)) = tx.try_send(Msg::Line(line)) {
+                metrics::counter!(crate::metrics::AUDIT_DROPPED).increment(1);
+                tracing::warn!(
+                    "the audit log's queue is full (its disk is stalled?): a line is dropped"
+                );
+            }
         }
     }
 
     /// Waits until every line recorded before is written (tests, shutdown).
     pub fn sync(&self) {
         if let Some(tx) = &self.tx {
-            let (done, written) = std::sync::mpsc::channel();
-            if tx.send(Msg::Sync(done)).is_ok() {
+            let (done, written) = std::sync::mpsc::sync_channel(1);
+            if tx.try_send(Msg::Sync(done)).is_ok() {
                 let _ = written.recv_timeout(std::time::Duration::from_secs(5));
             }
         }

@@ -103,6 +103,10 @@ pub const PEER_REFUSAL_REASONS: &[&str] = &[
 ];
 /// Counter: frames refused as malformed or oversized.
 pub const FRAME_ERRORS: &str = "ringleader_frame_errors_total";
+/// Audit lines dropped because the audit thread was a whole queue behind.
+pub const AUDIT_DROPPED: &str = "ringleader_audit_lines_dropped_total";
+/// Peers dropped because their queue of outgoing frames was full.
+pub const OUTBOX_FULL: &str = "ringleader_outbox_full_total";
 
 /// Counter: fenced transactions the master's group-commit writer sent
 /// (each carries the writes that waited together).
@@ -234,6 +238,8 @@ pub const CATALOGUE: &[Metric] = &[
     metric(FRAME_BYTES, Kind::Counter, "direction", "bytes", "all", "Bytes of frames sent and received."),
     metric(PEER_REFUSALS, Kind::Counter, "reason", "connections", "all", "Peers refused for who they are: a failed handshake (another CA, an expired certificate), no identity in the certificate, a dialled node that is not the one ZooKeeper names, a role that may not do what it asked (a client registering as a worker, a node claiming another's id), a client acting on another client's job, or a live connection whose certificate was revoked (SIGHUP with a new crl.pem)."),
     metric(FRAME_ERRORS, Kind::Counter, "", "frames", "master", "Frames refused as malformed or oversized."),
+    metric(AUDIT_DROPPED, Kind::Counter, "", "lines", "master", "Audit log lines dropped because the audit thread fell a whole queue (65,536 lines) behind its disk."),
+    metric(OUTBOX_FULL, Kind::Counter, "queue", "peers", "all", "Peers dropped because they fell a whole queue of frames behind (queue=link: a worker's link, dropped and its runs requeued; queue=watch: a job's watch, ended for its client to watch again)."),
     metric(ZK_TRANSACTIONS, Kind::Counter, "", "transactions", "master", "Fenced ZooKeeper transactions sent by the master's group-commit writer; each carries the writes (commits, job creations, finishes, deletions) that waited together, so under load there are fewer than writes."),
     metric(JOBS_CREATED_DONE, Kind::Counter, "", "jobs", "master", "Jobs created already done: a work queue's job of one shard ran while its create waited, and its end was written in place of the create (one write instead of two)."),
     metric(COLLECTOR_READS, Kind::Counter, "", "records", "master", "Job records the collector read from ZooKeeper: only those new to it (not the jobs the master runs, nor those it keeps in its caches of retained and unfetched jobs), so the rate stays flat however many jobs are queued or unfetched."),
@@ -435,6 +441,8 @@ fn register() {
         LINKS_SILENT,
         SHARDS_SPECULATED,
         FRAME_ERRORS,
+        OUTBOX_FULL,
+        AUDIT_DROPPED,
         ZK_TRANSACTIONS,
         JOBS_CREATED_DONE,
         JOBS_DISCARDED,

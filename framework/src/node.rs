@@ -544,7 +544,7 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
             session_timeout_ms = zk.timeout().as_millis() as u64,
             "ZooKeeper session established"
         );
-        let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+        let (fatal_tx, mut fatal_rx) = mpsc::channel(crate::actors::FATAL_QUEUE);
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let mut actors: Vec<Recipient<Stop>> = Vec::new();
         let (drain_tx, drain_rx) = watch::channel(false);

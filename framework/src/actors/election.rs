@@ -55,7 +55,7 @@ impl Actor for Election {
                 let _ = act
                     .settings
                     .fatal
-                    .send(super::Restart::Failed(format!("election failed: {e}")));
+                    .try_send(super::Restart::Failed(format!("election failed: {e}")));
                 ctx.stop();
             }
         }));

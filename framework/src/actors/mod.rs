@@ -36,5 +36,12 @@ impl Restart {
     }
 }
 
-/// Where a session's actors say they gave up.
-pub(crate) type Fatal = tokio::sync::mpsc::UnboundedSender<Restart>;
+/// Where a session's actors say they gave up. Bounded by
+/// [`FATAL_QUEUE`]: the node acts on the first reason (it restarts the
+/// session and every actor of it), so one that finds the queue full is
+/// dropped (`try_send`), as are those sent after the node stopped reading.
+pub(crate) type Fatal = tokio::sync::mpsc::Sender<Restart>;
+
+/// Reasons to restart a session that may wait at once (one per actor of a
+/// session, with room to spare).
+pub(crate) const FATAL_QUEUE: usize = 8;

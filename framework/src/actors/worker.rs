@@ -69,7 +69,7 @@ impl Actor for Worker {
             Ok(slots) => slots,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the worker's slot threads");
-                let _ = self.fatal.send(super::Restart::Failed(format!(
+                let _ = self.fatal.try_send(super::Restart::Failed(format!(
                     "worker: cannot start its slot threads: {e}"
                 )));
                 ctx.stop();
@@ -82,7 +82,7 @@ impl Actor for Worker {
                 tracing::error!(error = %e, "worker stopped");
                 let _ = act
                     .fatal
-                    .send(super::Restart::Failed(format!("worker: {e}")));
+                    .try_send(super::Restart::Failed(format!("worker: {e}")));
             }
             ctx.stop();
         }));
@@ -290,13 +290,16 @@ async fn serve(
     // The stream's writer and reader run as tasks of their own, so that
     // this loop wakes only for what it handles (and does not poll the
     // connection on every wake-up), and a read is never cut short.
-    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let (tx, mut rx) = transport::Outbox::new(transport::LINK_QUEUE, "link");
     let writer = actix::spawn(async move { transport::write_queued(&mut send, &mut rx).await });
-    let (frames_tx, mut frames) = mpsc::unbounded_channel::<Frame>();
+    // Bounded: a loop that falls behind stops the reader, the stream's
+    // flow control the master, whose queue for this link then fills and
+    // drops it.
+    let (frames_tx, mut frames) = mpsc::channel::<Frame>(transport::LINK_QUEUE);
     let reader = actix::spawn(async move {
         loop {
             let frame = wire::read_frame(&mut recv, max_frame).await?;
-            if frames_tx.send(frame).is_err() {
+            if frames_tx.send(frame).await.is_err() {
                 return Ok::<(), WireError>(());
             }
         }

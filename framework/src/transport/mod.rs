@@ -753,12 +753,70 @@ pub async fn serve<F, Fut>(
     }
 }
 
+/// A bounded queue of frames to one stream's writer ([`write_queued`], or
+/// a watch's), filled by a side that must never wait for a peer (the
+/// master's actor, a worker's slots). A frame that finds it full is not
+/// queued, and [`Outbox::push`] says so: the caller then treats the peer
+/// as gone (a worker's link is dropped and its runs requeued; a watch
+/// ends, and its client watches again). A peer that keeps up holds about
+/// one write's worth here; one that stops reading fills its stream's flow
+/// control window, then this queue, and is dropped: it never grows the
+/// sender's memory.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    tx: tokio::sync::mpsc::Sender<Frame>,
+    /// The `queue` label of [`crate::metrics::OUTBOX_FULL`].
+    queue: &'static str,
+}
+
+/// Frames a worker's link queues at most: the runs of its slots with their
+/// prefetch, their acknowledgements and stops, many times over.
+pub const LINK_QUEUE: usize = 4096;
+
+/// Frames a watch queues at most: its writer takes them as they come and
+/// keeps only a job's latest progress, so this fills only if it stops.
+pub const WATCH_QUEUE: usize = 256;
+
+impl Outbox {
+    /// An outbox of `capacity` frames, counted as `queue` when full, and
+    /// its writer's end.
+    pub fn new(
+        capacity: usize,
+        queue: &'static str,
+    ) -> (Outbox, tokio::sync::mpsc::Receiver<Frame>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        (Outbox { tx, queue }, rx)
+    }
+
+    /// Queues `frame`; false if the writer is gone or a whole queue behind
+    /// (counted): the peer is to be treated as gone.
+    pub fn push(&self, frame: Frame) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!(crate::metrics::OUTBOX_FULL, "queue" => self.queue).increment(1);
+                tracing::warn!(
+                    queue = self.queue,
+                    "a peer fell a whole queue of frames behind; dropping it"
+                );
+                false
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Its writer is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 /// Writes every frame received on `rx` to `send`, coalescing the frames
 /// already queued into one write of up to about 1 MiB (one `write_all` per
 /// small frame is many times slower). Ends when `rx` closes.
 pub async fn write_queued(
     send: &mut SendStream,
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Frame>,
+    rx: &mut tokio::sync::mpsc::Receiver<Frame>,
 ) -> Result<(), WireError> {
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(f) = rx.recv().await {
@@ -780,4 +838,37 @@ pub async fn write_queued(
             .map_err(|e| WireError::Io(e.into()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u64) -> Frame {
+        Frame::Welcome { epoch: n }
+    }
+
+    #[test]
+    fn an_outbox_a_whole_queue_behind_refuses_the_next_frame_and_keeps_what_it_holds() {
+        let (outbox, mut rx) = Outbox::new(3, "link");
+        assert!((0..3).all(|n| outbox.push(frame(n))), "room for three");
+        assert!(
+            !outbox.push(frame(3)),
+            "the fourth: the peer is to be dropped"
+        );
+        let held: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|f| match f {
+                Frame::Welcome { epoch } => epoch,
+                _ => u64::MAX,
+            })
+            .collect();
+        assert_eq!(held, vec![0, 1, 2], "what it held, in order");
+        assert!(
+            outbox.push(frame(4)),
+            "room again once the writer took them"
+        );
+        drop(rx);
+        assert!(outbox.is_closed());
+        assert!(!outbox.push(frame(5)), "a writer gone refuses too");
+    }
 }

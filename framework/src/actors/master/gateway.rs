@@ -401,7 +401,7 @@ async fn watch(
     how: WatchHow,
     peer: transport::PeerId,
 ) -> Result<(), TransportError> {
-    let (tx, rx) = mpsc::unbounded_channel::<Frame>();
+    let (tx, rx) = transport::Outbox::new(transport::WATCH_QUEUE, "watch");
     let w = Watch {
         job_id: job_id.clone(),
         fetch: how.fetch,
@@ -459,7 +459,7 @@ async fn submission(
     // A watch of the job that the master did not take: sent to it once
     // the submission is answered.
     let mut kept: Option<Watch> = None;
-    let mut frames: Option<mpsc::UnboundedReceiver<Frame>> = None;
+    let mut frames: Option<mpsc::Receiver<Frame>> = None;
     let next = {
         let next = crate::wire::read_frame(&mut recv, max_frame);
         tokio::pin!(next);
@@ -479,7 +479,7 @@ async fn submission(
                 f = &mut next, if read.is_none() => {
                     if let Ok(Frame::WatchJob { job_id: watched, fetch, unmarked }) = &f {
                         if *watched == job_id {
-                            let (tx, rx) = mpsc::unbounded_channel();
+                            let (tx, rx) = transport::Outbox::new(transport::WATCH_QUEUE, "watch");
                             let w = Watch {
                                 job_id: watched.clone(),
                                 fetch: *fetch,
@@ -592,7 +592,7 @@ const ACK_FRAME_LIMIT: usize = 4 << 10;
 /// client says it read it.
 async fn watching(
     mut stream: FramedStream,
-    mut rx: mpsc::UnboundedReceiver<Frame>,
+    mut rx: mpsc::Receiver<Frame>,
     first: Option<Frame>,
     ack: Option<Ack>,
 ) -> Result<(), TransportError> {
@@ -698,7 +698,7 @@ async fn worker_link(
     jobs: Vec<String>,
 ) -> Result<(), TransportError> {
     let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let (tx, mut rx) = transport::Outbox::new(transport::LINK_QUEUE, "link");
     let Ok(epoch) = master.send(GetEpoch).await else {
         return Ok(stream.reply(&Frame::NotMaster).await?);
     };

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use actix::prelude::*;
-use tokio::sync::mpsc;
 
 use super::{Link, Master};
 use crate::audit::Event;
@@ -23,7 +22,7 @@ pub(crate) struct WorkerJoined {
     pub node_id: String,
     pub slots: u32,
     pub jobs: Vec<String>,
-    pub tx: mpsc::UnboundedSender<Frame>,
+    pub tx: crate::transport::Outbox,
     pub link_id: u64,
 }
 
@@ -57,7 +56,7 @@ pub(crate) struct Started {
 
 impl Handler<Started> for Master {
     type Result = ();
-    fn handle(&mut self, msg: Started, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Started, ctx: &mut Context<Self>) {
         if let Some(l) = self.links.get_mut(&msg.node_id) {
             l.last_seen = std::time::Instant::now();
         }
@@ -92,8 +91,9 @@ impl Handler<Started> for Master {
                 }
             }
         };
-        if let Some(link) = self.links.get(&msg.node_id) {
-            let _ = link.tx.send(frame);
+        // A worker a whole queue behind is dropped, its runs requeued.
+        if !self.tell(&msg.node_id, frame) {
+            self.drop_worker(ctx, &msg.node_id);
         }
     }
 }
@@ -138,7 +138,9 @@ impl Handler<WorkerDrain> for Master {
             });
             if let Some(link) = self.links.get_mut(&msg.node_id) {
                 link.drained = true;
-                let _ = link.tx.send(Frame::DrainAck);
+            }
+            if !self.tell(&msg.node_id, Frame::DrainAck) {
+                self.drop_worker(ctx, &msg.node_id);
             }
         } else {
             tracing::info!(worker = %msg.node_id, "worker draining; requeueing the shards it has not started");

@@ -36,7 +36,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures::StreamExt;
 use serde_bytes::ByteBuf;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::{Alive, Fatal, Stop};
 use crate::audit::{Audit, Event};
@@ -153,7 +153,9 @@ impl JobRuntime {
 }
 
 struct Link {
-    tx: mpsc::UnboundedSender<Frame>,
+    /// Its writer's queue (bounded: a worker that falls a whole queue
+    /// behind is dropped, as one whose link broke).
+    tx: crate::transport::Outbox,
     slots: u32,
     jobs: Vec<String>,
     id: u64,
@@ -313,7 +315,7 @@ impl Master {
         let _ = self
             .settings
             .fatal
-            .send(crate::actors::Restart::Failed(format!(
+            .try_send(crate::actors::Restart::Failed(format!(
                 "master stepped down: {err}"
             )));
         ctx.stop();
@@ -369,7 +371,7 @@ impl Master {
         let _ = self
             .settings
             .fatal
-            .send(crate::actors::Restart::SteppedDown(reason));
+            .try_send(crate::actors::Restart::SteppedDown(reason));
         ctx.stop();
     }
 
@@ -503,10 +505,7 @@ impl Master {
                         tasks,
                         ack_first,
                     });
-                    let sent = self
-                        .links
-                        .get(&worker)
-                        .is_some_and(|l| l.tx.send(frame).is_ok());
+                    let sent = self.links.get(&worker).is_some_and(|l| l.tx.push(frame));
                     if sent {
                         crate::counter_once!(m::SHARDS_ASSIGNED).increment(1);
                     } else {
@@ -519,30 +518,34 @@ impl Master {
                     incarnation,
                     key,
                     attempt,
-                } => self.tell(
-                    &worker,
-                    Frame::StartRefused {
+                } => {
+                    let frame = Frame::StartRefused {
                         job_id: job,
                         incarnation,
                         shard: key,
                         attempt,
-                    },
-                ),
+                    };
+                    if !self.tell(&worker, frame) {
+                        lost.push(worker);
+                    }
+                }
                 Command::Stop {
                     worker,
                     job,
                     incarnation,
                     key,
                     attempt,
-                } => self.tell(
-                    &worker,
-                    Frame::StopRun {
+                } => {
+                    let frame = Frame::StopRun {
                         job_id: job,
                         incarnation,
                         shard: key,
                         attempt,
-                    },
-                ),
+                    };
+                    if !self.tell(&worker, frame) {
+                        lost.push(worker);
+                    }
+                }
                 Command::CommitLost {
                     job,
                     key,
@@ -573,11 +576,10 @@ impl Master {
     }
 
     /// Sends a frame on a worker's link, if it has one (a link that is
-    /// gone takes its runs with it).
-    fn tell(&self, worker: &str, frame: Frame) {
-        if let Some(l) = self.links.get(worker) {
-            let _ = l.tx.send(frame);
-        }
+    /// gone takes its runs with it); false if the link's queue is full or
+    /// its writer gone: the caller drops the worker.
+    fn tell(&self, worker: &str, frame: Frame) -> bool {
+        self.links.get(worker).is_none_or(|l| l.tx.push(frame))
     }
 
     /// Writes a shard's next attempt after its worker died running it

@@ -19,7 +19,6 @@ use std::collections::{HashMap, HashSet};
 
 use actix::prelude::*;
 use serde_bytes::ByteBuf;
-use tokio::sync::mpsc;
 
 use super::access::visible;
 use super::fetch::fetch;
@@ -39,8 +38,9 @@ pub(crate) struct Watch {
     /// Without `fetch`: end with the result if it is at hand, unmarked
     /// (see [`Frame::WatchJob`]).
     pub unmarked: bool,
-    /// Where its frames go (the client's stream).
-    pub tx: mpsc::UnboundedSender<Frame>,
+    /// Where its frames go (the client's stream): a watch whose queue is
+    /// full is dropped, and its client watches again.
+    pub tx: crate::transport::Outbox,
     /// Who watches.
     pub peer: PeerId,
 }
@@ -55,7 +55,7 @@ pub(crate) struct MarkFetched {
 }
 
 struct Watcher {
-    tx: mpsc::UnboundedSender<Frame>,
+    tx: crate::transport::Outbox,
     fetch: bool,
     unmarked: bool,
     peer: PeerId,
@@ -111,7 +111,7 @@ impl Watchers {
                 return true;
             }
             let why = super::access::refusal(owner, &w.peer, job_id).unwrap_or_default();
-            let _ = w.tx.send(error(ErrorKind::NotOwner, why));
+            let _ = w.tx.push(error(ErrorKind::NotOwner, why));
             refused.push(w.peer.clone());
             false
         });
@@ -156,13 +156,13 @@ impl Master {
         let owner = self.owner_of(&job_id);
         if let Some(owner) = &owner {
             if let Some(why) = self.check_owner(owner.as_deref(), &peer, &job_id) {
-                let _ = tx.send(error(ErrorKind::NotOwner, why));
+                let _ = tx.push(error(ErrorKind::NotOwner, why));
                 return;
             }
         }
         let checked = owner.is_some() || peer.acts_for_all();
         if let Some(p) = self.progress(&job_id).filter(|_| progress && checked) {
-            if tx.send(Frame::Job(p)).is_err() {
+            if !tx.push(Frame::Job(p)) {
                 return;
             }
         }
@@ -286,7 +286,7 @@ impl Master {
         });
         if let Some(outcome) = outcome.as_ref().filter(|_| marked) {
             for w in fetching.iter() {
-                let _ = w.tx.send(outcome.clone());
+                let _ = w.tx.push(outcome.clone());
             }
             fetching.clear();
         }
@@ -296,7 +296,7 @@ impl Master {
                 Some(o) if w.unmarked => o,
                 _ => &last,
             };
-            let _ = w.tx.send(frame.clone());
+            let _ = w.tx.push(frame.clone());
         }
         if fetching.is_empty() {
             return;
@@ -311,7 +311,7 @@ impl Master {
         ctx.spawn(read.into_actor(self).map(move |res, _, _| {
             let frame = res.unwrap_or_else(|e| failed(&e));
             for w in fetching {
-                let _ = w.tx.send(frame.clone());
+                let _ = w.tx.push(frame.clone());
             }
         }));
     }
@@ -383,7 +383,7 @@ impl Master {
             self.screen(job_id, owner.as_deref());
         }
         if let Some(ws) = self.watchers.by_job.get_mut(job_id) {
-            ws.retain(|w| !w.checked || w.tx.send(frame.clone()).is_ok());
+            ws.retain(|w| !w.checked || w.tx.push(frame.clone()));
             if ws.is_empty() {
                 self.watchers.by_job.remove(job_id);
             }
@@ -394,7 +394,7 @@ impl Master {
     fn end_watch(&mut self, job_id: &str, frame: &Frame) {
         if let Some(ws) = self.watchers.by_job.remove(job_id) {
             for w in ws {
-                let _ = w.tx.send(frame.clone());
+                let _ = w.tx.push(frame.clone());
             }
         }
     }
@@ -405,8 +405,8 @@ mod tests {
     use super::*;
 
     /// Adds a watch of job `j`; returns its client's end.
-    fn watch(ws: &mut Watchers, fetch: bool) -> mpsc::UnboundedReceiver<Frame> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn watch(ws: &mut Watchers, fetch: bool) -> tokio::sync::mpsc::Receiver<Frame> {
+        let (tx, rx) = crate::transport::Outbox::new(crate::transport::WATCH_QUEUE, "watch");
         let peer = PeerId::new(crate::transport::Role::Client, "c").expect("a valid name");
         ws.by_job.entry("j".into()).or_default().push(Watcher {
             tx,
@@ -425,7 +425,7 @@ mod tests {
     fn watches_of_a_job_not_known_yet_are_checked_when_its_owner_is() {
         let mut ws = Watchers::default();
         let mut add = |role, name: &str| {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = crate::transport::Outbox::new(crate::transport::WATCH_QUEUE, "watch");
             let peer = PeerId::new(role, name).expect("a valid name");
             ws.by_job.entry("j".into()).or_default().push(Watcher {
                 tx,

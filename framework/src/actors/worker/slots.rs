@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde_bytes::ByteBuf;
-use tokio::sync::mpsc;
 
 use super::WorkerSettings;
 use crate::coord::INLINE_LIMIT;
@@ -58,8 +57,9 @@ struct Shared {
     asked: HashMap<RunId, Instant>,
     /// The runs under way, each with its cancellation flag.
     running: HashMap<RunId, Cancel>,
-    /// The current link's writer.
-    link: Option<mpsc::UnboundedSender<Frame>>,
+    /// The current link's writer (dropped when its queue is full: the
+    /// writer then ends, and the link with it, as a broken one would).
+    link: Option<crate::transport::Outbox>,
 }
 
 /// What carrying out the session's actions leaves to do outside the lock.
@@ -82,8 +82,12 @@ impl Slots {
             running: HashMap::new(),
             link: None,
         }));
-        let (runs, rx) = crossbeam_channel::unbounded::<Run>();
         let threads = s.slots.max(1);
+        // Bounded by what the session allows: a run is sent only for a
+        // slot it just made busy (at most one per thread waits to be
+        // picked up), and one `None` per thread at the end; so a send
+        // never waits.
+        let (runs, rx) = crossbeam_channel::bounded::<Run>(2 * threads as usize);
         for k in 0..threads {
             let (s, shared, rx, runs) = (s.clone(), shared.clone(), rx.clone(), runs.clone());
             std::thread::Builder::new()
@@ -117,7 +121,7 @@ impl Slots {
         &self,
         s: &Arc<WorkerSettings>,
         epoch: u64,
-        link: mpsc::UnboundedSender<Frame>,
+        link: crate::transport::Outbox,
     ) {
         let mut sh = self.lock();
         sh.link = Some(link);
@@ -268,9 +272,9 @@ impl Shared {
         after
     }
 
-    fn send(&self, frame: Frame) {
-        if let Some(link) = &self.link {
-            let _ = link.send(frame);
+    fn send(&mut self, frame: Frame) {
+        if self.link.as_ref().is_some_and(|link| !link.push(frame)) {
+            self.link = None;
         }
     }
 }

@@ -45,6 +45,9 @@ use crate::coord::zk::{AclMode, REQUEST_BUDGET};
 const MAX_OPS: usize = 2000;
 /// Bytes an operation adds to a request besides its path and data.
 const OP_OVERHEAD: usize = 64;
+/// Writes waiting for the writer at most: several full transactions'
+/// worth ([`MAX_OPS`] operations each).
+const WRITE_QUEUE: usize = 16 * 1024;
 /// Connection losses a batch is sent again through.
 const RETRIES: u32 = 20;
 /// How long a batch of a big job's commits waits for more, and the
@@ -265,7 +268,11 @@ impl Write {
 /// The sending side; the writer task ends when the last clone is dropped.
 #[derive(Clone, Debug)]
 pub(super) struct Batcher {
-    tx: mpsc::UnboundedSender<Write>,
+    /// Bounded ([`WRITE_QUEUE`]): a write that finds it full waits (in
+    /// its caller's task, never the master's actor) until the writer
+    /// takes some, so a ZooKeeper slower than the master's writes holds
+    /// the writes back instead of growing the queue.
+    tx: mpsc::Sender<Write>,
     /// Wakes the writer when a write it holds back gets its proposal.
     wake: Arc<tokio::sync::Notify>,
     /// Transactions sent, retries included.
@@ -277,7 +284,7 @@ impl Batcher {
     /// the candidacy ends with the last `LeaderStore`, not with this task.
     /// `records` names this master's commit records: `c<epoch>.<candidacy>`.
     pub(super) fn start(lock: Weak<OwnedLockClient>, acl: AclMode, records: String) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let sent = Arc::new(AtomicU64::new(0));
         let wake = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(run(lock, rx, sent.clone(), acl, records, wake.clone()));
@@ -343,7 +350,7 @@ impl Batcher {
             proposed: false,
             done,
         };
-        if self.tx.send(write).is_err() {
+        if self.tx.send(write).await.is_err() {
             return (Err(ZkError::SessionExpired), false);
         }
         answer
@@ -357,7 +364,7 @@ impl Batcher {
 /// second go.
 async fn run(
     lock: Weak<OwnedLockClient>,
-    mut rx: mpsc::UnboundedReceiver<Write>,
+    mut rx: mpsc::Receiver<Write>,
     sent: Arc<AtomicU64>,
     acl: AclMode,
     records: String,
