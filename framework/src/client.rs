@@ -1178,7 +1178,7 @@ impl<J: Job> JobHandle<J> {
                         job_id: self.id.clone(),
                     };
                     if p.stream.send(&fetched).await.is_ok() {
-                        let _ = p.stream.send.finish();
+                        p.stream.finish();
                         // Until the master's end has it (a round trip, not
                         // the mark's write): a program that returns or
                         // exits at once must not leave the job unfetched

@@ -25,7 +25,7 @@ use crate::metrics as m;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::transport::{self, FramedStream, TransportError};
-use crate::wire::{self, Frame, WireError, PROTOCOL_VERSION};
+use crate::wire::{Frame, WireError, PROTOCOL_VERSION};
 use slots::Slots;
 
 pub(crate) struct WorkerSettings {
@@ -282,11 +282,7 @@ async fn serve(
         },
     );
     on_welcome(epoch);
-    let FramedStream {
-        mut send,
-        mut recv,
-        max_frame,
-    } = stream;
+    let (mut send, mut recv) = stream.split();
     // The stream's writer and reader run as tasks of their own, so that
     // this loop wakes only for what it handles (and does not poll the
     // connection on every wake-up), and a read is never cut short.
@@ -298,7 +294,7 @@ async fn serve(
     let (frames_tx, mut frames) = mpsc::channel::<Frame>(transport::LINK_QUEUE);
     let reader = actix::spawn(async move {
         loop {
-            let frame = wire::read_frame(&mut recv, max_frame).await?;
+            let frame = recv.read_frame().await?;
             if frames_tx.send(frame).await.is_err() {
                 return Ok::<(), WireError>(());
             }

@@ -81,7 +81,7 @@ pub async fn ask(
 ) -> Option<Result<Frame, TransportError>> {
     let ask = async {
         let mut s = FramedStream::open(conn, 1 << 20).await?;
-        if s.send.write_all(bytes).await.is_err() {
+        if s.write_encoded(bytes).await.is_err() {
             // Refused while sending: the answer says why.
             return match tokio::time::timeout(Duration::from_secs(5), s.recv()).await {
                 Ok(r) => r,

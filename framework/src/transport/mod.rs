@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use quinn::{Connection, Endpoint, RecvStream, SendStream};
+pub use quinn::{Connection, Endpoint};
+use quinn::{RecvStream, SendStream};
 
 use crate::wire::{self, Frame, WireError};
 
@@ -579,34 +580,93 @@ fn handshake_failure(e: &quinn::ConnectionError) -> Option<String> {
 /// that says why.
 const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// One bidirectional stream carrying frames.
+/// One bidirectional stream carrying frames. Its QUIC halves stay in this
+/// module: the rest of the crate reads and writes frames, through the
+/// stream or its halves ([`FramedStream::split`]).
 pub struct FramedStream {
-    /// Sending half.
-    pub send: SendStream,
-    /// Receiving half.
-    pub recv: RecvStream,
-    /// Largest frame accepted.
-    pub max_frame: usize,
+    send: FrameWriter,
+    recv: FrameReader,
+}
+
+/// The sending half of a [`FramedStream`].
+pub struct FrameWriter {
+    send: SendStream,
+}
+
+/// The receiving half of a [`FramedStream`]: frames of at most its
+/// `max_frame` bytes.
+pub struct FrameReader {
+    recv: RecvStream,
+    max_frame: usize,
+}
+
+impl FrameWriter {
+    /// Sends one frame.
+    pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), WireError> {
+        wire::write_frame(&mut self.send, frame).await
+    }
+    /// Sends frames already encoded ([`wire::encode_into`]), in one write.
+    pub async fn write_encoded(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|e| WireError::Io(e.into()))
+    }
+    /// Ends the sending side: the peer reads what was sent, then the end.
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+    /// Resolves when the peer will read no more of this stream (it stopped
+    /// or reset it, or the connection is gone), or, once this end finished
+    /// it, when the peer has received all of it.
+    pub fn peer_gone(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let stopped = self.send.stopped();
+        async move {
+            let _ = stopped.await;
+        }
+    }
+}
+
+impl FrameReader {
+    /// Receives one frame.
+    pub async fn read_frame(&mut self) -> Result<Frame, WireError> {
+        wire::read_frame(&mut self.recv, self.max_frame).await
+    }
+    /// Receives one frame of at most `limit` bytes (and this stream's
+    /// largest).
+    pub async fn read_frame_within(&mut self, limit: usize) -> Result<Frame, WireError> {
+        wire::read_frame(&mut self.recv, limit.min(self.max_frame)).await
+    }
 }
 
 impl FramedStream {
     /// Opens a stream on a connection.
     pub async fn open(conn: &Connection, max_frame: usize) -> Result<Self, TransportError> {
         let (send, recv) = conn.open_bi().await?;
-        Ok(FramedStream {
-            send,
-            recv,
-            max_frame,
-        })
+        Ok(FramedStream::new(send, recv, max_frame))
+    }
+    fn new(send: SendStream, recv: RecvStream, max_frame: usize) -> Self {
+        FramedStream {
+            send: FrameWriter { send },
+            recv: FrameReader { recv, max_frame },
+        }
+    }
+    /// Its halves, to write and read from different tasks.
+    pub fn split(self) -> (FrameWriter, FrameReader) {
+        (self.send, self.recv)
+    }
+    /// A stream from the halves [`FramedStream::split`] gave.
+    pub fn join(send: FrameWriter, recv: FrameReader) -> Self {
+        FramedStream { send, recv }
     }
     /// Sends one frame.
     pub async fn send(&mut self, frame: &Frame) -> Result<(), TransportError> {
-        wire::write_frame(&mut self.send, frame).await?;
+        self.send.write_frame(frame).await?;
         Ok(())
     }
     /// Receives one frame.
     pub async fn recv(&mut self) -> Result<Frame, TransportError> {
-        Ok(wire::read_frame(&mut self.recv, self.max_frame).await?)
+        Ok(self.recv.read_frame().await?)
     }
     /// Receives one frame of at most `max` bytes, whose body (times
     /// `factor`, a bound on what decoding it makes of it) is taken from
@@ -618,30 +678,40 @@ impl FramedStream {
         budget: &Budget,
         factor: usize,
     ) -> Result<(Frame, Held), TransportError> {
-        let len = wire::read_prefix(&mut self.recv, max.min(self.max_frame)).await?;
+        let r = &mut self.recv;
+        let len = wire::read_prefix(&mut r.recv, max.min(r.max_frame)).await?;
         let held = budget.take(len.saturating_mul(factor))?;
-        let frame = wire::read_body(&mut self.recv, len).await?;
+        let frame = wire::read_body(&mut r.recv, len).await?;
         Ok((frame, held))
+    }
+    /// Receives one frame of at most `limit` bytes (and this stream's
+    /// largest).
+    pub async fn recv_limited(&mut self, limit: usize) -> Result<Frame, WireError> {
+        self.recv.read_frame_within(limit).await
+    }
+    /// Sends frames already encoded ([`wire::encode_into`]), in one write:
+    /// also bytes that are no frame, as the adversary tests send.
+    pub async fn write_encoded(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.send.write_encoded(bytes).await
+    }
+    /// Ends the sending side.
+    pub fn finish(&mut self) {
+        self.send.finish();
     }
     /// Answers with one frame and ends the sending side.
     pub async fn reply(&mut self, frame: &Frame) -> Result<(), WireError> {
-        wire::write_frame(&mut self.send, frame).await?;
-        let _ = self.send.finish();
+        self.send.write_frame(frame).await?;
+        self.send.finish();
         Ok(())
     }
-    /// Resolves when the peer will read no more of this stream (it stopped
-    /// or reset it, or the connection is gone), or, once this end finished
-    /// it, when the peer has received all of it.
+    /// See [`FrameWriter::peer_gone`].
     pub fn peer_gone(&self) -> impl std::future::Future<Output = ()> + 'static {
-        let stopped = self.send.stopped();
-        async move {
-            let _ = stopped.await;
-        }
+        self.send.peer_gone()
     }
     /// Tells the peer to stop sending (after a bad frame): what it still
     /// sends is discarded.
     pub fn refuse(&mut self) {
-        let _ = self.recv.stop(1u32.into());
+        let _ = self.recv.recv.stop(1u32.into());
     }
     /// Sends frames, then one request-response round: returns the reply.
     pub async fn request(&mut self, frames: &[Frame]) -> Result<Frame, TransportError> {
@@ -649,13 +719,13 @@ impl FramedStream {
         for f in frames {
             wire::encode_into(&mut buf, f)?;
         }
-        if let Err(e) = self.send.write_all(&buf).await {
+        if let Err(e) = self.send.write_encoded(&buf).await {
             // A peer that refuses midway (a size limit) answers, then stops
             // the stream: its answer says why, and nothing is sent again.
             if let Ok(Ok(reply)) = tokio::time::timeout(REFUSAL_WAIT, self.recv()).await {
                 return Ok(reply);
             }
-            return Err(WireError::Io(e.into()).into());
+            return Err(e.into());
         }
         self.recv().await
     }
@@ -742,11 +812,7 @@ pub async fn serve<F, Fut>(
                     }
                     _ = watch.lost(&conn) => return,
                 };
-                let stream = FramedStream {
-                    send,
-                    recv,
-                    max_frame,
-                };
+                let stream = FramedStream::new(send, recv, max_frame);
                 tokio::task::spawn_local(handle(stream, peer.clone()));
             }
         });
@@ -815,7 +881,7 @@ impl Outbox {
 /// already queued into one write of up to about 1 MiB (one `write_all` per
 /// small frame is many times slower). Ends when `rx` closes.
 pub async fn write_queued(
-    send: &mut SendStream,
+    send: &mut FrameWriter,
     rx: &mut tokio::sync::mpsc::Receiver<Frame>,
 ) -> Result<(), WireError> {
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -833,9 +899,7 @@ pub async fn write_queued(
         let (counted, bytes) = crate::metrics::frames(true);
         counted.increment(frames);
         bytes.increment(buf.len() as u64);
-        send.write_all(&buf)
-            .await
-            .map_err(|e| WireError::Io(e.into()))?;
+        send.write_encoded(&buf).await?;
     }
     Ok(())
 }

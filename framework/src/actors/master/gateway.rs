@@ -280,8 +280,8 @@ async fn handle_stream(
             let mut bytes = 0usize;
             let mut held = held;
             while (tasks.len() as u64) < header.task_count {
-                let max_frame = stream.max_frame;
-                match stream.recv_within(max_frame, &peer.bulk, 1).await {
+                // A chunk may be as big as the stream allows.
+                match stream.recv_within(usize::MAX, &peer.bulk, 1).await {
                     Ok((Frame::SubmitChunk { tasks: chunk }, chunk_held)) => {
                         held.merge(chunk_held);
                         // Its decoded copy: a buffer per task.
@@ -451,17 +451,13 @@ async fn submission(
     } = submitted;
     let job_id = header.job_id.clone();
     let (handover, handed) = oneshot::channel::<Watch>();
-    let FramedStream {
-        mut send,
-        mut recv,
-        max_frame,
-    } = stream;
+    let (mut send, mut recv) = stream.split();
     // A watch of the job that the master did not take: sent to it once
     // the submission is answered.
     let mut kept: Option<Watch> = None;
     let mut frames: Option<mpsc::Receiver<Frame>> = None;
     let next = {
-        let next = crate::wire::read_frame(&mut recv, max_frame);
+        let next = recv.read_frame();
         tokio::pin!(next);
         let answer = master.send(Submit {
             header,
@@ -500,8 +496,9 @@ async fn submission(
         // Answered: its tasks are the master's now (or dropped).
         drop(held);
         let Ok(accepted @ Frame::Accepted { .. }) = answer else {
-            crate::wire::write_frame(&mut send, &answer.unwrap_or(Frame::NotMaster)).await?;
-            let _ = send.finish();
+            send.write_frame(&answer.unwrap_or(Frame::NotMaster))
+                .await?;
+            send.finish();
             return Ok(());
         };
         match read {
@@ -509,17 +506,13 @@ async fn submission(
             // for it (a job that ended as it was created: both at once).
             Some(f) => (f, Some(accepted)),
             None => {
-                crate::wire::write_frame(&mut send, &accepted).await?;
+                send.write_frame(&accepted).await?;
                 (next.await, None)
             }
         }
     };
     let (next, unsent) = next;
-    let mut stream = FramedStream {
-        send,
-        recv,
-        max_frame,
-    };
+    let mut stream = FramedStream::join(send, recv);
     match next {
         Ok(Frame::WatchJob {
             job_id: watched,
@@ -565,7 +558,7 @@ async fn submission(
             if let Some(accepted) = unsent {
                 stream.send(&accepted).await?;
             }
-            let _ = stream.send.finish();
+            stream.finish();
             Ok(())
         }
     }
@@ -638,12 +631,12 @@ async fn watching(
         counted.increment(frames);
         bytes.increment(buf.len() as u64);
         {
-            let write = stream.send.write_all(&buf);
+            let write = stream.write_encoded(&buf);
             tokio::pin!(write);
             loop {
                 tokio::select! {
                     r = &mut write => {
-                        r.map_err(|e| WireError::Io(e.into()))?;
+                        r?;
                         break;
                     }
                     f = rx.recv(), if !ended && !master_gone => match f {
@@ -655,13 +648,11 @@ async fn watching(
             }
         }
         if ended {
-            let _ = stream.send.finish();
+            stream.finish();
             if let (true, Some(ack)) = (outcome, ack) {
                 // Read once the client's `result()` reads it: the handle
                 // may hold it for a while, or drop it unread.
-                if let Ok(Frame::Fetched { job_id }) =
-                    crate::wire::read_frame(&mut stream.recv, ACK_FRAME_LIMIT).await
-                {
+                if let Ok(Frame::Fetched { job_id }) = stream.recv_limited(ACK_FRAME_LIMIT).await {
                     if job_id == ack.job_id {
                         ack.master.do_send(MarkFetched {
                             job_id,
@@ -710,15 +701,11 @@ async fn worker_link(
         tx,
         link_id,
     });
-    let FramedStream {
-        mut send,
-        mut recv,
-        max_frame,
-    } = stream;
+    let (mut send, mut recv) = stream.split();
     let writer = async move { transport::write_queued(&mut send, &mut rx).await };
     let reader = async {
         loop {
-            match crate::wire::read_frame(&mut recv, max_frame).await? {
+            match recv.read_frame().await? {
                 Frame::Report(report) => master.do_send(Report {
                     node_id: node_id.clone(),
                     report,
