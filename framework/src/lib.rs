@@ -33,6 +33,7 @@ pub mod fuzz;
 pub mod metrics;
 pub mod node;
 mod out;
+pub mod pki;
 pub mod process;
 pub mod prom;
 pub mod registry;

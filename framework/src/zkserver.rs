@@ -46,7 +46,7 @@ pub struct ZkServerOptions {
     pub max_client_cnxns: u32,
     /// Also serve ZooKeeper's TLS client port (`secureClientPort`) with
     /// x509 authentication: a directory holding `zookeeper.pem` (key and
-    /// certificate, from `tls::issue_zookeeper`) and `ca.pem` (the CAs
+    /// certificate, from `crate::pki::issue_zookeeper`) and `ca.pem` (the CAs
     /// whose client certificates it accepts). In an ensemble, the servers'
     /// quorum and election traffic then goes over TLS too, with the same
     /// certificate.

@@ -15,7 +15,7 @@ use ringleader::coord::{
     JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord, ShardRecord, WorkerInfo,
 };
 use ringleader::core::{Counters, ShardKey, TaskFailure};
-use ringleader::transport::tls::{self, Role};
+use ringleader::transport::tls::Role;
 use ringleader::wire::{self, Assignment, Frame, JobOptions, ShardReport, SubmitHeader};
 use serde_bytes::ByteBuf;
 
@@ -202,8 +202,8 @@ mod erased {
 fn certificate() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
-    tls::make_ca(&ca).unwrap();
-    tls::issue_to(&ca, Role::Node, "n1", &dir.path().join("n1")).unwrap();
+    ringleader::pki::make_ca(&ca).unwrap();
+    ringleader::pki::issue_to(&ca, Role::Node, "n1", &dir.path().join("n1")).unwrap();
     let pem = std::fs::read(dir.path().join("n1/node.pem")).unwrap();
     let der = rustls_pemfile::certs(&mut &pem[..])
         .next()

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use ringleader::coord::{self, Layout, MasterInfo, Session, ZkTls};
-use ringleader::transport::tls::{self, Identity};
+use ringleader::transport::tls::Identity;
 use ringleader::zkserver::{ZkEnsemble, ZkServer, ZkServerOptions};
 
 fn zk_tls(identity: &Identity) -> ZkTls {
@@ -27,9 +27,10 @@ fn zk_tls(identity: &Identity) -> ZkTls {
 /// for 127.0.0.1 from its CA, and server options opening the TLS port.
 fn tls_setup(dir: &std::path::Path) -> (std::path::PathBuf, ZkServerOptions) {
     let certs = dir.join("certs");
-    tls::make_cluster_certs(&certs).unwrap();
+    ringleader::pki::make_cluster_certs(&certs).unwrap();
     let zk_certs = dir.join("zk-certs");
-    tls::issue_zookeeper(&certs, &["127.0.0.1".into(), "localhost".into()], &zk_certs).unwrap();
+    ringleader::pki::issue_zookeeper(&certs, &["127.0.0.1".into(), "localhost".into()], &zk_certs)
+        .unwrap();
     let opts = ZkServerOptions {
         tls: Some(zk_certs),
         ..Default::default()

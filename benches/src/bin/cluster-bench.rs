@@ -894,7 +894,7 @@ impl Bench {
         let alone = honest(&|| Instant::now() > until)?;
         ensure!(!alone.is_empty(), "no honest job ran");
         let certs = self.c.path("mallory-certs");
-        ringleader::transport::tls::issue_to(
+        ringleader::pki::issue_to(
             &self.c.certs,
             ringleader::transport::tls::Role::Client,
             "mallory",

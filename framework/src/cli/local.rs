@@ -46,11 +46,11 @@ pub(super) fn run_local(
     let dir = tmp.path().to_path_buf();
     let started = Instant::now();
     let certs = dir.join("certs");
-    tls::make_cluster_certs(&certs)?;
+    crate::pki::make_cluster_certs(&certs)?;
     // ZooKeeper serves its TLS port with the cluster's CA, as a cluster of
     // several machines should: only node certificates change the znodes.
     let zk_certs = dir.join("zk-certs");
-    tls::issue_zookeeper(&certs, &["127.0.0.1".to_string()], &zk_certs)?;
+    crate::pki::issue_zookeeper(&certs, &["127.0.0.1".to_string()], &zk_certs)?;
     let zk = ZkServer::start(
         &dir.join("zk"),
         &ZkServerOptions {

@@ -897,7 +897,7 @@ impl NodeBuilder {
 fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
     match a.action {
         None => {
-            tls::make_cluster_certs(&a.out)
+            crate::pki::make_cluster_certs(&a.out)
                 .with_context(|| format!("writing certificates to {}", a.out.display()))?;
             writeln!(
                 out::stdout(),
@@ -907,7 +907,7 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
             )?;
         }
         Some(CertsAction::Init { ca_dir }) => {
-            tls::make_ca(&ca_dir)
+            crate::pki::make_ca(&ca_dir)
                 .with_context(|| format!("making the cluster CA in {}", ca_dir.display()))?;
             writeln!(
                 out::stdout(),
@@ -917,7 +917,7 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
             )?;
         }
         Some(CertsAction::Revoke { ca_dir, cert }) => {
-            let id = tls::revoke(&ca_dir, &cert)
+            let id = crate::pki::revoke(&ca_dir, &cert)
                 .with_context(|| format!("revoking {}", cert.display()))?;
             writeln!(
                 out::stdout(),
@@ -932,7 +932,7 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
             out,
             ..
         }) => {
-            tls::issue_zookeeper(&ca_dir, &hosts, &out).with_context(|| {
+            crate::pki::issue_zookeeper(&ca_dir, &hosts, &out).with_context(|| {
                 format!("issuing ZooKeeper's certificate into {}", out.display())
             })?;
             writeln!(
@@ -959,10 +959,10 @@ fn run_certs(a: CertsArgs) -> anyhow::Result<()> {
                 (_, _, Some(a)) => (tls::Role::Admin, a),
                 _ => bail!("say --node ID, --client NAME or --admin NAME"),
             };
-            tls::issue_to(&ca_dir, role, &name, &out)
+            crate::pki::issue_to(&ca_dir, role, &name, &out)
                 .with_context(|| format!("issuing {name} into {}", out.display()))?;
             for extra in &trust {
-                tls::trust(&out, extra)
+                crate::pki::trust(&out, extra)
                     .with_context(|| format!("adding {} to {}", extra.display(), out.display()))?;
             }
             writeln!(

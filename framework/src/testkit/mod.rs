@@ -108,12 +108,12 @@ impl Cluster {
             .tempdir()
             .expect("temp dir");
         let certs = dir.path().join("certs");
-        crate::transport::tls::make_cluster_certs(&certs).expect("certificates");
+        crate::pki::make_cluster_certs(&certs).expect("certificates");
         let mut opts = ZkServerOptions::default();
         if zk_tls {
             let zk_certs = dir.path().join("zk-certs");
             let names: Vec<String> = hosts.iter().map(|h| h.ip.to_string()).collect();
-            crate::transport::tls::issue_zookeeper(&certs, &names, &zk_certs)
+            crate::pki::issue_zookeeper(&certs, &names, &zk_certs)
                 .expect("ZooKeeper's certificate");
             opts.tls = Some(zk_certs);
         }

@@ -649,7 +649,7 @@ fn a_node_or_client_of_another_ca_is_told_so_once_and_backs_off() {
         c.master(&zk, None, Duration::from_secs(20)).await;
     });
     let other = c.path("other-certs");
-    ringleader::transport::tls::make_cluster_certs(&other).unwrap();
+    ringleader::pki::make_cluster_certs(&other).unwrap();
     let other = other.display().to_string();
 
     // A client: refused at once, exit 3, the cause named.
@@ -673,7 +673,7 @@ fn a_node_or_client_of_another_ca_is_told_so_once_and_backs_off() {
 
     // A key others may read is refused, saying how to fix it (as ssh does).
     let open_key = c.path("open-certs");
-    ringleader::transport::tls::make_cluster_certs(&open_key).unwrap();
+    ringleader::pki::make_cluster_certs(&open_key).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         let key = open_key.join("client.key");
@@ -775,7 +775,7 @@ fn a_master_every_other_worker_refuses_steps_down_for_one_they_accept() {
     // ZooKeeper's plain port: over TLS it would refuse the rogue's session.
     let mut c = Cluster::plain(BIN, 1);
     let rogue_certs = c.path("rogue-certs");
-    ringleader::transport::tls::make_cluster_certs(&rogue_certs).unwrap();
+    ringleader::pki::make_cluster_certs(&rogue_certs).unwrap();
     let rogue_certs = rogue_certs.display().to_string();
     c.node("rogue", &["--certs", &rogue_certs]);
     rt().block_on(async {
@@ -1098,7 +1098,7 @@ fn a_certificate_registers_only_as_the_node_it_names() {
     assert_eq!(master.node_id, "n0");
     // The operator's path: one identity per host, no CA key in it.
     let n1 = c.path("n1-certs");
-    tls::issue_to(&c.certs, Role::Node, "n1", &n1).unwrap();
+    ringleader::pki::issue_to(&c.certs, Role::Node, "n1", &n1).unwrap();
     assert!(!n1.join("ca.key").exists());
     let n1s = n1.display().to_string();
 
@@ -1401,9 +1401,9 @@ fn a_watch_or_stream_opened_before_a_job_exists_sees_nothing_of_another_clients(
 
 /// A directory of client `name`'s certificate, issued by the cluster's CA.
 fn client_certs(c: &Cluster, name: &str) -> std::path::PathBuf {
-    use ringleader::transport::tls::{self, Role};
+    use ringleader::transport::tls::Role;
     let d = c.path(&format!("{name}-certs"));
-    tls::issue_to(&c.certs, Role::Client, name, &d).unwrap();
+    ringleader::pki::issue_to(&c.certs, Role::Client, name, &d).unwrap();
     d
 }
 
@@ -1423,7 +1423,7 @@ fn seen(c: &Cluster, node: &str, what: &dyn Fn(&Event) -> bool) -> usize {
 fn a_revoked_node_is_cut_off_and_a_new_ca_is_trusted_beside_the_old() {
     use probe::{Behaviour, Probe};
     use ringleader::client::SubmitOptions;
-    use ringleader::transport::tls::{self, Role};
+    use ringleader::transport::tls::Role;
     use ringleader::{Client, Collect};
     // ZooKeeper's plain port: over its TLS port ZooKeeper would refuse
     // these certificates before the QUIC checks under test see them
@@ -1432,7 +1432,7 @@ fn a_revoked_node_is_cut_off_and_a_new_ca_is_trusted_beside_the_old() {
     let metrics = format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
     c.node("n0", &["--metrics-addr", &metrics]);
     let n1 = c.path("n1-certs");
-    tls::issue_to(&c.certs, Role::Node, "n1", &n1).unwrap();
+    ringleader::pki::issue_to(&c.certs, Role::Node, "n1", &n1).unwrap();
     let n1s = n1.display().to_string();
     rt().block_on(async {
         let zk = c.zk().await;
@@ -1491,11 +1491,11 @@ fn a_revoked_node_is_cut_off_and_a_new_ca_is_trusted_beside_the_old() {
     // A second CA: n0 trusts it beside the first (SIGHUP); n2, of the new
     // CA, trusts the old one (n0's certificate) during the overlap.
     let ca2 = c.path("ca2");
-    tls::make_ca(&ca2).unwrap();
+    ringleader::pki::make_ca(&ca2).unwrap();
     let n2 = c.path("n2-certs");
-    tls::issue_to(&ca2, Role::Node, "n2", &n2).unwrap();
-    tls::trust(&n2, &c.certs.join("ca.pem")).unwrap();
-    tls::trust(&c.certs, &ca2.join("ca.pem")).unwrap();
+    ringleader::pki::issue_to(&ca2, Role::Node, "n2", &n2).unwrap();
+    ringleader::pki::trust(&n2, &c.certs.join("ca.pem")).unwrap();
+    ringleader::pki::trust(&c.certs, &ca2.join("ca.pem")).unwrap();
     c.signal("n0", "HUP");
     rt().block_on(eventually(
         Duration::from_secs(20),
@@ -1549,12 +1549,12 @@ fn a_revoked_node_is_cut_off_and_a_new_ca_is_trusted_beside_the_old() {
 fn a_renewed_worker_rejoins_once_its_old_certificate_is_revoked() {
     use probe::{Behaviour, Probe};
     use ringleader::client::SubmitOptions;
-    use ringleader::transport::tls::{self, Role};
+    use ringleader::transport::tls::Role;
     use ringleader::{Client, Collect};
     let mut c = Cluster::plain(BIN, 1);
     c.node("n0", &["--role", "candidate"]);
     let w = c.path("w-certs");
-    tls::issue_to(&c.certs, Role::Node, "w", &w).unwrap();
+    ringleader::pki::issue_to(&c.certs, Role::Node, "w", &w).unwrap();
     rt().block_on(async {
         let zk = c.zk().await;
         c.master(&zk, None, Duration::from_secs(20)).await;
@@ -1594,7 +1594,7 @@ fn a_renewed_worker_rejoins_once_its_old_certificate_is_revoked() {
         let old = c.path("w-old.pem");
         std::fs::copy(w.join("node.pem"), &old).unwrap();
         let renewed = c.path("w-renewed");
-        tls::issue_to(&c.certs, Role::Node, "w", &renewed).unwrap();
+        ringleader::pki::issue_to(&c.certs, Role::Node, "w", &renewed).unwrap();
         for f in ["node.pem", "node.key"] {
             std::fs::copy(renewed.join(f), w.join(f)).unwrap();
         }
@@ -1713,12 +1713,12 @@ fn zookeeper_refuses_what_is_not_the_clusters_node() {
         c.master(&zk, None, Duration::from_secs(20)).await;
     });
     let other = c.path("other-certs");
-    ringleader::transport::tls::make_cluster_certs(&other).unwrap();
+    ringleader::pki::make_cluster_certs(&other).unwrap();
     // Another CA's node that trusts this cluster's CA too: ZooKeeper's
     // certificate checks out, and ZooKeeper refuses the node's.
     let trusting = c.path("trusting-certs");
-    ringleader::transport::tls::make_cluster_certs(&trusting).unwrap();
-    ringleader::transport::tls::trust(&trusting, &c.certs.join("ca.pem")).unwrap();
+    ringleader::pki::make_cluster_certs(&trusting).unwrap();
+    ringleader::pki::trust(&trusting, &c.certs.join("ca.pem")).unwrap();
     let trusting = trusting.display().to_string();
     let other = other.display().to_string();
     let other_ca = format!("{other}/ca.pem");

@@ -252,7 +252,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
 
         // A certificate from another CA is refused.
         let other = c.path("other-certs");
-        tls::make_cluster_certs(&other).unwrap();
+        ringleader::pki::make_cluster_certs(&other).unwrap();
         let foreign = tls::Identity::load(&other, "client").unwrap();
         let ep2 = dialer(&foreign);
         let refused = async {

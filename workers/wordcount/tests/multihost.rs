@@ -660,7 +660,7 @@ fn zookeeper_out_of_reach_says_why() {
         },
     );
     let certs = tempfile::tempdir().unwrap();
-    ringleader::transport::tls::make_cluster_certs(certs.path()).unwrap();
+    ringleader::pki::make_cluster_certs(certs.path()).unwrap();
     let status = |host: &str, zk: &str| {
         let started = Instant::now();
         let o = net
