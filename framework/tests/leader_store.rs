@@ -72,7 +72,8 @@ fn with_master_and_session(test: impl AsyncFnOnce(LeaderStore, Session)) {
         .await
         .unwrap();
         session.ensure_root().await.unwrap();
-        let leader = session.campaign("m", store).await.unwrap();
+        let won = session.campaign("m").await.unwrap();
+        let leader = LeaderStore::take_over(won, store).await.unwrap();
         leader.publish("m", "127.0.0.1:1").await.unwrap();
         test(leader, session).await;
     });

@@ -63,7 +63,8 @@ fn only_nodes_change_the_cluster_and_clients_read_only_the_master() {
         session.ensure_root().await.unwrap();
         let store =
             ringleader::store::Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
-        let leader = session.campaign("n1", store).await.unwrap();
+        let won = session.campaign("n1").await.unwrap();
+        let leader = coord::LeaderStore::take_over(won, store).await.unwrap();
         leader.publish("n1", "127.0.0.1:7470").await.unwrap();
 
         // A client's certificate reads /master, and nothing else.

@@ -42,7 +42,8 @@ impl Actor for Election {
                 tokio::time::sleep(pause).await;
                 tracing::info!("standing for election again");
             }
-            let store = session.campaign(&node_id, store).await?;
+            let won = session.campaign(&node_id).await?;
+            let store = crate::coord::LeaderStore::take_over(won, store).await?;
             Ok::<_, CoordError>((store, std::time::Instant::now()))
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {

@@ -23,7 +23,7 @@ pub use records::{
     commit_entries, new_incarnation, submission_digest, JobRecord, JobStatus, MasterInfo,
     OutputRef, RecordName, ResultRecord, ShardRecord, WorkerInfo,
 };
-pub use session::{Connection, Connections, Session};
+pub use session::{Connection, Connections, Session, Won};
 pub use store::Amend;
 pub use store::{Committed, Finished, JobRef, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
 pub(crate) use zk::decode_record;

@@ -12,9 +12,7 @@ use zookeeper_client::{
 };
 
 use super::records::{MasterInfo, WorkerInfo};
-use super::store::LeaderStore;
 use super::zk::{decode_record, encode_record, CoordError, Layout};
-use crate::store::Store;
 
 /// A session's connection, as its users act on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +57,14 @@ impl Connections {
 pub struct Session {
     client: Client,
     layout: Layout,
+}
+
+/// An election this node won: the lock (its candidate znode, which fences
+/// every write of its master) and the cluster's layout. Only the store can
+/// use it ([`crate::coord::LeaderStore::take_over`]).
+pub struct Won {
+    pub(super) lock: zookeeper_client::OwnedLockClient,
+    pub(super) layout: Layout,
 }
 
 impl Session {
@@ -190,9 +196,10 @@ impl Session {
 
     /// Stands for election (zookeeper-client's lock recipe, with Curator's
     /// `_c_<uuid>-latch-` names: each candidate watches only its
-    /// predecessor) and returns, once this node leads, its fenced store of
-    /// the next epoch.
-    pub async fn campaign(&self, node_id: &str, store: Store) -> Result<LeaderStore, CoordError> {
+    /// predecessor) and returns, once this node leads, the election won:
+    /// [`crate::coord::LeaderStore::take_over`] makes the fenced store of
+    /// the next epoch of it.
+    pub async fn campaign(&self, node_id: &str) -> Result<Won, CoordError> {
         let dir = self.layout.election();
         let prefix =
             LockPrefix::new_curator(&dir, "latch-").map_err(|e| CoordError::zk(&dir, e))?;
@@ -207,7 +214,10 @@ impl Session {
             .map_err(|e| CoordError::zk(&dir, e))?
             .into_owned();
         tracing::info!(path = lock.lock_path(), "won the election");
-        LeaderStore::take_over(lock, self.layout.clone(), store).await
+        Ok(Won {
+            lock,
+            layout: self.layout.clone(),
+        })
     }
 
     /// The registered workers, each time they change. Registrations are

@@ -23,7 +23,7 @@ mod jobs;
 mod outputs;
 
 use super::records::{JobRecord, MasterInfo, ResultRecord, ShardRecord};
-use super::session::{Connections, Session};
+use super::session::{Connections, Session, Won};
 use crate::store::Store;
 
 use super::zk::{encode_record, CoordError, Layout};
@@ -123,11 +123,8 @@ impl LeaderStore {
     /// so that a takeover costs one write (and one fsync on the servers).
     /// A candidate that dies before publishing leaves the epoch as it was,
     /// and the next one takes the same number: no master ever served with it.
-    pub async fn take_over(
-        lock: OwnedLockClient,
-        layout: Layout,
-        store: Store,
-    ) -> Result<Self, CoordError> {
+    pub async fn take_over(won: Won, store: Store) -> Result<Self, CoordError> {
+        let Won { lock, layout } = won;
         let path = layout.epoch();
         let client = lock.client().clone();
         let (jobs_path, workers_path) = (layout.jobs(), layout.workers());
