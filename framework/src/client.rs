@@ -469,7 +469,7 @@ impl Client {
     ) -> Result<(u64, transport::Connection), ClientError> {
         let mut guard = self.inner.conn.lock().await;
         if let Some((epoch, conn)) = guard.as_ref() {
-            if Some(*epoch) != bad_epoch && conn.close_reason().is_none() {
+            if Some(*epoch) != bad_epoch && !conn.is_closed() {
                 return Ok((*epoch, conn.clone()));
             }
         }

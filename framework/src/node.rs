@@ -688,8 +688,9 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
             break;
         }
     }
-    endpoint.close(0u32.into(), b"node stopping");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    endpoint
+        .close("node stopping", Duration::from_secs(1))
+        .await;
     if let Err(e) = store.unmark(&node_id, &store_mark).await {
         tracing::debug!(error = %e, "could not delete this node's mark in the store");
     }

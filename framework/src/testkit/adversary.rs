@@ -144,7 +144,7 @@ pub async fn flood(conn: &Connection, streams: usize, until: Instant) -> Flooded
     let all: Vec<Vec<u8>> = (0..streams).map(encoded).collect();
     let lanes = all.iter().map(|bytes| async move {
         let mut seen = Flooded::default();
-        while Instant::now() < until && conn.close_reason().is_none() {
+        while Instant::now() < until && !conn.is_closed() {
             let outcome = ask(conn, bytes, Duration::from_secs(10)).await;
             seen.count(&outcome);
         }

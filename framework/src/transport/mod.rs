@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use quinn::{Connection, Endpoint};
 use quinn::{RecvStream, SendStream};
 
 use crate::wire::{self, Frame, WireError};
@@ -33,6 +32,53 @@ pub fn is_server_name(host: &str) -> bool {
     rustls::pki_types::ServerName::try_from(host).is_ok()
 }
 
+/// A QUIC connection to a peer: streams of frames are opened on it
+/// ([`FramedStream::open`]); cheap to clone. quinn's handle stays in this
+/// module.
+#[derive(Clone, Debug)]
+pub struct Connection(quinn::Connection);
+
+impl Connection {
+    /// It closed (either end, or the link was lost).
+    pub fn is_closed(&self) -> bool {
+        self.0.close_reason().is_some()
+    }
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.0.remote_address()
+    }
+}
+
+/// A node's or client's QUIC endpoint: it dials ([`dial`], [`dial_node`])
+/// and, a node's, serves ([`serve`]); cheap to clone. quinn's handle stays
+/// in this module.
+#[derive(Clone, Debug)]
+pub struct Endpoint(quinn::Endpoint);
+
+impl Endpoint {
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+    /// The next incoming connection, its handshake done (`None` once the
+    /// endpoint is closed). Nodes serve with [`serve`]; this is for tests
+    /// and tools that take one connection.
+    pub async fn accept(&self) -> Option<Result<Connection, TransportError>> {
+        let incoming = self.0.accept().await?;
+        Some(incoming.await.map(Connection).map_err(TransportError::from))
+    }
+    /// Connections open now (served and dialed).
+    pub fn open_connections(&self) -> usize {
+        self.0.open_connections()
+    }
+    /// Closes every connection with `reason`, and waits up to `wait` for
+    /// the peers to hear of it.
+    pub async fn close(&self, reason: &str, wait: Duration) {
+        self.0.close(0u32.into(), reason.as_bytes());
+        let _ = tokio::time::timeout(wait, self.0.wait_idle()).await;
+    }
+}
+
 /// The identity the peer's certificate carries (checked against the
 /// cluster CA by the handshake).
 pub fn peer_id(conn: &Connection) -> Result<PeerId, String> {
@@ -42,6 +88,7 @@ pub fn peer_id(conn: &Connection) -> Result<PeerId, String> {
 /// [`peer_id`], and the certificate's serial number.
 fn peer_id_and_serial(conn: &Connection) -> Result<(PeerId, Vec<u8>), String> {
     let certs = conn
+        .0
         .peer_identity()
         .and_then(|any| {
             any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
@@ -61,7 +108,7 @@ pub fn refuse_connection(conn: &Connection, reason: &str) {
     if bytes.len() > 600 {
         bytes = &bytes[..600];
     }
-    conn.close(REFUSED.into(), bytes);
+    conn.0.close(REFUSED.into(), bytes);
 }
 
 /// What this node's served handshakes came to, counted for its master's
@@ -172,7 +219,7 @@ impl LinkWatch {
         use crate::core::liveness::Verdict;
         loop {
             self.tick.tick().await;
-            let received = conn.stats().udp_rx.datagrams;
+            let received = conn.0.stats().udp_rx.datagrams;
             let verdict = self.detector.observe(std::time::Instant::now(), received);
             if let Verdict::Silent { silent, threshold } = verdict {
                 metrics::counter!(crate::metrics::LINKS_SILENT).increment(1);
@@ -182,7 +229,8 @@ impl LinkWatch {
                     threshold_ms = threshold.as_millis() as u64,
                     "the peer of a link fell silent past its threshold; closing the link"
                 );
-                conn.close(SILENT.into(), b"silent past the link's threshold");
+                conn.0
+                    .close(SILENT.into(), b"silent past the link's threshold");
                 return TransportError::Silent { silent, threshold };
             }
         }
@@ -393,7 +441,7 @@ pub fn endpoint(
     socket.bind(&addr.into()).map_err(bind_err)?;
     let (server, client) = configs(identity, serve, link_timeout)?;
     let runtime = Arc::new(quinn::TokioRuntime);
-    let mut ep = Endpoint::new(
+    let mut ep = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         server,
         socket.into(),
@@ -401,7 +449,7 @@ pub fn endpoint(
     )
     .map_err(bind_err)?;
     ep.set_default_client_config(client);
-    Ok(ep)
+    Ok(Endpoint(ep))
 }
 
 /// The server (if `serve`) and client configurations of an identity.
@@ -433,9 +481,9 @@ pub fn reload(
 ) -> Result<(), TransportError> {
     let (server, client) = configs(identity, serve, link_timeout)?;
     if let Some(server) = server {
-        ep.set_server_config(Some(server));
+        ep.0.set_server_config(Some(server));
     }
-    ep.set_default_client_config(client);
+    ep.0.set_default_client_config(client);
     Ok(())
 }
 
@@ -491,7 +539,7 @@ pub async fn dial_node(
     let conn = dial(ep, addr).await?;
     let refused = |reason: String| {
         metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => "not_the_node").increment(1);
-        conn.close(REFUSED.into(), b"not the node expected");
+        conn.0.close(REFUSED.into(), b"not the node expected");
         Err(TransportError::Connect {
             addr: addr.to_string(),
             reason,
@@ -526,16 +574,19 @@ pub async fn dial(ep: &Endpoint, addr: &str) -> Result<Connection, TransportErro
         source,
     })?;
     let started = std::time::Instant::now();
-    let connecting = ep
-        .connect(sock, tls::SERVER_NAME)
-        .map_err(|e| err(e.to_string()))?;
-    connecting.await.map_err(|e| match handshake_failure(&e) {
-        Some(reason) => err(reason),
-        None => TransportError::NoAnswer {
-            addr: addr.to_string(),
-            reason: format!("{e} after {} ms", started.elapsed().as_millis()),
-        },
-    })
+    let connecting =
+        ep.0.connect(sock, tls::SERVER_NAME)
+            .map_err(|e| err(e.to_string()))?;
+    connecting
+        .await
+        .map(Connection)
+        .map_err(|e| match handshake_failure(&e) {
+            Some(reason) => err(reason),
+            None => TransportError::NoAnswer {
+                addr: addr.to_string(),
+                reason: format!("{e} after {} ms", started.elapsed().as_millis()),
+            },
+        })
 }
 
 /// Whether the peer closed `conn` as a refusal of this host (its TLS
@@ -543,7 +594,7 @@ pub async fn dial(ep: &Endpoint, addr: &str) -> Result<Connection, TransportErro
 /// the client's last, or it closed the connection as refused): the error
 /// to report, known at once, that retrying will not change.
 pub fn refused(conn: &Connection, addr: &str) -> Option<TransportError> {
-    let reason = handshake_failure(&conn.close_reason()?)?;
+    let reason = handshake_failure(&conn.0.close_reason()?)?;
     Some(TransportError::Connect {
         addr: addr.to_string(),
         reason,
@@ -642,7 +693,7 @@ impl FrameReader {
 impl FramedStream {
     /// Opens a stream on a connection.
     pub async fn open(conn: &Connection, max_frame: usize) -> Result<Self, TransportError> {
-        let (send, recv) = conn.open_bi().await?;
+        let (send, recv) = conn.0.open_bi().await?;
         Ok(FramedStream::new(send, recv, max_frame))
     }
     fn new(send: SendStream, recv: RecvStream, max_frame: usize) -> Self {
@@ -751,14 +802,14 @@ pub async fn serve<F, Fut>(
     F: Fn(FramedStream, Peer) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
-    while let Some(incoming) = endpoint.accept().await {
+    while let Some(incoming) = endpoint.0.accept().await {
         let handle = handle.clone();
         let mut revoked = revoked.clone();
         let handshakes = handshakes.clone();
         tokio::task::spawn_local(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
-                Ok(c) => c,
+                Ok(c) => Connection(c),
                 Err(e) => {
                     metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => "handshake")
                         .increment(1);
@@ -802,7 +853,7 @@ pub async fn serve<F, Fut>(
                     return;
                 }
                 let (send, recv) = tokio::select! {
-                    s = conn.accept_bi() => match s {
+                    s = conn.0.accept_bi() => match s {
                         Ok(s) => s,
                         Err(_) => return,
                     },

@@ -209,24 +209,22 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
         let conn = transport::dial(&ep, &master.addr).await.unwrap();
 
         // Garbage body.
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&[0, 0, 0, 4, 0xc1, 0xc1, 0xc1, 0xc1])
+        let mut s = FramedStream::open(&conn, 1 << 20).await.unwrap();
+        s.write_encoded(&[0, 0, 0, 4, 0xc1, 0xc1, 0xc1, 0xc1])
             .await
             .unwrap();
-        let reply = ringleader::wire::read_frame(&mut recv, 1 << 20)
-            .await
-            .unwrap();
+        let reply = s.recv().await.unwrap();
         assert!(
             matches!(&reply, Frame::Error { kind: ringleader::wire::ErrorKind::Invalid, message } if message.contains("malformed")),
             "{reply:?}"
         );
 
         // Oversized frame: refused from its prefix.
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&(100u32 << 20).to_be_bytes()).await.unwrap();
-        let reply = ringleader::wire::read_frame(&mut recv, 1 << 20)
+        let mut s = FramedStream::open(&conn, 1 << 20).await.unwrap();
+        s.write_encoded(&(100u32 << 20).to_be_bytes())
             .await
             .unwrap();
+        let reply = s.recv().await.unwrap();
         assert!(
             matches!(&reply, Frame::Error { kind: ringleader::wire::ErrorKind::Invalid, message } if message.contains("exceeds the limit")),
             "{reply:?}"
