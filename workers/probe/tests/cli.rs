@@ -346,6 +346,14 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
         1.0,
         "the refused upload was sent again"
     );
+    // Under the limit with many small tasks (5,000 tasks of some 24
+    // counted bytes each): accepted, although decoded they hold more than
+    // the limit (each task's buffer), and run.
+    let small: Vec<String> = (0..5_000).map(ok).collect();
+    let small = write_tasks(&dir.join("small.jsonl"), &small);
+    let (code, out, err) = run(&c, "submit", &["probe", &small]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 5_000, "{err}");
     // A task type of the same name but another shape is refused before
     // it runs, naming both; the cluster's own shape is accepted.
     rt().block_on(async {

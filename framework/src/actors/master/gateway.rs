@@ -42,6 +42,22 @@ pub(crate) const DECODED: usize = 4;
 /// its bytes (its buffer's header and the allocator's rounding).
 const DECODED_PER_TASK: usize = 40;
 
+/// What a connection's submissions may hold at once: room for any one
+/// submission `--max-job-bytes` admits, its chunks as received and the
+/// decoded copy of each task. The limit counts each task's bytes and
+/// [`crate::core::job::TASK_OVERHEAD`]; the decoded copy holds
+/// [`DECODED_PER_TASK`] per task beyond them, so a submission of many
+/// small tasks holds up to some three and a half times what the limit
+/// counts. (It was the limit and an eighth: a job of a million 10-byte
+/// tasks, 26 MB of the default 32 MiB, was refused with "retry once some
+/// of its requests are answered", which no retry could help.)
+fn bulk_budget(max_job_bytes: usize) -> usize {
+    let most_tasks = max_job_bytes / crate::core::job::TASK_OVERHEAD;
+    max_job_bytes
+        .saturating_add(max_job_bytes / 8)
+        .saturating_add(most_tasks.saturating_mul(DECODED_PER_TASK))
+}
+
 /// What the first frames of a connection's open streams may hold of the
 /// node's memory at once (see [`transport::Budget`]); a submission's tasks
 /// have a budget of their own, `--max-job-bytes` and an eighth.
@@ -78,9 +94,7 @@ pub(crate) async fn serve(
         handshakes,
         store,
     } = serving;
-    // A submission's tasks may take `--max-job-bytes`, and a little more
-    // for their decoded copies' headers.
-    let bulk = max_job_bytes.saturating_add(max_job_bytes / 8);
+    let bulk = bulk_budget(max_job_bytes);
     let limits = (max_frame, HEADERS_BUDGET, bulk);
     transport::serve(
         endpoint,
@@ -780,6 +794,26 @@ mod tests {
         match f {
             Frame::Job(p) => p.counters.tasks_done,
             _ => u64::MAX,
+        }
+    }
+
+    #[test]
+    fn any_submission_the_job_limit_admits_fits_its_connections_budget_alone() {
+        for max_job_bytes in [200_000usize, 32 << 20] {
+            // The worst case: the most tasks the limit admits, each empty,
+            // in one chunk as received and then decoded.
+            let n = max_job_bytes / crate::core::job::TASK_OVERHEAD;
+            let chunk = Frame::SubmitChunk {
+                tasks: vec![ByteBuf::new(); n],
+            };
+            let mut received = Vec::new();
+            crate::wire::encode_into(&mut received, &chunk).expect("encodes");
+            let held = received.len() + n * DECODED_PER_TASK;
+            assert!(
+                held <= bulk_budget(max_job_bytes),
+                "{held} bytes held, {} budgeted, for a limit of {max_job_bytes}",
+                bulk_budget(max_job_bytes)
+            );
         }
     }
 
