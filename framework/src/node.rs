@@ -443,107 +443,29 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         audit.clone(),
     ));
     let layout = Layout::new(&config.cluster);
-    let mut shutdown = Box::pin(shutdown_signal());
+    let mut shutdown: Shutdown = Box::pin(shutdown_signal());
     if !config.zk_tls {
         tracing::warn!(
             "ZooKeeper over a plain connection: anyone who reaches it can read and change \
              this cluster's znodes; give --zk-tls and the servers' TLS ports to lock them down"
         );
     }
-    let mut connect_failures = 0u32;
-    let mut connected_once = false;
-    // Retries back off, and the cause is logged when it changes (not at
-    // every attempt of a node left pointing at a wrong address).
-    let mut backoff = CONNECT_BACKOFF_MIN;
-    let mut last_cause: Option<String> = None;
+    let mut reach = Reach::new(config.start_jitter);
     // After this node's master stepped down, it stands again only after
     // a pause, doubling with each step-down in a row.
     let mut stand_pause = Duration::ZERO;
     let mut pause_next = Duration::ZERO;
     let mut stepped_down_at: Option<std::time::Instant> = None;
-    let mut first_pause = Some(random_upto(config.start_jitter)).filter(|p| !p.is_zero());
     loop {
-        if let Some(pause) = first_pause.take() {
-            tracing::info!(
-                pause_ms = pause.as_millis() as u64,
-                "connecting to ZooKeeper after a random pause (--start-jitter-ms: nodes started \
-                 together do not all open their sessions at once)"
-            );
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                _ = &mut shutdown => break,
-            }
-        }
         let zk_tls = config
             .zk_tls
             .then(|| crate::client::zk_tls(&zk_identity.borrow(), &config.certs));
-        let zk = tokio::select! {
-            r = Session::connect_with(&config.zk, config.session_timeout, layout.clone(), zk_tls.as_ref()) => r,
-            _ = &mut shutdown => break,
+        let Some(zk) = reach
+            .session(&config, &layout, zk_tls.as_ref(), &mut shutdown)
+            .await?
+        else {
+            break;
         };
-        let zk = match zk {
-            Ok(zk) => zk,
-            // A set-up ZooKeeper refuses (this certificate, the port's
-            // protocol) is an error at start, not a retry loop that hides
-            // it; once the node has run, it is retried as any outage.
-            Err(e @ crate::coord::CoordError::Refused { .. }) if !connected_once => {
-                return Err(e.into());
-            }
-            Err(e) => {
-                connect_failures += 1;
-                let cause = e.to_string();
-                if last_cause.as_deref() != Some(cause.as_str()) {
-                    tracing::error!(
-                        error = %e,
-                        "cannot reach ZooKeeper; retrying, with pauses growing to {} s (logged \
-                         again when the cause changes)",
-                        CONNECT_BACKOFF_MAX.as_secs()
-                    );
-                    last_cause = Some(cause);
-                }
-                metrics::gauge!(m::ZK_CONNECTED).set(0.0);
-                metrics::counter!(m::ZK_ERRORS, "op" => "connect").increment(1);
-                tokio::select! {
-                    _ = tokio::time::sleep(jittered(backoff)) => {
-                        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
-                        continue;
-                    }
-                    _ = &mut shutdown => break,
-                }
-            }
-        };
-        // A session that ends at once (a ZooKeeper that a thousand nodes
-        // starting together keep too busy to answer in time) is retried
-        // as a failed connection is, with growing pauses, not the node's
-        // end.
-        if let Err(e) = zk.ensure_root().await {
-            if !(e.is_session_end() || e.is_connection_lost()) {
-                return Err(e.into());
-            }
-            connect_failures += 1;
-            tracing::warn!(error = %e, "the new ZooKeeper session ended before it was used; retrying");
-            metrics::counter!(m::ZK_ERRORS, "op" => "connect").increment(1);
-            drop(zk);
-            tokio::select! {
-                _ = tokio::time::sleep(jittered(backoff)) => {
-                    backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
-                    continue;
-                }
-                _ = &mut shutdown => break,
-            }
-        }
-        if connect_failures > 0 {
-            tracing::info!(attempts = connect_failures + 1, "ZooKeeper reached");
-        }
-        connected_once = true;
-        connect_failures = 0;
-        backoff = CONNECT_BACKOFF_MIN;
-        last_cause = None;
-        metrics::gauge!(m::ZK_CONNECTED).set(1.0);
-        tracing::info!(
-            session_timeout_ms = zk.timeout().as_millis() as u64,
-            "ZooKeeper session established"
-        );
         let (fatal_tx, mut fatal_rx) = mpsc::channel(crate::actors::FATAL_QUEUE);
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let mut actors: Vec<Recipient<Stop>> = Vec::new();
@@ -698,6 +620,117 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
     audit.sync();
     tracing::info!(node = %node_id, "node stopped");
     Ok(())
+}
+
+/// The node's shutdown signal (SIGTERM or Ctrl-C), polled by every wait.
+type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// How a node reaches ZooKeeper, session after session: a random pause
+/// before the first ([`NodeConfig::start_jitter`]), then attempts with
+/// growing, jittered pauses, whose cause is logged when it changes (not at
+/// every attempt of a node left pointing at a wrong address).
+struct Reach {
+    first_pause: Option<Duration>,
+    failures: u32,
+    connected_once: bool,
+    backoff: Duration,
+    last_cause: Option<String>,
+}
+
+impl Reach {
+    fn new(start_jitter: Duration) -> Self {
+        Reach {
+            first_pause: Some(random_upto(start_jitter)).filter(|p| !p.is_zero()),
+            failures: 0,
+            connected_once: false,
+            backoff: CONNECT_BACKOFF_MIN,
+            last_cause: None,
+        }
+    }
+
+    /// A new session, its root ensured; `None` if the node is told to
+    /// stop meanwhile. A ZooKeeper that refuses this node's set-up (its
+    /// certificate, the port's protocol) before any session was had is an
+    /// error, not a retry loop that hides it; once the node has run, it is
+    /// retried as any outage.
+    async fn session(
+        &mut self,
+        config: &NodeConfig,
+        layout: &Layout,
+        zk_tls: Option<&crate::coord::ZkTls>,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<Session>, NodeError> {
+        if let Some(pause) = self.first_pause.take() {
+            tracing::info!(
+                pause_ms = pause.as_millis() as u64,
+                "connecting to ZooKeeper after a random pause (--start-jitter-ms: nodes started \
+                 together do not all open their sessions at once)"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = shutdown.as_mut() => return Ok(None),
+            }
+        }
+        loop {
+            let zk = tokio::select! {
+                r = Session::connect_with(&config.zk, config.session_timeout, layout.clone(), zk_tls) => r,
+                () = shutdown.as_mut() => return Ok(None),
+            };
+            match zk {
+                Err(e @ CoordError::Refused { .. }) if !self.connected_once => {
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    let cause = e.to_string();
+                    if self.last_cause.as_deref() != Some(cause.as_str()) {
+                        tracing::error!(
+                            error = %e,
+                            "cannot reach ZooKeeper; retrying, with pauses growing to {} s \
+                             (logged again when the cause changes)",
+                            CONNECT_BACKOFF_MAX.as_secs()
+                        );
+                        self.last_cause = Some(cause);
+                    }
+                    metrics::gauge!(m::ZK_CONNECTED).set(0.0);
+                }
+                // A session that ends at once (a ZooKeeper that a thousand
+                // nodes starting together keep too busy to answer in time)
+                // is retried as a failed connection is, not the node's end.
+                Ok(zk) => match zk.ensure_root().await {
+                    Ok(()) => return Ok(Some(self.reached(zk))),
+                    Err(e) if e.is_session_end() || e.is_connection_lost() => {
+                        tracing::warn!(error = %e, "the new ZooKeeper session ended before it was used; retrying");
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+            }
+            self.failures += 1;
+            metrics::counter!(m::ZK_ERRORS, "op" => "connect").increment(1);
+            tokio::select! {
+                () = tokio::time::sleep(jittered(self.backoff)) => {
+                    self.backoff = (self.backoff * 2).min(CONNECT_BACKOFF_MAX);
+                }
+                () = shutdown.as_mut() => return Ok(None),
+            }
+        }
+    }
+
+    /// A session was had: the next outage starts from the shortest pause.
+    fn reached(&mut self, zk: Session) -> Session {
+        if self.failures > 0 {
+            tracing::info!(attempts = self.failures + 1, "ZooKeeper reached");
+        }
+        self.connected_once = true;
+        self.failures = 0;
+        self.backoff = CONNECT_BACKOFF_MIN;
+        self.last_cause = None;
+        metrics::gauge!(m::ZK_CONNECTED).set(1.0);
+        tracing::info!(
+            session_timeout_ms = zk.timeout().as_millis() as u64,
+            "ZooKeeper session established"
+        );
+        zk
+    }
 }
 
 /// Where a SIGHUP's reload goes besides the QUIC endpoint.
