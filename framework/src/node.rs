@@ -338,9 +338,7 @@ fn current_user() -> (String, Option<u32>) {
 /// failed together (a thousand started at once, a ZooKeeper restart) do
 /// not all try again in the same instant.
 fn jittered(pause: Duration) -> Duration {
-    use rand::Rng;
-    let half = pause / 2;
-    half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+    pause / 2 + random_upto(pause / 2)
 }
 
 /// A pause of up to `most`, at random (zero for zero).

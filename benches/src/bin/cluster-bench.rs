@@ -185,6 +185,24 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The CPU time of each process (`None`: unknown), to pass to
+/// [`cpu_since`].
+fn cpu_marks(pids: &[Option<u32>]) -> Vec<Option<f64>> {
+    pids.iter().map(|p| p.map(cpu_secs)).collect()
+}
+
+/// CPU seconds each process used since `marks` ([`cpu_marks`]), NaN where
+/// unknown.
+fn cpu_since(pids: &[Option<u32>], marks: &[Option<f64>]) -> Vec<f64> {
+    pids.iter()
+        .zip(marks)
+        .map(|(p, b)| match (p, b) {
+            (Some(p), Some(b)) => cpu_secs(*p) - b,
+            _ => f64::NAN,
+        })
+        .collect()
+}
+
 /// Share of one core a process used over `window`.
 fn cpu_share(pid: u32, window: Duration) -> f64 {
     let before = cpu_secs(pid);
@@ -2139,16 +2157,12 @@ impl Bench {
         // share is what its TLS port adds to their heartbeats).
         let zk_pid = self.c.servers.first().and_then(|s| s.pid());
         let pids = [Some(mpid), zk_pid, Some(swarm.id())];
-        let before: Vec<Option<f64>> = pids.iter().map(|p| p.map(cpu_secs)).collect();
+        let before = cpu_marks(&pids);
         let window = Duration::from_secs(5);
         std::thread::sleep(window);
-        let share: Vec<f64> = pids
-            .iter()
-            .zip(&before)
-            .map(|(p, b)| match (p, b) {
-                (Some(p), Some(b)) => (cpu_secs(*p) - b) / window.as_secs_f64(),
-                _ => f64::NAN,
-            })
+        let share: Vec<f64> = cpu_since(&pids, &before)
+            .into_iter()
+            .map(|used| used / window.as_secs_f64())
             .collect();
         let cpu = share[0];
         let swarm_rss = rss_mib(swarm.id());
@@ -2215,7 +2229,7 @@ impl Bench {
             Some(swarm.id()),
             Some(std::process::id()),
         ];
-        let cpu_before: Vec<Option<f64>> = job_pids.iter().map(|p| p.map(cpu_secs)).collect();
+        let cpu_before = cpu_marks(&job_pids);
         let mut rates = Vec::new();
         let mut busy = Duration::ZERO;
         for _ in 0..jobs {
@@ -2236,13 +2250,9 @@ impl Bench {
             rates.push(20_000.0 / t.elapsed().as_secs_f64());
             ensure!(results.len() == 20_000, "tasks lost at scale");
         }
-        let job_cpu: Vec<f64> = job_pids
-            .iter()
-            .zip(&cpu_before)
-            .map(|(p, b)| match (p, b) {
-                (Some(p), Some(b)) => (cpu_secs(*p) - b) * 1e3 / jobs as f64,
-                _ => f64::NAN,
-            })
+        let job_cpu: Vec<f64> = cpu_since(&job_pids, &cpu_before)
+            .into_iter()
+            .map(|used| used * 1e3 / jobs as f64)
             .collect();
         let after = self.scrape(&m.node_id)?;
         let ops = |text: &str| {
