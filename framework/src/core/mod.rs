@@ -4,6 +4,7 @@
 
 pub mod job;
 pub mod liveness;
+pub mod master;
 mod recovery;
 mod scheduler;
 pub mod standing;
@@ -47,6 +48,27 @@ impl std::str::FromStr for ShardKey {
         });
         parsed.ok_or_else(|| format!("{s:?} is not <index>-<generation>"))
     }
+}
+
+/// One run of a shard, as its assignment names it, from the frame to the
+/// scheduler: every frame about a run names all of it, so that nothing of
+/// an earlier run, or of an earlier job of the same id, is taken for this
+/// one's. The epoch is part of
+/// it: a run that an earlier master started cannot stand in for the same
+/// shard assigned by the next one, whose report it could never be.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunId {
+    /// The assigning master's epoch.
+    pub epoch: u64,
+    /// The job.
+    pub job: String,
+    /// The job's incarnation (see `JobRecord::incarnation`):
+    /// a run of an earlier job under the same id is another run.
+    pub incarnation: u64,
+    /// The shard.
+    pub shard: ShardKey,
+    /// The attempt.
+    pub attempt: u32,
 }
 
 /// A task that failed one attempt.

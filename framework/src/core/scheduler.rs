@@ -1513,7 +1513,7 @@ impl Scheduler {
 
     /// Checks that every index agrees with the state it indexes (tests).
     #[cfg(test)]
-    fn check_indexes(&self) {
+    pub(crate) fn check_indexes(&self) {
         let mut queued = 0;
         let mut aging = BTreeSet::new();
         let mut delayed = BTreeSet::new();

@@ -23,25 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use super::ShardKey;
-
-/// One run of a shard, as its assignment names it. The epoch is part of
-/// it: a run that an earlier master started cannot stand in for the same
-/// shard assigned by the next one, whose report it could never be.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RunId {
-    /// The assigning master's epoch.
-    pub epoch: u64,
-    /// The job.
-    pub job: String,
-    /// The job's incarnation (see [`crate::coord::JobRecord::incarnation`]):
-    /// a run of an earlier job under the same id is another run.
-    pub incarnation: u64,
-    /// The shard.
-    pub shard: ShardKey,
-    /// The attempt.
-    pub attempt: u32,
-}
+pub use super::RunId;
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +264,7 @@ impl WorkerSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::ShardKey;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 

@@ -1,0 +1,1120 @@
+//! The master's decisions about its workers and its jobs' runs, as one
+//! state machine without I/O, after quinn-proto's connection: the actor
+//! hands it what happened ([`MasterCore::handle`], with `now`), performs
+//! what it asks ([`MasterCore::poll_effect`]) and feeds each outcome back
+//! as an event; [`MasterCore::poll_timeout`] says when it next wants an
+//! [`Event::Tick`].
+//!
+//! It owns the [`Scheduler`] (where runs go) and the [`Ledger`] (what
+//! commits add up to) and keeps the two in step, so that no driver copies
+//! counts from one to the other or removes a job from one and not the
+//! other. It owns the workers as the master sees them (links, their
+//! registrations, drains), what a worker's report means (impossible,
+//! stale, the job's end in one write, or a commit), commits, merges and
+//! finishes with their failures and retries, pausing while ZooKeeper is
+//! away, speculation, and which jobs may hold objects no record names
+//! (collection sweeps those).
+//!
+//! It does not know how anything is written or sent, a job's tasks or
+//! outputs as bytes beyond their length, nor the user's code: a one-write
+//! end's reduction and a merge are the driver's, which says how they went.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::job::{Finish, Merge, Refusal, Submission};
+use super::{
+    Command, Counters, JobPlan, Ledger, RunId, Scheduler, ShardKey, StartAnswer, TaskFailure,
+};
+
+/// How often slow runs are looked for, to copy them elsewhere.
+pub const SPECULATE_EVERY: Duration = Duration::from_millis(250);
+
+/// How long after a failed write of a job's result it is written again.
+pub const FINISH_RETRY: Duration = Duration::from_millis(200);
+
+/// A shard's output as the core sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Reported inline.
+    Bytes(Vec<u8>),
+    /// Written by its worker to the object store, under this name (checked
+    /// to be one of its job's at the edge).
+    Object(String),
+    /// The job type's empty result (a shard whose tasks all failed with no
+    /// worker to report): encoded by the driver.
+    Empty,
+}
+
+/// What the master tells a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToWorker {
+    /// Run these tasks of the job (`ack_first`: wait for `StartAck`).
+    Assign {
+        /// The run.
+        run: RunId,
+        /// Task indexes.
+        tasks: Vec<u64>,
+        /// The slot waits for the master's word before it runs it.
+        ack_first: bool,
+    },
+    /// The run may start.
+    StartAck(RunId),
+    /// The run must not start (moved elsewhere, or no longer wanted).
+    StartRefused(RunId),
+    /// Stop the run, whatever its state.
+    StopRun(RunId),
+    /// The worker's drain is acknowledged: its departure is expected.
+    DrainAck,
+}
+
+/// A job handed to the core: accepted now, or read back after a failover.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// What the scheduler runs.
+    pub plan: JobPlan,
+    /// Task bytes it holds in ZooKeeper until it finishes.
+    pub bytes: usize,
+    /// Final failures its commits already hold (read back).
+    pub failures: Vec<TaskFailure>,
+    /// Store objects its commits reference (read back).
+    pub objects: Vec<String>,
+    /// Committed outputs that could not be read back, with why: their
+    /// tasks fail.
+    pub unmerged: Vec<(Merge, String)>,
+    /// Most bytes of a result its record may keep: a job of one shard
+    /// whose output fits ends in one write. `None`: it never does (not
+    /// compact, or streamed).
+    pub kept_result: Option<usize>,
+}
+
+/// Why a job leaves the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// Its end is durable.
+    Done,
+    /// Cancelled by a client.
+    Cancelled,
+    /// A cancel got there before the write of its end: the result's
+    /// object, if it was written, is named by no record.
+    CancelledWhileFinishing,
+    /// Its create failed: as if never admitted.
+    Discarded,
+}
+
+/// What happened, for the core.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A worker's link came up (a second one replaces the first).
+    Linked {
+        /// Node id.
+        worker: String,
+        /// Tells its links apart across reconnections.
+        link: u64,
+        /// Its slots.
+        slots: u32,
+        /// The job types it runs.
+        jobs: Vec<String>,
+    },
+    /// A worker's link ended.
+    Unlinked {
+        /// Node id.
+        worker: String,
+        /// Which link.
+        link: u64,
+    },
+    /// A frame could not be queued on a worker's link (its queue is full,
+    /// or its writer gone): the link is dropped.
+    Unreachable {
+        /// Node id.
+        worker: String,
+    },
+    /// The registered workers, as ZooKeeper lists them now.
+    Registered(BTreeSet<String>),
+    /// The master's ZooKeeper session lost (`false`) or regained its
+    /// connection: no assignments while it is away.
+    Connected(bool),
+    /// A worker's slot is about to run a run.
+    Started {
+        /// Node id.
+        worker: String,
+        /// The run (its epoch: the one the worker's frame names).
+        run: RunId,
+    },
+    /// A worker dropped a run it was refused while it waited.
+    Unstarted {
+        /// Node id.
+        worker: String,
+        /// The run.
+        run: RunId,
+    },
+    /// A worker is draining: its queued runs go elsewhere.
+    Draining {
+        /// Node id.
+        worker: String,
+    },
+    /// A worker is done draining.
+    Drained {
+        /// Node id.
+        worker: String,
+    },
+    /// A worker reported a run.
+    Reported {
+        /// Node id.
+        worker: String,
+        /// The run (its epoch: the one the report names).
+        run: RunId,
+        /// Its tasks that failed.
+        failures: Vec<TaskFailure>,
+        /// Its output.
+        output: Output,
+    },
+    /// A frame no honest worker sends, found so at the edge: its link is
+    /// dropped.
+    Impossible {
+        /// Node id.
+        worker: String,
+        /// Why.
+        reason: String,
+    },
+    /// Jobs inherited from an earlier master: they may hold objects no
+    /// record names.
+    Inherited(Vec<String>),
+    /// A job to run.
+    Added(Box<NewJob>),
+    /// A job leaves.
+    Gone {
+        /// Job id.
+        job: String,
+        /// Why.
+        why: Gone,
+    },
+    /// A shard's commit is durable.
+    Committed {
+        /// Job id.
+        job: String,
+        /// The shard.
+        key: ShardKey,
+        /// The attempt the record holds.
+        attempt: u32,
+        /// The failures the record holds.
+        failures: Vec<TaskFailure>,
+        /// The store object of its output, if it is in the store.
+        object: Option<String>,
+    },
+    /// A commit failed, or its outcome is unknown: the shard runs again.
+    CommitFailed {
+        /// Job id.
+        job: String,
+        /// The shard.
+        key: ShardKey,
+    },
+    /// A one-write end's output could not be reduced alone: it is
+    /// committed as usual.
+    NotReducible {
+        /// The run.
+        run: RunId,
+        /// Its output.
+        output: Vec<u8>,
+    },
+    /// A one-write end failed, or its outcome is unknown: the shard runs
+    /// again.
+    EndFailed {
+        /// Job id.
+        job: String,
+        /// The shard.
+        key: ShardKey,
+    },
+    /// A merge is done (`Err`: its tasks fail).
+    Merged {
+        /// The merge asked for.
+        merge: Merge,
+        /// How it went.
+        outcome: Result<(), String>,
+    },
+    /// Writing a job's result failed for a transient reason: written
+    /// again after [`FINISH_RETRY`].
+    FinishFailed {
+        /// Job id.
+        job: String,
+    },
+    /// Time passed (see [`MasterCore::poll_timeout`]).
+    Tick,
+}
+
+/// What the core asks of its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Queue a frame on a worker's link; if that fails, answer
+    /// [`Event::Unreachable`].
+    Send {
+        /// Node id.
+        worker: String,
+        /// What.
+        msg: ToWorker,
+    },
+    /// Forget a worker's link (its runs are requeued already).
+    Unlink {
+        /// Node id.
+        worker: String,
+        /// Which link.
+        link: u64,
+    },
+    /// Commit a shard's outcome; answer [`Event::Committed`] or
+    /// [`Event::CommitFailed`].
+    Commit {
+        /// The run.
+        run: RunId,
+        /// Its output.
+        output: Output,
+        /// Its failures.
+        failures: Vec<TaskFailure>,
+    },
+    /// Record in ZooKeeper a shard's next attempt after its worker died
+    /// running it.
+    RecordLoss {
+        /// Job id.
+        job: String,
+        /// The shard.
+        key: ShardKey,
+        /// The attempt its next run has.
+        next_attempt: u32,
+    },
+    /// End the job in one write: its only shard's output reduced alone is
+    /// its result. Answer [`Event::NotReducible`] if it cannot be reduced,
+    /// [`Event::Gone`] when the end is durable, [`Event::EndFailed`] if it
+    /// is not.
+    EndAlone {
+        /// The run.
+        run: RunId,
+        /// Its output.
+        output: Vec<u8>,
+        /// The job's final counts.
+        counters: Counters,
+    },
+    /// Merge a committed output into the job's result; answer
+    /// [`Event::Merged`].
+    Merge(Merge),
+    /// Write the job's result with `Done`; answer [`Event::Gone`] or
+    /// [`Event::FinishFailed`].
+    WriteResult(Finish),
+    /// A stale report's output: delete it if it is an object.
+    Discard(Output),
+    /// Something to log, count or audit.
+    Note(Note),
+}
+
+/// What the driver logs, counts and audits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// A worker's link was lost with runs on it, or without its drain.
+    WorkerLost {
+        /// Node id.
+        worker: String,
+        /// Runs it held.
+        running: usize,
+    },
+    /// A drained worker left, with nothing running.
+    DrainedLeft {
+        /// Node id.
+        worker: String,
+    },
+    /// A worker's registration was deleted while it held runs.
+    RegistrationGone {
+        /// Node id.
+        worker: String,
+    },
+    /// A worker is drained.
+    Drained {
+        /// Node id.
+        worker: String,
+    },
+    /// A worker is draining.
+    Draining {
+        /// Node id.
+        worker: String,
+    },
+    /// A lost worker's runs went back to the queue.
+    Requeued {
+        /// Runs requeued.
+        runs: u64,
+        /// Of them, runs whose tasks may have run (charged an attempt).
+        in_doubt: u64,
+    },
+    /// Assignments stop until ZooKeeper is back.
+    Paused,
+    /// Assignments go on.
+    Resumed,
+    /// A report no honest worker sends.
+    Impossible {
+        /// Node id.
+        worker: String,
+        /// Why.
+        reason: String,
+    },
+    /// A report of a run no longer awaited.
+    Stale {
+        /// The run.
+        run: RunId,
+    },
+    /// A `Started` of a run the scheduler does not hold, refused.
+    StartRefused {
+        /// Node id.
+        worker: String,
+        /// The run.
+        run: RunId,
+    },
+    /// A commit's failures, counted.
+    Failures {
+        /// Job id.
+        job: String,
+        /// Tasks that failed for good.
+        dead_lettered: u64,
+        /// Tasks that will run again.
+        retried: u64,
+    },
+    /// A committed output could not be merged.
+    MergeFailed {
+        /// Job id.
+        job: String,
+        /// The shard.
+        key: ShardKey,
+        /// Tasks failed for it.
+        tasks: u64,
+        /// Why.
+        error: String,
+    },
+    /// Copies of slow runs were sent.
+    Speculated {
+        /// How many.
+        copies: u64,
+    },
+}
+
+/// A worker's link, as the core sees it.
+#[derive(Debug)]
+struct Link {
+    id: u64,
+    slots: u32,
+    jobs: Vec<String>,
+    drained: bool,
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub struct MasterCore {
+    epoch: u64,
+    /// This node's id: its own worker runs jobs only when no other can.
+    own: String,
+    sched: Scheduler,
+    ledger: Ledger,
+    links: HashMap<String, Link>,
+    registered: BTreeSet<String>,
+    /// Of each job, the most bytes of a result its record may keep
+    /// (see [`NewJob::kept_result`]).
+    kept_result: HashMap<String, usize>,
+    /// No assignments: ZooKeeper is away.
+    paused: bool,
+    /// Jobs that may have objects in the store no record names: a run of
+    /// theirs was lost with its worker's link (its output may have been
+    /// written, its report never handled), a write of theirs failed or
+    /// its outcome is unknown, or they were inherited at takeover. Their
+    /// store directories are listed and emptied when they are collected.
+    may_orphan: HashSet<String>,
+    /// Results to write again, when.
+    finish_retries: VecDeque<(Instant, String)>,
+    next_speculation: Option<Instant>,
+    now: Option<Instant>,
+    effects: VecDeque<Effect>,
+}
+
+impl MasterCore {
+    /// The core of the master of `epoch`, whose own node is `own`, bounding
+    /// the task bytes of unfinished jobs at `max_queued_bytes`.
+    pub fn new(epoch: u64, own: &str, max_queued_bytes: usize) -> Self {
+        MasterCore {
+            epoch,
+            own: own.to_string(),
+            sched: Scheduler::new(),
+            ledger: Ledger::new(max_queued_bytes),
+            links: HashMap::new(),
+            registered: BTreeSet::new(),
+            kept_result: HashMap::new(),
+            paused: false,
+            may_orphan: HashSet::new(),
+            finish_retries: VecDeque::new(),
+            next_speculation: None,
+            now: None,
+            effects: VecDeque::new(),
+        }
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When the core next wants [`Event::Tick`]: a retry out of its
+    /// backoff, a result to write again, or a look for slow runs.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let now = self.now?;
+        let due = match self.paused {
+            true => None,
+            false => self.sched.next_due(now),
+        };
+        [
+            due,
+            self.finish_retries.front().map(|r| r.0),
+            self.next_speculation,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Hands the core what happened at `now`.
+    pub fn handle(&mut self, event: Event, now: Instant) {
+        self.now = Some(self.now.map_or(now, |t| t.max(now)));
+        let now = self.now.unwrap_or(now);
+        self.next_speculation.get_or_insert(now + SPECULATE_EVERY);
+        let dispatch = match event {
+            Event::Linked {
+                worker,
+                link,
+                slots,
+                jobs,
+            } => {
+                if self.links.contains_key(&worker) {
+                    self.lose_runs(&worker);
+                }
+                let drained = false;
+                let l = Link {
+                    id: link,
+                    slots,
+                    jobs,
+                    drained,
+                };
+                self.links.insert(worker.clone(), l);
+                self.sync_worker(&worker);
+                true
+            }
+            Event::Unlinked { worker, link } => {
+                if self.links.get(&worker).is_none_or(|l| l.id != link) {
+                    return;
+                }
+                self.drop_worker(&worker, true);
+                true
+            }
+            Event::Unreachable { worker } => {
+                self.drop_worker(&worker, false);
+                true
+            }
+            Event::Registered(now_registered) => {
+                self.registered_now(now_registered);
+                true
+            }
+            Event::Connected(up) => {
+                if self.paused != up {
+                    return;
+                }
+                self.paused = !up;
+                self.note(if up { Note::Resumed } else { Note::Paused });
+                up
+            }
+            Event::Started { worker, run } => {
+                self.started(worker, run, now);
+                false
+            }
+            Event::Unstarted { worker, run } => {
+                let job = (run.job.as_str(), run.incarnation);
+                self.sched.unstarted(&worker, job, run.shard, run.attempt);
+                true
+            }
+            Event::Draining { worker } => {
+                self.note(Note::Draining {
+                    worker: worker.clone(),
+                });
+                self.sched.drain_worker(&worker);
+                true
+            }
+            Event::Drained { worker } => {
+                if let Some(l) = self.links.get_mut(&worker) {
+                    l.drained = true;
+                }
+                self.note(Note::Drained {
+                    worker: worker.clone(),
+                });
+                self.send(worker, ToWorker::DrainAck);
+                false
+            }
+            Event::Reported {
+                worker,
+                run,
+                failures,
+                output,
+            } => {
+                self.reported(worker, run, failures, output, now);
+                true
+            }
+            Event::Impossible { worker, reason } => {
+                self.impossible(&worker, reason);
+                true
+            }
+            Event::Inherited(jobs) => {
+                self.may_orphan.extend(jobs);
+                false
+            }
+            Event::Added(job) => {
+                self.add(*job);
+                true
+            }
+            Event::Gone { job, why } => self.gone(&job, why),
+            Event::Committed {
+                job,
+                key,
+                attempt,
+                failures,
+                object,
+            } => {
+                self.committed(&job, key, attempt, &failures, object, now);
+                true
+            }
+            // Whether or not the write applied, the run's output may end
+            // up named by no record: the job's store directories are
+            // emptied when it is collected.
+            Event::CommitFailed { job, key } => {
+                self.may_orphan.insert(job.clone());
+                self.sched.commit_aborted(&job, key);
+                true
+            }
+            // Applied or not, the shard runs again; an end that had
+            // applied is found by the next one.
+            Event::EndFailed { job, key } => {
+                self.ledger.end_alone_failed(&job);
+                self.sched.commit_aborted(&job, key);
+                true
+            }
+            Event::NotReducible { run, output } => {
+                self.ledger.end_alone_failed(&run.job);
+                let output = Output::Bytes(output);
+                let failures = Vec::new();
+                self.push(Effect::Commit {
+                    run,
+                    output,
+                    failures,
+                });
+                false
+            }
+            Event::Merged { merge, outcome } => {
+                self.merged(merge, outcome);
+                false
+            }
+            Event::FinishFailed { job } => {
+                self.may_orphan.insert(job.clone());
+                self.ledger.finish_failed(&job);
+                self.finish_retries.push_back((now + FINISH_RETRY, job));
+                false
+            }
+            Event::Tick => {
+                self.tick(now);
+                true
+            }
+        };
+        if dispatch {
+            self.dispatch(now);
+        }
+    }
+
+    /// Time passed: results to write again, slow runs to copy.
+    fn tick(&mut self, now: Instant) {
+        while let Some((at, _)) = self.finish_retries.front() {
+            if *at > now {
+                break;
+            }
+            let Some((_, job)) = self.finish_retries.pop_front() else {
+                break;
+            };
+            let scheduled = self.sched.counters(&job).unwrap_or_default();
+            if let Some(f) = self.ledger.retry_finish(&job, scheduled) {
+                self.push(Effect::WriteResult(f));
+            }
+        }
+        if self.next_speculation.is_some_and(|t| t <= now) {
+            self.next_speculation = Some(now + SPECULATE_EVERY);
+            if !self.paused {
+                let cmds = self.sched.speculate(now);
+                if !cmds.is_empty() {
+                    let copies = cmds.len() as u64;
+                    self.note(Note::Speculated { copies });
+                }
+                self.apply(cmds);
+            }
+        }
+    }
+
+    /// Hands out what can run, unless paused.
+    fn dispatch(&mut self, now: Instant) {
+        if self.paused {
+            return;
+        }
+        let cmds = self.sched.assign(now);
+        self.apply(cmds);
+    }
+
+    fn push(&mut self, effect: Effect) {
+        self.effects.push_back(effect);
+    }
+
+    fn note(&mut self, note: Note) {
+        self.push(Effect::Note(note));
+    }
+
+    fn send(&mut self, worker: String, msg: ToWorker) {
+        self.push(Effect::Send { worker, msg });
+    }
+
+    /// The scheduler's commands, as effects.
+    fn apply(&mut self, cmds: Vec<Command>) {
+        for c in cmds {
+            match c {
+                Command::Assign {
+                    worker,
+                    job,
+                    incarnation,
+                    shard,
+                    ack_first,
+                } => {
+                    let run = RunId {
+                        epoch: self.epoch,
+                        job,
+                        incarnation,
+                        shard: shard.key,
+                        attempt: shard.attempt,
+                    };
+                    let tasks = shard.tasks;
+                    let msg = ToWorker::Assign {
+                        run,
+                        tasks,
+                        ack_first,
+                    };
+                    self.send(worker, msg);
+                }
+                Command::Revoke {
+                    worker,
+                    job,
+                    incarnation,
+                    key,
+                    attempt,
+                } => {
+                    let run = RunId {
+                        epoch: self.epoch,
+                        job,
+                        incarnation,
+                        shard: key,
+                        attempt,
+                    };
+                    self.send(worker, ToWorker::StartRefused(run));
+                }
+                Command::Stop {
+                    worker,
+                    job,
+                    incarnation,
+                    key,
+                    attempt,
+                } => {
+                    let run = RunId {
+                        epoch: self.epoch,
+                        job,
+                        incarnation,
+                        shard: key,
+                        attempt,
+                    };
+                    self.send(worker, ToWorker::StopRun(run));
+                }
+                Command::CommitLost {
+                    job,
+                    key,
+                    attempt,
+                    failures,
+                } => {
+                    let incarnation = self.sched.incarnation_of(&job).unwrap_or(0);
+                    let run = RunId {
+                        epoch: self.epoch,
+                        job,
+                        incarnation,
+                        shard: key,
+                        attempt,
+                    };
+                    let output = Output::Empty;
+                    self.push(Effect::Commit {
+                        run,
+                        output,
+                        failures,
+                    });
+                }
+                Command::RecordLoss {
+                    job,
+                    key,
+                    next_attempt,
+                } => self.push(Effect::RecordLoss {
+                    job,
+                    key,
+                    next_attempt,
+                }),
+                Command::Finish { job } => {
+                    let Some(scheduled) = self.sched.counters(&job) else {
+                        continue;
+                    };
+                    if let Some(f) = self.ledger.finish(&job, scheduled) {
+                        self.push(Effect::WriteResult(f));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A worker becomes schedulable once it is both linked and registered.
+    fn sync_worker(&mut self, worker: &str) {
+        if !self.registered.contains(worker) || self.sched.has_worker(worker) {
+            return;
+        }
+        let Some(l) = self.links.get(worker) else {
+            return;
+        };
+        // The master's own worker is a fallback: a task that crashes its
+        // process should not take the master with it while others can
+        // run it.
+        let fallback = worker == self.own;
+        let cmds = self
+            .sched
+            .add_worker(worker, l.slots, l.jobs.clone(), fallback);
+        self.apply(cmds);
+    }
+
+    fn registered_now(&mut self, registered: BTreeSet<String>) {
+        let gone: Vec<String> = self.registered.difference(&registered).cloned().collect();
+        self.registered = registered;
+        for w in gone {
+            if self.sched.has_worker(&w) {
+                let worker = w.clone();
+                self.note(Note::RegistrationGone { worker });
+                self.lose_runs(&w);
+            }
+        }
+        let linked: Vec<String> = self.links.keys().cloned().collect();
+        for w in linked {
+            self.sync_worker(&w);
+        }
+    }
+
+    /// A worker's link is gone (`ended`: it ended, rather than being
+    /// dropped here): its runs go back to the queue.
+    fn drop_worker(&mut self, worker: &str, ended: bool) {
+        let Some(link) = self.links.remove(worker) else {
+            return;
+        };
+        let running = self.sched.running_on(worker);
+        if ended {
+            let note = match link.drained && running == 0 {
+                true => Note::DrainedLeft {
+                    worker: worker.to_string(),
+                },
+                false => Note::WorkerLost {
+                    worker: worker.to_string(),
+                    running,
+                },
+            };
+            self.note(note);
+        }
+        let (worker, link) = (worker.to_string(), link.id);
+        self.push(Effect::Unlink {
+            worker: worker.clone(),
+            link,
+        });
+        self.lose_runs(&worker);
+    }
+
+    /// Takes a worker out of the scheduler: its runs go back to the queue,
+    /// counted, and their jobs may hold outputs no record names.
+    fn lose_runs(&mut self, worker: &str) {
+        if !self.sched.has_worker(worker) {
+            return;
+        }
+        self.may_orphan.extend(self.sched.jobs_on(worker));
+        let runs = self.sched.running_on(worker) as u64;
+        let doubted = self.sched.in_doubt_total();
+        let cmds = self.sched.remove_worker(worker);
+        let in_doubt = self.sched.in_doubt_total() - doubted;
+        if runs > 0 {
+            self.note(Note::Requeued { runs, in_doubt });
+        }
+        self.apply(cmds);
+    }
+
+    fn impossible(&mut self, worker: &str, reason: String) {
+        let w = worker.to_string();
+        self.note(Note::Impossible { worker: w, reason });
+        self.drop_worker(worker, false);
+    }
+
+    fn started(&mut self, worker: String, run: RunId, now: Instant) {
+        let answer = match run.epoch == self.epoch {
+            true => {
+                let job = (run.job.as_str(), run.incarnation);
+                self.sched
+                    .started(&worker, job, run.shard, run.attempt, now)
+            }
+            false => StartAnswer::Refuse,
+        };
+        match answer {
+            StartAnswer::Nothing => {}
+            StartAnswer::Ack => self.send(worker, ToWorker::StartAck(run)),
+            StartAnswer::Refuse => {
+                let (w, r) = (worker.clone(), run.clone());
+                self.note(Note::StartRefused { worker: w, run: r });
+                self.send(worker, ToWorker::StartRefused(run));
+            }
+        }
+    }
+
+    fn reported(
+        &mut self,
+        worker: String,
+        run: RunId,
+        failures: Vec<TaskFailure>,
+        output: Output,
+        now: Instant,
+    ) {
+        // A report no honest worker sends: its link goes, with the reason.
+        if let Err(reason) = self.sched.check_failures(&run.job, run.shard, &failures) {
+            return self.impossible(&worker, reason);
+        }
+        let stops = match run.epoch == self.epoch {
+            true => {
+                let job = (run.job.as_str(), run.incarnation);
+                self.sched.report(&worker, job, run.shard, run.attempt, now)
+            }
+            false => None,
+        };
+        let Some(stops) = stops else {
+            // Its object (it was checked to be its job's) is referenced by
+            // nothing; a stopped run's report frees its slot.
+            self.note(Note::Stale { run });
+            if let Output::Object(_) = output {
+                self.push(Effect::Discard(output));
+            }
+            return;
+        };
+        self.apply(stops);
+        if let Some(output) = self.end_alone(&run, output, &failures) {
+            self.push(Effect::Commit {
+                run,
+                output,
+                failures,
+            });
+        }
+    }
+
+    /// A job's only shard, reported with every task done and an output its
+    /// record can keep, while nothing else of the job was committed, merged
+    /// or failed: the job ends in one write, its record `Done` with the
+    /// result in it, and no commit record. Gives the output back when the
+    /// shard must be committed as usual.
+    fn end_alone(
+        &mut self,
+        run: &RunId,
+        output: Output,
+        failures: &[TaskFailure],
+    ) -> Option<Output> {
+        let Output::Bytes(bytes) = &output else {
+            return Some(output);
+        };
+        let fits = self
+            .kept_result
+            .get(&run.job)
+            .is_some_and(|&most| bytes.len() <= most);
+        if !fits || !failures.is_empty() || !self.sched.sole_shard(&run.job, run.shard) {
+            return Some(output);
+        }
+        let scheduled = self.sched.counters(&run.job).unwrap_or_default();
+        let Some(f) = self.ledger.end_alone(&run.job, scheduled) else {
+            return Some(output);
+        };
+        let Output::Bytes(output) = output else {
+            return None;
+        };
+        self.push(Effect::EndAlone {
+            run: run.clone(),
+            output,
+            counters: f.counters,
+        });
+        None
+    }
+
+    fn committed(
+        &mut self,
+        job: &str,
+        key: ShardKey,
+        attempt: u32,
+        failures: &[TaskFailure],
+        object: Option<String>,
+        now: Instant,
+    ) {
+        let tasks = self
+            .sched
+            .shard_tasks(job, key)
+            .map(<[u64]>::to_vec)
+            .unwrap_or_default();
+        let c = self
+            .ledger
+            .committed(job, key, &tasks, attempt, failures, object);
+        if c.dead_lettered > 0 || c.retried > 0 {
+            self.note(Note::Failures {
+                job: job.to_string(),
+                dead_lettered: c.dead_lettered,
+                retried: c.retried,
+            });
+        }
+        if let Some(merge) = c.merge {
+            self.push(Effect::Merge(merge));
+        }
+        let cmds = self.sched.committed(job, key, attempt, failures, now);
+        self.apply(cmds);
+    }
+
+    fn merged(&mut self, merge: Merge, outcome: Result<(), String>) {
+        let scheduled = self.sched.counters(&merge.job).unwrap_or_default();
+        let (job, key) = (merge.job.clone(), merge.key);
+        let error = outcome.as_ref().err().cloned();
+        let (tasks, finish) = self.ledger.merged(merge, outcome, scheduled);
+        if let Some(error) = error {
+            self.note(Note::MergeFailed {
+                job,
+                key,
+                tasks,
+                error,
+            });
+        }
+        if let Some(f) = finish {
+            self.push(Effect::WriteResult(f));
+        }
+    }
+
+    fn add(&mut self, job: NewJob) {
+        let NewJob {
+            plan,
+            bytes,
+            failures,
+            objects,
+            unmerged,
+            kept_result,
+        } = job;
+        let id = plan.id.clone();
+        self.ledger
+            .add(&id, plan.max_attempts, bytes, failures, objects);
+        match kept_result {
+            Some(most) => self.kept_result.insert(id.clone(), most),
+            None => self.kept_result.remove(&id),
+        };
+        for (merge, error) in unmerged {
+            self.merged(merge, Err(error));
+        }
+        let cmds = self.sched.add_job(plan);
+        self.apply(cmds);
+    }
+
+    /// A job leaves; returns whether to dispatch (its slots may free).
+    fn gone(&mut self, job: &str, why: Gone) -> bool {
+        self.kept_result.remove(job);
+        match why {
+            Gone::Done | Gone::CancelledWhileFinishing => self.ledger.finished(job),
+            Gone::Cancelled | Gone::Discarded => self.ledger.remove(job),
+        }
+        if matches!(why, Gone::CancelledWhileFinishing | Gone::Discarded) {
+            self.may_orphan.insert(job.to_string());
+        }
+        // Its runs are stopped: their slots free as they end.
+        let stops = self.sched.remove_job(job);
+        self.apply(stops);
+        matches!(why, Gone::Cancelled | Gone::Discarded)
+    }
+
+    // Answers, for requests and the collector.
+
+    /// A submission's admission: its shape and bytes; on success its bytes
+    /// are reserved until it is added or abandoned.
+    pub fn begin_submission(&mut self, s: &Submission<'_>) -> Result<(), Refusal> {
+        self.ledger.begin_submission(s)
+    }
+
+    /// A submission that was not written (or whose job is not to run
+    /// here): its reservation goes.
+    pub fn abandoned(&mut self, id: &str) {
+        self.ledger.abandoned(id);
+    }
+
+    /// Whether the job's submission is being written.
+    pub fn is_submitting(&self, id: &str) -> bool {
+        self.ledger.is_submitting(id)
+    }
+
+    /// The ledger, for the collector's choices.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// A running job's counts as clients see them.
+    pub fn counters(&self, job: &str) -> Option<Counters> {
+        let scheduled = self.sched.counters(job)?;
+        Some(self.ledger.counters(job, scheduled))
+    }
+
+    /// Runs a worker holds (running or queued on it).
+    pub fn running_on(&self, worker: &str) -> usize {
+        self.sched.running_on(worker)
+    }
+
+    /// Whether the worker is schedulable (linked and registered).
+    pub fn has_worker(&self, worker: &str) -> bool {
+        self.sched.has_worker(worker)
+    }
+
+    /// Shards waiting to run.
+    pub fn queued(&self) -> usize {
+        self.sched.queued()
+    }
+
+    /// Whether the job may have objects no record names.
+    pub fn may_orphan(&self, job: &str) -> bool {
+        self.may_orphan.contains(job)
+    }
+
+    /// The job was collected: nothing of it is left to sweep.
+    pub fn collected(&mut self, job: &str) {
+        self.may_orphan.remove(job);
+    }
+
+    /// Whether assignments wait for ZooKeeper.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The epoch it serves.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Checks the scheduler's indexes against its state (tests).
+    #[cfg(test)]
+    pub(crate) fn check(&self) {
+        self.sched.check_indexes();
+        for w in self.links.keys() {
+            if self.sched.has_worker(w) {
+                assert!(self.registered.contains(w), "{w} scheduled unregistered");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod sim;
