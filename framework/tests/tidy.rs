@@ -21,12 +21,13 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The file's code without comments and without its `#[cfg(test)]`
-/// module (tests may use what the room itself must not).
+/// module (tests may use what the room itself must not); none for a file
+/// of tests (`#![cfg(test)]`).
 fn code(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let t = line.trim_start();
-        if t.starts_with("#[cfg(test)]") {
+        if t.starts_with("#[cfg(test)]") || t.starts_with("#![cfg(test)]") {
             break;
         }
         if t.starts_with("//") {
@@ -198,4 +199,7 @@ fn the_checker_sees_code_and_skips_comments_strings_and_tests() {
         .map(|(n, _)| *n)
         .collect();
     assert_eq!(hits, vec![1]);
+    let tests_only = "//! Tests.\n#![cfg(test)]\nuse quinn::Y;\n";
+    assert!(code(tests_only).iter().all(|(_, l)| !l.contains("quinn::")));
+    assert!(code(text).iter().any(|(_, l)| l.contains("quinn::")));
 }

@@ -156,6 +156,14 @@ impl JobRecord {
         self.is_compact() && output.len().saturating_add(failures) <= KEPT_RESULT_BYTES
     }
 
+    /// Most bytes of a result without failures its record keeps, if it
+    /// keeps any (what [`JobRecord::keep_result`] allows): a compact job
+    /// of one shard whose output fits ends in one write. A streamed job
+    /// never does (its stream reads commits).
+    pub fn kept_result_room(&self) -> Option<usize> {
+        (self.is_compact() && !self.options.stream).then_some(KEPT_RESULT_BYTES)
+    }
+
     /// The record without its bytes: no tasks (a compact job stays
     /// compact, with none), no output or failures in its result (the
     /// counts stay). What the collector keeps of jobs that change no more;

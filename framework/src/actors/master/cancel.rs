@@ -11,6 +11,7 @@ use actix::prelude::*;
 use super::{error, failed, Master};
 use crate::audit::Event;
 use crate::coord::{CoordError, JobStatus};
+use crate::core::master::{Event as CoreEvent, Gone};
 use crate::metrics as m;
 use crate::wire::{ErrorKind, Frame};
 
@@ -24,7 +25,7 @@ impl Master {
         if let Some(refused) = self.deny_known(&job_id, &peer) {
             return Box::pin(fut::ready(refused));
         }
-        if self.ledger.is_submitting(&job_id) || self.is_creating(&job_id) {
+        if self.core.is_submitting(&job_id) || self.is_creating(&job_id) {
             return Box::pin(fut::ready(error(
                 ErrorKind::JobState,
                 format!(
@@ -37,10 +38,12 @@ impl Master {
             self.cancelled_while_loading.insert(job_id.clone());
         }
         let rt = self.forget_job(&job_id);
-        self.ledger.remove(&job_id);
         // Its runs are stopped; their slots free as they end.
-        let stops = self.sched.remove_job(&job_id);
-        self.run(ctx, stops);
+        let gone = CoreEvent::Gone {
+            job: job_id.clone(),
+            why: Gone::Cancelled,
+        };
+        self.handle_core(ctx, gone);
         let store = self.store.clone();
         let id = job_id.clone();
         Box::pin(

@@ -17,7 +17,9 @@ use tokio::sync::oneshot;
 
 use super::{Master, Watch};
 use crate::coord::{Amend, CoordError, Finished, ShardOutput};
-use crate::core::{Counters, ShardKey, TaskFailure};
+use crate::core::job::Finish;
+use crate::core::master::{Event as CoreEvent, Gone};
+use crate::core::{Counters, RunId, ShardKey, TaskFailure};
 
 /// A job whose create waits.
 pub(super) struct Creating {
@@ -75,8 +77,7 @@ pub(super) fn take_watch(rx: Option<oneshot::Receiver<Watch>>) -> Option<Watch> 
 /// A write of a creating job, deferred until it is created.
 pub(super) enum Deferred {
     Commit {
-        key: ShardKey,
-        attempt: u32,
+        run: RunId,
         output: ShardOutput,
         failures: Vec<TaskFailure>,
     },
@@ -85,7 +86,7 @@ pub(super) enum Deferred {
         next_attempt: u32,
     },
     End(EndAlone),
-    Finish,
+    Result(Finish),
 }
 
 /// A job's end in one write (`Master::end_in_one_write`): its only
@@ -242,16 +243,15 @@ impl Master {
         for write in deferred {
             match write {
                 Deferred::Commit {
-                    key,
-                    attempt,
+                    run,
                     output,
                     failures,
-                } => self.commit(ctx, job.to_string(), key, attempt, output, failures),
+                } => self.write_commit(ctx, run, output, failures),
                 Deferred::RecordLoss { key, next_attempt } => {
                     self.record_loss(ctx, job.to_string(), key, next_attempt)
                 }
                 Deferred::End(end) => self.end_alone(ctx, job, end),
-                Deferred::Finish => self.finish(ctx, job),
+                Deferred::Result(f) => self.write_result(ctx, f),
             }
         }
         None
@@ -267,10 +267,11 @@ impl Master {
         );
         crate::counter_once!(crate::metrics::JOBS_DISCARDED).increment(1);
         self.take_runtime(job);
-        self.ledger.remove(job);
-        let stops = self.sched.remove_job(job);
-        self.may_orphan.insert(job.to_string());
-        self.run(ctx, stops);
+        let gone = CoreEvent::Gone {
+            job: job.to_string(),
+            why: Gone::Discarded,
+        };
+        self.handle_core(ctx, gone);
     }
 
     /// A one-write end's write, for a created job.
@@ -327,9 +328,8 @@ impl Master {
                 // Applied or not, the shard runs again; a write that had
                 // applied is found at the next end.
                 tracing::warn!(job = %job, shard = %key, error = %e, "a one-shard job's end failed; the shard will run again");
-                self.ledger.end_alone_failed(job);
-                self.sched.commit_aborted(job, key);
-                self.dispatch(ctx);
+                let job = job.to_string();
+                self.handle_core(ctx, CoreEvent::EndFailed { job, key });
             }
         }
     }

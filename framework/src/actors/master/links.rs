@@ -1,18 +1,18 @@
 //! The master's side of its workers: links joining and leaving, the
-//! registrations it watches, `Started`, reports and drains. Each message
-//! becomes scheduler calls whose commands the master carries out.
+//! registrations it watches, `Started`, reports and drains, each handed
+//! to the core as an event (a report's output object checked to be its
+//! job's first: a name is bytes only the edge reads).
 
 use std::collections::BTreeMap;
 
 use actix::prelude::*;
 
-use super::{Link, Master};
-use crate::audit::Event;
-use crate::coord::{OutputRef, ShardOutput, WorkerInfo};
-use crate::core::{ShardKey, StartAnswer};
-use crate::metrics as m;
+use super::Master;
+use crate::coord::WorkerInfo;
+use crate::core::master::{Event as CoreEvent, Output};
+use crate::core::{RunId, ShardKey};
 use crate::store::Store;
-use crate::wire::{Frame, ShardReport};
+use crate::wire::ShardReport;
 
 /// A connected worker's control stream: frames pushed here are written by
 /// the link's writer task.
@@ -57,44 +57,16 @@ pub(crate) struct Started {
 impl Handler<Started> for Master {
     type Result = ();
     fn handle(&mut self, msg: Started, ctx: &mut Context<Self>) {
-        if let Some(l) = self.links.get_mut(&msg.node_id) {
-            l.last_seen = std::time::Instant::now();
-        }
-        let answer = if msg.epoch == self.store.epoch() {
-            self.sched.started(
-                &msg.node_id,
-                (&msg.job_id, msg.incarnation),
-                msg.shard,
-                msg.attempt,
-                std::time::Instant::now(),
-            )
-        } else {
-            StartAnswer::Refuse
+        self.seen(&msg.node_id);
+        let run = RunId {
+            epoch: msg.epoch,
+            job: msg.job_id,
+            incarnation: msg.incarnation,
+            shard: msg.shard,
+            attempt: msg.attempt,
         };
-        let (job_id, incarnation, shard, attempt) =
-            (msg.job_id, msg.incarnation, msg.shard, msg.attempt);
-        let frame = match answer {
-            StartAnswer::Nothing => return,
-            StartAnswer::Ack => Frame::StartAck {
-                job_id,
-                incarnation,
-                shard,
-                attempt,
-            },
-            StartAnswer::Refuse => {
-                tracing::debug!(worker = %msg.node_id, job = %job_id, %shard, attempt, "refusing to start a run the scheduler does not hold");
-                Frame::StartRefused {
-                    job_id,
-                    incarnation,
-                    shard,
-                    attempt,
-                }
-            }
-        };
-        // A worker a whole queue behind is dropped, its runs requeued.
-        if !self.tell(&msg.node_id, frame) {
-            self.drop_worker(ctx, &msg.node_id);
-        }
+        let worker = msg.node_id;
+        self.handle_core(ctx, CoreEvent::Started { worker, run });
     }
 }
 
@@ -112,11 +84,15 @@ pub(crate) struct Unstarted {
 impl Handler<Unstarted> for Master {
     type Result = ();
     fn handle(&mut self, msg: Unstarted, ctx: &mut Context<Self>) {
-        let job = (msg.job_id.as_str(), msg.incarnation);
-        self.sched
-            .unstarted(&msg.node_id, job, msg.shard, msg.attempt);
-        // A stopped run may have freed its slot.
-        self.dispatch(ctx);
+        let run = RunId {
+            epoch: self.store.epoch(),
+            job: msg.job_id,
+            incarnation: msg.incarnation,
+            shard: msg.shard,
+            attempt: msg.attempt,
+        };
+        let worker = msg.node_id;
+        self.handle_core(ctx, CoreEvent::Unstarted { worker, run });
     }
 }
 
@@ -131,22 +107,12 @@ pub(crate) struct WorkerDrain {
 impl Handler<WorkerDrain> for Master {
     type Result = ();
     fn handle(&mut self, msg: WorkerDrain, ctx: &mut Context<Self>) {
-        if msg.drained {
-            tracing::info!(worker = %msg.node_id, "worker drained");
-            self.audit(Event::WorkerDrained {
-                worker: msg.node_id.clone(),
-            });
-            if let Some(link) = self.links.get_mut(&msg.node_id) {
-                link.drained = true;
-            }
-            if !self.tell(&msg.node_id, Frame::DrainAck) {
-                self.drop_worker(ctx, &msg.node_id);
-            }
-        } else {
-            tracing::info!(worker = %msg.node_id, "worker draining; requeueing the shards it has not started");
-            self.sched.drain_worker(&msg.node_id);
-            self.dispatch(ctx);
-        }
+        let worker = msg.node_id;
+        let event = match msg.drained {
+            true => CoreEvent::Drained { worker },
+            false => CoreEvent::Draining { worker },
+        };
+        self.handle_core(ctx, event);
     }
 }
 
@@ -158,137 +124,66 @@ pub(super) struct Registered(pub(super) BTreeMap<String, WorkerInfo>);
 impl Handler<WorkerJoined> for Master {
     type Result = ();
     fn handle(&mut self, msg: WorkerJoined, ctx: &mut Context<Self>) {
-        tracing::info!(worker = %msg.node_id, slots = msg.slots, "worker connected");
-        if self.links.contains_key(&msg.node_id) {
-            let cmds = self.sched.remove_worker(&msg.node_id);
-            self.apply(cmds, ctx);
-        }
-        self.links.insert(
-            msg.node_id.clone(),
-            Link {
-                tx: msg.tx,
-                slots: msg.slots,
-                jobs: msg.jobs,
-                id: msg.link_id,
-                last_seen: std::time::Instant::now(),
-                drained: false,
-            },
-        );
-        self.sync_worker(ctx, &msg.node_id);
-        self.dispatch(ctx);
+        self.linked(ctx, msg);
     }
 }
 
 impl Handler<WorkerLeft> for Master {
     type Result = ();
     fn handle(&mut self, msg: WorkerLeft, ctx: &mut Context<Self>) {
-        if self
-            .links
-            .get(&msg.node_id)
-            .is_some_and(|l| l.id == msg.link_id)
-        {
-            let running = self.sched.running_on(&msg.node_id);
-            match self.links.remove(&msg.node_id) {
-                Some(l) if l.drained && running == 0 => {
-                    tracing::info!(worker = %msg.node_id, "drained worker left")
-                }
-                _ => {
-                    metrics::counter!(m::WORKER_LINKS_LOST).increment(1);
-                    tracing::warn!(worker = %msg.node_id, running, "worker link lost; reassigning its shards");
-                    self.audit(Event::WorkerLost {
-                        worker: msg.node_id.clone(),
-                        running: running as u64,
-                    });
-                }
-            }
-            self.drop_worker(ctx, &msg.node_id);
-        }
+        let (worker, link) = (msg.node_id, msg.link_id);
+        self.handle_core(ctx, CoreEvent::Unlinked { worker, link });
     }
 }
 
 impl Handler<Registered> for Master {
     type Result = ();
     fn handle(&mut self, msg: Registered, ctx: &mut Context<Self>) {
-        let gone: Vec<String> = self
-            .registered
-            .keys()
-            .filter(|k| !msg.0.contains_key(*k))
-            .cloned()
-            .collect();
+        let ids = msg.0.keys().cloned().collect();
         self.registered = msg.0;
-        for w in gone {
-            if self.sched.has_worker(&w) {
-                tracing::warn!(worker = %w, "worker registration deleted; reassigning its shards");
-                let cmds = self.lose_worker_runs(&w);
-                self.apply(cmds, ctx);
-            }
-        }
-        let ids: Vec<String> = self.links.keys().cloned().collect();
-        for id in ids {
-            self.sync_worker(ctx, &id);
-        }
-        self.dispatch(ctx);
+        self.handle_core(ctx, CoreEvent::Registered(ids));
     }
 }
 
 impl Handler<Report> for Master {
     type Result = ();
     fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
-        if let Some(l) = self.links.get_mut(&msg.node_id) {
+        self.seen(&msg.node_id);
+        let (worker, r) = (msg.node_id, msg.report);
+        // An output object not of its job's: no honest worker names one.
+        let named = r.output_object.as_deref().map(|name| {
+            Store::check_shard_output((&r.job_id, r.incarnation), name).map_err(|e| e.to_string())
+        });
+        if let Some(Err(reason)) = named {
+            return self.handle_core(ctx, CoreEvent::Impossible { worker, reason });
+        }
+        let output = match r.output_object {
+            Some(name) => Output::Object(name),
+            None => Output::Bytes(r.output.into_vec()),
+        };
+        let run = RunId {
+            epoch: r.epoch,
+            job: r.job_id,
+            incarnation: r.incarnation,
+            shard: r.shard,
+            attempt: r.attempt,
+        };
+        let failures = r.failures;
+        let event = CoreEvent::Reported {
+            worker,
+            run,
+            failures,
+            output,
+        };
+        self.handle_core(ctx, event);
+    }
+}
+
+impl Master {
+    /// The worker said something: its link lives.
+    fn seen(&mut self, worker: &str) {
+        if let Some(l) = self.links.get_mut(worker) {
             l.last_seen = std::time::Instant::now();
         }
-        let r = msg.report;
-        // A report no honest worker sends: its link goes, with the reason.
-        let impossible = self
-            .sched
-            .check_failures(&r.job_id, r.shard, &r.failures)
-            .err()
-            .or_else(|| {
-                let name = r.output_object.as_deref()?;
-                Store::check_shard_output((&r.job_id, r.incarnation), name)
-                    .err()
-                    .map(|e| e.to_string())
-            });
-        if let Some(reason) = impossible {
-            tracing::warn!(worker = %msg.node_id, job = %r.job_id, shard = %r.shard, %reason, "impossible report: dropping the worker's link");
-            metrics::counter!(m::FRAME_ERRORS).increment(1);
-            self.drop_worker(ctx, &msg.node_id);
-            return;
-        }
-        let stops = match r.epoch == self.store.epoch() {
-            true => self.sched.report(
-                &msg.node_id,
-                (&r.job_id, r.incarnation),
-                r.shard,
-                r.attempt,
-                std::time::Instant::now(),
-            ),
-            false => None,
-        };
-        let Some(stops) = stops else {
-            tracing::debug!(job = %r.job_id, shard = %r.shard, "dropping a stale report");
-            // Its object (if it is one of that job's) is referenced by nothing.
-            if let Some(name) = r.output_object {
-                if Store::check_shard_output((&r.job_id, r.incarnation), &name).is_ok() {
-                    let store = self.store.clone();
-                    actix::spawn(async move {
-                        store.delete_outputs([&OutputRef::Object(name)]).await;
-                    });
-                }
-            }
-            // A stopped run's report frees its slot.
-            self.dispatch(ctx);
-            return;
-        };
-        self.apply(stops, ctx);
-        let output = match r.output_object {
-            Some(name) => ShardOutput::Object(name),
-            None => ShardOutput::Bytes(r.output.into_vec()),
-        };
-        let one = (r.job_id.as_str(), r.shard, r.attempt);
-        if let Some(output) = self.end_in_one_write(ctx, one, output, &r.failures) {
-            self.commit(ctx, r.job_id, r.shard, r.attempt, output, r.failures);
-        }
-        self.dispatch(ctx);
     }
 }

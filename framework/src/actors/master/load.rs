@@ -13,6 +13,7 @@ use futures::StreamExt;
 use super::{JobRuntime, Master};
 use crate::coord::{CoordError, LeaderStore, OutputRef, ShardRecord, StoredJob};
 use crate::core::job::{task_bytes, Merge};
+use crate::core::master::{Event as CoreEvent, NewJob};
 use crate::core::{recover_job, CommittedShard, JobPlan, ShardKey};
 use crate::registry::Registry;
 
@@ -222,7 +223,7 @@ impl Master {
     fn holds(&self, job_id: &str) -> bool {
         self.jobs.contains_key(job_id)
             || self.loading.contains_key(job_id)
-            || self.ledger.is_submitting(job_id)
+            || self.core.is_submitting(job_id)
             || self.owners.contains_key(job_id)
     }
 
@@ -272,25 +273,22 @@ impl Master {
     /// Hands a job read back (or just accepted) to the ledger and the
     /// scheduler.
     pub(super) fn add_loaded(&mut self, ctx: &mut Context<Self>, id: String, loaded: Loaded) {
-        let max_attempts = loaded.rt.stored.record.options.max_attempts;
-        self.ledger.add(
-            &id,
-            max_attempts,
-            loaded.bytes,
-            loaded.failures,
-            loaded.objects,
-        );
-        let owner = loaded.rt.stored.record.owner.clone();
+        let record = &loaded.rt.stored.record;
+        let owner = record.owner.clone();
+        let kept_result = record.kept_result_room();
         if let Some(old) = self.jobs.insert(id.clone(), loaded.rt) {
             self.recent_total -= old.recent_bytes;
         }
         // It is known here now: watches that came before are checked.
         self.screen(&id, owner.as_deref());
-        for (merge, error) in loaded.unmerged {
-            // Logged by `merged`, as a merge that fails while the job runs.
-            self.merged(ctx, merge, Err(error));
-        }
-        let cmds = self.sched.add_job(loaded.plan);
-        self.run(ctx, cmds);
+        let job = NewJob {
+            plan: loaded.plan,
+            bytes: loaded.bytes,
+            failures: loaded.failures,
+            objects: loaded.objects,
+            unmerged: loaded.unmerged,
+            kept_result,
+        };
+        self.handle_core(ctx, CoreEvent::Added(Box::new(job)));
     }
 }

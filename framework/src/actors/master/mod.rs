@@ -14,7 +14,9 @@
 
 mod access;
 mod cancel;
+mod commits;
 mod creating;
+mod driver;
 mod fetch;
 pub(crate) mod gateway;
 mod links;
@@ -41,14 +43,14 @@ use tokio::sync::watch;
 use super::{Alive, Fatal, Stop};
 use crate::audit::{Audit, Event};
 use crate::coord::{
-    Committed, Connection, CoordError, Finished, JobRef, JobStatus, LeaderStore, OutputRef,
-    ShardOutput, ShardRecord, StoredJob, WorkerInfo,
+    Connection, CoordError, JobStatus, LeaderStore, OutputRef, StoredJob, WorkerInfo,
 };
-use crate::core::job::{Finish, Merge, Retention, Stored};
-use crate::core::{Command, Ledger, Scheduler, ShardKey, TaskFailure};
+use crate::core::job::{Retention, Stored};
+use crate::core::master::{Event as CoreEvent, MasterCore};
+use crate::core::ShardKey;
 use crate::metrics as m;
 use crate::registry::{Accumulator, Registry};
-use crate::wire::{Assignment, ErrorKind, Frame, JobProgress, JobState};
+use crate::wire::{ErrorKind, Frame};
 
 /// What the master holds of a running job besides its accounts (in the
 /// [`Ledger`]) and its shards (in the [`Scheduler`]).
@@ -152,17 +154,14 @@ impl JobRuntime {
     }
 }
 
+/// A worker's link, as the driver holds it (the core knows the rest).
 struct Link {
     /// Its writer's queue (bounded: a worker that falls a whole queue
     /// behind is dropped, as one whose link broke).
     tx: crate::transport::Outbox,
-    slots: u32,
-    jobs: Vec<String>,
     id: u64,
     /// When the worker last said something (connected, started, reported).
     last_seen: std::time::Instant,
-    /// It drained: its departure is expected.
-    drained: bool,
 }
 
 /// Settings the master needs from its node.
@@ -190,8 +189,11 @@ pub(crate) struct Master {
     elected: std::time::Instant,
     store: LeaderStore,
     settings: MasterSettings,
-    sched: Scheduler,
-    ledger: Ledger,
+    /// Every decision about workers, runs, commits, merges and finishes.
+    core: MasterCore,
+    /// A committed shard's output, from its commit's answer to the merge
+    /// the core asks for it.
+    committed_output: Option<((String, ShardKey), OutputRef)>,
     jobs: HashMap<String, JobRuntime>,
     links: HashMap<String, Link>,
     registered: BTreeMap<String, WorkerInfo>,
@@ -214,14 +216,6 @@ pub(crate) struct Master {
     retention: Retention,
     /// Jobs the collector is deleting now: a submission of one is refused.
     collecting: HashSet<String>,
-    /// Jobs that may have objects in the store no record names: a run of
-    /// theirs was lost with its worker's link (its output may have been
-    /// written, its report never handled), or they were inherited at
-    /// takeover (the old master's knowledge of such runs went with it).
-    /// Their store directories are listed and emptied when they are
-    /// collected. (A worker whose run ends after its link deletes the
-    /// output it wrote itself: no master saw its report.)
-    may_orphan: HashSet<String>,
     /// Owners of the jobs this master finished or cancelled, until they
     /// are collected: a request on one needs no ZooKeeper read to be
     /// authorized (an owner never changes while its job id lives).
@@ -233,10 +227,7 @@ pub(crate) struct Master {
     /// here, which drops them from this cache), read once by the
     /// collector.
     unfetched: HashMap<String, StoredJob>,
-    /// Disconnected from ZooKeeper: no new assignments until reconnected
-    /// (we may not be master any more; expiry will tell).
-    paused: bool,
-    /// When a dispatch is scheduled for retries coming out of backoff.
+    /// When the core's next `Tick` is due, if a timer is set for it.
     wake_at: Option<std::time::Instant>,
     /// Clients watching jobs.
     watchers: watching::Watchers,
@@ -253,23 +244,8 @@ struct Connected(bool);
 impl Handler<Connected> for Master {
     type Result = ();
     fn handle(&mut self, msg: Connected, ctx: &mut Context<Self>) {
-        if self.paused == msg.0 {
-            self.paused = !msg.0;
-            if self.paused {
-                tracing::warn!(
-                    epoch = self.store.epoch(),
-                    "disconnected from ZooKeeper: pausing assignments"
-                );
-                self.audit(Event::AssignmentsPaused);
-            } else {
-                tracing::info!(
-                    epoch = self.store.epoch(),
-                    "reconnected to ZooKeeper: resuming assignments"
-                );
-                self.audit(Event::AssignmentsResumed);
-                self.dispatch(ctx);
-            }
-        }
+        // Disconnected: we may not be master any more; expiry will tell.
+        self.handle_core(ctx, CoreEvent::Connected(msg.0));
     }
 }
 
@@ -281,12 +257,13 @@ impl Master {
         elected: std::time::Instant,
     ) -> Self {
         let retention = Retention::new(settings.retention, settings.retention_max_jobs);
+        let core = MasterCore::new(store.epoch(), &settings.node_id, settings.max_queued_bytes);
         Master {
             elected,
             store,
-            ledger: Ledger::new(settings.max_queued_bytes),
             settings,
-            sched: Scheduler::new(),
+            core,
+            committed_output: None,
             jobs: HashMap::new(),
             links: HashMap::new(),
             registered: BTreeMap::new(),
@@ -299,11 +276,9 @@ impl Master {
             marked: HashMap::new(),
             retention,
             collecting: HashSet::new(),
-            may_orphan: HashSet::new(),
             owners: HashMap::new(),
             retained: HashMap::new(),
             unfetched: HashMap::new(),
-            paused: false,
             wake_at: None,
             watchers: watching::Watchers::default(),
             recent_total: 0,
@@ -394,70 +369,23 @@ impl Master {
         let workers = self
             .links
             .keys()
-            .filter(|k| self.sched.has_worker(k))
+            .filter(|k| self.core.has_worker(k))
             .count();
         metrics::gauge!(m::WORKERS).set(workers as f64);
-        metrics::gauge!(m::SHARDS_QUEUED).set(self.sched.queued() as f64);
+        metrics::gauge!(m::SHARDS_QUEUED).set(self.core.queued() as f64);
         metrics::gauge!(m::JOBS_RUNNING).set(self.jobs.len() as f64);
         let mut in_flight = 0;
         for id in self.registered.keys() {
-            let n = self.sched.running_on(id);
+            let n = self.core.running_on(id);
             in_flight += n;
             metrics::gauge!(m::WORKER_IN_FLIGHT, "worker" => id.clone()).set(n as f64);
         }
         metrics::gauge!(m::SHARDS_IN_FLIGHT).set(in_flight as f64);
     }
 
-    fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        if self.paused {
-            self.update_gauges(ctx);
-            return;
-        }
-        let now = std::time::Instant::now();
-        let cmds = self.sched.assign(now);
-        self.apply(cmds, ctx);
-        self.update_gauges(ctx);
-        // Wake up when the next retry's backoff is over.
-        if let Some(due) = self.sched.next_due(now) {
-            if self.wake_at.is_none_or(|t| due < t) {
-                self.wake_at = Some(due);
-                ctx.run_later(due.saturating_duration_since(now), |act, ctx| {
-                    act.wake_at = None;
-                    act.dispatch(ctx);
-                });
-            }
-        }
-    }
-
     /// Appends to the node's audit log.
     pub(super) fn audit(&self, event: Event) {
         self.settings.audit.record(self.store.epoch(), event);
-    }
-
-    /// Carries out the scheduler's commands, then hands out what can run.
-    fn run(&mut self, ctx: &mut Context<Self>, cmds: Vec<Command>) {
-        self.apply(cmds, ctx);
-        self.dispatch(ctx);
-    }
-
-    /// A worker's link is gone (lost, or dropped by us): its shards go back
-    /// to the queue.
-    fn drop_worker(&mut self, ctx: &mut Context<Self>, node_id: &str) {
-        self.links.remove(node_id);
-        let cmds = self.lose_worker_runs(node_id);
-        self.run(ctx, cmds);
-    }
-
-    /// Takes a worker out of the scheduler: its runs go back to the queue,
-    /// counted, and their jobs are marked as possibly holding outputs no
-    /// record names (see `may_orphan`).
-    fn lose_worker_runs(&mut self, node_id: &str) -> Vec<Command> {
-        self.may_orphan.extend(self.sched.jobs_on(node_id));
-        metrics::counter!(m::SHARDS_REASSIGNED).increment(self.sched.running_on(node_id) as u64);
-        let doubted = self.sched.in_doubt_total();
-        let cmds = self.sched.remove_worker(node_id);
-        metrics::counter!(m::SHARDS_IN_DOUBT).increment(self.sched.in_doubt_total() - doubted);
-        cmds
     }
 
     /// Takes a job's runtime out of the master (and its kept outputs out
@@ -474,574 +402,6 @@ impl Master {
         self.owners
             .insert(job.to_string(), rt.stored.record.owner.clone());
         Some(rt)
-    }
-
-    fn apply(&mut self, cmds: Vec<Command>, ctx: &mut Context<Self>) {
-        let mut lost = Vec::new();
-        for c in cmds {
-            match c {
-                Command::Assign {
-                    worker,
-                    job,
-                    incarnation,
-                    shard,
-                    ack_first,
-                } => {
-                    let Some(rt) = self.jobs.get(&job) else {
-                        continue;
-                    };
-                    let tasks = shard
-                        .tasks
-                        .iter()
-                        .filter_map(|&i| rt.tasks.get(i as usize).map(|t| (i, t.clone())))
-                        .collect();
-                    let frame = Frame::Assign(Assignment {
-                        epoch: self.store.epoch(),
-                        job_id: job,
-                        incarnation,
-                        job_name: rt.stored.record.job_name.clone(),
-                        shard: shard.key,
-                        attempt: shard.attempt,
-                        tasks,
-                        ack_first,
-                    });
-                    let sent = self.links.get(&worker).is_some_and(|l| l.tx.push(frame));
-                    if sent {
-                        crate::counter_once!(m::SHARDS_ASSIGNED).increment(1);
-                    } else {
-                        lost.push(worker);
-                    }
-                }
-                Command::Revoke {
-                    worker,
-                    job,
-                    incarnation,
-                    key,
-                    attempt,
-                } => {
-                    let frame = Frame::StartRefused {
-                        job_id: job,
-                        incarnation,
-                        shard: key,
-                        attempt,
-                    };
-                    if !self.tell(&worker, frame) {
-                        lost.push(worker);
-                    }
-                }
-                Command::Stop {
-                    worker,
-                    job,
-                    incarnation,
-                    key,
-                    attempt,
-                } => {
-                    let frame = Frame::StopRun {
-                        job_id: job,
-                        incarnation,
-                        shard: key,
-                        attempt,
-                    };
-                    if !self.tell(&worker, frame) {
-                        lost.push(worker);
-                    }
-                }
-                Command::CommitLost {
-                    job,
-                    key,
-                    attempt,
-                    failures,
-                } => {
-                    let Some(rt) = self.jobs.get(&job) else {
-                        continue;
-                    };
-                    let Some(erased) = self.settings.registry.get(&rt.stored.record.job_name)
-                    else {
-                        continue;
-                    };
-                    let empty = erased.encode_acc(&erased.new_acc()).unwrap_or_default();
-                    self.commit(ctx, job, key, attempt, ShardOutput::Bytes(empty), failures);
-                }
-                Command::Finish { job } => self.finish(ctx, &job),
-                Command::RecordLoss {
-                    job,
-                    key,
-                    next_attempt,
-                } => self.record_loss(ctx, job, key, next_attempt),
-            }
-        }
-        for w in lost {
-            self.drop_worker(ctx, &w);
-        }
-    }
-
-    /// Sends a frame on a worker's link, if it has one (a link that is
-    /// gone takes its runs with it); false if the link's queue is full or
-    /// its writer gone: the caller drops the worker.
-    fn tell(&self, worker: &str, frame: Frame) -> bool {
-        self.links.get(worker).is_none_or(|l| l.tx.push(frame))
-    }
-
-    /// Writes a shard's next attempt after its worker died running it
-    /// (after the job's create, if that waits).
-    fn record_loss(
-        &mut self,
-        ctx: &mut Context<Self>,
-        job: String,
-        key: ShardKey,
-        next_attempt: u32,
-    ) {
-        let write = creating::Deferred::RecordLoss { key, next_attempt };
-        if self.defer(&job, write).is_none() {
-            return;
-        }
-        let store = self.store.clone();
-        let fut = async move { store.record_loss(&job, key, next_attempt).await };
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(()) => {}
-            Err(e) if e.is_session_end() => act.fail(ctx, &e),
-            Err(e) => tracing::warn!(error = %e, "cannot record a lost attempt"),
-        }));
-    }
-
-    fn commit(
-        &mut self,
-        ctx: &mut Context<Self>,
-        job: String,
-        key: ShardKey,
-        attempt: u32,
-        output: ShardOutput,
-        failures: Vec<TaskFailure>,
-    ) {
-        let write = creating::Deferred::Commit {
-            key,
-            attempt,
-            output,
-            failures,
-        };
-        let Some(creating::Deferred::Commit {
-            output, failures, ..
-        }) = self.defer(&job, write)
-        else {
-            return;
-        };
-        let store = self.store.clone();
-        let job2 = job.clone();
-        let (incarnation, compact) = self.jobs.get(&job).map_or((0, false), |rt| {
-            (rt.stored.record.incarnation, rt.stored.record.is_compact())
-        });
-        let fut = async move {
-            let job = JobRef {
-                id: &job2,
-                incarnation,
-                compact,
-            };
-            store.commit(job, key, attempt, output, failures).await
-        };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(Committed { record: rec, at }) => {
-                // What the chaos harness counts: one per shard, ever.
-                tracing::debug!(job = %job, shard = %key, epoch = rec.epoch, attempt = rec.attempt, "shard committed");
-                act.audit(Event::ShardCommitted {
-                    job: job.clone(),
-                    shard: key.to_string(),
-                    attempt: rec.attempt,
-                    incarnation,
-                });
-                act.on_committed(ctx, &job, key, rec, at);
-            }
-            Err(e) if e.is_session_end() => act.fail(ctx, &e),
-            Err(e) => {
-                tracing::warn!(job = %job, shard = %key, error = %e, "commit failed; the shard will run again");
-                // Whether or not the write applied, this run's object may
-                // end up named by no record: the job's store directories
-                // are emptied when it is collected.
-                act.may_orphan.insert(job.clone());
-                act.sched.commit_aborted(&job, key);
-                act.dispatch(ctx);
-            }
-        }));
-    }
-
-    fn on_committed(
-        &mut self,
-        ctx: &mut Context<Self>,
-        job: &str,
-        key: ShardKey,
-        rec: ShardRecord,
-        at: Arc<str>,
-    ) {
-        crate::counter_once!(m::SHARDS_COMMITTED).increment(1);
-        if let Some(rt) = self.jobs.get_mut(job) {
-            // What the other streamed jobs leave of the total.
-            let others = self.recent_total - rt.recent_bytes;
-            let room = RECENT_OUTPUTS_TOTAL.saturating_sub(others);
-            rt.keep_output(rt.commit_log.len(), &rec.output, room);
-            self.recent_total = others + rt.recent_bytes;
-            rt.logged(key, at);
-        }
-        let object = match &rec.output {
-            OutputRef::Object(name) => Some(name.clone()),
-            OutputRef::Inline(_) | OutputRef::File(_) => None,
-        };
-        let tasks = self.sched.shard_tasks(job, key).unwrap_or_default();
-        let c = self
-            .ledger
-            .committed(job, key, tasks, rec.attempt, &rec.failures, object);
-        if c.dead_lettered > 0 || c.retried > 0 {
-            let name = self.job_name(job);
-            metrics::counter!(m::TASKS_DEAD_LETTERED, "job_type" => name.clone())
-                .increment(c.dead_lettered);
-            metrics::counter!(m::TASKS_RETRIED, "job_type" => name).increment(c.retried);
-        }
-        if let Some(merge) = c.merge {
-            self.merge(ctx, merge, rec.output.clone());
-        }
-        let now = std::time::Instant::now();
-        let cmds = self
-            .sched
-            .committed(job, key, rec.attempt, &rec.failures, now);
-        self.progressed(ctx, job);
-        self.run(ctx, cmds);
-    }
-
-    /// Reads a committed output (from the store if it is there) and merges
-    /// it into the job's result on the blocking pool.
-    fn merge(&mut self, ctx: &mut Context<Self>, merge: Merge, output: OutputRef) {
-        let Some(rt) = self.jobs.get_mut(&merge.job) else {
-            return;
-        };
-        let erased = self
-            .settings
-            .registry
-            .get(&rt.stored.record.job_name)
-            .cloned();
-        // A small partial, when no merge of the pool holds the result:
-        // here and now (see `JobRuntime::acc`).
-        let here = match (&erased, &output) {
-            (Some(erased), OutputRef::Inline(bytes))
-                if rt.acc_bytes.saturating_add(bytes.len()) <= SMALL_MERGE =>
-            {
-                rt.acc.try_lock().ok().map(|mut acc| {
-                    let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        erased.merge_encoded(&mut acc, bytes)
-                    }));
-                    let res = match merged {
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(_) => Err("merging panicked".to_string()),
-                    };
-                    (res, bytes.len())
-                })
-            }
-            _ => None,
-        };
-        if let Some((res, len)) = here {
-            rt.acc_bytes += len;
-            self.merged(ctx, merge, res);
-            return;
-        }
-        rt.acc_bytes = usize::MAX;
-        let acc = rt.acc.clone();
-        let store = self.store.clone();
-        let work = async move {
-            let erased = erased.ok_or("its job type is not registered on the master")?;
-            let bytes = store
-                .read_output(&output)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::task::spawn_blocking(move || {
-                let mut acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                erased
-                    .merge_encoded(&mut acc, &bytes)
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| format!("merging panicked: {e}"))?
-        };
-        ctx.spawn(
-            work.into_actor(self)
-                .map(move |res: Result<(), String>, act, ctx| {
-                    act.merged(ctx, merge, res);
-                }),
-        );
-    }
-
-    /// A merge's outcome, for the ledger: it may fail tasks, and it may
-    /// have been all a finish waited for.
-    fn merged(&mut self, ctx: &mut Context<Self>, merge: Merge, outcome: Result<(), String>) {
-        if let Err(error) = &outcome {
-            tracing::error!(job = %merge.job, shard = %merge.key, tasks = merge.tasks.len(), %error, "a committed shard output cannot be merged; reporting its tasks as failed");
-        }
-        let scheduled = self.sched.counters(&merge.job).unwrap_or_default();
-        let (job, shard) = (merge.job.clone(), merge.key.to_string());
-        let (failed, finish) = self.ledger.merged(merge, outcome, scheduled);
-        if failed > 0 {
-            metrics::counter!(m::TASKS_DEAD_LETTERED, "job_type" => self.job_name(&job))
-                .increment(failed);
-            self.audit(Event::MergeFailed {
-                job,
-                shard,
-                tasks: failed,
-            });
-        }
-        if let Some(f) = finish {
-            self.write_result(ctx, f);
-        }
-    }
-
-    /// Every task of the job has an outcome: write its result (once the
-    /// ledger says merges are done).
-    fn finish(&mut self, ctx: &mut Context<Self>, job: &str) {
-        if self.defer(job, creating::Deferred::Finish).is_none() {
-            return;
-        }
-        let Some(scheduled) = self.sched.counters(job) else {
-            return;
-        };
-        if let Some(f) = self.ledger.finish(job, scheduled) {
-            self.write_result(ctx, f);
-        }
-    }
-
-    /// Encodes the job's result off the arbiter and writes it with `Done`
-    /// in one fenced transaction; retried while the cause is transient.
-    fn write_result(&mut self, ctx: &mut Context<Self>, f: Finish) {
-        let Some(rt) = self.jobs.get(&f.job) else {
-            return;
-        };
-        let Some(erased) = self
-            .settings
-            .registry
-            .get(&rt.stored.record.job_name)
-            .cloned()
-        else {
-            return;
-        };
-        let acc = rt.acc.clone();
-        let small = rt.acc_bytes <= SMALL_MERGE;
-        let store = self.store.clone();
-        let stored = StoredJob {
-            id: rt.stored.id.clone(),
-            record: rt.stored.record.clone(),
-            version: rt.stored.version,
-        };
-        let Finish {
-            job,
-            counters,
-            failures,
-            objects,
-        } = f;
-        let job_id = job.clone();
-        let job_name = stored.record.job_name.clone();
-        let fetched = self.want_result(&job);
-        let work = async move {
-            let encode = move || {
-                let acc = acc.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                erased.encode_acc(&acc)
-            };
-            // A small result is encoded here (see `JobRuntime::acc`); no
-            // merge can hold it now, the job's merges are done.
-            let encoded = match small {
-                true => std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode))
-                    .map_err(|_| "encoding panicked"),
-                false => tokio::task::spawn_blocking(encode)
-                    .await
-                    .map_err(|_| "encoding panicked"),
-            };
-            let output = match encoded {
-                Ok(Ok(o)) => o,
-                Ok(Err(e)) => {
-                    tracing::error!(job = %job_id, error = %e, "cannot encode the job's result");
-                    Vec::new()
-                }
-                Err(e) => {
-                    tracing::error!(job = %job_id, error = %e, "encoding the job's result panicked");
-                    Vec::new()
-                }
-            };
-            let done = store
-                .finish(&stored, output, failures, counters, fetched)
-                .await;
-            if done.is_ok() {
-                // After the answer: the job's end waits for no deletion.
-                tokio::task::spawn_local(async move {
-                    if let Err(e) = store.clean_finished(&stored, &objects).await {
-                        tracing::debug!(job = %stored.id, error = %e, "finished job not cleaned; collection will");
-                    }
-                });
-            }
-            done
-        };
-        ctx.spawn(work.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(finished) => act.job_done(ctx, &job, job_name, finished),
-            Err(e) if e.is_session_end() => act.fail(ctx, &e),
-            Err(e) if e.is_conflict() => act.cancelled_meanwhile(ctx, &job),
-            Err(e) => {
-                tracing::warn!(job, error = %e, "cannot store the job's result; retrying");
-                // The retry writes its result under a new name: this
-                // attempt's object, if the store took it, is named by no
-                // record. Collection sweeps the job's directories.
-                act.may_orphan.insert(job.clone());
-                act.ledger.finish_failed(&job);
-                ctx.run_later(Duration::from_millis(200), move |act, ctx| {
-                    let scheduled = act.sched.counters(&job).unwrap_or_default();
-                    if let Some(f) = act.ledger.retry_finish(&job, scheduled) {
-                        act.write_result(ctx, f);
-                    }
-                });
-            }
-        }));
-    }
-
-    /// A compact job's only shard, reported with every task done and a
-    /// small output, while nothing else of the job was committed, merged
-    /// or failed: the job ends in one write, its record `Done` with the
-    /// result in it (the output reduced alone), and no commit record. A
-    /// one-task job of a work queue then costs ZooKeeper its create, this
-    /// write and the delete that collects it (or, when its create has not
-    /// gone yet, its create alone: see [`creating`]). Gives the output
-    /// back when the shard must be committed as usual.
-    fn end_in_one_write(
-        &mut self,
-        ctx: &mut Context<Self>,
-        (job, key, attempt): (&str, ShardKey, u32),
-        output: ShardOutput,
-        failures: &[TaskFailure],
-    ) -> Option<ShardOutput> {
-        let ShardOutput::Bytes(bytes) = &output else {
-            return Some(output);
-        };
-        let Some(rt) = self.jobs.get(job) else {
-            return Some(output);
-        };
-        let record = &rt.stored.record;
-        let alone = failures.is_empty()
-            && record.keep_result(bytes, &[])
-            && !record.options.stream
-            && self.sched.sole_shard(job, key);
-        let erased = self.settings.registry.get(&record.job_name);
-        let (true, Some(erased)) = (alone, erased) else {
-            return Some(output);
-        };
-        // The result a merge into a new one would give. If it cannot be
-        // had, the usual path commits the output and says why.
-        let reduced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut acc = erased.new_acc();
-            erased.merge_encoded(&mut acc, bytes)?;
-            erased.encode_acc(&acc)
-        }));
-        let Ok(Ok(result)) = reduced else {
-            return Some(output);
-        };
-        let scheduled = self.sched.counters(job).unwrap_or_default();
-        let Some(f) = self.ledger.end_alone(job, scheduled) else {
-            return Some(output);
-        };
-        let end = creating::EndAlone {
-            key,
-            attempt,
-            result,
-            failures: f.failures,
-            counters: f.counters,
-        };
-        self.end_alone(ctx, job, end);
-        None
-    }
-
-    /// A job's end is durable: it leaves the master, and its watchers get
-    /// it. Its counts and fetched mark are the stored record's.
-    fn job_done(
-        &mut self,
-        ctx: &mut Context<Self>,
-        job: &str,
-        job_name: String,
-        finished: Finished,
-    ) {
-        let Finished {
-            result,
-            record,
-            fetched,
-            object,
-        } = finished;
-        let counters = result.counters;
-        // A work queue's one-task jobs would be two lines each at
-        // thousands a second: jobs of one task that succeeded are
-        // logged at debug level, the others at info.
-        if counters.tasks_total > 1 || counters.tasks_failed > 0 {
-            tracing::info!(
-                job,
-                tasks = counters.tasks_total,
-                failed = counters.tasks_failed,
-                "job done"
-            );
-        } else {
-            tracing::debug!(job, tasks = counters.tasks_total, "job done");
-        }
-        let name = self.job_name(job);
-        if counters.tasks_failed > 0 {
-            metrics::counter!(m::JOBS_FAILED, "job_type" => name).increment(1);
-        } else {
-            metrics::counter!(m::JOBS_COMPLETED, "job_type" => name).increment(1);
-        }
-        self.audit(Event::JobDone {
-            job: job.to_string(),
-            tasks_done: counters.tasks_done,
-            tasks_failed: counters.tasks_failed,
-        });
-        let version = self.forget_job(job).map_or(0, |rt| rt.stored.version + 1);
-        self.ledger.finished(job);
-        let stops = self.sched.remove_job(job);
-        self.apply(stops, ctx);
-        metrics::gauge!(m::JOBS_RUNNING).set(self.jobs.len() as f64);
-        // The collector need not read it: it changes no more (fetched), or
-        // only by a fetch here (which drops it from the cache).
-        let kept = StoredJob {
-            id: job.to_string(),
-            record: record.without_payload(),
-            version,
-        };
-        match fetched {
-            true => self.retained.insert(job.to_string(), kept),
-            false => self.unfetched.insert(job.to_string(), kept),
-        };
-        let done = JobProgress {
-            job_id: job.to_string(),
-            job_name,
-            state: JobState::Done,
-            counters,
-        };
-        // Handed over from memory only if the stored record is marked
-        // fetched: a watch that came during the write is answered by a
-        // fetch, which marks it.
-        self.watch_ended(ctx, job, done, Some((result, object)), fetched);
-    }
-
-    /// A cancel got there before the job's end: no record names the
-    /// result's object, if it went to the store; collection sweeps it.
-    fn cancelled_meanwhile(&mut self, ctx: &mut Context<Self>, job: &str) {
-        tracing::info!(job, "job cancelled while its result was being written");
-        self.may_orphan.insert(job.to_string());
-        self.forget_job(job);
-        self.ledger.finished(job);
-        let stops = self.sched.remove_job(job);
-        self.apply(stops, ctx);
-    }
-
-    fn sync_worker(&mut self, ctx: &mut Context<Self>, node_id: &str) {
-        let eligible = self.registered.contains_key(node_id) && self.links.contains_key(node_id);
-        if eligible && !self.sched.has_worker(node_id) {
-            if let Some(l) = self.links.get(node_id) {
-                // Its slots: the scheduler adds a queue of as many
-                // (`PREFETCH_PER_SLOT`), so slots never idle on a round trip.
-                // The master's own worker is a fallback: a task that crashes its
-                // process should not take the master with it while others can run it.
-                let fallback = node_id == self.settings.node_id;
-                let cmds = self
-                    .sched
-                    .add_worker(node_id, l.slots, l.jobs.clone(), fallback);
-                self.apply(cmds, ctx);
-            }
-        }
     }
 
     /// One pass of the collector: list the jobs, let [`Retention`] choose
@@ -1142,7 +502,7 @@ impl Master {
         let listed = pass_listing(&mut fresh, &self.retained);
         let due: HashSet<String> = self
             .retention
-            .due(&listed, &self.ledger, std::time::Instant::now())
+            .due(&listed, self.core.ledger(), std::time::Instant::now())
             .into_iter()
             .collect();
         let victims = pass_victims(fresh, &mut self.retained, &due);
@@ -1154,7 +514,7 @@ impl Master {
         let store = self.store.clone();
         let sweep: Vec<String> = victims
             .iter()
-            .filter(|j| self.may_orphan.contains(&j.id))
+            .filter(|j| self.core.may_orphan(&j.id))
             .map(|j| j.id.clone())
             .collect();
         let collect = async move {
@@ -1172,7 +532,7 @@ impl Master {
                 Ok(n) => {
                     tracing::debug!(jobs = n, "removed collected jobs from ZooKeeper");
                     for id in &collected {
-                        act.may_orphan.remove(id);
+                        act.core.collected(id);
                         act.owners.remove(id);
                     }
                 }
@@ -1243,7 +603,7 @@ impl Actor for Master {
         // with the work left behind.
         ctx.wait(recovery.into_actor(self).map(|res, act, ctx| match res {
             Ok((pending, inherited, took)) => {
-                act.may_orphan.extend(inherited);
+                act.handle_core(ctx, CoreEvent::Inherited(inherited));
                 tracing::info!(
                     epoch = act.store.epoch(),
                     jobs = pending.len(),
@@ -1281,22 +641,9 @@ impl Actor for Master {
                 // Gauges are set again while nothing happens: a series not
                 // set for `GAUGE_IDLE` leaves the metrics page.
                 ctx.run_interval(m::GAUGE_IDLE / 4, |act, ctx| act.update_gauges(ctx));
-                // Stragglers and hung shards get a copy on another worker.
-                ctx.run_interval(Duration::from_millis(250), |act, ctx| {
-                    if act.paused {
-                        return;
-                    }
-                    let cmds = act.sched.speculate(std::time::Instant::now());
-                    if !cmds.is_empty() {
-                        tracing::info!(copies = cmds.len(), "speculative copies of slow shards");
-                        metrics::counter!(m::SHARDS_SPECULATED).increment(cmds.len() as u64);
-                        act.audit(Event::Speculated {
-                            copies: cmds.len() as u64,
-                        });
-                    }
-                    act.apply(cmds, ctx);
-                });
-                act.dispatch(ctx);
+                // Stragglers and hung shards get a copy on another worker
+                // (`SPECULATE_EVERY`): the core's timer starts with this.
+                act.handle_core(ctx, CoreEvent::Tick);
             }
             Err(e) => act.fail(ctx, &e),
         }));

@@ -24,7 +24,7 @@ impl Master {
                 node_id: id.clone(),
                 addr: info.addr.clone(),
                 slots: info.slots,
-                in_flight: self.sched.running_on(id) as u32,
+                in_flight: self.core.running_on(id) as u32,
                 connected: self.links.contains_key(id),
                 last_seen_ms: self
                     .links
@@ -49,12 +49,11 @@ impl Master {
     /// A running job's progress.
     pub(super) fn progress(&self, id: &str) -> Option<JobProgress> {
         let rt = self.jobs.get(id)?;
-        let scheduled = self.sched.counters(id)?;
         Some(JobProgress {
             job_id: id.to_string(),
             job_name: rt.stored.record.job_name.clone(),
             state: JobState::Running,
-            counters: self.ledger.counters(id, scheduled),
+            counters: self.core.counters(id)?,
         })
     }
 

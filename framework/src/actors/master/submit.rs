@@ -171,7 +171,7 @@ impl Handler<Submit> for Master {
         // ZooKeeper keeps every byte in its servers' memory: a cluster-wide
         // bound (submissions being written included), so that a big
         // submission is refused instead of exhausting the ensemble's heap.
-        if let Err(refusal) = self.ledger.begin_submission(&submission) {
+        if let Err(refusal) = self.core.begin_submission(&submission) {
             return Box::pin(fut::ready(refused(&refusal)));
         }
         let admitted = Admitted {
@@ -240,7 +240,7 @@ impl Master {
         ) {
             Ok(l) => l,
             Err(e) => {
-                self.ledger.abandoned(&id);
+                self.core.abandoned(&id);
                 return Box::pin(fut::ready(error(ErrorKind::Invalid, e)));
             }
         };
@@ -288,7 +288,7 @@ impl Master {
                         tasks: a.tasks.len() as u64,
                         bytes: a.bytes,
                     };
-                    if let Err(refusal) = act.ledger.begin_submission(&submission) {
+                    if let Err(refusal) = act.core.begin_submission(&submission) {
                         return Box::pin(fut::ready(refused(&refusal))) as ResponseActFuture<_, _>;
                     }
                     return act.write_submission(a);
@@ -362,7 +362,7 @@ impl Master {
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(written) => act.answer_written(ctx, &id, written, watch),
             Err(e) => {
-                act.ledger.abandoned(&id);
+                act.core.abandoned(&id);
                 act.write_failed(ctx, &id, &e)
             }
         }))
@@ -392,7 +392,7 @@ impl Master {
                 )
             }
             Written::Existing => {
-                self.ledger.abandoned(id);
+                self.core.abandoned(id);
                 // An earlier create of it whose answer was lost wrote it:
                 // it runs here, without waiting for a failover.
                 let ended_here = self.owners.contains_key(id) || self.retained.contains_key(id);
@@ -410,11 +410,11 @@ impl Master {
                 )
             }
             Written::Refused(message) => {
-                self.ledger.abandoned(id);
+                self.core.abandoned(id);
                 (error(ErrorKind::Invalid, message), false)
             }
             Written::NotOwner(message, peer) => {
-                self.ledger.abandoned(id);
+                self.core.abandoned(id);
                 let _ = self.refused(&peer, id, Some(message.clone()));
                 (error(ErrorKind::NotOwner, message), false)
             }

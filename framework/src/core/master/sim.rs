@@ -11,6 +11,7 @@
 //! The suite runs [`SUITE_SEEDS`] seeds; `RINGLEADER_SIM_EVENTS=N cargo
 //! test -p ringleader --lib master_simulation_long -- --ignored` runs
 //! seeds until `N` events were simulated (the README has the command).
+#![cfg(test)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
