@@ -71,6 +71,8 @@ pub const START_WAIT_SECONDS: &str = "ringleader_start_wait_seconds";
 pub const JOBS_SUBMITTED: &str = "ringleader_jobs_submitted_total";
 /// Gauge: jobs in progress (master only).
 pub const JOBS_RUNNING: &str = "ringleader_jobs_running";
+/// Gauge: jobs this master cannot read or run, left for one that can.
+pub const JOBS_QUARANTINED: &str = "ringleader_jobs_quarantined";
 /// Counter: jobs finished with every task succeeded.
 pub const JOBS_COMPLETED: &str = "ringleader_jobs_completed_total";
 /// Counter: jobs finished with at least one failed task.
@@ -229,6 +231,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(START_WAIT_SECONDS, Kind::Histogram, "", "seconds", "workers", "Time a slot waited for the master's StartAck before running a shard that must wait for it: a retry, or a suspect of a worker's death (other runs start at once)."),
     metric(JOBS_SUBMITTED, Kind::Counter, "job_type", "jobs", "master", "Jobs accepted (durable in ZooKeeper)."),
     metric(JOBS_RUNNING, Kind::Gauge, "", "jobs", "master", "Jobs in progress."),
+    metric(JOBS_QUARANTINED, Kind::Gauge, "", "jobs", "master", "Jobs the master cannot read or run (their type not registered on its node, a record or batch that does not decode): left for a master that can, shown by `jobs` with the reason; every other job runs."),
     metric(JOBS_COMPLETED, Kind::Counter, "job_type", "jobs", "master", "Jobs finished with every task succeeded."),
     metric(JOBS_FAILED, Kind::Counter, "job_type", "jobs", "master", "Jobs finished with at least one failed task."),
     metric(JOBS_CANCELLED, Kind::Counter, "job_type", "jobs", "master", "Jobs cancelled by a client."),
@@ -301,6 +304,7 @@ fn node_gauges() -> impl Iterator<Item = metrics::Gauge> {
         SHARDS_QUEUED,
         SHARDS_IN_FLIGHT,
         JOBS_RUNNING,
+        JOBS_QUARANTINED,
         QUIC_CONNECTIONS,
     ]
     .into_iter()

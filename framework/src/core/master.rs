@@ -19,7 +19,7 @@
 //! outputs as bytes beyond their length, nor the user's code: a one-write
 //! end's reduction and a merge are the driver's, which says how they went.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::job::{Finish, Merge, Refusal, Submission};
@@ -86,6 +86,23 @@ pub struct NewJob {
     /// whose output fits ends in one write. `None`: it never does (not
     /// compact, or streamed).
     pub kept_result: Option<usize>,
+}
+
+/// A job the master cannot read or run (its type not registered on this
+/// node, a record or batch that does not decode): quarantined, left for a
+/// master that can run it, shown with its reason. Every other job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Why, saying what to do.
+    pub reason: String,
+    /// Its registered name, if its record could be read.
+    pub job_name: Option<String>,
+    /// Its tasks, if known.
+    pub tasks_total: u64,
+    /// Whose it is, if known.
+    pub owner: Option<String>,
+    /// When it was accepted (ms since the Unix epoch; 0 if unknown).
+    pub created_ms: u64,
 }
 
 /// Why a job leaves the core.
@@ -180,6 +197,13 @@ pub enum Event {
     /// Jobs inherited from an earlier master: they may hold objects no
     /// record names.
     Inherited(Vec<String>),
+    /// A job this master cannot read or run: quarantined.
+    Unreadable {
+        /// Job id.
+        job: String,
+        /// What is known of it, and why.
+        why: Box<Quarantined>,
+    },
     /// A job to run.
     Added(Box<NewJob>),
     /// A job leaves.
@@ -384,6 +408,13 @@ pub enum Note {
         /// Why.
         error: String,
     },
+    /// A job was quarantined.
+    Quarantined {
+        /// Job id.
+        job: String,
+        /// Why.
+        reason: String,
+    },
     /// Copies of slow runs were sent.
     Speculated {
         /// How many.
@@ -421,6 +452,8 @@ pub struct MasterCore {
     /// its outcome is unknown, or they were inherited at takeover. Their
     /// store directories are listed and emptied when they are collected.
     may_orphan: HashSet<String>,
+    /// Jobs this master cannot read or run, left for one that can.
+    quarantined: BTreeMap<String, Quarantined>,
     /// Results to write again, when.
     finish_retries: VecDeque<(Instant, String)>,
     next_speculation: Option<Instant>,
@@ -442,6 +475,7 @@ impl MasterCore {
             kept_result: HashMap::new(),
             paused: false,
             may_orphan: HashSet::new(),
+            quarantined: BTreeMap::new(),
             finish_retries: VecDeque::new(),
             next_speculation: None,
             now: None,
@@ -562,6 +596,12 @@ impl MasterCore {
             }
             Event::Inherited(jobs) => {
                 self.may_orphan.extend(jobs);
+                false
+            }
+            Event::Unreadable { job, why } => {
+                let reason = why.reason.clone();
+                self.quarantined.insert(job.clone(), *why);
+                self.note(Note::Quarantined { job, reason });
                 false
             }
             Event::Added(job) => {
@@ -1010,6 +1050,7 @@ impl MasterCore {
             kept_result,
         } = job;
         let id = plan.id.clone();
+        self.quarantined.remove(&id);
         self.ledger
             .add(&id, plan.max_attempts, bytes, failures, objects);
         match kept_result {
@@ -1026,6 +1067,7 @@ impl MasterCore {
     /// A job leaves; returns whether to dispatch (its slots may free).
     fn gone(&mut self, job: &str, why: Gone) -> bool {
         self.kept_result.remove(job);
+        self.quarantined.remove(job);
         match why {
             Gone::Done | Gone::CancelledWhileFinishing => self.ledger.finished(job),
             Gone::Cancelled | Gone::Discarded => self.ledger.remove(job),
@@ -1092,6 +1134,16 @@ impl MasterCore {
     /// The job was collected: nothing of it is left to sweep.
     pub fn collected(&mut self, job: &str) {
         self.may_orphan.remove(job);
+    }
+
+    /// The jobs quarantined, by id.
+    pub fn quarantined(&self) -> &BTreeMap<String, Quarantined> {
+        &self.quarantined
+    }
+
+    /// Whether the job is quarantined.
+    pub fn is_quarantined(&self, job: &str) -> bool {
+        self.quarantined.contains_key(job)
     }
 
     /// Whether assignments wait for ZooKeeper.

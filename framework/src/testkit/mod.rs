@@ -533,6 +533,18 @@ impl Cluster {
             .expect("the job's record");
     }
 
+    /// Writes bytes as job `id`'s record, as no master would: for tests of
+    /// records that do not decode (a newer version's, or corrupt).
+    pub async fn plant_garbage(&self, zk: &coord::ZkClient, id: &str, data: &[u8]) {
+        let layout = self.layout();
+        coord::ensure_path(zk, &layout.jobs(), layout.acl())
+            .await
+            .expect("the jobs' parent");
+        zk.create(&layout.job(id), data, &layout.acl().persistent())
+            .await
+            .expect("the job's record");
+    }
+
     /// Waits until a master with an epoch other than `not` is published.
     pub async fn master(
         &self,

@@ -217,6 +217,9 @@ impl Master {
                     self.audit(Event::MergeFailed { job, shard, tasks });
                 }
             }
+            Note::Quarantined { job, reason } => {
+                tracing::error!(%job, %reason, "job quarantined: this master cannot run it; every other job runs");
+            }
             Note::Speculated { copies } => {
                 tracing::info!(copies, "speculative copies of slow shards");
                 metrics::counter!(m::SHARDS_SPECULATED).increment(copies);

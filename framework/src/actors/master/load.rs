@@ -13,7 +13,7 @@ use futures::StreamExt;
 use super::{JobRuntime, Master};
 use crate::coord::{CoordError, LeaderStore, OutputRef, ShardRecord, StoredJob};
 use crate::core::job::{task_bytes, Merge};
-use crate::core::master::{Event as CoreEvent, NewJob};
+use crate::core::master::{Event as CoreEvent, NewJob, Quarantined};
 use crate::core::{recover_job, CommittedShard, JobPlan, ShardKey};
 use crate::registry::Registry;
 
@@ -53,6 +53,12 @@ pub(super) fn recover_stored(
     recovered
 }
 
+/// How far a takeover's reading back has come.
+struct Progress {
+    total: usize,
+    started: std::time::Instant,
+}
+
 /// Reads a job, then merges its committed outputs on the blocking pool.
 pub(super) async fn load(
     store: LeaderStore,
@@ -77,8 +83,10 @@ pub(super) async fn load(
         .ok_or_else(|| CoordError::Garbage {
             path: store.layout().job(&job.id),
             reason: format!(
-                "job type {:?} is not registered on this node",
-                job.record.job_name
+                "job type {:?} is not registered on this master's node (it registers {}): the \
+                 job runs once a node whose binary registers it is master; cancel it to drop it",
+                job.record.job_name,
+                registry.names().join(", ")
             ),
         })?
         .clone();
@@ -211,6 +219,10 @@ impl Master {
             }
             Ok(None) => {}
             Err(e) if e.is_session_end() => act.fail(ctx, &e),
+            Err(CoordError::Garbage { path, reason }) => {
+                let reason = format!("{path}: {reason}");
+                act.quarantine(ctx, job_id, None, reason);
+            }
             Err(e) => {
                 tracing::warn!(job = %job_id, error = %e, "cannot read back a job to schedule it; retrying");
                 ctx.run_later(Duration::from_secs(1), move |act, ctx| act.readopt(ctx, job_id));
@@ -218,10 +230,34 @@ impl Master {
         }));
     }
 
+    /// A job this master cannot read or run (`job`: its record, if that
+    /// could be read) is quarantined: shown with `reason`, left for a
+    /// master that can run it, never collected here. Every other job
+    /// runs; the master does not step down for it.
+    pub(super) fn quarantine(
+        &mut self,
+        ctx: &mut Context<Self>,
+        id: String,
+        job: Option<&StoredJob>,
+        reason: String,
+    ) {
+        let record = job.map(|j| &j.record);
+        let why = Quarantined {
+            reason,
+            job_name: record.map(|r| r.job_name.clone()),
+            tasks_total: record.map_or(0, |r| r.tasks_total),
+            owner: record.and_then(|r| r.owner.clone()),
+            created_ms: record.map_or(0, |r| r.created_ms),
+        };
+        let why = Box::new(why);
+        self.handle_core(ctx, CoreEvent::Unreadable { job: id, why });
+    }
+
     /// Whether this master holds the job: runs, loads, submits it, or
     /// ended or cancelled it (its end or cancel may be in flight).
     fn holds(&self, job_id: &str) -> bool {
         self.jobs.contains_key(job_id)
+            || self.core.is_quarantined(job_id)
             || self.loading.contains_key(job_id)
             || self.core.is_submitting(job_id)
             || self.owners.contains_key(job_id)
@@ -242,32 +278,61 @@ impl Master {
             .iter()
             .map(|j| (j.id.clone(), j.record.owner.clone()))
             .collect();
+        let progress = Arc::new(Progress { total, started });
         for job in pending {
-            let store = self.store.clone();
-            let registry = self.settings.registry.clone();
+            self.load_one(ctx, job, permits.clone(), progress.clone());
+        }
+    }
+
+    /// Reads one unfinished job back: queued once read; quarantined if it
+    /// cannot be read or run; read again a second later after a
+    /// transient error.
+    fn load_one(
+        &mut self,
+        ctx: &mut Context<Self>,
+        job: StoredJob,
+        permits: Arc<tokio::sync::Semaphore>,
+        progress: Arc<Progress>,
+    ) {
+        let store = self.store.clone();
+        let registry = self.settings.registry.clone();
+        let id = job.id.clone();
+        let again = job.clone();
+        let read = {
             let permits = permits.clone();
-            let id = job.id.clone();
-            let load = async move {
+            async move {
                 let _permit = permits.acquire_owned().await;
                 load(store, registry, job).await
-            };
-            ctx.spawn(load.into_actor(self).map(move |res, act, ctx| {
-                act.loading.remove(&id);
-                match res {
-                    Ok(_) if act.cancelled_while_loading.remove(&id) => {}
-                    Ok(loaded) => act.add_loaded(ctx, id, loaded),
-                    Err(e) => return act.fail(ctx, &e),
+            }
+        };
+        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(_) if act.cancelled_while_loading.remove(&id) => {}
+                Ok(loaded) => act.add_loaded(ctx, id.clone(), loaded),
+                Err(e) if e.is_session_end() => return act.fail(ctx, &e),
+                Err(_) if act.cancelled_while_loading.remove(&id) => {}
+                Err(CoordError::Garbage { path, reason }) => {
+                    let reason = format!("{path}: {reason}");
+                    act.quarantine(ctx, id.clone(), Some(&again), reason);
                 }
-                if act.loading.is_empty() {
-                    act.cancelled_while_loading.clear();
-                    tracing::info!(
-                        jobs = total,
-                        recovered_ms = started.elapsed().as_millis() as u64,
-                        "every unfinished job is back in the queue"
-                    );
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "cannot read back a job; retrying");
+                    ctx.run_later(Duration::from_secs(1), move |act, ctx| {
+                        act.load_one(ctx, again, permits, progress)
+                    });
+                    return;
                 }
-            }));
-        }
+            }
+            act.loading.remove(&id);
+            if act.loading.is_empty() {
+                act.cancelled_while_loading.clear();
+                tracing::info!(
+                    jobs = progress.total,
+                    recovered_ms = progress.started.elapsed().as_millis() as u64,
+                    "every unfinished job is back in the queue"
+                );
+            }
+        }));
     }
 
     /// Hands a job read back (or just accepted) to the ledger and the

@@ -374,6 +374,7 @@ impl Master {
         metrics::gauge!(m::WORKERS).set(workers as f64);
         metrics::gauge!(m::SHARDS_QUEUED).set(self.core.queued() as f64);
         metrics::gauge!(m::JOBS_RUNNING).set(self.jobs.len() as f64);
+        metrics::gauge!(m::JOBS_QUARANTINED).set(self.core.quarantined().len() as f64);
         let mut in_flight = 0;
         for id in self.registered.keys() {
             let n = self.core.running_on(id);
@@ -437,6 +438,7 @@ impl Master {
                 .filter(|id| {
                     !act.jobs.contains_key(*id)
                         && !act.loading.contains_key(*id)
+                        && !act.core.is_quarantined(id)
                         && !act.retained.contains_key(*id)
                         && !act.unfetched.contains_key(*id)
                 })
@@ -444,9 +446,15 @@ impl Master {
                 .collect();
             metrics::counter!(m::COLLECTOR_READS).increment(unknown.len() as u64);
             let store = act.store.clone();
-            let read = async move { store.read_jobs(&unknown).await };
+            let read = async move { store.read_jobs_or_garbage(&unknown).await };
             ctx.spawn(read.into_actor(act).map(move |res, act, ctx| match res {
-                Ok(fresh) => act.collect_pass(ctx, fresh, started),
+                Ok((fresh, garbage)) => {
+                    // Not read again each pass: shown, and left alone.
+                    for (job, reason) in garbage {
+                        act.quarantine(ctx, job, None, reason);
+                    }
+                    act.collect_pass(ctx, fresh, started)
+                }
                 Err(e) => act.collector_failed(ctx, &e),
             }));
         }));
@@ -577,7 +585,7 @@ impl Actor for Master {
         let recovery = async move {
             let started = std::time::Instant::now();
             // Submissions that never got acknowledged are dropped; the client retries them.
-            let jobs = store.list_jobs().await?;
+            let (jobs, garbage) = store.list_jobs().await?;
             let listed = started.elapsed();
             let (writing, jobs): (Vec<StoredJob>, Vec<StoredJob>) = jobs
                 .into_iter()
@@ -595,15 +603,18 @@ impl Actor for Master {
                 publish_ms = (started.elapsed() - listed).as_millis() as u64,
                 "takeover steps"
             );
-            Ok::<_, CoordError>((pending, inherited, started.elapsed()))
+            Ok::<_, CoordError>((pending, inherited, garbage, started.elapsed()))
         };
         // `wait`: no message is handled before the takeover is done. The
         // unfinished jobs are then read in the background while the master
         // serves (see `load_jobs`), so its time to serving does not grow
         // with the work left behind.
         ctx.wait(recovery.into_actor(self).map(|res, act, ctx| match res {
-            Ok((pending, inherited, took)) => {
+            Ok((pending, inherited, garbage, took)) => {
                 act.handle_core(ctx, CoreEvent::Inherited(inherited));
+                for (job, reason) in garbage {
+                    act.quarantine(ctx, job, None, reason);
+                }
                 tracing::info!(
                     epoch = act.store.epoch(),
                     jobs = pending.len(),
@@ -657,6 +668,7 @@ impl Actor for Master {
             m::SHARDS_QUEUED,
             m::SHARDS_IN_FLIGHT,
             m::JOBS_RUNNING,
+            m::JOBS_QUARANTINED,
         ] {
             metrics::gauge!(g).set(0.0);
         }

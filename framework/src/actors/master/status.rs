@@ -7,6 +7,7 @@ use actix::prelude::*;
 use super::access::visible;
 use super::{answer, error, failed, Master};
 use crate::coord::{CoordError, JobStatus, LeaderStore, ResultRecord, StoredJob};
+use crate::core::master::Quarantined;
 use crate::core::Counters;
 use crate::transport::PeerId;
 use crate::wire::{
@@ -32,11 +33,21 @@ impl Master {
                     .map(|l| l.last_seen.elapsed().as_millis() as u64),
             })
             .collect();
+        let quarantined = self.quarantined_for(peer).map(|(id, q)| JobProgress {
+            job_id: id.clone(),
+            job_name: q.job_name.clone().unwrap_or_default(),
+            state: JobState::Running,
+            counters: Counters {
+                tasks_total: q.tasks_total,
+                ..Counters::default()
+            },
+        });
         let jobs = self
             .jobs
             .iter()
             .filter(|(_, rt)| visible(rt.stored.record.owner.as_deref(), peer))
             .filter_map(|(id, _)| self.progress(id))
+            .chain(quarantined)
             .collect();
         Frame::Status(ClusterStatus {
             leader: self.settings.node_id.clone(),
@@ -44,6 +55,22 @@ impl Master {
             workers,
             jobs,
         })
+    }
+
+    /// The quarantined jobs `peer` may see: its own, or any for an admin
+    /// or a node (one whose owner is unknown, its record unreadable, only
+    /// for them).
+    fn quarantined_for<'a>(
+        &'a self,
+        peer: &'a PeerId,
+    ) -> impl Iterator<Item = (&'a String, &'a Quarantined)> + 'a {
+        self.core
+            .quarantined()
+            .iter()
+            .filter(|(_, q)| match &q.owner {
+                Some(owner) => visible(Some(owner), peer),
+                None => peer.acts_for_all(),
+            })
     }
 
     /// A running job's progress.
@@ -163,10 +190,24 @@ impl Master {
                 })
             })
             .collect();
+        let quarantined = self.quarantined_for(peer).map(|(id, q)| JobSummary {
+            job_id: id.clone(),
+            job_name: q.job_name.clone().unwrap_or_default(),
+            state: JobState::Running,
+            tasks_total: q.tasks_total,
+            counters: None,
+            created_ms: q.created_ms,
+            fetched: false,
+            note: Some(format!("quarantined: {}", q.reason)),
+            owner: q.owner.clone(),
+        });
+        let running: Vec<JobSummary> = running.into_iter().chain(quarantined).collect();
         let store = self.store.clone();
         let retained: Vec<StoredJob> = self.retained.values().cloned().collect();
         let (running_ids, peer) = (self.jobs.keys().cloned(), peer.clone());
+        let quarantined_ids = self.core.quarantined().keys().cloned();
         let known: std::collections::HashSet<String> = running_ids
+            .chain(quarantined_ids)
             .chain(retained.iter().map(|j| j.id.clone()))
             .collect();
         let work = async move {

@@ -34,10 +34,11 @@ impl LeaderStore {
         }
     }
 
-    /// Lists every job.
-    pub async fn list_jobs(&self) -> Result<Vec<StoredJob>, CoordError> {
+    /// Lists every job: those whose records decode, and the ids of those
+    /// whose records do not, with why.
+    pub async fn list_jobs(&self) -> Result<(Vec<StoredJob>, Vec<(String, String)>), CoordError> {
         let ids = self.list_job_ids().await?;
-        self.read_jobs(&ids).await
+        self.read_jobs_or_garbage(&ids).await
     }
 
     /// The ids of every job (one request).
@@ -54,23 +55,40 @@ impl LeaderStore {
     /// time, as `LeaderStore::read_all`); jobs gone meanwhile and
     /// records that are garbage (logged) are left out.
     pub async fn read_jobs(&self, ids: &[String]) -> Result<Vec<StoredJob>, CoordError> {
+        let (jobs, garbage) = self.read_jobs_or_garbage(ids).await?;
+        for (id, reason) in garbage {
+            tracing::warn!(%reason, job = %id, "ignoring a job whose record is garbage");
+        }
+        Ok(jobs)
+    }
+
+    /// Reads the records of jobs `ids` as [`LeaderStore::read_jobs`], and
+    /// says which could not be decoded, and why.
+    pub async fn read_jobs_or_garbage(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<StoredJob>, Vec<(String, String)>), CoordError> {
         use futures::StreamExt;
         let reads = ids
             .iter()
             .map(|id| async move { (id, self.read_job(id).await) });
         let mut reads = futures::stream::iter(reads).buffered(super::READS_IN_FLIGHT);
         let mut jobs = Vec::with_capacity(ids.len());
+        let mut garbage = Vec::new();
         while let Some((id, r)) = reads.next().await {
             match r {
                 Ok(Some(job)) => jobs.push(job),
                 Ok(None) => {}
                 Err(CoordError::Garbage { path, reason }) => {
-                    tracing::warn!(%path, %reason, job = %id, "ignoring a job whose record is garbage");
+                    garbage.push((
+                        id.clone(),
+                        format!("its record {path} cannot be read: {reason}"),
+                    ));
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(jobs)
+        Ok((jobs, garbage))
     }
 
     /// Writes a new job: record (`Writing`), batches and commit buckets,

@@ -83,6 +83,7 @@ struct Stats {
     links_broken: u64,
     workers_killed: u64,
     cancelled: u64,
+    quarantined: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -99,6 +100,7 @@ impl std::ops::AddAssign for Stats {
         self.links_broken += o.links_broken;
         self.workers_killed += o.workers_killed;
         self.cancelled += o.cancelled;
+        self.quarantined += o.quarantined;
     }
 }
 
@@ -108,6 +110,8 @@ struct SimJob {
     max_attempts: u32,
     cancelled: bool,
     done: bool,
+    /// The master cannot read it: it must never run.
+    unreadable: bool,
 }
 
 struct World {
@@ -189,6 +193,8 @@ impl World {
                         "seed {seed}: assigned to unregistered {worker}"
                     );
                     assert_eq!(run.epoch, EPOCH);
+                    let unreadable = self.jobs.get(&run.job).is_some_and(|j| j.unreadable);
+                    assert!(!unreadable, "seed {seed}: {} is quarantined", run.job);
                     let key = (run.job.clone(), run.shard);
                     self.shard_tasks.insert(key, tasks.clone());
                     w.tasks.insert(run.clone(), tasks.clone());
@@ -352,15 +358,31 @@ impl World {
                 .collect(),
         };
         let kept_result = self.rng.gen_bool(0.7).then_some(16);
-        self.jobs.insert(
-            id,
-            SimJob {
-                tasks,
-                max_attempts,
-                cancelled: false,
-                done: false,
-            },
-        );
+        let unreadable = self.rng.gen_bool(0.05);
+        let job = SimJob {
+            tasks,
+            max_attempts,
+            cancelled: false,
+            done: false,
+            unreadable,
+        };
+        self.jobs.insert(id.clone(), job);
+        if unreadable {
+            self.stats.quarantined += 1;
+            let why = Box::new(Quarantined {
+                reason: "job type \"x\" is not registered".into(),
+                job_name: Some("x".into()),
+                tasks_total: tasks,
+                owner: None,
+                created_ms: 0,
+            });
+            self.handle(Event::Unreadable {
+                job: id.clone(),
+                why,
+            });
+            assert!(self.core.is_quarantined(&id), "seed {}", self.seed);
+            return;
+        }
         self.handle(Event::Added(Box::new(NewJob {
             plan,
             bytes: 10,
@@ -674,7 +696,10 @@ impl World {
         self.handle(Event::Registered(r));
         self.link(last);
         for _ in 0..200_000 {
-            let open = self.jobs.values().any(|j| !j.done && !j.cancelled);
+            let open = self
+                .jobs
+                .values()
+                .any(|j| !j.done && !j.cancelled && !j.unreadable);
             if !open && self.pending.is_empty() {
                 break;
             }
@@ -694,6 +719,12 @@ impl World {
         }
         let seed = self.seed;
         for (id, job) in &self.jobs {
+            if job.unreadable {
+                let quarantined = self.core.is_quarantined(id);
+                assert_eq!(quarantined, !job.cancelled, "seed {seed}: {id}");
+                assert!(self.core.counters(id).is_none(), "seed {seed}: {id}");
+                continue;
+            }
             if job.cancelled {
                 continue;
             }
@@ -782,7 +813,7 @@ fn the_master_core_keeps_every_invariant_under_simulated_faults() {
         total.links_broken > 0 && total.workers_killed > 0,
         "{total:?}"
     );
-    assert!(total.cancelled > 0, "{total:?}");
+    assert!(total.cancelled > 0 && total.quarantined > 0, "{total:?}");
 }
 
 /// Seeds until `RINGLEADER_SIM_EVENTS` events (default a million) were
