@@ -86,6 +86,8 @@ pub struct NewJob {
     /// whose output fits ends in one write. `None`: it never does (not
     /// compact, or streamed).
     pub kept_result: Option<usize>,
+    /// Whose it is (`None`: a job of an older version).
+    pub owner: Option<String>,
 }
 
 /// A job the master cannot read or run (its type not registered on this
@@ -197,6 +199,23 @@ pub enum Event {
     /// Jobs inherited from an earlier master: they may hold objects no
     /// record names.
     Inherited(Vec<String>),
+    /// Unfinished jobs of an earlier master, with their owners, being
+    /// read back (each then [`Event::Added`], unless cancelled meanwhile:
+    /// see [`MasterCore::take_loaded`]).
+    Loading(Vec<(String, Option<String>)>),
+    /// A cancel's write failed: the job was not cancelled by this master
+    /// after all (it is read back if it is still unfinished).
+    CancelFailed {
+        /// Job id.
+        job: String,
+    },
+    /// The collector deletes these jobs now.
+    Collecting(BTreeSet<String>),
+    /// The collector's deletion ended (`ok`: every job of it is gone).
+    Collected {
+        /// Whether it succeeded.
+        ok: bool,
+    },
     /// A job this master cannot read or run: quarantined.
     Unreadable {
         /// Job id.
@@ -452,8 +471,8 @@ pub struct MasterCore {
     /// its outcome is unknown, or they were inherited at takeover. Their
     /// store directories are listed and emptied when they are collected.
     may_orphan: HashSet<String>,
-    /// Jobs this master cannot read or run, left for one that can.
-    quarantined: BTreeMap<String, Quarantined>,
+    /// Each job's phase and owner.
+    book: Book,
     /// Results to write again, when.
     finish_retries: VecDeque<(Instant, String)>,
     next_speculation: Option<Instant>,
@@ -475,7 +494,7 @@ impl MasterCore {
             kept_result: HashMap::new(),
             paused: false,
             may_orphan: HashSet::new(),
-            quarantined: BTreeMap::new(),
+            book: Book::default(),
             finish_retries: VecDeque::new(),
             next_speculation: None,
             now: None,
@@ -599,9 +618,42 @@ impl MasterCore {
                 false
             }
             Event::Unreadable { job, why } => {
+                if self.book.phase(&job) == Some(Phase::Loading { cancelled: true }) {
+                    self.book.forget(&job);
+                    return;
+                }
                 let reason = why.reason.clone();
-                self.quarantined.insert(job.clone(), *why);
+                self.book.quarantine(&job, *why);
                 self.note(Note::Quarantined { job, reason });
+                false
+            }
+            Event::Loading(jobs) => {
+                for (id, owner) in jobs {
+                    self.book
+                        .set(&id, Phase::Loading { cancelled: false }, Some(owner));
+                }
+                false
+            }
+            Event::CancelFailed { job } => {
+                if self.book.phase(&job) == Some(Phase::Ended) {
+                    self.book.forget(&job);
+                }
+                false
+            }
+            Event::Collecting(jobs) => {
+                self.book.set_collecting(jobs);
+                false
+            }
+            Event::Collected { ok } => {
+                let collected = self.book.take_collecting();
+                if ok {
+                    for id in collected {
+                        self.may_orphan.remove(&id);
+                        if self.book.phase(&id) == Some(Phase::Ended) {
+                            self.book.forget(&id);
+                        }
+                    }
+                }
                 false
             }
             Event::Added(job) => {
@@ -1048,9 +1100,10 @@ impl MasterCore {
             objects,
             unmerged,
             kept_result,
+            owner,
         } = job;
         let id = plan.id.clone();
-        self.quarantined.remove(&id);
+        self.book.set(&id, Phase::Running, Some(owner));
         self.ledger
             .add(&id, plan.max_attempts, bytes, failures, objects);
         match kept_result {
@@ -1067,7 +1120,15 @@ impl MasterCore {
     /// A job leaves; returns whether to dispatch (its slots may free).
     fn gone(&mut self, job: &str, why: Gone) -> bool {
         self.kept_result.remove(job);
-        self.quarantined.remove(job);
+        match (self.book.phase(job), why) {
+            (Some(Phase::Loading { .. }), _) => {
+                let cancelled = Phase::Loading { cancelled: true };
+                self.book.set(job, cancelled, None);
+            }
+            (_, Gone::Discarded) => self.book.forget(job),
+            (Some(_), _) => self.book.set(job, Phase::Ended, None),
+            (None, _) => {}
+        }
         match why {
             Gone::Done | Gone::CancelledWhileFinishing => self.ledger.finished(job),
             Gone::Cancelled | Gone::Discarded => self.ledger.remove(job),
@@ -1138,12 +1199,58 @@ impl MasterCore {
 
     /// The jobs quarantined, by id.
     pub fn quarantined(&self) -> &BTreeMap<String, Quarantined> {
-        &self.quarantined
+        self.book.quarantined()
     }
 
     /// Whether the job is quarantined.
     pub fn is_quarantined(&self, job: &str) -> bool {
-        self.quarantined.contains_key(job)
+        self.book.phase(job) == Some(Phase::Quarantined)
+    }
+
+    /// The job's phase here, if this master knows it.
+    pub fn phase(&self, job: &str) -> Option<Phase> {
+        self.book.phase(job)
+    }
+
+    /// Whose a job this master knows is: `None` if it does not know it
+    /// (`Some(None)`: a job of an older version, or of unknown owner).
+    pub fn owner_of(&self, job: &str) -> Option<Option<&str>> {
+        self.book.owner(job)
+    }
+
+    /// Whether this master holds the job: runs, loads, submits or
+    /// quarantined it, or ended or cancelled it (its end or cancel may be
+    /// in flight, until it is collected).
+    pub fn holds(&self, job: &str) -> bool {
+        self.book.phase(job).is_some() || self.ledger.is_submitting(job)
+    }
+
+    /// Whether the job is being read back after a takeover.
+    pub fn is_loading(&self, job: &str) -> bool {
+        matches!(self.book.phase(job), Some(Phase::Loading { .. }))
+    }
+
+    /// Jobs being read back after a takeover.
+    pub fn loading(&self) -> usize {
+        self.book.loading()
+    }
+
+    /// Whether the collector deletes the job now.
+    pub fn is_collecting(&self, job: &str) -> bool {
+        self.book.collecting().contains(job)
+    }
+
+    /// A job read back after a takeover: whether it is still wanted (a
+    /// cancel that came meanwhile drops it, and it is forgotten). Then
+    /// [`Event::Added`].
+    pub fn take_loaded(&mut self, job: &str) -> bool {
+        match self.book.phase(job) {
+            Some(Phase::Loading { cancelled: true }) => {
+                self.book.forget(job);
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Whether assignments wait for ZooKeeper.
@@ -1160,6 +1267,7 @@ impl MasterCore {
     #[cfg(test)]
     pub(crate) fn check(&self) {
         self.sched.check_indexes();
+        self.book.check();
         for w in self.links.keys() {
             if self.sched.has_worker(w) {
                 assert!(self.registered.contains(w), "{w} scheduled unregistered");
@@ -1167,6 +1275,10 @@ impl MasterCore {
         }
     }
 }
+
+mod book;
+use book::Book;
+pub use book::Phase;
 
 #[cfg(test)]
 mod sim;

@@ -77,14 +77,8 @@ impl Master {
     /// The owner of a job this master knows (running, being loaded, ended
     /// here, or retained): `None` when it does not know the job.
     pub(super) fn owner_of(&self, job_id: &str) -> Option<Option<String>> {
-        if let Some(rt) = self.jobs.get(job_id) {
-            return Some(rt.stored.record.owner.clone());
-        }
-        self.loading
-            .get(job_id)
-            .or_else(|| self.owners.get(job_id))
-            .cloned()
-            .or_else(|| self.retained.get(job_id).map(|j| j.record.owner.clone()))
+        let owner = self.core.owner_of(job_id).map(|o| o.map(str::to_string));
+        owner.or_else(|| self.retained.get(job_id).map(|j| j.record.owner.clone()))
     }
 
     /// The refusal to answer `peer` on a job this master knows that is not
@@ -115,16 +109,7 @@ impl Handler<Authorize> for Master {
         }
         // Running, finished here and retained jobs are in memory; the
         // others (finished before a takeover) are read.
-        let known = self
-            .jobs
-            .get(&msg.job_id)
-            .map(|rt| rt.stored.record.owner.clone())
-            .or_else(|| self.owners.get(&msg.job_id).cloned())
-            .or_else(|| {
-                self.retained
-                    .get(&msg.job_id)
-                    .map(|j| j.record.owner.clone())
-            });
+        let known = self.owner_of(&msg.job_id);
         if let Some(owner) = known {
             let why = refusal(owner.as_deref(), &msg.peer, &msg.job_id);
             let frame = self.refused(&msg.peer, &msg.job_id, why).map(not_owner);

@@ -34,10 +34,7 @@ impl Master {
                 ),
             )));
         }
-        if self.loading.contains_key(&job_id) {
-            self.cancelled_while_loading.insert(job_id.clone());
-        }
-        let rt = self.forget_job(&job_id);
+        let rt = self.take_runtime(&job_id);
         // Its runs are stopped; their slots free as they end.
         let gone = CoreEvent::Gone {
             job: job_id.clone(),
@@ -107,7 +104,8 @@ impl Master {
                         // failover).
                         Err(e) => {
                             // Not cancelled by this master after all.
-                            act.owners.remove(&id);
+                            let job = id.clone();
+                            act.handle_core(ctx, CoreEvent::CancelFailed { job });
                             act.readopt(ctx, id.clone());
                             (failed(&e), None)
                         }

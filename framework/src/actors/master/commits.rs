@@ -392,7 +392,7 @@ impl Master {
             tasks_done: counters.tasks_done,
             tasks_failed: counters.tasks_failed,
         });
-        let version = self.forget_job(job).map_or(0, |rt| rt.stored.version + 1);
+        let version = self.take_runtime(job).map_or(0, |rt| rt.stored.version + 1);
         let gone = CoreEvent::Gone {
             job: job.to_string(),
             why: Gone::Done,
@@ -426,7 +426,7 @@ impl Master {
     /// result's object, if it went to the store; collection sweeps it.
     pub(super) fn cancelled_meanwhile(&mut self, ctx: &mut Context<Self>, job: &str) {
         tracing::info!(job, "job cancelled while its result was being written");
-        self.forget_job(job);
+        self.take_runtime(job);
         let gone = CoreEvent::Gone {
             job: job.to_string(),
             why: Gone::CancelledWhileFinishing,

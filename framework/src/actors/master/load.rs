@@ -196,7 +196,7 @@ impl Master {
     /// this master ended or cancelled (its owner kept) is not: its end
     /// may be in flight.
     pub(super) fn readopt(&mut self, ctx: &mut Context<Self>, job_id: String) {
-        if self.holds(&job_id) {
+        if self.core.holds(&job_id) {
             return;
         }
         let store = self.store.clone();
@@ -212,7 +212,7 @@ impl Master {
         };
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| match res {
             Ok(Some(loaded)) => {
-                if !act.holds(&job_id) {
+                if !act.core.holds(&job_id) {
                     tracing::info!(job = %job_id, "an unfinished job this master did not run is scheduled");
                     act.add_loaded(ctx, job_id, loaded);
                 }
@@ -253,16 +253,6 @@ impl Master {
         self.handle_core(ctx, CoreEvent::Unreadable { job: id, why });
     }
 
-    /// Whether this master holds the job: runs, loads, submits it, or
-    /// ended or cancelled it (its end or cancel may be in flight).
-    fn holds(&self, job_id: &str) -> bool {
-        self.jobs.contains_key(job_id)
-            || self.core.is_quarantined(job_id)
-            || self.loading.contains_key(job_id)
-            || self.core.is_submitting(job_id)
-            || self.owners.contains_key(job_id)
-    }
-
     /// Reads unfinished jobs back from ZooKeeper while serving, many at a
     /// time, and queues each as soon as it is read. A job cancelled while
     /// it loads is dropped when it arrives; one submitted again meanwhile
@@ -274,10 +264,11 @@ impl Master {
         let started = std::time::Instant::now();
         let total = pending.len();
         let permits = Arc::new(tokio::sync::Semaphore::new(RECOVERY_CONCURRENCY));
-        self.loading = pending
+        let loading = pending
             .iter()
             .map(|j| (j.id.clone(), j.record.owner.clone()))
             .collect();
+        self.handle_core(ctx, CoreEvent::Loading(loading));
         let progress = Arc::new(Progress { total, started });
         for job in pending {
             self.load_one(ctx, job, permits.clone(), progress.clone());
@@ -307,10 +298,12 @@ impl Master {
         };
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
             match res {
-                Ok(_) if act.cancelled_while_loading.remove(&id) => {}
-                Ok(loaded) => act.add_loaded(ctx, id.clone(), loaded),
+                Ok(loaded) => {
+                    if act.core.take_loaded(&id) {
+                        act.add_loaded(ctx, id.clone(), loaded);
+                    }
+                }
                 Err(e) if e.is_session_end() => return act.fail(ctx, &e),
-                Err(_) if act.cancelled_while_loading.remove(&id) => {}
                 Err(CoordError::Garbage { path, reason }) => {
                     let reason = format!("{path}: {reason}");
                     act.quarantine(ctx, id.clone(), Some(&again), reason);
@@ -323,9 +316,7 @@ impl Master {
                     return;
                 }
             }
-            act.loading.remove(&id);
-            if act.loading.is_empty() {
-                act.cancelled_while_loading.clear();
+            if act.core.loading() == 0 {
                 tracing::info!(
                     jobs = progress.total,
                     recovered_ms = progress.started.elapsed().as_millis() as u64,
@@ -353,6 +344,7 @@ impl Master {
             objects: loaded.objects,
             unmerged: loaded.unmerged,
             kept_result,
+            owner,
         };
         self.handle_core(ctx, CoreEvent::Added(Box::new(job)));
     }

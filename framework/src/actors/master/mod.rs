@@ -46,7 +46,7 @@ use crate::coord::{
     Connection, CoordError, JobStatus, LeaderStore, OutputRef, StoredJob, WorkerInfo,
 };
 use crate::core::job::{Retention, Stored};
-use crate::core::master::{Event as CoreEvent, MasterCore};
+use crate::core::master::{Event as CoreEvent, MasterCore, Phase};
 use crate::core::ShardKey;
 use crate::metrics as m;
 use crate::registry::{Accumulator, Registry};
@@ -200,11 +200,6 @@ pub(crate) struct Master {
     /// When the gauges were last refreshed, and whether a refresh is due.
     gauges_at: Option<std::time::Instant>,
     gauges_pending: bool,
-    /// Unfinished jobs of an earlier master still being read back, with
-    /// their owners.
-    loading: HashMap<String, Option<String>>,
-    /// Of those, the ones cancelled meanwhile.
-    cancelled_while_loading: HashSet<String>,
     gc_running: bool,
     /// When the collector's last pass started.
     gc_started: std::time::Instant,
@@ -214,12 +209,6 @@ pub(crate) struct Master {
     marked: HashMap<String, std::time::Instant>,
     /// Which stored jobs the collector deletes, and when.
     retention: Retention,
-    /// Jobs the collector is deleting now: a submission of one is refused.
-    collecting: HashSet<String>,
-    /// Owners of the jobs this master finished or cancelled, until they
-    /// are collected: a request on one needs no ZooKeeper read to be
-    /// authorized (an owner never changes while its job id lives).
-    owners: HashMap<String, Option<String>>,
     /// Records of retained jobs (done and fetched, or cancelled: they
     /// change no more), read once by the collector.
     retained: HashMap<String, StoredJob>,
@@ -269,14 +258,10 @@ impl Master {
             registered: BTreeMap::new(),
             gauges_at: None,
             gauges_pending: false,
-            loading: HashMap::new(),
-            cancelled_while_loading: HashSet::new(),
             gc_running: false,
             gc_started: std::time::Instant::now(),
             marked: HashMap::new(),
             retention,
-            collecting: HashSet::new(),
-            owners: HashMap::new(),
             retained: HashMap::new(),
             unfetched: HashMap::new(),
             wake_at: None,
@@ -397,14 +382,6 @@ impl Master {
         Some(rt)
     }
 
-    /// Drops a job's runtime, keeping its owner for authorization.
-    fn forget_job(&mut self, job: &str) -> Option<JobRuntime> {
-        let rt = self.take_runtime(job)?;
-        self.owners
-            .insert(job.to_string(), rt.stored.record.owner.clone());
-        Some(rt)
-    }
-
     /// One pass of the collector: list the jobs, let [`Retention`] choose
     /// (here, on the actor, so that no submission of the same id can start
     /// meanwhile: [`submit`] refuses ids being collected), then delete.
@@ -437,8 +414,10 @@ impl Master {
                 .iter()
                 .filter(|id| {
                     !act.jobs.contains_key(*id)
-                        && !act.loading.contains_key(*id)
-                        && !act.core.is_quarantined(id)
+                        && !matches!(
+                            act.core.phase(id),
+                            Some(Phase::Loading { .. } | Phase::Quarantined)
+                        )
                         && !act.retained.contains_key(*id)
                         && !act.unfetched.contains_key(*id)
                 })
@@ -518,7 +497,7 @@ impl Master {
             self.gc_running = false;
             return;
         }
-        self.collecting = due;
+        self.handle_core(ctx, CoreEvent::Collecting(due.into_iter().collect()));
         let store = self.store.clone();
         let sweep: Vec<String> = victims
             .iter()
@@ -533,18 +512,13 @@ impl Master {
         };
         ctx.spawn(collect.into_actor(self).map(move |res, act, ctx| {
             act.gc_running = false;
-            let collected = std::mem::take(&mut act.collecting);
+            let ok = res.is_ok();
             match res {
-                Err(e) if e.is_session_end() => act.fail(ctx, &e),
+                Err(e) if e.is_session_end() => return act.fail(ctx, &e),
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
-                Ok(n) => {
-                    tracing::debug!(jobs = n, "removed collected jobs from ZooKeeper");
-                    for id in &collected {
-                        act.core.collected(id);
-                        act.owners.remove(id);
-                    }
-                }
+                Ok(n) => tracing::debug!(jobs = n, "removed collected jobs from ZooKeeper"),
             }
+            act.handle_core(ctx, CoreEvent::Collected { ok });
         }));
     }
 

@@ -89,7 +89,7 @@ impl Handler<StreamFrom> for Master {
             },
             None => StreamStep::Stored {
                 store,
-                loading: self.loading.contains_key(&msg.job_id),
+                loading: self.core.is_loading(&msg.job_id),
             },
         })
     }

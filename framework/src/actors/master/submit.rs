@@ -21,6 +21,7 @@ use crate::coord::{
     submission_digest, Amend, CoordError, JobRecord, JobStatus, LeaderStore, StoredJob,
 };
 use crate::core::job::{auto_shard_size, Ledger, Submission};
+use crate::core::master::Phase;
 use crate::core::{recover_job, shard_count};
 use crate::metrics as m;
 use crate::registry::Registry;
@@ -106,7 +107,7 @@ impl Handler<Submit> for Master {
         if let Err(refusal) = Ledger::check(&submission) {
             return Box::pin(fut::ready(refused(&refusal)));
         }
-        if self.collecting.contains(&h.job_id) {
+        if self.core.is_collecting(&h.job_id) {
             return Box::pin(fut::ready(error(
                 ErrorKind::Unavailable,
                 format!(
@@ -212,8 +213,10 @@ impl Master {
         let one_shard = shard_count(a.header.task_count, a.options.shard_size) == 1;
         if !one_shard
             || a.options.stream
-            || self.loading.contains_key(id)
-            || self.owners.contains_key(id)
+            || matches!(
+                self.core.phase(id),
+                Some(Phase::Loading { .. } | Phase::Ended | Phase::Quarantined)
+            )
             || crate::core::job::task_bytes(&a.tasks) > 64 * 1024
         {
             return None;
@@ -395,7 +398,8 @@ impl Master {
                 self.core.abandoned(id);
                 // An earlier create of it whose answer was lost wrote it:
                 // it runs here, without waiting for a failover.
-                let ended_here = self.owners.contains_key(id) || self.retained.contains_key(id);
+                let ended_here =
+                    self.core.phase(id) == Some(Phase::Ended) || self.retained.contains_key(id);
                 if !ended_here {
                     self.readopt(ctx, id.to_string());
                 }

@@ -167,7 +167,7 @@ impl Master {
             }
         }
         let known = self.jobs.contains_key(&job_id)
-            || self.loading.contains_key(&job_id)
+            || self.core.is_loading(&job_id)
             || self.core.is_submitting(&job_id);
         let watchers = self.watchers.by_job.entry(job_id.clone()).or_default();
         // Streams given up by their clients (a quiet watch is reopened

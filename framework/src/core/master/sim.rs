@@ -84,6 +84,8 @@ struct Stats {
     workers_killed: u64,
     cancelled: u64,
     quarantined: u64,
+    cancelled_while_loading: u64,
+    collected: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -101,6 +103,8 @@ impl std::ops::AddAssign for Stats {
         self.workers_killed += o.workers_killed;
         self.cancelled += o.cancelled;
         self.quarantined += o.quarantined;
+        self.cancelled_while_loading += o.cancelled_while_loading;
+        self.collected += o.collected;
     }
 }
 
@@ -138,6 +142,8 @@ struct World {
     outputs: HashMap<(String, ShardKey), Output>,
     /// Tasks of each shard, from the assignments.
     shard_tasks: HashMap<(String, ShardKey), Vec<u64>>,
+    /// Jobs read back after the takeover, not arrived yet.
+    loading: Vec<NewJob>,
     /// Faults are on.
     faults: bool,
     stats: Stats,
@@ -162,6 +168,7 @@ impl World {
             outcomes: BTreeMap::new(),
             outputs: HashMap::new(),
             shard_tasks: HashMap::new(),
+            loading: Vec::new(),
             faults: true,
             stats: Stats::default(),
         }
@@ -383,14 +390,76 @@ impl World {
             assert!(self.core.is_quarantined(&id), "seed {}", self.seed);
             return;
         }
-        self.handle(Event::Added(Box::new(NewJob {
+        let job = NewJob {
             plan,
             bytes: 10,
             failures: Vec::new(),
             objects: Vec::new(),
             unmerged: Vec::new(),
             kept_result,
-        })));
+            owner: Some("client:sim".into()),
+        };
+        // Inherited from an earlier master: read back while it serves.
+        if self.rng.gen_bool(0.2) {
+            let owner = job.owner.clone();
+            self.handle(Event::Loading(vec![(id, owner)]));
+            self.loading.push(job);
+            return;
+        }
+        self.handle(Event::Added(Box::new(job)));
+    }
+
+    /// A job read back after the takeover arrives: queued, unless a
+    /// cancel came meanwhile.
+    fn loaded(&mut self) {
+        if self.loading.is_empty() {
+            return;
+        }
+        let job = self
+            .loading
+            .swap_remove(self.rng.gen_range(0..self.loading.len()));
+        let id = job.plan.id.clone();
+        assert!(self.core.is_loading(&id), "seed {}: {id}", self.seed);
+        if self.core.take_loaded(&id) {
+            assert!(
+                !self.jobs[&id].cancelled,
+                "seed {}: {id} cancelled",
+                self.seed
+            );
+            self.handle(Event::Added(Box::new(job)));
+        } else {
+            assert!(self.jobs[&id].cancelled, "seed {}: {id} dropped", self.seed);
+            assert!(!self.core.holds(&id), "seed {}: {id}", self.seed);
+            self.stats.cancelled_while_loading += 1;
+        }
+    }
+
+    /// A collector pass deletes the jobs that ended here (those still
+    /// being written included: their deletion must fail or wait, which
+    /// the fake leaves out), or fails.
+    fn collect(&mut self) {
+        let ended: BTreeSet<String> = self
+            .jobs
+            .keys()
+            .filter(|id| self.core.phase(id) == Some(Phase::Ended))
+            .cloned()
+            .collect();
+        if ended.is_empty() {
+            return;
+        }
+        self.handle(Event::Collecting(ended.clone()));
+        for id in &ended {
+            assert!(self.core.is_collecting(id), "seed {}", self.seed);
+        }
+        let ok = self.rng.gen_bool(0.8);
+        self.handle(Event::Collected { ok });
+        for id in &ended {
+            assert!(!self.core.is_collecting(id), "seed {}", self.seed);
+            assert_eq!(self.core.holds(id), !ok, "seed {}: {id}", self.seed);
+            if ok {
+                self.stats.collected += 1;
+            }
+        }
     }
 
     /// One step of a worker: read a frame, or end a run.
@@ -575,7 +644,12 @@ impl World {
             }
         }
         let why = Gone::Done;
-        self.handle(Event::Gone { job: id, why });
+        self.handle(Event::Gone {
+            job: id.clone(),
+            why,
+        });
+        let phase = self.core.phase(&id);
+        assert_eq!(phase, Some(Phase::Ended), "seed {seed}: {id} once done");
     }
 
     fn cancel(&mut self) {
@@ -594,7 +668,17 @@ impl World {
         }
         self.stats.cancelled += 1;
         let why = Gone::Cancelled;
-        self.handle(Event::Gone { job: id, why });
+        self.handle(Event::Gone {
+            job: id.clone(),
+            why,
+        });
+        let phase = self.core.phase(&id);
+        let after = [Phase::Ended, Phase::Loading { cancelled: true }];
+        assert!(
+            phase.is_some_and(|p| after.contains(&p)),
+            "seed {}: {id} is {phase:?} once cancelled",
+            self.seed
+        );
     }
 
     /// One random step with faults.
@@ -661,6 +745,8 @@ impl World {
                     self.lie(i);
                 }
             }
+            13 if self.rng.gen_bool(0.3) => self.loaded(),
+            14 if self.rng.gen_bool(0.05) => self.collect(),
             8 if self.rng.gen_bool(0.05) => {
                 let up = self.core.is_paused();
                 self.handle(Event::Connected(up));
@@ -700,9 +786,10 @@ impl World {
                 .jobs
                 .values()
                 .any(|j| !j.done && !j.cancelled && !j.unreadable);
-            if !open && self.pending.is_empty() {
+            if !open && self.pending.is_empty() && self.loading.is_empty() {
                 break;
             }
+            self.loaded();
             self.now += Duration::from_millis(self.rng.gen_range(0..50));
             match self.rng.gen_range(0..4) {
                 0 => self.handle(Event::Tick),
@@ -814,6 +901,10 @@ fn the_master_core_keeps_every_invariant_under_simulated_faults() {
         "{total:?}"
     );
     assert!(total.cancelled > 0 && total.quarantined > 0, "{total:?}");
+    assert!(
+        total.cancelled_while_loading > 0 && total.collected > 0,
+        "{total:?}"
+    );
 }
 
 /// Seeds until `RINGLEADER_SIM_EVENTS` events (default a million) were
