@@ -89,7 +89,7 @@ pub fn shard_runs(data: &[u8]) {
 /// is refused from its prefix alone, and no frame read is longer than the
 /// limit.
 pub fn first_frames(data: &[u8]) {
-    use crate::actors::master::gateway::{DECODED, FIRST_FRAME_LIMIT, HEADERS_BUDGET};
+    use crate::actors::gateway::{DECODED, FIRST_FRAME_LIMIT, HEADERS_BUDGET};
     let budget = crate::transport::Budget::new(HEADERS_BUDGET);
     let mut held = Vec::new();
     let mut holding = 0usize;

@@ -13,7 +13,8 @@ use actix::prelude::*;
 use tokio::sync::{mpsc, watch};
 
 use crate::actors::election::Election;
-use crate::actors::master::{gateway, Master, MasterSettings};
+use crate::actors::gateway;
+use crate::actors::master::{Master, MasterSettings};
 use crate::actors::worker::{Worker, WorkerSettings};
 use crate::actors::{Restart, Stop};
 use crate::coord::{Connection, CoordError, Layout, Session};
@@ -448,12 +449,19 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
              this cluster's znodes; give --zk-tls and the servers' TLS ports to lock them down"
         );
     }
+    let parts = Parts {
+        node_id: node_id.clone(),
+        addr,
+        registry,
+        audit: audit.clone(),
+        route: route_tx,
+        handshakes,
+        store: store.clone(),
+        store_mark: store_mark.clone(),
+        dialing,
+    };
     let mut reach = Reach::new(config.start_jitter);
-    // After this node's master stepped down, it stands again only after
-    // a pause, doubling with each step-down in a row.
-    let mut stand_pause = Duration::ZERO;
-    let mut pause_next = Duration::ZERO;
-    let mut stepped_down_at: Option<std::time::Instant> = None;
+    let mut stand = StandPause::default();
     loop {
         let zk_tls = config
             .zk_tls
@@ -464,29 +472,84 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         else {
             break;
         };
-        let (fatal_tx, mut fatal_rx) = mpsc::channel(crate::actors::FATAL_QUEUE);
-        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let mut session = parts.start_actors(&config, &zk, stand.take());
+        let mut states = zk.connections();
+        let stop = serve_session(&mut states, &mut session.fatal, &mut shutdown, &mut stand).await;
+        if stop && config.role != Role::Candidate {
+            session.drain(config.drain_timeout).await;
+        }
+        parts.end_session(zk, states, session).await;
+        if stop {
+            break;
+        }
+    }
+    endpoint
+        .close("node stopping", Duration::from_secs(1))
+        .await;
+    if let Err(e) = store.unmark(&node_id, &store_mark).await {
+        tracing::debug!(error = %e, "could not delete this node's mark in the store");
+    }
+    // What the audit thread still holds is written before the process goes.
+    audit.sync();
+    tracing::info!(node = %node_id, "node stopped");
+    Ok(())
+}
+
+/// What every session's actors get from their node, fixed for its life.
+struct Parts {
+    node_id: String,
+    addr: String,
+    registry: Registry,
+    audit: crate::audit::Audit,
+    /// Where the gateway finds the master this node runs, if any.
+    route: watch::Sender<Option<Addr<Master>>>,
+    handshakes: transport::Handshakes,
+    store: crate::store::Store,
+    store_mark: String,
+    /// The endpoint the worker dials with (replaced on a reload).
+    dialing: watch::Receiver<transport::Endpoint>,
+}
+
+/// One session's actors, and what tells the node about them.
+struct SessionActors {
+    actors: Vec<Recipient<Stop>>,
+    /// An actor asks for a new session (its master stepped down, or
+    /// failed).
+    fatal: mpsc::Receiver<Restart>,
+    /// Closed once every actor of the session dropped its clone of the
+    /// session's client.
+    alive: mpsc::Receiver<()>,
+    drain: watch::Sender<bool>,
+    drained: watch::Receiver<bool>,
+}
+
+impl Parts {
+    /// Starts a session's actors for the node's roles: the election (which
+    /// starts the master when it wins; after `pause`) and the worker.
+    fn start_actors(&self, config: &NodeConfig, zk: &Session, pause: Duration) -> SessionActors {
+        let (fatal_tx, fatal) = mpsc::channel(crate::actors::FATAL_QUEUE);
+        let (alive_tx, alive) = mpsc::channel::<()>(1);
         let mut actors: Vec<Recipient<Stop>> = Vec::new();
-        let (drain_tx, drain_rx) = watch::channel(false);
-        let (drained_tx, mut drained_rx) = watch::channel(false);
+        let (drain, drain_rx) = watch::channel(false);
+        let (drained_tx, drained) = watch::channel(false);
         if config.role != Role::Worker {
             let settings = MasterSettings {
-                node_id: node_id.clone(),
-                addr: addr.clone(),
-                registry: registry.clone(),
+                node_id: self.node_id.clone(),
+                addr: self.addr.clone(),
+                registry: self.registry.clone(),
                 retention: config.retention,
                 retention_max_jobs: config.retention_max_jobs,
                 max_queued_bytes: config.max_queued_bytes,
-                audit: audit.clone(),
-                route: route_tx.clone(),
+                audit: self.audit.clone(),
+                route: self.route.clone(),
                 fatal: fatal_tx.clone(),
-                handshakes: handshakes.clone(),
+                handshakes: self.handshakes.clone(),
                 _alive: alive_tx.clone(),
             };
             let election = Election {
-                pause: std::mem::take(&mut pause_next),
+                pause,
                 session: zk.clone(),
-                store: store.clone(),
+                store: self.store.clone(),
                 settings,
                 master: None,
                 _alive: alive_tx.clone(),
@@ -496,94 +559,55 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         }
         if config.role != Role::Candidate {
             let settings = Arc::new(WorkerSettings {
-                node_id: node_id.clone(),
-                addr: addr.clone(),
+                node_id: self.node_id.clone(),
+                addr: self.addr.clone(),
                 slots: config.slots.max(1),
                 data_dir: config.data_dir.clone(),
-                store: store.clone(),
-                store_mark: store_mark.clone(),
+                store: self.store.clone(),
+                store_mark: self.store_mark.clone(),
                 link_timeout: config.link_timeout,
-                registry: registry.clone(),
-                dialing: dialing.clone(),
+                registry: self.registry.clone(),
+                dialing: self.dialing.clone(),
                 max_frame: config.max_frame,
-                drain: drain_rx.clone(),
+                drain: drain_rx,
                 drained: drained_tx,
-                audit: audit.clone(),
+                audit: self.audit.clone(),
             });
             let worker = Worker {
                 session: zk.clone(),
                 settings,
-                fatal: fatal_tx.clone(),
-                _alive: alive_tx.clone(),
+                fatal: fatal_tx,
+                _alive: alive_tx,
             }
             .start();
             actors.push(worker.recipient());
         }
-        drop(alive_tx);
-        let mut states = zk.connections();
-        let stop = loop {
-            tokio::select! {
-                s = states.changed() => match s {
-                    Connection::Ended { expired: true } => {
-                        metrics::counter!(m::SESSION_EXPIRED).increment(1);
-                        tracing::warn!("ZooKeeper session expired: stepping down and starting a new session");
-                        break false;
-                    }
-                    Connection::Ended { expired: false } => {
-                        tracing::warn!("ZooKeeper session ended; starting a new one");
-                        break false;
-                    }
-                    Connection::Disconnected => {
-                        metrics::gauge!(m::ZK_CONNECTED).set(0.0);
-                        tracing::warn!("disconnected from ZooKeeper");
-                    }
-                    Connection::Connected => {
-                        metrics::gauge!(m::ZK_CONNECTED).set(1.0);
-                        tracing::info!("reconnected to ZooKeeper");
-                    }
-                },
-                reason = fatal_rx.recv() => {
-                    let why = reason.as_ref().map_or("?", Restart::reason);
-                    tracing::warn!(reason = why, "restarting the session");
-                    if let Some(Restart::SteppedDown(_)) = reason {
-                        // A step-down long after the last starts again
-                        // from the shortest pause.
-                        let again = stepped_down_at.is_some_and(|t| t.elapsed() < STAND_PAUSE_MAX * 2);
-                        stand_pause = if again {
-                            (stand_pause * 2).clamp(STAND_PAUSE_MIN, STAND_PAUSE_MAX)
-                        } else {
-                            STAND_PAUSE_MIN
-                        };
-                        pause_next = stand_pause;
-                        stepped_down_at = Some(std::time::Instant::now());
-                    }
-                    break false;
-                }
-                _ = &mut shutdown => break true,
-            }
-        };
-        if stop && config.role != Role::Candidate {
-            // Graceful drain: no new shards; the started ones finish and are
-            // reported (committed by the master, which still runs) before we go.
-            let _ = drain_tx.send(true);
-            let drained =
-                tokio::time::timeout(config.drain_timeout, drained_rx.wait_for(|d| *d)).await;
-            if drained.is_err() {
-                tracing::warn!(
-                    timeout_s = config.drain_timeout.as_secs(),
-                    "drain timed out; unfinished shards will be reassigned"
-                );
-            }
+        SessionActors {
+            actors,
+            fatal,
+            alive,
+            drain,
+            drained,
         }
+    }
+
+    /// Stops a session's actors and waits until they let go of its
+    /// client, then closes the session (deleting its ephemeral znodes).
+    async fn end_session(
+        &self,
+        zk: Session,
+        mut states: crate::coord::Connections,
+        mut session: SessionActors,
+    ) {
         metrics::gauge!(m::ZK_CONNECTED).set(0.0);
-        for a in &actors {
+        for a in &session.actors {
             a.do_send(Stop);
         }
-        drop(actors);
-        let _ = route_tx.send(None);
+        session.actors.clear();
+        let _ = self.route.send(None);
         // Wait until every actor of the session has dropped its client clone.
         let t = std::time::Instant::now();
-        if tokio::time::timeout(Duration::from_secs(5), alive_rx.recv())
+        if tokio::time::timeout(Duration::from_secs(5), session.alive.recv())
             .await
             .is_err()
         {
@@ -604,20 +628,96 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
             ms = t.elapsed().as_millis() as u64,
             "session's actors stopped"
         );
-        if stop {
-            break;
+    }
+}
+
+impl SessionActors {
+    /// Graceful drain: no new shards; the started ones finish and are
+    /// reported (committed by the master, which still runs) before the
+    /// node goes, for at most `timeout`.
+    async fn drain(&mut self, timeout: Duration) {
+        let _ = self.drain.send(true);
+        let drained = tokio::time::timeout(timeout, self.drained.wait_for(|d| *d)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                timeout_s = timeout.as_secs(),
+                "drain timed out; unfinished shards will be reassigned"
+            );
         }
     }
-    endpoint
-        .close("node stopping", Duration::from_secs(1))
-        .await;
-    if let Err(e) = store.unmark(&node_id, &store_mark).await {
-        tracing::debug!(error = %e, "could not delete this node's mark in the store");
+}
+
+/// After this node's master stepped down, it stands again only after a
+/// pause, doubling with each step-down in a row.
+#[derive(Default)]
+struct StandPause {
+    pause: Duration,
+    next: Duration,
+    stepped_down_at: Option<std::time::Instant>,
+}
+
+impl StandPause {
+    /// The pause before the next candidacy (zero unless the last session's
+    /// master stepped down).
+    fn take(&mut self) -> Duration {
+        std::mem::take(&mut self.next)
     }
-    // What the audit thread still holds is written before the process goes.
-    audit.sync();
-    tracing::info!(node = %node_id, "node stopped");
-    Ok(())
+
+    /// This node's master stepped down. A step-down long after the last
+    /// starts again from the shortest pause.
+    fn stepped_down(&mut self) {
+        let again = self
+            .stepped_down_at
+            .is_some_and(|t| t.elapsed() < STAND_PAUSE_MAX * 2);
+        self.pause = match again {
+            true => (self.pause * 2).clamp(STAND_PAUSE_MIN, STAND_PAUSE_MAX),
+            false => STAND_PAUSE_MIN,
+        };
+        self.next = self.pause;
+        self.stepped_down_at = Some(std::time::Instant::now());
+    }
+}
+
+/// Follows a session until it ends, an actor asks for a new one, or the
+/// node is told to stop (then `true`).
+async fn serve_session(
+    states: &mut crate::coord::Connections,
+    fatal: &mut mpsc::Receiver<Restart>,
+    shutdown: &mut Shutdown,
+    stand: &mut StandPause,
+) -> bool {
+    loop {
+        tokio::select! {
+            s = states.changed() => match s {
+                Connection::Ended { expired: true } => {
+                    metrics::counter!(m::SESSION_EXPIRED).increment(1);
+                    tracing::warn!("ZooKeeper session expired: stepping down and starting a new session");
+                    return false;
+                }
+                Connection::Ended { expired: false } => {
+                    tracing::warn!("ZooKeeper session ended; starting a new one");
+                    return false;
+                }
+                Connection::Disconnected => {
+                    metrics::gauge!(m::ZK_CONNECTED).set(0.0);
+                    tracing::warn!("disconnected from ZooKeeper");
+                }
+                Connection::Connected => {
+                    metrics::gauge!(m::ZK_CONNECTED).set(1.0);
+                    tracing::info!("reconnected to ZooKeeper");
+                }
+            },
+            reason = fatal.recv() => {
+                let why = reason.as_ref().map_or("?", Restart::reason);
+                tracing::warn!(reason = why, "restarting the session");
+                if let Some(Restart::SteppedDown(_)) = reason {
+                    stand.stepped_down();
+                }
+                return false;
+            }
+            _ = &mut *shutdown => return true,
+        }
+    }
 }
 
 /// The node's shutdown signal (SIGTERM or Ctrl-C), polled by every wait.

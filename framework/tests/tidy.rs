@@ -136,11 +136,11 @@ fn rules() -> Vec<Rule> {
             needles: &["ringleader_"],
         },
         Rule {
-            says: "only the master's gateway and the transport read frames off streams (and the fuzz targets, off bytes)",
+            says: "only the node's gateway and the transport read frames off streams (and the fuzz targets, off bytes)",
             allowed: |p| {
                 p.starts_with("transport/")
                     || p == "wire.rs"
-                    || p == "actors/master/gateway.rs"
+                    || p == "actors/gateway.rs"
                     || p == "actors/worker.rs"
                     || p == "fuzz.rs"
             },

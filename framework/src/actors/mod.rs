@@ -3,6 +3,7 @@
 //! (the supervisor of an elected node) and [`worker::Worker`].
 
 pub(crate) mod election;
+pub(crate) mod gateway;
 pub(crate) mod master;
 pub(crate) mod worker;
 

@@ -13,6 +13,7 @@ mod local;
 mod render;
 
 use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 
 use crate::out;
 use std::net::SocketAddr;
@@ -683,43 +684,7 @@ impl NodeBuilder {
             .map(std::path::PathBuf::from)
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(program);
-        let ringleader = format!("ringleader {} commit {}", crate::VERSION, crate::COMMIT);
-        let version = match self.version {
-            Some(v) => format!("{v} ({ringleader})"),
-            None => format!("({ringleader})"),
-        };
-        let mut cmd = <Cli as clap::CommandFactory>::command()
-            .name(name.clone())
-            .bin_name(name.clone())
-            .version(version)
-            .after_help(job_list(&self.cli));
-        for sub in JOB_COMMANDS {
-            cmd = cmd.mut_subcommand(sub, |c| match &picked {
-                Some(job) => {
-                    // The job's arguments, under the subcommand's own description.
-                    let about = c.get_about().cloned();
-                    let c = job
-                        .augment(c)
-                        .override_usage(format!("{name} {sub} [{}] [OPTIONS] [ARGS]", job.name()));
-                    match about {
-                        Some(about) => c.about(about),
-                        None => c,
-                    }
-                }
-                // No job named: whatever follows is kept, so that the
-                // error can say which jobs there are.
-                None => c
-                    .arg(
-                        clap::Arg::new("job args")
-                            .num_args(0..)
-                            .trailing_var_arg(true)
-                            .allow_hyphen_values(true)
-                            .hide(true),
-                    )
-                    .override_usage(format!("{name} {sub} JOB [OPTIONS] [ARGS]"))
-                    .after_help(job_list(&self.cli)),
-            });
-        }
+        let cmd = self.command(&name, picked.as_ref());
         let matches = cmd.try_get_matches_from(args).unwrap_or_else(|e| e.exit());
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         init_tracing(cli.log_format);
@@ -727,157 +692,17 @@ impl NodeBuilder {
             .subcommand()
             .map(|(_, m)| m.clone())
             .ok_or_else(|| anyhow!("no command"))?;
-        // The word where a job's name was expected, if it looks like one
-        // (not a file of arguments).
-        let named = sub
-            .try_get_many::<String>("job args")
-            .ok()
-            .flatten()
-            .and_then(|mut words| words.next().cloned())
-            .filter(|w| {
-                let name_like = w
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_');
-                name_like && !std::path::Path::new(w).exists()
-            });
-        let job = || {
-            picked.clone().ok_or_else(|| {
-                let names: Vec<&str> = self.cli.iter().map(|j| j.name()).collect();
-                match &named {
-                    _ if names.is_empty() => ended(Exit::Usage, "this binary registers no job"),
-                    Some(word) => ended(
-                        Exit::Usage,
-                        format!(
-                            "unknown job {word:?}: this binary runs {}; name one first: `{name} \
-                             submit JOB [ARGS]` (or `local JOB`)",
-                            names.join(", ")
-                        ),
-                    ),
-                    None => ended(
-                        Exit::Usage,
-                        format!(
-                            "say which job: `{name} submit JOB [ARGS]` (or `local JOB`), with JOB \
-                             one of: {}",
-                            names.join(", ")
-                        ),
-                    ),
-                }
-            })
-        };
+        let job = || picked.clone().ok_or_else(|| self.no_job(&name, &sub));
         match cli.cmd {
             Cmd::Node(a) => run_node(self, a),
             Cmd::Certs(a) => run_certs(a),
             Cmd::Submit(a) => {
                 let job = job()?;
-                let store = if a.upload {
-                    let conn = a.conn.clone();
-                    Some(block_on(async move {
-                        let client = Client::connect(client_config(&conn)).await?;
-                        Ok(client.cluster_store().await?)
-                    })?)
-                } else {
-                    None
-                };
-                // Reading (and uploading) the inputs may take long: Ctrl-C
-                // stops it, and nothing is submitted.
-                let tasks = {
-                    let (job, sub) = (job.clone(), sub.clone());
-                    block_on(async move {
-                        // A thread of its own, not the runtime's blocking
-                        // pool: the runtime's end would wait for it.
-                        let (tx, read) = tokio::sync::oneshot::channel();
-                        std::thread::spawn(move || tx.send(job.tasks(&sub, store.as_ref())));
-                        tokio::select! {
-                            r = read => r.map_err(|e| anyhow!("reading the job's inputs: {e}"))?,
-                            _ = tokio::signal::ctrl_c() => Err(ended(
-                                Exit::Interrupted,
-                                "interrupted while the job's inputs were read or uploaded: \
-                                 nothing was submitted (objects already uploaded stay in the \
-                                 store's inputs/)",
-                            )),
-                        }
-                    })?
-                };
-                let mut opts = a.job.options(job.as_ref());
-                opts.stream = a.stream;
-                let out = Output::new(a.output);
-                let how = HowToSubmit {
-                    job_id: a.job_id,
-                    detach: a.detach,
-                    require_workers: a.require_workers,
-                    shape: self.registry.shape(job.name()).map(str::to_string),
-                };
-                block_on(submit(
-                    &a.conn,
-                    &self.cli,
-                    job.name(),
-                    tasks,
-                    opts,
-                    how,
-                    &out,
-                ))
+                self.run_submit(a, job, &sub)
             }
-            Cmd::Result(a) => {
-                let out = Output::new(a.output);
-                block_on(async move {
-                    let client = Client::connect(client_config(&a.conn)).await?;
-                    let p = client.progress(&a.job_id).await?;
-                    if !p.state.is_final() && !a.wait {
-                        return Err(ended(
-                            Exit::Running,
-                            format!(
-                                "job {} is still running ({}/{} tasks): add --wait to wait for it",
-                                a.job_id, p.counters.tasks_done, p.counters.tasks_total
-                            ),
-                        ));
-                    }
-                    run_to_end(&client, &self.cli, &a.job_id, &out).await
-                })
-            }
-            Cmd::Jobs(a) => block_on(async move {
-                let client = Client::connect(client_config(&a.conn)).await?;
-                let list = client.jobs(a.query()).await?;
-                if a.json {
-                    writeln!(out::stdout(), "{}", serde_json::to_string(&list)?)?;
-                } else {
-                    write!(out::stdout(), "{}", jobs_text(&list))?;
-                }
-                Ok(())
-            }),
-            Cmd::Status(a) => block_on(async move {
-                let client = Client::connect(client_config(&a.conn)).await?;
-                loop {
-                    let s = client.status().await?;
-                    // The newest jobs and counts by state, from a master
-                    // that can list them.
-                    let newest = crate::wire::JobQuery {
-                        last: STATUS_JOBS,
-                        ..Default::default()
-                    };
-                    let jobs = match client.jobs(newest).await {
-                        Ok(j) => Some(j),
-                        Err(e) if e.refusal() == Some(crate::client::Refusal::Unsupported) => None,
-                        Err(e) => return Err(e.into()),
-                    };
-                    let text = if a.json {
-                        status_json(&s, jobs.as_ref())
-                    } else {
-                        status_text(&s, jobs.as_ref())
-                    };
-                    if a.watch && std::io::stdout().is_terminal() {
-                        // Clear the screen and go home, like watch(1).
-                        write!(out::stdout(), "\x1b[2J\x1b[H")?;
-                    }
-                    writeln!(out::stdout(), "{text}")?;
-                    if !a.watch {
-                        return Ok(());
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = tokio::signal::ctrl_c() => return Ok(()),
-                    }
-                }
-            }),
+            Cmd::Result(a) => run_result(a, &self.cli),
+            Cmd::Jobs(a) => run_jobs(a),
+            Cmd::Status(a) => run_status(a),
             Cmd::Cancel(a) => block_on(async move {
                 let client = Client::connect(client_config(&a.conn)).await?;
                 client.cancel(&a.job_id).await?;
@@ -892,6 +717,214 @@ impl NodeBuilder {
             }
         }
     }
+
+    /// The command line of this binary named `name`, with the arguments of
+    /// the job `picked` (or, if none was named, whatever follows kept so
+    /// that the error can say which jobs there are).
+    fn command(&self, name: &str, picked: Option<&Arc<dyn ErasedCliJob>>) -> clap::Command {
+        let ringleader = format!("ringleader {} commit {}", crate::VERSION, crate::COMMIT);
+        let version = match &self.version {
+            Some(v) => format!("{v} ({ringleader})"),
+            None => format!("({ringleader})"),
+        };
+        let mut cmd = <Cli as clap::CommandFactory>::command()
+            .name(name.to_string())
+            .bin_name(name.to_string())
+            .version(version)
+            .after_help(job_list(&self.cli));
+        for sub in JOB_COMMANDS {
+            cmd = cmd.mut_subcommand(sub, |c| match picked {
+                Some(job) => {
+                    // The job's arguments, under the subcommand's own description.
+                    let about = c.get_about().cloned();
+                    let c = job
+                        .augment(c)
+                        .override_usage(format!("{name} {sub} [{}] [OPTIONS] [ARGS]", job.name()));
+                    match about {
+                        Some(about) => c.about(about),
+                        None => c,
+                    }
+                }
+                None => c
+                    .arg(
+                        clap::Arg::new("job args")
+                            .num_args(0..)
+                            .trailing_var_arg(true)
+                            .allow_hyphen_values(true)
+                            .hide(true),
+                    )
+                    .override_usage(format!("{name} {sub} JOB [OPTIONS] [ARGS]"))
+                    .after_help(job_list(&self.cli)),
+            });
+        }
+        cmd
+    }
+
+    /// The error of a job command that names no job this binary runs.
+    fn no_job(&self, name: &str, sub: &clap::ArgMatches) -> anyhow::Error {
+        // The word where a job's name was expected, if it looks like one
+        // (not a file of arguments).
+        let named = sub
+            .try_get_many::<String>("job args")
+            .ok()
+            .flatten()
+            .and_then(|mut words| words.next().cloned())
+            .filter(|w| {
+                let name_like = w
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_');
+                name_like && !std::path::Path::new(w).exists()
+            });
+        let names: Vec<&str> = self.cli.iter().map(|j| j.name()).collect();
+        match &named {
+            _ if names.is_empty() => ended(Exit::Usage, "this binary registers no job"),
+            Some(word) => ended(
+                Exit::Usage,
+                format!(
+                    "unknown job {word:?}: this binary runs {}; name one first: `{name} \
+                     submit JOB [ARGS]` (or `local JOB`)",
+                    names.join(", ")
+                ),
+            ),
+            None => ended(
+                Exit::Usage,
+                format!(
+                    "say which job: `{name} submit JOB [ARGS]` (or `local JOB`), with JOB \
+                     one of: {}",
+                    names.join(", ")
+                ),
+            ),
+        }
+    }
+
+    /// `submit`: the job's inputs read (and uploaded, with `--upload`),
+    /// then submitted and, unless `--detach`, followed to the end.
+    fn run_submit(
+        &self,
+        a: SubmitArgs,
+        job: Arc<dyn ErasedCliJob>,
+        sub: &clap::ArgMatches,
+    ) -> anyhow::Result<()> {
+        let store = if a.upload {
+            let conn = a.conn.clone();
+            Some(block_on(async move {
+                let client = Client::connect(client_config(&conn)).await?;
+                Ok(client.cluster_store().await?)
+            })?)
+        } else {
+            None
+        };
+        // Reading (and uploading) the inputs may take long: Ctrl-C
+        // stops it, and nothing is submitted.
+        let tasks = {
+            let (job, sub) = (job.clone(), sub.clone());
+            block_on(async move {
+                // A thread of its own, not the runtime's blocking
+                // pool: the runtime's end would wait for it.
+                let (tx, read) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || tx.send(job.tasks(&sub, store.as_ref())));
+                tokio::select! {
+                    r = read => r.map_err(|e| anyhow!("reading the job's inputs: {e}"))?,
+                    _ = tokio::signal::ctrl_c() => Err(ended(
+                        Exit::Interrupted,
+                        "interrupted while the job's inputs were read or uploaded: \
+                         nothing was submitted (objects already uploaded stay in the \
+                         store's inputs/)",
+                    )),
+                }
+            })?
+        };
+        let mut opts = a.job.options(job.as_ref());
+        opts.stream = a.stream;
+        let out = Output::new(a.output);
+        let how = HowToSubmit {
+            job_id: a.job_id,
+            detach: a.detach,
+            require_workers: a.require_workers,
+            shape: self.registry.shape(job.name()).map(str::to_string),
+        };
+        block_on(submit(
+            &a.conn,
+            &self.cli,
+            job.name(),
+            tasks,
+            opts,
+            how,
+            &out,
+        ))
+    }
+}
+
+/// `result`: a job's outputs, once it ended (`--wait` waits for it).
+fn run_result(a: ResultArgs, cli: &[Arc<dyn ErasedCliJob>]) -> anyhow::Result<()> {
+    let out = Output::new(a.output);
+    block_on(async move {
+        let client = Client::connect(client_config(&a.conn)).await?;
+        let p = client.progress(&a.job_id).await?;
+        if !p.state.is_final() && !a.wait {
+            return Err(ended(
+                Exit::Running,
+                format!(
+                    "job {} is still running ({}/{} tasks): add --wait to wait for it",
+                    a.job_id, p.counters.tasks_done, p.counters.tasks_total
+                ),
+            ));
+        }
+        run_to_end(&client, cli, &a.job_id, &out).await
+    })
+}
+
+/// `jobs`: the jobs the cluster holds, as text or JSON.
+fn run_jobs(a: JobsArgs) -> anyhow::Result<()> {
+    block_on(async move {
+        let client = Client::connect(client_config(&a.conn)).await?;
+        let list = client.jobs(a.query()).await?;
+        if a.json {
+            writeln!(out::stdout(), "{}", serde_json::to_string(&list)?)?;
+        } else {
+            write!(out::stdout(), "{}", jobs_text(&list))?;
+        }
+        Ok(())
+    })
+}
+
+/// `status`: the cluster and its newest jobs, once or every second
+/// (`--watch`).
+fn run_status(a: StatusArgs) -> anyhow::Result<()> {
+    block_on(async move {
+        let client = Client::connect(client_config(&a.conn)).await?;
+        loop {
+            let s = client.status().await?;
+            // The newest jobs and counts by state, from a master that can
+            // list them.
+            let newest = crate::wire::JobQuery {
+                last: STATUS_JOBS,
+                ..Default::default()
+            };
+            let jobs = match client.jobs(newest).await {
+                Ok(j) => Some(j),
+                Err(e) if e.refusal() == Some(crate::client::Refusal::Unsupported) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let text = if a.json {
+                status_json(&s, jobs.as_ref())
+            } else {
+                status_text(&s, jobs.as_ref())
+            };
+            if a.watch && std::io::stdout().is_terminal() {
+                // Clear the screen and go home, like watch(1).
+                write!(out::stdout(), "\x1b[2J\x1b[H")?;
+            }
+            writeln!(out::stdout(), "{text}")?;
+            if !a.watch {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    })
 }
 
 fn run_certs(a: CertsArgs) -> anyhow::Result<()> {

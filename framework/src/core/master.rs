@@ -441,6 +441,14 @@ pub enum Note {
     },
 }
 
+/// Whether an event may have freed a slot or added work: then the core
+/// hands out what can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dispatch {
+    Yes,
+    No,
+}
+
 /// A worker's link, as the core sees it.
 #[derive(Debug)]
 struct Link {
@@ -536,189 +544,193 @@ impl MasterCore {
                 link,
                 slots,
                 jobs,
-            } => {
-                if self.links.contains_key(&worker) {
-                    self.lose_runs(&worker);
-                }
-                let drained = false;
-                let l = Link {
-                    id: link,
-                    slots,
-                    jobs,
-                    drained,
-                };
-                self.links.insert(worker.clone(), l);
-                self.sync_worker(&worker);
-                true
-            }
-            Event::Unlinked { worker, link } => {
-                if self.links.get(&worker).is_none_or(|l| l.id != link) {
-                    return;
-                }
-                self.drop_worker(&worker, true);
-                true
-            }
-            Event::Unreachable { worker } => {
-                self.drop_worker(&worker, false);
-                true
-            }
-            Event::Registered(now_registered) => {
-                self.registered_now(now_registered);
-                true
-            }
-            Event::Connected(up) => {
-                if self.paused != up {
-                    return;
-                }
-                self.paused = !up;
-                self.note(if up { Note::Resumed } else { Note::Paused });
-                up
-            }
-            Event::Started { worker, run } => {
-                self.started(worker, run, now);
-                false
-            }
-            Event::Unstarted { worker, run } => {
-                let job = (run.job.as_str(), run.incarnation);
-                self.sched.unstarted(&worker, job, run.shard, run.attempt);
-                true
-            }
-            Event::Draining { worker } => {
-                self.note(Note::Draining {
-                    worker: worker.clone(),
-                });
-                self.sched.drain_worker(&worker);
-                true
-            }
-            Event::Drained { worker } => {
-                if let Some(l) = self.links.get_mut(&worker) {
-                    l.drained = true;
-                }
-                self.note(Note::Drained {
-                    worker: worker.clone(),
-                });
-                self.send(worker, ToWorker::DrainAck);
-                false
-            }
+            } => self.linked(worker, link, slots, jobs),
+            Event::Unlinked { worker, link } => self.unlinked(&worker, link),
+            Event::Unreachable { worker } => self.drop_worker(&worker, false),
+            Event::Registered(registered) => self.registered_now(registered),
+            Event::Connected(up) => self.connected(up),
+            Event::Started { worker, run } => self.started(worker, run, now),
+            Event::Unstarted { worker, run } => self.unstarted(&worker, &run),
+            Event::Draining { worker } => self.draining(worker),
+            Event::Drained { worker } => self.drained(worker),
             Event::Reported {
                 worker,
                 run,
                 failures,
                 output,
-            } => {
-                self.reported(worker, run, failures, output, now);
-                true
-            }
-            Event::Impossible { worker, reason } => {
-                self.impossible(&worker, reason);
-                true
-            }
-            Event::Inherited(jobs) => {
-                self.may_orphan.extend(jobs);
-                false
-            }
-            Event::Unreadable { job, why } => {
-                if self.book.phase(&job) == Some(Phase::Loading { cancelled: true }) {
-                    self.book.forget(&job);
-                    return;
-                }
-                let reason = why.reason.clone();
-                self.book.quarantine(&job, *why);
-                self.note(Note::Quarantined { job, reason });
-                false
-            }
-            Event::Loading(jobs) => {
-                for (id, owner) in jobs {
-                    self.book
-                        .set(&id, Phase::Loading { cancelled: false }, Some(owner));
-                }
-                false
-            }
-            Event::CancelFailed { job } => {
-                if self.book.phase(&job) == Some(Phase::Ended) {
-                    self.book.forget(&job);
-                }
-                false
-            }
+            } => self.reported(worker, run, failures, output, now),
+            Event::Impossible { worker, reason } => self.impossible(&worker, reason),
+            Event::Inherited(jobs) => self.inherited(jobs),
+            Event::Loading(jobs) => self.loading_jobs(jobs),
+            Event::Unreadable { job, why } => self.unreadable(job, *why),
+            Event::Added(job) => self.add(*job),
+            Event::Gone { job, why } => self.gone(&job, why),
+            Event::CancelFailed { job } => self.cancel_failed(&job),
             Event::Collecting(jobs) => {
                 self.book.set_collecting(jobs);
-                false
+                Dispatch::No
             }
-            Event::Collected { ok } => {
-                let collected = self.book.take_collecting();
-                if ok {
-                    for id in collected {
-                        self.may_orphan.remove(&id);
-                        if self.book.phase(&id) == Some(Phase::Ended) {
-                            self.book.forget(&id);
-                        }
-                    }
-                }
-                false
-            }
-            Event::Added(job) => {
-                self.add(*job);
-                true
-            }
-            Event::Gone { job, why } => self.gone(&job, why),
+            Event::Collected { ok } => self.collected_now(ok),
             Event::Committed {
                 job,
                 key,
                 attempt,
                 failures,
                 object,
-            } => {
-                self.committed(&job, key, attempt, &failures, object, now);
-                true
-            }
-            // Whether or not the write applied, the run's output may end
-            // up named by no record: the job's store directories are
-            // emptied when it is collected.
-            Event::CommitFailed { job, key } => {
-                self.may_orphan.insert(job.clone());
-                self.sched.commit_aborted(&job, key);
-                true
-            }
-            // Applied or not, the shard runs again; an end that had
-            // applied is found by the next one.
-            Event::EndFailed { job, key } => {
-                self.ledger.end_alone_failed(&job);
-                self.sched.commit_aborted(&job, key);
-                true
-            }
-            Event::NotReducible { run, output } => {
-                self.ledger.end_alone_failed(&run.job);
-                let output = Output::Bytes(output);
-                let failures = Vec::new();
-                self.push(Effect::Commit {
-                    run,
-                    output,
-                    failures,
-                });
-                false
-            }
-            Event::Merged { merge, outcome } => {
-                self.merged(merge, outcome);
-                false
-            }
-            Event::FinishFailed { job } => {
-                self.may_orphan.insert(job.clone());
-                self.ledger.finish_failed(&job);
-                self.finish_retries.push_back((now + FINISH_RETRY, job));
-                false
-            }
-            Event::Tick => {
-                self.tick(now);
-                true
-            }
+            } => self.committed(&job, key, attempt, &failures, object, now),
+            Event::CommitFailed { job, key } => self.commit_failed(job, key),
+            Event::EndFailed { job, key } => self.end_failed(&job, key),
+            Event::NotReducible { run, output } => self.not_reducible(run, output),
+            Event::Merged { merge, outcome } => self.merged(merge, outcome),
+            Event::FinishFailed { job } => self.finish_failed(job, now),
+            Event::Tick => self.tick(now),
         };
-        if dispatch {
+        // What may have freed a slot or added work hands out what can run.
+        if dispatch == Dispatch::Yes {
             self.dispatch(now);
         }
     }
 
+    fn linked(&mut self, worker: String, link: u64, slots: u32, jobs: Vec<String>) -> Dispatch {
+        if self.links.contains_key(&worker) {
+            self.lose_runs(&worker);
+        }
+        let drained = false;
+        let l = Link {
+            id: link,
+            slots,
+            jobs,
+            drained,
+        };
+        self.links.insert(worker.clone(), l);
+        self.sync_worker(&worker);
+        Dispatch::Yes
+    }
+
+    fn unlinked(&mut self, worker: &str, link: u64) -> Dispatch {
+        if self.links.get(worker).is_none_or(|l| l.id != link) {
+            return Dispatch::No;
+        }
+        self.drop_worker(worker, true)
+    }
+
+    fn connected(&mut self, up: bool) -> Dispatch {
+        if self.paused != up {
+            return Dispatch::No;
+        }
+        self.paused = !up;
+        self.note(if up { Note::Resumed } else { Note::Paused });
+        match up {
+            true => Dispatch::Yes,
+            false => Dispatch::No,
+        }
+    }
+
+    fn unstarted(&mut self, worker: &str, run: &RunId) -> Dispatch {
+        let job = (run.job.as_str(), run.incarnation);
+        self.sched.unstarted(worker, job, run.shard, run.attempt);
+        Dispatch::Yes
+    }
+
+    fn draining(&mut self, worker: String) -> Dispatch {
+        self.sched.drain_worker(&worker);
+        self.note(Note::Draining { worker });
+        Dispatch::Yes
+    }
+
+    fn drained(&mut self, worker: String) -> Dispatch {
+        if let Some(l) = self.links.get_mut(&worker) {
+            l.drained = true;
+        }
+        self.note(Note::Drained {
+            worker: worker.clone(),
+        });
+        self.send(worker, ToWorker::DrainAck);
+        Dispatch::No
+    }
+
+    fn inherited(&mut self, jobs: Vec<String>) -> Dispatch {
+        self.may_orphan.extend(jobs);
+        Dispatch::No
+    }
+
+    fn loading_jobs(&mut self, jobs: Vec<(String, Option<String>)>) -> Dispatch {
+        for (id, owner) in jobs {
+            let loading = Phase::Loading { cancelled: false };
+            self.book.set(&id, loading, Some(owner));
+        }
+        Dispatch::No
+    }
+
+    fn unreadable(&mut self, job: String, why: Quarantined) -> Dispatch {
+        if self.book.phase(&job) == Some(Phase::Loading { cancelled: true }) {
+            self.book.forget(&job);
+            return Dispatch::No;
+        }
+        let reason = why.reason.clone();
+        self.book.quarantine(&job, why);
+        self.note(Note::Quarantined { job, reason });
+        Dispatch::No
+    }
+
+    fn cancel_failed(&mut self, job: &str) -> Dispatch {
+        if self.book.phase(job) == Some(Phase::Ended) {
+            self.book.forget(job);
+        }
+        Dispatch::No
+    }
+
+    fn collected_now(&mut self, ok: bool) -> Dispatch {
+        let collected = self.book.take_collecting();
+        if ok {
+            for id in collected {
+                self.may_orphan.remove(&id);
+                if self.book.phase(&id) == Some(Phase::Ended) {
+                    self.book.forget(&id);
+                }
+            }
+        }
+        Dispatch::No
+    }
+
+    /// Whether or not the write applied, the run's output may end up
+    /// named by no record: the job's store directories are emptied when
+    /// it is collected.
+    fn commit_failed(&mut self, job: String, key: ShardKey) -> Dispatch {
+        self.sched.commit_aborted(&job, key);
+        self.may_orphan.insert(job);
+        Dispatch::Yes
+    }
+
+    /// Applied or not, the shard runs again; an end that had applied is
+    /// found by the next one.
+    fn end_failed(&mut self, job: &str, key: ShardKey) -> Dispatch {
+        self.ledger.end_alone_failed(job);
+        self.sched.commit_aborted(job, key);
+        Dispatch::Yes
+    }
+
+    fn not_reducible(&mut self, run: RunId, output: Vec<u8>) -> Dispatch {
+        self.ledger.end_alone_failed(&run.job);
+        let output = Output::Bytes(output);
+        let failures = Vec::new();
+        self.push(Effect::Commit {
+            run,
+            output,
+            failures,
+        });
+        Dispatch::No
+    }
+
+    fn finish_failed(&mut self, job: String, now: Instant) -> Dispatch {
+        self.may_orphan.insert(job.clone());
+        self.ledger.finish_failed(&job);
+        self.finish_retries.push_back((now + FINISH_RETRY, job));
+        Dispatch::No
+    }
+
     /// Time passed: results to write again, slow runs to copy.
-    fn tick(&mut self, now: Instant) {
+    fn tick(&mut self, now: Instant) -> Dispatch {
         while let Some((at, _)) = self.finish_retries.front() {
             if *at > now {
                 break;
@@ -742,6 +754,7 @@ impl MasterCore {
                 self.apply(cmds);
             }
         }
+        Dispatch::Yes
     }
 
     /// Hands out what can run, unless paused.
@@ -883,7 +896,7 @@ impl MasterCore {
         self.apply(cmds);
     }
 
-    fn registered_now(&mut self, registered: BTreeSet<String>) {
+    fn registered_now(&mut self, registered: BTreeSet<String>) -> Dispatch {
         let gone: Vec<String> = self.registered.difference(&registered).cloned().collect();
         self.registered = registered;
         for w in gone {
@@ -897,13 +910,14 @@ impl MasterCore {
         for w in linked {
             self.sync_worker(&w);
         }
+        Dispatch::Yes
     }
 
     /// A worker's link is gone (`ended`: it ended, rather than being
     /// dropped here): its runs go back to the queue.
-    fn drop_worker(&mut self, worker: &str, ended: bool) {
+    fn drop_worker(&mut self, worker: &str, ended: bool) -> Dispatch {
         let Some(link) = self.links.remove(worker) else {
-            return;
+            return Dispatch::No;
         };
         let running = self.sched.running_on(worker);
         if ended {
@@ -924,6 +938,7 @@ impl MasterCore {
             link,
         });
         self.lose_runs(&worker);
+        Dispatch::Yes
     }
 
     /// Takes a worker out of the scheduler: its runs go back to the queue,
@@ -943,13 +958,13 @@ impl MasterCore {
         self.apply(cmds);
     }
 
-    fn impossible(&mut self, worker: &str, reason: String) {
+    fn impossible(&mut self, worker: &str, reason: String) -> Dispatch {
         let w = worker.to_string();
         self.note(Note::Impossible { worker: w, reason });
-        self.drop_worker(worker, false);
+        self.drop_worker(worker, false)
     }
 
-    fn started(&mut self, worker: String, run: RunId, now: Instant) {
+    fn started(&mut self, worker: String, run: RunId, now: Instant) -> Dispatch {
         let answer = match run.epoch == self.epoch {
             true => {
                 let job = (run.job.as_str(), run.incarnation);
@@ -967,6 +982,7 @@ impl MasterCore {
                 self.send(worker, ToWorker::StartRefused(run));
             }
         }
+        Dispatch::No
     }
 
     fn reported(
@@ -976,7 +992,7 @@ impl MasterCore {
         failures: Vec<TaskFailure>,
         output: Output,
         now: Instant,
-    ) {
+    ) -> Dispatch {
         // A report no honest worker sends: its link goes, with the reason.
         if let Err(reason) = self.sched.check_failures(&run.job, run.shard, &failures) {
             return self.impossible(&worker, reason);
@@ -995,7 +1011,7 @@ impl MasterCore {
             if let Output::Object(_) = output {
                 self.push(Effect::Discard(output));
             }
-            return;
+            return Dispatch::Yes;
         };
         self.apply(stops);
         if let Some(output) = self.end_alone(&run, output, &failures) {
@@ -1005,6 +1021,7 @@ impl MasterCore {
                 failures,
             });
         }
+        Dispatch::Yes
     }
 
     /// A job's only shard, reported with every task done and an output its
@@ -1051,7 +1068,7 @@ impl MasterCore {
         failures: &[TaskFailure],
         object: Option<String>,
         now: Instant,
-    ) {
+    ) -> Dispatch {
         let tasks = self
             .sched
             .shard_tasks(job, key)
@@ -1072,9 +1089,10 @@ impl MasterCore {
         }
         let cmds = self.sched.committed(job, key, attempt, failures, now);
         self.apply(cmds);
+        Dispatch::Yes
     }
 
-    fn merged(&mut self, merge: Merge, outcome: Result<(), String>) {
+    fn merged(&mut self, merge: Merge, outcome: Result<(), String>) -> Dispatch {
         let scheduled = self.sched.counters(&merge.job).unwrap_or_default();
         let (job, key) = (merge.job.clone(), merge.key);
         let error = outcome.as_ref().err().cloned();
@@ -1090,9 +1108,10 @@ impl MasterCore {
         if let Some(f) = finish {
             self.push(Effect::WriteResult(f));
         }
+        Dispatch::No
     }
 
-    fn add(&mut self, job: NewJob) {
+    fn add(&mut self, job: NewJob) -> Dispatch {
         let NewJob {
             plan,
             bytes,
@@ -1115,10 +1134,11 @@ impl MasterCore {
         }
         let cmds = self.sched.add_job(plan);
         self.apply(cmds);
+        Dispatch::Yes
     }
 
-    /// A job leaves; returns whether to dispatch (its slots may free).
-    fn gone(&mut self, job: &str, why: Gone) -> bool {
+    /// A job leaves (a cancel or a discard may free slots at once).
+    fn gone(&mut self, job: &str, why: Gone) -> Dispatch {
         self.kept_result.remove(job);
         match (self.book.phase(job), why) {
             (Some(Phase::Loading { .. }), _) => {
@@ -1139,7 +1159,10 @@ impl MasterCore {
         // Its runs are stopped: their slots free as they end.
         let stops = self.sched.remove_job(job);
         self.apply(stops);
-        matches!(why, Gone::Cancelled | Gone::Discarded)
+        match why {
+            Gone::Cancelled | Gone::Discarded => Dispatch::Yes,
+            Gone::Done | Gone::CancelledWhileFinishing => Dispatch::No,
+        }
     }
 
     // Answers, for requests and the collector.

@@ -18,7 +18,6 @@ mod commits;
 mod creating;
 mod driver;
 mod fetch;
-pub(crate) mod gateway;
 mod links;
 mod load;
 mod status;
@@ -26,10 +25,12 @@ mod streaming;
 mod submit;
 mod watching;
 
+pub(crate) use access::Authorize;
 use links::Registered;
 pub(crate) use links::{Report, Started, Unstarted, WorkerDrain, WorkerJoined, WorkerLeft};
+pub(crate) use streaming::stream_job;
 pub(crate) use submit::Submit;
-pub(crate) use watching::Watch;
+pub(crate) use watching::{MarkFetched, Watch};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -123,7 +123,7 @@ impl From<crate::wire::WireError> for Stop {
 
 /// Serves one `StreamJob` until the job's end is sent, the client goes, or
 /// the master does (the client then streams again from the next one).
-pub(super) async fn stream_job(
+pub(crate) async fn stream_job(
     mut stream: FramedStream,
     master: Addr<Master>,
     job_id: String,

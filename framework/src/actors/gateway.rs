@@ -1,4 +1,5 @@
-//! The master's streams: every stream a node accepts starts here. The
+//! The node's streams: every stream a node accepts starts here, and goes
+//! to the master it runs, if it runs one. The
 //! first frame says what it is: a worker's link (`WorkerHello`, version
 //! checked, then frames both ways for as long as the link lives), a
 //! submission (`Submit` and its chunks, bounded by `--max-job-bytes`), a
@@ -13,11 +14,9 @@ use actix::prelude::*;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::access::Authorize;
-use super::watching::MarkFetched;
-use super::{
-    ClientRequest, GetEpoch, Master, Report, Started, Submit, Unstarted, Watch, WorkerDrain,
-    WorkerJoined, WorkerLeft,
+use super::master::{
+    stream_job, Authorize, ClientRequest, GetEpoch, MarkFetched, Master, Report, Started, Submit,
+    Unstarted, Watch, WorkerDrain, WorkerJoined, WorkerLeft,
 };
 use crate::core::job::task_bytes;
 use crate::metrics as m;
@@ -349,7 +348,7 @@ async fn handle_stream(
             return watch(stream, master, job_id, how, peer.id).await;
         }
         Frame::StreamJob { job_id, seen } => {
-            return super::streaming::stream_job(stream, master, job_id, seen, peer.id).await
+            return stream_job(stream, master, job_id, seen, peer.id).await
         }
         other @ (Frame::GetJob { .. }
         | Frame::GetStatus
