@@ -114,23 +114,17 @@ async fn run(zk: Session, s: Arc<WorkerSettings>, slots: Slots) -> Result<(), Co
     };
     zk.register_worker(&s.node_id, &info).await?;
     tracing::info!(node = %s.node_id, slots = s.slots, "worker registered");
-    let mut newest_epoch = 0u64;
-    let mut failed_epoch = None;
-    // For the master-gap histogram and the leadership-change counter.
-    let mut lost_at: Option<Instant> = None;
-    let mut served_epoch = 0u64;
+    let mut following = Following::default();
     // One session across links: a shard still running when its link ends
     // keeps its slot.
     let mut drain_rx = s.drain.clone();
-    // The last refusal of this node by a master, and the pause after it.
-    let mut refused: Option<(String, Duration)> = None;
-    let mut welcomes = 0u32;
+    let mut refusals = Refusals::default();
     let result = loop {
         if *drain_rx.borrow() {
             break Ok(());
         }
         let found = tokio::select! {
-            m = zk.wait_for_master(failed_epoch, Duration::from_secs(1)) => m?,
+            m = zk.wait_for_master(following.failed_epoch, Duration::from_secs(1)) => m?,
             _ = drain_rx.wait_for(|d| *d) => break Ok(()),
         };
         let master = match found {
@@ -140,27 +134,10 @@ async fn run(zk: Session, s: Arc<WorkerSettings>, slots: Slots) -> Result<(), Co
                 None => continue,
             },
         };
-        if master.epoch < newest_epoch {
-            tracing::warn!(
-                epoch = master.epoch,
-                newest_epoch,
-                "ignoring a master older than one already seen"
-            );
-            failed_epoch = Some(master.epoch);
+        if !following.follows(&master) {
             continue;
         }
-        newest_epoch = master.epoch;
-        let on_welcome = |epoch: u64| {
-            if let Some(t) = lost_at.take() {
-                metrics::histogram!(m::MASTER_GAP).record(t.elapsed().as_secs_f64());
-            }
-            if served_epoch != 0 && served_epoch != epoch {
-                metrics::counter!(m::LEADERSHIP_CHANGES).increment(1);
-            }
-            served_epoch = epoch;
-            welcomes += 1;
-        };
-        let session = serve(&s, &master, on_welcome, &slots);
+        let session = serve(&s, &master, |epoch| following.welcomed(epoch), &slots);
         let changed = zk.master_changed(master.epoch);
         let mut refused_now = None;
         let outcome = tokio::select! {
@@ -187,57 +164,115 @@ async fn run(zk: Session, s: Arc<WorkerSettings>, slots: Slots) -> Result<(), Co
                 r
             }
         };
-        if welcomes > 0 {
-            refused = None;
-            welcomes = 0;
+        if std::mem::take(&mut following.welcomes) > 0 {
+            refusals.last = None;
         }
         if let Some(reason) = refused_now {
-            // Said once per cause, then tried again with growing pauses.
-            let pause = match &refused {
-                Some((last, pause)) if *last == reason => (*pause * 2).min(REFUSED_PAUSE_MAX),
-                _ => {
-                    tracing::error!(
-                        master = %master.node_id,
-                        addr = %master.addr,
-                        "this node cannot join the master: {reason}. Trying again with pauses \
-                         growing to {} s (logged again if the cause changes)",
-                        REFUSED_PAUSE_MAX.as_secs()
-                    );
-                    REFUSED_PAUSE_MIN
-                }
-            };
-            tracing::debug!(
-                pause_ms = pause.as_millis() as u64,
-                "joining again after a pause"
-            );
-            s.audit.record(
-                master.epoch,
-                Event::JoinRefused {
-                    master: master.node_id.clone(),
-                    reason: reason.clone(),
-                    pause_ms: pause.as_millis() as u64,
-                },
-            );
-            refused = Some((reason, pause));
+            let pause = refusals.pause(&s, &master, reason);
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 r = zk.master_changed(master.epoch) => r?,
                 _ = drain_rx.wait_for(|d| *d) => break Ok(()),
             }
         }
-        failed_epoch = Some(master.epoch);
+        following.failed_epoch = Some(master.epoch);
         slots.disconnected(&s);
         outcome?;
         if slots.draining() {
             // The master went while we drained: what we ran is reassigned by the next one.
             break Ok(());
         }
-        if lost_at.is_none() {
-            lost_at = Some(Instant::now());
-        }
+        following.lost_at.get_or_insert_with(Instant::now);
     };
     let _ = s.drained.send(true);
     result
+}
+
+/// Which masters a worker follows, and what their changes are counted as.
+#[derive(Default)]
+struct Following {
+    /// The newest epoch seen: an older master is not followed.
+    newest_epoch: u64,
+    /// The epoch of the master whose link ended last.
+    failed_epoch: Option<u64>,
+    /// When the last link ended (for the master-gap histogram).
+    lost_at: Option<Instant>,
+    /// The epoch of the master that welcomed this worker last (for the
+    /// leadership-change counter).
+    served_epoch: u64,
+    /// Welcomes since the last link ended.
+    welcomes: u32,
+}
+
+impl Following {
+    /// Whether to follow `master`: not one older than one already seen.
+    fn follows(&mut self, master: &MasterInfo) -> bool {
+        if master.epoch < self.newest_epoch {
+            tracing::warn!(
+                epoch = master.epoch,
+                newest_epoch = self.newest_epoch,
+                "ignoring a master older than one already seen"
+            );
+            self.failed_epoch = Some(master.epoch);
+            return false;
+        }
+        self.newest_epoch = master.epoch;
+        true
+    }
+
+    /// The master of `epoch` welcomed this worker.
+    fn welcomed(&mut self, epoch: u64) {
+        if let Some(t) = self.lost_at.take() {
+            metrics::histogram!(m::MASTER_GAP).record(t.elapsed().as_secs_f64());
+        }
+        if self.served_epoch != 0 && self.served_epoch != epoch {
+            metrics::counter!(m::LEADERSHIP_CHANGES).increment(1);
+        }
+        self.served_epoch = epoch;
+        self.welcomes += 1;
+    }
+}
+
+/// A master's refusals of this node: said once per cause, then tried
+/// again with growing pauses.
+#[derive(Default)]
+struct Refusals {
+    /// The last refusal, and the pause after it.
+    last: Option<(String, Duration)>,
+}
+
+impl Refusals {
+    /// The pause after a refusal for `reason` (logged once per cause,
+    /// audited each time).
+    fn pause(&mut self, s: &WorkerSettings, master: &MasterInfo, reason: String) -> Duration {
+        let pause = match &self.last {
+            Some((last, pause)) if *last == reason => (*pause * 2).min(REFUSED_PAUSE_MAX),
+            _ => {
+                tracing::error!(
+                    master = %master.node_id,
+                    addr = %master.addr,
+                    "this node cannot join the master: {reason}. Trying again with pauses \
+                     growing to {} s (logged again if the cause changes)",
+                    REFUSED_PAUSE_MAX.as_secs()
+                );
+                REFUSED_PAUSE_MIN
+            }
+        };
+        tracing::debug!(
+            pause_ms = pause.as_millis() as u64,
+            "joining again after a pause"
+        );
+        s.audit.record(
+            master.epoch,
+            Event::JoinRefused {
+                master: master.node_id.clone(),
+                reason: reason.clone(),
+                pause_ms: pause.as_millis() as u64,
+            },
+        );
+        self.last = Some((reason, pause));
+        pause
+    }
 }
 
 /// One connection to a master. Returns `Ok` once drained (the master
