@@ -24,6 +24,7 @@ use crate::core::scheduler::SHORT_RUN_PREFETCH;
 use crate::core::worker_session::{Action, WorkerSession};
 use crate::core::PendingShard;
 
+/// The first master's epoch; each takeover adds one.
 const EPOCH: u64 = 7;
 const OWN: &str = "w0";
 
@@ -86,6 +87,7 @@ struct Stats {
     quarantined: u64,
     cancelled_while_loading: u64,
     collected: u64,
+    takeovers: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -105,12 +107,16 @@ impl std::ops::AddAssign for Stats {
         self.quarantined += o.quarantined;
         self.cancelled_while_loading += o.cancelled_while_loading;
         self.collected += o.collected;
+        self.takeovers += o.takeovers;
     }
 }
 
 /// A job as the simulated clients and store know it.
 struct SimJob {
     tasks: u64,
+    /// Tasks per shard.
+    per: u32,
+    incarnation: u64,
     max_attempts: u32,
     cancelled: bool,
     done: bool,
@@ -120,6 +126,11 @@ struct SimJob {
 
 struct World {
     seed: u64,
+    /// The serving master's epoch.
+    epoch: u64,
+    /// Commits ZooKeeper holds (applied, answered or not), first per
+    /// shard: what a new master reads back.
+    durable: BTreeMap<String, BTreeMap<ShardKey, crate::core::CommittedShard>>,
     rng: StdRng,
     now: Instant,
     core: MasterCore,
@@ -153,6 +164,8 @@ impl World {
     fn new(seed: u64) -> Self {
         World {
             seed,
+            epoch: EPOCH,
+            durable: BTreeMap::new(),
             rng: StdRng::seed_from_u64(seed),
             now: Instant::now(),
             core: MasterCore::new(EPOCH, OWN, 1 << 30),
@@ -199,7 +212,7 @@ impl World {
                         w.registered,
                         "seed {seed}: assigned to unregistered {worker}"
                     );
-                    assert_eq!(run.epoch, EPOCH);
+                    assert_eq!(run.epoch, self.epoch);
                     let unreadable = self.jobs.get(&run.job).is_some_and(|j| j.unreadable);
                     assert!(!unreadable, "seed {seed}: {} is quarantined", run.job);
                     let key = (run.job.clone(), run.shard);
@@ -322,7 +335,7 @@ impl World {
         self.next_link += 1;
         let w = &mut self.workers[i];
         w.link = Some(self.next_link);
-        let actions = w.session.connected(EPOCH);
+        let actions = w.session.connected(self.epoch);
         apply_actions(w, actions, &mut self.rng, 0.0);
         let event = Event::Linked {
             worker: w.id.clone(),
@@ -368,6 +381,8 @@ impl World {
         let unreadable = self.rng.gen_bool(0.05);
         let job = SimJob {
             tasks,
+            per: per as u32,
+            incarnation: u64::from(self.next_job),
             max_attempts,
             cancelled: false,
             done: false,
@@ -407,6 +422,84 @@ impl World {
             return;
         }
         self.handle(Event::Added(Box::new(job)));
+    }
+
+    /// A commit ZooKeeper applied (its answer delivered or lost): the
+    /// first record of a shard is the one a new master counts.
+    fn make_durable(&mut self, run: &RunId, failures: &[TaskFailure]) {
+        let commits = self.durable.entry(run.job.clone()).or_default();
+        commits
+            .entry(run.shard)
+            .or_insert_with(|| crate::core::CommittedShard {
+                attempt: run.attempt,
+                failures: failures.to_vec(),
+            });
+    }
+
+    /// The master is deposed (its writes in flight fenced: none applies,
+    /// none is answered) and a new one takes over from what ZooKeeper
+    /// holds: each unfinished job read back from its durable commits, the
+    /// workers linking again. What the new master counts is what those
+    /// commits hold, plus what it commits itself.
+    fn takeover(&mut self) {
+        self.stats.takeovers += 1;
+        self.epoch += 1;
+        self.pending.clear();
+        self.committing.clear();
+        self.ending.clear();
+        self.loading.clear();
+        self.committed.clear();
+        self.core = MasterCore::new(self.epoch, OWN, 1 << 30);
+        for w in &mut self.workers {
+            cut(w);
+        }
+        let registered = self.registered();
+        self.handle(Event::Registered(registered));
+        let ids: Vec<String> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            let j = &self.jobs[&id];
+            if j.done || j.cancelled {
+                continue;
+            }
+            if j.unreadable {
+                let why = Box::new(Quarantined {
+                    reason: "job type \"x\" is not registered".into(),
+                    job_name: Some("x".into()),
+                    tasks_total: j.tasks,
+                    owner: None,
+                    created_ms: 0,
+                });
+                self.handle(Event::Unreadable { job: id, why });
+                continue;
+            }
+            let commits = self.durable.get(&id).cloned().unwrap_or_default();
+            let mut rec =
+                crate::core::recover_job(&id, "j", j.tasks, j.per, j.max_attempts, &commits);
+            rec.plan.incarnation = j.incarnation;
+            // What the new master counts: the durable chain.
+            self.outcomes.retain(|(job, _), _| *job != id);
+            for (key, done) in &rec.outputs {
+                self.committed.insert((id.clone(), *key));
+                for &t in done {
+                    *self.outcomes.entry((id.clone(), t)).or_default() += 1;
+                }
+            }
+            for f in &rec.final_failures {
+                *self.outcomes.entry((id.clone(), f.index)).or_default() += 1;
+            }
+            let owner = Some("client:sim".to_string());
+            let job = NewJob {
+                plan: rec.plan,
+                bytes: 10,
+                failures: rec.final_failures,
+                objects: Vec::new(),
+                unmerged: Vec::new(),
+                kept_result: None,
+                owner: owner.clone(),
+            };
+            self.handle(Event::Loading(vec![(id, owner)]));
+            self.loading.push(job);
+        }
     }
 
     /// A job read back after the takeover arrives: queued, unless a
@@ -520,9 +613,9 @@ impl World {
         let job = jobs[self.rng.gen_range(0..jobs.len())].clone();
         let run = RunId {
             epoch: if self.rng.gen_bool(0.9) {
-                EPOCH
+                self.epoch
             } else {
-                EPOCH - 1
+                self.epoch - 1
             },
             job,
             incarnation: self.rng.gen_range(0..u64::from(self.next_job) + 2),
@@ -569,6 +662,9 @@ impl World {
                 let key = (run.job.clone(), run.shard);
                 self.committing.remove(&key);
                 let cancelled = self.jobs[&run.job].cancelled;
+                if lost && !fails && !cancelled {
+                    self.make_durable(&run, &failures);
+                }
                 if fails || lost || cancelled {
                     self.stats.writes_failed += u64::from(fails);
                     self.stats.answers_lost += u64::from(lost && !fails);
@@ -576,6 +672,7 @@ impl World {
                     return self.handle(Event::CommitFailed { job, key });
                 }
                 self.stats.commits += 1;
+                self.make_durable(&run, &failures);
                 self.committed.insert(key.clone());
                 let tasks = self.shard_tasks.get(&key).cloned().unwrap_or_default();
                 let max_attempts = self.jobs[&run.job].max_attempts;
@@ -747,6 +844,7 @@ impl World {
             }
             13 if self.rng.gen_bool(0.3) => self.loaded(),
             14 if self.rng.gen_bool(0.05) => self.collect(),
+            15 if self.rng.gen_bool(0.01) && self.stats.takeovers < 3 => self.takeover(),
             8 if self.rng.gen_bool(0.05) => {
                 let up = self.core.is_paused();
                 self.handle(Event::Connected(up));
@@ -905,6 +1003,7 @@ fn the_master_core_keeps_every_invariant_under_simulated_faults() {
         total.cancelled_while_loading > 0 && total.collected > 0,
         "{total:?}"
     );
+    assert!(total.takeovers > 0, "{total:?}");
 }
 
 /// Seeds until `RINGLEADER_SIM_EVENTS` events (default a million) were
