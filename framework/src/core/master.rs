@@ -88,6 +88,24 @@ pub struct NewJob {
     pub kept_result: Option<usize>,
     /// Whose it is (`None`: a job of an older version).
     pub owner: Option<String>,
+    /// Scheduled while its create waits (a work queue's job of one
+    /// shard): its writes are held until [`Event::Created`] says it is
+    /// durable.
+    pub creating: bool,
+}
+
+/// How the create of a job scheduled while it waited ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// Durable: its held writes go.
+    Durable,
+    /// Durable as its end (its one-write end went in place of its
+    /// create): nothing held is written; the job is gone once the driver
+    /// says so.
+    Ended,
+    /// Not written (the id is taken, or ZooKeeper refused): the job is
+    /// discarded as if never admitted.
+    Failed,
 }
 
 /// A job the master cannot read or run (its type not registered on this
@@ -203,6 +221,13 @@ pub enum Event {
     /// read back (each then [`Event::Added`], unless cancelled meanwhile:
     /// see [`MasterCore::take_loaded`]).
     Loading(Vec<(String, Option<String>)>),
+    /// A job scheduled while its create waited was created, or not.
+    Created {
+        /// Job id.
+        job: String,
+        /// How.
+        outcome: Created,
+    },
     /// A cancel's write failed: the job was not cancelled by this master
     /// after all (it is read back if it is still unfinished).
     CancelFailed {
@@ -481,6 +506,8 @@ pub struct MasterCore {
     may_orphan: HashSet<String>,
     /// Each job's phase and owner.
     book: Book,
+    /// The writes of jobs whose create waits, in order.
+    held: HashMap<String, Vec<Effect>>,
     /// Results to write again, when.
     finish_retries: VecDeque<(Instant, String)>,
     next_speculation: Option<Instant>,
@@ -503,6 +530,7 @@ impl MasterCore {
             paused: false,
             may_orphan: HashSet::new(),
             book: Book::default(),
+            held: HashMap::new(),
             finish_retries: VecDeque::new(),
             next_speculation: None,
             now: None,
@@ -566,6 +594,7 @@ impl MasterCore {
             Event::Added(job) => self.add(*job),
             Event::Gone { job, why } => self.gone(&job, why),
             Event::CancelFailed { job } => self.cancel_failed(&job),
+            Event::Created { job, outcome } => self.created(job, outcome),
             Event::Collecting(jobs) => {
                 self.book.set_collecting(jobs);
                 Dispatch::No
@@ -673,6 +702,21 @@ impl MasterCore {
         Dispatch::No
     }
 
+    fn created(&mut self, job: String, outcome: Created) -> Dispatch {
+        let held = self.held.remove(&job).unwrap_or_default();
+        match outcome {
+            Created::Durable => {
+                if self.book.phase(&job) == Some(Phase::Creating) {
+                    self.book.set(&job, Phase::Running, None);
+                }
+                self.effects.extend(held);
+                Dispatch::No
+            }
+            Created::Ended => Dispatch::No,
+            Created::Failed => self.gone(&job, Gone::Discarded),
+        }
+    }
+
     fn cancel_failed(&mut self, job: &str) -> Dispatch {
         if self.book.phase(job) == Some(Phase::Ended) {
             self.book.forget(job);
@@ -766,7 +810,19 @@ impl MasterCore {
         self.apply(cmds);
     }
 
+    /// Asks the driver for an effect; a write of a job whose create waits
+    /// is held until it is created.
     fn push(&mut self, effect: Effect) {
+        let job = match &effect {
+            Effect::Commit { run, .. } => Some(&run.job),
+            Effect::RecordLoss { job, .. } => Some(job),
+            Effect::WriteResult(f) => Some(&f.job),
+            _ => None,
+        };
+        if let Some(held) = job.and_then(|job| self.held.get_mut(job)) {
+            held.push(effect);
+            return;
+        }
         self.effects.push_back(effect);
     }
 
@@ -1120,9 +1176,17 @@ impl MasterCore {
             unmerged,
             kept_result,
             owner,
+            creating,
         } = job;
         let id = plan.id.clone();
-        self.book.set(&id, Phase::Running, Some(owner));
+        let phase = match creating {
+            true => {
+                self.held.insert(id.clone(), Vec::new());
+                Phase::Creating
+            }
+            false => Phase::Running,
+        };
+        self.book.set(&id, phase, Some(owner));
         self.ledger
             .add(&id, plan.max_attempts, bytes, failures, objects);
         match kept_result {
@@ -1140,6 +1204,7 @@ impl MasterCore {
     /// A job leaves (a cancel or a discard may free slots at once).
     fn gone(&mut self, job: &str, why: Gone) -> Dispatch {
         self.kept_result.remove(job);
+        self.held.remove(job);
         match (self.book.phase(job), why) {
             (Some(Phase::Loading { .. }), _) => {
                 let cancelled = Phase::Loading { cancelled: true };
@@ -1246,6 +1311,11 @@ impl MasterCore {
     /// in flight, until it is collected).
     pub fn holds(&self, job: &str) -> bool {
         self.book.phase(job).is_some() || self.ledger.is_submitting(job)
+    }
+
+    /// Whether the job's create waits (it was scheduled before).
+    pub fn is_creating(&self, job: &str) -> bool {
+        self.book.phase(job) == Some(Phase::Creating)
     }
 
     /// Whether the job is being read back after a takeover.

@@ -3,7 +3,7 @@
 //! result, a job's end in one write), each performed and its outcome fed
 //! back to the core as an event; and what a job's durable end means for
 //! the master's caches and watchers. A write of a job whose create waits
-//! is deferred until it is created ([`creating`]).
+//! is held by the core until it is created.
 
 use std::sync::Arc;
 
@@ -19,8 +19,7 @@ use crate::metrics as m;
 use crate::wire::{JobProgress, JobState};
 
 impl Master {
-    /// Writes a shard's next attempt after its worker died running it
-    /// (after the job's create, if that waits).
+    /// Writes a shard's next attempt after its worker died running it.
     pub(super) fn record_loss(
         &mut self,
         ctx: &mut Context<Self>,
@@ -28,10 +27,6 @@ impl Master {
         key: ShardKey,
         next_attempt: u32,
     ) {
-        let write = creating::Deferred::RecordLoss { key, next_attempt };
-        if self.defer(&job, write).is_none() {
-            return;
-        }
         let store = self.store.clone();
         let fut = async move { store.record_loss(&job, key, next_attempt).await };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
@@ -61,31 +56,6 @@ impl Master {
                 };
                 ShardOutput::Bytes(erased.encode_acc(&erased.new_acc()).unwrap_or_default())
             }
-        };
-        self.write_commit(ctx, run, output, failures);
-    }
-
-    /// Writes a commit record (after the job's create, if that waits).
-    pub(super) fn write_commit(
-        &mut self,
-        ctx: &mut Context<Self>,
-        run: RunId,
-        output: ShardOutput,
-        failures: Vec<TaskFailure>,
-    ) {
-        let job = run.job.clone();
-        let write = creating::Deferred::Commit {
-            run,
-            output,
-            failures,
-        };
-        let Some(creating::Deferred::Commit {
-            run,
-            output,
-            failures,
-        }) = self.defer(&job, write)
-        else {
-            return;
         };
         let store = self.store.clone();
         let (job, key, attempt) = (run.job, run.shard, run.attempt);
@@ -229,11 +199,6 @@ impl Master {
     /// Encodes the job's result off the arbiter and writes it with `Done`
     /// in one fenced transaction; retried while the cause is transient.
     pub(super) fn write_result(&mut self, ctx: &mut Context<Self>, f: Finish) {
-        let job = f.job.clone();
-        let Some(creating::Deferred::Result(f)) = self.defer(&job, creating::Deferred::Result(f))
-        else {
-            return;
-        };
         let Some(rt) = self.jobs.get(&f.job) else {
             return;
         };

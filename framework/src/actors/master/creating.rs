@@ -16,10 +16,9 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::{Master, Watch};
-use crate::coord::{Amend, CoordError, Finished, ShardOutput};
-use crate::core::job::Finish;
-use crate::core::master::{Event as CoreEvent, Gone};
-use crate::core::{Counters, RunId, ShardKey, TaskFailure};
+use crate::coord::{Amend, CoordError, Finished};
+use crate::core::master::{Created as CoreCreated, Event as CoreEvent};
+use crate::core::{Counters, ShardKey, TaskFailure};
 
 /// A job whose create waits.
 pub(super) struct Creating {
@@ -28,8 +27,9 @@ pub(super) struct Creating {
     /// A watch sent behind the submission (`Client::run`), handed over by
     /// the gateway as it arrives.
     watch: WatchSlot,
-    /// Writes of the job that wait for its create to be durable, in order.
-    deferred: Vec<Deferred>,
+    /// Ends of the job that could not go in place of its create: written
+    /// once it is durable. (Its other writes are held by the core.)
+    deferred: Vec<EndAlone>,
     /// The end proposed in place of the create, and what the create's
     /// end would be; written apart if the create went without it.
     proposed: Option<(EndAlone, Finished)>,
@@ -74,21 +74,6 @@ pub(super) fn take_watch(rx: Option<oneshot::Receiver<Watch>>) -> Option<Watch> 
     rx.try_recv().ok()
 }
 
-/// A write of a creating job, deferred until it is created.
-pub(super) enum Deferred {
-    Commit {
-        run: RunId,
-        output: ShardOutput,
-        failures: Vec<TaskFailure>,
-    },
-    RecordLoss {
-        key: ShardKey,
-        next_attempt: u32,
-    },
-    End(EndAlone),
-    Result(Finish),
-}
-
 /// A job's end in one write (`Master::end_in_one_write`): its only
 /// shard's run and the result it reduces to.
 pub(super) struct EndAlone {
@@ -115,7 +100,7 @@ impl Creating {
     fn into_watch(
         self,
         durable: bool,
-    ) -> (Option<Watch>, Vec<Deferred>, Option<(EndAlone, Finished)>) {
+    ) -> (Option<Watch>, Vec<EndAlone>, Option<(EndAlone, Finished)>) {
         for waiting in self.resubmitted {
             let _ = waiting.send(durable);
         }
@@ -139,7 +124,7 @@ pub(super) enum Created {
 impl Master {
     /// Whether the job's create waits.
     pub(super) fn is_creating(&self, job: &str) -> bool {
-        self.jobs.get(job).is_some_and(|rt| rt.creating.is_some())
+        self.core.is_creating(job)
     }
 
     /// If the job's create waits: what its answer will say (whether the
@@ -150,18 +135,6 @@ impl Master {
         let (tx, rx) = oneshot::channel();
         c.resubmitted.push(tx);
         Some(rx)
-    }
-
-    /// Defers `write` if the job's create waits; gives it back otherwise,
-    /// to be done now.
-    pub(super) fn defer(&mut self, job: &str, write: Deferred) -> Option<Deferred> {
-        match self.jobs.get_mut(job).and_then(|rt| rt.creating.as_mut()) {
-            Some(c) => {
-                c.deferred.push(write);
-                None
-            }
-            None => Some(write),
-        }
     }
 
     /// Whether a client waits on a watch for the job's result: a
@@ -197,7 +170,7 @@ impl Master {
         );
         match proposal {
             Ok(Some(finished)) => c.proposed = Some((end, finished)),
-            Ok(None) | Err(_) => c.deferred.push(Deferred::End(end)),
+            Ok(None) | Err(_) => c.deferred.push(end),
         }
     }
 
@@ -220,6 +193,13 @@ impl Master {
                 return watch;
             }
             Created::Ok(true) => {
+                // Nothing held is written: the job ends now.
+                let created = CoreCreated::Ended;
+                let event = CoreEvent::Created {
+                    job: job.to_string(),
+                    outcome: created,
+                };
+                self.handle_core(ctx, event);
                 // The watch first, so that the job's end reaches it (its
                 // only frame: the job ends now).
                 if let Some(w) = watch {
@@ -240,19 +220,14 @@ impl Master {
             // Taken too late for the transaction's budget: written apart.
             self.end_alone(ctx, job, end);
         }
-        for write in deferred {
-            match write {
-                Deferred::Commit {
-                    run,
-                    output,
-                    failures,
-                } => self.write_commit(ctx, run, output, failures),
-                Deferred::RecordLoss { key, next_attempt } => {
-                    self.record_loss(ctx, job.to_string(), key, next_attempt)
-                }
-                Deferred::End(end) => self.end_alone(ctx, job, end),
-                Deferred::Result(f) => self.write_result(ctx, f),
-            }
+        // The writes the core held go now, then the ends held here.
+        let event = CoreEvent::Created {
+            job: job.to_string(),
+            outcome: CoreCreated::Durable,
+        };
+        self.handle_core(ctx, event);
+        for end in deferred {
+            self.end_alone(ctx, job, end);
         }
         None
     }
@@ -267,11 +242,11 @@ impl Master {
         );
         crate::counter_once!(crate::metrics::JOBS_DISCARDED).increment(1);
         self.take_runtime(job);
-        let gone = CoreEvent::Gone {
+        let event = CoreEvent::Created {
             job: job.to_string(),
-            why: Gone::Discarded,
+            outcome: CoreCreated::Failed,
         };
-        self.handle_core(ctx, gone);
+        self.handle_core(ctx, event);
     }
 
     /// A one-write end's write, for a created job.

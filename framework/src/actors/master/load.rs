@@ -332,6 +332,7 @@ impl Master {
         let record = &loaded.rt.stored.record;
         let owner = record.owner.clone();
         let kept_result = record.kept_result_room();
+        let creating = loaded.rt.creating.is_some();
         if let Some(old) = self.jobs.insert(id.clone(), loaded.rt) {
             self.recent_total -= old.recent_bytes;
         }
@@ -345,6 +346,7 @@ impl Master {
             unmerged: loaded.unmerged,
             kept_result,
             owner,
+            creating,
         };
         self.handle_core(ctx, CoreEvent::Added(Box::new(job)));
     }

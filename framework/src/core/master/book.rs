@@ -17,6 +17,9 @@ pub enum Phase {
         /// A cancel came while it was read.
         cancelled: bool,
     },
+    /// Queued or running while its create waits (a work queue's job of
+    /// one shard): its writes are held until it is created.
+    Creating,
     /// Queued or running.
     Running,
     /// Ended or cancelled by this master: it changes no more here (its end

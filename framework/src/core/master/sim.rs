@@ -29,7 +29,7 @@ const EPOCH: u64 = 7;
 const OWN: &str = "w0";
 
 /// Seeds the suite runs.
-const SUITE_SEEDS: u64 = 300;
+const SUITE_SEEDS: u64 = 200;
 
 /// A frame from a worker to the master.
 #[derive(Debug, Clone)]
@@ -63,6 +63,8 @@ struct Worker {
 /// A write the fake ZooKeeper holds, not answered yet.
 #[derive(Debug, Clone)]
 enum Pending {
+    /// The create of a job scheduled while it waited.
+    Create(String),
     Commit(RunId, Output, Vec<TaskFailure>),
     EndAlone(RunId, Vec<u8>),
     Result(Finish),
@@ -88,6 +90,7 @@ struct Stats {
     cancelled_while_loading: u64,
     collected: u64,
     takeovers: u64,
+    discarded: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -108,6 +111,7 @@ impl std::ops::AddAssign for Stats {
         self.cancelled_while_loading += o.cancelled_while_loading;
         self.collected += o.collected;
         self.takeovers += o.takeovers;
+        self.discarded += o.discarded;
     }
 }
 
@@ -122,6 +126,10 @@ struct SimJob {
     done: bool,
     /// The master cannot read it: it must never run.
     unreadable: bool,
+    /// Its create is durable (it was scheduled before, or after).
+    created: bool,
+    /// Its create failed: it never existed.
+    discarded: bool,
 }
 
 struct World {
@@ -233,6 +241,12 @@ impl World {
                 output,
                 failures,
             } => {
+                let creating = self.core.is_creating(&run.job);
+                assert!(
+                    !creating,
+                    "seed {seed}: {} written before its create",
+                    run.job
+                );
                 let key = (run.job.clone(), run.shard);
                 assert!(
                     !self.committed.contains(&key),
@@ -387,6 +401,8 @@ impl World {
             cancelled: false,
             done: false,
             unreadable,
+            created: true,
+            discarded: false,
         };
         self.jobs.insert(id.clone(), job);
         if unreadable {
@@ -405,6 +421,8 @@ impl World {
             assert!(self.core.is_quarantined(&id), "seed {}", self.seed);
             return;
         }
+        // A work queue's job: scheduled while its create waits.
+        let creating = shards == 1 && kept_result.is_some() && self.rng.gen_bool(0.5);
         let job = NewJob {
             plan,
             bytes: 10,
@@ -413,7 +431,17 @@ impl World {
             unmerged: Vec::new(),
             kept_result,
             owner: Some("client:sim".into()),
+            creating,
         };
+        if creating {
+            if let Some(j) = self.jobs.get_mut(&id) {
+                j.created = false;
+            }
+            self.pending.push(Pending::Create(id.clone()));
+            self.handle(Event::Added(Box::new(job)));
+            assert!(self.core.is_creating(&id), "seed {}", self.seed);
+            return;
+        }
         // Inherited from an earlier master: read back while it serves.
         if self.rng.gen_bool(0.2) {
             let owner = job.owner.clone();
@@ -458,7 +486,15 @@ impl World {
         let ids: Vec<String> = self.jobs.keys().cloned().collect();
         for id in ids {
             let j = &self.jobs[&id];
-            if j.done || j.cancelled {
+            if j.done || j.cancelled || j.discarded {
+                continue;
+            }
+            // Its create never went: it never existed.
+            if !j.created {
+                self.stats.discarded += 1;
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.discarded = true;
+                }
                 continue;
             }
             if j.unreadable {
@@ -496,6 +532,7 @@ impl World {
                 unmerged: Vec::new(),
                 kept_result: None,
                 owner: owner.clone(),
+                creating: false,
             };
             self.handle(Event::Loading(vec![(id, owner)]));
             self.loading.push(job);
@@ -695,6 +732,34 @@ impl World {
                     object,
                 });
             }
+            Pending::Create(id) => {
+                let failed = self.rng.gen_bool(if self.faults { 0.2 } else { 0.0 });
+                let job = self.jobs.get_mut(&id).expect("a job the simulation made");
+                let outcome = match failed {
+                    true => {
+                        job.discarded = true;
+                        self.stats.discarded += 1;
+                        Created::Failed
+                    }
+                    false => {
+                        job.created = true;
+                        Created::Durable
+                    }
+                };
+                self.handle(Event::Created {
+                    job: id.clone(),
+                    outcome,
+                });
+                assert!(!self.core.is_creating(&id), "seed {}", self.seed);
+                if failed {
+                    assert!(!self.core.holds(&id), "seed {}: {id}", self.seed);
+                }
+            }
+            // The driver writes an end that could not go in place of the
+            // create once the create is durable.
+            Pending::EndAlone(run, output) if self.core.is_creating(&run.job) => {
+                self.pending.push(Pending::EndAlone(run, output));
+            }
             Pending::EndAlone(run, output) => {
                 if output != b"ok" {
                     self.ending.remove(&run.job);
@@ -753,7 +818,7 @@ impl World {
         let live: Vec<String> = self
             .jobs
             .iter()
-            .filter(|(_, j)| !j.done && !j.cancelled)
+            .filter(|(id, j)| !j.done && !j.cancelled && !j.discarded && !self.core.is_creating(id))
             .map(|(id, _)| id.clone())
             .collect();
         if live.is_empty() {
@@ -883,7 +948,7 @@ impl World {
             let open = self
                 .jobs
                 .values()
-                .any(|j| !j.done && !j.cancelled && !j.unreadable);
+                .any(|j| !j.done && !j.cancelled && !j.unreadable && !j.discarded);
             if !open && self.pending.is_empty() && self.loading.is_empty() {
                 break;
             }
@@ -910,7 +975,7 @@ impl World {
                 assert!(self.core.counters(id).is_none(), "seed {seed}: {id}");
                 continue;
             }
-            if job.cancelled {
+            if job.cancelled || job.discarded {
                 continue;
             }
             assert!(job.done, "seed {seed}: {id} never ended");
@@ -1003,7 +1068,7 @@ fn the_master_core_keeps_every_invariant_under_simulated_faults() {
         total.cancelled_while_loading > 0 && total.collected > 0,
         "{total:?}"
     );
-    assert!(total.takeovers > 0, "{total:?}");
+    assert!(total.takeovers > 0 && total.discarded > 0, "{total:?}");
 }
 
 /// Seeds until `RINGLEADER_SIM_EVENTS` events (default a million) were
