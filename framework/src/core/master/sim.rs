@@ -755,6 +755,10 @@ impl World {
                     assert!(!self.core.holds(&id), "seed {}: {id}", self.seed);
                 }
             }
+            // A failed create drops the ends the driver held for it.
+            Pending::EndAlone(run, _) if self.jobs[&run.job].discarded => {
+                self.ending.remove(&run.job);
+            }
             // The driver writes an end that could not go in place of the
             // create once the create is durable.
             Pending::EndAlone(run, output) if self.core.is_creating(&run.job) => {
