@@ -845,13 +845,7 @@ impl MasterCore {
                     shard,
                     ack_first,
                 } => {
-                    let run = RunId {
-                        epoch: self.epoch,
-                        job,
-                        incarnation,
-                        shard: shard.key,
-                        attempt: shard.attempt,
-                    };
+                    let run = self.run_of(job, incarnation, shard.key, shard.attempt);
                     let tasks = shard.tasks;
                     let msg = ToWorker::Assign {
                         run,
@@ -867,13 +861,7 @@ impl MasterCore {
                     key,
                     attempt,
                 } => {
-                    let run = RunId {
-                        epoch: self.epoch,
-                        job,
-                        incarnation,
-                        shard: key,
-                        attempt,
-                    };
+                    let run = self.run_of(job, incarnation, key, attempt);
                     self.send(worker, ToWorker::StartRefused(run));
                 }
                 Command::Stop {
@@ -883,13 +871,7 @@ impl MasterCore {
                     key,
                     attempt,
                 } => {
-                    let run = RunId {
-                        epoch: self.epoch,
-                        job,
-                        incarnation,
-                        shard: key,
-                        attempt,
-                    };
+                    let run = self.run_of(job, incarnation, key, attempt);
                     self.send(worker, ToWorker::StopRun(run));
                 }
                 Command::CommitLost {
@@ -899,13 +881,7 @@ impl MasterCore {
                     failures,
                 } => {
                     let incarnation = self.sched.incarnation_of(&job).unwrap_or(0);
-                    let run = RunId {
-                        epoch: self.epoch,
-                        job,
-                        incarnation,
-                        shard: key,
-                        attempt,
-                    };
+                    let run = self.run_of(job, incarnation, key, attempt);
                     let output = Output::Empty;
                     self.push(Effect::Commit {
                         run,
@@ -931,6 +907,17 @@ impl MasterCore {
                     }
                 }
             }
+        }
+    }
+
+    /// A run this master assigned.
+    fn run_of(&self, job: String, incarnation: u64, shard: ShardKey, attempt: u32) -> RunId {
+        RunId {
+            epoch: self.epoch,
+            job,
+            incarnation,
+            shard,
+            attempt,
         }
     }
 
@@ -1280,11 +1267,6 @@ impl MasterCore {
         self.may_orphan.contains(job)
     }
 
-    /// The job was collected: nothing of it is left to sweep.
-    pub fn collected(&mut self, job: &str) {
-        self.may_orphan.remove(job);
-    }
-
     /// The jobs quarantined, by id.
     pub fn quarantined(&self) -> &BTreeMap<String, Quarantined> {
         self.book.quarantined()
@@ -1349,11 +1331,6 @@ impl MasterCore {
     /// Whether assignments wait for ZooKeeper.
     pub fn is_paused(&self) -> bool {
         self.paused
-    }
-
-    /// The epoch it serves.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
     }
 
     /// Checks the scheduler's indexes against its state (tests).

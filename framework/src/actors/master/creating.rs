@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::{Master, Watch};
 use crate::coord::{Amend, CoordError, Finished};
-use crate::core::master::{Created as CoreCreated, Event as CoreEvent};
+use crate::core::master::{Created, Event as CoreEvent};
 use crate::core::{Counters, ShardKey, TaskFailure};
 
 /// A job whose create waits.
@@ -113,14 +113,6 @@ impl Creating {
     }
 }
 
-/// How a creating job's create ended.
-pub(super) enum Created {
-    /// Durable; `true` if as its end (the proposal went).
-    Ok(bool),
-    /// Not written: the job is discarded.
-    Failed,
-}
-
 impl Master {
     /// Whether the job's create waits.
     pub(super) fn is_creating(&self, job: &str) -> bool {
@@ -186,18 +178,17 @@ impl Master {
         outcome: Created,
     ) -> Option<Watch> {
         let c = self.jobs.get_mut(job)?.creating.take()?;
-        let (watch, deferred, proposed) = c.into_watch(matches!(outcome, Created::Ok(_)));
+        let (watch, deferred, proposed) = c.into_watch(outcome != Created::Failed);
         match outcome {
             Created::Failed => {
                 self.discard(ctx, job);
                 return watch;
             }
-            Created::Ok(true) => {
+            Created::Ended => {
                 // Nothing held is written: the job ends now.
-                let created = CoreCreated::Ended;
                 let event = CoreEvent::Created {
                     job: job.to_string(),
-                    outcome: created,
+                    outcome,
                 };
                 self.handle_core(ctx, event);
                 // The watch first, so that the job's end reaches it (its
@@ -211,7 +202,7 @@ impl Master {
                 }
                 return None;
             }
-            Created::Ok(false) => {}
+            Created::Durable => {}
         }
         if let Some(w) = watch {
             self.watch(ctx, w);
@@ -223,7 +214,7 @@ impl Master {
         // The writes the core held go now, then the ends held here.
         let event = CoreEvent::Created {
             job: job.to_string(),
-            outcome: CoreCreated::Durable,
+            outcome: Created::Durable,
         };
         self.handle_core(ctx, event);
         for end in deferred {
@@ -244,7 +235,7 @@ impl Master {
         self.take_runtime(job);
         let event = CoreEvent::Created {
             job: job.to_string(),
-            outcome: CoreCreated::Failed,
+            outcome: Created::Failed,
         };
         self.handle_core(ctx, event);
     }

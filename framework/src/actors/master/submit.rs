@@ -14,13 +14,14 @@ use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
 use super::access::refusal;
-use super::creating::{take_watch, Created, Creating};
+use super::creating::{take_watch, Creating};
 use super::load::Loaded;
 use super::{error, JobRuntime, Master, Watch};
 use crate::coord::{
     submission_digest, Amend, CoordError, JobRecord, JobStatus, LeaderStore, StoredJob,
 };
 use crate::core::job::{auto_shard_size, Ledger, Submission};
+use crate::core::master::Created;
 use crate::core::master::Phase;
 use crate::core::{recover_job, shard_count};
 use crate::metrics as m;
@@ -268,7 +269,12 @@ impl Master {
                 Ok(Speculated::Created(ended)) => {
                     // Accepted first: its end (if it came with it) follows.
                     act.accepted(&id, &a.header.job_name, a.header.task_count);
-                    act.created(ctx, &id, Created::Ok(ended));
+                    let outcome = if ended {
+                        Created::Ended
+                    } else {
+                        Created::Durable
+                    };
+                    act.created(ctx, &id, outcome);
                     Frame::Accepted {
                         job_id: id,
                         existing: false,
