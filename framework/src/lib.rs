@@ -30,6 +30,7 @@ pub mod client;
 pub mod coord;
 pub mod core;
 pub mod fuzz;
+mod golden;
 pub mod metrics;
 pub mod node;
 mod out;

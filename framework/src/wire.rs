@@ -147,7 +147,7 @@ fn is_false(b: &bool) -> bool {
 
 /// A submission: everything but the task bodies, which follow in
 /// [`Frame::SubmitChunk`] frames on the same stream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SubmitHeader {
     /// Client-chosen id; resubmitting it returns the existing job.
     pub job_id: String,
@@ -160,7 +160,7 @@ pub struct SubmitHeader {
 }
 
 /// One shard sent to a worker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Assignment {
     /// Epoch of the master that sent it.
     pub epoch: u64,
@@ -183,7 +183,7 @@ pub struct Assignment {
 }
 
 /// A worker's report on one assignment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ShardReport {
     /// Epoch of the assignment this answers.
     pub epoch: u64,
@@ -256,7 +256,7 @@ pub struct WorkerStatus {
 }
 
 /// The cluster's state as the master sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterStatus {
     /// The master's node id.
     pub leader: String,
@@ -269,7 +269,7 @@ pub struct ClusterStatus {
 }
 
 /// A finished job's result as fetched by a client.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JobOutcome {
     /// Final progress figures.
     pub progress: JobProgress,
@@ -280,7 +280,7 @@ pub struct JobOutcome {
 }
 
 /// Every message on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum Frame {
     /// Worker to master, first frame of the worker's control stream.
     WorkerHello {

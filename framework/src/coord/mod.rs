@@ -27,7 +27,7 @@ pub use session::{Connection, Connections, Session, Won};
 pub use store::Amend;
 pub use store::{Committed, Finished, JobRef, LeaderStore, ShardOutput, StoredJob, INLINE_LIMIT};
 pub(crate) use zk::decode_record;
-#[cfg(feature = "testkit")]
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) use zk::encode_record;
 pub use zk::{
     connect, connect_with, ensure_path, parse_connect_string, read_master, wait_for_master,

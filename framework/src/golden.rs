@@ -1,0 +1,540 @@
+//! Golden files of the formats: every frame and every record as a
+//! baseline release wrote them, committed under `framework/tests/compat/`,
+//! and read by this build in the suite.
+//!
+//! A reader one release newer must read what the previous release wrote
+//! (ARCHITECTURE.md, "Formats that evolve"). The files of a baseline are
+//! never rewritten: they are what nodes of that release put on the wire
+//! and in ZooKeeper. Each one decodes, with this build's types, to the
+//! value this module builds for its name (a field added since takes its
+//! default in both). A new baseline's files are written once, by
+//! `RINGLEADER_WRITE_GOLDEN=<dir> cargo test -p ringleader --lib golden`.
+#![cfg(test)]
+
+use std::path::{Path, PathBuf};
+
+use serde_bytes::ByteBuf;
+
+use crate::coord::{
+    decode_record, encode_record, JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord,
+    ShardRecord, WorkerInfo,
+};
+use crate::core::{Counters, ShardKey, TaskFailure};
+use crate::wire::{
+    self, Assignment, ClusterStatus, ErrorKind, Frame, JobList, JobOptions, JobOutcome,
+    JobPlanInfo, JobProgress, JobQuery, JobState, JobSummary, ShardReport, StateCounts,
+    SubmitHeader, WorkerStatus,
+};
+
+/// The directory of golden files.
+fn compat_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat")
+}
+
+/// One value as it is stored or sent.
+#[derive(Debug, PartialEq)]
+enum Sample {
+    Frame(Frame),
+    Master(MasterInfo),
+    Worker(WorkerInfo),
+    Job(JobRecord),
+    Result(ResultRecord),
+    Commit(Vec<(ShardKey, ShardRecord)>),
+    Batch(Vec<ByteBuf>),
+}
+
+impl Sample {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Sample::Frame(f) => {
+                let mut buf = Vec::new();
+                wire::encode_into(&mut buf, f).expect("encodes");
+                buf.split_off(4)
+            }
+            Sample::Master(r) => encode_record("golden", r).expect("encodes"),
+            Sample::Worker(r) => encode_record("golden", r).expect("encodes"),
+            Sample::Job(r) => encode_record("golden", r).expect("encodes"),
+            Sample::Result(r) => encode_record("golden", r).expect("encodes"),
+            Sample::Commit(r) => encode_record("golden", r).expect("encodes"),
+            Sample::Batch(r) => encode_record("golden", r).expect("encodes"),
+        }
+    }
+
+    /// `bytes` read as the same kind of value as `self`.
+    fn decode_like(&self, bytes: &[u8]) -> Result<Sample, String> {
+        let e = |e: crate::coord::CoordError| e.to_string();
+        Ok(match self {
+            Sample::Frame(_) => {
+                Sample::Frame(wire::decode_frame(bytes).map_err(|e| e.to_string())?)
+            }
+            Sample::Master(_) => Sample::Master(decode_record("golden", bytes).map_err(e)?),
+            Sample::Worker(_) => Sample::Worker(decode_record("golden", bytes).map_err(e)?),
+            Sample::Job(_) => Sample::Job(decode_record("golden", bytes).map_err(e)?),
+            Sample::Result(_) => Sample::Result(decode_record("golden", bytes).map_err(e)?),
+            Sample::Commit(_) => Sample::Commit(decode_record("golden", bytes).map_err(e)?),
+            Sample::Batch(_) => Sample::Batch(decode_record("golden", bytes).map_err(e)?),
+        })
+    }
+}
+
+fn key(index: u32, generation: u32) -> ShardKey {
+    ShardKey { index, generation }
+}
+
+fn failure() -> TaskFailure {
+    TaskFailure {
+        index: 7,
+        error: "boom".into(),
+        attempt: 2,
+        retryable: true,
+    }
+}
+
+fn counters() -> Counters {
+    Counters {
+        tasks_total: 10,
+        tasks_done: 6,
+        tasks_failed: 1,
+        retries: 2,
+    }
+}
+
+fn options() -> JobOptions {
+    JobOptions {
+        shard_size: 2,
+        max_attempts: 3,
+        shard_timeout_ms: Some(5_000),
+        stream: true,
+    }
+}
+
+fn progress(state: JobState) -> JobProgress {
+    JobProgress {
+        job_id: "job-1".into(),
+        job_name: "word-count".into(),
+        state,
+        counters: counters(),
+    }
+}
+
+fn bytes(b: &[u8]) -> ByteBuf {
+    ByteBuf::from(b.to_vec())
+}
+
+fn job_record() -> JobRecord {
+    JobRecord {
+        job_name: "word-count".into(),
+        options: options(),
+        tasks_total: 10,
+        batches: 2,
+        status: JobStatus::Accepted,
+        created_ms: 1_765_000_000_000,
+        fetched_ms: None,
+        digest: Some(bytes(&[0xab; 32])),
+        owner: Some("client:alice".into()),
+        inline: None,
+        result: None,
+        incarnation: 0x5eed,
+    }
+}
+
+fn result_record() -> ResultRecord {
+    ResultRecord {
+        epoch: 4,
+        output: OutputRef::Inline(bytes(&[0x91, 0x01])),
+        failures: vec![failure()],
+        counters: counters(),
+    }
+}
+
+/// Every frame variant and every record, by file name.
+fn samples() -> Vec<(&'static str, Sample)> {
+    use Sample as S;
+    let f = |frame: Frame| S::Frame(frame);
+    vec![
+        (
+            "frame-worker-hello",
+            f(Frame::WorkerHello {
+                version: wire::PROTOCOL_VERSION,
+                node_id: "node-a".into(),
+                slots: 4,
+                jobs: vec!["word-count".into(), "square".into()],
+                epoch: 3,
+                store: "s3://bucket/prefix".into(),
+                store_mark: "mark-1".into(),
+            }),
+        ),
+        ("frame-welcome", f(Frame::Welcome { epoch: 3 })),
+        (
+            "frame-assign",
+            f(Frame::Assign(Assignment {
+                epoch: 3,
+                job_id: "job-1".into(),
+                incarnation: 0x5eed,
+                job_name: "word-count".into(),
+                shard: key(1, 2),
+                attempt: 1,
+                tasks: vec![(2, bytes(b"\xa3abc")), (3, bytes(b"\xa3def"))],
+                ack_first: true,
+            })),
+        ),
+        (
+            "frame-started",
+            f(Frame::Started {
+                epoch: 3,
+                job_id: "job-1".into(),
+                incarnation: 0x5eed,
+                shard: key(1, 2),
+                attempt: 1,
+            }),
+        ),
+        (
+            "frame-start-ack",
+            f(Frame::StartAck {
+                job_id: "job-1".into(),
+                incarnation: 0x5eed,
+                shard: key(1, 2),
+                attempt: 1,
+            }),
+        ),
+        (
+            "frame-start-refused",
+            f(Frame::StartRefused {
+                job_id: "job-1".into(),
+                incarnation: 0x5eed,
+                shard: key(1, 2),
+                attempt: 1,
+            }),
+        ),
+        (
+            "frame-unstarted",
+            f(Frame::Unstarted {
+                job_id: "job-1".into(),
+                incarnation: 0x5eed,
+                shard: key(1, 2),
+                attempt: 1,
+            }),
+        ),
+        (
+            "frame-report",
+            f(Frame::Report(ShardReport {
+                epoch: 3,
+                job_id: "job-1".into(),
+                incarnation: 0x5eed,
+                shard: key(1, 2),
+                attempt: 1,
+                output: bytes(&[0x81, 0xa1, b'a', 0x01]),
+                failures: vec![failure()],
+                output_object: None,
+            })),
+        ),
+        (
+            "frame-report-object",
+            f(Frame::Report(ShardReport {
+                epoch: 3,
+                job_id: "job-1".into(),
+                incarnation: 0x5eed,
+                shard: key(1, 2),
+                attempt: 1,
+                output: ByteBuf::new(),
+                failures: Vec::new(),
+                output_object: Some("outputs/job-1/1-2.1".into()),
+            })),
+        ),
+        ("frame-draining", f(Frame::Draining)),
+        ("frame-drained", f(Frame::Drained)),
+        ("frame-drain-ack", f(Frame::DrainAck)),
+        (
+            "frame-submit",
+            f(Frame::Submit(SubmitHeader {
+                job_id: "job-1".into(),
+                job_name: "word-count".into(),
+                options: options(),
+                task_count: 10,
+            })),
+        ),
+        (
+            "frame-submit-chunk",
+            f(Frame::SubmitChunk {
+                tasks: vec![bytes(b"\xa3abc"), bytes(b"\xa3def")],
+            }),
+        ),
+        (
+            "frame-accepted",
+            f(Frame::Accepted {
+                job_id: "job-1".into(),
+                existing: true,
+            }),
+        ),
+        (
+            "frame-get-job",
+            f(Frame::GetJob {
+                job_id: "job-1".into(),
+            }),
+        ),
+        ("frame-job", f(Frame::Job(progress(JobState::Running)))),
+        ("frame-get-status", f(Frame::GetStatus)),
+        (
+            "frame-status",
+            f(Frame::Status(ClusterStatus {
+                leader: "node-a".into(),
+                epoch: 3,
+                workers: vec![WorkerStatus {
+                    node_id: "node-b".into(),
+                    addr: "10.0.0.2:7000".into(),
+                    slots: 4,
+                    in_flight: 2,
+                    connected: true,
+                    last_seen_ms: Some(120),
+                }],
+                jobs: vec![progress(JobState::Running)],
+            })),
+        ),
+        (
+            "frame-fetch-result",
+            f(Frame::FetchResult {
+                job_id: "job-1".into(),
+            }),
+        ),
+        (
+            "frame-outcome",
+            f(Frame::Outcome(JobOutcome {
+                progress: progress(JobState::Done),
+                result: bytes(&[0x81, 0xa1, b'a', 0x01]),
+                failures: vec![failure()],
+            })),
+        ),
+        (
+            "frame-cancel",
+            f(Frame::Cancel {
+                job_id: "job-1".into(),
+            }),
+        ),
+        ("frame-ok", f(Frame::Ok)),
+        ("frame-not-master", f(Frame::NotMaster)),
+        (
+            "frame-error",
+            f(Frame::error(ErrorKind::NoSuchJob, "no job \"job-9\"")),
+        ),
+        (
+            "frame-watch-job",
+            f(Frame::WatchJob {
+                job_id: "job-1".into(),
+                fetch: false,
+                unmarked: true,
+            }),
+        ),
+        (
+            "frame-plan-job",
+            f(Frame::PlanJob {
+                job_name: "word-count".into(),
+                task_count: 10,
+                shard_size: 0,
+                shape: Some("shape-of-word-count".into()),
+            }),
+        ),
+        (
+            "frame-planned",
+            f(Frame::Planned(JobPlanInfo {
+                shard_size: 2,
+                shards: 5,
+                workers: 3,
+                slots: 12,
+                registered: 4,
+            })),
+        ),
+        (
+            "frame-list-jobs",
+            f(Frame::ListJobs(JobQuery {
+                states: vec![JobState::Running, JobState::Done],
+                job_name: Some("word-count".into()),
+                owner: Some("client:alice".into()),
+                since_ms: Some(1_765_000_000_000),
+                last: 20,
+            })),
+        ),
+        (
+            "frame-jobs",
+            f(Frame::Jobs(JobList {
+                jobs: vec![JobSummary {
+                    job_id: "job-1".into(),
+                    job_name: "word-count".into(),
+                    state: JobState::Running,
+                    tasks_total: 10,
+                    counters: Some(counters()),
+                    created_ms: 1_765_000_000_000,
+                    fetched: false,
+                    note: Some("no worker runs word-count".into()),
+                    owner: Some("client:alice".into()),
+                }],
+                matched: 1,
+                counts: StateCounts {
+                    running: 1,
+                    done: 2,
+                    cancelled: 3,
+                },
+            })),
+        ),
+        (
+            "frame-stream-job",
+            f(Frame::StreamJob {
+                job_id: "job-1".into(),
+                seen: vec![(0, 3, 0), (5, 1, 1)],
+            }),
+        ),
+        (
+            "frame-partial",
+            f(Frame::Partial {
+                shard: key(1, 2),
+                output: bytes(&[0x81, 0xa1, b'a', 0x01]),
+            }),
+        ),
+        (
+            "frame-stop-run",
+            f(Frame::StopRun {
+                job_id: "job-1".into(),
+                incarnation: 0x5eed,
+                shard: key(1, 2),
+                attempt: 1,
+            }),
+        ),
+        (
+            "frame-fetched",
+            f(Frame::Fetched {
+                job_id: "job-1".into(),
+            }),
+        ),
+        (
+            "record-master",
+            S::Master(MasterInfo {
+                node_id: "node-a".into(),
+                addr: "10.0.0.1:7000".into(),
+                epoch: 3,
+                session_timeout_ms: 4_000,
+                store: "s3://bucket/prefix".into(),
+            }),
+        ),
+        (
+            "record-worker",
+            S::Worker(WorkerInfo {
+                addr: "10.0.0.2:7000".into(),
+                slots: 4,
+                jobs: vec!["word-count".into()],
+            }),
+        ),
+        ("record-job", S::Job(job_record())),
+        (
+            "record-job-compact-done",
+            S::Job(JobRecord {
+                status: JobStatus::Done,
+                fetched_ms: Some(1_765_000_001_000),
+                batches: 0,
+                inline: Some(vec![bytes(b"\xa3abc")]),
+                result: Some(result_record()),
+                ..job_record()
+            }),
+        ),
+        ("record-result", S::Result(result_record())),
+        (
+            "record-commit",
+            S::Commit(vec![
+                (
+                    key(0, 0),
+                    ShardRecord {
+                        epoch: 3,
+                        attempt: 1,
+                        output: OutputRef::Inline(bytes(&[0x81, 0xa1, b'a', 0x01])),
+                        failures: vec![failure()],
+                    },
+                ),
+                (
+                    key(1, 2),
+                    ShardRecord {
+                        epoch: 3,
+                        attempt: 2,
+                        output: OutputRef::Object("outputs/job-1/1-2.2".into()),
+                        failures: Vec::new(),
+                    },
+                ),
+            ]),
+        ),
+        (
+            "record-batch",
+            S::Batch(vec![bytes(b"\xa3abc"), bytes(b"\xa3def")]),
+        ),
+    ]
+}
+
+/// The baselines whose files this build must read: each directory under
+/// `tests/compat/`.
+fn baselines() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(compat_dir())
+        .expect("tests/compat exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Writes this build's encodings as a new baseline's files (run once per
+/// baseline, never over an existing directory).
+#[test]
+fn write_golden_files_when_asked() {
+    let Ok(name) = std::env::var("RINGLEADER_WRITE_GOLDEN") else {
+        return;
+    };
+    let dir = compat_dir().join(name);
+    assert!(
+        !dir.exists(),
+        "{} exists: a baseline's files are never rewritten",
+        dir.display()
+    );
+    std::fs::create_dir_all(&dir).expect("creates");
+    for (name, sample) in samples() {
+        std::fs::write(dir.join(format!("{name}.msgpack")), sample.encode()).expect("writes");
+    }
+}
+
+#[test]
+fn every_frame_and_record_a_baseline_wrote_is_read_as_it_meant() {
+    let baselines = baselines();
+    assert!(!baselines.is_empty(), "no baseline under tests/compat");
+    for dir in baselines {
+        for (name, sample) in samples() {
+            let path = dir.join(format!("{name}.msgpack"));
+            let Ok(bytes) = std::fs::read(&path) else {
+                // A sample added after this baseline.
+                continue;
+            };
+            let read = sample
+                .decode_like(&bytes)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(read, sample, "{}", path.display());
+        }
+    }
+}
+
+/// Every golden file of a baseline has a sample here: none is skipped
+/// because its name changed.
+#[test]
+fn every_golden_file_is_checked() {
+    let names: Vec<String> = samples()
+        .into_iter()
+        .map(|(n, _)| format!("{n}.msgpack"))
+        .collect();
+    let mut seen = 0;
+    for dir in baselines() {
+        for entry in std::fs::read_dir(&dir).expect("reads") {
+            let file = entry.expect("entry").file_name();
+            let file = file.to_string_lossy();
+            assert!(
+                names.iter().any(|n| *n == file),
+                "{}/{file} has no sample",
+                dir.display()
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no golden file found");
+}
