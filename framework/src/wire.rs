@@ -800,11 +800,20 @@ impl Frame {
     }
 }
 
+/// Encodes a frame's body or a record the way every format of the
+/// cluster is written: MessagePack with structs as maps of named fields,
+/// so that a reader of another release reads the fields it knows and
+/// skips the others (ARCHITECTURE.md, "Formats that evolve"). Tuples stay
+/// arrays: they never grow.
+pub fn encode_named<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(value)
+}
+
 /// Appends one length-prefixed frame to `buf`.
 pub fn encode_into(buf: &mut Vec<u8>, frame: &Frame) -> Result<(), WireError> {
     let start = buf.len();
     buf.extend_from_slice(&[0; 4]);
-    rmp_serde::encode::write(buf, frame)?;
+    rmp_serde::encode::write_named(buf, frame)?;
     let len = u32::try_from(buf.len() - start - 4).map_err(|_| WireError::TooLarge {
         len: buf.len() - start - 4,
         max: u32::MAX as usize,

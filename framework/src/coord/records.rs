@@ -53,11 +53,12 @@ pub enum JobStatus {
 
 /// Data of `/jobs/<job-id>`.
 ///
-/// Written as a map of named fields (see its `Serialize`), so that a
-/// reader of any version reads the fields it knows and skips the others;
-/// records of earlier versions are positional arrays, and read as well
-/// (a field they lack takes its default).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// Written as a map of named fields, like every record
+/// ([`crate::wire::encode_named`]), so that a reader of any version reads
+/// the fields it knows and skips the others; records of earlier versions
+/// are positional arrays, and read as well (a field they lack takes its
+/// default).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JobRecord {
     /// Registered job name.
     pub job_name: String,
@@ -83,14 +84,12 @@ pub struct JobRecord {
     #[serde(default)]
     pub owner: Option<String>,
     /// A small job's tasks, kept in its record (see
-    /// [`JobRecord::is_compact`]). Last, and left out when `None`.
+    /// [`JobRecord::is_compact`]). Left out when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<Vec<ByteBuf>>,
     /// A compact job's result, once it is done, when it is small (see
     /// [`JobRecord::keep_result`]): its end is then one write of this
-    /// record, and it has no `result` znode. Last, and left out when
-    /// `None`; only a compact job has one, so `inline`, before it, is
-    /// always there when it is (MessagePack structs are arrays).
+    /// record, and it has no `result` znode. Left out when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ResultRecord>,
     /// Which job of this id it is: a random number chosen when it was
@@ -100,33 +99,6 @@ pub struct JobRecord {
     /// output in the store) is taken for its own.
     #[serde(default)]
     pub incarnation: u64,
-}
-
-impl Serialize for JobRecord {
-    /// A map of named fields (see the type's doc); `inline` and `result`
-    /// are left out when `None`.
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let n = 10 + usize::from(self.inline.is_some()) + usize::from(self.result.is_some());
-        let mut m = serializer.serialize_map(Some(n))?;
-        m.serialize_entry("job_name", &self.job_name)?;
-        m.serialize_entry("options", &self.options)?;
-        m.serialize_entry("tasks_total", &self.tasks_total)?;
-        m.serialize_entry("batches", &self.batches)?;
-        m.serialize_entry("status", &self.status)?;
-        m.serialize_entry("created_ms", &self.created_ms)?;
-        m.serialize_entry("fetched_ms", &self.fetched_ms)?;
-        m.serialize_entry("digest", &self.digest)?;
-        m.serialize_entry("owner", &self.owner)?;
-        if let Some(inline) = &self.inline {
-            m.serialize_entry("inline", inline)?;
-        }
-        if let Some(result) = &self.result {
-            m.serialize_entry("result", result)?;
-        }
-        m.serialize_entry("incarnation", &self.incarnation)?;
-        m.end()
-    }
 }
 
 /// A fresh job incarnation ([`JobRecord::incarnation`]): random, never 0.
@@ -333,8 +305,13 @@ pub fn commit_entries(
     Ok(vec![(key, record)])
 }
 
-/// Data of `jobs/<job-id>/result`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// Data of `jobs/<job-id>/result`, and a compact job's result in its
+/// record.
+///
+/// Still written as a positional array (its `Serialize`): the baseline
+/// reads it only so. It is read as a map of named fields as well, the
+/// form it takes once the cluster's feature level allows it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(from = "ResultRecordRepr")]
 pub struct ResultRecord {
     /// Epoch of the master that reduced the job.
@@ -347,11 +324,24 @@ pub struct ResultRecord {
     pub counters: Counters,
 }
 
-/// A result record as stored now, or by versions that kept the counts
-/// as three fields (without the total, which the job record holds).
+impl Serialize for ResultRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (&self.epoch, &self.output, &self.failures, &self.counters).serialize(serializer)
+    }
+}
+
+/// A result record as stored now, as a map of named fields, or by
+/// versions that kept the counts as three fields (without the total,
+/// which the job record holds).
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum ResultRecordRepr {
+    Named {
+        epoch: u64,
+        output: OutputRef,
+        failures: Vec<TaskFailure>,
+        counters: Counters,
+    },
     Now(u64, OutputRef, Vec<TaskFailure>, Counters),
     Before(u64, OutputRef, Vec<TaskFailure>, u64, u64, u64),
 }
@@ -359,7 +349,13 @@ enum ResultRecordRepr {
 impl From<ResultRecordRepr> for ResultRecord {
     fn from(r: ResultRecordRepr) -> Self {
         match r {
-            ResultRecordRepr::Now(epoch, output, failures, counters) => ResultRecord {
+            ResultRecordRepr::Named {
+                epoch,
+                output,
+                failures,
+                counters,
+            }
+            | ResultRecordRepr::Now(epoch, output, failures, counters) => ResultRecord {
                 epoch,
                 output,
                 failures,
@@ -387,7 +383,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn result_records_of_earlier_versions_are_read() {
+    fn result_records_of_earlier_versions_and_of_the_named_form_are_read() {
         #[derive(Serialize)]
         struct Before(u64, OutputRef, Vec<TaskFailure>, u64, u64, u64);
         let old = Before(
@@ -416,8 +412,30 @@ mod tests {
             },
             ..r
         };
-        let again: ResultRecord = rmp_serde::from_slice(&rmp_serde::to_vec(&now).unwrap()).unwrap();
+        let bytes = crate::wire::encode_named(&now).unwrap();
+        assert_eq!(bytes[0], 0x94, "an array of four, as the baseline reads it");
+        let again: ResultRecord = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(again, now);
+        // The named form a later release may write once the feature level
+        // allows it.
+        #[derive(Serialize)]
+        struct Named<'a> {
+            epoch: u64,
+            output: &'a OutputRef,
+            failures: &'a [TaskFailure],
+            counters: Counters,
+            later: &'a str,
+        }
+        let named = crate::wire::encode_named(&Named {
+            epoch: now.epoch,
+            output: &now.output,
+            failures: &now.failures,
+            counters: now.counters,
+            later: "a field this release does not know",
+        })
+        .unwrap();
+        let read: ResultRecord = rmp_serde::from_slice(&named).unwrap();
+        assert_eq!(read, now);
     }
 
     #[test]
@@ -524,7 +542,7 @@ mod tests {
         assert!(!not_compact.keep_result(&[1], &[]));
         // Without a result, a record reads as it did before results were
         // kept; with one, both come back.
-        let plain = rmp_serde::to_vec(&record).unwrap();
+        let plain = crate::wire::encode_named(&record).unwrap();
         assert_eq!(rmp_serde::from_slice::<JobRecord>(&plain).unwrap(), record);
         let result = ResultRecord {
             epoch: 4,
@@ -538,7 +556,7 @@ mod tests {
             },
         };
         record.result = Some(result.clone());
-        let bytes = rmp_serde::to_vec(&record).unwrap();
+        let bytes = crate::wire::encode_named(&record).unwrap();
         let read: JobRecord = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(read, record);
         assert_eq!(read.inline, Some(vec![task]));
@@ -552,7 +570,7 @@ mod tests {
         assert!(kept.failures.is_empty());
         assert_eq!(light.stored(), record.stored());
         // The 100 bytes of output are gone.
-        assert!(rmp_serde::to_vec(&light).unwrap().len() + 100 <= bytes.len());
+        assert!(crate::wire::encode_named(&light).unwrap().len() + 100 <= bytes.len());
     }
 
     /// A job record is a map of named fields: a record of an earlier
@@ -606,7 +624,7 @@ mod tests {
             incarnation: 0x5eed,
             ..read
         };
-        let bytes = rmp_serde::to_vec(&now).unwrap();
+        let bytes = crate::wire::encode_named(&now).unwrap();
         assert_eq!(rmp_serde::from_slice::<JobRecord>(&bytes).unwrap(), now);
         let by_earlier: Earlier = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(by_earlier, earlier);

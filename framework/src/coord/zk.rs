@@ -299,7 +299,7 @@ impl AclMode {
 }
 
 pub(crate) fn encode_record<T: Serialize>(path: &str, value: &T) -> Result<Vec<u8>, CoordError> {
-    let bytes = rmp_serde::to_vec(value).map_err(|e| CoordError::Garbage {
+    let bytes = crate::wire::encode_named(value).map_err(|e| CoordError::Garbage {
         path: path.to_string(),
         reason: format!("cannot encode: {e}"),
     })?;

@@ -11,6 +11,8 @@
 //! `RINGLEADER_WRITE_GOLDEN=<dir> cargo test -p ringleader --lib golden`.
 #![cfg(test)]
 
+mod baseline_ef9caa21;
+
 use std::path::{Path, PathBuf};
 
 use serde_bytes::ByteBuf;
@@ -57,6 +59,27 @@ impl Sample {
             Sample::Result(r) => encode_record("golden", r).expect("encodes"),
             Sample::Commit(r) => encode_record("golden", r).expect("encodes"),
             Sample::Batch(r) => encode_record("golden", r).expect("encodes"),
+        }
+    }
+
+    /// `bytes` read as a node of the baseline `ef9caa21` reads this kind
+    /// of value, and encoded again as it would.
+    fn through_baseline(&self, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        use baseline_ef9caa21 as b;
+        fn via<T: serde::de::DeserializeOwned + serde::Serialize>(
+            bytes: &[u8],
+        ) -> Result<Vec<u8>, String> {
+            let value: T = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+            Ok(b::encode(&value))
+        }
+        match self {
+            Sample::Frame(_) => via::<b::Frame>(bytes),
+            Sample::Master(_) => via::<b::MasterInfo>(bytes),
+            Sample::Worker(_) => via::<b::WorkerInfo>(bytes),
+            Sample::Job(_) => via::<b::JobRecord>(bytes),
+            Sample::Result(_) => via::<b::ResultRecord>(bytes),
+            Sample::Commit(_) => via::<Vec<(b::ShardKey, b::ShardRecord)>>(bytes),
+            Sample::Batch(_) => via::<Vec<ByteBuf>>(bytes),
         }
     }
 
@@ -537,4 +560,26 @@ fn every_golden_file_is_checked() {
         }
     }
     assert!(seen > 0, "no golden file found");
+}
+
+/// What this build writes, a node of the baseline reads as it meant: each
+/// sample, encoded now, read with the baseline's own types and encoded
+/// again as the baseline does, is byte for byte the baseline's file.
+#[test]
+fn every_frame_and_record_this_build_writes_is_read_by_the_baseline() {
+    let dir = compat_dir().join("ef9caa21");
+    let mut checked = 0;
+    for (name, sample) in samples() {
+        let path = dir.join(format!("{name}.msgpack"));
+        let Ok(golden) = std::fs::read(&path) else {
+            continue;
+        };
+        let now = sample.encode();
+        let again = sample
+            .through_baseline(&now)
+            .unwrap_or_else(|e| panic!("{name}: the baseline cannot read it: {e}"));
+        assert_eq!(again, golden, "{name}: the baseline reads it otherwise");
+        checked += 1;
+    }
+    assert!(checked >= 40, "only {checked} samples checked");
 }
