@@ -452,10 +452,29 @@ impl Client {
                 zk.wait_for_master(None, wait).await?
             }
         };
-        master.ok_or_else(|| ClientError::NoMaster {
+        let master = master.ok_or_else(|| ClientError::NoMaster {
             cluster: self.inner.cfg.cluster.clone(),
             secs: wait.as_secs(),
-        })
+        })?;
+        // A master of a release with no protocol version in common: say
+        // so before any request it would refuse.
+        if let Some([oldest, newest]) = master.protocol {
+            if let Err(why) = crate::wire::negotiate(oldest, newest) {
+                let build = match master.build.as_str() {
+                    "" => String::new(),
+                    b => format!(" ({b})"),
+                };
+                let why = why.by("this client");
+                return Err(ClientError::Refused {
+                    kind: Refusal::Unsupported,
+                    message: format!(
+                        "the master {}{build} cannot serve this client: {why}",
+                        master.node_id
+                    ),
+                });
+            }
+        }
+        Ok(master)
     }
 
     /// A connection to the serving master. What is known at once (no

@@ -65,6 +65,23 @@ impl Node {
 /// This crate's version (what `--version` and `ringleader_build_info` name).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// What `--version` prints after the program's name: its own version, if
+/// it gave one, and Ringleader's version and commit.
+pub(crate) fn version_line(version: Option<&str>) -> String {
+    let ringleader = format!("ringleader {VERSION} commit {COMMIT}");
+    match version {
+        Some(v) => format!("{v} ({ringleader})"),
+        None => format!("({ringleader})"),
+    }
+}
+
+/// A build's identity, as `--version` prints it: the program's name, its
+/// own version if it gave one ([`NodeBuilder::version`]), and Ringleader's
+/// version and commit. Nodes register it, `status` shows it.
+pub fn build_id(program: &str, version: Option<&str>) -> String {
+    format!("{program} {}", version_line(version))
+}
+
 /// The commit this build was made from (its short hash; "unknown" outside
 /// a git work tree): `--version`, the node's first log line and
 /// `ringleader_build_info` say it, and it tells two builds of one version

@@ -92,7 +92,8 @@ pub const FRAME_BYTES: &str = "ringleader_quic_frame_bytes_total";
 pub const PEER_REFUSALS: &str = "ringleader_peer_refusals_total";
 /// Why a peer was refused: its handshake failed (another CA, expired);
 /// its certificate carries no identity; a node dialled was not the node
-/// ZooKeeper names; a certificate may not do what it asked (a client
+/// ZooKeeper names; a worker speaks no protocol version this master
+/// does; a certificate may not do what it asked (a client
 /// registering as a worker, a node claiming another's id); a client acted
 /// on another client's job; a live connection's certificate was revoked.
 pub const PEER_REFUSAL_REASONS: &[&str] = &[
@@ -100,6 +101,7 @@ pub const PEER_REFUSAL_REASONS: &[&str] = &[
     "no_identity",
     "not_the_node",
     "role",
+    "version",
     "not_owner",
     "revoked",
 ];
@@ -239,7 +241,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(QUIC_CONNECTIONS, Kind::Gauge, "", "connections", "all", "Open QUIC connections of the node's endpoint."),
     metric(FRAMES, Kind::Counter, "direction", "frames", "all", "Frames sent and received."),
     metric(FRAME_BYTES, Kind::Counter, "direction", "bytes", "all", "Bytes of frames sent and received."),
-    metric(PEER_REFUSALS, Kind::Counter, "reason", "connections", "all", "Peers refused for who they are: a failed handshake (another CA, an expired certificate), no identity in the certificate, a dialled node that is not the one ZooKeeper names, a role that may not do what it asked (a client registering as a worker, a node claiming another's id), a client acting on another client's job, or a live connection whose certificate was revoked (SIGHUP with a new crl.pem)."),
+    metric(PEER_REFUSALS, Kind::Counter, "reason", "connections", "all", "Peers refused for who they are: a failed handshake (another CA, an expired certificate), no identity in the certificate, a dialled node that is not the one ZooKeeper names, a worker of a protocol version this master does not speak (an upgrade skipped a release), a role that may not do what it asked (a client registering as a worker, a node claiming another's id), a client acting on another client's job, or a live connection whose certificate was revoked (SIGHUP with a new crl.pem)."),
     metric(FRAME_ERRORS, Kind::Counter, "", "frames", "master", "Frames refused as malformed or oversized."),
     metric(AUDIT_DROPPED, Kind::Counter, "", "lines", "master", "Audit log lines dropped because the audit thread fell a whole queue (65,536 lines) behind its disk."),
     metric(OUTBOX_FULL, Kind::Counter, "queue", "peers", "all", "Peers dropped because they fell a whole queue of frames behind (queue=link: a worker's link, dropped and its runs requeued; queue=watch: a job's watch, ended for its client to watch again)."),

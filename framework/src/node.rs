@@ -96,6 +96,9 @@ pub struct NodeConfig {
     pub link_timeout: Duration,
     /// Where this node appends its audit log ([`crate::audit`]).
     pub audit_file: Option<PathBuf>,
+    /// This node's build ([`crate::build_id`]): registered with it, shown
+    /// by `status`.
+    pub build: String,
 }
 
 /// Errors that stop a node.
@@ -536,6 +539,7 @@ impl Parts {
             let settings = MasterSettings {
                 node_id: self.node_id.clone(),
                 addr: self.addr.clone(),
+                build: config.build.clone(),
                 registry: self.registry.clone(),
                 retention: config.retention,
                 retention_max_jobs: config.retention_max_jobs,
@@ -572,6 +576,7 @@ impl Parts {
                 drain: drain_rx,
                 drained: drained_tx,
                 audit: self.audit.clone(),
+                build: config.build.clone(),
             });
             let worker = Worker {
                 session: zk.clone(),

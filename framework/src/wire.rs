@@ -11,8 +11,52 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::core::{Counters, ShardKey, TaskFailure};
 
-/// Bumped on any incompatible change of [`Frame`].
+/// The newest protocol version this build speaks: bumped when a frame
+/// gains a variant or a meaning that a peer of an earlier version does not
+/// know (a field added is not such a change: see [`encode_named`]).
 pub const PROTOCOL_VERSION: u32 = 6;
+
+/// The oldest protocol version this build still speaks: a link's version
+/// is the newest both ends speak ([`negotiate`]), so that adjacent
+/// releases interoperate on every link.
+pub const PROTOCOL_MIN: u32 = 6;
+
+/// The version a link between a peer speaking `oldest..=newest` and this
+/// build uses: the newest both speak; an error when the ranges do not meet.
+pub fn negotiate(oldest: u32, newest: u32) -> Result<u32, VersionMismatch> {
+    let version = newest.min(PROTOCOL_VERSION);
+    if version < oldest.max(PROTOCOL_MIN) {
+        return Err(VersionMismatch {
+            oldest,
+            newest,
+            this: "this build",
+        });
+    }
+    Ok(version)
+}
+
+/// A peer speaks no protocol version this build does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "it speaks protocol versions {oldest} to {newest} and {this} {PROTOCOL_MIN} to \
+     {PROTOCOL_VERSION}: upgrade the older of the two (adjacent releases work together; see \
+     \"Upgrading\" in the README)"
+)]
+pub struct VersionMismatch {
+    /// The oldest version the peer speaks.
+    pub oldest: u32,
+    /// The newest.
+    pub newest: u32,
+    /// This build, as the message names it ("this master").
+    pub this: &'static str,
+}
+
+impl VersionMismatch {
+    /// The same, with this build named `this` ("this master").
+    pub fn by(self, this: &'static str) -> Self {
+        VersionMismatch { this, ..self }
+    }
+}
 
 /// Most bytes of a frame's body reserved before they arrive.
 const RESERVE_AHEAD: usize = 64 << 10;
@@ -253,6 +297,13 @@ pub struct WorkerStatus {
     pub connected: bool,
     /// Milliseconds since the master last heard from it (if connected).
     pub last_seen_ms: Option<u64>,
+    /// Its build, as it registered ([`crate::build_id`]; `None` for a
+    /// release that did not say).
+    #[serde(default)]
+    pub build: Option<String>,
+    /// The protocol version of its link (if connected).
+    #[serde(default)]
+    pub protocol: Option<u32>,
 }
 
 /// The cluster's state as the master sees it.
@@ -284,7 +335,8 @@ pub struct JobOutcome {
 pub enum Frame {
     /// Worker to master, first frame of the worker's control stream.
     WorkerHello {
-        /// [`PROTOCOL_VERSION`] of the sender.
+        /// The oldest protocol version the sender speaks ([`PROTOCOL_MIN`];
+        /// before versions were negotiated, the only one).
         version: u32,
         /// The worker's node id (its registration znode name).
         node_id: String,
@@ -303,11 +355,23 @@ pub enum Frame {
         /// not read.
         #[serde(default)]
         store_mark: String,
+        /// The newest protocol version the sender speaks
+        /// ([`PROTOCOL_VERSION`]; `None` from a release that spoke one).
+        #[serde(default)]
+        newest: Option<u32>,
+        /// The sender's build ([`crate::build_id`]), for the master's log
+        /// and `status`.
+        #[serde(default)]
+        build: String,
     },
     /// Master to worker: accepted, with the master's epoch.
     Welcome {
         /// The master's epoch.
         epoch: u64,
+        /// The protocol version of this link ([`negotiate`]); `None` from a
+        /// release that spoke one version: the hello's `version`.
+        #[serde(default)]
+        version: Option<u32>,
     },
     /// Master to worker: run a shard.
     Assign(Assignment),
@@ -908,6 +972,25 @@ mod tests {
         let mut r = &buf[..];
         let err = read_frame(&mut r, 1 << 20).await.unwrap_err();
         assert!(err.to_string().contains("ended after"), "{err}");
+    }
+
+    #[test]
+    fn a_link_speaks_the_newest_version_both_ends_speak_or_none() {
+        assert_eq!(
+            negotiate(PROTOCOL_MIN, PROTOCOL_VERSION),
+            Ok(PROTOCOL_VERSION)
+        );
+        // A newer peer that still speaks this build's newest.
+        assert_eq!(
+            negotiate(PROTOCOL_VERSION, PROTOCOL_VERSION + 3),
+            Ok(PROTOCOL_VERSION)
+        );
+        // An older peer that speaks this build's oldest.
+        assert_eq!(negotiate(PROTOCOL_MIN - 2, PROTOCOL_MIN), Ok(PROTOCOL_MIN));
+        // Ranges that do not meet, either way.
+        let older = negotiate(1, PROTOCOL_MIN - 1).unwrap_err();
+        assert!(older.to_string().contains("upgrade the older"), "{older}");
+        assert!(negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 2).is_err());
     }
 
     #[tokio::test]

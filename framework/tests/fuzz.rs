@@ -63,7 +63,9 @@ fn key() -> ShardKey {
 fn frames() -> Vec<Frame> {
     vec![
         Frame::WorkerHello {
-            version: wire::PROTOCOL_VERSION,
+            version: wire::PROTOCOL_MIN,
+            newest: Some(wire::PROTOCOL_VERSION),
+            build: "probe (ringleader 0.1.0 commit 1234567)".into(),
             node_id: "n1".into(),
             slots: 2,
             jobs: vec!["wordcount".into()],
@@ -177,16 +179,20 @@ fn records() -> Vec<Vec<u8>> {
             epoch: 4,
             session_timeout_ms: 2000,
             store: "s3://b/p".into(),
+            protocol: Some([6, 6]),
+            build: "probe (ringleader 0.1.0 commit 1234567)".into(),
         }),
         enc(&WorkerInfo {
             addr: "10.0.0.2:7470".into(),
             slots: 4,
             jobs: vec!["probe".into()],
+            build: "probe (ringleader 0.1.0 commit 1234567)".into(),
+            protocol: Some([6, 6]),
         }),
     ]
 }
 
-/// Encoding through `wire::encode` (the records' own encoding), behind
+/// Encoding through `wire::encode_named` (the records' own encoding), behind
 /// one object-safe trait so that the corpus is one list.
 mod erased {
     pub trait Encode {
@@ -194,7 +200,7 @@ mod erased {
     }
     impl<T: serde::Serialize> Encode for T {
         fn encode(&self) -> Vec<u8> {
-            ringleader::wire::encode("record", self).unwrap()
+            ringleader::wire::encode_named(self).unwrap()
         }
     }
 }

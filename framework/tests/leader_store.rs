@@ -74,7 +74,10 @@ fn with_master_and_session(test: impl AsyncFnOnce(LeaderStore, Session)) {
         session.ensure_root().await.unwrap();
         let won = session.campaign("m").await.unwrap();
         let leader = LeaderStore::take_over(won, store).await.unwrap();
-        leader.publish("m", "127.0.0.1:1").await.unwrap();
+        leader
+            .publish("m", "127.0.0.1:1", "leader-store-test")
+            .await
+            .unwrap();
         test(leader, session).await;
     });
 }

@@ -65,7 +65,10 @@ fn only_nodes_change_the_cluster_and_clients_read_only_the_master() {
             ringleader::store::Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
         let won = session.campaign("n1").await.unwrap();
         let leader = coord::LeaderStore::take_over(won, store).await.unwrap();
-        leader.publish("n1", "127.0.0.1:7470").await.unwrap();
+        leader
+            .publish("n1", "127.0.0.1:7470", "zk-tls-test")
+            .await
+            .unwrap();
 
         // A client's certificate reads /master, and nothing else.
         let reader = coord::connect_with(&secure, t, Some(&zk_tls(&client)))

@@ -103,6 +103,7 @@ fn main() -> anyhow::Result<()> {
             drain_timeout: Duration::from_secs(5),
             link_timeout: ringleader::transport::LINK_TIMEOUT,
             audit_file: None,
+            build: ringleader::build_id("bench-swarm", None),
         })
         .collect();
     let threads = args.threads.clamp(1, configs.len().max(1));

@@ -22,7 +22,7 @@ use crate::core::job::task_bytes;
 use crate::metrics as m;
 use crate::store::Store;
 use crate::transport::{self, Endpoint, FramedStream, Peer, TransportError};
-use crate::wire::{ErrorKind, Frame, WireError, PROTOCOL_VERSION};
+use crate::wire::{self, ErrorKind, Frame, WireError};
 
 /// Tells a worker's links apart across reconnections.
 static LINK_IDS: AtomicU64 = AtomicU64::new(1);
@@ -241,16 +241,26 @@ async fn handle_stream(
             epoch: _,
             store,
             store_mark,
+            newest,
+            build,
         } => {
-            if version != PROTOCOL_VERSION {
-                let message = format!(
-                    "protocol version {version} is not supported (this node speaks \
-                     {PROTOCOL_VERSION})"
-                );
-                return Ok(stream
-                    .reply(&Frame::error(ErrorKind::Unsupported, message))
-                    .await?);
-            }
+            let version = match wire::negotiate(version, newest.unwrap_or(version)) {
+                Ok(version) => version,
+                Err(why) => {
+                    let build = if build.is_empty() {
+                        "an older build"
+                    } else {
+                        &build
+                    };
+                    let why = why.by("this master");
+                    let message = format!("worker {node_id} ({build}) cannot join: {why}");
+                    metrics::counter!(m::PEER_REFUSALS, "reason" => "version").increment(1);
+                    tracing::warn!(peer = %peer.id, addr = %peer.addr, "refused a worker: {message}");
+                    return Ok(stream
+                        .reply(&Frame::error(ErrorKind::Unsupported, message))
+                        .await?);
+                }
+            };
             if let Some(message) = worker_refusal(&peer.id, &node_id) {
                 metrics::counter!(m::PEER_REFUSALS, "reason" => "role").increment(1);
                 tracing::warn!(peer = %peer.id, addr = %peer.addr, claimed = %node_id, "refused a worker: {message}");
@@ -270,7 +280,13 @@ async fn handle_stream(
             // A link lives as long as its worker: it holds nothing of the
             // connection's budget.
             drop(held);
-            return worker_link(stream, master, node_id, slots, jobs).await;
+            let worker = Joining {
+                node_id,
+                slots,
+                jobs,
+                version,
+            };
+            return worker_link(stream, master, worker).await;
         }
         Frame::Submit(header) => {
             // Each task counts at least its overhead: a count past the
@@ -694,25 +710,43 @@ fn queue_coalescing(queued: &mut std::collections::VecDeque<Frame>, f: Frame) {
 
 /// A worker's link: frames it sends go to the master as messages; frames
 /// the master queues for it are written in order.
-async fn worker_link(
-    mut stream: FramedStream,
-    master: Addr<Master>,
+/// A worker whose hello was accepted.
+struct Joining {
     node_id: String,
     slots: u32,
     jobs: Vec<String>,
+    /// The link's protocol version.
+    version: u32,
+}
+
+async fn worker_link(
+    mut stream: FramedStream,
+    master: Addr<Master>,
+    worker: Joining,
 ) -> Result<(), TransportError> {
+    let Joining {
+        node_id,
+        slots,
+        jobs,
+        version,
+    } = worker;
     let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = transport::Outbox::new(transport::LINK_QUEUE, "link");
     let Ok(epoch) = master.send(GetEpoch).await else {
         return Ok(stream.reply(&Frame::NotMaster).await?);
     };
-    stream.send(&Frame::Welcome { epoch }).await?;
+    let welcome = Frame::Welcome {
+        epoch,
+        version: Some(version),
+    };
+    stream.send(&welcome).await?;
     master.do_send(WorkerJoined {
         node_id: node_id.clone(),
         slots,
         jobs,
         tx,
         link_id,
+        version,
     });
     let (mut send, mut recv) = stream.split();
     let writer = async move { transport::write_queued(&mut send, &mut rx).await };

@@ -25,7 +25,7 @@ use crate::metrics as m;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::transport::{self, FramedStream, TransportError};
-use crate::wire::{Frame, WireError, PROTOCOL_VERSION};
+use crate::wire::{Frame, WireError, PROTOCOL_MIN, PROTOCOL_VERSION};
 use slots::Slots;
 
 pub(crate) struct WorkerSettings {
@@ -51,6 +51,8 @@ pub(crate) struct WorkerSettings {
     pub drained: tokio::sync::watch::Sender<bool>,
     /// The node's audit log: links joined, lost, refused, drained.
     pub audit: crate::audit::Audit,
+    /// This node's build ([`crate::build_id`]).
+    pub build: String,
 }
 
 pub(crate) struct Worker {
@@ -111,6 +113,8 @@ async fn run(zk: Session, s: Arc<WorkerSettings>, slots: Slots) -> Result<(), Co
         addr: s.addr.clone(),
         slots: s.slots,
         jobs: s.registry.names(),
+        build: s.build.clone(),
+        protocol: Some([PROTOCOL_MIN, PROTOCOL_VERSION]),
     };
     zk.register_worker(&s.node_id, &info).await?;
     tracing::info!(node = %s.node_id, slots = s.slots, "worker registered");
@@ -287,7 +291,9 @@ async fn serve(
     let conn = transport::dial_node(&endpoint, &master.addr, &master.node_id).await?;
     let mut stream = FramedStream::open(&conn, s.max_frame).await?;
     let hello = Frame::WorkerHello {
-        version: PROTOCOL_VERSION,
+        version: PROTOCOL_MIN,
+        newest: Some(PROTOCOL_VERSION),
+        build: s.build.clone(),
         node_id: s.node_id.clone(),
         slots: s.slots,
         jobs: s.registry.names(),
@@ -303,13 +309,17 @@ async fn serve(
         Ok(answer) => answer,
         Err(e) => return Err(transport::refused(&conn, &master.addr).unwrap_or(e)),
     };
-    let epoch = match answer {
-        Frame::Welcome { epoch } if epoch >= master.epoch => epoch,
-        Frame::Welcome { epoch } => return Err(refused(format!("stale master epoch {epoch}"))),
+    let (epoch, version) = match answer {
+        // A master that does not say speaks the version the hello named
+        // first (the only one it knew).
+        Frame::Welcome { epoch, version } if epoch >= master.epoch => {
+            (epoch, version.unwrap_or(PROTOCOL_MIN))
+        }
+        Frame::Welcome { epoch, .. } => return Err(refused(format!("stale master epoch {epoch}"))),
         Frame::Error { message, .. } => return Err(refused(message)),
         other => return Err(refused(format!("unexpected {}", other.name()))),
     };
-    tracing::info!(master = %master.node_id, epoch, "connected to master");
+    tracing::info!(master = %master.node_id, epoch, protocol = version, "connected to master");
     s.audit.record(
         epoch,
         Event::LinkedToMaster {

@@ -722,11 +722,7 @@ impl NodeBuilder {
     /// the job `picked` (or, if none was named, whatever follows kept so
     /// that the error can say which jobs there are).
     fn command(&self, name: &str, picked: Option<&Arc<dyn ErasedCliJob>>) -> clap::Command {
-        let ringleader = format!("ringleader {} commit {}", crate::VERSION, crate::COMMIT);
-        let version = match &self.version {
-            Some(v) => format!("{v} ({ringleader})"),
-            None => format!("({ringleader})"),
-        };
+        let version = crate::version_line(self.version);
         let mut cmd = <Cli as clap::CommandFactory>::command()
             .name(name.to_string())
             .bin_name(name.to_string())
@@ -1295,6 +1291,7 @@ fn run_node(builder: NodeBuilder, a: NodeArgs) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(a.drain_secs),
         link_timeout: Duration::from_millis(a.link_timeout_ms),
         audit_file: a.audit_file,
+        build: crate::build_id(&program(), builder.version),
     };
     crate::metrics::register_node(
         &builder.registry.names(),

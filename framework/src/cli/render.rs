@@ -37,6 +37,14 @@ pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
             s.workers.len()
         ));
     }
+    // One build everywhere is said once; a mixed cluster (an upgrade
+    // under way) shows each worker's.
+    let builds: std::collections::BTreeSet<Option<&str>> =
+        s.workers.iter().map(|w| w.build.as_deref()).collect();
+    let mixed = builds.len() > 1;
+    if let (false, Some(Some(build))) = (mixed, builds.first()) {
+        out.push_str(&format!("build: {build} (every worker)\n"));
+    }
     for w in &s.workers {
         // A connected link is alive (QUIC keep-alives would have ended a
         // silent one within the link timeout); the time since its last
@@ -53,8 +61,14 @@ pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
         } else {
             ""
         };
+        let version = match (mixed, &w.build, w.protocol) {
+            (false, _, _) => String::new(),
+            (true, Some(b), Some(p)) => format!(", build {b}, protocol {p}"),
+            (true, Some(b), None) => format!(", build {b}"),
+            (true, None, _) => ", an older build".to_string(),
+        };
         out.push_str(&format!(
-            "worker {} {} slots {} in-flight {} {seen}{role}\n",
+            "worker {} {} slots {} in-flight {} {seen}{role}{version}\n",
             w.node_id, w.addr, w.slots, w.in_flight
         ));
     }

@@ -25,6 +25,14 @@ pub struct MasterInfo {
     /// inputs to it.
     #[serde(default)]
     pub store: String,
+    /// The protocol versions the master speaks, oldest and newest
+    /// (`None`: a release that spoke only version 6). A client uses the
+    /// newest it speaks too, and sends nothing newer.
+    #[serde(default)]
+    pub protocol: Option<[u32; 2]>,
+    /// The master's build ([`crate::build_id`]).
+    #[serde(default)]
+    pub build: String,
 }
 
 /// Data of `/workers/<node-id>`.
@@ -36,6 +44,14 @@ pub struct WorkerInfo {
     pub slots: u32,
     /// Job names it runs.
     pub jobs: Vec<String>,
+    /// Its build ([`crate::build_id`]; empty for a release that did not
+    /// say).
+    #[serde(default)]
+    pub build: String,
+    /// The protocol versions it speaks, oldest and newest (`None`: a
+    /// release that spoke only version 6).
+    #[serde(default)]
+    pub protocol: Option<[u32; 2]>,
 }
 
 /// Lifecycle of a job in ZooKeeper.

@@ -960,7 +960,10 @@ mod tests {
     use super::*;
 
     fn frame(n: u64) -> Frame {
-        Frame::Welcome { epoch: n }
+        Frame::Welcome {
+            epoch: n,
+            version: None,
+        }
     }
 
     #[test]
@@ -973,7 +976,7 @@ mod tests {
         );
         let held: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|f| match f {
-                Frame::Welcome { epoch } => epoch,
+                Frame::Welcome { epoch, .. } => epoch,
                 _ => u64::MAX,
             })
             .collect();

@@ -1086,12 +1086,13 @@ fn the_readmes_ca_rollover_runs_step_by_step_with_a_job_running_throughout() {
 /// Certificates say who may do what. A node takes its id from its
 /// certificate and refuses to start under another; the master lets a
 /// certificate register only as the node it names (a client's, or another
-/// node's, is refused, logged with the peer's identity and counted).
+/// node's, is refused, logged with the peer's identity and counted), and
+/// only a worker that speaks a protocol version it speaks (counted apart).
 #[test]
-fn a_certificate_registers_only_as_the_node_it_names() {
+fn a_worker_joins_only_as_the_node_its_certificate_names_and_in_a_protocol_both_speak() {
     use ringleader::transport::tls::{self, Role};
     use ringleader::transport::{self, FramedStream};
-    use ringleader::wire::{Frame, PROTOCOL_VERSION};
+    use ringleader::wire::{Frame, PROTOCOL_MIN, PROTOCOL_VERSION};
     // ZooKeeper's plain port: over its TLS port ZooKeeper would refuse
     // these certificates before the QUIC checks under test see them
     // (`zookeeper_refuses_what_is_not_the_clusters_node`).
@@ -1133,16 +1134,31 @@ fn a_certificate_registers_only_as_the_node_it_names() {
     rt().block_on(async {
         let zk = c.zk().await;
         c.workers(&zk, 2, Duration::from_secs(20)).await;
-        // A client's certificate, and n1's claiming to be n0: refused.
-        for (identity, claim, want) in [
+        // A client's certificate, and n1's claiming to be n0: refused;
+        // a worker of a release whose protocol this one no longer speaks:
+        // refused for that first, whoever it is.
+        use ringleader::wire::ErrorKind::{Invalid, Unsupported};
+        for (identity, claim, versions, kind, want) in [
             (
                 tls::Identity::client(&c.certs).unwrap(),
                 "n9",
+                (3, 3),
+                Unsupported,
+                "worker n9 (an older build) cannot join: it speaks protocol versions 3 to 3 and \
+                 this master 6 to",
+            ),
+            (
+                tls::Identity::client(&c.certs).unwrap(),
+                "n9",
+                (PROTOCOL_MIN, PROTOCOL_VERSION),
+                Invalid,
                 "the certificate of admin local may not register as a worker",
             ),
             (
                 tls::Identity::node(&n1, None, || unreachable!()).unwrap(),
                 "n0",
+                (PROTOCOL_MIN, PROTOCOL_VERSION),
+                Invalid,
                 "the certificate of node n1 may not register as node n0",
             ),
         ] {
@@ -1152,7 +1168,9 @@ fn a_certificate_registers_only_as_the_node_it_names() {
                 .unwrap();
             let mut s = FramedStream::open(&conn, 1 << 20).await.unwrap();
             let hello = Frame::WorkerHello {
-                version: PROTOCOL_VERSION,
+                version: versions.0,
+                newest: Some(versions.1),
+                build: String::new(),
                 node_id: claim.into(),
                 slots: 1,
                 jobs: vec!["probe".into()],
@@ -1162,7 +1180,7 @@ fn a_certificate_registers_only_as_the_node_it_names() {
             };
             let reply = s.request(&[hello]).await.unwrap();
             assert!(
-                matches!(&reply, Frame::Error { kind: ringleader::wire::ErrorKind::Invalid, message } if message.contains(want)),
+                matches!(&reply, Frame::Error { kind: k, message } if *k == kind && message.contains(want)),
                 "{reply:?}"
             );
         }
@@ -1174,6 +1192,14 @@ fn a_certificate_registers_only_as_the_node_it_names() {
             "reason=\"role\""
         ),
         2.0
+    );
+    assert_eq!(
+        scrape(
+            &metrics,
+            "ringleader_peer_refusals_total",
+            "reason=\"version\""
+        ),
+        1.0
     );
     let log = c.log("n0");
     assert!(

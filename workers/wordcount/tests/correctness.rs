@@ -169,6 +169,8 @@ fn a_failed_submission_names_its_job_id_and_its_retry_runs_once() {
             epoch: 0,
             session_timeout_ms: 400,
             store: String::new(),
+            protocol: None,
+            build: String::new(),
         };
         c.publish_master(&zk, &info).await;
         // Waited for on the blocking pool: `zk` must keep its session.

@@ -352,6 +352,8 @@ fn a_client_on_another_host_gets_errors_that_name_the_address() {
             epoch: 1,
             session_timeout_ms: 1000,
             store: String::new(),
+            protocol: None,
+            build: String::new(),
         };
         c.publish_master(&zk, &info).await;
         let (status, stderr, took) = status_on_client("status-noroute").await;

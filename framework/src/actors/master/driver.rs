@@ -236,6 +236,7 @@ impl Master {
             tx: msg.tx,
             id: msg.link_id,
             last_seen: std::time::Instant::now(),
+            version: msg.version,
         };
         self.links.insert(msg.node_id.clone(), link);
         let event = CoreEvent::Linked {

@@ -24,6 +24,8 @@ pub(crate) struct WorkerJoined {
     pub jobs: Vec<String>,
     pub tx: crate::transport::Outbox,
     pub link_id: u64,
+    /// The link's protocol version.
+    pub version: u32,
 }
 
 /// A worker's control stream ended.

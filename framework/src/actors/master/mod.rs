@@ -163,6 +163,8 @@ struct Link {
     id: u64,
     /// When the worker last said something (connected, started, reported).
     last_seen: std::time::Instant,
+    /// The link's protocol version.
+    version: u32,
 }
 
 /// Settings the master needs from its node.
@@ -170,6 +172,8 @@ struct Link {
 pub(crate) struct MasterSettings {
     pub node_id: String,
     pub addr: String,
+    /// This node's build ([`crate::build_id`]), published with `/master`.
+    pub build: String,
     pub registry: Registry,
     pub retention: Duration,
     /// Most fetched jobs kept, however young.
@@ -557,6 +561,7 @@ impl Actor for Master {
         let store = self.store.clone();
         let node_id = self.settings.node_id.clone();
         let addr = self.settings.addr.clone();
+        let build = self.settings.build.clone();
         let recovery = async move {
             let started = std::time::Instant::now();
             // Submissions that never got acknowledged are dropped; the client retries them.
@@ -572,7 +577,7 @@ impl Actor for Master {
                 .into_iter()
                 .filter(|job| job.record.status == JobStatus::Accepted)
                 .collect();
-            store.publish(&node_id, &addr).await?;
+            store.publish(&node_id, &addr, &build).await?;
             tracing::debug!(
                 list_ms = listed.as_millis() as u64,
                 publish_ms = (started.elapsed() - listed).as_millis() as u64,

@@ -31,6 +31,8 @@ impl Master {
                     .links
                     .get(id)
                     .map(|l| l.last_seen.elapsed().as_millis() as u64),
+                build: (!info.build.is_empty()).then(|| info.build.clone()),
+                protocol: self.links.get(id).map(|l| l.version),
             })
             .collect();
         let quarantined = self.quarantined_for(peer).map(|(id, q)| JobProgress {

@@ -223,7 +223,7 @@ impl LeaderStore {
 
     /// Publishes `/master` and bumps `/epoch` in one fenced transaction: the
     /// last step of a takeover, after recovery.
-    pub async fn publish(&self, node_id: &str, addr: &str) -> Result<(), CoordError> {
+    pub async fn publish(&self, node_id: &str, addr: &str, build: &str) -> Result<(), CoordError> {
         let path = self.layout.master();
         let epoch_path = self.layout.epoch();
         let info = MasterInfo {
@@ -232,6 +232,8 @@ impl LeaderStore {
             epoch: self.epoch,
             session_timeout_ms: self.client().session_timeout().as_millis() as u64,
             store: self.store.url().to_string(),
+            protocol: Some([crate::wire::PROTOCOL_MIN, crate::wire::PROTOCOL_VERSION]),
+            build: build.to_string(),
         };
         let data = encode_record(&path, &info)?;
         let ours = |found: &Option<MasterInfo>| found.as_ref() == Some(&info);
