@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -36,8 +36,8 @@ fn tasks_run(addr: &str) -> f64 {
 }
 
 /// The cluster's status as JSON, asked by the client binary `bin`.
-fn status(c: &mut Cluster, bin: &PathBuf) -> serde_json::Value {
-    let ours = std::mem::replace(&mut c.bin, bin.clone());
+fn status(c: &mut Cluster, bin: &Path) -> serde_json::Value {
+    let ours = std::mem::replace(&mut c.bin, bin.to_path_buf());
     let o = c.cli("status", &["--json"]);
     c.bin = ours;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -45,8 +45,8 @@ fn status(c: &mut Cluster, bin: &PathBuf) -> serde_json::Value {
 }
 
 /// Counts the corpus with the client binary `bin` and checks the result.
-fn count_with(c: &mut Cluster, bin: &PathBuf, corpus: &std::path::Path, want: &std::path::Path) {
-    let ours = std::mem::replace(&mut c.bin, bin.clone());
+fn count_with(c: &mut Cluster, bin: &Path, corpus: &Path, want: &Path) {
+    let ours = std::mem::replace(&mut c.bin, bin.to_path_buf());
     count_matches(c, corpus, want, &[]);
     c.bin = ours;
 }
