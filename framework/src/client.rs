@@ -21,6 +21,16 @@ use crate::wire::{
     DEFAULT_MAX_FRAME,
 };
 
+/// A submission's parts, as [`Client::submit_frames`] sends them.
+struct Submitting<'a> {
+    name: &'a str,
+    /// The job's types in the submitting binary.
+    shape: Option<u64>,
+    tasks: Vec<ByteBuf>,
+    options: JobOptions,
+    job_id: Option<String>,
+}
+
 /// Errors a client sees.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -291,6 +301,9 @@ struct Inner {
     dialled: std::sync::atomic::AtomicU64,
     /// Job types whose shape the master was asked about.
     checked: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    /// Each job type's [`crate::registry::shape_id`] in this binary,
+    /// traced once (tracing takes a few passes over the types).
+    shapes: std::sync::Mutex<std::collections::HashMap<&'static str, Option<u64>>>,
     /// Submission streams that handles may keep open for their result
     /// ([`HELD_STREAMS`]).
     held: Arc<tokio::sync::Semaphore>,
@@ -400,9 +413,20 @@ impl Client {
                 conn: Mutex::new(None),
                 dialled: std::sync::atomic::AtomicU64::new(0),
                 checked: std::sync::Mutex::new(std::collections::HashSet::new()),
+                shapes: std::sync::Mutex::new(std::collections::HashMap::new()),
                 held: Arc::new(tokio::sync::Semaphore::new(HELD_STREAMS)),
             }),
         })
+    }
+
+    /// Job `J`'s types in this binary ([`crate::registry::shape_id`]),
+    /// traced on its first submission.
+    fn shape_id<J: Job>(&self) -> Option<u64> {
+        let traced = || crate::registry::shape::<J>().map(|s| crate::registry::shape_id(&s));
+        match self.inner.shapes.lock() {
+            Ok(mut shapes) => *shapes.entry(J::NAME).or_insert_with(traced),
+            Err(_) => traced(),
+        }
     }
 
     /// The published master, preferring one newer than `bad_epoch` (an
@@ -686,6 +710,8 @@ impl Client {
     }
 
     /// Submits encoded tasks of job `job_name`; returns `(job id, existed already)`.
+    /// Their types are not compared with the master's
+    /// ([`Client::submit_encoded_typed`] compares them).
     pub async fn submit_encoded(
         &self,
         job_name: &str,
@@ -693,9 +719,29 @@ impl Client {
         options: JobOptions,
         job_id: Option<String>,
     ) -> Result<(String, bool), ClientError> {
-        let (id, existing, _) = self
-            .submit_frames(job_name, tasks, options, job_id, Follow::Not)
-            .await?;
+        self.submit_encoded_typed(job_name, None, tasks, options, job_id)
+            .await
+    }
+
+    /// [`Client::submit_encoded`] of tasks whose types are `shape`
+    /// ([`crate::registry::shape_id`] of the job as this binary defines
+    /// it): a master whose own types differ refuses the submission.
+    pub async fn submit_encoded_typed(
+        &self,
+        job_name: &str,
+        shape: Option<u64>,
+        tasks: Vec<ByteBuf>,
+        options: JobOptions,
+        job_id: Option<String>,
+    ) -> Result<(String, bool), ClientError> {
+        let job = Submitting {
+            name: job_name,
+            shape,
+            tasks,
+            options,
+            job_id,
+        };
+        let (id, existing, _) = self.submit_frames(job, Follow::Not).await?;
         Ok((id, existing))
     }
 
@@ -705,18 +751,23 @@ impl Client {
     /// existed, and the stream if it may carry the watch.
     async fn submit_frames(
         &self,
-        job_name: &str,
-        tasks: Vec<ByteBuf>,
-        options: JobOptions,
-        job_id: Option<String>,
+        job: Submitting<'_>,
         follow: Follow,
     ) -> Result<(String, bool, Option<FramedStream>), ClientError> {
+        let Submitting {
+            name: job_name,
+            shape,
+            tasks,
+            options,
+            job_id,
+        } = job;
         let job_id = job_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let header = SubmitHeader {
             job_id: job_id.clone(),
             job_name: job_name.to_string(),
             options,
             task_count: tasks.len() as u64,
+            shape,
         };
         let mut frames = vec![Frame::Submit(header)];
         let mut chunk = Vec::new();
@@ -860,9 +911,14 @@ impl Client {
                 return Err(e);
             }
         }
-        let (id, existing, stream) = self
-            .submit_frames(J::NAME, encoded, opts, options.job_id, follow)
-            .await?;
+        let job = Submitting {
+            name: J::NAME,
+            shape: self.shape_id::<J>(),
+            tasks: encoded,
+            options: opts,
+            job_id: options.job_id,
+        };
+        let (id, existing, stream) = self.submit_frames(job, follow).await?;
         let handle = JobHandle {
             client: self.clone(),
             id,

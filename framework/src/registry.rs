@@ -200,6 +200,28 @@ pub fn shape<J: Job>() -> Option<String> {
     ))
 }
 
+/// A [`shape`] in eight bytes (of its SHA-256): what workers announce and
+/// job records keep, so that two builds' types for one job name can be
+/// compared without sending the shape.
+pub fn shape_id(shape: &str) -> u64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, shape.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// Whether a job of `name` whose types are `theirs` (a [`shape_id`]) runs
+/// as this registry defines it: the same shape, or one that cannot be
+/// compared (types that cannot be traced, or a peer of a release that did
+/// not say; those were trusted before shapes were announced, and still
+/// are).
+pub fn same_types(theirs: Option<u64>, ours: Option<u64>) -> bool {
+    match (theirs, ours) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
 /// The jobs a node can run or coordinate, by name.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -228,6 +250,20 @@ impl Registry {
     /// Job `name`'s [`shape`], if registered and traceable.
     pub fn shape(&self, name: &str) -> Option<&str> {
         self.shapes.get(name).map(String::as_str)
+    }
+
+    /// Job `name`'s [`shape_id`], if registered and traceable.
+    pub fn shape_id(&self, name: &str) -> Option<u64> {
+        self.shape(name).map(shape_id)
+    }
+
+    /// Every traceable registered job's [`shape_id`], by name: what a
+    /// worker announces.
+    pub fn shape_ids(&self) -> BTreeMap<String, u64> {
+        self.shapes
+            .iter()
+            .map(|(name, s)| (name.to_string(), shape_id(s)))
+            .collect()
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn ErasedJob>> {
@@ -382,6 +418,15 @@ mod tests {
         let mut r = Registry::default();
         r.add::<Collect<Div>>();
         assert_eq!(r.shape("div"), Some(div.as_str()));
+        // What workers announce and records keep: the same for the same
+        // types, another for others; a side that did not say is trusted.
+        let ours = r.shape_id("div");
+        assert_eq!(ours, Some(shape_id(&div)));
+        assert_eq!(r.shape_ids().get("div").copied(), ours);
+        assert_ne!(ours, Some(shape_id(&wide)));
+        assert!(same_types(ours, ours));
+        assert!(!same_types(Some(shape_id(&wide)), ours));
+        assert!(same_types(None, ours) && same_types(ours, None));
         assert_eq!(r.shape("other"), None);
     }
 }

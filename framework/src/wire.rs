@@ -201,6 +201,11 @@ pub struct SubmitHeader {
     pub options: JobOptions,
     /// Number of tasks that follow.
     pub task_count: u64,
+    /// The submitting binary's types for the job
+    /// ([`crate::registry::shape_id`]): a master whose own differ refuses
+    /// the submission. `None` from a release that did not say.
+    #[serde(default)]
+    pub shape: Option<u64>,
 }
 
 /// One shard sent to a worker.
@@ -304,6 +309,10 @@ pub struct WorkerStatus {
     /// The protocol version of its link (if connected).
     #[serde(default)]
     pub protocol: Option<u32>,
+    /// Job names it runs with other types than the master's: it gets no
+    /// job of those (a rolling upgrade of the application under way).
+    #[serde(default)]
+    pub other_types: Vec<String>,
 }
 
 /// The cluster's state as the master sees it.
@@ -363,6 +372,12 @@ pub enum Frame {
         /// and `status`.
         #[serde(default)]
         build: String,
+        /// The types of each job it runs, by name
+        /// ([`crate::registry::shape_id`]): the master gives it only the
+        /// jobs whose types are its own. Empty from a release that did not
+        /// say (trusted, as before).
+        #[serde(default)]
+        shapes: std::collections::BTreeMap<String, u64>,
     },
     /// Master to worker: accepted, with the master's epoch.
     Welcome {

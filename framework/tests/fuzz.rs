@@ -66,6 +66,7 @@ fn frames() -> Vec<Frame> {
             version: wire::PROTOCOL_MIN,
             newest: Some(wire::PROTOCOL_VERSION),
             build: "probe (ringleader 0.1.0 commit 1234567)".into(),
+            shapes: [("probe".to_string(), 0x0123_4567_89ab_cdef)].into(),
             node_id: "n1".into(),
             slots: 2,
             jobs: vec!["wordcount".into()],
@@ -101,6 +102,7 @@ fn frames() -> Vec<Frame> {
             job_name: "probe".into(),
             options: options(),
             task_count: 2,
+            shape: Some(0x0123_4567_89ab_cdef),
         }),
         Frame::SubmitChunk {
             tasks: vec![ByteBuf::from(vec![1; 5]), ByteBuf::from(vec![])],
@@ -140,6 +142,7 @@ fn records() -> Vec<Vec<u8>> {
             inline: None,
             result: None,
             incarnation: 0xabc,
+            shape: Some(0x0123_4567_89ab_cdef),
         }),
         // A compact job, done, with its result kept in its record.
         enc(&JobRecord {
@@ -160,6 +163,7 @@ fn records() -> Vec<Vec<u8>> {
                 failures: vec![failure()],
             }),
             incarnation: 7,
+            shape: None,
         }),
         enc(&ShardRecord {
             epoch: 2,
@@ -188,6 +192,7 @@ fn records() -> Vec<Vec<u8>> {
             jobs: vec!["probe".into()],
             build: "probe (ringleader 0.1.0 commit 1234567)".into(),
             protocol: Some([6, 6]),
+            shapes: [("probe".to_string(), 0x0123_4567_89ab_cdef)].into(),
         }),
     ]
 }

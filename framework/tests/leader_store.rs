@@ -33,6 +33,7 @@ fn record() -> JobRecord {
         inline: None,
         result: None,
         incarnation: INC,
+        shape: None,
     }
 }
 

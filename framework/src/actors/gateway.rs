@@ -243,6 +243,7 @@ async fn handle_stream(
             store_mark,
             newest,
             build,
+            shapes,
         } => {
             let version = match wire::negotiate(version, newest.unwrap_or(version)) {
                 Ok(version) => version,
@@ -285,6 +286,7 @@ async fn handle_stream(
                 slots,
                 jobs,
                 version,
+                shapes,
             };
             return worker_link(stream, master, worker).await;
         }
@@ -717,6 +719,8 @@ struct Joining {
     jobs: Vec<String>,
     /// The link's protocol version.
     version: u32,
+    /// Its jobs' types, by name.
+    shapes: std::collections::BTreeMap<String, u64>,
 }
 
 async fn worker_link(
@@ -729,6 +733,7 @@ async fn worker_link(
         slots,
         jobs,
         version,
+        shapes,
     } = worker;
     let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = transport::Outbox::new(transport::LINK_QUEUE, "link");
@@ -747,6 +752,7 @@ async fn worker_link(
         tx,
         link_id,
         version,
+        shapes,
     });
     let (mut send, mut recv) = stream.split();
     let writer = async move { transport::write_queued(&mut send, &mut rx).await };

@@ -25,7 +25,7 @@ use crate::metrics as m;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::transport::{self, FramedStream, TransportError};
-use crate::wire::{Frame, WireError, PROTOCOL_MIN, PROTOCOL_VERSION};
+use crate::wire::{ErrorKind, Frame, WireError, PROTOCOL_MIN, PROTOCOL_VERSION};
 use slots::Slots;
 
 pub(crate) struct WorkerSettings {
@@ -115,6 +115,7 @@ async fn run(zk: Session, s: Arc<WorkerSettings>, slots: Slots) -> Result<(), Co
         jobs: s.registry.names(),
         build: s.build.clone(),
         protocol: Some([PROTOCOL_MIN, PROTOCOL_VERSION]),
+        shapes: s.registry.shape_ids(),
     };
     zk.register_worker(&s.node_id, &info).await?;
     tracing::info!(node = %s.node_id, slots = s.slots, "worker registered");
@@ -279,6 +280,57 @@ impl Refusals {
     }
 }
 
+/// The job names this worker offers `master`: every one it registers;
+/// but a master of a release that does not compare a worker's types with
+/// its own (it publishes no protocol range) is asked about each, as a
+/// client asks before a submission (`PlanJob` with the types), and a name
+/// it refuses is left out: this worker would decode that job's tasks as
+/// other types.
+async fn jobs_for(
+    s: &WorkerSettings,
+    master: &MasterInfo,
+    conn: &transport::Connection,
+) -> Result<Vec<String>, TransportError> {
+    let mut jobs = s.registry.names();
+    if master.protocol.is_some() {
+        return Ok(jobs);
+    }
+    let mut refused = Vec::new();
+    for name in &jobs {
+        let Some(shape) = s.registry.shape(name) else {
+            continue;
+        };
+        let plan = Frame::PlanJob {
+            job_name: name.clone(),
+            task_count: 0,
+            shard_size: 1,
+            shape: Some(shape.to_string()),
+        };
+        let mut stream = FramedStream::open(conn, s.max_frame).await?;
+        match stream.request(&[plan]).await? {
+            Frame::Planned(_) => {}
+            Frame::Error {
+                kind: ErrorKind::Invalid,
+                message,
+            } => {
+                tracing::warn!(job = %name, master = %master.node_id, "this worker runs no {name} job of this master: {message}");
+                refused.push(name.clone());
+            }
+            other => {
+                return Err(TransportError::Connect {
+                    addr: master.addr.clone(),
+                    reason: format!(
+                        "asked about job type {name}, the master answered {}",
+                        other.name()
+                    ),
+                })
+            }
+        }
+    }
+    jobs.retain(|name| !refused.contains(name));
+    Ok(jobs)
+}
+
 /// One connection to a master. Returns `Ok` once drained (the master
 /// acknowledged the last report), an error when the link is lost.
 async fn serve(
@@ -289,14 +341,16 @@ async fn serve(
 ) -> Result<(), TransportError> {
     let endpoint = s.dialing.borrow().clone();
     let conn = transport::dial_node(&endpoint, &master.addr, &master.node_id).await?;
+    let jobs = jobs_for(s, master, &conn).await?;
     let mut stream = FramedStream::open(&conn, s.max_frame).await?;
     let hello = Frame::WorkerHello {
         version: PROTOCOL_MIN,
         newest: Some(PROTOCOL_VERSION),
         build: s.build.clone(),
+        shapes: s.registry.shape_ids(),
         node_id: s.node_id.clone(),
         slots: s.slots,
-        jobs: s.registry.names(),
+        jobs,
         epoch: master.epoch,
         store: s.store.url().to_string(),
         store_mark: s.store_mark.clone(),

@@ -1089,7 +1089,8 @@ async fn submit(
         None => {}
     }
     // Ctrl-C while the tasks are sent: the job may or may not be in.
-    let sending = client.submit_encoded(name, tasks, opts, Some(id.clone()));
+    let shape = how.shape.as_deref().map(crate::registry::shape_id);
+    let sending = client.submit_encoded_typed(name, shape, tasks, opts, Some(id.clone()));
     let sent = tokio::select! {
         r = sending => r,
         _ = tokio::signal::ctrl_c() => {

@@ -67,8 +67,15 @@ pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
             (true, Some(b), None) => format!(", build {b}"),
             (true, None, _) => ", an older build".to_string(),
         };
+        let types = match w.other_types.as_slice() {
+            [] => String::new(),
+            names => format!(
+                ", runs {} with other task types than the master's (none of those jobs)",
+                names.join(", ")
+            ),
+        };
         out.push_str(&format!(
-            "worker {} {} slots {} in-flight {} {seen}{role}{version}\n",
+            "worker {} {} slots {} in-flight {} {seen}{role}{version}{types}\n",
             w.node_id, w.addr, w.slots, w.in_flight
         ));
     }

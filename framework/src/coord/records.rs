@@ -52,6 +52,10 @@ pub struct WorkerInfo {
     /// release that spoke only version 6).
     #[serde(default)]
     pub protocol: Option<[u32; 2]>,
+    /// The types of each job it runs ([`crate::registry::shape_id`]), by
+    /// name (empty: a release that did not say).
+    #[serde(default)]
+    pub shapes: std::collections::BTreeMap<String, u64>,
 }
 
 /// Lifecycle of a job in ZooKeeper.
@@ -115,6 +119,13 @@ pub struct JobRecord {
     /// output in the store) is taken for its own.
     #[serde(default)]
     pub incarnation: u64,
+    /// The job's task and result types as the master that admitted it
+    /// defines them ([`crate::registry::shape_id`]): a master whose own
+    /// differ (a build with other types) quarantines the job until one of
+    /// that build takes over. `None` in records of earlier releases and
+    /// for types that cannot be traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<u64>,
 }
 
 /// A fresh job incarnation ([`JobRecord::incarnation`]): random, never 0.
@@ -541,6 +552,7 @@ mod tests {
             inline: Some(vec![task.clone()]),
             result: None,
             incarnation: 5,
+            shape: None,
         };
         let fail = |error: String| TaskFailure {
             index: 0,

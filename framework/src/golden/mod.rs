@@ -158,6 +158,7 @@ fn job_record() -> JobRecord {
         inline: None,
         result: None,
         incarnation: 0x5eed,
+        shape: None,
     }
 }
 
@@ -187,6 +188,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
                 store_mark: "mark-1".into(),
                 newest: None,
                 build: String::new(),
+                shapes: Default::default(),
             }),
         ),
         (
@@ -282,6 +284,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
                 job_name: "word-count".into(),
                 options: options(),
                 task_count: 10,
+                shape: None,
             })),
         ),
         (
@@ -319,6 +322,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
                     last_seen_ms: Some(120),
                     build: None,
                     protocol: None,
+                    other_types: Vec::new(),
                 }],
                 jobs: vec![progress(JobState::Running)],
             })),
@@ -457,6 +461,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
                 jobs: vec!["word-count".into()],
                 build: String::new(),
                 protocol: None,
+                shapes: Default::default(),
             }),
         ),
         ("record-job", S::Job(job_record())),
@@ -510,9 +515,16 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
     for (name, sample) in samples() {
         let extended = match sample {
             Sample::Frame(mut hello @ Frame::WorkerHello { .. }) => {
-                if let Frame::WorkerHello { newest, build, .. } = &mut hello {
+                if let Frame::WorkerHello {
+                    newest,
+                    build,
+                    shapes,
+                    ..
+                } = &mut hello
+                {
                     *newest = Some(wire::PROTOCOL_VERSION + 1);
                     *build = "probe 2.0.0 (ringleader 0.2.0 commit 1234567)".into();
+                    shapes.insert("word-count".into(), 0x1234_5678_9abc_def0);
                 }
                 Sample::Frame(hello)
             }
@@ -524,6 +536,7 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                 for w in &mut status.workers {
                     w.build = Some("probe".into());
                     w.protocol = Some(wire::PROTOCOL_VERSION);
+                    w.other_types = vec!["square".into()];
                 }
                 Sample::Frame(Frame::Status(status))
             }
@@ -535,7 +548,16 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
             Sample::Worker(info) => Sample::Worker(WorkerInfo {
                 protocol: Some([6, 7]),
                 build: "probe".into(),
+                shapes: [("word-count".to_string(), 7)].into(),
                 ..info
+            }),
+            Sample::Frame(Frame::Submit(header)) => Sample::Frame(Frame::Submit(SubmitHeader {
+                shape: Some(0x1234_5678_9abc_def0),
+                ..header
+            })),
+            Sample::Job(record) => Sample::Job(JobRecord {
+                shape: Some(0x1234_5678_9abc_def0),
+                ..record
             }),
             _ => continue,
         };
@@ -628,7 +650,7 @@ fn every_frame_and_record_this_build_writes_is_read_by_the_baseline() {
     let extended = extended_samples();
     assert_eq!(
         extended.len(),
-        5,
+        8,
         "every value with a field added is extended"
     );
     for (name, sample) in samples().into_iter().chain(extended) {

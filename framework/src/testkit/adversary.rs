@@ -48,6 +48,7 @@ pub fn worst_request(i: usize) -> Vec<Frame> {
                     stream: false,
                 },
                 task_count: if chunks { 4 } else { u64::MAX },
+                shape: None,
             })];
             if chunks {
                 for _ in 0..4 {

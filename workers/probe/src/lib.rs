@@ -44,6 +44,33 @@ pub fn oks(first: u64, n: u64) -> Vec<Probe> {
         .collect()
 }
 
+/// The job `probe` with other task types: what a later build of the
+/// application registers after adding a field to its task. The `probe`
+/// binary registers it instead of [`Probe`] when `PROBE_TYPES=2` is set
+/// (the tests of a rolling upgrade of task types).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbeV2 {
+    /// The argument.
+    pub value: u64,
+    /// The behaviour.
+    pub behaviour: Behaviour,
+    /// A field the first build does not know.
+    #[serde(default)]
+    pub label: String,
+}
+
+impl Task for ProbeV2 {
+    type Output = u64;
+    const NAME: &'static str = "probe";
+    fn run(self, ctx: &TaskContext) -> Result<u64, TaskError> {
+        let probe = Probe {
+            value: self.value,
+            behaviour: self.behaviour,
+        };
+        probe.run(ctx)
+    }
+}
+
 /// The error of a probe whose run was cancelled while it waited.
 fn cancelled(value: u64) -> TaskError {
     TaskError::permanent(format!("probe {value} stopped: its run was cancelled"))

@@ -1171,6 +1171,7 @@ fn a_worker_joins_only_as_the_node_its_certificate_names_and_in_a_protocol_both_
                 version: versions.0,
                 newest: Some(versions.1),
                 build: String::new(),
+                shapes: Default::default(),
                 node_id: claim.into(),
                 slots: 1,
                 jobs: vec!["probe".into()],
@@ -2204,6 +2205,7 @@ fn a_job_the_master_cannot_read_or_run_is_quarantined_and_every_other_job_runs()
         inline: Some(tasks),
         result: None,
         incarnation: 5,
+        shape: None,
     };
     rt().block_on(async {
         let zk = c.zk().await;
@@ -2262,4 +2264,151 @@ fn a_job_the_master_cannot_read_or_run_is_quarantined_and_every_other_job_runs()
     );
     assert!(out.lines().any(|l| l.starts_with("job newer ")), "{out}");
     quarantined(1.0);
+}
+
+/// A rolling upgrade of the application that changes a task's types:
+/// nodes of the first build (`probe`) and of a second (`PROBE_TYPES=2`:
+/// the `probe` task has a field more) in one cluster. A master gives a
+/// job's shards only to workers whose types are its own and says which
+/// workers run other types; a client of the other types is refused; a
+/// master of the second build quarantines the first build's unfinished
+/// job, which finishes, exact, once a master of the first build is back.
+/// Nothing fails and nothing is decoded as the other types.
+#[test]
+fn during_a_rolling_upgrade_of_task_types_each_job_runs_only_on_workers_of_its_types() {
+    let port = || format!("127.0.0.1:{}", ringleader::zkserver::free_port().unwrap());
+    let (m1, m2) = (port(), port());
+    let tasks_run = |addr: &str| scrape(addr, "ringleader_tasks_run_total", "job_type=\"probe\"");
+    let mut c = Cluster::new(BIN);
+    let second = |mut cmd: std::process::Command| {
+        let o = cmd.env("PROBE_TYPES", "2").output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // The first build's master; a candidate and worker of the second
+    // build; a worker of the first.
+    c.node("n0", &[]);
+    let first_master = rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(30)).await
+    });
+    assert_eq!(first_master.node_id, "n0");
+    c.node_env
+        .insert("n2".into(), vec![("PROBE_TYPES".into(), "2".into())]);
+    c.node("n2", &["--metrics-addr", &m2]);
+    c.node("n1", &["--role", "worker", "--metrics-addr", &m1]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 3, Duration::from_secs(30)).await;
+    });
+    let (code, out, err) = run(&c, "status", &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let worker = |id: &str| {
+        status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["node_id"] == id)
+            .unwrap_or_else(|| panic!("no {id}: {status}"))
+            .clone()
+    };
+    assert_eq!(worker("n2")["other_types"], serde_json::json!(["probe"]));
+    assert_eq!(worker("n1")["other_types"], serde_json::json!([]));
+    let (_, text, _) = run(&c, "status", &[]);
+    assert!(
+        text.lines().any(|l| l.starts_with("worker n2 ")
+            && l.contains("runs probe with other task types than the master's")),
+        "{text}"
+    );
+
+    // A job of the first build's types runs on its worker only.
+    let dir = c.path("types");
+    std::fs::create_dir_all(&dir).unwrap();
+    let oks: Vec<String> = (1..=20).map(ok).collect();
+    let twenty = write_tasks(&dir.join("twenty.jsonl"), &oks);
+    let (code, out, err) = run(&c, "submit", &["probe", &twenty]);
+    assert_eq!(code, 0, "{err}\n{}", c.logs());
+    assert_eq!(out.lines().count(), 20, "{out}");
+    assert!(tasks_run(&m1) >= 20.0, "the first build's worker ran them");
+    assert_eq!(tasks_run(&m2), 0.0, "the second build's worker ran none");
+
+    // A client of the second build is refused, and told why.
+    let (code, _, err) = second(c.cli_command("submit", &["probe", &twenty]));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("job type probe is defined differently"),
+        "{err}"
+    );
+
+    // A job of the first build's types, left waiting on a gate.
+    let gate = dir.join("gate");
+    let held = write_tasks(
+        &dir.join("held.jsonl"),
+        &[
+            format!(
+                r#"{{"value":1,"behaviour":{{"WaitFor":"{}"}}}}"#,
+                gate.display()
+            ),
+            ok(2),
+        ],
+    );
+    let (code, _, err) = run(
+        &c,
+        "submit",
+        &["probe", "--job-id", "held", "--detach", &held],
+    );
+    assert_eq!(code, 0, "{err}");
+
+    // The first build's master stops: the second build's takes over.
+    c.signal("n0", "TERM");
+    let second_master = rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, Some(first_master.epoch), Duration::from_secs(30))
+            .await
+    });
+    assert_eq!(second_master.node_id, "n2");
+    let (code, out, err) = run(&c, "jobs", &[]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("job held "))
+        .unwrap_or_else(|| panic!("no held in:\n{out}"));
+    assert!(
+        line.contains("quarantined") && line.contains("other task and result types"),
+        "{line}"
+    );
+    // The second build's jobs run, on its own worker (the only one).
+    let (code, out, err) = second(c.cli_command("submit", &["probe", &twenty]));
+    assert_eq!(code, 0, "{err}\n{}", c.logs());
+    assert_eq!(out.lines().count(), 20, "{out}");
+    assert!(tasks_run(&m2) >= 20.0, "the second build's worker ran them");
+
+    // A master of the first build is back: the held job finishes, exact.
+    std::fs::write(&gate, b"open").unwrap();
+    c.node("n0", &[]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 3, Duration::from_secs(30)).await;
+    });
+    c.signal("n2", "TERM");
+    let third = rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, Some(second_master.epoch), Duration::from_secs(30))
+            .await
+    });
+    assert_eq!(third.node_id, "n0");
+    let (code, out, err) = run(&c, "result", &["held", "--wait"]);
+    assert_eq!(code, 0, "{err}\n{}", c.logs());
+    let mut values: Vec<&str> = out.lines().collect();
+    values.sort();
+    assert_eq!(values.len(), 2, "{out}");
+    let logs = c.logs();
+    assert!(
+        !logs.contains("cannot decode"),
+        "nothing decoded as the other types:\n{logs}"
+    );
 }

@@ -1473,6 +1473,7 @@ fn a_durable_job_the_master_did_not_run_runs_when_it_is_resubmitted() {
             inline: Some(encoded),
             result: None,
             incarnation: 42,
+            shape: None,
         };
         // Planted once the master has listed the jobs at its takeover.
         c.master(&zk, None, Duration::from_secs(20)).await;
@@ -1556,6 +1557,7 @@ fn the_collectors_reads_do_not_grow_with_queued_or_unfetched_jobs() {
             inline: Some(Vec::new()),
             result: None,
             incarnation: 9,
+            shape: None,
         };
         // Two passes to settle, then a planted record, collected, and two
         // passes more.

@@ -231,7 +231,24 @@ impl Master {
     /// A worker's link is up: its writer's queue is kept here, the rest
     /// goes to the core.
     pub(super) fn linked(&mut self, ctx: &mut Context<Self>, msg: super::WorkerJoined) {
-        tracing::info!(worker = %msg.node_id, slots = msg.slots, "worker connected");
+        // A job type whose types the worker defines otherwise is not one
+        // it runs for this master (a rolling upgrade of the application).
+        let registry = &self.settings.registry;
+        let (jobs, other_types): (Vec<String>, Vec<String>) =
+            msg.jobs.into_iter().partition(|name| {
+                crate::registry::same_types(msg.shapes.get(name).copied(), registry.shape_id(name))
+            });
+        if other_types.is_empty() {
+            tracing::info!(worker = %msg.node_id, slots = msg.slots, "worker connected");
+        } else {
+            tracing::warn!(
+                worker = %msg.node_id,
+                slots = msg.slots,
+                "worker connected; it defines the types of {} otherwise than this master, and \
+                 runs none of those jobs",
+                other_types.join(", ")
+            );
+        }
         let link = Link {
             tx: msg.tx,
             id: msg.link_id,
@@ -243,7 +260,7 @@ impl Master {
             worker: msg.node_id,
             link: msg.link_id,
             slots: msg.slots,
-            jobs: msg.jobs,
+            jobs,
         };
         self.handle_core(ctx, event);
     }

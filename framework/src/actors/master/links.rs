@@ -26,6 +26,8 @@ pub(crate) struct WorkerJoined {
     pub link_id: u64,
     /// The link's protocol version.
     pub version: u32,
+    /// Its jobs' types, by name (empty from a release that did not say).
+    pub shapes: std::collections::BTreeMap<String, u64>,
 }
 
 /// A worker's control stream ended.

@@ -90,6 +90,18 @@ pub(super) async fn load(
             ),
         })?
         .clone();
+    let ours = registry.shape_id(&job.record.job_name);
+    if !crate::registry::same_types(job.record.shape, ours) {
+        return Err(CoordError::Garbage {
+            path: store.layout().job(&job.id),
+            reason: format!(
+                "job type {:?} was submitted with other task and result types than this \
+                 master's node defines (a build of the application other than this one): the \
+                 job runs once a node of that build is master; cancel it to drop it",
+                job.record.job_name
+            ),
+        });
+    }
     let recovered = recover_stored(&job, &commits);
     let rec = &job.record;
     let attempts: BTreeMap<ShardKey, u32> = commits.iter().map(|(k, r)| (*k, r.attempt)).collect();

@@ -857,6 +857,7 @@ mod tests {
             inline: None,
             result: None,
             incarnation: 1,
+            shape: None,
         };
         let stored = StoredJob {
             id: "j".into(),

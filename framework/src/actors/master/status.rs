@@ -33,6 +33,7 @@ impl Master {
                     .map(|l| l.last_seen.elapsed().as_millis() as u64),
                 build: (!info.build.is_empty()).then(|| info.build.clone()),
                 protocol: self.links.get(id).map(|l| l.version),
+                other_types: self.types_not_ours(info),
             })
             .collect();
         let quarantined = self.quarantined_for(peer).map(|(id, q)| JobProgress {
@@ -127,17 +128,7 @@ impl Master {
         }
         if let (Some(theirs), Some(ours)) = (shape, self.settings.registry.shape(job_name)) {
             if theirs != ours {
-                return error(
-                    ErrorKind::Invalid,
-                    format!(
-                    "job type {job_name} is defined differently by the submitting binary and by \
-                     this cluster's master (node {}): the submission's types are {}; the \
-                     master's are {}. Build both from the same task and result types",
-                    self.settings.node_id,
-                    clip(theirs),
-                    clip(ours)
-                ),
-                );
+                return self.other_types(job_name, Some((theirs, ours)));
             }
         }
         let (workers, slots) = self.runners(job_name);
@@ -154,11 +145,62 @@ impl Master {
         })
     }
 
+    /// The refusal of a submission whose types for `job_name` are not
+    /// this master's (with both shapes, when they were sent).
+    pub(super) fn other_types(&self, job_name: &str, shapes: Option<(&str, &str)>) -> Frame {
+        let shapes = match shapes {
+            Some((theirs, ours)) => format!(
+                ": the submission's types are {}; the master's are {}",
+                clip(theirs),
+                clip(ours)
+            ),
+            None => String::new(),
+        };
+        error(
+            ErrorKind::Invalid,
+            format!(
+                "job type {job_name} is defined differently by the submitting binary and by this \
+                 cluster's master (node {}, {}){shapes}. Submit it from a binary built with the \
+                 master's task and result types, or once a master of your build serves (a \
+                 rolling upgrade under way)",
+                self.settings.node_id, self.settings.build,
+            ),
+        )
+    }
+
+    /// The job names a registered worker runs with other types than
+    /// this master's.
+    fn types_not_ours(&self, info: &crate::coord::WorkerInfo) -> Vec<String> {
+        let registry = &self.settings.registry;
+        info.jobs
+            .iter()
+            .filter(|name| {
+                !crate::registry::same_types(
+                    info.shapes.get(*name).copied(),
+                    registry.shape_id(name),
+                )
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Why a job waits, if no registered worker runs it.
     fn runnable_note(&self, name: &str) -> Option<String> {
         (self.runners(name).0 == 0).then(|| {
+            let other = self
+                .registered
+                .values()
+                .filter(|w| self.types_not_ours(w).iter().any(|n| n == name))
+                .count();
+            let other = match other {
+                0 => String::new(),
+                n => format!(
+                    "; {n} run it with other task types than the master's (another build of \
+                     the application)"
+                ),
+            };
             format!(
-                "no worker runs job {name}; {} workers registered",
+                "no worker runs job {name}; {} workers registered{other}",
                 self.registered.len()
             )
         })

@@ -52,6 +52,8 @@ pub(crate) struct Submit {
 /// A submission admitted by the ledger, to be written.
 struct Admitted {
     header: SubmitHeader,
+    /// The job's types as this master defines them (kept in its record).
+    shape: Option<u64>,
     /// As recorded: the shard size chosen.
     options: JobOptions,
     tasks: Arc<Vec<ByteBuf>>,
@@ -87,6 +89,12 @@ impl Handler<Submit> for Master {
         let h = msg.header;
         if self.settings.registry.get(&h.job_name).is_none() {
             return Box::pin(fut::ready(self.unknown_job_type(&h.job_name)));
+        }
+        // Every submission, not only a client's first (whose plan was
+        // checked): after a failover the master may be of another build.
+        let shape = self.settings.registry.shape_id(&h.job_name);
+        if !crate::registry::same_types(h.shape, shape) {
+            return Box::pin(fut::ready(self.other_types(&h.job_name, None)));
         }
         let bytes = msg.bytes;
         // The options as recorded: a size left to the cluster is chosen
@@ -178,6 +186,7 @@ impl Handler<Submit> for Master {
         }
         let admitted = Admitted {
             header: h,
+            shape,
             options,
             tasks: Arc::new(msg.tasks),
             bytes,
@@ -321,6 +330,7 @@ impl Master {
         let registry = self.settings.registry.clone();
         let Admitted {
             header: h,
+            shape,
             options,
             tasks,
             bytes,
@@ -330,6 +340,7 @@ impl Master {
         let id = h.job_id.clone();
         let admitted = Admitted {
             header: h.clone(),
+            shape,
             options: options.clone(),
             tasks: tasks.clone(),
             bytes,
@@ -501,6 +512,7 @@ fn new_record(a: &Admitted, digest: ByteBuf) -> JobRecord {
         inline: None,
         result: None,
         incarnation: crate::coord::new_incarnation(),
+        shape: a.shape,
     }
 }
 
@@ -623,9 +635,11 @@ impl Master {
 
     /// The registered workers that run job `name`, and their slots.
     pub(super) fn runners(&self, name: &str) -> (usize, u64) {
+        let ours = self.settings.registry.shape_id(name);
         self.registered
             .values()
             .filter(|w| w.jobs.iter().any(|j| j == name))
+            .filter(|w| crate::registry::same_types(w.shapes.get(name).copied(), ours))
             .fold((0, 0), |(n, slots), w| (n + 1, slots + u64::from(w.slots)))
     }
 }
