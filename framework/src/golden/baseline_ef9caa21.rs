@@ -3,6 +3,7 @@
 //! arrays, but for the job record's map. The suite reads this build's
 //! encodings with them, as a node of the baseline would. Never edited:
 //! a new baseline gets a module of its own.
+#![cfg(test)]
 #![allow(dead_code, missing_docs, clippy::enum_variant_names)]
 
 use serde::{Deserialize, Serialize};
