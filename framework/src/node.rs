@@ -123,6 +123,9 @@ pub enum NodeError {
     /// cluster, or is not an address.
     #[error("{0}")]
     Advertise(String),
+    /// The cluster is at a feature level this build does not follow.
+    #[error(transparent)]
+    Features(#[from] crate::core::features::FeatureError),
 }
 
 /// The default of [`NodeConfig::start_jitter`]. Measured on a 2-core
@@ -475,6 +478,14 @@ pub async fn run(config: NodeConfig, registry: Registry) -> Result<(), NodeError
         else {
             break;
         };
+        match enrol(&zk, &node_id, &config).await {
+            Ok(()) => {}
+            Err(NodeError::Coord(e)) if e.is_session_end() || e.is_connection_lost() => {
+                tracing::warn!(error = %e, "could not register this node; starting a new session");
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         let mut session = parts.start_actors(&config, &zk, stand.take());
         let mut states = zk.connections();
         let stop = serve_session(&mut states, &mut session.fatal, &mut shutdown, &mut stand).await;
@@ -723,6 +734,28 @@ async fn serve_session(
             _ = &mut *shutdown => return true,
         }
     }
+}
+
+/// Registers this node for the session (`/nodes/<id>`: its build and the
+/// feature level it follows), then refuses to go on in a cluster at a
+/// level it does not follow. Registered first: a level raised after this
+/// node's read was raised by one that saw it.
+async fn enrol(zk: &Session, node_id: &str, config: &NodeConfig) -> Result<(), NodeError> {
+    let role = match config.role {
+        Role::All => "all",
+        Role::Worker => "worker",
+        Role::Candidate => "candidate",
+    };
+    let info = crate::coord::NodeInfo {
+        role: role.to_string(),
+        build: config.build.clone(),
+        protocol: [crate::wire::PROTOCOL_MIN, crate::wire::PROTOCOL_VERSION],
+        features: crate::core::features::SUPPORTED,
+    };
+    zk.register_node(node_id, &info).await?;
+    let (level, _) = zk.feature_level().await?;
+    crate::core::features::may_join(level)?;
+    Ok(())
 }
 
 /// The node's shutdown signal (SIGTERM or Ctrl-C), polled by every wait.

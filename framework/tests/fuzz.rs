@@ -161,6 +161,7 @@ fn records() -> Vec<Vec<u8>> {
                 output: OutputRef::Inline(ByteBuf::from(vec![9; 3])),
                 counters: Counters::default(),
                 failures: vec![failure()],
+                form: ringleader::coord::ResultForm::Array,
             }),
             incarnation: 7,
             shape: None,
@@ -176,6 +177,7 @@ fn records() -> Vec<Vec<u8>> {
             output: OutputRef::Object("results/j/result.e2.x.out".into()),
             counters: Counters::default(),
             failures: vec![failure()],
+            form: ringleader::coord::ResultForm::Named,
         }),
         enc(&MasterInfo {
             node_id: "n1".into(),

@@ -9,6 +9,7 @@
 //! `render` prints, `local` runs the one-machine demo. The jobs
 //! themselves are described in [`crate::cli_job`].
 
+mod features;
 mod local;
 mod render;
 
@@ -438,6 +439,9 @@ enum Cmd {
     Cancel(CancelArgs),
     /// Make a cluster CA with node and client certificates.
     Certs(CertsArgs),
+    /// The cluster's feature level: `show`, or `upgrade` once every node
+    /// follows a higher one (with a node's certificates).
+    Features(features::FeaturesArgs),
     /// Start a private ZooKeeper and N nodes here, run a job (`local JOB
     /// ARGS...`), stop everything.
     Local(LocalArgs),
@@ -515,6 +519,12 @@ impl Exit {
             }
             if let Some(c) = cause.downcast_ref::<ClientError>() {
                 return Exit::of_client(c);
+            }
+            if cause
+                .downcast_ref::<crate::core::features::FeatureError>()
+                .is_some()
+            {
+                return Exit::Refused;
             }
             match cause.downcast_ref() {
                 Some(crate::coord::CoordError::Connect { .. }) => return Exit::Unreachable,
@@ -696,6 +706,7 @@ impl NodeBuilder {
         match cli.cmd {
             Cmd::Node(a) => run_node(self, a),
             Cmd::Certs(a) => run_certs(a),
+            Cmd::Features(a) => features::run_features(a),
             Cmd::Submit(a) => {
                 let job = job()?;
                 self.run_submit(a, job, &sub)

@@ -6,6 +6,8 @@
 //! election/_c_<uuid>-latch-NNNNNNNNNN  EPHEMERAL_SEQUENTIAL  candidates (zookeeper-client's lock recipe)
 //! epoch                                PERSISTENT  u64 epoch in data, never deleted
 //! master                               EPHEMERAL   MasterInfo, written once recovery is done
+//! nodes/<node-id>                      EPHEMERAL   NodeInfo: every live node, its build and feature level
+//! features                             PERSISTENT  FeaturesRecord: the cluster's feature level (absent: 0)
 //! workers/<node-id>                    EPHEMERAL   WorkerInfo
 //! jobs/<job-id>                        PERSISTENT  JobRecord
 //! jobs/<job-id>/batches/<k>            PERSISTENT  encoded tasks, each request under the size budget
@@ -20,8 +22,8 @@ mod store;
 mod zk;
 
 pub use records::{
-    commit_entries, new_incarnation, submission_digest, JobRecord, JobStatus, MasterInfo,
-    OutputRef, RecordName, ResultRecord, ShardRecord, WorkerInfo,
+    commit_entries, new_incarnation, submission_digest, FeaturesRecord, JobRecord, JobStatus,
+    MasterInfo, NodeInfo, OutputRef, RecordName, ResultForm, ResultRecord, ShardRecord, WorkerInfo,
 };
 pub use session::{Connection, Connections, Session, Won};
 pub use store::Amend;

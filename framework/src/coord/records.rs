@@ -58,6 +58,33 @@ pub struct WorkerInfo {
     pub shapes: std::collections::BTreeMap<String, u64>,
 }
 
+/// Data of `/nodes/<node-id>`: a live node (ephemeral, written when it
+/// starts, whatever its role), and what it can follow.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Its role (`all`, `worker`, `candidate`).
+    pub role: String,
+    /// Its build ([`crate::build_id`]).
+    pub build: String,
+    /// The protocol versions it speaks, oldest and newest.
+    pub protocol: [u32; 2],
+    /// The highest cluster feature level it follows
+    /// ([`crate::features::SUPPORTED`]).
+    pub features: u32,
+}
+
+/// Data of `/features`: the cluster's feature level (absent: 0), raised
+/// by `features upgrade`, never lowered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FeaturesRecord {
+    /// The level.
+    pub level: u32,
+    /// When it was raised (milliseconds since the Unix epoch).
+    pub raised_ms: u64,
+    /// The build that raised it.
+    pub by: String,
+}
+
 /// Lifecycle of a job in ZooKeeper.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum JobStatus {
@@ -335,9 +362,10 @@ pub fn commit_entries(
 /// Data of `jobs/<job-id>/result`, and a compact job's result in its
 /// record.
 ///
-/// Still written as a positional array (its `Serialize`): the baseline
-/// reads it only so. It is read as a map of named fields as well, the
-/// form it takes once the cluster's feature level allows it.
+/// Written in its [`ResultForm`]: a positional array, which the release
+/// before feature levels reads (and only so), or, once the cluster's
+/// feature level is [`crate::core::features::NAMED_RESULTS`], a map of
+/// named fields, which can gain fields. Both are read.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(from = "ResultRecordRepr")]
 pub struct ResultRecord {
@@ -349,11 +377,37 @@ pub struct ResultRecord {
     pub failures: Vec<TaskFailure>,
     /// The job's final counts.
     pub counters: Counters,
+    /// How it is written: as it was read, or as its master chose.
+    #[serde(skip)]
+    pub form: ResultForm,
+}
+
+/// How a [`ResultRecord`] is encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ResultForm {
+    /// An array of four (what the release before feature levels reads).
+    #[default]
+    Array,
+    /// A map of named fields (feature level 1 on).
+    Named,
 }
 
 impl Serialize for ResultRecord {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (&self.epoch, &self.output, &self.failures, &self.counters).serialize(serializer)
+        match self.form {
+            ResultForm::Array => {
+                (&self.epoch, &self.output, &self.failures, &self.counters).serialize(serializer)
+            }
+            ResultForm::Named => {
+                use serde::ser::SerializeStruct;
+                let mut s = serializer.serialize_struct("ResultRecord", 4)?;
+                s.serialize_field("epoch", &self.epoch)?;
+                s.serialize_field("output", &self.output)?;
+                s.serialize_field("failures", &self.failures)?;
+                s.serialize_field("counters", &self.counters)?;
+                s.end()
+            }
+        }
     }
 }
 
@@ -381,12 +435,19 @@ impl From<ResultRecordRepr> for ResultRecord {
                 output,
                 failures,
                 counters,
-            }
-            | ResultRecordRepr::Now(epoch, output, failures, counters) => ResultRecord {
+            } => ResultRecord {
                 epoch,
                 output,
                 failures,
                 counters,
+                form: ResultForm::Named,
+            },
+            ResultRecordRepr::Now(epoch, output, failures, counters) => ResultRecord {
+                epoch,
+                output,
+                failures,
+                counters,
+                form: ResultForm::Array,
             },
             ResultRecordRepr::Before(epoch, output, failures, done, failed, retries) => {
                 ResultRecord {
@@ -399,6 +460,7 @@ impl From<ResultRecordRepr> for ResultRecord {
                         tasks_failed: failed,
                         retries,
                     },
+                    form: ResultForm::Array,
                 }
             }
         }
@@ -443,8 +505,8 @@ mod tests {
         assert_eq!(bytes[0], 0x94, "an array of four, as the baseline reads it");
         let again: ResultRecord = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(again, now);
-        // The named form a later release may write once the feature level
-        // allows it.
+        // The named form (feature level 1 on), with a field a later
+        // release adds.
         #[derive(Serialize)]
         struct Named<'a> {
             epoch: u64,
@@ -462,7 +524,18 @@ mod tests {
         })
         .unwrap();
         let read: ResultRecord = rmp_serde::from_slice(&named).unwrap();
-        assert_eq!(read, now);
+        let named_now = ResultRecord {
+            form: ResultForm::Named,
+            ..now
+        };
+        assert_eq!(read, named_now);
+        // Written again as it was read.
+        let again = crate::wire::encode_named(&read).unwrap();
+        assert_eq!(again[0], 0x84, "a map of four");
+        assert_eq!(
+            rmp_serde::from_slice::<ResultRecord>(&again).unwrap(),
+            named_now
+        );
     }
 
     #[test]
@@ -582,6 +655,7 @@ mod tests {
                 tasks_failed: 1,
                 retries: 0,
             },
+            form: ResultForm::Array,
         };
         record.result = Some(result.clone());
         let bytes = crate::wire::encode_named(&record).unwrap();

@@ -1,6 +1,7 @@
 //! A node's or a client's ZooKeeper session, as the rest of the crate sees
 //! it: connection states, `/master` reads and watches, the worker's
-//! registration and the master's watch of registrations, and the election.
+//! and node registrations, the master's watch of registrations, the
+//! cluster's feature level, and the election.
 //! Nothing outside `coord/` holds zookeeper-client's types.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,7 +12,7 @@ use zookeeper_client::{
     Client, Error as ZkError, LockOptions, LockPrefix, OneshotWatcher, SessionState, StateWatcher,
 };
 
-use super::records::{MasterInfo, WorkerInfo};
+use super::records::{FeaturesRecord, MasterInfo, NodeInfo, WorkerInfo};
 use super::zk::{decode_record, encode_record, CoordError, Layout};
 
 /// A session's connection, as its users act on it.
@@ -176,20 +177,114 @@ impl Session {
     ) -> Result<(), CoordError> {
         let path = self.layout.worker(node_id);
         let data = encode_record(&path, info)?;
-        super::zk::ensure_path(&self.client, &self.layout.workers(), self.layout.acl()).await?;
+        self.register(&self.layout.workers(), &path, &data).await
+    }
+
+    /// Registers this node (`/nodes/<node-id>`, ephemeral): what it is and
+    /// which feature level it follows. Replaced as a worker's is.
+    pub async fn register_node(&self, node_id: &str, info: &NodeInfo) -> Result<(), CoordError> {
+        let path = self.layout.node(node_id);
+        let data = encode_record(&path, info)?;
+        self.register(&self.layout.nodes(), &path, &data).await
+    }
+
+    /// The cluster's feature level (0 if none was ever raised), with the
+    /// version of its znode for a conditional raise.
+    pub async fn feature_level(&self) -> Result<(u32, Option<i32>), CoordError> {
+        let path = self.layout.features();
+        match self.client.get_data(&path).await {
+            Ok((data, stat)) => {
+                let record: FeaturesRecord = decode_record(&path, &data)?;
+                Ok((record.level, Some(stat.version)))
+            }
+            Err(ZkError::NoNode) => Ok((0, None)),
+            Err(e) => Err(CoordError::zk(&path, e)),
+        }
+    }
+
+    /// Raises the feature level to `record.level`, if its znode is still
+    /// at `version` (`None`: absent). [`CoordError::is_conflict`] when it
+    /// changed meanwhile.
+    pub async fn set_feature_level(
+        &self,
+        record: &FeaturesRecord,
+        version: Option<i32>,
+    ) -> Result<(), CoordError> {
+        let path = self.layout.features();
+        let data = encode_record(&path, record)?;
+        let written = match version {
+            None => self
+                .client
+                .create(&path, &data, &self.layout.acl().persistent())
+                .await
+                .map(drop),
+            Some(v) => self.client.set_data(&path, &data, Some(v)).await.map(drop),
+        };
+        written.map_err(|e| CoordError::zk(&path, e))
+    }
+
+    /// Every live node: candidates (whose election znodes name them),
+    /// workers and registered nodes, each with its registration if it
+    /// wrote one (a node of a release before registrations did not).
+    pub async fn live_nodes(&self) -> Result<BTreeMap<String, Option<NodeInfo>>, CoordError> {
+        let mut ids: BTreeSet<String> = BTreeSet::new();
+        for parent in [self.layout.workers(), self.layout.nodes()] {
+            ids.extend(self.children(&parent).await?);
+        }
+        let election = self.layout.election();
+        for child in self.children(&election).await? {
+            let path = format!("{election}/{child}");
+            match self.client.get_data(&path).await {
+                Ok((data, _)) => {
+                    if let Ok(id) = String::from_utf8(data) {
+                        ids.insert(id);
+                    }
+                }
+                // Its candidate left meanwhile.
+                Err(ZkError::NoNode) => {}
+                Err(e) => return Err(CoordError::zk(&path, e)),
+            }
+        }
+        let mut live = BTreeMap::new();
+        for id in ids {
+            let path = self.layout.node(&id);
+            let info = match self.client.get_data(&path).await {
+                Ok((data, _)) => Some(decode_record::<NodeInfo>(&path, &data)?),
+                Err(ZkError::NoNode) => None,
+                Err(e) => return Err(CoordError::zk(&path, e)),
+            };
+            live.insert(id, info);
+        }
+        Ok(live)
+    }
+
+    /// The children of `path` (none if it does not exist).
+    async fn children(&self, path: &str) -> Result<Vec<String>, CoordError> {
+        match self.client.list_children(path).await {
+            Ok(names) => Ok(names),
+            Err(ZkError::NoNode) => Ok(Vec::new()),
+            Err(e) => Err(CoordError::zk(path, e)),
+        }
+    }
+
+    /// Creates the ephemeral `path` under `parent` with `data`, replacing
+    /// one left by an earlier incarnation whose session has not expired
+    /// yet, or ours before a connection loss.
+    async fn register(&self, parent: &str, path: &str, data: &[u8]) -> Result<(), CoordError> {
+        super::zk::ensure_path(&self.client, parent, self.layout.acl()).await?;
         loop {
             match self
                 .client
-                .create(&path, &data, &self.layout.acl().ephemeral())
+                .create(path, data, &self.layout.acl().ephemeral())
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(ZkError::NodeExists) => match self.client.delete(&path, None).await {
+                Err(ZkError::NodeExists) => match self.client.delete(path, None).await {
                     Ok(()) | Err(ZkError::NoNode) => {}
-                    Err(e) => return Err(CoordError::zk(&path, e)),
+                    Err(e) => return Err(CoordError::zk(path, e)),
                 },
                 Err(ZkError::ConnectionLoss) => tokio::time::sleep(Duration::from_millis(50)).await,
-                Err(e) => return Err(CoordError::zk(&path, e)),
+                Err(e) => return Err(CoordError::zk(path, e)),
             }
         }
     }

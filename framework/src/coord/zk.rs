@@ -205,6 +205,18 @@ impl Layout {
     pub fn master(&self) -> String {
         format!("{}/master", self.root)
     }
+    /// Parent of node registrations ([`super::NodeInfo`]).
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes", self.root)
+    }
+    /// One node's registration.
+    pub fn node(&self, node_id: &str) -> String {
+        format!("{}/nodes/{node_id}", self.root)
+    }
+    /// The cluster's feature level ([`super::FeaturesRecord`]).
+    pub fn features(&self) -> String {
+        format!("{}/features", self.root)
+    }
     /// Parent of worker registrations.
     pub fn workers(&self) -> String {
         format!("{}/workers", self.root)

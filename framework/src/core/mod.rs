@@ -2,6 +2,7 @@
 //! a recovering master must still do. No actix, ZooKeeper or quinn in here;
 //! time and events come in as arguments and decisions go out as values.
 
+pub mod features;
 pub mod job;
 pub mod liveness;
 pub mod master;

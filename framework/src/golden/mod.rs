@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use serde_bytes::ByteBuf;
 
 use crate::coord::{
-    decode_record, encode_record, JobRecord, JobStatus, MasterInfo, OutputRef, ResultRecord,
-    ShardRecord, WorkerInfo,
+    decode_record, encode_record, FeaturesRecord, JobRecord, JobStatus, MasterInfo, NodeInfo,
+    OutputRef, ResultRecord, ShardRecord, WorkerInfo,
 };
 use crate::core::{Counters, ShardKey, TaskFailure};
 use crate::wire::{
@@ -43,6 +43,8 @@ enum Sample {
     Result(ResultRecord),
     Commit(Vec<(ShardKey, ShardRecord)>),
     Batch(Vec<ByteBuf>),
+    Node(NodeInfo),
+    Features(FeaturesRecord),
 }
 
 impl Sample {
@@ -59,6 +61,8 @@ impl Sample {
             Sample::Result(r) => encode_record("golden", r).expect("encodes"),
             Sample::Commit(r) => encode_record("golden", r).expect("encodes"),
             Sample::Batch(r) => encode_record("golden", r).expect("encodes"),
+            Sample::Node(r) => encode_record("golden", r).expect("encodes"),
+            Sample::Features(r) => encode_record("golden", r).expect("encodes"),
         }
     }
 
@@ -80,6 +84,8 @@ impl Sample {
             Sample::Result(_) => via::<b::ResultRecord>(bytes),
             Sample::Commit(_) => via::<Vec<(b::ShardKey, b::ShardRecord)>>(bytes),
             Sample::Batch(_) => via::<Vec<ByteBuf>>(bytes),
+            // Kinds the baseline does not have.
+            Sample::Node(_) | Sample::Features(_) => Err("not a kind of the baseline".into()),
         }
     }
 
@@ -96,6 +102,8 @@ impl Sample {
             Sample::Result(_) => Sample::Result(decode_record("golden", bytes).map_err(e)?),
             Sample::Commit(_) => Sample::Commit(decode_record("golden", bytes).map_err(e)?),
             Sample::Batch(_) => Sample::Batch(decode_record("golden", bytes).map_err(e)?),
+            Sample::Node(_) => Sample::Node(decode_record("golden", bytes).map_err(e)?),
+            Sample::Features(_) => Sample::Features(decode_record("golden", bytes).map_err(e)?),
         })
     }
 }
@@ -168,6 +176,7 @@ fn result_record() -> ResultRecord {
         output: OutputRef::Inline(bytes(&[0x91, 0x01])),
         failures: vec![failure()],
         counters: counters(),
+        form: crate::coord::ResultForm::Array,
     }
 }
 
@@ -477,6 +486,30 @@ fn samples() -> Vec<(&'static str, Sample)> {
             }),
         ),
         ("record-result", S::Result(result_record())),
+        (
+            "record-result-named",
+            S::Result(ResultRecord {
+                form: crate::coord::ResultForm::Named,
+                ..result_record()
+            }),
+        ),
+        (
+            "record-node",
+            S::Node(NodeInfo {
+                role: "all".into(),
+                build: "probe (ringleader 0.1.0 commit 1234567)".into(),
+                protocol: [6, 6],
+                features: 1,
+            }),
+        ),
+        (
+            "record-features",
+            S::Features(FeaturesRecord {
+                level: 1,
+                raised_ms: 1_765_000_000_000,
+                by: "probe (ringleader 0.1.0 commit 1234567)".into(),
+            }),
+        ),
         (
             "record-commit",
             S::Commit(vec![

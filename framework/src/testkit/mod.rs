@@ -545,6 +545,20 @@ impl Cluster {
             .expect("the job's record");
     }
 
+    /// Writes `data` at `path` (a persistent znode, its parent made if
+    /// missing), as no node would: a registration of a node of another
+    /// release, a feature level.
+    pub async fn plant(&self, zk: &coord::ZkClient, path: &str, data: &[u8]) {
+        let layout = self.layout();
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        coord::ensure_path(zk, parent, layout.acl())
+            .await
+            .expect("the parent");
+        zk.create(path, data, &layout.acl().persistent())
+            .await
+            .expect("the znode");
+    }
+
     /// Waits until a master with an epoch other than `not` is published.
     pub async fn master(
         &self,

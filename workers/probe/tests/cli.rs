@@ -2412,3 +2412,123 @@ fn during_a_rolling_upgrade_of_task_types_each_job_runs_only_on_workers_of_its_t
         "nothing decoded as the other types:\n{logs}"
     );
 }
+
+/// The cluster's feature level: `features show` says it and what each
+/// node follows; `features upgrade` refuses while a node of a release
+/// before feature levels is live (naming it), then raises it; from then
+/// on result records are written as maps of named fields; and a node of
+/// a build that does not follow the cluster's level refuses to start.
+#[test]
+fn the_feature_level_rises_only_when_every_live_node_follows_it_and_is_never_outrun() {
+    use ringleader::coord::{JobRecord, ResultForm, WorkerInfo};
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &[]);
+    c.node("n1", &["--role", "worker"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 2, Duration::from_secs(30)).await;
+    });
+    let (code, out, err) = run(&c, "features", &["show"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("feature level 0 (this build follows up to 1)"),
+        "{out}"
+    );
+    assert!(out.contains("level 1: result records are written as maps of named fields (they can gain fields) (off)"), "{out}");
+    assert!(
+        out.contains("node n0 follows 1 (all,") && out.contains("node n1 follows 1 (worker,"),
+        "{out}"
+    );
+    assert!(
+        out.contains("`features upgrade` would raise it to 1"),
+        "{out}"
+    );
+
+    // A worker of a release before feature levels (a registration and
+    // nothing else) holds the level back.
+    let old = c.layout().worker("old");
+    let info = WorkerInfo {
+        addr: "127.0.0.1:9".into(),
+        slots: 1,
+        jobs: vec!["probe".into()],
+        build: String::new(),
+        protocol: None,
+        shapes: Default::default(),
+    };
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.plant(&zk, &old, &ringleader::wire::encode_named(&info).unwrap())
+            .await;
+    });
+    let (code, _, err) = run(&c, "features", &["upgrade"]);
+    assert_eq!(code, 3, "refused: {err}");
+    assert!(
+        err.contains("the feature level stays 0: old (a release before feature levels)"),
+        "{err}"
+    );
+    rt().block_on(async {
+        let zk = c.zk().await;
+        zk.delete(&old, None).await.unwrap();
+    });
+    let (code, out, err) = run(&c, "features", &["upgrade"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("feature level raised from 0 to 1"), "{out}");
+    let (code, out, _) = run(&c, "features", &["upgrade"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to raise"), "{out}");
+
+    // The master follows the raise: a job's result record is named.
+    let dir = c.path("features");
+    std::fs::create_dir_all(&dir).unwrap();
+    let one = write_tasks(&dir.join("one.jsonl"), &[ok(1)]);
+    let (code, _, err) = run(
+        &c,
+        "submit",
+        &["probe", "--job-id", "named", "--detach", &one],
+    );
+    assert_eq!(code, 0, "{err}");
+    let form = rt().block_on(async {
+        let zk = c.zk().await;
+        let path = c.layout().job("named");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (data, _) = zk.get_data(&path).await.unwrap();
+            let record: JobRecord = rmp_serde::from_slice(&data).unwrap();
+            if let Some(result) = record.result {
+                break result.form;
+            }
+            assert!(Instant::now() < deadline, "{}", c.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert_eq!(form, ResultForm::Named);
+    let (code, out, err) = run(&c, "result", &["named"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+
+    // A level this build does not follow: a node of it refuses to start.
+    rt().block_on(async {
+        let zk = c.zk().await;
+        let record = ringleader::coord::FeaturesRecord {
+            level: 99,
+            raised_ms: 1,
+            by: "a later build".into(),
+        };
+        let (_, stat) = zk.get_data(&c.layout().features()).await.unwrap();
+        zk.set_data(
+            &c.layout().features(),
+            &ringleader::wire::encode_named(&record).unwrap(),
+            Some(stat.version),
+        )
+        .await
+        .unwrap();
+    });
+    c.node("n2", &["--role", "worker"]);
+    let status = c.wait_exit("n2", Duration::from_secs(30));
+    assert!(!status.success());
+    let log = c.log("n2");
+    assert!(
+        log.contains("the cluster's feature level is 99 and this build follows up to 1"),
+        "{log}"
+    );
+}

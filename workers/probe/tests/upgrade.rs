@@ -231,7 +231,8 @@ async fn master_gaps(
 /// A cluster of four nodes of the baseline under a steady load (one-task
 /// jobs at 200/s, a 200-task job every 2 s) has each node replaced, one
 /// at a time, by this build (SIGTERM, then the new binary), masters
-/// included; then one node is rolled back to the baseline. Every
+/// included; then one node is rolled back to the baseline and forward
+/// again, and the feature level is raised. Every
 /// acknowledged job is exact, none fails for the upgrade, no task
 /// completes twice, and no period without a master lasts longer than the
 /// session timeout and a second.
@@ -300,6 +301,21 @@ fn a_rolling_upgrade_from_the_baseline_under_load_keeps_every_acknowledged_job_e
     c.bin = old.clone();
     c.node("n3", &["--slots", "2"]);
     rt.block_on(c.workers(&zk, 4, Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_secs(4));
+    // Forward again, and the feature level raised (from then on a node of
+    // the baseline, which predates levels, may not come back).
+    c.signal("n3", "TERM");
+    c.wait_exit("n3", Duration::from_secs(60));
+    c.bin = new.clone();
+    c.node("n3", &["--slots", "2"]);
+    rt.block_on(c.workers(&zk, 4, Duration::from_secs(30)));
+    let raised = c.cli("features", &["upgrade"]);
+    assert!(
+        raised.status.success()
+            && String::from_utf8_lossy(&raised.stdout).contains("raised from 0 to 1"),
+        "{}",
+        String::from_utf8_lossy(&raised.stderr)
+    );
     std::thread::sleep(Duration::from_secs(4));
     let ended = now();
     stop_tx.send(true).unwrap();

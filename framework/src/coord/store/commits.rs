@@ -308,6 +308,7 @@ impl LeaderStore {
             output,
             failures,
             counters,
+            form: self.result_form(),
         };
         let job_data = encode_record(&job_path, &rec)?;
         let result_data = encode_record(&path, &result)?;
@@ -367,6 +368,7 @@ impl LeaderStore {
             output: OutputRef::Inline(ByteBuf::from(output)),
             failures,
             counters,
+            form: self.result_form(),
         };
         rec.result = Some(kept.clone());
         EndRecord::Kept(Box::new(Finished {

@@ -9,6 +9,7 @@
 //! [`outputs`] (inline or store objects), [`gc`] (collection).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +110,9 @@ pub struct LeaderStore {
     /// Version of `/epoch` when it was read (still `epoch - 1`).
     epoch_version: i32,
     store: Store,
+    /// The cluster's feature level, as last read (at the takeover, then
+    /// at each change: [`LeaderStore::follow_features`]).
+    level: Arc<std::sync::atomic::AtomicU32>,
 }
 
 fn now_ms() -> u64 {
@@ -176,14 +180,18 @@ impl LeaderStore {
                 })?;
             let records = format!("c{}.{candidacy}", old + 1);
             let lock = Arc::new(lock);
-            return Ok(LeaderStore {
+            let level = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let store = LeaderStore {
                 batcher: batch::Batcher::start(Arc::downgrade(&lock), layout.acl(), records),
                 lock,
                 layout,
                 epoch: old + 1,
                 epoch_version: stat.version,
                 store,
-            });
+                level,
+            };
+            store.follow_features().await?;
+            return Ok(store);
         }
     }
 
@@ -219,6 +227,83 @@ impl LeaderStore {
     /// The layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// Reads the cluster's feature level, and keeps reading it at each
+    /// change while the session lives (a task of its own, on a watch).
+    /// A level this build does not follow is an error: a master of it
+    /// could not read what the cluster writes.
+    async fn follow_features(&self) -> Result<(), CoordError> {
+        let client = self.client().clone();
+        let path = self.layout.features();
+        let read = |data: &[u8]| -> Result<u32, CoordError> {
+            let level = super::zk::decode_record::<super::FeaturesRecord>(&path, data)?.level;
+            crate::core::features::may_join(level).map_err(|e| CoordError::Garbage {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(level)
+        };
+        let watcher = match client.get_and_watch_data(&path).await {
+            Ok((data, _, w)) => {
+                self.level.store(read(&data)?, Ordering::Relaxed);
+                Some(w)
+            }
+            Err(ZkError::NoNode) => match client.check_and_watch_stat(&path).await {
+                Ok((_, w)) => Some(w),
+                Err(e) => return Err(CoordError::zk(&path, e)),
+            },
+            Err(e) => return Err(CoordError::zk(&path, e)),
+        };
+        let level = Arc::downgrade(&self.level);
+        let mut watcher = watcher;
+        tokio::spawn(async move {
+            while let Some(w) = watcher.take() {
+                if w.changed().await.session_state.is_terminated() {
+                    return;
+                }
+                // Held by the store: gone with it.
+                let Some(level) = level.upgrade() else { return };
+                watcher = match client.get_and_watch_data(&path).await {
+                    Ok((data, _, w)) => {
+                        match super::zk::decode_record::<super::FeaturesRecord>(&path, &data) {
+                            Ok(r) => {
+                                tracing::info!(
+                                    level = r.level,
+                                    "the cluster's feature level changed"
+                                );
+                                level.store(r.level, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "ignoring a garbage feature level")
+                            }
+                        }
+                        Some(w)
+                    }
+                    Err(ZkError::NoNode) => client
+                        .check_and_watch_stat(&path)
+                        .await
+                        .ok()
+                        .map(|(_, w)| w),
+                    Err(_) => None,
+                };
+            }
+        });
+        Ok(())
+    }
+
+    /// The cluster's feature level, as last read.
+    pub fn feature_level(&self) -> u32 {
+        self.level.load(Ordering::Relaxed)
+    }
+
+    /// How this master writes result records, by the feature level.
+    pub(super) fn result_form(&self) -> super::ResultForm {
+        if self.feature_level() >= crate::core::features::NAMED_RESULTS {
+            super::ResultForm::Named
+        } else {
+            super::ResultForm::Array
+        }
     }
 
     /// Publishes `/master` and bumps `/epoch` in one fenced transaction: the
