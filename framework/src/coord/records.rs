@@ -69,7 +69,7 @@ pub struct NodeInfo {
     /// The protocol versions it speaks, oldest and newest.
     pub protocol: [u32; 2],
     /// The highest cluster feature level it follows
-    /// ([`crate::features::SUPPORTED`]).
+    /// ([`crate::core::features::SUPPORTED`]).
     pub features: u32,
 }
 
