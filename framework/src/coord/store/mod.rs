@@ -113,6 +113,10 @@ pub struct LeaderStore {
     /// The cluster's feature level, as last read (at the takeover, then
     /// at each change: [`LeaderStore::follow_features`]).
     level: Arc<std::sync::atomic::AtomicU32>,
+    /// Dropped with the last clone of the store: the task that follows the
+    /// level then ends, and lets go of its session (a live clone of the
+    /// client would keep the session open after the node's actors stop).
+    _following: Arc<tokio::sync::oneshot::Sender<()>>,
 }
 
 fn now_ms() -> u64 {
@@ -181,6 +185,7 @@ impl LeaderStore {
             let records = format!("c{}.{candidacy}", old + 1);
             let lock = Arc::new(lock);
             let level = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let (following, stopped) = tokio::sync::oneshot::channel();
             let store = LeaderStore {
                 batcher: batch::Batcher::start(Arc::downgrade(&lock), layout.acl(), records),
                 lock,
@@ -189,8 +194,9 @@ impl LeaderStore {
                 epoch_version: stat.version,
                 store,
                 level,
+                _following: Arc::new(following),
             };
-            store.follow_features().await?;
+            store.follow_features(stopped).await?;
             return Ok(store);
         }
     }
@@ -233,7 +239,10 @@ impl LeaderStore {
     /// change while the session lives (a task of its own, on a watch).
     /// A level this build does not follow is an error: a master of it
     /// could not read what the cluster writes.
-    async fn follow_features(&self) -> Result<(), CoordError> {
+    async fn follow_features(
+        &self,
+        mut stopped: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<(), CoordError> {
         let client = self.client().clone();
         let path = self.layout.features();
         let read = |data: &[u8]| -> Result<u32, CoordError> {
@@ -259,8 +268,11 @@ impl LeaderStore {
         let mut watcher = watcher;
         tokio::spawn(async move {
             while let Some(w) = watcher.take() {
-                if w.changed().await.session_state.is_terminated() {
-                    return;
+                tokio::select! {
+                    event = w.changed() => if event.session_state.is_terminated() {
+                        return;
+                    },
+                    _ = &mut stopped => return,
                 }
                 // Held by the store: gone with it.
                 let Some(level) = level.upgrade() else { return };
