@@ -28,7 +28,8 @@ pub mod cli;
 pub mod cli_job;
 pub mod client;
 pub mod coord;
-pub mod core;
+/// Decisions without I/O: the crate `ringleader-core`.
+pub use ringleader_core as core;
 pub mod fuzz;
 mod golden;
 pub mod metrics;

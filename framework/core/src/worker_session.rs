@@ -39,7 +39,7 @@ pub enum Action {
     /// Tell the master this run, refused while queued, never started.
     SendUnstarted(RunId),
     /// Tell this running run to stop: its task sees
-    /// [`crate::TaskContext::is_cancelled`]. It keeps its slot until it
+    /// `TaskContext::is_cancelled` (the framework's). It keeps its slot until it
     /// ends, and reports as any run does.
     Cancel(RunId),
     /// Drop what is kept for this run (its assignment, or its report): its
@@ -264,7 +264,7 @@ impl WorkerSession {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::ShardKey;
+    use crate::ShardKey;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 

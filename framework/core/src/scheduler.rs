@@ -118,7 +118,7 @@ pub enum Command {
     /// Tell this worker to stop this run, whatever its state: its job was
     /// removed, or another copy of its shard reported first. A waiting run
     /// is dropped, a running one is told to stop
-    /// ([`crate::TaskContext::is_cancelled`]); it holds its slot until
+    /// (`TaskContext::is_cancelled` (the framework's)); it holds its slot until
     /// the worker says it ended.
     Stop {
         /// Worker node id.
@@ -1385,7 +1385,7 @@ impl Scheduler {
     /// Whether the shard, reported and waiting for its commit, is its
     /// job's whole work: the job's only shard, first generation, holding
     /// every task, with nothing of the job counted yet. Its commit may
-    /// then be the job's end ([`crate::core::Ledger::end_alone`]).
+    /// then be the job's end ([`crate::Ledger::end_alone`]).
     pub fn sole_shard(&self, job_id: &str, key: ShardKey) -> bool {
         let Some(job) = self.jobs.get(job_id) else {
             return false;
@@ -2317,15 +2317,15 @@ mod tests {
     /// frames in flight each way, and the run in its slot.
     struct SimWorker {
         id: String,
-        session: crate::core::WorkerSession,
+        session: crate::WorkerSession,
         up: VecDeque<Up>,
         down: VecDeque<Down>,
         running: Option<(ShardKey, u32)>,
     }
 
     impl SimWorker {
-        fn run(key: ShardKey, attempt: u32) -> crate::core::worker_session::RunId {
-            crate::core::worker_session::RunId {
+        fn run(key: ShardKey, attempt: u32) -> crate::worker_session::RunId {
+            crate::worker_session::RunId {
                 epoch: 1,
                 job: "x".into(),
                 incarnation: 0,
@@ -2337,7 +2337,7 @@ mod tests {
         /// Reads one frame from the master, or ends its run (unless it is
         /// the killer's: that one never ends).
         fn step(&mut self, read: bool, killer: ShardKey) {
-            use crate::core::worker_session::Action;
+            use crate::worker_session::Action;
             let run = Self::run;
             let actions = if read {
                 match self.down.pop_front() {
@@ -2498,7 +2498,7 @@ mod tests {
                 while workers.len() < 3 {
                     next_id += 1;
                     let id = format!("w{next_id}");
-                    let mut session = crate::core::WorkerSession::new(1);
+                    let mut session = crate::WorkerSession::new(1);
                     assert!(session.connected(1).is_empty());
                     m.s.add_worker(&id, 1, ["j".to_string()], false);
                     workers.push(SimWorker {

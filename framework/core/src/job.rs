@@ -886,7 +886,7 @@ mod tests {
         use super::{auto_shard_size, AUTO_MAX_SHARDS};
         // 30 expensive tasks, three workers of one slot: every worker works.
         let size = auto_shard_size(30, 3);
-        assert!(crate::core::shard_count(30, size) >= 3, "size {size}");
+        assert!(crate::shard_count(30, size) >= 3, "size {size}");
         assert_eq!(auto_shard_size(1, 8), 1);
         assert_eq!(auto_shard_size(0, 8), 1);
         assert_eq!(auto_shard_size(5, 0), 1);
@@ -898,7 +898,7 @@ mod tests {
             (7, 3),
         ] {
             let size = auto_shard_size(tasks, slots);
-            let shards = u64::from(crate::core::shard_count(tasks, size));
+            let shards = u64::from(crate::shard_count(tasks, size));
             assert!(size >= 1);
             assert!(
                 shards <= AUTO_MAX_SHARDS,

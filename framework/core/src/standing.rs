@@ -4,7 +4,7 @@
 //! and worker out), so it steps down and lets the next candidate lead.
 //!
 //! The master samples its node's handshake counts
-//! ([`crate::transport::Handshakes`]) and its workers (registered in
+//! (the transport's `Handshakes`) and its workers (registered in
 //! ZooKeeper, linked to it) about once a second; [`Standing::observe`]
 //! decides. The rule, in full:
 //!

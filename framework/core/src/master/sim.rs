@@ -9,7 +9,7 @@
 //! final outcome.
 //!
 //! The suite runs [`SUITE_SEEDS`] seeds; `RINGLEADER_SIM_EVENTS=N cargo
-//! test -p ringleader --lib master_simulation_long -- --ignored` runs
+//! test -p ringleader-core master_simulation_long -- --ignored` runs
 //! seeds until `N` events were simulated (the README has the command).
 #![cfg(test)]
 
@@ -20,9 +20,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::core::scheduler::SHORT_RUN_PREFETCH;
-use crate::core::worker_session::{Action, WorkerSession};
-use crate::core::PendingShard;
+use crate::scheduler::SHORT_RUN_PREFETCH;
+use crate::worker_session::{Action, WorkerSession};
+use crate::PendingShard;
 
 /// The first master's epoch; each takeover adds one.
 const EPOCH: u64 = 7;
@@ -138,7 +138,7 @@ struct World {
     epoch: u64,
     /// Commits ZooKeeper holds (applied, answered or not), first per
     /// shard: what a new master reads back.
-    durable: BTreeMap<String, BTreeMap<ShardKey, crate::core::CommittedShard>>,
+    durable: BTreeMap<String, BTreeMap<ShardKey, crate::CommittedShard>>,
     rng: StdRng,
     now: Instant,
     core: MasterCore,
@@ -458,7 +458,7 @@ impl World {
         let commits = self.durable.entry(run.job.clone()).or_default();
         commits
             .entry(run.shard)
-            .or_insert_with(|| crate::core::CommittedShard {
+            .or_insert_with(|| crate::CommittedShard {
                 attempt: run.attempt,
                 failures: failures.to_vec(),
             });
@@ -509,8 +509,7 @@ impl World {
                 continue;
             }
             let commits = self.durable.get(&id).cloned().unwrap_or_default();
-            let mut rec =
-                crate::core::recover_job(&id, "j", j.tasks, j.per, j.max_attempts, &commits);
+            let mut rec = crate::recover_job(&id, "j", j.tasks, j.per, j.max_attempts, &commits);
             rec.plan.incarnation = j.incarnation;
             // What the new master counts: the durable chain.
             self.outcomes.retain(|(job, _), _| *job != id);

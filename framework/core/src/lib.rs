@@ -1,6 +1,10 @@
 //! Decisions without I/O: which shard runs where, what a failure means, what
-//! a recovering master must still do. No actix, ZooKeeper or quinn in here;
-//! time and events come in as arguments and decisions go out as values.
+//! a recovering master must still do. A crate of its own, `ringleader-core`
+//! (the framework re-exports it as `ringleader::core`), whose manifest names
+//! no runtime, actor system, ZooKeeper or QUIC crate: time and events come
+//! in as arguments and decisions go out as values.
+
+#![warn(missing_docs)]
 
 pub mod features;
 pub mod job;
