@@ -11,8 +11,10 @@
 //! workers/<node-id>                    EPHEMERAL   WorkerInfo
 //! jobs/<job-id>                        PERSISTENT  JobRecord
 //! jobs/<job-id>/batches/<k>            PERSISTENT  encoded tasks, each request under the size budget
-//! jobs/<job-id>/done/<bucket>/<i>-<g>  PERSISTENT  ShardRecord: the commit of shard i, generation g
-//! jobs/<job-id>/lost/<i>-<g>          PERSISTENT  u32: next attempt of a shard whose workers died running it
+//! jobs/<job-id>/done/<bucket>/c<e>.<c>.<n>  PERSISTENT  commit record: [(ShardKey, ShardRecord)], one or more shards
+//!                                      (a compact job's are its own children: jobs/<job-id>/c<e>.<c>.<n>;
+//!                                      earlier versions wrote one shard per done/<bucket>/<i>-<g>, still read)
+//! jobs/<job-id>/lost/<i>-<g>           PERSISTENT  u32: next attempt of a shard whose workers died running it
 //! jobs/<job-id>/result                 PERSISTENT  ResultRecord, until fetched + retention
 //! ```
 
