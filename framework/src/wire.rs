@@ -326,6 +326,14 @@ pub struct ClusterStatus {
     pub workers: Vec<WorkerStatus>,
     /// Jobs the master knows.
     pub jobs: Vec<JobProgress>,
+    /// The master's build ([`crate::build_id`]; `None` from a release
+    /// that did not say).
+    #[serde(default)]
+    pub build: Option<String>,
+    /// The cluster's feature level as the master last read it (`None`
+    /// from a release before feature levels).
+    #[serde(default)]
+    pub feature_level: Option<u32>,
 }
 
 /// A finished job's result as fetched by a client.

@@ -8,7 +8,14 @@ use crate::client::JobReport;
 use crate::wire::{ClusterStatus, JobList, JobProgress, JobState, JobSummary};
 
 pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
-    let mut out = format!("leader {} epoch {}\n", s.leader, s.epoch);
+    let mut out = format!("leader {} epoch {}", s.leader, s.epoch);
+    if let Some(level) = s.feature_level {
+        out.push_str(&format!(", feature level {level}"));
+    }
+    if let Some(build) = &s.build {
+        out.push_str(&format!(", build {build}"));
+    }
+    out.push('\n');
     let connected = s.workers.iter().filter(|w| w.connected).count();
     // The master's own worker runs shards only when no other has room
     // (a task that kills its process must not take the master with it).

@@ -334,6 +334,8 @@ fn samples() -> Vec<(&'static str, Sample)> {
                     other_types: Vec::new(),
                 }],
                 jobs: vec![progress(JobState::Running)],
+                build: None,
+                feature_level: None,
             })),
         ),
         (
@@ -566,6 +568,8 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                 version: Some(wire::PROTOCOL_VERSION),
             }),
             Sample::Frame(Frame::Status(mut status)) => {
+                status.build = Some("probe".into());
+                status.feature_level = Some(1);
                 for w in &mut status.workers {
                     w.build = Some("probe".into());
                     w.protocol = Some(wire::PROTOCOL_VERSION);

@@ -2476,6 +2476,17 @@ fn the_feature_level_rises_only_when_every_live_node_follows_it_and_is_never_out
     let (code, out, _) = run(&c, "features", &["upgrade"]);
     assert_eq!(code, 0);
     assert!(out.contains("nothing to raise"), "{out}");
+    // The master follows the raise, and `status` says so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out, _) = run(&c, "status", &[]);
+        let first = out.lines().next().unwrap_or_default().to_string();
+        if first.contains(", feature level 1, build probe") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The master follows the raise: a job's result record is named.
     let dir = c.path("features");

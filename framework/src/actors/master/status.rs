@@ -57,6 +57,8 @@ impl Master {
             epoch: self.store.epoch(),
             workers,
             jobs,
+            build: Some(self.settings.build.clone()),
+            feature_level: Some(self.store.feature_level()),
         })
     }
 
