@@ -226,8 +226,9 @@ pub fn same_types(theirs: Option<u64>, ours: Option<u64>) -> bool {
 #[derive(Clone, Default)]
 pub struct Registry {
     jobs: BTreeMap<&'static str, Arc<dyn ErasedJob>>,
-    /// Each job's [`shape`], when it can be traced.
-    shapes: BTreeMap<&'static str, String>,
+    /// Each job's [`shape`], when it can be traced, with its
+    /// [`shape_id`] (hashed once here: every submission compares it).
+    shapes: BTreeMap<&'static str, (String, u64)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -242,19 +243,22 @@ impl Registry {
         self.jobs
             .insert(J::NAME, Arc::new(Erased::<J>(PhantomData)));
         match shape::<J>() {
-            Some(s) => self.shapes.insert(J::NAME, s),
+            Some(s) => {
+                let id = shape_id(&s);
+                self.shapes.insert(J::NAME, (s, id))
+            }
             None => self.shapes.remove(J::NAME),
         };
     }
 
     /// Job `name`'s [`shape`], if registered and traceable.
     pub fn shape(&self, name: &str) -> Option<&str> {
-        self.shapes.get(name).map(String::as_str)
+        self.shapes.get(name).map(|(s, _)| s.as_str())
     }
 
     /// Job `name`'s [`shape_id`], if registered and traceable.
     pub fn shape_id(&self, name: &str) -> Option<u64> {
-        self.shape(name).map(shape_id)
+        self.shapes.get(name).map(|(_, id)| *id)
     }
 
     /// Every traceable registered job's [`shape_id`], by name: what a
@@ -262,7 +266,7 @@ impl Registry {
     pub fn shape_ids(&self) -> BTreeMap<String, u64> {
         self.shapes
             .iter()
-            .map(|(name, s)| (name.to_string(), shape_id(s)))
+            .map(|(name, (_, id))| (name.to_string(), *id))
             .collect()
     }
 
