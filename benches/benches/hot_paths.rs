@@ -5,11 +5,11 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use ringleader::core::{Command, JobPlan, PendingShard, Scheduler, ShardKey, TaskFailure};
-use ringleader::wire::{self, Assignment, Frame};
+use ringleader::wire::{self, Assignment, ToWorker};
 use serde_bytes::ByteBuf;
 
 fn frames(c: &mut Criterion) {
-    let a = Frame::Assign(Assignment {
+    let a = ToWorker::Assign(Assignment {
         epoch: 7,
         job_id: "job".into(),
         incarnation: 0x1234_5678_9abc_def0,
@@ -35,7 +35,7 @@ fn frames(c: &mut Criterion) {
     });
     wire::encode_into(&mut buf, &a).unwrap();
     g.bench_function("decode assign of 100 tasks", |b| {
-        b.iter(|| wire::decode_frame(black_box(&buf[4..])).unwrap())
+        b.iter(|| wire::decode_frame::<ToWorker>(black_box(&buf[4..])).unwrap())
     });
     g.finish();
 }

@@ -17,8 +17,8 @@ use crate::registry::{decode, encode, CodecError};
 use crate::task::{Job, Task};
 use crate::transport::{self, tls, FramedStream, TransportError};
 use crate::wire::{
-    ClusterStatus, ErrorKind, Frame, JobOptions, JobOutcome, JobProgress, SubmitHeader, WireError,
-    DEFAULT_MAX_FRAME,
+    ClusterStatus, ErrorKind, JobOptions, JobOutcome, JobProgress, Reply, Request, SubmitHeader,
+    WireError, DEFAULT_MAX_FRAME,
 };
 
 /// A submission's parts, as [`Client::submit_frames`] sends them.
@@ -643,7 +643,7 @@ impl Client {
     }
 
     /// Sends a request, following failovers, and returns the master's reply.
-    async fn request(&self, frames: &[Frame]) -> Result<Frame, ClientError> {
+    async fn request(&self, frames: &[Request]) -> Result<Reply, ClientError> {
         self.request_tracked(frames, &mut false).await
     }
 
@@ -651,9 +651,9 @@ impl Client {
     /// request may have reached a master.
     async fn request_tracked(
         &self,
-        frames: &[Frame],
+        frames: &[Request],
         sent: &mut bool,
-    ) -> Result<Frame, ClientError> {
+    ) -> Result<Reply, ClientError> {
         Ok(self.request_stream(frames, sent).await?.0)
     }
 
@@ -661,9 +661,9 @@ impl Client {
     /// reply came on (a master may go on writing on it).
     async fn request_stream(
         &self,
-        frames: &[Frame],
+        frames: &[Request],
         sent: &mut bool,
-    ) -> Result<(Frame, FramedStream), ClientError> {
+    ) -> Result<(Reply, FramedStream), ClientError> {
         let deadline = tokio::time::Instant::now() + self.inner.cfg.master_wait;
         let mut bad = None;
         let mut breaks = Breaks::default();
@@ -676,7 +676,7 @@ impl Client {
                 Ok::<_, TransportError>((reply, s))
             };
             let (err, how) = match reply.await {
-                Ok((Frame::NotMaster, _)) => (
+                Ok((Reply::NotMaster, _)) => (
                     format!("the node of epoch {epoch} is not serving"),
                     Failed::Refused,
                 ),
@@ -769,24 +769,24 @@ impl Client {
             task_count: tasks.len() as u64,
             shape,
         };
-        let mut frames = vec![Frame::Submit(header)];
+        let mut frames = vec![Request::Submit(header)];
         let mut chunk = Vec::new();
         let mut size = 0;
         for t in tasks {
             size += t.len() + 8;
             chunk.push(t);
             if size > CHUNK_BYTES {
-                frames.push(Frame::SubmitChunk {
+                frames.push(Request::SubmitChunk {
                     tasks: std::mem::take(&mut chunk),
                 });
                 size = 0;
             }
         }
         if !chunk.is_empty() {
-            frames.push(Frame::SubmitChunk { tasks: chunk });
+            frames.push(Request::SubmitChunk { tasks: chunk });
         }
         if follow != Follow::Not {
-            frames.push(Frame::WatchJob {
+            frames.push(Request::WatchJob {
                 job_id: job_id.clone(),
                 fetch: follow == Follow::Fetch,
                 unmarked: follow == Follow::Unmarked,
@@ -794,10 +794,10 @@ impl Client {
         }
         let mut sent = false;
         match self.request_stream(&frames, &mut sent).await {
-            Ok((Frame::Accepted { job_id, existing }, s)) => {
+            Ok((Reply::Accepted { job_id, existing }, s)) => {
                 Ok((job_id, existing, (follow != Follow::Not).then_some(s)))
             }
-            Ok((Frame::Error { kind, message }, _)) => {
+            Ok((Reply::Error { kind, message }, _)) => {
                 Err(ClientError::from_frame(kind, message, Some(&job_id)))
             }
             Ok((other, _)) => Err(ClientError::Protocol(other.name().into())),
@@ -942,9 +942,9 @@ impl Client {
 
     /// The cluster's status.
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
-        match self.request(&[Frame::GetStatus]).await? {
-            Frame::Status(s) => Ok(s),
-            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
+        match self.request(&[Request::GetStatus]).await? {
+            Reply::Status(s) => Ok(s),
+            Reply::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
@@ -962,19 +962,19 @@ impl Client {
         shard_size: u32,
         shape: Option<&str>,
     ) -> Result<Option<crate::wire::JobPlanInfo>, ClientError> {
-        let ask = Frame::PlanJob {
+        let ask = Request::PlanJob {
             job_name: job_name.to_string(),
             task_count,
             shard_size,
             shape: shape.map(str::to_string),
         };
         match self.request(&[ask]).await? {
-            Frame::Planned(p) => Ok(Some(p)),
-            Frame::Error {
+            Reply::Planned(p) => Ok(Some(p)),
+            Reply::Error {
                 kind: ErrorKind::Unsupported,
                 ..
             } => Ok(None),
-            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
+            Reply::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
@@ -987,9 +987,9 @@ impl Client {
         &self,
         query: crate::wire::JobQuery,
     ) -> Result<crate::wire::JobList, ClientError> {
-        match self.request(&[Frame::ListJobs(query)]).await? {
-            Frame::Jobs(j) => Ok(j),
-            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
+        match self.request(&[Request::ListJobs(query)]).await? {
+            Reply::Jobs(j) => Ok(j),
+            Reply::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
@@ -997,19 +997,19 @@ impl Client {
     /// A job's progress.
     pub async fn progress(&self, id: &str) -> Result<JobProgress, ClientError> {
         match self
-            .request(&[Frame::GetJob {
+            .request(&[Request::GetJob {
                 job_id: id.to_string(),
             }])
             .await?
         {
-            Frame::Job(p) => Ok(p),
-            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
+            Reply::Job(p) => Ok(p),
+            Reply::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
 
     /// Waits until a job is done or cancelled, calling `on_progress` on each
-    /// change. The master pushes the changes (see [`Frame::WatchJob`]); a
+    /// change. The master pushes the changes (see [`Request::WatchJob`]); a
     /// master too old for that is polled.
     pub async fn wait(
         &self,
@@ -1049,7 +1049,7 @@ impl Client {
             let heard = std::sync::atomic::AtomicBool::new(false);
             let ended = async {
                 let mut s = FramedStream::open(&conn, self.inner.cfg.max_reply_bytes).await?;
-                s.send(&Frame::WatchJob {
+                s.send(&Request::WatchJob {
                     job_id: id.to_string(),
                     fetch,
                     unmarked: false,
@@ -1063,17 +1063,17 @@ impl Client {
                     failing_since = None;
                     continue;
                 }
-                Err(WatchError::Reply(Frame::Error { kind, message }))
+                Err(WatchError::Reply(Reply::Error { kind, message }))
                     if kind != ErrorKind::Unsupported =>
                 {
                     return Err(ClientError::from_frame(kind, message, None))
                 }
-                Err(WatchError::Reply(Frame::Error { .. })) => {
+                Err(WatchError::Reply(Reply::Error { .. })) => {
                     // A master from before `WatchJob`: poll it.
                     let p = self.poll_until_ended(id, |p| seen(p, &mut last)).await?;
                     return Ok(Watched::Ended(p));
                 }
-                Err(WatchError::Reply(Frame::NotMaster)) => (
+                Err(WatchError::Reply(Reply::NotMaster)) => (
                     format!("the node of epoch {epoch} is not serving"),
                     Failed::Refused,
                 ),
@@ -1123,19 +1123,19 @@ impl Client {
     /// Fetches a finished job's encoded result; starts its retention clock.
     pub async fn fetch_encoded(&self, id: &str) -> Result<(Vec<u8>, JobReport), ClientError> {
         match self
-            .request(&[Frame::FetchResult {
+            .request(&[Request::FetchResult {
                 job_id: id.to_string(),
             }])
             .await?
         {
-            Frame::Outcome(o) => Ok((
+            Reply::Outcome(o) => Ok((
                 o.result.into_vec(),
                 JobReport {
                     progress: o.progress,
                     failures: o.failures,
                 },
             )),
-            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
+            Reply::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
@@ -1143,13 +1143,13 @@ impl Client {
     /// Cancels a job.
     pub async fn cancel(&self, id: &str) -> Result<(), ClientError> {
         match self
-            .request(&[Frame::Cancel {
+            .request(&[Request::Cancel {
                 job_id: id.to_string(),
             }])
             .await?
         {
-            Frame::Ok => Ok(()),
-            Frame::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
+            Reply::Ok => Ok(()),
+            Reply::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }
@@ -1249,7 +1249,7 @@ impl<J: Job> JobHandle<J> {
             let heard = Default::default();
             if let Ok(Some(watched)) = read_watch(&mut p.stream, &heard, &mut |_| {}).await {
                 if let Watched::Outcome(_) = watched {
-                    let fetched = Frame::Fetched {
+                    let fetched = Request::Fetched {
                         job_id: self.id.clone(),
                     };
                     if p.stream.send(&fetched).await.is_ok() {
@@ -1382,7 +1382,7 @@ impl EncodedStream {
                     let opened = async {
                         let max = self.client.inner.cfg.max_reply_bytes;
                         let mut s = FramedStream::open(&conn, max).await?;
-                        s.send(&Frame::StreamJob {
+                        s.send(&Request::StreamJob {
                             job_id: self.id.clone(),
                             seen: crate::wire::key_runs(&self.seen),
                         })
@@ -1401,7 +1401,7 @@ impl EncodedStream {
                 }
             };
             match s.recv().await {
-                Ok(Frame::Partial { shard, output }) => {
+                Ok(Reply::Partial { shard, output }) => {
                     self.failing_since = None;
                     self.breaks.answered();
                     self.open = Some((epoch, s));
@@ -1409,14 +1409,14 @@ impl EncodedStream {
                         return Ok(Some((shard, output)));
                     }
                 }
-                Ok(Frame::Job(p)) if p.state.is_final() => {
+                Ok(Reply::Job(p)) if p.state.is_final() => {
                     self.end = Some(p);
                     return Ok(None);
                 }
-                Ok(Frame::Error { kind, message }) => {
+                Ok(Reply::Error { kind, message }) => {
                     return Err(ClientError::from_frame(kind, message, None))
                 }
-                Ok(Frame::NotMaster) => {
+                Ok(Reply::NotMaster) => {
                     let why = format!("the node of epoch {epoch} is not serving");
                     bad = self.ended_early(epoch, &why, Failed::Refused).await?;
                 }
@@ -1520,7 +1520,7 @@ enum Watched {
 enum WatchError {
     Transport(TransportError),
     /// A frame that is not part of a watch.
-    Reply(Frame),
+    Reply(Reply),
 }
 
 impl From<TransportError> for WatchError {
@@ -1548,12 +1548,12 @@ async fn read_watch(
         let frame = frame?;
         heard.store(true, std::sync::atomic::Ordering::Relaxed);
         match frame {
-            Frame::Job(p) if p.state.is_final() => {
+            Reply::Job(p) if p.state.is_final() => {
                 seen(&p);
                 return Ok(Some(Watched::Ended(p)));
             }
-            Frame::Job(p) => seen(&p),
-            Frame::Outcome(o) => {
+            Reply::Job(p) => seen(&p),
+            Reply::Outcome(o) => {
                 seen(&o.progress);
                 return Ok(Some(Watched::Outcome(o)));
             }

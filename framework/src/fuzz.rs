@@ -12,13 +12,21 @@ use crate::wire;
 /// (`--max-frame`).
 pub const MAX_FRAME: usize = wire::DEFAULT_MAX_FRAME;
 
-/// A frame body as a peer sends it (after its length prefix).
+/// A frame body as a peer sends it (after its length prefix), read as
+/// each conversation's messages.
 pub fn frame(data: &[u8]) {
-    if let Ok(frame) = wire::decode_frame(data) {
-        // What decodes must encode again (nothing half-built is kept).
-        let mut buf = Vec::new();
-        let _ = wire::encode_into(&mut buf, &frame);
+    fn as_a<M: wire::Message>(data: &[u8]) {
+        if let Ok(frame) = wire::decode_frame::<M>(data) {
+            // What decodes must encode again (nothing half-built is kept).
+            let mut buf = Vec::new();
+            let _ = wire::encode_into(&mut buf, &frame);
+        }
     }
+    as_a::<wire::Request>(data);
+    as_a::<wire::Reply>(data);
+    as_a::<wire::FromWorker>(data);
+    as_a::<wire::ToWorker>(data);
+    let _ = wire::decode_frame::<wire::Opening>(data);
 }
 
 /// A stream of length-prefixed frames, read until it ends or errs: the
@@ -28,7 +36,10 @@ pub fn frame_stream(data: &[u8]) {
     let mut r = data;
     futures::executor::block_on(async {
         // Each successful read consumes at least a prefix: this ends.
-        while wire::read_frame(&mut r, MAX_FRAME).await.is_ok() {}
+        while wire::read_frame::<_, wire::Opening>(&mut r, MAX_FRAME)
+            .await
+            .is_ok()
+        {}
     });
 }
 
@@ -102,7 +113,10 @@ pub fn first_frames(data: &[u8]) {
             let Ok(h) = budget.take(len.saturating_mul(DECODED)) else {
                 break;
             };
-            if wire::read_body(&mut r, len).await.is_err() {
+            if wire::read_body::<_, wire::Opening>(&mut r, len)
+                .await
+                .is_err()
+            {
                 break;
             }
             held.push(h);

@@ -16,23 +16,30 @@ use ringleader::coord::{
 };
 use ringleader::core::{Counters, ShardKey, TaskFailure};
 use ringleader::transport::tls::Role;
-use ringleader::wire::{self, Assignment, Frame, JobOptions, ShardReport, SubmitHeader};
+use ringleader::wire::{
+    self, Assignment, FromWorker, Hello, JobOptions, Reply, Request, RunRef, ShardReport,
+    SubmitHeader, ToWorker,
+};
 use serde_bytes::ByteBuf;
 
 /// Mutations per target, and the wall-clock bound of the whole run.
 const ROUNDS: usize = 20_000;
 const BUDGET: Duration = Duration::from_secs(60);
 
-fn framed(frames: &[Frame]) -> Vec<u8> {
-    let mut buf = Vec::new();
-    for f in frames {
-        wire::encode_into(&mut buf, f).unwrap();
-    }
-    buf
+/// Frames of every conversation, each with its length prefix.
+fn framed(frames: &[Vec<u8>]) -> Vec<u8> {
+    frames.concat()
 }
 
-fn body(frame: &Frame) -> Vec<u8> {
-    framed(std::slice::from_ref(frame))[4..].to_vec()
+fn body(frame: &[u8]) -> Vec<u8> {
+    frame[4..].to_vec()
+}
+
+/// One frame with its prefix.
+fn prefixed<M: wire::Message>(m: M) -> Vec<u8> {
+    let mut buf = Vec::new();
+    wire::encode_into(&mut buf, &m).unwrap();
+    buf
 }
 
 fn options() -> JobOptions {
@@ -60,9 +67,9 @@ fn key() -> ShardKey {
     }
 }
 
-fn frames() -> Vec<Frame> {
+fn frames() -> Vec<Vec<u8>> {
     vec![
-        Frame::WorkerHello {
+        prefixed(FromWorker::WorkerHello(Hello {
             version: wire::PROTOCOL_MIN,
             newest: Some(wire::PROTOCOL_VERSION),
             build: "probe (ringleader 0.1.0 commit 1234567)".into(),
@@ -73,8 +80,8 @@ fn frames() -> Vec<Frame> {
             epoch: 3,
             store: "file:///tmp/store".into(),
             store_mark: "0123abcd".into(),
-        },
-        Frame::Assign(Assignment {
+        })),
+        prefixed(ToWorker::Assign(Assignment {
             epoch: 3,
             job_id: "j".into(),
             incarnation: 0xabc,
@@ -86,8 +93,8 @@ fn frames() -> Vec<Frame> {
                 (1, ByteBuf::from(vec![4])),
             ],
             ack_first: true,
-        }),
-        Frame::Report(ShardReport {
+        })),
+        prefixed(FromWorker::Report(ShardReport {
             epoch: 3,
             job_id: "j".into(),
             incarnation: 0xabc,
@@ -96,33 +103,33 @@ fn frames() -> Vec<Frame> {
             output: ByteBuf::from(vec![9; 20]),
             failures: vec![failure()],
             output_object: Some("jobs/j/4-1.e3.a1.x.out".into()),
-        }),
-        Frame::Submit(SubmitHeader {
+        })),
+        prefixed(Request::Submit(SubmitHeader {
             job_id: "j".into(),
             job_name: "probe".into(),
             options: options(),
             task_count: 2,
             shape: Some(0x0123_4567_89ab_cdef),
-        }),
-        Frame::SubmitChunk {
+        })),
+        prefixed(Request::SubmitChunk {
             tasks: vec![ByteBuf::from(vec![1; 5]), ByteBuf::from(vec![])],
-        },
-        Frame::StreamJob {
+        }),
+        prefixed(Request::StreamJob {
             job_id: "j".into(),
             seen: vec![(0, 3, 0), (5, 2, 1)],
-        },
-        Frame::GetJob { job_id: "j".into() },
-        Frame::Error {
+        }),
+        prefixed(Request::GetJob { job_id: "j".into() }),
+        prefixed(Reply::Error {
             kind: ringleader::wire::ErrorKind::NoSuchJob,
             message: "no".into(),
-        },
-        Frame::DrainAck,
-        Frame::StopRun {
+        }),
+        prefixed(ToWorker::DrainAck),
+        prefixed(ToWorker::StopRun(RunRef {
             job_id: "j".into(),
             incarnation: 0xabc,
             shard: key(),
             attempt: 2,
-        },
+        })),
     ]
 }
 
@@ -329,7 +336,7 @@ fn run(
 #[test]
 fn every_fuzz_target_survives_mutated_and_random_input() {
     let deadline = Instant::now() + BUDGET;
-    let bodies: Vec<Vec<u8>> = frames().iter().map(body).collect();
+    let bodies: Vec<Vec<u8>> = frames().iter().map(|f| body(f)).collect();
     let stream = vec![framed(&frames()), framed(&frames()[..3])];
     let runs = wire::encode("runs", &vec![(0u32, 3u32, 0u32), (7, u32::MAX, 1)]).unwrap();
     let text = |s: &str| s.as_bytes().to_vec();

@@ -22,7 +22,9 @@ use crate::core::job::task_bytes;
 use crate::metrics as m;
 use crate::store::Store;
 use crate::transport::{self, Endpoint, FramedStream, Peer, TransportError};
-use crate::wire::{self, ErrorKind, Frame, WireError};
+use crate::wire::{
+    self, ErrorKind, FromWorker, Hello, Opening, Reply, Request, ToWorker, WireError,
+};
 
 /// Tells a worker's links apart across reconnections.
 static LINK_IDS: AtomicU64 = AtomicU64::new(1);
@@ -122,7 +124,7 @@ pub(crate) async fn serve(
 /// Answers a bad frame with what was wrong and stops reading.
 async fn refuse(stream: &mut FramedStream, e: &WireError) {
     metrics::counter!(m::FRAME_ERRORS).increment(1);
-    let _ = stream.reply(&Frame::error(e.kind(), e)).await;
+    let _ = stream.reply(&Reply::error(e.kind(), e)).await;
     stream.refuse();
 }
 
@@ -192,7 +194,7 @@ async fn handle_stream(
     let max_job_bytes = shared.max_job_bytes;
     // Held until the stream ends: what its request keeps in memory.
     let (first, held) = match stream
-        .recv_within(FIRST_FRAME_LIMIT, &peer.budget, DECODED)
+        .recv_within::<Opening>(FIRST_FRAME_LIMIT, &peer.budget, DECODED)
         .await
     {
         Ok(f) => f,
@@ -202,7 +204,9 @@ async fn handle_stream(
             refuse(&mut stream, &e).await;
             return Err(e.into());
         }
-        Err(TransportError::Wire(e @ (WireError::TooLarge { .. } | WireError::Malformed(_)))) => {
+        Err(TransportError::Wire(
+            e @ (WireError::TooLarge { .. } | WireError::Malformed(_) | WireError::Unknown { .. }),
+        )) => {
             tracing::warn!(error = %e, "refusing a bad frame");
             refuse(&mut stream, &e).await;
             return Err(e.into());
@@ -211,16 +215,23 @@ async fn handle_stream(
     };
     let master = route.borrow().clone();
     let Some(master) = master else {
-        return Ok(stream.reply(&Frame::NotMaster).await?);
+        return Ok(stream.reply(&Reply::NotMaster).await?);
+    };
+    let first = match first {
+        Opening::Worker(hello) => {
+            drop(held);
+            return join(stream, master, hello, &peer, &shared).await;
+        }
+        Opening::Client(request) => request,
     };
     if m::CLIENT_REQUEST_KINDS.contains(&first.name()) {
         metrics::counter!(m::CLIENT_REQUESTS, "request" => first.name()).increment(1);
     }
     // A request that names a job: a valid id (checked before anything is
     // read for it), and only its owner, an admin or a node.
-    if let Some(job_id) = addressed_job(&first) {
+    if let Some(job_id) = first.addressed_job() {
         if let Err(e) = crate::core::job::check_job_id(job_id) {
-            return Ok(stream.reply(&Frame::error(ErrorKind::Invalid, e)).await?);
+            return Ok(stream.reply(&Reply::error(ErrorKind::Invalid, e)).await?);
         }
         let asked = master.send(Authorize {
             peer: peer.id.clone(),
@@ -229,68 +240,11 @@ async fn handle_stream(
         match asked.await {
             Ok(None) => {}
             Ok(Some(refusal)) => return Ok(stream.reply(&refusal).await?),
-            Err(_) => return Ok(stream.reply(&Frame::NotMaster).await?),
+            Err(_) => return Ok(stream.reply(&Reply::NotMaster).await?),
         }
     }
     let answer = match first {
-        Frame::WorkerHello {
-            version,
-            node_id,
-            slots,
-            jobs,
-            epoch: _,
-            store,
-            store_mark,
-            newest,
-            build,
-            shapes,
-        } => {
-            let version = match wire::negotiate(version, newest.unwrap_or(version)) {
-                Ok(version) => version,
-                Err(why) => {
-                    let build = if build.is_empty() {
-                        "an older build"
-                    } else {
-                        &build
-                    };
-                    let why = why.by("this master");
-                    let message = format!("worker {node_id} ({build}) cannot join: {why}");
-                    metrics::counter!(m::PEER_REFUSALS, "reason" => "version").increment(1);
-                    tracing::warn!(peer = %peer.id, addr = %peer.addr, "refused a worker: {message}");
-                    return Ok(stream
-                        .reply(&Frame::error(ErrorKind::Unsupported, message))
-                        .await?);
-                }
-            };
-            if let Some(message) = worker_refusal(&peer.id, &node_id) {
-                metrics::counter!(m::PEER_REFUSALS, "reason" => "role").increment(1);
-                tracing::warn!(peer = %peer.id, addr = %peer.addr, claimed = %node_id, "refused a worker: {message}");
-                return Ok(stream
-                    .reply(&Frame::error(ErrorKind::Invalid, message))
-                    .await?);
-            }
-            if let Some(message) = store_refusal(&shared.store, &node_id, &store, &store_mark).await
-            {
-                metrics::counter!(m::PEER_REFUSALS, "reason" => "store").increment(1);
-                shared.handshakes.refused_for_store();
-                tracing::error!(peer = %peer.id, addr = %peer.addr, "refused a worker: {message}");
-                return Ok(stream
-                    .reply(&Frame::error(ErrorKind::Invalid, message))
-                    .await?);
-            }
-            // A link lives as long as its worker: it holds nothing of the
-            // connection's budget.
-            drop(held);
-            let worker = Joining {
-                node_id,
-                slots,
-                jobs,
-                version,
-                shapes,
-            };
-            return worker_link(stream, master, worker).await;
-        }
-        Frame::Submit(header) => {
+        Request::Submit(header) => {
             // Each task counts at least its overhead: a count past the
             // limit is refused before a chunk is read.
             let least = header
@@ -304,7 +258,7 @@ async fn handle_stream(
                     crate::core::job::TASK_OVERHEAD
                 );
                 return Ok(stream
-                    .reply(&Frame::error(ErrorKind::Invalid, message))
+                    .reply(&Reply::error(ErrorKind::Invalid, message))
                     .await?);
             }
             let mut tasks: Vec<ByteBuf> = Vec::new();
@@ -313,7 +267,7 @@ async fn handle_stream(
             while (tasks.len() as u64) < header.task_count {
                 // A chunk may be as big as the stream allows.
                 match stream.recv_within(usize::MAX, &peer.bulk, 1).await {
-                    Ok((Frame::SubmitChunk { tasks: chunk }, chunk_held)) => {
+                    Ok((Request::SubmitChunk { tasks: chunk }, chunk_held)) => {
                         held.merge(chunk_held);
                         // Its decoded copy: a buffer per task.
                         match peer.bulk.take(chunk.len().saturating_mul(DECODED_PER_TASK)) {
@@ -332,7 +286,7 @@ async fn handle_stream(
                     Ok((other, _)) => {
                         let message = format!("expected SubmitChunk, got {}", other.name());
                         return Ok(stream
-                            .reply(&Frame::error(ErrorKind::Invalid, message))
+                            .reply(&Reply::error(ErrorKind::Invalid, message))
                             .await?);
                     }
                     // A chunk that would not fit even alone is over the
@@ -357,7 +311,7 @@ async fn handle_stream(
             };
             return submission(stream, master, submitted, peer.id).await;
         }
-        Frame::WatchJob {
+        Request::WatchJob {
             job_id,
             fetch,
             unmarked,
@@ -365,15 +319,15 @@ async fn handle_stream(
             let how = WatchHow { fetch, unmarked };
             return watch(stream, master, job_id, how, peer.id).await;
         }
-        Frame::StreamJob { job_id, seen } => {
+        Request::StreamJob { job_id, seen } => {
             return stream_job(stream, master, job_id, seen, peer.id).await
         }
-        other @ (Frame::GetJob { .. }
-        | Frame::GetStatus
-        | Frame::FetchResult { .. }
-        | Frame::Cancel { .. }
-        | Frame::PlanJob { .. }
-        | Frame::ListJobs(_)) => {
+        other @ (Request::GetJob { .. }
+        | Request::GetStatus
+        | Request::FetchResult { .. }
+        | Request::Cancel { .. }
+        | Request::PlanJob { .. }
+        | Request::ListJobs(_)) => {
             master
                 .send(ClientRequest {
                     frame: other,
@@ -384,16 +338,80 @@ async fn handle_stream(
         other => {
             let message = format!("unexpected first frame {}", other.name());
             return Ok(stream
-                .reply(&Frame::error(ErrorKind::Unsupported, message))
+                .reply(&Reply::error(ErrorKind::Unsupported, message))
                 .await?);
         }
     };
-    Ok(stream.reply(&answer.unwrap_or(Frame::NotMaster)).await?)
+    Ok(stream.reply(&answer.unwrap_or(Reply::NotMaster)).await?)
+}
+
+/// A worker's hello: refused (another protocol, another node's
+/// certificate, another store), or its link, for as long as it lives (it
+/// holds nothing of the connection's budget).
+async fn join(
+    mut stream: FramedStream,
+    master: Addr<Master>,
+    hello: Hello,
+    peer: &Peer,
+    shared: &Shared,
+) -> Result<(), TransportError> {
+    let Hello {
+        version,
+        node_id,
+        slots,
+        jobs,
+        epoch: _,
+        store,
+        store_mark,
+        newest,
+        build,
+        shapes,
+    } = hello;
+    let version = match wire::negotiate(version, newest.unwrap_or(version)) {
+        Ok(version) => version,
+        Err(why) => {
+            let build = if build.is_empty() {
+                "an older build"
+            } else {
+                &build
+            };
+            let why = why.by("this master");
+            let message = format!("worker {node_id} ({build}) cannot join: {why}");
+            metrics::counter!(m::PEER_REFUSALS, "reason" => "version").increment(1);
+            tracing::warn!(peer = %peer.id, addr = %peer.addr, "refused a worker: {message}");
+            return Ok(stream
+                .reply(&ToWorker::error(ErrorKind::Unsupported, message))
+                .await?);
+        }
+    };
+    if let Some(message) = worker_refusal(&peer.id, &node_id) {
+        metrics::counter!(m::PEER_REFUSALS, "reason" => "role").increment(1);
+        tracing::warn!(peer = %peer.id, addr = %peer.addr, claimed = %node_id, "refused a worker: {message}");
+        return Ok(stream
+            .reply(&ToWorker::error(ErrorKind::Invalid, message))
+            .await?);
+    }
+    if let Some(message) = store_refusal(&shared.store, &node_id, &store, &store_mark).await {
+        metrics::counter!(m::PEER_REFUSALS, "reason" => "store").increment(1);
+        shared.handshakes.refused_for_store();
+        tracing::error!(peer = %peer.id, addr = %peer.addr, "refused a worker: {message}");
+        return Ok(stream
+            .reply(&ToWorker::error(ErrorKind::Invalid, message))
+            .await?);
+    }
+    let worker = Joining {
+        node_id,
+        slots,
+        jobs,
+        version,
+        shapes,
+    };
+    worker_link(stream, master, worker).await
 }
 
 /// The refusal of a submission for its size.
-fn over_job_bytes(max_job_bytes: usize) -> Frame {
-    Frame::error(
+fn over_job_bytes(max_job_bytes: usize) -> Reply {
+    Reply::error(
         ErrorKind::Invalid,
         format!(
             "submission exceeds the limit of {max_job_bytes} bytes of tasks (--max-job-bytes; \
@@ -403,19 +421,7 @@ fn over_job_bytes(max_job_bytes: usize) -> Frame {
     )
 }
 
-/// The job a client request names, if it names one.
-fn addressed_job(frame: &Frame) -> Option<&str> {
-    match frame {
-        Frame::GetJob { job_id }
-        | Frame::FetchResult { job_id }
-        | Frame::Cancel { job_id }
-        | Frame::WatchJob { job_id, .. }
-        | Frame::StreamJob { job_id, .. } => Some(job_id),
-        _ => None,
-    }
-}
-
-/// What a watch asks for (see [`Frame::WatchJob`]).
+/// What a watch asks for (see [`Request::WatchJob`]).
 #[derive(Clone, Copy)]
 struct WatchHow {
     fetch: bool,
@@ -441,7 +447,7 @@ async fn watch(
         peer: peer.clone(),
     };
     if master.send(w).await.is_err() {
-        return Ok(stream.reply(&Frame::NotMaster).await?);
+        return Ok(stream.reply(&Reply::NotMaster).await?);
     }
     let ack = how.unmarked.then_some(Ack {
         master,
@@ -486,9 +492,9 @@ async fn submission(
     // A watch of the job that the master did not take: sent to it once
     // the submission is answered.
     let mut kept: Option<Watch> = None;
-    let mut frames: Option<mpsc::Receiver<Frame>> = None;
+    let mut frames: Option<mpsc::Receiver<Reply>> = None;
     let next = {
-        let next = recv.read_frame();
+        let next = recv.read_frame::<Request>();
         tokio::pin!(next);
         let answer = master.send(Submit {
             header,
@@ -499,12 +505,12 @@ async fn submission(
         });
         tokio::pin!(answer);
         let mut handover = Some(handover);
-        let mut read: Option<Result<Frame, WireError>> = None;
+        let mut read: Option<Result<Request, WireError>> = None;
         let answer = loop {
             tokio::select! {
                 a = &mut answer => break a,
                 f = &mut next, if read.is_none() => {
-                    if let Ok(Frame::WatchJob { job_id: watched, fetch, unmarked }) = &f {
+                    if let Ok(Request::WatchJob { job_id: watched, fetch, unmarked }) = &f {
                         if *watched == job_id {
                             let (tx, rx) = transport::Outbox::new(transport::WATCH_QUEUE, "watch");
                             let w = Watch {
@@ -526,8 +532,8 @@ async fn submission(
         };
         // Answered: its tasks are the master's now (or dropped).
         drop(held);
-        let Ok(accepted @ Frame::Accepted { .. }) = answer else {
-            send.write_frame(&answer.unwrap_or(Frame::NotMaster))
+        let Ok(accepted @ Reply::Accepted { .. }) = answer else {
+            send.write_frame(&answer.unwrap_or(Reply::NotMaster))
                 .await?;
             send.finish();
             return Ok(());
@@ -545,7 +551,7 @@ async fn submission(
     let (next, unsent) = next;
     let mut stream = FramedStream::join(send, recv);
     match next {
-        Ok(Frame::WatchJob {
+        Ok(Request::WatchJob {
             job_id: watched,
             fetch,
             unmarked,
@@ -563,7 +569,7 @@ async fn submission(
                         if let Some(accepted) = unsent {
                             stream.send(&accepted).await?;
                         }
-                        return Ok(stream.reply(&Frame::NotMaster).await?);
+                        return Ok(stream.reply(&Reply::NotMaster).await?);
                     }
                     watching(stream, rx, unsent, ack).await
                 }
@@ -582,7 +588,7 @@ async fn submission(
                 other.name()
             );
             Ok(stream
-                .reply(&Frame::error(ErrorKind::Invalid, message))
+                .reply(&Reply::error(ErrorKind::Invalid, message))
                 .await?)
         }
         Err(_) => {
@@ -596,7 +602,7 @@ async fn submission(
 }
 
 /// Where the client of an unmarked watch says it read the result it was
-/// pushed ([`Frame::Fetched`]).
+/// pushed ([`Request::Fetched`]).
 struct Ack {
     master: Addr<Master>,
     job_id: String,
@@ -616,14 +622,14 @@ const ACK_FRAME_LIMIT: usize = 4 << 10;
 /// client says it read it.
 async fn watching(
     mut stream: FramedStream,
-    mut rx: mpsc::Receiver<Frame>,
-    first: Option<Frame>,
+    mut rx: mpsc::Receiver<Reply>,
+    first: Option<Reply>,
     ack: Option<Ack>,
 ) -> Result<(), TransportError> {
     let gone = stream.peer_gone();
     tokio::pin!(gone);
     let mut buf = Vec::new();
-    let mut queued: std::collections::VecDeque<Frame> = first.into_iter().collect();
+    let mut queued: std::collections::VecDeque<Reply> = first.into_iter().collect();
     let mut master_gone = false;
     loop {
         if queued.is_empty() {
@@ -649,8 +655,8 @@ async fn watching(
         let (mut frames, mut ended, mut outcome) = (0u64, false, false);
         while let Some(f) = queued.pop_front() {
             // The submission's answer, first, ends nothing.
-            ended = f.ends_watch() && !matches!(f, Frame::Accepted { .. });
-            outcome = matches!(f, Frame::Outcome(_));
+            ended = f.ends_watch() && !matches!(f, Reply::Accepted { .. });
+            outcome = matches!(f, Reply::Outcome(_));
             crate::wire::encode_into(&mut buf, &f)?;
             frames += 1;
             if ended {
@@ -683,7 +689,8 @@ async fn watching(
             if let (true, Some(ack)) = (outcome, ack) {
                 // Read once the client's `result()` reads it: the handle
                 // may hold it for a while, or drop it unread.
-                if let Ok(Frame::Fetched { job_id }) = stream.recv_limited(ACK_FRAME_LIMIT).await {
+                if let Ok(Request::Fetched { job_id }) = stream.recv_limited(ACK_FRAME_LIMIT).await
+                {
                     if job_id == ack.job_id {
                         ack.master.do_send(MarkFetched {
                             job_id,
@@ -699,8 +706,8 @@ async fn watching(
 
 /// Queues `f` behind what waits to be written, a job's progress in place
 /// of a progress frame still waiting (the newer says all it did).
-fn queue_coalescing(queued: &mut std::collections::VecDeque<Frame>, f: Frame) {
-    let progress = |f: &Frame| matches!(f, Frame::Job(p) if !p.state.is_final());
+fn queue_coalescing(queued: &mut std::collections::VecDeque<Reply>, f: Reply) {
+    let progress = |f: &Reply| matches!(f, Reply::Job(p) if !p.state.is_final());
     if progress(&f) {
         if let Some(last) = queued.back_mut().filter(|l| progress(l)) {
             *last = f;
@@ -738,9 +745,9 @@ async fn worker_link(
     let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = transport::Outbox::new(transport::LINK_QUEUE, "link");
     let Ok(epoch) = master.send(GetEpoch).await else {
-        return Ok(stream.reply(&Frame::NotMaster).await?);
+        return Ok(stream.reply(&ToWorker::NotMaster).await?);
     };
-    let welcome = Frame::Welcome {
+    let welcome = ToWorker::Welcome {
         epoch,
         version: Some(version),
     };
@@ -758,32 +765,24 @@ async fn worker_link(
     let writer = async move { transport::write_queued(&mut send, &mut rx).await };
     let reader = async {
         loop {
-            match recv.read_frame().await? {
-                Frame::Report(report) => master.do_send(Report {
+            match recv.read_frame::<FromWorker>().await? {
+                FromWorker::Report(report) => master.do_send(Report {
                     node_id: node_id.clone(),
                     report,
                 }),
-                Frame::Draining => master.do_send(WorkerDrain {
+                FromWorker::Draining => master.do_send(WorkerDrain {
                     node_id: node_id.clone(),
                     drained: false,
                 }),
-                Frame::Drained => master.do_send(WorkerDrain {
+                FromWorker::Drained => master.do_send(WorkerDrain {
                     node_id: node_id.clone(),
                     drained: true,
                 }),
-                Frame::Unstarted {
-                    job_id,
-                    incarnation,
-                    shard,
-                    attempt,
-                } => master.do_send(Unstarted {
+                FromWorker::Unstarted(run) => master.do_send(Unstarted {
                     node_id: node_id.clone(),
-                    job_id,
-                    incarnation,
-                    shard,
-                    attempt,
+                    run,
                 }),
-                Frame::Started {
+                FromWorker::Started {
                     epoch,
                     job_id,
                     incarnation,
@@ -818,7 +817,7 @@ mod tests {
     use super::*;
     use crate::wire::{JobProgress, JobState};
 
-    fn progress(done: u64, state: JobState) -> Frame {
+    fn progress(done: u64, state: JobState) -> Reply {
         let mut p = JobProgress {
             job_id: "j".into(),
             job_name: "probe".into(),
@@ -826,12 +825,12 @@ mod tests {
             counters: Default::default(),
         };
         p.counters.tasks_done = done;
-        Frame::Job(p)
+        Reply::Job(p)
     }
 
-    fn done_of(f: &Frame) -> u64 {
+    fn done_of(f: &Reply) -> u64 {
         match f {
-            Frame::Job(p) => p.counters.tasks_done,
+            Reply::Job(p) => p.counters.tasks_done,
             _ => u64::MAX,
         }
     }
@@ -842,7 +841,7 @@ mod tests {
             // The worst case: the most tasks the limit admits, each empty,
             // in one chunk as received and then decoded.
             let n = max_job_bytes / crate::core::job::TASK_OVERHEAD;
-            let chunk = Frame::SubmitChunk {
+            let chunk = Request::SubmitChunk {
                 tasks: vec![ByteBuf::new(); n],
             };
             let mut received = Vec::new();
@@ -861,7 +860,7 @@ mod tests {
         let mut q = std::collections::VecDeque::new();
         queue_coalescing(
             &mut q,
-            Frame::Accepted {
+            Reply::Accepted {
                 job_id: "j".into(),
                 existing: false,
             },

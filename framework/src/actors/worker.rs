@@ -20,12 +20,15 @@ use tokio::sync::mpsc;
 use super::{Alive, Fatal, Stop};
 use crate::audit::Event;
 use crate::coord::{CoordError, MasterInfo, Session, WorkerInfo};
-use crate::core::worker_session::{Refused, RunId};
+use crate::core::worker_session::Refused;
 use crate::metrics as m;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::transport::{self, FramedStream, TransportError};
-use crate::wire::{ErrorKind, Frame, WireError, PROTOCOL_MIN, PROTOCOL_VERSION};
+use crate::wire::{
+    ErrorKind, FromWorker, Hello, Reply, Request, ToWorker, WireError, PROTOCOL_MIN,
+    PROTOCOL_VERSION,
+};
 use slots::Slots;
 
 pub(crate) struct WorkerSettings {
@@ -300,7 +303,7 @@ async fn jobs_for(
         let Some(shape) = s.registry.shape(name) else {
             continue;
         };
-        let plan = Frame::PlanJob {
+        let plan = Request::PlanJob {
             job_name: name.clone(),
             task_count: 0,
             shard_size: 1,
@@ -308,8 +311,8 @@ async fn jobs_for(
         };
         let mut stream = FramedStream::open(conn, s.max_frame).await?;
         match stream.request(&[plan]).await? {
-            Frame::Planned(_) => {}
-            Frame::Error {
+            Reply::Planned(_) => {}
+            Reply::Error {
                 kind: ErrorKind::Invalid,
                 message,
             } => {
@@ -343,7 +346,7 @@ async fn serve(
     let conn = transport::dial_node(&endpoint, &master.addr, &master.node_id).await?;
     let jobs = jobs_for(s, master, &conn).await?;
     let mut stream = FramedStream::open(&conn, s.max_frame).await?;
-    let hello = Frame::WorkerHello {
+    let hello = FromWorker::WorkerHello(Hello {
         version: PROTOCOL_MIN,
         newest: Some(PROTOCOL_VERSION),
         build: s.build.clone(),
@@ -354,23 +357,29 @@ async fn serve(
         epoch: master.epoch,
         store: s.store.url().to_string(),
         store_mark: s.store_mark.clone(),
-    };
+    });
     let refused = |reason: String| TransportError::Connect {
         addr: master.addr.clone(),
         reason,
     };
-    let answer = match stream.request(&[hello]).await {
+    let answered = async {
+        stream.send(&hello).await?;
+        stream.recv::<ToWorker>().await
+    };
+    let answer = match answered.await {
         Ok(answer) => answer,
         Err(e) => return Err(transport::refused(&conn, &master.addr).unwrap_or(e)),
     };
     let (epoch, version) = match answer {
         // A master that does not say speaks the version the hello named
         // first (the only one it knew).
-        Frame::Welcome { epoch, version } if epoch >= master.epoch => {
+        ToWorker::Welcome { epoch, version } if epoch >= master.epoch => {
             (epoch, version.unwrap_or(PROTOCOL_MIN))
         }
-        Frame::Welcome { epoch, .. } => return Err(refused(format!("stale master epoch {epoch}"))),
-        Frame::Error { message, .. } => return Err(refused(message)),
+        ToWorker::Welcome { epoch, .. } => {
+            return Err(refused(format!("stale master epoch {epoch}")))
+        }
+        ToWorker::Error { message, .. } => return Err(refused(message)),
         other => return Err(refused(format!("unexpected {}", other.name()))),
     };
     tracing::info!(master = %master.node_id, epoch, protocol = version, "connected to master");
@@ -390,10 +399,10 @@ async fn serve(
     // Bounded: a loop that falls behind stops the reader, the stream's
     // flow control the master, whose queue for this link then fills and
     // drops it.
-    let (frames_tx, mut frames) = mpsc::channel::<Frame>(transport::LINK_QUEUE);
+    let (frames_tx, mut frames) = mpsc::channel::<ToWorker>(transport::LINK_QUEUE);
     let reader = actix::spawn(async move {
         loop {
-            let frame = recv.read_frame().await?;
+            let frame = recv.read_frame::<ToWorker>().await?;
             if frames_tx.send(frame).await.is_err() {
                 return Ok::<(), WireError>(());
             }
@@ -409,17 +418,11 @@ async fn serve(
             r = &mut reader.0 => return Err(link_ended(r.unwrap_or(Ok(())))),
             e = watch.lost(&conn) => return Err(e),
             Some(frame) = frames.recv() => match frame {
-                Frame::DrainAck => return Ok(()),
-                Frame::StartAck { job_id, incarnation, shard, attempt } => {
-                    slots.acked(s, &RunId { epoch, job: job_id, incarnation, shard, attempt });
-                }
-                Frame::StartRefused { job_id, incarnation, shard, attempt } => {
-                    slots.refused(s, &RunId { epoch, job: job_id, incarnation, shard, attempt });
-                }
-                Frame::StopRun { job_id, incarnation, shard, attempt } => {
-                    slots.stop(s, &RunId { epoch, job: job_id, incarnation, shard, attempt });
-                }
-                Frame::Assign(a) => match slots.assigned(s, a) {
+                ToWorker::DrainAck => return Ok(()),
+                ToWorker::StartAck(run) => slots.acked(s, &run.at(epoch)),
+                ToWorker::StartRefused(run) => slots.refused(s, &run.at(epoch)),
+                ToWorker::StopRun(run) => slots.stop(s, &run.at(epoch)),
+                ToWorker::Assign(a) => match slots.assigned(s, a) {
                     Ok(()) => {}
                     Err((Refused::OtherEpoch, run)) => tracing::warn!(
                         epoch = run.epoch,

@@ -23,9 +23,9 @@ use crate::coord::{
 };
 use crate::core::{Counters, ShardKey, TaskFailure};
 use crate::wire::{
-    self, Assignment, ClusterStatus, ErrorKind, Frame, JobList, JobOptions, JobOutcome,
-    JobPlanInfo, JobProgress, JobQuery, JobState, JobSummary, ShardReport, StateCounts,
-    SubmitHeader, WorkerStatus,
+    self, Assignment, ClusterStatus, ErrorKind, FromWorker, Hello, JobList, JobOptions, JobOutcome,
+    JobPlanInfo, JobProgress, JobQuery, JobState, JobSummary, Reply, Request, RunRef, ShardReport,
+    StateCounts, SubmitHeader, ToWorker, WorkerStatus,
 };
 
 /// The directory of golden files.
@@ -36,7 +36,10 @@ fn compat_dir() -> PathBuf {
 /// One value as it is stored or sent.
 #[derive(Debug, PartialEq)]
 enum Sample {
-    Frame(Frame),
+    Request(Request),
+    Reply(Reply),
+    FromWorker(FromWorker),
+    ToWorker(ToWorker),
     Master(MasterInfo),
     Worker(WorkerInfo),
     Job(JobRecord),
@@ -47,14 +50,20 @@ enum Sample {
     Features(FeaturesRecord),
 }
 
+/// A frame's body as this build sends it.
+fn frame<M: wire::Message>(m: &M) -> Vec<u8> {
+    let mut buf = Vec::new();
+    wire::encode_into(&mut buf, m).expect("encodes");
+    buf.split_off(4)
+}
+
 impl Sample {
     fn encode(&self) -> Vec<u8> {
         match self {
-            Sample::Frame(f) => {
-                let mut buf = Vec::new();
-                wire::encode_into(&mut buf, f).expect("encodes");
-                buf.split_off(4)
-            }
+            Sample::Request(f) => frame(f),
+            Sample::Reply(f) => frame(f),
+            Sample::FromWorker(f) => frame(f),
+            Sample::ToWorker(f) => frame(f),
             Sample::Master(r) => encode_record("golden", r).expect("encodes"),
             Sample::Worker(r) => encode_record("golden", r).expect("encodes"),
             Sample::Job(r) => encode_record("golden", r).expect("encodes"),
@@ -77,7 +86,9 @@ impl Sample {
             Ok(b::encode(&value))
         }
         match self {
-            Sample::Frame(_) => via::<b::Frame>(bytes),
+            Sample::Request(_) | Sample::Reply(_) | Sample::FromWorker(_) | Sample::ToWorker(_) => {
+                via::<b::Frame>(bytes)
+            }
             Sample::Master(_) => via::<b::MasterInfo>(bytes),
             Sample::Worker(_) => via::<b::WorkerInfo>(bytes),
             Sample::Job(_) => via::<b::JobRecord>(bytes),
@@ -92,10 +103,12 @@ impl Sample {
     /// `bytes` read as the same kind of value as `self`.
     fn decode_like(&self, bytes: &[u8]) -> Result<Sample, String> {
         let e = |e: crate::coord::CoordError| e.to_string();
+        let w = |e: wire::WireError| e.to_string();
         Ok(match self {
-            Sample::Frame(_) => {
-                Sample::Frame(wire::decode_frame(bytes).map_err(|e| e.to_string())?)
-            }
+            Sample::Request(_) => Sample::Request(wire::decode_frame(bytes).map_err(w)?),
+            Sample::Reply(_) => Sample::Reply(wire::decode_frame(bytes).map_err(w)?),
+            Sample::FromWorker(_) => Sample::FromWorker(wire::decode_frame(bytes).map_err(w)?),
+            Sample::ToWorker(_) => Sample::ToWorker(wire::decode_frame(bytes).map_err(w)?),
             Sample::Master(_) => Sample::Master(decode_record("golden", bytes).map_err(e)?),
             Sample::Worker(_) => Sample::Worker(decode_record("golden", bytes).map_err(e)?),
             Sample::Job(_) => Sample::Job(decode_record("golden", bytes).map_err(e)?),
@@ -183,11 +196,14 @@ fn result_record() -> ResultRecord {
 /// Every frame variant and every record, by file name.
 fn samples() -> Vec<(&'static str, Sample)> {
     use Sample as S;
-    let f = |frame: Frame| S::Frame(frame);
+    let fw = S::FromWorker;
+    let tw = S::ToWorker;
+    let rq = S::Request;
+    let rp = S::Reply;
     vec![
         (
             "frame-worker-hello",
-            f(Frame::WorkerHello {
+            fw(FromWorker::WorkerHello(Hello {
                 version: wire::PROTOCOL_VERSION,
                 node_id: "node-a".into(),
                 slots: 4,
@@ -198,18 +214,18 @@ fn samples() -> Vec<(&'static str, Sample)> {
                 newest: None,
                 build: String::new(),
                 shapes: Default::default(),
-            }),
+            })),
         ),
         (
             "frame-welcome",
-            f(Frame::Welcome {
+            tw(ToWorker::Welcome {
                 epoch: 3,
                 version: None,
             }),
         ),
         (
             "frame-assign",
-            f(Frame::Assign(Assignment {
+            tw(ToWorker::Assign(Assignment {
                 epoch: 3,
                 job_id: "job-1".into(),
                 incarnation: 0x5eed,
@@ -222,7 +238,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
         ),
         (
             "frame-started",
-            f(Frame::Started {
+            fw(FromWorker::Started {
                 epoch: 3,
                 job_id: "job-1".into(),
                 incarnation: 0x5eed,
@@ -232,34 +248,34 @@ fn samples() -> Vec<(&'static str, Sample)> {
         ),
         (
             "frame-start-ack",
-            f(Frame::StartAck {
+            tw(ToWorker::StartAck(RunRef {
                 job_id: "job-1".into(),
                 incarnation: 0x5eed,
                 shard: key(1, 2),
                 attempt: 1,
-            }),
+            })),
         ),
         (
             "frame-start-refused",
-            f(Frame::StartRefused {
+            tw(ToWorker::StartRefused(RunRef {
                 job_id: "job-1".into(),
                 incarnation: 0x5eed,
                 shard: key(1, 2),
                 attempt: 1,
-            }),
+            })),
         ),
         (
             "frame-unstarted",
-            f(Frame::Unstarted {
+            fw(FromWorker::Unstarted(RunRef {
                 job_id: "job-1".into(),
                 incarnation: 0x5eed,
                 shard: key(1, 2),
                 attempt: 1,
-            }),
+            })),
         ),
         (
             "frame-report",
-            f(Frame::Report(ShardReport {
+            fw(FromWorker::Report(ShardReport {
                 epoch: 3,
                 job_id: "job-1".into(),
                 incarnation: 0x5eed,
@@ -272,7 +288,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
         ),
         (
             "frame-report-object",
-            f(Frame::Report(ShardReport {
+            fw(FromWorker::Report(ShardReport {
                 epoch: 3,
                 job_id: "job-1".into(),
                 incarnation: 0x5eed,
@@ -283,12 +299,12 @@ fn samples() -> Vec<(&'static str, Sample)> {
                 output_object: Some("outputs/job-1/1-2.1".into()),
             })),
         ),
-        ("frame-draining", f(Frame::Draining)),
-        ("frame-drained", f(Frame::Drained)),
-        ("frame-drain-ack", f(Frame::DrainAck)),
+        ("frame-draining", fw(FromWorker::Draining)),
+        ("frame-drained", fw(FromWorker::Drained)),
+        ("frame-drain-ack", tw(ToWorker::DrainAck)),
         (
             "frame-submit",
-            f(Frame::Submit(SubmitHeader {
+            rq(Request::Submit(SubmitHeader {
                 job_id: "job-1".into(),
                 job_name: "word-count".into(),
                 options: options(),
@@ -298,28 +314,28 @@ fn samples() -> Vec<(&'static str, Sample)> {
         ),
         (
             "frame-submit-chunk",
-            f(Frame::SubmitChunk {
+            rq(Request::SubmitChunk {
                 tasks: vec![bytes(b"\xa3abc"), bytes(b"\xa3def")],
             }),
         ),
         (
             "frame-accepted",
-            f(Frame::Accepted {
+            rp(Reply::Accepted {
                 job_id: "job-1".into(),
                 existing: true,
             }),
         ),
         (
             "frame-get-job",
-            f(Frame::GetJob {
+            rq(Request::GetJob {
                 job_id: "job-1".into(),
             }),
         ),
-        ("frame-job", f(Frame::Job(progress(JobState::Running)))),
-        ("frame-get-status", f(Frame::GetStatus)),
+        ("frame-job", rp(Reply::Job(progress(JobState::Running)))),
+        ("frame-get-status", rq(Request::GetStatus)),
         (
             "frame-status",
-            f(Frame::Status(ClusterStatus {
+            rp(Reply::Status(ClusterStatus {
                 leader: "node-a".into(),
                 epoch: 3,
                 workers: vec![WorkerStatus {
@@ -340,13 +356,13 @@ fn samples() -> Vec<(&'static str, Sample)> {
         ),
         (
             "frame-fetch-result",
-            f(Frame::FetchResult {
+            rq(Request::FetchResult {
                 job_id: "job-1".into(),
             }),
         ),
         (
             "frame-outcome",
-            f(Frame::Outcome(JobOutcome {
+            rp(Reply::Outcome(JobOutcome {
                 progress: progress(JobState::Done),
                 result: bytes(&[0x81, 0xa1, b'a', 0x01]),
                 failures: vec![failure()],
@@ -354,19 +370,19 @@ fn samples() -> Vec<(&'static str, Sample)> {
         ),
         (
             "frame-cancel",
-            f(Frame::Cancel {
+            rq(Request::Cancel {
                 job_id: "job-1".into(),
             }),
         ),
-        ("frame-ok", f(Frame::Ok)),
-        ("frame-not-master", f(Frame::NotMaster)),
+        ("frame-ok", rp(Reply::Ok)),
+        ("frame-not-master", rp(Reply::NotMaster)),
         (
             "frame-error",
-            f(Frame::error(ErrorKind::NoSuchJob, "no job \"job-9\"")),
+            rp(Reply::error(ErrorKind::NoSuchJob, "no job \"job-9\"")),
         ),
         (
             "frame-watch-job",
-            f(Frame::WatchJob {
+            rq(Request::WatchJob {
                 job_id: "job-1".into(),
                 fetch: false,
                 unmarked: true,
@@ -374,7 +390,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
         ),
         (
             "frame-plan-job",
-            f(Frame::PlanJob {
+            rq(Request::PlanJob {
                 job_name: "word-count".into(),
                 task_count: 10,
                 shard_size: 0,
@@ -383,7 +399,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
         ),
         (
             "frame-planned",
-            f(Frame::Planned(JobPlanInfo {
+            rp(Reply::Planned(JobPlanInfo {
                 shard_size: 2,
                 shards: 5,
                 workers: 3,
@@ -393,7 +409,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
         ),
         (
             "frame-list-jobs",
-            f(Frame::ListJobs(JobQuery {
+            rq(Request::ListJobs(JobQuery {
                 states: vec![JobState::Running, JobState::Done],
                 job_name: Some("word-count".into()),
                 owner: Some("client:alice".into()),
@@ -403,7 +419,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
         ),
         (
             "frame-jobs",
-            f(Frame::Jobs(JobList {
+            rp(Reply::Jobs(JobList {
                 jobs: vec![JobSummary {
                     job_id: "job-1".into(),
                     job_name: "word-count".into(),
@@ -425,30 +441,30 @@ fn samples() -> Vec<(&'static str, Sample)> {
         ),
         (
             "frame-stream-job",
-            f(Frame::StreamJob {
+            rq(Request::StreamJob {
                 job_id: "job-1".into(),
                 seen: vec![(0, 3, 0), (5, 1, 1)],
             }),
         ),
         (
             "frame-partial",
-            f(Frame::Partial {
+            rp(Reply::Partial {
                 shard: key(1, 2),
                 output: bytes(&[0x81, 0xa1, b'a', 0x01]),
             }),
         ),
         (
             "frame-stop-run",
-            f(Frame::StopRun {
+            tw(ToWorker::StopRun(RunRef {
                 job_id: "job-1".into(),
                 incarnation: 0x5eed,
                 shard: key(1, 2),
                 attempt: 1,
-            }),
+            })),
         ),
         (
             "frame-fetched",
-            f(Frame::Fetched {
+            rq(Request::Fetched {
                 job_id: "job-1".into(),
             }),
         ),
@@ -549,25 +565,21 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
     let mut out = Vec::new();
     for (name, sample) in samples() {
         let extended = match sample {
-            Sample::Frame(mut hello @ Frame::WorkerHello { .. }) => {
-                if let Frame::WorkerHello {
-                    newest,
-                    build,
-                    shapes,
-                    ..
-                } = &mut hello
-                {
-                    *newest = Some(wire::PROTOCOL_VERSION + 1);
-                    *build = "probe 2.0.0 (ringleader 0.2.0 commit 1234567)".into();
-                    shapes.insert("word-count".into(), 0x1234_5678_9abc_def0);
-                }
-                Sample::Frame(hello)
+            Sample::FromWorker(FromWorker::WorkerHello(mut hello)) => {
+                hello.newest = Some(wire::PROTOCOL_VERSION + 1);
+                hello.build = "probe 2.0.0 (ringleader 0.2.0 commit 1234567)".into();
+                hello
+                    .shapes
+                    .insert("word-count".into(), 0x1234_5678_9abc_def0);
+                Sample::FromWorker(FromWorker::WorkerHello(hello))
             }
-            Sample::Frame(Frame::Welcome { epoch, .. }) => Sample::Frame(Frame::Welcome {
-                epoch,
-                version: Some(wire::PROTOCOL_VERSION),
-            }),
-            Sample::Frame(Frame::Status(mut status)) => {
+            Sample::ToWorker(ToWorker::Welcome { epoch, .. }) => {
+                Sample::ToWorker(ToWorker::Welcome {
+                    epoch,
+                    version: Some(wire::PROTOCOL_VERSION),
+                })
+            }
+            Sample::Reply(Reply::Status(mut status)) => {
                 status.build = Some("probe".into());
                 status.feature_level = Some(1);
                 for w in &mut status.workers {
@@ -575,7 +587,7 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                     w.protocol = Some(wire::PROTOCOL_VERSION);
                     w.other_types = vec!["square".into()];
                 }
-                Sample::Frame(Frame::Status(status))
+                Sample::Reply(Reply::Status(status))
             }
             Sample::Master(info) => Sample::Master(MasterInfo {
                 protocol: Some([6, 7]),
@@ -588,10 +600,12 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                 shapes: [("word-count".to_string(), 7)].into(),
                 ..info
             }),
-            Sample::Frame(Frame::Submit(header)) => Sample::Frame(Frame::Submit(SubmitHeader {
-                shape: Some(0x1234_5678_9abc_def0),
-                ..header
-            })),
+            Sample::Request(Request::Submit(header)) => {
+                Sample::Request(Request::Submit(SubmitHeader {
+                    shape: Some(0x1234_5678_9abc_def0),
+                    ..header
+                }))
+            }
             Sample::Job(record) => Sample::Job(JobRecord {
                 shape: Some(0x1234_5678_9abc_def0),
                 ..record

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::transport::{Connection, FramedStream, TransportError};
-use crate::wire::{self, Frame, JobOptions, SubmitHeader, WireError};
+use crate::wire::{self, JobOptions, Reply, Request, SubmitHeader, WireError};
 
 /// Streams one connection may hold open (quinn's limit in `transport`).
 pub const STREAMS: usize = 1024;
@@ -21,24 +21,24 @@ pub const NEAR_LIMIT: usize = 250_000;
 /// shards, each just under the first-frame limit; a submission that claims
 /// every task, or (every 256th, from the 4th) one that sends four 4 MiB
 /// chunks.
-pub fn worst_request(i: usize) -> Vec<Frame> {
+pub fn worst_request(i: usize) -> Vec<Request> {
     match i % 4 {
-        0 => vec![Frame::GetJob {
+        0 => vec![Request::GetJob {
             job_id: "j".repeat(NEAR_LIMIT),
         }],
-        1 => vec![Frame::PlanJob {
+        1 => vec![Request::PlanJob {
             job_name: "probe".into(),
             task_count: u64::MAX,
             shard_size: 0,
             shape: Some("s".repeat(NEAR_LIMIT)),
         }],
-        2 => vec![Frame::StreamJob {
+        2 => vec![Request::StreamJob {
             job_id: format!("nope-{i}"),
             seen: (0..30_000u32).map(|k| (2 * k, 1, 0)).collect(),
         }],
         _ => {
             let chunks = i % 256 == 3;
-            let mut frames = vec![Frame::Submit(SubmitHeader {
+            let mut frames = vec![Request::Submit(SubmitHeader {
                 job_id: format!("flood-{i}"),
                 job_name: "probe".into(),
                 options: JobOptions {
@@ -52,7 +52,7 @@ pub fn worst_request(i: usize) -> Vec<Frame> {
             })];
             if chunks {
                 for _ in 0..4 {
-                    frames.push(Frame::SubmitChunk {
+                    frames.push(Request::SubmitChunk {
                         tasks: vec![serde_bytes::ByteBuf::from(vec![7u8; 4 << 20])],
                     });
                 }
@@ -79,7 +79,7 @@ pub async fn ask(
     conn: &Connection,
     bytes: &[u8],
     timeout: Duration,
-) -> Option<Result<Frame, TransportError>> {
+) -> Option<Result<Reply, TransportError>> {
     let ask = async {
         let mut s = FramedStream::open(conn, 1 << 20).await?;
         if s.write_encoded(bytes).await.is_err() {
@@ -124,10 +124,10 @@ impl std::ops::AddAssign for Flooded {
 
 impl Flooded {
     /// Counts one stream's outcome.
-    pub fn count(&mut self, outcome: &Option<Result<Frame, TransportError>>) {
+    pub fn count(&mut self, outcome: &Option<Result<Reply, TransportError>>) {
         self.streams += 1;
         match outcome {
-            Some(Ok(Frame::Error { kind, .. })) => {
+            Some(Ok(Reply::Error { kind, .. })) => {
                 self.refused += 1;
                 self.over_budget += u64::from(*kind == crate::wire::ErrorKind::Unavailable);
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use quinn::{RecvStream, SendStream};
 
-use crate::wire::{self, Frame, WireError};
+use crate::wire::{self, Inbound, Message, Reply, Request, WireError};
 
 pub use tls::{PeerId, Role};
 
@@ -653,7 +653,7 @@ pub struct FrameReader {
 
 impl FrameWriter {
     /// Sends one frame.
-    pub async fn write_frame(&mut self, frame: &Frame) -> Result<(), WireError> {
+    pub async fn write_frame<M: Message>(&mut self, frame: &M) -> Result<(), WireError> {
         wire::write_frame(&mut self.send, frame).await
     }
     /// Sends frames already encoded ([`wire::encode_into`]), in one write.
@@ -680,12 +680,12 @@ impl FrameWriter {
 
 impl FrameReader {
     /// Receives one frame.
-    pub async fn read_frame(&mut self) -> Result<Frame, WireError> {
+    pub async fn read_frame<M: Inbound>(&mut self) -> Result<M, WireError> {
         wire::read_frame(&mut self.recv, self.max_frame).await
     }
     /// Receives one frame of at most `limit` bytes (and this stream's
     /// largest).
-    pub async fn read_frame_within(&mut self, limit: usize) -> Result<Frame, WireError> {
+    pub async fn read_frame_within<M: Inbound>(&mut self, limit: usize) -> Result<M, WireError> {
         wire::read_frame(&mut self.recv, limit.min(self.max_frame)).await
     }
 }
@@ -711,24 +711,24 @@ impl FramedStream {
         FramedStream { send, recv }
     }
     /// Sends one frame.
-    pub async fn send(&mut self, frame: &Frame) -> Result<(), TransportError> {
+    pub async fn send<M: Message>(&mut self, frame: &M) -> Result<(), TransportError> {
         self.send.write_frame(frame).await?;
         Ok(())
     }
     /// Receives one frame.
-    pub async fn recv(&mut self) -> Result<Frame, TransportError> {
+    pub async fn recv<M: Inbound>(&mut self) -> Result<M, TransportError> {
         Ok(self.recv.read_frame().await?)
     }
     /// Receives one frame of at most `max` bytes, whose body (times
     /// `factor`, a bound on what decoding it makes of it) is taken from
     /// `budget` before it is read: a frame that does not fit is refused
     /// with nothing of it read.
-    pub async fn recv_within(
+    pub async fn recv_within<M: Inbound>(
         &mut self,
         max: usize,
         budget: &Budget,
         factor: usize,
-    ) -> Result<(Frame, Held), TransportError> {
+    ) -> Result<(M, Held), TransportError> {
         let r = &mut self.recv;
         let len = wire::read_prefix(&mut r.recv, max.min(r.max_frame)).await?;
         let held = budget.take(len.saturating_mul(factor))?;
@@ -737,7 +737,7 @@ impl FramedStream {
     }
     /// Receives one frame of at most `limit` bytes (and this stream's
     /// largest).
-    pub async fn recv_limited(&mut self, limit: usize) -> Result<Frame, WireError> {
+    pub async fn recv_limited<M: Inbound>(&mut self, limit: usize) -> Result<M, WireError> {
         self.recv.read_frame_within(limit).await
     }
     /// Sends frames already encoded ([`wire::encode_into`]), in one write:
@@ -750,7 +750,7 @@ impl FramedStream {
         self.send.finish();
     }
     /// Answers with one frame and ends the sending side.
-    pub async fn reply(&mut self, frame: &Frame) -> Result<(), WireError> {
+    pub async fn reply<M: Message>(&mut self, frame: &M) -> Result<(), WireError> {
         self.send.write_frame(frame).await?;
         self.send.finish();
         Ok(())
@@ -764,8 +764,9 @@ impl FramedStream {
     pub fn refuse(&mut self) {
         let _ = self.recv.recv.stop(1u32.into());
     }
-    /// Sends frames, then one request-response round: returns the reply.
-    pub async fn request(&mut self, frames: &[Frame]) -> Result<Frame, TransportError> {
+    /// Sends a client's frames, then one request-response round: returns
+    /// the master's reply.
+    pub async fn request(&mut self, frames: &[Request]) -> Result<Reply, TransportError> {
         let mut buf = Vec::new();
         for f in frames {
             wire::encode_into(&mut buf, f)?;
@@ -880,8 +881,8 @@ pub async fn serve<F, Fut>(
 /// control window, then this queue, and is dropped: it never grows the
 /// sender's memory.
 #[derive(Clone, Debug)]
-pub struct Outbox {
-    tx: tokio::sync::mpsc::Sender<Frame>,
+pub struct Outbox<M> {
+    tx: tokio::sync::mpsc::Sender<M>,
     /// The `queue` label of [`crate::metrics::OUTBOX_FULL`].
     queue: &'static str,
 }
@@ -894,20 +895,20 @@ pub const LINK_QUEUE: usize = 4096;
 /// keeps only a job's latest progress, so this fills only if it stops.
 pub const WATCH_QUEUE: usize = 256;
 
-impl Outbox {
+impl<M: Message> Outbox<M> {
     /// An outbox of `capacity` frames, counted as `queue` when full, and
     /// its writer's end.
     pub fn new(
         capacity: usize,
         queue: &'static str,
-    ) -> (Outbox, tokio::sync::mpsc::Receiver<Frame>) {
+    ) -> (Outbox<M>, tokio::sync::mpsc::Receiver<M>) {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         (Outbox { tx, queue }, rx)
     }
 
     /// Queues `frame`; false if the writer is gone or a whole queue behind
     /// (counted): the peer is to be treated as gone.
-    pub fn push(&self, frame: Frame) -> bool {
+    pub fn push(&self, frame: M) -> bool {
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
@@ -931,9 +932,9 @@ impl Outbox {
 /// Writes every frame received on `rx` to `send`, coalescing the frames
 /// already queued into one write of up to about 1 MiB (one `write_all` per
 /// small frame is many times slower). Ends when `rx` closes.
-pub async fn write_queued(
+pub async fn write_queued<M: Message>(
     send: &mut FrameWriter,
-    rx: &mut tokio::sync::mpsc::Receiver<Frame>,
+    rx: &mut tokio::sync::mpsc::Receiver<M>,
 ) -> Result<(), WireError> {
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(f) = rx.recv().await {
@@ -958,9 +959,10 @@ pub async fn write_queued(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ToWorker;
 
-    fn frame(n: u64) -> Frame {
-        Frame::Welcome {
+    fn frame(n: u64) -> ToWorker {
+        ToWorker::Welcome {
             epoch: n,
             version: None,
         }
@@ -976,7 +978,7 @@ mod tests {
         );
         let held: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|f| match f {
-                Frame::Welcome { epoch, .. } => epoch,
+                ToWorker::Welcome { epoch, .. } => epoch,
                 _ => u64::MAX,
             })
             .collect();

@@ -11,7 +11,7 @@ use ringleader::client::SubmitOptions;
 use ringleader::testkit::adversary;
 use ringleader::testkit::*;
 use ringleader::transport::{self, tls, FramedStream};
-use ringleader::wire::{ErrorKind, Frame};
+use ringleader::wire::{ErrorKind, Reply, Request};
 use ringleader::{Client, Collect};
 
 const BIN: &str = env!("CARGO_BIN_EXE_probe");
@@ -101,7 +101,7 @@ fn streams_claiming_every_shard_cost_the_master_nothing_they_claim() {
             let conn = conn.clone();
             async move {
                 let mut s = FramedStream::open(&conn, 1 << 20).await.unwrap();
-                let ask = Frame::StreamJob {
+                let ask = Request::StreamJob {
                     job_id: format!("nope-{i}"),
                     seen: vec![(0, u32::MAX, 0)],
                 };
@@ -114,7 +114,7 @@ fn streams_claiming_every_shard_cost_the_master_nothing_they_claim() {
         for a in answers {
             peak = peak.max(rss(pid));
             match a {
-                Ok(Frame::Error {
+                Ok(Reply::Error {
                     kind: ErrorKind::NoSuchJob,
                     message,
                 }) if message.contains("no job nope-") => refused += 1,
@@ -209,7 +209,7 @@ fn a_connections_thousand_streams_hold_what_its_budget_allows() {
             flooded.count(a);
             let a = a.as_ref().expect("every stream was answered or closed in time");
             let kind = match a {
-                Ok(Frame::Error { message, .. }) => message.chars().take(60).collect(),
+                Ok(Reply::Error { message, .. }) => message.chars().take(60).collect(),
                 Ok(f) => f.name().to_string(),
                 Err(e) => format!("{e:?}").chars().take(120).collect(),
             };

@@ -1092,7 +1092,7 @@ fn the_readmes_ca_rollover_runs_step_by_step_with_a_job_running_throughout() {
 fn a_worker_joins_only_as_the_node_its_certificate_names_and_in_a_protocol_both_speak() {
     use ringleader::transport::tls::{self, Role};
     use ringleader::transport::{self, FramedStream};
-    use ringleader::wire::{Frame, PROTOCOL_MIN, PROTOCOL_VERSION};
+    use ringleader::wire::{FromWorker, Hello, ToWorker, PROTOCOL_MIN, PROTOCOL_VERSION};
     // ZooKeeper's plain port: over its TLS port ZooKeeper would refuse
     // these certificates before the QUIC checks under test see them
     // (`zookeeper_refuses_what_is_not_the_clusters_node`).
@@ -1167,7 +1167,7 @@ fn a_worker_joins_only_as_the_node_its_certificate_names_and_in_a_protocol_both_
                 .await
                 .unwrap();
             let mut s = FramedStream::open(&conn, 1 << 20).await.unwrap();
-            let hello = Frame::WorkerHello {
+            let hello = FromWorker::WorkerHello(Hello {
                 version: versions.0,
                 newest: Some(versions.1),
                 build: String::new(),
@@ -1178,10 +1178,11 @@ fn a_worker_joins_only_as_the_node_its_certificate_names_and_in_a_protocol_both_
                 epoch: master.epoch,
                 store: String::new(),
                 store_mark: String::new(),
-            };
-            let reply = s.request(&[hello]).await.unwrap();
+            });
+            s.send(&hello).await.unwrap();
+            let reply: ToWorker = s.recv().await.unwrap();
             assert!(
-                matches!(&reply, Frame::Error { kind: k, message } if *k == kind && message.contains(want)),
+                matches!(&reply, ToWorker::Error { kind: k, message } if *k == kind && message.contains(want)),
                 "{reply:?}"
             );
         }
@@ -1345,7 +1346,7 @@ fn a_watch_or_stream_opened_before_a_job_exists_sees_nothing_of_another_clients(
     use ringleader::client::SubmitOptions;
     use ringleader::transport::tls;
     use ringleader::transport::{self, FramedStream};
-    use ringleader::wire::Frame;
+    use ringleader::wire::{Reply, Request};
     use ringleader::{Client, Collect};
     let mut c = Cluster::new(BIN);
     c.node("n0", &[]);
@@ -1391,12 +1392,12 @@ fn a_watch_or_stream_opened_before_a_job_exists_sees_nothing_of_another_clients(
                 {
                     let i = current.get();
                     for ask in [
-                        Frame::WatchJob {
+                        Request::WatchJob {
                             job_id: format!("x{i}"),
                             fetch: true,
                             unmarked: false,
                         },
-                        Frame::StreamJob {
+                        Request::StreamJob {
                             job_id: format!("x{i}"),
                             seen: Vec::new(),
                         },
@@ -1408,17 +1409,18 @@ fn a_watch_or_stream_opened_before_a_job_exists_sees_nothing_of_another_clients(
                             continue;
                         }
                         while let Ok(Ok(frame)) =
-                            tokio::time::timeout(Duration::from_millis(200), s.recv()).await
+                            tokio::time::timeout(Duration::from_millis(200), s.recv::<Reply>())
+                                .await
                         {
                             match frame {
-                                Frame::Error { kind, message } => {
+                                Reply::Error { kind, message } => {
                                     refused += usize::from(
                                         kind == ringleader::wire::ErrorKind::NotOwner
                                             && message.contains("belongs to client alice"),
                                     );
                                     break;
                                 }
-                                Frame::Job(_) | Frame::Outcome(_) | Frame::Partial { .. } => {
+                                Reply::Job(_) | Reply::Outcome(_) | Reply::Partial { .. } => {
                                     leaked.push(format!("x{i}: {}", frame.name()));
                                 }
                                 _ => break,

@@ -1369,7 +1369,7 @@ fn a_resubmission_racing_a_create_that_fails_is_not_accepted() {
 #[test]
 fn a_stream_that_races_a_collection_says_it_is_incomplete() {
     use ringleader::transport::{self, tls, FramedStream};
-    use ringleader::wire::Frame;
+    use ringleader::wire::{Reply, Request};
     let mut c = Cluster::new(BIN);
     c.node("m", &["--slots", "2"]);
     rt().block_on(async {
@@ -1409,7 +1409,7 @@ fn a_stream_that_races_a_collection_says_it_is_incomplete() {
             .await
             .unwrap();
         let mut s = FramedStream::open(&conn, 1 << 20).await.unwrap();
-        s.send(&Frame::StreamJob {
+        s.send(&Request::StreamJob {
             job_id: "s".into(),
             seen: Vec::new(),
         })
@@ -1418,13 +1418,13 @@ fn a_stream_that_races_a_collection_says_it_is_incomplete() {
         let mut partials = 0;
         let end = loop {
             match s.recv().await.unwrap() {
-                Frame::Partial { .. } => partials += 1,
+                Reply::Partial { .. } => partials += 1,
                 other => break other,
             }
         };
         assert!(partials < 4, "{partials} outputs sent");
         assert!(
-            matches!(&end, Frame::Error { kind: ringleader::wire::ErrorKind::JobState, message } if message.contains("this stream is incomplete")),
+            matches!(&end, Reply::Error { kind: ringleader::wire::ErrorKind::JobState, message } if message.contains("this stream is incomplete")),
             "{end:?}"
         );
     });

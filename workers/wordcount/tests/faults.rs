@@ -10,7 +10,7 @@ use common::*;
 use ringleader::audit::Event;
 use ringleader::client::Client;
 use ringleader::transport::{self, tls, FramedStream};
-use ringleader::wire::{Frame, JobOptions};
+use ringleader::wire::{JobOptions, Reply, Request};
 
 /// Test 1: kill -9 the leader of 4 candidates: exactly one new leader, after
 /// the session expires; each candidate znode is watched by at most one
@@ -215,7 +215,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
             .unwrap();
         let reply = s.recv().await.unwrap();
         assert!(
-            matches!(&reply, Frame::Error { kind: ringleader::wire::ErrorKind::Invalid, message } if message.contains("malformed")),
+            matches!(&reply, Reply::Error { kind: ringleader::wire::ErrorKind::Invalid, message } if message.contains("malformed")),
             "{reply:?}"
         );
 
@@ -226,7 +226,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
             .unwrap();
         let reply = s.recv().await.unwrap();
         assert!(
-            matches!(&reply, Frame::Error { kind: ringleader::wire::ErrorKind::Invalid, message } if message.contains("exceeds the limit")),
+            matches!(&reply, Reply::Error { kind: ringleader::wire::ErrorKind::Invalid, message } if message.contains("exceeds the limit")),
             "{reply:?}"
         );
 
@@ -256,7 +256,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
         let refused = async {
             let conn = transport::dial(&ep2, &master.addr).await?;
             let mut s = FramedStream::open(&conn, 1 << 20).await?;
-            s.request(&[Frame::GetStatus]).await
+            s.request(&[Request::GetStatus]).await
         };
         let r = tokio::time::timeout(Duration::from_secs(10), refused)
             .await

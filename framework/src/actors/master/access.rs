@@ -31,8 +31,8 @@ pub(crate) fn refusal(owner: Option<&str>, peer: &PeerId, job_id: &str) -> Optio
 }
 
 /// The `Error` frame of a refusal on another client's job.
-pub(crate) fn not_owner(why: String) -> crate::wire::Frame {
-    crate::wire::Frame::error(crate::wire::ErrorKind::NotOwner, why)
+pub(crate) fn not_owner(why: String) -> crate::wire::Reply {
+    crate::wire::Reply::error(crate::wire::ErrorKind::NotOwner, why)
 }
 
 /// May `peer` act on job `job_id`? `None`: yes (or there is no such job
@@ -40,7 +40,7 @@ pub(crate) fn not_owner(why: String) -> crate::wire::Frame {
 /// the job is there); `Some(refusal)`: no (an `Error` frame of kind
 /// `NotOwner`), or its owner cannot be read (`Unavailable`).
 #[derive(Message)]
-#[rtype(result = "Option<crate::wire::Frame>")]
+#[rtype(result = "Option<crate::wire::Reply>")]
 pub(crate) struct Authorize {
     pub peer: PeerId,
     pub job_id: String,
@@ -83,7 +83,7 @@ impl Master {
 
     /// The refusal to answer `peer` on a job this master knows that is not
     /// its to see, if it is one (counted and logged).
-    pub(super) fn deny_known(&self, job_id: &str, peer: &PeerId) -> Option<crate::wire::Frame> {
+    pub(super) fn deny_known(&self, job_id: &str, peer: &PeerId) -> Option<crate::wire::Reply> {
         let owner = self.owner_of(job_id)?;
         self.check_owner(owner.as_deref(), peer, job_id)
             .map(not_owner)
@@ -102,7 +102,7 @@ impl Master {
 }
 
 impl Handler<Authorize> for Master {
-    type Result = ResponseActFuture<Self, Option<crate::wire::Frame>>;
+    type Result = ResponseActFuture<Self, Option<crate::wire::Reply>>;
     fn handle(&mut self, msg: Authorize, _: &mut Context<Self>) -> Self::Result {
         if msg.peer.acts_for_all() {
             return Box::pin(fut::ready(None));
@@ -125,7 +125,7 @@ impl Handler<Authorize> for Master {
                 act.refused(&msg.peer, &msg.job_id, why).map(not_owner)
             }
             // Never let through on a read that failed.
-            Err(e) => Some(crate::wire::Frame::error(
+            Err(e) => Some(crate::wire::Reply::error(
                 crate::wire::ErrorKind::Unavailable,
                 format!("cannot tell who owns job {} now ({e}): retry", msg.job_id),
             )),

@@ -13,7 +13,7 @@ use crate::audit::Event;
 use crate::coord::{CoordError, JobStatus};
 use crate::core::master::{Event as CoreEvent, Gone};
 use crate::metrics as m;
-use crate::wire::{ErrorKind, Frame};
+use crate::wire::{ErrorKind, Reply};
 
 impl Master {
     pub(super) fn cancel(
@@ -21,7 +21,7 @@ impl Master {
         ctx: &mut Context<Self>,
         job_id: String,
         peer: crate::transport::PeerId,
-    ) -> ResponseActFuture<Self, Frame> {
+    ) -> ResponseActFuture<Self, Reply> {
         if let Some(refused) = self.deny_known(&job_id, &peer) {
             return Box::pin(fut::ready(refused));
         }
@@ -64,7 +64,7 @@ impl Master {
                 }
                 match job.record.status {
                     JobStatus::Accepted => {}
-                    JobStatus::Cancelled => return Ok((Frame::Ok, None)),
+                    JobStatus::Cancelled => return Ok((Reply::Ok, None)),
                     JobStatus::Done => return Ok((finished_first(&job_id), None)),
                     JobStatus::Writing => {
                         return Ok((
@@ -82,12 +82,12 @@ impl Master {
                 // The job's name when this request cancelled it.
                 let cancelled = Some(job.record.job_name.clone());
                 match store.set_status(&job, JobStatus::Cancelled).await {
-                    Ok(()) => Ok((Frame::Ok, cancelled)),
+                    Ok(()) => Ok((Reply::Ok, cancelled)),
                     Err(e) if e.is_conflict() => match store.read_job(&job_id).await? {
                         Some(j) if j.record.status == JobStatus::Done => {
                             Ok((finished_first(&job_id), None))
                         }
-                        Some(j) if j.record.status == JobStatus::Cancelled => Ok((Frame::Ok, None)),
+                        Some(j) if j.record.status == JobStatus::Cancelled => Ok((Reply::Ok, None)),
                         _ => Err(e),
                     },
                     Err(e) => Err(e),
@@ -95,7 +95,7 @@ impl Master {
             }
             .into_actor(self)
             .map(
-                move |res: Result<(Frame, Option<String>), CoordError>, act, ctx| {
+                move |res: Result<(Reply, Option<String>), CoordError>, act, ctx| {
                     let (frame, cancelled) = match res {
                         Ok(r) => r,
                         // The job left this master before its cancel was
@@ -110,7 +110,7 @@ impl Master {
                             (failed(&e), None)
                         }
                     };
-                    if matches!(frame, Frame::Ok) {
+                    if matches!(frame, Reply::Ok) {
                         act.audit(Event::JobCancelled { job: id.clone() });
                         act.watch_stored(ctx, id);
                     }
@@ -124,7 +124,7 @@ impl Master {
     }
 }
 
-fn finished_first(job_id: &str) -> Frame {
+fn finished_first(job_id: &str) -> Reply {
     error(
         ErrorKind::JobState,
         format!(

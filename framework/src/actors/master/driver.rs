@@ -11,7 +11,7 @@ use super::{Link, Master};
 use crate::audit::Event;
 use crate::core::master::{Effect, Event as CoreEvent, Note, Output, ToWorker};
 use crate::metrics as m;
-use crate::wire::{Assignment, Frame};
+use crate::wire::{self, Assignment, RunRef};
 
 impl Master {
     /// Hands the core an event, performs what it asks, sets its timer.
@@ -85,7 +85,7 @@ impl Master {
                     .iter()
                     .filter_map(|&i| rt.tasks.get(i as usize).map(|t| (i, t.clone())))
                     .collect();
-                Frame::Assign(Assignment {
+                wire::ToWorker::Assign(Assignment {
                     epoch: run.epoch,
                     job_id: run.job,
                     incarnation: run.incarnation,
@@ -96,27 +96,12 @@ impl Master {
                     ack_first,
                 })
             }
-            ToWorker::StartAck(run) => Frame::StartAck {
-                job_id: run.job,
-                incarnation: run.incarnation,
-                shard: run.shard,
-                attempt: run.attempt,
-            },
-            ToWorker::StartRefused(run) => Frame::StartRefused {
-                job_id: run.job,
-                incarnation: run.incarnation,
-                shard: run.shard,
-                attempt: run.attempt,
-            },
-            ToWorker::StopRun(run) => Frame::StopRun {
-                job_id: run.job,
-                incarnation: run.incarnation,
-                shard: run.shard,
-                attempt: run.attempt,
-            },
-            ToWorker::DrainAck => Frame::DrainAck,
+            ToWorker::StartAck(run) => wire::ToWorker::StartAck(RunRef::of(run)),
+            ToWorker::StartRefused(run) => wire::ToWorker::StartRefused(RunRef::of(run)),
+            ToWorker::StopRun(run) => wire::ToWorker::StopRun(RunRef::of(run)),
+            ToWorker::DrainAck => wire::ToWorker::DrainAck,
         };
-        let assign = matches!(frame, Frame::Assign(_));
+        let assign = matches!(frame, wire::ToWorker::Assign(_));
         let Some(link) = self.links.get(&worker) else {
             return;
         };

@@ -8,7 +8,7 @@ use serde_bytes::ByteBuf;
 use super::status::stored_progress;
 use super::{answer, error, Master};
 use crate::coord::{CoordError, JobStatus, LeaderStore};
-use crate::wire::{ErrorKind, Frame, JobOutcome};
+use crate::wire::{ErrorKind, JobOutcome, Reply};
 
 /// A job's result was marked fetched: the master forgets that it waits
 /// for its fetch, so that its collector reads its record again (a pass
@@ -43,7 +43,7 @@ impl Master {
         ctx: &mut Context<Self>,
         job_id: String,
         peer: crate::transport::PeerId,
-    ) -> ResponseActFuture<Self, Frame> {
+    ) -> ResponseActFuture<Self, Reply> {
         if let Some(refused) = self.deny_known(&job_id, &peer) {
             return Box::pin(fut::ready(refused));
         }
@@ -70,7 +70,7 @@ pub(super) async fn fetch(
     job_id: &str,
     peer: Option<&crate::transport::PeerId>,
     master: Addr<Master>,
-) -> Result<Frame, CoordError> {
+) -> Result<Reply, CoordError> {
     let Some(job) = store.read_job(job_id).await? else {
         return Ok(error(
             ErrorKind::NoSuchJob,
@@ -107,7 +107,7 @@ pub(super) async fn fetch(
             }
         }
     });
-    Ok(Frame::Outcome(JobOutcome {
+    Ok(Reply::Outcome(JobOutcome {
         progress,
         result: ByteBuf::from(bytes),
         failures: result.map(|r| r.failures).unwrap_or_default(),

@@ -22,7 +22,7 @@ pub(crate) struct WorkerJoined {
     pub node_id: String,
     pub slots: u32,
     pub jobs: Vec<String>,
-    pub tx: crate::transport::Outbox,
+    pub tx: crate::transport::Outbox<crate::wire::ToWorker>,
     pub link_id: u64,
     /// The link's protocol version.
     pub version: u32,
@@ -79,22 +79,13 @@ impl Handler<Started> for Master {
 #[rtype(result = "()")]
 pub(crate) struct Unstarted {
     pub node_id: String,
-    pub job_id: String,
-    pub incarnation: u64,
-    pub shard: ShardKey,
-    pub attempt: u32,
+    pub run: crate::wire::RunRef,
 }
 
 impl Handler<Unstarted> for Master {
     type Result = ();
     fn handle(&mut self, msg: Unstarted, ctx: &mut Context<Self>) {
-        let run = RunId {
-            epoch: self.store.epoch(),
-            job: msg.job_id,
-            incarnation: msg.incarnation,
-            shard: msg.shard,
-            attempt: msg.attempt,
-        };
+        let run = msg.run.at(self.store.epoch());
         let worker = msg.node_id;
         self.handle_core(ctx, CoreEvent::Unstarted { worker, run });
     }

@@ -51,7 +51,7 @@ use crate::core::master::{Event as CoreEvent, MasterCore, Phase};
 use crate::core::ShardKey;
 use crate::metrics as m;
 use crate::registry::{Accumulator, Registry};
-use crate::wire::{ErrorKind, Frame};
+use crate::wire::{ErrorKind, Reply, Request};
 
 /// What the master holds of a running job besides its accounts (in the
 /// [`Ledger`]) and its shards (in the [`Scheduler`]).
@@ -159,7 +159,7 @@ impl JobRuntime {
 struct Link {
     /// Its writer's queue (bounded: a worker that falls a whole queue
     /// behind is dropped, as one whose link broke).
-    tx: crate::transport::Outbox,
+    tx: crate::transport::Outbox<crate::wire::ToWorker>,
     id: u64,
     /// When the worker last said something (connected, started, reported).
     last_seen: std::time::Instant,
@@ -673,22 +673,22 @@ impl Handler<Stop> for Master {
 
 /// Any other client request (`GetJob`, `GetStatus`, `FetchResult`, `Cancel`).
 #[derive(Message)]
-#[rtype(result = "Frame")]
+#[rtype(result = "Reply")]
 pub(crate) struct ClientRequest {
-    pub frame: Frame,
+    pub frame: Request,
     /// Who asks: listings show only what it may see.
     pub peer: crate::transport::PeerId,
 }
 
 impl Handler<ClientRequest> for Master {
-    type Result = ResponseActFuture<Self, Frame>;
+    type Result = ResponseActFuture<Self, Reply>;
     fn handle(&mut self, msg: ClientRequest, ctx: &mut Context<Self>) -> Self::Result {
         match msg.frame {
-            Frame::GetStatus => Box::pin(fut::ready(self.status(&msg.peer))),
-            Frame::GetJob { job_id } => self.get_job(job_id, msg.peer),
-            Frame::FetchResult { job_id } => self.fetch(ctx, job_id, msg.peer),
-            Frame::Cancel { job_id } => self.cancel(ctx, job_id, msg.peer),
-            Frame::PlanJob {
+            Request::GetStatus => Box::pin(fut::ready(self.status(&msg.peer))),
+            Request::GetJob { job_id } => self.get_job(job_id, msg.peer),
+            Request::FetchResult { job_id } => self.fetch(ctx, job_id, msg.peer),
+            Request::Cancel { job_id } => self.cancel(ctx, job_id, msg.peer),
+            Request::PlanJob {
                 job_name,
                 task_count,
                 shard_size,
@@ -699,7 +699,7 @@ impl Handler<ClientRequest> for Master {
                 shard_size,
                 shape.as_deref(),
             ))),
-            Frame::ListJobs(query) => self.list_jobs(&msg.peer, query),
+            Request::ListJobs(query) => self.list_jobs(&msg.peer, query),
             other => Box::pin(fut::ready(error(
                 ErrorKind::Unsupported,
                 format!("unexpected request {}", other.name()),
@@ -723,22 +723,22 @@ impl Master {
 /// becomes an `Error` frame saying what went wrong.
 fn answer(
     master: &Master,
-    work: impl std::future::Future<Output = Result<Frame, CoordError>> + 'static,
-) -> ResponseActFuture<Master, Frame> {
+    work: impl std::future::Future<Output = Result<Reply, CoordError>> + 'static,
+) -> ResponseActFuture<Master, Reply> {
     Box::pin(
         work.into_actor(master)
             .map(|res, _, _| res.unwrap_or_else(|e| failed(&e))),
     )
 }
 
-fn error(kind: ErrorKind, message: impl std::fmt::Display) -> Frame {
-    Frame::error(kind, message)
+fn error(kind: ErrorKind, message: impl std::fmt::Display) -> Reply {
+    Reply::error(kind, message)
 }
 
 /// The `Error` frame of a ZooKeeper or store failure: nothing was done
 /// (a write whose outcome is unknown is answered apart, where it is
 /// made), so the request may be sent again.
-fn failed(e: &CoordError) -> Frame {
+fn failed(e: &CoordError) -> Reply {
     error(ErrorKind::Unavailable, e)
 }
 

@@ -11,13 +11,13 @@ use crate::core::master::Quarantined;
 use crate::core::Counters;
 use crate::transport::PeerId;
 use crate::wire::{
-    ClusterStatus, ErrorKind, Frame, JobPlanInfo, JobProgress, JobQuery, JobState, JobSummary,
+    ClusterStatus, ErrorKind, JobPlanInfo, JobProgress, JobQuery, JobState, JobSummary, Reply,
     WorkerStatus,
 };
 
 impl Master {
     /// The cluster as this master sees it.
-    pub(super) fn status(&self, peer: &PeerId) -> Frame {
+    pub(super) fn status(&self, peer: &PeerId) -> Reply {
         let workers = self
             .registered
             .iter()
@@ -52,7 +52,7 @@ impl Master {
             .filter_map(|(id, _)| self.progress(id))
             .chain(quarantined)
             .collect();
-        Frame::Status(ClusterStatus {
+        Reply::Status(ClusterStatus {
             leader: self.settings.node_id.clone(),
             epoch: self.store.epoch(),
             workers,
@@ -95,12 +95,12 @@ impl Master {
         &self,
         job_id: String,
         peer: crate::transport::PeerId,
-    ) -> ResponseActFuture<Self, Frame> {
+    ) -> ResponseActFuture<Self, Reply> {
         if let Some(refused) = self.deny_known(&job_id, &peer) {
             return Box::pin(fut::ready(refused));
         }
         if let Some(p) = self.progress(&job_id) {
-            return Box::pin(fut::ready(Frame::Job(p)));
+            return Box::pin(fut::ready(Reply::Job(p)));
         }
         let store = self.store.clone();
         let id = job_id.clone();
@@ -124,7 +124,7 @@ impl Master {
         task_count: u64,
         shard_size: u32,
         shape: Option<&str>,
-    ) -> Frame {
+    ) -> Reply {
         if self.settings.registry.get(job_name).is_none() {
             return self.unknown_job_type(job_name);
         }
@@ -138,7 +138,7 @@ impl Master {
             0 => crate::core::job::auto_shard_size(task_count, slots),
             n => n,
         };
-        Frame::Planned(JobPlanInfo {
+        Reply::Planned(JobPlanInfo {
             shard_size,
             shards: crate::core::shard_count(task_count, shard_size),
             workers: workers as u32,
@@ -149,7 +149,7 @@ impl Master {
 
     /// The refusal of a submission whose types for `job_name` are not
     /// this master's (with both shapes, when they were sent).
-    pub(super) fn other_types(&self, job_name: &str, shapes: Option<(&str, &str)>) -> Frame {
+    pub(super) fn other_types(&self, job_name: &str, shapes: Option<(&str, &str)>) -> Reply {
         let shapes = match shapes {
             Some((theirs, ours)) => format!(
                 ": the submission's types are {}; the master's are {}",
@@ -216,7 +216,7 @@ impl Master {
         &self,
         peer: &PeerId,
         query: JobQuery,
-    ) -> ResponseActFuture<Self, Frame> {
+    ) -> ResponseActFuture<Self, Reply> {
         let running: Vec<JobSummary> = self
             .jobs
             .iter()
@@ -284,7 +284,7 @@ impl Master {
                     owner,
                 });
             }
-            Ok(Frame::Jobs(query.answer(all)))
+            Ok(Reply::Jobs(query.answer(all)))
         };
         answer(self, work)
     }
@@ -305,7 +305,7 @@ fn clip(text: &str) -> String {
 pub(super) async fn read_progress(
     store: &LeaderStore,
     job_id: &str,
-) -> Result<(Frame, Option<Option<String>>), CoordError> {
+) -> Result<(Reply, Option<Option<String>>), CoordError> {
     let Some(job) = store.read_job(job_id).await? else {
         return Ok((
             error(ErrorKind::NoSuchJob, format!("no job {job_id}")),
@@ -315,7 +315,7 @@ pub(super) async fn read_progress(
     let result = store.read_result(&job).await?;
     let owner = job.record.owner.clone();
     Ok((
-        Frame::Job(stored_progress(&job, result.as_ref())),
+        Reply::Job(stored_progress(&job, result.as_ref())),
         Some(owner),
     ))
 }

@@ -20,7 +20,7 @@ use super::Master;
 use crate::coord::{CoordError, JobStatus, LeaderStore};
 use crate::core::ShardKey;
 use crate::transport::{FramedStream, TransportError};
-use crate::wire::{self, ErrorKind, Frame};
+use crate::wire::{self, ErrorKind, Reply};
 
 /// How long a stream waits for a job that is durable but not (yet) in
 /// this master's memory (it is being loaded after a takeover).
@@ -135,7 +135,7 @@ pub(crate) async fn stream_job(
         Err(Stop::Transport(e)) => Err(e),
         Err(Stop::Coord(e)) => {
             tracing::debug!(job = %job_id, error = %e, "a stream could not read; the client will ask again");
-            Ok(stream.reply(&Frame::NotMaster).await?)
+            Ok(stream.reply(&Reply::NotMaster).await?)
         }
     }
 }
@@ -169,7 +169,7 @@ async fn serve(
             })
             .await
         else {
-            return Ok(stream.reply(&Frame::NotMaster).await?);
+            return Ok(stream.reply(&Reply::NotMaster).await?);
         };
         match step {
             StreamStep::Running {
@@ -197,7 +197,7 @@ async fn serve(
                     match output {
                         Some(bytes) => {
                             stream
-                                .send(&Frame::Partial {
+                                .send(&Reply::Partial {
                                     shard: key,
                                     output: ByteBuf::from(bytes.as_slice()),
                                 })
@@ -217,7 +217,7 @@ async fn serve(
                 let Some(job) = store.read_job(&job_id).await? else {
                     let message = format!("no job {job_id}");
                     return Ok(stream
-                        .reply(&Frame::error(ErrorKind::NoSuchJob, message))
+                        .reply(&Reply::error(ErrorKind::NoSuchJob, message))
                         .await?);
                 };
                 let owner = job.record.owner.as_deref();
@@ -232,7 +232,7 @@ async fn serve(
                     // Durable but not in memory: being loaded (or just
                     // submitted on this master). Ask again shortly.
                     if !loading && waiting_since.elapsed() > LOADING_WAIT {
-                        return Ok(stream.reply(&Frame::NotMaster).await?);
+                        return Ok(stream.reply(&Reply::NotMaster).await?);
                     }
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -260,12 +260,12 @@ async fn serve(
                          {missing} shards are gone, and this stream is incomplete"
                     );
                     return Ok(stream
-                        .reply(&Frame::error(ErrorKind::JobState, message))
+                        .reply(&Reply::error(ErrorKind::JobState, message))
                         .await?);
                 }
                 let result = store.read_result(&job).await?;
                 let progress = stored_progress(&job, result.as_ref());
-                return Ok(stream.reply(&Frame::Job(progress)).await?);
+                return Ok(stream.reply(&Reply::Job(progress)).await?);
             }
         }
     }
@@ -277,7 +277,7 @@ async fn refuse_unstreamed(stream: &mut FramedStream, job_id: &str) -> Result<()
          (`submit --stream`), which keeps its outputs until it is collected"
     );
     Ok(stream
-        .reply(&Frame::error(ErrorKind::Invalid, message))
+        .reply(&Reply::error(ErrorKind::Invalid, message))
         .await?)
 }
 
@@ -322,7 +322,7 @@ async fn send_partial(
     };
     let output = store.read_output(&record.output).await?;
     stream
-        .send(&Frame::Partial {
+        .send(&Reply::Partial {
             shard: key,
             output: ByteBuf::from(output),
         })

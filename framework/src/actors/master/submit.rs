@@ -27,11 +27,11 @@ use crate::core::{recover_job, shard_count};
 use crate::metrics as m;
 use crate::registry::Registry;
 use crate::transport::PeerId;
-use crate::wire::{ErrorKind, Frame, JobOptions, SubmitHeader};
+use crate::wire::{ErrorKind, JobOptions, Reply, SubmitHeader};
 
 /// A client submission with its tasks.
 #[derive(Message)]
-#[rtype(result = "Frame")]
+#[rtype(result = "Reply")]
 pub(crate) struct Submit {
     pub header: SubmitHeader,
     pub tasks: Vec<ByteBuf>,
@@ -84,7 +84,7 @@ enum Speculated {
 }
 
 impl Handler<Submit> for Master {
-    type Result = ResponseActFuture<Self, Frame>;
+    type Result = ResponseActFuture<Self, Reply>;
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
         let h = msg.header;
         if self.settings.registry.get(&h.job_name).is_none() {
@@ -164,7 +164,7 @@ impl Handler<Submit> for Master {
                 }
                 let digest = digest_of(&h, tasks).await;
                 match same_submission(&h.job_id, kept.as_ref(), &digest) {
-                    Ok(()) => Frame::Accepted {
+                    Ok(()) => Reply::Accepted {
                         job_id: h.job_id,
                         existing: true,
                     },
@@ -172,7 +172,7 @@ impl Handler<Submit> for Master {
                 }
             };
             return Box::pin(fut.into_actor(self).map(move |frame, act, ctx| {
-                if matches!(frame, Frame::Accepted { .. }) {
+                if matches!(frame, Reply::Accepted { .. }) {
                     act.watch_sent(ctx, watch);
                 }
                 frame
@@ -243,7 +243,7 @@ impl Master {
         ctx: &mut Context<Self>,
         mut a: Admitted,
         job: StoredJob,
-    ) -> ResponseActFuture<Self, Frame> {
+    ) -> ResponseActFuture<Self, Reply> {
         let id = job.id.clone();
         let loaded = match new_loaded(
             &self.settings.registry,
@@ -284,7 +284,7 @@ impl Master {
                         Created::Durable
                     };
                     act.created(ctx, &id, outcome);
-                    Frame::Accepted {
+                    Reply::Accepted {
                         job_id: id,
                         existing: false,
                     }
@@ -325,7 +325,7 @@ impl Master {
     }
 
     /// Writes an admitted submission, then schedules it.
-    fn write_submission(&mut self, a: Admitted) -> ResponseActFuture<Self, Frame> {
+    fn write_submission(&mut self, a: Admitted) -> ResponseActFuture<Self, Reply> {
         let store = self.store.clone();
         let registry = self.settings.registry.clone();
         let Admitted {
@@ -396,7 +396,7 @@ impl Master {
         id: &str,
         written: Written,
         watch: Option<oneshot::Receiver<Watch>>,
-    ) -> Frame {
+    ) -> Reply {
         let (frame, watched) = match written {
             Written::New(loaded) => {
                 let tasks = loaded.plan.counters.tasks_total;
@@ -404,7 +404,7 @@ impl Master {
                 self.accepted(id, &name, tasks);
                 self.add_loaded(ctx, id.to_string(), *loaded);
                 (
-                    Frame::Accepted {
+                    Reply::Accepted {
                         job_id: id.to_string(),
                         existing: false,
                     },
@@ -423,7 +423,7 @@ impl Master {
                 // Asked for again: its result stays another retention.
                 self.retention.touch(id, std::time::Instant::now());
                 (
-                    Frame::Accepted {
+                    Reply::Accepted {
                         job_id: id.to_string(),
                         existing: true,
                     },
@@ -464,7 +464,7 @@ impl Master {
 
     /// A submission's write failed: the answer says whether it may have
     /// been accepted.
-    fn write_failed(&mut self, ctx: &mut Context<Self>, id: &str, e: &CoordError) -> Frame {
+    fn write_failed(&mut self, ctx: &mut Context<Self>, id: &str, e: &CoordError) -> Reply {
         if e.is_session_end() {
             self.fail(ctx, e);
         }
@@ -611,7 +611,7 @@ fn same_submission(id: &str, kept: Option<&ByteBuf>, digest: &ByteBuf) -> Result
 
 /// The `Error` frame of an admission refusal: a submission that cannot be
 /// accepted as it is, or not now (its id busy, the queue full).
-fn refused(refusal: &crate::core::job::Refusal) -> Frame {
+fn refused(refusal: &crate::core::job::Refusal) -> Reply {
     use crate::core::job::Refusal as R;
     let kind = match refusal {
         R::InvalidId(_) | R::InvalidOptions | R::Count { .. } => ErrorKind::Invalid,
@@ -622,7 +622,7 @@ fn refused(refusal: &crate::core::job::Refusal) -> Frame {
 
 impl Master {
     /// The refusal of a job type this master does not run.
-    pub(super) fn unknown_job_type(&self, name: &str) -> Frame {
+    pub(super) fn unknown_job_type(&self, name: &str) -> Reply {
         error(
             ErrorKind::Invalid,
             format!(

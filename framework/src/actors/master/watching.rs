@@ -26,7 +26,7 @@ use super::status::read_progress;
 use super::{error, failed, Master};
 use crate::coord::{OutputRef, ResultRecord};
 use crate::transport::PeerId;
-use crate::wire::{ErrorKind, Frame, JobOutcome, JobProgress, WATCH_PERIOD};
+use crate::wire::{ErrorKind, JobOutcome, JobProgress, Reply, WATCH_PERIOD};
 
 /// A client watches a job.
 #[derive(Message)]
@@ -36,11 +36,11 @@ pub(crate) struct Watch {
     /// End with the job's result.
     pub fetch: bool,
     /// Without `fetch`: end with the result if it is at hand, unmarked
-    /// (see [`Frame::WatchJob`]).
+    /// (see [`crate::wire::Request::WatchJob`]).
     pub unmarked: bool,
     /// Where its frames go (the client's stream): a watch whose queue is
     /// full is dropped, and its client watches again.
-    pub tx: crate::transport::Outbox,
+    pub tx: crate::transport::Outbox<Reply>,
     /// Who watches.
     pub peer: PeerId,
 }
@@ -55,7 +55,7 @@ pub(crate) struct MarkFetched {
 }
 
 struct Watcher {
-    tx: crate::transport::Outbox,
+    tx: crate::transport::Outbox<Reply>,
     fetch: bool,
     unmarked: bool,
     peer: PeerId,
@@ -162,7 +162,7 @@ impl Master {
         }
         let checked = owner.is_some() || peer.acts_for_all();
         if let Some(p) = self.progress(&job_id).filter(|_| progress && checked) {
-            if !tx.push(Frame::Job(p)) {
+            if !tx.push(Reply::Job(p)) {
                 return;
             }
         }
@@ -197,7 +197,7 @@ impl Master {
             Ok((frame, Some(owner))) => {
                 act.screen(&job_id, owner.as_deref());
                 match frame {
-                    Frame::Job(p) if p.state.is_final() => {
+                    Reply::Job(p) if p.state.is_final() => {
                         act.watch_ended(ctx, &job_id, p, None, false)
                     }
                     frame => act.push(&job_id, &frame),
@@ -228,7 +228,7 @@ impl Master {
                 act.watchers.flush_scheduled = false;
                 for id in std::mem::take(&mut act.watchers.dirty) {
                     if let Some(p) = act.progress(&id) {
-                        act.push(&id, &Frame::Job(p));
+                        act.push(&id, &Reply::Job(p));
                     }
                 }
             });
@@ -278,7 +278,7 @@ impl Master {
             _ => None,
         });
         let outcome = in_memory.map(|(bytes, failures)| {
-            Frame::Outcome(JobOutcome {
+            Reply::Outcome(JobOutcome {
                 progress: p.clone(),
                 result: bytes,
                 failures,
@@ -290,7 +290,7 @@ impl Master {
             }
             fetching.clear();
         }
-        let last = Frame::Job(p);
+        let last = Reply::Job(p);
         for w in others {
             let frame = match &outcome {
                 Some(o) if w.unmarked => o,
@@ -378,7 +378,7 @@ impl Master {
 
     /// Sends a frame to a job's watchers that may see it, forgetting those
     /// that are gone.
-    fn push(&mut self, job_id: &str, frame: &Frame) {
+    fn push(&mut self, job_id: &str, frame: &Reply) {
         if let Some(owner) = self.owner_of(job_id) {
             self.screen(job_id, owner.as_deref());
         }
@@ -391,7 +391,7 @@ impl Master {
     }
 
     /// Ends a job's watches with `frame` (an error).
-    fn end_watch(&mut self, job_id: &str, frame: &Frame) {
+    fn end_watch(&mut self, job_id: &str, frame: &Reply) {
         if let Some(ws) = self.watchers.by_job.remove(job_id) {
             for w in ws {
                 let _ = w.tx.push(frame.clone());
@@ -405,7 +405,7 @@ mod tests {
     use super::*;
 
     /// Adds a watch of job `j`; returns its client's end.
-    fn watch(ws: &mut Watchers, fetch: bool) -> tokio::sync::mpsc::Receiver<Frame> {
+    fn watch(ws: &mut Watchers, fetch: bool) -> tokio::sync::mpsc::Receiver<Reply> {
         let (tx, rx) = crate::transport::Outbox::new(crate::transport::WATCH_QUEUE, "watch");
         let peer = PeerId::new(crate::transport::Role::Client, "c").expect("a valid name");
         ws.by_job.entry("j".into()).or_default().push(Watcher {
@@ -444,7 +444,7 @@ mod tests {
         let refused = ws.screen("j", Some("client:alice"));
         assert_eq!(refused.len(), 1);
         assert!(
-            matches!(bob.try_recv(), Ok(Frame::Error { kind: ErrorKind::NotOwner, message }) if message.contains("belongs to client alice"))
+            matches!(bob.try_recv(), Ok(Reply::Error { kind: ErrorKind::NotOwner, message }) if message.contains("belongs to client alice"))
         );
         assert!(
             alice.try_recv().is_err() && ops.try_recv().is_err(),

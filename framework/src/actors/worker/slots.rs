@@ -24,7 +24,7 @@ use crate::metrics as m;
 use crate::registry::RunEnv;
 use crate::store::Store;
 use crate::task::Cancel;
-use crate::wire::{Assignment, Frame, ShardReport};
+use crate::wire::{Assignment, FromWorker, RunRef, ShardReport};
 
 /// A run for a slot: its id, its assignment and its cancellation flag.
 type Start = (RunId, Assignment, Cancel);
@@ -59,7 +59,7 @@ struct Shared {
     running: HashMap<RunId, Cancel>,
     /// The current link's writer (dropped when its queue is full: the
     /// writer then ends, and the link with it, as a broken one would).
-    link: Option<crate::transport::Outbox>,
+    link: Option<crate::transport::Outbox<FromWorker>>,
 }
 
 /// What carrying out the session's actions leaves to do outside the lock.
@@ -121,7 +121,7 @@ impl Slots {
         &self,
         s: &Arc<WorkerSettings>,
         epoch: u64,
-        link: crate::transport::Outbox,
+        link: crate::transport::Outbox<FromWorker>,
     ) {
         let mut sh = self.lock();
         sh.link = Some(link);
@@ -215,7 +215,7 @@ impl Shared {
                     let Some(a) = self.waiting.get(&run) else {
                         continue;
                     };
-                    let started = Frame::Started {
+                    let started = FromWorker::Started {
                         epoch: a.epoch,
                         job_id: run.job.clone(),
                         incarnation: run.incarnation,
@@ -245,7 +245,7 @@ impl Shared {
                 }
                 Action::SendReport(_) => {
                     if let Some(r) = report.take() {
-                        self.send(Frame::Report(r));
+                        self.send(FromWorker::Report(r));
                     }
                 }
                 Action::Forget(run) => {
@@ -259,20 +259,15 @@ impl Shared {
                         after.orphan = Some(name);
                     }
                 }
-                Action::SendUnstarted(run) => self.send(Frame::Unstarted {
-                    job_id: run.job,
-                    incarnation: run.incarnation,
-                    shard: run.shard,
-                    attempt: run.attempt,
-                }),
-                Action::SendDraining => self.send(Frame::Draining),
-                Action::SendDrained => self.send(Frame::Drained),
+                Action::SendUnstarted(run) => self.send(FromWorker::Unstarted(RunRef::of(run))),
+                Action::SendDraining => self.send(FromWorker::Draining),
+                Action::SendDrained => self.send(FromWorker::Drained),
             }
         }
         after
     }
 
-    fn send(&mut self, frame: Frame) {
+    fn send(&mut self, frame: FromWorker) {
         if self.link.as_ref().is_some_and(|link| !link.push(frame)) {
             self.link = None;
         }
