@@ -11,8 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-
 use super::{split_failures, ShardKey, TaskFailure};
 
 /// Final failures kept per job for its report.
@@ -25,7 +23,7 @@ pub const TASK_OVERHEAD: usize = 16;
 
 /// A job's progress: the one declaration of its counts, embedded wherever
 /// they are kept (the scheduler's jobs, plans, results, progress frames).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Tasks in the job.
     pub tasks_total: u64,

@@ -20,13 +20,11 @@ pub use recovery::{recover_job, CommittedShard, RecoveredJob};
 pub use scheduler::{Command, JobPlan, PendingShard, Scheduler, StartAnswer};
 pub use worker_session::WorkerSession;
 
-use serde::{Deserialize, Serialize};
-
 /// Identifies a shard within its job: `index` is the slice of the original
 /// task list (`index * shard_size ..`), `generation` counts retry rounds of
 /// the tasks of that slice that failed. Commit znodes are named after it, so
 /// a shard's outcome is committed at most once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardKey {
     /// Which slice of the job's tasks.
     pub index: u32,
@@ -77,7 +75,7 @@ pub struct RunId {
 }
 
 /// A task that failed one attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskFailure {
     /// Task index in the job.
     pub index: u64,

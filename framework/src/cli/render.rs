@@ -248,12 +248,13 @@ pub(super) fn print_report(r: &JobReport) {
 /// "failures": [{"index", "error", "attempt", "retryable"}, ...]}`, every
 /// failure in it.
 pub(super) fn report_json(r: &JobReport) -> String {
+    use crate::wire::core_serde::{Enc, EncList};
     let value = serde_json::json!({
         "job_id": r.progress.job_id,
         "job_name": r.progress.job_name,
         "state": r.progress.state,
-        "counters": r.progress.counters,
-        "failures": r.failures,
+        "counters": Enc(&r.progress.counters),
+        "failures": EncList(&r.failures),
     });
     value.to_string()
 }

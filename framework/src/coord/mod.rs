@@ -23,6 +23,8 @@ mod session;
 mod store;
 mod zk;
 
+#[cfg(test)]
+pub(crate) use records::CommitEntryRef;
 pub use records::{
     commit_entries, new_incarnation, submission_digest, FeaturesRecord, JobRecord, JobStatus,
     MasterInfo, NodeInfo, OutputRef, RecordName, ResultForm, ResultRecord, ShardRecord, WorkerInfo,

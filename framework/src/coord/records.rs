@@ -278,6 +278,7 @@ pub struct ShardRecord {
     /// Encoded partial result of the tasks that succeeded.
     pub output: OutputRef,
     /// Tasks that failed in this attempt.
+    #[serde(with = "crate::wire::core_serde::list")]
     pub failures: Vec<TaskFailure>,
 }
 
@@ -350,7 +351,8 @@ pub fn commit_entries(
     data: &[u8],
 ) -> Result<Vec<(crate::core::ShardKey, ShardRecord)>, String> {
     if name.parse::<RecordName>().is_ok() {
-        return rmp_serde::from_slice(data).map_err(|e| e.to_string());
+        let entries: Vec<CommitEntry> = rmp_serde::from_slice(data).map_err(|e| e.to_string())?;
+        return Ok(entries.into_iter().map(|e| (e.0, e.1)).collect());
     }
     let key = name
         .parse::<crate::core::ShardKey>()
@@ -358,6 +360,22 @@ pub fn commit_entries(
     let record = rmp_serde::from_slice(data).map_err(|e| e.to_string())?;
     Ok(vec![(key, record)])
 }
+
+/// One entry of a commit record, as it is read: a shard and its outcome,
+/// an array of two.
+#[derive(Deserialize)]
+struct CommitEntry(
+    #[serde(with = "crate::wire::core_serde::ShardKeyDef")] crate::core::ShardKey,
+    ShardRecord,
+);
+
+/// One entry of a commit record, as it is written ([`commit_entries`]
+/// reads it).
+#[derive(Serialize)]
+pub(crate) struct CommitEntryRef<'a>(
+    #[serde(with = "crate::wire::core_serde::ShardKeyDef")] pub crate::core::ShardKey,
+    pub &'a ShardRecord,
+);
 
 /// Data of `jobs/<job-id>/result`, and a compact job's result in its
 /// record.
@@ -374,8 +392,10 @@ pub struct ResultRecord {
     /// Encoded `Job::Result`.
     pub output: OutputRef,
     /// Tasks that failed every attempt (bounded).
+    #[serde(with = "crate::wire::core_serde::list")]
     pub failures: Vec<TaskFailure>,
     /// The job's final counts.
+    #[serde(with = "crate::wire::core_serde::CountersDef")]
     pub counters: Counters,
     /// How it is written: as it was read, or as its master chose.
     #[serde(skip)]
@@ -394,17 +414,19 @@ pub enum ResultForm {
 
 impl Serialize for ResultRecord {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use crate::wire::core_serde::{Enc, EncList};
         match self.form {
             ResultForm::Array => {
-                (&self.epoch, &self.output, &self.failures, &self.counters).serialize(serializer)
+                let (failures, counters) = (EncList(&self.failures), Enc(&self.counters));
+                (&self.epoch, &self.output, failures, counters).serialize(serializer)
             }
             ResultForm::Named => {
                 use serde::ser::SerializeStruct;
                 let mut s = serializer.serialize_struct("ResultRecord", 4)?;
                 s.serialize_field("epoch", &self.epoch)?;
                 s.serialize_field("output", &self.output)?;
-                s.serialize_field("failures", &self.failures)?;
-                s.serialize_field("counters", &self.counters)?;
+                s.serialize_field("failures", &EncList(&self.failures))?;
+                s.serialize_field("counters", &Enc(&self.counters))?;
                 s.end()
             }
         }
@@ -420,11 +442,25 @@ enum ResultRecordRepr {
     Named {
         epoch: u64,
         output: OutputRef,
+        #[serde(with = "crate::wire::core_serde::list")]
         failures: Vec<TaskFailure>,
+        #[serde(with = "crate::wire::core_serde::CountersDef")]
         counters: Counters,
     },
-    Now(u64, OutputRef, Vec<TaskFailure>, Counters),
-    Before(u64, OutputRef, Vec<TaskFailure>, u64, u64, u64),
+    Now(
+        u64,
+        OutputRef,
+        #[serde(with = "crate::wire::core_serde::list")] Vec<TaskFailure>,
+        #[serde(with = "crate::wire::core_serde::CountersDef")] Counters,
+    ),
+    Before(
+        u64,
+        OutputRef,
+        #[serde(with = "crate::wire::core_serde::list")] Vec<TaskFailure>,
+        u64,
+        u64,
+        u64,
+    ),
 }
 
 impl From<ResultRecordRepr> for ResultRecord {
@@ -474,7 +510,14 @@ mod tests {
     #[test]
     fn result_records_of_earlier_versions_and_of_the_named_form_are_read() {
         #[derive(Serialize)]
-        struct Before(u64, OutputRef, Vec<TaskFailure>, u64, u64, u64);
+        struct Before(
+            u64,
+            OutputRef,
+            #[serde(with = "crate::wire::core_serde::list")] Vec<TaskFailure>,
+            u64,
+            u64,
+            u64,
+        );
         let old = Before(
             3,
             OutputRef::Inline(ByteBuf::from(vec![1])),
@@ -511,14 +554,15 @@ mod tests {
         struct Named<'a> {
             epoch: u64,
             output: &'a OutputRef,
-            failures: &'a [TaskFailure],
+            failures: crate::wire::core_serde::EncList<'a, TaskFailure>,
+            #[serde(with = "crate::wire::core_serde::CountersDef")]
             counters: Counters,
             later: &'a str,
         }
         let named = crate::wire::encode_named(&Named {
             epoch: now.epoch,
             output: &now.output,
-            failures: &now.failures,
+            failures: crate::wire::core_serde::EncList(&now.failures),
             counters: now.counters,
             later: "a field this release does not know",
         })
@@ -554,12 +598,11 @@ mod tests {
                         output: OutputRef::Inline(ByteBuf::from(vec![i as u8])),
                         failures: Vec::new(),
                     };
-                    rmp_serde::to_vec(&(key, rec)).unwrap()
+                    rmp_serde::to_vec(&CommitEntryRef(key, &rec)).unwrap()
                 })
                 .collect();
             let refs: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
-            let read: Vec<(ShardKey, ShardRecord)> =
-                rmp_serde::from_slice(&join_entries(&refs)).unwrap();
+            let read = commit_entries("c2.1.1", &join_entries(&refs)).unwrap();
             assert_eq!(read.len(), n);
             for (i, (key, rec)) in read.iter().enumerate() {
                 assert_eq!((key.index, key.generation), (i as u32, i as u32 % 3));

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use serde_bytes::ByteBuf;
 
 use crate::coord::{
-    decode_record, encode_record, FeaturesRecord, JobRecord, JobStatus, MasterInfo, NodeInfo,
-    OutputRef, ResultRecord, ShardRecord, WorkerInfo,
+    commit_entries, decode_record, encode_record, CommitEntryRef, FeaturesRecord, JobRecord,
+    JobStatus, MasterInfo, NodeInfo, OutputRef, ResultRecord, ShardRecord, WorkerInfo,
 };
 use crate::core::{Counters, ShardKey, TaskFailure};
 use crate::wire::{
@@ -68,7 +68,11 @@ impl Sample {
             Sample::Worker(r) => encode_record("golden", r).expect("encodes"),
             Sample::Job(r) => encode_record("golden", r).expect("encodes"),
             Sample::Result(r) => encode_record("golden", r).expect("encodes"),
-            Sample::Commit(r) => encode_record("golden", r).expect("encodes"),
+            Sample::Commit(r) => {
+                let entries: Vec<CommitEntryRef> =
+                    r.iter().map(|(k, rec)| CommitEntryRef(*k, rec)).collect();
+                encode_record("golden", &entries).expect("encodes")
+            }
             Sample::Batch(r) => encode_record("golden", r).expect("encodes"),
             Sample::Node(r) => encode_record("golden", r).expect("encodes"),
             Sample::Features(r) => encode_record("golden", r).expect("encodes"),
@@ -113,7 +117,7 @@ impl Sample {
             Sample::Worker(_) => Sample::Worker(decode_record("golden", bytes).map_err(e)?),
             Sample::Job(_) => Sample::Job(decode_record("golden", bytes).map_err(e)?),
             Sample::Result(_) => Sample::Result(decode_record("golden", bytes).map_err(e)?),
-            Sample::Commit(_) => Sample::Commit(decode_record("golden", bytes).map_err(e)?),
+            Sample::Commit(_) => Sample::Commit(commit_entries("c1.1.1", bytes)?),
             Sample::Batch(_) => Sample::Batch(decode_record("golden", bytes).map_err(e)?),
             Sample::Node(_) => Sample::Node(decode_record("golden", bytes).map_err(e)?),
             Sample::Features(_) => Sample::Features(decode_record("golden", bytes).map_err(e)?),

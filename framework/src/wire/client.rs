@@ -81,6 +81,7 @@ pub struct JobProgress {
     pub state: JobState,
     /// Its tasks; those whose final outcome (success or failure) is
     /// committed; of those, failed; failed attempts retried.
+    #[serde(with = "crate::wire::core_serde::CountersDef")]
     pub counters: Counters,
 }
 
@@ -141,6 +142,7 @@ pub struct JobOutcome {
     /// The encoded `Job::Result` (empty if cancelled).
     pub result: ByteBuf,
     /// Tasks that failed every attempt (at most a bounded number are kept).
+    #[serde(with = "crate::wire::core_serde::list")]
     pub failures: Vec<TaskFailure>,
 }
 
@@ -292,6 +294,7 @@ messages! {
         /// of that shard's successful tasks), pushed on a `StreamJob`.
         Partial {
             /// The shard.
+            #[serde(with = "crate::wire::core_serde::ShardKeyDef")]
             shard: ShardKey,
             /// Its encoded partial `Job::Result`.
             output: ByteBuf,
@@ -422,6 +425,7 @@ pub struct JobSummary {
     /// Its tasks.
     pub tasks_total: u64,
     /// A running job's figures (a finished job's are in its result).
+    #[serde(with = "crate::wire::core_serde::maybe")]
     pub counters: Option<Counters>,
     /// When it was accepted (milliseconds since the Unix epoch; 0 if unknown).
     pub created_ms: u64,

@@ -23,6 +23,7 @@ pub struct Assignment {
     /// The registered job name, so the worker knows how to run and fold.
     pub job_name: String,
     /// Which shard.
+    #[serde(with = "crate::wire::core_serde::ShardKeyDef")]
     pub shard: ShardKey,
     /// Attempt number of this run (1-based).
     pub attempt: u32,
@@ -43,6 +44,7 @@ pub struct ShardReport {
     /// The job's incarnation, as assigned.
     pub incarnation: u64,
     /// Which shard.
+    #[serde(with = "crate::wire::core_serde::ShardKeyDef")]
     pub shard: ShardKey,
     /// Attempt number of the run.
     pub attempt: u32,
@@ -50,6 +52,7 @@ pub struct ShardReport {
     /// (empty when it went to the store: see `output_object`).
     pub output: ByteBuf,
     /// Tasks that failed in this run.
+    #[serde(with = "crate::wire::core_serde::list")]
     pub failures: Vec<TaskFailure>,
     /// The name of the store object holding the output, when it was too
     /// big to travel inline (written create-only by the worker).
@@ -66,6 +69,7 @@ pub struct RunRef {
     /// The job's incarnation.
     pub incarnation: u64,
     /// The shard.
+    #[serde(with = "crate::wire::core_serde::ShardKeyDef")]
     pub shard: ShardKey,
     /// The attempt.
     pub attempt: u32,
@@ -153,6 +157,7 @@ messages! {
             /// The job's incarnation.
             incarnation: u64,
             /// The shard.
+            #[serde(with = "crate::wire::core_serde::ShardKeyDef")]
             shard: ShardKey,
             /// The attempt.
             attempt: u32,

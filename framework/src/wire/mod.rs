@@ -14,6 +14,7 @@
 //! wire (the golden files check it).
 
 mod client;
+pub mod core_serde;
 mod link;
 
 pub use client::*;

@@ -13,7 +13,7 @@ use serde_bytes::ByteBuf;
 use super::JobRef;
 use super::{retry_loss, Committed, Finished, LeaderStore, Op, ShardOutput, StoredJob};
 use crate::coord::records::{
-    commit_entries, JobStatus, OutputRef, RecordName, ResultRecord, ShardRecord,
+    commit_entries, CommitEntryRef, JobStatus, OutputRef, RecordName, ResultRecord, ShardRecord,
 };
 use crate::coord::zk::{encode_record, CoordError};
 use crate::core::{shard_count, ShardKey};
@@ -233,7 +233,7 @@ impl LeaderStore {
         // the commit fits (the task indexes and attempts always stay).
         let mut keep = 1024;
         let entry = loop {
-            match encode_record(&bucket, &(key, &record)) {
+            match encode_record(&bucket, &CommitEntryRef(key, &record)) {
                 Err(CoordError::TooLarge { .. }) if keep > 0 => {
                     keep /= 8;
                     for f in &mut record.failures {
