@@ -23,6 +23,7 @@ fn frames(c: &mut Criterion) {
             .map(|i| (i, ByteBuf::from(vec![7u8; 100])))
             .collect(),
         ack_first: false,
+        priority: 3,
     });
     let mut buf = Vec::new();
     let mut g = c.benchmark_group("frame");
@@ -76,6 +77,7 @@ fn one_task_shards(shards: u32) -> JobPlan {
             ..Default::default()
         },
         pending,
+        priority: 0,
     }
 }
 

@@ -885,6 +885,7 @@ impl Client {
             max_attempts: options.max_attempts.unwrap_or(3).max(1),
             shard_timeout_ms: options.shard_timeout.map(|t| t.as_millis() as u64),
             stream: options.stream,
+            priority: 0,
         };
         // The first submission of each job type checks that the master
         // defines it as this binary does (one round trip per type).

@@ -48,6 +48,7 @@ fn options() -> JobOptions {
         max_attempts: 2,
         shard_timeout_ms: Some(1000),
         stream: true,
+        priority: 0,
     }
 }
 
@@ -93,6 +94,7 @@ fn frames() -> Vec<Vec<u8>> {
                 (1, ByteBuf::from(vec![4])),
             ],
             ack_first: true,
+            priority: 3,
         })),
         prefixed(FromWorker::Report(ShardReport {
             epoch: 3,

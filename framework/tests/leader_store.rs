@@ -22,6 +22,7 @@ fn record() -> JobRecord {
             max_attempts: 1,
             shard_timeout_ms: None,
             stream: false,
+            priority: 0,
         },
         tasks_total: 1,
         batches: 0,

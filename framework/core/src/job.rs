@@ -82,6 +82,8 @@ pub struct Submission<'a> {
     pub tasks: u64,
     /// Their bytes ([`task_bytes`]).
     pub bytes: usize,
+    /// Its priority (at most [`crate::scheduler::MAX_PRIORITY`]).
+    pub priority: u8,
 }
 
 /// Why a submission is refused: each message says what to do.
@@ -95,6 +97,12 @@ pub enum Refusal {
     /// Options out of range.
     #[error("shard size and max attempts must be at least 1")]
     InvalidOptions,
+    /// A priority past the highest.
+    #[error(
+        "priority {0} is out of range: use 0 (the default) to {max}, higher runs first",
+        max = crate::scheduler::MAX_PRIORITY
+    )]
+    Priority(u8),
     /// The header and the body disagree.
     #[error("header announced {announced} tasks, got {got}")]
     Count {
@@ -234,6 +242,9 @@ impl Ledger {
         check_job_id(s.job_id)?;
         if s.shard_size == 0 || s.max_attempts == 0 {
             return Err(Refusal::InvalidOptions);
+        }
+        if s.priority > crate::scheduler::MAX_PRIORITY {
+            return Err(Refusal::Priority(s.priority));
         }
         if s.announced != s.tasks {
             return Err(Refusal::Count {
@@ -611,6 +622,7 @@ mod tests {
             announced: 1,
             tasks: 1,
             bytes,
+            priority: 0,
         }
     }
 
@@ -674,6 +686,21 @@ mod tests {
             ..sub("j", 0)
         };
         assert!(matches!(l.begin_submission(&s), Err(Refusal::Full { .. })));
+    }
+
+    #[test]
+    fn a_priority_past_the_highest_is_refused_with_the_range() {
+        let at = |priority| Submission {
+            priority,
+            ..sub("j", 0)
+        };
+        assert_eq!(Ledger::check(&at(crate::scheduler::MAX_PRIORITY)), Ok(()));
+        let refused = Ledger::check(&at(10)).unwrap_err();
+        assert_eq!(refused, Refusal::Priority(10));
+        assert!(
+            refused.to_string().contains("use 0 (the default) to 9"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub enum ToWorker {
         tasks: Vec<u64>,
         /// The slot waits for the master's word before it runs it.
         ack_first: bool,
+        /// Its job's priority: the worker runs what it holds highest first.
+        priority: u8,
     },
     /// The run may start.
     StartAck(RunId),
@@ -844,6 +846,7 @@ impl MasterCore {
                     incarnation,
                     shard,
                     ack_first,
+                    priority,
                 } => {
                     let run = self.run_of(job, incarnation, shard.key, shard.attempt);
                     let tasks = shard.tasks;
@@ -851,6 +854,7 @@ impl MasterCore {
                         run,
                         tasks,
                         ack_first,
+                        priority,
                     };
                     self.send(worker, msg);
                 }

@@ -56,6 +56,8 @@ pub fn recover_job(
             ..Counters::default()
         },
         pending: Vec::new(),
+        // The caller's: the record's.
+        priority: 0,
     };
     let mut final_failures = Vec::new();
     let mut outputs = BTreeMap::new();

@@ -8,6 +8,15 @@
 //! and the candidates for a speculative copy in a set ordered by age. No
 //! call scans a job's shards, except forgetting a job with shards left.
 //!
+//! Jobs have a priority, 0 to [`MAX_PRIORITY`] (higher first): the turns
+//! are taken level by level, the highest level with a shard a free worker
+//! can take first, except that a level that waits gets every
+//! [`SHARE_EVERY`]th shard placed while it does (no level starves). A
+//! worker runs what it holds highest priority first; when a higher shard
+//! finds every worker that runs its job full, a lower run waiting in one
+//! of their queues is revoked to make room ([`Command::Revoke`]), at most
+//! one per such shard.
+//!
 //! A worker holds runs beyond its slots in its queue: three per slot
 //! ([`PREFETCH_PER_SLOT`]), seven while its runs are short
 //! ([`SHORT_RUN_PREFETCH`]). When the jobs' queues are empty and a slot
@@ -40,6 +49,17 @@ pub struct PendingShard {
     pub attempt: u32,
 }
 
+/// The highest priority a job may have (0 is the lowest, and the default).
+pub const MAX_PRIORITY: u8 = 9;
+
+/// Priority levels.
+const LEVELS: usize = MAX_PRIORITY as usize + 1;
+
+/// A level with shards waiting gets at least one in this many shards
+/// placed while it waits, however much waits above it: 90% of the
+/// placements go to the levels above, and a level below never starves.
+pub const SHARE_EVERY: u32 = 10;
+
 /// A job handed to the scheduler: new, or rebuilt from ZooKeeper by a new master.
 #[derive(Debug, Clone)]
 pub struct JobPlan {
@@ -58,6 +78,8 @@ pub struct JobPlan {
     pub counters: Counters,
     /// Shards still to run.
     pub pending: Vec<PendingShard>,
+    /// Higher runs first (0 to [`MAX_PRIORITY`]; above is taken as it).
+    pub priority: u8,
 }
 
 /// What the master must do.
@@ -76,6 +98,9 @@ pub enum Command {
         /// The worker's slot must wait for `StartAck` before it runs the
         /// shard (see [`Scheduler::started`]).
         ack_first: bool,
+        /// The job's priority: the worker runs what it holds highest
+        /// first.
+        priority: u8,
     },
     /// Commit this outcome for a shard that no worker will report on: its
     /// tasks used up their attempts on workers that died running them.
@@ -407,6 +432,7 @@ impl Pool {
                 attempt,
             },
             ack_first,
+            priority: job.priority,
         }
     }
 
@@ -527,6 +553,8 @@ pub fn retry_delay(job: &str, key: ShardKey, attempt: u32) -> Duration {
 struct JobState {
     incarnation: u64,
     name: String,
+    /// Its level in [`Queues::ready`].
+    priority: u8,
     max_attempts: u32,
     /// A run older than this gets a copy on another worker.
     shard_timeout: Option<Duration>,
@@ -552,11 +580,21 @@ impl JobState {
 /// What waits, and in which order.
 #[derive(Debug, Default)]
 struct Queues {
-    /// Jobs with shards ready to run, taking turns. An id may be stale (a
-    /// forgotten job): it is dropped when its turn comes.
-    ready: VecDeque<String>,
+    /// Per priority, the jobs with shards ready to run, taking turns. An
+    /// id may be stale (a forgotten job, or another job of its id at
+    /// another level): it is dropped when its turn comes.
+    ready: [VecDeque<String>; LEVELS],
     /// Shards in the jobs' queues.
     queued: usize,
+    /// Of those, per priority.
+    queued_at: [usize; LEVELS],
+    /// Per priority, the shards placed from the levels above since the
+    /// level last had one, while it had shards waiting ([`SHARE_EVERY`]).
+    passed_over: [u32; LEVELS],
+    /// Runs revoked to make room for a higher shard, while they are
+    /// revoking (kept lazily: an entry whose run no longer revokes is
+    /// dropped when next looked at).
+    preempted: BTreeSet<(String, ShardKey)>,
     /// Retries waiting out their backoff, by when they are due.
     delayed: BTreeSet<(Instant, String, ShardKey)>,
     /// Shards running on exactly one worker, by when that run was placed:
@@ -573,9 +611,42 @@ impl Queues {
             job.queue.push_back(key);
         }
         self.queued += 1;
+        self.queued_at[level(job.priority)] += 1;
         if !job.in_ready {
             job.in_ready = true;
-            self.ready.push_back(job_id.to_string());
+            self.ready[level(job.priority)].push_back(job_id.to_string());
+        }
+    }
+
+    /// A shard left `job`'s queue.
+    fn took(&mut self, job: &JobState, n: usize) {
+        self.queued -= n;
+        self.queued_at[level(job.priority)] -= n;
+    }
+
+    /// The level whose turn is next, of those not `blocked` with jobs
+    /// waiting: the highest, unless one below has been passed over
+    /// [`SHARE_EVERY`] - 1 times (the highest of those, then).
+    fn next_level(&self, blocked: &[bool; LEVELS]) -> Option<usize> {
+        let open = |l: &usize| !blocked[*l] && !self.ready[*l].is_empty();
+        let top = (0..LEVELS).rev().find(open)?;
+        let due = (0..top)
+            .rev()
+            .filter(open)
+            .find(|l| self.passed_over[*l] + 1 >= SHARE_EVERY);
+        Some(due.unwrap_or(top))
+    }
+
+    /// A shard of level `served` was placed: the levels below it that
+    /// wait were passed over once more; it was not.
+    fn served(&mut self, served: usize) {
+        self.passed_over[served] = 0;
+        for l in 0..served {
+            if self.ready[l].is_empty() {
+                self.passed_over[l] = 0;
+            } else {
+                self.passed_over[l] += 1;
+            }
         }
     }
 
@@ -606,6 +677,11 @@ impl Queues {
             self.delayed.remove(&(t, job_id.to_string(), key));
         }
     }
+}
+
+/// The level of a priority ([`MAX_PRIORITY`] for any above it).
+fn level(priority: u8) -> usize {
+    usize::from(priority.min(MAX_PRIORITY))
 }
 
 /// One final failure per task of a shard whose workers died running it.
@@ -834,6 +910,7 @@ impl Scheduler {
             shards: BTreeMap::new(),
             queue: VecDeque::new(),
             in_ready: false,
+            priority: plan.priority.min(MAX_PRIORITY),
         };
         for p in plan.pending {
             let attempt = p.attempt.max(1);
@@ -883,7 +960,7 @@ impl Scheduler {
     /// Takes what is left of a job out of the queues and off its workers:
     /// its runs are stopped.
     fn unindex_job(&mut self, id: &str, mut job: JobState, out: &mut Vec<Command>) {
-        self.queues.queued -= job.queue.len();
+        self.queues.took(&job, job.queue.len());
         for (key, shard) in &mut job.shards {
             self.queues.forget(id, *key, shard);
             if let ShardPhase::Running { runs } = &shard.phase {
@@ -928,14 +1005,30 @@ impl Scheduler {
         let mut out = Vec::new();
         // Job names no free worker runs, in this call (free slots only shrink).
         let mut no_worker_for: HashSet<String> = HashSet::new();
-        // Jobs visited since a shard was last placed: once every job in
-        // the ring has been, nothing more can be placed.
-        let mut idle_turns = 0;
-        while !self.pool.free.is_empty() && idle_turns < self.queues.ready.len() {
-            let Some(job_id) = self.queues.ready.pop_front() else {
+        // Per level: its jobs visited since a shard of it was last placed
+        // (once every job of its ring has been, nothing more of it can
+        // be), and whether that is so.
+        let mut idle_turns = [0usize; LEVELS];
+        let mut blocked = [false; LEVELS];
+        // The job names whose shards found no free worker, with the
+        // highest level that did: they may preempt lower runs.
+        let mut waiting: BTreeMap<String, usize> = BTreeMap::new();
+        while !self.pool.free.is_empty() {
+            let Some(l) = self.queues.next_level(&blocked) else {
                 break;
             };
-            let Some(job) = self.jobs.get_mut(&job_id) else {
+            if idle_turns[l] >= self.queues.ready[l].len() {
+                blocked[l] = true;
+                continue;
+            }
+            let Some(job_id) = self.queues.ready[l].pop_front() else {
+                continue;
+            };
+            let Some(job) = self
+                .jobs
+                .get_mut(&job_id)
+                .filter(|j| level(j.priority) == l)
+            else {
                 // A forgotten job's stale turn.
                 continue;
             };
@@ -943,7 +1036,7 @@ impl Scheduler {
                 let Some(key) = job.queue.pop_front() else {
                     break None;
                 };
-                self.queues.queued -= 1;
+                self.queues.took(job, 1);
                 if job
                     .shards
                     .get(&key)
@@ -964,30 +1057,118 @@ impl Scheduler {
             };
             match wid {
                 Some(wid) => {
-                    idle_turns = 0;
+                    idle_turns[l] = 0;
                     out.push(
                         self.pool
                             .place(&mut self.queues, &job_id, job, key, wid, now),
                     );
+                    self.queues.served(l);
                 }
                 None => {
                     // Nobody can take this job now: don't ask again for its other shards.
                     no_worker_for.insert(job.name.clone());
+                    let at = waiting.entry(job.name.clone()).or_insert(l);
+                    *at = (*at).max(l);
                     job.queue.push_front(key);
                     self.queues.queued += 1;
-                    idle_turns += 1;
+                    self.queues.queued_at[l] += 1;
+                    idle_turns[l] += 1;
                 }
             }
             if job.queue.is_empty() {
                 job.in_ready = false;
             } else {
-                self.queues.ready.push_back(job_id);
+                self.queues.ready[l].push_back(job_id);
             }
         }
+        if self.pool.free.is_empty() {
+            // Every worker full: the first jobs of each level wait too.
+            for l in 1..LEVELS {
+                for job_id in self.queues.ready[l].iter().take(STEAL_WALK) {
+                    if let Some(job) = self.jobs.get(job_id).filter(|j| level(j.priority) == l) {
+                        let at = waiting.entry(job.name.clone()).or_insert(l);
+                        *at = (*at).max(l);
+                    }
+                }
+            }
+        }
+        self.preempt(&waiting, &mut out);
+        #[cfg(test)]
+        self.check_work_conserving();
         if self.queues.queued == 0 {
             self.steal(&mut out);
         }
         out
+    }
+
+    /// Shards of the jobs in `waiting` (by name, with their highest
+    /// level) found every worker that runs them full: a lower run waiting
+    /// in one of those workers' queues (not started, not revoking) is
+    /// revoked for each, while the runs revoked so outnumber none of the
+    /// shards waiting at that level and above. Its worker's room goes to
+    /// the highest shard once the run is dropped ([`Scheduler::unstarted`]);
+    /// a run that started meanwhile runs on. The walk is bounded as a
+    /// steal's ([`STEAL_WALK`] workers each).
+    fn preempt(&mut self, waiting: &BTreeMap<String, usize>, out: &mut Vec<Command>) {
+        if waiting.values().all(|&l| l == 0) || self.pool.backlogged.is_empty() {
+            return;
+        }
+        let jobs = &self.jobs;
+        self.queues.preempted.retain(|p| revoking(jobs, p));
+        let mut by_level: Vec<(usize, &String)> =
+            waiting.iter().map(|(name, l)| (*l, name)).collect();
+        by_level.sort_unstable_by(|a, b| b.cmp(a));
+        for (l, name) in by_level {
+            let above: usize = self.queues.queued_at[l..].iter().sum();
+            if l == 0 || self.queues.preempted.len() >= above {
+                continue;
+            }
+            let found = self
+                .pool
+                .backlogged
+                .iter()
+                .filter_map(|id| Some((id, self.pool.workers.get(id)?)))
+                .filter(|(_, w)| self.pool.may_run(w, name))
+                .take(STEAL_WALK)
+                .find_map(|(id, w)| {
+                    w.running.iter().rev().find_map(|(job_id, key)| {
+                        let job = self.jobs.get(job_id)?;
+                        let shard = job.shards.get(key)?;
+                        match &shard.phase {
+                            ShardPhase::Running { runs }
+                                if level(job.priority) < l
+                                    && runs.len() == 1
+                                    && !runs[0].started
+                                    && !runs[0].revoking =>
+                            {
+                                Some((id.clone(), job_id.clone(), *key))
+                            }
+                            _ => None,
+                        }
+                    })
+                });
+            let Some((worker, job_id, key)) = found else {
+                continue;
+            };
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            let incarnation = job.incarnation;
+            let Some(shard) = job.shards.get_mut(&key) else {
+                continue;
+            };
+            if let ShardPhase::Running { runs } = &mut shard.phase {
+                runs[0].revoking = true;
+            }
+            out.push(Command::Revoke {
+                worker,
+                job: job_id.clone(),
+                incarnation,
+                key,
+                attempt: shard.attempt,
+            });
+            self.queues.preempted.insert((job_id, key));
+        }
     }
 
     /// Nothing waits in the jobs' queues: a run waiting in a worker's
@@ -1511,18 +1692,46 @@ impl Scheduler {
         self.queues.queued + self.queues.delayed.len()
     }
 
+    /// After `assign`: no job of any level has a shard ready that a
+    /// free worker could take (a level never waits on a worker that has
+    /// room for it, whatever waits above or below it). Looks at the first
+    /// jobs of each level.
+    #[cfg(test)]
+    fn check_work_conserving(&self) {
+        for ring in &self.queues.ready {
+            for id in ring.iter().take(4) {
+                let Some(job) = self.jobs.get(id) else {
+                    continue;
+                };
+                let ready = job.queue.iter().any(|k| {
+                    matches!(
+                        job.shards.get(k).map(|s| &s.phase),
+                        Some(ShardPhase::Pending)
+                    )
+                });
+                if ready {
+                    let free = self.pool.pick(&job.name, None, false);
+                    assert!(free.is_none(), "job {id} waits while {free:?} has room");
+                }
+            }
+        }
+    }
+
     /// Checks that every index agrees with the state it indexes (tests).
     #[cfg(test)]
     pub(crate) fn check_indexes(&self) {
         let mut queued = 0;
+        let mut queued_at = [0usize; LEVELS];
         let mut aging = BTreeSet::new();
         let mut delayed = BTreeSet::new();
         let mut held: BTreeMap<&str, BTreeSet<(String, ShardKey)>> = BTreeMap::new();
         for (id, job) in &self.jobs {
             queued += job.queue.len();
             if job.in_ready {
-                assert!(self.queues.ready.contains(id), "job {id}: in_ready");
+                let ring = &self.queues.ready[level(job.priority)];
+                assert!(ring.contains(id), "job {id}: in_ready");
             }
+            queued_at[level(job.priority)] += job.queue.len();
             if !job.queue.is_empty() {
                 assert!(job.in_ready, "job {id} has queued shards but no turn");
             }
@@ -1556,6 +1765,7 @@ impl Scheduler {
             }
         }
         assert_eq!(queued, self.queues.queued, "queued count");
+        assert_eq!(queued_at, self.queues.queued_at, "queued per priority");
         assert_eq!(aging, self.queues.aging, "aging index");
         assert_eq!(delayed, self.queues.delayed, "delayed index");
         let mut regulars: HashMap<String, usize> = HashMap::new();
@@ -1687,6 +1897,7 @@ mod tests {
                     attempt: 1,
                 })
                 .collect(),
+            priority: 0,
         }
     }
 
@@ -2169,6 +2380,123 @@ mod tests {
         s.check_indexes();
     }
 
+    fn at_priority(mut p: JobPlan, priority: u8) -> JobPlan {
+        p.priority = priority;
+        p
+    }
+
+    /// Job ids of the shards placed, in order.
+    fn placed_jobs(cmds: &[Command]) -> Vec<String> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Assign { job, .. } => Some(job.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_higher_priority_shard_is_placed_before_every_lower_one_that_waits() {
+        let mut s = Clocked::new();
+        s.add_job(at_priority(plan("low", 6, 1, 3), 0));
+        s.add_job(at_priority(plan("mid", 6, 1, 3), 4));
+        s.add_job(at_priority(plan("high", 3, 1, 3), 9));
+        // Room for ten: the three high first, then the middle, then the
+        // low ones (no level passed over nine times yet).
+        s.add_worker("a", 1, ["j".to_string()], false);
+        s.add_worker("b", 1, ["j".to_string()], false);
+        s.add_worker("c", 1, ["j".to_string()], false);
+        let order = placed_jobs(&s.assign());
+        assert_eq!(order.len() as u32, 3 * RUNS_PER_SLOT);
+        assert_eq!(order[..3], ["high", "high", "high"]);
+        assert_eq!(order[3..9], ["mid"; 6]);
+        assert_eq!(order[9..], ["low"; 3]);
+        // The runs carry their priority to the worker.
+        s.check_indexes();
+    }
+
+    #[test]
+    fn a_waiting_level_gets_every_tenth_shard_however_much_waits_above_it() {
+        let mut s = Clocked::new();
+        s.add_job(at_priority(plan("low", 50, 1, 3), 0));
+        s.add_job(at_priority(plan("high", 200, 1, 3), 9));
+        s.add_worker("a", 25, ["j".to_string()], false);
+        let order = placed_jobs(&s.assign());
+        assert_eq!(order.len(), 100);
+        let low: Vec<usize> = (0..order.len()).filter(|&i| order[i] == "low").collect();
+        assert_eq!(low, [9, 19, 29, 39, 49, 59, 69, 79, 89, 99]);
+        // Three levels: each waiting one gets its tenth.
+        let mut s = Clocked::new();
+        s.add_job(at_priority(plan("low", 50, 1, 3), 0));
+        s.add_job(at_priority(plan("mid", 50, 1, 3), 5));
+        s.add_job(at_priority(plan("high", 200, 1, 3), 9));
+        s.add_worker("a", 25, ["j".to_string()], false);
+        let order = placed_jobs(&s.assign());
+        for job in ["low", "mid"] {
+            let n = order.iter().filter(|j| *j == job).count();
+            assert!((9..=11).contains(&n), "{job}: {n} of 100: {order:?}");
+        }
+    }
+
+    #[test]
+    fn a_higher_shard_finding_every_worker_full_revokes_one_lower_run_waiting_in_a_queue() {
+        let n = RUNS_PER_SLOT;
+        let mut s = Clocked::new();
+        s.add_worker("a", 1, ["j".to_string()], false);
+        s.add_job(plan("low", 10, 1, 3));
+        let k = |index| ShardKey {
+            index,
+            generation: 0,
+        };
+        assert_eq!(assigned(&s.assign()).len() as u32, n);
+        assert_eq!(s.answer("a", "low", k(0), 1), StartAnswer::Nothing);
+        s.add_job(at_priority(plan("high", 2, 1, 3), 7));
+        // No room: one low run waiting in a's queue is revoked per high
+        // shard, the last placed first (the likeliest still queued).
+        let revoke = |key: ShardKey| Command::Revoke {
+            incarnation: 0,
+            worker: "a".into(),
+            job: "low".into(),
+            key,
+            attempt: 1,
+        };
+        assert_eq!(s.assign(), [revoke(k(n - 1))]);
+        assert_eq!(s.assign(), [revoke(k(n - 2))]);
+        assert_eq!(s.assign(), [], "no more revoked than high shards wait");
+        s.check_indexes();
+        // The first is dropped: the high shard takes its room.
+        s.unstarted("a", ("low", 0), k(n - 1), 1);
+        let placed = s.assign();
+        assert_eq!(placed_jobs(&placed), ["high"]);
+        assert!(
+            matches!(&placed[0], Command::Assign { priority: 7, .. }),
+            "{placed:?}"
+        );
+        // The second had started: it runs on, and the other high shard
+        // has another low run revoked, which is dropped in turn.
+        assert_eq!(s.answer("a", "low", k(n - 2), 1), StartAnswer::Nothing);
+        assert_eq!(s.assign(), [revoke(k(1))]);
+        assert_eq!(s.assign(), []);
+        s.unstarted("a", ("low", 0), k(1), 1);
+        assert_eq!(placed_jobs(&s.assign()), ["high"]);
+        // Only high runs and started low ones are left to a: nothing more
+        // is revoked, and the revoked low shards wait first in their
+        // job's queue.
+        assert_eq!(s.assign(), []);
+        assert!(s.report("a", "low", k(0), 1));
+        s.committed("low", k(0), 1, &[]);
+        let next = assigned(&s.assign());
+        assert_eq!(next[0], ("a".into(), k(1), 1), "{next:?}");
+        s.check_indexes();
+        // A lower shard never preempts a higher one.
+        let mut s = Clocked::new();
+        s.add_worker("a", 1, ["j".to_string()], false);
+        s.add_job(at_priority(plan("high", 10, 1, 3), 9));
+        assert_eq!(assigned(&s.assign()).len() as u32, n);
+        s.add_job(at_priority(plan("low", 2, 1, 3), 3));
+        assert_eq!(s.assign(), []);
+    }
+
     #[test]
     fn a_run_ages_from_its_start_not_from_its_wait_in_a_queue() {
         let t0 = Instant::now();
@@ -2343,7 +2671,7 @@ mod tests {
                 match self.down.pop_front() {
                     Some(Down::Assign(key, attempt, ack_first)) => self
                         .session
-                        .assigned(run(key, attempt), ack_first)
+                        .assigned(run(key, attempt), ack_first, 0)
                         .unwrap_or_default(),
                     Some(Down::Ack(key, attempt)) => self.session.acked(&run(key, attempt)),
                     Some(Down::Refused(key, attempt)) => self.session.refused(&run(key, attempt)),
@@ -2958,7 +3286,8 @@ mod tests {
                         next += 1;
                         let id = format!("j{next}");
                         jobs.insert(id.clone());
-                        let cmds = s.add_job(plan(&id, rng.gen_range(0..6), 1, 3));
+                        let p = plan(&id, rng.gen_range(0..6), 1, 3);
+                        let cmds = s.add_job(at_priority(p, rng.gen_range(0..=MAX_PRIORITY)));
                         apply(cmds, &mut runs, &mut jobs);
                     }
                     1 if !jobs.is_empty() => {

@@ -2,7 +2,10 @@
 //! assignments wait for a slot, which wait for the master's `StartAck`,
 //! which run, where a report goes, and when a draining worker is done.
 //!
-//! A slot takes its queue in arrival order. It says `Started` for every
+//! A slot takes its queue highest priority first, in arrival order within
+//! a priority (a run that waits for `StartAck`, and any run that came
+//! before it, keep their places: nothing overtakes such a run to start
+//! unseen beside it). It says `Started` for every
 //! run it takes; it waits for `StartAck` only when the assignment asks
 //! for it (`ack_first`: the master is not sure of the shard, see
 //! `Scheduler::started`), and otherwise runs at once, so that a short
@@ -69,9 +72,9 @@ pub struct WorkerSession {
     slots: usize,
     /// The epoch of the current link's master.
     link: Option<u64>,
-    /// Waiting for a slot, in arrival order, each with whether it must
-    /// wait for `StartAck`.
-    queue: VecDeque<(RunId, bool)>,
+    /// Waiting for a slot, in the order they start (see the module doc),
+    /// each with whether it must wait for `StartAck`, and its priority.
+    queue: VecDeque<(RunId, bool, u8)>,
     /// `Started` sent, waiting for `StartAck`: holds a slot.
     starting: BTreeSet<RunId>,
     /// Running, with the epoch of the link that started it: holds a slot.
@@ -113,15 +116,22 @@ impl WorkerSession {
         let waiting = self
             .queue
             .drain(..)
-            .map(|(run, _)| run)
+            .map(|(run, _, _)| run)
             .chain(std::mem::take(&mut self.starting));
         waiting.map(Action::Forget).collect()
     }
 
     /// An assignment from the master of `epoch`; `ack_first`: its slot
-    /// waits for `StartAck` before it runs. On `Ok`, keep its payload
-    /// under `run` until an action forgets or runs it.
-    pub fn assigned(&mut self, run: RunId, ack_first: bool) -> Result<Vec<Action>, Refused> {
+    /// waits for `StartAck` before it runs; it runs before the runs of
+    /// lower `priority` that wait (none that waits for `StartAck`, nor
+    /// one before such a run). On `Ok`, keep its payload under `run`
+    /// until an action forgets or runs it.
+    pub fn assigned(
+        &mut self,
+        run: RunId,
+        ack_first: bool,
+        priority: u8,
+    ) -> Result<Vec<Action>, Refused> {
         if self.link != Some(run.epoch) {
             return Err(Refused::OtherEpoch);
         }
@@ -131,7 +141,20 @@ impl WorkerSession {
         if self.holds(&run) {
             return Err(Refused::Duplicate);
         }
-        self.queue.push_back((run, ack_first));
+        let at = match ack_first {
+            true => self.queue.len(),
+            false => {
+                let after = self
+                    .queue
+                    .iter()
+                    .rposition(|(_, ack, _)| *ack)
+                    .map_or(0, |i| i + 1);
+                (after..self.queue.len())
+                    .find(|&i| self.queue[i].2 < priority)
+                    .unwrap_or(self.queue.len())
+            }
+        };
+        self.queue.insert(at, (run, ack_first, priority));
         let mut out = Vec::new();
         self.settle(&mut out);
         Ok(out)
@@ -154,7 +177,7 @@ impl WorkerSession {
     /// queued is forgotten, and the master told it never started; one
     /// running runs on (its report will be dropped).
     pub fn refused(&mut self, run: &RunId) -> Vec<Action> {
-        if let Some(i) = self.queue.iter().position(|(r, _)| r == run) {
+        if let Some(i) = self.queue.iter().position(|(r, _, _)| r == run) {
             self.queue.remove(i);
             return vec![
                 Action::Forget(run.clone()),
@@ -205,7 +228,7 @@ impl WorkerSession {
         let mut out: Vec<Action> = self
             .queue
             .drain(..)
-            .map(|(run, _)| Action::Forget(run))
+            .map(|(run, _, _)| Action::Forget(run))
             .collect();
         if self.link.is_some() {
             out.push(Action::SendDraining);
@@ -230,7 +253,7 @@ impl WorkerSession {
     }
 
     fn holds(&self, run: &RunId) -> bool {
-        self.queue.iter().any(|(r, _)| r == run)
+        self.queue.iter().any(|(r, _, _)| r == run)
             || self.starting.contains(run)
             || self.running.contains_key(run)
     }
@@ -241,7 +264,7 @@ impl WorkerSession {
             return;
         };
         while !self.draining && self.in_slots() < self.slots {
-            let Some((run, ack_first)) = self.queue.pop_front() else {
+            let Some((run, ack_first, _)) = self.queue.pop_front() else {
                 break;
             };
             out.push(Action::SendStarted(run.clone()));
@@ -290,12 +313,12 @@ mod tests {
         let mut s = WorkerSession::new(1);
         assert_eq!(s.connected(1), vec![]);
         assert_eq!(
-            s.assigned(run(0), true),
+            s.assigned(run(0), true, 0),
             Ok(vec![Action::SendStarted(run(0))])
         );
-        assert_eq!(s.assigned(run(1), true), Ok(vec![]));
-        assert_eq!(s.assigned(run(1), true), Err(Refused::Duplicate));
-        assert_eq!(s.assigned(at(2, 2), true), Err(Refused::OtherEpoch));
+        assert_eq!(s.assigned(run(1), true, 0), Ok(vec![]));
+        assert_eq!(s.assigned(run(1), true, 0), Err(Refused::Duplicate));
+        assert_eq!(s.assigned(at(2, 2), true, 0), Err(Refused::OtherEpoch));
         assert_eq!(
             s.acked(&run(1)),
             vec![],
@@ -322,14 +345,14 @@ mod tests {
             ..old.clone()
         };
         assert_eq!(
-            s.assigned(old.clone(), false),
+            s.assigned(old.clone(), false, 0),
             Ok(vec![
                 Action::SendStarted(old.clone()),
                 Action::Run(old.clone())
             ])
         );
-        assert_eq!(s.assigned(new.clone(), false), Ok(vec![]), "queued");
-        assert_eq!(s.assigned(new.clone(), false), Err(Refused::Duplicate));
+        assert_eq!(s.assigned(new.clone(), false, 0), Ok(vec![]), "queued");
+        assert_eq!(s.assigned(new.clone(), false, 0), Err(Refused::Duplicate));
         assert_eq!(
             s.finished(&old),
             vec![
@@ -347,15 +370,15 @@ mod tests {
     fn a_stopped_run_is_dropped_if_it_waits_and_cancelled_if_it_runs() {
         let mut s = WorkerSession::new(1);
         s.connected(1);
-        s.assigned(run(0), false).unwrap();
-        s.assigned(run(1), false).unwrap();
+        s.assigned(run(0), false, 0).unwrap();
+        s.assigned(run(1), false, 0).unwrap();
         assert_eq!(
             s.stop(&run(1)),
             vec![Action::Forget(run(1)), Action::SendUnstarted(run(1))]
         );
         assert_eq!(s.stop(&run(0)), vec![Action::Cancel(run(0))]);
         assert_eq!(s.in_slots(), 1, "it holds its slot until it ends");
-        s.assigned(run(2), false).unwrap();
+        s.assigned(run(2), false, 0).unwrap();
         assert_eq!(
             s.finished(&run(0)),
             vec![
@@ -368,8 +391,8 @@ mod tests {
         // One waiting for its `StartAck` gives its slot to the next.
         let mut s = WorkerSession::new(1);
         s.connected(1);
-        s.assigned(run(0), true).unwrap();
-        s.assigned(run(1), true).unwrap();
+        s.assigned(run(0), true, 0).unwrap();
+        s.assigned(run(1), true, 0).unwrap();
         assert_eq!(
             s.stop(&run(0)),
             vec![Action::Forget(run(0)), Action::SendStarted(run(1))]
@@ -381,12 +404,12 @@ mod tests {
         let mut s = WorkerSession::new(1);
         s.connected(1);
         assert_eq!(
-            s.assigned(run(0), false),
+            s.assigned(run(0), false, 0),
             Ok(vec![Action::SendStarted(run(0)), Action::Run(run(0))]),
             "Started goes first, then it runs without waiting"
         );
-        assert_eq!(s.assigned(run(1), true), Ok(vec![]), "the slot is taken");
-        assert_eq!(s.assigned(run(2), false), Ok(vec![]));
+        assert_eq!(s.assigned(run(1), true, 0), Ok(vec![]), "the slot is taken");
+        assert_eq!(s.assigned(run(2), false, 0), Ok(vec![]));
         assert_eq!(s.acked(&run(0)), vec![], "nothing waited for that ack");
         assert_eq!(s.refused(&run(0)), vec![], "nor for a refusal: it runs on");
         // The queue is taken in order: the run that waits holds up the one
@@ -395,7 +418,7 @@ mod tests {
             s.finished(&run(0)),
             vec![Action::SendReport(run(0)), Action::SendStarted(run(1))]
         );
-        assert_eq!(s.assigned(run(3), false), Ok(vec![]));
+        assert_eq!(s.assigned(run(3), false, 0), Ok(vec![]));
         assert_eq!(s.acked(&run(1)), vec![Action::Run(run(1))]);
         assert_eq!(
             s.finished(&run(1)),
@@ -416,9 +439,9 @@ mod tests {
     fn a_refused_start_frees_its_slot() {
         let mut s = WorkerSession::new(1);
         s.connected(1);
-        s.assigned(run(0), true).unwrap();
-        s.assigned(run(1), true).unwrap();
-        s.assigned(run(2), false).unwrap();
+        s.assigned(run(0), true, 0).unwrap();
+        s.assigned(run(1), true, 0).unwrap();
+        s.assigned(run(2), false, 0).unwrap();
         assert_eq!(
             s.refused(&run(0)),
             vec![Action::Forget(run(0)), Action::SendStarted(run(1))]
@@ -440,14 +463,14 @@ mod tests {
     fn a_lost_link_forgets_what_waited_and_a_later_drain_finishes() {
         let mut s = WorkerSession::new(1);
         s.connected(1);
-        s.assigned(run(0), true).unwrap();
-        s.assigned(run(1), true).unwrap();
+        s.assigned(run(0), true, 0).unwrap();
+        s.assigned(run(1), true, 0).unwrap();
         s.acked(&run(0));
         assert_eq!(s.disconnected(), vec![Action::Forget(run(1))]);
         // A new master assigns the same shard again: the old run is not its
         // run, and it still holds the only slot.
         s.connected(2);
-        assert_eq!(s.assigned(at(2, 0), true), Ok(vec![]), "no second slot");
+        assert_eq!(s.assigned(at(2, 0), true, 0), Ok(vec![]), "no second slot");
         assert_eq!(
             s.finished(&run(0)),
             vec![Action::Forget(run(0)), Action::SendStarted(at(2, 0))],
@@ -463,17 +486,58 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_takes_the_highest_priority_first_but_never_past_a_run_that_waits_for_its_ack() {
+        let mut s = WorkerSession::new(1);
+        s.connected(1);
+        let ran = |actions: Vec<Action>| -> Vec<u64> {
+            actions
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::SendStarted(r) => Some(r.shard.index.into()),
+                    _ => None,
+                })
+                .collect()
+        };
+        // The slot runs run 0; 1, 2 (priority 0) and 3 (priority 5) wait.
+        assert_eq!(ran(s.assigned(run(0), false, 0).unwrap()), [0]);
+        s.assigned(run(1), false, 0).unwrap();
+        s.assigned(run(2), false, 0).unwrap();
+        s.assigned(run(3), false, 5).unwrap();
+        // Run 4 waits for its acknowledgement: it keeps its place, and
+        // run 5, of a higher priority, does not pass it.
+        s.assigned(run(4), true, 0).unwrap();
+        s.assigned(run(5), false, 9).unwrap();
+        let mut order = Vec::new();
+        let mut next = s.finished(&run(0));
+        for _ in 0..5 {
+            let started = ran(next);
+            assert_eq!(started.len(), 1, "one slot");
+            let i = started[0];
+            order.push(i);
+            let r = run(i as u32);
+            next = if i == 4 {
+                let mut acked = s.acked(&r);
+                acked.extend(s.finished(&r));
+                acked
+            } else {
+                s.finished(&r)
+            };
+        }
+        assert_eq!(order, [3, 1, 2, 4, 5]);
+    }
+
+    #[test]
     fn draining_hands_back_the_queue_and_refuses_new_work() {
         let mut s = WorkerSession::new(1);
         s.connected(1);
-        s.assigned(run(0), true).unwrap();
-        s.assigned(run(1), true).unwrap();
+        s.assigned(run(0), true, 0).unwrap();
+        s.assigned(run(1), true, 0).unwrap();
         assert_eq!(
             s.drain(),
             vec![Action::Forget(run(1)), Action::SendDraining]
         );
         assert_eq!(s.drain(), vec![]);
-        assert_eq!(s.assigned(run(2), true), Err(Refused::Draining));
+        assert_eq!(s.assigned(run(2), true, 0), Err(Refused::Draining));
         // Started before the drain: its ack still comes, and it runs.
         assert_eq!(s.acked(&run(0)), vec![Action::Run(run(0))]);
         assert_eq!(
@@ -526,7 +590,7 @@ mod tests {
                         };
                         next += 1;
                         let r = at(link.unwrap_or(0), i);
-                        match s.assigned(r.clone(), rng.gen_bool(0.5)) {
+                        match s.assigned(r.clone(), rng.gen_bool(0.5), 0) {
                             Ok(a) => {
                                 live.insert(r);
                                 a

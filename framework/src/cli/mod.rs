@@ -216,6 +216,7 @@ impl JobArgs {
             max_attempts: self.max_attempts.max(1),
             shard_timeout_ms: self.shard_timeout_secs.map(|s| (s * 1000.0) as u64),
             stream: false,
+            priority: 0,
         }
     }
 }

@@ -657,6 +657,7 @@ mod tests {
                 max_attempts: 3,
                 shard_timeout_ms: None,
                 stream: false,
+                priority: 0,
             },
             tasks_total: 1,
             batches: 0,
@@ -747,6 +748,7 @@ mod tests {
                 max_attempts: 3,
                 shard_timeout_ms: Some(9),
                 stream: true,
+                priority: 0,
             },
             tasks_total: 1,
             batches: 0,
@@ -782,6 +784,7 @@ mod tests {
             max_attempts: 3,
             shard_timeout_ms: None,
             stream: false,
+            priority: 0,
         };
         let d = |name: &str, o: &JobOptions, t: &[&str]| submission_digest(name, o, &tasks(t));
         let base = d("j", &o, &["ab", "c"]);

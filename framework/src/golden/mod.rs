@@ -153,6 +153,7 @@ fn options() -> JobOptions {
         max_attempts: 3,
         shard_timeout_ms: Some(5_000),
         stream: true,
+        priority: 0,
     }
 }
 
@@ -238,6 +239,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
                 attempt: 1,
                 tasks: vec![(2, bytes(b"\xa3abc")), (3, bytes(b"\xa3def"))],
                 ack_first: true,
+                priority: 0,
             })),
         ),
         (
@@ -607,13 +609,24 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
             Sample::Request(Request::Submit(header)) => {
                 Sample::Request(Request::Submit(SubmitHeader {
                     shape: Some(0x1234_5678_9abc_def0),
+                    options: JobOptions {
+                        priority: 7,
+                        ..header.options
+                    },
                     ..header
                 }))
             }
             Sample::Job(record) => Sample::Job(JobRecord {
                 shape: Some(0x1234_5678_9abc_def0),
+                options: JobOptions {
+                    priority: 7,
+                    ..record.options
+                },
                 ..record
             }),
+            Sample::ToWorker(ToWorker::Assign(a)) => {
+                Sample::ToWorker(ToWorker::Assign(Assignment { priority: 9, ..a }))
+            }
             _ => continue,
         };
         out.push((name, extended));
@@ -705,7 +718,7 @@ fn every_frame_and_record_this_build_writes_is_read_by_the_baseline() {
     let extended = extended_samples();
     assert_eq!(
         extended.len(),
-        8,
+        9,
         "every value with a field added is extended"
     );
     for (name, sample) in samples().into_iter().chain(extended) {

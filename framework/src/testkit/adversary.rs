@@ -46,6 +46,7 @@ pub fn worst_request(i: usize) -> Vec<Request> {
                     max_attempts: 1,
                     shard_timeout_ms: None,
                     stream: false,
+                    priority: 0,
                 },
                 task_count: if chunks { 4 } else { u64::MAX },
                 shape: None,

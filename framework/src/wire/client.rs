@@ -27,10 +27,20 @@ pub struct JobOptions {
     /// encoding when false, so that older peers read such options.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stream: bool,
+    /// Higher runs first: 0 (the default) to
+    /// [`crate::core::scheduler::MAX_PRIORITY`]. Not part of the job's
+    /// identity (a resubmission at another priority finds the job). Left
+    /// out of the encoding when 0, as releases before priorities wrote it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+pub(super) fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// A submission: everything but the task bodies, which follow in

@@ -32,6 +32,11 @@ pub struct Assignment {
     /// The slot sends `Started` and waits for `StartAck` before it runs
     /// the shard; otherwise it runs at once after `Started`.
     pub ack_first: bool,
+    /// Its job's priority: the worker runs what it holds highest first
+    /// (`core::worker_session`). Left out when 0; a worker of a release
+    /// before priorities runs in arrival order.
+    #[serde(default, skip_serializing_if = "super::client::is_zero")]
+    pub priority: u8,
 }
 
 /// A worker's report on one assignment.

@@ -2196,6 +2196,7 @@ fn a_job_the_master_cannot_read_or_run_is_quarantined_and_every_other_job_runs()
             max_attempts: 3,
             shard_timeout_ms: None,
             stream: false,
+            priority: 0,
         },
         tasks_total: 3,
         batches: 0,

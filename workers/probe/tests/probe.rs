@@ -150,6 +150,7 @@ fn a_task_over_the_request_budget_is_refused_clearly() {
             max_attempts: 1,
             shard_timeout_ms: None,
             stream: false,
+            priority: 0,
         };
         let err = client
             .submit_encoded("probe", big, opts, None)
@@ -1456,6 +1457,7 @@ fn a_durable_job_the_master_did_not_run_runs_when_it_is_resubmitted() {
             max_attempts: 3,
             shard_timeout_ms: None,
             stream: false,
+            priority: 0,
         };
         let record = JobRecord {
             job_name: "probe".into(),
@@ -1546,6 +1548,7 @@ fn the_collectors_reads_do_not_grow_with_queued_or_unfetched_jobs() {
                 max_attempts: 3,
                 shard_timeout_ms: None,
                 stream: false,
+                priority: 0,
             },
             tasks_total: 1,
             batches: 0,

@@ -241,6 +241,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
                     max_attempts: 1,
                     shard_timeout_ms: None,
                     stream: false,
+                    priority: 0,
                 },
                 None,
             )

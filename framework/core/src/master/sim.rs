@@ -390,6 +390,10 @@ impl World {
                     attempt: 1,
                 })
                 .collect(),
+            priority: match self.rng.gen_bool(0.5) {
+                true => 0,
+                false => self.rng.gen_range(0..=crate::scheduler::MAX_PRIORITY + 1),
+            },
         };
         let kept_result = self.rng.gen_bool(0.7).then_some(16);
         let unreadable = self.rng.gen_bool(0.05);
@@ -600,9 +604,15 @@ impl World {
                 return;
             };
             let actions = match msg {
-                ToWorker::Assign { run, ack_first, .. } => {
-                    w.session.assigned(run, ack_first).unwrap_or_default()
-                }
+                ToWorker::Assign {
+                    run,
+                    ack_first,
+                    priority,
+                    ..
+                } => w
+                    .session
+                    .assigned(run, ack_first, priority)
+                    .unwrap_or_default(),
                 ToWorker::StartAck(run) => w.session.acked(&run),
                 ToWorker::StartRefused(run) => w.session.refused(&run),
                 ToWorker::StopRun(run) => w.session.stop(&run),

@@ -77,6 +77,7 @@ impl Master {
                 run,
                 tasks,
                 ack_first,
+                priority,
             } => {
                 let Some(rt) = self.jobs.get(&run.job) else {
                     return;
@@ -94,6 +95,7 @@ impl Master {
                     attempt: run.attempt,
                     tasks,
                     ack_first,
+                    priority,
                 })
             }
             ToWorker::StartAck(run) => wire::ToWorker::StartAck(RunRef::of(run)),

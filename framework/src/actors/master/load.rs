@@ -172,6 +172,7 @@ pub(super) async fn load(
         .collect();
     let mut plan = recovered.plan;
     plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
+    plan.priority = rec.options.priority;
     for p in &mut plan.pending {
         if let Some(&next) = losses.get(&p.key) {
             p.attempt = p.attempt.max(next);

@@ -846,6 +846,7 @@ mod tests {
                 max_attempts: 1,
                 shard_timeout_ms: None,
                 stream,
+                priority: 0,
             },
             tasks_total: 10_000,
             batches: 1,

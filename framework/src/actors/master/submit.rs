@@ -112,6 +112,7 @@ impl Handler<Submit> for Master {
             announced: h.task_count,
             tasks: msg.tasks.len() as u64,
             bytes,
+            priority: h.options.priority,
         };
         if let Err(refusal) = Ledger::check(&submission) {
             return Box::pin(fut::ready(refused(&refusal)));
@@ -305,6 +306,7 @@ impl Master {
                         announced: a.header.task_count,
                         tasks: a.tasks.len() as u64,
                         bytes: a.bytes,
+                        priority: a.options.priority,
                     };
                     if let Err(refusal) = act.core.begin_submission(&submission) {
                         return Box::pin(fut::ready(refused(&refusal))) as ResponseActFuture<_, _>;
@@ -541,6 +543,7 @@ fn new_loaded(
     .plan;
     plan.incarnation = rec.incarnation;
     plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
+    plan.priority = rec.options.priority;
     let acc = erased.new_acc();
     Ok(Loaded {
         rt: JobRuntime::new(job, tasks, acc),
@@ -614,7 +617,9 @@ fn same_submission(id: &str, kept: Option<&ByteBuf>, digest: &ByteBuf) -> Result
 fn refused(refusal: &crate::core::job::Refusal) -> Reply {
     use crate::core::job::Refusal as R;
     let kind = match refusal {
-        R::InvalidId(_) | R::InvalidOptions | R::Count { .. } => ErrorKind::Invalid,
+        R::InvalidId(_) | R::InvalidOptions | R::Priority(_) | R::Count { .. } => {
+            ErrorKind::Invalid
+        }
         R::Busy(_) | R::Full { .. } => ErrorKind::Unavailable,
     };
     error(kind, refusal)

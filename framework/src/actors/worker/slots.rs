@@ -151,7 +151,7 @@ impl Slots {
             attempt: a.attempt,
         };
         let mut sh = self.lock();
-        let actions = match sh.session.assigned(run.clone(), a.ack_first) {
+        let actions = match sh.session.assigned(run.clone(), a.ack_first, a.priority) {
             Ok(actions) => actions,
             Err(refused) => return Err((refused, run)),
         };
