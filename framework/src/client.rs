@@ -341,6 +341,12 @@ pub struct SubmitOptions {
     /// Its outputs will be streamed ([`JobHandle::stream`]): they are kept
     /// until the job is collected, so that a stream can always catch up.
     pub stream: bool,
+    /// Higher runs first: 0 (the default) to
+    /// [`crate::core::MAX_PRIORITY`]. A higher job's shards go
+    /// before every lower one that has not started (a level that waits
+    /// still gets every tenth shard placed); the master refuses a
+    /// priority past the highest ([`ClientError::Refused`]).
+    pub priority: u8,
 }
 
 /// A finished job's figures and failed tasks.
@@ -885,7 +891,7 @@ impl Client {
             max_attempts: options.max_attempts.unwrap_or(3).max(1),
             shard_timeout_ms: options.shard_timeout.map(|t| t.as_millis() as u64),
             stream: options.stream,
-            priority: 0,
+            priority: options.priority,
         };
         // The first submission of each job type checks that the master
         // defines it as this binary does (one round trip per type).

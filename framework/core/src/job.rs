@@ -82,7 +82,7 @@ pub struct Submission<'a> {
     pub tasks: u64,
     /// Their bytes ([`task_bytes`]).
     pub bytes: usize,
-    /// Its priority (at most [`crate::scheduler::MAX_PRIORITY`]).
+    /// Its priority (at most [`crate::MAX_PRIORITY`]).
     pub priority: u8,
 }
 
@@ -100,7 +100,7 @@ pub enum Refusal {
     /// A priority past the highest.
     #[error(
         "priority {0} is out of range: use 0 (the default) to {max}, higher runs first",
-        max = crate::scheduler::MAX_PRIORITY
+        max = crate::MAX_PRIORITY
     )]
     Priority(u8),
     /// The header and the body disagree.
@@ -243,7 +243,7 @@ impl Ledger {
         if s.shard_size == 0 || s.max_attempts == 0 {
             return Err(Refusal::InvalidOptions);
         }
-        if s.priority > crate::scheduler::MAX_PRIORITY {
+        if s.priority > crate::MAX_PRIORITY {
             return Err(Refusal::Priority(s.priority));
         }
         if s.announced != s.tasks {
@@ -694,7 +694,7 @@ mod tests {
             priority,
             ..sub("j", 0)
         };
-        assert_eq!(Ledger::check(&at(crate::scheduler::MAX_PRIORITY)), Ok(()));
+        assert_eq!(Ledger::check(&at(crate::MAX_PRIORITY)), Ok(()));
         let refused = Ledger::check(&at(10)).unwrap_err();
         assert_eq!(refused, Refusal::Priority(10));
         assert!(

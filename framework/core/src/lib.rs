@@ -17,7 +17,9 @@ pub mod worker_session;
 
 pub use job::{Counters, Ledger};
 pub use recovery::{recover_job, CommittedShard, RecoveredJob};
-pub use scheduler::{Command, JobPlan, PendingShard, Scheduler, StartAnswer};
+pub use scheduler::{
+    Command, JobPlan, PendingShard, Scheduler, StartAnswer, MAX_PRIORITY, SHARE_EVERY,
+};
 pub use worker_session::WorkerSession;
 
 /// Identifies a shard within its job: `index` is the slice of the original

@@ -203,6 +203,11 @@ struct JobArgs {
     /// (default: 4x the job's typical shard time).
     #[arg(long)]
     shard_timeout_secs: Option<f64>,
+    /// Higher runs first: 0 (the default) to 9. A higher job's shards go
+    /// before every lower one that has not started, except that a level
+    /// that waits gets every tenth shard placed (no job starves).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: u8,
 }
 
 impl JobArgs {
@@ -216,7 +221,7 @@ impl JobArgs {
             max_attempts: self.max_attempts.max(1),
             shard_timeout_ms: self.shard_timeout_secs.map(|s| (s * 1000.0) as u64),
             stream: false,
-            priority: 0,
+            priority: self.priority,
         }
     }
 }
@@ -689,6 +694,7 @@ impl NodeBuilder {
         T: Into<std::ffi::OsString> + Clone,
     {
         let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        self.check_reserved()?;
         let picked = pick_job(&mut args, &self.cli);
         let name = args
             .first()
@@ -728,6 +734,53 @@ impl NodeBuilder {
                 run_local(a, &self.cli, job.name(), tasks, opts)
             }
         }
+    }
+
+    /// Refuses a job whose arguments take a name `submit` or `local`
+    /// uses itself (`--priority`, `--output`, `-o`...): they would clash
+    /// on every command line, and a later release may reserve more (the
+    /// message names the argument).
+    fn check_reserved(&self) -> anyhow::Result<()> {
+        let cmd = <Cli as clap::CommandFactory>::command();
+        for sub in JOB_COMMANDS {
+            let Some(c) = cmd.find_subcommand(sub) else {
+                continue;
+            };
+            let own = |a: &clap::Arg| {
+                (
+                    a.get_id().to_string(),
+                    a.get_long().map(str::to_string),
+                    a.get_short(),
+                )
+            };
+            let reserved: Vec<_> = c
+                .get_arguments()
+                .chain(cmd.get_arguments())
+                .map(own)
+                .collect();
+            for job in &self.cli {
+                let args = job.augment(clap::Command::new(job.name()));
+                for a in args.get_arguments() {
+                    let (id, long, short) = own(a);
+                    let clash = reserved.iter().find(|(rid, rlong, rshort)| {
+                        *rid == id
+                            || (long.is_some() && *rlong == long)
+                            || (short.is_some() && *rshort == short)
+                    });
+                    if let Some((rid, _, _)) = clash {
+                        let named = long.map_or_else(|| id.clone(), |l| format!("--{l}"));
+                        return Err(ended(
+                            Exit::Error,
+                            format!(
+                                "job {} registers the argument {named}, which `{sub}` reserves                                  for itself (as {rid:?}): rename the job's argument",
+                                job.name()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The command line of this binary named `name`, with the arguments of
@@ -1496,5 +1549,80 @@ mod tests {
         );
         let wrapped = anyhow!("inner cause").context("outer");
         assert_eq!(error_text(&wrapped), "error: outer\n  because: inner cause");
+    }
+
+    /// A job whose argument takes a name `submit` uses itself
+    /// (`--priority` here) is refused when the binary starts, whatever
+    /// the command, with the argument's name; one whose arguments are its
+    /// own is not.
+    #[test]
+    fn a_job_registering_an_argument_submit_reserves_is_refused_at_start() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct T(u32);
+        impl crate::Task for T {
+            type Output = u32;
+            const NAME: &'static str = "t";
+            fn run(self, _: &crate::TaskContext) -> Result<u32, crate::TaskError> {
+                Ok(self.0)
+            }
+        }
+        macro_rules! cli_job {
+            ($job:ident, $args:ident, $name:literal) => {
+                struct $job;
+                impl crate::Job for $job {
+                    type Task = T;
+                    type Result = u32;
+                    const NAME: &'static str = $name;
+                    fn fold(acc: &mut u32, _: u64, output: u32) {
+                        *acc += output;
+                    }
+                    fn merge(acc: &mut u32, other: u32) {
+                        *acc += other;
+                    }
+                }
+                impl crate::cli_job::CliJob for $job {
+                    type Args = $args;
+                    fn tasks(_: &$args) -> Result<Vec<T>, crate::cli_job::BoxError> {
+                        Ok(Vec::new())
+                    }
+                    fn output(
+                        _: u32,
+                        _: &crate::JobReport,
+                        _: &crate::cli_job::Output,
+                    ) -> Result<(), crate::cli_job::BoxError> {
+                        Ok(())
+                    }
+                }
+            };
+        }
+        #[derive(clap::Args)]
+        struct Clashing {
+            /// How urgent, in the job's own words.
+            #[arg(long)]
+            priority: Option<String>,
+        }
+        #[derive(clap::Args)]
+        struct Own {
+            /// A name of its own.
+            #[arg(long)]
+            urgency: Option<String>,
+        }
+        cli_job!(Urgent, Clashing, "urgent");
+        cli_job!(Calm, Own, "calm");
+        let refused = NodeBuilder::default()
+            .cli_job::<Calm>()
+            .cli_job::<Urgent>()
+            .run_cli_from(["bin", "status"])
+            .unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            message
+                .contains("job urgent registers the argument --priority, which `submit` reserves"),
+            "{message}"
+        );
+        assert!(NodeBuilder::default()
+            .cli_job::<Calm>()
+            .check_reserved()
+            .is_ok());
     }
 }

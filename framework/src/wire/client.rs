@@ -28,7 +28,7 @@ pub struct JobOptions {
     #[serde(default, skip_serializing_if = "is_false")]
     pub stream: bool,
     /// Higher runs first: 0 (the default) to
-    /// [`crate::core::scheduler::MAX_PRIORITY`]. Not part of the job's
+    /// [`crate::core::MAX_PRIORITY`]. Not part of the job's
     /// identity (a resubmission at another priority finds the job). Left
     /// out of the encoding when 0, as releases before priorities wrote it.
     #[serde(default, skip_serializing_if = "is_zero")]

@@ -2546,3 +2546,97 @@ fn the_feature_level_rises_only_when_every_live_node_follows_it_and_is_never_out
         "{log}"
     );
 }
+
+/// Issue 33, item 1: behind a backlog of lower jobs that fills every
+/// worker's queue, a job of priority 9 runs first: lower runs waiting in
+/// the worker's queue are revoked to make room, and the worker runs the
+/// higher ones next. When it ends, the backlog has moved by about the run
+/// that held the slot (taking turns with the five jobs, it would have
+/// waited behind some twenty of their runs). A priority past 9 is refused
+/// by the command line and by the master, each saying the range.
+#[test]
+fn a_job_of_a_higher_priority_runs_before_the_backlog_of_lower_ones() {
+    use probe::{Behaviour, Probe};
+    use ringleader::client::{ClientError, SubmitOptions};
+    use ringleader::{Client, Collect};
+    let mut c = Cluster::new(BIN);
+    c.node("m", &["--role", "candidate"]);
+    c.node("w", &["--role", "worker", "--slots", "1"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(30)).await;
+        c.workers(&zk, 1, Duration::from_secs(30)).await;
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let sleepers = |first: u64| -> Vec<Probe> {
+            (first..first + 8)
+                .map(|value| Probe {
+                    value,
+                    behaviour: Behaviour::Sleep(100),
+                })
+                .collect()
+        };
+        let one_per_shard = |id: String, priority: u8| SubmitOptions {
+            job_id: Some(id),
+            shard_size: Some(1),
+            priority,
+            ..Default::default()
+        };
+        let mut backlog = Vec::new();
+        for i in 0..5 {
+            let opts = one_per_shard(format!("low-{i}"), 0);
+            let job = client.submit::<Collect<Probe>>(sleepers(i * 8), opts);
+            backlog.push(job.await.unwrap());
+        }
+        let done = || async {
+            let mut done = 0;
+            for i in 0..5 {
+                let p = client.progress(&format!("low-{i}")).await.unwrap();
+                done += p.counters.tasks_done;
+            }
+            done
+        };
+        // The worker is busy with the backlog, its queue full.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while done().await == 0 {
+            assert!(Instant::now() < deadline, "the backlog never started\n{}", c.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = done().await;
+        let urgent = probe::oks(100, 3);
+        let opts = one_per_shard("urgent".into(), 9);
+        let job = client.submit::<Collect<Probe>>(urgent, opts).await.unwrap();
+        let (results, _) = job.result().await.unwrap();
+        let after = done().await;
+        assert_eq!(results.len(), 3);
+        assert!(
+            after - before <= 6,
+            "the backlog moved by {} runs while the urgent job waited ({before} done before, 40 in all)",
+            after - before
+        );
+        assert!(after < 30, "{after} of 40 backlog runs done first");
+        // Priorities past 9 are refused, by the master too.
+        let opts = one_per_shard("too-urgent".into(), 10);
+        let refused = client.submit::<Collect<Probe>>(probe::oks(0, 1), opts).await;
+        match refused {
+            Err(ClientError::Refused { message, .. }) => {
+                assert!(message.contains("use 0 (the default) to 9"), "{message}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a priority of 10 was accepted"),
+        }
+        for job in backlog {
+            let (results, report) = job.result().await.unwrap();
+            assert_eq!((results.len(), report.progress.counters.tasks_failed), (8, 0));
+        }
+    });
+    // The command line says the range before anything is sent, and takes
+    // a priority in it.
+    let dir = c.dir.path().to_path_buf();
+    let one = write_tasks(&dir.join("one.jsonl"), &[ok(1)]);
+    let (code, _, err) = run(&c, "submit", &["probe", "--priority", "10", &one]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("10 is not in 0..=9"), "{err}");
+    let (code, out, err) = run(&c, "submit", &["probe", "--priority", "7", &one]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains('2'), "{out}");
+}

@@ -392,7 +392,7 @@ impl World {
                 .collect(),
             priority: match self.rng.gen_bool(0.5) {
                 true => 0,
-                false => self.rng.gen_range(0..=crate::scheduler::MAX_PRIORITY + 1),
+                false => self.rng.gen_range(0..=crate::MAX_PRIORITY + 1),
             },
         };
         let kept_result = self.rng.gen_bool(0.7).then_some(16);
