@@ -78,6 +78,7 @@ fn one_task_shards(shards: u32) -> JobPlan {
         },
         pending,
         priority: 0,
+        fairness: String::new(),
     }
 }
 

@@ -219,6 +219,9 @@ pub enum Event {
     /// Jobs inherited from an earlier master: they may hold objects no
     /// record names.
     Inherited(Vec<String>),
+    /// Fairness keys' weights, as stored (at the takeover) or as set
+    /// (an admin's request, once durable): each weighs this from now on.
+    Weighed(Vec<(String, u32)>),
     /// Unfinished jobs of an earlier master, with their owners, being
     /// read back (each then [`Event::Added`], unless cancelled meanwhile:
     /// see [`MasterCore::take_loaded`]).
@@ -591,6 +594,12 @@ impl MasterCore {
             } => self.reported(worker, run, failures, output, now),
             Event::Impossible { worker, reason } => self.impossible(&worker, reason),
             Event::Inherited(jobs) => self.inherited(jobs),
+            Event::Weighed(weights) => {
+                for (key, weight) in weights {
+                    self.sched.set_weight(&key, weight);
+                }
+                Dispatch::Yes
+            }
             Event::Loading(jobs) => self.loading_jobs(jobs),
             Event::Unreadable { job, why } => self.unreadable(job, *why),
             Event::Added(job) => self.add(*job),
@@ -1330,6 +1339,12 @@ impl MasterCore {
             }
             _ => true,
         }
+    }
+
+    /// Each fairness key with a weight set or shards waiting: its
+    /// weight and its shards waiting, by key.
+    pub fn fair_shares(&self) -> BTreeMap<String, (u32, u64)> {
+        self.sched.fair_shares()
     }
 
     /// Whether assignments wait for ZooKeeper.

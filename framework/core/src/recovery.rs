@@ -58,6 +58,7 @@ pub fn recover_job(
         pending: Vec::new(),
         // The caller's: the record's.
         priority: 0,
+        fairness: String::new(),
     };
     let mut final_failures = Vec::new();
     let mut outputs = BTreeMap::new();

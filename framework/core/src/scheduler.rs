@@ -38,6 +38,10 @@ use std::time::{Duration, Instant};
 
 use super::{split_failures, Counters, ShardKey, TaskFailure};
 
+mod fair;
+
+pub use fair::MAX_WEIGHT;
+
 /// A shard waiting to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingShard {
@@ -80,6 +84,10 @@ pub struct JobPlan {
     pub pending: Vec<PendingShard>,
     /// Higher runs first (0 to [`MAX_PRIORITY`]; above is taken as it).
     pub priority: u8,
+    /// Its fairness key: within a level, keys get shards in proportion to
+    /// their weights ([`Scheduler::set_weight`]), and a key's jobs take
+    /// turns. Its owner's, unless the job names another.
+    pub fairness: String,
 }
 
 /// What the master must do.
@@ -555,6 +563,8 @@ struct JobState {
     name: String,
     /// Its level in [`Queues::ready`].
     priority: u8,
+    /// Its fairness key at that level.
+    fairness: String,
     max_attempts: u32,
     /// A run older than this gets a copy on another worker.
     shard_timeout: Option<Duration>,
@@ -580,10 +590,13 @@ impl JobState {
 /// What waits, and in which order.
 #[derive(Debug, Default)]
 struct Queues {
-    /// Per priority, the jobs with shards ready to run, taking turns. An
-    /// id may be stale (a forgotten job, or another job of its id at
-    /// another level): it is dropped when its turn comes.
-    ready: [VecDeque<String>; LEVELS],
+    /// Per priority, the jobs with shards ready to run, taking turns by
+    /// fairness key. An id may be stale (a forgotten job, or another job
+    /// of its id at another level or key): it is dropped when its turn
+    /// comes.
+    ready: [fair::Level; LEVELS],
+    /// The fairness keys' weights, where not 1.
+    weights: HashMap<String, u32>,
     /// Shards in the jobs' queues.
     queued: usize,
     /// Of those, per priority.
@@ -614,7 +627,8 @@ impl Queues {
         self.queued_at[level(job.priority)] += 1;
         if !job.in_ready {
             job.in_ready = true;
-            self.ready[level(job.priority)].push_back(job_id.to_string());
+            let weight = self.weights.get(&job.fairness).copied().unwrap_or(1);
+            self.ready[level(job.priority)].push(&job.fairness, weight, job_id.to_string());
         }
     }
 
@@ -628,7 +642,7 @@ impl Queues {
     /// waiting: the highest, unless one below has been passed over
     /// [`SHARE_EVERY`] - 1 times (the highest of those, then).
     fn next_level(&self, blocked: &[bool; LEVELS]) -> Option<usize> {
-        let open = |l: &usize| !blocked[*l] && !self.ready[*l].is_empty();
+        let open = |l: &usize| !blocked[*l] && self.ready[*l].has_turn();
         let top = (0..LEVELS).rev().find(open)?;
         let due = (0..top)
             .rev()
@@ -911,6 +925,7 @@ impl Scheduler {
             queue: VecDeque::new(),
             in_ready: false,
             priority: plan.priority.min(MAX_PRIORITY),
+            fairness: plan.fairness,
         };
         for p in plan.pending {
             let attempt = p.attempt.max(1);
@@ -1005,10 +1020,11 @@ impl Scheduler {
         let mut out = Vec::new();
         // Job names no free worker runs, in this call (free slots only shrink).
         let mut no_worker_for: HashSet<String> = HashSet::new();
-        // Per level: its jobs visited since a shard of it was last placed
-        // (once every job of its ring has been, nothing more of it can
-        // be), and whether that is so.
-        let mut idle_turns = [0usize; LEVELS];
+        // Per level and key: its jobs' turns that placed nothing since it
+        // last placed a shard (once every job of a key has had one, the
+        // key can place nothing more in this call: it is parked), and the
+        // levels with no key left to take a turn.
+        let mut idle_turns: HashMap<(usize, String), usize> = HashMap::new();
         let mut blocked = [false; LEVELS];
         // The job names whose shards found no free worker, with the
         // highest level that did: they may preempt lower runs.
@@ -1017,19 +1033,17 @@ impl Scheduler {
             let Some(l) = self.queues.next_level(&blocked) else {
                 break;
             };
-            if idle_turns[l] >= self.queues.ready[l].len() {
+            let Some((fkey, job_id)) = self.queues.ready[l].take_turn() else {
                 blocked[l] = true;
-                continue;
-            }
-            let Some(job_id) = self.queues.ready[l].pop_front() else {
                 continue;
             };
             let Some(job) = self
                 .jobs
                 .get_mut(&job_id)
-                .filter(|j| level(j.priority) == l)
+                .filter(|j| level(j.priority) == l && j.fairness == fkey)
             else {
                 // A forgotten job's stale turn.
+                self.queues.ready[l].end_turn(fkey, None, false, false);
                 continue;
             };
             let key = loop {
@@ -1047,6 +1061,7 @@ impl Scheduler {
             };
             let Some(key) = key else {
                 job.in_ready = false;
+                self.queues.ready[l].end_turn(fkey, None, false, false);
                 continue;
             };
             let wid = if no_worker_for.contains(&job.name) {
@@ -1055,14 +1070,15 @@ impl Scheduler {
                 let avoid = job.shards.get(&key).and_then(|s| s.avoid.as_deref());
                 self.pool.pick(&job.name, avoid, false)
             };
-            match wid {
+            let (served, park) = match wid {
                 Some(wid) => {
-                    idle_turns[l] = 0;
+                    idle_turns.remove(&(l, fkey.clone()));
                     out.push(
                         self.pool
                             .place(&mut self.queues, &job_id, job, key, wid, now),
                     );
                     self.queues.served(l);
+                    (true, false)
                 }
                 None => {
                     // Nobody can take this job now: don't ask again for its other shards.
@@ -1072,19 +1088,27 @@ impl Scheduler {
                     job.queue.push_front(key);
                     self.queues.queued += 1;
                     self.queues.queued_at[l] += 1;
-                    idle_turns[l] += 1;
+                    let idle = idle_turns.entry((l, fkey.clone())).or_default();
+                    *idle += 1;
+                    (false, *idle > self.queues.ready[l].jobs_of(&fkey))
                 }
-            }
-            if job.queue.is_empty() {
-                job.in_ready = false;
-            } else {
-                self.queues.ready[l].push_back(job_id);
-            }
+            };
+            let again = match job.queue.is_empty() {
+                true => {
+                    job.in_ready = false;
+                    None
+                }
+                false => Some(job_id),
+            };
+            self.queues.ready[l].end_turn(fkey, again, served, park);
+        }
+        for ready in &mut self.queues.ready {
+            ready.unpark();
         }
         if self.pool.free.is_empty() {
             // Every worker full: the first jobs of each level wait too.
             for l in 1..LEVELS {
-                for job_id in self.queues.ready[l].iter().take(STEAL_WALK) {
+                for job_id in self.queues.ready[l].first_jobs(STEAL_WALK) {
                     if let Some(job) = self.jobs.get(job_id).filter(|j| level(j.priority) == l) {
                         let at = waiting.entry(job.name.clone()).or_insert(l);
                         *at = (*at).max(l);
@@ -1687,6 +1711,36 @@ impl Scheduler {
         self.pool.workers.contains_key(worker)
     }
 
+    /// Sets the weight of fairness key `key` (1 to [`MAX_WEIGHT`]; 0 is
+    /// taken as 1): within a level, keys with shards waiting get them in
+    /// proportion to their weights. A key never set weighs 1.
+    pub fn set_weight(&mut self, key: &str, weight: u32) {
+        let weight = weight.clamp(1, MAX_WEIGHT);
+        match weight {
+            1 => self.queues.weights.remove(key),
+            w => self.queues.weights.insert(key.to_string(), w),
+        };
+        for level in &mut self.queues.ready {
+            level.reweigh(key, weight);
+        }
+    }
+
+    /// Each fairness key with a weight set or shards ready: its weight
+    /// and its shards ready to run. Walks the jobs that wait.
+    pub fn fair_shares(&self) -> BTreeMap<String, (u32, u64)> {
+        let mut out: BTreeMap<String, (u32, u64)> = self
+            .queues
+            .weights
+            .iter()
+            .map(|(k, w)| (k.clone(), (*w, 0)))
+            .collect();
+        for job in self.jobs.values().filter(|j| !j.queue.is_empty()) {
+            let weight = self.queues.weights.get(&job.fairness).copied().unwrap_or(1);
+            out.entry(job.fairness.clone()).or_insert((weight, 0)).1 += job.queue.len() as u64;
+        }
+        out
+    }
+
     /// Shards waiting to run: ready, or in their retry's backoff.
     pub fn queued(&self) -> usize {
         self.queues.queued + self.queues.delayed.len()
@@ -1699,7 +1753,7 @@ impl Scheduler {
     #[cfg(test)]
     fn check_work_conserving(&self) {
         for ring in &self.queues.ready {
-            for id in ring.iter().take(4) {
+            for id in ring.first_jobs(4) {
                 let Some(job) = self.jobs.get(id) else {
                     continue;
                 };
@@ -1729,7 +1783,7 @@ impl Scheduler {
             queued += job.queue.len();
             if job.in_ready {
                 let ring = &self.queues.ready[level(job.priority)];
-                assert!(ring.contains(id), "job {id}: in_ready");
+                assert!(ring.holds(&job.fairness, id), "job {id}: in_ready");
             }
             queued_at[level(job.priority)] += job.queue.len();
             if !job.queue.is_empty() {
@@ -1898,6 +1952,7 @@ mod tests {
                 })
                 .collect(),
             priority: 0,
+            fairness: String::new(),
         }
     }
 
@@ -2436,6 +2491,63 @@ mod tests {
             let n = order.iter().filter(|j| *j == job).count();
             assert!((9..=11).contains(&n), "{job}: {n} of 100: {order:?}");
         }
+    }
+
+    fn keyed(mut p: JobPlan, key: &str) -> JobPlan {
+        p.fairness = key.to_string();
+        p
+    }
+
+    #[test]
+    fn keys_with_work_get_shards_in_proportion_to_their_weights_and_their_jobs_take_turns() {
+        let mut s = Clocked::new();
+        s.set_weight("bob", 3);
+        s.add_job(keyed(plan("al-1", 300, 1, 3), "al"));
+        s.add_job(keyed(plan("al-2", 300, 1, 3), "al"));
+        s.add_job(keyed(plan("bob-1", 600, 1, 3), "bob"));
+        s.add_worker("a", 100, ["j".to_string()], false);
+        let order = placed_jobs(&s.assign());
+        assert_eq!(order.len(), 400);
+        let bob = order.iter().filter(|j| j.starts_with("bob")).count();
+        assert!((299..=301).contains(&bob), "bob got {bob} of 400");
+        // Al's two jobs share al's quarter, in turn.
+        let al: Vec<&String> = order.iter().filter(|j| j.starts_with("al")).collect();
+        assert!(al.windows(2).all(|w| w[0] != w[1]), "{al:?}");
+        // Within every window of 40 placements, the shares hold.
+        for w in order.chunks(40) {
+            let bob = w.iter().filter(|j| j.starts_with("bob")).count();
+            assert!((29..=31).contains(&bob), "bob got {bob} of 40");
+        }
+        s.check_indexes();
+    }
+
+    #[test]
+    fn a_key_that_comes_gets_its_share_at_once_and_no_credit_for_its_absence() {
+        let mut s = Clocked::new();
+        s.add_job(keyed(plan("al-1", 1000, 1, 3), "al"));
+        s.add_worker("a", 25, ["j".to_string()], false);
+        assert_eq!(placed_jobs(&s.assign()), vec!["al-1"; 100]);
+        // Bob comes with a backlog: from his first turn, half of what is
+        // placed is his, not a hundred turns to catch up on.
+        s.add_job(keyed(plan("bob-1", 1000, 1, 3), "bob"));
+        s.add_worker("b", 25, ["j".to_string()], false);
+        let order = placed_jobs(&s.assign());
+        assert_eq!(order.len(), 100);
+        for w in order.chunks(10) {
+            let bob = w.iter().filter(|j| *j == "bob-1").count();
+            assert_eq!(bob, 5, "{w:?}");
+        }
+        // A share left unused goes to the others: carol has three shards.
+        s.add_job(keyed(plan("carol-1", 3, 1, 3), "carol"));
+        s.set_weight("bob", 2);
+        s.add_worker("c", 25, ["j".to_string()], false);
+        let order = placed_jobs(&s.assign());
+        assert_eq!(order.len(), 100);
+        let count = |who: &str| order.iter().filter(|j| *j == who).count();
+        assert_eq!(count("carol-1"), 3);
+        assert!((63..=66).contains(&count("bob-1")), "{}", count("bob-1"));
+        assert_eq!(count("al-1") + count("bob-1"), 97);
+        s.check_indexes();
     }
 
     #[test]

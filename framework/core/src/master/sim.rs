@@ -394,6 +394,7 @@ impl World {
                 true => 0,
                 false => self.rng.gen_range(0..=crate::MAX_PRIORITY + 1),
             },
+            fairness: ["", "a", "b"][self.rng.gen_range(0..3)].to_string(),
         };
         let kept_result = self.rng.gen_bool(0.7).then_some(16);
         let unreadable = self.rng.gen_bool(0.05);
@@ -926,6 +927,11 @@ impl World {
             8 if self.rng.gen_bool(0.05) => {
                 let up = self.core.is_paused();
                 self.handle(Event::Connected(up));
+            }
+            9 if self.rng.gen_bool(0.02) => {
+                let key = ["", "a", "b"][self.rng.gen_range(0..3)].to_string();
+                let weight = self.rng.gen_range(0..5);
+                self.handle(Event::Weighed(vec![(key, weight)]));
             }
             9..=11 => self.handle(Event::Tick),
             12..=20 => self.answer(),
