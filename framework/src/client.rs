@@ -147,6 +147,9 @@ pub enum Refusal {
     JobState,
     /// The master does not know the request: an older version.
     Unsupported,
+    /// This certificate does not allow the request: an admin's or a
+    /// node's is needed.
+    Forbidden,
 }
 
 /// What a caller should do about a [`ClientError`] ([`ClientError::advice`]).
@@ -183,6 +186,7 @@ impl ClientError {
             ErrorKind::NotOwner => refused(Refusal::NotOwner),
             ErrorKind::JobState => refused(Refusal::JobState),
             ErrorKind::Unsupported => refused(Refusal::Unsupported),
+            ErrorKind::Forbidden => refused(Refusal::Forbidden),
         }
     }
 
@@ -347,6 +351,28 @@ pub struct SubmitOptions {
     /// still gets every tenth shard placed); the master refuses a
     /// priority past the highest ([`ClientError::Refused`]).
     pub priority: u8,
+    /// Its fairness key (default: the submitter's principal,
+    /// `client:<name>`): within a priority, keys with shards waiting get
+    /// them in proportion to their weights ([`Client::set_fairness`]), and
+    /// a key's jobs take turns. A key that names a principal may be taken
+    /// only by that principal, an admin or a node.
+    pub fairness_key: Option<String>,
+}
+
+/// The error of an `Error` reply to a request of protocol 7 on: a master
+/// of a release before it says `Unsupported`, and the message says which
+/// feature it lacks.
+fn older_master(kind: ErrorKind, message: String, what: &str) -> ClientError {
+    match kind {
+        ErrorKind::Unsupported => ClientError::Refused {
+            kind: Refusal::Unsupported,
+            message: format!(
+                "the serving master is of a release before {what} ({message}): upgrade it \
+                 (see \"Upgrading\" in the README)"
+            ),
+        },
+        kind => ClientError::from_frame(kind, message, None),
+    }
 }
 
 /// A finished job's figures and failed tasks.
@@ -892,6 +918,7 @@ impl Client {
             shard_timeout_ms: options.shard_timeout.map(|t| t.as_millis() as u64),
             stream: options.stream,
             priority: options.priority,
+            fairness_key: options.fairness_key.clone(),
         };
         // The first submission of each job type checks that the master
         // defines it as this binary does (one round trip per type).
@@ -997,6 +1024,33 @@ impl Client {
         match self.request(&[Request::ListJobs(query)]).await? {
             Reply::Jobs(j) => Ok(j),
             Reply::Error { kind, message } => Err(ClientError::from_frame(kind, message, None)),
+            other => Err(ClientError::Protocol(other.name().into())),
+        }
+    }
+
+    /// Sets the weight of fairness `key` (1 to [`crate::core::MAX_WEIGHT`];
+    /// 1, the default, clears it): within a priority, keys with shards
+    /// waiting get them in proportion to their weights. Stored with the
+    /// cluster (a new master keeps it); returns once durable. An admin's
+    /// or a node's certificate is needed ([`Refusal::Forbidden`]).
+    pub async fn set_fairness(&self, key: &str, weight: u32) -> Result<(), ClientError> {
+        let ask = Request::SetFairness {
+            key: key.to_string(),
+            weight,
+        };
+        match self.request(&[ask]).await? {
+            Reply::Ok => Ok(()),
+            Reply::Error { kind, message } => Err(older_master(kind, message, "fairness weights")),
+            other => Err(ClientError::Protocol(other.name().into())),
+        }
+    }
+
+    /// The fairness keys with a weight set or shards waiting, with their
+    /// weights and their shards waiting.
+    pub async fn fairness(&self) -> Result<crate::wire::FairnessList, ClientError> {
+        match self.request(&[Request::ListFairness]).await? {
+            Reply::Fairness(list) => Ok(list),
+            Reply::Error { kind, message } => Err(older_master(kind, message, "fairness weights")),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }

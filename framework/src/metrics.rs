@@ -139,6 +139,8 @@ pub const CLIENT_REQUEST_KINDS: &[&str] = &[
     "PlanJob",
     "ListJobs",
     "StreamJob",
+    "SetFairness",
+    "ListFairness",
 ];
 
 /// Object store operations measured under [`STORE_OP_SECONDS`].
@@ -153,6 +155,7 @@ pub const ZK_OPS: &[&str] = &[
     "set_status",
     "delete",
     "connect",
+    "fairness",
 ];
 
 /// What kind of metric an entry is.

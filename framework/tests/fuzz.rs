@@ -49,6 +49,7 @@ fn options() -> JobOptions {
         shard_timeout_ms: Some(1000),
         stream: true,
         priority: 0,
+        fairness_key: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn record() -> JobRecord {
             shard_timeout_ms: None,
             stream: false,
             priority: 0,
+            fairness_key: None,
         },
         tasks_total: 1,
         batches: 0,

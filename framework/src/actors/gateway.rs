@@ -327,7 +327,9 @@ async fn handle_stream(
         | Request::FetchResult { .. }
         | Request::Cancel { .. }
         | Request::PlanJob { .. }
-        | Request::ListJobs(_)) => {
+        | Request::ListJobs(_)
+        | Request::SetFairness { .. }
+        | Request::ListFairness) => {
             master
                 .send(ClientRequest {
                     frame: other,

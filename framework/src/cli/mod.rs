@@ -9,6 +9,7 @@
 //! `render` prints, `local` runs the one-machine demo. The jobs
 //! themselves are described in [`crate::cli_job`].
 
+mod fairness;
 mod features;
 mod local;
 mod render;
@@ -208,6 +209,11 @@ struct JobArgs {
     /// that waits gets every tenth shard placed (no job starves).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=9))]
     priority: u8,
+    /// The job's fairness key (default: its owner, `client:NAME`): within
+    /// a priority, keys with shards waiting get slots in proportion to
+    /// their weights (`fairness set`), and a key's jobs take turns.
+    #[arg(long)]
+    fairness_key: Option<String>,
 }
 
 impl JobArgs {
@@ -222,6 +228,7 @@ impl JobArgs {
             shard_timeout_ms: self.shard_timeout_secs.map(|s| (s * 1000.0) as u64),
             stream: false,
             priority: self.priority,
+            fairness_key: self.fairness_key.clone(),
         }
     }
 }
@@ -448,6 +455,9 @@ enum Cmd {
     /// The cluster's feature level: `show`, or `upgrade` once every node
     /// follows a higher one (with a node's certificates).
     Features(features::FeaturesArgs),
+    /// Fairness keys' weights: `set KEY --weight W` (an admin's or a
+    /// node's certificate), `list`.
+    Fairness(fairness::FairnessArgs),
     /// Start a private ZooKeeper and N nodes here, run a job (`local JOB
     /// ARGS...`), stop everything.
     Local(LocalArgs),
@@ -714,6 +724,7 @@ impl NodeBuilder {
             Cmd::Node(a) => run_node(self, a),
             Cmd::Certs(a) => run_certs(a),
             Cmd::Features(a) => features::run_features(a),
+            Cmd::Fairness(a) => fairness::run_fairness(a),
             Cmd::Submit(a) => {
                 let job = job()?;
                 self.run_submit(a, job, &sub)

@@ -8,6 +8,7 @@
 //! master                               EPHEMERAL   MasterInfo, written once recovery is done
 //! nodes/<node-id>                      EPHEMERAL   NodeInfo: every live node, its build and feature level
 //! features                             PERSISTENT  FeaturesRecord: the cluster's feature level (absent: 0)
+//! fairness                             PERSISTENT  FairnessRecord: fairness keys' weights (absent: all 1), written by the master
 //! workers/<node-id>                    EPHEMERAL   WorkerInfo
 //! jobs/<job-id>                        PERSISTENT  JobRecord
 //! jobs/<job-id>/batches/<k>            PERSISTENT  encoded tasks, each request under the size budget
@@ -26,8 +27,9 @@ mod zk;
 #[cfg(test)]
 pub(crate) use records::CommitEntryRef;
 pub use records::{
-    commit_entries, new_incarnation, submission_digest, FeaturesRecord, JobRecord, JobStatus,
-    MasterInfo, NodeInfo, OutputRef, RecordName, ResultForm, ResultRecord, ShardRecord, WorkerInfo,
+    commit_entries, new_incarnation, submission_digest, FairnessRecord, FeaturesRecord, JobRecord,
+    JobStatus, MasterInfo, NodeInfo, OutputRef, RecordName, ResultForm, ResultRecord, ShardRecord,
+    WorkerInfo,
 };
 pub use session::{Connection, Connections, Session, Won};
 pub use store::Amend;

@@ -85,6 +85,16 @@ pub struct FeaturesRecord {
     pub by: String,
 }
 
+/// Data of `/fairness`: the fairness keys' weights that are not 1
+/// (absent: every key weighs 1). Written by the master, at an admin's
+/// request ([`crate::wire::Request::SetFairness`]); read at each takeover.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FairnessRecord {
+    /// Weight by key.
+    #[serde(default)]
+    pub weights: std::collections::BTreeMap<String, u32>,
+}
+
 /// Lifecycle of a job in ZooKeeper.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum JobStatus {
@@ -165,6 +175,16 @@ pub fn new_incarnation() -> u64 {
 pub const KEPT_RESULT_BYTES: usize = 16 * 1024;
 
 impl JobRecord {
+    /// The job's fairness key: the one it named, else its owner's
+    /// principal (empty for a job of a release before owners).
+    pub fn fairness_key(&self) -> String {
+        self.options
+            .fairness_key
+            .clone()
+            .or_else(|| self.owner.clone())
+            .unwrap_or_default()
+    }
+
     /// A compact job is one znode until it runs: its tasks are in its
     /// record (no `batches`), its commit records are its own children (no
     /// `done` and buckets), and `lost` is created at its first lost run.
@@ -658,6 +678,7 @@ mod tests {
                 shard_timeout_ms: None,
                 stream: false,
                 priority: 0,
+                fairness_key: None,
             },
             tasks_total: 1,
             batches: 0,
@@ -749,6 +770,7 @@ mod tests {
                 shard_timeout_ms: Some(9),
                 stream: true,
                 priority: 0,
+                fairness_key: None,
             },
             tasks_total: 1,
             batches: 0,
@@ -785,6 +807,7 @@ mod tests {
             shard_timeout_ms: None,
             stream: false,
             priority: 0,
+            fairness_key: None,
         };
         let d = |name: &str, o: &JobOptions, t: &[&str]| submission_digest(name, o, &tasks(t));
         let base = d("j", &o, &["ab", "c"]);

@@ -217,6 +217,10 @@ impl Layout {
     pub fn features(&self) -> String {
         format!("{}/features", self.root)
     }
+    /// The fairness keys' weights ([`super::FairnessRecord`]).
+    pub fn fairness(&self) -> String {
+        format!("{}/fairness", self.root)
+    }
     /// Parent of worker registrations.
     pub fn workers(&self) -> String {
         format!("{}/workers", self.root)

@@ -18,14 +18,14 @@ use std::path::{Path, PathBuf};
 use serde_bytes::ByteBuf;
 
 use crate::coord::{
-    commit_entries, decode_record, encode_record, CommitEntryRef, FeaturesRecord, JobRecord,
-    JobStatus, MasterInfo, NodeInfo, OutputRef, ResultRecord, ShardRecord, WorkerInfo,
+    commit_entries, decode_record, encode_record, CommitEntryRef, FairnessRecord, FeaturesRecord,
+    JobRecord, JobStatus, MasterInfo, NodeInfo, OutputRef, ResultRecord, ShardRecord, WorkerInfo,
 };
 use crate::core::{Counters, ShardKey, TaskFailure};
 use crate::wire::{
-    self, Assignment, ClusterStatus, ErrorKind, FromWorker, Hello, JobList, JobOptions, JobOutcome,
-    JobPlanInfo, JobProgress, JobQuery, JobState, JobSummary, Reply, Request, RunRef, ShardReport,
-    StateCounts, SubmitHeader, ToWorker, WorkerStatus,
+    self, Assignment, ClusterStatus, ErrorKind, FairnessKey, FairnessList, FromWorker, Hello,
+    JobList, JobOptions, JobOutcome, JobPlanInfo, JobProgress, JobQuery, JobState, JobSummary,
+    Reply, Request, RunRef, ShardReport, StateCounts, SubmitHeader, ToWorker, WorkerStatus,
 };
 
 /// The directory of golden files.
@@ -48,6 +48,7 @@ enum Sample {
     Batch(Vec<ByteBuf>),
     Node(NodeInfo),
     Features(FeaturesRecord),
+    Fairness(FairnessRecord),
 }
 
 /// A frame's body as this build sends it.
@@ -76,6 +77,7 @@ impl Sample {
             Sample::Batch(r) => encode_record("golden", r).expect("encodes"),
             Sample::Node(r) => encode_record("golden", r).expect("encodes"),
             Sample::Features(r) => encode_record("golden", r).expect("encodes"),
+            Sample::Fairness(r) => encode_record("golden", r).expect("encodes"),
         }
     }
 
@@ -100,7 +102,9 @@ impl Sample {
             Sample::Commit(_) => via::<Vec<(b::ShardKey, b::ShardRecord)>>(bytes),
             Sample::Batch(_) => via::<Vec<ByteBuf>>(bytes),
             // Kinds the baseline does not have.
-            Sample::Node(_) | Sample::Features(_) => Err("not a kind of the baseline".into()),
+            Sample::Node(_) | Sample::Features(_) | Sample::Fairness(_) => {
+                Err("not a kind of the baseline".into())
+            }
         }
     }
 
@@ -121,6 +125,7 @@ impl Sample {
             Sample::Batch(_) => Sample::Batch(decode_record("golden", bytes).map_err(e)?),
             Sample::Node(_) => Sample::Node(decode_record("golden", bytes).map_err(e)?),
             Sample::Features(_) => Sample::Features(decode_record("golden", bytes).map_err(e)?),
+            Sample::Fairness(_) => Sample::Fairness(decode_record("golden", bytes).map_err(e)?),
         })
     }
 }
@@ -154,6 +159,7 @@ fn options() -> JobOptions {
         shard_timeout_ms: Some(5_000),
         stream: true,
         priority: 0,
+        fairness_key: None,
     }
 }
 
@@ -209,7 +215,8 @@ fn samples() -> Vec<(&'static str, Sample)> {
         (
             "frame-worker-hello",
             fw(FromWorker::WorkerHello(Hello {
-                version: wire::PROTOCOL_VERSION,
+                // The baseline's one version.
+                version: 6,
                 node_id: "node-a".into(),
                 slots: 4,
                 jobs: vec!["word-count".into(), "square".into()],
@@ -475,6 +482,37 @@ fn samples() -> Vec<(&'static str, Sample)> {
             }),
         ),
         (
+            "frame-set-fairness",
+            rq(Request::SetFairness {
+                key: "client:alice".into(),
+                weight: 3,
+            }),
+        ),
+        ("frame-list-fairness", rq(Request::ListFairness)),
+        (
+            "frame-fairness",
+            rp(Reply::Fairness(FairnessList {
+                keys: vec![FairnessKey {
+                    key: "client:alice".into(),
+                    weight: 3,
+                    queued: 12,
+                }],
+            })),
+        ),
+        (
+            "frame-error-forbidden",
+            rp(Reply::error(
+                ErrorKind::Forbidden,
+                "an admin's certificate is needed",
+            )),
+        ),
+        (
+            "record-fairness",
+            S::Fairness(FairnessRecord {
+                weights: [("client:alice".to_string(), 3), ("tenant-b".to_string(), 2)].into(),
+            }),
+        ),
+        (
             "record-master",
             S::Master(MasterInfo {
                 node_id: "node-a".into(),
@@ -611,6 +649,7 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                     shape: Some(0x1234_5678_9abc_def0),
                     options: JobOptions {
                         priority: 7,
+                        fairness_key: Some("tenant-a".into()),
                         ..header.options
                     },
                     ..header
@@ -620,6 +659,7 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                 shape: Some(0x1234_5678_9abc_def0),
                 options: JobOptions {
                     priority: 7,
+                    fairness_key: Some("tenant-a".into()),
                     ..record.options
                 },
                 ..record

@@ -47,6 +47,7 @@ pub fn worst_request(i: usize) -> Vec<Request> {
                     shard_timeout_ms: None,
                     stream: false,
                     priority: 0,
+                    fairness_key: None,
                 },
                 task_count: if chunks { 4 } else { u64::MAX },
                 shape: None,

@@ -33,6 +33,13 @@ pub struct JobOptions {
     /// out of the encoding when 0, as releases before priorities wrote it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: u8,
+    /// Its fairness key: within a priority, keys get shards in proportion
+    /// to their weights ([`Request::SetFairness`]). `None`: its owner's
+    /// (the certificate's principal). A key that names a principal may be
+    /// taken only by that principal, an admin or a node. Not part of the
+    /// job's identity. Left out when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness_key: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -241,6 +248,19 @@ messages! {
             /// The job.
             job_id: String,
         },
+        /// Sets a fairness key's weight (1 to
+        /// [`crate::core::MAX_WEIGHT`]; 1 is the default, and clears it),
+        /// stored with the cluster: `Ok` once durable. An admin's or a
+        /// node's (protocol 7).
+        SetFairness {
+            /// The key.
+            key: String,
+            /// Its weight.
+            weight: u32,
+        },
+        /// The fairness keys with a weight set or shards waiting: answered
+        /// with `Fairness` (protocol 7).
+        ListFairness,
     }
 }
 
@@ -259,7 +279,9 @@ impl Request {
             | Request::GetStatus
             | Request::PlanJob { .. }
             | Request::ListJobs(_)
-            | Request::Fetched { .. } => None,
+            | Request::Fetched { .. }
+            | Request::SetFairness { .. }
+            | Request::ListFairness => None,
         }
     }
 }
@@ -309,7 +331,28 @@ messages! {
             /// Its encoded partial `Job::Result`.
             output: ByteBuf,
         },
+        /// The answer to `ListFairness`.
+        Fairness(FairnessList),
     }
+}
+
+/// The fairness keys the master knows: those with a weight set, and
+/// those with shards waiting ([`Request::ListFairness`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FairnessList {
+    /// By key.
+    pub keys: Vec<FairnessKey>,
+}
+
+/// One fairness key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FairnessKey {
+    /// The key (a principal, `client:<name>`, unless a job named another).
+    pub key: String,
+    /// Its weight (1 unless set).
+    pub weight: u32,
+    /// Its shards waiting to run.
+    pub queued: u64,
 }
 
 impl Reply {

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The newest protocol version this build speaks: bumped when a frame
 /// gains a variant or a meaning that a peer of an earlier version does not
 /// know (a field added is not such a change: see [`encode_named`]).
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The oldest protocol version this build still speaks: a link's version
 /// is the newest both ends speak ([`negotiate`]), so that adjacent
@@ -209,6 +209,10 @@ pub enum ErrorKind {
     OutcomeUnknown,
     /// The receiver does not know the request: a version from before it.
     Unsupported,
+    /// The asker's certificate does not allow the request: an admin's or a
+    /// node's is needed (protocol 7 on: sent only in answer to requests of
+    /// that version).
+    Forbidden,
 }
 
 /// The messages of one conversation: each is encoded as its variant's

@@ -2197,6 +2197,7 @@ fn a_job_the_master_cannot_read_or_run_is_quarantined_and_every_other_job_runs()
             shard_timeout_ms: None,
             stream: false,
             priority: 0,
+            fairness_key: None,
         },
         tasks_total: 3,
         batches: 0,
@@ -2639,4 +2640,139 @@ fn a_job_of_a_higher_priority_runs_before_the_backlog_of_lower_ones() {
     let (code, out, err) = run(&c, "submit", &["probe", "--priority", "7", &one]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains('2'), "{out}");
+}
+
+/// Issue 33, item 2: two fairness keys with weights 1 and 3 (`fairness
+/// set`), each with a backlog of one-task jobs that keeps the worker busy:
+/// the slots go a quarter and three quarters. A weight is set with an
+/// admin's certificate only, and a job names another principal's key only
+/// as an admin.
+#[test]
+fn fairness_keys_get_slots_in_proportion_to_the_weights_set_on_the_command_line() {
+    use probe::{Behaviour, Probe};
+    use ringleader::client::{ClientError, Refusal, SubmitOptions};
+    use ringleader::{Client, ClientConfig, Collect};
+    let mut c = Cluster::new(BIN);
+    c.node("m", &["--role", "candidate"]);
+    c.node("w", &["--role", "worker", "--slots", "2"]);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, None, Duration::from_secs(30)).await;
+        c.workers(&zk, 1, Duration::from_secs(30)).await;
+    });
+    let (code, out, err) = run(&c, "fairness", &["set", "heavy", "--weight", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("heavy: weight 3"), "{out}");
+    let alice = c.dir.path().join("alice-certs");
+    ringleader::pki::issue_to(&c.certs, ringleader::pki::Role::Client, "alice", &alice).unwrap();
+    rt().block_on(async {
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let sleepers = |first: u64| -> Vec<Probe> {
+            (first..first + 40)
+                .map(|value| Probe {
+                    value,
+                    behaviour: Behaviour::Sleep(50),
+                })
+                .collect()
+        };
+        let mut ids = Vec::new();
+        for i in 0..2u64 {
+            for key in ["light", "heavy"] {
+                let id = format!("{key}-{i}");
+                let opts = SubmitOptions {
+                    job_id: Some(id.clone()),
+                    shard_size: Some(1),
+                    fairness_key: Some(key.into()),
+                    ..Default::default()
+                };
+                client
+                    .submit::<Collect<Probe>>(sleepers(i * 40), opts)
+                    .await
+                    .unwrap();
+                ids.push(id);
+            }
+        }
+        let done = || async {
+            let (mut light, mut heavy) = (0, 0);
+            for id in &ids {
+                let p = client.progress(id).await.unwrap();
+                match id.starts_with("heavy") {
+                    true => heavy += p.counters.tasks_done,
+                    false => light += p.counters.tasks_done,
+                }
+            }
+            (light, heavy)
+        };
+        let until = |n: u64| {
+            let done = &done;
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let (light, heavy) = done().await;
+                    if light + heavy >= n {
+                        return (light, heavy);
+                    }
+                    assert!(Instant::now() < deadline, "{light} + {heavy} done of {n}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        // Past the runs placed as the jobs came, the shares hold.
+        let (l0, h0) = until(20).await;
+        let (l1, h1) = until(80).await;
+        let heavy = (h1 - h0) as f64 / ((h1 - h0) + (l1 - l0)) as f64;
+        assert!(
+            (0.62..=0.88).contains(&heavy),
+            "heavy had {:.0}% of the slots ({h0}->{h1} heavy, {l0}->{l1} light)",
+            100.0 * heavy
+        );
+        // Listed with their weights and what waits.
+        let list = client.fairness().await.unwrap();
+        let weight = |k: &str| list.keys.iter().find(|f| f.key == k).map(|f| f.weight);
+        assert_eq!(
+            (weight("heavy"), weight("light")),
+            (Some(3), Some(1)),
+            "{list:?}"
+        );
+        for id in &ids {
+            client.cancel(id).await.unwrap();
+        }
+        // Alice is a client: she sets no weight, and names no other
+        // principal's key (her own she may).
+        let mut cfg = ClientConfig::new(c.zk_connect(), c.cluster.clone(), alice.clone());
+        cfg.master_wait = Duration::from_secs(30);
+        cfg.zk_tls = c.zk_tls;
+        let alice = Client::connect(cfg).await.unwrap();
+        match alice.set_fairness("client:alice", 9).await {
+            Err(ClientError::Refused { kind, message }) => {
+                assert_eq!(kind, Refusal::Forbidden, "{message}");
+                assert!(message.contains("admin"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let named = |key: &str| SubmitOptions {
+            fairness_key: Some(key.into()),
+            ..Default::default()
+        };
+        let theirs = alice
+            .submit::<Collect<Probe>>(probe::oks(0, 1), named("client:local"))
+            .await;
+        assert!(
+            matches!(&theirs, Err(e) if e.refusal() == Some(Refusal::Forbidden)),
+            "{:?}",
+            theirs.err()
+        );
+        let own = alice
+            .submit::<Collect<Probe>>(probe::oks(0, 1), named("client:alice"))
+            .await
+            .unwrap();
+        assert_eq!(own.result().await.unwrap().0.len(), 1);
+    });
+    let (code, out, err) = run(&c, "fairness", &["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("heavy") && l.contains(" 3 ")),
+        "{out}"
+    );
 }

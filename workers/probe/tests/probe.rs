@@ -151,6 +151,7 @@ fn a_task_over_the_request_budget_is_refused_clearly() {
             shard_timeout_ms: None,
             stream: false,
             priority: 0,
+            fairness_key: None,
         };
         let err = client
             .submit_encoded("probe", big, opts, None)
@@ -1458,6 +1459,7 @@ fn a_durable_job_the_master_did_not_run_runs_when_it_is_resubmitted() {
             shard_timeout_ms: None,
             stream: false,
             priority: 0,
+            fairness_key: None,
         };
         let record = JobRecord {
             job_name: "probe".into(),
@@ -1549,6 +1551,7 @@ fn the_collectors_reads_do_not_grow_with_queued_or_unfetched_jobs() {
                 shard_timeout_ms: None,
                 stream: false,
                 priority: 0,
+                fairness_key: None,
             },
             tasks_total: 1,
             batches: 0,

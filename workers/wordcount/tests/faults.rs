@@ -242,6 +242,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
                     shard_timeout_ms: None,
                     stream: false,
                     priority: 0,
+                    fairness_key: None,
                 },
                 None,
             )

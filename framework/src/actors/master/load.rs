@@ -173,6 +173,7 @@ pub(super) async fn load(
     let mut plan = recovered.plan;
     plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
     plan.priority = rec.options.priority;
+    plan.fairness = rec.fairness_key();
     for p in &mut plan.pending {
         if let Some(&next) = losses.get(&p.key) {
             p.attempt = p.attempt.max(next);

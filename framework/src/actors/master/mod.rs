@@ -17,6 +17,7 @@ mod cancel;
 mod commits;
 mod creating;
 mod driver;
+mod fairness;
 mod fetch;
 mod links;
 mod load;
@@ -577,20 +578,24 @@ impl Actor for Master {
                 .into_iter()
                 .filter(|job| job.record.status == JobStatus::Accepted)
                 .collect();
+            // Read before anything is scheduled: a record that does not
+            // decode is said, not a reason to stop.
+            let (weights, _) = store.read_fairness().await?;
             store.publish(&node_id, &addr, &build).await?;
             tracing::debug!(
                 list_ms = listed.as_millis() as u64,
                 publish_ms = (started.elapsed() - listed).as_millis() as u64,
                 "takeover steps"
             );
-            Ok::<_, CoordError>((pending, inherited, garbage, started.elapsed()))
+            Ok::<_, CoordError>((pending, inherited, garbage, weights, started.elapsed()))
         };
         // `wait`: no message is handled before the takeover is done. The
         // unfinished jobs are then read in the background while the master
         // serves (see `load_jobs`), so its time to serving does not grow
         // with the work left behind.
         ctx.wait(recovery.into_actor(self).map(|res, act, ctx| match res {
-            Ok((pending, inherited, garbage, took)) => {
+            Ok((pending, inherited, garbage, weights, took)) => {
+                act.weights_read(ctx, weights);
                 act.handle_core(ctx, CoreEvent::Inherited(inherited));
                 for (job, reason) in garbage {
                     act.quarantine(ctx, job, None, reason);
@@ -700,6 +705,8 @@ impl Handler<ClientRequest> for Master {
                 shape.as_deref(),
             ))),
             Request::ListJobs(query) => self.list_jobs(&msg.peer, query),
+            Request::SetFairness { key, weight } => self.set_fairness(&msg.peer, key, weight),
+            Request::ListFairness => Box::pin(fut::ready(self.list_fairness())),
             other => Box::pin(fut::ready(error(
                 ErrorKind::Unsupported,
                 format!("unexpected request {}", other.name()),
@@ -847,6 +854,7 @@ mod tests {
                 shard_timeout_ms: None,
                 stream,
                 priority: 0,
+                fairness_key: None,
             },
             tasks_total: 10_000,
             batches: 1,

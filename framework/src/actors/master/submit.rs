@@ -117,6 +117,11 @@ impl Handler<Submit> for Master {
         if let Err(refusal) = Ledger::check(&submission) {
             return Box::pin(fut::ready(refused(&refusal)));
         }
+        if let Some(key) = &h.options.fairness_key {
+            if let Some((kind, why)) = super::fairness::refused_key(key, &msg.peer) {
+                return Box::pin(fut::ready(error(kind, why)));
+            }
+        }
         if self.core.is_collecting(&h.job_id) {
             return Box::pin(fut::ready(error(
                 ErrorKind::Unavailable,
@@ -544,6 +549,7 @@ fn new_loaded(
     plan.incarnation = rec.incarnation;
     plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
     plan.priority = rec.options.priority;
+    plan.fairness = rec.fairness_key();
     let acc = erased.new_acc();
     Ok(Loaded {
         rt: JobRuntime::new(job, tasks, acc),

@@ -22,6 +22,7 @@ mod commits;
 mod gc;
 mod jobs;
 mod outputs;
+mod settings;
 
 use super::records::{JobRecord, MasterInfo, ResultRecord, ShardRecord};
 use super::session::{Connections, Session, Won};

@@ -1,0 +1,134 @@
+//! Fairness weights: an admin's `SetFairness` is written with the cluster
+//! (`/fairness`), then handed to the core, whose scheduler shares slots by
+//! them; `ListFairness` is answered from the core. A new master reads the
+//! weights before it schedules anything ([`Master::weights_read`]).
+
+use actix::prelude::*;
+
+use super::{error, failed, Master};
+use crate::core::master::Event as CoreEvent;
+use crate::transport::PeerId;
+use crate::wire::{ErrorKind, FairnessKey, FairnessList, Reply};
+
+/// Why `key` cannot be a fairness key, if it cannot.
+fn bad_key(key: &str) -> Option<String> {
+    let odd = key.is_empty() || key.len() > 128 || key.chars().any(char::is_control);
+    odd.then(|| {
+        let shown: String = key.chars().take(40).collect();
+        format!("invalid fairness key {shown:?}: use 1 to 128 characters, none of them a control")
+    })
+}
+
+/// Why `peer` may not name fairness key `key` for its job, if it may not:
+/// a key that is a principal's is that principal's (an admin or a node
+/// may name any).
+pub(super) fn refused_key(key: &str, peer: &PeerId) -> Option<(ErrorKind, String)> {
+    if let Some(why) = bad_key(key) {
+        return Some((ErrorKind::Invalid, why));
+    }
+    let principal = ["client:", "node:", "admin:"]
+        .iter()
+        .any(|p| key.starts_with(p));
+    (principal && key != peer.principal() && !peer.acts_for_all()).then(|| {
+        (
+            ErrorKind::Forbidden,
+            format!(
+                "fairness key {key} is another principal's: a job may name its own \
+                 ({}) or a key that names no principal",
+                peer.principal()
+            ),
+        )
+    })
+}
+
+impl Master {
+    /// Sets a key's weight: written with the cluster, then scheduled by.
+    pub(super) fn set_fairness(
+        &mut self,
+        peer: &PeerId,
+        key: String,
+        weight: u32,
+    ) -> ResponseActFuture<Self, Reply> {
+        let refusal = if !peer.acts_for_all() {
+            Some((
+                ErrorKind::Forbidden,
+                format!(
+                    "setting a fairness key's weight takes an admin's or a node's certificate \
+                     (this one is {peer}'s)"
+                ),
+            ))
+        } else if let Some(why) = bad_key(&key) {
+            Some((ErrorKind::Invalid, why))
+        } else if !(1..=crate::core::MAX_WEIGHT).contains(&weight) {
+            let max = crate::core::MAX_WEIGHT;
+            let why = format!("weight {weight} is out of range: use 1 (the default) to {max}");
+            Some((ErrorKind::Invalid, why))
+        } else {
+            None
+        };
+        if let Some((kind, why)) = refusal {
+            return Box::pin(fut::ready(error(kind, why)));
+        }
+        let store = self.store.clone();
+        let set = key.clone();
+        let write = async move {
+            // Written whole over the version read: two settings at once
+            // cannot lose one (the second is refused, and retried).
+            let (record, version) = store.read_fairness().await?;
+            let mut record = record.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "writing the fairness weights over a record that does not decode");
+                Default::default()
+            });
+            match weight {
+                1 => record.weights.remove(&set),
+                w => record.weights.insert(set, w),
+            };
+            store.write_fairness(&record, version).await
+        };
+        Box::pin(write.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(()) => {
+                tracing::info!(%key, weight, "fairness weight set");
+                act.handle_core(ctx, CoreEvent::Weighed(vec![(key, weight)]));
+                Reply::Ok
+            }
+            Err(e) => failed(&e),
+        }))
+    }
+
+    /// The keys with a weight set or shards waiting.
+    pub(super) fn list_fairness(&self) -> Reply {
+        let keys = self
+            .core
+            .fair_shares()
+            .into_iter()
+            .map(|(key, (weight, queued))| FairnessKey {
+                key,
+                weight,
+                queued,
+            })
+            .collect();
+        Reply::Fairness(FairnessList { keys })
+    }
+
+    /// The weights a takeover read: the core schedules by them. A record
+    /// that does not decode (a later release's, or garbage) leaves every
+    /// key at weight 1, said once: it never stops a master.
+    pub(super) fn weights_read(
+        &mut self,
+        ctx: &mut Context<Self>,
+        read: Result<crate::coord::FairnessRecord, crate::coord::CoordError>,
+    ) {
+        match read {
+            Ok(record) => {
+                let weights: Vec<(String, u32)> = record.weights.into_iter().collect();
+                if !weights.is_empty() {
+                    self.handle_core(ctx, CoreEvent::Weighed(weights));
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the fairness weights cannot be read: every key weighs 1 until one is set again"
+            ),
+        }
+    }
+}
