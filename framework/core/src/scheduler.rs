@@ -1072,7 +1072,9 @@ impl Scheduler {
             };
             let (served, park) = match wid {
                 Some(wid) => {
-                    idle_turns.remove(&(l, fkey.clone()));
+                    if !idle_turns.is_empty() {
+                        idle_turns.remove(&(l, fkey.clone()));
+                    }
                     out.push(
                         self.pool
                             .place(&mut self.queues, &job_id, job, key, wid, now),
