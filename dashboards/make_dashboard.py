@@ -26,6 +26,7 @@ ROWS = [
         ("Tasks run per second by job type", f"sum by (job_type) (rate(ringleader_tasks_run_total[{RATE}]))", "timeseries"),
         ("Shards committed per second", f"sum(rate(ringleader_shards_committed_total[{RATE}]))", "timeseries"),
         ("Shards queued", "sum(ringleader_shards_queued)", "timeseries"),
+        ("Shards ready by priority", "max by (priority) (ringleader_shards_queued_by_priority)", "timeseries"),
         ("Shards in flight", "sum(ringleader_shards_in_flight)", "timeseries"),
         ("In flight by worker", "max by (worker) (ringleader_worker_in_flight)", "timeseries"),
         ("Task duration p50 / p99", [

@@ -33,6 +33,8 @@ pub const STORE_OP_SECONDS: &str = "ringleader_store_op_duration_seconds";
 pub const WORKERS: &str = "ringleader_workers";
 /// Gauge: shards waiting for a worker (master only).
 pub const SHARDS_QUEUED: &str = "ringleader_shards_queued";
+/// Gauge, by `priority` (0 to 9).
+pub const SHARDS_QUEUED_BY_PRIORITY: &str = "ringleader_shards_queued_by_priority";
 /// Gauge: shards sent to workers and not yet committed (master only).
 pub const SHARDS_IN_FLIGHT: &str = "ringleader_shards_in_flight";
 /// Gauge, label `worker`: shards a worker holds (master only).
@@ -219,6 +221,7 @@ pub const CATALOGUE: &[Metric] = &[
     metric(STORE_OP_SECONDS, Kind::Histogram, "op", "seconds", "all", "Duration of the node's object store operations (read, write, upload, find, list, delete), failed ones included."),
     metric(WORKERS, Kind::Gauge, "", "workers", "master", "Workers registered in ZooKeeper and connected over QUIC."),
     metric(SHARDS_QUEUED, Kind::Gauge, "", "shards", "master", "Shards waiting for a worker."),
+    metric(SHARDS_QUEUED_BY_PRIORITY, Kind::Gauge, "priority", "shards", "master", "Shards ready to run, by their job's priority (0 to 9; retries in backoff are not ready)."),
     metric(SHARDS_IN_FLIGHT, Kind::Gauge, "", "shards", "master", "Shards sent to workers and not yet reported."),
     metric(WORKER_IN_FLIGHT, Kind::Gauge, "worker", "shards", "master", "Shards each worker holds."),
     metric(SHARDS_ASSIGNED, Kind::Counter, "", "shards", "master", "Shards sent to workers."),
@@ -314,7 +317,9 @@ fn node_gauges() -> impl Iterator<Item = metrics::Gauge> {
     ]
     .into_iter()
     .map(|g| metrics::gauge!(g));
-    roles.chain(plain)
+    let priorities = (0..=crate::core::MAX_PRIORITY)
+        .map(|p| metrics::gauge!(SHARDS_QUEUED_BY_PRIORITY, "priority" => p.to_string()));
+    roles.chain(plain).chain(priorities)
 }
 
 fn build_info(binary: &str, binary_version: &str) -> metrics::Gauge {

@@ -1341,6 +1341,12 @@ impl MasterCore {
         }
     }
 
+    /// Shards ready to run, by priority (index 0 to
+    /// [`crate::MAX_PRIORITY`]).
+    pub fn queued_by_priority(&self) -> [usize; crate::MAX_PRIORITY as usize + 1] {
+        self.sched.queued_by_priority()
+    }
+
     /// Each fairness key with a weight set or shards waiting: its
     /// weight and its shards waiting, by key.
     pub fn fair_shares(&self) -> BTreeMap<String, (u32, u64)> {

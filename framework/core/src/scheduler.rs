@@ -1743,6 +1743,11 @@ impl Scheduler {
         out
     }
 
+    /// Shards ready to run, by priority (index 0 to [`MAX_PRIORITY`]).
+    pub fn queued_by_priority(&self) -> [usize; LEVELS] {
+        self.queues.queued_at
+    }
+
     /// Shards waiting to run: ready, or in their retry's backoff.
     pub fn queued(&self) -> usize {
         self.queues.queued + self.queues.delayed.len()

@@ -7,6 +7,42 @@ use std::time::{Duration, Instant};
 use crate::client::JobReport;
 use crate::wire::{ClusterStatus, JobList, JobProgress, JobState, JobSummary};
 
+/// What waits, by priority, and the fairness keys' shares: a line each,
+/// when there is something to say (shards at more than the default
+/// priority, keys of more than one weight or more than one key waiting).
+fn queued_text(s: &ClusterStatus) -> String {
+    let mut out = String::new();
+    if s.queued.iter().any(|q| q.priority > 0) {
+        let by: Vec<String> = s
+            .queued
+            .iter()
+            .map(|q| format!("{} at priority {}", q.shards, q.priority))
+            .collect();
+        out.push_str(&format!("queued shards: {}\n", by.join(", ")));
+    }
+    let waiting: Vec<&crate::wire::FairnessKey> =
+        s.fairness.iter().filter(|k| k.queued > 0).collect();
+    if waiting.len() > 1 || s.fairness.iter().any(|k| k.weight != 1) {
+        let total: u64 = waiting.iter().map(|k| u64::from(k.weight)).sum();
+        let keys: Vec<String> = s
+            .fairness
+            .iter()
+            .map(|k| {
+                let share = match (k.queued, total) {
+                    (0, _) | (_, 0) => String::new(),
+                    _ => format!(
+                        ", {:.0}% of the slots",
+                        100.0 * f64::from(k.weight) / total as f64
+                    ),
+                };
+                format!("{} weight {}, {} waiting{share}", k.key, k.weight, k.queued)
+            })
+            .collect();
+        out.push_str(&format!("fair share: {}\n", keys.join("; ")));
+    }
+    out
+}
+
 pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
     let mut out = format!("leader {} epoch {}", s.leader, s.epoch);
     if let Some(level) = s.feature_level {
@@ -86,6 +122,7 @@ pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
             w.node_id, w.addr, w.slots, w.in_flight
         ));
     }
+    out.push_str(&queued_text(s));
     if s.jobs.is_empty() {
         out.push_str("no jobs running\n");
     }

@@ -349,6 +349,8 @@ fn samples() -> Vec<(&'static str, Sample)> {
         (
             "frame-status",
             rp(Reply::Status(ClusterStatus {
+                queued: Vec::new(),
+                fairness: Vec::new(),
                 leader: "node-a".into(),
                 epoch: 3,
                 workers: vec![WorkerStatus {
@@ -626,6 +628,15 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
             Sample::Reply(Reply::Status(mut status)) => {
                 status.build = Some("probe".into());
                 status.feature_level = Some(1);
+                status.queued = vec![wire::QueuedAt {
+                    priority: 9,
+                    shards: 3,
+                }];
+                status.fairness = vec![FairnessKey {
+                    key: "client:alice".into(),
+                    weight: 3,
+                    queued: 3,
+                }];
                 for w in &mut status.workers {
                     w.build = Some("probe".into());
                     w.protocol = Some(wire::PROTOCOL_VERSION);

@@ -149,6 +149,23 @@ pub struct ClusterStatus {
     /// from a release before feature levels).
     #[serde(default)]
     pub feature_level: Option<u32>,
+    /// Shards ready to run, by priority, highest first (the priorities
+    /// with none left out; empty from a release before priorities).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queued: Vec<QueuedAt>,
+    /// The fairness keys with a weight set or shards waiting (the asker's
+    /// own, for a client; every key for an admin or a node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fairness: Vec<FairnessKey>,
+}
+
+/// Shards ready to run at one priority.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueuedAt {
+    /// The priority.
+    pub priority: u8,
+    /// Its shards ready to run.
+    pub shards: u64,
 }
 
 /// A finished job's result as fetched by a client.

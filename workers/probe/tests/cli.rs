@@ -2726,6 +2726,17 @@ fn fairness_keys_get_slots_in_proportion_to_the_weights_set_on_the_command_line(
             "heavy had {:.0}% of the slots ({h0}->{h1} heavy, {l0}->{l1} light)",
             100.0 * heavy
         );
+        // Shown by `status`, with what waits, while the backlog does.
+        let status = client.status().await.unwrap();
+        let heavy_key = status.fairness.iter().find(|k| k.key == "heavy");
+        assert!(
+            heavy_key.is_some_and(|k| k.weight == 3 && k.queued > 0),
+            "{:?}",
+            status.fairness
+        );
+        let (code, out, err) = run(&c, "status", &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("fair share: heavy weight 3,"), "{out}");
         // Listed with their weights and what waits.
         let list = client.fairness().await.unwrap();
         let weight = |k: &str| list.keys.iter().find(|f| f.key == k).map(|f| f.weight);

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use super::{error, failed, Master};
 use crate::core::master::Event as CoreEvent;
 use crate::transport::PeerId;
-use crate::wire::{ErrorKind, FairnessKey, FairnessList, Reply};
+use crate::wire::{ErrorKind, FairnessKey, FairnessList, QueuedAt, Reply};
 
 /// Why `key` cannot be a fairness key, if it cannot.
 fn bad_key(key: &str) -> Option<String> {
@@ -19,6 +19,13 @@ fn bad_key(key: &str) -> Option<String> {
     })
 }
 
+/// Whether `key` is a principal's (`client:`, `node:`, `admin:`).
+fn names_principal(key: &str) -> bool {
+    ["client:", "node:", "admin:"]
+        .iter()
+        .any(|p| key.starts_with(p))
+}
+
 /// Why `peer` may not name fairness key `key` for its job, if it may not:
 /// a key that is a principal's is that principal's (an admin or a node
 /// may name any).
@@ -26,9 +33,7 @@ pub(super) fn refused_key(key: &str, peer: &PeerId) -> Option<(ErrorKind, String
     if let Some(why) = bad_key(key) {
         return Some((ErrorKind::Invalid, why));
     }
-    let principal = ["client:", "node:", "admin:"]
-        .iter()
-        .any(|p| key.starts_with(p));
+    let principal = names_principal(key);
     (principal && key != peer.principal() && !peer.acts_for_all()).then(|| {
         (
             ErrorKind::Forbidden,
@@ -95,19 +100,41 @@ impl Master {
         }))
     }
 
-    /// The keys with a weight set or shards waiting.
-    pub(super) fn list_fairness(&self) -> Reply {
-        let keys = self
-            .core
+    /// The keys with a weight set or shards waiting, that `peer` sees.
+    pub(super) fn list_fairness(&self, peer: &PeerId) -> Reply {
+        let keys = self.fairness_for(peer);
+        Reply::Fairness(FairnessList { keys })
+    }
+
+    /// The keys with a weight set or shards waiting that `peer` may see:
+    /// every key for an admin or a node; for a client, its own principal's
+    /// and those that name no principal (another client's name and queue
+    /// are its own business).
+    pub(super) fn fairness_for(&self, peer: &PeerId) -> Vec<FairnessKey> {
+        let own = peer.principal();
+        self.core
             .fair_shares()
             .into_iter()
+            .filter(|(key, _)| peer.acts_for_all() || *key == own || !names_principal(key))
             .map(|(key, (weight, queued))| FairnessKey {
                 key,
                 weight,
                 queued,
             })
-            .collect();
-        Reply::Fairness(FairnessList { keys })
+            .collect()
+    }
+
+    /// Shards ready to run, by priority, highest first.
+    pub(super) fn queued_at(&self) -> Vec<QueuedAt> {
+        let by = self.core.queued_by_priority();
+        (0..by.len())
+            .rev()
+            .filter(|&p| by[p] > 0)
+            .map(|p| QueuedAt {
+                priority: p as u8,
+                shards: by[p] as u64,
+            })
+            .collect()
     }
 
     /// The weights a takeover read: the core schedules by them. A record

@@ -364,6 +364,10 @@ impl Master {
             .count();
         metrics::gauge!(m::WORKERS).set(workers as f64);
         metrics::gauge!(m::SHARDS_QUEUED).set(self.core.queued() as f64);
+        for (p, n) in self.core.queued_by_priority().iter().enumerate() {
+            metrics::gauge!(m::SHARDS_QUEUED_BY_PRIORITY, "priority" => p.to_string())
+                .set(*n as f64);
+        }
         metrics::gauge!(m::JOBS_RUNNING).set(self.jobs.len() as f64);
         metrics::gauge!(m::JOBS_QUARANTINED).set(self.core.quarantined().len() as f64);
         let mut in_flight = 0;
@@ -706,7 +710,7 @@ impl Handler<ClientRequest> for Master {
             ))),
             Request::ListJobs(query) => self.list_jobs(&msg.peer, query),
             Request::SetFairness { key, weight } => self.set_fairness(&msg.peer, key, weight),
-            Request::ListFairness => Box::pin(fut::ready(self.list_fairness())),
+            Request::ListFairness => Box::pin(fut::ready(self.list_fairness(&msg.peer))),
             other => Box::pin(fut::ready(error(
                 ErrorKind::Unsupported,
                 format!("unexpected request {}", other.name()),

@@ -59,6 +59,8 @@ impl Master {
             jobs,
             build: Some(self.settings.build.clone()),
             feature_level: Some(self.store.feature_level()),
+            queued: self.queued_at(),
+            fairness: self.fairness_for(peer),
         })
     }
 
