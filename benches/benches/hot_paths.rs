@@ -168,6 +168,80 @@ fn scheduler_per_shard(c: &mut Criterion) {
     g.finish();
 }
 
+/// A scheduler of 10,000 one-slot workers and 1,000 jobs, one per
+/// fairness key (weights 1 to 4), over the ten priorities, holding
+/// `shards` one-task shards in all; every worker's window full.
+fn fair_scheduler(shards: u32) -> (Scheduler, std::time::Instant, Vec<Running>) {
+    let now = std::time::Instant::now();
+    let mut s = Scheduler::new();
+    let jobs = 1_000u32;
+    for j in 0..jobs {
+        let key = format!("client:k{j}");
+        s.set_weight(&key, 1 + j % 4);
+        let mut plan = one_task_shards(shards / jobs);
+        plan.id = format!("j{j}");
+        plan.priority = (j % 10) as u8;
+        plan.fairness = key;
+        s.add_job(plan);
+    }
+    for w in 0..10_000 {
+        s.add_worker(&format!("w{w}"), 1, ["j".to_string()], false);
+    }
+    let running = running(s.assign(now));
+    (s, now, running)
+}
+
+/// A placed run: worker, job, shard.
+type Running = (String, String, PendingShard);
+
+fn running(cmds: Vec<Command>) -> Vec<Running> {
+    cmds.into_iter()
+        .filter_map(|c| match c {
+            Command::Assign {
+                worker, job, shard, ..
+            } => Some((worker, job, shard)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The same events per shard with priorities and fairness keys: 10,000
+/// workers, 1,000 keys over ten priorities, and 100,000 to 1,000,000
+/// shards (40,000 of them held by the workers, the rest queued). Flat in
+/// the shards queued means O(log n) per event.
+fn scheduler_fair_per_shard(c: &mut Criterion) {
+    let mut g = c.benchmark_group(
+        "scheduler: one shard's events, 10,000 workers, 1,000 keys, 10 priorities, queued",
+    );
+    g.sample_size(20);
+    for shards in [100_000u32, 300_000, 1_000_000] {
+        let mut state = fair_scheduler(shards);
+        g.bench_function(format!("{shards} shards"), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    if state.2.is_empty() {
+                        state = fair_scheduler(shards);
+                    }
+                    let (s, now, running_now) = &mut state;
+                    let now = *now;
+                    let t = std::time::Instant::now();
+                    if let Some((worker, job, shard)) = running_now.pop() {
+                        s.started(&worker, (&job, 1), shard.key, shard.attempt, now);
+                        s.report(&worker, (&job, 1), shard.key, shard.attempt, now);
+                        s.committed(&job, shard.key, shard.attempt, &[], now);
+                        running_now.extend(running(s.assign(now)));
+                        black_box(s.next_due(now));
+                    }
+                    spent += t.elapsed();
+                }
+                spent
+            })
+        });
+    }
+    g.finish();
+}
+
 fn counting(c: &mut Criterion) {
     let mut text = String::new();
     for i in 0..200_000 {
@@ -260,6 +334,7 @@ criterion_group!(
     frames,
     scheduler,
     scheduler_per_shard,
+    scheduler_fair_per_shard,
     counting,
     partials
 );

@@ -212,6 +212,11 @@ pub const SHORT_RUN: Duration = Duration::from_millis(5);
 /// moves (the next call goes on).
 const STEAL_WALK: usize = 16;
 
+/// Most lower runs revoking at once for higher shards: each is answered
+/// within a round trip, so a few keep a higher backlog moving, and the
+/// bound keeps every hand-out's look at them constant.
+const PREEMPTING: usize = 16;
+
 #[derive(Debug)]
 struct WorkerSlot {
     capacity: u32,
@@ -1024,7 +1029,7 @@ impl Scheduler {
         // last placed a shard (once every job of a key has had one, the
         // key can place nothing more in this call: it is parked), and the
         // levels with no key left to take a turn.
-        let mut idle_turns: HashMap<(usize, String), usize> = HashMap::new();
+        let mut idle_turns: HashMap<(usize, fair::KeyId), usize> = HashMap::new();
         let mut blocked = [false; LEVELS];
         // The job names whose shards found no free worker, with the
         // highest level that did: they may preempt lower runs.
@@ -1037,10 +1042,11 @@ impl Scheduler {
                 blocked[l] = true;
                 continue;
             };
+            let turns = &self.queues.ready[l];
             let Some(job) = self
                 .jobs
                 .get_mut(&job_id)
-                .filter(|j| level(j.priority) == l && j.fairness == fkey)
+                .filter(|j| level(j.priority) == l && j.fairness == turns.name(fkey))
             else {
                 // A forgotten job's stale turn.
                 self.queues.ready[l].end_turn(fkey, None, false, false);
@@ -1073,7 +1079,7 @@ impl Scheduler {
             let (served, park) = match wid {
                 Some(wid) => {
                     if !idle_turns.is_empty() {
-                        idle_turns.remove(&(l, fkey.clone()));
+                        idle_turns.remove(&(l, fkey));
                     }
                     out.push(
                         self.pool
@@ -1090,9 +1096,9 @@ impl Scheduler {
                     job.queue.push_front(key);
                     self.queues.queued += 1;
                     self.queues.queued_at[l] += 1;
-                    let idle = idle_turns.entry((l, fkey.clone())).or_default();
+                    let idle = idle_turns.entry((l, fkey)).or_default();
                     *idle += 1;
-                    (false, *idle > self.queues.ready[l].jobs_of(&fkey))
+                    (false, *idle > self.queues.ready[l].jobs_of(fkey))
                 }
             };
             let again = match job.queue.is_empty() {
@@ -1107,10 +1113,14 @@ impl Scheduler {
         for ready in &mut self.queues.ready {
             ready.unpark();
         }
-        if self.pool.free.is_empty() {
-            // Every worker full: the first jobs of each level wait too.
-            for l in 1..LEVELS {
-                for job_id in self.queues.ready[l].first_jobs(STEAL_WALK) {
+        if self.pool.free.is_empty() && self.may_preempt() {
+            // Every worker full: the first jobs of the highest level that
+            // waits wait too (its keys', one each, a few).
+            let top = (1..LEVELS)
+                .rev()
+                .find(|&l| !self.queues.ready[l].is_empty());
+            if let Some(l) = top {
+                for job_id in self.queues.ready[l].first_jobs(4, 1) {
                     if let Some(job) = self.jobs.get(job_id).filter(|j| level(j.priority) == l) {
                         let at = waiting.entry(job.name.clone()).or_insert(l);
                         *at = (*at).max(l);
@@ -1136,26 +1146,25 @@ impl Scheduler {
     /// a run that started meanwhile runs on. The walk is bounded as a
     /// steal's ([`STEAL_WALK`] workers each).
     fn preempt(&mut self, waiting: &BTreeMap<String, usize>, out: &mut Vec<Command>) {
-        if waiting.values().all(|&l| l == 0) || self.pool.backlogged.is_empty() {
+        if waiting.values().all(|&l| l == 0) || !self.may_preempt() {
             return;
         }
-        let jobs = &self.jobs;
-        self.queues.preempted.retain(|p| revoking(jobs, p));
         let mut by_level: Vec<(usize, &String)> =
             waiting.iter().map(|(name, l)| (*l, name)).collect();
         by_level.sort_unstable_by(|a, b| b.cmp(a));
         for (l, name) in by_level {
             let above: usize = self.queues.queued_at[l..].iter().sum();
-            if l == 0 || self.queues.preempted.len() >= above {
+            let room = above.min(PREEMPTING);
+            if l == 0 || self.queues.preempted.len() >= room {
                 continue;
             }
             let found = self
                 .pool
                 .backlogged
                 .iter()
+                .take(STEAL_WALK)
                 .filter_map(|id| Some((id, self.pool.workers.get(id)?)))
                 .filter(|(_, w)| self.pool.may_run(w, name))
-                .take(STEAL_WALK)
                 .find_map(|(id, w)| {
                     w.running.iter().rev().find_map(|(job_id, key)| {
                         let job = self.jobs.get(job_id)?;
@@ -1195,6 +1204,19 @@ impl Scheduler {
             });
             self.queues.preempted.insert((job_id, key));
         }
+    }
+
+    /// Whether a lower run may be revoked for a higher shard now: some
+    /// worker holds runs in its queue, and fewer than [`PREEMPTING`] are
+    /// revoking for that already (those that no longer are, answered or
+    /// gone, are dropped from the count here: a walk of at most that many).
+    fn may_preempt(&mut self) -> bool {
+        if self.pool.backlogged.is_empty() {
+            return false;
+        }
+        let jobs = &self.jobs;
+        self.queues.preempted.retain(|p| revoking(jobs, p));
+        self.queues.preempted.len() < PREEMPTING
     }
 
     /// Nothing waits in the jobs' queues: a run waiting in a worker's
@@ -1760,7 +1782,7 @@ impl Scheduler {
     #[cfg(test)]
     fn check_work_conserving(&self) {
         for ring in &self.queues.ready {
-            for id in ring.first_jobs(4) {
+            for id in ring.first_jobs(4, 4) {
                 let Some(job) = self.jobs.get(id) else {
                     continue;
                 };

@@ -7,9 +7,12 @@
 //! proportion to its weight. A key that comes back after waiting for
 //! nothing starts from the level's clock (the pass of the key last
 //! served): its absence earns it no credit, and it has its share from its
-//! first turn. Every step costs O(log k) in the keys that wait.
+//! first turn. Every step costs O(log k) in the keys that wait, and a
+//! turn allocates nothing: keys live in a slab, taking turns in a binary
+//! heap of their slots (a work queue's one key costs a pop and a push).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 /// A pass's step at weight 1: a weight of `w` steps `STRIDE / w`.
 pub(super) const STRIDE: u64 = 1 << 20;
@@ -17,9 +20,13 @@ pub(super) const STRIDE: u64 = 1 << 20;
 /// The highest weight a key may have (its stride stays at least 16).
 pub const MAX_WEIGHT: u32 = 1 << 16;
 
+/// A key's slot in its level.
+pub(super) type KeyId = u32;
+
 /// A key's jobs and where its turns stand.
 #[derive(Debug)]
 struct KeyTurns {
+    name: String,
     /// Its jobs with shards ready, taking turns (an id may be stale).
     jobs: VecDeque<String>,
     pass: u64,
@@ -29,13 +36,16 @@ struct KeyTurns {
 /// The turns of one level.
 #[derive(Debug, Default)]
 pub(super) struct Level {
-    /// The keys with jobs waiting.
-    keys: HashMap<String, KeyTurns>,
-    /// Those keys by pass, but for the one taking its turn and those
-    /// parked for the current hand-out.
-    order: BTreeSet<(u64, String)>,
+    /// The keys with jobs waiting, by slot (`None`: a free slot).
+    slots: Vec<Option<KeyTurns>>,
+    free: Vec<KeyId>,
+    /// Each waiting key's slot.
+    ids: HashMap<String, KeyId>,
+    /// Those keys by pass, least first, but for the one taking its turn
+    /// and those parked for the current hand-out.
+    order: BinaryHeap<Reverse<(u64, KeyId)>>,
     /// Keys that can place nothing more in the current hand-out.
-    parked: Vec<(u64, String)>,
+    parked: Vec<(u64, KeyId)>,
     /// The pass of the key served last.
     clock: u64,
     /// Job entries in the keys' rings (stale ones included).
@@ -61,47 +71,65 @@ impl Level {
     /// Adds `job` to the turns of `key` (of `weight`).
     pub(super) fn push(&mut self, key: &str, weight: u32, job: String) {
         self.jobs += 1;
-        if let Some(k) = self.keys.get_mut(key) {
+        if let Some(k) = self
+            .ids
+            .get(key)
+            .and_then(|&id| self.slots[id as usize].as_mut())
+        {
             k.jobs.push_back(job);
             return;
         }
-        let pass = self.clock;
-        self.keys.insert(
-            key.to_string(),
-            KeyTurns {
-                jobs: VecDeque::from([job]),
-                pass,
-                stride: stride(weight),
-            },
-        );
-        self.order.insert((pass, key.to_string()));
+        let turns = KeyTurns {
+            name: key.to_string(),
+            jobs: VecDeque::from([job]),
+            pass: self.clock,
+            stride: stride(weight),
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = Some(turns);
+                id
+            }
+            None => {
+                self.slots.push(Some(turns));
+                (self.slots.len() - 1) as KeyId
+            }
+        };
+        self.ids.insert(key.to_string(), id);
+        self.order.push(Reverse((self.clock, id)));
     }
 
     /// The key whose turn is next, and the first of its jobs, taken out of
     /// its ring (hand it back with [`Level::end_turn`]).
-    pub(super) fn take_turn(&mut self) -> Option<(String, String)> {
+    pub(super) fn take_turn(&mut self) -> Option<(KeyId, String)> {
         loop {
-            let (_, key) = self.order.pop_first()?;
-            let Some(k) = self.keys.get_mut(&key) else {
+            let Reverse((_, id)) = self.order.pop()?;
+            let Some(k) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
                 continue;
             };
             match k.jobs.pop_front() {
                 Some(job) => {
                     self.jobs -= 1;
-                    return Some((key, job));
+                    return Some((id, job));
                 }
-                None => {
-                    self.keys.remove(&key);
-                }
+                None => self.remove(id),
             }
         }
     }
 
-    /// Ends the turn of `key`: `served`, a shard of it was placed (its pass
-    /// steps); `job` goes back to the end of its ring if it still waits;
-    /// `park`: it can place nothing more in this hand-out.
-    pub(super) fn end_turn(&mut self, key: String, job: Option<String>, served: bool, park: bool) {
-        let Some(k) = self.keys.get_mut(&key) else {
+    /// The name of the key in slot `id`.
+    pub(super) fn name(&self, id: KeyId) -> &str {
+        self.slots
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .map_or("", |k| k.name.as_str())
+    }
+
+    /// Ends the turn of key `id`: `served`, a shard of it was placed (its
+    /// pass steps); `job` goes back to the end of its ring if it still
+    /// waits; `park`: it can place nothing more in this hand-out.
+    pub(super) fn end_turn(&mut self, id: KeyId, job: Option<String>, served: bool, park: bool) {
+        let Some(k) = self.slots.get_mut(id as usize).and_then(Option::as_mut) else {
             return;
         };
         if served {
@@ -112,47 +140,66 @@ impl Level {
             k.jobs.push_back(job);
             self.jobs += 1;
         }
+        let pass = k.pass;
         if k.jobs.is_empty() {
-            self.keys.remove(&key);
+            self.remove(id);
         } else if park {
-            self.parked.push((k.pass, key));
+            self.parked.push((pass, id));
         } else {
-            self.order.insert((k.pass, key));
+            self.order.push(Reverse((pass, id)));
         }
     }
 
-    /// Jobs of the key whose turn is next, in turn order: how many the key
-    /// has, for a caller that counts its failed turns.
-    pub(super) fn jobs_of(&self, key: &str) -> usize {
-        self.keys.get(key).map_or(0, |k| k.jobs.len())
+    /// Frees the slot of a key with no job left.
+    fn remove(&mut self, id: KeyId) {
+        if let Some(k) = self.slots.get_mut(id as usize).and_then(Option::take) {
+            self.ids.remove(&k.name);
+            self.free.push(id);
+        }
+    }
+
+    /// Jobs of key `id`, for a caller that counts its failed turns.
+    pub(super) fn jobs_of(&self, id: KeyId) -> usize {
+        self.slots
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .map_or(0, |k| k.jobs.len())
     }
 
     /// Ends a hand-out: parked keys take turns again.
     pub(super) fn unpark(&mut self) {
-        self.order.extend(self.parked.drain(..));
+        for (pass, id) in self.parked.drain(..) {
+            self.order.push(Reverse((pass, id)));
+        }
     }
 
     /// A key's weight changed.
     pub(super) fn reweigh(&mut self, key: &str, weight: u32) {
-        if let Some(k) = self.keys.get_mut(key) {
+        if let Some(k) = self
+            .ids
+            .get(key)
+            .and_then(|&id| self.slots[id as usize].as_mut())
+        {
             k.stride = stride(weight);
         }
     }
 
-    /// The first `n` jobs of each of the first `n` keys in turn order.
-    pub(super) fn first_jobs(&self, n: usize) -> impl Iterator<Item = &String> {
+    /// The first `per_key` jobs of `keys` keys that wait (in no
+    /// particular order).
+    pub(super) fn first_jobs(&self, keys: usize, per_key: usize) -> impl Iterator<Item = &String> {
         self.order
             .iter()
-            .take(n)
-            .filter_map(|(_, key)| self.keys.get(key))
-            .flat_map(move |k| k.jobs.iter().take(n))
+            .take(keys)
+            .filter_map(|Reverse((_, id))| self.slots.get(*id as usize)?.as_ref())
+            .flat_map(move |k| k.jobs.iter().take(per_key))
     }
 
     /// Whether `job` is in the ring of `key` (tests).
     #[cfg(test)]
     pub(super) fn holds(&self, key: &str, job: &str) -> bool {
-        self.keys
+        self.ids
             .get(key)
+            .and_then(|&id| self.slots[id as usize].as_ref())
             .is_some_and(|k| k.jobs.iter().any(|j| j == job))
     }
 }
