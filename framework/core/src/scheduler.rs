@@ -1163,47 +1163,64 @@ impl Scheduler {
                 .backlogged
                 .iter()
                 .take(STEAL_WALK)
-                .filter_map(|id| Some((id, self.pool.workers.get(id)?)))
-                .filter(|(_, w)| self.pool.may_run(w, name))
-                .find_map(|(id, w)| {
-                    w.running.iter().rev().find_map(|(job_id, key)| {
-                        let job = self.jobs.get(job_id)?;
-                        let shard = job.shards.get(key)?;
-                        match &shard.phase {
-                            ShardPhase::Running { runs }
-                                if level(job.priority) < l
-                                    && runs.len() == 1
-                                    && !runs[0].started
-                                    && !runs[0].revoking =>
-                            {
-                                Some((id.clone(), job_id.clone(), *key))
-                            }
-                            _ => None,
-                        }
-                    })
+                .filter(|id| {
+                    let w = self.pool.workers.get(*id);
+                    w.is_some_and(|w| self.pool.may_run(w, name))
+                })
+                .find_map(|id| {
+                    let run = self.queued_run(id, |job| level(job.priority) < l)?;
+                    Some((id.clone(), run))
                 });
-            let Some((worker, job_id, key)) = found else {
+            let Some((worker, (job_id, key))) = found else {
                 continue;
             };
-            let Some(job) = self.jobs.get_mut(&job_id) else {
-                continue;
-            };
-            let incarnation = job.incarnation;
-            let Some(shard) = job.shards.get_mut(&key) else {
-                continue;
-            };
-            if let ShardPhase::Running { runs } = &mut shard.phase {
-                runs[0].revoking = true;
+            if let Some(revoke) = self.revoke(worker, &job_id, key) {
+                out.push(revoke);
+                self.queues.preempted.insert((job_id, key));
             }
-            out.push(Command::Revoke {
-                worker,
-                job: job_id.clone(),
-                incarnation,
-                key,
-                attempt: shard.attempt,
-            });
-            self.queues.preempted.insert((job_id, key));
         }
+    }
+
+    /// A run waiting in `worker`'s queue that may move, of a job `fits`
+    /// takes: its shard's only run, not started, not revoking. A job's
+    /// shards go out in key order, so the highest held key, the likeliest
+    /// still queued, is looked at first.
+    fn queued_run(
+        &self,
+        worker: &str,
+        fits: impl Fn(&JobState) -> bool,
+    ) -> Option<(String, ShardKey)> {
+        let held = &self.pool.workers.get(worker)?.running;
+        held.iter().rev().find_map(|(job_id, key)| {
+            let job = self.jobs.get(job_id)?;
+            let shard = job.shards.get(key)?;
+            match &shard.phase {
+                ShardPhase::Running { runs }
+                    if runs.len() == 1 && !runs[0].started && !runs[0].revoking && fits(job) =>
+                {
+                    Some((job_id.clone(), *key))
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// Tells `worker` not to start its run of the shard ([`Command::Revoke`]):
+    /// the run is revoking until the worker says it dropped it or started it.
+    fn revoke(&mut self, worker: String, job_id: &str, key: ShardKey) -> Option<Command> {
+        let job = self.jobs.get_mut(job_id)?;
+        let incarnation = job.incarnation;
+        let shard = job.shards.get_mut(&key)?;
+        if let ShardPhase::Running { runs } = &mut shard.phase {
+            runs[0].revoking = true;
+        }
+        Some(Command::Revoke {
+            worker,
+            job: job_id.to_string(),
+            incarnation,
+            key,
+            attempt: shard.attempt,
+        })
     }
 
     /// Whether a lower run may be revoked for a higher shard now: some
@@ -1262,45 +1279,16 @@ impl Scheduler {
                 .filter(|from| **from != to)
                 .take(STEAL_WALK)
                 .find_map(|from| {
-                    let held = &self.pool.workers.get(from)?.running;
-                    // A job's shards go out in key order: its highest
-                    // held key is the likeliest still queued.
-                    held.iter().rev().find_map(|(job_id, key)| {
-                        let job = self.jobs.get(job_id)?;
-                        let shard = job.shards.get(key)?;
-                        match &shard.phase {
-                            ShardPhase::Running { runs }
-                                if runs.len() == 1
-                                    && !runs[0].started
-                                    && !runs[0].revoking
-                                    && self.pool.may_run(w, &job.name) =>
-                            {
-                                Some((from.clone(), job_id.clone(), *key))
-                            }
-                            _ => None,
-                        }
-                    })
+                    let run = self.queued_run(from, |job| self.pool.may_run(w, &job.name))?;
+                    Some((from.clone(), run))
                 });
-            let Some((from, job_id, key)) = found else {
+            let Some((from, (job_id, key))) = found else {
                 continue;
             };
-            let Some(job) = self.jobs.get_mut(&job_id) else {
+            let Some(revoke) = self.revoke(from, &job_id, key) else {
                 continue;
             };
-            let incarnation = job.incarnation;
-            let Some(shard) = job.shards.get_mut(&key) else {
-                continue;
-            };
-            if let ShardPhase::Running { runs } = &mut shard.phase {
-                runs[0].revoking = true;
-            }
-            out.push(Command::Revoke {
-                worker: from,
-                job: job_id.clone(),
-                incarnation,
-                key,
-                attempt: shard.attempt,
-            });
+            out.push(revoke);
             let jobs = &self.jobs;
             if let Some(w) = self.pool.workers.get_mut(&to) {
                 w.promised.retain(|p| revoking(jobs, p));

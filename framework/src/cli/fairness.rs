@@ -56,22 +56,13 @@ pub(super) fn run_fairness(a: FairnessArgs) -> anyhow::Result<()> {
                     writeln!(o, "{}", serde_json::to_string(&list)?)?;
                     return Ok(());
                 }
-                let waiting: u64 = list
-                    .keys
-                    .iter()
-                    .filter(|k| k.queued > 0)
-                    .map(|k| u64::from(k.weight))
-                    .sum();
                 writeln!(
                     o,
                     "{:<32} {:>7} {:>10} {:>7}",
                     "KEY", "WEIGHT", "WAITING", "SHARE"
                 )?;
-                for k in &list.keys {
-                    let share = match (k.queued, waiting) {
-                        (0, _) | (_, 0) => "-".to_string(),
-                        _ => format!("{:.0}%", 100.0 * f64::from(k.weight) / waiting as f64),
-                    };
+                for (k, share) in list.keys.iter().zip(super::render::shares(&list.keys)) {
+                    let share = share.map_or("-".to_string(), |p| format!("{p:.0}%"));
                     writeln!(
                         o,
                         "{:<32} {:>7} {:>10} {:>7}",

@@ -7,6 +7,19 @@ use std::time::{Duration, Instant};
 use crate::client::JobReport;
 use crate::wire::{ClusterStatus, JobList, JobProgress, JobState, JobSummary};
 
+/// Each key's share of the slots now, in percent: its weight over the
+/// weights of the keys with shards waiting (`None` for a key with none).
+pub(super) fn shares(keys: &[crate::wire::FairnessKey]) -> Vec<Option<f64>> {
+    let total: u64 = keys
+        .iter()
+        .filter(|k| k.queued > 0)
+        .map(|k| u64::from(k.weight))
+        .sum();
+    keys.iter()
+        .map(|k| (k.queued > 0).then(|| 100.0 * f64::from(k.weight) / total as f64))
+        .collect()
+}
+
 /// What waits, by priority, and the fairness keys' shares: a line each,
 /// when there is something to say (shards at more than the default
 /// priority, keys of more than one weight or more than one key waiting).
@@ -20,21 +33,15 @@ fn queued_text(s: &ClusterStatus) -> String {
             .collect();
         out.push_str(&format!("queued shards: {}\n", by.join(", ")));
     }
-    let waiting: Vec<&crate::wire::FairnessKey> =
-        s.fairness.iter().filter(|k| k.queued > 0).collect();
-    if waiting.len() > 1 || s.fairness.iter().any(|k| k.weight != 1) {
-        let total: u64 = waiting.iter().map(|k| u64::from(k.weight)).sum();
+    let waiting = s.fairness.iter().filter(|k| k.queued > 0).count();
+    if waiting > 1 || s.fairness.iter().any(|k| k.weight != 1) {
+        let shares = shares(&s.fairness);
         let keys: Vec<String> = s
             .fairness
             .iter()
-            .map(|k| {
-                let share = match (k.queued, total) {
-                    (0, _) | (_, 0) => String::new(),
-                    _ => format!(
-                        ", {:.0}% of the slots",
-                        100.0 * f64::from(k.weight) / total as f64
-                    ),
-                };
+            .zip(shares)
+            .map(|(k, share)| {
+                let share = share.map_or(String::new(), |p| format!(", {p:.0}% of the slots"));
                 format!("{} weight {}, {} waiting{share}", k.key, k.weight, k.queued)
             })
             .collect();
