@@ -38,7 +38,10 @@ ROWS = [
             f"histogram_quantile(0.5, sum by (le) (rate(ringleader_start_wait_seconds_bucket[{RATE}])))",
             f"histogram_quantile(0.99, sum by (le) (rate(ringleader_start_wait_seconds_bucket[{RATE}])))",
         ], "timeseries"),
-        ("Jobs running", "sum(ringleader_jobs_running)", "timeseries"),
+        ("Jobs running, and of them delayed jobs waiting for their time", [
+            "sum(ringleader_jobs_running)",
+            "max(ringleader_jobs_scheduled)",
+        ], "timeseries"),
         ("Jobs submitted / completed / failed / cancelled", [
             f"sum(increase(ringleader_jobs_submitted_total[{RATE}]))",
             f"sum(increase(ringleader_jobs_completed_total[{RATE}]))",

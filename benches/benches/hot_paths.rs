@@ -79,6 +79,7 @@ fn one_task_shards(shards: u32) -> JobPlan {
         pending,
         priority: 0,
         fairness: String::new(),
+        not_before: None,
     }
 }
 

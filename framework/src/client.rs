@@ -357,6 +357,19 @@ pub struct SubmitOptions {
     /// a key's jobs take turns. A key that names a principal may be taken
     /// only by that principal, an admin or a node.
     pub fairness_key: Option<String>,
+    /// A delayed job: acknowledged and durable at once, none of its tasks
+    /// started before this time, as the serving master's wall clock
+    /// judges it (a time past starts it at once). Cancel works while it
+    /// waits. Needs the cluster's feature level
+    /// [`crate::core::features::DELAYED_JOBS`] (a new cluster's; an older
+    /// one's after `features upgrade`).
+    pub not_before: Option<std::time::SystemTime>,
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The error of an `Error` reply to a request of protocol 7 on: a master
@@ -459,6 +472,26 @@ impl Client {
             Ok(mut shapes) => *shapes.entry(J::NAME).or_insert_with(traced),
             Err(_) => traced(),
         }
+    }
+
+    /// Refuses a delayed job before it is sent to a master of a release
+    /// before delayed jobs, which would start it at once. (A master of
+    /// this release refuses it below the feature level that holds such
+    /// masters out of the cluster.)
+    async fn serves_delays(&self) -> Result<(), ClientError> {
+        let master = self.find_master(None).await?;
+        let newest = master.protocol.map_or(0, |[_, newest]| newest);
+        if newest < crate::wire::DELAYED_JOBS {
+            return Err(ClientError::Refused {
+                kind: Refusal::Unsupported,
+                message: format!(
+                    "the serving master {} is of a release before delayed jobs, which would \
+                     start this job at once: upgrade the cluster (see \"Upgrading\" in the README)",
+                    master.node_id
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The published master, preferring one newer than `bad_epoch` (an
@@ -793,6 +826,9 @@ impl Client {
             options,
             job_id,
         } = job;
+        if options.not_before_ms.is_some() {
+            self.serves_delays().await?;
+        }
         let job_id = job_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let header = SubmitHeader {
             job_id: job_id.clone(),
@@ -919,6 +955,7 @@ impl Client {
             stream: options.stream,
             priority: options.priority,
             fairness_key: options.fairness_key.clone(),
+            not_before_ms: options.not_before.map(unix_ms),
         };
         // The first submission of each job type checks that the master
         // defines it as this binary does (one round trip per type).

@@ -35,6 +35,11 @@ pub const WORKERS: &str = "ringleader_workers";
 pub const SHARDS_QUEUED: &str = "ringleader_shards_queued";
 /// Gauge, by `priority` (0 to 9).
 pub const SHARDS_QUEUED_BY_PRIORITY: &str = "ringleader_shards_queued_by_priority";
+/// Gauge: delayed jobs waiting for their time (master only).
+pub const JOBS_SCHEDULED: &str = "ringleader_jobs_scheduled";
+/// Gauge: the earliest delayed job's time, in seconds since the Unix
+/// epoch (0: none waits).
+pub const NEXT_SCHEDULED: &str = "ringleader_next_scheduled_timestamp_seconds";
 /// Gauge: shards sent to workers and not yet committed (master only).
 pub const SHARDS_IN_FLIGHT: &str = "ringleader_shards_in_flight";
 /// Gauge, label `worker`: shards a worker holds (master only).
@@ -222,6 +227,8 @@ pub const CATALOGUE: &[Metric] = &[
     metric(WORKERS, Kind::Gauge, "", "workers", "master", "Workers registered in ZooKeeper and connected over QUIC."),
     metric(SHARDS_QUEUED, Kind::Gauge, "", "shards", "master", "Shards waiting for a worker."),
     metric(SHARDS_QUEUED_BY_PRIORITY, Kind::Gauge, "priority", "shards", "master", "Shards ready to run, by their job's priority (0 to 9; retries in backoff are not ready)."),
+    metric(JOBS_SCHEDULED, Kind::Gauge, "", "jobs", "master", "Delayed jobs (`submit --delay`, `--at`) waiting for their time."),
+    metric(NEXT_SCHEDULED, Kind::Gauge, "", "seconds", "master", "When the earliest delayed job starts, in seconds since the Unix epoch (0 when none waits)."),
     metric(SHARDS_IN_FLIGHT, Kind::Gauge, "", "shards", "master", "Shards sent to workers and not yet reported."),
     metric(WORKER_IN_FLIGHT, Kind::Gauge, "worker", "shards", "master", "Shards each worker holds."),
     metric(SHARDS_ASSIGNED, Kind::Counter, "", "shards", "master", "Shards sent to workers."),
@@ -312,6 +319,8 @@ fn node_gauges() -> impl Iterator<Item = metrics::Gauge> {
         SHARDS_QUEUED,
         SHARDS_IN_FLIGHT,
         JOBS_RUNNING,
+        JOBS_SCHEDULED,
+        NEXT_SCHEDULED,
         JOBS_QUARANTINED,
         QUIC_CONNECTIONS,
     ]

@@ -753,7 +753,16 @@ async fn enrol(zk: &Session, node_id: &str, config: &NodeConfig) -> Result<(), N
         features: crate::core::features::SUPPORTED,
     };
     zk.register_node(node_id, &info).await?;
-    let (level, _) = zk.feature_level().await?;
+    // A new cluster starts with every feature its first nodes follow.
+    let start = crate::core::features::initial(&Session::follows(&zk.live_nodes().await?));
+    let record = crate::coord::FeaturesRecord {
+        level: start,
+        raised_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        by: config.build.clone(),
+    };
+    let level = zk.start_feature_level(&record).await?;
     crate::core::features::may_join(level)?;
     Ok(())
 }

@@ -50,6 +50,7 @@ fn options() -> JobOptions {
         stream: true,
         priority: 0,
         fairness_key: None,
+        not_before_ms: None,
     }
 }
 

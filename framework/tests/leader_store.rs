@@ -24,6 +24,7 @@ fn record() -> JobRecord {
             stream: false,
             priority: 0,
             fairness_key: None,
+            not_before_ms: None,
         },
         tasks_total: 1,
         batches: 0,

@@ -7,18 +7,37 @@
 //! caller reads ZooKeeper.
 
 /// The highest level this build follows.
-pub const SUPPORTED: u32 = 1;
+pub const SUPPORTED: u32 = 2;
 
 /// Level 1: result records (`jobs/<id>/result`, and a compact job's in its
 /// record) are written as maps of named fields, so that they can gain
 /// fields; a node of the release before reads them only as arrays.
 pub const NAMED_RESULTS: u32 = 1;
 
+/// Level 2: delayed jobs (`JobOptions::not_before_ms`) are accepted: a
+/// master of a release before them would start them at once.
+pub const DELAYED_JOBS: u32 = 2;
+
 /// What each level turns on, for `features show`.
-pub const LEVELS: &[(u32, &str)] = &[(
-    NAMED_RESULTS,
-    "result records are written as maps of named fields (they can gain fields)",
-)];
+pub const LEVELS: &[(u32, &str)] = &[
+    (
+        NAMED_RESULTS,
+        "result records are written as maps of named fields (they can gain fields)",
+    ),
+    (
+        DELAYED_JOBS,
+        "delayed jobs (`submit --delay`, `--at`) are accepted (a master of an earlier release \
+         would start them at once)",
+    ),
+];
+
+/// The level a cluster that never had a master starts at, its first
+/// nodes `live`: what they all follow (a new cluster has every feature
+/// its nodes know; one made by an earlier release keeps its level until
+/// `features upgrade`).
+pub fn initial(live: &[Live]) -> u32 {
+    live.iter().map(|l| l.follows).fold(SUPPORTED, u32::min)
+}
 
 /// A live node, as the level's decisions see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +158,14 @@ mod tests {
             .contains("old (a release before feature levels)"));
         // No live node: this build's own.
         assert_eq!(raise_to(0, &[]), Ok(SUPPORTED));
+    }
+
+    #[test]
+    fn a_new_cluster_starts_at_the_level_every_first_node_follows() {
+        assert_eq!(initial(&[]), SUPPORTED);
+        assert_eq!(initial(&[live("a", SUPPORTED)]), SUPPORTED);
+        assert_eq!(initial(&[live("a", SUPPORTED), live("b", 1)]), 1);
+        assert_eq!(initial(&[live("a", SUPPORTED), live("old", 0)]), 0);
     }
 
     #[test]

@@ -549,7 +549,8 @@ impl MasterCore {
     }
 
     /// When the core next wants [`Event::Tick`]: a retry out of its
-    /// backoff, a result to write again, or a look for slow runs.
+    /// backoff, a delayed job's time, a result to write again, or a look
+    /// for slow runs.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let now = self.now?;
         let due = match self.paused {
@@ -1351,6 +1352,16 @@ impl MasterCore {
     /// weight and its shards waiting, by key.
     pub fn fair_shares(&self) -> BTreeMap<String, (u32, u64)> {
         self.sched.fair_shares()
+    }
+
+    /// When a delayed job's shards may run, while it waits for that.
+    pub fn not_before(&self, job: &str) -> Option<Instant> {
+        self.sched.not_before(job)
+    }
+
+    /// Delayed jobs waiting for their time, and the earliest time.
+    pub fn timed(&self) -> (usize, Option<Instant>) {
+        self.sched.timed()
     }
 
     /// Whether assignments wait for ZooKeeper.

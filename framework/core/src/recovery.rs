@@ -59,6 +59,7 @@ pub fn recover_job(
         // The caller's: the record's.
         priority: 0,
         fairness: String::new(),
+        not_before: None,
     };
     let mut final_failures = Vec::new();
     let mut outputs = BTreeMap::new();

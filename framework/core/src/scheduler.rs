@@ -88,6 +88,10 @@ pub struct JobPlan {
     /// their weights ([`Scheduler::set_weight`]), and a key's jobs take
     /// turns. Its owner's, unless the job names another.
     pub fairness: String,
+    /// None of its shards is placed before this (a delayed job): they
+    /// join the queues once it has passed ([`Scheduler::next_due`] says
+    /// when).
+    pub not_before: Option<Instant>,
 }
 
 /// What the master must do.
@@ -581,6 +585,9 @@ struct JobState {
     queue: VecDeque<ShardKey>,
     /// It has an entry in [`Queues::ready`].
     in_ready: bool,
+    /// Its shards wait for this time before they are queued (its entry in
+    /// [`Queues::timed`]).
+    not_before: Option<Instant>,
 }
 
 impl JobState {
@@ -615,6 +622,8 @@ struct Queues {
     preempted: BTreeSet<(String, ShardKey)>,
     /// Retries waiting out their backoff, by when they are due.
     delayed: BTreeSet<(Instant, String, ShardKey)>,
+    /// Delayed jobs, by when their shards may be queued.
+    timed: BTreeSet<(Instant, String)>,
     /// Shards running on exactly one worker, by when that run was placed:
     /// the candidates for a speculative copy, oldest first.
     aging: BTreeSet<(Instant, String, ShardKey)>,
@@ -931,7 +940,11 @@ impl Scheduler {
             in_ready: false,
             priority: plan.priority.min(MAX_PRIORITY),
             fairness: plan.fairness,
+            not_before: plan.not_before,
         };
+        if let Some(t) = job.not_before {
+            self.queues.timed.insert((t, plan.id.clone()));
+        }
         for p in plan.pending {
             let attempt = p.attempt.max(1);
             let phase = if attempt > max_attempts {
@@ -949,7 +962,9 @@ impl Scheduler {
                 });
                 ShardPhase::Committing { worker: None }
             } else {
-                self.queues.push(&plan.id, &mut job, p.key, false);
+                if job.not_before.is_none() {
+                    self.queues.push(&plan.id, &mut job, p.key, false);
+                }
                 ShardPhase::Pending
             };
             job.shards.insert(
@@ -981,6 +996,9 @@ impl Scheduler {
     /// its runs are stopped.
     fn unindex_job(&mut self, id: &str, mut job: JobState, out: &mut Vec<Command>) {
         self.queues.took(&job, job.queue.len());
+        if let Some(t) = job.not_before.take() {
+            self.queues.timed.remove(&(t, id.to_string()));
+        }
         for (key, shard) in &mut job.shards {
             self.queues.forget(id, *key, shard);
             if let ShardPhase::Running { runs } = &shard.phase {
@@ -1005,6 +1023,26 @@ impl Scheduler {
     /// Hands ready shards to workers with free capacity, least loaded
     /// first; jobs take turns, one shard each.
     pub fn assign(&mut self, now: Instant) -> Vec<Command> {
+        // Delayed jobs whose time has come join the queues, shards in order.
+        while let Some((due, job_id)) = self.queues.timed.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.queues.timed.remove(&(due, job_id.clone()));
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            job.not_before = None;
+            let pending: Vec<ShardKey> = job
+                .shards
+                .iter()
+                .filter(|(_, s)| matches!(s.phase, ShardPhase::Pending) && s.not_before.is_none())
+                .map(|(k, _)| *k)
+                .collect();
+            for key in pending {
+                self.queues.push(&job_id, job, key, false);
+            }
+        }
         // Retries whose backoff is over join their job's queue.
         while let Some((due, job_id, key)) = self.queues.delayed.first().cloned() {
             if due > now {
@@ -1339,13 +1377,28 @@ impl Scheduler {
         out
     }
 
-    /// When the earliest retry waiting out its backoff after `now` becomes due.
+    /// When the earliest retry waiting out its backoff, or delayed job
+    /// waiting for its time, after `now` becomes due.
     pub fn next_due(&self, now: Instant) -> Option<Instant> {
-        self.queues
+        let retry = self
+            .queues
             .delayed
             .iter()
             .map(|(due, ..)| *due)
-            .find(|due| *due > now)
+            .find(|due| *due > now);
+        let timed = self.queues.timed.first().map(|(due, _)| *due);
+        retry.into_iter().chain(timed).min()
+    }
+
+    /// When a delayed job's shards may be queued, while they wait.
+    pub fn not_before(&self, job_id: &str) -> Option<Instant> {
+        self.jobs.get(job_id)?.not_before
+    }
+
+    /// Delayed jobs waiting for their time, and the earliest time.
+    pub fn timed(&self) -> (usize, Option<Instant>) {
+        let t = &self.queues.timed;
+        (t.len(), t.first().map(|(due, _)| *due))
     }
 
     /// A worker's slot picked up a shard: from now on, losing the worker
@@ -1825,7 +1878,9 @@ impl Scheduler {
                         }
                     }
                     ShardPhase::Pending => {
-                        let waiting = shard.not_before.is_some() || job.queue.contains(key);
+                        let waiting = shard.not_before.is_some()
+                            || job.not_before.is_some()
+                            || job.queue.contains(key);
                         assert!(
                             waiting,
                             "{id}/{key}: pending but neither queued nor delayed"
@@ -1839,6 +1894,12 @@ impl Scheduler {
         assert_eq!(queued_at, self.queues.queued_at, "queued per priority");
         assert_eq!(aging, self.queues.aging, "aging index");
         assert_eq!(delayed, self.queues.delayed, "delayed index");
+        let timed: BTreeSet<(Instant, String)> = self
+            .jobs
+            .iter()
+            .filter_map(|(id, j)| Some((j.not_before?, id.clone())))
+            .collect();
+        assert_eq!(timed, self.queues.timed, "delayed jobs' index");
         let mut regulars: HashMap<String, usize> = HashMap::new();
         for (id, w) in &self.pool.workers {
             let mine = held.remove(id.as_str()).unwrap_or_default();
@@ -1970,6 +2031,7 @@ mod tests {
                 .collect(),
             priority: 0,
             fairness: String::new(),
+            not_before: None,
         }
     }
 
@@ -2484,6 +2546,35 @@ mod tests {
         assert_eq!(order[3..9], ["mid"; 6]);
         assert_eq!(order[9..], ["low"; 3]);
         // The runs carry their priority to the worker.
+        s.check_indexes();
+    }
+
+    #[test]
+    fn a_delayed_job_is_placed_not_before_its_time_and_forgotten_if_removed_while_it_waits() {
+        let mut s = Clocked::new();
+        let t0 = s.now;
+        let mut later = plan("later", 3, 1, 3);
+        later.not_before = Some(t0 + Duration::from_secs(30));
+        s.add_job(later);
+        let mut gone = plan("gone", 2, 1, 3);
+        gone.not_before = Some(t0 + Duration::from_secs(10));
+        s.add_job(gone);
+        s.add_job(plan("now", 1, 1, 3));
+        s.add_worker("a", 4, ["j".to_string()], false);
+        assert_eq!(placed_jobs(&s.assign()), ["now"]);
+        assert_eq!(s.timed(), (2, Some(t0 + Duration::from_secs(10))));
+        assert_eq!(s.s.next_due(t0), Some(t0 + Duration::from_secs(10)));
+        s.check_indexes();
+        // Removed while it waits: nothing of it is left to wake for.
+        assert_eq!(s.remove_job("gone"), []);
+        assert_eq!(s.s.next_due(t0), Some(t0 + Duration::from_secs(30)));
+        s.tick(t0 + Duration::from_millis(29_999));
+        assert_eq!(placed_jobs(&s.assign()), Vec::<String>::new());
+        assert_eq!(s.not_before("later"), Some(t0 + Duration::from_secs(30)));
+        s.tick(t0 + Duration::from_secs(30));
+        assert_eq!(placed_jobs(&s.assign()), ["later"; 3]);
+        assert_eq!(s.timed(), (0, None));
+        assert_eq!(s.not_before("later"), None);
         s.check_indexes();
     }
 

@@ -825,6 +825,7 @@ mod tests {
             job_name: "probe".into(),
             state,
             counters: Default::default(),
+            not_before_ms: None,
         };
         p.counters.tasks_done = done;
         Reply::Job(p)

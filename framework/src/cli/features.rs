@@ -35,13 +35,7 @@ enum FeaturesAction {
 /// The live nodes as the level's decisions see them (a node without a
 /// registration is of a release before feature levels: it follows none).
 fn lives(nodes: &std::collections::BTreeMap<String, Option<NodeInfo>>) -> Vec<Live> {
-    nodes
-        .iter()
-        .map(|(node, info)| Live {
-            node: node.clone(),
-            follows: info.as_ref().map_or(0, |i| i.features),
-        })
-        .collect()
+    crate::coord::Session::follows(nodes)
 }
 
 fn show(level: u32, nodes: &std::collections::BTreeMap<String, Option<NodeInfo>>) -> String {

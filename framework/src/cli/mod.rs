@@ -188,6 +188,46 @@ struct SubmitArgs {
     /// item is printed once.
     #[arg(long, conflicts_with = "detach")]
     stream: bool,
+    /// Start the job no sooner than this from now: `30s`, `5m`, `1h30m`
+    /// (a bare number is seconds). It is acknowledged and durable at once,
+    /// shown as scheduled by `jobs` and `status`, and can be cancelled
+    /// while it waits.
+    #[arg(long, value_name = "DURATION", value_parser = parse_delay, conflicts_with = "at")]
+    delay: Option<Duration>,
+    /// Start the job no sooner than this time, in RFC 3339 with a zone
+    /// (`2026-12-24T18:00:00Z`, `2026-12-24T19:00:00+01:00`), as the
+    /// master's clock judges it.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    at: Option<std::time::SystemTime>,
+}
+
+impl SubmitArgs {
+    /// When the job may start, if it is delayed.
+    fn not_before(&self) -> Option<std::time::SystemTime> {
+        match (self.delay, self.at) {
+            (_, Some(at)) => Some(at),
+            (Some(d), None) => Some(std::time::SystemTime::now() + d),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A delay: a duration as `30s`, `5m` or `1h30m`, or a bare number of
+/// seconds.
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    parse_duration(s)
+}
+
+/// A time in RFC 3339 with a zone (`Z` or an offset).
+fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    let t = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            format!("{e}: write a time in RFC 3339 with a zone, as 2026-12-24T18:00:00Z or 2026-12-24T19:00:00+01:00")
+        })?;
+    Ok(t.into())
 }
 
 /// How a submitted job is cut and retried (`submit` and `local`).
@@ -229,6 +269,7 @@ impl JobArgs {
             stream: false,
             priority: self.priority,
             fairness_key: self.fairness_key.clone(),
+            not_before_ms: None,
         }
     }
 }
@@ -287,7 +328,10 @@ struct JobsArgs {
 /// A job state, as `jobs --state` names it.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum StateArg {
+    /// Running, its time come.
     Running,
+    /// Running, waiting for its time (`submit --delay`, `--at`).
+    Scheduled,
     Done,
     Cancelled,
 }
@@ -295,7 +339,7 @@ enum StateArg {
 impl From<StateArg> for crate::wire::JobState {
     fn from(s: StateArg) -> Self {
         match s {
-            StateArg::Running => crate::wire::JobState::Running,
+            StateArg::Running | StateArg::Scheduled => crate::wire::JobState::Running,
             StateArg::Done => crate::wire::JobState::Done,
             StateArg::Cancelled => crate::wire::JobState::Cancelled,
         }
@@ -314,8 +358,23 @@ impl JobsArgs {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let mut states: Vec<crate::wire::JobState> = Vec::new();
+        for s in self.state.iter().map(|s| (*s).into()) {
+            if !states.contains(&s) {
+                states.push(s);
+            }
+        }
+        let (running, scheduled) = (
+            self.state.contains(&StateArg::Running),
+            self.state.contains(&StateArg::Scheduled),
+        );
         crate::wire::JobQuery {
-            states: self.state.iter().map(|s| (*s).into()).collect(),
+            states,
+            scheduled: match (running, scheduled) {
+                (false, true) => Some(true),
+                (true, false) => Some(false),
+                _ => None,
+            },
             job_name: self.job.clone(),
             owner: self.owner.as_ref().map(|o| match o.contains(':') {
                 true => o.clone(),
@@ -908,6 +967,10 @@ impl NodeBuilder {
         };
         let mut opts = a.job.options(job.as_ref());
         opts.stream = a.stream;
+        opts.not_before_ms = a.not_before().map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        });
         let out = Output::new(a.output);
         let how = HowToSubmit {
             job_id: a.job_id,
@@ -1105,6 +1168,7 @@ async fn submit(
         .job_id
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let opts_stream = opts.stream;
+    let not_before = opts.not_before_ms;
     let detach = how.detach;
     eprintln!("job {id}: submitting {} {name} tasks", tasks.len());
     let not_sent = |e: ClientError| {
@@ -1190,8 +1254,12 @@ async fn submit(
         }
         Err(e) => return Err(not_sent(e)),
     };
+    let scheduled = match not_before {
+        Some(ms) if !existing => format!(", scheduled for {}", render::time_text(ms)),
+        _ => String::new(),
+    };
     eprintln!(
-        "job {id} {}",
+        "job {id} {}{scheduled}",
         if existing {
             "already exists"
         } else {

@@ -138,8 +138,11 @@ pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
             .and_then(|l| l.jobs.iter().find(|a| a.job_id == j.job_id))
             .and_then(|a| a.note.as_deref())
             .map_or(String::new(), |n| format!(" ({n})"));
+        let scheduled = j.not_before_ms.map_or(String::new(), |ms| {
+            format!("scheduled for {}, ", time_text(ms))
+        });
         out.push_str(&format!(
-            "job {} {} {}/{} tasks, {} failed (dead letters), {} retries{note}\n",
+            "job {} {} {scheduled}{}/{} tasks, {} failed (dead letters), {} retries{note}\n",
             j.job_id,
             j.job_name,
             j.counters.tasks_done,
@@ -156,10 +159,7 @@ pub(super) fn status_text(s: &ClusterStatus, jobs: Option<&JobList>) -> String {
     }
     if let Some(list) = jobs {
         let c = list.counts;
-        out.push_str(&format!(
-            "jobs held: {} running, {} done, {} cancelled\n",
-            c.running, c.done, c.cancelled
-        ));
+        out.push_str(&format!("jobs held: {}\n", counts_text(c)));
         let ended: Vec<&JobSummary> = list.jobs.iter().filter(|j| j.state.is_final()).collect();
         if !ended.is_empty() {
             out.push_str("newest finished (`jobs` filters and lists more):\n");
@@ -190,16 +190,30 @@ pub(super) fn jobs_text(list: &JobList) -> String {
         ));
     }
     let c = list.counts;
-    out.push_str(&format!(
-        "{} running, {} done, {} cancelled\n",
-        c.running, c.done, c.cancelled
-    ));
+    out.push_str(&format!("{}\n", counts_text(c)));
     out
+}
+
+/// Jobs by state, the scheduled among the running.
+fn counts_text(c: crate::wire::StateCounts) -> String {
+    let scheduled = match c.scheduled {
+        0 => String::new(),
+        n => format!(" ({n} scheduled)"),
+    };
+    format!(
+        "{} running{scheduled}, {} done, {} cancelled",
+        c.running, c.done, c.cancelled
+    )
 }
 
 /// A job's line.
 fn job_line(j: &JobSummary) -> String {
+    let scheduled;
     let state = match j.state {
+        JobState::Running if j.is_scheduled() => {
+            scheduled = format!("scheduled for {}", time_text(j.not_before_ms.unwrap_or(0)));
+            scheduled.as_str()
+        }
         JobState::Running => "running",
         JobState::Done if j.fetched => "done, fetched",
         JobState::Done => "done",
@@ -230,6 +244,25 @@ fn job_line(j: &JobSummary) -> String {
         "job {} {} {state}, {progress}{when}{owner}{note}\n",
         j.job_id, j.job_name
     )
+}
+
+/// A time (milliseconds since the Unix epoch) in RFC 3339, UTC, to the
+/// second, with how far from now it is.
+pub(super) fn time_text(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let utc = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms after the Unix epoch"));
+    match ms.checked_sub(now) {
+        Some(ahead) => format!("{utc} (in {})", ago_text(ahead)),
+        None => format!("{utc} ({} ago)", ago_text(now - ms)),
+    }
 }
 
 fn ago_text(ms: u64) -> String {

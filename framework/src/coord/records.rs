@@ -679,6 +679,7 @@ mod tests {
                 stream: false,
                 priority: 0,
                 fairness_key: None,
+                not_before_ms: None,
             },
             tasks_total: 1,
             batches: 0,
@@ -771,6 +772,7 @@ mod tests {
                 stream: true,
                 priority: 0,
                 fairness_key: None,
+                not_before_ms: None,
             },
             tasks_total: 1,
             batches: 0,
@@ -808,6 +810,7 @@ mod tests {
             stream: false,
             priority: 0,
             fairness_key: None,
+            not_before_ms: None,
         };
         let d = |name: &str, o: &JobOptions, t: &[&str]| submission_digest(name, o, &tasks(t));
         let base = d("j", &o, &["ab", "c"]);

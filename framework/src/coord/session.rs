@@ -223,6 +223,40 @@ impl Session {
         written.map_err(|e| CoordError::zk(&path, e))
     }
 
+    /// Starts a cluster that never had a master (no `/epoch`, no level
+    /// set) at `level` and answers the cluster's level: `level` if this
+    /// call or a concurrent one set it, what is set otherwise. A cluster an
+    /// earlier release made keeps its level until `features upgrade`.
+    pub async fn start_feature_level(&self, record: &FeaturesRecord) -> Result<u32, CoordError> {
+        let (level, version) = self.feature_level().await?;
+        if version.is_some() || record.level == 0 {
+            return Ok(level);
+        }
+        let epoch = self.layout.epoch();
+        match self.client.check_stat(&epoch).await {
+            Ok(Some(_)) => return Ok(level),
+            Ok(None) => {}
+            Err(e) => return Err(CoordError::zk(&epoch, e)),
+        }
+        match self.set_feature_level(record, None).await {
+            Ok(()) => Ok(record.level),
+            Err(e) if e.is_node_exists() => Ok(self.feature_level().await?.0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The levels the live nodes follow (0: a release before levels), for
+    /// the decisions of [`crate::core::features`].
+    pub fn follows(nodes: &BTreeMap<String, Option<NodeInfo>>) -> Vec<crate::core::features::Live> {
+        nodes
+            .iter()
+            .map(|(node, info)| crate::core::features::Live {
+                node: node.clone(),
+                follows: info.as_ref().map_or(0, |i| i.features),
+            })
+            .collect()
+    }
+
     /// Every live node: candidates (whose election znodes name them),
     /// workers and registered nodes, each with its registration if it
     /// wrote one (a node of a release before registrations did not).

@@ -160,6 +160,7 @@ fn options() -> JobOptions {
         stream: true,
         priority: 0,
         fairness_key: None,
+        not_before_ms: None,
     }
 }
 
@@ -169,6 +170,7 @@ fn progress(state: JobState) -> JobProgress {
         job_name: "word-count".into(),
         state,
         counters: counters(),
+        not_before_ms: None,
     }
 }
 
@@ -430,6 +432,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
                 owner: Some("client:alice".into()),
                 since_ms: Some(1_765_000_000_000),
                 last: 20,
+                scheduled: None,
             })),
         ),
         (
@@ -445,12 +448,14 @@ fn samples() -> Vec<(&'static str, Sample)> {
                     fetched: false,
                     note: Some("no worker runs word-count".into()),
                     owner: Some("client:alice".into()),
+                    not_before_ms: None,
                 }],
                 matched: 1,
                 counts: StateCounts {
                     running: 1,
                     done: 2,
                     cancelled: 3,
+                    scheduled: 0,
                 },
             })),
         ),
@@ -661,6 +666,7 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                     options: JobOptions {
                         priority: 7,
                         fairness_key: Some("tenant-a".into()),
+                        not_before_ms: Some(1_765_000_060_000),
                         ..header.options
                     },
                     ..header
@@ -671,6 +677,7 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                 options: JobOptions {
                     priority: 7,
                     fairness_key: Some("tenant-a".into()),
+                    not_before_ms: Some(1_765_000_060_000),
                     ..record.options
                 },
                 ..record
@@ -678,6 +685,23 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
             Sample::ToWorker(ToWorker::Assign(a)) => {
                 Sample::ToWorker(ToWorker::Assign(Assignment { priority: 9, ..a }))
             }
+            Sample::Request(Request::ListJobs(query)) => {
+                Sample::Request(Request::ListJobs(JobQuery {
+                    scheduled: Some(true),
+                    ..query
+                }))
+            }
+            Sample::Reply(Reply::Jobs(mut list)) => {
+                list.counts.scheduled = 1;
+                for j in &mut list.jobs {
+                    j.not_before_ms = Some(1_765_000_060_000);
+                }
+                Sample::Reply(Reply::Jobs(list))
+            }
+            Sample::Reply(Reply::Job(p)) => Sample::Reply(Reply::Job(JobProgress {
+                not_before_ms: Some(1_765_000_060_000),
+                ..p
+            })),
             _ => continue,
         };
         out.push((name, extended));
@@ -769,7 +793,7 @@ fn every_frame_and_record_this_build_writes_is_read_by_the_baseline() {
     let extended = extended_samples();
     assert_eq!(
         extended.len(),
-        9,
+        12,
         "every value with a field added is extended"
     );
     for (name, sample) in samples().into_iter().chain(extended) {

@@ -48,6 +48,7 @@ pub fn worst_request(i: usize) -> Vec<Request> {
                     stream: false,
                     priority: 0,
                     fairness_key: None,
+                    not_before_ms: None,
                 },
                 task_count: if chunks { 4 } else { u64::MAX },
                 shape: None,

@@ -40,6 +40,12 @@ pub struct JobOptions {
     /// job's identity. Left out when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fairness_key: Option<String>,
+    /// A delayed job: none of its tasks starts before this time
+    /// (milliseconds since the Unix epoch, UTC), as the master's wall
+    /// clock judges it. Not part of the job's identity. Left out when
+    /// `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -47,6 +53,10 @@ fn is_false(b: &bool) -> bool {
 }
 
 pub(super) fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -100,6 +110,10 @@ pub struct JobProgress {
     /// committed; of those, failed; failed attempts retried.
     #[serde(with = "crate::wire::core_serde::CountersDef")]
     pub counters: Counters,
+    /// A delayed job's time (milliseconds since the Unix epoch), while it
+    /// waits for it. Left out when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
 }
 
 /// A worker as the master sees it.
@@ -505,6 +519,18 @@ pub struct JobSummary {
     pub note: Option<String>,
     /// Whose it is (`client:<name>`; `None`: a job of an older version).
     pub owner: Option<String>,
+    /// A delayed job's time (milliseconds since the Unix epoch), while it
+    /// waits for it: such a running job is scheduled. Left out when
+    /// `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+}
+
+impl JobSummary {
+    /// Running and waiting for its time.
+    pub fn is_scheduled(&self) -> bool {
+        self.state == JobState::Running && self.not_before_ms.is_some()
+    }
 }
 
 /// Which jobs a [`Request::ListJobs`] asks for: every condition given must
@@ -522,6 +548,11 @@ pub struct JobQuery {
     pub since_ms: Option<u64>,
     /// At most this many, newest first (0: up to [`MAX_LISTED`]).
     pub last: u32,
+    /// Of running jobs, only those waiting for their time (`Some(true)`:
+    /// `jobs --state scheduled`), or only those not (`Some(false)`). Left
+    /// out when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<bool>,
 }
 
 /// Most jobs one [`Reply::Jobs`] lists.
@@ -548,6 +579,9 @@ pub struct StateCounts {
     pub done: u64,
     /// Cancelled.
     pub cancelled: u64,
+    /// Of the running, those waiting for their time. Left out when 0.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub scheduled: u64,
 }
 
 impl JobQuery {
@@ -572,9 +606,15 @@ impl JobQuery {
                 JobState::Done => counts.done += 1,
                 JobState::Cancelled => counts.cancelled += 1,
             }
+            if j.is_scheduled() {
+                counts.scheduled += 1;
+            }
         }
         if !self.states.is_empty() {
             all.retain(|j| self.states.contains(&j.state));
+        }
+        if let Some(scheduled) = self.scheduled {
+            all.retain(|j| j.state != JobState::Running || j.is_scheduled() == scheduled);
         }
         let matched = all.len() as u64;
         all.sort_by(|a, b| {
@@ -615,6 +655,7 @@ mod tests {
                 fetched: false,
                 note: None,
                 owner: Some(owner.into()),
+                not_before_ms: None,
             };
         let all = vec![
             job("a", JobState::Done, "wc", "client:al", 10),
@@ -638,6 +679,7 @@ mod tests {
             running: 1,
             done: 3,
             cancelled: 0,
+            scheduled: 0,
         };
         assert_eq!(l.counts, counts);
         let q = JobQuery {
@@ -646,9 +688,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ids(&q.answer(all.clone())), ["e", "d", "b"]);
-        let everything = JobQuery::default().answer(all);
+        let everything = JobQuery::default().answer(all.clone());
         assert_eq!(everything.matched, 5);
         assert_eq!(ids(&everything), ["e", "d", "b", "c", "a"]);
+        // A delayed job waiting for its time is running and scheduled:
+        // `--state scheduled` lists it alone, `--state running` the others.
+        let mut all = all;
+        let mut waits = job("f", JobState::Running, "wc", "client:al", 60);
+        waits.not_before_ms = Some(1_000);
+        all.push(waits);
+        let q = |states: Vec<JobState>, scheduled| JobQuery {
+            states,
+            scheduled,
+            ..Default::default()
+        };
+        let scheduled = q(vec![JobState::Running], Some(true)).answer(all.clone());
+        assert_eq!(ids(&scheduled), ["f"]);
+        assert_eq!(
+            (scheduled.counts.running, scheduled.counts.scheduled),
+            (2, 1)
+        );
+        let running = q(vec![JobState::Running], Some(false)).answer(all.clone());
+        assert_eq!(ids(&running), ["b"]);
+        let both = q(vec![JobState::Running, JobState::Done], Some(true)).answer(all);
+        assert_eq!(ids(&both), ["f", "e", "c", "a"]);
     }
 
     #[test]

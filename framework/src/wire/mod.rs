@@ -27,7 +27,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The newest protocol version this build speaks: bumped when a frame
 /// gains a variant or a meaning that a peer of an earlier version does not
 /// know (a field added is not such a change: see [`encode_named`]).
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
+
+/// The first version whose master holds a delayed job
+/// ([`JobOptions::not_before_ms`]) until its time.
+pub const DELAYED_JOBS: u32 = 8;
 
 /// The oldest protocol version this build still speaks: a link's version
 /// is the newest both ends speak ([`negotiate`]), so that adjacent

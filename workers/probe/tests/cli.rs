@@ -304,6 +304,9 @@ fn every_job_of_a_binary_has_a_command_line_and_each_end_its_exit_code() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(&c, "cancel", &["gone"]);
     assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run(&c, "jobs", &["--state", "scheduled"]);
+    assert!(!out.contains("job gone"), "{out}");
+    assert!(out.contains("1 running (1 scheduled)"), "{out}");
     let (code, _, err) = run(&c, "result", &["gone", "--wait"]);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("job gone was cancelled"), "{err}");
@@ -2198,6 +2201,7 @@ fn a_job_the_master_cannot_read_or_run_is_quarantined_and_every_other_job_runs()
             stream: false,
             priority: 0,
             fairness_key: None,
+            not_before_ms: None,
         },
         tasks_total: 3,
         batches: 0,
@@ -2426,6 +2430,13 @@ fn during_a_rolling_upgrade_of_task_types_each_job_runs_only_on_workers_of_its_t
 fn the_feature_level_rises_only_when_every_live_node_follows_it_and_is_never_outrun() {
     use ringleader::coord::{JobRecord, ResultForm, WorkerInfo};
     let mut c = Cluster::new(BIN);
+    // A cluster an earlier release made (it had a master, and no level
+    // was raised): it keeps level 0 until `features upgrade`. (A new
+    // cluster starts at the highest level its first nodes follow.)
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.plant(&zk, &c.layout().epoch(), &1u64.to_be_bytes()).await;
+    });
     c.node("n0", &[]);
     c.node("n1", &["--role", "worker"]);
     rt().block_on(async {
@@ -2435,16 +2446,16 @@ fn the_feature_level_rises_only_when_every_live_node_follows_it_and_is_never_out
     let (code, out, err) = run(&c, "features", &["show"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.starts_with("feature level 0 (this build follows up to 1)"),
+        out.starts_with("feature level 0 (this build follows up to 2)"),
         "{out}"
     );
     assert!(out.contains("level 1: result records are written as maps of named fields (they can gain fields) (off)"), "{out}");
     assert!(
-        out.contains("node n0 follows 1 (all,") && out.contains("node n1 follows 1 (worker,"),
+        out.contains("node n0 follows 2 (all,") && out.contains("node n1 follows 2 (worker,"),
         "{out}"
     );
     assert!(
-        out.contains("`features upgrade` would raise it to 1"),
+        out.contains("`features upgrade` would raise it to 2"),
         "{out}"
     );
 
@@ -2470,13 +2481,25 @@ fn the_feature_level_rises_only_when_every_live_node_follows_it_and_is_never_out
         err.contains("the feature level stays 0: old (a release before feature levels)"),
         "{err}"
     );
+    // Below level 2 a delayed job is refused: a master of a release
+    // before delayed jobs could take over and start it at once.
+    let dir = c.path("features");
+    std::fs::create_dir_all(&dir).unwrap();
+    let one = write_tasks(&dir.join("one.jsonl"), &[ok(1)]);
+    let (code, _, err) = run(&c, "submit", &["probe", "--delay", "5", "--detach", &one]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("delayed jobs need the cluster's feature level 2 and it is 0")
+            && err.contains("run `ringleader features upgrade`"),
+        "{err}"
+    );
     rt().block_on(async {
         let zk = c.zk().await;
         zk.delete(&old, None).await.unwrap();
     });
     let (code, out, err) = run(&c, "features", &["upgrade"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("feature level raised from 0 to 1"), "{out}");
+    assert!(out.starts_with("feature level raised from 0 to 2"), "{out}");
     let (code, out, _) = run(&c, "features", &["upgrade"]);
     assert_eq!(code, 0);
     assert!(out.contains("nothing to raise"), "{out}");
@@ -2485,7 +2508,7 @@ fn the_feature_level_rises_only_when_every_live_node_follows_it_and_is_never_out
     loop {
         let (_, out, _) = run(&c, "status", &[]);
         let first = out.lines().next().unwrap_or_default().to_string();
-        if first.contains(", feature level 1, build probe") {
+        if first.contains(", feature level 2, build probe") {
             break;
         }
         assert!(Instant::now() < deadline, "{out}");
@@ -2493,9 +2516,6 @@ fn the_feature_level_rises_only_when_every_live_node_follows_it_and_is_never_out
     }
 
     // The master follows the raise: a job's result record is named.
-    let dir = c.path("features");
-    std::fs::create_dir_all(&dir).unwrap();
-    let one = write_tasks(&dir.join("one.jsonl"), &[ok(1)]);
     let (code, _, err) = run(
         &c,
         "submit",
@@ -2543,7 +2563,7 @@ fn the_feature_level_rises_only_when_every_live_node_follows_it_and_is_never_out
     assert!(!status.success());
     let log = c.log("n2");
     assert!(
-        log.contains("the cluster's feature level is 99 and this build follows up to 1"),
+        log.contains("the cluster's feature level is 99 and this build follows up to 2"),
         "{log}"
     );
 }
@@ -2786,4 +2806,156 @@ fn fairness_keys_get_slots_in_proportion_to_the_weights_set_on_the_command_line(
             .any(|l| l.starts_with("heavy") && l.contains(" 3 ")),
         "{out}"
     );
+}
+
+/// Issue 33, item 4: a delayed job (`submit --delay`, `--at`,
+/// `SubmitOptions::not_before`) is acknowledged at once, listed as
+/// scheduled with its time by `jobs` and `status`, runs none of its tasks
+/// before its time, also when its master is killed while it waits, and
+/// runs promptly after it; a delayed job cancelled while it waits never
+/// runs; a time past runs at once. A new cluster starts at the feature
+/// level that accepts delayed jobs.
+#[test]
+fn a_delayed_job_runs_nothing_before_its_time_across_a_failover_and_can_be_cancelled_while_it_waits(
+) {
+    use ringleader::client::SubmitOptions;
+    use ringleader::{Client, Collect};
+    let mut c = Cluster::new(BIN);
+    c.node("n0", &[]);
+    c.node("n1", &[]);
+    let first = rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 2, Duration::from_secs(30)).await;
+        c.master(&zk, None, Duration::from_secs(30)).await
+    });
+    let (code, out, err) = run(&c, "features", &["show"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("feature level 2 (this build follows up to 2)"),
+        "{out}"
+    );
+
+    let dir = c.path("delays");
+    std::fs::create_dir_all(&dir).unwrap();
+    let three = write_tasks(&dir.join("three.jsonl"), &[ok(1), ok(2), ok(3)]);
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let submitted = now_ms();
+    let (code, out, err) = run(
+        &c,
+        "submit",
+        &[
+            "probe", "--detach", "--job-id", "later", "--delay", "20s", &three,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "later");
+    assert!(
+        err.contains("job later accepted, scheduled for 20"),
+        "{err}"
+    );
+    // `--at` in another zone, far enough ahead to be cancelled first.
+    let at = time::OffsetDateTime::now_utc()
+        .to_offset(time::UtcOffset::from_hms(5, 30, 0).unwrap())
+        + time::Duration::minutes(10);
+    let at = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (code, _, err) = run(
+        &c,
+        "submit",
+        &["probe", "--detach", "--job-id", "gone", "--at", &at, &three],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&c, "submit", &["probe", "--at", "tomorrow", &three]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("write a time in RFC 3339 with a zone"),
+        "{err}"
+    );
+
+    let (code, out, err) = run(&c, "jobs", &["--state", "scheduled"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("job later probe scheduled for 20"), "{out}");
+    assert!(out.contains("job gone probe scheduled for"), "{out}");
+    assert!(out.contains("2 running (2 scheduled)"), "{out}");
+    let (_, out, _) = run(&c, "jobs", &["--state", "running"]);
+    assert!(
+        out.contains("no jobs"),
+        "a scheduled job is not running yet: {out}"
+    );
+    let (_, out, _) = run(&c, "status", &[]);
+    assert!(out.contains("job later probe scheduled for"), "{out}");
+
+    let (code, _, err) = run(&c, "cancel", &["gone"]);
+    assert_eq!(code, 0, "{err}");
+
+    // The master dies while the job waits; the next one keeps its time.
+    c.kill9(&first.node_id);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, Some(first.epoch), Duration::from_secs(60))
+            .await
+    });
+    let due = submitted + 20_000;
+    let (done_at, polls) = rt().block_on(async {
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let mut polls = 0;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let p = client.progress("later").await.unwrap();
+            let seen = now_ms();
+            if p.counters.tasks_done > 0 {
+                break (seen, polls);
+            }
+            if seen + 500 < due {
+                polls += 1;
+            }
+            assert!(Instant::now() < deadline, "never ran\n{}", c.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert!(
+        polls > 10,
+        "the job was looked at while it waited ({polls} times)"
+    );
+    // The CLI's clock is the master's here: nothing ran before the time.
+    assert!(done_at >= due, "a task was done {} ms early", due - done_at);
+    assert!(done_at < due + 10_000, "done {} ms late", done_at - due);
+    let (code, out, err) = run(&c, "result", &["later", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    let values: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        values,
+        [
+            r#"{"index":0,"output":2}"#,
+            r#"{"index":1,"output":4}"#,
+            r#"{"index":2,"output":6}"#
+        ]
+    );
+    // A time past runs at once; the Rust API's option as well.
+    rt().block_on(async {
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        // Cancelled while it waited: nothing of it ran (a cancelled job
+        // with nothing to fetch may be gone already).
+        match client.progress("gone").await {
+            Ok(p) => assert_eq!(
+                (p.state, p.counters.tasks_done),
+                (ringleader::wire::JobState::Cancelled, 0)
+            ),
+            Err(e) => assert!(e.to_string().contains("no job gone"), "{e}"),
+        }
+        let opts = SubmitOptions {
+            job_id: Some("past".into()),
+            not_before: Some(std::time::SystemTime::now() - Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let job = client.submit::<Collect<probe::Probe>>(probe::oks(5, 2), opts);
+        let (results, _) = job.await.unwrap().result().await.unwrap();
+        assert_eq!(results.len(), 2);
+    });
 }

@@ -152,6 +152,7 @@ fn a_task_over_the_request_budget_is_refused_clearly() {
             stream: false,
             priority: 0,
             fairness_key: None,
+            not_before_ms: None,
         };
         let err = client
             .submit_encoded("probe", big, opts, None)
@@ -1460,6 +1461,7 @@ fn a_durable_job_the_master_did_not_run_runs_when_it_is_resubmitted() {
             stream: false,
             priority: 0,
             fairness_key: None,
+            not_before_ms: None,
         };
         let record = JobRecord {
             job_name: "probe".into(),
@@ -1552,6 +1554,7 @@ fn the_collectors_reads_do_not_grow_with_queued_or_unfetched_jobs() {
                 stream: false,
                 priority: 0,
                 fairness_key: None,
+                not_before_ms: None,
             },
             tasks_total: 1,
             batches: 0,

@@ -312,7 +312,7 @@ fn a_rolling_upgrade_from_the_baseline_under_load_keeps_every_acknowledged_job_e
     let raised = c.cli("features", &["upgrade"]);
     assert!(
         raised.status.success()
-            && String::from_utf8_lossy(&raised.stdout).contains("raised from 0 to 1"),
+            && String::from_utf8_lossy(&raised.stdout).contains("raised from 0 to 2"),
         "{}",
         String::from_utf8_lossy(&raised.stderr)
     );

@@ -243,6 +243,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
                     stream: false,
                     priority: 0,
                     fairness_key: None,
+                    not_before_ms: None,
                 },
                 None,
             )

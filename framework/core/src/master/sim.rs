@@ -91,6 +91,8 @@ struct Stats {
     collected: u64,
     takeovers: u64,
     discarded: u64,
+    delayed: u64,
+    delayed_started: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -112,6 +114,8 @@ impl std::ops::AddAssign for Stats {
         self.collected += o.collected;
         self.takeovers += o.takeovers;
         self.discarded += o.discarded;
+        self.delayed += o.delayed;
+        self.delayed_started += o.delayed_started;
     }
 }
 
@@ -130,6 +134,10 @@ struct SimJob {
     created: bool,
     /// Its create failed: it never existed.
     discarded: bool,
+    /// A delayed job: none of its shards may run before this.
+    not_before: Option<Instant>,
+    /// One of its shards was assigned.
+    assigned: bool,
 }
 
 struct World {
@@ -223,6 +231,19 @@ impl World {
                     assert_eq!(run.epoch, self.epoch);
                     let unreadable = self.jobs.get(&run.job).is_some_and(|j| j.unreadable);
                     assert!(!unreadable, "seed {seed}: {} is quarantined", run.job);
+                    if let Some(j) = self.jobs.get_mut(&run.job) {
+                        let early = j.not_before.filter(|t| self.now < *t);
+                        assert!(
+                            early.is_none(),
+                            "seed {seed}: {} delayed until {early:?} ran at {:?}",
+                            run.job,
+                            self.now
+                        );
+                        if j.not_before.is_some() && !j.assigned {
+                            self.stats.delayed_started += 1;
+                        }
+                        j.assigned = true;
+                    }
                     let key = (run.job.clone(), run.shard);
                     self.shard_tasks.insert(key, tasks.clone());
                     w.tasks.insert(run.clone(), tasks.clone());
@@ -395,7 +416,12 @@ impl World {
                 false => self.rng.gen_range(0..=crate::MAX_PRIORITY + 1),
             },
             fairness: ["", "a", "b"][self.rng.gen_range(0..3)].to_string(),
+            not_before: self
+                .rng
+                .gen_bool(0.2)
+                .then(|| self.now + Duration::from_millis(self.rng.gen_range(0..400))),
         };
+        let not_before = plan.not_before;
         let kept_result = self.rng.gen_bool(0.7).then_some(16);
         let unreadable = self.rng.gen_bool(0.05);
         let job = SimJob {
@@ -408,7 +434,12 @@ impl World {
             unreadable,
             created: true,
             discarded: false,
+            not_before,
+            assigned: false,
         };
+        if not_before.is_some() {
+            self.stats.delayed += 1;
+        }
         self.jobs.insert(id.clone(), job);
         if unreadable {
             self.stats.quarantined += 1;
@@ -516,6 +547,7 @@ impl World {
             let commits = self.durable.get(&id).cloned().unwrap_or_default();
             let mut rec = crate::recover_job(&id, "j", j.tasks, j.per, j.max_attempts, &commits);
             rec.plan.incarnation = j.incarnation;
+            rec.plan.not_before = j.not_before;
             // What the new master counts: the durable chain.
             self.outcomes.retain(|(job, _), _| *job != id);
             for (key, done) in &rec.outputs {
@@ -1088,6 +1120,7 @@ fn the_master_core_keeps_every_invariant_under_simulated_faults() {
         "{total:?}"
     );
     assert!(total.takeovers > 0 && total.discarded > 0, "{total:?}");
+    assert!(total.delayed_started > 100, "{total:?}");
 }
 
 /// Seeds until `RINGLEADER_SIM_EVENTS` events (default a million) were

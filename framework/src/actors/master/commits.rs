@@ -380,6 +380,7 @@ impl Master {
             job_name,
             state: JobState::Done,
             counters,
+            not_before_ms: None,
         };
         // Handed over from memory only if the stored record is marked
         // fetched: a watch that came during the write is answered by a

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::StreamExt;
 
 use super::{JobRuntime, Master};
-use crate::coord::{CoordError, LeaderStore, OutputRef, ShardRecord, StoredJob};
+use crate::coord::{CoordError, JobRecord, LeaderStore, OutputRef, ShardRecord, StoredJob};
 use crate::core::job::{task_bytes, Merge};
 use crate::core::master::{Event as CoreEvent, NewJob, Quarantined};
 use crate::core::{recover_job, CommittedShard, JobPlan, ShardKey};
@@ -171,9 +171,7 @@ pub(super) async fn load(
         })
         .collect();
     let mut plan = recovered.plan;
-    plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
-    plan.priority = rec.options.priority;
-    plan.fairness = rec.fairness_key();
+    as_recorded(&mut plan, rec);
     for p in &mut plan.pending {
         if let Some(&next) = losses.get(&p.key) {
             p.attempt = p.attempt.max(next);
@@ -364,4 +362,23 @@ impl Master {
         };
         self.handle_core(ctx, CoreEvent::Added(Box::new(job)));
     }
+}
+
+/// What a job's record says of how it is scheduled, in its plan.
+pub(super) fn as_recorded(plan: &mut JobPlan, rec: &JobRecord) {
+    plan.incarnation = rec.incarnation;
+    plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
+    plan.priority = rec.options.priority;
+    plan.fairness = rec.fairness_key();
+    plan.not_before = rec.options.not_before_ms.and_then(until);
+}
+
+/// The instant of this master's clocks at which its wall clock reads
+/// `ms` (milliseconds since the Unix epoch); `None` when it has passed.
+/// Taken once, when the master takes a delayed job in: a step of its wall
+/// clock after that does not move the job's start.
+fn until(ms: u64) -> Option<Instant> {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    let wait = at.duration_since(std::time::SystemTime::now()).ok()?;
+    Instant::now().checked_add(wait)
 }

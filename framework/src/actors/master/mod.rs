@@ -368,6 +368,14 @@ impl Master {
             metrics::gauge!(m::SHARDS_QUEUED_BY_PRIORITY, "priority" => p.to_string())
                 .set(*n as f64);
         }
+        let (timed, next) = self.core.timed();
+        metrics::gauge!(m::JOBS_SCHEDULED).set(timed as f64);
+        let at = next.map_or(0.0, |t| {
+            let wall = std::time::SystemTime::now() + t.saturating_duration_since(now);
+            wall.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        });
+        metrics::gauge!(m::NEXT_SCHEDULED).set(at);
         metrics::gauge!(m::JOBS_RUNNING).set(self.jobs.len() as f64);
         metrics::gauge!(m::JOBS_QUARANTINED).set(self.core.quarantined().len() as f64);
         let mut in_flight = 0;
@@ -859,6 +867,7 @@ mod tests {
                 stream,
                 priority: 0,
                 fairness_key: None,
+                not_before_ms: None,
             },
             tasks_total: 10_000,
             batches: 1,

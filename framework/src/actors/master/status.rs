@@ -44,6 +44,7 @@ impl Master {
                 tasks_total: q.tasks_total,
                 ..Counters::default()
             },
+            not_before_ms: None,
         });
         let jobs = self
             .jobs
@@ -88,6 +89,7 @@ impl Master {
             job_name: rt.stored.record.job_name.clone(),
             state: JobState::Running,
             counters: self.core.counters(id)?,
+            not_before_ms: self.waits_until(id),
         })
     }
 
@@ -210,6 +212,12 @@ impl Master {
         })
     }
 
+    /// A delayed job's time, while it waits for it.
+    pub(super) fn waits_until(&self, id: &str) -> Option<u64> {
+        self.core.not_before(id)?;
+        self.jobs.get(id)?.stored.record.options.not_before_ms
+    }
+
     /// `ListJobs`: running jobs from memory, retained ones from the
     /// collector's cache (their records change no more), the rest read
     /// from ZooKeeper; newest first.
@@ -235,6 +243,7 @@ impl Master {
                     fetched: false,
                     note: self.runnable_note(&p.job_name),
                     owner: rt.stored.record.owner.clone(),
+                    not_before_ms: self.waits_until(id),
                 })
             })
             .collect();
@@ -248,6 +257,7 @@ impl Master {
             fetched: false,
             note: Some(format!("quarantined: {}", q.reason)),
             owner: q.owner.clone(),
+            not_before_ms: None,
         });
         let running: Vec<JobSummary> = running.into_iter().chain(quarantined).collect();
         let store = self.store.clone();
@@ -284,6 +294,7 @@ impl Master {
                     fetched: job.record.fetched_ms.is_some(),
                     note: None,
                     owner,
+                    not_before_ms: None,
                 });
             }
             Ok(Reply::Jobs(query.answer(all)))
@@ -338,5 +349,6 @@ pub(super) fn stored_progress(job: &StoredJob, result: Option<&ResultRecord>) ->
             tasks_total: job.record.tasks_total,
             ..counters
         },
+        not_before_ms: None,
     }
 }

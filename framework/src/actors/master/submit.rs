@@ -23,7 +23,7 @@ use crate::coord::{
 use crate::core::job::{auto_shard_size, Ledger, Submission};
 use crate::core::master::Created;
 use crate::core::master::Phase;
-use crate::core::{recover_job, shard_count};
+use crate::core::{features, recover_job, shard_count};
 use crate::metrics as m;
 use crate::registry::Registry;
 use crate::transport::PeerId;
@@ -122,6 +122,11 @@ impl Handler<Submit> for Master {
                 return Box::pin(fut::ready(error(kind, why)));
             }
         }
+        if let Some(ms) = h.options.not_before_ms {
+            if let Some((kind, why)) = self.refused_delay(ms) {
+                return Box::pin(fut::ready(error(kind, why)));
+            }
+        }
         if self.core.is_collecting(&h.job_id) {
             return Box::pin(fut::ready(error(
                 ErrorKind::Unavailable,
@@ -206,7 +211,43 @@ impl Handler<Submit> for Master {
     }
 }
 
+/// Furthest a job may be delayed.
+const MAX_DELAY: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
 impl Master {
+    /// Why a job delayed to `ms` (milliseconds since the Unix epoch) is
+    /// refused, if it is: the cluster's feature level lets a master of a
+    /// release that would start it at once take over, or the time is past
+    /// [`MAX_DELAY`].
+    fn refused_delay(&self, ms: u64) -> Option<(ErrorKind, String)> {
+        let level = self.store.feature_level();
+        if level < features::DELAYED_JOBS {
+            return Some((
+                ErrorKind::Unsupported,
+                format!(
+                    "delayed jobs need the cluster's feature level {} and it is {level}: a \
+                     master of an earlier release would start them at once. Once every node \
+                     runs this release, run `ringleader features upgrade`",
+                    features::DELAYED_JOBS
+                ),
+            ));
+        }
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        let ahead = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        if ahead > MAX_DELAY {
+            return Some((
+                ErrorKind::Invalid,
+                format!(
+                    "a job may be delayed by at most 10 years; this one by {} days",
+                    ahead.as_secs() / 86_400
+                ),
+            ));
+        }
+        None
+    }
+
     /// Registers a watch the gateway handed over behind a submission, if
     /// it did (after this, its handover fails and it sends the watch
     /// itself).
@@ -229,6 +270,7 @@ impl Master {
         let one_shard = shard_count(a.header.task_count, a.options.shard_size) == 1;
         if !one_shard
             || a.options.stream
+            || a.options.not_before_ms.is_some()
             || matches!(
                 self.core.phase(id),
                 Some(Phase::Loading { .. } | Phase::Ended | Phase::Quarantined)
@@ -546,10 +588,7 @@ fn new_loaded(
         &BTreeMap::new(),
     )
     .plan;
-    plan.incarnation = rec.incarnation;
-    plan.shard_timeout = rec.options.shard_timeout_ms.map(Duration::from_millis);
-    plan.priority = rec.options.priority;
-    plan.fairness = rec.fairness_key();
+    super::load::as_recorded(&mut plan, rec);
     let acc = erased.new_acc();
     Ok(Loaded {
         rt: JobRuntime::new(job, tasks, acc),
