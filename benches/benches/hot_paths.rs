@@ -80,6 +80,7 @@ fn one_task_shards(shards: u32) -> JobPlan {
         priority: 0,
         fairness: String::new(),
         not_before: None,
+        under: Vec::new(),
     }
 }
 

@@ -18,7 +18,8 @@ pub mod worker_session;
 pub use job::{Counters, Ledger};
 pub use recovery::{recover_job, CommittedShard, RecoveredJob};
 pub use scheduler::{
-    Command, JobPlan, PendingShard, Scheduler, StartAnswer, MAX_PRIORITY, MAX_WEIGHT, SHARE_EVERY,
+    Command, JobPlan, Limit, LimitUsage, PendingShard, Rate, Scheduler, StartAnswer, MAX_PRIORITY,
+    MAX_WEIGHT, SHARE_EVERY,
 };
 pub use worker_session::WorkerSession;
 

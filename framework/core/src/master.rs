@@ -222,6 +222,9 @@ pub enum Event {
     /// Fairness keys' weights, as stored (at the takeover) or as set
     /// (an admin's request, once durable): each weighs this from now on.
     Weighed(Vec<(String, u32)>),
+    /// Limits set (`Some`) or removed, by key: read at takeover (every
+    /// bucket empty), or set by an admin.
+    Limited(Vec<(String, Option<crate::Limit>)>),
     /// Unfinished jobs of an earlier master, with their owners, being
     /// read back (each then [`Event::Added`], unless cancelled meanwhile:
     /// see [`MasterCore::take_loaded`]).
@@ -598,6 +601,12 @@ impl MasterCore {
             Event::Weighed(weights) => {
                 for (key, weight) in weights {
                     self.sched.set_weight(&key, weight);
+                }
+                Dispatch::Yes
+            }
+            Event::Limited(limits) => {
+                for (key, limit) in limits {
+                    self.sched.set_limit(&key, limit, now);
                 }
                 Dispatch::Yes
             }
@@ -1354,6 +1363,17 @@ impl MasterCore {
         self.sched.fair_shares()
     }
 
+    /// Every limit set or named by a job: its use, and the shards of the
+    /// jobs waiting on it.
+    pub fn limits(&self) -> Vec<(String, crate::LimitUsage, u64)> {
+        self.sched.limits()
+    }
+
+    /// The limit a job waits on, if a limit holds it back.
+    pub fn throttled_by(&self, job: &str) -> Option<&str> {
+        self.sched.throttled_by(job)
+    }
+
     /// When a delayed job's shards may run, while it waits for that.
     pub fn not_before(&self, job: &str) -> Option<Instant> {
         self.sched.not_before(job)
@@ -1367,6 +1387,12 @@ impl MasterCore {
     /// Whether assignments wait for ZooKeeper.
     pub fn is_paused(&self) -> bool {
         self.paused
+    }
+
+    /// The runs held under a limit (tests).
+    #[cfg(test)]
+    pub(crate) fn holders(&self, key: &str) -> Vec<(String, String, bool)> {
+        self.sched.holders(key)
     }
 
     /// Checks the scheduler's indexes against its state (tests).

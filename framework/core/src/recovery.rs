@@ -60,6 +60,7 @@ pub fn recover_job(
         priority: 0,
         fairness: String::new(),
         not_before: None,
+        under: Vec::new(),
     };
     let mut final_failures = Vec::new();
     let mut outputs = BTreeMap::new();

@@ -39,8 +39,10 @@ use std::time::{Duration, Instant};
 use super::{split_failures, Counters, ShardKey, TaskFailure};
 
 mod fair;
+mod limits;
 
 pub use fair::MAX_WEIGHT;
+pub use limits::{Limit, LimitUsage, Rate};
 
 /// A shard waiting to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +94,9 @@ pub struct JobPlan {
     /// join the queues once it has passed ([`Scheduler::next_due`] says
     /// when).
     pub not_before: Option<Instant>,
+    /// The limits it is under ([`Scheduler::set_limit`]): a shard of it is
+    /// placed only while each admits one more run.
+    pub under: Vec<String>,
 }
 
 /// What the master must do.
@@ -290,6 +295,9 @@ struct Pool {
     /// Workers holding more runs than they have slots: some wait in
     /// their queues, and may move to a worker whose slot stands idle.
     backlogged: BTreeSet<String>,
+    /// The limits, counting the runs the workers hold of the jobs under
+    /// them.
+    limits: limits::Limits,
 }
 
 impl Pool {
@@ -340,9 +348,11 @@ impl Pool {
         Some(slot)
     }
 
-    fn hold(&mut self, id: &str, job: &str, key: ShardKey) {
+    fn hold(&mut self, id: &str, job: &str, key: ShardKey, now: Instant) {
         if let Some(w) = self.workers.get_mut(id) {
-            w.running.insert((job.to_string(), key));
+            if w.running.insert((job.to_string(), key)) {
+                self.limits.hold(job, now);
+            }
         }
         self.reindex(id);
     }
@@ -350,10 +360,20 @@ impl Pool {
     fn release(&mut self, id: &str, job: &str, key: ShardKey) {
         if let Some(w) = self.workers.get_mut(id) {
             let held = (job.to_string(), key);
-            w.running.remove(&held);
+            if w.running.remove(&held) {
+                self.limits.release(job);
+            }
             w.acking.remove(&held);
         }
         self.reindex(id);
+    }
+
+    /// A worker's runs are gone with it: their room in the limits is free.
+    fn lose(&mut self, slot: &WorkerSlot) {
+        let running = slot.running.iter().map(|(job, _)| job);
+        for job in running.chain(slot.stopping.keys().map(|(job, ..)| job)) {
+            self.limits.release(job);
+        }
     }
 
     /// Moves a run from the worker's own to its stopping runs (it keeps
@@ -385,6 +405,7 @@ impl Pool {
             .get_mut(id)
             .is_some_and(|w| w.stopping.remove(run).is_some());
         if ended {
+            self.limits.release(&run.0);
             self.reindex(id);
         }
         ended
@@ -412,7 +433,7 @@ impl Pool {
                 .workers
                 .get(&worker)
                 .is_some_and(|w| !w.acking.is_empty());
-        self.hold(&worker, job_id, key);
+        self.hold(&worker, job_id, key, now);
         let (tasks, attempt) = match job.shards.get_mut(&key) {
             Some(shard) => {
                 let run = Run {
@@ -588,6 +609,9 @@ struct JobState {
     /// Its shards wait for this time before they are queued (its entry in
     /// [`Queues::timed`]).
     not_before: Option<Instant>,
+    /// It waits on a limit: out of [`Queues::ready`] until the limit
+    /// wakes it.
+    throttled: bool,
 }
 
 impl JobState {
@@ -639,7 +663,18 @@ impl Queues {
         }
         self.queued += 1;
         self.queued_at[level(job.priority)] += 1;
-        if !job.in_ready {
+        if !job.in_ready && !job.throttled {
+            job.in_ready = true;
+            let weight = self.weights.get(&job.fairness).copied().unwrap_or(1);
+            self.ready[level(job.priority)].push(&job.fairness, weight, job_id.to_string());
+        }
+    }
+
+    /// A job a limit held back takes its turns again, if it has shards
+    /// queued.
+    fn rejoin(&mut self, job_id: &str, job: &mut JobState) {
+        job.throttled = false;
+        if !job.in_ready && !job.queue.is_empty() {
             job.in_ready = true;
             let weight = self.weights.get(&job.fairness).copied().unwrap_or(1);
             self.ready[level(job.priority)].push(&job.fairness, weight, job_id.to_string());
@@ -766,6 +801,7 @@ impl Scheduler {
         let mut out = Vec::new();
         // Re-registration: whatever it ran before is lost.
         if let Some(old) = self.pool.take(id) {
+            self.pool.lose(&old);
             self.requeue_lost(id, old, &mut out);
         }
         self.pool.count_regular(&slot, true);
@@ -789,6 +825,7 @@ impl Scheduler {
     pub fn remove_worker(&mut self, id: &str) -> Vec<Command> {
         let mut out = Vec::new();
         if let Some(slot) = self.pool.take(id) {
+            self.pool.lose(&slot);
             self.requeue_lost(id, slot, &mut out);
         }
         out
@@ -892,7 +929,20 @@ impl Scheduler {
         if let Some(mut slot) = self.pool.take(id) {
             slot.capacity = 0;
             // `Draining` follows the `Started` of every run it took, and it
-            // drops what waited in its queue: nothing more starts unseen.
+            // drops what waited in its queue: nothing more starts unseen,
+            // and a stopping run it did not start (one that waits for
+            // `StartAck`, or whose `Started` has not come) ends here: no
+            // word of it will come.
+            let dropped: Vec<_> = slot
+                .stopping
+                .iter()
+                .filter(|(run, awaits_ack)| **awaits_ack || slot.unseen.contains(*run))
+                .map(|(run, _)| run.clone())
+                .collect();
+            for run in dropped {
+                slot.stopping.remove(&run);
+                self.pool.limits.release(&run.0);
+            }
             slot.unseen.clear();
             self.pool.workers.insert(id.to_string(), slot);
         }
@@ -928,6 +978,10 @@ impl Scheduler {
     pub fn add_job(&mut self, plan: JobPlan) -> Vec<Command> {
         let max_attempts = plan.max_attempts.max(1);
         let mut out = Vec::new();
+        // Another job of its id (an earlier incarnation) leaves first.
+        if let Some(old) = self.jobs.remove(&plan.id) {
+            self.unindex_job(&plan.id, old, &mut out);
+        }
         let mut job = JobState {
             incarnation: plan.incarnation,
             name: plan.name,
@@ -941,7 +995,9 @@ impl Scheduler {
             priority: plan.priority.min(MAX_PRIORITY),
             fairness: plan.fairness,
             not_before: plan.not_before,
+            throttled: false,
         };
+        self.pool.limits.add_job(&plan.id, &plan.under);
         if let Some(t) = job.not_before {
             self.queues.timed.insert((t, plan.id.clone()));
         }
@@ -983,9 +1039,7 @@ impl Scheduler {
             );
         }
         let empty = job.shards.is_empty();
-        if let Some(old) = self.jobs.insert(plan.id.clone(), job) {
-            self.unindex_job(&plan.id, old, &mut out);
-        }
+        self.jobs.insert(plan.id.clone(), job);
         if empty {
             out.push(Command::Finish { job: plan.id });
         }
@@ -999,6 +1053,7 @@ impl Scheduler {
         if let Some(t) = job.not_before.take() {
             self.queues.timed.remove(&(t, id.to_string()));
         }
+        self.pool.limits.remove_job(id);
         for (key, shard) in &mut job.shards {
             self.queues.forget(id, *key, shard);
             if let ShardPhase::Running { runs } = &shard.phase {
@@ -1041,6 +1096,12 @@ impl Scheduler {
                 .collect();
             for key in pending {
                 self.queues.push(&job_id, job, key, false);
+            }
+        }
+        // Jobs a limit held back that it admits again take their turns.
+        for job_id in self.pool.limits.take_woken(now) {
+            if let Some(job) = self.jobs.get_mut(&job_id) {
+                self.queues.rejoin(&job_id, job);
             }
         }
         // Retries whose backoff is over join their job's queue.
@@ -1090,6 +1151,16 @@ impl Scheduler {
                 self.queues.ready[l].end_turn(fkey, None, false, false);
                 continue;
             };
+            if self.pool.limits.limits_job(&job_id) {
+                if let Err(limit) = self.pool.limits.admits(&job_id, now) {
+                    // Full: it waits on the limit, out of the turns.
+                    self.pool.limits.wait(&job_id, &limit, job.priority);
+                    job.in_ready = false;
+                    job.throttled = true;
+                    self.queues.ready[l].end_turn(fkey, None, false, false);
+                    continue;
+                }
+            }
             let key = loop {
                 let Some(key) = job.queue.pop_front() else {
                     break None;
@@ -1367,6 +1438,11 @@ impl Scheduler {
                 Some(ShardPhase::Running { runs }) if runs.len() == 1 => runs[0].worker.clone(),
                 _ => continue,
             };
+            // A copy is one more run: only within the job's limits.
+            let limited = self.pool.limits.limits_job(&job_id);
+            if limited && self.pool.limits.admits(&job_id, now).is_err() {
+                continue;
+            }
             if let Some(wid) = self.pool.pick(&job.name, Some(&busy_on), true) {
                 out.push(
                     self.pool
@@ -1387,7 +1463,40 @@ impl Scheduler {
             .map(|(due, ..)| *due)
             .find(|due| *due > now);
         let timed = self.queues.timed.first().map(|(due, _)| *due);
-        retry.into_iter().chain(timed).min()
+        let limited = self.pool.limits.next_due();
+        retry.into_iter().chain(timed).chain(limited).min()
+    }
+
+    /// Sets (`Some`) or removes limit `key` at `now`: the jobs under it
+    /// are placed only while it admits one more run. A new limit's bucket
+    /// starts empty. Jobs it no longer holds back take their turns again.
+    pub fn set_limit(&mut self, key: &str, limit: Option<Limit>, now: Instant) {
+        self.pool.limits.set(key, limit, now);
+    }
+
+    /// Every limit set or named by a job: its use, and the shards of the
+    /// jobs waiting on it. Walks those jobs.
+    pub fn limits(&self) -> Vec<(String, LimitUsage, u64)> {
+        self.pool
+            .limits
+            .usage()
+            .into_iter()
+            .map(|(key, usage)| {
+                let shards = self
+                    .pool
+                    .limits
+                    .waiting_on(&key)
+                    .filter_map(|job| self.jobs.get(job))
+                    .map(|j| j.queue.len() as u64)
+                    .sum();
+                (key, usage, shards)
+            })
+            .collect()
+    }
+
+    /// The limit a job waits on, if a limit holds it back.
+    pub fn throttled_by(&self, job_id: &str) -> Option<&str> {
+        self.pool.limits.waits(job_id)
     }
 
     /// When a delayed job's shards may be queued, while they wait.
@@ -1824,7 +1933,7 @@ impl Scheduler {
     fn check_work_conserving(&self) {
         for ring in &self.queues.ready {
             for id in ring.first_jobs(4, 4) {
-                let Some(job) = self.jobs.get(id) else {
+                let Some(job) = self.jobs.get(id).filter(|j| !j.throttled) else {
                     continue;
                 };
                 let ready = job.queue.iter().any(|k| {
@@ -1839,6 +1948,21 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// The runs held under limit `key`: worker, job, stopping (tests).
+    #[cfg(test)]
+    pub(crate) fn holders(&self, key: &str) -> Vec<(String, String, bool)> {
+        let mut out = Vec::new();
+        for (id, w) in &self.pool.workers {
+            let running = w.running.iter().map(|(job, _)| (job, false));
+            for (job, stopping) in running.chain(w.stopping.keys().map(|(job, ..)| (job, true))) {
+                if self.pool.limits.limits_of(job).iter().any(|k| k == key) {
+                    out.push((id.clone(), job.clone(), stopping));
+                }
+            }
+        }
+        out
     }
 
     /// Checks that every index agrees with the state it indexes (tests).
@@ -1857,7 +1981,18 @@ impl Scheduler {
             }
             queued_at[level(job.priority)] += job.queue.len();
             if !job.queue.is_empty() {
-                assert!(job.in_ready, "job {id} has queued shards but no turn");
+                assert!(
+                    job.in_ready || job.throttled,
+                    "job {id} has queued shards but no turn"
+                );
+            }
+            if job.throttled {
+                assert!(!job.in_ready, "job {id}: throttled and in turn");
+                let waits = self.pool.limits.waits(id).is_some();
+                assert!(
+                    waits || self.pool.limits.is_woken(id),
+                    "job {id}: throttled, waiting on no limit"
+                );
             }
             for (key, shard) in &job.shards {
                 if let Some(t) = shard.aged {
@@ -1900,6 +2035,17 @@ impl Scheduler {
             .filter_map(|(id, j)| Some((j.not_before?, id.clone())))
             .collect();
         assert_eq!(timed, self.queues.timed, "delayed jobs' index");
+        // Each limit counts the runs the workers hold of its jobs.
+        let mut counted: HashMap<String, u32> = HashMap::new();
+        for w in self.pool.workers.values() {
+            let jobs = w.running.iter().map(|(job, _)| job);
+            for job in jobs.chain(w.stopping.keys().map(|(job, ..)| job)) {
+                for key in self.pool.limits.limits_of(job) {
+                    *counted.entry(key.clone()).or_default() += 1;
+                }
+            }
+        }
+        assert_eq!(counted, self.pool.limits.running(), "runs held per limit");
         let mut regulars: HashMap<String, usize> = HashMap::new();
         for (id, w) in &self.pool.workers {
             let mine = held.remove(id.as_str()).unwrap_or_default();
@@ -2032,6 +2178,7 @@ mod tests {
             priority: 0,
             fairness: String::new(),
             not_before: None,
+            under: Vec::new(),
         }
     }
 
@@ -2575,6 +2722,93 @@ mod tests {
         assert_eq!(placed_jobs(&s.assign()), ["later"; 3]);
         assert_eq!(s.timed(), (0, None));
         assert_eq!(s.not_before("later"), None);
+        s.check_indexes();
+    }
+
+    fn under(mut p: JobPlan, limits: &[&str]) -> JobPlan {
+        p.under = limits.iter().map(|l| l.to_string()).collect();
+        p
+    }
+
+    fn k(index: u32) -> ShardKey {
+        ShardKey {
+            index,
+            generation: 0,
+        }
+    }
+
+    #[test]
+    fn a_concurrency_limit_holds_its_jobs_runs_and_wakes_the_highest_waiting_job_as_one_ends() {
+        let mut s = Clocked::new();
+        let now = s.now;
+        let one = Limit {
+            max_running: Some(1),
+            rate: None,
+        };
+        s.set_limit("one", Some(one), now);
+        s.add_job(under(plan("low", 2, 1, 3), &["one"]));
+        s.add_job(at_priority(under(plan("high", 1, 1, 3), &["one"]), 5));
+        s.add_job(plan("free", 2, 1, 3));
+        s.add_worker("a", 4, ["j".to_string()], false);
+        // The higher job takes the one run; the other waits on the limit,
+        // and the job under no limit runs beside them.
+        assert_eq!(placed_jobs(&s.assign()), ["high", "free", "free"]);
+        assert_eq!(s.throttled_by("low"), Some("one"));
+        let (_, usage, waiting) = &s.limits()[0];
+        assert_eq!((usage.running, usage.waiting_jobs, *waiting), (1, 1, 2));
+        s.check_indexes();
+        assert_eq!(placed_jobs(&s.assign()), Vec::<String>::new());
+        // Its run ends: the waiting job's first shard goes, and no more.
+        assert!(s.started("a", "high", k(0), 1));
+        assert!(s.report("a", "high", k(0), 1));
+        s.committed("high", k(0), 1, &[]);
+        assert_eq!(placed_jobs(&s.assign()), ["low"]);
+        assert_eq!(s.throttled_by("low"), Some("one"));
+        s.check_indexes();
+        // A worker lost frees its runs' room; a limit removed frees all.
+        s.remove_worker("a");
+        s.add_worker("b", 4, ["j".to_string()], false);
+        let mut placed = placed_jobs(&s.assign());
+        placed.sort();
+        assert_eq!(placed, ["free", "free", "low"]);
+        s.set_limit("one", None, now);
+        assert_eq!(placed_jobs(&s.assign()), ["low"]);
+        assert_eq!(s.throttled_by("low"), None);
+        s.check_indexes();
+    }
+
+    #[test]
+    fn a_rate_limit_starts_an_empty_bucket_and_no_more_than_its_rate_and_burst() {
+        let mut s = Clocked::new();
+        let t0 = s.now;
+        let rate = Rate {
+            n: 10,
+            per: Duration::from_secs(1),
+            burst: 2,
+        };
+        let limit = Limit {
+            max_running: None,
+            rate: Some(rate),
+        };
+        s.set_limit("ten", Some(limit), t0);
+        s.add_job(under(plan("x", 20, 1, 3), &["ten"]));
+        s.add_worker("a", 10, ["j".to_string()], false);
+        // Empty at first (a new master's bucket too): the first token
+        // comes a tenth of a second later, and the master is told when.
+        assert_eq!(placed_jobs(&s.assign()).len(), 0);
+        assert_eq!(s.next_due(), Some(t0 + Duration::from_millis(100)));
+        s.tick(t0 + Duration::from_millis(100));
+        assert_eq!(placed_jobs(&s.assign()).len(), 1);
+        // A long pause fills it to its burst, no further.
+        s.tick(t0 + Duration::from_secs(5));
+        assert_eq!(placed_jobs(&s.assign()).len(), 2);
+        // Then at its rate: 10 in the next second.
+        let mut placed = 0;
+        for ms in (50..=1000).step_by(50) {
+            s.tick(t0 + Duration::from_secs(5) + Duration::from_millis(ms));
+            placed += placed_jobs(&s.assign()).len();
+        }
+        assert_eq!(placed, 10);
         s.check_indexes();
     }
 

@@ -93,6 +93,7 @@ struct Stats {
     discarded: u64,
     delayed: u64,
     delayed_started: u64,
+    limited_starts: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -116,6 +117,7 @@ impl std::ops::AddAssign for Stats {
         self.discarded += o.discarded;
         self.delayed += o.delayed;
         self.delayed_started += o.delayed_started;
+        self.limited_starts += o.limited_starts;
     }
 }
 
@@ -138,6 +140,34 @@ struct SimJob {
     not_before: Option<Instant>,
     /// One of its shards was assigned.
     assigned: bool,
+    /// The limits it is under.
+    under: Vec<String>,
+}
+
+/// The simulation's limits: one run at a time; three, at most 50 per
+/// second in bursts of 2; and one named by jobs but never set.
+fn sim_limits() -> Vec<(String, Option<crate::Limit>)> {
+    let rate = crate::Rate {
+        n: 50,
+        per: Duration::from_secs(1),
+        burst: 2,
+    };
+    vec![
+        (
+            "one".into(),
+            Some(crate::Limit {
+                max_running: Some(1),
+                rate: None,
+            }),
+        ),
+        (
+            "few".into(),
+            Some(crate::Limit {
+                max_running: Some(3),
+                rate: Some(rate),
+            }),
+        ),
+    ]
 }
 
 struct World {
@@ -173,6 +203,8 @@ struct World {
     loading: Vec<NewJob>,
     /// Faults are on.
     faults: bool,
+    /// When runs under the limit `few` were placed, in the last second.
+    few_starts: VecDeque<Instant>,
     stats: Stats,
 }
 
@@ -199,6 +231,7 @@ impl World {
             shard_tasks: HashMap::new(),
             loading: Vec::new(),
             faults: true,
+            few_starts: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -243,6 +276,23 @@ impl World {
                             self.stats.delayed_started += 1;
                         }
                         j.assigned = true;
+                        if j.under.iter().any(|l| l == "few") {
+                            // At most its burst and a second's rate
+                            // started in any second.
+                            let starts = &mut self.few_starts;
+                            starts.push_back(self.now);
+                            while starts.front().is_some_and(|t| {
+                                self.now.duration_since(*t) >= Duration::from_secs(1)
+                            }) {
+                                starts.pop_front();
+                            }
+                            assert!(
+                                starts.len() <= 2 + 50,
+                                "seed {seed}: {} starts under few in a second",
+                                starts.len()
+                            );
+                            self.stats.limited_starts += 1;
+                        }
                     }
                     let key = (run.job.clone(), run.shard);
                     self.shard_tasks.insert(key, tasks.clone());
@@ -319,6 +369,19 @@ impl World {
     fn check(&self) {
         let seed = self.seed;
         self.core.check();
+        // No limit is ever exceeded.
+        for (key, usage, _) in self.core.limits() {
+            let max = usage.limit.and_then(|l| l.max_running);
+            assert!(
+                max.is_none_or(|m| usage.running <= m),
+                "seed {seed}: limit {key} holds {} runs: {usage:?}",
+                usage.running
+            );
+            let burst = usage.limit.and_then(|l| l.rate).map(|r| r.burst);
+            if let (Some(tokens), Some(burst)) = (usage.tokens, burst) {
+                assert!(tokens <= f64::from(burst), "seed {seed}: {key}: {usage:?}");
+            }
+        }
         for (id, job) in &self.jobs {
             if let Some(c) = self.core.counters(id) {
                 assert_eq!(c.tasks_total, job.tasks, "seed {seed}: {id}");
@@ -420,7 +483,15 @@ impl World {
                 .rng
                 .gen_bool(0.2)
                 .then(|| self.now + Duration::from_millis(self.rng.gen_range(0..400))),
+            under: match self.rng.gen_range(0..8) {
+                0 => vec!["one".into()],
+                1 => vec!["few".into()],
+                2 => vec!["few".into(), "one".into()],
+                3 => vec!["unset".into()],
+                _ => Vec::new(),
+            },
         };
+        let under = plan.under.clone();
         let not_before = plan.not_before;
         let kept_result = self.rng.gen_bool(0.7).then_some(16);
         let unreadable = self.rng.gen_bool(0.05);
@@ -436,6 +507,7 @@ impl World {
             discarded: false,
             not_before,
             assigned: false,
+            under,
         };
         if not_before.is_some() {
             self.stats.delayed += 1;
@@ -517,6 +589,7 @@ impl World {
         for w in &mut self.workers {
             cut(w);
         }
+        self.handle(Event::Limited(sim_limits()));
         let registered = self.registered();
         self.handle(Event::Registered(registered));
         let ids: Vec<String> = self.jobs.keys().cloned().collect();
@@ -548,6 +621,7 @@ impl World {
             let mut rec = crate::recover_job(&id, "j", j.tasks, j.per, j.max_attempts, &commits);
             rec.plan.incarnation = j.incarnation;
             rec.plan.not_before = j.not_before;
+            rec.plan.under = j.under.clone();
             // What the new master counts: the durable chain.
             self.outcomes.retain(|(job, _), _| *job != id);
             for (key, done) in &rec.outputs {
@@ -1029,7 +1103,16 @@ impl World {
             if job.cancelled || job.discarded {
                 continue;
             }
-            assert!(job.done, "seed {seed}: {id} never ended");
+            assert!(
+                job.done,
+                "seed {seed}: {id} never ended: under {:?}, throttled by {:?}, limits {:?}, phase {:?}, holders {:?}, workers {:?}",
+                job.under,
+                self.core.throttled_by(id),
+                self.core.limits(),
+                self.core.phase(id),
+                self.core.holders("one"),
+                self.workers.iter().map(|w| (&w.id, w.link.is_some(), w.registered)).collect::<Vec<_>>()
+            );
             for t in 0..job.tasks {
                 let n = self.outcomes.get(&(id.clone(), t)).copied().unwrap_or(0);
                 assert_eq!(n, 1, "seed {seed}: task {t} of {id}: {n} final outcomes");
@@ -1084,6 +1167,7 @@ fn apply_actions(w: &mut Worker, actions: Vec<Action>, rng: &mut StdRng, fail: f
 /// Runs one seed of `steps` faulty steps and the calm after.
 fn simulate(seed: u64, steps: u32) -> Stats {
     let mut w = World::new(seed);
+    w.handle(Event::Limited(sim_limits()));
     for _ in 0..steps {
         w.step();
     }
@@ -1121,6 +1205,7 @@ fn the_master_core_keeps_every_invariant_under_simulated_faults() {
     );
     assert!(total.takeovers > 0 && total.discarded > 0, "{total:?}");
     assert!(total.delayed_started > 100, "{total:?}");
+    assert!(total.limited_starts > 100, "{total:?}");
 }
 
 /// Seeds until `RINGLEADER_SIM_EVENTS` events (default a million) were
