@@ -27,6 +27,11 @@ ROWS = [
         ("Shards committed per second", f"sum(rate(ringleader_shards_committed_total[{RATE}]))", "timeseries"),
         ("Shards queued", "sum(ringleader_shards_queued)", "timeseries"),
         ("Shards ready by priority", "max by (priority) (ringleader_shards_queued_by_priority)", "timeseries"),
+        ("Runs held and shards waiting, by limit", [
+            "max by (limit) (ringleader_limit_running)",
+            "max by (limit) (ringleader_limit_waiting_shards)",
+        ], "timeseries"),
+        ("Throttled by limit per second", f"sum by (limit) (rate(ringleader_limit_throttled_total[{RATE}]))", "timeseries"),
         ("Shards in flight", "sum(ringleader_shards_in_flight)", "timeseries"),
         ("In flight by worker", "max by (worker) (ringleader_worker_in_flight)", "timeseries"),
         ("Task duration p50 / p99", [

@@ -361,9 +361,14 @@ pub struct SubmitOptions {
     /// started before this time, as the serving master's wall clock
     /// judges it (a time past starts it at once). Cancel works while it
     /// waits. Needs the cluster's feature level
-    /// [`crate::core::features::DELAYED_JOBS`] (a new cluster's; an older
+    /// [`crate::core::features::SCHEDULING`] (a new cluster's; an older
     /// one's after `features upgrade`).
     pub not_before: Option<std::time::SystemTime>,
+    /// The limits it is under, besides its type's (`Job::limits`): a
+    /// shard of it starts only while each admits one more run
+    /// ([`Client::set_limit`]). A limit not set holds nothing back. Needs
+    /// the cluster's feature level [`crate::core::features::SCHEDULING`].
+    pub under: Vec<String>,
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
@@ -474,19 +479,20 @@ impl Client {
         }
     }
 
-    /// Refuses a delayed job before it is sent to a master of a release
-    /// before delayed jobs, which would start it at once. (A master of
-    /// this release refuses it below the feature level that holds such
-    /// masters out of the cluster.)
-    async fn serves_delays(&self) -> Result<(), ClientError> {
+    /// Refuses `what` (a delayed job, a job under limits, a limit) before
+    /// it is sent to a master of a release before them, which would start
+    /// a delayed job at once and ignore limits. (A master of this release
+    /// refuses them below the feature level that holds such masters out of
+    /// the cluster.)
+    async fn serves_scheduling(&self, what: &str) -> Result<(), ClientError> {
         let master = self.find_master(None).await?;
         let newest = master.protocol.map_or(0, |[_, newest]| newest);
-        if newest < crate::wire::DELAYED_JOBS {
+        if newest < crate::wire::SCHEDULING {
             return Err(ClientError::Refused {
                 kind: Refusal::Unsupported,
                 message: format!(
-                    "the serving master {} is of a release before delayed jobs, which would \
-                     start this job at once: upgrade the cluster (see \"Upgrading\" in the README)",
+                    "the serving master {} is of a release before {what}: upgrade the cluster \
+                     (see \"Upgrading\" in the README)",
                     master.node_id
                 ),
             });
@@ -826,8 +832,8 @@ impl Client {
             options,
             job_id,
         } = job;
-        if options.not_before_ms.is_some() {
-            self.serves_delays().await?;
+        if options.not_before_ms.is_some() || !options.under.is_empty() {
+            self.serves_scheduling("delayed jobs and limits").await?;
         }
         let job_id = job_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let header = SubmitHeader {
@@ -956,6 +962,7 @@ impl Client {
             priority: options.priority,
             fairness_key: options.fairness_key.clone(),
             not_before_ms: options.not_before.map(unix_ms),
+            under: options.under.clone(),
         };
         // The first submission of each job type checks that the master
         // defines it as this binary does (one round trip per type).
@@ -1088,6 +1095,59 @@ impl Client {
         match self.request(&[Request::ListFairness]).await? {
             Reply::Fairness(list) => Ok(list),
             Reply::Error { kind, message } => Err(older_master(kind, message, "fairness weights")),
+            other => Err(ClientError::Protocol(other.name().into())),
+        }
+    }
+
+    /// Sets limit `key` (see [`crate::wire::LimitSpec`]): the runs of
+    /// the jobs under it (`SubmitOptions::under`, or their type's
+    /// `Job::limits`) held at once, started per period, or both, across
+    /// the cluster. Stored with the cluster (a new master keeps it);
+    /// returns once durable. An admin's or a node's certificate is needed
+    /// ([`Refusal::Forbidden`]).
+    pub async fn set_limit(
+        &self,
+        key: &str,
+        limit: crate::wire::LimitSpec,
+    ) -> Result<(), ClientError> {
+        self.put_limit(key, Some(limit)).await
+    }
+
+    /// Deletes limit `key`: the jobs it held back go on. Deleting a limit
+    /// that is not set is not an error.
+    pub async fn delete_limit(&self, key: &str) -> Result<(), ClientError> {
+        self.put_limit(key, None).await
+    }
+
+    async fn put_limit(
+        &self,
+        key: &str,
+        limit: Option<crate::wire::LimitSpec>,
+    ) -> Result<(), ClientError> {
+        if let Some(Err(why)) = limit.map(|l| l.check()) {
+            return Err(ClientError::Refused {
+                kind: Refusal::Invalid,
+                message: why,
+            });
+        }
+        self.serves_scheduling("limits").await?;
+        let ask = Request::SetLimit {
+            key: key.to_string(),
+            limit,
+        };
+        match self.request(&[ask]).await? {
+            Reply::Ok => Ok(()),
+            Reply::Error { kind, message } => Err(older_master(kind, message, "limits")),
+            other => Err(ClientError::Protocol(other.name().into())),
+        }
+    }
+
+    /// The limits set or named by a job, with their use: runs held,
+    /// tokens left, jobs and shards waiting on each.
+    pub async fn limits(&self) -> Result<crate::wire::LimitList, ClientError> {
+        match self.request(&[Request::ListLimits]).await? {
+            Reply::Limits(list) => Ok(list),
+            Reply::Error { kind, message } => Err(older_master(kind, message, "limits")),
             other => Err(ClientError::Protocol(other.name().into())),
         }
     }

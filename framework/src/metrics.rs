@@ -35,6 +35,13 @@ pub const WORKERS: &str = "ringleader_workers";
 pub const SHARDS_QUEUED: &str = "ringleader_shards_queued";
 /// Gauge, by `priority` (0 to 9).
 pub const SHARDS_QUEUED_BY_PRIORITY: &str = "ringleader_shards_queued_by_priority";
+/// Gauge, label `limit` (limits set only): runs of its jobs held by
+/// workers.
+pub const LIMIT_RUNNING: &str = "ringleader_limit_running";
+/// Gauge, label `limit`: shards of the jobs waiting on it.
+pub const LIMIT_WAITING: &str = "ringleader_limit_waiting_shards";
+/// Counter, label `limit`: times a job found it full.
+pub const LIMIT_THROTTLED: &str = "ringleader_limit_throttled_total";
 /// Gauge: delayed jobs waiting for their time (master only).
 pub const JOBS_SCHEDULED: &str = "ringleader_jobs_scheduled";
 /// Gauge: the earliest delayed job's time, in seconds since the Unix
@@ -163,6 +170,7 @@ pub const ZK_OPS: &[&str] = &[
     "delete",
     "connect",
     "fairness",
+    "limits",
 ];
 
 /// What kind of metric an entry is.
@@ -227,6 +235,9 @@ pub const CATALOGUE: &[Metric] = &[
     metric(WORKERS, Kind::Gauge, "", "workers", "master", "Workers registered in ZooKeeper and connected over QUIC."),
     metric(SHARDS_QUEUED, Kind::Gauge, "", "shards", "master", "Shards waiting for a worker."),
     metric(SHARDS_QUEUED_BY_PRIORITY, Kind::Gauge, "priority", "shards", "master", "Shards ready to run, by their job's priority (0 to 9; retries in backoff are not ready)."),
+    metric(LIMIT_RUNNING, Kind::Gauge, "limit", "runs", "master", "Runs of the jobs under a limit held by workers (limits set with `limits set`)."),
+    metric(LIMIT_WAITING, Kind::Gauge, "limit", "shards", "master", "Shards of the jobs waiting on a limit (throttled)."),
+    metric(LIMIT_THROTTLED, Kind::Counter, "limit", "times", "master", "Times a job's shard found a limit full and waited on it."),
     metric(JOBS_SCHEDULED, Kind::Gauge, "", "jobs", "master", "Delayed jobs (`submit --delay`, `--at`) waiting for their time."),
     metric(NEXT_SCHEDULED, Kind::Gauge, "", "seconds", "master", "When the earliest delayed job starts, in seconds since the Unix epoch (0 when none waits)."),
     metric(SHARDS_IN_FLIGHT, Kind::Gauge, "", "shards", "master", "Shards sent to workers and not yet reported."),

@@ -44,6 +44,8 @@ pub(crate) trait ErasedJob: Send + Sync {
         env: &RunEnv,
     ) -> ShardRun;
     fn new_acc(&self) -> Accumulator;
+    /// The limits every job of the type is under ([`crate::Job::limits`]).
+    fn limits(&self) -> Vec<String>;
     fn merge_encoded(&self, acc: &mut Accumulator, bytes: &[u8]) -> Result<(), CodecError>;
     fn encode_acc(&self, acc: &Accumulator) -> Result<Vec<u8>, CodecError>;
 }
@@ -154,6 +156,10 @@ impl<J: Job> ErasedJob for Erased<J> {
 
     fn new_acc(&self) -> Accumulator {
         Box::new(J::Result::default())
+    }
+
+    fn limits(&self) -> Vec<String> {
+        J::limits()
     }
 
     fn merge_encoded(&self, acc: &mut Accumulator, bytes: &[u8]) -> Result<(), CodecError> {

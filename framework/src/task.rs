@@ -83,6 +83,14 @@ pub trait Job: Send + Sync + 'static {
     fn default_shard_size() -> Option<u32> {
         None
     }
+    /// The limits every job of this type is under (`limits set`), besides
+    /// those its submission names (`submit --under`,
+    /// `SubmitOptions::under`): the master's registration of the type
+    /// says, so that a job type calling a rate-limited service is held to
+    /// the rate whoever submits it. None, the default.
+    fn limits() -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The job a bare [`Task`] gets when registered with

@@ -51,6 +51,7 @@ fn options() -> JobOptions {
         priority: 0,
         fairness_key: None,
         not_before_ms: None,
+        under: Vec::new(),
     }
 }
 

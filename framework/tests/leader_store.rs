@@ -25,6 +25,7 @@ fn record() -> JobRecord {
             priority: 0,
             fairness_key: None,
             not_before_ms: None,
+            under: Vec::new(),
         },
         tasks_total: 1,
         batches: 0,

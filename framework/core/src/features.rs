@@ -14,9 +14,10 @@ pub const SUPPORTED: u32 = 2;
 /// fields; a node of the release before reads them only as arrays.
 pub const NAMED_RESULTS: u32 = 1;
 
-/// Level 2: delayed jobs (`JobOptions::not_before_ms`) are accepted: a
-/// master of a release before them would start them at once.
-pub const DELAYED_JOBS: u32 = 2;
+/// Level 2: delayed jobs (`JobOptions::not_before_ms`) and limits
+/// (`limits set`, `submit --under`) are accepted: a master of a release
+/// before them would start delayed jobs at once, and ignore limits.
+pub const SCHEDULING: u32 = 2;
 
 /// What each level turns on, for `features show`.
 pub const LEVELS: &[(u32, &str)] = &[
@@ -25,9 +26,10 @@ pub const LEVELS: &[(u32, &str)] = &[
         "result records are written as maps of named fields (they can gain fields)",
     ),
     (
-        DELAYED_JOBS,
-        "delayed jobs (`submit --delay`, `--at`) are accepted (a master of an earlier release \
-         would start them at once)",
+        SCHEDULING,
+        "delayed jobs (`submit --delay`, `--at`) and limits (`limits set`, `submit --under`) \
+         are accepted (a master of an earlier release would start delayed jobs at once and \
+         ignore limits)",
     ),
 ];
 

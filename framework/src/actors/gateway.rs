@@ -329,7 +329,9 @@ async fn handle_stream(
         | Request::PlanJob { .. }
         | Request::ListJobs(_)
         | Request::SetFairness { .. }
-        | Request::ListFairness) => {
+        | Request::ListFairness
+        | Request::SetLimit { .. }
+        | Request::ListLimits) => {
             master
                 .send(ClientRequest {
                     frame: other,

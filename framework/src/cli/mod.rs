@@ -11,6 +11,7 @@
 
 mod fairness;
 mod features;
+mod limits;
 mod local;
 mod render;
 
@@ -199,6 +200,11 @@ struct SubmitArgs {
     /// master's clock judges it.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     at: Option<std::time::SystemTime>,
+    /// A limit the job is under (repeat for several; `limits set`): a
+    /// shard of it starts only while each admits one more run. Besides
+    /// those of the job's type.
+    #[arg(long, value_name = "KEY")]
+    under: Vec<String>,
 }
 
 impl SubmitArgs {
@@ -270,6 +276,7 @@ impl JobArgs {
             priority: self.priority,
             fairness_key: self.fairness_key.clone(),
             not_before_ms: None,
+            under: Vec::new(),
         }
     }
 }
@@ -517,6 +524,10 @@ enum Cmd {
     /// Fairness keys' weights: `set KEY --weight W` (an admin's or a
     /// node's certificate), `list`.
     Fairness(fairness::FairnessArgs),
+    /// Cluster-wide limits: `set KEY [--max-running N] [--rate N --per
+    /// 1s] [--burst B]`, `delete KEY` (an admin's or a node's
+    /// certificate), `list`.
+    Limits(limits::LimitsArgs),
     /// Start a private ZooKeeper and N nodes here, run a job (`local JOB
     /// ARGS...`), stop everything.
     Local(LocalArgs),
@@ -784,6 +795,7 @@ impl NodeBuilder {
             Cmd::Certs(a) => run_certs(a),
             Cmd::Features(a) => features::run_features(a),
             Cmd::Fairness(a) => fairness::run_fairness(a),
+            Cmd::Limits(a) => limits::run_limits(a),
             Cmd::Submit(a) => {
                 let job = job()?;
                 self.run_submit(a, job, &sub)
@@ -967,6 +979,7 @@ impl NodeBuilder {
         };
         let mut opts = a.job.options(job.as_ref());
         opts.stream = a.stream;
+        opts.under = a.under.clone();
         opts.not_before_ms = a.not_before().map(|t| {
             t.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64)

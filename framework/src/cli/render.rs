@@ -47,6 +47,20 @@ fn queued_text(s: &ClusterStatus) -> String {
             .collect();
         out.push_str(&format!("fair share: {}\n", keys.join("; ")));
     }
+    for l in &s.limits {
+        let set = l
+            .limit
+            .as_ref()
+            .map_or("not set".to_string(), super::limits::settings);
+        let waiting = match l.waiting_shards {
+            0 => String::new(),
+            n => format!(", {n} shards waiting on it"),
+        };
+        out.push_str(&format!(
+            "limit {}: {} running ({set}){waiting}\n",
+            l.key, l.running
+        ));
+    }
     out
 }
 

@@ -9,6 +9,7 @@
 //! nodes/<node-id>                      EPHEMERAL   NodeInfo: every live node, its build and feature level
 //! features                             PERSISTENT  FeaturesRecord: the cluster's feature level (absent: 0)
 //! fairness                             PERSISTENT  FairnessRecord: fairness keys' weights (absent: all 1), written by the master
+//! limits                               PERSISTENT  LimitsRecord: the limits set (absent: none), written by the master
 //! workers/<node-id>                    EPHEMERAL   WorkerInfo
 //! jobs/<job-id>                        PERSISTENT  JobRecord
 //! jobs/<job-id>/batches/<k>            PERSISTENT  encoded tasks, each request under the size budget
@@ -28,8 +29,8 @@ mod zk;
 pub(crate) use records::CommitEntryRef;
 pub use records::{
     commit_entries, new_incarnation, submission_digest, FairnessRecord, FeaturesRecord, JobRecord,
-    JobStatus, MasterInfo, NodeInfo, OutputRef, RecordName, ResultForm, ResultRecord, ShardRecord,
-    WorkerInfo,
+    JobStatus, LimitsRecord, MasterInfo, NodeInfo, OutputRef, RecordName, ResultForm, ResultRecord,
+    ShardRecord, WorkerInfo,
 };
 pub use session::{Connection, Connections, Session, Won};
 pub use store::Amend;

@@ -95,6 +95,16 @@ pub struct FairnessRecord {
     pub weights: std::collections::BTreeMap<String, u32>,
 }
 
+/// Data of `/limits`: the limits set, by name (absent: none). Written by
+/// the master, at an admin's request ([`crate::wire::Request::SetLimit`]);
+/// read at each takeover.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LimitsRecord {
+    /// Settings by name.
+    #[serde(default)]
+    pub limits: std::collections::BTreeMap<String, crate::wire::LimitSpec>,
+}
+
 /// Lifecycle of a job in ZooKeeper.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum JobStatus {
@@ -680,6 +690,7 @@ mod tests {
                 priority: 0,
                 fairness_key: None,
                 not_before_ms: None,
+                under: Vec::new(),
             },
             tasks_total: 1,
             batches: 0,
@@ -773,6 +784,7 @@ mod tests {
                 priority: 0,
                 fairness_key: None,
                 not_before_ms: None,
+                under: Vec::new(),
             },
             tasks_total: 1,
             batches: 0,
@@ -811,6 +823,7 @@ mod tests {
             priority: 0,
             fairness_key: None,
             not_before_ms: None,
+            under: Vec::new(),
         };
         let d = |name: &str, o: &JobOptions, t: &[&str]| submission_digest(name, o, &tasks(t));
         let base = d("j", &o, &["ab", "c"]);

@@ -221,6 +221,10 @@ impl Layout {
     pub fn fairness(&self) -> String {
         format!("{}/fairness", self.root)
     }
+    /// The limits ([`super::LimitsRecord`]).
+    pub fn limits(&self) -> String {
+        format!("{}/limits", self.root)
+    }
     /// Parent of worker registrations.
     pub fn workers(&self) -> String {
         format!("{}/workers", self.root)

@@ -19,13 +19,15 @@ use serde_bytes::ByteBuf;
 
 use crate::coord::{
     commit_entries, decode_record, encode_record, CommitEntryRef, FairnessRecord, FeaturesRecord,
-    JobRecord, JobStatus, MasterInfo, NodeInfo, OutputRef, ResultRecord, ShardRecord, WorkerInfo,
+    JobRecord, JobStatus, LimitsRecord, MasterInfo, NodeInfo, OutputRef, ResultRecord, ShardRecord,
+    WorkerInfo,
 };
 use crate::core::{Counters, ShardKey, TaskFailure};
 use crate::wire::{
     self, Assignment, ClusterStatus, ErrorKind, FairnessKey, FairnessList, FromWorker, Hello,
     JobList, JobOptions, JobOutcome, JobPlanInfo, JobProgress, JobQuery, JobState, JobSummary,
-    Reply, Request, RunRef, ShardReport, StateCounts, SubmitHeader, ToWorker, WorkerStatus,
+    LimitList, LimitSpec, LimitStatus, Reply, Request, RunRef, ShardReport, StateCounts,
+    SubmitHeader, ToWorker, WorkerStatus,
 };
 
 /// The directory of golden files.
@@ -49,6 +51,7 @@ enum Sample {
     Node(NodeInfo),
     Features(FeaturesRecord),
     Fairness(FairnessRecord),
+    Limits(LimitsRecord),
 }
 
 /// A frame's body as this build sends it.
@@ -78,6 +81,7 @@ impl Sample {
             Sample::Node(r) => encode_record("golden", r).expect("encodes"),
             Sample::Features(r) => encode_record("golden", r).expect("encodes"),
             Sample::Fairness(r) => encode_record("golden", r).expect("encodes"),
+            Sample::Limits(r) => encode_record("golden", r).expect("encodes"),
         }
     }
 
@@ -102,7 +106,7 @@ impl Sample {
             Sample::Commit(_) => via::<Vec<(b::ShardKey, b::ShardRecord)>>(bytes),
             Sample::Batch(_) => via::<Vec<ByteBuf>>(bytes),
             // Kinds the baseline does not have.
-            Sample::Node(_) | Sample::Features(_) | Sample::Fairness(_) => {
+            Sample::Node(_) | Sample::Features(_) | Sample::Fairness(_) | Sample::Limits(_) => {
                 Err("not a kind of the baseline".into())
             }
         }
@@ -126,7 +130,29 @@ impl Sample {
             Sample::Node(_) => Sample::Node(decode_record("golden", bytes).map_err(e)?),
             Sample::Features(_) => Sample::Features(decode_record("golden", bytes).map_err(e)?),
             Sample::Fairness(_) => Sample::Fairness(decode_record("golden", bytes).map_err(e)?),
+            Sample::Limits(_) => Sample::Limits(decode_record("golden", bytes).map_err(e)?),
         })
+    }
+}
+
+fn limit_spec() -> LimitSpec {
+    LimitSpec {
+        max_running: Some(4),
+        rate: Some(200),
+        per_ms: Some(1000),
+        burst: Some(20),
+    }
+}
+
+fn limit_status() -> LimitStatus {
+    LimitStatus {
+        key: "payments-api".into(),
+        limit: Some(limit_spec()),
+        running: 4,
+        tokens: Some(3),
+        waiting_jobs: 2,
+        waiting_shards: 17,
+        throttled: 40,
     }
 }
 
@@ -161,6 +187,7 @@ fn options() -> JobOptions {
         priority: 0,
         fairness_key: None,
         not_before_ms: None,
+        under: Vec::new(),
     }
 }
 
@@ -353,6 +380,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
             rp(Reply::Status(ClusterStatus {
                 queued: Vec::new(),
                 fairness: Vec::new(),
+                limits: Vec::new(),
                 leader: "node-a".into(),
                 epoch: 3,
                 workers: vec![WorkerStatus {
@@ -520,6 +548,33 @@ fn samples() -> Vec<(&'static str, Sample)> {
             }),
         ),
         (
+            "frame-set-limit",
+            rq(Request::SetLimit {
+                key: "payments-api".into(),
+                limit: Some(limit_spec()),
+            }),
+        ),
+        (
+            "frame-delete-limit",
+            rq(Request::SetLimit {
+                key: "payments-api".into(),
+                limit: None,
+            }),
+        ),
+        ("frame-list-limits", rq(Request::ListLimits)),
+        (
+            "frame-limits",
+            rp(Reply::Limits(LimitList {
+                limits: vec![limit_status()],
+            })),
+        ),
+        (
+            "record-limits",
+            S::Limits(LimitsRecord {
+                limits: [("payments-api".to_string(), limit_spec())].into(),
+            }),
+        ),
+        (
             "record-master",
             S::Master(MasterInfo {
                 node_id: "node-a".into(),
@@ -642,6 +697,7 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                     weight: 3,
                     queued: 3,
                 }];
+                status.limits = vec![limit_status()];
                 for w in &mut status.workers {
                     w.build = Some("probe".into());
                     w.protocol = Some(wire::PROTOCOL_VERSION);
@@ -667,6 +723,7 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                         priority: 7,
                         fairness_key: Some("tenant-a".into()),
                         not_before_ms: Some(1_765_000_060_000),
+                        under: vec!["payments-api".into()],
                         ..header.options
                     },
                     ..header
@@ -678,6 +735,7 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                     priority: 7,
                     fairness_key: Some("tenant-a".into()),
                     not_before_ms: Some(1_765_000_060_000),
+                    under: vec!["payments-api".into()],
                     ..record.options
                 },
                 ..record

@@ -49,6 +49,7 @@ pub fn worst_request(i: usize) -> Vec<Request> {
                     priority: 0,
                     fairness_key: None,
                     not_before_ms: None,
+                    under: Vec::new(),
                 },
                 task_count: if chunks { 4 } else { u64::MAX },
                 shape: None,

@@ -46,6 +46,10 @@ pub struct JobOptions {
     /// `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
+    /// The limits it is under ([`Request::SetLimit`]), besides those of
+    /// its job type. Not part of the job's identity. Left out when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub under: Vec<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -171,6 +175,9 @@ pub struct ClusterStatus {
     /// own, for a client; every key for an admin or a node).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fairness: Vec<FairnessKey>,
+    /// The limits set or named by a job, with their use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitStatus>,
 }
 
 /// Shards ready to run at one priority.
@@ -292,6 +299,17 @@ messages! {
         /// The fairness keys with a weight set or shards waiting: answered
         /// with `Fairness` (protocol 7).
         ListFairness,
+        /// Sets a limit (`Some`) or deletes it (`None`), stored with the
+        /// cluster: `Ok` once durable. An admin's or a node's (protocol 8).
+        SetLimit {
+            /// The limit's name, as jobs name it.
+            key: String,
+            /// Its settings.
+            limit: Option<LimitSpec>,
+        },
+        /// The limits set or named by a job, with their use: answered with
+        /// `Limits` (protocol 8).
+        ListLimits,
     }
 }
 
@@ -312,7 +330,9 @@ impl Request {
             | Request::ListJobs(_)
             | Request::Fetched { .. }
             | Request::SetFairness { .. }
-            | Request::ListFairness => None,
+            | Request::ListFairness
+            | Request::SetLimit { .. }
+            | Request::ListLimits => None,
         }
     }
 }
@@ -364,7 +384,99 @@ messages! {
         },
         /// The answer to `ListFairness`.
         Fairness(FairnessList),
+        /// The answer to `ListLimits`.
+        Limits(LimitList),
     }
+}
+
+/// A limit's settings (`limits set`): at least one of a cap on the runs
+/// held at once and a rate.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LimitSpec {
+    /// Most runs of its jobs held by workers at once (queued or running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+    /// Most runs started per `per_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
+    /// The rate's period (default a second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_ms: Option<u64>,
+    /// Most runs started at once after a pause (default a tenth of the
+    /// rate, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// Longest period of a rate.
+pub const MAX_RATE_PERIOD: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+impl LimitSpec {
+    /// Why these settings are not a limit, if they are not.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_running.is_none() && self.rate.is_none() {
+            return Err("a limit needs --max-running N, --rate N, or both".into());
+        }
+        if self.max_running == Some(0) {
+            return Err("--max-running must be at least 1".into());
+        }
+        if self.rate == Some(0) {
+            return Err("--rate must be at least 1".into());
+        }
+        if self.rate.is_none() && (self.per_ms.is_some() || self.burst.is_some()) {
+            return Err("--per and --burst go with --rate".into());
+        }
+        let per = self.per_ms.unwrap_or(1000);
+        if per == 0 || per > MAX_RATE_PERIOD.as_millis() as u64 {
+            return Err("--per must be from 1ms to 7 days".into());
+        }
+        if self.burst == Some(0) {
+            return Err("--burst must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The limit as the scheduler keeps it.
+    pub fn to_core(&self) -> crate::core::Limit {
+        crate::core::Limit {
+            max_running: self.max_running,
+            rate: self.rate.map(|n| crate::core::Rate {
+                n: n.max(1),
+                per: std::time::Duration::from_millis(self.per_ms.unwrap_or(1000).max(1)),
+                burst: self
+                    .burst
+                    .unwrap_or_else(|| crate::core::Rate::default_burst(n))
+                    .max(1),
+            }),
+        }
+    }
+}
+
+/// The limits the master knows ([`Request::ListLimits`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LimitList {
+    /// By name.
+    pub limits: Vec<LimitStatus>,
+}
+
+/// One limit and its use.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LimitStatus {
+    /// Its name.
+    pub key: String,
+    /// Its settings (`None`: named by jobs, not set: it holds nothing
+    /// back).
+    pub limit: Option<LimitSpec>,
+    /// Runs of its jobs held by workers now.
+    pub running: u32,
+    /// Runs its bucket lets start now (with a rate).
+    pub tokens: Option<u32>,
+    /// Jobs waiting on it.
+    pub waiting_jobs: u64,
+    /// Their shards waiting to run.
+    pub waiting_shards: u64,
+    /// Times a job found it full, since the master took over.
+    pub throttled: u64,
 }
 
 /// The fairness keys the master knows: those with a weight set, and

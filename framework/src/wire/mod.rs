@@ -30,8 +30,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The first version whose master holds a delayed job
-/// ([`JobOptions::not_before_ms`]) until its time.
-pub const DELAYED_JOBS: u32 = 8;
+/// ([`JobOptions::not_before_ms`]) until its time, and keeps limits
+/// ([`Request::SetLimit`], [`JobOptions::under`]).
+pub const SCHEDULING: u32 = 8;
 
 /// The oldest protocol version this build still speaks: a link's version
 /// is the newest both ends speak ([`negotiate`]), so that adjacent

@@ -2199,6 +2199,7 @@ fn a_job_the_master_cannot_read_or_run_is_quarantined_and_every_other_job_runs()
             priority: 0,
             fairness_key: None,
             not_before_ms: None,
+            under: Vec::new(),
         },
         tasks_total: 3,
         batches: 0,
@@ -2958,4 +2959,184 @@ fn a_delayed_job_runs_nothing_before_its_time_across_a_failover_and_can_be_cance
         let (results, _) = job.await.unwrap().result().await.unwrap();
         assert_eq!(results.len(), 2);
     });
+}
+
+/// Issue 33, item 3: limits set on the command line (`limits set`,
+/// stored with the cluster) hold the runs of the jobs under them
+/// (`SubmitOptions::under`, `submit --under`) across every worker: at most
+/// one at a time under `--max-running 1`, though four slots stand free,
+/// with the shards waiting shown as such; at most five a second under
+/// `--rate 5`. A new master keeps them. Setting one takes an admin's
+/// certificate; `limits delete` lets the jobs go on.
+#[test]
+fn limits_set_on_the_command_line_hold_the_runs_of_their_jobs_across_workers_and_a_failover() {
+    use probe::{Behaviour, Probe};
+    use ringleader::client::{ClientError, Refusal, SubmitOptions};
+    use ringleader::{Client, ClientConfig, Collect};
+    let mut c = Cluster::new(BIN);
+    c.node("m0", &["--role", "candidate"]);
+    c.node("m1", &["--role", "candidate"]);
+    c.node("w1", &["--role", "worker", "--slots", "2"]);
+    c.node("w2", &["--role", "worker", "--slots", "2"]);
+    let first = rt().block_on(async {
+        let zk = c.zk().await;
+        c.workers(&zk, 2, Duration::from_secs(30)).await;
+        c.master(&zk, None, Duration::from_secs(30)).await
+    });
+    let (code, out, err) = run(&c, "limits", &["set", "one", "--max-running", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "limit one: at most 1 running");
+    let (code, out, err) = run(
+        &c,
+        "limits",
+        &["set", "slow", "--rate", "5", "--per", "1s", "--burst", "1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "limit slow: 5 per 1s (burst 1)");
+    let (code, _, err) = run(&c, "limits", &["set", "bare"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("a limit needs --max-running N, --rate N, or both"),
+        "{err}"
+    );
+
+    let sleepers = |first: u64, n: u64, ms: u64| -> Vec<Probe> {
+        (first..first + n)
+            .map(|value| Probe {
+                value,
+                behaviour: Behaviour::Sleep(ms),
+            })
+            .collect()
+    };
+    let under = |id: &str, limits: &[&str]| SubmitOptions {
+        job_id: Some(id.into()),
+        shard_size: Some(1),
+        under: limits.iter().map(|l| l.to_string()).collect(),
+        ..Default::default()
+    };
+    // Held to one run at a time, beside a job under no limit that uses
+    // the other slots.
+    let (most, waiting_seen) = rt().block_on(async {
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let started = Instant::now();
+        let capped = client
+            .submit::<Collect<Probe>>(sleepers(0, 8, 100), under("capped", &["one"]))
+            .await
+            .unwrap();
+        let free = client
+            .submit::<Collect<Probe>>(sleepers(100, 8, 100), under("free", &[]))
+            .await
+            .unwrap();
+        let (mut most, mut waiting_seen) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = client.progress("capped").await.unwrap();
+            if p.state.is_final() {
+                break;
+            }
+            let list = client.limits().await.unwrap();
+            let one = list.limits.iter().find(|l| l.key == "one").unwrap();
+            most = most.max(one.running);
+            if one.waiting_shards > 0 {
+                waiting_seen += 1;
+            }
+            assert!(Instant::now() < deadline, "{}", c.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (results, _) = capped.result().await.unwrap();
+        assert_eq!(results.len(), 8);
+        assert!(
+            started.elapsed() >= Duration::from_millis(800),
+            "eight 100 ms runs one at a time took {:?}",
+            started.elapsed()
+        );
+        let (results, _) = free.result().await.unwrap();
+        assert_eq!(results.len(), 8);
+        (most, waiting_seen)
+    });
+    assert_eq!(most, 1, "runs held at once under limit one");
+    assert!(waiting_seen > 0, "its shards were seen waiting on it");
+
+    // Paced at five a second (the bucket holds one): ten take 1.8 s.
+    let dir = c.path("limits");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ten: Vec<String> = (0..10).map(ok).collect();
+    let ten = write_tasks(&dir.join("ten.jsonl"), &ten);
+    let started = Instant::now();
+    let (code, out, err) = run(
+        &c,
+        "submit",
+        &["probe", "--under", "slow", "--shard-size", "1", &ten],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 10, "{out}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1700),
+        "ten runs at five a second took {:?}",
+        started.elapsed()
+    );
+
+    // A client may not set one.
+    let alice = c.dir.path().join("alice-certs");
+    ringleader::pki::issue_to(&c.certs, ringleader::pki::Role::Client, "alice", &alice).unwrap();
+    rt().block_on(async {
+        let mut cfg: ClientConfig = client_config(&c);
+        cfg.certs = alice.clone();
+        let client = Client::connect(cfg).await.unwrap();
+        let spec = ringleader::wire::LimitSpec {
+            max_running: Some(100),
+            ..Default::default()
+        };
+        match client.set_limit("one", spec).await {
+            Err(ClientError::Refused {
+                kind: Refusal::Forbidden,
+                message,
+            }) => assert!(
+                message.contains("an admin's or a node's certificate"),
+                "{message}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    });
+
+    // The next master keeps them, and holds jobs to them.
+    c.kill9(&first.node_id);
+    rt().block_on(async {
+        let zk = c.zk().await;
+        c.master(&zk, Some(first.epoch), Duration::from_secs(60))
+            .await
+    });
+    let (code, out, err) = run(&c, "limits", &["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("at most 1 running") && out.contains("5 per 1s (burst 1)"),
+        "{out}"
+    );
+    let most = rt().block_on(async {
+        let client = Client::connect(client_config(&c)).await.unwrap();
+        let job = client
+            .submit::<Collect<Probe>>(sleepers(200, 4, 100), under("after", &["one"]))
+            .await
+            .unwrap();
+        let mut most = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !client.progress("after").await.unwrap().state.is_final() {
+            let list = client.limits().await.unwrap();
+            let one = list.limits.iter().find(|l| l.key == "one").unwrap();
+            most = most.max(one.running);
+            assert!(Instant::now() < deadline, "{}", c.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(job.result().await.unwrap().0.len(), 4);
+        most
+    });
+    assert_eq!(
+        most, 1,
+        "runs held at once under limit one after the failover"
+    );
+    let (code, out, err) = run(&c, "limits", &["delete", "slow"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "limit slow deleted");
+    let (_, out, _) = run(&c, "limits", &["list"]);
+    assert!(!out.contains("per 1s"), "{out}");
 }

@@ -153,6 +153,7 @@ fn a_task_over_the_request_budget_is_refused_clearly() {
             priority: 0,
             fairness_key: None,
             not_before_ms: None,
+            under: Vec::new(),
         };
         let err = client
             .submit_encoded("probe", big, opts, None)
@@ -1462,6 +1463,7 @@ fn a_durable_job_the_master_did_not_run_runs_when_it_is_resubmitted() {
             priority: 0,
             fairness_key: None,
             not_before_ms: None,
+            under: Vec::new(),
         };
         let record = JobRecord {
             job_name: "probe".into(),
@@ -1555,6 +1557,7 @@ fn the_collectors_reads_do_not_grow_with_queued_or_unfetched_jobs() {
                 priority: 0,
                 fairness_key: None,
                 not_before_ms: None,
+                under: Vec::new(),
             },
             tasks_total: 1,
             batches: 0,

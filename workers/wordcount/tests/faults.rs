@@ -244,6 +244,7 @@ fn bad_input_gets_clear_errors_and_nothing_crashes() {
                     priority: 0,
                     fairness_key: None,
                     not_before_ms: None,
+                    under: Vec::new(),
                 },
                 None,
             )

@@ -10,13 +10,19 @@ use crate::core::master::Event as CoreEvent;
 use crate::transport::PeerId;
 use crate::wire::{ErrorKind, FairnessKey, FairnessList, QueuedAt, Reply};
 
-/// Why `key` cannot be a fairness key, if it cannot.
-fn bad_key(key: &str) -> Option<String> {
+/// Why `key` cannot name a `what` (a fairness key, a limit), if it
+/// cannot.
+pub(super) fn bad_name(what: &str, key: &str) -> Option<String> {
     let odd = key.is_empty() || key.len() > 128 || key.chars().any(char::is_control);
     odd.then(|| {
         let shown: String = key.chars().take(40).collect();
-        format!("invalid fairness key {shown:?}: use 1 to 128 characters, none of them a control")
+        format!("invalid {what} {shown:?}: use 1 to 128 characters, none of them a control")
     })
+}
+
+/// Why `key` cannot be a fairness key, if it cannot.
+fn bad_key(key: &str) -> Option<String> {
+    bad_name("fairness key", key)
 }
 
 /// Whether `key` is a principal's (`client:`, `node:`, `admin:`).
@@ -77,18 +83,14 @@ impl Master {
         let store = self.store.clone();
         let set = key.clone();
         let write = async move {
-            // Written whole over the version read: two settings at once
-            // cannot lose one (the second is refused, and retried).
-            let (record, version) = store.read_fairness().await?;
-            let mut record = record.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "writing the fairness weights over a record that does not decode");
-                Default::default()
-            });
-            match weight {
-                1 => record.weights.remove(&set),
-                w => record.weights.insert(set, w),
-            };
-            store.write_fairness(&record, version).await
+            store
+                .update_fairness(|record| {
+                    match weight {
+                        1 => record.weights.remove(&set),
+                        w => record.weights.insert(set, w),
+                    };
+                })
+                .await
         };
         Box::pin(write.into_actor(self).map(move |res, act, ctx| match res {
             Ok(()) => {
@@ -137,15 +139,17 @@ impl Master {
             .collect()
     }
 
-    /// The weights a takeover read: the core schedules by them. A record
-    /// that does not decode (a later release's, or garbage) leaves every
-    /// key at weight 1, said once: it never stops a master.
-    pub(super) fn weights_read(
+    /// The settings a takeover read: the core schedules by them. A record
+    /// that does not decode (a later release's, or garbage) is said once
+    /// and left out (every key weighs 1; no limit holds a job back): it
+    /// never stops a master.
+    pub(super) fn settings_read(
         &mut self,
         ctx: &mut Context<Self>,
-        read: Result<crate::coord::FairnessRecord, crate::coord::CoordError>,
+        weights: Result<crate::coord::FairnessRecord, crate::coord::CoordError>,
+        limits: Result<crate::coord::LimitsRecord, crate::coord::CoordError>,
     ) {
-        match read {
+        match weights {
             Ok(record) => {
                 let weights: Vec<(String, u32)> = record.weights.into_iter().collect();
                 if !weights.is_empty() {
@@ -155,6 +159,23 @@ impl Master {
             Err(e) => tracing::warn!(
                 error = %e,
                 "the fairness weights cannot be read: every key weighs 1 until one is set again"
+            ),
+        }
+        match limits {
+            Ok(record) => {
+                let limits: Vec<_> = record
+                    .limits
+                    .into_iter()
+                    .map(|(key, spec)| (key, Some(spec.to_core())))
+                    .collect();
+                if !limits.is_empty() {
+                    self.handle_core(ctx, CoreEvent::Limited(limits));
+                }
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "the limits cannot be read: no limit holds a job back until they are set again \
+                 (`limits set`)"
             ),
         }
     }

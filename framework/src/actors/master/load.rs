@@ -371,6 +371,7 @@ pub(super) fn as_recorded(plan: &mut JobPlan, rec: &JobRecord) {
     plan.priority = rec.options.priority;
     plan.fairness = rec.fairness_key();
     plan.not_before = rec.options.not_before_ms.and_then(until);
+    plan.under = rec.options.under.clone();
 }
 
 /// The instant of this master's clocks at which its wall clock reads

@@ -19,6 +19,7 @@ mod creating;
 mod driver;
 mod fairness;
 mod fetch;
+mod limits;
 mod links;
 mod load;
 mod status;
@@ -368,6 +369,16 @@ impl Master {
             metrics::gauge!(m::SHARDS_QUEUED_BY_PRIORITY, "priority" => p.to_string())
                 .set(*n as f64);
         }
+        for l in self
+            .limit_statuses()
+            .into_iter()
+            .filter(|l| l.limit.is_some())
+        {
+            metrics::gauge!(m::LIMIT_RUNNING, "limit" => l.key.clone()).set(f64::from(l.running));
+            metrics::gauge!(m::LIMIT_WAITING, "limit" => l.key.clone())
+                .set(l.waiting_shards as f64);
+            metrics::counter!(m::LIMIT_THROTTLED, "limit" => l.key).absolute(l.throttled);
+        }
         let (timed, next) = self.core.timed();
         metrics::gauge!(m::JOBS_SCHEDULED).set(timed as f64);
         let at = next.map_or(0.0, |t| {
@@ -592,22 +603,24 @@ impl Actor for Master {
                 .collect();
             // Read before anything is scheduled: a record that does not
             // decode is said, not a reason to stop.
-            let (weights, _) = store.read_fairness().await?;
+            let weights = store.read_fairness().await?;
+            let limits = store.read_limits().await?;
             store.publish(&node_id, &addr, &build).await?;
             tracing::debug!(
                 list_ms = listed.as_millis() as u64,
                 publish_ms = (started.elapsed() - listed).as_millis() as u64,
                 "takeover steps"
             );
-            Ok::<_, CoordError>((pending, inherited, garbage, weights, started.elapsed()))
+            let settings = (weights, limits);
+            Ok::<_, CoordError>((pending, inherited, garbage, settings, started.elapsed()))
         };
         // `wait`: no message is handled before the takeover is done. The
         // unfinished jobs are then read in the background while the master
         // serves (see `load_jobs`), so its time to serving does not grow
         // with the work left behind.
         ctx.wait(recovery.into_actor(self).map(|res, act, ctx| match res {
-            Ok((pending, inherited, garbage, weights, took)) => {
-                act.weights_read(ctx, weights);
+            Ok((pending, inherited, garbage, (weights, limits), took)) => {
+                act.settings_read(ctx, weights, limits);
                 act.handle_core(ctx, CoreEvent::Inherited(inherited));
                 for (job, reason) in garbage {
                     act.quarantine(ctx, job, None, reason);
@@ -719,6 +732,10 @@ impl Handler<ClientRequest> for Master {
             Request::ListJobs(query) => self.list_jobs(&msg.peer, query),
             Request::SetFairness { key, weight } => self.set_fairness(&msg.peer, key, weight),
             Request::ListFairness => Box::pin(fut::ready(self.list_fairness(&msg.peer))),
+            Request::SetLimit { key, limit } => self.set_limit(&msg.peer, key, limit),
+            Request::ListLimits => Box::pin(fut::ready(Reply::Limits(crate::wire::LimitList {
+                limits: self.limit_statuses(),
+            }))),
             other => Box::pin(fut::ready(error(
                 ErrorKind::Unsupported,
                 format!("unexpected request {}", other.name()),
@@ -868,6 +885,7 @@ mod tests {
                 priority: 0,
                 fairness_key: None,
                 not_before_ms: None,
+                under: Vec::new(),
             },
             tasks_total: 10_000,
             batches: 1,

@@ -62,6 +62,7 @@ impl Master {
             feature_level: Some(self.store.feature_level()),
             queued: self.queued_at(),
             fairness: self.fairness_for(peer),
+            limits: self.limit_statuses(),
         })
     }
 
@@ -241,7 +242,10 @@ impl Master {
                     counters: Some(p.counters),
                     created_ms: rt.stored.record.created_ms,
                     fetched: false,
-                    note: self.runnable_note(&p.job_name),
+                    note: self.runnable_note(&p.job_name).or_else(|| {
+                        let limit = self.core.throttled_by(id)?;
+                        Some(format!("waiting on limit {limit}"))
+                    }),
                     owner: rt.stored.record.owner.clone(),
                     not_before_ms: self.waits_until(id),
                 })

@@ -105,6 +105,12 @@ impl Handler<Submit> for Master {
         if options.shard_size == 0 {
             options.shard_size = auto_shard_size(h.task_count, self.runners(&h.job_name).1);
         }
+        // Under its own limits and its type's.
+        if let Some(erased) = self.settings.registry.get(&h.job_name) {
+            options.under.extend(erased.limits());
+            options.under.sort_unstable();
+            options.under.dedup();
+        }
         let submission = Submission {
             job_id: &h.job_id,
             shard_size: options.shard_size,
@@ -122,10 +128,8 @@ impl Handler<Submit> for Master {
                 return Box::pin(fut::ready(error(kind, why)));
             }
         }
-        if let Some(ms) = h.options.not_before_ms {
-            if let Some((kind, why)) = self.refused_delay(ms) {
-                return Box::pin(fut::ready(error(kind, why)));
-            }
+        if let Some((kind, why)) = self.refused_scheduling(&options) {
+            return Box::pin(fut::ready(error(kind, why)));
         }
         if self.core.is_collecting(&h.job_id) {
             return Box::pin(fut::ready(error(
@@ -215,37 +219,52 @@ impl Handler<Submit> for Master {
 const MAX_DELAY: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 impl Master {
-    /// Why a job delayed to `ms` (milliseconds since the Unix epoch) is
-    /// refused, if it is: the cluster's feature level lets a master of a
-    /// release that would start it at once take over, or the time is past
-    /// [`MAX_DELAY`].
-    fn refused_delay(&self, ms: u64) -> Option<(ErrorKind, String)> {
+    /// Why a job's scheduling options are refused, if they are: a delay
+    /// or a limit below the feature level that keeps out masters of a
+    /// release that would start a delayed job at once and ignore limits;
+    /// a time past [`MAX_DELAY`]; a limit's name that is no name.
+    pub(super) fn refused_scheduling(&self, o: &JobOptions) -> Option<(ErrorKind, String)> {
+        let what = match (o.not_before_ms.is_some(), !o.under.is_empty()) {
+            (false, false) => return None,
+            (true, false) => "delayed jobs",
+            (false, true) => "limits",
+            (true, true) => "delayed jobs and limits",
+        };
         let level = self.store.feature_level();
-        if level < features::DELAYED_JOBS {
+        if level < features::SCHEDULING {
             return Some((
                 ErrorKind::Unsupported,
                 format!(
-                    "delayed jobs need the cluster's feature level {} and it is {level}: a \
-                     master of an earlier release would start them at once. Once every node \
-                     runs this release, run `ringleader features upgrade`",
-                    features::DELAYED_JOBS
+                    "{what} need the cluster's feature level {} and it is {level}: a master \
+                     of an earlier release would start delayed jobs at once and ignore limits. \
+                     Once every node runs this release, run `ringleader features upgrade`",
+                    features::SCHEDULING
                 ),
             ));
         }
-        let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-        let ahead = at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        if ahead > MAX_DELAY {
-            return Some((
-                ErrorKind::Invalid,
-                format!(
+        if let Some(ms) = o.not_before_ms {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+            let ahead = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            if ahead > MAX_DELAY {
+                let why = format!(
                     "a job may be delayed by at most 10 years; this one by {} days",
                     ahead.as_secs() / 86_400
-                ),
-            ));
+                );
+                return Some((ErrorKind::Invalid, why));
+            }
         }
-        None
+        if o.under.len() > super::limits::MAX_UNDER {
+            let why = format!(
+                "a job may be under at most {} limits; this one names {}",
+                super::limits::MAX_UNDER,
+                o.under.len()
+            );
+            return Some((ErrorKind::Invalid, why));
+        }
+        let bad = o.under.iter().find_map(|k| super::limits::bad_key(k));
+        bad.map(|why| (ErrorKind::Invalid, why))
     }
 
     /// Registers a watch the gateway handed over behind a submission, if
