@@ -9,7 +9,10 @@
 //! `wordcount` (against the same counting code in 2 plain threads, and false
 //! suspicions meanwhile), `failover` (kill -9 of the master with thousands of
 //! unfinished shards), `kill` (a worker's kill -9 to its shards requeued),
-//! `handover` (SIGTERM on the master) and `scale` (a thousand registered
+//! `handover` (SIGTERM on the master), `scheduling` (issue 33's rows:
+//! priority behind a backlog, weighted fair share, rate and concurrency
+//! limits, delayed jobs, each across master kills where asked, measured
+//! by the tasks' own stamps) and `scale` (a thousand registered
 //! workers, each with its own ZooKeeper session and QUIC link), `adversary`
 //! (an honest client's one-task jobs while another client, in a process
 //! and with `--rtt-ms` on a host of its own, keeps 1,024 streams busy with
@@ -32,6 +35,7 @@ use ringleader::coord::{MasterInfo, ZkClient};
 use ringleader::metrics as m;
 use ringleader::testkit::{client_config, Cluster};
 use ringleader::{Client, Collect};
+use ringleader_benches::{Stamp, Stamped};
 
 #[derive(Parser)]
 struct Args {
@@ -99,6 +103,22 @@ struct Args {
     /// for a profiler to attach to (`perf record -g -p PID`).
     #[arg(long)]
     queue_jobs: Option<usize>,
+    /// The queue section's jobs at this priority (issue 33's rows with
+    /// its features on: their cost against a run without).
+    #[arg(long, default_value_t = 0)]
+    queue_priority: u8,
+    /// The queue section's jobs under this fairness key.
+    #[arg(long)]
+    queue_fairness_key: Option<String>,
+}
+
+/// How the queue section submits (`--queue-priority`,
+/// `--queue-fairness-key`): set once at start.
+static QUEUE_OPTIONS: std::sync::OnceLock<SubmitOptions> = std::sync::OnceLock::new();
+
+/// A queue job's options.
+fn queue_options() -> SubmitOptions {
+    QUEUE_OPTIONS.get().cloned().unwrap_or_default()
 }
 
 /// Ringleader's work-queue figures of this run, for the peers' rows.
@@ -131,6 +151,7 @@ enum Section {
     Handover,
     Scale,
     Queue,
+    Scheduling,
     Adversary,
     Load,
 }
@@ -346,14 +367,10 @@ async fn queue_job(client: &Client, path: QueuePath, i: u64) -> anyhow::Result<f
     let t = Instant::now();
     let tasks = probes_from(i, 1);
     let (out, _) = match path {
-        QueuePath::Run => {
-            client
-                .run::<Collect<Probe>>(tasks, SubmitOptions::default())
-                .await?
-        }
+        QueuePath::Run => client.run::<Collect<Probe>>(tasks, queue_options()).await?,
         QueuePath::SubmitResult => {
             let job = client
-                .submit::<Collect<Probe>>(tasks, SubmitOptions::default())
+                .submit::<Collect<Probe>>(tasks, queue_options())
                 .await?;
             job.result().await?
         }
@@ -1257,7 +1274,7 @@ impl Bench {
             self.rt.block_on(async {
                 let opts = SubmitOptions {
                     shard_size: Some(1),
-                    ..Default::default()
+                    ..queue_options()
                 };
                 let job = client
                     .submit::<Collect<Probe>>(probes(n, Behaviour::Ok), opts)
@@ -2322,6 +2339,378 @@ impl Bench {
     }
 }
 
+/// Stamps of `n` tasks from `first`, each sleeping `sleep_ms`.
+fn stamps(first: u64, n: u64, sleep_ms: u64, log: Option<&str>) -> Vec<Stamp> {
+    (first..first + n)
+        .map(|value| Stamp {
+            value,
+            sleep_ms,
+            log: log.map(str::to_string),
+        })
+        .collect()
+}
+
+/// The runs of a stamped job, by their stamps.
+async fn stamped(job: ringleader::JobHandle<Collect<Stamp>>) -> anyhow::Result<Vec<Stamped>> {
+    let (out, report) = job.result().await?;
+    ensure!(
+        report.progress.counters.tasks_failed == 0,
+        "failed tasks: {:?}",
+        report.failures
+    );
+    Ok(out.into_iter().map(|(_, s)| s).collect())
+}
+
+/// Most starts in any window of `width` (sliding from start to start).
+fn most_in_window(starts: &mut [u64], width_us: u64) -> usize {
+    starts.sort_unstable();
+    let mut most = 0;
+    let mut lo = 0;
+    for hi in 0..starts.len() {
+        while starts[hi] - starts[lo] >= width_us {
+            lo += 1;
+        }
+        most = most.max(hi - lo + 1);
+    }
+    most
+}
+
+impl Bench {
+    /// Issue 33's rows, measured by the tasks' own stamps: a priority-9
+    /// job behind a backlog, weighted fair share, a rate limit (and across
+    /// a master's kill), a concurrency limit, delayed jobs across two
+    /// master kills.
+    fn scheduling(&mut self) -> anyhow::Result<()> {
+        self.priority_rows()?;
+        self.fair_share_row()?;
+        self.limit_rows()?;
+        self.delay_row()?;
+        Ok(())
+    }
+
+    /// One-task jobs of priority 9, one at a time, behind a backlog of
+    /// priority-0 jobs of 20 ms tasks that keeps every slot busy: submit
+    /// to result. The baseline: a priority-0 job behind the same backlog.
+    fn priority_rows(&mut self) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let (backlog, urgent) = if self.args.quick {
+            (300, 20)
+        } else {
+            (1_000, 50)
+        };
+        let (lat, behind) = self.rt.block_on(async {
+            let jobs: Vec<_> = futures::stream::iter(0..backlog as u64)
+                .map(|i| {
+                    client
+                        .submit::<Collect<Stamp>>(stamps(i, 1, 20, None), SubmitOptions::default())
+                })
+                .buffered(64)
+                .collect::<Vec<_>>()
+                .await;
+            let jobs = jobs.into_iter().collect::<Result<Vec<_>, _>>()?;
+            // Every slot busy first.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t = Instant::now();
+            let plain = client
+                .submit::<Collect<Stamp>>(stamps(1_000_000, 1, 0, None), SubmitOptions::default())
+                .await?;
+            let mut lat = Vec::new();
+            for i in 0..urgent {
+                let opts = SubmitOptions {
+                    priority: 9,
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let job = client
+                    .submit::<Collect<Stamp>>(stamps(2_000_000 + i, 1, 0, None), opts)
+                    .await?;
+                stamped(job).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            stamped(plain).await?;
+            let behind = t.elapsed().as_secs_f64() * 1000.0;
+            for job in jobs {
+                stamped(job).await?;
+            }
+            Ok::<_, anyhow::Error>((lat, behind))
+        })?;
+        let p99 = percentile(&lat, 0.99);
+        self.rows.push(row(
+            format!(
+                "priority 9 one-task jobs one at a time ({urgent}) behind {backlog} priority-0 jobs of 20 ms tasks: submit to result, p50 / p99"
+            ),
+            format!("{:.1} ms / {p99:.1} ms", percentile(&lat, 0.5)),
+            format!("{behind:.0} ms for a priority-0 job behind the same backlog; issue 33's goal: p99 at most 40 ms"),
+            format!("{:.3}", p99 / behind),
+        ));
+        Ok(())
+    }
+
+    /// Two fairness keys of weights 1 and 3, each with a backlog of 20 ms
+    /// one-task shards: each key's share of the slot time, over every 10 s
+    /// window (sliding by a second) from the first second while both wait.
+    fn fair_share_row(&mut self) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let n = if self.args.quick { 700 } else { 1_300 };
+        let (light, heavy) = self.rt.block_on(async {
+            client.set_fairness("bench-heavy", 3).await?;
+            let job = |key: &str, first: u64| {
+                let opts = SubmitOptions {
+                    shard_size: Some(1),
+                    fairness_key: Some(key.into()),
+                    ..Default::default()
+                };
+                client.submit::<Collect<Stamp>>(stamps(first, n, 20, None), opts)
+            };
+            let (light, heavy) = futures::join!(job("bench-light", 0), job("bench-heavy", n));
+            let (light, heavy) = (stamped(light?).await?, stamped(heavy?).await?);
+            client.set_fairness("bench-heavy", 1).await?;
+            Ok::<_, anyhow::Error>((light, heavy))
+        })?;
+        let t0 = light
+            .iter()
+            .chain(&heavy)
+            .map(|s| s.start_us)
+            .min()
+            .unwrap_or(0);
+        // Both wait until the heavy key's last start.
+        let until = heavy.iter().map(|s| s.start_us).max().unwrap_or(0);
+        let busy = |runs: &[Stamped], from: u64, to: u64| -> f64 {
+            runs.iter()
+                .map(|s| s.end_us.min(to).saturating_sub(s.start_us.max(from)) as f64)
+                .sum()
+        };
+        let mut shares = Vec::new();
+        let mut from = t0 + 1_000_000;
+        while from + 10_000_000 <= until {
+            let to = from + 10_000_000;
+            let (l, h) = (busy(&light, from, to), busy(&heavy, from, to));
+            shares.push(100.0 * h / (l + h).max(1.0));
+            from += 1_000_000;
+        }
+        ensure!(!shares.is_empty(), "no 10 s window while both keys waited");
+        let (lo, hi) = (
+            shares.iter().copied().fold(f64::MAX, f64::min),
+            shares.iter().copied().fold(f64::MIN, f64::max),
+        );
+        self.rows.push(row(
+            format!(
+                "weighted fair share: keys of weights 1 and 3, {n} 20 ms tasks each: the heavy key's share of the slot time over {} 10 s windows",
+                shares.len()
+            ),
+            format!("{lo:.1}% to {hi:.1}%"),
+            "75%; issue 33's goal: within 5 points",
+            format!("{:.2} to {:.2}", lo / 75.0, hi / 75.0),
+        ));
+        Ok(())
+    }
+
+    /// A rate limit of 200 a second over a job of one-task shards: the
+    /// rate its tasks started at over 20 s; again with the master killed
+    /// (-9) midway, the most starts in any second after the takeover; and
+    /// a concurrency limit of 1, the most tasks that overlapped.
+    fn limit_rows(&mut self) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let secs: u64 = if self.args.quick { 10 } else { 20 };
+        let n = 200 * (secs + 2);
+        let limit = ringleader::wire::LimitSpec {
+            rate: Some(200),
+            per_ms: Some(1000),
+            ..Default::default()
+        };
+        let burst = u64::from(limit.to_core().rate.map_or(0, |r| r.burst));
+        let under = |id: String, limit: &str| SubmitOptions {
+            job_id: Some(id),
+            shard_size: Some(1),
+            under: vec![limit.into()],
+            ..Default::default()
+        };
+        let runs = self.rt.block_on(async {
+            client.set_limit("bench-rate", limit).await?;
+            let job = client
+                .submit::<Collect<Stamp>>(
+                    stamps(0, n, 0, None),
+                    under("rate-1".into(), "bench-rate"),
+                )
+                .await?;
+            stamped(job).await
+        })?;
+        let mut starts: Vec<u64> = runs.iter().map(|s| s.start_us).collect();
+        starts.sort_unstable();
+        let from = starts[0] + 1_000_000;
+        let in_window = starts
+            .iter()
+            .filter(|&&t| t >= from && t < from + secs * 1_000_000)
+            .count();
+        let rate = in_window as f64 / secs as f64;
+        self.rows.push(row(
+            format!(
+                "a rate limit of 200/s over {n} one-task shards: their start rate over {secs} s"
+            ),
+            format!("{rate:.1}/s"),
+            "200/s; issue 33's goal: within 5%",
+            format!("{:.3}", rate / 200.0),
+        ));
+        // The same, the master killed midway.
+        let first = self.master(None);
+        let job = self.rt.block_on(client.submit::<Collect<Stamp>>(
+            stamps(0, n, 0, None),
+            under(format!("rate-2-{}", first.epoch), "bench-rate"),
+        ))?;
+        std::thread::sleep(Duration::from_secs(secs / 2));
+        let (second, _, took, _) = self.kill_master(&first);
+        let served = now_us_of(Instant::now());
+        let runs = self.rt.block_on(stamped(job))?;
+        self.start_node(&first.node_id, "candidate");
+        let mut after: Vec<u64> = runs
+            .iter()
+            .map(|s| s.start_us)
+            .filter(|&t| t >= served)
+            .collect();
+        let most = most_in_window(&mut after, 1_000_000);
+        self.rows.push(row(
+            format!(
+                "the same, the master killed midway (the next, {}, served in {:.1} s): most starts in any second after the takeover",
+                second.node_id,
+                took.as_secs_f64()
+            ),
+            format!("{most}"),
+            format!("at most 200 + its burst of {burst}; issue 33's goal"),
+            format!("{:.3}", most as f64 / (200 + burst) as f64),
+        ));
+        // A concurrency limit of 1, on every slot.
+        let one = ringleader::wire::LimitSpec {
+            max_running: Some(1),
+            ..Default::default()
+        };
+        let runs = self.rt.block_on(async {
+            client.set_limit("bench-one", one).await?;
+            let job = client
+                .submit::<Collect<Stamp>>(
+                    stamps(0, 100, 5, None),
+                    under("one-1".into(), "bench-one"),
+                )
+                .await?;
+            stamped(job).await
+        })?;
+        let mut spans: Vec<(u64, u64)> = runs.iter().map(|s| (s.start_us, s.end_us)).collect();
+        spans.sort_unstable();
+        let overlaps = spans.windows(2).filter(|w| w[1].0 < w[0].1).count();
+        self.rows.push(row(
+            "a concurrency limit of 1 over 100 shards of 5 ms tasks on every slot: tasks that started before the one before ended",
+            format!("{overlaps}"),
+            "0; issue 33's goal",
+            "",
+        ));
+        self.rt.block_on(async {
+            client.delete_limit("bench-rate").await?;
+            client.delete_limit("bench-one").await
+        })?;
+        Ok(())
+    }
+
+    /// Delayed one-task jobs at random times within a minute, the master
+    /// killed (-9) twice in it: how late each started after its time,
+    /// outside the failovers; none early, none lost, none run twice (each
+    /// run appends to a file).
+    fn delay_row(&mut self) -> anyhow::Result<()> {
+        let client = self.client()?;
+        let (n, span): (u64, u64) = if self.args.quick {
+            (300, 30)
+        } else {
+            (1_000, 60)
+        };
+        let log = self.c.path("delay-runs.log");
+        let log = log.to_string_lossy().to_string();
+        let t0 = std::time::SystemTime::now();
+        let at: Vec<u64> = (0..n)
+            .map(|i| {
+                // Spread from 5 s on (after the submissions), by a hash.
+                let spread = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % ((span - 5) * 1_000);
+                5_000 + spread
+            })
+            .collect();
+        let jobs = self.rt.block_on(async {
+            let jobs: Vec<_> = futures::stream::iter(0..n)
+                .map(|i| {
+                    let opts = SubmitOptions {
+                        job_id: Some(format!("delayed-{i}")),
+                        not_before: Some(t0 + Duration::from_millis(at[i as usize])),
+                        ..Default::default()
+                    };
+                    client.submit::<Collect<Stamp>>(stamps(i, 1, 0, Some(&log)), opts)
+                })
+                .buffered(64)
+                .collect::<Vec<_>>()
+                .await;
+            jobs.into_iter().collect::<Result<Vec<_>, _>>()
+        })?;
+        let mut windows = Vec::new();
+        for kill_at in [span / 3, 2 * span / 3] {
+            let wait = (t0 + Duration::from_secs(kill_at))
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            std::thread::sleep(wait);
+            let first = self.master(None);
+            let killed = now_us_of(Instant::now());
+            let (_, _, _, _) = self.kill_master(&first);
+            // Its window: from the kill to a second after the next served.
+            windows.push((killed, now_us_of(Instant::now()) + 1_000_000));
+            self.start_node(&first.node_id, "candidate");
+            self.wait_candidates(2);
+        }
+        let runs = self.rt.block_on(async {
+            futures::future::try_join_all(jobs.into_iter().map(stamped)).await
+        })?;
+        let t0_us = t0
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let (mut lags, mut early) = (Vec::new(), 0);
+        for s in runs.iter().flatten() {
+            let due = t0_us + at[s.value as usize] * 1_000;
+            if s.start_us < due {
+                early += 1;
+            }
+            let in_failover = windows.iter().any(|(a, b)| due >= *a && due <= *b);
+            if !in_failover {
+                lags.push(s.start_us.saturating_sub(due) as f64 / 1000.0);
+            }
+        }
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut per: HashMap<u64, usize> = HashMap::new();
+        for v in logged
+            .lines()
+            .filter_map(|l| l.split(' ').next()?.parse().ok())
+        {
+            *per.entry(v).or_default() += 1;
+        }
+        let twice = per.values().filter(|&&c| c > 1).count();
+        let lost = (0..n).filter(|v| !per.contains_key(v)).count();
+        self.rows.push(row(
+            format!(
+                "{n} delayed one-task jobs at random times within {span} s, the master killed twice: start lag after the job's time outside the failovers ({} jobs), p50 / p99",
+                lags.len()
+            ),
+            format!(
+                "{:.1} ms / {:.1} ms; {early} early, {lost} lost, {twice} run twice",
+                percentile(&lags, 0.5),
+                percentile(&lags, 0.99)
+            ),
+            "issue 33's goal: p99 at most 50 ms; none early, lost or run twice",
+            "",
+        ));
+        Ok(())
+    }
+}
+
+/// `at` as microseconds since the Unix epoch, by the wall clock now.
+fn now_us_of(at: Instant) -> u64 {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now() - now.saturating_duration_since(at);
+    wall.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn main() -> anyhow::Result<()> {
     if let Ok(f) = std::env::var("XXCLIENT_LOG") {
         tracing_subscriber::fmt()
@@ -2330,6 +2719,11 @@ fn main() -> anyhow::Result<()> {
             .init();
     }
     let args = Args::parse();
+    let _ = QUEUE_OPTIONS.set(SubmitOptions {
+        priority: args.queue_priority,
+        fairness_key: args.queue_fairness_key.clone(),
+        ..Default::default()
+    });
     let runs = args.runs.unwrap_or(if args.quick { 3 } else { 5 });
     let started = Instant::now();
     let node_bin = bin("bench-node")?;
@@ -2403,13 +2797,14 @@ fn main() -> anyhow::Result<()> {
     b.wait_candidates(2);
     b.zk_own = b.zk_mntr().get("zk_znode_count").copied();
     type Step = fn(&mut Bench) -> anyhow::Result<()>;
-    let steps: [(Section, Step); 11] = [
+    let steps: [(Section, Step); 12] = [
         (Section::Idle, |b| {
             b.idle();
             Ok(())
         }),
         (Section::Memory, Bench::memory),
         (Section::Queue, Bench::queue),
+        (Section::Scheduling, Bench::scheduling),
         (Section::Throughput, Bench::throughput),
         (Section::Wordcount, Bench::wordcount),
         (Section::Kill, Bench::kill),

@@ -202,8 +202,20 @@ fn prometheus_scrapes_every_role_and_every_panel_has_data() {
     }
     // A second job while Prometheus watches; below, the panels are asked
     // until every one has data (rates need two scrapes after it).
-    let o = c.cli("submit", &["--split-mib", "1", corpus.to_str().unwrap()]);
-    assert!(o.status.success());
+    // Under a limit, for the limits' panels.
+    let o = c.cli("limits", &["set", "corpus", "--rate", "1000"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = c.cli(
+        "submit",
+        &[
+            "--split-mib",
+            "1",
+            "--under",
+            "corpus",
+            corpus.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // The dashboard's structure.
     let dash: serde_json::Value = serde_json::from_str(
