@@ -2451,7 +2451,7 @@ impl Bench {
     /// window (sliding by a second) from the first second while both wait.
     fn fair_share_row(&mut self) -> anyhow::Result<()> {
         let client = self.client()?;
-        let n = if self.args.quick { 700 } else { 1_300 };
+        let n = if self.args.quick { 1_000 } else { 1_500 };
         let (light, heavy) = self.rt.block_on(async {
             client.set_fairness("bench-heavy", 3).await?;
             let job = |key: &str, first: u64| {
@@ -2665,11 +2665,14 @@ impl Bench {
         let t0_us = t0
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let (mut lags, mut early) = (Vec::new(), 0);
+        // The time as the job holds it: whole milliseconds.
+        let t0_ms = t0_us / 1_000;
+        let (mut lags, mut early, mut earliest) = (Vec::new(), 0, 0);
         for s in runs.iter().flatten() {
-            let due = t0_us + at[s.value as usize] * 1_000;
+            let due = (t0_ms + at[s.value as usize]) * 1_000;
             if s.start_us < due {
                 early += 1;
+                earliest = earliest.max(due - s.start_us);
             }
             let in_failover = windows.iter().any(|(a, b)| due >= *a && due <= *b);
             if !in_failover {
@@ -2692,7 +2695,7 @@ impl Bench {
                 lags.len()
             ),
             format!(
-                "{:.1} ms / {:.1} ms; {early} early, {lost} lost, {twice} run twice",
+                "{:.1} ms / {:.1} ms; {early} early (by up to {earliest} µs), {lost} lost, {twice} run twice",
                 percentile(&lags, 0.5),
                 percentile(&lags, 0.99)
             ),
