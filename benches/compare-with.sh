@@ -7,6 +7,12 @@
 #
 #   benches/compare-with.sh [COMMIT=bf19259] [ROUNDS=3] [SECTIONS=throughput,wordcount,failover,kill,handover]
 #
+# COMMIT `.` is this tree itself (nothing more is built): with OLD_ARGS
+# and NEW_ARGS, extra cluster-bench arguments for each side, it compares
+# this tree with and without an option, e.g. issue 33's features on:
+#
+#   NEW_ARGS="--queue-priority 5 --queue-fairness-key tenant-a" benches/compare-with.sh . 3 queue
+#
 # Needs what the suite needs (scripts/setup). Takes about 4 minutes per
 # round after the two release builds.
 set -euo pipefail
@@ -21,21 +27,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
-git worktree add --detach "$work/old" "$old" >/dev/null
-echo "building $old and $(git rev-parse --short HEAD) (release)..." >&2
-(cd "$work/old" && CARGO_TARGET_DIR="$PWD/../target-old" cargo build -q --release -p ringleader-benches --bins)
-cargo build -q --release -p ringleader-benches --bins
-old_bin="$work/target-old/release/cluster-bench"
 new_bin="$PWD/target/release/cluster-bench"
+if [ "$old" = . ]; then
+    echo "building $(git rev-parse --short HEAD) (release)..." >&2
+    cargo build -q --release -p ringleader-benches --bins
+    old_bin=$new_bin
+else
+    git worktree add --detach "$work/old" "$old" >/dev/null
+    echo "building $old and $(git rev-parse --short HEAD) (release)..." >&2
+    (cd "$work/old" && CARGO_TARGET_DIR="$PWD/../target-old" cargo build -q --release -p ringleader-benches --bins)
+    cargo build -q --release -p ringleader-benches --bins
+    old_bin="$work/target-old/release/cluster-bench"
+fi
 
 # A run that fails is tried once more; a round with a side that fails
 # twice is left out (and said so), so that one flaky run does not void
 # the comparison.
 run() { # side round
-    local bin=$old_bin
-    [ "$1" = new ] && bin=$new_bin
+    local bin=$old_bin extra=${OLD_ARGS:-}
+    [ "$1" = new ] && bin=$new_bin && extra=${NEW_ARGS:-}
     # Each binary finds its own node binaries next to it.
-    "$bin" --quick --only "$sections" >"$work/$1.$2.md" 2>"$work/$1.$2.log"
+    # shellcheck disable=SC2086
+    "$bin" --quick --only "$sections" $extra >"$work/$1.$2.md" 2>"$work/$1.$2.log"
 }
 for i in $(seq 1 "$rounds"); do
     for side in old new; do
