@@ -42,6 +42,15 @@ pub const LIMIT_RUNNING: &str = "ringleader_limit_running";
 pub const LIMIT_WAITING: &str = "ringleader_limit_waiting_shards";
 /// Counter, label `limit`: times a job found it full.
 pub const LIMIT_THROTTLED: &str = "ringleader_limit_throttled_total";
+/// Histogram, by `priority`: how long a shard waited in its job's queue
+/// before it was placed on a worker.
+pub const SHARD_WAIT: &str = "ringleader_shard_wait_seconds";
+/// Histogram, by `fairness_key` (keys with a weight set; the others as
+/// `unweighted`): the same.
+pub const SHARD_WAIT_BY_KEY: &str = "ringleader_shard_wait_by_key_seconds";
+/// Gauge: how long the job waiting longest has had a shard ready (0: none
+/// waits).
+pub const OLDEST_WAITING: &str = "ringleader_oldest_waiting_seconds";
 /// Gauge: delayed jobs waiting for their time (master only).
 pub const JOBS_SCHEDULED: &str = "ringleader_jobs_scheduled";
 /// Gauge: the earliest delayed job's time, in seconds since the Unix
@@ -235,6 +244,9 @@ pub const CATALOGUE: &[Metric] = &[
     metric(WORKERS, Kind::Gauge, "", "workers", "master", "Workers registered in ZooKeeper and connected over QUIC."),
     metric(SHARDS_QUEUED, Kind::Gauge, "", "shards", "master", "Shards waiting for a worker."),
     metric(SHARDS_QUEUED_BY_PRIORITY, Kind::Gauge, "priority", "shards", "master", "Shards ready to run, by their job's priority (0 to 9; retries in backoff are not ready)."),
+    metric(SHARD_WAIT, Kind::Histogram, "priority", "seconds", "master", "Time a shard waited in its job's queue before it was placed, by its job's priority."),
+    metric(SHARD_WAIT_BY_KEY, Kind::Histogram, "fairness_key", "seconds", "master", "The same by fairness key: the keys with a weight set (`fairness set`), the others as `unweighted`."),
+    metric(OLDEST_WAITING, Kind::Gauge, "", "seconds", "master", "How long the job waiting longest has had a shard ready to run (0 when none waits): a delayed job waits from its time, a job held by a limit waits."),
     metric(LIMIT_RUNNING, Kind::Gauge, "limit", "runs", "master", "Runs of the jobs under a limit held by workers (limits set with `limits set`)."),
     metric(LIMIT_WAITING, Kind::Gauge, "limit", "shards", "master", "Shards of the jobs waiting on a limit (throttled)."),
     metric(LIMIT_THROTTLED, Kind::Counter, "limit", "times", "master", "Times a job's shard found a limit full and waited on it."),
@@ -332,6 +344,7 @@ fn node_gauges() -> impl Iterator<Item = metrics::Gauge> {
         JOBS_RUNNING,
         JOBS_SCHEDULED,
         NEXT_SCHEDULED,
+        OLDEST_WAITING,
         JOBS_QUARANTINED,
         QUIC_CONNECTIONS,
     ]
@@ -364,6 +377,30 @@ macro_rules! counter_once {
         static COUNTER: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
         COUNTER.get_or_init(|| metrics::counter!($($key)*))
     }};
+}
+
+/// A histogram's handle, looked up once per call site.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! histogram_once {
+    ($($key:tt)*) => {{
+        static HISTOGRAM: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+        HISTOGRAM.get_or_init(|| metrics::histogram!($($key)*))
+    }};
+}
+
+/// The handle of [`SHARD_WAIT`] at `priority` (above 9: 9), looked up
+/// once per priority.
+pub(crate) fn shard_wait(priority: u8) -> &'static metrics::Histogram {
+    const LABELS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    static HANDLES: std::sync::OnceLock<Vec<metrics::Histogram>> = std::sync::OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        LABELS
+            .iter()
+            .map(|p| metrics::histogram!(SHARD_WAIT, "priority" => *p))
+            .collect()
+    });
+    &handles[usize::from(priority.min(9))]
 }
 
 /// Frames, and their bytes, sent (`sent`) or received: handles looked up

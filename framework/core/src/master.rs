@@ -59,6 +59,9 @@ pub enum ToWorker {
         ack_first: bool,
         /// Its job's priority: the worker runs what it holds highest first.
         priority: u8,
+        /// How long its shard waited in its job's queue (for the driver's
+        /// histogram; not sent).
+        waited: Duration,
     },
     /// The run may start.
     StartAck(RunId),
@@ -574,6 +577,7 @@ impl MasterCore {
     pub fn handle(&mut self, event: Event, now: Instant) {
         self.now = Some(self.now.map_or(now, |t| t.max(now)));
         let now = self.now.unwrap_or(now);
+        self.sched.tick(now);
         self.next_speculation.get_or_insert(now + SPECULATE_EVERY);
         let dispatch = match event {
             Event::Linked {
@@ -866,6 +870,7 @@ impl MasterCore {
                     shard,
                     ack_first,
                     priority,
+                    waited,
                 } => {
                     let run = self.run_of(job, incarnation, shard.key, shard.attempt);
                     let tasks = shard.tasks;
@@ -874,6 +879,7 @@ impl MasterCore {
                         tasks,
                         ack_first,
                         priority,
+                        waited,
                     };
                     self.send(worker, msg);
                 }
@@ -1367,6 +1373,17 @@ impl MasterCore {
     /// jobs waiting on it.
     pub fn limits(&self) -> Vec<(String, crate::LimitUsage, u64)> {
         self.sched.limits()
+    }
+
+    /// The job whose first queued shard has waited longest, with when
+    /// that shard joined the queue. Walks the jobs.
+    pub fn oldest_waiting(&self) -> Option<(&str, Instant)> {
+        self.sched.oldest_waiting()
+    }
+
+    /// A fairness key's weight (1 unless set).
+    pub fn weight_of(&self, key: &str) -> u32 {
+        self.sched.weight_of(key)
     }
 
     /// The limit a job waits on, if a limit holds it back.

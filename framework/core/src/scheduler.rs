@@ -118,6 +118,9 @@ pub enum Command {
         /// The job's priority: the worker runs what it holds highest
         /// first.
         priority: u8,
+        /// How long the shard waited in its job's queue (zero for a
+        /// speculative copy).
+        waited: Duration,
     },
     /// Commit this outcome for a shard that no worker will report on: its
     /// tasks used up their attempts on workers that died running them.
@@ -434,8 +437,12 @@ impl Pool {
                 .get(&worker)
                 .is_some_and(|w| !w.acking.is_empty());
         self.hold(&worker, job_id, key, now);
+        let mut waited = Duration::ZERO;
         let (tasks, attempt) = match job.shards.get_mut(&key) {
             Some(shard) => {
+                if let Some(t) = shard.ready_at.take() {
+                    waited = now.saturating_duration_since(t);
+                }
                 let run = Run {
                     worker: worker.clone(),
                     started: false,
@@ -471,6 +478,7 @@ impl Pool {
             },
             ack_first,
             priority: job.priority,
+            waited,
         }
     }
 
@@ -557,6 +565,9 @@ struct ShardState {
     avoid: Option<String>,
     /// Its entry in [`Queues::aging`]: the start of its only run.
     aged: Option<Instant>,
+    /// When it joined its job's queue (by the scheduler's clock), while
+    /// it is there: its wait, once placed.
+    ready_at: Option<Instant>,
 }
 
 /// Whether a run of the shard is being revoked ([`Command::Revoke`]).
@@ -648,6 +659,9 @@ struct Queues {
     delayed: BTreeSet<(Instant, String, ShardKey)>,
     /// Delayed jobs, by when their shards may be queued.
     timed: BTreeSet<(Instant, String)>,
+    /// The latest time the scheduler was given: when a shard joins a
+    /// queue (between calls, a call's `now` is close enough).
+    clock: Option<Instant>,
     /// Shards running on exactly one worker, by when that run was placed:
     /// the candidates for a speculative copy, oldest first.
     aging: BTreeSet<(Instant, String, ShardKey)>,
@@ -656,6 +670,9 @@ struct Queues {
 impl Queues {
     /// Queues a shard of a job (first in its job's queue if `front`).
     fn push(&mut self, job_id: &str, job: &mut JobState, key: ShardKey, front: bool) {
+        if let Some(shard) = job.shards.get_mut(&key) {
+            shard.ready_at = self.clock;
+        }
         if front {
             job.queue.push_front(key);
         } else {
@@ -1018,11 +1035,9 @@ impl Scheduler {
                 });
                 ShardPhase::Committing { worker: None }
             } else {
-                if job.not_before.is_none() {
-                    self.queues.push(&plan.id, &mut job, p.key, false);
-                }
                 ShardPhase::Pending
             };
+            let queued = matches!(phase, ShardPhase::Pending) && job.not_before.is_none();
             job.shards.insert(
                 p.key,
                 ShardState {
@@ -1035,8 +1050,12 @@ impl Scheduler {
                     doubts: 0,
                     suspect: false,
                     aged: None,
+                    ready_at: None,
                 },
             );
+            if queued {
+                self.queues.push(&plan.id, &mut job, p.key, false);
+            }
         }
         let empty = job.shards.is_empty();
         self.jobs.insert(plan.id.clone(), job);
@@ -1078,6 +1097,7 @@ impl Scheduler {
     /// Hands ready shards to workers with free capacity, least loaded
     /// first; jobs take turns, one shard each.
     pub fn assign(&mut self, now: Instant) -> Vec<Command> {
+        self.tick(now);
         // Delayed jobs whose time has come join the queues, shards in order.
         while let Some((due, job_id)) = self.queues.timed.first().cloned() {
             if due > now {
@@ -1467,6 +1487,31 @@ impl Scheduler {
         retry.into_iter().chain(timed).chain(limited).min()
     }
 
+    /// A fairness key's weight (1 unless set).
+    pub fn weight_of(&self, key: &str) -> u32 {
+        self.queues.weights.get(key).copied().unwrap_or(1)
+    }
+
+    /// The scheduler's clock moves to `now` (it never goes back): what
+    /// joins a queue from now on waits from then.
+    pub fn tick(&mut self, now: Instant) {
+        let clock = self.queues.clock.map_or(now, |t| t.max(now));
+        self.queues.clock = Some(clock);
+    }
+
+    /// The job whose first queued shard has waited longest (delayed jobs
+    /// not yet due do not wait; those a limit holds back do), with when
+    /// that shard joined the queue. Walks the jobs.
+    pub fn oldest_waiting(&self) -> Option<(&str, Instant)> {
+        self.jobs
+            .iter()
+            .filter_map(|(id, j)| {
+                let key = j.queue.front()?;
+                Some((id.as_str(), j.shards.get(key)?.ready_at?))
+            })
+            .min_by_key(|(_, t)| *t)
+    }
+
     /// Sets (`Some`) or removes limit `key` at `now`: the jobs under it
     /// are placed only while it admits one more run. A new limit's bucket
     /// starts empty. Jobs it no longer holds back take their turns again.
@@ -1841,6 +1886,7 @@ impl Scheduler {
                     doubts: 0,
                     suspect: false,
                     aged: None,
+                    ready_at: None,
                 },
             );
             self.queues.delayed.insert((due, job_id.to_string(), next));
@@ -2809,6 +2855,38 @@ mod tests {
             placed += placed_jobs(&s.assign()).len();
         }
         assert_eq!(placed, 10);
+        s.check_indexes();
+    }
+
+    #[test]
+    fn a_placed_shard_says_how_long_it_waited_and_the_longest_waiting_job_is_known() {
+        let mut s = Clocked::new();
+        let t0 = s.now;
+        s.tick(t0);
+        s.s.tick(t0);
+        s.add_job(plan("early", 2, 1, 3));
+        s.s.tick(t0 + Duration::from_secs(2));
+        s.add_job(plan("late", 1, 1, 3));
+        assert_eq!(s.oldest_waiting(), Some(("early", t0)));
+        s.add_worker("a", 1, ["j".to_string()], false);
+        s.tick(t0 + Duration::from_secs(5));
+        let waits: Vec<(String, Duration)> = s
+            .assign()
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Assign { job, waited, .. } => Some((job, waited)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                ("early".to_string(), Duration::from_secs(5)),
+                ("late".to_string(), Duration::from_secs(3)),
+                ("early".to_string(), Duration::from_secs(5)),
+                ("late".to_string(), Duration::ZERO),
+            ][..waits.len()]
+        );
         s.check_indexes();
     }
 

@@ -47,6 +47,13 @@ fn queued_text(s: &ClusterStatus) -> String {
             .collect();
         out.push_str(&format!("fair share: {}\n", keys.join("; ")));
     }
+    if let Some(w) = &s.oldest_waiting {
+        out.push_str(&format!(
+            "oldest waiting: job {}, {} with a shard ready\n",
+            w.job_id,
+            ago_text(w.waiting_ms)
+        ));
+    }
     for l in &s.limits {
         let set = l
             .limit

@@ -381,6 +381,7 @@ fn samples() -> Vec<(&'static str, Sample)> {
                 queued: Vec::new(),
                 fairness: Vec::new(),
                 limits: Vec::new(),
+                oldest_waiting: None,
                 leader: "node-a".into(),
                 epoch: 3,
                 workers: vec![WorkerStatus {
@@ -698,6 +699,10 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                     queued: 3,
                 }];
                 status.limits = vec![limit_status()];
+                status.oldest_waiting = Some(wire::WaitingJob {
+                    job_id: "job-1".into(),
+                    waiting_ms: 12_000,
+                });
                 for w in &mut status.workers {
                     w.build = Some("probe".into());
                     w.protocol = Some(wire::PROTOCOL_VERSION);

@@ -178,6 +178,19 @@ pub struct ClusterStatus {
     /// The limits set or named by a job, with their use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<LimitStatus>,
+    /// The job whose shards have waited longest to run (for an admin or
+    /// a node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_waiting: Option<WaitingJob>,
+}
+
+/// A job waiting to run, and for how long.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WaitingJob {
+    /// The job.
+    pub job_id: String,
+    /// How long its first queued shard has waited.
+    pub waiting_ms: u64,
 }
 
 /// Shards ready to run at one priority.

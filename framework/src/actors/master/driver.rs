@@ -14,6 +14,22 @@ use crate::metrics as m;
 use crate::wire::{self, Assignment, RunRef};
 
 impl Master {
+    /// Records how long a shard waited in its job's queue: by priority,
+    /// and by fairness key for the keys with a weight set (the others
+    /// under `unweighted`: a label per key a client may name would be
+    /// unbounded).
+    fn waited(&self, rt: &super::JobRuntime, priority: u8, waited: std::time::Duration) {
+        let secs = waited.as_secs_f64();
+        m::shard_wait(priority).record(secs);
+        let key = &rt.fairness_key;
+        if self.core.weight_of(key) != 1 {
+            metrics::histogram!(m::SHARD_WAIT_BY_KEY, "fairness_key" => key.clone()).record(secs);
+        } else {
+            crate::histogram_once!(m::SHARD_WAIT_BY_KEY, "fairness_key" => "unweighted")
+                .record(secs);
+        }
+    }
+
     /// Hands the core an event, performs what it asks, sets its timer.
     pub(super) fn handle_core(&mut self, ctx: &mut Context<Self>, event: CoreEvent) {
         self.core.handle(event, std::time::Instant::now());
@@ -78,10 +94,12 @@ impl Master {
                 tasks,
                 ack_first,
                 priority,
+                waited,
             } => {
                 let Some(rt) = self.jobs.get(&run.job) else {
                     return;
                 };
+                self.waited(rt, priority, waited);
                 let tasks = tasks
                     .iter()
                     .filter_map(|&i| rt.tasks.get(i as usize).map(|t| (i, t.clone())))

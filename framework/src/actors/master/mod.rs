@@ -86,6 +86,9 @@ struct JobRuntime {
     /// Scheduled while its create waits ([`creating`]): its writes wait
     /// too.
     creating: Option<creating::Creating>,
+    /// Its fairness key (its record's, kept: every assignment's wait is
+    /// recorded under it, if it has a weight).
+    fairness_key: String,
 }
 
 /// Most commits, and bytes, whose inline outputs a streamed job keeps in
@@ -104,6 +107,7 @@ const SMALL_MERGE: usize = 16 * 1024;
 impl JobRuntime {
     fn new(stored: StoredJob, tasks: Arc<Vec<ByteBuf>>, acc: Accumulator) -> Self {
         JobRuntime {
+            fairness_key: stored.record.fairness_key(),
             stored,
             tasks,
             acc: Arc::new(std::sync::Mutex::new(acc)),
@@ -379,6 +383,11 @@ impl Master {
                 .set(l.waiting_shards as f64);
             metrics::counter!(m::LIMIT_THROTTLED, "limit" => l.key).absolute(l.throttled);
         }
+        let oldest = self
+            .core
+            .oldest_waiting()
+            .map_or(0.0, |(_, t)| now.saturating_duration_since(t).as_secs_f64());
+        metrics::gauge!(m::OLDEST_WAITING).set(oldest);
         let (timed, next) = self.core.timed();
         metrics::gauge!(m::JOBS_SCHEDULED).set(timed as f64);
         let at = next.map_or(0.0, |t| {

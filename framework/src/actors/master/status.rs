@@ -12,7 +12,7 @@ use crate::core::Counters;
 use crate::transport::PeerId;
 use crate::wire::{
     ClusterStatus, ErrorKind, JobPlanInfo, JobProgress, JobQuery, JobState, JobSummary, Reply,
-    WorkerStatus,
+    WaitingJob, WorkerStatus,
 };
 
 impl Master {
@@ -63,6 +63,15 @@ impl Master {
             queued: self.queued_at(),
             fairness: self.fairness_for(peer),
             limits: self.limit_statuses(),
+            oldest_waiting: match peer.acts_for_all() {
+                true => self.core.oldest_waiting().map(|(job, t)| WaitingJob {
+                    job_id: job.to_string(),
+                    waiting_ms: std::time::Instant::now()
+                        .saturating_duration_since(t)
+                        .as_millis() as u64,
+                }),
+                false => None,
+            },
         })
     }
 
