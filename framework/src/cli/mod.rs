@@ -327,6 +327,13 @@ struct JobsArgs {
     /// Only jobs accepted in the last DURATION (`30s`, `5m`, `1h30m`, `2d`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     since: Option<Duration>,
+    /// Only jobs of this priority (0 to 9).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: Option<u8>,
+    /// Only jobs under this fairness key (a job's owner, `client:NAME`,
+    /// unless it named another).
+    #[arg(long, value_name = "KEY")]
+    fairness_key: Option<String>,
     /// The newest N that match (0: up to 10,000).
     #[arg(long, value_name = "N", default_value_t = 50)]
     last: u32,
@@ -390,6 +397,8 @@ impl JobsArgs {
             since_ms: self
                 .since
                 .map(|d| now_ms.saturating_sub(d.as_millis() as u64)),
+            priority: self.priority,
+            fairness_key: self.fairness_key.clone(),
             last: self.last,
         }
     }

@@ -257,6 +257,15 @@ fn job_line(j: &JobSummary) -> String {
         .owner
         .as_deref()
         .map_or(String::new(), |o| format!(", {}", o.replacen(':', " ", 1)));
+    let priority = match j.priority {
+        0 => String::new(),
+        p => format!(", priority {p}"),
+    };
+    let key = j
+        .fairness_key
+        .as_deref()
+        .map_or(String::new(), |k| format!(", fairness key {k}"));
+    let owner = format!("{owner}{priority}{key}");
     let note = j
         .note
         .as_deref()

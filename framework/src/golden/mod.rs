@@ -462,6 +462,8 @@ fn samples() -> Vec<(&'static str, Sample)> {
                 since_ms: Some(1_765_000_000_000),
                 last: 20,
                 scheduled: None,
+                priority: None,
+                fairness_key: None,
             })),
         ),
         (
@@ -478,6 +480,8 @@ fn samples() -> Vec<(&'static str, Sample)> {
                     note: Some("no worker runs word-count".into()),
                     owner: Some("client:alice".into()),
                     not_before_ms: None,
+                    priority: 0,
+                    fairness_key: None,
                 }],
                 matched: 1,
                 counts: StateCounts {
@@ -751,6 +755,8 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
             Sample::Request(Request::ListJobs(query)) => {
                 Sample::Request(Request::ListJobs(JobQuery {
                     scheduled: Some(true),
+                    priority: Some(7),
+                    fairness_key: Some("tenant-a".into()),
                     ..query
                 }))
             }
@@ -758,6 +764,8 @@ fn extended_samples() -> Vec<(&'static str, Sample)> {
                 list.counts.scheduled = 1;
                 for j in &mut list.jobs {
                     j.not_before_ms = Some(1_765_000_060_000);
+                    j.priority = 7;
+                    j.fairness_key = Some("tenant-a".into());
                 }
                 Sample::Reply(Reply::Jobs(list))
             }

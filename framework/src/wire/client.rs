@@ -649,6 +649,13 @@ pub struct JobSummary {
     /// `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
+    /// Its priority. Left out when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
+    /// The fairness key it named (`None`: its owner's). Left out when
+    /// `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness_key: Option<String>,
 }
 
 impl JobSummary {
@@ -678,6 +685,13 @@ pub struct JobQuery {
     /// out when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled: Option<bool>,
+    /// Of this priority. Left out when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// Under this fairness key (a job's owner's when it named none).
+    /// Left out when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness_key: Option<String>,
 }
 
 /// Most jobs one [`Reply::Jobs`] lists.
@@ -718,6 +732,11 @@ impl JobQuery {
                 .as_ref()
                 .is_none_or(|o| j.owner.as_ref() == Some(o))
             && self.since_ms.is_none_or(|t| j.created_ms >= t)
+            && self.priority.is_none_or(|p| j.priority == p)
+            && self
+                .fairness_key
+                .as_ref()
+                .is_none_or(|k| j.fairness_key.as_ref().or(j.owner.as_ref()) == Some(k))
     }
 
     /// The answer to this query over `all` (in any order): counted,
@@ -781,6 +800,8 @@ mod tests {
                 note: None,
                 owner: Some(owner.into()),
                 not_before_ms: None,
+                priority: 0,
+                fairness_key: None,
             };
         let all = vec![
             job("a", JobState::Done, "wc", "client:al", 10),
@@ -835,8 +856,22 @@ mod tests {
         );
         let running = q(vec![JobState::Running], Some(false)).answer(all.clone());
         assert_eq!(ids(&running), ["b"]);
-        let both = q(vec![JobState::Running, JobState::Done], Some(true)).answer(all);
+        let both = q(vec![JobState::Running, JobState::Done], Some(true)).answer(all.clone());
         assert_eq!(ids(&both), ["f", "e", "c", "a"]);
+        // By priority, and by fairness key (the owner's when none named).
+        all[0].priority = 9;
+        all[2].fairness_key = Some("tenant".into());
+        let q = JobQuery {
+            priority: Some(9),
+            ..Default::default()
+        };
+        assert_eq!(ids(&q.answer(all.clone())), ["a"]);
+        let key = |k: &str| JobQuery {
+            fairness_key: Some(k.into()),
+            ..Default::default()
+        };
+        assert_eq!(ids(&key("tenant").answer(all.clone())), ["c"]);
+        assert_eq!(ids(&key("client:bo").answer(all)), Vec::<String>::new());
     }
 
     #[test]

@@ -2658,6 +2658,23 @@ fn a_job_of_a_higher_priority_runs_before_the_backlog_of_lower_ones() {
     let (code, out, err) = run(&c, "submit", &["probe", "--priority", "7", &one]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains('2'), "{out}");
+    // The listing says each job's priority, and filters by it (jobs
+    // whose result was not fetched yet: fetched ones are collected).
+    for (id, p) in [("kept-7", "7"), ("kept-0", "0")] {
+        let (code, _, err) = run(
+            &c,
+            "submit",
+            &["probe", "--priority", p, "--job-id", id, "--detach", &one],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = run(&c, "jobs", &["--priority", "7"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("job kept-7 probe") && out.contains(", priority 7"),
+        "{out}"
+    );
+    assert!(!out.contains("kept-0"), "{out}");
 }
 
 /// Issue 33, item 2: two fairness keys with weights 1 and 3 (`fairness

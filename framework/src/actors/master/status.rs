@@ -257,6 +257,8 @@ impl Master {
                     }),
                     owner: rt.stored.record.owner.clone(),
                     not_before_ms: self.waits_until(id),
+                    priority: rt.stored.record.options.priority,
+                    fairness_key: rt.stored.record.options.fairness_key.clone(),
                 })
             })
             .collect();
@@ -271,6 +273,8 @@ impl Master {
             note: Some(format!("quarantined: {}", q.reason)),
             owner: q.owner.clone(),
             not_before_ms: None,
+            priority: 0,
+            fairness_key: None,
         });
         let running: Vec<JobSummary> = running.into_iter().chain(quarantined).collect();
         let store = self.store.clone();
@@ -308,6 +312,8 @@ impl Master {
                     note: None,
                     owner,
                     not_before_ms: None,
+                    priority: job.record.options.priority,
+                    fairness_key: job.record.options.fairness_key.clone(),
                 });
             }
             Ok(Reply::Jobs(query.answer(all)))
