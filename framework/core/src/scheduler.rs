@@ -1375,10 +1375,14 @@ impl Scheduler {
         if self.pool.backlogged.is_empty() {
             return;
         }
+        // The least loaded first: a walk of a bounded number of them, not
+        // of every worker with room in its queue (when none is idle, that
+        // was the whole free index).
         let idle: Vec<String> = self
             .pool
             .free
             .iter()
+            .take(4 * STEAL_WALK)
             .filter(|(load, id)| {
                 self.pool
                     .workers
