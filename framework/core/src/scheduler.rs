@@ -385,9 +385,14 @@ impl Pool {
     fn stop(&mut self, id: &str, run: (String, u64, ShardKey, u32), awaits_ack: bool) -> Command {
         if let Some(w) = self.workers.get_mut(id) {
             let held = (run.0.clone(), run.2);
-            w.running.remove(&held);
+            let was_held = w.running.remove(&held);
             w.acking.remove(&held);
-            w.stopping.insert(run.clone(), awaits_ack);
+            // The same run stopped before and not ended yet: the two are
+            // one entry, and count once in the limits as in the load.
+            let again = w.stopping.insert(run.clone(), awaits_ack).is_some();
+            if was_held && again {
+                self.limits.release(&run.0);
+            }
         }
         self.reindex(id);
         let (job, incarnation, key, attempt) = run;
@@ -2018,6 +2023,9 @@ impl Scheduler {
     /// Checks that every index agrees with the state it indexes (tests).
     #[cfg(test)]
     pub(crate) fn check_indexes(&self) {
+        for level in &self.queues.ready {
+            level.check();
+        }
         let mut queued = 0;
         let mut queued_at = [0usize; LEVELS];
         let mut aging = BTreeSet::new();

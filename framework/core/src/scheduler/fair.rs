@@ -194,6 +194,29 @@ impl Level {
             .flat_map(move |k| k.jobs.iter().take(per_key))
     }
 
+    /// Checks the shares' bound (tests): no key with jobs is ahead of the
+    /// level's clock by more than one stride at weight 1, that is, no key
+    /// got more than its weight's share of the shards placed by more than
+    /// one shard of a key of weight 1. (A key may fall behind: one that
+    /// could place nothing, parked, catches up when it can.) And the keys
+    /// taking turns are ordered by their passes as they are.
+    #[cfg(test)]
+    pub(super) fn check(&self) {
+        for k in self.slots.iter().flatten() {
+            assert!(
+                k.pass <= self.clock + STRIDE,
+                "key {} is ahead of its share: pass {} with the clock at {}",
+                k.name,
+                k.pass,
+                self.clock
+            );
+        }
+        for Reverse((pass, id)) in &self.order {
+            let k = self.slots[*id as usize].as_ref();
+            assert_eq!(k.map(|k| k.pass), Some(*pass), "stale turn of slot {id}");
+        }
+    }
+
     /// Whether `job` is in the ring of `key` (tests).
     #[cfg(test)]
     pub(super) fn holds(&self, key: &str, job: &str) -> bool {
