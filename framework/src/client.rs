@@ -303,6 +303,9 @@ struct Inner {
     conn: Mutex<Option<(u64, transport::Connection)>>,
     /// QUIC connections made to masters so far.
     dialled: std::sync::atomic::AtomicU64,
+    /// The newest protocol version of the master of the cached
+    /// connection, as `/master` published it (0: it said none).
+    master_newest: std::sync::atomic::AtomicU32,
     /// Job types whose shape the master was asked about.
     checked: std::sync::Mutex<std::collections::HashSet<&'static str>>,
     /// Each job type's [`crate::registry::shape_id`] in this binary,
@@ -462,6 +465,7 @@ impl Client {
                 endpoint,
                 conn: Mutex::new(None),
                 dialled: std::sync::atomic::AtomicU64::new(0),
+                master_newest: std::sync::atomic::AtomicU32::new(0),
                 checked: std::sync::Mutex::new(std::collections::HashSet::new()),
                 shapes: std::sync::Mutex::new(std::collections::HashMap::new()),
                 held: Arc::new(tokio::sync::Semaphore::new(HELD_STREAMS)),
@@ -484,16 +488,20 @@ impl Client {
     /// a delayed job at once and ignore limits. (A master of this release
     /// refuses them below the feature level that holds such masters out of
     /// the cluster.)
+    /// The master's version is known from its connection (made now if
+    /// there is none): no ZooKeeper read per submission.
     async fn serves_scheduling(&self, what: &str) -> Result<(), ClientError> {
-        let master = self.find_master(None).await?;
-        let newest = master.protocol.map_or(0, |[_, newest]| newest);
+        let (epoch, _) = self.connection(None).await?;
+        let newest = self
+            .inner
+            .master_newest
+            .load(std::sync::atomic::Ordering::Relaxed);
         if newest < crate::wire::SCHEDULING {
             return Err(ClientError::Refused {
                 kind: Refusal::Unsupported,
                 message: format!(
-                    "the serving master {} is of a release before {what}: upgrade the cluster \
-                     (see \"Upgrading\" in the README)",
-                    master.node_id
+                    "the serving master (epoch {epoch}) is of a release before {what}: upgrade \
+                     the cluster (see \"Upgrading\" in the README)"
                 ),
             });
         }
@@ -648,6 +656,10 @@ impl Client {
                     self.inner
                         .dialled
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let newest = master.protocol.map_or(0, |[_, newest]| newest);
+                    self.inner
+                        .master_newest
+                        .store(newest, std::sync::atomic::Ordering::Relaxed);
                     *guard = Some((master.epoch, conn.clone()));
                     return Ok((master.epoch, conn));
                 }

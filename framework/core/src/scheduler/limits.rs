@@ -288,7 +288,9 @@ impl Limits {
             return;
         };
         under.held = under.held.saturating_sub(1);
-        let (limits, gone, held) = (under.limits.clone(), under.gone, under.held);
+        let (gone, held) = (under.gone, under.held);
+        // Taken out while counted (no copy per run), then put back.
+        let limits = std::mem::take(&mut under.limits);
         self.count(&limits, -1);
         for key in &limits {
             let capped = self
@@ -298,6 +300,9 @@ impl Limits {
             if capped {
                 self.wake_one(key);
             }
+        }
+        if let Some(under) = self.jobs.get_mut(job) {
+            under.limits = limits;
         }
         if gone && held == 0 {
             if let Some(old) = self.jobs.remove(job) {

@@ -92,10 +92,22 @@ impl Master {
                 })
                 .await
         };
+        let said = format!("fairness key {key}: weight {weight}");
+        self.write_setting(write, CoreEvent::Weighed(vec![(key, weight)]), said)
+    }
+
+    /// Writes a setting with the cluster (`write`), then hands the core
+    /// its `event`: `Ok` once durable, the store's error otherwise.
+    pub(super) fn write_setting(
+        &mut self,
+        write: impl std::future::Future<Output = Result<(), crate::coord::CoordError>> + 'static,
+        event: CoreEvent,
+        said: String,
+    ) -> ResponseActFuture<Self, Reply> {
         Box::pin(write.into_actor(self).map(move |res, act, ctx| match res {
             Ok(()) => {
-                tracing::info!(%key, weight, "fairness weight set");
-                act.handle_core(ctx, CoreEvent::Weighed(vec![(key, weight)]));
+                tracing::info!("setting written: {said}");
+                act.handle_core(ctx, event);
                 Reply::Ok
             }
             Err(e) => failed(&e),

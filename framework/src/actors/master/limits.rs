@@ -6,7 +6,7 @@
 
 use actix::prelude::*;
 
-use super::{error, failed, Master};
+use super::{error, Master};
 use crate::core::master::Event as CoreEvent;
 use crate::transport::PeerId;
 use crate::wire::{ErrorKind, LimitSpec, LimitStatus, Reply};
@@ -69,15 +69,12 @@ impl Master {
                 })
                 .await
         };
-        Box::pin(write.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(()) => {
-                tracing::info!(%key, ?limit, "limit set");
-                let core = limit.map(|l| l.to_core());
-                act.handle_core(ctx, CoreEvent::Limited(vec![(key, core)]));
-                Reply::Ok
-            }
-            Err(e) => failed(&e),
-        }))
+        let said = match limit {
+            Some(spec) => format!("limit {key}: {spec:?}"),
+            None => format!("limit {key} deleted"),
+        };
+        let core = limit.map(|l| l.to_core());
+        self.write_setting(write, CoreEvent::Limited(vec![(key, core)]), said)
     }
 
     /// The limits set or named by a job, with their use.
